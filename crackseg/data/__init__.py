@@ -1,0 +1,1 @@
+"""Datasets, label preparation, sampling and the DataModule."""

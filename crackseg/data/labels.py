@@ -1,0 +1,88 @@
+"""Label preparation of METHOD.md §4: binarise, dilate, resize, weight map, downsample to 1/8."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+#: Reflection padding and window of the pad-and-average downsampling to 1/8.
+DOWNSAMPLE_PAD = 8
+DOWNSAMPLE_WINDOW = 17
+DOWNSAMPLE_STRIDE = 8
+
+
+def binarize(mask: np.ndarray, threshold: int = 127) -> np.ndarray:
+    """Defect where the stored value exceeds ``threshold`` (masks are often JPEG, with artefacts)."""
+    return mask > threshold
+
+
+def dilate(mask: np.ndarray, kernel_size: int) -> np.ndarray:
+    """Grey dilation with a k×k square kernel; k <= 1 leaves the mask as it is."""
+    if kernel_size <= 1:
+        return mask
+    kernel = np.ones((kernel_size, kernel_size), np.uint8)
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(mask.dtype)
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area interpolation when shrinking, linear when enlarging; keeps a channel axis."""
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = height * width < image.shape[0] * image.shape[1]
+    resized = cv2.resize(
+        image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
+    return resized[..., None] if image.ndim == 3 and resized.ndim == 2 else resized
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a binary mask linearly and binarise again at one half."""
+    if mask.shape == (height, width):
+        return mask.astype(bool)
+    resized = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return resized > 0.5
+
+
+def prepare_mask(
+    raw_mask: np.ndarray, height: int, width: int, dilate_kernel: int = 1, threshold: int = 127
+) -> np.ndarray:
+    """Stored mask -> boolean mask at the input size, in the order of METHOD.md §4."""
+    mask = binarize(raw_mask, threshold).astype(np.uint8)
+    mask = dilate(mask, dilate_kernel)
+    return resize_mask(mask, height, width)
+
+
+def distance_weight_map(
+    mask: np.ndarray, max_weight: float = 1.0, power: float = 2.0, per_component: bool = False
+) -> np.ndarray:
+    """Defect pixels get ``Max * (d / d_max) ** P``, background pixels 1.
+
+    d is the Euclidean distance to the nearest background pixel; d_max is the largest d in
+    the image, or in the pixel's connected component with ``per_component`` (so thin cracks
+    beside a thick one are not drowned).
+    """
+    mask = mask.astype(bool)
+    weights = np.ones(mask.shape, np.float32)
+    if not mask.any():
+        return weights
+    distance = ndimage.distance_transform_edt(mask)
+    if per_component:
+        components, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        d_max = ndimage.maximum(distance, components, index=np.arange(1, count + 1))
+        d_max = np.concatenate([[1.0], np.asarray(d_max, np.float64)])[components]
+    else:
+        d_max = distance.max()
+    weights[mask] = max_weight * (distance[mask] / np.broadcast_to(d_max, mask.shape)[mask]) ** power
+    return weights
+
+
+def downsample_to_output(labels: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] -> [B, 1, H/8, W/8]: reflection-pad by 8, average-pool 17×17 with stride 8.
+
+    Masks become soft targets in [0, 1]; weight maps are averaged the same way.
+    """
+    padded = F.pad(labels, (DOWNSAMPLE_PAD,) * 4, mode="reflect")
+    return F.avg_pool2d(padded, DOWNSAMPLE_WINDOW, stride=DOWNSAMPLE_STRIDE)

@@ -1,0 +1,20 @@
+"""Errors a user can cause; entry points turn them into one clear line and exit 2."""
+
+
+class CracksegError(Exception):
+    """A problem with the user's input (data, config, checkpoint), not a bug."""
+
+
+class DataError(CracksegError):
+    """The dataset on disk cannot be used as it is."""
+
+
+class ConfigError(CracksegError):
+    """The composed configuration asks for something impossible."""
+
+
+def describe_files(paths: list, limit: int = 5) -> str:
+    """Name the first few offending files and how many there are in all."""
+    shown = ", ".join(str(p) for p in paths[:limit])
+    more = len(paths) - limit
+    return f"{shown} (and {more} more, {len(paths)} in all)" if more > 0 else shown

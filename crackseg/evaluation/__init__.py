@@ -1,0 +1,1 @@
+"""Image- and pixel-level metrics, plots and the markdown report."""

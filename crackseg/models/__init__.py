@@ -1,0 +1,1 @@
+"""The two-headed network and the LightningModule that trains it."""

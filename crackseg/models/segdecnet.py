@@ -1,0 +1,212 @@
+"""SegDecNet: the two-headed segmentation + decision network of METHOD.md §2-§3.
+
+A plain ``nn.Module``; the LightningModule in ``crackseg.models.lit_segdec`` trains it.
+The default arguments build the paper's network; smaller variants only change widths and
+the size of the large kernel (see ``conf/model/``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from crackseg.errors import ConfigError
+
+#: The segmentation output is at 1/8 of the input; the decision subnet pools three times more.
+OUTPUT_STRIDE = 8
+DECISION_STRIDE = OUTPUT_STRIDE * 8
+
+
+class FeatureNorm(nn.Module):
+    """Per-sample, per-channel normalisation over the spatial axes.
+
+    ``y = scale * (x - mean) / sqrt(std + eps) + bias``: the square root of the standard
+    deviation is what the published implementation does and is kept to reproduce it.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 0.001, with_bias: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(1, num_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, num_channels, 1, 1)) if with_bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True)
+        y = self.scale * (x - mean) / torch.sqrt(std + self.eps)
+        return y if self.bias is None else y + self.bias
+
+
+def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    """Bias-free convolution with 'same' padding, FeatureNorm, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        FeatureNorm(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; multiplies the incoming gradient by a constant."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, multiplier: float) -> Tensor:  # noqa: ANN001
+        ctx.multiplier = multiplier
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        return grad * ctx.multiplier, None
+
+
+def scale_gradient(x: Tensor, multiplier: float) -> Tensor:
+    """Forward unchanged; backward gradient multiplied by ``multiplier``."""
+    return _ScaleGradient.apply(x, multiplier)
+
+
+class SegDecOutput(NamedTuple):
+    decision: Tensor  # [B] decision logits
+    segmentation: Tensor  # [B, 1, H/8, W/8] (or [B, 1, H, W] with the full-resolution head)
+
+
+class FullResolutionHead(nn.Module):
+    """Learned upsampling of the segmentation to the input resolution.
+
+    Not part of the paper: the 1/8 map caps Dice on cracks a few pixels wide. The head takes
+    the volume, reduces it, and climbs back to full resolution through three ×2 steps, each
+    concatenating the encoder features of that scale (a U-Net-like decoder).
+    """
+
+    def __init__(self, volume_channels: int, skip_channels: Sequence[int], width: int) -> None:
+        super().__init__()
+        self.reduce = conv_block(volume_channels, width, 1)
+        # skip_channels: encoder widths at H, H/2, H/4 (shallow to deep)
+        self.steps = nn.ModuleList(
+            conv_block(width + skip, width, 3) for skip in reversed(list(skip_channels))
+        )
+        self.out = nn.Conv2d(width, 1, 1, bias=True)
+
+    def forward(self, volume: Tensor, skips: Sequence[Tensor]) -> Tensor:
+        x = self.reduce(volume)
+        for step, skip in zip(self.steps, reversed(list(skips)), strict=True):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = step(torch.cat([x, skip], dim=1))
+        return self.out(x)
+
+
+class SegDecNet(nn.Module):
+    """The segmentation subnet, the decision subnet and the gradient-flow adjustment.
+
+    ``channels`` are the widths of the three encoder stages (32, 64, 64 in the paper),
+    ``volume_channels``/``volume_kernel`` the 15×15 convolution that makes the volume
+    (1024, 15), ``decision_channels`` the three decision convolutions (8, 16, 32).
+    ``gradient_adjustment`` may be flipped at run time.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels: Sequence[int] = (32, 64, 64),
+        volume_channels: int = 1024,
+        volume_kernel: int = 15,
+        decision_channels: Sequence[int] = (8, 16, 32),
+        gradient_adjustment: bool = True,
+        full_resolution: bool = False,
+        full_resolution_width: int = 32,
+    ) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.in_channels = in_channels
+        self.gradient_adjustment = gradient_adjustment
+        self.stage1 = conv_block(in_channels, c1, 5)
+        self.stage2 = nn.Sequential(
+            conv_block(c1, c2, 5), conv_block(c2, c2, 5), conv_block(c2, c2, 5)
+        )
+        self.stage3 = nn.Sequential(*(conv_block(c2 if i == 0 else c3, c3, 5) for i in range(4)))
+        self.volume = conv_block(c3, volume_channels, volume_kernel)
+        self.seg_mask = nn.Sequential(
+            nn.Conv2d(volume_channels, 1, 1, bias=False), FeatureNorm(1, with_bias=False)
+        )
+        d1, d2, d3 = decision_channels
+        self.decision_features = nn.Sequential(
+            nn.MaxPool2d(2),
+            conv_block(volume_channels + 1, d1, 5),
+            nn.MaxPool2d(2),
+            conv_block(d1, d2, 5),
+            nn.MaxPool2d(2),
+            conv_block(d2, d3, 5),
+        )
+        self.decision_fc = nn.Linear(2 * d3 + 2, 1)
+        self.full_resolution_head = (
+            FullResolutionHead(volume_channels, (c1, c2, c3), full_resolution_width)
+            if full_resolution
+            else None
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.xavier_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def full_resolution(self) -> bool:
+        return self.full_resolution_head is not None
+
+    def forward(self, x: Tensor) -> SegDecOutput:
+        check_input_size(x.shape[-2], x.shape[-1])
+        f1 = self.stage1(x)
+        f2 = self.stage2(F.max_pool2d(f1, 2))
+        f3 = self.stage3(F.max_pool2d(f2, 2))
+        volume = self.volume(F.max_pool2d(f3, 2))
+        if self.full_resolution_head is None:
+            segmentation = self.seg_mask(volume)
+            seg_low = segmentation
+        else:
+            segmentation = self.full_resolution_head(volume, (f1, f2, f3))
+            seg_low = F.avg_pool2d(segmentation, OUTPUT_STRIDE)
+
+        multiplier = 0.0 if self.gradient_adjustment else 1.0
+        volume_in = scale_gradient(volume, multiplier)
+        seg_in = scale_gradient(seg_low, multiplier)
+        features = self.decision_features(torch.cat([volume_in, seg_in], dim=1))
+        pooled = torch.cat(
+            [
+                features.amax(dim=(2, 3)),
+                features.mean(dim=(2, 3)),
+                seg_in.amax(dim=(2, 3)),
+                seg_in.mean(dim=(2, 3)),
+            ],
+            dim=1,
+        )
+        return SegDecOutput(self.decision_fc(pooled).squeeze(1), segmentation)
+
+
+def check_input_size(height: int, width: int) -> None:
+    """Refuse sizes the network cannot take, with the reason.
+
+    The decision subnet's last map is 1/64 of the input; FeatureNorm needs a standard
+    deviation there, so that map must hold at least 2 pixels (e.g. 64×128, 128×128).
+    """
+    for name, size in (("height", height), ("width", width)):
+        if size % OUTPUT_STRIDE:
+            raise ConfigError(
+                f"input {name} {size} is not divisible by {OUTPUT_STRIDE} "
+                f"(set data.input_{name} to a multiple of {OUTPUT_STRIDE})"
+            )
+        if size < DECISION_STRIDE:
+            raise ConfigError(
+                f"input {name} {size} is too small: the decision subnet pools to 1/"
+                f"{DECISION_STRIDE}, so height and width must be at least {DECISION_STRIDE}"
+            )
+    if (height // DECISION_STRIDE) * (width // DECISION_STRIDE) < 2:
+        raise ConfigError(
+            f"input {height}x{width} is too small: the decision subnet's last map must hold "
+            f"at least 2 pixels (e.g. {DECISION_STRIDE}x{2 * DECISION_STRIDE})"
+        )

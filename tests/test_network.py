@@ -1,0 +1,109 @@
+"""The network of METHOD.md §2-§3: shapes, parameter count, FeatureNorm, gradient flow."""
+
+import math
+
+import pytest
+import torch
+
+from crackseg.errors import ConfigError
+from crackseg.models.losses import decision_loss
+from crackseg.models.segdecnet import FeatureNorm, SegDecNet
+
+SMALL = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
+
+
+@pytest.mark.parametrize("height,width", [(64, 128), (128, 96), (72, 136)])
+def test_output_shapes(height, width):
+    net = SegDecNet(in_channels=3, **SMALL)
+    out = net(torch.rand(2, 3, height, width))
+    assert out.decision.shape == (2,)
+    assert out.segmentation.shape == (2, 1, height // 8, width // 8)
+
+
+def test_full_resolution_head_predicts_at_input_size():
+    net = SegDecNet(in_channels=1, full_resolution=True, full_resolution_width=8, **SMALL)
+    out = net(torch.rand(2, 1, 64, 136))
+    assert out.segmentation.shape == (2, 1, 64, 136)
+    assert out.decision.shape == (2,)
+
+
+@pytest.mark.parametrize("height,width,words", [(100, 64, "divisible by 8"), (56, 128, "at least 64"), (64, 64, "2 pixels")])
+def test_bad_sizes_are_refused(height, width, words):
+    net = SegDecNet(**SMALL)
+    with pytest.raises(ConfigError, match=words):
+        net(torch.rand(1, 3, height, width))
+
+
+def test_parameter_count_of_the_paper_network():
+    # By hand from the layer table: each conv is in*out*k*k (no bias), each FeatureNorm
+    # has scale + bias per channel (the segmentation output's has no bias).
+    convs = (
+        3 * 32 * 25  # 1: conv 5x5 -> 32
+        + 32 * 64 * 25 + 2 * 64 * 64 * 25  # 3-5
+        + 4 * 64 * 64 * 25  # 7-10
+        + 64 * 1024 * 15 * 15  # 12: the volume
+        + 1024 * 1  # 13: 1x1 -> segmentation logits
+        + 1025 * 8 * 25 + 8 * 16 * 25 + 16 * 32 * 25  # decision convs
+    )
+    norms = 2 * (32 + 3 * 64 + 4 * 64 + 1024) + 1 + 2 * (8 + 16 + 32)
+    linear = 66 + 1
+    net = SegDecNet()
+    assert sum(p.numel() for p in net.parameters()) == convs + norms + linear == 15_638_812
+
+
+def test_feature_norm_against_hand_computation():
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2)
+    mean = 2.5
+    std = math.sqrt((1.5**2 + 0.5**2 + 0.5**2 + 1.5**2) / 3)  # unbiased, as torch.std
+    expected = [(v - mean) / math.sqrt(std + 0.001) for v in (1.0, 2.0, 3.0, 4.0)]
+    norm = FeatureNorm(1)
+    assert torch.allclose(norm(x).flatten(), torch.tensor(expected), atol=1e-6)
+    with torch.no_grad():
+        norm.scale.fill_(2.0)
+        norm.bias.fill_(0.5)
+    assert torch.allclose(norm(x).flatten(), 2 * torch.tensor(expected) + 0.5, atol=1e-6)
+
+
+def test_xavier_normal_init_and_no_conv_bias():
+    net = SegDecNet()
+    conv = net.volume[0]
+    assert conv.bias is None
+    fan_in, fan_out = 64 * 15 * 15, 1024 * 15 * 15
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.02)
+
+
+def _segmentation_parameters(net):
+    return [
+        p
+        for module in (net.stage1, net.stage2, net.stage3, net.volume, net.seg_mask)
+        for p in module.parameters()
+    ]
+
+
+def _decision_parameters(net):
+    return list(net.decision_features.parameters()) + list(net.decision_fc.parameters())
+
+
+@pytest.mark.parametrize("adjust", [True, False])
+def test_gradient_flow_adjustment(adjust):
+    torch.manual_seed(0)
+    net = SegDecNet(**SMALL, gradient_adjustment=True)
+    net.gradient_adjustment = adjust  # switchable at run time
+    out = net(torch.rand(2, 3, 64, 128))
+    decision_loss(out.decision, torch.tensor([1.0, 0.0])).backward()
+    seg_grads = [p.grad for p in _segmentation_parameters(net)]
+    assert all(g is not None for g in seg_grads)
+    if adjust:
+        assert all(torch.count_nonzero(g) == 0 for g in seg_grads)
+    else:
+        assert all(torch.count_nonzero(g) > 0 for g in seg_grads)
+    assert all(torch.count_nonzero(p.grad) > 0 for p in _decision_parameters(net))
+
+
+def test_gradient_adjustment_leaves_forward_unchanged():
+    torch.manual_seed(0)
+    net = SegDecNet(**SMALL).eval()
+    x = torch.rand(1, 3, 64, 128)
+    on = net(x).decision
+    net.gradient_adjustment = False
+    assert torch.equal(on, net(x).decision)
