@@ -1,0 +1,147 @@
+"""Balanced epochs and frequency-of-use sampling of negatives (METHOD.md §5).
+
+Every epoch shows each positive once and ``neg_per_pos`` negatives per positive, shuffled
+together. With frequency-of-use on, negatives shown least so far are favoured.
+
+The epoch's list is a pure function of the seed and the epoch number: the usage counts are
+replayed from epoch 0 (cheap: it touches index arrays only). So the sampler is correct with
+any number of loader workers (it is iterated in the main process), after resuming, and under
+distributed training, where every rank computes the same global list and takes its shard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """Selection probabilities favouring rarely shown negatives.
+
+    ``s = 1 - c / max(c)``; ``s = s - median(s) + 1``; ``p ∝ s ** (4 ln N)``; uniform before
+    any negative has been shown.
+    """
+    num = len(counts)
+    if counts.max() == 0:
+        return np.full(num, 1.0 / num)
+    score = 1.0 - counts / counts.max()
+    score = score - np.median(score) + 1.0
+    weights = score ** (4.0 * math.log(num)) if num > 1 else np.ones(1)
+    if np.count_nonzero(weights) == 0:
+        weights = np.ones(num)
+    return weights / weights.sum()
+
+
+def draw_negatives(
+    rng: np.random.Generator, probabilities: np.ndarray, count: int
+) -> np.ndarray:
+    """Draw ``count`` negative positions by ``probabilities``.
+
+    Without replacement while there are enough negatives; with fewer negatives than asked
+    for, every negative is shown once and the rest are drawn with replacement.
+    """
+    num = len(probabilities)
+    if count <= num:
+        # Negatives with zero weight can only be drawn once the others are exhausted.
+        p = probabilities + (1e-12 if np.count_nonzero(probabilities) < count else 0.0)
+        return rng.choice(num, size=count, replace=False, p=p / p.sum())
+    extra = rng.choice(num, size=count - num, replace=True, p=probabilities)
+    return np.concatenate([np.arange(num), extra])
+
+
+class BalancedNegativeSampler(Sampler[int]):
+    """Yields dataset indices: all positives plus as many negatives, per epoch.
+
+    ``positives``/``negatives`` are indices into the dataset. ``num_replicas``/``rank``
+    default to the process group when one is initialised.
+    """
+
+    def __init__(
+        self,
+        positives: Sequence[int],
+        negatives: Sequence[int],
+        *,
+        frequency_of_use: bool = True,
+        neg_per_pos: int = 1,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if not positives and not negatives:
+            raise ValueError("the training split is empty")
+        self.positives = np.asarray(positives, dtype=np.int64)
+        self.negatives = np.asarray(negatives, dtype=np.int64)
+        self.frequency_of_use = frequency_of_use
+        self.neg_per_pos = neg_per_pos
+        self.seed = seed
+        self.epoch = 0
+        self._num_replicas = num_replicas
+        self._rank = rank
+        # Replay cache: usage counts after `_counts_epoch` epochs.
+        self._counts = np.zeros(len(self.negatives), dtype=np.int64)
+        self._counts_epoch = 0
+
+    @property
+    def num_replicas(self) -> int:
+        if self._num_replicas is not None:
+            return self._num_replicas
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @property
+    def rank(self) -> int:
+        if self._rank is not None:
+            return self._rank
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def negatives_per_epoch(self) -> int:
+        if len(self.negatives) == 0:
+            return 0
+        # Without positives (e.g. a negatives-only split) show every negative once.
+        return len(self.positives) * self.neg_per_pos or len(self.negatives)
+
+    def _negative_positions(self, epoch: int, counts: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        if self.frequency_of_use:
+            probabilities = frequency_weights(counts)
+        else:
+            probabilities = np.full(len(counts), 1.0 / len(counts))
+        return draw_negatives(rng, probabilities, self.negatives_per_epoch)
+
+    def usage_counts(self, epoch: int) -> np.ndarray:
+        """How often each negative was shown in epochs 0 .. epoch-1."""
+        if epoch < self._counts_epoch:
+            self._counts = np.zeros(len(self.negatives), dtype=np.int64)
+            self._counts_epoch = 0
+        while self._counts_epoch < epoch:
+            if len(self.negatives):
+                chosen = self._negative_positions(self._counts_epoch, self._counts)
+                np.add.at(self._counts, chosen, 1)
+            self._counts_epoch += 1
+        return self._counts.copy()
+
+    def global_epoch_list(self, epoch: int) -> np.ndarray:
+        """The epoch's shuffled indices, the same on every rank."""
+        parts = [self.positives]
+        if len(self.negatives):
+            parts.append(self.negatives[self._negative_positions(epoch, self.usage_counts(epoch))])
+        indices = np.concatenate(parts)
+        return np.random.default_rng([self.seed, epoch, 2]).permutation(indices)
+
+    def __len__(self) -> int:
+        total = len(self.positives) + self.negatives_per_epoch
+        return math.ceil(total / self.num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.global_epoch_list(self.epoch)
+        replicas = self.num_replicas
+        # Every rank must see as many batches: repeat the head of the list to even out.
+        indices = np.resize(indices, len(self) * replicas)
+        return iter(indices[self.rank :: replicas].tolist())
