@@ -27,7 +27,10 @@ def test_full_resolution_head_predicts_at_input_size():
     assert out.decision.shape == (2,)
 
 
-@pytest.mark.parametrize("height,width,words", [(100, 64, "divisible by 8"), (56, 128, "at least 64"), (64, 64, "2 pixels")])
+@pytest.mark.parametrize(
+    "height,width,words",
+    [(100, 64, "divisible by 8"), (56, 128, "at least 64"), (64, 64, "2 pixels")],
+)
 def test_bad_sizes_are_refused(height, width, words):
     net = SegDecNet(**SMALL)
     with pytest.raises(ConfigError, match=words):
@@ -39,11 +42,14 @@ def test_parameter_count_of_the_paper_network():
     # has scale + bias per channel (the segmentation output's has no bias).
     convs = (
         3 * 32 * 25  # 1: conv 5x5 -> 32
-        + 32 * 64 * 25 + 2 * 64 * 64 * 25  # 3-5
+        + 32 * 64 * 25
+        + 2 * 64 * 64 * 25  # 3-5
         + 4 * 64 * 64 * 25  # 7-10
         + 64 * 1024 * 15 * 15  # 12: the volume
         + 1024 * 1  # 13: 1x1 -> segmentation logits
-        + 1025 * 8 * 25 + 8 * 16 * 25 + 16 * 32 * 25  # decision convs
+        + 1025 * 8 * 25
+        + 8 * 16 * 25
+        + 16 * 32 * 25  # decision convs
     )
     norms = 2 * (32 + 3 * 64 + 4 * 64 + 1024) + 1 + 2 * (8 + 16 + 32)
     linear = 66 + 1

@@ -15,7 +15,7 @@ DOWNSAMPLE_STRIDE = 8
 
 
 def binarize(mask: np.ndarray, threshold: int = 127) -> np.ndarray:
-    """Defect where the stored value exceeds ``threshold`` (masks are often JPEG, with artefacts)."""
+    """Defect where the stored value exceeds ``threshold`` (masks are often JPEGs with artefacts)."""
     return mask > threshold
 
 
@@ -75,7 +75,9 @@ def distance_weight_map(
         d_max = np.concatenate([[1.0], np.asarray(d_max, np.float64)])[components]
     else:
         d_max = distance.max()
-    weights[mask] = max_weight * (distance[mask] / np.broadcast_to(d_max, mask.shape)[mask]) ** power
+    weights[mask] = (
+        max_weight * (distance[mask] / np.broadcast_to(d_max, mask.shape)[mask]) ** power
+    )
     return weights
 
 

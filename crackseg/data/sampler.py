@@ -36,9 +36,7 @@ def frequency_weights(counts: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
-def draw_negatives(
-    rng: np.random.Generator, probabilities: np.ndarray, count: int
-) -> np.ndarray:
+def draw_negatives(rng: np.random.Generator, probabilities: np.ndarray, count: int) -> np.ndarray:
     """Draw ``count`` negative positions by ``probabilities``.
 
     Without replacement while there are enough negatives; with fewer negatives than asked

@@ -20,9 +20,7 @@ def loss_weights(
     return 1.0 - progress, delta * progress
 
 
-def segmentation_loss(
-    logits: Tensor, target: Tensor, weight: Tensor, segmented: Tensor
-) -> Tensor:
+def segmentation_loss(logits: Tensor, target: Tensor, weight: Tensor, segmented: Tensor) -> Tensor:
     """Weighted BCE averaged per sample, then over the segmented samples of the batch only.
 
     Weak positives (``segmented`` False) contribute nothing, and the batch mean does not

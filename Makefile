@@ -1,0 +1,63 @@
+# The commands people type. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed on its own first: a CPU build where there is no NVIDIA GPU, so pip
+# never pulls a multi-GB CUDA build onto a CPU machine. Override TORCH_SPEC/TORCH_INDEX
+# to pick another build, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+ARGS ?=
+SWEEP ?= dilate
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test lint format sweep summary tensorboard benchmark clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing the default (CUDA) build of torch"; \
+		$(BIN)/pip install "$(TORCH_SPEC)"; \
+	else \
+		echo "no GPU: installing a CPU build of torch ($(TORCH_SPEC))"; \
+		$(BIN)/pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+	$(BIN)/pip install -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv and install crackseg with its dev tools
+
+train: install ## run the demo: synthetic data, small model, CPU, a few minutes (ARGS=overrides)
+	$(BIN)/crackseg-train $(ARGS)
+
+test: install ## run the test suite
+	$(BIN)/pytest -q $(ARGS)
+
+lint: install ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+sweep: install ## run an ablation sweep (SWEEP=dilate|p_max|delta|..., ARGS=overrides)
+	$(BIN)/crackseg-train -m +sweep=$(SWEEP) $(ARGS)
+
+summary: install ## rebuild the summary table of a folder of runs (ARGS=FOLDER)
+	$(BIN)/crackseg-summary $(ARGS)
+
+tensorboard: install ## compare every run under outputs/ in TensorBoard
+	$(BIN)/tensorboard --logdir outputs $(ARGS)
+
+benchmark: install ## print the speed and memory tables of benchmarks/
+	$(BIN)/python benchmarks/throughput.py $(ARGS)
+
+clean: ## remove caches (keeps outputs/, data/ and .venv)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,185 @@
+"""Side work of a run as Lightning callbacks: validation schedule, history, images, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from crackseg.evaluation.metrics import json_ready
+from crackseg.evaluation.plots import (
+    dice_panel_name,
+    plot_precision_recall,
+    plot_roc,
+    plot_training_curves,
+    save_dice_panel,
+    spread_indices,
+)
+
+log = logging.getLogger(__name__)
+
+HISTORY_KEYS = (
+    "train/loss_seg",
+    "train/loss_dec",
+    "train/loss",
+    "train/lambda_seg",
+    "train/lambda_dec",
+    "val/image_ap",
+    "val/image_auc",
+    "val/dice",
+)
+
+
+class ValidateOnLastEpoch(pl.Callback):
+    """Validate after the last epoch too, whatever ``check_val_every_n_epoch`` says."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
+            trainer.check_val_every_n_epoch = 1
+
+
+class TrainingHistory(pl.Callback):
+    """Keeps the per-epoch scalars and draws the training curves when fitting ends."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = Path(output_dir)
+        self.history: dict[str, list[tuple[int, float]]] = {}
+
+    def _record(self, trainer: pl.Trainer, prefix: str) -> None:
+        if trainer.sanity_checking:
+            return
+        for key in HISTORY_KEYS:
+            value = trainer.callback_metrics.get(key)
+            if key.startswith(prefix) and value is not None:
+                self.history.setdefault(key, []).append((trainer.current_epoch, float(value)))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer, "train/")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer, "val/")
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        plot_training_curves(self.history, self.output_dir / "training_curves.png")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {k: [tuple(p) for p in v] for k, v in state_dict["history"].items()}
+
+
+class ValidationImages(pl.Callback):
+    """Logs a few validation images with their predicted masks to TensorBoard."""
+
+    def __init__(self, num_images: int = 4) -> None:
+        self.num_images = num_images
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not isinstance(trainer.logger, TensorBoardLogger):
+            return
+        dataset = trainer.datamodule.dataset(trainer.datamodule.val_split)
+        positives = [i for i, s in enumerate(dataset.samples) if s.is_positive]
+        chosen = (positives or list(range(len(dataset))))[: self.num_images]
+        if not chosen:
+            return
+        batch = torch.stack([dataset[i]["image"] for i in chosen]).to(pl_module.device)
+        masks = torch.stack([dataset[i]["mask"] for i in chosen])
+        with torch.no_grad():
+            scores, seg = pl_module(batch)
+        # One row per image: the image (grey), the ground truth, the predicted probabilities.
+        grey = batch.mean(dim=1, keepdim=True).cpu()
+        rows = torch.cat([grey, masks, seg.cpu()], dim=3).clamp(0, 1)
+        trainer.logger.experiment.add_images(
+            "val/predictions", rows, global_step=trainer.current_epoch
+        )
+
+
+class EvaluationReport(pl.Callback):
+    """After testing, writes metrics.json, the curves, the Dice panels and report.md.
+
+    ``write_report`` is called with the run folder and the test results; it is a
+    parameter so the same callback serves training runs and checkpoint evaluations.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        num_dice_panels: int = 7,
+        write_report: Callable[[Path, dict[str, Any], pl.Trainer], None] | None = None,
+        hparams: dict[str, Any] | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.num_dice_panels = num_dice_panels
+        self.write_report = write_report
+        self.hparams = hparams or {}
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        results = pl_module.test_results
+        out = self.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        counts = trainer.datamodule.split_counts()
+        metrics = json_ready(results)
+        for split, (pos, neg) in counts.items():
+            metrics[f"{split}_positives"], metrics[f"{split}_negatives"] = pos, neg
+            metrics[f"{split}_samples"] = pos + neg
+        metrics["num_segmented"] = trainer.datamodule.num_segmented_train
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if results.get("roc") is not None:
+            plot_roc(*results["roc"], results["image_auc"], out / "ROC.png")
+            plot_precision_recall(*results["pr"], results["image_ap"], out / "precision-recall.png")
+        dice_files = self._dice_panels(trainer, pl_module, results)
+        results["dice_files"] = dice_files
+        if isinstance(trainer.logger, TensorBoardLogger) and self.hparams:
+            final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}
+            trainer.logger.log_hyperparams(self.hparams, final)
+        if self.write_report is not None:
+            self.write_report(out, metrics | {"dice_files": dice_files}, trainer)
+        log.info("evaluation written to %s", out)
+
+    def _dice_panels(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, results: dict[str, Any]
+    ) -> list[str]:
+        dice = results.get("dice_per_image")
+        if dice is None or len(dice) == 0 or self.num_dice_panels <= 0:
+            return []
+        dataset = trainer.datamodule.dataset("test")
+        threshold = float(pl_module.seg_threshold)
+        score_of = dict(zip(results["indices"].tolist(), results["scores"].tolist(), strict=True))
+        files = []
+        for rank in spread_indices(list(dice), self.num_dice_panels):
+            index = int(results["positive_indices"][rank])
+            item = dataset[index]
+            with torch.no_grad():
+                _, seg = pl_module(item["image"][None].to(pl_module.device))
+            name = dice_panel_name(float(dice[rank]), dataset.samples[index].sample_id)
+            image = item["image"].permute(1, 2, 0).numpy()
+            save_dice_panel(
+                image.squeeze(-1) if image.shape[-1] == 1 else image,
+                item["mask"][0].numpy() > 0.5,
+                seg[0, 0].cpu().numpy(),
+                threshold,
+                score_of[index],
+                float(dice[rank]),
+                self.output_dir / "dices" / name,
+            )
+            files.append(name)
+        return files
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool)

@@ -1,0 +1,238 @@
+"""The LightningDataModule: splits, mixed supervision, balanced sampling, loaders."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from crackseg.data.augment import build_augmentation
+from crackseg.data.dataset import CrackDataset, WeightMapConfig
+from crackseg.data.layouts import check_samples, index_layout
+from crackseg.data.sampler import BalancedNegativeSampler
+from crackseg.data.samples import Sample, count_positives
+from crackseg.data.splits import resolve_splits, write_split_csv
+from crackseg.errors import ConfigError, DataError
+from crackseg.models.segdecnet import check_input_size
+
+log = logging.getLogger(__name__)
+
+
+def choose_segmented(positives: list[Sample], num_segmented: int | None, seed: int) -> set[str]:
+    """Ids of the training positives that keep their masks, chosen reproducibly.
+
+    ``None`` keeps every mask. Positives without a mask on disk are weak whatever is asked.
+    """
+    with_mask = sorted(s.sample_id for s in positives if s.mask_path is not None)
+    if num_segmented is None:
+        return set(with_mask)
+    if not 0 <= num_segmented <= len(with_mask):
+        raise ConfigError(
+            f"data.num_segmented={num_segmented} but the training split has "
+            f"{len(with_mask)} positives with masks (use 0..{len(with_mask)} or null for all)"
+        )
+    order = np.random.default_rng(seed).permutation(len(with_mask))
+    return {with_mask[i] for i in order[:num_segmented]}
+
+
+class CrackDataModule(pl.LightningDataModule):
+    """Owns the train/validation/test split and the frequency-of-use sampler.
+
+    ``split_seed`` fixes the split and which positives keep masks (so runs that sweep
+    ``seed`` share one split); ``seed`` drives the sampler.
+
+    ``layout`` and ``layout_options`` say how the files under ``root`` are organised
+    (``crackseg.data.layouts``). ``synthetic`` (a dict of generator arguments) makes the
+    embedded synthetic dataset under ``root`` first; ``download`` (url, sha256) fetches an
+    archive there. Both happen in ``prepare_data``, once per machine.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        name: str = "dataset",
+        layout: str = "crack_segmentation",
+        layout_options: dict[str, Any] | None = None,
+        synthetic: dict[str, Any] | None = None,
+        download: dict[str, Any] | None = None,
+        input_channels: int = 3,
+        input_height: int = 640,
+        input_width: int = 232,
+        batch_size: int = 1,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        dilate: int = 1,
+        binarize_threshold: int = 127,
+        num_segmented: int | None = None,
+        frequency_sampling: bool = True,
+        neg_per_pos: int = 1,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_file: str | None = None,
+        check_files: bool = True,
+        validate_on_test: bool = False,
+        weighted_seg: bool = False,
+        weighted_seg_max: float = 1.0,
+        weighted_seg_p: float = 2.0,
+        weighted_seg_per_component: bool = False,
+        augment: dict[str, Any] | None = None,
+        split_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_input_size(input_height, input_width)
+        if input_channels not in (1, 3):
+            raise ConfigError(f"data.input_channels must be 1 or 3, not {input_channels}")
+        self.root = Path(root).expanduser()
+        self.name = name
+        self.layout = layout
+        self.layout_options = dict(layout_options or {})
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.download = dict(download) if download else None
+        self.input_channels = input_channels
+        self.input_height = input_height
+        self.input_width = input_width
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.dilate = dilate
+        self.binarize_threshold = binarize_threshold
+        self.num_segmented = num_segmented
+        self.frequency_sampling = frequency_sampling
+        self.neg_per_pos = neg_per_pos
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_file = split_file
+        self.check_files = check_files
+        self.validate_on_test = validate_on_test
+        self.weight_map = (
+            WeightMapConfig(weighted_seg_max, weighted_seg_p, weighted_seg_per_component)
+            if weighted_seg
+            else None
+        )
+        self.augment = dict(augment or {})
+        self.split_seed = split_seed
+        self.seed = seed
+        self.splits: dict[str, list[Sample]] | None = None
+        self.segmented_ids: set[str] = set()
+
+    # -- preparation -------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            from crackseg.data.synthetic import generate_synthetic_dataset
+
+            generate_synthetic_dataset(self.root, **self.synthetic)
+        elif self.download is not None:
+            from crackseg.data.download import prepare_dataset
+
+            prepare_dataset(self.root, self.download["url"], self.download.get("sha256"))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        if not self.root.exists():
+            raise DataError(f"data root {self.root} does not exist (set data.root=PATH)")
+        indexed = index_layout(self.layout, self.root, **self.layout_options)
+        splits = resolve_splits(
+            indexed, self.val_fraction, self.test_fraction, self.split_seed, self.split_file
+        )
+        if self.check_files:
+            splits = {
+                name: check_samples(samples, self.binarize_threshold, desc=f"checking {name}")
+                for name, samples in splits.items()
+            }
+        if not splits["train"]:
+            raise DataError(f"the training split of {self.root} is empty")
+        train_positives = [s for s in splits["train"] if s.is_positive]
+        self.segmented_ids = choose_segmented(train_positives, self.num_segmented, self.split_seed)
+        self.splits = splits
+        for name in ("train", "val", "test"):
+            pos, neg = count_positives(splits[name])
+            log.info("%s split: %d positives, %d negatives", name, pos, neg)
+
+    # -- datasets ----------------------------------------------------------------------
+    def _dataset(self, split: str, training: bool = False) -> CrackDataset:
+        """Evaluation datasets keep every mask undilated: Dice is measured on the true mask."""
+        assert self.splits is not None, "call setup() first"
+        transform = None
+        if training:
+            transform = build_augmentation(
+                **self.augment, square=self.input_height == self.input_width
+            )
+        return CrackDataset(
+            self.splits[split],
+            channels=self.input_channels,
+            height=self.input_height,
+            width=self.input_width,
+            dilate=self.dilate if training else 1,
+            binarize_threshold=self.binarize_threshold,
+            segmented_ids=self.segmented_ids if training else None,
+            weight_map=self.weight_map if training else None,
+            transform=transform,
+        )
+
+    @property
+    def val_split(self) -> str:
+        return "test" if self.validate_on_test else "val"
+
+    def dataset(self, split: str) -> CrackDataset:
+        """The evaluation dataset of a split ('train', 'val' or 'test'), without augmentation."""
+        return self._dataset(split)
+
+    def train_sampler(self) -> BalancedNegativeSampler:
+        samples = self.splits["train"]
+        return BalancedNegativeSampler(
+            [i for i, s in enumerate(samples) if s.is_positive],
+            [i for i, s in enumerate(samples) if not s.is_positive],
+            frequency_of_use=self.frequency_sampling,
+            neg_per_pos=self.neg_per_pos,
+            seed=self.seed,
+        )
+
+    def _loader(self, dataset: CrackDataset, batch_size: int, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(
+            self._dataset("train", training=True), self.batch_size, sampler=self.train_sampler()
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset(self.val_split), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test"), self.eval_batch_size)
+
+    # -- facts for the report ----------------------------------------------------------
+    def split_counts(self) -> dict[str, tuple[int, int]]:
+        """(positives, negatives) per split, as in the seed report's table."""
+        assert self.splits is not None, "call setup() first"
+        return {name: count_positives(samples) for name, samples in self.splits.items()}
+
+    @property
+    def num_segmented_train(self) -> int:
+        return len(self.segmented_ids)
+
+    def save_split(self, path: str | Path) -> None:
+        """Write the split used (and which positives kept masks) to a CSV that reproduces it."""
+        assert self.splits is not None, "call setup() first"
+        marked = {
+            name: [
+                s
+                if not s.is_positive or name != "train" or s.sample_id in self.segmented_ids
+                else Sample(s.sample_id, s.image_path, None, True)
+                for s in samples
+            ]
+            for name, samples in self.splits.items()
+        }
+        write_split_csv(path, marked)

@@ -1,0 +1,109 @@
+"""A map-style dataset that reads one sample lazily and prepares its labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from crackseg.data.io import read_image, read_mask
+from crackseg.data.labels import distance_weight_map, prepare_mask, resize_image
+from crackseg.data.samples import Sample
+
+
+@dataclass(frozen=True)
+class WeightMapConfig:
+    """The weighted segmentation loss's map (METHOD.md §4 step 4)."""
+
+    max_weight: float = 1.0
+    power: float = 2.0
+    per_component: bool = False
+
+
+class CrackDataset(Dataset):
+    """Images and masks read from disk on access, so memory does not grow with the dataset.
+
+    An item is a dict: ``image`` [C,H,W] float in [0,1], ``mask`` [1,H,W] float (0/1),
+    ``weight`` [1,H,W] float, ``label`` float (1 = defect), ``segmented`` bool (False for
+    weak positives, whose mask is unknown and all zero here) and ``index``.
+    ``segmented_ids`` lists the positives whose masks are used; None means all with a mask.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        channels: int,
+        height: int,
+        width: int,
+        dilate: int = 1,
+        binarize_threshold: int = 127,
+        segmented_ids: set[str] | None = None,
+        weight_map: WeightMapConfig | None = None,
+        transform: A.BasicTransform | A.Compose | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.channels = channels
+        self.height = height
+        self.width = width
+        self.dilate = dilate
+        self.binarize_threshold = binarize_threshold
+        self.segmented_ids = segmented_ids
+        self.weight_map = weight_map
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def is_segmented(self, sample: Sample) -> bool:
+        if not sample.is_positive:
+            return True
+        if sample.mask_path is None:
+            return False
+        return self.segmented_ids is None or sample.sample_id in self.segmented_ids
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Image HxWxC uint8 and boolean mask HxW at the input size, and whether it is segmented."""
+        sample = self.samples[index]
+        image = resize_image(read_image(sample.image_path, self.channels), self.height, self.width)
+        segmented = self.is_segmented(sample)
+        if segmented and sample.is_positive:
+            mask = prepare_mask(
+                read_mask(sample.mask_path),
+                self.height,
+                self.width,
+                dilate_kernel=self.dilate,
+                threshold=self.binarize_threshold,
+            )
+        else:
+            mask = np.zeros((self.height, self.width), bool)
+        return image, mask, segmented
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image, mask, segmented = self.load(index)
+        if self.weight_map is not None:
+            weight = distance_weight_map(
+                mask,
+                self.weight_map.max_weight,
+                self.weight_map.power,
+                self.weight_map.per_component,
+            )
+        else:
+            weight = np.ones(mask.shape, np.float32)
+        mask = mask.astype(np.float32)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask, weight=weight)
+            image, mask, weight = out["image"], out["mask"], out["weight"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255,
+            "mask": torch.from_numpy(np.ascontiguousarray(mask))[None].float(),
+            "weight": torch.from_numpy(np.ascontiguousarray(weight))[None].float(),
+            "label": torch.tensor(float(sample.is_positive)),
+            "segmented": torch.tensor(segmented),
+            "index": torch.tensor(index),
+        }

@@ -1,0 +1,266 @@
+"""Image- and pixel-level metrics of SegDecNet (METHOD.md section 7).
+
+Pixel metrics are built from per-image histograms of the segmentation probabilities: a
+histogram is small (2 x NUM_BINS integers per image), so the test split never has to be held
+in memory, and histograms from several DDP ranks can simply be gathered and concatenated.
+From a histogram, Dice and IoU follow for every threshold ``k / NUM_BINS`` at once, which is
+what choosing the segmentation threshold on the validation split needs.
+
+Image metrics use torchmetrics' functional API on the decision scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_precision_recall_curve,
+    binary_roc,
+)
+
+log = logging.getLogger(__name__)
+
+NUM_BINS = 100
+"""Thresholds are ``k / NUM_BINS`` for k = 0..NUM_BINS-1; a pixel is a defect if prob >= t."""
+
+DEFAULT_THRESHOLD = 0.5
+"""Used where no threshold can be chosen (a split without positives or without negatives)."""
+
+
+# --------------------------------------------------------------------------- pixel level
+
+
+def pixel_histograms(probs: Tensor, targets: Tensor, num_bins: int = NUM_BINS) -> Tensor:
+    """Per-image histograms of pixel probabilities: all pixels and target (defect) pixels.
+
+    ``probs`` [B, ...] in [0, 1] and ``targets`` [B, ...] (bool or 0/1) of the same shape.
+    Returns int64 [B, 2, num_bins]: ``[:, 0, k]`` counts all pixels with prob in bin k,
+    ``[:, 1, k]`` the target pixels among them. Bin k is ``[k/num_bins, (k+1)/num_bins)``,
+    the last bin includes 1.0. Runs on the tensors' device with one ``bincount`` per row,
+    so it is cheap enough to call in every test step.
+    """
+    if probs.shape != targets.shape:
+        raise ValueError(
+            f"pixel_histograms: probs {tuple(probs.shape)} and targets "
+            f"{tuple(targets.shape)} differ in shape"
+        )
+    batch = probs.shape[0]
+    flat_probs = torch.nan_to_num(probs.detach().reshape(batch, -1).float(), nan=0.0)
+    flat_targets = targets.detach().reshape(batch, -1).bool()
+    bins = (flat_probs * num_bins).floor().long().clamp_(0, num_bins - 1)
+    offsets = torch.arange(batch, device=bins.device).unsqueeze(1) * num_bins
+    index = bins + offsets
+    size = batch * num_bins
+    all_counts = torch.bincount(index.reshape(-1), minlength=size)
+    target_counts = torch.bincount(index[flat_targets], minlength=size)
+    return torch.stack(
+        [all_counts.view(batch, num_bins), target_counts.view(batch, num_bins)], dim=1
+    ).long()
+
+
+def _reverse_cumsum(x: Tensor) -> Tensor:
+    """Entry k = sum of entries k..end: the count of pixels with prob >= k / num_bins."""
+    return x.flip(-1).cumsum(-1).flip(-1)
+
+
+def dice_iou_curves(histograms: Tensor) -> tuple[Tensor, Tensor]:
+    """Dice and IoU of every image at every threshold ``k / num_bins``.
+
+    ``histograms`` int [N, 2, num_bins] (from :func:`pixel_histograms`). Returns float64
+    (dice [N, num_bins], iou [N, num_bins]).
+
+    Edge cases, chosen on purpose: an empty target with an empty prediction is a perfect
+    answer, so Dice = IoU = 1 (not 0/0 = NaN); an empty prediction on a non-empty target
+    (or a prediction on an empty target) scores 0. No NaN ever comes out, so means and
+    standard deviations over images are always defined.
+    """
+    hist = histograms.double()
+    predicted = _reverse_cumsum(hist[:, 0])
+    intersection = _reverse_cumsum(hist[:, 1])
+    target = hist[:, 1].sum(-1, keepdim=True)
+    total = predicted + target
+    union = total - intersection
+    empty = total == 0
+    dice = torch.where(empty, torch.ones_like(total), 2 * intersection / total.clamp_min(1))
+    iou = torch.where(empty, torch.ones_like(total), intersection / union.clamp_min(1))
+    return dice, iou
+
+
+def _bin_index(threshold: float, num_bins: int) -> int:
+    """The bin edge nearest to ``threshold`` (thresholds are bin edges k / num_bins)."""
+    return int(min(max(round(float(threshold) * num_bins), 0), num_bins - 1))
+
+
+def choose_seg_threshold(histograms: Tensor) -> tuple[float, float]:
+    """Threshold maximising mean Dice over the VALIDATION positives, and that mean Dice.
+
+    Choosing it on validation keeps the test Dice honest (METHOD.md section 7). Ties go to
+    the lowest threshold. Without positives nothing can be chosen: returns (0.5, nan) and
+    the caller says so in the report.
+    """
+    if histograms.shape[0] == 0:
+        log.warning("No validation positives: segmentation threshold falls back to %s",
+                    DEFAULT_THRESHOLD)
+        return DEFAULT_THRESHOLD, math.nan
+    num_bins = histograms.shape[-1]
+    dice, _ = dice_iou_curves(histograms)
+    mean_dice = dice.mean(0)
+    best = int(torch.argmax(mean_dice))
+    return best / num_bins, float(mean_dice[best])
+
+
+def dice_iou_at(histograms: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Per-image (dice [N], iou [N]) at the bin threshold nearest to ``threshold``."""
+    k = _bin_index(threshold, histograms.shape[-1])
+    dice, iou = dice_iou_curves(histograms)
+    return dice[:, k], iou[:, k]
+
+
+def pixel_metrics(histograms: Tensor, threshold: float) -> dict[str, Any]:
+    """Dice / IoU mean and std over the TEST positives at the validation-chosen threshold.
+
+    Standard deviations are population ones (ddof = 0), as numpy computes them by default.
+    No positives: the means and stds are nan. ``dice_per_image`` / ``iou_per_image`` are
+    numpy arrays in the histograms' order, for naming and choosing the dice panels.
+    """
+    num_bins = histograms.shape[-1]
+    seg_threshold = _bin_index(threshold, num_bins) / num_bins
+    if histograms.shape[0] == 0:
+        log.warning("No test positives: Dice and IoU are undefined (nan)")
+        empty = np.zeros(0, dtype=np.float64)
+        return {
+            "seg_threshold": seg_threshold,
+            "dice_mean": math.nan,
+            "dice_std": math.nan,
+            "iou_mean": math.nan,
+            "iou_std": math.nan,
+            "dice_per_image": empty,
+            "iou_per_image": empty.copy(),
+        }
+    dice, iou = dice_iou_at(histograms, threshold)
+    dice_np = dice.cpu().numpy()
+    iou_np = iou.cpu().numpy()
+    return {
+        "seg_threshold": seg_threshold,
+        "dice_mean": float(dice_np.mean()),
+        "dice_std": float(dice_np.std()),
+        "iou_mean": float(iou_np.mean()),
+        "iou_std": float(iou_np.std()),
+        "dice_per_image": dice_np,
+        "iou_per_image": iou_np,
+    }
+
+
+# --------------------------------------------------------------------------- image level
+
+
+def image_metrics(scores: Tensor, labels: Tensor) -> dict[str, Any]:
+    """Image-level metrics of the decision scores (sigmoid of the decision logits).
+
+    Returns ``image_auc``, ``image_ap``, ``image_threshold`` (the PR-curve threshold with the
+    best F-measure; ties go to the lowest threshold), ``f_measure`` and ``tp``, ``fp``,
+    ``tn``, ``fn`` at that threshold (positive = score >= threshold), plus ``roc`` =
+    (fpr, tpr) and ``pr`` = (precision, recall) as numpy arrays for the plots.
+
+    A split with only positives or only negatives has no ROC / PR curve: AUC and AP are
+    nan (torchmetrics is not called, so it neither warns nor returns a misleading 0), the
+    threshold is 0.5 and the counts are still computed.
+    """
+    scores_t = torch.as_tensor(scores).detach().reshape(-1).float().cpu()
+    labels_t = torch.as_tensor(labels).detach().reshape(-1).cpu().long()
+    if scores_t.numel() != labels_t.numel():
+        raise ValueError(
+            f"image_metrics: {scores_t.numel()} scores but {labels_t.numel()} labels"
+        )
+    num_pos = int(labels_t.sum())
+    num_neg = int(labels_t.numel()) - num_pos
+
+    empty = np.zeros(0, dtype=np.float32)
+    roc: tuple[np.ndarray, np.ndarray] = (empty, empty.copy())
+    pr: tuple[np.ndarray, np.ndarray] = (empty.copy(), empty.copy())
+    if num_pos > 0 and num_neg > 0:
+        auc = float(binary_auroc(scores_t, labels_t))
+        ap = float(binary_average_precision(scores_t, labels_t))
+        fpr, tpr, _ = binary_roc(scores_t, labels_t)
+        precision, recall, thresholds = binary_precision_recall_curve(scores_t, labels_t)
+        # The last (precision=1, recall=0) point has no threshold: leave it out.
+        p, r = precision[:-1].double(), recall[:-1].double()
+        f = torch.nan_to_num(2 * p * r / (p + r), nan=0.0)
+        best = int(torch.argmax(f))
+        threshold = float(thresholds[best])
+        roc = (fpr.numpy(), tpr.numpy())
+        pr = (precision.numpy(), recall.numpy())
+    else:
+        log.warning(
+            "Image metrics on a split with %d positives and %d negatives: AUC and AP are "
+            "undefined (nan), threshold %s", num_pos, num_neg, DEFAULT_THRESHOLD,
+        )
+        auc = ap = math.nan
+        threshold = DEFAULT_THRESHOLD
+
+    predicted = scores_t >= threshold
+    actual = labels_t.bool()
+    tp = int((predicted & actual).sum())
+    fp = int((predicted & ~actual).sum())
+    tn = int((~predicted & ~actual).sum())
+    fn = int((~predicted & actual).sum())
+    denominator = 2 * tp + fp + fn
+    f_measure = 2 * tp / denominator if denominator else math.nan
+    return {
+        "image_auc": auc,
+        "image_ap": ap,
+        "image_threshold": threshold,
+        "f_measure": f_measure,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "roc": roc,
+        "pr": pr,
+    }
+
+
+# --------------------------------------------------------------------------- serialisation
+
+_DROP = object()
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready scalar, or a sentinel when the value is an array (to be dropped)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            return _DROP
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        if value.ndim != 0:
+            return _DROP
+        value = value.item()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, dict):
+        return json_ready(value)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _DROP if any(v is _DROP for v in items) else items
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_ready(metrics: dict) -> dict:
+    """Metrics made fit for ``metrics.json``: arrays (curves, per-image values) dropped,
+    tensors and numpy scalars turned to Python numbers, nan/inf to None (JSON has no nan).
+    Nested dicts (e.g. split sizes) are converted the same way."""
+    out = {}
+    for key, value in metrics.items():
+        plain = _plain(value)
+        if plain is not _DROP:
+            out[str(key)] = plain
+    return out

@@ -1,0 +1,259 @@
+"""The run's ``report.md``, shaped like the seed report (docs: seed/crack_segmentation_results.md).
+
+Section order, headings and table row names follow the seed line by line, so a new run's
+report can be diffed against it; what the seed lacks (the AUC/AP/F-measure line, Dice and
+IoU, notes on edge cases) comes after its last section. Two seed quirks are not copied: the
+duplicated "Input width" row, and Windows path separators in the image links.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+DATASET_ROWS = (
+    "Input channels",
+    "Input height",
+    "Input width",
+    "Train samples",
+    "Test samples",
+    "Validation samples",
+    "Segmented samples",
+)
+"""The seed's Dataset table rows, in its order."""
+
+SPLIT_ROWS = (("Train", "train"), ("Test", "test"), ("Validation", "val"))
+"""Set table rows (label, split key), in the seed's order."""
+
+# (row name as the seed spells it, config key, how the seed prints the value)
+RUN_PARAMETER_ROWS = (
+    ("Batch size", "data.batch_size", "int"),
+    ("Epochs", "trainer.max_epochs", "int"),
+    ("Learning rate", "optim.lr", "number"),
+    ("Delta CLS Loss", "loss.delta_cls", "number"),
+    ("Dilate", "data.dilate", "int"),
+    ("Dynamically balanced loss", "loss.dynamic_balance", "bool"),
+    ("Frequency-of-use sampling", "data.frequency_sampling", "bool"),
+    ("Gradien-flow adjustment", "loss.gradient_adjustment", "bool"),
+    ("Weighted segmentation loss", "loss.weighted_seg", "bool"),
+    ("Weighted segmentation loss Max", "loss.weighted_seg_max", "float"),
+    ("Weighted segmentation loss P", "loss.weighted_seg_p", "float"),
+    ("Use best model", "use_best_model", "bool"),
+    ("Validate", "validate", "bool"),
+    ("Validate on test", "validate_on_test", "bool"),
+)
+
+NOT_AVAILABLE = "n/a"
+_MISSING = object()
+
+
+def _is_undefined(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    """A metric with fixed decimals; nan / None (json_ready's nan) as n/a."""
+    if _is_undefined(value):
+        return NOT_AVAILABLE
+    return f"{float(value):.{digits}f}"
+
+
+def _count(value: Any) -> str:
+    return NOT_AVAILABLE if _is_undefined(value) else str(int(value))
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """A markdown table with padded columns and the seed's ``-----------`` separators."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(max(len(r[i]) for r in cells), 11) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    separator = "| " + " | ".join("-" * w for w in widths) + " |"
+    return [line(cells[0]), separator] + [line(r) for r in cells[1:]]
+
+
+def _split_pair(split_counts: Mapping[str, Any], key: str) -> tuple[int, int] | None:
+    """(positives, negatives) of a split; 'val' also accepts 'validation'."""
+    pair = split_counts.get(key)
+    if pair is None and key == "val":
+        pair = split_counts.get("validation")
+    if pair is None:
+        return None
+    positives, negatives = pair
+    return int(positives), int(negatives)
+
+
+def _format_value(value: Any, kind: str) -> object:
+    """Turn a config value into what ``str()`` prints like the seed (1, 0.01, 1.0, True)."""
+    if value is _MISSING or value is None:
+        return NOT_AVAILABLE
+    if kind == "bool":
+        return bool(value)
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+def run_parameters_from_config(cfg: Any) -> list[tuple[str, object]]:
+    """The Run parameters table rows, read from the composed Hydra config.
+
+    Values are returned so that ``str()`` prints them as the seed does: learning rate 1
+    (even if the config says 1.0), delta 0.01, Max 1.0, P 2.0, True/False. A key the config
+    lacks is reported as n/a (and logged) rather than failing the end of a long run.
+    """
+    rows: list[tuple[str, object]] = []
+    for name, key, kind in RUN_PARAMETER_ROWS:
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is _MISSING:
+            log.warning("Report: config has no %s; '%s' is written as n/a", key, name)
+        rows.append((name, _format_value(value, kind)))
+    return rows
+
+
+def dataset_table_from_counts(
+    cfg: Any, split_counts: Mapping[str, tuple[int, int]], num_segmented: int
+) -> dict[str, object]:
+    """The Dataset table rows: input size from ``data.*``, sample counts from the splits.
+
+    ``split_counts`` maps 'train' / 'val' / 'test' to (positives, negatives).
+    """
+    table: dict[str, object] = {}
+    for name, key in (
+        ("Input channels", "data.input_channels"),
+        ("Input height", "data.input_height"),
+        ("Input width", "data.input_width"),
+    ):
+        value = OmegaConf.select(cfg, key, default=None)
+        table[name] = NOT_AVAILABLE if value is None else int(value)
+    for label, key in SPLIT_ROWS:
+        pair = _split_pair(split_counts, key)
+        table[f"{label} samples"] = NOT_AVAILABLE if pair is None else sum(pair)
+    table["Segmented samples"] = int(num_segmented)
+    return table
+
+
+def _auto_notes(metrics: Mapping[str, Any]) -> list[str]:
+    """Notes the numbers themselves call for, so an n/a never goes unexplained."""
+    notes = []
+    if _is_undefined(metrics.get("image_auc")) or _is_undefined(metrics.get("image_ap")):
+        notes.append(
+            "Image AUC and AP are undefined (n/a): the test split holds only one class; "
+            "the image threshold fell back to 0.5."
+        )
+    if _is_undefined(metrics.get("dice_mean")):
+        notes.append("Dice and IoU are undefined (n/a): the test split has no positives.")
+    return notes
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    title: str,
+    dataset: Mapping[str, object],
+    split_counts: Mapping[str, tuple[int, int]],
+    run_parameters: Sequence[tuple[str, object]],
+    metrics: Mapping[str, Any],
+    dice_files: Sequence[str],
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write ``run_dir/report.md`` in the seed report's shape and return its path.
+
+    ``title`` completes "# Results of training on ..." (the seed: "crack_segmentation
+    dataset"); ``dataset`` is :func:`dataset_table_from_counts`' dict; ``metrics`` holds the
+    keys of ``image_metrics`` and ``pixel_metrics`` (nan or None where undefined; an optional
+    ``seg_threshold_val_dice`` is the validation mean Dice at the chosen threshold);
+    ``dice_files`` are panel file names inside ``run_dir/dices``. Links are relative with
+    forward slashes, so the report renders wherever the run folder is moved.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = [f"# Results of training on {title}", "", "## Dataset", ""]
+
+    ordered = [name for name in DATASET_ROWS if name in dataset]
+    ordered += [name for name in dataset if name not in DATASET_ROWS]
+    lines += _table(("Parameter", "Value"), ((name, dataset[name]) for name in ordered))
+    lines += ["", ""]
+
+    set_rows = []
+    total_pos = total_neg = 0
+    for label, key in SPLIT_ROWS:
+        pair = _split_pair(split_counts, key)
+        if pair is None:
+            set_rows.append((label, NOT_AVAILABLE, NOT_AVAILABLE, NOT_AVAILABLE))
+            continue
+        positives, negatives = pair
+        total_pos += positives
+        total_neg += negatives
+        set_rows.append((label, positives, negatives, positives + negatives))
+    set_rows.append(("**Sum**", total_pos, total_neg, total_pos + total_neg))
+    lines += _table(("Set", "Positives", "Negatives", "Sum"), set_rows)
+
+    lines += ["", "## Run parameters"]
+    lines += _table(("Parameter", "Value"), run_parameters)
+
+    lines += ["", "", "## Results", ""]
+    lines += _table(
+        ("", "True", "False"),
+        (
+            ("**Positives**", _count(metrics.get("tp")), _count(metrics.get("fn"))),
+            ("**Negatives**", _count(metrics.get("tn")), _count(metrics.get("fp"))),
+        ),
+    )
+    lines += ["", "", "![AUC](./ROC.png)", "![Ap](./precision-recall.png)", ""]
+
+    lines += ["## Dice test outputs", ""]
+    for name in dice_files:
+        file_name = Path(str(name).replace("\\", "/")).name
+        lines.append(f"![test_output](dices/{file_name})")
+    if not dice_files:
+        lines.append("(no test positives, so no dice panels)")
+
+    lines += ["", "## Test metrics", ""]
+    lines.append(
+        "Image level (test split): "
+        f"AUC: {_num(metrics.get('image_auc'))}, AP: {_num(metrics.get('image_ap'))}, "
+        f"threshold: {_num(metrics.get('image_threshold'))}, "
+        f"F-measure: {_num(metrics.get('f_measure'))}"
+    )
+    counts = [metrics.get(k) for k in ("tp", "fp", "tn", "fn")]
+    if not any(_is_undefined(c) for c in counts) and sum(int(c) for c in counts) > 0:
+        tp, fp, tn, fn = (int(c) for c in counts)
+        accuracy = 100.0 * (tp + tn) / (tp + fp + tn + fn)
+        lines += ["", f"Accuracy at that threshold: {accuracy:.2f} %"]
+    lines += [""]
+    lines += _table(
+        ("Pixel level (test positives)", "Mean", "Std"),
+        (
+            ("Dice", _num(metrics.get("dice_mean")), _num(metrics.get("dice_std"))),
+            ("IoU", _num(metrics.get("iou_mean")), _num(metrics.get("iou_std"))),
+        ),
+    )
+    threshold_line = (
+        f"Segmentation threshold: {_num(metrics.get('seg_threshold'), 2)}, chosen on the "
+        "validation split (the one maximising mean Dice there), never on the test split"
+    )
+    val_dice = metrics.get("seg_threshold_val_dice", _MISSING)
+    if val_dice is not _MISSING:
+        threshold_line += f"; validation mean Dice at it: {_num(val_dice)}"
+    lines += ["", threshold_line + "."]
+
+    all_notes = list(dict.fromkeys([*notes, *_auto_notes(metrics)]))
+    lines += ["", "## Notes", ""]
+    lines += [f"- {note}" for note in all_notes] or ["- none"]
+
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    log.info("Wrote %s", path)
+    return path

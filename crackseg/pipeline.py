@@ -1,0 +1,177 @@
+"""What ``crackseg-train`` and ``crackseg-eval`` do, given a composed config."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from crackseg.callbacks import EvaluationReport
+from crackseg.data.datamodule import CrackDataModule
+from crackseg.errors import CracksegError
+from crackseg.evaluation.report import (
+    dataset_table_from_counts,
+    run_parameters_from_config,
+    write_report,
+)
+from crackseg.models.lit_segdec import SegDecModule
+
+log = logging.getLogger(__name__)
+
+#: Hyperparameters shown in TensorBoard's HParams tab, by name -> config key.
+HPARAMS = {
+    "dilate": "data.dilate",
+    "weighted_seg_p": "loss.weighted_seg_p",
+    "weighted_seg_max": "loss.weighted_seg_max",
+    "delta_cls": "loss.delta_cls",
+    "lr": "optim.lr",
+    "epochs": "trainer.max_epochs",
+    "batch_size": "data.batch_size",
+    "num_segmented": "data.num_segmented",
+    "dynamic_balance": "loss.dynamic_balance",
+    "frequency_sampling": "data.frequency_sampling",
+    "gradient_adjustment": "loss.gradient_adjustment",
+    "weighted_seg": "loss.weighted_seg",
+    "seed": "seed",
+}
+
+REPORT_NOTES = (
+    "The segmentation threshold is chosen on the validation split (the one maximising mean "
+    "Dice over its positives) and applied unchanged to the test split.",
+    "Dice and IoU are per test positive, against the undilated ground-truth mask at the input "
+    "size; an empty prediction on a positive scores 0.",
+    "A split with only positives or only negatives has no defined AUC or AP: they are "
+    "reported as n/a (null in metrics.json).",
+)
+
+
+def hparams_of(cfg: DictConfig) -> dict[str, Any]:
+    """The swept run parameters as TensorBoard accepts them (numbers, booleans, strings)."""
+    values = {}
+    for name, key in HPARAMS.items():
+        value = OmegaConf.select(cfg, key)
+        values[name] = "all" if value is None else value
+    return values
+
+
+def report_writer(cfg: DictConfig, title: str):  # noqa: ANN201
+    """The report callback's writer, bound to the config whose run it describes."""
+
+    def write(run_dir: Path, metrics: dict[str, Any], trainer: pl.Trainer) -> None:
+        datamodule = trainer.datamodule
+        write_report(
+            run_dir,
+            title=title,
+            dataset=dataset_table_from_counts(
+                cfg, datamodule.split_counts(), datamodule.num_segmented_train
+            ),
+            split_counts=datamodule.split_counts(),
+            run_parameters=run_parameters_from_config(cfg),
+            metrics=metrics,
+            dice_files=metrics["dice_files"],
+            notes=list(REPORT_NOTES),
+        )
+
+    return write
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    overrides: dict[str, Any] = {}
+    if not cfg.get("validate", True):
+        # No validation while training; the threshold is still chosen on validation after.
+        overrides = {"check_val_every_n_epoch": 10**9, "num_sanity_val_steps": 0}
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
+
+
+def check_runnable(cfg: DictConfig) -> None:
+    """Refuse settings that cannot train before anything is written."""
+    if cfg.trainer.max_epochs is None or cfg.trainer.max_epochs < 1:
+        raise CracksegError(f"trainer.max_epochs must be at least 1, not {cfg.trainer.max_epochs}")
+    if cfg.optim.lr <= 0:
+        raise CracksegError(f"optim.lr must be positive, not {cfg.optim.lr}")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, pick the evaluated weights, choose the threshold on validation, test, report."""
+    check_runnable(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule: CrackDataModule = instantiate(cfg.data, _convert_="all")
+    module: SegDecModule = instantiate(
+        cfg.model, _convert_="all", run_config=OmegaConf.to_yaml(cfg, resolve=True)
+    )
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks.append(
+        EvaluationReport(
+            str(output_dir),
+            cfg.num_dice_panels,
+            report_writer(cfg, cfg.report_title),
+            hparams_of(cfg),
+        )
+    )
+    trainer = build_trainer(cfg, callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume_from"))
+    trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt")
+
+    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = checkpoint.best_model_path if checkpoint is not None else ""
+    if cfg.use_best_model and cfg.validate and best:
+        log.info("testing the best weights by validation AP: %s", best)
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    else:
+        log.info("testing the final weights")
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    if trainer.is_global_zero:
+        datamodule.save_split(output_dir / "split.csv")
+    return module.test_results
+
+
+def load_checkpoint(path: str) -> SegDecModule:
+    """Load a trained module, turning a missing or unreadable file into one clear line."""
+    ckpt = Path(path).expanduser()
+    if not ckpt.is_file():
+        raise CracksegError(f"checkpoint {ckpt} does not exist")
+    try:
+        return SegDecModule.load_from_checkpoint(ckpt, map_location="cpu")
+    except Exception as error:  # torch raises many types for a corrupt file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CracksegError(f"cannot read checkpoint {ckpt}: {reason}") from error
+
+
+def check_checkpoint_matches(module: SegDecModule, cfg: DictConfig) -> None:
+    hp = module.hparams
+    trained = (hp.input_channels, hp.input_height, hp.input_width)
+    asked = (cfg.data.input_channels, cfg.data.input_height, cfg.data.input_width)
+    if trained != asked:
+        raise CracksegError(
+            "checkpoint was trained on {}x{}x{} inputs but the data config gives {}x{}x{} "
+            "(set data.input_channels/input_height/input_width to match)".format(*trained, *asked)
+        )
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate saved weights on a dataset exactly as a training run's test step does."""
+    module = load_checkpoint(cfg.ckpt_path)
+    check_checkpoint_matches(module, cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    run_config = OmegaConf.create(module.hparams.get("run_config") or "{}")
+    # Report the parameters the weights were trained with, and the data evaluated here.
+    report_cfg = OmegaConf.merge(run_config, {"data": cfg.data})
+    datamodule: CrackDataModule = instantiate(cfg.data, _convert_="all")
+    report = EvaluationReport(
+        str(output_dir),
+        cfg.num_dice_panels,
+        report_writer(report_cfg, cfg.report_title),
+        hparams_of(report_cfg),
+    )
+    trainer = build_trainer(cfg, [report])
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    return module.test_results

@@ -1,0 +1,19 @@
+"""``crackseg-train``: compose the config, train, test, report."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from crackseg import CONFIG_DIR
+from crackseg.cli import run_task
+from crackseg.pipeline import train
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(train, cfg)
+
+
+if __name__ == "__main__":
+    main()

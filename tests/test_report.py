@@ -1,0 +1,210 @@
+"""report.md keeps the seed report's shape, and its numbers and links are right."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from crackseg.evaluation.metrics import image_metrics
+from crackseg.evaluation.plots import (
+    dice_panel_name,
+    plot_precision_recall,
+    plot_roc,
+    save_dice_panel,
+)
+from crackseg.evaluation.report import (
+    dataset_table_from_counts,
+    run_parameters_from_config,
+    write_report,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_NAME = Path("seed") / "crack_segmentation_results.md"
+SEED_CANDIDATES = [
+    Path(os.environ["CRACKSEG_SEED_REPORT"]) if os.environ.get("CRACKSEG_SEED_REPORT") else None,
+    REPO / "shared" / SEED_NAME,
+    REPO.parent / "shared" / SEED_NAME,
+]
+
+SEED_CONFIG = {
+    "data": {
+        "batch_size": 1, "dilate": 1, "frequency_sampling": True,
+        "input_channels": 3, "input_height": 640, "input_width": 232,
+    },
+    "trainer": {"max_epochs": 50},
+    "optim": {"lr": 1.0},
+    "loss": {
+        "delta_cls": 0.01, "dynamic_balance": True, "gradient_adjustment": True,
+        "weighted_seg": True, "weighted_seg_max": 1.0, "weighted_seg_p": 2.0,
+    },
+    "use_best_model": True,
+    "validate": True,
+    "validate_on_test": False,
+}
+SPLITS = {"train": (6921, 987), "val": (1483, 212), "test": (1483, 212)}
+
+
+def _seed_path() -> Path:
+    for candidate in SEED_CANDIDATES:
+        if candidate is not None and candidate.is_file():
+            return candidate
+    pytest.skip("seed report shared/seed/crack_segmentation_results.md not found "
+                "(set CRACKSEG_SEED_REPORT to its path)")
+
+
+def _headings(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.startswith("#")]
+
+
+def _first_cells(text: str) -> list[str]:
+    """First column of every table row, separator rows left out, duplicates kept once."""
+    cells: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("|"):
+            continue
+        first = line.strip("|").split("|")[0].strip()
+        if set(first) <= {"-"} and first:
+            continue
+        if first not in cells:
+            cells.append(first)
+    return cells
+
+
+def _table_row(text: str, name: str) -> list[str]:
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.strip().strip("|").split("|")]
+        if line.strip().startswith("|") and parts[0] == name:
+            return parts[1:]
+    raise AssertionError(f"no table row {name!r}")
+
+
+def test_run_parameters_print_like_the_seed() -> None:
+    rows = run_parameters_from_config(OmegaConf.create(SEED_CONFIG))
+    printed = [(name, str(value)) for name, value in rows]
+    assert printed == [
+        ("Batch size", "1"), ("Epochs", "50"), ("Learning rate", "1"),
+        ("Delta CLS Loss", "0.01"), ("Dilate", "1"), ("Dynamically balanced loss", "True"),
+        ("Frequency-of-use sampling", "True"), ("Gradien-flow adjustment", "True"),
+        ("Weighted segmentation loss", "True"), ("Weighted segmentation loss Max", "1.0"),
+        ("Weighted segmentation loss P", "2.0"), ("Use best model", "True"),
+        ("Validate", "True"), ("Validate on test", "False"),
+    ]
+
+
+def test_dataset_table_from_counts() -> None:
+    table = dataset_table_from_counts(OmegaConf.create(SEED_CONFIG), SPLITS, 6921)
+    assert table == {
+        "Input channels": 3, "Input height": 640, "Input width": 232,
+        "Train samples": 7908, "Test samples": 1695, "Validation samples": 1695,
+        "Segmented samples": 6921,
+    }
+
+
+def _write_run(run_dir: Path, metrics: dict, notes=()) -> tuple[Path, list[str]]:
+    cfg = OmegaConf.create(SEED_CONFIG)
+    plot_roc(*metrics["roc"], metrics["image_auc"], run_dir / "ROC.png")
+    plot_precision_recall(*metrics["pr"], metrics["image_ap"], run_dir / "precision-recall.png")
+    dice_files = []
+    for dice, sample_id in ((0.0, "113"), (0.665, "2484"), (1.0, "165")):
+        name = dice_panel_name(dice, sample_id)
+        save_dice_panel(
+            torch.rand(16, 8, 3).numpy(), torch.zeros(16, 8, dtype=torch.bool).numpy(),
+            torch.rand(16, 8).numpy(), 0.5, 0.9, dice, run_dir / "dices" / name,
+        )
+        dice_files.append(name)
+    path = write_report(
+        run_dir,
+        title="crack_segmentation dataset",
+        dataset=dataset_table_from_counts(cfg, SPLITS, 6921),
+        split_counts=SPLITS,
+        run_parameters=run_parameters_from_config(cfg),
+        metrics=metrics,
+        dice_files=dice_files,
+        notes=notes,
+    )
+    return path, dice_files
+
+
+def _seed_like_metrics() -> dict:
+    """Test-split scores giving the seed's table: TP 1473, FN 10, TN 179, FP 33."""
+    scores = torch.cat([
+        torch.full((1473,), 0.95), torch.full((10,), 0.05),   # positives
+        torch.full((179,), 0.05), torch.full((33,), 0.95),    # negatives
+    ])
+    labels = torch.cat([torch.ones(1483), torch.zeros(212)]).long()
+    metrics = image_metrics(scores, labels)
+    metrics.update(seg_threshold=0.43, dice_mean=0.6512, dice_std=0.2101,
+                   iou_mean=0.5123, iou_std=0.2222, seg_threshold_val_dice=0.66)
+    return metrics
+
+
+def test_report_has_the_seed_shape_and_right_numbers(tmp_path) -> None:
+    seed = _seed_path().read_text(encoding="utf-8")
+    metrics = _seed_like_metrics()
+    assert (metrics["tp"], metrics["fn"], metrics["tn"], metrics["fp"]) == (1473, 10, 179, 33)
+    path, dice_files = _write_run(tmp_path / "run", metrics, notes=["a caller's note"])
+    assert path == tmp_path / "run" / "report.md"
+    report = path.read_text(encoding="utf-8")
+
+    # Every heading and table row name of the seed, in the seed's order.
+    ours_headings = _headings(report)
+    for heading in _headings(seed):
+        assert heading in ours_headings, heading
+    assert [h for h in ours_headings if h in _headings(seed)] == _headings(seed)
+    ours_cells = _first_cells(report)
+    seed_cells = _first_cells(seed)
+    for name in seed_cells:
+        assert name in ours_cells, name
+    assert [c for c in ours_cells if c in seed_cells] == seed_cells
+    assert report.count("| Input width ") == 1  # the seed's duplicate row is not copied
+
+    # Numbers agree with the metrics and the splits.
+    positives = _table_row(report, "**Positives**")
+    negatives = _table_row(report, "**Negatives**")
+    assert positives == ["1473", "10"] and negatives == ["179", "33"]
+    assert sum(map(int, positives)) == SPLITS["test"][0]  # TP + FN = test positives
+    assert sum(map(int, negatives)) == SPLITS["test"][1]  # TN + FP = test negatives
+    assert _table_row(report, "Test") == ["1483", "212", "1695"]
+    assert _table_row(report, "**Sum**") == ["9887", "1411", "11298"]
+    assert _table_row(report, "Learning rate") == ["1"]
+    assert _table_row(report, "Weighted segmentation loss P") == ["2.0"]
+    summary = (f"AUC: {metrics['image_auc']:.4f}, AP: {metrics['image_ap']:.4f}, "
+               f"threshold: {metrics['image_threshold']:.4f}, "
+               f"F-measure: {2 * 1473 / (2 * 1473 + 33 + 10):.4f}")
+    assert summary in report
+    assert _table_row(report, "Dice") == ["0.6512", "0.2101"]
+    assert _table_row(report, "IoU") == ["0.5123", "0.2222"]
+    assert "threshold: 0.43" in report.lower() and "validation" in report
+    assert "- a caller's note" in report
+
+    # Links: relative, forward slashes, and the files exist.
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) == 2 + len(dice_files)
+    for link in links:
+        assert "\\" not in link and not Path(link).is_absolute() and "://" not in link
+        assert _is_png(tmp_path / "run" / link), link
+    for name in dice_files:
+        assert f"![test_output](dices/{name})" in report
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_with_undefined_metrics(tmp_path) -> None:
+    metrics = image_metrics(torch.tensor([0.9, 0.2]), torch.tensor([0, 0]))
+    metrics.update(seg_threshold=0.5, dice_mean=float("nan"), dice_std=float("nan"),
+                   iou_mean=None, iou_std=None)
+    path, _ = _write_run(tmp_path, metrics)
+    report = path.read_text(encoding="utf-8")
+    assert "AUC: n/a, AP: n/a, threshold: 0.5000" in report
+    assert _table_row(report, "Dice") == ["n/a", "n/a"]
+    assert _table_row(report, "**Negatives**") == ["1", "1"]
+    assert "only one class" in report and "no positives" in report
+    assert "nan" not in report.lower()
