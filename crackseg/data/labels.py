@@ -15,7 +15,7 @@ DOWNSAMPLE_STRIDE = 8
 
 
 def binarize(mask: np.ndarray, threshold: int = 127) -> np.ndarray:
-    """Defect where the stored value exceeds ``threshold`` (masks are often JPEGs with artefacts)."""
+    """Defect above ``threshold``: masks are often JPEGs, with artefacts."""
     return mask > threshold
 
 

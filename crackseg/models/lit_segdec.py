@@ -110,10 +110,12 @@ class SegDecModule(pl.LightningModule):
         self.seg_threshold = threshold
         # An undefined AP (one-class split) must not win the best checkpoint.
         ap = image["image_ap"] if not math.isnan(image["image_ap"]) else 0.0
-        self.log("val/image_ap", ap, prog_bar=True)
-        self.log("val/image_auc", _finite(image["image_auc"]))
-        self.log("val/dice", _finite(dice))
-        self.log("val/seg_threshold", threshold)
+        # The gathered values are the same on every rank; sync_dist keeps Lightning content.
+        log = {"sync_dist": True}
+        self.log("val/image_ap", ap, prog_bar=True, **log)
+        self.log("val/image_auc", _finite(image["image_auc"]), **log)
+        self.log("val/dice", _finite(dice), **log)
+        self.log("val/seg_threshold", threshold, **log)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._collect(batch, self.test_outputs)
@@ -133,7 +135,7 @@ class SegDecModule(pl.LightningModule):
             "positive_indices": gathered["indices"][positives].cpu().numpy(),
         }
         for key in ("image_auc", "image_ap", "f_measure", "dice_mean", "iou_mean"):
-            self.log(f"test/{key}", _finite(self.test_results[key]))
+            self.log(f"test/{key}", _finite(self.test_results[key]), sync_dist=True)
 
 
 def _finite(value: float) -> float:

@@ -1,0 +1,201 @@
+"""Reading images and masks the way every layout needs them.
+
+Files are read as bytes and decoded with ``cv2.imdecode(..., IMREAD_UNCHANGED)``:
+``IMREAD_UNCHANGED`` keeps 16-bit data and alpha so they can be converted on purpose, and
+it ignores the EXIF orientation, which masks (usually PNG) do not carry either, so image
+and mask stay aligned. Reading the bytes ourselves also lets us catch truncated files:
+OpenCV decodes a truncated JPEG without an error (grey rows at the bottom), and such an
+image would silently train the network on garbage.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from crackseg.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8"
+# A JPEG marker inside entropy-coded data: 0xFF followed by anything but a stuffed zero,
+# a restart marker (D0-D7) or another fill byte.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def is_image_file(path: Path) -> bool:
+    """True for the image types the layouts accept (hidden files such as ``._x.jpg`` excluded)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """Walk the JPEG segments and report whether the end-of-image marker is reached.
+
+    Checking only the last two bytes would reject files with trailing data (some cameras
+    append a trailer) and is fooled by nothing; walking the segments skips EXIF thumbnails
+    (which hold their own FF D9) and follows the scans up to the real end.
+    """
+    n = len(data)
+    pos = 2
+    while pos < n:
+        if data[pos] != 0xFF:  # stray bytes between segments: libjpeg skips them too
+            match = _JPEG_MARKER.search(data, pos)
+            if match is None:
+                return False
+            pos = match.start()
+        while pos < n and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= n:
+            return False
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:
+            return True
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            continue
+        if pos + 2 > n:
+            return False
+        length = struct.unpack(">H", data[pos : pos + 2])[0]
+        pos += length
+        if marker == 0xDA:  # start of scan: entropy-coded data follows up to the next marker
+            match = _JPEG_MARKER.search(data, pos)
+            if match is None:
+                return False
+            pos = match.start()
+    return False
+
+
+def _check_complete(data: bytes, path: Path) -> None:
+    """Raise DataError for a JPEG or PNG whose end is missing."""
+    if data.startswith(_JPEG_MAGIC):
+        if not _jpeg_complete(data):
+            raise DataError(f"truncated JPEG file (no end-of-image marker): {path}")
+    elif data.startswith(_PNG_MAGIC) and data.rfind(b"IEND") < 0:
+        raise DataError(f"truncated PNG file (no IEND chunk): {path}")
+
+
+def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
+    """Scale 16-bit data to 8 bits so thresholds such as the mask's > 127 keep their meaning."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return np.round(array / 257.0).astype(np.uint8)
+    raise DataError(f"unsupported pixel type {array.dtype} (8 or 16 bit expected): {path}")
+
+
+def read_native(path: Path | str) -> np.ndarray:
+    """Decode a file to uint8 HxW or HxWxC (C = 3, RGB order), alpha dropped.
+
+    The channel count is kept as stored, which the tiling tool needs to write tiles
+    like their source; training code uses :func:`read_image` instead.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not data:
+        raise DataError(f"empty file: {path}")
+    _check_complete(data, path)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from exc
+    if array is None or array.size == 0:
+        raise DataError(f"cannot decode image (unreadable or truncated): {path}")
+    array = _to_uint8(array, path)
+    if array.ndim == 3:
+        channels = array.shape[2]
+        if channels in (1, 2):  # grey, or grey + alpha
+            array = array[:, :, 0]
+        elif channels == 3:
+            array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+        elif channels == 4:
+            array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
+        else:
+            raise DataError(f"unsupported channel count {channels}: {path}")
+    return np.ascontiguousarray(array)
+
+
+def read_image(path: Path | str, channels: int) -> np.ndarray:
+    """Read an image as HxWxC uint8 RGB (C = 1 or 3), whatever its storage format."""
+    if channels not in (1, 3):
+        raise ConfigError(f"input channels must be 1 or 3, got {channels}")
+    array = read_native(path)
+    if channels == 1:
+        if array.ndim == 3:
+            array = cv2.cvtColor(array, cv2.COLOR_RGB2GRAY)
+        return array[:, :, None]
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return array
+
+
+def read_mask(path: Path | str) -> np.ndarray:
+    """Read a mask as HxW uint8; colour masks take the channel maximum (any marked pixel)."""
+    array = read_native(path)
+    if array.ndim == 3:
+        array = array.max(axis=2)
+    return array
+
+
+def _png_size(head: bytes) -> tuple[int, int] | None:
+    if head.startswith(_PNG_MAGIC) and len(head) >= 24 and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return height, width
+    return None
+
+
+def _jpeg_size(handle) -> tuple[int, int] | None:
+    """Find the frame header without decoding; None if the file is not a plain JPEG."""
+    if handle.read(2) != _JPEG_MAGIC:
+        return None
+    while True:
+        byte = handle.read(1)
+        while byte == b"\xff":
+            marker = handle.read(1)
+            if marker != b"\xff":
+                break
+        else:
+            return None
+        if not marker:
+            return None
+        code = marker[0]
+        if code == 0x01 or 0xD0 <= code <= 0xD7:
+            continue
+        raw = handle.read(2)
+        if len(raw) < 2:
+            return None
+        length = struct.unpack(">H", raw)[0]
+        if code in _JPEG_SOF:
+            body = handle.read(5)
+            if len(body) < 5:
+                return None
+            height, width = struct.unpack(">HH", body[1:5])
+            return height, width
+        if code in (0xD9, 0xDA):
+            return None
+        handle.seek(length - 2, 1)
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """Return (H, W) from the PNG or JPEG header when possible, else by decoding."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            size = _png_size(handle.read(24))
+            if size is None:
+                handle.seek(0)
+                size = _jpeg_size(handle)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if size is not None and size[0] > 0 and size[1] > 0:
+        return size
+    array = read_native(path)
+    return array.shape[0], array.shape[1]

@@ -1,0 +1,361 @@
+"""Dataset layouts on disk, turned into lists of :class:`~crackseg.data.samples.Sample`.
+
+Known layouts:
+
+- ``crack_segmentation``: the public crack_segmentation dataset (about 11 300 crack images of
+  448x448 merged from twelve public crack datasets such as CFD, CRACK500, GAPs384, DeepCrack,
+  Eugen Miller, Volker, Rissbilder; collected by Khanh Ha; each source keeps its own licence,
+  mostly research use only). ``images/`` and ``masks/`` with matching file stems, crack-free
+  images named ``noncrack*``; either flat or under ``train/``, ``test/`` (and ``val/``).
+  The CrackForest sample in ``shared/data/cfd`` (Shi et al., IEEE T-ITS 2016, non-commercial
+  research use) has this layout too.
+- ``ksdd2``: KolektorSDD2 (Božič, Tabernik, Skočaj, "Mixed supervision for surface-defect
+  detection", Computers in Industry 2021; CC BY-NC-SA 4.0): ``train/`` and ``test/`` holding
+  ``NAME.png`` with ``NAME_GT.png``; an image is positive iff its mask marks a pixel.
+- ``segdec``: the layout of the published SegDecNet code for its crack data:
+  ``{train,test}_{positive,negative}/`` holding ``NAME.jpg`` with ``NAME_GT.jpg``; the
+  label comes from the folder.
+- ``folder``: any ``image_dir``/``mask_dir`` pair, configured by options.
+
+Ids are the file stem for flat layouts and ``<folder>_<stem>`` where several folders are
+read, so they are unique in the dataset and safe to use in file names.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from crackseg.data.io import IMAGE_EXTENSIONS, is_image_file, read_mask, read_native
+from crackseg.data.samples import Sample
+from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("crack_segmentation", "ksdd2", "segdec", "folder")
+BINARIZE_THRESHOLD = 127
+_WORKERS = 4
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+
+
+def _by_stem(files: Iterable[Path]) -> dict[str, Path]:
+    """Map stems to files; two files with one stem (a.jpg, a.png) make the pairing ambiguous."""
+    found: dict[str, list[Path]] = {}
+    for path in files:
+        found.setdefault(path.stem, []).append(path)
+    clashes = [p for paths in found.values() if len(paths) > 1 for p in paths]
+    if clashes:
+        raise DataError(
+            f"several files share one name, cannot pair them: {describe_files(clashes)}"
+        )
+    return {stem: paths[0] for stem, paths in found.items()}
+
+
+def _map_threads(func: Callable, items: list, desc: str) -> list:
+    """Run ``func`` over ``items`` in a few threads (OpenCV decodes without the GIL)."""
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        return list(
+            tqdm(pool.map(func, items), total=len(items), desc=desc, disable=None, leave=False)
+        )
+
+
+def _mask_has_defect(path: Path, threshold: int = BINARIZE_THRESHOLD) -> bool:
+    return bool((read_mask(path) > threshold).any())
+
+
+def _labels_from_masks(masks: list[Path], desc: str) -> list[bool]:
+    """Read masks (with a progress bar), gathering unreadable files into one error."""
+
+    def job(path: Path) -> bool | str:
+        try:
+            return _mask_has_defect(path)
+        except DataError:
+            return "error"
+
+    results = _map_threads(job, masks, desc)
+    bad = [m for m, r in zip(masks, results, strict=True) if r == "error"]
+    if bad:
+        raise DataError(f"unreadable or truncated masks: {describe_files(bad)}")
+    return [bool(r) for r in results]
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise DataError(f"{what} does not exist or is not a folder: {path}")
+
+
+def _no_images(root: Path, folders: list[Path]) -> DataError:
+    looked = ", ".join(str(f) for f in folders)
+    return DataError(
+        f"no images ({'/'.join(IMAGE_EXTENSIONS)}) found under {root}; looked in: {looked}"
+    )
+
+
+def _pair_stems(
+    images: dict[str, Path],
+    masks: dict[str, Path],
+    is_negative: Callable[[str], bool],
+) -> list[tuple[str, Path, Path | None]]:
+    """Pair images and masks by stem; negatives may lack a mask, nothing else may."""
+    missing = [images[s] for s in sorted(images) if s not in masks and not is_negative(s)]
+    if missing:
+        raise DataError(f"images without a mask: {describe_files(missing)}")
+    orphans = [masks[s] for s in sorted(masks) if s not in images]
+    if orphans:
+        raise DataError(f"masks without an image: {describe_files(orphans)}")
+    return [(s, images[s], masks.get(s)) for s in sorted(images)]
+
+
+def _crack_segmentation(root: Path, negative_prefix: str = "noncrack") -> dict[str, list[Sample]]:
+    split_dirs = [s for s in ("train", "val", "test") if (root / s / "images").is_dir()]
+    if split_dirs:
+        folders = {s: root / s for s in split_dirs}
+    elif (root / "images").is_dir():
+        folders = {"all": root}
+    else:
+        raise DataError(
+            f"no images/ folder found: looked in {root / 'images'} and "
+            f"{root / 'train' / 'images'}, {root / 'test' / 'images'}"
+        )
+    result: dict[str, list[Sample]] = {}
+    for split, base in folders.items():
+        image_dir, mask_dir = base / "images", base / "masks"
+        images = _by_stem(_list_images(image_dir))
+        if not images:
+            raise _no_images(root, [image_dir])
+        masks = _by_stem(_list_images(mask_dir)) if mask_dir.is_dir() else {}
+        prefix = "" if split == "all" else f"{split}_"
+        pairs = _pair_stems(images, masks, lambda s: s.startswith(negative_prefix))
+        result[split] = [
+            Sample(prefix + stem, image, mask, not stem.startswith(negative_prefix))
+            for stem, image, mask in pairs
+        ]
+    return result
+
+
+def _ksdd2(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
+    splits = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    if not splits:
+        raise DataError(f"no train/ or test/ folder found in {root}")
+    result: dict[str, list[Sample]] = {}
+    for split in splits:
+        folder = root / split
+        files = _list_images(folder)
+        masks = _by_stem(p for p in files if p.stem.endswith(mask_suffix))
+        images = _by_stem(p for p in files if not p.stem.endswith(mask_suffix))
+        if not images:
+            raise _no_images(root, [folder])
+        masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
+        pairs = _pair_stems(images, masks, lambda s: False)
+        labels = _labels_from_masks([m for _, _, m in pairs], f"labelling {split} masks")
+        result[split] = [
+            Sample(f"{split}_{stem}", image, mask, label)
+            for (stem, image, mask), label in zip(pairs, labels, strict=True)
+        ]
+    return result
+
+
+def _segdec(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
+    result: dict[str, list[Sample]] = {}
+    looked = []
+    for split in ("train", "val", "test"):
+        samples: list[Sample] = []
+        present = False
+        for kind in ("positive", "negative"):
+            folder = root / f"{split}_{kind}"
+            looked.append(folder)
+            if not folder.is_dir():
+                continue
+            present = True
+            files = _list_images(folder)
+            masks = _by_stem(p for p in files if p.stem.endswith(mask_suffix))
+            masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
+            images = _by_stem(p for p in files if not p.stem.endswith(mask_suffix))
+            positive = kind == "positive"
+            pairs = _pair_stems(images, masks, lambda s, neg=not positive: neg)
+            samples += [Sample(f"{folder.name}_{s}", i, m, positive) for s, i, m in pairs]
+        if present:
+            result[split] = sorted(samples, key=lambda s: s.sample_id)
+    if not result:
+        raise DataError(f"no {{train,test}}_{{positive,negative}}/ folders found in {root}")
+    if not any(result.values()):
+        raise _no_images(root, [f for f in looked if f.is_dir()])
+    return result
+
+
+def _folder(
+    root: Path,
+    image_dir: str = "images",
+    mask_dir: str = "masks",
+    mask_suffix: str = "",
+    mask_ext: str | None = None,
+    negative_prefix: str = "noncrack",
+    label_from_mask: bool = False,
+) -> dict[str, list[Sample]]:
+    images_path, masks_path = root / image_dir, root / mask_dir
+    _require_dir(images_path, "image folder")
+    same_dir = images_path.resolve() == masks_path.resolve()
+    if same_dir and not mask_suffix:
+        raise ConfigError(
+            f"image_dir and mask_dir are both {images_path}: set mask_suffix (e.g. '_GT') "
+            "so masks can be told from images"
+        )
+    if mask_ext is not None and not mask_ext.startswith("."):
+        mask_ext = "." + mask_ext
+    files = _list_images(images_path)
+    if same_dir:
+        files = [p for p in files if not p.stem.endswith(mask_suffix)]
+    images = _by_stem(files)
+    if not images:
+        raise _no_images(root, [images_path])
+    available = set(_list_images(masks_path)) if masks_path.is_dir() else set()
+    pairs: list[tuple[str, Path, Path | None]] = []
+    missing: list[str] = []
+    for stem in sorted(images):
+        image = images[stem]
+        mask = masks_path / f"{stem}{mask_suffix}{mask_ext or image.suffix}"
+        if mask in available:
+            available.discard(mask)
+            pairs.append((stem, image, mask))
+        elif label_from_mask or not stem.startswith(negative_prefix):
+            missing.append(f"{image} (expected {mask})")
+        else:
+            pairs.append((stem, image, None))
+    if missing:
+        raise DataError(f"images without a mask: {describe_files(missing)}")
+    if same_dir:
+        available = {p for p in available if p.stem.endswith(mask_suffix)}
+    if available:
+        raise DataError(f"masks without an image: {describe_files(sorted(available))}")
+    if label_from_mask:
+        labels = _labels_from_masks([m for _, _, m in pairs], "labelling masks")
+    else:
+        labels = [not stem.startswith(negative_prefix) for stem, _, _ in pairs]
+    return {
+        "all": [
+            Sample(stem, image, mask, label)
+            for (stem, image, mask), label in zip(pairs, labels, strict=True)
+        ]
+    }
+
+
+_INDEXERS: dict[str, Callable[..., dict[str, list[Sample]]]] = {
+    "crack_segmentation": _crack_segmentation,
+    "ksdd2": _ksdd2,
+    "segdec": _segdec,
+    "folder": _folder,
+}
+
+
+def index_layout(layout: str, root: Path | str, **options) -> dict[str, list[Sample]]:
+    """List a dataset's samples per split as found on disk ("all" when it has no splits).
+
+    Only file names are checked here (and masks read where the label depends on them);
+    :func:`check_samples` reads every file before training.
+    """
+    if layout not in _INDEXERS:
+        raise DataError(f"unknown dataset layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
+    root = Path(root).expanduser()
+    _require_dir(root, "dataset root")
+    indexer = _INDEXERS[layout]
+    accepted = [p for p in inspect.signature(indexer).parameters if p != "root"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"layout {layout!r} does not take option(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(accepted)}"
+        )
+    indexed = indexer(root, **options)
+    ids = [s.sample_id for samples in indexed.values() for s in samples]
+    if len(set(ids)) != len(ids):  # cannot happen with the id rules above; guard the invariant
+        raise DataError(f"duplicate sample ids in {root}")
+    for split, samples in indexed.items():
+        indexed[split] = sorted(samples, key=lambda s: s.sample_id)
+        log.info(
+            "%s %s: %d images (%d positive)",
+            layout,
+            split,
+            len(samples),
+            sum(s.is_positive for s in samples),
+        )
+    return indexed
+
+
+def _inspect(sample: Sample, threshold: int) -> tuple[list[str], tuple | None, bool | None]:
+    """Read one sample's files; return (bad files, size mismatch, mask has a defect)."""
+    bad: list[str] = []
+    image_shape = mask_shape = None
+    has_defect = None
+    try:
+        image_shape = read_native(sample.image_path).shape[:2]
+    except CracksegError:
+        bad.append(str(sample.image_path))
+    if sample.mask_path is not None:
+        try:
+            mask = read_mask(sample.mask_path)
+            mask_shape = mask.shape
+            has_defect = bool((mask > threshold).any())
+        except CracksegError:
+            bad.append(str(sample.mask_path))
+    mismatch = None
+    if image_shape is not None and mask_shape is not None and image_shape != mask_shape:
+        mismatch = (sample.mask_path, image_shape, mask_shape)
+    return bad, mismatch, has_defect
+
+
+def check_samples(
+    samples: list[Sample], binarize_threshold: int = BINARIZE_THRESHOLD, desc: str = "checking"
+) -> list[Sample]:
+    """Read every file once before training, so a bad file fails now and not at epoch 30.
+
+    Unreadable files and mask/image size mismatches raise one DataError listing them all.
+    A positive whose mask is empty keeps its image label but loses the mask (a weak
+    positive): the mask contradicts the label, and training segmentation on an empty
+    mask would teach the opposite of the label. This is logged, never silent.
+    """
+    results = _map_threads(lambda s: _inspect(s, binarize_threshold), samples, desc)
+    bad = [path for b, _, _ in results for path in b]
+    if bad:
+        raise DataError(f"unreadable or truncated files: {describe_files(bad)}")
+    mismatched = [
+        f"{path} ({mask_hw[0]}x{mask_hw[1]}, image {image_hw[0]}x{image_hw[1]})"
+        for path, image_hw, mask_hw in (m for _, m, _ in results if m is not None)
+    ]
+    if mismatched:
+        raise DataError(f"masks whose size differs from their image: {describe_files(mismatched)}")
+    checked: list[Sample] = []
+    emptied: list[str] = []
+    marked_negatives: list[str] = []
+    for sample, (_, _, has_defect) in zip(samples, results, strict=True):
+        if sample.is_positive and has_defect is False:
+            emptied.append(sample.sample_id)
+            sample = replace(sample, mask_path=None)
+        elif not sample.is_positive and has_defect:
+            marked_negatives.append(sample.sample_id)
+        checked.append(sample)
+    if emptied:
+        log.warning(
+            "%d positive(s) have an empty mask (no pixel > %d) and are used as weak positives "
+            "(image label only): %s",
+            len(emptied),
+            binarize_threshold,
+            describe_files(emptied),
+        )
+    if marked_negatives:
+        log.warning(
+            "%d negative(s) have crack pixels in their mask; kept as negatives: %s",
+            len(marked_negatives),
+            describe_files(marked_negatives),
+        )
+    return checked

@@ -1,0 +1,327 @@
+"""``crackseg-data``: dataset chores that come before training.
+
+- ``tile``: cut large annotated photographs into fixed-size tiles in the
+  crack_segmentation layout (crack-free tiles named ``noncrack_*``), optionally putting
+  whole photographs into train or test so no photograph feeds both;
+- ``stats``: the positives/negatives table per split, as in the results report.
+
+Errors a user can cause end with one line ``error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from crackseg.data.io import read_mask, read_native
+from crackseg.data.layouts import BINARIZE_THRESHOLD, LAYOUTS, check_samples, index_layout
+from crackseg.data.samples import Sample
+from crackseg.data.splits import resolve_splits, stratified_split, write_split_csv
+from crackseg.errors import ConfigError, CracksegError, DataError
+
+log = logging.getLogger(__name__)
+
+SOURCE_SPLIT_FILE = "source_split.csv"
+_ROW_NAMES = {"train": "Train", "test": "Test", "val": "Validation", "all": "All"}
+
+
+def _tile_starts(length: int, size: int, stride: int, pad: bool) -> tuple[list[int], int]:
+    """Tile offsets along one axis and the padding needed after the end."""
+    if pad:
+        count = math.ceil(max(length - size, 0) / stride) + 1
+        return [i * stride for i in range(count)], (count - 1) * stride + size - length
+    if length < size:
+        return [], 0
+    return list(range(0, length - size + 1, stride)), 0
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:  # pragma: no cover - PNG encoding of uint8 data does not fail
+        raise DataError(f"cannot encode {path}")
+    path.write_bytes(encoded.tobytes())
+
+
+def tile_sample(
+    sample: Sample,
+    out_dir: Path,
+    size: int,
+    stride: int,
+    min_crack_pixels: int,
+    pad: bool = False,
+) -> list[bool]:
+    """Write one photograph's tiles to ``out_dir/{images,masks}``; return each tile's label.
+
+    Tiles with a few stray crack pixels become negatives with an all-zero mask, so the
+    label and the mask never disagree.
+    """
+    image = read_native(sample.image_path)
+    height, width = image.shape[:2]
+    if sample.mask_path is None:
+        mask = np.zeros((height, width), np.uint8)
+    else:
+        mask = read_mask(sample.mask_path)
+        if mask.shape != (height, width):
+            raise DataError(
+                f"mask size {mask.shape[0]}x{mask.shape[1]} differs from image "
+                f"{height}x{width}: {sample.mask_path}"
+            )
+    mask = np.where(mask > BINARIZE_THRESHOLD, 255, 0).astype(np.uint8)
+    rows, pad_h = _tile_starts(height, size, stride, pad)
+    cols, pad_w = _tile_starts(width, size, stride, pad)
+    if pad_h or pad_w:  # mirror, so no artificial black border appears in the tiles
+        widths = ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2)
+        image = np.pad(image, widths, mode="symmetric")
+        mask = np.pad(mask, ((0, pad_h), (0, pad_w)), mode="symmetric")
+    name = Path(sample.image_path).stem
+    labels: list[bool] = []
+    for r, top in enumerate(rows):
+        for c, left in enumerate(cols):
+            tile_mask = mask[top : top + size, left : left + size]
+            positive = int(np.count_nonzero(tile_mask)) >= max(min_crack_pixels, 1)
+            tile_name = f"{name}_r{r}_c{c}.png" if positive else f"noncrack_{name}_r{r}_c{c}.png"
+            if not positive:
+                tile_mask = np.zeros_like(tile_mask)
+            _write_png(out_dir / "images" / tile_name, image[top : top + size, left : left + size])
+            _write_png(out_dir / "masks" / tile_name, tile_mask)
+            labels.append(positive)
+    return labels
+
+
+def tile_dataset(
+    src: Path | str,
+    dst: Path | str,
+    size: int = 160,
+    stride: int | None = None,
+    layout: str = "crack_segmentation",
+    min_crack_pixels: int = 20,
+    pad: bool = False,
+    test_fraction: float | None = None,
+    seed: int = 0,
+    val_fraction: float | None = None,
+    **layout_options,
+) -> dict[str, tuple[int, int]]:
+    """Tile a dataset; return (positive, negative) tile counts per output split.
+
+    With ``test_fraction`` (and ``val_fraction``) whole photographs go to train, val or
+    test (stratified by the photograph's label), because tiles of one photograph are
+    near-duplicates: splitting tiles at random would leak test content into training.
+    """
+    stride = stride or size
+    if size <= 0 or stride <= 0:
+        raise ConfigError(f"tile size and stride must be positive, got {size} and {stride}")
+    by_photo = {"val": val_fraction, "test": test_fraction}
+    by_photo = {k: v for k, v in by_photo.items() if v is not None}
+    for key, value in by_photo.items():
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"--{key}-fraction must be between 0 and 1, got {value}")
+    if sum(by_photo.values()) >= 1.0:
+        raise ConfigError("--val-fraction plus --test-fraction must be below 1")
+    dst = Path(dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise DataError(f"destination is not empty, refusing to write into it: {dst}")
+    indexed = index_layout(layout, src, **layout_options)
+    if by_photo:
+        if set(indexed) != {"all"}:
+            raise ConfigError(
+                f"{src} already has splits ({', '.join(sorted(indexed))}); "
+                "drop --test-fraction/--val-fraction to keep them"
+            )
+        fractions = {"train": 1.0 - sum(by_photo.values()), **by_photo}
+        indexed = stratified_split(indexed["all"], fractions, seed)
+    jobs: list[tuple[Sample, Path]] = []
+    for split, samples in indexed.items():
+        out_dir = dst if split == "all" else dst / split
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        jobs += [(s, out_dir) for s in samples]
+    if by_photo:
+        write_split_csv(dst / SOURCE_SPLIT_FILE, indexed)
+
+    def job(item: tuple[Sample, Path]) -> list[bool]:
+        return tile_sample(item[0], item[1], size, stride, min_crack_pixels, pad)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(
+            tqdm(pool.map(job, jobs), total=len(jobs), desc="tiling", unit="image", disable=None)
+        )
+    counts: dict[str, list[int]] = {split: [0, 0] for split in indexed}
+    skipped = 0
+    for (_, out_dir), labels in zip(jobs, results, strict=True):
+        split = "all" if out_dir == dst else out_dir.name
+        counts[split][0] += sum(labels)
+        counts[split][1] += len(labels) - sum(labels)
+        skipped += not labels
+    if skipped:
+        log.warning("%d image(s) smaller than %d px gave no tile (use --pad)", skipped, size)
+    return {split: (pos, neg) for split, (pos, neg) in counts.items()}
+
+
+def positives_table(counts: dict[str, tuple[int, int]]) -> str:
+    """The report's markdown table: Set | Positives | Negatives | Sum, with a **Sum** row."""
+    order = [s for s in ("all", "train", "test", "val") if s in counts]
+    rows = [(_ROW_NAMES[s], *counts[s], sum(counts[s])) for s in order]
+    total_pos = sum(r[1] for r in rows)
+    total_neg = sum(r[2] for r in rows)
+    rows.append(("**Sum**", total_pos, total_neg, total_pos + total_neg))
+    lines = [
+        "| Set         | Positives   | Negatives   |  Sum        |",
+        "| ----------- | ----------- | ----------- | ----------- |",
+    ]
+    lines += [f"| {n:<11} | {p:<11} | {q:<11} | {t:<11} |" for n, p, q, t in rows]
+    return "\n".join(lines)
+
+
+def split_counts(splits: dict[str, list[Sample]]) -> dict[str, tuple[int, int]]:
+    """(positives, negatives) per split."""
+    result = {}
+    for split, samples in splits.items():
+        pos = sum(s.is_positive for s in samples)
+        result[split] = (pos, len(samples) - pos)
+    return result
+
+
+def _layout_options(args: argparse.Namespace) -> dict:
+    options = {}
+    for key in ("image_dir", "mask_dir", "mask_suffix", "mask_ext", "negative_prefix"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    if args.label_from_mask:
+        options["label_from_mask"] = True
+    return options
+
+
+def _add_layout_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=default,
+        required=default is None,
+        help="how the dataset is stored on disk",
+    )
+    group = parser.add_argument_group("options of the folder layout")
+    group.add_argument("--image-dir", help="image folder relative to the root (images)")
+    group.add_argument("--mask-dir", help="mask folder relative to the root (masks)")
+    group.add_argument("--mask-suffix", help="mask name = image stem + suffix (empty)")
+    group.add_argument("--mask-ext", help="mask extension, e.g. .png (that of the image)")
+    group.add_argument("--negative-prefix", help="names of crack-free images start with it")
+    group.add_argument(
+        "--label-from-mask", action="store_true", help="positive iff the mask marks a pixel"
+    )
+
+
+def _cmd_tile(args: argparse.Namespace) -> None:
+    counts = tile_dataset(
+        args.src,
+        args.dst,
+        size=args.size,
+        stride=args.stride,
+        layout=args.layout,
+        min_crack_pixels=args.min_crack_pixels,
+        pad=args.pad,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        **_layout_options(args),
+    )
+    print(f"tiles written to {args.dst}\n")
+    print(positives_table(counts))
+
+
+def _cmd_stats(args: argparse.Namespace) -> None:
+    indexed = index_layout(args.layout, args.root, **_layout_options(args))
+    if args.check:
+        indexed = {
+            split: check_samples(s, desc=f"checking {split}") for split, s in indexed.items()
+        }
+    splits = resolve_splits(
+        indexed, args.val_fraction, args.test_fraction, args.seed, split_file=args.split_file
+    )
+    print(positives_table(split_counts(splits)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crackseg-data", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tile = commands.add_parser(
+        "tile",
+        help="cut annotated photographs into tiles (crack_segmentation layout)",
+        description="Tiles are written as DST/[split/]{images,masks}/NAME_rR_cC.png, R and C "
+        "being the tile's row and column index; tiles with fewer crack pixels than "
+        "--min-crack-pixels are named noncrack_NAME_rR_cC.png and get an all-zero mask.",
+    )
+    tile.add_argument("src", type=Path, help="dataset to cut (e.g. a folder with images/ masks/)")
+    tile.add_argument("dst", type=Path, help="new, empty output folder")
+    tile.add_argument("--size", type=int, default=160, help="tile side in pixels (160)")
+    tile.add_argument("--stride", type=int, default=None, help="step between tiles (= size)")
+    tile.add_argument(
+        "--min-crack-pixels",
+        type=int,
+        default=20,
+        help="fewer crack pixels than this make a noncrack tile (20)",
+    )
+    tile.add_argument(
+        "--pad",
+        action="store_true",
+        help="mirror-pad the right and bottom edges so no pixel is dropped",
+    )
+    tile.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="put this fraction of whole photographs into DST/test, the rest "
+        "into DST/train (stratified by label; recorded in source_split.csv)",
+    )
+    tile.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="also put this fraction of whole photographs into DST/val",
+    )
+    tile.add_argument("--seed", type=int, default=0, help="seed of the photograph split (0)")
+    _add_layout_arguments(tile, "crack_segmentation")
+    tile.set_defaults(func=_cmd_tile)
+
+    stats = commands.add_parser("stats", help="positives/negatives per split (markdown)")
+    stats.add_argument("root", type=Path, help="dataset root")
+    _add_layout_arguments(stats, None)
+    stats.add_argument("--val-fraction", type=float, default=0.15)
+    stats.add_argument("--test-fraction", type=float, default=0.15)
+    stats.add_argument("--seed", type=int, default=0)
+    stats.add_argument("--split-file", type=Path, default=None, help="split.csv to reproduce")
+    stats.add_argument(
+        "--check",
+        action="store_true",
+        help="read every file first (empty positive masks become weak positives)",
+    )
+    stats.set_defaults(func=_cmd_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``crackseg-data``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        args.func(args)
+    except CracksegError as exc:
+        message = " ".join(str(exc).split())
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

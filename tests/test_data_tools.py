@@ -1,0 +1,182 @@
+"""The crackseg-data tool: tiling, the stats table, and its error exit."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from crackseg.data.layouts import index_layout
+from crackseg.data.tools import main, tile_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+
+
+def _photo(base: Path, name: str, crack_rows: list[tuple[int, int, int]], h=64, w=96) -> None:
+    """A photograph with horizontal crack segments (row, col0, col1) marked in its mask."""
+    image = np.random.default_rng(len(name)).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    for row, c0, c1 in crack_rows:
+        mask[row, c0:c1] = 255
+    _write(base / "images" / f"{name}.jpg", image)
+    _write(base / "masks" / f"{name}.png", mask)
+
+
+def test_tile_counts_names_and_noncrack(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    # 64x96 -> 2 x 3 tiles of 32; a 30-px crack in tile r0_c0, a 5-px speck in tile r1_c2
+    _photo(src, "P1", [(3, 0, 30), (40, 70, 75)])
+    counts = tile_dataset(src, dst, size=32, min_crack_pixels=20)
+    assert counts == {"all": (1, 5)}
+    names = sorted(p.name for p in (dst / "images").iterdir())
+    assert names == [
+        "P1_r0_c0.png",
+        "noncrack_P1_r0_c1.png",
+        "noncrack_P1_r0_c2.png",
+        "noncrack_P1_r1_c0.png",
+        "noncrack_P1_r1_c1.png",
+        "noncrack_P1_r1_c2.png",
+    ]
+    assert sorted(p.name for p in (dst / "masks").iterdir()) == names
+    speck = cv2.imread(str(dst / "masks" / "noncrack_P1_r1_c2.png"), cv2.IMREAD_UNCHANGED)
+    assert speck.shape == (32, 32) and speck.max() == 0  # label and mask agree
+    crack = cv2.imread(str(dst / "masks" / "P1_r0_c0.png"), cv2.IMREAD_UNCHANGED)
+    assert int((crack > 127).sum()) == 30
+    source = cv2.imread(str(src / "images" / "P1.jpg"))
+    tile = cv2.imread(str(dst / "images" / "noncrack_P1_r1_c1.png"))
+    np.testing.assert_array_equal(tile, source[32:64, 32:64])
+    # the output reads back in the crack_segmentation layout
+    samples = index_layout("crack_segmentation", dst)["all"]
+    assert [s.is_positive for s in samples].count(True) == 1 and len(samples) == 6
+
+
+def test_tile_stride_and_pad(tmp_path):
+    src = tmp_path / "src"
+    _photo(src, "A", [(5, 0, 60)], h=70, w=100)
+    # no pad: rows 0,32 ; cols 0,32,64 -> 6 ; stride 16: rows 0,16,32 ; cols 0..64 -> 3 x 5
+    assert sum(tile_dataset(src, tmp_path / "a", size=32)["all"]) == 6
+    assert sum(tile_dataset(src, tmp_path / "b", size=32, stride=16)["all"]) == 15
+    # pad: rows ceil(38 / 32) + 1 = 3, cols ceil(68 / 32) + 1 = 4
+    assert sum(tile_dataset(src, tmp_path / "c", size=32, pad=True)["all"]) == 12
+    assert (tmp_path / "c" / "images" / "noncrack_A_r2_c3.png").exists()
+    corner = cv2.imread(str(tmp_path / "c" / "images" / "noncrack_A_r2_c3.png"))
+    assert corner.shape == (32, 32, 3)
+
+
+def test_tile_by_photograph_keeps_photos_disjoint(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(10):
+        _photo(src, f"IMG{i}", [(10, 0, 90)])
+    counts = tile_dataset(src, dst, size=32, test_fraction=0.3, seed=1)
+    assert set(counts) == {"train", "test"}
+    photos = {}
+    for split in ("train", "test"):
+        names = [p.stem for p in (dst / split / "images").iterdir()]
+        photos[split] = {n.removeprefix("noncrack_").split("_r")[0] for n in names}
+        assert len(names) == 6 * len(photos[split])
+    assert len(photos["test"]) == 3 and len(photos["train"]) == 7  # round(.3 * 10)
+    assert not photos["train"] & photos["test"]
+    with (dst / "source_split.csv").open() as handle:
+        recorded = {row["sample_id"]: row["split"] for row in csv.DictReader(handle)}
+    assert {k for k, v in recorded.items() if v == "test"} == photos["test"]
+    # the same seed gives the same photographs
+    again = tile_dataset(src, tmp_path / "again", size=32, test_fraction=0.3, seed=1)
+    assert again == counts
+    assert {p.name for p in (tmp_path / "again" / "test" / "images").iterdir()} == {
+        p.name for p in (dst / "test" / "images").iterdir()
+    }
+
+
+def test_tile_val_and_test_by_photograph(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(10):
+        _photo(src, f"IMG{i}", [(10, 0, 90)])
+    counts = tile_dataset(src, dst, size=32, val_fraction=0.2, test_fraction=0.3, seed=0)
+    # 10 photographs x 6 tiles: val round(2.0) = 2, test round(3.0) = 3, train the other 5
+    assert {k: sum(v) for k, v in counts.items()} == {"train": 30, "val": 12, "test": 18}
+    indexed = index_layout("crack_segmentation", dst)
+    assert sorted(indexed) == ["test", "train", "val"]
+
+
+def test_tile_keeps_source_splits_and_refuses_non_empty_dst(tmp_path, capsys):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _photo(src / "train", "T", [(3, 0, 30)])
+    _photo(src / "test", "E", [(3, 0, 30)])
+    assert main(["tile", str(src), str(dst), "--size", "32"]) == 0
+    assert (dst / "train" / "images" / "T_r0_c0.png").exists()
+    assert (dst / "test" / "images" / "E_r0_c0.png").exists()
+    assert "| **Sum**     | 2           | 10          | 12          |" in capsys.readouterr().out
+    assert main(["tile", str(src), str(dst), "--size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not empty" in err and str(dst) in err
+
+
+def test_stats_table(tmp_path, capsys):
+    for i in range(20):
+        _photo(tmp_path, f"c{i:02d}", [(3, 0, 30)], h=8, w=40)
+    for i in range(10):
+        _photo(tmp_path, f"noncrack_{i:02d}", [], h=8, w=40)
+    assert (
+        main(
+            [
+                "stats",
+                str(tmp_path),
+                "--layout",
+                "crack_segmentation",
+                "--val-fraction",
+                "0.2",
+                "--test-fraction",
+                "0.1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out.splitlines()
+    # positives: val round(4.0) = 4, test round(2.0) = 2, train 14; negatives: 2, 1, 7
+    assert out == [
+        "| Set         | Positives   | Negatives   |  Sum        |",
+        "| ----------- | ----------- | ----------- | ----------- |",
+        "| Train       | 14          | 7           | 21          |",
+        "| Test        | 2           | 1           | 3           |",
+        "| Validation  | 4           | 2           | 6           |",
+        "| **Sum**     | 20          | 10          | 30          |",
+    ]
+
+
+def test_cli_missing_root_exits_2_with_one_line(tmp_path, capsys):
+    missing = tmp_path / "no_such_dataset"
+    assert main(["stats", str(missing), "--layout", "ksdd2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(missing) in err
+
+
+def test_cli_as_module_without_traceback(tmp_path):
+    missing = tmp_path / "absent"
+    proc = subprocess.run(
+        [sys.executable, "-m", "crackseg.data.tools", "tile", str(missing), str(tmp_path / "o")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(missing) in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("bad", [["--size", "0"], ["--test-fraction", "1.5"]])
+def test_tile_bad_options(tmp_path, capsys, bad):
+    _photo(tmp_path / "src", "A", [])
+    assert main(["tile", str(tmp_path / "src"), str(tmp_path / "dst"), *bad]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -1,0 +1,199 @@
+"""Download with checksum and resume, safe extraction, prepare_dataset (all offline)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import logging
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from crackseg.data.download import download_archive, extract_archive, prepare_dataset
+from crackseg.data.layouts import index_layout
+from crackseg.errors import DataError
+
+
+def _png_bytes(value: int) -> bytes:
+    import cv2
+    import numpy as np
+
+    ok, data = cv2.imencode(".png", np.full((8, 8), value, np.uint8))
+    assert ok
+    return data.tobytes()
+
+
+def _dataset_zip(path: Path, wrap: str = "") -> Path:
+    """A tiny KolektorSDD2-like archive; stored uncompressed so it is big enough to split."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for split in ("train", "test"):
+            zf.writestr(f"{wrap}{split}/1.png", _png_bytes(90))
+            zf.writestr(f"{wrap}{split}/1_GT.png", _png_bytes(255))
+            zf.writestr(f"{wrap}{split}/2.png", _png_bytes(30))
+            zf.writestr(f"{wrap}{split}/2_GT.png", _png_bytes(0))
+        zf.writestr(f"{wrap}padding.bin", bytes(range(256)) * 64)
+    return path
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def archive(tmp_path) -> Path:
+    return _dataset_zip(tmp_path / "source" / "ksdd2.zip")
+
+
+def test_download_verify_extract(tmp_path, archive):
+    dest = tmp_path / "data"
+    path = download_archive(archive.as_uri(), dest, _sha(archive))
+    assert path == dest / "ksdd2.zip" and path.read_bytes() == archive.read_bytes()
+    assert not (dest / "ksdd2.zip.part").exists()
+    extract_archive(path, dest)
+    indexed = index_layout("ksdd2", dest)
+    assert [(s.sample_id, s.is_positive) for s in indexed["train"]] == [
+        ("train_1", True),
+        ("train_2", False),
+    ]
+    # an existing verified file is not fetched again: the source is gone and it still works
+    archive.unlink()
+    assert download_archive(archive.as_uri(), dest, _sha(path)) == path
+
+
+def test_wrong_checksum_deletes_download(tmp_path, archive):
+    dest = tmp_path / "data"
+    with pytest.raises(DataError) as info:
+        download_archive(archive.as_uri(), dest, "0" * 64)
+    message = str(info.value)
+    assert "0" * 64 in message and _sha(archive) in message
+    assert not (dest / "ksdd2.zip").exists() and not (dest / "ksdd2.zip.part").exists()
+
+
+def test_partial_file_is_resumed(tmp_path, archive):
+    dest = tmp_path / "data"
+    dest.mkdir()
+    data = archive.read_bytes()
+    half = len(data) // 2
+    (dest / "ksdd2.zip.part").write_bytes(data[:half])
+    path = download_archive(archive.as_uri(), dest, _sha(archive))
+    assert path.read_bytes() == data
+    # it continued from the offset rather than starting again: a marked prefix survives
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "ksdd2.zip.part").write_bytes(b"X" * half)
+    path = download_archive(archive.as_uri(), other, None)
+    assert path.read_bytes() == b"X" * half + data[half:]
+
+
+def test_no_checksum_logs_computed_sha(tmp_path, archive, caplog):
+    with caplog.at_level(logging.WARNING):
+        download_archive(archive.as_uri(), tmp_path / "d", None)
+    assert _sha(archive) in caplog.text and "cannot be verified" in caplog.text
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    payload = b""
+    honour_range = True
+    seen: list[str | None] = []
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        wanted = self.headers.get("Range")
+        type(self).seen.append(wanted)
+        body, status = self.payload, 200
+        if wanted and self.honour_range:
+            start = int(wanted.removeprefix("bytes=").rstrip("-"))
+            body, status = self.payload[start:], 206
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("honour_range", [True, False])
+def test_http_resume_with_range(tmp_path, archive, honour_range):
+    data = archive.read_bytes()
+    handler = type(
+        "H", (_RangeHandler,), {"payload": data, "honour_range": honour_range, "seen": []}
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        dest = tmp_path / "data"
+        dest.mkdir()
+        half = len(data) // 2
+        (dest / "k.zip.part").write_bytes(data[:half])
+        url = f"http://127.0.0.1:{server.server_address[1]}/files/k.zip"
+        path = download_archive(url, dest, _sha(archive))
+        assert path.read_bytes() == data
+        assert handler.seen == [f"bytes={half}-"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_extract_is_done_once_and_redone_if_interrupted(tmp_path, archive):
+    dest = tmp_path / "x"
+    extract_archive(archive, dest)
+    (dest / "train" / "1.png").unlink()
+    extract_archive(archive, dest)  # marker present: nothing happens
+    assert not (dest / "train" / "1.png").exists()
+    for marker in dest.glob(".extracted-*"):
+        marker.unlink()  # as if the first extraction had been interrupted
+    extract_archive(archive, dest)
+    assert (dest / "train" / "1.png").exists()
+
+
+def test_extract_refuses_escaping_members(tmp_path):
+    bad_zip = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad_zip, "w") as zf:
+        zf.writestr("ok.txt", "fine")
+        zf.writestr("../evil.txt", "gotcha")
+    with pytest.raises(DataError, match="evil.txt"):
+        extract_archive(bad_zip, tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+
+    bad_tar = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad_tar, "w:gz") as tf:
+        link = tarfile.TarInfo("data/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    with pytest.raises(DataError, match="link"):
+        extract_archive(bad_tar, tmp_path / "out2")
+
+
+def test_extract_tar_gz(tmp_path):
+    archive = tmp_path / "d.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        payload = b"hello"
+        info = tarfile.TarInfo("d/train/a.txt")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    extract_archive(archive, tmp_path / "o")
+    assert (tmp_path / "o" / "d" / "train" / "a.txt").read_bytes() == b"hello"
+
+
+def test_prepare_dataset_downloads_once(tmp_path):
+    source = _dataset_zip(tmp_path / "src" / "KolektorSDD2.zip", wrap="KolektorSDD2/")
+    root = tmp_path / "ksdd2"
+    assert prepare_dataset(root, source.as_uri(), _sha(source)) == root
+    # the archive's single top folder is unwrapped, so the layout is found at root
+    assert sorted(index_layout("ksdd2", root)) == ["test", "train"]
+    assert not (root / "KolektorSDD2").exists()
+    source.unlink()
+    assert prepare_dataset(root, source.as_uri(), None) == root  # no second download
+
+
+def test_prepare_dataset_keeps_user_data(tmp_path):
+    root = tmp_path / "mine"
+    (root / "train").mkdir(parents=True)
+    url = (tmp_path / "absent.zip").as_uri()
+    assert prepare_dataset(root, url, None) == root  # nothing fetched: the source is absent

@@ -1,0 +1,367 @@
+"""Reading images/masks and indexing every dataset layout from small fixtures."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from crackseg.data.io import image_size, read_image, read_mask
+from crackseg.data.layouts import LAYOUTS, check_samples, index_layout
+from crackseg.data.samples import Sample
+from crackseg.errors import ConfigError, DataError
+
+CFD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cfd"
+H, W = 16, 24
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def _mask(positive: bool) -> np.ndarray:
+    mask = np.zeros((H, W), np.uint8)
+    if positive:
+        mask[4:8, 5:15] = 255
+    return mask
+
+
+def _write(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+def _pair(base: Path, name: str, positive: bool, img_ext=".jpg", mask_ext=".png", mask=True):
+    _write(base / "images" / f"{name}{img_ext}", _image())
+    if mask:
+        _write(base / "masks" / f"{name}{mask_ext}", _mask(positive))
+
+
+def _truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+# ---------------------------------------------------------------- io
+
+
+def test_grey_image_read_as_three_channels_and_colour_as_one(tmp_path):
+    grey = np.arange(H * W, dtype=np.uint8).reshape(H, W)
+    _write(tmp_path / "g.png", grey)
+    rgb = read_image(tmp_path / "g.png", 3)
+    assert rgb.shape == (H, W, 3) and rgb.dtype == np.uint8
+    for c in range(3):
+        np.testing.assert_array_equal(rgb[:, :, c], grey)
+
+    bgr = np.zeros((H, W, 3), np.uint8)
+    bgr[:, :, 2] = 255  # pure red in OpenCV's BGR order
+    _write(tmp_path / "red.png", bgr)
+    colour = read_image(tmp_path / "red.png", 3)
+    assert colour[0, 0].tolist() == [255, 0, 0]  # returned in RGB order
+    one = read_image(tmp_path / "red.png", 1)
+    assert one.shape == (H, W, 1)
+    assert abs(int(one[0, 0, 0]) - 76) <= 1  # luminance of red: 0.299 * 255
+
+
+def test_alpha_dropped_and_16_bit_image_scaled(tmp_path):
+    bgra = np.zeros((H, W, 4), np.uint8)
+    bgra[..., 0] = 200  # blue
+    bgra[..., 3] = 10  # nearly transparent: alpha must not leak into the colours
+    _write(tmp_path / "a.png", bgra)
+    assert read_image(tmp_path / "a.png", 3)[0, 0].tolist() == [0, 0, 200]
+    image16 = np.full((H, W), 25800, np.uint16)  # 100.4 * 257
+    _write(tmp_path / "i16.png", image16)
+    assert read_image(tmp_path / "i16.png", 1)[0, 0, 0] == 100
+
+
+def test_16_bit_and_colour_masks(tmp_path):
+    mask16 = np.zeros((H, W), np.uint16)
+    mask16[0, 0] = 65535
+    mask16[0, 1] = 33000  # 128.4 once scaled: just above the > 127 threshold
+    mask16[0, 2] = 32700  # 127.2: just below
+    _write(tmp_path / "m16.png", mask16)
+    mask = read_mask(tmp_path / "m16.png")
+    assert mask.dtype == np.uint8 and mask.shape == (H, W)
+    assert mask[0, :3].tolist() == [255, 128, 127]
+
+    colour = np.zeros((H, W, 3), np.uint8)
+    colour[1, 1] = (0, 0, 255)  # a red annotation
+    _write(tmp_path / "mc.png", colour)
+    mask = read_mask(tmp_path / "mc.png")
+    assert mask.shape == (H, W) and mask[1, 1] == 255 and mask.sum() == 255
+
+
+def test_truncated_png_and_jpeg_are_caught(tmp_path):
+    big = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    png = _truncate(_write(tmp_path / "t.png", big))
+    jpg = _truncate(_write(tmp_path / "t.jpg", big))
+    assert cv2.imread(str(jpg)) is not None  # OpenCV's imread accepts the truncated JPEG
+    # cut just the end-of-image marker: the decoder alone still returns an image
+    jpg_end = _write(tmp_path / "e.jpg", big)
+    jpg_end.write_bytes(jpg_end.read_bytes()[:-2])
+    data = np.frombuffer(jpg_end.read_bytes(), np.uint8)
+    assert cv2.imdecode(data, cv2.IMREAD_UNCHANGED) is not None
+    png_end = _write(tmp_path / "e.png", big)
+    png_end.write_bytes(png_end.read_bytes()[:-12])  # the IEND chunk
+    for path in (png, jpg, jpg_end, png_end):
+        with pytest.raises(DataError, match=path.name):
+            read_image(path, 3)
+
+
+def test_truncated_jpeg_with_thumbnail_end_marker_is_caught(tmp_path):
+    # An EXIF thumbnail carries its own FF D9; a search for that marker would be fooled.
+    thumb = b"Exif\x00\x00" + b"\xff\xd8" + bytes(40) + b"\xff\xd9"
+    app1 = b"\xff\xe1" + (len(thumb) + 2).to_bytes(2, "big") + thumb
+    path = _write(tmp_path / "x.jpg", _image())
+    data = path.read_bytes()
+    full = data[:2] + app1 + data[2:]
+    path.write_bytes(full)
+    assert read_image(path, 3).shape == (H, W, 3)
+    path.write_bytes(full[:-2])
+    with pytest.raises(DataError, match="x.jpg"):
+        read_image(path, 3)
+
+
+def test_jpeg_with_trailing_bytes_is_accepted(tmp_path):
+    path = _write(tmp_path / "x.jpg", _image())
+    path.write_bytes(path.read_bytes() + b"camera trailer \xff\x00\x12")
+    assert read_image(path, 3).shape == (H, W, 3)
+
+
+def test_unreadable_file_names_it(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="bad.png"):
+        read_mask(bad)
+    with pytest.raises(DataError, match="missing.png"):
+        read_image(tmp_path / "missing.png", 3)
+
+
+def test_image_size_from_header(tmp_path):
+    array = np.zeros((37, 53, 3), np.uint8)
+    for ext in (".png", ".jpg", ".bmp"):
+        assert image_size(_write(tmp_path / f"s{ext}", array)) == (37, 53)
+
+
+# ---------------------------------------------------------------- layouts
+
+
+def test_crack_segmentation_flat(tmp_path):
+    _pair(tmp_path, "b_crack", True)
+    _pair(tmp_path, "a_crack", True, img_ext=".JPG")
+    _pair(tmp_path, "noncrack_1", False)
+    _pair(tmp_path, "noncrack_2", False, mask=False)  # negatives may lack a mask
+    (tmp_path / "images" / "README.txt").write_text("ignored")
+    indexed = index_layout("crack_segmentation", tmp_path)
+    assert list(indexed) == ["all"]
+    samples = indexed["all"]
+    assert [s.sample_id for s in samples] == ["a_crack", "b_crack", "noncrack_1", "noncrack_2"]
+    assert [s.is_positive for s in samples] == [True, True, False, False]
+    assert samples[0].image_path.name == "a_crack.JPG"
+    assert samples[0].mask_path.name == "a_crack.png"
+    assert samples[3].mask_path is None
+
+
+def test_crack_segmentation_train_test(tmp_path):
+    for split in ("train", "test"):
+        _pair(tmp_path / split, "same_name", True)
+        _pair(tmp_path / split, f"noncrack_{split}", False)
+    indexed = index_layout("crack_segmentation", tmp_path)
+    assert sorted(indexed) == ["test", "train"]
+    assert [s.sample_id for s in indexed["train"]] == ["train_noncrack_train", "train_same_name"]
+    assert [s.sample_id for s in indexed["test"]] == ["test_noncrack_test", "test_same_name"]
+    assert indexed["test"][1].image_path == tmp_path / "test" / "images" / "same_name.jpg"
+
+
+def test_ksdd2_label_from_mask(tmp_path):
+    for split in ("train", "test"):
+        _write(tmp_path / split / "10.png", _image())
+        _write(tmp_path / split / "10_GT.png", _mask(True))
+        _write(tmp_path / split / "11.png", _image())
+        _write(tmp_path / split / "11_GT.png", _mask(False))
+    weak_jpeg = _mask(False)
+    weak_jpeg[0, 0] = 100  # JPEG-like noise below the threshold is no defect
+    _write(tmp_path / "train" / "11_GT.png", weak_jpeg)
+    indexed = index_layout("ksdd2", tmp_path)
+    assert sorted(indexed) == ["test", "train"]
+    train = indexed["train"]
+    assert [(s.sample_id, s.is_positive) for s in train] == [
+        ("train_10", True),
+        ("train_11", False),
+    ]
+    assert train[0].mask_path.name == "10_GT.png"
+
+
+def test_segdec_label_from_folder(tmp_path):
+    for split in ("train", "test"):
+        _write(tmp_path / f"{split}_positive" / "1.jpg", _image())
+        _write(tmp_path / f"{split}_positive" / "1_GT.jpg", _mask(True))
+        _write(tmp_path / f"{split}_negative" / "1.jpg", _image())
+        _write(tmp_path / f"{split}_negative" / "1_GT.jpg", _mask(False))
+    indexed = index_layout("segdec", tmp_path)
+    assert sorted(indexed) == ["test", "train"]
+    assert [(s.sample_id, s.is_positive) for s in indexed["train"]] == [
+        ("train_negative_1", False),
+        ("train_positive_1", True),
+    ]
+
+
+def test_folder_layout_options(tmp_path):
+    _write(tmp_path / "img" / "x.jpg", _image())
+    _write(tmp_path / "gt" / "x_label.png", _mask(True))
+    _write(tmp_path / "img" / "free_y.jpg", _image())
+    indexed = index_layout(
+        "folder",
+        tmp_path,
+        image_dir="img",
+        mask_dir="gt",
+        mask_suffix="_label",
+        mask_ext="png",
+        negative_prefix="free",
+    )
+    assert [(s.sample_id, s.is_positive, s.mask_path) for s in indexed["all"]] == [
+        ("free_y", False, None),
+        ("x", True, tmp_path / "gt" / "x_label.png"),
+    ]
+    # label from the mask: the empty mask makes a negative whatever the name
+    _write(tmp_path / "gt" / "free_y_label.png", _mask(True))
+    _write(tmp_path / "img" / "z.jpg", _image())
+    _write(tmp_path / "gt" / "z_label.png", _mask(False))
+    indexed = index_layout(
+        "folder",
+        tmp_path,
+        image_dir="img",
+        mask_dir="gt",
+        mask_suffix="_label",
+        mask_ext=".png",
+        label_from_mask=True,
+    )
+    assert [(s.sample_id, s.is_positive) for s in indexed["all"]] == [
+        ("free_y", True),
+        ("x", True),
+        ("z", False),
+    ]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        index_layout("crack_segmentation", tmp_path / "nowhere")
+
+
+def test_unknown_layout_lists_known():
+    with pytest.raises(DataError) as info:
+        index_layout("kolektor", "/tmp")
+    for name in LAYOUTS:
+        assert name in str(info.value)
+
+
+def test_unknown_option(tmp_path):
+    _pair(tmp_path, "a", True)
+    with pytest.raises(ConfigError, match="mask_sufix"):
+        index_layout("folder", tmp_path, mask_sufix="_GT")
+
+
+def test_no_images_says_where_it_looked(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match=str(tmp_path / "images")):
+        index_layout("crack_segmentation", tmp_path)
+    with pytest.raises(DataError, match="images"):
+        index_layout("crack_segmentation", tmp_path / "images")  # no images/ folder at all
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match=str(tmp_path / "train")):
+        index_layout("ksdd2", tmp_path)
+
+
+def test_image_without_mask_and_mask_without_image(tmp_path):
+    _pair(tmp_path, "ok", True)
+    _pair(tmp_path, "lonely", True, mask=False)
+    with pytest.raises(DataError, match="lonely.jpg"):
+        index_layout("crack_segmentation", tmp_path)
+    with pytest.raises(DataError, match="lonely.jpg"):
+        index_layout("folder", tmp_path, mask_ext=".png")
+    (tmp_path / "images" / "lonely.jpg").unlink()
+    _write(tmp_path / "masks" / "orphan.png", _mask(True))
+    with pytest.raises(DataError, match="orphan.png"):
+        index_layout("crack_segmentation", tmp_path)
+    with pytest.raises(DataError, match="orphan.png"):
+        index_layout("folder", tmp_path, mask_ext=".png")
+
+
+def test_ksdd2_and_segdec_missing_masks(tmp_path):
+    _write(tmp_path / "train" / "5.png", _image())
+    with pytest.raises(DataError, match="5.png"):
+        index_layout("ksdd2", tmp_path)
+    _write(tmp_path / "train_positive" / "7.jpg", _image())
+    with pytest.raises(DataError, match="7.jpg"):
+        index_layout("segdec", tmp_path)
+
+
+# ---------------------------------------------------------------- check_samples
+
+
+def _sample(tmp_path: Path, name: str, positive: bool, mask: np.ndarray | None) -> Sample:
+    image = _write(tmp_path / f"{name}.png", _image())
+    mask_path = None if mask is None else _write(tmp_path / f"{name}_m.png", mask)
+    return Sample(name, image, mask_path, positive)
+
+
+def test_empty_positive_mask_becomes_weak_with_warning(tmp_path, caplog):
+    samples = [
+        _sample(tmp_path, "good", True, _mask(True)),
+        _sample(tmp_path, "empty", True, _mask(False)),
+        _sample(tmp_path, "neg", False, None),
+    ]
+    with caplog.at_level(logging.WARNING):
+        checked = check_samples(samples)
+    assert [s.sample_id for s in checked] == ["good", "empty", "neg"]
+    assert checked[0].mask_path is not None
+    assert checked[1].mask_path is None and checked[1].is_positive  # weak, not dropped
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "empty" in warnings[0] and warnings[0].startswith("1 positive")
+
+
+def test_check_samples_lists_all_unreadable_files(tmp_path):
+    big = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    a = _truncate(_write(tmp_path / "a.jpg", big))
+    b = _sample(tmp_path, "b", True, _mask(True))
+    _truncate(b.mask_path)
+    samples = [Sample("a", a, None, False), b, _sample(tmp_path, "c", False, None)]
+    with pytest.raises(DataError) as info:
+        check_samples(samples)
+    message = str(info.value)
+    assert "a.jpg" in message and "b_m.png" in message and "c.png" not in message
+
+
+def test_check_samples_size_mismatch(tmp_path):
+    sample = _sample(tmp_path, "odd", True, np.full((H + 1, W), 255, np.uint8))
+    with pytest.raises(DataError, match="odd_m.png"):
+        check_samples([sample])
+
+
+# ---------------------------------------------------------------- real photographs
+
+
+def test_real_cfd_photographs_through_folder_layout():
+    if not (CFD / "images").is_dir():
+        pytest.skip(f"CrackForest sample not found at {CFD} (shared data absent)")
+    samples = index_layout("folder", CFD, image_dir="images", mask_dir="masks", mask_ext=".png")[
+        "all"
+    ]
+    assert len(samples) == 80 and all(s.is_positive for s in samples)
+    checked = check_samples(samples[:3])
+    for sample in checked:
+        image = read_image(sample.image_path, 3)
+        mask = read_mask(sample.mask_path)
+        assert image.shape == (320, 480, 3) and mask.shape == (320, 480)
+        assert set(np.unique(mask).tolist()) <= {0, 255}
+        assert 0.002 < (mask > 127).mean() < 0.07  # the README: 0.4 % to 6 % crack pixels
+        assert image_size(sample.image_path) == (320, 480)
