@@ -12,6 +12,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
 from crackseg.evaluation.metrics import json_ready
@@ -54,7 +55,7 @@ class TrainingHistory(pl.Callback):
         self.history: dict[str, list[tuple[int, float]]] = {}
 
     def _record(self, trainer: pl.Trainer, prefix: str) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         for key in HISTORY_KEYS:
             value = trainer.callback_metrics.get(key)
@@ -64,7 +65,8 @@ class TrainingHistory(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer, "train/")
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Not on_validation_epoch_end: callbacks run before the module logs its metrics there.
         self._record(trainer, "val/")
 
     @rank_zero_only

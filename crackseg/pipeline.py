@@ -163,7 +163,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     run_config = OmegaConf.create(module.hparams.get("run_config") or "{}")
     # Report the parameters the weights were trained with, and the data evaluated here.
-    report_cfg = OmegaConf.merge(run_config, {"data": cfg.data})
+    report_cfg = OmegaConf.merge(
+        run_config, {"data": OmegaConf.to_container(cfg.data, resolve=True)}
+    )
     datamodule: CrackDataModule = instantiate(cfg.data, _convert_="all")
     report = EvaluationReport(
         str(output_dir),

@@ -1,0 +1,45 @@
+"""Shared helpers: run the entry points as a user would, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+#: A run small enough for a test: 64x128 images, 20+20 of them, 2 epochs.
+TINY = [
+    "data.input_height=64",
+    "data.input_width=128",
+    "data.synthetic.num_positives=20",
+    "data.synthetic.num_negatives=20",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "trainer.max_epochs=2",
+    "validation_n_epochs=1",
+    "num_dice_panels=3",
+    "callbacks.validation_images.num_images=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def run_entry(module: str, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m crackseg.<module>`` with Hydra overrides, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", f"crackseg.{module}", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """One synthetic dataset shared by every end-to-end test."""
+    return tmp_path_factory.mktemp("data")

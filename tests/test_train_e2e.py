@@ -1,0 +1,143 @@
+"""End-to-end runs through the Hydra entry points, as a user types them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import TINY, run_entry
+
+METRIC_KEYS = {
+    "image_auc",
+    "image_ap",
+    "image_threshold",
+    "f_measure",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "seg_threshold",
+    "dice_mean",
+    "dice_std",
+    "iou_mean",
+    "iou_std",
+    "test_samples",
+    "val_samples",
+    "train_samples",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_data_dir):
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_entry(
+        "train",
+        *TINY,
+        f"paths.data_dir={tiny_data_dir}",
+        f"hydra.run.dir={run_dir}",
+        "data.dilate=3",
+        "loss.weighted_seg_p=1",
+        "loss.delta_cls=0.1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_run_folder_holds_config_checkpoints_events_and_metrics(tiny_run):
+    assert (tiny_run / ".hydra" / "config.yaml").is_file()
+    checkpoints = sorted(p.name for p in (tiny_run / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in checkpoints and any(n.startswith("best") for n in checkpoints)
+    assert list((tiny_run / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert METRIC_KEYS <= metrics.keys()
+    assert metrics["tp"] + metrics["fn"] == metrics["test_positives"]
+    assert metrics["tn"] + metrics["fp"] == metrics["test_negatives"]
+    for name in ("report.md", "ROC.png", "precision-recall.png", "split.csv", "history.json"):
+        assert (tiny_run / name).is_file(), name
+    assert list((tiny_run / "dices").glob("*_dice_*.png"))
+
+
+def test_overrides_reach_the_composed_config(tiny_run):
+    config = yaml.safe_load((tiny_run / ".hydra" / "config.yaml").read_text())
+    assert config["data"]["dilate"] == 3
+    assert config["loss"]["weighted_seg_p"] == 1
+    assert config["loss"]["delta_cls"] == 0.1
+    assert config["trainer"]["max_epochs"] == 2
+
+
+def test_history_has_per_epoch_losses_and_lambdas(tiny_run):
+    history = json.loads((tiny_run / "history.json").read_text())
+    for key in ("train/loss_seg", "train/loss_dec", "train/loss", "train/lambda_seg"):
+        assert [epoch for epoch, _ in history[key]] == [0, 1], key
+    # Dynamically balanced with delta 0.1 over 2 epochs: lambda_dec = 0, then 0.05.
+    assert [round(v, 6) for _, v in history["train/lambda_dec"]] == [0.0, 0.05]
+    assert [epoch for epoch, _ in history["val/image_ap"]] == [0, 1]
+
+
+def test_checkpoint_knows_its_architecture_and_input_size(tiny_run):
+    ckpt = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert (hp["input_channels"], hp["input_height"], hp["input_width"]) == (3, 64, 128)
+    assert "data:" in hp["run_config"]
+
+
+def test_eval_of_a_checkpoint_matches_the_test_step(tiny_run, tiny_data_dir, tmp_path):
+    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
+    result = run_entry(
+        "eval",
+        f"ckpt_path={best}",
+        *[o for o in TINY if o.startswith(("data.", "num_dice", "trainer.enable"))],
+        f"paths.data_dir={tiny_data_dir}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((tiny_run / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("image_auc", "image_ap", "tp", "fp", "tn", "fn", "seg_threshold", "dice_mean"):
+        assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
+    assert (tmp_path / "report.md").is_file()
+
+
+def _one_line_error(result):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_eval_refuses_a_missing_checkpoint(tmp_path):
+    line = _one_line_error(run_entry("eval", f"ckpt_path={tmp_path}/nope.ckpt"))
+    assert "does not exist" in line
+
+
+def test_eval_refuses_an_unreadable_checkpoint(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    line = _one_line_error(run_entry("eval", f"ckpt_path={bad}", f"hydra.run.dir={tmp_path}/o"))
+    assert "cannot read checkpoint" in line
+
+
+def test_eval_refuses_a_checkpoint_of_another_input_size(tiny_run, tmp_path):
+    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
+    line = _one_line_error(
+        run_entry(
+            "eval", f"ckpt_path={best}", "data.input_height=128", f"hydra.run.dir={tmp_path}"
+        )
+    )
+    assert "3x64x128" in line and "3x128x128" in line
+
+
+def test_a_size_not_divisible_by_8_is_refused(tmp_path):
+    line = _one_line_error(
+        run_entry("train", "data.input_height=100", f"hydra.run.dir={tmp_path}")
+    )
+    assert "not divisible by 8" in line
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_an_unknown_config_name_is_refused(tmp_path):
+    result = run_entry("train", "model=nope", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "model/nope" in result.stderr and "Traceback" not in result.stderr
