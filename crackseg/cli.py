@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from crackseg.errors import CracksegError
+from crackseg.sweep.gpus import job_device_context
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +58,28 @@ def run_task(
             log.info("skipping %s: finished in an earlier sweep", output_dir)
             return done.get("metrics", {}).get(objective)
     try:
-        results = task(cfg)
-    except CracksegError as error:
+        with job_device_context(cfg):  # one GPU per job in a local parallel sweep
+            results = task(cfg)
+    except Exception as raised:
+        error = _root_cause(raised)
         if not multirun:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-        return _failed(output_dir, error)
-    except Exception as error:
-        if not multirun:
+            if isinstance(error, CracksegError):
+                print(f"error: {error}", file=sys.stderr)
+                sys.exit(2)
             raise
-        log.exception("job failed")
+        if not isinstance(error, CracksegError):
+            log.exception("job failed")
         return _failed(output_dir, error)
     metrics = {k: v for k, v in results.items() if isinstance(v, int | float | str | None)}
     _write_status(output_dir, {"status": "finished", "metrics": metrics})
     return metrics.get(objective)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """Hydra's instantiate wraps what a constructor raised; the user needs the original."""
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 def _failed(output_dir: Path, error: BaseException) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data.augment import build_augmentation
 from crackseg.data.dataset import CrackDataset, WeightMapConfig
@@ -207,11 +208,19 @@ class CrackDataModule(pl.LightningDataModule):
             self._dataset("train", training=True), self.batch_size, sampler=self.train_sampler()
         )
 
+    def _eval_loader(self, split: str) -> DataLoader:
+        """Each process evaluates its shard; the metrics gather them and drop the padding."""
+        dataset = self._dataset(split)
+        sampler = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            sampler = DistributedSampler(dataset, shuffle=False, drop_last=False)
+        return self._loader(dataset, self.eval_batch_size, sampler=sampler)
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset(self.val_split), self.eval_batch_size)
+        return self._eval_loader(self.val_split)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("test"), self.eval_batch_size)
+        return self._eval_loader("test")
 
     # -- facts for the report ----------------------------------------------------------
     def split_counts(self) -> dict[str, tuple[int, int]]:

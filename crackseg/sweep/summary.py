@@ -1,0 +1,309 @@
+"""The summary table of a sweep: every job, and mean ± std over seeds for each setting.
+
+A sweep is judged by its table, so no job may silently vanish from it: jobs that failed
+are listed with their error line, and jobs that never wrote a status (still running, or
+killed) as "unfinished". The swept values are read back from each job's
+``.hydra/overrides.yaml``, which is what tells the jobs apart; this works for a multirun
+root and for any folder of single runs alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "summary.csv"
+MD_NAME = "summary.md"
+#: Columns every row has before the swept values.
+BASE_COLUMNS = ("job", "status", "error", "seed")
+#: Per-job metrics (from metrics.json, or the copy in status.json).
+METRICS = ("image_auc", "image_ap", "tp", "fp", "tn", "fn", "dice_mean", "iou_mean")
+#: Metrics averaged over seeds in the grouped table.
+GROUPED_METRICS = ("image_auc", "image_ap", "dice_mean", "iou_mean")
+
+
+def find_job_dirs(root: str | Path) -> list[Path]:
+    """Every run folder (one with a ``.hydra/`` inside) under ``root``, in job order."""
+    root = Path(root)
+    found = []
+    for hydra_dir in root.rglob(".hydra"):
+        job = hydra_dir.parent
+        rel = job.relative_to(root)
+        if hydra_dir.is_dir() and not any(part.startswith(".") for part in rel.parts):
+            found.append(job)
+    return sorted(found, key=lambda p: _natural_key(p.relative_to(root).as_posix()))
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _read_overrides(job: Path) -> dict[str, str]:
+    path = job / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        lines = yaml.safe_load(path.read_text()) or []
+    except yaml.YAMLError:
+        return {}
+    overrides = {}
+    for line in lines:
+        key, sep, value = str(line).partition("=")
+        if sep and not key.lstrip("+~").startswith("hydra"):
+            overrides[key.lstrip("+~")] = value
+    return overrides
+
+
+def _config_value(job: Path, key: str) -> str:
+    """A key of the job's composed config, written as an override would write it."""
+    path = job / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return ""
+    try:
+        node: Any = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return ""
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return ""
+        node = node[part]
+    if isinstance(node, dict | list):
+        return ""
+    return yaml.safe_dump(node, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
+    """(status, error line, metrics) of one job folder."""
+    try:
+        status = _read_json(job / "status.json")
+    except (OSError, ValueError) as error:
+        return "failed", f"unreadable status.json: {error}", {}
+    try:
+        metrics = _read_json(job / "metrics.json")
+    except (OSError, ValueError):
+        metrics = None
+    if status is None:
+        if metrics is not None:
+            return "finished", "", metrics
+        return "unfinished", "no status.json (still running, or killed)", {}
+    state = str(status.get("status", "unfinished"))
+    error = str(status.get("error", "") or "")
+    if metrics is None:
+        metrics = status.get("metrics") or {}
+        if state == "finished" and not metrics:
+            return "failed", "finished without metrics.json", {}
+    return state, error, metrics
+
+
+def _swept_keys(root: Path, overrides: list[dict[str, str]]) -> list[str]:
+    """The sweep's declared parameters, then every other key whose value differs by job."""
+    keys: list[str] = []
+    multirun = root / "multirun.yaml"
+    if multirun.is_file():
+        try:
+            params = (yaml.safe_load(multirun.read_text()) or {}).get("hydra", {})
+            params = (params.get("sweeper") or {}).get("params") or {}
+            keys.extend(str(k) for k in params)
+        except (yaml.YAMLError, AttributeError):
+            pass
+    seen: dict[str, set[str | None]] = {}
+    for job in overrides:
+        for key in job:
+            seen.setdefault(key, set())
+    for key in seen:
+        seen[key] = {job.get(key) for job in overrides}
+        if len(seen[key]) > 1 and key not in keys:
+            keys.append(key)
+    return [k for k in keys if k != "seed"]
+
+
+def collect_runs(root: str | Path) -> list[dict[str, Any]]:
+    """One row per run folder under ``root``: job, status, error, seed, swept values, metrics.
+
+    Swept values are strings as the overrides wrote them (``1``, ``null``, ``true``); metrics
+    are numbers or None (unfinished jobs, or AUC/AP undefined on a one-class split).
+    """
+    root = Path(root)
+    jobs = find_job_dirs(root)
+    overrides = [_read_overrides(job) for job in jobs]
+    swept = _swept_keys(root, overrides)
+    rows = []
+    for job, job_overrides in zip(jobs, overrides, strict=True):
+        status, error, metrics = _job_state(job)
+        rel = job.relative_to(root).as_posix()
+        row: dict[str, Any] = {
+            "job": job.name if rel == "." else rel,
+            "status": status,
+            "error": error,
+            "seed": job_overrides.get("seed") or _config_value(job, "seed"),
+        }
+        for key in swept:
+            value = job_overrides.get(key)
+            row[key] = value if value is not None else _config_value(job, key)
+        for name in METRICS:
+            row[name] = metrics.get(name)
+        rows.append(row)
+    return rows
+
+
+def swept_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The swept keys of rows made by ``collect_runs``."""
+    if not rows:
+        return []
+    return [k for k in rows[0] if k not in BASE_COLUMNS and k not in METRICS]
+
+
+def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std over seeds of each setting of the swept values (finished jobs).
+
+    Each group has the swept values, ``n`` (finished jobs), ``failed`` (the others) and,
+    per metric, ``<metric>_mean``, ``<metric>_std`` (None where undefined) and ``<metric>``
+    formatted as ``mean ± std``.
+    """
+    keys = swept_columns(rows)
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(str(row[k]) for k in keys), []).append(row)
+    out = []
+    for setting, members in groups.items():
+        finished = [r for r in members if r["status"] == "finished"]
+        group: dict[str, Any] = dict(zip(keys, setting, strict=True))
+        group["n"] = len(finished)
+        group["failed"] = len(members) - len(finished)
+        for name in GROUPED_METRICS:
+            values = [float(r[name]) for r in finished if _is_number(r[name])]
+            mean = statistics.fmean(values) if values else None
+            std = statistics.stdev(values) if len(values) > 1 else None
+            group[f"{name}_mean"] = mean
+            group[f"{name}_std"] = std
+            group[name] = _mean_std(mean, std)
+        out.append(group)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _md_table(columns: list[str], rows: list[list[Any]]) -> list[str]:
+    def clean(value: Any) -> str:
+        return (_cell(value) or "–").replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(clean(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def write_summary(root: str | Path) -> tuple[Path, Path]:
+    """Write ``summary.csv`` (one row per job) and ``summary.md`` (jobs, groups, failures)."""
+    root = Path(root)
+    rows = collect_runs(root)
+    keys = swept_columns(rows)
+    columns = [*BASE_COLUMNS, *keys, *METRICS]
+    csv_path = root / CSV_NAME
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
+
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "unfinished")}
+    seeds = sorted({str(r["seed"]) for r in rows}, key=_natural_key)
+    swept_text = ", ".join(f"`{k}`" for k in keys) or "nothing (one setting)"
+    lines = [
+        f"# Sweep summary: {root.resolve().name}",
+        "",
+        f"{len(rows)} jobs: {counts['finished']} finished, {counts['failed']} failed, "
+        f"{counts['unfinished']} unfinished. Swept: {swept_text}; seeds: {', '.join(seeds)}.",
+        "",
+        "## By setting (mean ± std over seeds, finished jobs)",
+        "",
+    ]
+    group_columns = [*keys, "n", "failed", *GROUPED_METRICS]
+    groups = group_rows(rows)
+    lines += _md_table(group_columns, [[g[c] for c in group_columns] for g in groups])
+    lines += ["", "## Jobs", ""]
+    job_columns = ["job", "status", "seed", *keys, *METRICS]
+    lines += _md_table(job_columns, [[r[c] for c in job_columns] for r in rows])
+    problems = [r for r in rows if r["status"] != "finished"]
+    if problems:
+        lines += ["", "## Failed and unfinished jobs", ""]
+        lines += [
+            f"- `{r['job']}` ({r['status']}): {r['error'] or 'no error recorded'}" for r in problems
+        ]
+    md_path = root / MD_NAME
+    md_path.write_text("\n".join(lines) + "\n")
+    log.info("sweep summary of %d jobs written to %s", len(rows), md_path)
+    return csv_path, md_path
+
+
+class SummaryCallback(Callback):
+    """Hydra callback: write the summary at the sweep folder when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            write_summary(sweep_dir)
+        except Exception:  # the sweep's results are on disk; a summary bug must not hide them
+            log.exception("could not write the sweep summary in %s", sweep_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``crackseg-summary FOLDER``: (re)write summary.csv and summary.md of a sweep folder."""
+    parser = argparse.ArgumentParser(
+        prog="crackseg-summary",
+        description="Summarise the runs under a multirun folder (or any folder of runs).",
+    )
+    parser.add_argument("folder", help="e.g. outputs/multiruns/sweep_dilate/<time>")
+    args = parser.parse_args(argv)
+    root = Path(args.folder).expanduser()
+    try:
+        if not root.is_dir():
+            raise ValueError(f"{root} is not a folder")
+        if not find_job_dirs(root):
+            raise ValueError(f"no run folders (with a .hydra/ inside) under {root}")
+        csv_path, md_path = write_summary(root)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(md_path.read_text(), end="")
+    print(f"written: {csv_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""Ablation sweeps: configs, local parallel launching, one GPU per job, the summary table."""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+import crackseg.sweep.gpus as gpus
+from crackseg.sweep import claim_gpu, job_device_context, job_dirname, visible_gpus
+from crackseg.sweep.summary import collect_runs, main
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+BIN = Path(sys.executable).parent
+
+#: The ablations of the paper and the values each one must sweep (written out by hand).
+SWEEPS = {
+    "dilate": {"data.dilate": [1, 3, 5, 7]},
+    "weighted_loss": {"loss.weighted_seg_p": [1, 2], "loss.weighted_seg_max": [1, 3]},
+    "delta": {"loss.delta_cls": [0.01, 0.1, 1]},
+    "dynamic_balance": {"loss.dynamic_balance": [True, False]},
+    "frequency_sampling": {"data.frequency_sampling": [True, False]},
+    "gradient_adjustment": {"loss.gradient_adjustment": [True, False]},
+    "num_segmented": {"data.num_segmented": [0, 20, 50, None]},
+}
+SEEDS = [0, 1, 2]
+
+#: A tiny CPU run, as an experiment in an extra config folder so job names stay short.
+TINY_EXPERIMENT = """\
+# @package _global_
+trainer:
+  max_epochs: 2
+  enable_progress_bar: false
+  enable_model_summary: false
+validation_n_epochs: 1
+data:
+  synthetic:
+    num_positives: 24
+    num_negatives: 24
+  input_height: 64
+  input_width: 128
+  num_workers: 0
+  batch_size: 8
+num_dice_panels: 2
+callbacks:
+  validation_images:
+    num_images: 1
+paths:
+  data_dir: {data_dir}
+"""
+
+
+def _job_overrides(params: dict) -> list[list[str]]:
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+# --- configs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_sweep_composes_for_every_job(name: str) -> None:
+    expected = SWEEPS[name]
+    grid = {(*combo, seed) for combo in itertools.product(*expected.values()) for seed in SEEDS}
+    keys = [*expected, "seed"]
+    seen = set()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        base = compose("train", overrides=[f"+sweep={name}"], return_hydra_config=True)
+        assert base.run_name == f"sweep_{name}"
+        jobs = _job_overrides(dict(base.hydra.sweeper.params))
+        assert len(jobs) == len(grid)
+        for job in jobs:
+            cfg = compose("train", overrides=[f"+sweep={name}", *job], return_hydra_config=True)
+            seen.add(tuple(OmegaConf.select(cfg, key) for key in keys))
+            # The job folder is named by its swept values only: readable, no "+sweep=".
+            assert cfg.hydra.job.override_dirname == ",".join(sorted(job))
+            assert cfg.run_name == f"sweep_{name}"
+            if name == "weighted_loss":
+                assert cfg.loss.weighted_seg is True
+    assert seen == grid
+
+
+def test_job_dirname_only_shortens_names_too_long_for_the_file_system() -> None:
+    assert job_dirname("data.dilate=5,seed=0") == "data.dilate=5,seed=0"
+    long = ",".join(f"key{i}=value{i}" for i in range(40))  # 509 characters
+    short = job_dirname(long)
+    assert len(short.encode()) == 200
+    assert short.startswith("key0=value0,key1=value1")
+    assert short != job_dirname(long.replace("value39", "other"))  # the hash tells them apart
+
+
+def test_launcher_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        monkeypatch.setattr(gpus, "visible_gpus", lambda: [])
+        cfg = compose("train", ["hydra/launcher=local_parallel"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+        assert cfg.hydra.launcher.n_jobs == 2  # no GPU: two jobs
+        monkeypatch.setattr(gpus, "visible_gpus", lambda: [str(i) for i in range(8)])
+        cfg = compose("train", ["hydra/launcher=local_parallel"], return_hydra_config=True)
+        assert cfg.hydra.launcher.n_jobs == 8  # one job per GPU
+        cfg = compose(
+            "train",
+            ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=3"],
+            return_hydra_config=True,
+        )
+        assert cfg.hydra.launcher.n_jobs == 3
+
+        cfg = compose(
+            "train",
+            ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+        launcher = cfg.hydra.launcher
+        assert launcher._target_.endswith("SlurmLauncher")
+        assert launcher.partition == "gpu"
+        assert (launcher.gpus_per_node, launcher.tasks_per_node) == (1, 1)
+        assert launcher.timeout_min > 0 and launcher.cpus_per_task > 0 and launcher.mem_gb > 0
+        assert launcher.array_parallelism > 0
+
+
+# --- one GPU per job -------------------------------------------------------------------
+
+
+def _hold_gpu(lock_dir: str, gpu_ids: list[str], hold_s: float, out: str) -> None:
+    os.environ["CUDA_VISIBLE_DEVICES"] = "0,1,2,3"
+    with claim_gpu(lock_dir, gpu_ids, poll_s=0.01) as gpu:
+        start = time.monotonic()
+        env = os.environ["CUDA_VISIBLE_DEVICES"]
+        time.sleep(hold_s)
+        end = time.monotonic()
+    after = os.environ["CUDA_VISIBLE_DEVICES"]
+    Path(out).write_text(json.dumps({"gpu": gpu, "env": env, "after": after, "t": [start, end]}))
+
+
+def test_claim_gpu_never_puts_two_concurrent_jobs_on_one_gpu(tmp_path: Path) -> None:
+    fake_gpus = ["0", "1", "2", "3"]
+    context = multiprocessing.get_context("fork")
+    jobs = [
+        context.Process(
+            target=_hold_gpu, args=(str(tmp_path / "locks"), fake_gpus, 0.4, str(tmp_path / f"{i}"))
+        )
+        for i in range(8)
+    ]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=30)
+    assert [job.exitcode for job in jobs] == [0] * 8  # all eight finished
+    results = [json.loads((tmp_path / f"{i}").read_text()) for i in range(8)]
+    assert {r["gpu"] for r in results} == set(fake_gpus)  # four ran at once, one per GPU
+    for r in results:
+        assert r["env"] == r["gpu"]  # the job saw only its GPU
+        assert r["after"] == "0,1,2,3"  # and the variable was restored
+    for a, b in itertools.combinations(results, 2):
+        if a["gpu"] == b["gpu"]:
+            assert a["t"][1] <= b["t"][0] or b["t"][1] <= a["t"][0], (a, b)
+
+
+def _claim_and_hang(lock_dir: str) -> None:
+    with claim_gpu(lock_dir, ["0"], set_env=False):
+        time.sleep(60)
+
+
+def test_a_killed_job_frees_its_gpu(tmp_path: Path) -> None:
+    process = multiprocessing.get_context("fork").Process(
+        target=_claim_and_hang, args=(str(tmp_path),)
+    )
+    process.start()
+    lock = tmp_path / "gpu0.lock"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (lock.exists() and lock.read_text()):
+        time.sleep(0.01)  # the holder writes its pid once it has the lock
+    assert lock.read_text().strip() == str(process.pid)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    start = time.monotonic()
+    with claim_gpu(tmp_path, ["0"], poll_s=0.01, set_env=False) as gpu:
+        assert gpu == "0"
+    assert time.monotonic() - start < 1
+
+
+def test_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert gpus.parse_visible_devices(None) is None
+    assert gpus.parse_visible_devices("") == []
+    assert gpus.parse_visible_devices("2, 5,7") == ["2", "5", "7"]
+    assert gpus.parse_visible_devices("3,-1,4") == ["3"]  # CUDA stops at an invalid id
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert visible_gpus() == []  # no CUDA: nothing to claim
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert visible_gpus() == ["4", "6"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpus() == ["0", "1"]
+
+
+def _hydra_cfg(sweep_dir: Path, target: str, n_jobs: int = 2):
+    return OmegaConf.create(
+        {
+            "mode": "MULTIRUN",
+            "sweep": {"dir": str(sweep_dir)},
+            "launcher": {"_target_": target, "n_jobs": n_jobs},
+        }
+    )
+
+
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+
+
+def test_job_device_context_pins_a_free_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: ["4", "6"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    busy = os.open(tmp_path / "gpu4.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(busy, fcntl.LOCK_EX)  # another job holds GPU 4
+    cfg = OmegaConf.create({"trainer": {"accelerator": "auto", "devices": 1}})
+    with job_device_context(cfg, _hydra_cfg(tmp_path, JOBLIB), poll_s=0.01) as gpu:
+        assert gpu == "6"
+        assert list(cfg.trainer.devices) == [1]  # index of GPU 6 among the visible ones
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6"  # never narrowed in a worker
+        probe = os.open(tmp_path / "gpu6.lock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(probe)
+    os.close(busy)
+
+    # Not parallel on this machine, or not one GPU per job: nothing happens.
+    for hydra_cfg, trainer in [
+        (_hydra_cfg(tmp_path, "hydra._internal.core_plugins.basic_launcher.BasicLauncher"), {}),
+        (_hydra_cfg(tmp_path, JOBLIB, n_jobs=1), {}),
+        (_hydra_cfg(tmp_path, JOBLIB), {"accelerator": "cpu"}),
+        (_hydra_cfg(tmp_path, JOBLIB), {"devices": 2}),
+        (None, {}),
+    ]:
+        cfg = OmegaConf.create({"trainer": {"accelerator": "auto", "devices": 1, **trainer}})
+        before = OmegaConf.to_yaml(cfg)
+        with job_device_context(cfg, hydra_cfg) as gpu:
+            assert gpu is None
+        assert OmegaConf.to_yaml(cfg) == before
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: [])  # a CPU-only machine
+    cfg = OmegaConf.create({"trainer": {"accelerator": "auto", "devices": 1}})
+    with job_device_context(cfg, _hydra_cfg(tmp_path, JOBLIB)) as gpu:
+        assert gpu is None and cfg.trainer.devices == 1
+
+
+# --- tiny sweeps, end to end ----------------------------------------------------------
+
+
+def run_train(config_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``crackseg-train -m`` as a user types it, with the tiny experiment."""
+    return subprocess.run(
+        [
+            str(BIN / "crackseg-train"),
+            "-m",
+            "--config-dir",
+            str(config_dir),
+            "experiment=tiny",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+
+
+def tiny_config_dir(base: Path) -> Path:
+    config_dir = base / "tiny_conf"
+    (config_dir / "experiment").mkdir(parents=True, exist_ok=True)
+    (config_dir / "experiment" / "tiny.yaml").write_text(
+        TINY_EXPERIMENT.format(data_dir=base / "data")
+    )
+    return config_dir
+
+
+def tiny_sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-job dilate sweep (seeds 0 and 1) run by the joblib launcher.
+
+    Made once per test session (test_notebook.py reuses it); callers must not change it.
+    """
+    base = tmp_path_factory.getbasetemp() / "tiny_sweep"
+    sweep_dir = base / "sweep"
+    if (sweep_dir / "summary.csv").is_file():
+        return sweep_dir
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir()
+    result = run_train(
+        tiny_config_dir(base),
+        "+sweep=dilate",
+        "data.dilate=3",
+        "seed=0,1",
+        "hydra/launcher=local_parallel",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_sweep_dir(tmp_path_factory)
+
+
+def _metrics(job: Path) -> dict:
+    return json.loads((job / "metrics.json").read_text())
+
+
+def test_parallel_sweep_writes_runs_and_summary(tiny_sweep: Path) -> None:
+    jobs = sorted(p.name for p in tiny_sweep.iterdir() if p.is_dir())
+    assert jobs == ["0_data.dilate=3,seed=0", "1_data.dilate=3,seed=1"]
+    for job in jobs:
+        status = json.loads((tiny_sweep / job / "status.json").read_text())
+        assert status["status"] == "finished"
+        assert (tiny_sweep / job / "history.json").is_file()
+    lines = (tiny_sweep / "summary.csv").read_text().splitlines()
+    assert lines[0].split(",")[:5] == ["job", "status", "error", "seed", "data.dilate"]
+    assert len(lines) == 3
+    assert lines[1].startswith('"0_data.dilate=3,seed=0",finished,,0,3,')
+    assert lines[2].startswith('"1_data.dilate=3,seed=1",finished,,1,3,')
+    # the grouped row: dilate 3, n=2, no failures, then AUC and AP as mean ± std over seeds
+    aps = [_metrics(tiny_sweep / job)["image_ap"] for job in jobs]
+    md = (tiny_sweep / "summary.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| 3 | 2 | 0 |"))
+    assert row.split(" | ")[4] == f"{statistics.mean(aps):.4f} ± {statistics.stdev(aps):.4f}"
+
+
+def test_summary_command_rebuilds_from_a_folder_of_runs(
+    tiny_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_sweep, root, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
+    for name in ("summary.csv", "summary.md", "multirun.yaml"):
+        (root / name).unlink()
+    # a job that never finished: it must be listed, not dropped
+    unfinished = root / "2_data.dilate=5,seed=0"
+    shutil.copytree(root / "0_data.dilate=3,seed=0" / ".hydra", unfinished / ".hydra")
+    overrides = unfinished / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text().replace("data.dilate=3", "data.dilate=5"))
+
+    assert main([str(root)]) == 0
+    rows = collect_runs(root)
+    assert [(r["job"], r["status"], r["seed"], r["data.dilate"]) for r in rows] == [
+        ("0_data.dilate=3,seed=0", "finished", "0", "3"),
+        ("1_data.dilate=3,seed=1", "finished", "1", "3"),
+        ("2_data.dilate=5,seed=0", "unfinished", "0", "5"),
+    ]
+    assert rows[0]["image_ap"] == _metrics(root / "0_data.dilate=3,seed=0")["image_ap"]
+    assert rows[2]["image_ap"] is None
+    assert len((root / "summary.csv").read_text().splitlines()) == 4
+    md = (root / "summary.md").read_text()
+    assert "| 5 | 0 | 1 | n/a | n/a | n/a | n/a |" in md
+    assert "`2_data.dilate=5,seed=0` (unfinished)" in md
+
+    capsys.readouterr()
+    assert main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing is not a folder" in err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "no run folders" in capsys.readouterr().err
+    # the console script is installed and says the same
+    result = subprocess.run(
+        [str(BIN / "crackseg-summary"), str(tmp_path / "missing")], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+
+
+def _mtimes(job: Path) -> dict[str, int]:
+    """Files a job writes itself (Hydra rewrites .hydra/ and appends to the log every time)."""
+    return {
+        str(p.relative_to(job)): p.stat().st_mtime_ns
+        for p in job.rglob("*")
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"
+    }
+
+
+def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    base = tmp_path_factory.mktemp("failing")
+    sweep_dir = base / "sweep"
+    args = (
+        "+sweep=dilate",
+        "data.dilate=1",
+        "seed=0",
+        "data.input_height=60,64",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    config_dir = tiny_config_dir(base)
+    result = run_train(config_dir, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    failed = sweep_dir / "0_data.dilate=1,data.input_height=60,seed=0"
+    done = sweep_dir / "1_data.dilate=1,data.input_height=64,seed=0"
+    error = json.loads((failed / "status.json").read_text())
+    assert error["status"] == "failed" and error["error"]
+    assert json.loads((done / "status.json").read_text())["status"] == "finished"
+    rows = {r["data.input_height"]: r for r in collect_runs(sweep_dir)}
+    assert (rows["60"]["status"], rows["60"]["error"]) == ("failed", error["error"])
+    assert rows["64"]["status"] == "finished"
+    md = (sweep_dir / "summary.md").read_text()
+    assert f"`{failed.name}` (failed): {error['error']}" in md
+    assert "| 1 | 60 | 0 | 1 | n/a |" in md
+
+    before = _mtimes(done)
+    assert "metrics.json" in before and "status.json" in before
+    (sweep_dir / "summary.md").unlink()
+    result = run_train(config_dir, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _mtimes(done) == before  # skipped: nothing it wrote was touched
+    assert "finished in an earlier sweep" in (done / "train.log").read_text()
+    assert (sweep_dir / "summary.md").is_file()  # and the summary is written again
