@@ -225,16 +225,30 @@ def test_plots_write_png(tmp_path) -> None:
     tall_target = np.zeros((640, 232), dtype=bool)
     tall_target[100:500, 110:120] = True
     save_dice_panel(
-        rng.integers(0, 256, (640, 232, 3), dtype=np.uint8), tall_target,
-        rng.random((640, 232)).astype(np.float32), 0.43, 0.991, 0.665,
+        rng.integers(0, 256, (640, 232, 3), dtype=np.uint8),
+        tall_target,
+        rng.random((640, 232)).astype(np.float32),
+        0.43,
+        0.991,
+        0.665,
         tmp_path / "dices" / dice_panel_name(0.665, "tall"),
     )
     save_dice_panel(
-        rng.random((64, 64)), np.zeros((64, 64), dtype=bool), np.zeros((64, 64)),
-        0.5, 0.01, 1.0, tmp_path / "dices" / dice_panel_name(1.0, "small"),
+        rng.random((64, 64)),
+        np.zeros((64, 64), dtype=bool),
+        np.zeros((64, 64)),
+        0.5,
+        0.01,
+        1.0,
+        tmp_path / "dices" / dice_panel_name(1.0, "small"),
     )
     for rel in (
-        "a/ROC.png", "a/precision-recall.png", "one/ROC.png", "curves.png",
-        "empty_curves.png", "dices/0.665_dice_tall.png", "dices/1.000_dice_small.png",
+        "a/ROC.png",
+        "a/precision-recall.png",
+        "one/ROC.png",
+        "curves.png",
+        "empty_curves.png",
+        "dices/0.665_dice_tall.png",
+        "dices/1.000_dice_small.png",
     ):
         assert _is_png(tmp_path / rel), rel

@@ -33,14 +33,22 @@ SEED_CANDIDATES = [
 
 SEED_CONFIG = {
     "data": {
-        "batch_size": 1, "dilate": 1, "frequency_sampling": True,
-        "input_channels": 3, "input_height": 640, "input_width": 232,
+        "batch_size": 1,
+        "dilate": 1,
+        "frequency_sampling": True,
+        "input_channels": 3,
+        "input_height": 640,
+        "input_width": 232,
     },
     "trainer": {"max_epochs": 50},
     "optim": {"lr": 1.0},
     "loss": {
-        "delta_cls": 0.01, "dynamic_balance": True, "gradient_adjustment": True,
-        "weighted_seg": True, "weighted_seg_max": 1.0, "weighted_seg_p": 2.0,
+        "delta_cls": 0.01,
+        "dynamic_balance": True,
+        "gradient_adjustment": True,
+        "weighted_seg": True,
+        "weighted_seg_max": 1.0,
+        "weighted_seg_p": 2.0,
     },
     "use_best_model": True,
     "validate": True,
@@ -53,8 +61,10 @@ def _seed_path() -> Path:
     for candidate in SEED_CANDIDATES:
         if candidate is not None and candidate.is_file():
             return candidate
-    pytest.skip("seed report shared/seed/crack_segmentation_results.md not found "
-                "(set CRACKSEG_SEED_REPORT to its path)")
+    pytest.skip(
+        "seed report shared/seed/crack_segmentation_results.md not found "
+        "(set CRACKSEG_SEED_REPORT to its path)"
+    )
 
 
 def _headings(text: str) -> list[str]:
@@ -88,20 +98,32 @@ def test_run_parameters_print_like_the_seed() -> None:
     rows = run_parameters_from_config(OmegaConf.create(SEED_CONFIG))
     printed = [(name, str(value)) for name, value in rows]
     assert printed == [
-        ("Batch size", "1"), ("Epochs", "50"), ("Learning rate", "1"),
-        ("Delta CLS Loss", "0.01"), ("Dilate", "1"), ("Dynamically balanced loss", "True"),
-        ("Frequency-of-use sampling", "True"), ("Gradien-flow adjustment", "True"),
-        ("Weighted segmentation loss", "True"), ("Weighted segmentation loss Max", "1.0"),
-        ("Weighted segmentation loss P", "2.0"), ("Use best model", "True"),
-        ("Validate", "True"), ("Validate on test", "False"),
+        ("Batch size", "1"),
+        ("Epochs", "50"),
+        ("Learning rate", "1"),
+        ("Delta CLS Loss", "0.01"),
+        ("Dilate", "1"),
+        ("Dynamically balanced loss", "True"),
+        ("Frequency-of-use sampling", "True"),
+        ("Gradien-flow adjustment", "True"),
+        ("Weighted segmentation loss", "True"),
+        ("Weighted segmentation loss Max", "1.0"),
+        ("Weighted segmentation loss P", "2.0"),
+        ("Use best model", "True"),
+        ("Validate", "True"),
+        ("Validate on test", "False"),
     ]
 
 
 def test_dataset_table_from_counts() -> None:
     table = dataset_table_from_counts(OmegaConf.create(SEED_CONFIG), SPLITS, 6921)
     assert table == {
-        "Input channels": 3, "Input height": 640, "Input width": 232,
-        "Train samples": 7908, "Test samples": 1695, "Validation samples": 1695,
+        "Input channels": 3,
+        "Input height": 640,
+        "Input width": 232,
+        "Train samples": 7908,
+        "Test samples": 1695,
+        "Validation samples": 1695,
         "Segmented samples": 6921,
     }
 
@@ -114,8 +136,13 @@ def _write_run(run_dir: Path, metrics: dict, notes=()) -> tuple[Path, list[str]]
     for dice, sample_id in ((0.0, "113"), (0.665, "2484"), (1.0, "165")):
         name = dice_panel_name(dice, sample_id)
         save_dice_panel(
-            torch.rand(16, 8, 3).numpy(), torch.zeros(16, 8, dtype=torch.bool).numpy(),
-            torch.rand(16, 8).numpy(), 0.5, 0.9, dice, run_dir / "dices" / name,
+            torch.rand(16, 8, 3).numpy(),
+            torch.zeros(16, 8, dtype=torch.bool).numpy(),
+            torch.rand(16, 8).numpy(),
+            0.5,
+            0.9,
+            dice,
+            run_dir / "dices" / name,
         )
         dice_files.append(name)
     path = write_report(
@@ -133,14 +160,24 @@ def _write_run(run_dir: Path, metrics: dict, notes=()) -> tuple[Path, list[str]]
 
 def _seed_like_metrics() -> dict:
     """Test-split scores giving the seed's table: TP 1473, FN 10, TN 179, FP 33."""
-    scores = torch.cat([
-        torch.full((1473,), 0.95), torch.full((10,), 0.05),   # positives
-        torch.full((179,), 0.05), torch.full((33,), 0.95),    # negatives
-    ])
+    scores = torch.cat(
+        [
+            torch.full((1473,), 0.95),
+            torch.full((10,), 0.05),  # positives
+            torch.full((179,), 0.05),
+            torch.full((33,), 0.95),  # negatives
+        ]
+    )
     labels = torch.cat([torch.ones(1483), torch.zeros(212)]).long()
     metrics = image_metrics(scores, labels)
-    metrics.update(seg_threshold=0.43, dice_mean=0.6512, dice_std=0.2101,
-                   iou_mean=0.5123, iou_std=0.2222, seg_threshold_val_dice=0.66)
+    metrics.update(
+        seg_threshold=0.43,
+        dice_mean=0.6512,
+        dice_std=0.2101,
+        iou_mean=0.5123,
+        iou_std=0.2222,
+        seg_threshold_val_dice=0.66,
+    )
     return metrics
 
 
@@ -174,9 +211,11 @@ def test_report_has_the_seed_shape_and_right_numbers(tmp_path) -> None:
     assert _table_row(report, "**Sum**") == ["9887", "1411", "11298"]
     assert _table_row(report, "Learning rate") == ["1"]
     assert _table_row(report, "Weighted segmentation loss P") == ["2.0"]
-    summary = (f"AUC: {metrics['image_auc']:.4f}, AP: {metrics['image_ap']:.4f}, "
-               f"threshold: {metrics['image_threshold']:.4f}, "
-               f"F-measure: {2 * 1473 / (2 * 1473 + 33 + 10):.4f}")
+    summary = (
+        f"AUC: {metrics['image_auc']:.4f}, AP: {metrics['image_ap']:.4f}, "
+        f"threshold: {metrics['image_threshold']:.4f}, "
+        f"F-measure: {2 * 1473 / (2 * 1473 + 33 + 10):.4f}"
+    )
     assert summary in report
     assert _table_row(report, "Dice") == ["0.6512", "0.2101"]
     assert _table_row(report, "IoU") == ["0.5123", "0.2222"]
@@ -199,8 +238,13 @@ def _is_png(path: Path) -> bool:
 
 def test_report_with_undefined_metrics(tmp_path) -> None:
     metrics = image_metrics(torch.tensor([0.9, 0.2]), torch.tensor([0, 0]))
-    metrics.update(seg_threshold=0.5, dice_mean=float("nan"), dice_std=float("nan"),
-                   iou_mean=None, iou_std=None)
+    metrics.update(
+        seg_threshold=0.5,
+        dice_mean=float("nan"),
+        dice_std=float("nan"),
+        iou_mean=None,
+        iou_std=None,
+    )
     path, _ = _write_run(tmp_path, metrics)
     report = path.read_text(encoding="utf-8")
     assert "AUC: n/a, AP: n/a, threshold: 0.5000" in report

@@ -51,7 +51,7 @@ def test_run_folder_holds_config_checkpoints_events_and_metrics(tiny_run):
     assert "last.ckpt" in checkpoints and any(n.startswith("best") for n in checkpoints)
     assert list((tiny_run / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert METRIC_KEYS <= metrics.keys()
+    assert metrics.keys() >= METRIC_KEYS
     assert metrics["tp"] + metrics["fn"] == metrics["test_positives"]
     assert metrics["tn"] + metrics["fp"] == metrics["test_negatives"]
     for name in ("report.md", "ROC.png", "precision-recall.png", "split.csv", "history.json"):
@@ -122,17 +122,13 @@ def test_eval_refuses_an_unreadable_checkpoint(tmp_path):
 def test_eval_refuses_a_checkpoint_of_another_input_size(tiny_run, tmp_path):
     best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
     line = _one_line_error(
-        run_entry(
-            "eval", f"ckpt_path={best}", "data.input_height=128", f"hydra.run.dir={tmp_path}"
-        )
+        run_entry("eval", f"ckpt_path={best}", "data.input_height=128", f"hydra.run.dir={tmp_path}")
     )
     assert "3x64x128" in line and "3x128x128" in line
 
 
 def test_a_size_not_divisible_by_8_is_refused(tmp_path):
-    line = _one_line_error(
-        run_entry("train", "data.input_height=100", f"hydra.run.dir={tmp_path}")
-    )
+    line = _one_line_error(run_entry("train", "data.input_height=100", f"hydra.run.dir={tmp_path}"))
     assert "not divisible by 8" in line
     assert not (tmp_path / "checkpoints").exists()
 
@@ -141,3 +137,20 @@ def test_an_unknown_config_name_is_refused(tmp_path):
     result = run_entry("train", "model=nope", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
     assert "model/nope" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predict_writes_scores_and_masks_at_the_image_size(tiny_run, tmp_path):
+    import cv2
+    import numpy as np
+
+    images = tmp_path / "in"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.full((90, 150, 3), 128, np.uint8))
+    cv2.imwrite(str(images / "b.jpg"), np.full((64, 128), 90, np.uint8))
+    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
+    out = tmp_path / "out"
+    result = run_entry("predict", f"ckpt_path={best}", f"input={images}", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "image,decision_score,defect" and len(rows) == 3
+    assert cv2.imread(str(out / "masks" / "a.png"), cv2.IMREAD_UNCHANGED).shape == (90, 150)

@@ -106,8 +106,9 @@ def choose_seg_threshold(histograms: Tensor) -> tuple[float, float]:
     the caller says so in the report.
     """
     if histograms.shape[0] == 0:
-        log.warning("No validation positives: segmentation threshold falls back to %s",
-                    DEFAULT_THRESHOLD)
+        log.warning(
+            "No validation positives: segmentation threshold falls back to %s", DEFAULT_THRESHOLD
+        )
         return DEFAULT_THRESHOLD, math.nan
     num_bins = histograms.shape[-1]
     dice, _ = dice_iou_curves(histograms)
@@ -176,9 +177,7 @@ def image_metrics(scores: Tensor, labels: Tensor) -> dict[str, Any]:
     scores_t = torch.as_tensor(scores).detach().reshape(-1).float().cpu()
     labels_t = torch.as_tensor(labels).detach().reshape(-1).cpu().long()
     if scores_t.numel() != labels_t.numel():
-        raise ValueError(
-            f"image_metrics: {scores_t.numel()} scores but {labels_t.numel()} labels"
-        )
+        raise ValueError(f"image_metrics: {scores_t.numel()} scores but {labels_t.numel()} labels")
     num_pos = int(labels_t.sum())
     num_neg = int(labels_t.numel()) - num_pos
 
@@ -200,7 +199,10 @@ def image_metrics(scores: Tensor, labels: Tensor) -> dict[str, Any]:
     else:
         log.warning(
             "Image metrics on a split with %d positives and %d negatives: AUC and AP are "
-            "undefined (nan), threshold %s", num_pos, num_neg, DEFAULT_THRESHOLD,
+            "undefined (nan), threshold %s",
+            num_pos,
+            num_neg,
+            DEFAULT_THRESHOLD,
         )
         auc = ap = math.nan
         threshold = DEFAULT_THRESHOLD

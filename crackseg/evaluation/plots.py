@@ -60,8 +60,13 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | Path) -> 
         ax.plot(fpr, tpr, color="tab:blue", linewidth=2, label=f"ROC (AUC = {_fmt(auc)})")
     else:
         ax.text(0.5, 0.5, "undefined: the split has one class", ha="center", va="center")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate",
-           ylabel="True positive rate", title="ROC curve")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="False positive rate",
+        ylabel="True positive rate",
+        title="ROC curve",
+    )
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     _save(fig, path)
@@ -76,13 +81,17 @@ def plot_precision_recall(
     fig = _new_figure(5, 5)
     ax = fig.add_subplot()
     if precision.size:
-        ax.plot(recall, precision, color="tab:orange", linewidth=2,
-                label=f"PR (AP = {_fmt(ap)})")
+        ax.plot(recall, precision, color="tab:orange", linewidth=2, label=f"PR (AP = {_fmt(ap)})")
         ax.legend(loc="lower left")
     else:
         ax.text(0.5, 0.5, "undefined: the split has one class", ha="center", va="center")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Recall", ylabel="Precision",
-           title="Precision-recall curve")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="Recall",
+        ylabel="Precision",
+        title="Precision-recall curve",
+    )
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -110,8 +119,9 @@ def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: str 
             ax_loss.set_yscale("log")
         ax_loss.legend()
     else:
-        ax_loss.text(0.5, 0.5, "no losses logged", ha="center", va="center",
-                     transform=ax_loss.transAxes)
+        ax_loss.text(
+            0.5, 0.5, "no losses logged", ha="center", va="center", transform=ax_loss.transAxes
+        )
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Training losses")
     ax_loss.grid(alpha=0.3)
 
@@ -121,8 +131,9 @@ def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: str 
     if others:
         ax_val.legend()
     else:
-        ax_val.text(0.5, 0.5, "no validation logged", ha="center", va="center",
-                    transform=ax_val.transAxes)
+        ax_val.text(
+            0.5, 0.5, "no validation logged", ha="center", va="center", transform=ax_val.transAxes
+        )
     ax_val.set(xlabel="epoch", ylabel="value", title="Validation")
     ax_val.grid(alpha=0.3)
     for ax in (ax_loss, ax_val):

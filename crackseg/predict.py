@@ -1,0 +1,19 @@
+"""``crackseg-predict ckpt_path=... input=PATH``: run saved weights on new images."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from crackseg import CONFIG_DIR
+from crackseg.cli import run_task
+from crackseg.inference import predict_folder
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(predict_folder, cfg, objective="")
+
+
+if __name__ == "__main__":
+    main()
