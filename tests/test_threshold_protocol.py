@@ -1,0 +1,43 @@
+"""The segmentation threshold is chosen on validation and applied unchanged to test."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from crackseg.models.lit_segdec import SegDecModule
+
+
+class ProbabilitiesAsImages(SegDecModule):
+    """Its 'image' already is the segmentation probability map, so outcomes are known."""
+
+    def forward(self, images):
+        seg = images[:, :1]
+        return seg.amax(dim=(1, 2, 3)), seg
+
+
+def _split(target_prob: float, background_prob: float) -> list[dict]:
+    mask = torch.zeros(1, 8, 8)
+    mask[0, 2:4, 2:4] = 1  # 4 defect pixels of 64
+    image = torch.where(mask > 0, target_prob, background_prob).expand(3, 8, 8)
+    negative = torch.full((3, 8, 8), 0.1)
+    return [
+        {"image": image, "mask": mask, "label": torch.tensor(1.0), "index": torch.tensor(0)},
+        {"image": negative, "mask": mask * 0, "label": torch.tensor(0.0), "index": torch.tensor(1)},
+    ]
+
+
+def test_test_split_uses_the_validation_threshold():
+    module = ProbabilitiesAsImages(net={"channels": (4, 4, 4), "volume_channels": 4})
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    # Validation: defects at 0.35 over a 0.25 background -> the lowest best threshold is 0.26.
+    trainer.validate(module, DataLoader(_split(0.35, 0.25), batch_size=2), verbose=False)
+    assert module.seg_threshold == pytest.approx(0.26)
+    # Test alone would pick a threshold above 0.30 (Dice 1); at 0.26 every pixel is predicted.
+    trainer.test(module, DataLoader(_split(0.75, 0.30), batch_size=2), verbose=False)
+    results = module.test_results
+    assert results["seg_threshold"] == pytest.approx(0.26)
+    assert results["dice_mean"] == pytest.approx(2 * 4 / (64 + 4))
+    assert results["iou_mean"] == pytest.approx(4 / 64)
