@@ -1,0 +1,96 @@
+"""Config composition: the demo default, the override names users type, the seed run."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import SHARED
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from crackseg import CONFIG_DIR
+from crackseg.evaluation.report import run_parameters_from_config
+
+SEED_REPORT = SHARED / "seed" / "crack_segmentation_results.md"
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_default_is_the_cpu_demo_on_synthetic_data():
+    cfg = _compose()
+    assert cfg.data.name == "synthetic" and cfg.data.synthetic is not None
+    assert cfg.model.name == "segdec_small"
+    assert cfg.model.net.volume_channels < 1024  # not the paper's network
+
+
+def test_every_override_name_reaches_the_objects_it_configures(tmp_path):
+    cfg = _compose(
+        "data.input_channels=1",
+        "data.input_height=64",
+        "data.input_width=128",
+        "data.batch_size=3",
+        "trainer.max_epochs=7",
+        "optim.lr=0.5",
+        "loss.delta_cls=0.2",
+        "data.dilate=5",
+        "loss.dynamic_balance=false",
+        "data.frequency_sampling=false",
+        "loss.gradient_adjustment=false",
+        "loss.weighted_seg=true",
+        "loss.weighted_seg_max=3.0",
+        "loss.weighted_seg_p=1.5",
+        "data.num_segmented=4",
+        "use_best_model=false",
+        "validate=false",
+        "validate_on_test=true",
+        f"paths.data_dir={tmp_path}",
+    )
+    data = instantiate(cfg.data, _convert_="all")
+    assert (data.input_channels, data.input_height, data.input_width) == (1, 64, 128)
+    assert data.batch_size == 3 and data.dilate == 5 and data.num_segmented == 4
+    assert data.frequency_sampling is False and data.validate_on_test is True
+    assert (data.weight_map.max_weight, data.weight_map.power) == (3.0, 1.5)
+    module = instantiate(cfg.model, _convert_="all")
+    assert module.hparams.lr == 0.5 and module.hparams.delta_cls == 0.2
+    assert module.hparams.dynamic_balance is False
+    assert module.net.gradient_adjustment is False
+    assert module.net.in_channels == 1
+    assert cfg.trainer.max_epochs == 7
+    assert (cfg.use_best_model, cfg.validate) == (False, False)
+
+
+def _seed_table(heading: str) -> dict[str, str]:
+    text = SEED_REPORT.read_text()
+    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and not set(cells[1]) <= {"-"} and cells[0] != "Parameter":
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+@pytest.mark.skipif(not SEED_REPORT.is_file(), reason=f"seed report absent at {SEED_REPORT}")
+def test_seed_experiment_matches_the_seed_report_value_by_value():
+    cfg = _compose("experiment=seed_crack_segmentation", "data.root=/data/crack_segmentation")
+    expected = _seed_table("Run parameters")
+    produced = {name: str(value) for name, value in run_parameters_from_config(cfg)}
+    assert len(expected) == 14
+    assert produced == expected
+    dataset = _seed_table("Dataset")
+    size = (cfg.data.input_channels, cfg.data.input_height, cfg.data.input_width)
+    assert size == tuple(int(dataset[k]) for k in ("Input channels", "Input height", "Input width"))
+    assert cfg.model.name == "segdec"
+    assert cfg.model.net.volume_channels == 1024 and cfg.model.net.volume_kernel == 15
+    assert cfg.model.net.full_resolution is False
+    assert (cfg.data.val_fraction, cfg.data.test_fraction) == (0.15, 0.15)
+
+
+def test_seed_experiment_needs_a_data_root():
+    cfg = _compose("experiment=seed_crack_segmentation")
+    with pytest.raises(Exception, match=re.escape("data.root")):
+        instantiate(cfg.data)
