@@ -154,3 +154,16 @@ def test_predict_writes_scores_and_masks_at_the_image_size(tiny_run, tmp_path):
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == "image,decision_score,defect" and len(rows) == 3
     assert cv2.imread(str(out / "masks" / "a.png"), cv2.IMREAD_UNCHANGED).shape == (90, 150)
+
+
+def test_a_missing_data_root_is_refused_before_training(tmp_path):
+    line = _one_line_error(
+        run_entry(
+            "train",
+            "data=crack_segmentation",
+            f"data.root={tmp_path}/nowhere",
+            f"hydra.run.dir={tmp_path}/run",
+        )
+    )
+    assert "nowhere" in line and "does not exist" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()
