@@ -123,7 +123,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best = checkpoint.best_model_path if checkpoint is not None else ""
     if cfg.use_best_model and cfg.validate and best:
         log.info("testing the best weights by validation AP: %s", best)
-        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        trainer.validate(
+            module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False
+        )
     else:
         log.info("testing the final weights")
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -139,7 +141,8 @@ def load_checkpoint(path: str) -> SegDecModule:
     if not ckpt.is_file():
         raise CracksegError(f"checkpoint {ckpt} does not exist")
     try:
-        return SegDecModule.load_from_checkpoint(ckpt, map_location="cpu")
+        # weights_only: a checkpoint is data, never code to run.
+        return SegDecModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a corrupt file
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CracksegError(f"cannot read checkpoint {ckpt}: {reason}") from error
