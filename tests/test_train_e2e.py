@@ -108,7 +108,9 @@ def _one_line_error(result):
 
 
 def test_eval_refuses_a_missing_checkpoint(tmp_path):
-    line = _one_line_error(run_entry("eval", f"ckpt_path={tmp_path}/nope.ckpt"))
+    line = _one_line_error(
+        run_entry("eval", f"ckpt_path={tmp_path}/nope.ckpt", f"hydra.run.dir={tmp_path}/o")
+    )
     assert "does not exist" in line
 
 
