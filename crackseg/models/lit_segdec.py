@@ -110,7 +110,7 @@ class SegDecModule(pl.LightningModule):
         self.seg_threshold = threshold
         # An undefined AP (one-class split) must not win the best checkpoint.
         ap = image["image_ap"] if not math.isnan(image["image_ap"]) else 0.0
-        # The gathered values are the same on every rank; sync_dist keeps Lightning content.
+        # The gathered values are equal on every rank; sync_dist only quiets Lightning.
         log = {"sync_dist": True}
         self.log("val/image_ap", ap, prog_bar=True, **log)
         self.log("val/image_auc", _finite(image["image_auc"]), **log)
@@ -139,5 +139,8 @@ class SegDecModule(pl.LightningModule):
 
 
 def _finite(value: float) -> float:
-    """Lightning refuses nothing, but TensorBoard charts break on NaN; log 0 instead."""
+    """An undefined metric (a one-class split) is logged as 0: NaN breaks TensorBoard's charts.
+
+    The report and metrics.json keep it undefined (n/a, null).
+    """
     return 0.0 if value is None or math.isnan(value) else float(value)
