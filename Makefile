@@ -46,7 +46,7 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-sweep: install ## run an ablation sweep (SWEEP=dilate|p_max|delta|..., ARGS=overrides)
+sweep: install ## run an ablation sweep (SWEEP=dilate|weighted_loss|delta|..., ARGS=overrides)
 	$(BIN)/crackseg-train -m +sweep=$(SWEEP) $(ARGS)
 
 summary: install ## rebuild the summary table of a folder of runs (ARGS=FOLDER)
@@ -57,6 +57,7 @@ tensorboard: install ## compare every run under outputs/ in TensorBoard
 
 benchmark: install ## print the speed and memory tables of benchmarks/
 	$(BIN)/python benchmarks/throughput.py $(ARGS)
+	$(BIN)/python benchmarks/memory_vs_dataset_size.py
 
 clean: ## remove caches (keeps outputs/, data/ and .venv)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
