@@ -55,7 +55,8 @@ def measure(variant, height, width, batch, steps, device, dtype) -> tuple[float,
         optim.step()
 
     def timed(fn, n) -> float:
-        fn()  # warm-up
+        for _ in range(3):  # warm-up: allocator and oneDNN kernel selection
+            fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
