@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from crackseg.callbacks import EvaluationReport
+from crackseg.callbacks import EvaluationReport, ValidateOnLastEpoch
 from crackseg.data.datamodule import CrackDataModule
 from crackseg.errors import CracksegError
 from crackseg.evaluation.report import (
@@ -86,6 +86,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
     if not cfg.get("validate", True):
         # No validation while training; the threshold is still chosen on validation after.
         overrides = {"check_val_every_n_epoch": 10**9, "num_sanity_val_steps": 0}
+        callbacks = [c for c in callbacks if not isinstance(c, ValidateOnLastEpoch)]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
 
 
