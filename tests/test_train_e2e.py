@@ -169,3 +169,19 @@ def test_a_missing_data_root_is_refused_before_training(tmp_path):
     )
     assert "nowhere" in line and "does not exist" in line
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_without_validation_the_final_weights_are_tested(tmp_path, tiny_data_dir):
+    result = run_entry(
+        "train",
+        *TINY,
+        "validate=false",
+        f"paths.data_dir={tiny_data_dir}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert "val/image_ap" not in history  # no validation while training
+    assert not list((tmp_path / "checkpoints").glob("best*.ckpt"))
+    assert "testing the final weights" in (tmp_path / "train.log").read_text()
+    assert json.loads((tmp_path / "metrics.json").read_text())["seg_threshold"] is not None
