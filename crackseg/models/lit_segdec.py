@@ -101,11 +101,16 @@ class SegDecModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._collect(batch, self.val_outputs)
 
-    def on_validation_epoch_end(self) -> None:
-        gathered = self.val_outputs.compute()
-        self.val_outputs.reset()
+    @staticmethod
+    def _epoch_outputs(outputs: PerImageOutputs) -> tuple[dict[str, Tensor], dict, Tensor]:
+        """The split's gathered outputs, its image-level metrics and which images are positive."""
+        gathered = outputs.compute()
+        outputs.reset()
         image = image_metrics(gathered["scores"], gathered["labels"])
-        positives = gathered["labels"] == 1
+        return gathered, image, gathered["labels"] == 1
+
+    def on_validation_epoch_end(self) -> None:
+        gathered, image, positives = self._epoch_outputs(self.val_outputs)
         threshold, dice = choose_seg_threshold(gathered["histograms"][positives])
         self.seg_threshold = threshold
         # An undefined AP (one-class split) must not win the best checkpoint.
@@ -121,10 +126,7 @@ class SegDecModule(pl.LightningModule):
         self._collect(batch, self.test_outputs)
 
     def on_test_epoch_end(self) -> None:
-        gathered = self.test_outputs.compute()
-        self.test_outputs.reset()
-        image = image_metrics(gathered["scores"], gathered["labels"])
-        positives = gathered["labels"] == 1
+        gathered, image, positives = self._epoch_outputs(self.test_outputs)
         pixel = pixel_metrics(gathered["histograms"][positives], self.seg_threshold)
         self.test_results = {
             **image,
