@@ -45,6 +45,17 @@ def _fmt(value: float) -> str:
     return f"{float(value):.4f}"
 
 
+def _curve_axes(xlabel: str, ylabel: str, title: str, defined: bool):  # noqa: ANN202
+    """A square unit-range figure; a one-class split gets a note instead of a curve."""
+    fig = _new_figure(5, 5)
+    ax = fig.add_subplot()
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    if not defined:
+        ax.text(0.5, 0.5, "undefined: the split has one class", ha="center", va="center")
+    return fig, ax
+
+
 def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | Path) -> None:
     """ROC curve with the AUC in the legend (``ROC.png`` in a run folder).
 
@@ -53,22 +64,11 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | Path) -> 
     """
     fpr = np.asarray(fpr, dtype=float)
     tpr = np.asarray(tpr, dtype=float)
-    fig = _new_figure(5, 5)
-    ax = fig.add_subplot()
+    fig, ax = _curve_axes("False positive rate", "True positive rate", "ROC curve", fpr.size > 0)
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
     if fpr.size:
         ax.plot(fpr, tpr, color="tab:blue", linewidth=2, label=f"ROC (AUC = {_fmt(auc)})")
-    else:
-        ax.text(0.5, 0.5, "undefined: the split has one class", ha="center", va="center")
-    ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1.01),
-        xlabel="False positive rate",
-        ylabel="True positive rate",
-        title="ROC curve",
-    )
     ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
     _save(fig, path)
 
 
@@ -78,21 +78,10 @@ def plot_precision_recall(
     """Precision-recall curve with the AP in the legend (``precision-recall.png``)."""
     precision = np.asarray(precision, dtype=float)
     recall = np.asarray(recall, dtype=float)
-    fig = _new_figure(5, 5)
-    ax = fig.add_subplot()
+    fig, ax = _curve_axes("Recall", "Precision", "Precision-recall curve", precision.size > 0)
     if precision.size:
         ax.plot(recall, precision, color="tab:orange", linewidth=2, label=f"PR (AP = {_fmt(ap)})")
         ax.legend(loc="lower left")
-    else:
-        ax.text(0.5, 0.5, "undefined: the split has one class", ha="center", va="center")
-    ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1.01),
-        xlabel="Recall",
-        ylabel="Precision",
-        title="Precision-recall curve",
-    )
-    ax.grid(alpha=0.3)
     _save(fig, path)
 
 
