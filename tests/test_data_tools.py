@@ -37,7 +37,7 @@ def test_tile_counts_names_and_noncrack(tmp_path):
     # 64x96 -> 2 x 3 tiles of 32; a 30-px crack in tile r0_c0, a 5-px speck in tile r1_c2
     _photo(src, "P1", [(3, 0, 30), (40, 70, 75)])
     counts = tile_dataset(src, dst, size=32, min_crack_pixels=20)
-    assert counts == {"all": (1, 5)}
+    assert counts == {"all": (1, 4)}  # the speck's tile is neither crack nor clean: left out
     names = sorted(p.name for p in (dst / "images").iterdir())
     assert names == [
         "P1_r0_c0.png",
@@ -45,11 +45,12 @@ def test_tile_counts_names_and_noncrack(tmp_path):
         "noncrack_P1_r0_c2.png",
         "noncrack_P1_r1_c0.png",
         "noncrack_P1_r1_c1.png",
-        "noncrack_P1_r1_c2.png",
     ]
     assert sorted(p.name for p in (dst / "masks").iterdir()) == names
-    speck = cv2.imread(str(dst / "masks" / "noncrack_P1_r1_c2.png"), cv2.IMREAD_UNCHANGED)
-    assert speck.shape == (32, 32) and speck.max() == 0  # label and mask agree
+    clean = cv2.imread(str(dst / "masks" / "noncrack_P1_r1_c1.png"), cv2.IMREAD_UNCHANGED)
+    assert clean.shape == (32, 32) and clean.max() == 0
+    # with a threshold of 1 the speck's tile is a crack
+    assert tile_dataset(src, tmp_path / "all", size=32, min_crack_pixels=1) == {"all": (2, 4)}
     crack = cv2.imread(str(dst / "masks" / "P1_r0_c0.png"), cv2.IMREAD_UNCHANGED)
     assert int((crack > 127).sum()) == 30
     source = cv2.imread(str(src / "images" / "P1.jpg"))
@@ -57,17 +58,21 @@ def test_tile_counts_names_and_noncrack(tmp_path):
     np.testing.assert_array_equal(tile, source[32:64, 32:64])
     # the output reads back in the crack_segmentation layout
     samples = index_layout("crack_segmentation", dst)["all"]
-    assert [s.is_positive for s in samples].count(True) == 1 and len(samples) == 6
+    assert [s.is_positive for s in samples].count(True) == 1 and len(samples) == 5
 
 
 def test_tile_stride_and_pad(tmp_path):
     src = tmp_path / "src"
     _photo(src, "A", [(5, 0, 60)], h=70, w=100)
     # no pad: rows 0,32 ; cols 0,32,64 -> 6 ; stride 16: rows 0,16,32 ; cols 0..64 -> 3 x 5
-    assert sum(tile_dataset(src, tmp_path / "a", size=32)["all"]) == 6
-    assert sum(tile_dataset(src, tmp_path / "b", size=32, stride=16)["all"]) == 15
+    assert sum(tile_dataset(src, tmp_path / "a", size=32, min_crack_pixels=1)["all"]) == 6
+    assert (
+        sum(tile_dataset(src, tmp_path / "b", size=32, stride=16, min_crack_pixels=1)["all"]) == 15
+    )
     # pad: rows ceil(38 / 32) + 1 = 3, cols ceil(68 / 32) + 1 = 4
-    assert sum(tile_dataset(src, tmp_path / "c", size=32, pad=True)["all"]) == 12
+    assert (
+        sum(tile_dataset(src, tmp_path / "c", size=32, pad=True, min_crack_pixels=1)["all"]) == 12
+    )
     assert (tmp_path / "c" / "images" / "noncrack_A_r2_c3.png").exists()
     corner = cv2.imread(str(tmp_path / "c" / "images" / "noncrack_A_r2_c3.png"))
     assert corner.shape == (32, 32, 3)

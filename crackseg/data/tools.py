@@ -59,11 +59,12 @@ def tile_sample(
     stride: int,
     min_crack_pixels: int,
     pad: bool = False,
-) -> list[bool]:
+) -> list[bool | None]:
     """Write one photograph's tiles to ``out_dir/{images,masks}``; return each tile's label.
 
-    Tiles with a few stray crack pixels become negatives with an all-zero mask, so the
-    label and the mask never disagree.
+    A tile with at least ``min_crack_pixels`` crack pixels is a positive, one without any is
+    a negative. A tile in between (a stray end of a crack) is neither: labelled negative it
+    would teach that a visible crack is clean, so it is left out (label None, nothing written).
     """
     image = read_native(sample.image_path)
     height, width = image.shape[:2]
@@ -84,14 +85,16 @@ def tile_sample(
         image = np.pad(image, widths, mode="symmetric")
         mask = np.pad(mask, ((0, pad_h), (0, pad_w)), mode="symmetric")
     name = Path(sample.image_path).stem
-    labels: list[bool] = []
+    labels: list[bool | None] = []
     for r, top in enumerate(rows):
         for c, left in enumerate(cols):
             tile_mask = mask[top : top + size, left : left + size]
-            positive = int(np.count_nonzero(tile_mask)) >= max(min_crack_pixels, 1)
+            crack_pixels = int(np.count_nonzero(tile_mask))
+            if 0 < crack_pixels < min_crack_pixels:
+                labels.append(None)
+                continue
+            positive = crack_pixels > 0
             tile_name = f"{name}_r{r}_c{c}.png" if positive else f"noncrack_{name}_r{r}_c{c}.png"
-            if not positive:
-                tile_mask = np.zeros_like(tile_mask)
             _write_png(out_dir / "images" / tile_name, image[top : top + size, left : left + size])
             _write_png(out_dir / "masks" / tile_name, tile_mask)
             labels.append(positive)
@@ -148,7 +151,7 @@ def tile_dataset(
     if by_photo:
         write_split_csv(dst / SOURCE_SPLIT_FILE, indexed)
 
-    def job(item: tuple[Sample, Path]) -> list[bool]:
+    def job(item: tuple[Sample, Path]) -> list[bool | None]:
         return tile_sample(item[0], item[1], size, stride, min_crack_pixels, pad)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -156,14 +159,22 @@ def tile_dataset(
             tqdm(pool.map(job, jobs), total=len(jobs), desc="tiling", unit="image", disable=None)
         )
     counts: dict[str, list[int]] = {split: [0, 0] for split in indexed}
-    skipped = 0
+    skipped = ambiguous = 0
     for (_, out_dir), labels in zip(jobs, results, strict=True):
         split = "all" if out_dir == dst else out_dir.name
-        counts[split][0] += sum(labels)
-        counts[split][1] += len(labels) - sum(labels)
+        counts[split][0] += labels.count(True)
+        counts[split][1] += labels.count(False)
+        ambiguous += labels.count(None)
         skipped += not labels
     if skipped:
         log.warning("%d image(s) smaller than %d px gave no tile (use --pad)", skipped, size)
+    if ambiguous:
+        log.warning(
+            "left out %d tile(s) with 1 to %d crack pixels: neither crack nor clean "
+            "(--min-crack-pixels 1 keeps them as cracks)",
+            ambiguous,
+            min_crack_pixels - 1,
+        )
     return {split: (pos, neg) for split, (pos, neg) in counts.items()}
 
 
@@ -259,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         "tile",
         help="cut annotated photographs into tiles (crack_segmentation layout)",
         description="Tiles are written as DST/[split/]{images,masks}/NAME_rR_cC.png, R and C "
-        "being the tile's row and column index; tiles with fewer crack pixels than "
-        "--min-crack-pixels are named noncrack_NAME_rR_cC.png and get an all-zero mask.",
+        "being the tile's row and column index; tiles without a crack pixel are named "
+        "noncrack_NAME_rR_cC.png; tiles with fewer than --min-crack-pixels (but some) are "
+        "left out, being neither crack nor clean.",
     )
     tile.add_argument("src", type=Path, help="dataset to cut (e.g. a folder with images/ masks/)")
     tile.add_argument("dst", type=Path, help="new, empty output folder")
@@ -270,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-crack-pixels",
         type=int,
         default=20,
-        help="fewer crack pixels than this make a noncrack tile (20)",
+        help="a crack tile has at least this many crack pixels, a noncrack tile none; "
+        "tiles in between are left out (20)",
     )
     tile.add_argument(
         "--pad",
