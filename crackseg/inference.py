@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,12 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from crackseg.atomic import atomic_write_text
 from crackseg.data.io import is_image_file, read_image
 from crackseg.data.labels import resize_image
 from crackseg.errors import DataError, describe_files
 from crackseg.pipeline import load_checkpoint
+from crackseg.run_folder import refuse_used_folder
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     Each image is resized to the checkpoint's input size; the probability map is resized
     back to the image's own size. ``decision_threshold`` labels an image a defect.
     """
+    refuse_used_folder(Path(cfg.paths.output_dir))
     module = load_checkpoint(cfg.ckpt_path).eval()
     hp = module.hparams
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device == "auto" else "cpu")
@@ -60,10 +64,11 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
         probs = cv2.resize(seg[0, 0].cpu().numpy(), (image.shape[1], image.shape[0]))
         cv2.imwrite(str(out / "masks" / f"{path.stem}.png"), np.uint8(probs * 255 + 0.5))
         rows.append((path.name, float(score), int(float(score) >= cfg.decision_threshold)))
-    with open(out / "predictions.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "decision_score", "defect"])
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["image", "decision_score", "defect"])
+    writer.writerows(rows)
+    atomic_write_text(out / "predictions.csv", table.getvalue())
     if unreadable:
         log.warning("could not read %s", describe_files(unreadable))
     log.info("predicted %d images into %s", len(rows), out)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crackseg.atomic import atomic_path
 from crackseg.data.samples import Sample
 from crackseg.errors import ConfigError, DataError, describe_files
 
@@ -147,10 +148,7 @@ def _splits_from_file(indexed: dict[str, list[Sample]], path: Path) -> dict[str,
 
 def write_split_csv(path: Path | str, splits: dict[str, list[Sample]]) -> None:
     """Record a split so a run can be reproduced exactly (and inspected in a spreadsheet)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for name, samples in splits.items():
@@ -165,7 +163,6 @@ def write_split_csv(path: Path | str, splits: dict[str, list[Sample]]) -> None:
                         "" if s.mask_path is None else str(s.mask_path),
                     ]
                 )
-    tmp.replace(path)
 
 
 def read_split_csv(path: Path | str) -> dict[str, list[str]]:

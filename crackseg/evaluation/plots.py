@@ -17,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from crackseg.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 
@@ -28,11 +30,11 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: str | Path, dpi: int = 100) -> None:
-    """Save, creating parent folders, and release the figure's memory."""
+    """Save (atomically, creating parent folders) and release the figure's memory."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, dpi=dpi)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
     finally:
         fig.clear()
     log.debug("Wrote %s", path)

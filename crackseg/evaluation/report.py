@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from crackseg.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 DATASET_ROWS = (
@@ -254,6 +256,6 @@ def write_report(
     lines += [f"- {note}" for note in all_notes] or ["- none"]
 
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     log.info("Wrote %s", path)
     return path

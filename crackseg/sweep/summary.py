@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -23,6 +24,8 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from crackseg.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -235,11 +238,12 @@ def write_summary(root: str | Path) -> tuple[Path, Path]:
     keys = swept_columns(rows)
     columns = [*BASE_COLUMNS, *keys, *METRICS]
     csv_path = root / CSV_NAME
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
+    atomic_write_text(csv_path, table.getvalue())
 
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "unfinished")}
     seeds = sorted({str(r["seed"]) for r in rows}, key=_natural_key)
@@ -266,7 +270,7 @@ def write_summary(root: str | Path) -> tuple[Path, Path]:
             f"- `{r['job']}` ({r['status']}): {r['error'] or 'no error recorded'}" for r in problems
         ]
     md_path = root / MD_NAME
-    md_path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
     log.info("sweep summary of %d jobs written to %s", len(rows), md_path)
     return csv_path, md_path
 
