@@ -2,42 +2,37 @@
 
 from __future__ import annotations
 
-import json
+import errno
+import itertools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.types import RunMode
+from hydra.errors import (
+    HydraException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from crackseg.errors import CracksegError
+import crackseg.resolvers  # noqa: F401  (registers the resolvers the configs use)
+from crackseg.errors import CracksegError, RunFolderError
+from crackseg.run_folder import finished_status, hydra_job, write_status
 from crackseg.sweep.gpus import job_device_context
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
-
-
-def _is_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _write_status(output_dir: Path, status: dict[str, Any]) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / STATUS_FILE).write_text(json.dumps(status, indent=2))
-
-
-def finished_status(output_dir: Path) -> dict[str, Any] | None:
-    """The status of a job that already finished in this folder, if any."""
-    path = output_dir / STATUS_FILE
-    if not path.is_file():
-        return None
-    status = json.loads(path.read_text())
-    return status if status.get("status") == "finished" else None
+#: Exit status of a run stopped by SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
+EXIT_STOPPED = 143
+#: Errors of the file system that end a run with one line: the output folder is unwritable,
+#: the disk or the quota is full, a file grew over its limit.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def run_task(
@@ -48,10 +43,11 @@ def run_task(
     A user's mistake ends a single run with one line and exit code 2. In a multirun every
     failure (including out-of-memory) is written to the job's ``status.json`` and the sweep
     goes on; a job already finished in its folder is skipped, so re-running a sweep into
-    the same ``hydra.sweep.dir`` resumes it.
+    the same ``hydra.sweep.dir`` resumes it. A run stopped by SIGTERM or Ctrl-C exits with
+    status 143 (a sweep stops there too), leaving the checkpoint to resume from.
     """
     output_dir = Path(cfg.paths.output_dir)
-    multirun = _is_multirun()
+    multirun, _ = hydra_job()
     if multirun and cfg.get("skip_finished", True):
         done = finished_status(output_dir)
         if done is not None:
@@ -60,19 +56,40 @@ def run_task(
     try:
         with job_device_context(cfg):  # one GPU per job in a local parallel sweep
             results = task(cfg)
+    except SIGTERMException:
+        _record(output_dir, "interrupted")
+        print(f"stopped: continue with  crackseg-train resume={output_dir}", file=sys.stderr)
+        sys.exit(EXIT_STOPPED)
     except Exception as raised:
         error = _root_cause(raised)
+        expected = isinstance(error, CracksegError) or _is_storage_error(error)
+        if expected and not isinstance(error, RunFolderError):
+            _record(output_dir, "failed", error=one_line(error))
         if not multirun:
-            if isinstance(error, CracksegError):
-                print(f"error: {error}", file=sys.stderr)
+            if expected:
+                print(f"error: {one_line(error)}", file=sys.stderr)
                 sys.exit(2)
             raise
-        if not isinstance(error, CracksegError):
+        if not expected:
             log.exception("job failed")
-        return _failed(output_dir, error)
+            _record(output_dir, "failed", error=one_line(error))
+        log.error("job failed: %s", one_line(error))
+        return None
     metrics = {k: v for k, v in results.items() if isinstance(v, int | float | str | None)}
-    _write_status(output_dir, {"status": "finished", "metrics": metrics})
+    write_status(output_dir, "finished", metrics=metrics)
     return metrics.get(objective)
+
+
+def _record(output_dir: Path, status: str, **fields: Any) -> None:
+    """Best effort: the status of a run on a full disk may not be writable either."""
+    try:
+        write_status(output_dir, status, **fields)
+    except OSError as error:
+        log.warning("could not write the run status: %s", error)
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in STORAGE_ERRNOS
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -82,9 +99,42 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-def _failed(output_dir: Path, error: BaseException) -> None:
-    line = str(error).splitlines()[0] if str(error) else ""
-    message = f"{type(error).__name__}: {line}"
-    log.error("job failed: %s", message)
-    _write_status(output_dir, {"status": "failed", "error": message})
-    return None
+def one_line(error: BaseException) -> str:
+    """An error as one line: a storage error names its file, Hydra's lists are inlined."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f" {error.filename}" if error.filename else ""
+        return f"cannot write{where}: {error.strerror}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, MissingConfigException) and len(lines) > 1:
+        # "Could not find 'data/foo'", "Available options in 'data':", one per line, and
+        # the search path.
+        options = list(itertools.takewhile(lambda x: not x.startswith("Config search"), lines[2:]))
+        return f"{lines[0]} (available: {', '.join(options)})"
+    if isinstance(error, OverrideParseException):
+        return f"cannot parse the command line: {lines[0]}"
+    text = lines[0] if lines else type(error).__name__
+    cause = error.__cause__
+    if isinstance(error, HydraException) and isinstance(cause, OmegaConfBaseException):
+        cause_line = str(cause).splitlines()[0].strip()
+        text = f"{text.rstrip('.')}: {cause_line}"
+    return text
+
+
+def run_hydra_main(main: Callable[[], Any]) -> None:
+    """Call a ``@hydra.main`` function; a bad command line or config is one line, exit 2.
+
+    Hydra prints its own errors over several lines (with a stack trace for some); with
+    HYDRA_FULL_ERROR it raises them instead, and they are worded here. Errors inside a run
+    are handled by :func:`run_task`.
+    """
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:  # e.g. Hydra cannot create the run folder
+        if not _is_storage_error(error) and error.errno not in (errno.ENOTDIR, errno.EEXIST):
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)

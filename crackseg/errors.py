@@ -18,3 +18,7 @@ def describe_files(paths: list, limit: int = 5) -> str:
     shown = ", ".join(str(p) for p in paths[:limit])
     more = len(paths) - limit
     return f"{shown} (and {more} more, {len(paths)} in all)" if more > 0 else shown
+
+
+class RunFolderError(ConfigError):
+    """A run folder cannot be used as asked (it holds another run, or none); it is left as is."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,9 @@ TINY = [
 ]
 
 
-def run_entry(module: str, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_entry(
+    module: str, *overrides: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m crackseg.<module>`` with Hydra overrides, capturing its output."""
     return subprocess.run(
         [sys.executable, "-m", f"crackseg.{module}", *overrides],
@@ -36,7 +39,16 @@ def run_entry(module: str, *overrides: str, timeout: int = 600) -> subprocess.Co
         text=True,
         timeout=timeout,
         cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The single ``error:`` line of a refused command (exit 2, no traceback)."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return lines[0]
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from conftest import SHARED
@@ -10,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from crackseg import CONFIG_DIR
+from crackseg.config_checks import check_config
 from crackseg.evaluation.report import run_parameters_from_config
 
 SEED_REPORT = SHARED / "seed" / "crack_segmentation_results.md"
@@ -94,3 +96,10 @@ def test_seed_experiment_needs_a_data_root():
     cfg = _compose("experiment=seed_crack_segmentation")
     with pytest.raises(Exception, match=re.escape("data.root")):
         instantiate(cfg.data)
+
+
+@pytest.mark.parametrize(
+    "experiment", sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+)
+def test_every_experiment_passes_the_config_checks(experiment):
+    check_config(_compose(f"experiment={experiment}", "data.root=/data/somewhere"))

@@ -22,6 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 import crackseg.sweep.gpus as gpus
+from crackseg.config_checks import check_config
 from crackseg.sweep import claim_gpu, job_device_context, job_dirname, visible_gpus
 from crackseg.sweep.summary import collect_runs, main
 
@@ -91,6 +92,7 @@ def test_sweep_composes_for_every_job(name: str) -> None:
             # The job folder is named by its swept values only: readable, no "+sweep=".
             assert cfg.hydra.job.override_dirname == ",".join(sorted(job))
             assert cfg.run_name == f"sweep_{name}"
+            check_config(cfg)  # every job's values pass the checks a run makes first
             if name == "weighted_loss":
                 assert cfg.loss.weighted_seg is True
     assert seen == grid

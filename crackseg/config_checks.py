@@ -1,0 +1,84 @@
+"""Refuse a configuration that cannot train, before any data is read, with one clear line.
+
+Hydra refuses unknown config names and misspelled keys itself (crackseg.cli words them);
+this module checks the values: their types (``trainer.max_epochs=ten`` reaches the config
+as a string) and their ranges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from crackseg.errors import ConfigError
+from crackseg.models.segdecnet import check_input_size
+
+_MISSING = object()
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: key -> (accepts the value, what it must be). Keys absent from a config are skipped.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "trainer.max_epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "validation_n_epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "num_dice_panels": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "optim.lr": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "loss.delta_cls": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "loss.weighted_seg_p": (lambda v: _number(v) and v >= 0, "a number >= 0 (P)"),
+    "loss.weighted_seg_max": (lambda v: _number(v) and v > 0, "a number > 0 (Max)"),
+    "data.dilate": (lambda v: _integer(v) and v >= 1 and v % 2 == 1, "an odd integer >= 1"),
+    "data.input_channels": (lambda v: v in (1, 3) and _integer(v), "1 or 3"),
+    "data.input_height": (lambda v: _integer(v) and v > 0, "a positive integer"),
+    "data.input_width": (lambda v: _integer(v) and v > 0, "a positive integer"),
+    "data.batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "data.eval_batch_size": (lambda v: v is None or (_integer(v) and v >= 1), "null or >= 1"),
+    "data.num_workers": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "data.num_segmented": (lambda v: v is None or (_integer(v) and v >= 0), "null or >= 0"),
+    "data.neg_per_pos": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "data.val_fraction": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "data.test_fraction": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "data.binarize_threshold": (lambda v: _integer(v) and 0 <= v < 255, "an integer 0..254"),
+    "data.split_seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "trainer.deterministic": (lambda v: v in (True, False, "warn"), "true, false or warn"),
+}
+
+BOOLEAN_KEYS = (
+    "use_best_model",
+    "validate",
+    "validate_on_test",
+    "loss.dynamic_balance",
+    "loss.gradient_adjustment",
+    "loss.weighted_seg",
+    "loss.weighted_seg_per_component",
+    "data.frequency_sampling",
+    "data.check_files",
+    "data.augment.enabled",
+)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the first setting that cannot work."""
+    for key, (accepts, expected) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is not _MISSING and not accepts(value):
+            raise ConfigError(f"{key} must be {expected}, not {value!r}")
+    for key in BOOLEAN_KEYS:
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is not _MISSING and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, not {value!r}")
+    data = cfg.get("data")
+    if data is not None and "input_height" in data and "input_width" in data:
+        check_input_size(data.input_height, data.input_width)
+    fractions = [OmegaConf.select(cfg, f"data.{k}_fraction", default=0) for k in ("val", "test")]
+    if sum(fractions) >= 1:
+        raise ConfigError("data.val_fraction plus data.test_fraction must be below 1")

@@ -1,0 +1,76 @@
+"""The OmegaConf resolvers the Hydra configs use, registered on import.
+
+``${crackseg.run_dir:RESUME,DEFAULT}`` and ``${crackseg.hydra_subdir:OUTPUT_DIR}`` (conf/
+hydra/default.yaml) send a resumed run back into its own folder without rewriting its
+``.hydra/``;
+``${crackseg.dirname:...}`` names multirun job folders; ``${crackseg.local_jobs:N}``
+(conf/hydra/launcher/local_parallel.yaml) sizes a local parallel sweep. Every entry point
+imports this module through crackseg.cli, and Hydra's launcher workers through the sweep
+summary callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+#: Longest job folder name part, in bytes; file systems refuse names over 255.
+MAX_DIRNAME_BYTES = 200
+
+
+def job_dirname(override_dirname: str, max_bytes: int = MAX_DIRNAME_BYTES) -> str:
+    """Hydra's override_dirname, shortened with a hash suffix only if it would be too long.
+
+    A long list of fixed overrides would otherwise make every job fail with "File name too
+    long"; the full overrides stay in each job's .hydra/overrides.yaml.
+    """
+    raw = override_dirname.encode()
+    if len(raw) <= max_bytes:
+        return override_dirname
+    digest = hashlib.sha1(raw).hexdigest()[:8]
+    head = raw[: max_bytes - len(digest) - 1].decode(errors="ignore")
+    return f"{head}~{digest}"
+
+
+def _resumes_folder(resume: object) -> bool:
+    return resume not in (None, "auto", "")
+
+
+def run_dir(resume: object, default: str) -> str:
+    """The run folder: the one named by ``resume=RUN_DIR``, else a new one."""
+    return str(resume) if _resumes_folder(resume) else default
+
+
+def hydra_subdir(output_dir: str) -> str | None:
+    """Where Hydra saves the composed config: nowhere if the folder already holds a run.
+
+    That run's ``.hydra/`` is the config it was started with: resuming it reads it, and a
+    command refused for pointing at the folder must not have replaced it first.
+    """
+    from crackseg.run_folder import holds_run
+
+    return None if holds_run(Path(output_dir)) else ".hydra"
+
+
+def _local_jobs(default: int) -> int:
+    from crackseg.sweep.gpus import local_jobs
+
+    return local_jobs(default)
+
+
+def register_resolvers() -> None:
+    """Register once per process (Hydra resolves job configs in launcher workers too)."""
+    resolvers = {
+        "crackseg.local_jobs": (_local_jobs, True),
+        "crackseg.dirname": (job_dirname, False),
+        "crackseg.run_dir": (run_dir, False),
+        "crackseg.hydra_subdir": (hydra_subdir, False),
+    }
+    for name, (function, cache) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function, use_cache=cache)
+
+
+register_resolvers()
