@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from crackseg.atomic import atomic_write_text
 from crackseg.evaluation.metrics import json_ready
 from crackseg.evaluation.plots import (
     dice_panel_name,
@@ -47,6 +51,48 @@ class ValidateOnLastEpoch(pl.Callback):
             trainer.check_val_every_n_epoch = 1
 
 
+class StopCheckpoint(pl.Callback):
+    """SIGTERM or Ctrl-C: finish the current batch, save ``interrupted.ckpt``, stop.
+
+    Lightning stops at the next batch boundary after a SIGTERM (on every rank under DDP);
+    the first Ctrl-C is turned into a SIGTERM so it stops the same clean way, and a second
+    one aborts at once. The checkpoint then holds a consistent state: the batches done so
+    far this epoch, which the data module skips when the run is resumed.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "interrupted.ckpt") -> None:
+        self.path = Path(dirpath) / filename
+        self._previous_sigint: Any = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
+        log.warning("Ctrl-C: stopping after this batch with a checkpoint (Ctrl-C again aborts)")
+        signal.raise_signal(signal.SIGTERM)
+
+    def _restore_sigint(self) -> None:
+        if (
+            self._previous_sigint is not None
+            and threading.current_thread() is threading.main_thread()
+        ):
+            signal.signal(signal.SIGINT, self._previous_sigint)
+        self._previous_sigint = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_sigint()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_sigint()
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
+            trainer.save_checkpoint(self.path)
+            log.warning("stopped by a signal; checkpoint saved to %s", self.path)
+
+
 class TrainingHistory(pl.Callback):
     """Keeps the per-epoch scalars and draws the training curves when fitting ends."""
 
@@ -72,7 +118,7 @@ class TrainingHistory(pl.Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        atomic_write_text(self.output_dir / "history.json", json.dumps(self.history, indent=1))
         plot_training_curves(self.history, self.output_dir / "training_curves.png")
 
     def state_dict(self) -> dict[str, Any]:
@@ -140,7 +186,7 @@ class EvaluationReport(pl.Callback):
             metrics[f"{split}_positives"], metrics[f"{split}_negatives"] = pos, neg
             metrics[f"{split}_samples"] = pos + neg
         metrics["num_segmented"] = trainer.datamodule.num_segmented_train
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         if results.get("roc") is not None:
             plot_roc(*results["roc"], results["image_auc"], out / "ROC.png")
             plot_precision_recall(*results["pr"], results["image_ap"], out / "precision-recall.png")

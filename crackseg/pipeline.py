@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from crackseg.atomic import AtomicCheckpointIO
 from crackseg.callbacks import EvaluationReport, ValidateOnLastEpoch
+from crackseg.config_checks import check_config
 from crackseg.data.datamodule import CrackDataModule
 from crackseg.errors import CracksegError
 from crackseg.evaluation.report import (
@@ -20,6 +26,13 @@ from crackseg.evaluation.report import (
     write_report,
 )
 from crackseg.models.lit_segdec import SegDecModule
+from crackseg.run_folder import (
+    hydra_job,
+    prepare_training_run,
+    refuse_used_folder,
+    write_run_info,
+    write_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,29 +93,47 @@ def report_writer(cfg: DictConfig, title: str):  # noqa: ANN201
     return write
 
 
+def slurm_requeue_environment(enabled: bool) -> SLURMEnvironment:
+    """On SLURM, Lightning's requeue: on the job's warning signal it saves
+    ``hpc_ckpt_N.ckpt`` in the run folder and requeues the job, which resumes from it.
+
+    The signal is the one the cluster launcher (submitit) asks SLURM to send before the
+    time limit (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise). Submitit installs a
+    handler of its own for it; Lightning only installs its handler on a free signal.
+    """
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    requeue_signal = getattr(signal, f"SIG{name}")
+    if enabled and threading.current_thread() is threading.main_thread():
+        signal.signal(requeue_signal, signal.SIG_DFL)
+    return SLURMEnvironment(auto_requeue=enabled, requeue_signal=requeue_signal)
+
+
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"plugins": [AtomicCheckpointIO()]}
+    if SLURMEnvironment.detect():
+        overrides["plugins"].append(slurm_requeue_environment(cfg.get("slurm_requeue", True)))
     if not cfg.get("validate", True):
         # No validation while training; the threshold is still chosen on validation after.
-        overrides = {"check_val_every_n_epoch": 10**9, "num_sanity_val_steps": 0}
+        overrides |= {"check_val_every_n_epoch": 10**9, "num_sanity_val_steps": 0}
         callbacks = [c for c in callbacks if not isinstance(c, ValidateOnLastEpoch)]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
 
 
-def check_runnable(cfg: DictConfig) -> None:
-    """Refuse settings that cannot train before anything is written."""
-    if cfg.trainer.max_epochs is None or cfg.trainer.max_epochs < 1:
-        raise CracksegError(f"trainer.max_epochs must be at least 1, not {cfg.trainer.max_epochs}")
-    if cfg.optim.lr <= 0:
-        raise CracksegError(f"optim.lr must be positive, not {cfg.optim.lr}")
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, pick the evaluated weights, choose the threshold on validation, test, report."""
-    check_runnable(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
+    """Fit, pick the evaluated weights, choose the threshold on validation, test, report.
+
+    A stopped run continues from its newest checkpoint (``resume=``, see run_folder).
+    """
+    multirun, overrides = hydra_job()
+    if cfg.get("resume") in (None, "auto"):
+        check_config(cfg)  # a resumed run's own config is checked once it is loaded
+    cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
+    check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    write_status(output_dir, "running")
+    write_run_info(output_dir, resumed_from=checkpoint)
+    pl.seed_everything(cfg.seed, workers=True)
     datamodule: CrackDataModule = instantiate(cfg.data, _convert_="all")
     module: SegDecModule = instantiate(
         cfg.model, _convert_="all", run_config=OmegaConf.to_yaml(cfg, resolve=True)
@@ -117,11 +148,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     )
     trainer = build_trainer(cfg, callbacks)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume_from"))
-    trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt")
+    if checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+    if trainer.is_global_zero:
+        datamodule.save_split(output_dir / "split.csv")
 
-    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    best = checkpoint.best_model_path if checkpoint is not None else ""
+    monitored = [c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
+    best = monitored[0].best_model_path if monitored else ""
     if cfg.use_best_model and cfg.validate and best:
         log.info("testing the best weights by validation AP: %s", best)
         trainer.validate(
@@ -131,8 +165,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("testing the final weights")
         trainer.validate(module, datamodule=datamodule, verbose=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
-    if trainer.is_global_zero:
-        datamodule.save_split(output_dir / "split.csv")
     return module.test_results
 
 
@@ -162,9 +194,10 @@ def check_checkpoint_matches(module: SegDecModule, cfg: DictConfig) -> None:
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate saved weights on a dataset exactly as a training run's test step does."""
+    output_dir = Path(cfg.paths.output_dir)
+    refuse_used_folder(output_dir)
     module = load_checkpoint(cfg.ckpt_path)
     check_checkpoint_matches(module, cfg)
-    output_dir = Path(cfg.paths.output_dir)
     run_config = OmegaConf.create(module.hparams.get("run_config") or "{}")
     # Report the parameters the weights were trained with, and the data evaluated here.
     report_cfg = OmegaConf.merge(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,8 @@ class CrackDataModule(pl.LightningDataModule):
         self.seed = seed
         self.splits: dict[str, list[Sample]] | None = None
         self.segmented_ids: set[str] = set()
+        self._sampler: BalancedNegativeSampler | None = None
+        self._resume_state: dict[str, Any] | None = None
 
     # -- preparation -------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -186,13 +189,44 @@ class CrackDataModule(pl.LightningDataModule):
 
     def train_sampler(self) -> BalancedNegativeSampler:
         samples = self.splits["train"]
-        return BalancedNegativeSampler(
+        sampler = BalancedNegativeSampler(
             [i for i, s in enumerate(samples) if s.is_positive],
             [i for i, s in enumerate(samples) if not s.is_positive],
             frequency_of_use=self.frequency_sampling,
             neg_per_pos=self.neg_per_pos,
             seed=self.seed,
+            augmentation_seeds=True,
         )
+        if self._resume_state is not None:
+            state, self._resume_state = self._resume_state, None
+            sampler.load_state_dict(state["sampler"])
+            sampler.resume_at(state["epoch"], state["batches_done"] * self.batch_size)
+        return sampler
+
+    # -- resuming ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the sampler, and the batches done in the current epoch.
+
+        A checkpoint written mid-epoch (SIGTERM, Ctrl-C) resumes after those batches, with
+        the same samples and augmentations an uninterrupted run would have seen.
+        """
+        if self._sampler is None or self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {
+            "sampler": self._sampler.state_dict(),
+            "epoch": self.trainer.current_epoch,
+            "batches_done": progress.processed,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self._resume_state = state_dict
+            # Lightning warns about mid-epoch checkpoints of loaders it cannot fast-forward;
+            # this module fast-forwards its sampler itself.
+            warnings.filterwarnings(
+                "ignore", message="You're resuming from a checkpoint that ended"
+            )
 
     def _loader(self, dataset: CrackDataset, batch_size: int, **kwargs: Any) -> DataLoader:
         return DataLoader(
@@ -204,8 +238,9 @@ class CrackDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        self._sampler = self.train_sampler()
         return self._loader(
-            self._dataset("train", training=True), self.batch_size, sampler=self.train_sampler()
+            self._dataset("train", training=True), self.batch_size, sampler=self._sampler
         )
 
     def _eval_loader(self, split: str) -> DataLoader:

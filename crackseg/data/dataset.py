@@ -31,6 +31,8 @@ class CrackDataset(Dataset):
     ``weight`` [1,H,W] float, ``label`` float (1 = defect), ``segmented`` bool (False for
     weak positives, whose mask is unknown and all zero here) and ``index``.
     ``segmented_ids`` lists the positives whose masks are used; None means all with a mask.
+    An item is asked for by index, or by ``(index, seed)``: the seed then drives the random
+    augmentation of that item (the training sampler draws it), so it is reproducible.
     """
 
     def __init__(
@@ -83,7 +85,8 @@ class CrackDataset(Dataset):
             mask = np.zeros((self.height, self.width), bool)
         return image, mask, segmented
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        index, seed = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
         image, mask, segmented = self.load(index)
         if self.weight_map is not None:
@@ -97,6 +100,8 @@ class CrackDataset(Dataset):
             weight = np.ones(mask.shape, np.float32)
         mask = mask.astype(np.float32)
         if self.transform is not None:
+            if seed is not None:
+                self.transform.set_random_seed(seed)
             out = self.transform(image=image, mask=mask, weight=weight)
             image, mask, weight = out["image"], out["mask"], out["weight"]
         return {

@@ -7,6 +7,10 @@ The epoch's list is a pure function of the seed and the epoch number: the usage 
 replayed from epoch 0 (cheap: it touches index arrays only). So the sampler is correct with
 any number of loader workers (it is iterated in the main process), after resuming, and under
 distributed training, where every rank computes the same global list and takes its shard.
+
+For training it also hands each item an augmentation seed drawn from (seed, epoch, position
+in the epoch), so the random flips and contrast changes do not depend on loader workers,
+and a run resumed in the middle of an epoch (:meth:`resume_at`) repeats them exactly.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ class BalancedNegativeSampler(Sampler[int]):
     """Yields dataset indices: all positives plus as many negatives, per epoch.
 
     ``positives``/``negatives`` are indices into the dataset. ``num_replicas``/``rank``
-    default to the process group when one is initialised.
+    default to the process group when one is initialised. With ``augmentation_seeds`` it
+    yields ``(index, seed)`` pairs, which :class:`~crackseg.data.dataset.CrackDataset` accepts.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class BalancedNegativeSampler(Sampler[int]):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        augmentation_seeds: bool = False,
     ) -> None:
         if not positives and not negatives:
             raise ValueError("the training split is empty")
@@ -79,6 +85,9 @@ class BalancedNegativeSampler(Sampler[int]):
         self.epoch = 0
         self._num_replicas = num_replicas
         self._rank = rank
+        self.augmentation_seeds = augmentation_seeds
+        # (epoch, items of this rank's shard already trained on) after a mid-epoch resume.
+        self._resume: tuple[int, int] | None = None
         # Replay cache: usage counts after `_counts_epoch` epochs.
         self._counts = np.zeros(len(self.negatives), dtype=np.int64)
         self._counts_epoch = 0
@@ -137,9 +146,41 @@ class BalancedNegativeSampler(Sampler[int]):
         total = len(self.positives) + self.negatives_per_epoch
         return math.ceil(total / self.num_replicas)
 
-    def __iter__(self) -> Iterator[int]:
+    def resume_at(self, epoch: int, items_done: int) -> None:
+        """Make the next pass over ``epoch`` skip the first ``items_done`` items of the shard."""
+        self._resume = (epoch, items_done)
+
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         indices = self.global_epoch_list(self.epoch)
         replicas = self.num_replicas
         # Every rank must see as many batches: repeat the head of the list to even out.
         indices = np.resize(indices, len(self) * replicas)
-        return iter(indices[self.rank :: replicas].tolist())
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = self._resume[1]
+        self._resume = None
+        shard = slice(self.rank, None, replicas)
+        if not self.augmentation_seeds:
+            return iter(indices[shard][start:].tolist())
+        seeds = np.random.SeedSequence([self.seed, self.epoch, 3]).generate_state(len(indices))
+        pairs = zip(indices[shard][start:].tolist(), seeds[shard][start:].tolist(), strict=True)
+        return iter(pairs)
+
+    def state_dict(self) -> dict:
+        """The sampler's position: seed, epoch and the usage counts before that epoch."""
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "usage_counts": self.usage_counts(self.epoch).tolist(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["usage_counts"]) != len(self.negatives):
+            raise ValueError(
+                f"the checkpoint's sampler has {len(state['usage_counts'])} negatives, "
+                f"this training split {len(self.negatives)}"
+            )
+        self.seed = state["seed"]
+        self.epoch = state["epoch"]
+        self._counts = np.asarray(state["usage_counts"], dtype=np.int64)
+        self._counts_epoch = self.epoch

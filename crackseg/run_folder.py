@@ -1,0 +1,243 @@
+"""A run's folder: its status, its provenance, and who may write into it.
+
+A folder holds a run once training has started in it (``status.json`` or a checkpoint).
+Such a folder is written into again only to resume that same run: ``resume=RUN_DIR``, or
+``resume=auto`` (what every job of a multirun does, so re-running a sweep, or a requeued
+cluster job, continues its unfinished jobs from their checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+import crackseg
+from crackseg.atomic import atomic_write_text
+from crackseg.errors import RunFolderError
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+INFO_FILE = "run_info.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+#: Written when SIGTERM or Ctrl-C stops training (crackseg.callbacks.StopCheckpoint).
+INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
+#: Config keys that may differ between a run and its resumption.
+RESUME_FREE_KEYS = ("resume", "skip_finished")
+
+
+def refuse_used_folder(folder: Path) -> None:
+    """Evaluations and predictions only ever write into a folder of their own."""
+    if holds_run(folder):
+        raise RunFolderError(f"{folder} already holds a run; choose another hydra.run.dir")
+
+
+def hydra_job() -> tuple[bool, list[str]]:
+    """Whether this is a job of a multirun, and the overrides typed for it."""
+    if not HydraConfig.initialized():
+        return False, []
+    hydra = HydraConfig.get()
+    return hydra.mode == RunMode.MULTIRUN, list(hydra.overrides.task)
+
+
+def read_status(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / STATUS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_status(folder: Path, status: str, **fields: Any) -> None:
+    atomic_write_text(
+        Path(folder) / STATUS_FILE, json.dumps({"status": status, **fields}, indent=2)
+    )
+
+
+def finished_status(folder: Path) -> dict[str, Any] | None:
+    """The status of a run that already finished in this folder, if any."""
+    status = read_status(folder)
+    return status if status is not None and status.get("status") == "finished" else None
+
+
+def holds_run(folder: Path) -> bool:
+    folder = Path(folder)
+    checkpoints = folder / CHECKPOINT_DIR
+    has_checkpoint = checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))
+    return (folder / STATUS_FILE).exists() or has_checkpoint
+
+
+def resume_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint to continue from: the last epoch's, SIGTERM's or SLURM's."""
+    folder = Path(folder)
+    candidates = [
+        folder / CHECKPOINT_DIR / LAST_CHECKPOINT,
+        folder / CHECKPOINT_DIR / INTERRUPTED_CHECKPOINT,
+        *folder.glob("hpc_ckpt_*.ckpt"),  # Lightning's save before a SLURM requeue
+    ]
+    existing = [p for p in candidates if p.is_file()]
+    return max(existing, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def git_commit(repo: Path) -> tuple[str | None, bool | None]:
+    """The commit checked out in ``repo`` and whether the tree has uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit, bool(dirty)
+
+
+def provenance() -> dict[str, Any]:
+    """What produced a run: package and library versions, commit, machine, command line."""
+    commit, dirty = git_commit(Path(crackseg.__file__).resolve().parent.parent)
+    return {
+        "crackseg_version": crackseg.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pytorch_lightning": pl.__version__,
+        "host": platform.node(),
+        "command": sys.argv,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_run_info(folder: Path, resumed_from: Path | None = None) -> None:
+    """``run_info.json``: the run's provenance; a resumption appends its own."""
+    path = Path(folder) / INFO_FILE
+    info = provenance()
+    if resumed_from is None or not path.is_file():
+        record = {**info, "resumed": []}
+    else:
+        record = json.loads(path.read_text())
+        record.setdefault("resumed", []).append({**info, "checkpoint": str(resumed_from)})
+    atomic_write_text(path, json.dumps(record, indent=2))
+
+
+def config_differences(old: DictConfig, new: DictConfig, limit: int = 3) -> list[str]:
+    """``key: old -> new`` for the first few settings that differ (resolved values)."""
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    keys = sorted(set(flat_old) | set(flat_new))
+    changed = [
+        f"{k}: {flat_old.get(k)} -> {flat_new.get(k)}"
+        for k in keys
+        if flat_old.get(k) != flat_new.get(k) and k.split(".")[0] not in RESUME_FREE_KEYS
+    ]
+    return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+def _flatten(cfg: DictConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def checkpoint_run_config(checkpoint: Path) -> DictConfig | None:
+    """The config a checkpoint's run was composed with (stored in its hyperparameters)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    text = state.get("hyper_parameters", {}).get("run_config")
+    return OmegaConf.create(text) if text else None
+
+
+def prepare_training_run(
+    cfg: DictConfig, multirun: bool, task_overrides: list[str]
+) -> tuple[DictConfig, Path | None]:
+    """The config to train with and the checkpoint to continue from (None: a fresh start).
+
+    Refuses, before anything is written, a folder that holds another run, a finished run,
+    and a resumption with changed settings.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    resume = cfg.get("resume")
+    if resume not in (None, "auto"):
+        if multirun:
+            raise RunFolderError(
+                "resume=RUN_DIR continues one run; to resume a sweep, run it again with the "
+                "same hydra.sweep.dir"
+            )
+        return _resume_run_dir(cfg, Path(str(resume)), output_dir, task_overrides)
+    if not holds_run(output_dir):
+        return cfg, None
+    if resume != "auto" and not multirun:
+        raise RunFolderError(
+            f"{output_dir} already holds a run; continue it with resume={output_dir} "
+            "or choose another hydra.run.dir"
+        )
+    if finished_status(output_dir) is not None:
+        raise RunFolderError(f"the run in {output_dir} already finished")
+    checkpoint = resume_checkpoint(output_dir)
+    if checkpoint is None:
+        log.info("%s holds a run that saved no checkpoint: starting it again", output_dir)
+        return cfg, None
+    saved = checkpoint_run_config(checkpoint)
+    if saved is not None and (changed := config_differences(saved, cfg)):
+        raise RunFolderError(
+            f"{output_dir} holds a run with other settings ({'; '.join(changed)}); "
+            "use another folder"
+        )
+    return cfg, checkpoint
+
+
+def _resume_run_dir(
+    cfg: DictConfig, run_dir: Path, output_dir: Path, task_overrides: list[str]
+) -> tuple[DictConfig, Path]:
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise RunFolderError(f"resume={run_dir}: not a run folder (no .hydra/config.yaml)")
+    if run_dir.resolve() != output_dir.resolve():
+        raise RunFolderError(
+            f"resume={run_dir} but the run folder is {output_dir}: drop hydra.run.dir"
+        )
+    others = [o for o in task_overrides if not o.lstrip("+~").startswith("resume=")]
+    if others:
+        raise RunFolderError(
+            f"resume= continues a run with its own settings; drop {' '.join(others)}"
+        )
+    if finished_status(run_dir) is not None:
+        raise RunFolderError(f"the run in {run_dir} already finished; nothing to resume")
+    checkpoint = resume_checkpoint(run_dir)
+    if checkpoint is None:
+        raise RunFolderError(
+            f"{run_dir} has no checkpoint to resume from (it stopped before its first "
+            "epoch ended): start it again"
+        )
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # as it was started
+    saved.resume = str(run_dir)
+    return saved, checkpoint
