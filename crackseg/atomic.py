@@ -18,6 +18,20 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+#: In the name of a temporary file; what a kill mid-write leaves is removed on resuming.
+PARTIAL = ".partial-"
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writes killed half-way left under ``folder``."""
+    leftovers = [p for p in Path(folder).rglob(f".*{PARTIAL}*") if p.is_file()]
+    for path in leftovers:
+        path.unlink()
+    return leftovers
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -28,8 +42,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.stem}{PARTIAL}", suffix=path.suffix, dir=path.parent
+    )
     os.close(fd)
+    os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes it private; a plain open() would not
     tmp = Path(name)
     try:
         yield tmp

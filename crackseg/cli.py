@@ -23,7 +23,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import crackseg.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from crackseg.errors import CracksegError, RunFolderError
-from crackseg.run_folder import finished_status, hydra_job, write_status
+from crackseg.run_folder import finished_status, hydra_job, is_rank_zero, write_status
 from crackseg.sweep.gpus import job_device_context
 
 log = logging.getLogger(__name__)
@@ -76,12 +76,15 @@ def run_task(
         log.error("job failed: %s", one_line(error))
         return None
     metrics = {k: v for k, v in results.items() if isinstance(v, int | float | str | None)}
-    write_status(output_dir, "finished", metrics=metrics)
+    if is_rank_zero():
+        write_status(output_dir, "finished", metrics=metrics)
     return metrics.get(objective)
 
 
 def _record(output_dir: Path, status: str, **fields: Any) -> None:
-    """Best effort: the status of a run on a full disk may not be writable either."""
+    """Rank 0 writes the status; best effort, as on a full disk it may not be writable."""
+    if not is_rank_zero():
+        return
     try:
         write_status(output_dir, status, **fields)
     except OSError as error:

@@ -28,6 +28,7 @@ from crackseg.evaluation.report import (
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.run_folder import (
     hydra_job,
+    is_rank_zero,
     prepare_training_run,
     refuse_used_folder,
     write_run_info,
@@ -131,8 +132,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    write_status(output_dir, "running")
-    write_run_info(output_dir, resumed_from=checkpoint)
+    if is_rank_zero():
+        write_status(output_dir, "running")
+        write_run_info(output_dir, resumed_from=checkpoint)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: CrackDataModule = instantiate(cfg.data, _convert_="all")
     module: SegDecModule = instantiate(

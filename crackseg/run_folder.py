@@ -22,9 +22,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 import crackseg
-from crackseg.atomic import atomic_write_text
+from crackseg.atomic import atomic_write_text, remove_partial_writes
 from crackseg.errors import RunFolderError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ LAST_CHECKPOINT = "last.ckpt"
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
 #: Config keys that may differ between a run and its resumption.
 RESUME_FREE_KEYS = ("resume", "skip_finished")
+
+
+def is_rank_zero() -> bool:
+    """Whether this is the first process of a run (Lightning reads the rank from the env)."""
+    return rank_zero_only.rank == 0
 
 
 def refuse_used_folder(folder: Path) -> None:
@@ -183,10 +189,17 @@ def prepare_training_run(
     """The config to train with and the checkpoint to continue from (None: a fresh start).
 
     Refuses, before anything is written, a folder that holds another run, a finished run,
-    and a resumption with changed settings.
+    and a resumption with changed settings. The other processes of a multi-process run
+    (started by rank 0 into its folder) follow rank 0's decision without checking again.
     """
     output_dir = Path(cfg.paths.output_dir)
     resume = cfg.get("resume")
+    if not is_rank_zero():
+        if resume not in (None, "auto"):
+            saved = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
+            saved.resume = str(resume)
+            return saved, resume_checkpoint(output_dir)
+        return cfg, resume_checkpoint(output_dir) if resume == "auto" or multirun else None
     if resume not in (None, "auto"):
         if multirun:
             raise RunFolderError(
@@ -203,6 +216,7 @@ def prepare_training_run(
         )
     if finished_status(output_dir) is not None:
         raise RunFolderError(f"the run in {output_dir} already finished")
+    remove_partial_writes(output_dir)
     checkpoint = resume_checkpoint(output_dir)
     if checkpoint is None:
         log.info("%s holds a run that saved no checkpoint: starting it again", output_dir)
@@ -232,6 +246,7 @@ def _resume_run_dir(
         )
     if finished_status(run_dir) is not None:
         raise RunFolderError(f"the run in {run_dir} already finished; nothing to resume")
+    remove_partial_writes(run_dir)
     checkpoint = resume_checkpoint(run_dir)
     if checkpoint is None:
         raise RunFolderError(

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import REPO, TINY, one_line_error, run_entry
 
-from crackseg.atomic import AtomicCheckpointIO, atomic_write_text
+from crackseg.atomic import AtomicCheckpointIO, atomic_write_text, remove_partial_writes
 from crackseg.data.sampler import BalancedNegativeSampler
 
 HELPERS = REPO / "tests" / "helpers"
@@ -66,18 +66,10 @@ def metrics_of(run_dir: Path) -> dict:
     return {k: metrics[k] for k in COMPARED}
 
 
-def start_and_stall(run_dir: Path, data_dir: Path, epoch: int, batch: int) -> subprocess.Popen:
-    """Start a run that holds still after ``batch`` of ``epoch``; return once it does."""
-    marker = run_dir.parent / f"{run_dir.name}.stalled"
+def start_and_stall(marker: Path, *args: str, epoch: int, batch: int) -> subprocess.Popen:
+    """Start ``crackseg-train ARGS`` holding still after ``batch`` of ``epoch``; return then."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "crackseg.train",
-            *FAULT_RUN,
-            f"paths.data_dir={data_dir}",
-            f"hydra.run.dir={run_dir}",
-        ],
+        [sys.executable, "-m", "crackseg.train", *args, *FAULT_RUN],
         cwd=REPO,
         env={
             **os.environ,
@@ -94,6 +86,16 @@ def start_and_stall(run_dir: Path, data_dir: Path, epoch: int, batch: int) -> su
         assert time.monotonic() < deadline, "the run never reached the stall point"
         time.sleep(0.05)
     return process
+
+
+def stall_run(run_dir: Path, data_dir: Path, epoch: int, batch: int) -> subprocess.Popen:
+    return start_and_stall(
+        run_dir.parent / f"{run_dir.name}.stalled",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        epoch=epoch,
+        batch=batch,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,7 @@ def test_sigkill_mid_epoch_then_resume_ends_as_the_uninterrupted_run(
     reference, tiny_data_dir, tmp_path
 ):
     run_dir = tmp_path / "killed"
-    process = start_and_stall(run_dir, tiny_data_dir, epoch=1, batch=2)
+    process = stall_run(run_dir, tiny_data_dir, epoch=1, batch=2)
     process.kill()  # SIGKILL: nothing runs after it; epoch 0's last.ckpt is what is left
     process.wait()
     assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
@@ -141,7 +143,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
     signum, reference, tiny_data_dir, tmp_path
 ):
     run_dir = tmp_path / "stopped"
-    process = start_and_stall(run_dir, tiny_data_dir, epoch=1, batch=2)
+    process = stall_run(run_dir, tiny_data_dir, epoch=1, batch=2)
     process.send_signal(signum)
     assert process.wait(timeout=120) == 143
     assert "resume=" in process.stderr.read()
@@ -154,6 +156,19 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
     assert result.returncode == 0, result.stderr[-3000:]
     assert metrics_of(run_dir) == metrics_of(reference)
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
+def test_a_sweep_run_again_resumes_its_killed_job(reference, tiny_data_dir, tmp_path):
+    sweep = ["-m", f"paths.data_dir={tiny_data_dir}", f"hydra.sweep.dir={tmp_path}/sweep", "seed=0"]
+    process = start_and_stall(tmp_path / "stalled", *sweep, epoch=2, batch=1)
+    process.kill()
+    process.wait()
+    (job,) = (tmp_path / "sweep").glob("0_*")
+    assert not (job / "metrics.json").exists()
+    result = run_entry("train", *sweep, *FAULT_RUN, env={"PYTHONPATH": str(HELPERS)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metrics_of(job) == metrics_of(reference)
+    assert json.loads((job / "run_info.json").read_text())["resumed"]
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
@@ -204,6 +219,12 @@ def test_sampler_state_round_trips_through_a_checkpoint(tmp_path):
     assert list(second) == list(first)  # the skip applies once
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_atomic_writes_keep_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
     report = tmp_path / "report.md"
     atomic_write_text(report, "good")
@@ -221,7 +242,12 @@ def test_atomic_writes_keep_the_old_file_when_a_write_fails(tmp_path, monkeypatc
         atomic_write_text(report, "half")
     monkeypatch.undo()
     assert report.read_text() == "good"
+    assert report.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() would make it
     assert torch.load(checkpoint, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "report.md"]
+    # what a kill in the middle of a write leaves behind is removed when the run resumes
+    (tmp_path / ".last.partial-x1y2.ckpt").write_bytes(b"half")
+    assert remove_partial_writes(tmp_path) == [tmp_path / ".last.partial-x1y2.ckpt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "report.md"]
 
 
