@@ -66,7 +66,9 @@ def metrics_of(run_dir: Path) -> dict:
     return {k: metrics[k] for k in COMPARED}
 
 
-def start_and_stall(marker: Path, *args: str, epoch: int, batch: int) -> subprocess.Popen:
+def start_and_stall(
+    marker: Path, *args: str, epoch: int, batch: int, env: dict | None = None
+) -> subprocess.Popen:
     """Start ``crackseg-train ARGS`` holding still after ``batch`` of ``epoch``; return then."""
     process = subprocess.Popen(
         [sys.executable, "-m", "crackseg.train", *args, *FAULT_RUN],
@@ -75,6 +77,7 @@ def start_and_stall(marker: Path, *args: str, epoch: int, batch: int) -> subproc
             **os.environ,
             "PYTHONPATH": str(HELPERS),
             "CRACKSEG_TEST_STALL": f"{epoch}:{batch}:{marker}",
+            **(env or {}),
         },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -169,6 +172,46 @@ def test_a_sweep_run_again_resumes_its_killed_job(reference, tiny_data_dir, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     assert metrics_of(job) == metrics_of(reference)
     assert json.loads((job / "run_info.json").read_text())["resumed"]
+
+
+#: What SLURM sets in a batch job (one task), enough for Lightning to detect it.
+SLURM_JOB = {
+    "SLURM_NTASKS": "1",
+    "SLURM_JOB_NAME": "crackseg",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+}
+
+
+def test_on_slurm_the_warning_signal_saves_a_checkpoint_to_resume_from(
+    reference, tiny_data_dir, tmp_path
+):
+    """USR2 (what the slurm launcher asks SLURM to send before the time limit): Lightning
+    saves hpc_ckpt_1.ckpt and calls `scontrol requeue` (absent here); the job resumes."""
+    run_dir = tmp_path / "slurm"
+    process = start_and_stall(
+        tmp_path / "stalled",
+        f"paths.data_dir={tiny_data_dir}",
+        f"hydra.run.dir={run_dir}",
+        epoch=1,
+        batch=2,
+        env=SLURM_JOB,
+    )
+    process.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "hpc_ckpt_1.ckpt").exists():
+        assert time.monotonic() < deadline, "no checkpoint after the requeue signal"
+        time.sleep(0.05)
+    # complete once it exists (renamed into place); SLURM kills the job when time is up
+    process.kill()
+    process.wait()
+    result = run_entry("train", f"resume={run_dir}", env={"PYTHONPATH": str(HELPERS)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = json.loads((run_dir / "run_info.json").read_text())["resumed"]
+    assert resumed[0]["checkpoint"].endswith("hpc_ckpt_1.ckpt")
+    assert metrics_of(run_dir) == metrics_of(reference)
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
