@@ -196,6 +196,7 @@ def check_checkpoint_matches(module: SegDecModule, cfg: DictConfig) -> None:
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate saved weights on a dataset exactly as a training run's test step does."""
+    check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     refuse_used_folder(output_dir)
     module = load_checkpoint(cfg.ckpt_path)

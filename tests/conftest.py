@@ -28,6 +28,26 @@ TINY = [
     "trainer.enable_model_summary=false",
 ]
 
+#: What every run's metrics.json holds.
+METRIC_KEYS = {
+    "image_auc",
+    "image_ap",
+    "image_threshold",
+    "f_measure",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "seg_threshold",
+    "dice_mean",
+    "dice_std",
+    "iou_mean",
+    "iou_std",
+    "test_samples",
+    "val_samples",
+    "train_samples",
+}
+
 
 def run_entry(
     module: str, *overrides: str, timeout: int = 600, env: dict[str, str] | None = None

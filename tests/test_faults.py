@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, one_line_error, run_entry
+from conftest import METRIC_KEYS, REPO, TINY, one_line_error, run_entry
 
 from crackseg.atomic import AtomicCheckpointIO, atomic_write_text, remove_partial_writes
 from crackseg.data.sampler import BalancedNegativeSampler
@@ -33,21 +33,6 @@ FAULT_RUN = [
     "trainer.deterministic=true",
     "+callbacks.stall._target_=stall_callback.StallAt",
 ]
-#: metrics.json entries that must be equal between a resumed and an uninterrupted run.
-COMPARED = (
-    "image_auc",
-    "image_ap",
-    "image_threshold",
-    "tp",
-    "fp",
-    "tn",
-    "fn",
-    "seg_threshold",
-    "dice_mean",
-    "dice_std",
-    "iou_mean",
-    "iou_std",
-)
 
 
 def train(run_dir: Path, data_dir: Path, *extra: str, env: dict | None = None):
@@ -63,7 +48,7 @@ def train(run_dir: Path, data_dir: Path, *extra: str, env: dict | None = None):
 
 def metrics_of(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {k: metrics[k] for k in COMPARED}
+    return {k: metrics[k] for k in METRIC_KEYS}
 
 
 def start_and_stall(

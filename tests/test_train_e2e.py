@@ -7,26 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import TINY, one_line_error, run_entry
-
-METRIC_KEYS = {
-    "image_auc",
-    "image_ap",
-    "image_threshold",
-    "f_measure",
-    "tp",
-    "fp",
-    "tn",
-    "fn",
-    "seg_threshold",
-    "dice_mean",
-    "dice_std",
-    "iou_mean",
-    "iou_std",
-    "test_samples",
-    "val_samples",
-    "train_samples",
-}
+from conftest import METRIC_KEYS, TINY, one_line_error, run_entry
 
 
 @pytest.fixture(scope="module")
