@@ -170,7 +170,9 @@ class SegDecNet(nn.Module):
             seg_low = segmentation
         else:
             segmentation = self.full_resolution_head(volume, (f1, f2, f3))
-            seg_low = F.avg_pool2d(segmentation, OUTPUT_STRIDE)
+            # The decision subnet works at 1/8; a max keeps a crack one pixel wide visible
+            # there, where an average over the 8x8 cell would drown it in background.
+            seg_low = F.max_pool2d(segmentation, OUTPUT_STRIDE)
 
         multiplier = 0.0 if self.gradient_adjustment else 1.0
         volume_in = scale_gradient(volume, multiplier)
