@@ -30,9 +30,18 @@ log = logging.getLogger(__name__)
 
 #: Exit status of a run stopped by SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
 EXIT_STOPPED = 143
-#: Errors of the file system that end a run with one line: the output folder is unwritable,
-#: the disk or the quota is full, a file grew over its limit.
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+#: Errors of the file system that end a run with one line: the output folder is unwritable
+#: (or its path runs through a file), the disk or the quota is full, a file grew too large.
+STORAGE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+    errno.ENOTDIR,
+    errno.EEXIST,
+}
 
 
 def run_task(
@@ -137,7 +146,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
     except OSError as error:  # e.g. Hydra cannot create the run folder
-        if not _is_storage_error(error) and error.errno not in (errno.ENOTDIR, errno.EEXIST):
+        if not _is_storage_error(error):
             raise
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)

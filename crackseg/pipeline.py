@@ -127,9 +127,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     A stopped run continues from its newest checkpoint (``resume=``, see run_folder).
     """
     multirun, overrides = hydra_job()
-    if cfg.get("resume") in (None, "auto"):
-        check_config(cfg)  # a resumed run's own config is checked once it is loaded
-    cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
+    cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)  # reads no data
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if is_rank_zero():

@@ -196,9 +196,7 @@ def prepare_training_run(
     resume = cfg.get("resume")
     if not is_rank_zero():
         if resume not in (None, "auto"):
-            saved = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
-            saved.resume = str(resume)
-            return saved, resume_checkpoint(output_dir)
+            return _started_config(output_dir), resume_checkpoint(output_dir)
         return cfg, resume_checkpoint(output_dir) if resume == "auto" or multirun else None
     if resume not in (None, "auto"):
         if multirun:
@@ -253,6 +251,11 @@ def _resume_run_dir(
             f"{run_dir} has no checkpoint to resume from (it stopped before its first "
             "epoch ended): start it again"
         )
-    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # as it was started
+    return _started_config(run_dir), checkpoint
+
+
+def _started_config(run_dir: Path) -> DictConfig:
+    """The config a run was started with (its ``.hydra/``), marked as resuming it."""
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     saved.resume = str(run_dir)
-    return saved, checkpoint
+    return saved

@@ -63,6 +63,20 @@ def run_entry(
     )
 
 
+def run_tiny(
+    run_dir: Path, data_dir: Path, *overrides: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``crackseg-train`` on the tiny synthetic set in ``data_dir``, into ``run_dir``."""
+    return run_entry(
+        "train",
+        *TINY,
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+        env=env,
+    )
+
+
 def one_line_error(result: subprocess.CompletedProcess) -> str:
     """The single ``error:`` line of a refused command (exit 2, no traceback)."""
     assert result.returncode == 2, result.stderr[-2000:]

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 
-from conftest import TINY, run_entry
+from conftest import run_tiny
 
 
 def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
-    result = run_entry(
-        "train",
-        *TINY,
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        f"paths.data_dir={tiny_data_dir}",
-        f"hydra.run.dir={tmp_path}",
+    result = run_tiny(
+        tmp_path, tiny_data_dir, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())

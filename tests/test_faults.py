@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import METRIC_KEYS, REPO, TINY, one_line_error, run_entry
+from conftest import METRIC_KEYS, REPO, TINY, one_line_error, run_entry, run_tiny
 
 from crackseg.atomic import AtomicCheckpointIO, atomic_write_text, remove_partial_writes
 from crackseg.data.sampler import BalancedNegativeSampler
@@ -25,25 +25,19 @@ HELPERS = REPO / "tests" / "helpers"
 
 #: A tiny run with augmentation, three epochs (validation after the second and the last),
 #: deterministic, with the stall callback of tests/helpers in its config.
-FAULT_RUN = [
-    *TINY,
+FAULT_SETTINGS = [
     "trainer.max_epochs=3",
     "validation_n_epochs=2",
     "data.augment.enabled=true",
     "trainer.deterministic=true",
     "+callbacks.stall._target_=stall_callback.StallAt",
 ]
+FAULT_RUN = [*TINY, *FAULT_SETTINGS]
 
 
-def train(run_dir: Path, data_dir: Path, *extra: str, env: dict | None = None):
-    return run_entry(
-        "train",
-        *FAULT_RUN,
-        f"paths.data_dir={data_dir}",
-        f"hydra.run.dir={run_dir}",
-        *extra,
-        env={"PYTHONPATH": str(HELPERS), **(env or {})},
-    )
+def train(run_dir: Path, data_dir: Path, *extra: str):
+    env = {"PYTHONPATH": str(HELPERS)}
+    return run_tiny(run_dir, data_dir, *FAULT_SETTINGS, *extra, env=env)
 
 
 def metrics_of(run_dir: Path) -> dict:

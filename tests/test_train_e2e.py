@@ -7,20 +7,14 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import METRIC_KEYS, TINY, one_line_error, run_entry
+from conftest import METRIC_KEYS, TINY, one_line_error, run_entry, run_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_data_dir):
     run_dir = tmp_path_factory.mktemp("run")
-    result = run_entry(
-        "train",
-        *TINY,
-        f"paths.data_dir={tiny_data_dir}",
-        f"hydra.run.dir={run_dir}",
-        "data.dilate=3",
-        "loss.weighted_seg_p=1",
-        "loss.delta_cls=0.1",
+    result = run_tiny(
+        run_dir, tiny_data_dir, "data.dilate=3", "loss.weighted_seg_p=1", "loss.delta_cls=0.1"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
@@ -145,13 +139,7 @@ def test_a_missing_data_root_is_refused_before_training(tmp_path):
 
 
 def test_without_validation_the_final_weights_are_tested(tmp_path, tiny_data_dir):
-    result = run_entry(
-        "train",
-        *TINY,
-        "validate=false",
-        f"paths.data_dir={tiny_data_dir}",
-        f"hydra.run.dir={tmp_path}",
-    )
+    result = run_tiny(tmp_path, tiny_data_dir, "validate=false")
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((tmp_path / "history.json").read_text())
     assert "val/image_ap" not in history  # no validation while training

@@ -200,12 +200,12 @@ class CrackDataModule(pl.LightningDataModule):
         if self._resume_state is not None:
             state, self._resume_state = self._resume_state, None
             sampler.load_state_dict(state["sampler"])
-            sampler.resume_at(state["epoch"], state["batches_done"] * self.batch_size)
+            sampler.resume_at(sampler.epoch, state["batches_done"] * self.batch_size)
         return sampler
 
     # -- resuming ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Saved in every checkpoint: the sampler, and the batches done in the current epoch.
+        """Saved in every checkpoint: the sampler (and its epoch), and the batches done in it.
 
         A checkpoint written mid-epoch (SIGTERM, Ctrl-C) resumes after those batches, with
         the same samples and augmentations an uninterrupted run would have seen.
@@ -213,11 +213,7 @@ class CrackDataModule(pl.LightningDataModule):
         if self._sampler is None or self.trainer is None:
             return {}
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {
-            "sampler": self._sampler.state_dict(),
-            "epoch": self.trainer.current_epoch,
-            "batches_done": progress.processed,
-        }
+        return {"sampler": self._sampler.state_dict(), "batches_done": progress.processed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
