@@ -186,6 +186,7 @@ class EvaluationReport(pl.Callback):
             metrics[f"{split}_positives"], metrics[f"{split}_negatives"] = pos, neg
             metrics[f"{split}_samples"] = pos + neg
         metrics["num_segmented"] = trainer.datamodule.num_segmented_train
+        metrics["num_weak"] = max(counts["train"][0] - metrics["num_segmented"], 0)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         if results.get("roc") is not None:
             plot_roc(*results["roc"], results["image_auc"], out / "ROC.png")

@@ -45,7 +45,9 @@ STORAGE_ERRNOS = {
 
 
 def run_task(
-    task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, objective: str = "image_ap"
+    task: Callable[[DictConfig], dict[str, Any]],
+    cfg: DictConfig,
+    objective: str = "best_val_image_ap",
 ) -> float | None:
     """Run ``task`` and return the metric a sweeper optimises.
 

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg.errors import ConfigError
+from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
 from crackseg.models.segdecnet import check_input_size
 
 _MISSING = object()
@@ -50,6 +51,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.binarize_threshold": (lambda v: _integer(v) and 0 <= v < 255, "an integer 0..254"),
     "data.split_seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     "trainer.deterministic": (lambda v: v in (True, False, "warn"), "true, false or warn"),
+    "loss.decision_target": (lambda v: v in DECISION_TARGETS, " or ".join(DECISION_TARGETS)),
+    "loss.batch_reduction": (lambda v: v in BATCH_REDUCTIONS, " or ".join(BATCH_REDUCTIONS)),
 }
 
 BOOLEAN_KEYS = (

@@ -19,12 +19,13 @@ from crackseg.atomic import AtomicCheckpointIO
 from crackseg.callbacks import EvaluationReport, ValidateOnLastEpoch
 from crackseg.config_checks import check_config
 from crackseg.data.datamodule import CrackDataModule
-from crackseg.errors import CracksegError
+from crackseg.errors import ConfigError, CracksegError
 from crackseg.evaluation.report import (
     dataset_table_from_counts,
     run_parameters_from_config,
     write_report,
 )
+from crackseg.models.checkpoint import load_module, thresholds
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.run_folder import (
     hydra_job,
@@ -36,6 +37,9 @@ from crackseg.run_folder import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Where crackseg-eval takes its thresholds from.
+THRESHOLD_SOURCES = ("checkpoint", "validation")
 
 #: Hyperparameters shown in TensorBoard's HParams tab, by name -> config key.
 HPARAMS = {
@@ -164,21 +168,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     else:
         log.info("testing the final weights")
         trainer.validate(module, datamodule=datamodule, verbose=False)
+    best_score = monitored[0].best_model_score if monitored else None
+    # What a sweeper optimises: never a test metric.
+    module.best_val_image_ap = (
+        float(best_score) if best_score is not None else module.last_val_image_ap
+    )
     trainer.test(module, datamodule=datamodule, verbose=False)
     return module.test_results
 
 
 def load_checkpoint(path: str) -> SegDecModule:
     """Load a trained module, turning a missing or unreadable file into one clear line."""
-    ckpt = Path(path).expanduser()
-    if not ckpt.is_file():
-        raise CracksegError(f"checkpoint {ckpt} does not exist")
-    try:
-        # weights_only: a checkpoint is data, never code to run.
-        return SegDecModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupt file
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CracksegError(f"cannot read checkpoint {ckpt}: {reason}") from error
+    return load_module(path)
 
 
 def check_checkpoint_matches(module: SegDecModule, cfg: DictConfig) -> None:
@@ -193,8 +194,21 @@ def check_checkpoint_matches(module: SegDecModule, cfg: DictConfig) -> None:
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate saved weights on a dataset exactly as a training run's test step does."""
+    """Evaluate saved weights on a dataset exactly as a training run's test step does.
+
+    The thresholds are the checkpoint's own (chosen on its training run's validation split);
+    ``thresholds=validation`` re-chooses them on the validation split of the data given.
+    """
     check_config(cfg)
+    if cfg.thresholds not in THRESHOLD_SOURCES:
+        raise ConfigError(
+            f"thresholds must be one of {', '.join(THRESHOLD_SOURCES)}, not {cfg.thresholds!r}"
+        )
+    if cfg.thresholds == "validation" and cfg.data.get("all_as_test"):
+        raise ConfigError(
+            "thresholds=validation needs a validation split, but data.all_as_test=true "
+            "puts every sample in the test split"
+        )
     output_dir = Path(cfg.paths.output_dir)
     refuse_used_folder(output_dir)
     module = load_checkpoint(cfg.ckpt_path)
@@ -212,6 +226,16 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         hparams_of(report_cfg),
     )
     trainer = build_trainer(cfg, [report])
-    trainer.validate(module, datamodule=datamodule, verbose=False)
+    if cfg.thresholds == "validation":
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    image_threshold, seg_threshold = thresholds(module)
+    log.info(
+        "thresholds (%s): image %.4f, segmentation %.2f",
+        "chosen on this data's validation split"
+        if cfg.thresholds == "validation"
+        else "the checkpoint's",
+        image_threshold,
+        seg_threshold,
+    )
     trainer.test(module, datamodule=datamodule, verbose=False)
     return module.test_results

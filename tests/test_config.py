@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import SHARED
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -38,6 +39,8 @@ def test_every_override_name_reaches_the_objects_it_configures(tmp_path):
         "trainer.max_epochs=7",
         "optim.lr=0.5",
         "loss.delta_cls=0.2",
+        "loss.decision_target=mask_max",
+        "loss.batch_reduction=sum",
         "data.dilate=5",
         "loss.dynamic_balance=false",
         "data.frequency_sampling=false",
@@ -57,7 +60,10 @@ def test_every_override_name_reaches_the_objects_it_configures(tmp_path):
     assert data.frequency_sampling is False and data.validate_on_test is True
     assert (data.weight_map.max_weight, data.weight_map.power) == (3.0, 1.5)
     module = instantiate(cfg.model, _convert_="all")
-    assert module.hparams.lr == 0.5 and module.hparams.delta_cls == 0.2
+    assert module.hparams.optim["lr"] == 0.5 and module.hparams.delta_cls == 0.2
+    assert module.configure_optimizers().param_groups[0]["lr"] == 0.5
+    assert module.hparams.decision_target == "mask_max"
+    assert module.hparams.batch_reduction == "sum"
     assert module.hparams.dynamic_balance is False
     assert module.net.gradient_adjustment is False
     assert module.net.in_channels == 1
@@ -82,7 +88,11 @@ def test_seed_experiment_matches_the_seed_report_value_by_value():
     expected = _seed_table("Run parameters")
     produced = {name: str(value) for name, value in run_parameters_from_config(cfg)}
     assert len(expected) == 14
-    assert produced == expected
+    assert {name: produced[name] for name in expected} == expected
+    # After the seed's rows, what the seed's numbers also depend on.
+    assert produced["Decision target"] == "mask_max"
+    assert produced["Loss over a batch"] == "sum"
+    assert produced["Precision"] == "32-true"
     dataset = _seed_table("Dataset")
     size = (cfg.data.input_channels, cfg.data.input_height, cfg.data.input_width)
     assert size == tuple(int(dataset[k]) for k in ("Input channels", "Input height", "Input width"))
@@ -103,3 +113,26 @@ def test_seed_experiment_needs_a_data_root():
 )
 def test_every_experiment_passes_the_config_checks(experiment):
     check_config(_compose(f"experiment={experiment}", "data.root=/data/somewhere"))
+
+
+@pytest.mark.parametrize(
+    "overrides,optimizer,lr",
+    [
+        ([], torch.optim.SGD, 1.0),
+        (["optim=adam"], torch.optim.Adam, 0.001),
+        (["optim._target_=torch.optim.AdamW", "optim.lr=0.01"], torch.optim.AdamW, 0.01),
+    ],
+)
+def test_the_optimiser_is_a_config(overrides, optimizer, lr):
+    module = instantiate(_compose(*overrides).model, _convert_="all")
+    built = module.configure_optimizers()
+    assert type(built) is optimizer and built.param_groups[0]["lr"] == lr
+    assert built.param_groups[0]["params"] == list(module.net.parameters())
+
+
+def test_a_scheduler_is_an_override():
+    module = instantiate(_compose("scheduler=step", "scheduler.step_size=3").model, _convert_="all")
+    built = module.configure_optimizers()
+    scheduler = built["lr_scheduler"]["scheduler"]
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.step_size == 3
+    assert built["lr_scheduler"]["interval"] == "epoch"

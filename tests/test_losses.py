@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from crackseg.models.losses import decision_loss, loss_weights, segmentation_loss
+from crackseg.data.labels import downsample_to_output
+from crackseg.models.lit_segdec import SegDecModule
+from crackseg.models.losses import (
+    decision_loss,
+    decision_targets,
+    loss_weights,
+    segmentation_loss,
+)
 
 
 @pytest.mark.parametrize(
@@ -55,3 +62,42 @@ def test_all_weak_batch_has_zero_segmentation_loss():
 def test_decision_loss():
     loss = decision_loss(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]))
     assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
+
+
+def test_mask_max_target_of_a_straight_crack_is_its_width_over_17():
+    """A vertical crack 3 px wide crossing a 64x128 image: a 17x17 window holds it entirely,
+    so the maximum of the downsampled mask is 17 * 3 / 17**2 = 3/17."""
+    mask = torch.zeros(2, 1, 64, 128)
+    mask[0, 0, :, 60:63] = 1
+    soft = downsample_to_output(mask)
+    labels = torch.tensor([1.0, 1.0])
+    segmented = torch.tensor([True, False])  # the second is a weak positive: its label
+    targets = decision_targets(labels, soft, segmented, "mask_max")
+    assert targets.tolist() == pytest.approx([3 / 17, 1.0], abs=1e-6)
+    assert decision_targets(labels, soft, segmented, "label").tolist() == [1.0, 1.0]
+    clean = decision_targets(torch.tensor([0.0]), soft[1:], torch.tensor([True]), "mask_max")
+    assert clean.tolist() == [0.0]
+
+
+def test_a_sum_over_a_batch_of_two_gives_twice_the_gradient_of_the_mean():
+    net = {"channels": (4, 8, 8), "volume_channels": 8, "volume_kernel": 3}
+    mask = torch.zeros(2, 1, 64, 128)
+    mask[0, 0, 10:50, 30:33] = 1
+    batch = {
+        "image": torch.rand(2, 3, 64, 128, generator=torch.Generator().manual_seed(1)),
+        "mask": mask,
+        "weight": torch.ones_like(mask),
+        "label": torch.tensor([1.0, 0.0]),
+        "segmented": torch.tensor([True, True]),
+    }
+    grads = {}
+    for reduction in ("mean", "sum"):
+        torch.manual_seed(0)
+        module = SegDecModule(net=net, input_height=64, input_width=128, batch_reduction=reduction)
+        module.log = lambda *args, **kwargs: None  # no trainer here
+        module.loss_weights = lambda: (0.7, 0.3)
+        module.training_step(batch, 0).backward()
+        grads[reduction] = [p.grad.clone() for p in module.net.parameters()]
+    for mean, total in zip(grads["mean"], grads["sum"], strict=True):
+        assert torch.allclose(total, 2 * mean, rtol=1e-5, atol=1e-8)
+    assert any(torch.count_nonzero(g) for g in grads["mean"])

@@ -39,7 +39,7 @@ def test_bad_sizes_are_refused(height, width, words):
 
 def test_parameter_count_of_the_paper_network():
     # By hand from the layer table: each conv is in*out*k*k (no bias), each FeatureNorm
-    # has scale + bias per channel (the segmentation output's has no bias).
+    # has scale + bias per channel (the segmentation output's bias is learned too).
     convs = (
         3 * 32 * 25  # 1: conv 5x5 -> 32
         + 32 * 64 * 25
@@ -51,10 +51,10 @@ def test_parameter_count_of_the_paper_network():
         + 8 * 16 * 25
         + 16 * 32 * 25  # decision convs
     )
-    norms = 2 * (32 + 3 * 64 + 4 * 64 + 1024) + 1 + 2 * (8 + 16 + 32)
+    norms = 2 * (32 + 3 * 64 + 4 * 64 + 1024) + 2 + 2 * (8 + 16 + 32)
     linear = 66 + 1
     net = SegDecNet()
-    assert sum(p.numel() for p in net.parameters()) == convs + norms + linear == 15_638_812
+    assert sum(p.numel() for p in net.parameters()) == convs + norms + linear == 15_638_813
 
 
 def test_feature_norm_against_hand_computation():
@@ -113,3 +113,38 @@ def test_gradient_adjustment_leaves_forward_unchanged():
     on = net(x).decision
     net.gradient_adjustment = False
     assert torch.equal(on, net(x).decision)
+
+
+def test_segmentation_bias_is_trained_and_lets_a_clean_image_fall_below_ln2():
+    """Zero-mean normalised logits y give mean softplus(y) >= softplus(0) = ln 2 on a clean
+    image (Jensen); only the learned FeatureNorm bias of the 1/8 head gets below it."""
+    from crackseg.models.lit_segdec import SegDecModule
+    from crackseg.models.losses import segmentation_loss
+
+    torch.manual_seed(0)
+    module = SegDecModule(net=SMALL, input_height=64, input_width=128)
+    optimizer = module.configure_optimizers()
+    bias = module.net.seg_mask[1].bias
+    assert bias.requires_grad
+    assert any(p is bias for group in optimizer.param_groups for p in group["params"])
+    clean = torch.rand(1, 3, 64, 128)
+    target = torch.zeros(1, 1, 8, 16)
+    ones, segmented = torch.ones_like(target), torch.tensor([True])
+    for _ in range(10):
+        loss = segmentation_loss(module.net(clean).segmentation, target, ones, segmented)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5 * math.log(2)
+    assert bias.item() < -1.0
+    # With the bias held at 0 the same map cannot go below ln 2.
+    with torch.no_grad():
+        bias.zero_()
+        floor = segmentation_loss(module.net(clean).segmentation, target, ones, segmented)
+    assert floor.item() >= math.log(2) - 1e-6
+
+
+def test_the_full_resolution_head_keeps_its_own_bias_and_builds_no_unused_head():
+    net = SegDecNet(full_resolution=True, full_resolution_width=8, **SMALL)
+    assert net.seg_mask is None
+    assert net.full_resolution_head.out.bias is not None

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from crackseg.evaluation.metrics import image_metrics
+from crackseg.evaluation.metrics import confusion_at, image_metrics
 from crackseg.evaluation.plots import (
     dice_panel_name,
     plot_precision_recall,
@@ -125,7 +125,11 @@ def test_dataset_table_from_counts() -> None:
         "Test samples": 1695,
         "Validation samples": 1695,
         "Segmented samples": 6921,
+        "Weak positives (image label only)": 0,
     }
+    mixed = dataset_table_from_counts(OmegaConf.create(SEED_CONFIG), SPLITS, 20)
+    assert mixed["Segmented samples"] == 20
+    assert mixed["Weak positives (image label only)"] == 6921 - 20
 
 
 def _write_run(run_dir: Path, metrics: dict, notes=()) -> tuple[Path, list[str]]:
@@ -169,7 +173,11 @@ def _seed_like_metrics() -> dict:
         ]
     )
     labels = torch.cat([torch.ones(1483), torch.zeros(212)]).long()
-    metrics = image_metrics(scores, labels)
+    # The counts at the validation threshold; the published protocol's at 0.01 on test.
+    metrics = image_metrics(scores, labels, threshold=0.5)
+    published = confusion_at(scores, labels, 0.01)
+    metrics.update({f"test_best_f_{k}": published[k] for k in ("tp", "fp", "tn", "fn")})
+    metrics.update(test_best_f_threshold=0.01, test_best_f_measure=published["f_measure"])
     metrics.update(
         seg_threshold=0.43,
         dice_mean=0.6512,
@@ -211,12 +219,15 @@ def test_report_has_the_seed_shape_and_right_numbers(tmp_path) -> None:
     assert _table_row(report, "**Sum**") == ["9887", "1411", "11298"]
     assert _table_row(report, "Learning rate") == ["1"]
     assert _table_row(report, "Weighted segmentation loss P") == ["2.0"]
-    summary = (
-        f"AUC: {metrics['image_auc']:.4f}, AP: {metrics['image_ap']:.4f}, "
-        f"threshold: {metrics['image_threshold']:.4f}, "
-        f"F-measure: {2 * 1473 / (2 * 1473 + 33 + 10):.4f}"
-    )
+    summary = f"AUC: {metrics['image_auc']:.4f}, AP: {metrics['image_ap']:.4f}."
     assert summary in report
+    assert "chosen on the validation split (0.5000" in report
+    assert f"F-measure {2 * 1473 / (2 * 1473 + 33 + 10):.4f}, accuracy 97.46 %" in report
+    # The published protocol's counts: a second, labelled table (every test image positive).
+    published = report.split("### Results by the published protocol", 1)[1]
+    assert "best F-measure on the test split itself (0.0100)" in published
+    assert _table_row(published, "**Positives**") == ["1483", "0"]
+    assert _table_row(published, "**Negatives**") == ["0", "212"]
     assert _table_row(report, "Dice") == ["0.6512", "0.2101"]
     assert _table_row(report, "IoU") == ["0.5123", "0.2222"]
     assert "threshold: 0.43" in report.lower() and "validation" in report
@@ -247,7 +258,7 @@ def test_report_with_undefined_metrics(tmp_path) -> None:
     )
     path, _ = _write_run(tmp_path, metrics)
     report = path.read_text(encoding="utf-8")
-    assert "AUC: n/a, AP: n/a, threshold: 0.5000" in report
+    assert "AUC: n/a, AP: n/a." in report and "validation split (0.5000" in report
     assert _table_row(report, "Dice") == ["n/a", "n/a"]
     assert _table_row(report, "**Negatives**") == ["1", "1"]
     assert "only one class" in report and "no positives" in report

@@ -41,3 +41,46 @@ def test_test_split_uses_the_validation_threshold():
     assert results["seg_threshold"] == pytest.approx(0.26)
     assert results["dice_mean"] == pytest.approx(2 * 4 / (64 + 4))
     assert results["iou_mean"] == pytest.approx(4 / 64)
+
+
+class ScoresAsImages(SegDecModule):
+    """Its 'image' holds the decision score in every pixel, so the counts are known."""
+
+    def forward(self, images):
+        return images[:, 0, 0, 0], images[:, :1]
+
+
+def _scored(positives: list[float], negatives: list[float]) -> list[dict]:
+    items = []
+    for label, scores in ((1.0, positives), (0.0, negatives)):
+        for score in scores:
+            items.append(
+                {
+                    "image": torch.full((3, 8, 8), score),
+                    "mask": torch.zeros(1, 8, 8),
+                    "label": torch.tensor(label),
+                    "index": torch.tensor(len(items)),
+                }
+            )
+    return items
+
+
+def test_the_image_threshold_comes_from_validation_and_counts_the_test_split():
+    module = ScoresAsImages(net={"channels": (4, 4, 4), "volume_channels": 4})
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    # Validation: 0.6 separates positives {0.6, 0.8} from negatives {0.3, 0.5}: F = 1 there.
+    val = DataLoader(_scored([0.6, 0.8], [0.3, 0.5]), batch_size=4)
+    trainer.validate(module, val, verbose=False)
+    assert float(module.image_threshold) == pytest.approx(0.6)
+    # Test alone would choose 0.55 (TP 2, FP 1: F 0.8, better than 0.9's 2/3).
+    test = DataLoader(_scored([0.55, 0.9], [0.2, 0.58]), batch_size=4)
+    trainer.test(module, test, verbose=False)
+    results = module.test_results
+    assert results["image_threshold"] == pytest.approx(0.6)
+    assert (results["tp"], results["fp"], results["tn"], results["fn"]) == (1, 0, 2, 1)
+    assert results["f_measure"] == pytest.approx(2 / 3)
+    # The published protocol's numbers are kept apart, clearly named.
+    assert results["test_best_f_threshold"] == pytest.approx(0.55)
+    published = tuple(results[f"test_best_f_{k}"] for k in ("tp", "fp", "tn", "fn"))
+    assert published == (2, 1, 1, 0)
+    assert results["test_best_f_measure"] == pytest.approx(0.8)

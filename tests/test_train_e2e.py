@@ -146,3 +146,48 @@ def test_without_validation_the_final_weights_are_tested(tmp_path, tiny_data_dir
     assert not list((tmp_path / "checkpoints").glob("best*.ckpt"))
     assert "testing the final weights" in (tmp_path / "train.log").read_text()
     assert json.loads((tmp_path / "metrics.json").read_text())["seg_threshold"] is not None
+
+
+def test_the_checkpoint_carries_the_validation_thresholds(tiny_run):
+    from crackseg.models.checkpoint import load_module, thresholds
+
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
+    image_threshold, seg_threshold = thresholds(load_module(best))
+    assert image_threshold == pytest.approx(metrics["image_threshold"])
+    assert seg_threshold == pytest.approx(metrics["seg_threshold"])
+
+
+def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(tiny_run, tiny_data_dir, tmp_path):
+    # Thresholds no validation split would choose: eval must take them from the checkpoint.
+    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
+    ckpt = torch.load(best, weights_only=True)
+    ckpt["state_dict"]["image_threshold"] = torch.tensor(0.999)
+    ckpt["state_dict"]["seg_threshold"] = torch.tensor(0.97)
+    edited = tmp_path / "edited.ckpt"
+    torch.save(ckpt, edited)
+    result = run_entry(
+        "eval",
+        f"ckpt_path={edited}",
+        "data.all_as_test=true",
+        *[o for o in TINY if o.startswith(("data.", "num_dice", "trainer.enable"))],
+        f"paths.data_dir={tiny_data_dir}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["image_threshold"] == pytest.approx(0.999)
+    assert metrics["seg_threshold"] == pytest.approx(0.97)
+    assert metrics["test_samples"] == 40 and metrics["train_samples"] == 0
+    assert metrics["tp"] + metrics["fn"] == 20 and metrics["tn"] + metrics["fp"] == 20
+
+
+def test_the_sweep_objective_is_the_best_validation_ap(tiny_run):
+    status = json.loads((tiny_run / "status.json").read_text())
+    ckpt = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)
+    (best_score,) = [
+        state["best_model_score"]
+        for key, state in ckpt["callbacks"].items()
+        if key.startswith("ModelCheckpoint") and "val/image_ap" in key
+    ]
+    assert status["metrics"]["best_val_image_ap"] == pytest.approx(float(best_score))

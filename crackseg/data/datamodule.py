@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data.augment import build_augmentation
 from crackseg.data.dataset import CrackDataset, WeightMapConfig
+from crackseg.data.io import image_size
 from crackseg.data.layouts import check_samples, index_layout
 from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.data.samples import Sample, count_positives
@@ -39,6 +41,20 @@ def choose_segmented(positives: list[Sample], num_segmented: int | None, seed: i
         )
     order = np.random.default_rng(seed).permutation(len(with_mask))
     return {with_mask[i] for i in order[:num_segmented]}
+
+
+def input_scaling(samples: list[Sample], height: int, width: int) -> dict[str, Any] | None:
+    """How training images reached the network's input size: ``native`` when every one of
+    them already has it (tiles), else ``resize``, with the most common source size.
+
+    Read from the file headers; prediction on new photographs applies the same scaling.
+    """
+    if not samples:
+        return None
+    sizes = Counter(image_size(s.image_path) for s in samples)
+    (source_h, source_w), _ = sizes.most_common(1)[0]
+    mode = "native" if set(sizes) == {(height, width)} else "resize"
+    return {"mode": mode, "source_height": source_h, "source_width": source_w}
 
 
 class CrackDataModule(pl.LightningDataModule):
@@ -82,6 +98,7 @@ class CrackDataModule(pl.LightningDataModule):
         weighted_seg_p: float = 2.0,
         weighted_seg_per_component: bool = False,
         augment: dict[str, Any] | None = None,
+        all_as_test: bool = False,
         split_seed: int = 0,
         seed: int = 0,
     ) -> None:
@@ -117,12 +134,15 @@ class CrackDataModule(pl.LightningDataModule):
             else None
         )
         self.augment = dict(augment or {})
+        self.all_as_test = all_as_test
         self.split_seed = split_seed
         self.seed = seed
         self.splits: dict[str, list[Sample]] | None = None
         self.segmented_ids: set[str] = set()
         self._sampler: BalancedNegativeSampler | None = None
         self._resume_state: dict[str, Any] | None = None
+        #: How the training images reached the input size (recorded in checkpoints).
+        self.input_scaling: dict[str, Any] | None = None
 
     # -- preparation -------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -141,16 +161,26 @@ class CrackDataModule(pl.LightningDataModule):
         if not self.root.exists():
             raise DataError(f"data root {self.root} does not exist (set data.root=PATH)")
         indexed = index_layout(self.layout, self.root, **self.layout_options)
-        splits = resolve_splits(
-            indexed, self.val_fraction, self.test_fraction, self.split_seed, self.split_file
-        )
+        if self.all_as_test:
+            # Someone else's labelled folder, evaluated as a whole with a checkpoint's thresholds.
+            everything = sorted(
+                (s for samples in indexed.values() for s in samples), key=lambda s: s.sample_id
+            )
+            splits = {"train": [], "val": [], "test": everything}
+        else:
+            splits = resolve_splits(
+                indexed, self.val_fraction, self.test_fraction, self.split_seed, self.split_file
+            )
         if self.check_files:
             splits = {
                 name: check_samples(samples, self.binarize_threshold, desc=f"checking {name}")
                 for name, samples in splits.items()
             }
-        if not splits["train"]:
+        if not splits["train"] and stage in (None, "fit"):
             raise DataError(f"the training split of {self.root} is empty")
+        if not splits["test"] and self.all_as_test:
+            raise DataError(f"no images to evaluate in {self.root}")
+        self.input_scaling = input_scaling(splits["train"], self.input_height, self.input_width)
         train_positives = [s for s in splits["train"] if s.is_positive]
         self.segmented_ids = choose_segmented(train_positives, self.num_segmented, self.split_seed)
         self.splits = splits

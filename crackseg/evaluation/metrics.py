@@ -162,22 +162,60 @@ def pixel_metrics(histograms: Tensor, threshold: float) -> dict[str, Any]:
 # --------------------------------------------------------------------------- image level
 
 
-def image_metrics(scores: Tensor, labels: Tensor) -> dict[str, Any]:
-    """Image-level metrics of the decision scores (sigmoid of the decision logits).
+def best_f_threshold(scores: Tensor, labels: Tensor) -> tuple[float, float]:
+    """The PR-curve threshold with the best F-measure, and that F-measure.
 
-    Returns ``image_auc``, ``image_ap``, ``image_threshold`` (the PR-curve threshold with the
-    best F-measure; ties go to the lowest threshold), ``f_measure`` and ``tp``, ``fp``,
-    ``tn``, ``fn`` at that threshold (positive = score >= threshold), plus ``roc`` =
-    (fpr, tpr) and ``pr`` = (precision, recall) as numpy arrays for the plots.
-
-    A split with only positives or only negatives has no ROC / PR curve: AUC and AP are
-    nan (torchmetrics is not called, so it neither warns nor returns a misleading 0), the
-    threshold is 0.5 and the counts are still computed.
+    Ties go to the lowest threshold. A split with only one class has no PR curve: returns
+    (DEFAULT_THRESHOLD, nan).
     """
+    scores_t, labels_t = _flat(scores, labels)
+    num_pos = int(labels_t.sum())
+    if num_pos == 0 or num_pos == labels_t.numel():
+        return DEFAULT_THRESHOLD, math.nan
+    precision, recall, thresholds = binary_precision_recall_curve(scores_t, labels_t)
+    # The last (precision=1, recall=0) point has no threshold: leave it out.
+    p, r = precision[:-1].double(), recall[:-1].double()
+    f = torch.nan_to_num(2 * p * r / (p + r), nan=0.0)
+    best = int(torch.argmax(f))
+    return float(thresholds[best]), float(f[best])
+
+
+def confusion_at(scores: Tensor, labels: Tensor, threshold: float) -> dict[str, Any]:
+    """TP, FP, TN, FN and the F-measure with positive = score >= ``threshold``."""
+    scores_t, labels_t = _flat(scores, labels)
+    predicted = scores_t >= threshold
+    actual = labels_t.bool()
+    tp = int((predicted & actual).sum())
+    fp = int((predicted & ~actual).sum())
+    tn = int((~predicted & ~actual).sum())
+    fn = int((~predicted & actual).sum())
+    denominator = 2 * tp + fp + fn
+    f_measure = 2 * tp / denominator if denominator else math.nan
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "f_measure": f_measure}
+
+
+def _flat(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     scores_t = torch.as_tensor(scores).detach().reshape(-1).float().cpu()
     labels_t = torch.as_tensor(labels).detach().reshape(-1).cpu().long()
     if scores_t.numel() != labels_t.numel():
         raise ValueError(f"image_metrics: {scores_t.numel()} scores but {labels_t.numel()} labels")
+    return scores_t, labels_t
+
+
+def image_metrics(scores: Tensor, labels: Tensor, threshold: float | None = None) -> dict[str, Any]:
+    """Image-level metrics of the decision scores (sigmoid of the decision logits).
+
+    Returns ``image_auc``, ``image_ap``, ``best_f_threshold`` and ``best_f_measure`` (the
+    threshold these scores would choose, METHOD.md §7), ``image_threshold`` (``threshold``
+    when given, e.g. one chosen on the validation split, else the best-F one), and at that
+    threshold ``f_measure`` and ``tp``, ``fp``, ``tn``, ``fn`` (positive = score >=
+    threshold), plus ``roc`` = (fpr, tpr) and ``pr`` = (precision, recall) for the plots.
+
+    A split with only positives or only negatives has no ROC / PR curve: AUC and AP are
+    nan (torchmetrics is not called, so it neither warns nor returns a misleading 0), the
+    best-F threshold is 0.5 and the counts are still computed.
+    """
+    scores_t, labels_t = _flat(scores, labels)
     num_pos = int(labels_t.sum())
     num_neg = int(labels_t.numel()) - num_pos
 
@@ -188,42 +226,26 @@ def image_metrics(scores: Tensor, labels: Tensor) -> dict[str, Any]:
         auc = float(binary_auroc(scores_t, labels_t))
         ap = float(binary_average_precision(scores_t, labels_t))
         fpr, tpr, _ = binary_roc(scores_t, labels_t)
-        precision, recall, thresholds = binary_precision_recall_curve(scores_t, labels_t)
-        # The last (precision=1, recall=0) point has no threshold: leave it out.
-        p, r = precision[:-1].double(), recall[:-1].double()
-        f = torch.nan_to_num(2 * p * r / (p + r), nan=0.0)
-        best = int(torch.argmax(f))
-        threshold = float(thresholds[best])
+        precision, recall, _ = binary_precision_recall_curve(scores_t, labels_t)
         roc = (fpr.numpy(), tpr.numpy())
         pr = (precision.numpy(), recall.numpy())
     else:
         log.warning(
             "Image metrics on a split with %d positives and %d negatives: AUC and AP are "
-            "undefined (nan), threshold %s",
+            "undefined (nan)",
             num_pos,
             num_neg,
-            DEFAULT_THRESHOLD,
         )
         auc = ap = math.nan
-        threshold = DEFAULT_THRESHOLD
-
-    predicted = scores_t >= threshold
-    actual = labels_t.bool()
-    tp = int((predicted & actual).sum())
-    fp = int((predicted & ~actual).sum())
-    tn = int((~predicted & ~actual).sum())
-    fn = int((~predicted & actual).sum())
-    denominator = 2 * tp + fp + fn
-    f_measure = 2 * tp / denominator if denominator else math.nan
+    best_threshold, best_f = best_f_threshold(scores_t, labels_t)
+    chosen = best_threshold if threshold is None else float(threshold)
     return {
         "image_auc": auc,
         "image_ap": ap,
-        "image_threshold": threshold,
-        "f_measure": f_measure,
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
+        "best_f_threshold": best_threshold,
+        "best_f_measure": best_f,
+        "image_threshold": chosen,
+        **confusion_at(scores_t, labels_t, chosen),
         "roc": roc,
         "pr": pr,
     }

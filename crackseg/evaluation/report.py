@@ -52,6 +52,13 @@ RUN_PARAMETER_ROWS = (
     ("Validate on test", "validate_on_test", "bool"),
 )
 
+#: Rows the seed's table lacks, after its own: what changes a run's numbers beyond it.
+EXTRA_RUN_PARAMETER_ROWS = (
+    ("Decision target", "loss.decision_target", "str"),
+    ("Loss over a batch", "loss.batch_reduction", "str"),
+    ("Precision", "trainer.precision", "str"),
+)
+
 NOT_AVAILABLE = "n/a"
 _MISSING = object()
 
@@ -104,6 +111,8 @@ def _format_value(value: Any, kind: str) -> object:
         return int(value)
     if kind == "float":
         return float(value)
+    if kind == "str":
+        return str(value)
     number = float(value)
     return int(number) if number.is_integer() else number
 
@@ -121,6 +130,10 @@ def run_parameters_from_config(cfg: Any) -> list[tuple[str, object]]:
         if value is _MISSING:
             log.warning("Report: config has no %s; '%s' is written as n/a", key, name)
         rows.append((name, _format_value(value, kind)))
+    for name, key, kind in EXTRA_RUN_PARAMETER_ROWS:
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is not _MISSING:
+            rows.append((name, _format_value(value, kind)))
     return rows
 
 
@@ -129,7 +142,9 @@ def dataset_table_from_counts(
 ) -> dict[str, object]:
     """The Dataset table rows: input size from ``data.*``, sample counts from the splits.
 
-    ``split_counts`` maps 'train' / 'val' / 'test' to (positives, negatives).
+    ``split_counts`` maps 'train' / 'val' / 'test' to (positives, negatives);
+    ``num_segmented`` is the number of training positives that kept their masks, the other
+    training positives are weak (image label only).
     """
     table: dict[str, object] = {}
     for name, key in (
@@ -143,6 +158,9 @@ def dataset_table_from_counts(
         pair = _split_pair(split_counts, key)
         table[f"{label} samples"] = NOT_AVAILABLE if pair is None else sum(pair)
     table["Segmented samples"] = int(num_segmented)
+    train = _split_pair(split_counts, "train")
+    if train is not None:
+        table["Weak positives (image label only)"] = max(train[0] - int(num_segmented), 0)
     return table
 
 
@@ -157,6 +175,30 @@ def _auto_notes(metrics: Mapping[str, Any]) -> list[str]:
     if _is_undefined(metrics.get("dice_mean")):
         notes.append("Dice and IoU are undefined (n/a): the test split has no positives.")
     return notes
+
+
+def _confusion_table(metrics: Mapping[str, Any], prefix: str) -> list[str]:
+    """The seed's Results table: rows Positives/Negatives, columns True/False."""
+
+    def count(key: str) -> str:
+        return _count(metrics.get(prefix + key))
+
+    return _table(
+        ("", "True", "False"),
+        (
+            ("**Positives**", count("tp"), count("fn")),
+            ("**Negatives**", count("tn"), count("fp")),
+        ),
+    )
+
+
+def _accuracy(metrics: Mapping[str, Any], prefix: str) -> str:
+    """ ", accuracy NN.NN %" of the counts under ``prefix``, or nothing when undefined."""
+    counts = [metrics.get(prefix + k) for k in ("tp", "fp", "tn", "fn")]
+    if any(_is_undefined(c) for c in counts) or sum(int(c) for c in counts) == 0:
+        return ""
+    tp, fp, tn, fn = (int(c) for c in counts)
+    return f", accuracy {100.0 * (tp + tn) / (tp + fp + tn + fn):.2f} %"
 
 
 def write_report(
@@ -206,13 +248,7 @@ def write_report(
     lines += _table(("Parameter", "Value"), run_parameters)
 
     lines += ["", "", "## Results", ""]
-    lines += _table(
-        ("", "True", "False"),
-        (
-            ("**Positives**", _count(metrics.get("tp")), _count(metrics.get("fn"))),
-            ("**Negatives**", _count(metrics.get("tn")), _count(metrics.get("fp"))),
-        ),
-    )
+    lines += _confusion_table(metrics, "")
     lines += ["", "", "![AUC](./ROC.png)", "![Ap](./precision-recall.png)", ""]
 
     lines += ["## Dice test outputs", ""]
@@ -225,15 +261,26 @@ def write_report(
     lines += ["", "## Test metrics", ""]
     lines.append(
         "Image level (test split): "
-        f"AUC: {_num(metrics.get('image_auc'))}, AP: {_num(metrics.get('image_ap'))}, "
-        f"threshold: {_num(metrics.get('image_threshold'))}, "
-        f"F-measure: {_num(metrics.get('f_measure'))}"
+        f"AUC: {_num(metrics.get('image_auc'))}, AP: {_num(metrics.get('image_ap'))}. "
+        "The Results table counts the test images at the image threshold chosen on the "
+        f"validation split ({_num(metrics.get('image_threshold'))}, the best F-measure there), "
+        f"applied unchanged: F-measure {_num(metrics.get('f_measure'))}"
+        f"{_accuracy(metrics, '')}."
     )
-    counts = [metrics.get(k) for k in ("tp", "fp", "tn", "fn")]
-    if not any(_is_undefined(c) for c in counts) and sum(int(c) for c in counts) > 0:
-        tp, fp, tn, fn = (int(c) for c in counts)
-        accuracy = 100.0 * (tp + tn) / (tp + fp + tn + fn)
-        lines += ["", f"Accuracy at that threshold: {accuracy:.2f} %"]
+    if not _is_undefined(metrics.get("best_val_image_ap")):
+        best = _num(metrics["best_val_image_ap"])
+        lines += ["", f"Best validation AP (the weights tested): {best}"]
+    if "test_best_f_threshold" in metrics:
+        lines += ["", "### Results by the published protocol", ""]
+        lines.append(
+            "The threshold with the best F-measure on the test split itself "
+            f"({_num(metrics.get('test_best_f_threshold'))}), as the published code and the "
+            "seed's table count; it is chosen by looking at the test labels, so it flatters "
+            f"the result: F-measure {_num(metrics.get('test_best_f_measure'))}"
+            f"{_accuracy(metrics, 'test_best_f_')}."
+        )
+        lines += [""]
+        lines += _confusion_table(metrics, "test_best_f_")
     lines += [""]
     lines += _table(
         ("Pixel level (test positives)", "Mean", "Std"),

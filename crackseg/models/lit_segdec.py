@@ -1,4 +1,4 @@
-"""The LightningModule: losses, the dynamic balance, validation and test metrics."""
+"""The LightningModule: losses, the dynamic balance, thresholds, validation and test metrics."""
 
 from __future__ import annotations
 
@@ -8,60 +8,100 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import Tensor
+from torchmetrics import MeanMetric
 
 from crackseg.data.labels import downsample_to_output
 from crackseg.evaluation.collector import PerImageOutputs
 from crackseg.evaluation.metrics import (
+    DEFAULT_THRESHOLD,
     NUM_BINS,
     choose_seg_threshold,
+    confusion_at,
     image_metrics,
     pixel_histograms,
     pixel_metrics,
 )
-from crackseg.models.losses import decision_loss, loss_weights, segmentation_loss, total_loss
+from crackseg.models.losses import (
+    BATCH_REDUCTIONS,
+    DECISION_TARGETS,
+    decision_losses,
+    decision_targets,
+    loss_weights,
+    reduce_batch,
+    segmentation_losses,
+)
 from crackseg.models.segdecnet import SegDecNet
+
+#: Plain SGD at the published runs' learning rate, when no optimiser config is given.
+DEFAULT_OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.0}
+
+#: The training losses logged once per epoch: the mean over the samples each applies to.
+TRAIN_LOSSES = ("loss_seg", "loss_dec", "loss")
 
 
 class SegDecModule(pl.LightningModule):
     """Trains :class:`SegDecNet` with the mixed-supervision losses of METHOD.md §4.
 
     ``net`` holds the network's arguments (so a checkpoint rebuilds its own architecture);
-    ``input_*`` record the size it was trained for, checked when a checkpoint is evaluated;
-    ``run_config`` is the composed training config as YAML, for the report of a later evaluation.
-    Validation logs the image AP the best checkpoint is chosen by and picks the
-    segmentation threshold on the validation split; the test step uses that threshold.
+    ``optim``/``scheduler`` are Hydra configs of a partial optimiser / scheduler
+    (``_target_``, ``_partial_: true``, arguments). ``input_*`` record the size the network
+    was trained for and ``input_scaling`` how training images reached it (set from the data
+    when fitting starts); ``run_config`` is the composed training config as YAML.
+
+    The image threshold (best F-measure) and the segmentation threshold (best mean Dice) are
+    chosen on the validation split and kept as buffers, so every checkpoint carries the
+    thresholds of its own weights and evaluation or prediction never re-chooses them on the
+    data they are judged on.
     """
 
     def __init__(
         self,
         net: dict[str, Any],
         name: str = "segdec",
-        lr: float = 1.0,
+        optim: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
         delta_cls: float = 0.01,
         dynamic_balance: bool = True,
+        decision_target: str = "label",
+        batch_reduction: str = "mean",
         input_channels: int = 3,
         input_height: int = 640,
         input_width: int = 232,
+        input_scaling: dict[str, Any] | None = None,
         run_config: str | None = None,
     ) -> None:
         super().__init__()
+        if decision_target not in DECISION_TARGETS:
+            raise ValueError(f"decision_target must be one of {DECISION_TARGETS}")
+        if batch_reduction not in BATCH_REDUCTIONS:
+            raise ValueError(f"batch_reduction must be one of {BATCH_REDUCTIONS}")
         # The run's own hyperparameters go to TensorBoard with the final metrics instead.
         self.save_hyperparameters(logger=False)
         self.net = SegDecNet(in_channels=input_channels, **net)
+        self.register_buffer("image_threshold", torch.tensor(DEFAULT_THRESHOLD))
+        self.register_buffer("seg_threshold", torch.tensor(DEFAULT_THRESHOLD))
+        # nan_strategy "disable": checking for NaN would wait for the device every step.
+        self.train_means = torch.nn.ModuleDict(
+            {name: MeanMetric(nan_strategy="disable") for name in TRAIN_LOSSES}
+        )
+        self._resumed_means: dict[str, list[float]] | None = None
         self.val_outputs = PerImageOutputs()
         self.test_outputs = PerImageOutputs()
-        # Chosen on the validation split by the last validation (never on the test split).
-        self.seg_threshold = 0.5
+        self.last_val_image_ap = math.nan
+        # The best validation AP of the training run (what a sweeper optimises); set by the
+        # training pipeline before testing, reported with the test metrics.
+        self.best_val_image_ap = math.nan
         self.test_results: dict[str, Any] = {}
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Decision probabilities [B] and segmentation probabilities [B,1,H,W] at input size."""
         out = self.net(images)
-        seg = out.segmentation
+        seg = out.segmentation.float()
         if seg.shape[-2:] != images.shape[-2:]:
             seg = F.interpolate(seg, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.sigmoid(out.decision), torch.sigmoid(seg)
+        return torch.sigmoid(out.decision.float()), torch.sigmoid(seg)
 
     # -- training ----------------------------------------------------------------------
     def loss_weights(self) -> tuple[float, float]:
@@ -70,27 +110,86 @@ class SegDecModule(pl.LightningModule):
         return loss_weights(self.current_epoch, max_epochs, hp.delta_cls, hp.dynamic_balance)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        hp = self.hparams
         out = self.net(batch["image"])
-        target, weight = batch["mask"], batch["weight"]
-        if not self.net.full_resolution:
-            target, weight = downsample_to_output(target), downsample_to_output(weight)
-        loss_seg = segmentation_loss(out.segmentation, target, weight, batch["segmented"])
-        loss_dec = decision_loss(out.decision, batch["label"])
+        segmented = batch["segmented"]
+        soft_mask = downsample_to_output(batch["mask"])
+        if self.net.full_resolution:
+            seg_target, seg_weight = batch["mask"], batch["weight"]
+        else:
+            seg_target, seg_weight = soft_mask, downsample_to_output(batch["weight"])
+        # Losses in float32 whatever the precision the network ran in.
+        with torch.autocast(self.device.type, enabled=False):
+            seg_losses = segmentation_losses(out.segmentation.float(), seg_target, seg_weight)
+            targets = decision_targets(batch["label"], soft_mask, segmented, hp.decision_target)
+            dec_losses = decision_losses(out.decision.float(), targets)
+        everyone = torch.ones_like(segmented)
         lambda_seg, lambda_dec = self.loss_weights()
-        loss = total_loss(loss_seg, loss_dec, lambda_seg, lambda_dec)
-        size = batch["image"].shape[0]
-        log = {"on_step": False, "on_epoch": True, "batch_size": size, "sync_dist": True}
-        self.log("train/loss_seg", loss_seg, **log)
-        self.log("train/loss_dec", loss_dec, **log)
-        self.log("train/loss", loss, prog_bar=True, **log)
-        self.log_dict({"train/lambda_seg": lambda_seg, "train/lambda_dec": lambda_dec}, **log)
+        loss = lambda_seg * reduce_batch(seg_losses, segmented, hp.batch_reduction)
+        loss = loss + lambda_dec * reduce_batch(dec_losses, everyone, hp.batch_reduction)
+
+        # Logged as per-sample means over the epoch whatever the reduction: the segmentation
+        # loss over segmented samples only, so weak positives never dilute it.
+        seg_mean = reduce_batch(seg_losses.detach(), segmented)
+        dec_mean = dec_losses.detach().mean()
+        means = self.train_means
+        means["loss_seg"].update(seg_losses.detach(), segmented.to(seg_losses.dtype))
+        means["loss_dec"].update(dec_losses.detach())
+        # One value per sample (no weight tensor to copy to the device every step).
+        means["loss"].update((lambda_seg * seg_mean + lambda_dec * dec_mean).expand_as(dec_losses))
+        for name in TRAIN_LOSSES:
+            self.log(f"train/{name}", means[name], on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def on_train_epoch_start(self) -> None:
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_epoch=True)
+        # Constant within an epoch: logged once, so the step never waits for the device.
+        lambda_seg, lambda_dec = self.loss_weights()
+        values = {
+            "train/lambda_seg": lambda_seg,
+            "train/lambda_dec": lambda_dec,
+            "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+        }
+        self.log_dict(values, on_step=False, on_epoch=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.net.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = instantiate({**(hp.optim or DEFAULT_OPTIM), "_partial_": True})(
+            self.net.parameters()
+        )
+        if not hp.scheduler:
+            return optimizer
+        settings = dict(hp.scheduler)
+        interval = settings.pop("interval", "epoch")
+        scheduler = instantiate({**settings, "_partial_": True})(optimizer)
+        schedule = {"scheduler": scheduler, "interval": interval}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    # -- resuming in the middle of an epoch --------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint taken mid-epoch (a stop signal) carries the epoch's running sums,
+        so the resumed epoch logs the mean of all its batches, not only of those after it."""
+        if self._trainer is None:
+            return
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if 0 < done < self.trainer.num_training_batches:
+            checkpoint["epoch_running_means"] = {
+                name: [float(metric.mean_value), float(metric.weight)]
+                for name, metric in self.train_means.items()
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resumed_means = checkpoint.get("epoch_running_means")
+
+    def on_train_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        scaling = getattr(datamodule, "input_scaling", None)
+        if scaling is not None:
+            self.hparams["input_scaling"] = scaling
+        if self._resumed_means:
+            for name, (total, weight) in self._resumed_means.items():
+                self.train_means[name].mean_value.fill_(total)
+                self.train_means[name].weight.fill_(weight)
+            self._resumed_means = None
 
     # -- evaluation --------------------------------------------------------------------
     def _collect(self, batch: dict[str, Tensor], outputs: PerImageOutputs) -> None:
@@ -102,38 +201,51 @@ class SegDecModule(pl.LightningModule):
         self._collect(batch, self.val_outputs)
 
     @staticmethod
-    def _epoch_outputs(outputs: PerImageOutputs) -> tuple[dict[str, Tensor], dict, Tensor]:
-        """The split's gathered outputs, its image-level metrics and which images are positive."""
+    def _epoch_outputs(outputs: PerImageOutputs) -> tuple[dict[str, Tensor], Tensor]:
+        """The split's gathered outputs and which of its images are positive."""
         gathered = outputs.compute()
         outputs.reset()
-        image = image_metrics(gathered["scores"], gathered["labels"])
-        return gathered, image, gathered["labels"] == 1
+        return gathered, gathered["labels"] == 1
 
     def on_validation_epoch_end(self) -> None:
-        gathered, image, positives = self._epoch_outputs(self.val_outputs)
-        threshold, dice = choose_seg_threshold(gathered["histograms"][positives])
-        self.seg_threshold = threshold
+        gathered, positives = self._epoch_outputs(self.val_outputs)
+        image = image_metrics(gathered["scores"], gathered["labels"])
+        seg_threshold, dice = choose_seg_threshold(gathered["histograms"][positives])
         # An undefined AP (one-class split) must not win the best checkpoint.
         ap = image["image_ap"] if not math.isnan(image["image_ap"]) else 0.0
+        if not self.trainer.sanity_checking:
+            self.image_threshold.fill_(image["image_threshold"])
+            self.seg_threshold.fill_(seg_threshold)
+            self.last_val_image_ap = ap
         # The gathered values are equal on every rank; sync_dist only quiets Lightning.
         log = {"sync_dist": True}
         self.log("val/image_ap", ap, prog_bar=True, **log)
         self.log("val/image_auc", _finite(image["image_auc"]), **log)
+        self.log("val/image_threshold", image["image_threshold"], **log)
         self.log("val/dice", _finite(dice), **log)
-        self.log("val/seg_threshold", threshold, **log)
+        self.log("val/seg_threshold", seg_threshold, **log)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._collect(batch, self.test_outputs)
 
     def on_test_epoch_end(self) -> None:
-        gathered, image, positives = self._epoch_outputs(self.test_outputs)
-        pixel = pixel_metrics(gathered["histograms"][positives], self.seg_threshold)
+        gathered, positives = self._epoch_outputs(self.test_outputs)
+        scores, labels = gathered["scores"], gathered["labels"]
+        # The thresholds chosen on validation, applied unchanged; the best-F threshold of the
+        # test scores themselves (the published protocol) is kept apart, clearly named.
+        image = image_metrics(scores, labels, threshold=float(self.image_threshold))
+        published = confusion_at(scores, labels, image["best_f_threshold"])
+        pixel = pixel_metrics(gathered["histograms"][positives], float(self.seg_threshold))
         self.test_results = {
-            **image,
+            **{k: v for k, v in image.items() if not k.startswith("best_f_")},
+            "test_best_f_threshold": image["best_f_threshold"],
+            "test_best_f_measure": image["best_f_measure"],
+            **{f"test_best_f_{k}": published[k] for k in ("tp", "fp", "tn", "fn")},
             **pixel,
+            "best_val_image_ap": self.best_val_image_ap,
             "indices": gathered["indices"].cpu().numpy(),
-            "scores": gathered["scores"].cpu().numpy(),
-            "labels": gathered["labels"].cpu().numpy(),
+            "scores": scores.cpu().numpy(),
+            "labels": labels.cpu().numpy(),
             "positive_indices": gathered["indices"][positives].cpu().numpy(),
         }
         for key in ("image_auc", "image_ap", "f_measure", "dice_mean", "iou_mean"):

@@ -1,9 +1,23 @@
-"""The losses of METHOD.md §4 and their dynamically balanced schedule."""
+"""The losses of METHOD.md §4, their dynamically balanced schedule and their batch reduction.
+
+Losses are computed per sample first, so that the two batch conventions are one switch:
+
+- ``mean`` (the default): the segmentation loss is averaged over the segmented samples of
+  the batch, the decision loss over all of them, as most code does;
+- ``sum``: per-sample losses are added up, which is what the published code's accumulation
+  of per-sample gradients amounts to. At batch size B it steps B times further than ``mean``
+  (exactly, for plain SGD, when every sample of the batch is segmented), so a learning rate
+  converts as ``lr_mean = B * lr_sum``.
+"""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+DECISION_TARGETS = ("label", "mask_max")
+BATCH_REDUCTIONS = ("mean", "sum")
 
 
 def loss_weights(
@@ -20,21 +34,62 @@ def loss_weights(
     return 1.0 - progress, delta * progress
 
 
-def segmentation_loss(logits: Tensor, target: Tensor, weight: Tensor, segmented: Tensor) -> Tensor:
-    """Weighted BCE averaged per sample, then over the segmented samples of the batch only.
-
-    Weak positives (``segmented`` False) contribute nothing, and the batch mean does not
-    count them, so adding a weak positive to a batch leaves the loss unchanged.
-    """
+def segmentation_losses(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Weighted BCE of each sample [B], averaged over its pixels."""
     per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
-    per_sample = per_pixel.flatten(1).mean(dim=1)
-    mask = segmented.to(per_sample.dtype)
-    return (per_sample * mask).sum() / mask.sum().clamp(min=1.0)
+    return per_pixel.flatten(1).mean(dim=1)
 
 
-def decision_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """BCE between the decision logit and the image label."""
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+def decision_losses(logits: Tensor, targets: Tensor) -> Tensor:
+    """BCE of each sample's decision logit [B] against its target."""
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+
+
+def decision_targets(
+    labels: Tensor, soft_mask: Tensor, segmented: Tensor, mode: str = "label"
+) -> Tensor:
+    """What the decision head is trained towards, per sample.
+
+    ``label``: the image label (the paper). ``mask_max``: the maximum of the sample's
+    downsampled soft mask ``soft_mask`` [B, 1, h, w] for segmented samples, which is below 1
+    for a crack a few pixels wide (about w/17 for a straight one w pixels wide), and the
+    label for weak positives, whose mask is unknown (the published training code).
+    """
+    if mode == "label":
+        return labels
+    if mode != "mask_max":
+        raise ValueError(f"decision target must be one of {DECISION_TARGETS}, not {mode!r}")
+    return torch.where(segmented, soft_mask.amax(dim=(1, 2, 3)).to(labels.dtype), labels)
+
+
+def reduce_batch(per_sample: Tensor, included: Tensor, reduction: str = "mean") -> Tensor:
+    """Sum, or mean, of the per-sample losses of the ``included`` samples (0 if there are none).
+
+    Written with a multiplication instead of indexing, so it never waits for the device.
+    """
+    mask = included.to(per_sample.dtype)
+    total = (per_sample * mask).sum()
+    if reduction == "sum":
+        return total
+    if reduction != "mean":
+        raise ValueError(f"batch reduction must be one of {BATCH_REDUCTIONS}, not {reduction!r}")
+    return total / mask.sum().clamp(min=1.0)
+
+
+def segmentation_loss(
+    logits: Tensor, target: Tensor, weight: Tensor, segmented: Tensor, reduction: str = "mean"
+) -> Tensor:
+    """The batch's segmentation loss: weak positives (``segmented`` False) contribute nothing.
+
+    With ``mean`` they are not counted either, so adding a weak positive to a batch leaves
+    the loss unchanged, and a batch of weak positives only has a loss of exactly 0.
+    """
+    return reduce_batch(segmentation_losses(logits, target, weight), segmented, reduction)
+
+
+def decision_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """The batch's decision loss."""
+    return reduce_batch(decision_losses(logits, targets), torch.ones_like(targets), reduction)
 
 
 def total_loss(loss_seg: Tensor, loss_dec: Tensor, lambda_seg: float, lambda_dec: float) -> Tensor:

@@ -28,17 +28,16 @@ class FeatureNorm(nn.Module):
     deviation is what the published implementation does and is kept to reproduce it.
     """
 
-    def __init__(self, num_channels: int, eps: float = 0.001, with_bias: bool = True) -> None:
+    def __init__(self, num_channels: int, eps: float = 0.001) -> None:
         super().__init__()
         self.eps = eps
         self.scale = nn.Parameter(torch.ones(1, num_channels, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(1, num_channels, 1, 1)) if with_bias else None
+        self.bias = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         mean = x.mean(dim=(2, 3), keepdim=True)
         std = x.std(dim=(2, 3), keepdim=True)
-        y = self.scale * (x - mean) / torch.sqrt(std + self.eps)
-        return y if self.bias is None else y + self.bias
+        return self.scale * (x - mean) / torch.sqrt(std + self.eps) + self.bias
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -128,8 +127,12 @@ class SegDecNet(nn.Module):
         )
         self.stage3 = nn.Sequential(*(conv_block(c2 if i == 0 else c3, c3, 5) for i in range(4)))
         self.volume = conv_block(c3, volume_channels, volume_kernel)
-        self.seg_mask = nn.Sequential(
-            nn.Conv2d(volume_channels, 1, 1, bias=False), FeatureNorm(1, with_bias=False)
+        # The 1/8 segmentation head. Its FeatureNorm bias is learned (METHOD.md §2): without
+        # it every map would be normalised to zero mean, i.e. probability 0.5 on clean images.
+        self.seg_mask = (
+            None
+            if full_resolution
+            else nn.Sequential(nn.Conv2d(volume_channels, 1, 1, bias=False), FeatureNorm(1))
         )
         d1, d2, d3 = decision_channels
         self.decision_features = nn.Sequential(
@@ -165,7 +168,7 @@ class SegDecNet(nn.Module):
         f2 = self.stage2(F.max_pool2d(f1, 2))
         f3 = self.stage3(F.max_pool2d(f2, 2))
         volume = self.volume(F.max_pool2d(f3, 2))
-        if self.full_resolution_head is None:
+        if self.seg_mask is not None:
             segmentation = self.seg_mask(volume)
             seg_low = segmentation
         else:

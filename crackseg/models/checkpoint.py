@@ -1,0 +1,79 @@
+"""Reading trained weights back: the module, its thresholds and how it saw its inputs.
+
+Checkpoints are read with ``weights_only`` (a checkpoint is data, never code to run) and
+upgraded in memory when they were written by an earlier version of crackseg, so weights
+trained before a change to the module's layout still evaluate and predict.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crackseg.errors import CracksegError
+from crackseg.models.lit_segdec import SegDecModule
+
+log = logging.getLogger(__name__)
+
+#: The 1/8 segmentation head's FeatureNorm bias, learned since it was found to be learned in
+#: the published code; earlier checkpoints have none, which equals a bias of 0.
+SEG_BIAS_KEY = "net.seg_mask.1.bias"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's dict, or one clear line when the file is missing or unreadable."""
+    ckpt = Path(path).expanduser()
+    if not ckpt.is_file():
+        raise CracksegError(f"checkpoint {ckpt} does not exist")
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CracksegError(f"cannot read checkpoint {ckpt}: {reason}") from error
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CracksegError(f"cannot read checkpoint {ckpt}: it holds no trained weights")
+    return state
+
+
+def upgrade(checkpoint: dict[str, Any], source: str = "checkpoint") -> dict[str, Any]:
+    """Bring an older checkpoint's hyperparameters and weights to the current module."""
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    state = dict(checkpoint["state_dict"])
+    if "lr" in hparams:  # before the optimiser was a config
+        hparams["optim"] = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": hparams["lr"]}
+        del hparams["lr"]
+    full_resolution = bool(hparams.get("net", {}).get("full_resolution", False))
+    if full_resolution:  # the unused 1/8 head is no longer built beside the full-resolution one
+        state = {k: v for k, v in state.items() if not k.startswith("net.seg_mask.")}
+    elif SEG_BIAS_KEY not in state and "net.seg_mask.1.scale" in state:
+        state[SEG_BIAS_KEY] = torch.zeros_like(state["net.seg_mask.1.scale"])
+    for name in ("image_threshold", "seg_threshold"):
+        if name not in state:
+            log.warning(
+                "%s was saved without its %s: 0.5 is used (thresholds=validation re-chooses it)",
+                source,
+                name.replace("_", " "),
+            )
+            state[name] = torch.tensor(0.5)
+    return {**checkpoint, "hyper_parameters": hparams, "state_dict": state}
+
+
+def load_module(path: str | Path) -> SegDecModule:
+    """The trained module of a checkpoint, on the CPU and in eval mode."""
+    checkpoint = upgrade(read_checkpoint(path), source=str(path))
+    try:
+        module = SegDecModule(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, RuntimeError, ValueError) as error:
+        reason = str(error).splitlines()[0]
+        raise CracksegError(f"checkpoint {path} does not fit this version: {reason}") from error
+    module.on_load_checkpoint(checkpoint)
+    return module.eval()
+
+
+def thresholds(module: SegDecModule) -> tuple[float, float]:
+    """(image threshold, segmentation threshold) the module's weights were validated with."""
+    return float(module.image_threshold), float(module.seg_threshold)
