@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import signal
@@ -188,6 +190,7 @@ class EvaluationReport(pl.Callback):
         metrics["num_segmented"] = trainer.datamodule.num_segmented_train
         metrics["num_weak"] = max(counts["train"][0] - metrics["num_segmented"], 0)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        self._write_scores(trainer, results, float(pl_module.image_threshold))
         if results.get("roc") is not None:
             plot_roc(*results["roc"], results["image_auc"], out / "ROC.png")
             plot_precision_recall(*results["pr"], results["image_ap"], out / "precision-recall.png")
@@ -199,6 +202,36 @@ class EvaluationReport(pl.Callback):
         if self.write_report is not None:
             self.write_report(out, metrics | {"dice_files": dice_files}, trainer)
         log.info("evaluation written to %s", out)
+
+    def _write_scores(
+        self, trainer: pl.Trainer, results: dict[str, Any], image_threshold: float
+    ) -> None:
+        """``test_scores.csv``: every test image's decision score, decision and Dice."""
+        samples = trainer.datamodule.dataset("test").samples
+        positive = results["positive_indices"].tolist()
+        dice_of = dict(zip(positive, results["dice_per_image"].tolist(), strict=True))
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(["sample_id", "image", "label", "decision_score", "decision", "dice"])
+        for index, label, score in zip(
+            results["indices"].tolist(),
+            results["labels"].tolist(),
+            results["scores"].tolist(),
+            strict=True,
+        ):
+            sample = samples[index]
+            dice = dice_of.get(index)
+            writer.writerow(
+                [
+                    sample.sample_id,
+                    str(sample.image_path),
+                    int(label),
+                    f"{score:.6f}",
+                    int(score >= image_threshold),
+                    "" if dice is None else f"{dice:.6f}",
+                ]
+            )
+        atomic_write_text(self.output_dir / "test_scores.csv", table.getvalue())
 
     def _dice_panels(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, results: dict[str, Any]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -29,9 +30,14 @@ def test_run_folder_holds_config_checkpoints_events_and_metrics(tiny_run):
     assert metrics.keys() >= METRIC_KEYS
     assert metrics["tp"] + metrics["fn"] == metrics["test_positives"]
     assert metrics["tn"] + metrics["fp"] == metrics["test_negatives"]
-    for name in ("report.md", "ROC.png", "precision-recall.png", "split.csv", "history.json"):
+    names = ("report.md", "ROC.png", "precision-recall.png", "split.csv", "history.json")
+    for name in (*names, "test_scores.csv"):
         assert (tiny_run / name).is_file(), name
     assert list((tiny_run / "dices").glob("*_dice_*.png"))
+    rows = list(csv.DictReader((tiny_run / "test_scores.csv").open()))
+    assert len(rows) == metrics["test_samples"]
+    assert sum(int(r["decision"]) and int(r["label"]) for r in rows) == metrics["tp"]
+    assert sum(r["dice"] != "" for r in rows) == metrics["test_positives"]
 
 
 def test_overrides_reach_the_composed_config(tiny_run):
