@@ -2,7 +2,7 @@
 
 torch starts one intra-op thread per core in every process. Two trainings side by side then
 keep twice as many busy threads as there are cores, and each parallel operation waits for
-threads the other job holds: on 2 cores the demo fell from about 9 to under 1 batch/s. So
+threads the other job holds: on 2 cores, two trainings each ran over ten times slower. So
 the jobs of a sweep that run at the same time on one machine (``hydra/launcher=
 local_parallel``) split the cores, counting their data-loader workers (processes that run
 torch with one thread each):
