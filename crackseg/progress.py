@@ -130,11 +130,9 @@ class EpochLog(ProgressBar):
         if max_epochs is not None and self._start is not None:
             per_epoch = (now - self._start) / self._epochs_done
             seconds_left = per_epoch * (max_epochs - trainer.current_epoch - 1)
-        metrics = {
-            key: float(value)
-            for key, value in trainer.callback_metrics.items()
-            if math.isfinite(float(value))
-        }
+        logged = trainer.callback_metrics
+        shown = [key for key, _ in TRAIN_FIELDS + VAL_FIELDS if key in logged]
+        metrics = {key: float(logged[key]) for key in shown if math.isfinite(float(logged[key]))}
         line = epoch_line(
             trainer.current_epoch + 1,
             max_epochs,
