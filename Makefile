@@ -11,7 +11,7 @@ ARGS ?=
 SWEEP ?= dilate
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format sweep summary tensorboard benchmark clean
+.PHONY: help install wheel train test lint format sweep summary tensorboard benchmark clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@touch $@
 
 install: $(VENV)/.installed ## create .venv and install crackseg with its dev tools
+
+wheel: | $(BIN)/python ## build dist/crackseg-<version>-py3-none-any.whl, configs included
+	$(BIN)/pip wheel --no-deps --wheel-dir dist .
 
 train: install ## run the demo: synthetic data, small model, CPU, a few minutes (ARGS=overrides)
 	$(BIN)/crackseg-train $(ARGS)
@@ -59,6 +62,6 @@ benchmark: install ## print the speed and memory tables of benchmarks/
 	$(BIN)/python benchmarks/throughput.py $(ARGS)
 	$(BIN)/python benchmarks/memory_vs_dataset_size.py
 
-clean: ## remove caches (keeps outputs/, data/ and .venv)
-	rm -rf .pytest_cache .ruff_cache build *.egg-info
+clean: ## remove caches and built wheels (keeps outputs/, data/ and .venv)
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -25,6 +25,7 @@ import crackseg.resolvers  # noqa: F401  (registers the resolvers the configs us
 from crackseg.errors import CracksegError, RunFolderError
 from crackseg.run_folder import finished_status, hydra_job, is_rank_zero, write_status
 from crackseg.sweep.gpus import job_device_context
+from crackseg.sweep.threads import set_job_threads
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def run_task(
             return done.get("metrics", {}).get(objective)
     try:
         with job_device_context(cfg):  # one GPU per job in a local parallel sweep
+            set_job_threads(cfg)  # and a share of the CPU cores
             results = task(cfg)
     except SIGTERMException:
         _record(output_dir, "interrupted")

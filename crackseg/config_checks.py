@@ -12,7 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from crackseg.errors import ConfigError
+from crackseg.data.download import UNPINNED, checked_sha256
+from crackseg.errors import ConfigError, DataError
 from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
 from crackseg.models.segdecnet import check_input_size
 
@@ -85,3 +86,20 @@ def check_config(cfg: DictConfig) -> None:
     fractions = [OmegaConf.select(cfg, f"data.{k}_fraction", default=0) for k in ("val", "test")]
     if sum(fractions) >= 1:
         raise ConfigError("data.val_fraction plus data.test_fraction must be below 1")
+    download = OmegaConf.select(cfg, "data.download", default=None)
+    if isinstance(download, DictConfig) and download.get("url"):
+        _check_download_checksum(download)
+
+
+def _check_download_checksum(download: DictConfig) -> None:
+    """A download needs a pinned SHA-256, or an explicit null to go unchecked."""
+    if "sha256" not in download or download.sha256 == UNPINNED:
+        raise ConfigError(
+            "data.download.sha256 is not set: pin the archive's SHA-256 "
+            "(data.download.sha256=HEX), or pass data.download.sha256=null to download it "
+            "unchecked (its SHA-256 is then logged, to pin)"
+        )
+    try:
+        checked_sha256(download.sha256)
+    except DataError as error:
+        raise ConfigError(f"data.download.sha256: {error}") from error

@@ -27,6 +27,7 @@ from crackseg.evaluation.report import (
 )
 from crackseg.models.checkpoint import load_module, thresholds
 from crackseg.models.lit_segdec import SegDecModule
+from crackseg.progress import progress_callbacks
 from crackseg.run_folder import (
     hydra_job,
     is_rank_zero,
@@ -35,6 +36,7 @@ from crackseg.run_folder import (
     write_run_info,
     write_status,
 )
+from crackseg.sweep.gpus import in_local_parallel_sweep
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,9 @@ def slurm_requeue_environment(enabled: bool) -> SLURMEnvironment:
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    # Off a terminal (or with sweep jobs sharing one), one log line per epoch, not a bar.
+    show_progress = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
+    callbacks = [*callbacks, *progress_callbacks(show_progress, in_local_parallel_sweep())]
     overrides: dict[str, Any] = {"plugins": [AtomicCheckpointIO()]}
     if SLURMEnvironment.detect():
         overrides["plugins"].append(slurm_requeue_environment(cfg.get("slurm_requeue", True)))

@@ -2,9 +2,10 @@
 
 ``${crackseg.run_dir:RESUME,DEFAULT}`` and ``${crackseg.hydra_subdir:OUTPUT_DIR}`` (conf/
 hydra/default.yaml) send a resumed run back into its own folder without rewriting its
-``.hydra/``;
-``${crackseg.dirname:...}`` names multirun job folders; ``${crackseg.local_jobs:N}``
-(conf/hydra/launcher/local_parallel.yaml) sizes a local parallel sweep. Every entry point
+``.hydra/``; ``${crackseg.job_folder:NUM,OVERRIDE_DIRNAME}`` names multirun job folders
+(``crackseg.dirname``, its name part, is what folders of earlier sweeps recorded);
+``${crackseg.local_jobs:N}`` (conf/hydra/launcher/local_parallel.yaml) sizes a local
+parallel sweep. Every entry point
 imports this module through crackseg.cli, and Hydra's launcher workers through the sweep
 summary callback.
 """
@@ -32,6 +33,12 @@ def job_dirname(override_dirname: str, max_bytes: int = MAX_DIRNAME_BYTES) -> st
     digest = hashlib.sha1(raw).hexdigest()[:8]
     head = raw[: max_bytes - len(digest) - 1].decode(errors="ignore")
     return f"{head}~{digest}"
+
+
+def job_folder(num: int | str, override_dirname: str) -> str:
+    """A multirun job's folder: ``<num>_<overrides>``, or ``<num>`` when none tells it apart."""
+    name = job_dirname(override_dirname)
+    return f"{num}_{name}" if name else str(num)
 
 
 def _resumes_folder(resume: object) -> bool:
@@ -65,6 +72,7 @@ def register_resolvers() -> None:
     resolvers = {
         "crackseg.local_jobs": (_local_jobs, True),
         "crackseg.dirname": (job_dirname, False),
+        "crackseg.job_folder": (job_folder, False),
         "crackseg.run_dir": (run_dir, False),
         "crackseg.hydra_subdir": (hydra_subdir, False),
     }

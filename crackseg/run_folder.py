@@ -124,7 +124,11 @@ def git_commit(repo: Path) -> tuple[str | None, bool | None]:
 
 def provenance() -> dict[str, Any]:
     """What produced a run: package and library versions, commit, machine, command line."""
-    commit, dirty = git_commit(Path(crackseg.__file__).resolve().parent.parent)
+    package = Path(crackseg.__file__).resolve().parent
+    # An installed wheel holds its configs inside the package; it may sit in some other git
+    # repository (a project's .venv), whose commit says nothing about this code.
+    installed = Path(crackseg.CONFIG_DIR).parent == package
+    commit, dirty = (None, None) if installed else git_commit(package.parent)
     return {
         "crackseg_version": crackseg.__version__,
         "git_commit": commit,

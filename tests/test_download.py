@@ -12,10 +12,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error, run_entry
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
+import crackseg.resolvers  # noqa: F401  (the configs' resolvers)
+from crackseg import CONFIG_DIR
+from crackseg.config_checks import check_config
 from crackseg.data.download import download_archive, extract_archive, prepare_dataset
 from crackseg.data.layouts import index_layout
-from crackseg.errors import DataError
+from crackseg.errors import ConfigError, DataError
 
 
 def _png_bytes(value: int) -> bytes:
@@ -197,3 +204,49 @@ def test_prepare_dataset_keeps_user_data(tmp_path):
     (root / "train").mkdir(parents=True)
     url = (tmp_path / "absent.zip").as_uri()
     assert prepare_dataset(root, url, None) == root  # nothing fetched: the source is absent
+
+
+# --- a download is pinned, or unchecked on purpose ----------------------------------------
+
+
+def test_an_unpinned_download_is_refused_before_anything_is_fetched(tmp_path, archive):
+    root = tmp_path / "ksdd2"
+    result = run_entry(
+        "train",
+        "data=ksdd2",
+        f"data.root={root}",
+        f"data.download.url={archive.as_uri()}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    line = one_line_error(result)
+    assert "data.download.sha256 is not set" in line and "data.download.sha256=null" in line
+    assert not root.exists()  # nothing downloaded
+    # the library refuses the same without the config check, and a malformed checksum too
+    for sha256 in ("unpinned", "abc"):
+        with pytest.raises(DataError):
+            download_archive(archive.as_uri(), root, sha256)
+        assert not any(root.glob("*.zip*"))
+
+
+def _ksdd2_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", ["data=ksdd2", *overrides])
+
+
+def test_an_explicit_null_checksum_downloads_unchecked_and_logs_it(tmp_path, caplog):
+    source = _dataset_zip(tmp_path / "src" / "KolektorSDD2.zip", wrap="KolektorSDD2/")
+    root = tmp_path / "ksdd2"
+    url = f"data.download.url={source.as_uri()}"
+    with pytest.raises(ConfigError, match="64 hexadecimal digits"):
+        check_config(_ksdd2_config(f"data.root={root}", url, "data.download.sha256=abc"))
+    cfg = _ksdd2_config(f"data.root={root}", url, "data.download.sha256=null")
+    check_config(cfg)
+    with caplog.at_level(logging.WARNING):
+        instantiate(cfg.data, _convert_="all").prepare_data()
+    assert sorted(index_layout("ksdd2", root)) == ["test", "train"]
+    assert _sha(source) in caplog.text and "cannot be verified" in caplog.text
+    # the default config fetches nothing and asks for no checksum
+    cfg = _ksdd2_config(f"data.root={tmp_path / 'mine'}")
+    check_config(cfg)
+    instantiate(cfg.data, _convert_="all").prepare_data()
+    assert not (tmp_path / "mine").exists()

@@ -22,9 +22,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 import crackseg.sweep.gpus as gpus
+import crackseg.sweep.threads as threads
 from crackseg.config_checks import check_config
+from crackseg.resolvers import job_folder
 from crackseg.sweep import claim_gpu, job_device_context, job_dirname, visible_gpus
+from crackseg.sweep.job_names import common_keys, exclude_override, swept_keys
 from crackseg.sweep.summary import collect_runs, main
+from crackseg.sweep.threads import jobs_side_by_side, set_job_threads, threads_per_job
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -105,6 +109,25 @@ def test_job_dirname_only_shortens_names_too_long_for_the_file_system() -> None:
     assert len(short.encode()) == 200
     assert short.startswith("key0=value0,key1=value1")
     assert short != job_dirname(long.replace("value39", "other"))  # the hash tells them apart
+
+
+def test_job_names_leave_out_what_every_job_shares() -> None:
+    task = ["+sweep=dilate", "seed=0,1", "trainer.max_epochs=2", "data.dilate=3", "lr=range(2)"]
+    params = {"data.dilate": "1,3,5,7", "seed": "0,1,2"}
+    assert swept_keys(task, params) == {"seed", "lr", "data.dilate"}
+    assert common_keys(task, params) == ["sweep", "trainer.max_epochs"]
+    assert common_keys(["model=a,b", "+x.y=1"], {}) == ["x.y"]
+    assert exclude_override(["sweep", "trainer.max_epochs"]) == (
+        "hydra.job.config.override_dirname.exclude_keys=['sweep','trainer.max_epochs']"
+    )
+    # Hydra reads the override back as the list it names.
+    (parsed,) = OverridesParser.create().parse_overrides([exclude_override(["a", "b.c"])])
+    assert parsed.value() == ["a", "b.c"]
+
+
+def test_job_folder_names() -> None:
+    assert job_folder(3, "data.dilate=5,seed=0") == "3_data.dilate=5,seed=0"
+    assert job_folder(0, "") == "0"  # nothing is swept: the number alone
 
 
 def test_launcher_configs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,6 +287,50 @@ def test_job_device_context_pins_a_free_gpu(
         assert gpu is None and cfg.trainer.devices == 1
 
 
+# --- a share of the cores per job ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cores", "jobs", "workers", "expected"),
+    [
+        (2, 2, 0, 1),  # this machine: two jobs, one core each
+        (2, 2, 2, 1),  # never fewer than one thread
+        (16, 4, 0, 4),
+        (16, 4, 2, 2),  # the loader workers take their cores from the job's share
+        (16, 3, 1, 4),  # 16 // 3 = 5 cores a job, one of them for the worker
+        (4, 8, 0, 1),  # more jobs than cores
+    ],
+)
+def test_threads_per_job(cores: int, jobs: int, workers: int, expected: int) -> None:
+    assert threads_per_job(cores, jobs, workers) == expected
+
+
+def test_jobs_side_by_side(tmp_path: Path) -> None:
+    basic = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    assert jobs_side_by_side(_hydra_cfg(tmp_path, JOBLIB, n_jobs=3), cores=8) == 3
+    assert jobs_side_by_side(_hydra_cfg(tmp_path, JOBLIB, n_jobs=-1), cores=8) == 8
+    assert jobs_side_by_side(_hydra_cfg(tmp_path, JOBLIB, n_jobs=-2), cores=8) == 7
+    assert jobs_side_by_side(_hydra_cfg(tmp_path, JOBLIB, n_jobs=1), cores=8) == 1
+    assert jobs_side_by_side(_hydra_cfg(tmp_path, basic, n_jobs=4), cores=8) == 1
+    assert jobs_side_by_side(None, cores=8) == 1  # a single run
+
+
+def test_set_job_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 8)
+    before = torch.get_num_threads()
+    cfg = OmegaConf.create({"data": {"num_workers": 1}})
+    try:
+        assert set_job_threads(cfg, _hydra_cfg(tmp_path, JOBLIB, n_jobs=2)) == 3
+        assert torch.get_num_threads() == 3
+        torch.set_num_threads(before)
+        assert set_job_threads(cfg, None) == before  # a single run keeps torch's default
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
+
 # --- tiny sweeps, end to end ----------------------------------------------------------
 
 
@@ -310,6 +377,7 @@ def tiny_sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "+sweep=dilate",
         "data.dilate=3",
         "seed=0,1",
+        "validation_n_epochs=1",  # the same in both jobs: not part of their names
         "hydra/launcher=local_parallel",
         "hydra.launcher.n_jobs=2",
         f"hydra.sweep.dir={sweep_dir}",
@@ -330,10 +398,14 @@ def _metrics(job: Path) -> dict:
 def test_parallel_sweep_writes_runs_and_summary(tiny_sweep: Path) -> None:
     jobs = sorted(p.name for p in tiny_sweep.iterdir() if p.is_dir())
     assert jobs == ["0_data.dilate=3,seed=0", "1_data.dilate=3,seed=1"]
+    # Two jobs side by side, no loader workers: each takes half the cores (at least one).
+    cores = len(os.sched_getaffinity(0))
+    threads = f"torch threads: {max(1, cores // 2)} ({cores} cores shared by 2 jobs side by side"
     for job in jobs:
         status = json.loads((tiny_sweep / job / "status.json").read_text())
         assert status["status"] == "finished"
         assert (tiny_sweep / job / "history.json").is_file()
+        assert threads in (tiny_sweep / job / "train.log").read_text()
     lines = (tiny_sweep / "summary.csv").read_text().splitlines()
     assert lines[0].split(",")[:5] == ["job", "status", "error", "seed", "data.dilate"]
     assert len(lines) == 3
@@ -406,6 +478,7 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
         "data.dilate=1",
         "seed=0",
         "data.input_height=60,64",
+        "trainer.max_epochs=1",  # the same in both jobs: not part of their names
         f"hydra.sweep.dir={sweep_dir}",
     )
     config_dir = tiny_config_dir(base)

@@ -5,7 +5,9 @@ CC BY-NC-SA 4.0, see https://www.vicos.si/resources/kolektorsdd2/). Off by defau
 a run never reaches the network unless its data config asks for it.
 
 Downloads go to ``<name>.part`` and are renamed only once the checksum holds, so an
-interrupted download is resumed and a corrupt one never looks finished.
+interrupted download is resumed and a corrupt one never looks finished. A download is
+checked against a pinned SHA-256; ``sha256=None`` downloads unchecked, knowingly, and logs
+the archive's SHA-256 for pinning.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import http.client
 import logging
 import os
+import re
 import shutil
 import tarfile
 import urllib.error
@@ -28,9 +31,12 @@ from crackseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# The address the dataset's page links to; its checksum is not pinned here (the page
-# publishes none), so prepare_dataset logs the computed one for the user to pin.
+# The address the dataset's page links to. Its authors publish no checksum, so none is
+# pinned here: a user pins the archive's SHA-256, or downloads it unchecked, knowingly.
 KSDD2_URL = "https://go.vicos.si/kolektorsdd2"
+#: The data configs' value of a checksum nobody chose yet (OmegaConf's ``???`` cannot be
+#: used: instantiating the data module would fail on it even when nothing is downloaded).
+UNPINNED = "unpinned"
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
@@ -45,6 +51,22 @@ def sha256_of(path: Path | str) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def checked_sha256(sha256: str | None) -> str | None:
+    """A pinned SHA-256 in lower case, or None to download unchecked; anything else (a value
+    left ``unpinned``, a typo) is refused before a byte is downloaded."""
+    if sha256 is None:
+        return None
+    value = str(sha256).strip().lower()
+    if value == UNPINNED:
+        raise DataError(
+            "no SHA-256 given for the download: pin the archive's SHA-256, or pass None "
+            "(null in a config) to download it unchecked"
+        )
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise DataError(f"a SHA-256 is 64 hexadecimal digits, not {sha256!r}")
+    return value
 
 
 def _name_from_url(url: str) -> str:
@@ -115,12 +137,13 @@ def _fetch_http(url: str, part: Path) -> None:
 def download_archive(
     url: str, dest_dir: Path | str, sha256: str | None, filename: str | None = None
 ) -> Path:
-    """Download ``url`` into ``dest_dir`` once, resuming a partial download, and verify it."""
+    """Download ``url`` into ``dest_dir`` once, resuming a partial download, and verify it
+    against ``sha256`` (None: unchecked, with a warning giving the SHA-256 to pin)."""
+    expected = checked_sha256(sha256)
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / (filename or _name_from_url(url))
     part = final.with_name(final.name + ".part")
-    expected = sha256.lower() if sha256 else None
     if final.is_file():
         if expected is None:
             _warn_unverified(final)
@@ -279,13 +302,15 @@ def _own_files(root: Path, archive_name: str | None = None) -> set[str]:
     return names
 
 
-def prepare_dataset(root: Path | str, url: str, sha256: str | None) -> Path:
+def prepare_dataset(root: Path | str, url: str | None, sha256: str | None) -> Path:
     """Make sure ``root`` holds the dataset, downloading and unpacking it if it does not.
 
     Returns ``root``: an archive whose content sits in one top folder is unwrapped, so
-    the dataset is indexed at ``root`` either way.
+    the dataset is indexed at ``root`` either way. Without a ``url`` nothing is fetched.
     """
     root = Path(root).expanduser()
+    if not url:
+        return root
     archive_name = _name_from_url(url)
     if root.is_dir():
         done = any(root.glob(f"{_MARKER_PREFIX}*"))

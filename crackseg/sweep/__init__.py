@@ -1,4 +1,5 @@
-"""Ablation sweeps: one GPU per local job, job folder names, and the summary of a multirun.
+"""Ablation sweeps: a GPU and a share of the cores per local job, job folder names, and the
+summary of a multirun.
 
 Importing the package registers the OmegaConf resolvers the Hydra configs use
 (crackseg.resolvers); Hydra imports it before composing any job, through the summary

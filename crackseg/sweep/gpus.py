@@ -149,7 +149,8 @@ def _cuda_initialized() -> bool:
     return torch is not None and bool(torch.cuda.is_initialized())
 
 
-def _hydra_config() -> DictConfig | None:
+def current_hydra_config() -> DictConfig | None:
+    """The running job's Hydra config, or None outside a Hydra run."""
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get() if HydraConfig.initialized() else None
@@ -168,6 +169,11 @@ def runs_parallel_locally(hydra_cfg: DictConfig | None) -> bool:
         return False
     n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=1)
     return n_jobs is None or int(n_jobs) != 1
+
+
+def in_local_parallel_sweep() -> bool:
+    """True inside a job of a multirun whose jobs share this machine at the same time."""
+    return runs_parallel_locally(current_hydra_config())
 
 
 def _wants_one_gpu(cfg: DictConfig) -> bool:
@@ -198,7 +204,7 @@ def job_device_context(
     so the next job on that GPU finds it empty (the worker's CUDA context, a few hundred MB,
     stays). Yields the claimed GPU id, or None.
     """
-    hydra_cfg = hydra_cfg if hydra_cfg is not None else _hydra_config()
+    hydra_cfg = hydra_cfg if hydra_cfg is not None else current_hydra_config()
     if not runs_parallel_locally(hydra_cfg) or not _wants_one_gpu(cfg):
         yield None
         return

@@ -1,0 +1,66 @@
+"""Job folders of a sweep named by what tells the jobs apart, not by what they share.
+
+Hydra names a job's folder after all of its overrides (``hydra.job.override_dirname``), so
+``crackseg-train -m +sweep=dilate trainer.max_epochs=2`` would put ``trainer.max_epochs=2``
+into every job's name. The swept keys are those given several values: the keys of
+``hydra.sweeper.params`` (a ``conf/sweep/`` file) and the command-line overrides that are
+sweeps (``seed=0,1``, ``range(3)``, ``glob(...)``). :class:`JobNamesCallback` adds every other
+key of the command line to ``override_dirname.exclude_keys`` of the jobs, before the sweeper
+composes them. It does so through the hydra overrides of the sweep, which Hydra applies to
+every job it composes, whatever the launcher (local, joblib workers, SLURM): a job's name
+is then ``<num>_<swept key>=<value>,...``, and its ``.hydra/hydra.yaml`` shows the keys left out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, read_write
+
+log = logging.getLogger(__name__)
+
+EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
+
+
+def _key(name: str) -> str:
+    return str(name).lstrip("+~")
+
+
+def swept_keys(task_overrides: Iterable[str], sweeper_params: Mapping[str, Any]) -> set[str]:
+    """The keys that vary between the jobs: sweeper params and command-line sweeps."""
+    parsed = OverridesParser.create().parse_overrides(list(task_overrides))
+    keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    return keys | {_key(name) for name in sweeper_params}
+
+
+def common_keys(task_overrides: Iterable[str], sweeper_params: Mapping[str, Any]) -> list[str]:
+    """The command-line keys every job shares, in the order they were typed."""
+    overrides = list(task_overrides)
+    swept = swept_keys(overrides, sweeper_params)
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
+    return [k for k in dict.fromkeys(keys) if k not in swept]
+
+
+def exclude_override(exclude_keys: Iterable[str]) -> str:
+    """The hydra override that sets ``override_dirname.exclude_keys`` to ``exclude_keys``."""
+    quoted = ",".join("'" + k.replace("\\", "\\\\").replace("'", "\\'") + "'" for k in exclude_keys)
+    return f"{EXCLUDE_KEYS}=[{quoted}]"
+
+
+class JobNamesCallback(Callback):
+    """Hydra callback: leave the settings common to all jobs out of the job folder names."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        task = OmegaConf.to_container(config.hydra.overrides.task)
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+        excluded = list(OmegaConf.select(config, EXCLUDE_KEYS, default=None) or [])
+        common = [k for k in common_keys(task, params) if k not in excluded]
+        if not common:
+            return
+        log.debug("left out of the job names (the same in every job): %s", ", ".join(common))
+        with read_write(config.hydra):
+            config.hydra.overrides.hydra.append(exclude_override([*excluded, *common]))

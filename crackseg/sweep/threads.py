@@ -1,0 +1,80 @@
+"""CPU threads per job, so that the jobs of a local sweep share the cores instead of fighting.
+
+torch starts one intra-op thread per core in every process. Two trainings side by side then
+keep twice as many busy threads as there are cores, and each parallel operation waits for
+threads the other job holds: on 2 cores, two trainings each ran over ten times slower. So
+the jobs of a sweep that run at the same time on one machine (``hydra/launcher=
+local_parallel``) split the cores, counting their data-loader workers (processes that run
+torch with one thread each):
+
+    threads = max(1, cores // jobs - workers)
+
+with ``cores`` the cores this process may use (``os.sched_getaffinity``), ``jobs`` the
+launcher's ``n_jobs`` and ``workers`` the job's ``data.num_workers``. A single run, or a sweep
+whose jobs run one after another, keeps torch's default (one thread per core, or
+OMP_NUM_THREADS where it is set). Every job logs the number it took.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+from crackseg.sweep.gpus import current_hydra_config, runs_parallel_locally
+
+log = logging.getLogger(__name__)
+
+
+def threads_per_job(cores: int, jobs: int, workers: int) -> int:
+    """torch intra-op threads for each of ``jobs`` jobs sharing ``cores`` cores, each job
+    also running ``workers`` loader workers: ``max(1, cores // jobs - workers)``."""
+    return max(1, cores // max(1, jobs) - workers)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a SLURM or taskset allocation, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def jobs_side_by_side(hydra_cfg: DictConfig | None, cores: int) -> int:
+    """How many jobs of this run's sweep run at once on this machine (1 for a single run).
+
+    joblib's ``n_jobs``: a negative value counts back from the cores (-1 is one job per core).
+    """
+    if not runs_parallel_locally(hydra_cfg):
+        return 1
+    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=None)
+    if n_jobs is None:
+        return 1
+    n_jobs = int(n_jobs)
+    return max(1, cores + 1 + n_jobs if n_jobs < 0 else n_jobs)
+
+
+def set_job_threads(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> int:
+    """Give this job its share of the cores (see the module docstring); returns the number
+    of torch intra-op threads the job now uses, which it also logs."""
+    import torch
+
+    hydra_cfg = hydra_cfg if hydra_cfg is not None else current_hydra_config()
+    cores = usable_cores()
+    jobs = jobs_side_by_side(hydra_cfg, cores)
+    if jobs == 1:
+        threads = torch.get_num_threads()
+        log.info("torch threads: %d (%d cores, no other job beside this one)", threads, cores)
+        return threads
+    workers = int(OmegaConf.select(cfg, "data.num_workers", default=0) or 0)
+    threads = threads_per_job(cores, jobs, workers)
+    torch.set_num_threads(threads)
+    log.info(
+        "torch threads: %d (%d cores shared by %d jobs side by side, %d loader workers each)",
+        threads,
+        cores,
+        jobs,
+        workers,
+    )
+    return threads

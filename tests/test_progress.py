@@ -1,0 +1,86 @@
+"""Progress off a terminal: one log line per epoch, no bar fragments; the bar on a terminal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+from conftest import run_tiny
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import TQDMProgressBar
+
+import crackseg.progress as progress
+from crackseg.pipeline import build_trainer
+from crackseg.progress import EpochLog, epoch_line, format_duration, progress_callbacks
+
+METRICS = {
+    "train/loss": 0.41234,
+    "train/loss_seg": 0.3,
+    "train/loss_dec": 0.1111,
+    "train/lambda_seg": 0.96,
+    "train/lambda_dec": 0.04,
+    "val/image_ap": 0.9876,
+    "val/image_auc": 0.9912,
+    "val/dice": 0.5,
+}
+
+
+def test_epoch_line() -> None:
+    assert epoch_line(5, 25, METRICS, True, 142.34, 72) == (
+        "epoch 5/25: loss 0.4123 seg 0.3000 dec 0.1111 lambda_seg 0.9600 lambda_dec 0.0400"
+        " | val AP 0.9876 AUC 0.9912 Dice 0.5000 | 142.3 images/s, 1m12s left"
+    )
+    # An epoch without validation shows no (stale) validation metrics; no limit, no time left.
+    assert epoch_line(3, None, {"train/loss": 1.0}, False, None, None) == "epoch 3: loss 1.0000"
+    assert [format_duration(s) for s in (0, 59.4, 72, 2 * 3600 + 7 * 60 + 30)] == [
+        "0s",
+        "59s",
+        "1m12s",
+        "2h07m",
+    ]
+
+
+def _trainer(tmp_path: Path, enabled: bool) -> pl.Trainer:
+    cfg = OmegaConf.create(
+        {
+            "trainer": {
+                "_target_": "pytorch_lightning.Trainer",
+                "accelerator": "cpu",
+                "enable_progress_bar": enabled,
+                "enable_model_summary": False,
+                "default_root_dir": str(tmp_path),
+            }
+        }
+    )
+    return build_trainer(cfg, [])
+
+
+def test_the_bar_stays_on_a_terminal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "output_is_terminal", lambda: True)
+    assert type(_trainer(tmp_path, True).progress_bar_callback) is TQDMProgressBar
+    assert _trainer(tmp_path, False).progress_bar_callback is None
+    # jobs of a local parallel sweep would draw their bars over each other
+    assert [type(c) for c in progress_callbacks(True, shared_output=True)] == [EpochLog]
+    monkeypatch.setattr(progress, "output_is_terminal", lambda: False)
+    assert type(_trainer(tmp_path, True).progress_bar_callback) is EpochLog
+    assert _trainer(tmp_path, False).progress_bar_callback is None  # off means off
+
+
+def test_a_run_off_a_terminal_logs_one_line_per_epoch(tmp_path: Path, tiny_data_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_tiny(
+        run_dir, tiny_data_dir, "trainer.enable_progress_bar=true", "validation_n_epochs=2"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "\r" not in output and "it/s]" not in output  # no bar fragments
+    lines = [line for line in output.splitlines() if "[crackseg.progress]" in line]
+    assert len(lines) == 2, output[-3000:]
+    assert "epoch 1/2: loss " in lines[0] and "lambda_dec" in lines[0]
+    assert "val AP" not in lines[0]  # epoch 1 does not validate (every 2 epochs)
+    assert "epoch 2/2: loss " in lines[1] and "| val AP " in lines[1] and "Dice" in lines[1]
+    assert all("images/s" in line and " left" in line for line in lines)
+    log = (run_dir / "train.log").read_text()
+    assert all(line in log for line in lines)
+    assert "torch threads: " in log and "no other job beside this one" in log
