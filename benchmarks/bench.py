@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from crackseg import CONFIG_DIR
 from crackseg.data.labels import downsample_to_output
 from crackseg.data.synthetic import generate_synthetic_dataset
+from crackseg.errors import CracksegError
 from crackseg.models.flops import count_flops
 from crackseg.models.losses import decision_loss, segmentation_loss
 from crackseg.models.segdecnet import SegDecNet
@@ -88,10 +89,10 @@ class Row:
     flops_per_image: int | None = None
     channels_last: bool = False
     compiled: bool = False
-    # Data rows: the run's overrides (data.root included) and the stored images' size.
+    # Data rows: the run's overrides (data.root included), what to generate at data.root.
     run: tuple[str, ...] = ()
     data_root: str | None = None
-    stored: tuple[int, int] | None = None
+    synthetic: dict | None = None
 
     @property
     def key(self) -> str:
@@ -290,10 +291,10 @@ def variant_name(channels_last: bool, compiled: bool) -> str:
 
 
 def setting_rows(
-    setting: Setting, size: tuple[int, int] | None, data_dir: Path, args: argparse.Namespace
+    setting: Setting, args: argparse.Namespace, data_dir: Path, images_per_class: int
 ) -> list[Row]:
     """The train and infer rows of a network, then the data row of its run."""
-    height, width = size or (setting.height, setting.width)
+    height, width = args.size or (setting.height, setting.width)
     flops = count_flops(height, width, **net_arguments(setting.model))
     per_image = {"train": flops.train_step, "infer": flops.forward}
     shape = (setting.model, height, width)
@@ -306,9 +307,28 @@ def setting_rows(
     ):
         name = variant_name(layout, compiled)
         rows.append(Row(mode, *shape, batch, precision, name, per_image[mode], layout, compiled))
+    return [*rows, data_row(setting, height, width, data_dir, images_per_class, args.size)]
+
+
+def data_row(
+    setting: Setting,
+    height: int,
+    width: int,
+    data_dir: Path,
+    images_per_class: int,
+    size: tuple[int, int] | None,
+) -> Row:
+    """The training loader of the setting's run, on synthetic images made in ``data_dir``."""
     stored = setting.stored if size is None else None
-    source = stored or (height, width)
-    root = str(data_dir / f"{setting.model}_{source[0]}x{source[1]}")
+    source_height, source_width = stored or (height, width)
+    synthetic = dict(
+        num_positives=images_per_class,
+        num_negatives=images_per_class,
+        height=source_height,
+        width=source_width,
+        seed=0,
+    )
+    root = str(data_dir / f"{setting.model}_{source_height}x{source_width}_n{images_per_class}")
     run = (*setting.run, f"data.root={root}")
     run += (f"data.input_height={height}", f"data.input_width={width}")
     data = run_config(*run).data
@@ -318,20 +338,15 @@ def setting_rows(
     if data.augment.enabled:
         notes.append("augmentation")
     if stored:
-        notes.append(f"resized from {stored[0]}x{stored[1]}")
-    note = ", ".join(notes)
-    rows.append(
-        Row("data", *shape, data.batch_size, "-", note, run=run, data_root=root, stored=source)
-    )
-    return rows
+        notes.append(f"resized from {source_height}x{source_width}")
+    shape = (setting.model, height, width, data.batch_size, "-", ", ".join(notes))
+    return Row("data", *shape, run=run, data_root=root, synthetic=synthetic)
 
 
-def run_row(row: Row, device: str, timing: Timing, images_per_class: int) -> dict:
+def run_row(row: Row, device: str, timing: Timing) -> dict:
     """Measure ``row`` in a fresh process; its record for results.json."""
-    if row.mode == "data":
-        generate_synthetic_dataset(
-            row.data_root, images_per_class, images_per_class, *row.stored, seed=0
-        )
+    if row.synthetic is not None:
+        generate_synthetic_dataset(row.data_root, **row.synthetic)
     spec = json.dumps({"row": asdict(row), "timing": asdict(timing)})
     command = [sys.executable, __file__, "--device", device, "--worker", spec]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -451,11 +466,19 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         fail("--device cuda, but torch sees no CUDA device")
+    if args.json.is_dir():
+        fail(f"--json {args.json} is a folder; name the file to write")
     with tempfile.TemporaryDirectory(prefix="crackseg-bench-") as scratch:
         data_dir = (args.data_dir or Path(scratch)).resolve()
+        # --quick checks that the script runs: no warm-up, one step a row, fewer images.
+        timing = Timing(warmup=0, min_steps=1, min_seconds=0.0) if args.quick else Timing()
+        images_per_class = 8 if args.quick else 64
         rows = peak_rows(device)
-        for setting in SETTINGS:
-            rows += setting_rows(setting, args.size, data_dir, args)
+        try:
+            for setting in SETTINGS:
+                rows += setting_rows(setting, args, data_dir, images_per_class)
+        except CracksegError as error:  # an input size the network cannot take
+            fail(str(error))
         if args.rows:
             rows = [r for r in rows if any(fnmatch.fnmatchcase(r.key, p) for p in args.rows)]
             if not rows:
@@ -463,13 +486,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.list:
             print("\n".join(f"{r.key}  ({r.variant})" for r in rows))
             return
-        # --quick checks that the script runs: no warm-up, one step a row.
-        timing = Timing(warmup=0, min_steps=1, min_seconds=0.0) if args.quick else Timing()
-        images_per_class = 8 if args.quick else 64
         records = []
         for i, row in enumerate(rows, 1):
             print(f"[{i}/{len(rows)}] {row.key} ({row.variant})", file=sys.stderr, flush=True)
-            records.append(run_row(row, args.device, timing, images_per_class))
+            records.append(run_row(row, args.device, timing))
     report = {
         "device": f"{device.type}: {machine(device)}",
         "torch": torch.__version__,

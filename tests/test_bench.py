@@ -109,9 +109,16 @@ def refusal(bench, capsys, *argv: str) -> str:
     return one_line_error(result)
 
 
-def test_unmatched_rows_are_refused(bench, capsys, tmp_path):
-    line = refusal(bench, capsys, "--device", "cpu", "--rows", "nope/*", "--json", str(tmp_path))
-    assert "no row matches nope/*" in line
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--rows", "nope/*"], "no row matches nope/*"),
+        (["--size", "100x128"], "not divisible by 8"),
+        (["--json", "."], "is a folder"),
+    ],
+)
+def test_bad_arguments_are_refused(bench, capsys, argv, words):
+    assert words in refusal(bench, capsys, "--device", "cpu", *argv)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
