@@ -11,7 +11,7 @@ ARGS ?=
 SWEEP ?= dilate
 
 .DEFAULT_GOAL := help
-.PHONY: help install wheel train test lint format sweep summary tensorboard benchmark clean
+.PHONY: help install wheel train test lint format sweep summary tensorboard bench benchmark clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,9 +58,11 @@ summary: install ## rebuild the summary table of a folder of runs (ARGS=FOLDER)
 tensorboard: install ## compare every run under outputs/ in TensorBoard
 	$(BIN)/tensorboard --logdir outputs $(ARGS)
 
-benchmark: install ## print the speed and memory tables of benchmarks/
-	$(BIN)/python benchmarks/throughput.py $(ARGS)
+bench: install ## speed table, benchmarks/results.json, memory check (ARGS=bench.py options)
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 	$(BIN)/python benchmarks/memory_vs_dataset_size.py
+
+benchmark: bench ## the same as bench
 
 clean: ## remove caches and built wheels (keeps outputs/, data/ and .venv)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info

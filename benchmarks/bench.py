@@ -1,0 +1,514 @@
+"""Training, inference and data-loading speed, against the FLOP count and the machine's rate.
+
+    python benchmarks/bench.py [--device cpu|cuda] [--quick] [--rows PATTERN ...]
+                               [--channels-last] [--compile] [--size HxW] [--json PATH]
+
+Prints one markdown table and writes its rows to benchmarks/results.json. Rows:
+- ``peak``: a large 1x1 convolution (F.conv2d) and a matrix product, the rate this machine
+  reaches through torch, in float32 and bfloat16;
+- ``train``: one step as the training code takes it (forward under autocast, both losses in
+  float32, backward, SGD), for the paper's network at 3x640x232, the CPU demo's network at
+  128x128 and the cfd_tiles one at 160x160, at batch 1 and 8 (and 16 on a GPU), in float32
+  and bf16;
+- ``infer``: the forward pass under ``torch.inference_mode``;
+- ``data``: the training loader of that run alone (its workers, decoding, resizing, weight
+  maps, augmentation) on synthetic images, to compare with the step rate.
+
+Every row runs in a process of its own, so its peak memory is its own. ``--rows`` keeps the
+rows whose key (``--list`` shows them, e.g. ``segdec/640x232/b1/bf16/train``) matches one of
+the shell patterns. benchmarks/README.md explains the columns and the FLOP count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import itertools
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from crackseg import CONFIG_DIR
+from crackseg.data.labels import downsample_to_output
+from crackseg.data.synthetic import generate_synthetic_dataset
+from crackseg.errors import CracksegError
+from crackseg.models.flops import count_flops
+from crackseg.models.losses import decision_loss, segmentation_loss
+from crackseg.models.segdecnet import SegDecNet
+
+RESULTS = Path(__file__).with_name("results.json")
+#: Batch 16 on a GPU checks the estimate of benchmarks/README.md ("The seed run's cost").
+BATCHES = {"cpu": (1, 8), "cuda": (1, 8, 16)}
+PRECISIONS = ("fp32", "bf16")
+#: The volume of the paper's network at 640x232 is 1024 x 80x29: a 1x1 convolution on it.
+CONV_CHANNELS, CONV_SIZE = 1024, (80, 29)
+MATMUL_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A network at an input size, and the run whose training loader feeds it."""
+
+    model: str  # a conf/model name
+    height: int
+    width: int
+    run: tuple[str, ...]  # overrides of that run
+    stored: tuple[int, int] | None = None  # size of the stored images (None: the input size)
+
+
+SETTINGS = (
+    # The seed run: crack_segmentation's 448x448 images resized to 640x232.
+    Setting("segdec", 640, 232, ("experiment=seed_crack_segmentation",), (448, 448)),
+    Setting("segdec_small", 128, 128, ()),  # the CPU demo: crackseg-train's defaults
+    Setting("segdec_small_fullres", 160, 160, ("experiment=cfd_tiles",)),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    mode: str  # peak | train | infer | data
+    model: str
+    height: int
+    width: int
+    batch: int
+    precision: str  # fp32 | bf16 | - (data)
+    variant: str = "eager"
+    flops_per_image: int | None = None
+    channels_last: bool = False
+    compiled: bool = False
+    # Data rows: the run's overrides (data.root included), what to generate at data.root.
+    run: tuple[str, ...] = ()
+    data_root: str | None = None
+    synthetic: dict | None = None
+
+    @property
+    def key(self) -> str:
+        parts = [self.model, f"{self.height}x{self.width}", f"b{self.batch}", self.precision]
+        return "/".join(p for p in [*parts, self.mode] if p != "-")
+
+
+@dataclass(frozen=True)
+class Timing:
+    warmup: int = 3
+    min_steps: int = 3
+    min_seconds: float = 5.0
+
+
+@dataclass
+class Result:
+    images_per_s: float
+    steps: int
+    seconds: float
+    peak_mb: float | None = None
+
+
+# -- configs --------------------------------------------------------------------------------
+def run_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def net_arguments(model: str) -> dict:
+    return OmegaConf.to_container(run_config(f"model={model}").model.net, resolve=True)
+
+
+# -- measuring (in the row's own process) --------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], int], device: torch.device, timing: Timing) -> Result:
+    """Warm-up steps first, then steps until both minimums are reached.
+
+    ``step`` returns how many images it took. On CUDA the host may run ahead of the device;
+    the final synchronisation makes the time that of the work done, not of the launches.
+    """
+    for _ in range(timing.warmup):  # allocator, oneDNN/cuDNN kernel choice, compilation
+        step()
+    synchronize(device)
+    steps = images = 0
+    start = time.perf_counter()
+    while steps < timing.min_steps or time.perf_counter() - start < timing.min_seconds:
+        images += step()
+        steps += 1
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return Result(images / seconds, steps, seconds)
+
+
+def peak_memory_start(device: torch.device) -> float:
+    """The reference the row's peak is measured from (MB)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def peak_memory_since(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def measure_model(row: Row, device: torch.device, timing: Timing) -> Result:
+    """A training step or a forward pass of the network on a random batch."""
+    torch.manual_seed(0)
+    net_args = net_arguments(row.model)
+    start = peak_memory_start(device)
+    net = SegDecNet(**net_args).to(device)
+    shape = (row.batch, 3, row.height, row.width)
+    images = torch.rand(shape, device=device)
+    if row.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    model = torch.compile(net) if row.compiled else net
+    if row.mode == "infer":
+        net.eval()
+
+        def step() -> int:
+            with torch.inference_mode(), autocast(device, row.precision):
+                model(images)
+            return row.batch
+
+    else:
+        mask = (torch.rand(row.batch, 1, row.height, row.width, device=device) > 0.97).float()
+        weight = torch.ones_like(mask)
+        labels = torch.ones(row.batch, device=device)
+        segmented = torch.ones(row.batch, dtype=torch.bool, device=device)
+        # A small rate: the FLOPs do not depend on it, and random data must not diverge.
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+
+        def step() -> int:
+            with autocast(device, row.precision):
+                out = model(images)
+            target, weights = mask, weight
+            if not net.full_resolution:  # as the training step does, every step
+                target, weights = downsample_to_output(mask), downsample_to_output(weight)
+            loss = segmentation_loss(out.segmentation.float(), target, weights, segmented)
+            loss = loss + decision_loss(out.decision.float(), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return row.batch
+
+    result = timed(step, device, timing)
+    result.peak_mb = peak_memory_since(start, device)
+    return result
+
+
+def measure_peak(row: Row, device: torch.device, timing: Timing) -> Result:
+    """The machine's rate on one large operation, in the row's precision."""
+    dtype = torch.bfloat16 if row.precision == "bf16" else torch.float32
+    if row.model == "conv1x1":
+        x = torch.randn(row.batch, CONV_CHANNELS, row.height, row.width, device=device, dtype=dtype)
+        w = torch.randn(CONV_CHANNELS, CONV_CHANNELS, 1, 1, device=device, dtype=dtype)
+
+        def step() -> int:
+            F.conv2d(x, w)
+            return row.batch
+
+    else:
+        a = torch.randn(row.height, row.width, device=device, dtype=dtype)
+        b = torch.randn(row.width, row.height, device=device, dtype=dtype)
+
+        def step() -> int:
+            torch.mm(a, b)
+            return 1
+
+    return timed(step, device, timing)
+
+
+def measure_data(row: Row, timing: Timing) -> Result:
+    """Images/s of the run's training loader alone, epoch after epoch."""
+    module = instantiate(run_config(*row.run).data)
+    module.setup("fit")
+    loader = module.train_dataloader()
+
+    def batches():
+        epoch = 0
+        while True:
+            loader.sampler.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    stream = batches()
+    # The last batch of an epoch may be short: count the images.
+    return timed(lambda: len(next(stream)["label"]), torch.device("cpu"), timing)
+
+
+def measure(row: Row, device: torch.device, timing: Timing) -> Result:
+    if row.mode == "peak":
+        return measure_peak(row, device, timing)
+    if row.mode == "data":
+        return measure_data(row, timing)
+    return measure_model(row, device, timing)
+
+
+# -- planning and reporting (the parent process) -------------------------------------------
+def peak_rows(device: torch.device) -> list[Row]:
+    """Batch 64 on a GPU, where one 80x29 map is over in microseconds."""
+    batch = 64 if device.type == "cuda" else 1
+    conv = 2 * CONV_CHANNELS * CONV_CHANNELS * CONV_SIZE[0] * CONV_SIZE[1]
+    n = MATMUL_SIZE
+    rows = []
+    for precision in PRECISIONS:
+        rows.append(Row("peak", "conv1x1", *CONV_SIZE, batch, precision, "F.conv2d", conv))
+        rows.append(Row("peak", "matmul", n, n, 1, precision, "torch.matmul", 2 * n**3))
+    return rows
+
+
+def variants(channels_last: bool, compiled: bool) -> list[tuple[bool, bool]]:
+    """The (channels_last, compiled) pairs measured: eager always, the others on request."""
+    return [
+        (layout, compile_)
+        for layout in (False, True)
+        for compile_ in (False, True)
+        if (channels_last or not layout) and (compiled or not compile_)
+    ]
+
+
+def variant_name(channels_last: bool, compiled: bool) -> str:
+    names = [n for n, on in (("channels_last", channels_last), ("compiled", compiled)) if on]
+    return ", ".join(names) or "eager"
+
+
+def setting_rows(
+    setting: Setting, args: argparse.Namespace, data_dir: Path, images_per_class: int
+) -> list[Row]:
+    """The train and infer rows of a network, then the data row of its run."""
+    height, width = args.size or (setting.height, setting.width)
+    flops = count_flops(height, width, **net_arguments(setting.model))
+    per_image = {"train": flops.train_step, "infer": flops.forward}
+    shape = (setting.model, height, width)
+    rows = []
+    for mode, batch, precision, (layout, compiled) in itertools.product(
+        ("train", "infer"),
+        BATCHES[args.device],
+        PRECISIONS,
+        variants(args.channels_last, args.compile),
+    ):
+        name = variant_name(layout, compiled)
+        rows.append(Row(mode, *shape, batch, precision, name, per_image[mode], layout, compiled))
+    return [*rows, data_row(setting, height, width, data_dir, images_per_class, args.size)]
+
+
+def data_row(
+    setting: Setting,
+    height: int,
+    width: int,
+    data_dir: Path,
+    images_per_class: int,
+    size: tuple[int, int] | None,
+) -> Row:
+    """The training loader of the setting's run, on synthetic images made in ``data_dir``."""
+    stored = setting.stored if size is None else None
+    source_height, source_width = stored or (height, width)
+    synthetic = dict(
+        num_positives=images_per_class,
+        num_negatives=images_per_class,
+        height=source_height,
+        width=source_width,
+        seed=0,
+    )
+    root = str(data_dir / f"{setting.model}_{source_height}x{source_width}_n{images_per_class}")
+    run = (*setting.run, f"data.root={root}")
+    run += (f"data.input_height={height}", f"data.input_width={width}")
+    data = run_config(*run).data
+    notes = [f"{data.num_workers} workers"]
+    if data.weighted_seg:
+        notes.append("weight maps")
+    if data.augment.enabled:
+        notes.append("augmentation")
+    if stored:
+        notes.append(f"resized from {source_height}x{source_width}")
+    shape = (setting.model, height, width, data.batch_size, "-", ", ".join(notes))
+    return Row("data", *shape, run=run, data_root=root, synthetic=synthetic)
+
+
+def run_row(row: Row, device: str, timing: Timing) -> dict:
+    """Measure ``row`` in a fresh process; its record for results.json."""
+    if row.synthetic is not None:
+        generate_synthetic_dataset(row.data_root, **row.synthetic)
+    spec = json.dumps({"row": asdict(row), "timing": asdict(timing)})
+    command = [sys.executable, __file__, "--device", device, "--worker", spec]
+    done = subprocess.run(command, capture_output=True, text=True)
+    record = {
+        "model": row.model,
+        "input": f"{row.height}x{row.width}",
+        "batch": row.batch,
+        "precision": row.precision,
+        "mode": row.mode,
+        "variant": row.variant,
+        "channels_last": row.channels_last,
+        "compiled": row.compiled,
+        "flops_per_image": row.flops_per_image,
+    }
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        print(done.stderr[-3000:], file=sys.stderr)
+        return {**record, "error": lines[-1]}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    gflops = None
+    if row.flops_per_image is not None:
+        gflops = row.flops_per_image * result["images_per_s"] / 1e9
+    return {**record, **result, "gflops_per_s": gflops}
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+FLOPS_NOTE = (
+    "crackseg.models.flops: convolutions and the linear layer, 2 FLOPs a multiply-add; "
+    "train = forward + backward (input and weight gradients)"
+)
+MEMORY_NOTE = {
+    "cpu": "growth of the row process's peak resident set (ru_maxrss) from before the network "
+    "is built to the end of the timed steps",
+    "cuda": "torch.cuda.max_memory_allocated over the row (network, batch, activations)",
+}
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def table(records: list[dict]) -> str:
+    peak = {r["precision"]: r.get("gflops_per_s") for r in records if r["model"] == "conv1x1"}
+    lines = [
+        "| model | input | batch | precision | mode | variant | images/s | GFLOP/s "
+        "| of conv peak | peak MB |",
+        "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in records:
+        cells = [r["model"], r["input"], str(r["batch"]), r["precision"], r["mode"], r["variant"]]
+        if "error" in r:
+            cells += [f"failed: {r['error']}", "-", "-", "-"]
+        else:
+            gflops = r["gflops_per_s"]
+            reference = peak.get(r["precision"])
+            share = None if gflops is None or not reference else 100 * gflops / reference
+            share_text = "-" if share is None else f"{share:.0f} %"
+            digits = 2 if r["images_per_s"] < 10 else 1
+            cells += [fmt(r["images_per_s"], digits), fmt(gflops), share_text, fmt(r["peak_mb"], 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not HxW: {text!r}") from None
+    return height, width
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=default_device)
+    parser.add_argument("--quick", action="store_true", help="one step a row: checks, no timing")
+    parser.add_argument("--rows", nargs="+", metavar="PATTERN", help="keep matching row keys")
+    parser.add_argument("--list", action="store_true", help="list the row keys and exit")
+    parser.add_argument("--channels-last", action="store_true", help="add channels_last rows")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    parser.add_argument("--size", type=parse_size, help="one input size HxW for every network")
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"(default {RESULTS.name})")
+    parser.add_argument("--data-dir", type=Path, help="keep the synthetic images here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one row, in its own process
+    return parser.parse_args(argv)
+
+
+def worker(device: str, spec: str) -> None:
+    """Measure one row; its result is the last line of stdout."""
+    spec = json.loads(spec)
+    row = Row(**{**spec["row"], "run": tuple(spec["row"]["run"])})
+    result = measure(row, torch.device(device), Timing(**spec["timing"]))
+    print(json.dumps(asdict(result)))
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    if args.worker:
+        worker(args.device, args.worker)
+        return
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda, but torch sees no CUDA device")
+    if args.json.is_dir():
+        fail(f"--json {args.json} is a folder; name the file to write")
+    with tempfile.TemporaryDirectory(prefix="crackseg-bench-") as scratch:
+        data_dir = (args.data_dir or Path(scratch)).resolve()
+        # --quick checks that the script runs: no warm-up, one step a row, fewer images.
+        timing = Timing(warmup=0, min_steps=1, min_seconds=0.0) if args.quick else Timing()
+        images_per_class = 8 if args.quick else 64
+        rows = peak_rows(device)
+        try:
+            for setting in SETTINGS:
+                rows += setting_rows(setting, args, data_dir, images_per_class)
+        except CracksegError as error:  # an input size the network cannot take
+            fail(str(error))
+        if args.rows:
+            rows = [r for r in rows if any(fnmatch.fnmatchcase(r.key, p) for p in args.rows)]
+            if not rows:
+                fail(f"no row matches {' '.join(args.rows)} (--list shows the keys)")
+        if args.list:
+            print("\n".join(f"{r.key}  ({r.variant})" for r in rows))
+            return
+        records = []
+        for i, row in enumerate(rows, 1):
+            print(f"[{i}/{len(rows)}] {row.key} ({row.variant})", file=sys.stderr, flush=True)
+            records.append(run_row(row, args.device, timing))
+    report = {
+        "device": f"{device.type}: {machine(device)}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "python": platform.python_version(),
+        "timing": asdict(timing),
+        "flops_per_image": FLOPS_NOTE,
+        "peak_mb": MEMORY_NOTE[device.type],
+        "rows": records,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{report['device']}, torch {report['torch']}, threads: {report['threads']}")
+    print(table(records))
+    failed = [r for r in records if "error" in r]
+    if failed:
+        print(f"error: {len(failed)} of {len(records)} rows failed", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""What only a GPU can check: bf16 training of the paper's network, the benchmark on CUDA.
+
+Skipped, with the reason, on machines without one (tests/helpers/run_if.py).
+"""
+
+import json
+import subprocess
+import sys
+
+import torch
+from conftest import REPO
+from helpers.run_if import run_if
+
+from crackseg.data.labels import downsample_to_output
+from crackseg.models.losses import decision_loss, segmentation_loss
+from crackseg.models.segdecnet import SegDecNet
+
+
+def test_run_if_names_what_is_missing():
+    assert run_if().mark.args == (False,)
+    mark = run_if(min_cuda_gpus=99).mark
+    assert mark.args == (True,) and "needs 99 CUDA GPU(s)" in mark.kwargs["reason"]
+    if not torch.cuda.is_available():
+        mark = run_if(bf16_cuda=True).mark
+        assert mark.args == (True,) and "bfloat16" in mark.kwargs["reason"]
+
+
+@run_if(min_cuda_gpus=1, bf16_cuda=True)
+def test_bf16_training_step_of_the_paper_network_on_cuda():
+    torch.manual_seed(0)
+    net = SegDecNet().cuda()
+    images = torch.rand(2, 3, 640, 232, device="cuda")
+    mask = torch.zeros(2, 1, 640, 232, device="cuda")
+    mask[0, :, 300:340, 100:108] = 1.0
+    volume_before = net.volume[0].weight.detach().clone()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = net(images)
+    assert out.segmentation.dtype == torch.bfloat16  # autocast did reach the convolutions
+    target = downsample_to_output(mask)
+    segmented = torch.ones(2, dtype=torch.bool, device="cuda")
+    loss = segmentation_loss(out.segmentation.float(), target, torch.ones_like(target), segmented)
+    loss = loss + decision_loss(out.decision.float(), torch.tensor([1.0, 0.0], device="cuda"))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    for param in net.parameters():  # the weights and their gradients stay float32
+        assert param.dtype == param.grad.dtype == torch.float32
+        assert torch.isfinite(param.grad).all()
+    assert not torch.equal(net.volume[0].weight, volume_before)
+
+
+@run_if(min_cuda_gpus=1, bf16_cuda=True)
+def test_benchmark_runs_on_cuda(tmp_path):
+    rows = ["conv1x1/*/bf16/peak", "segdec/640x232/b1/bf16/train", "segdec/640x232/b8/fp32/infer"]
+    command = [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--device", "cuda"]
+    command += ["--quick", "--rows", *rows, "--json", str(tmp_path / "results.json")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["device"].startswith("cuda")
+    peak, train, infer = report["rows"]
+    assert peak["batch"] == 64 and peak["gflops_per_s"] > 0
+    # torch.cuda.max_memory_allocated: at least the weights (15.6 M float32 parameters).
+    assert train["peak_mb"] > 15.6e6 * 4 / 2**20 and infer["peak_mb"] > 0
