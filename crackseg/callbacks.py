@@ -189,6 +189,7 @@ class EvaluationReport(pl.Callback):
             metrics[f"{split}_samples"] = pos + neg
         metrics["num_segmented"] = trainer.datamodule.num_segmented_train
         metrics["num_weak"] = max(counts["train"][0] - metrics["num_segmented"], 0)
+        metrics["precision"] = str(trainer.precision)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         self._write_scores(trainer, results, float(pl_module.image_threshold))
         if results.get("roc") is not None:

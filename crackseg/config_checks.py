@@ -43,7 +43,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.input_height": (lambda v: _integer(v) and v > 0, "a positive integer"),
     "data.input_width": (lambda v: _integer(v) and v > 0, "a positive integer"),
     "data.batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    "data.eval_batch_size": (lambda v: v is None or (_integer(v) and v >= 1), "null or >= 1"),
+    "data.eval_batch_size": (
+        lambda v: v is None or v == "auto" or (_integer(v) and v >= 1),
+        "auto, null or an integer >= 1",
+    ),
     "data.num_workers": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     "data.num_segmented": (lambda v: v is None or (_integer(v) and v >= 0), "null or >= 0"),
     "data.neg_per_pos": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),

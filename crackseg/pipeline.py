@@ -25,6 +25,7 @@ from crackseg.evaluation.report import (
     run_parameters_from_config,
     write_report,
 )
+from crackseg.hardware import resolve_precision
 from crackseg.models.checkpoint import load_module, thresholds
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.progress import progress_callbacks
@@ -127,7 +128,16 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
         # No validation while training; the threshold is still chosen on validation after.
         overrides |= {"check_val_every_n_epoch": 10**9, "num_sanity_val_steps": 0}
         callbacks = [c for c in callbacks if not isinstance(c, ValidateOnLastEpoch)]
+    if cfg.trainer.get("benchmark") is None:
+        overrides["benchmark"] = not cfg.trainer.get("deterministic")
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
+
+
+def resolve_machine_settings(cfg: DictConfig) -> None:
+    """Settings that depend on the machine (``trainer.precision: auto``), made concrete
+    before anything compares, records or reports the config."""
+    if "trainer" in cfg:
+        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -136,7 +146,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     A stopped run continues from its newest checkpoint (``resume=``, see run_folder).
     """
     multirun, overrides = hydra_job()
+    resolve_machine_settings(cfg)
     cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)  # reads no data
+    resolve_machine_settings(cfg)  # a resumed run's own config
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if is_rank_zero():
@@ -205,6 +217,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     ``thresholds=validation`` re-chooses them on the validation split of the data given.
     """
     check_config(cfg)
+    resolve_machine_settings(cfg)
     if cfg.thresholds not in THRESHOLD_SOURCES:
         raise ConfigError(
             f"thresholds must be one of {', '.join(THRESHOLD_SOURCES)}, not {cfg.thresholds!r}"

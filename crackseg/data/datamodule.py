@@ -21,6 +21,7 @@ from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.data.samples import Sample, count_positives
 from crackseg.data.splits import resolve_splits, write_split_csv
 from crackseg.errors import ConfigError, DataError
+from crackseg.hardware import eval_batch_size
 from crackseg.models.segdecnet import check_input_size
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class CrackDataModule(pl.LightningDataModule):
         input_height: int = 640,
         input_width: int = 232,
         batch_size: int = 1,
-        eval_batch_size: int | None = None,
+        eval_batch_size: int | str | None = "auto",
         num_workers: int = 0,
         dilate: int = 1,
         binarize_threshold: int = 127,
@@ -116,7 +117,7 @@ class CrackDataModule(pl.LightningDataModule):
         self.input_height = input_height
         self.input_width = input_width
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.eval_batch_size_setting = eval_batch_size
         self.num_workers = num_workers
         self.dilate = dilate
         self.binarize_threshold = binarize_threshold
@@ -254,12 +255,24 @@ class CrackDataModule(pl.LightningDataModule):
                 "ignore", message="You're resuming from a checkpoint that ended"
             )
 
+    @property
+    def _device_type(self) -> str:
+        trainer = self.trainer
+        return trainer.strategy.root_device.type if trainer is not None else "cpu"
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Validation and test batch size; ``auto`` chooses by the device the run uses."""
+        return eval_batch_size(self.eval_batch_size_setting, self.batch_size, self._device_type)
+
     def _loader(self, dataset: CrackDataset, batch_size: int, **kwargs: Any) -> DataLoader:
+        # Pinned host memory lets batches reach a GPU asynchronously (non-blocking copies).
         return DataLoader(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self._device_type == "cuda",
             **kwargs,
         )
 

@@ -32,7 +32,7 @@ from crackseg.models.losses import (
     reduce_batch,
     segmentation_losses,
 )
-from crackseg.models.segdecnet import SegDecNet
+from crackseg.models.segdecnet import SegDecNet, SegDecOutput
 
 #: Plain SGD at the published runs' learning rate, when no optimiser config is given.
 DEFAULT_OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.0}
@@ -49,6 +49,9 @@ class SegDecModule(pl.LightningModule):
     (``_target_``, ``_partial_: true``, arguments). ``input_*`` record the size the network
     was trained for and ``input_scaling`` how training images reached it (set from the data
     when fitting starts); ``run_config`` is the composed training config as YAML.
+    ``channels_last`` stores activations NHWC; ``compile`` (a torch.compile mode: default,
+    reduce-overhead for CUDA graphs at small batches, max-autotune) compiles the network
+    for training.
 
     The image threshold (best F-measure) and the segmentation threshold (best mean Dice) are
     chosen on the validation split and kept as buffers, so every checkpoint carries the
@@ -70,6 +73,8 @@ class SegDecModule(pl.LightningModule):
         input_height: int = 640,
         input_width: int = 232,
         input_scaling: dict[str, Any] | None = None,
+        channels_last: bool = False,
+        compile: str | None = None,
         run_config: str | None = None,
     ) -> None:
         super().__init__()
@@ -95,9 +100,20 @@ class SegDecModule(pl.LightningModule):
         self.best_val_image_ap = math.nan
         self.test_results: dict[str, Any] = {}
 
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile and stage == "fit":
+            self.net.compile(mode=self.hparams.compile)  # in place: checkpoints keep their keys
+
+    def _run(self, images: Tensor) -> SegDecOutput:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Decision probabilities [B] and segmentation probabilities [B,1,H,W] at input size."""
-        out = self.net(images)
+        out = self._run(images)
         seg = out.segmentation.float()
         if seg.shape[-2:] != images.shape[-2:]:
             seg = F.interpolate(seg, size=images.shape[-2:], mode="bilinear", align_corners=False)
@@ -111,7 +127,7 @@ class SegDecModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         hp = self.hparams
-        out = self.net(batch["image"])
+        out = self._run(batch["image"])
         segmented = batch["segmented"]
         soft_mask = downsample_to_output(batch["mask"])
         if self.net.full_resolution:

@@ -1,0 +1,74 @@
+"""What the machine runs well: the numeric precision and the evaluation batch size.
+
+bf16 mixed precision is the default (``trainer.precision: auto``) only where the hardware
+computes in bf16 natively: a GPU with bf16 tensor cores (compute capability 8.0 and newer),
+or a CPU with AVX-512 BF16 or AMX instructions. Elsewhere bf16 is emulated and slower than
+float32, so ``auto`` stays in float32 there. Named experiments that reproduce published
+numbers (the seed run) set ``32-true`` themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from functools import cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: CPU flags (Linux /proc/cpuinfo) of instructions that compute in bf16.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+BF16 = "bf16-mixed"
+FLOAT32 = "32-true"
+#: Evaluation batch sizes: a CPU runs this network fastest one image at a time (a batch of
+#: 8 is ~25 % slower per image: the activations outgrow the caches); a GPU wants batches.
+CPU_EVAL_BATCH = 1
+GPU_EVAL_BATCH = 16
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX); False where unknown."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split()}
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def uses_cuda(accelerator: str) -> bool:
+    """Whether a run with this ``trainer.accelerator`` trains on a CUDA GPU."""
+    accelerator = str(accelerator).lower()
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def native_precision(accelerator: str) -> str:
+    """``bf16-mixed`` where the device computes in bf16 natively, else ``32-true``."""
+    if not uses_cuda(accelerator):
+        return BF16 if cpu_has_native_bf16() else FLOAT32
+    native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return BF16 if native else FLOAT32
+
+
+def resolve_precision(precision: str | int, accelerator: str) -> str:
+    """``trainer.precision``, with ``auto`` turned into what this machine runs natively."""
+    if str(precision) != "auto":
+        return str(precision)
+    chosen = native_precision(accelerator)
+    log.info("precision: %s (trainer.precision=auto on this machine)", chosen)
+    return chosen
+
+
+def eval_batch_size(setting: int | str | None, batch_size: int, device_type: str) -> int:
+    """``data.eval_batch_size``: a number, ``auto`` (by the device type the run uses: cuda,
+    cpu, ...), or null (the training batch size)."""
+    if setting is None:
+        return batch_size
+    if str(setting) == "auto":
+        return GPU_EVAL_BATCH if device_type == "cuda" else CPU_EVAL_BATCH
+    return int(setting)
