@@ -42,19 +42,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(
-        prefix=f".{path.stem}{PARTIAL}", suffix=path.suffix, dir=path.parent
-    )
-    os.close(fd)
-    os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes it private; a plain open() would not
-    tmp = Path(name)
+    prefix = f".{path.stem}{PARTIAL}"
+    tmp = None
     try:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a plain open() would not
         yield tmp
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        # A write that fails after its open (a full disk) names no file, others name the
+        # temporary one: name the file the user knows instead.
+        named = error.filename is None or Path(error.filename).name.startswith(prefix)
+        if error.errno is None or not named:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -152,9 +152,10 @@ class ValidationImages(pl.Callback):
         # One row per image: the image (grey), the ground truth, the predicted probabilities.
         grey = batch.mean(dim=1, keepdim=True).cpu()
         rows = torch.cat([grey, masks, seg.cpu()], dim=3).clamp(0, 1)
-        trainer.logger.experiment.add_images(
-            "val/predictions", rows, global_step=trainer.current_epoch
-        )
+        # The step Lightning logs the validation scalars at: a resumed run's logger drops
+        # what was logged from its checkpoint's step on, images included.
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        trainer.logger.experiment.add_images("val/predictions", rows, global_step=step)
 
 
 class EvaluationReport(pl.Callback):

@@ -18,16 +18,32 @@ from hydra.errors import (
     OverrideParseException,
 )
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from tqdm import tqdm
 
+import crackseg.errors
 import crackseg.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from crackseg.errors import CracksegError, RunFolderError
-from crackseg.run_folder import finished_status, hydra_job, is_rank_zero, write_status
+from crackseg.run_folder import (
+    claim_run_folder,
+    finished_status,
+    hydra_job,
+    is_rank_zero,
+    release_run_folder,
+    write_status,
+)
 from crackseg.sweep.gpus import job_device_context
 from crackseg.sweep.threads import set_job_threads
 
 log = logging.getLogger(__name__)
+
+#: The names of crackseg's own error types (crackseg.errors).
+_OWN_ERRORS = {
+    name
+    for name, value in vars(crackseg.errors).items()
+    if isinstance(value, type) and issubclass(value, CracksegError)
+}
 
 #: Exit status of a run stopped by SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
 EXIT_STOPPED = 143
@@ -60,18 +76,21 @@ def run_task(
     """
     output_dir = Path(cfg.paths.output_dir)
     multirun, _ = hydra_job()
-    if multirun and cfg.get("skip_finished", True):
-        done = finished_status(output_dir)
-        if done is not None:
-            log.info("skipping %s: finished in an earlier sweep", output_dir)
-            return done.get("metrics", {}).get(objective)
     try:
+        # Held since Hydra set up the job's log (crackseg.resolvers.job_log); claimed here
+        # too in case the logging config was replaced.
+        claim_run_folder(output_dir)
+        if multirun and cfg.get("skip_finished", True):
+            done = finished_status(output_dir)
+            if done is not None:
+                log.info("skipping %s: finished in an earlier sweep", output_dir)
+                return done.get("metrics", {}).get(objective)
         with job_device_context(cfg):  # one GPU per job in a local parallel sweep
             set_job_threads(cfg)  # and a share of the CPU cores
             results = task(cfg)
     except SIGTERMException:
         _record(output_dir, "interrupted")
-        print(f"stopped: continue with  crackseg-train resume={output_dir}", file=sys.stderr)
+        print_line(f"stopped: continue with  crackseg-train resume={output_dir}")
         sys.exit(EXIT_STOPPED)
     except Exception as raised:
         error = _root_cause(raised)
@@ -80,7 +99,7 @@ def run_task(
             _record(output_dir, "failed", error=one_line(error))
         if not multirun:
             if expected:
-                print(f"error: {one_line(error)}", file=sys.stderr)
+                print_line(f"error: {one_line(error)}")
                 sys.exit(2)
             raise
         if not expected:
@@ -88,10 +107,25 @@ def run_task(
             _record(output_dir, "failed", error=one_line(error))
         log.error("job failed: %s", one_line(error))
         return None
-    metrics = {k: v for k, v in results.items() if isinstance(v, int | float | str | None)}
-    if is_rank_zero():
-        write_status(output_dir, "finished", metrics=metrics)
-    return metrics.get(objective)
+    else:
+        metrics = {k: v for k, v in results.items() if isinstance(v, int | float | str | None)}
+        if is_rank_zero():
+            write_status(output_dir, "finished", metrics=metrics)
+        return metrics.get(objective)
+    finally:
+        release_run_folder(output_dir)  # the next job of a sweep may run in this process
+
+
+def print_line(text: str) -> None:
+    """Print ``text`` to stderr at the start of a line of its own.
+
+    A progress bar interrupted by an error is left mid-line (on stdout, on the same
+    terminal): closing the bars still open ends that line first.
+    """
+    for bar in list(tqdm._instances):
+        bar.close()
+    sys.stdout.flush()
+    print(text, file=sys.stderr, flush=True)
 
 
 def _record(output_dir: Path, status: str, **fields: Any) -> None:
@@ -109,9 +143,13 @@ def _is_storage_error(error: BaseException) -> bool:
 
 
 def _root_cause(error: BaseException) -> BaseException:
-    """Hydra's instantiate wraps what a constructor raised; the user needs the original."""
-    while isinstance(error, InstantiationException) and error.__cause__ is not None:
-        error = error.__cause__
+    """What the user needs to see: the error a constructor (Hydra's instantiate) or a
+    resolver (OmegaConf, which chains it as the context) raised, not the wrapper."""
+    while isinstance(error, InstantiationException | InterpolationResolutionError):
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
     return error
 
 
@@ -129,6 +167,12 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, OverrideParseException):
         return f"cannot parse the command line: {lines[0]}"
     text = lines[0] if lines else type(error).__name__
+    if isinstance(error, InterpolationResolutionError):
+        # A resolver's refusal that lost its chain on the way back from a launcher's worker
+        # process: "RunFolderError raised while resolving interpolation: MESSAGE".
+        name, _, message = text.partition(" raised while resolving interpolation: ")
+        if message and name in _OWN_ERRORS:
+            text = message
     cause = error.__cause__
     if isinstance(error, HydraException) and isinstance(cause, OmegaConfBaseException):
         cause_line = str(cause).splitlines()[0].strip()
@@ -146,11 +190,13 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         main()
-    except (HydraException, OmegaConfBaseException) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as error:  # e.g. Hydra cannot create the run folder
-        if not _is_storage_error(error):
-            raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+    except (HydraException, OmegaConfBaseException, OSError) as raised:
+        # A run folder refused by crackseg.resolvers, or one that cannot be created, is
+        # worded as itself, not as the resolver error wrapping it.
+        error = _root_cause(raised)
+        if not isinstance(error, CracksegError) and not _is_storage_error(error):
+            if not isinstance(raised, HydraException | OmegaConfBaseException):
+                raise
+            error = raised
+        print_line(f"error: {one_line(error)}")
         sys.exit(2)

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
 from crackseg.atomic import AtomicCheckpointIO
 from crackseg.callbacks import EvaluationReport, ValidateOnLastEpoch
@@ -30,6 +31,7 @@ from crackseg.models.checkpoint import load_module, thresholds
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.progress import progress_callbacks
 from crackseg.run_folder import (
+    checkpoint_step,
     hydra_job,
     is_rank_zero,
     prepare_training_run,
@@ -116,8 +118,21 @@ def slurm_requeue_environment(enabled: bool) -> SLURMEnvironment:
     return SLURMEnvironment(auto_requeue=enabled, requeue_signal=requeue_signal)
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+def build_logger(cfg: DictConfig, resume_step: int | None = None) -> Logger | bool:
+    """The run's logger; resuming at ``resume_step``, TensorBoard drops what the stopped run
+    logged from that step on (it is logged again), so no step appears twice."""
+    if not cfg.get("logger"):
+        return False
+    extra = {}
+    if resume_step is not None and issubclass(get_class(cfg.logger._target_), TensorBoardLogger):
+        extra["purge_step"] = resume_step  # passed on to TensorBoard's SummaryWriter
+    return instantiate(cfg.logger, **extra)
+
+
+def build_trainer(
+    cfg: DictConfig, callbacks: list[pl.Callback], resume_step: int | None = None
+) -> pl.Trainer:
+    logger = build_logger(cfg, resume_step)
     # Off a terminal (or with sweep jobs sharing one), one log line per epoch, not a bar.
     show_progress = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
     callbacks = [*callbacks, *progress_callbacks(show_progress, in_local_parallel_sweep())]
@@ -168,9 +183,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             hparams_of(cfg),
         )
     )
-    trainer = build_trainer(cfg, callbacks)
+    resume_step = checkpoint_step(checkpoint) if checkpoint is not None else None
+    trainer = build_trainer(cfg, callbacks, resume_step)
     if checkpoint is not None:
-        log.info("resuming from %s", checkpoint)
+        log.info("resuming from %s (step %d)", checkpoint, resume_step)
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     if trainer.is_global_zero:
         datamodule.save_split(output_dir / "split.csv")

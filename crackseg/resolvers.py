@@ -2,7 +2,10 @@
 
 ``${crackseg.run_dir:RESUME,DEFAULT}`` and ``${crackseg.hydra_subdir:OUTPUT_DIR}`` (conf/
 hydra/default.yaml) send a resumed run back into its own folder without rewriting its
-``.hydra/``; ``${crackseg.job_folder:NUM,OVERRIDE_DIRNAME}`` names multirun job folders
+``.hydra/``; ``${crackseg.job_log:OUTPUT_DIR,NAME}``, the job's log file, is what Hydra
+resolves first once it has the job's folder, so the folder is claimed for this process
+there, before the log file and ``.hydra/`` are written (crackseg.run_folder);
+``${crackseg.job_folder:NUM,OVERRIDE_DIRNAME}`` names multirun job folders
 (``crackseg.dirname``, its name part, is what folders of earlier sweeps recorded);
 ``${crackseg.local_jobs:N}`` (conf/hydra/launcher/local_parallel.yaml) sizes a local
 parallel sweep. Every entry point
@@ -46,18 +49,41 @@ def _resumes_folder(resume: object) -> bool:
 
 
 def run_dir(resume: object, default: str) -> str:
-    """The run folder: the one named by ``resume=RUN_DIR``, else a new one."""
-    return str(resume) if _resumes_folder(resume) else default
+    """The run folder: the one named by ``resume=RUN_DIR``, else a new one.
+
+    Hydra creates the folder right after; a ``resume=`` naming no run is refused first.
+    """
+    from crackseg.run_folder import check_resume_folder
+
+    if not _resumes_folder(resume):
+        return default
+    check_resume_folder(Path(str(resume)))
+    return str(resume)
+
+
+def job_log(output_dir: str, job_name: str) -> str:
+    """The job's log file, in a folder this process holds (refused if another one does).
+
+    Hydra creates the job's folder, then sets up logging (which opens this file), then saves
+    ``.hydra/``: claiming here is the earliest point that knows the folder, whether it came
+    from ``hydra.run.dir`` (typed or not) or from ``hydra.sweep.dir``/``subdir``.
+    """
+    from crackseg.run_folder import claim_run_folder
+
+    claim_run_folder(output_dir)
+    return str(Path(output_dir) / f"{job_name}.log")
 
 
 def hydra_subdir(output_dir: str) -> str | None:
     """Where Hydra saves the composed config: nowhere if the folder already holds a run.
 
     That run's ``.hydra/`` is the config it was started with: resuming it reads it, and a
-    command refused for pointing at the folder must not have replaced it first.
+    command refused for pointing at the folder must not have replaced it first. The folder
+    is claimed here too, for a job logging config without :func:`job_log`.
     """
-    from crackseg.run_folder import holds_run
+    from crackseg.run_folder import claim_run_folder, holds_run
 
+    claim_run_folder(output_dir)
     return None if holds_run(Path(output_dir)) else ".hydra"
 
 
@@ -75,6 +101,7 @@ def register_resolvers() -> None:
         "crackseg.job_folder": (job_folder, False),
         "crackseg.run_dir": (run_dir, False),
         "crackseg.hydra_subdir": (hydra_subdir, False),
+        "crackseg.job_log": (job_log, False),
     }
     for name, (function, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -1,5 +1,7 @@
 """A run's folder: its status, its provenance, and who may write into it.
 
+One live process at a time writes into a run folder: it holds a lock on ``.lock`` there
+(see :func:`claim_run_folder`), taken before Hydra writes anything into the folder.
 A folder holds a run once training has started in it (``status.json`` or a checkpoint).
 Such a folder is written into again only to resume that same run: ``resume=RUN_DIR``, or
 ``resume=auto`` (what every job of a multirun does, so re-running a sweep, or a requeued
@@ -8,11 +10,15 @@ cluster job, continues its unfinished jobs from their checkpoints).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,8 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 #: Written when SIGTERM or Ctrl-C stops training (crackseg.callbacks.StopCheckpoint).
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
+#: Locked by the process writing into the folder; it holds that process's pid and host.
+LOCK_FILE = ".lock"
 #: Config keys that may differ between a run and its resumption.
 RESUME_FREE_KEYS = ("resume", "skip_finished")
 
@@ -43,6 +51,81 @@ RESUME_FREE_KEYS = ("resume", "skip_finished")
 def is_rank_zero() -> bool:
     """Whether this is the first process of a run (Lightning reads the rank from the env)."""
     return rank_zero_only.rank == 0
+
+
+#: The run folders this process holds: absolute path -> descriptor of the locked file.
+_held: dict[str, int] = {}
+
+
+def claim_run_folder(folder: str | Path) -> None:
+    """Make this process the only one writing into ``folder`` until it releases it or ends.
+
+    A POSIX record lock on ``folder/.lock``: the kernel drops it when the process ends,
+    however it ends, so a killed run never leaves its folder locked. (Not ``flock``: data
+    loader workers forked while it is held would share it and keep it alive for a while
+    after their parent was killed; record locks are not inherited.) The holder writes its
+    pid and host into the file, which a refused process names. Only rank 0 of a
+    multi-process run claims the folder; the other ranks write where rank 0 holds it.
+    Claiming a folder this process holds already does nothing.
+    """
+    if not is_rank_zero():
+        return
+    key = os.path.abspath(folder)
+    if key in _held:
+        return
+    Path(key).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(key) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    holder = ""
+    for _ in range(20):  # a holder that has just taken the lock writes its name right after
+        if _try_lock(fd):
+            me = json.dumps({"pid": os.getpid(), "host": platform.node()})
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{me}\n".encode(), 0)
+            _held[key] = fd
+            return
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        if holder:
+            break
+        time.sleep(0.05)
+    os.close(fd)
+    raise RunFolderError(f"{key} is in use by {_describe_holder(holder)}; wait for it to end")
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        os.close(fd)
+        raise
+    return True
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"another process (pid {holder['pid']} on host {holder['host']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def release_run_folder(folder: str | Path) -> None:
+    """Let another process write into ``folder`` (emptying the holder's name first)."""
+    fd = _held.pop(os.path.abspath(folder), None)
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.close(fd)  # closing drops the lock
+
+
+def check_resume_folder(run_dir: Path) -> None:
+    """``resume=RUN_DIR`` must name a run's folder; checked before anything is written."""
+    if not run_dir.exists():
+        raise RunFolderError(f"resume={run_dir}: no such folder")
+    if not run_dir.is_dir():
+        raise RunFolderError(f"resume={run_dir} is not a folder")
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise RunFolderError(f"resume={run_dir} is not a run folder (no .hydra/config.yaml)")
 
 
 def refuse_used_folder(folder: Path) -> None:
@@ -137,6 +220,7 @@ def provenance() -> dict[str, Any]:
         "torch": torch.__version__,
         "pytorch_lightning": pl.__version__,
         "host": platform.node(),
+        "pid": os.getpid(),
         "command": sys.argv,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -187,6 +271,12 @@ def checkpoint_run_config(checkpoint: Path) -> DictConfig | None:
     return OmegaConf.create(text) if text else None
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The training step a checkpoint was saved at: what the resumed run logs from."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    return int(state["global_step"])
+
+
 def prepare_training_run(
     cfg: DictConfig, multirun: bool, task_overrides: list[str]
 ) -> tuple[DictConfig, Path | None]:
@@ -220,23 +310,24 @@ def prepare_training_run(
         raise RunFolderError(f"the run in {output_dir} already finished")
     remove_partial_writes(output_dir)
     checkpoint = resume_checkpoint(output_dir)
-    if checkpoint is None:
-        log.info("%s holds a run that saved no checkpoint: starting it again", output_dir)
-        return cfg, None
-    saved = checkpoint_run_config(checkpoint)
+    # The settings it ran with: the checkpoint's, else those it started with.
+    saved = checkpoint_run_config(checkpoint) if checkpoint is not None else None
+    if saved is None and (output_dir / ".hydra" / "config.yaml").is_file():
+        saved = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
     if saved is not None and (changed := config_differences(saved, cfg)):
         raise RunFolderError(
             f"{output_dir} holds a run with other settings ({'; '.join(changed)}); "
             "use another folder"
         )
+    if checkpoint is None:
+        log.info("%s holds a run that saved no checkpoint: starting it again", output_dir)
     return cfg, checkpoint
 
 
 def _resume_run_dir(
     cfg: DictConfig, run_dir: Path, output_dir: Path, task_overrides: list[str]
 ) -> tuple[DictConfig, Path]:
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
-        raise RunFolderError(f"resume={run_dir}: not a run folder (no .hydra/config.yaml)")
+    check_resume_folder(run_dir)
     if run_dir.resolve() != output_dir.resolve():
         raise RunFolderError(
             f"resume={run_dir} but the run folder is {output_dir}: drop hydra.run.dir"

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import platform
 import resource
 import signal
 import subprocess
@@ -17,9 +18,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import METRIC_KEYS, REPO, TINY, one_line_error, run_entry, run_tiny
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from crackseg.atomic import AtomicCheckpointIO, atomic_write_text, remove_partial_writes
 from crackseg.data.sampler import BalancedNegativeSampler
+from crackseg.run_folder import LOCK_FILE, claim_run_folder, release_run_folder
 
 HELPERS = REPO / "tests" / "helpers"
 
@@ -45,12 +49,10 @@ def metrics_of(run_dir: Path) -> dict:
     return {k: metrics[k] for k in METRIC_KEYS}
 
 
-def start_and_stall(
-    marker: Path, *args: str, epoch: int, batch: int, env: dict | None = None
-) -> subprocess.Popen:
-    """Start ``crackseg-train ARGS`` holding still after ``batch`` of ``epoch``; return then."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "crackseg.train", *args, *FAULT_RUN],
+def start_train(marker: Path, *args: str, epoch: int, batch: int | str, env: dict | None = None):
+    """Start ``crackseg-train ARGS`` to hold still after ``batch`` (or "val") of ``epoch``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "crackseg.train", *args],
         cwd=REPO,
         env={
             **os.environ,
@@ -62,15 +64,27 @@ def start_and_stall(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def start_and_stall(
+    marker: Path, *args: str, epoch: int, batch: int | str, env: dict | None = None
+) -> subprocess.Popen:
+    """Start the fault run with ``ARGS`` holding still after ``batch`` of ``epoch``; return
+    once it holds still there."""
+    process = start_train(marker, *args, *FAULT_RUN, epoch=epoch, batch=batch, env=env)
+    wait_for_stall(process, marker)
+    return process
+
+
+def wait_for_stall(process: subprocess.Popen, marker: Path) -> None:
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert process.poll() is None, process.stderr.read()[-3000:]
         assert time.monotonic() < deadline, "the run never reached the stall point"
         time.sleep(0.05)
-    return process
 
 
-def stall_run(run_dir: Path, data_dir: Path, epoch: int, batch: int) -> subprocess.Popen:
+def stall_run(run_dir: Path, data_dir: Path, epoch: int, batch: int | str) -> subprocess.Popen:
     return start_and_stall(
         run_dir.parent / f"{run_dir.name}.stalled",
         f"paths.data_dir={data_dir}",
@@ -98,11 +112,30 @@ def test_two_seeded_deterministic_runs_have_identical_metrics(reference, tiny_da
     assert (reference / ".hydra" / "config.yaml").is_file()
 
 
-def test_sigkill_mid_epoch_then_resume_ends_as_the_uninterrupted_run(
+def logged_steps(run_dir: Path) -> dict[str, list[int]]:
+    """The steps each scalar and image tag was logged at, as TensorBoard reads the events."""
+    events = EventAccumulator(
+        str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0}
+    )
+    events.Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return steps | {tag: [e.step for e in events.Images(tag)] for tag in events.Tags()["images"]}
+
+
+def test_sigkill_after_a_validation_then_resume_ends_as_the_uninterrupted_run(
     reference, tiny_data_dir, tmp_path
 ):
+    """Killed after epoch 1 was validated and logged, before any checkpoint of it: the run
+    trains epoch 1 again from epoch 0's last.ckpt, and TensorBoard shows each step once."""
     run_dir = tmp_path / "killed"
-    process = stall_run(run_dir, tiny_data_dir, epoch=1, batch=2)
+    process = stall_run(run_dir, tiny_data_dir, epoch=1, batch="val")
+    # while it runs the folder is its own: other commands are refused and write nothing
+    before = _tree_digest(run_dir)
+    holder = f"in use by another process (pid {process.pid} on host {platform.node()})"
+    assert holder in one_line_error(run_entry("train", f"resume={run_dir}"))
+    predict = run_entry("predict", "ckpt_path=a.ckpt", "input=a.png", f"hydra.run.dir={run_dir}")
+    assert holder in one_line_error(predict)
+    assert _tree_digest(run_dir) == before
     process.kill()  # SIGKILL: nothing runs after it; epoch 0's last.ckpt is what is left
     process.wait()
     assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
@@ -118,6 +151,93 @@ def test_sigkill_mid_epoch_then_resume_ends_as_the_uninterrupted_run(
     assert metrics_of(run_dir) == metrics_of(reference)
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["resumed"][0]["checkpoint"].endswith("last.ckpt")
+    # 28 training images in batches of 8: 4 steps an epoch; validation after epochs 1 and 2
+    # (steps 7 and 11) and once more after training (12), epoch 1's twice before the resume
+    steps = logged_steps(run_dir)
+    assert steps["val/image_ap"] == steps["val/predictions"] == [7, 11, 12]
+    assert steps == logged_steps(reference)
+
+
+def test_a_run_killed_before_its_first_checkpoint_frees_its_folder_and_keeps_its_settings(
+    tiny_data_dir, tmp_path
+):
+    """The folder's lock dies with the process, although its data loader workers (forked
+    while it held the lock) may outlive it for seconds; resuming it with another seed is
+    refused by the settings in .hydra/ as there is no checkpoint to compare with."""
+    run_dir = tmp_path / "early"
+    workers = "data.num_workers=2"
+    marker = tmp_path / "stalled"
+    args = [f"paths.data_dir={tiny_data_dir}", f"hydra.run.dir={run_dir}", "seed=3", workers]
+    process = start_train(marker, *FAULT_RUN, *args, epoch=0, batch=0)
+    wait_for_stall(process, marker)
+    assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == process.pid
+    process.kill()
+    process.wait()
+    claim_run_folder(run_dir)  # at once: refused while anything still held the lock
+    release_run_folder(run_dir)
+    started_with = (run_dir / ".hydra" / "config.yaml").read_bytes()
+    line = one_line_error(train(run_dir, tiny_data_dir, workers, "resume=auto", "seed=4"))
+    assert "seed: 3 -> 4" in line
+    assert (run_dir / ".hydra" / "config.yaml").read_bytes() == started_with
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
+
+
+def test_of_two_runs_started_in_one_folder_one_is_refused_and_writes_nothing(
+    tiny_data_dir, tmp_path
+):
+    """Both start at once; the one that locks the folder first holds it to its end (here
+    holding still at its first batch until the other has given up)."""
+    run_dir = tmp_path / "contested"
+    racers = {}
+    for name in ("racer_a", "racer_b"):
+        marker = tmp_path / f"{name}.stalled"
+        args = [*TINY, "trainer.max_epochs=1", "+callbacks.stall._target_=stall_callback.StallAt"]
+        args += [f"paths.data_dir={tiny_data_dir}", f"hydra.run.dir={run_dir}", f"run_name={name}"]
+        racers[name] = (marker, start_train(marker, *args, epoch=0, batch=0))
+    try:
+        deadline = time.monotonic() + 300
+        while all(process.poll() is None for _, process in racers.values()):
+            assert not all(marker.exists() for marker, _ in racers.values()), "both run"
+            assert time.monotonic() < deadline, "neither run reached its first batch"
+            time.sleep(0.05)
+        (loser,) = [name for name, (_, process) in racers.items() if process.poll() is not None]
+        (winner,) = set(racers) - {loser}
+        refused = racers[loser][1]
+        stderr = refused.stderr.read()
+        line = one_line_error(subprocess.CompletedProcess([], refused.returncode, "", stderr))
+        winner_marker, process = racers[winner]
+        assert f"pid {process.pid} on host {platform.node()}" in line
+        wait_for_stall(process, winner_marker)
+        winner_marker.unlink()  # let it go on
+        assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
+    finally:
+        for _, process in racers.values():
+            process.kill()
+            process.wait()
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert (info["pid"], info["host"]) == (process.pid, platform.node())
+    assert f"run_name={winner}" in info["command"]
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").run_name == winner
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert f"run_name: {winner}" in saved["hyper_parameters"]["run_config"]
+    assert set(json.loads((run_dir / "metrics.json").read_text())) >= METRIC_KEYS
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert not [p for p in files if loser.encode() in p.read_bytes()]
+
+
+def test_a_mistyped_resume_folder_is_refused_and_left_untouched(tmp_path):
+    dataset = tmp_path / "dataset"
+    (dataset / "images").mkdir(parents=True)
+    (dataset / "images" / "a.png").write_bytes(b"an image")
+    before = (sorted(dataset.rglob("*")), _tree_digest(dataset))
+    line = one_line_error(run_entry("train", f"resume={dataset}"))
+    assert line == f"error: resume={dataset} is not a run folder (no .hydra/config.yaml)"
+    assert (sorted(dataset.rglob("*")), _tree_digest(dataset)) == before
+    missing = tmp_path / "no_such_run"
+    line = one_line_error(run_entry("train", f"resume={missing}"))
+    assert line == f"error: resume={missing}: no such folder"
+    assert not missing.exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
@@ -276,7 +396,8 @@ def test_atomic_writes_keep_the_old_file_when_a_write_fails(tmp_path, monkeypatc
 def test_a_full_disk_ends_the_run_with_one_line_and_no_complete_looking_folder(
     tmp_path, tiny_data_dir
 ):
-    """A file size limit makes the first checkpoint write fail as a full disk would."""
+    """A file size limit makes the first checkpoint write fail as a full disk would. The
+    progress bar is on, its output and the error's in one stream, as on a terminal."""
 
     def limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
@@ -288,17 +409,24 @@ def test_a_full_disk_ends_the_run_with_one_line_and_no_complete_looking_folder(
             "-m",
             "crackseg.train",
             *TINY,
+            "trainer.enable_progress_bar=true",
             f"paths.data_dir={tiny_data_dir}",
             f"hydra.run.dir={run_dir}",
         ],
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         preexec_fn=limit_file_size,
         timeout=600,
     )
-    line = one_line_error(result)
-    assert "cannot write" in line and "File too large" in line
+    assert result.returncode == 2 and "Traceback" not in result.stdout, result.stdout[-3000:]
+    errors = [line for line in result.stdout.split("\n") if "error:" in line]
+    # on a line of its own (not after the bar), naming the file that could not be written
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert errors[0].startswith(f"error: cannot write {run_dir / 'checkpoints'}/"), errors
+    assert errors[0].endswith(".ckpt: File too large"), errors
     assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "report.md").exists()
     leftovers = [p.name for p in (run_dir / "checkpoints").glob("*")] if run_dir.exists() else []

@@ -341,6 +341,20 @@ def test_check_samples_lists_all_unreadable_files(tmp_path):
     assert "a.jpg" in message and "b_m.png" in message and "c.png" not in message
 
 
+def test_broken_symlinks_are_reported_not_skipped(tmp_path):
+    _pair(tmp_path, "a_crack", True)
+    (tmp_path / "images" / "b_crack.jpg").symlink_to(tmp_path / "gone.jpg")  # dangling
+    (tmp_path / "masks" / "b_crack.png").symlink_to(tmp_path / "gone.png")
+    loop = tmp_path / "images" / "noncrack_1.jpg"  # a negative needs no mask
+    loop.symlink_to(loop)
+    samples = index_layout("crack_segmentation", tmp_path)["all"]
+    assert [s.sample_id for s in samples] == ["a_crack", "b_crack", "noncrack_1"]
+    with pytest.raises(DataError, match="unreadable") as info:
+        check_samples(samples)
+    message = str(info.value)
+    assert all(name in message for name in ("b_crack.jpg", "b_crack.png", "noncrack_1.jpg"))
+
+
 def test_check_samples_size_mismatch(tmp_path):
     sample = _sample(tmp_path, "odd", True, np.full((H + 1, W), 255, np.uint8))
     with pytest.raises(DataError, match="odd_m.png"):

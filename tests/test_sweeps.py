@@ -25,6 +25,7 @@ import crackseg.sweep.gpus as gpus
 import crackseg.sweep.threads as threads
 from crackseg.config_checks import check_config
 from crackseg.resolvers import job_folder
+from crackseg.run_folder import LOCK_FILE
 from crackseg.sweep import claim_gpu, job_device_context, job_dirname, visible_gpus
 from crackseg.sweep.job_names import common_keys, exclude_override, swept_keys
 from crackseg.sweep.summary import collect_runs, main
@@ -460,11 +461,12 @@ def test_summary_command_rebuilds_from_a_folder_of_runs(
 
 
 def _mtimes(job: Path) -> dict[str, int]:
-    """Files a job writes itself (Hydra rewrites .hydra/ and appends to the log every time)."""
+    """Files a job writes itself (Hydra rewrites .hydra/ and appends to the log every time;
+    every process that opens the folder locks .lock and writes its pid there)."""
     return {
         str(p.relative_to(job)): p.stat().st_mtime_ns
         for p in job.rglob("*")
-        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log" and p.name != LOCK_FILE
     }
 
 

@@ -44,7 +44,15 @@ _WORKERS = 4
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    """The image files in ``folder``, broken symlinks (dangling, or a loop) included: reading
+    them then reports them as unreadable, where skipping them would shrink the dataset."""
+    return sorted(
+        p for p in folder.iterdir() if is_image_file(p) and (p.is_file() or _is_broken_link(p))
+    )
+
+
+def _is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
 
 
 def _by_stem(files: Iterable[Path]) -> dict[str, Path]:

@@ -1,9 +1,10 @@
-"""A callback for the fault tests: hold a training run still at a chosen batch.
+"""A callback for the fault tests: hold a training run still at a chosen point.
 
 Added to a run with ``+callbacks.stall._target_=stall_callback.StallAt`` (``tests/helpers``
 on PYTHONPATH). It acts only when CRACKSEG_TEST_STALL="EPOCH:BATCH:MARKER" is set: after
-that batch it writes MARKER and waits (up to two minutes) for the test to send a signal, so
-the signal lands in the middle of an epoch, at a known batch.
+that batch (BATCH=val: after that epoch's validation was logged, before any checkpoint of
+it is saved) it writes MARKER and waits (up to two minutes) for the test to send a signal,
+so the signal lands at a known point of the run, or to delete MARKER, which lets it go on.
 """
 
 from __future__ import annotations
@@ -13,17 +14,40 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
+
+
+def _stall_point() -> tuple[int, str, str] | None:
+    spec = os.environ.get("CRACKSEG_TEST_STALL")
+    if not spec:
+        return None
+    epoch, where, marker = spec.split(":", 2)
+    return int(epoch), where, marker
+
+
+def _stall(trainer: pl.Trainer, marker: str, what: str) -> None:
+    Path(marker).write_text(f"{what}\n")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not trainer.received_sigterm:
+        if not Path(marker).exists():
+            return
+        time.sleep(0.02)
 
 
 class StallAt(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        spec = os.environ.get("CRACKSEG_TEST_STALL")
-        if not spec:
+        point = _stall_point()
+        if point is None:
             return
-        epoch, index, marker = spec.split(":", 2)
-        if trainer.current_epoch != int(epoch) or batch_idx != int(index):
+        epoch, where, marker = point
+        if trainer.current_epoch == epoch and where == str(batch_idx):
+            _stall(trainer, marker, f"epoch {epoch} batch {batch_idx}")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # Lightning calls checkpoint callbacks after the others: none has saved this epoch yet.
+        point = _stall_point()
+        if point is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        Path(marker).write_text(f"epoch {epoch} batch {index}\n")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not trainer.received_sigterm:
-            time.sleep(0.02)
+        epoch, where, marker = point
+        if trainer.current_epoch == epoch and where == "val":
+            _stall(trainer, marker, f"epoch {epoch} validated")
