@@ -21,6 +21,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from crackseg.atomic import atomic_write_text
+from crackseg.evaluation import weak_ranking
 from crackseg.evaluation.metrics import json_ready
 from crackseg.evaluation.plots import (
     dice_panel_name,
@@ -156,6 +157,46 @@ class ValidationImages(pl.Callback):
         # what was logged from its checkpoint's step on, images included.
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
         trainer.logger.experiment.add_images("val/predictions", rows, global_step=step)
+
+
+class WeakRanking(pl.Callback):
+    """After testing, ranks the weak training positives by how uncertain the tested weights'
+    segmentation of them is (crackseg.evaluation.weak_ranking) into ``weak_ranking.csv``."""
+
+    def __init__(self, output_dir: str, batch_size: int = 8) -> None:
+        self.output_dir = Path(output_dir)
+        self.batch_size = batch_size
+
+    @rank_zero_only
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        weak = datamodule.weak_train_indices()
+        if not weak:
+            return
+        dataset = datamodule.dataset("train")
+        threshold = float(pl_module.seg_threshold)
+        entries = []
+        for start in range(0, len(weak), self.batch_size):
+            chosen = weak[start : start + self.batch_size]
+            images = torch.stack([dataset[i]["image"] for i in chosen]).to(pl_module.device)
+            with torch.no_grad():
+                scores, seg = pl_module(images)
+            for index, score, probabilities in zip(chosen, scores.cpu(), seg.cpu(), strict=True):
+                sample = dataset.samples[index]
+                value, pixels, mean = weak_ranking.uncertainty(probabilities[0], threshold)
+                entries.append(
+                    {
+                        "sample_id": sample.sample_id,
+                        "image": str(sample.image_path),
+                        "uncertainty": value,
+                        "decision_score": float(score),
+                        "crack_pixels": pixels,
+                        "mean_crack_probability": mean,
+                    }
+                )
+        path = self.output_dir / weak_ranking.RANKING_FILE
+        weak_ranking.write_ranking(path, weak_ranking.rank(entries))
+        log.info("%d weak positives ranked for annotation in %s", len(entries), path)
 
 
 class EvaluationReport(pl.Callback):

@@ -8,7 +8,8 @@ there, before the log file and ``.hydra/`` are written (crackseg.run_folder);
 ``${crackseg.job_folder:NUM,OVERRIDE_DIRNAME}`` names multirun job folders
 (``crackseg.dirname``, its name part, is what folders of earlier sweeps recorded);
 ``${crackseg.local_jobs:N}`` (conf/hydra/launcher/local_parallel.yaml) sizes a local
-parallel sweep. Every entry point
+parallel sweep; ``${crackseg.any_segmented:NUM_SEGMENTED}`` turns gradient-flow adjustment
+off for fully weak runs in conf/sweep/cfd_num_segmented.yaml. Every entry point
 imports this module through crackseg.cli, and Hydra's launcher workers through the sweep
 summary callback.
 """
@@ -93,6 +94,11 @@ def _local_jobs(default: int) -> int:
     return local_jobs(default)
 
 
+def any_segmented(num_segmented: int | None) -> bool:
+    """Whether a run keeps any pixel mask (``data.num_segmented`` not 0; null keeps all)."""
+    return num_segmented is None or int(num_segmented) > 0
+
+
 def register_resolvers() -> None:
     """Register once per process (Hydra resolves job configs in launcher workers too)."""
     resolvers = {
@@ -102,6 +108,7 @@ def register_resolvers() -> None:
         "crackseg.run_dir": (run_dir, False),
         "crackseg.hydra_subdir": (hydra_subdir, False),
         "crackseg.job_log": (job_log, False),
+        "crackseg.any_segmented": (any_segmented, False),
     }
     for name, (function, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

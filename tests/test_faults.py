@@ -258,6 +258,10 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
     assert result.returncode == 0, result.stderr[-3000:]
     assert metrics_of(run_dir) == metrics_of(reference)
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    # The interrupted epoch logs the mean of all its batches, those before the stop included:
+    # the checkpoint carried the epoch's running sums.
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history == json.loads((reference / "history.json").read_text())
 
 
 def test_a_sweep_run_again_resumes_its_killed_job(reference, tiny_data_dir, tmp_path):

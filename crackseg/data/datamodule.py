@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import warnings
 from collections import Counter
@@ -20,7 +21,8 @@ from crackseg.data.layouts import check_samples, index_layout
 from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.data.samples import Sample, count_positives
 from crackseg.data.splits import resolve_splits, write_split_csv
-from crackseg.errors import ConfigError, DataError
+from crackseg.errors import ConfigError, DataError, describe_files
+from crackseg.evaluation.weak_ranking import read_ranked_ids
 from crackseg.hardware import eval_batch_size
 from crackseg.models.segdecnet import check_input_size
 
@@ -42,6 +44,36 @@ def choose_segmented(positives: list[Sample], num_segmented: int | None, seed: i
         )
     order = np.random.default_rng(seed).permutation(len(with_mask))
     return {with_mask[i] for i in order[:num_segmented]}
+
+
+def extra_segmented_ids(
+    positives: list[Sample], segmented: set[str], ranking: str | Path, count: int
+) -> set[str]:
+    """The first ``count`` weak positives of a ranking (``weak_ranking.csv``), to train as
+    segmented: their masks were drawn after a run ranked them as the most uncertain."""
+    path = Path(ranking).expanduser()
+    try:
+        ranked = read_ranked_ids(path)
+    except OSError as error:
+        reason = error.strerror or error
+        raise DataError(f"data.extra_segmented.ranking: cannot read {path}: {reason}") from error
+    except (ValueError, UnicodeDecodeError, csv.Error) as error:
+        message = f"data.extra_segmented.ranking: {path} is not a ranking: {error}"
+        raise DataError(message) from error
+    with_mask = {s.sample_id for s in positives if s.mask_path is not None}
+    unknown = [i for i in ranked if i not in with_mask]
+    if unknown:
+        raise DataError(
+            f"data.extra_segmented.ranking names images that are not training positives with "
+            f"a mask: {describe_files(unknown)}"
+        )
+    chosen = [i for i in ranked if i not in segmented][:count]
+    if len(chosen) < count:
+        raise DataError(
+            f"data.extra_segmented.count={count} but {path} ranks only {len(chosen)} weak positives"
+        )
+    log.info("segmented besides the %d chosen at random: %d from %s", len(segmented), count, path)
+    return set(chosen)
 
 
 def input_scaling(samples: list[Sample], height: int, width: int) -> dict[str, Any] | None:
@@ -67,7 +99,8 @@ class CrackDataModule(pl.LightningDataModule):
     ``layout`` and ``layout_options`` say how the files under ``root`` are organised
     (``crackseg.data.layouts``). ``synthetic`` (a dict of generator arguments) makes the
     embedded synthetic dataset under ``root`` first; ``download`` (url, sha256) fetches an
-    archive there. Both happen in ``prepare_data``, once per machine.
+    archive there; ``tile`` (source and ``crackseg-data tile`` settings) cuts large
+    photographs into tiles there. All happen in ``prepare_data``, once per machine.
     """
 
     def __init__(
@@ -78,6 +111,7 @@ class CrackDataModule(pl.LightningDataModule):
         layout_options: dict[str, Any] | None = None,
         synthetic: dict[str, Any] | None = None,
         download: dict[str, Any] | None = None,
+        tile: dict[str, Any] | None = None,
         input_channels: int = 3,
         input_height: int = 640,
         input_width: int = 232,
@@ -100,6 +134,7 @@ class CrackDataModule(pl.LightningDataModule):
         weighted_seg_per_component: bool = False,
         augment: dict[str, Any] | None = None,
         all_as_test: bool = False,
+        extra_segmented: dict[str, Any] | None = None,
         split_seed: int = 0,
         seed: int = 0,
     ) -> None:
@@ -113,6 +148,7 @@ class CrackDataModule(pl.LightningDataModule):
         self.layout_options = dict(layout_options or {})
         self.synthetic = dict(synthetic) if synthetic else None
         self.download = dict(download) if download else None
+        self.tile = dict(tile) if tile else None
         self.input_channels = input_channels
         self.input_height = input_height
         self.input_width = input_width
@@ -136,6 +172,7 @@ class CrackDataModule(pl.LightningDataModule):
         )
         self.augment = dict(augment or {})
         self.all_as_test = all_as_test
+        self.extra_segmented = dict(extra_segmented or {})
         self.split_seed = split_seed
         self.seed = seed
         self.splits: dict[str, list[Sample]] | None = None
@@ -155,6 +192,11 @@ class CrackDataModule(pl.LightningDataModule):
             from crackseg.data.download import prepare_dataset
 
             prepare_dataset(self.root, self.download["url"], self.download.get("sha256"))
+        elif self.tile is not None:
+            from crackseg.data.tools import prepare_tiles
+
+            tiling = dict(self.tile)
+            prepare_tiles(self.root, tiling.pop("source"), **tiling)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
@@ -184,6 +226,13 @@ class CrackDataModule(pl.LightningDataModule):
         self.input_scaling = input_scaling(splits["train"], self.input_height, self.input_width)
         train_positives = [s for s in splits["train"] if s.is_positive]
         self.segmented_ids = choose_segmented(train_positives, self.num_segmented, self.split_seed)
+        if self.extra_segmented.get("ranking"):
+            self.segmented_ids |= extra_segmented_ids(
+                train_positives,
+                self.segmented_ids,
+                self.extra_segmented["ranking"],
+                int(self.extra_segmented.get("count", 10)),
+            )
         self.splits = splits
         for name in ("train", "val", "test"):
             pos, neg = count_positives(splits[name])
@@ -305,6 +354,15 @@ class CrackDataModule(pl.LightningDataModule):
     @property
     def num_segmented_train(self) -> int:
         return len(self.segmented_ids)
+
+    def weak_train_indices(self) -> list[int]:
+        """Positions in the training split of its weak positives (no mask used)."""
+        assert self.splits is not None, "call setup() first"
+        return [
+            i
+            for i, s in enumerate(self.splits["train"])
+            if s.is_positive and s.sample_id not in self.segmented_ids
+        ]
 
     def save_split(self, path: str | Path) -> None:
         """Write the split used (and which positives kept masks) to a CSV that reproduces it."""

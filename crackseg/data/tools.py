@@ -11,11 +11,15 @@ Errors a user can cause end with one line ``error: ...`` on stderr and exit code
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
+import shutil
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -176,6 +180,53 @@ def tile_dataset(
             min_crack_pixels - 1,
         )
     return {split: (pos, neg) for split, (pos, neg) in counts.items()}
+
+
+#: Written last into a folder of tiles made for a data config: the tiling's parameters.
+TILES_MARKER = "tiles.json"
+
+
+def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
+    """Tile the photographs in ``source`` into ``root`` once (``tile_dataset`` arguments).
+
+    What a data config with ``tile:`` does before training: the same parameters find the
+    tiles made before; other ones are refused rather than mixed in; a ``root`` holding a
+    dataset made otherwise (``crackseg-data tile`` by hand) is used as it is. Tiles are cut into a
+    hidden sibling folder renamed into place, so an interrupted run never looks complete and
+    jobs of a sweep starting together do not tile twice into one folder.
+    """
+    root = Path(root).expanduser().absolute()
+    source = Path(source).expanduser()
+    params = {"source": str(source.resolve()), **tiling}
+    marker = root / TILES_MARKER
+    if marker.is_file():
+        made = json.loads(marker.read_text())
+        if made != params:
+            raise DataError(
+                f"{root} holds tiles made with other settings ({made}); use another data.root"
+            )
+        return root
+    if root.exists() and any(root.iterdir()):
+        log.info("%s holds a dataset tiled before (no %s): used as it is", root, TILES_MARKER)
+        return root
+    if not source.is_dir():
+        raise DataError(f"data.tile.source {source} does not exist (the photographs to tile)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        counts = tile_dataset(source, tmp, **tiling)
+        (tmp / TILES_MARKER).write_text(json.dumps(params, indent=2) + "\n")
+        if root.is_dir():
+            root.rmdir()
+        try:
+            tmp.rename(root)
+        except OSError:
+            if not marker.is_file():  # another job may have just finished the same tiles
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("tiled %s into %s:\n%s", source, root, positives_table(counts))
+    return root
 
 
 def positives_table(counts: dict[str, tuple[int, int]]) -> str:

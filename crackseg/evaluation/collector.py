@@ -43,3 +43,33 @@ class PerImageOutputs(Metric):
             "labels": cat(self.labels)[chosen],
             "histograms": cat(self.histograms)[chosen],
         }
+
+
+class WeightedMean(Metric):
+    """A weighted running mean (sum of value * weight over sum of weight), synced across ranks.
+
+    torchmetrics' MeanMetric drops the weights when its NaN check is disabled, and the check
+    itself waits for the device every update; this keeps both the weights and the pace.
+    A zero weight leaves the mean unchanged (a weak positive adds nothing to the epoch's
+    segmentation loss). The states are the running sums a resumed epoch continues from.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state(
+            "total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state(
+            "weight", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+
+    def update(self, values: Tensor, weights: Tensor | None = None) -> None:
+        values = values.detach().double()
+        weights = torch.ones_like(values) if weights is None else weights.detach().double()
+        self.total += (values * weights).sum()
+        self.weight += weights.sum()
+
+    def compute(self) -> Tensor:
+        return (self.total / self.weight).float()

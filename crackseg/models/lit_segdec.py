@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor
-from torchmetrics import MeanMetric
 
 from crackseg.data.labels import downsample_to_output
-from crackseg.evaluation.collector import PerImageOutputs
+from crackseg.evaluation.collector import PerImageOutputs, WeightedMean
 from crackseg.evaluation.metrics import (
     DEFAULT_THRESHOLD,
     NUM_BINS,
@@ -87,11 +86,9 @@ class SegDecModule(pl.LightningModule):
         self.net = SegDecNet(in_channels=input_channels, **net)
         self.register_buffer("image_threshold", torch.tensor(DEFAULT_THRESHOLD))
         self.register_buffer("seg_threshold", torch.tensor(DEFAULT_THRESHOLD))
-        # nan_strategy "disable": checking for NaN would wait for the device every step.
-        self.train_means = torch.nn.ModuleDict(
-            {name: MeanMetric(nan_strategy="disable") for name in TRAIN_LOSSES}
-        )
+        self.train_means = torch.nn.ModuleDict({name: WeightedMean() for name in TRAIN_LOSSES})
         self._resumed_means: dict[str, list[float]] | None = None
+        self._log_epoch_constants = True
         self.val_outputs = PerImageOutputs()
         self.test_outputs = PerImageOutputs()
         self.last_val_image_ap = math.nan
@@ -155,17 +152,20 @@ class SegDecModule(pl.LightningModule):
         means["loss"].update((lambda_seg * seg_mean + lambda_dec * dec_mean).expand_as(dec_losses))
         for name in TRAIN_LOSSES:
             self.log(f"train/{name}", means[name], on_step=False, on_epoch=True, prog_bar=True)
+        if self._log_epoch_constants:
+            # Constant within an epoch: logged once, as every value logged from the host is
+            # copied to the device, and such a copy waits for the device.
+            self._log_epoch_constants = False
+            values = {
+                "train/lambda_seg": lambda_seg,
+                "train/lambda_dec": lambda_dec,
+                "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+            }
+            self.log_dict(values, on_step=False, on_epoch=True)
         return loss
 
     def on_train_epoch_start(self) -> None:
-        # Constant within an epoch: logged once, so the step never waits for the device.
-        lambda_seg, lambda_dec = self.loss_weights()
-        values = {
-            "train/lambda_seg": lambda_seg,
-            "train/lambda_dec": lambda_dec,
-            "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
-        }
-        self.log_dict(values, on_step=False, on_epoch=True)
+        self._log_epoch_constants = True
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -189,7 +189,7 @@ class SegDecModule(pl.LightningModule):
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if 0 < done < self.trainer.num_training_batches:
             checkpoint["epoch_running_means"] = {
-                name: [float(metric.mean_value), float(metric.weight)]
+                name: [float(metric.total), float(metric.weight)]
                 for name, metric in self.train_means.items()
             }
 
@@ -197,13 +197,15 @@ class SegDecModule(pl.LightningModule):
         self._resumed_means = checkpoint.get("epoch_running_means")
 
     def on_train_start(self) -> None:
+        # Also when resuming mid-epoch, where Lightning does not start the epoch again.
+        self._log_epoch_constants = True
         datamodule = getattr(self.trainer, "datamodule", None)
         scaling = getattr(datamodule, "input_scaling", None)
         if scaling is not None:
             self.hparams["input_scaling"] = scaling
         if self._resumed_means:
             for name, (total, weight) in self._resumed_means.items():
-                self.train_means[name].mean_value.fill_(total)
+                self.train_means[name].total.fill_(total)
                 self.train_means[name].weight.fill_(weight)
             self._resumed_means = None
 

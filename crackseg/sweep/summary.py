@@ -26,6 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from crackseg.atomic import atomic_write_text
+from crackseg.sweep.curves import NUM_SEGMENTED, write_sweep_figures
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,18 @@ MD_NAME = "summary.md"
 #: Columns every row has before the swept values.
 BASE_COLUMNS = ("job", "status", "error", "seed")
 #: Per-job metrics (from metrics.json, or the copy in status.json).
-METRICS = ("image_auc", "image_ap", "tp", "fp", "tn", "fn", "dice_mean", "iou_mean")
+METRICS = (
+    "image_auc",
+    "image_ap",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "dice_mean",
+    "iou_mean",
+    "best_val_image_ap",
+    "num_segmented",
+)
 #: Metrics averaged over seeds in the grouped table.
 GROUPED_METRICS = ("image_auc", "image_ap", "dice_mean", "iou_mean")
 
@@ -193,6 +205,8 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group: dict[str, Any] = dict(zip(keys, setting, strict=True))
         group["n"] = len(finished)
         group["failed"] = len(members) - len(finished)
+        segmented = [r["num_segmented"] for r in finished if _is_number(r.get("num_segmented"))]
+        group["segmented"] = round(statistics.fmean(segmented)) if segmented else None
         for name in GROUPED_METRICS:
             values = [float(r[name]) for r in finished if _is_number(r[name])]
             mean = statistics.fmean(values) if values else None
@@ -257,9 +271,15 @@ def write_summary(root: str | Path) -> tuple[Path, Path]:
         "## By setting (mean ± std over seeds, finished jobs)",
         "",
     ]
-    group_columns = [*keys, "n", "failed", *GROUPED_METRICS]
     groups = group_rows(rows)
+    shows_segmented = NUM_SEGMENTED in keys
+    group_columns = [*keys, *(["segmented"] if shows_segmented else []), "n", "failed"]
+    group_columns += list(GROUPED_METRICS)
     lines += _md_table(group_columns, [[g[c] for c in group_columns] for g in groups])
+    figures = write_sweep_figures(root, rows, keys)
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{path.stem}]({path.name})" for path in figures]
     lines += ["", "## Jobs", ""]
     job_columns = ["job", "status", "seed", *keys, *METRICS]
     lines += _md_table(job_columns, [[r[c] for c in job_columns] for r in rows])

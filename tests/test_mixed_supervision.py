@@ -1,0 +1,216 @@
+"""Mixed supervision: nested segmented subsets, weak batches, the sweep's curve, the ranking."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import run_tiny
+
+from crackseg.data.datamodule import CrackDataModule, choose_segmented
+from crackseg.data.samples import Sample
+from crackseg.data.synthetic import generate_synthetic_dataset
+from crackseg.errors import DataError
+from crackseg.evaluation.weak_ranking import binary_entropy, rank, uncertainty, write_ranking
+from crackseg.models.lit_segdec import SegDecModule
+from crackseg.sweep.curves import MIXED_SUPERVISION_FIGURE, draw_sweep_curves, sweep_curves
+from crackseg.sweep.summary import collect_runs, write_summary
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic") / "set"
+    return generate_synthetic_dataset(root, 20, 20, height=64, width=128, seed=1)
+
+
+def _datamodule(root, **kwargs):
+    options = {"input_height": 64, "input_width": 128, "batch_size": 4, "num_workers": 0}
+    datamodule = CrackDataModule(str(root), **(options | kwargs))
+    datamodule.setup()
+    return datamodule
+
+
+def test_segmented_subsets_are_nested_and_do_not_depend_on_the_seed(dataset_root):
+    positives = [
+        Sample(f"crack_{i:03d}", Path(f"{i}.png"), Path(f"m{i}.png"), True) for i in range(60)
+    ]
+    for split_seed in (0, 7):
+        subsets = [choose_segmented(positives, k, split_seed) for k in (0, 5, 10, 20, 50, 60)]
+        assert [len(s) for s in subsets] == [0, 5, 10, 20, 50, 60]
+        for smaller, larger in zip(subsets, subsets[1:], strict=False):
+            assert smaller < larger
+    assert choose_segmented(positives, 10, 0) != choose_segmented(positives, 10, 7)
+    # Through the data module: `seed` (weights, sampling, augmentation) leaves them alone.
+    by_seed = [_datamodule(dataset_root, num_segmented=5, seed=s).segmented_ids for s in (0, 1, 2)]
+    assert by_seed[0] == by_seed[1] == by_seed[2]
+    assert by_seed[0] < _datamodule(dataset_root, num_segmented=10, seed=3).segmented_ids
+
+
+def test_a_batch_of_weak_positives_has_no_segmentation_loss_and_a_finite_total():
+    module = SegDecModule(
+        net={"channels": (4, 8, 8), "volume_channels": 8, "volume_kernel": 3},
+        input_height=64,
+        input_width=128,
+    )
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    module.loss_weights = lambda: (0.5, 0.05)
+    batch = {
+        "image": torch.rand(2, 3, 64, 128),
+        "mask": torch.zeros(2, 1, 64, 128),
+        "weight": torch.ones(2, 1, 64, 128),
+        "label": torch.ones(2),
+        "segmented": torch.zeros(2, dtype=torch.bool),
+    }
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    # Only the decision term: its gradient reaches the decision head, none the 1/8 head.
+    assert (
+        module.net.seg_mask[0].weight.grad is None or not module.net.seg_mask[0].weight.grad.any()
+    )
+    # The epoch's segmentation loss counts segmented samples only: this batch adds weight 0.
+    seg_mean = module.train_means["loss_seg"]
+    assert float(seg_mean.weight) == 0.0 and float(seg_mean.total) == 0.0
+
+
+def _fake_job(root: Path, num: int, segmented: str, seed: int, metrics: dict) -> None:
+    job = root / f"{num}_data.num_segmented={segmented},seed={seed}"
+    (job / ".hydra").mkdir(parents=True)
+    overrides = [f"data.num_segmented={segmented}", f"seed={seed}"]
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    (job / "status.json").write_text(json.dumps({"status": "finished"}))
+
+
+def test_the_summary_draws_the_mixed_supervision_curve(tmp_path):
+    # Hand-written results: AP per (segmented, seed), Dice = AP / 2, AUC = 1 - (1 - AP) / 2.
+    aps = {"0": (0.80, 0.90), "5": (0.92, 0.94), "null": (0.98, 0.99)}
+    counts = {"0": 0, "5": 5, "null": 662}
+    num = 0
+    for segmented, values in aps.items():
+        for seed, ap in enumerate(values):
+            metrics = {
+                "image_ap": ap,
+                "image_auc": 1 - (1 - ap) / 2,
+                "dice_mean": ap / 2,
+                "num_segmented": counts[segmented],
+            }
+            _fake_job(tmp_path, num, segmented, seed, metrics)
+            num += 1
+    write_summary(tmp_path)
+    assert (tmp_path / MIXED_SUPERVISION_FIGURE).read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "summary.md").read_text()
+    assert f"![mixed_supervision]({MIXED_SUPERVISION_FIGURE})" in md
+    assert "| null | 662 | 2 | 0 |" in md  # "all" shown with the count it stands for
+
+    rows = collect_runs(tmp_path)
+    (curve,) = sweep_curves(rows, "data.num_segmented", ["data.num_segmented"])
+    assert curve.x == [0, 5, 662]
+    fig = draw_sweep_curves([curve], "data.num_segmented")
+    ap_axis, auc_axis, dice_axis = fig.axes
+    (bars,) = ap_axis.containers
+    line, _, (vertical,) = bars
+    assert list(line.get_xdata()) == [0, 5, 662]
+    assert list(line.get_ydata()) == pytest.approx([0.85, 0.93, 0.985])
+    # Error bars: the sample standard deviation over the two seeds, |a - b| / sqrt(2).
+    spans = [segment[1, 1] - segment[0, 1] for segment in vertical.get_segments()]
+    expected = [abs(a - b) / math.sqrt(2) for a, b in aps.values()]
+    assert spans == pytest.approx([2 * e for e in expected])
+    (dice_bars,) = dice_axis.containers
+    assert list(dice_bars[0].get_ydata()) == pytest.approx([0.425, 0.465, 0.4925])
+    assert ap_axis.get_xscale() == "symlog"
+    labels = [t.get_text() for t in ap_axis.get_xticklabels()]
+    assert labels[0] == "0\nweak" and labels[-1] == "662\nall"
+
+
+def test_other_numeric_sweeps_draw_their_figure_too(tmp_path):
+    for num, (delta, seed, ap) in enumerate([(0.01, 0, 0.9), (0.01, 1, 0.8), (1, 0, 0.95)]):
+        job = tmp_path / f"{num}_loss.delta_cls={delta},seed={seed}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(
+            yaml.safe_dump([f"loss.delta_cls={delta}", f"seed={seed}"])
+        )
+        (job / "metrics.json").write_text(json.dumps({"image_ap": ap, "num_segmented": 14}))
+        (job / "status.json").write_text(json.dumps({"status": "finished"}))
+    write_summary(tmp_path)
+    assert (tmp_path / "sweep_loss.delta_cls.png").is_file()
+    (curve,) = sweep_curves(collect_runs(tmp_path), "loss.delta_cls", ["loss.delta_cls"])
+    assert curve.x == [0.01, 1.0] and curve.mean["image_ap"] == pytest.approx([0.85, 0.95])
+
+
+def test_the_uncertainty_score_orders_hand_built_maps():
+    # Threshold 0.4. Map A: four crack pixels at 0.5 -> 1 bit each. Map B: 0.9 -> H(0.9).
+    # Map C: nothing at or above 0.4 -> 1 (a crack the segmentation does not find).
+    # Map D: two pixels at 0.99 and two at 0.6 -> (2 H(0.99) + 2 H(0.6)) / 4.
+    def h(p):
+        return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+    maps = {
+        "a": torch.tensor([[0.5, 0.5], [0.5, 0.5]]),
+        "b": torch.tensor([[0.9, 0.1], [0.9, 0.0]]),
+        "c": torch.tensor([[0.2, 0.39], [0.0, 0.1]]),
+        "d": torch.tensor([[0.99, 0.99], [0.6, 0.6]]),
+    }
+    scores = {k: uncertainty(v, 0.4) for k, v in maps.items()}
+    assert scores["a"][0] == pytest.approx(1.0) and scores["a"][1] == 4
+    assert scores["b"][0] == pytest.approx(h(0.9)) and scores["b"][1:] == (2, pytest.approx(0.9))
+    assert scores["c"] == (1.0, 0, pytest.approx(float("nan"), nan_ok=True))
+    assert scores["d"][0] == pytest.approx((h(0.99) + h(0.6)) / 2)
+    assert binary_entropy(torch.tensor([0.0, 1.0])).tolist() == [0.0, 0.0]
+    entries = [
+        {"sample_id": k, "uncertainty": s[0], "crack_pixels": s[1], "mean_crack_probability": s[2]}
+        for k, s in scores.items()
+    ]
+    ranked = rank(entries)
+    # h(0.9) = 0.469, (h(0.99) + h(0.6)) / 2 = 0.525; a and c tie at 1: by sample id.
+    assert [e["sample_id"] for e in ranked] == ["a", "c", "d", "b"]
+    assert [e["rank"] for e in ranked] == [1, 2, 3, 4]
+
+
+def test_a_ranking_adds_its_top_weak_positives_to_the_segmented_ones(dataset_root, tmp_path):
+    base = _datamodule(dataset_root, num_segmented=5)
+    weak = [s.sample_id for s in base.splits["train"] if s.is_positive][::-1]
+    weak = [i for i in weak if i not in base.segmented_ids]
+    entries = [
+        {
+            "sample_id": sample_id,
+            "image": "",
+            "uncertainty": 1 - i / 100,
+            "decision_score": 0.5,
+            "crack_pixels": 1,
+            "mean_crack_probability": 0.5,
+        }
+        for i, sample_id in enumerate(weak)
+    ]
+    ranking = write_ranking(tmp_path / "weak_ranking.csv", rank(entries))
+    extra = {"ranking": str(ranking), "count": 3}
+    grown = _datamodule(dataset_root, num_segmented=5, extra_segmented=extra)
+    assert grown.segmented_ids == base.segmented_ids | set(weak[:3])
+    with pytest.raises(DataError, match="ranks only"):
+        _datamodule(dataset_root, num_segmented=5, extra_segmented={**extra, "count": 50})
+    (tmp_path / "bad.csv").write_text("sample_id\nnoncrack_00001\n")
+    with pytest.raises(DataError, match="not training positives"):
+        _datamodule(dataset_root, extra_segmented={"ranking": str(tmp_path / "bad.csv")})
+
+
+def test_a_run_with_weak_positives_ranks_them_and_reports_them(tmp_path, tiny_data_dir):
+    result = run_tiny(tmp_path, tiny_data_dir, "data.num_segmented=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["num_segmented"] == 5 and metrics["num_weak"] == metrics["train_positives"] - 5
+    rows = list(csv.DictReader((tmp_path / "weak_ranking.csv").open()))
+    assert len(rows) == metrics["num_weak"]
+    scores = [float(r["uncertainty"]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    report = (tmp_path / "report.md").read_text()
+    assert "| Segmented samples " in report
+    weak_row = next(line for line in report.splitlines() if "Weak positives" in line)
+    assert f"| {metrics['num_weak']} " in weak_row
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert all(math.isfinite(v) for _, v in history["train/loss_seg"])
