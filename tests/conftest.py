@@ -6,8 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from crackseg.deploy.settings import PredictSettings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -89,3 +93,44 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 def tiny_data_dir(tmp_path_factory) -> Path:
     """One synthetic dataset shared by every end-to-end test."""
     return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data_dir) -> Path:
+    """One tiny trained run (with a few non-default settings) shared by every test file."""
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_tiny(
+        run_dir, tiny_data_dir, "data.dilate=3", "loss.weighted_seg_p=1", "loss.delta_cls=0.1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run) -> Path:
+    """The checkpoint the tiny run tested (its best one)."""
+    return next((tiny_run / "checkpoints").glob("best*.ckpt"))
+
+
+def predict_settings(**changes) -> PredictSettings:
+    """crackseg-predict's settings as the defaults give them, with ``changes``."""
+    from crackseg.deploy.settings import PredictSettings
+
+    values = {
+        "backend": "torch",
+        "ckpt_path": "x.ckpt",
+        "onnx_path": None,
+        "input": "photos",
+        "mode": "auto",
+        "tile_height": None,
+        "tile_width": None,
+        "overlap": 0.25,
+        "batch_size": 8,
+        "device": "cpu",
+        "precision": "32",
+        "decision_threshold": None,
+        "min_crack_pixels": 20,
+        "pixel_size_mm": None,
+        "overlays": True,
+    }
+    return PredictSettings(**{**values, **changes})

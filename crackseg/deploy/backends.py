@@ -157,8 +157,10 @@ class TorchBackend:
             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
         ):
             batch = torch.from_numpy(tiles).to(self.device, non_blocking=True)
-            # As the training data set does: uint8 HWC -> float CHW / 255.
-            scores, maps = self.module(batch.permute(0, 3, 1, 2).float() / 255)
+            # As the training data set does: uint8 HWC -> float CHW / 255, contiguous (a
+            # channels-last layout would pick other kernels, rounding differently).
+            images = batch.permute(0, 3, 1, 2).contiguous().float() / 255
+            scores, maps = self.module(images)
         return scores.float().cpu().numpy(), maps[:, 0].float().cpu().numpy()
 
 
