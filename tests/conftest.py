@@ -134,3 +134,36 @@ def predict_settings(**changes) -> PredictSettings:
         "overlays": True,
     }
     return PredictSettings(**{**values, **changes})
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory, tiny_run) -> Path:
+    """Images to predict: the tiny run's test images (of the model's input size), one image
+    as both x.jpg and x.png, a larger one that takes several tiles, and an unreadable file."""
+    import csv
+
+    import cv2
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("photos")
+    rows = list(csv.DictReader((tiny_run / "test_scores.csv").open()))
+    images = [cv2.imread(row["image"]) for row in rows]
+    for row, image in zip(rows, images, strict=True):
+        cv2.imwrite(str(folder / Path(row["image"]).name), image)
+    cv2.imwrite(str(folder / "x.png"), images[0])
+    cv2.imwrite(str(folder / "x.jpg"), images[1])
+    cv2.imwrite(str(folder / "wall.png"), np.vstack([np.hstack(images[:3])] * 2)[:100, :350])
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def torch_predictions(tmp_path_factory, tiny_checkpoint, photo_folder) -> Path:
+    """crackseg-predict's run folder for ``photo_folder`` with the tiny checkpoint."""
+    out = tmp_path_factory.mktemp("predict") / "run"
+    result = run_entry(
+        "predict", f"ckpt_path={tiny_checkpoint}", f"input={photo_folder}", f"hydra.run.dir={out}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (out.parent / "console.txt").write_text(result.stdout + result.stderr)
+    return out
