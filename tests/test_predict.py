@@ -12,10 +12,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, one_line_error, run_entry
+from conftest import REPO, one_line_error, predict_settings, run_entry
+from omegaconf import OmegaConf
 
-from crackseg.deploy.backends import resolve_device
+from crackseg.deploy.backends import open_backend, resolve_device
 from crackseg.deploy.pipeline import CRACK_COLUMNS, PREDICTION_COLUMNS
+from crackseg.deploy.settings import PredictSettings
 from crackseg.errors import ConfigError
 
 
@@ -105,7 +107,7 @@ def test_a_threshold_that_is_no_number_is_refused_before_anything_is_written(
             f"hydra.run.dir={tmp_path}",
         )
     )
-    assert "decision_threshold must be null or a number, not 'high'" in line
+    assert "decision_threshold must be null or a number in [0, 1], not 'high'" in line
     written = {p.name for p in tmp_path.iterdir()}
     assert not written & {"probabilities", "masks", "overlays", "predictions.csv"}
 
@@ -128,6 +130,36 @@ def test_device_names_are_checked():
     for name in ("tpu", "cuda:x", "gpu", "cuda:"):
         with pytest.raises(ConfigError, match="device must be"):
             resolve_device(name)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("overlap", 1.0, "overlap must be a number in [0, 1)"),
+        ("batch_size", 0, "batch_size must be an integer >= 1"),
+        ("precision", 16, "precision must be 32 or bf16"),
+        ("mode", "crop", "mode must be auto or tile or resize"),
+        ("decision_threshold", 1.5, "decision_threshold must be null or a number in [0, 1]"),
+        ("pixel_size_mm", 0, "pixel_size_mm must be null or a number > 0"),
+        ("min_crack_pixels", 0, "min_crack_pixels must be an integer >= 1"),
+        ("tile_height", 64.5, "tile_height must be null or a positive integer"),
+        ("backend", "tensorrt", "backend must be torch or onnx"),
+    ],
+)
+def test_a_setting_that_cannot_work_is_named(key, value, message):
+    values = {**predict_settings().__dict__, key: value}
+    with pytest.raises(ConfigError) as raised:
+        PredictSettings.from_config(OmegaConf.create(values))
+    assert message in str(raised.value)
+
+
+def test_each_backend_needs_its_own_model_file():
+    with pytest.raises(ConfigError, match="backend=torch needs ckpt_path"):
+        open_backend("torch", None, None, "cpu", "32")
+    with pytest.raises(ConfigError, match="backend=onnx needs onnx_path"):
+        open_backend("onnx", None, None, "cpu", "32")
+    with pytest.raises(ConfigError, match="precision=bf16 needs backend=torch"):
+        open_backend("onnx", None, "m.onnx", "cpu", "bf16")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")

@@ -39,7 +39,10 @@ RULES = {
         lambda v: isinstance(v, str) and DEVICE_NAMES.fullmatch(v),
         "auto, cpu, cuda or cuda:N",
     ),
-    "decision_threshold": (lambda v: v is None or _number(v), "null or a number"),
+    "decision_threshold": (
+        lambda v: v is None or (_number(v) and 0 <= v <= 1),
+        "null or a number in [0, 1]",
+    ),
     "min_crack_pixels": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "pixel_size_mm": (lambda v: v is None or (_number(v) and v > 0), "null or a number > 0"),
     "overlays": (lambda v: isinstance(v, bool), "true or false"),
