@@ -104,24 +104,23 @@ def _quiet(levels: dict[str, int]) -> Iterator[None]:
 
 
 def check_inputs(
-    info: ModelInfo, images: list[Path], rng: np.random.Generator
+    info: ModelInfo, images: dict[str, np.ndarray], rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     """Inputs to compare the runtimes on: random ones (batched, at the input size and at a
-    larger size) and the first tile of each real image, prepared as prediction prepares it."""
+    larger size) and the first input prediction makes of each image (its first tile, or the
+    image resized)."""
     c, h, w = info.input_channels, info.input_height, info.input_width
     inputs = {
         f"random 2x{c}x{h}x{w}": rng.random((2, c, h, w), np.float32),
         f"random 1x{c}x{h + 64}x{w + 128}": rng.random((1, c, h + 64, w + 128), np.float32),
     }
-    scaling = info.input_scaling
-    resize = scaling is None or scaling.get("mode") != "native"
-    for path in images:
-        image = read_image(path, c)
-        if resize:
-            tile = resize_image(image, h, w)
-        else:
+    native = info.input_scaling is not None and info.input_scaling.get("mode") == "native"
+    for name, image in images.items():
+        if native:
             tile = TileGrid(image.shape[0], image.shape[1], h, w, 0.0).tiles(image)[0]
-        inputs[str(path)] = (tile.transpose(2, 0, 1)[None] / np.float32(255)).astype(np.float32)
+        else:
+            tile = resize_image(image, h, w)
+        inputs[name] = (tile.transpose(2, 0, 1)[None] / np.float32(255)).astype(np.float32)
     return inputs
 
 
@@ -144,21 +143,22 @@ def compare_runtimes(
     return differences
 
 
-def _check_images(folder: str | None, count: int) -> list[Path]:
+def read_check_images(folder: str | None, count: int, channels: int) -> dict[str, np.ndarray]:
+    """Up to ``count`` readable images of ``folder`` (unreadable ones are skipped)."""
     if folder is None:
-        return []
-    paths = list_images(Path(folder).expanduser())
-    readable = []
-    for path in paths:
-        if len(readable) == count:
+        return {}
+    source = Path(folder).expanduser()
+    if not source.exists():
+        raise DataError(f"check_images={source} does not exist")
+    images = {}
+    for path in list_images(source):
+        if len(images) == count:
             break
         try:
-            read_image(path, 3)
+            images[str(path)] = read_image(path, channels)
         except DataError as error:
             log.warning("not comparing on an unreadable image: %s", error)
-            continue
-        readable.append(path)
-    return readable
+    return images
 
 
 def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
@@ -168,9 +168,9 @@ def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     optional_import("onnx", "crackseg-export")
     output_dir = Path(cfg.paths.output_dir)
     refuse_used_folder(output_dir)
-    images = _check_images(cfg.check_images, cfg.num_check_images)
     module = load_module(cfg.ckpt_path)
     info = ModelInfo.of_module(module)
+    images = read_check_images(cfg.check_images, cfg.num_check_images, info.input_channels)
     inputs = check_inputs(info, images, np.random.default_rng(0))
     destination = output_dir / "model.onnx"
     with atomic_path(destination) as tmp:

@@ -1,8 +1,8 @@
 """From photographs to per-pixel crack probabilities and an image-level score.
 
 Every image is turned into network inputs of one size (its tiles, or itself resized as in
-training); inputs of consecutive images share batches, so a folder of small tiles runs as
-fast as one large photograph. Results come back image by image, in order.
+training); inputs of consecutive images share batches, so a folder of small images fills whole
+batches as a large photograph does. Results come back image by image, in order.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from crackseg.deploy.tiling import Stitcher, TileGrid
 
 #: A batch of uint8 NHWC inputs -> (decision probabilities [B], crack probabilities [B,H,W]).
 Model = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-#: How an image reaches the network's input size.
-MODES = ("tile", "resize")
 
 
 @dataclass(frozen=True)
@@ -48,12 +45,11 @@ class ImagePrediction:
 
 
 class _TiledImage:
-    def __init__(self, image: np.ndarray, plan: Plan) -> None:
-        height, width = image.shape[:2]
-        grid = TileGrid(height, width, plan.tile_height, plan.tile_width, plan.overlap)
-        self.inputs = list(zip(grid.origins(), grid.tiles(image), strict=True))
-        self.count = self.remaining = len(self.inputs)
+    """Blends an image's tiles as they come back; the score is the largest tile score."""
+
+    def __init__(self, grid: TileGrid) -> None:
         self.stitcher = Stitcher(grid)
+        self.count = self.remaining = len(grid.origins())
         self.score = -np.inf
 
     def add(self, origin: Any, score: float, probabilities: np.ndarray) -> None:
@@ -66,9 +62,10 @@ class _TiledImage:
 
 
 class _ResizedImage:
-    def __init__(self, image: np.ndarray, plan: Plan) -> None:
-        self.size = image.shape[1], image.shape[0]
-        self.inputs = [(None, resize_image(image, plan.tile_height, plan.tile_width))]
+    """Takes the one prediction of a resized image and resizes its map back."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.size = width, height
         self.count = self.remaining = 1
         self.score = 0.0
         self.probabilities = np.empty(0, np.float32)
@@ -84,11 +81,21 @@ class _ResizedImage:
         return ImagePrediction(float(self.score), self.probabilities, 1)
 
 
+def _start(image: np.ndarray, plan: Plan) -> tuple[Any, list[tuple[Any, np.ndarray]]]:
+    """An image's collector of results and its network inputs, each with where it goes."""
+    height, width = image.shape[:2]
+    if plan.mode == "tile":
+        grid = TileGrid(height, width, plan.tile_height, plan.tile_width, plan.overlap)
+        return _TiledImage(grid), list(zip(grid.origins(), grid.tiles(image), strict=True))
+    return _ResizedImage(height, width), [
+        (None, resize_image(image, plan.tile_height, plan.tile_width))
+    ]
+
+
 def predict_images(
     images: Iterable[tuple[Any, np.ndarray]], model: Model, plan: Plan
 ) -> Iterator[tuple[Any, ImagePrediction]]:
     """Yield ``(key, prediction)`` for each ``(key, HxWxC uint8 image)``, in order."""
-    job_type = _TiledImage if plan.mode == "tile" else _ResizedImage
     open_jobs: deque[tuple[Any, Any]] = deque()
     pending: deque[tuple[Any, Any, np.ndarray]] = deque()
 
@@ -104,10 +111,9 @@ def predict_images(
             yield key, job.result()
 
     for key, image in images:
-        job = job_type(image, plan)
+        job, inputs = _start(image, plan)
         open_jobs.append((key, job))
-        pending.extend((job, origin, tile) for origin, tile in job.inputs)
-        job.inputs = []  # the pending queue holds the tiles until they are predicted
+        pending.extend((job, origin, tile) for origin, tile in inputs)
         while len(pending) >= plan.batch_size:
             run_batch(plan.batch_size)
             yield from finished()
