@@ -99,7 +99,7 @@ class ResultWriter:
     def _add_rows(self, name: str, mask: np.ndarray, score: float, cracks: list[Crack]) -> None:
         height, width = mask.shape
         summary = summarise(cracks)
-        lengths = [summary.total_length, summary.max_width, summary.mean_width]
+        sizes = [summary.total_length, summary.max_width, summary.mean_width]
         self.image_rows.append(
             [
                 name,
@@ -109,8 +109,8 @@ class ResultWriter:
                 int(score >= self.image_threshold),
                 f"{np.count_nonzero(mask) / mask.size:.6f}",
                 summary.count,
-                *(f"{v:.2f}" for v in lengths),
-                *self._mm(lengths),
+                *(f"{v:.2f}" for v in sizes),
+                *self._mm(sizes),
             ]
         )
         for number, crack in enumerate(cracks, start=1):
