@@ -1,4 +1,4 @@
-"""``crackseg-predict ckpt_path=... input=PATH``: run saved weights on new images."""
+"""``crackseg-predict ckpt_path=... input=PATH``: find and measure cracks in photographs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main, run_task
-from crackseg.inference import predict_folder
+from crackseg.deploy.pipeline import predict_folder
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

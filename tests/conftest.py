@@ -6,8 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from crackseg.deploy.settings import PredictSettings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -89,3 +93,77 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 def tiny_data_dir(tmp_path_factory) -> Path:
     """One synthetic dataset shared by every end-to-end test."""
     return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data_dir) -> Path:
+    """One tiny trained run (with a few non-default settings) shared by every test file."""
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_tiny(
+        run_dir, tiny_data_dir, "data.dilate=3", "loss.weighted_seg_p=1", "loss.delta_cls=0.1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run) -> Path:
+    """The checkpoint the tiny run tested (its best one)."""
+    return next((tiny_run / "checkpoints").glob("best*.ckpt"))
+
+
+def predict_settings(**changes) -> PredictSettings:
+    """crackseg-predict's settings as the defaults give them, with ``changes``."""
+    from crackseg.deploy.settings import PredictSettings
+
+    values = {
+        "backend": "torch",
+        "ckpt_path": "x.ckpt",
+        "onnx_path": None,
+        "input": "photos",
+        "mode": "auto",
+        "tile_height": None,
+        "tile_width": None,
+        "overlap": 0.25,
+        "batch_size": 8,
+        "device": "cpu",
+        "precision": "32",
+        "decision_threshold": None,
+        "min_crack_pixels": 20,
+        "pixel_size_mm": None,
+        "overlays": True,
+    }
+    return PredictSettings(**{**values, **changes})
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory, tiny_run) -> Path:
+    """Images to predict: the tiny run's test images (of the model's input size), one image
+    as both x.jpg and x.png, a larger one that takes several tiles, and an unreadable file."""
+    import csv
+
+    import cv2
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("photos")
+    rows = list(csv.DictReader((tiny_run / "test_scores.csv").open()))
+    images = [cv2.imread(row["image"]) for row in rows]
+    for row, image in zip(rows, images, strict=True):
+        cv2.imwrite(str(folder / Path(row["image"]).name), image)
+    cv2.imwrite(str(folder / "x.png"), images[0])
+    cv2.imwrite(str(folder / "x.jpg"), images[1])
+    cv2.imwrite(str(folder / "wall.png"), np.vstack([np.hstack(images[:3])] * 2)[:100, :350])
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def torch_predictions(tmp_path_factory, tiny_checkpoint, photo_folder) -> Path:
+    """crackseg-predict's run folder for ``photo_folder`` with the tiny checkpoint."""
+    out = tmp_path_factory.mktemp("predict") / "run"
+    result = run_entry(
+        "predict", f"ckpt_path={tiny_checkpoint}", f"input={photo_folder}", f"hydra.run.dir={out}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (out.parent / "console.txt").write_text(result.stdout + result.stderr)
+    return out

@@ -11,16 +11,6 @@ import yaml
 from conftest import METRIC_KEYS, TINY, one_line_error, run_entry, run_tiny
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_data_dir):
-    run_dir = tmp_path_factory.mktemp("run")
-    result = run_tiny(
-        run_dir, tiny_data_dir, "data.dilate=3", "loss.weighted_seg_p=1", "loss.delta_cls=0.1"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
-
-
 def test_run_folder_holds_config_checkpoints_events_and_metrics(tiny_run):
     assert (tiny_run / ".hydra" / "config.yaml").is_file()
     checkpoints = sorted(p.name for p in (tiny_run / "checkpoints").glob("*.ckpt"))
@@ -112,23 +102,6 @@ def test_a_size_not_divisible_by_8_is_refused(tmp_path):
 def test_an_unknown_config_name_is_refused(tmp_path):
     line = one_line_error(run_entry("train", "model=nope", f"hydra.run.dir={tmp_path}"))
     assert "model/nope" in line and "segdec_small" in line  # the options are listed
-
-
-def test_predict_writes_scores_and_masks_at_the_image_size(tiny_run, tmp_path):
-    import cv2
-    import numpy as np
-
-    images = tmp_path / "in"
-    images.mkdir()
-    cv2.imwrite(str(images / "a.png"), np.full((90, 150, 3), 128, np.uint8))
-    cv2.imwrite(str(images / "b.jpg"), np.full((64, 128), 90, np.uint8))
-    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
-    out = tmp_path / "out"
-    result = run_entry("predict", f"ckpt_path={best}", f"input={images}", f"hydra.run.dir={out}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = (out / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "image,decision_score,defect" and len(rows) == 3
-    assert cv2.imread(str(out / "masks" / "a.png"), cv2.IMREAD_UNCHANGED).shape == (90, 150)
 
 
 def test_a_missing_data_root_is_refused_before_training(tmp_path):

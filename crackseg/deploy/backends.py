@@ -1,0 +1,227 @@
+"""The trained network behind one interface: a PyTorch checkpoint or an exported ONNX file.
+
+Both take a batch of uint8 RGB (or grey) tiles, NHWC, and return the decision probabilities
+and the crack probability maps, so the prediction pipeline never knows which one runs. An
+ONNX file carries what the pipeline needs beside the weights (thresholds, input size and
+scaling) as metadata, written by ``crackseg-export``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from crackseg import __version__
+from crackseg.errors import ConfigError, CracksegError
+from crackseg.models.checkpoint import load_module, thresholds
+from crackseg.models.lit_segdec import SegDecModule
+
+log = logging.getLogger(__name__)
+
+DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
+PRECISIONS = ("32", "bf16")
+#: What the optional ONNX support needs installed.
+DEPLOY_EXTRA = "pip install 'crackseg[deploy]'"
+#: Prefix of the ONNX metadata keys crackseg writes.
+METADATA_PREFIX = "crackseg."
+#: How the exported network expects its input, stored in the ONNX metadata for other tools.
+INPUT_FORMAT = "float32 NCHW, RGB (or grey when input_channels is 1), values in [0, 1]"
+OUTPUT_FORMAT = (
+    "decision: [N] probability that the image holds a defect; "
+    "segmentation: [N, 1, H, W] crack probability of every pixel"
+)
+
+
+def optional_import(name: str, purpose: str) -> ModuleType:
+    """Import a package of the ``deploy`` extra, or say in one line how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise CracksegError(
+            f"{purpose} needs {name}, which is not installed: {DEPLOY_EXTRA}"
+        ) from error
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What prediction needs to know about a trained network besides its weights.
+
+    ``input_scaling`` is how training images reached the input size (``mode`` native or
+    resize, and the most common source size), ``None`` for checkpoints that predate it.
+    """
+
+    input_channels: int
+    input_height: int
+    input_width: int
+    input_scaling: dict[str, Any] | None
+    image_threshold: float
+    seg_threshold: float
+
+    def to_metadata(self) -> dict[str, str]:
+        values = {
+            "input_channels": str(self.input_channels),
+            "input_height": str(self.input_height),
+            "input_width": str(self.input_width),
+            "input_scaling": json.dumps(self.input_scaling),
+            "image_threshold": repr(self.image_threshold),
+            "seg_threshold": repr(self.seg_threshold),
+            "input_format": INPUT_FORMAT,
+            "output_format": OUTPUT_FORMAT,
+            "version": __version__,
+        }
+        return {METADATA_PREFIX + key: value for key, value in values.items()}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str], source: str) -> ModelInfo:
+        values = {
+            k.removeprefix(METADATA_PREFIX): v
+            for k, v in metadata.items()
+            if k.startswith(METADATA_PREFIX)
+        }
+        try:
+            return cls(
+                input_channels=int(values["input_channels"]),
+                input_height=int(values["input_height"]),
+                input_width=int(values["input_width"]),
+                input_scaling=json.loads(values["input_scaling"]),
+                image_threshold=float(values["image_threshold"]),
+                seg_threshold=float(values["seg_threshold"]),
+            )
+        except (KeyError, ValueError) as error:
+            raise CracksegError(
+                f"{source} lacks crackseg's metadata ({error}): export it with crackseg-export"
+            ) from error
+
+    @classmethod
+    def of_module(cls, module: SegDecModule) -> ModelInfo:
+        hp = module.hparams
+        image_threshold, seg_threshold = thresholds(module)
+        scaling = hp.get("input_scaling")
+        return cls(
+            input_channels=int(hp.input_channels),
+            input_height=int(hp.input_height),
+            input_width=int(hp.input_width),
+            input_scaling=dict(scaling) if scaling is not None else None,
+            image_threshold=image_threshold,
+            seg_threshold=seg_threshold,
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (a GPU where there is one), ``cpu``, ``cuda`` or ``cuda:N``, checked."""
+    name = str(name)
+    if not DEVICE_NAMES.fullmatch(name):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but torch sees no CUDA GPU (use device=cpu)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"device={name} but there are {count} CUDA GPUs (cuda:0..{count - 1})"
+            )
+    return device
+
+
+def check_precision(precision: Any) -> str:
+    text = str(precision)
+    if text not in PRECISIONS:
+        raise ConfigError(f"precision must be 32 or bf16, not {precision!r}")
+    return text
+
+
+class TorchBackend:
+    """A checkpoint's module on a device, in float32 or under bfloat16 autocast."""
+
+    def __init__(self, module: SegDecModule, device: torch.device, precision: str = "32") -> None:
+        self.module = module.eval().to(device)
+        self.device = device
+        self.bf16 = check_precision(precision) == "bf16"
+        self.info = ModelInfo.of_module(module)
+
+    def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
+        ):
+            batch = torch.from_numpy(tiles).to(self.device, non_blocking=True)
+            # As the training data set does: uint8 HWC -> float CHW / 255, contiguous (a
+            # channels-last layout would pick other kernels, rounding differently).
+            images = batch.permute(0, 3, 1, 2).contiguous().float() / 255
+            scores, maps = self.module(images)
+        return scores.float().cpu().numpy(), maps[:, 0].float().cpu().numpy()
+
+
+class OnnxBackend:
+    """An exported network run by onnxruntime; thresholds and input settings from its metadata."""
+
+    def __init__(self, path: str | Path, device: str = "auto") -> None:
+        ort = optional_import("onnxruntime", "backend=onnx")
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise CracksegError(f"ONNX model {path} does not exist")
+        providers = _onnx_providers(ort, str(device))
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as error:  # onnxruntime raises its own types for a bad file
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CracksegError(f"cannot read ONNX model {path}: {reason}") from error
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.info = ModelInfo.from_metadata(metadata, str(path))
+        self.input_name = self.session.get_inputs()[0].name
+        log.info("onnxruntime providers: %s", ", ".join(self.session.get_providers()))
+
+    def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32) / 255
+        scores, maps = self.session.run(None, {self.input_name: batch})
+        return scores.astype(np.float32), maps[:, 0].astype(np.float32)
+
+
+def _onnx_providers(ort: ModuleType, device: str) -> list[Any]:
+    if not DEVICE_NAMES.fullmatch(device):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cpu" or (device == "auto" and not has_cuda):
+        return ["CPUExecutionProvider"]
+    if not has_cuda:
+        raise ConfigError(
+            f"device={device} but this onnxruntime has no CUDA provider "
+            "(install onnxruntime-gpu, or use device=cpu)"
+        )
+    index = int(device.split(":")[1]) if ":" in device else 0
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
+def open_backend(
+    backend: str, ckpt_path: str | None, onnx_path: str | None, device: str, precision: str
+) -> TorchBackend | OnnxBackend:
+    """The backend a prediction run asked for, its settings checked before loading."""
+    precision = check_precision(precision)
+    if backend == "torch":
+        if not ckpt_path:
+            raise ConfigError("backend=torch needs ckpt_path=PATH.ckpt")
+        if onnx_path:
+            raise ConfigError("onnx_path is read by backend=onnx; drop it or set backend=onnx")
+        torch_device = resolve_device(device)
+        return TorchBackend(load_module(ckpt_path), torch_device, precision)
+    if backend == "onnx":
+        if not onnx_path:
+            raise ConfigError("backend=onnx needs onnx_path=PATH.onnx (written by crackseg-export)")
+        if ckpt_path:
+            raise ConfigError("ckpt_path is read by backend=torch; drop it or set backend=torch")
+        if precision != "32":
+            raise ConfigError("precision=bf16 needs backend=torch (ONNX models run in float32)")
+        return OnnxBackend(onnx_path, device)
+    raise ConfigError(f"backend must be torch or onnx, not {backend!r}")

@@ -1,0 +1,64 @@
+"""What a prediction run writes per image, and its tables.
+
+Every file is written whole or not at all (crackseg.atomic); a failed write raises an
+``OSError`` that names the file, which ends the run with one line and a failed status.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from crackseg.atomic import atomic_write_bytes, atomic_write_text
+
+#: Colour (RGB) and opacity of the crack tint in the overlays.
+TINT = np.array([255, 0, 0], np.float32)
+TINT_OPACITY = 0.55
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically; an error names ``path`` (a bare write error does not)."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write a uint8 grey (HxW) or RGB (HxWx3) image as PNG."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError(f"cannot encode {path} as PNG")
+    write_file(path, encoded.tobytes())
+
+
+def probability_image(probabilities: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] as 0..255 grey levels."""
+    return np.round(np.clip(probabilities, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The photo (RGB or grey, HxWxC) with the mask's pixels tinted red."""
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+    tinted = rgb.copy()
+    blend = (1 - TINT_OPACITY) * rgb[mask].astype(np.float32) + TINT_OPACITY * TINT
+    tinted[mask] = np.round(blend).astype(np.uint8)
+    return tinted
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(header)
+    writer.writerows(rows)
+    try:
+        atomic_write_text(path, table.getvalue())
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from error

@@ -1,0 +1,204 @@
+"""``crackseg-predict``: photographs in; maps, masks, overlays and crack measurements out.
+
+Per image, at its own resolution: ``probabilities/NAME.png`` (crack probability, 0..255),
+``masks/NAME.png`` (255 where the probability reaches the model's segmentation threshold)
+and ``overlays/NAME.png`` (the photo with the mask tinted red), ``NAME`` being the input's
+file name with its extension (``x.jpg`` -> ``masks/x.jpg.png``), so no two inputs share an
+output. ``predictions.csv`` has one row per image, ``cracks.csv`` one per crack.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from crackseg.data.io import is_image_file, read_image
+from crackseg.deploy.backends import ModelInfo, open_backend
+from crackseg.deploy.measure import Crack, measure_cracks, summarise
+from crackseg.deploy.outputs import overlay, probability_image, write_csv, write_png
+from crackseg.deploy.predictor import ImagePrediction, predict_images
+from crackseg.deploy.settings import PredictSettings
+from crackseg.errors import DataError, describe_files
+from crackseg.run_folder import refuse_used_folder
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = [
+    "file",
+    "width",
+    "height",
+    "decision_score",
+    "decision",
+    "crack_fraction",
+    "cracks",
+    "total_length_px",
+    "max_width_px",
+    "mean_width_px",
+]
+CRACK_COLUMNS = [
+    "file",
+    "crack",
+    "pixels",
+    "length_px",
+    "mean_width_px",
+    "max_width_px",
+    "x",
+    "y",
+    "box_width",
+    "box_height",
+]
+#: Added when ``pixel_size_mm`` is given: the pixel columns above, in millimetres.
+PREDICTION_MM_COLUMNS = ["total_length_mm", "max_width_mm", "mean_width_mm"]
+CRACK_MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
+
+
+def list_images(path: Path) -> list[Path]:
+    """One image, or every image in a folder (sorted by name, not recursive)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"input {path} does not exist")
+    images = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+    if not images:
+        raise DataError(f"no images found in {path}")
+    return images
+
+
+class ResultWriter:
+    """Writes each image's files as soon as it is predicted and keeps its table rows."""
+
+    def __init__(self, output_dir: Path, settings: PredictSettings, info: ModelInfo) -> None:
+        self.output_dir = output_dir
+        self.settings = settings
+        self.image_threshold = settings.image_threshold(info)
+        self.seg_threshold = info.seg_threshold
+        self.image_rows: list[list[Any]] = []
+        self.crack_rows: list[list[Any]] = []
+
+    def add(self, path: Path, image: np.ndarray, prediction: ImagePrediction) -> None:
+        name = f"{path.name}.png"
+        probabilities = prediction.probabilities
+        mask = probabilities >= self.seg_threshold
+        write_png(self.output_dir / "probabilities" / name, probability_image(probabilities))
+        write_png(self.output_dir / "masks" / name, mask.astype(np.uint8) * 255)
+        if self.settings.overlays:
+            write_png(self.output_dir / "overlays" / name, overlay(image, mask))
+        cracks = measure_cracks(mask, self.settings.min_crack_pixels)
+        self._add_rows(path.name, mask, prediction.score, cracks)
+
+    def _mm(self, values: list[float]) -> list[str]:
+        size = self.settings.pixel_size_mm
+        return [] if size is None else [f"{v * size:.3f}" for v in values]
+
+    def _add_rows(self, name: str, mask: np.ndarray, score: float, cracks: list[Crack]) -> None:
+        height, width = mask.shape
+        summary = summarise(cracks)
+        sizes = [summary.total_length, summary.max_width, summary.mean_width]
+        self.image_rows.append(
+            [
+                name,
+                width,
+                height,
+                f"{score:.6f}",
+                int(score >= self.image_threshold),
+                f"{np.count_nonzero(mask) / mask.size:.6f}",
+                summary.count,
+                *(f"{v:.2f}" for v in sizes),
+                *self._mm(sizes),
+            ]
+        )
+        for number, crack in enumerate(cracks, start=1):
+            sizes = [crack.length, crack.mean_width, crack.max_width]
+            self.crack_rows.append(
+                [
+                    name,
+                    number,
+                    crack.pixels,
+                    *(f"{v:.2f}" for v in sizes),
+                    crack.x,
+                    crack.y,
+                    crack.width,
+                    crack.height,
+                    *self._mm(sizes),
+                ]
+            )
+
+    def write_tables(self) -> None:
+        millimetres = self.settings.pixel_size_mm is not None
+        write_csv(
+            self.output_dir / "predictions.csv",
+            PREDICTION_COLUMNS + (PREDICTION_MM_COLUMNS if millimetres else []),
+            self.image_rows,
+        )
+        write_csv(
+            self.output_dir / "cracks.csv",
+            CRACK_COLUMNS + (CRACK_MM_COLUMNS if millimetres else []),
+            self.crack_rows,
+        )
+
+
+def _readable(
+    paths: list[Path], channels: int, skipped: list[Path], progress: tqdm
+) -> Iterator[tuple[tuple[Path, np.ndarray], np.ndarray]]:
+    """Yield ``((path, image), image)``; an unreadable file is logged, listed and skipped."""
+    for path in paths:
+        try:
+            image = read_image(path, channels)
+        except DataError as error:
+            log.warning("skipping an unreadable image: %s", error)
+            skipped.append(path)
+            progress.update()
+            continue
+        yield (path, image), image
+
+
+def predict_folder(cfg: DictConfig) -> dict[str, Any]:
+    """Predict every image of ``cfg.input`` into the run folder; return the run's counts."""
+    settings = PredictSettings.from_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    refuse_used_folder(output_dir)
+    source = Path(settings.input).expanduser()
+    paths = list_images(source)
+    backend = open_backend(
+        settings.backend,
+        settings.ckpt_path,
+        settings.onnx_path,
+        settings.device,
+        settings.precision,
+    )
+    info = backend.info
+    plan = settings.plan(info, settings.ckpt_path or settings.onnx_path or "the model")
+    log.info(
+        "%d images, %s mode at %dx%d, image threshold %.4f, segmentation threshold %.4f",
+        len(paths),
+        plan.mode,
+        plan.tile_height,
+        plan.tile_width,
+        settings.image_threshold(info),
+        info.seg_threshold,
+    )
+    writer = ResultWriter(output_dir, settings, info)
+    skipped: list[Path] = []
+    with tqdm(total=len(paths), desc="predicting", unit="image") as progress:
+        images = _readable(paths, info.input_channels, skipped, progress)
+        for (path, image), prediction in predict_images(images, backend, plan):
+            writer.add(path, image, prediction)
+            progress.update()
+    if not writer.image_rows:
+        raise DataError(
+            f"none of the {len(paths)} images in {source} could be read: {describe_files(skipped)}"
+        )
+    writer.write_tables()
+    predicted = len(writer.image_rows)
+    if skipped:
+        log.warning("skipped %d unreadable images: %s", len(skipped), describe_files(skipped))
+    log.info(
+        "predicted %d images into %s (%d unreadable, skipped)", predicted, output_dir, len(skipped)
+    )
+    return {"images": predicted, "unreadable": len(skipped), "cracks": len(writer.crack_rows)}

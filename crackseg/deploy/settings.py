@@ -1,0 +1,133 @@
+"""The settings of ``crackseg-predict``, checked before anything is loaded or written."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from crackseg.deploy.backends import DEVICE_NAMES, ModelInfo, check_precision
+from crackseg.deploy.predictor import Plan
+from crackseg.errors import ConfigError
+from crackseg.models.segdecnet import check_input_size
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "tile", "resize")
+BACKENDS = ("torch", "onnx")
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: key -> (accepts the value, what it must be).
+RULES = {
+    "backend": (lambda v: v in BACKENDS, " or ".join(BACKENDS)),
+    "mode": (lambda v: v in MODES, " or ".join(MODES)),
+    "tile_height": (lambda v: v is None or (_integer(v) and v > 0), "null or a positive integer"),
+    "tile_width": (lambda v: v is None or (_integer(v) and v > 0), "null or a positive integer"),
+    "overlap": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "device": (
+        lambda v: isinstance(v, str) and DEVICE_NAMES.fullmatch(v),
+        "auto, cpu, cuda or cuda:N",
+    ),
+    "decision_threshold": (
+        lambda v: v is None or (_number(v) and 0 <= v <= 1),
+        "null or a number in [0, 1]",
+    ),
+    "min_crack_pixels": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "pixel_size_mm": (lambda v: v is None or (_number(v) and v > 0), "null or a number > 0"),
+    "overlays": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    backend: str
+    ckpt_path: str | None
+    onnx_path: str | None
+    input: str
+    mode: str
+    tile_height: int | None
+    tile_width: int | None
+    overlap: float
+    batch_size: int
+    device: str
+    precision: str
+    decision_threshold: float | None
+    min_crack_pixels: int
+    pixel_size_mm: float | None
+    overlays: bool
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> PredictSettings:
+        """The run's settings; a value that cannot work is one line naming its key."""
+        for key, (accepts, expected) in RULES.items():
+            value = cfg.get(key)
+            if not accepts(value):
+                raise ConfigError(f"{key} must be {expected}, not {value!r}")
+        values = OmegaConf.to_container(cfg, resolve=True)
+        return cls(
+            backend=values["backend"],
+            ckpt_path=_optional_str(values.get("ckpt_path")),
+            onnx_path=_optional_str(values.get("onnx_path")),
+            input=str(values["input"]),
+            mode=values["mode"],
+            tile_height=values["tile_height"],
+            tile_width=values["tile_width"],
+            overlap=float(values["overlap"]),
+            batch_size=values["batch_size"],
+            device=values["device"],
+            precision=check_precision(values["precision"]),
+            decision_threshold=values["decision_threshold"],
+            min_crack_pixels=values["min_crack_pixels"],
+            pixel_size_mm=values["pixel_size_mm"],
+            overlays=values["overlays"],
+        )
+
+    def plan(self, info: ModelInfo, source: str) -> Plan:
+        """How images reach the network: as the model was trained unless ``mode`` says."""
+        mode = self.mode
+        if mode == "auto":
+            scaling = info.input_scaling
+            if scaling is None:
+                log.warning(
+                    "%s does not record how its training images were scaled: every image is "
+                    "resized to %dx%d (mode=tile predicts tile by tile at the image's own scale)",
+                    source,
+                    info.input_height,
+                    info.input_width,
+                )
+                mode = "resize"
+            else:
+                mode = "tile" if scaling["mode"] == "native" else "resize"
+        if mode == "resize":
+            if self.tile_height is not None or self.tile_width is not None:
+                raise ConfigError(
+                    "tile_height/tile_width apply to mode=tile; resize mode resizes every "
+                    f"image to the model's input size {info.input_height}x{info.input_width}"
+                )
+            return Plan("resize", info.input_height, info.input_width, 0.0, self.batch_size)
+        height = self.tile_height or info.input_height
+        width = self.tile_width or info.input_width
+        try:
+            check_input_size(height, width)
+        except ConfigError as error:  # worded for the training settings: keep the reason
+            reason = str(error).split(" (")[0]
+            raise ConfigError(f"tile {height}x{width} cannot be predicted: {reason}") from error
+        return Plan("tile", height, width, self.overlap, self.batch_size)
+
+    def image_threshold(self, info: ModelInfo) -> float:
+        return info.image_threshold if self.decision_threshold is None else self.decision_threshold
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)

@@ -1,0 +1,153 @@
+"""crackseg-export: ONNX that matches PyTorch, carries its thresholds, and predicts alike."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED, one_line_error, run_entry
+
+from crackseg.data.io import read_image
+from crackseg.deploy.backends import OnnxBackend, optional_import
+from crackseg.deploy.export import Difference, compare_runtimes
+from crackseg.errors import CracksegError
+from crackseg.models.checkpoint import load_module
+
+ort = pytest.importorskip("onnxruntime", reason="the deploy extra is not installed")
+onnx = pytest.importorskip("onnx", reason="the deploy extra is not installed")
+
+#: The largest difference between onnxruntime's and PyTorch's probabilities accepted here
+#: (what crackseg-export accepts by default).
+TOLERANCE = 1e-4
+CFD_IMAGES = SHARED / "data" / "cfd" / "images"
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory, tiny_checkpoint, photo_folder):
+    out = tmp_path_factory.mktemp("export") / "run"
+    result = run_entry(
+        "export",
+        f"ckpt_path={tiny_checkpoint}",
+        f"check_images={photo_folder}",
+        f"hydra.run.dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "model.onnx"
+
+
+def session_of(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_the_export_records_its_comparison(tiny_onnx, photo_folder):
+    record = json.loads((tiny_onnx.parent / "export.json").read_text())
+    checked = record["max_difference"]
+    assert {"random 2x3x64x128", "random 1x3x128x256"} <= checked.keys()
+    assert str(photo_folder / "wall.png") in checked  # real images too
+    assert str(photo_folder / "broken.jpg") not in checked
+    assert all(max(d.values()) <= TOLERANCE for d in checked.values())
+
+
+def test_thresholds_and_input_settings_are_read_back_from_the_metadata(tiny_onnx, tiny_checkpoint):
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    metadata = {p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props}
+    assert float(metadata["crackseg.image_threshold"]) == float(
+        state["state_dict"]["image_threshold"]
+    )
+    assert float(metadata["crackseg.seg_threshold"]) == float(state["state_dict"]["seg_threshold"])
+    assert "[0, 1]" in metadata["crackseg.input_format"]
+    info = OnnxBackend(tiny_onnx, "cpu").info
+    hp = state["hyper_parameters"]
+    assert (info.input_channels, info.input_height, info.input_width) == (3, 64, 128)
+    assert info.input_scaling == hp["input_scaling"]
+    assert info.image_threshold == float(state["state_dict"]["image_threshold"])
+
+
+def test_batch_and_size_are_dynamic_and_outputs_match_pytorch_on_random_inputs(
+    tiny_onnx, tiny_checkpoint
+):
+    module = load_module(tiny_checkpoint)
+    rng = np.random.default_rng(0)
+    inputs = {
+        "3x64x128": rng.random((3, 3, 64, 128), np.float32),
+        "1x192x64": rng.random((1, 3, 192, 64), np.float32),
+    }
+    for difference in compare_runtimes(module, session_of(tiny_onnx), inputs):
+        assert difference.worst <= TOLERANCE, difference
+
+
+def test_outputs_match_pytorch_on_an_image_of_the_dataset(tiny_onnx, tiny_checkpoint, tiny_run):
+    module = load_module(tiny_checkpoint)
+    rows = list(csv.DictReader((tiny_run / "test_scores.csv").open()))
+    image = read_image(rows[0]["image"], 3)
+    batch = (image.transpose(2, 0, 1)[None] / np.float32(255)).astype(np.float32)
+    (difference,) = compare_runtimes(module, session_of(tiny_onnx), {"synthetic": batch})
+    assert difference.worst <= TOLERANCE
+
+
+@pytest.mark.skipif(not CFD_IMAGES.is_dir(), reason=f"no CrackForest photographs at {CFD_IMAGES}")
+def test_outputs_match_pytorch_on_a_crackforest_photograph(tiny_onnx, tiny_checkpoint):
+    module = load_module(tiny_checkpoint)
+    image = read_image(sorted(CFD_IMAGES.glob("*.jpg"))[0], 3)  # 480x320: a whole photograph
+    batch = (image.transpose(2, 0, 1)[None] / np.float32(255)).astype(np.float32)
+    (difference,) = compare_runtimes(module, session_of(tiny_onnx), {"cfd": batch})
+    assert difference.worst <= TOLERANCE
+
+
+def test_a_difference_above_the_tolerance_refuses_the_export(tiny_checkpoint, tmp_path):
+    """onnxruntime and PyTorch round differently (~1e-7): a tolerance of 1e-12 fails."""
+    line = one_line_error(
+        run_entry(
+            "export", f"ckpt_path={tiny_checkpoint}", "tolerance=1e-12", f"hydra.run.dir={tmp_path}"
+        )
+    )
+    assert "differ from PyTorch's" in line and "was not written" in line
+    assert not (tmp_path / "model.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_backend_onnx_predicts_as_backend_torch(
+    tiny_onnx, photo_folder, torch_predictions, tmp_path
+):
+    result = run_entry(
+        "predict",
+        "backend=onnx",
+        f"onnx_path={tiny_onnx}",
+        f"input={photo_folder}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with_torch = {
+        r["file"]: r for r in csv.DictReader((torch_predictions / "predictions.csv").open())
+    }
+    with_onnx = {r["file"]: r for r in csv.DictReader((tmp_path / "predictions.csv").open())}
+    assert with_onnx.keys() == with_torch.keys()
+    for name, row in with_onnx.items():
+        reference = with_torch[name]
+        assert float(row["decision_score"]) == pytest.approx(
+            float(reference["decision_score"]), abs=TOLERANCE
+        )
+        assert row["decision"] == reference["decision"]
+        a = cv2.imread(str(tmp_path / "probabilities" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(
+            str(torch_predictions / "probabilities" / f"{name}.png"), cv2.IMREAD_UNCHANGED
+        )
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, name
+
+
+def test_without_the_deploy_extra_onnx_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(CracksegError, match=r"needs onnxruntime.*pip install 'crackseg\[deploy\]'"):
+        OnnxBackend(tmp_path / "model.onnx")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    with pytest.raises(CracksegError, match=r"needs onnxscript.*crackseg\[deploy\]"):
+        optional_import("onnxscript", "crackseg-export")
+
+
+def test_the_worst_difference_is_the_larger_of_both_outputs():
+    assert Difference("x", decision=1e-3, segmentation=2e-5).worst == 1e-3

@@ -1,0 +1,103 @@
+"""Crack length and width on drawings of known geometry."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import predict_settings
+
+from crackseg.deploy.backends import ModelInfo
+from crackseg.deploy.measure import measure_cracks, skeleton_length, summarise
+from crackseg.deploy.pipeline import ResultWriter
+from crackseg.deploy.predictor import ImagePrediction
+
+
+def bar(shape: tuple[int, int], centre, length: float, width: float, degrees: float):
+    """A filled rectangle: every pixel whose centre lies within it (exact geometry)."""
+    angle = math.radians(degrees)
+    along = np.array([math.cos(angle), math.sin(angle)])
+    across = np.array([-along[1], along[0]])
+    ys, xs = np.mgrid[: shape[0], : shape[1]]
+    offsets = np.stack([xs - centre[0], ys - centre[1]], axis=-1)
+    return (np.abs(offsets @ along) <= length / 2) & (np.abs(offsets @ across) <= width / 2)
+
+
+def test_a_straight_crack_200_long_and_5_wide():
+    mask = np.zeros((60, 300), bool)
+    mask[20:25, 50:250] = True
+    (crack,) = measure_cracks(mask)
+    assert crack.length == pytest.approx(200, abs=3)
+    assert crack.max_width == pytest.approx(5, abs=1)
+    assert crack.mean_width == pytest.approx(5, abs=1)
+    assert (crack.x, crack.y, crack.width, crack.height, crack.pixels) == (50, 20, 200, 5, 1000)
+
+
+def test_a_diagonal_crack_200_long_and_5_wide():
+    mask = bar((300, 300), (150, 150), 200, 5, 45)
+    (crack,) = measure_cracks(mask)
+    assert crack.length == pytest.approx(200, abs=3)
+    assert crack.mean_width == pytest.approx(5, abs=1)
+    assert crack.max_width == pytest.approx(5, abs=1)
+
+
+def test_a_one_pixel_diagonal_line_is_sqrt2_per_step():
+    mask = np.eye(101, dtype=bool)
+    (crack,) = measure_cracks(mask)
+    # 100 diagonal steps between centres, plus half a pixel beyond each end centre.
+    assert crack.length == pytest.approx(100 * math.sqrt(2) + 1, abs=1e-6)
+    assert crack.max_width == 1
+
+
+def test_a_corner_of_the_skeleton_is_not_counted_twice():
+    corner = np.array([[1, 1], [0, 1]], bool)  # right then down: 2, not 2 + sqrt(2)
+    assert skeleton_length(corner) == pytest.approx(2.0)
+    knight = np.array([[1, 1, 0], [0, 0, 1]], bool)  # right, then diagonally down
+    assert skeleton_length(knight) == pytest.approx(1 + math.sqrt(2))
+
+
+def test_separate_cracks_are_counted_apart_and_specks_dropped():
+    mask = np.zeros((100, 200), bool)
+    mask[10:13, 10:110] = True
+    mask[60:63, 20:180] = True
+    mask[90, 190] = mask[91, 191] = True  # touching corners: one speck of 2 pixels
+    cracks = measure_cracks(mask, min_pixels=20)
+    assert [c.y for c in cracks] == [10, 60]
+    assert [c.length for c in cracks] == [pytest.approx(100, abs=2), pytest.approx(160, abs=2)]
+    assert len(measure_cracks(mask, min_pixels=1)) == 3  # 8-connected: the speck is one
+    summary = summarise(cracks)
+    assert summary.count == 2 and summary.total_length == pytest.approx(260, abs=2)
+    assert summary.max_width == pytest.approx(3, abs=1e-6)
+
+
+def test_millimetres_are_pixels_times_the_pixel_size(tmp_path: Path):
+    probabilities = np.zeros((60, 300), np.float32)
+    probabilities[20:25, 50:250] = 0.9
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    writer = ResultWriter(tmp_path, predict_settings(pixel_size_mm=0.25, overlays=False), info)
+    image = np.zeros((60, 300, 3), np.uint8)
+    writer.add(Path("wall.jpg"), image, ImagePrediction(0.8, probabilities, 1))
+    writer.write_tables()
+    (row,) = csv.DictReader((tmp_path / "predictions.csv").open())
+    assert (row["file"], row["width"], row["height"], row["decision"]) == (
+        "wall.jpg",
+        "300",
+        "60",
+        "1",
+    )
+    assert float(row["crack_fraction"]) == pytest.approx(1000 / 18000, abs=1e-6)
+    for name in ("total_length", "max_width", "mean_width"):
+        # The pixel columns are rounded to 0.01, the millimetre ones to 0.001.
+        assert float(row[f"{name}_mm"]) == pytest.approx(0.25 * float(row[f"{name}_px"]), abs=2e-3)
+    assert float(row["total_length_mm"]) == pytest.approx(50, abs=0.75)
+    (crack,) = csv.DictReader((tmp_path / "cracks.csv").open())
+    assert float(crack["length_mm"]) == pytest.approx(0.25 * float(crack["length_px"]), abs=2e-3)
+    assert (crack["x"], crack["y"], crack["box_width"], crack["box_height"]) == (
+        "50",
+        "20",
+        "200",
+        "5",
+    )

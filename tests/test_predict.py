@@ -1,0 +1,220 @@
+"""crackseg-predict end to end: outputs, scores as in evaluation, and every bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import resource
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, one_line_error, predict_settings, run_entry
+from omegaconf import OmegaConf
+
+from crackseg.deploy.backends import open_backend, resolve_device
+from crackseg.deploy.pipeline import CRACK_COLUMNS, PREDICTION_COLUMNS
+from crackseg.deploy.settings import PredictSettings
+from crackseg.errors import ConfigError
+
+
+def rows_of(path):
+    return list(csv.DictReader(path.open()))
+
+
+def test_scores_of_input_sized_images_equal_the_training_runs_test_scores(
+    tiny_run, torch_predictions
+):
+    predicted = {r["file"]: r for r in rows_of(torch_predictions / "predictions.csv")}
+    tested = rows_of(tiny_run / "test_scores.csv")
+    assert tested
+    for row in tested:
+        name = row["image"].rsplit("/", 1)[-1]
+        assert float(predicted[name]["decision_score"]) == pytest.approx(
+            float(row["decision_score"]), abs=2e-6
+        ), name
+        assert predicted[name]["decision"] == row["decision"], name
+
+
+def test_every_image_gets_a_map_a_mask_and_an_overlay_at_its_own_size(
+    photo_folder, torch_predictions
+):
+    rows = rows_of(torch_predictions / "predictions.csv")
+    assert list(rows[0]) == PREDICTION_COLUMNS  # no millimetres without pixel_size_mm
+    names = sorted(r["file"] for r in rows)
+    readable = sorted(p.name for p in photo_folder.iterdir() if p.name != "broken.jpg")
+    assert names == readable
+    wall = next(r for r in rows if r["file"] == "wall.png")
+    assert (wall["width"], wall["height"]) == ("350", "100")
+    for folder in ("probabilities", "masks", "overlays"):
+        written = cv2.imread(str(torch_predictions / folder / "wall.png.png"), cv2.IMREAD_UNCHANGED)
+        assert written.shape[:2] == (100, 350), folder
+    mask = cv2.imread(str(torch_predictions / "masks" / "wall.png.png"), cv2.IMREAD_UNCHANGED)
+    assert set(np.unique(mask)) <= {0, 255}
+    assert float(wall["crack_fraction"]) == pytest.approx((mask > 0).mean(), abs=1e-6)
+    cracks = rows_of(torch_predictions / "cracks.csv")
+    assert list(cracks[0]) == CRACK_COLUMNS
+    assert sum(int(r["cracks"]) for r in rows) == len(cracks)
+
+
+def test_x_jpg_and_x_png_are_both_predicted_into_their_own_files(torch_predictions):
+    files = {r["file"]: r for r in rows_of(torch_predictions / "predictions.csv")}
+    assert {"x.jpg", "x.png"} <= files.keys()
+    for folder in ("probabilities", "masks", "overlays"):
+        assert (torch_predictions / folder / "x.jpg.png").is_file()
+        assert (torch_predictions / folder / "x.png.png").is_file()
+    # Different images behind the two names: their maps differ.
+    jpg = cv2.imread(str(torch_predictions / "probabilities" / "x.jpg.png"))
+    png = cv2.imread(str(torch_predictions / "probabilities" / "x.png.png"))
+    assert not np.array_equal(jpg, png)
+
+
+def test_an_unreadable_file_is_skipped_named_and_counted(torch_predictions):
+    console = (torch_predictions.parent / "console.txt").read_text()
+    assert "skipping an unreadable image" in console and "broken.jpg" in console
+    last = [line for line in console.splitlines() if "predicted" in line][-1]
+    assert "1 unreadable" in last
+    status = json.loads((torch_predictions / "status.json").read_text())
+    assert status["status"] == "finished" and status["metrics"]["unreadable"] == 1
+
+
+def test_a_used_run_folder_is_refused(tiny_checkpoint, photo_folder, torch_predictions):
+    before = (torch_predictions / "predictions.csv").read_bytes()
+    line = one_line_error(
+        run_entry(
+            "predict",
+            f"ckpt_path={tiny_checkpoint}",
+            f"input={photo_folder}",
+            f"hydra.run.dir={torch_predictions}",
+        )
+    )
+    assert "already holds a run" in line
+    assert (torch_predictions / "predictions.csv").read_bytes() == before
+
+
+def test_a_threshold_that_is_no_number_is_refused_before_anything_is_written(
+    tiny_checkpoint, photo_folder, tmp_path
+):
+    line = one_line_error(
+        run_entry(
+            "predict",
+            f"ckpt_path={tiny_checkpoint}",
+            f"input={photo_folder}",
+            "decision_threshold=high",
+            f"hydra.run.dir={tmp_path}",
+        )
+    )
+    assert "decision_threshold must be null or a number in [0, 1], not 'high'" in line
+    written = {p.name for p in tmp_path.iterdir()}
+    assert not written & {"probabilities", "masks", "overlays", "predictions.csv"}
+
+
+def test_an_unknown_device_is_refused(tiny_checkpoint, photo_folder, tmp_path):
+    line = one_line_error(
+        run_entry(
+            "predict",
+            f"ckpt_path={tiny_checkpoint}",
+            f"input={photo_folder}",
+            "device=tpu",
+            f"hydra.run.dir={tmp_path}",
+        )
+    )
+    assert "device must be auto, cpu, cuda or cuda:N, not 'tpu'" in line
+
+
+def test_device_names_are_checked():
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name in ("tpu", "cuda:x", "gpu", "cuda:"):
+        with pytest.raises(ConfigError, match="device must be"):
+            resolve_device(name)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("overlap", 1.0, "overlap must be a number in [0, 1)"),
+        ("batch_size", 0, "batch_size must be an integer >= 1"),
+        ("precision", 16, "precision must be 32 or bf16"),
+        ("mode", "crop", "mode must be auto or tile or resize"),
+        ("decision_threshold", 1.5, "decision_threshold must be null or a number in [0, 1]"),
+        ("pixel_size_mm", 0, "pixel_size_mm must be null or a number > 0"),
+        ("min_crack_pixels", 0, "min_crack_pixels must be an integer >= 1"),
+        ("tile_height", 64.5, "tile_height must be null or a positive integer"),
+        ("backend", "tensorrt", "backend must be torch or onnx"),
+    ],
+)
+def test_a_setting_that_cannot_work_is_named(key, value, message):
+    values = {**predict_settings().__dict__, key: value}
+    with pytest.raises(ConfigError) as raised:
+        PredictSettings.from_config(OmegaConf.create(values))
+    assert message in str(raised.value)
+
+
+def test_each_backend_needs_its_own_model_file():
+    with pytest.raises(ConfigError, match="backend=torch needs ckpt_path"):
+        open_backend("torch", None, None, "cpu", "32")
+    with pytest.raises(ConfigError, match="backend=onnx needs onnx_path"):
+        open_backend("onnx", None, None, "cpu", "32")
+    with pytest.raises(ConfigError, match="precision=bf16 needs backend=torch"):
+        open_backend("onnx", None, "m.onnx", "cpu", "bf16")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_without_a_gpu_is_refused():
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resolve_device("cuda")
+
+
+def test_a_folder_of_unreadable_images_fails(tiny_checkpoint, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"")
+    (photos / "b.png").write_bytes(b"not a png")
+    line = one_line_error(
+        run_entry(
+            "predict",
+            f"ckpt_path={tiny_checkpoint}",
+            f"input={photos}",
+            f"hydra.run.dir={tmp_path}/run",
+        )
+    )
+    assert "none of the 2 images" in line and "a.jpg" in line and "b.png" in line
+    assert not (tmp_path / "run" / "predictions.csv").exists()
+
+
+def test_a_failed_write_names_the_file_and_fails_the_run(tiny_checkpoint, tmp_path):
+    """A file size limit makes the first large output fail as a full disk would."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8)
+    cv2.imwrite(str(photos / "noise.png"), noise)
+    run_dir = tmp_path / "run"
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crackseg.predict",
+            f"ckpt_path={tiny_checkpoint}",
+            f"input={photos}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=600,
+    )
+    line = one_line_error(result)
+    assert "cannot write" in line and "File too large" in line
+    assert str(run_dir) in line and "noise.png.png" in line
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    assert not (run_dir / "predictions.csv").exists()
+    leftovers = [p for p in run_dir.rglob("*") if ".partial-" in p.name]
+    assert leftovers == []
