@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
 from pytorch_lightning.utilities.data import extract_batch_size
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,11 @@ def output_is_terminal() -> bool:
 
 
 def progress_callbacks(enabled: bool, shared_output: bool = False) -> list[pl.Callback]:
-    """What shows the progress of a run: ``[]`` keeps Lightning's tqdm bar (on a terminal
-    that only this job writes to), ``[EpochLog()]`` replaces it (a file, a pipe, or the
-    jobs of a local parallel sweep); nothing at all when ``enabled`` is false."""
-    if not enabled or (output_is_terminal() and not shared_output):
+    """What shows the progress of a run: tqdm's bar on a terminal that only this job writes
+    to, ``EpochLog`` elsewhere (a file, a pipe, or the jobs of a local parallel sweep);
+    nothing at all when ``enabled`` is false."""
+    if not enabled:
         return []
+    if output_is_terminal() and not shared_output:
+        return [TQDMProgressBar()]  # not the rich bar Lightning prefers where rich is installed
     return [EpochLog()]

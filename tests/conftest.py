@@ -99,8 +99,14 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 def tiny_run(tmp_path_factory, tiny_data_dir) -> Path:
     """One tiny trained run (with a few non-default settings) shared by every test file."""
     run_dir = tmp_path_factory.mktemp("run")
+    # float32, so predictions and exports can be compared with its scores to 1e-6.
     result = run_tiny(
-        run_dir, tiny_data_dir, "data.dilate=3", "loss.weighted_seg_p=1", "loss.delta_cls=0.1"
+        run_dir,
+        tiny_data_dir,
+        "data.dilate=3",
+        "loss.weighted_seg_p=1",
+        "loss.delta_cls=0.1",
+        "trainer.precision=32-true",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
@@ -127,11 +133,12 @@ def predict_settings(**changes) -> PredictSettings:
         "overlap": 0.25,
         "batch_size": 8,
         "device": "cpu",
-        "precision": "32",
+        "precision": "auto",
         "decision_threshold": None,
         "min_crack_pixels": 20,
         "pixel_size_mm": None,
         "overlays": True,
+        "reference_masks": None,
     }
     return PredictSettings(**{**values, **changes})
 
@@ -162,7 +169,11 @@ def torch_predictions(tmp_path_factory, tiny_checkpoint, photo_folder) -> Path:
     """crackseg-predict's run folder for ``photo_folder`` with the tiny checkpoint."""
     out = tmp_path_factory.mktemp("predict") / "run"
     result = run_entry(
-        "predict", f"ckpt_path={tiny_checkpoint}", f"input={photo_folder}", f"hydra.run.dir={out}"
+        "predict",
+        f"ckpt_path={tiny_checkpoint}",
+        f"input={photo_folder}",
+        "precision=32",
+        f"hydra.run.dir={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (out.parent / "console.txt").write_text(result.stdout + result.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -155,3 +157,17 @@ def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):
     assert data.eval_batch_size == 16
     loader = data._loader(list(range(3)), 2)
     assert loader.pin_memory is True
+
+
+def test_a_bf16_run_trains_tests_and_says_so(tmp_path, tiny_data_dir):
+    from conftest import run_tiny
+
+    result = run_tiny(tmp_path, tiny_data_dir, "trainer.precision=bf16-mixed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16-mixed"
+    assert 0 <= metrics["image_auc"] <= 1 and 0 <= metrics["dice_mean"] <= 1
+    assert "| Precision " in (tmp_path / "report.md").read_text()
+    assert "bf16-mixed" in next(
+        line for line in (tmp_path / "report.md").read_text().splitlines() if "| Precision" in line
+    )

@@ -137,7 +137,7 @@ def test_device_names_are_checked():
     [
         ("overlap", 1.0, "overlap must be a number in [0, 1)"),
         ("batch_size", 0, "batch_size must be an integer >= 1"),
-        ("precision", 16, "precision must be 32 or bf16"),
+        ("precision", 16, "precision must be auto, 32 or bf16"),
         ("mode", "crop", "mode must be auto or tile or resize"),
         ("decision_threshold", 1.5, "decision_threshold must be null or a number in [0, 1]"),
         ("pixel_size_mm", 0, "pixel_size_mm must be null or a number > 0"),
@@ -218,3 +218,31 @@ def test_a_failed_write_names_the_file_and_fails_the_run(tiny_checkpoint, tmp_pa
     assert not (run_dir / "predictions.csv").exists()
     leftovers = [p for p in run_dir.rglob("*") if ".partial-" in p.name]
     assert leftovers == []
+
+
+def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
+    from crackseg.deploy.backends import ModelInfo
+    from crackseg.deploy.pipeline import REFERENCE_COLUMNS, ResultWriter, dice_iou
+    from crackseg.deploy.predictor import ImagePrediction
+
+    references = tmp_path / "truth"
+    references.mkdir()
+    truth = np.zeros((10, 20), np.uint8)
+    truth[2:4, :] = 255  # 40 crack pixels
+    cv2.imwrite(str(references / "road.png"), truth)
+    probabilities = np.zeros((10, 20), np.float32)
+    probabilities[3:5, :10] = 0.9  # 20 pixels predicted, 10 of them on the crack
+    settings = predict_settings(reference_masks=str(references), overlays=False)
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    writer = ResultWriter(tmp_path / "out", settings, info)
+    image = np.zeros((10, 20, 3), np.uint8)
+    writer.add(tmp_path / "road.jpg", image, ImagePrediction(0.9, probabilities, 1))
+    writer.add(tmp_path / "other.jpg", image, ImagePrediction(0.1, probabilities * 0, 1))
+    writer.write_tables()
+    rows = rows_of(tmp_path / "out" / "predictions.csv")
+    assert list(rows[0])[-2:] == REFERENCE_COLUMNS
+    # Dice 2*10/(20+40), IoU 10/(20+40-10); no reference for other.jpg: left empty.
+    assert float(rows[0]["dice"]) == pytest.approx(1 / 3) and float(rows[0]["iou"]) == 0.2
+    assert rows[1]["dice"] == rows[1]["iou"] == ""
+    assert writer.dices == [pytest.approx(1 / 3)]
+    assert dice_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == (1.0, 1.0)

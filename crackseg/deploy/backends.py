@@ -22,13 +22,15 @@ import torch
 
 from crackseg import __version__
 from crackseg.errors import ConfigError, CracksegError
+from crackseg.hardware import BF16, native_precision
 from crackseg.models.checkpoint import load_module, thresholds
 from crackseg.models.lit_segdec import SegDecModule
 
 log = logging.getLogger(__name__)
 
 DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
-PRECISIONS = ("32", "bf16")
+#: auto: bf16 where the device computes in bf16 natively (crackseg.hardware), else 32.
+PRECISIONS = ("auto", "32", "bf16")
 #: What the optional ONNX support needs installed.
 DEPLOY_EXTRA = "pip install 'crackseg[deploy]'"
 #: Prefix of the ONNX metadata keys crackseg writes.
@@ -138,7 +140,7 @@ def resolve_device(name: str) -> torch.device:
 def check_precision(precision: Any) -> str:
     text = str(precision)
     if text not in PRECISIONS:
-        raise ConfigError(f"precision must be 32 or bf16, not {precision!r}")
+        raise ConfigError(f"precision must be auto, 32 or bf16, not {precision!r}")
     return text
 
 
@@ -215,13 +217,17 @@ def open_backend(
         if onnx_path:
             raise ConfigError("onnx_path is read by backend=onnx; drop it or set backend=onnx")
         torch_device = resolve_device(device)
+        if precision == "auto":
+            native = native_precision(torch_device.type) == BF16
+            precision = "bf16" if native else "32"
+            log.info("precision: %s (precision=auto on this %s)", precision, torch_device.type)
         return TorchBackend(load_module(ckpt_path), torch_device, precision)
     if backend == "onnx":
         if not onnx_path:
             raise ConfigError("backend=onnx needs onnx_path=PATH.onnx (written by crackseg-export)")
         if ckpt_path:
             raise ConfigError("ckpt_path is read by backend=torch; drop it or set backend=torch")
-        if precision != "32":
+        if precision == "bf16":
             raise ConfigError("precision=bf16 needs backend=torch (ONNX models run in float32)")
         return OnnxBackend(onnx_path, device)
     raise ConfigError(f"backend must be torch or onnx, not {backend!r}")

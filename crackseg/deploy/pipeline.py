@@ -18,7 +18,8 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from crackseg.data.io import is_image_file, read_image
+from crackseg.data.io import is_image_file, read_image, read_mask
+from crackseg.data.layouts import BINARIZE_THRESHOLD
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
 from crackseg.deploy.outputs import overlay, probability_image, write_csv, write_png
@@ -41,6 +42,8 @@ PREDICTION_COLUMNS = [
     "max_width_px",
     "mean_width_px",
 ]
+#: Added with ``reference_masks``: the predicted mask against the image's ground truth.
+REFERENCE_COLUMNS = ["dice", "iou"]
 CRACK_COLUMNS = [
     "file",
     "crack",
@@ -70,6 +73,25 @@ def list_images(path: Path) -> list[Path]:
     return images
 
 
+def reference_masks(folder: str | None) -> dict[str, Path]:
+    """Ground-truth masks by file stem (``reference_masks=DIR``), or none."""
+    if folder is None:
+        return {}
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise DataError(f"reference_masks={root}: no such folder")
+    return {p.stem: p for p in sorted(root.iterdir()) if p.is_file() and is_image_file(p)}
+
+
+def dice_iou(predicted: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two boolean masks; both empty is a perfect answer (1, 1)."""
+    intersection = np.count_nonzero(predicted & reference)
+    total = np.count_nonzero(predicted) + np.count_nonzero(reference)
+    if total == 0:
+        return 1.0, 1.0
+    return 2 * intersection / total, intersection / (total - intersection)
+
+
 class ResultWriter:
     """Writes each image's files as soon as it is predicted and keeps its table rows."""
 
@@ -80,6 +102,8 @@ class ResultWriter:
         self.seg_threshold = info.seg_threshold
         self.image_rows: list[list[Any]] = []
         self.crack_rows: list[list[Any]] = []
+        self.references = reference_masks(settings.reference_masks)
+        self.dices: list[float] = []
 
     def add(self, path: Path, image: np.ndarray, prediction: ImagePrediction) -> None:
         name = f"{path.name}.png"
@@ -91,6 +115,21 @@ class ResultWriter:
             write_png(self.output_dir / "overlays" / name, overlay(image, mask))
         cracks = measure_cracks(mask, self.settings.min_crack_pixels)
         self._add_rows(path.name, mask, prediction.score, cracks)
+        if self.settings.reference_masks is not None:
+            self.image_rows[-1] += self._against_reference(path, mask)
+
+    def _against_reference(self, path: Path, mask: np.ndarray) -> list[str]:
+        reference = self.references.get(path.stem)
+        if reference is None:
+            log.warning("no reference mask for %s in %s", path.name, self.settings.reference_masks)
+            return ["", ""]
+        truth = read_mask(reference) > BINARIZE_THRESHOLD
+        if truth.shape != mask.shape:
+            log.warning("reference mask %s is %s, its image %s", reference, truth.shape, mask.shape)
+            return ["", ""]
+        dice, iou = dice_iou(mask, truth)
+        self.dices.append(dice)
+        return [f"{dice:.6f}", f"{iou:.6f}"]
 
     def _mm(self, values: list[float]) -> list[str]:
         size = self.settings.pixel_size_mm
@@ -131,9 +170,10 @@ class ResultWriter:
 
     def write_tables(self) -> None:
         millimetres = self.settings.pixel_size_mm is not None
+        references = REFERENCE_COLUMNS if self.settings.reference_masks is not None else []
         write_csv(
             self.output_dir / "predictions.csv",
-            PREDICTION_COLUMNS + (PREDICTION_MM_COLUMNS if millimetres else []),
+            PREDICTION_COLUMNS + (PREDICTION_MM_COLUMNS if millimetres else []) + references,
             self.image_rows,
         )
         write_csv(
@@ -201,4 +241,12 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     log.info(
         "predicted %d images into %s (%d unreadable, skipped)", predicted, output_dir, len(skipped)
     )
-    return {"images": predicted, "unreadable": len(skipped), "cracks": len(writer.crack_rows)}
+    counts = {"images": predicted, "unreadable": len(skipped), "cracks": len(writer.crack_rows)}
+    if writer.dices:
+        counts["dice_mean"] = float(np.mean(writer.dices))
+        log.info(
+            "mean Dice against the reference masks: %.4f over %d images",
+            counts["dice_mean"],
+            len(writer.dices),
+        )
+    return counts

@@ -46,6 +46,7 @@ RULES = {
     "min_crack_pixels": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "pixel_size_mm": (lambda v: v is None or (_number(v) and v > 0), "null or a number > 0"),
     "overlays": (lambda v: isinstance(v, bool), "true or false"),
+    "reference_masks": (lambda v: v is None or isinstance(v, str), "null or a folder"),
 }
 
 
@@ -66,6 +67,7 @@ class PredictSettings:
     min_crack_pixels: int
     pixel_size_mm: float | None
     overlays: bool
+    reference_masks: str | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> PredictSettings:
@@ -91,6 +93,7 @@ class PredictSettings:
             min_crack_pixels=values["min_crack_pixels"],
             pixel_size_mm=values["pixel_size_mm"],
             overlays=values["overlays"],
+            reference_masks=_optional_str(values.get("reference_masks")),
         )
 
     def plan(self, info: ModelInfo, source: str) -> Plan:

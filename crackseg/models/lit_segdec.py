@@ -152,7 +152,7 @@ class SegDecModule(pl.LightningModule):
         means["loss"].update((lambda_seg * seg_mean + lambda_dec * dec_mean).expand_as(dec_losses))
         for name in TRAIN_LOSSES:
             self.log(f"train/{name}", means[name], on_step=False, on_epoch=True, prog_bar=True)
-        if self._log_epoch_constants:
+        if self._log_epoch_constants and self._trainer is not None:
             # Constant within an epoch: logged once, as every value logged from the host is
             # copied to the device, and such a copy waits for the device.
             self._log_epoch_constants = False
