@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -44,6 +45,7 @@ SWEEPS = {
     "frequency_sampling": {"data.frequency_sampling": [True, False]},
     "gradient_adjustment": {"loss.gradient_adjustment": [True, False]},
     "num_segmented": {"data.num_segmented": [0, 20, 50, None]},
+    "cfd_num_segmented": {"data.num_segmented": [0, 5, 10, 20, 50, 100, None]},
 }
 SEEDS = [0, 1, 2]
 
@@ -506,3 +508,26 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     assert _mtimes(done) == before  # skipped: nothing it wrote was touched
     assert "finished in an earlier sweep" in (done / "train.log").read_text()
     assert (sweep_dir / "summary.md").is_file()  # and the summary is written again
+
+
+def test_an_optuna_search_maximises_the_best_validation_ap(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "search"
+    result = run_train(
+        tiny_config_dir(tmp_path),
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    objectives = []
+    for job in sorted(p for p in sweep_dir.iterdir() if (p / "status.json").is_file()):
+        status = json.loads((job / "status.json").read_text())
+        objectives.append(status["metrics"]["best_val_image_ap"])
+        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        assert 0.01 <= config["loss"]["delta_cls"] <= 1.0
+        assert 0.1 <= config["optim"]["lr"] <= 2.0
+    assert len(objectives) == 2
+    # What Optuna maximised is each trial's validation AP, never a test metric.
+    assert found["best_value"] == pytest.approx(max(objectives))
