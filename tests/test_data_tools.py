@@ -185,3 +185,27 @@ def test_tile_bad_options(tmp_path, capsys, bad):
     _photo(tmp_path / "src", "A", [])
     assert main(["tile", str(tmp_path / "src"), str(tmp_path / "dst"), *bad]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_data_config_tiles_its_photographs_once(tmp_path):
+    from crackseg.data.datamodule import CrackDataModule
+    from crackseg.errors import DataError
+
+    src, root = tmp_path / "src", tmp_path / "tiles"
+    for i in range(10):
+        _photo(src, f"IMG{i}", [(10, 0, 90)])
+    tile = {"source": str(src), "size": 32, "stride": 32, "test_fraction": 0.3, "seed": 1}
+    data = CrackDataModule(str(root), input_height=64, input_width=128, tile=tile)
+    data.prepare_data()
+    made = {p.relative_to(root) for p in root.rglob("*.png")}
+    assert len(made) == 2 * 60 and not list(tmp_path.glob(".tiles.partial-*"))
+    data.prepare_data()  # found, not tiled again
+    assert {p.relative_to(root) for p in root.rglob("*.png")} == made
+    other = CrackDataModule(str(root), input_height=64, input_width=128, tile={**tile, "seed": 2})
+    with pytest.raises(DataError, match="other settings"):
+        other.prepare_data()
+    with pytest.raises(DataError, match="does not exist"):
+        missing = {**tile, "source": str(tmp_path / "nowhere")}
+        CrackDataModule(
+            str(tmp_path / "new"), tile=missing, input_height=64, input_width=128
+        ).prepare_data()
