@@ -26,6 +26,9 @@ class FeatureNorm(nn.Module):
 
     ``y = scale * (x - mean) / sqrt(std + eps) + bias``: the square root of the standard
     deviation is what the published implementation does and is kept to reproduce it.
+    Computed in float32 whatever the input's precision: under bf16 autocast, ``x - mean``
+    in bf16 loses the small deviations that the normalisation then magnifies (a channel
+    whose standard deviation is small next to its mean); the result is cast back.
     """
 
     def __init__(self, num_channels: int, eps: float = 0.001) -> None:
@@ -35,9 +38,10 @@ class FeatureNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        std = x.std(dim=(2, 3), keepdim=True)
-        return self.scale * (x - mean) / torch.sqrt(std + self.eps) + self.bias
+        x32 = x.float()
+        mean = x32.mean(dim=(2, 3), keepdim=True)
+        std = x32.std(dim=(2, 3), keepdim=True)
+        return (self.scale * (x32 - mean) / torch.sqrt(std + self.eps) + self.bias).to(x.dtype)
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
