@@ -50,13 +50,16 @@ def _losses(precision: str, steps: int = 6) -> list[float]:
     return losses
 
 
-def test_first_bf16_losses_match_float32_within_two_percent():
-    """bf16 keeps 8 bits of mantissa (relative rounding 0.4 %); over six SGD steps at lr 1
-    the losses stay within 2 % of float32, while they fall by far more than that."""
+def test_first_bf16_losses_match_float32():
+    """bf16 keeps 8 bits of mantissa (relative rounding 0.4 %): the first losses agree with
+    float32 to 0.5 %; at lr 1 the two trajectories then drift apart, but over six steps by
+    less than 3 % while the loss falls by more than half."""
     float32, bf16 = _losses("32"), _losses("bf16")
-    assert float32[-1] < 0.8 * float32[0]
+    assert float32[-1] < 0.5 * float32[0]
+    for a, b in zip(float32[:3], bf16[:3], strict=True):
+        assert b == pytest.approx(a, rel=0.005)
     for a, b in zip(float32, bf16, strict=True):
-        assert b == pytest.approx(a, rel=0.02)
+        assert b == pytest.approx(a, rel=0.03)
 
 
 class _NoSync:
