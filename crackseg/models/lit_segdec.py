@@ -203,11 +203,13 @@ class SegDecModule(pl.LightningModule):
         scaling = getattr(datamodule, "input_scaling", None)
         if scaling is not None:
             self.hparams["input_scaling"] = scaling
-        if self._resumed_means:
+        # The sums are the first process's (they are local until the epoch ends): under DDP
+        # only it takes them back; the other processes' part of the stopped epoch is lost.
+        if self._resumed_means and self.global_rank == 0:
             for name, (total, weight) in self._resumed_means.items():
                 self.train_means[name].total.fill_(total)
                 self.train_means[name].weight.fill_(weight)
-            self._resumed_means = None
+        self._resumed_means = None
 
     # -- evaluation --------------------------------------------------------------------
     def _collect(self, batch: dict[str, Tensor], outputs: PerImageOutputs) -> None:
