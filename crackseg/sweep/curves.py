@@ -125,11 +125,15 @@ def draw_sweep_curves(curves: list[Curve], key: str, title: str = "") -> Figure:
                 capsize=3,
                 label=curve.label or None,
             )
+            if key == NUM_SEGMENTED and len(curve.x) > 1:
+                # The fully supervised level, to read off how much of it fewer masks reach.
+                ax.axhline(curve.mean[metric][-1], linestyle="--", linewidth=0.8, alpha=0.6)
         _x_axis(ax, key, xs)
-        ax.set(ylabel=label, xlabel=_x_label(key))
+        ax.set(ylabel=label)
         ax.grid(alpha=0.3)
         if index == 0 and any(c.label for c in curves):
             ax.legend(fontsize="small")
+    fig.supxlabel(_x_label(key))
     if title:
         fig.suptitle(title)
     return fig
