@@ -98,8 +98,7 @@ class FullResolutionHead(nn.Module):
         for step, skip in zip(self.steps, reversed(list(skips)), strict=True):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = step(torch.cat([x, skip], dim=1))
-        with full_precision(x):
-            return self.out(x.float())
+        return self.out(x)
 
 
 class SegDecNet(nn.Module):
@@ -174,8 +173,7 @@ class SegDecNet(nn.Module):
         f3 = self.stage3(F.max_pool2d(f2, 2))
         volume = self.volume(F.max_pool2d(f3, 2))
         if self.seg_mask is not None:
-            with full_precision(x):
-                segmentation = self.seg_mask(volume.float())
+            segmentation = self.seg_mask(volume)
             seg_low = segmentation
         else:
             segmentation = self.full_resolution_head(volume, (f1, f2, f3))
@@ -186,26 +184,17 @@ class SegDecNet(nn.Module):
         multiplier = 0.0 if self.gradient_adjustment else 1.0
         volume_in = scale_gradient(volume, multiplier)
         seg_in = scale_gradient(seg_low, multiplier)
-        with full_precision(x):
-            features = self.decision_features(torch.cat([volume_in, seg_in], dim=1).float())
-            pooled = torch.cat(
-                [
-                    features.amax(dim=(2, 3)),
-                    features.mean(dim=(2, 3)),
-                    seg_in.float().amax(dim=(2, 3)),
-                    seg_in.float().mean(dim=(2, 3)),
-                ],
-                dim=1,
-            )
-            decision = self.decision_fc(pooled).squeeze(1)
-        return SegDecOutput(decision, segmentation)
-
-
-def full_precision(x: Tensor) -> torch.autocast:
-    """Float32 inside, even under mixed precision: for the two heads, a fraction of a percent
-    of the FLOPs. The decision is learnt from small losses late in the schedule, and with its
-    subnet in bf16 the test image AUC of experiment=cfd_tiles fell by ~0.02 (three seeds)."""
-    return torch.autocast(x.device.type, enabled=False)
+        features = self.decision_features(torch.cat([volume_in, seg_in], dim=1))
+        pooled = torch.cat(
+            [
+                features.amax(dim=(2, 3)),
+                features.mean(dim=(2, 3)),
+                seg_in.amax(dim=(2, 3)),
+                seg_in.mean(dim=(2, 3)),
+            ],
+            dim=1,
+        )
+        return SegDecOutput(self.decision_fc(pooled).squeeze(1), segmentation)
 
 
 def check_input_size(height: int, width: int) -> None:
