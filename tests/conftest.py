@@ -133,7 +133,7 @@ def predict_settings(**changes) -> PredictSettings:
         "overlap": 0.25,
         "batch_size": 8,
         "device": "cpu",
-        "precision": "auto",
+        "precision": "32",
         "decision_threshold": None,
         "min_crack_pixels": 20,
         "pixel_size_mm": None,
