@@ -63,7 +63,7 @@ data:
     num_negatives: 24
   input_height: 64
   input_width: 128
-  num_workers: 0
+  num_workers: 1   # loader workers must start inside joblib's worker processes too
   batch_size: 8
 num_dice_panels: 2
 callbacks:
@@ -401,9 +401,9 @@ def _metrics(job: Path) -> dict:
 def test_parallel_sweep_writes_runs_and_summary(tiny_sweep: Path) -> None:
     jobs = sorted(p.name for p in tiny_sweep.iterdir() if p.is_dir())
     assert jobs == ["0_data.dilate=3,seed=0", "1_data.dilate=3,seed=1"]
-    # Two jobs side by side, no loader workers: each takes half the cores (at least one).
+    # Two jobs side by side, one loader worker each: half the cores less one (at least one).
     cores = len(os.sched_getaffinity(0))
-    threads = f"torch threads: {max(1, cores // 2)} ({cores} cores shared by 2 jobs side by side"
+    threads = f"torch threads: {max(1, cores // 2 - 1)} ({cores} cores shared by 2 jobs side by side"
     for job in jobs:
         status = json.loads((tiny_sweep / job / "status.json").read_text())
         assert status["status"] == "finished"

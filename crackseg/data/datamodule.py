@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import multiprocessing
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -27,6 +28,17 @@ from crackseg.hardware import eval_batch_size
 from crackseg.models.segdecnet import check_input_size
 
 log = logging.getLogger(__name__)
+
+
+def worker_start_method() -> str | None:
+    """How loader workers are started: the platform's way (None), except inside a job of a
+    local parallel sweep, whose joblib (loky) process makes loky's own start method the
+    default, and that one cannot start a DataLoader's workers."""
+    method = multiprocessing.get_start_method(allow_none=True)
+    known = multiprocessing.get_all_start_methods()
+    if method is None or method in known:
+        return None
+    return "fork" if "fork" in known else "spawn"
 
 
 def choose_segmented(positives: list[Sample], num_segmented: int | None, seed: int) -> set[str]:
@@ -322,6 +334,7 @@ class CrackDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self._device_type == "cuda",
+            multiprocessing_context=worker_start_method() if self.num_workers > 0 else None,
             **kwargs,
         )
 
