@@ -145,12 +145,14 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
 def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):
     from crackseg.data.datamodule import CrackDataModule
 
-    assert hardware.eval_batch_size("auto", 4, "cpu") == 1
-    assert hardware.eval_batch_size("auto", 4, "cuda") == 16
-    assert hardware.eval_batch_size(None, 4, "cuda") == 4
-    assert hardware.eval_batch_size(8, 4, "cpu") == 8
+    assert hardware.eval_batch_size("auto", 4, "cpu", 640 * 232) == 1
+    assert hardware.eval_batch_size("auto", 4, "cpu", 128 * 128) == 8
+    assert hardware.eval_batch_size("auto", 4, "cpu", 32 * 32) == 16
+    assert hardware.eval_batch_size("auto", 4, "cuda", 640 * 232) == 16
+    assert hardware.eval_batch_size(None, 4, "cuda", 1) == 4
+    assert hardware.eval_batch_size(8, 4, "cpu", 1) == 8
     data = CrackDataModule(root=str(tmp_path), input_height=64, input_width=128, batch_size=4)
-    assert data.eval_batch_size == 1  # no trainer: the CPU
+    assert data.eval_batch_size == 16  # no trainer: the CPU; 2^17 / (64 x 128) = 16
 
     class OnGpu:
         class strategy:  # noqa: N801

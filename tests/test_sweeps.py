@@ -403,7 +403,8 @@ def test_parallel_sweep_writes_runs_and_summary(tiny_sweep: Path) -> None:
     assert jobs == ["0_data.dilate=3,seed=0", "1_data.dilate=3,seed=1"]
     # Two jobs side by side, one loader worker each: half the cores less one (at least one).
     cores = len(os.sched_getaffinity(0))
-    threads = f"torch threads: {max(1, cores // 2 - 1)} ({cores} cores shared by 2 jobs side by side"
+    share = max(1, cores // 2 - 1)
+    threads = f"torch threads: {share} ({cores} cores shared by 2 jobs side by side"
     for job in jobs:
         status = json.loads((tiny_sweep / job / "status.json").read_text())
         assert status["status"] == "finished"

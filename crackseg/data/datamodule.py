@@ -324,7 +324,10 @@ class CrackDataModule(pl.LightningDataModule):
     @property
     def eval_batch_size(self) -> int:
         """Validation and test batch size; ``auto`` chooses by the device the run uses."""
-        return eval_batch_size(self.eval_batch_size_setting, self.batch_size, self._device_type)
+        pixels = self.input_height * self.input_width
+        return eval_batch_size(
+            self.eval_batch_size_setting, self.batch_size, self._device_type, pixels
+        )
 
     def _loader(self, dataset: CrackDataset, batch_size: int, **kwargs: Any) -> DataLoader:
         # Pinned host memory lets batches reach a GPU asynchronously (non-blocking copies).
