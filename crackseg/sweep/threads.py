@@ -71,7 +71,7 @@ def set_job_threads(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> int
     threads = threads_per_job(cores, jobs, workers)
     torch.set_num_threads(threads)
     log.info(
-        "torch threads: %d (%d cores shared by %d jobs side by side, %d loader workers each)",
+        "torch threads: %d (%d cores shared by %d jobs side by side; loader workers per job: %d)",
         threads,
         cores,
         jobs,
