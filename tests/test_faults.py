@@ -205,17 +205,17 @@ def test_of_two_runs_started_in_one_folder_one_is_refused_and_writes_nothing(
         refused = racers[loser][1]
         stderr = refused.stderr.read()
         line = one_line_error(subprocess.CompletedProcess([], refused.returncode, "", stderr))
-        winner_marker, process = racers[winner]
-        assert f"pid {process.pid} on host {platform.node()}" in line
-        wait_for_stall(process, winner_marker)
+        winner_marker, holder = racers[winner]
+        assert f"pid {holder.pid} on host {platform.node()}" in line
+        wait_for_stall(holder, winner_marker)
         winner_marker.unlink()  # let it go on
-        assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
+        assert holder.wait(timeout=300) == 0, holder.stderr.read()[-3000:]
     finally:
         for _, process in racers.values():
             process.kill()
             process.wait()
     info = json.loads((run_dir / "run_info.json").read_text())
-    assert (info["pid"], info["host"]) == (process.pid, platform.node())
+    assert (info["pid"], info["host"]) == (holder.pid, platform.node())
     assert f"run_name={winner}" in info["command"]
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").run_name == winner
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
