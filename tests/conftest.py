@@ -90,6 +90,25 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="session")
+def dataset_root(tmp_path_factory) -> Path:
+    """20 positives and 20 negatives of 64x128, to build datamodules on."""
+    from crackseg.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "set"
+    return generate_synthetic_dataset(root, 20, 20, height=64, width=128, seed=1)
+
+
+def datamodule_of(root, **kwargs):
+    """A set-up CrackDataModule on `root` at 64x128, batch 4, no workers; kwargs override."""
+    from crackseg.data.datamodule import CrackDataModule
+
+    options = {"input_height": 64, "input_width": 128, "batch_size": 4, "num_workers": 0}
+    datamodule = CrackDataModule(str(root), **(options | kwargs))
+    datamodule.setup()
+    return datamodule
+
+
+@pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
     """One synthetic dataset shared by every end-to-end test."""
     return tmp_path_factory.mktemp("data")

@@ -5,35 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import datamodule_of
 
 from crackseg.data.augment import build_augmentation
-from crackseg.data.datamodule import CrackDataModule
-from crackseg.data.synthetic import generate_synthetic_dataset
 from crackseg.errors import ConfigError, DataError
 from crackseg.models.lit_segdec import SegDecModule
 
 
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic") / "set"
-    return generate_synthetic_dataset(root, 20, 20, height=64, width=128, seed=1)
-
-
-def _datamodule(root, **kwargs):
-    options = {"input_height": 64, "input_width": 128, "batch_size": 4, "num_workers": 0}
-    datamodule = CrackDataModule(str(root), **(options | kwargs))
-    datamodule.setup()
-    return datamodule
-
-
 def test_flat_dataset_is_split_70_15_15_stratified(dataset_root):
-    counts = _datamodule(dataset_root).split_counts()
+    counts = datamodule_of(dataset_root).split_counts()
     assert counts == {"train": (14, 14), "val": (3, 3), "test": (3, 3)}
 
 
 @pytest.mark.parametrize("num_segmented,expected", [(0, 0), (5, 5), (None, 14)])
 def test_num_segmented_keeps_that_many_masks(dataset_root, num_segmented, expected):
-    datamodule = _datamodule(dataset_root, num_segmented=num_segmented)
+    datamodule = datamodule_of(dataset_root, num_segmented=num_segmented)
     assert datamodule.num_segmented_train == expected
     train = datamodule.train_dataloader().dataset
     flags = [train[i]["segmented"].item() for i in range(len(train))]
@@ -45,16 +31,16 @@ def test_num_segmented_keeps_that_many_masks(dataset_root, num_segmented, expect
 
 
 def test_num_segmented_is_reproducible_and_bounded(dataset_root):
-    first = _datamodule(dataset_root, num_segmented=5).segmented_ids
-    assert first == _datamodule(dataset_root, num_segmented=5).segmented_ids
+    first = datamodule_of(dataset_root, num_segmented=5).segmented_ids
+    assert first == datamodule_of(dataset_root, num_segmented=5).segmented_ids
     with pytest.raises(ConfigError, match="num_segmented=15"):
-        _datamodule(dataset_root, num_segmented=15)
+        datamodule_of(dataset_root, num_segmented=15)
 
 
 def test_split_csv_reproduces_the_split(dataset_root, tmp_path):
-    datamodule = _datamodule(dataset_root, split_seed=3)
+    datamodule = datamodule_of(dataset_root, split_seed=3)
     datamodule.save_split(tmp_path / "split.csv")
-    again = _datamodule(dataset_root, split_seed=99, split_file=str(tmp_path / "split.csv"))
+    again = datamodule_of(dataset_root, split_seed=99, split_file=str(tmp_path / "split.csv"))
     for split in ("train", "val", "test"):
         ids = [s.sample_id for s in datamodule.splits[split]]
         assert ids == [s.sample_id for s in again.splits[split]]
@@ -62,17 +48,17 @@ def test_split_csv_reproduces_the_split(dataset_root, tmp_path):
 
 def test_missing_root_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        _datamodule(tmp_path / "nowhere")
+        datamodule_of(tmp_path / "nowhere")
 
 
 def test_validate_on_test_validates_on_the_test_split(dataset_root):
-    datamodule = _datamodule(dataset_root, validate_on_test=True)
+    datamodule = datamodule_of(dataset_root, validate_on_test=True)
     val = datamodule.val_dataloader().dataset.samples
     assert val == datamodule.splits["test"]
 
 
 def test_training_loader_is_balanced(dataset_root):
-    datamodule = _datamodule(dataset_root)
+    datamodule = datamodule_of(dataset_root)
     labels = torch.cat([b["label"] for b in datamodule.train_dataloader()])
     assert len(labels) == 28 and labels.sum() == 14
 
@@ -95,14 +81,14 @@ def test_augmentation_moves_mask_and_weights_with_the_image():
 
 
 def test_augmentation_is_off_for_evaluation(dataset_root):
-    datamodule = _datamodule(dataset_root, augment={"enabled": True})
+    datamodule = datamodule_of(dataset_root, augment={"enabled": True})
     assert datamodule.train_dataloader().dataset.transform is not None
     assert datamodule.val_dataloader().dataset.transform is None
     assert datamodule.test_dataloader().dataset.transform is None
 
 
 def test_full_resolution_head_trains_at_full_resolution(dataset_root):
-    datamodule = _datamodule(dataset_root, weighted_seg=True)
+    datamodule = datamodule_of(dataset_root, weighted_seg=True)
     batch = next(iter(datamodule.train_dataloader()))
     net = {"channels": (4, 8, 8), "volume_channels": 8, "volume_kernel": 3}
     module = SegDecModule(net=net | {"full_resolution": True, "full_resolution_width": 4})

@@ -10,29 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import run_tiny
+from conftest import datamodule_of, run_tiny
 
-from crackseg.data.datamodule import CrackDataModule, choose_segmented
+from crackseg.data.datamodule import choose_segmented
 from crackseg.data.samples import Sample
-from crackseg.data.synthetic import generate_synthetic_dataset
 from crackseg.errors import DataError
 from crackseg.evaluation.weak_ranking import binary_entropy, rank, uncertainty, write_ranking
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.sweep.curves import MIXED_SUPERVISION_FIGURE, draw_sweep_curves, sweep_curves
 from crackseg.sweep.summary import collect_runs, write_summary
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic") / "set"
-    return generate_synthetic_dataset(root, 20, 20, height=64, width=128, seed=1)
-
-
-def _datamodule(root, **kwargs):
-    options = {"input_height": 64, "input_width": 128, "batch_size": 4, "num_workers": 0}
-    datamodule = CrackDataModule(str(root), **(options | kwargs))
-    datamodule.setup()
-    return datamodule
 
 
 def test_segmented_subsets_are_nested_and_do_not_depend_on_the_seed(dataset_root):
@@ -46,9 +32,11 @@ def test_segmented_subsets_are_nested_and_do_not_depend_on_the_seed(dataset_root
             assert smaller < larger
     assert choose_segmented(positives, 10, 0) != choose_segmented(positives, 10, 7)
     # Through the data module: `seed` (weights, sampling, augmentation) leaves them alone.
-    by_seed = [_datamodule(dataset_root, num_segmented=5, seed=s).segmented_ids for s in (0, 1, 2)]
+    by_seed = [
+        datamodule_of(dataset_root, num_segmented=5, seed=s).segmented_ids for s in (0, 1, 2)
+    ]
     assert by_seed[0] == by_seed[1] == by_seed[2]
-    assert by_seed[0] < _datamodule(dataset_root, num_segmented=10, seed=3).segmented_ids
+    assert by_seed[0] < datamodule_of(dataset_root, num_segmented=10, seed=3).segmented_ids
 
 
 def test_a_batch_of_weak_positives_has_no_segmentation_loss_and_a_finite_total():
@@ -174,7 +162,7 @@ def test_the_uncertainty_score_orders_hand_built_maps():
 
 
 def test_a_ranking_adds_its_top_weak_positives_to_the_segmented_ones(dataset_root, tmp_path):
-    base = _datamodule(dataset_root, num_segmented=5)
+    base = datamodule_of(dataset_root, num_segmented=5)
     weak = [s.sample_id for s in base.splits["train"] if s.is_positive][::-1]
     weak = [i for i in weak if i not in base.segmented_ids]
     entries = [
@@ -190,13 +178,13 @@ def test_a_ranking_adds_its_top_weak_positives_to_the_segmented_ones(dataset_roo
     ]
     ranking = write_ranking(tmp_path / "weak_ranking.csv", rank(entries))
     extra = {"ranking": str(ranking), "count": 3}
-    grown = _datamodule(dataset_root, num_segmented=5, extra_segmented=extra)
+    grown = datamodule_of(dataset_root, num_segmented=5, extra_segmented=extra)
     assert grown.segmented_ids == base.segmented_ids | set(weak[:3])
     with pytest.raises(DataError, match="ranks only"):
-        _datamodule(dataset_root, num_segmented=5, extra_segmented={**extra, "count": 50})
+        datamodule_of(dataset_root, num_segmented=5, extra_segmented={**extra, "count": 50})
     (tmp_path / "bad.csv").write_text("sample_id\nnoncrack_00001\n")
     with pytest.raises(DataError, match="not training positives"):
-        _datamodule(dataset_root, extra_segmented={"ranking": str(tmp_path / "bad.csv")})
+        datamodule_of(dataset_root, extra_segmented={"ranking": str(tmp_path / "bad.csv")})
 
 
 def test_a_run_with_weak_positives_ranks_them_and_reports_them(tmp_path, tiny_data_dir):
