@@ -11,8 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
+from crackseg.data.datamodule import CrackDataModule
 from crackseg.data.layouts import index_layout
 from crackseg.data.tools import main, tile_dataset
+from crackseg.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,9 +190,6 @@ def test_tile_bad_options(tmp_path, capsys, bad):
 
 
 def test_a_data_config_tiles_its_photographs_once(tmp_path):
-    from crackseg.data.datamodule import CrackDataModule
-    from crackseg.errors import DataError
-
     src, root = tmp_path / "src", tmp_path / "tiles"
     for i in range(10):
         _photo(src, f"IMG{i}", [(10, 0, 90)])
