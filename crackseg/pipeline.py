@@ -67,7 +67,7 @@ REPORT_NOTES = (
     "The segmentation threshold is chosen on the validation split (the one maximising mean "
     "Dice over its positives) and applied unchanged to the test split.",
     "Dice and IoU are per test positive, against the undilated ground-truth mask at the input "
-    "size; an empty prediction on a positive scores 0.",
+    "size (taken at one half where it was resized); an empty prediction on a positive scores 0.",
     "A split with only positives or only negatives has no defined AUC or AP: they are "
     "reported as n/a (null in metrics.json).",
 )

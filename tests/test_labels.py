@@ -29,7 +29,21 @@ def test_prepare_mask_binarises_before_dilating_and_resizing():
     raw[8, 8] = 100  # a JPEG artefact, below the threshold
     raw[2, 2] = 200
     mask = prepare_mask(raw, 16, 16, dilate_kernel=3)
+    assert mask.dtype == np.float32
     assert mask.sum() == 9 and not mask[8, 8]
+
+
+@pytest.mark.parametrize("column", range(200, 208))
+def test_a_one_pixel_crack_keeps_soft_coverage_when_resized(column):
+    """448x448 -> 640x232 (the seed's resize): binarising again at one half erased a 1 px
+    vertical crack in every other column position; the soft mask covers it in every row."""
+    raw = np.zeros((448, 448), np.uint8)
+    raw[:, column] = 255
+    mask = prepare_mask(raw, 640, 232)
+    assert mask.dtype == np.float32 and mask.max() <= 1.0
+    assert (mask.max(axis=1) > 0).all()
+    # Linear interpolation spreads the line over at most two columns.
+    assert np.count_nonzero(mask.any(axis=0)) <= 2
 
 
 def test_weight_map_whole_image():

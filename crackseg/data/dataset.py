@@ -69,7 +69,7 @@ class CrackDataset(Dataset):
         return self.segmented_ids is None or sample.sample_id in self.segmented_ids
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Image HxWxC uint8 and boolean mask HxW at the input size, and whether it is segmented."""
+        """Image HxWxC uint8 and soft float32 mask HxW at the input size; whether it is segmented."""
         sample = self.samples[index]
         image = resize_image(read_image(sample.image_path, self.channels), self.height, self.width)
         segmented = self.is_segmented(sample)
@@ -82,7 +82,7 @@ class CrackDataset(Dataset):
                 threshold=self.binarize_threshold,
             )
         else:
-            mask = np.zeros((self.height, self.width), bool)
+            mask = np.zeros((self.height, self.width), np.float32)
         return image, mask, segmented
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
@@ -98,7 +98,6 @@ class CrackDataset(Dataset):
             )
         else:
             weight = np.ones(mask.shape, np.float32)
-        mask = mask.astype(np.float32)
         if self.transform is not None:
             if seed is not None:
                 self.transform.set_random_seed(seed)

@@ -39,17 +39,22 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a binary mask linearly and binarise again at one half."""
+    """Resize a binary mask linearly to a soft float32 mask in [0, 1].
+
+    Not binarised again: a crack thinner than the scale factor keeps its (partial) coverage
+    instead of vanishing, as in the published code; the weight map treats every covered
+    pixel (> 0) as defect and the 1/8 targets stay soft.
+    """
+    mask = mask.astype(np.float32)
     if mask.shape == (height, width):
-        return mask.astype(bool)
-    resized = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    return resized > 0.5
+        return mask
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def prepare_mask(
     raw_mask: np.ndarray, height: int, width: int, dilate_kernel: int = 1, threshold: int = 127
 ) -> np.ndarray:
-    """Stored mask -> boolean mask at the input size, in the order of METHOD.md §4."""
+    """Stored mask -> soft float32 mask in [0, 1] at the input size (METHOD.md §4, steps 1-3)."""
     mask = binarize(raw_mask, threshold).astype(np.uint8)
     mask = dilate(mask, dilate_kernel)
     return resize_mask(mask, height, width)
