@@ -148,3 +148,24 @@ def test_the_full_resolution_head_keeps_its_own_bias_and_builds_no_unused_head()
     net = SegDecNet(full_resolution=True, full_resolution_width=8, **SMALL)
     assert net.seg_mask is None
     assert net.full_resolution_head.out.bias is not None
+
+
+def test_forward_upsamples_probabilities_not_logits():
+    """METHOD.md §7: the 1/8 map is turned into probabilities, then upsampled; bilinear
+    interpolation and the sigmoid do not commute, so the order shows in the values."""
+    import torch.nn.functional as F
+
+    from crackseg.models.lit_segdec import SegDecModule
+
+    torch.manual_seed(0)
+    module = SegDecModule(net=SMALL, input_height=64, input_width=128).eval()
+    images = torch.rand(2, 3, 64, 128)
+    with torch.no_grad():
+        logits = module.net(images).segmentation
+        _, seg = module(images)
+
+    def upsample(x):
+        return F.interpolate(x, size=(64, 128), mode="bilinear", align_corners=False)
+
+    torch.testing.assert_close(seg, upsample(torch.sigmoid(logits)))
+    assert not torch.allclose(seg, torch.sigmoid(upsample(logits)), atol=1e-4)

@@ -92,6 +92,8 @@ class SegDecModule(pl.LightningModule):
         self.val_outputs = PerImageOutputs()
         self.test_outputs = PerImageOutputs()
         self.last_val_image_ap = math.nan
+        # Validation mean Dice at the chosen segmentation threshold; None until validated.
+        self.last_val_dice: float | None = None
         # The best validation AP of the training run (what a sweeper optimises); set by the
         # training pipeline before testing, reported with the test metrics.
         self.best_val_image_ap = math.nan
@@ -111,10 +113,11 @@ class SegDecModule(pl.LightningModule):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Decision probabilities [B] and segmentation probabilities [B,1,H,W] at input size."""
         out = self._run(images)
-        seg = out.segmentation.float()
+        # Probabilities are upsampled, not logits (METHOD.md §7): the two do not commute.
+        seg = torch.sigmoid(out.segmentation.float())
         if seg.shape[-2:] != images.shape[-2:]:
             seg = F.interpolate(seg, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.sigmoid(out.decision.float()), torch.sigmoid(seg)
+        return torch.sigmoid(out.decision.float()), seg
 
     # -- training ----------------------------------------------------------------------
     def loss_weights(self) -> tuple[float, float]:
@@ -237,6 +240,7 @@ class SegDecModule(pl.LightningModule):
             self.image_threshold.fill_(image["image_threshold"])
             self.seg_threshold.fill_(seg_threshold)
             self.last_val_image_ap = ap
+            self.last_val_dice = dice
         # The gathered values are equal on every rank; sync_dist only quiets Lightning.
         log = {"sync_dist": True}
         self.log("val/image_ap", ap, prog_bar=True, **log)
@@ -263,6 +267,7 @@ class SegDecModule(pl.LightningModule):
             **{f"test_best_f_{k}": published[k] for k in ("tp", "fp", "tn", "fn")},
             **pixel,
             "best_val_image_ap": self.best_val_image_ap,
+            **({} if self.last_val_dice is None else {"seg_threshold_val_dice": self.last_val_dice}),
             "indices": gathered["indices"].cpu().numpy(),
             "scores": scores.cpu().numpy(),
             "labels": labels.cpu().numpy(),
