@@ -18,6 +18,7 @@ from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
 from crackseg.atomic import AtomicCheckpointIO
 from crackseg.callbacks import EvaluationReport, ValidateOnLastEpoch
+from crackseg.cpu_share import ShareCoresWithOtherRuns
 from crackseg.config_checks import check_config
 from crackseg.data.datamodule import CrackDataModule
 from crackseg.errors import ConfigError, CracksegError
@@ -135,7 +136,11 @@ def build_trainer(
     logger = build_logger(cfg, resume_step)
     # Off a terminal (or with sweep jobs sharing one), one log line per epoch, not a bar.
     show_progress = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
-    callbacks = [*callbacks, *progress_callbacks(show_progress, in_local_parallel_sweep())]
+    in_sweep = in_local_parallel_sweep()
+    callbacks = [*callbacks, *progress_callbacks(show_progress, in_sweep)]
+    if cfg.get("share_cpu_cores", True) and not in_sweep and "OMP_NUM_THREADS" not in os.environ:
+        # The jobs of a local sweep split the cores already; a pinned thread count is kept.
+        callbacks.append(ShareCoresWithOtherRuns(workers=int(cfg.data.get("num_workers", 0))))
     overrides: dict[str, Any] = {"plugins": [AtomicCheckpointIO()]}
     if SLURMEnvironment.detect():
         overrides["plugins"].append(slurm_requeue_environment(cfg.get("slurm_requeue", True)))

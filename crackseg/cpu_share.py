@@ -1,0 +1,144 @@
+"""Independent trainings on one machine share its CPU cores.
+
+The jobs of a local parallel sweep split the cores from the start (crackseg.sweep.threads);
+two trainings started separately (two terminals, two users, a run beside a sweep) know
+nothing of each other and each keep a thread per core, which on 2 cores made both over five
+times slower than one alone. So every training whose thread count nobody pinned (no
+OMP_NUM_THREADS, not a job of a local parallel sweep) registers in a per-user folder of
+lock files, one per live training, and every few seconds takes its share:
+
+    threads = torch's default (one per core)          alone
+    threads = max(1, cores // runs - workers)         with runs - 1 others live
+
+An entry is a file locked with ``fcntl.lockf`` (an OS lock that dies with its process, and
+is not inherited by loader workers); an entry whose lock can be taken belongs to a run that
+died and is removed by whoever finds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from crackseg.sweep.threads import threads_per_job, usable_cores
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two looks at how many trainings are live.
+CHECK_EVERY_S = 2.0
+
+
+def default_registry() -> Path:
+    """The per-user folder of live trainings' entries."""
+    return Path(tempfile.gettempdir()) / f"crackseg-runs-{os.getuid()}"
+
+
+class RunRegistry:
+    """This process's entry among the live trainings of the machine (of this user)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder or default_registry()
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Locked before it appears under its final name, so no one sees it unlocked.
+        name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging = self.folder / f".{name}.new"
+        self._fd = os.open(staging, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        self.path = self.folder / f"{name}.lock"
+        os.rename(staging, self.path)
+
+    def live_runs(self) -> int:
+        """Live trainings, this one included; removes the entries of runs that died."""
+        live = 0
+        for entry in self.folder.glob("*.lock"):
+            if entry == self.path:
+                live += 1
+                continue
+            try:
+                fd = os.open(entry, os.O_RDWR)
+            except FileNotFoundError:  # removed by another run meanwhile
+                continue
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                live += 1  # its holder is alive
+            else:
+                entry.unlink(missing_ok=True)
+            finally:
+                os.close(fd)  # releases the lock taken from a dead entry
+        return live
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+
+
+class ShareCoresWithOtherRuns(pl.Callback):
+    """Every ``CHECK_EVERY_S`` seconds of training, validation or testing, set torch's
+    intra-op threads to this run's share of the cores (module docstring); logs each change.
+
+    Between stages (fit, validate, test) the entry is closed and the process's own thread
+    count restored, so a sweep's next job in the same process starts from it.
+    """
+
+    def __init__(self, workers: int, registry_folder: Path | None = None) -> None:
+        self.workers = workers
+        self.registry_folder = registry_folder
+        self.registry: RunRegistry | None = None
+        self.cores = usable_cores()
+        self.own_threads = torch.get_num_threads()
+        self._next_check = 0.0
+        self._logged_threads = self.own_threads
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.registry is None:
+            self.registry = RunRegistry(self.registry_folder)
+            self._next_check = 0.0
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.registry is not None:
+            self.registry.close()
+            self.registry = None
+        torch.set_num_threads(self.own_threads)
+
+    def threads_for(self, runs: int) -> int:
+        if runs <= 1:
+            return self.own_threads
+        return threads_per_job(self.cores, runs, self.workers)
+
+    def share(self) -> None:
+        now = time.monotonic()
+        if self.registry is None or now < self._next_check:
+            return
+        self._next_check = now + CHECK_EVERY_S
+        runs = self.registry.live_runs()
+        threads = self.threads_for(runs)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        if threads != self._logged_threads:  # once per change, not per stage
+            self._logged_threads = threads
+            log.info(
+                "torch threads: %d (%d crackseg trainings on %d cores; loader workers: %d)",
+                threads,
+                runs,
+                self.cores,
+                self.workers,
+            )
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.share()
+
+    def on_validation_batch_start(self, *args: Any) -> None:
+        self.share()
+
+    def on_test_batch_start(self, *args: Any) -> None:
+        self.share()

@@ -1,0 +1,70 @@
+"""Independent trainings on one machine share the CPU cores (crackseg.cpu_share)."""
+
+import multiprocessing
+import os
+import signal
+
+import torch
+
+from crackseg.cpu_share import RunRegistry, ShareCoresWithOtherRuns
+
+
+def _hold_an_entry(folder, ready, stop):
+    registry = RunRegistry(folder)
+    ready.set()
+    stop.wait(30)
+    registry.close()
+
+
+def _start_holder(folder):
+    context = multiprocessing.get_context("fork")
+    ready, stop = context.Event(), context.Event()
+    holder = context.Process(target=_hold_an_entry, args=(folder, ready, stop))
+    holder.start()
+    assert ready.wait(10)
+    return holder, stop
+
+
+def test_live_runs_counts_live_holders_and_removes_the_dead(tmp_path):
+    mine = RunRegistry(tmp_path)
+    assert mine.live_runs() == 1
+    holder, stop = _start_holder(tmp_path)
+    killed, _ = _start_holder(tmp_path)
+    assert mine.live_runs() == 3
+    os.kill(killed.pid, signal.SIGKILL)  # dies without closing its entry
+    killed.join()
+    assert mine.live_runs() == 2
+    assert len(list(tmp_path.glob("*.lock"))) == 2  # the dead run's entry is gone
+    stop.set()
+    holder.join()
+    assert mine.live_runs() == 1
+    mine.close()
+    assert not list(tmp_path.glob("*"))
+
+
+def test_a_run_takes_its_share_when_another_starts_and_all_cores_when_alone(tmp_path):
+    own = torch.get_num_threads()
+    share = ShareCoresWithOtherRuns(workers=0, registry_folder=tmp_path)
+    share.cores = 4  # as on a 4-core machine
+    share.own_threads = 4
+    share.setup(None, None, "fit")
+    try:
+        share.share()
+        assert torch.get_num_threads() == 4
+        holder, stop = _start_holder(tmp_path)
+        share.share()  # within CHECK_EVERY_S of the last look: unchanged
+        assert torch.get_num_threads() == 4
+        share._next_check = 0.0
+        share.share()
+        assert torch.get_num_threads() == 2
+        stop.set()
+        holder.join()
+        share._next_check = 0.0
+        share.share()
+        assert torch.get_num_threads() == 4
+        share.workers = 1
+        assert share.threads_for(2) == 1 and share.threads_for(1) == 4
+    finally:
+        share.teardown(None, None, "fit")
+        torch.set_num_threads(own)
+    assert not list(tmp_path.glob("*.lock"))
