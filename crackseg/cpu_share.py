@@ -4,8 +4,9 @@ The jobs of a local parallel sweep split the cores from the start (crackseg.swee
 two trainings started separately (two terminals, two users, a run beside a sweep) know
 nothing of each other and each keep a thread per core, which on 2 cores made both over five
 times slower than one alone. So every training whose thread count nobody pinned (no
-OMP_NUM_THREADS, not a job of a local parallel sweep) registers in a per-user folder of
-lock files, one per live training, and every few seconds takes its share:
+OMP_NUM_THREADS, not a job of a local parallel sweep) registers in a folder of lock files
+(one per user and set of usable cores), one per live training, and every few seconds takes
+its share:
 
     threads = torch's default (one per core)          alone
     threads = max(1, cores // runs - workers)         with runs - 1 others live
@@ -18,6 +19,7 @@ died and is removed by whoever finds it.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import tempfile
@@ -38,8 +40,14 @@ CHECK_EVERY_S = 2.0
 
 
 def default_registry() -> Path:
-    """The per-user folder of live trainings' entries."""
-    return Path(tempfile.gettempdir()) / f"crackseg-runs-{os.getuid()}"
+    """The folder of live trainings' entries: one per user and set of usable cores, so jobs
+    given disjoint cores of one node (SLURM, taskset) do not count each other."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = list(range(os.cpu_count() or 1))
+    cores_id = hashlib.sha1(",".join(map(str, cores)).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"crackseg-runs-{os.getuid()}-{cores_id}"
 
 
 class RunRegistry:

@@ -18,8 +18,8 @@ from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
 from crackseg.atomic import AtomicCheckpointIO
 from crackseg.callbacks import EvaluationReport, ValidateOnLastEpoch
-from crackseg.cpu_share import ShareCoresWithOtherRuns
 from crackseg.config_checks import check_config
+from crackseg.cpu_share import ShareCoresWithOtherRuns
 from crackseg.data.datamodule import CrackDataModule
 from crackseg.errors import ConfigError, CracksegError
 from crackseg.evaluation.report import (

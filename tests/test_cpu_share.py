@@ -68,3 +68,16 @@ def test_a_run_takes_its_share_when_another_starts_and_all_cores_when_alone(tmp_
         share.teardown(None, None, "fit")
         torch.set_num_threads(own)
     assert not list(tmp_path.glob("*.lock"))
+
+
+def test_runs_on_disjoint_cores_use_separate_registries():
+    from crackseg.cpu_share import default_registry
+
+    cores = os.sched_getaffinity(0)
+    here = default_registry()
+    try:
+        os.sched_setaffinity(0, {min(cores)})
+        assert default_registry() != here or len(cores) == 1
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert default_registry() == here

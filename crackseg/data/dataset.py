@@ -69,7 +69,7 @@ class CrackDataset(Dataset):
         return self.segmented_ids is None or sample.sample_id in self.segmented_ids
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Image HxWxC uint8 and soft float32 mask HxW at the input size; whether it is segmented."""
+        """Image HxWxC uint8, soft float32 mask HxW at the input size, whether segmented."""
         sample = self.samples[index]
         image = resize_image(read_image(sample.image_path, self.channels), self.height, self.width)
         segmented = self.is_segmented(sample)

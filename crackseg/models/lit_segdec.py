@@ -267,12 +267,13 @@ class SegDecModule(pl.LightningModule):
             **{f"test_best_f_{k}": published[k] for k in ("tp", "fp", "tn", "fn")},
             **pixel,
             "best_val_image_ap": self.best_val_image_ap,
-            **({} if self.last_val_dice is None else {"seg_threshold_val_dice": self.last_val_dice}),
             "indices": gathered["indices"].cpu().numpy(),
             "scores": scores.cpu().numpy(),
             "labels": labels.cpu().numpy(),
             "positive_indices": gathered["indices"][positives].cpu().numpy(),
         }
+        if self.last_val_dice is not None:
+            self.test_results["seg_threshold_val_dice"] = self.last_val_dice
         for key in ("image_auc", "image_ap", "f_measure", "dice_mean", "iou_mean"):
             self.log(f"test/{key}", _finite(self.test_results[key]), sync_dist=True)
 
