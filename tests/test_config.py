@@ -116,6 +116,22 @@ def test_every_experiment_passes_the_config_checks(experiment):
 
 
 @pytest.mark.parametrize(
+    "experiment", sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+)
+def test_every_experiment_names_the_data_of_an_evaluation(experiment):
+    """`crackseg-eval ckpt_path=... experiment=NAME` evaluates on that experiment's data."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "eval", overrides=[f"experiment={experiment}", "ckpt_path=x.ckpt", "data.root=/d"]
+        )
+    trained = _compose(f"experiment={experiment}", "data.root=/d").data
+    # The weight map of the weighted loss is not built for an evaluation.
+    assert {k: v for k, v in cfg.data.items() if k != "weighted_seg"} == {
+        k: v for k, v in trained.items() if k != "weighted_seg"
+    }
+
+
+@pytest.mark.parametrize(
     "overrides,optimizer,lr",
     [
         ([], torch.optim.SGD, 1.0),
