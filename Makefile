@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is installed on its own first: a CPU build where there is no NVIDIA GPU, so pip
-# never pulls a multi-GB CUDA build onto a CPU machine. Override TORCH_SPEC/TORCH_INDEX
-# to pick another build, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+# never pulls a multi-GB CUDA build onto a CPU machine. There pip also looks in PyTorch's
+# CPU index (TORCH_CPU_INDEX), whose torch==2.13.0 is 2.13.0+cpu and wins over PyPI's CUDA
+# build; where that index cannot be reached, pip takes what its configured sources offer.
+# Override TORCH_SPEC, or TORCH_INDEX to install from that index alone.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 ARGS ?=
 SWEEP ?= dilate
@@ -25,7 +28,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 		$(BIN)/pip install "$(TORCH_SPEC)"; \
 	else \
 		echo "no GPU: installing a CPU build of torch ($(TORCH_SPEC))"; \
-		$(BIN)/pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+		$(BIN)/pip install "$(TORCH_SPEC)" \
+			$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),--extra-index-url $(TORCH_CPU_INDEX)); \
 	fi
 	$(BIN)/pip install -e ".[dev]"
 	@touch $@

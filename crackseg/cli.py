@@ -11,22 +11,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
     HydraException,
     InstantiationException,
     MissingConfigException,
     OverrideParseException,
 )
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from tqdm import tqdm
 
 import crackseg.errors
 import crackseg.resolvers  # noqa: F401  (registers the resolvers the configs use)
-from crackseg.errors import CracksegError, RunFolderError
+from crackseg.config_checks import check_config
+from crackseg.errors import CracksegError, RunFolderError, SweepSettingsError
 from crackseg.run_folder import (
+    check_sweep_resume,
     claim_run_folder,
+    config_differences,
     finished_status,
     hydra_job,
     is_rank_zero,
@@ -34,6 +39,7 @@ from crackseg.run_folder import (
     write_status,
 )
 from crackseg.sweep.gpus import job_device_context
+from crackseg.sweep.summary import MD_NAME, ended_sweeps
 from crackseg.sweep.threads import set_job_threads
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,8 @@ _OWN_ERRORS = {
 
 #: Exit status of a run stopped by SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
 EXIT_STOPPED = 143
+#: Exit status of a multirun in which some job failed or did not finish.
+EXIT_JOBS_FAILED = 1
 #: Errors of the file system that end a run with one line: the output folder is unwritable
 #: (or its path runs through a file), the disk or the quota is full, a file grew too large.
 STORAGE_ERRNOS = {
@@ -59,6 +67,9 @@ STORAGE_ERRNOS = {
     errno.ENOTDIR,
     errno.EEXIST,
 }
+#: Of those, the errors that say a write did not fit (full disk or quota, read-only file
+#: system, file size limit); the others are worded as themselves.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 def run_task(
@@ -83,6 +94,7 @@ def run_task(
         if multirun and cfg.get("skip_finished", True):
             done = finished_status(output_dir)
             if done is not None:
+                _refuse_other_settings(output_dir, cfg)
                 log.info("skipping %s: finished in an earlier sweep", output_dir)
                 return done.get("metrics", {}).get(objective)
         with job_device_context(cfg):  # one GPU per job in a local parallel sweep
@@ -90,10 +102,16 @@ def run_task(
             results = task(cfg)
     except SIGTERMException:
         _record(output_dir, "interrupted")
-        print_line(f"stopped: continue with  crackseg-train resume={output_dir}")
+        if multirun:
+            sweep_dir = HydraConfig.get().sweep.dir
+            print_line(f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}")
+        else:
+            print_line(f"stopped: continue with  crackseg-train resume={output_dir}")
         sys.exit(EXIT_STOPPED)
     except Exception as raised:
         error = _root_cause(raised)
+        if multirun and isinstance(error, SweepSettingsError):
+            raise error from None  # the whole sweep's mistake: it ends the sweep
         expected = isinstance(error, CracksegError) or _is_storage_error(error)
         if expected and not isinstance(error, RunFolderError):
             _record(output_dir, "failed", error=one_line(error))
@@ -114,6 +132,19 @@ def run_task(
         return metrics.get(objective)
     finally:
         release_run_folder(output_dir)  # the next job of a sweep may run in this process
+
+
+def _refuse_other_settings(output_dir: Path, cfg: DictConfig) -> None:
+    """A sweep run again must have the settings of its finished jobs: their folders are
+    named by the swept values only, so another setting would reuse results it did not make."""
+    saved_path = output_dir / ".hydra" / "config.yaml"
+    if not saved_path.is_file():
+        return
+    if changed := config_differences(OmegaConf.load(saved_path), cfg):
+        raise SweepSettingsError(
+            f"the finished job in {output_dir} ran with other settings ({'; '.join(changed)}); "
+            "use another hydra.sweep.dir"
+        )
 
 
 def print_line(text: str) -> None:
@@ -154,10 +185,13 @@ def _root_cause(error: BaseException) -> BaseException:
 
 
 def one_line(error: BaseException) -> str:
-    """An error as one line: a storage error names its file, Hydra's lists are inlined."""
+    """An error as one line: a file system error names its file (``cannot write FILE: ...``
+    for a write that did not fit), Hydra's lists are inlined."""
     if isinstance(error, OSError) and error.strerror:
-        where = f" {error.filename}" if error.filename else ""
-        return f"cannot write{where}: {error.strerror}"
+        if error.errno in WRITE_ERRNOS:
+            where = f" {error.filename}" if error.filename else ""
+            return f"cannot write{where}: {error.strerror}"
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if isinstance(error, MissingConfigException) and len(lines) > 1:
         # "Could not find 'data/foo'", "Available options in 'data':", one per line, and
@@ -185,12 +219,13 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
 
     Hydra prints its own errors over several lines (with a stack trace for some); with
     HYDRA_FULL_ERROR it raises them instead, and they are worded here. Errors inside a run
-    are handled by :func:`run_task`.
+    are handled by :func:`run_task`. A multirun in which a job failed or did not finish
+    ends with one line naming its summary, exit 1.
     """
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         main()
-    except (HydraException, OmegaConfBaseException, OSError) as raised:
+    except (HydraException, OmegaConfBaseException, OSError, CracksegError) as raised:
         # A run folder refused by crackseg.resolvers, or one that cannot be created, is
         # worded as itself, not as the resolver error wrapping it.
         error = _root_cause(raised)
@@ -200,3 +235,24 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
             error = raised
         print_line(f"error: {one_line(error)}")
         sys.exit(2)
+    for sweep_dir, jobs, failed, unfinished in ended_sweeps:
+        if failed or unfinished:
+            what = "failed" if not unfinished else "failed or did not finish"
+            summary = sweep_dir / MD_NAME
+            print_line(f"error: {failed + unfinished} of {jobs} jobs {what}; see {summary}")
+            sys.exit(EXIT_JOBS_FAILED)
+
+
+class SweepChecksCallback(Callback):
+    """Hydra callback: refuse a multirun whose shared settings cannot work before any job
+    (or its folder) is started: ``resume=RUN_DIR``, and the values
+    :func:`crackseg.config_checks.check_config` checks (swept values are checked by each
+    job). One line and exit 2, as Hydra turns a callback's exception into a warning."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_sweep_resume(config.get("resume"))
+            check_config(config)
+        except CracksegError as error:
+            print_line(f"error: {one_line(error)}")
+            sys.exit(2)

@@ -22,3 +22,7 @@ def describe_files(paths: list, limit: int = 5) -> str:
 
 class RunFolderError(ConfigError):
     """A run folder cannot be used as asked (it holds another run, or none); it is left as is."""
+
+
+class SweepSettingsError(RunFolderError):
+    """A sweep run again into its folder with settings its finished jobs did not have."""

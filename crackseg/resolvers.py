@@ -1,6 +1,6 @@
 """The OmegaConf resolvers the Hydra configs use, registered on import.
 
-``${crackseg.run_dir:RESUME,DEFAULT}`` and ``${crackseg.hydra_subdir:OUTPUT_DIR}`` (conf/
+``${crackseg.run_dir:RESUME,DEFAULT}`` and ``${crackseg.hydra_subdir:OUTPUT_DIR,RESUME}`` (conf/
 hydra/default.yaml) send a resumed run back into its own folder without rewriting its
 ``.hydra/``; ``${crackseg.job_log:OUTPUT_DIR,NAME}``, the job's log file, is what Hydra
 resolves first once it has the job's folder, so the folder is claimed for this process
@@ -75,17 +75,20 @@ def job_log(output_dir: str, job_name: str) -> str:
     return str(Path(output_dir) / f"{job_name}.log")
 
 
-def hydra_subdir(output_dir: str) -> str | None:
-    """Where Hydra saves the composed config: nowhere if the folder already holds a run.
+def hydra_subdir(output_dir: str, resume: object) -> str | None:
+    """Where Hydra saves the composed config: nowhere if the folder already holds a run, or
+    if ``resume=RUN_DIR`` names it.
 
-    That run's ``.hydra/`` is the config it was started with: resuming it reads it, and a
-    command refused for pointing at the folder must not have replaced it first. The folder
-    is claimed here too, for a job logging config without :func:`job_log`.
+    That run's ``.hydra/`` is the config it was started with: resuming it (or starting it
+    again) reads it, and a command refused for pointing at the folder must not have replaced
+    it first. The folder is claimed here too, for a job logging config without
+    :func:`job_log`.
     """
     from crackseg.run_folder import claim_run_folder, holds_run
 
     claim_run_folder(output_dir)
-    return None if holds_run(Path(output_dir)) else ".hydra"
+    keep = _resumes_folder(resume) or holds_run(Path(output_dir))
+    return None if keep else ".hydra"
 
 
 def _local_jobs(default: int) -> int:

@@ -5,13 +5,16 @@ One live process at a time writes into a run folder: it holds a lock on ``.lock`
 A folder holds a run once training has started in it (``status.json`` or a checkpoint).
 Such a folder is written into again only to resume that same run: ``resume=RUN_DIR``, or
 ``resume=auto`` (what every job of a multirun does, so re-running a sweep, or a requeued
-cluster job, continues its unfinished jobs from their checkpoints).
+cluster job, continues its unfinished jobs from their checkpoints). A run that failed
+before saving a checkpoint (a config or data error) holds nothing to resume: its folder
+may be started again.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import fnmatch
 import json
 import logging
 import os
@@ -44,8 +47,18 @@ LAST_CHECKPOINT = "last.ckpt"
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
 #: Locked by the process writing into the folder; it holds that process's pid and host.
 LOCK_FILE = ".lock"
-#: Config keys that may differ between a run and its resumption.
-RESUME_FREE_KEYS = ("resume", "skip_finished")
+#: Config keys (glob patterns) that may differ between a run and its resumption: how it is
+#: resumed, and where its folder is (a run folder may be moved). The GPU a job of a local
+#: parallel sweep is given (``trainer.devices=[k]``) is compared as a number of devices.
+RESUME_FREE_KEYS = (
+    "resume",
+    "skip_finished",
+    "paths.output_dir",
+    "trainer.default_root_dir",
+    "callbacks.*.dirpath",
+    "callbacks.*.output_dir",
+    "logger.save_dir",
+)
 
 
 def is_rank_zero() -> bool:
@@ -60,10 +73,8 @@ _held: dict[str, int] = {}
 def claim_run_folder(folder: str | Path) -> None:
     """Make this process the only one writing into ``folder`` until it releases it or ends.
 
-    A POSIX record lock on ``folder/.lock``: the kernel drops it when the process ends,
-    however it ends, so a killed run never leaves its folder locked. (Not ``flock``: data
-    loader workers forked while it is held would share it and keep it alive for a while
-    after their parent was killed; record locks are not inherited.) The holder writes its
+    A lock on ``folder/.lock`` (:func:`lock_file`): a killed run never leaves its folder
+    locked, even while its data loader workers are still ending. The holder writes its
     pid and host into the file, which a refused process names. Only rank 0 of a
     multi-process run claims the folder; the other ranks write where rank 0 holds it.
     Claiming a folder this process holds already does nothing.
@@ -74,32 +85,40 @@ def claim_run_folder(folder: str | Path) -> None:
     if key in _held:
         return
     Path(key).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(key) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     holder = ""
     for _ in range(20):  # a holder that has just taken the lock writes its name right after
-        if _try_lock(fd):
+        fd = lock_file(Path(key) / LOCK_FILE, 0o666)
+        if fd is not None:
             me = json.dumps({"pid": os.getpid(), "host": platform.node()})
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{me}\n".encode(), 0)
             _held[key] = fd
             return
-        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        holder = (Path(key) / LOCK_FILE).read_text(errors="replace").strip()
         if holder:
             break
         time.sleep(0.05)
-    os.close(fd)
     raise RunFolderError(f"{key} is in use by {_describe_holder(holder)}; wait for it to end")
 
 
-def _try_lock(fd: int) -> bool:
+def lock_file(path: Path, mode: int = 0o644) -> int | None:
+    """Open ``path`` and lock it for this process without waiting: the open descriptor
+    (closing it drops the lock), or None when another process holds the lock.
+
+    A POSIX record lock (``lockf``), not ``flock``: the kernel drops it when the process
+    ends however it ends, and child processes (data loader workers) do not inherit it, so
+    a killed process's lock is free at once although its workers may live on for a while.
+    Record locks belong to the process: lock each file once per process.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
-        if error.errno in (errno.EACCES, errno.EAGAIN):
-            return False
         os.close(fd)
+        if error.errno in (errno.EACCES, errno.EAGAIN):
+            return None
         raise
-    return True
+    return fd
 
 
 def _describe_holder(text: str) -> str:
@@ -126,6 +145,15 @@ def check_resume_folder(run_dir: Path) -> None:
         raise RunFolderError(f"resume={run_dir} is not a folder")
     if not (run_dir / ".hydra" / "config.yaml").is_file():
         raise RunFolderError(f"resume={run_dir} is not a run folder (no .hydra/config.yaml)")
+
+
+def check_sweep_resume(resume: object) -> None:
+    """A sweep resumes its jobs itself (``resume=auto``); ``resume=RUN_DIR`` names one run."""
+    if resume not in (None, "auto"):
+        raise RunFolderError(
+            "resume=RUN_DIR continues one run; to resume a sweep, run it again with the "
+            "same hydra.sweep.dir"
+        )
 
 
 def refuse_used_folder(folder: Path) -> None:
@@ -165,22 +193,33 @@ def finished_status(folder: Path) -> dict[str, Any] | None:
 
 
 def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a run: one that saved a checkpoint, or that has a status
+    other than failed. A run that failed before its first checkpoint holds nothing."""
     folder = Path(folder)
-    checkpoints = folder / CHECKPOINT_DIR
-    has_checkpoint = checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))
-    return (folder / STATUS_FILE).exists() or has_checkpoint
+    if _checkpoints(folder):
+        return True
+    if not (folder / STATUS_FILE).exists():
+        return False
+    status = read_status(folder)
+    return status is None or status.get("status") != "failed"
 
 
-def resume_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint to continue from: the last epoch's, SIGTERM's or SLURM's."""
-    folder = Path(folder)
+def _checkpoints(folder: Path) -> list[Path]:
+    """The checkpoints a run could continue from: the last epoch's, SIGTERM's or SLURM's."""
     candidates = [
         folder / CHECKPOINT_DIR / LAST_CHECKPOINT,
         folder / CHECKPOINT_DIR / INTERRUPTED_CHECKPOINT,
         *folder.glob("hpc_ckpt_*.ckpt"),  # Lightning's save before a SLURM requeue
     ]
-    existing = [p for p in candidates if p.is_file()]
-    return max(existing, key=lambda p: p.stat().st_mtime_ns, default=None)
+    return [p for p in candidates if p.is_file()]
+
+
+def resume_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint to continue from: the one saved at the latest training step (the newer
+    file where two were saved at one step). By step, as copying a folder (``cp -r``) does
+    not keep the files' times."""
+    existing = _checkpoints(Path(folder))
+    return max(existing, key=lambda p: (checkpoint_step(p), p.stat().st_mtime_ns), default=None)
 
 
 def git_commit(repo: Path) -> tuple[str | None, bool | None]:
@@ -245,9 +284,18 @@ def config_differences(old: DictConfig, new: DictConfig, limit: int = 3) -> list
     changed = [
         f"{k}: {flat_old.get(k)} -> {flat_new.get(k)}"
         for k in keys
-        if flat_old.get(k) != flat_new.get(k) and k.split(".")[0] not in RESUME_FREE_KEYS
+        if _compared(k, flat_old.get(k)) != _compared(k, flat_new.get(k))
+        and not any(fnmatch.fnmatchcase(k, free) for free in RESUME_FREE_KEYS)
     ]
     return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+def _compared(key: str, value: Any) -> Any:
+    """A setting as resumption compares it: ``trainer.devices`` as a number of devices, so
+    a job given another GPU than before (``[1]`` for ``[0]`` or ``1``) may resume."""
+    if key == "trainer.devices" and isinstance(value, list):
+        return len(value)
+    return value
 
 
 def _flatten(cfg: DictConfig) -> dict[str, Any]:
@@ -294,10 +342,7 @@ def prepare_training_run(
         return cfg, resume_checkpoint(output_dir) if resume == "auto" or multirun else None
     if resume not in (None, "auto"):
         if multirun:
-            raise RunFolderError(
-                "resume=RUN_DIR continues one run; to resume a sweep, run it again with the "
-                "same hydra.sweep.dir"
-            )
+            check_sweep_resume(resume)
         return _resume_run_dir(cfg, Path(str(resume)), output_dir, task_overrides)
     if not holds_run(output_dir):
         return cfg, None
@@ -326,7 +371,7 @@ def prepare_training_run(
 
 def _resume_run_dir(
     cfg: DictConfig, run_dir: Path, output_dir: Path, task_overrides: list[str]
-) -> tuple[DictConfig, Path]:
+) -> tuple[DictConfig, Path | None]:
     check_resume_folder(run_dir)
     if run_dir.resolve() != output_dir.resolve():
         raise RunFolderError(
@@ -342,10 +387,7 @@ def _resume_run_dir(
     remove_partial_writes(run_dir)
     checkpoint = resume_checkpoint(run_dir)
     if checkpoint is None:
-        raise RunFolderError(
-            f"{run_dir} has no checkpoint to resume from (it stopped before its first "
-            "epoch ended): start it again"
-        )
+        log.info("%s holds a run that saved no checkpoint: starting it again", run_dir)
     return _started_config(run_dir), checkpoint
 
 

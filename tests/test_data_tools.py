@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+import crackseg.data.tools as tools
 from crackseg.data.datamodule import CrackDataModule
 from crackseg.data.layouts import index_layout
 from crackseg.data.tools import main, tile_dataset
@@ -208,3 +211,45 @@ def test_a_data_config_tiles_its_photographs_once(tmp_path):
         CrackDataModule(
             str(tmp_path / "new"), tile=missing, input_height=64, input_width=128
         ).prepare_data()
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same settings", "other settings"])
+def test_two_jobs_tiling_one_root_at_once(tmp_path, monkeypatch, same):
+    """Another job renames its finished tiles into the root while this one is tiling."""
+    src, root = tmp_path / "src", tmp_path / "tiles"
+    _photo(src, "A", [(10, 0, 90)])
+    params = {"source": str(src.resolve()), "size": 32, "seed": 0 if same else 1}
+
+    def tile_while_another_job_finishes(source, dst, **tiling):
+        counts = tile_dataset(source, dst, **tiling)
+        root.mkdir()
+        (root / tools.TILES_MARKER).write_text(json.dumps(params))
+        return counts
+
+    monkeypatch.setattr(tools, "tile_dataset", tile_while_another_job_finishes)
+    if same:
+        assert tools.prepare_tiles(root, src, size=32, seed=0) == root.absolute()
+    else:
+        with pytest.raises(DataError, match="other settings"):
+            tools.prepare_tiles(root, src, size=32, seed=0)
+    assert not list(tmp_path.glob(".tiles.partial-*"))
+
+
+def test_tile_into_an_unwritable_destination_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    src = tmp_path / "src"
+    _photo(src, "A", [(10, 0, 90)])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["tile", str(src), str(blocker / "dst"), "--size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {blocker}")
+    full = tmp_path / "full"
+    result = subprocess.run(
+        [sys.executable, "-m", "crackseg.data.tools", "tile", str(src), str(full), "--size", "32"],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200)),
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr
+    assert not full.exists() and not list(tmp_path.glob(".full.partial-*"))

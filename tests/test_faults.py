@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +23,15 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from crackseg.atomic import AtomicCheckpointIO, atomic_write_text, remove_partial_writes
+from crackseg.cli import one_line
 from crackseg.data.sampler import BalancedNegativeSampler
-from crackseg.run_folder import LOCK_FILE, claim_run_folder, release_run_folder
+from crackseg.run_folder import (
+    LOCK_FILE,
+    claim_run_folder,
+    config_differences,
+    release_run_folder,
+    resume_checkpoint,
+)
 
 HELPERS = REPO / "tests" / "helpers"
 
@@ -264,6 +272,83 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
     assert history == json.loads((reference / "history.json").read_text())
 
 
+def test_a_moved_run_folder_resumes(reference, tiny_data_dir, tmp_path):
+    """Run folders may be moved or copied (which does not keep the files' times): the new
+    place is not a changed setting, and the checkpoint is chosen by its step."""
+    stopped = tmp_path / "stopped"
+    process = stall_run(stopped, tiny_data_dir, epoch=1, batch=2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    last = stopped / "checkpoints" / "last.ckpt"
+    os.utime(last, ns=(time.time_ns() + 10**10,) * 2)  # newer than interrupted.ckpt, earlier step
+    copied = tmp_path / "copied"
+    shutil.copytree(stopped, copied)
+    moved = tmp_path / "moved"
+    stopped.rename(moved)
+
+    result = run_entry("train", f"resume={moved}", env={"PYTHONPATH": str(HELPERS)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metrics_of(moved) == metrics_of(reference)
+    result = train(copied, tiny_data_dir, "resume=auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metrics_of(copied) == metrics_of(reference)
+    resumed = json.loads((copied / "run_info.json").read_text())["resumed"]
+    assert resumed[0]["checkpoint"].endswith("interrupted.ckpt")
+
+
+def test_resume_takes_the_checkpoint_of_the_latest_step(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    for name, step, mtime in [("last.ckpt", 12, 2), ("interrupted.ckpt", 15, 1)]:
+        torch.save({"global_step": step}, tmp_path / "checkpoints" / name)
+        os.utime(tmp_path / "checkpoints" / name, (mtime, mtime))
+    assert resume_checkpoint(tmp_path) == tmp_path / "checkpoints" / "interrupted.ckpt"
+    torch.save({"global_step": 15}, tmp_path / "hpc_ckpt_1.ckpt")  # same step, newer file
+    assert resume_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
+
+
+def test_resume_compares_the_run_settings_not_its_place_or_its_gpu():
+    saved = OmegaConf.create(
+        {
+            "seed": 0,
+            "paths": {"output_dir": "a"},
+            "trainer": {"devices": [0]},
+            "callbacks": {"last": {"dirpath": "a/checkpoints"}},
+        }
+    )
+    moved = OmegaConf.create(
+        {
+            "seed": 0,
+            "paths": {"output_dir": "b"},
+            "trainer": {"devices": [1]},
+            "callbacks": {"last": {"dirpath": "b/checkpoints"}},
+        }
+    )
+    assert config_differences(saved, moved) == []
+    moved.trainer.devices = 2
+    moved.seed = 1
+    assert config_differences(saved, moved) == ["seed: 0 -> 1", "trainer.devices: [0] -> 2"]
+
+
+def test_a_run_refused_for_its_settings_may_be_started_again_in_its_folder(tiny_data_dir, tmp_path):
+    """A config or data error leaves a failed run without a checkpoint: nothing to resume,
+    so the corrected command may use the same folder."""
+    run_dir = tmp_path / "corrected"
+    line = one_line_error(run_tiny(run_dir, tiny_data_dir, "data.input_width=100"))
+    assert "not divisible by 8" in line
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    result = run_tiny(run_dir, tiny_data_dir, "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").data.input_width == 128
+
+
+def test_a_file_system_error_says_cannot_write_only_for_a_write_that_did_not_fit():
+    unreadable = OSError(errno.EACCES, os.strerror(errno.EACCES), "run/checkpoints/last.ckpt")
+    assert one_line(unreadable) == "run/checkpoints/last.ckpt: Permission denied"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "run/metrics.json")
+    assert one_line(full) == "cannot write run/metrics.json: No space left on device"
+
+
 def test_a_sweep_run_again_resumes_its_killed_job(reference, tiny_data_dir, tmp_path):
     sweep = ["-m", f"paths.data_dir={tiny_data_dir}", f"hydra.sweep.dir={tmp_path}/sweep", "seed=0"]
     process = start_and_stall(tmp_path / "stalled", *sweep, epoch=2, batch=1)
@@ -441,7 +526,7 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     line = one_line_error(run_entry("train", f"hydra.run.dir={blocker}/run"))
-    assert "cannot write" in line and str(blocker) in line
+    assert line.startswith(f"error: {blocker}") and line.endswith(": Not a directory")
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import setuptools
-import tomllib
 from conftest import METRIC_KEYS, REPO, TINY
 from omegaconf import OmegaConf
 

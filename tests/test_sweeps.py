@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import multiprocessing
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import one_line_error
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -26,7 +26,7 @@ import crackseg.sweep.gpus as gpus
 import crackseg.sweep.threads as threads
 from crackseg.config_checks import check_config
 from crackseg.resolvers import job_folder
-from crackseg.run_folder import LOCK_FILE
+from crackseg.run_folder import LOCK_FILE, lock_file
 from crackseg.sweep import claim_gpu, job_device_context, job_dirname, visible_gpus
 from crackseg.sweep.job_names import common_keys, exclude_override, swept_keys
 from crackseg.sweep.summary import collect_runs, main
@@ -166,14 +166,11 @@ def test_launcher_configs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _hold_gpu(lock_dir: str, gpu_ids: list[str], hold_s: float, out: str) -> None:
-    os.environ["CUDA_VISIBLE_DEVICES"] = "0,1,2,3"
     with claim_gpu(lock_dir, gpu_ids, poll_s=0.01) as gpu:
         start = time.monotonic()
-        env = os.environ["CUDA_VISIBLE_DEVICES"]
         time.sleep(hold_s)
         end = time.monotonic()
-    after = os.environ["CUDA_VISIBLE_DEVICES"]
-    Path(out).write_text(json.dumps({"gpu": gpu, "env": env, "after": after, "t": [start, end]}))
+    Path(out).write_text(json.dumps({"gpu": gpu, "t": [start, end]}))
 
 
 def test_claim_gpu_never_puts_two_concurrent_jobs_on_one_gpu(tmp_path: Path) -> None:
@@ -192,33 +189,47 @@ def test_claim_gpu_never_puts_two_concurrent_jobs_on_one_gpu(tmp_path: Path) -> 
     assert [job.exitcode for job in jobs] == [0] * 8  # all eight finished
     results = [json.loads((tmp_path / f"{i}").read_text()) for i in range(8)]
     assert {r["gpu"] for r in results} == set(fake_gpus)  # four ran at once, one per GPU
-    for r in results:
-        assert r["env"] == r["gpu"]  # the job saw only its GPU
-        assert r["after"] == "0,1,2,3"  # and the variable was restored
     for a, b in itertools.combinations(results, 2):
         if a["gpu"] == b["gpu"]:
             assert a["t"][1] <= b["t"][0] or b["t"][1] <= a["t"][0], (a, b)
 
 
-def _claim_and_hang(lock_dir: str) -> None:
-    with claim_gpu(lock_dir, ["0"], set_env=False):
+def _claim_and_hang(lock_dir: str, gpu: str = "0") -> None:
+    with claim_gpu(lock_dir, [gpu]):
+        if os.fork() == 0:  # a data loader worker: it inherits the open lock file
+            time.sleep(5)
+            os._exit(0)
         time.sleep(60)
 
 
-def test_a_killed_job_frees_its_gpu(tmp_path: Path) -> None:
+def _start_holder(lock_dir: Path, gpu: str) -> multiprocessing.Process:
+    """A job in another process holding ``gpu`` (with a forked worker of its own)."""
     process = multiprocessing.get_context("fork").Process(
-        target=_claim_and_hang, args=(str(tmp_path),)
+        target=_claim_and_hang, args=(str(lock_dir), gpu)
     )
     process.start()
-    lock = tmp_path / "gpu0.lock"
+    lock = lock_dir / f"gpu{gpu}.lock"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not (lock.exists() and lock.read_text()):
         time.sleep(0.01)  # the holder writes its pid once it has the lock
     assert lock.read_text().strip() == str(process.pid)
+    return process
+
+
+def _free_for_another_process(lock: Path) -> bool:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if lock_file(lock) is not None else 1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_a_killed_job_frees_its_gpu(tmp_path: Path) -> None:
+    """At once, although the worker it forked while holding the GPU still runs."""
+    process = _start_holder(tmp_path, "0")
     os.kill(process.pid, signal.SIGKILL)
     process.join()
     start = time.monotonic()
-    with claim_gpu(tmp_path, ["0"], poll_s=0.01, set_env=False) as gpu:
+    with claim_gpu(tmp_path, ["0"], poll_s=0.01) as gpu:
         assert gpu == "0"
     assert time.monotonic() - start < 1
 
@@ -258,18 +269,16 @@ def test_job_device_context_pins_a_free_gpu(
 ) -> None:
     monkeypatch.setattr(gpus, "visible_gpus", lambda: ["4", "6"])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
-    busy = os.open(tmp_path / "gpu4.lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(busy, fcntl.LOCK_EX)  # another job holds GPU 4
+    busy = _start_holder(tmp_path, "4")  # another job holds GPU 4
     cfg = OmegaConf.create({"trainer": {"accelerator": "auto", "devices": 1}})
     with job_device_context(cfg, _hydra_cfg(tmp_path, JOBLIB), poll_s=0.01) as gpu:
         assert gpu == "6"
         assert list(cfg.trainer.devices) == [1]  # index of GPU 6 among the visible ones
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6"  # never narrowed in a worker
-        probe = os.open(tmp_path / "gpu6.lock", os.O_RDWR)
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.close(probe)
-    os.close(busy)
+        assert not _free_for_another_process(tmp_path / "gpu6.lock")
+    assert _free_for_another_process(tmp_path / "gpu6.lock")
+    busy.kill()
+    busy.join()
 
     # Not parallel on this machine, or not one GPU per job: nothing happens.
     for hydra_cfg, trainer in [
@@ -463,6 +472,23 @@ def test_summary_command_rebuilds_from_a_folder_of_runs(
     assert result.returncode == 2 and result.stderr.startswith("error: ")
 
 
+def test_the_summary_counts_every_job_that_did_not_finish(tmp_path: Path) -> None:
+    statuses = ["finished", "failed", "running", "interrupted", None]
+    for num, status in enumerate(statuses):
+        job = tmp_path / f"{num}_seed={num}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={num}\n")
+        if status is not None:
+            metrics = {"image_ap": 0.5} if status == "finished" else {}
+            (job / "status.json").write_text(json.dumps({"status": status, "metrics": metrics}))
+    assert main([str(tmp_path)]) == 0
+    md = (tmp_path / "summary.md").read_text()
+    header = "5 jobs: 1 finished, 1 failed, 3 unfinished (1 interrupted, 1 running, 1 unfinished)."
+    assert header in md
+    for num, status in enumerate(statuses[1:], start=1):
+        assert f"`{num}_seed={num}` ({status or 'unfinished'})" in md
+
+
 def _mtimes(job: Path) -> dict[str, int]:
     """Files a job writes itself (Hydra rewrites .hydra/ and appends to the log every time;
     every process that opens the folder locks .lock and writes its pid there)."""
@@ -488,7 +514,8 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     )
     config_dir = tiny_config_dir(base)
     result = run_train(config_dir, *args)
-    assert result.returncode == 0, result.stderr[-3000:]
+    summary_line = f"error: 1 of 2 jobs failed; see {sweep_dir / 'summary.md'}"
+    assert result.returncode == 1 and summary_line in result.stderr, result.stderr[-3000:]
     failed = sweep_dir / "0_data.dilate=1,data.input_height=60,seed=0"
     done = sweep_dir / "1_data.dilate=1,data.input_height=64,seed=0"
     error = json.loads((failed / "status.json").read_text())
@@ -505,10 +532,27 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     assert "metrics.json" in before and "status.json" in before
     (sweep_dir / "summary.md").unlink()
     result = run_train(config_dir, *args)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # the failed job (no checkpoint) is started again, and fails again
+    assert result.returncode == 1 and summary_line in result.stderr, result.stderr[-3000:]
     assert _mtimes(done) == before  # skipped: nothing it wrote was touched
     assert "finished in an earlier sweep" in (done / "train.log").read_text()
     assert (sweep_dir / "summary.md").is_file()  # and the summary is written again
+
+    # a setting the finished job did not have would reuse its results: refused, named
+    line = one_line_error(run_train(config_dir, *args[:-2], "trainer.max_epochs=2", args[-1]))
+    assert f"finished job in {done} ran with other settings (trainer.max_epochs: 1 -> 2)" in line
+    assert _mtimes(done) == before
+
+
+def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    config_dir = tiny_config_dir(tmp_path)
+    common = ("+sweep=dilate", f"hydra.sweep.dir={sweep_dir}")
+    line = one_line_error(run_train(config_dir, *common, "trainer.max_epochs=ten"))
+    assert line == "error: trainer.max_epochs must be an integer >= 1, not 'ten'"
+    line = one_line_error(run_train(config_dir, *common, f"resume={tmp_path}"))
+    assert "resume=RUN_DIR continues one run" in line
+    assert not sweep_dir.exists()
 
 
 def test_an_optuna_search_maximises_the_best_validation_ap(tmp_path: Path) -> None:

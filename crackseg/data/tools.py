@@ -200,11 +200,7 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
     params = {"source": str(source.resolve()), **tiling}
     marker = root / TILES_MARKER
     if marker.is_file():
-        made = json.loads(marker.read_text())
-        if made != params:
-            raise DataError(
-                f"{root} holds tiles made with other settings ({made}); use another data.root"
-            )
+        _check_tiles(root, params)
         return root
     if root.exists() and any(root.iterdir()):
         log.info("%s holds a dataset tiled before (no %s): used as it is", root, TILES_MARKER)
@@ -216,17 +212,29 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
     try:
         counts = tile_dataset(source, tmp, **tiling)
         (tmp / TILES_MARKER).write_text(json.dumps(params, indent=2) + "\n")
-        if root.is_dir():
-            root.rmdir()
         try:
+            if root.is_dir():
+                root.rmdir()
             tmp.rename(root)
-        except OSError:
-            if not marker.is_file():  # another job may have just finished the same tiles
-                raise
+        except OSError as error:
+            if not marker.is_file():
+                raise DataError(f"cannot move the tiles into {root}: {error.strerror}") from error
+            _check_tiles(root, params)  # another job has just finished the same tiles
+            log.info("%s was tiled by another job meanwhile: used as it is", root)
+            return root
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("tiled %s into %s:\n%s", source, root, positives_table(counts))
     return root
+
+
+def _check_tiles(root: Path, params: dict[str, Any]) -> None:
+    """Refuse tiles in ``root`` made with other parameters than ``params``."""
+    made = json.loads((root / TILES_MARKER).read_text())
+    if made != params:
+        raise DataError(
+            f"{root} holds tiles made with other settings ({made}); use another data.root"
+        )
 
 
 def positives_table(counts: dict[str, tuple[int, int]]) -> str:
@@ -284,9 +292,28 @@ def _add_layout_arguments(parser: argparse.ArgumentParser, default: str | None) 
 
 
 def _cmd_tile(args: argparse.Namespace) -> None:
-    counts = tile_dataset(
+    """Tile into a hidden sibling of the destination, renamed into place at the end: a run
+    that fails (a full disk) leaves no half-written destination."""
+    dst = Path(args.dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise DataError(f"destination is not empty, refusing to write into it: {dst}")
+    dst.absolute().parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.absolute().parent))
+    try:
+        counts = _tile_from_arguments(args, tmp)
+        if dst.is_dir():
+            dst.rmdir()
+        tmp.rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"tiles written to {dst}\n")
+    print(positives_table(counts))
+
+
+def _tile_from_arguments(args: argparse.Namespace, dst: Path) -> dict[str, tuple[int, int]]:
+    return tile_dataset(
         args.src,
-        args.dst,
+        dst,
         size=args.size,
         stride=args.stride,
         layout=args.layout,
@@ -297,8 +324,6 @@ def _cmd_tile(args: argparse.Namespace) -> None:
         val_fraction=args.val_fraction,
         **_layout_options(args),
     )
-    print(f"tiles written to {args.dst}\n")
-    print(positives_table(counts))
 
 
 def _cmd_stats(args: argparse.Namespace) -> None:
@@ -383,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     except CracksegError as exc:
         message = " ".join(str(exc).split())
         print(f"error: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable destination, a full disk: named with its file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 

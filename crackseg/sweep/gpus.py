@@ -2,10 +2,11 @@
 
 joblib's launcher starts ``n_jobs`` worker processes and hands them the jobs of a sweep;
 nothing in Hydra says which GPU a job should use, so without help every job trains on
-GPU 0. Here each job takes a GPU of its own for its whole run by an exclusive
-``fcntl.flock`` on ``<lock dir>/gpu<id>.lock``: the kernel drops the lock when the holder
-exits or dies, so a crashed job never leaves a GPU claimed, and jobs beyond the number of
-GPUs wait until one is released.
+GPU 0. Here each job takes a GPU of its own for its whole run by an exclusive lock on
+``<lock dir>/gpu<id>.lock`` (a record lock, :func:`crackseg.run_folder.lock_file`): the
+kernel drops it when the holder exits or dies, its data loader workers do not inherit it,
+so a killed job never leaves a GPU claimed, and jobs beyond the number of GPUs wait until
+one is released.
 
 The CUDA_VISIBLE_DEVICES trap: CUDA reads that variable once, when it is initialised in a
 process. loky keeps its workers between jobs, so a worker whose first job narrowed the
@@ -13,25 +14,22 @@ variable to GPU 2 would see only GPU 2 for every later job, whatever that job cl
 ``job_device_context`` therefore leaves the variable alone and pins the job with
 ``trainer.devices=[k]`` (and ``torch.cuda.set_device(k)`` for code that uses the current
 device), which is right whether or not CUDA is already initialised in the worker.
-``claim_gpu(..., set_env=True)`` does set the variable, for callers that start a fresh
-process per job; it warns when CUDA is already initialised, where setting it has no effect.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import gc
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from crackseg.run_folder import lock_file
 
 log = logging.getLogger(__name__)
 
@@ -74,31 +72,14 @@ def _lock_name(gpu_id: str) -> str:
     return "gpu" + "".join(c if c.isalnum() or c in "-_" else "_" for c in str(gpu_id)) + ".lock"
 
 
-def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        os.close(fd)
-        if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            return None
-        raise
-    return fd
-
-
 @contextlib.contextmanager
 def claim_gpu(
-    lock_dir: str | os.PathLike[str],
-    gpu_ids: Sequence[str | int],
-    poll_s: float = 2.0,
-    set_env: bool = True,
+    lock_dir: str | os.PathLike[str], gpu_ids: Sequence[str | int], poll_s: float = 2.0
 ) -> Iterator[str | None]:
     """Hold the first free GPU of ``gpu_ids`` for the duration; yields its id.
 
-    Free means no other process (or thread) holds ``lock_dir/gpu<id>.lock``; when all are
-    taken it polls every ``poll_s`` seconds. With ``set_env`` CUDA_VISIBLE_DEVICES is set to
-    the claimed id inside the block and restored after it: only meaningful in a process
-    where CUDA is not initialised yet (see the module docstring). No GPUs: yields None.
+    Free means no other process holds ``lock_dir/gpu<id>.lock``; when all are taken it
+    polls every ``poll_s`` seconds. No GPUs: yields None.
     """
     if not gpu_ids:
         yield None
@@ -108,7 +89,7 @@ def claim_gpu(
     waited = False
     while True:
         for gpu in gpu_ids:
-            fd = _try_lock(lock_path / _lock_name(str(gpu)))
+            fd = lock_file(lock_path / _lock_name(str(gpu)))
             if fd is not None:
                 break
         else:
@@ -118,35 +99,13 @@ def claim_gpu(
             time.sleep(poll_s)
             continue
         break
-    gpu_id = str(gpu)
     os.ftruncate(fd, 0)  # a killed holder may have left its pid
     os.write(fd, f"{os.getpid()}\n".encode())
-    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
-        if set_env:
-            if _cuda_initialized():
-                log.warning(
-                    "CUDA is already initialised in process %d: CUDA_VISIBLE_DEVICES=%s has "
-                    "no effect here; select the device instead",
-                    os.getpid(),
-                    gpu_id,
-                )
-            os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
-        yield gpu_id
+        yield str(gpu)
     finally:
-        if set_env:
-            if previous is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = previous
         os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def _cuda_initialized() -> bool:
-    torch = sys.modules.get("torch")  # not imported yet: CUDA cannot be initialised either
-    return torch is not None and bool(torch.cuda.is_initialized())
+        os.close(fd)  # closing drops the lock
 
 
 def current_hydra_config() -> DictConfig | None:
@@ -213,7 +172,7 @@ def job_device_context(
         yield None
         return
     lock_dir = Path(str(hydra_cfg.sweep.dir))
-    with claim_gpu(lock_dir, gpus, poll_s=poll_s, set_env=False) as gpu_id:
+    with claim_gpu(lock_dir, gpus, poll_s=poll_s) as gpu_id:
         index = gpus.index(gpu_id)
         cfg.trainer.devices = [index]
         _set_device(index)

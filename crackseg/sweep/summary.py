@@ -1,8 +1,9 @@
 """The summary table of a sweep: every job, and mean ± std over seeds for each setting.
 
 A sweep is judged by its table, so no job may silently vanish from it: jobs that failed
-are listed with their error line, and jobs that never wrote a status (still running, or
-killed) as "unfinished". The swept values are read back from each job's
+are listed with their error line, and every other job that did not finish (``running``:
+still running, or killed; ``interrupted``: stopped by a signal; no status at all) is
+counted as unfinished, its own status shown. The swept values are read back from each job's
 ``.hydra/overrides.yaml``, which is what tells the jobs apart; this works for a multirun
 root and for any folder of single runs alike.
 """
@@ -49,6 +50,17 @@ METRICS = (
 )
 #: Metrics averaged over seeds in the grouped table.
 GROUPED_METRICS = ("image_auc", "image_ap", "dice_mean", "iou_mean")
+
+#: The multiruns this process ran to their end: (sweep folder, jobs, jobs that failed, jobs
+#: that did not finish otherwise); crackseg.cli ends the command non-zero if any did not.
+ended_sweeps: list[tuple[Path, int, int, int]] = []
+
+
+def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many jobs finished, failed, and did not finish otherwise (any other status)."""
+    finished = sum(r["status"] == "finished" for r in rows)
+    failed = sum(r["status"] == "failed" for r in rows)
+    return {"finished": finished, "failed": failed, "unfinished": len(rows) - finished - failed}
 
 
 def find_job_dirs(root: str | Path) -> list[Path]:
@@ -259,14 +271,17 @@ def write_summary(root: str | Path) -> tuple[Path, Path]:
         writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
     atomic_write_text(csv_path, table.getvalue())
 
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "unfinished")}
+    counts = status_counts(rows)
+    others = sorted({r["status"] for r in rows} - {"finished", "failed"})
+    detail = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in others)
     seeds = sorted({str(r["seed"]) for r in rows}, key=_natural_key)
     swept_text = ", ".join(f"`{k}`" for k in keys) or "nothing (one setting)"
     lines = [
         f"# Sweep summary: {root.resolve().name}",
         "",
         f"{len(rows)} jobs: {counts['finished']} finished, {counts['failed']} failed, "
-        f"{counts['unfinished']} unfinished. Swept: {swept_text}; seeds: {', '.join(seeds)}.",
+        f"{counts['unfinished']} unfinished{f' ({detail})' if detail else ''}. "
+        f"Swept: {swept_text}; seeds: {', '.join(seeds)}.",
         "",
         "## By setting (mean ± std over seeds, finished jobs)",
         "",
@@ -296,11 +311,16 @@ def write_summary(root: str | Path) -> tuple[Path, Path]:
 
 
 class SummaryCallback(Callback):
-    """Hydra callback: write the summary at the sweep folder when a multirun ends."""
+    """Hydra callback: write the summary at the sweep folder when a multirun ends, and
+    record how many of its jobs did not finish (:data:`ended_sweeps`)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
+            counts = status_counts(collect_runs(sweep_dir))
+            ended_sweeps.append(
+                (sweep_dir, sum(counts.values()), counts["failed"], counts["unfinished"])
+            )
             write_summary(sweep_dir)
         except Exception:  # the sweep's results are on disk; a summary bug must not hide them
             log.exception("could not write the sweep summary in %s", sweep_dir)
