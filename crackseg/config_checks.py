@@ -28,6 +28,23 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+#: ``trainer.accelerator`` values (Lightning's, which picks among them; ``auto`` takes a GPU
+#: where there is one).
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+#: ``trainer.precision`` values: Lightning's, and ``auto`` (crackseg.hardware).
+PRECISIONS = (
+    "auto", "32-true", "32", "bf16-mixed", "bf16", "bf16-true", "16-mixed", "16", "16-true",
+    "64-true", "64",
+)  # fmt: skip
+
+
+def _devices(value: Any) -> bool:
+    """Lightning's ``devices``: a count >= 1, -1 (all), ``auto``, or a list of device ids."""
+    if OmegaConf.is_list(value) or isinstance(value, list):
+        return len(value) > 0 and all(_integer(v) and v >= 0 for v in value)
+    return value == "auto" or (_integer(value) and (value >= 1 or value == -1))
+
+
 #: key -> (accepts the value, what it must be). Keys absent from a config are skipped.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
@@ -55,6 +72,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.binarize_threshold": (lambda v: _integer(v) and 0 <= v < 255, "an integer 0..254"),
     "data.split_seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     "trainer.deterministic": (lambda v: v in (True, False, "warn"), "true, false or warn"),
+    "trainer.accelerator": (lambda v: str(v).lower() in ACCELERATORS, ", ".join(ACCELERATORS)),
+    "trainer.devices": (_devices, "an integer >= 1, -1 (all), auto or a list of device ids"),
+    "trainer.precision": (lambda v: str(v) in PRECISIONS, ", ".join(PRECISIONS)),
     "loss.decision_target": (lambda v: v in DECISION_TARGETS, " or ".join(DECISION_TARGETS)),
     "loss.batch_reduction": (lambda v: v in BATCH_REDUCTIONS, " or ".join(BATCH_REDUCTIONS)),
 }

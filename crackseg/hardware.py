@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import logging
 import platform
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from crackseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,27 @@ def native_precision(accelerator: str) -> str:
         return BF16 if cpu_has_native_bf16() else FLOAT32
     native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     return BF16 if native else FLOAT32
+
+
+def check_accelerator(accelerator: str, devices: Any) -> None:
+    """Refuse, with one line, an accelerator or a number of devices this machine lacks
+    (checked where the run trains, not where a cluster sweep is submitted)."""
+    accelerator = str(accelerator).lower()
+    if accelerator in ("gpu", "cuda"):
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(
+                f"trainer.accelerator={accelerator}, but no CUDA GPU is visible here "
+                "(trainer=cpu or trainer.accelerator=auto runs on the CPU)"
+            )
+        listed = isinstance(devices, Sequence) and not isinstance(devices, str)
+        ids = list(devices) if listed else []
+        if (isinstance(devices, int) and devices > count) or any(i >= count for i in ids):
+            raise ConfigError(
+                f"trainer.devices={devices} asks for more GPUs than the {count} visible here"
+            )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps, but this machine has no MPS device")
 
 
 def resolve_precision(precision: str | int, accelerator: str) -> str:

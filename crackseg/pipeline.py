@@ -27,7 +27,7 @@ from crackseg.evaluation.report import (
     run_parameters_from_config,
     write_report,
 )
-from crackseg.hardware import resolve_precision
+from crackseg.hardware import check_accelerator, resolve_precision
 from crackseg.models.checkpoint import load_module, thresholds
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.progress import progress_callbacks
@@ -157,6 +157,7 @@ def resolve_machine_settings(cfg: DictConfig) -> None:
     """Settings that depend on the machine (``trainer.precision: auto``), made concrete
     before anything compares, records or reports the config."""
     if "trainer" in cfg:
+        check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
         cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
 
 

@@ -540,6 +540,16 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path):
         ("data.dilate=0", "data.dilate must be an odd integer >= 1"),
         ("data.dilate=4", "data.dilate must be an odd integer >= 1"),
         ("data.input_width=100", "not divisible by 8"),
+        ("trainer.accelerator=tpu", "trainer.accelerator must be auto, cpu, gpu, cuda, mps"),
+        ("trainer.devices=0", "trainer.devices must be an integer >= 1, -1 (all), auto or"),
+        ("trainer.precision=17", "trainer.precision must be auto, 32-true"),
+        pytest.param(
+            "trainer.accelerator=gpu",
+            "trainer.accelerator=gpu, but no CUDA GPU is visible here",
+            marks=pytest.mark.skipif(
+                torch.cuda.is_available(), reason="needs a machine without GPU"
+            ),
+        ),
     ],
 )
 def test_a_bad_setting_is_refused_before_any_data_is_read(override, expected, tmp_path):
