@@ -44,6 +44,25 @@ def test_a_diagonal_crack_200_long_and_5_wide():
     assert crack.max_width == pytest.approx(5, abs=1)
 
 
+def staircase(rows: int, thickness: int) -> np.ndarray:
+    """A 45-degree crack drawn row by row: ``thickness`` pixels per row, one column further
+    right on each row."""
+    mask = np.zeros((rows + 20, rows + thickness + 20), bool)
+    for i in range(rows):
+        mask[10 + i, 10 + i : 10 + i + thickness] = True
+    return mask
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_a_two_pixel_thick_diagonal_staircase_is_measured_to_its_ends(mirrored):
+    """Zhang's thinning broke this crack into fragments and measured about 37 px."""
+    mask = staircase(50, 2)
+    (crack,) = measure_cracks(np.fliplr(mask) if mirrored else mask)
+    # The middles of the first and last rows are 49 diagonal steps apart (69.3 px), and the
+    # crack reaches a little beyond them: about 70 px.
+    assert crack.length == pytest.approx(70, abs=2)
+
+
 def test_a_one_pixel_diagonal_line_is_sqrt2_per_step():
     mask = np.eye(101, dtype=bool)
     (crack,) = measure_cracks(mask)

@@ -3,14 +3,16 @@
 A crack is a connected region of the mask (8-connectivity); regions smaller than
 ``min_pixels`` are specks and are dropped. Per crack:
 
-- **length**: along its skeleton (scikit-image's ``skeletonize``): 1 per horizontal or
-  vertical step and sqrt(2) per diagonal step between neighbouring skeleton pixels (a
-  diagonal step is counted only where no horizontal + vertical pair already joins the two
-  pixels), plus, at each end of the skeleton, the part of the crack thinning removed:
-  ``d - 0.5`` where ``d`` is the distance transform there (the distance from the end pixel's
-  centre to the nearest background pixel's centre is the distance to the crack's edge plus
-  half a pixel). Exact for straight cracks along an axis or a diagonal; cracks at other
-  angles are measured along a staircase, up to about 8% long (at 22.5 degrees).
+- **length**: along its skeleton (scikit-image's ``skeletonize`` with Lee's method, which
+  follows a thin diagonal crack to its ends where Zhang's erodes it to fragments): 1 per
+  horizontal or vertical step and sqrt(2) per diagonal step between neighbouring
+  skeleton pixels (a diagonal step is counted only where no horizontal + vertical pair
+  already joins the two pixels), plus, at each end of the skeleton, the part of the crack
+  thinning removed: ``d - 0.5`` where ``d`` is the distance transform there (the distance
+  from the end pixel's centre to the nearest background pixel's centre is the distance to
+  the crack's edge plus half a pixel). Exact for straight cracks along an axis or a
+  diagonal; cracks at other angles are measured along a staircase, up to about 8% long (at
+  22.5 degrees).
 - **width** at a skeleton pixel: ``2 * d - 1``, with ``d`` the Euclidean distance transform
   (``scipy.ndimage.distance_transform_edt``): the skeleton runs along the middle, so the
   crack extends ``d - 0.5`` to each side. Exact for an axis-aligned crack of odd width
@@ -75,10 +77,9 @@ def measure_crack(region: np.ndarray) -> tuple[float, float, float]:
     """(length, mean width, max width) in pixels of one connected region, cropped to its
     bounding box; what lies outside the box (the image's border too) is background."""
     padded = np.pad(region, 1)  # thinning and distances need background all around
+    # Lee's thinning keeps every connected region at least one pixel: never empty.
+    skeleton = skeletonize(padded, method="lee")
     distance = ndimage.distance_transform_edt(padded)
-    skeleton = skeletonize(padded)
-    if not skeleton.any():  # cannot happen for a non-empty region; kept as a guard
-        skeleton = distance == distance.max()
     widths = 2 * distance[skeleton] - 1
     length = skeleton_length(skeleton) + _end_extension(skeleton, distance)
     return length, float(widths.mean()), float(widths.max())
