@@ -16,13 +16,19 @@ from conftest import REPO, one_line_error, predict_settings, run_entry
 from omegaconf import OmegaConf
 
 from crackseg.deploy.backends import open_backend, resolve_device
-from crackseg.deploy.pipeline import CRACK_COLUMNS, PREDICTION_COLUMNS
+from crackseg.deploy.pipeline import CRACK_COLUMNS, PREDICTION_COLUMNS, predict_folder
 from crackseg.deploy.settings import PredictSettings
-from crackseg.errors import ConfigError
+from crackseg.errors import ConfigError, DataError, RunFolderError
 
 
 def rows_of(path):
     return list(csv.DictReader(path.open()))
+
+
+def predict_config(output_dir, **changes):
+    """crackseg-predict's composed config, writing into ``output_dir``."""
+    values = predict_settings(**changes).__dict__
+    return OmegaConf.create({**values, "paths": {"output_dir": str(output_dir)}})
 
 
 def test_scores_of_input_sized_images_equal_the_training_runs_test_scores(
@@ -93,6 +99,37 @@ def test_a_used_run_folder_is_refused(tiny_checkpoint, photo_folder, torch_predi
     )
     assert "already holds a run" in line
     assert (torch_predictions / "predictions.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("leftover", "named"),
+    [
+        ("predictions.csv", "predictions.csv"),
+        ("cracks.csv", "cracks.csv"),
+        ("probabilities/a.jpg.png", "probabilities/"),
+        ("masks/a.jpg.png", "masks/"),
+        ("overlays/.a.jpg.png.partial-1.png", "overlays/"),
+    ],
+)
+def test_a_folder_holding_earlier_predictions_but_no_status_is_refused(tmp_path, leftover, named):
+    """What a prediction killed before it wrote status.json leaves, or any folder given as
+    hydra.run.dir: its files would be overwritten."""
+    (tmp_path / leftover).parent.mkdir(exist_ok=True)
+    (tmp_path / leftover).write_bytes(b"earlier")
+    with pytest.raises(RunFolderError) as raised:
+        predict_folder(predict_config(tmp_path))
+    assert str(raised.value) == (
+        f"{tmp_path} already holds predictions ({named}); choose another hydra.run.dir"
+    )
+    assert (tmp_path / leftover).read_bytes() == b"earlier"
+
+
+def test_empty_output_folders_are_no_earlier_predictions(tmp_path):
+    for name in ("probabilities", "masks", "overlays"):
+        (tmp_path / name).mkdir()
+    missing = tmp_path / "photos"
+    with pytest.raises(DataError, match=f"input {missing} does not exist"):
+        predict_folder(predict_config(tmp_path, input=str(missing)))
 
 
 def test_a_threshold_that_is_no_number_is_refused_before_anything_is_written(

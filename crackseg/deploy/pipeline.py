@@ -25,7 +25,7 @@ from crackseg.deploy.measure import Crack, measure_cracks, summarise
 from crackseg.deploy.outputs import overlay, probability_image, write_csv, write_png
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
-from crackseg.errors import DataError, describe_files
+from crackseg.errors import DataError, RunFolderError, describe_files
 from crackseg.run_folder import refuse_used_folder
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,24 @@ CRACK_COLUMNS = [
 #: Added when ``pixel_size_mm`` is given: the pixel columns above, in millimetres.
 PREDICTION_MM_COLUMNS = ["total_length_mm", "max_width_mm", "mean_width_mm"]
 CRACK_MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
+#: What a prediction writes into its run folder: its tables and its folders of images.
+OUTPUT_TABLES = ("predictions.csv", "cracks.csv")
+OUTPUT_FOLDERS = ("probabilities", "masks", "overlays")
+
+
+def refuse_earlier_predictions(folder: Path) -> None:
+    """Refuse a folder holding another prediction's outputs (one killed before it wrote its
+    status, or any folder given as ``hydra.run.dir``): they would be overwritten."""
+    found = [name for name in OUTPUT_TABLES if (folder / name).exists()]
+    found += [
+        f"{name}/"
+        for name in OUTPUT_FOLDERS
+        if (folder / name).is_dir() and any((folder / name).iterdir())
+    ]
+    if found:
+        raise RunFolderError(
+            f"{folder} already holds predictions ({', '.join(found)}); choose another hydra.run.dir"
+        )
 
 
 def list_images(path: Path) -> list[Path]:
@@ -203,6 +221,7 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     settings = PredictSettings.from_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     refuse_used_folder(output_dir)
+    refuse_earlier_predictions(output_dir)
     source = Path(settings.input).expanduser()
     paths = list_images(source)
     backend = open_backend(
