@@ -190,6 +190,12 @@ def test_a_setting_that_cannot_work_is_named(key, value, message):
     assert message in str(raised.value)
 
 
+def test_a_missing_input_says_what_to_give():
+    values = {**predict_settings().__dict__, "input": "???"}  # predict.yaml's input: ???
+    with pytest.raises(ConfigError, match=r"^input=IMAGE_OR_FOLDER is required$"):
+        PredictSettings.from_config(OmegaConf.create(values))
+
+
 def test_each_backend_needs_its_own_model_file():
     with pytest.raises(ConfigError, match="backend=torch needs ckpt_path"):
         open_backend("torch", None, None, "cpu", "32")
