@@ -48,7 +48,8 @@ _OWN_ERRORS = {
 #: Exit status of a run stopped by SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
 EXIT_STOPPED = 143
 #: Errors of the file system that end a run with one line: the output folder is unwritable
-#: (or its path runs through a file), the disk or the quota is full, a file grew too large.
+#: (or its path runs through a file), the disk or the quota is full, a file grew too large,
+#: a file name is too long for the file system.
 STORAGE_ERRNOS = {
     errno.ENOSPC,
     errno.EDQUOT,
@@ -58,6 +59,7 @@ STORAGE_ERRNOS = {
     errno.EFBIG,
     errno.ENOTDIR,
     errno.EEXIST,
+    errno.ENAMETOOLONG,
 }
 
 

@@ -289,3 +289,17 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     assert rows[1]["dice"] == rows[1]["iou"] == ""
     assert writer.dices == [pytest.approx(1 / 3)]
     assert dice_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == (1.0, 1.0)
+
+
+def test_an_image_with_a_name_of_240_characters_gets_its_outputs(tmp_path):
+    from crackseg.deploy.backends import ModelInfo
+    from crackseg.deploy.pipeline import ResultWriter
+    from crackseg.deploy.predictor import ImagePrediction
+
+    name = "c" * 236 + ".jpg"
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    writer = ResultWriter(tmp_path, predict_settings(), info)
+    image = np.zeros((10, 20, 3), np.uint8)
+    writer.add(tmp_path / name, image, ImagePrediction(0.9, np.zeros((10, 20), np.float32), 1))
+    for folder in ("probabilities", "masks", "overlays"):
+        assert [p.name for p in (tmp_path / folder).iterdir()] == [f"{name}.png"]
