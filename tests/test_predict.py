@@ -14,9 +14,16 @@ import pytest
 import torch
 from conftest import REPO, one_line_error, predict_settings, run_entry
 from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
 from crackseg.deploy.backends import open_backend, resolve_device
-from crackseg.deploy.pipeline import CRACK_COLUMNS, PREDICTION_COLUMNS, predict_folder
+from crackseg.deploy.pipeline import (
+    CRACK_COLUMNS,
+    PREDICTION_COLUMNS,
+    _readable,
+    list_images,
+    predict_folder,
+)
 from crackseg.deploy.settings import PredictSettings
 from crackseg.errors import ConfigError, DataError, RunFolderError
 
@@ -85,6 +92,19 @@ def test_an_unreadable_file_is_skipped_named_and_counted(torch_predictions):
     assert "1 unreadable" in last
     status = json.loads((torch_predictions / "status.json").read_text())
     assert status["status"] == "finished" and status["metrics"]["unreadable"] == 1
+
+
+def test_broken_symlinks_are_listed_and_skipped_as_unreadable(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")  # dangling
+    (tmp_path / "c.png").symlink_to(tmp_path / "c.png")  # a loop
+    paths = list_images(tmp_path)
+    assert [p.name for p in paths] == ["a.png", "b.png", "c.png"]
+    skipped = []
+    with tqdm(disable=True) as progress:
+        read = [path for (path, _), _ in _readable(paths, 3, skipped, progress)]
+    assert [p.name for p in read] == ["a.png"]
+    assert [p.name for p in skipped] == ["b.png", "c.png"]
 
 
 def test_a_used_run_folder_is_refused(tiny_checkpoint, photo_folder, torch_predictions):
@@ -303,3 +323,18 @@ def test_an_image_with_a_name_of_240_characters_gets_its_outputs(tmp_path):
     writer.add(tmp_path / name, image, ImagePrediction(0.9, np.zeros((10, 20), np.float32), 1))
     for folder in ("probabilities", "masks", "overlays"):
         assert [p.name for p in (tmp_path / folder).iterdir()] == [f"{name}.png"]
+
+
+def test_two_reference_masks_of_one_name_are_refused(tmp_path):
+    from crackseg.deploy.backends import ModelInfo
+    from crackseg.deploy.pipeline import ResultWriter
+
+    for name in ("road.png", "road.bmp", "wall.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((4, 4), np.uint8))
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    with pytest.raises(DataError) as raised:
+        ResultWriter(tmp_path / "out", predict_settings(reference_masks=str(tmp_path)), info)
+    assert str(raised.value) == (
+        "several files share one name, cannot pair them: "
+        f"{tmp_path / 'road.bmp'}, {tmp_path / 'road.png'}"
+    )

@@ -18,8 +18,8 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from crackseg.data.io import is_image_file, read_image, read_mask
-from crackseg.data.layouts import BINARIZE_THRESHOLD
+from crackseg.data.io import is_image_file, list_image_files, read_image, read_mask
+from crackseg.data.layouts import BINARIZE_THRESHOLD, files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
 from crackseg.deploy.outputs import overlay, probability_image, write_csv, write_png
@@ -80,25 +80,27 @@ def refuse_earlier_predictions(folder: Path) -> None:
 
 
 def list_images(path: Path) -> list[Path]:
-    """One image, or every image in a folder (sorted by name, not recursive)."""
+    """One image, or every image in a folder (sorted by name, not recursive); broken
+    symlinks are listed, to be reported as unreadable."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise DataError(f"input {path} does not exist")
-    images = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+    images = list_image_files(path)
     if not images:
         raise DataError(f"no images found in {path}")
     return images
 
 
 def reference_masks(folder: str | None) -> dict[str, Path]:
-    """Ground-truth masks by file stem (``reference_masks=DIR``), or none."""
+    """Ground-truth masks by file stem (``reference_masks=DIR``), or none; two masks of one
+    stem (``x.png``, ``x.bmp``) are refused, as ``x.jpg``'s would be either."""
     if folder is None:
         return {}
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DataError(f"reference_masks={root}: no such folder")
-    return {p.stem: p for p in sorted(root.iterdir()) if p.is_file() and is_image_file(p)}
+    return files_by_stem(p for p in sorted(root.iterdir()) if p.is_file() and is_image_file(p))
 
 
 def dice_iou(predicted: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
