@@ -16,7 +16,14 @@ from conftest import REPO, one_line_error, predict_settings, run_entry
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from crackseg.deploy.backends import open_backend, resolve_device
+from crackseg.deploy.backends import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    check_cuda_provider,
+    onnx_providers,
+    open_backend,
+    resolve_device,
+)
 from crackseg.deploy.pipeline import (
     CRACK_COLUMNS,
     PREDICTION_COLUMNS,
@@ -229,6 +236,79 @@ def test_each_backend_needs_its_own_model_file():
 def test_cuda_without_a_gpu_is_refused():
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("device", "available", "gpus", "expected"),
+    [
+        ("cpu", [CUDA_PROVIDER, CPU_PROVIDER], 1, [CPU_PROVIDER]),
+        ("auto", [CPU_PROVIDER], 1, [CPU_PROVIDER]),
+        ("auto", [CUDA_PROVIDER, CPU_PROVIDER], 0, [CPU_PROVIDER]),  # no GPU visible
+        (
+            "auto",
+            [CUDA_PROVIDER, CPU_PROVIDER],
+            1,
+            [(CUDA_PROVIDER, {"device_id": 0}), CPU_PROVIDER],
+        ),
+        (
+            "cuda",
+            [CUDA_PROVIDER, CPU_PROVIDER],
+            2,
+            [(CUDA_PROVIDER, {"device_id": 0}), CPU_PROVIDER],
+        ),
+        (
+            "cuda:1",
+            [CUDA_PROVIDER, CPU_PROVIDER],
+            2,
+            [(CUDA_PROVIDER, {"device_id": 1}), CPU_PROVIDER],
+        ),
+    ],
+)
+def test_onnx_providers_follow_the_device_and_the_gpus_visible(device, available, gpus, expected):
+    assert onnx_providers(device, available, gpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("device", "available", "gpus", "message"),
+    [
+        (
+            "cuda:3",
+            [CUDA_PROVIDER, CPU_PROVIDER],
+            1,
+            "device=cuda:3 but 1 CUDA GPU(s) are visible (cuda:0..0)",
+        ),
+        (
+            "cuda",
+            [CUDA_PROVIDER, CPU_PROVIDER],
+            0,
+            "device=cuda but no CUDA GPU is visible (use device=cpu)",
+        ),
+        (
+            "cuda",
+            [CPU_PROVIDER],
+            1,
+            "device=cuda but this onnxruntime has no CUDA provider "
+            "(install onnxruntime-gpu, or use device=cpu)",
+        ),
+        ("gpu", [CPU_PROVIDER], 0, "device must be auto, cpu, cuda or cuda:N, not 'gpu'"),
+    ],
+)
+def test_an_onnx_device_that_cannot_work_is_refused_up_front(device, available, gpus, message):
+    with pytest.raises(ConfigError) as raised:
+        onnx_providers(device, available, gpus)
+    assert str(raised.value) == message
+
+
+def test_a_cuda_provider_that_did_not_start_is_refused_not_run_on_the_cpu(caplog):
+    on_gpu = [(CUDA_PROVIDER, {"device_id": 1}), CPU_PROVIDER]
+    with pytest.raises(
+        ConfigError, match=r"^device=cuda:1 but onnxruntime's CUDA provider did not start"
+    ):
+        check_cuda_provider("cuda:1", on_gpu, [CPU_PROVIDER])
+    check_cuda_provider("cuda:1", on_gpu, [CUDA_PROVIDER, CPU_PROVIDER])
+    check_cuda_provider("cpu", [CPU_PROVIDER], [CPU_PROVIDER])
+    check_cuda_provider("auto", on_gpu, [CPU_PROVIDER])  # a GPU where one works: warned
+    assert "device=auto runs on the CPU: onnxruntime's CUDA provider did not start" in caplog.text
 
 
 def test_a_folder_of_unreadable_images_fails(tiny_checkpoint, tmp_path):
