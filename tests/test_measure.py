@@ -112,7 +112,7 @@ def test_millimetres_are_pixels_times_the_pixel_size(tmp_path: Path):
     info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
     writer = ResultWriter(tmp_path, predict_settings(pixel_size_mm=0.25, overlays=False), info)
     image = np.zeros((60, 300, 3), np.uint8)
-    writer.add(Path("wall.jpg"), image, ImagePrediction(0.8, probabilities, 1))
+    writer.add(Path("wall.jpg"), image, ImagePrediction(0.8, probabilities))
     writer.write_tables()
     (row,) = csv.DictReader((tmp_path / "predictions.csv").open())
     assert (row["file"], row["width"], row["height"], row["decision"]) == (

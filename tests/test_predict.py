@@ -379,8 +379,8 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
     writer = ResultWriter(tmp_path / "out", settings, info)
     image = np.zeros((10, 20, 3), np.uint8)
-    writer.add(tmp_path / "road.jpg", image, ImagePrediction(0.9, probabilities, 1))
-    writer.add(tmp_path / "other.jpg", image, ImagePrediction(0.1, probabilities * 0, 1))
+    writer.add(tmp_path / "road.jpg", image, ImagePrediction(0.9, probabilities))
+    writer.add(tmp_path / "other.jpg", image, ImagePrediction(0.1, probabilities * 0))
     writer.write_tables()
     rows = rows_of(tmp_path / "out" / "predictions.csv")
     assert list(rows[0])[-2:] == REFERENCE_COLUMNS
@@ -400,7 +400,7 @@ def test_an_image_with_a_name_of_240_characters_gets_its_outputs(tmp_path):
     info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
     writer = ResultWriter(tmp_path, predict_settings(), info)
     image = np.zeros((10, 20, 3), np.uint8)
-    writer.add(tmp_path / name, image, ImagePrediction(0.9, np.zeros((10, 20), np.float32), 1))
+    writer.add(tmp_path / name, image, ImagePrediction(0.9, np.zeros((10, 20), np.float32)))
     for folder in ("probabilities", "masks", "overlays"):
         assert [p.name for p in (tmp_path / folder).iterdir()] == [f"{name}.png"]
 
