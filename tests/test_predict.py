@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -361,6 +363,24 @@ def test_a_failed_write_names_the_file_and_fails_the_run(tiny_checkpoint, tmp_pa
     assert not (run_dir / "predictions.csv").exists()
     leftovers = [p for p in run_dir.rglob("*") if ".partial-" in p.name]
     assert leftovers == []
+
+
+def test_a_failed_write_of_a_map_or_a_table_names_its_file(tmp_path, monkeypatch):
+    from crackseg.deploy.outputs import write_csv, write_png
+
+    def full_disk(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write names no file
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    monkeypatch.setattr(Path, "write_text", lambda self, *args, **kwargs: full_disk(self, None))
+    writes = {
+        tmp_path / "masks" / "a.jpg.png": lambda path: write_png(path, np.zeros((2, 2), np.uint8)),
+        tmp_path / "predictions.csv": lambda path: write_csv(path, ["file"], [["a.jpg"]]),
+    }
+    for path, write in writes.items():
+        with pytest.raises(OSError) as raised:
+            write(path)
+        assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(path))
 
 
 def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
