@@ -23,6 +23,11 @@ os.umask(_UMASK)
 
 #: In the name of a temporary file; what a kill mid-write leaves is removed on resuming.
 PARTIAL = ".partial-"
+#: The start of every temporary file's name: short, so that beside any file name that fits
+#: the file system (255 bytes) there is room for the temporary one.
+TEMPORARY_PREFIX = f".write{PARTIAL}"
+#: The longest suffix (in UTF-8 bytes) a temporary name keeps; a longer one is no format.
+MAX_TEMPORARY_SUFFIX_BYTES = 16
 
 
 def remove_partial_writes(folder: str | Path) -> list[Path]:
@@ -37,15 +42,16 @@ def remove_partial_writes(folder: str | Path) -> list[Path]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` if the block completes.
 
-    The temporary name keeps the suffix, so writers that pick a format by extension
+    The temporary name is short whatever ``path``'s length: ``.write.partial-XXXXXXXX`` and
+    the suffix (one of up to 16 bytes), so writers that pick a format by extension
     (matplotlib) work unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.stem}{PARTIAL}"
+    suffix = path.suffix if len(path.suffix.encode()) <= MAX_TEMPORARY_SUFFIX_BYTES else ""
     tmp = None
     try:
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=path.parent)
         os.close(fd)
         tmp = Path(name)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a plain open() would not
@@ -56,7 +62,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as error:
         # A write that fails after its open (a full disk) names no file, others name the
         # temporary one: name the file the user knows instead.
-        named = error.filename is None or Path(error.filename).name.startswith(prefix)
+        named = error.filename is None or Path(error.filename).name.startswith(TEMPORARY_PREFIX)
         if error.errno is None or not named:
             raise
         raise OSError(error.errno, error.strerror, str(path)) from error

@@ -56,7 +56,8 @@ EXIT_STOPPED = 143
 #: Exit status of a multirun in which some job failed or did not finish.
 EXIT_JOBS_FAILED = 1
 #: Errors of the file system that end a run with one line: the output folder is unwritable
-#: (or its path runs through a file), the disk or the quota is full, a file grew too large.
+#: (or its path runs through a file), the disk or the quota is full, a file grew too large,
+#: a file name is too long for the file system.
 STORAGE_ERRNOS = {
     errno.ENOSPC,
     errno.EDQUOT,
@@ -66,6 +67,7 @@ STORAGE_ERRNOS = {
     errno.EFBIG,
     errno.ENOTDIR,
     errno.EEXIST,
+    errno.ENAMETOOLONG,
 }
 #: Of those, the errors that say a write did not fit (full disk or quota, read-only file
 #: system, file size limit); the others are worded as themselves.

@@ -482,6 +482,28 @@ def test_atomic_writes_keep_the_old_file_when_a_write_fails(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "report.md"]
 
 
+@pytest.mark.parametrize("name", ["x" * 236 + ".png", "x." + "y" * 238])
+def test_a_file_name_of_240_characters_is_written_atomically(tmp_path, name):
+    """The temporary file beside it has a short name of its own."""
+    atomic_write_text(tmp_path / name, "whole")
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert (tmp_path / name).read_text() == "whole"
+
+
+def test_a_file_name_too_long_for_the_file_system_is_named_and_nothing_left(tmp_path):
+    path = tmp_path / ("x" * 252 + ".png")  # 256 bytes
+    with pytest.raises(OSError) as raised:
+        atomic_write_text(path, "whole")
+    assert raised.value.errno == errno.ENAMETOOLONG and raised.value.filename == str(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_too_long_is_one_line(tmp_path):
+    run_dir = tmp_path / ("n" * 256) / "run"
+    line = one_line_error(run_entry("predict", "input=photos", f"hydra.run.dir={run_dir}"))
+    assert line.startswith("error: cannot write") and "File name too long" in line
+
+
 def test_a_full_disk_ends_the_run_with_one_line_and_no_complete_looking_folder(
     tmp_path, tiny_data_dir
 ):

@@ -36,12 +36,45 @@ def test_a_straight_crack_200_long_and_5_wide():
     assert (crack.x, crack.y, crack.width, crack.height, crack.pixels) == (50, 20, 200, 5, 1000)
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 6])
+def test_an_axis_aligned_crack_measures_its_width_in_pixels_odd_or_even(width):
+    mask = np.zeros((30, 120), bool)
+    mask[10 : 10 + width, 10:110] = True
+    (crack,) = measure_cracks(mask)
+    assert crack.max_width == width
+    # The skeleton may reach the crack's end columns, where the end is nearer than its sides.
+    assert crack.mean_width == pytest.approx(width, abs=0.05)
+    assert crack.length == pytest.approx(100, abs=1)
+
+
 def test_a_diagonal_crack_200_long_and_5_wide():
     mask = bar((300, 300), (150, 150), 200, 5, 45)
     (crack,) = measure_cracks(mask)
     assert crack.length == pytest.approx(200, abs=3)
-    assert crack.mean_width == pytest.approx(5, abs=1)
-    assert crack.max_width == pytest.approx(5, abs=1)
+    # Its 7 diagonal rows of pixels, 1/sqrt(2) apart, cover 4.95 px across it.
+    assert crack.mean_width == pytest.approx(5, abs=0.1)
+    assert crack.max_width == pytest.approx(5, abs=0.1)
+
+
+def staircase(rows: int, thickness: int) -> np.ndarray:
+    """A 45-degree crack drawn row by row: ``thickness`` pixels per row, one column further
+    right on each row."""
+    mask = np.zeros((rows + 20, rows + thickness + 20), bool)
+    for i in range(rows):
+        mask[10 + i, 10 + i : 10 + i + thickness] = True
+    return mask
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_a_two_pixel_thick_diagonal_staircase_is_measured_to_its_ends(mirrored):
+    """Zhang's thinning broke this crack into fragments and measured about 37 px."""
+    mask = staircase(50, 2)
+    (crack,) = measure_cracks(np.fliplr(mask) if mirrored else mask)
+    # The middles of the first and last rows are 49 diagonal steps apart (69.3 px), and the
+    # crack reaches a little beyond them: about 70 px.
+    assert crack.length == pytest.approx(70, abs=2)
+    # Two pixels per row, the rows 1/sqrt(2) apart across the crack: sqrt(2) wide.
+    assert crack.mean_width == pytest.approx(math.sqrt(2), abs=0.05)
 
 
 def test_a_one_pixel_diagonal_line_is_sqrt2_per_step():
@@ -79,7 +112,7 @@ def test_millimetres_are_pixels_times_the_pixel_size(tmp_path: Path):
     info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
     writer = ResultWriter(tmp_path, predict_settings(pixel_size_mm=0.25, overlays=False), info)
     image = np.zeros((60, 300, 3), np.uint8)
-    writer.add(Path("wall.jpg"), image, ImagePrediction(0.8, probabilities, 1))
+    writer.add(Path("wall.jpg"), image, ImagePrediction(0.8, probabilities))
     writer.write_tables()
     (row,) = csv.DictReader((tmp_path / "predictions.csv").open())
     assert (row["file"], row["width"], row["height"], row["decision"]) == (

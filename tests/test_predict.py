@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,15 +16,35 @@ import pytest
 import torch
 from conftest import REPO, one_line_error, predict_settings, run_entry
 from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
-from crackseg.deploy.backends import open_backend, resolve_device
-from crackseg.deploy.pipeline import CRACK_COLUMNS, PREDICTION_COLUMNS
+from crackseg.deploy.backends import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    check_cuda_provider,
+    onnx_providers,
+    open_backend,
+    resolve_device,
+)
+from crackseg.deploy.pipeline import (
+    CRACK_COLUMNS,
+    PREDICTION_COLUMNS,
+    _readable,
+    list_images,
+    predict_folder,
+)
 from crackseg.deploy.settings import PredictSettings
-from crackseg.errors import ConfigError
+from crackseg.errors import ConfigError, DataError, RunFolderError
 
 
 def rows_of(path):
     return list(csv.DictReader(path.open()))
+
+
+def predict_config(output_dir, **changes):
+    """crackseg-predict's composed config, writing into ``output_dir``."""
+    values = predict_settings(**changes).__dict__
+    return OmegaConf.create({**values, "paths": {"output_dir": str(output_dir)}})
 
 
 def test_scores_of_input_sized_images_equal_the_training_runs_test_scores(
@@ -81,6 +103,19 @@ def test_an_unreadable_file_is_skipped_named_and_counted(torch_predictions):
     assert status["status"] == "finished" and status["metrics"]["unreadable"] == 1
 
 
+def test_broken_symlinks_are_listed_and_skipped_as_unreadable(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")  # dangling
+    (tmp_path / "c.png").symlink_to(tmp_path / "c.png")  # a loop
+    paths = list_images(tmp_path)
+    assert [p.name for p in paths] == ["a.png", "b.png", "c.png"]
+    skipped = []
+    with tqdm(disable=True) as progress:
+        read = [path for (path, _), _ in _readable(paths, 3, skipped, progress)]
+    assert [p.name for p in read] == ["a.png"]
+    assert [p.name for p in skipped] == ["b.png", "c.png"]
+
+
 def test_a_used_run_folder_is_refused(tiny_checkpoint, photo_folder, torch_predictions):
     before = (torch_predictions / "predictions.csv").read_bytes()
     line = one_line_error(
@@ -93,6 +128,37 @@ def test_a_used_run_folder_is_refused(tiny_checkpoint, photo_folder, torch_predi
     )
     assert "already holds a run" in line
     assert (torch_predictions / "predictions.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("leftover", "named"),
+    [
+        ("predictions.csv", "predictions.csv"),
+        ("cracks.csv", "cracks.csv"),
+        ("probabilities/a.jpg.png", "probabilities/"),
+        ("masks/a.jpg.png", "masks/"),
+        ("overlays/.a.jpg.png.partial-1.png", "overlays/"),
+    ],
+)
+def test_a_folder_holding_earlier_predictions_but_no_status_is_refused(tmp_path, leftover, named):
+    """What a prediction killed before it wrote status.json leaves, or any folder given as
+    hydra.run.dir: its files would be overwritten."""
+    (tmp_path / leftover).parent.mkdir(exist_ok=True)
+    (tmp_path / leftover).write_bytes(b"earlier")
+    with pytest.raises(RunFolderError) as raised:
+        predict_folder(predict_config(tmp_path))
+    assert str(raised.value) == (
+        f"{tmp_path} already holds predictions ({named}); choose another hydra.run.dir"
+    )
+    assert (tmp_path / leftover).read_bytes() == b"earlier"
+
+
+def test_empty_output_folders_are_no_earlier_predictions(tmp_path):
+    for name in ("probabilities", "masks", "overlays"):
+        (tmp_path / name).mkdir()
+    missing = tmp_path / "photos"
+    with pytest.raises(DataError, match=f"input {missing} does not exist"):
+        predict_folder(predict_config(tmp_path, input=str(missing)))
 
 
 def test_a_threshold_that_is_no_number_is_refused_before_anything_is_written(
@@ -153,6 +219,12 @@ def test_a_setting_that_cannot_work_is_named(key, value, message):
     assert message in str(raised.value)
 
 
+def test_a_missing_input_says_what_to_give():
+    values = {**predict_settings().__dict__, "input": "???"}  # predict.yaml's input: ???
+    with pytest.raises(ConfigError, match=r"^input=IMAGE_OR_FOLDER is required$"):
+        PredictSettings.from_config(OmegaConf.create(values))
+
+
 def test_each_backend_needs_its_own_model_file():
     with pytest.raises(ConfigError, match="backend=torch needs ckpt_path"):
         open_backend("torch", None, None, "cpu", "32")
@@ -166,6 +238,79 @@ def test_each_backend_needs_its_own_model_file():
 def test_cuda_without_a_gpu_is_refused():
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("device", "available", "gpus", "expected"),
+    [
+        ("cpu", [CUDA_PROVIDER, CPU_PROVIDER], 1, [CPU_PROVIDER]),
+        ("auto", [CPU_PROVIDER], 1, [CPU_PROVIDER]),
+        ("auto", [CUDA_PROVIDER, CPU_PROVIDER], 0, [CPU_PROVIDER]),  # no GPU visible
+        (
+            "auto",
+            [CUDA_PROVIDER, CPU_PROVIDER],
+            1,
+            [(CUDA_PROVIDER, {"device_id": 0}), CPU_PROVIDER],
+        ),
+        (
+            "cuda",
+            [CUDA_PROVIDER, CPU_PROVIDER],
+            2,
+            [(CUDA_PROVIDER, {"device_id": 0}), CPU_PROVIDER],
+        ),
+        (
+            "cuda:1",
+            [CUDA_PROVIDER, CPU_PROVIDER],
+            2,
+            [(CUDA_PROVIDER, {"device_id": 1}), CPU_PROVIDER],
+        ),
+    ],
+)
+def test_onnx_providers_follow_the_device_and_the_gpus_visible(device, available, gpus, expected):
+    assert onnx_providers(device, available, gpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("device", "available", "gpus", "message"),
+    [
+        (
+            "cuda:3",
+            [CUDA_PROVIDER, CPU_PROVIDER],
+            1,
+            "device=cuda:3 but 1 CUDA GPU(s) are visible (cuda:0..0)",
+        ),
+        (
+            "cuda",
+            [CUDA_PROVIDER, CPU_PROVIDER],
+            0,
+            "device=cuda but no CUDA GPU is visible (use device=cpu)",
+        ),
+        (
+            "cuda",
+            [CPU_PROVIDER],
+            1,
+            "device=cuda but this onnxruntime has no CUDA provider "
+            "(install onnxruntime-gpu, or use device=cpu)",
+        ),
+        ("gpu", [CPU_PROVIDER], 0, "device must be auto, cpu, cuda or cuda:N, not 'gpu'"),
+    ],
+)
+def test_an_onnx_device_that_cannot_work_is_refused_up_front(device, available, gpus, message):
+    with pytest.raises(ConfigError) as raised:
+        onnx_providers(device, available, gpus)
+    assert str(raised.value) == message
+
+
+def test_a_cuda_provider_that_did_not_start_is_refused_not_run_on_the_cpu(caplog):
+    on_gpu = [(CUDA_PROVIDER, {"device_id": 1}), CPU_PROVIDER]
+    with pytest.raises(
+        ConfigError, match=r"^device=cuda:1 but onnxruntime's CUDA provider did not start"
+    ):
+        check_cuda_provider("cuda:1", on_gpu, [CPU_PROVIDER])
+    check_cuda_provider("cuda:1", on_gpu, [CUDA_PROVIDER, CPU_PROVIDER])
+    check_cuda_provider("cpu", [CPU_PROVIDER], [CPU_PROVIDER])
+    check_cuda_provider("auto", on_gpu, [CPU_PROVIDER])  # a GPU where one works: warned
+    assert "device=auto runs on the CPU: onnxruntime's CUDA provider did not start" in caplog.text
 
 
 def test_a_folder_of_unreadable_images_fails(tiny_checkpoint, tmp_path):
@@ -220,6 +365,24 @@ def test_a_failed_write_names_the_file_and_fails_the_run(tiny_checkpoint, tmp_pa
     assert leftovers == []
 
 
+def test_a_failed_write_of_a_map_or_a_table_names_its_file(tmp_path, monkeypatch):
+    from crackseg.deploy.outputs import write_csv, write_png
+
+    def full_disk(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write names no file
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    monkeypatch.setattr(Path, "write_text", lambda self, *args, **kwargs: full_disk(self, None))
+    writes = {
+        tmp_path / "masks" / "a.jpg.png": lambda path: write_png(path, np.zeros((2, 2), np.uint8)),
+        tmp_path / "predictions.csv": lambda path: write_csv(path, ["file"], [["a.jpg"]]),
+    }
+    for path, write in writes.items():
+        with pytest.raises(OSError) as raised:
+            write(path)
+        assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(path))
+
+
 def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     from crackseg.deploy.backends import ModelInfo
     from crackseg.deploy.pipeline import REFERENCE_COLUMNS, ResultWriter, dice_iou
@@ -236,8 +399,8 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
     writer = ResultWriter(tmp_path / "out", settings, info)
     image = np.zeros((10, 20, 3), np.uint8)
-    writer.add(tmp_path / "road.jpg", image, ImagePrediction(0.9, probabilities, 1))
-    writer.add(tmp_path / "other.jpg", image, ImagePrediction(0.1, probabilities * 0, 1))
+    writer.add(tmp_path / "road.jpg", image, ImagePrediction(0.9, probabilities))
+    writer.add(tmp_path / "other.jpg", image, ImagePrediction(0.1, probabilities * 0))
     writer.write_tables()
     rows = rows_of(tmp_path / "out" / "predictions.csv")
     assert list(rows[0])[-2:] == REFERENCE_COLUMNS
@@ -246,3 +409,32 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     assert rows[1]["dice"] == rows[1]["iou"] == ""
     assert writer.dices == [pytest.approx(1 / 3)]
     assert dice_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == (1.0, 1.0)
+
+
+def test_an_image_with_a_name_of_240_characters_gets_its_outputs(tmp_path):
+    from crackseg.deploy.backends import ModelInfo
+    from crackseg.deploy.pipeline import ResultWriter
+    from crackseg.deploy.predictor import ImagePrediction
+
+    name = "c" * 236 + ".jpg"
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    writer = ResultWriter(tmp_path, predict_settings(), info)
+    image = np.zeros((10, 20, 3), np.uint8)
+    writer.add(tmp_path / name, image, ImagePrediction(0.9, np.zeros((10, 20), np.float32)))
+    for folder in ("probabilities", "masks", "overlays"):
+        assert [p.name for p in (tmp_path / folder).iterdir()] == [f"{name}.png"]
+
+
+def test_two_reference_masks_of_one_name_are_refused(tmp_path):
+    from crackseg.deploy.backends import ModelInfo
+    from crackseg.deploy.pipeline import ResultWriter
+
+    for name in ("road.png", "road.bmp", "wall.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((4, 4), np.uint8))
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    with pytest.raises(DataError) as raised:
+        ResultWriter(tmp_path / "out", predict_settings(reference_masks=str(tmp_path)), info)
+    assert str(raised.value) == (
+        "several files share one name, cannot pair them: "
+        f"{tmp_path / 'road.bmp'}, {tmp_path / 'road.png'}"
+    )

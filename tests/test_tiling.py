@@ -59,7 +59,7 @@ def test_a_constant_image_three_tiles_wide_gives_a_constant_map():
     prediction = predict_one(image, model, Plan("tile", 64, 128, overlap=0.25, batch_size=4))
     assert prediction.probabilities.shape == (192, 384)
     np.testing.assert_allclose(prediction.probabilities, 100 / 255, atol=1e-6)
-    assert prediction.num_inputs == 16  # 4 x 4 tiles: three tiles per axis would not overlap
+    # 4 x 4 tiles (three tiles per axis would not overlap), in batches of 4.
     assert [b[0] for b in model.batches] == [4, 4, 4, 4]
 
 

@@ -34,6 +34,18 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def list_image_files(folder: Path) -> list[Path]:
+    """The image files in ``folder``, sorted, broken symlinks (dangling, or a loop) included:
+    reading them then reports them as unreadable, where skipping them would hide them."""
+    return sorted(
+        p for p in folder.iterdir() if is_image_file(p) and (p.is_file() or _is_broken_link(p))
+    )
+
+
+def _is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
 def _jpeg_complete(data: bytes) -> bool:
     """Walk the JPEG segments and report whether the end-of-image marker is reached.
 

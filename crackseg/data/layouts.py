@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from crackseg.data.io import IMAGE_EXTENSIONS, is_image_file, read_mask, read_native
+from crackseg.data.io import IMAGE_EXTENSIONS, list_image_files, read_mask, read_native
 from crackseg.data.samples import Sample
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
 
@@ -43,19 +43,7 @@ BINARIZE_THRESHOLD = 127
 _WORKERS = 4
 
 
-def _list_images(folder: Path) -> list[Path]:
-    """The image files in ``folder``, broken symlinks (dangling, or a loop) included: reading
-    them then reports them as unreadable, where skipping them would shrink the dataset."""
-    return sorted(
-        p for p in folder.iterdir() if is_image_file(p) and (p.is_file() or _is_broken_link(p))
-    )
-
-
-def _is_broken_link(path: Path) -> bool:
-    return path.is_symlink() and not path.exists()
-
-
-def _by_stem(files: Iterable[Path]) -> dict[str, Path]:
+def files_by_stem(files: Iterable[Path]) -> dict[str, Path]:
     """Map stems to files; two files with one stem (a.jpg, a.png) make the pairing ambiguous."""
     found: dict[str, list[Path]] = {}
     for path in files:
@@ -139,10 +127,10 @@ def _crack_segmentation(root: Path, negative_prefix: str = "noncrack") -> dict[s
     result: dict[str, list[Sample]] = {}
     for split, base in folders.items():
         image_dir, mask_dir = base / "images", base / "masks"
-        images = _by_stem(_list_images(image_dir))
+        images = files_by_stem(list_image_files(image_dir))
         if not images:
             raise _no_images(root, [image_dir])
-        masks = _by_stem(_list_images(mask_dir)) if mask_dir.is_dir() else {}
+        masks = files_by_stem(list_image_files(mask_dir)) if mask_dir.is_dir() else {}
         prefix = "" if split == "all" else f"{split}_"
         pairs = _pair_stems(images, masks, lambda s: s.startswith(negative_prefix))
         result[split] = [
@@ -159,9 +147,9 @@ def _ksdd2(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
     result: dict[str, list[Sample]] = {}
     for split in splits:
         folder = root / split
-        files = _list_images(folder)
-        masks = _by_stem(p for p in files if p.stem.endswith(mask_suffix))
-        images = _by_stem(p for p in files if not p.stem.endswith(mask_suffix))
+        files = list_image_files(folder)
+        masks = files_by_stem(p for p in files if p.stem.endswith(mask_suffix))
+        images = files_by_stem(p for p in files if not p.stem.endswith(mask_suffix))
         if not images:
             raise _no_images(root, [folder])
         masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
@@ -186,10 +174,10 @@ def _segdec(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
             if not folder.is_dir():
                 continue
             present = True
-            files = _list_images(folder)
-            masks = _by_stem(p for p in files if p.stem.endswith(mask_suffix))
+            files = list_image_files(folder)
+            masks = files_by_stem(p for p in files if p.stem.endswith(mask_suffix))
             masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
-            images = _by_stem(p for p in files if not p.stem.endswith(mask_suffix))
+            images = files_by_stem(p for p in files if not p.stem.endswith(mask_suffix))
             positive = kind == "positive"
             pairs = _pair_stems(images, masks, lambda s, neg=not positive: neg)
             samples += [Sample(f"{folder.name}_{s}", i, m, positive) for s, i, m in pairs]
@@ -221,13 +209,13 @@ def _folder(
         )
     if mask_ext is not None and not mask_ext.startswith("."):
         mask_ext = "." + mask_ext
-    files = _list_images(images_path)
+    files = list_image_files(images_path)
     if same_dir:
         files = [p for p in files if not p.stem.endswith(mask_suffix)]
-    images = _by_stem(files)
+    images = files_by_stem(files)
     if not images:
         raise _no_images(root, [images_path])
-    available = set(_list_images(masks_path)) if masks_path.is_dir() else set()
+    available = set(list_image_files(masks_path)) if masks_path.is_dir() else set()
     pairs: list[tuple[str, Path, Path | None]] = []
     missing: list[str] = []
     for stem in sorted(images):

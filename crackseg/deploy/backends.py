@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
 #: auto: bf16 where the device computes in bf16 natively (crackseg.hardware), else 32.
 PRECISIONS = ("auto", "32", "bf16")
+#: onnxruntime's execution providers crackseg asks for.
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
 #: What the optional ONNX support needs installed.
 DEPLOY_EXTRA = "pip install 'crackseg[deploy]'"
 #: Prefix of the ONNX metadata keys crackseg writes.
@@ -174,12 +177,14 @@ class OnnxBackend:
         path = Path(path).expanduser()
         if not path.is_file():
             raise CracksegError(f"ONNX model {path} does not exist")
-        providers = _onnx_providers(ort, str(device))
+        device = str(device)
+        providers = onnx_providers(device, ort.get_available_providers(), torch.cuda.device_count())
         try:
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as error:  # onnxruntime raises its own types for a bad file
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise CracksegError(f"cannot read ONNX model {path}: {reason}") from error
+        check_cuda_provider(device, providers, self.session.get_providers())
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(metadata, str(path))
         self.input_name = self.session.get_inputs()[0].name
@@ -191,19 +196,43 @@ class OnnxBackend:
         return scores.astype(np.float32), maps[:, 0].astype(np.float32)
 
 
-def _onnx_providers(ort: ModuleType, device: str) -> list[Any]:
+def onnx_providers(device: str, available: list[str], gpus: int) -> list[Any]:
+    """onnxruntime's execution providers for ``device``, given the providers this onnxruntime
+    has and the number of CUDA GPUs visible (as torch counts them): ``auto`` asks for CUDA
+    only where both are there; ``cuda`` or ``cuda:N`` without them (or without GPU N) is
+    refused."""
     if not DEVICE_NAMES.fullmatch(device):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device == "cpu" or (device == "auto" and not has_cuda):
-        return ["CPUExecutionProvider"]
+    has_cuda = CUDA_PROVIDER in available
+    if device == "cpu" or (device == "auto" and not (has_cuda and gpus > 0)):
+        return [CPU_PROVIDER]
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if gpus == 0:
+        raise ConfigError(f"device={device} but no CUDA GPU is visible (use device=cpu)")
+    if index >= gpus:
+        raise ConfigError(
+            f"device={device} but {gpus} CUDA GPU(s) are visible (cuda:0..{gpus - 1})"
+        )
     if not has_cuda:
         raise ConfigError(
             f"device={device} but this onnxruntime has no CUDA provider "
             "(install onnxruntime-gpu, or use device=cpu)"
         )
-    index = int(device.split(":")[1]) if ":" in device else 0
-    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    return [(CUDA_PROVIDER, {"device_id": index}), CPU_PROVIDER]
+
+
+def check_cuda_provider(device: str, requested: list[Any], used: list[str]) -> None:
+    """onnxruntime falls back to the CPU when its CUDA provider fails to load (missing CUDA
+    or cuDNN libraries): refused where ``device`` named CUDA, a warning under ``auto``."""
+    if requested == [CPU_PROVIDER] or CUDA_PROVIDER in used:
+        return
+    reason = (
+        "onnxruntime's CUDA provider did not start (are the CUDA and cuDNN libraries "
+        "onnxruntime-gpu needs installed? see onnxruntime's messages above)"
+    )
+    if device != "auto":
+        raise ConfigError(f"device={device} but {reason}; device=cpu runs on the CPU")
+    log.warning("device=auto runs on the CPU: %s", reason)
 
 
 def open_backend(

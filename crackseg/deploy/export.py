@@ -34,7 +34,7 @@ from crackseg.deploy.tiling import TileGrid
 from crackseg.errors import ConfigError, CracksegError, DataError
 from crackseg.models.checkpoint import load_module
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.segdecnet import OUTPUT_STRIDE
+from crackseg.models.segdecnet import DECISION_STRIDE, OUTPUT_STRIDE
 from crackseg.run_folder import refuse_used_folder
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,6 @@ EXPORTER_LOGGERS = {
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("decision", "segmentation")
-#: The smallest height and width the network takes, in units of OUTPUT_STRIDE.
-MIN_SIZE_OVER_STRIDE = 8
 
 
 @dataclass(frozen=True)
@@ -72,8 +70,12 @@ def export_module(module: SegDecModule, path: Path, opset: int) -> None:
     info = ModelInfo.of_module(module)
     example = torch.rand(2, info.input_channels, info.input_height, info.input_width)
     batch = torch.export.Dim("batch", min=1)
-    height = OUTPUT_STRIDE * torch.export.Dim("height_over_8", min=MIN_SIZE_OVER_STRIDE)
-    width = OUTPUT_STRIDE * torch.export.Dim("width_over_8", min=MIN_SIZE_OVER_STRIDE)
+    # Each side a multiple of OUTPUT_STRIDE of at least DECISION_STRIDE, as
+    # segdecnet.check_input_size asks; its further rule (one side at least twice
+    # DECISION_STRIDE) binds the two together, which no bound of one dimension can say.
+    smallest = DECISION_STRIDE // OUTPUT_STRIDE
+    height = OUTPUT_STRIDE * torch.export.Dim("height_over_8", min=smallest)
+    width = OUTPUT_STRIDE * torch.export.Dim("width_over_8", min=smallest)
     with _quiet(EXPORTER_LOGGERS):
         program = torch.onnx.export(
             module.eval(),

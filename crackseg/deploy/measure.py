@@ -3,19 +3,26 @@
 A crack is a connected region of the mask (8-connectivity); regions smaller than
 ``min_pixels`` are specks and are dropped. Per crack:
 
-- **length**: along its skeleton (scikit-image's ``skeletonize``): 1 per horizontal or
-  vertical step and sqrt(2) per diagonal step between neighbouring skeleton pixels (a
-  diagonal step is counted only where no horizontal + vertical pair already joins the two
-  pixels), plus, at each end of the skeleton, the part of the crack thinning removed:
-  ``d - 0.5`` where ``d`` is the distance transform there (the distance from the end pixel's
-  centre to the nearest background pixel's centre is the distance to the crack's edge plus
-  half a pixel). Exact for straight cracks along an axis or a diagonal; cracks at other
-  angles are measured along a staircase, up to about 8% long (at 22.5 degrees).
-- **width** at a skeleton pixel: ``2 * d - 1``, with ``d`` the Euclidean distance transform
-  (``scipy.ndimage.distance_transform_edt``): the skeleton runs along the middle, so the
-  crack extends ``d - 0.5`` to each side. Exact for an axis-aligned crack of odd width
-  (5 px -> d = 3 -> 5); 1 px less for even widths, whose middle falls between pixels; up to
-  about half a pixel narrow for slanted cracks. Mean and maximum over the skeleton.
+- **length**: along its skeleton (scikit-image's ``skeletonize`` with Lee's method, which
+  follows a thin diagonal crack to its ends where Zhang's erodes it to fragments): 1 per
+  horizontal or vertical step and sqrt(2) per diagonal step between neighbouring
+  skeleton pixels (a diagonal step is counted only where no horizontal + vertical pair
+  already joins the two pixels), plus, at each end of the skeleton, the part of the crack
+  thinning removed: ``d - 0.5`` where ``d`` is the distance transform there (the distance
+  from the end pixel's centre to the nearest background pixel's centre is the distance to
+  the crack's edge plus half a pixel). Exact for straight cracks along an axis or a
+  diagonal; cracks at other angles are measured along a staircase, up to about 8% long (at
+  22.5 degrees).
+- **width** at a skeleton pixel: the Euclidean distance transform
+  (``scipy.ndimage.distance_transform_edt``) of the crack enlarged 2x (each pixel a 2x2
+  block of half-pixels), its largest value over the pixel's block, in half-pixels. The
+  skeleton runs along the middle, and whatever the parity of the width one of a middle
+  pixel's four half-pixels lies a quarter pixel from the middle line: its distance to the
+  nearest background half-pixel's centre is the distance to the edge plus a quarter pixel,
+  so the value in half-pixels is the width edge to edge in pixels. Exact for an
+  axis-aligned crack of any width (1, 2, 3, ... px); for slanted cracks within about half
+  a pixel of the width their pixels cover (area over length). Mean and maximum over the
+  skeleton.
 
 Millimetres are pixels times ``pixel_size_mm`` (the side of one pixel on the surface).
 """
@@ -75,13 +82,22 @@ def measure_crack(region: np.ndarray) -> tuple[float, float, float]:
     """(length, mean width, max width) in pixels of one connected region, cropped to its
     bounding box; what lies outside the box (the image's border too) is background."""
     padded = np.pad(region, 1)  # thinning and distances need background all around
+    # Lee's thinning keeps every connected region at least one pixel: never empty.
+    skeleton = skeletonize(padded, method="lee")
+    widths = _half_pixel_widths(padded)[skeleton]
     distance = ndimage.distance_transform_edt(padded)
-    skeleton = skeletonize(padded)
-    if not skeleton.any():  # cannot happen for a non-empty region; kept as a guard
-        skeleton = distance == distance.max()
-    widths = 2 * distance[skeleton] - 1
     length = skeleton_length(skeleton) + _end_extension(skeleton, distance)
     return length, float(widths.mean()), float(widths.max())
+
+
+def _half_pixel_widths(mask: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest distance transform of ``mask`` enlarged 2x over the pixel's
+    2x2 block of half-pixels, in half-pixels: the crack's width where the pixel lies on
+    its middle line."""
+    height, width = mask.shape
+    halves = mask.repeat(2, axis=0).repeat(2, axis=1)
+    distance = ndimage.distance_transform_edt(halves)
+    return distance.reshape(height, 2, width, 2).max(axis=(1, 3))
 
 
 def measure_cracks(mask: np.ndarray, min_pixels: int = 1) -> list[Crack]:

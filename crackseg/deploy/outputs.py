@@ -21,14 +21,6 @@ TINT = np.array([255, 0, 0], np.float32)
 TINT_OPACITY = 0.55
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically; an error names ``path`` (a bare write error does not)."""
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(path)) from error
-
-
 def write_png(path: Path, image: np.ndarray) -> None:
     """Write a uint8 grey (HxW) or RGB (HxWx3) image as PNG."""
     if image.ndim == 3:
@@ -36,7 +28,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise RuntimeError(f"cannot encode {path} as PNG")
-    write_file(path, encoded.tobytes())
+    atomic_write_bytes(path, encoded.tobytes())
 
 
 def probability_image(probabilities: np.ndarray) -> np.ndarray:
@@ -58,7 +50,4 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]
     writer = csv.writer(table)
     writer.writerow(header)
     writer.writerows(rows)
-    try:
-        atomic_write_text(path, table.getvalue())
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(path)) from error
+    atomic_write_text(path, table.getvalue())

@@ -18,14 +18,14 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from crackseg.data.io import is_image_file, read_image, read_mask
-from crackseg.data.layouts import BINARIZE_THRESHOLD
+from crackseg.data.io import is_image_file, list_image_files, read_image, read_mask
+from crackseg.data.layouts import BINARIZE_THRESHOLD, files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
 from crackseg.deploy.outputs import overlay, probability_image, write_csv, write_png
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
-from crackseg.errors import DataError, describe_files
+from crackseg.errors import DataError, RunFolderError, describe_files
 from crackseg.run_folder import refuse_used_folder
 
 log = logging.getLogger(__name__)
@@ -59,28 +59,48 @@ CRACK_COLUMNS = [
 #: Added when ``pixel_size_mm`` is given: the pixel columns above, in millimetres.
 PREDICTION_MM_COLUMNS = ["total_length_mm", "max_width_mm", "mean_width_mm"]
 CRACK_MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
+#: What a prediction writes into its run folder: its tables and its folders of images.
+OUTPUT_TABLES = ("predictions.csv", "cracks.csv")
+OUTPUT_FOLDERS = ("probabilities", "masks", "overlays")
+
+
+def refuse_earlier_predictions(folder: Path) -> None:
+    """Refuse a folder holding another prediction's outputs (one killed before it wrote its
+    status, or any folder given as ``hydra.run.dir``): they would be overwritten."""
+    found = [name for name in OUTPUT_TABLES if (folder / name).exists()]
+    found += [
+        f"{name}/"
+        for name in OUTPUT_FOLDERS
+        if (folder / name).is_dir() and any((folder / name).iterdir())
+    ]
+    if found:
+        raise RunFolderError(
+            f"{folder} already holds predictions ({', '.join(found)}); choose another hydra.run.dir"
+        )
 
 
 def list_images(path: Path) -> list[Path]:
-    """One image, or every image in a folder (sorted by name, not recursive)."""
+    """One image, or every image in a folder (sorted by name, not recursive); broken
+    symlinks are listed, to be reported as unreadable."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise DataError(f"input {path} does not exist")
-    images = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+    images = list_image_files(path)
     if not images:
         raise DataError(f"no images found in {path}")
     return images
 
 
 def reference_masks(folder: str | None) -> dict[str, Path]:
-    """Ground-truth masks by file stem (``reference_masks=DIR``), or none."""
+    """Ground-truth masks by file stem (``reference_masks=DIR``), or none; two masks of one
+    stem (``x.png``, ``x.bmp``) are refused, as ``x.jpg``'s would be either."""
     if folder is None:
         return {}
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DataError(f"reference_masks={root}: no such folder")
-    return {p.stem: p for p in sorted(root.iterdir()) if p.is_file() and is_image_file(p)}
+    return files_by_stem(p for p in sorted(root.iterdir()) if p.is_file() and is_image_file(p))
 
 
 def dice_iou(predicted: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -203,6 +223,7 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     settings = PredictSettings.from_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     refuse_used_folder(output_dir)
+    refuse_earlier_predictions(output_dir)
     source = Path(settings.input).expanduser()
     paths = list_images(source)
     backend = open_backend(

@@ -41,7 +41,6 @@ class ImagePrediction:
 
     score: float
     probabilities: np.ndarray
-    num_inputs: int
 
 
 class _TiledImage:
@@ -49,7 +48,7 @@ class _TiledImage:
 
     def __init__(self, grid: TileGrid) -> None:
         self.stitcher = Stitcher(grid)
-        self.count = self.remaining = len(grid.origins())
+        self.remaining = len(grid.origins())
         self.score = -np.inf
 
     def add(self, origin: Any, score: float, probabilities: np.ndarray) -> None:
@@ -58,7 +57,7 @@ class _TiledImage:
         self.remaining -= 1
 
     def result(self) -> ImagePrediction:
-        return ImagePrediction(float(self.score), self.stitcher.result(), self.count)
+        return ImagePrediction(float(self.score), self.stitcher.result())
 
 
 class _ResizedImage:
@@ -66,7 +65,7 @@ class _ResizedImage:
 
     def __init__(self, height: int, width: int) -> None:
         self.size = width, height
-        self.count = self.remaining = 1
+        self.remaining = 1
         self.score = 0.0
         self.probabilities = np.empty(0, np.float32)
 
@@ -78,7 +77,7 @@ class _ResizedImage:
         self.remaining = 0
 
     def result(self) -> ImagePrediction:
-        return ImagePrediction(float(self.score), self.probabilities, 1)
+        return ImagePrediction(float(self.score), self.probabilities)
 
 
 def _start(image: np.ndarray, plan: Plan) -> tuple[Any, list[tuple[Any, np.ndarray]]]:

@@ -72,6 +72,8 @@ class PredictSettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> PredictSettings:
         """The run's settings; a value that cannot work is one line naming its key."""
+        if OmegaConf.is_missing(cfg, "input"):
+            raise ConfigError("input=IMAGE_OR_FOLDER is required")
         for key, (accepts, expected) in RULES.items():
             value = cfg.get(key)
             if not accepts(value):
