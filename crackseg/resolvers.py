@@ -76,18 +76,20 @@ def job_log(output_dir: str, job_name: str) -> str:
 
 
 def hydra_subdir(output_dir: str, resume: object) -> str | None:
-    """Where Hydra saves the composed config: nowhere if the folder already holds a run, or
-    if ``resume=RUN_DIR`` names it.
+    """Where Hydra saves the composed config: nowhere if the folder already holds a run or
+    another prediction's outputs, or if ``resume=RUN_DIR`` names it.
 
     That run's ``.hydra/`` is the config it was started with: resuming it (or starting it
     again) reads it, and a command refused for pointing at the folder must not have replaced
     it first. The folder is claimed here too, for a job logging config without
     :func:`job_log`.
     """
+    from crackseg.deploy.pipeline import earlier_predictions
     from crackseg.run_folder import claim_run_folder, holds_run
 
     claim_run_folder(output_dir)
-    keep = _resumes_folder(resume) or holds_run(Path(output_dir))
+    folder = Path(output_dir)
+    keep = _resumes_folder(resume) or holds_run(folder) or bool(earlier_predictions(folder))
     return None if keep else ".hydra"
 
 

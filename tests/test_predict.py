@@ -153,6 +153,19 @@ def test_a_folder_holding_earlier_predictions_but_no_status_is_refused(tmp_path,
     assert (tmp_path / leftover).read_bytes() == b"earlier"
 
 
+def test_hydra_keeps_its_config_out_of_a_folder_holding_earlier_predictions(tmp_path):
+    """The refused command must not have replaced the earlier prediction's .hydra/ first."""
+    from crackseg.resolvers import hydra_subdir
+    from crackseg.run_folder import release_run_folder
+
+    try:
+        assert hydra_subdir(str(tmp_path), None) == ".hydra"
+        (tmp_path / "predictions.csv").write_text("file\n")
+        assert hydra_subdir(str(tmp_path), None) is None
+    finally:
+        release_run_folder(tmp_path)
+
+
 def test_empty_output_folders_are_no_earlier_predictions(tmp_path):
     for name in ("probabilities", "masks", "overlays"):
         (tmp_path / name).mkdir()

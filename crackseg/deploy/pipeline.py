@@ -64,16 +64,20 @@ OUTPUT_TABLES = ("predictions.csv", "cracks.csv")
 OUTPUT_FOLDERS = ("probabilities", "masks", "overlays")
 
 
-def refuse_earlier_predictions(folder: Path) -> None:
-    """Refuse a folder holding another prediction's outputs (one killed before it wrote its
-    status, or any folder given as ``hydra.run.dir``): they would be overwritten."""
+def earlier_predictions(folder: Path) -> list[str]:
+    """The outputs of another prediction in ``folder`` (tables, non-empty image folders)."""
     found = [name for name in OUTPUT_TABLES if (folder / name).exists()]
-    found += [
+    return found + [
         f"{name}/"
         for name in OUTPUT_FOLDERS
         if (folder / name).is_dir() and any((folder / name).iterdir())
     ]
-    if found:
+
+
+def refuse_earlier_predictions(folder: Path) -> None:
+    """Refuse a folder holding another prediction's outputs (one killed before it wrote its
+    status, or any folder given as ``hydra.run.dir``): they would be overwritten."""
+    if found := earlier_predictions(folder):
         raise RunFolderError(
             f"{folder} already holds predictions ({', '.join(found)}); choose another hydra.run.dir"
         )
