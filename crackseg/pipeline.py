@@ -140,7 +140,8 @@ def build_trainer(
     callbacks = [*callbacks, *progress_callbacks(show_progress, in_sweep)]
     if cfg.get("share_cpu_cores", True) and not in_sweep and "OMP_NUM_THREADS" not in os.environ:
         # The jobs of a local sweep split the cores already; a pinned thread count is kept.
-        callbacks.append(ShareCoresWithOtherRuns(workers=int(cfg.data.get("num_workers", 0))))
+        workers = int(OmegaConf.select(cfg, "data.num_workers", default=0) or 0)
+        callbacks.append(ShareCoresWithOtherRuns(workers))
     overrides: dict[str, Any] = {"plugins": [AtomicCheckpointIO()]}
     if SLURMEnvironment.detect():
         overrides["plugins"].append(slurm_requeue_environment(cfg.get("slurm_requeue", True)))

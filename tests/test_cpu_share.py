@@ -4,6 +4,7 @@ import multiprocessing
 import os
 import signal
 
+import pytest
 import torch
 
 from crackseg.cpu_share import RunRegistry, ShareCoresWithOtherRuns
@@ -81,3 +82,35 @@ def test_runs_on_disjoint_cores_use_separate_registries():
     finally:
         os.sched_setaffinity(0, cores)
     assert default_registry() == here
+
+
+@pytest.mark.parametrize(
+    ("share_cpu_cores", "omp_num_threads", "shares"),
+    [(True, None, True), (False, None, False), (True, "1", False)],
+)
+def test_a_run_shares_the_cores_unless_its_threads_are_pinned(
+    tmp_path, monkeypatch, share_cpu_cores, omp_num_threads, shares
+):
+    from omegaconf import OmegaConf
+
+    from crackseg.pipeline import build_trainer
+
+    if omp_num_threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp_num_threads)
+    cfg = OmegaConf.create(
+        {
+            "share_cpu_cores": share_cpu_cores,
+            "data": {"num_workers": 2},
+            "trainer": {
+                "_target_": "pytorch_lightning.Trainer",
+                "accelerator": "cpu",
+                "enable_model_summary": False,
+                "default_root_dir": str(tmp_path),
+            },
+        }
+    )
+    found = [c for c in build_trainer(cfg, []).callbacks if isinstance(c, ShareCoresWithOtherRuns)]
+    assert len(found) == int(shares)
+    assert all(c.workers == 2 for c in found)
