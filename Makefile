@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 # torch is installed on its own first: a CPU build where there is no NVIDIA GPU, so pip
 # never pulls a multi-GB CUDA build onto a CPU machine. There pip also looks in PyTorch's
 # CPU index (TORCH_CPU_INDEX), whose torch==2.13.0 is 2.13.0+cpu and wins over PyPI's CUDA
-# build; where that index cannot be reached, pip takes what its configured sources offer.
+# build; where that index cannot be reached (checked once, 5 s), pip takes what its
+# configured sources offer.
 # Override TORCH_SPEC, or TORCH_INDEX to install from that index alone.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -26,10 +27,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 		echo "NVIDIA GPU found: installing the default (CUDA) build of torch"; \
 		$(BIN)/pip install "$(TORCH_SPEC)"; \
+	elif [ -n "$(TORCH_INDEX)" ]; then \
+		$(BIN)/pip install "$(TORCH_SPEC)" --index-url "$(TORCH_INDEX)"; \
+	elif $(BIN)/python -c "import urllib.request as r; r.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" 2>/dev/null; then \
+		echo "no GPU: installing a CPU build of torch ($(TORCH_SPEC), $(TORCH_CPU_INDEX))"; \
+		$(BIN)/pip install "$(TORCH_SPEC)" --extra-index-url "$(TORCH_CPU_INDEX)"; \
 	else \
-		echo "no GPU: installing a CPU build of torch ($(TORCH_SPEC))"; \
-		$(BIN)/pip install "$(TORCH_SPEC)" \
-			$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),--extra-index-url $(TORCH_CPU_INDEX)); \
+		echo "no GPU, $(TORCH_CPU_INDEX) unreachable: torch from pip's configured sources"; \
+		$(BIN)/pip install "$(TORCH_SPEC)"; \
 	fi
 	$(BIN)/pip install -e ".[dev]"
 	@touch $@
