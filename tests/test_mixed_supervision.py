@@ -65,6 +65,10 @@ def test_a_batch_of_weak_positives_has_no_segmentation_loss_and_a_finite_total()
     # The epoch's segmentation loss counts segmented samples only: this batch adds weight 0.
     seg_mean = module.train_means["loss_seg"]
     assert float(seg_mean.weight) == 0.0 and float(seg_mean.total) == 0.0
+    # An epoch of such batches logs a segmentation loss of 0, not NaN (0/0).
+    assert float(seg_mean.compute()) == 0.0
+    seg_mean.update(torch.tensor([0.3, 0.9]), torch.tensor([1.0, 0.0]))
+    assert float(seg_mean.compute()) == pytest.approx(0.3)
 
 
 def _fake_job(root: Path, num: int, segmented: str, seed: int, metrics: dict) -> None:

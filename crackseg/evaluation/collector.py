@@ -72,4 +72,6 @@ class WeightedMean(Metric):
         self.weight += weights.sum()
 
     def compute(self) -> Tensor:
-        return (self.total / self.weight).float()
+        """The mean; 0 where nothing had weight (an epoch of weak positives only has no
+        segmentation loss, as each of its batches has none), never NaN."""
+        return torch.where(self.weight > 0, self.total / self.weight.clamp(min=1e-300), 0.0).float()
