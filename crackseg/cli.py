@@ -39,6 +39,7 @@ from crackseg.run_folder import (
     write_status,
 )
 from crackseg.sweep.gpus import job_device_context
+from crackseg.sweep.job_names import setting_changes, shared_settings, swept_keys
 from crackseg.sweep.summary import MD_NAME, ended_sweeps
 from crackseg.sweep.threads import set_job_threads
 
@@ -249,12 +250,39 @@ class SweepChecksCallback(Callback):
     """Hydra callback: refuse a multirun whose shared settings cannot work before any job
     (or its folder) is started: ``resume=RUN_DIR``, and the values
     :func:`crackseg.config_checks.check_config` checks (swept values are checked by each
-    job). One line and exit 2, as Hydra turns a callback's exception into a warning."""
+    job), and a sweep run again over finished jobs that had other settings. One line and
+    exit 2, as Hydra turns a callback's exception into a warning."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_sweep_resume(config.get("resume"))
             check_config(config)
+            if config.get("skip_finished", True):
+                refuse_finished_jobs_with_other_settings(config)
         except CracksegError as error:
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
+
+
+def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
+    """Finished jobs of the sweep folder are skipped, and their folders are named by the
+    swept values only: a setting given otherwise on the command line (``trainer.max_epochs=20``
+    after a 10-epoch sweep) would reuse results it did not make. Compared before any job runs
+    (each job also compares its whole saved config when it is skipped)."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    if not sweep_dir.is_dir():
+        return
+    task = OmegaConf.to_container(config.hydra.overrides.task)
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    swept = swept_keys(task, params)
+    wanted = shared_settings(task, swept)
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        saved = job / ".hydra" / "overrides.yaml"
+        if finished_status(job) is None or not saved.is_file():
+            continue
+        changed = setting_changes(shared_settings(OmegaConf.load(saved), swept), wanted)
+        if changed:
+            raise SweepSettingsError(
+                f"the finished job in {job} ran with other settings ({'; '.join(changed[:3])}); "
+                "use another hydra.sweep.dir"
+            )

@@ -538,10 +538,18 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     assert "finished in an earlier sweep" in (done / "train.log").read_text()
     assert (sweep_dir / "summary.md").is_file()  # and the summary is written again
 
-    # a setting the finished job did not have would reuse its results: refused, named
-    line = one_line_error(run_train(config_dir, *args[:-2], "trainer.max_epochs=2", args[-1]))
-    assert f"finished job in {done} ran with other settings (trainer.max_epochs: 1 -> 2)" in line
+    # a setting the finished job did not have would reuse its results: refused, named,
+    # before any job runs (the failed one is not started again either)
+    failed_status = (failed / "status.json").read_bytes()
+    result = run_train(config_dir, *args[:-2], "trainer.max_epochs=2", args[-1])
+    line = one_line_error(result)
+    assert line == (
+        f"error: the finished job in {done} ran with other settings "
+        "(trainer.max_epochs: 1 -> 2); use another hydra.sweep.dir"
+    )
+    assert result.returncode == 2 and result.stderr.strip() == line
     assert _mtimes(done) == before
+    assert (failed / "status.json").read_bytes() == failed_status
 
 
 def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: Path) -> None:

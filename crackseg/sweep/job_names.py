@@ -13,6 +13,7 @@ is then ``<num>_<swept key>=<value>,...``, and its ``.hydra/hydra.yaml`` shows t
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -43,6 +44,30 @@ def common_keys(task_overrides: Iterable[str], sweeper_params: Mapping[str, Any]
     swept = swept_keys(overrides, sweeper_params)
     keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
     return [k for k in dict.fromkeys(keys) if k not in swept]
+
+
+#: Command-line keys a sweep may change when it is run again: how it resumes, where data
+#: and outputs are, how many loader workers it uses, and Hydra's own settings.
+RERUN_FREE_KEYS = ("resume", "skip_finished", "paths.*", "data.root", "data.num_workers", "hydra*")
+
+
+def shared_settings(task_overrides: Iterable[str], swept: set[str]) -> dict[str, str]:
+    """``key -> value`` of the overrides that are not swept and not free to change."""
+    settings = {}
+    for override in OverridesParser.create().parse_overrides(list(task_overrides)):
+        key = override.key_or_group
+        if key in swept or any(fnmatch.fnmatchcase(key, free) for free in RERUN_FREE_KEYS):
+            continue
+        settings[key] = override.input_line.split("=", 1)[-1] if override.input_line else ""
+    return settings
+
+
+def setting_changes(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    """``key: old -> new`` for every setting given differently (``-`` where not given)."""
+    keys = sorted(set(old) | set(new))
+    return [
+        f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in keys if old.get(k) != new.get(k)
+    ]
 
 
 def exclude_override(exclude_keys: Iterable[str]) -> str:
