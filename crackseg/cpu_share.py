@@ -1,12 +1,12 @@
 """Independent trainings on one machine share its CPU cores.
 
 The jobs of a local parallel sweep split the cores from the start (crackseg.sweep.threads);
-two trainings started separately (two terminals, two users, a run beside a sweep) know
-nothing of each other and each keep a thread per core, which on 2 cores made both over five
-times slower than one alone. So every training whose thread count nobody pinned (no
-OMP_NUM_THREADS, not a job of a local parallel sweep) registers in a folder of lock files
-(one per user and set of usable cores), one per live training, and every few seconds takes
-its share:
+two trainings started separately (two terminals, two scripts) know nothing of each other
+and each keep a thread per core, which on 2 cores made both over five times slower than
+one alone. So every training whose thread count nobody pinned (no OMP_NUM_THREADS, not a
+job of a local parallel sweep, not ``trainer.deterministic``, whose results would then
+depend on what else runs) registers in a folder of lock files (one per user and set of
+usable cores), one per live training, and every few seconds takes its share:
 
     threads = torch's default (one per core)          alone
     threads = max(1, cores // runs - workers)         with runs - 1 others live
@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 import time
 import uuid
@@ -56,6 +57,9 @@ class RunRegistry:
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder or default_registry()
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = self.folder.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise PermissionError(f"{self.folder} is not a private folder of this user")
         # Locked before it appears under its final name, so no one sees it unlocked.
         name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging = self.folder / f".{name}.new"
@@ -108,15 +112,29 @@ class ShareCoresWithOtherRuns(pl.Callback):
         self._logged_threads = self.own_threads
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.registry is None:
+        if self.registry is not None:
+            return
+        self.own_threads = torch.get_num_threads()
+        self._logged_threads = self.own_threads
+        try:
             self.registry = RunRegistry(self.registry_folder)
-            self._next_check = 0.0
+        except OSError as error:  # a full /tmp, a folder of another user: run alone
+            log.warning("not sharing the CPU cores with other trainings: %s", error)
+            return
+        self._next_check = 0.0
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.registry is not None:
             self.registry.close()
             self.registry = None
-        torch.set_num_threads(self.own_threads)
+            torch.set_num_threads(self.own_threads)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, error: BaseException
+    ) -> None:
+        # Lightning skips teardown when a stage raises; the next job of a sweep in this
+        # process must not start from this one's share.
+        self.teardown(trainer, pl_module, "")
 
     def threads_for(self, runs: int) -> int:
         if runs <= 1:
@@ -128,7 +146,12 @@ class ShareCoresWithOtherRuns(pl.Callback):
         if self.registry is None or now < self._next_check:
             return
         self._next_check = now + CHECK_EVERY_S
-        runs = self.registry.live_runs()
+        try:
+            runs = self.registry.live_runs()
+        except OSError as error:
+            log.warning("not sharing the CPU cores with other trainings any more: %s", error)
+            self.teardown(None, None, "")
+            return
         threads = self.threads_for(runs)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)

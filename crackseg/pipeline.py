@@ -138,8 +138,11 @@ def build_trainer(
     show_progress = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
     in_sweep = in_local_parallel_sweep()
     callbacks = [*callbacks, *progress_callbacks(show_progress, in_sweep)]
-    if cfg.get("share_cpu_cores", True) and not in_sweep and "OMP_NUM_THREADS" not in os.environ:
-        # The jobs of a local sweep split the cores already; a pinned thread count is kept.
+    deterministic = OmegaConf.select(cfg, "trainer.deterministic", default=False)
+    pinned = "OMP_NUM_THREADS" in os.environ or deterministic in (True, "warn")
+    if cfg.get("share_cpu_cores", True) and not in_sweep and not pinned:
+        # The jobs of a local sweep split the cores already; a pinned thread count is kept,
+        # and a deterministic run's (its sums depend on the number of threads).
         workers = int(OmegaConf.select(cfg, "data.num_workers", default=0) or 0)
         callbacks.append(ShareCoresWithOtherRuns(workers))
     overrides: dict[str, Any] = {"plugins": [AtomicCheckpointIO()]}

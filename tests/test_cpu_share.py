@@ -1,5 +1,6 @@
 """Independent trainings on one machine share the CPU cores (crackseg.cpu_share)."""
 
+import math
 import multiprocessing
 import os
 import signal
@@ -47,13 +48,14 @@ def test_a_run_takes_its_share_when_another_starts_and_all_cores_when_alone(tmp_
     own = torch.get_num_threads()
     share = ShareCoresWithOtherRuns(workers=0, registry_folder=tmp_path)
     share.cores = 4  # as on a 4-core machine
-    share.own_threads = 4
+    torch.set_num_threads(4)
     share.setup(None, None, "fit")
     try:
         share.share()
         assert torch.get_num_threads() == 4
         holder, stop = _start_holder(tmp_path)
-        share.share()  # within CHECK_EVERY_S of the last look: unchanged
+        share._next_check = math.inf  # as within CHECK_EVERY_S of the last look: unchanged
+        share.share()
         assert torch.get_num_threads() == 4
         share._next_check = 0.0
         share.share()
@@ -86,11 +88,13 @@ def test_runs_on_disjoint_cores_use_separate_registries():
 
 @pytest.mark.parametrize(
     ("share_cpu_cores", "omp_num_threads", "shares"),
-    [(True, None, True), (False, None, False), (True, "1", False)],
+    [(True, None, True), (False, None, False), (True, "1", False), ("deterministic", None, False)],
 )
 def test_a_run_shares_the_cores_unless_its_threads_are_pinned(
     tmp_path, monkeypatch, share_cpu_cores, omp_num_threads, shares
 ):
+    deterministic = share_cpu_cores == "deterministic"
+    share_cpu_cores = share_cpu_cores is not False
     from omegaconf import OmegaConf
 
     from crackseg.pipeline import build_trainer
@@ -106,6 +110,7 @@ def test_a_run_shares_the_cores_unless_its_threads_are_pinned(
             "trainer": {
                 "_target_": "pytorch_lightning.Trainer",
                 "accelerator": "cpu",
+                "deterministic": deterministic,
                 "enable_model_summary": False,
                 "default_root_dir": str(tmp_path),
             },
@@ -114,3 +119,33 @@ def test_a_run_shares_the_cores_unless_its_threads_are_pinned(
     found = [c for c in build_trainer(cfg, []).callbacks if isinstance(c, ShareCoresWithOtherRuns)]
     assert len(found) == int(shares)
     assert all(c.workers == 2 for c in found)
+
+
+def test_a_run_that_raises_gives_back_its_entry_and_its_threads(tmp_path):
+    own = torch.get_num_threads()
+    share = ShareCoresWithOtherRuns(workers=0, registry_folder=tmp_path)
+    share.setup(None, None, "fit")
+    holder, stop = _start_holder(tmp_path)
+    try:
+        share.share()
+        assert torch.get_num_threads() == share.threads_for(2)
+        share.on_exception(None, None, RuntimeError("a failed job"))
+        assert torch.get_num_threads() == own
+        assert len(list(tmp_path.glob("*.lock"))) == 1  # only the holder's
+    finally:
+        stop.set()
+        holder.join()
+        torch.set_num_threads(own)
+
+
+def test_a_registry_folder_others_can_write_is_refused_and_the_run_goes_on_alone(tmp_path):
+    folder = tmp_path / "registry"
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+    with pytest.raises(PermissionError, match="not a private folder"):
+        RunRegistry(folder)
+    share = ShareCoresWithOtherRuns(workers=0, registry_folder=folder)
+    share.setup(None, None, "fit")  # warns, no entry
+    assert share.registry is None
+    share.share()
+    share.teardown(None, None, "fit")
