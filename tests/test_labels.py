@@ -42,8 +42,17 @@ def test_a_one_pixel_crack_keeps_soft_coverage_when_resized(column):
     mask = prepare_mask(raw, 640, 232)
     assert mask.dtype == np.float32 and mask.max() <= 1.0
     assert (mask.max(axis=1) > 0).all()
-    # Linear interpolation spreads the line over at most two columns.
+    # Area averaging spreads the line over at most two columns, keeping its share of each.
     assert np.count_nonzero(mask.any(axis=0)) <= 2
+    np.testing.assert_allclose(mask.sum(axis=1), 232 / 448, rtol=1e-4)
+
+
+@pytest.mark.parametrize("column", range(8))
+def test_a_one_pixel_crack_survives_a_fourfold_shrink(column):
+    raw = np.zeros((64, 64), np.uint8)
+    raw[:, column + 24] = 255
+    mask = prepare_mask(raw, 16, 16)
+    np.testing.assert_allclose(mask.max(axis=1), 0.25, rtol=1e-6)
 
 
 def test_weight_map_whole_image():

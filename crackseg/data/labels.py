@@ -39,16 +39,24 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a binary mask linearly to a soft float32 mask in [0, 1].
+    """Resize a binary mask to a soft float32 mask in [0, 1], one axis at a time: area
+    averaging along an axis that shrinks, linear along one that grows.
 
     Not binarised again: a crack thinner than the scale factor keeps its (partial) coverage
     instead of vanishing, as in the published code; the weight map treats every covered
-    pixel (> 0) as defect and the 1/8 targets stay soft.
+    pixel (> 0) as defect and the 1/8 targets stay soft. Linear sampling alone would skip
+    a 1 px crack when shrinking by 2 or more.
     """
     mask = mask.astype(np.float32)
-    if mask.shape == (height, width):
-        return mask
-    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
+    if mask.shape[0] != height:
+        shrink = height < mask.shape[0]
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        mask = cv2.resize(mask, (mask.shape[1], height), interpolation=interpolation)
+    if mask.shape[1] != width:
+        shrink = width < mask.shape[1]
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        mask = cv2.resize(mask, (width, height), interpolation=interpolation)
+    return mask
 
 
 def prepare_mask(
