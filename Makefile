@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # CPU index (TORCH_CPU_INDEX), whose torch==2.13.0 is 2.13.0+cpu and wins over PyPI's CUDA
 # build; where that index cannot be reached (checked once, 5 s), pip takes what its
 # configured sources offer.
-# Override TORCH_SPEC, or TORCH_INDEX to install from that index alone.
+# Override TORCH_SPEC, or TORCH_INDEX to install from that index alone (GPU or not).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
@@ -24,11 +24,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+	@if [ -n "$(TORCH_INDEX)" ]; then \
+		$(BIN)/pip install "$(TORCH_SPEC)" --index-url "$(TORCH_INDEX)"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 		echo "NVIDIA GPU found: installing the default (CUDA) build of torch"; \
 		$(BIN)/pip install "$(TORCH_SPEC)"; \
-	elif [ -n "$(TORCH_INDEX)" ]; then \
-		$(BIN)/pip install "$(TORCH_SPEC)" --index-url "$(TORCH_INDEX)"; \
 	elif $(BIN)/python -c "import urllib.request as r; r.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" 2>/dev/null; then \
 		echo "no GPU: installing a CPU build of torch ($(TORCH_SPEC), $(TORCH_CPU_INDEX))"; \
 		$(BIN)/pip install "$(TORCH_SPEC)" --extra-index-url "$(TORCH_CPU_INDEX)"; \
