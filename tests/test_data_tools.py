@@ -203,6 +203,10 @@ def test_a_data_config_tiles_its_photographs_once(tmp_path):
     assert len(made) == 2 * 60 and not list(tmp_path.glob(".tiles.partial-*"))
     data.prepare_data()  # found, not tiled again
     assert {p.relative_to(root) for p in root.rglob("*.png")} == made
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty root (made by hand, or by another job) is tiled into
+    CrackDataModule(str(empty), input_height=64, input_width=128, tile=tile).prepare_data()
+    assert {p.relative_to(empty) for p in empty.rglob("*.png")} == made
     other = CrackDataModule(str(root), input_height=64, input_width=128, tile={**tile, "seed": 2})
     with pytest.raises(DataError, match="other settings"):
         other.prepare_data()

@@ -213,9 +213,7 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
         counts = tile_dataset(source, tmp, **tiling)
         (tmp / TILES_MARKER).write_text(json.dumps(params, indent=2) + "\n")
         try:
-            if root.is_dir():
-                root.rmdir()
-            tmp.rename(root)
+            tmp.rename(root)  # replaces an empty root in one step (POSIX rename)
         except OSError as error:
             if not marker.is_file():
                 raise DataError(f"cannot move the tiles into {root}: {error.strerror}") from error
