@@ -75,7 +75,7 @@ def job_log(output_dir: str, job_name: str) -> str:
     return str(Path(output_dir) / f"{job_name}.log")
 
 
-def hydra_subdir(output_dir: str, resume: object) -> str | None:
+def hydra_subdir(output_dir: str, resume: object, job_name: str | None = None) -> str | None:
     """Where Hydra saves the composed config: nowhere if the folder already holds a run or
     another prediction's outputs, or if ``resume=RUN_DIR`` names it.
 
@@ -85,11 +85,13 @@ def hydra_subdir(output_dir: str, resume: object) -> str | None:
     :func:`job_log`.
     """
     from crackseg.deploy.pipeline import earlier_predictions
-    from crackseg.run_folder import claim_run_folder, holds_run
+    from crackseg.run_folder import claim_run_folder, holds_run, used_by_another_command
 
     claim_run_folder(output_dir)
     folder = Path(output_dir)
-    keep = _resumes_folder(resume) or holds_run(folder) or bool(earlier_predictions(folder))
+    # A training may start again where one failed; other commands leave any run's folder be.
+    used = holds_run(folder) if job_name in (None, "train") else used_by_another_command(folder)
+    keep = _resumes_folder(resume) or used or bool(earlier_predictions(folder))
     return None if keep else ".hydra"
 
 

@@ -158,9 +158,15 @@ def check_sweep_resume(resume: object) -> None:
         )
 
 
+def used_by_another_command(folder: Path) -> bool:
+    """Whether ``folder`` holds a run, or any run's status (a failed one's too): an
+    evaluation, prediction or export never writes there."""
+    return holds_run(folder) or (Path(folder) / STATUS_FILE).exists()
+
+
 def refuse_used_folder(folder: Path) -> None:
-    """Evaluations and predictions only ever write into a folder of their own."""
-    if holds_run(folder):
+    """Evaluations, predictions and exports only ever write into a folder of their own."""
+    if used_by_another_command(folder):
         raise RunFolderError(f"{folder} already holds a run; choose another hydra.run.dir")
 
 

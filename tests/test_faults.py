@@ -336,6 +336,11 @@ def test_a_run_refused_for_its_settings_may_be_started_again_in_its_folder(tiny_
     line = one_line_error(run_tiny(run_dir, tiny_data_dir, "data.input_width=100"))
     assert "not divisible by 8" in line
     assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    # Only a training may use it again: an evaluation leaves the failed run's config be.
+    saved = (run_dir / ".hydra" / "config.yaml").read_bytes()
+    line = one_line_error(run_entry("eval", "ckpt_path=x.ckpt", f"hydra.run.dir={run_dir}"))
+    assert "already holds a run" in line
+    assert (run_dir / ".hydra" / "config.yaml").read_bytes() == saved
     result = run_tiny(run_dir, tiny_data_dir, "trainer.max_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
