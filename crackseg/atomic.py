@@ -42,9 +42,9 @@ def remove_partial_writes(folder: str | Path) -> list[Path]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` if the block completes.
 
-    The temporary name is short whatever ``path``'s length: ``.write.partial-XXXXXXXX`` and
-    the suffix (one of up to 16 bytes), so writers that pick a format by extension
-    (matplotlib) work unchanged.
+    The temporary name is short whatever ``path``'s length: ``.write.partial-``, 8 random
+    characters and the suffix (one of up to 16 bytes), so writers that pick a format by
+    extension (matplotlib) work unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
