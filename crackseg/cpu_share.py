@@ -11,14 +11,13 @@ usable cores), one per live training, and every few seconds takes its share:
     threads = torch's default (one per core)          alone
     threads = max(1, cores // runs - workers)         with runs - 1 others live
 
-An entry is a file locked with ``fcntl.lockf`` (an OS lock that dies with its process, and
-is not inherited by loader workers); an entry whose lock can be taken belongs to a run that
-died and is removed by whoever finds it.
+An entry is a file locked with :func:`crackseg.run_folder.lock_file` (an OS lock that dies
+with its process, and is not inherited by loader workers); an entry whose lock can be taken
+belongs to a run that died and is removed by whoever finds it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -32,6 +31,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from crackseg.run_folder import lock_file
 from crackseg.sweep.threads import threads_per_job, usable_cores
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,10 @@ class RunRegistry:
         # Locked before it appears under its final name, so no one sees it unlocked.
         name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging = self.folder / f".{name}.new"
-        self._fd = os.open(staging, os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        fd = lock_file(staging, 0o600)
+        if fd is None:  # a name no other process can have chosen
+            raise OSError(f"cannot lock {staging}")
+        self._fd = fd
         self.path = self.folder / f"{name}.lock"
         os.rename(staging, self.path)
 
@@ -76,16 +78,13 @@ class RunRegistry:
                 live += 1
                 continue
             try:
-                fd = os.open(entry, os.O_RDWR)
+                fd = lock_file(entry, create=False)
             except FileNotFoundError:  # removed by another run meanwhile
                 continue
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if fd is None:
                 live += 1  # its holder is alive
             else:
                 entry.unlink(missing_ok=True)
-            finally:
                 os.close(fd)  # releases the lock taken from a dead entry
         return live
 

@@ -103,16 +103,17 @@ def claim_run_folder(folder: str | Path) -> None:
     raise RunFolderError(f"{key} is in use by {_describe_holder(holder)}; wait for it to end")
 
 
-def lock_file(path: Path, mode: int = 0o644) -> int | None:
-    """Open ``path`` and lock it for this process without waiting: the open descriptor
-    (closing it drops the lock), or None when another process holds the lock.
+def lock_file(path: Path, mode: int = 0o644, create: bool = True) -> int | None:
+    """Open ``path`` (creating it unless ``create`` is false) and lock it for this process
+    without waiting: the open descriptor (closing it drops the lock), or None when another
+    process holds the lock.
 
     A POSIX record lock (``lockf``), not ``flock``: the kernel drops it when the process
     ends however it ends, and child processes (data loader workers) do not inherit it, so
     a killed process's lock is free at once although its workers may live on for a while.
     Record locks belong to the process: lock each file once per process.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), mode)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
