@@ -144,10 +144,14 @@ def _refuse_other_settings(output_dir: Path, cfg: DictConfig) -> None:
     if not saved_path.is_file():
         return
     if changed := config_differences(OmegaConf.load(saved_path), cfg):
-        raise SweepSettingsError(
-            f"the finished job in {output_dir} ran with other settings ({'; '.join(changed)}); "
-            "use another hydra.sweep.dir"
-        )
+        raise _ran_with_other_settings(output_dir, changed)
+
+
+def _ran_with_other_settings(job: Path, changed: list[str]) -> SweepSettingsError:
+    return SweepSettingsError(
+        f"the finished job in {job} ran with other settings ({'; '.join(changed)}); "
+        "use another hydra.sweep.dir"
+    )
 
 
 def print_line(text: str) -> None:
@@ -280,9 +284,5 @@ def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
         saved = job / ".hydra" / "overrides.yaml"
         if finished_status(job) is None or not saved.is_file():
             continue
-        changed = setting_changes(shared_settings(OmegaConf.load(saved), swept), wanted)
-        if changed:
-            raise SweepSettingsError(
-                f"the finished job in {job} ran with other settings ({'; '.join(changed[:3])}); "
-                "use another hydra.sweep.dir"
-            )
+        if changed := setting_changes(shared_settings(OmegaConf.load(saved), swept), wanted):
+            raise _ran_with_other_settings(job, changed[:3])
