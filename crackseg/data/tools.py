@@ -17,7 +17,9 @@ import math
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -207,9 +209,7 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
         return root
     if not source.is_dir():
         raise DataError(f"data.tile.source {source} does not exist (the photographs to tile)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
+    with _hidden_sibling(root) as tmp:
         counts = tile_dataset(source, tmp, **tiling)
         (tmp / TILES_MARKER).write_text(json.dumps(params, indent=2) + "\n")
         try:
@@ -220,10 +220,21 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
             _check_tiles(root, params)  # another job has just finished the same tiles
             log.info("%s was tiled by another job meanwhile: used as it is", root)
             return root
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("tiled %s into %s:\n%s", source, root, positives_table(counts))
     return root
+
+
+@contextmanager
+def _hidden_sibling(dst: Path) -> Iterator[Path]:
+    """A new hidden folder beside ``dst`` to build it in; removed afterwards unless the
+    caller renamed it into place."""
+    parent = Path(dst).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{Path(dst).name}.partial-", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_tiles(root: Path, params: dict[str, Any]) -> None:
@@ -295,15 +306,9 @@ def _cmd_tile(args: argparse.Namespace) -> None:
     dst = Path(args.dst)
     if dst.exists() and any(dst.iterdir()):
         raise DataError(f"destination is not empty, refusing to write into it: {dst}")
-    dst.absolute().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.absolute().parent))
-    try:
+    with _hidden_sibling(dst) as tmp:
         counts = _tile_from_arguments(args, tmp)
-        if dst.is_dir():
-            dst.rmdir()
-        tmp.rename(dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.rename(dst)  # replaces an empty dst in one step (POSIX rename)
     print(f"tiles written to {dst}\n")
     print(positives_table(counts))
 
