@@ -243,6 +243,9 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         print_line(f"error: {one_line(error)}")
         sys.exit(2)
     for sweep_dir, jobs, failed, unfinished in ended_sweeps:
+        if jobs is None:
+            print_line(f"error: could not read the status of the jobs in {sweep_dir}; see the log")
+            sys.exit(EXIT_JOBS_FAILED)
         if failed or unfinished:
             what = "failed" if not unfinished else "failed or did not finish"
             summary = sweep_dir / MD_NAME

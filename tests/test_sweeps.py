@@ -22,7 +22,9 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+import crackseg.cli as cli
 import crackseg.sweep.gpus as gpus
+import crackseg.sweep.summary as summary
 import crackseg.sweep.threads as threads
 from crackseg.config_checks import check_config
 from crackseg.resolvers import job_folder
@@ -487,6 +489,24 @@ def test_the_summary_counts_every_job_that_did_not_finish(tmp_path: Path) -> Non
     assert header in md
     for num, status in enumerate(statuses[1:], start=1):
         assert f"`{num}_seed={num}` ({status or 'unfinished'})" in md
+
+
+def test_a_sweep_whose_job_status_cannot_be_read_ends_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def unreadable(root: Path) -> list[dict]:
+        raise PermissionError(13, "Permission denied", str(root / "0_seed=0" / "status.json"))
+
+    monkeypatch.setattr(summary, "collect_runs", unreadable)
+    monkeypatch.setattr(summary, "ended_sweeps", [])
+    monkeypatch.setattr(cli, "ended_sweeps", summary.ended_sweeps)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    summary.SummaryCallback().on_multirun_end(config)
+    assert summary.ended_sweeps == [(tmp_path, None, None, None)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_hydra_main(lambda: None)
+    assert exit_info.value.code == cli.EXIT_JOBS_FAILED
+    assert f"error: could not read the status of the jobs in {tmp_path}" in capsys.readouterr().err
 
 
 def _mtimes(job: Path) -> dict[str, int]:

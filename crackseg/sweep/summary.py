@@ -52,8 +52,9 @@ METRICS = (
 GROUPED_METRICS = ("image_auc", "image_ap", "dice_mean", "iou_mean")
 
 #: The multiruns this process ran to their end: (sweep folder, jobs, jobs that failed, jobs
-#: that did not finish otherwise); crackseg.cli ends the command non-zero if any did not.
-ended_sweeps: list[tuple[Path, int, int, int]] = []
+#: that did not finish otherwise), the counts None where the jobs' status could not be read;
+#: crackseg.cli ends the command non-zero unless every job finished.
+ended_sweeps: list[tuple[Path, int | None, int | None, int | None]] = []
 
 
 def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -318,9 +319,14 @@ class SummaryCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             counts = status_counts(collect_runs(sweep_dir))
-            ended_sweeps.append(
-                (sweep_dir, sum(counts.values()), counts["failed"], counts["unfinished"])
-            )
+        except Exception:  # unknown is not success: the command still ends non-zero
+            log.exception("could not read the status of the jobs in %s", sweep_dir)
+            ended_sweeps.append((sweep_dir, None, None, None))
+            return
+        ended_sweeps.append(
+            (sweep_dir, sum(counts.values()), counts["failed"], counts["unfinished"])
+        )
+        try:
             write_summary(sweep_dir)
         except Exception:  # the sweep's results are on disk; a summary bug must not hide them
             log.exception("could not write the sweep summary in %s", sweep_dir)
