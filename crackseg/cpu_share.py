@@ -3,13 +3,17 @@
 The jobs of a local parallel sweep split the cores from the start (crackseg.sweep.threads);
 two trainings started separately (two terminals, two scripts) know nothing of each other
 and each keep a thread per core, which on 2 cores made both over five times slower than
-one alone. So every training whose thread count nobody pinned (no OMP_NUM_THREADS, not a
-job of a local parallel sweep, not ``trainer.deterministic``, whose results would then
-depend on what else runs) registers in a folder of lock files (one per user and set of
-usable cores), one per live training, and every few seconds takes its share:
+one alone. So every training whose thread count nobody pinned (no OMP_NUM_THREADS, not
+``trainer.deterministic``, whose results would then depend on what else runs) registers in
+a folder of lock files (one per user and set of usable cores), one per live training, and
+every few seconds takes its share:
 
-    threads = torch's default (one per core)          alone
-    threads = max(1, cores // runs - workers)         with runs - 1 others live
+    threads = its own count                                     alone
+    threads = min(own, max(1, cores // runs - workers))         with runs - 1 others live
+
+Its own count is torch's default (one thread per core) for a single run, and its share of
+the sweep's cores for a job of a local parallel sweep, which so counts, and is counted by,
+trainings started beside the sweep.
 
 An entry is a file locked with :func:`crackseg.run_folder.lock_file` (an OS lock that dies
 with its process, and is not inherited by loader workers); an entry whose lock can be taken
@@ -138,7 +142,7 @@ class ShareCoresWithOtherRuns(pl.Callback):
     def threads_for(self, runs: int) -> int:
         if runs <= 1:
             return self.own_threads
-        return threads_per_job(self.cores, runs, self.workers)
+        return min(self.own_threads, threads_per_job(self.cores, runs, self.workers))
 
     def share(self) -> None:
         now = time.monotonic()

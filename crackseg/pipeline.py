@@ -140,9 +140,9 @@ def build_trainer(
     callbacks = [*callbacks, *progress_callbacks(show_progress, in_sweep)]
     deterministic = OmegaConf.select(cfg, "trainer.deterministic", default=False)
     pinned = "OMP_NUM_THREADS" in os.environ or deterministic in (True, "warn")
-    if cfg.get("share_cpu_cores", True) and not in_sweep and not pinned:
-        # The jobs of a local sweep split the cores already; a pinned thread count is kept,
-        # and a deterministic run's (its sums depend on the number of threads).
+    if cfg.get("share_cpu_cores", True) and not pinned:
+        # A pinned thread count is kept, and a deterministic run's (its sums depend on the
+        # number of threads); a local sweep's job never takes more than its split.
         workers = int(OmegaConf.select(cfg, "data.num_workers", default=0) or 0)
         callbacks.append(ShareCoresWithOtherRuns(workers))
     overrides: dict[str, Any] = {"plugins": [AtomicCheckpointIO()]}

@@ -73,6 +73,15 @@ def test_a_run_takes_its_share_when_another_starts_and_all_cores_when_alone(tmp_
     assert not list(tmp_path.glob("*.lock"))
 
 
+def test_a_sweep_job_never_takes_more_than_its_split_of_the_cores():
+    share = ShareCoresWithOtherRuns(workers=0)
+    share.cores = 8
+    share.own_threads = 2  # what crackseg.sweep.threads gave a job of 4 side by side
+    assert share.threads_for(1) == 2  # no other training: its split
+    assert share.threads_for(4) == 2  # its own sweep's jobs: the same split
+    assert share.threads_for(6) == 1  # two more trainings started beside the sweep
+
+
 def test_runs_on_disjoint_cores_use_separate_registries():
     from crackseg.cpu_share import default_registry
 
@@ -88,16 +97,26 @@ def test_runs_on_disjoint_cores_use_separate_registries():
 
 @pytest.mark.parametrize(
     ("share_cpu_cores", "omp_num_threads", "shares"),
-    [(True, None, True), (False, None, False), (True, "1", False), ("deterministic", None, False)],
+    [
+        (True, None, True),
+        (False, None, False),
+        (True, "1", False),
+        ("deterministic", None, False),
+        ("local parallel sweep job", None, True),
+    ],
 )
 def test_a_run_shares_the_cores_unless_its_threads_are_pinned(
     tmp_path, monkeypatch, share_cpu_cores, omp_num_threads, shares
 ):
     deterministic = share_cpu_cores == "deterministic"
+    sweep_job = share_cpu_cores == "local parallel sweep job"
     share_cpu_cores = share_cpu_cores is not False
     from omegaconf import OmegaConf
 
+    import crackseg.pipeline
     from crackseg.pipeline import build_trainer
+
+    monkeypatch.setattr(crackseg.pipeline, "in_local_parallel_sweep", lambda: sweep_job)
 
     if omp_num_threads is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
