@@ -117,6 +117,46 @@ def test_the_training_step_never_waits_for_the_device():
     assert trainer.callback_metrics["train/loss"] > 0
 
 
+class _Dtypes(pl.Callback):
+    """Records, per stage, the dtype of the network's first convolution's output and of
+    the training loss, as Lightning's precision plugin runs them."""
+
+    def __init__(self, module: SegDecModule) -> None:
+        self.trainer: pl.Trainer | None = None
+        self.seen: dict[str, set[torch.dtype]] = {}
+        conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(self._record)
+
+    def _record(self, conv, inputs, output) -> None:
+        self.seen.setdefault(self.trainer.state.stage.value, set()).add(output.dtype)
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self.trainer = trainer
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen.setdefault("loss", set()).add(outputs["loss"].dtype)
+
+
+def test_bf16_mixed_runs_the_network_in_bf16_in_every_stage_and_the_loss_in_float32():
+    module = SegDecModule(net=NET, input_height=64, input_width=128)
+    dtypes = _Dtypes(module)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[dtypes],
+    )
+    items = [{k: v[i] for k, v in _batch(4).items()} for i in range(4)]
+    trainer.fit(module, DataLoader(items, batch_size=2), DataLoader(items, batch_size=2))
+    trainer.test(module, DataLoader(items, batch_size=2), verbose=False)
+    bf16 = {torch.bfloat16}
+    assert dtypes.seen == {"train": bf16, "validate": bf16, "test": bf16, "loss": {torch.float32}}
+
+
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_in_bf16(monkeypatch):
     monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)

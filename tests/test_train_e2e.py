@@ -159,6 +159,12 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(tiny_run, tiny_da
     assert metrics["seg_threshold"] == pytest.approx(0.97)
     assert metrics["test_samples"] == 40 and metrics["train_samples"] == 0
     assert metrics["tp"] + metrics["fn"] == 20 and metrics["tn"] + metrics["fp"] == 20
+    # the test images counted at the checkpoint's 0.999, from their scores
+    with open(tmp_path / "eval" / "test_scores.csv", newline="") as table:
+        rows = [(int(r["label"]), float(r["decision_score"])) for r in csv.DictReader(table)]
+    assert len(rows) == 40
+    assert metrics["tp"] == sum(label == 1 and score >= 0.999 for label, score in rows)
+    assert metrics["fp"] == sum(label == 0 and score >= 0.999 for label, score in rows)
 
 
 def test_the_sweep_objective_is_the_best_validation_ap(tiny_run):
