@@ -50,6 +50,8 @@ def predict_config(output_dir, **changes):
 def test_scores_of_input_sized_images_equal_the_training_runs_test_scores(
     tiny_run, torch_predictions
 ):
+    """The training run's test scores, which crackseg-eval reproduces file for file
+    (test_train_e2e.py::test_eval_of_a_checkpoint_matches_the_test_step)."""
     predicted = {r["file"]: r for r in rows_of(torch_predictions / "predictions.csv")}
     tested = rows_of(tiny_run / "test_scores.csv")
     assert tested

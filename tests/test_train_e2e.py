@@ -69,6 +69,8 @@ def test_eval_of_a_checkpoint_matches_the_test_step(tiny_run, tiny_data_dir, tmp
     for key in ("image_auc", "image_ap", "tp", "fp", "tn", "fn", "seg_threshold", "dice_mean"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
     assert (tmp_path / "report.md").is_file()
+    # image by image (crackseg-predict's scores are checked against these in test_predict)
+    assert (tmp_path / "test_scores.csv").read_text() == (tiny_run / "test_scores.csv").read_text()
 
 
 def test_eval_refuses_a_missing_checkpoint(tmp_path):
