@@ -4,8 +4,9 @@
 precision only where the hardware computes in bf16 natively: a GPU with bf16 tensor cores
 (compute capability 8.0 and newer), or a CPU with AVX-512 BF16 or AMX instructions.
 Elsewhere bf16 is emulated and slower than float32, so ``auto`` stays in float32 there.
-The default is float32 (``32-true``): bf16 trains the paper's network 1.8x faster on such a
-CPU, but it cost experiment=cfd_tiles about 0.02 of test image AUC over four seeds.
+``auto`` is the training default: on such a CPU bf16 trains the paper's network 1.8x faster,
+and experiment=cfd_tiles reached float32's quality (README "Precision"). Named experiments
+that reproduce published numbers (the seed run) set ``32-true`` themselves.
 """
 
 from __future__ import annotations

@@ -241,9 +241,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
     The thresholds are the checkpoint's own (chosen on its training run's validation split);
     ``thresholds=validation`` re-chooses them on the validation split of the data given.
+    ``trainer.precision=auto`` evaluates in the precision the weights were trained in.
     """
     check_config(cfg)
-    resolve_machine_settings(cfg)
+    check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
     if cfg.thresholds not in THRESHOLD_SOURCES:
         raise ConfigError(
             f"thresholds must be one of {', '.join(THRESHOLD_SOURCES)}, not {cfg.thresholds!r}"
@@ -258,6 +259,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     module = load_checkpoint(cfg.ckpt_path)
     check_checkpoint_matches(module, cfg)
     run_config = OmegaConf.create(module.hparams.get("run_config") or "{}")
+    trained_precision = OmegaConf.select(run_config, "trainer.precision", default=None)
+    if str(cfg.trainer.precision) == "auto" and trained_precision not in (None, "auto"):
+        cfg.trainer.precision = str(trained_precision)
+        log.info("precision: %s, as the checkpoint was trained", trained_precision)
+    resolve_machine_settings(cfg)
     # Report the parameters the weights were trained with, and the data evaluated here.
     report_cfg = OmegaConf.merge(
         run_config, {"data": OmegaConf.to_container(cfg.data, resolve=True)}

@@ -68,6 +68,7 @@ def test_eval_of_a_checkpoint_matches_the_test_step(tiny_run, tiny_data_dir, tmp
     evaluated = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("image_auc", "image_ap", "tp", "fp", "tn", "fn", "seg_threshold", "dice_mean"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
+    assert evaluated["precision"] == trained["precision"] == "32-true"  # as trained
     assert (tmp_path / "report.md").is_file()
     # image by image (crackseg-predict's scores are checked against these in test_predict)
     assert (tmp_path / "test_scores.csv").read_text() == (tiny_run / "test_scores.csv").read_text()
@@ -145,6 +146,11 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(tiny_run, tiny_da
     ckpt = torch.load(best, weights_only=True)
     ckpt["state_dict"]["image_threshold"] = torch.tensor(0.999)
     ckpt["state_dict"]["seg_threshold"] = torch.tensor(0.97)
+    # and weights trained in bf16: eval's trainer.precision=auto evaluates in it
+    trained_config = yaml.safe_load(ckpt["hyper_parameters"]["run_config"])
+    assert trained_config["trainer"]["precision"] == "32-true"
+    trained_config["trainer"]["precision"] = "bf16-mixed"
+    ckpt["hyper_parameters"]["run_config"] = yaml.safe_dump(trained_config)
     edited = tmp_path / "edited.ckpt"
     torch.save(ckpt, edited)
     result = run_entry(
@@ -159,6 +165,7 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(tiny_run, tiny_da
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["image_threshold"] == pytest.approx(0.999)
     assert metrics["seg_threshold"] == pytest.approx(0.97)
+    assert metrics["precision"] == "bf16-mixed"
     assert metrics["test_samples"] == 40 and metrics["train_samples"] == 0
     assert metrics["tp"] + metrics["fn"] == 20 and metrics["tn"] + metrics["fp"] == 20
     # the test images counted at the checkpoint's 0.999, from their scores
