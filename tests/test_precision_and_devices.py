@@ -62,6 +62,25 @@ def test_first_bf16_losses_match_float32():
         assert b == pytest.approx(a, rel=0.03)
 
 
+def _loader() -> DataLoader:
+    """The four samples of ``_batch`` in batches of two."""
+    items = [{k: v[i] for k, v in _batch(4).items()} for i in range(4)]
+    return DataLoader(items, batch_size=2)
+
+
+def _one_epoch_trainer(callback: pl.Callback, **settings) -> pl.Trainer:
+    """A Trainer for one epoch that writes nothing (no logger, checkpoint, bar or summary)."""
+    return pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        **settings,
+    )
+
+
 class _NoSync:
     """Fails the test on any call that makes the host wait for the device's result."""
 
@@ -102,17 +121,8 @@ def test_the_training_step_never_waits_for_the_device():
     read is refused while Lightning runs the step, its logging, backward and the update."""
     module = SegDecModule(net=NET, input_height=64, input_width=128)
     watch = _NoSyncInSteps()
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[watch],
-    )
-    items = [{k: v[i] for k, v in _batch(4).items()} for i in range(4)]
-    trainer.fit(module, DataLoader(items, batch_size=2))
+    trainer = _one_epoch_trainer(watch, limit_val_batches=0)
+    trainer.fit(module, _loader())
     assert watch.steps == 2
     assert trainer.callback_metrics["train/loss"] > 0
 
@@ -140,19 +150,9 @@ class _Dtypes(pl.Callback):
 def test_bf16_mixed_runs_the_network_in_bf16_in_every_stage_and_the_loss_in_float32():
     module = SegDecModule(net=NET, input_height=64, input_width=128)
     dtypes = _Dtypes(module)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        precision="bf16-mixed",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[dtypes],
-    )
-    items = [{k: v[i] for k, v in _batch(4).items()} for i in range(4)]
-    trainer.fit(module, DataLoader(items, batch_size=2), DataLoader(items, batch_size=2))
-    trainer.test(module, DataLoader(items, batch_size=2), verbose=False)
+    trainer = _one_epoch_trainer(dtypes, precision="bf16-mixed", num_sanity_val_steps=0)
+    trainer.fit(module, _loader(), _loader())
+    trainer.test(module, _loader(), verbose=False)
     bf16 = {torch.bfloat16}
     assert dtypes.seen == {"train": bf16, "validate": bf16, "test": bf16, "loss": {torch.float32}}
 
