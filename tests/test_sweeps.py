@@ -30,7 +30,7 @@ from crackseg.config_checks import check_config
 from crackseg.resolvers import job_folder
 from crackseg.run_folder import LOCK_FILE, lock_file
 from crackseg.sweep import claim_gpu, job_device_context, job_dirname, visible_gpus
-from crackseg.sweep.job_names import common_keys, exclude_override, swept_keys
+from crackseg.sweep.job_names import common_keys, exclude_override, shared_settings, swept_keys
 from crackseg.sweep.summary import collect_runs, main
 from crackseg.sweep.threads import jobs_side_by_side, set_job_threads, threads_per_job
 
@@ -128,6 +128,11 @@ def test_job_names_leave_out_what_every_job_shares() -> None:
     # Hydra reads the override back as the list it names.
     (parsed,) = OverridesParser.create().parse_overrides([exclude_override(["a", "b.c"])])
     assert parsed.value() == ["a", "b.c"]
+
+
+def test_a_rerun_may_change_only_what_a_finished_job_lets_differ() -> None:
+    overrides = ["share_cpu_cores=false", "data.num_workers=8", "hydra.sweep.dir=x", "seed=0,1"]
+    assert shared_settings(overrides, {"seed"}) == {"data.num_workers": "8"}
 
 
 def test_job_folder_names() -> None:

@@ -22,6 +22,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from crackseg.run_folder import RESUME_FREE_KEYS
+
 log = logging.getLogger(__name__)
 
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
@@ -46,9 +48,9 @@ def common_keys(task_overrides: Iterable[str], sweeper_params: Mapping[str, Any]
     return [k for k in dict.fromkeys(keys) if k not in swept]
 
 
-#: Command-line keys a sweep may change when it is run again: how it resumes, where data
-#: and outputs are, how many loader workers it uses, and Hydra's own settings.
-RERUN_FREE_KEYS = ("resume", "skip_finished", "paths.*", "data.root", "data.num_workers", "hydra*")
+#: Command-line keys a sweep may change when it is run again: those a finished job's own
+#: check lets differ (how it resumes and shares the CPU, where its folder is), and Hydra's.
+RERUN_FREE_KEYS = (*RESUME_FREE_KEYS, "hydra*")
 
 
 def shared_settings(task_overrides: Iterable[str], swept: set[str]) -> dict[str, str]:
