@@ -263,7 +263,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if str(cfg.trainer.precision) == "auto" and trained_precision not in (None, "auto"):
         cfg.trainer.precision = str(trained_precision)
         log.info("precision: %s, as the checkpoint was trained", trained_precision)
-    resolve_machine_settings(cfg)
+    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     # Report the parameters the weights were trained with, and the data evaluated here.
     report_cfg = OmegaConf.merge(
         run_config, {"data": OmegaConf.to_container(cfg.data, resolve=True)}
