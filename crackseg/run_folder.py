@@ -228,7 +228,9 @@ def resume_checkpoint(folder: Path) -> Path | None:
     file where two were saved at one step). By step, as copying a folder (``cp -r``) does
     not keep the files' times."""
     existing = _checkpoints(Path(folder))
-    return max(existing, key=lambda p: (checkpoint_step(p), p.stat().st_mtime_ns), default=None)
+    if len(existing) < 2:  # nothing to compare: the file is not read here
+        return existing[0] if existing else None
+    return max(existing, key=lambda p: (checkpoint_step(p), p.stat().st_mtime_ns))
 
 
 def git_commit(repo: Path) -> tuple[str | None, bool | None]:
