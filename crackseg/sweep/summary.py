@@ -258,10 +258,11 @@ def _md_table(columns: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
-def write_summary(root: str | Path) -> tuple[Path, Path]:
-    """Write ``summary.csv`` (one row per job) and ``summary.md`` (jobs, groups, failures)."""
+def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) -> tuple[Path, Path]:
+    """Write ``summary.csv`` (one row per job) and ``summary.md`` (jobs, groups, failures)
+    from ``rows`` (``collect_runs(root)``, read here unless given)."""
     root = Path(root)
-    rows = collect_runs(root)
+    rows = collect_runs(root) if rows is None else rows
     keys = swept_columns(rows)
     columns = [*BASE_COLUMNS, *keys, *METRICS]
     csv_path = root / CSV_NAME
@@ -318,7 +319,8 @@ class SummaryCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
-            counts = status_counts(collect_runs(sweep_dir))
+            rows = collect_runs(sweep_dir)
+            counts = status_counts(rows)
         except Exception:  # unknown is not success: the command still ends non-zero
             log.exception("could not read the status of the jobs in %s", sweep_dir)
             ended_sweeps.append((sweep_dir, None, None, None))
@@ -327,7 +329,7 @@ class SummaryCallback(Callback):
             (sweep_dir, sum(counts.values()), counts["failed"], counts["unfinished"])
         )
         try:
-            write_summary(sweep_dir)
+            write_summary(sweep_dir, rows)
         except Exception:  # the sweep's results are on disk; a summary bug must not hide them
             log.exception("could not write the sweep summary in %s", sweep_dir)
 
