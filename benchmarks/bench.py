@@ -45,6 +45,7 @@ from crackseg import CONFIG_DIR
 from crackseg.data.labels import downsample_to_output
 from crackseg.data.synthetic import generate_synthetic_dataset
 from crackseg.errors import CracksegError
+from crackseg.hardware import cpu_model
 from crackseg.models.flops import count_flops
 from crackseg.models.losses import decision_loss, segmentation_loss
 from crackseg.models.segdecnet import SegDecNet
@@ -375,13 +376,7 @@ def run_row(row: Row, device: str, timing: Timing) -> dict:
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 FLOPS_NOTE = (

@@ -37,17 +37,35 @@ MAX_CPU_EVAL_BATCH = 16
 GPU_EVAL_BATCH = 16
 
 
+def _cpuinfo() -> str:
+    """Linux's /proc/cpuinfo, or nothing where there is none."""
+    if platform.system() != "Linux":
+        return ""
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_bf16_features() -> list[str]:
+    """The CPU's flags among :data:`BF16_CPU_FLAGS` (AVX-512 BF16, AMX), in that order."""
+    text = _cpuinfo()
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split()}
+    return [flag for flag in BF16_CPU_FLAGS if flag in flags]
+
+
 @cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX); False where unknown."""
-    if platform.system() != "Linux":
-        return False
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split()}
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
+    return bool(cpu_bf16_features())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (rates differ between machines: record it beside every rate)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def uses_cuda(accelerator: str) -> bool:

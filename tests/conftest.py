@@ -197,3 +197,20 @@ def torch_predictions(tmp_path_factory, tiny_checkpoint, photo_folder) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     (out.parent / "console.txt").write_text(result.stdout + result.stderr)
     return out
+
+
+def pytest_report_header(config) -> list[str]:
+    """The machine a run's numbers came from: CPUs differ between sessions (AMD EPYC with
+    AVX-512 BF16, Intel Xeon with AMX), and so do their bf16 kernels and timings."""
+    import torch
+
+    from crackseg.hardware import cpu_bf16_features, cpu_model
+
+    features = ", ".join(cpu_bf16_features()) or "none"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    return [
+        f"cpu: {cpu_model()} (bf16: {features}); {cores} usable cores, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"OMP_NUM_THREADS={threads}"
+    ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import pytorch_lightning as pl
 import torch
+from helpers.bf16_bounds import FLOAT32_NOISE, bf16_relative_bound, on_bf16_grid
 from torch.utils.data import DataLoader
 
 from crackseg import hardware
@@ -30,7 +30,7 @@ def _batch(size: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _losses(precision: str, steps: int = 6) -> list[float]:
+def _losses(precision: str, steps: int = 6) -> tuple[list[float], SegDecModule]:
     """The first training losses on one batch, the network running in ``precision``."""
     torch.manual_seed(0)
     module = SegDecModule(net=NET, input_height=64, input_width=128)
@@ -47,19 +47,23 @@ def _losses(precision: str, steps: int = 6) -> list[float]:
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    return losses
+    return losses, module
 
 
-def test_first_bf16_losses_match_float32():
-    """bf16 keeps 8 bits of mantissa (relative rounding 0.4 %): the first losses agree with
-    float32 to 0.5 %; at lr 1 the two trajectories then drift apart, but over six steps by
-    less than 3 % while the loss falls by more than half."""
-    float32, bf16 = _losses("32"), _losses("bf16")
+def test_first_bf16_loss_lies_within_what_bf16_rounds_of_float32():
+    """The first loss (same weights, same batch) differs from float32's: by more than float32
+    alone can (bf16 ran), by less than the first-order bound of bf16's rounding through the
+    network's depth (tests/helpers/bf16_bounds.py). The losses are float32 numbers, not bf16
+    ones cast up (the loss itself is computed in float32), and bf16 trains as float32 does:
+    both halve the loss within six steps. After the first step the two trajectories follow
+    different weights, so only the first loss is compared."""
+    float32, _ = _losses("32")
+    bf16, module = _losses("bf16")
+    gap = abs(bf16[0] - float32[0]) / float32[0]
+    assert FLOAT32_NOISE < gap <= bf16_relative_bound(module), gap
+    assert not all(on_bf16_grid(loss) for loss in bf16)
     assert float32[-1] < 0.5 * float32[0]
-    for a, b in zip(float32[:3], bf16[:3], strict=True):
-        assert b == pytest.approx(a, rel=0.005)
-    for a, b in zip(float32, bf16, strict=True):
-        assert b == pytest.approx(a, rel=0.03)
+    assert bf16[-1] < 0.5 * bf16[0]
 
 
 def _loader() -> DataLoader:
