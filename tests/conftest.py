@@ -199,7 +199,7 @@ def torch_predictions(tmp_path_factory, tiny_checkpoint, photo_folder) -> Path:
     return out
 
 
-def pytest_report_header(config) -> list[str]:
+def machine_line() -> str:
     """The machine a run's numbers came from: CPUs differ between sessions (AMD EPYC with
     AVX-512 BF16, Intel Xeon with AMX), and so do their bf16 kernels and timings."""
     import torch
@@ -209,8 +209,15 @@ def pytest_report_header(config) -> list[str]:
     features = ", ".join(cpu_bf16_features()) or "none"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    return [
+    return (
         f"cpu: {cpu_model()} (bf16: {features}); {cores} usable cores, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"OMP_NUM_THREADS={threads}"
-    ]
+    )
+
+
+def pytest_sessionstart(session) -> None:
+    """The machine line heads every test log, with -q too (which hides report headers)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(machine_line())
