@@ -8,13 +8,13 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
@@ -31,6 +31,7 @@ from crackseg.evaluation.plots import (
     save_dice_panel,
     spread_indices,
 )
+from crackseg.evaluation.report import hparams_of, write_run_report
 
 log = logging.getLogger(__name__)
 
@@ -202,21 +203,22 @@ class WeakRanking(pl.Callback):
 class EvaluationReport(pl.Callback):
     """After testing, writes metrics.json, the curves, the Dice panels and report.md.
 
-    ``write_report`` is called with the run folder and the test results; it is a
-    parameter so the same callback serves training runs and checkpoint evaluations.
+    ``run_config`` is the config whose run parameters the report and TensorBoard's HParams
+    tab show (an evaluation's: the weights' training run with the data evaluated); without
+    it only the files of the numbers are written.
     """
 
     def __init__(
         self,
         output_dir: str,
         num_dice_panels: int = 7,
-        write_report: Callable[[Path, dict[str, Any], pl.Trainer], None] | None = None,
-        hparams: dict[str, Any] | None = None,
+        run_config: DictConfig | None = None,
+        title: str = "",
     ) -> None:
         self.output_dir = Path(output_dir)
         self.num_dice_panels = num_dice_panels
-        self.write_report = write_report
-        self.hparams = hparams or {}
+        self.run_config = run_config
+        self.title = title
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -239,11 +241,18 @@ class EvaluationReport(pl.Callback):
             plot_precision_recall(*results["pr"], results["image_ap"], out / "precision-recall.png")
         dice_files = self._dice_panels(trainer, pl_module, results)
         results["dice_files"] = dice_files
-        if isinstance(trainer.logger, TensorBoardLogger) and self.hparams:
-            final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}
-            trainer.logger.log_hyperparams(self.hparams, final)
-        if self.write_report is not None:
-            self.write_report(out, metrics | {"dice_files": dice_files}, trainer)
+        if self.run_config is not None:
+            if isinstance(trainer.logger, TensorBoardLogger):
+                final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}
+                trainer.logger.log_hyperparams(hparams_of(self.run_config), final)
+            write_run_report(
+                out,
+                self.run_config,
+                self.title,
+                metrics | {"dice_files": dice_files},
+                counts,
+                trainer.datamodule.num_segmented_train,
+            )
         log.info("evaluation written to %s", out)
 
     def _write_scores(

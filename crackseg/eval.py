@@ -2,17 +2,78 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Any
+
 import hydra
-from omegaconf import DictConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
-from crackseg.cli import run_hydra_main, run_task
-from crackseg.pipeline import evaluate_checkpoint
+from crackseg.callbacks import EvaluationReport
+from crackseg.cli import run_hydra_main
+from crackseg.data.datamodule import CrackDataModule
+from crackseg.models.checkpoint import (
+    check_input_shape,
+    load_module,
+    thresholds,
+    trained_run_config,
+)
+from crackseg.runs.config_checks import check_config
+from crackseg.runs.folder import refuse_used_folder
+from crackseg.runs.hardware import check_accelerator, evaluation_precision
+from crackseg.runs.lifecycle import run_task
+from crackseg.runs.trainer import build_trainer
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate saved weights on a dataset exactly as a training run's test step does.
+
+    The thresholds are the checkpoint's own (chosen on its training run's validation split);
+    ``thresholds=validation`` re-chooses them on the validation split of the data given.
+    ``trainer.precision=auto`` evaluates in the precision the weights were trained in.
+    """
+    check_config(cfg)
+    check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
+    output_dir = Path(cfg.paths.output_dir)
+    refuse_used_folder(output_dir)
+
+    module = load_module(cfg.ckpt_path)
+    data = cfg.data
+    check_input_shape(module, data.input_channels, data.input_height, data.input_width)
+    trained = trained_run_config(module)
+    cfg.trainer.precision = evaluation_precision(
+        cfg.trainer.precision,
+        OmegaConf.select(trained, "trainer.precision", default=None),
+        cfg.trainer.accelerator,
+    )
+    # Report the parameters the weights were trained with, and the data evaluated here.
+    reported = OmegaConf.merge(trained, {"data": OmegaConf.to_container(data, resolve=True)})
+    datamodule: CrackDataModule = instantiate(data, _convert_="all")
+    report = EvaluationReport(str(output_dir), cfg.num_dice_panels, reported, cfg.report_title)
+    trainer = build_trainer(cfg, [report])
+
+    if cfg.thresholds == "validation":
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    image_threshold, seg_threshold = thresholds(module)
+    log.info(
+        "thresholds (%s): image %.4f, segmentation %.2f",
+        "chosen on this data's validation split"
+        if cfg.thresholds == "validation"
+        else "the checkpoint's",
+        image_threshold,
+        seg_threshold,
+    )
+    trainer.test(module, datamodule=datamodule, verbose=False)  # writes metrics and report.md
+    return module.test_results
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def hydra_main(cfg: DictConfig) -> float | None:
-    return run_task(evaluate_checkpoint, cfg)
+    return run_task(evaluate, cfg)
 
 
 def main() -> None:

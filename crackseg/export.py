@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import hydra
 from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
-from crackseg.cli import run_hydra_main, run_task
-from crackseg.deploy.export import export_checkpoint
+from crackseg.cli import run_hydra_main
+from crackseg.deploy.onnx_export import export_checkpoint
+from crackseg.runs.folder import refuse_used_folder
+from crackseg.runs.lifecycle import run_task
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export into a folder of its own: never one holding a run."""
+    refuse_used_folder(Path(cfg.paths.output_dir))
+    return export_checkpoint(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def hydra_main(cfg: DictConfig) -> float | None:
-    return run_task(export_checkpoint, cfg, objective="")
+    return run_task(export, cfg, objective="")
 
 
 def main() -> None:

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import hydra
 from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
-from crackseg.cli import run_hydra_main, run_task
-from crackseg.deploy.pipeline import predict_folder
+from crackseg.cli import run_hydra_main
+from crackseg.deploy.predict_folder import predict_folder
+from crackseg.runs.folder import refuse_used_folder
+from crackseg.runs.lifecycle import run_task
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Predict into a folder of its own: never one holding a run."""
+    refuse_used_folder(Path(cfg.paths.output_dir))
+    return predict_folder(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def hydra_main(cfg: DictConfig) -> float | None:
-    return run_task(predict_folder, cfg, objective="")
+    return run_task(predict, cfg, objective="")
 
 
 def main() -> None:

@@ -2,12 +2,60 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Any
+
 import hydra
-from omegaconf import DictConfig
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
-from crackseg.cli import run_hydra_main, run_task
-from crackseg.pipeline import train
+from crackseg.callbacks import EvaluationReport
+from crackseg.cli import run_hydra_main
+from crackseg.data.datamodule import CrackDataModule
+from crackseg.models.lit_segdec import SegDecModule
+from crackseg.runs.config_checks import check_config
+from crackseg.runs.lifecycle import run_task
+from crackseg.runs.trainer import (
+    build_trainer,
+    record_start,
+    start_training_run,
+    validate_chosen_weights,
+)
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, pick the evaluated weights, choose the thresholds on validation, test, report.
+
+    A stopped run continues from its newest checkpoint (``resume=``, crackseg.runs.folder).
+    """
+    cfg, checkpoint = start_training_run(cfg)  # the run folder: a new run, or one resumed
+    check_config(cfg)
+    record_start(cfg, checkpoint)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule: CrackDataModule = instantiate(cfg.data, _convert_="all")
+    module: SegDecModule = instantiate(
+        cfg.model, _convert_="all", run_config=OmegaConf.to_yaml(cfg, resolve=True)
+    )
+    output_dir = Path(cfg.paths.output_dir)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks.append(EvaluationReport(str(output_dir), cfg.num_dice_panels, cfg, cfg.report_title))
+    trainer = build_trainer(cfg, callbacks, resume_from=checkpoint)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+    if trainer.is_global_zero:
+        datamodule.save_split(output_dir / "split.csv")
+    # The best weights by validation AP (or the final ones); validating them sets the thresholds.
+    validate_chosen_weights(
+        trainer, module, datamodule, use_best=cfg.use_best_model and cfg.validate
+    )
+    trainer.test(module, datamodule=datamodule, verbose=False)  # writes metrics and report.md
+    return module.test_results
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -204,7 +204,7 @@ def machine_line() -> str:
     AVX-512 BF16, Intel Xeon with AMX), and so do their bf16 kernels and timings."""
     import torch
 
-    from crackseg.hardware import cpu_bf16_features, cpu_model
+    from crackseg.models.precision import cpu_bf16_features, cpu_model
 
     features = ", ".join(cpu_bf16_features()) or "none"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

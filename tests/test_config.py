@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from crackseg import CONFIG_DIR
-from crackseg.config_checks import check_config
 from crackseg.evaluation.report import run_parameters_from_config
+from crackseg.runs.config_checks import check_config
 
 SEED_REPORT = SHARED / "seed" / "crack_segmentation_results.md"
 

@@ -1,4 +1,4 @@
-"""Independent trainings on one machine share the CPU cores (crackseg.cpu_share)."""
+"""Independent trainings on one machine share the CPU cores (crackseg.runs.cpu_share)."""
 
 import math
 import multiprocessing
@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from crackseg.cpu_share import RunRegistry, ShareCoresWithOtherRuns
+from crackseg.runs.cpu_share import RunRegistry, ShareCoresWithOtherRuns
 
 
 def _hold_an_entry(folder, ready, stop):
@@ -76,14 +76,14 @@ def test_a_run_takes_its_share_when_another_starts_and_all_cores_when_alone(tmp_
 def test_a_sweep_job_never_takes_more_than_its_split_of_the_cores():
     share = ShareCoresWithOtherRuns(workers=0)
     share.cores = 8
-    share.own_threads = 2  # what crackseg.sweep.threads gave a job of 4 side by side
+    share.own_threads = 2  # what crackseg.runs.threads gave a job of 4 side by side
     assert share.threads_for(1) == 2  # no other training: its split
     assert share.threads_for(4) == 2  # its own sweep's jobs: the same split
     assert share.threads_for(6) == 1  # two more trainings started beside the sweep
 
 
 def test_runs_on_disjoint_cores_use_separate_registries():
-    from crackseg.cpu_share import default_registry
+    from crackseg.runs.cpu_share import default_registry
 
     cores = os.sched_getaffinity(0)
     here = default_registry()
@@ -113,10 +113,10 @@ def test_a_run_shares_the_cores_unless_its_threads_are_pinned(
     share_cpu_cores = share_cpu_cores is not False
     from omegaconf import OmegaConf
 
-    import crackseg.pipeline
-    from crackseg.pipeline import build_trainer
+    import crackseg.runs.trainer
+    from crackseg.runs.trainer import build_trainer
 
-    monkeypatch.setattr(crackseg.pipeline, "in_local_parallel_sweep", lambda: sweep_job)
+    monkeypatch.setattr(crackseg.runs.trainer, "in_local_parallel_sweep", lambda: sweep_job)
 
     if omp_num_threads is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -17,12 +17,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import crackseg.resolvers  # noqa: F401  (the configs' resolvers)
+import crackseg.runs.resolvers  # noqa: F401  (the configs' resolvers)
 from crackseg import CONFIG_DIR
-from crackseg.config_checks import check_config
 from crackseg.data.download import download_archive, extract_archive, prepare_dataset
 from crackseg.data.layouts import index_layout
 from crackseg.errors import ConfigError, DataError
+from crackseg.runs.config_checks import check_config
 
 
 def _png_bytes(value: int) -> bytes:

@@ -14,7 +14,7 @@ from conftest import SHARED, one_line_error, run_entry
 
 from crackseg.data.io import read_image
 from crackseg.deploy.backends import OnnxBackend, optional_import
-from crackseg.deploy.export import Difference, compare_runtimes
+from crackseg.deploy.onnx_export import Difference, compare_runtimes
 from crackseg.errors import CracksegError
 from crackseg.models.checkpoint import load_module
 

@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from crackseg.atomic import AtomicCheckpointIO, atomic_write_text, remove_partial_writes
 from crackseg.cli import one_line
 from crackseg.data.sampler import BalancedNegativeSampler
-from crackseg.run_folder import (
+from crackseg.runs.folder import (
     LOCK_FILE,
     claim_run_folder,
     config_differences,

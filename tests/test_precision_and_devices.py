@@ -9,8 +9,9 @@ import torch
 from helpers.bf16_bounds import FLOAT32_NOISE, bf16_relative_bound, on_bf16_grid
 from torch.utils.data import DataLoader
 
-from crackseg import hardware
+from crackseg.models import precision
 from crackseg.models.lit_segdec import SegDecModule
+from crackseg.runs import hardware
 
 NET = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
 
@@ -162,10 +163,10 @@ def test_bf16_mixed_runs_the_network_in_bf16_in_every_stage_and_the_loss_in_floa
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_in_bf16(monkeypatch):
-    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert hardware.resolve_precision("auto", "auto") == "bf16-mixed"
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert hardware.resolve_precision("auto", "cpu") == "32-true"
     assert hardware.resolve_precision("32-true", "cpu") == "32-true"
     assert hardware.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
@@ -173,28 +174,28 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_in_bf16(monkeypatch)
 
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    monkeypatch.setattr(hardware, "Path", lambda _: cpuinfo)
-    monkeypatch.setattr(hardware.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(precision, "Path", lambda _: cpuinfo)
+    monkeypatch.setattr(precision.platform, "system", lambda: "Linux")
     for flags, native in (
         ("fpu avx512f avx512_bf16", True),
         ("fpu amx_bf16", True),
         ("fpu avx512f", False),
     ):
         cpuinfo.write_text(f"processor : 0\nflags : {flags}\n")
-        hardware.cpu_has_native_bf16.cache_clear()
-        assert hardware.cpu_has_native_bf16() is native
-    hardware.cpu_has_native_bf16.cache_clear()
+        precision.cpu_has_native_bf16.cache_clear()
+        assert precision.cpu_has_native_bf16() is native
+    precision.cpu_has_native_bf16.cache_clear()
 
 
 def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):
-    from crackseg.data.datamodule import CrackDataModule
+    from crackseg.data.datamodule import CrackDataModule, eval_batch_size
 
-    assert hardware.eval_batch_size("auto", 4, "cpu", 640 * 232) == 1
-    assert hardware.eval_batch_size("auto", 4, "cpu", 128 * 128) == 8
-    assert hardware.eval_batch_size("auto", 4, "cpu", 32 * 32) == 16
-    assert hardware.eval_batch_size("auto", 4, "cuda", 640 * 232) == 16
-    assert hardware.eval_batch_size(None, 4, "cuda", 1) == 4
-    assert hardware.eval_batch_size(8, 4, "cpu", 1) == 8
+    assert eval_batch_size("auto", 4, "cpu", 640 * 232) == 1
+    assert eval_batch_size("auto", 4, "cpu", 128 * 128) == 8
+    assert eval_batch_size("auto", 4, "cpu", 32 * 32) == 16
+    assert eval_batch_size("auto", 4, "cuda", 640 * 232) == 16
+    assert eval_batch_size(None, 4, "cuda", 1) == 4
+    assert eval_batch_size(8, 4, "cpu", 1) == 8
     data = CrackDataModule(root=str(tmp_path), input_height=64, input_width=128, batch_size=4)
     assert data.eval_batch_size == 16  # no trainer: the CPU; 2^17 / (64 x 128) = 16
 

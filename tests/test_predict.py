@@ -26,7 +26,7 @@ from crackseg.deploy.backends import (
     open_backend,
     resolve_device,
 )
-from crackseg.deploy.pipeline import (
+from crackseg.deploy.predict_folder import (
     CRACK_COLUMNS,
     PREDICTION_COLUMNS,
     _readable,
@@ -157,8 +157,8 @@ def test_a_folder_holding_earlier_predictions_but_no_status_is_refused(tmp_path,
 
 def test_hydra_keeps_its_config_out_of_a_folder_holding_earlier_predictions(tmp_path):
     """The refused command must not have replaced the earlier prediction's .hydra/ first."""
-    from crackseg.resolvers import hydra_subdir
-    from crackseg.run_folder import release_run_folder
+    from crackseg.runs.folder import release_run_folder
+    from crackseg.runs.resolvers import hydra_subdir
 
     try:
         assert hydra_subdir(str(tmp_path), None) == ".hydra"
@@ -400,7 +400,7 @@ def test_a_failed_write_of_a_map_or_a_table_names_its_file(tmp_path, monkeypatch
 
 def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     from crackseg.deploy.backends import ModelInfo
-    from crackseg.deploy.pipeline import REFERENCE_COLUMNS, ResultWriter, dice_iou
+    from crackseg.deploy.predict_folder import REFERENCE_COLUMNS, ResultWriter, dice_iou
     from crackseg.deploy.predictor import ImagePrediction
 
     references = tmp_path / "truth"
@@ -428,7 +428,7 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
 
 def test_an_image_with_a_name_of_240_characters_gets_its_outputs(tmp_path):
     from crackseg.deploy.backends import ModelInfo
-    from crackseg.deploy.pipeline import ResultWriter
+    from crackseg.deploy.predict_folder import ResultWriter
     from crackseg.deploy.predictor import ImagePrediction
 
     name = "c" * 236 + ".jpg"
@@ -442,7 +442,7 @@ def test_an_image_with_a_name_of_240_characters_gets_its_outputs(tmp_path):
 
 def test_two_reference_masks_of_one_name_are_refused(tmp_path):
     from crackseg.deploy.backends import ModelInfo
-    from crackseg.deploy.pipeline import ResultWriter
+    from crackseg.deploy.predict_folder import ResultWriter
 
     for name in ("road.png", "road.bmp", "wall.png"):
         cv2.imwrite(str(tmp_path / name), np.zeros((4, 4), np.uint8))

@@ -10,9 +10,9 @@ from conftest import run_tiny
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 
-import crackseg.progress as progress
-from crackseg.pipeline import build_trainer
-from crackseg.progress import EpochLog, epoch_line, format_duration, progress_callbacks
+import crackseg.runs.progress as progress
+from crackseg.runs.progress import EpochLog, epoch_line, format_duration, progress_callbacks
+from crackseg.runs.trainer import build_trainer
 
 METRICS = {
     "train/loss": 0.41234,
@@ -75,7 +75,7 @@ def test_a_run_off_a_terminal_logs_one_line_per_epoch(tmp_path: Path, tiny_data_
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "\r" not in output and "it/s]" not in output  # no bar fragments
-    lines = [line for line in output.splitlines() if "[crackseg.progress]" in line]
+    lines = [line for line in output.splitlines() if "[crackseg.runs.progress]" in line]
     assert len(lines) == 2, output[-3000:]
     assert "epoch 1/2: loss " in lines[0] and "lambda_dec" in lines[0]
     assert "val AP" not in lines[0]  # epoch 1 does not validate (every 2 epochs)

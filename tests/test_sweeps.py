@@ -23,16 +23,16 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 import crackseg.cli as cli
-import crackseg.sweep.gpus as gpus
+import crackseg.runs.gpus as gpus
+import crackseg.runs.threads as threads
 import crackseg.sweep.summary as summary
-import crackseg.sweep.threads as threads
-from crackseg.config_checks import check_config
-from crackseg.resolvers import job_folder
-from crackseg.run_folder import LOCK_FILE, lock_file
-from crackseg.sweep import claim_gpu, job_device_context, job_dirname, visible_gpus
+from crackseg.runs.config_checks import check_config
+from crackseg.runs.folder import LOCK_FILE, lock_file
+from crackseg.runs.gpus import claim_gpu, job_device_context, visible_gpus
+from crackseg.runs.resolvers import job_dirname, job_folder
+from crackseg.runs.threads import jobs_side_by_side, set_job_threads, threads_per_job
 from crackseg.sweep.job_names import common_keys, exclude_override, shared_settings, swept_keys
 from crackseg.sweep.summary import collect_runs, main
-from crackseg.sweep.threads import jobs_side_by_side, set_job_threads, threads_per_job
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"

@@ -23,11 +23,31 @@ from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.data.samples import Sample, count_positives
 from crackseg.data.splits import resolve_splits, write_split_csv
 from crackseg.errors import ConfigError, DataError, describe_files
-from crackseg.evaluation.weak_ranking import read_ranked_ids
-from crackseg.hardware import eval_batch_size
-from crackseg.models.segdecnet import check_input_size
 
 log = logging.getLogger(__name__)
+
+#: Evaluation batches on a CPU hold about this many input pixels: the paper's network at
+#: 640x232 predicts 18 % fewer images/s at batch 8 than at batch 1 (its activations outgrow
+#: the caches), the narrow demo network at 128x128 27 % more (benchmarks/README.md).
+CPU_EVAL_PIXELS = 2**17
+MAX_CPU_EVAL_BATCH = 16
+#: A GPU wants batches.
+GPU_EVAL_BATCH = 16
+
+
+def eval_batch_size(
+    setting: int | str | None, batch_size: int, device_type: str, pixels: int
+) -> int:
+    """``data.eval_batch_size``: a number, null (the training batch size), or ``auto``: 16 on
+    a GPU; on a CPU as many images of ``pixels`` (height x width) as make ~2^17 pixels,
+    1 to 16."""
+    if setting is None:
+        return batch_size
+    if str(setting) != "auto":
+        return int(setting)
+    if device_type == "cuda":
+        return GPU_EVAL_BATCH
+    return max(1, min(MAX_CPU_EVAL_BATCH, CPU_EVAL_PIXELS // max(1, pixels)))
 
 
 def worker_start_method() -> str | None:
@@ -56,6 +76,16 @@ def choose_segmented(positives: list[Sample], num_segmented: int | None, seed: i
         )
     order = np.random.default_rng(seed).permutation(len(with_mask))
     return {with_mask[i] for i in order[:num_segmented]}
+
+
+def read_ranked_ids(path: str | Path) -> list[str]:
+    """The sample ids of a ranking, in file order: ``weak_ranking.csv`` (written by
+    crackseg.evaluation.weak_ranking) or any CSV with a ``sample_id`` column."""
+    with Path(path).open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "sample_id" not in reader.fieldnames:
+            raise ValueError(f"{path} has no sample_id column")
+        return [row["sample_id"] for row in reader if row["sample_id"]]
 
 
 def extra_segmented_ids(
@@ -151,7 +181,6 @@ class CrackDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        check_input_size(input_height, input_width)
         if input_channels not in (1, 3):
             raise ConfigError(f"data.input_channels must be 1 or 3, not {input_channels}")
         self.root = Path(root).expanduser()

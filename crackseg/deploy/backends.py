@@ -22,14 +22,14 @@ import torch
 
 from crackseg import __version__
 from crackseg.errors import ConfigError, CracksegError
-from crackseg.hardware import BF16, native_precision
 from crackseg.models.checkpoint import load_module, thresholds
 from crackseg.models.lit_segdec import SegDecModule
+from crackseg.models.precision import BF16, native_precision
 
 log = logging.getLogger(__name__)
 
 DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
-#: auto: bf16 where the device computes in bf16 natively (crackseg.hardware), else 32.
+#: auto: bf16 where the device computes in bf16 natively (crackseg.models.precision), else 32.
 PRECISIONS = ("auto", "32", "bf16")
 #: onnxruntime's execution providers crackseg asks for.
 CUDA_PROVIDER = "CUDAExecutionProvider"

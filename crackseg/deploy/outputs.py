@@ -16,6 +16,21 @@ import numpy as np
 
 from crackseg.atomic import atomic_write_bytes, atomic_write_text
 
+#: What a prediction writes into its run folder: its tables and its folders of images.
+OUTPUT_TABLES = ("predictions.csv", "cracks.csv")
+OUTPUT_FOLDERS = ("probabilities", "masks", "overlays")
+
+
+def earlier_predictions(folder: Path) -> list[str]:
+    """The outputs of another prediction in ``folder`` (tables, non-empty image folders)."""
+    found = [name for name in OUTPUT_TABLES if (folder / name).exists()]
+    return found + [
+        f"{name}/"
+        for name in OUTPUT_FOLDERS
+        if (folder / name).is_dir() and any((folder / name).iterdir())
+    ]
+
+
 #: Colour (RGB) and opacity of the crack tint in the overlays.
 TINT = np.array([255, 0, 0], np.float32)
 TINT_OPACITY = 0.55

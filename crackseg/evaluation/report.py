@@ -59,6 +59,33 @@ EXTRA_RUN_PARAMETER_ROWS = (
     ("Precision", "trainer.precision", "str"),
 )
 
+#: Hyperparameters shown in TensorBoard's HParams tab, by name -> config key.
+HPARAMS = {
+    "dilate": "data.dilate",
+    "weighted_seg_p": "loss.weighted_seg_p",
+    "weighted_seg_max": "loss.weighted_seg_max",
+    "delta_cls": "loss.delta_cls",
+    "lr": "optim.lr",
+    "epochs": "trainer.max_epochs",
+    "batch_size": "data.batch_size",
+    "num_segmented": "data.num_segmented",
+    "dynamic_balance": "loss.dynamic_balance",
+    "frequency_sampling": "data.frequency_sampling",
+    "gradient_adjustment": "loss.gradient_adjustment",
+    "weighted_seg": "loss.weighted_seg",
+    "seed": "seed",
+}
+
+#: What every report says about how its numbers were made.
+REPORT_NOTES = (
+    "The segmentation threshold is chosen on the validation split (the one maximising mean "
+    "Dice over its positives) and applied unchanged to the test split.",
+    "Dice and IoU are per test positive, against the undilated ground-truth mask at the input "
+    "size (taken at one half where it was resized); an empty prediction on a positive scores 0.",
+    "A split with only positives or only negatives has no defined AUC or AP: they are "
+    "reported as n/a (null in metrics.json).",
+)
+
 NOT_AVAILABLE = "n/a"
 _MISSING = object()
 
@@ -135,6 +162,15 @@ def run_parameters_from_config(cfg: Any) -> list[tuple[str, object]]:
         if value is not _MISSING:
             rows.append((name, _format_value(value, kind)))
     return rows
+
+
+def hparams_of(cfg: Any) -> dict[str, Any]:
+    """The swept run parameters as TensorBoard accepts them (numbers, booleans, strings)."""
+    values = {}
+    for name, key in HPARAMS.items():
+        value = OmegaConf.select(cfg, key)
+        values[name] = "all" if value is None else value
+    return values
 
 
 def dataset_table_from_counts(
@@ -306,3 +342,24 @@ def write_report(
     atomic_write_text(path, "\n".join(lines) + "\n")
     log.info("Wrote %s", path)
     return path
+
+
+def write_run_report(
+    run_dir: Path,
+    cfg: Any,
+    title: str,
+    metrics: Mapping[str, Any],
+    split_counts: Mapping[str, tuple[int, int]],
+    num_segmented: int,
+) -> Path:
+    """``report.md`` of a run composed with ``cfg``, from its test metrics and split sizes."""
+    return write_report(
+        run_dir,
+        title=title,
+        dataset=dataset_table_from_counts(cfg, split_counts, num_segmented),
+        split_counts=split_counts,
+        run_parameters=run_parameters_from_config(cfg),
+        metrics=metrics,
+        dice_files=metrics["dice_files"],
+        notes=list(REPORT_NOTES),
+    )

@@ -82,12 +82,3 @@ def write_ranking(path: str | Path, ranked: Sequence[dict[str, Any]]) -> Path:
         )
     atomic_write_text(path, table.getvalue())
     return Path(path)
-
-
-def read_ranked_ids(path: str | Path) -> list[str]:
-    """The sample ids of a ranking (or any CSV with a ``sample_id`` column), in file order."""
-    with Path(path).open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "sample_id" not in reader.fieldnames:
-            raise ValueError(f"{path} has no sample_id column")
-        return [row["sample_id"] for row in reader if row["sample_id"]]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from crackseg.errors import CracksegError
 from crackseg.models.lit_segdec import SegDecModule
@@ -77,3 +78,20 @@ def load_module(path: str | Path) -> SegDecModule:
 def thresholds(module: SegDecModule) -> tuple[float, float]:
     """(image threshold, segmentation threshold) the module's weights were validated with."""
     return float(module.image_threshold), float(module.seg_threshold)
+
+
+def check_input_shape(module: SegDecModule, channels: int, height: int, width: int) -> None:
+    """The data must come in the shape the weights were trained on."""
+    hp = module.hparams
+    trained = (hp.input_channels, hp.input_height, hp.input_width)
+    asked = (channels, height, width)
+    if trained != asked:
+        raise CracksegError(
+            "checkpoint was trained on {}x{}x{} inputs but the data config gives {}x{}x{} "
+            "(set data.input_channels/input_height/input_width to match)".format(*trained, *asked)
+        )
+
+
+def trained_run_config(module: SegDecModule) -> DictConfig:
+    """The config the module's training run was composed with (empty for old checkpoints)."""
+    return OmegaConf.create(module.hparams.get("run_config") or "{}")

@@ -22,7 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from crackseg.run_folder import RESUME_FREE_KEYS
+from crackseg.runs.folder import RESUME_FREE_KEYS
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,16 @@ from crackseg.data.io import is_image_file, list_image_files, read_image, read_m
 from crackseg.data.layouts import BINARIZE_THRESHOLD, files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
-from crackseg.deploy.outputs import overlay, probability_image, write_csv, write_png
+from crackseg.deploy.outputs import (
+    earlier_predictions,
+    overlay,
+    probability_image,
+    write_csv,
+    write_png,
+)
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
 from crackseg.errors import DataError, RunFolderError, describe_files
-from crackseg.run_folder import refuse_used_folder
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +64,6 @@ CRACK_COLUMNS = [
 #: Added when ``pixel_size_mm`` is given: the pixel columns above, in millimetres.
 PREDICTION_MM_COLUMNS = ["total_length_mm", "max_width_mm", "mean_width_mm"]
 CRACK_MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
-#: What a prediction writes into its run folder: its tables and its folders of images.
-OUTPUT_TABLES = ("predictions.csv", "cracks.csv")
-OUTPUT_FOLDERS = ("probabilities", "masks", "overlays")
-
-
-def earlier_predictions(folder: Path) -> list[str]:
-    """The outputs of another prediction in ``folder`` (tables, non-empty image folders)."""
-    found = [name for name in OUTPUT_TABLES if (folder / name).exists()]
-    return found + [
-        f"{name}/"
-        for name in OUTPUT_FOLDERS
-        if (folder / name).is_dir() and any((folder / name).iterdir())
-    ]
 
 
 def refuse_earlier_predictions(folder: Path) -> None:
@@ -226,7 +218,6 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     """Predict every image of ``cfg.input`` into the run folder; return the run's counts."""
     settings = PredictSettings.from_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    refuse_used_folder(output_dir)
     refuse_earlier_predictions(output_dir)
     source = Path(settings.input).expanduser()
     paths = list_images(source)

@@ -22,7 +22,7 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
-from crackseg.sweep.gpus import current_hydra_config, runs_parallel_locally
+from crackseg.runs.gpus import current_hydra_config, runs_parallel_locally
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Independent trainings on one machine share its CPU cores.
 
-The jobs of a local parallel sweep split the cores from the start (crackseg.sweep.threads);
+The jobs of a local parallel sweep split the cores from the start (crackseg.runs.threads);
 two trainings started separately (two terminals, two scripts) know nothing of each other
 and each keep a thread per core, which on 2 cores made both over five times slower than
 one alone. So every training whose thread count nobody pinned (no OMP_NUM_THREADS, not
@@ -15,7 +15,7 @@ Its own count is torch's default (one thread per core) for a single run, and its
 the sweep's cores for a job of a local parallel sweep, which so counts, and is counted by,
 trainings started beside the sweep.
 
-An entry is a file locked with :func:`crackseg.run_folder.lock_file` (an OS lock that dies
+An entry is a file locked with :func:`crackseg.runs.folder.lock_file` (an OS lock that dies
 with its process, and is not inherited by loader workers); an entry whose lock can be taken
 belongs to a run that died and is removed by whoever finds it.
 """
@@ -35,8 +35,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from crackseg.run_folder import lock_file
-from crackseg.sweep.threads import threads_per_job, usable_cores
+from crackseg.runs.folder import lock_file
+from crackseg.runs.threads import threads_per_job, usable_cores
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,13 @@
 hydra/default.yaml) send a resumed run back into its own folder without rewriting its
 ``.hydra/``; ``${crackseg.job_log:OUTPUT_DIR,NAME}``, the job's log file, is what Hydra
 resolves first once it has the job's folder, so the folder is claimed for this process
-there, before the log file and ``.hydra/`` are written (crackseg.run_folder);
+there, before the log file and ``.hydra/`` are written (crackseg.runs.folder);
 ``${crackseg.job_folder:NUM,OVERRIDE_DIRNAME}`` names multirun job folders
 (``crackseg.dirname``, its name part, is what folders of earlier sweeps recorded);
 ``${crackseg.local_jobs:N}`` (conf/hydra/launcher/local_parallel.yaml) sizes a local
 parallel sweep; ``${crackseg.any_segmented:NUM_SEGMENTED}`` turns gradient-flow adjustment
 off for fully weak runs in conf/sweep/cfd_num_segmented.yaml. Every entry point
-imports this module through crackseg.cli, and Hydra's launcher workers through the sweep
+imports this module through crackseg.runs.lifecycle, and Hydra's launcher workers through the sweep
 summary callback.
 """
 
@@ -54,7 +54,7 @@ def run_dir(resume: object, default: str) -> str:
 
     Hydra creates the folder right after; a ``resume=`` naming no run is refused first.
     """
-    from crackseg.run_folder import check_resume_folder
+    from crackseg.runs.folder import check_resume_folder
 
     if not _resumes_folder(resume):
         return default
@@ -69,7 +69,7 @@ def job_log(output_dir: str, job_name: str) -> str:
     ``.hydra/``: claiming here is the earliest point that knows the folder, whether it came
     from ``hydra.run.dir`` (typed or not) or from ``hydra.sweep.dir``/``subdir``.
     """
-    from crackseg.run_folder import claim_run_folder
+    from crackseg.runs.folder import claim_run_folder
 
     claim_run_folder(output_dir)
     return str(Path(output_dir) / f"{job_name}.log")
@@ -84,8 +84,8 @@ def hydra_subdir(output_dir: str, resume: object, job_name: str | None = None) -
     it first. The folder is claimed here too, for a job logging config without
     :func:`job_log`.
     """
-    from crackseg.deploy.pipeline import earlier_predictions
-    from crackseg.run_folder import claim_run_folder, holds_run, used_by_another_command
+    from crackseg.deploy.outputs import earlier_predictions
+    from crackseg.runs.folder import claim_run_folder, holds_run, used_by_another_command
 
     claim_run_folder(output_dir)
     folder = Path(output_dir)
@@ -96,7 +96,7 @@ def hydra_subdir(output_dir: str, resume: object, job_name: str | None = None) -
 
 
 def _local_jobs(default: int) -> int:
-    from crackseg.sweep.gpus import local_jobs
+    from crackseg.runs.gpus import local_jobs
 
     return local_jobs(default)
 

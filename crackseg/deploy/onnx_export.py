@@ -29,13 +29,12 @@ from crackseg.atomic import atomic_path, atomic_write_text
 from crackseg.data.io import read_image
 from crackseg.data.labels import resize_image
 from crackseg.deploy.backends import ModelInfo, optional_import
-from crackseg.deploy.pipeline import list_images
+from crackseg.deploy.predict_folder import list_images
 from crackseg.deploy.tiling import TileGrid
 from crackseg.errors import ConfigError, CracksegError, DataError
 from crackseg.models.checkpoint import load_module
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.models.segdecnet import DECISION_STRIDE, OUTPUT_STRIDE
-from crackseg.run_folder import refuse_used_folder
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +168,6 @@ def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     ort = optional_import("onnxruntime", "crackseg-export")
     optional_import("onnx", "crackseg-export")
     output_dir = Path(cfg.paths.output_dir)
-    refuse_used_folder(output_dir)
     module = load_module(cfg.ckpt_path)
     info = ModelInfo.of_module(module)
     images = read_check_images(cfg.check_images, cfg.num_check_images, info.input_channels)

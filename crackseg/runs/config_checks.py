@@ -31,7 +31,7 @@ def _number(value: Any) -> bool:
 #: ``trainer.accelerator`` values (Lightning's, which picks among them; ``auto`` takes a GPU
 #: where there is one).
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-#: ``trainer.precision`` values: Lightning's, and ``auto`` (crackseg.hardware).
+#: ``trainer.precision`` values: Lightning's, and ``auto`` (crackseg.runs.hardware).
 PRECISIONS = (
     "auto", "32-true", "32", "bf16-mixed", "bf16", "bf16-true", "16-mixed", "16", "16-true",
     "64-true", "64",
@@ -44,6 +44,9 @@ def _devices(value: Any) -> bool:
         return len(value) > 0 and all(_integer(v) and v >= 0 for v in value)
     return value == "auto" or (_integer(value) and (value >= 1 or value == -1))
 
+
+#: Where crackseg-eval takes its thresholds from.
+THRESHOLD_SOURCES = ("checkpoint", "validation")
 
 #: key -> (accepts the value, what it must be). Keys absent from a config are skipped.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -77,6 +80,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.precision": (lambda v: str(v) in PRECISIONS, ", ".join(PRECISIONS)),
     "loss.decision_target": (lambda v: v in DECISION_TARGETS, " or ".join(DECISION_TARGETS)),
     "loss.batch_reduction": (lambda v: v in BATCH_REDUCTIONS, " or ".join(BATCH_REDUCTIONS)),
+    "thresholds": (lambda v: v in THRESHOLD_SOURCES, "one of " + ", ".join(THRESHOLD_SOURCES)),
 }
 
 BOOLEAN_KEYS = (
@@ -109,6 +113,11 @@ def check_config(cfg: DictConfig) -> None:
     fractions = [OmegaConf.select(cfg, f"data.{k}_fraction", default=0) for k in ("val", "test")]
     if sum(fractions) >= 1:
         raise ConfigError("data.val_fraction plus data.test_fraction must be below 1")
+    if cfg.get("thresholds") == "validation" and OmegaConf.select(cfg, "data.all_as_test"):
+        raise ConfigError(
+            "thresholds=validation needs a validation split, but data.all_as_test=true "
+            "puts every sample in the test split"
+        )
     download = OmegaConf.select(cfg, "data.download", default=None)
     if isinstance(download, DictConfig) and download.get("url"):
         _check_download_checksum(download)

@@ -1,0 +1,165 @@
+"""A run's life around its task: its status, skipping a sweep's finished jobs, refusing a
+sweep run again with other settings, and a clear end when it is stopped or fails."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
+from crackseg.cli import is_storage_error, one_line, print_line, root_cause
+from crackseg.errors import CracksegError, RunFolderError, SweepSettingsError
+from crackseg.runs.config_checks import check_config
+from crackseg.runs.folder import (
+    check_sweep_resume,
+    claim_run_folder,
+    config_differences,
+    finished_status,
+    hydra_job,
+    is_rank_zero,
+    release_run_folder,
+    write_status,
+)
+from crackseg.runs.gpus import job_device_context
+from crackseg.runs.threads import set_job_threads
+from crackseg.sweep.job_names import setting_changes, shared_settings, swept_keys
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a run stopped by SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
+EXIT_STOPPED = 143
+
+
+def run_task(
+    task: Callable[[DictConfig], dict[str, Any]],
+    cfg: DictConfig,
+    objective: str = "best_val_image_ap",
+) -> float | None:
+    """Run ``task`` and return the metric a sweeper optimises.
+
+    A user's mistake ends a single run with one line and exit code 2. In a multirun every
+    failure (including out-of-memory) is written to the job's ``status.json`` and the sweep
+    goes on; a job already finished in its folder is skipped, so re-running a sweep into
+    the same ``hydra.sweep.dir`` resumes it. A run stopped by SIGTERM or Ctrl-C exits with
+    status 143 (a sweep stops there too), leaving the checkpoint to resume from.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    multirun, _ = hydra_job()
+    try:
+        # Held since Hydra set up the job's log (crackseg.runs.resolvers.job_log); claimed here
+        # too in case the logging config was replaced.
+        claim_run_folder(output_dir)
+        if multirun and cfg.get("skip_finished", True):
+            done = finished_status(output_dir)
+            if done is not None:
+                _refuse_other_settings(output_dir, cfg)
+                log.info("skipping %s: finished in an earlier sweep", output_dir)
+                return done.get("metrics", {}).get(objective)
+        with job_device_context(cfg):  # one GPU per job in a local parallel sweep
+            set_job_threads(cfg)  # and a share of the CPU cores
+            results = task(cfg)
+    except SIGTERMException:
+        _record(output_dir, "interrupted")
+        if multirun:
+            sweep_dir = HydraConfig.get().sweep.dir
+            print_line(f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}")
+        else:
+            print_line(f"stopped: continue with  crackseg-train resume={output_dir}")
+        sys.exit(EXIT_STOPPED)
+    except Exception as raised:
+        error = root_cause(raised)
+        if multirun and isinstance(error, SweepSettingsError):
+            raise error from None  # the whole sweep's mistake: it ends the sweep
+        expected = isinstance(error, CracksegError) or is_storage_error(error)
+        if expected and not isinstance(error, RunFolderError):
+            _record(output_dir, "failed", error=one_line(error))
+        if not multirun:
+            if expected:
+                print_line(f"error: {one_line(error)}")
+                sys.exit(2)
+            raise
+        if not expected:
+            log.exception("job failed")
+            _record(output_dir, "failed", error=one_line(error))
+        log.error("job failed: %s", one_line(error))
+        return None
+    else:
+        metrics = {k: v for k, v in results.items() if isinstance(v, int | float | str | None)}
+        if is_rank_zero():
+            write_status(output_dir, "finished", metrics=metrics)
+        return metrics.get(objective)
+    finally:
+        release_run_folder(output_dir)  # the next job of a sweep may run in this process
+
+
+def _refuse_other_settings(output_dir: Path, cfg: DictConfig) -> None:
+    """A sweep run again must have the settings of its finished jobs: their folders are
+    named by the swept values only, so another setting would reuse results it did not make."""
+    saved_path = output_dir / ".hydra" / "config.yaml"
+    if not saved_path.is_file():
+        return
+    if changed := config_differences(OmegaConf.load(saved_path), cfg):
+        raise _ran_with_other_settings(output_dir, changed)
+
+
+def _ran_with_other_settings(job: Path, changed: list[str]) -> SweepSettingsError:
+    return SweepSettingsError(
+        f"the finished job in {job} ran with other settings ({'; '.join(changed)}); "
+        "use another hydra.sweep.dir"
+    )
+
+
+def _record(output_dir: Path, status: str, **fields: Any) -> None:
+    """Rank 0 writes the status; best effort, as on a full disk it may not be writable."""
+    if not is_rank_zero():
+        return
+    try:
+        write_status(output_dir, status, **fields)
+    except OSError as error:
+        log.warning("could not write the run status: %s", error)
+
+
+class SweepChecksCallback(Callback):
+    """Hydra callback: refuse a multirun whose shared settings cannot work before any job
+    (or its folder) is started: ``resume=RUN_DIR``, and the values
+    :func:`crackseg.runs.config_checks.check_config` checks (swept values are checked by each
+    job), and a sweep run again over finished jobs that had other settings. One line and
+    exit 2, as Hydra turns a callback's exception into a warning."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_sweep_resume(config.get("resume"))
+            check_config(config)
+            if config.get("skip_finished", True):
+                refuse_finished_jobs_with_other_settings(config)
+        except CracksegError as error:
+            print_line(f"error: {one_line(error)}")
+            sys.exit(2)
+
+
+def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
+    """Finished jobs of the sweep folder are skipped, and their folders are named by the
+    swept values only: a setting given otherwise on the command line (``trainer.max_epochs=20``
+    after a 10-epoch sweep) would reuse results it did not make. Compared before any job runs
+    (each job also compares its whole saved config when it is skipped)."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    if not sweep_dir.is_dir():
+        return
+    task = OmegaConf.to_container(config.hydra.overrides.task)
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    swept = swept_keys(task, params)
+    wanted = shared_settings(task, swept)
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        saved = job / ".hydra" / "overrides.yaml"
+        if finished_status(job) is None or not saved.is_file():
+            continue
+        if changed := setting_changes(shared_settings(OmegaConf.load(saved), swept), wanted):
+            raise _ran_with_other_settings(job, changed[:3])

@@ -1,0 +1,146 @@
+"""The Lightning Trainer of a run, and the run's start: the machine's settings made concrete,
+the run folder prepared (new or resumed), the run's status and provenance recorded."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import get_class, instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
+
+from crackseg.atomic import AtomicCheckpointIO
+from crackseg.callbacks import ValidateOnLastEpoch
+from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
+from crackseg.runs.folder import (
+    checkpoint_step,
+    hydra_job,
+    is_rank_zero,
+    prepare_training_run,
+    write_run_info,
+    write_status,
+)
+from crackseg.runs.gpus import in_local_parallel_sweep
+from crackseg.runs.hardware import check_accelerator, resolve_precision
+from crackseg.runs.progress import progress_callbacks
+
+log = logging.getLogger(__name__)
+
+
+def slurm_requeue_environment(enabled: bool) -> SLURMEnvironment:
+    """On SLURM, Lightning's requeue: on the job's warning signal it saves
+    ``hpc_ckpt_N.ckpt`` in the run folder and requeues the job, which resumes from it.
+
+    The signal is the one the cluster launcher (submitit) asks SLURM to send before the
+    time limit (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise). Submitit installs a
+    handler of its own for it; Lightning only installs its handler on a free signal.
+    """
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    requeue_signal = getattr(signal, f"SIG{name}")
+    if enabled and threading.current_thread() is threading.main_thread():
+        signal.signal(requeue_signal, signal.SIG_DFL)
+    return SLURMEnvironment(auto_requeue=enabled, requeue_signal=requeue_signal)
+
+
+def build_logger(cfg: DictConfig, resume_step: int | None = None) -> Logger | bool:
+    """The run's logger; resuming at ``resume_step``, TensorBoard drops what the stopped run
+    logged from that step on (it is logged again), so no step appears twice."""
+    if not cfg.get("logger"):
+        return False
+    extra = {}
+    if resume_step is not None and issubclass(get_class(cfg.logger._target_), TensorBoardLogger):
+        extra["purge_step"] = resume_step  # passed on to TensorBoard's SummaryWriter
+    return instantiate(cfg.logger, **extra)
+
+
+def build_trainer(
+    cfg: DictConfig, callbacks: list[pl.Callback], resume_from: Path | None = None
+) -> pl.Trainer:
+    """The run's Trainer: its callbacks and progress lines, core sharing, atomic checkpoints,
+    SLURM requeue; ``resume_from`` a checkpoint, the logger continues at its step."""
+    resume_step = checkpoint_step(resume_from) if resume_from is not None else None
+    if resume_from is not None:
+        log.info("resuming from %s (step %d)", resume_from, resume_step)
+    logger = build_logger(cfg, resume_step)
+    # Off a terminal (or with sweep jobs sharing one), one log line per epoch, not a bar.
+    show_progress = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
+    in_sweep = in_local_parallel_sweep()
+    callbacks = [*callbacks, *progress_callbacks(show_progress, in_sweep)]
+    deterministic = OmegaConf.select(cfg, "trainer.deterministic", default=False)
+    pinned = "OMP_NUM_THREADS" in os.environ or deterministic in (True, "warn")
+    if cfg.get("share_cpu_cores", True) and not pinned:
+        # A pinned thread count is kept, and a deterministic run's (its sums depend on the
+        # number of threads); a local sweep's job never takes more than its split.
+        workers = int(OmegaConf.select(cfg, "data.num_workers", default=0) or 0)
+        callbacks.append(ShareCoresWithOtherRuns(workers))
+    overrides: dict[str, Any] = {"plugins": [AtomicCheckpointIO()]}
+    if SLURMEnvironment.detect():
+        overrides["plugins"].append(slurm_requeue_environment(cfg.get("slurm_requeue", True)))
+    if not cfg.get("validate", True):
+        # No validation while training; the threshold is still chosen on validation after.
+        overrides |= {"check_val_every_n_epoch": 10**9, "num_sanity_val_steps": 0}
+        callbacks = [c for c in callbacks if not isinstance(c, ValidateOnLastEpoch)]
+    if cfg.trainer.get("benchmark") is None:
+        overrides["benchmark"] = not cfg.trainer.get("deterministic")
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
+
+
+def resolve_machine_settings(cfg: DictConfig) -> None:
+    """Settings that depend on the machine (``trainer.precision: auto``), made concrete
+    before anything compares, records or reports the config."""
+    if "trainer" in cfg:
+        check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
+        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+
+
+def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
+    """The config to train with and the checkpoint to continue from (None: a fresh start).
+
+    A stopped run continues from its newest checkpoint (``resume=``, see
+    crackseg.runs.folder); nothing is read from the data yet.
+    """
+    multirun, overrides = hydra_job()
+    resolve_machine_settings(cfg)
+    cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
+    resolve_machine_settings(cfg)  # a resumed run's own config
+    return cfg, checkpoint
+
+
+def record_start(cfg: DictConfig, checkpoint: Path | None) -> None:
+    """``status.json`` says running; ``run_info.json`` says what produced the run."""
+    if is_rank_zero():
+        output_dir = Path(cfg.paths.output_dir)
+        write_status(output_dir, "running")
+        write_run_info(output_dir, resumed_from=checkpoint)
+
+
+def validate_chosen_weights(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    use_best: bool,
+) -> None:
+    """Validate the weights the run is tested with: the best by validation AP when
+    ``use_best`` and a checkpoint monitored it, else the final ones. Validating chooses the
+    thresholds; ``module.best_val_image_ap`` is what a sweeper optimises, never a test metric."""
+    monitored = [c for c in trainer.checkpoint_callbacks if c.monitor]
+    best = monitored[0].best_model_path if monitored else ""
+    if use_best and best:
+        log.info("testing the best weights by validation AP: %s", best)
+        trainer.validate(
+            module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False
+        )
+    else:
+        log.info("testing the final weights")
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    best_score = monitored[0].best_model_score if monitored else None
+    module.best_val_image_ap = (
+        float(best_score) if best_score is not None else module.last_val_image_ap
+    )
