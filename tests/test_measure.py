@@ -12,7 +12,7 @@ from conftest import predict_settings
 
 from crackseg.deploy.backends import ModelInfo
 from crackseg.deploy.measure import measure_cracks, skeleton_length, summarise
-from crackseg.deploy.pipeline import ResultWriter
+from crackseg.deploy.predict_folder import ResultWriter
 from crackseg.deploy.predictor import ImagePrediction
 
 
