@@ -67,9 +67,8 @@ def broken_links(page: Path) -> list[str]:
             destination = (page.parent / path).resolve() if path else page
             if not destination.exists():
                 broken.append(f"{target}: no such file")
-            elif fragment and destination.suffix == ".md":
-                if fragment not in anchors(destination):
-                    broken.append(f"{target}: no heading #{fragment}")
+            elif fragment and destination.suffix == ".md" and fragment not in anchors(destination):
+                broken.append(f"{target}: no heading #{fragment}")
     return broken
 
 
