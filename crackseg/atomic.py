@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
@@ -79,6 +81,32 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """A uint8 grey (HxW) or RGB (HxWx3) image as PNG bytes (OpenCV stores BGR)."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode a {image.dtype} image of shape {image.shape} as PNG")
+    return encoded.tobytes()
+
+
+def atomic_write_png(path: str | Path, image: np.ndarray) -> None:
+    """The one image writer of a run folder: whole or not at all (see :func:`encode_png`)."""
+    atomic_write_bytes(path, encode_png(image))
+
+
+def atomic_save_figure(figure: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure (its format by ``path``'s suffix), then free its memory."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=dpi)
+    finally:
+        figure.clear()
+    return path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -10,9 +10,11 @@ import torch
 from conftest import SHARED
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from crackseg import CONFIG_DIR
-from crackseg.evaluation.report import run_parameters_from_config
+from crackseg.errors import ConfigError
+from crackseg.evaluation.report import HPARAMS, RUN_PARAMETERS, run_parameters_from_config
 from crackseg.runs.config_checks import check_config
 
 SEED_REPORT = SHARED / "seed" / "crack_segmentation_results.md"
@@ -152,3 +154,31 @@ def test_a_scheduler_is_an_override():
     scheduler = built["lr_scheduler"]["scheduler"]
     assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.step_size == 3
     assert built["lr_scheduler"]["interval"] == "epoch"
+
+
+@pytest.mark.parametrize("parameter", RUN_PARAMETERS, ids=lambda p: p.key)
+def test_every_run_parameter_is_checked_before_training(parameter):
+    """The report's and the HParams tab's list is the one the config checks refuse by."""
+    check_config(_compose())  # the default passes
+    wrong = "not-a-value" if parameter.kind != "bool" else 1
+    cfg = OmegaConf.merge(_compose(), OmegaConf.from_dotlist([f"{parameter.key}={wrong}"]))
+    with pytest.raises(ConfigError, match=re.escape(parameter.key)):
+        check_config(cfg)
+
+
+def test_the_hparams_tab_shows_the_swept_parameters():
+    assert HPARAMS == {
+        "batch_size": "data.batch_size",
+        "epochs": "trainer.max_epochs",
+        "lr": "optim.lr",
+        "delta_cls": "loss.delta_cls",
+        "dilate": "data.dilate",
+        "dynamic_balance": "loss.dynamic_balance",
+        "frequency_sampling": "data.frequency_sampling",
+        "gradient_adjustment": "loss.gradient_adjustment",
+        "weighted_seg": "loss.weighted_seg",
+        "weighted_seg_max": "loss.weighted_seg_max",
+        "weighted_seg_p": "loss.weighted_seg_p",
+        "num_segmented": "data.num_segmented",
+        "seed": "seed",
+    }

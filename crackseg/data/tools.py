@@ -23,10 +23,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from crackseg.atomic import encode_png
 from crackseg.data.io import read_mask, read_native
 from crackseg.data.layouts import BINARIZE_THRESHOLD, LAYOUTS, check_samples, index_layout
 from crackseg.data.samples import Sample
@@ -50,12 +50,8 @@ def _tile_starts(length: int, size: int, stride: int, pad: bool) -> tuple[list[i
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", array)
-    if not ok:  # pragma: no cover - PNG encoding of uint8 data does not fail
-        raise DataError(f"cannot encode {path}")
-    path.write_bytes(encoded.tobytes())
+    # Not atomic file by file: a dataset is built in a hidden folder renamed into place whole.
+    path.write_bytes(encode_png(array))
 
 
 def tile_sample(

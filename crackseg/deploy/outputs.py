@@ -11,10 +11,9 @@ import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from crackseg.atomic import atomic_write_bytes, atomic_write_text
+from crackseg.atomic import atomic_write_text
 
 #: What a prediction writes into its run folder: its tables and its folders of images.
 OUTPUT_TABLES = ("predictions.csv", "cracks.csv")
@@ -34,16 +33,6 @@ def earlier_predictions(folder: Path) -> list[str]:
 #: Colour (RGB) and opacity of the crack tint in the overlays.
 TINT = np.array([255, 0, 0], np.float32)
 TINT_OPACITY = 0.55
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write a uint8 grey (HxW) or RGB (HxWx3) image as PNG."""
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", image)
-    if not ok:
-        raise RuntimeError(f"cannot encode {path} as PNG")
-    atomic_write_bytes(path, encoded.tobytes())
 
 
 def probability_image(probabilities: np.ndarray) -> np.ndarray:

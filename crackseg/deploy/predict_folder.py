@@ -18,6 +18,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from crackseg.atomic import atomic_write_png
 from crackseg.data.io import is_image_file, list_image_files, read_image, read_mask
 from crackseg.data.layouts import BINARIZE_THRESHOLD, files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
@@ -27,7 +28,6 @@ from crackseg.deploy.outputs import (
     overlay,
     probability_image,
     write_csv,
-    write_png,
 )
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
@@ -125,10 +125,10 @@ class ResultWriter:
         name = f"{path.name}.png"
         probabilities = prediction.probabilities
         mask = probabilities >= self.seg_threshold
-        write_png(self.output_dir / "probabilities" / name, probability_image(probabilities))
-        write_png(self.output_dir / "masks" / name, mask.astype(np.uint8) * 255)
+        atomic_write_png(self.output_dir / "probabilities" / name, probability_image(probabilities))
+        atomic_write_png(self.output_dir / "masks" / name, mask.astype(np.uint8) * 255)
         if self.settings.overlays:
-            write_png(self.output_dir / "overlays" / name, overlay(image, mask))
+            atomic_write_png(self.output_dir / "overlays" / name, overlay(image, mask))
         cracks = measure_cracks(mask, self.settings.min_crack_pixels)
         self._add_rows(path.name, mask, prediction.score, cracks)
         if self.settings.reference_masks is not None:

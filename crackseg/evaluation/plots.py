@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from crackseg.atomic import atomic_path
+from crackseg.atomic import atomic_save_figure
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +27,6 @@ def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-def _save(fig: Figure, path: str | Path, dpi: int = 100) -> None:
-    """Save (atomically, creating parent folders) and release the figure's memory."""
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi)
-    finally:
-        fig.clear()
-    log.debug("Wrote %s", path)
 
 
 def _fmt(value: float) -> str:
@@ -71,7 +60,7 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | Path) -> 
     if fpr.size:
         ax.plot(fpr, tpr, color="tab:blue", linewidth=2, label=f"ROC (AUC = {_fmt(auc)})")
     ax.legend(loc="lower right")
-    _save(fig, path)
+    atomic_save_figure(fig, path)
 
 
 def plot_precision_recall(
@@ -84,7 +73,7 @@ def plot_precision_recall(
     if precision.size:
         ax.plot(recall, precision, color="tab:orange", linewidth=2, label=f"PR (AP = {_fmt(ap)})")
         ax.legend(loc="lower left")
-    _save(fig, path)
+    atomic_save_figure(fig, path)
 
 
 def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: str | Path) -> None:
@@ -129,7 +118,7 @@ def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: str 
     ax_val.grid(alpha=0.3)
     for ax in (ax_loss, ax_val):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _save(fig, path)
+    atomic_save_figure(fig, path)
 
 
 def _display_image(image: np.ndarray) -> np.ndarray:
@@ -184,7 +173,7 @@ def save_dice_panel(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"decision score {score:.4f}   dice {dice:.3f}", fontsize=10)
-    _save(fig, path)
+    atomic_save_figure(fig, path)
 
 
 def dice_panel_name(dice: float, sample_id: str) -> str:

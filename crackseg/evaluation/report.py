@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import OmegaConf
 
@@ -34,47 +34,56 @@ DATASET_ROWS = (
 SPLIT_ROWS = (("Train", "train"), ("Test", "test"), ("Validation", "val"))
 """Set table rows (label, split key), in the seed's order."""
 
-# (row name as the seed spells it, config key, how the seed prints the value)
-RUN_PARAMETER_ROWS = (
-    ("Batch size", "data.batch_size", "int"),
-    ("Epochs", "trainer.max_epochs", "int"),
-    ("Learning rate", "optim.lr", "number"),
-    ("Delta CLS Loss", "loss.delta_cls", "number"),
-    ("Dilate", "data.dilate", "int"),
-    ("Dynamically balanced loss", "loss.dynamic_balance", "bool"),
-    ("Frequency-of-use sampling", "data.frequency_sampling", "bool"),
-    ("Gradien-flow adjustment", "loss.gradient_adjustment", "bool"),
-    ("Weighted segmentation loss", "loss.weighted_seg", "bool"),
-    ("Weighted segmentation loss Max", "loss.weighted_seg_max", "float"),
-    ("Weighted segmentation loss P", "loss.weighted_seg_p", "float"),
-    ("Use best model", "use_best_model", "bool"),
-    ("Validate", "validate", "bool"),
-    ("Validate on test", "validate_on_test", "bool"),
-)
 
-#: Rows the seed's table lacks, after its own: what changes a run's numbers beyond it.
-EXTRA_RUN_PARAMETER_ROWS = (
-    ("Decision target", "loss.decision_target", "str"),
-    ("Loss over a batch", "loss.batch_reduction", "str"),
-    ("Precision", "trainer.precision", "str"),
+class RunParameter(NamedTuple):
+    """A run parameter as the report, TensorBoard's HParams tab and the config checks see it."""
+
+    key: str
+    """The config key a user types (docs/DESIGN.md's table)."""
+    kind: str
+    """How its value is printed and checked: int, number, float, bool or str."""
+    row: str | None = None
+    """The report's Run parameters row (as the seed spells it); None: not in the table."""
+    hparam: str | None = None
+    """Its name in TensorBoard's HParams tab; None: not shown there."""
+    seed_row: bool = True
+    """A row of the seed's own table (always written) or one it lacks (written after the
+    seed's rows, only when the config has the key)."""
+
+
+#: The one list of run parameters, in the seed report's row order.
+RUN_PARAMETERS = (
+    RunParameter("data.batch_size", "int", "Batch size", "batch_size"),
+    RunParameter("trainer.max_epochs", "int", "Epochs", "epochs"),
+    RunParameter("optim.lr", "number", "Learning rate", "lr"),
+    RunParameter("loss.delta_cls", "number", "Delta CLS Loss", "delta_cls"),
+    RunParameter("data.dilate", "int", "Dilate", "dilate"),
+    RunParameter("loss.dynamic_balance", "bool", "Dynamically balanced loss", "dynamic_balance"),
+    RunParameter(
+        "data.frequency_sampling", "bool", "Frequency-of-use sampling", "frequency_sampling"
+    ),
+    RunParameter(
+        "loss.gradient_adjustment", "bool", "Gradien-flow adjustment", "gradient_adjustment"
+    ),
+    RunParameter("loss.weighted_seg", "bool", "Weighted segmentation loss", "weighted_seg"),
+    RunParameter(
+        "loss.weighted_seg_max", "float", "Weighted segmentation loss Max", "weighted_seg_max"
+    ),
+    RunParameter("loss.weighted_seg_p", "float", "Weighted segmentation loss P", "weighted_seg_p"),
+    RunParameter("use_best_model", "bool", "Use best model"),
+    RunParameter("validate", "bool", "Validate"),
+    RunParameter("validate_on_test", "bool", "Validate on test"),
+    # Rows the seed's table lacks: what changes a run's numbers beyond it.
+    RunParameter("loss.decision_target", "str", "Decision target", seed_row=False),
+    RunParameter("loss.batch_reduction", "str", "Loss over a batch", seed_row=False),
+    RunParameter("trainer.precision", "str", "Precision", seed_row=False),
+    # In the HParams tab only (the Dataset table reports the segmented samples).
+    RunParameter("data.num_segmented", "int", hparam="num_segmented"),
+    RunParameter("seed", "int", hparam="seed"),
 )
 
 #: Hyperparameters shown in TensorBoard's HParams tab, by name -> config key.
-HPARAMS = {
-    "dilate": "data.dilate",
-    "weighted_seg_p": "loss.weighted_seg_p",
-    "weighted_seg_max": "loss.weighted_seg_max",
-    "delta_cls": "loss.delta_cls",
-    "lr": "optim.lr",
-    "epochs": "trainer.max_epochs",
-    "batch_size": "data.batch_size",
-    "num_segmented": "data.num_segmented",
-    "dynamic_balance": "loss.dynamic_balance",
-    "frequency_sampling": "data.frequency_sampling",
-    "gradient_adjustment": "loss.gradient_adjustment",
-    "weighted_seg": "loss.weighted_seg",
-    "seed": "seed",
-}
+HPARAMS = {p.hparam: p.key for p in RUN_PARAMETERS if p.hparam is not None}
 
 #: What every report says about how its numbers were made.
 REPORT_NOTES = (
@@ -148,19 +157,22 @@ def run_parameters_from_config(cfg: Any) -> list[tuple[str, object]]:
     """The Run parameters table rows, read from the composed Hydra config.
 
     Values are returned so that ``str()`` prints them as the seed does: learning rate 1
-    (even if the config says 1.0), delta 0.01, Max 1.0, P 2.0, True/False. A key the config
-    lacks is reported as n/a (and logged) rather than failing the end of a long run.
+    (even if the config says 1.0), delta 0.01, Max 1.0, P 2.0, True/False. A key of the
+    seed's table the config lacks is reported as n/a (and logged) rather than failing the
+    end of a long run.
     """
     rows: list[tuple[str, object]] = []
-    for name, key, kind in RUN_PARAMETER_ROWS:
-        value = OmegaConf.select(cfg, key, default=_MISSING)
+    for parameter in RUN_PARAMETERS:
+        if parameter.row is None:
+            continue
+        value = OmegaConf.select(cfg, parameter.key, default=_MISSING)
+        if value is _MISSING and not parameter.seed_row:
+            continue
         if value is _MISSING:
-            log.warning("Report: config has no %s; '%s' is written as n/a", key, name)
-        rows.append((name, _format_value(value, kind)))
-    for name, key, kind in EXTRA_RUN_PARAMETER_ROWS:
-        value = OmegaConf.select(cfg, key, default=_MISSING)
-        if value is not _MISSING:
-            rows.append((name, _format_value(value, kind)))
+            log.warning(
+                "Report: config has no %s; '%s' is written as n/a", parameter.key, parameter.row
+            )
+        rows.append((parameter.row, _format_value(value, parameter.kind)))
     return rows
 
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crackseg.data.download import UNPINNED, checked_sha256
 from crackseg.errors import ConfigError, DataError
+from crackseg.evaluation.report import RUN_PARAMETERS
 from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
 from crackseg.models.segdecnet import check_input_size
 
@@ -83,15 +84,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "thresholds": (lambda v: v in THRESHOLD_SOURCES, "one of " + ", ".join(THRESHOLD_SOURCES)),
 }
 
+#: Settings that are true or false: the run parameters of that kind, and these.
 BOOLEAN_KEYS = (
-    "use_best_model",
-    "validate",
-    "validate_on_test",
-    "loss.dynamic_balance",
-    "loss.gradient_adjustment",
-    "loss.weighted_seg",
+    *(parameter.key for parameter in RUN_PARAMETERS if parameter.kind == "bool"),
     "loss.weighted_seg_per_component",
-    "data.frequency_sampling",
     "data.check_files",
     "data.augment.enabled",
 )

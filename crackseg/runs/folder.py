@@ -36,6 +36,7 @@ from pytorch_lightning.utilities import rank_zero_only
 import crackseg
 from crackseg.atomic import atomic_write_text, remove_partial_writes
 from crackseg.errors import RunFolderError
+from crackseg.models.checkpoint import checkpoint_run_config, checkpoint_step
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +180,19 @@ def hydra_job() -> tuple[bool, list[str]]:
     return hydra.mode == RunMode.MULTIRUN, list(hydra.overrides.task)
 
 
-def read_status(folder: Path) -> dict[str, Any] | None:
+def load_status(folder: Path) -> dict[str, Any] | None:
+    """The run's ``status.json``, None where it has none; raises OSError or ValueError
+    where it cannot be read (the sweep summary reports that as a failed job)."""
     path = Path(folder) / STATUS_FILE
     if not path.is_file():
         return None
+    return json.loads(path.read_text())
+
+
+def read_status(folder: Path) -> dict[str, Any] | None:
+    """The run's status, None where it has none or it cannot be read."""
     try:
-        return json.loads(path.read_text())
+        return load_status(folder)
     except (OSError, ValueError):
         return None
 
@@ -321,19 +329,6 @@ def _flatten(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
-
-
-def checkpoint_run_config(checkpoint: Path) -> DictConfig | None:
-    """The config a checkpoint's run was composed with (stored in its hyperparameters)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    text = state.get("hyper_parameters", {}).get("run_config")
-    return OmegaConf.create(text) if text else None
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    """The training step a checkpoint was saved at: what the resumed run logs from."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    return int(state["global_step"])
 
 
 def prepare_training_run(

@@ -18,9 +18,9 @@ from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
 from crackseg.atomic import AtomicCheckpointIO
 from crackseg.callbacks import ValidateOnLastEpoch
+from crackseg.models.checkpoint import checkpoint_step
 from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
 from crackseg.runs.folder import (
-    checkpoint_step,
     hydra_job,
     is_rank_zero,
     prepare_training_run,

@@ -21,7 +21,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from crackseg.atomic import atomic_path
+from crackseg.atomic import atomic_save_figure
 
 #: The metrics drawn, with their axis labels.
 CURVE_METRICS = (("image_ap", "image AP"), ("image_auc", "image AUC"), ("dice_mean", "mean Dice"))
@@ -110,7 +110,7 @@ def sweep_curves(rows: list[dict[str, Any]], key: str, keys: Sequence[str]) -> l
 
 
 def draw_sweep_curves(curves: list[Curve], key: str, title: str = "") -> Figure:
-    """One panel per metric, mean ± std against ``key`` (not saved: see save_sweep_figure)."""
+    """One panel per metric, mean ± std against ``key`` (not saved: see write_sweep_figures)."""
     fig = Figure(figsize=(4.2 * len(CURVE_METRICS), 4.0), layout="constrained")
     FigureCanvasAgg(fig)
     xs = sorted({x for curve in curves for x in curve.x})
@@ -167,16 +167,6 @@ def _x_axis(ax: Any, key: str, xs: list[float]) -> None:
         ax.set_xticks(xs)
 
 
-def save_sweep_figure(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        fig.clear()
-    return path
-
-
 def write_sweep_figures(
     root: str | Path, rows: list[dict[str, Any]], keys: Sequence[str]
 ) -> list[Path]:
@@ -188,5 +178,5 @@ def write_sweep_figures(
             continue
         title = "mixed supervision" if key == NUM_SEGMENTED else f"{key} (mean ± std over seeds)"
         fig = draw_sweep_curves(curves, key, title)
-        written.append(save_sweep_figure(fig, Path(root) / figure_name(key)))
+        written.append(atomic_save_figure(fig, Path(root) / figure_name(key)))
     return written

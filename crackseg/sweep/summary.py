@@ -27,6 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from crackseg.atomic import atomic_write_text
+from crackseg.runs.folder import STATUS_FILE, load_status
 from crackseg.sweep.curves import NUM_SEGMENTED, write_sweep_figures
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
     """(status, error line, metrics) of one job folder."""
     try:
-        status = _read_json(job / "status.json")
+        status = load_status(job)
     except (OSError, ValueError) as error:
-        return "failed", f"unreadable status.json: {error}", {}
+        return "failed", f"unreadable {STATUS_FILE}: {error}", {}
     try:
         metrics = _read_json(job / "metrics.json")
     except (OSError, ValueError):
@@ -133,7 +134,7 @@ def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
     if status is None:
         if metrics is not None:
             return "finished", "", metrics
-        return "unfinished", "no status.json (still running, or killed)", {}
+        return "unfinished", f"no {STATUS_FILE} (still running, or killed)", {}
     state = str(status.get("status", "unfinished"))
     error = str(status.get("error", "") or "")
     if metrics is None:
