@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -76,6 +77,20 @@ def plot_precision_recall(
     atomic_save_figure(fig, path)
 
 
+def _plot_series(
+    ax: Axes, series: dict[str, list[tuple[int, float]]], marker: str, empty: str
+) -> None:
+    """One line per (epoch, value) series with a legend; ``empty`` written where there is none."""
+    for name, points in series.items():
+        epochs, values = zip(*points, strict=True)
+        ax.plot(epochs, values, marker=marker, label=name)
+    if series:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3)
+
+
 def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: str | Path) -> None:
     """Losses per epoch (left, log scale when all positive) and validation metrics (right).
 
@@ -89,33 +104,12 @@ def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: str 
     fig = _new_figure(11, 4.2)
     ax_loss, ax_val = fig.subplots(1, 2)
 
-    positive = True
-    for name, points in losses.items():
-        epochs, values = zip(*points, strict=True)
-        ax_loss.plot(epochs, values, marker=".", label=name)
-        positive = positive and all(v > 0 for v in values if math.isfinite(v))
-    if losses:
-        if positive:
-            ax_loss.set_yscale("log")
-        ax_loss.legend()
-    else:
-        ax_loss.text(
-            0.5, 0.5, "no losses logged", ha="center", va="center", transform=ax_loss.transAxes
-        )
+    _plot_series(ax_loss, losses, ".", "no losses logged")
+    if losses and all(v > 0 for points in losses.values() for _, v in points if math.isfinite(v)):
+        ax_loss.set_yscale("log")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Training losses")
-    ax_loss.grid(alpha=0.3)
-
-    for name, points in others.items():
-        epochs, values = zip(*points, strict=True)
-        ax_val.plot(epochs, values, marker="o", label=name)
-    if others:
-        ax_val.legend()
-    else:
-        ax_val.text(
-            0.5, 0.5, "no validation logged", ha="center", va="center", transform=ax_val.transAxes
-        )
+    _plot_series(ax_val, others, "o", "no validation logged")
     ax_val.set(xlabel="epoch", ylabel="value", title="Validation")
-    ax_val.grid(alpha=0.3)
     for ax in (ax_loss, ax_val):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     atomic_save_figure(fig, path)
