@@ -182,3 +182,17 @@ def test_the_hparams_tab_shows_the_swept_parameters():
         "num_segmented": "data.num_segmented",
         "seed": "seed",
     }
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("opset=17", "opset must be an integer >= 18, not 17"),
+        ("tolerance=0", "tolerance must be a number > 0, not 0"),
+        ("num_check_images=0", "num_check_images must be an integer >= 1, not 0"),
+        ("thresholds=test", "thresholds must be one of checkpoint, validation, not 'test'"),
+    ],
+)
+def test_eval_and_export_settings_are_checked_in_the_same_style(setting, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_config(OmegaConf.from_dotlist([setting]))

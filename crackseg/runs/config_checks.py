@@ -81,7 +81,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.precision": (lambda v: str(v) in PRECISIONS, ", ".join(PRECISIONS)),
     "loss.decision_target": (lambda v: v in DECISION_TARGETS, " or ".join(DECISION_TARGETS)),
     "loss.batch_reduction": (lambda v: v in BATCH_REDUCTIONS, " or ".join(BATCH_REDUCTIONS)),
+    # crackseg-eval's
     "thresholds": (lambda v: v in THRESHOLD_SOURCES, "one of " + ", ".join(THRESHOLD_SOURCES)),
+    # crackseg-export's
+    "tolerance": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "num_check_images": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "opset": (lambda v: _integer(v) and v >= 18, "an integer >= 18"),
 }
 
 #: Settings that are true or false: the run parameters of that kind, and these.
