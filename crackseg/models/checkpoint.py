@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 SEG_BIAS_KEY = "net.seg_mask.1.bias"
 
 
-def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """The checkpoint's dict, or one clear line when the file is missing or unreadable.
+def load_checkpoint_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint file's dict, or one clear line when it is missing or unreadable.
 
     ``mmap`` maps the tensors instead of reading them: for a look at the step or the
     config, which then costs no more than reading the small part asked for.
@@ -38,19 +38,29 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     except Exception as error:  # torch raises many types for a corrupt file
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CracksegError(f"cannot read checkpoint {ckpt}: {reason}") from error
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise CracksegError(f"cannot read checkpoint {ckpt}: it holds no trained weights")
+    if not isinstance(state, dict):
+        raise CracksegError(f"cannot read checkpoint {ckpt}: it holds no checkpoint")
+    return state
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint with trained weights, or one clear line."""
+    state = load_checkpoint_file(path)
+    if "state_dict" not in state:
+        raise CracksegError(
+            f"cannot read checkpoint {Path(path).expanduser()}: it holds no trained weights"
+        )
     return state
 
 
 def checkpoint_step(path: str | Path) -> int:
     """The training step a checkpoint was saved at: what a resumed run logs from."""
-    return int(read_checkpoint(path, mmap=True)["global_step"])
+    return int(load_checkpoint_file(path, mmap=True)["global_step"])
 
 
 def checkpoint_run_config(path: str | Path) -> DictConfig | None:
     """The config a checkpoint's run was composed with (stored in its hyperparameters)."""
-    text = read_checkpoint(path, mmap=True).get("hyper_parameters", {}).get("run_config")
+    text = load_checkpoint_file(path, mmap=True).get("hyper_parameters", {}).get("run_config")
     return OmegaConf.create(text) if text else None
 
 
