@@ -4,8 +4,10 @@
                                [--channels-last] [--compile] [--size HxW] [--json PATH]
 
 Prints one markdown table and writes its rows to benchmarks/results.json. Rows:
-- ``peak``: a large 1x1 convolution (F.conv2d) and a matrix product, the rate this machine
-  reaches through torch, in float32 and bfloat16;
+- ``peak``: the rate this machine reaches through torch on one large operation, in float32
+  and bfloat16: the paper network's own 15x15 volume convolution at its real shape (forward,
+  and forward + backward as in training), a 1x1 convolution on the volume and a matrix
+  product. A network row's "of peak" divides by the best peak row of its precision;
 - ``train``: one step as the training code takes it (forward under autocast, both losses in
   float32, backward, SGD), for the paper's network at 3x640x232, the CPU demo's network at
   128x128 and the cfd_tiles one at 160x160, at batch 1 and 8 (and 16 on a GPU), in float32
@@ -45,18 +47,19 @@ from crackseg import CONFIG_DIR
 from crackseg.data.labels import downsample_to_output
 from crackseg.data.synthetic import generate_synthetic_dataset
 from crackseg.errors import CracksegError
-from crackseg.hardware import cpu_model
 from crackseg.models.flops import count_flops
 from crackseg.models.losses import decision_loss, segmentation_loss
-from crackseg.models.segdecnet import SegDecNet
+from crackseg.models.precision import cpu_bf16_features, cpu_model
+from crackseg.models.segdecnet import OUTPUT_STRIDE, SegDecNet
 
 RESULTS = Path(__file__).with_name("results.json")
 #: Batch 16 on a GPU checks the estimate of benchmarks/README.md ("The seed run's cost").
 BATCHES = {"cpu": (1, 8), "cuda": (1, 8, 16)}
 PRECISIONS = ("fp32", "bf16")
-#: The volume of the paper's network at 640x232 is 1024 x 80x29: a 1x1 convolution on it.
-CONV_CHANNELS, CONV_SIZE = 1024, (80, 29)
-MATMUL_SIZE = 4096
+#: Matrices of the matrix product's peak row: large enough for MKL's or cuBLAS's best path.
+MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
+#: Batch of the convolutions' peak rows: on a GPU one 80x29 map is over in microseconds.
+PEAK_BATCH = {"cpu": {"conv1x1": 1, "conv15x15": 1}, "cuda": {"conv1x1": 64, "conv15x15": 16}}
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,21 @@ def net_arguments(model: str) -> dict:
     return OmegaConf.to_container(run_config(f"model={model}").model.net, resolve=True)
 
 
+@dataclass(frozen=True)
+class VolumeConv:
+    """The paper network's largest convolution: the one that makes the volume (71 % of its
+    FLOPs at 640x232), ``in_channels -> out_channels`` with a ``kernel`` x ``kernel`` kernel."""
+
+    in_channels: int
+    out_channels: int
+    kernel: int
+
+
+def volume_conv() -> VolumeConv:
+    net = net_arguments(SETTINGS[0].model)
+    return VolumeConv(net["channels"][-1], net["volume_channels"], net["volume_kernel"])
+
+
 # -- measuring (in the row's own process) --------------------------------------------------
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -169,6 +187,36 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def training_step(
+    net: SegDecNet, model: Callable, images: torch.Tensor, precision: str
+) -> Callable[[], None]:
+    """One training step of ``net`` (run as ``model``: itself or compiled) on ``images``:
+    what ``SegDecModule.training_step`` and Lightning do per batch, on random masks with
+    ~3 % crack pixels and a plain SGD step."""
+    device, batch = images.device, images.shape[0]
+    height, width = images.shape[-2:]
+    mask = (torch.rand(batch, 1, height, width, device=device) > 0.97).float()
+    weight = torch.ones_like(mask)
+    labels = torch.ones(batch, device=device)
+    segmented = torch.ones(batch, dtype=torch.bool, device=device)
+    # A small rate: the FLOPs do not depend on it, and random data must not diverge.
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+
+    def step() -> None:
+        with autocast(device, precision):
+            out = model(images)
+        target, weights = mask, weight
+        if not net.full_resolution:  # as the training step does, every step
+            target, weights = downsample_to_output(mask), downsample_to_output(weight)
+        loss = segmentation_loss(out.segmentation.float(), target, weights, segmented)
+        loss = loss + decision_loss(out.decision.float(), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def measure_model(row: Row, device: torch.device, timing: Timing) -> Result:
     """A training step or a forward pass of the network on a random batch."""
     torch.manual_seed(0)
@@ -190,24 +238,10 @@ def measure_model(row: Row, device: torch.device, timing: Timing) -> Result:
             return row.batch
 
     else:
-        mask = (torch.rand(row.batch, 1, row.height, row.width, device=device) > 0.97).float()
-        weight = torch.ones_like(mask)
-        labels = torch.ones(row.batch, device=device)
-        segmented = torch.ones(row.batch, dtype=torch.bool, device=device)
-        # A small rate: the FLOPs do not depend on it, and random data must not diverge.
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+        train = training_step(net, model, images, row.precision)
 
         def step() -> int:
-            with autocast(device, row.precision):
-                out = model(images)
-            target, weights = mask, weight
-            if not net.full_resolution:  # as the training step does, every step
-                target, weights = downsample_to_output(mask), downsample_to_output(weight)
-            loss = segmentation_loss(out.segmentation.float(), target, weights, segmented)
-            loss = loss + decision_loss(out.decision.float(), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train()
             return row.batch
 
     result = timed(step, device, timing)
@@ -216,23 +250,38 @@ def measure_model(row: Row, device: torch.device, timing: Timing) -> Result:
 
 
 def measure_peak(row: Row, device: torch.device, timing: Timing) -> Result:
-    """The machine's rate on one large operation, in the row's precision."""
+    """The machine's rate on one large operation, in the row's precision (the tensors
+    themselves in that type)."""
     dtype = torch.bfloat16 if row.precision == "bf16" else torch.float32
-    if row.model == "conv1x1":
-        x = torch.randn(row.batch, CONV_CHANNELS, row.height, row.width, device=device, dtype=dtype)
-        w = torch.randn(CONV_CHANNELS, CONV_CHANNELS, 1, 1, device=device, dtype=dtype)
-
-        def step() -> int:
-            F.conv2d(x, w)
-            return row.batch
-
-    else:
+    if row.model == "matmul":
         a = torch.randn(row.height, row.width, device=device, dtype=dtype)
         b = torch.randn(row.width, row.height, device=device, dtype=dtype)
 
         def step() -> int:
             torch.mm(a, b)
             return 1
+
+        return timed(step, device, timing)
+
+    conv = volume_conv()
+    cin, kernel = (
+        (conv.out_channels, 1) if row.model == "conv1x1" else (conv.in_channels, conv.kernel)
+    )
+    shape = (row.batch, cin, row.height, row.width)
+    backward = row.model == "conv15x15_train"
+    x = torch.randn(shape, device=device, dtype=dtype, requires_grad=backward)
+    w = torch.randn(conv.out_channels, cin, kernel, kernel, device=device, dtype=dtype)
+    w.requires_grad_(backward)
+    grad = torch.randn(
+        row.batch, conv.out_channels, row.height, row.width, device=device, dtype=dtype
+    )
+
+    def step() -> int:
+        y = F.conv2d(x, w, padding=kernel // 2)
+        if backward:  # the input and weight gradients, as the training step computes them
+            x.grad = w.grad = None
+            y.backward(grad)
+        return row.batch
 
     return timed(step, device, timing)
 
@@ -264,15 +313,30 @@ def measure(row: Row, device: torch.device, timing: Timing) -> Result:
 
 
 # -- planning and reporting (the parent process) -------------------------------------------
-def peak_rows(device: torch.device) -> list[Row]:
-    """Batch 64 on a GPU, where one 80x29 map is over in microseconds."""
-    batch = 64 if device.type == "cuda" else 1
-    conv = 2 * CONV_CHANNELS * CONV_CHANNELS * CONV_SIZE[0] * CONV_SIZE[1]
-    n = MATMUL_SIZE
+def peak_rows(device: torch.device, size: tuple[int, int] | None) -> list[Row]:
+    """The convolutions on the paper network's volume at its input size (or ``size``), and
+    a large matrix product, in each precision."""
+    conv = volume_conv()
+    setting = SETTINGS[0]
+    height, width = size or (setting.height, setting.width)
+    h, w = height // OUTPUT_STRIDE, width // OUTPUT_STRIDE
+    batch = PEAK_BATCH[device.type]
+    volume = 2 * conv.in_channels * conv.out_channels * conv.kernel**2 * h * w
+    wide = f"{conv.in_channels}->{conv.out_channels}"
+    n = MATMUL_SIZE[device.type]
     rows = []
     for precision in PRECISIONS:
-        rows.append(Row("peak", "conv1x1", *CONV_SIZE, batch, precision, "F.conv2d", conv))
-        rows.append(Row("peak", "matmul", n, n, 1, precision, "torch.matmul", 2 * n**3))
+        shape = (h, w, batch["conv15x15"], precision)
+        rows.append(Row("peak", "conv15x15", *shape, f"F.conv2d {wide}", volume))
+        name = f"F.conv2d {wide}, forward + backward"
+        # The input and the weight gradient each cost a forward.
+        rows.append(Row("peak", "conv15x15_train", *shape, name, 3 * volume))
+        flops = 2 * conv.out_channels**2 * h * w
+        wide1 = f"{conv.out_channels}->{conv.out_channels}"
+        rows.append(
+            Row("peak", "conv1x1", h, w, batch["conv1x1"], precision, f"F.conv2d {wide1}", flops)
+        )
+        rows.append(Row("peak", "matmul", n, n, 1, precision, "torch.mm", 2 * n**3))
     return rows
 
 
@@ -394,11 +458,32 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def peaks(records: list[dict]) -> dict[str, float]:
+    """The best GFLOP/s of the peak rows of each precision (what "of peak" divides by)."""
+    best: dict[str, float] = {}
+    for r in records:
+        if r["mode"] == "peak" and r.get("gflops_per_s"):
+            best[r["precision"]] = max(best.get(r["precision"], 0.0), r["gflops_per_s"])
+    return best
+
+
+def with_peak_shares(records: list[dict]) -> list[dict]:
+    """Each record with ``of_peak``: its GFLOP/s over the best peak row of its precision in
+    the same run (None without a FLOP count or a peak row of that precision)."""
+    best = peaks(records)
+    shared = []
+    for r in records:
+        reference = best.get(r["precision"])
+        gflops = r.get("gflops_per_s")
+        share = gflops / reference if gflops is not None and reference else None
+        shared.append({**r, "of_peak": share})
+    return shared
+
+
 def table(records: list[dict]) -> str:
-    peak = {r["precision"]: r.get("gflops_per_s") for r in records if r["model"] == "conv1x1"}
     lines = [
         "| model | input | batch | precision | mode | variant | images/s | GFLOP/s "
-        "| of conv peak | peak MB |",
+        "| of peak | peak MB |",
         "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in records:
@@ -406,10 +491,8 @@ def table(records: list[dict]) -> str:
         if "error" in r:
             cells += [f"failed: {r['error']}", "-", "-", "-"]
         else:
-            gflops = r["gflops_per_s"]
-            reference = peak.get(r["precision"])
-            share = None if gflops is None or not reference else 100 * gflops / reference
-            share_text = "-" if share is None else f"{share:.0f} %"
+            gflops, share = r["gflops_per_s"], r["of_peak"]
+            share_text = "-" if share is None else f"{100 * share:.0f} %"
             digits = 2 if r["images_per_s"] < 10 else 1
             cells += [fmt(r["images_per_s"], digits), fmt(gflops), share_text, fmt(r["peak_mb"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -468,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
         # --quick checks that the script runs: no warm-up, one step a row, fewer images.
         timing = Timing(warmup=0, min_steps=1, min_seconds=0.0) if args.quick else Timing()
         images_per_class = 8 if args.quick else 64
-        rows = peak_rows(device)
+        rows = peak_rows(device, args.size)
         try:
             for setting in SETTINGS:
                 rows += setting_rows(setting, args, data_dir, images_per_class)
@@ -485,8 +568,12 @@ def main(argv: list[str] | None = None) -> None:
         for i, row in enumerate(rows, 1):
             print(f"[{i}/{len(rows)}] {row.key} ({row.variant})", file=sys.stderr, flush=True)
             records.append(run_row(row, args.device, timing))
+    records = with_peak_shares(records)
     report = {
         "device": f"{device.type}: {machine(device)}",
+        # The host's CPU, on a GPU too; rates differ between machines.
+        "cpu": {"model": cpu_model(), "bf16_features": cpu_bf16_features()},
+        "peak_gflops_per_s": peaks(records),
         "torch": torch.__version__,
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "python": platform.python_version(),
@@ -497,7 +584,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{report['device']}, torch {report['torch']}, threads: {report['threads']}")
+    features = ", ".join(report["cpu"]["bf16_features"]) or "none"
+    print(
+        f"{report['device']}, torch {report['torch']}, threads: {report['threads']}; "
+        f"CPU {report['cpu']['model']}, bf16 features: {features}"
+    )
     print(table(records))
     failed = [r for r in records if "error" in r]
     if failed:

@@ -11,19 +11,34 @@ import torch
 from conftest import REPO, one_line_error
 from test_flops import measured
 
+from crackseg.models.precision import cpu_bf16_features, cpu_model
 from crackseg.models.segdecnet import SegDecNet
 
 BENCH = REPO / "benchmarks" / "bench.py"
 #: conf/model/segdec_small.yaml, written out.
 SMALL_NET = {"channels": (16, 32, 32), "volume_channels": 64, "volume_kernel": 7}
+#: At --size 64x128 the paper network's volume is 8x16: its 15x15 convolution runs there.
 ROWS = [
-    "conv1x1/80x29/b1/fp32/peak",
+    "conv15x15/8x16/b1/fp32/peak",
+    "conv15x15_train/8x16/b1/fp32/peak",
+    "matmul/2048x2048/b1/fp32/peak",
     "segdec_small/64x128/b1/fp32/train",
     "segdec_small/64x128/b8/bf16/infer",
     "segdec_small/64x128/b8/data",
 ]
 #: What benchmarks/README.md documents.
-TOP_KEYS = {"device", "torch", "threads", "python", "timing", "flops_per_image", "peak_mb", "rows"}
+TOP_KEYS = {
+    "device",
+    "cpu",
+    "peak_gflops_per_s",
+    "torch",
+    "threads",
+    "python",
+    "timing",
+    "flops_per_image",
+    "peak_mb",
+    "rows",
+}
 ROW_KEYS = {
     "model",
     "input",
@@ -36,6 +51,7 @@ ROW_KEYS = {
     "flops_per_image",
     "images_per_s",
     "gflops_per_s",
+    "of_peak",
     "peak_mb",
     "steps",
     "seconds",
@@ -58,9 +74,12 @@ def test_records_have_the_documented_keys(quick_run):
     stdout, report = quick_run
     assert set(report) == TOP_KEYS
     assert report["device"].startswith("cpu") and report["torch"] == torch.__version__
+    assert report["cpu"] == {"model": cpu_model(), "bf16_features": cpu_bf16_features()}
     rows = report["rows"]
     assert [(r["mode"], r["model"], r["batch"]) for r in rows] == [
-        ("peak", "conv1x1", 1),
+        ("peak", "conv15x15", 1),
+        ("peak", "conv15x15_train", 1),
+        ("peak", "matmul", 1),
         ("train", "segdec_small", 1),
         ("infer", "segdec_small", 8),
         ("data", "segdec_small", 8),  # the demo's batch
@@ -71,26 +90,57 @@ def test_records_have_the_documented_keys(quick_run):
     # One markdown table: header, separator, a line per record.
     table = [line for line in stdout.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(rows)
-    assert "images/s" in table[0] and "GFLOP/s" in table[0]
+    assert "images/s" in table[0] and "GFLOP/s" in table[0] and "of peak" in table[0]
 
 
 def test_gflops_is_flops_times_images_per_second(quick_run):
-    peak, train, infer, data = quick_run[1]["rows"]
+    conv, conv_train, matmul, train, infer, data = quick_run[1]["rows"]
     forward, backward = measured(SegDecNet(**SMALL_NET), 64, 128)
     assert train["flops_per_image"] == forward + backward
     assert infer["flops_per_image"] == forward
-    assert peak["flops_per_image"] == 2 * 1024 * 1024 * 80 * 29
-    for record in (peak, train, infer):
+    # The paper network's volume convolution, 64 -> 1024, 15x15, on its 8x16 map at 64x128.
+    assert conv["flops_per_image"] == 2 * 64 * 1024 * 15 * 15 * 8 * 16
+    assert conv_train["flops_per_image"] == 3 * conv["flops_per_image"]
+    assert matmul["flops_per_image"] == 2 * 2048**3
+    for record in (conv, conv_train, matmul, train, infer):
         expected = record["flops_per_image"] * record["images_per_s"] / 1e9
         assert record["gflops_per_s"] == pytest.approx(expected, rel=1e-9)
     assert data["flops_per_image"] is None and data["gflops_per_s"] is None
 
 
+def test_of_peak_divides_by_the_best_peak_row_of_the_same_precision(quick_run):
+    report = quick_run[1]
+    conv, conv_train, matmul, train, infer, data = report["rows"]
+    best = max(r["gflops_per_s"] for r in (conv, conv_train, matmul))
+    assert report["peak_gflops_per_s"] == {"fp32": best}
+    for record in (conv, conv_train, matmul, train):
+        assert record["of_peak"] == pytest.approx(record["gflops_per_s"] / best, rel=1e-9)
+    assert max(r["of_peak"] for r in (conv, conv_train, matmul)) == 1.0
+    # No bf16 peak row in this run, and no FLOPs on a data row: no share.
+    assert infer["precision"] == "bf16" and infer["of_peak"] is None
+    assert data["of_peak"] is None
+
+
+def test_peak_shares_by_hand(bench):
+    records = [
+        {"mode": "peak", "precision": "fp32", "gflops_per_s": 100.0},
+        {"mode": "peak", "precision": "fp32", "gflops_per_s": 250.0},
+        {"mode": "peak", "precision": "bf16", "gflops_per_s": 400.0},
+        {"mode": "train", "precision": "fp32", "gflops_per_s": 200.0},
+        {"mode": "train", "precision": "bf16", "gflops_per_s": 100.0},
+        {"mode": "peak", "precision": "bf16", "error": "killed"},
+        {"mode": "data", "precision": "-", "gflops_per_s": None},
+    ]
+    assert bench.peaks(records) == {"fp32": 250.0, "bf16": 400.0}
+    shares = [r["of_peak"] for r in bench.with_peak_shares(records)]
+    assert shares == [0.4, 1.0, 1.0, 0.8, 0.25, None, None]
+
+
 def test_peak_memory_is_measured_for_the_network_rows(quick_run):
-    peak, train, infer, data = quick_run[1]["rows"]
+    *peaks, train, infer, data = quick_run[1]["rows"]
     # The small network's weights and gradients alone are ~1.3 MB; its activations more.
     assert train["peak_mb"] > 1 and infer["peak_mb"] > 0
-    assert peak["peak_mb"] is None and data["peak_mb"] is None
+    assert all(r["peak_mb"] is None for r in peaks) and data["peak_mb"] is None
 
 
 @pytest.fixture(scope="module")
