@@ -142,12 +142,14 @@ def test_dice_iou_at_hand_values() -> None:
 def test_pixel_metrics_mean_std_and_empty() -> None:
     probs, targets = _three_images()
     m = pixel_metrics(pixel_histograms(probs, targets), 0.5)
-    per_image = np.array([6 / 7, 0.0, 1.0])
+    # C marks no pixel: counted apart, not scored (its empty answer would be a Dice of 1)
+    per_image = np.array([6 / 7, 0.0])
     assert m["seg_threshold"] == pytest.approx(0.5)
     assert m["dice_mean"] == pytest.approx(per_image.mean())
     assert m["dice_std"] == pytest.approx(per_image.std())
-    assert m["iou_mean"] == pytest.approx((3 / 4 + 0 + 1) / 3)
+    assert m["iou_mean"] == pytest.approx((3 / 4 + 0) / 2)
     assert m["dice_per_image"] == pytest.approx(per_image)
+    assert m["positives_without_mask"] == 1 and m["scored"].tolist() == [True, True, False]
     empty = pixel_metrics(torch.zeros(0, 2, NUM_BINS, dtype=torch.long), 0.5)
     assert math.isnan(empty["dice_mean"]) and math.isnan(empty["iou_std"])
 

@@ -101,11 +101,20 @@ def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(f"unsupported pixel type {array.dtype} (8 or 16 bit expected): {path}")
 
 
-def read_native(path: Path | str) -> np.ndarray:
+def _without_alpha(array: np.ndarray) -> np.ndarray:
+    """The colour (or grey) channels of decoded pixels, without an alpha channel."""
+    if array.ndim == 3 and array.shape[2] in (2, 4):
+        return array[:, :, : array.shape[2] - 1]
+    return array
+
+
+def read_native(path: Path | str, *, mask: bool = False) -> np.ndarray:
     """Decode a file to uint8 HxW or HxWxC (C = 3, RGB order), alpha dropped.
 
     The channel count is kept as stored, which the tiling tool needs to write tiles
-    like their source; training code uses :func:`read_image` instead.
+    like their source; training code uses :func:`read_image` instead. With ``mask``, a
+    file whose largest value is 1 is a 0/1 mask (as label tools often store them, in 8 or
+    16 bits) and reads as 0/255, so the binarisation threshold (127) keeps its meaning.
     """
     path = Path(path)
     try:
@@ -121,6 +130,8 @@ def read_native(path: Path | str) -> np.ndarray:
         raise DataError(f"cannot decode image {path}: {exc}") from exc
     if array is None or array.size == 0:
         raise DataError(f"cannot decode image (unreadable or truncated): {path}")
+    if mask and _without_alpha(array).max() == 1:
+        array = array.astype(np.uint8) * np.uint8(255)
     array = _to_uint8(array, path)
     if array.ndim == 3:
         channels = array.shape[2]
@@ -151,7 +162,7 @@ def read_image(path: Path | str, channels: int) -> np.ndarray:
 
 def read_mask(path: Path | str) -> np.ndarray:
     """Read a mask as HxW uint8; colour masks take the channel maximum (any marked pixel)."""
-    array = read_native(path)
+    array = read_native(path, mask=True)
     if array.ndim == 3:
         array = array.max(axis=2)
     return array

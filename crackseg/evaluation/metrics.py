@@ -98,16 +98,26 @@ def _bin_index(threshold: float, num_bins: int) -> int:
     return int(min(max(round(float(threshold) * num_bins), 0), num_bins - 1))
 
 
+def has_mask_pixels(histograms: Tensor) -> Tensor:
+    """Which images' targets mark a pixel: a positive without one (an empty mask, a weak
+    positive, a crack too thin to survive the resize) has no Dice to score, as any answer
+    is either a perfect 1 (nothing predicted) or 0, whatever the image holds."""
+    return histograms[:, 1].sum(-1) > 0
+
+
 def choose_seg_threshold(histograms: Tensor) -> tuple[float, float]:
     """Threshold maximising mean Dice over the VALIDATION positives, and that mean Dice.
 
     Choosing it on validation keeps the test Dice honest (METHOD.md section 7). Ties go to
-    the lowest threshold. Without positives nothing can be chosen: returns (0.5, nan) and
-    the caller says so in the report.
+    the lowest threshold. Positives without a mask pixel are left out; without positives
+    that have one nothing can be chosen: returns (0.5, nan) and the caller says so in the
+    report.
     """
+    histograms = histograms[has_mask_pixels(histograms)]
     if histograms.shape[0] == 0:
         log.warning(
-            "No validation positives: segmentation threshold falls back to %s", DEFAULT_THRESHOLD
+            "No validation positive with mask pixels: segmentation threshold falls back to %s",
+            DEFAULT_THRESHOLD,
         )
         return DEFAULT_THRESHOLD, math.nan
     num_bins = histograms.shape[-1]
@@ -127,16 +137,31 @@ def dice_iou_at(histograms: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
 def pixel_metrics(histograms: Tensor, threshold: float) -> dict[str, Any]:
     """Dice / IoU mean and std over the TEST positives at the validation-chosen threshold.
 
-    Standard deviations are population ones (ddof = 0), as numpy computes them by default.
-    No positives: the means and stds are nan. ``dice_per_image`` / ``iou_per_image`` are
-    numpy arrays in the histograms' order, for naming and choosing the dice panels.
+    Positives without a mask pixel are counted apart (``positives_without_mask``) and left
+    out: they would score a Dice of 1 for predicting nothing. ``scored`` says which rows
+    were scored. Standard deviations are population ones (ddof = 0), as numpy computes
+    them by default. No positive scored: the means and stds are nan. ``dice_per_image`` /
+    ``iou_per_image`` are numpy arrays of the scored rows in the histograms' order, for
+    naming and choosing the dice panels.
     """
     num_bins = histograms.shape[-1]
     seg_threshold = _bin_index(threshold, num_bins) / num_bins
+    scored = has_mask_pixels(histograms)
+    counted = {
+        "positives_without_mask": int((~scored).sum()),
+        "scored": scored.cpu().numpy(),
+    }
+    if counted["positives_without_mask"]:
+        log.warning(
+            "%d test positive(s) have no mask pixel: counted apart, not in Dice and IoU",
+            counted["positives_without_mask"],
+        )
+    histograms = histograms[scored]
     if histograms.shape[0] == 0:
-        log.warning("No test positives: Dice and IoU are undefined (nan)")
+        log.warning("No test positive with mask pixels: Dice and IoU are undefined (nan)")
         empty = np.zeros(0, dtype=np.float64)
         return {
+            **counted,
             "seg_threshold": seg_threshold,
             "dice_mean": math.nan,
             "dice_std": math.nan,
@@ -149,6 +174,7 @@ def pixel_metrics(histograms: Tensor, threshold: float) -> dict[str, Any]:
     dice_np = dice.cpu().numpy()
     iou_np = iou.cpu().numpy()
     return {
+        **counted,
         "seg_threshold": seg_threshold,
         "dice_mean": float(dice_np.mean()),
         "dice_std": float(dice_np.std()),

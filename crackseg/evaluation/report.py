@@ -220,8 +220,22 @@ def _auto_notes(metrics: Mapping[str, Any]) -> list[str]:
             "Image AUC and AP are undefined (n/a): the test split holds only one class; "
             "the image threshold fell back to 0.5."
         )
+    without = int(metrics.get("positives_without_mask") or 0)
+    if without:
+        notes.append(
+            f"{without} test positive{'s have' if without > 1 else ' has'} no mask pixel (an "
+            "empty or missing mask, or a crack too thin for the input size): counted apart, "
+            "left out of Dice and IoU (`positives_without_mask` in metrics.json)."
+        )
     if _is_undefined(metrics.get("dice_mean")):
-        notes.append("Dice and IoU are undefined (n/a): the test split has no positives.")
+        notes.append(
+            "Dice and IoU are undefined (n/a): "
+            + (
+                "no test positive has a mask pixel."
+                if without
+                else "the test split has no positives."
+            )
+        )
     return notes
 
 

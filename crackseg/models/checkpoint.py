@@ -8,6 +8,7 @@ trained before a change to the module's layout still evaluate and predict.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +25,62 @@ log = logging.getLogger(__name__)
 SEG_BIAS_KEY = "net.seg_mask.1.bias"
 
 
+#: How the files of ``torch.save`` begin: a zip archive (the format since PyTorch 1.6), or
+#: the older format's pickle stream (protocol 2 or later).
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_MAGIC = b"\x80"
+NOT_A_CHECKPOINT = "not a PyTorch checkpoint"
+HOLDS_CODE = (
+    "it holds Python objects besides weights, which crackseg does not load "
+    "(a checkpoint is data, never code to run)"
+)
+
+
+def _not_a_checkpoint(head: bytes) -> str | None:
+    """What a file is instead of a checkpoint, judged by its first bytes; None where it
+    begins as ``torch.save`` writes."""
+    if head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        return None
+    if not head:
+        return f"{NOT_A_CHECKPOINT} (an empty file)"
+    if all(byte >= 0x20 or byte in b"\t\n\r\f" for byte in head):
+        return f"{NOT_A_CHECKPOINT} (a text file)"
+    return NOT_A_CHECKPOINT
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch could not load a file that begins as a checkpoint, in crackseg's words:
+    torch's own message advises loading with ``weights_only=False``, which runs the
+    file's code, and a checkpoint is data."""
+    if isinstance(error, pickle.UnpicklingError):
+        return HOLDS_CODE if "Unsupported global" in str(error) else NOT_A_CHECKPOINT
+    first = str(error).split(". ")[0].splitlines()[0] if str(error) else type(error).__name__
+    return f"truncated or damaged ({first})"
+
+
 def load_checkpoint_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """A checkpoint file's dict, or one clear line when it is missing or unreadable.
 
     ``mmap`` maps the tensors instead of reading them: for a look at the step or the
-    config, which then costs no more than reading the small part asked for.
+    config, which then costs no more than reading the small part asked for (the older
+    format cannot be mapped and is read whole).
     """
     ckpt = Path(path).expanduser()
     if not ckpt.is_file():
         raise CracksegError(f"checkpoint {ckpt} does not exist")
     try:
+        with ckpt.open("rb") as handle:
+            head = handle.read(512)
+    except OSError as error:
+        raise CracksegError(f"cannot read checkpoint {ckpt}: {error.strerror}") from error
+    instead = _not_a_checkpoint(head)
+    if instead is not None:
+        raise CracksegError(f"cannot read checkpoint {ckpt}: {instead}")
+    mmap = mmap and head.startswith(ZIP_MAGIC)
+    try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many types for a corrupt file
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = _load_failure(error)
         raise CracksegError(f"cannot read checkpoint {ckpt}: {reason}") from error
     if not isinstance(state, dict):
         raise CracksegError(f"cannot read checkpoint {ckpt}: it holds no checkpoint")

@@ -260,6 +260,7 @@ class SegDecModule(pl.LightningModule):
         image = image_metrics(scores, labels, threshold=float(self.image_threshold))
         published = confusion_at(scores, labels, image["best_f_threshold"])
         pixel = pixel_metrics(gathered["histograms"][positives], float(self.seg_threshold))
+        scored = torch.from_numpy(pixel.pop("scored"))
         self.test_results = {
             **{k: v for k, v in image.items() if not k.startswith("best_f_")},
             "test_best_f_threshold": image["best_f_threshold"],
@@ -270,7 +271,8 @@ class SegDecModule(pl.LightningModule):
             "indices": gathered["indices"].cpu().numpy(),
             "scores": scores.cpu().numpy(),
             "labels": labels.cpu().numpy(),
-            "positive_indices": gathered["indices"][positives].cpu().numpy(),
+            # the positives scored, in the order of dice_per_image
+            "positive_indices": gathered["indices"][positives].cpu()[scored].numpy(),
         }
         if self.last_val_dice is not None:
             self.test_results["seg_threshold_val_dice"] = self.last_val_dice

@@ -1,0 +1,191 @@
+"""Faults a new user found (issue 25): each one's test, failing before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY, one_line_error, run_entry
+
+from crackseg.data.io import read_mask
+from crackseg.data.layouts import check_samples, index_layout
+from crackseg.errors import CracksegError
+from crackseg.evaluation.metrics import choose_seg_threshold, pixel_metrics
+from crackseg.evaluation.report import _auto_notes
+from crackseg.models.checkpoint import checkpoint_step, read_checkpoint
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+
+
+# --------------------------------------------------------------- 2. masks stored as 0/1
+
+
+def test_a_mask_whose_largest_value_is_1_is_read_as_a_0_1_mask(tmp_path):
+    mask = np.zeros((8, 10), np.uint8)
+    mask[2, 3:7] = 1
+    _write(tmp_path / "eight.png", mask)
+    _write(tmp_path / "sixteen.png", mask.astype(np.uint16))
+    _write(tmp_path / "colour.png", np.dstack([mask] * 3))
+    _write(tmp_path / "alpha.png", np.dstack([mask] * 3 + [np.full_like(mask, 255)]))
+    for name in ("eight.png", "sixteen.png", "colour.png", "alpha.png"):
+        read = read_mask(tmp_path / name)
+        assert read.dtype == np.uint8 and read.shape == (8, 10)
+        np.testing.assert_array_equal(read, mask * 255)
+    # 0/255 masks and grey masks with other values stay as they are
+    grey = np.array([[0, 2, 130, 255]], np.uint8)
+    _write(tmp_path / "grey.png", grey)
+    np.testing.assert_array_equal(read_mask(tmp_path / "grey.png"), grey)
+
+
+def test_positives_with_0_1_masks_keep_their_masks(tmp_path):
+    for name in ("a", "b"):
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:8, 2:14] = 1
+        _write(tmp_path / "images" / f"{name}.png", np.full((16, 16, 3), 90, np.uint8))
+        _write(tmp_path / "masks" / f"{name}.png", mask)
+    samples = index_layout("crack_segmentation", tmp_path)["all"]
+    checked = check_samples(samples)
+    assert [s.is_positive for s in checked] == [True, True]
+    assert all(s.mask_path is not None for s in checked)  # not weak positives
+
+
+def test_a_run_on_0_1_masks_trains_and_scores_its_positives_segmented(tmp_path):
+    """The user's case: a dataset whose masks are stored as 0/1 trains as with 0/255."""
+    from crackseg.data.synthetic import generate_synthetic_dataset
+
+    root = generate_synthetic_dataset(tmp_path / "set", 20, 20, height=64, width=128, seed=0)
+    (root / "synthetic.json").unlink()
+    for path in (root / "masks").iterdir():
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert cv2.imwrite(str(path), (mask > 127).astype(np.uint8))
+    run_dir = tmp_path / "run"
+    result = run_entry(
+        "train",
+        "data=crack_segmentation",
+        f"data.root={root}",
+        *[o for o in TINY if not o.startswith("data.synthetic.")],
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "empty mask" not in result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_segmented"] == metrics["train_positives"] == 14
+    assert metrics["num_weak"] == 0 and metrics["positives_without_mask"] == 0
+    assert metrics["dice_mean"] < 1.0
+
+
+def _histogram(predicted: list[int], target: list[int], num_bins: int = 10) -> torch.Tensor:
+    """One image's histogram: pixel i has probability 0.95 if predicted[i] else 0.05."""
+    hist = torch.zeros(2, num_bins, dtype=torch.long)
+    for p, t in zip(predicted, target, strict=True):
+        k = num_bins - 1 if p else 0
+        hist[0, k] += 1
+        hist[1, k] += t
+    return hist
+
+
+def test_a_positive_with_an_empty_mask_never_scores_dice_1():
+    # image 1: 2 of 4 pixels predicted, 1 of them right over a 1-pixel target:
+    # Dice = 2*1/(2+1) = 2/3, IoU = 1/2; image 2: nothing predicted, nothing marked
+    scored = _histogram([1, 1, 0, 0], [1, 0, 0, 0])
+    empty = _histogram([0, 0, 0, 0], [0, 0, 0, 0])
+    pixel = pixel_metrics(torch.stack([scored, empty]), 0.5)
+    assert pixel["dice_mean"] == pytest.approx(2 / 3) and pixel["iou_mean"] == pytest.approx(0.5)
+    assert pixel["positives_without_mask"] == 1
+    assert pixel["dice_per_image"].tolist() == pytest.approx([2 / 3])
+    assert pixel["scored"].tolist() == [True, False]
+    only_empty = pixel_metrics(torch.stack([empty, empty]), 0.5)
+    assert np.isnan(only_empty["dice_mean"]) and only_empty["positives_without_mask"] == 2
+    # the validation threshold is not chosen at a Dice of 1 from positives without a mask
+    threshold, dice = choose_seg_threshold(torch.stack([empty, empty]))
+    assert threshold == 0.5 and np.isnan(dice)
+    threshold, dice = choose_seg_threshold(torch.stack([scored, empty]))
+    assert dice == pytest.approx(2 / 3)
+
+
+def test_the_report_counts_positives_without_a_mask_apart():
+    notes = _auto_notes({"dice_mean": 0.5, "image_auc": 1.0, "image_ap": 1.0})
+    assert not any("without" in note for note in notes)
+    notes = _auto_notes({"dice_mean": 0.5, "positives_without_mask": 2, "image_auc": 1.0})
+    assert any("2 test positives have no mask pixel" in note for note in notes)
+    notes = _auto_notes({"dice_mean": None, "positives_without_mask": 3, "image_auc": 1.0})
+    assert any("3 test positives have no mask pixel" in note for note in notes)
+    assert not any("has no positives" in note for note in notes)
+
+
+# --------------------------------------------------------------- 6. checkpoint messages
+
+
+class _NotWeights:
+    """An object a weights-only load refuses."""
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\x13" + np.random.default_rng(0).bytes(4095), "not a PyTorch checkpoint"),
+        (b"\x80" + np.random.default_rng(1).bytes(4095), "not a PyTorch checkpoint"),
+        (b"epoch=3\nbest=0.91\n", "not a PyTorch checkpoint (a text file)"),
+        (b"", "not a PyTorch checkpoint (an empty file)"),
+    ],
+    ids=["random bytes", "random bytes as a pickle", "text", "empty"],
+)
+def test_a_file_that_is_no_checkpoint_says_so(tmp_path, content, expected):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CracksegError) as raised:
+        read_checkpoint(path)
+    assert str(raised.value) == f"cannot read checkpoint {path}: {expected}"
+
+
+def test_a_checkpoint_holding_code_is_refused_without_suggesting_unsafe_loading(tmp_path):
+    path = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "extra": _NotWeights()}, path)
+    with pytest.raises(CracksegError) as raised:
+        read_checkpoint(path)
+    message = str(raised.value)
+    assert "weights_only" not in message and "arbitrary code" not in message
+    assert message == (
+        f"cannot read checkpoint {path}: it holds Python objects besides weights, which "
+        "crackseg does not load (a checkpoint is data, never code to run)"
+    )
+
+
+def test_a_truncated_checkpoint_is_named_as_such(tmp_path):
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "global_step": 7}, whole)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole.read_bytes()[:2000])
+    with pytest.raises(CracksegError, match=r"^cannot read checkpoint .*cut\.ckpt: truncated"):
+        read_checkpoint(cut)
+
+
+def test_a_checkpoint_of_the_legacy_format_is_read_for_its_step(tmp_path):
+    path = tmp_path / "legacy.ckpt"
+    state = {"state_dict": {"w": torch.ones(3)}, "global_step": 7}
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    assert checkpoint_step(path) == 7
+
+
+def test_predict_with_random_bytes_as_checkpoint_is_one_line(tmp_path):
+    ckpt = tmp_path / "random.ckpt"
+    ckpt.write_bytes(os.urandom(4096))
+    (tmp_path / "photos").mkdir()
+    _write(tmp_path / "photos" / "a.png", np.zeros((64, 64, 3), np.uint8))
+    result = run_entry(
+        "predict",
+        f"ckpt_path={ckpt}",
+        f"input={tmp_path / 'photos'}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    )
+    line = one_line_error(result)
+    assert line == f"error: cannot read checkpoint {ckpt}: not a PyTorch checkpoint"
