@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -14,6 +16,7 @@ from conftest import REPO, TINY, one_line_error, run_entry
 
 from crackseg.data.io import read_mask
 from crackseg.data.layouts import check_samples, index_layout
+from crackseg.data.tools import main as data_main
 from crackseg.errors import CracksegError
 from crackseg.evaluation.metrics import choose_seg_threshold, pixel_metrics
 from crackseg.evaluation.report import _auto_notes
@@ -189,3 +192,59 @@ def test_predict_with_random_bytes_as_checkpoint_is_one_line(tmp_path):
     )
     line = one_line_error(result)
     assert line == f"error: cannot read checkpoint {ckpt}: not a PyTorch checkpoint"
+
+
+# --------------------------------------------------------------- 7. crackseg-data values
+
+
+def _photo(folder: Path, name: str = "P", h: int = 64, w: int = 96) -> None:
+    mask = np.zeros((h, w), np.uint8)
+    mask[10, 0:60] = 255
+    _write(folder / "images" / f"{name}.jpg", np.full((h, w, 3), 100, np.uint8))
+    _write(folder / "masks" / f"{name}.png", mask)
+
+
+def test_tile_refuses_a_negative_min_crack_pixels(tmp_path, capsys):
+    _photo(tmp_path / "src")
+    code = data_main(
+        ["tile", str(tmp_path / "src"), str(tmp_path / "dst"), "--min-crack-pixels", "-1"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == "error: --min-crack-pixels must be at least 1, got -1\n"
+    assert not (tmp_path / "dst").exists()
+
+
+def test_tile_larger_than_every_image_is_refused_with_the_hint(tmp_path, capsys):
+    _photo(tmp_path / "src", "A")
+    _photo(tmp_path / "src", "B", h=80, w=70)
+    code = data_main(["tile", str(tmp_path / "src"), str(tmp_path / "dst"), "--size", "100"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: no tile cut: no image is 100x100 px or larger (the images are at most 80 px "
+        "high and 96 px wide); use a smaller --size, or --pad to mirror-pad the images\n"
+    )
+    assert not (tmp_path / "dst").exists() and not list(tmp_path.glob(".dst.partial-*"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["tile"], "error: crackseg-data tile: the following arguments are required: src, dst"),
+        (["tile", "a", "b", "--size", "big"], "error: crackseg-data tile: argument --size: "),
+        (["shuffle"], "error: crackseg-data: argument command: invalid choice: 'shuffle'"),
+    ],
+    ids=["missing arguments", "not a number", "no such command"],
+)
+def test_a_wrong_command_line_is_one_error_line(argv, expected):
+    result = subprocess.run(
+        [sys.executable, "-m", "crackseg.data.tools", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(expected), result.stderr
+    assert "usage:" not in result.stderr

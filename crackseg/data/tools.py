@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from crackseg.atomic import encode_png
-from crackseg.data.io import read_mask, read_native
+from crackseg.data.io import image_size, read_mask, read_native
 from crackseg.data.layouts import BINARIZE_THRESHOLD, LAYOUTS, check_samples, index_layout
 from crackseg.data.samples import Sample
 from crackseg.data.splits import resolve_splits, stratified_split, write_split_csv
@@ -125,6 +125,8 @@ def tile_dataset(
     stride = stride or size
     if size <= 0 or stride <= 0:
         raise ConfigError(f"tile size and stride must be positive, got {size} and {stride}")
+    if min_crack_pixels < 1:
+        raise ConfigError(f"--min-crack-pixels must be at least 1, got {min_crack_pixels}")
     by_photo = {"val": val_fraction, "test": test_fraction}
     by_photo = {k: v for k, v in by_photo.items() if v is not None}
     for key, value in by_photo.items():
@@ -168,6 +170,8 @@ def tile_dataset(
         counts[split][1] += labels.count(False)
         ambiguous += labels.count(None)
         skipped += not labels
+    if jobs and skipped == len(jobs):
+        raise _no_tile(size, [sample for sample, _ in jobs])
     if skipped:
         log.warning("%d image(s) smaller than %d px gave no tile (use --pad)", skipped, size)
     if ambiguous:
@@ -178,6 +182,16 @@ def tile_dataset(
             min_crack_pixels - 1,
         )
     return {split: (pos, neg) for split, (pos, neg) in counts.items()}
+
+
+def _no_tile(size: int, samples: list[Sample]) -> DataError:
+    """Every image is smaller than a tile: an empty dataset would only fail later."""
+    sizes = [image_size(sample.image_path) for sample in samples]
+    high, wide = max(h for h, _ in sizes), max(w for _, w in sizes)
+    return DataError(
+        f"no tile cut: no image is {size}x{size} px or larger (the images are at most {high} "
+        f"px high and {wide} px wide); use a smaller --size, or --pad to mirror-pad the images"
+    )
 
 
 #: Written last into a folder of tiles made for a data config: the tiling's parameters.
@@ -337,8 +351,15 @@ def _cmd_stats(args: argparse.Namespace) -> None:
     print(positives_table(split_counts(splits)))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes end as every other mistake: one ``error:`` line, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crackseg-data", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="crackseg-data", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     tile = commands.add_parser(
@@ -400,9 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``crackseg-data``; returns the exit code."""
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except CracksegError as exc:
         message = " ".join(str(exc).split())
