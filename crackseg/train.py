@@ -39,9 +39,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: CrackDataModule = instantiate(cfg.data, _convert_="all")
-    module: SegDecModule = instantiate(
-        cfg.model, _convert_="all", run_config=OmegaConf.to_yaml(cfg, resolve=True)
-    )
+    module = SegDecModule.from_config(cfg, run_config=OmegaConf.to_yaml(cfg, resolve=True))
     output_dir = Path(cfg.paths.output_dir)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     callbacks.append(EvaluationReport(str(output_dir), cfg.num_dice_panels, cfg, cfg.report_title))

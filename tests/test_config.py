@@ -15,6 +15,8 @@ from omegaconf import OmegaConf
 from crackseg import CONFIG_DIR
 from crackseg.errors import ConfigError
 from crackseg.evaluation.report import HPARAMS, RUN_PARAMETERS, run_parameters_from_config
+from crackseg.models.lit_segdec import SegDecModule
+from crackseg.models.settings import LossSettings
 from crackseg.runs.config_checks import check_config
 
 SEED_REPORT = SHARED / "seed" / "crack_segmentation_results.md"
@@ -61,12 +63,10 @@ def test_every_override_name_reaches_the_objects_it_configures(tmp_path):
     assert data.batch_size == 3 and data.dilate == 5 and data.num_segmented == 4
     assert data.frequency_sampling is False and data.validate_on_test is True
     assert (data.weight_map.max_weight, data.weight_map.power) == (3.0, 1.5)
-    module = instantiate(cfg.model, _convert_="all")
-    assert module.hparams.optim["lr"] == 0.5 and module.hparams.delta_cls == 0.2
+    module = SegDecModule.from_config(cfg)
+    assert module.optim_settings.optimizer["lr"] == 0.5
     assert module.configure_optimizers().param_groups[0]["lr"] == 0.5
-    assert module.hparams.decision_target == "mask_max"
-    assert module.hparams.batch_reduction == "sum"
-    assert module.hparams.dynamic_balance is False
+    assert module.loss_settings == LossSettings(0.2, False, "mask_max", "sum")
     assert module.net.gradient_adjustment is False
     assert module.net.in_channels == 1
     assert cfg.trainer.max_epochs == 7
@@ -142,14 +142,14 @@ def test_every_experiment_names_the_data_of_an_evaluation(experiment):
     ],
 )
 def test_the_optimiser_is_a_config(overrides, optimizer, lr):
-    module = instantiate(_compose(*overrides).model, _convert_="all")
+    module = SegDecModule.from_config(_compose(*overrides))
     built = module.configure_optimizers()
     assert type(built) is optimizer and built.param_groups[0]["lr"] == lr
     assert built.param_groups[0]["params"] == list(module.net.parameters())
 
 
 def test_a_scheduler_is_an_override():
-    module = instantiate(_compose("scheduler=step", "scheduler.step_size=3").model, _convert_="all")
+    module = SegDecModule.from_config(_compose("scheduler=step", "scheduler.step_size=3"))
     built = module.configure_optimizers()
     scheduler = built["lr_scheduler"]["scheduler"]
     assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.step_size == 3

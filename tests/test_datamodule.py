@@ -91,7 +91,7 @@ def test_full_resolution_head_trains_at_full_resolution(dataset_root):
     datamodule = datamodule_of(dataset_root, weighted_seg=True)
     batch = next(iter(datamodule.train_dataloader()))
     net = {"channels": (4, 8, 8), "volume_channels": 8, "volume_kernel": 3}
-    module = SegDecModule(net=net | {"full_resolution": True, "full_resolution_width": 4})
+    module = SegDecModule(network=net | {"full_resolution": True, "full_resolution_width": 4})
     out = module.net(batch["image"])
     assert out.segmentation.shape[-2:] == batch["mask"].shape[-2:]
     loss = module.training_step(batch, 0)

@@ -11,6 +11,7 @@ from crackseg.models.losses import (
     loss_weights,
     segmentation_loss,
 )
+from crackseg.models.settings import InputShape, LossSettings
 
 
 @pytest.mark.parametrize(
@@ -93,7 +94,11 @@ def test_a_sum_over_a_batch_of_two_gives_twice_the_gradient_of_the_mean():
     grads = {}
     for reduction in ("mean", "sum"):
         torch.manual_seed(0)
-        module = SegDecModule(net=net, input_height=64, input_width=128, batch_reduction=reduction)
+        module = SegDecModule(
+            network=net,
+            input_shape=InputShape(height=64, width=128),
+            loss=LossSettings(batch_reduction=reduction),
+        )
         module.log = lambda *args, **kwargs: None  # no trainer here
         module.loss_weights = lambda: (0.7, 0.3)
         module.training_step(batch, 0).backward()

@@ -17,6 +17,7 @@ from crackseg.data.samples import Sample
 from crackseg.errors import DataError
 from crackseg.evaluation.weak_ranking import binary_entropy, rank, uncertainty, write_ranking
 from crackseg.models.lit_segdec import SegDecModule
+from crackseg.models.settings import InputShape
 from crackseg.sweep.curves import MIXED_SUPERVISION_FIGURE, draw_sweep_curves, sweep_curves
 from crackseg.sweep.summary import collect_runs, write_summary
 
@@ -41,9 +42,8 @@ def test_segmented_subsets_are_nested_and_do_not_depend_on_the_seed(dataset_root
 
 def test_a_batch_of_weak_positives_has_no_segmentation_loss_and_a_finite_total():
     module = SegDecModule(
-        net={"channels": (4, 8, 8), "volume_channels": 8, "volume_kernel": 3},
-        input_height=64,
-        input_width=128,
+        network={"channels": (4, 8, 8), "volume_channels": 8, "volume_kernel": 3},
+        input_shape=InputShape(height=64, width=128),
     )
     logged = {}
     module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)

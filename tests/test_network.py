@@ -120,9 +120,10 @@ def test_segmentation_bias_is_trained_and_lets_a_clean_image_fall_below_ln2():
     image (Jensen); only the learned FeatureNorm bias of the 1/8 head gets below it."""
     from crackseg.models.lit_segdec import SegDecModule
     from crackseg.models.losses import segmentation_loss
+    from crackseg.models.settings import InputShape
 
     torch.manual_seed(0)
-    module = SegDecModule(net=SMALL, input_height=64, input_width=128)
+    module = SegDecModule(network=SMALL, input_shape=InputShape(height=64, width=128))
     optimizer = module.configure_optimizers()
     bias = module.net.seg_mask[1].bias
     assert bias.requires_grad
@@ -156,9 +157,10 @@ def test_forward_upsamples_probabilities_not_logits():
     import torch.nn.functional as F
 
     from crackseg.models.lit_segdec import SegDecModule
+    from crackseg.models.settings import InputShape
 
     torch.manual_seed(0)
-    module = SegDecModule(net=SMALL, input_height=64, input_width=128).eval()
+    module = SegDecModule(network=SMALL, input_shape=InputShape(height=64, width=128)).eval()
     images = torch.rand(2, 3, 64, 128)
     with torch.no_grad():
         logits = module.net(images).segmentation

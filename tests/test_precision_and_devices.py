@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from crackseg.models import precision
 from crackseg.models.lit_segdec import SegDecModule
+from crackseg.models.settings import InputShape
 from crackseg.runs import hardware
 
 NET = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
@@ -34,7 +35,7 @@ def _batch(size: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
 def _losses(precision: str, steps: int = 6) -> tuple[list[float], SegDecModule]:
     """The first training losses on one batch, the network running in ``precision``."""
     torch.manual_seed(0)
-    module = SegDecModule(net=NET, input_height=64, input_width=128)
+    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
     module.log = lambda *args, **kwargs: None
     module.loss_weights = lambda: (1.0, 0.1)
     optimizer = module.configure_optimizers()
@@ -124,7 +125,7 @@ class _NoSyncInSteps(pl.Callback):
 def test_the_training_step_never_waits_for_the_device():
     """On a GPU a value read back from a tensor stalls the queue every step; here every such
     read is refused while Lightning runs the step, its logging, backward and the update."""
-    module = SegDecModule(net=NET, input_height=64, input_width=128)
+    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
     watch = _NoSyncInSteps()
     trainer = _one_epoch_trainer(watch, limit_val_batches=0)
     trainer.fit(module, _loader())
@@ -153,7 +154,7 @@ class _Dtypes(pl.Callback):
 
 
 def test_bf16_mixed_runs_the_network_in_bf16_in_every_stage_and_the_loss_in_float32():
-    module = SegDecModule(net=NET, input_height=64, input_width=128)
+    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
     dtypes = _Dtypes(module)
     trainer = _one_epoch_trainer(dtypes, precision="bf16-mixed", num_sanity_val_steps=0)
     trainer.fit(module, _loader(), _loader())

@@ -30,7 +30,7 @@ def _split(target_prob: float, background_prob: float) -> list[dict]:
 
 
 def test_test_split_uses_the_validation_threshold():
-    module = ProbabilitiesAsImages(net={"channels": (4, 4, 4), "volume_channels": 4})
+    module = ProbabilitiesAsImages(network={"channels": (4, 4, 4), "volume_channels": 4})
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     # Validation: defects at 0.35 over a 0.25 background -> the lowest best threshold is 0.26.
     trainer.validate(module, DataLoader(_split(0.35, 0.25), batch_size=2), verbose=False)
@@ -66,7 +66,7 @@ def _scored(positives: list[float], negatives: list[float]) -> list[dict]:
 
 
 def test_the_image_threshold_comes_from_validation_and_counts_the_test_split():
-    module = ScoresAsImages(net={"channels": (4, 4, 4), "volume_channels": 4})
+    module = ScoresAsImages(network={"channels": (4, 4, 4), "volume_channels": 4})
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     # Validation: 0.6 separates positives {0.6, 0.8} from negatives {0.3, 0.5}: F = 1 there.
     val = DataLoader(_scored([0.6, 0.8], [0.3, 0.5]), batch_size=4)

@@ -15,6 +15,7 @@ from crackseg.deploy.predictor import Plan, predict_images
 from crackseg.deploy.tiling import TileGrid, blend_window, tile_starts
 from crackseg.errors import ConfigError
 from crackseg.models.lit_segdec import SegDecModule
+from crackseg.models.settings import InputShape
 
 SMALL_NET = {"channels": [8, 8, 8], "volume_channels": 16, "volume_kernel": 3}
 
@@ -129,7 +130,7 @@ def test_resize_mode_resizes_to_the_input_size_and_the_map_back():
 
 def test_an_image_of_one_tile_gives_the_plain_forward_pass():
     torch.manual_seed(0)
-    module = SegDecModule(net=SMALL_NET, input_height=64, input_width=128).eval()
+    module = SegDecModule(network=SMALL_NET, input_shape=InputShape(height=64, width=128)).eval()
     image = np.random.default_rng(3).integers(0, 256, (64, 128, 3), np.uint8)
     backend = TorchBackend(module, torch.device("cpu"))
     prediction = predict_one(image, backend, Plan("tile", 64, 128))
@@ -146,7 +147,7 @@ def test_bf16_autocast_runs_on_the_cpu_close_to_float32():
     logit near 0 is a difference of larger terms, each rounded at their own size: the
     image's largest logit); a bf16 output is then rounded once more (at most 2^-9 below 1)."""
     torch.manual_seed(0)
-    module = SegDecModule(net=SMALL_NET, input_height=64, input_width=128).eval()
+    module = SegDecModule(network=SMALL_NET, input_shape=InputShape(height=64, width=128)).eval()
     tiles = np.random.default_rng(4).integers(0, 256, (2, 64, 128, 3), np.uint8)
     scores32, maps32 = TorchBackend(module, torch.device("cpu"), "32")(tiles)
     scores16, maps16 = TorchBackend(module, torch.device("cpu"), "bf16")(tiles)

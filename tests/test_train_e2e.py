@@ -50,7 +50,7 @@ def test_history_has_per_epoch_losses_and_lambdas(tiny_run):
 def test_checkpoint_knows_its_architecture_and_input_size(tiny_run):
     ckpt = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)
     hp = ckpt["hyper_parameters"]
-    assert (hp["input_channels"], hp["input_height"], hp["input_width"]) == (3, 64, 128)
+    assert hp["input_shape"] == {"channels": 3, "height": 64, "width": 128}
     assert "data:" in hp["run_config"]
 
 

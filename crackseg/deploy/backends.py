@@ -108,13 +108,13 @@ class ModelInfo:
 
     @classmethod
     def of_module(cls, module: SegDecModule) -> ModelInfo:
-        hp = module.hparams
+        shape = module.input_shape
         image_threshold, seg_threshold = thresholds(module)
-        scaling = hp.get("input_scaling")
+        scaling = module.hparams.get("input_scaling")
         return cls(
-            input_channels=int(hp.input_channels),
-            input_height=int(hp.input_height),
-            input_width=int(hp.input_width),
+            input_channels=shape.channels,
+            input_height=shape.height,
+            input_width=shape.width,
             input_scaling=dict(scaling) if scaling is not None else None,
             image_threshold=image_threshold,
             seg_threshold=seg_threshold,

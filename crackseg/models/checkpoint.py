@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crackseg.errors import CracksegError
 from crackseg.models.lit_segdec import SegDecModule
+from crackseg.models.settings import DEFAULT_OPTIM, LossSettings, SpeedSettings
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +110,31 @@ def checkpoint_run_config(path: str | Path) -> DictConfig | None:
     return OmegaConf.create(text) if text else None
 
 
+def grouped_hparams(flat: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of a checkpoint saved before the module's settings came in groups
+    (one flat list of arguments) as the groups; a key it lacks takes the group's default."""
+    optimizer = flat.get("optim") or DEFAULT_OPTIM
+    if "lr" in flat:  # before the optimiser was a config
+        optimizer = {**DEFAULT_OPTIM, "lr": flat["lr"]}
+    shape = {k: flat[f"input_{k}"] for k in ("channels", "height", "width") if f"input_{k}" in flat}
+    return {
+        "network": flat.get("net", {}),
+        "input_shape": shape,
+        "loss": {f.name: flat[f.name] for f in fields(LossSettings) if f.name in flat},
+        "optim": {"optimizer": optimizer, "scheduler": flat.get("scheduler")},
+        "speed": {f.name: flat[f.name] for f in fields(SpeedSettings) if f.name in flat},
+        "input_scaling": flat.get("input_scaling"),
+        "run_config": flat.get("run_config"),
+    }
+
+
 def upgrade(checkpoint: dict[str, Any], source: str = "checkpoint") -> dict[str, Any]:
     """Bring an older checkpoint's hyperparameters and weights to the current module."""
     hparams = dict(checkpoint.get("hyper_parameters", {}))
+    if "network" not in hparams:
+        hparams = grouped_hparams(hparams)
     state = dict(checkpoint["state_dict"])
-    if "lr" in hparams:  # before the optimiser was a config
-        hparams["optim"] = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": hparams["lr"]}
-        del hparams["lr"]
-    full_resolution = bool(hparams.get("net", {}).get("full_resolution", False))
+    full_resolution = bool(hparams["network"].get("full_resolution", False))
     if full_resolution:  # the unused 1/8 head is no longer built beside the full-resolution one
         state = {k: v for k, v in state.items() if not k.startswith("net.seg_mask.")}
     elif SEG_BIAS_KEY not in state and "net.seg_mask.1.scale" in state:
@@ -151,8 +170,8 @@ def thresholds(module: SegDecModule) -> tuple[float, float]:
 
 def check_input_shape(module: SegDecModule, channels: int, height: int, width: int) -> None:
     """The data must come in the shape the weights were trained on."""
-    hp = module.hparams
-    trained = (hp.input_channels, hp.input_height, hp.input_width)
+    shape = module.input_shape
+    trained = (shape.channels, shape.height, shape.width)
     asked = (channels, height, width)
     if trained != asked:
         raise CracksegError(

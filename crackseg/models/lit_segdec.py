@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from crackseg.data.labels import downsample_to_output
@@ -23,8 +25,6 @@ from crackseg.evaluation.metrics import (
     pixel_metrics,
 )
 from crackseg.models.losses import (
-    BATCH_REDUCTIONS,
-    DECISION_TARGETS,
     decision_losses,
     decision_targets,
     loss_weights,
@@ -32,9 +32,14 @@ from crackseg.models.losses import (
     segmentation_losses,
 )
 from crackseg.models.segdecnet import SegDecNet, SegDecOutput
-
-#: Plain SGD at the published runs' learning rate, when no optimiser config is given.
-DEFAULT_OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.0}
+from crackseg.models.settings import (
+    InputShape,
+    LossSettings,
+    NetworkSettings,
+    OptimSettings,
+    SpeedSettings,
+    as_group,
+)
 
 #: The training losses logged once per epoch: the mean over the samples each applies to.
 TRAIN_LOSSES = ("loss_seg", "loss_dec", "loss")
@@ -43,14 +48,13 @@ TRAIN_LOSSES = ("loss_seg", "loss_dec", "loss")
 class SegDecModule(pl.LightningModule):
     """Trains :class:`SegDecNet` with the mixed-supervision losses of METHOD.md §4.
 
-    ``net`` holds the network's arguments (so a checkpoint rebuilds its own architecture);
-    ``optim``/``scheduler`` are Hydra configs of a partial optimiser / scheduler
-    (``_target_``, ``_partial_: true``, arguments). ``input_*`` record the size the network
-    was trained for and ``input_scaling`` how training images reached it (set from the data
-    when fitting starts); ``run_config`` is the composed training config as YAML.
-    ``channels_last`` stores activations NHWC; ``compile`` (a torch.compile mode: default,
-    reduce-overhead for CUDA graphs at small batches, max-autotune) compiles the network
-    for training.
+    The settings come in groups (crackseg.models.settings), each the dataclass, its
+    fields' dict or None for its defaults: ``network`` (so a checkpoint rebuilds its own architecture),
+    ``input_shape`` (the size the network is trained for), ``loss``, ``optim`` (optimiser
+    and scheduler) and ``speed``. ``input_scaling`` records how training images reached
+    the input size (set from the data when fitting starts); ``run_config`` is the composed
+    training config as YAML. :meth:`from_config` builds the module a training config
+    describes.
 
     The image threshold (best F-measure) and the segmentation threshold (best mean Dice) are
     chosen on the validation split and kept as buffers, so every checkpoint carries the
@@ -60,30 +64,33 @@ class SegDecModule(pl.LightningModule):
 
     def __init__(
         self,
-        net: dict[str, Any],
-        name: str = "segdec",
-        optim: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
-        delta_cls: float = 0.01,
-        dynamic_balance: bool = True,
-        decision_target: str = "label",
-        batch_reduction: str = "mean",
-        input_channels: int = 3,
-        input_height: int = 640,
-        input_width: int = 232,
+        network: NetworkSettings | dict[str, Any] | None = None,
+        input_shape: InputShape | dict[str, Any] | None = None,
+        loss: LossSettings | dict[str, Any] | None = None,
+        optim: OptimSettings | dict[str, Any] | None = None,
+        speed: SpeedSettings | dict[str, Any] | None = None,
         input_scaling: dict[str, Any] | None = None,
-        channels_last: bool = False,
-        compile: str | None = None,
         run_config: str | None = None,
     ) -> None:
         super().__init__()
-        if decision_target not in DECISION_TARGETS:
-            raise ValueError(f"decision_target must be one of {DECISION_TARGETS}")
-        if batch_reduction not in BATCH_REDUCTIONS:
-            raise ValueError(f"batch_reduction must be one of {BATCH_REDUCTIONS}")
-        # The run's own hyperparameters go to TensorBoard with the final metrics instead.
-        self.save_hyperparameters(logger=False)
-        self.net = SegDecNet(in_channels=input_channels, **net)
+        self.network_settings = as_group(NetworkSettings, network)
+        self.input_shape = as_group(InputShape, input_shape)
+        self.loss_settings = as_group(LossSettings, loss)
+        self.optim_settings = as_group(OptimSettings, optim)
+        self.speed = as_group(SpeedSettings, speed)
+        # Plain dicts, which a checkpoint stores and this constructor takes back. The run's
+        # own hyperparameters go to TensorBoard with the final metrics instead.
+        hparams = {
+            "network": asdict(self.network_settings),
+            "input_shape": asdict(self.input_shape),
+            "loss": asdict(self.loss_settings),
+            "optim": asdict(self.optim_settings),
+            "speed": asdict(self.speed),
+            "input_scaling": input_scaling,
+            "run_config": run_config,
+        }
+        self.save_hyperparameters(hparams, logger=False)
+        self.net = SegDecNet(in_channels=self.input_shape.channels, **hparams["network"])
         self.register_buffer("image_threshold", torch.tensor(DEFAULT_THRESHOLD))
         self.register_buffer("seg_threshold", torch.tensor(DEFAULT_THRESHOLD))
         self.train_means = torch.nn.ModuleDict({name: WeightedMean() for name in TRAIN_LOSSES})
@@ -99,14 +106,35 @@ class SegDecModule(pl.LightningModule):
         self.best_val_image_ap = math.nan
         self.test_results: dict[str, Any] = {}
 
+    @classmethod
+    def from_config(cls, cfg: DictConfig, run_config: str | None = None) -> SegDecModule:
+        """The module a training config describes: the network of ``model`` with the
+        ``loss``'s gradient adjustment, the input shape of ``data``, the ``loss``, and the
+        ``optim`` and ``scheduler`` configs.
+
+        Reads only these keys, so the saved config of a run started before the settings
+        groups (whose ``model`` block repeated loss and data keys) builds the same module.
+        """
+        model = cfg.model
+        network = plain(model.net) | {"gradient_adjustment": cfg.loss.gradient_adjustment}
+        data = cfg.data
+        return cls(
+            network=NetworkSettings(**network),
+            input_shape=InputShape(data.input_channels, data.input_height, data.input_width),
+            loss=LossSettings.from_config(cfg.loss),
+            optim=OptimSettings(plain(cfg.optim), plain(OmegaConf.select(cfg, "scheduler"))),
+            speed=SpeedSettings(model.get("channels_last", False), model.get("compile")),
+            run_config=run_config,
+        )
+
     def setup(self, stage: str) -> None:
-        if self.hparams.channels_last:
+        if self.speed.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        if self.hparams.compile and stage == "fit":
-            self.net.compile(mode=self.hparams.compile)  # in place: checkpoints keep their keys
+        if self.speed.compile and stage == "fit":
+            self.net.compile(mode=self.speed.compile)  # in place: checkpoints keep their keys
 
     def _run(self, images: Tensor) -> SegDecOutput:
-        if self.hparams.channels_last:
+        if self.speed.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
@@ -121,12 +149,14 @@ class SegDecModule(pl.LightningModule):
 
     # -- training ----------------------------------------------------------------------
     def loss_weights(self) -> tuple[float, float]:
-        hp = self.hparams
+        settings = self.loss_settings
         max_epochs = self.trainer.max_epochs if self._trainer is not None else 1
-        return loss_weights(self.current_epoch, max_epochs, hp.delta_cls, hp.dynamic_balance)
+        return loss_weights(
+            self.current_epoch, max_epochs, settings.delta_cls, settings.dynamic_balance
+        )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        hp = self.hparams
+        settings = self.loss_settings
         out = self._run(batch["image"])
         segmented = batch["segmented"]
         soft_mask = downsample_to_output(batch["mask"])
@@ -137,12 +167,15 @@ class SegDecModule(pl.LightningModule):
         # Losses in float32 whatever the precision the network ran in.
         with torch.autocast(self.device.type, enabled=False):
             seg_losses = segmentation_losses(out.segmentation.float(), seg_target, seg_weight)
-            targets = decision_targets(batch["label"], soft_mask, segmented, hp.decision_target)
+            targets = decision_targets(
+                batch["label"], soft_mask, segmented, settings.decision_target
+            )
             dec_losses = decision_losses(out.decision.float(), targets)
         everyone = torch.ones_like(segmented)
         lambda_seg, lambda_dec = self.loss_weights()
-        loss = lambda_seg * reduce_batch(seg_losses, segmented, hp.batch_reduction)
-        loss = loss + lambda_dec * reduce_batch(dec_losses, everyone, hp.batch_reduction)
+        reduction = settings.batch_reduction
+        loss = lambda_seg * reduce_batch(seg_losses, segmented, reduction)
+        loss = loss + lambda_dec * reduce_batch(dec_losses, everyone, reduction)
 
         # Logged as per-sample means over the epoch whatever the reduction: the segmentation
         # loss over segmented samples only, so weak positives never dilute it.
@@ -171,13 +204,11 @@ class SegDecModule(pl.LightningModule):
         self._log_epoch_constants = True
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        optimizer = instantiate({**(hp.optim or DEFAULT_OPTIM), "_partial_": True})(
-            self.net.parameters()
-        )
-        if not hp.scheduler:
+        optim = self.optim_settings
+        optimizer = instantiate({**optim.optimizer, "_partial_": True})(self.net.parameters())
+        if not optim.scheduler:
             return optimizer
-        settings = dict(hp.scheduler)
+        settings = dict(optim.scheduler)
         interval = settings.pop("interval", "epoch")
         scheduler = instantiate({**settings, "_partial_": True})(optimizer)
         schedule = {"scheduler": scheduler, "interval": interval}
@@ -278,6 +309,11 @@ class SegDecModule(pl.LightningModule):
             self.test_results["seg_threshold_val_dice"] = self.last_val_dice
         for key in ("image_auc", "image_ap", "f_measure", "dice_mean", "iou_mean"):
             self.log(f"test/{key}", _finite(self.test_results[key]), sync_dist=True)
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain dicts and lists (what a checkpoint can store), resolved."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _finite(value: float) -> float:

@@ -63,6 +63,26 @@ RESUME_FREE_KEYS = (
     "logger.save_dir",
 )
 
+#: Keys the configs of runs started before the settings groups held as copies of other
+#: keys (the model block read the loss, data and optimiser groups): the sources are
+#: compared, so these never count as a difference when such a run continues.
+MIRRORED_KEYS = (
+    "model._target_",
+    "model._recursive_",
+    "model.net.gradient_adjustment",
+    "model.optim",
+    "model.optim.*",
+    "model.scheduler",
+    "model.scheduler.*",
+    "model.delta_cls",
+    "model.dynamic_balance",
+    "model.decision_target",
+    "model.batch_reduction",
+    "model.input_channels",
+    "model.input_height",
+    "model.input_width",
+)
+
 
 def is_rank_zero() -> bool:
     """Whether this is the first process of a run (Lightning reads the rank from the env)."""
@@ -304,7 +324,7 @@ def config_differences(old: DictConfig, new: DictConfig, limit: int = 3) -> list
         f"{k}: {flat_old.get(k)} -> {flat_new.get(k)}"
         for k in keys
         if _compared(k, flat_old.get(k)) != _compared(k, flat_new.get(k))
-        and not any(fnmatch.fnmatchcase(k, free) for free in RESUME_FREE_KEYS)
+        and not any(fnmatch.fnmatchcase(k, free) for free in (*RESUME_FREE_KEYS, *MIRRORED_KEYS))
     ]
     return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
 
