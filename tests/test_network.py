@@ -70,6 +70,75 @@ def test_feature_norm_against_hand_computation():
     assert torch.allclose(norm(x).flatten(), 2 * torch.tensor(expected) + 0.5, atol=1e-6)
 
 
+def plain_feature_norm(x, scale, bias, eps=0.001):
+    """The formula as written, composed from torch operations (autograd differentiates it)."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True)  # unbiased
+    return scale * (x - mean) / torch.sqrt(std + eps) + bias
+
+
+def feature_norm_case(dtype):
+    """Two samples, three channels of 5x7: offsets far above the spread (x - mean cancels),
+    a constant channel (std 0), learned scale and bias; and an upstream gradient."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 7) * torch.tensor([1.0, 0.01, 0.0]).view(1, 3, 1, 1)
+    x = x + torch.tensor([0.5, 20.0, 3.0]).view(1, 3, 1, 1)
+    norm = FeatureNorm(3)
+    with torch.no_grad():
+        norm.scale.copy_(torch.tensor([1.5, -0.7, 2.0]).view(1, 3, 1, 1))
+        norm.bias.copy_(torch.tensor([0.1, 0.2, -0.3]).view(1, 3, 1, 1))
+    return norm, x.to(dtype).requires_grad_(), torch.randn(2, 3, 5, 7).to(dtype)
+
+
+def gradients(y, upstream, *tensors):
+    return torch.autograd.grad(y, tensors, upstream)
+
+
+def test_fused_feature_norm_matches_the_plain_formula_values_and_gradients():
+    norm, x, upstream = feature_norm_case(torch.float32)
+    y = norm(x)
+    fused = gradients(y, upstream, x, norm.scale, norm.bias)
+    # The reference in float64: the fused float32 operation differs by float32 rounding only.
+    x64, scale64, bias64 = (
+        t.detach().double().requires_grad_() for t in (x, norm.scale, norm.bias)
+    )
+    y64 = plain_feature_norm(x64, scale64, bias64)
+    plain = gradients(y64, upstream.double(), x64, scale64, bias64)
+    torch.testing.assert_close(y, y64.float(), rtol=1e-5, atol=1e-5)
+    for got, expected in zip(fused, plain, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
+    # The constant channel: normalised to its bias, its input gradient the mean-free upstream.
+    torch.testing.assert_close(y[:, 2], torch.full((2, 5, 7), -0.3))
+    centred = upstream[:, 2] - upstream[:, 2].mean(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(fused[0][:, 2], 2.0 / math.sqrt(0.001) * centred)
+
+
+def test_fused_feature_norm_in_bf16_computes_in_float32():
+    """A bf16 input (as under autocast): computed in float32, rounded to bf16 once at the end."""
+    norm, x, upstream = feature_norm_case(torch.bfloat16)
+    y = norm(x)
+    assert y.dtype == torch.bfloat16
+    dx, dscale, dbias = gradients(y, upstream, x, norm.scale, norm.bias)
+    assert dx.dtype == torch.bfloat16 and dscale.dtype == dbias.dtype == torch.float32
+    x32 = x.detach().float().requires_grad_()
+    y32 = plain_feature_norm(x32, norm.scale, norm.bias)
+    plain = gradients(y32, upstream.float(), x32, norm.scale, norm.bias)
+    # bf16 keeps 8 significant bits: one rounding of the result, 2^-8 relative.
+    torch.testing.assert_close(y.float(), y32, rtol=2**-8, atol=1e-3)
+    torch.testing.assert_close(dx.float(), plain[0], rtol=2**-8, atol=1e-2)
+    torch.testing.assert_close(dscale, plain[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dbias, plain[2], rtol=1e-4, atol=1e-4)
+
+
+def test_fused_feature_norm_takes_channels_last():
+    norm, x, upstream = feature_norm_case(torch.float32)
+    last = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.testing.assert_close(norm(last), norm(x))
+    expected = gradients(norm(x), upstream, x, norm.scale)
+    torch.testing.assert_close(gradients(norm(last), upstream, last, norm.scale), expected)
+
+
 def test_xavier_normal_init_and_no_conv_bias():
     net = SegDecNet()
     conv = net.volume[0]

@@ -21,14 +21,77 @@ OUTPUT_STRIDE = 8
 DECISION_STRIDE = OUTPUT_STRIDE * 8
 
 
+def _spatial_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum((2, 3), keepdim=True)`` without the product as a temporary tensor."""
+    return torch.linalg.vecdot(a.flatten(2), b.flatten(2))[..., None, None]
+
+
+def _centered(x: Tensor, x32: Tensor, mean: Tensor) -> Tensor:
+    """``x - mean`` in float32 from ``x32 = x.float()``: a new tensor where ``x32`` is ``x``
+    itself, else written over the copy (``x`` in bf16)."""
+    return x32 - mean if x32 is x else x32.sub_(mean)
+
+
+class _FeatureNormFunction(torch.autograd.Function):
+    """FeatureNorm as one operation with its own backward.
+
+    Composed from torch operations, the formula takes ~15 passes over every activation and
+    keeps several float32 copies of it for backward; here forward reads the input three
+    times (mean, centring, the sum of squares) and writes the output once, backward
+    recomputes the centred input from the saved input and takes six passes. The standard
+    deviation is computed in two passes on the centred values, more exact than
+    ``torch.std``'s single-pass Welford, and much faster on the CPU.
+
+    For ``y = scale * xc / d + bias`` with ``xc = x - mean``, ``d = sqrt(std + eps)`` and
+    ``std`` the unbiased standard deviation over the ``n`` pixels of a channel, the
+    gradients, with ``a = scale / d`` and ``S = sum(dy * xc)``, are
+    ``dbias = sum(dy)``, ``dscale = sum(S / d)`` (summed over the batch) and
+    ``dx = a * (dy - mean(dy)) - scale * S / (2 d^3 (n - 1) std) * xc``; the last term is 0
+    where ``std`` is 0, as in ``torch.std``'s own backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, bias: Tensor, eps: float) -> Tensor:  # noqa: ANN001
+        with torch.autocast(x.device.type, enabled=False):
+            x32 = x.float()
+            mean = x32.mean(dim=(2, 3), keepdim=True)
+            xc = _centered(x, x32, mean)
+            n = x.shape[2] * x.shape[3]
+            std = torch.sqrt(_spatial_dot(xc, xc) / (n - 1))
+            d = torch.sqrt(std + eps)
+            y = xc.mul_(scale / d).add_(bias)
+        ctx.save_for_backward(x, scale, mean, std, d)
+        return y.to(x.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # noqa: ANN001
+        x, scale, mean, std, d = ctx.saved_tensors
+        with torch.autocast(x.device.type, enabled=False):
+            xc = _centered(x, x.float(), mean)
+            n = x.shape[2] * x.shape[3]
+            dy32 = dy.float()
+            sum_dy = dy32.sum(dim=(2, 3), keepdim=True)
+            dot = _spatial_dot(dy32, xc)
+            a = scale / d
+            k = torch.where(std > 0, scale * dot / (2 * d**3 * (n - 1) * std), 0.0)
+            dx = xc.mul_(-k).sub_(a * sum_dy / n).addcmul_(dy32, a)
+            dscale = (dot / d).sum(dim=0, keepdim=True)
+            dbias = sum_dy.sum(dim=0, keepdim=True)
+        return dx.to(x.dtype), dscale, dbias, None
+
+
 class FeatureNorm(nn.Module):
     """Per-sample, per-channel normalisation over the spatial axes.
 
-    ``y = scale * (x - mean) / sqrt(std + eps) + bias``: the square root of the standard
-    deviation is what the published implementation does and is kept to reproduce it.
-    Computed in float32 whatever the input's precision: under bf16 autocast, ``x - mean``
-    in bf16 loses the small deviations that the normalisation then magnifies (a channel
-    whose standard deviation is small next to its mean); the result is cast back.
+    ``y = scale * (x - mean) / sqrt(std + eps) + bias``, ``std`` the unbiased standard
+    deviation: the square root of the standard deviation is what the published
+    implementation does and is kept to reproduce it. Computed in float32 whatever the
+    input's precision: under bf16 autocast, ``x - mean`` in bf16 loses the small deviations
+    that the normalisation then magnifies (a channel whose standard deviation is small next
+    to its mean); the result is cast back. One fused operation
+    (:class:`_FeatureNormFunction`): 4-5x faster than the formula composed from torch
+    operations, forward and backward (benchmarks/README.md).
     """
 
     def __init__(self, num_channels: int, eps: float = 0.001) -> None:
@@ -38,10 +101,7 @@ class FeatureNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        mean = x32.mean(dim=(2, 3), keepdim=True)
-        std = x32.std(dim=(2, 3), keepdim=True)
-        return (self.scale * (x32 - mean) / torch.sqrt(std + self.eps) + self.bias).to(x.dtype)
+        return _FeatureNormFunction.apply(x, self.scale, self.bias, self.eps)
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
