@@ -21,7 +21,7 @@ from crackseg.models.checkpoint import (
     trained_run_config,
 )
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import refuse_used_folder
+from crackseg.runs.folder import accept_run_folder, refuse_used_folder
 from crackseg.runs.hardware import check_accelerator, evaluation_precision
 from crackseg.runs.lifecycle import run_task
 from crackseg.runs.trainer import build_trainer
@@ -36,10 +36,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ``thresholds=validation`` re-chooses them on the validation split of the data given.
     ``trainer.precision=auto`` evaluates in the precision the weights were trained in.
     """
-    check_config(cfg)
-    check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
     output_dir = Path(cfg.paths.output_dir)
     refuse_used_folder(output_dir)
+    accept_run_folder(output_dir)
+    check_config(cfg)
+    check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
 
     module = load_module(cfg.ckpt_path)
     data = cfg.data

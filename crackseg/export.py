@@ -12,14 +12,15 @@ from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.deploy.onnx_export import export_checkpoint
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import refuse_used_folder
+from crackseg.runs.folder import accept_run_folder, refuse_used_folder
 from crackseg.runs.lifecycle import run_task
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export into a folder of its own: never one holding a run."""
-    check_config(cfg)
     refuse_used_folder(Path(cfg.paths.output_dir))
+    accept_run_folder(cfg.paths.output_dir)
+    check_config(cfg)
     return export_checkpoint(cfg)
 
 

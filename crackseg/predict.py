@@ -10,14 +10,17 @@ from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
-from crackseg.deploy.predict_folder import predict_folder
-from crackseg.runs.folder import refuse_used_folder
+from crackseg.deploy.predict_folder import predict_folder, refuse_earlier_predictions
+from crackseg.runs.folder import accept_run_folder, refuse_used_folder
 from crackseg.runs.lifecycle import run_task
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Predict into a folder of its own: never one holding a run."""
-    refuse_used_folder(Path(cfg.paths.output_dir))
+    """Predict into a folder of its own: never one holding a run or another prediction."""
+    output_dir = Path(cfg.paths.output_dir)
+    refuse_used_folder(output_dir)
+    refuse_earlier_predictions(output_dir)
+    accept_run_folder(output_dir)
     return predict_folder(cfg)
 
 

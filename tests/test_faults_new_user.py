@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +250,138 @@ def test_a_wrong_command_line_is_one_error_line(argv, expected):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(expected), result.stderr
     assert "usage:" not in result.stderr
+
+
+# --------------------------------------------------------------- 3. refused: nothing written
+
+
+def _everything(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file and folder under ``folder`` (hidden ones too): content digest and mtime."""
+    listing = {}
+    for path in sorted(folder.rglob("*")):
+        stat = path.stat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        listing[str(path.relative_to(folder))] = (digest, stat.st_mtime_ns)
+    return listing
+
+
+FINISHED_RUN = [*TINY, "trainer.max_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> dict[str, Path]:
+    """A finished one-epoch run, a prediction made with its weights, and a dataset folder."""
+    base = tmp_path_factory.mktemp("refusals")
+    data_dir, run_dir, predicted = base / "data", base / "run", base / "predicted"
+    result = run_entry(
+        "train", *FINISHED_RUN, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = next((run_dir / "checkpoints").glob("best*.ckpt"))
+    (dataset,) = data_dir.iterdir()
+    photos = base / "photos"
+    photos.mkdir()
+    for path in sorted((dataset / "images").iterdir())[:2]:
+        shutil.copy(path, photos / path.name)
+    result = run_entry(
+        "predict", f"ckpt_path={checkpoint}", f"input={photos}", f"hydra.run.dir={predicted}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {
+        "data_dir": data_dir,
+        "run": run_dir,
+        "checkpoint": checkpoint,
+        "predicted": predicted,
+        "dataset": dataset,
+        "photos": photos,
+    }
+
+
+REFUSALS = {
+    "resume with another setting": (
+        "run",
+        lambda f: ("train", f"resume={f['run']}", "seed=3"),
+        "resume= continues a run with its own settings; drop seed=3",
+    ),
+    "a fresh run into a finished run": (
+        "run",
+        lambda f: (
+            "train",
+            *FINISHED_RUN,
+            f"paths.data_dir={f['data_dir']}",
+            f"hydra.run.dir={f['run']}",
+        ),
+        "already holds a run",
+    ),
+    "resume=auto with another seed": (
+        "run",
+        lambda f: (
+            "train",
+            *FINISHED_RUN,
+            f"paths.data_dir={f['data_dir']}",
+            f"hydra.run.dir={f['run']}",
+            "resume=auto",
+            "seed=3",
+        ),
+        "already finished, with other settings (data.seed: 0 -> 3; seed: 0 -> 3)",
+    ),
+    "predict into a run": (
+        "run",
+        lambda f: (
+            "predict",
+            f"ckpt_path={f['checkpoint']}",
+            f"input={f['photos']}",
+            f"hydra.run.dir={f['run']}",
+        ),
+        "already holds a run",
+    ),
+    "predict into a prediction": (
+        "predicted",
+        lambda f: (
+            "predict",
+            f"ckpt_path={f['checkpoint']}",
+            f"input={f['photos']}",
+            f"hydra.run.dir={f['predicted']}",
+        ),
+        "already holds a run",
+    ),
+    "predict into a dataset": (
+        "dataset",
+        lambda f: (
+            "predict",
+            f"ckpt_path={f['checkpoint']}",
+            f"input={f['photos']}",
+            f"hydra.run.dir={f['dataset']}",
+        ),
+        "already holds predictions (masks/)",
+    ),
+    "export into a run": (
+        "run",
+        lambda f: ("export", f"ckpt_path={f['checkpoint']}", f"hydra.run.dir={f['run']}"),
+        "already holds a run",
+    ),
+    "export with a bad setting into a run": (
+        "run",
+        lambda f: (
+            "export",
+            f"ckpt_path={f['checkpoint']}",
+            "tolerance=-1",
+            f"hydra.run.dir={f['run']}",
+        ),
+        "already holds a run",
+    ),
+    "eval into a prediction": (
+        "predicted",
+        lambda f: ("eval", f"ckpt_path={f['checkpoint']}", f"hydra.run.dir={f['predicted']}"),
+        "already holds a run",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_refused_command_writes_nothing_into_the_folder_it_refuses(finished, case):
+    folder, command, expected = REFUSALS[case]
+    before = _everything(finished[folder])
+    line = one_line_error(run_entry(*command(finished)))
+    assert expected in line
+    assert _everything(finished[folder]) == before

@@ -37,6 +37,7 @@ import crackseg
 from crackseg.atomic import atomic_write_text, remove_partial_writes
 from crackseg.errors import RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, checkpoint_step
+from crackseg.runs.job_log import accept_job_logs
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,10 @@ def is_rank_zero() -> bool:
 
 #: The run folders this process holds: absolute path -> descriptor of the locked file.
 _held: dict[str, int] = {}
+#: Of those, the folders the command has accepted to write into (:func:`accept_run_folder`),
+#: and those whose lock file holds this process's name.
+_accepted: set[str] = set()
+_named: set[str] = set()
 
 
 def claim_run_folder(folder: str | Path) -> None:
@@ -98,7 +103,9 @@ def claim_run_folder(folder: str | Path) -> None:
 
     A lock on ``folder/.lock`` (:func:`lock_file`): a killed run never leaves its folder
     locked, even while its data loader workers are still ending. The holder writes its
-    pid and host into the file, which a refused process names. Only rank 0 of a
+    pid and host into the file, which a refused process names: at once in a folder that
+    holds no run yet, else once it accepts the folder (:func:`accept_run_folder`), so a
+    command refused there leaves even that file as it was. Only rank 0 of a
     multi-process run claims the folder; the other ranks write where rank 0 holds it.
     Claiming a folder this process holds already does nothing.
     """
@@ -112,16 +119,26 @@ def claim_run_folder(folder: str | Path) -> None:
     for _ in range(20):  # a holder that has just taken the lock writes its name right after
         fd = lock_file(Path(key) / LOCK_FILE, 0o666)
         if fd is not None:
-            me = json.dumps({"pid": os.getpid(), "host": platform.node()})
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{me}\n".encode(), 0)
             _held[key] = fd
+            if not used_by_another_command(Path(key)):
+                _name_holder(key)
             return
         holder = (Path(key) / LOCK_FILE).read_text(errors="replace").strip()
         if holder:
             break
         time.sleep(0.05)
     raise RunFolderError(f"{key} is in use by {_describe_holder(holder)}; wait for it to end")
+
+
+def _name_holder(key: str) -> None:
+    """Write this process's pid and host into the lock file of a folder it holds."""
+    fd = _held.get(key)
+    if fd is None or key in _named:
+        return
+    me = json.dumps({"pid": os.getpid(), "host": platform.node()})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{me}\n".encode(), 0)
+    _named.add(key)
 
 
 def lock_file(path: Path, mode: int = 0o644, create: bool = True) -> int | None:
@@ -153,11 +170,42 @@ def _describe_holder(text: str) -> str:
         return "another process"
 
 
+def held_by_another_process(folder: str | Path) -> bool:
+    """Whether a live process other than this one holds ``folder``; creates nothing."""
+    key = os.path.abspath(folder)
+    if key in _held:
+        return False
+    try:
+        fd = lock_file(Path(key) / LOCK_FILE, create=False)
+    except OSError:  # no lock file (or none this process may open): nobody holds it
+        return False
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def accept_run_folder(folder: str | Path) -> None:
+    """The command has checked its folder and works there: from now on it writes its log,
+    its status and its outputs there. Before, a refused command writes nothing there."""
+    _accepted.add(os.path.abspath(folder))
+    _name_holder(os.path.abspath(folder))
+    accept_job_logs(folder)
+
+
+def is_accepted(folder: str | Path) -> bool:
+    return os.path.abspath(folder) in _accepted
+
+
 def release_run_folder(folder: str | Path) -> None:
     """Let another process write into ``folder`` (emptying the holder's name first)."""
-    fd = _held.pop(os.path.abspath(folder), None)
+    key = os.path.abspath(folder)
+    _accepted.discard(key)
+    fd = _held.pop(key, None)
     if fd is not None:
-        os.ftruncate(fd, 0)
+        if key in _named:
+            _named.discard(key)
+            os.ftruncate(fd, 0)
         os.close(fd)  # closing drops the lock
 
 
@@ -377,19 +425,21 @@ def prepare_training_run(
             f"{output_dir} already holds a run; continue it with resume={output_dir} "
             "or choose another hydra.run.dir"
         )
-    if finished_status(output_dir) is not None:
-        raise RunFolderError(f"the run in {output_dir} already finished")
-    remove_partial_writes(output_dir)
     checkpoint = resume_checkpoint(output_dir)
     # The settings it ran with: the checkpoint's, else those it started with.
     saved = checkpoint_run_config(checkpoint) if checkpoint is not None else None
     if saved is None and (output_dir / ".hydra" / "config.yaml").is_file():
         saved = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
-    if saved is not None and (changed := config_differences(saved, cfg)):
+    changed = config_differences(saved, cfg) if saved is not None else []
+    if finished_status(output_dir) is not None:
+        settings = f", with other settings ({'; '.join(changed)})" if changed else ""
+        raise RunFolderError(f"the run in {output_dir} already finished{settings}")
+    if changed:
         raise RunFolderError(
             f"{output_dir} holds a run with other settings ({'; '.join(changed)}); "
             "use another folder"
         )
+    remove_partial_writes(output_dir)
     if checkpoint is None:
         log.info("%s holds a run that saved no checkpoint: starting it again", output_dir)
     return cfg, checkpoint

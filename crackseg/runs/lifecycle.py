@@ -24,6 +24,7 @@ from crackseg.runs.folder import (
     config_differences,
     finished_status,
     hydra_job,
+    is_accepted,
     is_rank_zero,
     release_run_folder,
     write_status,
@@ -118,8 +119,9 @@ def _ran_with_other_settings(job: Path, changed: list[str]) -> SweepSettingsErro
 
 
 def _record(output_dir: Path, status: str, **fields: Any) -> None:
-    """Rank 0 writes the status; best effort, as on a full disk it may not be writable."""
-    if not is_rank_zero():
+    """Rank 0 writes the status of a command that accepted its folder (one refused before
+    leaves it as it was); best effort, as on a full disk it may not be writable."""
+    if not is_rank_zero() or not is_accepted(output_dir):
         return
     try:
         write_status(output_dir, status, **fields)

@@ -71,8 +71,24 @@ def job_log(output_dir: str, job_name: str) -> str:
     """
     from crackseg.runs.folder import claim_run_folder
 
+    refuse_a_used_folder(output_dir, job_name)
     claim_run_folder(output_dir)
     return str(Path(output_dir) / f"{job_name}.log")
+
+
+def refuse_a_used_folder(output_dir: str, job_name: str | None) -> None:
+    """An evaluation, prediction or export refuses a folder holding a run or a prediction
+    before it locks the folder, so the refused command creates nothing there (not even the
+    lock file). One that another live process holds is refused by the lock, naming it."""
+    from crackseg.runs.folder import held_by_another_process, refuse_used_folder
+
+    if job_name in (None, "train") or held_by_another_process(output_dir):
+        return
+    refuse_used_folder(Path(output_dir))
+    if job_name == "predict":
+        from crackseg.deploy.predict_folder import refuse_earlier_predictions
+
+        refuse_earlier_predictions(Path(output_dir))
 
 
 def hydra_subdir(output_dir: str, resume: object, job_name: str | None = None) -> str | None:
@@ -87,6 +103,7 @@ def hydra_subdir(output_dir: str, resume: object, job_name: str | None = None) -
     from crackseg.deploy.outputs import earlier_predictions
     from crackseg.runs.folder import claim_run_folder, holds_run, used_by_another_command
 
+    refuse_a_used_folder(output_dir, job_name)
     claim_run_folder(output_dir)
     folder = Path(output_dir)
     # A training may start again where one failed; other commands leave any run's folder be.

@@ -21,6 +21,7 @@ from crackseg.callbacks import ValidateOnLastEpoch
 from crackseg.models.checkpoint import checkpoint_step
 from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
 from crackseg.runs.folder import (
+    accept_run_folder,
     hydra_job,
     is_rank_zero,
     prepare_training_run,
@@ -109,6 +110,7 @@ def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     multirun, overrides = hydra_job()
     resolve_machine_settings(cfg)
     cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
+    accept_run_folder(cfg.paths.output_dir)
     resolve_machine_settings(cfg)  # a resumed run's own config
     return cfg, checkpoint
 

@@ -1,0 +1,48 @@
+"""The job's log file, written only once the command is accepted in its folder.
+
+Hydra opens the job's log (``train.log``, ``predict.log``, ...) in the run folder before the
+command has looked at that folder. A command refused for the folder (a finished run's, an
+earlier prediction's) must leave it as it was, its log included: the log handler holds
+the records until :func:`accept_job_logs` (called by crackseg.runs.folder's
+``accept_run_folder``) and writes nothing for a command refused before that. The records
+were shown on the console all along.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from pathlib import Path
+
+_handlers: weakref.WeakSet[JobLogHandler] = weakref.WeakSet()
+
+
+class JobLogHandler(logging.FileHandler):
+    """A file handler that opens its file only once its folder is accepted, then writes the
+    records it held first (conf/hydra/default.yaml makes it the job's ``file`` handler)."""
+
+    def __init__(
+        self, filename: str, mode: str = "a", encoding: str | None = None, **_: object
+    ) -> None:
+        super().__init__(filename, mode, encoding, delay=True)
+        self._held: list[logging.LogRecord] | None = []
+        _handlers.add(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._held is not None:
+            self._held.append(record)
+            return
+        super().emit(record)
+
+    def accept(self) -> None:
+        held, self._held = self._held, None
+        for record in held or []:
+            super().emit(record)
+
+
+def accept_job_logs(folder: str | Path) -> None:
+    """Let the job logs in ``folder`` write: the command has accepted its folder."""
+    folder = Path(folder).absolute()
+    for handler in list(_handlers):
+        if Path(handler.baseFilename).parent == folder:
+            handler.accept()
