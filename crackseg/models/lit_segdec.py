@@ -49,12 +49,12 @@ class SegDecModule(pl.LightningModule):
     """Trains :class:`SegDecNet` with the mixed-supervision losses of METHOD.md §4.
 
     The settings come in groups (crackseg.models.settings), each the dataclass, its
-    fields' dict or None for its defaults: ``network`` (so a checkpoint rebuilds its own architecture),
-    ``input_shape`` (the size the network is trained for), ``loss``, ``optim`` (optimiser
-    and scheduler) and ``speed``. ``input_scaling`` records how training images reached
-    the input size (set from the data when fitting starts); ``run_config`` is the composed
-    training config as YAML. :meth:`from_config` builds the module a training config
-    describes.
+    fields' dict or None for its defaults: ``network`` (so a checkpoint rebuilds its own
+    architecture), ``input_shape`` (the size the network is trained for), ``loss``,
+    ``optim`` (optimiser and scheduler) and ``speed``. ``input_scaling`` records how
+    training images reached the input size (set from the data when fitting starts);
+    ``run_config`` is the composed training config as YAML. :meth:`from_config` builds the
+    module a training config describes.
 
     The image threshold (best F-measure) and the segmentation threshold (best mean Dice) are
     chosen on the validation split and kept as buffers, so every checkpoint carries the
