@@ -35,12 +35,12 @@ def _centered(x: Tensor, x32: Tensor, mean: Tensor) -> Tensor:
 class _FeatureNormFunction(torch.autograd.Function):
     """FeatureNorm as one operation with its own backward.
 
-    Composed from torch operations, the formula takes ~15 passes over every activation and
-    keeps several float32 copies of it for backward; here forward reads the input three
-    times (mean, centring, the sum of squares) and writes the output once, backward
-    recomputes the centred input from the saved input and takes six passes. The standard
-    deviation is computed in two passes on the centred values, more exact than
-    ``torch.std``'s single-pass Welford, and much faster on the CPU.
+    Composed from torch operations, the formula takes ~15 passes over every activation,
+    forward and backward, and keeps several float32 copies of it for backward. Here forward
+    takes the mean, centres in place, sums the squares, applies the affine in place and
+    casts back, and keeps only the input; backward recomputes the centred values and takes
+    two sums and one in-place update. The standard deviation comes from the centred values
+    (two passes), as exact as ``torch.std``'s single-pass Welford and much faster on the CPU.
 
     For ``y = scale * xc / d + bias`` with ``xc = x - mean``, ``d = sqrt(std + eps)`` and
     ``std`` the unbiased standard deviation over the ``n`` pixels of a channel, the
@@ -90,8 +90,8 @@ class FeatureNorm(nn.Module):
     input's precision: under bf16 autocast, ``x - mean`` in bf16 loses the small deviations
     that the normalisation then magnifies (a channel whose standard deviation is small next
     to its mean); the result is cast back. One fused operation
-    (:class:`_FeatureNormFunction`): 4-5x faster than the formula composed from torch
-    operations, forward and backward (benchmarks/README.md).
+    (:class:`_FeatureNormFunction`): 3-5x faster than the formula composed from torch
+    operations, forward and backward (benchmarks/README.md, "Closing the gap").
     """
 
     def __init__(self, num_channels: int, eps: float = 0.001) -> None:
