@@ -50,6 +50,11 @@ HISTORY_KEYS = (
 class ValidateOnLastEpoch(pl.Callback):
     """Validate after the last epoch too, whatever ``check_val_every_n_epoch`` says."""
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run resumed in the middle of its last epoch starts there without that epoch's
+        # start hook: it must validate at its end all the same.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
             trainer.check_val_every_n_epoch = 1
@@ -87,6 +92,9 @@ class StopCheckpoint(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_sigint()
+        # Training went past the stop: the folder holds what the uninterrupted run's holds.
+        if trainer.is_global_zero:
+            self.path.unlink(missing_ok=True)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException

@@ -6,15 +6,17 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, one_line_error, run_entry
+from conftest import METRIC_KEYS, REPO, TINY, one_line_error, run_entry
 
 from crackseg.data.io import read_mask
 from crackseg.data.layouts import check_samples, index_layout
@@ -385,3 +387,99 @@ def test_a_refused_command_writes_nothing_into_the_folder_it_refuses(finished, c
     line = one_line_error(run_entry(*command(finished)))
     assert expected in line
     assert _everything(finished[folder]) == before
+
+
+# --------------------------------------------------------------- 1. a resumed run ends as one
+
+
+HELPERS = REPO / "tests" / "helpers"
+#: Three epochs of the tiny run (4 batches each), validated after epochs 1 and 2, determinstic.
+RESUMED_RUN = [
+    *TINY,
+    "trainer.max_epochs=3",
+    "validation_n_epochs=2",
+    "trainer.deterministic=true",
+    "+callbacks.stall._target_=stall_callback.StallAt",
+]
+
+
+def _train(run_dir: Path, data_dir: Path, *extra: str, stall: str | None = None):
+    """``crackseg-train`` of RESUMED_RUN; with ``stall`` (EPOCH:BATCH) it holds still there
+    and the running process is returned once it does."""
+    args = [*RESUMED_RUN, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", *extra]
+    env = {**os.environ, "PYTHONPATH": str(HELPERS)}
+    command = [sys.executable, "-m", "crackseg.train", *args]
+    if stall is None:
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    marker = run_dir.parent / f"{run_dir.name}.stalled"
+    env["CRACKSEG_TEST_STALL"] = f"{stall}:{marker}"
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    while not marker.exists():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        time.sleep(0.05)
+    return process
+
+
+def _files(run_dir: Path) -> set[str]:
+    """The run folder's files; TensorBoard's event files (one more per resumption) as one."""
+    names = set()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            name = str(path.relative_to(run_dir))
+            names.add("tensorboard/events" if ".tfevents." in name else name)
+    return names
+
+
+def _final(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {
+        key: metrics[key] for key in METRIC_KEYS | {"best_val_image_ap", "seg_threshold_val_dice"}
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("resumed")
+    run_dir, data_dir = base / "uninterrupted", base / "data"
+    result = _train(run_dir, data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, data_dir
+
+
+@pytest.mark.parametrize(
+    ("signum", "stall"),
+    [
+        (signal.SIGTERM, "0:1"),  # the first epoch, not validated
+        (signal.SIGTERM, "1:val"),  # a validated epoch, before its checkpoints
+        (signal.SIGTERM, "2:1"),  # the last epoch
+        (signal.SIGTERM, "2:val"),  # the last epoch validated, before its checkpoints
+        (signal.SIGKILL, "2:1"),
+        (signal.SIGKILL, "2:val"),
+    ],
+    ids=[
+        "SIGTERM-first",
+        "SIGTERM-validated",
+        "SIGTERM-last",
+        "SIGTERM-last-validated",
+        "SIGKILL-last",
+        "SIGKILL-last-validated",
+    ],
+)
+def test_a_stopped_run_resumed_ends_as_the_uninterrupted_run(
+    uninterrupted, tmp_path, signum, stall
+):
+    reference, data_dir = uninterrupted
+    run_dir = tmp_path / "stopped"
+    process = _train(run_dir, data_dir, stall=stall)
+    process.send_signal(signum)
+    process.wait(timeout=120)
+    process.stderr.close()
+    result = _train(run_dir, data_dir, "resume=auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _final(run_dir) == _final(reference)
+    assert _files(run_dir) == _files(reference)
+    best = [p.name for p in (run_dir / "checkpoints").glob("best-*.ckpt")]
+    assert best == [p.name for p in (reference / "checkpoints").glob("best-*.ckpt")]
+    assert "testing the best weights" in (run_dir / "train.log").read_text()
