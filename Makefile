@@ -15,7 +15,7 @@ ARGS ?=
 SWEEP ?= dilate
 
 .DEFAULT_GOAL := help
-.PHONY: help install wheel train test lint format sweep summary tensorboard bench benchmark clean
+.PHONY: help install wheel train test lint format sweep summary tensorboard bench benchmark gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ bench: install ## speed table, benchmarks/results.json, memory check (ARGS=bench
 	$(BIN)/python benchmarks/memory_vs_dataset_size.py
 
 benchmark: bench ## the same as bench
+
+gpu-check: install ## GPU tests, bench on cuda, DDP, a seed-run epoch: <= 8 min (toy size without a GPU)
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean: ## remove caches and built wheels (keeps outputs/, data/ and .venv)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info

@@ -1,7 +1,8 @@
 """Training, inference and data-loading speed, against the FLOP count and the machine's rate.
 
     python benchmarks/bench.py [--device cpu|cuda] [--quick] [--rows PATTERN ...]
-                               [--channels-last] [--compile] [--size HxW] [--json PATH]
+                               [--channels-last] [--compile] [--cuda-graphs] [--size HxW]
+                               [--min-seconds S] [--budget S] [--json PATH]
 
 Prints one markdown table and writes its rows to benchmarks/results.json. Rows:
 - ``peak``: the rate this machine reaches through torch on one large operation, in float32
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from crackseg import CONFIG_DIR
 from crackseg.data.labels import downsample_to_output
@@ -92,7 +94,7 @@ class Row:
     variant: str = "eager"
     flops_per_image: int | None = None
     channels_last: bool = False
-    compiled: bool = False
+    compiled: str | None = None  # a torch.compile mode (default, reduce-overhead), or eager
     # Data rows: the run's overrides (data.root included), what to generate at data.root.
     run: tuple[str, ...] = ()
     data_root: str | None = None
@@ -217,7 +219,20 @@ def training_step(
     return step
 
 
-def measure_model(row: Row, device: torch.device, timing: Timing) -> Result:
+def compile_network(net: nn.Module, mode: str | None, backend: str) -> Callable:
+    """``net`` under torch.compile in ``mode``, or itself when ``mode`` is None. A backend
+    other than inductor (``eager``: dynamo's tracing alone, seconds instead of a minute)
+    takes no mode."""
+    if mode is None:
+        return net
+    if backend != "inductor":
+        return torch.compile(net, backend=backend)
+    return torch.compile(net, mode=mode)
+
+
+def measure_model(
+    row: Row, device: torch.device, timing: Timing, backend: str = "inductor"
+) -> Result:
     """A training step or a forward pass of the network on a random batch."""
     torch.manual_seed(0)
     net_args = net_arguments(row.model)
@@ -228,7 +243,7 @@ def measure_model(row: Row, device: torch.device, timing: Timing) -> Result:
     if row.channels_last:
         net = net.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    model = torch.compile(net) if row.compiled else net
+    model = compile_network(net, row.compiled, backend)
     if row.mode == "infer":
         net.eval()
 
@@ -304,12 +319,12 @@ def measure_data(row: Row, timing: Timing) -> Result:
     return timed(lambda: len(next(stream)["label"]), torch.device("cpu"), timing)
 
 
-def measure(row: Row, device: torch.device, timing: Timing) -> Result:
+def measure(row: Row, device: torch.device, timing: Timing, backend: str) -> Result:
     if row.mode == "peak":
         return measure_peak(row, device, timing)
     if row.mode == "data":
         return measure_data(row, timing)
-    return measure_model(row, device, timing)
+    return measure_model(row, device, timing, backend)
 
 
 # -- planning and reporting (the parent process) -------------------------------------------
@@ -340,19 +355,22 @@ def peak_rows(device: torch.device, size: tuple[int, int] | None) -> list[Row]:
     return rows
 
 
-def variants(channels_last: bool, compiled: bool) -> list[tuple[bool, bool]]:
-    """The (channels_last, compiled) pairs measured: eager always, the others on request."""
-    return [
-        (layout, compile_)
-        for layout in (False, True)
-        for compile_ in (False, True)
-        if (channels_last or not layout) and (compiled or not compile_)
-    ]
+#: torch.compile modes of the compiled rows: --compile, --cuda-graphs.
+COMPILE_MODES = {"compile": "default", "cuda_graphs": "reduce-overhead"}
 
 
-def variant_name(channels_last: bool, compiled: bool) -> str:
-    names = [n for n, on in (("channels_last", channels_last), ("compiled", compiled)) if on]
-    return ", ".join(names) or "eager"
+def variants(args: argparse.Namespace) -> list[tuple[bool, str | None]]:
+    """The (channels_last, compile mode) pairs measured: eager always, the others on request."""
+    layouts = (False, True) if args.channels_last else (False,)
+    modes = [None] + [mode for flag, mode in COMPILE_MODES.items() if getattr(args, flag)]
+    pairs = [(layout, mode) for layout in layouts for mode in modes]
+    return pairs[1:] if args.no_eager else pairs
+
+
+def variant_name(channels_last: bool, mode: str | None) -> str:
+    modes = {None: None, "default": "compiled", "reduce-overhead": "compiled reduce-overhead"}
+    names = ["channels_last" if channels_last else None, modes[mode]]
+    return ", ".join(n for n in names if n) or "eager"
 
 
 def setting_rows(
@@ -364,14 +382,12 @@ def setting_rows(
     per_image = {"train": flops.train_step, "infer": flops.forward}
     shape = (setting.model, height, width)
     rows = []
-    for mode, batch, precision, (layout, compiled) in itertools.product(
-        ("train", "infer"),
-        BATCHES[args.device],
-        PRECISIONS,
-        variants(args.channels_last, args.compile),
+    for mode, batch, precision, (layout, compile_mode) in itertools.product(
+        ("train", "infer"), BATCHES[args.device], PRECISIONS, variants(args)
     ):
-        name = variant_name(layout, compiled)
-        rows.append(Row(mode, *shape, batch, precision, name, per_image[mode], layout, compiled))
+        name = variant_name(layout, compile_mode)
+        flops = per_image[mode]
+        rows.append(Row(mode, *shape, batch, precision, name, flops, layout, compile_mode))
     return [*rows, data_row(setting, height, width, data_dir, images_per_class, args.size)]
 
 
@@ -408,13 +424,11 @@ def data_row(
     return Row("data", *shape, run=run, data_root=root, synthetic=synthetic)
 
 
-def run_row(row: Row, device: str, timing: Timing) -> dict:
-    """Measure ``row`` in a fresh process; its record for results.json."""
-    if row.synthetic is not None:
-        generate_synthetic_dataset(row.data_root, **row.synthetic)
-    spec = json.dumps({"row": asdict(row), "timing": asdict(timing)})
-    command = [sys.executable, __file__, "--device", device, "--worker", spec]
-    done = subprocess.run(command, capture_output=True, text=True)
+def run_row(
+    row: Row, device: str, timing: Timing, backend: str = "inductor", seconds: float | None = None
+) -> dict:
+    """Measure ``row`` in a fresh process, given at most ``seconds``; its record for
+    results.json."""
     record = {
         "model": row.model,
         "input": f"{row.height}x{row.width}",
@@ -426,6 +440,16 @@ def run_row(row: Row, device: str, timing: Timing) -> dict:
         "compiled": row.compiled,
         "flops_per_image": row.flops_per_image,
     }
+    if seconds is not None and seconds <= 0:
+        return {**record, "error": "not run: the time budget (--budget) was spent"}
+    if row.synthetic is not None:
+        generate_synthetic_dataset(row.data_root, **row.synthetic)
+    spec = json.dumps({"row": asdict(row), "timing": asdict(timing), "backend": backend})
+    command = [sys.executable, __file__, "--device", device, "--worker", spec]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return {**record, "error": f"stopped after {seconds:.0f} s: the time budget (--budget)"}
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
         print(done.stderr[-3000:], file=sys.stderr)
@@ -516,6 +540,21 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="list the row keys and exit")
     parser.add_argument("--channels-last", action="store_true", help="add channels_last rows")
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="add torch.compile rows in mode reduce-overhead (CUDA graphs on a GPU)",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile's backend (eager: dynamo's tracing alone, to check the rows run)",
+    )
+    parser.add_argument(
+        "--no-eager", action="store_true", help="only the rows the three options above add"
+    )
+    parser.add_argument("--min-seconds", type=float, help="time each row at least this long")
+    parser.add_argument("--budget", type=float, help="seconds for all rows; later ones skipped")
     parser.add_argument("--size", type=parse_size, help="one input size HxW for every network")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"(default {RESULTS.name})")
     parser.add_argument("--data-dir", type=Path, help="keep the synthetic images here")
@@ -527,7 +566,7 @@ def worker(device: str, spec: str) -> None:
     """Measure one row; its result is the last line of stdout."""
     spec = json.loads(spec)
     row = Row(**{**spec["row"], "run": tuple(spec["row"]["run"])})
-    result = measure(row, torch.device(device), Timing(**spec["timing"]))
+    result = measure(row, torch.device(device), Timing(**spec["timing"]), spec["backend"])
     print(json.dumps(asdict(result)))
 
 
@@ -546,10 +585,15 @@ def main(argv: list[str] | None = None) -> None:
         fail("--device cuda, but torch sees no CUDA device")
     if args.json.is_dir():
         fail(f"--json {args.json} is a folder; name the file to write")
+    if args.no_eager and not variants(args):
+        fail("--no-eager leaves no network row: add --channels-last, --compile or --cuda-graphs")
     with tempfile.TemporaryDirectory(prefix="crackseg-bench-") as scratch:
         data_dir = (args.data_dir or Path(scratch)).resolve()
         # --quick checks that the script runs: no warm-up, one step a row, fewer images.
         timing = Timing(warmup=0, min_steps=1, min_seconds=0.0) if args.quick else Timing()
+        if args.min_seconds is not None:
+            timing = Timing(timing.warmup, timing.min_steps, args.min_seconds)
+        deadline = None if args.budget is None else time.monotonic() + args.budget
         images_per_class = 8 if args.quick else 64
         rows = peak_rows(device, args.size)
         try:
@@ -567,7 +611,8 @@ def main(argv: list[str] | None = None) -> None:
         records = []
         for i, row in enumerate(rows, 1):
             print(f"[{i}/{len(rows)}] {row.key} ({row.variant})", file=sys.stderr, flush=True)
-            records.append(run_row(row, args.device, timing))
+            seconds = None if deadline is None else deadline - time.monotonic()
+            records.append(run_row(row, args.device, timing, args.compile_backend, seconds))
     records = with_peak_shares(records)
     report = {
         "device": f"{device.type}: {machine(device)}",

@@ -165,6 +165,7 @@ def refusal(bench, capsys, *argv: str) -> str:
         (["--rows", "nope/*"], "no row matches nope/*"),
         (["--size", "100x128"], "not divisible by 8"),
         (["--json", "."], "is a folder"),
+        (["--no-eager"], "--no-eager leaves no network row"),
     ],
 )
 def test_bad_arguments_are_refused(bench, capsys, argv, words):
@@ -174,3 +175,19 @@ def test_bad_arguments_are_refused(bench, capsys, argv, words):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_cuda_without_a_gpu_is_refused(bench, capsys):
     assert "no CUDA device" in refusal(bench, capsys, "--device", "cuda")
+
+
+def test_a_row_past_the_budget_is_not_run(bench):
+    row = bench.Row("peak", "matmul", 8, 8, 1, "fp32", "torch.mm", 2 * 8**3)
+    record = bench.run_row(row, "cpu", bench.Timing(), seconds=0.0)
+    assert record["error"].startswith("not run: the time budget")
+    assert "images_per_s" not in record
+
+
+def test_compile_options_add_their_rows_after_the_eager_ones(bench):
+    args = bench.parse_arguments(["--compile", "--cuda-graphs"])
+    assert bench.variants(args) == [(False, None), (False, "default"), (False, "reduce-overhead")]
+    names = [bench.variant_name(*pair) for pair in bench.variants(args)]
+    assert names == ["eager", "compiled", "compiled reduce-overhead"]
+    args = bench.parse_arguments(["--channels-last", "--compile", "--no-eager"])
+    assert bench.variants(args) == [(False, "default"), (True, None), (True, "default")]

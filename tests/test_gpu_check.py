@@ -1,0 +1,77 @@
+"""benchmarks/gpu_check.py (`make gpu-check`) at toy size on the CPU, so that it cannot rot."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+GPU_CHECK = REPO / "benchmarks" / "gpu_check.py"
+STEPS = ["gpu tests", "bench eager", "ddp", "seed epoch", "bench compiled"]
+#: Without a GPU: toy sizes on the CPU, whatever the machine has.
+CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+
+def gpu_check(tmp_path, *argv: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(GPU_CHECK), "--json", str(tmp_path / "results-gpu.json")]
+    command += ["--work-dir", str(tmp_path / "work"), *argv]
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=CPU_ONLY, timeout=400
+    )
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("gpu_check")
+    done = gpu_check(tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return tmp_path, json.loads((tmp_path / "results-gpu.json").read_text())
+
+
+def test_every_step_runs_at_toy_size_on_the_cpu(toy_run):
+    tmp_path, report = toy_run
+    assert report["toy"] is True and report["device"].startswith("cpu")
+    assert [s["step"] for s in report["steps"]] == STEPS
+    assert all(s["status"] == "passed" for s in report["steps"]), report["steps"]
+    assert report["seconds"] <= report["budget_s"] == 480
+
+
+def test_bench_rows_cover_both_precisions_and_every_variant(toy_run):
+    rows = toy_run[1]["bench"]["rows"]
+    peaks = {(r["model"], r["precision"]) for r in rows if r["mode"] == "peak"}
+    assert peaks == {("conv15x15", "fp32"), ("conv15x15", "bf16")}
+    train = {(r["precision"], r["batch"], r["compiled"]) for r in rows if r["mode"] == "train"}
+    modes = (None, "default", "reduce-overhead")
+    assert train == {(p, 1, m) for p in ("fp32", "bf16") for m in modes}
+    assert all("error" not in r for r in rows)
+    # The network at 64x128, its volume convolution on the 8x16 map of that input.
+    assert {r["input"] for r in rows} == {"64x128", "8x16"}
+    # "of peak" across both bench steps: the compiled rows against the first step's peaks.
+    best = toy_run[1]["bench"]["peak_gflops_per_s"]
+    for r in rows:
+        assert r["of_peak"] == pytest.approx(r["gflops_per_s"] / best[r["precision"]])
+
+
+def test_ddp_ran_two_processes_and_the_epoch_tested_its_weights(toy_run):
+    tmp_path, report = toy_run
+    ddp, epoch = report["steps"][2], report["steps"][3]
+    assert ddp["devices"] == 2 and "2 CPU processes" in ddp["detail"]
+    assert (tmp_path / "work" / "ddp" / "train_ddp_process_1.log").is_file()
+    for step in (ddp, epoch):
+        metrics = step["metrics"]
+        assert metrics["train_samples"] > 0 and metrics["test_samples"] > 0
+        assert 0 <= metrics["image_auc"] <= 1
+    # The seed run's experiment: its network at the toy input size, 8+8 images.
+    config = (tmp_path / "work" / "epoch" / ".hydra" / "config.yaml").read_text()
+    assert "seed_crack_segmentation" in config and "input_height: 64" in config
+
+
+def test_a_spent_budget_skips_the_steps_and_fails(tmp_path):
+    done = gpu_check(tmp_path, "--budget", "1")
+    assert done.returncode == 1
+    assert "error: gpu-check incomplete: gpu tests, bench eager" in done.stderr
+    report = json.loads((tmp_path / "results-gpu.json").read_text())
+    assert [s["status"] for s in report["steps"]] == ["skipped"] * len(STEPS)
+    assert report["bench"]["rows"] == []
