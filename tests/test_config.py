@@ -16,7 +16,7 @@ from crackseg import CONFIG_DIR
 from crackseg.errors import ConfigError
 from crackseg.evaluation.report import HPARAMS, RUN_PARAMETERS, run_parameters_from_config
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.settings import LossSettings
+from crackseg.models.module_settings import LossSettings
 from crackseg.runs.config_checks import check_config
 
 SEED_REPORT = SHARED / "seed" / "crack_segmentation_results.md"

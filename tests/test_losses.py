@@ -11,7 +11,7 @@ from crackseg.models.losses import (
     loss_weights,
     segmentation_loss,
 )
-from crackseg.models.settings import InputShape, LossSettings
+from crackseg.models.module_settings import InputShape, LossSettings
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from crackseg.data.samples import Sample
 from crackseg.errors import DataError
 from crackseg.evaluation.weak_ranking import binary_entropy, rank, uncertainty, write_ranking
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.settings import InputShape
+from crackseg.models.module_settings import InputShape
 from crackseg.sweep.curves import MIXED_SUPERVISION_FIGURE, draw_sweep_curves, sweep_curves
 from crackseg.sweep.summary import collect_runs, write_summary
 

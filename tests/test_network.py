@@ -189,7 +189,7 @@ def test_segmentation_bias_is_trained_and_lets_a_clean_image_fall_below_ln2():
     image (Jensen); only the learned FeatureNorm bias of the 1/8 head gets below it."""
     from crackseg.models.lit_segdec import SegDecModule
     from crackseg.models.losses import segmentation_loss
-    from crackseg.models.settings import InputShape
+    from crackseg.models.module_settings import InputShape
 
     torch.manual_seed(0)
     module = SegDecModule(network=SMALL, input_shape=InputShape(height=64, width=128))
@@ -226,7 +226,7 @@ def test_forward_upsamples_probabilities_not_logits():
     import torch.nn.functional as F
 
     from crackseg.models.lit_segdec import SegDecModule
-    from crackseg.models.settings import InputShape
+    from crackseg.models.module_settings import InputShape
 
     torch.manual_seed(0)
     module = SegDecModule(network=SMALL, input_shape=InputShape(height=64, width=128)).eval()

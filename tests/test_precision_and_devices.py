@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from crackseg.models import precision
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.settings import InputShape
+from crackseg.models.module_settings import InputShape
 from crackseg.runs import hardware
 
 NET = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}

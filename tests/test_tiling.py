@@ -15,7 +15,7 @@ from crackseg.deploy.predictor import Plan, predict_images
 from crackseg.deploy.tiling import TileGrid, blend_window, tile_starts
 from crackseg.errors import ConfigError
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.settings import InputShape
+from crackseg.models.module_settings import InputShape
 
 SMALL_NET = {"channels": [8, 8, 8], "volume_channels": 16, "volume_kernel": 3}
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crackseg.errors import CracksegError
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.settings import DEFAULT_OPTIM, LossSettings, SpeedSettings
+from crackseg.models.module_settings import DEFAULT_OPTIM, LossSettings, SpeedSettings
 
 log = logging.getLogger(__name__)
 

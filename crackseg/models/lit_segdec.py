@@ -31,8 +31,7 @@ from crackseg.models.losses import (
     reduce_batch,
     segmentation_losses,
 )
-from crackseg.models.segdecnet import SegDecNet, SegDecOutput
-from crackseg.models.settings import (
+from crackseg.models.module_settings import (
     InputShape,
     LossSettings,
     NetworkSettings,
@@ -40,6 +39,7 @@ from crackseg.models.settings import (
     SpeedSettings,
     as_group,
 )
+from crackseg.models.segdecnet import SegDecNet, SegDecOutput
 
 #: The training losses logged once per epoch: the mean over the samples each applies to.
 TRAIN_LOSSES = ("loss_seg", "loss_dec", "loss")
@@ -48,7 +48,7 @@ TRAIN_LOSSES = ("loss_seg", "loss_dec", "loss")
 class SegDecModule(pl.LightningModule):
     """Trains :class:`SegDecNet` with the mixed-supervision losses of METHOD.md §4.
 
-    The settings come in groups (crackseg.models.settings), each the dataclass, its
+    The settings come in groups (crackseg.models.module_settings), each the dataclass, its
     fields' dict or None for its defaults: ``network`` (so a checkpoint rebuilds its own
     architecture), ``input_shape`` (the size the network is trained for), ``loss``,
     ``optim`` (optimiser and scheduler) and ``speed``. ``input_scaling`` records how

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from crackseg import CONFIG_DIR
 from crackseg.models.checkpoint import load_module
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.settings import (
+from crackseg.models.module_settings import (
     InputShape,
     LossSettings,
     NetworkSettings,
