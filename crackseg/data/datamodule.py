@@ -21,7 +21,7 @@ from crackseg.data.io import image_size
 from crackseg.data.layouts import check_samples, index_layout
 from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.data.samples import Sample, count_positives
-from crackseg.data.splits import resolve_splits, write_split_csv
+from crackseg.data.splits import resolve_splits, segmented_from_file, write_split_csv
 from crackseg.errors import ConfigError, DataError, describe_files
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,9 @@ class CrackDataModule(pl.LightningDataModule):
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         split_file: str | None = None,
+        num_folds: int | None = None,
+        fold: int | None = None,
+        train_positives: int | None = None,
         check_files: bool = True,
         validate_on_test: bool = False,
         weighted_seg: bool = False,
@@ -204,6 +207,9 @@ class CrackDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_file = split_file
+        self.num_folds = num_folds
+        self.fold = fold
+        self.train_positives = train_positives
         self.check_files = check_files
         self.validate_on_test = validate_on_test
         self.weight_map = (
@@ -253,7 +259,14 @@ class CrackDataModule(pl.LightningDataModule):
             splits = {"train": [], "val": [], "test": everything}
         else:
             splits = resolve_splits(
-                indexed, self.val_fraction, self.test_fraction, self.split_seed, self.split_file
+                indexed,
+                self.val_fraction,
+                self.test_fraction,
+                self.split_seed,
+                self.split_file,
+                num_folds=self.num_folds,
+                fold=self.fold,
+                train_positives=self.train_positives,
             )
         if self.check_files:
             splits = {
@@ -266,7 +279,16 @@ class CrackDataModule(pl.LightningDataModule):
             raise DataError(f"no images to evaluate in {self.root}")
         self.input_scaling = input_scaling(splits["train"], self.input_height, self.input_width)
         train_positives = [s for s in splits["train"] if s.is_positive]
-        self.segmented_ids = choose_segmented(train_positives, self.num_segmented, self.split_seed)
+        # A split file that marks segmented positives (a published split) decides them.
+        recorded = None
+        if self.split_file is not None and not self.all_as_test:
+            recorded = segmented_from_file(self.split_file, train_positives, self.num_segmented)
+        if recorded is not None:
+            self.segmented_ids = recorded
+        else:
+            self.segmented_ids = choose_segmented(
+                train_positives, self.num_segmented, self.split_seed
+            )
         if self.extra_segmented.get("ranking"):
             self.segmented_ids |= extra_segmented_ids(
                 train_positives,

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from crackseg.data.rle import RunLengthMask
 from crackseg.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -160,8 +161,13 @@ def read_image(path: Path | str, channels: int) -> np.ndarray:
     return array
 
 
-def read_mask(path: Path | str) -> np.ndarray:
-    """Read a mask as HxW uint8; colour masks take the channel maximum (any marked pixel)."""
+def read_mask(path: Path | str | RunLengthMask) -> np.ndarray:
+    """Read a mask as HxW uint8; colour masks take the channel maximum (any marked pixel).
+
+    A :class:`~crackseg.data.rle.RunLengthMask` (Severstal's masks live in a CSV) is decoded.
+    """
+    if isinstance(path, RunLengthMask):
+        return path.decode()
     array = read_native(path, mask=True)
     if array.ndim == 3:
         array = array.max(axis=2)

@@ -16,6 +16,18 @@ Known layouts:
   ``{train,test}_{positive,negative}/`` holding ``NAME.jpg`` with ``NAME_GT.jpg``; the
   label comes from the folder.
 - ``folder``: any ``image_dir``/``mask_dir`` pair, configured by options.
+- ``ksdd``: KolektorSDD (Tabernik et al., J. Intell. Manuf. 2020; CC BY-NC-SA 4.0):
+  folders ``kos01`` ... ``kos50`` holding ``PartK.jpg`` with its mask ``PartK_label.bmp``;
+  positive when the mask marks a pixel; ``kos21_Part7`` is left out, as in the paper. A
+  folder is one physical part: its group, which folds never split.
+- ``dagm``: DAGM 2007 (Wieler, Hahn; research use), one class per run:
+  ``ClassK/{Train,Test}/NAME.PNG`` with ``Label/NAME_label.PNG`` for defective images only
+  (weak elliptical labels); an image without a label is a negative.
+- ``severstal``: Severstal Steel Defect Detection (Kaggle 2019, competition use):
+  ``train_images/NAME.jpg`` and ``train.csv`` (ImageId, ClassId, EncodedPixels); every
+  defect class is defect, an image without a row a negative (crackseg.data.rle).
+
+See METHOD.md §10 for the published settings of the paper's datasets.
 
 Ids are the file stem for flat layouts and ``<folder>_<stem>`` where several folders are
 read, so they are unique in the dataset and safe to use in file names.
@@ -33,12 +45,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from crackseg.data.io import IMAGE_EXTENSIONS, list_image_files, read_mask, read_native
+from crackseg.data.rle import read_run_length_csv
 from crackseg.data.samples import Sample
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("crack_segmentation", "ksdd2", "segdec", "folder")
+LAYOUTS = ("crack_segmentation", "ksdd2", "segdec", "folder", "ksdd", "dagm", "severstal")
 BINARIZE_THRESHOLD = 127
 _WORKERS = 4
 
@@ -246,11 +259,110 @@ def _folder(
     }
 
 
+#: KolektorSDD's sample the paper leaves out (METHOD.md §10).
+KSDD_LEFT_OUT = ("kos21_Part7",)
+
+
+def _ksdd(root: Path, mask_suffix: str = "_label") -> dict[str, list[Sample]]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"no part folders (kos01 ... kos50) found in {root}")
+    found: list[tuple[str, Path, Path, str]] = []
+    for folder in folders:
+        files = list_image_files(folder)
+        masks = files_by_stem(p for p in files if p.stem.endswith(mask_suffix))
+        images = files_by_stem(p for p in files if not p.stem.endswith(mask_suffix))
+        if not images:
+            raise _no_images(root, [folder])
+        if not masks:
+            raise DataError(f"KolektorSDD folder without masks (NAME{mask_suffix}.bmp): {folder}")
+        masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
+        for stem, image, mask in _pair_stems(images, masks, lambda s: False):
+            sample_id = f"{folder.name}_{stem}"
+            if sample_id in KSDD_LEFT_OUT:
+                log.info("KolektorSDD: %s left out, as in the paper", sample_id)
+                continue
+            found.append((sample_id, image, mask, folder.name))
+    labels = _labels_from_masks([m for _, _, m, _ in found], "labelling KolektorSDD masks")
+    return {
+        "all": [
+            Sample(sample_id, image, mask, label, group=folder)
+            for (sample_id, image, mask, folder), label in zip(found, labels, strict=True)
+        ]
+    }
+
+
+def _dagm(root: Path, class_id: int = 1, label_suffix: str = "_label") -> dict[str, list[Sample]]:
+    class_dir = root / f"Class{class_id}"
+    if not class_dir.is_dir():
+        present = sorted(p.name for p in root.glob("Class*") if p.is_dir())
+        raise DataError(
+            f"no DAGM class folder {class_dir} (found: {', '.join(present) or 'none'}); "
+            "data.dagm_class picks the class"
+        )
+    result: dict[str, list[Sample]] = {}
+    for split, folder_name in (("train", "Train"), ("test", "Test")):
+        folder = class_dir / folder_name
+        if not folder.is_dir():
+            raise DataError(f"DAGM class without a {folder_name}/ folder: {folder}")
+        label_dir = folder / "Label"
+        if not label_dir.is_dir():
+            raise DataError(f"DAGM class without Label/ (the defect labels): {label_dir}")
+        images = files_by_stem(list_image_files(folder))
+        if not images:
+            raise _no_images(root, [folder])
+        labels = files_by_stem(list_image_files(label_dir))
+        unmatched = [path for stem, path in labels.items() if not stem.endswith(label_suffix)]
+        if unmatched:
+            raise DataError(
+                f"DAGM labels not named NAME{label_suffix}: {describe_files(unmatched)}"
+            )
+        masks = {stem[: -len(label_suffix)]: path for stem, path in labels.items()}
+        pairs = _pair_stems(images, masks, lambda s: True)
+        result[split] = [
+            Sample(f"{split}_{stem}", image, mask, mask is not None) for stem, image, mask in pairs
+        ]
+    return result
+
+
+def _severstal(
+    root: Path,
+    csv_name: str = "train.csv",
+    image_dir: str = "train_images",
+    height: int = 256,
+    width: int = 1600,
+) -> dict[str, list[Sample]]:
+    images_path, csv_path = root / image_dir, root / csv_name
+    _require_dir(images_path, "Severstal image folder")
+    if not csv_path.is_file():
+        raise DataError(f"Severstal masks file {csv_path} does not exist")
+    images = files_by_stem(list_image_files(images_path))
+    if not images:
+        raise _no_images(root, [images_path])
+    masks = read_run_length_csv(csv_path, height, width)
+    by_name = {path.name: stem for stem, path in images.items()}
+    missing = [
+        f"{images_path / name} ({mask})" for name, mask in masks.items() if name not in by_name
+    ]
+    if missing:
+        raise DataError(f"images named in {csv_path} but missing: {describe_files(missing)}")
+    mask_of = {by_name[name]: mask for name, mask in masks.items()}
+    return {
+        "all": [
+            Sample(stem, images[stem], mask_of.get(stem), stem in mask_of)
+            for stem in sorted(images)
+        ]
+    }
+
+
 _INDEXERS: dict[str, Callable[..., dict[str, list[Sample]]]] = {
     "crack_segmentation": _crack_segmentation,
     "ksdd2": _ksdd2,
     "segdec": _segdec,
     "folder": _folder,
+    "ksdd": _ksdd,
+    "dagm": _dagm,
+    "severstal": _severstal,
 }
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crackseg.data.rle import RunLengthMask
 
 SPLITS = ("train", "val", "test")
 
@@ -13,14 +17,17 @@ class Sample:
     """One image of a dataset.
 
     ``mask_path`` is None for a negative stored without a mask; such a sample gets an
-    all-zero mask. Whether a positive keeps its mask for training (mixed supervision)
-    is decided by the DataModule, not here.
+    all-zero mask (a Severstal mask is a RunLengthMask, decoded from its CSV). Whether a
+    positive keeps its mask for training (mixed supervision) is decided by the DataModule,
+    not here. ``group`` names the photograph or part several samples come from (a KSDD
+    folder): folds never split a group.
     """
 
     sample_id: str
     image_path: Path
-    mask_path: Path | None
+    mask_path: Path | RunLengthMask | None
     is_positive: bool
+    group: str | None = None
 
 
 def count_positives(samples: list[Sample]) -> tuple[int, int]:

@@ -3,6 +3,10 @@
 A split depends only on the sample ids, their labels, the fractions and the seed (never
 on the order the file system lists files in), so the same command on another machine
 gives the same split; ``split.csv`` pins it exactly when the data change.
+
+Cross-validation (``data.num_folds=K data.fold=i``) pools every sample the layout found and
+deals whole groups (a KSDD folder, the photograph tiles were cut from) into K folds,
+stratified by whether a group holds a positive: fold i is the test split.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,20 +88,49 @@ def resolve_splits(
     test_fraction: float,
     seed: int,
     split_file: Path | str | None = None,
+    num_folds: int | None = None,
+    fold: int | None = None,
+    train_positives: int | None = None,
 ) -> dict[str, list[Sample]]:
     """Turn what the layout found on disk into train/val/test.
 
     - a split file: exactly the split it records (a run can be repeated after the data
-      folder changed, or compared with another run on the same split);
+      folder changed, or compared with another run on the same split); a file without
+      validation samples (a published split) gets them carved from its train part;
+    - ``num_folds`` and ``fold``: fold ``fold`` of all samples is the test split, validation
+      is carved from the other folds (``val_fraction``; 0 where the run validates on test);
     - only "all": a three-way stratified split;
     - train and test: validation carved from train (``val_fraction`` of train), so the
       test split the dataset defines is never touched;
     - train, val and test: used as they are.
+
+    ``train_positives`` keeps that many training positives (Severstal's training sizes),
+    chosen reproducibly from ``seed`` and nested: the 300 are among the 750.
     """
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)
+    _check_folds(num_folds, fold)
     if split_file is not None:
-        return _splits_from_file(indexed, Path(split_file))
+        if num_folds is not None:
+            raise ConfigError(
+                "data.split_file fixes the split already: drop data.num_folds and data.fold "
+                "(a published split holds one fold: crackseg-data import-split --fold)"
+            )
+        splits = _splits_from_file(indexed, Path(split_file), val_fraction, seed)
+        _check_train_positives(splits["train"], train_positives, f"split file {split_file}")
+        return splits
+    if num_folds is not None:
+        splits = _fold_splits(indexed, num_folds, fold, val_fraction, seed)
+    else:
+        splits = _splits_on_disk(indexed, val_fraction, test_fraction, seed)
+    if train_positives is not None:
+        splits["train"] = keep_positives(splits["train"], train_positives, seed)
+    return splits
+
+
+def _splits_on_disk(
+    indexed: dict[str, list[Sample]], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[Sample]]:
     keys = set(indexed)
     if keys == {"all"} or keys == {"train"}:
         if val_fraction + test_fraction >= 1.0:
@@ -125,25 +161,204 @@ def resolve_splits(
     )
 
 
-def _splits_from_file(indexed: dict[str, list[Sample]], path: Path) -> dict[str, list[Sample]]:
-    by_id = {s.sample_id: s for samples in indexed.values() for s in samples}
+# --------------------------------------------------------------------------- folds
+
+#: A tile's name as ``crackseg-data tile`` writes it: the photograph's stem, then its row and
+#: column (``noncrack_`` first for a clean tile).
+_TILE_NAME = re.compile(r"(?:noncrack_)?(?P<photo>.+)_r\d+_c\d+")
+
+
+def source_group(sample: Sample) -> str:
+    """What a sample was cut or taken from, which folds keep whole: the layout's group (a
+    KSDD folder), the photograph of a tile (by the tile's name), else the sample itself."""
+    if sample.group is not None:
+        return sample.group
+    match = _TILE_NAME.fullmatch(Path(sample.image_path).stem)
+    return f"photo:{match['photo']}" if match else sample.sample_id
+
+
+def grouped_split(
+    samples: list[Sample],
+    fractions: dict[str, float],
+    seed: int,
+    group_of: Callable[[Sample], str] = source_group,
+) -> dict[str, list[Sample]]:
+    """Deal whole groups into parts of the given fractions, stratified by positives.
+
+    Groups holding a positive are dealt first, each to the part whose share of positives is
+    furthest below its fraction, then the negative-only groups by the negatives; largest
+    groups first, equal sizes in an order drawn from ``seed``. With one sample a group and
+    equal fractions this is a stratified K-fold: the parts differ by at most one sample of
+    each class, the earlier parts taking the extra ones.
+    """
+    if any(f < 0 for f in fractions.values()) or not math.isclose(
+        sum(fractions.values()), 1.0, abs_tol=1e-6
+    ):
+        raise ConfigError(f"split fractions must be non-negative and sum to 1, got {fractions}")
+    groups: dict[str, list[Sample]] = {}
+    for sample in sorted(samples, key=lambda s: s.sample_id):
+        groups.setdefault(group_of(sample), []).append(sample)
+    names = list(fractions)
+    loads = {name: [0, 0] for name in names}  # positives, negatives dealt to each part
+    parts: dict[str, list[Sample]] = {name: [] for name in names}
+    rng = np.random.default_rng(seed)
+    for positive in (True, False):
+        kind = 0 if positive else 1
+        keys = sorted(g for g, m in groups.items() if any(s.is_positive for s in m) == positive)
+        keys = [keys[i] for i in rng.permutation(len(keys))]
+        keys.sort(key=lambda g: -sum(s.is_positive == positive for s in groups[g]))
+        for key in keys:
+            open_parts = [n for n in names if fractions[n] > 0]
+            chosen = min(open_parts, key=lambda n: (loads[n][kind] / fractions[n], names.index(n)))
+            parts[chosen] += groups[key]
+            loads[chosen][0] += sum(s.is_positive for s in groups[key])
+            loads[chosen][1] += sum(not s.is_positive for s in groups[key])
+    return {name: sorted(part, key=lambda s: s.sample_id) for name, part in parts.items()}
+
+
+def _check_folds(num_folds: int | None, fold: int | None) -> None:
+    if num_folds is None and fold is None:
+        return
+    if num_folds is None or fold is None:
+        raise ConfigError(
+            "data.num_folds and data.fold go together: data.num_folds=K data.fold=0..K-1"
+        )
+    if not isinstance(num_folds, int) or num_folds < 2:
+        raise ConfigError(f"data.num_folds must be an integer >= 2, not {num_folds!r}")
+    if not isinstance(fold, int) or not 0 <= fold < num_folds:
+        raise ConfigError(
+            f"data.fold must be 0..{num_folds - 1} (data.num_folds={num_folds}), not {fold!r}"
+        )
+
+
+def _fold_splits(
+    indexed: dict[str, list[Sample]], num_folds: int, fold: int, val_fraction: float, seed: int
+) -> dict[str, list[Sample]]:
+    everything = [s for samples in indexed.values() for s in samples]
+    folds = grouped_split(everything, {f"fold{k}": 1.0 / num_folds for k in range(num_folds)}, seed)
+    test = folds[f"fold{fold}"]
+    rest = [s for k in range(num_folds) if k != fold for s in folds[f"fold{k}"]]
+    carved = grouped_split(rest, {"train": 1.0 - val_fraction, "val": val_fraction}, seed)
+    log.info(
+        "fold %d of %d: %d test samples in %d groups",
+        fold,
+        num_folds,
+        len(test),
+        len({source_group(s) for s in test}),
+    )
+    return {"train": carved["train"], "val": carved["val"], "test": test}
+
+
+# --------------------------------------------------------------------------- training size
+
+
+def keep_positives(train: list[Sample], count: int, seed: int) -> list[Sample]:
+    """The training split with ``count`` of its positives (every negative kept)."""
+    positives = sorted((s for s in train if s.is_positive), key=lambda s: s.sample_id)
+    if not isinstance(count, int) or not 0 < count <= len(positives):
+        raise ConfigError(
+            f"data.train_positives={count} but the training split has {len(positives)} "
+            f"positives (use 1..{len(positives)} or null for all)"
+        )
+    order = np.random.default_rng(seed).permutation(len(positives))
+    kept = {positives[i].sample_id for i in order[:count]}
+    log.info("training on %d of its %d positives (data.train_positives)", count, len(positives))
+    return [s for s in train if not s.is_positive or s.sample_id in kept]
+
+
+def _check_train_positives(train: list[Sample], count: int | None, source: str) -> None:
+    positives = sum(s.is_positive for s in train)
+    if count is not None and count != positives:
+        raise ConfigError(
+            f"data.train_positives={count} but {source} has {positives} training positives: "
+            f"set data.train_positives={positives} (or null)"
+        )
+
+
+def _splits_from_file(
+    indexed: dict[str, list[Sample]], path: Path, val_fraction: float, seed: int
+) -> dict[str, list[Sample]]:
+    """The recorded split; a row may name a group (a KSDD folder) for all of its samples."""
+    everything = [s for samples in indexed.values() for s in samples]
+    by_id = {s.sample_id: [s] for s in everything}
+    by_group: dict[str, list[Sample]] = {}
+    for sample in everything:
+        by_group.setdefault(source_group(sample), []).append(sample)
     recorded = read_split_csv(path)
-    missing = [i for ids in recorded.values() for i in ids if i not in by_id]
+    missing = [i for ids in recorded.values() for i in ids if i not in by_id and i not in by_group]
     if missing:
         raise DataError(
             f"split file {path} names samples not in the dataset: {describe_files(missing)}"
         )
-    result = {name: [by_id[i] for i in recorded.get(name, [])] for name in ("train", "val", "test")}
-    used = sum(len(v) for v in result.values())
-    if used < len(by_id):
+    result = {
+        name: sorted(
+            (s for i in recorded.get(name, []) for s in by_id.get(i) or by_group[i]),
+            key=lambda s: s.sample_id,
+        )
+        for name in ("train", "val", "test")
+    }
+    ids = [s.sample_id for samples in result.values() for s in samples]
+    if len(set(ids)) != len(ids):
+        twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+        raise DataError(f"split file {path} puts samples in two splits: {describe_files(twice)}")
+    if not result["val"] and val_fraction > 0:
+        carved = grouped_split(
+            result["train"], {"train": 1.0 - val_fraction, "val": val_fraction}, seed
+        )
+        result["train"], result["val"] = carved["train"], carved["val"]
+        log.info(
+            "split file %s has no validation samples: %d carved from its %d training samples "
+            "(data.val_fraction=%s)",
+            path,
+            len(carved["val"]),
+            len(carved["train"]) + len(carved["val"]),
+            val_fraction,
+        )
+    used = len(ids)
+    if used < len(everything):
         log.warning(
             "split file %s uses %d of the %d samples found; the other %d are left out",
             path,
             used,
-            len(by_id),
-            len(by_id) - used,
+            len(everything),
+            len(everything) - used,
         )
     return result
+
+
+def segmented_from_file(
+    path: Path | str, train: list[Sample], num_segmented: int | None
+) -> set[str] | None:
+    """Ids of the training positives a split file marks segmented (its ``segmented``
+    column; a group's mark covers its positives); None for a file without that column.
+
+    ``num_segmented`` must be null or the file's count: the file decides which positives keep
+    their masks, so a published split trains on exactly its segmented subset.
+    """
+    flags = read_segmented_flags(path)
+    if flags is None:
+        return None
+    positives = [s for s in train if s.is_positive]
+    marked = {
+        s.sample_id for s in positives if flags.get(s.sample_id, flags.get(source_group(s), False))
+    }
+    if num_segmented is not None and num_segmented != len(marked):
+        raise ConfigError(
+            f"data.num_segmented={num_segmented} but split file {path} marks {len(marked)} "
+            f"training positives as segmented: set data.num_segmented={len(marked)} (or null)"
+        )
+    without_mask = sorted(
+        s.sample_id for s in positives if s.sample_id in marked and s.mask_path is None
+    )
+    if without_mask:
+        log.warning(
+            "split file %s marks %d positive(s) segmented that have no usable mask; they train "
+            "as weak positives: %s",
+            path,
+            len(without_mask),
+            describe_files(without_mask),
+        )
+    return marked - set(without_mask)
 
 
 def write_split_csv(path: Path | str, splits: dict[str, list[Sample]]) -> None:
@@ -165,9 +380,8 @@ def write_split_csv(path: Path | str, splits: dict[str, list[Sample]]) -> None:
                 )
 
 
-def read_split_csv(path: Path | str) -> dict[str, list[str]]:
-    """Read the ids per split from a file written by :func:`write_split_csv`."""
-    path = Path(path)
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the non-empty rows (with their line numbers) of a split file."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
@@ -182,9 +396,7 @@ def read_split_csv(path: Path | str) -> dict[str, list[str]]:
         raise DataError(
             f"split file {path} lacks the columns split and sample_id (header: {rows[0]})"
         )
-    col_split, col_id = header.index("split"), header.index("sample_id")
-    result: dict[str, list[str]] = {}
-    seen: set[str] = set()
+    body = []
     for line_no, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -192,6 +404,18 @@ def read_split_csv(path: Path | str) -> dict[str, list[str]]:
             raise DataError(
                 f"split file {path}, line {line_no}: {len(row)} fields, expected {len(header)}"
             )
+        body.append((line_no, row))
+    return header, body
+
+
+def read_split_csv(path: Path | str) -> dict[str, list[str]]:
+    """Read the ids per split from a file written by :func:`write_split_csv`."""
+    path = Path(path)
+    header, rows = _read_rows(path)
+    col_split, col_id = header.index("split"), header.index("sample_id")
+    result: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for line_no, row in rows:
         split, sample_id = row[col_split].strip(), row[col_id].strip()
         if split not in ("train", "val", "test"):
             raise DataError(
@@ -205,3 +429,23 @@ def read_split_csv(path: Path | str) -> dict[str, list[str]]:
         seen.add(sample_id)
         result.setdefault(split, []).append(sample_id)
     return result
+
+
+def read_segmented_flags(path: Path | str) -> dict[str, bool] | None:
+    """``sample_id -> segmented`` of the training rows; None without a ``segmented`` column."""
+    path = Path(path)
+    header, rows = _read_rows(path)
+    if "segmented" not in header:
+        return None
+    col_split, col_id, col_flag = (header.index(c) for c in ("split", "sample_id", "segmented"))
+    flags = {}
+    for line_no, row in rows:
+        if row[col_split].strip() != "train":
+            continue
+        flag = row[col_flag].strip()
+        if flag not in ("0", "1"):
+            raise DataError(
+                f"split file {path}, line {line_no}: segmented must be 0 or 1, not {flag!r}"
+            )
+        flags[row[col_id].strip()] = flag == "1"
+    return flags

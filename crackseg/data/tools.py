@@ -3,7 +3,8 @@
 - ``tile``: cut large annotated photographs into fixed-size tiles in the
   crack_segmentation layout (crack-free tiles named ``noncrack_*``), optionally putting
   whole photographs into train or test so no photograph feeds both;
-- ``stats``: the positives/negatives table per split, as in the results report.
+- ``stats``: the positives/negatives table per split, as in the results report;
+- ``import-split``: a published split file of the paper (a pickle) as a ``split.csv``.
 
 Errors a user can cause end with one line ``error: ...`` on stderr and exit code 2.
 """
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from crackseg.atomic import encode_png
 from crackseg.data.io import image_size, read_mask, read_native
 from crackseg.data.layouts import BINARIZE_THRESHOLD, LAYOUTS, check_samples, index_layout
+from crackseg.data.published_splits import PARTS, published_split, write_published_split
 from crackseg.data.samples import Sample
 from crackseg.data.splits import resolve_splits, stratified_split, write_split_csv
 from crackseg.errors import ConfigError, CracksegError, DataError
@@ -351,6 +353,45 @@ def _cmd_stats(args: argparse.Namespace) -> None:
     print(positives_table(split_counts(splits)))
 
 
+def _cmd_import_split(args: argparse.Namespace) -> None:
+    """A published split file (a pickle, read without running anything) -> split.csv."""
+    output = Path(args.output)
+    if output.exists():
+        raise DataError(f"{output} exists already; choose another --output")
+    split = published_split(args.file, args.dataset, args.fold)
+    write_published_split(split, output)
+    counts = ", ".join(
+        f"{len(rows)} {name} ({sum(flag for _, flag in rows)} marked segmented)"
+        for name, rows in split.items()
+    )
+    kind = "folders" if args.dataset == "ksdd" else "samples"
+    print(f"{output}: {counts} {kind}")
+    print(f"train on it with data.split_file={output.resolve()}")
+
+
+def _add_import_split(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "import-split",
+        help="turn a published split file (.pyb) into a split.csv for data.split_file",
+        description="Reads the paper's split pickles (KSDD/split_TRAIN_N.pyb, DAGM/split_N.pyb, "
+        "KSDD2/split_N.pyb, STEEL/split_TRAIN_N.pyb) with a loader that admits only lists, "
+        "tuples, sets, strings, numbers and booleans: anything else is refused and nothing in "
+        "the file runs. The split.csv keeps which training positives are segmented.",
+    )
+    parser.add_argument("file", type=Path, help="the published split file (.pyb)")
+    parser.add_argument("--dataset", required=True, choices=PARTS, help="whose split it is")
+    parser.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        help="the fold to take, from 0 (ksdd and dagm files hold all; DAGM fold i is Class i+1)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("split.csv"), help="the split.csv to write (new)"
+    )
+    parser.set_defaults(func=_cmd_import_split)
+
+
 class _Parser(argparse.ArgumentParser):
     """Command-line mistakes end as every other mistake: one ``error:`` line, exit 2."""
 
@@ -416,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="read every file first (empty positive masks become weak positives)",
     )
     stats.set_defaults(func=_cmd_stats)
+    _add_import_split(commands)
     return parser
 
 

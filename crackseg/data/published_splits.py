@@ -1,0 +1,162 @@
+"""The paper's published split files (Python pickles) turned into a ``split.csv``.
+
+One pickle per dataset, number of segmented positives N and training size (METHOD.md §10):
+``KSDD2/split_N.pyb`` holds (train, test); ``KSDD/split_TRAIN_N.pyb`` and ``DAGM/split_N.pyb``
+hold (train, test), each a list over folds; ``STEEL/split_TRAIN_N.pyb`` holds (train, test,
+validation). Every sample is a pair (name, is_segmented); a KSDD name is a folder, which the
+split file names as a group (all of its parts).
+
+A pickle runs code when it is loaded if it names a class or a function. The loader here names
+nothing: every class or function a file asks for is refused before it is looked up, so
+nothing in the file runs, and what comes out must be lists, tuples, sets, strings, numbers
+and booleans.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+from crackseg.atomic import atomic_path
+from crackseg.data.io import IMAGE_EXTENSIONS
+from crackseg.errors import DataError
+
+#: ``--dataset`` -> the names of the parts the pickle holds, in its order.
+PARTS = {
+    "ksdd": ("train", "test"),
+    "dagm": ("train", "test"),
+    "ksdd2": ("train", "test"),
+    "severstal": ("train", "test", "val"),
+}
+#: Datasets whose parts are lists over folds (DAGM: fold i is Class i+1).
+FOLDED = ("ksdd", "dagm")
+#: The columns written: what ``data.split_file`` reads (crackseg.data.splits).
+COLUMNS = ("split", "sample_id", "segmented")
+_PLAIN = (list, tuple, set, frozenset, str, int, float, bool)
+
+
+class _Refused(pickle.UnpicklingError):
+    """The file asks for something that could run code."""
+
+
+class _NothingUnpickler(pickle.Unpickler):
+    """Builds containers and scalars only: any class or function is refused unlooked-up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise _Refused(f"it names {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _Refused("it refers to an outside object (a persistent id)")
+
+
+def load_plain_pickle(path: Path | str) -> Any:
+    """The pickle's content, if it is made of lists, tuples, sets, strings, numbers and
+    booleans only; DataError (one line, naming the file) for anything else."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        content = _NothingUnpickler(io.BytesIO(data)).load()
+    except _Refused as exc:
+        raise DataError(
+            f"{path} is refused: {exc}; a split file holds only lists, tuples, sets, "
+            "strings, numbers and booleans, and nothing in it was run"
+        ) from None
+    except Exception as exc:  # truncated or garbled: nothing of it ran
+        raise DataError(f"{path} is not a readable pickle: {exc or type(exc).__name__}") from None
+    _check_plain(content, path)
+    return content
+
+
+def _check_plain(content: Any, path: Path) -> None:
+    stack = [content]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, _PLAIN):
+            raise DataError(
+                f"{path} is refused: it holds a {type(item).__name__}; a split file holds only "
+                "lists, tuples, sets, strings, numbers and booleans"
+            )
+        if isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+
+
+def _shape_error(path: Path, dataset: str, what: str) -> DataError:
+    parts = ", ".join(PARTS[dataset])
+    folds = ", each a list over folds" if dataset in FOLDED else ""
+    return DataError(f"{path} is not a {dataset} split: {what} (expected ({parts}){folds})")
+
+
+def _pairs(items: Any, path: Path, dataset: str, part: str) -> list[tuple[str, bool]]:
+    if not isinstance(items, list | tuple):
+        raise _shape_error(path, dataset, f"{part} is a {type(items).__name__}, not a list")
+    pairs = []
+    for item in items:
+        if (
+            not isinstance(item, list | tuple)
+            or len(item) != 2
+            or not isinstance(item[0], str | int)
+            or isinstance(item[0], bool)
+            or item[1] not in (True, False)
+        ):
+            raise _shape_error(path, dataset, f"{part} holds {item!r}, not (name, is_segmented)")
+        pairs.append((str(item[0]), bool(item[1])))
+    return pairs
+
+
+def _sample_id(dataset: str, part: str, name: str) -> str:
+    """The id crackseg's layout gives the sample a published split names."""
+    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
+    if dataset == "ksdd":
+        return stem  # a folder: the split file names the group, all of its parts
+    if dataset in ("dagm", "ksdd2"):
+        return f"{part}_{stem}"  # the Train/ or Test/ (train/ or test/) folder it lies in
+    return stem
+
+
+def published_split(path: Path | str, dataset: str, fold: int | None = None) -> dict[str, list]:
+    """``split -> [(sample_id, segmented), ...]`` of a published split file."""
+    path = Path(path)
+    if dataset not in PARTS:
+        raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(PARTS)}")
+    if dataset in FOLDED and fold is None:
+        raise DataError(
+            f"a {dataset} split file holds every fold: choose one with --fold"
+            + (" (fold i is Class i+1)" if dataset == "dagm" else "")
+        )
+    if dataset not in FOLDED and fold is not None:
+        raise DataError(f"a {dataset} split file holds no folds: drop --fold")
+    content = load_plain_pickle(path)
+    names = PARTS[dataset]
+    if not isinstance(content, list | tuple) or len(content) != len(names):
+        raise _shape_error(path, dataset, f"it holds a {type(content).__name__}")
+    result: dict[str, list] = {}
+    for name, part in zip(names, content, strict=True):
+        if dataset in FOLDED:
+            if not isinstance(part, list | tuple) or not 0 <= fold < len(part):
+                count = len(part) if isinstance(part, list | tuple) else 0
+                raise DataError(f"{path} holds {count} folds: --fold must be 0..{count - 1}")
+            part = part[fold]
+        result[name] = [
+            (_sample_id(dataset, name, n), flag) for n, flag in _pairs(part, path, dataset, name)
+        ]
+    return result
+
+
+def write_published_split(split: dict[str, list], output: Path | str) -> None:
+    """Write ``split.csv`` (split, sample_id, segmented) for ``data.split_file``."""
+    seen: set[str] = set()
+    with atomic_path(output) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for name, rows in split.items():
+            for sample_id, segmented in rows:
+                if sample_id in seen:
+                    raise DataError(f"the split names {sample_id!r} twice")
+                seen.add(sample_id)
+                writer.writerow([name, sample_id, int(segmented)])

@@ -1,0 +1,180 @@
+"""The paper's published split files: read without running anything, turned into a
+split.csv that data.split_file takes, segmented positives included."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+from conftest import datamodule_of
+from helpers.paper_replicas import make_dagm, make_ksdd, make_ksdd2_like
+
+from crackseg.data.datamodule import CrackDataModule
+from crackseg.data.published_splits import load_plain_pickle, published_split
+from crackseg.data.tools import main
+from crackseg.errors import ConfigError, DataError
+
+
+class _OpensAFile:
+    """Unpickling it would call open(path, 'w'): a file appears if the loader runs it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+class _RunsACommand:
+    def __init__(self, path: Path) -> None:
+        self.command = f"touch {path}"
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def _dump(path: Path, content) -> Path:
+    path.write_bytes(pickle.dumps(content))
+    return path
+
+
+@pytest.mark.parametrize("payload", [_OpensAFile, _RunsACommand])
+def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, payload, capsys):
+    witness = tmp_path / "created_by_the_pickle"
+    evil = _dump(tmp_path / "split_5.pyb", ([("a", True), payload(witness)], []))
+    assert (
+        main(["import-split", str(evil), "--dataset", "ksdd2", "--output", str(tmp_path / "s.csv")])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {evil} is refused: it names ")
+    assert not witness.exists() and not (tmp_path / "s.csv").exists()
+    # the check is real: a plain pickle.load runs it
+    with evil.open("rb") as handle:
+        pickle.load(handle)
+    assert witness.exists()
+
+
+@pytest.mark.parametrize(
+    "content,says",
+    [
+        (({"a": True}, []), "it holds a dict"),
+        (([(b"a", True)], []), "it holds a bytes"),
+        (([("a", None)], []), "it holds a NoneType"),
+    ],
+)
+def test_only_lists_tuples_sets_strings_numbers_and_booleans(tmp_path, content, says):
+    with pytest.raises(DataError, match=says):
+        load_plain_pickle(_dump(tmp_path / "x.pyb", content))
+    assert load_plain_pickle(_dump(tmp_path / "ok.pyb", ([("a", 1.5)], {3}, frozenset()))) == (
+        [("a", 1.5)],
+        {3},
+        frozenset(),
+    )
+
+
+def test_garbage_and_wrong_shapes_are_one_line(tmp_path):
+    (tmp_path / "cut.pyb").write_bytes(pickle.dumps([("a", True)] * 10)[:15])
+    with pytest.raises(DataError, match="not a readable pickle"):
+        load_plain_pickle(tmp_path / "cut.pyb")
+    with pytest.raises(DataError, match=r"not a severstal split: .*expected \(train, test, val\)"):
+        published_split(_dump(tmp_path / "two.pyb", ([], [])), "severstal")
+    with pytest.raises(DataError, match=r"holds \('a', 'yes'\), not \(name, is_segmented\)"):
+        published_split(_dump(tmp_path / "flag.pyb", ([("a", "yes")], [])), "ksdd2")
+    with pytest.raises(DataError, match="holds 2 folds: --fold must be 0..1"):
+        published_split(_dump(tmp_path / "f.pyb", ([[], []], [[], []])), "dagm", fold=2)
+    with pytest.raises(DataError, match="choose one with --fold .fold i is Class i.1."):
+        published_split(tmp_path / "f.pyb", "dagm")
+
+
+def test_import_split_refuses_to_overwrite(tmp_path, capsys):
+    split = _dump(tmp_path / "split_0.pyb", ([("10000", False)], [("10001", False)]))
+    output = tmp_path / "split.csv"
+    output.write_text("mine\n")
+    assert main(["import-split", str(split), "--dataset", "ksdd2", "--output", str(output)]) == 2
+    assert "exists already" in capsys.readouterr().err and output.read_text() == "mine\n"
+
+
+def _import(tmp_path: Path, content, dataset: str, *fold: str) -> Path:
+    source = _dump(tmp_path / f"{dataset}.pyb", content)
+    output = tmp_path / f"{dataset}_split.csv"
+    assert (
+        main(["import-split", str(source), "--dataset", dataset, *fold, "--output", str(output)])
+        == 0
+    )
+    return output
+
+
+def test_a_ksdd_split_names_folders_and_their_segmented_positives(tmp_path):
+    root = make_ksdd(tmp_path / "ksdd", folders=4, parts=3)
+    # two folds of a published KSDD split; fold 1 trains on kos01 (segmented) and kos02 and
+    # kos04 (weak), and tests on kos03
+    content = (
+        [[("kos03", True)], [("kos01", True), ("kos02", False), ("kos04", False)]],
+        [[("kos01", False)], [("kos03", False)]],
+    )
+    split = _import(tmp_path, content, "ksdd", "--fold", "1")
+    assert split.read_text().splitlines() == [
+        "split,sample_id,segmented",
+        "train,kos01,1",
+        "train,kos02,0",
+        "train,kos04,0",
+        "test,kos03,0",
+    ]
+    common = {"layout": "ksdd", "input_channels": 1, "val_fraction": 0, "split_file": str(split)}
+    datamodule = datamodule_of(root, **common)
+    assert {s.group for s in datamodule.splits["train"]} == {"kos01", "kos02", "kos04"}
+    assert len(datamodule.splits["train"]) == 9 and datamodule.splits["val"] == []
+    assert [s.sample_id for s in datamodule.splits["test"]] == [f"kos03_Part{k}" for k in range(3)]
+    assert datamodule.segmented_ids == {"kos01_Part1"}  # kos01's positive, the file's mark
+    assert datamodule_of(root, num_segmented=1, **common).segmented_ids == {"kos01_Part1"}
+    with pytest.raises(ConfigError, match=r"num_segmented=2 but split file .* marks 1 training"):
+        datamodule_of(root, num_segmented=2, **common)
+
+
+def test_a_dagm_fold_is_its_class_and_keeps_train_and_test(tmp_path):
+    root = make_dagm(tmp_path / "dagm", classes=(1, 2), images=4)
+    folds = [[("0001.PNG", False), ("0002.PNG", False), ("0003.PNG", True)], [("0001", True)]]
+    content = (folds, [[("0001.PNG", False), ("0004.PNG", False)], [("0002", False)]])
+    split = _import(tmp_path, content, "dagm", "--fold", "0")  # fold 0: Class1
+    datamodule = CrackDataModule(
+        str(root), layout="dagm", layout_options={"class_id": 1}, input_channels=1,
+        input_height=64, input_width=128, num_workers=0, val_fraction=0, split_file=str(split),
+    )  # fmt: skip
+    datamodule.setup()
+    assert [s.sample_id for s in datamodule.splits["train"]] == [
+        "train_0001",
+        "train_0002",
+        "train_0003",
+    ]
+    assert [s.sample_id for s in datamodule.splits["test"]] == ["test_0001", "test_0004"]
+    assert datamodule.segmented_ids == {"train_0003"}  # 0001 is positive but not segmented
+    assert datamodule.num_segmented_train == 1
+
+
+def test_a_split_without_validation_gets_it_carved_from_train(tmp_path):
+    root = make_ksdd2_like(tmp_path / "ksdd2", train=10, test=4)
+    train = [(f"{i:05d}", i < 3) for i in range(10)]
+    split = _import(tmp_path, (train, [(f"{i:05d}", False) for i in range(10, 14)]), "ksdd2")
+    datamodule = datamodule_of(root, layout="ksdd2", split_file=str(split), val_fraction=0.2)
+    # positives 00000, 00002, ..., 00008 (5), negatives the odd ones (5): 20 % of each
+    assert [len(datamodule.splits[k]) for k in ("train", "val", "test")] == [8, 2, 4]
+    assert datamodule.segmented_ids <= {"train_00000", "train_00002"}
+    without = datamodule_of(root, layout="ksdd2", split_file=str(split), val_fraction=0)
+    assert len(without.splits["train"]) == 10 and without.splits["val"] == []
+    assert without.segmented_ids == {"train_00000", "train_00002"}
+
+
+def test_a_severstal_split_has_its_validation_part(tmp_path):
+    content = ([("0a.jpg", True)], [("0b.jpg", False)], [("0c.jpg", False), ("0d.jpg", True)])
+    split = _import(tmp_path, content, "severstal")
+    assert split.read_text().splitlines()[1:] == ["train,0a,1", "test,0b,0", "val,0c,0", "val,0d,1"]
+
+
+def test_a_saved_split_keeps_its_segmented_positives(dataset_root, tmp_path):
+    first = datamodule_of(dataset_root, num_segmented=3, split_seed=1)
+    first.save_split(tmp_path / "split.csv")
+    again = datamodule_of(dataset_root, split_seed=7, split_file=str(tmp_path / "split.csv"))
+    assert again.segmented_ids == first.segmented_ids and len(again.segmented_ids) == 3
