@@ -387,5 +387,26 @@ def write_run_report(
         run_parameters=run_parameters_from_config(cfg),
         metrics=metrics,
         dice_files=metrics["dice_files"],
-        notes=list(REPORT_NOTES),
+        notes=[*REPORT_NOTES, *weak_run_departures(cfg)],
     )
+
+
+def weak_run_departures(cfg: Any) -> list[str]:
+    """A note when a weak run (``data.num_segmented=0``) departs from the published weak
+    runs, which keep gradient-flow adjustment on and the dynamically balanced loss off
+    (METHOD.md §10); none otherwise. The sweep summary names such jobs too."""
+    if OmegaConf.select(cfg, "data.num_segmented", default=None) != 0:
+        return []
+    changes = []
+    if OmegaConf.select(cfg, "loss.gradient_adjustment", default=True) is False:
+        changes.append("gradient-flow adjustment is off (`loss.weak_gradient_adjustment=off`)")
+    if OmegaConf.select(cfg, "loss.dynamic_balance", default=False) is True:
+        changes.append("the dynamically balanced loss is on")
+    if not changes:
+        return []
+    return [
+        "Departs from the published settings: in this weak run "
+        + " and ".join(changes)
+        + "; the published weak runs keep gradient-flow adjustment on and the dynamically "
+        "balanced loss off (METHOD.md §10)."
+    ]

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
 
-#: Plain SGD at the published runs' learning rate, when no optimiser config is given.
+#: Plain SGD at the seed run's learning rate (METHOD.md §8; §10 lists the other runs'), when no
+#: optimiser config is given.
 DEFAULT_OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.0}
 
 

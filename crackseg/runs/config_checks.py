@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+import crackseg.runs.resolvers  # noqa: F401  (the checked values may come from them)
 from crackseg.data.download import UNPINNED, checked_sha256
 from crackseg.errors import ConfigError, DataError
 from crackseg.evaluation.report import RUN_PARAMETERS

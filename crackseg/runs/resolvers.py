@@ -8,8 +8,13 @@ there, before the log file and ``.hydra/`` are written (crackseg.runs.folder);
 ``${crackseg.job_folder:NUM,OVERRIDE_DIRNAME}`` names multirun job folders
 (``crackseg.dirname``, its name part, is what folders of earlier sweeps recorded);
 ``${crackseg.local_jobs:N}`` (conf/hydra/launcher/local_parallel.yaml) sizes a local
-parallel sweep; ``${crackseg.any_segmented:NUM_SEGMENTED}`` turns gradient-flow adjustment
-off for fully weak runs in conf/sweep/cfd_num_segmented.yaml. Every entry point
+parallel sweep. The settings of the paper's runs that change with another setting
+(METHOD.md §10): ``${crackseg.any_segmented:N}`` (dynamic balance off in weak runs),
+``${crackseg.weak_adjustment:N,CHOICE}`` (gradient-flow adjustment: on everywhere as
+published, or off in weak runs with ``loss.weak_gradient_adjustment=off``),
+``${crackseg.if_weak:N,WEAK,OTHERWISE}`` (KSDD's learning rate and δ at N = 0),
+``${crackseg.severstal_epochs:TRAINING_POSITIVES}`` and ``${crackseg.table4:ROW,SWITCH}``,
+``${crackseg.table4_segmented:ROW,MIXED_N}`` (the rows of the paper's Table 4). Every entry point
 imports this module through crackseg.runs.lifecycle, and Hydra's launcher workers through the sweep
 summary callback.
 """
@@ -20,6 +25,8 @@ import hashlib
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from crackseg.errors import ConfigError
 
 #: Longest job folder name part, in bytes; file systems refuse names over 255.
 MAX_DIRNAME_BYTES = 200
@@ -123,6 +130,90 @@ def any_segmented(num_segmented: int | None) -> bool:
     return num_segmented is None or int(num_segmented) > 0
 
 
+def if_weak(num_segmented: int | None, weak: object, otherwise: object) -> object:
+    """``weak`` in a weak run (no segmented positive), else ``otherwise``."""
+    return otherwise if any_segmented(num_segmented) else weak
+
+
+#: ``loss.weak_gradient_adjustment``: ``published`` keeps gradient-flow adjustment on in weak
+#: runs, as every published weak run does; ``off`` turns it off there, a departure from the
+#: paper (the decision loss then trains the segmentation subnet).
+WEAK_ADJUSTMENT_CHOICES = ("published", "off")
+
+
+def weak_adjustment(num_segmented: int | None, choice: str) -> bool:
+    """Gradient-flow adjustment of a run: on, except in a weak run with ``choice`` ``off``."""
+    if choice not in WEAK_ADJUSTMENT_CHOICES:
+        raise ConfigError(
+            f"loss.weak_gradient_adjustment must be {' or '.join(WEAK_ADJUSTMENT_CHOICES)}, "
+            f"not {choice!r}"
+        )
+    return any_segmented(num_segmented) or choice == "published"
+
+
+#: Severstal's epochs by training positives, as published (METHOD.md §10).
+SEVERSTAL_EPOCHS = {300: 90, 750: 80, 1500: 60, 3000: 40}
+
+
+def severstal_epochs(train_positives: int | None) -> int:
+    """The published epochs of a Severstal training size; a size the paper did not train
+    (Table 4's 1000) takes those of the largest published size below it (750: 80), all
+    positives (null) those of the largest (3000: 40)."""
+    if train_positives is None:
+        return SEVERSTAL_EPOCHS[max(SEVERSTAL_EPOCHS)]
+    below = [size for size in SEVERSTAL_EPOCHS if size <= int(train_positives)]
+    return SEVERSTAL_EPOCHS[max(below) if below else min(SEVERSTAL_EPOCHS)]
+
+
+#: The paper's Table 4 (METHOD.md §10): row -> (supervision, weighted segmentation loss,
+#: dynamically balanced loss, gradient-flow adjustment). Row 13 is the published weak run,
+#: row 14 the weak run with dynamic balance on.
+TABLE4_ROWS = {
+    1: ("full", False, False, False),
+    2: ("full", False, True, False),
+    3: ("full", False, True, True),
+    4: ("full", True, True, False),
+    5: ("full", True, False, True),
+    6: ("full", True, True, True),
+    7: ("mixed", False, False, False),
+    8: ("mixed", False, True, False),
+    9: ("mixed", False, True, True),
+    10: ("mixed", True, True, False),
+    11: ("mixed", True, False, True),
+    12: ("mixed", True, True, True),
+    13: ("weak", True, False, True),
+    14: ("weak", True, True, True),
+}
+TABLE4_SWITCHES = ("weighted_loss", "dynamic_balance", "adjustment")
+
+
+def _table4_row(row: int) -> tuple[str, bool, bool, bool]:
+    if row not in TABLE4_ROWS:
+        raise ConfigError(f"table4_row must be 1..{len(TABLE4_ROWS)}, not {row!r}")
+    return TABLE4_ROWS[row]
+
+
+def table4(row: int, switch: str) -> bool:
+    """Whether a switch (weighted_loss, dynamic_balance, adjustment) is on in a Table 4 row."""
+    if switch not in TABLE4_SWITCHES:
+        raise ConfigError(f"Table 4 switches are {', '.join(TABLE4_SWITCHES)}, not {switch!r}")
+    return _table4_row(row)[1 + TABLE4_SWITCHES.index(switch)]
+
+
+def table4_segmented(row: int, mixed: int) -> int | None:
+    """``data.num_segmented`` of a Table 4 row: all (null), ``mixed``, or 0 (weak)."""
+    supervision = _table4_row(row)[0]
+    return {"full": None, "mixed": mixed, "weak": 0}[supervision]
+
+
+def table4_label(row: int) -> str:
+    """The row as the summary names it: ``6: full; weighted, balanced, adjusted``."""
+    supervision, *switches = _table4_row(row)
+    names = ("weighted loss", "dynamic balance", "adjustment")
+    on = [name for name, value in zip(names, switches, strict=True) if value]
+    return f"{row}: {supervision}; {', '.join(on) or 'none'} on"
+
+
 def register_resolvers() -> None:
     """Register once per process (Hydra resolves job configs in launcher workers too)."""
     resolvers = {
@@ -133,6 +224,11 @@ def register_resolvers() -> None:
         "crackseg.hydra_subdir": (hydra_subdir, False),
         "crackseg.job_log": (job_log, False),
         "crackseg.any_segmented": (any_segmented, False),
+        "crackseg.if_weak": (if_weak, False),
+        "crackseg.weak_adjustment": (weak_adjustment, False),
+        "crackseg.severstal_epochs": (severstal_epochs, False),
+        "crackseg.table4": (table4, False),
+        "crackseg.table4_segmented": (table4_segmented, False),
     }
     for name, (function, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -29,6 +29,8 @@ from omegaconf import DictConfig
 from crackseg.atomic import atomic_write_text
 from crackseg.runs.folder import STATUS_FILE, load_status
 from crackseg.sweep.curves import NUM_SEGMENTED, write_sweep_figures
+from crackseg.sweep.folds import write_pooled_folds
+from crackseg.sweep.published import add_table4_labels, departures
 
 log = logging.getLogger(__name__)
 
@@ -291,9 +293,12 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
     ]
     groups = group_rows(rows)
     shows_segmented = NUM_SEGMENTED in keys
-    group_columns = [*keys, *(["segmented"] if shows_segmented else []), "n", "failed"]
+    labels = add_table4_labels(groups, keys)  # the paper's Table 4 row a setting stands for
+    group_columns = [*keys, *labels, *(["segmented"] if shows_segmented else []), "n", "failed"]
     group_columns += list(GROUPED_METRICS)
     lines += _md_table(group_columns, [[g[c] for c in group_columns] for g in groups])
+    lines += write_pooled_folds(root, rows, keys)  # folds.csv: the folds' test scores pooled
+    lines += departures(root, rows)  # weak runs not set as the published ones
     figures = write_sweep_figures(root, rows, keys)
     if figures:
         lines += ["", "## Figures", ""]

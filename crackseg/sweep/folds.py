@@ -1,0 +1,150 @@
+"""Cross-validation joined at a sweep's folder: the test scores of all folds pooled.
+
+The paper reports KolektorSDD (3 folds) and DAGM (10 classes, each its own fold) by the AUC
+and AP of every fold's test scores taken together. A multirun over ``data.fold`` (or
+``data.dagm_class``) gets that here, per setting of its other swept keys and seed, beside the
+mean ± std over the folds: the two differ when the folds' scores are not on one scale, and
+a fold that did not finish leaves the pooled numbers incomplete, which the table counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crackseg.atomic import atomic_write_text
+from crackseg.evaluation.metrics import image_metrics
+from crackseg.sweep.published import add_table4_labels
+
+log = logging.getLogger(__name__)
+
+#: The swept keys that are folds: K-fold of any layout, and DAGM's classes.
+FOLD_KEYS = ("data.fold", "data.dagm_class")
+CSV_NAME = "folds.csv"
+SCORES_FILE = "test_scores.csv"
+#: Per-job metrics averaged over the folds.
+FOLD_METRICS = ("image_auc", "image_ap", "dice_mean")
+
+
+def fold_key(keys: list[str]) -> str | None:
+    """The swept key that names the folds, if the sweep has one."""
+    return next((k for k in keys if k in FOLD_KEYS), None)
+
+
+def read_test_scores(job: Path) -> tuple[list[float], list[int]] | None:
+    """(decision scores, labels) of a job's ``test_scores.csv``; None where it has none."""
+    path = job / SCORES_FILE
+    if not path.is_file():
+        return None
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return [float(r["decision_score"]) for r in rows], [int(r["label"]) for r in rows]
+    except (OSError, KeyError, ValueError) as error:
+        log.warning("cannot read %s: %s", path, error)
+        return None
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    mean = statistics.fmean(values) if values else None
+    return mean, statistics.stdev(values) if len(values) > 1 else None
+
+
+def _text(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """One row per setting of the other swept keys and seed: the folds that finished and
+    gave test scores, AUC and AP over their pooled scores, and the mean ± std over them."""
+    fold = fold_key(keys)
+    if fold is None:
+        return []
+    others = [k for k in keys if k != fold]
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((*(str(row[k]) for k in others), str(row["seed"])), []).append(row)
+    joined = []
+    for setting, members in groups.items():
+        scores: list[float] = []
+        labels: list[int] = []
+        used = []
+        for row in members:
+            read = read_test_scores(root / row["job"]) if row["status"] == "finished" else None
+            if read is not None:
+                scores += read[0]
+                labels += read[1]
+                used.append(row)
+        out: dict[str, Any] = dict(zip([*others, "seed"], setting, strict=True))
+        out["folds"] = f"{len(used)}/{len(members)}"
+        out["fold_values"] = " ".join(str(r[fold]) for r in used)
+        pooled = image_metrics(torch.tensor(scores), torch.tensor(labels)) if scores else {}
+        for name in ("image_auc", "image_ap"):
+            value = pooled.get(name)
+            out[f"pooled_{name}"] = value if value is not None and math.isfinite(value) else None
+        for name in FOLD_METRICS:
+            mean, std = _mean_std([r[name] for r in used if r.get(name) is not None])
+            out[f"{name}_mean"], out[f"{name}_std"] = mean, std
+            out[name] = _text(mean, std)
+        joined.append(out)
+    return joined
+
+
+def write_pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
+    """Write ``folds.csv`` at the sweep's folder and return summary.md's section on it
+    (nothing where no fold key was swept)."""
+    joined = pooled_folds(root, rows, keys)
+    if not joined:
+        return []
+    fold = fold_key(keys)
+    add_table4_labels(joined, keys)
+    setting = [k for k in joined[0] if k not in ("folds", "fold_values") and not _metric(k)]
+    columns = [*setting, "folds", "fold_values", "pooled_image_auc", "pooled_image_ap"]
+    columns += [f"{m}_{s}" for m in FOLD_METRICS for s in ("mean", "std")]
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(columns)
+    for row in joined:
+        writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
+    atomic_write_text(root / CSV_NAME, table.getvalue())
+
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    header = [
+        *setting,
+        "folds",
+        "AUC pooled",
+        "AP pooled",
+        *(f"{m} (mean ± std)" for m in FOLD_METRICS),
+    ]
+    lines = [
+        f"## Folds joined (`{fold}`)",
+        "",
+        "AUC and AP over the test scores of all folds pooled (as the paper reports KSDD and "
+        f"DAGM), beside the mean ± std over the folds; `folds`: those that finished of all "
+        f"({CSV_NAME} holds the numbers).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in joined:
+        cells = [str(row[k]) for k in setting] + [row["folds"]]
+        cells += [number(row["pooled_image_auc"]), number(row["pooled_image_ap"])]
+        cells += [row[m] for m in FOLD_METRICS]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return ["", *lines]
+
+
+def _metric(key: str) -> bool:
+    return key.startswith("pooled_") or any(key.startswith(m) for m in FOLD_METRICS)

@@ -1,0 +1,224 @@
+"""Every published run of the paper as a config: composed, and compared setting by setting
+with METHOD.md §10, whose table is written out here by hand; the paper's sweeps; the weak
+runs as published, and the named departure from them."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+
+from crackseg import CONFIG_DIR
+from crackseg.cli import root_cause
+from crackseg.errors import ConfigError
+from crackseg.evaluation.report import weak_run_departures
+from crackseg.runs.config_checks import check_config
+
+#: METHOD.md §10, row by row: (channels, height, width), dilate, epochs, lr, δ, batch, P, Max,
+#: the N of the paper's curve (None: all), validate on test, data config, folds.
+SECTION_10 = {
+    "ksdd": {
+        "input": (1, 1408, 512), "dilate": 7, "epochs": 50, "lr": 1.0, "delta": 0.01,
+        "weak_lr": 0.01, "weak_delta": 1.0, "batch": 1, "p": 2.0, "max": 1.0,
+        "n": [0, 5, 10, 15, 20, None], "validate_on_test": True, "data": "ksdd",
+        "folds": ("data.fold", [0, 1, 2]),
+    },
+    "dagm": {
+        "input": (1, 512, 512), "dilate": 7, "epochs": 70, "lr": 0.05, "delta": 1.0,
+        "weak_lr": 0.05, "weak_delta": 1.0, "batch": 1, "p": 1.0, "max": 10.0,
+        "n": [0, 5, 15, 45, None], "validate_on_test": True, "data": "dagm",
+        "folds": ("data.dagm_class", list(range(1, 11))),
+    },
+    "ksdd2": {
+        "input": (3, 640, 232), "dilate": 15, "epochs": 50, "lr": 0.01, "delta": 1.0,
+        "weak_lr": 0.01, "weak_delta": 1.0, "batch": 1, "p": 2.0, "max": 3.0,
+        "n": [0, 16, 53, 126, None], "validate_on_test": False, "data": "ksdd2", "folds": None,
+    },
+    "severstal": {
+        "input": (1, 256, 1600), "dilate": 1, "epochs": 40, "lr": 0.1, "delta": 0.1,
+        "weak_lr": 0.1, "weak_delta": 0.1, "batch": 10, "p": 2.0, "max": 1.0,
+        "n": [0, 10, 50, 150, 300, 750, 1500, 3000], "validate_on_test": False,
+        "data": "severstal", "folds": None,
+    },
+}  # fmt: skip
+#: Severstal's epochs by training positives (§10).
+SEVERSTAL_EPOCHS = {300: 90, 750: 80, 1500: 60, 3000: 40}
+#: Table 4 (§10): row -> (N kind, weighted loss, dynamic balance, adjustment).
+TABLE_4 = {
+    1: ("full", 0, 0, 0), 2: ("full", 0, 1, 0), 3: ("full", 0, 1, 1), 4: ("full", 1, 1, 0),
+    5: ("full", 1, 0, 1), 6: ("full", 1, 1, 1), 7: ("mixed", 0, 0, 0), 8: ("mixed", 0, 1, 0),
+    9: ("mixed", 0, 1, 1), 10: ("mixed", 1, 1, 0), 11: ("mixed", 1, 0, 1),
+    12: ("mixed", 1, 1, 1), 13: ("weak", 1, 0, 1), 14: ("weak", 1, 1, 1),
+}  # fmt: skip
+#: Table 4's mixed runs: DAGM N = 15, KSDD N = 5, Severstal 250 of 1000.
+TABLE_4_MIXED = {"ksdd": 5, "dagm": 15, "severstal": 250}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hydra():
+    """One Hydra initialisation for the file's many compositions."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        yield
+
+
+def _compose(*overrides: str, hydra: bool = False):
+    return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def _check_published(cfg, dataset: str, n: int | None) -> None:
+    """Every §10 setting of ``dataset``'s run with N segmented positives."""
+    row = SECTION_10[dataset]
+    data, loss = cfg.data, cfg.loss
+    assert (data.input_channels, data.input_height, data.input_width) == row["input"]
+    assert data.name == row["data"] and cfg.model.name == "segdec"  # the paper's network
+    assert cfg.model.net.volume_channels == 1024
+    assert data.dilate == row["dilate"] and data.batch_size == row["batch"]
+    assert data.num_segmented == n
+    weak = n == 0
+    assert cfg.optim.lr == (row["weak_lr"] if weak else row["lr"])
+    assert loss.delta_cls == (row["weak_delta"] if weak else row["delta"])
+    assert (loss.weighted_seg, loss.weighted_seg_p, loss.weighted_seg_max) == (
+        True,
+        row["p"],
+        row["max"],
+    )
+    assert data.frequency_sampling is True
+    # weak runs: adjustment on, dynamic balance off; mixed and full runs: both on
+    assert loss.gradient_adjustment is True
+    assert loss.dynamic_balance is (not weak)
+    assert loss.batch_reduction == "sum" and loss.decision_target == "mask_max"
+    assert cfg.validate_on_test is row["validate_on_test"]
+    assert cfg.trainer.precision == "32-true"
+    assert weak_run_departures(cfg) == []
+    check_config(cfg)
+
+
+@pytest.mark.parametrize("dataset", ["ksdd", "dagm", "ksdd2"])
+def test_every_published_run_matches_section_10(dataset):
+    row = SECTION_10[dataset]
+    for n in row["n"]:
+        cfg = _compose(
+            f"experiment=paper/{dataset}", f"data.num_segmented={n}".replace("None", "null")
+        )
+        _check_published(cfg, dataset, n)
+        assert cfg.trainer.max_epochs == row["epochs"]
+    if dataset == "ksdd":
+        assert (cfg.data.num_folds, cfg.data.fold, cfg.data.val_fraction) == (3, 0, 0)
+    if dataset == "dagm":
+        assert (
+            cfg.data._target_ == "crackseg.data.dagm.DagmDataModule" and cfg.data.val_fraction == 0
+        )
+
+
+def test_every_published_severstal_run_matches_section_10():
+    for size, epochs in SEVERSTAL_EPOCHS.items():
+        for n in [n for n in SECTION_10["severstal"]["n"] if n <= size]:
+            cfg = _compose(
+                "experiment=paper/severstal",
+                f"data.train_positives={size}",
+                f"data.num_segmented={n}",
+            )
+            _check_published(cfg, "severstal", n)
+            assert cfg.data.train_positives == size and cfg.trainer.max_epochs == epochs
+    assert _compose("experiment=paper/severstal").trainer.max_epochs == 40  # 3000 by default
+
+
+def _jobs(sweep: str) -> list[list[str]]:
+    params = dict(_compose(f"+sweep={sweep}", hydra=True).hydra.sweeper.params)
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+@pytest.mark.parametrize("dataset", sorted(SECTION_10))
+def test_the_num_segmented_sweeps_are_the_papers_curves(dataset):
+    row = SECTION_10[dataset]
+    sweep = f"paper_{dataset}_num_segmented"
+    folds = row["folds"]
+    jobs = _jobs(sweep)
+    fold_values = [str(f) for f in folds[1]] if folds else [None]
+    expected = {(str(n).replace("None", "null"), f) for n in row["n"] for f in fold_values}
+    values = [dict(o.split("=", 1) for o in job) for job in jobs]
+    assert {
+        (v["data.num_segmented"], v.get(folds[0]) if folds else None) for v in values
+    } == expected
+    assert len(jobs) == len(expected)
+    for job in jobs:
+        if not folds or job[-1].endswith(f"={fold_values[-1]}"):  # every N once (a fold)
+            cfg = _compose(f"+sweep={sweep}", *job)
+            _check_published(cfg, dataset, cfg.data.num_segmented)
+            if folds:
+                assert str(OmegaConf.select(cfg, folds[0])) == fold_values[-1]
+
+
+@pytest.mark.parametrize("dataset", sorted(TABLE_4_MIXED))
+def test_the_components_sweeps_are_table_4(dataset):
+    sweep = f"paper_{dataset}_components"
+    jobs = _jobs(sweep)
+    folds = {"ksdd": 3, "dagm": 10, "severstal": 1}[dataset]
+    rows = {}
+    for job in jobs:
+        rows.setdefault(job[0], set()).add(tuple(job[1:]))
+    assert sorted(rows) == sorted(f"table4_row={r}" for r in range(1, 15))
+    assert all(len(j) == folds for j in rows.values())
+    for job in jobs[::folds]:  # every row once (its first fold)
+        cfg = _compose(f"+sweep={sweep}", *job)
+        check_config(cfg)
+        kind, weighted, balanced, adjusted = TABLE_4[cfg.table4_row]
+        n = {"full": None, "mixed": TABLE_4_MIXED[dataset], "weak": 0}[kind]
+        switches = (cfg.loss.weighted_seg, cfg.loss.dynamic_balance, cfg.loss.gradient_adjustment)
+        assert switches == (bool(weighted), bool(balanced), bool(adjusted))
+        assert cfg.data.num_segmented == n
+        if dataset == "severstal":
+            assert cfg.data.train_positives == 1000 and cfg.trainer.max_epochs == 80
+        if dataset == "ksdd" and n == 0:
+            assert (cfg.optim.lr, cfg.loss.delta_cls) == (0.01, 1.0)  # KSDD's weak lr and δ
+
+
+def test_weak_runs_are_the_published_ones_everywhere():
+    for overrides in (
+        ["experiment=weakly_supervised"],
+        ["+sweep=cfd_num_segmented", "data.num_segmented=0"],
+    ):
+        cfg = _compose(*overrides)
+        assert cfg.data.num_segmented == 0
+        assert (cfg.loss.gradient_adjustment, cfg.loss.dynamic_balance) == (True, False)
+        assert weak_run_departures(cfg) == []
+    mixed = _compose("+sweep=cfd_num_segmented", "data.num_segmented=5")
+    assert (mixed.loss.gradient_adjustment, mixed.loss.dynamic_balance) == (True, True)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["experiment=weakly_supervised"],
+        ["+sweep=cfd_num_segmented", "data.num_segmented=0"],
+        ["experiment=paper/ksdd2", "data.num_segmented=0"],
+    ],
+)
+def test_adjustment_off_in_weak_runs_is_a_named_departure(overrides):
+    cfg = _compose(*overrides, "loss.weak_gradient_adjustment=off")
+    assert (cfg.loss.gradient_adjustment, cfg.loss.dynamic_balance) == (False, False)
+    (note,) = weak_run_departures(cfg)
+    assert note.startswith("Departs from the published settings: in this weak run gradient-flow")
+    # with masks the option changes nothing
+    mixed = _compose(*overrides[:1], "data.num_segmented=5", "loss.weak_gradient_adjustment=off")
+    assert mixed.loss.gradient_adjustment is True
+
+
+def test_a_weak_run_with_dynamic_balance_is_named_too():
+    cfg = _compose("data.num_segmented=0")  # the demo: dynamic balance on
+    (note,) = weak_run_departures(cfg)
+    assert "the dynamically balanced loss is on" in note
+    assert weak_run_departures(_compose("data.num_segmented=3")) == []
+
+
+def test_an_unknown_weak_choice_is_one_clear_error():
+    cfg = _compose("experiment=weakly_supervised", "loss.weak_gradient_adjustment=of")
+    with pytest.raises(InterpolationResolutionError) as raised:
+        OmegaConf.to_container(cfg.loss, resolve=True)
+    cause = root_cause(raised.value)  # what crackseg's entry points print as one line
+    assert isinstance(cause, ConfigError)
+    assert str(cause) == "loss.weak_gradient_adjustment must be published or off, not 'of'"
