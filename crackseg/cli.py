@@ -8,6 +8,7 @@ import errno
 import itertools
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 import crackseg.errors
 from crackseg.errors import CracksegError
-from crackseg.sweep.summary import MD_NAME, ended_sweeps
+from crackseg.sweep.summary import MD_NAME, end_sweep, ended_sweeps, started_sweeps
 
 #: The names of crackseg's own error types (crackseg.errors).
 _OWN_ERRORS = {
@@ -33,6 +34,8 @@ _OWN_ERRORS = {
 
 #: Exit status of a multirun in which some job failed or did not finish.
 EXIT_JOBS_FAILED = 1
+#: What Optuna's sweeper raises at the end of a search in which no trial completed.
+NO_TRIAL_COMPLETED = "No trials are completed yet."
 #: Errors of the file system that end a run with one line: the output folder is unwritable
 #: (or its path runs through a file), the disk or the quota is full, a file grew too large,
 #: a file name is too long for the file system.
@@ -109,6 +112,20 @@ def one_line(error: BaseException) -> str:
     return text
 
 
+def cannot_set_up_run_folder(error: BaseException) -> str | None:
+    """The line for a file error of Hydra setting up a job's folder (creating it, its log,
+    its ``.hydra/``: ``hydra.run.dir=/proc/x``), or None for any other error. Told by the
+    traceback: the task itself runs inside Hydra's ``run_job`` too, but its errors are
+    raised again outside it."""
+    if not isinstance(error, OSError) or not error.filename:
+        return None
+    setup = os.path.join("hydra", "core", "utils.py")
+    frames = traceback.extract_tb(error.__traceback__)
+    if not any(f.name == "run_job" and f.filename.endswith(setup) for f in frames):
+        return None
+    return f"cannot set up the run folder: {os.fsdecode(error.filename)}: {error.strerror}"
+
+
 def run_hydra_main(main: Callable[[], Any]) -> None:
     """Call a ``@hydra.main`` function; a bad command line or config is one line, exit 2.
 
@@ -124,12 +141,21 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         # A run folder refused by crackseg.runs.resolvers, or one that cannot be created, is
         # worded as itself, not as the resolver error wrapping it.
         error = root_cause(raised)
-        if not isinstance(error, CracksegError) and not is_storage_error(error):
-            if not isinstance(raised, HydraException | OmegaConfBaseException):
-                raise
-            error = raised
-        print_line(f"error: {one_line(error)}")
+        line = cannot_set_up_run_folder(error)
+        if line is None:
+            if not isinstance(error, CracksegError) and not is_storage_error(error):
+                if not isinstance(raised, HydraException | OmegaConfBaseException):
+                    raise
+                error = raised
+            line = one_line(error)
+        print_line(f"error: {line}")
         sys.exit(2)
+    except ValueError as raised:
+        # Optuna's sweeper asks for the best of a search in which every trial failed: the
+        # sweep ends as one whose jobs failed, with its summary.
+        if str(raised) != NO_TRIAL_COMPLETED or not started_sweeps:
+            raise
+        end_sweep(started_sweeps[-1])
     for sweep_dir, jobs, failed, unfinished in ended_sweeps:
         if jobs is None:
             print_line(f"error: could not read the status of the jobs in {sweep_dir}; see the log")

@@ -483,3 +483,81 @@ def test_a_stopped_run_resumed_ends_as_the_uninterrupted_run(
     best = [p.name for p in (run_dir / "checkpoints").glob("best-*.ckpt")]
     assert best == [p.name for p in (reference / "checkpoints").glob("best-*.ckpt")]
     assert "testing the best weights" in (run_dir / "train.log").read_text()
+
+
+# --------------------------------------------------------------- 4. one line, not a traceback
+
+
+def test_an_optuna_search_of_no_trials_is_refused_up_front(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep_dir = tmp_path / "search"
+    result = run_entry(
+        "train",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=0",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert one_line_error(result) == "error: hydra.sweeper.n_trials must be an integer >= 1, not 0"
+    assert not sweep_dir.exists()
+
+
+def test_an_optuna_search_whose_every_trial_failed_is_one_line(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep_dir = tmp_path / "search"
+    result = run_entry(
+        "train",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=1",
+        "data=crack_segmentation",
+        f"data.root={tmp_path / 'no_such_dataset'}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: 1 of 1 jobs failed; see {sweep_dir / 'summary.md'}"
+
+
+def test_an_onnx_model_with_crackseg_metadata_but_another_network_is_one_line(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from crackseg.deploy.backends import ModelInfo
+
+    # A network of one grey 8x8 input, labelled as crackseg's 3-channel 64x128 network.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["out"])],
+        "another",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 1, 8, 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    info = ModelInfo(3, 64, 128, None, 0.5, 0.5)
+    for key, value in info.to_metadata().items():
+        model.metadata_props.add(key=key, value=value)
+    path = tmp_path / "other.onnx"
+    onnx.save(model, str(path))
+    photos = tmp_path / "photos"
+    _write(photos / "a.png", np.zeros((64, 128, 3), np.uint8))
+    out = tmp_path / "out"
+    result = run_entry(
+        "predict", "backend=onnx", f"onnx_path={path}", f"input={photos}", f"hydra.run.dir={out}"
+    )
+    line = one_line_error(result)
+    assert line == (
+        f"error: {path} is not the network its crackseg metadata describes: its input is "
+        "n x 1 x 8 x 8, not N x 3 x H x W"
+    )
+    assert json.loads((out / "status.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_a_run_folder_that_cannot_be_created_is_one_line(command):
+    result = run_entry(command, "hydra.run.dir=/proc/x")
+    assert one_line_error(result) == (
+        "error: cannot set up the run folder: /proc/x: No such file or directory"
+    )

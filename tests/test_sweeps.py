@@ -560,7 +560,9 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     # the failed job (no checkpoint) is started again, and fails again
     assert result.returncode == 1 and summary_line in result.stderr, result.stderr[-3000:]
     assert _mtimes(done) == before  # skipped: nothing it wrote was touched
-    assert "finished in an earlier sweep" in (done / "train.log").read_text()
+    # said on the console; the finished job's own log is left as it was
+    assert "finished in an earlier sweep" in result.stdout
+    assert "finished in an earlier sweep" not in (done / "train.log").read_text()
     assert (sweep_dir / "summary.md").is_file()  # and the summary is written again
 
     # a setting the finished job did not have would reuse its results: refused, named,

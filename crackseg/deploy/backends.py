@@ -187,13 +187,41 @@ class OnnxBackend:
         check_cuda_provider(device, providers, self.session.get_providers())
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(metadata, str(path))
+        check_signature(self.session, self.info, path)
         self.input_name = self.session.get_inputs()[0].name
+        self.path = path
         log.info("onnxruntime providers: %s", ", ".join(self.session.get_providers()))
 
     def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32) / 255
-        scores, maps = self.session.run(None, {self.input_name: batch})
+        try:
+            scores, maps = self.session.run(None, {self.input_name: batch})
+        except Exception as error:  # onnxruntime raises its own types
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            shape = " x ".join(str(d) for d in batch.shape)
+            message = f"onnxruntime cannot run {self.path} on {shape} inputs: {reason}"
+            raise CracksegError(message) from error
         return scores.astype(np.float32), maps[:, 0].astype(np.float32)
+
+
+def check_signature(session: Any, info: ModelInfo, path: Path) -> None:
+    """The network of an ONNX file must take and give what crackseg's metadata says: one
+    N x C x H x W input and two outputs (a file labelled so by hand may hold another one)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    wanted = ("N", info.input_channels, "H", "W")
+    problem = None
+    if len(inputs) != 1:
+        problem = f"it takes {len(inputs)} inputs, not 1"
+    else:
+        shape = list(inputs[0].shape)
+        fixed = [(d, w) for d, w in zip(shape, wanted, strict=False) if isinstance(d, int)]
+        if len(shape) != 4 or any(d != w and isinstance(w, int) for d, w in fixed):
+            given = " x ".join(str(d) for d in shape)
+            problem = f"its input is {given}, not {' x '.join(str(w) for w in wanted)}"
+        elif len(outputs) != 2:
+            problem = f"it gives {len(outputs)} outputs, not 2 (decision, segmentation)"
+    if problem is not None:
+        raise CracksegError(f"{path} is not the network its crackseg metadata describes: {problem}")
 
 
 def onnx_providers(device: str, available: list[str], gpus: int) -> list[Any]:

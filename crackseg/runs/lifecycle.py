@@ -16,7 +16,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from crackseg.cli import is_storage_error, one_line, print_line, root_cause
-from crackseg.errors import CracksegError, RunFolderError, SweepSettingsError
+from crackseg.errors import ConfigError, CracksegError, RunFolderError, SweepSettingsError
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import (
     check_sweep_resume,
@@ -139,12 +139,22 @@ class SweepChecksCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_sweep_resume(config.get("resume"))
+            check_trials(config)
             check_config(config)
             if config.get("skip_finished", True):
                 refuse_finished_jobs_with_other_settings(config)
         except CracksegError as error:
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
+
+
+def check_trials(config: DictConfig) -> None:
+    """A search (Optuna's sweeper) runs at least one trial: with none it has no best."""
+    trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+    if trials is not None and (
+        isinstance(trials, bool) or not isinstance(trials, int) or trials < 1
+    ):
+        raise ConfigError(f"hydra.sweeper.n_trials must be an integer >= 1, not {trials!r}")
 
 
 def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:

@@ -58,6 +58,8 @@ GROUPED_METRICS = ("image_auc", "image_ap", "dice_mean", "iou_mean")
 #: that did not finish otherwise), the counts None where the jobs' status could not be read;
 #: crackseg.cli ends the command non-zero unless every job finished.
 ended_sweeps: list[tuple[Path, int | None, int | None, int | None]] = []
+#: The sweep folders of the multiruns this process started.
+started_sweeps: list[Path] = []
 
 
 def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -322,22 +324,27 @@ class SummaryCallback(Callback):
     """Hydra callback: write the summary at the sweep folder when a multirun ends, and
     record how many of its jobs did not finish (:data:`ended_sweeps`)."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        started_sweeps.append(Path(str(config.hydra.sweep.dir)))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        try:
-            rows = collect_runs(sweep_dir)
-            counts = status_counts(rows)
-        except Exception:  # unknown is not success: the command still ends non-zero
-            log.exception("could not read the status of the jobs in %s", sweep_dir)
-            ended_sweeps.append((sweep_dir, None, None, None))
-            return
-        ended_sweeps.append(
-            (sweep_dir, sum(counts.values()), counts["failed"], counts["unfinished"])
-        )
-        try:
-            write_summary(sweep_dir, rows)
-        except Exception:  # the sweep's results are on disk; a summary bug must not hide them
-            log.exception("could not write the sweep summary in %s", sweep_dir)
+        end_sweep(Path(str(config.hydra.sweep.dir)))
+
+
+def end_sweep(sweep_dir: Path) -> None:
+    """Write the summary at ``sweep_dir`` and record how many of its jobs did not finish."""
+    try:
+        rows = collect_runs(sweep_dir)
+        counts = status_counts(rows)
+    except Exception:  # unknown is not success: the command still ends non-zero
+        log.exception("could not read the status of the jobs in %s", sweep_dir)
+        ended_sweeps.append((sweep_dir, None, None, None))
+        return
+    ended_sweeps.append((sweep_dir, sum(counts.values()), counts["failed"], counts["unfinished"]))
+    try:
+        write_summary(sweep_dir, rows)
+    except Exception:  # the sweep's results are on disk; a summary bug must not hide them
+        log.exception("could not write the sweep summary in %s", sweep_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
