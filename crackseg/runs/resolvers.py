@@ -13,8 +13,9 @@ parallel sweep. The settings of the paper's runs that change with another settin
 ``${crackseg.weak_adjustment:N,CHOICE}`` (gradient-flow adjustment: on everywhere as
 published, or off in weak runs with ``loss.weak_gradient_adjustment=off``),
 ``${crackseg.if_weak:N,WEAK,OTHERWISE}`` (KSDD's learning rate and δ at N = 0),
-``${crackseg.severstal_epochs:TRAINING_POSITIVES}`` and ``${crackseg.table4:ROW,SWITCH}``,
-``${crackseg.table4_segmented:ROW,MIXED_N}`` (the rows of the paper's Table 4). Every entry point
+``${crackseg.severstal_epochs:TRAINING_POSITIVES}``, ``${crackseg.table4:ROW,SWITCH}`` and
+``${crackseg.table4_segmented:ROW,MIXED_N}`` (the rows of the paper's Table 4), and
+``${crackseg.if_equal:A,B,THEN,OTHERWISE}``. Every entry point
 imports this module through crackseg.runs.lifecycle, and Hydra's launcher workers through the sweep
 summary callback.
 """
@@ -151,18 +152,25 @@ def weak_adjustment(num_segmented: int | None, choice: str) -> bool:
     return any_segmented(num_segmented) or choice == "published"
 
 
-#: Severstal's epochs by training positives, as published (METHOD.md §10).
-SEVERSTAL_EPOCHS = {300: 90, 750: 80, 1500: 60, 3000: 40}
+#: Severstal's epochs by training positives, as published: the curve's four sizes
+#: (METHOD.md §10) and Table 4's 1000 (50 epochs in the published run script; §10 gives none).
+SEVERSTAL_EPOCHS = {300: 90, 750: 80, 1000: 50, 1500: 60, 3000: 40}
 
 
 def severstal_epochs(train_positives: int | None) -> int:
-    """The published epochs of a Severstal training size; a size the paper did not train
-    (Table 4's 1000) takes those of the largest published size below it (750: 80), all
-    positives (null) those of the largest (3000: 40)."""
-    if train_positives is None:
-        return SEVERSTAL_EPOCHS[max(SEVERSTAL_EPOCHS)]
-    below = [size for size in SEVERSTAL_EPOCHS if size <= int(train_positives)]
-    return SEVERSTAL_EPOCHS[max(below) if below else min(SEVERSTAL_EPOCHS)]
+    """The published epochs of a Severstal training size; the paper trained no other."""
+    if train_positives not in SEVERSTAL_EPOCHS:
+        sizes = ", ".join(str(s) for s in SEVERSTAL_EPOCHS)
+        raise ConfigError(
+            f"the paper trains Severstal on {sizes} training positives, not "
+            f"{train_positives}: set data.train_positives to one of them, or trainer.max_epochs"
+        )
+    return SEVERSTAL_EPOCHS[train_positives]
+
+
+def if_equal(value: object, other: object, then: object, otherwise: object) -> object:
+    """``then`` where ``value`` equals ``other``, else ``otherwise``."""
+    return then if value == other else otherwise
 
 
 #: The paper's Table 4 (METHOD.md §10): row -> (supervision, weighted segmentation loss,
@@ -225,6 +233,7 @@ def register_resolvers() -> None:
         "crackseg.job_log": (job_log, False),
         "crackseg.any_segmented": (any_segmented, False),
         "crackseg.if_weak": (if_weak, False),
+        "crackseg.if_equal": (if_equal, False),
         "crackseg.weak_adjustment": (weak_adjustment, False),
         "crackseg.severstal_epochs": (severstal_epochs, False),
         "crackseg.table4": (table4, False),
