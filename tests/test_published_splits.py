@@ -136,8 +136,9 @@ def test_a_ksdd_split_names_folders_and_their_segmented_positives(tmp_path):
 
 def test_a_dagm_fold_is_its_class_and_keeps_train_and_test(tmp_path):
     root = make_dagm(tmp_path / "dagm", classes=(1, 2), images=4)
-    folds = [[("0001.PNG", False), ("0002.PNG", False), ("0003.PNG", True)], [("0001", True)]]
-    content = (folds, [[("0001.PNG", False), ("0004.PNG", False)], [("0002", False)]])
+    # as published: a list over classes, each a set of (file name, is_segmented)
+    folds = [{("0003.PNG", True), ("0001.PNG", False), ("0002.PNG", False)}, {("0001.PNG", True)}]
+    content = (folds, [{("0004.PNG", False), ("0001.PNG", False)}, {("0002.PNG", False)}])
     split = _import(tmp_path, content, "dagm", "--fold", "0")  # fold 0: Class1
     datamodule = CrackDataModule(
         str(root), layout="dagm", layout_options={"class_id": 1}, input_channels=1,

@@ -93,7 +93,8 @@ def _shape_error(path: Path, dataset: str, what: str) -> DataError:
 
 
 def _pairs(items: Any, path: Path, dataset: str, part: str) -> list[tuple[str, bool]]:
-    if not isinstance(items, list | tuple):
+    """The (name, is_segmented) pairs of one part; a set of them (DAGM's) in name order."""
+    if not isinstance(items, list | tuple | set | frozenset):
         raise _shape_error(path, dataset, f"{part} is a {type(items).__name__}, not a list")
     pairs = []
     for item in items:
@@ -106,7 +107,7 @@ def _pairs(items: Any, path: Path, dataset: str, part: str) -> list[tuple[str, b
         ):
             raise _shape_error(path, dataset, f"{part} holds {item!r}, not (name, is_segmented)")
         pairs.append((str(item[0]), bool(item[1])))
-    return pairs
+    return sorted(pairs) if isinstance(items, set | frozenset) else pairs
 
 
 def _sample_id(dataset: str, part: str, name: str) -> str:
