@@ -12,7 +12,7 @@ from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.deploy.predict_folder import predict_folder, refuse_earlier_predictions
 from crackseg.runs.folder import accept_run_folder, refuse_used_folder
-from crackseg.runs.lifecycle import run_task
+from crackseg.runs.lifecycle import run_task, sigterm_as_ctrl_c
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -21,12 +21,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     refuse_used_folder(output_dir)
     refuse_earlier_predictions(output_dir)
     accept_run_folder(output_dir)
-    return predict_folder(cfg)
+    with sigterm_as_ctrl_c():
+        return predict_folder(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def hydra_main(cfg: DictConfig) -> float | None:
-    return run_task(predict, cfg, objective="")
+    return run_task(predict, cfg, objective="", resumable=False)
 
 
 def main() -> None:

@@ -561,3 +561,76 @@ def test_a_run_folder_that_cannot_be_created_is_one_line(command):
     assert one_line_error(result) == (
         "error: cannot set up the run folder: /proc/x: No such file or directory"
     )
+
+
+# --------------------------------------------------------------- 5. an interrupted prediction
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_an_interrupted_prediction_ends_with_one_line_and_its_status(
+    tiny_checkpoint, tmp_path, signum
+):
+    photos = tmp_path / "photos"
+    photo = np.random.default_rng(0).integers(0, 256, (256, 512, 3), dtype=np.uint8)
+    for index in range(300):  # tiles of 64x128: about a minute of work, stopped at once
+        _write(photos / f"p{index:03d}.png", photo)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "crackseg.predict",
+            f"ckpt_path={tiny_checkpoint}",
+            f"input={photos}",
+            "precision=32",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def done() -> list[str]:  # images whose overlay is written whole (the last of its files)
+        found = (out / "overlays").glob("*.png") if (out / "overlays").is_dir() else []
+        return [p.name.removesuffix(".png") for p in found if not p.name.startswith(".")]
+
+    while not done():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        time.sleep(0.05)
+    process.send_signal(signum)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped: the predictions made so far are in {out}; predict the rest into another folder"
+    )
+    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    # the images predicted so far are in the tables, as in a finished run's (all but the
+    # one being written when it stopped, if any)
+    rows = {row.split(",")[0] for row in (out / "predictions.csv").read_text().splitlines()[1:]}
+    assert 0 < len(rows) < 300
+    assert rows <= set(done()) and len(set(done()) - rows) <= 1
+    # the folder is a prediction's: another one into it is refused and writes nothing
+    before = _everything(out)
+    again = run_entry(
+        "predict", f"ckpt_path={tiny_checkpoint}", f"input={photos}", f"hydra.run.dir={out}"
+    )
+    assert "already holds a run" in one_line_error(again)
+    assert _everything(out) == before
+
+
+def test_an_overlap_that_would_multiply_the_tiles_is_refused(tiny_checkpoint, tmp_path):
+    _write(tmp_path / "photos" / "a.png", np.zeros((320, 480, 3), np.uint8))
+    out = tmp_path / "out"
+    result = run_entry(
+        "predict",
+        f"ckpt_path={tiny_checkpoint}",
+        f"input={tmp_path / 'photos'}",
+        "overlap=0.99",
+        f"hydra.run.dir={out}",
+    )
+    assert one_line_error(result) == (
+        "error: overlap must be a number in [0, 0.75] (at 0.75 every pixel is predicted about "
+        "16 times already), not 0.99"
+    )

@@ -216,7 +216,7 @@ def test_device_names_are_checked():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("overlap", 1.0, "overlap must be a number in [0, 1)"),
+        ("overlap", 1.0, "overlap must be a number in [0, 0.75]"),
         ("batch_size", 0, "batch_size must be an integer >= 1"),
         ("precision", 16, "precision must be auto, 32 or bf16"),
         ("mode", "crop", "mode must be auto or tile or resize"),

@@ -243,9 +243,14 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     skipped: list[Path] = []
     with tqdm(total=len(paths), desc="predicting", unit="image") as progress:
         images = _readable(paths, info.input_channels, skipped, progress)
-        for (path, image), prediction in predict_images(images, backend, plan):
-            writer.add(path, image, prediction)
-            progress.update()
+        try:
+            for (path, image), prediction in predict_images(images, backend, plan):
+                writer.add(path, image, prediction)
+                progress.update()
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as crackseg-predict turns it
+            if writer.image_rows:  # the tables of the images done, as a finished run's
+                writer.write_tables()
+            raise
     if not writer.image_rows:
         raise DataError(
             f"none of the {len(paths)} images in {source} could be read: {describe_files(skipped)}"

@@ -27,13 +27,21 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+#: The largest overlap of neighbouring tiles: a pixel is covered by about 1 / (1 - overlap)²
+#: tiles, so the work grows without bound towards 1 (0.99: ten thousand times).
+MAX_OVERLAP = 0.75
+
 #: key -> (accepts the value, what it must be).
 RULES = {
     "backend": (lambda v: v in BACKENDS, " or ".join(BACKENDS)),
     "mode": (lambda v: v in MODES, " or ".join(MODES)),
     "tile_height": (lambda v: v is None or (_integer(v) and v > 0), "null or a positive integer"),
     "tile_width": (lambda v: v is None or (_integer(v) and v > 0), "null or a positive integer"),
-    "overlap": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "overlap": (
+        lambda v: _number(v) and 0 <= v <= MAX_OVERLAP,
+        f"a number in [0, {MAX_OVERLAP}] (at {MAX_OVERLAP} every pixel is predicted about "
+        f"{round(1 / (1 - MAX_OVERLAP) ** 2)} times already)",
+    ),
     "batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "device": (
         lambda v: isinstance(v, str) and DEVICE_NAMES.fullmatch(v),

@@ -4,8 +4,11 @@ sweep run again with other settings, and a clear end when it is stopped or fails
 from __future__ import annotations
 
 import logging
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ def run_task(
     task: Callable[[DictConfig], dict[str, Any]],
     cfg: DictConfig,
     objective: str = "best_val_image_ap",
+    resumable: bool = True,
 ) -> float | None:
     """Run ``task`` and return the metric a sweeper optimises.
 
@@ -50,7 +54,9 @@ def run_task(
     failure (including out-of-memory) is written to the job's ``status.json`` and the sweep
     goes on; a job already finished in its folder is skipped, so re-running a sweep into
     the same ``hydra.sweep.dir`` resumes it. A run stopped by SIGTERM or Ctrl-C exits with
-    status 143 (a sweep stops there too), leaving the checkpoint to resume from.
+    status 143 (a sweep stops there too) and the status ``interrupted``, leaving the
+    checkpoint to resume from; a command that is not ``resumable`` (a prediction) leaves
+    what it did so far, its folder refused to any later command.
     """
     output_dir = Path(cfg.paths.output_dir)
     multirun, _ = hydra_job()
@@ -67,9 +73,14 @@ def run_task(
         with job_device_context(cfg):  # one GPU per job in a local parallel sweep
             set_job_threads(cfg)  # and a share of the CPU cores
             results = task(cfg)
-    except SIGTERMException:
+    except (SIGTERMException, KeyboardInterrupt):
         _record(output_dir, "interrupted")
-        if multirun:
+        if not resumable:
+            print_line(
+                f"stopped: the predictions made so far are in {output_dir}; "
+                "predict the rest into another folder"
+            )
+        elif multirun:
             sweep_dir = HydraConfig.get().sweep.dir
             print_line(f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}")
         else:
@@ -99,6 +110,25 @@ def run_task(
         return metrics.get(objective)
     finally:
         release_run_folder(output_dir)  # the next job of a sweep may run in this process
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops the work inside as Ctrl-C does (a KeyboardInterrupt, which
+    :func:`run_task` ends with one line and the status ``interrupted``), for a command
+    Lightning does not run: Lightning handles SIGTERM itself while it trains."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _refuse_other_settings(output_dir: Path, cfg: DictConfig) -> None:
