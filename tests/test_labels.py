@@ -1,4 +1,4 @@
-"""Label preparation (METHOD.md §4) against small hand-computed arrays."""
+"""Label preparation (docs/method.md §4) against small hand-computed arrays."""
 
 import numpy as np
 import pytest

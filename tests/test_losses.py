@@ -1,4 +1,4 @@
-"""Losses and their schedule (METHOD.md §4)."""
+"""Losses and their schedule (docs/method.md §4)."""
 
 import pytest
 import torch

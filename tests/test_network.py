@@ -1,4 +1,4 @@
-"""The network of METHOD.md §2-§3: shapes, parameter count, FeatureNorm, gradient flow."""
+"""The network of docs/method.md §2-§3: shapes, parameter count, FeatureNorm, gradient flow."""
 
 import math
 
@@ -221,7 +221,7 @@ def test_the_full_resolution_head_keeps_its_own_bias_and_builds_no_unused_head()
 
 
 def test_forward_upsamples_probabilities_not_logits():
-    """METHOD.md §7: the 1/8 map is turned into probabilities, then upsampled; bilinear
+    """docs/method.md §7: the 1/8 map is turned into probabilities, then upsampled; bilinear
     interpolation and the sigmoid do not commute, so the order shows in the values."""
     import torch.nn.functional as F
 

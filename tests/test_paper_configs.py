@@ -1,5 +1,5 @@
 """Every published run of the paper as a config: composed, and compared setting by setting
-with METHOD.md §10, whose table is written out here by hand; the paper's sweeps; the weak
+with docs/method.md §10, whose table is written out here by hand; the paper's sweeps; the weak
 runs as published, and the named departure from them."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from crackseg.errors import ConfigError
 from crackseg.evaluation.report import weak_run_departures
 from crackseg.runs.config_checks import check_config
 
-#: METHOD.md §10, row by row: (channels, height, width), dilate, epochs, lr, δ, batch, P, Max,
+#: docs/method.md §10, row by row: (channels, height, width), dilate, epochs, lr, δ, batch, P, Max,
 #: the N of the paper's curve (None: all), data config, folds; and what §10 leaves to the
 #: published code's defaults (its run script sets only Severstal's): validate on test (§10:
 #: KSDD and DAGM; the default everywhere but Severstal) and the tested weights (best by

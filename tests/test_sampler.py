@@ -1,4 +1,4 @@
-"""Balanced epochs and frequency-of-use sampling (METHOD.md §5)."""
+"""Balanced epochs and frequency-of-use sampling (docs/method.md §5)."""
 
 from collections import Counter
 

@@ -17,7 +17,7 @@ from crackseg.data.samples import Sample
 
 @dataclass(frozen=True)
 class WeightMapConfig:
-    """The weighted segmentation loss's map (METHOD.md §4 step 4)."""
+    """The weighted segmentation loss's map (docs/method.md §4 step 4)."""
 
     max_weight: float = 1.0
     power: float = 2.0

@@ -1,4 +1,4 @@
-"""Label preparation of METHOD.md §4: binarise, dilate, resize, weight map, downsample to 1/8."""
+"""Label preparation (docs/method.md §4): binarise, dilate, resize, weight map, 1/8 size."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 def prepare_mask(
     raw_mask: np.ndarray, height: int, width: int, dilate_kernel: int = 1, threshold: int = 127
 ) -> np.ndarray:
-    """Stored mask -> soft float32 mask in [0, 1] at the input size (METHOD.md §4, steps 1-3)."""
+    """Stored mask -> soft float32 mask in [0, 1] at the input size (docs/method.md §4, 1-3)."""
     mask = binarize(raw_mask, threshold).astype(np.uint8)
     mask = dilate(mask, dilate_kernel)
     return resize_mask(mask, height, width)

@@ -27,7 +27,7 @@ Known layouts:
   ``train_images/NAME.jpg`` and ``train.csv`` (ImageId, ClassId, EncodedPixels); every
   defect class is defect, an image without a row a negative (crackseg.data.rle).
 
-See METHOD.md §10 for the published settings of the paper's datasets.
+See docs/method.md §10 for the published settings of the paper's datasets.
 
 Ids are the file stem for flat layouts and ``<folder>_<stem>`` where several folders are
 read, so they are unique in the dataset and safe to use in file names.
@@ -259,7 +259,7 @@ def _folder(
     }
 
 
-#: KolektorSDD's sample the paper leaves out (METHOD.md §10).
+#: KolektorSDD's sample the paper leaves out (docs/method.md §10).
 KSDD_LEFT_OUT = ("kos21_Part7",)
 
 

@@ -1,6 +1,6 @@
 """The paper's published split files (Python pickles) turned into a ``split.csv``.
 
-One pickle per dataset, number of segmented positives N and training size (METHOD.md §10):
+One pickle per dataset, number of segmented positives N and training size (docs/method.md §10):
 ``KSDD2/split_N.pyb`` holds (train, test); ``KSDD/split_TRAIN_N.pyb`` and ``DAGM/split_N.pyb``
 hold (train, test), each a list over folds; ``STEEL/split_TRAIN_N.pyb`` holds (train, test,
 validation). Every sample is a pair (name, is_segmented); a KSDD name is a folder, which the

@@ -1,4 +1,4 @@
-"""Balanced epochs and frequency-of-use sampling of negatives (METHOD.md §5).
+"""Balanced epochs and frequency-of-use sampling of negatives (docs/method.md §5).
 
 Every epoch shows each positive once and ``neg_per_pos`` negatives per positive, shuffled
 together. With frequency-of-use on, negatives shown least so far are favoured.

@@ -1,4 +1,4 @@
-"""Image- and pixel-level metrics of SegDecNet (METHOD.md section 7).
+"""Image- and pixel-level metrics of SegDecNet (docs/method.md section 7).
 
 Pixel metrics are built from per-image histograms of the segmentation probabilities: a
 histogram is small (2 x NUM_BINS integers per image), so the test split never has to be held
@@ -108,7 +108,7 @@ def has_mask_pixels(histograms: Tensor) -> Tensor:
 def choose_seg_threshold(histograms: Tensor) -> tuple[float, float]:
     """Threshold maximising mean Dice over the VALIDATION positives, and that mean Dice.
 
-    Choosing it on validation keeps the test Dice honest (METHOD.md section 7). Ties go to
+    Choosing it on validation keeps the test Dice honest (docs/method.md section 7). Ties go to
     the lowest threshold. Positives without a mask pixel are left out; without positives
     that have one nothing can be chosen: returns (0.5, nan) and the caller says so in the
     report.
@@ -232,7 +232,7 @@ def image_metrics(scores: Tensor, labels: Tensor, threshold: float | None = None
     """Image-level metrics of the decision scores (sigmoid of the decision logits).
 
     Returns ``image_auc``, ``image_ap``, ``best_f_threshold`` and ``best_f_measure`` (the
-    threshold these scores would choose, METHOD.md §7), ``image_threshold`` (``threshold``
+    threshold these scores would choose, docs/method.md §7), ``image_threshold`` (``threshold``
     when given, e.g. one chosen on the validation split, else the best-F one), and at that
     threshold ``f_measure`` and ``tp``, ``fp``, ``tn``, ``fn`` (positive = score >=
     threshold), plus ``roc`` = (fpr, tpr) and ``pr`` = (precision, recall) for the plots.

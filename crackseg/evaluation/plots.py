@@ -171,7 +171,7 @@ def save_dice_panel(
 
 
 def dice_panel_name(dice: float, sample_id: str) -> str:
-    """``<dice with 3 decimals>_dice_<sample id>.png``, as METHOD.md section 7 names panels.
+    """``<dice with 3 decimals>_dice_<sample id>.png``, as docs/method.md section 7 names panels.
 
     Path separators in the id become ``_`` so the panel always lands in ``dices/`` itself.
     """

@@ -394,7 +394,7 @@ def write_run_report(
 def weak_run_departures(cfg: Any) -> list[str]:
     """A note when a weak run (``data.num_segmented=0``) departs from the published weak
     runs, which keep gradient-flow adjustment on and the dynamically balanced loss off
-    (METHOD.md §10); none otherwise. The sweep summary names such jobs too."""
+    (docs/method.md §10); none otherwise. The sweep summary names such jobs too."""
     if OmegaConf.select(cfg, "data.num_segmented", default=None) != 0:
         return []
     changes = []
@@ -408,5 +408,5 @@ def weak_run_departures(cfg: Any) -> list[str]:
         "Departs from the published settings: in this weak run "
         + " and ".join(changes)
         + "; the published weak runs keep gradient-flow adjustment on and the dynamically "
-        "balanced loss off (METHOD.md §10)."
+        "balanced loss off (docs/method.md §10)."
     ]

@@ -46,7 +46,7 @@ TRAIN_LOSSES = ("loss_seg", "loss_dec", "loss")
 
 
 class SegDecModule(pl.LightningModule):
-    """Trains :class:`SegDecNet` with the mixed-supervision losses of METHOD.md §4.
+    """Trains :class:`SegDecNet` with the mixed-supervision losses of docs/method.md §4.
 
     The settings come in groups (crackseg.models.module_settings), each the dataclass, its
     fields' dict or None for its defaults: ``network`` (so a checkpoint rebuilds its own
@@ -141,7 +141,7 @@ class SegDecModule(pl.LightningModule):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Decision probabilities [B] and segmentation probabilities [B,1,H,W] at input size."""
         out = self._run(images)
-        # Probabilities are upsampled, not logits (METHOD.md §7): the two do not commute.
+        # Probabilities are upsampled, not logits (docs/method.md §7): the two do not commute.
         seg = torch.sigmoid(out.segmentation.float())
         if seg.shape[-2:] != images.shape[-2:]:
             seg = F.interpolate(seg, size=images.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,4 +1,4 @@
-"""The losses of METHOD.md §4, their dynamically balanced schedule and their batch reduction.
+"""The losses of docs/method.md §4, their dynamically balanced schedule and their batch reduction.
 
 Losses are computed per sample first, so that the two batch conventions are one switch:
 

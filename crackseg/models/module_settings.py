@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
 
-#: Plain SGD at the seed run's learning rate (METHOD.md §8; §10 lists the other runs'), when no
+#: Plain SGD at the seed run's learning rate (docs/method.md §8; §10 lists the other runs'), when no
 #: optimiser config is given.
 DEFAULT_OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.0}
 
@@ -22,7 +22,7 @@ DEFAULT_OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.0}
 @dataclass(frozen=True)
 class NetworkSettings:
     """:class:`~crackseg.models.segdecnet.SegDecNet`'s arguments besides the input channels
-    (METHOD.md §2); the defaults are the paper's network."""
+    (docs/method.md §2); the defaults are the paper's network."""
 
     channels: tuple[int, ...] = (32, 64, 64)
     volume_channels: int = 1024
@@ -49,7 +49,7 @@ class InputShape:
 
 @dataclass(frozen=True)
 class LossSettings:
-    """How the losses of METHOD.md §4 are weighted, targeted and reduced over a batch."""
+    """How the losses of docs/method.md §4 are weighted, targeted and reduced over a batch."""
 
     delta_cls: float = 0.01
     dynamic_balance: bool = True

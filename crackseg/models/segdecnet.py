@@ -1,4 +1,4 @@
-"""SegDecNet: the two-headed segmentation + decision network of METHOD.md §2-§3.
+"""SegDecNet: the two-headed segmentation + decision network of docs/method.md §2-§3.
 
 A plain ``nn.Module``; the LightningModule in ``crackseg.models.lit_segdec`` trains it.
 The default arguments build the paper's network; smaller variants only change widths and
@@ -191,7 +191,7 @@ class SegDecNet(nn.Module):
         )
         self.stage3 = nn.Sequential(*(conv_block(c2 if i == 0 else c3, c3, 5) for i in range(4)))
         self.volume = conv_block(c3, volume_channels, volume_kernel)
-        # The 1/8 segmentation head. Its FeatureNorm bias is learned (METHOD.md §2): without
+        # The 1/8 segmentation head. Its FeatureNorm bias is learned (docs/method.md §2): without
         # it every map would be normalised to zero mean, i.e. probability 0.5 on clean images.
         self.seg_mask = (
             None

@@ -2,9 +2,9 @@
 
 ``trainer.precision: auto`` chooses bf16 mixed precision only where the hardware computes
 in bf16 natively (crackseg.models.precision); elsewhere it stays in float32.
-``auto`` is the training default: on such a CPU bf16 trains the paper's network 1.8x faster,
-and experiment=cfd_tiles reached float32's quality (README "Precision"). Named experiments
-that reproduce published numbers (the seed run) set ``32-true`` themselves.
+``auto`` is the training default: on such a CPU bf16 trains the paper's network 2.1x faster,
+and experiment=cfd_tiles reached float32's quality (docs/protocol.md#precision). Named
+experiments that reproduce published numbers (the seed run) set ``32-true`` themselves.
 """
 
 from __future__ import annotations

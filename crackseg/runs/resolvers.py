@@ -9,7 +9,7 @@ there, before the log file and ``.hydra/`` are written (crackseg.runs.folder);
 (``crackseg.dirname``, its name part, is what folders of earlier sweeps recorded);
 ``${crackseg.local_jobs:N}`` (conf/hydra/launcher/local_parallel.yaml) sizes a local
 parallel sweep. The settings of the paper's runs that change with another setting
-(METHOD.md §10): ``${crackseg.any_segmented:N}`` (dynamic balance off in weak runs),
+(docs/method.md §10): ``${crackseg.any_segmented:N}`` (dynamic balance off in weak runs),
 ``${crackseg.weak_adjustment:N,CHOICE}`` (gradient-flow adjustment: on everywhere as
 published, or off in weak runs with ``loss.weak_gradient_adjustment=off``),
 ``${crackseg.if_weak:N,WEAK,OTHERWISE}`` (KSDD's learning rate and δ at N = 0),
@@ -153,7 +153,7 @@ def weak_adjustment(num_segmented: int | None, choice: str) -> bool:
 
 
 #: Severstal's epochs by training positives, as published: the curve's four sizes
-#: (METHOD.md §10) and Table 4's 1000 (50 epochs in the published run script; §10 gives none).
+#: (docs/method.md §10) and Table 4's 1000 (50 epochs in the published run script; §10 gives none).
 SEVERSTAL_EPOCHS = {300: 90, 750: 80, 1000: 50, 1500: 60, 3000: 40}
 
 
@@ -173,7 +173,7 @@ def if_equal(value: object, other: object, then: object, otherwise: object) -> o
     return then if value == other else otherwise
 
 
-#: The paper's Table 4 (METHOD.md §10): row -> (supervision, weighted segmentation loss,
+#: The paper's Table 4 (docs/method.md §10): row -> (supervision, weighted segmentation loss,
 #: dynamically balanced loss, gradient-flow adjustment). Row 13 is the published weak run,
 #: row 14 the weak run with dynamic balance on.
 TABLE4_ROWS = {

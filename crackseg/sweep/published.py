@@ -1,4 +1,4 @@
-"""What a sweep's summary says about the paper's settings (METHOD.md §10): the Table 4 row
+"""What a sweep's summary says about the paper's settings (docs/method.md §10): the Table 4 row
 each job stands for, and the jobs whose weak runs depart from the published ones."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tiny replicas of the paper's datasets as distributed (METHOD.md §10), for tests.
+"""Tiny replicas of the paper's datasets as distributed (docs/method.md §10), for tests.
 
 - KolektorSDD: folders ``kosNN`` with ``PartK.jpg`` and ``PartK_label.bmp``; Part1 of every
   folder holds a vertical crack, the other parts are clean.
