@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from crackseg import CONFIG_DIR
+from crackseg.data.datamodule import CrackDataModule
 from crackseg.data.labels import downsample_to_output
 from crackseg.data.synthetic import generate_synthetic_dataset
 from crackseg.errors import CracksegError
@@ -303,7 +303,8 @@ def measure_peak(row: Row, device: torch.device, timing: Timing) -> Result:
 
 def measure_data(row: Row, timing: Timing) -> Result:
     """Images/s of the run's training loader alone, epoch after epoch."""
-    module = instantiate(run_config(*row.run).data)
+    config = run_config(*row.run)
+    module = CrackDataModule.from_config(config.data, config.loss)
     module.setup("fit")
     loader = module.train_dataloader()
 

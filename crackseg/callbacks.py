@@ -179,7 +179,7 @@ class WeakRanking(pl.Callback):
     @rank_zero_only
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = trainer.datamodule
-        weak = datamodule.weak_train_indices()
+        weak = datamodule.data_split.weak_train_indices()
         if not weak:
             return
         dataset = datamodule.dataset("train")
@@ -234,12 +234,12 @@ class EvaluationReport(pl.Callback):
         results = pl_module.test_results
         out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
-        counts = trainer.datamodule.split_counts()
+        counts = trainer.datamodule.data_split.counts()
         metrics = json_ready(results)
         for split, (pos, neg) in counts.items():
             metrics[f"{split}_positives"], metrics[f"{split}_negatives"] = pos, neg
             metrics[f"{split}_samples"] = pos + neg
-        metrics["num_segmented"] = trainer.datamodule.num_segmented_train
+        metrics["num_segmented"] = trainer.datamodule.data_split.num_segmented
         metrics["num_weak"] = max(counts["train"][0] - metrics["num_segmented"], 0)
         metrics["precision"] = str(trainer.precision)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
@@ -259,7 +259,7 @@ class EvaluationReport(pl.Callback):
                 self.title,
                 metrics | {"dice_files": dice_files},
                 counts,
-                trainer.datamodule.num_segmented_train,
+                trainer.datamodule.data_split.num_segmented,
             )
         log.info("evaluation written to %s", out)
 

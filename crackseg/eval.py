@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
@@ -53,7 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     # Report the parameters the weights were trained with, and the data evaluated here.
     reported = OmegaConf.merge(trained, {"data": OmegaConf.to_container(data, resolve=True)})
-    datamodule: CrackDataModule = instantiate(data, _convert_="all")
+    datamodule = CrackDataModule.from_config(data)  # no loss: evaluation builds no weight map
     report = EvaluationReport(str(output_dir), cfg.num_dice_panels, reported, cfg.report_title)
     trainer = build_trainer(cfg, [report])
 

@@ -38,7 +38,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     record_start(cfg, checkpoint)
     pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule: CrackDataModule = instantiate(cfg.data, _convert_="all")
+    datamodule = CrackDataModule.from_config(cfg.data, cfg.loss)
     module = SegDecModule.from_config(cfg, run_config=OmegaConf.to_yaml(cfg, resolve=True))
     output_dir = Path(cfg.paths.output_dir)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
@@ -47,7 +47,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     if trainer.is_global_zero:
-        datamodule.save_split(output_dir / "split.csv")
+        datamodule.data_split.save(output_dir / "split.csv")
     # The best weights by validation AP (or the final ones); validating them sets the thresholds.
     validate_chosen_weights(
         trainer, module, datamodule, use_best=cfg.use_best_model and cfg.validate

@@ -9,10 +9,12 @@ import pytest
 import torch
 from conftest import SHARED
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from crackseg import CONFIG_DIR
+from crackseg.data.data_settings import InputSize
+from crackseg.data.datamodule import CrackDataModule
+from crackseg.data.dataset import WeightMapConfig
 from crackseg.errors import ConfigError
 from crackseg.evaluation.report import HPARAMS, RUN_PARAMETERS, run_parameters_from_config
 from crackseg.models.lit_segdec import SegDecModule
@@ -58,11 +60,12 @@ def test_every_override_name_reaches_the_objects_it_configures(tmp_path):
         "validate_on_test=true",
         f"paths.data_dir={tmp_path}",
     )
-    data = instantiate(cfg.data, _convert_="all")
-    assert (data.input_channels, data.input_height, data.input_width) == (1, 64, 128)
-    assert data.batch_size == 3 and data.dilate == 5 and data.num_segmented == 4
-    assert data.frequency_sampling is False and data.validate_on_test is True
-    assert (data.weight_map.max_weight, data.weight_map.power) == (3.0, 1.5)
+    data = CrackDataModule.from_config(cfg.data, cfg.loss)
+    assert data.input_size == InputSize(1, 64, 128)
+    assert data.loader.batch_size == 3 and data.labels.dilate == 5
+    assert data.labels.num_segmented == 4
+    assert data.sampling.frequency_sampling is False and data.split.validate_on_test is True
+    assert data.labels.weight_map == WeightMapConfig(3.0, 1.5, False)
     module = SegDecModule.from_config(cfg)
     assert module.optim_settings.optimizer["lr"] == 0.5
     assert module.configure_optimizers().param_groups[0]["lr"] == 0.5
@@ -107,7 +110,7 @@ def test_seed_experiment_matches_the_seed_report_value_by_value():
 def test_seed_experiment_needs_a_data_root():
     cfg = _compose("experiment=seed_crack_segmentation")
     with pytest.raises(Exception, match=re.escape("data.root")):
-        instantiate(cfg.data)
+        CrackDataModule.from_config(cfg.data)
 
 
 @pytest.mark.parametrize(
@@ -127,10 +130,7 @@ def test_every_experiment_names_the_data_of_an_evaluation(experiment):
             "eval", overrides=[f"experiment={experiment}", "ckpt_path=x.ckpt", "data.root=/d"]
         )
     trained = _compose(f"experiment={experiment}", "data.root=/d").data
-    # The weight map of the weighted loss is not built for an evaluation.
-    assert {k: v for k, v in cfg.data.items() if k != "weighted_seg"} == {
-        k: v for k, v in trained.items() if k != "weighted_seg"
-    }
+    assert cfg.data == trained
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import crackseg.data.tools as tools
+from crackseg.data.data_settings import InputSize, SourceSettings
 from crackseg.data.datamodule import CrackDataModule
 from crackseg.data.layouts import index_layout
 from crackseg.data.tools import main, tile_dataset
@@ -197,7 +198,7 @@ def test_a_data_config_tiles_its_photographs_once(tmp_path):
     for i in range(10):
         _photo(src, f"IMG{i}", [(10, 0, 90)])
     tile = {"source": str(src), "size": 32, "stride": 32, "test_fraction": 0.3, "seed": 1}
-    data = CrackDataModule(str(root), input_height=64, input_width=128, tile=tile)
+    data = _tiling(root, tile)
     data.prepare_data()
     made = {p.relative_to(root) for p in root.rglob("*.png")}
     assert len(made) == 2 * 60 and not list(tmp_path.glob(".tiles.partial-*"))
@@ -205,16 +206,19 @@ def test_a_data_config_tiles_its_photographs_once(tmp_path):
     assert {p.relative_to(root) for p in root.rglob("*.png")} == made
     empty = tmp_path / "empty"
     empty.mkdir()  # an empty root (made by hand, or by another job) is tiled into
-    CrackDataModule(str(empty), input_height=64, input_width=128, tile=tile).prepare_data()
+    _tiling(empty, tile).prepare_data()
     assert {p.relative_to(empty) for p in empty.rglob("*.png")} == made
-    other = CrackDataModule(str(root), input_height=64, input_width=128, tile={**tile, "seed": 2})
+    other = _tiling(root, {**tile, "seed": 2})
     with pytest.raises(DataError, match="other settings"):
         other.prepare_data()
     with pytest.raises(DataError, match="does not exist"):
         missing = {**tile, "source": str(tmp_path / "nowhere")}
-        CrackDataModule(
-            str(tmp_path / "new"), tile=missing, input_height=64, input_width=128
-        ).prepare_data()
+        _tiling(tmp_path / "new", missing).prepare_data()
+
+
+def _tiling(root, tile):
+    """A DataModule that tiles photographs into ``root`` (``data.tile``)."""
+    return CrackDataModule(SourceSettings(str(root), tile=tile), InputSize(3, 64, 128))
 
 
 @pytest.mark.parametrize("same", [True, False], ids=["same settings", "other settings"])

@@ -13,14 +13,14 @@ from crackseg.models.lit_segdec import SegDecModule
 
 
 def test_flat_dataset_is_split_70_15_15_stratified(dataset_root):
-    counts = datamodule_of(dataset_root).split_counts()
+    counts = datamodule_of(dataset_root).data_split.counts()
     assert counts == {"train": (14, 14), "val": (3, 3), "test": (3, 3)}
 
 
 @pytest.mark.parametrize("num_segmented,expected", [(0, 0), (5, 5), (None, 14)])
 def test_num_segmented_keeps_that_many_masks(dataset_root, num_segmented, expected):
     datamodule = datamodule_of(dataset_root, num_segmented=num_segmented)
-    assert datamodule.num_segmented_train == expected
+    assert datamodule.data_split.num_segmented == expected
     train = datamodule.train_dataloader().dataset
     flags = [train[i]["segmented"].item() for i in range(len(train))]
     labels = [s.is_positive for s in train.samples]
@@ -31,19 +31,19 @@ def test_num_segmented_keeps_that_many_masks(dataset_root, num_segmented, expect
 
 
 def test_num_segmented_is_reproducible_and_bounded(dataset_root):
-    first = datamodule_of(dataset_root, num_segmented=5).segmented_ids
-    assert first == datamodule_of(dataset_root, num_segmented=5).segmented_ids
+    first = datamodule_of(dataset_root, num_segmented=5).data_split.segmented_ids
+    assert first == datamodule_of(dataset_root, num_segmented=5).data_split.segmented_ids
     with pytest.raises(ConfigError, match="num_segmented=15"):
         datamodule_of(dataset_root, num_segmented=15)
 
 
 def test_split_csv_reproduces_the_split(dataset_root, tmp_path):
     datamodule = datamodule_of(dataset_root, split_seed=3)
-    datamodule.save_split(tmp_path / "split.csv")
+    datamodule.data_split.save(tmp_path / "split.csv")
     again = datamodule_of(dataset_root, split_seed=99, split_file=str(tmp_path / "split.csv"))
     for split in ("train", "val", "test"):
-        ids = [s.sample_id for s in datamodule.splits[split]]
-        assert ids == [s.sample_id for s in again.splits[split]]
+        ids = [s.sample_id for s in datamodule.data_split.splits[split]]
+        assert ids == [s.sample_id for s in again.data_split.splits[split]]
 
 
 def test_missing_root_is_a_data_error(tmp_path):
@@ -54,7 +54,7 @@ def test_missing_root_is_a_data_error(tmp_path):
 def test_validate_on_test_validates_on_the_test_split(dataset_root):
     datamodule = datamodule_of(dataset_root, validate_on_test=True)
     val = datamodule.val_dataloader().dataset.samples
-    assert val == datamodule.splits["test"]
+    assert val == datamodule.data_split.splits["test"]
 
 
 def test_training_loader_is_balanced(dataset_root):

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from conftest import one_line_error, run_entry
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import crackseg.runs.resolvers  # noqa: F401  (the configs' resolvers)
 from crackseg import CONFIG_DIR
+from crackseg.data.datamodule import CrackDataModule
 from crackseg.data.download import download_archive, extract_archive, prepare_dataset
 from crackseg.data.layouts import index_layout
 from crackseg.errors import ConfigError, DataError
@@ -242,11 +242,11 @@ def test_an_explicit_null_checksum_downloads_unchecked_and_logs_it(tmp_path, cap
     cfg = _ksdd2_config(f"data.root={root}", url, "data.download.sha256=null")
     check_config(cfg)
     with caplog.at_level(logging.WARNING):
-        instantiate(cfg.data, _convert_="all").prepare_data()
+        CrackDataModule.from_config(cfg.data).prepare_data()
     assert sorted(index_layout("ksdd2", root)) == ["test", "train"]
     assert _sha(source) in caplog.text and "cannot be verified" in caplog.text
     # the default config fetches nothing and asks for no checksum
     cfg = _ksdd2_config(f"data.root={tmp_path / 'mine'}")
     check_config(cfg)
-    instantiate(cfg.data, _convert_="all").prepare_data()
+    CrackDataModule.from_config(cfg.data).prepare_data()
     assert not (tmp_path / "mine").exists()

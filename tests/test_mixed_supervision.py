@@ -12,8 +12,8 @@ import torch
 import yaml
 from conftest import datamodule_of, run_tiny
 
-from crackseg.data.datamodule import choose_segmented
 from crackseg.data.samples import Sample
+from crackseg.data.supervision import choose_segmented
 from crackseg.errors import DataError
 from crackseg.evaluation.weak_ranking import binary_entropy, rank, uncertainty, write_ranking
 from crackseg.models.lit_segdec import SegDecModule
@@ -32,12 +32,14 @@ def test_segmented_subsets_are_nested_and_do_not_depend_on_the_seed(dataset_root
         for smaller, larger in zip(subsets, subsets[1:], strict=False):
             assert smaller < larger
     assert choose_segmented(positives, 10, 0) != choose_segmented(positives, 10, 7)
+
     # Through the data module: `seed` (weights, sampling, augmentation) leaves them alone.
-    by_seed = [
-        datamodule_of(dataset_root, num_segmented=5, seed=s).segmented_ids for s in (0, 1, 2)
-    ]
+    def segmented(num_segmented, seed):
+        return datamodule_of(dataset_root, num_segmented=num_segmented, seed=seed).data_split
+
+    by_seed = [segmented(5, s).segmented_ids for s in (0, 1, 2)]
     assert by_seed[0] == by_seed[1] == by_seed[2]
-    assert by_seed[0] < datamodule_of(dataset_root, num_segmented=10, seed=3).segmented_ids
+    assert by_seed[0] < segmented(10, 3).segmented_ids
 
 
 def test_a_batch_of_weak_positives_has_no_segmentation_loss_and_a_finite_total():
@@ -167,8 +169,8 @@ def test_the_uncertainty_score_orders_hand_built_maps():
 
 def test_a_ranking_adds_its_top_weak_positives_to_the_segmented_ones(dataset_root, tmp_path):
     base = datamodule_of(dataset_root, num_segmented=5)
-    weak = [s.sample_id for s in base.splits["train"] if s.is_positive][::-1]
-    weak = [i for i in weak if i not in base.segmented_ids]
+    weak = [s.sample_id for s in base.data_split.splits["train"] if s.is_positive][::-1]
+    weak = [i for i in weak if i not in base.data_split.segmented_ids]
     entries = [
         {
             "sample_id": sample_id,
@@ -183,7 +185,7 @@ def test_a_ranking_adds_its_top_weak_positives_to_the_segmented_ones(dataset_roo
     ranking = write_ranking(tmp_path / "weak_ranking.csv", rank(entries))
     extra = {"ranking": str(ranking), "count": 3}
     grown = datamodule_of(dataset_root, num_segmented=5, extra_segmented=extra)
-    assert grown.segmented_ids == base.segmented_ids | set(weak[:3])
+    assert grown.data_split.segmented_ids == base.data_split.segmented_ids | set(weak[:3])
     with pytest.raises(DataError, match="ranks only"):
         datamodule_of(dataset_root, num_segmented=5, extra_segmented={**extra, "count": 50})
     (tmp_path / "bad.csv").write_text("sample_id\nnoncrack_00001\n")

@@ -117,9 +117,7 @@ def test_every_published_run_matches_section_10(dataset):
     if dataset == "ksdd":
         assert (cfg.data.num_folds, cfg.data.fold, cfg.data.val_fraction) == (3, 0, 0)
     if dataset == "dagm":
-        assert (
-            cfg.data._target_ == "crackseg.data.dagm.DagmDataModule" and cfg.data.val_fraction == 0
-        )
+        assert cfg.data.layout == "dagm" and cfg.data.val_fraction == 0
 
 
 def test_every_published_severstal_run_matches_section_10():

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import datamodule_of
 from helpers.paper_replicas import make_dagm, make_ksdd, make_severstal, severstal_codes
 
-from crackseg.data.dagm import DagmDataModule
 from crackseg.data.datamodule import CrackDataModule
 from crackseg.data.io import read_mask
 from crackseg.data.layouts import check_samples, index_layout
@@ -172,22 +172,20 @@ def test_dagm_errors(tmp_path):
 def test_dagm_class_is_a_data_setting(tmp_path):
     root = make_dagm(tmp_path / "dagm", classes=(1, 2), images=4)
     common = {"input_height": 64, "input_width": 128, "num_workers": 0, "layout": "dagm"}
-    datamodule = DagmDataModule(dagm_class=2, root=str(root), val_fraction=0, **common)
-    datamodule.setup()
-    assert datamodule.layout_options == {"class_id": 2}
-    assert len(datamodule.splits["train"]) == 4 and len(datamodule.splits["test"]) == 4
-    assert datamodule.splits["val"] == []
+    datamodule = datamodule_of(root, dagm_class=2, val_fraction=0, **common)
+    assert datamodule.source.layout_options == {"class_id": 2}
+    splits = datamodule.data_split.splits
+    assert len(splits["train"]) == 4 and len(splits["test"]) == 4 and splits["val"] == []
     with pytest.raises(ConfigError, match="data.dagm_class must be a class number"):
-        DagmDataModule(dagm_class=0, root=str(root), **common)
+        CrackDataModule.from_config({"root": str(root), "dagm_class": 0, **common})
 
 
 def test_a_grey_paper_dataset_trains_from_its_datamodule(tmp_path):
     root = make_ksdd(tmp_path / "ksdd", folders=2, parts=4)
-    datamodule = CrackDataModule(
-        str(root), layout="ksdd", input_channels=1, input_height=64, input_width=32,
-        num_workers=0, num_folds=2, fold=1, val_fraction=0,
+    datamodule = datamodule_of(
+        root, layout="ksdd", input_channels=1, input_height=64, input_width=32,
+        num_folds=2, fold=1, val_fraction=0,
     )  # fmt: skip
-    datamodule.setup()
     item = datamodule.dataset("test")[1]
     assert tuple(item["image"].shape) == (1, 64, 32) and item["label"] == 1
     assert item["mask"].sum() > 0

@@ -189,6 +189,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
 
 
 def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):
+    from crackseg.data.data_settings import InputSize, LoaderSettings, SourceSettings
     from crackseg.data.datamodule import CrackDataModule, eval_batch_size
 
     assert eval_batch_size("auto", 4, "cpu", 640 * 232) == 1
@@ -197,7 +198,9 @@ def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):
     assert eval_batch_size("auto", 4, "cuda", 640 * 232) == 16
     assert eval_batch_size(None, 4, "cuda", 1) == 4
     assert eval_batch_size(8, 4, "cpu", 1) == 8
-    data = CrackDataModule(root=str(tmp_path), input_height=64, input_width=128, batch_size=4)
+    data = CrackDataModule(
+        SourceSettings(str(tmp_path)), InputSize(3, 64, 128), loader=LoaderSettings(batch_size=4)
+    )
     assert data.eval_batch_size == 16  # no trainer: the CPU; 2^17 / (64 x 128) = 16
 
     class OnGpu:

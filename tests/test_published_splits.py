@@ -11,7 +11,6 @@ import pytest
 from conftest import datamodule_of
 from helpers.paper_replicas import make_dagm, make_ksdd, make_ksdd2_like
 
-from crackseg.data.datamodule import CrackDataModule
 from crackseg.data.published_splits import load_plain_pickle, published_split
 from crackseg.data.tools import main
 from crackseg.errors import ConfigError, DataError
@@ -124,12 +123,13 @@ def test_a_ksdd_split_names_folders_and_their_segmented_positives(tmp_path):
         "test,kos03,0",
     ]
     common = {"layout": "ksdd", "input_channels": 1, "val_fraction": 0, "split_file": str(split)}
-    datamodule = datamodule_of(root, **common)
-    assert {s.group for s in datamodule.splits["train"]} == {"kos01", "kos02", "kos04"}
-    assert len(datamodule.splits["train"]) == 9 and datamodule.splits["val"] == []
-    assert [s.sample_id for s in datamodule.splits["test"]] == [f"kos03_Part{k}" for k in range(3)]
-    assert datamodule.segmented_ids == {"kos01_Part1"}  # kos01's positive, the file's mark
-    assert datamodule_of(root, num_segmented=1, **common).segmented_ids == {"kos01_Part1"}
+    chosen = datamodule_of(root, **common).data_split
+    assert {s.group for s in chosen.splits["train"]} == {"kos01", "kos02", "kos04"}
+    assert len(chosen.splits["train"]) == 9 and chosen.splits["val"] == []
+    assert [s.sample_id for s in chosen.splits["test"]] == [f"kos03_Part{k}" for k in range(3)]
+    assert chosen.segmented_ids == {"kos01_Part1"}  # kos01's positive, the file's mark
+    again = datamodule_of(root, num_segmented=1, **common).data_split
+    assert again.segmented_ids == {"kos01_Part1"}
     with pytest.raises(ConfigError, match=r"num_segmented=2 but split file .* marks 1 training"):
         datamodule_of(root, num_segmented=2, **common)
 
@@ -140,19 +140,14 @@ def test_a_dagm_fold_is_its_class_and_keeps_train_and_test(tmp_path):
     folds = [{("0003.PNG", True), ("0001.PNG", False), ("0002.PNG", False)}, {("0001.PNG", True)}]
     content = (folds, [{("0004.PNG", False), ("0001.PNG", False)}, {("0002.PNG", False)}])
     split = _import(tmp_path, content, "dagm", "--fold", "0")  # fold 0: Class1
-    datamodule = CrackDataModule(
-        str(root), layout="dagm", layout_options={"class_id": 1}, input_channels=1,
-        input_height=64, input_width=128, num_workers=0, val_fraction=0, split_file=str(split),
-    )  # fmt: skip
-    datamodule.setup()
-    assert [s.sample_id for s in datamodule.splits["train"]] == [
-        "train_0001",
-        "train_0002",
-        "train_0003",
-    ]
-    assert [s.sample_id for s in datamodule.splits["test"]] == ["test_0001", "test_0004"]
-    assert datamodule.segmented_ids == {"train_0003"}  # 0001 is positive but not segmented
-    assert datamodule.num_segmented_train == 1
+    chosen = datamodule_of(
+        root, layout="dagm", dagm_class=1, input_channels=1, val_fraction=0, split_file=str(split)
+    ).data_split
+    train = ["train_0001", "train_0002", "train_0003"]
+    assert [s.sample_id for s in chosen.splits["train"]] == train
+    assert [s.sample_id for s in chosen.splits["test"]] == ["test_0001", "test_0004"]
+    assert chosen.segmented_ids == {"train_0003"}  # 0001 is positive but not segmented
+    assert chosen.num_segmented == 1
 
 
 def test_a_split_without_validation_gets_it_carved_from_train(tmp_path):
@@ -161,11 +156,11 @@ def test_a_split_without_validation_gets_it_carved_from_train(tmp_path):
     split = _import(tmp_path, (train, [(f"{i:05d}", False) for i in range(10, 14)]), "ksdd2")
     datamodule = datamodule_of(root, layout="ksdd2", split_file=str(split), val_fraction=0.2)
     # positives 00000, 00002, ..., 00008 (5), negatives the odd ones (5): 20 % of each
-    assert [len(datamodule.splits[k]) for k in ("train", "val", "test")] == [8, 2, 4]
-    assert datamodule.segmented_ids <= {"train_00000", "train_00002"}
+    assert [len(datamodule.data_split.splits[k]) for k in ("train", "val", "test")] == [8, 2, 4]
+    assert datamodule.data_split.segmented_ids <= {"train_00000", "train_00002"}
     without = datamodule_of(root, layout="ksdd2", split_file=str(split), val_fraction=0)
-    assert len(without.splits["train"]) == 10 and without.splits["val"] == []
-    assert without.segmented_ids == {"train_00000", "train_00002"}
+    assert len(without.data_split.splits["train"]) == 10 and without.data_split.splits["val"] == []
+    assert without.data_split.segmented_ids == {"train_00000", "train_00002"}
 
 
 def test_a_severstal_split_has_its_validation_part(tmp_path):
@@ -175,7 +170,8 @@ def test_a_severstal_split_has_its_validation_part(tmp_path):
 
 
 def test_a_saved_split_keeps_its_segmented_positives(dataset_root, tmp_path):
-    first = datamodule_of(dataset_root, num_segmented=3, split_seed=1)
-    first.save_split(tmp_path / "split.csv")
+    first = datamodule_of(dataset_root, num_segmented=3, split_seed=1).data_split
+    first.save(tmp_path / "split.csv")
     again = datamodule_of(dataset_root, split_seed=7, split_file=str(tmp_path / "split.csv"))
-    assert again.segmented_ids == first.segmented_ids and len(again.segmented_ids) == 3
+    assert again.data_split.segmented_ids == first.segmented_ids
+    assert len(first.segmented_ids) == 3

@@ -150,6 +150,17 @@ class BalancedNegativeSampler(Sampler[int]):
         """Make the next pass over ``epoch`` skip the first ``items_done`` items of the shard."""
         self._resume = (epoch, items_done)
 
+    def checkpoint_state(self, batches_done: int) -> dict:
+        """What a checkpoint keeps to resume mid-epoch: this sampler's state and the
+        batches of its epoch already trained on."""
+        return {"sampler": self.state_dict(), "batches_done": batches_done}
+
+    def restore(self, state: dict, batch_size: int) -> None:
+        """Continue from :meth:`checkpoint_state`: the next pass skips the batches done, so
+        a resumed run sees the samples and augmentations an uninterrupted one would have."""
+        self.load_state_dict(state["sampler"])
+        self.resume_at(self.epoch, state["batches_done"] * batch_size)
+
     def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         indices = self.global_epoch_list(self.epoch)
         replicas = self.num_replicas

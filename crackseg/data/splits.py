@@ -17,12 +17,14 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from crackseg.atomic import atomic_path
-from crackseg.data.samples import Sample
+from crackseg.data.data_settings import SplitSettings
+from crackseg.data.samples import Sample, count_positives
 from crackseg.errors import ConfigError, DataError, describe_files
 
 log = logging.getLogger(__name__)
@@ -359,6 +361,67 @@ def segmented_from_file(
             describe_files(without_mask),
         )
     return marked - set(without_mask)
+
+
+def split_samples(
+    indexed: dict[str, list[Sample]], settings: SplitSettings
+) -> dict[str, list[Sample]]:
+    """The split ``settings`` ask for (:func:`resolve_splits`); with ``all_as_test`` every
+    sample found is the test split (someone else's labelled folder, evaluated as a whole)."""
+    if settings.all_as_test:
+        everything = sorted(
+            (s for samples in indexed.values() for s in samples), key=lambda s: s.sample_id
+        )
+        return {"train": [], "val": [], "test": everything}
+    return resolve_splits(
+        indexed,
+        settings.val_fraction,
+        settings.test_fraction,
+        settings.split_seed,
+        settings.split_file,
+        num_folds=settings.num_folds,
+        fold=settings.fold,
+        train_positives=settings.train_positives,
+    )
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """The split a run uses and the training positives that keep their masks: what the
+    report counts and ``split.csv`` records."""
+
+    splits: dict[str, list[Sample]]
+    segmented_ids: frozenset[str]
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """(positives, negatives) per split, as in the seed report's table."""
+        return {name: count_positives(samples) for name, samples in self.splits.items()}
+
+    @property
+    def num_segmented(self) -> int:
+        """Training positives that keep their masks."""
+        return len(self.segmented_ids)
+
+    def weak_train_indices(self) -> list[int]:
+        """Positions in the training split of its weak positives (no mask used)."""
+        return [
+            i
+            for i, s in enumerate(self.splits["train"])
+            if s.is_positive and s.sample_id not in self.segmented_ids
+        ]
+
+    def save(self, path: Path | str) -> None:
+        """Write the split (and which positives kept masks) to a CSV that reproduces it."""
+        marked = {
+            name: [
+                s
+                if not s.is_positive or name != "train" or s.sample_id in self.segmented_ids
+                else Sample(s.sample_id, s.image_path, None, True)
+                for s in samples
+            ]
+            for name, samples in self.splits.items()
+        }
+        write_split_csv(path, marked)
 
 
 def write_split_csv(path: Path | str, splits: dict[str, list[Sample]]) -> None:

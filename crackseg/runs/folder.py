@@ -65,8 +65,9 @@ RESUME_FREE_KEYS = (
 )
 
 #: Keys the configs of runs started before the settings groups held as copies of other
-#: keys (the model block read the loss, data and optimiser groups): the sources are
-#: compared, so these never count as a difference when such a run continues.
+#: keys (the model block read the loss, data and optimiser groups; the data block the
+#: loss's weight map) or as the class Hydra built: the sources are compared, so these never
+#: count as a difference when such a run continues.
 MIRRORED_KEYS = (
     "model._target_",
     "model._recursive_",
@@ -82,6 +83,11 @@ MIRRORED_KEYS = (
     "model.input_channels",
     "model.input_height",
     "model.input_width",
+    "data._target_",
+    "data.weighted_seg",
+    "data.weighted_seg_max",
+    "data.weighted_seg_p",
+    "data.weighted_seg_per_component",
 )
 
 

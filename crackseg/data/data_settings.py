@@ -1,0 +1,218 @@
+"""The DataModule's settings, in groups: where the images come from, the input size, the
+split, the training labels, the sampler, the loaders and the augmentation.
+
+Frozen dataclasses, so each group is read as one typed value. Users keep typing the flat
+``data.*`` keys (``data.batch_size``, ``data.num_segmented``, ...): :func:`settings_groups`
+sorts them into the groups, and takes the weighted segmentation loss from the ``loss`` group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from crackseg.data.dataset import WeightMapConfig
+from crackseg.errors import ConfigError
+
+#: Keys of data configs saved before the settings groups: the DataModule's class (Hydra
+#: built it from the config) and the weight map, which the data block copied from ``loss``.
+OBSOLETE_KEYS = (
+    "_target_",
+    "weighted_seg",
+    "weighted_seg_max",
+    "weighted_seg_p",
+    "weighted_seg_per_component",
+)
+
+
+def _copy(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else dict(value)
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Where the images are and how they are organised (``crackseg.data.layouts``), what
+    ``prepare_data`` makes there first (the synthetic set, a download, tiles of large
+    photographs), and whether every file is read once before training."""
+
+    root: str
+    name: str = "dataset"
+    layout: str = "crack_segmentation"
+    layout_options: dict[str, Any] = field(default_factory=dict)
+    synthetic: dict[str, Any] | None = None
+    download: dict[str, Any] | None = None
+    tile: dict[str, Any] | None = None
+    check_files: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layout_options", dict(self.layout_options or {}))
+        for name in ("synthetic", "download", "tile"):
+            object.__setattr__(self, name, _copy(getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class InputSize:
+    """The size every image is brought to: the network's input."""
+
+    channels: int = 3
+    height: int = 640
+    width: int = 232
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ConfigError(f"data.input_channels must be 1 or 3, not {self.channels}")
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """How the samples found become train, validation and test (crackseg.data.splits).
+
+    ``split_seed`` fixes the split and which positives keep masks, so runs that sweep
+    ``seed`` share one split.
+    """
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_file: str | None = None
+    num_folds: int | None = None
+    fold: int | None = None
+    train_positives: int | None = None
+    all_as_test: bool = False
+    validate_on_test: bool = False
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ExtraSegmented:
+    """The first ``count`` weak positives of a ranking (a run's ``weak_ranking.csv``)
+    keep their masks too."""
+
+    ranking: str | None = None
+    count: int = 10
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """The training labels: which positives keep their masks (crackseg.data.supervision),
+    how masks are binarised and dilated, and the weighted segmentation loss's map (None:
+    unweighted; docs/method.md §4)."""
+
+    num_segmented: int | None = None
+    extra_segmented: ExtraSegmented = field(default_factory=ExtraSegmented)
+    dilate: int = 1
+    binarize_threshold: int = 127
+    weight_map: WeightMapConfig | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.extra_segmented, Mapping):
+            object.__setattr__(self, "extra_segmented", ExtraSegmented(**self.extra_segmented))
+        if isinstance(self.weight_map, Mapping):
+            object.__setattr__(self, "weight_map", WeightMapConfig(**self.weight_map))
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The training sampler (crackseg.data.sampler): negatives by frequency of use and how
+    many per positive; ``seed`` drives it."""
+
+    frequency_sampling: bool = True
+    neg_per_pos: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """Batches and workers. ``eval_batch_size``: a number, null (``batch_size``) or ``auto``
+    (by device, crackseg.data.datamodule.eval_batch_size)."""
+
+    batch_size: int = 1
+    eval_batch_size: int | str | None = "auto"
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Training-time augmentation (crackseg.data.augment), off by default; the 90° rotation
+    only where the input is square."""
+
+    enabled: bool = False
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rotate90: float = 0.5
+    brightness_contrast: float = 0.5
+    brightness_limit: float = 0.2
+    contrast_limit: float = 0.2
+
+
+def _group(kind: type, data: dict[str, Any], **renamed: str) -> Any:
+    """``kind`` from the flat keys named as its fields (or ``field=key``), taking them out of
+    ``data``; a key that is absent leaves the field's default."""
+    keys = {f.name: renamed.get(f.name, f.name) for f in fields(kind)}
+    return kind(**{name: data.pop(key) for name, key in keys.items() if key in data})
+
+
+def _nested(kind: type, value: Mapping[str, Any] | None, key: str) -> Any:
+    """``kind`` from the block ``data.<key>`` (None: the defaults)."""
+    value = dict(value or {})
+    _refuse([f"{key}.{k}" for k in value if k not in {f.name for f in fields(kind)}])
+    return kind(**value)
+
+
+def _refuse(unknown: list[str]) -> None:
+    if unknown:
+        raise ConfigError(f"not a data setting: {', '.join(f'data.{k}' for k in sorted(unknown))}")
+
+
+def weight_map_of(loss: Mapping[str, Any] | None) -> WeightMapConfig | None:
+    """The weighted segmentation loss's map, from the ``loss`` settings (None: unweighted)."""
+    if not loss or not loss.get("weighted_seg", False):
+        return None
+    return WeightMapConfig(
+        loss.get("weighted_seg_max", 1.0),
+        loss.get("weighted_seg_p", 2.0),
+        loss.get("weighted_seg_per_component", False),
+    )
+
+
+def _dagm_class(data: dict[str, Any]) -> None:
+    """``data.dagm_class=K`` picks DAGM's ``ClassK`` folder, the paper's fold K (1..10)."""
+    if "dagm_class" not in data:
+        return
+    value = data.pop("dagm_class")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"data.dagm_class must be a class number 1..10, not {value!r}")
+    data["layout_options"] = {**(data.get("layout_options") or {}), "class_id": value}
+
+
+def settings_groups(
+    data: Mapping[str, Any], loss: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The DataModule's settings groups (its keyword arguments) from the flat ``data`` keys
+    and the ``loss`` settings, resolved to plain values.
+
+    Refuses keys that are no data setting; the keys of data configs saved before the groups
+    (:data:`OBSOLETE_KEYS`) are left out, so old runs' configs build the same DataModule.
+    """
+    rest = {k: v for k, v in data.items() if k not in OBSOLETE_KEYS}
+    if rest.get("root") is None:
+        raise ConfigError("data.root is not set (set data.root=PATH)")
+    _dagm_class(rest)
+    rest["extra_segmented"] = _nested(
+        ExtraSegmented, rest.get("extra_segmented"), "extra_segmented"
+    )
+    rest["weight_map"] = weight_map_of(loss)
+    augment = _nested(AugmentSettings, rest.pop("augment", None), "augment")
+    groups = {
+        "source": _group(SourceSettings, rest),
+        "input_size": _group(
+            InputSize, rest, channels="input_channels", height="input_height", width="input_width"
+        ),
+        "split": _group(SplitSettings, rest),
+        "labels": _group(LabelSettings, rest),
+        "sampling": _group(SamplingSettings, rest),
+        "loader": _group(LoaderSettings, rest),
+        "augment": augment,
+    }
+    _refuse(list(rest))
+    return groups
