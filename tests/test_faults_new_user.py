@@ -450,14 +450,22 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize(
     ("signum", "stall"),
-    # Stops in earlier epochs are tested in test_faults.py (SIGTERM and Ctrl-C in epoch 1,
-    # SIGKILL after its validation); these are the last epoch's.
     [
+        (signal.SIGTERM, "0:1"),  # the first epoch, not validated
+        (signal.SIGTERM, "1:val"),  # a validated epoch, before its checkpoints
         (signal.SIGTERM, "2:1"),  # the last epoch
         (signal.SIGTERM, "2:val"),  # the last epoch validated, before its checkpoints
+        (signal.SIGKILL, "2:1"),
         (signal.SIGKILL, "2:val"),
     ],
-    ids=["SIGTERM-last", "SIGTERM-last-validated", "SIGKILL-last-validated"],
+    ids=[
+        "SIGTERM-first",
+        "SIGTERM-validated",
+        "SIGTERM-last",
+        "SIGTERM-last-validated",
+        "SIGKILL-last",
+        "SIGKILL-last-validated",
+    ],
 )
 def test_a_stopped_run_resumed_ends_as_the_uninterrupted_run(
     uninterrupted, tmp_path, signum, stall
