@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,8 +23,10 @@ import torch
 from crackseg import __version__
 from crackseg.errors import ConfigError, CracksegError
 from crackseg.models.checkpoint import load_module, thresholds
-from crackseg.models.lit_segdec import SegDecModule
 from crackseg.models.precision import BF16, native_precision
+
+if TYPE_CHECKING:
+    from crackseg.models.lit_segdec import SegDecModule
 
 log = logging.getLogger(__name__)
 

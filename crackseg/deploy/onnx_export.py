@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,8 +33,10 @@ from crackseg.deploy.predict_folder import list_images
 from crackseg.deploy.tiling import TileGrid
 from crackseg.errors import CracksegError, DataError
 from crackseg.models.checkpoint import load_module
-from crackseg.models.lit_segdec import SegDecModule
 from crackseg.models.segdecnet import DECISION_STRIDE, OUTPUT_STRIDE
+
+if TYPE_CHECKING:
+    from crackseg.models.lit_segdec import SegDecModule
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,16 @@ import logging
 import pickle
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg.errors import CracksegError
-from crackseg.models.lit_segdec import SegDecModule
 from crackseg.models.module_settings import DEFAULT_OPTIM, LossSettings, SpeedSettings
+
+if TYPE_CHECKING:
+    from crackseg.models.lit_segdec import SegDecModule
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +153,14 @@ def upgrade(checkpoint: dict[str, Any], source: str = "checkpoint") -> dict[str,
 
 
 def load_module(path: str | Path) -> SegDecModule:
-    """The trained module of a checkpoint, on the CPU and in eval mode."""
+    """The trained module of a checkpoint, on the CPU and in eval mode.
+
+    The LightningModule (and so Lightning) is imported only here, once the file has been
+    read: a missing or unreadable checkpoint is refused without Lightning's import.
+    """
     checkpoint = upgrade(read_checkpoint(path), source=str(path))
+    from crackseg.models.lit_segdec import SegDecModule
+
     try:
         module = SegDecModule(**checkpoint["hyper_parameters"])
         module.load_state_dict(checkpoint["state_dict"])
