@@ -7,7 +7,6 @@ previous file (or none), never half of one.
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -17,8 +16,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -107,20 +104,3 @@ def atomic_save_figure(figure: Any, path: str | Path, dpi: int = 100) -> Path:
     finally:
         figure.clear()
     return path
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, renaming a complete file into place.
-
-    The checkpoint is serialised in memory first, so a failing write (a full disk) raises
-    an ``OSError`` naming the file instead of torch's generic writer error.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
-    ) -> None:
-        if storage_options is not None:
-            raise TypeError("AtomicCheckpointIO takes no storage_options")
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write_bytes(path, buffer.getbuffer())

@@ -22,7 +22,7 @@ from conftest import METRIC_KEYS, REPO, TINY, one_line_error, run_entry, run_tin
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from crackseg.atomic import AtomicCheckpointIO, atomic_write_text, remove_partial_writes
+from crackseg.atomic import atomic_write_text, remove_partial_writes
 from crackseg.cli import one_line
 from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.runs.folder import (
@@ -32,6 +32,7 @@ from crackseg.runs.folder import (
     release_run_folder,
     resume_checkpoint,
 )
+from crackseg.runs.trainer import AtomicCheckpointIO
 
 HELPERS = REPO / "tests" / "helpers"
 

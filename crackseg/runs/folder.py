@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import fnmatch
+import importlib.metadata
 import json
 import logging
 import os
@@ -26,17 +27,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities import rank_zero_only
 
 import crackseg
 from crackseg.atomic import atomic_write_text, remove_partial_writes
 from crackseg.errors import RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, checkpoint_step
+from crackseg.runs.hardware import check_accelerator, resolve_precision
 from crackseg.runs.job_log import accept_job_logs
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,20 @@ MIRRORED_KEYS = (
 )
 
 
+#: Where Lightning reads a process's rank from until its Trainer sets it, first set first
+#: (lightning_fabric.utilities.rank_zero).
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
 def is_rank_zero() -> bool:
-    """Whether this is the first process of a run (Lightning reads the rank from the env)."""
-    return rank_zero_only.rank == 0
+    """Whether this is the first process of a run: Lightning's rank once Lightning is loaded
+    (its Trainer sets it), before that the one Lightning reads from the environment, so that
+    a command refused before training never waits for Lightning's import."""
+    rank_zero = sys.modules.get("lightning_utilities.core.rank_zero")
+    rank = getattr(rank_zero.rank_zero_only, "rank", None) if rank_zero is not None else None
+    if rank is None:
+        rank = next((int(os.environ[k]) for k in RANK_VARIABLES if k in os.environ), 0)
+    return rank == 0
 
 
 #: The run folders this process holds: absolute path -> descriptor of the locked file.
@@ -350,7 +361,7 @@ def provenance() -> dict[str, Any]:
         "git_dirty": dirty,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "pytorch_lightning": pl.__version__,
+        "pytorch_lightning": importlib.metadata.version("pytorch_lightning"),
         "host": platform.node(),
         "pid": os.getpid(),
         "command": sys.argv,
@@ -478,3 +489,33 @@ def _started_config(run_dir: Path) -> DictConfig:
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     saved.resume = str(run_dir)
     return saved
+
+
+def resolve_machine_settings(cfg: DictConfig) -> None:
+    """Settings that depend on the machine (``trainer.precision: auto``), made concrete
+    before anything compares, records or reports the config."""
+    if "trainer" in cfg:
+        check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
+        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+
+
+def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
+    """The config to train with and the checkpoint to continue from (None: a fresh start).
+
+    A stopped run continues from its newest checkpoint (``resume=``); nothing is read from
+    the data yet, and Lightning is not needed yet.
+    """
+    multirun, overrides = hydra_job()
+    resolve_machine_settings(cfg)
+    cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
+    accept_run_folder(cfg.paths.output_dir)
+    resolve_machine_settings(cfg)  # a resumed run's own config
+    return cfg, checkpoint
+
+
+def record_start(cfg: DictConfig, checkpoint: Path | None) -> None:
+    """``status.json`` says running; ``run_info.json`` says what produced the run."""
+    if is_rank_zero():
+        output_dir = Path(cfg.paths.output_dir)
+        write_status(output_dir, "running")
+        write_run_info(output_dir, resumed_from=checkpoint)

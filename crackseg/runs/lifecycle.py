@@ -15,7 +15,6 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from crackseg.cli import is_storage_error, one_line, print_line, root_cause
@@ -73,7 +72,7 @@ def run_task(
         with job_device_context(cfg):  # one GPU per job in a local parallel sweep
             set_job_threads(cfg)  # and a share of the CPU cores
             results = task(cfg)
-    except (SIGTERMException, KeyboardInterrupt):
+    except stop_requests():
         _record(output_dir, "interrupted")
         if not resumable:
             print_line(
@@ -110,6 +109,16 @@ def run_task(
         return metrics.get(objective)
     finally:
         release_run_folder(output_dir)  # the next job of a sweep may run in this process
+
+
+def stop_requests() -> tuple[type[BaseException], ...]:
+    """What SIGTERM and Ctrl-C raise: KeyboardInterrupt, and Lightning's SIGTERMException
+    while it trains. That one can only be raised once Lightning is loaded, so it is looked
+    up then, and a command refused before training never waits for Lightning's import."""
+    exceptions = sys.modules.get("pytorch_lightning.utilities.exceptions")
+    if exceptions is None:
+        return (KeyboardInterrupt,)
+    return (exceptions.SIGTERMException, KeyboardInterrupt)
 
 
 @contextmanager

@@ -1,8 +1,11 @@
-"""The Lightning Trainer of a run, and the run's start: the machine's settings made concrete,
-the run folder prepared (new or resumed), the run's status and provenance recorded."""
+"""The Lightning Trainer of a run: its callbacks, logger, checkpoint writer and SLURM requeue.
+
+The run's start (its folder, status and provenance) is crackseg.runs.folder, which imports
+no Lightning, so a refused command line never waits for Lightning's import."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -11,28 +14,39 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import get_class, instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
-from crackseg.atomic import AtomicCheckpointIO
+from crackseg.atomic import atomic_write_bytes
 from crackseg.callbacks import ValidateOnLastEpoch
 from crackseg.models.checkpoint import checkpoint_step
 from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
-from crackseg.runs.folder import (
-    accept_run_folder,
-    hydra_job,
-    is_rank_zero,
-    prepare_training_run,
-    write_run_info,
-    write_status,
-)
+from crackseg.runs.folder import record_start, start_training_run  # noqa: F401  (moved)
 from crackseg.runs.gpus import in_local_parallel_sweep
-from crackseg.runs.hardware import check_accelerator, resolve_precision
 from crackseg.runs.progress import progress_callbacks
 
 log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, renaming a complete file into place (crackseg.atomic).
+
+    The checkpoint is serialised in memory first, so a failing write (a full disk) raises
+    an ``OSError`` naming the file instead of torch's generic writer error.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getbuffer())
 
 
 def slurm_requeue_environment(enabled: bool) -> SLURMEnvironment:
@@ -91,36 +105,6 @@ def build_trainer(
     if cfg.trainer.get("benchmark") is None:
         overrides["benchmark"] = not cfg.trainer.get("deterministic")
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
-
-
-def resolve_machine_settings(cfg: DictConfig) -> None:
-    """Settings that depend on the machine (``trainer.precision: auto``), made concrete
-    before anything compares, records or reports the config."""
-    if "trainer" in cfg:
-        check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
-        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-
-
-def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
-    """The config to train with and the checkpoint to continue from (None: a fresh start).
-
-    A stopped run continues from its newest checkpoint (``resume=``, see
-    crackseg.runs.folder); nothing is read from the data yet.
-    """
-    multirun, overrides = hydra_job()
-    resolve_machine_settings(cfg)
-    cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
-    accept_run_folder(cfg.paths.output_dir)
-    resolve_machine_settings(cfg)  # a resumed run's own config
-    return cfg, checkpoint
-
-
-def record_start(cfg: DictConfig, checkpoint: Path | None) -> None:
-    """``status.json`` says running; ``run_info.json`` says what produced the run."""
-    if is_rank_zero():
-        output_dir = Path(cfg.paths.output_dir)
-        write_status(output_dir, "running")
-        write_run_info(output_dir, resumed_from=checkpoint)
 
 
 def validate_chosen_weights(

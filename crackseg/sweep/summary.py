@@ -28,8 +28,6 @@ from omegaconf import DictConfig
 
 from crackseg.atomic import atomic_write_text
 from crackseg.runs.folder import STATUS_FILE, load_status
-from crackseg.sweep.curves import NUM_SEGMENTED, write_sweep_figures
-from crackseg.sweep.folds import write_pooled_folds
 from crackseg.sweep.published import add_table4_labels, departures
 
 log = logging.getLogger(__name__)
@@ -266,6 +264,11 @@ def _md_table(columns: list[str], rows: list[list[Any]]) -> list[str]:
 def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) -> tuple[Path, Path]:
     """Write ``summary.csv`` (one row per job) and ``summary.md`` (jobs, groups, failures)
     from ``rows`` (``collect_runs(root)``, read here unless given)."""
+    # The figures and the pooled folds need matplotlib and torchmetrics (a second or two to
+    # import): imported when a summary is written, not by every command line (crackseg.cli).
+    from crackseg.sweep.curves import NUM_SEGMENTED, write_sweep_figures
+    from crackseg.sweep.folds import write_pooled_folds
+
     root = Path(root)
     rows = collect_runs(root) if rows is None else rows
     keys = swept_columns(rows)
