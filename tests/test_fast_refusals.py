@@ -1,0 +1,170 @@
+"""A mistake on the command line is refused before Lightning is imported, which takes
+seconds of CPU (it loads torch._dynamo): the modules a refusal runs through import no
+Lightning, and the entry points refuse common mistakes with Lightning never loaded. Told by
+which modules were imported (``sys.modules``, Python's import log), never by the clock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, one_line_error, run_entry
+
+from crackseg.atomic import atomic_write_png
+
+#: Lightning's packages: neither is imported before a run really starts.
+LIGHTNING = {"pytorch_lightning", "lightning_fabric"}
+#: The modules every refusal of a command line runs through.
+REFUSAL_PATH = (
+    "crackseg.cli",
+    "crackseg.runs.lifecycle",
+    "crackseg.runs.folder",
+    "crackseg.runs.config_checks",
+    "crackseg.predict",
+    "crackseg.export",
+)
+#: Run by train.py and eval.py until they import Lightning only once a run starts.
+ENTRY_IMPORTS_LIGHTNING = pytest.mark.xfail(
+    strict=True, reason="crackseg/train.py and eval.py import Lightning at their top"
+)
+
+
+def lightning_after_importing(*modules: str) -> set[str]:
+    """Lightning's packages loaded in a fresh interpreter once ``modules`` are imported."""
+    code = f"import sys, {', '.join(modules)}; print(*sorted(sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    return LIGHTNING & set(result.stdout.split())
+
+
+def imported_modules(stderr: str) -> set[str]:
+    """The modules Python's import log (PYTHONPROFILEIMPORTTIME=1) names in ``stderr``."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+def test_the_refusal_path_imports_no_lightning():
+    assert lightning_after_importing(*REFUSAL_PATH) == set()
+
+
+def test_the_check_sees_lightning_where_a_run_starts():
+    # The Trainer's module imports Lightning: the check above would see it.
+    assert lightning_after_importing("crackseg.runs.trainer") == LIGHTNING
+
+
+def test_the_import_log_names_each_module():
+    log = (
+        "import time: self [us] | cumulative | imported package\n"
+        "import time:       453 |    2635546 |         lightning_fabric\n"
+        "error: one line\n"
+    )
+    assert "lightning_fabric" in imported_modules(log)
+    assert "error: one line" not in imported_modules(log)
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    atomic_write_png(folder / "a.png", np.zeros((8, 8), np.uint8))
+    return folder
+
+
+@pytest.fixture
+def finished_run(tmp_path) -> Path:
+    folder = tmp_path / "finished"
+    folder.mkdir()
+    (folder / "status.json").write_text(json.dumps({"status": "finished"}))
+    return folder
+
+
+def refuse(entry: str, *overrides: str) -> tuple[str, set[str]]:
+    """The one error line of a refused ``python -m crackseg.ENTRY``, and the Lightning
+    packages it imported."""
+    result = run_entry(entry, *overrides, timeout=120, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    return one_line_error(result), LIGHTNING & imported_modules(result.stderr)
+
+
+def test_predict_refuses_a_missing_checkpoint_without_lightning(tmp_path, photos):
+    missing = tmp_path / "none.ckpt"
+    line, lightning = refuse(
+        "predict", f"ckpt_path={missing}", f"input={photos}", f"hydra.run.dir={tmp_path / 'p'}"
+    )
+    assert line == f"error: checkpoint {missing} does not exist"
+    assert lightning == set()
+    status = json.loads((tmp_path / "p" / "status.json").read_text())
+    assert status == {"status": "failed", "error": line.removeprefix("error: ")}
+
+
+def test_predict_refuses_a_used_folder_without_lightning(tmp_path, photos, finished_run):
+    line, lightning = refuse(
+        "predict", "ckpt_path=none.ckpt", f"input={photos}", f"hydra.run.dir={finished_run}"
+    )
+    assert line == f"error: {finished_run} already holds a run; choose another hydra.run.dir"
+    assert lightning == set()
+    assert json.loads((finished_run / "status.json").read_text()) == {"status": "finished"}
+
+
+def test_export_refuses_a_missing_checkpoint_without_lightning(tmp_path):
+    missing = tmp_path / "none.ckpt"
+    line, lightning = refuse("export", f"ckpt_path={missing}", f"hydra.run.dir={tmp_path / 'e'}")
+    assert line == f"error: checkpoint {missing} does not exist"
+    assert lightning == set()
+
+
+def test_hydra_refuses_an_unknown_config_without_lightning(tmp_path):
+    line, lightning = refuse(
+        "export", "paths=nope", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path / 'e'}"
+    )
+    assert line == "error: In 'export': Could not find 'paths/nope' (available: default)"
+    assert lightning == set()
+    assert not (tmp_path / "e").exists()
+
+
+@ENTRY_IMPORTS_LIGHTNING
+def test_train_refuses_a_wrong_type_without_lightning(tmp_path):
+    run_dir = tmp_path / "t"
+    line, lightning = refuse("train", "trainer.max_epochs=ten", f"hydra.run.dir={run_dir}")
+    assert line == "error: trainer.max_epochs must be an integer >= 1, not 'ten'"
+    assert lightning == set()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status == {"status": "failed", "error": line.removeprefix("error: ")}
+
+
+@ENTRY_IMPORTS_LIGHTNING
+def test_train_refuses_an_unknown_data_config_without_lightning(tmp_path):
+    line, lightning = refuse("train", "data=nope", f"hydra.run.dir={tmp_path / 't'}")
+    assert line.startswith("error: In 'train': Could not find 'data/nope' (available: ")
+    assert lightning == set()
+
+
+@ENTRY_IMPORTS_LIGHTNING
+def test_train_refuses_a_resume_of_nothing_without_lightning(tmp_path):
+    line, lightning = refuse("train", f"resume={tmp_path / 'nothere'}")
+    assert line == f"error: resume={tmp_path / 'nothere'}: no such folder"
+    assert lightning == set()
+
+
+@ENTRY_IMPORTS_LIGHTNING
+def test_train_refuses_a_finished_run_folder_without_lightning(finished_run):
+    line, lightning = refuse("train", f"hydra.run.dir={finished_run}")
+    assert line == (
+        f"error: {finished_run} already holds a run; continue it with "
+        f"resume={finished_run} or choose another hydra.run.dir"
+    )
+    assert lightning == set()
+
+
+@ENTRY_IMPORTS_LIGHTNING
+def test_eval_refuses_a_missing_checkpoint_without_lightning(tmp_path):
+    missing = tmp_path / "none.ckpt"
+    line, lightning = refuse("eval", f"ckpt_path={missing}", f"hydra.run.dir={tmp_path / 'v'}")
+    assert line == f"error: checkpoint {missing} does not exist"
+    assert lightning == set()
