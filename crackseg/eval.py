@@ -10,9 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
-from crackseg.callbacks import EvaluationReport
 from crackseg.cli import run_hydra_main
-from crackseg.data.datamodule import CrackDataModule
 from crackseg.models.checkpoint import (
     check_input_shape,
     load_module,
@@ -23,7 +21,6 @@ from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import accept_run_folder, refuse_used_folder
 from crackseg.runs.hardware import check_accelerator, evaluation_precision
 from crackseg.runs.lifecycle import run_task
-from crackseg.runs.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +38,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
 
-    module = load_module(cfg.ckpt_path)
+    module = load_module(cfg.ckpt_path)  # Lightning is imported from here on, not before
+    from crackseg.callbacks import EvaluationReport
+    from crackseg.data.datamodule import CrackDataModule
+    from crackseg.runs.trainer import build_trainer
+
     data = cfg.data
     check_input_shape(module, data.input_channels, data.input_height, data.input_width)
     trained = trained_run_config(module)

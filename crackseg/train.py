@@ -7,23 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
-from crackseg.callbacks import EvaluationReport
 from crackseg.cli import run_hydra_main
-from crackseg.data.datamodule import CrackDataModule
-from crackseg.models.lit_segdec import SegDecModule
 from crackseg.runs.config_checks import check_config
+from crackseg.runs.folder import record_start, start_training_run
 from crackseg.runs.lifecycle import run_task
-from crackseg.runs.trainer import (
-    build_trainer,
-    record_start,
-    start_training_run,
-    validate_chosen_weights,
-)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +27,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, checkpoint = start_training_run(cfg)  # the run folder: a new run, or one resumed
     check_config(cfg)
     record_start(cfg, checkpoint)
+    return fit_and_test(cfg, checkpoint)
+
+
+def fit_and_test(cfg: DictConfig, checkpoint: Path | None) -> dict[str, Any]:
+    """The run itself, once its folder and config are accepted. Lightning is imported here
+    (seconds of CPU): a command line refused before never waits for it."""
+    import pytorch_lightning as pl
+
+    from crackseg.callbacks import EvaluationReport
+    from crackseg.data.datamodule import CrackDataModule
+    from crackseg.models.lit_segdec import SegDecModule
+    from crackseg.runs.trainer import build_trainer, validate_chosen_weights
+
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = CrackDataModule.from_config(cfg.data, cfg.loss)

@@ -27,10 +27,6 @@ REFUSAL_PATH = (
     "crackseg.predict",
     "crackseg.export",
 )
-#: Run by train.py and eval.py until they import Lightning only once a run starts.
-ENTRY_IMPORTS_LIGHTNING = pytest.mark.xfail(
-    strict=True, reason="crackseg/train.py and eval.py import Lightning at their top"
-)
 
 
 def lightning_after_importing(*modules: str) -> set[str]:
@@ -128,7 +124,6 @@ def test_hydra_refuses_an_unknown_config_without_lightning(tmp_path):
     assert not (tmp_path / "e").exists()
 
 
-@ENTRY_IMPORTS_LIGHTNING
 def test_train_refuses_a_wrong_type_without_lightning(tmp_path):
     run_dir = tmp_path / "t"
     line, lightning = refuse("train", "trainer.max_epochs=ten", f"hydra.run.dir={run_dir}")
@@ -138,21 +133,18 @@ def test_train_refuses_a_wrong_type_without_lightning(tmp_path):
     assert status == {"status": "failed", "error": line.removeprefix("error: ")}
 
 
-@ENTRY_IMPORTS_LIGHTNING
 def test_train_refuses_an_unknown_data_config_without_lightning(tmp_path):
     line, lightning = refuse("train", "data=nope", f"hydra.run.dir={tmp_path / 't'}")
     assert line.startswith("error: In 'train': Could not find 'data/nope' (available: ")
     assert lightning == set()
 
 
-@ENTRY_IMPORTS_LIGHTNING
 def test_train_refuses_a_resume_of_nothing_without_lightning(tmp_path):
     line, lightning = refuse("train", f"resume={tmp_path / 'nothere'}")
     assert line == f"error: resume={tmp_path / 'nothere'}: no such folder"
     assert lightning == set()
 
 
-@ENTRY_IMPORTS_LIGHTNING
 def test_train_refuses_a_finished_run_folder_without_lightning(finished_run):
     line, lightning = refuse("train", f"hydra.run.dir={finished_run}")
     assert line == (
@@ -162,7 +154,6 @@ def test_train_refuses_a_finished_run_folder_without_lightning(finished_run):
     assert lightning == set()
 
 
-@ENTRY_IMPORTS_LIGHTNING
 def test_eval_refuses_a_missing_checkpoint_without_lightning(tmp_path):
     missing = tmp_path / "none.ckpt"
     line, lightning = refuse("eval", f"ckpt_path={missing}", f"hydra.run.dir={tmp_path / 'v'}")

@@ -25,7 +25,6 @@ from crackseg.atomic import atomic_write_bytes
 from crackseg.callbacks import ValidateOnLastEpoch
 from crackseg.models.checkpoint import checkpoint_step
 from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
-from crackseg.runs.folder import record_start, start_training_run  # noqa: F401  (moved)
 from crackseg.runs.gpus import in_local_parallel_sweep
 from crackseg.runs.progress import progress_callbacks
 
