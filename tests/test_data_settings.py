@@ -84,7 +84,11 @@ def test_the_data_and_model_configs_read_no_other_group():
         for path in (Path(CONFIG_DIR) / group).glob("*.yaml"):
             text = path.read_text()
             assert "${loss." not in text and "${data." not in text, path
-    assert "loss" not in _compose("eval")
+    evaluation = _compose("eval")
+    # no block or key that exists only for another config's interpolations
+    assert "loss" not in evaluation and "validation_n_epochs" not in evaluation
+    assert evaluation.trainer.check_val_every_n_epoch == 1
+    assert _compose("train", "validation_n_epochs=3").trainer.check_val_every_n_epoch == 3
 
 
 def test_the_flat_keys_fill_the_groups_and_the_loss_the_weight_map():
