@@ -413,9 +413,10 @@ def data_row(
     root = str(data_dir / f"{setting.model}_{source_height}x{source_width}_n{images_per_class}")
     run = (*setting.run, f"data.root={root}")
     run += (f"data.input_height={height}", f"data.input_width={width}")
-    data = run_config(*run).data
+    config = run_config(*run)
+    data = config.data
     notes = [f"{data.num_workers} workers"]
-    if data.weighted_seg:
+    if config.loss.weighted_seg:
         notes.append("weight maps")
     if data.augment.enabled:
         notes.append("augmentation")
