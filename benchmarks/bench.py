@@ -17,7 +17,8 @@ Prints one markdown table and writes its rows to benchmarks/results.json. Rows:
 - ``data``: the training loader of that run alone (its workers, decoding, resizing, weight
   maps, augmentation) on synthetic images, to compare with the step rate.
 
-Every row runs in a process of its own, so its peak memory is its own. ``--rows`` keeps the
+Every row runs in a process of its own, so its peak memory is its own; a network's row
+imports neither Hydra nor Lightning there (the parent composes its arguments). ``--rows`` keeps the
 rows whose key (``--list`` shows them, e.g. ``segdec/640x232/b1/bf16/train``) matches one of
 the shell patterns. benchmarks/README.md explains the columns and the FLOP count.
 """
@@ -40,12 +41,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from crackseg import CONFIG_DIR
-from crackseg.data.datamodule import CrackDataModule
 from crackseg.data.labels import downsample_to_output
 from crackseg.data.synthetic import generate_synthetic_dataset
 from crackseg.errors import CracksegError
@@ -99,6 +98,9 @@ class Row:
     run: tuple[str, ...] = ()
     data_root: str | None = None
     synthetic: dict | None = None
+    # Network and peak rows: the network's arguments (conf/model/<model>.yaml's net); a peak
+    # row's are the paper network's, whose volume convolution it runs.
+    net: dict | None = None
 
     @property
     def key(self) -> str:
@@ -123,6 +125,8 @@ class Result:
 
 # -- configs --------------------------------------------------------------------------------
 def run_config(*overrides: str) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("train", overrides=list(overrides))
 
@@ -141,8 +145,8 @@ class VolumeConv:
     kernel: int
 
 
-def volume_conv() -> VolumeConv:
-    net = net_arguments(SETTINGS[0].model)
+def volume_conv(net: dict) -> VolumeConv:
+    """The volume convolution of the network with arguments ``net``."""
     return VolumeConv(net["channels"][-1], net["volume_channels"], net["volume_kernel"])
 
 
@@ -235,9 +239,8 @@ def measure_model(
 ) -> Result:
     """A training step or a forward pass of the network on a random batch."""
     torch.manual_seed(0)
-    net_args = net_arguments(row.model)
     start = peak_memory_start(device)
-    net = SegDecNet(**net_args).to(device)
+    net = SegDecNet(**row.net).to(device)
     shape = (row.batch, 3, row.height, row.width)
     images = torch.rand(shape, device=device)
     if row.channels_last:
@@ -278,7 +281,7 @@ def measure_peak(row: Row, device: torch.device, timing: Timing) -> Result:
 
         return timed(step, device, timing)
 
-    conv = volume_conv()
+    conv = volume_conv(row.net)
     cin, kernel = (
         (conv.out_channels, 1) if row.model == "conv1x1" else (conv.in_channels, conv.kernel)
     )
@@ -303,6 +306,8 @@ def measure_peak(row: Row, device: torch.device, timing: Timing) -> Result:
 
 def measure_data(row: Row, timing: Timing) -> Result:
     """Images/s of the run's training loader alone, epoch after epoch."""
+    from crackseg.data.datamodule import CrackDataModule  # Lightning: data rows only
+
     config = run_config(*row.run)
     module = CrackDataModule.from_config(config.data, config.loss)
     module.setup("fit")
@@ -332,8 +337,9 @@ def measure(row: Row, device: torch.device, timing: Timing, backend: str) -> Res
 def peak_rows(device: torch.device, size: tuple[int, int] | None) -> list[Row]:
     """The convolutions on the paper network's volume at its input size (or ``size``), and
     a large matrix product, in each precision."""
-    conv = volume_conv()
     setting = SETTINGS[0]
+    net = net_arguments(setting.model)
+    conv = volume_conv(net)
     height, width = size or (setting.height, setting.width)
     h, w = height // OUTPUT_STRIDE, width // OUTPUT_STRIDE
     batch = PEAK_BATCH[device.type]
@@ -343,15 +349,14 @@ def peak_rows(device: torch.device, size: tuple[int, int] | None) -> list[Row]:
     rows = []
     for precision in PRECISIONS:
         shape = (h, w, batch["conv15x15"], precision)
-        rows.append(Row("peak", "conv15x15", *shape, f"F.conv2d {wide}", volume))
+        rows.append(Row("peak", "conv15x15", *shape, f"F.conv2d {wide}", volume, net=net))
         name = f"F.conv2d {wide}, forward + backward"
         # The input and the weight gradient each cost a forward.
-        rows.append(Row("peak", "conv15x15_train", *shape, name, 3 * volume))
+        rows.append(Row("peak", "conv15x15_train", *shape, name, 3 * volume, net=net))
         flops = 2 * conv.out_channels**2 * h * w
         wide1 = f"{conv.out_channels}->{conv.out_channels}"
-        rows.append(
-            Row("peak", "conv1x1", h, w, batch["conv1x1"], precision, f"F.conv2d {wide1}", flops)
-        )
+        shape1 = (h, w, batch["conv1x1"], precision, f"F.conv2d {wide1}", flops)
+        rows.append(Row("peak", "conv1x1", *shape1, net=net))
         rows.append(Row("peak", "matmul", n, n, 1, precision, "torch.mm", 2 * n**3))
     return rows
 
@@ -379,7 +384,8 @@ def setting_rows(
 ) -> list[Row]:
     """The train and infer rows of a network, then the data row of its run."""
     height, width = args.size or (setting.height, setting.width)
-    flops = count_flops(height, width, **net_arguments(setting.model))
+    net = net_arguments(setting.model)
+    flops = count_flops(height, width, **net)
     per_image = {"train": flops.train_step, "infer": flops.forward}
     shape = (setting.model, height, width)
     rows = []
@@ -388,7 +394,8 @@ def setting_rows(
     ):
         name = variant_name(layout, compile_mode)
         flops = per_image[mode]
-        rows.append(Row(mode, *shape, batch, precision, name, flops, layout, compile_mode))
+        variant = (name, flops, layout, compile_mode)
+        rows.append(Row(mode, *shape, batch, precision, *variant, net=net))
     return [*rows, data_row(setting, height, width, data_dir, images_per_class, args.size)]
 
 
