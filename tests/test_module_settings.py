@@ -158,3 +158,18 @@ def test_older_flat_hyperparameters_take_the_groups_defaults(tmp_path):
     assert loaded.loss_settings == LossSettings(delta_cls=0.1)
     assert loaded.input_shape == InputShape() and loaded.speed == SpeedSettings()
     assert asdict(loaded.network_settings)["volume_channels"] == 8
+
+
+def test_the_model_summary_counts_the_flops_of_one_input_sized_image():
+    from pytorch_lightning.utilities.model_summary import ModelSummary
+
+    from crackseg.models.flops import count_flops
+
+    shape = InputShape(channels=3, height=128, width=64)
+    module = SegDecModule(network=TINY, input_shape=shape)
+    assert module.example_input_array.shape == (1, 3, 128, 64)
+    # torch's FLOP counter, which Lightning runs, counts what crackseg's own count does.
+    assert ModelSummary(module).total_flops == count_flops(128, 64, **TINY).forward
+    # A compiled network is not run for the summary: that pass would compile it again.
+    compiled = SegDecModule(network=TINY, input_shape=shape, speed=SpeedSettings(False, "default"))
+    assert compiled.example_input_array is None

@@ -91,6 +91,12 @@ class SegDecModule(pl.LightningModule):
         }
         self.save_hyperparameters(hparams, logger=False)
         self.net = SegDecNet(in_channels=self.input_shape.channels, **hparams["network"])
+        if not self.speed.compile:
+            # One image of the input size, which Lightning's model summary runs once to fill
+            # its FLOPs column (0 everywhere without it). Not for a compiled network: that one
+            # eval-mode pass would compile it a second time.
+            shape = self.input_shape
+            self.example_input_array = torch.zeros(1, shape.channels, shape.height, shape.width)
         self.register_buffer("image_threshold", torch.tensor(DEFAULT_THRESHOLD))
         self.register_buffer("seg_threshold", torch.tensor(DEFAULT_THRESHOLD))
         self.train_means = torch.nn.ModuleDict({name: WeightedMean() for name in TRAIN_LOSSES})
