@@ -222,11 +222,18 @@ def test_adjustment_off_in_weak_runs_is_a_named_departure(overrides):
     assert mixed.loss.gradient_adjustment is True
 
 
-def test_a_weak_run_with_dynamic_balance_is_named_too():
-    cfg = _compose("data.num_segmented=0")  # the demo: dynamic balance on
+def test_table_4_row_14_is_a_published_weak_run_not_a_departure():
+    for dataset in sorted(TABLE_4_MIXED):
+        cfg = _compose(f"+sweep=paper_{dataset}_components", "table4_row=14")
+        assert (cfg.data.num_segmented, cfg.loss.dynamic_balance) == (0, True)
+        assert weak_run_departures(cfg) == []
+
+
+def test_adjustment_turned_off_by_its_own_key_is_named_too():
+    cfg = _compose("data.num_segmented=0", "loss.gradient_adjustment=false")
     (note,) = weak_run_departures(cfg)
-    assert "the dynamically balanced loss is on" in note
-    assert weak_run_departures(_compose("data.num_segmented=3")) == []
+    assert "gradient-flow adjustment is off" in note
+    assert weak_run_departures(_compose("data.num_segmented=3", "loss.gradient_adjustment=false")) == []
 
 
 def test_an_unknown_weak_choice_is_one_clear_error():

@@ -132,7 +132,9 @@ def test_dataset_table_from_counts() -> None:
     assert mixed["Weak positives (image label only)"] == 6921 - 20
 
 
-def _write_run(run_dir: Path, metrics: dict, notes=()) -> tuple[Path, list[str]]:
+def _write_run(
+    run_dir: Path, metrics: dict, notes=(), validated_on_test=False
+) -> tuple[Path, list[str]]:
     cfg = OmegaConf.create(SEED_CONFIG)
     plot_roc(*metrics["roc"], metrics["image_auc"], run_dir / "ROC.png")
     plot_precision_recall(*metrics["pr"], metrics["image_ap"], run_dir / "precision-recall.png")
@@ -158,6 +160,7 @@ def _write_run(run_dir: Path, metrics: dict, notes=()) -> tuple[Path, list[str]]
         metrics=metrics,
         dice_files=dice_files,
         notes=notes,
+        validated_on_test=validated_on_test,
     )
     return path, dice_files
 
@@ -241,6 +244,21 @@ def test_report_has_the_seed_shape_and_right_numbers(tmp_path) -> None:
         assert _is_png(tmp_path / "run" / link), link
     for name in dice_files:
         assert f"![test_output](dices/{name})" in report
+
+
+def test_a_run_validated_on_test_says_its_thresholds_saw_the_test_labels(tmp_path) -> None:
+    metrics = dict(_seed_like_metrics(), best_val_image_ap=0.99)
+    honest = _write_run(tmp_path / "val", metrics)[0].read_text(encoding="utf-8")
+    assert "never on the test split" in honest and "chosen on the test split" not in honest
+    report = _write_run(tmp_path / "test", metrics, validated_on_test=True)[0].read_text(
+        encoding="utf-8"
+    )
+    assert "never on the test split" not in report
+    assert "validation split" not in report
+    assert "image threshold chosen on the test split (`validate_on_test`) (0.5000" in report
+    assert "Segmentation threshold: 0.43, chosen on the test split" in report
+    assert "Best validation AP, on the test split (the weights tested): 0.9900" in report
+    assert "both thresholds were chosen on the test labels" in report
 
 
 def _is_png(path: Path) -> bool:
