@@ -196,3 +196,17 @@ def test_the_hparams_tab_shows_the_swept_parameters():
 def test_eval_and_export_settings_are_checked_in_the_same_style(setting, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)):
         check_config(OmegaConf.from_dotlist([setting]))
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("model.net.volume_kernel=6", "model.net.volume_kernel must be an odd integer >= 1, not 6"),
+        ("data.extra_segmented.count=ten", "data.extra_segmented.count must be an integer >= 1"),
+        ("data.extra_segmented.count=-1", "data.extra_segmented.count must be an integer >= 1"),
+    ],
+)
+def test_network_and_extra_segmented_settings_are_checked(setting, expected):
+    cfg = OmegaConf.merge(_compose(), OmegaConf.from_dotlist([setting]))
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_config(cfg)

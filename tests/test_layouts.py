@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import datamodule_of
 
 from crackseg.data.io import image_size, read_image, read_mask
 from crackseg.data.layouts import LAYOUTS, check_samples, index_layout
@@ -195,6 +196,24 @@ def test_ksdd2_label_from_mask(tmp_path):
         ("train_11", False),
     ]
     assert train[0].mask_path.name == "10_GT.png"
+
+
+def test_labels_from_masks_use_the_binarize_threshold(tmp_path):
+    """The image label agrees with the mask binarised as in training (data.binarize_threshold)."""
+    faint = _mask(False)
+    faint[4:8, 5:15] = 100
+    _write(tmp_path / "train" / "1.png", _image())
+    _write(tmp_path / "train" / "1_GT.png", faint)
+    assert not index_layout("ksdd2", tmp_path)["train"][0].is_positive  # 100 <= 127
+    assert index_layout("ksdd2", tmp_path, binarize_threshold=50)["train"][0].is_positive
+    (positive,) = check_samples(index_layout("ksdd2", tmp_path, binarize_threshold=50)["train"], 50)
+    assert positive.mask_path is not None  # check_samples agrees: the mask is not emptied
+    # and training indexes with the run's threshold (the data module passes it on)
+    for threshold, positives in ((127, 0), (50, 1)):
+        datamodule = datamodule_of(
+            tmp_path, layout="ksdd2", binarize_threshold=threshold, val_fraction=0
+        )
+        assert sum(s.is_positive for s in datamodule.data_split.splits["train"]) == positives
 
 
 def test_segdec_label_from_folder(tmp_path):

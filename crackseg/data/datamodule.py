@@ -166,7 +166,12 @@ class CrackDataModule(pl.LightningDataModule):
             return
         if not self.root.exists():
             raise DataError(f"data root {self.root} does not exist (set data.root=PATH)")
-        indexed = index_layout(self.source.layout, self.root, **self.source.layout_options)
+        indexed = index_layout(
+            self.source.layout,
+            self.root,
+            binarize_threshold=self.labels.binarize_threshold,
+            **self.source.layout_options,
+        )
         splits = split_samples(indexed, self.split)
         if self.source.check_files:
             threshold = self.labels.binarize_threshold

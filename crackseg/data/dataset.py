@@ -27,7 +27,8 @@ class WeightMapConfig:
 class CrackDataset(Dataset):
     """Images and masks read from disk on access, so memory does not grow with the dataset.
 
-    An item is a dict: ``image`` [C,H,W] float in [0,1], ``mask`` [1,H,W] float (0/1),
+    An item is a dict: ``image`` [C,H,W] float in [0,1], ``mask`` [1,H,W] float in [0,1]
+    (soft: binarised, dilated, then resized; crackseg.data.labels.prepare_mask),
     ``weight`` [1,H,W] float, ``label`` float (1 = defect), ``segmented`` bool (False for
     weak positives, whose mask is unknown and all zero here) and ``index``.
     ``segmented_ids`` lists the positives whose masks are used; None means all with a mask.

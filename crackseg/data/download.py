@@ -31,9 +31,6 @@ from crackseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# The address the dataset's page links to. Its authors publish no checksum, so none is
-# pinned here: a user pins the archive's SHA-256, or downloads it unchecked, knowingly.
-KSDD2_URL = "https://go.vicos.si/kolektorsdd2"
 #: The data configs' value of a checksum nobody chose yet (OmegaConf's ``???`` cannot be
 #: used: instantiating the data module would fail on it even when nothing is downloaded).
 UNPINNED = "unpinned"

@@ -79,16 +79,18 @@ def _map_threads(func: Callable, items: list, desc: str) -> list:
         )
 
 
-def _mask_has_defect(path: Path, threshold: int = BINARIZE_THRESHOLD) -> bool:
+def _mask_has_defect(path: Path, threshold: int) -> bool:
     return bool((read_mask(path) > threshold).any())
 
 
-def _labels_from_masks(masks: list[Path], desc: str) -> list[bool]:
-    """Read masks (with a progress bar), gathering unreadable files into one error."""
+def _labels_from_masks(masks: list[Path], desc: str, threshold: int) -> list[bool]:
+    """Whether each mask marks a pixel above ``threshold`` (``data.binarize_threshold``, as
+    in training and :func:`check_samples`). Reads with a progress bar, gathering unreadable
+    files into one error."""
 
     def job(path: Path) -> bool | str:
         try:
-            return _mask_has_defect(path)
+            return _mask_has_defect(path, threshold)
         except DataError:
             return "error"
 
@@ -153,7 +155,9 @@ def _crack_segmentation(root: Path, negative_prefix: str = "noncrack") -> dict[s
     return result
 
 
-def _ksdd2(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
+def _ksdd2(
+    root: Path, binarize_threshold: int, mask_suffix: str = "_GT"
+) -> dict[str, list[Sample]]:
     splits = [s for s in ("train", "val", "test") if (root / s).is_dir()]
     if not splits:
         raise DataError(f"no train/ or test/ folder found in {root}")
@@ -167,7 +171,9 @@ def _ksdd2(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
             raise _no_images(root, [folder])
         masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
         pairs = _pair_stems(images, masks, lambda s: False)
-        labels = _labels_from_masks([m for _, _, m in pairs], f"labelling {split} masks")
+        labels = _labels_from_masks(
+            [m for _, _, m in pairs], f"labelling {split} masks", binarize_threshold
+        )
         result[split] = [
             Sample(f"{split}_{stem}", image, mask, label)
             for (stem, image, mask), label in zip(pairs, labels, strict=True)
@@ -205,6 +211,7 @@ def _segdec(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
 
 def _folder(
     root: Path,
+    binarize_threshold: int,
     image_dir: str = "images",
     mask_dir: str = "masks",
     mask_suffix: str = "",
@@ -248,7 +255,7 @@ def _folder(
     if available:
         raise DataError(f"masks without an image: {describe_files(sorted(available))}")
     if label_from_mask:
-        labels = _labels_from_masks([m for _, _, m in pairs], "labelling masks")
+        labels = _labels_from_masks([m for _, _, m in pairs], "labelling masks", binarize_threshold)
     else:
         labels = [not stem.startswith(negative_prefix) for stem, _, _ in pairs]
     return {
@@ -263,7 +270,9 @@ def _folder(
 KSDD_LEFT_OUT = ("kos21_Part7",)
 
 
-def _ksdd(root: Path, mask_suffix: str = "_label") -> dict[str, list[Sample]]:
+def _ksdd(
+    root: Path, binarize_threshold: int, mask_suffix: str = "_label"
+) -> dict[str, list[Sample]]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"no part folders (kos01 ... kos50) found in {root}")
@@ -283,7 +292,9 @@ def _ksdd(root: Path, mask_suffix: str = "_label") -> dict[str, list[Sample]]:
                 log.info("KolektorSDD: %s left out, as in the paper", sample_id)
                 continue
             found.append((sample_id, image, mask, folder.name))
-    labels = _labels_from_masks([m for _, _, m, _ in found], "labelling KolektorSDD masks")
+    labels = _labels_from_masks(
+        [m for _, _, m, _ in found], "labelling KolektorSDD masks", binarize_threshold
+    )
     return {
         "all": [
             Sample(sample_id, image, mask, label, group=folder)
@@ -366,10 +377,14 @@ _INDEXERS: dict[str, Callable[..., dict[str, list[Sample]]]] = {
 }
 
 
-def index_layout(layout: str, root: Path | str, **options) -> dict[str, list[Sample]]:
+def index_layout(
+    layout: str, root: Path | str, binarize_threshold: int = BINARIZE_THRESHOLD, **options
+) -> dict[str, list[Sample]]:
     """List a dataset's samples per split as found on disk ("all" when it has no splits).
 
-    Only file names are checked here (and masks read where the label depends on them);
+    Only file names are checked here (and masks read where the label depends on them: a
+    mask marks a defect where a pixel is above ``binarize_threshold``, the
+    ``data.binarize_threshold`` that training and :func:`check_samples` binarise with);
     :func:`check_samples` reads every file before training.
     """
     if layout not in _INDEXERS:
@@ -377,13 +392,16 @@ def index_layout(layout: str, root: Path | str, **options) -> dict[str, list[Sam
     root = Path(root).expanduser()
     _require_dir(root, "dataset root")
     indexer = _INDEXERS[layout]
-    accepted = [p for p in inspect.signature(indexer).parameters if p != "root"]
+    parameters = inspect.signature(indexer).parameters
+    accepted = [p for p in parameters if p not in ("root", "binarize_threshold")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(
             f"layout {layout!r} does not take option(s) {', '.join(unknown)}; "
             f"it takes: {', '.join(accepted)}"
         )
+    if "binarize_threshold" in parameters:  # the layouts that label images from their masks
+        options["binarize_threshold"] = binarize_threshold
     indexed = indexer(root, **options)
     ids = [s.sample_id for samples in indexed.values() for s in samples]
     if len(set(ids)) != len(ids):  # cannot happen with the id rules above; guard the invariant

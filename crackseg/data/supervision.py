@@ -1,4 +1,4 @@
-"""Mixed supervision: which training positives keep their masks (docs/method.md §5).
+"""Mixed supervision: which training positives keep their masks (docs/method.md §1).
 
 The others train as weak positives, with only their image label.
 """
@@ -35,7 +35,7 @@ def segmented_positives(
         segmented = choose_segmented(positives, labels.num_segmented, split_seed)
     extra = labels.extra_segmented
     if extra.ranking:
-        segmented |= extra_segmented_ids(positives, segmented, extra.ranking, int(extra.count))
+        segmented |= extra_segmented_ids(positives, segmented, extra.ranking, extra.count)
     return segmented
 
 

@@ -31,7 +31,7 @@ from crackseg.atomic import encode_png
 from crackseg.data.io import image_size, read_mask, read_native
 from crackseg.data.layouts import BINARIZE_THRESHOLD, LAYOUTS, check_samples, index_layout
 from crackseg.data.published_splits import PARTS, published_split, write_published_split
-from crackseg.data.samples import Sample
+from crackseg.data.samples import Sample, count_positives
 from crackseg.data.splits import resolve_splits, stratified_split, write_split_csv
 from crackseg.errors import ConfigError, CracksegError, DataError
 
@@ -275,11 +275,7 @@ def positives_table(counts: dict[str, tuple[int, int]]) -> str:
 
 def split_counts(splits: dict[str, list[Sample]]) -> dict[str, tuple[int, int]]:
     """(positives, negatives) per split."""
-    result = {}
-    for split, samples in splits.items():
-        pos = sum(s.is_positive for s in samples)
-        result[split] = (pos, len(samples) - pos)
-    return result
+    return {split: count_positives(samples) for split, samples in splits.items()}
 
 
 def _layout_options(args: argparse.Namespace) -> dict:

@@ -105,7 +105,9 @@ class FeatureNorm(nn.Module):
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    """Bias-free convolution with 'same' padding, FeatureNorm, ReLU."""
+    """Bias-free convolution, FeatureNorm, ReLU. The padding ``kernel_size // 2`` keeps the
+    map's size ('same' padding) for an odd ``kernel_size`` only: an even one adds a pixel
+    (so ``model.net.volume_kernel`` must be odd, crackseg.runs.config_checks)."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
         FeatureNorm(out_channels),

@@ -26,6 +26,10 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _odd_integer(value: Any) -> bool:
+    return _integer(value) and value >= 1 and value % 2 == 1
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -56,11 +60,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.max_epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "validation_n_epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "num_dice_panels": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    # 'same' padding (crackseg.models.segdecnet.conv_block) keeps the map's size only for
+    # an odd kernel
+    "model.net.volume_kernel": (_odd_integer, "an odd integer >= 1"),
     "optim.lr": (lambda v: _number(v) and v > 0, "a number > 0"),
     "loss.delta_cls": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "loss.weighted_seg_p": (lambda v: _number(v) and v >= 0, "a number >= 0 (P)"),
     "loss.weighted_seg_max": (lambda v: _number(v) and v > 0, "a number > 0 (Max)"),
-    "data.dilate": (lambda v: _integer(v) and v >= 1 and v % 2 == 1, "an odd integer >= 1"),
+    "data.dilate": (_odd_integer, "an odd integer >= 1"),
     "data.input_channels": (lambda v: v in (1, 3) and _integer(v), "1 or 3"),
     "data.input_height": (lambda v: _integer(v) and v > 0, "a positive integer"),
     "data.input_width": (lambda v: _integer(v) and v > 0, "a positive integer"),
@@ -71,6 +78,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "data.num_workers": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     "data.num_segmented": (lambda v: v is None or (_integer(v) and v >= 0), "null or >= 0"),
+    "data.extra_segmented.count": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "data.neg_per_pos": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "data.val_fraction": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "data.test_fraction": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
