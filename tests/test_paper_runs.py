@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 from pathlib import Path
 
 import pytest
 from conftest import run_entry
 from helpers.paper_replicas import make_dagm, make_ksdd, make_ksdd2_like, make_severstal
+
+from crackseg.data.tools import main as data_tool
 
 #: The paper's runs made small: the narrow network, one epoch, small inputs.
 SMALL = [
@@ -70,6 +73,38 @@ def test_ksdd_weak_run_over_two_folds_joins_their_scores(tmp_path):
     (joined,) = csv.DictReader((sweep / "folds.csv").open())
     assert joined["folds"] == "2/2" and joined["fold_values"] == "0 1"
     assert "## Folds joined (`data.fold`)" in (sweep / "summary.md").read_text()
+
+
+def test_ksdd_on_a_published_split_as_its_config_says(tmp_path):
+    """experiment=paper/ksdd data.split_file=...: the file stands for the fold."""
+    root = make_ksdd(tmp_path / "ksdd", folders=4, parts=3)
+    published = tmp_path / "split_33_1.pyb"  # KSDD/split_TRAIN_N.pyb: (train, test) by fold
+    published.write_bytes(
+        pickle.dumps(
+            (
+                [[("kos01", True), ("kos02", False)], [("kos03", True), ("kos04", False)]],
+                [[("kos03", False), ("kos04", False)], [("kos01", False), ("kos02", False)]],
+            )
+        )
+    )
+    split = tmp_path / "split.csv"
+    command = ["import-split", str(published), "--dataset", "ksdd", "--fold", "1"]
+    assert data_tool([*command, "--output", str(split)]) == 0
+    run = tmp_path / "run"
+    _train(
+        "experiment=paper/ksdd",
+        f"data.root={root}",
+        "data.input_height=128",
+        "data.input_width=64",
+        f"data.split_file={split}",
+        "data.num_segmented=1",
+        f"hydra.run.dir={run}",
+    )
+    tested = {r["sample_id"] for r in csv.DictReader((run / "test_scores.csv").open())}
+    assert {i.split("_")[0] for i in tested} == {"kos01", "kos02"}
+    rows = _report_rows(run)
+    assert (rows["Learning rate"], rows["Delta CLS Loss"]) == ("1", "0.01")
+    assert rows["Segmented samples"] == "1"
 
 
 def test_dagm_mixed_run_on_one_class(tmp_path):

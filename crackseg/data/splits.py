@@ -111,9 +111,8 @@ def resolve_splits(
     """
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)
-    _check_folds(num_folds, fold)
     if split_file is not None:
-        if num_folds is not None:
+        if num_folds is not None or fold is not None:
             raise ConfigError(
                 "data.split_file fixes the split already: drop data.num_folds and data.fold "
                 "(a published split holds one fold: crackseg-data import-split --fold)"
@@ -121,6 +120,7 @@ def resolve_splits(
         splits = _splits_from_file(indexed, Path(split_file), val_fraction, seed)
         _check_train_positives(splits["train"], train_positives, f"split file {split_file}")
         return splits
+    _check_folds(num_folds, fold)
     if num_folds is not None:
         splits = _fold_splits(indexed, num_folds, fold, val_fraction, seed)
     else:
