@@ -233,7 +233,8 @@ def test_adjustment_turned_off_by_its_own_key_is_named_too():
     cfg = _compose("data.num_segmented=0", "loss.gradient_adjustment=false")
     (note,) = weak_run_departures(cfg)
     assert "gradient-flow adjustment is off" in note
-    assert weak_run_departures(_compose("data.num_segmented=3", "loss.gradient_adjustment=false")) == []
+    mixed = _compose("data.num_segmented=3", "loss.gradient_adjustment=false")
+    assert weak_run_departures(mixed) == []
 
 
 def test_an_unknown_weak_choice_is_one_clear_error():

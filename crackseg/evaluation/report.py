@@ -367,8 +367,9 @@ def write_report(
 
     threshold_note = (
         "This run validated on the test split (`validate_on_test`, as the published code does "
-        "for KolektorSDD, KolektorSDD2 and DAGM): both thresholds were chosen on the test labels, which flatters the "
-        "counts and the Dice at them; AUC and AP do not depend on a threshold."
+        "for KolektorSDD, KolektorSDD2 and DAGM): both thresholds were chosen on the test "
+        "labels, which flatters the counts and the Dice at them; AUC and AP do not depend on "
+        "a threshold."
         if validated_on_test
         else "The segmentation threshold is chosen on the validation split (the one maximising "
         "mean Dice over its positives) and applied unchanged to the test split."
