@@ -488,6 +488,24 @@ def test_a_stopped_run_resumed_ends_as_the_uninterrupted_run(
 # --------------------------------------------------------------- 4. one line, not a traceback
 
 
+def test_training_without_a_validation_split_is_one_line(tmp_path):
+    """Lightning would skip validation and keep both thresholds at 0.5, unannounced."""
+    from helpers.paper_replicas import make_ksdd2_like
+
+    root = make_ksdd2_like(tmp_path / "ksdd2", train=6, test=4)  # train/ and test/ only
+    result = run_entry(
+        "train",
+        "experiment=paper/ksdd2",
+        "model=segdec_small",
+        f"data.root={root}",
+        "validate_on_test=false",  # and the config carves nothing (data.val_fraction=0)
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert one_line_error(result).startswith(f"error: the validation split of {root} is empty")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_an_optuna_search_of_no_trials_is_refused_up_front(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep_dir = tmp_path / "search"

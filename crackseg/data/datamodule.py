@@ -183,6 +183,14 @@ class CrackDataModule(pl.LightningDataModule):
             raise DataError(f"the training split of {self.root} is empty")
         if not splits["test"] and self.split.all_as_test:
             raise DataError(f"no images to evaluate in {self.root}")
+        if not splits[self.val_split] and stage in ("fit", "validate"):
+            # Lightning would skip validation and both thresholds would stay at 0.5.
+            raise DataError(
+                f"the {'test' if self.split.validate_on_test else 'validation'} split of "
+                f"{self.root} is empty, and the thresholds and "
+                "the best weights are chosen on it: set data.val_fraction above 0 to carve "
+                "validation images from the training split"
+            )
         size = self.input_size
         self.input_scaling = input_scaling(splits["train"], size.height, size.width)
         split_file = None if self.split.all_as_test else self.split.split_file
