@@ -30,6 +30,7 @@ from crackseg.models.losses import (
     loss_weights,
     reduce_batch,
     segmentation_losses,
+    total_loss,
 )
 from crackseg.models.module_settings import (
     InputShape,
@@ -180,8 +181,12 @@ class SegDecModule(pl.LightningModule):
         everyone = torch.ones_like(segmented)
         lambda_seg, lambda_dec = self.loss_weights()
         reduction = settings.batch_reduction
-        loss = lambda_seg * reduce_batch(seg_losses, segmented, reduction)
-        loss = loss + lambda_dec * reduce_batch(dec_losses, everyone, reduction)
+        loss = total_loss(
+            reduce_batch(seg_losses, segmented, reduction),
+            reduce_batch(dec_losses, everyone, reduction),
+            lambda_seg,
+            lambda_dec,
+        )
 
         # Logged as per-sample means over the epoch whatever the reduction: the segmentation
         # loss over segmented samples only, so weak positives never dilute it.

@@ -52,8 +52,11 @@ def decision_targets(
 
     ``label``: the image label (the paper). ``mask_max``: the maximum of the sample's
     downsampled soft mask ``soft_mask`` [B, 1, h, w] for segmented samples, which is below 1
-    for a crack a few pixels wide (about w/17 for a straight one w pixels wide), and the
-    label for weak positives, whose mask is unknown (the published training code).
+    for a crack a few pixels wide (about w/17 for a straight one w pixels wide), as the
+    published training code does, and the label for weak positives, whose mask crackseg does
+    not have (docs/method.md §4). The published code differs there: it loads every positive's
+    mask, weak ones too, and trains a weak positive towards the maximum of its own mask (its
+    weak runs only drop the segmentation loss).
     """
     if mode == "label":
         return labels
@@ -93,4 +96,5 @@ def decision_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> T
 
 
 def total_loss(loss_seg: Tensor, loss_dec: Tensor, lambda_seg: float, lambda_dec: float) -> Tensor:
+    """``L = λ_seg · L_seg + λ_dec · L_dec`` (docs/method.md §4; λ from :func:`loss_weights`)."""
     return lambda_seg * loss_seg + lambda_dec * loss_dec
