@@ -140,7 +140,7 @@ def _job(
     (job / "status.json").write_text(json.dumps({"status": "finished"}))
 
 
-def test_pooled_scores_give_the_papers_auc_and_ap(tmp_path):
+def test_pooled_scores_and_the_mean_over_folds(tmp_path):
     # fold 0 separates perfectly (AUC 1, AP 1), fold 1 ranks its negative first (AUC 0, AP 0.5).
     # Pooled: positives 0.9, 0.3; negatives 0.2, 0.6. AUC = 3 of 4 pairs right = 0.75;
     # AP: 0.9 (P) -> precision 1 at recall 1/2, 0.6 (N), 0.3 (P) -> 2/3 at recall 1: 5/6.

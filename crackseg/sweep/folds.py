@@ -1,10 +1,13 @@
-"""Cross-validation joined at a sweep's folder: the test scores of all folds pooled.
+"""Cross-validation joined at a sweep's folder: the mean ± std over the folds, and the test
+scores of all folds pooled.
 
-The paper reports KolektorSDD (3 folds) and DAGM (10 classes, each its own fold) by the AUC
-and AP of every fold's test scores taken together. A multirun over ``data.fold`` (or
-``data.dagm_class``) gets that here, per setting of its other swept keys and seed, beside the
-mean ± std over the folds: the two differ when the folds' scores are not on one scale, and
-a fold that did not finish leaves the pooled numbers incomplete, which the table counts.
+The published code joins KolektorSDD's 3 folds (join_folds_results.py) by the mean of the
+folds' AP and AUC, and sums the false positives and negatives each fold counts at its own
+threshold; it joins no DAGM classes (each class is a run of its own). A multirun over
+``data.fold`` (or ``data.dagm_class``) gets the mean ± std over the folds here, per setting of
+its other swept keys and seed, and beside it crackseg's own addition: AUC and AP over the test
+scores of all folds taken together (pooled). The two differ when the folds' scores are not on
+one scale; a fold that did not finish leaves both incomplete, which the table counts.
 """
 
 from __future__ import annotations
@@ -131,9 +134,9 @@ def write_pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) 
     lines = [
         f"## Folds joined (`{fold}`)",
         "",
-        "AUC and AP over the test scores of all folds pooled (as the paper reports KSDD and "
-        f"DAGM), beside the mean ± std over the folds; `folds`: those that finished of all "
-        f"({CSV_NAME} holds the numbers).",
+        "AUC and AP over the test scores of all folds pooled, beside the mean ± std over "
+        "the folds (the published code reports KolektorSDD by the mean of its folds' AUC and "
+        f"AP); `folds`: those that finished of all ({CSV_NAME} holds the numbers).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
