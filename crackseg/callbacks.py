@@ -32,6 +32,7 @@ from crackseg.evaluation.plots import (
     spread_indices,
 )
 from crackseg.evaluation.report import hparams_of, write_run_report
+from crackseg.runs.config_checks import VALIDATION_SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +48,39 @@ HISTORY_KEYS = (
 )
 
 
+#: A ``check_val_every_n_epoch`` that never comes: no validation after this epoch.
+NEVER = 10**9
+
+
 class ValidateOnLastEpoch(pl.Callback):
-    """Validate after the last epoch too, whatever ``check_val_every_n_epoch`` says."""
+    """Validate after the last epoch too, whatever ``check_val_every_n_epoch`` says, and on
+    the ``schedule`` (:data:`VALIDATION_SCHEDULES`) before it."""
+
+    def __init__(self, schedule: str = "every_n") -> None:
+        if schedule not in VALIDATION_SCHEDULES:
+            raise ValueError(f"validation schedule must be one of {VALIDATION_SCHEDULES}")
+        self.schedule = schedule
+        self.every_n: int | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.every_n is None:
+            self.every_n = trainer.check_val_every_n_epoch
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # A run resumed in the middle of its last epoch starts there without that epoch's
-        # start hook: it must validate at its end all the same.
+        # A run resumed in the middle of an epoch starts there without that epoch's start
+        # hook: it must validate at its end all the same.
         self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
-            trainer.check_val_every_n_epoch = 1
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch == trainer.max_epochs - 1
+        if self.schedule == "every_n" or self.every_n is None:
+            if last:
+                trainer.check_val_every_n_epoch = 1
+            return
+        # Lightning validates after epoch e where (e + 1) % check_val_every_n_epoch == 0.
+        due = last or epoch % self.every_n == 0
+        trainer.check_val_every_n_epoch = 1 if due else NEVER
 
 
 class StopCheckpoint(pl.Callback):

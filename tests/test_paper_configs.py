@@ -244,3 +244,13 @@ def test_an_unknown_weak_choice_is_one_clear_error():
     cause = root_cause(raised.value)  # what crackseg's entry points print as one line
     assert isinstance(cause, ConfigError)
     assert str(cause) == "loss.weak_gradient_adjustment must be published or off, not 'of'"
+
+
+def test_the_paper_configs_validate_on_the_published_schedule():
+    for dataset in ("ksdd", "dagm", "ksdd2", "severstal"):
+        cfg = _compose(f"experiment=paper/{dataset}")
+        assert cfg.callbacks.validate_on_last_epoch.schedule == "published"
+        assert cfg.validation_n_epochs == 5
+    assert _compose().callbacks.validate_on_last_epoch.schedule == "every_n"
+    with pytest.raises(ConfigError, match="validation_schedule must be every_n or published"):
+        check_config(_compose("validation_schedule=first"))

@@ -53,12 +53,19 @@ def _devices(value: Any) -> bool:
 
 #: Where crackseg-eval takes its thresholds from.
 THRESHOLD_SOURCES = ("checkpoint", "validation")
+#: ``validation_schedule``: after which epochs a run validates (N = ``validation_n_epochs``),
+#: the last epoch always included. ``every_n``: after epochs N, 2N, ... (Lightning's
+#: ``check_val_every_n_epoch``); ``published``: after epochs 1, N+1, 2N+1, ... (the published
+#: training loop's ``epoch % N == 0``, counting epochs from 0), whose first candidate for the
+#: best weights comes after one epoch (crackseg.callbacks.ValidateOnLastEpoch).
+VALIDATION_SCHEDULES = ("every_n", "published")
 
 #: key -> (accepts the value, what it must be). Keys absent from a config are skipped.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     "trainer.max_epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "validation_n_epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "validation_schedule": (lambda v: v in VALIDATION_SCHEDULES, "every_n or published"),
     "num_dice_panels": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     # 'same' padding (crackseg.models.segdecnet.conv_block) keeps the map's size only for
     # an odd kernel

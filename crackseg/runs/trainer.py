@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
 from crackseg.atomic import atomic_write_bytes
-from crackseg.callbacks import ValidateOnLastEpoch
+from crackseg.callbacks import NEVER, ValidateOnLastEpoch
 from crackseg.models.checkpoint import checkpoint_step
 from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
 from crackseg.runs.gpus import in_local_parallel_sweep
@@ -99,7 +99,7 @@ def build_trainer(
         overrides["plugins"].append(slurm_requeue_environment(cfg.get("slurm_requeue", True)))
     if not cfg.get("validate", True):
         # No validation while training; the threshold is still chosen on validation after.
-        overrides |= {"check_val_every_n_epoch": 10**9, "num_sanity_val_steps": 0}
+        overrides |= {"check_val_every_n_epoch": NEVER, "num_sanity_val_steps": 0}
         callbacks = [c for c in callbacks if not isinstance(c, ValidateOnLastEpoch)]
     if cfg.trainer.get("benchmark") is None:
         overrides["benchmark"] = not cfg.trainer.get("deterministic")
