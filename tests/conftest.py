@@ -100,12 +100,15 @@ def dataset_root(tmp_path_factory) -> Path:
 
 def datamodule_of(root, **kwargs):
     """A set-up CrackDataModule on `root` at 64x128, batch 4, no workers; kwargs override,
-    named as the flat ``data.*`` keys (``weighted_seg*`` as the ``loss.*`` ones)."""
+    named as the flat ``data.*`` keys (``weighted_seg*`` and ``decision_target`` as the
+    ``loss.*`` ones)."""
     from crackseg.data.datamodule import CrackDataModule
 
     options = {"input_height": 64, "input_width": 128, "batch_size": 4, "num_workers": 0}
     data = {"root": str(root)} | options | kwargs
     loss = {k: data.pop(k) for k in list(data) if k.startswith("weighted_seg")}
+    if "decision_target" in data:
+        loss["decision_target"] = data.pop("decision_target")
     datamodule = CrackDataModule.from_config(data, loss)
     datamodule.setup()
     return datamodule

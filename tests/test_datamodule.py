@@ -30,6 +30,23 @@ def test_num_segmented_keeps_that_many_masks(dataset_root, num_segmented, expect
     assert all(train[i]["mask"].sum() == 0 for i in weak)
 
 
+def test_mask_max_all_reads_the_weak_positives_masks_and_keeps_them_weak(dataset_root):
+    plain = datamodule_of(dataset_root, num_segmented=0).train_dataloader().dataset
+    published = datamodule_of(dataset_root, num_segmented=0, decision_target="mask_max_all")
+    weak = published.train_dataloader().dataset
+    positives = [i for i, s in enumerate(plain.samples) if s.is_positive]
+    assert positives
+    for i in positives:
+        without, with_mask = plain[(i, 0)], weak[(i, 0)]
+        assert not without["segmented"] and not with_mask["segmented"]  # no segmentation loss
+        assert not without["mask_known"] and without["mask"].sum() == 0
+        assert with_mask["mask_known"] and with_mask["mask"].sum() > 0
+    negative = next(i for i, s in enumerate(plain.samples) if not s.is_positive)
+    assert weak[(negative, 0)]["mask_known"] and weak[(negative, 0)]["mask"].sum() == 0
+    # evaluation datasets read every mask anyway
+    assert published.dataset("test").weak_masks is False
+
+
 def test_num_segmented_is_reproducible_and_bounded(dataset_root):
     first = datamodule_of(dataset_root, num_segmented=5).data_split.segmented_ids
     assert first == datamodule_of(dataset_root, num_segmented=5).data_split.segmented_ids

@@ -78,6 +78,9 @@ def test_mask_max_target_of_a_straight_crack_is_its_width_over_17():
     assert decision_targets(labels, soft, segmented, "label").tolist() == [1.0, 1.0]
     clean = decision_targets(torch.tensor([0.0]), soft[1:], torch.tensor([True]), "mask_max")
     assert clean.tolist() == [0.0]
+    # mask_max_all: a weak positive whose mask was read trains towards its mask's maximum too
+    both = decision_targets(labels, soft, torch.tensor([True, True]), "mask_max_all")
+    assert both.tolist() == pytest.approx([3 / 17, 0.0], abs=1e-6)
 
 
 def test_a_sum_over_a_batch_of_two_gives_twice_the_gradient_of_the_mean():

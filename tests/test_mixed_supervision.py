@@ -73,6 +73,32 @@ def test_a_batch_of_weak_positives_has_no_segmentation_loss_and_a_finite_total()
     assert float(seg_mean.compute()) == pytest.approx(0.3)
 
 
+@pytest.mark.parametrize("target,expected", [("mask_max", 1.0), ("mask_max_all", 3 / 17)])
+def test_a_weak_positive_trains_its_decision_towards_its_label_or_its_read_mask(target, expected):
+    module = SegDecModule(
+        network={"channels": (4, 8, 8), "volume_channels": 8, "volume_kernel": 3},
+        input_shape=InputShape(height=64, width=128),
+        loss={"decision_target": target},
+    )
+    module.log = lambda *args, **kwargs: None
+    module.loss_weights = lambda: (1.0, 1.0)
+    mask = torch.zeros(1, 1, 64, 128)
+    mask[0, 0, :, 60:63] = 1  # a crack 3 pixels wide: its 1/8 soft mask peaks at 3/17
+    batch = {
+        "image": torch.rand(1, 3, 64, 128),
+        "mask": mask,
+        "weight": torch.ones(1, 1, 64, 128),
+        "label": torch.ones(1),
+        "segmented": torch.zeros(1, dtype=torch.bool),  # weak: no segmentation loss
+        "mask_known": torch.ones(1, dtype=torch.bool),
+    }
+    loss = module.training_step(batch, 0)
+    decision = module.net(batch["image"]).decision.float()
+    target = torch.full_like(decision, expected)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(decision, target)
+    assert loss.item() == pytest.approx(bce.item(), rel=1e-5)
+
+
 def _fake_job(root: Path, num: int, segmented: str, seed: int, metrics: dict) -> None:
     job = root / f"{num}_data.num_segmented={segmented},seed={seed}"
     (job / ".hydra").mkdir(parents=True)

@@ -95,14 +95,16 @@ class ExtraSegmented:
 @dataclass(frozen=True)
 class LabelSettings:
     """The training labels: which positives keep their masks (crackseg.data.supervision),
-    how masks are binarised and dilated, and the weighted segmentation loss's map (None:
-    unweighted; docs/method.md §4)."""
+    how masks are binarised and dilated, the weighted segmentation loss's map (None:
+    unweighted; docs/method.md §4), and whether the weak positives' masks are read for their
+    decision target (``weak_masks``, from ``loss.decision_target=mask_max_all``)."""
 
     num_segmented: int | None = None
     extra_segmented: ExtraSegmented = field(default_factory=ExtraSegmented)
     dilate: int = 1
     binarize_threshold: int = 127
     weight_map: WeightMapConfig | None = None
+    weak_masks: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.extra_segmented, Mapping):
@@ -202,6 +204,7 @@ def settings_groups(
         ExtraSegmented, rest.get("extra_segmented"), "extra_segmented"
     )
     rest["weight_map"] = weight_map_of(loss)
+    rest["weak_masks"] = (loss or {}).get("decision_target") == "mask_max_all"
     augment = _nested(AugmentSettings, rest.pop("augment", None), "augment")
     groups = {
         "source": _group(SourceSettings, rest),

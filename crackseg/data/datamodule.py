@@ -218,6 +218,7 @@ class CrackDataModule(pl.LightningDataModule):
             dilate=labels.dilate if training else 1,
             binarize_threshold=labels.binarize_threshold,
             segmented_ids=self.data_split.segmented_ids if training else None,
+            weak_masks=labels.weak_masks and training,
             weight_map=labels.weight_map if training else None,
             transform=transform,
         )

@@ -30,8 +30,13 @@ class CrackDataset(Dataset):
     An item is a dict: ``image`` [C,H,W] float in [0,1], ``mask`` [1,H,W] float in [0,1]
     (soft: binarised, dilated, then resized; crackseg.data.labels.prepare_mask),
     ``weight`` [1,H,W] float, ``label`` float (1 = defect), ``segmented`` bool (False for
-    weak positives, whose mask is unknown and all zero here) and ``index``.
+    weak positives, whose mask is unknown and all zero here), ``mask_known`` bool (whether
+    ``mask`` is the sample's mask: negatives, segmented positives, and with ``weak_masks``
+    the weak positives that have one on disk) and ``index``.
     ``segmented_ids`` lists the positives whose masks are used; None means all with a mask.
+    ``weak_masks`` loads the weak positives' masks too, for a decision target taken from them
+    (``loss.decision_target=mask_max_all``); they stay weak: ``segmented`` is False, so they
+    add no segmentation loss.
     An item is asked for by index, or by ``(index, seed)``: the seed then drives the random
     augmentation of that item (the training sampler draws it), so it is reproducible.
     """
@@ -46,6 +51,7 @@ class CrackDataset(Dataset):
         dilate: int = 1,
         binarize_threshold: int = 127,
         segmented_ids: set[str] | None = None,
+        weak_masks: bool = False,
         weight_map: WeightMapConfig | None = None,
         transform: A.BasicTransform | A.Compose | None = None,
     ) -> None:
@@ -56,6 +62,7 @@ class CrackDataset(Dataset):
         self.dilate = dilate
         self.binarize_threshold = binarize_threshold
         self.segmented_ids = segmented_ids
+        self.weak_masks = weak_masks
         self.weight_map = weight_map
         self.transform = transform
 
@@ -69,12 +76,18 @@ class CrackDataset(Dataset):
             return False
         return self.segmented_ids is None or sample.sample_id in self.segmented_ids
 
+    def mask_known(self, sample: Sample) -> bool:
+        """Whether the item's ``mask`` is the sample's own (else all zero, unknown)."""
+        if not sample.is_positive:
+            return True
+        return self.is_segmented(sample) or (self.weak_masks and sample.mask_path is not None)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """Image HxWxC uint8, soft float32 mask HxW at the input size, whether segmented."""
         sample = self.samples[index]
         image = resize_image(read_image(sample.image_path, self.channels), self.height, self.width)
         segmented = self.is_segmented(sample)
-        if segmented and sample.is_positive:
+        if sample.is_positive and self.mask_known(sample):
             mask = prepare_mask(
                 read_mask(sample.mask_path),
                 self.height,
@@ -110,5 +123,6 @@ class CrackDataset(Dataset):
             "weight": torch.from_numpy(np.ascontiguousarray(weight))[None].float(),
             "label": torch.tensor(float(sample.is_positive)),
             "segmented": torch.tensor(segmented),
+            "mask_known": torch.tensor(self.mask_known(sample)),
             "index": torch.tensor(index),
         }

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DECISION_TARGETS = ("label", "mask_max")
+DECISION_TARGETS = ("label", "mask_max", "mask_max_all")
 BATCH_REDUCTIONS = ("mean", "sum")
 
 
@@ -46,23 +46,23 @@ def decision_losses(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def decision_targets(
-    labels: Tensor, soft_mask: Tensor, segmented: Tensor, mode: str = "label"
+    labels: Tensor, soft_mask: Tensor, from_mask: Tensor, mode: str = "label"
 ) -> Tensor:
     """What the decision head is trained towards, per sample.
 
-    ``label``: the image label (the paper). ``mask_max``: the maximum of the sample's
-    downsampled soft mask ``soft_mask`` [B, 1, h, w] for segmented samples, which is below 1
-    for a crack a few pixels wide (about w/17 for a straight one w pixels wide), as the
-    published training code does, and the label for weak positives, whose mask crackseg does
-    not have (docs/method.md §4). The published code differs there: it loads every positive's
-    mask, weak ones too, and trains a weak positive towards the maximum of its own mask (its
-    weak runs only drop the segmentation loss).
+    ``label``: the image label (the paper). Otherwise the maximum of the sample's downsampled
+    soft mask ``soft_mask`` [B, 1, h, w], which is below 1 for a crack a few pixels wide
+    (about w/17 for a straight one w pixels wide), for the samples ``from_mask`` names, and
+    the label for the others, whose mask is unknown: ``mask_max`` passes the segmented
+    samples (docs/method.md §4: weak positives train towards their label), ``mask_max_all``
+    every sample whose mask was read, weak positives included, as the published training
+    code does (it loads every positive's mask; its weak runs only drop the segmentation loss).
     """
     if mode == "label":
         return labels
-    if mode != "mask_max":
+    if mode not in DECISION_TARGETS:
         raise ValueError(f"decision target must be one of {DECISION_TARGETS}, not {mode!r}")
-    return torch.where(segmented, soft_mask.amax(dim=(1, 2, 3)).to(labels.dtype), labels)
+    return torch.where(from_mask, soft_mask.amax(dim=(1, 2, 3)).to(labels.dtype), labels)
 
 
 def reduce_batch(per_sample: Tensor, included: Tensor, reduction: str = "mean") -> Tensor:
