@@ -44,6 +44,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from crackseg.runs.trainer import build_trainer
 
     data = cfg.data
+    take_trained_shape(data, module, typed_keys())
     check_input_shape(module, data.input_channels, data.input_height, data.input_width)
     trained = trained_run_config(module)
     cfg.trainer.precision = evaluation_precision(
@@ -70,6 +71,31 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.test(module, datamodule=datamodule, verbose=False)  # writes metrics and report.md
     return module.test_results
+
+
+SHAPE_KEYS = ("input_channels", "input_height", "input_width")
+
+
+def typed_keys() -> set[str]:
+    """The keys typed on the command line (none outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+
+
+def take_trained_shape(data: DictConfig, module: Any, typed: set[str]) -> None:
+    """Images are fed in the shape the weights were trained on: the data config's input
+    channels and size become the checkpoint's, except those typed on the command line,
+    which :func:`check_input_shape` then holds to it."""
+    shape = module.input_shape
+    for key, trained in zip(SHAPE_KEYS, (shape.channels, shape.height, shape.width), strict=True):
+        if data[key] != trained and f"data.{key}" not in typed:
+            log.info(
+                "data.%s: %s, the checkpoint's (the data config gives %s)", key, trained, data[key]
+            )
+            data[key] = trained
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")

@@ -131,6 +131,14 @@ def test_every_experiment_names_the_data_of_an_evaluation(experiment):
         )
     trained = _compose(f"experiment={experiment}", "data.root=/d").data
     assert cfg.data == trained
+    # in a folder of evaluations, not among the experiment's training runs
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        folder = compose(
+            "eval",
+            overrides=[f"experiment={experiment}", "ckpt_path=x.ckpt"],
+            return_hydra_config=True,
+        ).hydra.run.dir
+    assert Path(folder).parent == Path("outputs/runs") / f"eval_{trained.name}"
 
 
 @pytest.mark.parametrize(

@@ -399,6 +399,32 @@ def test_a_failed_write_of_a_map_or_a_table_names_its_file(tmp_path, monkeypatch
         assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(path))
 
 
+def test_a_failure_part_way_keeps_the_tables_of_the_images_done(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    import crackseg.deploy.predict_folder as predicting
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b", "c"):
+        cv2.imwrite(str(photos / f"{name}.png"), np.full((64, 128, 3), 120, np.uint8))
+    measured = predicting.measure_cracks
+
+    def fails_on_the_second_image(mask, min_pixels):
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        calls.append(1)
+        return measured(mask, min_pixels)
+
+    calls: list[int] = []
+    monkeypatch.setattr(predicting, "measure_cracks", fails_on_the_second_image)
+    out = tmp_path / "run"
+    config = predict_config(out, ckpt_path=str(tiny_checkpoint), input=str(photos))
+    with pytest.raises(OSError, match="Input/output error"):
+        predict_folder(config)
+    assert [row["file"] for row in rows_of(out / "predictions.csv")] == ["a.png"]
+
+
 def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     from crackseg.deploy.backends import ModelInfo
     from crackseg.deploy.predict_folder import REFERENCE_COLUMNS, ResultWriter, dice_iou
@@ -409,6 +435,7 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     truth = np.zeros((10, 20), np.uint8)
     truth[2:4, :] = 255  # 40 crack pixels
     cv2.imwrite(str(references / "road.png"), truth)
+    (references / "garbled.png").write_bytes(b"not a png")  # unreadable: blank cells, no stop
     probabilities = np.zeros((10, 20), np.float32)
     probabilities[3:5, :10] = 0.9  # 20 pixels predicted, 10 of them on the crack
     settings = predict_settings(reference_masks=str(references), overlays=False)
@@ -417,12 +444,14 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     image = np.zeros((10, 20, 3), np.uint8)
     writer.add(tmp_path / "road.jpg", image, ImagePrediction(0.9, probabilities))
     writer.add(tmp_path / "other.jpg", image, ImagePrediction(0.1, probabilities * 0))
+    writer.add(tmp_path / "garbled.jpg", image, ImagePrediction(0.1, probabilities))
     writer.write_tables()
     rows = rows_of(tmp_path / "out" / "predictions.csv")
     assert list(rows[0])[-2:] == REFERENCE_COLUMNS
     # Dice 2*10/(20+40), IoU 10/(20+40-10); no reference for other.jpg: left empty.
     assert float(rows[0]["dice"]) == pytest.approx(1 / 3) and float(rows[0]["iou"]) == 0.2
     assert rows[1]["dice"] == rows[1]["iou"] == ""
+    assert rows[2]["dice"] == rows[2]["iou"] == ""
     assert writer.dices == [pytest.approx(1 / 3)]
     assert dice_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == (1.0, 1.0)
 

@@ -59,11 +59,18 @@ def test_eval_of_a_checkpoint_matches_the_test_step(tiny_run, tiny_data_dir, tmp
     result = run_entry(
         "eval",
         f"ckpt_path={best}",
-        *[o for o in TINY if o.startswith(("data.", "num_dice", "trainer.enable"))],
+        # the input size left out: it is the checkpoint's (64x128, the data config's 128x128)
+        *[
+            o
+            for o in TINY
+            if o.startswith(("data.", "num_dice", "trainer.enable"))
+            and not o.startswith("data.input_")
+        ],
         f"paths.data_dir={tiny_data_dir}",
         f"hydra.run.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "data.input_height: 64, the checkpoint's" in result.stdout + result.stderr
     trained = json.loads((tiny_run / "metrics.json").read_text())
     evaluated = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("image_auc", "image_ap", "tp", "fp", "tn", "fn", "seg_threshold", "dice_mean"):

@@ -83,7 +83,8 @@ def measure_crack(region: np.ndarray) -> tuple[float, float, float]:
     bounding box; what lies outside the box (the image's border too) is background."""
     padded = np.pad(region, 1)  # thinning and distances need background all around
     # Lee's thinning keeps every connected region at least one pixel: never empty.
-    skeleton = skeletonize(padded, method="lee")
+    # bool whatever the scikit-image release (before 0.23 Lee's method gave 0/255 uint8)
+    skeleton = skeletonize(padded, method="lee").astype(bool, copy=False)
     widths = _half_pixel_widths(padded)[skeleton]
     distance = ndimage.distance_transform_edt(padded)
     length = skeleton_length(skeleton) + _end_extension(skeleton, distance)

@@ -139,7 +139,11 @@ class ResultWriter:
         if reference is None:
             log.warning("no reference mask for %s in %s", path.name, self.settings.reference_masks)
             return ["", ""]
-        truth = read_mask(reference) > BINARIZE_THRESHOLD
+        try:
+            truth = read_mask(reference) > BINARIZE_THRESHOLD
+        except DataError as error:  # one unreadable reference costs its cells, not the run
+            log.warning("reference mask %s is unreadable: %s", reference, error)
+            return ["", ""]
         if truth.shape != mask.shape:
             log.warning("reference mask %s is %s, its image %s", reference, truth.shape, mask.shape)
             return ["", ""]
@@ -247,9 +251,12 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
             for (path, image), prediction in predict_images(images, backend, plan):
                 writer.add(path, image, prediction)
                 progress.update()
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as crackseg-predict turns it
+        except BaseException:  # Ctrl-C, SIGTERM as crackseg-predict turns it, or a failure
             if writer.image_rows:  # the tables of the images done, as a finished run's
-                writer.write_tables()
+                try:
+                    writer.write_tables()
+                except Exception as error:  # the first failure is the one to report
+                    log.warning("the tables of the images done were not written: %s", error)
             raise
     if not writer.image_rows:
         raise DataError(
