@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
-from crackseg.deploy.predict_folder import predict_folder, refuse_earlier_predictions
+from crackseg.deploy.predict_folder import predict_folder
 from crackseg.runs.folder import accept_run_folder, refuse_used_folder
 from crackseg.runs.lifecycle import run_task, sigterm_as_ctrl_c
 
@@ -19,7 +19,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict into a folder of its own: never one holding a run or another prediction."""
     output_dir = Path(cfg.paths.output_dir)
     refuse_used_folder(output_dir)
-    refuse_earlier_predictions(output_dir)
     accept_run_folder(output_dir)
     with sigterm_as_ctrl_c():
         return predict_folder(cfg)

@@ -377,6 +377,17 @@ REFUSALS = {
         lambda f: ("eval", f"ckpt_path={f['checkpoint']}", f"hydra.run.dir={f['predicted']}"),
         "already holds a run",
     ),
+    # a folder of prediction outputs without a status, as a killed prediction leaves one
+    "export into a dataset": (
+        "dataset",
+        lambda f: ("export", f"ckpt_path={f['checkpoint']}", f"hydra.run.dir={f['dataset']}"),
+        "already holds predictions (masks/)",
+    ),
+    "eval into a dataset": (
+        "dataset",
+        lambda f: ("eval", f"ckpt_path={f['checkpoint']}", f"hydra.run.dir={f['dataset']}"),
+        "already holds predictions (masks/)",
+    ),
 }
 
 

@@ -494,6 +494,8 @@ def test_the_summary_counts_every_job_that_did_not_finish(tmp_path: Path) -> Non
     assert header in md
     for num, status in enumerate(statuses[1:], start=1):
         assert f"`{num}_seed={num}` ({status or 'unfinished'})" in md
+    (group,) = summary.group_rows(summary.collect_runs(tmp_path))  # seeds are one setting
+    assert (group["n"], group["not_finished"]) == (1, 4)
 
 
 def test_a_sweep_whose_job_status_cannot_be_read_ends_non_zero(

@@ -3,5 +3,6 @@
 ``tiling`` cuts large images into overlapping tiles and blends their maps back;
 ``predictor`` batches the inputs of many images through a backend; ``backends`` hides
 whether a PyTorch checkpoint or an ONNX file runs; ``measure`` gives each crack's length
-and width; ``pipeline`` is ``crackseg-predict`` and ``export`` is ``crackseg-export``.
+and width; ``settings`` holds crackseg-predict's settings and ``outputs`` writes its
+files; ``predict_folder`` is ``crackseg-predict`` and ``onnx_export`` is ``crackseg-export``.
 """

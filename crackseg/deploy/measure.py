@@ -42,7 +42,7 @@ EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 @dataclass(frozen=True)
 class Crack:
-    """One crack, in pixels; ``x``, ``y``, ``width``, ``height`` its bounding box."""
+    """One crack, in pixels; ``x``, ``y``, ``box_width``, ``box_height`` its bounding box."""
 
     pixels: int
     length: float
@@ -50,8 +50,8 @@ class Crack:
     max_width: float
     x: int
     y: int
-    width: int
-    height: int
+    box_width: int
+    box_height: int
 
 
 def skeleton_length(skeleton: np.ndarray) -> float:
@@ -123,8 +123,8 @@ def measure_cracks(mask: np.ndarray, min_pixels: int = 1) -> list[Crack]:
                 max_width=max_width,
                 x=xs.start,
                 y=ys.start,
-                width=xs.stop - xs.start,
-                height=ys.stop - ys.start,
+                box_width=xs.stop - xs.start,
+                box_height=ys.stop - ys.start,
             )
         )
     return cracks

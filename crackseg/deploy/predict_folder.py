@@ -24,14 +24,14 @@ from crackseg.data.layouts import BINARIZE_THRESHOLD, files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
 from crackseg.deploy.outputs import (
-    earlier_predictions,
     overlay,
     probability_image,
     write_csv,
 )
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
-from crackseg.errors import DataError, RunFolderError, describe_files
+from crackseg.errors import DataError, describe_files
+from crackseg.runs.folder import refuse_used_folder
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,6 @@ CRACK_COLUMNS = [
 #: Added when ``pixel_size_mm`` is given: the pixel columns above, in millimetres.
 PREDICTION_MM_COLUMNS = ["total_length_mm", "max_width_mm", "mean_width_mm"]
 CRACK_MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
-
-
-def refuse_earlier_predictions(folder: Path) -> None:
-    """Refuse a folder holding another prediction's outputs (one killed before it wrote its
-    status, or any folder given as ``hydra.run.dir``): they would be overwritten."""
-    if found := earlier_predictions(folder):
-        raise RunFolderError(
-            f"{folder} already holds predictions ({', '.join(found)}); choose another hydra.run.dir"
-        )
 
 
 def list_images(path: Path) -> list[Path]:
@@ -182,8 +173,8 @@ class ResultWriter:
                     *(f"{v:.2f}" for v in sizes),
                     crack.x,
                     crack.y,
-                    crack.width,
-                    crack.height,
+                    crack.box_width,
+                    crack.box_height,
                     *self._mm(sizes),
                 ]
             )
@@ -222,7 +213,7 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     """Predict every image of ``cfg.input`` into the run folder; return the run's counts."""
     settings = PredictSettings.from_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    refuse_earlier_predictions(output_dir)
+    refuse_used_folder(output_dir)
     source = Path(settings.input).expanduser()
     paths = list_images(source)
     backend = open_backend(

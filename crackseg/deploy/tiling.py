@@ -4,8 +4,8 @@ The network normalises its features over each input (FeatureNorm), so it sees a 
 best the way it was trained: tile by tile at the training scale. Tiles overlap; each tile's
 map is weighted by a window that rises smoothly from its edges, and every pixel is the
 weighted mean of the tiles covering it, so neighbouring tiles fade into each other without
-seams. The weights are divided out, hence a constant prediction stays exactly constant and
-a single tile is returned unchanged.
+seams. The weights are divided out, hence a constant prediction stays constant (up to
+float32 rounding) and a single tile is returned unchanged.
 """
 
 from __future__ import annotations

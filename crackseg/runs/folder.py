@@ -252,9 +252,17 @@ def used_by_another_command(folder: Path) -> bool:
 
 
 def refuse_used_folder(folder: Path) -> None:
-    """Evaluations, predictions and exports only ever write into a folder of their own."""
+    """Evaluations, predictions and exports only ever write into a folder of their own: not
+    one holding a run, nor another prediction's outputs (one killed before it wrote its
+    status), which they would overwrite or mix with theirs."""
+    from crackseg.deploy.outputs import earlier_predictions
+
     if used_by_another_command(folder):
         raise RunFolderError(f"{folder} already holds a run; choose another hydra.run.dir")
+    if found := earlier_predictions(folder):
+        raise RunFolderError(
+            f"{folder} already holds predictions ({', '.join(found)}); choose another hydra.run.dir"
+        )
 
 
 def hydra_job() -> tuple[bool, list[str]]:

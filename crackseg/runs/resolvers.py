@@ -93,10 +93,6 @@ def refuse_a_used_folder(output_dir: str, job_name: str | None) -> None:
     if job_name in (None, "train") or held_by_another_process(output_dir):
         return
     refuse_used_folder(Path(output_dir))
-    if job_name == "predict":
-        from crackseg.deploy.predict_folder import refuse_earlier_predictions
-
-        refuse_earlier_predictions(Path(output_dir))
 
 
 def hydra_subdir(output_dir: str, resume: object, job_name: str | None = None) -> str | None:

@@ -220,7 +220,7 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         finished = [r for r in members if r["status"] == "finished"]
         group: dict[str, Any] = dict(zip(keys, setting, strict=True))
         group["n"] = len(finished)
-        group["failed"] = len(members) - len(finished)
+        group["not_finished"] = len(members) - len(finished)  # failed, running, interrupted
         segmented = [r["num_segmented"] for r in finished if _is_number(r.get("num_segmented"))]
         group["segmented"] = round(statistics.fmean(segmented)) if segmented else None
         for name in GROUPED_METRICS:
@@ -299,7 +299,8 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
     groups = group_rows(rows)
     shows_segmented = NUM_SEGMENTED in keys
     labels = add_table4_labels(groups, keys)  # the paper's Table 4 row a setting stands for
-    group_columns = [*keys, *labels, *(["segmented"] if shows_segmented else []), "n", "failed"]
+    segmented = ["segmented"] if shows_segmented else []
+    group_columns = [*keys, *labels, *segmented, "n", "not_finished"]
     group_columns += list(GROUPED_METRICS)
     lines += _md_table(group_columns, [[g[c] for c in group_columns] for g in groups])
     lines += write_pooled_folds(root, rows, keys)  # folds.csv: the folds' test scores pooled
