@@ -132,6 +132,13 @@ def test_a_ksdd_split_names_folders_and_their_segmented_positives(tmp_path):
     assert again.segmented_ids == {"kos01_Part1"}
     with pytest.raises(ConfigError, match=r"num_segmented=2 but split file .* marks 1 training"):
         datamodule_of(root, num_segmented=2, **common)
+    (tmp_path / "weak").mkdir()
+    weak_content = ([[], [("kos01", False), ("kos02", False)]], [[], [("kos03", False)]])
+    weak = _import(tmp_path / "weak", weak_content, "ksdd", "--fold", "1")
+    weak_common = {**common, "split_file": str(weak)}
+    assert datamodule_of(root, num_segmented=0, **weak_common).data_split.segmented_ids == set()
+    with pytest.raises(ConfigError, match="marks none of its 2 training positives segmented"):
+        datamodule_of(root, **weak_common)
 
 
 def test_a_dagm_fold_is_its_class_and_keeps_train_and_test(tmp_path):

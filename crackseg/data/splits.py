@@ -334,8 +334,9 @@ def segmented_from_file(
     """Ids of the training positives a split file marks segmented (its ``segmented``
     column; a group's mark covers its positives); None for a file without that column.
 
-    ``num_segmented`` must be null or the file's count: the file decides which positives keep
-    their masks, so a published split trains on exactly its segmented subset.
+    ``num_segmented`` must be null or the file's count (0 for a file that marks none: null
+    would read as "all segmented" to the settings that follow it): the file decides which
+    positives keep their masks, so a published split trains on exactly its segmented subset.
     """
     flags = read_segmented_flags(path)
     if flags is None:
@@ -348,6 +349,13 @@ def segmented_from_file(
         raise ConfigError(
             f"data.num_segmented={num_segmented} but split file {path} marks {len(marked)} "
             f"training positives as segmented: set data.num_segmented={len(marked)} (or null)"
+        )
+    if num_segmented is None and positives and not marked:
+        # null reads as "all segmented" to the settings that follow N (docs/method.md §10)
+        raise ConfigError(
+            f"split file {path} marks none of its {len(positives)} training positives "
+            "segmented, a weak run: set data.num_segmented=0, which the weak run's settings "
+            "follow (gradient-flow adjustment, dynamic balance, KolektorSDD's lr and δ)"
         )
     without_mask = sorted(
         s.sample_id for s in positives if s.sample_id in marked and s.mask_path is None
