@@ -54,6 +54,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     # Report the parameters the weights were trained with, and the data evaluated here.
     reported = OmegaConf.merge(trained, {"data": OmegaConf.to_container(data, resolve=True)})
+    if cfg.thresholds == "validation":  # chosen here: on this data's validation split
+        reported.validate_on_test = bool(data.get("validate_on_test", False))
     datamodule = CrackDataModule.from_config(data)  # no loss: evaluation builds no weight map
     report = EvaluationReport(str(output_dir), cfg.num_dice_panels, reported, cfg.report_title)
     trainer = build_trainer(cfg, [report])

@@ -169,3 +169,20 @@ def test_continuing_a_run_saved_before_the_groups_changes_no_setting():
     assert config_differences(OmegaConf.create(old), now) == []
     old["data"]["batch_size"] = 4  # a setting that did change still counts
     assert config_differences(OmegaConf.create(old), now) == ["data.batch_size: 4 -> 8"]
+
+
+def test_a_run_saved_before_the_validation_schedule_continues_on_its_schedule():
+    def part(*overrides: str):  # the keys involved, as a saved config holds them
+        cfg = _compose("train", "paths.data_dir=/d", *overrides)
+        callback = OmegaConf.to_container(cfg.callbacks.validate_on_last_epoch)
+        keys = {"validation_schedule": cfg.validation_schedule, "seed": cfg.seed}
+        return OmegaConf.create({**keys, "callbacks": {"validate_on_last_epoch": callback}})
+
+    now = part()
+    old = OmegaConf.to_container(now, resolve=True)
+    del old["validation_schedule"], old["callbacks"]["validate_on_last_epoch"]["schedule"]
+    assert config_differences(OmegaConf.create(old), now) == []
+    assert config_differences(OmegaConf.create(old), part("validation_schedule=published")) == [
+        "callbacks.validate_on_last_epoch.schedule: every_n -> published",
+        "validation_schedule: every_n -> published",
+    ]

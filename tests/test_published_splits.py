@@ -11,6 +11,7 @@ import pytest
 from conftest import datamodule_of
 from helpers.paper_replicas import make_dagm, make_ksdd, make_ksdd2_like
 
+from crackseg.data.datamodule import CrackDataModule
 from crackseg.data.published_splits import load_plain_pickle, published_split
 from crackseg.data.tools import main
 from crackseg.errors import ConfigError, DataError
@@ -139,6 +140,12 @@ def test_a_ksdd_split_names_folders_and_their_segmented_positives(tmp_path):
     assert datamodule_of(root, num_segmented=0, **weak_common).data_split.segmented_ids == set()
     with pytest.raises(ConfigError, match="marks none of its 2 training positives segmented"):
         datamodule_of(root, **weak_common)
+    # an evaluation on that split trains nothing: no settings follow N there
+    evaluation = CrackDataModule.from_config(
+        {"root": str(root), "input_height": 64, "input_width": 128, **weak_common}
+    )
+    evaluation.setup("test")
+    assert evaluation.data_split.segmented_ids == set()
 
 
 def test_a_dagm_fold_is_its_class_and_keeps_train_and_test(tmp_path):

@@ -81,6 +81,25 @@ def test_eval_of_a_checkpoint_matches_the_test_step(tiny_run, tiny_data_dir, tmp
     assert (tmp_path / "test_scores.csv").read_text() == (tiny_run / "test_scores.csv").read_text()
 
 
+def test_eval_choosing_its_thresholds_on_test_says_so(tiny_run, tiny_data_dir, tmp_path):
+    """thresholds=validation chooses them on the data given: its validate_on_test counts,
+    not the training run's."""
+    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
+    result = run_entry(
+        "eval",
+        f"ckpt_path={best}",
+        *[o for o in TINY if o.startswith(("data.", "num_dice", "trainer.enable"))],
+        f"paths.data_dir={tiny_data_dir}",
+        "thresholds=validation",
+        "validate_on_test=true",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    assert "Segmentation threshold: " in report and "chosen on the test split" in report
+    assert "never on the test split" not in report
+
+
 def test_eval_refuses_a_missing_checkpoint(tmp_path):
     line = one_line_error(
         run_entry("eval", f"ckpt_path={tmp_path}/nope.ckpt", f"hydra.run.dir={tmp_path}/o")

@@ -185,17 +185,26 @@ class CrackDataModule(pl.LightningDataModule):
             raise DataError(f"no images to evaluate in {self.root}")
         if not splits[self.val_split] and stage in ("fit", "validate"):
             # Lightning would skip validation and both thresholds would stay at 0.5.
+            hint = (
+                "validate_on_test=true validates on it: give the data a test split"
+                if self.split.validate_on_test
+                else "raise data.val_fraction to carve validation images from the training "
+                "split, or give the data a val/ folder"
+            )
             raise DataError(
                 f"the {'test' if self.split.validate_on_test else 'validation'} split of "
-                f"{self.root} is empty, and the thresholds and "
-                "the best weights are chosen on it: set data.val_fraction above 0 to carve "
-                "validation images from the training split"
+                f"{self.root} is empty, and the thresholds and the best weights are chosen on "
+                f"it: {hint}"
             )
         size = self.input_size
         self.input_scaling = input_scaling(splits["train"], size.height, size.width)
         split_file = None if self.split.all_as_test else self.split.split_file
         segmented = segmented_positives(
-            splits["train"], self.labels, split_file, self.split.split_seed
+            splits["train"],
+            self.labels,
+            split_file,
+            self.split.split_seed,
+            training=stage in (None, "fit"),
         )
         self.data_split = DataSplit(splits, frozenset(segmented))
         for name in ("train", "val", "test"):

@@ -329,14 +329,15 @@ def _splits_from_file(
 
 
 def segmented_from_file(
-    path: Path | str, train: list[Sample], num_segmented: int | None
+    path: Path | str, train: list[Sample], num_segmented: int | None, training: bool = True
 ) -> set[str] | None:
     """Ids of the training positives a split file marks segmented (its ``segmented``
     column; a group's mark covers its positives); None for a file without that column.
 
-    ``num_segmented`` must be null or the file's count (0 for a file that marks none: null
-    would read as "all segmented" to the settings that follow it): the file decides which
-    positives keep their masks, so a published split trains on exactly its segmented subset.
+    ``num_segmented`` must be null or the file's count (0 for a file that marks none, when
+    ``training``: null would read as "all segmented" to the settings that follow it): the
+    file decides which positives keep their masks, so a published split trains on exactly
+    its segmented subset.
     """
     flags = read_segmented_flags(path)
     if flags is None:
@@ -350,7 +351,7 @@ def segmented_from_file(
             f"data.num_segmented={num_segmented} but split file {path} marks {len(marked)} "
             f"training positives as segmented: set data.num_segmented={len(marked)} (or null)"
         )
-    if num_segmented is None and positives and not marked:
+    if training and num_segmented is None and positives and not marked:
         # null reads as "all segmented" to the settings that follow N (docs/method.md §10)
         raise ConfigError(
             f"split file {path} marks none of its {len(positives)} training positives "

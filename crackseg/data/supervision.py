@@ -20,15 +20,20 @@ log = logging.getLogger(__name__)
 
 
 def segmented_positives(
-    train: list[Sample], labels: LabelSettings, split_file: str | None, split_seed: int
+    train: list[Sample],
+    labels: LabelSettings,
+    split_file: str | None,
+    split_seed: int,
+    training: bool = True,
 ) -> set[str]:
     """Ids of the training positives that keep their masks: those a split file marks
     segmented (a published split decides them), else ``labels.num_segmented`` chosen from
-    ``split_seed``; then the first weak ones of a ranking, if ``labels.extra_segmented``."""
+    ``split_seed``; then the first weak ones of a ranking, if ``labels.extra_segmented``.
+    ``training``: a run will train on them (an evaluation only counts them)."""
     positives = [s for s in train if s.is_positive]
     recorded = None
     if split_file is not None:
-        recorded = segmented_from_file(split_file, positives, labels.num_segmented)
+        recorded = segmented_from_file(split_file, positives, labels.num_segmented, training)
     if recorded is not None:
         segmented = recorded
     else:

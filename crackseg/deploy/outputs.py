@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from crackseg.atomic import atomic_write_text
+from crackseg.errors import RunFolderError
 
 #: What a prediction writes into its run folder: its tables and its folders of images.
 OUTPUT_TABLES = ("predictions.csv", "cracks.csv")
@@ -28,6 +29,15 @@ def earlier_predictions(folder: Path) -> list[str]:
         for name in OUTPUT_FOLDERS
         if (folder / name).is_dir() and any((folder / name).iterdir())
     ]
+
+
+def refuse_earlier_predictions(folder: Path) -> None:
+    """Refuse a folder holding another prediction's outputs (one killed before it wrote its
+    status, or any folder given as ``hydra.run.dir``): they would be overwritten."""
+    if found := earlier_predictions(folder):
+        raise RunFolderError(
+            f"{folder} already holds predictions ({', '.join(found)}); choose another hydra.run.dir"
+        )
 
 
 #: Colour (RGB) and opacity of the crack tint in the overlays.

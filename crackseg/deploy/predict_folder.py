@@ -26,12 +26,12 @@ from crackseg.deploy.measure import Crack, measure_cracks, summarise
 from crackseg.deploy.outputs import (
     overlay,
     probability_image,
+    refuse_earlier_predictions,
     write_csv,
 )
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
 from crackseg.errors import DataError, describe_files
-from crackseg.runs.folder import refuse_used_folder
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     """Predict every image of ``cfg.input`` into the run folder; return the run's counts."""
     settings = PredictSettings.from_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    refuse_used_folder(output_dir)
+    refuse_earlier_predictions(output_dir)
     source = Path(settings.input).expanduser()
     paths = list_images(source)
     backend = open_backend(

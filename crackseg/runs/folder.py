@@ -90,6 +90,13 @@ MIRRORED_KEYS = (
     "data.weighted_seg_per_component",
 )
 
+#: Settings added after runs may have started, with the value that gives the behaviour those
+#: runs had: a config saved before a key existed compares as if it held that value.
+ADDED_KEYS = {
+    "validation_schedule": "every_n",
+    "callbacks.validate_on_last_epoch.schedule": "every_n",
+}
+
 
 #: Where Lightning reads a process's rank from until its Trainer sets it, first set first
 #: (lightning_fabric.utilities.rank_zero).
@@ -255,14 +262,11 @@ def refuse_used_folder(folder: Path) -> None:
     """Evaluations, predictions and exports only ever write into a folder of their own: not
     one holding a run, nor another prediction's outputs (one killed before it wrote its
     status), which they would overwrite or mix with theirs."""
-    from crackseg.deploy.outputs import earlier_predictions
+    from crackseg.deploy.outputs import refuse_earlier_predictions
 
     if used_by_another_command(folder):
         raise RunFolderError(f"{folder} already holds a run; choose another hydra.run.dir")
-    if found := earlier_predictions(folder):
-        raise RunFolderError(
-            f"{folder} already holds predictions ({', '.join(found)}); choose another hydra.run.dir"
-        )
+    refuse_earlier_predictions(folder)
 
 
 def hydra_job() -> tuple[bool, list[str]]:
@@ -392,6 +396,9 @@ def write_run_info(folder: Path, resumed_from: Path | None = None) -> None:
 def config_differences(old: DictConfig, new: DictConfig, limit: int = 3) -> list[str]:
     """``key: old -> new`` for the first few settings that differ (resolved values)."""
     flat_old, flat_new = _flatten(old), _flatten(new)
+    for key, value in ADDED_KEYS.items():
+        if key in flat_new:
+            flat_old.setdefault(key, value)
     keys = sorted(set(flat_old) | set(flat_new))
     changed = [
         f"{k}: {flat_old.get(k)} -> {flat_new.get(k)}"

@@ -207,7 +207,8 @@ def swept_columns(rows: list[dict[str, Any]]) -> list[str]:
 def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample std over seeds of each setting of the swept values (finished jobs).
 
-    Each group has the swept values, ``n`` (finished jobs), ``failed`` (the others) and,
+    Each group has the swept values, ``n`` (finished jobs), ``not_finished`` (the others:
+    failed, running, interrupted) and,
     per metric, ``<metric>_mean``, ``<metric>_std`` (None where undefined) and ``<metric>``
     formatted as ``mean ± std``.
     """
