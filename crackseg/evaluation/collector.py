@@ -1,4 +1,6 @@
-"""A torchmetrics state that gathers per-image outputs across processes."""
+"""torchmetrics states that gather across processes what a step sees: every image's outputs
+of an evaluated split (PerImageOutputs), and the training losses' weighted running means over
+an epoch (WeightedMean)."""
 
 from __future__ import annotations
 
