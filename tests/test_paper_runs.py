@@ -75,8 +75,9 @@ def test_ksdd_weak_run_over_two_folds_joins_their_scores(tmp_path):
     assert "## Folds joined (`data.fold`)" in (sweep / "summary.md").read_text()
 
 
-def test_ksdd_on_a_published_split_as_its_config_says(tmp_path):
-    """experiment=paper/ksdd data.split_file=...: the file stands for the fold."""
+def test_ksdd_over_the_folds_of_a_published_split(tmp_path):
+    """The published folds as a sweep: data.fold names the fold each imported file holds,
+    and the sweep joins them (as experiment=paper/ksdd and docs/datasets.md say)."""
     root = make_ksdd(tmp_path / "ksdd", folders=4, parts=3)
     published = tmp_path / "split_33_1.pyb"  # KSDD/split_TRAIN_N.pyb: (train, test) by fold
     published.write_bytes(
@@ -87,24 +88,33 @@ def test_ksdd_on_a_published_split_as_its_config_says(tmp_path):
             )
         )
     )
-    split = tmp_path / "split.csv"
-    command = ["import-split", str(published), "--dataset", "ksdd", "--fold", "1"]
-    assert data_tool([*command, "--output", str(split)]) == 0
-    run = tmp_path / "run"
+    for fold in (0, 1):
+        command = ["import-split", str(published), "--dataset", "ksdd", "--fold", str(fold)]
+        assert data_tool([*command, "--output", str(tmp_path / f"N1_fold{fold}.csv")]) == 0
+    sweep = tmp_path / "sweep"
     _train(
         "experiment=paper/ksdd",
         f"data.root={root}",
         "data.input_height=128",
         "data.input_width=64",
-        f"data.split_file={split}",
         "data.num_segmented=1",
-        f"hydra.run.dir={run}",
+        "data.fold=0,1",
+        f"data.split_file={tmp_path}/N${{data.num_segmented}}_fold${{data.fold}}.csv",
+        f"hydra.sweep.dir={sweep}",
+        multirun=True,
     )
-    tested = {r["sample_id"] for r in csv.DictReader((run / "test_scores.csv").open())}
-    assert {i.split("_")[0] for i in tested} == {"kos01", "kos02"}
-    rows = _report_rows(run)
+    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
+    assert [j.name for j in jobs] == ["0_data.fold=0", "1_data.fold=1"]
+    tested = [
+        {r["sample_id"].split("_")[0] for r in csv.DictReader((j / "test_scores.csv").open())}
+        for j in jobs
+    ]
+    assert tested == [{"kos03", "kos04"}, {"kos01", "kos02"}]  # the file's folds, not ours
+    rows = _report_rows(jobs[0])
     assert (rows["Learning rate"], rows["Delta CLS Loss"]) == ("1", "0.01")
     assert rows["Segmented samples"] == "1"
+    (joined,) = csv.DictReader((sweep / "folds.csv").open())
+    assert joined["folds"] == "2/2" and joined["fold_values"] == "0 1"
 
 
 def test_dagm_mixed_run_on_one_class(tmp_path):

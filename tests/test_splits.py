@@ -124,9 +124,12 @@ def test_split_csv_round_trip(tmp_path):
     assert _ids(again) == _ids(splits)
     negative_row = next(r for r in lines if ",n00000," in r)
     assert negative_row.endswith(",0,0,n0.jpg,")
-    for folds in ({"num_folds": 3, "fold": 0}, {"fold": 1}):
+    for folds in ({"num_folds": 3, "fold": 0}, {"num_folds": 3}):
         with pytest.raises(ConfigError, match="data.split_file fixes the split already"):
             resolve_splits({"all": samples}, 0.2, 0.2, seed=0, split_file=path, **folds)
+    # a fold beside a split file names the published fold it holds: the file decides
+    named = resolve_splits({"all": samples}, 0.2, 0.2, seed=0, split_file=path, fold=2)
+    assert _ids(named) == _ids(splits)
 
 
 def test_split_csv_missing_ids_and_malformed(tmp_path):

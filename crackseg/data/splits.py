@@ -99,6 +99,7 @@ def resolve_splits(
     - a split file: exactly the split it records (a run can be repeated after the data
       folder changed, or compared with another run on the same split); a file without
       validation samples (a published split) gets them carved from its train part;
+      ``fold`` may then name the published fold it holds, ``num_folds`` must be None;
     - ``num_folds`` and ``fold``: fold ``fold`` of all samples is the test split, validation
       is carved from the other folds (``val_fraction``; 0 where the run validates on test);
     - only "all": a three-way stratified split;
@@ -112,9 +113,11 @@ def resolve_splits(
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)
     if split_file is not None:
-        if num_folds is not None or fold is not None:
+        # data.fold may name the published fold the file holds (the sweep's fold join reads
+        # it); the file alone decides the split
+        if num_folds is not None:
             raise ConfigError(
-                "data.split_file fixes the split already: drop data.num_folds and data.fold "
+                "data.split_file fixes the split already: drop data.num_folds "
                 "(a published split holds one fold: crackseg-data import-split --fold)"
             )
         splits = _splits_from_file(indexed, Path(split_file), val_fraction, seed)
