@@ -13,6 +13,9 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 ARGS ?=
 SWEEP ?= dilate
+# pytest-xdist workers of `make test`: one per core, each file's tests on one worker (its
+# module fixtures built once); TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= auto
 
 .DEFAULT_GOAL := help
 .PHONY: help install wheel train test lint format sweep summary tensorboard bench benchmark gpu-check clean
@@ -47,8 +50,8 @@ wheel: | $(BIN)/python ## build dist/crackseg-<version>-py3-none-any.whl, config
 train: install ## run the demo: synthetic data, small model, CPU, a few minutes (ARGS=overrides)
 	$(BIN)/crackseg-train $(ARGS)
 
-test: install ## run the test suite
-	$(BIN)/pytest -q $(ARGS)
+test: install ## run the test suite, one worker per core (TEST_WORKERS=N, ARGS=pytest options)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: install ## ruff check and format check
 	$(BIN)/ruff check .

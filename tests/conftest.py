@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
+# `make test` runs one pytest-xdist worker per core. Each worker, and every run it starts,
+# then keeps to one thread: torch's default of one thread per core in every worker would put
+# twice as many busy threads as cores on the machine, which makes them all many times slower.
+# (Set before this worker imports torch; tests of the thread settings set their own.)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 #: A run small enough for a test: 64x128 images, 20+20 of them, 2 epochs.
 TINY = [
     "data.input_height=64",
@@ -205,25 +212,26 @@ def torch_predictions(tmp_path_factory, tiny_checkpoint, photo_folder) -> Path:
     return out
 
 
-def machine_line() -> str:
+def machine_line(workers: int = 0) -> str:
     """The machine a run's numbers came from: CPUs differ between sessions (AMD EPYC with
-    AVX-512 BF16, Intel Xeon with AMX), and so do their bf16 kernels and timings."""
+    AVX-512 BF16, Intel Xeon with AMX), and so do their bf16 kernels and timings. With
+    ``workers`` pytest-xdist workers, the threads are those each worker keeps."""
     import torch
 
     from crackseg.models.precision import cpu_bf16_features, cpu_model
 
     features = ", ".join(cpu_bf16_features()) or "none"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    line = f"cpu: {cpu_model()} (bf16: {features}); {cores} usable cores, torch {torch.__version__}"
+    if workers:
+        threads = os.environ.get("OMP_NUM_THREADS", "1")
+        return f"{line}; {workers} pytest-xdist workers, OMP_NUM_THREADS={threads} in each"
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    return (
-        f"cpu: {cpu_model()} (bf16: {features}); {cores} usable cores, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
-        f"OMP_NUM_THREADS={threads}"
-    )
+    return f"{line} with {torch.get_num_threads()} threads, OMP_NUM_THREADS={threads}"
 
 
 def pytest_sessionstart(session) -> None:
     """The machine line heads every test log, with -q too (which hides report headers)."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(machine_line())
+    if reporter is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
+        reporter.write_line(machine_line(getattr(session.config.option, "numprocesses", 0)))
