@@ -73,14 +73,18 @@ def test_mask_max_target_of_a_straight_crack_is_its_width_over_17():
     soft = downsample_to_output(mask)
     labels = torch.tensor([1.0, 1.0])
     segmented = torch.tensor([True, False])  # the second is a weak positive: its label
-    targets = decision_targets(labels, soft, segmented, "mask_max")
+    read = torch.tensor([True, True])  # both masks were read
+    targets = decision_targets(labels, soft, segmented, read, "mask_max")
     assert targets.tolist() == pytest.approx([3 / 17, 1.0], abs=1e-6)
-    assert decision_targets(labels, soft, segmented, "label").tolist() == [1.0, 1.0]
-    clean = decision_targets(torch.tensor([0.0]), soft[1:], torch.tensor([True]), "mask_max")
-    assert clean.tolist() == [0.0]
+    assert decision_targets(labels, soft, segmented, read, "label").tolist() == [1.0, 1.0]
+    yes = torch.tensor([True])
+    assert decision_targets(torch.tensor([0.0]), soft[1:], yes, yes, "mask_max").tolist() == [0.0]
     # mask_max_all: a weak positive whose mask was read trains towards its mask's maximum too
-    both = decision_targets(labels, soft, torch.tensor([True, True]), "mask_max_all")
+    both = decision_targets(labels, soft, segmented, read, "mask_max_all")
     assert both.tolist() == pytest.approx([3 / 17, 0.0], abs=1e-6)
+    # ... but not one whose mask is unknown
+    unread = decision_targets(labels, soft, segmented, torch.tensor([True, False]), "mask_max_all")
+    assert unread.tolist() == pytest.approx([3 / 17, 1.0], abs=1e-6)
 
 
 def test_a_sum_over_a_batch_of_two_gives_twice_the_gradient_of_the_mean():
@@ -93,6 +97,7 @@ def test_a_sum_over_a_batch_of_two_gives_twice_the_gradient_of_the_mean():
         "weight": torch.ones_like(mask),
         "label": torch.tensor([1.0, 0.0]),
         "segmented": torch.tensor([True, True]),
+        "mask_known": torch.tensor([True, True]),
     }
     grads = {}
     for reduction in ("mean", "sum"):

@@ -56,6 +56,7 @@ def test_a_batch_of_weak_positives_has_no_segmentation_loss_and_a_finite_total()
         "weight": torch.ones(2, 1, 64, 128),
         "label": torch.ones(2),
         "segmented": torch.zeros(2, dtype=torch.bool),
+        "mask_known": torch.zeros(2, dtype=torch.bool),
     }
     loss = module.training_step(batch, 0)
     assert torch.isfinite(loss)

@@ -28,6 +28,7 @@ def _batch(size: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
         "weight": torch.ones_like(mask),
         "label": (mask.amax(dim=(1, 2, 3)) > 0).float(),
         "segmented": torch.ones(size, dtype=torch.bool),
+        "mask_known": torch.ones(size, dtype=torch.bool),
         "index": torch.arange(size),
     }
 

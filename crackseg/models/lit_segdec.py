@@ -174,11 +174,8 @@ class SegDecModule(pl.LightningModule):
         # Losses in float32 whatever the precision the network ran in.
         with torch.autocast(self.device.type, enabled=False):
             seg_losses = segmentation_losses(out.segmentation.float(), seg_target, seg_weight)
-            from_mask = (
-                batch["mask_known"] if settings.decision_target == "mask_max_all" else segmented
-            )
             targets = decision_targets(
-                batch["label"], soft_mask, from_mask, settings.decision_target
+                batch["label"], soft_mask, segmented, batch["mask_known"], settings.decision_target
             )
             dec_losses = decision_losses(out.decision.float(), targets)
         everyone = torch.ones_like(segmented)

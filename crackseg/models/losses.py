@@ -46,22 +46,27 @@ def decision_losses(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def decision_targets(
-    labels: Tensor, soft_mask: Tensor, from_mask: Tensor, mode: str = "label"
+    labels: Tensor,
+    soft_mask: Tensor,
+    segmented: Tensor,
+    mask_known: Tensor,
+    mode: str = "label",
 ) -> Tensor:
     """What the decision head is trained towards, per sample.
 
     ``label``: the image label (the paper). Otherwise the maximum of the sample's downsampled
     soft mask ``soft_mask`` [B, 1, h, w], which is below 1 for a crack a few pixels wide
-    (about w/17 for a straight one w pixels wide), for the samples ``from_mask`` names, and
-    the label for the others, whose mask is unknown: ``mask_max`` passes the segmented
-    samples (docs/method.md §4: weak positives train towards their label), ``mask_max_all``
-    every sample whose mask was read, weak positives included, as the published training
-    code does (it loads every positive's mask; its weak runs only drop the segmentation loss).
+    (about w/17 for a straight one w pixels wide), where the mask counts, and the label
+    elsewhere: ``mask_max`` takes the mask of the ``segmented`` samples (docs/method.md §4:
+    weak positives train towards their label), ``mask_max_all`` that of every sample whose
+    mask was read (``mask_known``), weak positives included, as the published training code
+    does (it loads every positive's mask; its weak runs only drop the segmentation loss).
     """
     if mode == "label":
         return labels
     if mode not in DECISION_TARGETS:
         raise ValueError(f"decision target must be one of {DECISION_TARGETS}, not {mode!r}")
+    from_mask = mask_known if mode == "mask_max_all" else segmented
     return torch.where(from_mask, soft_mask.amax(dim=(1, 2, 3)).to(labels.dtype), labels)
 
 
