@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from crackseg import CONFIG_DIR
+from crackseg.atomic import atomic_write_text
 from crackseg.data.labels import downsample_to_output
 from crackseg.data.synthetic import generate_synthetic_dataset
 from crackseg.errors import CracksegError
@@ -151,6 +152,10 @@ def volume_conv(net: dict) -> VolumeConv:
 
 
 # -- measuring (in the row's own process) --------------------------------------------------
+#: Steps the host may launch ahead before it waits for the device (CUDA).
+CUDA_STEPS_BETWEEN_WAITS = 4
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -159,18 +164,22 @@ def synchronize(device: torch.device) -> None:
 def timed(step: Callable[[], int], device: torch.device, timing: Timing) -> Result:
     """Warm-up steps first, then steps until both minimums are reached.
 
-    ``step`` returns how many images it took. On CUDA the host may run ahead of the device;
-    the final synchronisation makes the time that of the work done, not of the launches.
+    ``step`` returns how many images it took. On CUDA the host runs ahead of the device: it
+    waits for the device every ``CUDA_STEPS_BETWEEN_WAITS`` steps, so that the clock it
+    reads is that of the work done, not of the launches (which alone would queue far more
+    than ``min_seconds`` of work), while the launches of those steps still overlap.
     """
     for _ in range(timing.warmup):  # allocator, oneDNN/cuDNN kernel choice, compilation
         step()
     synchronize(device)
+    between_waits = CUDA_STEPS_BETWEEN_WAITS if device.type == "cuda" else 1
     steps = images = 0
     start = time.perf_counter()
     while steps < timing.min_steps or time.perf_counter() - start < timing.min_seconds:
-        images += step()
-        steps += 1
-    synchronize(device)
+        for _ in range(between_waits):
+            images += step()
+            steps += 1
+        synchronize(device)
     seconds = time.perf_counter() - start
     return Result(images / seconds, steps, seconds)
 
@@ -433,6 +442,12 @@ def data_row(
     return Row("data", *shape, run=run, data_root=root, synthetic=synthetic)
 
 
+#: What marks the record of a row the time budget stopped or never reached.
+CUT = {"cut_by_budget": True}
+#: bench.py's exit status where rows were cut by the budget and none failed.
+BUDGET_EXIT = 3
+
+
 def run_row(
     row: Row, device: str, timing: Timing, backend: str = "inductor", seconds: float | None = None
 ) -> dict:
@@ -450,7 +465,7 @@ def run_row(
         "flops_per_image": row.flops_per_image,
     }
     if seconds is not None and seconds <= 0:
-        return {**record, "error": "not run: the time budget (--budget) was spent"}
+        return {**record, "error": "not run: the time budget (--budget) was spent", **CUT}
     if row.synthetic is not None:
         generate_synthetic_dataset(row.data_root, **row.synthetic)
     spec = json.dumps({"row": asdict(row), "timing": asdict(timing), "backend": backend})
@@ -458,7 +473,8 @@ def run_row(
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds)
     except subprocess.TimeoutExpired:
-        return {**record, "error": f"stopped after {seconds:.0f} s: the time budget (--budget)"}
+        stopped = f"stopped after {seconds:.0f} s: the time budget (--budget)"
+        return {**record, "error": stopped, **CUT}
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
         print(done.stderr[-3000:], file=sys.stderr)
@@ -522,7 +538,8 @@ def table(records: list[dict]) -> str:
     for r in records:
         cells = [r["model"], r["input"], str(r["batch"]), r["precision"], r["mode"], r["variant"]]
         if "error" in r:
-            cells += [f"failed: {r['error']}", "-", "-", "-"]
+            outcome = "" if r.get("cut_by_budget") else "failed: "
+            cells += [f"{outcome}{r['error']}", "-", "-", "-"]
         else:
             gflops, share = r["gflops_per_s"], r["of_peak"]
             share_text = "-" if share is None else f"{100 * share:.0f} %"
@@ -626,7 +643,26 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{i}/{len(rows)}] {row.key} ({row.variant})", file=sys.stderr, flush=True)
             seconds = None if deadline is None else deadline - time.monotonic()
             records.append(run_row(row, args.device, timing, args.compile_backend, seconds))
-    records = with_peak_shares(records)
+            # after every row, so a run stopped from outside keeps the rows it measured
+            report = write_report(args.json, device, timing, records)
+    print(
+        f"{report['device']}, torch {report['torch']}, threads: {report['threads']}; "
+        f"CPU {report['cpu']['model']}, "
+        f"bf16 features: {', '.join(report['cpu']['bf16_features']) or 'none'}"
+    )
+    print(table(report["rows"]))
+    cut = [r for r in records if r.get("cut_by_budget")]
+    failed = [r for r in records if "error" in r and not r.get("cut_by_budget")]
+    if failed:
+        print(f"error: {len(failed)} of {len(records)} rows failed", file=sys.stderr)
+        sys.exit(1)
+    if cut:
+        print(f"the time budget (--budget) stopped {len(cut)} of {len(records)} rows")
+        sys.exit(BUDGET_EXIT)
+
+
+def write_report(path: Path, device: torch.device, timing: Timing, records: list[dict]) -> dict:
+    """results.json of the rows measured so far."""
     report = {
         "device": f"{device.type}: {machine(device)}",
         # The host's CPU, on a GPU too; rates differ between machines.
@@ -638,20 +674,11 @@ def main(argv: list[str] | None = None) -> None:
         "timing": asdict(timing),
         "flops_per_image": FLOPS_NOTE,
         "peak_mb": MEMORY_NOTE[device.type],
-        "rows": records,
+        "rows": with_peak_shares(records),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    features = ", ".join(report["cpu"]["bf16_features"]) or "none"
-    print(
-        f"{report['device']}, torch {report['torch']}, threads: {report['threads']}; "
-        f"CPU {report['cpu']['model']}, bf16 features: {features}"
-    )
-    print(table(records))
-    failed = [r for r in records if "error" in r]
-    if failed:
-        print(f"error: {len(failed)} of {len(records)} rows failed", file=sys.stderr)
-        sys.exit(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    return report
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
     python benchmarks/memory_vs_dataset_size.py [--sizes 1000 4000] [--workdir DIR]
 
 The claim checked: peak memory while training on a folder of 4000 tiles is within 10 % of
-that on 1000 tiles. Every size runs the same short schedule (one epoch of
-``--train-batches`` batches, ``--eval-batches`` validation and test batches), so only the
-size of the folder differs: whatever grows is held per sample (an index, a cache, ...).
+that on 1000 tiles (exit status 1 where both ``time -v`` and tree PSS grew by more). Every
+size runs the same short schedule (one epoch of ``--train-batches`` batches,
+``--eval-batches`` validation and test batches), so only the size of the folder differs:
+whatever grows is held per sample (an index, a cache, ...).
 
 The folders are in the crack_segmentation layout (``images/``, ``masks/``, crack-free tiles
 named ``noncrack*``, split 70/15/15 by the data module). The synthetic generator draws the
@@ -38,6 +39,9 @@ from pathlib import Path
 import psutil
 
 from crackseg.data.synthetic import generate_synthetic_dataset
+
+#: The largest peak memory accepted, as a multiple of that on the smallest folder.
+MAX_GROWTH = 1.10
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = Path(sys.executable).with_name("crackseg-train")
@@ -120,7 +124,9 @@ def run_training(data_root: Path, run_dir: Path, args: argparse.Namespace) -> di
     wall = time.perf_counter() - start
     text = log_path.read_text()
     if proc.returncode != 0:
-        sys.exit(f"error: training on {data_root} failed ({proc.returncode}); see {log_path}")
+        # The log lives in the work folder, removed on the way out: its end goes to stderr.
+        print("\n".join(text.strip().splitlines()[-30:]), file=sys.stderr)
+        sys.exit(f"error: training on {data_root} failed ({proc.returncode}); its log ends above")
     match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     elapsed = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
     seconds = wall
@@ -179,6 +185,7 @@ def main() -> None:
         "| wall (s) | ratio to first (time -v / tree PSS) |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
+    grown = []
     for size, row in rows:
         ratio = row["time_rss_mb"] / first["time_rss_mb"]
         ratio_pss = row["tree_pss_mb"] / first["tree_pss_mb"]
@@ -186,6 +193,11 @@ def main() -> None:
             f"| {size} | {row['time_rss_mb']:.0f} | {row['tree_rss_mb']:.0f} "
             f"| {row['tree_pss_mb']:.0f} | {row['wall_s']:.1f} | {ratio:.3f} / {ratio_pss:.3f} |"
         )
+        if min(ratio, ratio_pss) > MAX_GROWTH:
+            grown.append(f"{size} tiles: x{ratio:.3f} / x{ratio_pss:.3f}")
+    if grown:
+        limit = f"{sizes[0]} tiles' x{MAX_GROWTH}"
+        sys.exit(f"error: peak memory grew with the folder beyond {limit}: {'; '.join(grown)}")
 
 
 if __name__ == "__main__":

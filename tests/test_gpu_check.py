@@ -75,3 +75,19 @@ def test_a_spent_budget_skips_the_steps_and_fails(tmp_path):
     report = json.loads((tmp_path / "results-gpu.json").read_text())
     assert [s["status"] for s in report["steps"]] == ["skipped"] * len(STEPS)
     assert report["bench"]["rows"] == []
+
+
+def test_a_bench_step_the_budget_cuts_short_keeps_its_rows_and_passes(tmp_path, monkeypatch):
+    """The compiled rows get what the budget leaves: running out of it is no failure."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_check
+
+    rows = tmp_path / "bench.json"
+    command = [sys.executable, str(gpu_check.BENCH), "--device", "cpu", "--quick"]
+    command += ["--json", str(rows), "--rows", "conv15x15/*/fp32/peak", "--budget", "0"]
+    step = gpu_check.run_step("bench compiled", command, gpu_check.Clock(60), tmp_path)
+    gpu_check.bench_detail(step, rows)
+    assert step["status"] == "budget", step
+    assert step["detail"] == "0 of 1 rows measured; the time budget stopped the others"
+    (row,) = json.loads(rows.read_text())["rows"]
+    assert row["cut_by_budget"] and row["error"].startswith("not run: the time budget")
