@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers.paper_replicas import write_image
 
 import crackseg.data.tools as tools
 from crackseg.data.data_settings import InputSize, SourceSettings
@@ -23,19 +24,14 @@ from crackseg.errors import DataError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _write(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array)
-
-
 def _photo(base: Path, name: str, crack_rows: list[tuple[int, int, int]], h=64, w=96) -> None:
     """A photograph with horizontal crack segments (row, col0, col1) marked in its mask."""
     image = np.random.default_rng(len(name)).integers(0, 256, (h, w, 3), dtype=np.uint8)
     mask = np.zeros((h, w), np.uint8)
     for row, c0, c1 in crack_rows:
         mask[row, c0:c1] = 255
-    _write(base / "images" / f"{name}.jpg", image)
-    _write(base / "masks" / f"{name}.png", mask)
+    write_image(base / "images" / f"{name}.jpg", image)
+    write_image(base / "masks" / f"{name}.png", mask)
 
 
 def test_tile_counts_names_and_noncrack(tmp_path):

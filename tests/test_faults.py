@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import METRIC_KEYS, REPO, TINY, one_line_error, run_entry, run_tiny
+from helpers.stalled_runs import HELPERS, start_train, wait_for_stall
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -33,8 +34,6 @@ from crackseg.runs.folder import (
     resume_checkpoint,
 )
 from crackseg.runs.trainer import AtomicCheckpointIO
-
-HELPERS = REPO / "tests" / "helpers"
 
 #: A tiny run with augmentation, three epochs (validation after the second and the last),
 #: deterministic, with the stall callback of tests/helpers in its config.
@@ -58,23 +57,6 @@ def metrics_of(run_dir: Path) -> dict:
     return {k: metrics[k] for k in METRIC_KEYS}
 
 
-def start_train(marker: Path, *args: str, epoch: int, batch: int | str, env: dict | None = None):
-    """Start ``crackseg-train ARGS`` to hold still after ``batch`` (or "val") of ``epoch``."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "crackseg.train", *args],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(HELPERS),
-            "CRACKSEG_TEST_STALL": f"{epoch}:{batch}:{marker}",
-            **(env or {}),
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def start_and_stall(
     marker: Path, *args: str, epoch: int, batch: int | str, env: dict | None = None
 ) -> subprocess.Popen:
@@ -83,14 +65,6 @@ def start_and_stall(
     process = start_train(marker, *args, *FAULT_RUN, epoch=epoch, batch=batch, env=env)
     wait_for_stall(process, marker)
     return process
-
-
-def wait_for_stall(process: subprocess.Popen, marker: Path) -> None:
-    deadline = time.monotonic() + 300
-    while not marker.exists():
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "the run never reached the stall point"
-        time.sleep(0.05)
 
 
 def stall_run(run_dir: Path, data_dir: Path, epoch: int, batch: int | str) -> subprocess.Popen:
@@ -186,7 +160,7 @@ def test_a_run_killed_before_its_first_checkpoint_frees_its_folder_and_keeps_its
     release_run_folder(run_dir)
     started_with = (run_dir / ".hydra" / "config.yaml").read_bytes()
     line = one_line_error(train(run_dir, tiny_data_dir, workers, "resume=auto", "seed=4"))
-    assert "seed: 3 -> 4" in line
+    assert "(data.seed: 3 -> 4; seed: 3 -> 4)" in line  # trainer.precision=auto is no change
     assert (run_dir / ".hydra" / "config.yaml").read_bytes() == started_with
     assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
 

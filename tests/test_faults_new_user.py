@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import METRIC_KEYS, REPO, TINY, one_line_error, run_entry
+from helpers.paper_replicas import write_image
+from helpers.stalled_runs import HELPERS, start_train, wait_for_stall
 
 from crackseg.data.io import read_mask
 from crackseg.data.layouts import check_samples, index_layout
@@ -26,29 +28,23 @@ from crackseg.evaluation.metrics import choose_seg_threshold, pixel_metrics
 from crackseg.evaluation.report import _auto_notes
 from crackseg.models.checkpoint import checkpoint_step, read_checkpoint
 
-
-def _write(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array)
-
-
 # --------------------------------------------------------------- 2. masks stored as 0/1
 
 
 def test_a_mask_whose_largest_value_is_1_is_read_as_a_0_1_mask(tmp_path):
     mask = np.zeros((8, 10), np.uint8)
     mask[2, 3:7] = 1
-    _write(tmp_path / "eight.png", mask)
-    _write(tmp_path / "sixteen.png", mask.astype(np.uint16))
-    _write(tmp_path / "colour.png", np.dstack([mask] * 3))
-    _write(tmp_path / "alpha.png", np.dstack([mask] * 3 + [np.full_like(mask, 255)]))
+    write_image(tmp_path / "eight.png", mask)
+    write_image(tmp_path / "sixteen.png", mask.astype(np.uint16))
+    write_image(tmp_path / "colour.png", np.dstack([mask] * 3))
+    write_image(tmp_path / "alpha.png", np.dstack([mask] * 3 + [np.full_like(mask, 255)]))
     for name in ("eight.png", "sixteen.png", "colour.png", "alpha.png"):
         read = read_mask(tmp_path / name)
         assert read.dtype == np.uint8 and read.shape == (8, 10)
         np.testing.assert_array_equal(read, mask * 255)
     # 0/255 masks and grey masks with other values stay as they are
     grey = np.array([[0, 2, 130, 255]], np.uint8)
-    _write(tmp_path / "grey.png", grey)
+    write_image(tmp_path / "grey.png", grey)
     np.testing.assert_array_equal(read_mask(tmp_path / "grey.png"), grey)
 
 
@@ -56,8 +52,8 @@ def test_positives_with_0_1_masks_keep_their_masks(tmp_path):
     for name in ("a", "b"):
         mask = np.zeros((16, 16), np.uint8)
         mask[4:8, 2:14] = 1
-        _write(tmp_path / "images" / f"{name}.png", np.full((16, 16, 3), 90, np.uint8))
-        _write(tmp_path / "masks" / f"{name}.png", mask)
+        write_image(tmp_path / "images" / f"{name}.png", np.full((16, 16, 3), 90, np.uint8))
+        write_image(tmp_path / "masks" / f"{name}.png", mask)
     samples = index_layout("crack_segmentation", tmp_path)["all"]
     checked = check_samples(samples)
     assert [s.is_positive for s in checked] == [True, True]
@@ -187,7 +183,7 @@ def test_predict_with_random_bytes_as_checkpoint_is_one_line(tmp_path):
     ckpt = tmp_path / "random.ckpt"
     ckpt.write_bytes(os.urandom(4096))
     (tmp_path / "photos").mkdir()
-    _write(tmp_path / "photos" / "a.png", np.zeros((64, 64, 3), np.uint8))
+    write_image(tmp_path / "photos" / "a.png", np.zeros((64, 64, 3), np.uint8))
     result = run_entry(
         "predict",
         f"ckpt_path={ckpt}",
@@ -204,8 +200,8 @@ def test_predict_with_random_bytes_as_checkpoint_is_one_line(tmp_path):
 def _photo(folder: Path, name: str = "P", h: int = 64, w: int = 96) -> None:
     mask = np.zeros((h, w), np.uint8)
     mask[10, 0:60] = 255
-    _write(folder / "images" / f"{name}.jpg", np.full((h, w, 3), 100, np.uint8))
-    _write(folder / "masks" / f"{name}.png", mask)
+    write_image(folder / "images" / f"{name}.jpg", np.full((h, w, 3), 100, np.uint8))
+    write_image(folder / "masks" / f"{name}.png", mask)
 
 
 def test_tile_refuses_a_negative_min_crack_pixels(tmp_path, capsys):
@@ -403,7 +399,6 @@ def test_a_refused_command_writes_nothing_into_the_folder_it_refuses(finished, c
 # --------------------------------------------------------------- 1. a resumed run ends as one
 
 
-HELPERS = REPO / "tests" / "helpers"
 #: Three epochs of the tiny run (4 batches each), validated after epochs 1 and 2, determinstic.
 RESUMED_RUN = [
     *TINY,
@@ -418,18 +413,12 @@ def _train(run_dir: Path, data_dir: Path, *extra: str, stall: str | None = None)
     """``crackseg-train`` of RESUMED_RUN; with ``stall`` (EPOCH:BATCH) it holds still there
     and the running process is returned once it does."""
     args = [*RESUMED_RUN, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", *extra]
-    env = {**os.environ, "PYTHONPATH": str(HELPERS)}
-    command = [sys.executable, "-m", "crackseg.train", *args]
     if stall is None:
-        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        return run_entry("train", *args, env={"PYTHONPATH": str(HELPERS)})
     marker = run_dir.parent / f"{run_dir.name}.stalled"
-    env["CRACKSEG_TEST_STALL"] = f"{stall}:{marker}"
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    while not marker.exists():
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        time.sleep(0.05)
+    epoch, batch = stall.split(":")
+    process = start_train(marker, *args, epoch=int(epoch), batch=batch)
+    wait_for_stall(process, marker)
     return process
 
 
@@ -460,18 +449,22 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize(
-    ("signum", "stall"),
+    ("signum", "stall", "workers"),
     [
-        (signal.SIGTERM, "0:1"),  # the first epoch, not validated
-        (signal.SIGTERM, "1:val"),  # a validated epoch, before its checkpoints
-        (signal.SIGTERM, "2:1"),  # the last epoch
-        (signal.SIGTERM, "2:val"),  # the last epoch validated, before its checkpoints
-        (signal.SIGKILL, "2:1"),
-        (signal.SIGKILL, "2:val"),
+        (signal.SIGTERM, "0:1", 0),  # the first epoch, not validated
+        (signal.SIGKILL, "0:1", 0),  # ... killed before any checkpoint: it starts again
+        (signal.SIGTERM, "1:val", 0),  # a validated epoch, before its checkpoints
+        (signal.SIGTERM, "1:2", 2),  # loader workers read ahead of the batches trained
+        (signal.SIGTERM, "2:1", 0),  # the last epoch
+        (signal.SIGTERM, "2:val", 0),  # the last epoch validated, before its checkpoints
+        (signal.SIGKILL, "2:1", 0),
+        (signal.SIGKILL, "2:val", 0),
     ],
     ids=[
         "SIGTERM-first",
+        "SIGKILL-first",
         "SIGTERM-validated",
+        "SIGTERM-workers",
         "SIGTERM-last",
         "SIGTERM-last-validated",
         "SIGKILL-last",
@@ -479,15 +472,18 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
     ],
 )
 def test_a_stopped_run_resumed_ends_as_the_uninterrupted_run(
-    uninterrupted, tmp_path, signum, stall
+    uninterrupted, tmp_path, signum, stall, workers
 ):
+    """The resumed run ends with the uninterrupted run's scores, files and checkpoints (with
+    loader workers too: the data carries no randomness the workers would change)."""
     reference, data_dir = uninterrupted
     run_dir = tmp_path / "stopped"
-    process = _train(run_dir, data_dir, stall=stall)
+    loader = f"data.num_workers={workers}"
+    process = _train(run_dir, data_dir, loader, stall=stall)
     process.send_signal(signum)
     process.wait(timeout=120)
     process.stderr.close()
-    result = _train(run_dir, data_dir, "resume=auto")
+    result = _train(run_dir, data_dir, loader, "resume=auto")
     assert result.returncode == 0, result.stderr[-3000:]
     assert _final(run_dir) == _final(reference)
     assert _files(run_dir) == _files(reference)
@@ -571,7 +567,7 @@ def test_an_onnx_model_with_crackseg_metadata_but_another_network_is_one_line(tm
     path = tmp_path / "other.onnx"
     onnx.save(model, str(path))
     photos = tmp_path / "photos"
-    _write(photos / "a.png", np.zeros((64, 128, 3), np.uint8))
+    write_image(photos / "a.png", np.zeros((64, 128, 3), np.uint8))
     out = tmp_path / "out"
     result = run_entry(
         "predict", "backend=onnx", f"onnx_path={path}", f"input={photos}", f"hydra.run.dir={out}"
@@ -600,7 +596,7 @@ def test_an_interrupted_prediction_ends_with_one_line_and_its_status(tiny_checkp
     photos = tmp_path / "photos"
     photo = np.random.default_rng(0).integers(0, 256, (256, 512, 3), dtype=np.uint8)
     for index in range(300):  # tiles of 64x128: about a minute of work, stopped at once
-        _write(photos / f"p{index:03d}.png", photo)
+        write_image(photos / f"p{index:03d}.png", photo)
     out = tmp_path / "out"
     process = subprocess.Popen(
         [
@@ -648,7 +644,7 @@ def test_an_interrupted_prediction_ends_with_one_line_and_its_status(tiny_checkp
 
 
 def test_an_overlap_that_would_multiply_the_tiles_is_refused(tiny_checkpoint, tmp_path):
-    _write(tmp_path / "photos" / "a.png", np.zeros((320, 480, 3), np.uint8))
+    write_image(tmp_path / "photos" / "a.png", np.zeros((320, 480, 3), np.uint8))
     out = tmp_path / "out"
     result = run_entry(
         "predict",

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import datamodule_of
+from helpers.paper_replicas import write_image
 
 from crackseg.data.io import image_size, read_image, read_mask
 from crackseg.data.layouts import LAYOUTS, check_samples, index_layout
@@ -30,16 +31,10 @@ def _mask(positive: bool) -> np.ndarray:
     return mask
 
 
-def _write(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array)
-    return path
-
-
 def _pair(base: Path, name: str, positive: bool, img_ext=".jpg", mask_ext=".png", mask=True):
-    _write(base / "images" / f"{name}{img_ext}", _image())
+    write_image(base / "images" / f"{name}{img_ext}", _image())
     if mask:
-        _write(base / "masks" / f"{name}{mask_ext}", _mask(positive))
+        write_image(base / "masks" / f"{name}{mask_ext}", _mask(positive))
 
 
 def _truncate(path: Path) -> Path:
@@ -53,7 +48,7 @@ def _truncate(path: Path) -> Path:
 
 def test_grey_image_read_as_three_channels_and_colour_as_one(tmp_path):
     grey = np.arange(H * W, dtype=np.uint8).reshape(H, W)
-    _write(tmp_path / "g.png", grey)
+    write_image(tmp_path / "g.png", grey)
     rgb = read_image(tmp_path / "g.png", 3)
     assert rgb.shape == (H, W, 3) and rgb.dtype == np.uint8
     for c in range(3):
@@ -61,7 +56,7 @@ def test_grey_image_read_as_three_channels_and_colour_as_one(tmp_path):
 
     bgr = np.zeros((H, W, 3), np.uint8)
     bgr[:, :, 2] = 255  # pure red in OpenCV's BGR order
-    _write(tmp_path / "red.png", bgr)
+    write_image(tmp_path / "red.png", bgr)
     colour = read_image(tmp_path / "red.png", 3)
     assert colour[0, 0].tolist() == [255, 0, 0]  # returned in RGB order
     one = read_image(tmp_path / "red.png", 1)
@@ -73,10 +68,10 @@ def test_alpha_dropped_and_16_bit_image_scaled(tmp_path):
     bgra = np.zeros((H, W, 4), np.uint8)
     bgra[..., 0] = 200  # blue
     bgra[..., 3] = 10  # nearly transparent: alpha must not leak into the colours
-    _write(tmp_path / "a.png", bgra)
+    write_image(tmp_path / "a.png", bgra)
     assert read_image(tmp_path / "a.png", 3)[0, 0].tolist() == [0, 0, 200]
     image16 = np.full((H, W), 25800, np.uint16)  # 100.4 * 257
-    _write(tmp_path / "i16.png", image16)
+    write_image(tmp_path / "i16.png", image16)
     assert read_image(tmp_path / "i16.png", 1)[0, 0, 0] == 100
 
 
@@ -85,29 +80,29 @@ def test_16_bit_and_colour_masks(tmp_path):
     mask16[0, 0] = 65535
     mask16[0, 1] = 33000  # 128.4 once scaled: just above the > 127 threshold
     mask16[0, 2] = 32700  # 127.2: just below
-    _write(tmp_path / "m16.png", mask16)
+    write_image(tmp_path / "m16.png", mask16)
     mask = read_mask(tmp_path / "m16.png")
     assert mask.dtype == np.uint8 and mask.shape == (H, W)
     assert mask[0, :3].tolist() == [255, 128, 127]
 
     colour = np.zeros((H, W, 3), np.uint8)
     colour[1, 1] = (0, 0, 255)  # a red annotation
-    _write(tmp_path / "mc.png", colour)
+    write_image(tmp_path / "mc.png", colour)
     mask = read_mask(tmp_path / "mc.png")
     assert mask.shape == (H, W) and mask[1, 1] == 255 and mask.sum() == 255
 
 
 def test_truncated_png_and_jpeg_are_caught(tmp_path):
     big = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
-    png = _truncate(_write(tmp_path / "t.png", big))
-    jpg = _truncate(_write(tmp_path / "t.jpg", big))
+    png = _truncate(write_image(tmp_path / "t.png", big))
+    jpg = _truncate(write_image(tmp_path / "t.jpg", big))
     assert cv2.imread(str(jpg)) is not None  # OpenCV's imread accepts the truncated JPEG
     # cut just the end-of-image marker: the decoder alone still returns an image
-    jpg_end = _write(tmp_path / "e.jpg", big)
+    jpg_end = write_image(tmp_path / "e.jpg", big)
     jpg_end.write_bytes(jpg_end.read_bytes()[:-2])
     data = np.frombuffer(jpg_end.read_bytes(), np.uint8)
     assert cv2.imdecode(data, cv2.IMREAD_UNCHANGED) is not None
-    png_end = _write(tmp_path / "e.png", big)
+    png_end = write_image(tmp_path / "e.png", big)
     png_end.write_bytes(png_end.read_bytes()[:-12])  # the IEND chunk
     for path in (png, jpg, jpg_end, png_end):
         with pytest.raises(DataError, match=path.name):
@@ -118,7 +113,7 @@ def test_truncated_jpeg_with_thumbnail_end_marker_is_caught(tmp_path):
     # An EXIF thumbnail carries its own FF D9; a search for that marker would be fooled.
     thumb = b"Exif\x00\x00" + b"\xff\xd8" + bytes(40) + b"\xff\xd9"
     app1 = b"\xff\xe1" + (len(thumb) + 2).to_bytes(2, "big") + thumb
-    path = _write(tmp_path / "x.jpg", _image())
+    path = write_image(tmp_path / "x.jpg", _image())
     data = path.read_bytes()
     full = data[:2] + app1 + data[2:]
     path.write_bytes(full)
@@ -129,7 +124,7 @@ def test_truncated_jpeg_with_thumbnail_end_marker_is_caught(tmp_path):
 
 
 def test_jpeg_with_trailing_bytes_is_accepted(tmp_path):
-    path = _write(tmp_path / "x.jpg", _image())
+    path = write_image(tmp_path / "x.jpg", _image())
     path.write_bytes(path.read_bytes() + b"camera trailer \xff\x00\x12")
     assert read_image(path, 3).shape == (H, W, 3)
 
@@ -146,7 +141,7 @@ def test_unreadable_file_names_it(tmp_path):
 def test_image_size_from_header(tmp_path):
     array = np.zeros((37, 53, 3), np.uint8)
     for ext in (".png", ".jpg", ".bmp"):
-        assert image_size(_write(tmp_path / f"s{ext}", array)) == (37, 53)
+        assert image_size(write_image(tmp_path / f"s{ext}", array)) == (37, 53)
 
 
 # ---------------------------------------------------------------- layouts
@@ -181,13 +176,13 @@ def test_crack_segmentation_train_test(tmp_path):
 
 def test_ksdd2_label_from_mask(tmp_path):
     for split in ("train", "test"):
-        _write(tmp_path / split / "10.png", _image())
-        _write(tmp_path / split / "10_GT.png", _mask(True))
-        _write(tmp_path / split / "11.png", _image())
-        _write(tmp_path / split / "11_GT.png", _mask(False))
+        write_image(tmp_path / split / "10.png", _image())
+        write_image(tmp_path / split / "10_GT.png", _mask(True))
+        write_image(tmp_path / split / "11.png", _image())
+        write_image(tmp_path / split / "11_GT.png", _mask(False))
     weak_jpeg = _mask(False)
     weak_jpeg[0, 0] = 100  # JPEG-like noise below the threshold is no defect
-    _write(tmp_path / "train" / "11_GT.png", weak_jpeg)
+    write_image(tmp_path / "train" / "11_GT.png", weak_jpeg)
     indexed = index_layout("ksdd2", tmp_path)
     assert sorted(indexed) == ["test", "train"]
     train = indexed["train"]
@@ -202,8 +197,8 @@ def test_labels_from_masks_use_the_binarize_threshold(tmp_path):
     """The image label agrees with the mask binarised as in training (data.binarize_threshold)."""
     faint = _mask(False)
     faint[4:8, 5:15] = 100
-    _write(tmp_path / "train" / "1.png", _image())
-    _write(tmp_path / "train" / "1_GT.png", faint)
+    write_image(tmp_path / "train" / "1.png", _image())
+    write_image(tmp_path / "train" / "1_GT.png", faint)
     assert not index_layout("ksdd2", tmp_path)["train"][0].is_positive  # 100 <= 127
     assert index_layout("ksdd2", tmp_path, binarize_threshold=50)["train"][0].is_positive
     (positive,) = check_samples(index_layout("ksdd2", tmp_path, binarize_threshold=50)["train"], 50)
@@ -218,10 +213,10 @@ def test_labels_from_masks_use_the_binarize_threshold(tmp_path):
 
 def test_segdec_label_from_folder(tmp_path):
     for split in ("train", "test"):
-        _write(tmp_path / f"{split}_positive" / "1.jpg", _image())
-        _write(tmp_path / f"{split}_positive" / "1_GT.jpg", _mask(True))
-        _write(tmp_path / f"{split}_negative" / "1.jpg", _image())
-        _write(tmp_path / f"{split}_negative" / "1_GT.jpg", _mask(False))
+        write_image(tmp_path / f"{split}_positive" / "1.jpg", _image())
+        write_image(tmp_path / f"{split}_positive" / "1_GT.jpg", _mask(True))
+        write_image(tmp_path / f"{split}_negative" / "1.jpg", _image())
+        write_image(tmp_path / f"{split}_negative" / "1_GT.jpg", _mask(False))
     indexed = index_layout("segdec", tmp_path)
     assert sorted(indexed) == ["test", "train"]
     assert [(s.sample_id, s.is_positive) for s in indexed["train"]] == [
@@ -231,9 +226,9 @@ def test_segdec_label_from_folder(tmp_path):
 
 
 def test_folder_layout_options(tmp_path):
-    _write(tmp_path / "img" / "x.jpg", _image())
-    _write(tmp_path / "gt" / "x_label.png", _mask(True))
-    _write(tmp_path / "img" / "free_y.jpg", _image())
+    write_image(tmp_path / "img" / "x.jpg", _image())
+    write_image(tmp_path / "gt" / "x_label.png", _mask(True))
+    write_image(tmp_path / "img" / "free_y.jpg", _image())
     indexed = index_layout(
         "folder",
         tmp_path,
@@ -248,9 +243,9 @@ def test_folder_layout_options(tmp_path):
         ("x", True, tmp_path / "gt" / "x_label.png"),
     ]
     # label from the mask: the empty mask makes a negative whatever the name
-    _write(tmp_path / "gt" / "free_y_label.png", _mask(True))
-    _write(tmp_path / "img" / "z.jpg", _image())
-    _write(tmp_path / "gt" / "z_label.png", _mask(False))
+    write_image(tmp_path / "gt" / "free_y_label.png", _mask(True))
+    write_image(tmp_path / "img" / "z.jpg", _image())
+    write_image(tmp_path / "gt" / "z_label.png", _mask(False))
     indexed = index_layout(
         "folder",
         tmp_path,
@@ -308,7 +303,7 @@ def test_image_without_mask_and_mask_without_image(tmp_path):
     with pytest.raises(DataError, match="lonely.jpg"):
         index_layout("folder", tmp_path, mask_ext=".png")
     (tmp_path / "images" / "lonely.jpg").unlink()
-    _write(tmp_path / "masks" / "orphan.png", _mask(True))
+    write_image(tmp_path / "masks" / "orphan.png", _mask(True))
     with pytest.raises(DataError, match="orphan.png"):
         index_layout("crack_segmentation", tmp_path)
     with pytest.raises(DataError, match="orphan.png"):
@@ -316,10 +311,10 @@ def test_image_without_mask_and_mask_without_image(tmp_path):
 
 
 def test_ksdd2_and_segdec_missing_masks(tmp_path):
-    _write(tmp_path / "train" / "5.png", _image())
+    write_image(tmp_path / "train" / "5.png", _image())
     with pytest.raises(DataError, match="5.png"):
         index_layout("ksdd2", tmp_path)
-    _write(tmp_path / "train_positive" / "7.jpg", _image())
+    write_image(tmp_path / "train_positive" / "7.jpg", _image())
     with pytest.raises(DataError, match="7.jpg"):
         index_layout("segdec", tmp_path)
 
@@ -328,8 +323,8 @@ def test_ksdd2_and_segdec_missing_masks(tmp_path):
 
 
 def _sample(tmp_path: Path, name: str, positive: bool, mask: np.ndarray | None) -> Sample:
-    image = _write(tmp_path / f"{name}.png", _image())
-    mask_path = None if mask is None else _write(tmp_path / f"{name}_m.png", mask)
+    image = write_image(tmp_path / f"{name}.png", _image())
+    mask_path = None if mask is None else write_image(tmp_path / f"{name}_m.png", mask)
     return Sample(name, image, mask_path, positive)
 
 
@@ -350,7 +345,7 @@ def test_empty_positive_mask_becomes_weak_with_warning(tmp_path, caplog):
 
 def test_check_samples_lists_all_unreadable_files(tmp_path):
     big = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
-    a = _truncate(_write(tmp_path / "a.jpg", big))
+    a = _truncate(write_image(tmp_path / "a.jpg", big))
     b = _sample(tmp_path, "b", True, _mask(True))
     _truncate(b.mask_path)
     samples = [Sample("a", a, None, False), b, _sample(tmp_path, "c", False, None)]

@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 
 
-def _write(path: Path, array: np.ndarray) -> Path:
+def write_image(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` as an image file at ``path``, making its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), array), path
     return path
@@ -35,8 +36,8 @@ def make_ksdd(root: Path, folders: int = 2, parts: int = 4, size=(96, 40)) -> Pa
             if k == 1:
                 mask[height // 4 : 3 * height // 4, width // 2 - 1 : width // 2 + 2] = 255
                 image[mask > 0] = 20
-            _write(root / f"kos{f:02d}" / f"Part{k}.jpg", image)
-            _write(root / f"kos{f:02d}" / f"Part{k}_label.bmp", mask)
+            write_image(root / f"kos{f:02d}" / f"Part{k}.jpg", image)
+            write_image(root / f"kos{f:02d}" / f"Part{k}_label.bmp", mask)
     return root
 
 
@@ -55,8 +56,8 @@ def make_dagm(root: Path, classes=(1, 2), images: int = 6, size: int = 64) -> Pa
                         label, (size // 2, size // 2), (size // 4, size // 8), 30, 0, 360, 255, -1
                     )
                     image[label > 0] = 30
-                    _write(folder / "Label" / f"{i:04d}_label.PNG", label)
-                _write(folder / f"{i:04d}.PNG", image)
+                    write_image(folder / "Label" / f"{i:04d}_label.PNG", label)
+                write_image(folder / f"{i:04d}.PNG", image)
     return root
 
 
@@ -85,7 +86,7 @@ def make_severstal(root: Path, positives: int = 4, negatives: int = 4) -> Path:
                 second[10:20, 1000:1100] = 1
                 image[second > 0] = 25
                 rows.append(f"{name},1,{severstal_codes(second)}")
-        _write(root / "train_images" / name, image)
+        write_image(root / "train_images" / name, image)
     (root / "train.csv").write_text("\n".join(rows) + "\n")
     return root
 
@@ -100,6 +101,6 @@ def make_ksdd2_like(root: Path, train: int = 10, test: int = 4, size=(64, 32)) -
         if i % 2 == 0:
             mask[10:30, 12:16] = 255
             image[mask > 0] = 20
-        _write(folder / f"{i:05d}.png", image)
-        _write(folder / f"{i:05d}_GT.png", mask)
+        write_image(folder / f"{i:05d}.png", image)
+        write_image(folder / f"{i:05d}_GT.png", mask)
     return root
