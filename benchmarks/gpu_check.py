@@ -137,6 +137,13 @@ def run_step(
     return {**record, "status": "passed", "detail": last_line(text)}
 
 
+def require_every_test_ran(step: dict) -> None:
+    """On a GPU the GPU tests must run: one skipped (no bf16, too few GPUs) fails the step."""
+    if step["status"] == "passed" and "skipped" in step["detail"]:
+        step["status"] = "failed"
+        step["detail"] += " (on a GPU every GPU test must run: see the step's log)"
+
+
 def bench_command(plan: Plan, json_path: Path, budget: float, compiled: bool) -> list[str]:
     size = f"{plan.height}x{plan.width}"
     rows = [f"segdec/{size}/b{batch}/*/train" for batch in plan.batches]
@@ -291,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         reserve = 0.0 if plan.toy else RESERVE_SECONDS
         tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
         steps = [run_step("gpu tests", [*tests, "tests/test_gpu.py"], clock, logs)]
+        if not plan.toy:
+            require_every_test_ran(steps[0])
         budget = clock.left(reserve) - BENCH_MARGIN_SECONDS
         command = bench_command(plan, eager_json, budget, compiled=False)
         steps.append(run_step("bench eager", command, clock, logs, reserve))

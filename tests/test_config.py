@@ -107,6 +107,36 @@ def test_seed_experiment_matches_the_seed_report_value_by_value():
     assert (cfg.data.val_fraction, cfg.data.test_fraction) == (0.15, 0.15)
 
 
+#: docs/method.md §8's run parameters, written out here so that a checkout without the seed
+#: report still checks them.
+SECTION_8 = {
+    "Batch size": 1,
+    "Epochs": 50,
+    "Learning rate": 1,
+    "Delta CLS Loss": 0.01,
+    "Dilate": 1,
+    "Dynamically balanced loss": True,
+    "Frequency-of-use sampling": True,
+    "Gradien-flow adjustment": True,
+    "Weighted segmentation loss": True,
+    "Weighted segmentation loss Max": 1.0,
+    "Weighted segmentation loss P": 2.0,
+    "Use best model": True,
+    "Validate": True,
+    "Validate on test": False,
+}
+
+
+def test_seed_experiment_has_the_run_parameters_of_method_section_8():
+    cfg = _compose("experiment=seed_crack_segmentation", "data.root=/data/crack_segmentation")
+    produced = dict(run_parameters_from_config(cfg))
+    assert {name: produced[name] for name in SECTION_8} == SECTION_8
+    assert (cfg.data.input_channels, cfg.data.input_height, cfg.data.input_width) == (3, 640, 232)
+    assert cfg.data.num_segmented is None  # all 6921 training positives segmented
+    assert (cfg.data.val_fraction, cfg.data.test_fraction) == (0.15, 0.15)
+    assert cfg.model.net.volume_channels == 1024 and cfg.model.net.volume_kernel == 15
+
+
 def test_seed_experiment_needs_a_data_root():
     cfg = _compose("experiment=seed_crack_segmentation")
     with pytest.raises(Exception, match=re.escape("data.root")):

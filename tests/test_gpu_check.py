@@ -91,3 +91,15 @@ def test_a_bench_step_the_budget_cuts_short_keeps_its_rows_and_passes(tmp_path, 
     assert step["detail"] == "0 of 1 rows measured; the time budget stopped the others"
     (row,) = json.loads(rows.read_text())["rows"]
     assert row["cut_by_budget"] and row["error"].startswith("not run: the time budget")
+
+
+def test_on_a_gpu_a_skipped_gpu_test_fails_its_step(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_check
+
+    ran = {"status": "passed", "detail": "3 passed in 40.0s"}
+    gpu_check.require_every_test_ran(ran)
+    assert ran["status"] == "passed"
+    skipped = {"status": "passed", "detail": "2 passed, 1 skipped in 40.0s"}
+    gpu_check.require_every_test_ran(skipped)
+    assert skipped["status"] == "failed" and "every GPU test must run" in skipped["detail"]

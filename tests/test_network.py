@@ -145,6 +145,28 @@ def test_xavier_normal_init_and_no_conv_bias():
     assert conv.bias is None
     fan_in, fan_out = 64 * 15 * 15, 1024 * 15 * 15
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.02)
+    # every convolution with enough weights to measure the spread of
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() > 5000]
+    assert len(convs) >= 8
+    for conv in convs:
+        k = conv.kernel_size[0] * conv.kernel_size[1]
+        xavier = math.sqrt(2 / (k * (conv.in_channels + conv.out_channels)))
+        assert conv.weight.std().item() == pytest.approx(xavier, rel=0.05), conv
+
+
+def test_the_decision_head_reads_the_pooled_features_and_segmentation_logits():
+    """Its last two inputs are the max and the mean of the segmentation logits (not of their
+    sigmoid), after the global max and mean of the decision features."""
+    torch.manual_seed(0)
+    net = SegDecNet(**SMALL).eval()
+    seen = {}
+    net.decision_fc.register_forward_hook(lambda m, args, out: seen.update(pooled=args[0]))
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 64, 128))
+    pooled, logits = seen["pooled"], out.segmentation
+    assert pooled.shape == (2, net.decision_fc.in_features)
+    assert torch.equal(pooled[:, -2], logits.amax(dim=(1, 2, 3)))
+    assert torch.allclose(pooled[:, -1], logits.mean(dim=(1, 2, 3)))
 
 
 def _segmentation_parameters(net):

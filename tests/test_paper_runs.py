@@ -154,6 +154,9 @@ def test_ksdd2_full_run(tmp_path):
     )
     rows = _report_rows(run)
     assert (rows["Learning rate"], rows["Dilate"], rows["Input channels"]) == ("0.01", "15", "3")
+    # all 6 training positives (the even numbers of 0-11) segmented, as N = 246 (all) is
+    assert rows["Segmented samples"] == "6" and rows["Dynamically balanced loss"] == "True"
+    assert rows["Gradien-flow adjustment"] == "True"
 
 
 @pytest.mark.parametrize("departure", [False, True])

@@ -109,7 +109,8 @@ class _NoSync:
 
 
 class _NoSyncInSteps(pl.Callback):
-    """Watches every training batch, from its start to the end of its optimiser step."""
+    """Watches every training batch, from its start to its end (backward and the optimiser
+    step included)."""
 
     def __init__(self) -> None:
         self.guard = _NoSync()
@@ -118,7 +119,7 @@ class _NoSyncInSteps(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.guard.__enter__()
 
-    def on_before_zero_grad(self, trainer, pl_module, optimizer):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.guard.__exit__(None, None, None)
         self.steps += 1
 
@@ -200,9 +201,9 @@ def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):
     assert eval_batch_size(None, 4, "cuda", 1) == 4
     assert eval_batch_size(8, 4, "cpu", 1) == 8
     data = CrackDataModule(
-        SourceSettings(str(tmp_path)), InputSize(3, 64, 128), loader=LoaderSettings(batch_size=4)
+        SourceSettings(str(tmp_path)), InputSize(3, 640, 232), loader=LoaderSettings(batch_size=4)
     )
-    assert data.eval_batch_size == 16  # no trainer: the CPU; 2^17 / (64 x 128) = 16
+    assert data.eval_batch_size == 1  # no trainer: the CPU, where 640 x 232 takes batches of 1
 
     class OnGpu:
         class strategy:  # noqa: N801

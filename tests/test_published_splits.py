@@ -171,7 +171,10 @@ def test_a_split_without_validation_gets_it_carved_from_train(tmp_path):
     datamodule = datamodule_of(root, layout="ksdd2", split_file=str(split), val_fraction=0.2)
     # positives 00000, 00002, ..., 00008 (5), negatives the odd ones (5): 20 % of each
     assert [len(datamodule.data_split.splits[k]) for k in ("train", "val", "test")] == [8, 2, 4]
-    assert datamodule.data_split.segmented_ids <= {"train_00000", "train_00002"}
+    # the file's marks stay on those of its segmented samples left in training
+    kept = {s.sample_id for s in datamodule.data_split.splits["train"]}
+    marked = {"train_00000", "train_00002"} & kept
+    assert marked and datamodule.data_split.segmented_ids == marked
     without = datamodule_of(root, layout="ksdd2", split_file=str(split), val_fraction=0)
     assert len(without.data_split.splits["train"]) == 10 and without.data_split.splits["val"] == []
     assert without.data_split.segmented_ids == {"train_00000", "train_00002"}

@@ -4,8 +4,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from crackseg.data.sampler import BalancedNegativeSampler, frequency_weights
 
@@ -74,28 +72,6 @@ def test_fewer_negatives_than_positives_never_crashes():
         assert len(np.unique(negatives)) == 987  # every negative shown
     counts = sampler.usage_counts(3)
     assert counts.min() >= 3 and counts.sum() == 3 * 6921
-
-
-class _Indices(Dataset):
-    def __len__(self):
-        return 40
-
-    def __getitem__(self, index):
-        return index
-
-
-@pytest.mark.parametrize("workers", [2])
-def test_same_samples_with_and_without_workers(workers):
-    def run(num_workers):
-        sampler = _sampler(10, 30, seed=5)
-        loader = DataLoader(_Indices(), batch_size=4, sampler=sampler, num_workers=num_workers)
-        seen = []
-        for epoch in range(4):
-            sampler.set_epoch(epoch)
-            seen.append(torch.cat(list(loader)).tolist())
-        return seen
-
-    assert run(0) == run(workers)
 
 
 def test_ranks_take_disjoint_shards_of_one_global_list():

@@ -54,11 +54,12 @@ def test_checkpoint_knows_its_architecture_and_input_size(tiny_run):
     assert "data:" in hp["run_config"]
 
 
-def test_eval_of_a_checkpoint_matches_the_test_step(tiny_run, tiny_data_dir, tmp_path):
-    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
+def test_eval_of_a_checkpoint_matches_the_test_step(
+    tiny_run, tiny_checkpoint, tiny_data_dir, tmp_path
+):
     result = run_entry(
         "eval",
-        f"ckpt_path={best}",
+        f"ckpt_path={tiny_checkpoint}",
         # the input size left out: it is the checkpoint's (64x128, the data config's 128x128)
         *[
             o
@@ -81,13 +82,12 @@ def test_eval_of_a_checkpoint_matches_the_test_step(tiny_run, tiny_data_dir, tmp
     assert (tmp_path / "test_scores.csv").read_text() == (tiny_run / "test_scores.csv").read_text()
 
 
-def test_eval_choosing_its_thresholds_on_test_says_so(tiny_run, tiny_data_dir, tmp_path):
+def test_eval_choosing_its_thresholds_on_test_says_so(tiny_checkpoint, tiny_data_dir, tmp_path):
     """thresholds=validation chooses them on the data given: its validate_on_test counts,
     not the training run's."""
-    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
     result = run_entry(
         "eval",
-        f"ckpt_path={best}",
+        f"ckpt_path={tiny_checkpoint}",
         *[o for o in TINY if o.startswith(("data.", "num_dice", "trainer.enable"))],
         f"paths.data_dir={tiny_data_dir}",
         "thresholds=validation",
@@ -114,10 +114,14 @@ def test_eval_refuses_an_unreadable_checkpoint(tmp_path):
     assert "cannot read checkpoint" in line
 
 
-def test_eval_refuses_a_checkpoint_of_another_input_size(tiny_run, tmp_path):
-    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
+def test_eval_refuses_a_checkpoint_of_another_input_size(tiny_checkpoint, tmp_path):
     line = one_line_error(
-        run_entry("eval", f"ckpt_path={best}", "data.input_height=128", f"hydra.run.dir={tmp_path}")
+        run_entry(
+            "eval",
+            f"ckpt_path={tiny_checkpoint}",
+            "data.input_height=128",
+            f"hydra.run.dir={tmp_path}",
+        )
     )
     assert "3x64x128" in line and "3x128x128" in line
 
@@ -156,20 +160,20 @@ def test_without_validation_the_final_weights_are_tested(tmp_path, tiny_data_dir
     assert json.loads((tmp_path / "metrics.json").read_text())["seg_threshold"] is not None
 
 
-def test_the_checkpoint_carries_the_validation_thresholds(tiny_run):
+def test_the_checkpoint_carries_the_validation_thresholds(tiny_run, tiny_checkpoint):
     from crackseg.models.checkpoint import load_module, thresholds
 
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
-    image_threshold, seg_threshold = thresholds(load_module(best))
+    image_threshold, seg_threshold = thresholds(load_module(tiny_checkpoint))
     assert image_threshold == pytest.approx(metrics["image_threshold"])
     assert seg_threshold == pytest.approx(metrics["seg_threshold"])
 
 
-def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(tiny_run, tiny_data_dir, tmp_path):
+def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(
+    tiny_checkpoint, tiny_data_dir, tmp_path
+):
     # Thresholds no validation split would choose: eval must take them from the checkpoint.
-    best = next((tiny_run / "checkpoints").glob("best*.ckpt"))
-    ckpt = torch.load(best, weights_only=True)
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
     ckpt["state_dict"]["image_threshold"] = torch.tensor(0.999)
     ckpt["state_dict"]["seg_threshold"] = torch.tensor(0.97)
     # and weights trained in bf16: eval's trainer.precision=auto evaluates in it
