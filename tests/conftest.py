@@ -235,3 +235,11 @@ def pytest_sessionstart(session) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
         reporter.write_line(machine_line(getattr(session.config.option, "numprocesses", 0)))
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (`make test`): one worker per core this process may run on (a taskset or
+    SLURM allocation), not per physical core of the machine, which is what psutil counts."""
+    from crackseg.runs.threads import usable_cores
+
+    return usable_cores()

@@ -170,3 +170,16 @@ def test_a_registry_folder_others_can_write_is_refused_and_the_run_goes_on_alone
     assert share.registry is None
     share.share()
     share.teardown(None, None, "fit")
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cap"), [("200000 100000", 2), ("150000 100000", 2), ("max 100000", None)]
+)
+def test_the_usable_cores_are_capped_by_a_container_cpu_quota(tmp_path, monkeypatch, cpu_max, cap):
+    from crackseg.runs import threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(threads, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    assert threads.usable_cores() == 64  # no cgroup v2 file: the affinity
+    (tmp_path / "cpu.max").write_text(f"{cpu_max}\n")
+    assert threads.usable_cores() == (cap or 64)

@@ -9,7 +9,8 @@ torch with one thread each):
 
     threads = max(1, cores // jobs - workers)
 
-with ``cores`` the cores this process may use (``os.sched_getaffinity``), ``jobs`` the
+with ``cores`` the cores this process may use (``os.sched_getaffinity``, capped by a
+container's CPU quota), ``jobs`` the
 launcher's ``n_jobs`` and ``workers`` the job's ``data.num_workers``. A single run, or a sweep
 whose jobs run one after another, keeps torch's default (one thread per core, or
 OMP_NUM_THREADS where it is set). Every job logs the number it took.
@@ -18,13 +19,18 @@ OMP_NUM_THREADS where it is set). Every job logs the number it took.
 from __future__ import annotations
 
 import logging
+import math
 import os
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg.runs.gpus import current_hydra_config, runs_parallel_locally
 
 log = logging.getLogger(__name__)
+
+#: cgroup v2's CPU quota of this process's container ("QUOTA PERIOD", or "max PERIOD").
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
 def threads_per_job(cores: int, jobs: int, workers: int) -> int:
@@ -34,11 +40,23 @@ def threads_per_job(cores: int, jobs: int, workers: int) -> int:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (a SLURM or taskset allocation, not the machine's)."""
+    """The cores this process may run on (a SLURM or taskset allocation, not the machine's),
+    no more than a container's CPU quota grants (``docker --cpus=2`` on a 64-core host: 2)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota()
+    return min(cores, quota) if quota is not None else cores
+
+
+def cpu_quota() -> int | None:
+    """The CPUs of this process's cgroup v2 quota, rounded up; None where there is none."""
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
 
 
 def jobs_side_by_side(hydra_cfg: DictConfig | None, cores: int) -> int:
