@@ -39,6 +39,9 @@ TINY = [
     "trainer.enable_model_summary=false",
 ]
 
+#: TINY's settings that crackseg-eval takes too (the data, the report, the console).
+TINY_EVAL = [o for o in TINY if o.startswith(("data.", "num_dice", "trainer.enable"))]
+
 #: What every run's metrics.json holds.
 METRIC_KEYS = {
     "image_auc",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from helpers.bf16_bounds import FLOAT32_NOISE, bf16_relative_bound, on_bf16_grid
@@ -227,3 +228,33 @@ def test_a_bf16_run_trains_tests_and_says_so(tmp_path, tiny_data_dir):
     assert "bf16-mixed" in next(
         line for line in (tmp_path / "report.md").read_text().splitlines() if "| Precision" in line
     )
+
+
+def test_a_compiled_network_trains_and_its_weights_score_the_same_uncompiled(
+    tmp_path, tiny_data_dir
+):
+    """``model.compile`` compiles the network in place for training: its checkpoints keep the
+    plain keys, and crackseg-eval (not compiled) scores the test split as the compiled
+    test step did."""
+    from conftest import TINY_EVAL, run_entry, run_tiny
+
+    run = tmp_path / "run"
+    settings = ("model.compile=default", "trainer.max_epochs=1", "trainer.precision=32-true")
+    result = run_tiny(run, tiny_data_dir, *settings)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = next((run / "checkpoints").glob("best*.ckpt"))
+    weights = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert "net.volume.0.weight" in weights and not any("_orig_mod" in k for k in weights)
+
+    evaluated = tmp_path / "eval"
+    result = run_entry(
+        "eval",
+        f"ckpt_path={checkpoint}",
+        *TINY_EVAL,
+        f"paths.data_dir={tiny_data_dir}",
+        f"hydra.run.dir={evaluated}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained, scored = (json.loads((d / "metrics.json").read_text()) for d in (run, evaluated))
+    for key in ("image_auc", "image_ap", "tp", "fp", "tn", "fn", "dice_mean"):
+        assert scored[key] == pytest.approx(trained[key], abs=1e-4), key

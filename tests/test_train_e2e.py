@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import METRIC_KEYS, TINY, one_line_error, run_entry, run_tiny
+from conftest import METRIC_KEYS, TINY_EVAL, one_line_error, run_entry, run_tiny
 
 
 def test_run_folder_holds_config_checkpoints_events_and_metrics(tiny_run):
@@ -61,12 +61,7 @@ def test_eval_of_a_checkpoint_matches_the_test_step(
         "eval",
         f"ckpt_path={tiny_checkpoint}",
         # the input size left out: it is the checkpoint's (64x128, the data config's 128x128)
-        *[
-            o
-            for o in TINY
-            if o.startswith(("data.", "num_dice", "trainer.enable"))
-            and not o.startswith("data.input_")
-        ],
+        *[o for o in TINY_EVAL if not o.startswith("data.input_")],
         f"paths.data_dir={tiny_data_dir}",
         f"hydra.run.dir={tmp_path}",
     )
@@ -88,7 +83,7 @@ def test_eval_choosing_its_thresholds_on_test_says_so(tiny_checkpoint, tiny_data
     result = run_entry(
         "eval",
         f"ckpt_path={tiny_checkpoint}",
-        *[o for o in TINY if o.startswith(("data.", "num_dice", "trainer.enable"))],
+        *TINY_EVAL,
         f"paths.data_dir={tiny_data_dir}",
         "thresholds=validation",
         "validate_on_test=true",
@@ -187,7 +182,7 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(
         "eval",
         f"ckpt_path={edited}",
         "data.all_as_test=true",
-        *[o for o in TINY if o.startswith(("data.", "num_dice", "trainer.enable"))],
+        *TINY_EVAL,
         f"paths.data_dir={tiny_data_dir}",
         f"hydra.run.dir={tmp_path / 'eval'}",
     )
