@@ -543,6 +543,7 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path):
         ("trainer.accelerator=tpu", "trainer.accelerator must be auto, cpu, gpu, cuda, mps"),
         ("trainer.devices=0", "trainer.devices must be an integer >= 1, -1 (all), auto or"),
         ("trainer.precision=17", "trainer.precision must be auto, 32-true"),
+        ("trainer.precision=bf16-true", "auto, 32-true, 32, bf16-mixed, bf16, 16-mixed, 16"),
         pytest.param(
             "trainer.accelerator=gpu",
             "trainer.accelerator=gpu, but no CUDA GPU is visible here",

@@ -176,6 +176,18 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_in_bf16(monkeypatch)
     assert hardware.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
 
 
+def test_an_evaluation_takes_the_trained_precision_where_it_runs(monkeypatch):
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert hardware.evaluation_precision("auto", "bf16-mixed", "auto") == "bf16-mixed"
+    assert hardware.evaluation_precision("auto", None, "auto") == "32-true"  # this machine's
+    assert hardware.evaluation_precision("bf16-mixed", "32-true", "cpu") == "bf16-mixed"  # typed
+    # float16 weights off a GPU: float32, not the bf16 Lightning would turn 16-mixed into
+    assert hardware.evaluation_precision("auto", "16-mixed", "auto") == "32-true"
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: True)
+    assert hardware.evaluation_precision("auto", "16-mixed", "auto") == "16-mixed"
+
+
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     monkeypatch.setattr(precision, "Path", lambda _: cpuinfo)
@@ -258,3 +270,30 @@ def test_a_compiled_network_trains_and_its_weights_score_the_same_uncompiled(
     trained, scored = (json.loads((d / "metrics.json").read_text()) for d in (run, evaluated))
     for key in ("image_auc", "image_ap", "tp", "fp", "tn", "fn", "dice_mean"):
         assert scored[key] == pytest.approx(trained[key], abs=1e-4), key
+
+
+def test_deterministic_training_of_the_full_resolution_head_is_refused_on_a_gpu(monkeypatch):
+    """Its bilinear upsampling has no deterministic CUDA backward: torch would raise at the
+    first step. On the CPU, and with deterministic=warn, the run goes on."""
+    from omegaconf import OmegaConf
+
+    from crackseg.errors import ConfigError
+
+    def config(deterministic, accelerator="auto", full_resolution=True):
+        return OmegaConf.create(
+            {
+                "trainer": {"deterministic": deterministic, "accelerator": accelerator},
+                "model": {"net": {"full_resolution": full_resolution}},
+            }
+        )
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match="use trainer.deterministic=warn"):
+        hardware.check_deterministic(config(True))
+    with pytest.raises(ConfigError, match="no deterministic CUDA backward"):
+        hardware.check_deterministic(config(True, accelerator="gpu"))
+    hardware.check_deterministic(config("warn"))
+    hardware.check_deterministic(config(True, full_resolution=False))
+    hardware.check_deterministic(config(True, accelerator="cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    hardware.check_deterministic(config(True))

@@ -8,6 +8,7 @@ scaling) as metadata, written by ``crackseg-export``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -277,7 +278,10 @@ def open_backend(
             raise ConfigError("onnx_path is read by backend=onnx; drop it or set backend=onnx")
         torch_device = resolve_device(device)
         if precision == "auto":
-            native = native_precision(torch_device.type) == BF16
+            # of the GPU named (cuda:1), not of the current one
+            on_gpu = torch_device.type == "cuda"
+            with torch.cuda.device(torch_device) if on_gpu else contextlib.nullcontext():
+                native = native_precision(torch_device.type) == BF16
             precision = "bf16" if native else "32"
             log.info("precision: %s (precision=auto on this %s)", precision, torch_device.type)
         return TorchBackend(load_module(ckpt_path), torch_device, precision)

@@ -37,11 +37,10 @@ def _number(value: Any) -> bool:
 #: ``trainer.accelerator`` values (Lightning's, which picks among them; ``auto`` takes a GPU
 #: where there is one).
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-#: ``trainer.precision`` values: Lightning's, and ``auto`` (crackseg.runs.hardware).
-PRECISIONS = (
-    "auto", "32-true", "32", "bf16-mixed", "bf16", "bf16-true", "16-mixed", "16", "16-true",
-    "64-true", "64",
-)  # fmt: skip
+#: ``trainer.precision`` values: Lightning's float32 and mixed precisions, and ``auto``
+#: (crackseg.runs.hardware). Not the "-true" ones, which cast the weights themselves: the
+#: images the callbacks and the model summary feed the network stay float32.
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")
 
 
 def _devices(value: Any) -> bool:

@@ -36,7 +36,7 @@ import crackseg
 from crackseg.atomic import atomic_write_text, remove_partial_writes
 from crackseg.errors import RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, checkpoint_step
-from crackseg.runs.hardware import check_accelerator, resolve_precision
+from crackseg.runs.hardware import check_accelerator, check_deterministic, resolve_precision
 from crackseg.runs.job_log import accept_job_logs
 
 log = logging.getLogger(__name__)
@@ -513,6 +513,7 @@ def resolve_machine_settings(cfg: DictConfig) -> None:
     before anything compares, records or reports the config."""
     if "trainer" in cfg:
         check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
+        check_deterministic(cfg)
         cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
 
 

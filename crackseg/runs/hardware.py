@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from crackseg.errors import ConfigError
-from crackseg.models.precision import native_precision
+from crackseg.models.precision import native_precision, uses_cuda
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,22 @@ def check_accelerator(accelerator: str, devices: Any) -> None:
         raise ConfigError("trainer.accelerator=mps, but this machine has no MPS device")
 
 
+def check_deterministic(cfg: Any) -> None:
+    """Refuse ``trainer.deterministic=true`` where the network has an operation without a
+    deterministic kernel: the full-resolution head's bilinear upsampling has none for its
+    backward on CUDA, which torch would raise at the first training step."""
+    deterministic = cfg.trainer.get("deterministic")
+    full_resolution = cfg.get("model", {}).get("net", {}).get("full_resolution", False)
+    if deterministic is not True or not full_resolution:
+        return
+    if uses_cuda(cfg.trainer.get("accelerator", "auto")):
+        raise ConfigError(
+            "trainer.deterministic=true cannot train model.net.full_resolution=true on a GPU "
+            "(its bilinear upsampling has no deterministic CUDA backward): "
+            "use trainer.deterministic=warn"
+        )
+
+
 def resolve_precision(precision: str | int, accelerator: str) -> str:
     """``trainer.precision``, with ``auto`` turned into what this machine runs natively."""
     if str(precision) != "auto":
@@ -53,7 +69,12 @@ def resolve_precision(precision: str | int, accelerator: str) -> str:
 
 def evaluation_precision(precision: str | int, trained: str | None, accelerator: str) -> str:
     """``trainer.precision`` of an evaluation: ``auto`` is the precision the weights were
-    trained in (``trained``, from the checkpoint), else what this machine runs natively."""
+    trained in (``trained``, from the checkpoint), else what this machine runs natively.
+    float16 weights evaluated off a GPU are evaluated in float32: Lightning would turn
+    ``16-mixed`` into bf16 there, neither the trained precision nor a native one."""
+    if str(precision) == "auto" and trained in ("16-mixed", "16") and not uses_cuda(accelerator):
+        log.info("precision: 32-true (the checkpoint trained in %s, which needs a GPU)", trained)
+        return "32-true"
     if str(precision) == "auto" and trained not in (None, "auto"):
         log.info("precision: %s, as the checkpoint was trained", trained)
         return str(trained)
