@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_tiny
+from conftest import TINY, one_line_error, run_entry, run_tiny
 
 
 def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
@@ -20,3 +20,47 @@ def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
     rank1 = (tmp_path / "train_ddp_process_1.log").read_text()
     assert "evaluation written" in rank0
     assert "evaluation written" not in rank1
+
+
+#: 2 CPU processes over gloo.
+TWO_PROCESSES = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+
+
+def test_a_sweep_runs_its_ddp_jobs_one_after_another(tmp_path, tiny_data_dir):
+    """Lightning starts rank 1 with the sweep's own command line, so rank 1 runs the sweep
+    too, job after job in step with rank 0, and writes no summary of its own (its Hydra
+    logs go to the jobs' folders; to a second sweep folder where the folder's name holds the
+    time it started). Each job's run folder is rank 0's and whole."""
+    result = run_entry(
+        "train",
+        "-m",
+        *TINY,
+        *TWO_PROCESSES,
+        "trainer.max_epochs=1",
+        "seed=0,1",
+        f"paths.data_dir={tiny_data_dir}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for seed, job in enumerate(("0_seed=0", "1_seed=1")):
+        config = (tmp_path / "sweep" / job / ".hydra" / "config.yaml").read_text()
+        assert f"\nseed: {seed}\n" in config
+        metrics = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
+        assert (tmp_path / "sweep" / job / "train_ddp_process_1.log").is_file()
+        assert (
+            metrics["tp"] + metrics["fn"] + metrics["tn"] + metrics["fp"] == metrics["test_samples"]
+        )
+    assert "2 jobs: 2 finished" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
+def test_a_local_parallel_sweep_of_ddp_jobs_is_refused_before_any_job(tmp_path):
+    result = run_entry(
+        "train",
+        "-m",
+        "hydra/launcher=local_parallel",
+        *TWO_PROCESSES,
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert "jobs of a local parallel sweep run side by side" in one_line_error(result)
+    assert not (tmp_path / "sweep").exists()

@@ -31,7 +31,7 @@ from crackseg.runs.folder import (
     release_run_folder,
     write_status,
 )
-from crackseg.runs.gpus import job_device_context
+from crackseg.runs.gpus import job_device_context, runs_parallel_locally
 from crackseg.runs.threads import set_job_threads
 from crackseg.sweep.job_names import setting_changes, shared_settings, swept_keys
 
@@ -179,12 +179,29 @@ class SweepChecksCallback(Callback):
         try:
             check_sweep_resume(config.get("resume"))
             check_trials(config)
+            check_devices_per_job(config)
             check_config(config)
             if config.get("skip_finished", True):
                 refuse_finished_jobs_with_other_settings(config)
         except CracksegError as error:
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
+
+
+def check_devices_per_job(config: DictConfig) -> None:
+    """The jobs of a local parallel sweep run side by side with one device each: a job on
+    several (DDP) would start its other processes as a copy of the whole sweep, beside the
+    other jobs' (Lightning starts them with the sweep's command line)."""
+    if not runs_parallel_locally(config.get("hydra")):
+        return
+    devices = OmegaConf.select(config, "trainer.devices", default=1)
+    several = len(devices) != 1 if OmegaConf.is_list(devices) else str(devices) != "1"
+    if several:
+        raise ConfigError(
+            f"trainer.devices={devices}: the jobs of a local parallel sweep run side by side "
+            "on one device each; run jobs on several devices one after another "
+            "(without hydra/launcher=local_parallel, or with hydra.launcher.n_jobs=1)"
+        )
 
 
 def check_trials(config: DictConfig) -> None:

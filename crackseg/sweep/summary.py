@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from crackseg.atomic import atomic_write_text
-from crackseg.runs.folder import STATUS_FILE, load_status
+from crackseg.runs.folder import STATUS_FILE, is_rank_zero, load_status
 from crackseg.sweep.published import add_table4_labels, departures
 
 log = logging.getLogger(__name__)
@@ -327,13 +327,16 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
 
 class SummaryCallback(Callback):
     """Hydra callback: write the summary at the sweep folder when a multirun ends, and
-    record how many of its jobs did not finish (:data:`ended_sweeps`)."""
+    record how many of its jobs did not finish (:data:`ended_sweeps`). Not in the other
+    processes of DDP jobs, which Lightning starts with the sweep's command line: they run
+    the sweep in step with the first, whose folders they leave to it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         started_sweeps.append(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        end_sweep(Path(str(config.hydra.sweep.dir)))
+        if is_rank_zero():
+            end_sweep(Path(str(config.hydra.sweep.dir)))
 
 
 def end_sweep(sweep_dir: Path) -> None:
