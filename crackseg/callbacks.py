@@ -52,6 +52,16 @@ HISTORY_KEYS = (
 NEVER = 10**9
 
 
+def forward_as_run(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The module's decision and segmentation probabilities for ``images``, computed in the
+    run's precision (bf16 autocast in a bf16-mixed run), as its validation and test steps
+    computed theirs: the pictures show what the scores were made of."""
+    with torch.no_grad(), trainer.precision_plugin.forward_context():
+        return pl_module(images.to(pl_module.device))
+
+
 class ValidateOnLastEpoch(pl.Callback):
     """Validate after the last epoch too, whatever ``check_val_every_n_epoch`` says, and on
     the ``schedule`` (:data:`VALIDATION_SCHEDULES`) before it."""
@@ -178,10 +188,9 @@ class ValidationImages(pl.Callback):
         chosen = (positives or list(range(len(dataset))))[: self.num_images]
         if not chosen:
             return
-        batch = torch.stack([dataset[i]["image"] for i in chosen]).to(pl_module.device)
+        batch = torch.stack([dataset[i]["image"] for i in chosen])
         masks = torch.stack([dataset[i]["mask"] for i in chosen])
-        with torch.no_grad():
-            scores, seg = pl_module(batch)
+        scores, seg = forward_as_run(trainer, pl_module, batch)
         # One row per image: the image (grey), the ground truth, the predicted probabilities.
         grey = batch.mean(dim=1, keepdim=True).cpu()
         rows = torch.cat([grey, masks, seg.cpu()], dim=3).clamp(0, 1)
@@ -210,9 +219,8 @@ class WeakRanking(pl.Callback):
         entries = []
         for start in range(0, len(weak), self.batch_size):
             chosen = weak[start : start + self.batch_size]
-            images = torch.stack([dataset[i]["image"] for i in chosen]).to(pl_module.device)
-            with torch.no_grad():
-                scores, seg = pl_module(images)
+            images = torch.stack([dataset[i]["image"] for i in chosen])
+            scores, seg = forward_as_run(trainer, pl_module, images)
             for index, score, probabilities in zip(chosen, scores.cpu(), seg.cpu(), strict=True):
                 sample = dataset.samples[index]
                 value, pixels, mean = weak_ranking.uncertainty(probabilities[0], threshold)
@@ -329,8 +337,7 @@ class EvaluationReport(pl.Callback):
         for rank in spread_indices(list(dice), self.num_dice_panels):
             index = int(results["positive_indices"][rank])
             item = dataset[index]
-            with torch.no_grad():
-                _, seg = pl_module(item["image"][None].to(pl_module.device))
+            _, seg = forward_as_run(trainer, pl_module, item["image"][None])
             name = dice_panel_name(float(dice[rank]), dataset.samples[index].sample_id)
             image = item["image"].permute(1, 2, 0).numpy()
             save_dice_panel(

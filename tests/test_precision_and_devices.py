@@ -297,3 +297,19 @@ def test_deterministic_training_of_the_full_resolution_head_is_refused_on_a_gpu(
     hardware.check_deterministic(config(True, accelerator="cpu"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     hardware.check_deterministic(config(True))
+
+
+def test_the_callbacks_predict_in_the_runs_precision():
+    """The validation images, Dice panels and weak ranking show what the bf16 test scored."""
+    from crackseg.callbacks import forward_as_run
+
+    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    seen = []
+    conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    images = _batch(2)["image"]
+    for run_precision, dtype in (("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)):
+        trainer = _one_epoch_trainer(pl.Callback(), precision=run_precision)
+        scores, seg = forward_as_run(trainer, module, images)
+        assert seen.pop() == dtype
+        assert scores.dtype == seg.dtype == torch.float32 and seg.shape == (2, 1, 64, 128)
