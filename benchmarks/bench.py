@@ -172,7 +172,9 @@ def timed(step: Callable[[], int], device: torch.device, timing: Timing) -> Resu
     for _ in range(timing.warmup):  # allocator, oneDNN/cuDNN kernel choice, compilation
         step()
     synchronize(device)
-    between_waits = CUDA_STEPS_BETWEEN_WAITS if device.type == "cuda" else 1
+    between_waits = 1
+    if device.type == "cuda":
+        between_waits = min(CUDA_STEPS_BETWEEN_WAITS, max(1, timing.min_steps))
     steps = images = 0
     start = time.perf_counter()
     while steps < timing.min_steps or time.perf_counter() - start < timing.min_seconds:

@@ -224,7 +224,9 @@ def machine_line(workers: int = 0) -> str:
     from crackseg.models.precision import cpu_bf16_features, cpu_model
 
     features = ", ".join(cpu_bf16_features()) or "none"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from crackseg.runs.threads import usable_cores
+
+    cores = usable_cores()
     line = f"cpu: {cpu_model()} (bf16: {features}); {cores} usable cores, torch {torch.__version__}"
     if workers:
         threads = os.environ.get("OMP_NUM_THREADS", "1")
@@ -240,6 +242,7 @@ def pytest_sessionstart(session) -> None:
         reporter.write_line(machine_line(getattr(session.config.option, "numprocesses", 0)))
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto`` (`make test`): one worker per core this process may run on (a taskset or
     SLURM allocation), not per physical core of the machine, which is what psutil counts."""

@@ -78,19 +78,22 @@ def test_a_spent_budget_skips_the_steps_and_fails(tmp_path):
 
 
 def test_a_bench_step_the_budget_cuts_short_keeps_its_rows_and_passes(tmp_path, monkeypatch):
-    """The compiled rows get what the budget leaves: running out of it is no failure."""
+    """The compiled rows get what the budget leaves: running out of it is no failure; for
+    the eager rows (the peaks every "of peak" divides by) it is."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import gpu_check
 
     rows = tmp_path / "bench.json"
     command = [sys.executable, str(gpu_check.BENCH), "--device", "cpu", "--quick"]
     command += ["--json", str(rows), "--rows", "conv15x15/*/fp32/peak", "--budget", "0"]
-    step = gpu_check.run_step("bench compiled", command, gpu_check.Clock(60), tmp_path)
+    clock = gpu_check.Clock(60)
+    step = gpu_check.run_step("bench compiled", command, clock, tmp_path, may_run_out=True)
     gpu_check.bench_detail(step, rows)
     assert step["status"] == "budget", step
     assert step["detail"] == "0 of 1 rows measured; the time budget stopped the others"
     (row,) = json.loads(rows.read_text())["rows"]
     assert row["cut_by_budget"] and row["error"].startswith("not run: the time budget")
+    assert gpu_check.run_step("bench eager", command, clock, tmp_path)["status"] == "failed"
 
 
 def test_on_a_gpu_a_skipped_gpu_test_fails_its_step(monkeypatch):

@@ -30,7 +30,7 @@ from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import LOCK_FILE, lock_file
 from crackseg.runs.gpus import claim_gpu, job_device_context, visible_gpus
 from crackseg.runs.resolvers import job_dirname, job_folder
-from crackseg.runs.threads import jobs_side_by_side, set_job_threads, threads_per_job
+from crackseg.runs.threads import jobs_side_by_side, set_job_threads, threads_per_job, usable_cores
 from crackseg.sweep.job_names import common_keys, exclude_override, shared_settings, swept_keys
 from crackseg.sweep.summary import collect_runs, main
 
@@ -418,7 +418,7 @@ def test_parallel_sweep_writes_runs_and_summary(tiny_sweep: Path) -> None:
     jobs = sorted(p.name for p in tiny_sweep.iterdir() if p.is_dir())
     assert jobs == ["0_data.dilate=3,seed=0", "1_data.dilate=3,seed=1"]
     # Two jobs side by side, one loader worker each: half the cores less one (at least one).
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     share = max(1, cores // 2 - 1)
     threads = f"torch threads: {share} ({cores} cores shared by 2 jobs side by side"
     for job in jobs:

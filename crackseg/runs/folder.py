@@ -461,9 +461,11 @@ def prepare_training_run(
     # The settings it ran with: the checkpoint's, else those it started with.
     saved = checkpoint_run_config(checkpoint) if checkpoint is not None else None
     if saved is None and (output_dir / ".hydra" / "config.yaml").is_file():
-        # as typed (trainer.precision: auto), where a checkpoint holds them made concrete
+        # as typed (trainer.precision: auto), where a checkpoint holds it made concrete
         saved = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
-        resolve_machine_settings(saved)
+        if "trainer" in saved:
+            trainer = saved.trainer
+            trainer.precision = resolve_precision(trainer.precision, trainer.accelerator)
     changed = config_differences(saved, cfg) if saved is not None else []
     if finished_status(output_dir) is not None:
         settings = f", with other settings ({'; '.join(changed)})" if changed else ""
