@@ -15,8 +15,8 @@ benchmarks/results-gpu.json:
    last because compiling takes longest: what the budget leaves is spent there.
 
 Every step gets what is left of ``--budget`` (480 s); a step the budget does not reach is
-recorded as skipped, a bench step it cuts short as ``budget`` (the rows it measured are
-kept). Exit status 1 where a step failed or was skipped.
+recorded as skipped, the compiled bench step it cuts short as ``budget`` (the rows it
+measured are kept). Exit status 1 where a step failed or was skipped.
 
 Without a GPU (or with ``--toy``) every step runs at toy size on the CPU, so that the script
 itself is tested (tests/test_gpu_check.py): 64x128 inputs, batch 1, one step a bench row,
