@@ -91,6 +91,21 @@ def run_tiny(
     )
 
 
+def eval_tiny(
+    checkpoint: Path, run_dir: Path, data_dir: Path, *overrides: str
+) -> subprocess.CompletedProcess:
+    """``crackseg-eval`` of ``checkpoint`` on the tiny synthetic set in ``data_dir``, into
+    ``run_dir``."""
+    return run_entry(
+        "eval",
+        f"ckpt_path={checkpoint}",
+        *TINY_EVAL,
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    )
+
+
 def one_line_error(result: subprocess.CompletedProcess) -> str:
     """The single ``error:`` line of a refused command (exit 2, no traceback)."""
     assert result.returncode == 2, result.stderr[-2000:]

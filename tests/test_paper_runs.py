@@ -28,6 +28,10 @@ SMALL = [
 ]
 
 
+#: The input size the KolektorSDD replicas are trained at (tall and narrow, as KSDD is).
+TALL = ["data.input_height=128", "data.input_width=64"]
+
+
 def _train(*overrides: str, multirun: bool = False) -> None:
     result = run_entry("train", *(["-m"] if multirun else []), *SMALL, *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -48,8 +52,7 @@ def test_ksdd_weak_run_over_two_folds_joins_their_scores(tmp_path):
     _train(
         "experiment=paper/ksdd",
         f"data.root={root}",
-        "data.input_height=128",
-        "data.input_width=64",
+        *TALL,
         "data.num_segmented=0",
         "data.num_folds=2",
         "data.fold=0,1",
@@ -95,8 +98,7 @@ def test_ksdd_over_the_folds_of_a_published_split(tmp_path):
     _train(
         "experiment=paper/ksdd",
         f"data.root={root}",
-        "data.input_height=128",
-        "data.input_width=64",
+        *TALL,
         "data.num_segmented=1",
         "data.fold=0,1",
         f"data.split_file={tmp_path}/N${{data.num_segmented}}_fold${{data.fold}}.csv",
@@ -148,8 +150,7 @@ def test_ksdd2_full_run(tmp_path):
     _train(
         "experiment=paper/ksdd2",
         f"data.root={root}",
-        "data.input_height=128",
-        "data.input_width=64",
+        *TALL,
         f"hydra.run.dir={run}",
     )
     rows = _report_rows(run)

@@ -251,7 +251,7 @@ def test_a_compiled_network_trains_and_its_weights_score_the_same_uncompiled(
     """``model.compile`` compiles the network in place for training: its checkpoints keep the
     plain keys, and crackseg-eval (not compiled) scores the test split as the compiled
     test step did."""
-    from conftest import TINY_EVAL, run_entry, run_tiny
+    from conftest import eval_tiny, run_tiny
 
     run = tmp_path / "run"
     settings = ("model.compile=default", "trainer.max_epochs=1", "trainer.precision=32-true")
@@ -262,13 +262,7 @@ def test_a_compiled_network_trains_and_its_weights_score_the_same_uncompiled(
     assert "net.volume.0.weight" in weights and not any("_orig_mod" in k for k in weights)
 
     evaluated = tmp_path / "eval"
-    result = run_entry(
-        "eval",
-        f"ckpt_path={checkpoint}",
-        *TINY_EVAL,
-        f"paths.data_dir={tiny_data_dir}",
-        f"hydra.run.dir={evaluated}",
-    )
+    result = eval_tiny(checkpoint, evaluated, tiny_data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     trained, scored = (json.loads((d / "metrics.json").read_text()) for d in (run, evaluated))
     for key in ("image_auc", "image_ap", "tp", "fp", "tn", "fn", "dice_mean"):

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import METRIC_KEYS, TINY_EVAL, one_line_error, run_entry, run_tiny
+from conftest import METRIC_KEYS, TINY_EVAL, eval_tiny, one_line_error, run_entry, run_tiny
 
 
 def test_run_folder_holds_config_checkpoints_events_and_metrics(tiny_run):
@@ -80,14 +80,8 @@ def test_eval_of_a_checkpoint_matches_the_test_step(
 def test_eval_choosing_its_thresholds_on_test_says_so(tiny_checkpoint, tiny_data_dir, tmp_path):
     """thresholds=validation chooses them on the data given: its validate_on_test counts,
     not the training run's."""
-    result = run_entry(
-        "eval",
-        f"ckpt_path={tiny_checkpoint}",
-        *TINY_EVAL,
-        f"paths.data_dir={tiny_data_dir}",
-        "thresholds=validation",
-        "validate_on_test=true",
-        f"hydra.run.dir={tmp_path}",
+    result = eval_tiny(
+        tiny_checkpoint, tmp_path, tiny_data_dir, "thresholds=validation", "validate_on_test=true"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
@@ -178,14 +172,7 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(
     ckpt["hyper_parameters"]["run_config"] = yaml.safe_dump(trained_config)
     edited = tmp_path / "edited.ckpt"
     torch.save(ckpt, edited)
-    result = run_entry(
-        "eval",
-        f"ckpt_path={edited}",
-        "data.all_as_test=true",
-        *TINY_EVAL,
-        f"paths.data_dir={tiny_data_dir}",
-        f"hydra.run.dir={tmp_path / 'eval'}",
-    )
+    result = eval_tiny(edited, tmp_path / "eval", tiny_data_dir, "data.all_as_test=true")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["image_threshold"] == pytest.approx(0.999)
