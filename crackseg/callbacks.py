@@ -57,8 +57,14 @@ def forward_as_run(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The module's decision and segmentation probabilities for ``images``, computed in the
     run's precision (bf16 autocast in a bf16-mixed run), as its validation and test steps
-    computed theirs: the pictures show what the scores were made of."""
-    with torch.no_grad(), trainer.precision_plugin.forward_context():
+    computed theirs: the pictures show what the scores were made of. A network compiled for
+    training (``model.compile``) runs eagerly here: these few batches of their own sizes would
+    each compile it again."""
+    with (
+        torch.no_grad(),
+        trainer.precision_plugin.forward_context(),
+        torch.compiler.set_stance("force_eager"),
+    ):
         return pl_module(images.to(pl_module.device))
 
 

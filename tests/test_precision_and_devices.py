@@ -310,3 +310,22 @@ def test_the_callbacks_predict_in_the_runs_precision():
         scores, seg = forward_as_run(trainer, module, images)
         assert seen.pop() == dtype
         assert scores.dtype == seg.dtype == torch.float32 and seg.shape == (2, 1, 64, 128)
+
+
+def test_the_callbacks_run_a_compiled_network_eagerly():
+    """Their batches have sizes of their own: through the compiled network each would compile
+    it again (minutes on the paper's network), for a few pictures."""
+    from torch._dynamo.testing import CompileCounter
+
+    from crackseg.callbacks import forward_as_run
+
+    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    compiles = CompileCounter()
+    module.net.compile(backend=compiles)
+    trainer = _one_epoch_trainer(pl.Callback(), precision="32-true")
+    images = _batch(3)["image"]
+    scores, seg = forward_as_run(trainer, module, images)
+    assert compiles.frame_count == 0
+    assert seg.shape == (3, 1, 64, 128)
+    module.net(images)  # the compiled network itself still compiles
+    assert compiles.frame_count > 0
