@@ -70,3 +70,28 @@ def test_benchmark_runs_on_cuda(tmp_path):
     assert train["of_peak"] > 0 and infer["of_peak"] is None  # no float32 peak row
     # torch.cuda.max_memory_allocated: at least the weights (15.6 M float32 parameters).
     assert train["peak_mb"] > 15.6e6 * 4 / 2**20 and infer["peak_mb"] > 0
+
+
+@run_if(min_cuda_gpus=1)
+def test_auto_precision_leaves_the_launching_process_free_to_fork_cuda_processes():
+    """trainer.precision=auto is resolved before the trainer starts; strategy=ddp_fork then
+    forks processes that use the GPU, which CUDA refuses where the parent initialised it."""
+    script = """
+import multiprocessing, torch
+from crackseg.runs.hardware import resolve_precision
+print(resolve_precision("auto", "gpu"))
+assert not torch.cuda.is_initialized()
+def child(queue):
+    queue.put(float(torch.ones(1, device="cuda").sum()))
+context = multiprocessing.get_context("fork")
+queue = context.Queue()
+process = context.Process(target=child, args=(queue,))
+process.start()
+print(queue.get(timeout=120))
+process.join()
+assert process.exitcode == 0
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    chosen, total = done.stdout.split()
+    assert chosen in ("bf16-mixed", "32-true") and float(total) == 1.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import pytorch_lightning as pl
@@ -170,7 +172,7 @@ def test_bf16_mixed_runs_the_network_in_bf16_in_every_stage_and_the_loss_in_floa
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_in_bf16(monkeypatch):
-    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 0)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert hardware.resolve_precision("auto", "auto") == "bf16-mixed"
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
@@ -180,15 +182,43 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_in_bf16(monkeypatch)
 
 
 def test_an_evaluation_takes_the_trained_precision_where_it_runs(monkeypatch):
-    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 0)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert hardware.evaluation_precision("auto", "bf16-mixed", "auto") == "bf16-mixed"
     assert hardware.evaluation_precision("auto", None, "auto") == "32-true"  # this machine's
     assert hardware.evaluation_precision("bf16-mixed", "32-true", "cpu") == "bf16-mixed"  # typed
     # float16 weights off a GPU: float32, not the bf16 Lightning would turn 16-mixed into
     assert hardware.evaluation_precision("auto", "16-mixed", "auto") == "32-true"
-    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 1)
     assert hardware.evaluation_precision("auto", "16-mixed", "auto") == "16-mixed"
+
+
+def test_auto_precision_on_a_gpu_leaves_cuda_uninitialised_in_the_launching_process(
+    monkeypatch,
+):
+    """A child process says whether the GPU computes in bf16: a trainer that forks its
+    processes (strategy=ddp_fork, ddp_notebook) refuses to start where CUDA was initialised."""
+
+    def initialises_cuda(*args, **kwargs):
+        raise AssertionError("asked in the launching process")
+
+    asked = []
+
+    def child(command, **kwargs):
+        asked.append(command)
+        return subprocess.CompletedProcess(command, 0, answer, "")
+
+    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(precision.torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(precision.torch.cuda, "is_available", initialises_cuda)
+    monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", initialises_cuda)
+    monkeypatch.setattr(precision.subprocess, "run", child)
+    for answer, chosen in (("1\n", "bf16-mixed"), ("0\n", "32-true"), ("", "32-true")):
+        precision.cuda_has_native_bf16.cache_clear()
+        assert hardware.resolve_precision("auto", "auto") == chosen
+        assert hardware.resolve_precision("auto", "gpu") == chosen
+        assert asked.pop()[0] == sys.executable and not asked  # once: cached
+    precision.cuda_has_native_bf16.cache_clear()
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
@@ -284,7 +314,7 @@ def test_deterministic_training_of_the_full_resolution_head_is_refused_on_a_gpu(
             }
         )
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match="use trainer.deterministic=warn"):
         hardware.check_deterministic(config(True))
     with pytest.raises(ConfigError, match="no deterministic CUDA backward"):
@@ -292,7 +322,7 @@ def test_deterministic_training_of_the_full_resolution_head_is_refused_on_a_gpu(
     hardware.check_deterministic(config("warn"))
     hardware.check_deterministic(config(True, full_resolution=False))
     hardware.check_deterministic(config(True, accelerator="cpu"))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     hardware.check_deterministic(config(True))
 
 

@@ -4,15 +4,24 @@ bf16 mixed precision pays only where the hardware computes in bf16 natively: a G
 bf16 tensor cores (compute capability 8.0 and newer), or a CPU with AVX-512 BF16 or AMX
 instructions. Elsewhere bf16 is emulated and slower than float32. Training (``trainer.
 precision: auto``, crackseg.runs.hardware) and prediction (``precision=auto``) both ask here.
+
+Training asks before its trainer starts: nothing here initialises CUDA in the process, which
+could then no longer fork processes that use it (``trainer.strategy=ddp_fork``,
+``ddp_notebook``).
 """
 
 from __future__ import annotations
 
+import logging
 import platform
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 #: CPU flags (Linux /proc/cpuinfo) of instructions that compute in bf16.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -54,12 +63,42 @@ def cpu_model() -> str:
 def uses_cuda(accelerator: str) -> bool:
     """Whether a run with this ``trainer.accelerator`` trains on a CUDA GPU."""
     accelerator = str(accelerator).lower()
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    # device_count asks NVML where it can; torch.cuda.is_available would initialise CUDA.
+    return accelerator in ("gpu", "cuda") or (
+        accelerator == "auto" and torch.cuda.device_count() > 0
+    )
+
+
+#: Asked in a child process: whether the first visible GPU computes in bf16 natively.
+_ASK_CUDA_BF16 = "import torch; print(int(torch.cuda.is_bf16_supported(including_emulation=False)))"
+
+
+@cache
+def cuda_has_native_bf16() -> bool:
+    """Whether the GPU computes in bf16 natively. Where CUDA is not yet initialised in this
+    process, a child process answers, so that this one may still fork (1-2 s, once)."""
+    if torch.cuda.device_count() == 0:
+        return False
+    if torch.cuda.is_initialized():
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    try:
+        asked = subprocess.run(
+            [sys.executable, "-c", _ASK_CUDA_BF16],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        asked = subprocess.CompletedProcess([], 1, "", str(error))
+    if asked.returncode != 0 or asked.stdout.strip() not in ("0", "1"):
+        last = (asked.stderr.strip().splitlines() or ["no answer"])[-1]
+        log.warning("could not ask the GPU whether it computes in bf16 (%s): float32", last)
+        return False
+    return asked.stdout.strip() == "1"
 
 
 def native_precision(accelerator: str) -> str:
     """``bf16-mixed`` where the device computes in bf16 natively, else ``32-true``."""
     if not uses_cuda(accelerator):
         return BF16 if cpu_has_native_bf16() else FLOAT32
-    native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    return BF16 if native else FLOAT32
+    return BF16 if cuda_has_native_bf16() else FLOAT32
