@@ -202,18 +202,19 @@ def test_auto_precision_on_a_gpu_leaves_cuda_uninitialised_in_the_launching_proc
     def initialises_cuda(*args, **kwargs):
         raise AssertionError("asked in the launching process")
 
-    asked = []
+    asked, answer = [], {}
 
     def child(command, **kwargs):
         asked.append(command)
-        return subprocess.CompletedProcess(command, 0, answer, "")
+        return subprocess.CompletedProcess(command, 0, answer["stdout"], "")
 
     monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(precision.torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(precision.torch.cuda, "is_available", initialises_cuda)
     monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", initialises_cuda)
     monkeypatch.setattr(precision.subprocess, "run", child)
-    for answer, chosen in (("1\n", "bf16-mixed"), ("0\n", "32-true"), ("", "32-true")):
+    for stdout, chosen in (("1\n", "bf16-mixed"), ("0\n", "32-true"), ("", "32-true")):
+        answer["stdout"] = stdout
         precision.cuda_has_native_bf16.cache_clear()
         assert hardware.resolve_precision("auto", "auto") == chosen
         assert hardware.resolve_precision("auto", "gpu") == chosen

@@ -36,6 +36,7 @@ import crackseg
 from crackseg.atomic import atomic_write_text, remove_partial_writes
 from crackseg.errors import RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, checkpoint_step
+from crackseg.models.precision import native_precision
 from crackseg.runs.hardware import check_accelerator, check_deterministic, resolve_precision
 from crackseg.runs.job_log import accept_job_logs
 
@@ -465,7 +466,8 @@ def prepare_training_run(
         saved = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
         if "trainer" in saved:
             trainer = saved.trainer
-            trainer.precision = resolve_precision(trainer.precision, trainer.accelerator)
+            if str(trainer.precision) == "auto":
+                trainer.precision = native_precision(trainer.accelerator)
     changed = config_differences(saved, cfg) if saved is not None else []
     if finished_status(output_dir) is not None:
         settings = f", with other settings ({'; '.join(changed)})" if changed else ""
