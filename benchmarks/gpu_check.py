@@ -39,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 import bench  # benchmarks/bench.py, beside this script
 import torch
@@ -171,11 +172,21 @@ def run_bench_step(
     return step
 
 
-def require_every_test_ran(step: dict) -> None:
-    """On a GPU the GPU tests must run: one skipped (no bf16, too few GPUs) fails the step."""
-    if step["status"] == "passed" and "skipped" in step["detail"]:
+def require_every_test_ran(step: dict, junit_xml: Path) -> None:
+    """On a GPU the GPU tests must run: one skipped (no bf16, too few GPUs) fails the step.
+    The count is read from the JUnit XML report pytest wrote (``--junitxml``)."""
+    if step["status"] != "passed":
+        return
+    try:
+        suites = ElementTree.parse(junit_xml).getroot().iter("testsuite")
+        skipped = sum(int(suite.get("skipped", 0)) for suite in suites)
+    except (OSError, ElementTree.ParseError, ValueError) as error:
         step["status"] = "failed"
-        step["detail"] += " (on a GPU every GPU test must run: see the step's log)"
+        step["detail"] += f" (no readable test report {junit_xml.name}: {error})"
+        return
+    if skipped:
+        step["status"] = "failed"
+        step["detail"] += f" ({skipped} skipped: on a GPU every GPU test must run; see its log)"
 
 
 def bench_command(plan: Plan, json_path: Path, budget: float, compiled: bool) -> list[str]:
@@ -332,10 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir(exist_ok=True)
         eager_json, compiled_json = work / "bench-eager.json", work / "bench-compiled.json"
         reserve = 0.0 if plan.toy else RESERVE_SECONDS
+        junit_xml = logs / "gpu-tests.xml"
         tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-        steps = [run_step("gpu tests", [*tests, "tests/test_gpu.py"], clock, logs)]
+        tests += [f"--junitxml={junit_xml}", "tests/test_gpu.py"]
+        steps = [run_step("gpu tests", tests, clock, logs)]
         if not plan.toy:
-            require_every_test_ran(steps[0])
+            require_every_test_ran(steps[0], junit_xml)
         steps.append(run_bench_step("bench eager", plan, eager_json, clock, logs, reserve))
         steps.append(run_step("ddp", ddp_command(plan, work), clock, logs))
         run_detail(steps[-1], work / "ddp")

@@ -96,13 +96,21 @@ def test_a_bench_step_the_budget_cuts_short_keeps_its_rows_and_passes(tmp_path, 
     assert gpu_check.run_step("bench eager", command, clock, tmp_path)["status"] == "failed"
 
 
-def test_on_a_gpu_a_skipped_gpu_test_fails_its_step(monkeypatch):
+def test_on_a_gpu_a_skipped_gpu_test_fails_its_step(monkeypatch, tmp_path):
+    """Counted from pytest's JUnit report: here, without a GPU, the GPU tests skip."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import gpu_check
 
-    ran = {"status": "passed", "detail": "3 passed in 40.0s"}
-    gpu_check.require_every_test_ran(ran)
-    assert ran["status"] == "passed"
-    skipped = {"status": "passed", "detail": "2 passed, 1 skipped in 40.0s"}
-    gpu_check.require_every_test_ran(skipped)
-    assert skipped["status"] == "failed" and "every GPU test must run" in skipped["detail"]
+    clock = gpu_check.Clock(120)
+    tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"]
+    for selected, status in (("run_if_names", "passed"), ("on_cuda", "failed")):
+        junit_xml = tmp_path / f"{selected}.xml"
+        command = [*tests, "-k", selected, f"--junitxml={junit_xml}"]
+        step = gpu_check.run_step("gpu tests", command, clock, tmp_path)
+        assert step["status"] == "passed", step
+        gpu_check.require_every_test_ran(step, junit_xml)
+        assert step["status"] == status, step
+    assert "every GPU test must run" in step["detail"]
+    unread = {"status": "passed", "detail": "3 passed"}
+    gpu_check.require_every_test_ran(unread, tmp_path / "none.xml")
+    assert unread["status"] == "failed" and "no readable test report" in unread["detail"]
