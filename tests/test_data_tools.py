@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers.paper_replicas import write_image
+from helpers.paper_replicas import make_dagm, write_image
 
 import crackseg.data.tools as tools
 from crackseg.data.data_settings import InputSize, SourceSettings
@@ -158,6 +158,19 @@ def test_stats_table(tmp_path, capsys):
         "| Validation  | 4           | 2           | 6           |",
         "| **Sum**     | 20          | 10          | 30          |",
     ]
+
+
+def test_stats_of_a_dagm_class(tmp_path, capsys):
+    root = make_dagm(tmp_path / "dagm", classes=(1, 2), images=4)
+    (root / "Class2" / "Train" / "Label" / "0001_label.PNG").unlink()  # Class2: one fewer
+    (root / "Class2" / "Train" / "0001.PNG").unlink()
+    counts = {}
+    for class_id in ("1", "2"):
+        assert main(["stats", str(root), "--layout", "dagm", "--dagm-class", class_id]) == 0
+        counts[class_id] = capsys.readouterr().out.splitlines()[-1]
+    assert counts["1"] != counts["2"] and "| 7 " in counts["2"]
+    assert main(["stats", str(root), "--layout", "ksdd2", "--dagm-class", "2"]) == 2
+    assert "does not take option(s) class_id" in capsys.readouterr().err
 
 
 def test_cli_missing_root_exits_2_with_one_line(tmp_path, capsys):

@@ -87,6 +87,28 @@ def test_tiles_of_one_photograph_stay_in_one_fold():
     assert splits["val"] == []
 
 
+def test_a_split_without_folds_keeps_folders_and_photographs_whole():
+    """No folds and no split file: the three-way split of a KSDD folder or of a flat folder
+    of tiles deals whole folders and photographs, so no source is trained and tested on."""
+    tiles = [
+        Sample(name, Path(f"t/images/{name}.png"), None, name.startswith("p"))
+        for photo in range(12)
+        for name in (f"p{photo:02d}_r0_c0", f"p{photo:02d}_r0_c1", f"noncrack_p{photo:02d}_r1_c0")
+    ]
+    for samples in (_folders(22), tiles):
+        splits = resolve_splits({"all": samples}, 0.15, 0.15, seed=0)
+        sources = {name: {source_group(s) for s in part} for name, part in splits.items()}
+        assert all(sources.values())
+        assert not sources["train"] & sources["test"] and not sources["train"] & sources["val"]
+        assert not sources["val"] & sources["test"]
+    # A dataset's own train/ split has validation carved the same way.
+    carved = resolve_splits({"train": _folders(12), "test": _folders(2)}, 0.25, 0.0, seed=0)
+    assert not {s.group for s in carved["train"]} & {s.group for s in carved["val"]}
+    # Samples that are each their own source keep the plain stratified split.
+    plain = resolve_splits({"all": _samples(20, 10)}, 0.2, 0.1, seed=0)
+    assert [_counts(plain[k]) for k in ("train", "val", "test")] == [(14, 7), (4, 2), (2, 1)]
+
+
 def test_fold_i_is_the_test_split_and_validation_comes_from_the_others():
     samples = _samples(9, 9)
     folds = grouped_split(samples, {f"f{k}": 1 / 3 for k in range(3)}, seed=2)

@@ -153,7 +153,7 @@ def test_dagm_class_train_test_and_weak_labels(tmp_path):
     root = make_dagm(tmp_path / "dagm", classes=(1, 2), images=4)
     indexed = index_layout("dagm", root, class_id=2)
     assert sorted(indexed) == ["test", "train"]
-    assert [s.sample_id for s in indexed["train"]] == [f"train_{i:04d}" for i in range(1, 5)]
+    assert [s.sample_id for s in indexed["train"]] == [f"class2_train_{i:04d}" for i in range(1, 5)]
     assert [s.is_positive for s in indexed["test"]] == [True, False, True, False]
     assert all(str(s.image_path).count("Class2") for s in indexed["train"])
     label = read_mask(indexed["train"][0].mask_path)

@@ -148,6 +148,24 @@ def test_a_ksdd_split_names_folders_and_their_segmented_positives(tmp_path):
     assert evaluation.data_split.segmented_ids == set()
 
 
+def test_a_ksdd_split_may_count_its_n_in_folders_or_in_positives(tmp_path):
+    """A KSDD file marks folders; one folder may hold two defective parts, so the file's N
+    can count either the folders it marks or the positives they hold."""
+    root = make_ksdd(tmp_path / "ksdd", folders=3, parts=3)
+    for suffix in (".jpg", "_label.bmp"):  # kos01's Part2 becomes defective as its Part1
+        (root / "kos01" / f"Part2{suffix}").write_bytes(
+            (root / "kos01" / f"Part1{suffix}").read_bytes()
+        )
+    content = ([[("kos01", True), ("kos02", False)]], [[("kos03", False)]])
+    split = _import(tmp_path, content, "ksdd", "--fold", "0")
+    common = {"layout": "ksdd", "input_channels": 1, "val_fraction": 0, "split_file": str(split)}
+    for num_segmented in (None, 1, 2):
+        chosen = datamodule_of(root, num_segmented=num_segmented, **common).data_split
+        assert chosen.segmented_ids == {"kos01_Part1", "kos01_Part2"}
+    with pytest.raises(ConfigError, match=r"num_segmented=3 but split file .* marks 2 training"):
+        datamodule_of(root, num_segmented=3, **common)
+
+
 def test_a_dagm_fold_is_its_class_and_keeps_train_and_test(tmp_path):
     root = make_dagm(tmp_path / "dagm", classes=(1, 2), images=4)
     # as published: a list over classes, each a set of (file name, is_segmented)
@@ -157,11 +175,24 @@ def test_a_dagm_fold_is_its_class_and_keeps_train_and_test(tmp_path):
     chosen = datamodule_of(
         root, layout="dagm", dagm_class=1, input_channels=1, val_fraction=0, split_file=str(split)
     ).data_split
-    train = ["train_0001", "train_0002", "train_0003"]
+    train = ["class1_train_0001", "class1_train_0002", "class1_train_0003"]
     assert [s.sample_id for s in chosen.splits["train"]] == train
-    assert [s.sample_id for s in chosen.splits["test"]] == ["test_0001", "test_0004"]
-    assert chosen.segmented_ids == {"train_0003"}  # 0001 is positive but not segmented
+    assert [s.sample_id for s in chosen.splits["test"]] == ["class1_test_0001", "class1_test_0004"]
+    assert chosen.segmented_ids == {"class1_train_0003"}  # 0001 is positive, not segmented
     assert chosen.num_segmented == 1
+    # The file names repeat in every class: the ids name it, so fold 1 (Class2) is refused
+    # against Class1, where it would have trained on Class1's images under Class2's marks.
+    (tmp_path / "class2").mkdir()
+    other = _import(tmp_path / "class2", content, "dagm", "--fold", "1")
+    with pytest.raises(DataError, match=r"names samples not in the dataset: .*class2_train_0001"):
+        datamodule_of(
+            root,
+            layout="dagm",
+            dagm_class=1,
+            input_channels=1,
+            val_fraction=0,
+            split_file=str(other),
+        )
 
 
 def test_a_split_without_validation_gets_it_carved_from_train(tmp_path):

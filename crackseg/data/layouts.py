@@ -30,7 +30,8 @@ Known layouts:
 See docs/method.md §10 for the published settings of the paper's datasets.
 
 Ids are the file stem for flat layouts and ``<folder>_<stem>`` where several folders are
-read, so they are unique in the dataset and safe to use in file names.
+read (``class<K>_<split>_<stem>`` for DAGM, whose file names repeat from class to class), so
+they are unique in the dataset and safe to use in file names.
 """
 
 from __future__ import annotations
@@ -113,13 +114,25 @@ def _no_images(root: Path, folders: list[Path]) -> DataError:
     )
 
 
+def _split_by_mask_suffix(
+    files: Iterable[Path], mask_suffix: str
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """A folder holding both images and masks (``NAME.png``, ``NAME{mask_suffix}.png``):
+    its images by stem and its masks by their image's stem."""
+    files = list(files)
+    masks = files_by_stem(p for p in files if p.stem.endswith(mask_suffix))
+    images = files_by_stem(p for p in files if not p.stem.endswith(mask_suffix))
+    return images, {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
+
+
 def _pair_stems(
     images: dict[str, Path],
     masks: dict[str, Path],
-    is_negative: Callable[[str], bool],
+    may_lack_mask: Callable[[str], bool],
 ) -> list[tuple[str, Path, Path | None]]:
-    """Pair images and masks by stem; negatives may lack a mask, nothing else may."""
-    missing = [images[s] for s in sorted(images) if s not in masks and not is_negative(s)]
+    """Pair images and masks by stem; only an image ``may_lack_mask`` accepts (a negative)
+    may be without one, and every mask needs its image."""
+    missing = [images[s] for s in sorted(images) if s not in masks and not may_lack_mask(s)]
     if missing:
         raise DataError(f"images without a mask: {describe_files(missing)}")
     orphans = [masks[s] for s in sorted(masks) if s not in images]
@@ -164,12 +177,9 @@ def _ksdd2(
     result: dict[str, list[Sample]] = {}
     for split in splits:
         folder = root / split
-        files = list_image_files(folder)
-        masks = files_by_stem(p for p in files if p.stem.endswith(mask_suffix))
-        images = files_by_stem(p for p in files if not p.stem.endswith(mask_suffix))
+        images, masks = _split_by_mask_suffix(list_image_files(folder), mask_suffix)
         if not images:
             raise _no_images(root, [folder])
-        masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
         pairs = _pair_stems(images, masks, lambda s: False)
         labels = _labels_from_masks(
             [m for _, _, m in pairs], f"labelling {split} masks", binarize_threshold
@@ -193,10 +203,7 @@ def _segdec(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
             if not folder.is_dir():
                 continue
             present = True
-            files = list_image_files(folder)
-            masks = files_by_stem(p for p in files if p.stem.endswith(mask_suffix))
-            masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
-            images = files_by_stem(p for p in files if not p.stem.endswith(mask_suffix))
+            images, masks = _split_by_mask_suffix(list_image_files(folder), mask_suffix)
             positive = kind == "positive"
             pairs = _pair_stems(images, masks, lambda s, neg=not positive: neg)
             samples += [Sample(f"{folder.name}_{s}", i, m, positive) for s, i, m in pairs]
@@ -266,7 +273,7 @@ def _folder(
     }
 
 
-#: KolektorSDD's sample the paper leaves out (docs/method.md §10).
+#: KolektorSDD's sample the paper leaves out (docs/datasets.md).
 KSDD_LEFT_OUT = ("kos21_Part7",)
 
 
@@ -278,14 +285,11 @@ def _ksdd(
         raise DataError(f"no part folders (kos01 ... kos50) found in {root}")
     found: list[tuple[str, Path, Path, str]] = []
     for folder in folders:
-        files = list_image_files(folder)
-        masks = files_by_stem(p for p in files if p.stem.endswith(mask_suffix))
-        images = files_by_stem(p for p in files if not p.stem.endswith(mask_suffix))
+        images, masks = _split_by_mask_suffix(list_image_files(folder), mask_suffix)
         if not images:
             raise _no_images(root, [folder])
         if not masks:
             raise DataError(f"KolektorSDD folder without masks (NAME{mask_suffix}.bmp): {folder}")
-        masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
         for stem, image, mask in _pair_stems(images, masks, lambda s: False):
             sample_id = f"{folder.name}_{stem}"
             if sample_id in KSDD_LEFT_OUT:
@@ -301,6 +305,11 @@ def _ksdd(
             for (sample_id, image, mask, folder), label in zip(found, labels, strict=True)
         ]
     }
+
+
+def dagm_sample_id(class_id: int, split: str, stem: str) -> str:
+    """A DAGM sample's id: ``class2_train_0001`` for ``Class2/Train/0001.PNG``."""
+    return f"class{class_id}_{split}_{stem}"
 
 
 def _dagm(root: Path, class_id: int = 1, label_suffix: str = "_label") -> dict[str, list[Sample]]:
@@ -329,9 +338,12 @@ def _dagm(root: Path, class_id: int = 1, label_suffix: str = "_label") -> dict[s
                 f"DAGM labels not named NAME{label_suffix}: {describe_files(unmatched)}"
             )
         masks = {stem[: -len(label_suffix)]: path for stem, path in labels.items()}
-        pairs = _pair_stems(images, masks, lambda s: True)
+        pairs = _pair_stems(images, masks, lambda s: True)  # no label file: a negative
+        # File names repeat from class to class: the id names the class, so that a split
+        # file of one class cannot be read against another.
         result[split] = [
-            Sample(f"{split}_{stem}", image, mask, mask is not None) for stem, image, mask in pairs
+            Sample(dagm_sample_id(class_id, split, stem), image, mask, mask is not None)
+            for stem, image, mask in pairs
         ]
     return result
 

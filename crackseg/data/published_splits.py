@@ -1,6 +1,6 @@
 """The paper's published split files (Python pickles) turned into a ``split.csv``.
 
-One pickle per dataset, number of segmented positives N and training size (docs/method.md §10):
+One pickle per dataset, number of segmented positives N and training size (docs/datasets.md):
 ``KSDD2/split_N.pyb`` holds (train, test); ``KSDD/split_TRAIN_N.pyb`` and ``DAGM/split_N.pyb``
 hold (train, test), each a list over folds; ``STEEL/split_TRAIN_N.pyb`` holds (train, test,
 validation). Every sample is a pair (name, is_segmented); a KSDD name is a folder, which the
@@ -22,6 +22,7 @@ from typing import Any
 
 from crackseg.atomic import atomic_path
 from crackseg.data.io import IMAGE_EXTENSIONS
+from crackseg.data.layouts import dagm_sample_id
 from crackseg.errors import DataError
 
 #: ``--dataset`` -> the names of the parts the pickle holds, in its order.
@@ -110,13 +111,15 @@ def _pairs(items: Any, path: Path, dataset: str, part: str) -> list[tuple[str, b
     return sorted(pairs) if isinstance(items, set | frozenset) else pairs
 
 
-def _sample_id(dataset: str, part: str, name: str) -> str:
+def _sample_id(dataset: str, part: str, name: str, fold: int | None) -> str:
     """The id crackseg's layout gives the sample a published split names."""
     stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
     if dataset == "ksdd":
         return stem  # a folder: the split file names the group, all of its parts
-    if dataset in ("dagm", "ksdd2"):
-        return f"{part}_{stem}"  # the Train/ or Test/ (train/ or test/) folder it lies in
+    if dataset == "dagm":
+        return dagm_sample_id(fold + 1, part, stem)  # fold i is Class i+1
+    if dataset == "ksdd2":
+        return f"{part}_{stem}"  # the train/ or test/ folder it lies in
     return stem
 
 
@@ -144,7 +147,8 @@ def published_split(path: Path | str, dataset: str, fold: int | None = None) -> 
                 raise DataError(f"{path} holds {count} folds: --fold must be 0..{count - 1}")
             part = part[fold]
         result[name] = [
-            (_sample_id(dataset, name, n), flag) for n, flag in _pairs(part, path, dataset, name)
+            (_sample_id(dataset, name, n, fold), flag)
+            for n, flag in _pairs(part, path, dataset, name)
         ]
     return result
 

@@ -1,4 +1,4 @@
-"""Run-length coded masks, as Severstal's ``train.csv`` stores them (docs/method.md §10).
+"""Run-length coded masks, as Severstal's ``train.csv`` stores them (docs/datasets.md).
 
 ``EncodedPixels`` holds pairs "start length ...": 1-based pixel numbers counted down the
 columns (column-major) of the 256x1600 image. Every code is checked when the CSV is read, so a

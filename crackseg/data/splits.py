@@ -148,14 +148,14 @@ def _splits_on_disk(
             "val": val_fraction,
             "test": test_fraction,
         }
-        return stratified_split(samples, fractions, seed)
+        return split_by_source(samples, fractions, seed)
     if keys == {"train", "test"}:
-        carved = stratified_split(
+        carved = split_by_source(
             indexed["train"], {"train": 1.0 - val_fraction, "val": val_fraction}, seed
         )
         return {"train": carved["train"], "val": carved["val"], "test": list(indexed["test"])}
     if keys == {"train", "val"}:
-        carved = stratified_split(
+        carved = split_by_source(
             indexed["train"], {"train": 1.0 - test_fraction, "test": test_fraction}, seed
         )
         return {"train": carved["train"], "val": list(indexed["val"]), "test": carved["test"]}
@@ -180,6 +180,17 @@ def source_group(sample: Sample) -> str:
         return sample.group
     match = _TILE_NAME.fullmatch(Path(sample.image_path).stem)
     return f"photo:{match['photo']}" if match else sample.sample_id
+
+
+def split_by_source(
+    samples: list[Sample], fractions: dict[str, float], seed: int
+) -> dict[str, list[Sample]]:
+    """A stratified split that keeps each source whole (a KSDD folder, the tiles of one
+    photograph: :func:`source_group`), so that no source is both trained and tested on;
+    samples that are each their own source take the plain stratified split."""
+    if any(source_group(s) != s.sample_id for s in samples):
+        return grouped_split(samples, fractions, seed)
+    return stratified_split(samples, fractions, seed)
 
 
 def grouped_split(
@@ -340,7 +351,8 @@ def segmented_from_file(
     ``num_segmented`` must be null or the file's count (0 for a file that marks none, when
     ``training``: null would read as "all segmented" to the settings that follow it): the
     file decides which positives keep their masks, so a published split trains on exactly
-    its segmented subset.
+    its segmented subset. A file that marks groups (KSDD folders) may count its N in the
+    groups it marks, one of which can hold two positives: either count is the file's.
     """
     flags = read_segmented_flags(path)
     if flags is None:
@@ -349,10 +361,21 @@ def segmented_from_file(
     marked = {
         s.sample_id for s in positives if flags.get(s.sample_id, flags.get(source_group(s), False))
     }
-    if num_segmented is not None and num_segmented != len(marked):
+    marked_groups = {
+        source_group(s) for s in positives if s.sample_id in marked and s.sample_id not in flags
+    }
+    if num_segmented is not None and num_segmented not in (len(marked), len(marked_groups) or -1):
         raise ConfigError(
             f"data.num_segmented={num_segmented} but split file {path} marks {len(marked)} "
             f"training positives as segmented: set data.num_segmented={len(marked)} (or null)"
+        )
+    if num_segmented is not None and num_segmented != len(marked):
+        log.info(
+            "split file %s marks %d groups, which hold %d training positives: all %d segmented",
+            path,
+            len(marked_groups),
+            len(marked),
+            len(marked),
         )
     if training and num_segmented is None and positives and not marked:
         # null reads as "all segmented" to the settings that follow N (docs/method.md §10)

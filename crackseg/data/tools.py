@@ -32,7 +32,7 @@ from crackseg.data.io import image_size, read_mask, read_native
 from crackseg.data.layouts import BINARIZE_THRESHOLD, LAYOUTS, check_samples, index_layout
 from crackseg.data.published_splits import PARTS, published_split, write_published_split
 from crackseg.data.samples import Sample, count_positives
-from crackseg.data.splits import resolve_splits, stratified_split, write_split_csv
+from crackseg.data.splits import resolve_splits, split_by_source, write_split_csv
 from crackseg.errors import ConfigError, CracksegError, DataError
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def tile_dataset(
                 "drop --test-fraction/--val-fraction to keep them"
             )
         fractions = {"train": 1.0 - sum(by_photo.values()), **by_photo}
-        indexed = stratified_split(indexed["all"], fractions, seed)
+        indexed = split_by_source(indexed["all"], fractions, seed)
     jobs: list[tuple[Sample, Path]] = []
     for split, samples in indexed.items():
         out_dir = dst if split == "all" else dst / split
@@ -286,6 +286,8 @@ def _layout_options(args: argparse.Namespace) -> dict:
             options[key] = value
     if args.label_from_mask:
         options["label_from_mask"] = True
+    if args.dagm_class is not None:
+        options["class_id"] = args.dagm_class
     return options
 
 
@@ -305,6 +307,9 @@ def _add_layout_arguments(parser: argparse.ArgumentParser, default: str | None) 
     group.add_argument("--negative-prefix", help="names of crack-free images start with it")
     group.add_argument(
         "--label-from-mask", action="store_true", help="positive iff the mask marks a pixel"
+    )
+    parser.add_argument(
+        "--dagm-class", type=int, metavar="K", help="the DAGM class (layout dagm; default 1)"
     )
 
 
