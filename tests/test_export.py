@@ -151,3 +151,20 @@ def test_without_the_deploy_extra_onnx_is_one_line(monkeypatch, tmp_path):
 
 def test_the_worst_difference_is_the_larger_of_both_outputs():
     assert Difference("x", decision=1e-3, segmentation=2e-5).worst == 1e-3
+
+
+def test_an_empty_check_images_is_no_current_folder(tmp_path, monkeypatch):
+    """``check_images=$UNSET``: refused, where it would compare on the current folder's
+    images (and ``check_images`` left out compares on random inputs only)."""
+    from crackseg.deploy.onnx_export import read_check_images
+    from crackseg.errors import ConfigError, DataError
+
+    cv2.imwrite(str(tmp_path / "here.png"), np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="check_images= is empty"):
+        read_check_images("", 8, 3)
+    assert read_check_images(None, 8, 3) == {}
+    assert list(read_check_images(".", 8, 3)) == ["here.png"]
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"check_images=broken.png: none of its images"):
+        read_check_images("broken.png", 8, 3)

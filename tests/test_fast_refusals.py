@@ -115,6 +115,20 @@ def test_export_refuses_a_missing_checkpoint_without_lightning(tmp_path):
     assert lightning == set()
 
 
+@pytest.mark.parametrize(
+    ("entry", "given"),
+    [("export", ()), ("eval", ()), ("export", ("ckpt_path=",)), ("eval", ("ckpt_path=null",))],
+)
+def test_a_command_without_its_checkpoint_says_what_to_give(tmp_path, entry, given):
+    """Left out, empty or null: one line, recorded in the folder's status.json."""
+    run_dir = tmp_path / "run"
+    line, lightning = refuse(entry, *given, f"hydra.run.dir={run_dir}")
+    assert line == "error: ckpt_path=PATH.ckpt is required"
+    assert lightning == set()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status == {"status": "failed", "error": line.removeprefix("error: ")}
+
+
 def test_hydra_refuses_an_unknown_config_without_lightning(tmp_path):
     line, lightning = refuse(
         "export", "paths=nope", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path / 'e'}"
@@ -158,4 +172,21 @@ def test_eval_refuses_a_missing_checkpoint_without_lightning(tmp_path):
     missing = tmp_path / "none.ckpt"
     line, lightning = refuse("eval", f"ckpt_path={missing}", f"hydra.run.dir={tmp_path / 'v'}")
     assert line == f"error: checkpoint {missing} does not exist"
+    assert lightning == set()
+
+
+def test_a_folder_of_a_failed_command_is_refused_naming_the_failure(tmp_path, photos):
+    """A retry after a typo, into the same folder: the refusal says what the folder holds."""
+    run_dir = tmp_path / "p"
+    first, _ = refuse(
+        "predict", "ckpt_path=none.ckpt", f"input={photos}", f"hydra.run.dir={run_dir}"
+    )
+    line, lightning = refuse(
+        "predict", "ckpt_path=none.ckpt", f"input={photos}", f"hydra.run.dir={run_dir}"
+    )
+    failure = first.removeprefix("error: ")
+    assert line == (
+        f"error: {run_dir} already holds a command that failed ({failure}); "
+        "choose another hydra.run.dir"
+    )
     assert lightning == set()

@@ -147,6 +147,26 @@ def test_a_checkpoint_with_flat_hyperparameters_loads_into_the_groups(tmp_path):
         assert torch.equal(got, expected)
 
 
+def test_weights_that_do_not_fit_are_refused_in_one_line_naming_them(tmp_path):
+    import pytest
+
+    from crackseg.errors import CracksegError
+
+    module = SegDecModule(network=TINY, input_shape=InputShape(1, 64, 128))
+    state = module.state_dict()
+    for name in [k for k in state if k.startswith("net.")][:6]:
+        del state[name]
+    state["stray"] = torch.zeros(1)
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": dict(module.hparams)}, path)
+    with pytest.raises(CracksegError) as refused:
+        load_module(path)
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith(f"checkpoint {path} does not fit this version: ")
+    assert 'Missing key(s) in state_dict: "net.' in line and ", ... (6 in all)" in line
+    assert 'Unexpected key(s) in state_dict: "stray"' in line
+
+
 def test_older_flat_hyperparameters_take_the_groups_defaults(tmp_path):
     """Before the optimiser was a config (``lr``) and before the input shape was saved."""
     module = SegDecModule(network=TINY)

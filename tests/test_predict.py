@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import logging
 import resource
 import subprocess
 import sys
@@ -234,10 +235,30 @@ def test_a_setting_that_cannot_work_is_named(key, value, message):
     assert message in str(raised.value)
 
 
-def test_a_missing_input_says_what_to_give():
-    values = {**predict_settings().__dict__, "input": "???"}  # predict.yaml's input: ???
+@pytest.mark.parametrize("given", ["???", "", None])
+def test_a_missing_input_says_what_to_give(given):
+    """predict.yaml's ``input: ???``; ``input=`` (an unset shell variable) is no current
+    folder to predict; ``input=null`` is no path."""
+    values = {**predict_settings().__dict__, "input": given}
     with pytest.raises(ConfigError, match=r"^input=IMAGE_OR_FOLDER is required$"):
         PredictSettings.from_config(OmegaConf.create(values))
+
+
+def test_a_folder_lists_its_images_and_names_the_files_it_leaves_out(tmp_path, caplog):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "b.webp").write_bytes(b"RIFF")
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    cv2.imwrite(str(tmp_path / "sub" / "c.png"), np.zeros((4, 4, 3), np.uint8))
+    with caplog.at_level(logging.WARNING):
+        assert [p.name for p in list_images(tmp_path)] == ["a.png"]
+    assert "1 files of" in caplog.text and "b.webp" in caplog.text
+    assert "DS_Store" not in caplog.text
+    nested = tmp_path / "nested"
+    (nested / "inner").mkdir(parents=True)
+    cv2.imwrite(str(nested / "inner" / "c.png"), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DataError, match=r"no images \(.png/.jpg/.* found in .*subfolders are not"):
+        list_images(nested)
 
 
 def test_each_backend_needs_its_own_model_file():

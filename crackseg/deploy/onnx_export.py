@@ -31,7 +31,7 @@ from crackseg.data.labels import resize_image
 from crackseg.deploy.backends import ModelInfo, optional_import
 from crackseg.deploy.predict_folder import list_images
 from crackseg.deploy.tiling import TileGrid
-from crackseg.errors import CracksegError, DataError
+from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
 from crackseg.models.checkpoint import load_module
 from crackseg.models.segdecnet import DECISION_STRIDE, OUTPUT_STRIDE
 
@@ -150,10 +150,12 @@ def read_check_images(folder: str | None, count: int, channels: int) -> dict[str
     """Up to ``count`` readable images of ``folder`` (unreadable ones are skipped)."""
     if folder is None:
         return {}
+    if str(folder) == "":  # an unset shell variable: not the current folder
+        raise ConfigError("check_images= is empty: name a folder or image, or leave it out")
     source = Path(folder).expanduser()
     if not source.exists():
         raise DataError(f"check_images={source} does not exist")
-    images = {}
+    images, unreadable = {}, []
     for path in list_images(source):
         if len(images) == count:
             break
@@ -161,6 +163,12 @@ def read_check_images(folder: str | None, count: int, channels: int) -> dict[str
             images[str(path)] = read_image(path, channels)
         except DataError as error:
             log.warning("not comparing on an unreadable image: %s", error)
+            unreadable.append(path)
+    if not images:
+        raise DataError(
+            f"check_images={source}: none of its images could be read "
+            f"({describe_files(unreadable)})"
+        )
     return images
 
 

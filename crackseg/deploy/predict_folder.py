@@ -19,7 +19,13 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from crackseg.atomic import atomic_write_png
-from crackseg.data.io import is_image_file, list_image_files, read_image, read_mask
+from crackseg.data.io import (
+    IMAGE_EXTENSIONS,
+    is_image_file,
+    list_image_files,
+    read_image,
+    read_mask,
+)
 from crackseg.data.layouts import BINARIZE_THRESHOLD, files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
@@ -74,8 +80,20 @@ def list_images(path: Path) -> list[Path]:
     if not path.is_dir():
         raise DataError(f"input {path} does not exist")
     images = list_image_files(path)
+    kinds = "/".join(IMAGE_EXTENSIONS)
     if not images:
-        raise DataError(f"no images found in {path}")
+        raise DataError(f"no images ({kinds}) found in {path} (its subfolders are not read)")
+    others = [
+        p for p in path.iterdir() if p.is_file() and not is_image_file(p) and p.name[0] != "."
+    ]
+    if others:
+        log.warning(
+            "%d files of %s are not %s images and are left out: %s",
+            len(others),
+            path,
+            kinds,
+            describe_files(sorted(others)),
+        )
     return images
 
 

@@ -12,6 +12,7 @@ from crackseg.deploy.backends import DEVICE_NAMES, ModelInfo, check_precision
 from crackseg.deploy.predictor import Plan
 from crackseg.errors import ConfigError
 from crackseg.models.segdecnet import check_input_size
+from crackseg.runs.config_checks import check_required
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,7 @@ class PredictSettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> PredictSettings:
         """The run's settings; a value that cannot work is one line naming its key."""
-        if OmegaConf.is_missing(cfg, "input"):
-            raise ConfigError("input=IMAGE_OR_FOLDER is required")
+        check_required(cfg, ("input",))  # ckpt_path may be null: backend=onnx
         for key, (accepts, expected) in RULES.items():
             value = cfg.get(key)
             if not accepts(value):

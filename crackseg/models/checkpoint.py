@@ -144,7 +144,8 @@ def upgrade(checkpoint: dict[str, Any], source: str = "checkpoint") -> dict[str,
     for name in ("image_threshold", "seg_threshold"):
         if name not in state:
             log.warning(
-                "%s was saved without its %s: 0.5 is used (thresholds=validation re-chooses it)",
+                "%s was saved without its %s: 0.5 is used "
+                "(crackseg-eval thresholds=validation re-chooses it)",
                 source,
                 name.replace("_", " "),
             )
@@ -165,10 +166,26 @@ def load_module(path: str | Path) -> SegDecModule:
         module = SegDecModule(**checkpoint["hyper_parameters"])
         module.load_state_dict(checkpoint["state_dict"])
     except (TypeError, RuntimeError, ValueError) as error:
-        reason = str(error).splitlines()[0]
+        reason = _one_line(str(error))
         raise CracksegError(f"checkpoint {path} does not fit this version: {reason}") from error
     module.on_load_checkpoint(checkpoint)
     return module.eval()
+
+
+def _one_line(message: str, names_shown: int = 3) -> str:
+    """torch's multi-line message (``Error(s) in loading state_dict``: its missing and
+    unexpected keys, its size mismatches on the lines below) as one line, each list of
+    keys cut to its first ``names_shown`` and its count."""
+    lines = [line.strip().rstrip(".").strip() for line in message.splitlines() if line.strip()]
+    details = lines[1:] if len(lines) > 1 and lines[0].endswith(":") else lines
+    short = []
+    for line in details:
+        head, colon, names = line.partition(": ")
+        keys = [k.strip() for k in names.split(",")] if colon and '"' in names else []
+        if len(keys) > names_shown:
+            line = f"{head}: {', '.join(keys[:names_shown])}, ... ({len(keys)} in all)"
+        short.append(line)
+    return "; ".join(short)
 
 
 def thresholds(module: SegDecModule) -> tuple[float, float]:

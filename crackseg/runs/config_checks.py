@@ -113,8 +113,23 @@ BOOLEAN_KEYS = (
 )
 
 
+#: Settings a command cannot go without (``???`` in its config), and how to give them.
+REQUIRED = {"ckpt_path": "ckpt_path=PATH.ckpt", "input": "input=IMAGE_OR_FOLDER"}
+
+
+def check_required(cfg: DictConfig, keys: tuple[str, ...] = tuple(REQUIRED)) -> None:
+    """Refuse a required setting left out (``???``), null, or given empty (``input=`` with
+    an unset shell variable would otherwise read as the current folder)."""
+    for key in keys:
+        if key not in cfg.keys():  # noqa: SIM118 (``key in cfg`` is False for ``???``)
+            continue
+        if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
+            raise ConfigError(f"{REQUIRED[key]} is required")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first setting that cannot work."""
+    check_required(cfg)
     for key, (accepts, expected) in RULES.items():
         value = OmegaConf.select(cfg, key, default=_MISSING)
         if value is not _MISSING and not accepts(value):

@@ -266,7 +266,11 @@ def refuse_used_folder(folder: Path) -> None:
     from crackseg.deploy.outputs import refuse_earlier_predictions
 
     if used_by_another_command(folder):
-        raise RunFolderError(f"{folder} already holds a run; choose another hydra.run.dir")
+        status = read_status(folder) or {}
+        held = "a run"
+        if status.get("status") == "failed" and not holds_run(folder):
+            held = f"a command that failed ({status.get('error', 'see its log')})"
+        raise RunFolderError(f"{folder} already holds {held}; choose another hydra.run.dir")
     refuse_earlier_predictions(folder)
 
 
