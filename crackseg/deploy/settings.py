@@ -12,20 +12,12 @@ from crackseg.deploy.backends import DEVICE_NAMES, ModelInfo, check_precision
 from crackseg.deploy.predictor import Plan
 from crackseg.errors import ConfigError
 from crackseg.models.segdecnet import check_input_size
-from crackseg.runs.config_checks import check_required
+from crackseg.runs.config_checks import check_required, check_rules, is_integer, is_number
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "tile", "resize")
 BACKENDS = ("torch", "onnx")
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 #: The largest overlap of neighbouring tiles: a pixel is covered by about 1 / (1 - overlap)²
@@ -36,24 +28,24 @@ MAX_OVERLAP = 0.75
 RULES = {
     "backend": (lambda v: v in BACKENDS, " or ".join(BACKENDS)),
     "mode": (lambda v: v in MODES, " or ".join(MODES)),
-    "tile_height": (lambda v: v is None or (_integer(v) and v > 0), "null or a positive integer"),
-    "tile_width": (lambda v: v is None or (_integer(v) and v > 0), "null or a positive integer"),
+    "tile_height": (lambda v: v is None or (is_integer(v) and v > 0), "null or a positive integer"),
+    "tile_width": (lambda v: v is None or (is_integer(v) and v > 0), "null or a positive integer"),
     "overlap": (
-        lambda v: _number(v) and 0 <= v <= MAX_OVERLAP,
+        lambda v: is_number(v) and 0 <= v <= MAX_OVERLAP,
         f"a number in [0, {MAX_OVERLAP}] (at {MAX_OVERLAP} every pixel is predicted about "
         f"{round(1 / (1 - MAX_OVERLAP) ** 2)} times already)",
     ),
-    "batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "device": (
         lambda v: isinstance(v, str) and DEVICE_NAMES.fullmatch(v),
         "auto, cpu, cuda or cuda:N",
     ),
     "decision_threshold": (
-        lambda v: v is None or (_number(v) and 0 <= v <= 1),
+        lambda v: v is None or (is_number(v) and 0 <= v <= 1),
         "null or a number in [0, 1]",
     ),
-    "min_crack_pixels": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    "pixel_size_mm": (lambda v: v is None or (_number(v) and v > 0), "null or a number > 0"),
+    "min_crack_pixels": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    "pixel_size_mm": (lambda v: v is None or (is_number(v) and v > 0), "null or a number > 0"),
     "overlays": (lambda v: isinstance(v, bool), "true or false"),
     "reference_masks": (lambda v: v is None or isinstance(v, str), "null or a folder"),
 }
@@ -82,10 +74,7 @@ class PredictSettings:
     def from_config(cls, cfg: DictConfig) -> PredictSettings:
         """The run's settings; a value that cannot work is one line naming its key."""
         check_required(cfg, ("input",))  # ckpt_path may be null: backend=onnx
-        for key, (accepts, expected) in RULES.items():
-            value = cfg.get(key)
-            if not accepts(value):
-                raise ConfigError(f"{key} must be {expected}, not {value!r}")
+        check_rules(cfg, RULES)
         values = OmegaConf.to_container(cfg, resolve=True)
         return cls(
             backend=values["backend"],

@@ -22,15 +22,17 @@ from crackseg.models.segdecnet import check_input_size
 _MISSING = object()
 
 
-def _integer(value: Any) -> bool:
+def is_integer(value: Any) -> bool:
+    """An int, and not a bool (``True`` is an int to Python, not to a setting)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _odd_integer(value: Any) -> bool:
-    return _integer(value) and value >= 1 and value % 2 == 1
+    return is_integer(value) and value >= 1 and value % 2 == 1
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or a float, and not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -46,8 +48,8 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")
 def _devices(value: Any) -> bool:
     """Lightning's ``devices``: a count >= 1, -1 (all), ``auto``, or a list of device ids."""
     if OmegaConf.is_list(value) or isinstance(value, list):
-        return len(value) > 0 and all(_integer(v) and v >= 0 for v in value)
-    return value == "auto" or (_integer(value) and (value >= 1 or value == -1))
+        return len(value) > 0 and all(is_integer(v) and v >= 0 for v in value)
+    return value == "auto" or (is_integer(value) and (value >= 1 or value == -1))
 
 
 #: Where crackseg-eval takes its thresholds from.
@@ -61,35 +63,35 @@ VALIDATION_SCHEDULES = ("every_n", "published")
 
 #: key -> (accepts the value, what it must be). Keys absent from a config are skipped.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
-    "trainer.max_epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    "validation_n_epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "seed": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
+    "trainer.max_epochs": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    "validation_n_epochs": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "validation_schedule": (lambda v: v in VALIDATION_SCHEDULES, "every_n or published"),
-    "num_dice_panels": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "num_dice_panels": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
     # 'same' padding (crackseg.models.segdecnet.conv_block) keeps the map's size only for
     # an odd kernel
     "model.net.volume_kernel": (_odd_integer, "an odd integer >= 1"),
-    "optim.lr": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "loss.delta_cls": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "loss.weighted_seg_p": (lambda v: _number(v) and v >= 0, "a number >= 0 (P)"),
-    "loss.weighted_seg_max": (lambda v: _number(v) and v > 0, "a number > 0 (Max)"),
+    "optim.lr": (lambda v: is_number(v) and v > 0, "a number > 0"),
+    "loss.delta_cls": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    "loss.weighted_seg_p": (lambda v: is_number(v) and v >= 0, "a number >= 0 (P)"),
+    "loss.weighted_seg_max": (lambda v: is_number(v) and v > 0, "a number > 0 (Max)"),
     "data.dilate": (_odd_integer, "an odd integer >= 1"),
-    "data.input_channels": (lambda v: v in (1, 3) and _integer(v), "1 or 3"),
-    "data.input_height": (lambda v: _integer(v) and v > 0, "a positive integer"),
-    "data.input_width": (lambda v: _integer(v) and v > 0, "a positive integer"),
-    "data.batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "data.input_channels": (lambda v: v in (1, 3) and is_integer(v), "1 or 3"),
+    "data.input_height": (lambda v: is_integer(v) and v > 0, "a positive integer"),
+    "data.input_width": (lambda v: is_integer(v) and v > 0, "a positive integer"),
+    "data.batch_size": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "data.eval_batch_size": (
-        lambda v: v is None or v == "auto" or (_integer(v) and v >= 1),
+        lambda v: v is None or v == "auto" or (is_integer(v) and v >= 1),
         "auto, null or an integer >= 1",
     ),
-    "data.num_workers": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
-    "data.num_segmented": (lambda v: v is None or (_integer(v) and v >= 0), "null or >= 0"),
-    "data.extra_segmented.count": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    "data.neg_per_pos": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    "data.val_fraction": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "data.test_fraction": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "data.binarize_threshold": (lambda v: _integer(v) and 0 <= v < 255, "an integer 0..254"),
-    "data.split_seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "data.num_workers": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
+    "data.num_segmented": (lambda v: v is None or (is_integer(v) and v >= 0), "null or >= 0"),
+    "data.extra_segmented.count": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    "data.neg_per_pos": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    "data.val_fraction": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "data.test_fraction": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "data.binarize_threshold": (lambda v: is_integer(v) and 0 <= v < 255, "an integer 0..254"),
+    "data.split_seed": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
     "trainer.deterministic": (lambda v: v in (True, False, "warn"), "true, false or warn"),
     "trainer.accelerator": (lambda v: str(v).lower() in ACCELERATORS, ", ".join(ACCELERATORS)),
     "trainer.devices": (_devices, "an integer >= 1, -1 (all), auto or a list of device ids"),
@@ -99,9 +101,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # crackseg-eval's
     "thresholds": (lambda v: v in THRESHOLD_SOURCES, "one of " + ", ".join(THRESHOLD_SOURCES)),
     # crackseg-export's
-    "tolerance": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "num_check_images": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    "opset": (lambda v: _integer(v) and v >= 18, "an integer >= 18"),
+    "tolerance": (lambda v: is_number(v) and v > 0, "a number > 0"),
+    "num_check_images": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    "opset": (lambda v: is_integer(v) and v >= 18, "an integer >= 18"),
 }
 
 #: Settings that are true or false: the run parameters of that kind, and these.
@@ -127,13 +129,19 @@ def check_required(cfg: DictConfig, keys: tuple[str, ...] = tuple(REQUIRED)) -> 
             raise ConfigError(f"{REQUIRED[key]} is required")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` naming the first setting that cannot work."""
-    check_required(cfg)
-    for key, (accepts, expected) in RULES.items():
+def check_rules(cfg: DictConfig, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """Refuse the first value that its rule (``key -> (accepts, what it must be)``) does not
+    accept; keys the config does not have are not checked."""
+    for key, (accepts, expected) in rules.items():
         value = OmegaConf.select(cfg, key, default=_MISSING)
         if value is not _MISSING and not accepts(value):
             raise ConfigError(f"{key} must be {expected}, not {value!r}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the first setting that cannot work."""
+    check_required(cfg)
+    check_rules(cfg, RULES)
     for key in BOOLEAN_KEYS:
         value = OmegaConf.select(cfg, key, default=_MISSING)
         if value is not _MISSING and not isinstance(value, bool):
