@@ -19,6 +19,7 @@ from conftest import REPO, one_line_error, predict_settings, run_entry
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from crackseg.data.io import list_input_images
 from crackseg.deploy.backends import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -30,8 +31,7 @@ from crackseg.deploy.backends import (
 from crackseg.deploy.predict_folder import (
     CRACK_COLUMNS,
     PREDICTION_COLUMNS,
-    _readable,
-    list_images,
+    _read_for_prediction,
     predict_folder,
 )
 from crackseg.deploy.settings import PredictSettings
@@ -110,11 +110,11 @@ def test_broken_symlinks_are_listed_and_skipped_as_unreadable(tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")  # dangling
     (tmp_path / "c.png").symlink_to(tmp_path / "c.png")  # a loop
-    paths = list_images(tmp_path)
+    paths = list_input_images(tmp_path)
     assert [p.name for p in paths] == ["a.png", "b.png", "c.png"]
     skipped = []
     with tqdm(disable=True) as progress:
-        read = [path for (path, _), _ in _readable(paths, 3, skipped, progress)]
+        read = [path for (path, _), _ in _read_for_prediction(paths, 3, skipped, progress)]
     assert [p.name for p in read] == ["a.png"]
     assert [p.name for p in skipped] == ["b.png", "c.png"]
 
@@ -251,14 +251,14 @@ def test_a_folder_lists_its_images_and_names_the_files_it_leaves_out(tmp_path, c
     (tmp_path / "sub").mkdir()
     cv2.imwrite(str(tmp_path / "sub" / "c.png"), np.zeros((4, 4, 3), np.uint8))
     with caplog.at_level(logging.WARNING):
-        assert [p.name for p in list_images(tmp_path)] == ["a.png"]
+        assert [p.name for p in list_input_images(tmp_path)] == ["a.png"]
     assert "1 files of" in caplog.text and "b.webp" in caplog.text
     assert "DS_Store" not in caplog.text
     nested = tmp_path / "nested"
     (nested / "inner").mkdir(parents=True)
     cv2.imwrite(str(nested / "inner" / "c.png"), np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(DataError, match=r"no images \(.png/.jpg/.* found in .*subfolders are not"):
-        list_images(nested)
+        list_input_images(nested)
 
 
 def test_each_backend_needs_its_own_model_file():

@@ -10,6 +10,7 @@ image would silently train the network on garbage.
 
 from __future__ import annotations
 
+import logging
 import re
 import struct
 from pathlib import Path
@@ -18,7 +19,9 @@ import cv2
 import numpy as np
 
 from crackseg.data.rle import RunLengthMask
-from crackseg.errors import ConfigError, DataError
+from crackseg.errors import ConfigError, DataError, describe_files
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -41,6 +44,32 @@ def list_image_files(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.iterdir() if is_image_file(p) and (p.is_file() or _is_broken_link(p))
     )
+
+
+def list_input_images(path: Path) -> list[Path]:
+    """A command's ``input``: one image, or every image in a folder (sorted by name, not
+    recursive; the other files named in a warning); broken symlinks are listed, to be
+    reported as unreadable."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"input {path} does not exist")
+    images = list_image_files(path)
+    kinds = "/".join(IMAGE_EXTENSIONS)
+    if not images:
+        raise DataError(f"no images ({kinds}) found in {path} (its subfolders are not read)")
+    others = [
+        p for p in path.iterdir() if p.is_file() and not is_image_file(p) and p.name[0] != "."
+    ]
+    if others:
+        log.warning(
+            "%d files of %s are not %s images and are left out: %s",
+            len(others),
+            path,
+            kinds,
+            describe_files(sorted(others)),
+        )
+    return images
 
 
 def _is_broken_link(path: Path) -> bool:

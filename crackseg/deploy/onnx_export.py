@@ -26,10 +26,9 @@ import torch
 from omegaconf import DictConfig
 
 from crackseg.atomic import atomic_path, atomic_write_text
-from crackseg.data.io import read_image
+from crackseg.data.io import list_input_images, read_image
 from crackseg.data.labels import resize_image
 from crackseg.deploy.backends import ModelInfo, optional_import
-from crackseg.deploy.predict_folder import list_images
 from crackseg.deploy.tiling import TileGrid
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
 from crackseg.models.checkpoint import load_module
@@ -156,7 +155,7 @@ def read_check_images(folder: str | None, count: int, channels: int) -> dict[str
     if not source.exists():
         raise DataError(f"check_images={source} does not exist")
     images, unreadable = {}, []
-    for path in list_images(source):
+    for path in list_input_images(source):
         if len(images) == count:
             break
         try:

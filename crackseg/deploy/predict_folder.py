@@ -19,13 +19,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from crackseg.atomic import atomic_write_png
-from crackseg.data.io import (
-    IMAGE_EXTENSIONS,
-    is_image_file,
-    list_image_files,
-    read_image,
-    read_mask,
-)
+from crackseg.data.io import is_image_file, list_input_images, read_image, read_mask
 from crackseg.data.layouts import BINARIZE_THRESHOLD, files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
@@ -70,31 +64,6 @@ CRACK_COLUMNS = [
 #: Added when ``pixel_size_mm`` is given: the pixel columns above, in millimetres.
 PREDICTION_MM_COLUMNS = ["total_length_mm", "max_width_mm", "mean_width_mm"]
 CRACK_MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
-
-
-def list_images(path: Path) -> list[Path]:
-    """One image, or every image in a folder (sorted by name, not recursive); broken
-    symlinks are listed, to be reported as unreadable."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise DataError(f"input {path} does not exist")
-    images = list_image_files(path)
-    kinds = "/".join(IMAGE_EXTENSIONS)
-    if not images:
-        raise DataError(f"no images ({kinds}) found in {path} (its subfolders are not read)")
-    others = [
-        p for p in path.iterdir() if p.is_file() and not is_image_file(p) and p.name[0] != "."
-    ]
-    if others:
-        log.warning(
-            "%d files of %s are not %s images and are left out: %s",
-            len(others),
-            path,
-            kinds,
-            describe_files(sorted(others)),
-        )
-    return images
 
 
 def reference_masks(folder: str | None) -> dict[str, Path]:
@@ -212,10 +181,12 @@ class ResultWriter:
         )
 
 
-def _readable(
+def _read_for_prediction(
     paths: list[Path], channels: int, skipped: list[Path], progress: tqdm
 ) -> Iterator[tuple[tuple[Path, np.ndarray], np.ndarray]]:
-    """Yield ``((path, image), image)``; an unreadable file is logged, listed and skipped."""
+    """Read each image for :func:`predict_images`, keyed by ``(path, image)`` so that each
+    prediction comes back with its image; an unreadable file is logged, listed in
+    ``skipped`` and counted on the progress bar."""
     for path in paths:
         try:
             image = read_image(path, channels)
@@ -233,7 +204,7 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     refuse_earlier_predictions(output_dir)
     source = Path(settings.input).expanduser()
-    paths = list_images(source)
+    paths = list_input_images(source)
     backend = open_backend(
         settings.backend,
         settings.ckpt_path,
@@ -255,7 +226,7 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     writer = ResultWriter(output_dir, settings, info)
     skipped: list[Path] = []
     with tqdm(total=len(paths), desc="predicting", unit="image") as progress:
-        images = _readable(paths, info.input_channels, skipped, progress)
+        images = _read_for_prediction(paths, info.input_channels, skipped, progress)
         try:
             for (path, image), prediction in predict_images(images, backend, plan):
                 writer.add(path, image, prediction)

@@ -18,22 +18,13 @@ from crackseg.errors import ConfigError, DataError
 from crackseg.evaluation.report import RUN_PARAMETERS
 from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
 from crackseg.models.segdecnet import check_input_size
+from crackseg.setting_rules import check_required, check_rules, is_integer, is_number
 
 _MISSING = object()
 
 
-def is_integer(value: Any) -> bool:
-    """An int, and not a bool (``True`` is an int to Python, not to a setting)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _odd_integer(value: Any) -> bool:
     return is_integer(value) and value >= 1 and value % 2 == 1
-
-
-def is_number(value: Any) -> bool:
-    """An int or a float, and not a bool."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 #: ``trainer.accelerator`` values (Lightning's, which picks among them; ``auto`` takes a GPU
@@ -113,29 +104,6 @@ BOOLEAN_KEYS = (
     "data.check_files",
     "data.augment.enabled",
 )
-
-
-#: Settings a command cannot go without (``???`` in its config), and how to give them.
-REQUIRED = {"ckpt_path": "ckpt_path=PATH.ckpt", "input": "input=IMAGE_OR_FOLDER"}
-
-
-def check_required(cfg: DictConfig, keys: tuple[str, ...] = tuple(REQUIRED)) -> None:
-    """Refuse a required setting left out (``???``), null, or given empty (``input=`` with
-    an unset shell variable would otherwise read as the current folder)."""
-    for key in keys:
-        if key not in cfg.keys():  # noqa: SIM118 (``key in cfg`` is False for ``???``)
-            continue
-        if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
-            raise ConfigError(f"{REQUIRED[key]} is required")
-
-
-def check_rules(cfg: DictConfig, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
-    """Refuse the first value that its rule (``key -> (accepts, what it must be)``) does not
-    accept; keys the config does not have are not checked."""
-    for key, (accepts, expected) in rules.items():
-        value = OmegaConf.select(cfg, key, default=_MISSING)
-        if value is not _MISSING and not accepts(value):
-            raise ConfigError(f"{key} must be {expected}, not {value!r}")
 
 
 def check_config(cfg: DictConfig) -> None:
