@@ -52,7 +52,6 @@ from crackseg.errors import ConfigError, CracksegError, DataError, describe_file
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("crack_segmentation", "ksdd2", "segdec", "folder", "ksdd", "dagm", "severstal")
 BINARIZE_THRESHOLD = 127
 _WORKERS = 4
 
@@ -387,6 +386,8 @@ _INDEXERS: dict[str, Callable[..., dict[str, list[Sample]]]] = {
     "dagm": _dagm,
     "severstal": _severstal,
 }
+#: The layouts ``data.layout`` and ``--layout`` name.
+LAYOUTS = tuple(_INDEXERS)
 
 
 def index_layout(
