@@ -314,7 +314,7 @@ def test_a_run_refused_for_its_settings_may_be_started_again_in_its_folder(tiny_
     # Only a training may use it again: an evaluation leaves the failed run's config be.
     saved = (run_dir / ".hydra" / "config.yaml").read_bytes()
     line = one_line_error(run_entry("eval", "ckpt_path=x.ckpt", f"hydra.run.dir={run_dir}"))
-    assert "already holds a run" in line
+    assert "already holds a command that failed (input width 100" in line
     assert (run_dir / ".hydra" / "config.yaml").read_bytes() == saved
     result = run_tiny(run_dir, tiny_data_dir, "trainer.max_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
