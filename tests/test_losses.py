@@ -108,7 +108,7 @@ def test_a_sum_over_a_batch_of_two_gives_twice_the_gradient_of_the_mean():
             loss=LossSettings(batch_reduction=reduction),
         )
         module.log = lambda *args, **kwargs: None  # no trainer here
-        module.loss_weights = lambda: (0.7, 0.3)
+        module.current_loss_weights = lambda: (0.7, 0.3)
         module.training_step(batch, 0).backward()
         grads[reduction] = [p.grad.clone() for p in module.net.parameters()]
     for mean, total in zip(grads["mean"], grads["sum"], strict=True):

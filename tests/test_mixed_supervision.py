@@ -49,7 +49,7 @@ def test_a_batch_of_weak_positives_has_no_segmentation_loss_and_a_finite_total()
     )
     logged = {}
     module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
-    module.loss_weights = lambda: (0.5, 0.05)
+    module.current_loss_weights = lambda: (0.5, 0.05)
     batch = {
         "image": torch.rand(2, 3, 64, 128),
         "mask": torch.zeros(2, 1, 64, 128),
@@ -82,7 +82,7 @@ def test_a_weak_positive_trains_its_decision_towards_its_label_or_its_read_mask(
         loss={"decision_target": target},
     )
     module.log = lambda *args, **kwargs: None
-    module.loss_weights = lambda: (1.0, 1.0)
+    module.current_loss_weights = lambda: (1.0, 1.0)
     mask = torch.zeros(1, 1, 64, 128)
     mask[0, 0, :, 60:63] = 1  # a crack 3 pixels wide: its 1/8 soft mask peaks at 3/17
     batch = {

@@ -27,14 +27,24 @@ def dilate(mask: np.ndarray, kernel_size: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), kernel).astype(mask.dtype)
 
 
+def _resize_each_axis(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize one axis at a time: area averaging along an axis that shrinks, linear along
+    one that grows (a 448x448 photograph to 640x232 grows in height and shrinks in width)."""
+    if array.shape[0] != height:
+        interpolation = cv2.INTER_AREA if height < array.shape[0] else cv2.INTER_LINEAR
+        array = cv2.resize(array, (array.shape[1], height), interpolation=interpolation)
+    if array.shape[1] != width:
+        interpolation = cv2.INTER_AREA if width < array.shape[1] else cv2.INTER_LINEAR
+        array = cv2.resize(array, (width, height), interpolation=interpolation)
+    return array
+
+
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Area interpolation when shrinking, linear when enlarging; keeps a channel axis."""
+    """Resize an image as its mask is resized (:func:`resize_mask`), so the two stay aligned;
+    keeps a channel axis."""
     if image.shape[:2] == (height, width):
         return image
-    shrink = height * width < image.shape[0] * image.shape[1]
-    resized = cv2.resize(
-        image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    )
+    resized = _resize_each_axis(image, height, width)
     return resized[..., None] if image.ndim == 3 and resized.ndim == 2 else resized
 
 
@@ -47,16 +57,7 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     pixel (> 0) as defect and the 1/8 targets stay soft. Linear sampling alone would skip
     a 1 px crack when shrinking by 2 or more.
     """
-    mask = mask.astype(np.float32)
-    if mask.shape[0] != height:
-        shrink = height < mask.shape[0]
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        mask = cv2.resize(mask, (mask.shape[1], height), interpolation=interpolation)
-    if mask.shape[1] != width:
-        shrink = width < mask.shape[1]
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        mask = cv2.resize(mask, (width, height), interpolation=interpolation)
-    return mask
+    return _resize_each_axis(mask.astype(np.float32), height, width)
 
 
 def prepare_mask(

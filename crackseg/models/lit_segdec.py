@@ -155,7 +155,8 @@ class SegDecModule(pl.LightningModule):
         return torch.sigmoid(out.decision.float()), seg
 
     # -- training ----------------------------------------------------------------------
-    def loss_weights(self) -> tuple[float, float]:
+    def current_loss_weights(self) -> tuple[float, float]:
+        """(λ_seg, λ_dec) of this epoch (docs/method.md §4)."""
         settings = self.loss_settings
         max_epochs = self.trainer.max_epochs if self._trainer is not None else 1
         return loss_weights(
@@ -179,7 +180,7 @@ class SegDecModule(pl.LightningModule):
             )
             dec_losses = decision_losses(out.decision.float(), targets)
         everyone = torch.ones_like(segmented)
-        lambda_seg, lambda_dec = self.loss_weights()
+        lambda_seg, lambda_dec = self.current_loss_weights()
         reduction = settings.batch_reduction
         loss = total_loss(
             reduce_batch(seg_losses, segmented, reduction),
