@@ -132,8 +132,13 @@ class StopCheckpoint(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_sigint()
         # Training went past the stop: the folder holds what the uninterrupted run's holds.
+        # Lightning's SLURM requeue checkpoints go too: on SLURM, Lightning would load one
+        # into the weights chosen for the test.
         if trainer.is_global_zero:
             self.path.unlink(missing_ok=True)
+            for requeued in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
+                requeued.unlink(missing_ok=True)
+        trainer.strategy.barrier("stop_checkpoint_removed")
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException

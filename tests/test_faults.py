@@ -357,7 +357,9 @@ def test_on_slurm_the_warning_signal_saves_a_checkpoint_to_resume_from(
     reference, tiny_data_dir, tmp_path
 ):
     """USR2 (what the slurm launcher asks SLURM to send before the time limit): Lightning
-    saves hpc_ckpt_1.ckpt and calls `scontrol requeue` (absent here); the job resumes."""
+    saves hpc_ckpt_1.ckpt and calls `scontrol requeue` (absent here); the job resumes, as
+    the requeued job does, on SLURM, and is tested on its own chosen weights (Lightning
+    would test a SLURM job on a left-over hpc_ckpt instead)."""
     run_dir = tmp_path / "slurm"
     process = start_and_stall(
         tmp_path / "stalled",
@@ -375,11 +377,13 @@ def test_on_slurm_the_warning_signal_saves_a_checkpoint_to_resume_from(
     # complete once it exists (renamed into place); SLURM kills the job when time is up
     process.kill()
     process.wait()
-    result = run_entry("train", f"resume={run_dir}", env={"PYTHONPATH": str(HELPERS)})
+    env = {"PYTHONPATH": str(HELPERS), **SLURM_JOB}
+    result = run_entry("train", f"resume={run_dir}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = json.loads((run_dir / "run_info.json").read_text())["resumed"]
     assert resumed[0]["checkpoint"].endswith("hpc_ckpt_1.ckpt")
     assert metrics_of(run_dir) == metrics_of(reference)
+    assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # as the uninterrupted run's folder
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
