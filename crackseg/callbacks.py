@@ -149,6 +149,38 @@ class StopCheckpoint(pl.Callback):
             log.warning("stopped by a signal; checkpoint saved to %s", self.path)
 
 
+class CheckpointsFollowTheRunFolder(pl.Callback):
+    """A run folder moved or copied, then resumed: the checkpoint callbacks' saved state
+    names files of the old place (the best checkpoint, the k best, the last). Rebased onto
+    the new place before they load it; Lightning would otherwise drop the best score, so the
+    next validation would count as the best and the run could be tested on other weights."""
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        states = checkpoint.get("callbacks") or {}
+        for callback in trainer.checkpoint_callbacks:
+            state = states.get(callback.state_key)
+            dirpath = getattr(callback, "dirpath", None)
+            if isinstance(state, dict) and dirpath and state.get("dirpath") not in (None, dirpath):
+                states[callback.state_key] = rebased_checkpoint_state(state, dirpath)
+
+
+def rebased_checkpoint_state(state: dict[str, Any], dirpath: str) -> dict[str, Any]:
+    """A ModelCheckpoint's state with the paths in its old ``dirpath`` moved to ``dirpath``."""
+    old = Path(state["dirpath"])
+
+    def rebased(path: Any) -> Any:
+        if isinstance(path, str) and path and Path(path).parent == old:
+            return str(Path(dirpath) / Path(path).name)
+        return path
+
+    moved = {key: rebased(value) for key, value in state.items()}
+    moved["dirpath"] = dirpath
+    moved["best_k_models"] = {rebased(k): v for k, v in state.get("best_k_models", {}).items()}
+    return moved
+
+
 class TrainingHistory(pl.Callback):
     """Keeps the per-epoch scalars and draws the training curves when fitting ends."""
 

@@ -271,6 +271,26 @@ def test_a_moved_run_folder_resumes(reference, tiny_data_dir, tmp_path):
     assert resumed[0]["checkpoint"].endswith("interrupted.ckpt")
 
 
+def test_a_run_folder_moved_after_a_validation_keeps_its_best_checkpoint(
+    reference, tiny_data_dir, tmp_path
+):
+    """The checkpoint callback's state names the old folder: resumed in the new one, it
+    keeps its best score and best checkpoint, so the run ends with the uninterrupted run's
+    checkpoints and is tested on the same best weights."""
+    stopped = tmp_path / "stopped"
+    process = stall_run(stopped, tiny_data_dir, epoch=2, batch=1)  # validated after epoch 1
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    moved = tmp_path / "moved"
+    stopped.rename(moved)
+    result = run_entry("train", f"resume={moved}", env={"PYTHONPATH": str(HELPERS)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metrics_of(moved) == metrics_of(reference)
+    names = [sorted(p.name for p in (d / "checkpoints").iterdir()) for d in (moved, reference)]
+    assert names[0] == names[1]
+    assert "dirpath has changed" not in result.stderr
+
+
 def test_resume_takes_the_checkpoint_of_the_latest_step(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     for name, step, mtime in [("last.ckpt", 12, 2), ("interrupted.ckpt", 15, 1)]:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
 from crackseg.atomic import atomic_write_bytes
-from crackseg.callbacks import NEVER, ValidateOnLastEpoch
+from crackseg.callbacks import NEVER, CheckpointsFollowTheRunFolder, ValidateOnLastEpoch
 from crackseg.models.checkpoint import checkpoint_step
 from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
 from crackseg.runs.gpus import in_local_parallel_sweep
@@ -86,7 +86,8 @@ def build_trainer(
     # Off a terminal (or with sweep jobs sharing one), one log line per epoch, not a bar.
     show_progress = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
     in_sweep = in_local_parallel_sweep()
-    callbacks = [*callbacks, *progress_callbacks(show_progress, in_sweep)]
+    callbacks = [*callbacks, CheckpointsFollowTheRunFolder()]
+    callbacks += progress_callbacks(show_progress, in_sweep)
     deterministic = OmegaConf.select(cfg, "trainer.deterministic", default=False)
     pinned = "OMP_NUM_THREADS" in os.environ or deterministic in (True, "warn")
     if cfg.get("share_cpu_cores", True) and not pinned:
