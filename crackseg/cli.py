@@ -106,9 +106,11 @@ def one_line(error: BaseException) -> str:
         if message and name in _OWN_ERRORS:
             text = message
     cause = error.__cause__
-    if isinstance(error, HydraException) and isinstance(cause, OmegaConfBaseException):
-        cause_line = str(cause).splitlines()[0].strip()
-        text = f"{text.rstrip('.')}: {cause_line}"
+    if isinstance(error, HydraException) and cause is not None:
+        # Hydra's first line names what failed ("Error in call to target 'X':"), its cause
+        # why: a config error, or what the target raised.
+        cause_line = one_line(cause)
+        text = f"{text.rstrip('.:')}: {cause_line}"
     return text
 
 

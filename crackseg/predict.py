@@ -26,7 +26,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def hydra_main(cfg: DictConfig) -> float | None:
-    return run_task(predict, cfg, objective="", resumable=False)
+    output_dir = cfg.paths.output_dir
+    stopped = (
+        f"the predictions made so far are in {output_dir}; predict the rest into another folder"
+    )
+    return run_task(predict, cfg, objective="", stopped=stopped)
 
 
 def main() -> None:

@@ -190,3 +190,20 @@ def test_a_folder_of_a_failed_command_is_refused_naming_the_failure(tmp_path, ph
         "choose another hydra.run.dir"
     )
     assert lightning == set()
+
+
+def test_resuming_the_folder_of_another_command_is_refused_and_leaves_it_be(tmp_path):
+    """An evaluation stopped by Ctrl-C has nothing to resume: crackseg-train resume= on its
+    folder is refused, and writes nothing there."""
+    folder = tmp_path / "evaluated"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("ckpt_path: x.ckpt\n")
+    (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    config_name: eval\n")
+    (folder / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    before = sorted(p.name for p in folder.rglob("*"))
+    line, lightning = refuse("train", f"resume={folder}")
+    assert line == (
+        f"error: resume={folder} holds a crackseg-eval run, not a training: nothing to resume"
+    )
+    assert lightning == set()
+    assert sorted(p.name for p in folder.rglob("*")) == before

@@ -513,6 +513,38 @@ def test_training_without_a_validation_split_is_one_line(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_class_refusing_its_config_arguments_is_one_line_naming_both(tmp_path):
+    """A Lightning argument it does not know (+trainer.strategy=nope): the target and its
+    refusal on one line, exit 2, and the folder's status says failed, not running."""
+    run_dir = tmp_path / "run"
+    result = run_entry("train", "+trainer.strategy=nope", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_line_error(result)
+    assert line.startswith("error: Error in call to target 'pytorch_lightning.trainer.trainer")
+    assert "invalid strategy name" in line
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status == {"status": "failed", "error": line.removeprefix("error: ")}
+
+
+def test_an_unexpected_error_of_a_single_run_is_recorded_as_failed(tmp_path):
+    """A fault of crackseg's (here a stand-in task) keeps its traceback, and the folder's
+    status says failed: no run is left looking as if it still ran."""
+    from omegaconf import OmegaConf
+
+    from crackseg.runs.folder import accept_run_folder
+    from crackseg.runs.lifecycle import run_task
+
+    def broken(cfg):
+        accept_run_folder(cfg.paths.output_dir)  # as every command's task does first
+        raise RuntimeError("a bug")
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_task(broken, cfg)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status == {"status": "failed", "error": "a bug"}
+
+
 def test_an_optuna_search_of_no_trials_is_refused_up_front(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep_dir = tmp_path / "search"

@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import crackseg
 from crackseg.atomic import atomic_write_text, remove_partial_writes
@@ -242,6 +244,22 @@ def check_resume_folder(run_dir: Path) -> None:
         raise RunFolderError(f"resume={run_dir} is not a folder")
     if not (run_dir / ".hydra" / "config.yaml").is_file():
         raise RunFolderError(f"resume={run_dir} is not a run folder (no .hydra/config.yaml)")
+    command = started_by(run_dir)
+    if command not in (None, "train"):
+        raise RunFolderError(
+            f"resume={run_dir} holds a crackseg-{command} run, not a training: nothing to resume"
+        )
+
+
+def started_by(run_dir: Path) -> str | None:
+    """The config the folder's command was started with (``train``, ``eval``, ``predict``,
+    ``export``: Hydra's ``.hydra/hydra.yaml``), None where that is not recorded."""
+    try:
+        saved = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
+    except (OSError, yaml.YAMLError, OmegaConfBaseException):
+        return None
+    name = OmegaConf.select(saved, "hydra.job.config_name", default=None)
+    return str(name) if name is not None else None
 
 
 def check_sweep_resume(resume: object) -> None:

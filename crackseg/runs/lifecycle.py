@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,7 +46,7 @@ def run_task(
     task: Callable[[DictConfig], dict[str, Any]],
     cfg: DictConfig,
     objective: str = "best_val_image_ap",
-    resumable: bool = True,
+    stopped: str | None = None,
 ) -> float | None:
     """Run ``task`` and return the metric a sweeper optimises.
 
@@ -54,8 +55,9 @@ def run_task(
     goes on; a job already finished in its folder is skipped, so re-running a sweep into
     the same ``hydra.sweep.dir`` resumes it. A run stopped by SIGTERM or Ctrl-C exits with
     status 143 (a sweep stops there too) and the status ``interrupted``, leaving the
-    checkpoint to resume from; a command that is not ``resumable`` (a prediction) leaves
-    what it did so far, its folder refused to any later command.
+    checkpoint to resume from. A command that cannot be resumed (an evaluation, a prediction,
+    an export) says ``stopped`` instead of how to resume, and leaves what it did so far, its
+    folder refused to any later command.
     """
     output_dir = Path(cfg.paths.output_dir)
     multirun, _ = hydra_job()
@@ -74,11 +76,8 @@ def run_task(
             results = task(cfg)
     except stop_requests():
         _record(output_dir, "interrupted")
-        if not resumable:
-            print_line(
-                f"stopped: the predictions made so far are in {output_dir}; "
-                "predict the rest into another folder"
-            )
+        if stopped is not None:
+            print_line(f"stopped: {stopped}")
         elif multirun:
             sweep_dir = HydraConfig.get().sweep.dir
             print_line(f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}")
@@ -89,17 +88,22 @@ def run_task(
         error = root_cause(raised)
         if multirun and isinstance(error, SweepSettingsError):
             raise error from None  # the whole sweep's mistake: it ends the sweep
-        expected = isinstance(error, CracksegError) or is_storage_error(error)
-        if expected and not isinstance(error, RunFolderError):
+        if isinstance(raised, InstantiationException) and not isinstance(error, CracksegError):
+            # A class the config names refused its arguments (+trainer.strategy=nope): the
+            # config's mistake, worded as the target and its refusal.
+            error = raised
+        expected = isinstance(error, CracksegError | InstantiationException) or is_storage_error(
+            error
+        )
+        if multirun and not expected:
+            log.exception("job failed")
+        if not isinstance(error, RunFolderError):  # a folder of another run keeps its status
             _record(output_dir, "failed", error=one_line(error))
         if not multirun:
             if expected:
                 print_line(f"error: {one_line(error)}")
                 sys.exit(2)
             raise
-        if not expected:
-            log.exception("job failed")
-            _record(output_dir, "failed", error=one_line(error))
         log.error("job failed: %s", one_line(error))
         return None
     else:
