@@ -545,6 +545,36 @@ def test_an_unexpected_error_of_a_single_run_is_recorded_as_failed(tmp_path):
     assert status == {"status": "failed", "error": "a bug"}
 
 
+def test_ctrl_c_inside_a_lightning_call_ends_as_a_stop(tmp_path, capsys):
+    """Ctrl-C during the validation or test after training: Lightning's handler ends the
+    process with exit(1); the run ends as stopped (143, status interrupted) all the same."""
+    from omegaconf import OmegaConf
+
+    from crackseg.runs.folder import accept_run_folder
+    from crackseg.runs.lifecycle import EXIT_STOPPED, run_task
+
+    def tested(cfg):
+        accept_run_folder(cfg.paths.output_dir)
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)  # what Lightning's _call_and_handle_interrupt does
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
+    with pytest.raises(SystemExit) as ended:
+        run_task(tested, cfg)
+    assert ended.value.code == EXIT_STOPPED
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
+    assert f"crackseg-train resume={tmp_path}" in capsys.readouterr().err
+
+    def exits(cfg):
+        sys.exit(1)  # any other exit stays what it is
+
+    with pytest.raises(SystemExit) as ended:
+        run_task(exits, OmegaConf.create({"paths": {"output_dir": str(tmp_path / "other")}}))
+    assert ended.value.code == 1
+
+
 def test_an_optuna_search_of_no_trials_is_refused_up_front(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep_dir = tmp_path / "search"

@@ -75,15 +75,13 @@ def run_task(
             set_job_threads(cfg)  # and a share of the CPU cores
             results = task(cfg)
     except stop_requests():
-        _record(output_dir, "interrupted")
-        if stopped is not None:
-            print_line(f"stopped: {stopped}")
-        elif multirun:
-            sweep_dir = HydraConfig.get().sweep.dir
-            print_line(f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}")
-        else:
-            print_line(f"stopped: continue with  crackseg-train resume={output_dir}")
-        sys.exit(EXIT_STOPPED)
+        _end_stopped(output_dir, stopped, multirun)
+    except SystemExit as exiting:
+        # Ctrl-C inside one of Lightning's calls outside the training loop (its setup, a
+        # validation, the test): Lightning ends the process with exit(1) from its handler.
+        if not isinstance(exiting.__context__, KeyboardInterrupt):
+            raise
+        _end_stopped(output_dir, stopped, multirun)
     except Exception as raised:
         error = root_cause(raised)
         if multirun and isinstance(error, SweepSettingsError):
@@ -113,6 +111,19 @@ def run_task(
         return metrics.get(objective)
     finally:
         release_run_folder(output_dir)  # the next job of a sweep may run in this process
+
+
+def _end_stopped(output_dir: Path, stopped: str | None, multirun: bool) -> None:
+    """A command stopped by SIGTERM or Ctrl-C: its status, how to go on, exit 143."""
+    _record(output_dir, "interrupted")
+    if stopped is not None:
+        print_line(f"stopped: {stopped}")
+    elif multirun:
+        sweep_dir = HydraConfig.get().sweep.dir
+        print_line(f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}")
+    else:
+        print_line(f"stopped: continue with  crackseg-train resume={output_dir}")
+    sys.exit(EXIT_STOPPED)
 
 
 def stop_requests() -> tuple[type[BaseException], ...]:
