@@ -579,6 +579,14 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     assert result.returncode == 2 and result.stderr.strip() == line
     assert _mtimes(done) == before
     assert (failed / "status.json").read_bytes() == failed_status
+    # and a finished job is never run again in its folder: skip_finished=false is refused
+    # there (its job would be refused, and the summary count the old result as new)
+    result = run_train(config_dir, *args, "skip_finished=false")
+    assert one_line_error(result) == (
+        f"error: skip_finished=false, but {done} holds a finished job, which is never run "
+        "again in its folder: choose another hydra.sweep.dir"
+    )
+    assert result.returncode == 2 and _mtimes(done) == before
 
 
 def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: Path) -> None:

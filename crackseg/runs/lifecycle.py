@@ -196,8 +196,7 @@ class SweepChecksCallback(Callback):
             check_trials(config)
             check_devices_per_job(config)
             check_config(config)
-            if config.get("skip_finished", True):
-                refuse_finished_jobs_with_other_settings(config)
+            refuse_finished_jobs_with_other_settings(config)
         except CracksegError as error:
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
@@ -232,7 +231,8 @@ def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
     """Finished jobs of the sweep folder are skipped, and their folders are named by the
     swept values only: a setting given otherwise on the command line (``trainer.max_epochs=20``
     after a 10-epoch sweep) would reuse results it did not make. Compared before any job runs
-    (each job also compares its whole saved config when it is skipped)."""
+    (each job also compares its whole saved config when it is skipped). With
+    ``skip_finished=false`` a finished job is refused outright: it cannot run again there."""
     sweep_dir = Path(config.hydra.sweep.dir)
     if not sweep_dir.is_dir():
         return
@@ -246,3 +246,10 @@ def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
             continue
         if changed := setting_changes(shared_settings(OmegaConf.load(saved), swept), wanted):
             raise _ran_with_other_settings(job, changed[:3])
+        if not config.get("skip_finished", True):
+            # A run's folder is never written again: its job would only be refused, and the
+            # summary would count its old result as this sweep's.
+            raise SweepSettingsError(
+                f"skip_finished=false, but {job} holds a finished job, which is never run "
+                "again in its folder: choose another hydra.sweep.dir"
+            )
