@@ -584,3 +584,19 @@ def test_a_bad_setting_is_refused_before_any_data_is_read(override, expected, tm
     )
     assert expected in line
     assert not data_dir.exists()  # the synthetic set was not even generated
+
+
+def test_the_requeue_signal_keeps_the_launchers_handler_until_a_stage_is_set_up():
+    """submitit's handler (it requeues too) is kept while the data are prepared; it is
+    removed at setup, just before Lightning installs its own on the free signal."""
+    from crackseg.runs.trainer import FreeTheRequeueSignal, requeue_signal
+
+    launchers = []
+    previous = signal.signal(requeue_signal(), lambda *args: launchers.append(args))
+    try:
+        callback = FreeTheRequeueSignal()
+        assert signal.getsignal(requeue_signal()) not in (signal.SIG_DFL, None)
+        callback.setup(None, None, "fit")
+        assert signal.getsignal(requeue_signal()) == signal.SIG_DFL
+    finally:
+        signal.signal(requeue_signal(), previous)

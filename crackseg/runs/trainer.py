@@ -48,19 +48,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write_bytes(path, buffer.getbuffer())
 
 
+def requeue_signal() -> signal.Signals:
+    """The signal the cluster launcher (submitit) asks SLURM to send before the time limit:
+    USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise."""
+    return getattr(signal, f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}")
+
+
 def slurm_requeue_environment(enabled: bool) -> SLURMEnvironment:
     """On SLURM, Lightning's requeue: on the job's warning signal it saves
-    ``hpc_ckpt_N.ckpt`` in the run folder and requeues the job, which resumes from it.
+    ``hpc_ckpt_N.ckpt`` in the run folder and requeues the job, which resumes from it."""
+    return SLURMEnvironment(auto_requeue=enabled, requeue_signal=requeue_signal())
 
-    The signal is the one the cluster launcher (submitit) asks SLURM to send before the
-    time limit (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise). Submitit installs a
-    handler of its own for it; Lightning only installs its handler on a free signal.
-    """
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
-    requeue_signal = getattr(signal, f"SIG{name}")
-    if enabled and threading.current_thread() is threading.main_thread():
-        signal.signal(requeue_signal, signal.SIG_DFL)
-    return SLURMEnvironment(auto_requeue=enabled, requeue_signal=requeue_signal)
+
+class FreeTheRequeueSignal(pl.Callback):
+    """Lightning installs its requeue handler only on a signal without one, once a stage is
+    set up; submitit has installed a handler of its own (which requeues the job too). That
+    one is removed only then, so the signal never meets its default action (the end of the
+    job, without a checkpoint) while the data are prepared."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(requeue_signal(), signal.SIG_DFL)
 
 
 def build_logger(cfg: DictConfig, resume_step: int | None = None) -> Logger | bool:
@@ -97,7 +105,10 @@ def build_trainer(
         callbacks.append(ShareCoresWithOtherRuns(workers))
     overrides: dict[str, Any] = {"plugins": [AtomicCheckpointIO()]}
     if SLURMEnvironment.detect():
-        overrides["plugins"].append(slurm_requeue_environment(cfg.get("slurm_requeue", True)))
+        requeue = cfg.get("slurm_requeue", True)
+        overrides["plugins"].append(slurm_requeue_environment(requeue))
+        if requeue:
+            callbacks.append(FreeTheRequeueSignal())
     if not cfg.get("validate", True):
         # No validation while training; the threshold is still chosen on validation after.
         overrides |= {"check_val_every_n_epoch": NEVER, "num_sanity_val_steps": 0}
