@@ -34,6 +34,8 @@ _OWN_ERRORS = {
 
 #: Exit status of a multirun in which some job failed or did not finish.
 EXIT_JOBS_FAILED = 1
+#: How Hydra refuses two of its modes at once (``-m`` with ``--cfg``).
+HYDRA_MODES_EXCLUSIVE = "Only one of --run, --multirun, --cfg"
 #: What Optuna's sweeper raises at the end of a search in which no trial completed.
 NO_TRIAL_COMPLETED = "No trials are completed yet."
 #: Errors of the file system that end a run with one line: the output folder is unwritable
@@ -153,6 +155,9 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         print_line(f"error: {line}")
         sys.exit(2)
     except ValueError as raised:
+        if str(raised).startswith(HYDRA_MODES_EXCLUSIVE):  # `-m ... --cfg job`
+            print_line(f"error: {raised} (--cfg shows the config of one run: drop -m)")
+            sys.exit(2)
         # Optuna's sweeper asks for the best of a search in which every trial failed: the
         # sweep ends as one whose jobs failed, with its summary.
         if str(raised) != NO_TRIAL_COMPLETED or not started_sweeps:

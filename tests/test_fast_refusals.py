@@ -207,3 +207,10 @@ def test_resuming_the_folder_of_another_command_is_refused_and_leaves_it_be(tmp_
     )
     assert lightning == set()
     assert sorted(p.name for p in folder.rglob("*")) == before
+
+
+def test_a_sweep_asked_for_its_config_is_one_line(tmp_path):
+    line, lightning = refuse("train", "-m", "+sweep=dilate", "--cfg", "job")
+    assert line.startswith("error: Only one of --run, --multirun, --cfg")
+    assert line.endswith("(--cfg shows the config of one run: drop -m)")
+    assert lightning == set()
