@@ -276,9 +276,11 @@ def test_job_device_context_pins_a_free_gpu(
 ) -> None:
     monkeypatch.setattr(gpus, "visible_gpus", lambda: ["4", "6"])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
-    busy = _start_holder(tmp_path, "4")  # another job holds GPU 4
+    monkeypatch.setenv("CRACKSEG_GPU_LOCK_DIR", str(tmp_path))
+    busy = _start_holder(tmp_path, "4")  # a job of another sweep holds GPU 4
     cfg = OmegaConf.create({"trainer": {"accelerator": "auto", "devices": 1}})
-    with job_device_context(cfg, _hydra_cfg(tmp_path, JOBLIB), poll_s=0.01) as gpu:
+    other_sweep = _hydra_cfg(tmp_path / "another_sweep", JOBLIB)
+    with job_device_context(cfg, other_sweep, poll_s=0.01) as gpu:
         assert gpu == "6"
         assert list(cfg.trainer.devices) == [1]  # index of GPU 6 among the visible ones
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6"  # never narrowed in a worker

@@ -3,10 +3,10 @@
 joblib's launcher starts ``n_jobs`` worker processes and hands them the jobs of a sweep;
 nothing in Hydra says which GPU a job should use, so without help every job trains on
 GPU 0. Here each job takes a GPU of its own for its whole run by an exclusive lock on
-``<lock dir>/gpu<id>.lock`` (a record lock, :func:`crackseg.runs.folder.lock_file`): the
-kernel drops it when the holder exits or dies, its data loader workers do not inherit it,
-so a killed job never leaves a GPU claimed, and jobs beyond the number of GPUs wait until
-one is released.
+``<lock dir>/gpu<id>.lock`` (a record lock, :func:`crackseg.runs.folder.lock_file`, in one
+folder for every sweep on the machine, :func:`gpu_lock_dir`): the kernel drops it when
+the holder exits or dies, its data loader workers do not inherit it, so a killed job
+never leaves a GPU claimed, and jobs beyond the number of GPUs wait until one is released.
 
 The CUDA_VISIBLE_DEVICES trap: CUDA reads that variable once, when it is initialised in a
 process. loky keeps its workers between jobs, so a worker whose first job narrowed the
@@ -22,6 +22,7 @@ import contextlib
 import gc
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -108,6 +109,16 @@ def claim_gpu(
         os.close(fd)  # closing drops the lock
 
 
+def gpu_lock_dir() -> Path:
+    """Where the jobs of every local sweep of this user claim GPUs: one folder for the
+    machine, so two sweeps side by side never share a GPU (``$CRACKSEG_GPU_LOCK_DIR``, else
+    ``crackseg-gpu-locks-<uid>`` in the temporary folder)."""
+    chosen = os.environ.get("CRACKSEG_GPU_LOCK_DIR")
+    if chosen:
+        return Path(chosen)
+    return Path(tempfile.gettempdir()) / f"crackseg-gpu-locks-{os.getuid()}"
+
+
 def current_hydra_config() -> DictConfig | None:
     """The running job's Hydra config, or None outside a Hydra run."""
     from hydra.core.hydra_config import HydraConfig
@@ -157,11 +168,12 @@ def job_device_context(
     """Give one job of a local parallel sweep a GPU of its own; a no-op everywhere else.
 
     Active only in a multirun launched by joblib with ``n_jobs`` other than 1, on a machine
-    with GPUs, for a job that trains on one GPU. It claims a GPU with a lock in the sweep
-    folder (``hydra.sweep.dir``) and sets ``cfg.trainer.devices=[k]``, k being the index of
-    that GPU among the visible ones. Before releasing, it frees the job's cached GPU memory
-    so the next job on that GPU finds it empty (the worker's CUDA context, a few hundred MB,
-    stays). Yields the claimed GPU id, or None.
+    with GPUs, for a job that trains on one GPU. It claims a GPU with a lock in
+    :func:`gpu_lock_dir` (shared by every sweep on the machine) and sets
+    ``cfg.trainer.devices=[k]``, k being the index of that GPU among the visible ones.
+    Before releasing, it frees the job's cached GPU memory so the next job on that GPU finds
+    it empty (the worker's CUDA context, a few hundred MB, stays). Yields the claimed GPU id,
+    or None.
     """
     hydra_cfg = hydra_cfg if hydra_cfg is not None else current_hydra_config()
     if not runs_parallel_locally(hydra_cfg) or not _wants_one_gpu(cfg):
@@ -171,8 +183,7 @@ def job_device_context(
     if not gpus:
         yield None
         return
-    lock_dir = Path(str(hydra_cfg.sweep.dir))
-    with claim_gpu(lock_dir, gpus, poll_s=poll_s) as gpu_id:
+    with claim_gpu(gpu_lock_dir(), gpus, poll_s=poll_s) as gpu_id:
         index = gpus.index(gpu_id)
         cfg.trainer.devices = [index]
         _set_device(index)
