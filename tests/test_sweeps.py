@@ -140,6 +140,14 @@ def test_job_folder_names() -> None:
     assert job_folder(0, "") == "0"  # nothing is swept: the number alone
 
 
+def test_a_job_takes_the_folder_an_earlier_run_of_its_sweep_gave_its_values(tmp_path) -> None:
+    (tmp_path / "3_data.dilate=5,seed=0").mkdir()
+    (tmp_path / "4_data.dilate=5,seed=0,x=1").mkdir()  # other values: not this job's
+    assert job_folder(5, "data.dilate=5,seed=0", str(tmp_path)) == "3_data.dilate=5,seed=0"
+    assert job_folder(6, "data.dilate=5,seed=1", str(tmp_path)) == "6_data.dilate=5,seed=1"
+    assert job_folder(2, "", str(tmp_path)) == "2"
+
+
 def test_launcher_configs(monkeypatch: pytest.MonkeyPatch) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         monkeypatch.setattr(gpus, "visible_gpus", lambda: [])
@@ -589,6 +597,15 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
         "again in its folder: choose another hydra.sweep.dir"
     )
     assert result.returncode == 2 and _mtimes(done) == before
+
+    # the grid in another order numbers the jobs otherwise: each finds its earlier folder by
+    # its swept values (the finished one is skipped there, the failed one runs there again)
+    reordered = [a.replace("60,64", "64,60") for a in args]
+    result = run_train(config_dir, *reordered)
+    assert result.returncode == 1 and summary_line in result.stderr, result.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert jobs == sorted([failed.name, done.name])
+    assert _mtimes(done) == before
 
 
 def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ hydra/default.yaml) send a resumed run back into its own folder without rewritin
 ``.hydra/``; ``${crackseg.job_log:OUTPUT_DIR,NAME}``, the job's log file, is what Hydra
 resolves first once it has the job's folder, so the folder is claimed for this process
 there, before the log file and ``.hydra/`` are written (crackseg.runs.folder);
-``${crackseg.job_folder:NUM,OVERRIDE_DIRNAME}`` names multirun job folders
+``${crackseg.job_folder:NUM,OVERRIDE_DIRNAME,SWEEP_DIR}`` names multirun job folders
 (``crackseg.dirname``, its name part, is what folders of earlier sweeps recorded);
 ``${crackseg.local_jobs:N}`` (conf/hydra/launcher/local_parallel.yaml) sizes a local
 parallel sweep. The settings of the paper's runs that change with another setting
@@ -47,10 +47,26 @@ def job_dirname(override_dirname: str, max_bytes: int = MAX_DIRNAME_BYTES) -> st
     return f"{head}~{digest}"
 
 
-def job_folder(num: int | str, override_dirname: str) -> str:
-    """A multirun job's folder: ``<num>_<overrides>``, or ``<num>`` when none tells it apart."""
+def job_folder(num: int | str, override_dirname: str, sweep_dir: str | None = None) -> str:
+    """A multirun job's folder: ``<num>_<overrides>``, or ``<num>`` when none tells it apart.
+
+    The number is the job's place in the grid, which changes when the grid grows
+    (``seed=0,1,2`` to ``seed=0,1,2,3,4``): run again into ``sweep_dir``, a job takes the
+    folder an earlier run of the sweep gave the same overrides, so it is skipped or resumed
+    there, not trained a second time beside it.
+    """
     name = job_dirname(override_dirname)
-    return f"{num}_{name}" if name else str(num)
+    if not name:
+        return str(num)
+    if sweep_dir:
+        earlier = [
+            int(number)
+            for number, _, rest in (p.name.partition("_") for p in Path(sweep_dir).glob("*_*"))
+            if number.isdigit() and rest == name
+        ]
+        if earlier:
+            return f"{min(earlier)}_{name}"
+    return f"{num}_{name}"
 
 
 def _resumes_folder(resume: object) -> bool:
