@@ -21,6 +21,7 @@ from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import accept_run_folder, refuse_used_folder
 from crackseg.runs.hardware import check_accelerator, evaluation_precision
 from crackseg.runs.lifecycle import run_task
+from crackseg.setting_rules import check_required
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     refuse_used_folder(output_dir)
     accept_run_folder(output_dir)
+    check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
     check_config(cfg)
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
 

@@ -14,12 +14,14 @@ from crackseg.deploy.onnx_export import export_checkpoint
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import accept_run_folder, refuse_used_folder
 from crackseg.runs.lifecycle import run_task
+from crackseg.setting_rules import check_required
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export into a folder of its own: never one holding a run."""
     refuse_used_folder(Path(cfg.paths.output_dir))
     accept_run_folder(cfg.paths.output_dir)
+    check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
     check_config(cfg)
     return export_checkpoint(cfg)
 

@@ -214,3 +214,17 @@ def test_a_sweep_asked_for_its_config_is_one_line(tmp_path):
     assert line.startswith("error: Only one of --run, --multirun, --cfg")
     assert line.endswith("(--cfg shows the config of one run: drop -m)")
     assert lightning == set()
+
+
+def test_a_sweep_over_checkpoints_is_not_refused_for_the_checkpoint_it_sweeps(tmp_path):
+    """Hydra leaves a swept key out of the sweep's own config (``???`` there): each job
+    checks its own, here a checkpoint that does not exist."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_entry(
+        "eval", "-m", "ckpt_path=a.ckpt,b.ckpt", f"hydra.sweep.dir={sweep_dir}", timeout=120
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = sorted(
+        json.loads(status.read_text())["error"] for status in sweep_dir.glob("*/status.json")
+    )
+    assert errors == ["checkpoint a.ckpt does not exist", "checkpoint b.ckpt does not exist"]

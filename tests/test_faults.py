@@ -600,3 +600,26 @@ def test_the_requeue_signal_keeps_the_launchers_handler_until_a_stage_is_set_up(
         assert signal.getsignal(requeue_signal()) == signal.SIG_DFL
     finally:
         signal.signal(requeue_signal(), previous)
+
+
+def test_a_run_started_with_a_numeric_precision_resumes_before_its_first_checkpoint(tmp_path):
+    """``trainer.precision=32`` is saved as the number 32 and made the string "32" for the
+    run: resuming a run that saved no checkpoint compares them as one setting."""
+    from crackseg.runs.folder import prepare_training_run, resolve_machine_settings
+
+    def config(precision):
+        return OmegaConf.create(
+            {
+                "paths": {"output_dir": str(tmp_path)},
+                "resume": "auto",
+                "trainer": {"precision": precision, "accelerator": "cpu", "devices": 1},
+            }
+        )
+
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(config(32), tmp_path / ".hydra" / "config.yaml")
+    (tmp_path / "status.json").write_text(json.dumps({"status": "running"}))
+    live = config(32)
+    resolve_machine_settings(live)
+    cfg, checkpoint = prepare_training_run(live, multirun=False, task_overrides=[])
+    assert checkpoint is None and cfg.trainer.precision == "32"

@@ -18,7 +18,7 @@ from crackseg.errors import ConfigError, DataError
 from crackseg.evaluation.report import RUN_PARAMETERS
 from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
 from crackseg.models.segdecnet import check_input_size
-from crackseg.setting_rules import check_required, check_rules, is_integer, is_number
+from crackseg.setting_rules import check_rules, is_integer, is_number
 
 _MISSING = object()
 
@@ -108,7 +108,6 @@ BOOLEAN_KEYS = (
 
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first setting that cannot work."""
-    check_required(cfg)
     check_rules(cfg, RULES)
     for key in BOOLEAN_KEYS:
         value = OmegaConf.select(cfg, key, default=_MISSING)

@@ -488,8 +488,10 @@ def prepare_training_run(
         saved = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
         if "trainer" in saved:
             trainer = saved.trainer
-            if str(trainer.precision) == "auto":
-                trainer.precision = native_precision(trainer.accelerator)
+            # as resolve_precision makes the live one: a string, concrete
+            precision = str(trainer.precision)
+            auto = precision == "auto"
+            trainer.precision = native_precision(trainer.accelerator) if auto else precision
     changed = config_differences(saved, cfg) if saved is not None else []
     if finished_status(output_dir) is not None:
         settings = f", with other settings ({'; '.join(changed)})" if changed else ""
