@@ -170,7 +170,7 @@ def test_stats_of_a_dagm_class(tmp_path, capsys):
         counts[class_id] = capsys.readouterr().out.splitlines()[-1]
     assert counts["1"] != counts["2"] and "| 7 " in counts["2"]
     assert main(["stats", str(root), "--layout", "ksdd2", "--dagm-class", "2"]) == 2
-    assert "does not take option(s) class_id" in capsys.readouterr().err
+    assert "--dagm-class picks a class of --layout dagm" in capsys.readouterr().err
 
 
 def test_cli_missing_root_exits_2_with_one_line(tmp_path, capsys):

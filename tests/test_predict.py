@@ -252,7 +252,7 @@ def test_a_folder_lists_its_images_and_names_the_files_it_leaves_out(tmp_path, c
     cv2.imwrite(str(tmp_path / "sub" / "c.png"), np.zeros((4, 4, 3), np.uint8))
     with caplog.at_level(logging.WARNING):
         assert [p.name for p in list_input_images(tmp_path)] == ["a.png"]
-    assert "1 files of" in caplog.text and "b.webp" in caplog.text
+    assert "1 files are not" in caplog.text and "b.webp" in caplog.text
     assert "DS_Store" not in caplog.text
     nested = tmp_path / "nested"
     (nested / "inner").mkdir(parents=True)

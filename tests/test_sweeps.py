@@ -140,12 +140,21 @@ def test_job_folder_names() -> None:
     assert job_folder(0, "") == "0"  # nothing is swept: the number alone
 
 
-def test_a_job_takes_the_folder_an_earlier_run_of_its_sweep_gave_its_values(tmp_path) -> None:
-    (tmp_path / "3_data.dilate=5,seed=0").mkdir()
-    (tmp_path / "4_data.dilate=5,seed=0,x=1").mkdir()  # other values: not this job's
-    assert job_folder(5, "data.dilate=5,seed=0", str(tmp_path)) == "3_data.dilate=5,seed=0"
-    assert job_folder(6, "data.dilate=5,seed=1", str(tmp_path)) == "6_data.dilate=5,seed=1"
-    assert job_folder(2, "", str(tmp_path)) == "2"
+def test_a_job_takes_the_folder_an_earlier_run_of_its_sweep_gave_its_overrides(tmp_path) -> None:
+    def earlier(folder: str, overrides: list[str]) -> None:
+        (tmp_path / folder / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(overrides), tmp_path / folder / ".hydra/overrides.yaml")
+
+    earlier("3_data.dilate=5,seed=0", ["experiment=a", "data.dilate=5", "seed=0"])
+    earlier("4_seed=0", ["experiment=b", "seed=0"])  # experiment is not in folder names
+    job = ["seed=0", "data.dilate=5", "experiment=a"]
+    name = "data.dilate=5,seed=0"
+    assert job_folder(5, name, str(tmp_path), job) == "3_data.dilate=5,seed=0"
+    other = ["data.dilate=5", "seed=0", "experiment=c"]  # same name, other overrides
+    assert job_folder(5, name, str(tmp_path), other) == "5_data.dilate=5,seed=0"
+    assert job_folder(7, "seed=0", str(tmp_path), ["experiment=a", "seed=0"]) == "7_seed=0"
+    assert job_folder(6, "data.dilate=5,seed=1", str(tmp_path), job) == "6_data.dilate=5,seed=1"
+    assert job_folder(2, "", str(tmp_path), []) == "2"
 
 
 def test_launcher_configs(monkeypatch: pytest.MonkeyPatch) -> None:

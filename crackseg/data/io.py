@@ -63,9 +63,9 @@ def list_input_images(path: Path) -> list[Path]:
     ]
     if others:
         log.warning(
-            "%d files of %s are not %s images and are left out: %s",
-            len(others),
+            "%s: %d files are not %s images and are left out: %s",
             path,
+            len(others),
             kinds,
             describe_files(sorted(others)),
         )

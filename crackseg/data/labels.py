@@ -28,15 +28,17 @@ def dilate(mask: np.ndarray, kernel_size: int) -> np.ndarray:
 
 
 def _resize_each_axis(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize one axis at a time: area averaging along an axis that shrinks, linear along
-    one that grows (a 448x448 photograph to 640x232 grows in height and shrinks in width)."""
-    if array.shape[0] != height:
-        interpolation = cv2.INTER_AREA if height < array.shape[0] else cv2.INTER_LINEAR
-        array = cv2.resize(array, (array.shape[1], height), interpolation=interpolation)
-    if array.shape[1] != width:
-        interpolation = cv2.INTER_AREA if width < array.shape[1] else cv2.INTER_LINEAR
-        array = cv2.resize(array, (width, height), interpolation=interpolation)
-    return array
+    """Area averaging along an axis that shrinks, linear along one that grows: in one pass
+    where both axes go the same way, else one axis at a time (a 448x448 photograph to
+    640x232 grows in height and shrinks in width)."""
+    rows, columns = array.shape[:2]
+    if (height <= rows) == (width <= columns):
+        interpolation = cv2.INTER_AREA if height <= rows else cv2.INTER_LINEAR
+        return cv2.resize(array, (width, height), interpolation=interpolation)
+    interpolation = cv2.INTER_AREA if height < rows else cv2.INTER_LINEAR
+    array = cv2.resize(array, (columns, height), interpolation=interpolation)
+    interpolation = cv2.INTER_AREA if width < columns else cv2.INTER_LINEAR
+    return cv2.resize(array, (width, height), interpolation=interpolation)
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:

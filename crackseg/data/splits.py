@@ -303,8 +303,17 @@ def _splits_from_file(
     recorded = read_split_csv(path)
     missing = [i for ids in recorded.values() for i in ids if i not in by_id and i not in by_group]
     if missing:
+        older_dagm = all(i.startswith(("train_", "test_")) for i in missing) and any(
+            s.sample_id.startswith("class") for s in everything
+        )
+        hint = (
+            " (DAGM ids name their class now, class1_train_0001: import the split file "
+            "again with crackseg-data import-split --fold K-1)"
+            if older_dagm
+            else ""
+        )
         raise DataError(
-            f"split file {path} names samples not in the dataset: {describe_files(missing)}"
+            f"split file {path} names samples not in the dataset: {describe_files(missing)}" + hint
         )
     result = {
         name: sorted(

@@ -287,6 +287,8 @@ def _layout_options(args: argparse.Namespace) -> dict:
     if args.label_from_mask:
         options["label_from_mask"] = True
     if args.dagm_class is not None:
+        if args.layout != "dagm":
+            raise ConfigError("--dagm-class picks a class of --layout dagm")
         options["class_id"] = args.dagm_class
     return options
 

@@ -22,10 +22,14 @@ summary callback.
 
 from __future__ import annotations
 
+import glob
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from crackseg.errors import ConfigError
 
@@ -47,26 +51,38 @@ def job_dirname(override_dirname: str, max_bytes: int = MAX_DIRNAME_BYTES) -> st
     return f"{head}~{digest}"
 
 
-def job_folder(num: int | str, override_dirname: str, sweep_dir: str | None = None) -> str:
+def job_folder(
+    num: int | str,
+    override_dirname: str,
+    sweep_dir: str | None = None,
+    overrides: Sequence[str] | None = None,
+) -> str:
     """A multirun job's folder: ``<num>_<overrides>``, or ``<num>`` when none tells it apart.
 
     The number is the job's place in the grid, which changes when the grid grows
     (``seed=0,1,2`` to ``seed=0,1,2,3,4``): run again into ``sweep_dir``, a job takes the
-    folder an earlier run of the sweep gave the same overrides, so it is skipped or resumed
-    there, not trained a second time beside it.
+    folder an earlier run of the sweep gave the very same ``overrides`` (its
+    ``.hydra/overrides.yaml``), so it is skipped or resumed there, not trained a second time
+    beside it. The name alone would not do: it leaves out keys such as ``experiment``.
     """
     name = job_dirname(override_dirname)
     if not name:
         return str(num)
-    if sweep_dir:
-        earlier = [
-            int(number)
-            for number, _, rest in (p.name.partition("_") for p in Path(sweep_dir).glob("*_*"))
-            if number.isdigit() and rest == name
-        ]
-        if earlier:
-            return f"{min(earlier)}_{name}"
+    if sweep_dir and overrides is not None:
+        wanted = sorted(str(o) for o in overrides)
+        for folder in sorted(Path(sweep_dir).glob(f"*_{glob.escape(name)}")):
+            number, _, rest = folder.name.partition("_")
+            if number.isdigit() and rest == name and _overrides_of(folder) == wanted:
+                return folder.name
     return f"{num}_{name}"
+
+
+def _overrides_of(job: Path) -> list[str] | None:
+    """The overrides an earlier job ran with, sorted; None where they cannot be read."""
+    try:
+        return sorted(str(o) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException):
+        return None
 
 
 def _resumes_folder(resume: object) -> bool:

@@ -63,8 +63,8 @@ def slurm_requeue_environment(enabled: bool) -> SLURMEnvironment:
 class FreeTheRequeueSignal(pl.Callback):
     """Lightning installs its requeue handler only on a signal without one, once a stage is
     set up; submitit has installed a handler of its own (which requeues the job too). That
-    one is removed only then, so the signal never meets its default action (the end of the
-    job, without a checkpoint) while the data are prepared."""
+    one is removed only then, so the signal does not meet its default action (the end of
+    the job, without a checkpoint) while the data are prepared, the longest of the gaps."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if threading.current_thread() is threading.main_thread():
