@@ -172,39 +172,35 @@ def test_a_dagm_fold_is_its_class_and_keeps_train_and_test(tmp_path):
     folds = [{("0003.PNG", True), ("0001.PNG", False), ("0002.PNG", False)}, {("0001.PNG", True)}]
     content = (folds, [{("0004.PNG", False), ("0001.PNG", False)}, {("0002.PNG", False)}])
     split = _import(tmp_path, content, "dagm", "--fold", "0")  # fold 0: Class1
-    chosen = datamodule_of(
-        root, layout="dagm", dagm_class=1, input_channels=1, val_fraction=0, split_file=str(split)
-    ).data_split
+
+    def class1_with(split_file: Path):
+        return datamodule_of(
+            root,
+            layout="dagm",
+            dagm_class=1,
+            input_channels=1,
+            val_fraction=0,
+            split_file=str(split_file),
+        )
+
+    chosen = class1_with(split).data_split
     train = ["class1_train_0001", "class1_train_0002", "class1_train_0003"]
     assert [s.sample_id for s in chosen.splits["train"]] == train
     assert [s.sample_id for s in chosen.splits["test"]] == ["class1_test_0001", "class1_test_0004"]
     assert chosen.segmented_ids == {"class1_train_0003"}  # 0001 is positive, not segmented
     assert chosen.num_segmented == 1
+
     # A file imported when DAGM ids did not name their class says how to import it again.
     older = tmp_path / "older.csv"
     older.write_text("split,sample_id,segmented\ntrain,train_0001,1\ntest,test_0001,0\n")
     with pytest.raises(DataError, match=r"DAGM ids name their class now"):
-        datamodule_of(
-            root,
-            layout="dagm",
-            dagm_class=1,
-            input_channels=1,
-            val_fraction=0,
-            split_file=str(older),
-        )
+        class1_with(older)
     # The file names repeat in every class: the ids name it, so fold 1 (Class2) is refused
     # against Class1, where it would have trained on Class1's images under Class2's marks.
     (tmp_path / "class2").mkdir()
     other = _import(tmp_path / "class2", content, "dagm", "--fold", "1")
     with pytest.raises(DataError, match=r"names samples not in the dataset: .*class2_train_0001"):
-        datamodule_of(
-            root,
-            layout="dagm",
-            dagm_class=1,
-            input_channels=1,
-            val_fraction=0,
-            split_file=str(other),
-        )
+        class1_with(other)
 
 
 def test_a_split_without_validation_gets_it_carved_from_train(tmp_path):

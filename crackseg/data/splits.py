@@ -373,7 +373,8 @@ def segmented_from_file(
     marked_groups = {
         source_group(s) for s in positives if s.sample_id in marked and s.sample_id not in flags
     }
-    if num_segmented is not None and num_segmented not in (len(marked), len(marked_groups) or -1):
+    counts = {len(marked), len(marked_groups)} if marked_groups else {len(marked)}
+    if num_segmented is not None and num_segmented not in counts:
         raise ConfigError(
             f"data.num_segmented={num_segmented} but split file {path} marks {len(marked)} "
             f"training positives as segmented: set data.num_segmented={len(marked)} (or null)"

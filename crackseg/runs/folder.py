@@ -251,14 +251,20 @@ def check_resume_folder(run_dir: Path) -> None:
         )
 
 
+def saved_hydra_file(run_dir: Path, name: str) -> Any:
+    """One of the files Hydra saved in a run's ``.hydra/`` (``hydra.yaml``,
+    ``overrides.yaml``), None where it is missing or cannot be read."""
+    try:
+        return OmegaConf.load(Path(run_dir) / ".hydra" / name)
+    except (OSError, yaml.YAMLError, OmegaConfBaseException):
+        return None
+
+
 def started_by(run_dir: Path) -> str | None:
     """The config the folder's command was started with (``train``, ``eval``, ``predict``,
     ``export``: Hydra's ``.hydra/hydra.yaml``), None where that is not recorded."""
-    try:
-        saved = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
-    except (OSError, yaml.YAMLError, OmegaConfBaseException):
-        return None
-    name = OmegaConf.select(saved, "hydra.job.config_name", default=None)
+    saved = saved_hydra_file(run_dir, "hydra.yaml")
+    name = OmegaConf.select(saved, "hydra.job.config_name", default=None) if saved else None
     return str(name) if name is not None else None
 
 

@@ -5,7 +5,7 @@ hydra/default.yaml) send a resumed run back into its own folder without rewritin
 ``.hydra/``; ``${crackseg.job_log:OUTPUT_DIR,NAME}``, the job's log file, is what Hydra
 resolves first once it has the job's folder, so the folder is claimed for this process
 there, before the log file and ``.hydra/`` are written (crackseg.runs.folder);
-``${crackseg.job_folder:NUM,OVERRIDE_DIRNAME,SWEEP_DIR}`` names multirun job folders
+``${crackseg.job_folder:NUM,OVERRIDE_DIRNAME,SWEEP_DIR,OVERRIDES}`` names multirun job folders
 (``crackseg.dirname``, its name part, is what folders of earlier sweeps recorded);
 ``${crackseg.local_jobs:N}`` (conf/hydra/launcher/local_parallel.yaml) sizes a local
 parallel sweep. The settings of the paper's runs that change with another setting
@@ -27,9 +27,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from crackseg.errors import ConfigError
 
@@ -79,10 +77,10 @@ def job_folder(
 
 def _overrides_of(job: Path) -> list[str] | None:
     """The overrides an earlier job ran with, sorted; None where they cannot be read."""
-    try:
-        return sorted(str(o) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml"))
-    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException):
-        return None
+    from crackseg.runs.folder import saved_hydra_file
+
+    saved = saved_hydra_file(job, "overrides.yaml")
+    return sorted(str(o) for o in saved) if OmegaConf.is_list(saved) else None
 
 
 def _resumes_folder(resume: object) -> bool:
