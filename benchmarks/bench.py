@@ -53,6 +53,7 @@ from crackseg.models.flops import count_flops
 from crackseg.models.losses import decision_loss, segmentation_loss
 from crackseg.models.precision import cpu_bf16_features, cpu_model
 from crackseg.models.segdecnet import OUTPUT_STRIDE, SegDecNet
+from crackseg.runs.allocator import keep_freed_memory
 
 RESULTS = Path(__file__).with_name("results.json")
 #: Batch 16 on a GPU checks the estimate of benchmarks/README.md ("The seed run's cost").
@@ -610,6 +611,7 @@ def fail(message: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
     if args.worker:
+        keep_freed_memory()  # as a training run does (crackseg.runs.trainer)
         worker(args.device, args.worker)
         return
     device = torch.device(args.device)

@@ -41,6 +41,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from crackseg.models.flops import layer_table
 from crackseg.models.precision import cpu_bf16_features, cpu_model
 from crackseg.models.segdecnet import FeatureNorm, SegDecNet
+from crackseg.runs.allocator import keep_freed_memory
 
 VOLUME = "volume convolution"
 ENCODER = "encoder convolutions"
@@ -269,6 +270,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
+    keep_freed_memory()  # as a training run does (crackseg.runs.trainer)
     features = ", ".join(cpu_bf16_features()) or "none"
     threads = torch.get_num_threads()
     print(f"CPU {cpu_model()} (bf16: {features}), torch {torch.__version__}, {threads} threads")

@@ -237,6 +237,43 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     precision.cpu_has_native_bf16.cache_clear()
 
 
+def test_channels_last_auto_is_bf16_on_a_cpu_with_amx_only(monkeypatch):
+    amx = ["avx512_bf16", "amx_bf16"]
+    monkeypatch.setattr(precision, "cpu_bf16_features", lambda: amx)
+    assert precision.use_channels_last("auto", "cpu", "bf16-mixed")
+    assert not precision.use_channels_last("auto", "cpu", "32-true")
+    assert not precision.use_channels_last("auto", "cuda", "bf16-mixed")  # not measured there
+    assert not precision.use_channels_last(False, "cpu", "bf16-mixed")
+    assert precision.use_channels_last(True, "cpu", "32-true")
+    monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ["avx512_bf16"])
+    assert not precision.use_channels_last("auto", "cpu", "bf16-mixed")  # slower there
+
+
+class _Layouts(pl.Callback):
+    """Whether the images of each training batch reach the network channels_last."""
+
+    def __init__(self, module: SegDecModule) -> None:
+        self.seen: set[bool] = set()
+        first = module.net.stage1[0]
+        first.register_forward_pre_hook(
+            lambda _, args: self.seen.add(args[0].is_contiguous(memory_format=torch.channels_last))
+        )
+
+
+@pytest.mark.parametrize("run_precision", ["bf16-mixed", "32-true"])
+def test_a_run_on_an_amx_cpu_trains_channels_last_in_bf16(monkeypatch, run_precision):
+    monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ["avx512_bf16", "amx_bf16"])
+    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    assert module.speed.channels_last == "auto" and not module.channels_last
+    layouts = _Layouts(module)
+    trainer = _one_epoch_trainer(layouts, precision=run_precision, num_sanity_val_steps=0)
+    trainer.fit(module, _loader(), _loader())
+    bf16 = run_precision == "bf16-mixed"
+    assert module.channels_last is bf16 and layouts.seen == {bf16}
+    weight = module.net.volume[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) is bf16
+
+
 def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):
     from crackseg.data.data_settings import InputSize, LoaderSettings, SourceSettings
     from crackseg.data.datamodule import CrackDataModule, eval_batch_size
@@ -360,3 +397,12 @@ def test_the_callbacks_run_a_compiled_network_eagerly():
     assert seg.shape == (3, 1, 64, 128)
     module.net(images)  # the compiled network itself still compiles
     assert compiles.frame_count > 0
+
+
+def test_freed_memory_is_kept_for_reuse_with_glibc_only(monkeypatch):
+    from crackseg.runs import allocator
+
+    glibc = allocator.platform.libc_ver()[0] == "glibc" and allocator.platform.system() == "Linux"
+    assert allocator.keep_freed_memory() is glibc
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert allocator.keep_freed_memory() is False

@@ -40,6 +40,7 @@ from crackseg.models.module_settings import (
     SpeedSettings,
     as_group,
 )
+from crackseg.models.precision import use_channels_last
 from crackseg.models.segdecnet import SegDecNet, SegDecOutput
 
 #: The training losses logged once per epoch: the mean over the samples each applies to.
@@ -79,6 +80,8 @@ class SegDecModule(pl.LightningModule):
         self.loss_settings = as_group(LossSettings, loss)
         self.optim_settings = as_group(OptimSettings, optim)
         self.speed = as_group(SpeedSettings, speed)
+        # NHWC activations: made concrete for the machine by setup(); off outside a Trainer.
+        self.channels_last = self.speed.channels_last is True
         # Plain dicts, which a checkpoint stores and this constructor takes back. The run's
         # own hyperparameters go to TensorBoard with the final metrics instead.
         hparams = {
@@ -130,18 +133,22 @@ class SegDecModule(pl.LightningModule):
             input_shape=InputShape(data.input_channels, data.input_height, data.input_width),
             loss=LossSettings.from_config(cfg.loss),
             optim=OptimSettings(plain(cfg.optim), plain(OmegaConf.select(cfg, "scheduler"))),
-            speed=SpeedSettings(model.get("channels_last", False), model.get("compile")),
+            speed=SpeedSettings(model.get("channels_last", "auto"), model.get("compile")),
             run_config=run_config,
         )
 
     def setup(self, stage: str) -> None:
-        if self.speed.channels_last:
+        device = self.trainer.strategy.root_device.type
+        self.channels_last = use_channels_last(
+            self.speed.channels_last, device, str(self.trainer.precision)
+        )
+        if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if self.speed.compile and stage == "fit":
             self.net.compile(mode=self.speed.compile)  # in place: checkpoints keep their keys
 
     def _run(self, images: Tensor) -> SegDecOutput:
-        if self.speed.channels_last:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 

@@ -81,10 +81,12 @@ class OptimSettings:
 @dataclass(frozen=True)
 class SpeedSettings:
     """Options that change speed, not results (benchmarks/README.md says where each helps):
-    activations stored NHWC, and torch.compile of the network for training (a mode:
-    default, reduce-overhead for CUDA graphs at small batches, max-autotune)."""
+    activations stored NHWC (``auto``: where the machine prefers it,
+    crackseg.models.precision.prefers_channels_last), and torch.compile of the network for
+    training (a mode: default, reduce-overhead for CUDA graphs at small batches,
+    max-autotune)."""
 
-    channels_last: bool = False
+    channels_last: bool | str = "auto"
     compile: str | None = None
 
 

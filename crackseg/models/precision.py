@@ -1,4 +1,4 @@
-"""The numeric precision the network runs well in on this machine.
+"""The numeric precision, and the memory layout, the network runs well in on this machine.
 
 bf16 mixed precision pays only where the hardware computes in bf16 natively: a GPU with
 bf16 tensor cores (compute capability 8.0 and newer), or a CPU with AVX-512 BF16 or AMX
@@ -95,6 +95,23 @@ def cuda_has_native_bf16() -> bool:
         log.warning("could not ask the GPU whether it computes in bf16 (%s): float32", last)
         return False
     return asked.stdout.strip() == "1"
+
+
+def prefers_channels_last(device_type: str, precision: str) -> bool:
+    """Whether activations run faster stored NHWC (channels_last) than NCHW: in bf16 on a CPU
+    with AMX, whose oneDNN convolutions work in NHWC and otherwise reorder their input and
+    output on every call (the paper's network trains 1.3x faster so). Nowhere else, as
+    measured: on an AMD EPYC with AVX-512 BF16 NHWC was 20 % slower, and on a GPU it is not
+    yet measured (benchmarks/README.md)."""
+    bf16 = str(precision).startswith("bf16")
+    return device_type == "cpu" and bf16 and "amx_bf16" in cpu_bf16_features()
+
+
+def use_channels_last(setting: bool | str, device_type: str, precision: str) -> bool:
+    """``model.channels_last`` made concrete for a run on ``device_type`` in ``precision``."""
+    if setting == "auto":
+        return prefers_channels_last(device_type, precision)
+    return bool(setting)
 
 
 def native_precision(accelerator: str) -> str:

@@ -115,24 +115,6 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequ
     )
 
 
-class _ScaleGradient(torch.autograd.Function):
-    """Identity forward; multiplies the incoming gradient by a constant."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, multiplier: float) -> Tensor:  # noqa: ANN001
-        ctx.multiplier = multiplier
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
-        return grad * ctx.multiplier, None
-
-
-def scale_gradient(x: Tensor, multiplier: float) -> Tensor:
-    """Forward unchanged; backward gradient multiplied by ``multiplier``."""
-    return _ScaleGradient.apply(x, multiplier)
-
-
 class SegDecOutput(NamedTuple):
     decision: Tensor  # [B] decision logits
     segmentation: Tensor  # [B, 1, H/8, W/8] (or [B, 1, H, W] with the full-resolution head)
@@ -243,9 +225,12 @@ class SegDecNet(nn.Module):
             # there, where an average over the 8x8 cell would drown it in background.
             seg_low = F.max_pool2d(segmentation, OUTPUT_STRIDE)
 
-        multiplier = 0.0 if self.gradient_adjustment else 1.0
-        volume_in = scale_gradient(volume, multiplier)
-        seg_in = scale_gradient(seg_low, multiplier)
+        # Gradient-flow adjustment: the decision loss trains the decision subnet alone. A
+        # detached input also spares backward the subnet's input gradients, which would be
+        # multiplied by 0.
+        volume_in, seg_in = (
+            (volume.detach(), seg_low.detach()) if self.gradient_adjustment else (volume, seg_low)
+        )
         features = self.decision_features(torch.cat([volume_in, seg_in], dim=1))
         pooled = torch.cat(
             [

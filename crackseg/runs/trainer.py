@@ -24,6 +24,7 @@ from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from crackseg.atomic import atomic_write_bytes
 from crackseg.callbacks import NEVER, CheckpointsFollowTheRunFolder, ValidateOnLastEpoch
 from crackseg.models.checkpoint import checkpoint_step
+from crackseg.runs.allocator import keep_freed_memory
 from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
 from crackseg.runs.gpus import in_local_parallel_sweep
 from crackseg.runs.progress import progress_callbacks
@@ -87,6 +88,7 @@ def build_trainer(
 ) -> pl.Trainer:
     """The run's Trainer: its callbacks and progress lines, core sharing, atomic checkpoints,
     SLURM requeue; ``resume_from`` a checkpoint, the logger continues at its step."""
+    keep_freed_memory()  # steps reuse their large blocks instead of faulting in new pages
     resume_step = checkpoint_step(resume_from) if resume_from is not None else None
     if resume_from is not None:
         log.info("resuming from %s (step %d)", resume_from, resume_step)
