@@ -38,7 +38,7 @@ from bench import PRECISIONS, SETTINGS, net_arguments, parse_size, training_step
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from crackseg.models.flops import layer_table
+from crackseg.models.flops import layer_table, training_flops
 from crackseg.models.precision import cpu_bf16_features, cpu_model
 from crackseg.models.segdecnet import FeatureNorm, SegDecNet
 from crackseg.runs.allocator import keep_freed_memory
@@ -146,9 +146,10 @@ def attribute(events: list) -> tuple[dict, dict]:
 
 def conv_flops(net_args: dict, height: int, width: int) -> dict[str, int]:
     """FLOPs of one image's training step in each convolution group (crackseg.models.flops:
-    backward costs 2x forward, the first convolution's input gradient excepted)."""
+    backward costs 2x forward where the input gradient is computed, else 1x)."""
+    adjusted = net_args.get("gradient_adjustment", True)
     flops: dict[str, int] = defaultdict(int)
-    for i, layer in enumerate(layer_table(height, width, **net_args)):
+    for layer in layer_table(height, width, **net_args):
         if layer.name == "decision_fc":
             continue
         group = (
@@ -158,7 +159,7 @@ def conv_flops(net_args: dict, height: int, width: int) -> dict[str, int]:
             if layer.name.startswith("stage")
             else HEAD
         )
-        flops[group] += layer.flops * (2 if i == 0 else 3)
+        flops[group] += training_flops(layer, adjusted)
     return flops
 
 

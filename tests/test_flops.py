@@ -25,8 +25,11 @@ def test_paper_network_at_640x232_by_hand():
     assert forward == 95_975_919_492
     count = count_flops(640, 232)
     assert count.forward == forward
-    # Backward: input and weight gradients, but no gradient for the image.
-    assert count.backward == 2 * forward - stage1
+    # Backward: input and weight gradients, but no gradient for the image, nor for the
+    # volume entering the decision subnet (gradient-flow adjustment), unless it is off.
+    decision0 = 2 * 25 * 1025 * 8 * 40 * 14
+    assert count.backward == 2 * forward - stage1 - decision0
+    assert count_flops(640, 232, gradient_adjustment=False).backward == 2 * forward - stage1
     assert count.train_step == pytest.approx(288e9, rel=0.005)
 
 

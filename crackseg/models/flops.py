@@ -7,8 +7,10 @@ and the SGD update: about ten operations per activation element, ~0.2 % of the t
 the paper's network and ~1 % for the narrow variants of ``conf/model/``.
 
 Backward: a layer's input gradient and its weight gradient each cost what its forward
-costs, so backward is 2x forward, except for the first convolution, whose input (the image)
-needs no gradient. The training step of one image is forward + backward, ~3x forward.
+costs, so backward is 2x forward, except where an input needs no gradient: the first
+convolution's (the image), and with gradient-flow adjustment (the default) the first
+decision convolution's (the volume, which the decision loss does not train). The training
+step of one image is forward + backward, ~3x forward.
 
 The table is written from the network's arguments, not read off the module, so that
 ``torch.utils.flop_counter`` on the real network checks it (``tests/test_flops.py``).
@@ -66,7 +68,7 @@ def layer_table(
     """The layers of ``SegDecNet(**arguments)`` on a ``height`` x ``width`` input, in order.
 
     Takes the network's own arguments (a config's ``model.net``); those that change no
-    layer (``gradient_adjustment``) are ignored.
+    layer (``gradient_adjustment``) are ignored here.
     """
     check_input_size(height, width)
     c1, c2, c3 = channels
@@ -101,10 +103,24 @@ def layer_table(
     return table
 
 
-def count_flops(height: int, width: int, **net: object) -> FlopCount:
+def takes_input_gradient(layer: Layer, gradient_adjustment: bool = True) -> bool:
+    """Whether backward computes ``layer``'s input gradient: not for the first convolution
+    (its input is the image), nor, with gradient-flow adjustment, for the first decision
+    convolution (its input, the volume, is detached from the decision loss)."""
+    return layer.name != "stage1" and not (gradient_adjustment and layer.name == "decision.0")
+
+
+def training_flops(layer: Layer, gradient_adjustment: bool = True) -> int:
+    """FLOPs of ``layer`` in one image's training step: forward, weight gradient and, where
+    it is computed, input gradient."""
+    return layer.flops * (3 if takes_input_gradient(layer, gradient_adjustment) else 2)
+
+
+def count_flops(
+    height: int, width: int, gradient_adjustment: bool = True, **net: object
+) -> FlopCount:
     """Forward and backward FLOPs of one image through ``SegDecNet(**net)``."""
     table = layer_table(height, width, **net)
     forward = sum(layer.flops for layer in table)
-    # Input and weight gradients of every layer; the image itself needs no gradient.
-    backward = 2 * forward - table[0].flops
-    return FlopCount(forward, backward)
+    step = sum(training_flops(layer, gradient_adjustment) for layer in table)
+    return FlopCount(forward, step - forward)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from crackseg.data.labels import downsample_to_output
@@ -144,6 +145,8 @@ class SegDecModule(pl.LightningModule):
         )
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
+            if self.speed.channels_last == "auto":
+                rank_zero_info("channels_last (model.channels_last=auto: bf16 on a CPU with AMX)")
         if self.speed.compile and stage == "fit":
             self.net.compile(mode=self.speed.compile)  # in place: checkpoints keep their keys
 
