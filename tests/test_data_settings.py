@@ -186,3 +186,16 @@ def test_a_run_saved_before_the_validation_schedule_continues_on_its_schedule():
         "callbacks.validate_on_last_epoch.schedule: every_n -> published",
         "validation_schedule: every_n -> published",
     ]
+
+
+def test_a_run_continues_with_other_speed_options():
+    """channels_last and compile change how fast the network runs, not what it learns: a run
+    saved with ``model.channels_last: false`` (the default before ``auto``) continues."""
+    cfg = _compose("train", "paths.data_dir=/d")
+    now = OmegaConf.create({"model": OmegaConf.to_container(cfg.model, resolve=True)})
+    old = OmegaConf.to_container(now)
+    old["model"]["channels_last"], old["model"]["compile"] = False, "default"
+    assert now.model.channels_last == "auto"
+    assert config_differences(OmegaConf.create(old), now) == []
+    old["model"]["net"]["volume_kernel"] = 7  # the network itself still counts
+    assert config_differences(OmegaConf.create(old), now) == ["model.net.volume_kernel: 7 -> 15"]

@@ -53,11 +53,14 @@ INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
 #: Locked by the process writing into the folder; it holds that process's pid and host.
 LOCK_FILE = ".lock"
 #: Config keys (glob patterns) that may differ between a run and its resumption: how it is
-#: resumed, how it shares the CPU, and where its folder is (a run folder may be moved). The
-#: GPU a job of a local parallel sweep is given (``trainer.devices=[k]``) is compared as a
-#: number of devices.
+#: resumed, how it shares the CPU, how fast its network runs (the speed options: a run
+#: started before ``model.channels_last: auto`` saved ``false``), and where its folder is (a
+#: run folder may be moved). The GPU a job of a local parallel sweep is given
+#: (``trainer.devices=[k]``) is compared as a number of devices.
 RESUME_FREE_KEYS = (
     "resume",
+    "model.channels_last",
+    "model.compile",
     "skip_finished",
     "share_cpu_cores",
     "paths.output_dir",
