@@ -144,8 +144,9 @@ class SegDecModule(pl.LightningModule):
             self.speed.channels_last, device, str(self.trainer.precision)
         )
         if self.channels_last:
+            already = self.net.volume[0].weight.is_contiguous(memory_format=torch.channels_last)
             self.net.to(memory_format=torch.channels_last)
-            if self.speed.channels_last == "auto":
+            if self.speed.channels_last == "auto" and not already:  # once, not every stage
                 rank_zero_info("channels_last (model.channels_last=auto: bf16 on a CPU with AMX)")
         if self.speed.compile and stage == "fit":
             self.net.compile(mode=self.speed.compile)  # in place: checkpoints keep their keys
