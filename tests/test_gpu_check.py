@@ -42,9 +42,14 @@ def test_bench_rows_cover_both_precisions_and_every_variant(toy_run):
     rows = toy_run[1]["bench"]["rows"]
     peaks = {(r["model"], r["precision"]) for r in rows if r["mode"] == "peak"}
     assert peaks == {("conv15x15", "fp32"), ("conv15x15", "bf16")}
-    train = {(r["precision"], r["batch"], r["compiled"]) for r in rows if r["mode"] == "train"}
-    modes = (None, "default", "reduce-overhead")
-    assert train == {(p, 1, m) for p in ("fp32", "bf16") for m in modes}
+    train = {
+        (r["precision"], r["batch"], r["channels_last"], r["compiled"])
+        for r in rows
+        if r["mode"] == "train"
+    }
+    eager = {(p, 1, layout, None) for p in ("fp32", "bf16") for layout in (False, True)}
+    compiled = {(p, 1, False, m) for p in ("fp32", "bf16") for m in ("default", "reduce-overhead")}
+    assert train == eager | compiled
     assert all("error" not in r for r in rows)
     # The network at 64x128, its volume convolution on the 8x16 map of that input.
     assert {r["input"] for r in rows} == {"64x128", "8x16"}
