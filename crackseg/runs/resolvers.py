@@ -178,8 +178,8 @@ def weak_adjustment(num_segmented: int | None, choice: str) -> bool:
     return any_segmented(num_segmented) or choice == "published"
 
 
-#: Severstal's epochs by training positives, as published: the curve's four sizes
-#: (docs/method.md §10) and Table 4's 1000 (50 epochs, crackseg's choice: §10 gives none).
+#: Severstal's epochs by training positives: as published for the curve's four sizes
+#: (docs/method.md §10); 50 for Table 4's 1000, crackseg's choice (§10 gives none).
 SEVERSTAL_EPOCHS = {300: 90, 750: 80, 1000: 50, 1500: 60, 3000: 40}
 
 
