@@ -197,8 +197,9 @@ def bench_command(plan: Plan, json_path: Path, budget: float, compiled: bool) ->
     if compiled:
         command += ["--compile", "--cuda-graphs", "--no-eager"]
     else:
+        rows = [*plan.peak_rows, *rows]
         # channels_last beside NCHW: what model.channels_last=auto should pick on a GPU
-        rows, command = [*plan.peak_rows, *rows], [*command, "--channels-last"]
+        command += ["--channels-last"]
     command += ["--rows", *rows]
     if plan.toy:
         command += ["--quick"]
