@@ -33,6 +33,7 @@ from crackseg.evaluation.plots import (
 )
 from crackseg.evaluation.report import hparams_of, write_run_report
 from crackseg.runs.config_checks import VALIDATION_SCHEDULES
+from crackseg.runs.folder import SLURM_CHECKPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class StopCheckpoint(pl.Callback):
         # into the weights chosen for the test.
         if trainer.is_global_zero:
             self.path.unlink(missing_ok=True)
-            for requeued in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
+            for requeued in Path(trainer.default_root_dir).glob(SLURM_CHECKPOINTS):
                 requeued.unlink(missing_ok=True)
         trainer.strategy.barrier("stop_checkpoint_removed")
 

@@ -166,13 +166,13 @@ def load_module(path: str | Path) -> SegDecModule:
         module = SegDecModule(**checkpoint["hyper_parameters"])
         module.load_state_dict(checkpoint["state_dict"])
     except (TypeError, RuntimeError, ValueError) as error:
-        reason = _one_line(str(error))
+        reason = _state_dict_error_summary(str(error))
         raise CracksegError(f"checkpoint {path} does not fit this version: {reason}") from error
     module.on_load_checkpoint(checkpoint)
     return module.eval()
 
 
-def _one_line(message: str, names_shown: int = 3) -> str:
+def _state_dict_error_summary(message: str, names_shown: int = 3) -> str:
     """torch's multi-line message (``Error(s) in loading state_dict``: its missing and
     unexpected keys, its size mismatches on the lines below) as one line, each list of
     keys cut to its first ``names_shown`` and its count."""

@@ -147,7 +147,7 @@ class SegDecModule(pl.LightningModule):
             already = self.net.volume[0].weight.is_contiguous(memory_format=torch.channels_last)
             self.net.to(memory_format=torch.channels_last)
             if self.speed.channels_last == "auto" and not already:  # once, not every stage
-                rank_zero_info("channels_last (model.channels_last=auto: bf16 on a CPU with AMX)")
+                rank_zero_info("channels_last (model.channels_last=auto on this machine)")
         if self.speed.compile and stage == "fit":
             self.net.compile(mode=self.speed.compile)  # in place: checkpoints keep their keys
 

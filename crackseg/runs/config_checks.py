@@ -18,9 +18,7 @@ from crackseg.errors import ConfigError, DataError
 from crackseg.evaluation.report import RUN_PARAMETERS
 from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
 from crackseg.models.segdecnet import check_input_size
-from crackseg.setting_rules import check_rules, is_integer, is_number
-
-_MISSING = object()
+from crackseg.setting_rules import Rules, check_rules, is_integer, is_number
 
 
 def _odd_integer(value: Any) -> bool:
@@ -105,15 +103,17 @@ BOOLEAN_KEYS = (
     "data.check_files",
     "data.augment.enabled",
 )
+BOOLEAN_RULES: Rules = {
+    key: (lambda v: isinstance(v, bool), "true or false") for key in BOOLEAN_KEYS
+}
 
 
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first setting that cannot work."""
     check_rules(cfg, RULES)
-    for key in BOOLEAN_KEYS:
-        value = OmegaConf.select(cfg, key, default=_MISSING)
-        if value is not _MISSING and not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, not {value!r}")
+    check_rules(
+        cfg, {key: (lambda v: isinstance(v, bool), "true or false") for key in BOOLEAN_KEYS}
+    )
     data = cfg.get("data")
     if data is not None and "input_height" in data and "input_width" in data:
         check_input_size(data.input_height, data.input_width)

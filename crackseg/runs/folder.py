@@ -38,7 +38,6 @@ import crackseg
 from crackseg.atomic import atomic_write_text, remove_partial_writes
 from crackseg.errors import RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, checkpoint_step
-from crackseg.models.precision import native_precision
 from crackseg.runs.hardware import check_accelerator, check_deterministic, resolve_precision
 from crackseg.runs.job_log import accept_job_logs
 
@@ -50,6 +49,8 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 #: Written when SIGTERM or Ctrl-C stops training (crackseg.callbacks.StopCheckpoint).
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
+#: Lightning's saves in the run folder before a SLURM requeue (``hpc_ckpt_N.ckpt``).
+SLURM_CHECKPOINTS = "hpc_ckpt_*.ckpt"
 #: Locked by the process writing into the folder; it holds that process's pid and host.
 LOCK_FILE = ".lock"
 #: Config keys (glob patterns) that may differ between a run and its resumption: how it is
@@ -355,7 +356,7 @@ def _checkpoints(folder: Path) -> list[Path]:
     candidates = [
         folder / CHECKPOINT_DIR / LAST_CHECKPOINT,
         folder / CHECKPOINT_DIR / INTERRUPTED_CHECKPOINT,
-        *folder.glob("hpc_ckpt_*.ckpt"),  # Lightning's save before a SLURM requeue
+        *folder.glob(SLURM_CHECKPOINTS),
     ]
     return [p for p in candidates if p.is_file()]
 
@@ -496,11 +497,8 @@ def prepare_training_run(
         # as typed (trainer.precision: auto), where a checkpoint holds it made concrete
         saved = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
         if "trainer" in saved:
-            trainer = saved.trainer
-            # as resolve_precision makes the live one: a string, concrete
-            precision = str(trainer.precision)
-            auto = precision == "auto"
-            trainer.precision = native_precision(trainer.accelerator) if auto else precision
+            trainer = saved.trainer  # made concrete as the live one is
+            trainer.precision = resolve_precision(trainer.precision, trainer.accelerator)
     changed = config_differences(saved, cfg) if saved is not None else []
     if finished_status(output_dir) is not None:
         settings = f", with other settings ({'; '.join(changed)})" if changed else ""

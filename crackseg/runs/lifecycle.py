@@ -30,6 +30,7 @@ from crackseg.runs.folder import (
     is_accepted,
     is_rank_zero,
     release_run_folder,
+    saved_hydra_file,
     write_status,
 )
 from crackseg.runs.gpus import job_device_context, runs_parallel_locally
@@ -241,10 +242,10 @@ def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
     swept = swept_keys(task, params)
     wanted = shared_settings(task, swept)
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        saved = job / ".hydra" / "overrides.yaml"
-        if finished_status(job) is None or not saved.is_file():
+        saved = saved_hydra_file(job, "overrides.yaml")
+        if finished_status(job) is None or saved is None:
             continue
-        if changed := setting_changes(shared_settings(OmegaConf.load(saved), swept), wanted):
+        if changed := setting_changes(shared_settings(saved, swept), wanted):
             raise _ran_with_other_settings(job, changed[:3])
         if not config.get("skip_finished", True):
             # A run's folder is never written again: its job would only be refused, and the
