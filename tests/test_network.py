@@ -7,7 +7,7 @@ import torch
 
 from crackseg.errors import ConfigError
 from crackseg.models.losses import decision_loss
-from crackseg.models.segdecnet import FeatureNorm, SegDecNet
+from crackseg.models.segdecnet import FeatureNorm, SegDecNet, feature_norm_formula
 
 SMALL = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
 
@@ -94,9 +94,13 @@ def gradients(y, upstream, *tensors):
     return torch.autograd.grad(y, tensors, upstream)
 
 
-def test_fused_feature_norm_matches_the_plain_formula_values_and_gradients():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_fused_feature_norm_matches_the_plain_formula_values_and_gradients(layout):
+    """In NCHW and NHWC alike (the kernels differ, and so does their float32 rounding)."""
     norm, x, upstream = feature_norm_case(torch.float32)
+    x = x.detach().contiguous(memory_format=layout).requires_grad_()
     y = norm(x)
+    assert y.is_contiguous(memory_format=layout)
     fused = gradients(y, upstream, x, norm.scale, norm.bias)
     # The reference in float64: the fused float32 operation differs by float32 rounding only.
     x64, scale64, bias64 = (
@@ -104,7 +108,9 @@ def test_fused_feature_norm_matches_the_plain_formula_values_and_gradients():
     )
     y64 = plain_feature_norm(x64, scale64, bias64)
     plain = gradients(y64, upstream.double(), x64, scale64, bias64)
-    torch.testing.assert_close(y, y64.float(), rtol=1e-5, atol=1e-5)
+    # The output kernel computes x * a + (bias - mean * a): for the channel whose mean is
+    # 2000 times its spread, float32 rounds ~1e-5 off (NHWC), where x - mean first would not.
+    torch.testing.assert_close(y, y64.float(), rtol=1e-5, atol=5e-5)
     for got, expected in zip(fused, plain, strict=True):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
@@ -114,9 +120,35 @@ def test_fused_feature_norm_matches_the_plain_formula_values_and_gradients():
     torch.testing.assert_close(fused[0][:, 2], 2.0 / math.sqrt(0.001) * centred)
 
 
-def test_fused_feature_norm_in_bf16_computes_in_float32():
+@pytest.mark.parametrize(
+    "dtype,tolerance",
+    [
+        # Each within 1e-4 of the float64 formula (above), so within 2e-4 of each other.
+        (torch.float32, {"rtol": 2e-4, "atol": 1e-4}),
+        # Each rounds its float32 result to bf16 once: one bf16 step apart at most.
+        (torch.bfloat16, {"rtol": 2**-7, "atol": 1e-2}),
+    ],
+)
+def test_the_traced_feature_norm_formula_matches_the_kernels(dtype, tolerance):
+    """torch.compile and the ONNX export trace the composed formula; eager runs the kernels."""
+    norm, x, upstream = feature_norm_case(dtype)
+    eager = norm(x)
+    traced = feature_norm_formula(x, norm.scale, norm.bias, norm.eps)
+    assert traced.dtype == eager.dtype == dtype
+    torch.testing.assert_close(traced, eager, **tolerance)
+    tensors = (x, norm.scale, norm.bias)
+    both = zip(
+        gradients(traced, upstream, *tensors), gradients(eager, upstream, *tensors), strict=True
+    )
+    for got, expected in both:
+        torch.testing.assert_close(got, expected, **tolerance)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_fused_feature_norm_in_bf16_computes_in_float32(layout):
     """A bf16 input (as under autocast): computed in float32, rounded to bf16 once at the end."""
     norm, x, upstream = feature_norm_case(torch.bfloat16)
+    x = x.detach().contiguous(memory_format=layout).requires_grad_()
     y = norm(x)
     assert y.dtype == torch.bfloat16
     dx, dscale, dbias = gradients(y, upstream, x, norm.scale, norm.bias)
@@ -131,12 +163,35 @@ def test_fused_feature_norm_in_bf16_computes_in_float32():
     torch.testing.assert_close(dbias, plain[2], rtol=1e-4, atol=1e-4)
 
 
-def test_fused_feature_norm_takes_channels_last():
-    norm, x, upstream = feature_norm_case(torch.float32)
-    last = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    torch.testing.assert_close(norm(last), norm(x))
-    expected = gradients(norm(x), upstream, x, norm.scale)
-    torch.testing.assert_close(gradients(norm(last), upstream, last, norm.scale), expected)
+@pytest.mark.parametrize("gradient_adjustment", [False, True])
+def test_a_channels_last_network_keeps_every_layer_channels_last(gradient_adjustment):
+    """No layer gets an NCHW input, and no convolution an NCHW gradient of its output, from
+    an NHWC network: each would be transposed on the way (the decision subnet's input once
+    was, by torch.cat)."""
+    net = SegDecNet(**SMALL, gradient_adjustment=gradient_adjustment)
+    net = net.to(memory_format=torch.channels_last)
+    nchw = []
+
+    def check(module, tensor, what):
+        if not tensor.is_contiguous(memory_format=torch.channels_last):
+            nchw.append((module, what))
+
+    def check_input(module, args):
+        check(module, args[0], "input")
+
+    def check_gradient_later(module, args, output):
+        output.register_hook(lambda grad: check(module, grad, "output gradient"))
+
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.MaxPool2d | FeatureNorm):
+            module.register_forward_pre_hook(check_input)
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(check_gradient_later)
+    x = torch.rand(2, 3, 64, 128).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    (out.decision.float().sum() + out.segmentation.float().sum()).backward()
+    assert nchw == []
 
 
 def test_xavier_normal_init_and_no_conv_bias():
