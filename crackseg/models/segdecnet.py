@@ -44,18 +44,28 @@ def _concat_channels(a: Tensor, b: Tensor) -> Tensor:
     return joined
 
 
+def _one_sample_pieces(x: Tensor) -> list[Tensor]:
+    """``x`` as one-sample views whose channels are its (sample, channel) pairs, so that batch
+    norm's per-channel statistics over a piece are FeatureNorm's. In NCHW the whole batch is
+    one piece (``B * C`` channels); in NHWC a piece is a sample."""
+    if x.is_contiguous():
+        return [x.view(1, -1, *x.shape[2:])]
+    return list(x.split(1))
+
+
 class _FeatureNormFunction(torch.autograd.Function):
     """FeatureNorm on torch's batch-norm kernels, with its own backward.
 
-    Batch norm in training mode normalises each channel over the batch and the pixels; one
-    sample at a time, that is FeatureNorm's per-sample, per-channel statistics. The kernels
-    read a bf16 input directly and compute in float32 (given float32 parameters), in NCHW
-    and NHWC alike: forward takes the statistics in one kernel
-    (``torch.batch_norm_update_stats``, the two-pass mean and biased variance) and writes
-    the output in another (inference-mode batch norm with ``running_var = std + eps``, so
-    that its ``sqrt(running_var)`` is FeatureNorm's ``d``); backward is one
-    ``native_batch_norm_backward``. About 2.5x faster than float32 passes composed from
-    torch operations on the CPU (benchmarks/README.md, "Closing the gap").
+    Batch norm in training mode normalises each channel over the batch and the pixels; over
+    one sample, that is FeatureNorm's per-sample, per-channel statistics
+    (:func:`_one_sample_pieces`). The kernels read a bf16 input directly and compute in
+    float32 (given float32 parameters), in NCHW and NHWC alike: forward takes the statistics
+    in one kernel (``torch.batch_norm_update_stats``, the two-pass mean and biased variance)
+    and writes the output in another (inference-mode batch norm with
+    ``running_var = std + eps``, so that its ``sqrt(running_var)`` is FeatureNorm's ``d``);
+    backward is one ``native_batch_norm_backward``. Each writes its piece of the result in
+    place. About 2.5x faster than float32 passes composed from torch operations on the CPU
+    (benchmarks/README.md, "Closing the gap").
 
     For ``y = scale * xc / d + bias`` with ``xc = x - mean``, ``d = sqrt(std + eps)`` and
     ``std`` the unbiased standard deviation over the ``n`` pixels of a channel, the
@@ -71,43 +81,66 @@ class _FeatureNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, bias: Tensor, eps: float) -> Tensor:  # noqa: ANN001
         n = x.shape[2] * x.shape[3]
-        scale, bias = scale.flatten().float(), bias.flatten().float()
+        # Every statistic is per (sample, channel), [B, C] flattened: a piece takes a row.
+        scale = scale.flatten().float().repeat(x.shape[0])
+        bias = bias.flatten().float().repeat(x.shape[0])
         # Float32 running statistics make the kernel return float32 ones for a bf16 input;
-        # with momentum 0 they stay as they are.
-        running_mean, running_var = torch.zeros_like(scale), torch.ones_like(scale)
-        means, stds, ds, outputs = [], [], [], []
+        # with momentum 0 it leaves them as they are.
+        running = torch.stack([torch.zeros_like(scale), torch.ones_like(scale)])
+        mean, variance, y = torch.empty_like(scale), torch.empty_like(scale), torch.empty_like(x)
+        pieces = _one_sample_pieces(x)
+        rows = len(pieces)
         with torch.autocast(x.device.type, enabled=False):
-            for sample in x.split(1):
-                mean, var = torch.batch_norm_update_stats(sample, running_mean, running_var, 0.0)
-                std = torch.sqrt(var * (n / (n - 1)))
-                y = torch.native_batch_norm(sample, scale, bias, mean, std + eps, False, 0.0, 0.0)
-                means.append(mean), stds.append(std), ds.append(torch.sqrt(std + eps))
-                outputs.append(y[0])
-        ctx.save_for_backward(x, scale, torch.stack(means), torch.stack(stds), torch.stack(ds))
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+            for piece, (m, v), (rm, rv) in zip(
+                pieces, _rows(rows, mean, variance), _rows(rows, *running), strict=True
+            ):
+                torch.ops.aten.batch_norm_update_stats.out(piece, rm, rv, 0.0, out0=m, out1=v)
+            std = torch.sqrt(variance * (n / (n - 1)))
+            empty = torch.empty(0, device=x.device)
+            for piece, piece_y, params in zip(
+                pieces,
+                _one_sample_pieces(y),
+                _rows(rows, scale, bias, mean, std + eps),
+                strict=True,
+            ):
+                torch.ops.aten.native_batch_norm.out(
+                    piece, *params, False, 0.0, 0.0, out=piece_y, save_mean=empty, save_invstd=empty
+                )
+        ctx.save_for_backward(x, scale, mean, std, torch.sqrt(std + eps))
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # noqa: ANN001
-        x, scale, means, stds, ds = ctx.saved_tensors
+        x, scale, mean, std, d = ctx.saved_tensors
         n = x.shape[2] * x.shape[3]
         # The kernel loses precision where dy's layout is not x's (NCHW against NHWC).
         dy = dy.contiguous(memory_format=_memory_format(x))
         # r is free where std is 0 (x - mean is 0 there): 1 keeps it finite.
-        rs = torch.where(stds > 0, torch.sqrt(n / (2 * (n - 1) * stds)) / ds, 1.0)
-        gs = scale / (ds * rs)
-        dxs, dscale, dbias = [], torch.zeros_like(scale), torch.zeros_like(scale)
+        r = torch.where(std > 0, torch.sqrt(n / (2 * (n - 1) * std)) / d, 1.0)
+        g = scale / (d * r)
+        pieces = _one_sample_pieces(x)
+        dxs, weighted_dots, sums_dy = [], [], []
         with torch.autocast(x.device.type, enabled=False):
-            for i, (sample, upstream) in enumerate(zip(x.split(1), dy.split(1), strict=True)):
+            for piece, piece_dy, (piece_g, m, piece_r) in zip(
+                pieces, _one_sample_pieces(dy), _rows(len(pieces), g, mean, r), strict=True
+            ):
                 dx, weighted_dot, sum_dy = torch.ops.aten.native_batch_norm_backward(
-                    upstream, sample, gs[i], None, None, means[i], rs[i], True, 0.0, [True] * 3
+                    piece_dy, piece, piece_g, None, None, m, piece_r, True, 0.0, [True] * 3
                 )
-                dxs.append(dx)
-                dscale += weighted_dot / (rs[i] * ds[i])
-                dbias += sum_dy
-        dx = dxs[0] if len(dxs) == 1 else torch.cat(dxs)
-        shape = (1, -1, 1, 1)
-        return dx, dscale.view(shape), dbias.view(shape), None
+                dxs.append(dx), weighted_dots.append(weighted_dot), sums_dy.append(sum_dy)
+            # (The kernel's out= form would write each piece in place, through a copy.)
+            dx = dxs[0].view(x.shape) if len(dxs) == 1 else torch.cat(dxs)
+            per_sample = (x.shape[0], 1, x.shape[1], 1, 1)
+            dscale = (torch.cat(weighted_dots) / (r * d)).view(per_sample).sum(dim=0)
+            dbias = torch.cat(sums_dy).view(per_sample).sum(dim=0)
+        return dx, dscale, dbias, None
+
+
+def _rows(count: int, *flat: Tensor) -> list[tuple[Tensor, ...]]:
+    """The per-(sample, channel) tensors ``flat`` cut into ``count`` rows of views, a row for
+    each piece of :func:`_one_sample_pieces`: ``[(a0, b0, ...), (a1, b1, ...), ...]``."""
+    return list(zip(*(tensor.chunk(count) for tensor in flat), strict=True))
 
 
 class FeatureNorm(nn.Module):
