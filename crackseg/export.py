@@ -29,7 +29,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def hydra_main(cfg: DictConfig) -> float | None:
     stopped = "nothing to resume: export again into another folder"
-    return run_task(export, cfg, objective="", stopped=stopped)
+    return run_task(export, cfg, objective="", stopped_message=stopped)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     stopped = (
         f"the predictions made so far are in {output_dir}; predict the rest into another folder"
     )
-    return run_task(predict, cfg, objective="", stopped=stopped)
+    return run_task(predict, cfg, objective="", stopped_message=stopped)
 
 
 def main() -> None:

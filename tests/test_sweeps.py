@@ -598,6 +598,17 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     assert result.returncode == 2 and result.stderr.strip() == line
     assert _mtimes(done) == before
     assert (failed / "status.json").read_bytes() == failed_status
+    # and so are settings that cannot be read back
+    saved = done / ".hydra" / "config.yaml"
+    readable = saved.read_bytes()
+    saved.write_text("trainer: [unclosed\n")
+    result = run_train(config_dir, *args)
+    assert one_line_error(result) == (
+        f"error: the finished job in {done} has an unreadable .hydra/config.yaml, its "
+        "settings unknown; use another hydra.sweep.dir"
+    ), result.stderr[-3000:]
+    assert result.returncode == 2
+    saved.write_bytes(readable)
     # and a finished job is never run again in its folder: skip_finished=false is refused
     # there (its job would be refused, and the summary count the old result as new)
     result = run_train(config_dir, *args, "skip_finished=false")

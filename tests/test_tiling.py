@@ -14,6 +14,7 @@ from crackseg.deploy.backends import ModelInfo, TorchBackend
 from crackseg.deploy.predictor import Plan, predict_images
 from crackseg.deploy.tiling import TileGrid, blend_window, tile_starts
 from crackseg.errors import ConfigError
+from crackseg.models import precision
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.models.module_settings import InputShape
 
@@ -141,16 +142,26 @@ def test_an_image_of_one_tile_gives_the_plain_forward_pass():
     np.testing.assert_allclose(prediction.probabilities, seg[0, 0].numpy(), atol=1e-6)
 
 
-def test_bf16_autocast_runs_on_the_cpu_close_to_float32():
+@pytest.mark.parametrize("amx", [False, True])
+def test_bf16_autocast_runs_on_the_cpu_close_to_float32(monkeypatch, amx):
     """Probabilities are sigmoids (slope at most 1/4) of logits that bf16 moves by at most
     the first-order bound of tests/helpers/bf16_bounds.py, relative to the logits' size (a
     logit near 0 is a difference of larger terms, each rounded at their own size: the
-    image's largest logit); a bf16 output is then rounded once more (at most 2^-9 below 1)."""
+    image's largest logit); a bf16 output is then rounded once more (at most 2^-9 below 1).
+    On a CPU with AMX, bf16 runs channels_last, as training does there."""
+    features = ["avx512_bf16", "amx_bf16"] if amx else ["avx512_bf16"]
+    monkeypatch.setattr(precision, "cpu_bf16_features", lambda: features)
     torch.manual_seed(0)
     module = SegDecModule(network=SMALL_NET, input_shape=InputShape(height=64, width=128)).eval()
     tiles = np.random.default_rng(4).integers(0, 256, (2, 64, 128, 3), np.uint8)
-    scores32, maps32 = TorchBackend(module, torch.device("cpu"), "32")(tiles)
-    scores16, maps16 = TorchBackend(module, torch.device("cpu"), "bf16")(tiles)
+    float32 = TorchBackend(module, torch.device("cpu"), "32")
+    scores32, maps32 = float32(tiles)
+    bf16 = TorchBackend(module, torch.device("cpu"), "bf16")
+    scores16, maps16 = bf16(tiles)
+    assert float32.memory_format == torch.contiguous_format
+    layout = torch.channels_last if amx else torch.contiguous_format
+    assert bf16.memory_format == layout
+    assert module.net.volume[0].weight.is_contiguous(memory_format=layout)
     assert maps16.dtype == np.float32 and maps16.shape == (2, 64, 128)
     bound = bf16_relative_bound(module)
     for p16, p32 in ((scores16, scores32), (maps16, maps32)):

@@ -291,6 +291,18 @@ def _check_train_positives(train: list[Sample], count: int | None, source: str) 
         )
 
 
+def _older_dagm_ids_hint(missing: list[str], everything: list[Sample]) -> str:
+    """What to do where a split file names DAGM samples as crackseg did before their ids
+    named the class (``train_0001`` for ``class1_train_0001``); nothing otherwise."""
+    older = all(i.startswith(("train_", "test_")) for i in missing)
+    if not older or not any(s.sample_id.startswith("class") for s in everything):
+        return ""
+    return (
+        " (DAGM ids name their class now, class1_train_0001: import the split file "
+        "again with crackseg-data import-split --fold K-1)"
+    )
+
+
 def _splits_from_file(
     indexed: dict[str, list[Sample]], path: Path, val_fraction: float, seed: int
 ) -> dict[str, list[Sample]]:
@@ -303,17 +315,9 @@ def _splits_from_file(
     recorded = read_split_csv(path)
     missing = [i for ids in recorded.values() for i in ids if i not in by_id and i not in by_group]
     if missing:
-        older_dagm = all(i.startswith(("train_", "test_")) for i in missing) and any(
-            s.sample_id.startswith("class") for s in everything
-        )
-        hint = (
-            " (DAGM ids name their class now, class1_train_0001: import the split file "
-            "again with crackseg-data import-split --fold K-1)"
-            if older_dagm
-            else ""
-        )
         raise DataError(
-            f"split file {path} names samples not in the dataset: {describe_files(missing)}" + hint
+            f"split file {path} names samples not in the dataset: {describe_files(missing)}"
+            + _older_dagm_ids_hint(missing, everything)
         )
     result = {
         name: sorted(

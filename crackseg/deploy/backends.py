@@ -24,7 +24,7 @@ import torch
 from crackseg import __version__
 from crackseg.errors import ConfigError, CracksegError
 from crackseg.models.checkpoint import load_module, thresholds
-from crackseg.models.precision import BF16, native_precision
+from crackseg.models.precision import BF16, FLOAT32, native_precision, prefers_channels_last
 
 if TYPE_CHECKING:
     from crackseg.models.lit_segdec import SegDecModule
@@ -151,13 +151,20 @@ def check_precision(precision: Any) -> str:
 
 
 class TorchBackend:
-    """A checkpoint's module on a device, in float32 or under bfloat16 autocast."""
+    """A checkpoint's module on a device, in float32 or under bfloat16 autocast, its
+    activations NHWC where training's ``model.channels_last=auto`` would store them so (bf16
+    on a CPU with AMX: the paper's network predicts 2x faster there)."""
 
     def __init__(self, module: SegDecModule, device: torch.device, precision: str = "32") -> None:
         self.module = module.eval().to(device)
         self.device = device
         self.bf16 = check_precision(precision) == "bf16"
         self.info = ModelInfo.of_module(module)
+        self.memory_format = torch.contiguous_format
+        if prefers_channels_last(device.type, BF16 if self.bf16 else FLOAT32):
+            self.memory_format = torch.channels_last
+            self.module.net.to(memory_format=self.memory_format)
+            log.info("channels_last (as model.channels_last=auto trains on this machine)")
 
     def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with (
@@ -165,9 +172,10 @@ class TorchBackend:
             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
         ):
             batch = torch.from_numpy(tiles).to(self.device, non_blocking=True)
-            # As the training data set does: uint8 HWC -> float CHW / 255, contiguous (a
-            # channels-last layout would pick other kernels, rounding differently).
-            images = batch.permute(0, 3, 1, 2).contiguous().float() / 255
+            # As the training data set does: uint8 HWC -> float CHW / 255, in the layout
+            # training runs in (another one would pick other kernels, rounding differently).
+            images = batch.permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)
+            images = images.float() / 255
             scores, maps = self.module(images)
         return scores.float().cpu().numpy(), maps[:, 0].float().cpu().numpy()
 

@@ -103,7 +103,7 @@ def layer_table(
     return table
 
 
-def takes_input_gradient(layer: Layer, gradient_adjustment: bool = True) -> bool:
+def _takes_input_gradient(layer: Layer, gradient_adjustment: bool = True) -> bool:
     """Whether backward computes ``layer``'s input gradient: not for the first convolution
     (its input is the image), nor, with gradient-flow adjustment, for the first decision
     convolution (its input, the volume, is detached from the decision loss)."""
@@ -113,7 +113,7 @@ def takes_input_gradient(layer: Layer, gradient_adjustment: bool = True) -> bool
 def training_flops(layer: Layer, gradient_adjustment: bool = True) -> int:
     """FLOPs of ``layer`` in one image's training step: forward, weight gradient and, where
     it is computed, input gradient."""
-    return layer.flops * (3 if takes_input_gradient(layer, gradient_adjustment) else 2)
+    return layer.flops * (3 if _takes_input_gradient(layer, gradient_adjustment) else 2)
 
 
 def count_flops(

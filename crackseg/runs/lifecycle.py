@@ -47,7 +47,7 @@ def run_task(
     task: Callable[[DictConfig], dict[str, Any]],
     cfg: DictConfig,
     objective: str = "best_val_image_ap",
-    stopped: str | None = None,
+    stopped_message: str | None = None,
 ) -> float | None:
     """Run ``task`` and return the metric a sweeper optimises.
 
@@ -57,8 +57,8 @@ def run_task(
     the same ``hydra.sweep.dir`` resumes it. A run stopped by SIGTERM or Ctrl-C exits with
     status 143 (a sweep stops there too) and the status ``interrupted``, leaving the
     checkpoint to resume from. A command that cannot be resumed (an evaluation, a prediction,
-    an export) says ``stopped`` instead of how to resume, and leaves what it did so far, its
-    folder refused to any later command.
+    an export) says its ``stopped_message`` instead of how to resume, and leaves what it did
+    so far, its folder refused to any later command.
     """
     output_dir = Path(cfg.paths.output_dir)
     multirun, _ = hydra_job()
@@ -76,13 +76,13 @@ def run_task(
             set_job_threads(cfg)  # and a share of the CPU cores
             results = task(cfg)
     except stop_requests():
-        _end_stopped(output_dir, stopped, multirun)
+        _end_stopped(output_dir, stopped_message, multirun)
     except SystemExit as exiting:
         # Ctrl-C inside one of Lightning's calls outside the training loop (its setup, a
         # validation, the test): Lightning ends the process with exit(1) from its handler.
         if not isinstance(exiting.__context__, KeyboardInterrupt):
             raise
-        _end_stopped(output_dir, stopped, multirun)
+        _end_stopped(output_dir, stopped_message, multirun)
     except Exception as raised:
         error = root_cause(raised)
         if multirun and isinstance(error, SweepSettingsError):
@@ -114,11 +114,11 @@ def run_task(
         release_run_folder(output_dir)  # the next job of a sweep may run in this process
 
 
-def _end_stopped(output_dir: Path, stopped: str | None, multirun: bool) -> None:
+def _end_stopped(output_dir: Path, message: str | None, multirun: bool) -> None:
     """A command stopped by SIGTERM or Ctrl-C: its status, how to go on, exit 143."""
     _record(output_dir, "interrupted")
-    if stopped is not None:
-        print_line(f"stopped: {stopped}")
+    if message is not None:
+        print_line(f"stopped: {message}")
     elif multirun:
         sweep_dir = HydraConfig.get().sweep.dir
         print_line(f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}")
@@ -159,10 +159,15 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
 def _refuse_other_settings(output_dir: Path, cfg: DictConfig) -> None:
     """A sweep run again must have the settings of its finished jobs: their folders are
     named by the swept values only, so another setting would reuse results it did not make."""
-    saved_path = output_dir / ".hydra" / "config.yaml"
-    if not saved_path.is_file():
+    if not (output_dir / ".hydra" / "config.yaml").is_file():
         return
-    if changed := config_differences(OmegaConf.load(saved_path), cfg):
+    saved = saved_hydra_file(output_dir, "config.yaml")
+    if saved is None:
+        raise SweepSettingsError(
+            f"the finished job in {output_dir} has an unreadable .hydra/config.yaml, its "
+            "settings unknown; use another hydra.sweep.dir"
+        )
+    if changed := config_differences(saved, cfg):
         raise _ran_with_other_settings(output_dir, changed)
 
 
