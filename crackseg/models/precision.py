@@ -100,7 +100,7 @@ def cuda_has_native_bf16() -> bool:
 def prefers_channels_last(device_type: str, precision: str) -> bool:
     """Whether activations run faster stored NHWC (channels_last) than NCHW: in bf16 on a CPU
     with AMX, whose oneDNN convolutions work in NHWC and otherwise reorder their input and
-    output on every call (the paper's network trains 1.3x faster so). Nowhere else, as
+    output on every call (the paper's network trains 1.4x faster so). Nowhere else, as
     measured: on an AMD EPYC with AVX-512 BF16 NHWC was 20 % slower, and on a GPU it is not
     yet measured (benchmarks/README.md)."""
     bf16 = str(precision).startswith("bf16")
