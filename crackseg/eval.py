@@ -104,8 +104,8 @@ def take_trained_shape(data: DictConfig, module: Any, typed: set[str]) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def hydra_main(cfg: DictConfig) -> float | None:
-    stopped = "nothing to resume: evaluate again into another folder"
-    return run_task(evaluate, cfg, stopped_message=stopped)
+    stopped_message = "nothing to resume: evaluate again into another folder"
+    return run_task(evaluate, cfg, stopped_message=stopped_message)
 
 
 def main() -> None:

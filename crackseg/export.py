@@ -28,8 +28,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def hydra_main(cfg: DictConfig) -> float | None:
-    stopped = "nothing to resume: export again into another folder"
-    return run_task(export, cfg, objective="", stopped_message=stopped)
+    stopped_message = "nothing to resume: export again into another folder"
+    return run_task(export, cfg, objective="", stopped_message=stopped_message)
 
 
 def main() -> None:

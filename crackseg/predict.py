@@ -27,10 +27,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def hydra_main(cfg: DictConfig) -> float | None:
     output_dir = cfg.paths.output_dir
-    stopped = (
+    stopped_message = (
         f"the predictions made so far are in {output_dir}; predict the rest into another folder"
     )
-    return run_task(predict, cfg, objective="", stopped_message=stopped)
+    return run_task(predict, cfg, objective="", stopped_message=stopped_message)
 
 
 def main() -> None:

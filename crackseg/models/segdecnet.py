@@ -53,6 +53,12 @@ def _one_sample_pieces(x: Tensor) -> list[Tensor]:
     return list(x.split(1))
 
 
+def _rows(count: int, *flat: Tensor) -> list[tuple[Tensor, ...]]:
+    """The per-(sample, channel) tensors ``flat`` cut into ``count`` rows of views, a row for
+    each piece of :func:`_one_sample_pieces`: ``[(a0, b0, ...), (a1, b1, ...), ...]``."""
+    return list(zip(*(tensor.chunk(count) for tensor in flat), strict=True))
+
+
 class _FeatureNormFunction(torch.autograd.Function):
     """FeatureNorm on torch's batch-norm kernels, with its own backward.
 
@@ -86,13 +92,16 @@ class _FeatureNormFunction(torch.autograd.Function):
         bias = bias.flatten().float().repeat(x.shape[0])
         # Float32 running statistics make the kernel return float32 ones for a bf16 input;
         # with momentum 0 it leaves them as they are.
-        running = torch.stack([torch.zeros_like(scale), torch.ones_like(scale)])
+        running_mean, running_var = torch.zeros_like(scale), torch.ones_like(scale)
         mean, variance, y = torch.empty_like(scale), torch.empty_like(scale), torch.empty_like(x)
         pieces = _one_sample_pieces(x)
         rows = len(pieces)
         with torch.autocast(x.device.type, enabled=False):
             for piece, (m, v), (rm, rv) in zip(
-                pieces, _rows(rows, mean, variance), _rows(rows, *running), strict=True
+                pieces,
+                _rows(rows, mean, variance),
+                _rows(rows, running_mean, running_var),
+                strict=True,
             ):
                 torch.ops.aten.batch_norm_update_stats.out(piece, rm, rv, 0.0, out0=m, out1=v)
             std = torch.sqrt(variance * n / (n - 1))  # unbiased; NaN for one pixel, as torch.std
@@ -135,12 +144,6 @@ class _FeatureNormFunction(torch.autograd.Function):
             dscale = (torch.cat(weighted_dots) / (r * d)).view(per_sample).sum(dim=0)
             dbias = torch.cat(sums_dy).view(per_sample).sum(dim=0)
         return dx, dscale, dbias, None
-
-
-def _rows(count: int, *flat: Tensor) -> list[tuple[Tensor, ...]]:
-    """The per-(sample, channel) tensors ``flat`` cut into ``count`` rows of views, a row for
-    each piece of :func:`_one_sample_pieces`: ``[(a0, b0, ...), (a1, b1, ...), ...]``."""
-    return list(zip(*(tensor.chunk(count) for tensor in flat), strict=True))
 
 
 class FeatureNorm(nn.Module):
