@@ -1,8 +1,8 @@
 """Training, inference and data-loading speed, against the FLOP count and the machine's rate.
 
     python benchmarks/bench.py [--device cpu|cuda] [--quick] [--rows PATTERN ...]
-                               [--channels-last] [--compile] [--cuda-graphs] [--size HxW]
-                               [--min-seconds S] [--budget S] [--json PATH]
+                               [--channels-last] [--volume-im2col] [--compile] [--cuda-graphs]
+                               [--size HxW] [--min-seconds S] [--budget S] [--json PATH]
 
 Prints one markdown table and writes its rows to benchmarks/results.json. Rows:
 - ``peak``: the rate this machine reaches through torch on one large operation, in float32
@@ -96,6 +96,7 @@ class Row:
     flops_per_image: int | None = None
     channels_last: bool = False
     compiled: str | None = None  # a torch.compile mode (default, reduce-overhead), or eager
+    volume_im2col: bool = False  # the volume convolution as im2col (model.volume_im2col)
     # Data rows: the run's overrides (data.root included), what to generate at data.root.
     run: tuple[str, ...] = ()
     data_root: str | None = None
@@ -253,6 +254,7 @@ def measure_model(
     torch.manual_seed(0)
     start = peak_memory_start(device)
     net = SegDecNet(**row.net).to(device)
+    net.volume_im2col = row.volume_im2col
     shape = (row.batch, 3, row.height, row.width)
     images = torch.rand(shape, device=device)
     if row.channels_last:
@@ -377,17 +379,23 @@ def peak_rows(device: torch.device, size: tuple[int, int] | None) -> list[Row]:
 COMPILE_MODES = {"compile": "default", "cuda_graphs": "reduce-overhead"}
 
 
-def variants(args: argparse.Namespace) -> list[tuple[bool, str | None]]:
-    """The (channels_last, compile mode) pairs measured: eager always, the others on request."""
+def variants(args: argparse.Namespace) -> list[tuple[bool, bool, str | None]]:
+    """The (channels_last, volume im2col, compile mode) triples measured: eager always, the
+    others on request."""
     layouts = (False, True) if args.channels_last else (False,)
+    im2col = (False, True) if args.volume_im2col else (False,)
     modes = [None] + [mode for flag, mode in COMPILE_MODES.items() if getattr(args, flag)]
-    pairs = [(layout, mode) for layout in layouts for mode in modes]
-    return pairs[1:] if args.no_eager else pairs
+    triples = list(itertools.product(layouts, im2col, modes))
+    return triples[1:] if args.no_eager else triples
 
 
-def variant_name(channels_last: bool, mode: str | None) -> str:
+def variant_name(channels_last: bool, volume_im2col: bool, mode: str | None) -> str:
     modes = {None: None, "default": "compiled", "reduce-overhead": "compiled reduce-overhead"}
-    names = ["channels_last" if channels_last else None, modes[mode]]
+    names = [
+        "channels_last" if channels_last else None,
+        "volume im2col" if volume_im2col else None,
+        modes[mode],
+    ]
     return ", ".join(n for n in names if n) or "eager"
 
 
@@ -401,12 +409,11 @@ def setting_rows(
     per_image = {"train": flops.train_step, "infer": flops.forward}
     shape = (setting.model, height, width)
     rows = []
-    for mode, batch, precision, (layout, compile_mode) in itertools.product(
+    for mode, batch, precision, (layout, im2col, compile_mode) in itertools.product(
         ("train", "infer"), BATCHES[args.device], PRECISIONS, variants(args)
     ):
-        name = variant_name(layout, compile_mode)
-        flops = per_image[mode]
-        variant = (name, flops, layout, compile_mode)
+        name = variant_name(layout, im2col, compile_mode)
+        variant = (name, per_image[mode], layout, compile_mode, im2col)
         rows.append(Row(mode, *shape, batch, precision, *variant, net=net))
     return [*rows, data_row(setting, height, width, data_dir, images_per_class, args.size)]
 
@@ -465,6 +472,7 @@ def run_row(
         "variant": row.variant,
         "channels_last": row.channels_last,
         "compiled": row.compiled,
+        "volume_im2col": row.volume_im2col,
         "flops_per_image": row.flops_per_image,
     }
     if seconds is not None and seconds <= 0:
@@ -570,6 +578,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true", help="add channels_last rows")
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
     parser.add_argument(
+        "--volume-im2col",
+        action="store_true",
+        help="add rows with the volume convolution as im2col (model.volume_im2col)",
+    )
+    parser.add_argument(
         "--cuda-graphs",
         action="store_true",
         help="add torch.compile rows in mode reduce-overhead (CUDA graphs on a GPU)",
@@ -580,7 +593,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch.compile's backend (eager: dynamo's tracing alone, to check the rows run)",
     )
     parser.add_argument(
-        "--no-eager", action="store_true", help="only the rows the three options above add"
+        "--no-eager", action="store_true", help="only the rows the options above add"
     )
     parser.add_argument("--min-seconds", type=float, help="time each row at least this long")
     parser.add_argument("--budget", type=float, help="seconds for all rows; later ones skipped")
@@ -620,7 +633,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.json.is_dir():
         fail(f"--json {args.json} is a folder; name the file to write")
     if args.no_eager and not variants(args):
-        fail("--no-eager leaves no network row: add --channels-last, --compile or --cuda-graphs")
+        fail(
+            "--no-eager leaves no network row: add --channels-last, --volume-im2col, --compile"
+            " or --cuda-graphs"
+        )
     with tempfile.TemporaryDirectory(prefix="crackseg-bench-") as scratch:
         data_dir = (args.data_dir or Path(scratch)).resolve()
         # --quick checks that the script runs: no warm-up, one step a row, fewer images.

@@ -1,8 +1,8 @@
 """Where a training step's time goes: torch.profiler over one step, operator by operator.
 
     python benchmarks/profile_step.py [--precision fp32 bf16] [--model segdec] [--size HxW]
-                                      [--batch 1] [--steps 1] [--channels-last] [--top 12]
-                                      [--json PATH]
+                                      [--batch 1] [--steps 1] [--channels-last]
+                                      [--volume-im2col] [--top 12] [--json PATH]
 
 The step is bench.py's (forward under autocast for bf16, both losses in float32, backward,
 SGD) on the paper's network at 3x640x232, batch 1, by default. Every operator's own CPU time
@@ -167,6 +167,7 @@ def profile_precision(args: argparse.Namespace, precision: str) -> dict:
     torch.manual_seed(0)
     net_args = net_arguments(args.model)
     net = SegDecNet(**net_args)
+    net.volume_im2col = args.volume_im2col
     height, width = args.size
     images = torch.rand(args.batch, 3, height, width)
     if args.channels_last:
@@ -229,7 +230,8 @@ def report(result: dict, args: argparse.Namespace) -> str:
     height, width = args.size
     lines = [
         f"{args.model} 3x{height}x{width}, batch {args.batch}, {result['precision']}"
-        f"{', channels_last' if args.channels_last else ''}: a step takes "
+        f"{', channels_last' if args.channels_last else ''}"
+        f"{', volume im2col' if args.volume_im2col else ''}: a step takes "
         f"{result['step_ms']:,.0f} ms unprofiled, {result['profiled_ms']:,.0f} ms of operator "
         "time profiled",
         "",
@@ -262,6 +264,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1, help="profiled steps (averaged)")
     parser.add_argument("--warmup", type=int, default=2, help="steps before profiling")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--volume-im2col", action="store_true", help="model.volume_im2col=true")
     parser.add_argument("--top", type=int, default=12, help="operators listed")
     parser.add_argument("--json", type=Path, help="also write the tables here")
     args = parser.parse_args(argv)

@@ -48,6 +48,7 @@ ROW_KEYS = {
     "variant",
     "channels_last",
     "compiled",
+    "volume_im2col",
     "flops_per_image",
     "images_per_s",
     "gflops_per_s",
@@ -186,8 +187,19 @@ def test_a_row_past_the_budget_is_not_run(bench):
 
 def test_compile_options_add_their_rows_after_the_eager_ones(bench):
     args = bench.parse_arguments(["--compile", "--cuda-graphs"])
-    assert bench.variants(args) == [(False, None), (False, "default"), (False, "reduce-overhead")]
-    names = [bench.variant_name(*pair) for pair in bench.variants(args)]
+    assert bench.variants(args) == [
+        (False, False, None),
+        (False, False, "default"),
+        (False, False, "reduce-overhead"),
+    ]
+    names = [bench.variant_name(*triple) for triple in bench.variants(args)]
     assert names == ["eager", "compiled", "compiled reduce-overhead"]
     args = bench.parse_arguments(["--channels-last", "--compile", "--no-eager"])
-    assert bench.variants(args) == [(False, "default"), (True, None), (True, "default")]
+    assert bench.variants(args) == [
+        (False, False, "default"),
+        (True, False, None),
+        (True, False, "default"),
+    ]
+    args = bench.parse_arguments(["--volume-im2col", "--no-eager"])
+    assert bench.variants(args) == [(False, True, None)]
+    assert bench.variant_name(True, True, None) == "channels_last, volume im2col"

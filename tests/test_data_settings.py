@@ -189,12 +189,14 @@ def test_a_run_saved_before_the_validation_schedule_continues_on_its_schedule():
 
 
 def test_a_run_continues_with_other_speed_options():
-    """channels_last and compile change how fast the network runs, not what it learns: a run
-    saved with ``model.channels_last: false`` (the default before ``auto``) continues."""
+    """channels_last, compile and the volume's im2col change how fast the network runs, not
+    what it learns: a run saved with ``model.channels_last: false`` (the default before
+    ``auto``), or before ``model.volume_im2col``, continues."""
     cfg = _compose("train", "paths.data_dir=/d")
     now = OmegaConf.create({"model": OmegaConf.to_container(cfg.model, resolve=True)})
     old = OmegaConf.to_container(now)
     old["model"]["channels_last"], old["model"]["compile"] = False, "default"
+    del old["model"]["volume_im2col"]  # a run saved before the option
     assert now.model.channels_last == "auto"
     assert config_differences(OmegaConf.create(old), now) == []
     kernel = now.model.net.volume_kernel

@@ -165,13 +165,59 @@ def test_fused_feature_norm_in_bf16_computes_in_float32(layout):
     torch.testing.assert_close(dbias, plain[2], rtol=1e-4, atol=1e-4)
 
 
+def _volume_backward(net: SegDecNet) -> list[str]:
+    """Filled with the autograd node of each volume convolution's output, by name."""
+    names = []
+    net.volume[0].register_forward_hook(
+        lambda module, args, output: names.append(type(output.grad_fn).__name__)
+    )
+    return names
+
+
+@pytest.mark.parametrize(
+    "dtype,layout",
+    [
+        (torch.float32, torch.contiguous_format),
+        (torch.float32, torch.channels_last),
+        (torch.bfloat16, torch.channels_last),
+    ],
+)
+def test_the_volume_as_im2col_computes_the_direct_convolution(dtype, layout):
+    """model.volume_im2col: the same outputs and gradients as oneDNN's convolution, in its
+    input's layout, under bf16 autocast too; and it does run as im2col (torch's
+    ``thnn_conv2d``, whose backward node is ``SlowConv2DBackward0``)."""
+    torch.manual_seed(0)
+    direct = SegDecNet(**SMALL, gradient_adjustment=False).to(memory_format=layout)
+    im2col = SegDecNet(**SMALL, gradient_adjustment=False).to(memory_format=layout)
+    im2col.load_state_dict(direct.state_dict())
+    im2col.volume_im2col = True
+    nodes = {"direct": _volume_backward(direct), "im2col": _volume_backward(im2col)}
+    x = torch.rand(2, 3, 64, 128).contiguous(memory_format=layout)
+    results = []
+    for net in (direct, im2col):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = net(x)
+        (out.decision.float().sum() + out.segmentation.float().mean()).backward()
+        results.append((out.decision.float(), out.segmentation.float(), net.volume[0].weight.grad))
+    assert nodes == {"direct": ["ConvolutionBackward0"], "im2col": ["SlowConv2DBackward0"]}
+    # Another summation order: float32's gradients differ by up to 2e-5 (the weight's).
+    bf16 = dtype == torch.bfloat16
+    tolerance = {"rtol": 2**-7, "atol": 2e-2} if bf16 else {"rtol": 1e-4, "atol": 1e-4}
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, **tolerance)
+
+
+@pytest.mark.parametrize("volume_im2col", [False, True])
 @pytest.mark.parametrize("gradient_adjustment", [False, True])
-def test_a_channels_last_network_keeps_every_layer_channels_last(gradient_adjustment):
+def test_a_channels_last_network_keeps_every_layer_channels_last(
+    gradient_adjustment, volume_im2col
+):
     """No layer gets an NCHW input, and no convolution an NCHW gradient of its output, from
     an NHWC network: each would be transposed on the way (the decision subnet's input once
     was, by torch.cat)."""
     net = SegDecNet(**SMALL, gradient_adjustment=gradient_adjustment)
     net = net.to(memory_format=torch.channels_last)
+    net.volume_im2col = volume_im2col
     nchw = []
 
     def check(module, tensor, what):

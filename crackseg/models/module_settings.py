@@ -82,12 +82,14 @@ class OptimSettings:
 class SpeedSettings:
     """Options that change speed, not results (benchmarks/README.md says where each helps):
     activations stored NHWC (``auto``: where the machine prefers it,
-    crackseg.models.precision.prefers_channels_last), and torch.compile of the network for
+    crackseg.models.precision.prefers_channels_last), torch.compile of the network for
     training (a mode: default, reduce-overhead for CUDA graphs at small batches,
-    max-autotune)."""
+    max-autotune), and the volume convolution as im2col and matrix products (``auto``:
+    crackseg.models.precision.prefers_volume_im2col)."""
 
     channels_last: bool | str = "auto"
     compile: str | None = None
+    volume_im2col: bool | str = "auto"
 
 
 Group = TypeVar("Group")

@@ -62,6 +62,7 @@ RESUME_FREE_KEYS = (
     "resume",
     "model.channels_last",
     "model.compile",
+    "model.volume_im2col",
     "skip_finished",
     "share_cpu_cores",
     "paths.output_dir",
