@@ -1,4 +1,5 @@
-"""What only a GPU can check: bf16 training of the paper's network, the benchmark on CUDA.
+"""What only a GPU can check: bf16 training of the paper's network, FeatureNorm's CUDA
+kernels, the benchmark on CUDA.
 
 Skipped, with the reason, on machines without one (tests/helpers/run_if.py).
 """
@@ -7,8 +8,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO
+from helpers.feature_norm_case import feature_norm_case, gradients, plain_feature_norm
 from helpers.run_if import run_if
 
 from crackseg.data.labels import downsample_to_output
@@ -49,6 +52,36 @@ def test_bf16_training_step_of_the_paper_network_on_cuda():
         assert param.dtype == param.grad.dtype == torch.float32
         assert torch.isfinite(param.grad).all()
     assert not torch.equal(net.volume[0].weight, volume_before)
+
+
+@run_if(min_cuda_gpus=1, bf16_cuda=True)
+@pytest.mark.parametrize(
+    "dtype,tolerance",
+    [
+        (torch.float32, {"rtol": 1e-4, "atol": 1e-3}),
+        # A bf16 input (as under autocast): float32 statistics, one rounding to bf16 at the end.
+        (torch.bfloat16, {"rtol": 2**-7, "atol": 1e-2}),
+    ],
+)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_feature_norm_kernels_match_the_formula_on_cuda(dtype, tolerance, layout):
+    """FeatureNorm runs on torch's batch-norm kernels (crackseg.models.segdecnet), whose CUDA
+    versions the CPU tests do not reach: values and gradients against the formula in float64
+    on the CPU, for the same (bf16-rounded) input."""
+    norm, x, upstream = feature_norm_case(dtype)
+    norm = norm.cuda()
+    on_gpu = x.detach().cuda().contiguous(memory_format=layout).requires_grad_()
+    y = norm(on_gpu)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=layout)
+    got = gradients(y, upstream.cuda(), on_gpu, norm.scale, norm.bias)
+    x64, scale64, bias64 = (
+        t.detach().cpu().double().requires_grad_() for t in (x, norm.scale, norm.bias)
+    )
+    y64 = plain_feature_norm(x64, scale64, bias64)
+    expected = gradients(y64, upstream.double(), x64, scale64, bias64)
+    torch.testing.assert_close(y.cpu().float(), y64.float(), **tolerance)
+    for gradient, reference in zip(got, expected, strict=True):
+        torch.testing.assert_close(gradient.cpu().float(), reference.float(), **tolerance)
 
 
 @run_if(min_cuda_gpus=1, bf16_cuda=True)

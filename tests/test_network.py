@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers.feature_norm_case import feature_norm_case, gradients, plain_feature_norm
 
 from crackseg.errors import ConfigError
 from crackseg.models.losses import decision_loss
@@ -68,30 +69,6 @@ def test_feature_norm_against_hand_computation():
         norm.scale.fill_(2.0)
         norm.bias.fill_(0.5)
     assert torch.allclose(norm(x).flatten(), 2 * torch.tensor(expected) + 0.5, atol=1e-6)
-
-
-def plain_feature_norm(x, scale, bias, eps=0.001):
-    """The formula as written, composed from torch operations (autograd differentiates it)."""
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    std = x.std(dim=(2, 3), keepdim=True)  # unbiased
-    return scale * (x - mean) / torch.sqrt(std + eps) + bias
-
-
-def feature_norm_case(dtype):
-    """Two samples, three channels of 5x7: offsets far above the spread (x - mean cancels),
-    a constant channel (std 0), learned scale and bias; and an upstream gradient."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 5, 7) * torch.tensor([1.0, 0.01, 0.0]).view(1, 3, 1, 1)
-    x = x + torch.tensor([0.5, 20.0, 3.0]).view(1, 3, 1, 1)
-    norm = FeatureNorm(3)
-    with torch.no_grad():
-        norm.scale.copy_(torch.tensor([1.5, -0.7, 2.0]).view(1, 3, 1, 1))
-        norm.bias.copy_(torch.tensor([0.1, 0.2, -0.3]).view(1, 3, 1, 1))
-    return norm, x.to(dtype).requires_grad_(), torch.randn(2, 3, 5, 7).to(dtype)
-
-
-def gradients(y, upstream, *tensors):
-    return torch.autograd.grad(y, tensors, upstream)
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
@@ -205,6 +182,21 @@ def test_the_volume_as_im2col_computes_the_direct_convolution(dtype, layout):
     tolerance = {"rtol": 2**-7, "atol": 2e-2} if bf16 else {"rtol": 1e-4, "atol": 1e-4}
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(b, a, **tolerance)
+
+
+def test_the_flop_counter_counts_the_volume_as_im2col_as_the_convolution():
+    """torch's FlopCounterMode (Lightning's model summary runs it) had a formula for
+    ``thnn_conv2d``'s forward that did not fit its arguments (crackseg.models.segdecnet)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = SegDecNet(**SMALL).eval()
+    counts = []
+    for im2col in (False, True):
+        net.volume_im2col = im2col
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(torch.rand(1, 3, 64, 128))
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
 
 
 @pytest.mark.parametrize("volume_im2col", [False, True])

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils import flop_counter
 
 from crackseg.errors import ConfigError
 
@@ -187,8 +188,8 @@ def feature_norm_formula(x: Tensor, scale: Tensor, bias: Tensor, eps: float) -> 
 class VolumeConv2d(nn.Conv2d):
     """The convolution that makes the volume (15x15, 64 -> 1024 in the paper), which can run
     as im2col and a matrix product per sample (torch's own ``thnn_conv2d``) instead of
-    oneDNN's direct convolution: in float32 on a CPU with AMX oneDNN's kernel reaches 64 % of
-    the matrix product's rate at the paper's shape, forward and backward, and im2col 75 %
+    oneDNN's direct convolution: in float32 on a CPU with AMX oneDNN's kernel reaches 64-72 %
+    of the matrix product's rate at the paper's shape, forward and backward, and im2col 76 %
     (``model.volume_im2col``, crackseg.models.precision.prefers_volume_im2col). The
     parameters, and so the checkpoint keys, are nn.Conv2d's."""
 
@@ -204,6 +205,20 @@ class VolumeConv2d(nn.Conv2d):
         return torch.ops.aten.thnn_conv2d(
             x, weight, self.kernel_size, self.bias, self.stride, self.padding
         )
+
+
+def _thnn_conv2d_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    """FLOPs of ``thnn_conv2d``'s forward (``_slow_conv2d_forward``): the convolution's."""
+    return flop_counter.conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
+# torch's FLOP counter (FlopCounterMode, which Lightning's model summary runs) gives
+# _slow_conv2d_forward the formula of aten.convolution, whose arguments differ (the forward
+# has no ``transposed``): it raised TypeError on the volume as im2col. Counted as the plain
+# convolution it computes.
+flop_counter.flop_registry[torch.ops.aten._slow_conv2d_forward] = flop_counter.shape_wrapper(
+    _thnn_conv2d_flops
+)
 
 
 def conv_block(
