@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from crackseg.models import precision
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.module_settings import InputShape
+from crackseg.models.module_settings import InputShape, SpeedSettings
 from crackseg.runs import hardware
 
 NET = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
@@ -248,18 +248,6 @@ def test_channels_last_auto_is_bf16_on_a_cpu_with_amx_only(monkeypatch):
     assert not precision.use_channels_last("auto", "cpu", "bf16-mixed")  # slower there
 
 
-def test_volume_im2col_auto_is_float32_on_a_cpu_with_amx_for_the_paper_volume_only(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ["avx512_bf16", "amx_bf16"])
-    assert precision.use_volume_im2col("auto", "cpu", "32-true", 1024)
-    assert not precision.use_volume_im2col("auto", "cpu", "32-true", 64)  # slower there
-    assert not precision.use_volume_im2col("auto", "cpu", "bf16-mixed", 1024)  # AMX is faster
-    assert not precision.use_volume_im2col("auto", "cuda", "32-true", 1024)
-    assert not precision.use_volume_im2col(False, "cpu", "32-true", 1024)
-    assert precision.use_volume_im2col(True, "cuda", "bf16-mixed", 64)
-    monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ["avx512_bf16"])
-    assert not precision.use_volume_im2col("auto", "cpu", "32-true", 1024)  # not measured there
-
-
 class _Layouts(pl.Callback):
     """Whether the images of each training batch reach the network channels_last."""
 
@@ -272,31 +260,36 @@ class _Layouts(pl.Callback):
 
 
 @pytest.mark.parametrize("run_precision", ["bf16-mixed", "32-true"])
-def test_a_run_on_an_amx_cpu_trains_channels_last_in_bf16_and_im2col_in_float32(
-    monkeypatch, run_precision
-):
+def test_a_run_on_an_amx_cpu_trains_channels_last_in_bf16(monkeypatch, run_precision):
     monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ["avx512_bf16", "amx_bf16"])
-    monkeypatch.setattr(precision, "IM2COL_MIN_VOLUME_CHANNELS", NET["volume_channels"])
     module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
     assert module.speed.channels_last == "auto" and not module.channels_last
-    assert module.speed.volume_im2col == "auto" and not module.net.volume_im2col
     layouts = _Layouts(module)
+    trainer = _one_epoch_trainer(layouts, precision=run_precision, num_sanity_val_steps=0)
+    trainer.fit(module, _loader(), _loader())
+    bf16 = run_precision == "bf16-mixed"
+    assert module.channels_last is bf16 and layouts.seen == {bf16}
+    weight = module.net.volume[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) is bf16
+
+
+@pytest.mark.parametrize("run_precision", ["bf16-mixed", "32-true"])
+def test_model_volume_im2col_trains_the_volume_as_im2col(run_precision):
+    """``model.volume_im2col=true``: every training step's volume convolution runs as
+    ``thnn_conv2d`` (backward node ``SlowConv2DBackward0``), under bf16 autocast too, and the
+    model summary, which runs the network under torch's FLOP counter (which once failed on
+    that operator), counts it."""
+    speed = SpeedSettings(volume_im2col=True)
+    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128), speed=speed)
+    assert module.net.volume_im2col
     volume_nodes = set()
     module.net.volume[0].register_forward_hook(
         lambda _, args, output: volume_nodes.add(type(output.grad_fn).__name__)
     )
-    # The model summary runs the network under torch's FLOP counter, which once failed on
-    # the volume as im2col.
     settings = {"precision": run_precision, "num_sanity_val_steps": 0}
-    trainer = _one_epoch_trainer(layouts, enable_model_summary=True, **settings)
+    trainer = _one_epoch_trainer(pl.Callback(), enable_model_summary=True, **settings)
     trainer.fit(module, _loader(), _loader())
-    bf16 = run_precision == "bf16-mixed"
-    assert module.channels_last is bf16 and layouts.seen == {bf16}
-    assert module.net.volume_im2col is not bf16
-    volume_node = "ConvolutionBackward0" if bf16 else "SlowConv2DBackward0"
-    assert volume_nodes == {volume_node, "NoneType"}  # training steps, then validation
-    weight = module.net.volume[0].weight
-    assert weight.is_contiguous(memory_format=torch.channels_last) is bf16
+    assert volume_nodes == {"SlowConv2DBackward0", "NoneType"}  # training steps, validation
 
 
 def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):

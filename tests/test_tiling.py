@@ -172,6 +172,23 @@ def test_bf16_autocast_runs_on_the_cpu_close_to_float32(monkeypatch, amx):
     assert not np.array_equal(maps16, maps32)  # bfloat16 did run
 
 
+def test_a_model_trained_with_the_volume_as_im2col_predicts_so():
+    """The speed options come with the checkpoint's hyperparameters: ``model.volume_im2col``
+    reaches crackseg-predict, with the same probabilities as the direct convolution's."""
+    torch.manual_seed(0)
+    shape = InputShape(height=64, width=128)
+    direct = SegDecModule(network=SMALL_NET, input_shape=shape).eval()
+    im2col = SegDecModule(network=SMALL_NET, input_shape=shape, speed={"volume_im2col": True})
+    reloaded = SegDecModule(**im2col.hparams).eval()
+    assert reloaded.net.volume_im2col and not direct.net.volume_im2col
+    reloaded.load_state_dict(direct.state_dict())
+    tiles = np.random.default_rng(5).integers(0, 256, (2, 64, 128, 3), np.uint8)
+    expected = TorchBackend(direct, torch.device("cpu"), "32")(tiles)
+    got = TorchBackend(reloaded, torch.device("cpu"), "32")(tiles)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def info(scaling) -> ModelInfo:
     return ModelInfo(3, 160, 160, scaling, image_threshold=0.4, seg_threshold=0.3)
 

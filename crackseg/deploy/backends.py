@@ -24,13 +24,7 @@ import torch
 from crackseg import __version__
 from crackseg.errors import ConfigError, CracksegError
 from crackseg.models.checkpoint import load_module, thresholds
-from crackseg.models.precision import (
-    BF16,
-    FLOAT32,
-    native_precision,
-    prefers_channels_last,
-    prefers_volume_im2col,
-)
+from crackseg.models.precision import BF16, FLOAT32, native_precision, prefers_channels_last
 
 if TYPE_CHECKING:
     from crackseg.models.lit_segdec import SegDecModule
@@ -158,10 +152,8 @@ def check_precision(precision: Any) -> str:
 
 class TorchBackend:
     """A checkpoint's module on a device, in float32 or under bfloat16 autocast, its
-    activations NHWC and its volume convolution as im2col where training's
-    ``model.channels_last=auto`` and ``model.volume_im2col=auto`` would run them so (on a CPU
-    with AMX, bf16 and float32 respectively: the paper's network predicts 2x and 1.15x faster
-    there)."""
+    activations NHWC where training's ``model.channels_last=auto`` would store them so (bf16
+    on a CPU with AMX: the paper's network predicts 2x faster there)."""
 
     def __init__(self, module: SegDecModule, device: torch.device, precision: str = "32") -> None:
         self.module = module.eval().to(device)
@@ -169,16 +161,10 @@ class TorchBackend:
         self.bf16 = check_precision(precision) == "bf16"
         self.info = ModelInfo.of_module(module)
         self.memory_format = torch.contiguous_format
-        trained_as = BF16 if self.bf16 else FLOAT32  # the precision training calls it
-        if prefers_channels_last(device.type, trained_as):
+        if prefers_channels_last(device.type, BF16 if self.bf16 else FLOAT32):
             self.memory_format = torch.channels_last
             self.module.net.to(memory_format=self.memory_format)
             log.info("channels_last (as model.channels_last=auto trains on this machine)")
-        volume_channels = module.network_settings.volume_channels
-        im2col = prefers_volume_im2col(device.type, trained_as, volume_channels)
-        self.module.net.volume_im2col = im2col
-        if im2col:
-            log.info("volume im2col (as model.volume_im2col=auto trains on this machine)")
 
     def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with (

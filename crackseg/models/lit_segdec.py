@@ -41,7 +41,7 @@ from crackseg.models.module_settings import (
     SpeedSettings,
     as_group,
 )
-from crackseg.models.precision import use_channels_last, use_volume_im2col
+from crackseg.models.precision import use_channels_last
 from crackseg.models.segdecnet import SegDecNet, SegDecOutput
 
 #: The training losses logged once per epoch: the mean over the samples each applies to.
@@ -96,6 +96,7 @@ class SegDecModule(pl.LightningModule):
         }
         self.save_hyperparameters(hparams, logger=False)
         self.net = SegDecNet(in_channels=self.input_shape.channels, **hparams["network"])
+        self.net.volume_im2col = self.speed.volume_im2col
         if not self.speed.compile:
             # One image of the input size, which Lightning's model summary runs once to fill
             # its FLOPs column (0 everywhere without it). Not for a compiled network: that one
@@ -137,24 +138,21 @@ class SegDecModule(pl.LightningModule):
             speed=SpeedSettings(
                 model.get("channels_last", "auto"),
                 model.get("compile"),
-                model.get("volume_im2col", "auto"),
+                model.get("volume_im2col", False),
             ),
             run_config=run_config,
         )
 
     def setup(self, stage: str) -> None:
-        device, precision = self.trainer.strategy.root_device.type, str(self.trainer.precision)
-        self.channels_last = use_channels_last(self.speed.channels_last, device, precision)
+        device = self.trainer.strategy.root_device.type
+        self.channels_last = use_channels_last(
+            self.speed.channels_last, device, str(self.trainer.precision)
+        )
         if self.channels_last:
             already = self.net.volume[0].weight.is_contiguous(memory_format=torch.channels_last)
             self.net.to(memory_format=torch.channels_last)
             if self.speed.channels_last == "auto" and not already:  # once, not every stage
                 rank_zero_info("channels_last (model.channels_last=auto on this machine)")
-        volume_channels = self.network_settings.volume_channels
-        im2col = use_volume_im2col(self.speed.volume_im2col, device, precision, volume_channels)
-        if im2col and self.speed.volume_im2col == "auto" and not self.net.volume_im2col:
-            rank_zero_info("volume im2col (model.volume_im2col=auto on this machine)")
-        self.net.volume_im2col = im2col
         if self.speed.compile and stage == "fit":
             self.net.compile(mode=self.speed.compile)  # in place: checkpoints keep their keys
 

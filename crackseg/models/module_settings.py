@@ -84,12 +84,12 @@ class SpeedSettings:
     activations stored NHWC (``auto``: where the machine prefers it,
     crackseg.models.precision.prefers_channels_last), torch.compile of the network for
     training (a mode: default, reduce-overhead for CUDA graphs at small batches,
-    max-autotune), and the volume convolution as im2col and matrix products (``auto``:
-    crackseg.models.precision.prefers_volume_im2col)."""
+    max-autotune), and the volume convolution as im2col and matrix products
+    (crackseg.models.segdecnet.VolumeConv2d)."""
 
     channels_last: bool | str = "auto"
     compile: str | None = None
-    volume_im2col: bool | str = "auto"
+    volume_im2col: bool = False
 
 
 Group = TypeVar("Group")

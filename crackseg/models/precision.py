@@ -1,5 +1,4 @@
-"""The numeric precision, memory layout and convolution algorithm the network runs well with
-on this machine.
+"""The numeric precision, and the memory layout, the network runs well in on this machine.
 
 bf16 mixed precision pays only where the hardware computes in bf16 natively: a GPU with
 bf16 tensor cores (compute capability 8.0 and newer), or a CPU with AVX-512 BF16 or AMX
@@ -108,42 +107,11 @@ def prefers_channels_last(device_type: str, precision: str) -> bool:
     return device_type == "cpu" and bf16 and "amx_bf16" in cpu_bf16_features()
 
 
-#: The narrowest volume measured faster as im2col: the paper's (the 64-channel volume of
-#: the small variants ran 2-7 % slower so).
-IM2COL_MIN_VOLUME_CHANNELS = 1024
-
-
-def prefers_volume_im2col(device_type: str, precision: str, volume_channels: int) -> bool:
-    """Whether the volume convolution runs faster as im2col and matrix products
-    (crackseg.models.segdecnet.VolumeConv2d) than as oneDNN's direct convolution: in float32
-    on a CPU with AMX, for a volume as wide as the paper's, whose network then trains 1.15x
-    faster and predicts 1.15x faster (benchmarks/README.md). Not in bf16 (oneDNN's AMX
-    convolution is faster), not on a GPU, and not on a CPU without AMX: on an AMD EPYC the
-    paper's network trained in float32 at 83-90 % of the matrix product's rate with oneDNN,
-    which leaves im2col, itself below the matrix product's rate, nothing to gain (not
-    measured there)."""
-    bf16 = str(precision).startswith("bf16")
-    wide = volume_channels >= IM2COL_MIN_VOLUME_CHANNELS
-    return device_type == "cpu" and not bf16 and wide and "amx_bf16" in cpu_bf16_features()
-
-
-def _setting_or_preference(setting: bool | str, preferred: bool) -> bool:
-    """A speed option made concrete: ``auto`` is what the machine prefers."""
-    return preferred if setting == "auto" else bool(setting)
-
-
 def use_channels_last(setting: bool | str, device_type: str, precision: str) -> bool:
     """``model.channels_last`` made concrete for a run on ``device_type`` in ``precision``."""
-    return _setting_or_preference(setting, prefers_channels_last(device_type, precision))
-
-
-def use_volume_im2col(
-    setting: bool | str, device_type: str, precision: str, volume_channels: int
-) -> bool:
-    """``model.volume_im2col`` made concrete for a run on ``device_type`` in ``precision``
-    with a volume of ``volume_channels``."""
-    preferred = prefers_volume_im2col(device_type, precision, volume_channels)
-    return _setting_or_preference(setting, preferred)
+    if setting == "auto":
+        return prefers_channels_last(device_type, precision)
+    return bool(setting)
 
 
 def native_precision(accelerator: str) -> str:

@@ -188,9 +188,10 @@ def feature_norm_formula(x: Tensor, scale: Tensor, bias: Tensor, eps: float) -> 
 class VolumeConv2d(nn.Conv2d):
     """The convolution that makes the volume (15x15, 64 -> 1024 in the paper), which can run
     as im2col and a matrix product per sample (torch's own ``thnn_conv2d``) instead of
-    oneDNN's direct convolution: in float32 on a CPU with AMX oneDNN's kernel reaches 64-72 %
-    of the matrix product's rate at the paper's shape, forward and backward, and im2col 76 %
-    (``model.volume_im2col``, crackseg.models.precision.prefers_volume_im2col). The
+    oneDNN's direct convolution (``model.volume_im2col``). Which is faster depends on the
+    machine and the map's shape: in float32 on an Intel Xeon with AMX, forward and backward
+    on the 80x29 map of a 640x232 input, oneDNN reached 64-72 % of the matrix product's rate
+    and im2col 76 %, but on an 80x80 map oneDNN was 12 % faster (benchmarks/README.md). The
     parameters, and so the checkpoint keys, are nn.Conv2d's."""
 
     im2col = False
