@@ -135,11 +135,7 @@ class SegDecModule(pl.LightningModule):
             input_shape=InputShape(data.input_channels, data.input_height, data.input_width),
             loss=LossSettings.from_config(cfg.loss),
             optim=OptimSettings(plain(cfg.optim), plain(OmegaConf.select(cfg, "scheduler"))),
-            speed=SpeedSettings(
-                model.get("channels_last", "auto"),
-                model.get("compile"),
-                model.get("volume_im2col", False),
-            ),
+            speed=SpeedSettings.from_config(model),
             run_config=run_config,
         )
 

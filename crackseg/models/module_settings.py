@@ -91,6 +91,12 @@ class SpeedSettings:
     compile: str | None = None
     volume_im2col: bool = False
 
+    @classmethod
+    def from_config(cls, model: Mapping[str, Any]) -> SpeedSettings:
+        """The speed keys of a ``model`` config; one it lacks (a run saved before the option)
+        takes its default."""
+        return cls(**{f.name: model[f.name] for f in fields(cls) if f.name in model})
+
 
 Group = TypeVar("Group")
 
