@@ -8,8 +8,15 @@ from conftest import TINY, one_line_error, run_entry, run_tiny
 
 
 def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
+    """In float32, where ``model.volume_im2col=auto`` times the volume's kernels: the first
+    process times them and both take its choice (a broadcast every process must reach)."""
     result = run_tiny(
-        tmp_path, tiny_data_dir, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"
+        tmp_path,
+        tiny_data_dir,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -20,6 +27,7 @@ def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
     rank1 = (tmp_path / "train_ddp_process_1.log").read_text()
     assert "evaluation written" in rank0
     assert "evaluation written" not in rank1
+    assert "volume convolution: " in rank0 and "volume convolution: " not in rank1
 
 
 #: 2 CPU processes over gloo.

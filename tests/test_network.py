@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from helpers.feature_norm_case import feature_norm_case, gradients, plain_feature_norm
+from helpers.volume_nodes import record_volume_nodes
 
 from crackseg.errors import ConfigError
 from crackseg.models.losses import decision_loss
@@ -142,15 +143,6 @@ def test_fused_feature_norm_in_bf16_computes_in_float32(layout):
     torch.testing.assert_close(dbias, plain[2], rtol=1e-4, atol=1e-4)
 
 
-def _volume_backward(net: SegDecNet) -> list[str]:
-    """Filled with the autograd node of each volume convolution's output, by name."""
-    names = []
-    net.volume[0].register_forward_hook(
-        lambda module, args, output: names.append(type(output.grad_fn).__name__)
-    )
-    return names
-
-
 @pytest.mark.parametrize(
     "dtype,layout",
     [
@@ -168,7 +160,7 @@ def test_the_volume_as_im2col_computes_the_direct_convolution(dtype, layout):
     im2col = SegDecNet(**SMALL, gradient_adjustment=False).to(memory_format=layout)
     im2col.load_state_dict(direct.state_dict())
     im2col.volume_im2col = True
-    nodes = {"direct": _volume_backward(direct), "im2col": _volume_backward(im2col)}
+    nodes = {"direct": record_volume_nodes(direct), "im2col": record_volume_nodes(im2col)}
     x = torch.rand(2, 3, 64, 128).contiguous(memory_format=layout)
     results = []
     for net in (direct, im2col):

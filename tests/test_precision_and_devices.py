@@ -10,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from helpers.bf16_bounds import FLOAT32_NOISE, bf16_relative_bound, on_bf16_grid
+from helpers.volume_nodes import record_volume_nodes
 from torch.utils.data import DataLoader
 
 from crackseg.models import precision
@@ -282,14 +283,53 @@ def test_model_volume_im2col_trains_the_volume_as_im2col(run_precision):
     speed = SpeedSettings(volume_im2col=True)
     module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128), speed=speed)
     assert module.net.volume_im2col
-    volume_nodes = set()
-    module.net.volume[0].register_forward_hook(
-        lambda _, args, output: volume_nodes.add(type(output.grad_fn).__name__)
-    )
+    volume_nodes = record_volume_nodes(module.net)
     settings = {"precision": run_precision, "num_sanity_val_steps": 0}
     trainer = _one_epoch_trainer(pl.Callback(), enable_model_summary=True, **settings)
     trainer.fit(module, _loader(), _loader())
-    assert volume_nodes == {"SlowConv2DBackward0", "NoneType"}  # training steps, validation
+    assert set(volume_nodes) == {"SlowConv2DBackward0", "NoneType"}  # training, validation
+
+
+@pytest.mark.parametrize(
+    ("run_precision", "im2col_faster", "timed"),
+    [("32-true", True, True), ("32-true", False, True), ("bf16-mixed", True, False)],
+)
+def test_model_volume_im2col_auto_keeps_the_kernel_timed_faster_at_the_first_batch(
+    monkeypatch, tmp_path, run_precision, im2col_faster, timed
+):
+    """``model.volume_im2col=auto`` (the default) times the two kernels once, at the first
+    training batch's shape, in float32 only, and every step runs the faster; the checkpoint
+    carries the choice, which a loaded module takes instead of timing again."""
+    from crackseg.models import lit_segdec
+    from crackseg.models.checkpoint import load_module
+    from crackseg.models.volume_kernel import VolumeKernelTiming
+
+    shapes = []
+
+    def timing(conv, shape):
+        shapes.append(tuple(shape))
+        return VolumeKernelTiming(tuple(shape), 2.0, 1.0 if im2col_faster else 3.0)
+
+    monkeypatch.setattr(lit_segdec, "time_volume_kernels", timing)
+    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    assert module.speed.volume_im2col == "auto" and not module.net.volume_im2col
+    volume_nodes = record_volume_nodes(module.net)
+    settings = {"precision": run_precision, "num_sanity_val_steps": 0}
+    trainer = _one_epoch_trainer(pl.Callback(), **settings)
+    trainer.fit(module, _loader(), _loader())
+    assert shapes == ([(2, 16, 8, 16)] if timed else [])  # once, the volume's input
+    im2col = im2col_faster and timed
+    step_node = "SlowConv2DBackward0" if im2col else "ConvolutionBackward0"
+    assert module.net.volume_im2col is im2col
+    assert volume_nodes == [step_node, step_node, "NoneType", "NoneType"]
+
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    assert torch.load(tmp_path / "run.ckpt", weights_only=False)["volume_im2col"] is im2col
+    loaded = load_module(tmp_path / "run.ckpt")
+    assert loaded.net.volume_im2col is im2col and loaded._volume_kernel_chosen
+    shapes.clear()
+    loaded.on_train_batch_start({"image": torch.zeros(2, 3, 64, 128)}, 0)  # a resumed run
+    assert shapes == [] and loaded.net.volume_im2col is im2col
 
 
 def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):

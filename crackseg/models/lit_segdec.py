@@ -43,6 +43,7 @@ from crackseg.models.module_settings import (
 )
 from crackseg.models.precision import use_channels_last
 from crackseg.models.segdecnet import SegDecNet, SegDecOutput
+from crackseg.models.volume_kernel import time_volume_kernels, times_volume_kernels
 
 #: The training losses logged once per epoch: the mean over the samples each applies to.
 TRAIN_LOSSES = ("loss_seg", "loss_dec", "loss")
@@ -96,7 +97,9 @@ class SegDecModule(pl.LightningModule):
         }
         self.save_hyperparameters(hparams, logger=False)
         self.net = SegDecNet(in_channels=self.input_shape.channels, **hparams["network"])
-        self.net.volume_im2col = self.speed.volume_im2col
+        # auto: chosen by timing at the first training batch, or taken from the checkpoint.
+        self.net.volume_im2col = self.speed.volume_im2col is True
+        self._volume_kernel_chosen = self.speed.volume_im2col != "auto"
         if not self.speed.compile:
             # One image of the input size, which Lightning's model summary runs once to fill
             # its FLOPs column (0 everywhere without it). Not for a compiled network: that one
@@ -240,8 +243,11 @@ class SegDecModule(pl.LightningModule):
 
     # -- resuming in the middle of an epoch --------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A checkpoint taken mid-epoch (a stop signal) carries the epoch's running sums,
-        so the resumed epoch logs the mean of all its batches, not only of those after it."""
+        """Every checkpoint carries the volume convolution's kernel (what ``auto`` chose), so
+        a resumed run and a prediction compute as the run did. A checkpoint taken mid-epoch
+        (a stop signal) carries the epoch's running sums, so the resumed epoch logs the mean
+        of all its batches, not only of those after it."""
+        checkpoint["volume_im2col"] = self.net.volume_im2col
         if self._trainer is None:
             return
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -253,6 +259,30 @@ class SegDecModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resumed_means = checkpoint.get("epoch_running_means")
+        if self.speed.volume_im2col == "auto" and "volume_im2col" in checkpoint:
+            self.net.volume_im2col = bool(checkpoint["volume_im2col"])
+            self._volume_kernel_chosen = True
+
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if not self._volume_kernel_chosen:
+            self.net.volume_im2col = self._faster_volume_kernel(batch["image"].shape)
+            self._volume_kernel_chosen = True
+
+    def _faster_volume_kernel(self, image_shape: torch.Size) -> bool:
+        """``model.volume_im2col: auto`` at the first training batch: im2col where it runs
+        the volume convolution faster than oneDNN on this batch's shape (timed by the first
+        process, whose choice every process takes), else oneDNN's (crackseg.models.
+        volume_kernel says where it times)."""
+        trainer = self.trainer
+        if not times_volume_kernels(self.device.type, str(trainer.precision), self.speed.compile):
+            return False
+        im2col = None
+        if trainer.is_global_zero:
+            shape = self.net.volume_input_shape(image_shape)
+            timing = time_volume_kernels(self.net.volume[0], shape)
+            rank_zero_info(timing.summary())
+            im2col = timing.im2col_faster
+        return bool(trainer.strategy.broadcast(im2col, src=0))
 
     def on_train_start(self) -> None:
         # Also when resuming mid-epoch, where Lightning does not start the epoch again.

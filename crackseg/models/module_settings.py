@@ -85,11 +85,12 @@ class SpeedSettings:
     crackseg.models.precision.prefers_channels_last), torch.compile of the network for
     training (a mode: default, reduce-overhead for CUDA graphs at small batches,
     max-autotune), and the volume convolution as im2col and matrix products
-    (crackseg.models.segdecnet.VolumeConv2d)."""
+    (crackseg.models.segdecnet.VolumeConv2d; ``auto``: where it times faster at the first
+    training batch, crackseg.models.volume_kernel)."""
 
     channels_last: bool | str = "auto"
     compile: str | None = None
-    volume_im2col: bool = False
+    volume_im2col: bool | str = "auto"
 
     @classmethod
     def from_config(cls, model: Mapping[str, Any]) -> SpeedSettings:

@@ -61,7 +61,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # an odd kernel
     "model.net.volume_kernel": (_odd_integer, "an odd integer >= 1"),
     "model.channels_last": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
-    "model.volume_im2col": (lambda v: isinstance(v, bool), "true or false"),
+    "model.volume_im2col": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     "optim.lr": (lambda v: is_number(v) and v > 0, "a number > 0"),
     "loss.delta_cls": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
     "loss.weighted_seg_p": (lambda v: is_number(v) and v >= 0, "a number >= 0 (P)"),

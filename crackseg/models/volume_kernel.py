@@ -1,0 +1,96 @@
+"""``model.volume_im2col: auto``: which kernel runs the volume convolution faster on this
+machine, timed once on the run's own first training batch (as ``cudnn.benchmark`` times
+cuDNN's algorithms on a GPU).
+
+The two kernels are oneDNN's direct convolution and im2col with a matrix product per sample
+(:class:`crackseg.models.segdecnet.VolumeConv2d`). Which is faster depends on the CPU, the
+map's shape and the batch: in float32 on an Intel Xeon with AMX, im2col trained the paper's
+network 1.18x faster at 640x232 and batch 1, but the convolution alone was 10 % slower on
+the 20x20 map of 160x160 tiles at batch 4 (benchmarks/README.md). Timed only where im2col
+has a chance and the timing may decide: float32 on a CPU, neither compiled (the compiler
+picks its own kernels) nor deterministic (a timed choice may differ between two runs).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from crackseg.models.segdecnet import memory_format_of
+
+#: Timed calls of each kernel after its warm-up call; one when a warm-up took this long (s).
+TIMED_CALLS = 2
+LONG_CALL_S = 2.0
+
+
+def times_volume_kernels(device_type: str, precision: str, compile_mode: str | None) -> bool:
+    """Whether ``model.volume_im2col: auto`` times the two kernels for a run on
+    ``device_type`` in ``precision`` (else it keeps oneDNN's, and cuDNN's on a GPU)."""
+    float32 = str(precision) in ("32", "32-true")
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    return device_type == "cpu" and float32 and not compile_mode and not deterministic
+
+
+@dataclass(frozen=True)
+class VolumeKernelTiming:
+    """Seconds of one forward and backward of the volume convolution with each kernel."""
+
+    input_shape: tuple[int, ...]
+    direct_s: float
+    im2col_s: float
+
+    @property
+    def im2col_faster(self) -> bool:
+        return self.im2col_s < self.direct_s
+
+    def summary(self) -> str:
+        chosen, ratio = (
+            ("im2col", self.direct_s / self.im2col_s)
+            if self.im2col_faster
+            else ("oneDNN's direct convolution", self.im2col_s / self.direct_s)
+        )
+        shape = "x".join(str(n) for n in self.input_shape)
+        return (
+            f"volume convolution: {chosen}, {ratio:.2f}x faster on the {shape} input "
+            f"(forward and backward {self.direct_s * 1e3:.0f} ms direct, "
+            f"{self.im2col_s * 1e3:.0f} ms im2col; model.volume_im2col=auto)"
+        )
+
+
+def _forward_backward_s(conv: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor) -> float:
+    """Seconds of one forward of ``conv`` on ``x`` and its backward (input and weight
+    gradients, as in training), on the CPU."""
+    start = time.perf_counter()
+    with torch.enable_grad():
+        y = conv(x)
+        torch.autograd.grad(y, (x, conv.weight), grad)
+    return time.perf_counter() - start
+
+
+def time_volume_kernels(
+    volume_conv: nn.Conv2d, input_shape: torch.Size | tuple[int, ...]
+) -> VolumeKernelTiming:
+    """Time both kernels of ``volume_conv`` (a VolumeConv2d) on an input of ``input_shape``,
+    in its dtype and memory layout, on a copy: the network's weights and gradients and the
+    global random state are left as they were. Each kernel is called once to warm up (oneDNN
+    builds its primitive on the first call), then the best of :data:`TIMED_CALLS` counts."""
+    conv = copy.deepcopy(volume_conv)  # no new initialisation: the random state is kept
+    weight = conv.weight
+    layout = memory_format_of(weight)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(tuple(input_shape), generator=generator, dtype=weight.dtype)
+    x = x.to(weight.device, memory_format=layout).requires_grad_()
+    out_shape = (input_shape[0], conv.out_channels, *input_shape[2:])  # 'same' padding
+    grad = torch.randn(out_shape, generator=generator, dtype=weight.dtype)
+    grad = grad.to(weight.device, memory_format=layout)
+    seconds = {}
+    for im2col in (False, True):
+        conv.im2col = im2col
+        warm_up = _forward_backward_s(conv, x, grad)
+        calls = 1 if warm_up > LONG_CALL_S else TIMED_CALLS
+        seconds[im2col] = min(_forward_backward_s(conv, x, grad) for _ in range(calls))
+    return VolumeKernelTiming(tuple(input_shape), seconds[False], seconds[True])
