@@ -198,7 +198,7 @@ def test_resuming_the_folder_of_another_command_is_refused_and_leaves_it_be(tmp_
     folder = tmp_path / "evaluated"
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text("ckpt_path: x.ckpt\n")
-    (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    config_name: eval\n")
+    (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: eval\n")
     (folder / "status.json").write_text(json.dumps({"status": "interrupted"}))
     before = sorted(p.name for p in folder.rglob("*"))
     line, lightning = refuse("train", f"resume={folder}")
@@ -207,6 +207,22 @@ def test_resuming_the_folder_of_another_command_is_refused_and_leaves_it_be(tmp_
     )
     assert lightning == set()
     assert sorted(p.name for p in folder.rglob("*")) == before
+
+
+def test_a_run_started_with_a_config_of_its_own_is_a_training_to_resume(tmp_path):
+    """``crackseg-train --config-dir DIR --config-name my_train``: Hydra records the config
+    name my_train and the job name train; the folder holds a training (it was once refused
+    as a crackseg-my_train run)."""
+    from crackseg.runs.folder import check_resume_folder, started_by
+
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (folder / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  job:\n    name: train\n    config_name: my_train\n"
+    )
+    assert started_by(folder) == "train"
+    check_resume_folder(folder)  # no refusal
 
 
 def test_a_sweep_asked_for_its_config_is_one_line(tmp_path):

@@ -266,10 +266,11 @@ def saved_hydra_file(run_dir: Path, name: str) -> Any:
 
 
 def started_by(run_dir: Path) -> str | None:
-    """The config the folder's command was started with (``train``, ``eval``, ``predict``,
-    ``export``: Hydra's ``.hydra/hydra.yaml``), None where that is not recorded."""
+    """The command that wrote the folder (``train``, ``eval``, ``predict``, ``export``):
+    Hydra's job name in ``.hydra/hydra.yaml``, which is the entry point's module whatever
+    config it started with (``--config-name my_train`` too); None where not recorded."""
     saved = saved_hydra_file(run_dir, "hydra.yaml")
-    name = OmegaConf.select(saved, "hydra.job.config_name", default=None) if saved else None
+    name = OmegaConf.select(saved, "hydra.job.name", default=None) if saved else None
     return str(name) if name is not None else None
 
 
