@@ -363,7 +363,9 @@ def test_a_sweep_run_again_resumes_its_killed_job(reference, tiny_data_dir, tmp_
 
 
 #: What SLURM sets in a batch job (one task), enough for Lightning to detect it.
+#: A job of the cluster launcher (hydra/launcher=slurm), which submitit starts.
 SLURM_JOB = {
+    "SUBMITIT_EXECUTOR": "slurm",
     "SLURM_NTASKS": "1",
     "SLURM_JOB_NAME": "crackseg",
     "SLURM_JOB_ID": "4242",
@@ -373,13 +375,22 @@ SLURM_JOB = {
 }
 
 
+@pytest.mark.parametrize(
+    ("job", "warning"),
+    [
+        (SLURM_JOB, signal.SIGUSR2),
+        ({k: v for k, v in SLURM_JOB.items() if not k.startswith("SUBMITIT")}, signal.SIGUSR1),
+    ],
+    ids=["launcher", "sbatch"],
+)
 def test_on_slurm_the_warning_signal_saves_a_checkpoint_to_resume_from(
-    reference, tiny_data_dir, tmp_path
+    reference, tiny_data_dir, tmp_path, job, warning
 ):
-    """USR2 (what the slurm launcher asks SLURM to send before the time limit): Lightning
-    saves hpc_ckpt_1.ckpt and calls `scontrol requeue` (absent here); the job resumes, as
-    the requeued job does, on SLURM, and is tested on its own chosen weights (Lightning
-    would test a SLURM job on a left-over hpc_ckpt instead)."""
+    """USR2 (what the slurm launcher asks SLURM to send before the time limit), or USR1 in
+    a job of a plain sbatch script: Lightning saves hpc_ckpt_1.ckpt and calls `scontrol
+    requeue` (absent here); the job resumes, as the requeued job does, on SLURM, and is
+    tested on its own chosen weights (Lightning would test a SLURM job on a left-over
+    hpc_ckpt instead)."""
     run_dir = tmp_path / "slurm"
     process = start_and_stall(
         tmp_path / "stalled",
@@ -387,9 +398,9 @@ def test_on_slurm_the_warning_signal_saves_a_checkpoint_to_resume_from(
         f"hydra.run.dir={run_dir}",
         epoch=1,
         batch=2,
-        env=SLURM_JOB,
+        env=job,
     )
-    process.send_signal(signal.SIGUSR2)
+    process.send_signal(warning)
     deadline = time.monotonic() + 120
     while not (run_dir / "hpc_ckpt_1.ckpt").exists():
         assert time.monotonic() < deadline, "no checkpoint after the requeue signal"
@@ -397,7 +408,7 @@ def test_on_slurm_the_warning_signal_saves_a_checkpoint_to_resume_from(
     # complete once it exists (renamed into place); SLURM kills the job when time is up
     process.kill()
     process.wait()
-    env = {"PYTHONPATH": str(HELPERS), **SLURM_JOB}
+    env = {"PYTHONPATH": str(HELPERS), **job}
     result = run_entry("train", f"resume={run_dir}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = json.loads((run_dir / "run_info.json").read_text())["resumed"]
@@ -584,6 +595,24 @@ def test_a_bad_setting_is_refused_before_any_data_is_read(override, expected, tm
     )
     assert expected in line
     assert not data_dir.exists()  # the synthetic set was not even generated
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({"SUBMITIT_EXECUTOR": "slurm"}, signal.SIGUSR2),  # hydra/launcher=slurm's default
+        ({"SUBMITIT_EXECUTOR": "slurm", "SUBMITIT_PREEMPT_SIGNAL": "USR1"}, signal.SIGUSR1),
+        ({}, signal.SIGUSR1),  # a plain sbatch script, as Lightning documents it
+    ],
+)
+def test_the_requeue_signal_is_the_launchers_or_lightnings(monkeypatch, environment, expected):
+    from crackseg.runs.trainer import requeue_signal
+
+    for name in ("SUBMITIT_EXECUTOR", "SUBMITIT_PREEMPT_SIGNAL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert requeue_signal() == expected
 
 
 def test_the_requeue_signal_keeps_the_launchers_handler_until_a_stage_is_set_up():

@@ -50,9 +50,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def requeue_signal() -> signal.Signals:
-    """The signal the cluster launcher (submitit) asks SLURM to send before the time limit:
-    USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise."""
-    return getattr(signal, f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}")
+    """The signal SLURM sends a job before its time limit, on which it checkpoints and
+    requeues itself: in a job of the cluster launcher (``hydra/launcher=slurm``: submitit,
+    which exports SUBMITIT_EXECUTOR), the one it asked for, USR2 unless
+    SUBMITIT_PREEMPT_SIGNAL says otherwise; in a job of a plain sbatch script, Lightning's
+    USR1 (``#SBATCH --signal=USR1@120``)."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL")
+    if name is None:
+        name = "USR2" if "SUBMITIT_EXECUTOR" in os.environ else "USR1"
+    return getattr(signal, f"SIG{name}")
 
 
 def slurm_requeue_environment(enabled: bool) -> SLURMEnvironment:
