@@ -241,7 +241,7 @@ class SegDecModule(pl.LightningModule):
         schedule = {"scheduler": scheduler, "interval": interval}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
-    # -- what checkpoints carry beyond the weights; the kernel auto chooses -------------
+    # -- what checkpoints carry beyond the weights; the kernel auto chooses ------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every checkpoint carries the volume convolution's kernel (what ``auto`` chose), so
         a resumed run and a prediction compute as the run did. A checkpoint taken mid-epoch
