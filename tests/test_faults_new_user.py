@@ -515,15 +515,21 @@ def test_training_without_a_validation_split_is_one_line(tmp_path):
 
 def test_a_class_refusing_its_config_arguments_is_one_line_naming_both(tmp_path):
     """A Lightning argument it does not know (+trainer.strategy=nope): the target and its
-    refusal on one line, exit 2, and the folder's status says failed, not running."""
+    refusal on one line, exit 2, and the folder's status says failed, not running. The
+    traceback, which the console does not show, is in the run's log, where a report of a
+    class that failed inside (not only refused) finds where."""
     run_dir = tmp_path / "run"
     result = run_entry("train", "+trainer.strategy=nope", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
     line = one_line_error(result)
     assert line.startswith("error: Error in call to target 'pytorch_lightning.trainer.trainer")
     assert "invalid strategy name" in line
     status = json.loads((run_dir / "status.json").read_text())
     assert status == {"status": "failed", "error": line.removeprefix("error: ")}
+    logged = (run_dir / "train.log").read_text()
+    assert "the error as raised (the console showed it as one line):\nTraceback (most" in logged
+    assert "invalid strategy name" in logged.split("Traceback", 1)[1]
 
 
 def test_an_unexpected_error_of_a_single_run_is_recorded_as_failed(tmp_path):

@@ -40,9 +40,29 @@ class JobLogHandler(logging.FileHandler):
             super().emit(record)
 
 
+def _job_logs(folder: str | Path) -> list[JobLogHandler]:
+    folder = Path(folder).absolute()
+    return [h for h in list(_handlers) if Path(h.baseFilename).parent == folder]
+
+
 def accept_job_logs(folder: str | Path) -> None:
     """Let the job logs in ``folder`` write: the command has accepted its folder."""
-    folder = Path(folder).absolute()
-    for handler in list(_handlers):
-        if Path(handler.baseFilename).parent == folder:
-            handler.accept()
+    for handler in _job_logs(folder):
+        handler.accept()
+
+
+def log_traceback_to_file(folder: str | Path, error: BaseException) -> None:
+    """``error``'s traceback in the job's log file in ``folder`` alone: the console showed
+    it as one line (a user's mistake needs no stack trace), and a report of a fault still
+    finds where it was raised (a config's class that failed inside, not only refused)."""
+    record = logging.LogRecord(
+        __name__,
+        logging.ERROR,
+        __file__,
+        0,
+        "failed; the error as raised (the console showed it as one line):",
+        None,
+        (type(error), error, error.__traceback__),
+    )
+    for handler in _job_logs(folder):
+        handler.handle(record)

@@ -34,6 +34,7 @@ from crackseg.runs.folder import (
     write_status,
 )
 from crackseg.runs.gpus import job_device_context, runs_parallel_locally
+from crackseg.runs.job_log import log_traceback_to_file
 from crackseg.runs.threads import set_job_threads
 from crackseg.sweep.job_names import setting_changes, shared_settings, swept_keys
 
@@ -101,9 +102,12 @@ def run_task(
         if not multirun:
             if expected:
                 print_line(f"error: {one_line(error)}")
+                log_traceback_to_file(output_dir, raised)
                 sys.exit(2)
             raise
         log.error("job failed: %s", one_line(error))
+        if expected:
+            log_traceback_to_file(output_dir, raised)
         return None
     else:
         metrics = {k: v for k, v in results.items() if isinstance(v, int | float | str | None)}
