@@ -28,6 +28,9 @@ def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
     assert "evaluation written" in rank0
     assert "evaluation written" not in rank1
     assert "volume convolution: " in rank0 and "volume convolution: " not in rank1
+    adopted = "volume convolution in this process: "
+    kernels = [log.split(adopted)[1].splitlines()[0] for log in (rank0, rank1)]
+    assert kernels[0] == kernels[1]
 
 
 #: 2 CPU processes over gloo.

@@ -603,6 +603,7 @@ def test_a_bad_setting_is_refused_before_any_data_is_read(override, expected, tm
         ({"SUBMITIT_EXECUTOR": "slurm"}, signal.SIGUSR2),  # hydra/launcher=slurm's default
         ({"SUBMITIT_EXECUTOR": "slurm", "SUBMITIT_PREEMPT_SIGNAL": "USR1"}, signal.SIGUSR1),
         ({}, signal.SIGUSR1),  # a plain sbatch script, as Lightning documents it
+        ({"SUBMITIT_PREEMPT_SIGNAL": "USR2"}, signal.SIGUSR1),  # a stray setting, no submitit
     ],
 )
 def test_the_requeue_signal_is_the_launchers_or_lightnings(monkeypatch, environment, expected):

@@ -306,13 +306,13 @@ def test_model_volume_im2col_auto_keeps_the_kernel_timed_faster_at_the_first_bat
 
     shapes = []
 
-    def timing(conv, shape):
+    def timing(conv, shape, layout):
         shapes.append(tuple(shape))
         return VolumeKernelTiming(tuple(shape), 2.0, 1.0 if im2col_faster else 3.0)
 
     monkeypatch.setattr(lit_segdec, "time_volume_kernels", timing)
     module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
-    assert module.speed.volume_im2col == "auto" and not module.net.volume_im2col
+    assert module.speed.volume_im2col == "auto" and not module.net.timed_volume_im2col
     volume_nodes = record_volume_nodes(module.net)
     settings = {"precision": run_precision, "num_sanity_val_steps": 0}
     trainer = _one_epoch_trainer(pl.Callback(), **settings)
@@ -320,16 +320,57 @@ def test_model_volume_im2col_auto_keeps_the_kernel_timed_faster_at_the_first_bat
     assert shapes == ([(2, 16, 8, 16)] if timed else [])  # once, the volume's input
     im2col = im2col_faster and timed
     step_node = "SlowConv2DBackward0" if im2col else "ConvolutionBackward0"
-    assert module.net.volume_im2col is im2col
+    assert module.net.timed_volume_im2col is im2col and not module.net.volume_im2col
     assert volume_nodes == [step_node, step_node, "NoneType", "NoneType"]
 
     trainer.save_checkpoint(tmp_path / "run.ckpt")
     assert torch.load(tmp_path / "run.ckpt", weights_only=False)["volume_im2col"] is im2col
     loaded = load_module(tmp_path / "run.ckpt")
-    assert loaded.net.volume_im2col is im2col and loaded._volume_kernel_chosen
+    assert loaded.net.timed_volume_im2col is im2col and loaded._volume_kernel_chosen
     shapes.clear()
     loaded.on_train_batch_start({"image": torch.zeros(2, 3, 64, 128)}, 0)  # a resumed run
-    assert shapes == [] and loaded.net.volume_im2col is im2col
+    assert shapes == [] and loaded.net.timed_volume_im2col is im2col
+
+
+def test_under_ddp_every_process_takes_the_first_processs_timed_kernel(monkeypatch):
+    """The other processes do not time: they take what the first one broadcasts (here
+    im2col), so every process computes the volume alike."""
+    from types import SimpleNamespace
+
+    from crackseg.models import lit_segdec
+
+    monkeypatch.setattr(lit_segdec, "time_volume_kernels", pytest.fail)
+    broadcast = []
+
+    def from_first_process(value, src):
+        broadcast.append((value, src))
+        return True
+
+    rank1 = SimpleNamespace(
+        precision="32-true",
+        is_global_zero=False,
+        world_size=2,
+        strategy=SimpleNamespace(broadcast=from_first_process),
+    )
+    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    module._trainer = rank1
+    module.on_train_batch_start({"image": torch.zeros(2, 3, 64, 128)}, 0)
+    assert broadcast == [(False, 0)] and module.net.timed_volume_im2col
+
+
+@pytest.mark.parametrize("saved", [False, True, None])
+def test_an_auto_run_resumed_from_a_checkpoint_saved_before_auto_keeps_its_kernel(saved):
+    """A checkpoint written before ``model.volume_im2col=auto`` (its setting true or false,
+    or none before the option) has no timed choice: the resumed run goes on with the kernel
+    it trained with, instead of timing and changing kernels halfway."""
+    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    speed = {} if saved is None else {"volume_im2col": saved}
+    module.on_load_checkpoint({"hyper_parameters": {"speed": speed}})
+    assert module._volume_kernel_chosen and module.net.volume_im2col is (saved is True)
+    assert not module.net.timed_volume_im2col
+    fresh = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    fresh.on_load_checkpoint({"hyper_parameters": {"speed": {"volume_im2col": "auto"}}})
+    assert not fresh._volume_kernel_chosen  # saved by an auto run before its first batch
 
 
 def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict
 from typing import Any
@@ -44,6 +45,8 @@ from crackseg.models.module_settings import (
 from crackseg.models.precision import use_channels_last
 from crackseg.models.segdecnet import SegDecNet, SegDecOutput
 from crackseg.models.volume_kernel import time_volume_kernels, times_volume_kernels
+
+log = logging.getLogger(__name__)
 
 #: The training losses logged once per epoch: the mean over the samples each applies to.
 TRAIN_LOSSES = ("loss_seg", "loss_dec", "loss")
@@ -247,7 +250,8 @@ class SegDecModule(pl.LightningModule):
         a resumed run and a prediction compute as the run did. A checkpoint taken mid-epoch
         (a stop signal) carries the epoch's running sums, so the resumed epoch logs the mean
         of all its batches, not only of those after it."""
-        checkpoint["volume_im2col"] = self.net.volume_im2col
+        if self.speed.volume_im2col == "auto" and self._volume_kernel_chosen:
+            checkpoint["volume_im2col"] = self.net.timed_volume_im2col
         if self._trainer is None:
             return
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -259,13 +263,19 @@ class SegDecModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resumed_means = checkpoint.get("epoch_running_means")
-        if self.speed.volume_im2col == "auto" and "volume_im2col" in checkpoint:
-            self.net.volume_im2col = bool(checkpoint["volume_im2col"])
+        if self.speed.volume_im2col != "auto":
+            return
+        saved = checkpoint.get("hyper_parameters", {}).get("speed", {}).get("volume_im2col")
+        if "volume_im2col" in checkpoint:
+            self.net.timed_volume_im2col = bool(checkpoint["volume_im2col"])
+            self._volume_kernel_chosen = True
+        elif saved != "auto":  # saved before auto: it trained as its setting said (or off)
+            self.net.volume_im2col = saved is True
             self._volume_kernel_chosen = True
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         if not self._volume_kernel_chosen:
-            self.net.volume_im2col = self._faster_volume_kernel(batch["image"].shape)
+            self.net.timed_volume_im2col = self._faster_volume_kernel(batch["image"].shape)
             self._volume_kernel_chosen = True
 
     def _faster_volume_kernel(self, image_shape: torch.Size) -> bool:
@@ -276,13 +286,22 @@ class SegDecModule(pl.LightningModule):
         trainer = self.trainer
         if not times_volume_kernels(self.device.type, str(trainer.precision), self.speed.compile):
             return False
-        im2col = None
+        im2col = False
         if trainer.is_global_zero:
             shape = self.net.volume_input_shape(image_shape)
-            timing = time_volume_kernels(self.net.volume[0], shape)
-            rank_zero_info(timing.summary())
-            im2col = timing.im2col_faster
-        return bool(trainer.strategy.broadcast(im2col, src=0))
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            try:
+                timing = time_volume_kernels(self.net.volume[0], shape, layout)
+            except (RuntimeError, MemoryError) as error:  # every process waits for the choice
+                log.warning("volume convolution: oneDNN's, im2col could not be timed: %s", error)
+            else:
+                log.info(timing.summary())
+                im2col = timing.im2col_chosen
+        im2col = bool(trainer.strategy.broadcast(im2col, src=0))
+        if trainer.world_size > 1:
+            kernel = "im2col" if im2col else "oneDNN's direct convolution"
+            log.info("volume convolution in this process: %s, the first process's choice", kernel)
+        return im2col
 
     def on_train_start(self) -> None:
         # Also when resuming mid-epoch, where Lightning does not start the epoch again.

@@ -80,7 +80,8 @@ class OptimSettings:
 
 @dataclass(frozen=True)
 class SpeedSettings:
-    """Options that change speed, not results (benchmarks/README.md says where each helps):
+    """Options that change speed, and results only as another summation order rounds
+    differently (benchmarks/README.md says where each helps):
     activations stored NHWC (``auto``: where the machine prefers it,
     crackseg.models.precision.prefers_channels_last), torch.compile of the network for
     training (a mode: default, reduce-overhead for CUDA graphs at small batches,

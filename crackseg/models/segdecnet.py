@@ -192,12 +192,29 @@ class VolumeConv2d(nn.Conv2d):
     machine and the map's shape: in float32 on an Intel Xeon with AMX, forward and backward
     on the 80x29 map of a 640x232 input, oneDNN reached 64-72 % of the matrix product's rate
     and im2col 76 %, but on an 80x80 map oneDNN was 12 % faster (benchmarks/README.md). The
-    parameters, and so the checkpoint keys, are nn.Conv2d's."""
+    parameters, and so the checkpoint keys, are nn.Conv2d's.
+
+    ``im2col`` runs it so always (``model.volume_im2col=true``); ``im2col_in_float32_on_cpu``
+    only where ``auto`` timed it faster: on a float32 input on a CPU (outside autocast), so a
+    model trained so still runs cuDNN's kernel on a GPU and oneDNN's in bf16."""
 
     im2col = False
+    im2col_in_float32_on_cpu = False
+
+    def uses_im2col(self, x: Tensor) -> bool:
+        if torch.compiler.is_compiling():  # the compiler picks its own
+            return False
+        if self.im2col:
+            return True
+        return (
+            self.im2col_in_float32_on_cpu
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+        )
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.im2col or torch.compiler.is_compiling():  # the compiler picks its own
+        if not self.uses_im2col(x):
             return super().forward(x)
         weight = self.weight
         if torch.is_autocast_enabled(x.device.type):  # autocast does not know this operator
@@ -340,6 +357,16 @@ class SegDecNet(nn.Module):
     @volume_im2col.setter
     def volume_im2col(self, on: bool) -> None:
         self.volume[0].im2col = on
+
+    @property
+    def timed_volume_im2col(self) -> bool:
+        """``model.volume_im2col=auto``'s choice: im2col for a float32 input on a CPU, where
+        it was timed faster (:class:`VolumeConv2d`); off unless set."""
+        return self.volume[0].im2col_in_float32_on_cpu
+
+    @timed_volume_im2col.setter
+    def timed_volume_im2col(self, on: bool) -> None:
+        self.volume[0].im2col_in_float32_on_cpu = on
 
     def volume_input_shape(self, image_shape: Sequence[int]) -> tuple[int, int, int, int]:
         """The shape of the volume convolution's input for a batch of ``image_shape``

@@ -250,7 +250,7 @@ def check_resume_folder(run_dir: Path) -> None:
     if not (run_dir / ".hydra" / "config.yaml").is_file():
         raise RunFolderError(f"resume={run_dir} is not a run folder (no .hydra/config.yaml)")
     command = started_by(run_dir)
-    if command not in (None, "train"):
+    if command in OTHER_COMMANDS:
         raise RunFolderError(
             f"resume={run_dir} holds a crackseg-{command} run, not a training: nothing to resume"
         )
@@ -265,10 +265,15 @@ def saved_hydra_file(run_dir: Path, name: str) -> Any:
         return None
 
 
+#: The commands whose folders hold no training to resume (Hydra's job names).
+OTHER_COMMANDS = ("eval", "predict", "export")
+
+
 def started_by(run_dir: Path) -> str | None:
     """The command that wrote the folder (``train``, ``eval``, ``predict``, ``export``):
     Hydra's job name in ``.hydra/hydra.yaml``, which is the entry point's module whatever
-    config it started with (``--config-name my_train`` too); None where not recorded."""
+    config it started with (``--config-name my_train`` too), unless ``hydra.job.name`` set
+    another; None where not recorded."""
     saved = saved_hydra_file(run_dir, "hydra.yaml")
     name = OmegaConf.select(saved, "hydra.job.name", default=None) if saved else None
     return str(name) if name is not None else None

@@ -55,10 +55,9 @@ def requeue_signal() -> signal.Signals:
     which exports SUBMITIT_EXECUTOR), the one it asked for, USR2 unless
     SUBMITIT_PREEMPT_SIGNAL says otherwise; in a job of a plain sbatch script, Lightning's
     USR1 (``#SBATCH --signal=USR1@120``)."""
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL")
-    if name is None:
-        name = "USR2" if "SUBMITIT_EXECUTOR" in os.environ else "USR1"
-    return getattr(signal, f"SIG{name}")
+    if "SUBMITIT_EXECUTOR" not in os.environ:
+        return signal.SIGUSR1
+    return getattr(signal, f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}")
 
 
 def slurm_requeue_environment(enabled: bool) -> SLURMEnvironment:
