@@ -32,6 +32,7 @@ from crackseg.evaluation.plots import (
     spread_indices,
 )
 from crackseg.evaluation.report import hparams_of, write_run_report
+from crackseg.models.lit_segdec import validation_group
 from crackseg.runs.config_checks import VALIDATION_SCHEDULES
 from crackseg.runs.folder import SLURM_CHECKPOINTS
 
@@ -241,7 +242,8 @@ class ValidationImages(pl.Callback):
         # The step Lightning logs the validation scalars at: a resumed run's logger drops
         # what was logged from its checkpoint's step on, images included.
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
-        trainer.logger.experiment.add_images("val/predictions", rows, global_step=step)
+        group = validation_group(trainer)
+        trainer.logger.experiment.add_images(f"{group}/predictions", rows, global_step=step)
 
 
 class WeakRanking(pl.Callback):

@@ -135,9 +135,11 @@ def test_sigkill_after_a_validation_then_resume_ends_as_the_uninterrupted_run(
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["resumed"][0]["checkpoint"].endswith("last.ckpt")
     # 28 training images in batches of 8: 4 steps an epoch; validation after epochs 1 and 2
-    # (steps 7 and 11) and once more after training (12), epoch 1's twice before the resume
+    # (steps 7 and 11), epoch 1's twice before the resume, and the tested weights' after
+    # training (12), apart from the curve of the epochs
     steps = logged_steps(run_dir)
-    assert steps["val/image_ap"] == steps["val/predictions"] == [7, 11, 12]
+    assert steps["val/image_ap"] == steps["val/predictions"] == [7, 11]
+    assert steps["val_tested/image_ap"] == steps["val_tested/predictions"] == [12]
     assert steps == logged_steps(reference)
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
@@ -47,6 +48,15 @@ from crackseg.models.segdecnet import SegDecNet, SegDecOutput
 from crackseg.models.volume_kernel import time_volume_kernels, times_volume_kernels
 
 log = logging.getLogger(__name__)
+
+
+def validation_group(trainer: pl.Trainer) -> str:
+    """Where a validation's scores are logged: ``val`` while training (one point an epoch),
+    ``val_tested`` for the validation of the weights a run tests (the best ones, after
+    training, or a checkpoint's in crackseg-eval), which on the ``val`` curve would read as
+    one more epoch."""
+    return "val" if trainer.state.fn == TrainerFn.FITTING else "val_tested"
+
 
 #: The training losses logged once per epoch: the mean over the samples each applies to.
 TRAIN_LOSSES = ("loss_seg", "loss_dec", "loss")
@@ -347,11 +357,12 @@ class SegDecModule(pl.LightningModule):
             self.last_val_dice = dice
         # The gathered values are equal on every rank; sync_dist only quiets Lightning.
         log = {"sync_dist": True}
-        self.log("val/image_ap", ap, prog_bar=True, **log)
-        self.log("val/image_auc", _finite(image["image_auc"]), **log)
-        self.log("val/image_threshold", image["image_threshold"], **log)
-        self.log("val/dice", _finite(dice), **log)
-        self.log("val/seg_threshold", seg_threshold, **log)
+        group = validation_group(self.trainer)
+        self.log(f"{group}/image_ap", ap, prog_bar=True, **log)
+        self.log(f"{group}/image_auc", _finite(image["image_auc"]), **log)
+        self.log(f"{group}/image_threshold", image["image_threshold"], **log)
+        self.log(f"{group}/dice", _finite(dice), **log)
+        self.log(f"{group}/seg_threshold", seg_threshold, **log)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._collect(batch, self.test_outputs)
