@@ -8,8 +8,8 @@ import torch
 from crackseg.models.segdecnet import SegDecNet
 from crackseg.models.volume_kernel import (
     VolumeKernelTiming,
+    should_time_volume_kernels,
     time_volume_kernels,
-    times_volume_kernels,
 )
 
 SMALL = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
@@ -61,11 +61,11 @@ def test_the_timed_choice_holds_for_float32_on_a_cpu_alone():
 
 
 def test_the_kernels_are_timed_in_float32_on_a_cpu_only():
-    assert times_volume_kernels("cpu", "32-true", None)
-    assert times_volume_kernels("cpu", "32", None)
-    assert not times_volume_kernels("cpu", "bf16-mixed", None)
-    assert not times_volume_kernels("cuda", "32-true", None)
-    assert not times_volume_kernels("cpu", "32-true", "default")  # the compiler picks its own
+    assert should_time_volume_kernels("cpu", "32-true", None)
+    assert should_time_volume_kernels("cpu", "32", None)
+    assert not should_time_volume_kernels("cpu", "bf16-mixed", None)
+    assert not should_time_volume_kernels("cuda", "32-true", None)
+    assert not should_time_volume_kernels("cpu", "32-true", "default")  # the compiler picks its own
 
 
 def test_a_deterministic_run_does_not_time_the_kernels():
@@ -73,6 +73,6 @@ def test_a_deterministic_run_does_not_time_the_kernels():
     enabled = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        assert not times_volume_kernels("cpu", "32-true", None)
+        assert not should_time_volume_kernels("cpu", "32-true", None)
     finally:
         torch.use_deterministic_algorithms(enabled)

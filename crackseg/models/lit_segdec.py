@@ -45,7 +45,7 @@ from crackseg.models.module_settings import (
 )
 from crackseg.models.precision import use_channels_last
 from crackseg.models.segdecnet import SegDecNet, SegDecOutput
-from crackseg.models.volume_kernel import time_volume_kernels, times_volume_kernels
+from crackseg.models.volume_kernel import should_time_volume_kernels, time_volume_kernels
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,8 @@ class SegDecModule(pl.LightningModule):
         process, whose choice every process takes), else oneDNN's (crackseg.models.
         volume_kernel says where it times)."""
         trainer = self.trainer
-        if not times_volume_kernels(self.device.type, str(trainer.precision), self.speed.compile):
+        precision = str(trainer.precision)
+        if not should_time_volume_kernels(self.device.type, precision, self.speed.compile):
             return False
         im2col = False
         if trainer.is_global_zero:
@@ -356,13 +357,13 @@ class SegDecModule(pl.LightningModule):
             self.last_val_image_ap = ap
             self.last_val_dice = dice
         # The gathered values are equal on every rank; sync_dist only quiets Lightning.
-        log = {"sync_dist": True}
+        sync = {"sync_dist": True}
         group = validation_group(self.trainer)
-        self.log(f"{group}/image_ap", ap, prog_bar=True, **log)
-        self.log(f"{group}/image_auc", _finite(image["image_auc"]), **log)
-        self.log(f"{group}/image_threshold", image["image_threshold"], **log)
-        self.log(f"{group}/dice", _finite(dice), **log)
-        self.log(f"{group}/seg_threshold", seg_threshold, **log)
+        self.log(f"{group}/image_ap", ap, prog_bar=True, **sync)
+        self.log(f"{group}/image_auc", _finite(image["image_auc"]), **sync)
+        self.log(f"{group}/image_threshold", image["image_threshold"], **sync)
+        self.log(f"{group}/dice", _finite(dice), **sync)
+        self.log(f"{group}/seg_threshold", seg_threshold, **sync)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._collect(batch, self.test_outputs)

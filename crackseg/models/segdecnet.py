@@ -22,7 +22,7 @@ OUTPUT_STRIDE = 8
 DECISION_STRIDE = OUTPUT_STRIDE * 8
 
 
-def memory_format_of(x: Tensor) -> torch.memory_format:
+def _memory_format(x: Tensor) -> torch.memory_format:
     """NHWC (``channels_last``) where ``x`` is laid out so, else NCHW."""
     if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
         return torch.contiguous_format
@@ -38,7 +38,7 @@ def _concat_channels(a: Tensor, b: Tensor) -> Tensor:
         (a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:]),
         dtype=torch.result_type(a, b),
         device=a.device,
-        memory_format=memory_format_of(a),
+        memory_format=_memory_format(a),
     )
     joined[:, : a.shape[1]] = a
     joined[:, a.shape[1] :] = b
@@ -125,7 +125,7 @@ class _FeatureNormFunction(torch.autograd.Function):
         x, scale, mean, std, d = ctx.saved_tensors
         n = x.shape[2] * x.shape[3]
         # The kernel loses precision where dy's layout is not x's (NCHW against NHWC).
-        dy = dy.contiguous(memory_format=memory_format_of(x))
+        dy = dy.contiguous(memory_format=_memory_format(x))
         # r is free where std is 0 (x - mean is 0 there): 1 keeps it finite.
         r = torch.where(std > 0, torch.sqrt(n / (2 * (n - 1) * std)) / d, 1.0)
         g = scale / (d * r)

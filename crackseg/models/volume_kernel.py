@@ -31,7 +31,7 @@ LONG_CALL_S = 2.0
 IM2COL_MARGIN = 1.05
 
 
-def times_volume_kernels(device_type: str, precision: str, compile_mode: str | None) -> bool:
+def should_time_volume_kernels(device_type: str, precision: str, compile_mode: str | None) -> bool:
     """Whether ``model.volume_im2col: auto`` times the two kernels for a run on
     ``device_type`` in ``precision`` (else it keeps oneDNN's, and cuDNN's on a GPU)."""
     float32 = str(precision) in ("32", "32-true")
