@@ -73,6 +73,32 @@ def test_feature_norm_against_hand_computation():
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_feature_norm_gives_each_kernel_output_its_own_tensor(layout):
+    """The kernels' out= forms get a tensor per output, unused ones too: CUDA's batch norm
+    writes save_mean and save_invstd and normalises with them, so one tensor passed as both
+    normalised with the inverse deviation for the mean. The CPU's kernel leaves them be, so
+    the CUDA test alone (tests/test_gpu.py) would show it; this one runs everywhere."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    outputs = []
+
+    class RecordOutputs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            kwargs = kwargs or {}
+            if func._overloadname == "out":
+                outputs.append((func, [v for v in kwargs.values() if isinstance(v, torch.Tensor)]))
+            return func(*args, **kwargs)
+
+    norm, x, _ = feature_norm_case(torch.float32)
+    with RecordOutputs():
+        norm(x.detach().contiguous(memory_format=layout))
+    called = {str(func) for func, _ in outputs}
+    assert called == {"aten.batch_norm_update_stats.out", "aten.native_batch_norm.out"}
+    for func, tensors in outputs:
+        assert len({t._cdata for t in tensors}) == len(tensors) >= 2, func
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_fused_feature_norm_matches_the_plain_formula_values_and_gradients(layout):
     """In NCHW and NHWC alike (the kernels differ, and so does their float32 rounding)."""
     norm, x, upstream = feature_norm_case(torch.float32)

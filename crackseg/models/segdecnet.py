@@ -106,7 +106,11 @@ class _FeatureNormFunction(torch.autograd.Function):
             ):
                 torch.ops.aten.batch_norm_update_stats.out(piece, rm, rv, 0.0, out0=m, out1=v)
             std = torch.sqrt(variance * n / (n - 1))  # unbiased; NaN for one pixel, as torch.std
-            empty = torch.empty(0, device=x.device)
+            # Outputs unused here, yet two tensors: CUDA's kernel writes the mean into one, the
+            # inverse deviation into the other, then normalises with both.
+            unused = {
+                name: torch.empty(0, device=x.device) for name in ("save_mean", "save_invstd")
+            }
             for piece, piece_y, params in zip(
                 pieces,
                 _one_sample_pieces(y),
@@ -114,7 +118,7 @@ class _FeatureNormFunction(torch.autograd.Function):
                 strict=True,
             ):
                 torch.ops.aten.native_batch_norm.out(
-                    piece, *params, False, 0.0, 0.0, out=piece_y, save_mean=empty, save_invstd=empty
+                    piece, *params, False, 0.0, 0.0, out=piece_y, **unused
                 )
         ctx.save_for_backward(x, scale, mean, std, torch.sqrt(std + eps))
         return y
