@@ -195,6 +195,9 @@ def test_weak_runs_are_the_published_ones_everywhere():
     for overrides in (
         ["experiment=weakly_supervised"],
         ["+sweep=cfd_num_segmented", "data.num_segmented=0"],
+        ["+sweep=num_segmented", "data.num_segmented=0"],
+        ["experiment=cfd_tiles", "data.num_segmented=0"],
+        ["data.num_segmented=0"],
     ):
         cfg = _compose(*overrides)
         assert cfg.data.num_segmented == 0
