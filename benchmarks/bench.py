@@ -20,7 +20,8 @@ Prints one markdown table and writes its rows to benchmarks/results.json. Rows:
 Every row runs in a process of its own, so its peak memory is its own; a network's row
 imports neither Hydra nor Lightning there (the parent composes its arguments). ``--rows`` keeps the
 rows whose key (``--list`` shows them, e.g. ``segdec/640x232/b1/bf16/train``) matches one of
-the shell patterns. benchmarks/README.md explains the columns and the FLOP count.
+the shell patterns, in the order of the patterns (what matters most first, where a
+``--budget`` may stop the rest). benchmarks/README.md explains the columns and the FLOP count.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from crackseg.models.losses import decision_loss, segmentation_loss
 from crackseg.models.precision import cpu_bf16_features, cpu_model
 from crackseg.models.segdecnet import OUTPUT_STRIDE, SegDecNet
 from crackseg.runs.allocator import keep_freed_memory
+from crackseg.runs.resolvers import register_resolvers
 
 RESULTS = Path(__file__).with_name("results.json")
 #: Batch 16 on a GPU checks the estimate of benchmarks/README.md ("The seed run's cost").
@@ -130,6 +132,7 @@ class Result:
 def run_config(*overrides: str) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
+    register_resolvers()  # the configs' ${crackseg.*} interpolations, in a row's process too
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("train", overrides=list(overrides))
 
@@ -174,6 +177,8 @@ def timed(step: Callable[[], int], device: torch.device, timing: Timing) -> Resu
     for _ in range(timing.warmup):  # allocator, oneDNN/cuDNN kernel choice, compilation
         step()
     synchronize(device)
+    if device.type == "cuda":  # the steps' peak, not cuDNN's benchmark trials or compiling
+        torch.cuda.reset_peak_memory_stats(device)
     between_waits = 1
     if device.type == "cuda":
         between_waits = min(CUDA_STEPS_BETWEEN_WAITS, max(1, timing.min_steps))
@@ -510,7 +515,8 @@ FLOPS_NOTE = (
 MEMORY_NOTE = {
     "cpu": "growth of the row process's peak resident set (ru_maxrss) from before the network "
     "is built to the end of the timed steps",
-    "cuda": "torch.cuda.max_memory_allocated over the row (network, batch, activations)",
+    "cuda": "torch.cuda.max_memory_allocated over the timed steps, after the warm-up steps "
+    "(network, optimiser state, batch, activations; not cuDNN's benchmark trials)",
 }
 
 
@@ -573,7 +579,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", choices=["cpu", "cuda"], default=default_device)
     parser.add_argument("--quick", action="store_true", help="one step a row: checks, no timing")
-    parser.add_argument("--rows", nargs="+", metavar="PATTERN", help="keep matching row keys")
+    parser.add_argument(
+        "--rows", nargs="+", metavar="PATTERN", help="keep matching row keys, in this order"
+    )
     parser.add_argument("--list", action="store_true", help="list the row keys and exit")
     parser.add_argument("--channels-last", action="store_true", help="add channels_last rows")
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
@@ -652,7 +660,9 @@ def main(argv: list[str] | None = None) -> None:
         except CracksegError as error:  # an input size the network cannot take
             fail(str(error))
         if args.rows:
-            rows = [r for r in rows if any(fnmatch.fnmatchcase(r.key, p) for p in args.rows)]
+            # in the patterns' order, each row once (by identity: rows hold dicts)
+            matching = {id(r): r for p in args.rows for r in rows if fnmatch.fnmatchcase(r.key, p)}
+            rows = list(matching.values())
             if not rows:
                 fail(f"no row matches {' '.join(args.rows)} (--list shows the keys)")
         if args.list:

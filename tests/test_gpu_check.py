@@ -83,8 +83,9 @@ def test_a_spent_budget_skips_the_steps_and_fails(tmp_path):
 
 
 def test_a_bench_step_the_budget_cuts_short_keeps_its_rows_and_passes(tmp_path, monkeypatch):
-    """The compiled rows get what the budget leaves: running out of it is no failure; for
-    the eager rows (the peaks every "of peak" divides by) it is."""
+    """The compiled rows get what the budget leaves: running out of it is no failure once a
+    row was measured; with none measured the compiled path is not proven, and for the eager
+    rows (the peaks every "of peak" divides by) running out is a failure."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import gpu_check
 
@@ -93,12 +94,35 @@ def test_a_bench_step_the_budget_cuts_short_keeps_its_rows_and_passes(tmp_path, 
     command += ["--json", str(rows), "--rows", "conv15x15/*/fp32/peak", "--budget", "0"]
     clock = gpu_check.Clock(60)
     step = gpu_check.run_step("bench compiled", command, clock, tmp_path, may_run_out=True)
-    gpu_check.bench_detail(step, rows)
     assert step["status"] == "budget", step
+    gpu_check.bench_detail(step, rows)
+    assert step["status"] == "failed", step
     assert step["detail"] == "0 of 1 rows measured; the time budget stopped the others"
     (row,) = json.loads(rows.read_text())["rows"]
     assert row["cut_by_budget"] and row["error"].startswith("not run: the time budget")
     assert gpu_check.run_step("bench eager", command, clock, tmp_path)["status"] == "failed"
+
+    measured = {"model": "segdec", "images_per_s": 1.0}
+    rows.write_text(json.dumps({"rows": [measured, row]}))
+    step = {"status": "budget", "detail": ""}
+    gpu_check.bench_detail(step, rows)
+    assert step == {
+        "status": "budget",
+        "detail": "1 of 2 rows measured; the time budget stopped the others",
+    }
+
+
+def test_an_nvidia_gpu_torch_cannot_use_is_an_error_not_a_toy_pass(tmp_path, monkeypatch, capsys):
+    """A CPU build of torch on a GPU machine would otherwise pass at toy size on the CPU."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu_check, "nvidia_gpus_present", lambda: True)
+    assert gpu_check.main(["--json", str(tmp_path / "r.json")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: this machine has an NVIDIA GPU, but torch")
+    assert "install a CUDA build of torch" in error and not (tmp_path / "r.json").exists()
 
 
 def test_on_a_gpu_a_skipped_gpu_test_fails_its_step(monkeypatch, tmp_path):

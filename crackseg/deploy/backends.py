@@ -160,6 +160,8 @@ class TorchBackend:
         self.device = device
         self.bf16 = check_precision(precision) == "bf16"
         self.info = ModelInfo.of_module(module)
+        if device.type == "cuda":  # as training (trainer.benchmark): tiles share one size
+            torch.backends.cudnn.benchmark = True
         self.memory_format = torch.contiguous_format
         if prefers_channels_last(device.type, BF16 if self.bf16 else FLOAT32):
             self.memory_format = torch.channels_last
