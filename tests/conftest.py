@@ -23,6 +23,12 @@ SHARED = REPO.parent / "shared"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The configs' ${crackseg.*} interpolations, registered as the entry points register them, so
+# that a test composing conf/ with Hydra's compose API resolves them whatever ran before it.
+from crackseg.runs.resolvers import register_resolvers  # noqa: E402 (imports no torch)
+
+register_resolvers()
+
 #: A run small enough for a test: 64x128 images, 20+20 of them, 2 epochs.
 TINY = [
     "data.input_height=64",

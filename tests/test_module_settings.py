@@ -104,8 +104,10 @@ def test_the_saved_config_of_a_run_before_the_groups_builds_the_same_module():
 
 
 def _module_part(config: dict) -> DictConfig:
-    """The groups the module reads (the rest needs Hydra's runtime to resolve)."""
-    data = {k: config["data"][k] for k in ("input_channels", "input_height", "input_width")}
+    """The groups the module reads (the rest needs Hydra's runtime to resolve), and the data
+    keys they refer to (the loss's weak-run rule reads data.num_segmented)."""
+    keys = ("input_channels", "input_height", "input_width", "num_segmented")
+    data = {k: config["data"][k] for k in keys}
     groups = {k: config[k] for k in MODULE_GROUPS if k in config}
     return OmegaConf.create({**groups, "data": data})
 
