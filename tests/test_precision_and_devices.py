@@ -219,6 +219,12 @@ def test_auto_precision_on_a_gpu_leaves_cuda_uninitialised_in_the_launching_proc
         assert hardware.resolve_precision("auto", "auto") == chosen
         assert hardware.resolve_precision("auto", "gpu") == chosen
         assert asked.pop()[0] == sys.executable and not asked  # once: cached
+    # crackseg-predict device=cuda:1 precision=auto asks of that GPU
+    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 2)
+    answer["stdout"] = "1\n"
+    assert precision.native_precision("cuda", 1) == "bf16-mixed"
+    assert "torch.cuda.set_device(1)" in asked.pop()[-1] and not asked
+    assert precision.native_precision("cuda", 2) == "32-true" and not asked  # no such GPU
     precision.cuda_has_native_bf16.cache_clear()
 
 

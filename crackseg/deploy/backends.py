@@ -8,7 +8,6 @@ scaling) as metadata, written by ``crackseg-export``.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
@@ -287,11 +286,8 @@ def open_backend(
         if onnx_path:
             raise ConfigError("onnx_path is read by backend=onnx; drop it or set backend=onnx")
         torch_device = resolve_device(device)
-        if precision == "auto":
-            # of the GPU named (cuda:1), not of the current one
-            on_gpu = torch_device.type == "cuda"
-            with torch.cuda.device(torch_device) if on_gpu else contextlib.nullcontext():
-                native = native_precision(torch_device.type) == BF16
+        if precision == "auto":  # of the GPU named (cuda:1), not of the first one
+            native = native_precision(torch_device.type, torch_device.index or 0) == BF16
             precision = "bf16" if native else "32"
             log.info("precision: %s (precision=auto on this %s)", precision, torch_device.type)
         return TorchBackend(load_module(ckpt_path), torch_device, precision)

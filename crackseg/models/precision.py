@@ -69,21 +69,26 @@ def uses_cuda(accelerator: str) -> bool:
     )
 
 
-#: Asked in a child process: whether the first visible GPU computes in bf16 natively.
-_ASK_CUDA_BF16 = "import torch; print(int(torch.cuda.is_bf16_supported(including_emulation=False)))"
+#: Asked in a child process: whether visible GPU number {gpu} computes in bf16 natively.
+_ASK_CUDA_BF16 = (
+    "import torch; torch.cuda.set_device({gpu}); "
+    "print(int(torch.cuda.is_bf16_supported(including_emulation=False)))"
+)
 
 
 @cache
-def cuda_has_native_bf16() -> bool:
-    """Whether the GPU computes in bf16 natively. Where CUDA is not yet initialised in this
-    process, a child process answers, so that this one may still fork (1-2 s, once)."""
-    if torch.cuda.device_count() == 0:
+def cuda_has_native_bf16(gpu: int = 0) -> bool:
+    """Whether visible GPU number ``gpu`` computes in bf16 natively. Where CUDA is not yet
+    initialised in this process, a child process answers, so that this one may still fork
+    (1-2 s, once a GPU)."""
+    if torch.cuda.device_count() <= gpu:
         return False
     if torch.cuda.is_initialized():
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        with torch.cuda.device(gpu):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         asked = subprocess.run(
-            [sys.executable, "-c", _ASK_CUDA_BF16],
+            [sys.executable, "-c", _ASK_CUDA_BF16.format(gpu=gpu)],
             capture_output=True,
             text=True,
             timeout=300,
@@ -114,8 +119,9 @@ def use_channels_last(setting: bool | str, device_type: str, precision: str) -> 
     return bool(setting)
 
 
-def native_precision(accelerator: str) -> str:
-    """``bf16-mixed`` where the device computes in bf16 natively, else ``32-true``."""
+def native_precision(accelerator: str, gpu: int = 0) -> str:
+    """``bf16-mixed`` where the device (on CUDA, GPU number ``gpu``) computes in bf16
+    natively, else ``32-true``."""
     if not uses_cuda(accelerator):
         return BF16 if cpu_has_native_bf16() else FLOAT32
-    return BF16 if cuda_has_native_bf16() else FLOAT32
+    return BF16 if cuda_has_native_bf16(gpu) else FLOAT32
