@@ -32,6 +32,25 @@ def test_timing_the_kernels_leaves_the_network_and_the_random_state_as_they_were
     assert not net.volume_im2col
 
 
+def test_the_kernels_take_turns_so_that_a_burst_of_other_work_slows_both(monkeypatch):
+    """Warm-ups first, then direct and im2col alternately; each kernel's best call counts.
+    A slow call (here the second direct one, as under a loader worker starting) is
+    outweighed by that kernel's other call instead of deciding the choice."""
+    from crackseg.models import volume_kernel
+
+    calls, seconds = [], iter([1.5, 1.5, 1.0, 0.9, 5.0, 0.95])
+
+    def timed(conv, x, grad):
+        calls.append("im2col" if conv.im2col else "direct")
+        return next(seconds)
+
+    monkeypatch.setattr(volume_kernel, "_forward_backward_s", timed)
+    net = SegDecNet(**SMALL)
+    timing = time_volume_kernels(net.volume[0], net.volume_input_shape((1, 3, 64, 128)))
+    assert calls == ["direct", "im2col"] * 3
+    assert (timing.direct_s, timing.im2col_s) == (1.0, 0.9)
+
+
 def test_the_timing_keeps_im2col_where_it_is_faster_by_the_margin_and_says_so():
     faster = VolumeKernelTiming((1, 64, 29, 80), direct_s=1.2, im2col_s=1.0)
     tie = VolumeKernelTiming((1, 64, 29, 80), direct_s=1.02, im2col_s=1.0)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-#: Timed calls of each kernel after its warm-up call; one when a warm-up took this long (s).
+#: Timed calls of each kernel, taking turns after the warm-ups; one when a warm-up took this
+#: long (s).
 TIMED_CALLS = 2
 LONG_CALL_S = 2.0
 #: im2col is chosen only where it is this much faster: in a near tie the timing's noise
@@ -89,8 +90,9 @@ def time_volume_kernels(
     """Time both kernels of ``volume_conv`` (a VolumeConv2d) on an input of ``input_shape``
     in its dtype and in ``layout`` (the network's), on a copy: the network's weights and
     gradients and the global random state are left as they were. Each kernel is called once
-    to warm up (oneDNN builds its primitive on the first call), then the best of
-    :data:`TIMED_CALLS` counts."""
+    to warm up (oneDNN builds its primitive on the first call), then the two take turns for
+    :data:`TIMED_CALLS` calls each, the best counting: a burst of other work on the machine
+    (a loader worker starting) then slows both, rather than the one timed during it."""
     conv = copy.deepcopy(volume_conv)  # no new initialisation: the random state is kept
     conv.im2col_in_float32_training_on_cpu = False
     conv = conv.to(memory_format=layout)
@@ -101,10 +103,13 @@ def time_volume_kernels(
     out_shape = (input_shape[0], conv.out_channels, *input_shape[2:])  # 'same' padding
     grad = torch.randn(out_shape, generator=generator, dtype=weight.dtype)
     grad = grad.to(weight.device, memory_format=layout)
-    seconds = {}
-    for im2col in (False, True):
+
+    def call(im2col: bool) -> float:
         conv.im2col = im2col
-        warm_up = _forward_backward_s(conv, x, grad)
-        calls = 1 if warm_up > LONG_CALL_S else TIMED_CALLS
-        seconds[im2col] = min(_forward_backward_s(conv, x, grad) for _ in range(calls))
-    return VolumeKernelTiming(tuple(input_shape), seconds[False], seconds[True])
+        return _forward_backward_s(conv, x, grad)
+
+    warm_up = max(call(False), call(True))
+    rounds = 1 if warm_up > LONG_CALL_S else TIMED_CALLS
+    timed = [(call(False), call(True)) for _ in range(rounds)]  # direct, then im2col
+    direct_s, im2col_s = (min(column) for column in zip(*timed, strict=True))
+    return VolumeKernelTiming(tuple(input_shape), direct_s, im2col_s)
