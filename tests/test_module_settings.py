@@ -77,6 +77,9 @@ def test_a_config_builds_its_groups():
 def test_the_saved_config_of_a_run_before_the_groups_builds_the_same_module():
     cfg = _compose("loss.delta_cls=0.2", "data.input_height=64", "data.input_width=128")
     old = OmegaConf.to_container(cfg)  # what a run saved in .hydra/config.yaml, unresolved
+    # before the weak-run rule: the two switches plain, no loss.weak_gradient_adjustment
+    del old["loss"]["weak_gradient_adjustment"]
+    old["loss"] |= {"dynamic_balance": True, "gradient_adjustment": True}
     old["model"] = {
         "_target_": "crackseg.models.lit_segdec.SegDecModule",
         "_recursive_": False,
@@ -105,8 +108,9 @@ def test_the_saved_config_of_a_run_before_the_groups_builds_the_same_module():
 
 def _module_part(config: dict) -> DictConfig:
     """The groups the module reads (the rest needs Hydra's runtime to resolve), and the data
-    keys they refer to (the loss's weak-run rule reads data.num_segmented)."""
-    keys = ("input_channels", "input_height", "input_width", "num_segmented")
+    keys they refer to (the loss's weak-run rule reads data.num_segmented and
+    data.extra_segmented)."""
+    keys = ("input_channels", "input_height", "input_width", "num_segmented", "extra_segmented")
     data = {k: config["data"][k] for k in keys}
     groups = {k: config[k] for k in MODULE_GROUPS if k in config}
     return OmegaConf.create({**groups, "data": data})

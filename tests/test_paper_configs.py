@@ -197,6 +197,7 @@ def test_weak_runs_are_the_published_ones_everywhere():
         ["+sweep=cfd_num_segmented", "data.num_segmented=0"],
         ["+sweep=num_segmented", "data.num_segmented=0"],
         ["experiment=cfd_tiles", "data.num_segmented=0"],
+        ["experiment=seed_crack_segmentation", "data.num_segmented=0"],
         ["data.num_segmented=0"],
     ):
         cfg = _compose(*overrides)
@@ -230,6 +231,17 @@ def test_table_4_row_14_is_a_published_weak_run_not_a_departure():
         cfg = _compose(f"+sweep=paper_{dataset}_components", "table4_row=14")
         assert (cfg.data.num_segmented, cfg.loss.dynamic_balance) == (0, True)
         assert weak_run_departures(cfg) == []
+
+
+def test_masks_drawn_from_a_weak_ranking_make_no_weak_run():
+    """data.num_segmented=0 with data.extra_segmented.ranking trains on the drawn masks: both
+    switches on, and the adjustment off is no departure from a weak run."""
+    drawn = ["data.num_segmented=0", "data.extra_segmented.ranking=weak_ranking.csv"]
+    cfg = _compose(*drawn)
+    assert (cfg.loss.gradient_adjustment, cfg.loss.dynamic_balance) == (True, True)
+    off = _compose(*drawn, "loss.weak_gradient_adjustment=off")
+    assert off.loss.gradient_adjustment is True and weak_run_departures(off) == []
+    assert weak_run_departures(_compose(*drawn, "loss.gradient_adjustment=false")) == []
 
 
 def test_adjustment_turned_off_by_its_own_key_is_named_too():

@@ -413,6 +413,8 @@ def weak_run_departures(cfg: Any) -> list[str]:
     summary names such jobs too."""
     if OmegaConf.select(cfg, "data.num_segmented", default=None) != 0:
         return []
+    if OmegaConf.select(cfg, "data.extra_segmented.ranking", default=None):
+        return []  # masks drawn from a ranking: no weak run
     if OmegaConf.select(cfg, "loss.gradient_adjustment", default=True) is not False:
         return []
     return [

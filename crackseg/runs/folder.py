@@ -103,6 +103,7 @@ MIRRORED_KEYS = (
 ADDED_KEYS = {
     "validation_schedule": "every_n",
     "callbacks.validate_on_last_epoch.schedule": "every_n",
+    "loss.weak_gradient_adjustment": "published",
 }
 
 

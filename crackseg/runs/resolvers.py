@@ -9,9 +9,9 @@ there, before the log file and ``.hydra/`` are written (crackseg.runs.folder);
 (``crackseg.dirname``, its name part, is what folders of earlier sweeps recorded);
 ``${crackseg.local_jobs:N}`` (conf/hydra/launcher/local_parallel.yaml) sizes a local
 parallel sweep. The settings of the paper's runs that change with another setting
-(docs/method.md §10): ``${crackseg.any_segmented:N}`` (dynamic balance off in weak runs),
-``${crackseg.weak_adjustment:N,CHOICE}`` (gradient-flow adjustment: on everywhere as
-published, or off in weak runs with ``loss.weak_gradient_adjustment=off``),
+(docs/method.md §10): ``${crackseg.any_segmented:N,RANKING}`` (dynamic balance off in weak
+runs), ``${crackseg.weak_adjustment:N,CHOICE,RANKING}`` (gradient-flow adjustment: on
+everywhere as published, or off in weak runs with ``loss.weak_gradient_adjustment=off``),
 ``${crackseg.if_weak:N,WEAK,OTHERWISE}`` (KSDD's learning rate and δ at N = 0),
 ``${crackseg.severstal_epochs:TRAINING_POSITIVES}``, ``${crackseg.table4:ROW,SWITCH}`` and
 ``${crackseg.table4_segmented:ROW,MIXED_N}`` (the rows of the paper's Table 4), and
@@ -152,9 +152,11 @@ def _local_jobs(default: int) -> int:
     return local_jobs(default)
 
 
-def any_segmented(num_segmented: int | None) -> bool:
-    """Whether a run keeps any pixel mask (``data.num_segmented`` not 0; null keeps all)."""
-    return num_segmented is None or int(num_segmented) > 0
+def any_segmented(num_segmented: int | None, extra_ranking: str | None = None) -> bool:
+    """Whether a run trains on any pixel mask: ``data.num_segmented`` not 0 (null keeps all),
+    or weak positives drawn from a ranking (``data.extra_segmented.ranking``). A run without
+    is weak."""
+    return num_segmented is None or int(num_segmented) > 0 or bool(extra_ranking)
 
 
 def if_weak(num_segmented: int | None, weak: object, otherwise: object) -> object:
@@ -168,14 +170,16 @@ def if_weak(num_segmented: int | None, weak: object, otherwise: object) -> objec
 WEAK_ADJUSTMENT_CHOICES = ("published", "off")
 
 
-def weak_adjustment(num_segmented: int | None, choice: str) -> bool:
+def weak_adjustment(
+    num_segmented: int | None, choice: str, extra_ranking: str | None = None
+) -> bool:
     """Gradient-flow adjustment of a run: on, except in a weak run with ``choice`` ``off``."""
     if choice not in WEAK_ADJUSTMENT_CHOICES:
         raise ConfigError(
             f"loss.weak_gradient_adjustment must be {' or '.join(WEAK_ADJUSTMENT_CHOICES)}, "
             f"not {choice!r}"
         )
-    return any_segmented(num_segmented) or choice == "published"
+    return any_segmented(num_segmented, extra_ranking) or choice == "published"
 
 
 #: Severstal's epochs by training positives: as published for the curve's four sizes
