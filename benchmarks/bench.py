@@ -132,7 +132,7 @@ class Result:
 def run_config(*overrides: str) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
-    register_resolvers()  # the configs' ${crackseg.*} interpolations, in a row's process too
+    register_resolvers()  # the configs' ${crackseg.*} interpolations (a row's process too)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("train", overrides=list(overrides))
 

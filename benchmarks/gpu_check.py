@@ -295,14 +295,15 @@ def run_detail(step: dict, run_dir: Path) -> None:
 
 
 def bench_detail(step: dict, json_path: Path) -> None:
-    if step["status"] in ("passed", "budget") and json_path.is_file():
-        rows = json.loads(json_path.read_text())["rows"]
-        measured = [r for r in rows if "error" not in r]
-        step["detail"] = f"{len(measured)} of {len(rows)} rows measured"
-        if step["status"] == "budget":
-            step["detail"] += "; the time budget stopped the others"
-            if not measured:  # nothing compiled ran: the path is not proven
-                step["status"] = "failed"
+    if step["status"] not in ("passed", "budget"):
+        return
+    rows = json.loads(json_path.read_text())["rows"] if json_path.is_file() else []
+    measured = [r for r in rows if "error" not in r]
+    step["detail"] = f"{len(measured)} of {len(rows)} rows measured"
+    if step["status"] == "budget":
+        step["detail"] += "; the time budget stopped the others"
+        if not measured:  # nothing compiled ran: the path is not proven
+            step["status"] = "failed"
 
 
 def bench_rows(*paths: Path) -> list[dict]:
@@ -344,11 +345,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
-    if not torch.cuda.is_available() and nvidia_gpus_present() and not args.toy:
+    if torch.version.cuda is None and nvidia_gpus_present() and not args.toy:
         print(
-            f"error: this machine has an NVIDIA GPU, but torch {torch.__version__} cannot use "
-            f"it (built with CUDA {torch.version.cuda}): install a CUDA build of torch "
-            "(rm -rf .venv && make install), or run --toy to check the script on the CPU",
+            f"error: this machine has an NVIDIA GPU, but torch {torch.__version__} is a CPU "
+            "build: install a CUDA build of torch (rm -rf .venv && make install), or run "
+            "--toy to check the script on the CPU",
             file=sys.stderr,
         )
         return 2

@@ -10,13 +10,13 @@ from conftest import REPO
 
 GPU_CHECK = REPO / "benchmarks" / "gpu_check.py"
 STEPS = ["gpu tests", "bench eager", "ddp", "seed epoch", "bench compiled"]
-#: Without a GPU: toy sizes on the CPU, whatever the machine has.
+#: Toy sizes on the CPU, whatever the machine has (--toy too, for a machine with a GPU).
 CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
 
 
 def gpu_check(tmp_path, *argv: str) -> subprocess.CompletedProcess:
     command = [sys.executable, str(GPU_CHECK), "--json", str(tmp_path / "results-gpu.json")]
-    command += ["--work-dir", str(tmp_path / "work"), *argv]
+    command += ["--work-dir", str(tmp_path / "work"), "--toy", *argv]
     return subprocess.run(
         command, capture_output=True, text=True, cwd=REPO, env=CPU_ONLY, timeout=400
     )
@@ -117,11 +117,12 @@ def test_an_nvidia_gpu_torch_cannot_use_is_an_error_not_a_toy_pass(tmp_path, mon
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import gpu_check
 
-    monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu_check.torch.version, "cuda", None)
     monkeypatch.setattr(gpu_check, "nvidia_gpus_present", lambda: True)
     assert gpu_check.main(["--json", str(tmp_path / "r.json")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: this machine has an NVIDIA GPU, but torch")
+    assert "is a CPU build" in error
     assert "install a CUDA build of torch" in error and not (tmp_path / "r.json").exists()
 
 

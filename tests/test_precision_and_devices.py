@@ -215,7 +215,7 @@ def test_auto_precision_on_a_gpu_leaves_cuda_uninitialised_in_the_launching_proc
     monkeypatch.setattr(precision.subprocess, "run", child)
     for stdout, chosen in (("1\n", "bf16-mixed"), ("0\n", "32-true"), ("", "32-true")):
         answer["stdout"] = stdout
-        precision.cuda_has_native_bf16.cache_clear()
+        precision._ask_cuda_bf16.cache_clear()
         assert hardware.resolve_precision("auto", "auto") == chosen
         assert hardware.resolve_precision("auto", "gpu") == chosen
         assert asked.pop()[0] == sys.executable and not asked  # once: cached
@@ -225,7 +225,7 @@ def test_auto_precision_on_a_gpu_leaves_cuda_uninitialised_in_the_launching_proc
     assert precision.native_precision("cuda", 1) == "bf16-mixed"
     assert "torch.cuda.set_device(1)" in asked.pop()[-1] and not asked
     assert precision.native_precision("cuda", 2) == "32-true" and not asked  # no such GPU
-    precision.cuda_has_native_bf16.cache_clear()
+    precision._ask_cuda_bf16.cache_clear()
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):

@@ -76,16 +76,20 @@ _ASK_CUDA_BF16 = (
 )
 
 
-@cache
-def cuda_has_native_bf16(gpu: int = 0) -> bool:
-    """Whether visible GPU number ``gpu`` computes in bf16 natively. Where CUDA is not yet
-    initialised in this process, a child process answers, so that this one may still fork
-    (1-2 s, once a GPU)."""
-    if torch.cuda.device_count() <= gpu:
+def cuda_has_native_bf16(gpu: int | None = None) -> bool:
+    """Whether a GPU computes in bf16 natively: visible GPU number ``gpu``, or the current
+    one (None). Where CUDA is not yet initialised in this process, a child process answers,
+    so that this one may still fork (1-2 s, once a GPU)."""
+    if torch.cuda.device_count() <= (gpu or 0):
         return False
-    if torch.cuda.is_initialized():
-        with torch.cuda.device(gpu):
+    if torch.cuda.is_initialized():  # asking costs nothing here
+        with torch.cuda.device(gpu):  # None: the current one
             return torch.cuda.is_bf16_supported(including_emulation=False)
+    return _ask_cuda_bf16(gpu or 0)
+
+
+@cache
+def _ask_cuda_bf16(gpu: int) -> bool:
     try:
         asked = subprocess.run(
             [sys.executable, "-c", _ASK_CUDA_BF16.format(gpu=gpu)],
@@ -119,9 +123,9 @@ def use_channels_last(setting: bool | str, device_type: str, precision: str) -> 
     return bool(setting)
 
 
-def native_precision(accelerator: str, gpu: int = 0) -> str:
-    """``bf16-mixed`` where the device (on CUDA, GPU number ``gpu``) computes in bf16
-    natively, else ``32-true``."""
+def native_precision(accelerator: str, gpu: int | None = None) -> str:
+    """``bf16-mixed`` where the device (on CUDA, visible GPU number ``gpu``, or the current
+    one) computes in bf16 natively, else ``32-true``."""
     if not uses_cuda(accelerator):
         return BF16 if cpu_has_native_bf16() else FLOAT32
     return BF16 if cuda_has_native_bf16(gpu) else FLOAT32

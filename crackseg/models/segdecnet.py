@@ -202,8 +202,8 @@ class VolumeConv2d(nn.Conv2d):
     ``im2col_in_float32_training_on_cpu`` only where ``auto`` timed it faster: in training
     (with gradients) on a float32 input on a CPU (outside autocast), so a model trained so
     still runs cuDNN's kernel on a GPU and oneDNN's in bf16, and oneDNN's without gradients
-    (validation, crackseg-eval and crackseg-predict), where im2col is no faster (its
-    backward is what gains) and its unfolded batch holds ~2 GB more at batch 16."""
+    (validation, crackseg-eval and crackseg-predict), where im2col gains little or loses
+    (its backward is what gains) and its unfolded batch holds ~2 GB more at batch 16."""
 
     im2col = False
     im2col_in_float32_training_on_cpu = False

@@ -12,7 +12,7 @@ picks its own kernels) nor deterministic (a timed choice may differ between two 
 im2col must win by :data:`IM2COL_MARGIN`, and its choice holds for training on float32
 inputs on a CPU alone (``VolumeConv2d.im2col_in_float32_training_on_cpu``): a model trained
 so runs cuDNN's kernel on a GPU, oneDNN's in bf16, and oneDNN's without gradients (forward
-alone, im2col was no faster: 254 against 262 ms at batch 1, 8 % slower at batch 16).
+alone, im2col was within the margin at batch 1, 254 against 262 ms, and 8 % slower at 16).
 """
 
 from __future__ import annotations
