@@ -270,6 +270,36 @@ def test_each_backend_needs_its_own_model_file():
         open_backend("onnx", None, "m.onnx", "cpu", "bf16")
 
 
+@pytest.mark.parametrize(
+    ("trained", "native", "expected"),
+    [
+        ("bf16-mixed", True, "bf16"),
+        ("bf16-mixed", False, "32"),  # emulated bf16 would be slower than float32
+        ("32-true", True, "32"),
+        ("16-mixed", True, "32"),
+        (None, True, "bf16"),  # a checkpoint that does not say: the device's own
+        (None, False, "32"),
+    ],
+)
+def test_precision_auto_predicts_as_the_checkpoint_trained(monkeypatch, trained, native, expected):
+    from crackseg.deploy import backends
+
+    own = "bf16-mixed" if native else "32-true"
+    monkeypatch.setattr(backends, "native_precision", lambda device_type, gpu=None: own)
+    assert backends.prediction_precision(trained, torch.device("cpu")) == expected
+
+
+def test_precision_auto_is_the_default_and_reads_the_checkpoint(tiny_checkpoint, monkeypatch):
+    """As crackseg-eval: the tiny run trained in 32-true predicts in float32, even where the
+    device computes in bf16 natively."""
+    from crackseg.deploy import backends
+
+    monkeypatch.setattr(backends, "native_precision", lambda device_type, gpu=None: "bf16-mixed")
+    assert OmegaConf.load(REPO / "conf" / "predict.yaml").precision == "auto"
+    assert not open_backend("torch", str(tiny_checkpoint), None, "cpu", "auto").bf16
+    assert open_backend("torch", str(tiny_checkpoint), None, "cpu", "bf16").bf16
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_cuda_without_a_gpu_is_refused():
     with pytest.raises(ConfigError, match="no CUDA GPU"):

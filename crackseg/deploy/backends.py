@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from crackseg import __version__
 from crackseg.errors import ConfigError, CracksegError
-from crackseg.models.checkpoint import load_module, thresholds
+from crackseg.models.checkpoint import load_module, thresholds, trained_run_config
 from crackseg.models.precision import BF16, FLOAT32, native_precision, prefers_channels_last
 
 if TYPE_CHECKING:
@@ -140,6 +141,23 @@ def resolve_device(name: str) -> torch.device:
                 f"device={name} but there are {count} CUDA GPUs (cuda:0..{count - 1})"
             )
     return device
+
+
+def prediction_precision(trained: str | None, device: torch.device) -> str:
+    """``precision=auto``: as the checkpoint was trained (``trained``, its run's
+    ``trainer.precision``), as crackseg-eval evaluates it, so that predictions meet the
+    thresholds its validation chose: bf16 where it trained in bf16 and this device computes
+    in bf16 natively (elsewhere bf16 is emulated, slower than float32), else float32; for a
+    checkpoint that does not say, bf16 where the device computes in it natively."""
+    # of the GPU named (cuda:1), not of the first one
+    native = native_precision(device.type, device.index) == BF16
+    if trained is None:
+        chosen, why = ("bf16" if native else "32"), f"natively on this {device.type}"
+    else:
+        bf16 = str(trained).startswith("bf16") and native
+        chosen, why = ("bf16" if bf16 else "32"), f"the checkpoint trained in {trained}"
+    log.info("precision: %s (precision=auto: %s)", chosen, why)
+    return chosen
 
 
 def check_precision(precision: Any) -> str:
@@ -286,11 +304,11 @@ def open_backend(
         if onnx_path:
             raise ConfigError("onnx_path is read by backend=onnx; drop it or set backend=onnx")
         torch_device = resolve_device(device)
-        if precision == "auto":  # of the GPU named (cuda:1), not of the first one
-            native = native_precision(torch_device.type, torch_device.index or 0) == BF16
-            precision = "bf16" if native else "32"
-            log.info("precision: %s (precision=auto on this %s)", precision, torch_device.type)
-        return TorchBackend(load_module(ckpt_path), torch_device, precision)
+        module = load_module(ckpt_path)
+        if precision == "auto":
+            trained = OmegaConf.select(trained_run_config(module), "trainer.precision")
+            precision = prediction_precision(trained, torch_device)
+        return TorchBackend(module, torch_device, precision)
     if backend == "onnx":
         if not onnx_path:
             raise ConfigError("backend=onnx needs onnx_path=PATH.onnx (written by crackseg-export)")
