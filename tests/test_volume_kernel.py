@@ -64,10 +64,9 @@ def test_the_timing_keeps_im2col_where_it_is_faster_by_the_margin_and_says_so():
     assert slower.summary().startswith("volume convolution: oneDNN's direct convolution, 1.10x")
 
 
-def test_the_timed_choice_holds_for_float32_training_on_a_cpu_alone():
+def test_the_timed_choice_holds_for_float32_on_a_cpu_alone():
     """A model whose run timed im2col faster (in float32 on a CPU) runs the direct
-    convolution in bf16, where oneDNN's AMX kernel is the faster, as on a GPU, and without
-    gradients (validation, eval, predict), where im2col is no faster and holds far more."""
+    convolution in bf16, where oneDNN's AMX kernel is the faster, as on a GPU."""
     from helpers.volume_nodes import record_volume_nodes
 
     net = SegDecNet(**SMALL)
@@ -78,12 +77,6 @@ def test_the_timed_choice_holds_for_float32_training_on_a_cpu_alone():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         net(x)
     assert nodes == ["SlowConv2DBackward0", "ConvolutionBackward0"]
-    volume = net.volume[0]
-    volume_input = torch.rand(1, volume.in_channels, 8, 16)
-    with torch.no_grad(), torch.profiler.profile() as profile:
-        volume(volume_input)
-    operators = {event.name for event in profile.events()}
-    assert "aten::mkldnn_convolution" in operators and "aten::thnn_conv2d" not in operators
 
 
 def test_the_kernels_are_timed_in_float32_on_a_cpu_only():

@@ -257,7 +257,7 @@ class SegDecModule(pl.LightningModule):
     # -- what checkpoints carry beyond the weights; the kernel auto chooses ------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every checkpoint carries the volume convolution's kernel (what ``auto`` chose), so
-        a resumed run trains as the run did. A checkpoint taken mid-epoch
+        a resumed run and a prediction compute as the run did. A checkpoint taken mid-epoch
         (a stop signal) carries the epoch's running sums, so the resumed epoch logs the mean
         of all its batches, not only of those after it."""
         if self.speed.volume_im2col == "auto" and self._volume_kernel_chosen:

@@ -198,15 +198,14 @@ class VolumeConv2d(nn.Conv2d):
     and im2col 76 %, but on an 80x80 map oneDNN was 12 % faster (benchmarks/README.md). The
     parameters, and so the checkpoint keys, are nn.Conv2d's.
 
-    ``im2col`` runs it so always (``model.volume_im2col=true``);
-    ``im2col_in_float32_training_on_cpu`` only where ``auto`` timed it faster: in training
-    (with gradients) on a float32 input on a CPU (outside autocast), so a model trained so
-    still runs cuDNN's kernel on a GPU and oneDNN's in bf16, and oneDNN's without gradients
-    (validation, crackseg-eval and crackseg-predict), where im2col gains little or loses
-    (its backward is what gains) and its unfolded batch holds ~2 GB more at batch 16."""
+    ``im2col`` runs it so always (``model.volume_im2col=true``); ``im2col_in_float32_on_cpu``
+    only where ``auto`` timed it faster: on a float32 input on a CPU (outside autocast), so a
+    model trained so still runs cuDNN's kernel on a GPU and oneDNN's in bf16. Inference keeps
+    the choice: forward alone im2col tied at batch 1 and was 16 % faster at batch 16, though
+    its unfolded batch holds ~1.9 GB more there (benchmarks/README.md)."""
 
     im2col = False
-    im2col_in_float32_training_on_cpu = False
+    im2col_in_float32_on_cpu = False
 
     def uses_im2col(self, x: Tensor) -> bool:
         if torch.compiler.is_compiling():  # the compiler picks its own
@@ -214,8 +213,7 @@ class VolumeConv2d(nn.Conv2d):
         if self.im2col:
             return True
         return (
-            self.im2col_in_float32_training_on_cpu
-            and torch.is_grad_enabled()
+            self.im2col_in_float32_on_cpu
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")
@@ -368,13 +366,13 @@ class SegDecNet(nn.Module):
 
     @property
     def timed_volume_im2col(self) -> bool:
-        """``model.volume_im2col=auto``'s choice: im2col in training on a float32 input on a
-        CPU, where it was timed faster (:class:`VolumeConv2d`); off unless set."""
-        return self.volume[0].im2col_in_float32_training_on_cpu
+        """``model.volume_im2col=auto``'s choice: im2col for a float32 input on a CPU, where
+        it was timed faster (:class:`VolumeConv2d`); off unless set."""
+        return self.volume[0].im2col_in_float32_on_cpu
 
     @timed_volume_im2col.setter
     def timed_volume_im2col(self, on: bool) -> None:
-        self.volume[0].im2col_in_float32_training_on_cpu = on
+        self.volume[0].im2col_in_float32_on_cpu = on
 
     def volume_input_shape(self, image_shape: Sequence[int]) -> tuple[int, int, int, int]:
         """The shape of the volume convolution's input for a batch of ``image_shape``

@@ -9,10 +9,9 @@ network 1.18x faster at 640x232 and batch 1, but the convolution alone was 10 % 
 the 20x20 map of 160x160 tiles at batch 4 (benchmarks/README.md). Timed only where im2col
 has a chance and the timing may decide: float32 on a CPU, neither compiled (the compiler
 picks its own kernels) nor deterministic (a timed choice may differ between two runs).
-im2col must win by :data:`IM2COL_MARGIN`, and its choice holds for training on float32
-inputs on a CPU alone (``VolumeConv2d.im2col_in_float32_training_on_cpu``): a model trained
-so runs cuDNN's kernel on a GPU, oneDNN's in bf16, and oneDNN's without gradients (forward
-alone, im2col was within the margin at batch 1, 254 against 262 ms, and 8 % slower at 16).
+im2col must win by :data:`IM2COL_MARGIN`, and its choice holds for float32 inputs on a CPU
+alone (``VolumeConv2d.im2col_in_float32_on_cpu``): a model trained so runs cuDNN's kernel
+on a GPU and oneDNN's in bf16.
 """
 
 from __future__ import annotations
@@ -94,7 +93,7 @@ def time_volume_kernels(
     :data:`TIMED_CALLS` calls each, the best counting: a burst of other work on the machine
     (a loader worker starting) then slows both, rather than the one timed during it."""
     conv = copy.deepcopy(volume_conv)  # no new initialisation: the random state is kept
-    conv.im2col_in_float32_training_on_cpu = False
+    conv.im2col_in_float32_on_cpu = False
     conv = conv.to(memory_format=layout)
     weight = conv.weight
     generator = torch.Generator().manual_seed(0)
