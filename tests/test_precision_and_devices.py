@@ -10,41 +10,23 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from helpers.bf16_bounds import FLOAT32_NOISE, bf16_relative_bound, on_bf16_grid
+from helpers.tiny_module import crack_batch, crack_loader, tiny_module
 from helpers.volume_nodes import record_volume_nodes
-from torch.utils.data import DataLoader
 
 from crackseg.models import precision
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.module_settings import InputShape, SpeedSettings
+from crackseg.models.module_settings import SpeedSettings
 from crackseg.runs import hardware
-
-NET = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
-
-
-def _batch(size: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(size, 1, 64, 128)
-    mask[: size // 2, 0, 8:56, 60:63] = 1  # half the batch has a thin vertical crack
-    image = torch.rand(size, 3, 64, 128, generator=generator) * 0.5 + mask * 0.4
-    return {
-        "image": image,
-        "mask": mask,
-        "weight": torch.ones_like(mask),
-        "label": (mask.amax(dim=(1, 2, 3)) > 0).float(),
-        "segmented": torch.ones(size, dtype=torch.bool),
-        "mask_known": torch.ones(size, dtype=torch.bool),
-        "index": torch.arange(size),
-    }
 
 
 def _losses(precision: str, steps: int = 6) -> tuple[list[float], SegDecModule]:
     """The first training losses on one batch, the network running in ``precision``."""
     torch.manual_seed(0)
-    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    module = tiny_module()
     module.log = lambda *args, **kwargs: None
     module.loss_weights = lambda: (1.0, 0.1)
     optimizer = module.configure_optimizers()
-    batch = _batch()
+    batch = crack_batch()
     losses = []
     for _ in range(steps):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -71,12 +53,6 @@ def test_first_bf16_loss_lies_within_what_bf16_rounds_of_float32():
     assert not all(on_bf16_grid(loss) for loss in bf16)
     assert float32[-1] < 0.5 * float32[0]
     assert bf16[-1] < 0.5 * bf16[0]
-
-
-def _loader() -> DataLoader:
-    """The four samples of ``_batch`` in batches of two."""
-    items = [{k: v[i] for k, v in _batch(4).items()} for i in range(4)]
-    return DataLoader(items, batch_size=2)
 
 
 def _one_epoch_trainer(callback: pl.Callback, **settings) -> pl.Trainer:
@@ -133,10 +109,10 @@ class _NoSyncInSteps(pl.Callback):
 def test_the_training_step_never_waits_for_the_device():
     """On a GPU a value read back from a tensor stalls the queue every step; here every such
     read is refused while Lightning runs the step, its logging, backward and the update."""
-    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    module = tiny_module()
     watch = _NoSyncInSteps()
     trainer = _one_epoch_trainer(watch, limit_val_batches=0)
-    trainer.fit(module, _loader())
+    trainer.fit(module, crack_loader())
     assert watch.steps == 2
     assert trainer.callback_metrics["train/loss"] > 0
 
@@ -162,11 +138,11 @@ class _Dtypes(pl.Callback):
 
 
 def test_bf16_mixed_runs_the_network_in_bf16_in_every_stage_and_the_loss_in_float32():
-    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    module = tiny_module()
     dtypes = _Dtypes(module)
     trainer = _one_epoch_trainer(dtypes, precision="bf16-mixed", num_sanity_val_steps=0)
-    trainer.fit(module, _loader(), _loader())
-    trainer.test(module, _loader(), verbose=False)
+    trainer.fit(module, crack_loader(), crack_loader())
+    trainer.test(module, crack_loader(), verbose=False)
     bf16 = {torch.bfloat16}
     assert dtypes.seen == {"train": bf16, "validate": bf16, "test": bf16, "loss": {torch.float32}}
 
@@ -269,11 +245,11 @@ class _Layouts(pl.Callback):
 @pytest.mark.parametrize("run_precision", ["bf16-mixed", "32-true"])
 def test_a_run_on_an_amx_cpu_trains_channels_last_in_bf16(monkeypatch, run_precision):
     monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ["avx512_bf16", "amx_bf16"])
-    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    module = tiny_module()
     assert module.speed.channels_last == "auto" and not module.channels_last
     layouts = _Layouts(module)
     trainer = _one_epoch_trainer(layouts, precision=run_precision, num_sanity_val_steps=0)
-    trainer.fit(module, _loader(), _loader())
+    trainer.fit(module, crack_loader(), crack_loader())
     bf16 = run_precision == "bf16-mixed"
     assert module.channels_last is bf16 and layouts.seen == {bf16}
     weight = module.net.volume[0].weight
@@ -287,12 +263,12 @@ def test_model_volume_im2col_trains_the_volume_as_im2col(run_precision):
     model summary, which runs the network under torch's FLOP counter (which once failed on
     that operator), counts it."""
     speed = SpeedSettings(volume_im2col=True)
-    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128), speed=speed)
+    module = tiny_module(speed=speed)
     assert module.net.volume_im2col
     volume_nodes = record_volume_nodes(module.net)
     settings = {"precision": run_precision, "num_sanity_val_steps": 0}
     trainer = _one_epoch_trainer(pl.Callback(), enable_model_summary=True, **settings)
-    trainer.fit(module, _loader(), _loader())
+    trainer.fit(module, crack_loader(), crack_loader())
     assert set(volume_nodes) == {"SlowConv2DBackward0", "NoneType"}  # training, validation
 
 
@@ -317,12 +293,12 @@ def test_model_volume_im2col_auto_keeps_the_kernel_timed_faster_at_the_first_bat
         return VolumeKernelTiming(tuple(shape), 2.0, 1.0 if im2col_faster else 3.0)
 
     monkeypatch.setattr(lit_segdec, "time_volume_kernels", timing)
-    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    module = tiny_module()
     assert module.speed.volume_im2col == "auto" and not module.net.timed_volume_im2col
     volume_nodes = record_volume_nodes(module.net)
     settings = {"precision": run_precision, "num_sanity_val_steps": 0}
     trainer = _one_epoch_trainer(pl.Callback(), **settings)
-    trainer.fit(module, _loader(), _loader())
+    trainer.fit(module, crack_loader(), crack_loader())
     assert shapes == ([(2, 16, 8, 16)] if timed else [])  # once, the volume's input
     im2col = im2col_faster and timed
     step_node = "SlowConv2DBackward0" if im2col else "ConvolutionBackward0"
@@ -358,7 +334,7 @@ def test_under_ddp_every_process_takes_the_first_processs_timed_kernel(monkeypat
         world_size=2,
         strategy=SimpleNamespace(broadcast=from_first_process),
     )
-    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    module = tiny_module()
     module._trainer = rank1
     module.on_train_batch_start({"image": torch.zeros(2, 3, 64, 128)}, 0)
     assert broadcast == [(False, 0)] and module.net.timed_volume_im2col
@@ -369,12 +345,12 @@ def test_an_auto_run_resumed_from_a_checkpoint_saved_before_auto_keeps_its_kerne
     """A checkpoint written before ``model.volume_im2col=auto`` (its setting true or false,
     or none before the option) has no timed choice: the resumed run goes on with the kernel
     it trained with, instead of timing and changing kernels halfway."""
-    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    module = tiny_module()
     speed = {} if saved is None else {"volume_im2col": saved}
     module.on_load_checkpoint({"hyper_parameters": {"speed": speed}})
     assert module._volume_kernel_chosen and module.net.volume_im2col is (saved is True)
     assert not module.net.timed_volume_im2col
-    fresh = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    fresh = tiny_module()
     fresh.on_load_checkpoint({"hyper_parameters": {"speed": {"volume_im2col": "auto"}}})
     assert not fresh._volume_kernel_chosen  # saved by an auto run before its first batch
 
@@ -473,11 +449,11 @@ def test_the_callbacks_predict_in_the_runs_precision():
     """The validation images, Dice panels and weak ranking show what the bf16 test scored."""
     from crackseg.callbacks import forward_as_run
 
-    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    module = tiny_module()
     seen = []
     conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d))
     conv.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
-    images = _batch(2)["image"]
+    images = crack_batch(2)["image"]
     for run_precision, dtype in (("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)):
         trainer = _one_epoch_trainer(pl.Callback(), precision=run_precision)
         scores, seg = forward_as_run(trainer, module, images)
@@ -492,11 +468,11 @@ def test_the_callbacks_run_a_compiled_network_eagerly():
 
     from crackseg.callbacks import forward_as_run
 
-    module = SegDecModule(network=NET, input_shape=InputShape(height=64, width=128))
+    module = tiny_module()
     compiles = CompileCounter()
     module.net.compile(backend=compiles)
     trainer = _one_epoch_trainer(pl.Callback(), precision="32-true")
-    images = _batch(3)["image"]
+    images = crack_batch(3)["image"]
     scores, seg = forward_as_run(trainer, module, images)
     assert compiles.frame_count == 0
     assert seg.shape == (3, 1, 64, 128)
