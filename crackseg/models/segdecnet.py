@@ -36,7 +36,7 @@ def _concat_channels(a: Tensor, b: Tensor) -> Tensor:
     bf16 step at 640x232)."""
     joined = torch.empty(
         (a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:]),
-        dtype=torch.result_type(a, b),
+        dtype=torch.promote_types(a.dtype, b.dtype),
         device=a.device,
         memory_format=_memory_format(a),
     )
