@@ -14,7 +14,7 @@ from omegaconf.errors import InterpolationResolutionError
 from crackseg import CONFIG_DIR
 from crackseg.cli import root_cause
 from crackseg.errors import ConfigError
-from crackseg.evaluation.report import weak_run_departures
+from crackseg.paper_settings import weak_run_departures
 from crackseg.runs.config_checks import check_config
 
 #: docs/method.md §10, row by row: (channels, height, width), dilate, epochs, lr, δ, batch, P, Max,

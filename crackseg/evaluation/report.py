@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from omegaconf import OmegaConf
 
 from crackseg.atomic import atomic_write_text
+from crackseg.paper_settings import weak_run_departures
 
 log = logging.getLogger(__name__)
 
@@ -404,20 +405,3 @@ def write_run_report(
         notes=[*REPORT_NOTES, *weak_run_departures(cfg)],
         validated_on_test=bool(cfg.get("validate_on_test", False)),
     )
-
-
-def weak_run_departures(cfg: Any) -> list[str]:
-    """A note when a weak run (``data.num_segmented=0``) departs from the published weak
-    runs, which all keep gradient-flow adjustment on (Table 4's rows 13 and 14, with the
-    dynamically balanced loss off and on; docs/method.md §10); none otherwise. The sweep
-    summary names such jobs too."""
-    if OmegaConf.select(cfg, "data.num_segmented", default=None) != 0:
-        return []
-    if OmegaConf.select(cfg, "data.extra_segmented.ranking", default=None):
-        return []  # masks drawn from a ranking: no weak run
-    if OmegaConf.select(cfg, "loss.gradient_adjustment", default=True) is not False:
-        return []
-    return [
-        "Departs from the published settings: in this weak run gradient-flow adjustment is "
-        "off; the published weak runs keep it on (docs/method.md §10)."
-    ]

@@ -9,15 +9,15 @@ there, before the log file and ``.hydra/`` are written (crackseg.runs.folder);
 (``crackseg.dirname``, its name part, is what folders of earlier sweeps recorded);
 ``${crackseg.local_jobs:N}`` (conf/hydra/launcher/local_parallel.yaml) sizes a local
 parallel sweep. The settings of the paper's runs that change with another setting
-(docs/method.md §10): ``${crackseg.any_segmented:N,RANKING}`` (dynamic balance off in weak
-runs), ``${crackseg.weak_adjustment:N,CHOICE,RANKING}`` (gradient-flow adjustment: on
-everywhere as published, or off in weak runs with ``loss.weak_gradient_adjustment=off``),
+(docs/method.md §10; the rules in crackseg.paper_settings):
+``${crackseg.any_segmented:N,RANKING}`` (dynamic balance off in weak runs),
+``${crackseg.weak_adjustment:N,CHOICE,RANKING}`` (gradient-flow adjustment: on everywhere
+as published, or off in weak runs with ``loss.weak_gradient_adjustment=off``),
 ``${crackseg.if_weak:N,WEAK,OTHERWISE}`` (KSDD's learning rate and δ at N = 0),
 ``${crackseg.severstal_epochs:TRAINING_POSITIVES}``, ``${crackseg.table4:ROW,SWITCH}`` and
 ``${crackseg.table4_segmented:ROW,MIXED_N}`` (the rows of the paper's Table 4), and
-``${crackseg.if_equal:A,B,THEN,OTHERWISE}``. Every entry point
-imports this module through crackseg.runs.lifecycle, and Hydra's launcher workers through the sweep
-summary callback.
+``${crackseg.if_equal:A,B,THEN,OTHERWISE}``. Every entry point imports this module through
+crackseg.runs.lifecycle, and Hydra's launcher workers through the sweep summary callback.
 """
 
 from __future__ import annotations
@@ -29,7 +29,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from crackseg.errors import ConfigError
+from crackseg.paper_settings import (
+    any_segmented,
+    if_weak,
+    severstal_epochs,
+    table4,
+    table4_segmented,
+    weak_adjustment,
+)
 
 #: Longest job folder name part, in bytes; file systems refuse names over 255.
 MAX_DIRNAME_BYTES = 200
@@ -152,104 +159,9 @@ def _local_jobs(default: int) -> int:
     return local_jobs(default)
 
 
-def any_segmented(num_segmented: int | None, extra_ranking: str | None = None) -> bool:
-    """Whether a run trains on any pixel mask: ``data.num_segmented`` not 0 (null keeps all),
-    or weak positives drawn from a ranking (``data.extra_segmented.ranking``). A run without
-    is weak."""
-    return num_segmented is None or int(num_segmented) > 0 or bool(extra_ranking)
-
-
-def if_weak(num_segmented: int | None, weak: object, otherwise: object) -> object:
-    """``weak`` in a weak run (no segmented positive), else ``otherwise``."""
-    return otherwise if any_segmented(num_segmented) else weak
-
-
-#: ``loss.weak_gradient_adjustment``: ``published`` keeps gradient-flow adjustment on in weak
-#: runs, as every published weak run does; ``off`` turns it off there, a departure from the
-#: paper (the decision loss then trains the segmentation subnet).
-WEAK_ADJUSTMENT_CHOICES = ("published", "off")
-
-
-def weak_adjustment(
-    num_segmented: int | None, choice: str, extra_ranking: str | None = None
-) -> bool:
-    """Gradient-flow adjustment of a run: on, except in a weak run with ``choice`` ``off``."""
-    if choice not in WEAK_ADJUSTMENT_CHOICES:
-        raise ConfigError(
-            f"loss.weak_gradient_adjustment must be {' or '.join(WEAK_ADJUSTMENT_CHOICES)}, "
-            f"not {choice!r}"
-        )
-    return any_segmented(num_segmented, extra_ranking) or choice == "published"
-
-
-#: Severstal's epochs by training positives: as published for the curve's four sizes
-#: (docs/method.md §10); 50 for Table 4's 1000, crackseg's choice (§10 gives none).
-SEVERSTAL_EPOCHS = {300: 90, 750: 80, 1000: 50, 1500: 60, 3000: 40}
-
-
-def severstal_epochs(train_positives: int | None) -> int:
-    """The published epochs of a Severstal training size; the paper trained no other."""
-    if train_positives not in SEVERSTAL_EPOCHS:
-        sizes = ", ".join(str(s) for s in SEVERSTAL_EPOCHS)
-        raise ConfigError(
-            f"the paper trains Severstal on {sizes} training positives, not "
-            f"{train_positives}: set data.train_positives to one of them, or trainer.max_epochs"
-        )
-    return SEVERSTAL_EPOCHS[train_positives]
-
-
 def if_equal(value: object, other: object, then: object, otherwise: object) -> object:
     """``then`` where ``value`` equals ``other``, else ``otherwise``."""
     return then if value == other else otherwise
-
-
-#: The paper's Table 4 (docs/method.md §10): row -> (supervision, weighted segmentation loss,
-#: dynamically balanced loss, gradient-flow adjustment). Row 13 is the published weak run,
-#: row 14 the weak run with dynamic balance on.
-TABLE4_ROWS = {
-    1: ("full", False, False, False),
-    2: ("full", False, True, False),
-    3: ("full", False, True, True),
-    4: ("full", True, True, False),
-    5: ("full", True, False, True),
-    6: ("full", True, True, True),
-    7: ("mixed", False, False, False),
-    8: ("mixed", False, True, False),
-    9: ("mixed", False, True, True),
-    10: ("mixed", True, True, False),
-    11: ("mixed", True, False, True),
-    12: ("mixed", True, True, True),
-    13: ("weak", True, False, True),
-    14: ("weak", True, True, True),
-}
-TABLE4_SWITCHES = ("weighted_loss", "dynamic_balance", "adjustment")
-
-
-def _table4_row(row: int) -> tuple[str, bool, bool, bool]:
-    if row not in TABLE4_ROWS:
-        raise ConfigError(f"table4_row must be 1..{len(TABLE4_ROWS)}, not {row!r}")
-    return TABLE4_ROWS[row]
-
-
-def table4(row: int, switch: str) -> bool:
-    """Whether a switch (weighted_loss, dynamic_balance, adjustment) is on in a Table 4 row."""
-    if switch not in TABLE4_SWITCHES:
-        raise ConfigError(f"Table 4 switches are {', '.join(TABLE4_SWITCHES)}, not {switch!r}")
-    return _table4_row(row)[1 + TABLE4_SWITCHES.index(switch)]
-
-
-def table4_segmented(row: int, mixed: int) -> int | None:
-    """``data.num_segmented`` of a Table 4 row: all (null), ``mixed``, or 0 (weak)."""
-    supervision = _table4_row(row)[0]
-    return {"full": None, "mixed": mixed, "weak": 0}[supervision]
-
-
-def table4_label(row: int) -> str:
-    """The row as the summary names it: ``6: full; weighted, balanced, adjusted``."""
-    supervision, *switches = _table4_row(row)
-    names = ("weighted loss", "dynamic balance", "adjustment")
-    on = [name for name, value in zip(names, switches, strict=True) if value]
-    return f"{row}: {supervision}; {', '.join(on) or 'none'} on"
 
 
 def register_resolvers() -> None:

@@ -10,8 +10,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from crackseg.errors import CracksegError
-from crackseg.evaluation.report import weak_run_departures
-from crackseg.runs.resolvers import table4_label
+from crackseg.paper_settings import table4_label, weak_run_departures
 
 log = logging.getLogger(__name__)
 
