@@ -627,6 +627,21 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     assert jobs == sorted([failed.name, done.name])
     assert _mtimes(done) == before
 
+    # a config file edited since (the same command line): refused before any job runs, where
+    # before the failed job ran again with the edited file, and the finished one was refused
+    # only when its turn came
+    experiment = config_dir / "experiment" / "tiny.yaml"
+    experiment.write_text(experiment.read_text().replace("batch_size: 8", "batch_size: 4"))
+    failed_status = (failed / "status.json").read_bytes()
+    result = run_train(config_dir, *args)
+    assert one_line_error(result) == (
+        f"error: the job in {done} ran with other settings than its command line gives now "
+        "(data.batch_size: 8 -> 4): a config file changed since; undo the change, or use "
+        "another hydra.sweep.dir"
+    ), result.stderr[-3000:]
+    assert result.returncode == 2 and _mtimes(done) == before
+    assert (failed / "status.json").read_bytes() == failed_status
+
 
 def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
@@ -30,6 +31,7 @@ from crackseg.runs.folder import (
     is_accepted,
     is_rank_zero,
     release_run_folder,
+    resume_checkpoint,
     saved_hydra_file,
     write_status,
 )
@@ -87,7 +89,7 @@ def run_task(
     except Exception as raised:
         error = root_cause(raised)
         if multirun and isinstance(error, SweepSettingsError):
-            raise error from None  # the whole sweep's mistake: it ends the sweep
+            raise error from None  # the whole sweep's mistake: it fails the sweep
         if isinstance(raised, InstantiationException) and not isinstance(error, CracksegError):
             # A class the config names refused its arguments (+trainer.strategy=nope): the
             # config's mistake, worded as the target and its refusal.
@@ -207,6 +209,7 @@ class SweepChecksCallback(Callback):
             check_devices_per_job(config)
             check_config(config)
             refuse_finished_jobs_with_other_settings(config)
+            refuse_jobs_whose_config_files_changed(config)
         except CracksegError as error:
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
@@ -262,4 +265,35 @@ def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
             raise SweepSettingsError(
                 f"skip_finished=false, but {job} holds a finished job, which is never run "
                 "again in its folder: choose another hydra.sweep.dir"
+            )
+
+
+def refuse_jobs_whose_config_files_changed(config: DictConfig) -> None:
+    """A config file edited since the sweep's jobs ran (in conf/ or ``--config-dir``) gives
+    them other settings under the same command line, which
+    :func:`refuse_finished_jobs_with_other_settings` cannot see. Each job that would be
+    skipped (finished) or continued (it saved a checkpoint) is composed again from its saved
+    overrides and compared with the config it ran with, before any job runs: each job
+    compares too, but only when its turn comes, after the sweep's new jobs have trained with
+    the edited files beside the old results."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    if not sweep_dir.is_dir():
+        return
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        if finished_status(job) is None and resume_checkpoint(job) is None:
+            continue  # started again from scratch, with the files as they are now
+        overrides = saved_hydra_file(job, "overrides.yaml")
+        saved = saved_hydra_file(job, "config.yaml")
+        if overrides is None or saved is None:
+            continue  # the job itself refuses an unreadable config
+        now = compose(config.hydra.job.config_name, overrides=list(overrides))
+        for settings in (saved, now):  # ${hydra:runtime.output_dir}: only a job knows it
+            if "output_dir" in settings.get("paths", {}):
+                settings.paths.output_dir = str(job)
+        changed = config_differences(saved, now)
+        if changed:
+            raise SweepSettingsError(
+                f"the job in {job} ran with other settings than its command line gives now "
+                f"({'; '.join(changed)}): a config file changed since; undo the change, or "
+                "use another hydra.sweep.dir"
             )
