@@ -10,7 +10,8 @@ benchmarks/results-gpu.json:
    convolutions in TF32, torch's default) and bf16, batch 1 and 16, eager, with the peak rows;
 3. DDP on every visible GPU: a short run of the demo with Lightning's ``ddp`` strategy;
 4. one epoch of ``experiment=seed_crack_segmentation`` on synthetic 640x232 images
-   (a few: training, validation, test and report all run);
+   (a few: the model summary with its FLOPs, training, validation, test and report all run,
+   as a user's run does);
 5. the bench rows compiled (``torch.compile``) and with CUDA graphs (mode reduce-overhead),
    last because compiling takes longest: what the budget leaves is spent there, on bf16 at
    batch 1 first (where CUDA graphs pay most), then bf16 at 16, then float32.
@@ -228,8 +229,8 @@ def bench_command(plan: Plan, json_path: Path, budget: float, compiled: bool) ->
 
 
 def train_command(run_dir: Path, *overrides: str) -> list[str]:
-    quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-    return [sys.executable, "-m", "crackseg.train", *overrides, *quiet, f"hydra.run.dir={run_dir}"]
+    quiet = "trainer.enable_progress_bar=false"
+    return [sys.executable, "-m", "crackseg.train", *overrides, quiet, f"hydra.run.dir={run_dir}"]
 
 
 def ddp_command(plan: Plan, work: Path) -> list[str]:
@@ -247,6 +248,7 @@ def ddp_command(plan: Plan, work: Path) -> list[str]:
         "data.batch_size=4",
         "num_dice_panels=2",
         "callbacks.validation_images.num_images=2",
+        "trainer.enable_model_summary=false",
         f"paths.data_dir={work / 'ddp_data'}",
     ]
     if plan.device == "cpu":

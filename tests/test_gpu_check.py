@@ -71,6 +71,9 @@ def test_ddp_ran_two_processes_and_the_epoch_tested_its_weights(toy_run):
     # The seed run's experiment: its network at the toy input size, 8+8 images.
     config = (tmp_path / "work" / "epoch" / ".hydra" / "config.yaml").read_text()
     assert "seed_crack_segmentation" in config and "input_height: 64" in config
+    # as a user's run: the model summary, with the FLOPs its pass through the network counts
+    log = (tmp_path / "work" / "logs" / "seed-epoch.log").read_text()
+    assert "Total params" in log and "Total FLOPs" in log, log[-2000:]
 
 
 def test_a_spent_budget_skips_the_steps_and_fails(tmp_path):
