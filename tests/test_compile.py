@@ -45,7 +45,7 @@ def test_model_compile_trains_through_lightning_as_the_eager_network_does(monkey
     torch._dynamo.reset()
     counters.clear()
     compiled_loss, compiled = fit_tiny(SpeedSettings(compile="reduce-overhead"))
-    # one graph for training, one for validation (no_grad): the network ran compiled, whole
+    # one graph for training, one for validation (inference mode): it ran compiled, whole
     assert counters["stats"]["unique_graphs"] == 2
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
     # compiled in place: the checkpoint's keys (and so its weights) are the eager network's

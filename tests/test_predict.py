@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -287,6 +288,23 @@ def test_precision_auto_predicts_as_the_checkpoint_trained(monkeypatch, trained,
     own = "bf16-mixed" if native else "32-true"
     monkeypatch.setattr(backends, "native_precision", lambda device_type, gpu=None: own)
     assert backends.prediction_precision(trained, torch.device("cpu")) == expected
+
+
+def test_precision_auto_on_a_gpu_asks_the_named_gpu_in_this_process(monkeypatch):
+    """crackseg-predict starts no process that would need CUDA uninitialised: it initialises
+    CUDA and asks the GPU itself, not through a child process (seconds on every run)."""
+    from crackseg.deploy import backends
+    from crackseg.models import precision
+
+    cuda, asked = backends.torch.cuda, []
+    monkeypatch.setattr(cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(cuda, "init", lambda: asked.append("init"))
+    monkeypatch.setattr(cuda, "is_initialized", lambda: "init" in asked)
+    monkeypatch.setattr(cuda, "device", lambda gpu: asked.append(gpu) or contextlib.nullcontext())
+    monkeypatch.setattr(cuda, "is_bf16_supported", lambda including_emulation: True)
+    monkeypatch.setattr(precision, "_ask_cuda_bf16", lambda gpu: pytest.fail("a child process"))
+    assert backends.prediction_precision("bf16-mixed", torch.device("cuda", 1)) == "bf16"
+    assert asked == ["init", 1]
 
 
 def test_precision_auto_is_the_default_and_reads_the_checkpoint(tiny_checkpoint, monkeypatch):

@@ -149,6 +149,8 @@ def prediction_precision(trained: str | None, device: torch.device) -> str:
     thresholds its validation chose: bf16 where it trained in bf16 and this device computes
     in bf16 natively (elsewhere bf16 is emulated, slower than float32), else float32; for a
     checkpoint that does not say, bf16 where the device computes in it natively."""
+    if device.type == "cuda":
+        torch.cuda.init()  # this process forks none: the GPU answers here, not a child process
     # of the GPU named (cuda:1), not of the first one
     native = native_precision(device.type, device.index) == BF16
     if trained is None:

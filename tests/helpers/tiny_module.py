@@ -53,6 +53,7 @@ def fit_tiny(speed: SpeedSettings, **trainer_settings: object) -> tuple[float, S
         "enable_checkpointing": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
+        "num_sanity_val_steps": 0,  # as conf/trainer/default.yaml: training runs first
     }
     trainer = pl.Trainer(max_epochs=2, **(quiet | trainer_settings))
     trainer.fit(module, crack_loader(), crack_loader())
