@@ -13,7 +13,7 @@ from crackseg.cli import run_hydra_main
 from crackseg.deploy.onnx_export import export_checkpoint
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import accept_run_folder, refuse_used_folder
-from crackseg.runs.lifecycle import run_task
+from crackseg.runs.lifecycle import run_task, sigterm_as_ctrl_c
 from crackseg.setting_rules import check_required
 
 
@@ -23,7 +23,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     accept_run_folder(cfg.paths.output_dir)
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
     check_config(cfg)
-    return export_checkpoint(cfg)
+    with sigterm_as_ctrl_c():  # stopped: no half-written model.onnx, the status interrupted
+        return export_checkpoint(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, one_line_error, run_entry
+from conftest import REPO, SHARED, one_line_error, run_entry
 
 from crackseg.data.io import read_image
 from crackseg.deploy.backends import OnnxBackend, optional_import
@@ -138,6 +141,38 @@ def test_backend_onnx_predicts_as_backend_torch(
             str(torch_predictions / "probabilities" / f"{name}.png"), cv2.IMREAD_UNCHANGED
         )
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, name
+
+
+def test_an_opset_newer_than_onnx_knows_is_refused_before_the_export(tiny_checkpoint, tmp_path):
+    """Where the exporter would log a traceback and write its own opset instead."""
+    import onnx
+
+    result = run_entry(
+        "export", f"ckpt_path={tiny_checkpoint}", "opset=99", f"hydra.run.dir={tmp_path}"
+    )
+    newest = onnx.defs.onnx_opset_version()
+    assert one_line_error(result) == (
+        f"error: opset must be at most {newest} (onnx {onnx.__version__}), not 99"
+    )
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_a_stopped_export_leaves_no_model_and_says_it_was_stopped(tiny_checkpoint, tmp_path):
+    """SIGTERM while the written model is checked: no half-written file is left, the status
+    says interrupted (the folder is refused to later commands), and the console says so."""
+    command = [sys.executable, "-m", "crackseg.export", f"ckpt_path={tiny_checkpoint}"]
+    command += ["num_check_images=64", f"hydra.run.dir={tmp_path}"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".write.partial-*")) and process.poll() is None:
+        assert time.monotonic() < deadline, "the export wrote no model"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr.decode()[-3000:]
+    assert "stopped: nothing to resume" in stderr.decode()
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
+    assert not [p.name for p in tmp_path.iterdir() if p.suffix == ".onnx" or ".partial-" in p.name]
 
 
 def test_without_the_deploy_extra_onnx_is_one_line(monkeypatch, tmp_path):

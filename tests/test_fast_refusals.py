@@ -99,6 +99,16 @@ def test_predict_refuses_a_missing_checkpoint_without_lightning(tmp_path, photos
     assert status == {"status": "failed", "error": line.removeprefix("error: ")}
 
 
+def test_a_run_folder_given_as_the_checkpoint_says_to_name_a_file(tmp_path, photos):
+    line, lightning = refuse(
+        "predict", f"ckpt_path={tmp_path}", f"input={photos}", f"hydra.run.dir={tmp_path / 'p'}"
+    )
+    assert line == (
+        f"error: checkpoint {tmp_path} is a folder: name a .ckpt file (a run's are in checkpoints/)"
+    )
+    assert lightning == set()
+
+
 def test_predict_refuses_a_used_folder_without_lightning(tmp_path, photos, finished_run):
     line, lightning = refuse(
         "predict", "ckpt_path=none.ckpt", f"input={photos}", f"hydra.run.dir={finished_run}"

@@ -207,6 +207,8 @@ class OnnxBackend:
     def __init__(self, path: str | Path, device: str = "auto") -> None:
         ort = optional_import("onnxruntime", "backend=onnx")
         path = Path(path).expanduser()
+        if path.is_dir():
+            raise CracksegError(f"ONNX model {path} is a folder: name the .onnx file in it")
         if not path.is_file():
             raise CracksegError(f"ONNX model {path} does not exist")
         device = str(device)

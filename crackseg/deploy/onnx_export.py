@@ -88,6 +88,9 @@ def export_module(module: SegDecModule, path: Path, opset: int) -> None:
             external_data=False,
             verbose=False,
         )
+    written = program.model.opset_imports.get("")
+    if written != opset:  # the exporter falls back to its own opset, with a logged traceback
+        raise CracksegError(f"opset={opset}: the ONNX exporter wrote opset {written} instead")
     program.model.metadata_props.update(info.to_metadata())
     program.save(str(path), external_data=False)
 
@@ -174,7 +177,11 @@ def read_check_images(folder: str | None, count: int, channels: int) -> dict[str
 def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt_path`` to ``model.onnx`` in the run folder, checked against PyTorch."""
     ort = optional_import("onnxruntime", "crackseg-export")
-    optional_import("onnx", "crackseg-export")
+    onnx = optional_import("onnx", "crackseg-export")
+    if cfg.opset > (newest := onnx.defs.onnx_opset_version()):
+        raise ConfigError(
+            f"opset must be at most {newest} (onnx {onnx.__version__}), not {cfg.opset}"
+        )
     output_dir = Path(cfg.paths.output_dir)
     module = load_module(cfg.ckpt_path)
     info = ModelInfo.of_module(module)

@@ -70,6 +70,10 @@ def load_checkpoint_file(path: str | Path, mmap: bool = False) -> dict[str, Any]
     format cannot be mapped and is read whole).
     """
     ckpt = Path(path).expanduser()
+    if ckpt.is_dir():
+        raise CracksegError(
+            f"checkpoint {ckpt} is a folder: name a .ckpt file (a run's are in checkpoints/)"
+        )
     if not ckpt.is_file():
         raise CracksegError(f"checkpoint {ckpt} does not exist")
     try:
