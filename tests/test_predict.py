@@ -7,6 +7,7 @@ import csv
 import errno
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -537,6 +538,26 @@ def test_an_image_with_a_name_of_240_characters_gets_its_outputs(tmp_path):
     writer.add(tmp_path / name, image, ImagePrediction(0.9, np.zeros((10, 20), np.float32)))
     for folder in ("probabilities", "masks", "overlays"):
         assert [p.name for p in (tmp_path / folder).iterdir()] == [f"{name}.png"]
+
+
+def test_a_file_name_that_is_not_utf8_gets_its_outputs_and_its_rows(tmp_path):
+    """Linux allows any bytes in a name (Python holds the others as surrogates): the maps
+    are written under the name as it is, the tables in UTF-8 with the byte escaped."""
+    from crackseg.deploy.backends import ModelInfo
+    from crackseg.deploy.predict_folder import ResultWriter
+    from crackseg.deploy.predictor import ImagePrediction
+
+    name = os.fsdecode(b"caf\xe9.jpg")  # café.jpg in Latin-1
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    writer = ResultWriter(tmp_path, predict_settings(), info)
+    mask = np.zeros((10, 20), np.float32)
+    mask[4:6, 2:18] = 1.0
+    writer.add(tmp_path / name, np.zeros((10, 20, 3), np.uint8), ImagePrediction(0.9, mask))
+    writer.write_tables()
+    assert [p.name for p in (tmp_path / "masks").iterdir()] == [f"{name}.png"]
+    for table in ("predictions.csv", "cracks.csv"):
+        (row,) = rows_of(tmp_path / table)
+        assert row["file"] == "caf\\xe9.jpg", table
 
 
 def test_two_reference_masks_of_one_name_are_refused(tmp_path):

@@ -60,8 +60,11 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A table in UTF-8. A file name that is not UTF-8 (Linux allows any bytes) keeps its
+    other bytes as backslash escapes: ``caf\\xe9.png`` for Latin-1's ``café.png``."""
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(header)
     writer.writerows(rows)
-    atomic_write_text(path, table.getvalue())
+    text = table.getvalue().encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    atomic_write_text(path, text)
