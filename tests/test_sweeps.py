@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import one_line_error
+from conftest import one_line_error, run_entry
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -651,6 +651,20 @@ def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: P
     assert line == "error: trainer.max_epochs must be an integer >= 1, not 'ten'"
     line = one_line_error(run_train(config_dir, *common, f"resume={tmp_path}"))
     assert "resume=RUN_DIR continues one run" in line
+    assert not sweep_dir.exists()
+    # data every job would look for in vain (a paper dataset not fetched, CFD not there)
+    nodata = tmp_path / "nodata"
+    paper = ("experiment=paper/ksdd", "data.fold=0,1", f"paths.data_dir={nodata}")
+    line = one_line_error(run_entry("train", "-m", *paper, f"hydra.sweep.dir={sweep_dir}"))
+    assert line == f"error: data root {nodata}/ksdd does not exist (set data.root=PATH)"
+    tiles = (
+        "experiment=cfd_tiles",
+        "seed=0,1",
+        f"data.tile.source={nodata}",
+        f"paths.data_dir={nodata}",
+    )
+    line = one_line_error(run_entry("train", "-m", *tiles, f"hydra.sweep.dir={sweep_dir}"))
+    assert line == f"error: data.tile.source {nodata} does not exist (the photographs to tile)"
     assert not sweep_dir.exists()
 
 

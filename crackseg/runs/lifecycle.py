@@ -20,7 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from crackseg.cli import is_storage_error, one_line, print_line, root_cause
-from crackseg.errors import ConfigError, CracksegError, RunFolderError, SweepSettingsError
+from crackseg.errors import (
+    ConfigError,
+    CracksegError,
+    DataError,
+    RunFolderError,
+    SweepSettingsError,
+)
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import (
     check_sweep_resume,
@@ -210,6 +216,7 @@ class SweepChecksCallback(Callback):
             check_config(config)
             refuse_finished_jobs_with_other_settings(config)
             refuse_jobs_whose_config_files_changed(config)
+            refuse_missing_data(config)
         except CracksegError as error:
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
@@ -297,3 +304,27 @@ def refuse_jobs_whose_config_files_changed(config: DictConfig) -> None:
                 f"({'; '.join(changed)}): a config file changed since; undo the change, or "
                 "use another hydra.sweep.dir"
             )
+
+
+def refuse_missing_data(config: DictConfig) -> None:
+    """The data every job reads (``data.root``, or the photographs ``data.tile`` cuts, where
+    not swept) must be there: each job would otherwise fail on it, one after the other. Data
+    a job makes itself (synthetic, downloaded) is not looked for."""
+    data = config.get("data")
+    if data is None or OmegaConf.is_missing(data, "root") or data.get("root") is None:
+        return  # a job says data.root is not set
+    if data.get("synthetic") or data.get("download"):
+        return
+    task = OmegaConf.to_container(config.hydra.overrides.task)
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    swept = swept_keys(task, params)
+    if any(
+        key in ("data", "experiment") or key.startswith(("data.root", "data.tile", "paths."))
+        for key in swept
+    ):
+        return
+    root, tile = Path(str(data.root)), data.get("tile")
+    if tile and not root.exists() and not Path(str(tile.source)).exists():
+        raise DataError(f"data.tile.source {tile.source} does not exist (the photographs to tile)")
+    if not tile and not root.exists():
+        raise DataError(f"data root {root} does not exist (set data.root=PATH)")
