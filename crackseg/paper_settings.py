@@ -22,9 +22,14 @@ def any_segmented(num_segmented: int | None, extra_ranking: str | None = None) -
     return num_segmented is None or int(num_segmented) > 0 or bool(extra_ranking)
 
 
-def if_weak(num_segmented: int | None, weak: object, otherwise: object) -> object:
-    """``weak`` in a weak run (no segmented positive), else ``otherwise``."""
-    return otherwise if any_segmented(num_segmented) else weak
+def if_weak(num_segmented: int | None, *arguments: object) -> object:
+    """``WEAK`` in a weak run (no mask trains it: :func:`any_segmented`), else ``OTHERWISE``:
+    ``if_weak(N, RANKING, WEAK, OTHERWISE)``, or ``if_weak(N, WEAK, OTHERWISE)`` as the
+    configs of runs saved before the ranking counted wrote it (they resolve as they did)."""
+    *ranking, weak, otherwise = arguments
+    if len(ranking) > 1:
+        raise ConfigError("crackseg.if_weak takes N, RANKING, WEAK, OTHERWISE")
+    return otherwise if any_segmented(num_segmented, *ranking) else weak
 
 
 #: ``loss.weak_gradient_adjustment``: ``published`` keeps gradient-flow adjustment on in weak

@@ -242,6 +242,14 @@ def test_masks_drawn_from_a_weak_ranking_make_no_weak_run():
     off = _compose(*drawn, "loss.weak_gradient_adjustment=off")
     assert off.loss.gradient_adjustment is True and weak_run_departures(off) == []
     assert weak_run_departures(_compose(*drawn, "loss.gradient_adjustment=false")) == []
+    # nor KSDD's weak learning rate and δ: those of a run with masks
+    ksdd = _compose("experiment=paper/ksdd", *drawn)
+    assert (ksdd.optim.lr, ksdd.loss.delta_cls) == (1.0, 0.01)
+    weak = _compose("experiment=paper/ksdd", "data.num_segmented=0")
+    assert (weak.optim.lr, weak.loss.delta_cls) == (0.01, 1.0)
+    # a run saved before, its config without the ranking, resolves as it did
+    saved = OmegaConf.create({"n": 0, "lr": "${crackseg.if_weak:${n},0.01,1.0}"})
+    assert saved.lr == 0.01
 
 
 def test_adjustment_turned_off_by_its_own_key_is_named_too():

@@ -13,7 +13,7 @@ parallel sweep. The settings of the paper's runs that change with another settin
 ``${crackseg.any_segmented:N,RANKING}`` (dynamic balance off in weak runs),
 ``${crackseg.weak_adjustment:N,CHOICE,RANKING}`` (gradient-flow adjustment: on everywhere
 as published, or off in weak runs with ``loss.weak_gradient_adjustment=off``),
-``${crackseg.if_weak:N,WEAK,OTHERWISE}`` (KSDD's learning rate and δ at N = 0),
+``${crackseg.if_weak:N,RANKING,WEAK,OTHERWISE}`` (KSDD's learning rate and δ at N = 0),
 ``${crackseg.severstal_epochs:TRAINING_POSITIVES}``, ``${crackseg.table4:ROW,SWITCH}`` and
 ``${crackseg.table4_segmented:ROW,MIXED_N}`` (the rows of the paper's Table 4), and
 ``${crackseg.if_equal:A,B,THEN,OTHERWISE}``. Every entry point imports this module through
