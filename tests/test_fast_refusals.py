@@ -254,3 +254,12 @@ def test_a_sweep_over_checkpoints_is_not_refused_for_the_checkpoint_it_sweeps(tm
         json.loads(status.read_text())["error"] for status in sweep_dir.glob("*/status.json")
     )
     assert errors == ["checkpoint a.ckpt does not exist", "checkpoint b.ckpt does not exist"]
+
+
+@pytest.mark.parametrize("entry", ["predict", "export"])
+def test_help_of_predict_and_export_lists_their_settings_not_the_training_groups(entry):
+    result = run_entry(entry, "--help", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"crackseg-{entry}: its settings")
+    assert "ckpt_path:" in result.stdout
+    assert "Configuration groups" not in result.stdout and "trainer:" not in result.stdout

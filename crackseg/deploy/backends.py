@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
-#: auto: bf16 where the device computes in bf16 natively (crackseg.models.precision), else 32.
+#: auto: as the checkpoint trained, where the device computes that natively
+#: (:func:`prediction_precision`).
 PRECISIONS = ("auto", "32", "bf16")
 #: onnxruntime's execution providers crackseg asks for.
 CUDA_PROVIDER = "CUDAExecutionProvider"

@@ -40,7 +40,7 @@ class RunParameter(NamedTuple):
     """A run parameter as the report, TensorBoard's HParams tab and the config checks see it."""
 
     key: str
-    """The config key a user types (docs/DESIGN.md's table)."""
+    """The config key a user types (docs/running.md, "The names you type")."""
     kind: str
     """How its value is printed and checked: int, number, float, bool or str."""
     row: str | None = None

@@ -49,6 +49,8 @@ THRESHOLD_SOURCES = ("checkpoint", "validation")
 #: training loop's ``epoch % N == 0``, counting epochs from 0), whose first candidate for the
 #: best weights comes after one epoch (crackseg.callbacks.ValidateOnLastEpoch).
 VALIDATION_SCHEDULES = ("every_n", "published")
+#: torch.compile's modes (``model.compile``; null: not compiled).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 #: key -> (accepts the value, what it must be). Keys absent from a config are skipped.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -62,6 +64,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.net.volume_kernel": (_odd_integer, "an odd integer >= 1"),
     "model.channels_last": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     "model.volume_im2col": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    "model.compile": (
+        lambda v: v is None or v in COMPILE_MODES,
+        "null, " + ", ".join(COMPILE_MODES),
+    ),
     "optim.lr": (lambda v: is_number(v) and v > 0, "a number > 0"),
     "loss.delta_cls": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
     "loss.weighted_seg_p": (lambda v: is_number(v) and v >= 0, "a number >= 0 (P)"),
