@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import predict_settings
 
+from crackseg.deploy import measure
 from crackseg.deploy.backends import ModelInfo
 from crackseg.deploy.measure import measure_cracks, skeleton_length, summarise
 from crackseg.deploy.predict_folder import ResultWriter
@@ -105,6 +107,25 @@ def test_separate_cracks_are_counted_apart_and_specks_dropped():
     summary = summarise(cracks)
     assert summary.count == 2 and summary.total_length == pytest.approx(260, abs=2)
     assert summary.max_width == pytest.approx(3, abs=1e-6)
+
+
+def test_widths_taken_block_by_block_equal_those_of_the_whole_crack(monkeypatch):
+    """Cracks up to 13 px wide, crossing blocks of 8 px: each block widened by the reach of
+    the distance transform gives the widths (and so lengths and widths) of the whole."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((120, 160), bool)
+    for _ in range(12):
+        y, x, half = rng.integers(10, 110), rng.integers(10, 150), rng.integers(0, 7)
+        mask[max(y - half, 0) : y + half + 1, 5:155] = True  # horizontal bands
+        mask[10:110, max(x - half, 0) : x + half + 1] = True  # and vertical ones
+    whole = measure_cracks(mask)
+    monkeypatch.setattr(measure, "WIDTH_BLOCK", 8)
+    blocks = measure_cracks(mask)
+    assert len(blocks) == len(whole) >= 1
+    for crack, reference in zip(blocks, whole, strict=True):
+        # the mean summed in another order: equal to the last bits
+        assert crack.mean_width == pytest.approx(reference.mean_width, rel=1e-12)
+        assert crack == dataclasses.replace(reference, mean_width=crack.mean_width)
 
 
 def test_millimetres_are_pixels_times_the_pixel_size(tmp_path: Path):
