@@ -598,13 +598,15 @@ def test_an_optuna_search_of_no_trials_is_refused_up_front(tmp_path):
 def test_an_optuna_search_whose_every_trial_failed_is_one_line(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep_dir = tmp_path / "search"
+    empty = tmp_path / "empty_dataset"  # there (a missing one is refused before any trial)
+    empty.mkdir()
     result = run_entry(
         "train",
         "-m",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=1",
         "data=crack_segmentation",
-        f"data.root={tmp_path / 'no_such_dataset'}",
+        f"data.root={empty}",
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 1, result.stderr[-3000:]
