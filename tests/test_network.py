@@ -202,6 +202,37 @@ def test_the_volume_as_im2col_computes_the_direct_convolution(dtype, layout):
         torch.testing.assert_close(b, a, **tolerance)
 
 
+def test_inference_runs_the_volume_as_im2col_a_sample_per_thread(monkeypatch):
+    """Without gradients (prediction, validation) im2col unfolds a slice of the batch at a
+    time, a sample per thread, instead of the whole batch: the same outputs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    batches = []
+
+    class RecordBatches(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            if func is torch.ops.aten._slow_conv2d_forward.default:  # thnn_conv2d's kernel
+                batches.append(len(args[0]))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    volume = SegDecNet(**SMALL).volume[0]
+    volume.im2col = True
+    x = torch.rand(5, 16, 8, 16)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with torch.no_grad(), RecordBatches():
+        sliced = volume(x)
+        volume(x[:2])  # no more samples than threads: one call
+    assert batches == [2, 2, 1, 2]
+    with torch.no_grad():
+        whole = volume._im2col(x, volume.weight)  # the whole batch in one call
+    torch.testing.assert_close(sliced, whole, rtol=0, atol=0)
+    batches.clear()
+    with RecordBatches():
+        volume(x)  # training: one call, whose backward needs the whole batch's
+    assert batches == [5]
+
+
 def test_the_flop_counter_counts_the_volume_as_im2col_as_the_convolution():
     """torch's FlopCounterMode (Lightning's model summary runs it) had a formula for
     ``thnn_conv2d``'s forward that did not fit its arguments (crackseg.models.segdecnet)."""

@@ -201,8 +201,9 @@ class VolumeConv2d(nn.Conv2d):
     ``im2col`` runs it so always (``model.volume_im2col=true``); ``im2col_in_float32_on_cpu``
     only where ``auto`` timed it faster: on a float32 input on a CPU (outside autocast), so a
     model trained so still runs cuDNN's kernel on a GPU and oneDNN's in bf16. Inference keeps
-    the choice: forward alone im2col tied at batch 1 and was 16 % faster at batch 16, though
-    its unfolded batch holds ~1.9 GB more there (benchmarks/README.md)."""
+    the choice: forward alone im2col tied at batch 1 and was 16 % faster at batch 16; it runs
+    there in slices of a sample per thread, so as not to unfold the whole batch at once
+    (benchmarks/README.md)."""
 
     im2col = False
     im2col_in_float32_on_cpu = False
@@ -226,6 +227,15 @@ class VolumeConv2d(nn.Conv2d):
         if torch.is_autocast_enabled(x.device.type):  # autocast does not know this operator
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weight = x.to(dtype), weight.to(dtype)
+        threads = torch.get_num_threads()
+        if torch.is_grad_enabled() or len(x) <= threads:
+            return self._im2col(x, weight)
+        # Inference in slices of a sample per thread: thnn_conv2d unfolds its whole batch at
+        # once (134 MB a sample on the 80x29 map) and gives each thread whole samples. At
+        # batch 16 on 2 threads 2.6 -> 1.0 GB, 2-3 % slower (benchmarks/README.md).
+        return torch.cat([self._im2col(part, weight) for part in x.split(threads)])
+
+    def _im2col(self, x: Tensor, weight: Tensor) -> Tensor:
         return torch.ops.aten.thnn_conv2d(
             x, weight, self.kernel_size, self.bias, self.stride, self.padding
         )
