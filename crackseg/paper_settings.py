@@ -26,9 +26,9 @@ def if_weak(num_segmented: int | None, *arguments: object) -> object:
     """``WEAK`` in a weak run (no mask trains it: :func:`any_segmented`), else ``OTHERWISE``:
     ``if_weak(N, RANKING, WEAK, OTHERWISE)``, or ``if_weak(N, WEAK, OTHERWISE)`` as the
     configs of runs saved before the ranking counted wrote it (they resolve as they did)."""
-    *ranking, weak, otherwise = arguments
-    if len(ranking) > 1:
+    if len(arguments) not in (2, 3):
         raise ConfigError("crackseg.if_weak takes N, RANKING, WEAK, OTHERWISE")
+    *ranking, weak, otherwise = arguments
     return otherwise if any_segmented(num_segmented, *ranking) else weak
 
 

@@ -242,7 +242,7 @@ def test_eval_and_export_settings_are_checked_in_the_same_style(setting, expecte
         ("model.net.volume_kernel=6", "model.net.volume_kernel must be an odd integer >= 1, not 6"),
         ("data.extra_segmented.count=ten", "data.extra_segmented.count must be an integer >= 1"),
         ("data.extra_segmented.count=-1", "data.extra_segmented.count must be an integer >= 1"),
-        ("model.compile=true", "model.compile must be null, default, reduce-overhead, "),
+        ("model.compile=true", "model.compile must be null (or false), default, reduce-overhead"),
         ("model.compile=fast", "not 'fast'"),
     ],
 )

@@ -31,7 +31,13 @@ from crackseg.runs.folder import LOCK_FILE, lock_file
 from crackseg.runs.gpus import claim_gpu, job_device_context, visible_gpus
 from crackseg.runs.resolvers import job_dirname, job_folder
 from crackseg.runs.threads import jobs_side_by_side, set_job_threads, threads_per_job, usable_cores
-from crackseg.sweep.job_names import common_keys, exclude_override, shared_settings, swept_keys
+from crackseg.sweep.job_names import (
+    common_keys,
+    exclude_override,
+    job_overrides,
+    shared_settings,
+    swept_keys,
+)
 from crackseg.sweep.summary import collect_runs, main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,6 +139,20 @@ def test_job_names_leave_out_what_every_job_shares() -> None:
 def test_a_rerun_may_change_only_what_a_finished_job_lets_differ() -> None:
     overrides = ["share_cpu_cores=false", "data.num_workers=8", "hydra.sweep.dir=x", "seed=0,1"]
     assert shared_settings(overrides, {"seed"}) == {"data.num_workers": "8"}
+
+
+def test_a_job_held_again_gets_this_command_line_with_its_own_swept_values() -> None:
+    """What a sweep run again gives a job whose folder holds a run: the shared settings as
+    typed now, the swept ones as the job ran (from the command line or the sweeper's own)."""
+    task = ["+sweep=dilate", "seed=0,1", "trainer.max_epochs=3"]
+    saved = ["+sweep=dilate", "seed=1", "trainer.max_epochs=2", "data.dilate=5"]
+    swept = {"seed", "data.dilate"}
+    assert job_overrides(task, saved, swept) == [
+        "+sweep=dilate",
+        "seed=1",
+        "trainer.max_epochs=3",
+        "data.dilate=5",
+    ]
 
 
 def test_job_folder_names() -> None:
@@ -635,9 +655,9 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     failed_status = (failed / "status.json").read_bytes()
     result = run_train(config_dir, *args)
     assert one_line_error(result) == (
-        f"error: the job in {done} ran with other settings than its command line gives now "
-        "(data.batch_size: 8 -> 4): a config file changed since; undo the change, or use "
-        "another hydra.sweep.dir"
+        f"error: the job in {done} ran with other settings than this sweep gives it "
+        "(data.batch_size: 8 -> 4): a config file or a setting changed since; undo the "
+        "change, or use another hydra.sweep.dir"
     ), result.stderr[-3000:]
     assert result.returncode == 2 and _mtimes(done) == before
     assert (failed / "status.json").read_bytes() == failed_status

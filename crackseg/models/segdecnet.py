@@ -228,7 +228,7 @@ class VolumeConv2d(nn.Conv2d):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weight = x.to(dtype), weight.to(dtype)
         threads = torch.get_num_threads()
-        if torch.is_grad_enabled() or len(x) <= threads:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or len(x) <= threads:
             return self._im2col(x, weight)
         # Inference in slices of a sample per thread: thnn_conv2d unfolds its whole batch at
         # once (134 MB a sample on the 80x29 map) and gives each thread whole samples. At

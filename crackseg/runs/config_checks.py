@@ -65,8 +65,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.channels_last": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     "model.volume_im2col": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     "model.compile": (
-        lambda v: v is None or v in COMPILE_MODES,
-        "null, " + ", ".join(COMPILE_MODES),
+        lambda v: v in (None, False) or v in COMPILE_MODES,
+        "null (or false), " + ", ".join(COMPILE_MODES),
     ),
     "optim.lr": (lambda v: is_number(v) and v > 0, "a number > 0"),
     "loss.delta_cls": (lambda v: is_number(v) and v >= 0, "a number >= 0"),

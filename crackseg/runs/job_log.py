@@ -24,7 +24,9 @@ class JobLogHandler(logging.FileHandler):
     def __init__(
         self, filename: str, mode: str = "a", encoding: str | None = None, **_: object
     ) -> None:
-        super().__init__(filename, mode, encoding, delay=True)
+        # A file name that is not UTF-8 (Linux allows any bytes) is logged with its other
+        # bytes escaped, not lost to a logging error.
+        super().__init__(filename, mode, encoding or "utf-8", delay=True, errors="backslashreplace")
         self._held: list[logging.LogRecord] | None = []
         _handlers.add(self)
 

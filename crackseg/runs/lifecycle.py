@@ -14,9 +14,11 @@ from typing import Any
 
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.core.utils import env_override
+from hydra.errors import HydraException, InstantiationException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from crackseg.cli import is_storage_error, one_line, print_line, root_cause
@@ -33,18 +35,18 @@ from crackseg.runs.folder import (
     claim_run_folder,
     config_differences,
     finished_status,
+    holds_run,
     hydra_job,
     is_accepted,
     is_rank_zero,
     release_run_folder,
-    resume_checkpoint,
     saved_hydra_file,
     write_status,
 )
 from crackseg.runs.gpus import job_device_context, runs_parallel_locally
 from crackseg.runs.job_log import log_traceback_to_file
 from crackseg.runs.threads import set_job_threads
-from crackseg.sweep.job_names import setting_changes, shared_settings, swept_keys
+from crackseg.sweep.job_names import job_overrides, setting_changes, shared_settings, swept_keys
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +217,7 @@ class SweepChecksCallback(Callback):
             check_devices_per_job(config)
             check_config(config)
             refuse_finished_jobs_with_other_settings(config)
-            refuse_jobs_whose_config_files_changed(config)
+            refuse_held_runs_with_other_settings(config)
             refuse_missing_data(config)
         except CracksegError as error:
             print_line(f"error: {one_line(error)}")
@@ -275,45 +277,62 @@ def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
             )
 
 
-def refuse_jobs_whose_config_files_changed(config: DictConfig) -> None:
-    """A config file edited since the sweep's jobs ran (in conf/ or ``--config-dir``) gives
-    them other settings under the same command line, which
-    :func:`refuse_finished_jobs_with_other_settings` cannot see. Each job that would be
-    skipped (finished) or continued (it saved a checkpoint) is composed again from its saved
-    overrides and compared with the config it ran with, before any job runs: each job
-    compares too, but only when its turn comes, after the sweep's new jobs have trained with
-    the edited files beside the old results."""
+def refuse_held_runs_with_other_settings(config: DictConfig) -> None:
+    """A job folder holding a run (finished, or to be resumed) whose settings this sweep
+    would change is refused before any job runs, where the job itself finds it only when
+    its turn comes, after the sweep's new jobs have trained beside the old results: a config
+    file edited since (in conf/ or ``--config-dir``, under the same command line, which
+    :func:`refuse_finished_jobs_with_other_settings` cannot see), or a setting typed
+    otherwise for a job to be resumed. Each such job is composed as this sweep will compose
+    it (this command line, with the job's own swept values) and compared with the config it
+    ran with; where that cannot be done here, each job compares its own when it starts."""
     sweep_dir = Path(config.hydra.sweep.dir)
     if not sweep_dir.is_dir():
         return
+    task = OmegaConf.to_container(config.hydra.overrides.task)
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    swept = swept_keys(task, params)
+    hydra_overrides = OmegaConf.to_container(config.hydra.overrides.hydra)  # its searchpath
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        if finished_status(job) is None and resume_checkpoint(job) is None:
-            continue  # started again from scratch, with the files as they are now
-        overrides = saved_hydra_file(job, "overrides.yaml")
+        saved_overrides = saved_hydra_file(job, "overrides.yaml")
         saved = saved_hydra_file(job, "config.yaml")
-        if overrides is None or saved is None:
-            continue  # the job itself refuses an unreadable config
-        now = compose(config.hydra.job.config_name, overrides=list(overrides))
-        for settings in (saved, now):  # ${hydra:runtime.output_dir}: only a job knows it
-            if "output_dir" in settings.get("paths", {}):
-                settings.paths.output_dir = str(job)
-        changed = config_differences(saved, now)
+        if not holds_run(job) or saved_overrides is None or saved is None:
+            continue  # started again from scratch, or refused by the job itself (unreadable)
+        overrides = job_overrides(task, list(saved_overrides), swept)
+        try:
+            now = compose(config.hydra.job.config_name, overrides=[*hydra_overrides, *overrides])
+            for settings in (saved, now):  # ${hydra:runtime.output_dir}: only a job knows it
+                if "output_dir" in settings.get("paths", {}):
+                    settings.paths.output_dir = str(job)
+            changed = config_differences(saved, now)
+        except (HydraException, OmegaConfBaseException) as error:
+            log.warning("%s not compared before the sweep (%s)", job, one_line(error))
+            return
         if changed:
             raise SweepSettingsError(
-                f"the job in {job} ran with other settings than its command line gives now "
-                f"({'; '.join(changed)}): a config file changed since; undo the change, or "
-                "use another hydra.sweep.dir"
+                f"the job in {job} ran with other settings than this sweep gives it "
+                f"({'; '.join(changed)}): a config file or a setting changed since; undo the "
+                "change, or use another hydra.sweep.dir"
             )
 
 
+#: Launchers whose jobs run on this machine, where their data must be found.
+LOCAL_LAUNCHERS = ("basic_launcher", "joblib")
+
+
 def refuse_missing_data(config: DictConfig) -> None:
-    """The data every job reads (``data.root``, or the photographs ``data.tile`` cuts, where
-    not swept) must be there: each job would otherwise fail on it, one after the other. Data
-    a job makes itself (synthetic, downloaded) is not looked for."""
+    """The data every job of a sweep on this machine reads (``data.root``, or the
+    photographs ``data.tile`` cuts, where neither is swept) must be there: each job would
+    otherwise fail on it, one after the other. Looked for with the jobs' environment
+    (``hydra.job.env_set``); data a job makes itself (synthetic, downloaded) is not, nor
+    that of jobs run elsewhere (a cluster's launcher)."""
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    if not any(name in launcher.lower() for name in LOCAL_LAUNCHERS):
+        return
     data = config.get("data")
     if data is None or OmegaConf.is_missing(data, "root") or data.get("root") is None:
         return  # a job says data.root is not set
-    if data.get("synthetic") or data.get("download"):
+    if data.get("synthetic") or OmegaConf.select(data, "download.url", default=None):
         return
     task = OmegaConf.to_container(config.hydra.overrides.task)
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
@@ -323,8 +342,11 @@ def refuse_missing_data(config: DictConfig) -> None:
         for key in swept
     ):
         return
-    root, tile = Path(str(data.root)), data.get("tile")
-    if tile and not root.exists() and not Path(str(tile.source)).exists():
-        raise DataError(f"data.tile.source {tile.source} does not exist (the photographs to tile)")
-    if not tile and not root.exists():
+    env = OmegaConf.to_container(config.hydra.job.env_set, resolve=True)
+    with env_override({key: str(value) for key, value in env.items()}):
+        root, tile = Path(str(data.root)), data.get("tile")
+        source = Path(str(tile.source)) if tile else None
+    if source is not None and not root.exists() and not source.exists():
+        raise DataError(f"data.tile.source {source} does not exist (the photographs to tile)")
+    if source is None and not root.exists():
         raise DataError(f"data root {root} does not exist (set data.root=PATH)")

@@ -64,6 +64,24 @@ def shared_settings(task_overrides: Iterable[str], swept: set[str]) -> dict[str,
     return settings
 
 
+def job_overrides(
+    task_overrides: Iterable[str], saved: Iterable[str], swept: set[str]
+) -> list[str]:
+    """A job's overrides as this sweep gives them: the command line's (``task_overrides``),
+    its swept values those the job ran with (``saved``, its ``.hydra/overrides.yaml``)."""
+    parser = OverridesParser.create()
+    own = {o.key_or_group: o.input_line for o in parser.parse_overrides(list(saved))}
+    own = {key: line for key, line in own.items() if key in swept}
+    overrides = []
+    for override in parser.parse_overrides(list(task_overrides)):
+        key = override.key_or_group
+        if key not in swept:
+            overrides.append(override.input_line)
+        elif key in own:
+            overrides.append(own.pop(key))
+    return [*overrides, *own.values()]  # a sweeper's own parameters after the command line's
+
+
 def setting_changes(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
     """``key: old -> new`` for every setting given differently (``-`` where not given)."""
     keys = sorted(set(old) | set(new))
