@@ -495,6 +495,30 @@ def test_a_failure_part_way_keeps_the_tables_of_the_images_done(
     assert [row["file"] for row in rows_of(out / "predictions.csv")] == ["a.png"]
 
 
+def test_the_tables_are_written_as_images_are_done(tiny_checkpoint, tmp_path, monkeypatch):
+    """A process killed outright (out of memory) keeps the rows written so far: the tables
+    are written again while the folder is predicted (every minute; here after each image)."""
+    import crackseg.deploy.predict_folder as predicting
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b", "c"):
+        cv2.imwrite(str(photos / f"{name}.png"), np.full((64, 128, 3), 120, np.uint8))
+    out = tmp_path / "run"
+    measured, seen = predicting.measure_cracks, []
+
+    def reads_the_table_first(mask, min_pixels):
+        table = out / "predictions.csv"
+        seen.append([row["file"] for row in rows_of(table)] if table.exists() else [])
+        return measured(mask, min_pixels)
+
+    monkeypatch.setattr(predicting, "measure_cracks", reads_the_table_first)
+    monkeypatch.setattr(predicting, "TABLES_EVERY_S", 0.0)
+    predict_folder(predict_config(out, ckpt_path=str(tiny_checkpoint), input=str(photos)))
+    assert seen == [[], ["a.png"], ["a.png", "b.png"]]
+    assert len(rows_of(out / "predictions.csv")) == 3
+
+
 def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     from crackseg.deploy.backends import ModelInfo
     from crackseg.deploy.predict_folder import REFERENCE_COLUMNS, ResultWriter, dice_iou

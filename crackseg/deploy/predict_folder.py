@@ -10,6 +10,7 @@ output. ``predictions.csv`` has one row per image, ``cracks.csv`` one per crack.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ CRACK_COLUMNS = [
 #: Added when ``pixel_size_mm`` is given: the pixel columns above, in millimetres.
 PREDICTION_MM_COLUMNS = ["total_length_mm", "max_width_mm", "mean_width_mm"]
 CRACK_MM_COLUMNS = ["length_mm", "mean_width_mm", "max_width_mm"]
+#: The tables of the images done are written again at least this often while a folder is
+#: predicted, so that a process killed outright (out of memory, SIGKILL) leaves them.
+TABLES_EVERY_S = 60.0
 
 
 def reference_masks(folder: str | None) -> dict[str, Path]:
@@ -227,10 +231,14 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     skipped: list[Path] = []
     with tqdm(total=len(paths), desc="predicting", unit="image") as progress:
         images = _read_for_prediction(paths, info.input_channels, skipped, progress)
+        written = time.monotonic()
         try:
             for (path, image), prediction in predict_images(images, backend, plan):
                 writer.add(path, image, prediction)
                 progress.update()
+                if time.monotonic() - written >= TABLES_EVERY_S:
+                    writer.write_tables()
+                    written = time.monotonic()
         except BaseException:  # Ctrl-C, SIGTERM as crackseg-predict turns it, or a failure
             if writer.image_rows:  # the tables of the images done, as a finished run's
                 try:
