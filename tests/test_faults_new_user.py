@@ -551,6 +551,22 @@ def test_an_unexpected_error_of_a_single_run_is_recorded_as_failed(tmp_path):
     assert status == {"status": "failed", "error": "a bug"}
 
 
+def test_a_sigterm_dropped_where_python_ignores_exceptions_still_stops_the_command():
+    """The KeyboardInterrupt a SIGTERM raises is dropped where it lands in a finaliser or a
+    weakref callback the garbage collector runs (seen in crackseg-export); the stop is
+    raised again when the work is over, so the command still ends as stopped."""
+    from crackseg.runs.lifecycle import sigterm_as_ctrl_c
+
+    with pytest.raises(KeyboardInterrupt), sigterm_as_ctrl_c():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs here
+        except KeyboardInterrupt:
+            pass  # dropped, as Python drops it in a weakref callback
+    with sigterm_as_ctrl_c():
+        pass  # no stop asked: nothing raised
+
+
 def test_ctrl_c_inside_a_lightning_call_ends_as_a_stop(tmp_path, capsys):
     """Ctrl-C during the validation or test after training: Lightning's handler ends the
     process with exit(1); the run ends as stopped (143, status interrupted) all the same."""

@@ -155,12 +155,17 @@ def stop_requests() -> tuple[type[BaseException], ...]:
 def sigterm_as_ctrl_c() -> Iterator[None]:
     """SIGTERM stops the work inside as Ctrl-C does (a KeyboardInterrupt, which
     :func:`run_task` ends with one line and the status ``interrupted``), for a command
-    Lightning does not run: Lightning handles SIGTERM itself while it trains."""
+    Lightning does not run: Lightning handles SIGTERM itself while it trains. Raised where
+    Python drops exceptions (a finaliser, a weakref callback the garbage collector runs),
+    the stop is raised again once the work inside is over."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    stopped = False
 
     def interrupt(signum: int, frame: Any) -> None:
+        nonlocal stopped
+        stopped = True
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
@@ -168,6 +173,8 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if stopped:
+        raise KeyboardInterrupt
 
 
 def _refuse_other_settings(output_dir: Path, cfg: DictConfig) -> None:
