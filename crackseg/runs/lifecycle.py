@@ -256,20 +256,28 @@ def check_trials(config: DictConfig) -> None:
         raise ConfigError(f"hydra.sweeper.n_trials must be an integer >= 1, not {trials!r}")
 
 
+def _task_and_swept(config: DictConfig) -> tuple[list[str], set[str]]:
+    """A multirun's command-line overrides, and the keys its jobs vary."""
+    task = OmegaConf.to_container(config.hydra.overrides.task)
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    return task, swept_keys(task, params)
+
+
+def _job_folders(config: DictConfig) -> list[Path]:
+    """The folders of the jobs an earlier run of the sweep left in its folder."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if sweep_dir.is_dir() else []
+
+
 def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
     """Finished jobs of the sweep folder are skipped, and their folders are named by the
     swept values only: a setting given otherwise on the command line (``trainer.max_epochs=20``
     after a 10-epoch sweep) would reuse results it did not make. Compared before any job runs
     (each job also compares its whole saved config when it is skipped). With
     ``skip_finished=false`` a finished job is refused outright: it cannot run again there."""
-    sweep_dir = Path(config.hydra.sweep.dir)
-    if not sweep_dir.is_dir():
-        return
-    task = OmegaConf.to_container(config.hydra.overrides.task)
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    swept = swept_keys(task, params)
+    task, swept = _task_and_swept(config)
     wanted = shared_settings(task, swept)
-    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+    for job in _job_folders(config):
         saved = saved_hydra_file(job, "overrides.yaml")
         if finished_status(job) is None or saved is None:
             continue
@@ -293,14 +301,9 @@ def refuse_held_runs_with_other_settings(config: DictConfig) -> None:
     otherwise for a job to be resumed. Each such job is composed as this sweep will compose
     it (this command line, with the job's own swept values) and compared with the config it
     ran with; where that cannot be done here, each job compares its own when it starts."""
-    sweep_dir = Path(config.hydra.sweep.dir)
-    if not sweep_dir.is_dir():
-        return
-    task = OmegaConf.to_container(config.hydra.overrides.task)
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    swept = swept_keys(task, params)
+    task, swept = _task_and_swept(config)
     hydra_overrides = OmegaConf.to_container(config.hydra.overrides.hydra)  # its searchpath
-    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+    for job in _job_folders(config):
         saved_overrides = saved_hydra_file(job, "overrides.yaml")
         saved = saved_hydra_file(job, "config.yaml")
         if not holds_run(job) or saved_overrides is None or saved is None:
@@ -341,9 +344,7 @@ def refuse_missing_data(config: DictConfig) -> None:
         return  # a job says data.root is not set
     if data.get("synthetic") or OmegaConf.select(data, "download.url", default=None):
         return
-    task = OmegaConf.to_container(config.hydra.overrides.task)
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    swept = swept_keys(task, params)
+    _, swept = _task_and_swept(config)
     if any(
         key in ("data", "experiment") or key.startswith(("data.root", "data.tile", "paths."))
         for key in swept
