@@ -51,7 +51,8 @@ def weak_adjustment(
 
 
 #: Severstal's epochs by training positives: as published for the curve's four sizes
-#: (docs/method.md §10); 50 for Table 4's 1000, crackseg's choice (§10 gives none).
+#: (docs/method.md §10); 50 for Table 4's 1000, as the published run script trains its 14
+#: rows (docs/method.md §10 gives no number for 1000).
 SEVERSTAL_EPOCHS = {300: 90, 750: 80, 1000: 50, 1500: 60, 3000: 40}
 
 
