@@ -29,7 +29,7 @@ from crackseg.data.data_settings import (
 )
 from crackseg.data.dataset import CrackDataset
 from crackseg.data.io import image_size
-from crackseg.data.layouts import check_samples, index_layout
+from crackseg.data.layouts import check_data_found, check_samples, index_layout
 from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.data.samples import Sample, count_positives
 from crackseg.data.splits import DataSplit, split_samples
@@ -164,8 +164,7 @@ class CrackDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data_split is not None:
             return
-        if not self.root.exists():
-            raise DataError(f"data root {self.root} does not exist (set data.root=PATH)")
+        check_data_found(self.root)
         indexed = index_layout(
             self.source.layout,
             self.root,

@@ -29,7 +29,13 @@ from tqdm.auto import tqdm
 
 from crackseg.atomic import encode_png
 from crackseg.data.io import image_size, read_mask, read_native
-from crackseg.data.layouts import BINARIZE_THRESHOLD, LAYOUTS, check_samples, index_layout
+from crackseg.data.layouts import (
+    BINARIZE_THRESHOLD,
+    LAYOUTS,
+    check_data_found,
+    check_samples,
+    index_layout,
+)
 from crackseg.data.published_splits import PARTS, published_split, write_published_split
 from crackseg.data.samples import Sample, count_positives
 from crackseg.data.splits import resolve_splits, split_by_source, write_split_csv
@@ -219,8 +225,7 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
     if root.exists() and any(root.iterdir()):
         log.info("%s holds a dataset tiled before (no %s): used as it is", root, TILES_MARKER)
         return root
-    if not source.is_dir():
-        raise DataError(f"data.tile.source {source} does not exist (the photographs to tile)")
+    check_data_found(root, source)  # the root holds nothing yet: the photographs must be there
     with _hidden_sibling(root) as tmp:
         counts = tile_dataset(source, tmp, **tiling)
         (tmp / TILES_MARKER).write_text(json.dumps(params, indent=2) + "\n")

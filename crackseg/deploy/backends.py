@@ -146,10 +146,11 @@ def resolve_device(name: str) -> torch.device:
 
 def prediction_precision(trained: str | None, device: torch.device) -> str:
     """``precision=auto``: as the checkpoint was trained (``trained``, its run's
-    ``trainer.precision``), as crackseg-eval evaluates it, so that predictions meet the
-    thresholds its validation chose: bf16 where it trained in bf16 and this device computes
-    in bf16 natively (elsewhere bf16 is emulated, slower than float32), else float32; for a
-    checkpoint that does not say, bf16 where the device computes in it natively."""
+    ``trainer.precision``), so that predictions meet the thresholds its validation chose,
+    where the device computes that natively: bf16 where it trained in bf16 and this device
+    computes in bf16 natively, else float32 (emulated bf16 is slower than float32; crackseg-
+    eval, which reproduces, evaluates in the trained precision everywhere); for a checkpoint
+    that does not say, bf16 where the device computes in it natively."""
     if device.type == "cuda":
         torch.cuda.init()  # this process forks none: the GPU answers here, not a child process
     # of the GPU named (cuda:1), not of the first one

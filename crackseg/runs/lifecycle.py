@@ -22,13 +22,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from crackseg.cli import is_storage_error, one_line, print_line, root_cause
-from crackseg.errors import (
-    ConfigError,
-    CracksegError,
-    DataError,
-    RunFolderError,
-    SweepSettingsError,
-)
+from crackseg.data.layouts import check_data_found
+from crackseg.errors import ConfigError, CracksegError, RunFolderError, SweepSettingsError
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import (
     check_sweep_resume,
@@ -354,7 +349,4 @@ def refuse_missing_data(config: DictConfig) -> None:
     with env_override({key: str(value) for key, value in env.items()}):
         root, tile = Path(str(data.root)), data.get("tile")
         source = Path(str(tile.source)) if tile else None
-    if source is not None and not root.exists() and not source.exists():
-        raise DataError(f"data.tile.source {source} does not exist (the photographs to tile)")
-    if source is None and not root.exists():
-        raise DataError(f"data root {root} does not exist (set data.root=PATH)")
+    check_data_found(root, source)
