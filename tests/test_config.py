@@ -250,3 +250,32 @@ def test_network_and_extra_segmented_settings_are_checked(setting, expected):
     cfg = OmegaConf.merge(_compose(), OmegaConf.from_dotlist([setting]))
     with pytest.raises(ConfigError, match=re.escape(expected)):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_cuda_graphs_are_refused_with_gradient_accumulation(mode):
+    """Their replays overwrite the gradients being accumulated (pytorch/pytorch#169545)."""
+    cfg = _compose(f"model.compile={mode}", "+trainer.accumulate_grad_batches=4")
+    expected = f"model.compile={mode} records CUDA graphs, which overwrite the gradients"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.compile=reduce-overhead"],
+        ["model.compile=reduce-overhead", "+trainer.accumulate_grad_batches=1"],
+        ["model.compile=default", "+trainer.accumulate_grad_batches=4"],
+        ["model.compile=max-autotune-no-cudagraphs", "+trainer.accumulate_grad_batches=4"],
+        ["+trainer.accumulate_grad_batches=4"],
+    ],
+)
+def test_gradient_accumulation_and_cuda_graphs_each_pass_alone(overrides):
+    check_config(_compose(*overrides))
+
+
+def test_accumulate_grad_batches_must_be_a_count():
+    cfg = _compose("+trainer.accumulate_grad_batches=0")
+    with pytest.raises(ConfigError, match="trainer.accumulate_grad_batches must be an integer"):
+        check_config(cfg)

@@ -51,11 +51,17 @@ THRESHOLD_SOURCES = ("checkpoint", "validation")
 VALIDATION_SCHEDULES = ("every_n", "published")
 #: torch.compile's modes (``model.compile``; null: not compiled).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: The modes that replay the step as CUDA graphs on a GPU. Their backward writes each
+#: gradient into the graphs' own memory, which the next micro-batch's replay overwrites:
+#: with gradient accumulation the accumulated gradients are wrong, or torch raises
+#: "accessing tensor output of CUDAGraphs that has been overwritten" (pytorch/pytorch#169545).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 #: key -> (accepts the value, what it must be). Keys absent from a config are skipped.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
     "trainer.max_epochs": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    "trainer.accumulate_grad_batches": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "validation_n_epochs": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "validation_schedule": (lambda v: v in VALIDATION_SCHEDULES, "every_n or published"),
     "num_dice_panels": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
@@ -118,9 +124,8 @@ BOOLEAN_RULES: Rules = {
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first setting that cannot work."""
     check_rules(cfg, RULES)
-    check_rules(
-        cfg, {key: (lambda v: isinstance(v, bool), "true or false") for key in BOOLEAN_KEYS}
-    )
+    check_rules(cfg, BOOLEAN_RULES)
+    _check_cuda_graphs_without_accumulation(cfg)
     data = cfg.get("data")
     if data is not None and "input_height" in data and "input_width" in data:
         check_input_size(data.input_height, data.input_width)
@@ -135,6 +140,17 @@ def check_config(cfg: DictConfig) -> None:
     download = OmegaConf.select(cfg, "data.download", default=None)
     if isinstance(download, DictConfig) and download.get("url"):
         _check_download_checksum(download)
+
+
+def _check_cuda_graphs_without_accumulation(cfg: DictConfig) -> None:
+    mode = OmegaConf.select(cfg, "model.compile", default=None)
+    accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1)
+    if mode in CUDA_GRAPH_MODES and accumulate != 1:
+        raise ConfigError(
+            f"model.compile={mode} records CUDA graphs, which overwrite the gradients that "
+            f"trainer.accumulate_grad_batches={accumulate} accumulates: use "
+            "model.compile=default or max-autotune-no-cudagraphs"
+        )
 
 
 def _check_download_checksum(download: DictConfig) -> None:
