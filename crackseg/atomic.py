@@ -7,9 +7,11 @@ previous file (or none), never half of one.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,13 +73,41 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Text for people (a report, JSON) in UTF-8; see :func:`escape_undecodable_names`."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(escape_undecodable_names(text), encoding="utf-8")
+
+
+def escape_undecodable_names(text: str) -> str:
+    """``text`` with the bytes of file names that are not UTF-8 (Linux allows any bytes in a
+    name; Python holds the others as surrogates) as backslash escapes, which any reader
+    shows: ``caf\\xe9.png`` for Latin-1's ``café.png``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def atomic_write_csv(
+    path: str | Path,
+    header: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    names_as_bytes: bool = False,
+) -> None:
+    """A table, whole or not at all, in UTF-8 with file names that are not UTF-8 escaped
+    (:func:`escape_undecodable_names`); or, with ``names_as_bytes``, with those names' own
+    bytes, for a table crackseg reads back (a split file), where a name must come back as
+    it was."""
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(header)
+    writer.writerows(rows)
+    if names_as_bytes:
+        atomic_write_bytes(path, table.getvalue().encode("utf-8", "surrogateescape"))
+    else:
+        atomic_write_text(path, table.getvalue())
 
 
 def encode_png(image: np.ndarray) -> bytes:

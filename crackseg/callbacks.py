@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import signal
@@ -20,7 +18,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from crackseg.atomic import atomic_write_text
+from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.evaluation import weak_ranking
 from crackseg.evaluation.metrics import json_ready
 from crackseg.evaluation.plots import (
@@ -49,6 +47,8 @@ HISTORY_KEYS = (
     "val/dice",
 )
 
+#: ``test_scores.csv``: every test image's decision score, decision and Dice.
+SCORES_COLUMNS = ("sample_id", "image", "label", "decision_score", "decision", "dice")
 
 #: A ``check_val_every_n_epoch`` that never comes: no validation after this epoch.
 NEVER = 10**9
@@ -347,9 +347,7 @@ class EvaluationReport(pl.Callback):
         samples = trainer.datamodule.dataset("test").samples
         positive = results["positive_indices"].tolist()
         dice_of = dict(zip(positive, results["dice_per_image"].tolist(), strict=True))
-        table = io.StringIO()
-        writer = csv.writer(table)
-        writer.writerow(["sample_id", "image", "label", "decision_score", "decision", "dice"])
+        rows = []
         for index, label, score in zip(
             results["indices"].tolist(),
             results["labels"].tolist(),
@@ -358,7 +356,7 @@ class EvaluationReport(pl.Callback):
         ):
             sample = samples[index]
             dice = dice_of.get(index)
-            writer.writerow(
+            rows.append(
                 [
                     sample.sample_id,
                     str(sample.image_path),
@@ -368,7 +366,7 @@ class EvaluationReport(pl.Callback):
                     "" if dice is None else f"{dice:.6f}",
                 ]
             )
-        atomic_write_text(self.output_dir / "test_scores.csv", table.getvalue())
+        atomic_write_csv(self.output_dir / "test_scores.csv", SCORES_COLUMNS, rows)
 
     def _dice_panels(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, results: dict[str, Any]

@@ -451,8 +451,8 @@ def test_a_failed_write_names_the_file_and_fails_the_run(tiny_checkpoint, tmp_pa
 
 
 def test_a_failed_write_of_a_map_or_a_table_names_its_file(tmp_path, monkeypatch):
+    from crackseg.atomic import atomic_write_csv as write_csv
     from crackseg.atomic import atomic_write_png as write_png
-    from crackseg.deploy.outputs import write_csv
 
     def full_disk(self, data):
         raise OSError(errno.ENOSPC, "No space left on device")  # as a write names no file

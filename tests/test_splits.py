@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -130,6 +131,27 @@ def test_split_csv_round_trip(tmp_path):
     # a fold beside a split file names the published fold it holds: the file decides
     named = resolve_splits({"all": samples}, 0.2, 0.2, seed=0, split_file=path, fold=2)
     assert _ids(named) == _ids(splits)
+
+
+def test_a_split_file_gives_back_names_that_are_not_utf8(tmp_path):
+    """Linux allows any bytes in a name; Python holds the others as surrogates, which the
+    file keeps as the bytes they were, so the split pins the same samples again."""
+    name = os.fsdecode(b"caf\xe9")
+    sample = Sample(name, Path(f"{name}.jpg"), Path(f"{name}.png"), True)
+    path = tmp_path / "split.csv"
+    write_split_csv(path, {"train": [sample], "test": _samples(1, 1)})
+    assert b"train,caf\xe9,1,1,caf\xe9.jpg,caf\xe9.png" in path.read_bytes()
+    assert read_split_csv(path)["train"] == [name]
+
+
+def test_a_weak_positive_is_recorded_without_its_mask(tmp_path):
+    samples = {"train": _samples(2, 1), "test": _samples(1, 1, "t")}
+    path = tmp_path / "split.csv"
+    write_split_csv(path, samples, segmented_ids=frozenset({"p00001"}))
+    rows = path.read_text().splitlines()
+    assert "train,p00000,1,0,p0.jpg," in rows  # weak
+    assert "train,p00001,1,1,p1.jpg,p1.png" in rows
+    assert "test,tp00000,1,1,p0.jpg,p0.png" in rows  # only training positives train weakly
 
 
 def test_split_csv_missing_ids_and_malformed(tmp_path):

@@ -197,3 +197,40 @@ def test_the_sweep_objective_is_the_best_validation_ap(tiny_run):
         if key.startswith("ModelCheckpoint") and "val/image_ap" in key
     ]
     assert status["metrics"]["best_val_image_ap"] == pytest.approx(float(best_score))
+
+
+def test_a_dataset_with_file_names_that_are_not_utf8_trains_and_its_split_reads_back(
+    tiny_run, tiny_data_dir, tmp_path
+):
+    """Linux allows any bytes in a name (Python holds the others as surrogates): split.csv
+    keeps them as they are, so that it pins the same samples again, and the tables people
+    read (test scores, the weak ranking) show them as backslash escapes."""
+    import os
+    import shutil
+
+    from crackseg.data.splits import read_split_csv
+
+    data = tmp_path / "data"
+    shutil.copytree(next(tiny_data_dir.glob("synthetic_*")), data)
+    renamed = set()
+    for folder in ("images", "masks"):
+        for path in sorted((data / folder).glob("crack_*.png")):
+            new = os.fsdecode(b"caf\xe9_") + path.name
+            path.rename(path.with_name(new))
+            renamed.add(new.removesuffix(".png"))
+    settings = [o for o in TINY_EVAL if not o.startswith("data.synthetic.")]
+    result = run_entry(
+        "train",
+        "data=crack_segmentation",
+        f"data.root={data}",
+        *settings,
+        "trainer.max_epochs=1",
+        "data.num_segmented=4",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    recorded = {i for ids in read_split_csv(tmp_path / "run" / "split.csv").values() for i in ids}
+    assert renamed <= recorded
+    for table in ("test_scores.csv", "weak_ranking.csv"):
+        text = (tmp_path / "run" / table).read_text(encoding="utf-8")
+        assert "caf\\xe9_crack_" in text, table

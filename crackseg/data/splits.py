@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crackseg.atomic import atomic_path
+from crackseg.atomic import atomic_write_csv
 from crackseg.data.data_settings import SplitSettings
 from crackseg.data.samples import Sample, count_positives
 from crackseg.errors import ConfigError, DataError, describe_files
@@ -461,45 +461,47 @@ class DataSplit:
 
     def save(self, path: Path | str) -> None:
         """Write the split (and which positives kept masks) to a CSV that reproduces it."""
-        marked = {
-            name: [
-                s
-                if not s.is_positive or name != "train" or s.sample_id in self.segmented_ids
-                else Sample(s.sample_id, s.image_path, None, True)
-                for s in samples
-            ]
-            for name, samples in self.splits.items()
-        }
-        write_split_csv(path, marked)
+        write_split_csv(path, self.splits, self.segmented_ids)
 
 
-def write_split_csv(path: Path | str, splits: dict[str, list[Sample]]) -> None:
-    """Record a split so a run can be reproduced exactly (and inspected in a spreadsheet)."""
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        for name, samples in splits.items():
-            for s in samples:
-                writer.writerow(
-                    [
-                        name,
-                        s.sample_id,
-                        int(s.is_positive),
-                        int(s.mask_path is not None),
-                        str(s.image_path),
-                        "" if s.mask_path is None else str(s.mask_path),
-                    ]
-                )
+def write_split_csv(
+    path: Path | str, splits: dict[str, list[Sample]], segmented_ids: frozenset[str] | None = None
+) -> None:
+    """Record a split so a run can be reproduced exactly (and inspected in a spreadsheet).
+    A training positive outside ``segmented_ids`` (where given) trains without its mask, and
+    is recorded so. File names are written as their bytes, so that a name that is not UTF-8
+    reads back as it was (crackseg.atomic.atomic_write_csv)."""
+
+    def row(name: str, s: Sample) -> list[object]:
+        weak = (
+            segmented_ids is not None
+            and name == "train"
+            and s.is_positive
+            and s.sample_id not in segmented_ids
+        )
+        mask = None if weak else s.mask_path
+        return [
+            name,
+            s.sample_id,
+            int(s.is_positive),
+            int(mask is not None),
+            str(s.image_path),
+            "" if mask is None else str(mask),
+        ]
+
+    rows = (row(name, s) for name, samples in splits.items() for s in samples)
+    atomic_write_csv(path, CSV_COLUMNS, rows, names_as_bytes=True)
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the non-empty rows (with their line numbers) of a split file."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        # A name that is not UTF-8 comes back as the file system's name (write_split_csv).
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
             rows = list(csv.reader(handle))
     except OSError as exc:
         raise DataError(f"cannot read split file {path}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except csv.Error as exc:
         raise DataError(f"split file {path} is not a CSV file: {exc}") from exc
     if not rows:
         raise DataError(f"split file {path} is empty")

@@ -6,14 +6,10 @@ Every file is written whole or not at all (crackseg.atomic); a failed write rais
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from crackseg.atomic import atomic_write_text
 from crackseg.errors import RunFolderError
 
 #: What a prediction writes into its run folder: its tables and its folders of images.
@@ -57,14 +53,3 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     blend = (1 - TINT_OPACITY) * rgb[mask].astype(np.float32) + TINT_OPACITY * TINT
     tinted[mask] = np.round(blend).astype(np.uint8)
     return tinted
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """A table in UTF-8. A file name that is not UTF-8 (Linux allows any bytes) keeps its
-    other bytes as backslash escapes: ``caf\\xe9.png`` for Latin-1's ``café.png``."""
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(header)
-    writer.writerows(rows)
-    text = table.getvalue().encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    atomic_write_text(path, text)

@@ -19,17 +19,12 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from crackseg.atomic import atomic_write_png
+from crackseg.atomic import atomic_write_csv, atomic_write_png
 from crackseg.data.io import is_image_file, list_input_images, read_image, read_mask
 from crackseg.data.layouts import BINARIZE_THRESHOLD, files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
-from crackseg.deploy.outputs import (
-    overlay,
-    probability_image,
-    refuse_earlier_predictions,
-    write_csv,
-)
+from crackseg.deploy.outputs import overlay, probability_image, refuse_earlier_predictions
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
 from crackseg.errors import DataError, describe_files
@@ -173,12 +168,12 @@ class ResultWriter:
     def write_tables(self) -> None:
         millimetres = self.settings.pixel_size_mm is not None
         references = REFERENCE_COLUMNS if self.settings.reference_masks is not None else []
-        write_csv(
+        atomic_write_csv(
             self.output_dir / "predictions.csv",
             PREDICTION_COLUMNS + (PREDICTION_MM_COLUMNS if millimetres else []) + references,
             self.image_rows,
         )
-        write_csv(
+        atomic_write_csv(
             self.output_dir / "cracks.csv",
             CRACK_COLUMNS + (CRACK_MM_COLUMNS if millimetres else []),
             self.crack_rows,

@@ -16,8 +16,6 @@ drawing the masks of the top-ranked images and training with them
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from crackseg.atomic import atomic_write_text
+from crackseg.atomic import atomic_write_csv
 
 RANKING_FILE = "weak_ranking.csv"
 COLUMNS = (
@@ -64,21 +62,18 @@ def rank(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_ranking(path: str | Path, ranked: Sequence[dict[str, Any]]) -> Path:
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(COLUMNS)
-    for entry in ranked:
-        mean = entry["mean_crack_probability"]
-        writer.writerow(
-            [
-                entry["rank"],
-                entry["sample_id"],
-                entry["image"],
-                f"{entry['uncertainty']:.6f}",
-                f"{entry['decision_score']:.6f}",
-                entry["crack_pixels"],
-                "" if math.isnan(mean) else f"{mean:.6f}",
-            ]
-        )
-    atomic_write_text(path, table.getvalue())
+    atomic_write_csv(path, COLUMNS, (_ranking_row(entry) for entry in ranked))
     return Path(path)
+
+
+def _ranking_row(entry: dict[str, Any]) -> list[Any]:
+    mean = entry["mean_crack_probability"]
+    return [
+        entry["rank"],
+        entry["sample_id"],
+        entry["image"],
+        f"{entry['uncertainty']:.6f}",
+        f"{entry['decision_score']:.6f}",
+        entry["crack_pixels"],
+        "" if math.isnan(mean) else f"{mean:.6f}",
+    ]

@@ -13,7 +13,6 @@ one scale; a fold that did not finish leaves both incomplete, which the table co
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 import statistics
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 
-from crackseg.atomic import atomic_write_text
+from crackseg.atomic import atomic_write_csv
 from crackseg.evaluation.metrics import image_metrics
 from crackseg.sweep.published import add_table4_labels
 
@@ -114,12 +113,11 @@ def write_pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) 
     setting = [k for k in joined[0] if k not in ("folds", "fold_values") and not _metric(k)]
     columns = [*setting, "folds", "fold_values", "pooled_image_auc", "pooled_image_ap"]
     columns += [f"{m}_{s}" for m in FOLD_METRICS for s in ("mean", "std")]
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(columns)
-    for row in joined:
-        writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
-    atomic_write_text(root / CSV_NAME, table.getvalue())
+    atomic_write_csv(
+        root / CSV_NAME,
+        columns,
+        (["" if row.get(c) is None else row[c] for c in columns] for row in joined),
+    )
 
     def number(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.4f}"

@@ -11,8 +11,6 @@ root and for any folder of single runs alike.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import math
@@ -26,7 +24,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from crackseg.atomic import atomic_write_text
+from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.runs.folder import STATUS_FILE, is_rank_zero, load_status
 from crackseg.sweep.published import add_table4_labels, departures
 
@@ -275,12 +273,9 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
     keys = swept_columns(rows)
     columns = [*BASE_COLUMNS, *keys, *METRICS]
     csv_path = root / CSV_NAME
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
-    atomic_write_text(csv_path, table.getvalue())
+    atomic_write_csv(
+        csv_path, columns, (["" if row.get(c) is None else row[c] for c in columns] for row in rows)
+    )
 
     counts = status_counts(rows)
     others = sorted({r["status"] for r in rows} - {"finished", "failed"})
