@@ -169,6 +169,13 @@ def test_train_refuses_a_resume_of_nothing_without_lightning(tmp_path):
     assert lightning == set()
 
 
+def test_train_refuses_an_empty_resume_without_lightning():
+    """``resume=$RUN`` with RUN unset names no folder: not the current one."""
+    line, lightning = refuse("train", "resume=")
+    assert line == "error: resume= is empty: name the run folder (resume=RUN_DIR), or leave it out"
+    assert lightning == set()
+
+
 def test_train_refuses_a_finished_run_folder_without_lightning(finished_run):
     line, lightning = refuse("train", f"hydra.run.dir={finished_run}")
     assert line == (

@@ -242,6 +242,18 @@ def release_run_folder(folder: str | Path) -> None:
         os.close(fd)  # closing drops the lock
 
 
+def resumed_folder(resume: object) -> Path | None:
+    """The run folder ``resume=RUN_DIR`` names; None for a new run or ``resume=auto``. An
+    empty one (an unset shell variable) is refused, not read as the current folder."""
+    if resume in (None, "auto"):
+        return None
+    if str(resume) == "":
+        raise RunFolderError(
+            "resume= is empty: name the run folder (resume=RUN_DIR), or leave it out"
+        )
+    return Path(str(resume))
+
+
 def check_resume_folder(run_dir: Path) -> None:
     """``resume=RUN_DIR`` must name a run's folder; checked before anything is written."""
     if not run_dir.exists():
@@ -282,7 +294,7 @@ def started_by(run_dir: Path) -> str | None:
 
 def check_sweep_resume(resume: object) -> None:
     """A sweep resumes its jobs itself (``resume=auto``); ``resume=RUN_DIR`` names one run."""
-    if resume not in (None, "auto"):
+    if resumed_folder(resume) is not None:
         raise RunFolderError(
             "resume=RUN_DIR continues one run; to resume a sweep, run it again with the "
             "same hydra.sweep.dir"
@@ -483,14 +495,15 @@ def prepare_training_run(
     """
     output_dir = Path(cfg.paths.output_dir)
     resume = cfg.get("resume")
+    resumed = resumed_folder(resume)
     if not is_rank_zero():
-        if resume not in (None, "auto"):
+        if resumed is not None:
             return _started_config(output_dir), resume_checkpoint(output_dir)
         return cfg, resume_checkpoint(output_dir) if resume == "auto" or multirun else None
-    if resume not in (None, "auto"):
+    if resumed is not None:
         if multirun:
             check_sweep_resume(resume)
-        return _resume_run_dir(cfg, Path(str(resume)), output_dir, task_overrides)
+        return _resume_run_dir(cfg, resumed, output_dir, task_overrides)
     if not holds_run(output_dir):
         return cfg, None
     if resume != "auto" and not multirun:

@@ -90,20 +90,16 @@ def _overrides_of(job: Path) -> list[str] | None:
     return sorted(str(o) for o in saved) if OmegaConf.is_list(saved) else None
 
 
-def _resumes_folder(resume: object) -> bool:
-    return resume not in (None, "auto", "")
-
-
 def run_dir(resume: object, default: str) -> str:
     """The run folder: the one named by ``resume=RUN_DIR``, else a new one.
 
     Hydra creates the folder right after; a ``resume=`` naming no run is refused first.
     """
-    from crackseg.runs.folder import check_resume_folder
+    from crackseg.runs.folder import check_resume_folder, resumed_folder
 
-    if not _resumes_folder(resume):
+    if (folder := resumed_folder(resume)) is None:
         return default
-    check_resume_folder(Path(str(resume)))
+    check_resume_folder(folder)
     return str(resume)
 
 
@@ -142,14 +138,19 @@ def hydra_subdir(output_dir: str, resume: object, job_name: str | None = None) -
     :func:`job_log`.
     """
     from crackseg.deploy.outputs import earlier_predictions
-    from crackseg.runs.folder import claim_run_folder, holds_run, used_by_another_command
+    from crackseg.runs.folder import (
+        claim_run_folder,
+        holds_run,
+        resumed_folder,
+        used_by_another_command,
+    )
 
     refuse_a_used_folder(output_dir, job_name)
     claim_run_folder(output_dir)
     folder = Path(output_dir)
     # A training may start again where one failed; other commands leave any run's folder be.
     used = holds_run(folder) if job_name in (None, "train") else used_by_another_command(folder)
-    keep = _resumes_folder(resume) or used or bool(earlier_predictions(folder))
+    keep = resumed_folder(resume) is not None or used or bool(earlier_predictions(folder))
     return None if keep else ".hydra"
 
 
