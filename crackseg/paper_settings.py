@@ -110,10 +110,14 @@ def table4_segmented(row: int, mixed: int) -> int | None:
 
 
 def table4_label(row: int) -> str:
-    """The row as the summary names it: ``6: full; weighted, balanced, adjusted``."""
+    """The row as the summary names it: ``6: full; weighted loss, dynamic balance,
+    adjustment on``."""
     supervision, *switches = _table4_row(row)
-    names = ("weighted loss", "dynamic balance", "adjustment")
-    on = [name for name, value in zip(names, switches, strict=True) if value]
+    on = [
+        name.replace("_", " ")
+        for name, value in zip(TABLE4_SWITCHES, switches, strict=True)
+        if value
+    ]
     return f"{row}: {supervision}; {', '.join(on) or 'none'} on"
 
 

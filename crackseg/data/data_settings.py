@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from crackseg.data.dataset import WeightMapConfig
+from crackseg.data.labels import BINARIZE_THRESHOLD
 from crackseg.errors import ConfigError
 
 #: Keys of data configs saved before the settings groups: the DataModule's class (Hydra
@@ -102,7 +103,7 @@ class LabelSettings:
     num_segmented: int | None = None
     extra_segmented: ExtraSegmented = field(default_factory=ExtraSegmented)
     dilate: int = 1
-    binarize_threshold: int = 127
+    binarize_threshold: int = BINARIZE_THRESHOLD
     weight_map: WeightMapConfig | None = None
     weak_masks: bool = False
 

@@ -31,7 +31,7 @@ from crackseg.data.dataset import CrackDataset
 from crackseg.data.io import image_size
 from crackseg.data.layouts import check_data_found, check_samples, index_layout
 from crackseg.data.sampler import BalancedNegativeSampler
-from crackseg.data.samples import Sample, count_positives
+from crackseg.data.samples import SPLITS, Sample, count_positives
 from crackseg.data.splits import DataSplit, split_samples
 from crackseg.data.supervision import segmented_positives
 from crackseg.errors import DataError
@@ -206,7 +206,7 @@ class CrackDataModule(pl.LightningDataModule):
             training=stage in (None, "fit"),
         )
         self.data_split = DataSplit(splits, frozenset(segmented))
-        for name in ("train", "val", "test"):
+        for name in SPLITS:
             pos, neg = count_positives(splits[name])
             log.info("%s split: %d positives, %d negatives", name, pos, neg)
 

@@ -11,7 +11,12 @@ import torch
 from torch.utils.data import Dataset
 
 from crackseg.data.io import read_image, read_mask
-from crackseg.data.labels import distance_weight_map, prepare_mask, resize_image
+from crackseg.data.labels import (
+    BINARIZE_THRESHOLD,
+    distance_weight_map,
+    prepare_mask,
+    resize_image,
+)
 from crackseg.data.samples import Sample
 
 
@@ -49,7 +54,7 @@ class CrackDataset(Dataset):
         height: int,
         width: int,
         dilate: int = 1,
-        binarize_threshold: int = 127,
+        binarize_threshold: int = BINARIZE_THRESHOLD,
         segmented_ids: set[str] | None = None,
         weak_masks: bool = False,
         weight_map: WeightMapConfig | None = None,

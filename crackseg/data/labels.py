@@ -14,7 +14,11 @@ DOWNSAMPLE_WINDOW = 17
 DOWNSAMPLE_STRIDE = 8
 
 
-def binarize(mask: np.ndarray, threshold: int = 127) -> np.ndarray:
+#: A mask pixel above this grey level is defect (``data.binarize_threshold``).
+BINARIZE_THRESHOLD = 127
+
+
+def binarize(mask: np.ndarray, threshold: int = BINARIZE_THRESHOLD) -> np.ndarray:
     """Defect above ``threshold``: masks are often JPEGs, with artefacts."""
     return mask > threshold
 
@@ -63,7 +67,11 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def prepare_mask(
-    raw_mask: np.ndarray, height: int, width: int, dilate_kernel: int = 1, threshold: int = 127
+    raw_mask: np.ndarray,
+    height: int,
+    width: int,
+    dilate_kernel: int = 1,
+    threshold: int = BINARIZE_THRESHOLD,
 ) -> np.ndarray:
     """Stored mask -> soft float32 mask in [0, 1] at the input size (docs/method.md §4, 1-3)."""
     mask = binarize(raw_mask, threshold).astype(np.uint8)

@@ -46,13 +46,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from crackseg.data.io import IMAGE_EXTENSIONS, list_image_files, read_mask, read_native
+from crackseg.data.labels import BINARIZE_THRESHOLD
 from crackseg.data.rle import read_run_length_csv
-from crackseg.data.samples import Sample
+from crackseg.data.samples import SPLITS, Sample
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
 
 log = logging.getLogger(__name__)
 
-BINARIZE_THRESHOLD = 127
 _WORKERS = 4
 
 
@@ -152,7 +152,7 @@ def _pair_stems(
 
 
 def _crack_segmentation(root: Path, negative_prefix: str = "noncrack") -> dict[str, list[Sample]]:
-    split_dirs = [s for s in ("train", "val", "test") if (root / s / "images").is_dir()]
+    split_dirs = [s for s in SPLITS if (root / s / "images").is_dir()]
     if split_dirs:
         folders = {s: root / s for s in split_dirs}
     elif (root / "images").is_dir():
@@ -181,7 +181,7 @@ def _crack_segmentation(root: Path, negative_prefix: str = "noncrack") -> dict[s
 def _ksdd2(
     root: Path, binarize_threshold: int, mask_suffix: str = "_GT"
 ) -> dict[str, list[Sample]]:
-    splits = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    splits = [s for s in SPLITS if (root / s).is_dir()]
     if not splits:
         raise DataError(f"no train/ or test/ folder found in {root}")
     result: dict[str, list[Sample]] = {}
@@ -204,7 +204,7 @@ def _ksdd2(
 def _segdec(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
     result: dict[str, list[Sample]] = {}
     looked = []
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         samples: list[Sample] = []
         present = False
         for kind in ("positive", "negative"):

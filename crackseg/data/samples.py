@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from crackseg.data.rle import RunLengthMask
 
+#: The splits of a dataset, in the order a run uses them.
 SPLITS = ("train", "val", "test")
 
 

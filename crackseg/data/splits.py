@@ -24,7 +24,7 @@ import numpy as np
 
 from crackseg.atomic import atomic_write_csv
 from crackseg.data.data_settings import SplitSettings
-from crackseg.data.samples import Sample, count_positives
+from crackseg.data.samples import SPLITS, Sample, count_positives
 from crackseg.errors import ConfigError, DataError, describe_files
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def _splits_on_disk(
         )
         return {"train": carved["train"], "val": list(indexed["val"]), "test": carved["test"]}
     if keys == {"train", "val", "test"}:
-        return {name: list(indexed[name]) for name in ("train", "val", "test")}
+        return {name: list(indexed[name]) for name in SPLITS}
     raise DataError(
         f"cannot make train/val/test from the splits found on disk: {', '.join(sorted(keys))}"
     )
@@ -324,7 +324,7 @@ def _splits_from_file(
             (s for i in recorded.get(name, []) for s in by_id.get(i) or by_group[i]),
             key=lambda s: s.sample_id,
         )
-        for name in ("train", "val", "test")
+        for name in SPLITS
     }
     ids = [s.sample_id for samples in result.values() for s in samples]
     if len(set(ids)) != len(ids):
@@ -531,7 +531,7 @@ def read_split_csv(path: Path | str) -> dict[str, list[str]]:
     seen: set[str] = set()
     for line_no, row in rows:
         split, sample_id = row[col_split].strip(), row[col_id].strip()
-        if split not in ("train", "val", "test"):
+        if split not in SPLITS:
             raise DataError(
                 f"split file {path}, line {line_no}: unknown split {split!r} "
                 "(expected train, val or test)"

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from crackseg.atomic import encode_png
 from crackseg.data.io import image_size, read_mask, read_native
+from crackseg.data.labels import binarize
 from crackseg.data.layouts import (
-    BINARIZE_THRESHOLD,
     LAYOUTS,
     check_data_found,
     check_samples,
@@ -87,7 +87,7 @@ def tile_sample(
                 f"mask size {mask.shape[0]}x{mask.shape[1]} differs from image "
                 f"{height}x{width}: {sample.mask_path}"
             )
-    mask = np.where(mask > BINARIZE_THRESHOLD, 255, 0).astype(np.uint8)
+    mask = np.where(binarize(mask), 255, 0).astype(np.uint8)
     rows, pad_h = _tile_starts(height, size, stride, pad)
     cols, pad_w = _tile_starts(width, size, stride, pad)
     if pad_h or pad_w:  # mirror, so no artificial black border appears in the tiles

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from crackseg.atomic import atomic_path, atomic_write_text
 from crackseg.data.io import list_input_images, read_image
 from crackseg.data.labels import resize_image
-from crackseg.deploy.backends import ModelInfo, optional_import
+from crackseg.deploy.backends import CPU_PROVIDER, ModelInfo, optional_import
 from crackseg.deploy.tiling import TileGrid
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
 from crackseg.models.checkpoint import load_module
@@ -190,7 +190,7 @@ def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     destination = output_dir / "model.onnx"
     with atomic_path(destination) as tmp:
         export_module(module, tmp, cfg.opset)
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(tmp), providers=[CPU_PROVIDER])
         differences = compare_runtimes(module, session, inputs)
         worst = max(differences, key=lambda d: d.worst)
         if worst.worst > cfg.tolerance:

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from crackseg.atomic import atomic_write_csv, atomic_write_png
 from crackseg.data.io import is_image_file, list_input_images, read_image, read_mask
-from crackseg.data.layouts import BINARIZE_THRESHOLD, files_by_stem
+from crackseg.data.labels import binarize
+from crackseg.data.layouts import files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
 from crackseg.deploy.outputs import overlay, probability_image, refuse_earlier_predictions
@@ -117,7 +118,7 @@ class ResultWriter:
             log.warning("no reference mask for %s in %s", path.name, self.settings.reference_masks)
             return ["", ""]
         try:
-            truth = read_mask(reference) > BINARIZE_THRESHOLD
+            truth = binarize(read_mask(reference))
         except DataError as error:  # one unreadable reference costs its cells, not the run
             log.warning("reference mask %s is unreadable: %s", reference, error)
             return ["", ""]

@@ -388,7 +388,7 @@ class SegDecNet(nn.Module):
         """The shape of the volume convolution's input for a batch of ``image_shape``
         [B, C, H, W]: the last encoder stage's map, three 2x2 poolings down."""
         batch, _, height, width = image_shape
-        return batch, self.volume[0].in_channels, height // 8, width // 8
+        return batch, self.volume[0].in_channels, height // OUTPUT_STRIDE, width // OUTPUT_STRIDE
 
     def forward(self, x: Tensor) -> SegDecOutput:
         check_input_size(x.shape[-2], x.shape[-1])
