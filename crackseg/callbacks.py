@@ -1,4 +1,6 @@
-"""Side work of a run as Lightning callbacks: validation schedule, history, images, report."""
+"""Side work of a run as Lightning callbacks: the validation schedule, a checkpoint on a stop
+(SIGTERM, a cluster's requeue), checkpoints kept in the run folder, the training history,
+validation images, the weak positives' ranking, and the evaluation report."""
 
 from __future__ import annotations
 

@@ -95,7 +95,8 @@ class SegDecModule(pl.LightningModule):
         self.loss_settings = as_group(LossSettings, loss)
         self.optim_settings = as_group(OptimSettings, optim)
         self.speed = as_group(SpeedSettings, speed)
-        # NHWC activations: made concrete for the machine by setup(); off outside a Trainer.
+        # NHWC activations: `auto` is made concrete for the machine by setup(), and is off
+        # outside a Trainer; `true` is on from here.
         self.channels_last = self.speed.channels_last is True
         # Plain dicts, which a checkpoint stores and this constructor takes back. The run's
         # own hyperparameters go to TensorBoard with the final metrics instead.

@@ -9,6 +9,10 @@ key of the command line to ``override_dirname.exclude_keys`` of the jobs, before
 composes them. It does so through the hydra overrides of the sweep, which Hydra applies to
 every job it composes, whatever the launcher (local, joblib workers, SLURM): a job's name
 is then ``<num>_<swept key>=<value>,...``, and its ``.hydra/hydra.yaml`` shows the keys left out.
+
+The same split (swept keys, shared settings) tells whether a sweep run again asks its
+finished jobs for what they ran with (:func:`shared_settings`, :func:`job_overrides`,
+:func:`setting_changes`; crackseg.runs.lifecycle compares them).
 """
 
 from __future__ import annotations
