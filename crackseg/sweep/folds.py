@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 from crackseg.atomic import atomic_write_csv
 from crackseg.evaluation.metrics import image_metrics
 from crackseg.sweep.published import add_table4_labels
+from crackseg.sweep.summary import format_mean_std, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +52,6 @@ def read_test_scores(job: Path) -> tuple[list[float], list[int]] | None:
     except (OSError, KeyError, ValueError) as error:
         log.warning("cannot read %s: %s", path, error)
         return None
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
-    mean = statistics.fmean(values) if values else None
-    return mean, statistics.stdev(values) if len(values) > 1 else None
-
-
-def _text(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
 def pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
@@ -95,9 +83,9 @@ def pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) -> lis
             value = pooled.get(name)
             out[f"pooled_{name}"] = value if value is not None and math.isfinite(value) else None
         for name in FOLD_METRICS:
-            mean, std = _mean_std([r[name] for r in used if r.get(name) is not None])
+            mean, std = mean_std([r.get(name) for r in used])
             out[f"{name}_mean"], out[f"{name}_std"] = mean, std
-            out[name] = _text(mean, std)
+            out[name] = format_mean_std(mean, std)
         joined.append(out)
     return joined
 

@@ -223,12 +223,9 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         segmented = [r["num_segmented"] for r in finished if _is_number(r.get("num_segmented"))]
         group["segmented"] = round(statistics.fmean(segmented)) if segmented else None
         for name in GROUPED_METRICS:
-            values = [float(r[name]) for r in finished if _is_number(r[name])]
-            mean = statistics.fmean(values) if values else None
-            std = statistics.stdev(values) if len(values) > 1 else None
-            group[f"{name}_mean"] = mean
-            group[f"{name}_std"] = std
-            group[name] = _mean_std(mean, std)
+            mean, std = mean_std([r[name] for r in finished])
+            group[f"{name}_mean"], group[f"{name}_std"] = mean, std
+            group[name] = format_mean_std(mean, std)
         out.append(group)
     return out
 
@@ -237,7 +234,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _mean_std(mean: float | None, std: float | None) -> str:
+def mean_std(values: list[Any]) -> tuple[float | None, float | None]:
+    """The mean and sample standard deviation of the finite numbers among ``values`` (None
+    where there are too few: none for the mean, one for the deviation)."""
+    numbers = [float(v) for v in values if _is_number(v)]
+    mean = statistics.fmean(numbers) if numbers else None
+    return mean, statistics.stdev(numbers) if len(numbers) > 1 else None
+
+
+def format_mean_std(mean: float | None, std: float | None) -> str:
+    """``0.9631 ± 0.0030``, the mean alone without a deviation, ``n/a`` without a mean."""
     if mean is None:
         return "n/a"
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
