@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from crackseg.atomic import folder_built_beside
 from crackseg.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -240,9 +239,7 @@ def generate_synthetic_dataset(
         raise ConfigError(f"synthetic data needs sizes >= 8, counts and seed >= 0: {params}")
     start = time.perf_counter()
     target = root.absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
+    with folder_built_beside(target) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         kinds = ((1, num_positives, "crack"), (0, num_negatives, "noncrack"))
@@ -262,8 +259,6 @@ def generate_synthetic_dataset(
         except OSError:
             if not _matches(root, params):  # another process may have just finished the same set
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     what = f"{num_positives} crack + {num_negatives} non-crack images, {height}x{width}"
     seconds = time.perf_counter() - start
     logger.info(

@@ -15,19 +15,15 @@ import argparse
 import json
 import logging
 import math
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from crackseg.atomic import encode_png
+from crackseg.atomic import encode_png, folder_built_beside
 from crackseg.data.io import image_size, read_mask, read_native
 from crackseg.data.labels import binarize
 from crackseg.data.layouts import (
@@ -226,7 +222,7 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
         log.info("%s holds a dataset tiled before (no %s): used as it is", root, TILES_MARKER)
         return root
     check_data_found(root, source)  # the root holds nothing yet: the photographs must be there
-    with _hidden_sibling(root) as tmp:
+    with folder_built_beside(root) as tmp:
         counts = tile_dataset(source, tmp, **tiling)
         (tmp / TILES_MARKER).write_text(json.dumps(params, indent=2) + "\n")
         try:
@@ -239,19 +235,6 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
             return root
     log.info("tiled %s into %s:\n%s", source, root, positives_table(counts))
     return root
-
-
-@contextmanager
-def _hidden_sibling(dst: Path) -> Iterator[Path]:
-    """A new hidden folder beside ``dst`` to build it in; removed afterwards unless the
-    caller renamed it into place."""
-    parent = Path(dst).absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{Path(dst).name}.partial-", dir=parent))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_tiles(root: Path, params: dict[str, Any]) -> None:
@@ -326,7 +309,7 @@ def _cmd_tile(args: argparse.Namespace) -> None:
     dst = Path(args.dst)
     if dst.exists() and any(dst.iterdir()):
         raise DataError(f"destination is not empty, refusing to write into it: {dst}")
-    with _hidden_sibling(dst) as tmp:
+    with folder_built_beside(dst) as tmp:
         counts = _tile_from_arguments(args, tmp)
         tmp.rename(dst)  # replaces an empty dst in one step (POSIX rename)
     print(f"tiles written to {dst}\n")
