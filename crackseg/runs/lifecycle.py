@@ -90,30 +90,7 @@ def run_task(
             raise
         _end_stopped(output_dir, stopped_message, multirun)
     except Exception as raised:
-        error = root_cause(raised)
-        if multirun and isinstance(error, SweepSettingsError):
-            raise error from None  # the whole sweep's mistake: it fails the sweep
-        if isinstance(raised, InstantiationException) and not isinstance(error, CracksegError):
-            # A class the config names refused its arguments (+trainer.strategy=nope): the
-            # config's mistake, worded as the target and its refusal.
-            error = raised
-        expected = isinstance(error, CracksegError | InstantiationException) or is_storage_error(
-            error
-        )
-        if multirun and not expected:
-            log.exception("job failed")
-        if not isinstance(error, RunFolderError):  # a folder of another run keeps its status
-            _record(output_dir, "failed", error=one_line(error))
-        if not multirun:
-            if expected:
-                print_line(f"error: {one_line(error)}")
-                log_traceback_to_file(output_dir, raised)
-                sys.exit(2)
-            raise
-        log.error("job failed: %s", one_line(error))
-        if expected:
-            log_traceback_to_file(output_dir, raised)
-        return None
+        return _end_failed(output_dir, raised, multirun)
     else:
         metrics = {k: v for k, v in results.items() if isinstance(v, int | float | str | None)}
         if is_rank_zero():
@@ -121,6 +98,33 @@ def run_task(
         return metrics.get(objective)
     finally:
         release_run_folder(output_dir)  # the next job of a sweep may run in this process
+
+
+def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
+    """A command that failed: its status; one line and exit 2 for a user's mistake in a
+    single run (a traceback otherwise); in a multirun the job's line, and the sweep goes on,
+    unless the mistake is the whole sweep's."""
+    error = root_cause(raised)
+    if multirun and isinstance(error, SweepSettingsError):
+        raise error from None  # the whole sweep's mistake: it fails the sweep
+    if isinstance(raised, InstantiationException) and not isinstance(error, CracksegError):
+        # A class the config names refused its arguments (+trainer.strategy=nope): the
+        # config's mistake, worded as the target and its refusal.
+        error = raised
+    expected = isinstance(error, CracksegError | InstantiationException) or is_storage_error(error)
+    if multirun and not expected:
+        log.exception("job failed")
+    if not isinstance(error, RunFolderError):  # a folder of another run keeps its status
+        _record(output_dir, "failed", error=one_line(error))
+    if not multirun:
+        if expected:
+            print_line(f"error: {one_line(error)}")
+            log_traceback_to_file(output_dir, raised)
+            sys.exit(2)
+        raise raised
+    log.error("job failed: %s", one_line(error))
+    if expected:
+        log_traceback_to_file(output_dir, raised)
 
 
 def _end_stopped(output_dir: Path, message: str | None, multirun: bool) -> None:
