@@ -18,7 +18,7 @@ from crackseg.models.checkpoint import (
     trained_run_config,
 )
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import accept_run_folder, refuse_used_folder
+from crackseg.runs.folder import accept_folder_of_its_own
 from crackseg.runs.hardware import check_accelerator, evaluation_precision
 from crackseg.runs.lifecycle import run_task
 from crackseg.setting_rules import check_required
@@ -34,8 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ``trainer.precision=auto`` evaluates in the precision the weights were trained in.
     """
     output_dir = Path(cfg.paths.output_dir)
-    refuse_used_folder(output_dir)
-    accept_run_folder(output_dir)
+    accept_folder_of_its_own(output_dir)
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
     check_config(cfg)
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))

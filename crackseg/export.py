@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -12,15 +11,14 @@ from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.deploy.onnx_export import export_checkpoint
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import accept_run_folder, refuse_used_folder
+from crackseg.runs.folder import accept_folder_of_its_own
 from crackseg.runs.lifecycle import run_task, sigterm_as_ctrl_c
 from crackseg.setting_rules import check_required
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export into a folder of its own: never one holding a run."""
-    refuse_used_folder(Path(cfg.paths.output_dir))
-    accept_run_folder(cfg.paths.output_dir)
+    accept_folder_of_its_own(cfg.paths.output_dir)
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
     check_config(cfg)
     with sigterm_as_ctrl_c():  # stopped: no half-written model.onnx, the status interrupted

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -11,15 +10,13 @@ from omegaconf import DictConfig
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.deploy.predict_folder import predict_folder
-from crackseg.runs.folder import accept_run_folder, refuse_used_folder
+from crackseg.runs.folder import accept_folder_of_its_own
 from crackseg.runs.lifecycle import run_task, sigterm_as_ctrl_c
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict into a folder of its own: never one holding a run or another prediction."""
-    output_dir = Path(cfg.paths.output_dir)
-    refuse_used_folder(output_dir)
-    accept_run_folder(output_dir)
+    accept_folder_of_its_own(cfg.paths.output_dir)
     with sigterm_as_ctrl_c():
         return predict_folder(cfg)
 

@@ -322,6 +322,13 @@ def refuse_used_folder(folder: Path) -> None:
     refuse_earlier_predictions(folder)
 
 
+def accept_folder_of_its_own(folder: str | Path) -> None:
+    """An evaluation's, prediction's or export's start: its folder refused where it holds a
+    run or another prediction (:func:`refuse_used_folder`), else accepted."""
+    refuse_used_folder(Path(folder))
+    accept_run_folder(folder)
+
+
 def hydra_job() -> tuple[bool, list[str]]:
     """Whether this is a job of a multirun, and the overrides typed for it."""
     if not HydraConfig.initialized():
