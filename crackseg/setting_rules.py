@@ -27,16 +27,23 @@ def is_number(value: Any) -> bool:
 
 
 #: Settings a command cannot go without (``???`` in its config), and how to give them.
-REQUIRED = {"ckpt_path": "ckpt_path=PATH.ckpt", "input": "input=IMAGE_OR_FOLDER"}
+REQUIRED = {
+    "ckpt_path": "ckpt_path=PATH.ckpt",
+    "input": "input=IMAGE_OR_FOLDER",
+    "data.root": "data.root=PATH",
+}
 
 
 def check_required(cfg: DictConfig, keys: tuple[str, ...] = tuple(REQUIRED)) -> None:
     """Refuse a required setting left out (``???``), null, or given empty (``input=`` with
-    an unset shell variable would otherwise read as the current folder)."""
+    an unset shell variable would otherwise read as the current folder). Keys the config
+    does not have are not checked."""
     for key in keys:
-        if key not in cfg.keys():  # noqa: SIM118 (``key in cfg`` is False for ``???``)
-            continue
-        if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if not isinstance(node, DictConfig) or name not in node.keys():  # noqa: SIM118
+            continue  # (``name in node`` is False for ``???``)
+        if OmegaConf.is_missing(node, name) or node[name] in (None, ""):
             raise ConfigError(f"{REQUIRED[key]} is required")
 
 

@@ -15,6 +15,7 @@ from crackseg.cli import run_hydra_main
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import record_start, start_training_run
 from crackseg.runs.lifecycle import run_task
+from crackseg.setting_rules import check_required
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     cfg, checkpoint = start_training_run(cfg)  # the run folder: a new run, or one resumed
     check_config(cfg)
+    check_required(cfg, ("data.root",))
     record_start(cfg, checkpoint)
     return fit_and_test(cfg, checkpoint)
 

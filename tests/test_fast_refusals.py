@@ -176,6 +176,15 @@ def test_train_refuses_an_empty_resume_without_lightning():
     assert lightning == set()
 
 
+def test_train_and_eval_refuse_a_data_config_without_a_root_without_lightning(tmp_path):
+    line, lightning = refuse("train", "data=crack_segmentation", f"hydra.run.dir={tmp_path / 't'}")
+    assert (line, lightning) == ("error: data.root=PATH is required", set())
+    line, lightning = refuse(
+        "eval", "ckpt_path=x.ckpt", "data=folder", f"hydra.run.dir={tmp_path / 'e'}"
+    )
+    assert (line, lightning) == ("error: data.root=PATH is required", set())
+
+
 def test_train_refuses_a_finished_run_folder_without_lightning(finished_run):
     line, lightning = refuse("train", f"hydra.run.dir={finished_run}")
     assert line == (

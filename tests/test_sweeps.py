@@ -685,6 +685,18 @@ def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: P
     )
     line = one_line_error(run_entry("train", "-m", *tiles, f"hydra.sweep.dir={sweep_dir}"))
     assert line == f"error: data.tile.source {nodata} does not exist (the photographs to tile)"
+    # a data config with no root, on any launcher; a root under ~ is found as a job finds it
+    unset = ("data=crack_segmentation", "seed=0,1", f"hydra.sweep.dir={sweep_dir}")
+    line = one_line_error(run_entry("train", "-m", *unset))
+    assert line == "error: data.root=PATH is required"
+    home = ("data=crack_segmentation", "data.root='~/cfd'", "seed=0,1")
+    result = run_entry(
+        "train", "-m", *home, f"hydra.sweep.dir={sweep_dir}", env={"HOME": str(nodata)}
+    )
+    assert (
+        one_line_error(result)
+        == f"error: data root {nodata}/cfd does not exist (set data.root=PATH)"
+    )
     assert not sweep_dir.exists()
 
 

@@ -41,6 +41,7 @@ from crackseg.runs.folder import (
 from crackseg.runs.gpus import job_device_context, runs_parallel_locally
 from crackseg.runs.job_log import log_traceback_to_file
 from crackseg.runs.threads import set_job_threads
+from crackseg.setting_rules import check_required
 from crackseg.sweep.job_names import job_overrides, setting_changes, shared_settings, swept_keys
 
 log = logging.getLogger(__name__)
@@ -330,27 +331,26 @@ LOCAL_LAUNCHERS = ("basic_launcher", "joblib")
 
 
 def refuse_missing_data(config: DictConfig) -> None:
-    """The data every job of a sweep on this machine reads (``data.root``, or the
-    photographs ``data.tile`` cuts, where neither is swept) must be there: each job would
-    otherwise fail on it, one after the other. Looked for with the jobs' environment
+    """The data every job of a sweep reads (``data.root``, or the photographs ``data.tile``
+    cuts, where neither is swept) must be given, and on this machine be there: each job
+    would otherwise fail on it, one after the other. Looked for with the jobs' environment
     (``hydra.job.env_set``); data a job makes itself (synthetic, downloaded) is not, nor
     that of jobs run elsewhere (a cluster's launcher)."""
-    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
-    if not any(name in launcher.lower() for name in LOCAL_LAUNCHERS):
-        return
     data = config.get("data")
-    if data is None or OmegaConf.is_missing(data, "root") or data.get("root") is None:
-        return  # a job says data.root is not set
-    if data.get("synthetic") or OmegaConf.select(data, "download.url", default=None):
-        return
     _, swept = _task_and_swept(config)
-    if any(
+    if data is None or any(
         key in ("data", "experiment") or key.startswith(("data.root", "data.tile", "paths."))
         for key in swept
     ):
         return
+    check_required(config, ("data.root",))
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    if not any(name in launcher.lower() for name in LOCAL_LAUNCHERS):
+        return
+    if data.get("synthetic") or OmegaConf.select(data, "download.url", default=None):
+        return
     env = OmegaConf.to_container(config.hydra.job.env_set, resolve=True)
     with env_override({key: str(value) for key, value in env.items()}):
-        root, tile = Path(str(data.root)), data.get("tile")
-        source = Path(str(tile.source)) if tile else None
+        root, tile = Path(str(data.root)).expanduser(), data.get("tile")
+        source = Path(str(tile.source)).expanduser() if tile else None
     check_data_found(root, source)
