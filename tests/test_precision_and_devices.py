@@ -13,6 +13,7 @@ from helpers.bf16_bounds import FLOAT32_NOISE, bf16_relative_bound, on_bf16_grid
 from helpers.tiny_module import crack_batch, crack_loader, tiny_module
 from helpers.volume_nodes import record_volume_nodes
 
+from crackseg.errors import ConfigError
 from crackseg.models import precision
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.models.module_settings import SpeedSettings
@@ -155,6 +156,17 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_in_bf16(monkeypatch)
     assert hardware.resolve_precision("auto", "cpu") == "32-true"
     assert hardware.resolve_precision("32-true", "cpu") == "32-true"
     assert hardware.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+@pytest.mark.parametrize("float16", ["16-mixed", "16"])
+def test_float16_is_refused_off_a_gpu_where_lightning_would_train_bf16(monkeypatch, float16):
+    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 0)
+    for accelerator in ("cpu", "auto"):
+        with pytest.raises(ConfigError, match=f"trainer.precision={float16} needs a GPU"):
+            hardware.resolve_precision(float16, accelerator)
+    assert hardware.resolve_precision(float16, "gpu") == float16
+    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 1)
+    assert hardware.resolve_precision(float16, "auto") == float16
 
 
 def test_an_evaluation_takes_the_trained_precision_where_it_runs(monkeypatch):

@@ -59,7 +59,14 @@ def check_deterministic(cfg: Any) -> None:
 
 
 def resolve_precision(precision: str | int, accelerator: str) -> str:
-    """``trainer.precision``, with ``auto`` turned into what this machine runs natively."""
+    """``trainer.precision``, with ``auto`` turned into what this machine runs natively.
+    float16 is refused off a GPU, where Lightning would train bf16 instead, recorded as
+    float16."""
+    if str(precision) in ("16-mixed", "16") and not uses_cuda(accelerator):
+        raise ConfigError(
+            f"trainer.precision={precision} needs a GPU (on a CPU Lightning would train "
+            "bf16 instead): use bf16-mixed, 32-true or auto"
+        )
     if str(precision) != "auto":
         return str(precision)
     chosen = native_precision(accelerator)
