@@ -75,6 +75,13 @@ def test_eval_of_a_checkpoint_matches_the_test_step(
     assert (tmp_path / "report.md").is_file()
     # image by image (crackseg-predict's scores are checked against these in test_predict)
     assert (tmp_path / "test_scores.csv").read_text() == (tiny_run / "test_scores.csv").read_text()
+    # strict JSON: an evaluation has no validation AP (null, not NaN)
+    status = json.loads((tmp_path / "status.json").read_text(), parse_constant=_refuse)
+    assert status["status"] == "finished" and status["metrics"]["best_val_image_ap"] is None
+
+
+def _refuse(constant: str) -> None:
+    raise ValueError(f"{constant} in strict JSON")
 
 
 def test_eval_choosing_its_thresholds_on_test_says_so(tiny_checkpoint, tiny_data_dir, tmp_path):

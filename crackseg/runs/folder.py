@@ -18,6 +18,7 @@ import fnmatch
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -355,9 +356,20 @@ def read_status(folder: Path) -> dict[str, Any] | None:
 
 
 def write_status(folder: Path, status: str, **fields: Any) -> None:
-    atomic_write_text(
-        Path(folder) / STATUS_FILE, json.dumps({"status": status, **fields}, indent=2)
-    )
+    """``status.json``: strict JSON, an undefined metric (AUC on one class) null, not NaN."""
+    record = _finite({"status": status, **fields})
+    atomic_write_text(Path(folder) / STATUS_FILE, json.dumps(record, indent=2, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float, in dicts and lists too, as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def finished_status(folder: Path) -> dict[str, Any] | None:
