@@ -185,6 +185,21 @@ def test_train_and_eval_refuse_a_data_config_without_a_root_without_lightning(tm
     assert (line, lightning) == ("error: data.root=PATH is required", set())
 
 
+@pytest.mark.parametrize("entry", ["train", "eval"])
+def test_an_output_dir_other_than_the_run_folder_is_refused(tmp_path, entry):
+    """The log and .hydra/ are in hydra.run.dir: results elsewhere would split the run."""
+    elsewhere, run_dir = tmp_path / "elsewhere", tmp_path / "run"
+    checkpoint = ["ckpt_path=x.ckpt"] if entry == "eval" else []
+    line, _ = refuse(
+        entry, *checkpoint, f"paths.output_dir={elsewhere}", f"hydra.run.dir={run_dir}"
+    )
+    assert line == (
+        f"error: paths.output_dir={elsewhere} is not the run's folder {run_dir}: "
+        "set hydra.run.dir (hydra.sweep.dir in a sweep) instead"
+    )
+    assert not elsewhere.exists()
+
+
 def test_train_refuses_a_finished_run_folder_without_lightning(finished_run):
     line, lightning = refuse("train", f"hydra.run.dir={finished_run}")
     assert line == (

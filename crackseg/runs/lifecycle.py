@@ -69,6 +69,7 @@ def run_task(
     """
     output_dir = Path(cfg.paths.output_dir)
     multirun, _ = hydra_job()
+    _refuse_output_dir_elsewhere(output_dir)
     try:
         # Held since Hydra set up the job's log (crackseg.runs.resolvers.job_log); claimed here
         # too in case the logging config was replaced.
@@ -99,6 +100,20 @@ def run_task(
         return metrics.get(objective)
     finally:
         release_run_folder(output_dir)  # the next job of a sweep may run in this process
+
+
+def _refuse_output_dir_elsewhere(output_dir: Path) -> None:
+    """``paths.output_dir`` is the folder Hydra made for the job, where its log and
+    ``.hydra/`` are: given otherwise, a run would be split over two folders."""
+    if not HydraConfig.initialized():
+        return
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    if output_dir.absolute() != hydra_dir.absolute():
+        print_line(
+            f"error: paths.output_dir={output_dir} is not the run's folder {hydra_dir}: "
+            "set hydra.run.dir (hydra.sweep.dir in a sweep) instead"
+        )
+        sys.exit(2)
 
 
 def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
