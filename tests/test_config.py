@@ -244,12 +244,24 @@ def test_eval_and_export_settings_are_checked_in_the_same_style(setting, expecte
         ("data.extra_segmented.count=-1", "data.extra_segmented.count must be an integer >= 1"),
         ("model.compile=true", "model.compile must be null (or false), default, reduce-overhead"),
         ("model.compile=fast", "not 'fast'"),
+        ("data.augment.hflip=2", "data.augment.hflip must be a probability in [0, 1], not 2"),
+        ("data.augment.brightness_limit=-1", "data.augment.brightness_limit must be a number"),
+        ("model.net.channels=[8,8]", "model.net.channels must be three channel counts >= 1"),
+        ("model.net.decision_channels=[8,0,8]", "model.net.decision_channels must be three"),
+        ("model.net.volume_channels=0", "model.net.volume_channels must be an integer >= 1"),
     ],
 )
 def test_network_and_extra_segmented_settings_are_checked(setting, expected):
     cfg = OmegaConf.merge(_compose(), OmegaConf.from_dotlist([setting]))
     with pytest.raises(ConfigError, match=re.escape(expected)):
         check_config(cfg)
+
+
+def test_a_step_scheduler_with_no_step_is_refused():
+    cfg = _compose("scheduler=step", "scheduler.step_size=0")
+    with pytest.raises(ConfigError, match=r"scheduler.step_size must be an integer >= 1"):
+        check_config(cfg)
+    check_config(_compose("scheduler=step"))
 
 
 @pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])

@@ -25,6 +25,12 @@ def _odd_integer(value: Any) -> bool:
     return is_integer(value) and value >= 1 and value % 2 == 1
 
 
+def _three_widths(value: Any) -> bool:
+    """The channel counts of the network's three encoder stages (or decision convolutions)."""
+    is_list = OmegaConf.is_list(value) or isinstance(value, list | tuple)
+    return is_list and len(value) == 3 and all(is_integer(v) and v >= 1 for v in value)
+
+
 #: ``trainer.accelerator`` values (Lightning's, which picks among them; ``auto`` takes a GPU
 #: where there is one).
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -79,6 +85,20 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.weighted_seg_p": (lambda v: is_number(v) and v >= 0, "a number >= 0 (P)"),
     "loss.weighted_seg_max": (lambda v: is_number(v) and v > 0, "a number > 0 (Max)"),
     "data.dilate": (_odd_integer, "an odd integer >= 1"),
+    **{
+        f"data.augment.{key}": (lambda v: is_number(v) and 0 <= v <= 1, "a probability in [0, 1]")
+        for key in ("hflip", "vflip", "rotate90", "brightness_contrast")
+    },
+    **{
+        f"data.augment.{key}": (lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+        for key in ("brightness_limit", "contrast_limit")
+    },
+    "scheduler.step_size": (lambda v: is_integer(v) and v >= 1, "an integer >= 1 (epochs)"),
+    "scheduler.gamma": (lambda v: is_number(v) and v > 0, "a number > 0"),
+    "model.net.volume_channels": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    "model.net.full_resolution_width": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    "model.net.channels": (_three_widths, "three channel counts >= 1, e.g. [32, 64, 64]"),
+    "model.net.decision_channels": (_three_widths, "three channel counts >= 1, e.g. [8, 16, 32]"),
     "data.input_channels": (lambda v: v in (1, 3) and is_integer(v), "1 or 3"),
     "data.input_height": (lambda v: is_integer(v) and v > 0, "a positive integer"),
     "data.input_width": (lambda v: is_integer(v) and v > 0, "a positive integer"),
