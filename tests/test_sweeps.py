@@ -24,8 +24,10 @@ from omegaconf import OmegaConf
 
 import crackseg.cli as cli
 import crackseg.runs.gpus as gpus
+import crackseg.runs.lifecycle as lifecycle
 import crackseg.runs.threads as threads
 import crackseg.sweep.summary as summary
+from crackseg.errors import ConfigError
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import LOCK_FILE, lock_file
 from crackseg.runs.gpus import claim_gpu, job_device_context, visible_gpus
@@ -204,6 +206,12 @@ def test_launcher_configs(monkeypatch: pytest.MonkeyPatch) -> None:
         assert (launcher.gpus_per_node, launcher.tasks_per_node) == (1, 1)
         assert launcher.timeout_min > 0 and launcher.cpus_per_task > 0 and launcher.mem_gb > 0
         assert launcher.array_parallelism > 0
+        # without SLURM on this machine, the sweep is refused before its folder is made
+        monkeypatch.setattr(lifecycle.shutil, "which", lambda name: None)
+        with pytest.raises(ConfigError, match="hydra/launcher=slurm needs SLURM"):
+            lifecycle.check_slurm_found(cfg)
+        monkeypatch.setattr(lifecycle.shutil, "which", lambda name: f"/usr/bin/{name}")
+        lifecycle.check_slurm_found(cfg)
 
 
 # --- one GPU per job -------------------------------------------------------------------

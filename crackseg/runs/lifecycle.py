@@ -4,6 +4,7 @@ sweep run again with other settings, and a clear end when it is stopped or fails
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -235,6 +236,7 @@ class SweepChecksCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_sweep_resume(config.get("resume"))
+            check_slurm_found(config)
             check_trials(config)
             check_devices_per_job(config)
             check_config(config)
@@ -259,6 +261,17 @@ def check_devices_per_job(config: DictConfig) -> None:
             f"trainer.devices={devices}: the jobs of a local parallel sweep run side by side "
             "on one device each; run jobs on several devices one after another "
             "(without hydra/launcher=local_parallel, or with hydra.launcher.n_jobs=1)"
+        )
+
+
+def check_slurm_found(config: DictConfig) -> None:
+    """``hydra/launcher=slurm`` submits the jobs with SLURM's commands: where they are not
+    found, submitit would fail with a traceback after the sweep's folder is made."""
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    if "slurm" in launcher.lower() and shutil.which("srun") is None:
+        raise ConfigError(
+            "hydra/launcher=slurm needs SLURM (srun and sbatch), which this machine does not "
+            "have: start the sweep on the cluster, or drop hydra/launcher=slurm"
         )
 
 
