@@ -40,18 +40,25 @@ from crackseg.paper_settings import (
 
 #: Longest job folder name part, in bytes; file systems refuse names over 255.
 MAX_DIRNAME_BYTES = 200
+#: What stands for ``/`` in a job folder's name (``ckpt_path=/a/b.ckpt`` names the folder
+#: ``N_ckpt_path=_a_b.ckpt``): one folder right under the sweep's, never a tree of them nor
+#: one outside it (``..``). Not Hydra's ``kv_sep`` (``=``) nor ``item_sep`` (``,``).
+SLASH_STANDIN = "_"
 
 
 def job_dirname(override_dirname: str, max_bytes: int = MAX_DIRNAME_BYTES) -> str:
-    """Hydra's override_dirname, shortened with a hash suffix only if it would be too long.
+    """Hydra's override_dirname as one path component: each ``/`` replaced, shortened with a
+    hash suffix only if it would be too long.
 
     A long list of fixed overrides would otherwise make every job fail with "File name too
-    long"; the full overrides stay in each job's .hydra/overrides.yaml.
+    long"; the full overrides stay in each job's .hydra/overrides.yaml. A name without ``/``
+    is kept as it is, so a sweep run again finds its earlier job folders (:func:`job_folder`).
     """
-    raw = override_dirname.encode()
+    name = override_dirname.replace("/", SLASH_STANDIN)
+    raw = name.encode()
     if len(raw) <= max_bytes:
-        return override_dirname
-    digest = hashlib.sha1(raw).hexdigest()[:8]
+        return name
+    digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
     head = raw[: max_bytes - len(digest) - 1].decode(errors="ignore")
     return f"{head}~{digest}"
 
@@ -62,7 +69,8 @@ def job_folder(
     sweep_dir: str | None = None,
     overrides: Sequence[str] | None = None,
 ) -> str:
-    """A multirun job's folder: ``<num>_<overrides>``, or ``<num>`` when none tells it apart.
+    """A multirun job's folder: ``<num>_<overrides>``, or ``<num>`` when none tells it apart;
+    one path component (:func:`job_dirname`), never ``.`` or ``..`` nor hidden.
 
     The number is the job's place in the grid, which changes when the grid grows
     (``seed=0,1,2`` to ``seed=0,1,2,3,4``): run again into ``sweep_dir``, a job takes the
@@ -103,15 +111,18 @@ def run_dir(resume: object, default: str) -> str:
     return str(resume)
 
 
-def job_log(output_dir: str, job_name: str) -> str:
+def job_log(output_dir: str | None, job_name: str) -> str:
     """The job's log file, in a folder this process holds (refused if another one does).
 
     Hydra creates the job's folder, then sets up logging (which opens this file), then saves
     ``.hydra/``: claiming here is the earliest point that knows the folder, whether it came
-    from ``hydra.run.dir`` (typed or not) or from ``hydra.sweep.dir``/``subdir``.
+    from ``hydra.run.dir`` (typed or not) or from ``hydra.sweep.dir``/``subdir``. Without a
+    job (``--cfg all --resolve`` prints the config) there is no folder: the file's name alone.
     """
     from crackseg.runs.folder import claim_run_folder
 
+    if output_dir is None:
+        return f"{job_name}.log"
     refuse_a_used_folder(output_dir, job_name)
     claim_run_folder(output_dir)
     return str(Path(output_dir) / f"{job_name}.log")
@@ -128,14 +139,15 @@ def refuse_a_used_folder(output_dir: str, job_name: str | None) -> None:
     refuse_used_folder(Path(output_dir))
 
 
-def hydra_subdir(output_dir: str, resume: object, job_name: str | None = None) -> str | None:
+def hydra_subdir(output_dir: str | None, resume: object, job_name: str | None = None) -> str | None:
     """Where Hydra saves the composed config: nowhere if the folder already holds a run or
     another prediction's outputs, or if ``resume=RUN_DIR`` names it.
 
     That run's ``.hydra/`` is the config it was started with: resuming it (or starting it
     again) reads it, and a command refused for pointing at the folder must not have replaced
     it first. The folder is claimed here too, for a job logging config without
-    :func:`job_log`.
+    :func:`job_log`. Without a job (the config printed) there is no folder to look into: what
+    a new run gets.
     """
     from crackseg.deploy.outputs import earlier_predictions
     from crackseg.runs.folder import (
@@ -145,6 +157,8 @@ def hydra_subdir(output_dir: str, resume: object, job_name: str | None = None) -
         used_by_another_command,
     )
 
+    if output_dir is None:
+        return ".hydra"
     refuse_a_used_folder(output_dir, job_name)
     claim_run_folder(output_dir)
     folder = Path(output_dir)
