@@ -80,6 +80,7 @@ def folder_built_beside(dst: str | Path) -> Iterator[Path]:
     parent = Path(dst).absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{Path(dst).name}{PARTIAL}", dir=parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; a plain mkdir would not
     try:
         yield tmp
     finally:

@@ -200,6 +200,15 @@ def test_an_output_dir_other_than_the_run_folder_is_refused(tmp_path, entry):
     assert not elsewhere.exists()
 
 
+def test_train_into_an_evaluation_folder_is_not_told_to_resume_it(tmp_path):
+    folder = tmp_path / "evaluated"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: eval\n")
+    (folder / "status.json").write_text('{"status": "finished"}')
+    line, _ = refuse("train", f"hydra.run.dir={folder}")
+    assert line == f"error: {folder} holds a crackseg-eval run; choose another hydra.run.dir"
+
+
 def test_train_refuses_a_finished_run_folder_without_lightning(finished_run):
     line, lightning = refuse("train", f"hydra.run.dir={finished_run}")
     assert line == (

@@ -203,3 +203,15 @@ def test_render_sample_directly():
     assert mask.shape == (48, 80) and mask.dtype == np.uint8 and mask.max() == 255
     _, mask = render_sample(np.random.default_rng(0), 48, 80, positive=False)
     assert not mask.any()
+
+
+def test_a_generated_set_is_as_readable_as_any_folder_made_here(tmp_path):
+    """Built in a temporary folder (private when made) and renamed into place: the set gets
+    the umask's permissions, so a shared data folder stays readable to others."""
+    from crackseg import atomic
+
+    root = generate_synthetic_dataset(tmp_path / "set", 1, 1, 16, 16, seed=0)
+    assert root.stat().st_mode & 0o777 == 0o777 & ~atomic._UMASK
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert root.stat().st_mode == plain.stat().st_mode

@@ -526,6 +526,10 @@ def prepare_training_run(
     if not holds_run(output_dir):
         return cfg, None
     if resume != "auto" and not multirun:
+        if (command := started_by(output_dir)) in OTHER_COMMANDS:
+            raise RunFolderError(
+                f"{output_dir} holds a crackseg-{command} run; choose another hydra.run.dir"
+            )
         raise RunFolderError(
             f"{output_dir} already holds a run; continue it with resume={output_dir} "
             "or choose another hydra.run.dir"
