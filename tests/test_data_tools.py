@@ -260,6 +260,9 @@ def test_tile_into_an_unwritable_destination_is_one_line_and_leaves_nothing(tmp_
     assert main(["tile", str(src), str(blocker / "dst"), "--size", "32"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {blocker}")
+    # a folder where no folder can be made: named as typed, not as the temporary one beside it
+    assert main(["tile", str(src), "/proc/crackseg-tiles", "--size", "32"]) == 2
+    assert capsys.readouterr().err == "error: /proc/crackseg-tiles: No such file or directory\n"
     full = tmp_path / "full"
     result = subprocess.run(
         [sys.executable, "-m", "crackseg.data.tools", "tile", str(src), str(full), "--size", "32"],
