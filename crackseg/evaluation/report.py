@@ -262,39 +262,15 @@ def _accuracy(metrics: Mapping[str, Any], prefix: str) -> str:
     return f", accuracy {100.0 * (tp + tn) / (tp + fp + tn + fn):.2f} %"
 
 
-def write_report(
-    run_dir: str | Path,
-    *,
-    title: str,
-    dataset: Mapping[str, object],
-    split_counts: Mapping[str, tuple[int, int]],
-    run_parameters: Sequence[tuple[str, object]],
-    metrics: Mapping[str, Any],
-    dice_files: Sequence[str],
-    notes: Sequence[str] = (),
-    validated_on_test: bool = False,
-) -> Path:
-    """Write ``run_dir/report.md`` in the seed report's shape and return its path.
-
-    ``title`` completes "# Results of training on ..." (the seed: "crack_segmentation
-    dataset"); ``dataset`` is :func:`dataset_table_from_counts`' dict; ``metrics`` holds the
-    keys of ``image_metrics`` and ``pixel_metrics`` (nan or None where undefined; an optional
-    ``seg_threshold_val_dice`` is the validation mean Dice at the chosen threshold);
-    ``dice_files`` are panel file names inside ``run_dir/dices``; ``validated_on_test``: the
-    run validated on the test split (``validate_on_test``), so its thresholds and best
-    validation AP come from the test labels, and the report says so. Links are relative with
-    forward slashes, so the report renders wherever the run folder is moved.
-    """
-    chosen_on = "test split (`validate_on_test`)" if validated_on_test else "validation split"
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lines: list[str] = [f"# Results of training on {title}", "", "## Dataset", ""]
-
+def _dataset_section(
+    dataset: Mapping[str, object], split_counts: Mapping[str, tuple[int, int]]
+) -> list[str]:
+    """The dataset's table and the positives and negatives of each split."""
+    lines = ["## Dataset", ""]
     ordered = [name for name in DATASET_ROWS if name in dataset]
     ordered += [name for name in dataset if name not in DATASET_ROWS]
     lines += _table(("Parameter", "Value"), ((name, dataset[name]) for name in ordered))
     lines += ["", ""]
-
     set_rows = []
     total_pos = total_neg = 0
     for label, key in SPLIT_ROWS:
@@ -307,23 +283,25 @@ def write_report(
         total_neg += negatives
         set_rows.append((label, positives, negatives, positives + negatives))
     set_rows.append(("**Sum**", total_pos, total_neg, total_pos + total_neg))
-    lines += _table(("Set", "Positives", "Negatives", "Sum"), set_rows)
+    return lines + _table(("Set", "Positives", "Negatives", "Sum"), set_rows)
 
-    lines += ["", "## Run parameters"]
-    lines += _table(("Parameter", "Value"), run_parameters)
 
-    lines += ["", "", "## Results", ""]
-    lines += _confusion_table(metrics, "")
-    lines += ["", "", "![AUC](./ROC.png)", "![Ap](./precision-recall.png)", ""]
-
-    lines += ["## Dice test outputs", ""]
+def _dice_section(dice_files: Sequence[str]) -> list[str]:
+    """Links to the Dice panels of the test positives."""
+    lines = ["## Dice test outputs", ""]
     for name in dice_files:
         file_name = Path(str(name).replace("\\", "/")).name
         lines.append(f"![test_output](dices/{file_name})")
     if not dice_files:
         lines.append("(no test positives, so no dice panels)")
+    return lines
 
-    lines += ["", "## Test metrics", ""]
+
+def _test_metrics_section(
+    metrics: Mapping[str, Any], chosen_on: str, validated_on_test: bool
+) -> list[str]:
+    """Image-level metrics, the published protocol's counts, Dice and IoU, the thresholds."""
+    lines = ["", "## Test metrics", ""]
     lines.append(
         "Image level (test split): "
         f"AUC: {_num(metrics.get('image_auc'))}, AP: {_num(metrics.get('image_ap'))}. "
@@ -364,8 +342,13 @@ def write_report(
     val_dice = metrics.get("seg_threshold_val_dice", _MISSING)
     if val_dice is not _MISSING:
         threshold_line += f"; validation mean Dice at it: {_num(val_dice)}"
-    lines += ["", threshold_line + "."]
+    return lines + ["", threshold_line + "."]
 
+
+def _notes_section(
+    metrics: Mapping[str, Any], notes: Sequence[str], validated_on_test: bool
+) -> list[str]:
+    """Where the thresholds were chosen, the run's notes, and those the metrics call for."""
     threshold_note = (
         "This run validated on the test split (`validate_on_test`, as the published code does "
         "for KolektorSDD, KolektorSDD2 and DAGM): both thresholds were chosen on the test "
@@ -376,8 +359,45 @@ def write_report(
         "mean Dice over its positives) and applied unchanged to the test split."
     )
     all_notes = list(dict.fromkeys([threshold_note, *notes, *_auto_notes(metrics)]))
-    lines += ["", "## Notes", ""]
-    lines += [f"- {note}" for note in all_notes] or ["- none"]
+    return ["", "## Notes", ""] + ([f"- {note}" for note in all_notes] or ["- none"])
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    title: str,
+    dataset: Mapping[str, object],
+    split_counts: Mapping[str, tuple[int, int]],
+    run_parameters: Sequence[tuple[str, object]],
+    metrics: Mapping[str, Any],
+    dice_files: Sequence[str],
+    notes: Sequence[str] = (),
+    validated_on_test: bool = False,
+) -> Path:
+    """Write ``run_dir/report.md`` in the seed report's shape and return its path.
+
+    ``title`` completes "# Results of training on ..." (the seed: "crack_segmentation
+    dataset"); ``dataset`` is :func:`dataset_table_from_counts`' dict; ``metrics`` holds the
+    keys of ``image_metrics`` and ``pixel_metrics`` (nan or None where undefined; an optional
+    ``seg_threshold_val_dice`` is the validation mean Dice at the chosen threshold);
+    ``dice_files`` are panel file names inside ``run_dir/dices``; ``validated_on_test``: the
+    run validated on the test split (``validate_on_test``), so its thresholds and best
+    validation AP come from the test labels, and the report says so. Links are relative with
+    forward slashes, so the report renders wherever the run folder is moved.
+    """
+    chosen_on = "test split (`validate_on_test`)" if validated_on_test else "validation split"
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Results of training on {title}", ""]
+    lines += _dataset_section(dataset, split_counts)
+    lines += ["", "## Run parameters"]
+    lines += _table(("Parameter", "Value"), run_parameters)
+    lines += ["", "", "## Results", ""]
+    lines += _confusion_table(metrics, "")
+    lines += ["", "", "![AUC](./ROC.png)", "![Ap](./precision-recall.png)", ""]
+    lines += _dice_section(dice_files)
+    lines += _test_metrics_section(metrics, chosen_on, validated_on_test)
+    lines += _notes_section(metrics, notes, validated_on_test)
 
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
