@@ -5,11 +5,12 @@ finished jobs, refusing changed sweep settings) is crackseg.runs.lifecycle."""
 from __future__ import annotations
 
 import errno
-import itertools
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import (
@@ -55,6 +56,14 @@ STORAGE_ERRNOS = {
 #: Of those, the errors that say a write did not fit (full disk or quota, read-only file
 #: system, file size limit); the others are worded as themselves.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+#: How Hydra's lines after the first tell the user what to do instead ("To append to your
+#: default list use +sweep=dilate", "3. To sweep over it, add --multirun ...", "Did you mean
+#: ...", "Either ... Or ..."); the numbering of a list of them is dropped.
+HYDRA_HINT = re.compile(r"^(?:\d+\.\s+)?((?:To|Did you mean|Either|Or)\b.*)")
+#: The line of Hydra's "Could not find" error that names the group whose options follow.
+AVAILABLE_IN = re.compile(r"^Available options in '(.+)':$")
+#: The line of Hydra's "Could not find" error before the folders it searched.
+SEARCH_PATH_HEADING = "Config search path:"
 
 
 def print_line(text: str) -> None:
@@ -84,9 +93,51 @@ def root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def hydra_hints(lines: list[str]) -> list[str]:
+    """Hydra's advice among the lines after the first of its error, each as a clause to
+    follow that first line (``to append to your default list use +sweep=dilate``)."""
+    hints = [match[1] for match in map(HYDRA_HINT.match, lines[1:]) if match]
+    return [hint[0].lower() + hint[1:] for hint in hints]
+
+
+def options_in_subfolders(group: str, search_path: list[str]) -> list[str]:
+    """The configs in the subfolders of ``group`` (``paper/ksdd`` of ``experiment``), in
+    the config folders of Hydra's search path (``provider=main, path=file:///...``).
+
+    ``experiment=paper/ksdd`` chooses such a config, but Hydra's list of the options of a
+    group names only the group's own files.
+    """
+    found = []
+    for line in search_path:
+        _, _, folder = line.partition("path=file://")
+        if folder:
+            group_dir = Path(folder, group)
+            found += [
+                path.relative_to(group_dir).with_suffix("").as_posix()
+                for path in group_dir.glob("*/**/*.yaml")
+            ]
+    return found
+
+
+def missing_config_line(lines: list[str]) -> str:
+    """Hydra's "Could not find 'data/foo'" as one line with the group's options inlined,
+    those in its subfolders too. Its lines: what was not found, "Available options in
+    'data':" and one option a line, then the config search path, one folder a line."""
+    listed = lines[1:]
+    search_path: list[str] = []
+    if SEARCH_PATH_HEADING in listed:
+        end = listed.index(SEARCH_PATH_HEADING)
+        listed, search_path = listed[:end], listed[end + 1 :]
+    group = AVAILABLE_IN.match(listed[0]) if listed else None
+    if group is None:
+        return lines[0]
+    options = sorted({*listed[1:], *options_in_subfolders(group[1], search_path)})
+    return f"{lines[0]} (available: {', '.join(options)})"
+
+
 def one_line(error: BaseException) -> str:
     """An error as one line: a file system error names its file (``cannot write FILE: ...``
-    for a write that did not fit), Hydra's lists are inlined."""
+    for a write that did not fit), Hydra's lists and its advice are inlined."""
     if isinstance(error, OSError) and error.strerror:
         if error.errno in WRITE_ERRNOS:
             where = f" {error.filename}" if error.filename else ""
@@ -94,10 +145,7 @@ def one_line(error: BaseException) -> str:
         return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if isinstance(error, MissingConfigException) and len(lines) > 1:
-        # "Could not find 'data/foo'", "Available options in 'data':", one per line, and
-        # the search path.
-        options = list(itertools.takewhile(lambda x: not x.startswith("Config search"), lines[2:]))
-        return f"{lines[0]} (available: {', '.join(options)})"
+        return missing_config_line(lines)
     if isinstance(error, OverrideParseException):
         return f"cannot parse the command line: {lines[0]}"
     text = lines[0] if lines else type(error).__name__
@@ -107,13 +155,17 @@ def one_line(error: BaseException) -> str:
         name, _, message = text.partition(" raised while resolving interpolation: ")
         if message and name in _OWN_ERRORS:
             text = message
+    if not isinstance(error, HydraException):
+        return text
     cause = error.__cause__
-    if isinstance(error, HydraException) and cause is not None:
+    if cause is not None:
         # Hydra's first line names what failed ("Error in call to target 'X':"), its cause
         # why: a config error, or what the target raised.
-        cause_line = one_line(cause)
-        text = f"{text.rstrip('.:')}: {cause_line}"
-    return text
+        text = f"{text.rstrip('.:')}: {one_line(cause)}"
+    # Then what Hydra advises doing instead: "Could not override 'sweep'. No match in the
+    # defaults list; to append to your default list use +sweep=dilate".
+    hints = hydra_hints(lines)
+    return "; ".join([text.rstrip("."), *hints]) if hints else text
 
 
 def cannot_set_up_run_folder(error: BaseException) -> str | None:

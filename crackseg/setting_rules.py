@@ -1,8 +1,12 @@
 """Checking a command's settings before anything runs: a value against its rule, a required
-value given. Each refusal is one line naming the setting (crackseg.errors.ConfigError)."""
+value given, the arguments of a command that is not Hydra's (:class:`OneLineParser`). Each
+refusal is one line naming the setting (crackseg.errors.ConfigError)."""
 
 from __future__ import annotations
 
+import argparse
+import re
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +28,21 @@ def is_integer(value: Any) -> bool:
 def is_number(value: Any) -> bool:
     """An int or a float, and not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: A value Hydra's command line and a shell both read as it is, unquoted.
+_PLAIN_VALUE = re.compile(r"[\w./~+:@%-]+", re.ASCII)
+
+
+def as_override(key: str, value: object) -> str:
+    """``key=value`` to type on a command line: quoted for the shell and for Hydra where the
+    value holds a space, a letter outside ASCII or a character either reads as syntax
+    (``'data.split_file="/tmp/g ü.csv"'``)."""
+    text = str(value)
+    if _PLAIN_VALUE.fullmatch(text):
+        return f"{key}={text}"
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return shlex.quote(f'{key}="{escaped}"')
 
 
 #: Settings a command cannot go without (``???`` in its config), and how to give them.
@@ -54,3 +73,15 @@ def check_rules(cfg: DictConfig, rules: Rules) -> None:
         value = OmegaConf.select(cfg, key, default=_MISSING)
         if value is not _MISSING and not accepts(value):
             raise ConfigError(f"{key} must be {expected}, not {value!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Command-line mistakes end as every other mistake: one ``error:`` line, exit 2.
+
+    argparse would print its usage and a ``PROG: error:`` line and exit; this raises a
+    :class:`ConfigError` naming the command instead, for the command to print as its other
+    errors (``crackseg-data``, ``crackseg-summary``).
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")

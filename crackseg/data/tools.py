@@ -36,6 +36,7 @@ from crackseg.data.published_splits import PARTS, published_split, write_publish
 from crackseg.data.samples import Sample, count_positives
 from crackseg.data.splits import resolve_splits, split_by_source, write_split_csv
 from crackseg.errors import ConfigError, CracksegError, DataError
+from crackseg.setting_rules import OneLineParser, as_override
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +358,7 @@ def _cmd_import_split(args: argparse.Namespace) -> None:
     )
     kind = "folders" if args.dataset == "ksdd" else "samples"
     print(f"{output}: {counts} {kind}")
-    print(f"train on it with data.split_file={output.resolve()}")
+    print(f"train on it with {as_override('data.split_file', output.resolve())}")
 
 
 def _add_import_split(commands: argparse._SubParsersAction) -> None:
@@ -383,15 +384,8 @@ def _add_import_split(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_import_split)
 
 
-class _Parser(argparse.ArgumentParser):
-    """Command-line mistakes end as every other mistake: one ``error:`` line, exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="crackseg-data", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="crackseg-data", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     tile = commands.add_parser(

@@ -41,6 +41,7 @@ from crackseg.errors import RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, checkpoint_step
 from crackseg.runs.hardware import check_accelerator, check_deterministic, resolve_precision
 from crackseg.runs.job_log import accept_job_logs
+from crackseg.setting_rules import as_override
 
 log = logging.getLogger(__name__)
 
@@ -531,7 +532,8 @@ def prepare_training_run(
                 f"{output_dir} holds a crackseg-{command} run; choose another hydra.run.dir"
             )
         raise RunFolderError(
-            f"{output_dir} already holds a run; continue it with resume={output_dir} "
+            f"{output_dir} already holds a run; continue it with "
+            f"{as_override('resume', output_dir)} "
             "or choose another hydra.run.dir"
         )
     checkpoint = resume_checkpoint(output_dir)

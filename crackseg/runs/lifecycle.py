@@ -42,7 +42,7 @@ from crackseg.runs.folder import (
 from crackseg.runs.gpus import job_device_context, runs_parallel_locally
 from crackseg.runs.job_log import log_traceback_to_file
 from crackseg.runs.threads import set_job_threads
-from crackseg.setting_rules import check_required
+from crackseg.setting_rules import as_override, check_required
 from crackseg.sweep.job_names import job_overrides, setting_changes, shared_settings, swept_keys
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,10 @@ def _end_stopped(output_dir: Path, message: str | None, multirun: bool) -> None:
         print_line(f"stopped: {message}")
     elif multirun:
         sweep_dir = HydraConfig.get().sweep.dir
-        print_line(f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}")
+        again = as_override("hydra.sweep.dir", sweep_dir)
+        print_line(f"stopped: continue with the same command and {again}")
     else:
-        print_line(f"stopped: continue with  crackseg-train resume={output_dir}")
+        print_line(f"stopped: continue with  crackseg-train {as_override('resume', output_dir)}")
     sys.exit(EXIT_STOPPED)
 
 

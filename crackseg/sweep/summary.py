@@ -10,7 +10,6 @@ root and for any folder of single runs alike.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -25,7 +24,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from crackseg.atomic import atomic_write_csv, atomic_write_text
+from crackseg.errors import CracksegError
 from crackseg.runs.folder import STATUS_FILE, is_rank_zero, load_status
+from crackseg.setting_rules import OneLineParser
 from crackseg.sweep.published import add_table4_labels, departures
 
 log = logging.getLogger(__name__)
@@ -357,21 +358,24 @@ def end_sweep(sweep_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``crackseg-summary FOLDER``: (re)write summary.csv and summary.md of a sweep folder."""
-    parser = argparse.ArgumentParser(
+    """``crackseg-summary FOLDER``: (re)write summary.csv and summary.md of a sweep folder.
+
+    A mistake (no folder, a bad option, a folder holding no runs) is one ``error:`` line
+    and exit 2, as for the other commands.
+    """
+    parser = OneLineParser(
         prog="crackseg-summary",
         description="Summarise the runs under a multirun folder (or any folder of runs).",
     )
     parser.add_argument("folder", help="e.g. outputs/multiruns/sweep_dilate/<time>")
-    args = parser.parse_args(argv)
-    root = Path(args.folder).expanduser()
     try:
+        root = Path(parser.parse_args(argv).folder).expanduser()
         if not root.is_dir():
             raise ValueError(f"{root} is not a folder")
         if not find_job_dirs(root):
             raise ValueError(f"no run folders (with a .hydra/ inside) under {root}")
         csv_path, md_path = write_summary(root)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, CracksegError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(md_path.read_text(), end="")

@@ -1,0 +1,121 @@
+"""A mistake on the command line is one ``error:`` line that keeps what the user needs to
+mend it: Hydra's advice on the lines after its first (``+sweep=dilate``, ``--multirun``),
+every option of a config group (those in its subfolders too); ``crackseg-summary``'s
+argparse mistakes are one line too; ``crackseg-eval --help`` lists the groups eval takes.
+No training: each command is refused, or answers, before a run starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import REPO, one_line_error, run_entry
+
+from crackseg.sweep.summary import main as summary_main
+
+#: The config groups crackseg-eval takes (the network comes from the checkpoint).
+EVAL_GROUPS = ("data", "experiment", "logger", "paths", "trainer")
+#: The line of Hydra's help before its list of config groups, one ``group: options`` a line.
+GROUPS_HEADING = "Compose your configuration from those groups (group=option)"
+
+
+def refused_train(tmp_path: Path, *overrides: str) -> str:
+    """The one error line of ``crackseg-train`` refusing ``overrides``; it wrote nothing."""
+    output = tmp_path / "out"
+    result = run_entry(
+        "train",
+        *overrides,
+        f"hydra.run.dir={output}/run",
+        f"hydra.sweep.dir={output}/sweep",
+        timeout=120,
+    )
+    line = one_line_error(result)
+    assert not output.exists()
+    return line
+
+
+def options_on_disk(group: str) -> list[str]:
+    """Every config of ``group`` in conf/, those in its subfolders as ``paper/ksdd``."""
+    folder = REPO / "conf" / group
+    return sorted(
+        path.relative_to(folder).with_suffix("").as_posix() for path in folder.rglob("*.yaml")
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ("-m", "sweep=dilate"),
+            "error: Could not override 'sweep'. No match in the defaults list;"
+            " to append to your default list use +sweep=dilate",
+        ),
+        (
+            ("nokey=1",),
+            "error: Could not override 'nokey': Key 'nokey' is not in struct;"
+            " to append to your config use +nokey=1",
+        ),
+    ],
+)
+def test_hydras_advice_stays_on_the_error_line(tmp_path, overrides, expected):
+    assert refused_train(tmp_path, *overrides) == expected
+
+
+def test_a_list_of_values_without_multirun_says_to_add_it(tmp_path):
+    line = refused_train(tmp_path, "data.dilate=1,3")
+    assert line.startswith("error: Ambiguous value for argument 'data.dilate=1,3'; to use it as")
+    assert line.endswith("; to sweep over it, add --multirun to your command line")
+
+
+def test_an_unknown_experiment_lists_those_in_subfolders_too(tmp_path):
+    line = refused_train(tmp_path, "experiment=nope")
+    head, _, available = line.partition(" (available: ")
+    assert head == "error: In 'train': Could not find 'experiment/nope'"
+    assert "paper/ksdd" in available.split(", ")
+    assert available.removesuffix(")").split(", ") == options_on_disk("experiment")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], "the following arguments are required: folder"),
+        (["a", "b"], "unrecognized arguments: b"),
+        (["--bogus", "a"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_summary_refuses_bad_arguments_with_one_line(capsys, argv, expected):
+    assert summary_main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"error: crackseg-summary: {expected} (see crackseg-summary --help)\n")
+
+
+def listed_groups(help_text: str) -> dict[str, list[str]]:
+    """The config groups of a ``--help`` and the options it lists for each."""
+    section = help_text.split(GROUPS_HEADING, 1)[1].split("== Config ==", 1)[0]
+    groups = (line.partition(": ") for line in section.splitlines() if line.strip())
+    return {group: options.split(", ") for group, _, options in groups}
+
+
+def test_eval_help_lists_the_groups_eval_takes_with_every_option():
+    result = run_entry("eval", "--help", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("crackseg-eval ckpt_path=PATH")
+    assert listed_groups(result.stdout) == {group: options_on_disk(group) for group in EVAL_GROUPS}
+    assert "ckpt_path: ???" in result.stdout  # and the settings, as before
+
+
+@pytest.mark.parametrize("path", ["/tmp/plain/split.csv", "/tmp/g ü/it's a=b,c.csv"])
+def test_a_path_the_commands_advise_typing_reads_back_as_it_was(path):
+    """The hints that name a path (``crackseg-data import-split``'s data.split_file, how to
+    resume) quote it for the shell and for Hydra where either would misread it."""
+    import shlex
+
+    import yaml
+
+    from crackseg.setting_rules import as_override
+
+    typed = shlex.split(as_override("data.split_file", path))
+    result = run_entry("train", *typed, "--cfg", "job", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert yaml.safe_load(result.stdout)["data"]["split_file"] == path
