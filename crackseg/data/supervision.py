@@ -13,7 +13,7 @@ import numpy as np
 
 from crackseg.data.data_settings import LabelSettings
 from crackseg.data.samples import Sample
-from crackseg.data.splits import segmented_from_file
+from crackseg.data.splits import read_segmented_flags, source_group
 from crackseg.errors import ConfigError, DataError, describe_files
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,63 @@ def segmented_positives(
     if extra.ranking:
         segmented |= extra_segmented_ids(positives, segmented, extra.ranking, extra.count)
     return segmented
+
+
+def segmented_from_file(
+    path: Path | str, train: list[Sample], num_segmented: int | None, training: bool = True
+) -> set[str] | None:
+    """Ids of the training positives a split file marks segmented (its ``segmented``
+    column; a group's mark covers its positives); None for a file without that column.
+
+    ``num_segmented`` must be null or the file's count (0 for a file that marks none, when
+    ``training``: null would read as "all segmented" to the settings that follow it): the
+    file decides which positives keep their masks, so a published split trains on exactly
+    its segmented subset. A file that marks groups (KSDD folders) may count its N in the
+    groups it marks, one of which can hold two positives: either count is the file's.
+    """
+    flags = read_segmented_flags(path)
+    if flags is None:
+        return None
+    positives = [s for s in train if s.is_positive]
+    marked = {
+        s.sample_id for s in positives if flags.get(s.sample_id, flags.get(source_group(s), False))
+    }
+    marked_groups = {
+        source_group(s) for s in positives if s.sample_id in marked and s.sample_id not in flags
+    }
+    counts = {len(marked), len(marked_groups)} if marked_groups else {len(marked)}
+    if num_segmented is not None and num_segmented not in counts:
+        raise ConfigError(
+            f"data.num_segmented={num_segmented} but split file {path} marks {len(marked)} "
+            f"training positives as segmented: set data.num_segmented={len(marked)} (or null)"
+        )
+    if num_segmented is not None and num_segmented != len(marked):
+        log.info(
+            "split file %s marks %d groups, which hold %d training positives: all %d segmented",
+            path,
+            len(marked_groups),
+            len(marked),
+            len(marked),
+        )
+    if training and num_segmented is None and positives and not marked:
+        # null reads as "all segmented" to the settings that follow N (docs/method.md §10)
+        raise ConfigError(
+            f"split file {path} marks none of its {len(positives)} training positives "
+            "segmented, a weak run: set data.num_segmented=0, which the weak run's settings "
+            "follow (gradient-flow adjustment, dynamic balance, KolektorSDD's lr and δ)"
+        )
+    without_mask = sorted(
+        s.sample_id for s in positives if s.sample_id in marked and s.mask_path is None
+    )
+    if without_mask:
+        log.warning(
+            "split file %s marks %d positive(s) segmented that have no usable mask; they train "
+            "as weak positives: %s",
+            path,
+            len(without_mask),
+            describe_files(without_mask),
+        )
+    return marked - set(without_mask)
 
 
 def choose_segmented(positives: list[Sample], num_segmented: int | None, seed: int) -> set[str]:
