@@ -18,7 +18,7 @@ from crackseg.models.checkpoint import (
     trained_run_config,
 )
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import accept_folder_of_its_own
+from crackseg.runs.folder import accept_folder_of_its_own, hydra_job, override_key
 from crackseg.runs.hardware import check_accelerator, evaluation_precision
 from crackseg.runs.lifecycle import run_task
 from crackseg.setting_rules import check_required
@@ -81,11 +81,7 @@ SHAPE_KEYS = ("input_channels", "input_height", "input_width")
 
 def typed_keys() -> set[str]:
     """The keys typed on the command line (none outside a Hydra run)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return set()
-    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    return {override_key(o) for o in hydra_job()[1]}
 
 
 def take_trained_shape(data: DictConfig, module: Any, typed: set[str]) -> None:

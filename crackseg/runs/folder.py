@@ -331,6 +331,12 @@ def accept_folder_of_its_own(folder: str | Path) -> None:
     accept_run_folder(folder)
 
 
+def override_key(override: str) -> str:
+    """The key a command-line override sets: ``data.root`` of ``data.root=PATH``,
+    ``+data.root=PATH`` or ``~data.root``."""
+    return str(override).split("=", 1)[0].lstrip("+~")
+
+
 def hydra_job() -> tuple[bool, list[str]]:
     """Whether this is a job of a multirun, and the overrides typed for it."""
     if not HydraConfig.initialized():
@@ -568,7 +574,7 @@ def _resume_run_dir(
         raise RunFolderError(
             f"resume={run_dir} but the run folder is {output_dir}: drop hydra.run.dir"
         )
-    others = [o for o in task_overrides if not o.lstrip("+~").startswith("resume=")]
+    others = [o for o in task_overrides if override_key(o) != "resume"]
     if others:
         raise RunFolderError(
             f"resume= continues a run with its own settings; drop {' '.join(others)}"

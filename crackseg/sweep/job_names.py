@@ -26,22 +26,18 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from crackseg.runs.folder import RESUME_FREE_KEYS
+from crackseg.runs.folder import RESUME_FREE_KEYS, override_key
 
 log = logging.getLogger(__name__)
 
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 
 
-def _key(name: str) -> str:
-    return str(name).lstrip("+~")
-
-
 def swept_keys(task_overrides: Iterable[str], sweeper_params: Mapping[str, Any]) -> set[str]:
     """The keys that vary between the jobs: sweeper params and command-line sweeps."""
     parsed = OverridesParser.create().parse_overrides(list(task_overrides))
     keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
-    return keys | {_key(name) for name in sweeper_params}
+    return keys | {override_key(name) for name in sweeper_params}
 
 
 def common_keys(task_overrides: Iterable[str], sweeper_params: Mapping[str, Any]) -> list[str]:

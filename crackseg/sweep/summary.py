@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.errors import CracksegError
-from crackseg.runs.folder import STATUS_FILE, is_rank_zero, load_status
+from crackseg.runs.folder import STATUS_FILE, is_rank_zero, load_status, override_key
 from crackseg.setting_rules import OneLineParser
 from crackseg.sweep.published import add_table4_labels, departures
 
@@ -93,8 +93,8 @@ def _read_overrides(job: Path) -> dict[str, str]:
     overrides = {}
     for line in lines:
         key, sep, value = str(line).partition("=")
-        if sep and not key.lstrip("+~").startswith("hydra"):
-            overrides[key.lstrip("+~")] = value
+        if sep and not override_key(key).startswith("hydra"):
+            overrides[override_key(key)] = value
     return overrides
 
 
