@@ -13,10 +13,14 @@ from __future__ import annotations
 import logging
 import re
 import struct
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
 from crackseg.data.rle import RunLengthMask
 from crackseg.errors import ConfigError, DataError, describe_files
@@ -257,3 +261,17 @@ def image_size(path: Path | str) -> tuple[int, int]:
         return size
     array = read_native(path)
     return array.shape[0], array.shape[1]
+
+
+#: Threads that read or write images side by side (OpenCV decodes and encodes without the GIL).
+IO_THREADS = 4
+
+
+def map_threads(func: Callable, items: list, desc: str, **progress: Any) -> list:
+    """``func`` over ``items`` in :data:`IO_THREADS` threads, in order, with a progress bar
+    (``progress``: tqdm's options; by default it disappears when done)."""
+    if not items:
+        return []
+    progress = {"leave": False, "disable": None, **progress}
+    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
+        return list(tqdm(pool.map(func, items), total=len(items), desc=desc, **progress))

@@ -39,21 +39,22 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from crackseg.data.io import IMAGE_EXTENSIONS, list_image_files, read_mask, read_native
+from crackseg.data.io import (
+    IMAGE_EXTENSIONS,
+    list_image_files,
+    map_threads,
+    read_mask,
+    read_native,
+)
 from crackseg.data.labels import BINARIZE_THRESHOLD
 from crackseg.data.rle import read_run_length_csv
 from crackseg.data.samples import SPLITS, Sample
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
 
 log = logging.getLogger(__name__)
-
-_WORKERS = 4
 
 
 def files_by_stem(files: Iterable[Path]) -> dict[str, Path]:
@@ -67,16 +68,6 @@ def files_by_stem(files: Iterable[Path]) -> dict[str, Path]:
             f"several files share one name, cannot pair them: {describe_files(clashes)}"
         )
     return {stem: paths[0] for stem, paths in found.items()}
-
-
-def _map_threads(func: Callable, items: list, desc: str) -> list:
-    """Run ``func`` over ``items`` in a few threads (OpenCV decodes without the GIL)."""
-    if not items:
-        return []
-    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        return list(
-            tqdm(pool.map(func, items), total=len(items), desc=desc, disable=None, leave=False)
-        )
 
 
 def _mask_has_defect(path: Path, threshold: int) -> bool:
@@ -94,7 +85,7 @@ def _labels_from_masks(masks: list[Path], desc: str, threshold: int) -> list[boo
         except DataError:
             return "error"
 
-    results = _map_threads(job, masks, desc)
+    results = map_threads(job, masks, desc)
     bad = [m for m, r in zip(masks, results, strict=True) if r == "error"]
     if bad:
         raise DataError(f"unreadable or truncated masks: {describe_files(bad)}")
@@ -474,7 +465,7 @@ def check_samples(
     positive): the mask contradicts the label, and training segmentation on an empty
     mask would teach the opposite of the label. This is logged, never silent.
     """
-    results = _map_threads(lambda s: _inspect(s, binarize_threshold), samples, desc)
+    results = map_threads(lambda s: _inspect(s, binarize_threshold), samples, desc)
     bad = [path for b, _, _ in results for path in b]
     if bad:
         raise DataError(f"unreadable or truncated files: {describe_files(bad)}")

@@ -16,15 +16,13 @@ import json
 import logging
 import math
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from crackseg.atomic import encode_png, folder_built_beside
-from crackseg.data.io import image_size, read_mask, read_native
+from crackseg.data.io import image_size, map_threads, read_mask, read_native
 from crackseg.data.labels import binarize
 from crackseg.data.layouts import (
     LAYOUTS,
@@ -128,17 +126,9 @@ def tile_dataset(
     near-duplicates: splitting tiles at random would leak test content into training.
     """
     stride = stride or size
-    if size <= 0 or stride <= 0:
-        raise ConfigError(f"tile size and stride must be positive, got {size} and {stride}")
-    if min_crack_pixels < 1:
-        raise ConfigError(f"--min-crack-pixels must be at least 1, got {min_crack_pixels}")
     by_photo = {"val": val_fraction, "test": test_fraction}
     by_photo = {k: v for k, v in by_photo.items() if v is not None}
-    for key, value in by_photo.items():
-        if not 0.0 < value < 1.0:
-            raise ConfigError(f"--{key}-fraction must be between 0 and 1, got {value}")
-    if sum(by_photo.values()) >= 1.0:
-        raise ConfigError("--val-fraction plus --test-fraction must be below 1")
+    _check_tiling(size, stride, min_crack_pixels, by_photo)
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise DataError(f"destination is not empty, refusing to write into it: {dst}")
@@ -163,18 +153,14 @@ def tile_dataset(
     def job(item: tuple[Sample, Path]) -> list[bool | None]:
         return tile_sample(item[0], item[1], size, stride, min_crack_pixels, pad)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(
-            tqdm(pool.map(job, jobs), total=len(jobs), desc="tiling", unit="image", disable=None)
-        )
+    results = map_threads(job, jobs, "tiling", unit="image", leave=True)
     counts: dict[str, list[int]] = {split: [0, 0] for split in indexed}
-    skipped = ambiguous = 0
     for (_, out_dir), labels in zip(jobs, results, strict=True):
         split = "all" if out_dir == dst else out_dir.name
         counts[split][0] += labels.count(True)
         counts[split][1] += labels.count(False)
-        ambiguous += labels.count(None)
-        skipped += not labels
+    ambiguous = sum(labels.count(None) for labels in results)
+    skipped = sum(not labels for labels in results)
     if jobs and skipped == len(jobs):
         raise _no_tile(size, [sample for sample, _ in jobs])
     if skipped:
@@ -187,6 +173,21 @@ def tile_dataset(
             min_crack_pixels - 1,
         )
     return {split: (pos, neg) for split, (pos, neg) in counts.items()}
+
+
+def _check_tiling(
+    size: int, stride: int, min_crack_pixels: int, by_photo: dict[str, float]
+) -> None:
+    """Refuse tiling settings that cannot work, in the words of crackseg-data's options."""
+    if size <= 0 or stride <= 0:
+        raise ConfigError(f"tile size and stride must be positive, got {size} and {stride}")
+    if min_crack_pixels < 1:
+        raise ConfigError(f"--min-crack-pixels must be at least 1, got {min_crack_pixels}")
+    for key, value in by_photo.items():
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"--{key}-fraction must be between 0 and 1, got {value}")
+    if sum(by_photo.values()) >= 1.0:
+        raise ConfigError("--val-fraction plus --test-fraction must be below 1")
 
 
 def _no_tile(size: int, samples: list[Sample]) -> DataError:
