@@ -123,12 +123,12 @@ def job_log(output_dir: str | None, job_name: str) -> str:
 
     if output_dir is None:
         return f"{job_name}.log"
-    refuse_a_used_folder(output_dir, job_name)
+    refuse_used_folder_before_lock(output_dir, job_name)
     claim_run_folder(output_dir)
     return str(Path(output_dir) / f"{job_name}.log")
 
 
-def refuse_a_used_folder(output_dir: str, job_name: str | None) -> None:
+def refuse_used_folder_before_lock(output_dir: str, job_name: str | None) -> None:
     """An evaluation, prediction or export refuses a folder holding a run or a prediction
     before it locks the folder, so the refused command creates nothing there (not even the
     lock file). One that another live process holds is refused by the lock, naming it."""
@@ -159,7 +159,7 @@ def hydra_subdir(output_dir: str | None, resume: object, job_name: str | None = 
 
     if output_dir is None:
         return ".hydra"
-    refuse_a_used_folder(output_dir, job_name)
+    refuse_used_folder_before_lock(output_dir, job_name)
     claim_run_folder(output_dir)
     folder = Path(output_dir)
     # A training may start again where one failed; other commands leave any run's folder be.

@@ -145,7 +145,7 @@ def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
     return state, error, metrics
 
 
-def _swept_keys(root: Path, overrides: list[dict[str, str]]) -> list[str]:
+def _varying_keys(root: Path, overrides: list[dict[str, str]]) -> list[str]:
     """The sweep's declared parameters, then every other key whose value differs by job."""
     keys: list[str] = []
     multirun = root / "multirun.yaml"
@@ -176,7 +176,7 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
     root = Path(root)
     jobs = find_job_dirs(root)
     overrides = [_read_overrides(job) for job in jobs]
-    swept = _swept_keys(root, overrides)
+    swept = _varying_keys(root, overrides)
     rows = []
     for job, job_overrides in zip(jobs, overrides, strict=True):
         status, error, metrics = _job_state(job)
@@ -221,7 +221,9 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group: dict[str, Any] = dict(zip(keys, setting, strict=True))
         group["n"] = len(finished)
         group["not_finished"] = len(members) - len(finished)  # failed, running, interrupted
-        segmented = [r["num_segmented"] for r in finished if _is_number(r.get("num_segmented"))]
+        segmented = [
+            r["num_segmented"] for r in finished if _is_finite_number(r.get("num_segmented"))
+        ]
         group["segmented"] = round(statistics.fmean(segmented)) if segmented else None
         for name in GROUPED_METRICS:
             mean, std = mean_std([r[name] for r in finished])
@@ -231,14 +233,14 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _is_number(value: Any) -> bool:
+def _is_finite_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def mean_std(values: list[Any]) -> tuple[float | None, float | None]:
     """The mean and sample standard deviation of the finite numbers among ``values`` (None
     where there are too few: none for the mean, one for the deviation)."""
-    numbers = [float(v) for v in values if _is_number(v)]
+    numbers = [float(v) for v in values if _is_finite_number(v)]
     mean = statistics.fmean(numbers) if numbers else None
     return mean, statistics.stdev(numbers) if len(numbers) > 1 else None
 
