@@ -209,13 +209,15 @@ def test_the_sweep_objective_is_the_best_validation_ap(tiny_run):
 def test_a_dataset_with_file_names_that_are_not_utf8_trains_and_its_split_reads_back(
     tiny_run, tiny_data_dir, tmp_path
 ):
-    """Linux allows any bytes in a name (Python holds the others as surrogates): split.csv
-    keeps them as they are, so that it pins the same samples again, and the tables people
-    read (test scores, the weak ranking) show them as backslash escapes."""
+    """Linux allows any bytes in a name (Python holds the others as surrogates): split.csv and
+    the weak ranking keep them as they are, so that they give back the same samples, and
+    what people read (test scores, the report and its Dice panels) shows them escaped."""
     import os
+    import re
     import shutil
 
     from crackseg.data.splits import read_split_csv
+    from crackseg.data.supervision import read_ranked_ids
 
     data = tmp_path / "data"
     shutil.copytree(next(tiny_data_dir.glob("synthetic_*")), data)
@@ -238,6 +240,12 @@ def test_a_dataset_with_file_names_that_are_not_utf8_trains_and_its_split_reads_
     assert result.returncode == 0, result.stderr[-3000:]
     recorded = {i for ids in read_split_csv(tmp_path / "run" / "split.csv").values() for i in ids}
     assert renamed <= recorded
-    for table in ("test_scores.csv", "weak_ranking.csv"):
-        text = (tmp_path / "run" / table).read_text(encoding="utf-8")
-        assert "caf\\xe9_crack_" in text, table
+    run = tmp_path / "run"
+    assert "caf\\xe9_crack_" in (run / "test_scores.csv").read_text(encoding="utf-8")
+    # the ranking is read back (data.extra_segmented.ranking): the names as they are
+    ranked = set(read_ranked_ids(run / "weak_ranking.csv"))
+    assert ranked & renamed and ranked <= recorded
+    # every Dice panel report.md links is there
+    report = (run / "report.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\((dices/[^)]+)\)", report)
+    assert links and all((run / link).is_file() for link in links), links

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from crackseg.atomic import atomic_save_figure
+from crackseg.atomic import atomic_save_figure, escape_undecodable_names
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,12 @@ def save_dice_panel(
 def dice_panel_name(dice: float, sample_id: str) -> str:
     """``<dice with 3 decimals>_dice_<sample id>.png``, as docs/method.md section 7 names panels.
 
-    Path separators in the id become ``_`` so the panel always lands in ``dices/`` itself.
+    Path separators in the id become ``_`` so the panel always lands in ``dices/`` itself;
+    bytes of a name that are not UTF-8 are written as their escapes (``caf_xe9``), so that
+    the name is the one report.md links.
     """
-    safe_id = str(sample_id).replace("/", "_").replace("\\", "_")
+    escaped = escape_undecodable_names(str(sample_id))
+    safe_id = escaped.replace("/", "_").replace("\\", "_")
     return f"{dice:.3f}_dice_{safe_id}.png"
 
 

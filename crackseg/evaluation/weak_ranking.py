@@ -62,7 +62,8 @@ def rank(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_ranking(path: str | Path, ranked: Sequence[dict[str, Any]]) -> Path:
-    atomic_write_csv(path, COLUMNS, (_ranking_row(entry) for entry in ranked))
+    # read back by data.extra_segmented.ranking: names that are not UTF-8 kept as bytes
+    atomic_write_csv(path, COLUMNS, (_ranking_row(entry) for entry in ranked), names_as_bytes=True)
     return Path(path)
 
 
