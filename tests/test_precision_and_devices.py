@@ -165,6 +165,10 @@ def test_float16_is_refused_off_a_gpu_where_lightning_would_train_bf16(monkeypat
         with pytest.raises(ConfigError, match=f"trainer.precision={float16} needs a GPU"):
             hardware.resolve_precision(float16, accelerator)
     assert hardware.resolve_precision(float16, "gpu") == float16
+    assert hardware.resolve_precision(float16, "mps") == float16  # Apple GPUs train float16
+    monkeypatch.setattr(hardware.torch.backends.mps, "is_available", lambda: True)
+    assert hardware.resolve_precision(float16, "auto") == float16
+    monkeypatch.setattr(hardware.torch.backends.mps, "is_available", lambda: False)
     monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 1)
     assert hardware.resolve_precision(float16, "auto") == float16
 

@@ -249,3 +249,22 @@ def test_a_dataset_with_file_names_that_are_not_utf8_trains_and_its_split_reads_
     report = (run / "report.md").read_text(encoding="utf-8")
     links = re.findall(r"\]\((dices/[^)]+)\)", report)
     assert links and all((run / link).is_file() for link in links), links
+
+
+def test_a_float16_run_is_resumed_on_a_gpu_only(tiny_run, tmp_path):
+    """Off a GPU Lightning would go on in bf16; resume= keeps a run's settings: refused,
+    saying where it can go on."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / ".hydra", run / ".hydra")
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    config["trainer"]["precision"] = "16-mixed"
+    config["paths"]["output_dir"] = str(run)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "status.json").write_text('{"status": "interrupted"}')
+    line = one_line_error(run_entry("train", f"resume={run}"))
+    assert line == (
+        f"error: the run in {run} trains in 16-mixed, which needs a GPU: "
+        "resume it on a machine with one"
+    )

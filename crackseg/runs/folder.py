@@ -39,7 +39,13 @@ import crackseg
 from crackseg.atomic import atomic_write_text, remove_partial_writes
 from crackseg.errors import RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, checkpoint_step
-from crackseg.runs.hardware import check_accelerator, check_deterministic, resolve_precision
+from crackseg.runs.hardware import (
+    FLOAT16,
+    check_accelerator,
+    check_deterministic,
+    resolve_precision,
+    trains_float16,
+)
 from crackseg.runs.job_log import accept_job_logs
 from crackseg.setting_rules import as_override
 
@@ -614,8 +620,20 @@ def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     resolve_machine_settings(cfg)
     cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
     accept_run_folder(cfg.paths.output_dir)
+    _refuse_float16_resumed_without_gpu(cfg)
     resolve_machine_settings(cfg)  # a resumed run's own config
     return cfg, checkpoint
+
+
+def _refuse_float16_resumed_without_gpu(cfg: DictConfig) -> None:
+    """A float16 run goes on in float16 (resume= keeps a run's settings): on a GPU only."""
+    precision, accelerator = cfg.trainer.precision, cfg.trainer.accelerator
+    resumed = resumed_folder(cfg.get("resume")) is not None
+    if resumed and str(precision) in FLOAT16 and not trains_float16(accelerator):
+        raise RunFolderError(
+            f"the run in {cfg.paths.output_dir} trains in {precision}, which needs a GPU: "
+            "resume it on a machine with one"
+        )
 
 
 def record_start(cfg: DictConfig, checkpoint: Path | None) -> None:

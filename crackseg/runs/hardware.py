@@ -58,11 +58,24 @@ def check_deterministic(cfg: Any) -> None:
         )
 
 
+#: The float16 values of ``trainer.precision``.
+FLOAT16 = ("16-mixed", "16")
+
+
+def trains_float16(accelerator: str) -> bool:
+    """Whether Lightning trains float16 on ``accelerator``: on a CUDA or an Apple (MPS) GPU;
+    on a CPU it trains bf16 instead."""
+    accelerator = str(accelerator).lower()
+    if accelerator in ("gpu", "cuda", "mps"):
+        return True
+    return accelerator == "auto" and (uses_cuda(accelerator) or torch.backends.mps.is_available())
+
+
 def resolve_precision(precision: str | int, accelerator: str) -> str:
     """``trainer.precision``, with ``auto`` turned into what this machine runs natively.
     float16 is refused off a GPU, where Lightning would train bf16 instead, recorded as
     float16."""
-    if str(precision) in ("16-mixed", "16") and not uses_cuda(accelerator):
+    if str(precision) in FLOAT16 and not trains_float16(accelerator):
         raise ConfigError(
             f"trainer.precision={precision} needs a GPU (on a CPU Lightning would train "
             "bf16 instead): use bf16-mixed, 32-true or auto"
@@ -79,7 +92,7 @@ def evaluation_precision(precision: str | int, trained: str | None, accelerator:
     trained in (``trained``, from the checkpoint), else what this machine runs natively.
     float16 weights evaluated off a GPU are evaluated in float32: Lightning would turn
     ``16-mixed`` into bf16 there, neither the trained precision nor a native one."""
-    if str(precision) == "auto" and trained in ("16-mixed", "16") and not uses_cuda(accelerator):
+    if str(precision) == "auto" and trained in FLOAT16 and not trains_float16(accelerator):
         log.info("precision: 32-true (the checkpoint trained in %s, which needs a GPU)", trained)
         return "32-true"
     if str(precision) == "auto" and trained not in (None, "auto"):
