@@ -78,8 +78,8 @@ def folder_built_beside(dst: str | Path) -> Iterator[Path]:
     """A new hidden folder beside ``dst`` to build a whole folder in (a dataset), then rename
     onto ``dst`` in one step; removed afterwards unless the caller renamed it into place."""
     parent = Path(dst).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{Path(dst).name}{PARTIAL}", dir=parent))
     except OSError as error:  # named as the folder the user knows, not the temporary one
         raise OSError(error.errno, error.strerror, str(dst)) from error

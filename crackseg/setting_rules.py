@@ -31,7 +31,7 @@ def is_number(value: Any) -> bool:
 
 
 #: A value Hydra's command line and a shell both read as it is, unquoted.
-_PLAIN_VALUE = re.compile(r"[\w./~+:@%-]+", re.ASCII)
+_PLAIN_VALUE = re.compile(r"[\w./+:@%-]+", re.ASCII)
 
 
 def as_override(key: str, value: object) -> str:
@@ -41,7 +41,9 @@ def as_override(key: str, value: object) -> str:
     text = str(value)
     if _PLAIN_VALUE.fullmatch(text):
         return f"{key}={text}"
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    # In Hydra's quoted value a backslash escapes only a quote, or the closing one: double
+    # the backslashes there, then escape the quotes.
+    escaped = re.sub(r'(\\*)("|$)', lambda m: m[1] * 2 + ("\\" if m[2] else "") + m[2], text)
     return shlex.quote(f'{key}="{escaped}"')
 
 

@@ -105,7 +105,15 @@ def test_eval_help_lists_the_groups_eval_takes_with_every_option():
     assert "ckpt_path: ???" in result.stdout  # and the settings, as before
 
 
-@pytest.mark.parametrize("path", ["/tmp/plain/split.csv", "/tmp/g ü/it's a=b,c.csv"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tmp/plain/split.csv",
+        "/tmp/g ü/it's a=b,c.csv",
+        "/runs/3_seed=0~ab12cd34",  # a job folder shortened with its hash
+        'a\\b\\"quoted"\\',
+    ],
+)
 def test_a_path_the_commands_advise_typing_reads_back_as_it_was(path):
     """The hints that name a path (``crackseg-data import-split``'s data.split_file, how to
     resume) quote it for the shell and for Hydra where either would misread it."""

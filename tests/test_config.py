@@ -268,7 +268,7 @@ def test_a_step_scheduler_with_no_step_is_refused():
 def test_cuda_graphs_are_refused_with_gradient_accumulation(mode):
     """Their replays overwrite the gradients being accumulated (pytorch/pytorch#169545)."""
     cfg = _compose(f"model.compile={mode}", "+trainer.accumulate_grad_batches=4")
-    expected = f"model.compile={mode} records CUDA graphs, which overwrite the gradients"
+    expected = f"model.compile={mode} records CUDA graphs on a GPU, which overwrite the"
     with pytest.raises(ConfigError, match=re.escape(expected)):
         check_config(cfg)
 

@@ -200,6 +200,17 @@ def test_an_output_dir_other_than_the_run_folder_is_refused(tmp_path, entry):
     assert not elsewhere.exists()
 
 
+def test_the_run_folder_written_another_way_is_the_run_folder(tmp_path):
+    """``..`` or a link to it: the same folder, not refused as another one."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path)
+    run_dir = tmp_path / "sub" / ".." / "run"
+    same = tmp_path / "link" / "run"
+    result = run_entry("eval", f"hydra.run.dir={run_dir}", f"paths.output_dir={same}", timeout=120)
+    assert "is not the run's folder" not in result.stderr + result.stdout
+    assert one_line_error(result) == "error: ckpt_path=PATH.ckpt is required"
+
+
 def test_train_into_an_evaluation_folder_is_not_told_to_resume_it(tmp_path):
     folder = tmp_path / "evaluated"
     (folder / ".hydra").mkdir(parents=True)

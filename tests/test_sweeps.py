@@ -697,6 +697,22 @@ def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: P
     unset = ("data=crack_segmentation", "seed=0,1", f"hydra.sweep.dir={sweep_dir}")
     line = one_line_error(run_entry("train", "-m", *unset))
     assert line == "error: data.root=PATH is required"
+    # a root the jobs' environment gives (hydra.job.env_set): looked for as a job will
+    from_env = (
+        "data=crack_segmentation",
+        "data.root=${oc.env:JOBS_DATA}/cfd",
+        f"+hydra.job.env_set.JOBS_DATA={nodata}",
+        "seed=0,1",
+    )
+    line = one_line_error(run_entry("train", "-m", *from_env, f"hydra.sweep.dir={sweep_dir}"))
+    assert line == f"error: data root {nodata}/cfd does not exist (set data.root=PATH)"
+    outputs = ("paths.output_dir=/tmp/all", "seed=0,1", f"hydra.sweep.dir={sweep_dir}")
+    line = one_line_error(run_entry("train", "-m", *outputs))
+    assert line == (
+        "error: paths.output_dir is each job's own folder in a sweep: set hydra.sweep.dir instead"
+    )
+    line = one_line_error(run_entry("train", "-m", "resume=", "seed=0,1"))
+    assert line.startswith("error: resume= is empty: leave it out; a sweep run again")
     home = ("data=crack_segmentation", "data.root='~/cfd'", "seed=0,1")
     result = run_entry(
         "train", "-m", *home, f"hydra.sweep.dir={sweep_dir}", env={"HOME": str(nodata)}

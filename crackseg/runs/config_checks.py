@@ -167,8 +167,8 @@ def _check_cuda_graphs_without_accumulation(cfg: DictConfig) -> None:
     accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1)
     if mode in CUDA_GRAPH_MODES and accumulate != 1:
         raise ConfigError(
-            f"model.compile={mode} records CUDA graphs, which overwrite the gradients that "
-            f"trainer.accumulate_grad_batches={accumulate} accumulates: use "
+            f"model.compile={mode} records CUDA graphs on a GPU, which overwrite the "
+            f"gradients that trainer.accumulate_grad_batches={accumulate} accumulates: use "
             "model.compile=default or max-autotune-no-cudagraphs"
         )
 

@@ -302,6 +302,11 @@ def started_by(run_dir: Path) -> str | None:
 
 def check_sweep_resume(resume: object) -> None:
     """A sweep resumes its jobs itself (``resume=auto``); ``resume=RUN_DIR`` names one run."""
+    if resume == "":
+        raise RunFolderError(
+            "resume= is empty: leave it out; a sweep run again with its hydra.sweep.dir "
+            "resumes its jobs"
+        )
     if resumed_folder(resume) is not None:
         raise RunFolderError(
             "resume=RUN_DIR continues one run; to resume a sweep, run it again with the "

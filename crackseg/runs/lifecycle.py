@@ -4,6 +4,7 @@ sweep run again with other settings, and a clear end when it is stopped or fails
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -35,6 +36,7 @@ from crackseg.runs.folder import (
     hydra_job,
     is_accepted,
     is_rank_zero,
+    override_key,
     release_run_folder,
     saved_hydra_file,
     write_status,
@@ -42,7 +44,7 @@ from crackseg.runs.folder import (
 from crackseg.runs.gpus import job_device_context, runs_parallel_locally
 from crackseg.runs.job_log import log_traceback_to_file
 from crackseg.runs.threads import set_job_threads
-from crackseg.setting_rules import as_override, check_required
+from crackseg.setting_rules import as_override
 from crackseg.sweep.job_names import job_overrides, setting_changes, shared_settings, swept_keys
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ def _refuse_output_dir_elsewhere(output_dir: Path) -> None:
     if not HydraConfig.initialized():
         return
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
-    if output_dir.absolute() != hydra_dir.absolute():
+    if os.path.realpath(output_dir) != os.path.realpath(hydra_dir):
         print_line(
             f"error: paths.output_dir={output_dir} is not the run's folder {hydra_dir}: "
             "set hydra.run.dir (hydra.sweep.dir in a sweep) instead"
@@ -237,6 +239,7 @@ class SweepChecksCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_sweep_resume(config.get("resume"))
+            check_output_dir_not_typed(config)
             check_slurm_found(config)
             check_trials(config)
             check_devices_per_job(config)
@@ -262,6 +265,16 @@ def check_devices_per_job(config: DictConfig) -> None:
             f"trainer.devices={devices}: the jobs of a local parallel sweep run side by side "
             "on one device each; run jobs on several devices one after another "
             "(without hydra/launcher=local_parallel, or with hydra.launcher.n_jobs=1)"
+        )
+
+
+def check_output_dir_not_typed(config: DictConfig) -> None:
+    """A sweep's jobs write into their own folders under ``hydra.sweep.dir``: one
+    ``paths.output_dir`` for them all would be refused by each job (:func:`run_task`)."""
+    task, _ = _task_and_swept(config)
+    if any(override_key(o) == "paths.output_dir" for o in task):
+        raise ConfigError(
+            "paths.output_dir is each job's own folder in a sweep: set hydra.sweep.dir instead"
         )
 
 
@@ -372,7 +385,9 @@ def refuse_missing_data(config: DictConfig) -> None:
         for key in swept
     ):
         return
-    check_required(config, ("data.root",))
+    # unresolved: a root from the jobs' environment (${oc.env:...}) is read below, in it
+    if OmegaConf.to_container(data, resolve=False).get("root") in (None, "", "???"):
+        raise ConfigError("data.root=PATH is required")
     launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
     if not any(name in launcher.lower() for name in LOCAL_LAUNCHERS):
         return
