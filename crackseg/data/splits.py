@@ -410,7 +410,8 @@ class DataSplit:
 def write_split_csv(
     path: Path | str, splits: dict[str, list[Sample]], segmented_ids: frozenset[str] | None = None
 ) -> None:
-    """Record a split so a run can be reproduced exactly (and inspected in a spreadsheet).
+    """Record a split so a run can be reproduced exactly (and inspected in a spreadsheet,
+    where every name is UTF-8).
     A training positive outside ``segmented_ids`` (where given) trains without its mask, and
     is recorded so. File names are written as their bytes, so that a name that is not UTF-8
     reads back as it was (crackseg.atomic.atomic_write_csv)."""
