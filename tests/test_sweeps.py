@@ -583,9 +583,16 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
         "data.dilate=1",
         "seed=0",
         "data.input_height=60,64",
+        "loss.gradient_adjustment=true",
+        "loss.delta_cls=1e-2",
         "trainer.max_epochs=1",  # the same in both jobs: not part of their names
         f"hydra.sweep.dir={sweep_dir}",
     )
+    # the same settings spelled as Hydra saves them: the same sweep
+    respelled = tuple(
+        {"loss.gradient_adjustment=true": "loss.gradient_adjustment=True"}.get(a, a) for a in args
+    )
+    respelled = tuple(a.replace("=1e-2", "=0.01") for a in respelled)
     config_dir = tiny_config_dir(base)
     result = run_train(config_dir, *args)
     summary_line = f"error: 1 of 2 jobs failed; see {sweep_dir / 'summary.md'}"
@@ -605,7 +612,7 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     before = _mtimes(done)
     assert "metrics.json" in before and "status.json" in before
     (sweep_dir / "summary.md").unlink()
-    result = run_train(config_dir, *args)
+    result = run_train(config_dir, *respelled)
     # the failed job (no checkpoint) is started again, and fails again
     assert result.returncode == 1 and summary_line in result.stderr, result.stderr[-3000:]
     assert _mtimes(done) == before  # skipped: nothing it wrote was touched

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
@@ -60,8 +62,17 @@ def shared_settings(task_overrides: Iterable[str], swept: set[str]) -> dict[str,
         key = override.key_or_group
         if key in swept or any(fnmatch.fnmatchcase(key, free) for free in RERUN_FREE_KEYS):
             continue
-        settings[key] = override.input_line.split("=", 1)[-1] if override.input_line else ""
+        settings[key] = _value_text(override)
     return settings
+
+
+def _value_text(override: Override) -> str:
+    """An override's value in Hydra's own spelling, as a sweep saves it in each job's
+    ``overrides.yaml``: ``false`` and ``False``, ``1e-2`` and ``0.01`` are one setting."""
+    try:
+        return override.get_value_element_as_str()
+    except HydraException:  # a value Hydra does not spell again: as typed
+        return override.input_line.split("=", 1)[-1] if override.input_line else ""
 
 
 def job_overrides(
