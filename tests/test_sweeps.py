@@ -177,6 +177,10 @@ def test_a_job_takes_the_folder_an_earlier_run_of_its_sweep_gave_its_overrides(t
     assert job_folder(7, "seed=0", str(tmp_path), ["experiment=a", "seed=0"]) == "7_seed=0"
     assert job_folder(6, "data.dilate=5,seed=1", str(tmp_path), job) == "6_data.dilate=5,seed=1"
     assert job_folder(2, "", str(tmp_path), []) == "2"
+    # a setting a rerun may change (the speed options), or one spelled otherwise, is the same job
+    earlier("1_seed=2", ["experiment=a", "seed=2", "model.channels_last=true", "x.flag=False"])
+    again = ["experiment=a", "seed=2", "model.channels_last=false", "x.flag=false"]
+    assert job_folder(8, "seed=2", str(tmp_path), again) == "1_seed=2"
 
 
 def test_launcher_configs(monkeypatch: pytest.MonkeyPatch) -> None:

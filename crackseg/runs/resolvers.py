@@ -74,28 +74,34 @@ def job_folder(
 
     The number is the job's place in the grid, which changes when the grid grows
     (``seed=0,1,2`` to ``seed=0,1,2,3,4``): run again into ``sweep_dir``, a job takes the
-    folder an earlier run of the sweep gave the very same ``overrides`` (its
-    ``.hydra/overrides.yaml``), so it is skipped or resumed there, not trained a second time
-    beside it. The name alone would not do: it leaves out keys such as ``experiment``.
+    folder an earlier run of the sweep gave the same ``overrides`` (its
+    ``.hydra/overrides.yaml``; compared as :func:`crackseg.sweep.job_names.job_identity`
+    says, so a setting a rerun may change does not count), so it is skipped or resumed
+    there, not trained a second time beside it. The name alone would not do: it leaves out
+    keys such as ``experiment``.
     """
+    from crackseg.sweep.job_names import job_identity
+
     name = job_dirname(override_dirname)
     if not name:
         return str(num)
     if sweep_dir and overrides is not None:
-        wanted = sorted(str(o) for o in overrides)
+        wanted = job_identity(str(o) for o in overrides)
         for folder in sorted(Path(sweep_dir).glob(f"*_{glob.escape(name)}")):
             number, _, rest = folder.name.partition("_")
-            if number.isdigit() and rest == name and _overrides_of(folder) == wanted:
+            if number.isdigit() and rest == name and _identity_of(folder) == wanted:
                 return folder.name
     return f"{num}_{name}"
 
 
-def _overrides_of(job: Path) -> list[str] | None:
-    """The overrides an earlier job ran with, sorted; None where they cannot be read."""
+def _identity_of(job: Path) -> list[str] | None:
+    """The overrides an earlier job ran with, as :func:`job_folder` compares them; None
+    where they cannot be read."""
     from crackseg.runs.folder import saved_hydra_file
+    from crackseg.sweep.job_names import job_identity
 
     saved = saved_hydra_file(job, "overrides.yaml")
-    return sorted(str(o) for o in saved) if OmegaConf.is_list(saved) else None
+    return job_identity(str(o) for o in saved) if OmegaConf.is_list(saved) else None
 
 
 def run_dir(resume: object, default: str) -> str:

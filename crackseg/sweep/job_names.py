@@ -75,6 +75,18 @@ def _value_text(override: Override) -> str:
         return override.input_line.split("=", 1)[-1] if override.input_line else ""
 
 
+def job_identity(overrides: Iterable[str]) -> list[str]:
+    """A job's overrides as they tell it from the other jobs of its sweep, run after run: in
+    Hydra's own spelling, sorted, without those a sweep run again may change
+    (:data:`RERUN_FREE_KEYS`)."""
+    identity = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if not any(fnmatch.fnmatchcase(key, free) for free in RERUN_FREE_KEYS):
+            identity.append(f"{key}={_value_text(override)}")
+    return sorted(identity)
+
+
 def job_overrides(
     task_overrides: Iterable[str], saved: Iterable[str], swept: set[str]
 ) -> list[str]:
