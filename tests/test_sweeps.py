@@ -670,7 +670,8 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     # before the failed job ran again with the edited file, and the finished one was refused
     # only when its turn came
     experiment = config_dir / "experiment" / "tiny.yaml"
-    experiment.write_text(experiment.read_text().replace("batch_size: 8", "batch_size: 4"))
+    unedited = experiment.read_text()
+    experiment.write_text(unedited.replace("batch_size: 8", "batch_size: 4"))
     failed_status = (failed / "status.json").read_bytes()
     result = run_train(config_dir, *args)
     assert one_line_error(result) == (
@@ -680,6 +681,15 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     ), result.stderr[-3000:]
     assert result.returncode == 2 and _mtimes(done) == before
     assert (failed / "status.json").read_bytes() == failed_status
+    experiment.write_text(unedited)
+
+    # the failing value taken out of the grid: every job of this run finishes, so the run
+    # ends 0; the earlier run's failed job is still in the summary, as the folder holds it
+    time.sleep(2)  # its status is from before this run, whose file times count in seconds
+    fixed = [a.replace("data.input_height=60,64", "data.input_height=64") for a in args]
+    result = run_train(config_dir, *fixed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"`{failed.name}` (failed)" in (sweep_dir / "summary.md").read_text()
 
 
 def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import math
 import re
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,16 @@ METRICS = (
 #: Metrics averaged over seeds in the grouped table.
 GROUPED_METRICS = ("image_auc", "image_ap", "dice_mean", "iou_mean")
 
-#: The multiruns this process ran to their end: (sweep folder, jobs, jobs that failed, jobs
-#: that did not finish otherwise), the counts None where the jobs' status could not be read;
-#: crackseg.cli ends the command non-zero unless every job finished.
+#: The multiruns this process ran to their end: (sweep folder, jobs, jobs of this run that
+#: failed, jobs of this run that did not finish otherwise), the counts None where the jobs'
+#: status could not be read; crackseg.cli ends the command non-zero unless every job of
+#: this run finished. A job an earlier run left in the folder (one no longer in the grid,
+#: failed) is in the summary but does not fail this run.
 ended_sweeps: list[tuple[Path, int | None, int | None, int | None]] = []
-#: The sweep folders of the multiruns this process started.
+#: The sweep folders of the multiruns this process started, and when each started (a whole
+#: second earlier: file times may be kept to the second).
 started_sweeps: list[Path] = []
+sweep_started_at: dict[Path, float] = {}
 
 
 def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -336,7 +341,9 @@ class SummaryCallback(Callback):
     the sweep in step with the first, whose folders they leave to it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        started_sweeps.append(Path(str(config.hydra.sweep.dir)))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        started_sweeps.append(sweep_dir)
+        sweep_started_at[sweep_dir] = math.floor(time.time()) - 1
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if is_rank_zero():
@@ -344,19 +351,30 @@ class SummaryCallback(Callback):
 
 
 def end_sweep(sweep_dir: Path) -> None:
-    """Write the summary at ``sweep_dir`` and record how many of its jobs did not finish."""
+    """Write the summary at ``sweep_dir`` and record how many of the jobs this run ran did
+    not finish (:data:`ended_sweeps`)."""
     try:
         rows = collect_runs(sweep_dir)
-        counts = status_counts(rows)
+        since = sweep_started_at.get(sweep_dir)
+        ran = [r for r in rows if since is None or _written_since(sweep_dir / r["job"], since)]
+        counts = status_counts(ran)
     except Exception:  # unknown is not success: the command still ends non-zero
         log.exception("could not read the status of the jobs in %s", sweep_dir)
         ended_sweeps.append((sweep_dir, None, None, None))
         return
-    ended_sweeps.append((sweep_dir, sum(counts.values()), counts["failed"], counts["unfinished"]))
+    ended_sweeps.append((sweep_dir, len(rows), counts["failed"], counts["unfinished"]))
     try:
         write_summary(sweep_dir, rows)
     except Exception:  # the sweep's results are on disk; a summary bug must not hide them
         log.exception("could not write the sweep summary in %s", sweep_dir)
+
+
+def _written_since(job: Path, since: float) -> bool:
+    """Whether this run wrote the job's status (or, before any status, its ``.hydra/``)."""
+    for path in (job / STATUS_FILE, job / ".hydra"):
+        if path.exists():
+            return path.stat().st_mtime >= since
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
