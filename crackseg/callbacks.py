@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
@@ -31,10 +31,10 @@ from crackseg.evaluation.plots import (
     save_dice_panel,
     spread_indices,
 )
-from crackseg.evaluation.report import hparams_of, write_run_report
+from crackseg.evaluation.report import HPARAMS, hparams_of, write_run_report
 from crackseg.models.lit_segdec import validation_group
 from crackseg.runs.config_checks import VALIDATION_SCHEDULES
-from crackseg.runs.folder import SLURM_CHECKPOINTS
+from crackseg.runs.folder import SLURM_CHECKPOINTS, hydra_job, override_key
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,24 @@ SCORES_COLUMNS = ("sample_id", "image", "label", "decision_score", "decision", "
 
 #: A ``check_val_every_n_epoch`` that never comes: no validation after this epoch.
 NEVER = 10**9
+
+
+def typed_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The settings typed on the command line besides the run parameters (a sweep's swept
+    keys among them, ``loss.decision_target``, ``data.fold``), so that TensorBoard's HParams
+    tab tells every job of a sweep apart: the value the run used, or the typed one for a
+    config group's choice."""
+    known = set(HPARAMS.values())
+    typed = {}
+    for override in hydra_job()[1]:
+        key = override_key(override)
+        if key in known or key.startswith("hydra") or "=" not in override:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or OmegaConf.is_config(value):
+            value = override.split("=", 1)[1]
+        typed[key] = value if isinstance(value, bool | int | float | str) else str(value)
+    return typed
 
 
 def forward_as_run(
@@ -331,7 +349,8 @@ class EvaluationReport(pl.Callback):
         if self.run_config is not None:
             if isinstance(trainer.logger, TensorBoardLogger):
                 final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}
-                trainer.logger.log_hyperparams(hparams_of(self.run_config), final)
+                hparams = hparams_of(self.run_config) | typed_hparams(self.run_config)
+                trainer.logger.log_hyperparams(hparams, final)
             write_run_report(
                 out,
                 self.run_config,
