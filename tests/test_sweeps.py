@@ -766,3 +766,31 @@ def test_an_optuna_search_maximises_the_best_validation_ap(tmp_path: Path) -> No
     assert len(objectives) == 2
     # What Optuna maximised is each trial's validation AP, never a test metric.
     assert found["best_value"] == pytest.approx(max(objectives))
+
+
+def test_a_setting_and_seed_run_again_after_the_grid_changed_counts_once() -> None:
+    """seed swept since: ``0_x=label`` (seed 0 by default) and ``0_x=label,seed=0`` are one
+    run twice; the means count it once, and the summary says which job repeats which."""
+
+    def row(job: str, seed: object, x: str, auc: float) -> dict:
+        metrics = dict.fromkeys(summary.METRICS)
+        return {
+            "job": job,
+            "status": "finished",
+            "error": None,
+            "seed": seed,
+            "x": x,
+            **metrics,
+            "image_auc": auc,
+        }
+
+    rows = [
+        row("0_x=label", 0, "label", 0.5),
+        row("0_x=label,seed=0", "0", "label", 0.5),
+        row("1_x=label,seed=1", "1", "label", 0.7),
+        row("2_x=mask,seed=0", "0", "mask", 0.9),
+    ]
+    assert summary.repeated_jobs(rows) == {"0_x=label,seed=0": "0_x=label"}
+    label, mask = summary.group_rows(rows)
+    assert (label["n"], label["image_auc_mean"]) == (2, pytest.approx(0.6))
+    assert mask["n"] == 1

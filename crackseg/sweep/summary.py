@@ -208,17 +208,38 @@ def swept_columns(rows: list[dict[str, Any]]) -> list[str]:
     return [k for k in rows[0] if k not in BASE_COLUMNS and k not in METRICS]
 
 
+def repeated_jobs(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Finished jobs that ran a setting and seed an earlier finished job of the folder ran
+    already (the grid changed between runs: ``seed`` swept since, a default typed since),
+    each with the job it repeats. Means, pooled folds and figures count each once."""
+    keys = swept_columns(rows)
+    first: dict[tuple[str, ...], str] = {}
+    repeated = {}
+    for row in rows:
+        if row["status"] != "finished":
+            continue
+        setting = (*(str(row[k]) for k in keys), str(row["seed"]))
+        if setting in first:
+            repeated[row["job"]] = first[setting]
+        else:
+            first[setting] = row["job"]
+    return repeated
+
+
 def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample std over seeds of each setting of the swept values (finished jobs).
 
-    Each group has the swept values, ``n`` (finished jobs), ``not_finished`` (the others:
-    failed, running, interrupted) and,
+    Each group has the swept values, ``n`` (finished jobs, a repeated one once:
+    :func:`repeated_jobs`), ``not_finished`` (the others: failed, running, interrupted) and,
     per metric, ``<metric>_mean``, ``<metric>_std`` (None where undefined) and ``<metric>``
     formatted as ``mean ± std``.
     """
     keys = swept_columns(rows)
+    repeated = repeated_jobs(rows)
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
+        if row["job"] in repeated:
+            continue
         groups.setdefault(tuple(str(row[k]) for k in keys), []).append(row)
     out = []
     for setting, members in groups.items():
@@ -313,15 +334,24 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
     group_columns = [*keys, *labels, *segmented, "n", "not_finished"]
     group_columns += list(GROUPED_METRICS)
     lines += _md_table(group_columns, [[g[c] for c in group_columns] for g in groups])
-    lines += write_pooled_folds(root, rows, keys)  # folds.csv: the folds' test scores pooled
+    repeated = repeated_jobs(rows)
+    counted = [r for r in rows if r["job"] not in repeated]
+    lines += write_pooled_folds(root, counted, keys)  # folds.csv: the folds' test scores pooled
     lines += departures(root, rows)  # weak runs not set as the published ones
-    figures = write_sweep_figures(root, rows, keys)
+    figures = write_sweep_figures(root, counted, keys)
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{path.stem}]({path.name})" for path in figures]
     lines += ["", "## Jobs", ""]
     job_columns = ["job", "status", "seed", *keys, *METRICS]
     lines += _md_table(job_columns, [[r[c] for c in job_columns] for r in rows])
+    if repeated:
+        lines += ["", "## Repeated jobs", ""]
+        lines += [
+            f"- `{job}` ran the setting and seed of `{earlier}` again (the grid changed "
+            "between runs of the sweep): counted once, as the earlier job"
+            for job, earlier in repeated.items()
+        ]
     problems = [r for r in rows if r["status"] != "finished"]
     if problems:
         lines += ["", "## Failed and unfinished jobs", ""]
