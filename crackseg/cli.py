@@ -214,7 +214,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         # sweep ends as one whose jobs failed, with its summary.
         if str(raised) != NO_TRIAL_COMPLETED or not started_sweeps:
             raise
-        end_sweep(started_sweeps[-1])
+        end_sweep(list(started_sweeps)[-1])
     for sweep_dir, jobs, failed, unfinished in ended_sweeps:
         if jobs is None:
             print_line(f"error: could not read the status of the jobs in {sweep_dir}; see the log")

@@ -58,13 +58,14 @@ REQUIRED = {
 def check_required(cfg: DictConfig, keys: tuple[str, ...] = tuple(REQUIRED)) -> None:
     """Refuse a required setting left out (``???``), null, or given empty (``input=`` with
     an unset shell variable would otherwise read as the current folder). Keys the config
-    does not have are not checked."""
+    does not have are not checked. The value is read as written, unresolved: one a job's
+    environment gives (``${oc.env:...}``) is given."""
     for key in keys:
         parent, _, name = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if not isinstance(node, DictConfig) or name not in node.keys():  # noqa: SIM118
             continue  # (``name in node`` is False for ``???``)
-        if OmegaConf.is_missing(node, name) or node[name] in (None, ""):
+        if OmegaConf.to_container(node, resolve=False)[name] in (None, "", "???"):
             raise ConfigError(f"{REQUIRED[key]} is required")
 
 

@@ -44,7 +44,7 @@ from crackseg.runs.folder import (
 from crackseg.runs.gpus import job_device_context, runs_parallel_locally
 from crackseg.runs.job_log import log_traceback_to_file
 from crackseg.runs.threads import set_job_threads
-from crackseg.setting_rules import as_override
+from crackseg.setting_rules import as_override, check_required
 from crackseg.sweep.job_names import job_overrides, setting_changes, shared_settings, swept_keys
 
 log = logging.getLogger(__name__)
@@ -385,9 +385,7 @@ def refuse_missing_data(config: DictConfig) -> None:
         for key in swept
     ):
         return
-    # unresolved: a root from the jobs' environment (${oc.env:...}) is read below, in it
-    if OmegaConf.to_container(data, resolve=False).get("root") in (None, "", "???"):
-        raise ConfigError("data.root=PATH is required")
+    check_required(config, ("data.root",))  # unresolved: the jobs' environment is below
     launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
     if not any(name in launcher.lower() for name in LOCAL_LAUNCHERS):
         return

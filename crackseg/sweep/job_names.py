@@ -60,10 +60,15 @@ def shared_settings(task_overrides: Iterable[str], swept: set[str]) -> dict[str,
     settings = {}
     for override in OverridesParser.create().parse_overrides(list(task_overrides)):
         key = override.key_or_group
-        if key in swept or any(fnmatch.fnmatchcase(key, free) for free in RERUN_FREE_KEYS):
+        if key in swept or _free_to_change(key):
             continue
         settings[key] = _value_text(override)
     return settings
+
+
+def _free_to_change(key: str) -> bool:
+    """Whether a sweep run again may give ``key`` another value (:data:`RERUN_FREE_KEYS`)."""
+    return any(fnmatch.fnmatchcase(key, free) for free in RERUN_FREE_KEYS)
 
 
 def _value_text(override: Override) -> str:
@@ -82,7 +87,7 @@ def job_identity(overrides: Iterable[str]) -> list[str]:
     identity = []
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key = override.key_or_group
-        if not any(fnmatch.fnmatchcase(key, free) for free in RERUN_FREE_KEYS):
+        if not _free_to_change(key):
             identity.append(f"{key}={_value_text(override)}")
     return sorted(identity)
 

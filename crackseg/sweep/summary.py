@@ -58,10 +58,9 @@ GROUPED_METRICS = ("image_auc", "image_ap", "dice_mean", "iou_mean")
 #: this run finished. A job an earlier run left in the folder (one no longer in the grid,
 #: failed) is in the summary but does not fail this run.
 ended_sweeps: list[tuple[Path, int | None, int | None, int | None]] = []
-#: The sweep folders of the multiruns this process started, and when each started (a whole
-#: second earlier: file times may be kept to the second).
-started_sweeps: list[Path] = []
-sweep_started_at: dict[Path, float] = {}
+#: The sweep folders of the multiruns this process started, in order, and when each started
+#: (a whole second earlier: file times may be kept to the second).
+started_sweeps: dict[Path, float] = {}
 
 
 def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -371,9 +370,7 @@ class SummaryCallback(Callback):
     the sweep in step with the first, whose folders they leave to it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        started_sweeps.append(sweep_dir)
-        sweep_started_at[sweep_dir] = math.floor(time.time()) - 1
+        started_sweeps[Path(str(config.hydra.sweep.dir))] = math.floor(time.time()) - 1
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if is_rank_zero():
@@ -385,7 +382,7 @@ def end_sweep(sweep_dir: Path) -> None:
     not finish (:data:`ended_sweeps`)."""
     try:
         rows = collect_runs(sweep_dir)
-        since = sweep_started_at.get(sweep_dir)
+        since = started_sweeps.get(sweep_dir)
         ran = [r for r in rows if since is None or _written_since(sweep_dir / r["job"], since)]
         counts = status_counts(ran)
     except Exception:  # unknown is not success: the command still ends non-zero
