@@ -151,7 +151,7 @@ def test_stats_table(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     # positives: val round(4.0) = 4, test round(2.0) = 2, train 14; negatives: 2, 1, 7
     assert out == [
-        "| Set         | Positives   | Negatives   |  Sum        |",
+        "| Set         | Positives   | Negatives   | Sum         |",
         "| ----------- | ----------- | ----------- | ----------- |",
         "| Train       | 14          | 7           | 21          |",
         "| Test        | 2           | 1           | 3           |",

@@ -16,7 +16,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from crackseg.atomic import atomic_write_csv
 from crackseg.data.data_settings import SplitSettings
 from crackseg.data.samples import SPLITS, Sample, count_positives
 from crackseg.errors import ConfigError, DataError, describe_files
+from crackseg.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -377,6 +378,36 @@ def split_samples(
     )
 
 
+def split_counts(splits: Mapping[str, list[Sample]]) -> dict[str, tuple[int, int]]:
+    """(positives, negatives) per split."""
+    return {name: count_positives(samples) for name, samples in splits.items()}
+
+
+#: The seed report's Set table: each split's row name, in its order ("all": a dataset that
+#: has no splits).
+SET_ROWS = {"all": "All", "train": "Train", "test": "Test", "val": "Validation"}
+
+
+def set_table(counts: Mapping[str, tuple[int, int] | None]) -> list[str]:
+    """The seed report's Set table (Set | Positives | Negatives | Sum, then a **Sum** row)
+    of the splits in ``counts``, (positives, negatives) each; a split counted as None is
+    n/a (not known) and left out of the sum."""
+    rows: list[tuple[object, ...]] = []
+    positives = negatives = 0
+    for split, name in SET_ROWS.items():
+        if split not in counts:
+            continue
+        pair = counts[split]
+        if pair is None:
+            rows.append((name, "n/a", "n/a", "n/a"))
+            continue
+        positives += pair[0]
+        negatives += pair[1]
+        rows.append((name, pair[0], pair[1], sum(pair)))
+    rows.append(("**Sum**", positives, negatives, positives + negatives))
+    return markdown_table(("Set", "Positives", "Negatives", "Sum"), rows, min_width=11)
+
+
 @dataclass(frozen=True)
 class DataSplit:
     """The split a run uses and the training positives that keep their masks: what the
@@ -387,7 +418,7 @@ class DataSplit:
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """(positives, negatives) per split, as in the seed report's table."""
-        return {name: count_positives(samples) for name, samples in self.splits.items()}
+        return split_counts(self.splits)
 
     @property
     def num_segmented(self) -> int:

@@ -31,15 +31,20 @@ from crackseg.data.layouts import (
     index_layout,
 )
 from crackseg.data.published_splits import PARTS, published_split, write_published_split
-from crackseg.data.samples import Sample, count_positives
-from crackseg.data.splits import resolve_splits, split_by_source, write_split_csv
+from crackseg.data.samples import Sample
+from crackseg.data.splits import (
+    resolve_splits,
+    set_table,
+    split_by_source,
+    split_counts,
+    write_split_csv,
+)
 from crackseg.errors import ConfigError, CracksegError, DataError
 from crackseg.setting_rules import OneLineParser, as_override
 
 log = logging.getLogger(__name__)
 
 SOURCE_SPLIT_FILE = "source_split.csv"
-_ROW_NAMES = {"train": "Train", "test": "Test", "val": "Validation", "all": "All"}
 
 
 def _tile_starts(length: int, size: int, stride: int, pad: bool) -> tuple[list[int], int]:
@@ -235,7 +240,7 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
             _check_tiles(root, params)  # another job has just finished the same tiles
             log.info("%s was tiled by another job meanwhile: used as it is", root)
             return root
-    log.info("tiled %s into %s:\n%s", source, root, positives_table(counts))
+    log.info("tiled %s into %s:\n%s", source, root, "\n".join(set_table(counts)))
     return root
 
 
@@ -246,26 +251,6 @@ def _check_tiles(root: Path, params: dict[str, Any]) -> None:
         raise DataError(
             f"{root} holds tiles made with other settings ({made}); use another data.root"
         )
-
-
-def positives_table(counts: dict[str, tuple[int, int]]) -> str:
-    """The report's markdown table: Set | Positives | Negatives | Sum, with a **Sum** row."""
-    order = [s for s in ("all", "train", "test", "val") if s in counts]
-    rows = [(_ROW_NAMES[s], *counts[s], sum(counts[s])) for s in order]
-    total_pos = sum(r[1] for r in rows)
-    total_neg = sum(r[2] for r in rows)
-    rows.append(("**Sum**", total_pos, total_neg, total_pos + total_neg))
-    lines = [
-        "| Set         | Positives   | Negatives   |  Sum        |",
-        "| ----------- | ----------- | ----------- | ----------- |",
-    ]
-    lines += [f"| {n:<11} | {p:<11} | {q:<11} | {t:<11} |" for n, p, q, t in rows]
-    return "\n".join(lines)
-
-
-def split_counts(splits: dict[str, list[Sample]]) -> dict[str, tuple[int, int]]:
-    """(positives, negatives) per split."""
-    return {split: count_positives(samples) for split, samples in splits.items()}
 
 
 def _layout_options(args: argparse.Namespace) -> dict:
@@ -315,7 +300,7 @@ def _cmd_tile(args: argparse.Namespace) -> None:
         counts = _tile_from_arguments(args, tmp)
         tmp.rename(dst)  # replaces an empty dst in one step (POSIX rename)
     print(f"tiles written to {dst}\n")
-    print(positives_table(counts))
+    print("\n".join(set_table(counts)))
 
 
 def _tile_from_arguments(args: argparse.Namespace, dst: Path) -> dict[str, tuple[int, int]]:
@@ -343,7 +328,7 @@ def _cmd_stats(args: argparse.Namespace) -> None:
     splits = resolve_splits(
         indexed, args.val_fraction, args.test_fraction, args.seed, split_file=args.split_file
     )
-    print(positives_table(split_counts(splits)))
+    print("\n".join(set_table(split_counts(splits))))
 
 
 def _cmd_import_split(args: argparse.Namespace) -> None:

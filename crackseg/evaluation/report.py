@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 from omegaconf import OmegaConf
 
 from crackseg.atomic import atomic_write_text
+from crackseg.data.splits import SET_ROWS, set_table
+from crackseg.markdown import markdown_table
 from crackseg.paper_settings import weak_run_departures
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,8 @@ DATASET_ROWS = (
 )
 """The seed's Dataset table rows, in its order."""
 
-SPLIT_ROWS = (("Train", "train"), ("Test", "test"), ("Validation", "val"))
-"""Set table rows (label, split key), in the seed's order."""
+SPLITS_COUNTED = ("train", "test", "val")
+"""The splits the seed's tables count, in its order."""
 
 
 class RunParameter(NamedTuple):
@@ -114,22 +116,13 @@ def _count(value: Any) -> str:
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    """A markdown table with padded columns and the seed's ``-----------`` separators."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(max(len(r[i]) for r in cells), 11) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
-
-    separator = "| " + " | ".join("-" * w for w in widths) + " |"
-    return [line(cells[0]), separator] + [line(r) for r in cells[1:]]
+    """A table as the seed writes them: columns at least 11 characters wide."""
+    return markdown_table(header, rows, min_width=11)
 
 
 def _split_pair(split_counts: Mapping[str, Any], key: str) -> tuple[int, int] | None:
-    """(positives, negatives) of a split; 'val' also accepts 'validation'."""
+    """(positives, negatives) of a split, None where it is not counted."""
     pair = split_counts.get(key)
-    if pair is None and key == "val":
-        pair = split_counts.get("validation")
     if pair is None:
         return None
     positives, negatives = pair
@@ -201,9 +194,9 @@ def dataset_table_from_counts(
     ):
         value = OmegaConf.select(cfg, key, default=None)
         table[name] = NOT_AVAILABLE if value is None else int(value)
-    for label, key in SPLIT_ROWS:
+    for key in SPLITS_COUNTED:
         pair = _split_pair(split_counts, key)
-        table[f"{label} samples"] = NOT_AVAILABLE if pair is None else sum(pair)
+        table[f"{SET_ROWS[key]} samples"] = NOT_AVAILABLE if pair is None else sum(pair)
     table["Segmented samples"] = int(num_segmented)
     train = _split_pair(split_counts, "train")
     if train is not None:
@@ -271,19 +264,7 @@ def _dataset_section(
     ordered += [name for name in dataset if name not in DATASET_ROWS]
     lines += _table(("Parameter", "Value"), ((name, dataset[name]) for name in ordered))
     lines += ["", ""]
-    set_rows = []
-    total_pos = total_neg = 0
-    for label, key in SPLIT_ROWS:
-        pair = _split_pair(split_counts, key)
-        if pair is None:
-            set_rows.append((label, NOT_AVAILABLE, NOT_AVAILABLE, NOT_AVAILABLE))
-            continue
-        positives, negatives = pair
-        total_pos += positives
-        total_neg += negatives
-        set_rows.append((label, positives, negatives, positives + negatives))
-    set_rows.append(("**Sum**", total_pos, total_neg, total_pos + total_neg))
-    return lines + _table(("Set", "Positives", "Negatives", "Sum"), set_rows)
+    return lines + set_table({key: _split_pair(split_counts, key) for key in SPLITS_COUNTED})
 
 
 def _dice_section(dice_files: Sequence[str]) -> list[str]:

@@ -22,6 +22,7 @@ import torch
 
 from crackseg.atomic import atomic_write_csv
 from crackseg.evaluation.metrics import image_metrics
+from crackseg.markdown import markdown_table
 from crackseg.sweep.published import add_table4_labels
 from crackseg.sweep.summary import format_mean_std, mean_std
 
@@ -124,15 +125,18 @@ def write_pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) 
         "the folds (the published code reports KolektorSDD by the mean of its folds' AUC and "
         f"AP); `folds`: those that finished of all ({CSV_NAME} holds the numbers).",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
     ]
-    for row in joined:
-        cells = [str(row[k]) for k in setting] + [row["folds"]]
-        cells += [number(row["pooled_image_auc"]), number(row["pooled_image_ap"])]
-        cells += [row[m] for m in FOLD_METRICS]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return ["", *lines]
+    rows = [
+        [
+            *(row[k] for k in setting),
+            row["folds"],
+            number(row["pooled_image_auc"]),
+            number(row["pooled_image_ap"]),
+            *(row[m] for m in FOLD_METRICS),
+        ]
+        for row in joined
+    ]
+    return ["", *lines, *markdown_table(header, rows)]
 
 
 def _metric(key: str) -> bool:

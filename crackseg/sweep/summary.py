@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.errors import CracksegError
+from crackseg.markdown import markdown_table
 from crackseg.runs.folder import STATUS_FILE, is_rank_zero, load_status, override_key
 from crackseg.setting_rules import OneLineParser
 from crackseg.sweep.published import add_table4_labels, departures
@@ -286,12 +287,8 @@ def _cell(value: Any) -> str:
 
 
 def _md_table(columns: list[str], rows: list[list[Any]]) -> list[str]:
-    def clean(value: Any) -> str:
-        return (_cell(value) or "–").replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(clean(v) for v in row) + " |" for row in rows]
-    return lines
+    """The summary's tables: numbers to 4 decimals, an empty cell as a dash."""
+    return markdown_table(columns, ([_cell(v) or "–" for v in row] for row in rows))
 
 
 def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) -> tuple[Path, Path]:
