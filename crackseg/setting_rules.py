@@ -30,6 +30,15 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def plain_settings(node: Any) -> Any:
+    """A config node as plain dicts and lists (what a settings group, a checkpoint's
+    hyperparameters or a JSON file holds), resolved; a missing value (``???``) is an error.
+    Anything else is returned as it is."""
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    return node
+
+
 #: A value Hydra's command line and a shell both read as it is, unquoted.
 _PLAIN_VALUE = re.compile(r"[\w./+:@%-]+", re.ASCII)
 

@@ -12,9 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from crackseg import CONFIG_DIR
-from crackseg.data.data_settings import InputSize
+from crackseg.data.data_settings import InputSize, WeightMapSettings
 from crackseg.data.datamodule import CrackDataModule
-from crackseg.data.dataset import WeightMapConfig
 from crackseg.errors import ConfigError
 from crackseg.evaluation.report import HPARAMS, RUN_PARAMETERS, run_parameters_from_config
 from crackseg.models.lit_segdec import SegDecModule
@@ -65,7 +64,7 @@ def test_every_override_name_reaches_the_objects_it_configures(tmp_path):
     assert data.loader.batch_size == 3 and data.labels.dilate == 5
     assert data.labels.num_segmented == 4
     assert data.sampling.frequency_sampling is False and data.split.validate_on_test is True
-    assert data.labels.weight_map == WeightMapConfig(3.0, 1.5, False)
+    assert data.labels.weight_map == WeightMapSettings(3.0, 1.5, False)
     module = SegDecModule.from_config(cfg)
     assert module.optim_settings.optimizer["lr"] == 0.5
     assert module.configure_optimizers().param_groups[0]["lr"] == 0.5

@@ -11,9 +11,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from crackseg import CONFIG_DIR
-from crackseg.data.data_settings import ExtraSegmented, InputSize, settings_groups
+from crackseg.data.data_settings import (
+    ExtraSegmented,
+    InputSize,
+    WeightMapSettings,
+    settings_groups,
+)
 from crackseg.data.datamodule import CrackDataModule
-from crackseg.data.dataset import WeightMapConfig
 from crackseg.errors import ConfigError
 from crackseg.runs.folder import config_differences
 
@@ -75,7 +79,7 @@ def test_every_data_config_builds_the_datamodule_it_says(config, data):
         flat["layout_options"] = {**flat["layout_options"], "class_id": flat.pop("dagm_class")}
     assert as_flat_keys(datamodule) == flat
     # the weight map is the loss group's; an evaluation has none and builds none
-    expected = WeightMapConfig(1.0, 2.0, False) if config == "train" else None
+    expected = WeightMapSettings(1.0, 2.0, False) if config == "train" else None
     assert datamodule.labels.weight_map == expected
 
 
@@ -107,7 +111,7 @@ def test_the_flat_keys_fill_the_groups_and_the_loss_the_weight_map():
     assert groups["loader"].batch_size == 3 and groups["loader"].eval_batch_size == "auto"
     assert groups["labels"].num_segmented == 5
     assert groups["labels"].extra_segmented == ExtraSegmented("weak_ranking.csv", 10)
-    assert groups["labels"].weight_map == WeightMapConfig(3.0, 1.5, False)
+    assert groups["labels"].weight_map == WeightMapSettings(3.0, 1.5, False)
     assert groups["augment"].enabled is True and groups["augment"].hflip == 0.5
     assert settings_groups(data, {**loss, "weighted_seg": False})["labels"].weight_map is None
     datamodule = CrackDataModule.from_config(data)
@@ -158,7 +162,7 @@ def test_a_data_config_saved_before_the_groups_builds_the_same_datamodule(data, 
     old = OmegaConf.create(_saved_before_the_groups(cfg, target))
     built = CrackDataModule.from_config(old.data, old.loss)
     assert as_flat_keys(built) == as_flat_keys(CrackDataModule.from_config(cfg.data, cfg.loss))
-    assert built.labels.weight_map == WeightMapConfig(1.0, 1.5, False)
+    assert built.labels.weight_map == WeightMapSettings(1.0, 1.5, False)
 
 
 def test_continuing_a_run_saved_before_the_groups_changes_no_setting():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from crackseg.data.data_settings import InputSize
 from crackseg.data.labels import downsample_to_output
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.models.losses import (
@@ -11,7 +12,7 @@ from crackseg.models.losses import (
     loss_weights,
     segmentation_loss,
 )
-from crackseg.models.module_settings import InputShape, LossSettings
+from crackseg.models.module_settings import LossSettings
 
 
 @pytest.mark.parametrize(
@@ -104,7 +105,7 @@ def test_a_sum_over_a_batch_of_two_gives_twice_the_gradient_of_the_mean():
         torch.manual_seed(0)
         module = SegDecModule(
             network=net,
-            input_shape=InputShape(height=64, width=128),
+            input_shape=InputSize(height=64, width=128),
             loss=LossSettings(batch_reduction=reduction),
         )
         module.log = lambda *args, **kwargs: None  # no trainer here

@@ -12,12 +12,12 @@ import torch
 import yaml
 from conftest import datamodule_of, run_tiny
 
+from crackseg.data.data_settings import InputSize
 from crackseg.data.samples import Sample
 from crackseg.data.supervision import choose_segmented
 from crackseg.errors import DataError
 from crackseg.evaluation.weak_ranking import binary_entropy, rank, uncertainty, write_ranking
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.module_settings import InputShape
 from crackseg.sweep.curves import MIXED_SUPERVISION_FIGURE, draw_sweep_curves, sweep_curves
 from crackseg.sweep.summary import collect_runs, write_summary
 
@@ -45,7 +45,7 @@ def test_segmented_subsets_are_nested_and_do_not_depend_on_the_seed(dataset_root
 def test_a_batch_of_weak_positives_has_no_segmentation_loss_and_a_finite_total():
     module = SegDecModule(
         network={"channels": (4, 8, 8), "volume_channels": 8, "volume_kernel": 3},
-        input_shape=InputShape(height=64, width=128),
+        input_shape=InputSize(height=64, width=128),
     )
     logged = {}
     module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
@@ -78,7 +78,7 @@ def test_a_batch_of_weak_positives_has_no_segmentation_loss_and_a_finite_total()
 def test_a_weak_positive_trains_its_decision_towards_its_label_or_its_read_mask(target, expected):
     module = SegDecModule(
         network={"channels": (4, 8, 8), "volume_channels": 8, "volume_kernel": 3},
-        input_shape=InputShape(height=64, width=128),
+        input_shape=InputSize(height=64, width=128),
         loss={"decision_target": target},
     )
     module.log = lambda *args, **kwargs: None

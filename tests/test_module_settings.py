@@ -11,10 +11,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
+from crackseg.data.data_settings import InputSize
 from crackseg.models.checkpoint import load_module
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.models.module_settings import (
-    InputShape,
     LossSettings,
     NetworkSettings,
     OptimSettings,
@@ -63,7 +63,7 @@ def test_a_config_builds_its_groups():
     assert module.network_settings == NetworkSettings(
         channels=(16, 32, 32), volume_channels=16, volume_kernel=7, gradient_adjustment=False
     )
-    assert module.input_shape == InputShape(1, 64, 128)
+    assert module.input_shape == InputSize(1, 64, 128)
     assert module.loss_settings == LossSettings(delta_cls=0.2)
     assert module.optim_settings == OptimSettings(optimizer=SGD, scheduler=None)
     assert module.speed == SpeedSettings(channels_last=True)
@@ -120,7 +120,7 @@ def test_a_checkpoint_with_flat_hyperparameters_loads_into_the_groups(tmp_path):
     torch.manual_seed(0)
     module = SegDecModule(
         network=TINY | {"gradient_adjustment": False},
-        input_shape=InputShape(1, 64, 128),
+        input_shape=InputSize(1, 64, 128),
         loss=LossSettings(delta_cls=0.3, decision_target="mask_max"),
         optim=OptimSettings(optimizer=SGD, scheduler={"_target_": "x.Step", "step_size": 2}),
         speed=SpeedSettings(channels_last=True),
@@ -158,7 +158,7 @@ def test_weights_that_do_not_fit_are_refused_in_one_line_naming_them(tmp_path):
 
     from crackseg.errors import CracksegError
 
-    module = SegDecModule(network=TINY, input_shape=InputShape(1, 64, 128))
+    module = SegDecModule(network=TINY, input_shape=InputSize(1, 64, 128))
     state = module.state_dict()
     for name in [k for k in state if k.startswith("net.")][:6]:
         del state[name]
@@ -182,7 +182,7 @@ def test_older_flat_hyperparameters_take_the_groups_defaults(tmp_path):
     loaded = load_module(path)
     assert loaded.optim_settings.optimizer == {**SGD, "lr": 0.5}
     assert loaded.loss_settings == LossSettings(delta_cls=0.1)
-    assert loaded.input_shape == InputShape() and loaded.speed == SpeedSettings()
+    assert loaded.input_shape == InputSize() and loaded.speed == SpeedSettings()
     assert asdict(loaded.network_settings)["volume_channels"] == 8
 
 
@@ -191,7 +191,7 @@ def test_the_model_summary_counts_the_flops_of_one_input_sized_image():
 
     from crackseg.models.flops import count_flops
 
-    shape = InputShape(channels=3, height=128, width=64)
+    shape = InputSize(channels=3, height=128, width=64)
     module = SegDecModule(network=TINY, input_shape=shape)
     assert module.example_input_array.shape == (1, 3, 128, 64)
     # torch's FLOP counter, which Lightning runs, counts what crackseg's own count does.

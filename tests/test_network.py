@@ -373,12 +373,12 @@ def test_gradient_adjustment_leaves_forward_unchanged():
 def test_segmentation_bias_is_trained_and_lets_a_clean_image_fall_below_ln2():
     """Zero-mean normalised logits y give mean softplus(y) >= softplus(0) = ln 2 on a clean
     image (Jensen); only the learned FeatureNorm bias of the 1/8 head gets below it."""
+    from crackseg.data.data_settings import InputSize
     from crackseg.models.lit_segdec import SegDecModule
     from crackseg.models.losses import segmentation_loss
-    from crackseg.models.module_settings import InputShape
 
     torch.manual_seed(0)
-    module = SegDecModule(network=SMALL, input_shape=InputShape(height=64, width=128))
+    module = SegDecModule(network=SMALL, input_shape=InputSize(height=64, width=128))
     optimizer = module.configure_optimizers()
     bias = module.net.seg_mask[1].bias
     assert bias.requires_grad
@@ -411,11 +411,11 @@ def test_forward_upsamples_probabilities_not_logits():
     interpolation and the sigmoid do not commute, so the order shows in the values."""
     import torch.nn.functional as F
 
+    from crackseg.data.data_settings import InputSize
     from crackseg.models.lit_segdec import SegDecModule
-    from crackseg.models.module_settings import InputShape
 
     torch.manual_seed(0)
-    module = SegDecModule(network=SMALL, input_shape=InputShape(height=64, width=128)).eval()
+    module = SegDecModule(network=SMALL, input_shape=InputSize(height=64, width=128)).eval()
     images = torch.rand(2, 3, 64, 128)
     with torch.no_grad():
         logits = module.net(images).segmentation

@@ -10,13 +10,13 @@ import torch
 from conftest import predict_settings
 from helpers.bf16_bounds import bf16_relative_bound
 
+from crackseg.data.data_settings import InputSize
 from crackseg.deploy.backends import ModelInfo, TorchBackend
 from crackseg.deploy.predictor import Plan, predict_images
 from crackseg.deploy.tiling import TileGrid, blend_window, tile_starts
 from crackseg.errors import ConfigError
 from crackseg.models import precision
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.module_settings import InputShape
 
 SMALL_NET = {"channels": [8, 8, 8], "volume_channels": 16, "volume_kernel": 3}
 
@@ -131,7 +131,7 @@ def test_resize_mode_resizes_to_the_input_size_and_the_map_back():
 
 def test_an_image_of_one_tile_gives_the_plain_forward_pass():
     torch.manual_seed(0)
-    module = SegDecModule(network=SMALL_NET, input_shape=InputShape(height=64, width=128)).eval()
+    module = SegDecModule(network=SMALL_NET, input_shape=InputSize(height=64, width=128)).eval()
     image = np.random.default_rng(3).integers(0, 256, (64, 128, 3), np.uint8)
     backend = TorchBackend(module, torch.device("cpu"))
     prediction = predict_one(image, backend, Plan("tile", 64, 128))
@@ -152,7 +152,7 @@ def test_bf16_autocast_runs_on_the_cpu_close_to_float32(monkeypatch, amx):
     features = ["avx512_bf16", "amx_bf16"] if amx else ["avx512_bf16"]
     monkeypatch.setattr(precision, "cpu_bf16_features", lambda: features)
     torch.manual_seed(0)
-    module = SegDecModule(network=SMALL_NET, input_shape=InputShape(height=64, width=128)).eval()
+    module = SegDecModule(network=SMALL_NET, input_shape=InputSize(height=64, width=128)).eval()
     tiles = np.random.default_rng(4).integers(0, 256, (2, 64, 128, 3), np.uint8)
     float32 = TorchBackend(module, torch.device("cpu"), "32")
     scores32, maps32 = float32(tiles)
@@ -176,7 +176,7 @@ def test_a_model_trained_with_the_volume_as_im2col_predicts_so():
     """The speed options come with the checkpoint's hyperparameters: ``model.volume_im2col``
     reaches crackseg-predict, with the same probabilities as the direct convolution's."""
     torch.manual_seed(0)
-    shape = InputShape(height=64, width=128)
+    shape = InputSize(height=64, width=128)
     direct = SegDecModule(network=SMALL_NET, input_shape=shape).eval()
     im2col = SegDecModule(network=SMALL_NET, input_shape=shape, speed={"volume_im2col": True})
     reloaded = SegDecModule(**im2col.hparams).eval()

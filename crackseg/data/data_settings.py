@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from crackseg.data.dataset import WeightMapConfig
 from crackseg.data.labels import BINARIZE_THRESHOLD
 from crackseg.errors import ConfigError
 
@@ -94,6 +93,16 @@ class ExtraSegmented:
 
 
 @dataclass(frozen=True)
+class WeightMapSettings:
+    """The weighted segmentation loss's map (docs/method.md §4 step 4): ``weighted_seg_max``,
+    ``weighted_seg_p`` and ``weighted_seg_per_component`` of the ``loss`` settings."""
+
+    max_weight: float = 1.0
+    power: float = 2.0
+    per_component: bool = False
+
+
+@dataclass(frozen=True)
 class LabelSettings:
     """The training labels: which positives keep their masks (crackseg.data.supervision),
     how masks are binarised and dilated, the weighted segmentation loss's map (None:
@@ -104,14 +113,14 @@ class LabelSettings:
     extra_segmented: ExtraSegmented = field(default_factory=ExtraSegmented)
     dilate: int = 1
     binarize_threshold: int = BINARIZE_THRESHOLD
-    weight_map: WeightMapConfig | None = None
+    weight_map: WeightMapSettings | None = None
     weak_masks: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.extra_segmented, Mapping):
             object.__setattr__(self, "extra_segmented", ExtraSegmented(**self.extra_segmented))
         if isinstance(self.weight_map, Mapping):
-            object.__setattr__(self, "weight_map", WeightMapConfig(**self.weight_map))
+            object.__setattr__(self, "weight_map", WeightMapSettings(**self.weight_map))
 
 
 @dataclass(frozen=True)
@@ -167,15 +176,16 @@ def _refuse(unknown: list[str]) -> None:
         raise ConfigError(f"not a data setting: {', '.join(f'data.{k}' for k in sorted(unknown))}")
 
 
-def weight_map_of(loss: Mapping[str, Any] | None) -> WeightMapConfig | None:
+def weight_map_of(loss: Mapping[str, Any] | None) -> WeightMapSettings | None:
     """The weighted segmentation loss's map, from the ``loss`` settings (None: unweighted)."""
     if not loss or not loss.get("weighted_seg", False):
         return None
-    return WeightMapConfig(
-        loss.get("weighted_seg_max", 1.0),
-        loss.get("weighted_seg_p", 2.0),
-        loss.get("weighted_seg_per_component", False),
-    )
+    keys = {
+        "max_weight": "weighted_seg_max",
+        "power": "weighted_seg_p",
+        "per_component": "weighted_seg_per_component",
+    }
+    return WeightMapSettings(**{name: loss[key] for name, key in keys.items() if key in loss})
 
 
 def _dagm_class(data: dict[str, Any]) -> None:

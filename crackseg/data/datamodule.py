@@ -13,7 +13,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch.distributed as dist
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data.augment import build_augmentation
@@ -35,6 +34,7 @@ from crackseg.data.samples import SPLITS, Sample, count_positives
 from crackseg.data.splits import DataSplit, split_samples
 from crackseg.data.supervision import segmented_positives
 from crackseg.errors import DataError
+from crackseg.setting_rules import plain_settings
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,6 @@ def worker_start_method() -> str | None:
     if method is None or method in known:
         return None
     return "fork" if "fork" in known else "spawn"
-
-
-def _plain(node: Any) -> Any:
-    """A config node as plain values, resolved; a missing value (``???``) is an error."""
-    if OmegaConf.is_config(node):
-        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
-    return node
 
 
 def input_scaling(samples: list[Sample], height: int, width: int) -> dict[str, Any] | None:
@@ -142,7 +135,7 @@ class CrackDataModule(pl.LightningDataModule):
         The keys are the flat ``data.*`` settings users type; a ``_target_`` (configs saved
         before the groups carry one) is ignored.
         """
-        return cls(**settings_groups(_plain(data_cfg), _plain(loss_cfg)))
+        return cls(**settings_groups(plain_settings(data_cfg), plain_settings(loss_cfg)))
 
     # -- preparation -------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from crackseg.data.data_settings import WeightMapSettings
 from crackseg.data.io import read_image, read_mask
 from crackseg.data.labels import (
     BINARIZE_THRESHOLD,
@@ -18,15 +18,6 @@ from crackseg.data.labels import (
     resize_image,
 )
 from crackseg.data.samples import Sample
-
-
-@dataclass(frozen=True)
-class WeightMapConfig:
-    """The weighted segmentation loss's map (docs/method.md §4 step 4)."""
-
-    max_weight: float = 1.0
-    power: float = 2.0
-    per_component: bool = False
 
 
 class CrackDataset(Dataset):
@@ -57,7 +48,7 @@ class CrackDataset(Dataset):
         binarize_threshold: int = BINARIZE_THRESHOLD,
         segmented_ids: set[str] | None = None,
         weak_masks: bool = False,
-        weight_map: WeightMapConfig | None = None,
+        weight_map: WeightMapSettings | None = None,
         transform: A.BasicTransform | A.Compose | None = None,
     ) -> None:
         self.samples = list(samples)

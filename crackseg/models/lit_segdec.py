@@ -16,6 +16,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from crackseg.data.data_settings import InputSize
 from crackseg.data.labels import downsample_to_output
 from crackseg.evaluation.collector import PerImageOutputs, WeightedMean
 from crackseg.evaluation.metrics import (
@@ -36,16 +37,17 @@ from crackseg.models.losses import (
     total_loss,
 )
 from crackseg.models.module_settings import (
-    InputShape,
     LossSettings,
     NetworkSettings,
     OptimSettings,
     SpeedSettings,
     as_group,
+    from_keys,
 )
 from crackseg.models.precision import use_channels_last
 from crackseg.models.segdecnet import SegDecNet, SegDecOutput
 from crackseg.models.volume_kernel import should_time_volume_kernels, time_volume_kernels
+from crackseg.setting_rules import plain_settings
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class SegDecModule(pl.LightningModule):
     def __init__(
         self,
         network: NetworkSettings | dict[str, Any] | None = None,
-        input_shape: InputShape | dict[str, Any] | None = None,
+        input_shape: InputSize | dict[str, Any] | None = None,
         loss: LossSettings | dict[str, Any] | None = None,
         optim: OptimSettings | dict[str, Any] | None = None,
         speed: SpeedSettings | dict[str, Any] | None = None,
@@ -91,7 +93,7 @@ class SegDecModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.network_settings = as_group(NetworkSettings, network)
-        self.input_shape = as_group(InputShape, input_shape)
+        self.input_shape = as_group(InputSize, input_shape)
         self.loss_settings = as_group(LossSettings, loss)
         self.optim_settings = as_group(OptimSettings, optim)
         self.speed = as_group(SpeedSettings, speed)
@@ -145,14 +147,16 @@ class SegDecModule(pl.LightningModule):
         groups (whose ``model`` block repeated loss and data keys) builds the same module.
         """
         model = cfg.model
-        network = plain(model.net) | {"gradient_adjustment": cfg.loss.gradient_adjustment}
+        network = plain_settings(model.net) | {"gradient_adjustment": cfg.loss.gradient_adjustment}
         data = cfg.data
         return cls(
             network=NetworkSettings(**network),
-            input_shape=InputShape(data.input_channels, data.input_height, data.input_width),
-            loss=LossSettings.from_config(cfg.loss),
-            optim=OptimSettings(plain(cfg.optim), plain(OmegaConf.select(cfg, "scheduler"))),
-            speed=SpeedSettings.from_config(model),
+            input_shape=InputSize(data.input_channels, data.input_height, data.input_width),
+            loss=from_keys(LossSettings, cfg.loss),
+            optim=OptimSettings(
+                plain_settings(cfg.optim), plain_settings(OmegaConf.select(cfg, "scheduler"))
+            ),
+            speed=from_keys(SpeedSettings, model),
             run_config=run_config,
         )
 
@@ -395,11 +399,6 @@ class SegDecModule(pl.LightningModule):
             self.test_results["seg_threshold_val_dice"] = self.last_val_dice
         for key in ("image_auc", "image_ap", "f_measure", "dice_mean", "iou_mean"):
             self.log(f"test/{key}", _finite(self.test_results[key]), sync_dist=True)
-
-
-def plain(node: Any) -> Any:
-    """A config node as plain dicts and lists (what a checkpoint can store), resolved."""
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _finite(value: float) -> float:

@@ -1,5 +1,5 @@
-"""The LightningModule's settings, in groups: the network, its input, the loss, the
-optimiser and the speed options.
+"""The LightningModule's settings, in groups: the network, the loss, the optimiser and the
+speed options (its input size is the data's, crackseg.data.data_settings.InputSize).
 
 Frozen dataclasses, so a module's settings are read as one typed value each, and a
 checkpoint stores them as plain dicts (its hyperparameters) that build them again. Each
@@ -39,15 +39,6 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True)
-class InputShape:
-    """The image size the network is trained for (and a checkpoint's weights expect)."""
-
-    channels: int = 3
-    height: int = 640
-    width: int = 232
-
-
-@dataclass(frozen=True)
 class LossSettings:
     """How the losses of docs/method.md §4 are weighted, targeted and reduced over a batch."""
 
@@ -61,12 +52,6 @@ class LossSettings:
             raise ValueError(f"decision_target must be one of {DECISION_TARGETS}")
         if self.batch_reduction not in BATCH_REDUCTIONS:
             raise ValueError(f"batch_reduction must be one of {BATCH_REDUCTIONS}")
-
-    @classmethod
-    def from_config(cls, loss: Mapping[str, Any]) -> LossSettings:
-        """The fields of a ``loss`` config; its other keys belong to the network
-        (gradient_adjustment) or the data (the weight map)."""
-        return cls(**{f.name: loss[f.name] for f in fields(cls) if f.name in loss})
 
 
 @dataclass(frozen=True)
@@ -93,14 +78,16 @@ class SpeedSettings:
     compile: str | None = None
     volume_im2col: bool | str = "auto"
 
-    @classmethod
-    def from_config(cls, model: Mapping[str, Any]) -> SpeedSettings:
-        """The speed keys of a ``model`` config; one it lacks (a run saved before the option)
-        takes its default."""
-        return cls(**{f.name: model[f.name] for f in fields(cls) if f.name in model})
-
 
 Group = TypeVar("Group")
+
+
+def from_keys(kind: type[Group], config: Mapping[str, Any]) -> Group:
+    """The settings group ``kind`` from the keys of ``config`` named as its fields: a key
+    the config lacks (a run saved before the option) keeps its default, and the config's
+    other keys belong to other groups (a ``loss`` config's gradient_adjustment is the
+    network's, its weight map the data's)."""
+    return kind(**{f.name: config[f.name] for f in fields(kind) if f.name in config})
 
 
 def as_group(kind: type[Group], value: Group | Mapping[str, Any] | None) -> Group:

@@ -540,7 +540,7 @@ def prepare_training_run(
     if resumed is not None:
         if multirun:
             check_sweep_resume(resume)
-        return _resume_run_dir(cfg, resumed, output_dir, task_overrides)
+        return _resume_run_dir(resumed, output_dir, task_overrides)
     if not holds_run(output_dir):
         return cfg, None
     if resume != "auto" and not multirun:
@@ -578,7 +578,7 @@ def prepare_training_run(
 
 
 def _resume_run_dir(
-    cfg: DictConfig, run_dir: Path, output_dir: Path, task_overrides: list[str]
+    run_dir: Path, output_dir: Path, task_overrides: list[str]
 ) -> tuple[DictConfig, Path | None]:
     check_resume_folder(run_dir)
     if run_dir.resolve() != output_dir.resolve():

@@ -7,8 +7,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from crackseg.data.data_settings import InputSize
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.models.module_settings import InputShape, SpeedSettings
+from crackseg.models.module_settings import SpeedSettings
 
 #: SegDecNet's arguments for a network that trains in well under a second on 64x128 inputs.
 TINY_NET = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
@@ -16,7 +17,7 @@ TINY_NET = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
 
 def tiny_module(**settings: object) -> SegDecModule:
     """A SegDecModule of :data:`TINY_NET` for 64x128 inputs; ``settings`` its other arguments."""
-    return SegDecModule(network=TINY_NET, input_shape=InputShape(height=64, width=128), **settings)
+    return SegDecModule(network=TINY_NET, input_shape=InputSize(height=64, width=128), **settings)
 
 
 def crack_batch(size: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
