@@ -14,6 +14,7 @@ from crackseg.cli import run_hydra_main
 from crackseg.models.checkpoint import (
     check_input_shape,
     load_module,
+    take_trained_shape,
     thresholds,
     trained_run_config,
 )
@@ -76,25 +77,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return module.test_results
 
 
-SHAPE_KEYS = ("input_channels", "input_height", "input_width")
-
-
 def typed_keys() -> set[str]:
     """The keys typed on the command line (none outside a Hydra run)."""
     return {override_key(o) for o in hydra_job()[1]}
-
-
-def take_trained_shape(data: DictConfig, module: Any, typed: set[str]) -> None:
-    """Images are fed in the shape the weights were trained on: the data config's input
-    channels and size become the checkpoint's, except those typed on the command line,
-    which :func:`check_input_shape` then holds to it."""
-    shape = module.input_shape
-    for key, trained in zip(SHAPE_KEYS, (shape.channels, shape.height, shape.width), strict=True):
-        if data[key] != trained and f"data.{key}" not in typed:
-            log.info(
-                "data.%s: %s, the checkpoint's (the data config gives %s)", key, trained, data[key]
-            )
-            data[key] = trained
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")

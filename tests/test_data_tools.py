@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from helpers.paper_replicas import make_dagm, write_image
 
-import crackseg.data.tools as tools
+import crackseg.data.tiles as tiles
 from crackseg.data.data_settings import InputSize, SourceSettings
 from crackseg.data.datamodule import CrackDataModule
 from crackseg.data.layouts import index_layout
-from crackseg.data.tools import main, tile_dataset
+from crackseg.data.tiles import tile_dataset
+from crackseg.data.tools import main
 from crackseg.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,15 +241,15 @@ def test_two_jobs_tiling_one_root_at_once(tmp_path, monkeypatch, same):
     def tile_while_another_job_finishes(source, dst, **tiling):
         counts = tile_dataset(source, dst, **tiling)
         root.mkdir()
-        (root / tools.TILES_MARKER).write_text(json.dumps(params))
+        (root / tiles.TILES_MARKER).write_text(json.dumps(params))
         return counts
 
-    monkeypatch.setattr(tools, "tile_dataset", tile_while_another_job_finishes)
+    monkeypatch.setattr(tiles, "tile_dataset", tile_while_another_job_finishes)
     if same:
-        assert tools.prepare_tiles(root, src, size=32, seed=0) == root.absolute()
+        assert tiles.prepare_tiles(root, src, size=32, seed=0) == root.absolute()
     else:
         with pytest.raises(DataError, match="other settings"):
-            tools.prepare_tiles(root, src, size=32, seed=0)
+            tiles.prepare_tiles(root, src, size=32, seed=0)
     assert not list(tmp_path.glob(".tiles.partial-*"))
 
 

@@ -149,7 +149,7 @@ class CrackDataModule(pl.LightningDataModule):
 
             prepare_dataset(self.root, source.download["url"], source.download.get("sha256"))
         elif source.tile is not None:
-            from crackseg.data.tools import prepare_tiles
+            from crackseg.data.tiles import prepare_tiles
 
             tiling = dict(source.tile)
             prepare_tiles(self.root, tiling.pop("source"), **tiling)

@@ -1,8 +1,8 @@
 """``crackseg-data``: dataset chores that come before training.
 
 - ``tile``: cut large annotated photographs into fixed-size tiles in the
-  crack_segmentation layout (crack-free tiles named ``noncrack_*``), optionally putting
-  whole photographs into train or test so no photograph feeds both;
+  crack_segmentation layout (crackseg.data.tiles), optionally putting whole photographs
+  into train or test so no photograph feeds both;
 - ``stats``: the positives/negatives table per split, as in the results report;
 - ``import-split``: a published split file of the paper (a pickle) as a ``split.csv``.
 
@@ -12,245 +12,27 @@ Errors a user can cause end with one line ``error: ...`` on stderr and exit code
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from crackseg.atomic import encode_png, folder_built_beside
-from crackseg.data.io import image_size, map_threads, read_mask, read_native
-from crackseg.data.labels import binarize
+from crackseg.atomic import folder_built_beside
 from crackseg.data.layouts import (
     LAYOUTS,
-    check_data_found,
     check_samples,
     index_layout,
 )
 from crackseg.data.published_splits import PARTS, published_split, write_published_split
-from crackseg.data.samples import Sample
 from crackseg.data.splits import (
     resolve_splits,
     set_table,
-    split_by_source,
     split_counts,
-    write_split_csv,
 )
+from crackseg.data.tiles import tile_dataset
 from crackseg.errors import ConfigError, CracksegError, DataError
 from crackseg.setting_rules import OneLineParser, as_override
 
 log = logging.getLogger(__name__)
-
-SOURCE_SPLIT_FILE = "source_split.csv"
-
-
-def _tile_starts(length: int, size: int, stride: int, pad: bool) -> tuple[list[int], int]:
-    """Tile offsets along one axis and the padding needed after the end."""
-    if pad:
-        count = math.ceil(max(length - size, 0) / stride) + 1
-        return [i * stride for i in range(count)], (count - 1) * stride + size - length
-    if length < size:
-        return [], 0
-    return list(range(0, length - size + 1, stride)), 0
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    # Not atomic file by file: a dataset is built in a hidden folder renamed into place whole.
-    path.write_bytes(encode_png(array))
-
-
-def tile_sample(
-    sample: Sample,
-    out_dir: Path,
-    size: int,
-    stride: int,
-    min_crack_pixels: int,
-    pad: bool = False,
-) -> list[bool | None]:
-    """Write one photograph's tiles to ``out_dir/{images,masks}``; return each tile's label.
-
-    A tile with at least ``min_crack_pixels`` crack pixels is a positive, one without any is
-    a negative. A tile in between (a stray end of a crack) is neither: labelled negative it
-    would teach that a visible crack is clean, so it is left out (label None, nothing written).
-    """
-    image = read_native(sample.image_path)
-    height, width = image.shape[:2]
-    if sample.mask_path is None:
-        mask = np.zeros((height, width), np.uint8)
-    else:
-        mask = read_mask(sample.mask_path)
-        if mask.shape != (height, width):
-            raise DataError(
-                f"mask size {mask.shape[0]}x{mask.shape[1]} differs from image "
-                f"{height}x{width}: {sample.mask_path}"
-            )
-    mask = np.where(binarize(mask), 255, 0).astype(np.uint8)
-    rows, pad_h = _tile_starts(height, size, stride, pad)
-    cols, pad_w = _tile_starts(width, size, stride, pad)
-    if pad_h or pad_w:  # mirror, so no artificial black border appears in the tiles
-        widths = ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2)
-        image = np.pad(image, widths, mode="symmetric")
-        mask = np.pad(mask, ((0, pad_h), (0, pad_w)), mode="symmetric")
-    name = Path(sample.image_path).stem
-    labels: list[bool | None] = []
-    for r, top in enumerate(rows):
-        for c, left in enumerate(cols):
-            tile_mask = mask[top : top + size, left : left + size]
-            crack_pixels = int(np.count_nonzero(tile_mask))
-            if 0 < crack_pixels < min_crack_pixels:
-                labels.append(None)
-                continue
-            positive = crack_pixels > 0
-            tile_name = f"{name}_r{r}_c{c}.png" if positive else f"noncrack_{name}_r{r}_c{c}.png"
-            _write_png(out_dir / "images" / tile_name, image[top : top + size, left : left + size])
-            _write_png(out_dir / "masks" / tile_name, tile_mask)
-            labels.append(positive)
-    return labels
-
-
-def tile_dataset(
-    src: Path | str,
-    dst: Path | str,
-    size: int = 160,
-    stride: int | None = None,
-    layout: str = "crack_segmentation",
-    min_crack_pixels: int = 20,
-    pad: bool = False,
-    test_fraction: float | None = None,
-    seed: int = 0,
-    val_fraction: float | None = None,
-    **layout_options,
-) -> dict[str, tuple[int, int]]:
-    """Tile a dataset; return (positive, negative) tile counts per output split.
-
-    With ``test_fraction`` (and ``val_fraction``) whole photographs go to train, val or
-    test (stratified by the photograph's label), because tiles of one photograph are
-    near-duplicates: splitting tiles at random would leak test content into training.
-    """
-    stride = stride or size
-    by_photo = {"val": val_fraction, "test": test_fraction}
-    by_photo = {k: v for k, v in by_photo.items() if v is not None}
-    _check_tiling(size, stride, min_crack_pixels, by_photo)
-    dst = Path(dst)
-    if dst.exists() and any(dst.iterdir()):
-        raise DataError(f"destination is not empty, refusing to write into it: {dst}")
-    indexed = index_layout(layout, src, **layout_options)
-    if by_photo:
-        if set(indexed) != {"all"}:
-            raise ConfigError(
-                f"{src} already has splits ({', '.join(sorted(indexed))}); "
-                "drop --test-fraction/--val-fraction to keep them"
-            )
-        fractions = {"train": 1.0 - sum(by_photo.values()), **by_photo}
-        indexed = split_by_source(indexed["all"], fractions, seed)
-    jobs: list[tuple[Sample, Path]] = []
-    for split, samples in indexed.items():
-        out_dir = dst if split == "all" else dst / split
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
-        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-        jobs += [(s, out_dir) for s in samples]
-    if by_photo:
-        write_split_csv(dst / SOURCE_SPLIT_FILE, indexed)
-
-    def job(item: tuple[Sample, Path]) -> list[bool | None]:
-        return tile_sample(item[0], item[1], size, stride, min_crack_pixels, pad)
-
-    results = map_threads(job, jobs, "tiling", unit="image", leave=True)
-    counts: dict[str, list[int]] = {split: [0, 0] for split in indexed}
-    for (_, out_dir), labels in zip(jobs, results, strict=True):
-        split = "all" if out_dir == dst else out_dir.name
-        counts[split][0] += labels.count(True)
-        counts[split][1] += labels.count(False)
-    ambiguous = sum(labels.count(None) for labels in results)
-    skipped = sum(not labels for labels in results)
-    if jobs and skipped == len(jobs):
-        raise _no_tile(size, [sample for sample, _ in jobs])
-    if skipped:
-        log.warning("%d image(s) smaller than %d px gave no tile (use --pad)", skipped, size)
-    if ambiguous:
-        log.warning(
-            "left out %d tile(s) with 1 to %d crack pixels: neither crack nor clean "
-            "(--min-crack-pixels 1 keeps them as cracks)",
-            ambiguous,
-            min_crack_pixels - 1,
-        )
-    return {split: (pos, neg) for split, (pos, neg) in counts.items()}
-
-
-def _check_tiling(
-    size: int, stride: int, min_crack_pixels: int, by_photo: dict[str, float]
-) -> None:
-    """Refuse tiling settings that cannot work, in the words of crackseg-data's options."""
-    if size <= 0 or stride <= 0:
-        raise ConfigError(f"tile size and stride must be positive, got {size} and {stride}")
-    if min_crack_pixels < 1:
-        raise ConfigError(f"--min-crack-pixels must be at least 1, got {min_crack_pixels}")
-    for key, value in by_photo.items():
-        if not 0.0 < value < 1.0:
-            raise ConfigError(f"--{key}-fraction must be between 0 and 1, got {value}")
-    if sum(by_photo.values()) >= 1.0:
-        raise ConfigError("--val-fraction plus --test-fraction must be below 1")
-
-
-def _no_tile(size: int, samples: list[Sample]) -> DataError:
-    """Every image is smaller than a tile: an empty dataset would only fail later."""
-    sizes = [image_size(sample.image_path) for sample in samples]
-    high, wide = max(h for h, _ in sizes), max(w for _, w in sizes)
-    return DataError(
-        f"no tile cut: no image is {size}x{size} px or larger (the images are at most {high} "
-        f"px high and {wide} px wide); use a smaller --size, or --pad to mirror-pad the images"
-    )
-
-
-#: Written last into a folder of tiles made for a data config: the tiling's parameters.
-TILES_MARKER = "tiles.json"
-
-
-def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
-    """Tile the photographs in ``source`` into ``root`` once (``tile_dataset`` arguments).
-
-    What a data config with ``tile:`` does before training: the same parameters find the
-    tiles made before; other ones are refused rather than mixed in; a ``root`` holding a
-    dataset made otherwise (``crackseg-data tile`` by hand) is used as it is. Tiles are cut into a
-    hidden sibling folder renamed into place, so an interrupted run never looks complete and
-    jobs of a sweep starting together do not tile twice into one folder.
-    """
-    root = Path(root).expanduser().absolute()
-    source = Path(source).expanduser()
-    params = {"source": str(source.resolve()), **tiling}
-    marker = root / TILES_MARKER
-    if marker.is_file():
-        _check_tiles(root, params)
-        return root
-    if root.exists() and any(root.iterdir()):
-        log.info("%s holds a dataset tiled before (no %s): used as it is", root, TILES_MARKER)
-        return root
-    check_data_found(root, source)  # the root holds nothing yet: the photographs must be there
-    with folder_built_beside(root) as tmp:
-        counts = tile_dataset(source, tmp, **tiling)
-        (tmp / TILES_MARKER).write_text(json.dumps(params, indent=2) + "\n")
-        try:
-            tmp.rename(root)  # replaces an empty root in one step (POSIX rename)
-        except OSError as error:
-            if not marker.is_file():
-                raise DataError(f"cannot move the tiles into {root}: {error.strerror}") from error
-            _check_tiles(root, params)  # another job has just finished the same tiles
-            log.info("%s was tiled by another job meanwhile: used as it is", root)
-            return root
-    log.info("tiled %s into %s:\n%s", source, root, "\n".join(set_table(counts)))
-    return root
-
-
-def _check_tiles(root: Path, params: dict[str, Any]) -> None:
-    """Refuse tiles in ``root`` made with other parameters than ``params``."""
-    made = json.loads((root / TILES_MARKER).read_text())
-    if made != params:
-        raise DataError(
-            f"{root} holds tiles made with other settings ({made}); use another data.root"
-        )
 
 
 def _layout_options(args: argparse.Namespace) -> dict:

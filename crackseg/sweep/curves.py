@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from crackseg.atomic import atomic_save_figure
+from crackseg.sweep.summary import mean_std
 
 #: The metrics drawn, with their axis labels.
 CURVE_METRICS = (("image_ap", "image AP"), ("image_auc", "image AUC"), ("dice_mean", "mean Dice"))
@@ -97,13 +98,9 @@ def sweep_curves(rows: list[dict[str, Any]], key: str, keys: Sequence[str]) -> l
             curve.x.append(x)
             curve.n.append(len(members))
             for metric, _ in CURVE_METRICS:
-                values = [float(r[metric]) for r in members if _number(r.get(metric)) is not None]
-                curve.mean.setdefault(metric, []).append(
-                    statistics.fmean(values) if values else math.nan
-                )
-                curve.std.setdefault(metric, []).append(
-                    statistics.stdev(values) if len(values) > 1 else 0.0
-                )
+                mean, std = mean_std([r.get(metric) for r in members])
+                curve.mean.setdefault(metric, []).append(math.nan if mean is None else mean)
+                curve.std.setdefault(metric, []).append(0.0 if std is None else std)
         if curve.x:
             curves.append(curve)
     return curves
