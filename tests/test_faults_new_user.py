@@ -433,10 +433,11 @@ def _files(run_dir: Path) -> set[str]:
 
 
 def _final(run_dir: Path) -> dict:
+    """The run's test scores, and every epoch's losses and validation scores."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {
-        key: metrics[key] for key in METRIC_KEYS | {"best_val_image_ap", "seg_threshold_val_dice"}
-    }
+    keys = METRIC_KEYS | {"best_val_image_ap", "seg_threshold_val_dice"}
+    history = json.loads((run_dir / "history.json").read_text())
+    return {key: metrics[key] for key in keys} | {"history": history}
 
 
 @pytest.fixture(scope="module")
@@ -453,6 +454,7 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
     [
         (signal.SIGTERM, "0:1", 0),  # the first epoch, not validated
         (signal.SIGKILL, "0:1", 0),  # ... killed before any checkpoint: it starts again
+        (signal.SIGKILL, "1:1", 2),  # after an epoch's end: last.ckpt of epoch 0, workers
         (signal.SIGTERM, "1:val", 0),  # a validated epoch, before its checkpoints
         (signal.SIGTERM, "1:2", 2),  # loader workers read ahead of the batches trained
         (signal.SIGTERM, "2:1", 0),  # the last epoch
@@ -463,6 +465,7 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
     ids=[
         "SIGTERM-first",
         "SIGKILL-first",
+        "SIGKILL-second",
         "SIGTERM-validated",
         "SIGTERM-workers",
         "SIGTERM-last",

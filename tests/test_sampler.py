@@ -90,3 +90,21 @@ def test_uneven_global_list_is_padded_for_every_rank():
     ranks = [_sampler(5, 10, seed=0, num_replicas=4, rank=r) for r in range(4)]
     lengths = {len(list(s)) for s in ranks}
     assert lengths == {3}  # 10 samples over 4 ranks -> 3 each, two repeated
+
+
+@pytest.mark.parametrize(("batches_done", "epoch", "skipped"), [(2, 3, 8), (15, 4, 0)])
+def test_a_restored_sampler_continues_where_its_checkpoint_was_written(
+    batches_done, epoch, skipped
+):
+    """Mid-epoch: the rest of that epoch. After its last batch (15 batches of 4 items): the
+    next epoch: Lightning starts the resumed run's first pass before it sets the sampler's
+    epoch, so the finished epoch must not come back with every item skipped."""
+    trained = _sampler(30, 50, seed=3, augmentation_seeds=True)
+    trained.set_epoch(3)
+    state = trained.checkpoint_state(batches_done)
+    resumed = _sampler(30, 50, seed=3, augmentation_seeds=True)
+    resumed.restore(state, batch_size=4)
+    uninterrupted = _sampler(30, 50, seed=3, augmentation_seeds=True)
+    uninterrupted.set_epoch(epoch)
+    assert list(resumed) == list(uninterrupted)[skipped:]
+    assert len(list(resumed)) == 60  # the pass after is a whole epoch again

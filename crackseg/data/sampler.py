@@ -157,9 +157,19 @@ class BalancedNegativeSampler(Sampler[int]):
 
     def restore(self, state: dict, batch_size: int) -> None:
         """Continue from :meth:`checkpoint_state`: the next pass skips the batches done, so
-        a resumed run sees the samples and augmentations an uninterrupted one would have."""
+        a resumed run sees the samples and augmentations an uninterrupted one would have.
+
+        A checkpoint written after the epoch's last batch (``last.ckpt`` at an epoch's end)
+        continues with the next epoch: Lightning starts the resumed run's first pass before
+        it sets the sampler's epoch, and loader workers draw from the sampler at once, so
+        that pass would be the finished epoch's with every item skipped.
+        """
         self.load_state_dict(state["sampler"])
-        self.resume_at(self.epoch, state["batches_done"] * batch_size)
+        items_done = state["batches_done"] * batch_size
+        if items_done >= len(self):
+            self.set_epoch(self.epoch + 1)
+        else:
+            self.resume_at(self.epoch, items_done)
 
     def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         indices = self.global_epoch_list(self.epoch)
