@@ -12,7 +12,7 @@ from crackseg.cli import run_hydra_main
 from crackseg.deploy.onnx_export import export_checkpoint
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import accept_folder_of_its_own
-from crackseg.runs.lifecycle import run_task, sigterm_as_ctrl_c
+from crackseg.runs.lifecycle import run_task
 from crackseg.setting_rules import check_required
 
 
@@ -21,8 +21,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     accept_folder_of_its_own(cfg.paths.output_dir)
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
     check_config(cfg)
-    with sigterm_as_ctrl_c():  # stopped: no half-written model.onnx, the status interrupted
-        return export_checkpoint(cfg)
+    return export_checkpoint(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")

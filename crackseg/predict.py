@@ -11,14 +11,13 @@ from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.deploy.predict_folder import predict_folder
 from crackseg.runs.folder import accept_folder_of_its_own
-from crackseg.runs.lifecycle import run_task, sigterm_as_ctrl_c
+from crackseg.runs.lifecycle import run_task
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict into a folder of its own: never one holding a run or another prediction."""
     accept_folder_of_its_own(cfg.paths.output_dir)
-    with sigterm_as_ctrl_c():
-        return predict_folder(cfg)
+    return predict_folder(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

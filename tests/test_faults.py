@@ -249,6 +249,24 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
     assert history == json.loads((reference / "history.json").read_text())
 
 
+def test_a_sigterm_before_lightnings_loops_stops_the_run_as_one(
+    reference, tiny_data_dir, tmp_path
+):
+    """SIGTERM while the training is set up, before Lightning handles SIGTERM itself: the run
+    stops as Ctrl-C stops it (143, one stopped line, status interrupted), not killed with its
+    status left running; resumed, it trains from the start to the uninterrupted run's end."""
+    run_dir = tmp_path / "stopped"
+    process = stall_run(run_dir, tiny_data_dir, epoch=0, batch="setup")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    lines = process.stderr.read().strip().splitlines()
+    assert lines[-1].startswith("stopped:") and f"resume={run_dir}" in lines[-1]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    result = run_entry("train", f"resume={run_dir}", env={"PYTHONPATH": str(HELPERS)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metrics_of(run_dir) == metrics_of(reference)
+
+
 def test_a_moved_run_folder_resumes(reference, tiny_data_dir, tmp_path):
     """Run folders may be moved or copied (which does not keep the files' times): the new
     place is not a changed setting, and the checkpoint is chosen by its step."""

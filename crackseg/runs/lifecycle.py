@@ -64,7 +64,8 @@ def run_task(
     A user's mistake ends a single run with one line and exit code 2. In a multirun every
     failure (including out-of-memory) is written to the job's ``status.json`` and the sweep
     goes on; a job already finished in its folder is skipped, so re-running a sweep into
-    the same ``hydra.sweep.dir`` resumes it. A run stopped by SIGTERM or Ctrl-C exits with
+    the same ``hydra.sweep.dir`` resumes it. A run stopped by SIGTERM or Ctrl-C (at any
+    point of ``task``: :func:`sigterm_as_ctrl_c`) exits with
     status 143 (a sweep stops there too) and the status ``interrupted``, leaving the
     checkpoint to resume from. A command that cannot be resumed (an evaluation, a prediction,
     an export) says its ``stopped_message`` instead of how to resume, and leaves what it did
@@ -83,7 +84,9 @@ def run_task(
                 _refuse_other_settings(output_dir, cfg)
                 log.info("skipping %s: finished in an earlier sweep", output_dir)
                 return done.get("metrics", {}).get(objective)
-        with job_device_context(cfg):  # one GPU per job in a local parallel sweep
+        # SIGTERM stops the task as Ctrl-C does, wherever it is: before, between and inside
+        # Lightning's loops (where Lightning stops it, training after the batch)
+        with job_device_context(cfg), sigterm_as_ctrl_c():  # one GPU per job of a sweep
             set_job_threads(cfg)  # and a share of the CPU cores
             results = task(cfg)
     except stop_requests():
@@ -173,10 +176,11 @@ def stop_requests() -> tuple[type[BaseException], ...]:
 @contextmanager
 def sigterm_as_ctrl_c() -> Iterator[None]:
     """SIGTERM stops the work inside as Ctrl-C does (a KeyboardInterrupt, which
-    :func:`run_task` ends with one line and the status ``interrupted``), for a command
-    Lightning does not run: Lightning handles SIGTERM itself while it trains. Raised where
-    Python drops exceptions (a finaliser, a weakref callback the garbage collector runs),
-    the stop is raised again once the work inside is over."""
+    :func:`run_task` ends with one line and the status ``interrupted``). Inside a Lightning
+    call that holds SIGTERM itself (from the start of its loops: training stops after the
+    batch with a checkpoint), this handler, which Lightning calls after its own, leaves the
+    stop to it. Raised where Python drops exceptions (a finaliser, a weakref callback the
+    garbage collector runs), the stop is raised again once the work inside is over."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -184,6 +188,8 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
 
     def interrupt(signum: int, frame: Any) -> None:
         nonlocal stopped
+        if signal.getsignal(signal.SIGTERM) is not interrupt:
+            return  # Lightning's handler holds SIGTERM and has called this one
         stopped = True
         raise KeyboardInterrupt
 

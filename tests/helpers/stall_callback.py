@@ -3,8 +3,10 @@
 Added to a run with ``+callbacks.stall._target_=stall_callback.StallAt`` (``tests/helpers``
 on PYTHONPATH). It acts only when CRACKSEG_TEST_STALL="EPOCH:BATCH:MARKER" is set: after
 that batch (BATCH=val: after that epoch's validation was logged, before any checkpoint of
-it is saved) it writes MARKER and waits (up to two minutes) for the test to send a signal,
-so the signal lands at a known point of the run, or to delete MARKER, which lets it go on.
+it is saved; BATCH=setup: while the training is set up, before Lightning's loops and their
+SIGTERM handler, EPOCH ignored) it writes MARKER and waits (up to two minutes) for the
+test to send a signal, so the signal lands at a known point of the run, or to delete MARKER,
+which lets it go on.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def _stall(trainer: pl.Trainer, marker: str, what: str) -> None:
 
 
 class StallAt(pl.Callback):
+    def setup(self, trainer, pl_module, stage) -> None:
+        point = _stall_point()
+        if point is not None and point[1] == "setup" and stage == "fit":
+            _stall(trainer, point[2], "setting up")
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         point = _stall_point()
         if point is None:
