@@ -249,9 +249,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
     assert history == json.loads((reference / "history.json").read_text())
 
 
-def test_a_sigterm_before_lightnings_loops_stops_the_run_as_one(
-    reference, tiny_data_dir, tmp_path
-):
+def test_a_sigterm_before_lightnings_loops_stops_the_run_as_one(reference, tiny_data_dir, tmp_path):
     """SIGTERM while the training is set up, before Lightning handles SIGTERM itself: the run
     stops as Ctrl-C stops it (143, one stopped line, status interrupted), not killed with its
     status left running; resumed, it trains from the start to the uninterrupted run's end."""
