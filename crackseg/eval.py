@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.models.checkpoint import (
+    VALIDATED_CHECKPOINT,
     check_input_shape,
+    check_saved_thresholds,
     load_module,
     take_trained_shape,
     thresholds,
@@ -45,6 +47,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from crackseg.data.datamodule import CrackDataModule
     from crackseg.runs.trainer import build_trainer
 
+    if cfg.thresholds == "checkpoint":
+        remedy = f"evaluate it with thresholds=validation, or {VALIDATED_CHECKPOINT}"
+        check_saved_thresholds(module, cfg.ckpt_path, remedy)
     data = cfg.data
     take_trained_shape(data, module, typed_keys())
     check_input_shape(module, data.input_channels, data.input_height, data.input_width)

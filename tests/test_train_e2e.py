@@ -54,6 +54,40 @@ def test_checkpoint_knows_its_architecture_and_input_size(tiny_run):
     assert "data:" in hp["run_config"]
 
 
+def test_a_checkpoint_knows_whether_a_validation_chose_its_thresholds(
+    tiny_run, tiny_data_dir, tmp_path, caplog
+):
+    """Validated after every epoch, each checkpoint's thresholds are its own weights'. One
+    saved before any validation (0.5, chosen by nobody) is refused by the commands that
+    would use them; one whose thresholds earlier weights chose is warned about."""
+    from crackseg.errors import CracksegError
+    from crackseg.models.checkpoint import check_saved_thresholds, load_module
+
+    for path in (tiny_run / "checkpoints").glob("*.ckpt"):
+        saved = torch.load(path, weights_only=True)
+        assert saved["thresholds_step"] == saved["global_step"] > 0, path.name
+    last = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)
+    never, earlier = tmp_path / "never.ckpt", tmp_path / "earlier.ckpt"
+    torch.save({**last, "thresholds_step": None}, never)
+    torch.save({**last, "thresholds_step": last["global_step"] - 1}, earlier)
+    with pytest.raises(CracksegError, match="saved before any validation chose its thresholds"):
+        check_saved_thresholds(load_module(never), never, "use another")
+    with caplog.at_level("WARNING"):
+        check_saved_thresholds(load_module(earlier), earlier, "use another")
+    assert "chosen on validation at step" in caplog.text and "on earlier weights" in caplog.text
+    older = {k: v for k, v in last.items() if k != "thresholds_step"}  # saved before the key
+    torch.save(older, tmp_path / "older.ckpt")
+    check_saved_thresholds(load_module(tmp_path / "older.ckpt"), "older.ckpt", "use another")
+
+    line = one_line_error(eval_tiny(never, tmp_path / "eval", tiny_data_dir))
+    assert line == (
+        f"error: {never} was saved before any validation chose its thresholds: evaluate it "
+        "with thresholds=validation, or use one saved after a validation "
+        "(checkpoints/best-*.ckpt)"
+    )
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
 def test_eval_of_a_checkpoint_matches_the_test_step(
     tiny_run, tiny_checkpoint, tiny_data_dir, tmp_path
 ):

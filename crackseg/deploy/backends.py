@@ -23,7 +23,13 @@ from omegaconf import OmegaConf
 
 from crackseg import __version__
 from crackseg.errors import ConfigError, CracksegError
-from crackseg.models.checkpoint import load_module, thresholds, trained_run_config
+from crackseg.models.checkpoint import (
+    VALIDATED_CHECKPOINT,
+    check_saved_thresholds,
+    load_module,
+    thresholds,
+    trained_run_config,
+)
 from crackseg.models.precision import BF16, FLOAT32, native_precision, prefers_channels_last
 
 if TYPE_CHECKING:
@@ -311,6 +317,7 @@ def open_backend(
             raise ConfigError("onnx_path is read by backend=onnx; drop it or set backend=onnx")
         torch_device = resolve_device(device)
         module = load_module(ckpt_path)
+        check_saved_thresholds(module, ckpt_path, VALIDATED_CHECKPOINT)
         if precision == "auto":
             trained = OmegaConf.select(trained_run_config(module), "trainer.precision")
             precision = prediction_precision(trained, torch_device)

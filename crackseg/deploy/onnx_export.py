@@ -31,7 +31,11 @@ from crackseg.data.labels import resize_image
 from crackseg.deploy.backends import CPU_PROVIDER, ModelInfo, optional_import
 from crackseg.deploy.tiling import TileGrid
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
-from crackseg.models.checkpoint import load_module
+from crackseg.models.checkpoint import (
+    VALIDATED_CHECKPOINT,
+    check_saved_thresholds,
+    load_module,
+)
 from crackseg.models.segdecnet import DECISION_STRIDE, OUTPUT_STRIDE
 
 if TYPE_CHECKING:
@@ -184,6 +188,7 @@ def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         )
     output_dir = Path(cfg.paths.output_dir)
     module = load_module(cfg.ckpt_path)
+    check_saved_thresholds(module, cfg.ckpt_path, VALIDATED_CHECKPOINT)
     info = ModelInfo.of_module(module)
     images = read_check_images(cfg.check_images, cfg.num_check_images, info.input_channels)
     inputs = check_inputs(info, images, np.random.default_rng(0))

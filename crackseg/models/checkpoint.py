@@ -192,6 +192,31 @@ def _state_dict_error_summary(message: str, names_shown: int = 3) -> str:
     return "; ".join(short)
 
 
+#: What to do with a checkpoint saved before any validation, for a command that uses its
+#: thresholds.
+VALIDATED_CHECKPOINT = "use one saved after a validation (checkpoints/best-*.ckpt)"
+
+
+def check_saved_thresholds(module: SegDecModule, path: str | Path, remedy: str) -> None:
+    """The thresholds a checkpoint carries must be a validation's: refused when none had run
+    before it was saved (they are 0.5, chosen by nobody), a warning when they were chosen
+    on earlier weights of the run (a checkpoint saved after an epoch not validated, or in
+    the middle of one)."""
+    if module.thresholds_step is None:
+        raise CracksegError(
+            f"{path} was saved before any validation chose its thresholds: {remedy}"
+        )
+    if module.thresholds_step != module.weights_step:
+        log.warning(
+            "%s: its thresholds were chosen on validation at step %d, on earlier weights "
+            "than these (step %s); %s",
+            path,
+            module.thresholds_step,
+            module.weights_step,
+            remedy,
+        )
+
+
 def thresholds(module: SegDecModule) -> tuple[float, float]:
     """(image threshold, segmentation threshold) the module's weights were validated with."""
     return float(module.image_threshold), float(module.seg_threshold)

@@ -60,6 +60,8 @@ def validation_group(trainer: pl.Trainer) -> str:
     return "val" if trainer.state.fn == TrainerFn.FITTING else "val_tested"
 
 
+#: The checkpoint key of :attr:`SegDecModule.thresholds_step`.
+THRESHOLDS_STEP = "thresholds_step"
 #: The training losses logged once per epoch: the mean over the samples each applies to.
 TRAIN_LOSSES = ("loss_seg", "loss_dec", "loss")
 
@@ -124,6 +126,11 @@ class SegDecModule(pl.LightningModule):
             self.example_input_array = torch.zeros(1, shape.channels, shape.height, shape.width)
         self.register_buffer("image_threshold", torch.tensor(DEFAULT_THRESHOLD))
         self.register_buffer("seg_threshold", torch.tensor(DEFAULT_THRESHOLD))
+        # The training step of the weights a validation chose the thresholds on (None: never
+        # chosen, DEFAULT_THRESHOLD), and that of the weights a checkpoint loaded: a
+        # checkpoint saved after an epoch not validated carries earlier weights' thresholds.
+        self.thresholds_step: int | None = None
+        self.weights_step: int | None = None
         self.train_means = torch.nn.ModuleDict({name: WeightedMean() for name in TRAIN_LOSSES})
         self._resumed_means: dict[str, list[float]] | None = None
         self._log_epoch_constants = True
@@ -262,11 +269,13 @@ class SegDecModule(pl.LightningModule):
     # -- what checkpoints carry beyond the weights; the kernel auto chooses ------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every checkpoint carries the volume convolution's kernel (what ``auto`` chose), so
-        a resumed run and a prediction compute as the run did. A checkpoint taken mid-epoch
+        a resumed run and a prediction compute as the run did, and the step whose weights
+        its thresholds were chosen on. A checkpoint taken mid-epoch
         (a stop signal) carries the epoch's running sums, so the resumed epoch logs the mean
         of all its batches, not only of those after it."""
         if self.speed.volume_im2col == "auto" and self._volume_kernel_chosen:
             checkpoint["volume_im2col"] = self.net.timed_volume_im2col
+        checkpoint[THRESHOLDS_STEP] = self.thresholds_step
         if self._trainer is None:
             return
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -278,6 +287,9 @@ class SegDecModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resumed_means = checkpoint.get("epoch_running_means")
+        self.weights_step = checkpoint.get("global_step")
+        # one saved before the step was: its thresholds taken as its weights' own
+        self.thresholds_step = checkpoint.get(THRESHOLDS_STEP, self.weights_step)
         if self.speed.volume_im2col != "auto":
             return
         saved = checkpoint.get("hyper_parameters", {}).get("speed", {}).get("volume_im2col")
@@ -359,6 +371,7 @@ class SegDecModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self.image_threshold.fill_(image["image_threshold"])
             self.seg_threshold.fill_(seg_threshold)
+            self.thresholds_step = self.global_step
             self.last_val_image_ap = ap
             self.last_val_dice = dice
         # The gathered values are equal on every rank; sync_dist only quiets Lightning.
