@@ -187,7 +187,17 @@ def test_without_validation_the_final_weights_are_tested(tmp_path, tiny_data_dir
     assert "val/image_ap" not in history  # no validation while training
     assert not list((tmp_path / "checkpoints").glob("best*.ckpt"))
     assert "testing the final weights" in (tmp_path / "train.log").read_text()
-    assert json.loads((tmp_path / "metrics.json").read_text())["seg_threshold"] is not None
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["seg_threshold"] is not None
+    # the thresholds it was tested with are in its checkpoint, for eval, predict and export
+    from crackseg.models.checkpoint import check_saved_thresholds, load_module, thresholds
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    module = load_module(last)
+    check_saved_thresholds(module, last, "use another")
+    assert thresholds(module) == pytest.approx(
+        (metrics["image_threshold"], metrics["seg_threshold"])
+    )
 
 
 def test_the_checkpoint_carries_the_validation_thresholds(tiny_run, tiny_checkpoint):

@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from crackseg.atomic import atomic_write_bytes
 from crackseg.callbacks import NEVER, CheckpointsFollowTheRunFolder, ValidateOnLastEpoch
 from crackseg.models.checkpoint import checkpoint_step
+from crackseg.models.lit_segdec import THRESHOLDS_STEP
 from crackseg.runs.allocator import keep_freed_memory
 from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
 from crackseg.runs.gpus import in_local_parallel_sweep
@@ -130,6 +131,24 @@ def build_trainer(
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
 
 
+def _save_thresholds_in_last_checkpoint(trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    """The final weights' thresholds, just chosen, into their checkpoint (``last.ckpt``),
+    where no validation had chosen them (``validate=false``), so that crackseg-eval,
+    -predict and -export use the thresholds the run was tested with."""
+    unmonitored = [c for c in trainer.checkpoint_callbacks if not c.monitor]
+    path = Path(unmonitored[0].best_model_path) if unmonitored else None
+    if path is None or not path.is_file():
+        return
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    chosen = checkpoint.get(THRESHOLDS_STEP) is not None
+    if chosen or checkpoint["global_step"] != module.global_step:  # or not the final weights
+        return
+    state = checkpoint["state_dict"]
+    state["image_threshold"] = module.image_threshold.detach().cpu().clone()
+    state["seg_threshold"] = module.seg_threshold.detach().cpu().clone()
+    AtomicCheckpointIO().save_checkpoint({**checkpoint, THRESHOLDS_STEP: module.global_step}, path)
+
+
 def validate_chosen_weights(
     trainer: pl.Trainer,
     module: pl.LightningModule,
@@ -149,6 +168,8 @@ def validate_chosen_weights(
     else:
         log.info("testing the final weights")
         trainer.validate(module, datamodule=datamodule, verbose=False)
+        if trainer.is_global_zero:
+            _save_thresholds_in_last_checkpoint(trainer, module)
     best_score = monitored[0].best_model_score if monitored else None
     module.best_val_image_ap = (
         float(best_score) if best_score is not None else module.last_val_image_ap
