@@ -158,6 +158,24 @@ def test_an_opset_newer_than_onnx_knows_is_refused_before_the_export(tiny_checkp
     assert not (tmp_path / "model.onnx").exists()
 
 
+@pytest.mark.parametrize("command", ["export", "predict"])
+def test_a_folder_holding_an_export_is_refused_and_its_model_kept(
+    tiny_checkpoint, photo_folder, tmp_path, command
+):
+    """An export, or a prediction, into a folder holding an earlier export (a folder given
+    as hydra.run.dir) would write over its model.onnx."""
+    (tmp_path / "model.onnx").write_bytes(b"an earlier model")
+    (tmp_path / "export.json").write_text("{}")
+    inputs = f"check_images={photo_folder}" if command == "export" else f"input={photo_folder}"
+    result = run_entry(command, f"ckpt_path={tiny_checkpoint}", inputs, f"hydra.run.dir={tmp_path}")
+    assert one_line_error(result) == (
+        f"error: {tmp_path} already holds an export (model.onnx, export.json); "
+        "choose another hydra.run.dir"
+    )
+    assert (tmp_path / "model.onnx").read_bytes() == b"an earlier model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.onnx"]
+
+
 def _written(folder):
     """Whether the export has written its model into its temporary file (made empty first)."""
     for partial in folder.glob(".write.partial-*"):

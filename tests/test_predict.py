@@ -597,3 +597,26 @@ def test_two_reference_masks_of_one_name_are_refused(tmp_path):
         "several files share one name, cannot pair them: "
         f"{tmp_path / 'road.bmp'}, {tmp_path / 'road.png'}"
     )
+
+
+def test_a_prediction_sweep_run_again_with_skip_finished_skips_its_finished_jobs(
+    tiny_checkpoint, photo_folder, tmp_path
+):
+    """A value added to a prediction sweep: with skip_finished=true the jobs that finished
+    are skipped (their outputs kept as they are) and the new one runs; by default the
+    sweep is refused before any job, as a finished job is never run again in its folder."""
+    sweep = [f"ckpt_path={tiny_checkpoint}", f"input={photo_folder}", f"hydra.sweep.dir={tmp_path}"]
+    result = run_entry("predict", "-m", *sweep, "overlap=0.25,0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    written = [(job / "predictions.csv").stat().st_mtime_ns for job in first]
+    line = one_line_error(run_entry("predict", "-m", *sweep, "overlap=0.25,0.5,0.75"))
+    assert line.startswith("error: skip_finished=false, but") and str(first[0]) in line
+
+    result = run_entry("predict", "-m", *sweep, "overlap=0.25,0.5,0.75", "skip_finished=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [(job / "predictions.csv").stat().st_mtime_ns for job in first] == written
+    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert jobs == ["0_overlap=0.25", "1_overlap=0.5", "2_overlap=0.75"]
+    for job in jobs:
+        assert json.loads((tmp_path / job / "status.json").read_text())["status"] == "finished"

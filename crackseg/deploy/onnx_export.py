@@ -29,6 +29,7 @@ from crackseg.atomic import atomic_path, atomic_write_text
 from crackseg.data.io import list_input_images, read_image
 from crackseg.data.labels import resize_image
 from crackseg.deploy.backends import CPU_PROVIDER, ModelInfo, optional_import
+from crackseg.deploy.outputs import EXPORT_MODEL, EXPORT_RECORD
 from crackseg.deploy.tiling import TileGrid
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
 from crackseg.models.checkpoint import (
@@ -192,7 +193,7 @@ def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     info = ModelInfo.of_module(module)
     images = read_check_images(cfg.check_images, cfg.num_check_images, info.input_channels)
     inputs = check_inputs(info, images, np.random.default_rng(0))
-    destination = output_dir / "model.onnx"
+    destination = output_dir / EXPORT_MODEL
     with atomic_path(destination) as tmp:
         export_module(module, tmp, cfg.opset)
         session = ort.InferenceSession(str(tmp), providers=[CPU_PROVIDER])
@@ -222,7 +223,7 @@ def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
     }
-    atomic_write_text(output_dir / "export.json", json.dumps(record, indent=2))
+    atomic_write_text(output_dir / EXPORT_RECORD, json.dumps(record, indent=2))
     log.info(
         "exported %s (largest difference %.2e over %d inputs)",
         destination,

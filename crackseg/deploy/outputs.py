@@ -1,4 +1,5 @@
-"""What a prediction run writes per image, and its tables.
+"""What a prediction run writes per image and its tables, and the outputs of a prediction or
+an export that no later command writes over.
 
 Every file is written whole or not at all (crackseg.atomic); a failed write raises an
 ``OSError`` that names the file, which ends the run with one line and a failed status.
@@ -15,11 +16,16 @@ from crackseg.errors import RunFolderError
 #: What a prediction writes into its run folder: its tables and its folders of images.
 OUTPUT_TABLES = ("predictions.csv", "cracks.csv")
 OUTPUT_FOLDERS = ("probabilities", "masks", "overlays")
+#: What an export writes into its run folder: the model and the record of its check.
+EXPORT_MODEL = "model.onnx"
+EXPORT_RECORD = "export.json"
 
 
-def earlier_predictions(folder: Path) -> list[str]:
-    """The outputs of another prediction in ``folder`` (tables, non-empty image folders)."""
-    found = [name for name in OUTPUT_TABLES if (folder / name).exists()]
+def earlier_outputs(folder: Path) -> list[str]:
+    """The outputs of another prediction or export in ``folder`` (its files, its non-empty
+    image folders)."""
+    names = (*OUTPUT_TABLES, EXPORT_MODEL, EXPORT_RECORD)
+    found = [name for name in names if (folder / name).exists()]
     return found + [
         f"{name}/"
         for name in OUTPUT_FOLDERS
@@ -27,12 +33,15 @@ def earlier_predictions(folder: Path) -> list[str]:
     ]
 
 
-def refuse_earlier_predictions(folder: Path) -> None:
-    """Refuse a folder holding another prediction's outputs (one killed before it wrote its
-    status, or any folder given as ``hydra.run.dir``): they would be overwritten."""
-    if found := earlier_predictions(folder):
+def refuse_earlier_outputs(folder: Path) -> None:
+    """Refuse a folder holding another prediction's or export's outputs (one killed before
+    it wrote its status, or any folder given as ``hydra.run.dir``): they would be
+    overwritten."""
+    if found := earlier_outputs(folder):
+        exported = set(found) <= {EXPORT_MODEL, EXPORT_RECORD}
+        held = "an export" if exported else "predictions"
         raise RunFolderError(
-            f"{folder} already holds predictions ({', '.join(found)}); choose another hydra.run.dir"
+            f"{folder} already holds {held} ({', '.join(found)}); choose another hydra.run.dir"
         )
 
 

@@ -25,7 +25,7 @@ from crackseg.data.labels import binarize
 from crackseg.data.layouts import files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
-from crackseg.deploy.outputs import overlay, probability_image, refuse_earlier_predictions
+from crackseg.deploy.outputs import overlay, probability_image, refuse_earlier_outputs
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
 from crackseg.errors import DataError, describe_files
@@ -202,7 +202,7 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     """Predict every image of ``cfg.input`` into the run folder; return the run's counts."""
     settings = PredictSettings.from_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    refuse_earlier_predictions(output_dir)
+    refuse_earlier_outputs(output_dir)
     source = Path(settings.input).expanduser()
     paths = list_input_images(source)
     backend = open_backend(

@@ -324,7 +324,7 @@ def refuse_used_folder(folder: Path) -> None:
     """Evaluations, predictions and exports only ever write into a folder of their own: not
     one holding a run, nor another prediction's outputs (one killed before it wrote its
     status), which they would overwrite or mix with theirs."""
-    from crackseg.deploy.outputs import refuse_earlier_predictions
+    from crackseg.deploy.outputs import refuse_earlier_outputs
 
     if used_by_another_command(folder):
         status = read_status(folder) or {}
@@ -332,7 +332,7 @@ def refuse_used_folder(folder: Path) -> None:
         if status.get("status") == "failed" and not holds_run(folder):
             held = f"a command that failed ({status.get('error', 'see its log')})"
         raise RunFolderError(f"{folder} already holds {held}; choose another hydra.run.dir")
-    refuse_earlier_predictions(folder)
+    refuse_earlier_outputs(folder)
 
 
 def accept_folder_of_its_own(folder: str | Path) -> None:

@@ -117,7 +117,7 @@ def run_dir(resume: object, default: str) -> str:
     return str(resume)
 
 
-def job_log(output_dir: str | None, job_name: str) -> str:
+def job_log(output_dir: str | None, job_name: str, skip_finished: bool = False) -> str:
     """The job's log file, in a folder this process holds (refused if another one does).
 
     Hydra creates the job's folder, then sets up logging (which opens this file), then saves
@@ -129,23 +129,39 @@ def job_log(output_dir: str | None, job_name: str) -> str:
 
     if output_dir is None:
         return f"{job_name}.log"
-    refuse_used_folder_before_lock(output_dir, job_name)
+    refuse_used_folder_before_lock(output_dir, job_name, skip_finished)
     claim_run_folder(output_dir)
     return str(Path(output_dir) / f"{job_name}.log")
 
 
-def refuse_used_folder_before_lock(output_dir: str, job_name: str | None) -> None:
+def refuse_used_folder_before_lock(
+    output_dir: str, job_name: str | None, skip_finished: bool = False
+) -> None:
     """An evaluation, prediction or export refuses a folder holding a run or a prediction
     before it locks the folder, so the refused command creates nothing there (not even the
-    lock file). One that another live process holds is refused by the lock, naming it."""
-    from crackseg.runs.folder import held_by_another_process, refuse_used_folder
+    lock file). One that another live process holds is refused by the lock, naming it. A
+    finished job of a sweep run again with ``skip_finished=true`` is left to
+    crackseg.runs.lifecycle.run_task, which skips it."""
+    from crackseg.runs.folder import (
+        finished_status,
+        held_by_another_process,
+        hydra_job,
+        refuse_used_folder,
+    )
 
     if job_name in (None, "train") or held_by_another_process(output_dir):
+        return
+    if skip_finished and hydra_job()[0] and finished_status(Path(output_dir)) is not None:
         return
     refuse_used_folder(Path(output_dir))
 
 
-def hydra_subdir(output_dir: str | None, resume: object, job_name: str | None = None) -> str | None:
+def hydra_subdir(
+    output_dir: str | None,
+    resume: object,
+    job_name: str | None = None,
+    skip_finished: bool = False,
+) -> str | None:
     """Where Hydra saves the composed config: nowhere if the folder already holds a run or
     another prediction's outputs, or if ``resume=RUN_DIR`` names it.
 
@@ -155,7 +171,7 @@ def hydra_subdir(output_dir: str | None, resume: object, job_name: str | None = 
     :func:`job_log`. Without a job (the config printed) there is no folder to look into: what
     a new run gets.
     """
-    from crackseg.deploy.outputs import earlier_predictions
+    from crackseg.deploy.outputs import earlier_outputs
     from crackseg.runs.folder import (
         claim_run_folder,
         holds_run,
@@ -165,12 +181,12 @@ def hydra_subdir(output_dir: str | None, resume: object, job_name: str | None = 
 
     if output_dir is None:
         return ".hydra"
-    refuse_used_folder_before_lock(output_dir, job_name)
+    refuse_used_folder_before_lock(output_dir, job_name, skip_finished)
     claim_run_folder(output_dir)
     folder = Path(output_dir)
     # A training may start again where one failed; other commands leave any run's folder be.
     used = holds_run(folder) if job_name in (None, "train") else used_by_another_command(folder)
-    keep = resumed_folder(resume) is not None or used or bool(earlier_predictions(folder))
+    keep = resumed_folder(resume) is not None or used or bool(earlier_outputs(folder))
     return None if keep else ".hydra"
 
 
