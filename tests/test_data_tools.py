@@ -64,6 +64,15 @@ def test_tile_counts_names_and_noncrack(tmp_path):
     assert [s.is_positive for s in samples].count(True) == 1 and len(samples) == 5
 
 
+def test_a_stride_of_zero_is_refused_not_taken_as_the_tile_size(tmp_path, capsys):
+    _photo(tmp_path / "src", "A", [(3, 0, 30)])
+    assert main(["tile", str(tmp_path / "src"), str(tmp_path / "dst"), "--stride", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "error: tile size and stride must be positive, got 160 and 0\n"
+    )
+    assert not (tmp_path / "dst").exists()
+
+
 def test_tile_stride_and_pad(tmp_path):
     src = tmp_path / "src"
     _photo(src, "A", [(5, 0, 60)], h=70, w=100)

@@ -222,10 +222,8 @@ def test_train_into_an_evaluation_folder_is_not_told_to_resume_it(tmp_path):
 
 def test_train_refuses_a_finished_run_folder_without_lightning(finished_run):
     line, lightning = refuse("train", f"hydra.run.dir={finished_run}")
-    assert line == (
-        f"error: {finished_run} already holds a run; continue it with "
-        f"resume={finished_run} or choose another hydra.run.dir"
-    )
+    # not told to resume it: a finished run is never resumed
+    assert line == f"error: {finished_run} holds a run that finished; choose another hydra.run.dir"
     assert lightning == set()
 
 

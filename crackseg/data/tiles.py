@@ -113,7 +113,7 @@ def tile_dataset(
     test (stratified by the photograph's label), because tiles of one photograph are
     near-duplicates: splitting tiles at random would leak test content into training.
     """
-    stride = stride or size
+    stride = size if stride is None else stride
     by_photo = {"val": val_fraction, "test": test_fraction}
     by_photo = {k: v for k, v in by_photo.items() if v is not None}
     _check_tiling(size, stride, min_crack_pixels, by_photo)

@@ -548,6 +548,10 @@ def prepare_training_run(
             raise RunFolderError(
                 f"{output_dir} holds a crackseg-{command} run; choose another hydra.run.dir"
             )
+        if finished_status(output_dir) is not None:
+            raise RunFolderError(
+                f"{output_dir} holds a run that finished; choose another hydra.run.dir"
+            )
         raise RunFolderError(
             f"{output_dir} already holds a run; continue it with "
             f"{as_override('resume', output_dir)} "
