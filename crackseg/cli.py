@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,10 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     failed or did not finish ends with one line naming its summary, exit 1.
     """
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    # Lightning (2.6.6, the newest) flattens batches, and torch.export a model's inputs,
+    # with torch's LeafSpec, which torch 2.13 deprecates: a warning in every run and export
+    # that no setting of crackseg's can answer.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         main()
     except (HydraException, OmegaConfBaseException, OSError, CracksegError) as raised:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -161,6 +162,22 @@ def test_a_checkpoint_holding_code_is_refused_without_suggesting_unsafe_loading(
         f"cannot read checkpoint {path}: it holds Python objects besides weights, which "
         "crackseg does not load (a checkpoint is data, never code to run)"
     )
+
+
+def test_weights_alone_or_a_pickle_of_something_else_say_what_they_are(tmp_path, recwarn):
+    bare = tmp_path / "state_dict.ckpt"
+    torch.save({"net.w": torch.zeros(2)}, bare)
+    with pytest.raises(CracksegError) as raised:
+        read_checkpoint(bare)
+    assert str(raised.value) == (
+        f"cannot read checkpoint {bare}: it holds weights alone (a state_dict), not the "
+        "checkpoint crackseg-train saves with its settings"
+    )
+    pickled = tmp_path / "pickled.ckpt"
+    pickled.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with pytest.raises(CracksegError, match="not a PyTorch checkpoint$"):
+        read_checkpoint(pickled)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]  # torch's, hidden
 
 
 def test_a_truncated_checkpoint_is_named_as_such(tmp_path):

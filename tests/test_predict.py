@@ -228,6 +228,8 @@ def test_device_names_are_checked():
         ("min_crack_pixels", 0, "min_crack_pixels must be an integer >= 1"),
         ("tile_height", 64.5, "tile_height must be null or a positive integer"),
         ("backend", "tensorrt", "backend must be torch or onnx"),
+        # an unset shell variable: no folder, not "no reference masks"
+        ("reference_masks", "", "reference_masks must be null or a folder (leave it out for"),
     ],
 )
 def test_a_setting_that_cannot_work_is_named(key, value, message):

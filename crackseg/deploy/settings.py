@@ -47,7 +47,10 @@ RULES = {
     "min_crack_pixels": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "pixel_size_mm": (lambda v: v is None or (is_number(v) and v > 0), "null or a number > 0"),
     "overlays": (lambda v: isinstance(v, bool), "true or false"),
-    "reference_masks": (lambda v: v is None or isinstance(v, str), "null or a folder"),
+    "reference_masks": (
+        lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+        "null or a folder (leave it out for none)",
+    ),
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,7 +87,9 @@ def load_checkpoint_file(path: str | Path, mmap: bool = False) -> dict[str, Any]
         raise CracksegError(f"cannot read checkpoint {ckpt}: {instead}")
     mmap = mmap and head.startswith(ZIP_MAGIC)
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # a pickle of something else: refused just below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many types for a corrupt file
         reason = _load_failure(error)
         raise CracksegError(f"cannot read checkpoint {ckpt}: {reason}") from error
@@ -99,9 +102,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint with trained weights, or one clear line."""
     state = load_checkpoint_file(path)
     if "state_dict" not in state:
-        raise CracksegError(
-            f"cannot read checkpoint {Path(path).expanduser()}: it holds no trained weights"
+        bare = bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
+        reason = (
+            "it holds weights alone (a state_dict), not the checkpoint crackseg-train saves "
+            "with its settings"
+            if bare
+            else "it holds no trained weights"
         )
+        raise CracksegError(f"cannot read checkpoint {Path(path).expanduser()}: {reason}")
     return state
 
 

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,6 @@ from crackseg.runs.gpus import in_local_parallel_sweep
 from crackseg.runs.progress import progress_callbacks
 
 log = logging.getLogger(__name__)
-
-# Lightning (2.6.6, the newest) flattens batches with torch's LeafSpec, which torch 2.13
-# deprecates: a warning in every run that no setting of crackseg's can answer.
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
