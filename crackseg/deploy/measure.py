@@ -8,11 +8,12 @@ A crack is a connected region of the mask (8-connectivity); regions smaller than
   horizontal or vertical step and sqrt(2) per diagonal step between neighbouring
   skeleton pixels (a diagonal step is counted only where no horizontal + vertical pair
   already joins the two pixels), plus, at each end of the skeleton, the part of the crack
-  thinning removed: ``d - 0.5`` where ``d`` is the distance transform there (the distance
-  from the end pixel's centre to the nearest background pixel's centre is the distance to
-  the crack's edge plus half a pixel). Exact for straight cracks along an axis or a
-  diagonal; cracks at other angles are measured along a staircase, up to about 8% long (at
-  22.5 degrees).
+  thinning removed: how far the crack goes on straight ahead of the end, to its last
+  pixel's edge, and at least ``d - 0.5`` where ``d`` is the distance transform there (the
+  distance from the end pixel's centre to the nearest background pixel's centre is the
+  distance to the crack's edge plus half a pixel). Exact for straight cracks along an axis
+  (either axis, any width) or a diagonal; cracks at other angles are measured along a
+  staircase, up to about 8% long (at 22.5 degrees).
 - **width** at a skeleton pixel: the Euclidean distance transform
   (``scipy.ndimage.distance_transform_edt``) of the crack enlarged 2x (each pixel a 2x2
   block of half-pixels), its largest value over the pixel's block, in half-pixels. The
@@ -69,13 +70,28 @@ def skeleton_length(skeleton: np.ndarray) -> float:
     return straight + math.sqrt(2) * diagonal
 
 
-def _end_extension(skeleton: np.ndarray, distance: np.ndarray) -> float:
-    """The crack beyond the skeleton's ends (thinning shortens a crack by its half-width)."""
+def _end_extension(skeleton: np.ndarray, distance: np.ndarray, region: np.ndarray) -> float:
+    """The crack beyond the skeleton's ends, which thinning shortens. At an end: as far as
+    the crack goes on straight ahead of it (away from its one neighbour), to the edge of
+    its last pixel, and at least its half-width there (``d - 0.5``): Lee's thinning stops
+    an even-width crack one pixel shorter at each end vertically than horizontally, so the
+    half-width alone measured it 2 px short one way and exactly the other. A lone skeleton
+    pixel (a dot) has both ends at once, its half-width each."""
     neighbours = ndimage.convolve(skeleton.astype(np.uint8), EIGHT_CONNECTED.astype(np.uint8))
     neighbours = neighbours.astype(int) - 1
-    ends = skeleton & (neighbours == 1)
-    lone = skeleton & (neighbours == 0)  # a dot: both of its ends at once
-    return float((distance[ends] - 0.5).sum() + 2 * (distance[lone] - 0.5).sum())
+    lone = skeleton & (neighbours == 0)
+    total = 2 * float((distance[lone] - 0.5).sum())
+    for y, x in np.argwhere(skeleton & (neighbours == 1)):
+        around = skeleton[y - 1 : y + 2, x - 1 : x + 2].copy()
+        around[1, 1] = False
+        ((ny, nx),) = np.argwhere(around)
+        dy, dx = 1 - ny, 1 - nx  # away from the neighbour
+        steps = 0
+        while region[y + (steps + 1) * dy, x + (steps + 1) * dx]:  # padded: ends in background
+            steps += 1
+        ahead = steps * math.hypot(dy, dx) + 0.5
+        total += max(ahead, float(distance[y, x]) - 0.5)
+    return total
 
 
 def measure_crack(region: np.ndarray) -> tuple[float, float, float]:
@@ -87,7 +103,7 @@ def measure_crack(region: np.ndarray) -> tuple[float, float, float]:
     skeleton = skeletonize(padded, method="lee").astype(bool, copy=False)
     distance = ndimage.distance_transform_edt(padded)
     widths = _half_pixel_widths(padded, skeleton, reach=float(distance.max()))
-    length = skeleton_length(skeleton) + _end_extension(skeleton, distance)
+    length = skeleton_length(skeleton) + _end_extension(skeleton, distance, padded)
     return length, float(widths.mean()), float(widths.max())
 
 
