@@ -34,7 +34,7 @@ from crackseg.evaluation.plots import (
 from crackseg.evaluation.report import HPARAMS, hparams_of, write_run_report
 from crackseg.models.lit_segdec import validation_group
 from crackseg.runs.config_checks import VALIDATION_SCHEDULES
-from crackseg.runs.folder import SLURM_CHECKPOINTS, hydra_job, override_key
+from crackseg.runs.folder import SLURM_CHECKPOINTS, hydra_job, override_key, saved_hydra_file
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,21 @@ SCORES_COLUMNS = ("sample_id", "image", "label", "decision_score", "decision", "
 NEVER = 10**9
 
 
-def typed_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The settings typed on the command line besides the run parameters (a sweep's swept
-    keys among them, ``loss.decision_target``, ``data.fold``), so that TensorBoard's HParams
-    tab tells every job of a sweep apart: the value the run used, or the typed one for a
-    config group's choice."""
+def started_overrides(run_dir: Path) -> list[str]:
+    """The overrides the run in ``run_dir`` was started with: those Hydra saved in its
+    ``.hydra/`` (a resumed run's command line says only ``resume=``), else this command's."""
+    saved = saved_hydra_file(run_dir, "overrides.yaml")
+    return [str(o) for o in saved] if saved is not None else hydra_job()[1]
+
+
+def typed_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """The settings typed on the command line (``overrides``) besides the run parameters (a
+    sweep's swept keys among them, ``loss.decision_target``, ``data.fold``), so that
+    TensorBoard's HParams tab tells every job of a sweep apart: the value the run used, or
+    the typed one for a config group's choice."""
     known = set(HPARAMS.values())
     typed = {}
-    for override in hydra_job()[1]:
+    for override in overrides:
         key = override_key(override)
         if key in known or key.startswith("hydra") or "=" not in override:
             continue
@@ -349,7 +356,8 @@ class EvaluationReport(pl.Callback):
         if self.run_config is not None:
             if isinstance(trainer.logger, TensorBoardLogger):
                 final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}
-                hparams = hparams_of(self.run_config) | typed_hparams(self.run_config)
+                typed = typed_hparams(self.run_config, started_overrides(out))
+                hparams = hparams_of(self.run_config) | typed
                 trainer.logger.log_hyperparams(hparams, final)
             write_run_report(
                 out,

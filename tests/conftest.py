@@ -120,6 +120,18 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def tensorboard_hparams(run_dir: Path) -> dict:
+    """The settings a run shows in TensorBoard's HParams tab (its last record of them)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {key: value.ListFields()[0][1] for key, value in start.hparams.items()}
+
+
 @pytest.fixture(scope="session")
 def dataset_root(tmp_path_factory) -> Path:
     """20 positives and 20 negatives of 64x128, to build datamodules on."""

@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import METRIC_KEYS, REPO, TINY, one_line_error, run_entry, run_tiny
+from conftest import (
+    METRIC_KEYS,
+    REPO,
+    TINY,
+    one_line_error,
+    run_entry,
+    run_tiny,
+    tensorboard_hparams,
+)
 from helpers.stalled_runs import HELPERS, start_train, wait_for_stall
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -247,6 +255,8 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
     # the checkpoint carried the epoch's running sums.
     history = json.loads((run_dir / "history.json").read_text())
     assert history == json.loads((reference / "history.json").read_text())
+    # the settings it was started with, not the resume= it was continued with
+    assert tensorboard_hparams(run_dir) == tensorboard_hparams(reference)
 
 
 def test_a_sigterm_before_lightnings_loops_stops_the_run_as_one(reference, tiny_data_dir, tmp_path):

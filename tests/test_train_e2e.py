@@ -8,7 +8,15 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import METRIC_KEYS, TINY_EVAL, eval_tiny, one_line_error, run_entry, run_tiny
+from conftest import (
+    METRIC_KEYS,
+    TINY_EVAL,
+    eval_tiny,
+    one_line_error,
+    run_entry,
+    run_tiny,
+    tensorboard_hparams,
+)
 
 
 def test_run_folder_holds_config_checkpoints_events_and_metrics(tiny_run):
@@ -317,14 +325,7 @@ def test_a_float16_run_is_resumed_on_a_gpu_only(tiny_run, tmp_path):
 def test_the_hparams_tab_shows_what_the_command_line_set(tiny_run):
     """Beside the run parameters, every typed setting (a sweep's swept keys among them), so
     that no two jobs of a sweep look alike there."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    events = EventAccumulator(str(tiny_run / "tensorboard"))
-    events.Reload()
-    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
-    hparams = {key: value.ListFields()[0][1] for key, value in start.hparams.items()}
+    hparams = tensorboard_hparams(tiny_run)
     assert hparams["trainer.precision"] == "32-true"  # typed, not a run parameter
     assert hparams["data.synthetic.num_positives"] == 20
     assert hparams["dilate"] == 3 and "data.dilate" not in hparams  # a run parameter, once
