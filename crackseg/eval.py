@@ -69,6 +69,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.thresholds == "validation":
         trainer.validate(module, datamodule=datamodule, verbose=False)
+        module.best_val_image_ap = module.last_val_image_ap  # these weights' on this data
     image_threshold, seg_threshold = thresholds(module)
     log.info(
         "thresholds (%s): image %.4f, segmentation %.2f",

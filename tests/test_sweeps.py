@@ -515,6 +515,13 @@ def test_summary_command_rebuilds_from_a_folder_of_runs(
     md = (root / "summary.md").read_text()
     assert "| 5 | 0 | 1 | n/a | n/a | n/a | n/a |" in md
     assert "`2_data.dilate=5,seed=0` (unfinished)" in md
+    # an evaluation beside the trainings: its config says its own settings, not the
+    # weights', so its row would compare what it never ran
+    evaluated = root / "eval_of_0"
+    shutil.copytree(root / "0_data.dilate=3,seed=0", evaluated)
+    hydra_yaml = evaluated / ".hydra" / "hydra.yaml"
+    hydra_yaml.write_text(hydra_yaml.read_text().replace("name: train", "name: eval"))
+    assert [r["job"] for r in collect_runs(root)] == [r["job"] for r in rows]
 
     capsys.readouterr()
     assert main([str(tmp_path / "missing")]) == 2

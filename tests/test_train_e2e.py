@@ -136,6 +136,9 @@ def test_eval_choosing_its_thresholds_on_test_says_so(tiny_checkpoint, tiny_data
     report = (tmp_path / "report.md").read_text()
     assert "Segmentation threshold: " in report and "chosen on the test split" in report
     assert "never on the test split" not in report
+    # what the validation that chose them scored, as a training run records its own
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["best_val_image_ap"] is not None and "seg_threshold_val_dice" in metrics
 
 
 def test_eval_refuses_a_missing_checkpoint(tmp_path):

@@ -27,7 +27,13 @@ from omegaconf import DictConfig
 from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.errors import CracksegError
 from crackseg.markdown import markdown_table
-from crackseg.runs.folder import STATUS_FILE, is_rank_zero, load_status, override_key
+from crackseg.runs.folder import (
+    STATUS_FILE,
+    is_rank_zero,
+    load_status,
+    override_key,
+    started_by,
+)
 from crackseg.setting_rules import OneLineParser
 from crackseg.sweep.published import add_table4_labels, departures
 
@@ -179,7 +185,7 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
     are numbers or None (unfinished jobs, or AUC/AP undefined on a one-class split).
     """
     root = Path(root)
-    jobs = find_job_dirs(root)
+    jobs = _runs_of_one_command(root, find_job_dirs(root))
     overrides = [_read_overrides(job) for job in jobs]
     swept = _varying_keys(root, overrides)
     rows = []
@@ -199,6 +205,23 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
             row[name] = metrics.get(name)
         rows.append(row)
     return rows
+
+
+def _runs_of_one_command(root: Path, jobs: list[Path]) -> list[Path]:
+    """The trainings among ``jobs`` where there are any, the others left out (logged): an
+    evaluation's or a prediction's config holds its own command's settings, not those of
+    the weights it used, so beside trainings its row would compare what it never ran."""
+    commands = [started_by(job) or "train" for job in jobs]
+    if "train" not in commands or set(commands) == {"train"}:
+        return jobs
+    others = [job for job, command in zip(jobs, commands, strict=True) if command != "train"]
+    log.warning(
+        "left out %d folder(s) of other commands than crackseg-train under %s: %s",
+        len(others),
+        root,
+        ", ".join(job.relative_to(root).as_posix() for job in others[:5]),
+    )
+    return [job for job, command in zip(jobs, commands, strict=True) if command == "train"]
 
 
 def swept_columns(rows: list[dict[str, Any]]) -> list[str]:
