@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,7 +37,7 @@ def tiny_onnx(tmp_path_factory, tiny_checkpoint, photo_folder):
     out = tmp_path_factory.mktemp("export") / "run"
     result = run_entry(
         "export",
-        f"ckpt_path={tiny_checkpoint}",
+        f"ckpt_path={os.path.relpath(tiny_checkpoint, REPO)}",  # as typed where it runs
         f"check_images={photo_folder}",
         f"hydra.run.dir={out}",
     )
@@ -48,8 +49,10 @@ def session_of(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def test_the_export_records_its_comparison(tiny_onnx, photo_folder):
+def test_the_export_records_its_comparison(tiny_onnx, tiny_checkpoint, photo_folder):
     record = json.loads((tiny_onnx.parent / "export.json").read_text())
+    assert record["checkpoint"] == str(tiny_checkpoint.resolve())  # wherever it is read from
+    assert record["onnx"] == str(tiny_onnx.resolve())
     checked = record["max_difference"]
     assert {"random 2x3x64x128", "random 1x3x128x256"} <= checked.keys()
     assert str(photo_folder / "wall.png") in checked  # real images too

@@ -212,8 +212,8 @@ def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
             difference.segmentation,
         )
     record = {
-        "onnx": str(destination),
-        "checkpoint": str(cfg.ckpt_path),
+        "onnx": str(destination.resolve()),
+        "checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()),  # wherever it was typed
         "opset": cfg.opset,
         "tolerance": cfg.tolerance,
         "metadata": info.to_metadata(),
