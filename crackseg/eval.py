@@ -45,7 +45,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = load_module(cfg.ckpt_path)  # Lightning is imported from here on, not before
     from crackseg.callbacks import EvaluationReport
     from crackseg.data.datamodule import CrackDataModule
-    from crackseg.runs.trainer import build_trainer
+    from crackseg.runs.trainer import build_trainer, stop_if_signalled
 
     if cfg.thresholds == "checkpoint":
         remedy = f"evaluate it with thresholds=validation, or {VALIDATED_CHECKPOINT}"
@@ -69,6 +69,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.thresholds == "validation":
         trainer.validate(module, datamodule=datamodule, verbose=False)
+        stop_if_signalled(trainer)
         module.best_val_image_ap = module.last_val_image_ap  # these weights' on this data
     image_threshold, seg_threshold = thresholds(module)
     log.info(

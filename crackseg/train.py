@@ -40,7 +40,7 @@ def fit_and_test(cfg: DictConfig, checkpoint: Path | None) -> dict[str, Any]:
     from crackseg.callbacks import EvaluationReport
     from crackseg.data.datamodule import CrackDataModule
     from crackseg.models.lit_segdec import SegDecModule
-    from crackseg.runs.trainer import build_trainer, validate_chosen_weights
+    from crackseg.runs.trainer import build_trainer, stop_if_signalled, validate_chosen_weights
 
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -52,6 +52,7 @@ def fit_and_test(cfg: DictConfig, checkpoint: Path | None) -> dict[str, Any]:
     trainer = build_trainer(cfg, callbacks, resume_from=checkpoint)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+    stop_if_signalled(trainer)
     if trainer.is_global_zero:
         datamodule.data_split.save(output_dir / "split.csv")
     # The best weights by validation AP (or the final ones); validating them sets the thresholds.

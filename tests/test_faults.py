@@ -275,6 +275,23 @@ def test_a_sigterm_before_lightnings_loops_stops_the_run_as_one(reference, tiny_
     assert metrics_of(run_dir) == metrics_of(reference)
 
 
+def test_a_sigterm_while_the_thresholds_are_chosen_stops_the_run(
+    reference, tiny_data_dir, tmp_path
+):
+    """At the end of the validation after training, where Lightning only notes a SIGTERM
+    (it stops a loop before its last batch): the run stops there, not after its test."""
+    run_dir = tmp_path / "stopped"
+    process = stall_run(run_dir, tiny_data_dir, epoch=0, batch="chosen")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    assert process.stderr.read().strip().splitlines()[-1].startswith("stopped:")
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    assert not (run_dir / "metrics.json").exists()
+    result = run_entry("train", f"resume={run_dir}", env={"PYTHONPATH": str(HELPERS)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metrics_of(run_dir) == metrics_of(reference)
+
+
 def test_a_moved_run_folder_resumes(reference, tiny_data_dir, tmp_path):
     """Run folders may be moved or copied (which does not keep the files' times): the new
     place is not a changed setting, and the checkpoint is chosen by its step."""
@@ -456,7 +473,7 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 def test_a_run_folder_is_written_only_to_resume_its_own_run(reference, tiny_data_dir):
     before = _tree_digest(reference)
     line = one_line_error(train(reference, tiny_data_dir))
-    assert "already holds a run" in line and f"resume={reference}" in line
+    assert line == f"error: {reference} holds a run that finished; choose another hydra.run.dir"
     line = one_line_error(run_entry("train", f"resume={reference}"))
     assert "already finished" in line
     line = one_line_error(run_entry("train", f"resume={reference}", "seed=3"))

@@ -326,7 +326,7 @@ REFUSALS = {
             f"paths.data_dir={f['data_dir']}",
             f"hydra.run.dir={f['run']}",
         ),
-        "already holds a run",
+        "holds a run that finished",
     ),
     "resume=auto with another seed": (
         "run",

@@ -92,16 +92,26 @@ def test_uneven_global_list_is_padded_for_every_rank():
     assert lengths == {3}  # 10 samples over 4 ranks -> 3 each, two repeated
 
 
-@pytest.mark.parametrize(("batches_done", "epoch", "skipped"), [(2, 3, 8), (15, 4, 0)])
+@pytest.mark.parametrize(
+    ("batches_done", "finished", "epoch", "skipped"),
+    [
+        (2, False, 3, 8),
+        (15, True, 4, 0),  # all 15 batches of 4 items
+        (5, True, 4, 0),  # an epoch cut short (trainer.limit_train_batches=5)
+        (15, None, 4, 0),  # a checkpoint saved before the epoch's end was recorded
+    ],
+)
 def test_a_restored_sampler_continues_where_its_checkpoint_was_written(
-    batches_done, epoch, skipped
+    batches_done, finished, epoch, skipped
 ):
-    """Mid-epoch: the rest of that epoch. After its last batch (15 batches of 4 items): the
-    next epoch: Lightning starts the resumed run's first pass before it sets the sampler's
-    epoch, so the finished epoch must not come back with every item skipped."""
+    """Mid-epoch: the rest of that epoch. After its last batch: the next epoch, as Lightning
+    starts the resumed run's first pass before it sets the sampler's epoch, so the finished
+    epoch must not come back with every item skipped (or those after the batches done)."""
     trained = _sampler(30, 50, seed=3, augmentation_seeds=True)
     trained.set_epoch(3)
-    state = trained.checkpoint_state(batches_done)
+    state = trained.checkpoint_state(batches_done, epoch_finished=bool(finished))
+    if finished is None:
+        del state["epoch_finished"]
     resumed = _sampler(30, 50, seed=3, augmentation_seeds=True)
     resumed.restore(state, batch_size=4)
     uninterrupted = _sampler(30, 50, seed=3, augmentation_seeds=True)

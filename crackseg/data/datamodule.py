@@ -254,8 +254,8 @@ class CrackDataModule(pl.LightningDataModule):
         written mid-epoch (SIGTERM, Ctrl-C) resumes after the batches done."""
         if self._sampler is None or self.trainer is None:
             return {}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return self._sampler.checkpoint_state(progress.processed)
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return self._sampler.checkpoint_state(done, done >= self.trainer.num_training_batches)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:

@@ -150,10 +150,15 @@ class BalancedNegativeSampler(Sampler[int]):
         """Make the next pass over ``epoch`` skip the first ``items_done`` items of the shard."""
         self._resume = (epoch, items_done)
 
-    def checkpoint_state(self, batches_done: int) -> dict:
-        """What a checkpoint keeps to resume mid-epoch: this sampler's state and the
-        batches of its epoch already trained on."""
-        return {"sampler": self.state_dict(), "batches_done": batches_done}
+    def checkpoint_state(self, batches_done: int, epoch_finished: bool) -> dict:
+        """What a checkpoint keeps to resume mid-epoch: this sampler's state, the batches of
+        its epoch already trained on, and whether the epoch was over (its last batch
+        trained: a training epoch may be cut short of the sampler's length)."""
+        return {
+            "sampler": self.state_dict(),
+            "batches_done": batches_done,
+            "epoch_finished": epoch_finished,
+        }
 
     def restore(self, state: dict, batch_size: int) -> None:
         """Continue from :meth:`checkpoint_state`: the next pass skips the batches done, so
@@ -166,7 +171,7 @@ class BalancedNegativeSampler(Sampler[int]):
         """
         self.load_state_dict(state["sampler"])
         items_done = state["batches_done"] * batch_size
-        if items_done >= len(self):
+        if state.get("epoch_finished", items_done >= len(self)):  # not recorded before
             self.set_epoch(self.epoch + 1)
         else:
             self.resume_at(self.epoch, items_done)

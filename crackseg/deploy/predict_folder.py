@@ -235,7 +235,7 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
                 if time.monotonic() - written >= TABLES_EVERY_S:
                     writer.write_tables()
                     written = time.monotonic()
-        except BaseException:  # Ctrl-C, SIGTERM as crackseg-predict turns it, or a failure
+        except BaseException:  # Ctrl-C, SIGTERM (run_task turns it into Ctrl-C), a failure
             if writer.image_rows:  # the tables of the images done, as a finished run's
                 try:
                     writer.write_tables()

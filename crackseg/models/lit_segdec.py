@@ -287,7 +287,7 @@ class SegDecModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resumed_means = checkpoint.get("epoch_running_means")
-        self.weights_step = checkpoint.get("global_step")
+        self.weights_step = checkpoint.get("global_step", 0)
         # one saved before the step was: its thresholds taken as its weights' own
         self.thresholds_step = checkpoint.get(THRESHOLDS_STEP, self.weights_step)
         if self.speed.volume_im2col != "auto":

@@ -64,8 +64,8 @@ def run_task(
     A user's mistake ends a single run with one line and exit code 2. In a multirun every
     failure (including out-of-memory) is written to the job's ``status.json`` and the sweep
     goes on; a job already finished in its folder is skipped, so re-running a sweep into
-    the same ``hydra.sweep.dir`` resumes it. A run stopped by SIGTERM or Ctrl-C (at any
-    point of ``task``: :func:`sigterm_as_ctrl_c`) exits with
+    the same ``hydra.sweep.dir`` resumes it. A run stopped by SIGTERM or Ctrl-C
+    (:func:`sigterm_as_ctrl_c`) exits with
     status 143 (a sweep stops there too) and the status ``interrupted``, leaving the
     checkpoint to resume from. A command that cannot be resumed (an evaluation, a prediction,
     an export) says its ``stopped_message`` instead of how to resume, and leaves what it did
@@ -84,8 +84,8 @@ def run_task(
                 _refuse_other_settings(output_dir, cfg)
                 log.info("skipping %s: finished in an earlier sweep", output_dir)
                 return done.get("metrics", {}).get(objective)
-        # SIGTERM stops the task as Ctrl-C does, wherever it is: before, between and inside
-        # Lightning's loops (where Lightning stops it, training after the batch)
+        # SIGTERM stops the task as Ctrl-C does: before, between and inside Lightning's
+        # loops (where Lightning stops it, training after the batch)
         with job_device_context(cfg), sigterm_as_ctrl_c():  # one GPU per job of a sweep
             set_job_threads(cfg)  # and a share of the CPU cores
             results = task(cfg)
@@ -179,8 +179,10 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     :func:`run_task` ends with one line and the status ``interrupted``). Inside a Lightning
     call that holds SIGTERM itself (from the start of its loops: training stops after the
     batch with a checkpoint), this handler, which Lightning calls after its own, leaves the
-    stop to it. Raised where Python drops exceptions (a finaliser, a weakref callback the
-    garbage collector runs), the stop is raised again once the work inside is over."""
+    stop to it (crackseg.runs.trainer.stop_if_signalled raises one that Lightning only
+    noted, after a loop's last batch). A second SIGTERM does not interrupt the stop. Raised
+    where Python drops exceptions (a finaliser, a weakref callback the garbage collector
+    runs), the stop is raised again once the work inside is over."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -190,6 +192,8 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         nonlocal stopped
         if signal.getsignal(signal.SIGTERM) is not interrupt:
             return  # Lightning's handler holds SIGTERM and has called this one
+        if stopped:
+            return  # stopping already: a second SIGTERM must not cut its clean-up short
         stopped = True
         raise KeyboardInterrupt
 

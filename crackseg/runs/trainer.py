@@ -20,6 +20,7 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from crackseg.atomic import atomic_write_bytes
 from crackseg.callbacks import NEVER, CheckpointsFollowTheRunFolder, ValidateOnLastEpoch
@@ -128,20 +129,29 @@ def build_trainer(
 
 def _save_thresholds_in_last_checkpoint(trainer: pl.Trainer, module: pl.LightningModule) -> None:
     """The final weights' thresholds, just chosen, into their checkpoint (``last.ckpt``),
-    where no validation had chosen them (``validate=false``), so that crackseg-eval,
-    -predict and -export use the thresholds the run was tested with."""
+    where no validation had chosen them for these weights (``validate=false``, a last epoch
+    not validated), so that crackseg-eval, -predict and -export use the thresholds the run
+    was tested with."""
     unmonitored = [c for c in trainer.checkpoint_callbacks if not c.monitor]
     path = Path(unmonitored[0].best_model_path) if unmonitored else None
     if path is None or not path.is_file():
         return
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    chosen = checkpoint.get(THRESHOLDS_STEP) is not None
-    if chosen or checkpoint["global_step"] != module.global_step:  # or not the final weights
-        return
+    step = checkpoint["global_step"]
+    if step != module.global_step or checkpoint.get(THRESHOLDS_STEP) == step:
+        return  # other weights, or these weights' own thresholds already
     state = checkpoint["state_dict"]
     state["image_threshold"] = module.image_threshold.detach().cpu().clone()
     state["seg_threshold"] = module.seg_threshold.detach().cpu().clone()
     AtomicCheckpointIO().save_checkpoint({**checkpoint, THRESHOLDS_STEP: module.global_step}, path)
+
+
+def stop_if_signalled(trainer: pl.Trainer) -> None:
+    """Lightning stops its loops on SIGTERM only before a loop's last batch; one that came
+    later (the last batch, the epoch's end, where the thresholds are chosen) it only notes.
+    Raised here, between Lightning's calls, the command stops as it would have earlier."""
+    if trainer.received_sigterm:
+        raise SIGTERMException
 
 
 def validate_chosen_weights(
@@ -160,9 +170,11 @@ def validate_chosen_weights(
         trainer.validate(
             module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False
         )
+        stop_if_signalled(trainer)
     else:
         log.info("testing the final weights")
         trainer.validate(module, datamodule=datamodule, verbose=False)
+        stop_if_signalled(trainer)
         if trainer.is_global_zero:
             _save_thresholds_in_last_checkpoint(trainer, module)
     best_score = monitored[0].best_model_score if monitored else None

@@ -4,9 +4,10 @@ Added to a run with ``+callbacks.stall._target_=stall_callback.StallAt`` (``test
 on PYTHONPATH). It acts only when CRACKSEG_TEST_STALL="EPOCH:BATCH:MARKER" is set: after
 that batch (BATCH=val: after that epoch's validation was logged, before any checkpoint of
 it is saved; BATCH=setup: while the training is set up, before Lightning's loops and their
-SIGTERM handler, EPOCH ignored) it writes MARKER and waits (up to two minutes) for the
-test to send a signal, so the signal lands at a known point of the run, or to delete MARKER,
-which lets it go on.
+SIGTERM handler; BATCH=chosen: at the end of the validation after training that chooses the
+thresholds, where Lightning only notes a SIGTERM; EPOCH ignored by both) it writes MARKER
+and waits (up to two minutes) for the test to send a signal, so the signal lands at a known
+point of the run, or to delete MARKER, which lets it go on.
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ class StallAt(pl.Callback):
             _stall(trainer, marker, f"epoch {epoch} batch {batch_idx}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        # Lightning calls checkpoint callbacks after the others: none has saved this epoch yet.
         point = _stall_point()
+        if point is not None and point[1] == "chosen" and trainer.state.fn == TrainerFn.VALIDATING:
+            _stall(trainer, point[2], "thresholds chosen")
+            return
+        # Lightning calls checkpoint callbacks after the others: none has saved this epoch yet.
         if point is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         epoch, where, marker = point
