@@ -200,6 +200,18 @@ def test_an_output_dir_other_than_the_run_folder_is_refused(tmp_path, entry):
     assert not elsewhere.exists()
 
 
+@pytest.mark.parametrize("launcher", ["slurm", "local_parallel"])
+def test_a_launcher_typed_for_a_single_run_is_refused(tmp_path, launcher):
+    """Hydra launches only a sweep's jobs: the run would train here, not where it was sent."""
+    line, lightning = refuse("train", f"hydra/launcher={launcher}", f"hydra.run.dir={tmp_path}")
+    assert line == (
+        f"error: hydra/launcher={launcher} launches the jobs of a sweep, and a single run "
+        "would train here: add -m (--multirun), or drop it"
+    )
+    assert lightning == set()
+    assert not (tmp_path / "status.json").exists()
+
+
 def test_the_run_folder_written_another_way_is_the_run_folder(tmp_path):
     """``..`` or a link to it: the same folder, not refused as another one."""
     (tmp_path / "sub").mkdir()

@@ -131,7 +131,10 @@ def test_a_used_run_folder_is_refused(tiny_checkpoint, photo_folder, torch_predi
             f"hydra.run.dir={torch_predictions}",
         )
     )
-    assert "already holds a run" in line
+    assert line == (  # named as what it is
+        f"error: {torch_predictions} already holds a run of crackseg-predict; "
+        "choose another hydra.run.dir"
+    )
     assert (torch_predictions / "predictions.csv").read_bytes() == before
 
 

@@ -328,7 +328,8 @@ def refuse_used_folder(folder: Path) -> None:
 
     if used_by_another_command(folder):
         status = read_status(folder) or {}
-        held = "a run"
+        command = started_by(folder)
+        held = f"a run of crackseg-{command}" if command in OTHER_COMMANDS else "a run"
         if status.get("status") == "failed" and not holds_run(folder):
             held = f"a command that failed ({status.get('error', 'see its log')})"
         raise RunFolderError(f"{folder} already holds {held}; choose another hydra.run.dir")

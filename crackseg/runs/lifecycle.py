@@ -73,7 +73,11 @@ def run_task(
     """
     output_dir = Path(cfg.paths.output_dir)
     multirun, _ = hydra_job()
-    _refuse_output_dir_elsewhere(output_dir)
+    try:
+        check_job_placement(output_dir, multirun)
+    except ConfigError as refused:  # refused before the run records anything (no status)
+        print_line(f"error: {refused}")
+        sys.exit(2)
     try:
         # Held since Hydra set up the job's log (crackseg.runs.resolvers.job_log); claimed here
         # too in case the logging config was replaced.
@@ -108,18 +112,26 @@ def run_task(
         release_run_folder(output_dir)  # the next job of a sweep may run in this process
 
 
-def _refuse_output_dir_elsewhere(output_dir: Path) -> None:
-    """``paths.output_dir`` is the folder Hydra made for the job, where its log and
-    ``.hydra/`` are: given otherwise, a run would be split over two folders."""
+def check_job_placement(output_dir: Path, multirun: bool) -> None:
+    """Where the job runs is Hydra's to say. ``paths.output_dir`` is the folder Hydra made
+    for the job, where its log and ``.hydra/`` are: given otherwise, a run would be split
+    over two folders. A launcher typed for a single run (``hydra/launcher=slurm``) is one
+    Hydra ignores: the run would train here, not where it was sent."""
     if not HydraConfig.initialized():
         return
-    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra = HydraConfig.get()
+    hydra_dir = Path(hydra.runtime.output_dir)
     if os.path.realpath(output_dir) != os.path.realpath(hydra_dir):
-        print_line(
-            f"error: paths.output_dir={output_dir} is not the run's folder {hydra_dir}: "
+        raise ConfigError(
+            f"paths.output_dir={output_dir} is not the run's folder {hydra_dir}: "
             "set hydra.run.dir (hydra.sweep.dir in a sweep) instead"
         )
-        sys.exit(2)
+    launchers = [o for o in hydra.overrides.hydra if override_key(o) == "hydra/launcher"]
+    if launchers and not multirun:
+        raise ConfigError(
+            f"{launchers[0]} launches the jobs of a sweep, and a single run would train "
+            "here: add -m (--multirun), or drop it"
+        )
 
 
 def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
@@ -159,7 +171,7 @@ def _end_stopped(output_dir: Path, message: str | None, multirun: bool) -> None:
         again = as_override("hydra.sweep.dir", sweep_dir)
         print_line(f"stopped: continue with the same command and {again}")
     else:
-        print_line(f"stopped: continue with  crackseg-train {as_override('resume', output_dir)}")
+        print_line(f"stopped: continue with crackseg-train {as_override('resume', output_dir)}")
     sys.exit(EXIT_STOPPED)
 
 
