@@ -208,3 +208,16 @@ def test_a_run_continues_with_other_speed_options():
     assert config_differences(OmegaConf.create(old), now) == [
         f"model.net.volume_kernel: {kernel + 2} -> {kernel}"
     ]
+
+
+def test_a_run_continues_with_other_loader_workers_and_console():
+    """On a machine with fewer cores, or without the progress lines: each item's
+    augmentation is seeded by its place in the epoch, not by the worker that reads it."""
+    cfg = _compose("train", "paths.data_dir=/d")
+    trainer = {k: cfg.trainer[k] for k in ("enable_progress_bar", "enable_model_summary")}
+    now = OmegaConf.create({"data": {"num_workers": cfg.data.num_workers}, "trainer": trainer})
+    old = OmegaConf.to_container(now)
+    old["data"]["num_workers"] = now.data.num_workers + 2
+    old["trainer"]["enable_progress_bar"] = not now.trainer.enable_progress_bar
+    old["trainer"]["enable_model_summary"] = not now.trainer.enable_model_summary
+    assert config_differences(OmegaConf.create(old), now) == []

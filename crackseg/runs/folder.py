@@ -62,7 +62,9 @@ SLURM_CHECKPOINTS = "hpc_ckpt_*.ckpt"
 #: Locked by the process writing into the folder; it holds that process's pid and host.
 LOCK_FILE = ".lock"
 #: Config keys (glob patterns) that may differ between a run and its resumption: how it is
-#: resumed, how it shares the CPU, how fast its network runs (the speed options: a run
+#: resumed, how it shares the CPU, how many loader workers read its data (a machine with
+#: fewer cores; each item's augmentation is seeded by its place in the epoch, not by the
+#: worker), what its console shows, how fast its network runs (the speed options: a run
 #: started before ``model.channels_last: auto`` saved ``false``), and where its folder is (a
 #: run folder may be moved). The GPU a job of a local parallel sweep is given
 #: (``trainer.devices=[k]``) is compared as a number of devices.
@@ -73,6 +75,9 @@ RESUME_FREE_KEYS = (
     "model.volume_im2col",
     "skip_finished",
     "share_cpu_cores",
+    "data.num_workers",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
     "paths.output_dir",
     "trainer.default_root_dir",
     "callbacks.*.dirpath",
