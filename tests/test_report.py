@@ -273,9 +273,15 @@ def test_report_with_undefined_metrics(tmp_path) -> None:
         dice_std=float("nan"),
         iou_mean=None,
         iou_std=None,
+        test_best_f_threshold=metrics["best_f_threshold"],
+        test_best_f_measure=metrics["best_f_measure"],
+        **{f"test_best_f_{k}": metrics[k] for k in ("tp", "fp", "tn", "fn")},
     )
     path, _ = _write_run(tmp_path, metrics)
     report = path.read_text(encoding="utf-8")
+    # no threshold has a best F-measure here: 0.5 is not called one
+    assert "A test split of one class has no threshold of best F-measure" in report
+    assert "The threshold with the best F-measure" not in report
     assert "AUC: n/a, AP: n/a." in report and "validation split (0.5000" in report
     assert _table_row(report, "Dice") == ["n/a", "n/a"]
     assert _table_row(report, "**Negatives**") == ["1", "1"]

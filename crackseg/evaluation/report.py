@@ -297,13 +297,20 @@ def _test_metrics_section(
         lines += ["", f"Best validation AP{source} (the weights tested): {best}"]
     if "test_best_f_threshold" in metrics:
         lines += ["", "### Results by the published protocol", ""]
-        lines.append(
-            "The threshold with the best F-measure on the test split itself "
-            f"({_num(metrics.get('test_best_f_threshold'))}), as the published code and the "
-            "seed's table count; it is chosen by looking at the test labels, so it flatters "
-            f"the result: F-measure {_num(metrics.get('test_best_f_measure'))}"
-            f"{_accuracy(metrics, 'test_best_f_')}."
-        )
+        threshold = _num(metrics.get("test_best_f_threshold"))
+        if _is_undefined(metrics.get("test_best_f_measure")):  # a test split of one class
+            lines.append(
+                "A test split of one class has no threshold of best F-measure, which the "
+                f"published code and the seed's table count at; the counts at {threshold} "
+                f"stand in{_accuracy(metrics, 'test_best_f_')}."
+            )
+        else:
+            lines.append(
+                f"The threshold with the best F-measure on the test split itself ({threshold}), "
+                "as the published code and the seed's table count; it is chosen by looking at "
+                "the test labels, so it flatters the result: F-measure "
+                f"{_num(metrics.get('test_best_f_measure'))}{_accuracy(metrics, 'test_best_f_')}."
+            )
         lines += [""]
         lines += _confusion_table(metrics, "test_best_f_")
     lines += [""]
