@@ -140,7 +140,8 @@ def test_job_names_leave_out_what_every_job_shares() -> None:
 
 def test_a_rerun_may_change_only_what_a_finished_job_lets_differ() -> None:
     overrides = ["share_cpu_cores=false", "data.num_workers=8", "hydra.sweep.dir=x", "seed=0,1"]
-    assert shared_settings(overrides, {"seed"}) == {"data.num_workers": "8"}
+    overrides.append("data.batch_size=8")  # what the jobs learn from: not free
+    assert shared_settings(overrides, {"seed"}) == {"data.batch_size": "8"}
 
 
 def test_a_job_held_again_gets_this_command_line_with_its_own_swept_values() -> None:
