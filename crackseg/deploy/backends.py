@@ -24,9 +24,7 @@ from omegaconf import OmegaConf
 from crackseg import __version__
 from crackseg.errors import ConfigError, CracksegError
 from crackseg.models.checkpoint import (
-    VALIDATED_CHECKPOINT,
-    check_saved_thresholds,
-    load_module,
+    load_validated_module,
     thresholds,
     trained_run_config,
 )
@@ -316,8 +314,7 @@ def open_backend(
         if onnx_path:
             raise ConfigError("onnx_path is read by backend=onnx; drop it or set backend=onnx")
         torch_device = resolve_device(device)
-        module = load_module(ckpt_path)
-        check_saved_thresholds(module, ckpt_path, VALIDATED_CHECKPOINT)
+        module = load_validated_module(ckpt_path)
         if precision == "auto":
             trained = OmegaConf.select(trained_run_config(module), "trainer.precision")
             precision = prediction_precision(trained, torch_device)

@@ -33,9 +33,7 @@ from crackseg.deploy.outputs import EXPORT_MODEL, EXPORT_RECORD
 from crackseg.deploy.tiling import TileGrid
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
 from crackseg.models.checkpoint import (
-    VALIDATED_CHECKPOINT,
-    check_saved_thresholds,
-    load_module,
+    load_validated_module,
 )
 from crackseg.models.segdecnet import DECISION_STRIDE, OUTPUT_STRIDE
 
@@ -188,8 +186,7 @@ def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
             f"opset must be at most {newest} (onnx {onnx.__version__}), not {cfg.opset}"
         )
     output_dir = Path(cfg.paths.output_dir)
-    module = load_module(cfg.ckpt_path)
-    check_saved_thresholds(module, cfg.ckpt_path, VALIDATED_CHECKPOINT)
+    module = load_validated_module(cfg.ckpt_path)
     info = ModelInfo.of_module(module)
     images = read_check_images(cfg.check_images, cfg.num_check_images, info.input_channels)
     inputs = check_inputs(info, images, np.random.default_rng(0))

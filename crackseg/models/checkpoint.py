@@ -225,6 +225,14 @@ def check_saved_thresholds(module: SegDecModule, path: str | Path, remedy: str) 
         )
 
 
+def load_validated_module(path: str | Path) -> SegDecModule:
+    """:func:`load_module` for a command that predicts with the checkpoint's thresholds
+    (crackseg-predict, crackseg-export): refused when no validation chose them."""
+    module = load_module(path)
+    check_saved_thresholds(module, path, VALIDATED_CHECKPOINT)
+    return module
+
+
 def thresholds(module: SegDecModule) -> tuple[float, float]:
     """(image threshold, segmentation threshold) the module's weights were validated with."""
     return float(module.image_threshold), float(module.seg_threshold)

@@ -211,17 +211,17 @@ def _runs_of_one_command(root: Path, jobs: list[Path]) -> list[Path]:
     """The trainings among ``jobs`` where there are any, the others left out (logged): an
     evaluation's or a prediction's config holds its own command's settings, not those of
     the weights it used, so beside trainings its row would compare what it never ran."""
-    commands = [started_by(job) or "train" for job in jobs]
-    if "train" not in commands or set(commands) == {"train"}:
+    trainings = [job for job in jobs if (started_by(job) or "train") == "train"]
+    if not trainings or len(trainings) == len(jobs):
         return jobs
-    others = [job for job, command in zip(jobs, commands, strict=True) if command != "train"]
+    others = [job.relative_to(root).as_posix() for job in jobs if job not in trainings]
     log.warning(
         "left out %d folder(s) of other commands than crackseg-train under %s: %s",
         len(others),
         root,
-        ", ".join(job.relative_to(root).as_posix() for job in others[:5]),
+        ", ".join(others[:5]),
     )
-    return [job for job, command in zip(jobs, commands, strict=True) if command == "train"]
+    return trainings
 
 
 def swept_columns(rows: list[dict[str, Any]]) -> list[str]:
