@@ -51,7 +51,7 @@ from crackseg.data.labels import downsample_to_output
 from crackseg.data.synthetic import generate_synthetic_dataset
 from crackseg.errors import CracksegError
 from crackseg.models.flops import count_flops
-from crackseg.models.losses import decision_loss, segmentation_loss
+from crackseg.models.losses import segdec_loss
 from crackseg.models.precision import cpu_bf16_features, cpu_model
 from crackseg.models.segdecnet import OUTPUT_STRIDE, SegDecNet
 from crackseg.runs.allocator import keep_freed_memory
@@ -232,8 +232,10 @@ def training_step(
         target, weights = mask, weight
         if not net.full_resolution:  # as the training step does, every step
             target, weights = downsample_to_output(mask), downsample_to_output(weight)
-        loss = segmentation_loss(out.segmentation.float(), target, weights, segmented)
-        loss = loss + decision_loss(out.decision.float(), labels)
+        # The training step's loss.
+        loss = segdec_loss(
+            out.segmentation, target, weights, out.decision, labels, segmented, (1.0, 0.1)
+        ).total
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -10,6 +10,7 @@ from crackseg.models.losses import (
     decision_loss,
     decision_targets,
     loss_weights,
+    segdec_loss,
     segmentation_loss,
 )
 from crackseg.models.module_settings import LossSettings
@@ -115,3 +116,87 @@ def test_a_sum_over_a_batch_of_two_gives_twice_the_gradient_of_the_mean():
     for mean, total in zip(grads["mean"], grads["sum"], strict=True):
         assert torch.allclose(total, 2 * mean, rtol=1e-5, atol=1e-8)
     assert any(torch.count_nonzero(g) for g in grads["mean"])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_segdec_loss_is_the_balanced_sum_of_the_two_losses(reduction):
+    logits, target, weight = _batch(3)
+    dec_logits, labels = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([1.0, 0.0, 1.0])
+    segmented = torch.tensor([True, True, False])
+    loss = segdec_loss(logits, target, weight, dec_logits, labels, segmented, (0.7, 0.2), reduction)
+    expected = 0.7 * segmentation_loss(logits, target, weight, segmented, reduction)
+    expected += 0.2 * decision_loss(dec_logits, labels, reduction)
+    assert loss.total.item() == pytest.approx(expected.item())
+    assert loss.segmentation.shape == loss.decision.shape == (3,)
+
+
+def _ddp_gradient(rank: int, world: int, port: int, reduction: str, queue) -> None:
+    """Rank ``rank``'s half of a batch of 4 through DDP; rank 0 puts the averaged gradient."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Conv2d(1, 2, 3, padding=1))
+    images, target, weight = _batch(4, seed=1)
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    part = slice(rank * 2, rank * 2 + 2)
+    out = model(images[part])
+    loss = segdec_loss(
+        out[:, :1],
+        target[part],
+        weight[part],
+        out[:, 1].mean(dim=(1, 2)),
+        labels[part],
+        torch.ones(2, dtype=torch.bool),
+        (1.0, 0.5),
+        reduction,
+        processes=world,
+    )
+    loss.total.backward()
+    if rank == 0:
+        queue.put(model.module.weight.grad.tolist())  # a tensor would be shared by its fd
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_batch_split_over_ddp_processes_gets_the_gradient_of_the_whole_batch(reduction):
+    """DDP averages its processes' gradients: a summed loss is scaled back to the sum over
+    the whole batch, a mean stays the whole batch's mean (every sample segmented)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 2, 3, padding=1)
+    images, target, weight = _batch(4, seed=1)
+    out = model(images)
+    whole = segdec_loss(
+        out[:, :1],
+        target,
+        weight,
+        out[:, 1].mean(dim=(1, 2)),
+        torch.tensor([1.0, 0.0, 1.0, 0.0]),
+        torch.ones(4, dtype=torch.bool),
+        (1.0, 0.5),
+        reduction,
+    )
+    whole.total.backward()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    processes = [
+        context.Process(target=_ddp_gradient, args=(rank, 2, port, reduction, queue))
+        for rank in range(2)
+    ]
+    for process in processes:
+        process.start()
+    gradient = torch.tensor(queue.get(timeout=120))
+    for process in processes:
+        process.join(timeout=60)
+    assert all(process.exitcode == 0 for process in processes)
+    torch.testing.assert_close(gradient, model.weight.grad)

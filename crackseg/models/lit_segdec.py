@@ -28,14 +28,7 @@ from crackseg.evaluation.metrics import (
     pixel_histograms,
     pixel_metrics,
 )
-from crackseg.models.losses import (
-    decision_losses,
-    decision_targets,
-    loss_weights,
-    reduce_batch,
-    segmentation_losses,
-    total_loss,
-)
+from crackseg.models.losses import decision_targets, loss_weights, reduce_batch, segdec_loss
 from crackseg.models.module_settings import (
     LossSettings,
     NetworkSettings,
@@ -212,22 +205,23 @@ class SegDecModule(pl.LightningModule):
             seg_target, seg_weight = batch["mask"], batch["weight"]
         else:
             seg_target, seg_weight = soft_mask, downsample_to_output(batch["weight"])
-        # Losses in float32 whatever the precision the network ran in.
-        with torch.autocast(self.device.type, enabled=False):
-            seg_losses = segmentation_losses(out.segmentation.float(), seg_target, seg_weight)
-            targets = decision_targets(
-                batch["label"], soft_mask, segmented, batch["mask_known"], settings.decision_target
-            )
-            dec_losses = decision_losses(out.decision.float(), targets)
-        everyone = torch.ones_like(segmented)
-        lambda_seg, lambda_dec = self.current_loss_weights()
-        reduction = settings.batch_reduction
-        loss = total_loss(
-            reduce_batch(seg_losses, segmented, reduction),
-            reduce_batch(dec_losses, everyone, reduction),
-            lambda_seg,
-            lambda_dec,
+        targets = decision_targets(
+            batch["label"], soft_mask, segmented, batch["mask_known"], settings.decision_target
         )
+        lambda_seg, lambda_dec = self.current_loss_weights()
+        # In float32 whatever the precision the network ran in.
+        with torch.autocast(self.device.type, enabled=False):
+            loss, seg_losses, dec_losses = segdec_loss(
+                out.segmentation,
+                seg_target,
+                seg_weight,
+                out.decision,
+                targets,
+                segmented,
+                (lambda_seg, lambda_dec),
+                settings.batch_reduction,
+                processes=self.trainer.world_size if self._trainer is not None else 1,
+            )
 
         # Logged as per-sample means over the epoch whatever the reduction: the segmentation
         # loss over segmented samples only, so weak positives never dilute it.

@@ -7,10 +7,16 @@ Losses are computed per sample first, so that the two batch conventions are one 
 - ``sum``: per-sample losses are added up, which is what the published code's accumulation
   of per-sample gradients amounts to. At batch size B it steps B times further than ``mean``
   (exactly, for plain SGD, when every sample of the batch is segmented), so a learning rate
-  converts as ``lr_mean = B * lr_sum``.
+  converts as ``lr_mean = B * lr_sum``. Under DDP, B is the batch of all processes: DDP
+  averages the processes' gradients, so :func:`segdec_loss` multiplies a summed loss by
+  their number to keep the sum over the whole batch.
+
+:func:`segdec_loss` is the loss the training step minimises.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +106,37 @@ def decision_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> T
     return reduce_batch(decision_losses(logits, targets), torch.ones_like(targets), reduction)
 
 
-def total_loss(loss_seg: Tensor, loss_dec: Tensor, lambda_seg: float, lambda_dec: float) -> Tensor:
-    """``L = λ_seg · L_seg + λ_dec · L_dec`` (docs/method.md §4; λ from :func:`loss_weights`)."""
-    return lambda_seg * loss_seg + lambda_dec * loss_dec
+class SegDecLoss(NamedTuple):
+    """The loss to minimise, and the per-sample losses [B] it was made of."""
+
+    total: Tensor
+    segmentation: Tensor
+    decision: Tensor
+
+
+def segdec_loss(
+    seg_logits: Tensor,
+    seg_target: Tensor,
+    seg_weight: Tensor,
+    dec_logits: Tensor,
+    dec_target: Tensor,
+    segmented: Tensor,
+    lambdas: tuple[float, float],
+    reduction: str = "mean",
+    processes: int = 1,
+) -> SegDecLoss:
+    """``L = λ_seg · L_seg + λ_dec · L_dec`` of a batch (docs/method.md §4), in float32.
+
+    ``lambdas`` are (λ_seg, λ_dec) of :func:`loss_weights`; weak positives (``segmented``
+    False) add nothing to ``L_seg``. ``processes``: how many DDP processes each ran a part of
+    the batch (a summed loss is scaled by it, as DDP averages their gradients).
+    """
+    seg = segmentation_losses(seg_logits.float(), seg_target, seg_weight)
+    dec = decision_losses(dec_logits.float(), dec_target)
+    lambda_seg, lambda_dec = lambdas
+    total = lambda_seg * reduce_batch(seg, segmented, reduction) + lambda_dec * reduce_batch(
+        dec, torch.ones_like(segmented), reduction
+    )
+    if reduction == "sum":
+        total = total * processes
+    return SegDecLoss(total, seg, dec)
