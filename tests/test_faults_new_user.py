@@ -21,6 +21,7 @@ from conftest import METRIC_KEYS, REPO, TINY, one_line_error, run_entry
 from helpers.paper_replicas import write_image
 from helpers.stalled_runs import HELPERS, start_train, wait_for_stall
 
+from crackseg.data.dataset import CrackDataset
 from crackseg.data.io import read_mask
 from crackseg.data.layouts import check_samples, index_layout
 from crackseg.data.tools import main as data_main
@@ -765,3 +766,27 @@ def test_an_overlap_that_would_multiply_the_tiles_is_refused(tiny_checkpoint, tm
         "error: overlap must be a number in [0, 0.75] (at 0.75 every pixel is predicted about "
         "16 times already), not 0.99"
     )
+
+
+@pytest.mark.parametrize("check_files", [True, False])
+def test_a_positive_with_an_empty_mask_is_weak_whether_or_not_files_are_checked(
+    tmp_path, check_files
+):
+    """Trained as segmented, its empty mask would teach the segmentation, and with
+    ``mask_max`` the decision too, that the positive has no defect."""
+    for name in ("crack_a", "crack_b", "noncrack_c"):
+        mask = np.zeros((16, 16), np.uint8)
+        if name == "crack_a":
+            mask[4:8, 2:14] = 255
+        write_image(tmp_path / "images" / f"{name}.png", np.full((16, 16, 3), 90, np.uint8))
+        write_image(tmp_path / "masks" / f"{name}.png", mask)
+    samples = index_layout("crack_segmentation", tmp_path)["all"]
+    if check_files:
+        samples = check_samples(samples)
+    # weak_masks: read the masks of weak positives too (loss.decision_target=mask_max_all)
+    dataset = CrackDataset(samples, channels=3, height=16, width=16, weak_masks=True)
+    items = {s.sample_id: dataset[i] for i, s in enumerate(dataset.samples)}
+    assert items["crack_a"]["segmented"] and items["crack_a"]["mask_known"]
+    assert not items["crack_b"]["segmented"] and not items["crack_b"]["mask_known"]
+    assert items["crack_b"]["label"] == 1
+    assert items["noncrack_c"]["segmented"] and items["noncrack_c"]["mask_known"]

@@ -78,12 +78,17 @@ class CrackDataset(Dataset):
             return True
         return self.is_segmented(sample) or (self.weak_masks and sample.mask_path is not None)
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Image HxWxC uint8, soft float32 mask HxW at the input size, whether segmented."""
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+        """Image HxWxC uint8, soft float32 mask HxW at the input size, whether the sample is
+        segmented, and whether the mask is its own (``segmented`` and ``mask_known`` items).
+
+        A positive whose mask is empty is weak, mask unknown: the mask contradicts the label
+        (``data.check_files`` finds these before training, and says so).
+        """
         sample = self.samples[index]
         image = resize_image(read_image(sample.image_path, self.channels), self.height, self.width)
-        segmented = self.is_segmented(sample)
-        if sample.is_positive and self.mask_known(sample):
+        segmented, known = self.is_segmented(sample), self.mask_known(sample)
+        if sample.is_positive and known:
             mask = prepare_mask(
                 read_mask(sample.mask_path),
                 self.height,
@@ -91,14 +96,16 @@ class CrackDataset(Dataset):
                 dilate_kernel=self.dilate,
                 threshold=self.binarize_threshold,
             )
+            if not mask.any():
+                segmented = known = False
         else:
             mask = np.zeros((self.height, self.width), np.float32)
-        return image, mask, segmented
+        return image, mask, segmented, known
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index, seed = item if isinstance(item, tuple) else (item, None)
         sample = self.samples[index]
-        image, mask, segmented = self.load(index)
+        image, mask, segmented, known = self.load(index)
         if self.weight_map is not None:
             weight = distance_weight_map(
                 mask,
@@ -119,6 +126,6 @@ class CrackDataset(Dataset):
             "weight": torch.from_numpy(np.ascontiguousarray(weight))[None].float(),
             "label": torch.tensor(float(sample.is_positive)),
             "segmented": torch.tensor(segmented),
-            "mask_known": torch.tensor(self.mask_known(sample)),
+            "mask_known": torch.tensor(known),
             "index": torch.tensor(index),
         }
