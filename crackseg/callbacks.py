@@ -352,7 +352,6 @@ class EvaluationReport(pl.Callback):
             plot_roc(*results["roc"], results["image_auc"], out / "ROC.png")
             plot_precision_recall(*results["pr"], results["image_ap"], out / "precision-recall.png")
         dice_files = self._dice_panels(trainer, pl_module, results)
-        results["dice_files"] = dice_files
         if self.run_config is not None:
             if isinstance(trainer.logger, TensorBoardLogger):
                 final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}

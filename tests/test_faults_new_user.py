@@ -790,3 +790,35 @@ def test_a_positive_with_an_empty_mask_is_weak_whether_or_not_files_are_checked(
     assert not items["crack_b"]["segmented"] and not items["crack_b"]["mask_known"]
     assert items["crack_b"]["label"] == 1
     assert items["noncrack_c"]["segmented"] and items["noncrack_c"]["mask_known"]
+
+
+def test_a_validation_split_of_one_class_leaves_the_best_validation_ap_undefined(tmp_path):
+    """Its AP is logged as 0 (so it never wins a checkpoint), but the run's metrics and
+    report say undefined, not 0."""
+    from crackseg.data.synthetic import generate_synthetic_dataset
+
+    flat = generate_synthetic_dataset(tmp_path / "flat", 12, 12, height=64, width=128, seed=0)
+    names = sorted(p.name for p in (flat / "images").iterdir())
+    crack = [n for n in names if not n.startswith("noncrack")]
+    clean = [n for n in names if n.startswith("noncrack")]
+    parts = {"train": crack[:8] + clean[:6], "val": clean[6:9], "test": crack[8:] + clean[9:]}
+    root = tmp_path / "set"
+    for part, files in parts.items():
+        for name in files:
+            for folder in ("images", "masks"):
+                (root / part / folder).mkdir(parents=True, exist_ok=True)
+                shutil.copy(flat / folder / name, root / part / folder / name)
+    run_dir = tmp_path / "run"
+    result = run_entry(
+        "train",
+        "data=crack_segmentation",
+        f"data.root={root}",
+        *[o for o in TINY if not o.startswith("data.synthetic.")],
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val_positives"] == 0
+    assert metrics["best_val_image_ap"] is None
+    assert "Best validation AP" not in (run_dir / "report.md").read_text()

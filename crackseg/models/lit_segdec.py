@@ -366,7 +366,7 @@ class SegDecModule(pl.LightningModule):
             self.image_threshold.fill_(image["image_threshold"])
             self.seg_threshold.fill_(seg_threshold)
             self.thresholds_step = self.global_step
-            self.last_val_image_ap = ap
+            self.last_val_image_ap = image["image_ap"]  # undefined stays undefined
             self.last_val_dice = dice
         # The gathered values are equal on every rank; sync_dist only quiets Lightning.
         sync = {"sync_dist": True}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import signal
 import threading
@@ -178,6 +179,9 @@ def validate_chosen_weights(
         if trainer.is_global_zero:
             _save_thresholds_in_last_checkpoint(trainer, module)
     best_score = monitored[0].best_model_score if monitored else None
-    module.best_val_image_ap = (
-        float(best_score) if best_score is not None else module.last_val_image_ap
-    )
+    if best_score is None:
+        module.best_val_image_ap = module.last_val_image_ap
+    else:
+        # The AP of a split with positives is at least their share, never 0: a best score
+        # of 0 is the stand-in logged for an undefined AP (a validation split of one class).
+        module.best_val_image_ap = float(best_score) if best_score > 0 else math.nan
