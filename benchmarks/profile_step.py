@@ -39,8 +39,9 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from crackseg.models.flops import layer_table, training_flops
+from crackseg.models.layers import FeatureNorm
 from crackseg.models.precision import cpu_bf16_features, cpu_model
-from crackseg.models.segdecnet import FeatureNorm, SegDecNet
+from crackseg.models.segdecnet import SegDecNet
 from crackseg.runs.allocator import keep_freed_memory
 
 VOLUME = "volume convolution"

@@ -8,8 +8,9 @@ from helpers.feature_norm_case import feature_norm_case, gradients, plain_featur
 from helpers.volume_nodes import record_volume_nodes
 
 from crackseg.errors import ConfigError
+from crackseg.models.layers import FeatureNorm, feature_norm_formula
 from crackseg.models.losses import decision_loss
-from crackseg.models.segdecnet import FeatureNorm, SegDecNet, feature_norm_formula
+from crackseg.models.segdecnet import SegDecNet
 
 SMALL = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
 

@@ -71,7 +71,7 @@ class SpeedSettings:
     crackseg.models.precision.prefers_channels_last), torch.compile of the network for
     training (a mode: default, reduce-overhead for CUDA graphs at small batches,
     max-autotune), and the volume convolution as im2col and matrix products
-    (crackseg.models.segdecnet.VolumeConv2d; ``auto``: where it times faster at the first
+    (crackseg.models.layers.VolumeConv2d; ``auto``: where it times faster at the first
     training batch, crackseg.models.volume_kernel)."""
 
     channels_last: bool | str = "auto"

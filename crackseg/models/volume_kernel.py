@@ -3,7 +3,7 @@ machine, timed once on the run's own first training batch (as ``cudnn.benchmark`
 cuDNN's algorithms on a GPU).
 
 The two kernels are oneDNN's direct convolution and im2col with a matrix product per sample
-(:class:`crackseg.models.segdecnet.VolumeConv2d`). Which is faster depends on the CPU, the
+(:class:`crackseg.models.layers.VolumeConv2d`). Which is faster depends on the CPU, the
 map's shape and the batch: in float32 on an Intel Xeon with AMX, im2col trained the paper's
 network 1.18x faster at 640x232 and batch 1, but the convolution alone was 10 % slower on
 the 20x20 map of 160x160 tiles at batch 4 (benchmarks/README.md). Timed only where im2col

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from crackseg.models.segdecnet import FeatureNorm
+from crackseg.models.layers import FeatureNorm
 
 
 def plain_feature_norm(x, scale, bias, eps=0.001):
