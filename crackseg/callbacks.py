@@ -260,8 +260,9 @@ class ValidationImages(pl.Callback):
         chosen = (positives or list(range(len(dataset))))[: self.num_images]
         if not chosen:
             return
-        batch = torch.stack([dataset[i]["image"] for i in chosen])
-        masks = torch.stack([dataset[i]["mask"] for i in chosen])
+        items = [dataset[i] for i in chosen]  # each read from disk once
+        batch = torch.stack([item["image"] for item in items])
+        masks = torch.stack([item["mask"] for item in items])
         scores, seg = forward_as_run(trainer, pl_module, batch)
         # One row per image: the image (grey), the ground truth, the predicted probabilities.
         grey = batch.mean(dim=1, keepdim=True).cpu()
