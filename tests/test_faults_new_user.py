@@ -50,6 +50,39 @@ def test_a_mask_whose_largest_value_is_1_is_read_as_a_0_1_mask(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "grey.png"), grey)
 
 
+def test_masks_of_label_values_or_8_bit_values_in_16_bits_keep_their_defects(tmp_path):
+    """A 0/1 mask saved as JPEG (its noise makes values 0..2), and 0/255 written as 16 bit,
+    read as 0/255; a 16-bit mask of the full range is scaled to 8 bit."""
+    mask = np.zeros((32, 40), np.uint8)
+    mask[8:20, 10:30] = 1
+    assert cv2.imwrite(str(tmp_path / "labels.jpg"), mask, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    jpeg = read_mask(tmp_path / "labels.jpg")
+    assert set(np.unique(jpeg)) <= {0, 255}
+    # (JPEG rounds some of the 1s to 0, as it would have rounded 255s to 254)
+    assert (jpeg[8:20, 10:30] == 255).mean() > 0.9 and (jpeg[:4] == 0).all()
+    write_image(tmp_path / "wide.png", mask.astype(np.uint16) * 255)
+    np.testing.assert_array_equal(read_mask(tmp_path / "wide.png"), mask * 255)
+    write_image(tmp_path / "full.png", mask.astype(np.uint16) * 65535)
+    np.testing.assert_array_equal(read_mask(tmp_path / "full.png"), mask * 255)
+    write_image(tmp_path / "empty.png", np.zeros((4, 4), np.uint16))
+    assert not read_mask(tmp_path / "empty.png").any()
+
+
+def test_files_of_other_kinds_in_a_folder_layout_are_named_not_dropped_silently(tmp_path, caplog):
+    image, mask = np.full((16, 16, 3), 90, np.uint8), np.zeros((16, 16), np.uint8)
+    mask[4:8] = 255
+    for folder, pixels in (("images", image), ("masks", mask)):
+        write_image(tmp_path / folder / "a.png", pixels)
+        assert cv2.imwrite(
+            str(tmp_path / folder / "b.webp"), pixels, [cv2.IMWRITE_WEBP_QUALITY, 101]
+        )
+    (tmp_path / "images" / "c.jfif").write_bytes((tmp_path / "images" / "a.png").read_bytes())
+    with caplog.at_level("WARNING"):
+        samples = index_layout("folder", tmp_path)["all"]
+    assert [s.sample_id for s in samples] == ["a", "b"]  # WebP is read
+    assert "1 files are not" in caplog.text and "c.jfif" in caplog.text
+
+
 def test_positives_with_0_1_masks_keep_their_masks(tmp_path):
     for name in ("a", "b"):
         mask = np.zeros((16, 16), np.uint8)

@@ -253,13 +253,13 @@ def test_a_missing_input_says_what_to_give(given):
 
 def test_a_folder_lists_its_images_and_names_the_files_it_leaves_out(tmp_path, caplog):
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
-    (tmp_path / "b.webp").write_bytes(b"RIFF")
+    (tmp_path / "b.gif").write_bytes(b"GIF89a")
     (tmp_path / ".DS_Store").write_bytes(b"")
     (tmp_path / "sub").mkdir()
     cv2.imwrite(str(tmp_path / "sub" / "c.png"), np.zeros((4, 4, 3), np.uint8))
     with caplog.at_level(logging.WARNING):
         assert [p.name for p in list_input_images(tmp_path)] == ["a.png"]
-    assert "1 files are not" in caplog.text and "b.webp" in caplog.text
+    assert "1 files are not" in caplog.text and "b.gif" in caplog.text
     assert "DS_Store" not in caplog.text
     nested = tmp_path / "nested"
     (nested / "inner").mkdir(parents=True)

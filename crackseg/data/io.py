@@ -27,7 +27,10 @@ from crackseg.errors import ConfigError, DataError, describe_files
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: A mask whose largest value is below this is a label map (0 background, any other value a
+#: defect: 0/1 as label tools store them, JPEG noise included), not grey levels.
+LABEL_MAP_LIMIT = 16
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8"
@@ -42,12 +45,26 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def list_image_files(folder: Path) -> list[Path]:
+def list_image_files(folder: Path, *, name_left_out: bool = False) -> list[Path]:
     """The image files in ``folder``, sorted, broken symlinks (dangling, or a loop) included:
-    reading them then reports them as unreadable, where skipping them would hide them."""
-    return sorted(
+    reading them then reports them as unreadable, where skipping them would hide them.
+    ``name_left_out``: name the other files, which are left out, in a warning."""
+    images = sorted(
         p for p in folder.iterdir() if is_image_file(p) and (p.is_file() or _is_broken_link(p))
     )
+    if name_left_out:
+        others = [
+            p for p in folder.iterdir() if p.is_file() and not is_image_file(p) and p.name[0] != "."
+        ]
+        if others:
+            log.warning(
+                "%s: %d files are not %s images and are left out: %s",
+                folder,
+                len(others),
+                "/".join(IMAGE_EXTENSIONS),
+                describe_files(sorted(others)),
+            )
+    return images
 
 
 def list_input_images(path: Path) -> list[Path]:
@@ -58,21 +75,10 @@ def list_input_images(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise DataError(f"input {path} does not exist")
-    images = list_image_files(path)
-    kinds = "/".join(IMAGE_EXTENSIONS)
+    images = list_image_files(path, name_left_out=True)
     if not images:
+        kinds = "/".join(IMAGE_EXTENSIONS)
         raise DataError(f"no images ({kinds}) found in {path} (its subfolders are not read)")
-    others = [
-        p for p in path.iterdir() if p.is_file() and not is_image_file(p) and p.name[0] != "."
-    ]
-    if others:
-        log.warning(
-            "%s: %d files are not %s images and are left out: %s",
-            path,
-            len(others),
-            kinds,
-            describe_files(sorted(others)),
-        )
     return images
 
 
@@ -135,6 +141,18 @@ def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(f"unsupported pixel type {array.dtype} (8 or 16 bit expected): {path}")
 
 
+def _mask_levels(array: np.ndarray) -> np.ndarray:
+    """A mask's values as 0..255 grey levels, so that its threshold (127) keeps its meaning:
+    a label map (largest value below :data:`LABEL_MAP_LIMIT`, e.g. 0/1) reads as 0/255, and
+    16-bit data that holds 8-bit values (0/255 written in 16 bits) as those values."""
+    top = _without_alpha(array).max()
+    if 0 < top < LABEL_MAP_LIMIT:
+        return np.where(array > 0, 255, 0).astype(np.uint8)
+    if array.dtype == np.uint16 and top <= 255:
+        return array.astype(np.uint8)
+    return array
+
+
 def _without_alpha(array: np.ndarray) -> np.ndarray:
     """The colour (or grey) channels of decoded pixels, without an alpha channel."""
     if array.ndim == 3 and array.shape[2] in (2, 4):
@@ -147,8 +165,8 @@ def read_native(path: Path | str, *, mask: bool = False) -> np.ndarray:
 
     The channel count is kept as stored, which the tiling tool needs to write tiles
     like their source; training code uses :func:`read_image` instead. With ``mask``, a
-    file whose largest value is 1 is a 0/1 mask (as label tools often store them, in 8 or
-    16 bits) and reads as 0/255, so the binarisation threshold (127) keeps its meaning.
+    label map (0/1, in 8 or 16 bits, as label tools often store them) reads as 0/255 and a
+    16-bit file of 8-bit values as those values (:func:`_mask_levels`).
     """
     path = Path(path)
     try:
@@ -164,8 +182,8 @@ def read_native(path: Path | str, *, mask: bool = False) -> np.ndarray:
         raise DataError(f"cannot decode image {path}: {exc}") from exc
     if array is None or array.size == 0:
         raise DataError(f"cannot decode image (unreadable or truncated): {path}")
-    if mask and _without_alpha(array).max() == 1:
-        array = array.astype(np.uint8) * np.uint8(255)
+    if mask:
+        array = _mask_levels(array)
     array = _to_uint8(array, path)
     if array.ndim == 3:
         channels = array.shape[2]

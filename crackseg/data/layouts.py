@@ -156,10 +156,14 @@ def _crack_segmentation(root: Path, negative_prefix: str = "noncrack") -> dict[s
     result: dict[str, list[Sample]] = {}
     for split, base in folders.items():
         image_dir, mask_dir = base / "images", base / "masks"
-        images = files_by_stem(list_image_files(image_dir))
+        images = files_by_stem(list_image_files(image_dir, name_left_out=True))
         if not images:
             raise _no_images(root, [image_dir])
-        masks = files_by_stem(list_image_files(mask_dir)) if mask_dir.is_dir() else {}
+        masks = (
+            files_by_stem(list_image_files(mask_dir, name_left_out=True))
+            if mask_dir.is_dir()
+            else {}
+        )
         prefix = "" if split == "all" else f"{split}_"
         pairs = _pair_stems(images, masks, lambda s: s.startswith(negative_prefix))
         result[split] = [
@@ -237,13 +241,17 @@ def _folder(
         )
     if mask_ext is not None and not mask_ext.startswith("."):
         mask_ext = "." + mask_ext
-    files = list_image_files(images_path)
+    files = list_image_files(images_path, name_left_out=True)
     if same_dir:
         files = [p for p in files if not p.stem.endswith(mask_suffix)]
     images = files_by_stem(files)
     if not images:
         raise _no_images(root, [images_path])
-    available = set(list_image_files(masks_path)) if masks_path.is_dir() else set()
+    available = (
+        set(list_image_files(masks_path, name_left_out=not same_dir))
+        if masks_path.is_dir()
+        else set()
+    )
     pairs: list[tuple[str, Path, Path | None]] = []
     missing: list[str] = []
     for stem in sorted(images):
