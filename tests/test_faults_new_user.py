@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import METRIC_KEYS, REPO, TINY, one_line_error, run_entry
+from conftest import METRIC_KEYS, REPO, TINY, datamodule_of, one_line_error, run_entry
 from helpers.paper_replicas import write_image
 from helpers.stalled_runs import HELPERS, start_train, wait_for_stall
 
@@ -855,3 +855,10 @@ def test_a_validation_split_of_one_class_leaves_the_best_validation_ap_undefined
     assert metrics["val_positives"] == 0
     assert metrics["best_val_image_ap"] is None
     assert "Best validation AP" not in (run_dir / "report.md").read_text()
+
+
+def test_a_training_split_without_a_defect_image_is_refused_before_training(tmp_path):
+    for name in ("noncrack_a", "noncrack_b", "noncrack_c"):
+        write_image(tmp_path / "images" / f"{name}.png", np.full((16, 16, 3), 90, np.uint8))
+    with pytest.raises(CracksegError, match="holds no defect image, only 2 negatives"):
+        datamodule_of(tmp_path, layout="crack_segmentation", val_fraction=0.3, test_fraction=0.0)

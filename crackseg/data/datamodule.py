@@ -173,6 +173,12 @@ class CrackDataModule(pl.LightningDataModule):
             }
         if not splits["train"] and stage in (None, "fit"):
             raise DataError(f"the training split of {self.root} is empty")
+        if stage in (None, "fit") and not any(s.is_positive for s in splits["train"]):
+            raise DataError(
+                f"the training split of {self.root} holds no defect image, only "
+                f"{len(splits['train'])} negatives: nothing to learn the defect from (are the "
+                "images labelled as the layout expects?)"
+            )
         if not splits["test"] and self.split.all_as_test:
             raise DataError(f"no images to evaluate in {self.root}")
         if not splits[self.val_split] and stage in ("fit", "validate"):
