@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
+from crackseg.errors import ConfigError
 from crackseg.models.checkpoint import (
     VALIDATED_CHECKPOINT,
     check_input_shape,
@@ -51,9 +52,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         remedy = f"evaluate it with thresholds=validation, or {VALIDATED_CHECKPOINT}"
         check_saved_thresholds(module, cfg.ckpt_path, remedy)
     data = cfg.data
-    take_trained_shape(data, module, typed_keys())
+    typed = typed_keys()
+    take_trained_shape(data, module, typed)
     check_input_shape(module, data.input_channels, data.input_height, data.input_width)
     trained = trained_run_config(module)
+    take_trained_split(data, trained.get("data"), typed)
     cfg.trainer.precision = evaluation_precision(
         cfg.trainer.precision,
         OmegaConf.select(trained, "trainer.precision", default=None),
@@ -82,6 +85,50 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.test(module, datamodule=datamodule, verbose=False)  # writes metrics and report.md
     return module.test_results
+
+
+#: The data settings that decide which images a run holds out for its test.
+SPLIT_KEYS = (
+    "val_fraction",
+    "test_fraction",
+    "split_file",
+    "num_folds",
+    "fold",
+    "split_seed",
+    "train_positives",
+    "dagm_class",
+)
+
+
+def take_trained_split(data: DictConfig, trained: DictConfig | None, typed: set[str]) -> None:
+    """On the data the weights were trained on (same layout and folder), the test split is
+    the one their run held out: its split settings (:data:`SPLIT_KEYS`: the fold, the split
+    file, ...) are taken, where the data config gives others. Typed otherwise, they are
+    refused: that test split would hold images the weights trained on."""
+    if not trained or data.get("all_as_test") or not _same_data(data, trained):
+        return
+    for key in SPLIT_KEYS:
+        ours, theirs = data.get(key), trained.get(key)
+        if ours == theirs:
+            continue
+        if f"data.{key}" in typed:
+            raise ConfigError(
+                f"data.{key}={ours} is not the {theirs} of the weights' training run on this "
+                "data: its test split would hold images they trained on (leave "
+                f"data.{key} out to test on the images their run held out)"
+            )
+        log.info(
+            "data.%s: %s, the weights' training run's (the data config gives %s)", key, theirs, ours
+        )
+        data[key] = theirs
+
+
+def _same_data(data: DictConfig, trained: DictConfig) -> bool:
+    """Whether ``data`` is the data the weights were trained on: same layout, same folder."""
+    root, trained_root = data.get("root"), trained.get("root")
+    if data.get("layout") != trained.get("layout") or root is None or trained_root is None:
+        return False
+    return Path(root).expanduser().resolve() == Path(trained_root).expanduser().resolve()
 
 
 def typed_keys() -> set[str]:

@@ -18,6 +18,8 @@ from conftest import (
     tensorboard_hparams,
 )
 
+from crackseg.errors import ConfigError
+
 
 def test_run_folder_holds_config_checkpoints_events_and_metrics(tiny_run):
     assert (tiny_run / ".hydra" / "config.yaml").is_file()
@@ -332,3 +334,35 @@ def test_the_hparams_tab_shows_what_the_command_line_set(tiny_run):
     assert hparams["trainer.precision"] == "32-true"  # typed, not a run parameter
     assert hparams["data.synthetic.num_positives"] == 20
     assert hparams["dilate"] == 3 and "data.dilate" not in hparams  # a run parameter, once
+
+
+def test_eval_tests_on_the_images_the_weights_run_held_out(tmp_path):
+    """A fold's checkpoint, evaluated on its data, is tested on its own test fold: the fold,
+    split file, seed of the split and DAGM class are its run's unless typed (then refused)."""
+    from omegaconf import OmegaConf
+
+    from crackseg.eval import take_trained_split
+
+    trained = OmegaConf.create(
+        {"layout": "ksdd", "root": str(tmp_path), "num_folds": 3, "fold": 1, "split_seed": 4}
+    )
+    data = OmegaConf.create(
+        {"layout": "ksdd", "root": f"{tmp_path}/.", "num_folds": 3, "fold": 0, "split_seed": 0}
+    )
+    take_trained_split(data, trained, typed=set())
+    assert (data.fold, data.split_seed) == (1, 4)
+    data.fold = 2
+    with pytest.raises(ConfigError, match="data.fold=2 is not the 1 of the weights' training run"):
+        take_trained_split(data, trained, typed={"data.fold"})
+    other = OmegaConf.create({"layout": "ksdd", "root": "/elsewhere", "fold": 0})
+    take_trained_split(other, trained, typed=set())  # other data: its own split
+    assert other.fold == 0
+
+
+def test_eval_refuses_a_typed_split_that_would_test_on_training_images(
+    tiny_checkpoint, tiny_data_dir, tmp_path
+):
+    result = eval_tiny(tiny_checkpoint, tmp_path / "eval", tiny_data_dir, "data.split_seed=1")
+    assert one_line_error(result).startswith(
+        "error: data.split_seed=1 is not the 0 of the weights' training run on this data"
+    )
