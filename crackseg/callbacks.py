@@ -140,6 +140,50 @@ class StopCheckpoint(pl.Callback):
     def __init__(self, dirpath: str, filename: str = "interrupted.ckpt") -> None:
         self.path = Path(dirpath) / filename
         self._previous_sigint: Any = None
+        #: Under DDP: a SIGTERM came to this process, not yet agreed on by all of them.
+        self.signalled = False
+        self._trainer: pl.Trainer | None = None
+
+    # Under DDP, Lightning's SIGTERM handler broadcasts from inside the handler: where the
+    # signal lands while another process is inside a collective (DDP's gradient all-reduce,
+    # a metric's gather), the two wait on each other for ever. Each process only notes the
+    # signal instead, and the processes agree on it after every training batch, stopping
+    # together (crackseg.runs.trainer.stop_if_signalled agrees after a Lightning call).
+    def _hold_sigterm(self, trainer: pl.Trainer) -> None:
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            self._trainer = trainer
+            if signal.getsignal(signal.SIGTERM) != self._note_sigterm:
+                signal.signal(signal.SIGTERM, self._note_sigterm)
+
+    def _note_sigterm(self, signum: int, frame: Any) -> None:
+        if self.signalled:
+            return
+        self.signalled = True
+        launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+        if launcher is not None:  # the first process started the others: they stop too
+            launcher.kill(signum)
+        log.warning("stop requested: stopping with every process at the end of a batch")
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._hold_sigterm(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._hold_sigterm(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._hold_sigterm(trainer)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._hold_sigterm(trainer)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(
+            self.signalled, all=False
+        ):
+            # Every process at once: Lightning stops them all after this batch.
+            trainer._signal_connector.received_sigterm = True
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
-from conftest import TINY, one_line_error, run_entry, run_tiny
+import pytest
+import torch
+from conftest import REPO, TINY, one_line_error, run_entry, run_tiny
 
 
 def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
@@ -75,3 +83,50 @@ def test_a_local_parallel_sweep_of_ddp_jobs_is_refused_before_any_job(tmp_path):
     )
     assert "jobs of a local parallel sweep run side by side" in one_line_error(result)
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    "to_every_process", [True, False], ids=["Ctrl-C to both", "SIGTERM to the first"]
+)
+def test_a_stopped_ddp_run_stops_every_process_with_a_checkpoint(
+    tmp_path, tiny_data_dir, to_every_process
+):
+    """A signal that lands while the other process is inside a collective (the gradients'
+    all-reduce) must not leave the two waiting on each other: they stop together."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "crackseg.train",
+            *TINY,
+            *TWO_PROCESSES,
+            "trainer.precision=32-true",
+            "trainer.max_epochs=200",
+            f"paths.data_dir={tiny_data_dir}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "checkpoints" / "last.ckpt").exists():
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no epoch ended"
+            time.sleep(0.05)
+        time.sleep(1.0)  # into the next epoch's batches
+        if to_every_process:
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 143
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", weights_only=True)
+    assert 0 < saved["epoch"] < 200

@@ -149,9 +149,15 @@ def _save_thresholds_in_last_checkpoint(trainer: pl.Trainer, module: pl.Lightnin
 
 def stop_if_signalled(trainer: pl.Trainer) -> None:
     """Lightning stops its loops on SIGTERM only before a loop's last batch; one that came
-    later (the last batch, the epoch's end, where the thresholds are chosen) it only notes.
-    Raised here, between Lightning's calls, the command stops as it would have earlier."""
-    if trainer.received_sigterm:
+    later (the last batch, the epoch's end, where the thresholds are chosen) it only notes,
+    and under DDP a SIGTERM is only noted outside training batches. Raised here, between
+    Lightning's calls, the command stops as it would have earlier. Every process calls it."""
+    signalled = trainer.received_sigterm or any(
+        getattr(callback, "signalled", False) for callback in trainer.callbacks
+    )
+    if trainer.world_size > 1:  # every process stops, or none (crackseg.callbacks.StopCheckpoint)
+        signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+    if signalled:
         raise SIGTERMException
 
 
