@@ -75,9 +75,10 @@ def typed_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         if key in known or key.startswith("hydra") or "=" not in override:
             continue
         value = OmegaConf.select(cfg, key, default=None)
-        if value is None or OmegaConf.is_config(value):
+        if OmegaConf.is_config(value):
             value = override.split("=", 1)[1]
-        typed[key] = value if isinstance(value, bool | int | float | str) else str(value)
+        if value is not None:  # left out: a key keeps one type in every run (hparams_of)
+            typed[key] = value if isinstance(value, bool | int | float | str) else str(value)
     return typed
 
 
@@ -401,7 +402,8 @@ class EvaluationReport(pl.Callback):
             if isinstance(trainer.logger, TensorBoardLogger):
                 final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}
                 typed = typed_hparams(self.run_config, started_overrides(out))
-                hparams = hparams_of(self.run_config) | typed
+                num_segmented = trainer.datamodule.data_split.num_segmented
+                hparams = hparams_of(self.run_config, num_segmented) | typed
                 trainer.logger.log_hyperparams(hparams, final)
             write_run_report(
                 out,

@@ -334,6 +334,23 @@ def test_the_hparams_tab_shows_what_the_command_line_set(tiny_run):
     assert hparams["trainer.precision"] == "32-true"  # typed, not a run parameter
     assert hparams["data.synthetic.num_positives"] == 20
     assert hparams["dilate"] == 3 and "data.dilate" not in hparams  # a run parameter, once
+    # data.num_segmented=null (every positive) as the count, a number as in runs that set it
+    num_segmented = json.loads((tiny_run / "metrics.json").read_text())["num_segmented"]
+    assert hparams["num_segmented"] == num_segmented > 0
+
+
+def test_a_null_setting_keeps_the_hparams_tab_of_one_type_per_key():
+    """TensorBoard cannot sort or filter a column that mixes numbers and strings (a sweep
+    over data.fold=0,null, or data.num_segmented=5,null)."""
+    from omegaconf import OmegaConf
+
+    from crackseg.callbacks import typed_hparams
+    from crackseg.evaluation.report import hparams_of
+
+    cfg = OmegaConf.create({"data": {"num_segmented": None, "fold": None}, "seed": 0})
+    assert "data.fold" not in typed_hparams(cfg, ["data.fold=null"])
+    assert hparams_of(cfg, num_segmented=14)["num_segmented"] == 14
+    assert "num_segmented" not in hparams_of(cfg)
 
 
 def test_eval_tests_on_the_images_the_weights_run_held_out(tmp_path):

@@ -168,12 +168,19 @@ def run_parameters_from_config(cfg: Any) -> list[tuple[str, object]]:
     return rows
 
 
-def hparams_of(cfg: Any) -> dict[str, Any]:
-    """The swept run parameters as TensorBoard accepts them (numbers, booleans, strings)."""
+def hparams_of(cfg: Any, num_segmented: int | None = None) -> dict[str, Any]:
+    """The swept run parameters as TensorBoard accepts them (numbers, booleans, strings), a
+    name keeping one type in every run, which TensorBoard needs to sort and filter them:
+    ``num_segmented`` is the count of positives that kept their masks where it is given (a
+    ``data.num_segmented`` of null, every positive, is a count too), and a null setting is
+    left out."""
     values = {}
     for name, key in HPARAMS.items():
         value = OmegaConf.select(cfg, key)
-        values[name] = "all" if value is None else value
+        if name == "num_segmented" and num_segmented is not None:
+            value = num_segmented
+        if value is not None:
+            values[name] = value
     return values
 
 
