@@ -57,6 +57,19 @@ def test_a_sweep_run_again_finds_the_folder_of_a_path_value(tmp_path: Path) -> N
     )
 
 
+def test_a_sweep_over_a_key_left_out_of_names_finds_its_folders_again(tmp_path: Path) -> None:
+    """``experiment`` is left out of folder names: its jobs are ``0``, ``1``. Run again
+    reordered, or narrowed to one, each job takes the folder of its own experiment."""
+    for number, experiment in enumerate(("weakly_supervised", "mixed_supervision")):
+        folder = tmp_path / str(number)
+        (folder / ".hydra").mkdir(parents=True)
+        saved = OmegaConf.create([f"experiment={experiment}"])
+        OmegaConf.save(saved, folder / ".hydra/overrides.yaml")
+    assert job_folder(0, "", str(tmp_path), ["experiment=mixed_supervision"]) == "1"
+    assert job_folder(1, "", str(tmp_path), ["experiment=weakly_supervised"]) == "0"
+    assert job_folder(2, "", str(tmp_path), ["experiment=cfd_tiles"]) == "2"
+
+
 def test_a_sweep_over_checkpoint_paths_makes_flat_job_folders(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     paths = "/a/b/last.ckpt,../../../escaped.ckpt"

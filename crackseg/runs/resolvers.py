@@ -83,15 +83,13 @@ def job_folder(
     from crackseg.sweep.job_names import job_identity
 
     name = job_dirname(override_dirname)
-    if not name:
-        return str(num)
     if sweep_dir and overrides is not None:
         wanted = job_identity(str(o) for o in overrides)
-        for folder in sorted(Path(sweep_dir).glob(f"*_{glob.escape(name)}")):
+        for folder in sorted(Path(sweep_dir).glob(f"*_{glob.escape(name)}" if name else "*")):
             number, _, rest = folder.name.partition("_")
             if number.isdigit() and rest == name and _identity_of(folder) == wanted:
                 return folder.name
-    return f"{num}_{name}"
+    return f"{num}_{name}" if name else str(num)
 
 
 def _identity_of(job: Path) -> list[str] | None:
