@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import crackseg.errors
 from crackseg.errors import CracksegError
+from crackseg.setting_rules import as_override
 from crackseg.sweep.summary import MD_NAME, end_sweep, ended_sweeps, started_sweeps
 
 #: The names of crackseg's own error types (crackseg.errors).
@@ -136,6 +137,19 @@ def missing_config_line(lines: list[str]) -> str:
     return f"{lines[0]} (available: {', '.join(options)})"
 
 
+def unparsed_override_line(override: str | None, reason: str) -> str:
+    """Hydra's refusal of a typed ``key=value``, with the quoted form where the value holds
+    what Hydra reads as syntax (a sweep job's folder, ``0_data.dilate=1,seed=0``, in a
+    ``resume=`` or ``ckpt_path=``)."""
+    if not override:
+        return f"cannot parse the command line: {reason}"
+    line = f"cannot parse {override}: {reason}"
+    key, _, value = override.partition("=")
+    if key and not key.startswith(("+", "~")) and any(c in value for c in "=, "):
+        line += f"; quote the value: {as_override(key, value)}"
+    return line
+
+
 def one_line(error: BaseException) -> str:
     """An error as one line: a file system error names its file (``cannot write FILE: ...``
     for a write that did not fit), Hydra's lists and its advice are inlined."""
@@ -148,7 +162,7 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, MissingConfigException) and len(lines) > 1:
         return missing_config_line(lines)
     if isinstance(error, OverrideParseException):
-        return f"cannot parse the command line: {lines[0]}"
+        return unparsed_override_line(error.override, lines[0])
     text = lines[0] if lines else type(error).__name__
     if isinstance(error, InterpolationResolutionError):
         # A resolver's refusal that lost its chain on the way back from a launcher's worker

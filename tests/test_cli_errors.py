@@ -67,6 +67,17 @@ def test_a_list_of_values_without_multirun_says_to_add_it(tmp_path):
     assert line.endswith("; to sweep over it, add --multirun to your command line")
 
 
+def test_a_sweep_jobs_folder_typed_unquoted_is_refused_with_its_quoted_form(tmp_path):
+    """A job's folder is named by its settings (``0_data.dilate=1,seed=0``): typed as a
+    path, Hydra reads its ``=`` and ``,`` as syntax."""
+    job = tmp_path / "sweep" / "0_data.dilate=1,seed=0"
+    line = refused_train(tmp_path, f"resume={job}")
+    assert line == (
+        f"error: cannot parse resume={job}: mismatched input '=' expecting <EOF>; "
+        f"quote the value: 'resume=\"{job}\"'"
+    )
+
+
 def test_an_unknown_experiment_lists_those_in_subfolders_too(tmp_path):
     line = refused_train(tmp_path, "experiment=nope")
     head, _, available = line.partition(" (available: ")
