@@ -56,6 +56,8 @@ def fit_and_test(cfg: DictConfig, checkpoint: Path | None) -> dict[str, Any]:
     if trainer.is_global_zero:
         datamodule.data_split.save(output_dir / "split.csv")
     # The best weights by validation AP (or the final ones); validating them sets the thresholds.
+    if cfg.use_best_model and not cfg.validate:
+        log.warning("use_best_model: no validation chose best weights (validate=false)")
     validate_chosen_weights(
         trainer, module, datamodule, use_best=cfg.use_best_model and cfg.validate
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -199,7 +200,12 @@ def test_without_validation_the_final_weights_are_tested(tmp_path, tiny_data_dir
     history = json.loads((tmp_path / "history.json").read_text())
     assert "val/image_ap" not in history  # no validation while training
     assert not list((tmp_path / "checkpoints").glob("best*.ckpt"))
-    assert "testing the final weights" in (tmp_path / "train.log").read_text()
+    log = (tmp_path / "train.log").read_text()
+    assert "testing the final weights" in log
+    assert "use_best_model: no validation chose best weights (validate=false)" in log
+    # use_best_model=true (the default) could not be followed: the report says what was done
+    report = (tmp_path / "report.md").read_text()
+    assert re.search(r"\| Use best model +\| False +\|", report)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["seg_threshold"] is not None
     # the thresholds it was tested with are in its checkpoint, for eval, predict and export

@@ -164,6 +164,9 @@ def run_parameters_from_config(cfg: Any) -> list[tuple[str, object]]:
             log.warning(
                 "Report: config has no %s; '%s' is written as n/a", parameter.key, parameter.row
             )
+        elif parameter.key == "use_best_model" and value:
+            # without validation there are no best weights: the final ones were tested
+            value = OmegaConf.select(cfg, "validate", default=True)
         rows.append((parameter.row, _format_value(value, parameter.kind)))
     return rows
 
