@@ -162,7 +162,9 @@ def test_dagm_class_train_test_and_weak_labels(tmp_path):
 
 def test_dagm_errors(tmp_path):
     root = make_dagm(tmp_path / "dagm", classes=(1,), images=2)
-    with pytest.raises(DataError, match=r"no DAGM class folder .*Class3 \(found: Class1\)"):
+    with pytest.raises(
+        DataError, match=r"no DAGM class folder for data.dagm_class=3 under .*\(found: Class1\)"
+    ):
         index_layout("dagm", root, class_id=3)
     shutil.rmtree(root / "Class1" / "Test" / "Label")
     with pytest.raises(DataError, match=r"DAGM class without Label/ .*Class1/Test/Label"):

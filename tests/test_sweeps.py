@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import one_line_error, run_entry
+from helpers.paper_replicas import make_dagm
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -714,6 +715,14 @@ def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: P
     paper = ("experiment=paper/ksdd", "data.fold=0,1", f"paths.data_dir={nodata}")
     line = one_line_error(run_entry("train", "-m", *paper, f"hydra.sweep.dir={sweep_dir}"))
     assert line == f"error: data root {nodata}/ksdd does not exist (set data.root=PATH)"
+    # DAGM with some of the swept classes only (the paper's sweep runs all ten)
+    dagm = make_dagm(tmp_path / "dagm", classes=(1, 2), images=2)
+    classes = ("+sweep=paper_dagm_num_segmented", f"data.root={dagm}")
+    line = one_line_error(run_entry("train", "-m", *classes, f"hydra.sweep.dir={sweep_dir}"))
+    assert line == (
+        f"error: no DAGM class folder for data.dagm_class=3,4,5,6,7,8,9,10 under {dagm} "
+        "(found: Class1, Class2)"
+    )
     tiles = (
         "experiment=cfd_tiles",
         "seed=0,1",

@@ -321,14 +321,20 @@ def dagm_sample_id(class_id: int, split: str, stem: str) -> str:
     return f"class{class_id}_{split}_{stem}"
 
 
-def _dagm(root: Path, class_id: int = 1, label_suffix: str = "_label") -> dict[str, list[Sample]]:
-    class_dir = root / f"Class{class_id}"
-    if not class_dir.is_dir():
+def check_dagm_classes(root: Path, class_ids: Iterable[int | str]) -> None:
+    """Refuse DAGM classes whose folder (``ClassK``) is not under ``root``."""
+    missing = [str(k) for k in class_ids if not (root / f"Class{k}").is_dir()]
+    if missing:
         present = sorted(p.name for p in root.glob("Class*") if p.is_dir())
         raise DataError(
-            f"no DAGM class folder {class_dir} (found: {', '.join(present) or 'none'}); "
-            "data.dagm_class picks the class"
+            f"no DAGM class folder for data.dagm_class={','.join(missing)} under {root} "
+            f"(found: {', '.join(present) or 'none'})"
         )
+
+
+def _dagm(root: Path, class_id: int = 1, label_suffix: str = "_label") -> dict[str, list[Sample]]:
+    check_dagm_classes(root, [class_id])
+    class_dir = root / f"Class{class_id}"
     result: dict[str, list[Sample]] = {}
     for split, folder_name in (("train", "Train"), ("test", "Test")):
         folder = class_dir / folder_name

@@ -16,6 +16,7 @@ from typing import Any
 
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import env_override
 from hydra.errors import HydraException, InstantiationException
 from hydra.experimental.callback import Callback
@@ -24,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from crackseg.cli import is_storage_error, one_line, print_line, root_cause
-from crackseg.data.layouts import check_data_found
+from crackseg.data.layouts import check_dagm_classes, check_data_found
 from crackseg.errors import ConfigError, CracksegError, RunFolderError, SweepSettingsError
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import (
@@ -418,3 +419,20 @@ def refuse_missing_data(config: DictConfig) -> None:
         root, tile = Path(str(data.root)).expanduser(), data.get("tile")
         source = Path(str(tile.source)).expanduser() if tile else None
     check_data_found(root, source)
+    if data.get("layout") == "dagm":  # a sweep over its classes (the paper's DAGM sweeps)
+        check_dagm_classes(root, swept_values(config, "data.dagm_class") or [data.dagm_class])
+
+
+def swept_values(config: DictConfig, key: str) -> list[str] | None:
+    """The values a multirun gives ``key`` (the command line's over the sweep config's), as
+    typed; None where neither sets it."""
+    task, _ = _task_and_swept(config)
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    given = [f"{key}={params[key]}"] if key in params else []
+    given += [o for o in task if o.partition("=")[0] == key]
+    if not given:
+        return None
+    override = OverridesParser.create().parse_overrides([given[-1]])[0]
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
