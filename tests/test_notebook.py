@@ -24,20 +24,26 @@ def test_committed_notebook_has_no_outputs() -> None:
 def test_notebook_compares_the_runs_of_a_sweep(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sweep = tmp_path / "sweep"
+    """Without CRACKSEG_SWEEP_DIR, on the newest multirun under outputs/ that holds jobs: a
+    DDP sweep's other processes leave a newer one with their logs alone."""
+    multiruns = tmp_path / "outputs" / "multiruns" / "train"
+    sweep = multiruns / "2026-01-01_10-00-00"
     shutil.copytree(
         tiny_sweep_dir(tmp_path_factory), sweep, ignore=shutil.ignore_patterns("checkpoints")
     )
     # one job with TensorBoard events only: the curves must come from the event files
     (sweep / "1_data.dilate=3,seed=1" / "history.json").unlink()
-    monkeypatch.setenv("CRACKSEG_SWEEP_DIR", str(sweep))
+    (multiruns / "2026-01-01_10-00-01" / "0_seed=0").mkdir(parents=True)
+    shutil.copy(sweep / "multirun.yaml", multiruns / "2026-01-01_10-00-01")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.delenv("CRACKSEG_SWEEP_DIR", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(
         nb,
         timeout=180,
         kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+        resources={"metadata": {"path": str(tmp_path / "notebooks")}},
     )
     client.execute()
 
