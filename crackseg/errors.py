@@ -26,3 +26,8 @@ class RunFolderError(ConfigError):
 
 class SweepSettingsError(RunFolderError):
     """A sweep run again into its folder with settings its finished jobs did not have."""
+
+
+class SweepStopped(KeyboardInterrupt):
+    """A local parallel sweep stopped by SIGTERM or Ctrl-C, its running jobs stopped with
+    their checkpoints (crackseg.runs.lifecycle.stop_side_by_side_jobs_together)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -811,3 +812,48 @@ def test_a_setting_and_seed_run_again_after_the_grid_changed_counts_once() -> No
     label, mask = summary.group_rows(rows)
     assert (label["n"], label["image_auc_mean"]) == (2, pytest.approx(0.6))
     assert mask["n"] == 1
+
+
+def test_a_local_parallel_sweep_stopped_by_sigterm_stops_its_jobs_with_checkpoints(
+    tmp_path: Path,
+) -> None:
+    """``kill PID`` of the sweep's own process (or a container's stop): its running jobs
+    stop as after Ctrl-C, each with its checkpoint, before it ends; none trains on."""
+    sweep_dir = tmp_path / "sweep"
+    process = subprocess.Popen(
+        [
+            str(BIN / "crackseg-train"),
+            "-m",
+            "--config-dir",
+            str(tiny_config_dir(tmp_path)),
+            "experiment=tiny",
+            "trainer.max_epochs=200",
+            "seed=0,1,2",
+            "hydra/launcher=local_parallel",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(sweep_dir.glob("*/checkpoints/last.ckpt"))) < 2:
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the jobs never got through an epoch"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)  # to the sweep's process alone
+        assert process.wait(timeout=200) == 143
+        stderr = process.stderr.read()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}" in stderr
+    jobs = sorted(p for p in sweep_dir.iterdir() if (p / "status.json").is_file())
+    assert len(jobs) == 2  # the third never started
+    for job in jobs:
+        assert json.loads((job / "status.json").read_text())["status"] == "interrupted"
+        assert (job / "checkpoints" / "interrupted.ckpt").is_file()

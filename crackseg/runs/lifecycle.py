@@ -3,12 +3,14 @@ sweep run again with other settings, and a clear end when it is stopped or fails
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,15 +26,22 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
-from crackseg.cli import is_storage_error, one_line, print_line, root_cause
+from crackseg.cli import EXIT_STOPPED, is_storage_error, one_line, print_line, root_cause
 from crackseg.data.layouts import check_dagm_classes, check_data_found
-from crackseg.errors import ConfigError, CracksegError, RunFolderError, SweepSettingsError
+from crackseg.errors import (
+    ConfigError,
+    CracksegError,
+    RunFolderError,
+    SweepSettingsError,
+    SweepStopped,
+)
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import (
     check_sweep_resume,
     claim_run_folder,
     config_differences,
     finished_status,
+    held_by_another_process,
     holds_run,
     hydra_job,
     is_accepted,
@@ -49,9 +58,6 @@ from crackseg.setting_rules import as_override, check_required
 from crackseg.sweep.job_names import job_overrides, setting_changes, shared_settings, swept_keys
 
 log = logging.getLogger(__name__)
-
-#: Exit status of a run stopped by SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
-EXIT_STOPPED = 143
 
 
 def run_task(
@@ -273,6 +279,51 @@ class SweepChecksCallback(Callback):
         except CracksegError as error:
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
+        if runs_parallel_locally(config.get("hydra")):
+            stop_side_by_side_jobs_together(Path(str(config.hydra.sweep.dir)))
+
+
+#: How long a local parallel sweep stopped by a signal waits for its jobs' clean stop (s).
+JOBS_STOP_WAIT_S = 300
+
+
+def stop_side_by_side_jobs_together(sweep_dir: Path) -> None:
+    """A local parallel sweep stopped by Ctrl-C, or by a SIGTERM to its own process (``kill
+    PID``, a container's stop), waits for its running jobs to stop with ``interrupted.ckpt``,
+    then stops, exit 143. A SIGTERM is passed on to its worker processes as the Ctrl-C a
+    terminal sends them. Else the sweep's process ended at once: its workers were killed
+    while they saved their checkpoints, or, after a SIGTERM, trained on, orphaned. A second
+    Ctrl-C aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signum == signal.SIGTERM:  # a terminal's Ctrl-C reached the workers itself
+            for pid in child_processes(os.getpid()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
+        log.warning("stopping: the running jobs stop after their batch, with a checkpoint")
+        deadline = time.monotonic() + JOBS_STOP_WAIT_S
+        jobs = [job for job in sweep_dir.iterdir() if job.is_dir()]
+        while time.monotonic() < deadline and any(map(held_by_another_process, jobs)):
+            time.sleep(0.2)
+        raise SweepStopped
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def child_processes(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc; none where there is no /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "PID (COMMAND) STATE PPID ...": the command may hold spaces and parentheses
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
 
 
 def check_devices_per_job(config: DictConfig) -> None:
