@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
-from crackseg.errors import ConfigError
+from crackseg.errors import ConfigError, CracksegError
 from crackseg.models.checkpoint import (
     VALIDATED_CHECKPOINT,
-    check_input_shape,
     check_saved_thresholds,
     load_module,
-    take_trained_shape,
     thresholds,
     trained_run_config,
 )
@@ -26,6 +24,9 @@ from crackseg.runs.folder import accept_folder_of_its_own, hydra_job, override_k
 from crackseg.runs.hardware import check_accelerator, evaluation_precision
 from crackseg.runs.lifecycle import run_task
 from crackseg.setting_rules import check_required
+
+if TYPE_CHECKING:
+    from crackseg.models.lit_segdec import SegDecModule
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,35 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.test(module, datamodule=datamodule, verbose=False)  # writes metrics and report.md
     return module.test_results
+
+
+SHAPE_KEYS = ("input_channels", "input_height", "input_width")
+"""The data settings of the input shape a checkpoint's weights expect."""
+
+
+def take_trained_shape(data: DictConfig, module: SegDecModule, typed: set[str]) -> None:
+    """Images are fed in the shape the weights were trained on: the data config's input
+    channels and size become the checkpoint's, except those typed on the command line,
+    which :func:`check_input_shape` then holds to it."""
+    shape = module.input_shape
+    for key, trained in zip(SHAPE_KEYS, (shape.channels, shape.height, shape.width), strict=True):
+        if data[key] != trained and f"data.{key}" not in typed:
+            log.info(
+                "data.%s: %s, the checkpoint's (the data config gives %s)", key, trained, data[key]
+            )
+            data[key] = trained
+
+
+def check_input_shape(module: SegDecModule, channels: int, height: int, width: int) -> None:
+    """The data must come in the shape the weights were trained on."""
+    shape = module.input_shape
+    trained = (shape.channels, shape.height, shape.width)
+    asked = (channels, height, width)
+    if trained != asked:
+        raise CracksegError(
+            "checkpoint was trained on {}x{}x{} inputs but the data config gives {}x{}x{} "
+            "(set data.input_channels/input_height/input_width to match)".format(*trained, *asked)
+        )
 
 
 #: The data settings that decide which images a run holds out for its test.

@@ -238,35 +238,6 @@ def thresholds(module: SegDecModule) -> tuple[float, float]:
     return float(module.image_threshold), float(module.seg_threshold)
 
 
-SHAPE_KEYS = ("input_channels", "input_height", "input_width")
-"""The data settings of the input shape a checkpoint's weights expect."""
-
-
-def take_trained_shape(data: DictConfig, module: SegDecModule, typed: set[str]) -> None:
-    """Images are fed in the shape the weights were trained on: the data config's input
-    channels and size become the checkpoint's, except those typed on the command line,
-    which :func:`check_input_shape` then holds to it."""
-    shape = module.input_shape
-    for key, trained in zip(SHAPE_KEYS, (shape.channels, shape.height, shape.width), strict=True):
-        if data[key] != trained and f"data.{key}" not in typed:
-            log.info(
-                "data.%s: %s, the checkpoint's (the data config gives %s)", key, trained, data[key]
-            )
-            data[key] = trained
-
-
-def check_input_shape(module: SegDecModule, channels: int, height: int, width: int) -> None:
-    """The data must come in the shape the weights were trained on."""
-    shape = module.input_shape
-    trained = (shape.channels, shape.height, shape.width)
-    asked = (channels, height, width)
-    if trained != asked:
-        raise CracksegError(
-            "checkpoint was trained on {}x{}x{} inputs but the data config gives {}x{}x{} "
-            "(set data.input_channels/input_height/input_width to match)".format(*trained, *asked)
-        )
-
-
 def trained_run_config(module: SegDecModule) -> DictConfig:
     """The config the module's training run was composed with (empty for old checkpoints)."""
     return OmegaConf.create(module.hparams.get("run_config") or "{}")
