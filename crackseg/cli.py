@@ -215,7 +215,9 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     try:
         main()
     except SweepStopped:
-        again = as_override("hydra.sweep.dir", list(started_sweeps)[-1])
+        sweep_dir = list(started_sweeps)[-1]
+        end_sweep(sweep_dir)  # its summary, the stopped jobs counted as unfinished
+        again = as_override("hydra.sweep.dir", sweep_dir)
         print_line(f"stopped: continue with the same command and {again}")
         sys.exit(EXIT_STOPPED)
     except (HydraException, OmegaConfBaseException, OSError, CracksegError) as raised:

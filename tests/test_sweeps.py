@@ -854,6 +854,8 @@ def test_a_local_parallel_sweep_stopped_by_sigterm_stops_its_jobs_with_checkpoin
     assert f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}" in stderr
     jobs = sorted(p for p in sweep_dir.iterdir() if (p / "status.json").is_file())
     assert len(jobs) == 2  # the third never started
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "2 jobs: 0 finished, 0 failed, 2 unfinished (2 interrupted)" in summary
     for job in jobs:
         assert json.loads((job / "status.json").read_text())["status"] == "interrupted"
         assert (job / "checkpoints" / "interrupted.ckpt").is_file()
