@@ -393,3 +393,29 @@ def test_real_cfd_photographs_through_folder_layout():
         assert set(np.unique(mask).tolist()) <= {0, 255}
         assert 0.002 < (mask > 127).mean() < 0.07  # the README: 0.4 % to 6 % crack pixels
         assert image_size(sample.image_path) == (320, 480)
+
+
+def test_masks_of_another_extension_than_their_images_are_named_with_the_setting(tmp_path):
+    write_image(tmp_path / "images" / "a.jpg", _image())
+    write_image(tmp_path / "masks" / "a.png", _mask(True))
+    with pytest.raises(
+        DataError, match=r"masks are \.png files: set data.layout_options.mask_ext=png$"
+    ):
+        index_layout("folder", tmp_path)
+    assert [s.sample_id for s in index_layout("folder", tmp_path, mask_ext="png")["all"]] == ["a"]
+
+
+def test_a_mask_of_another_size_is_refused_and_one_turned_a_quarter_is_named_so(tmp_path):
+    image = np.full((16, 24, 3), 90, np.uint8)
+    write_image(tmp_path / "images" / "a.png", image)
+    write_image(tmp_path / "masks" / "a.png", np.zeros((10, 24), np.uint8))
+    samples = index_layout("folder", tmp_path)["all"]
+    with pytest.raises(
+        DataError, match=r"masks whose size differs .*a.png \(10x24, image 16x24\)$"
+    ):
+        check_samples(samples)
+    write_image(tmp_path / "masks" / "a.png", np.zeros((24, 16), np.uint8))
+    with pytest.raises(
+        DataError, match=r"\(24x16, image 16x24\) \(a mask turned a quarter: .*EXIF"
+    ):
+        check_samples(samples)

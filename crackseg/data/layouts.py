@@ -254,6 +254,7 @@ def _folder(
     )
     pairs: list[tuple[str, Path, Path | None]] = []
     missing: list[str] = []
+    names_of_masks = {f"{stem}{mask_suffix}" for stem in images}
     for stem in sorted(images):
         image = images[stem]
         mask = masks_path / f"{stem}{mask_suffix}{mask_ext or image.suffix}"
@@ -265,7 +266,14 @@ def _folder(
         else:
             pairs.append((stem, image, None))
     if missing:
-        raise DataError(f"images without a mask: {describe_files(missing)}")
+        other_kinds = sorted({m.suffix for m in available if m.stem in names_of_masks})
+        hint = (
+            f"; the masks are {'/'.join(other_kinds)} files: set "
+            f"data.layout_options.mask_ext={other_kinds[0].lstrip('.')}"
+            if other_kinds and mask_ext is None
+            else ""
+        )
+        raise DataError(f"images without a mask: {describe_files(missing)}{hint}")
     if same_dir:
         available = {p for p in available if p.stem.endswith(mask_suffix)}
     if available:
@@ -483,12 +491,22 @@ def check_samples(
     bad = [path for b, _, _ in results for path in b]
     if bad:
         raise DataError(f"unreadable or truncated files: {describe_files(bad)}")
+    mismatches = [m for _, m, _ in results if m is not None]
     mismatched = [
         f"{path} ({mask_hw[0]}x{mask_hw[1]}, image {image_hw[0]}x{image_hw[1]})"
-        for path, image_hw, mask_hw in (m for _, m, _ in results if m is not None)
+        for path, image_hw, mask_hw in mismatches
     ]
     if mismatched:
-        raise DataError(f"masks whose size differs from their image: {describe_files(mismatched)}")
+        turned = any(mask_hw == image_hw[::-1] for _, image_hw, mask_hw in mismatches)
+        hint = (
+            " (a mask turned a quarter: images are read as stored, their EXIF orientation "
+            "ignored, so a mask drawn on the photo as a viewer shows it is turned)"
+            if turned
+            else ""
+        )
+        raise DataError(
+            f"masks whose size differs from their image: {describe_files(mismatched)}{hint}"
+        )
     checked: list[Sample] = []
     emptied: list[str] = []
     marked_negatives: list[str] = []
