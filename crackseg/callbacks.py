@@ -63,6 +63,9 @@ def started_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in saved] if saved is not None else hydra_job()[1]
 
 
+_ABSENT = object()
+
+
 def typed_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """The settings typed on the command line (``overrides``) besides the run parameters (a
     sweep's swept keys among them, ``loss.decision_target``, ``data.fold``), so that
@@ -74,8 +77,8 @@ def typed_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         key = override_key(override)
         if key in known or key.startswith("hydra") or "=" not in override:
             continue
-        value = OmegaConf.select(cfg, key, default=None)
-        if OmegaConf.is_config(value):
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT or OmegaConf.is_config(value):  # a config group's choice
             value = override.split("=", 1)[1]
         if value is not None:  # left out: a key keeps one type in every run (hparams_of)
             typed[key] = value if isinstance(value, bool | int | float | str) else str(value)

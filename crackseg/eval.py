@@ -117,40 +117,61 @@ def check_input_shape(module: SegDecModule, channels: int, height: int, width: i
         )
 
 
-#: The data settings that decide which images a run holds out for its test.
-SPLIT_KEYS = (
-    "val_fraction",
-    "test_fraction",
-    "split_file",
-    "num_folds",
-    "fold",
-    "split_seed",
-    "train_positives",
-    "dagm_class",
-)
+#: The data settings that decide which images a run holds out for its test: a fold or a
+#: split file fixes them; the seed and the fractions move them where the data is split by
+#: fractions (a flat folder), and ``val_fraction`` only carves validation elsewhere.
+FIXED_TEST_KEYS = ("split_file", "num_folds", "fold")
+FRACTION_KEYS = ("split_seed", "test_fraction", "val_fraction")
 
 
 def take_trained_split(data: DictConfig, trained: DictConfig | None, typed: set[str]) -> None:
-    """On the data the weights were trained on (same layout and folder), the test split is
-    the one their run held out: its split settings (:data:`SPLIT_KEYS`: the fold, the split
-    file, ...) are taken, where the data config gives others. Typed otherwise, they are
-    refused: that test split would hold images the weights trained on."""
+    """On the data the weights were trained on (same layout, folder and DAGM class), the test
+    split is the one their run held out: its split settings (:data:`FIXED_TEST_KEYS`,
+    :data:`FRACTION_KEYS`) are taken where the data config gives others, and its DAGM class.
+    Typed otherwise, a fold or split file is refused (that test split holds images the
+    weights trained on), a seed or fraction warned about (it may, on a flat folder); another
+    DAGM class typed is other data."""
     if not trained or data.get("all_as_test") or not _same_data(data, trained):
         return
-    for key in SPLIT_KEYS:
+    if data.get("dagm_class") != trained.get("dagm_class"):
+        if "data.dagm_class" in typed:
+            return  # another class: other images
+        _take(data, "dagm_class", trained.get("dagm_class"))
+    for key in (*FIXED_TEST_KEYS, *FRACTION_KEYS):
         ours, theirs = data.get(key), trained.get(key)
         if ours == theirs:
             continue
-        if f"data.{key}" in typed:
+        if f"data.{key}" not in typed:
+            _take(data, key, theirs)
+        elif key in FIXED_TEST_KEYS:
             raise ConfigError(
-                f"data.{key}={ours} is not the {theirs} of the weights' training run on this "
-                "data: its test split would hold images they trained on (leave "
-                f"data.{key} out to test on the images their run held out)"
+                f"data.{key}={_typed(ours)} differs from the weights' training run on this "
+                f"data (data.{key}={_typed(theirs)}): its test split would hold images they "
+                f"trained on (leave data.{key} out to test on the images their run held out)"
             )
-        log.info(
-            "data.%s: %s, the weights' training run's (the data config gives %s)", key, theirs, ours
-        )
-        data[key] = theirs
+        else:
+            log.warning(
+                "data.%s=%s differs from the weights' training run on this data (%s): where "
+                "it is split by fractions, the test split may hold images they trained on",
+                key,
+                _typed(ours),
+                _typed(theirs),
+            )
+
+
+def _typed(value: Any) -> str:
+    """A setting's value as typed on the command line (``null``, not ``None``)."""
+    return "null" if value is None else str(value)
+
+
+def _take(data: DictConfig, key: str, trained: Any) -> None:
+    log.info(
+        "data.%s: %s, the weights' training run's (the data config gives %s)",
+        key,
+        trained,
+        data.get(key),
+    )
+    data[key] = trained
 
 
 def _same_data(data: DictConfig, trained: DictConfig) -> bool:

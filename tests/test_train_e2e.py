@@ -355,13 +355,16 @@ def test_a_null_setting_keeps_the_hparams_tab_of_one_type_per_key():
 
     cfg = OmegaConf.create({"data": {"num_segmented": None, "fold": None}, "seed": 0})
     assert "data.fold" not in typed_hparams(cfg, ["data.fold=null"])
+    # a group's choice that leaves no key of its name (experiment=, @package _global_)
+    assert typed_hparams(cfg, ["experiment=cfd_tiles"]) == {"experiment": "cfd_tiles"}
     assert hparams_of(cfg, num_segmented=14)["num_segmented"] == 14
     assert "num_segmented" not in hparams_of(cfg)
 
 
-def test_eval_tests_on_the_images_the_weights_run_held_out(tmp_path):
-    """A fold's checkpoint, evaluated on its data, is tested on its own test fold: the fold,
-    split file, seed of the split and DAGM class are its run's unless typed (then refused)."""
+def test_eval_tests_on_the_images_the_weights_run_held_out(tmp_path, caplog):
+    """A fold's checkpoint, evaluated on its data, is tested on its own test fold: its fold,
+    split file, seed, fractions and DAGM class are its run's unless typed. A typed fold is
+    refused, a typed seed warned about; another DAGM class typed is other data."""
     from omegaconf import OmegaConf
 
     from crackseg.eval import take_trained_split
@@ -375,17 +378,28 @@ def test_eval_tests_on_the_images_the_weights_run_held_out(tmp_path):
     take_trained_split(data, trained, typed=set())
     assert (data.fold, data.split_seed) == (1, 4)
     data.fold = 2
-    with pytest.raises(ConfigError, match="data.fold=2 is not the 1 of the weights' training run"):
+    with pytest.raises(ConfigError, match=r"data.fold=2 differs from .* \(data.fold=1\)"):
         take_trained_split(data, trained, typed={"data.fold"})
+    data.fold, data.split_seed = 1, 5
+    with caplog.at_level("WARNING"):
+        take_trained_split(data, trained, typed={"data.split_seed"})
+    assert "data.split_seed=5 differs" in caplog.text and data.split_seed == 5
     other = OmegaConf.create({"layout": "ksdd", "root": "/elsewhere", "fold": 0})
     take_trained_split(other, trained, typed=set())  # other data: its own split
     assert other.fold == 0
+    dagm = {"layout": "dagm", "root": str(tmp_path), "dagm_class": 3, "split_seed": 4}
+    untyped = OmegaConf.create({**dagm, "dagm_class": 1, "split_seed": 0})
+    take_trained_split(untyped, OmegaConf.create(dagm), typed=set())
+    assert (untyped.dagm_class, untyped.split_seed) == (3, 4)
+    other_class = OmegaConf.create({**dagm, "dagm_class": 2, "split_seed": 0})
+    take_trained_split(other_class, OmegaConf.create(dagm), typed={"data.dagm_class"})
+    assert (other_class.dagm_class, other_class.split_seed) == (2, 0)
 
 
 def test_eval_refuses_a_typed_split_that_would_test_on_training_images(
     tiny_checkpoint, tiny_data_dir, tmp_path
 ):
-    result = eval_tiny(tiny_checkpoint, tmp_path / "eval", tiny_data_dir, "data.split_seed=1")
+    result = eval_tiny(tiny_checkpoint, tmp_path / "eval", tiny_data_dir, "data.fold=1")
     assert one_line_error(result).startswith(
-        "error: data.split_seed=1 is not the 0 of the weights' training run on this data"
+        "error: data.fold=1 differs from the weights' training run on this data (data.fold=null)"
     )
