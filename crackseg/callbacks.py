@@ -166,7 +166,10 @@ class StopCheckpoint(pl.Callback):
         launcher = self._trainer.strategy.launcher if self._trainer is not None else None
         if launcher is not None:  # the first process started the others: they stop too
             launcher.kill(signum)
-        log.warning("stop requested: stopping with every process at the end of a batch")
+        log.warning(
+            "stop requested: every process stops after the training batch under way (a "
+            "validation or test under way ends first)"
+        )
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hold_sigterm(trainer)

@@ -140,14 +140,15 @@ def missing_config_line(lines: list[str]) -> str:
 
 
 def unparsed_override_line(override: str | None, reason: str) -> str:
-    """Hydra's refusal of a typed ``key=value``, with the quoted form where the value holds
-    what Hydra reads as syntax (a sweep job's folder, ``0_data.dilate=1,seed=0``, in a
-    ``resume=`` or ``ckpt_path=``)."""
+    """Hydra's refusal of a typed ``key=value``, with the quoted form where the value is a
+    path holding what Hydra reads as syntax (a sweep job's folder, ``0_data.dilate=1,seed=0``,
+    in a ``resume=`` or ``ckpt_path=``)."""
     if not override:
         return f"cannot parse the command line: {reason}"
     line = f"cannot parse {override}: {reason}"
     key, _, value = override.partition("=")
-    if key and not key.startswith(("+", "~")) and any(c in value for c in "=, "):
+    path_like = "/" in value or os.sep in value
+    if path_like and key and not key.startswith(("+", "~")) and any(c in value for c in "=, "):
         line += f"; quote the value: {as_override(key, value)}"
     return line
 
@@ -215,10 +216,13 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     try:
         main()
     except SweepStopped:
-        sweep_dir = list(started_sweeps)[-1]
-        end_sweep(sweep_dir)  # its summary, the stopped jobs counted as unfinished
-        again = as_override("hydra.sweep.dir", sweep_dir)
-        print_line(f"stopped: continue with the same command and {again}")
+        sweep_dir = list(started_sweeps)[-1] if started_sweeps else None
+        if sweep_dir is not None and sweep_dir.is_dir():
+            end_sweep(sweep_dir)  # its summary, the stopped jobs counted as unfinished
+            again = as_override("hydra.sweep.dir", sweep_dir)
+            print_line(f"stopped: continue with the same command and {again}")
+        else:
+            print_line("stopped before any job started")
         sys.exit(EXIT_STOPPED)
     except (HydraException, OmegaConfBaseException, OSError, CracksegError) as raised:
         # A run folder refused by crackseg.runs.resolvers, or one that cannot be created, is

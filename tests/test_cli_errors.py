@@ -76,6 +76,8 @@ def test_a_sweep_jobs_folder_typed_unquoted_is_refused_with_its_quoted_form(tmp_
         f"error: cannot parse resume={job}: mismatched input '=' expecting <EOF>; "
         f"quote the value: 'resume=\"{job}\"'"
     )
+    # a mistake in a sweep's syntax is not a path to quote
+    assert "quote the value" not in refused_train(tmp_path, "-m", "seed=range(0,3")
 
 
 def test_an_unknown_experiment_lists_those_in_subfolders_too(tmp_path):

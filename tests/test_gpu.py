@@ -20,7 +20,7 @@ from torch._dynamo.utils import counters
 from crackseg.data.labels import downsample_to_output
 from crackseg.models.losses import decision_loss, segmentation_loss
 from crackseg.models.module_settings import SpeedSettings
-from crackseg.models.segdecnet import SegDecNet
+from crackseg.models.layers import SegDecNet
 
 
 def test_run_if_names_what_is_missing():
@@ -69,7 +69,7 @@ def test_bf16_training_step_of_the_paper_network_on_cuda():
 )
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_feature_norm_kernels_match_the_formula_on_cuda(dtype, tolerance, layout):
-    """FeatureNorm runs on torch's batch-norm kernels (crackseg.models.segdecnet), whose CUDA
+    """FeatureNorm runs on torch's batch-norm kernels (crackseg.models.layers), whose CUDA
     versions the CPU tests do not reach: values and gradients against the formula in float64
     on the CPU, for the same (bf16-rounded) input."""
     norm, x, upstream = feature_norm_case(dtype)

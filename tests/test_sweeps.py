@@ -820,6 +820,7 @@ def test_a_local_parallel_sweep_stopped_by_sigterm_stops_its_jobs_with_checkpoin
     """``kill PID`` of the sweep's own process (or a container's stop): its running jobs
     stop as after Ctrl-C, each with its checkpoint, before it ends; none trains on."""
     sweep_dir = tmp_path / "sweep"
+    log = (tmp_path / "stderr.txt").open("w")  # not a pipe: two jobs' logs would fill it
     process = subprocess.Popen(
         [
             str(BIN / "crackseg-train"),
@@ -835,22 +836,22 @@ def test_a_local_parallel_sweep_stopped_by_sigterm_stops_its_jobs_with_checkpoin
         ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=log,
         start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300
         while len(list(sweep_dir.glob("*/checkpoints/last.ckpt"))) < 2:
-            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
             assert time.monotonic() < deadline, "the jobs never got through an epoch"
             time.sleep(0.1)
         process.send_signal(signal.SIGTERM)  # to the sweep's process alone
         assert process.wait(timeout=200) == 143
-        stderr = process.stderr.read()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+    stderr = (tmp_path / "stderr.txt").read_text()
     assert f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}" in stderr
     jobs = sorted(p for p in sweep_dir.iterdir() if (p / "status.json").is_file())
     assert len(jobs) == 2  # the third never started

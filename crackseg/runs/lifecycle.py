@@ -282,6 +282,9 @@ class SweepChecksCallback(Callback):
         if runs_parallel_locally(config.get("hydra")):
             stop_side_by_side_jobs_together(Path(str(config.hydra.sweep.dir)))
 
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        restore_signal_handlers()
+
 
 #: How long a local parallel sweep stopped by a signal waits for its jobs' clean stop (s).
 JOBS_STOP_WAIT_S = 300
@@ -306,13 +309,27 @@ def stop_side_by_side_jobs_together(sweep_dir: Path) -> None:
                     os.kill(pid, signal.SIGINT)
         log.warning("stopping: the running jobs stop after their batch, with a checkpoint")
         deadline = time.monotonic() + JOBS_STOP_WAIT_S
-        jobs = [job for job in sweep_dir.iterdir() if job.is_dir()]
-        while time.monotonic() < deadline and any(map(held_by_another_process, jobs)):
+        while time.monotonic() < deadline and any(map(held_by_another_process, jobs_in())):
             time.sleep(0.2)
         raise SweepStopped
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    def jobs_in() -> list[Path]:  # (the folder is made once the first job is launched)
+        return [job for job in sweep_dir.iterdir() if job.is_dir()] if sweep_dir.is_dir() else []
+
+    _handlers_before_sweep.update(
+        {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    )
+
+
+#: The SIGTERM and SIGINT handlers a local parallel sweep replaced, put back at its end.
+_handlers_before_sweep: dict[int, Any] = {}
+
+
+def restore_signal_handlers() -> None:
+    """Put back the handlers :func:`stop_side_by_side_jobs_together` replaced."""
+    for signum, handler in _handlers_before_sweep.items():
+        signal.signal(signum, handler)
+    _handlers_before_sweep.clear()
 
 
 def child_processes(pid: int) -> list[int]:
