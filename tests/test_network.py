@@ -236,7 +236,7 @@ def test_inference_runs_the_volume_as_im2col_a_sample_per_thread(monkeypatch):
 
 def test_the_flop_counter_counts_the_volume_as_im2col_as_the_convolution():
     """torch's FlopCounterMode (Lightning's model summary runs it) had a formula for
-    ``thnn_conv2d``'s forward that did not fit its arguments (crackseg.models.segdecnet)."""
+    ``thnn_conv2d``'s forward that did not fit its arguments (crackseg.models.layers)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     net = SegDecNet(**SMALL).eval()
