@@ -28,9 +28,10 @@ from crackseg.errors import ConfigError, DataError, describe_files
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-#: A mask whose largest value is below this is a label map (0 background, any other value a
-#: defect: 0/1 as label tools store them, JPEG noise included), not grey levels.
-LABEL_MAP_LIMIT = 16
+#: A mask whose largest value is below this is a label map (0 background, 1 a defect, as
+#: label tools store them; 2 where JPEG's noise reached it), not grey levels: any value above 0
+#: marks the defect, whatever ``data.binarize_threshold``.
+LABEL_MAP_LIMIT = 3
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8"
