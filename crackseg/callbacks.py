@@ -369,7 +369,9 @@ class EvaluationReport(pl.Callback):
 
     ``run_config`` is the config whose run parameters the report and TensorBoard's HParams
     tab show (an evaluation's: the weights' training run with the data evaluated); without
-    it only the files of the numbers are written.
+    it only the files of the numbers are written. ``trained_here``: the weights were trained
+    on this data module's split, so its count of segmented positives is theirs (the HParams
+    tab's ``num_segmented``); an evaluation's is not.
     """
 
     def __init__(
@@ -378,11 +380,13 @@ class EvaluationReport(pl.Callback):
         num_dice_panels: int = 7,
         run_config: DictConfig | None = None,
         title: str = "",
+        trained_here: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.num_dice_panels = num_dice_panels
         self.run_config = run_config
         self.title = title
+        self.trained_here = trained_here
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -408,7 +412,8 @@ class EvaluationReport(pl.Callback):
             if isinstance(trainer.logger, TensorBoardLogger):
                 final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}
                 typed = typed_hparams(self.run_config, started_overrides(out))
-                num_segmented = trainer.datamodule.data_split.num_segmented
+                split = trainer.datamodule.data_split
+                num_segmented = split.num_segmented if self.trained_here else None
                 hparams = hparams_of(self.run_config, num_segmented) | typed
                 trainer.logger.log_hyperparams(hparams, final)
             write_run_report(

@@ -68,7 +68,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.thresholds == "validation":  # chosen here: on this data's validation split
         reported.validate_on_test = bool(data.get("validate_on_test", False))
     datamodule = CrackDataModule.from_config(data)  # no loss: evaluation builds no weight map
-    report = EvaluationReport(str(output_dir), cfg.num_dice_panels, reported, cfg.report_title)
+    report = EvaluationReport(
+        str(output_dir), cfg.num_dice_panels, reported, cfg.report_title, trained_here=False
+    )
     trainer = build_trainer(cfg, [report])
 
     if cfg.thresholds == "validation":
