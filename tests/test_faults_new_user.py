@@ -22,7 +22,7 @@ from helpers.paper_replicas import write_image
 from helpers.stalled_runs import HELPERS, start_train, wait_for_stall
 
 from crackseg.data.dataset import CrackDataset
-from crackseg.data.io import read_mask
+from crackseg.data.io import read_image, read_mask
 from crackseg.data.layouts import check_samples, index_layout
 from crackseg.data.tools import main as data_main
 from crackseg.errors import CracksegError
@@ -66,6 +66,20 @@ def test_masks_of_label_values_or_8_bit_values_in_16_bits_keep_their_defects(tmp
     np.testing.assert_array_equal(read_mask(tmp_path / "full.png"), mask * 255)
     write_image(tmp_path / "empty.png", np.zeros((4, 4), np.uint16))
     assert not read_mask(tmp_path / "empty.png").any()
+
+
+def test_a_16_bit_image_of_12_bit_values_is_named_once(tmp_path, caplog, monkeypatch):
+    """Read as stored (dark, as the file says), and said so once a process, not every read."""
+    import crackseg.data.io as io
+
+    monkeypatch.setattr(io, "_said_few_bits", False)
+    image = np.full((8, 8), 4000, np.uint16)
+    write_image(tmp_path / "twelve.png", image)
+    with caplog.at_level("WARNING"):
+        first = read_image(tmp_path / "twelve.png", 1)
+        read_image(tmp_path / "twelve.png", 1)
+    assert first.max() == round(4000 / 257)
+    assert caplog.text.count("is 16 bit but its values fit in 12 (up to 4000 of 65535)") == 1
 
 
 def test_files_of_other_kinds_in_a_folder_layout_are_named_not_dropped_silently(tmp_path, caplog):

@@ -20,7 +20,7 @@ from torch._dynamo.utils import counters
 from crackseg.data.labels import downsample_to_output
 from crackseg.models.losses import decision_loss, segmentation_loss
 from crackseg.models.module_settings import SpeedSettings
-from crackseg.models.layers import SegDecNet
+from crackseg.models.segdecnet import SegDecNet
 
 
 def test_run_if_names_what_is_missing():

@@ -133,11 +133,28 @@ def _check_complete(data: bytes, path: Path) -> None:
         raise DataError(f"truncated PNG file (no IEND chunk): {path}")
 
 
+#: Whether this process has said that a 16-bit image holds few bits (said once).
+_said_few_bits = False
+
+
 def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
-    """Scale 16-bit data to 8 bits so thresholds such as the mask's > 127 keep their meaning."""
+    """Scale 16-bit data to 8 bits so thresholds such as the mask's > 127 keep their meaning.
+
+    A 16-bit image whose values fit in 12 bits (a 10- or 12-bit camera's) reads dark, as the
+    file says; the first one is named in a warning."""
+    global _said_few_bits
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.uint16:
+        top = int(array.max())
+        if 0 < top < 4096 and not _said_few_bits:
+            _said_few_bits = True
+            log.warning(
+                "%s is 16 bit but its values fit in 12 (up to %d of 65535): it is read as "
+                "stored, dark; convert such images to 8 bit first if their camera wrote 12",
+                path,
+                top,
+            )
         return np.round(array / 257.0).astype(np.uint8)
     raise DataError(f"unsupported pixel type {array.dtype} (8 or 16 bit expected): {path}")
 
