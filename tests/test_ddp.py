@@ -94,6 +94,7 @@ def test_a_stopped_ddp_run_stops_every_process_with_a_checkpoint(
     """A signal that lands while the other process is inside a collective (the gradients'
     all-reduce) must not leave the two waiting on each other: they stop together."""
     run_dir = tmp_path / "run"
+    log = (tmp_path / "stderr.txt").open("w")  # not a pipe, which the run could fill
     process = subprocess.Popen(
         [
             sys.executable,
@@ -108,14 +109,13 @@ def test_a_stopped_ddp_run_stops_every_process_with_a_checkpoint(
         ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=log,
         start_new_session=True,  # its own process group, as a terminal's job
     )
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / "checkpoints" / "last.ckpt").exists():
-            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
             assert time.monotonic() < deadline, "no epoch ended"
             time.sleep(0.05)
         time.sleep(1.0)  # into the next epoch's batches
@@ -127,6 +127,7 @@ def test_a_stopped_ddp_run_stops_every_process_with_a_checkpoint(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        log.close()
     assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
     saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", weights_only=True)
     assert 0 < saved["epoch"] < 200

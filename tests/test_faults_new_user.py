@@ -109,6 +109,18 @@ def test_positives_with_0_1_masks_keep_their_masks(tmp_path):
     assert all(s.mask_path is not None for s in checked)  # not weak positives
 
 
+def train_one_epoch_on(root: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    """The tiny training, one epoch, on a crack_segmentation folder at ``root``."""
+    return run_entry(
+        "train",
+        "data=crack_segmentation",
+        f"data.root={root}",
+        *[o for o in TINY if not o.startswith("data.synthetic.")],
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={run_dir}",
+    )
+
+
 def test_a_run_on_0_1_masks_trains_and_scores_its_positives_segmented(tmp_path):
     """The user's case: a dataset whose masks are stored as 0/1 trains as with 0/255."""
     from crackseg.data.synthetic import generate_synthetic_dataset
@@ -119,14 +131,7 @@ def test_a_run_on_0_1_masks_trains_and_scores_its_positives_segmented(tmp_path):
         mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         assert cv2.imwrite(str(path), (mask > 127).astype(np.uint8))
     run_dir = tmp_path / "run"
-    result = run_entry(
-        "train",
-        "data=crack_segmentation",
-        f"data.root={root}",
-        *[o for o in TINY if not o.startswith("data.synthetic.")],
-        "trainer.max_epochs=1",
-        f"hydra.run.dir={run_dir}",
-    )
+    result = train_one_epoch_on(root, run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "empty mask" not in result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -856,14 +861,7 @@ def test_a_validation_split_of_one_class_leaves_the_best_validation_ap_undefined
                 (root / part / folder).mkdir(parents=True, exist_ok=True)
                 shutil.copy(flat / folder / name, root / part / folder / name)
     run_dir = tmp_path / "run"
-    result = run_entry(
-        "train",
-        "data=crack_segmentation",
-        f"data.root={root}",
-        *[o for o in TINY if not o.startswith("data.synthetic.")],
-        "trainer.max_epochs=1",
-        f"hydra.run.dir={run_dir}",
-    )
+    result = train_one_epoch_on(root, run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["val_positives"] == 0
