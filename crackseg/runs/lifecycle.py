@@ -18,7 +18,6 @@ from typing import Any
 
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import env_override
 from hydra.errors import HydraException, InstantiationException
 from hydra.experimental.callback import Callback
@@ -55,7 +54,13 @@ from crackseg.runs.gpus import job_device_context, runs_parallel_locally
 from crackseg.runs.job_log import log_traceback_to_file
 from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import as_override, check_required
-from crackseg.sweep.job_names import job_overrides, setting_changes, shared_settings, swept_keys
+from crackseg.sweep.job_names import (
+    job_overrides,
+    setting_changes,
+    shared_settings,
+    swept_keys,
+    swept_values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -470,7 +475,7 @@ def refuse_missing_data(config: DictConfig) -> None:
     (``hydra.job.env_set``); data a job makes itself (synthetic, downloaded) is not, nor
     that of jobs run elsewhere (a cluster's launcher)."""
     data = config.get("data")
-    _, swept = _task_and_swept(config)
+    task, swept = _task_and_swept(config)
     if data is None or any(
         key in ("data", "experiment") or key.startswith(("data.root", "data.tile", "paths."))
         for key in swept
@@ -488,19 +493,6 @@ def refuse_missing_data(config: DictConfig) -> None:
         source = Path(str(tile.source)).expanduser() if tile else None
     check_data_found(root, source)
     if data.get("layout") == "dagm":  # a sweep over its classes (the paper's DAGM sweeps)
-        check_dagm_classes(root, swept_values(config, "data.dagm_class") or [data.dagm_class])
-
-
-def swept_values(config: DictConfig, key: str) -> list[str] | None:
-    """The values a multirun gives ``key`` (the command line's over the sweep config's), as
-    typed; None where neither sets it."""
-    task, _ = _task_and_swept(config)
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    given = [f"{key}={params[key]}"] if key in params else []
-    given += [o for o in task if o.partition("=")[0] == key]
-    if not given:
-        return None
-    override = OverridesParser.create().parse_overrides([given[-1]])[0]
-    if override.is_sweep_override():
-        return list(override.sweep_string_iterator())
-    return [override.get_value_element_as_str()]
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+        classes = swept_values(task, params, "data.dagm_class") or [data.dagm_class]
+        check_dagm_classes(root, classes)

@@ -42,6 +42,21 @@ def swept_keys(task_overrides: Iterable[str], sweeper_params: Mapping[str, Any])
     return keys | {override_key(name) for name in sweeper_params}
 
 
+def swept_values(
+    task_overrides: Iterable[str], sweeper_params: Mapping[str, Any], key: str
+) -> list[str] | None:
+    """The values the jobs give ``key`` (the command line's over the sweeper's params), as
+    typed; None where neither sets it."""
+    given = [f"{key}={sweeper_params[key]}"] if key in sweeper_params else []
+    given += [o for o in task_overrides if override_key(o) == key]
+    if not given:
+        return None
+    override = OverridesParser.create().parse_overrides([given[-1]])[0]
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
+
+
 def common_keys(task_overrides: Iterable[str], sweeper_params: Mapping[str, Any]) -> list[str]:
     """The command-line keys every job shares, in the order they were typed."""
     overrides = list(task_overrides)
