@@ -101,10 +101,7 @@ def take_trained_shape(data: DictConfig, module: SegDecModule, typed: set[str]) 
     shape = module.input_shape
     for key, trained in zip(SHAPE_KEYS, (shape.channels, shape.height, shape.width), strict=True):
         if data[key] != trained and f"data.{key}" not in typed:
-            log.info(
-                "data.%s: %s, the checkpoint's (the data config gives %s)", key, trained, data[key]
-            )
-            data[key] = trained
+            _take(data, key, trained)
 
 
 def check_input_shape(module: SegDecModule, channels: int, height: int, width: int) -> None:
@@ -167,11 +164,9 @@ def _typed(value: Any) -> str:
 
 
 def _take(data: DictConfig, key: str, trained: Any) -> None:
+    """``data.key`` becomes the checkpoint's value, and the log says so."""
     log.info(
-        "data.%s: %s, the weights' training run's (the data config gives %s)",
-        key,
-        trained,
-        data.get(key),
+        "data.%s: %s, the checkpoint's (the data config gives %s)", key, trained, data.get(key)
     )
     data[key] = trained
 
