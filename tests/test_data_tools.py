@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers.paper_replicas import make_dagm, write_image
+from helpers.paper_replicas import make_dagm, make_ksdd, write_image
 
 import crackseg.data.tiles as tiles
 from crackseg.data.data_settings import InputSize, SourceSettings
@@ -181,6 +181,23 @@ def test_stats_of_a_dagm_class(tmp_path, capsys):
     assert counts["1"] != counts["2"] and "| 7 " in counts["2"]
     assert main(["stats", str(root), "--layout", "ksdd2", "--dagm-class", "2"]) == 2
     assert "--dagm-class picks a class of --layout dagm" in capsys.readouterr().err
+
+
+def test_stats_of_a_paper_fold(tmp_path, capsys):
+    """The KSDD fold a paper run tests on (whole folders), with nothing carved for validation."""
+    root = make_ksdd(tmp_path / "ksdd", folders=6)  # 6 folders of 1 positive, 3 negatives
+    fold = ["--layout", "ksdd", "--num-folds", "3", "--fold", "1", "--val-fraction", "0"]
+    assert main(["stats", str(root), *fold]) == 0
+    assert capsys.readouterr().out.splitlines()[2:5] == [
+        "| Train       | 4           | 12          | 16          |",
+        "| Test        | 2           | 6           | 8           |",
+        "| Validation  | 0           | 0           | 0           |",
+    ]
+    assert main(["stats", str(root), *fold, "--train-positives", "3"]) == 0
+    assert "| Train       | 3           | 12          | 15          |" in capsys.readouterr().out
+    assert main(["stats", str(root), "--layout", "ksdd", "--fold", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.num_folds and data.fold go together" in err
 
 
 def test_cli_missing_root_exits_2_with_one_line(tmp_path, capsys):

@@ -108,7 +108,14 @@ def _cmd_stats(args: argparse.Namespace) -> None:
             split: check_samples(s, desc=f"checking {split}") for split, s in indexed.items()
         }
     splits = resolve_splits(
-        indexed, args.val_fraction, args.test_fraction, args.seed, split_file=args.split_file
+        indexed,
+        args.val_fraction,
+        args.test_fraction,
+        args.seed,
+        split_file=args.split_file,
+        num_folds=args.num_folds,
+        fold=args.fold,
+        train_positives=args.train_positives,
     )
     print("\n".join(set_table(split_counts(splits))))
 
@@ -197,13 +204,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_layout_arguments(tile, "crack_segmentation")
     tile.set_defaults(func=_cmd_tile)
 
-    stats = commands.add_parser("stats", help="positives/negatives per split (markdown)")
+    stats = commands.add_parser(
+        "stats",
+        help="positives/negatives per split (markdown)",
+        description="The split a training run with the same data.* settings makes, counted. "
+        "The paper's runs carve no validation split (they validate on the test split): "
+        "give them --val-fraction 0.",
+    )
     stats.add_argument("root", type=Path, help="dataset root")
     _add_layout_arguments(stats, None)
-    stats.add_argument("--val-fraction", type=float, default=0.15)
-    stats.add_argument("--test-fraction", type=float, default=0.15)
-    stats.add_argument("--seed", type=int, default=0)
+    stats.add_argument("--val-fraction", type=float, default=0.15, help="data.val_fraction (0.15)")
+    stats.add_argument(
+        "--test-fraction", type=float, default=0.15, help="data.test_fraction (0.15)"
+    )
+    stats.add_argument("--seed", type=int, default=0, help="data.split_seed (0)")
     stats.add_argument("--split-file", type=Path, default=None, help="split.csv to reproduce")
+    stats.add_argument(
+        "--num-folds", type=int, default=None, metavar="K", help="data.num_folds, with --fold"
+    )
+    stats.add_argument(
+        "--fold", type=int, default=None, metavar="I", help="data.fold: the test fold, 0..K-1"
+    )
+    stats.add_argument(
+        "--train-positives",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data.train_positives: keep N training positives (Severstal's sizes)",
+    )
     stats.add_argument(
         "--check",
         action="store_true",
