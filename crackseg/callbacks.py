@@ -135,26 +135,32 @@ class ValidateOnLastEpoch(pl.Callback):
 class StopCheckpoint(pl.Callback):
     """SIGTERM or Ctrl-C: finish the current batch, save ``interrupted.ckpt``, stop.
 
-    Lightning stops at the next batch boundary after a SIGTERM (on every rank under DDP);
-    the first Ctrl-C is turned into a SIGTERM so it stops the same clean way, and a second
-    one aborts at once. The checkpoint then holds a consistent state: the batches done so
-    far this epoch, which the data module skips when the run is resumed.
+    The first Ctrl-C is turned into a SIGTERM so it stops the same clean way, and a second
+    one aborts at once. While training, the signal is only noted, and the run stops after
+    the training batch under way, or after the validation under way: the checkpoint then
+    holds a consistent state, the batches done so far this epoch (which the data module
+    skips when the run is resumed) or the whole epoch with its validation. Lightning alone
+    would stop a validation half done, and the resumed run would never validate that epoch.
     """
 
     def __init__(self, dirpath: str, filename: str = "interrupted.ckpt") -> None:
         self.path = Path(dirpath) / filename
         self._previous_sigint: Any = None
-        #: Under DDP: a SIGTERM came to this process, not yet agreed on by all of them.
+        #: A SIGTERM came to this process while training, not yet acted on.
         self.signalled = False
         self._trainer: pl.Trainer | None = None
 
-    # Under DDP, Lightning's SIGTERM handler broadcasts from inside the handler: where the
+    # Lightning's own SIGTERM handler has its loops stop after the batch under way, a
+    # validation batch too. Under DDP it also broadcasts from inside the handler: where the
     # signal lands while another process is inside a collective (DDP's gradient all-reduce,
-    # a metric's gather), the two wait on each other for ever. Each process only notes the
-    # signal instead, and the processes agree on it after every training batch, stopping
-    # together (crackseg.runs.trainer.stop_if_signalled agrees after a Lightning call).
+    # a metric's gather), the two wait on each other for ever. While training, each process
+    # only notes the signal instead, and the processes agree on it after every training
+    # batch and every validation, stopping together (crackseg.runs.trainer.stop_if_signalled
+    # agrees after a Lightning call). A validation or test after training, which saves no
+    # checkpoint, stops as Lightning has it on a single process.
     def _hold_sigterm(self, trainer: pl.Trainer) -> None:
-        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+        held = trainer.world_size > 1 or trainer.state.fn == TrainerFn.FITTING
+        if held and threading.current_thread() is threading.main_thread():
             self._trainer = trainer
             if signal.getsignal(signal.SIGTERM) != self._note_sigterm:
                 signal.signal(signal.SIGTERM, self._note_sigterm)
@@ -167,9 +173,17 @@ class StopCheckpoint(pl.Callback):
         if launcher is not None:  # the first process started the others: they stop too
             launcher.kill(signum)
         log.warning(
-            "stop requested: every process stops after the training batch under way (a "
-            "validation or test under way ends first)"
+            "stop requested: training stops after the batch under way (a validation or test "
+            "under way ends first)"
         )
+
+    def _stop_if_agreed(self, trainer: pl.Trainer) -> None:
+        """Every process at once: Lightning stops them all at its next check."""
+        signalled = self.signalled or trainer.received_sigterm
+        if trainer.world_size > 1:
+            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        if signalled:
+            trainer._signal_connector.received_sigterm = True
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hold_sigterm(trainer)
@@ -179,6 +193,15 @@ class StopCheckpoint(pl.Callback):
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hold_sigterm(trainer)
+        if trainer.state.fn == TrainerFn.FITTING and trainer.received_sigterm:
+            # Stopping after the training batch that precedes this validation: the
+            # validation ends first, then the run stops (on_validation_end).
+            trainer._signal_connector.received_sigterm = False
+            self.signalled = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._stop_if_agreed(trainer)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hold_sigterm(trainer)
@@ -186,11 +209,7 @@ class StopCheckpoint(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
-        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(
-            self.signalled, all=False
-        ):
-            # Every process at once: Lightning stops them all after this batch.
-            trainer._signal_connector.received_sigterm = True
+        self._stop_if_agreed(trainer)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():

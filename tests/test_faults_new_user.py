@@ -469,11 +469,13 @@ def test_a_refused_command_writes_nothing_into_the_folder_it_refuses(finished, c
 # --------------------------------------------------------------- 1. a resumed run ends as one
 
 
-#: Three epochs of the tiny run (4 batches each), validated after epochs 1 and 2, determinstic.
+#: Three epochs of the tiny run (4 batches each), validated after epochs 1 and 2 (3 batches
+#: each), deterministic.
 RESUMED_RUN = [
     *TINY,
     "trainer.max_epochs=3",
     "validation_n_epochs=2",
+    "data.eval_batch_size=2",
     "trainer.deterministic=true",
     "+callbacks.stall._target_=stall_callback.StallAt",
 ]
@@ -525,6 +527,8 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
         (signal.SIGTERM, "0:1", 0),  # the first epoch, not validated
         (signal.SIGKILL, "0:1", 0),  # ... killed before any checkpoint: it starts again
         (signal.SIGKILL, "1:1", 2),  # after an epoch's end: last.ckpt of epoch 0, workers
+        (signal.SIGTERM, "1:3", 0),  # the last batch before a validation
+        (signal.SIGTERM, "1:v0", 0),  # a validation under way while training
         (signal.SIGTERM, "1:val", 0),  # a validated epoch, before its checkpoints
         (signal.SIGTERM, "1:2", 2),  # loader workers read ahead of the batches trained
         (signal.SIGTERM, "2:1", 0),  # the last epoch
@@ -536,6 +540,8 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
         "SIGTERM-first",
         "SIGKILL-first",
         "SIGKILL-second",
+        "SIGTERM-before-validation",
+        "SIGTERM-validating",
         "SIGTERM-validated",
         "SIGTERM-workers",
         "SIGTERM-last",

@@ -1,13 +1,15 @@
 """A callback for the fault tests: hold a training run still at a chosen point.
 
 Added to a run with ``+callbacks.stall._target_=stall_callback.StallAt`` (``tests/helpers``
-on PYTHONPATH). It acts only when CRACKSEG_TEST_STALL="EPOCH:BATCH:MARKER" is set: after
-that batch (BATCH=val: after that epoch's validation was logged, before any checkpoint of
-it is saved; BATCH=setup: while the training is set up, before Lightning's loops and their
-SIGTERM handler; BATCH=chosen: at the end of the validation after training that chooses the
-thresholds, where Lightning only notes a SIGTERM; EPOCH ignored by both) it writes MARKER
-and waits (up to two minutes) for the test to send a signal, so the signal lands at a known
-point of the run, or to delete MARKER, which lets it go on.
+on PYTHONPATH). It acts only when CRACKSEG_TEST_STALL="EPOCH:BATCH:MARKER" is set: as that
+training batch starts (so the batch finishes before the run stops); BATCH=vN: after batch N
+of that epoch's validation while training; BATCH=val: after that epoch's validation was
+logged, before any checkpoint of it is saved; BATCH=setup: while the training is set up,
+before Lightning's loops and their SIGTERM handler; BATCH=chosen: at the end of the
+validation after training that chooses the thresholds, where Lightning only notes a
+SIGTERM (EPOCH ignored by both). There it writes MARKER and waits (up to two minutes) for
+the test to send a signal, so the signal lands at a known point of the run, or to delete
+MARKER, which lets it go on.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ def _stall_point() -> tuple[int, str, str] | None:
     return int(epoch), where, marker
 
 
+def _signalled(trainer: pl.Trainer) -> bool:
+    """A SIGTERM came: noted by Lightning, or (while training) by crackseg's StopCheckpoint."""
+    noted = any(getattr(callback, "signalled", False) for callback in trainer.callbacks)
+    return trainer.received_sigterm or noted
+
+
 def _stall(trainer: pl.Trainer, marker: str, what: str) -> None:
     Path(marker).write_text(f"{what}\n")
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not trainer.received_sigterm:
+    while time.monotonic() < deadline and not _signalled(trainer):
         if not Path(marker).exists():
             return
         time.sleep(0.02)
@@ -43,13 +51,22 @@ class StallAt(pl.Callback):
         if point is not None and point[1] == "setup" and stage == "fit":
             _stall(trainer, point[2], "setting up")
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Held as the batch starts, so a signal lands while it trains, as one mostly does.
         point = _stall_point()
         if point is None:
             return
         epoch, where, marker = point
         if trainer.current_epoch == epoch and where == str(batch_idx):
             _stall(trainer, marker, f"epoch {epoch} batch {batch_idx}")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+        point = _stall_point()
+        if point is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        epoch, where, marker = point
+        if trainer.current_epoch == epoch and where == f"v{batch_idx}":
+            _stall(trainer, marker, f"epoch {epoch} validation batch {batch_idx}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         point = _stall_point()

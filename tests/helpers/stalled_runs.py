@@ -19,8 +19,8 @@ REPO = HELPERS.parents[1]
 def start_train(
     marker: Path, *args: str, epoch: int, batch: int | str, env: dict | None = None
 ) -> subprocess.Popen:
-    """Start ``crackseg-train ARGS`` to hold still after ``batch`` (or "val") of ``epoch``,
-    writing ``marker`` once it does."""
+    """Start ``crackseg-train ARGS`` to hold still at ``batch`` of ``epoch`` (as it starts;
+    or "vN", "val", ...: stall_callback.StallAt), writing ``marker`` once it does."""
     return subprocess.Popen(
         [sys.executable, "-m", "crackseg.train", *args],
         cwd=REPO,
