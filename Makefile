@@ -48,7 +48,7 @@ wheel: | $(BIN)/python ## build dist/crackseg-<version>-py3-none-any.whl, config
 	$(BIN)/pip wheel --no-deps --wheel-dir dist .
 
 train: install ## run the demo: synthetic data, small model, CPU, a few minutes (ARGS=overrides)
-	$(BIN)/crackseg-train $(ARGS)
+	$(BIN)/crackseg-train experiment=demo $(ARGS)
 
 test: install ## run the test suite, one worker per core (TEST_WORKERS=N, ARGS=pytest options)
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)

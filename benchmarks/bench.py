@@ -81,7 +81,7 @@ class Setting:
 SETTINGS = (
     # The seed run: crack_segmentation's 448x448 images resized to 640x232.
     Setting("segdec", 640, 232, ("experiment=seed_crack_segmentation",), (448, 448)),
-    Setting("segdec_small", 128, 128, ()),  # the CPU demo: crackseg-train's defaults
+    Setting("segdec_small", 128, 128, ("experiment=demo",)),  # the CPU demo
     Setting("segdec_small_fullres", 160, 160, ("experiment=cfd_tiles",)),
 )
 

@@ -29,8 +29,9 @@ from crackseg.runs.resolvers import register_resolvers  # noqa: E402 (imports no
 
 register_resolvers()
 
-#: A run small enough for a test: 64x128 images, 20+20 of them, 2 epochs.
+#: A run small enough for a test: the narrow network, 64x128 images, 20+20 of them, 2 epochs.
 TINY = [
+    "model=segdec_small",
     "data.input_height=64",
     "data.input_width=128",
     "data.synthetic.num_positives=20",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED
+from conftest import REPO, SHARED
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -28,11 +28,17 @@ def _compose(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
-def test_default_is_the_cpu_demo_on_synthetic_data():
+def test_the_default_model_is_the_papers_network_and_the_demo_a_narrow_one():
+    """docs/method.md §2: the paper's network is the default model; the CPU demo
+    (make train: experiment=demo) names the narrow variant, on the embedded synthetic set."""
     cfg = _compose()
-    assert cfg.data.name == "synthetic" and cfg.data.synthetic is not None
-    assert cfg.model.name == "segdec_small"
-    assert cfg.model.net.volume_channels < 1024  # not the paper's network
+    assert cfg.data.name == "synthetic" and cfg.model.name == "segdec"
+    assert cfg.model.net.volume_channels == 1024 and cfg.model.net.volume_kernel == 15
+    demo = _compose("experiment=demo")
+    assert demo.data.name == "synthetic" and demo.data.synthetic is not None
+    assert demo.model.name == "segdec_small" and demo.model.net.volume_channels < 1024
+    assert demo.trainer.max_epochs == 25
+    assert "experiment=demo" in (REPO / "Makefile").read_text().split("\ntrain:")[1]
 
 
 def test_every_override_name_reaches_the_objects_it_configures(tmp_path):

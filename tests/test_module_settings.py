@@ -50,6 +50,7 @@ def test_the_model_config_reads_no_other_group():
 
 def test_a_config_builds_its_groups():
     cfg = _compose(
+        "model=segdec_small",
         "model.net.volume_channels=16",
         "loss.gradient_adjustment=false",
         "loss.delta_cls=0.2",

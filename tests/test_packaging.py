@@ -72,8 +72,10 @@ def test_wheel_trains_from_an_empty_folder(tmp_path: Path) -> None:
     work = base / "work"
     experiment = work / "my_configs" / "experiment" / "tiny.yaml"
     experiment.parent.mkdir(parents=True)
-    settings = OmegaConf.from_dotlist([*TINY, "trainer.max_epochs=1", "run_name=my_tiny_run"])
-    experiment.write_text("# @package _global_\n" + OmegaConf.to_yaml(settings))
+    values = [o for o in TINY if not o.startswith("model=")]  # a group: chosen in defaults
+    settings = OmegaConf.from_dotlist([*values, "trainer.max_epochs=1", "run_name=my_tiny_run"])
+    defaults = "defaults:\n  - override /model: segdec_small\n"
+    experiment.write_text("# @package _global_\n" + defaults + OmegaConf.to_yaml(settings))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CRACKSEG_DATA_DIR")}
     train = base / ".venv" / "bin" / "crackseg-train"
     search_path = f"hydra.searchpath=[file://{work / 'my_configs'}]"
