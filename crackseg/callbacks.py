@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 from pathlib import Path
@@ -21,6 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from crackseg.atomic import atomic_write_csv, atomic_write_text
+from crackseg.errors import TrainingDiverged
 from crackseg.evaluation import weak_ranking
 from crackseg.evaluation.metrics import json_ready
 from crackseg.evaluation.plots import (
@@ -246,6 +248,23 @@ class StopCheckpoint(pl.Callback):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
             trainer.save_checkpoint(self.path)
             log.warning("stopped by a signal; checkpoint saved to %s", self.path)
+
+
+class FailOnDivergedLoss(pl.Callback):
+    """A training whose loss is no longer a number (nan or inf) ends at that epoch's end
+    with one line, its status failed: every later epoch, validation and test would compute
+    on NaN weights, and its scores would mean nothing. last.ckpt keeps the epoch before."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        raise TrainingDiverged(
+            f"the training diverged: its loss in epoch {trainer.current_epoch} is "
+            f"{float(loss)} at learning rate {lr:g}; lower optim.lr, or train in float32 "
+            "(trainer.precision=32-true)"
+        )
 
 
 class CheckpointsFollowTheRunFolder(pl.Callback):

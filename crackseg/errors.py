@@ -20,6 +20,11 @@ def describe_files(paths: list, limit: int = 5) -> str:
     return f"{shown} (and {more} more, {len(paths)} in all)" if more > 0 else shown
 
 
+class TrainingDiverged(ConfigError):
+    """The training loss stopped being a number: the settings (a learning rate too high, a
+    precision too narrow) do not train on this data."""
+
+
 class RunFolderError(ConfigError):
     """A run folder cannot be used as asked (it holds another run, or none); it is left as is."""
 

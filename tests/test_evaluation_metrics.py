@@ -12,6 +12,7 @@ import torch
 
 from crackseg.evaluation.metrics import (
     NUM_BINS,
+    best_f_threshold,
     choose_seg_threshold,
     dice_iou_at,
     dice_iou_curves,
@@ -67,6 +68,22 @@ def test_image_metrics_one_class_is_nan_without_warnings(labels, expected) -> No
     assert math.isnan(m["image_auc"]) and math.isnan(m["image_ap"])
     assert m["image_threshold"] == 0.5
     assert (m["tp"], m["fp"], m["tn"], m["fn"]) == expected
+
+
+def test_a_score_that_is_not_a_number_leaves_the_curves_undefined(caplog) -> None:
+    """torchmetrics takes a NaN for a logit and applies a sigmoid to every score: the
+    best-F threshold came out as sigmoid(a score), and the counts were taken at it."""
+    scores = torch.tensor([0.9, 0.8, float("nan"), 0.6, 0.4, 0.3])
+    labels = torch.tensor([1, 1, 0, 1, 0, 0])
+    m = image_metrics(scores, labels)
+    assert math.isnan(m["image_auc"]) and math.isnan(m["image_ap"])
+    assert (m["best_f_threshold"], m["image_threshold"]) == (0.5, 0.5)
+    assert math.isnan(m["best_f_measure"])
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (3, 0, 3, 0)  # the NaN counts as negative
+    assert "1 of 6 decision scores are not numbers" in caplog.text
+    assert best_f_threshold(scores, labels)[0] == 0.5
+    m = image_metrics(scores, labels, threshold=0.7)  # a validation's threshold still counts
+    assert (m["image_threshold"], m["tp"], m["fn"]) == (0.7, 2, 1)
 
 
 def test_json_ready_drops_arrays_and_nan() -> None:

@@ -611,6 +611,22 @@ def test_a_class_refusing_its_config_arguments_is_one_line_naming_both(tmp_path)
     assert "invalid strategy name" in logged.split("Traceback", 1)[1]
 
 
+def test_a_training_that_diverges_ends_with_one_line(tmp_path):
+    """A learning rate far too high: the loss turns NaN, and every later epoch, validation
+    and test computed on NaN weights; the run now fails at the epoch's end, saying why."""
+    run_dir = tmp_path / "run"
+    result = run_entry("train", *TINY, "optim.lr=1e12", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_line_error(result)
+    assert line == (
+        "error: the training diverged: its loss in epoch 0 is nan at learning rate 1e+12; "
+        "lower optim.lr, or train in float32 (trainer.precision=32-true)"
+    )
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status == {"status": "failed", "error": line.removeprefix("error: ")}
+    assert not (run_dir / "metrics.json").exists()
+
+
 def test_an_unexpected_error_of_a_single_run_is_recorded_as_failed(tmp_path):
     """A fault of crackseg's (here a stand-in task) keeps its traceback, and the folder's
     status says failed: no run is left looking as if it still ran."""

@@ -131,6 +131,22 @@ def test_widths_taken_block_by_block_equal_those_of_the_whole_crack(monkeypatch)
         assert crack == dataclasses.replace(reference, mean_width=crack.mean_width)
 
 
+def test_millimetres_keep_the_pixel_columns_precision_at_small_pixel_sizes(tmp_path: Path):
+    """A 2-pixel crack at 0.0004 mm a pixel is 0.0008 mm wide, not 0.001 (3 decimals)."""
+    probabilities = np.zeros((50, 300), np.float32)
+    probabilities[20:22, 50:250] = 0.9
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    settings = predict_settings(pixel_size_mm=0.0004, overlays=False)
+    writer = ResultWriter(tmp_path, settings, info)
+    writer.add(
+        Path("slide.png"), np.zeros((50, 300, 3), np.uint8), ImagePrediction(0.8, probabilities)
+    )
+    writer.write_tables()
+    (crack,) = csv.DictReader((tmp_path / "cracks.csv").open())
+    assert crack["mean_width_px"] == "2.00" and crack["mean_width_mm"] == "0.000800"
+    assert float(crack["length_mm"]) == pytest.approx(0.0004 * float(crack["length_px"]), abs=1e-6)
+
+
 def test_millimetres_are_pixels_times_the_pixel_size(tmp_path: Path):
     probabilities = np.zeros((60, 300), np.float32)
     probabilities[20:25, 50:250] = 0.9

@@ -80,6 +80,14 @@ def list_input_images(path: Path) -> list[Path]:
     if not images:
         kinds = "/".join(IMAGE_EXTENSIONS)
         raise DataError(f"no images ({kinds}) found in {path} (its subfolders are not read)")
+    subfolders = sorted(p for p in path.iterdir() if p.is_dir() and p.name[0] != ".")
+    if subfolders:
+        log.warning(
+            "%s: %d subfolders are not read (give each as input): %s",
+            path,
+            len(subfolders),
+            describe_files(subfolders),
+        )
     return images
 
 

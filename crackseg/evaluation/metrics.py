@@ -188,15 +188,21 @@ def pixel_metrics(histograms: Tensor, threshold: float) -> dict[str, Any]:
 # --------------------------------------------------------------------------- image level
 
 
+def _has_curves(scores: Tensor, labels: Tensor) -> bool:
+    """Whether ROC and PR curves exist: both classes, and every score a number (torchmetrics
+    would take a NaN for a logit and apply a sigmoid to every score)."""
+    num_pos = int(labels.sum())
+    return 0 < num_pos < labels.numel() and bool(torch.isfinite(scores).all())
+
+
 def best_f_threshold(scores: Tensor, labels: Tensor) -> tuple[float, float]:
     """The PR-curve threshold with the best F-measure, and that F-measure.
 
-    Ties go to the lowest threshold. A split with only one class has no PR curve: returns
-    (DEFAULT_THRESHOLD, nan).
+    Ties go to the lowest threshold. A split with only one class, or with a score that is
+    not a number, has no PR curve: returns (DEFAULT_THRESHOLD, nan).
     """
     scores_t, labels_t = _flat(scores, labels)
-    num_pos = int(labels_t.sum())
-    if num_pos == 0 or num_pos == labels_t.numel():
+    if not _has_curves(scores_t, labels_t):
         return DEFAULT_THRESHOLD, math.nan
     precision, recall, thresholds = binary_precision_recall_curve(scores_t, labels_t)
     # The last (precision=1, recall=0) point has no threshold: leave it out.
@@ -237,18 +243,28 @@ def image_metrics(scores: Tensor, labels: Tensor, threshold: float | None = None
     threshold ``f_measure`` and ``tp``, ``fp``, ``tn``, ``fn`` (positive = score >=
     threshold), plus ``roc`` = (fpr, tpr) and ``pr`` = (precision, recall) for the plots.
 
-    A split with only positives or only negatives has no ROC / PR curve: AUC and AP are
-    nan (torchmetrics is not called, so it neither warns nor returns a misleading 0), the
-    best-F threshold is 0.5 and the counts are still computed.
+    A split with only positives or only negatives, or with scores that are not numbers (a
+    training that diverged), has no ROC / PR curve: AUC and AP are nan (torchmetrics is not
+    called, so it neither warns nor returns a misleading number), the best-F threshold is
+    0.5 and the counts are still computed (a NaN score counts as negative).
     """
     scores_t, labels_t = _flat(scores, labels)
     num_pos = int(labels_t.sum())
     num_neg = int(labels_t.numel()) - num_pos
+    not_numbers = int((~torch.isfinite(scores_t)).sum())
 
     empty = np.zeros(0, dtype=np.float32)
     roc: tuple[np.ndarray, np.ndarray] = (empty, empty.copy())
     pr: tuple[np.ndarray, np.ndarray] = (empty.copy(), empty.copy())
-    if num_pos > 0 and num_neg > 0:
+    if not_numbers:
+        log.warning(
+            "%d of %d decision scores are not numbers (nan or inf: the weights diverged?): "
+            "AUC and AP are undefined (nan)",
+            not_numbers,
+            scores_t.numel(),
+        )
+        auc = ap = math.nan
+    elif num_pos > 0 and num_neg > 0:
         auc = float(binary_auroc(scores_t, labels_t))
         ap = float(binary_average_precision(scores_t, labels_t))
         fpr, tpr, _ = binary_roc(scores_t, labels_t)

@@ -219,8 +219,8 @@ def _auto_notes(metrics: Mapping[str, Any]) -> list[str]:
     notes = []
     if _is_undefined(metrics.get("image_auc")) or _is_undefined(metrics.get("image_ap")):
         notes.append(
-            "Image AUC and AP are undefined (n/a): the test split holds only one class; "
-            "the image threshold fell back to 0.5."
+            "Image AUC and AP are undefined (n/a): the test split holds only one class, or "
+            "scores that are not numbers."
         )
     without = int(metrics.get("positives_without_mask") or 0)
     if without:
