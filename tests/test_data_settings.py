@@ -192,6 +192,13 @@ def test_a_run_saved_before_the_validation_schedule_continues_on_its_schedule():
     ]
 
 
+def test_a_run_saved_before_the_divergence_check_continues():
+    check = _compose("train", "paths.data_dir=/d").callbacks.fail_on_diverged_loss
+    now = OmegaConf.create({"seed": 0, "callbacks": {"fail_on_diverged_loss": check}})
+    old = OmegaConf.create({"seed": 0, "callbacks": {}})
+    assert config_differences(old, now) == []
+
+
 def test_a_run_continues_with_other_speed_options():
     """channels_last, compile and the volume's im2col change how fast the network runs, not
     what it learns: a run saved with ``model.channels_last: false`` (the default before

@@ -113,11 +113,13 @@ MIRRORED_KEYS = (
 )
 
 #: Settings added after runs may have started, with the value that gives the behaviour those
-#: runs had: a config saved before a key existed compares as if it held that value.
+#: runs had (or, for a check, the check): a config saved before a key existed compares as if
+#: it held that value.
 ADDED_KEYS = {
     "validation_schedule": "every_n",
     "callbacks.validate_on_last_epoch.schedule": "every_n",
     "loss.weak_gradient_adjustment": "published",
+    "callbacks.fail_on_diverged_loss._target_": "crackseg.callbacks.FailOnDivergedLoss",
 }
 
 
