@@ -236,6 +236,7 @@ def train_command(run_dir: Path, *overrides: str) -> list[str]:
 def ddp_command(plan: Plan, work: Path) -> list[str]:
     """The demo (the narrow network on the embedded synthetic set), one epoch, on DDP."""
     overrides = [
+        "model=segdec_small",
         "trainer=ddp",
         f"trainer.accelerator={plan.ddp_accelerator}",
         f"trainer.devices={plan.ddp_devices}",

@@ -135,7 +135,8 @@ class ValidateOnLastEpoch(pl.Callback):
 
 
 class StopCheckpoint(pl.Callback):
-    """SIGTERM or Ctrl-C: finish the current batch, save ``interrupted.ckpt``, stop.
+    """SIGTERM or Ctrl-C: finish the batch or validation under way, save
+    ``interrupted.ckpt``, stop.
 
     The first Ctrl-C is turned into a SIGTERM so it stops the same clean way, and a second
     one aborts at once. While training, the signal is only noted, and the run stops after
@@ -143,6 +144,8 @@ class StopCheckpoint(pl.Callback):
     holds a consistent state, the batches done so far this epoch (which the data module
     skips when the run is resumed) or the whole epoch with its validation. Lightning alone
     would stop a validation half done, and the resumed run would never validate that epoch.
+    A second SIGTERM to a single process (a grace period shorter than the validation) stops
+    it after the validation batch under way, as Lightning would.
     """
 
     def __init__(self, dirpath: str, filename: str = "interrupted.ckpt") -> None:
@@ -169,6 +172,9 @@ class StopCheckpoint(pl.Callback):
 
     def _note_sigterm(self, signum: int, frame: Any) -> None:
         if self.signalled:
+            # Under DDP every process must stop at the same point: only after agreeing.
+            if self._trainer is not None and self._trainer.world_size == 1:
+                self._trainer._signal_connector.received_sigterm = True
             return
         self.signalled = True
         launcher = self._trainer.strategy.launcher if self._trainer is not None else None
@@ -189,9 +195,11 @@ class StopCheckpoint(pl.Callback):
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hold_sigterm(trainer)
+        self._catch_first_ctrl_c()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hold_sigterm(trainer)
+        self._catch_first_ctrl_c()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hold_sigterm(trainer)
@@ -213,13 +221,19 @@ class StopCheckpoint(pl.Callback):
     ) -> None:
         self._stop_if_agreed(trainer)
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread():
+    def _catch_first_ctrl_c(self) -> None:
+        """Once Lightning has recorded the handlers it restores when its call ends (after
+        on_fit_start), so that it never restores this one after a failed fit."""
+        main = threading.current_thread() is threading.main_thread()
+        if main and self._previous_sigint is None:
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
-        log.warning("Ctrl-C: stopping after this batch with a checkpoint (Ctrl-C again aborts)")
+        log.warning(
+            "Ctrl-C: stopping after the batch or validation under way, with a checkpoint "
+            "(Ctrl-C again aborts)"
+        )
         signal.raise_signal(signal.SIGTERM)
 
     def _restore_sigint(self) -> None:
@@ -253,17 +267,20 @@ class StopCheckpoint(pl.Callback):
 class FailOnDivergedLoss(pl.Callback):
     """A training whose loss is no longer a number (nan or inf) ends at that epoch's end
     with one line, its status failed: every later epoch, validation and test would compute
-    on NaN weights, and its scores would mean nothing. last.ckpt keeps the epoch before."""
+    on NaN weights, and its scores would mean nothing. last.ckpt keeps the epoch before, as
+    Lightning calls checkpoint callbacks after the others (last_checkpoint saves at the
+    training epoch's end)."""
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loss = trainer.callback_metrics.get("train/loss")
         if loss is None or math.isfinite(float(loss)):
             return
         lr = trainer.optimizers[0].param_groups[0]["lr"]
+        float32 = str(trainer.precision).startswith("32")
         raise TrainingDiverged(
             f"the training diverged: its loss in epoch {trainer.current_epoch} is "
-            f"{float(loss)} at learning rate {lr:g}; lower optim.lr, or train in float32 "
-            "(trainer.precision=32-true)"
+            f"{float(loss)} at learning rate {lr:g}; lower optim.lr"
+            + ("" if float32 else ", or train in float32 (trainer.precision=32-true)")
         )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import (
     METRIC_KEYS,
@@ -29,9 +30,12 @@ from conftest import (
 )
 from helpers.stalled_runs import HELPERS, start_train, wait_for_stall
 from omegaconf import OmegaConf
+from pytorch_lightning.demos.boring_classes import BoringModel
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from crackseg.atomic import atomic_write_text, remove_partial_writes
+from crackseg.callbacks import StopCheckpoint
 from crackseg.cli import one_line
 from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.runs.folder import (
@@ -698,3 +702,66 @@ def test_a_run_started_with_a_numeric_precision_resumes_before_its_first_checkpo
     resolve_machine_settings(live)
     cfg, checkpoint = prepare_training_run(live, multirun=False, task_overrides=[])
     assert checkpoint is None and cfg.trainer.precision == "32"
+
+
+class _SignalAtValidation(BoringModel):
+    """Sends itself ``count`` SIGTERMs at batch 1 of epoch 1's validation; notes the batches
+    each validation reached."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+        self.reached: list[int] = []
+
+    def validation_step(self, batch, batch_idx):
+        if not self.trainer.sanity_checking:
+            if self.current_epoch == 1 and batch_idx == 1:
+                for _ in range(self.count):
+                    os.kill(os.getpid(), signal.SIGTERM)
+            self.reached.append(batch_idx)
+        return super().validation_step(batch, batch_idx)
+
+
+class _FailAtEpochEnd(pl.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        raise ValueError("a failure")
+
+
+def _boring_fit(tmp_path, model, *callbacks) -> StopCheckpoint:
+    stop = StopCheckpoint(str(tmp_path))
+    trainer = pl.Trainer(
+        max_epochs=3,
+        limit_train_batches=4,
+        limit_val_batches=4,
+        callbacks=[stop, *callbacks],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model)
+    return stop
+
+
+@pytest.mark.parametrize(("count", "reached"), [(1, 4), (2, 2)], ids=["one", "two"])
+def test_a_validation_under_way_ends_before_the_stop_unless_signalled_twice(
+    tmp_path, count, reached
+):
+    """One SIGTERM while training: the validation under way ends whole, then the run stops
+    (the resumed run keeps that epoch's validation); a second one (a short grace period)
+    stops it after the validation batch under way, as Lightning does."""
+    model = _SignalAtValidation(count)
+    with pytest.raises(SIGTERMException):
+        _boring_fit(tmp_path, model)
+    assert model.reached == [0, 1, 2, 3] + list(range(reached))  # epoch 0's, then epoch 1's
+    saved = torch.load(tmp_path / "interrupted.ckpt", weights_only=False)
+    assert saved["epoch"] == (2 if count == 1 else 1)  # after epoch 1's end, or inside it
+
+
+def test_a_failed_fit_leaves_ctrl_c_as_it_was(tmp_path):
+    """Lightning restores, after its call, the handlers it found at its start: the first
+    Ctrl-C's handler is taken after that, so a failed fit does not leave it behind."""
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(ValueError, match="a failure"):
+        _boring_fit(tmp_path, BoringModel(), _FailAtEpochEnd())
+    assert signal.getsignal(signal.SIGINT) is before

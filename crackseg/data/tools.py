@@ -208,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         "stats",
         help="positives/negatives per split (markdown)",
         description="The split a training run with the same data.* settings makes, counted. "
-        "The paper's runs carve no validation split (they validate on the test split): "
-        "give them --val-fraction 0.",
+        "The paper's KolektorSDD, KolektorSDD2 and DAGM runs validate on the test split and "
+        "carve no validation split: count theirs with --val-fraction 0 (Severstal's carve "
+        "the default 0.15).",
     )
     stats.add_argument("root", type=Path, help="dataset root")
     _add_layout_arguments(stats, None)
