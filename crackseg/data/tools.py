@@ -17,17 +17,14 @@ import sys
 from pathlib import Path
 
 from crackseg.atomic import folder_built_beside
+from crackseg.data.data_settings import SplitSettings
 from crackseg.data.layouts import (
     LAYOUTS,
     check_samples,
     index_layout,
 )
 from crackseg.data.published_splits import PARTS, published_split, write_published_split
-from crackseg.data.splits import (
-    resolve_splits,
-    set_table,
-    split_counts,
-)
+from crackseg.data.splits import set_table, split_counts, split_samples
 from crackseg.data.tiles import tile_dataset
 from crackseg.errors import ConfigError, CracksegError, DataError
 from crackseg.setting_rules import OneLineParser, as_override
@@ -107,16 +104,16 @@ def _cmd_stats(args: argparse.Namespace) -> None:
         indexed = {
             split: check_samples(s, desc=f"checking {split}") for split, s in indexed.items()
         }
-    splits = resolve_splits(
-        indexed,
-        args.val_fraction,
-        args.test_fraction,
-        args.seed,
+    settings = SplitSettings(
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
         split_file=args.split_file,
         num_folds=args.num_folds,
         fold=args.fold,
         train_positives=args.train_positives,
+        split_seed=args.seed,
     )
+    splits = split_samples(indexed, settings)  # as a training run's data module splits
     print("\n".join(set_table(split_counts(splits))))
 
 
