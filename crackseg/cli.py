@@ -216,6 +216,9 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     try:
         main()
     except SweepStopped:
+        from crackseg.runs.lifecycle import restore_signal_handlers
+
+        restore_signal_handlers()  # and the sweep's stopping mark, which is done with
         sweep_dir = list(started_sweeps)[-1] if started_sweeps else None
         if sweep_dir is not None and sweep_dir.is_dir():
             end_sweep(sweep_dir)  # its summary, the stopped jobs counted as unfinished

@@ -64,6 +64,8 @@ SEEDS = [0, 1, 2]
 #: A tiny CPU run, as an experiment in an extra config folder so job names stay short.
 TINY_EXPERIMENT = """\
 # @package _global_
+defaults:
+  - override /model: segdec_small
 trainer:
   max_epochs: 2
   enable_progress_bar: false
@@ -860,3 +862,20 @@ def test_a_local_parallel_sweep_stopped_by_sigterm_stops_its_jobs_with_checkpoin
     for job in jobs:
         assert json.loads((job / "status.json").read_text())["status"] == "interrupted"
         assert (job / "checkpoints" / "interrupted.ckpt").is_file()
+
+
+def test_a_job_taken_from_the_queue_of_a_stopping_sweep_does_not_start(tmp_path: Path) -> None:
+    """A worker whose job stopped takes the next queued job at once: that job ends before
+    Hydra makes its folder while the sweep's process (a live one) stops."""
+    from crackseg.runs.resolvers import SWEEP_STOPPING, job_folder
+
+    mark = tmp_path / SWEEP_STOPPING
+    mark.write_text(f"{os.getppid()}\n")  # another process, alive: the stopping sweep
+    with pytest.raises(KeyboardInterrupt, match="is stopping: this job does not start"):
+        job_folder(2, "seed=2", str(tmp_path), ["seed=2"])
+    mark.write_text(f"{os.getpid()}\n")  # the sweep's own process names its folders on
+    assert job_folder(2, "seed=2", str(tmp_path), ["seed=2"]) == "2_seed=2"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mark.write_text(f"{dead.pid}\n")  # left by a sweep killed before its end
+    assert job_folder(2, "seed=2", str(tmp_path), ["seed=2"]) == "2_seed=2"

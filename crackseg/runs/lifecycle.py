@@ -52,6 +52,7 @@ from crackseg.runs.folder import (
 )
 from crackseg.runs.gpus import job_device_context, runs_parallel_locally
 from crackseg.runs.job_log import log_traceback_to_file
+from crackseg.runs.resolvers import SWEEP_STOPPING
 from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import as_override, check_required
 from crackseg.sweep.job_names import (
@@ -312,6 +313,10 @@ def stop_side_by_side_jobs_together(sweep_dir: Path) -> None:
     def stop(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        # A worker whose job stops takes the next job of its queue at once: that job sees
+        # the mark before Hydra makes its folder, and does not start.
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEEP_STOPPING).write_text(f"{os.getpid()}\n")
         if signum == signal.SIGTERM:  # a terminal's Ctrl-C reached the workers itself
             for pid in child_processes(os.getpid()):
                 with contextlib.suppress(ProcessLookupError):
@@ -325,20 +330,28 @@ def stop_side_by_side_jobs_together(sweep_dir: Path) -> None:
     def jobs_in() -> list[Path]:  # (the folder is made once the first job is launched)
         return [job for job in sweep_dir.iterdir() if job.is_dir()] if sweep_dir.is_dir() else []
 
+    (sweep_dir / SWEEP_STOPPING).unlink(missing_ok=True)  # left by a sweep killed so
+    _stopping_marks.append(sweep_dir / SWEEP_STOPPING)
     _handlers_before_sweep.update(
         {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     )
 
 
-#: The SIGTERM and SIGINT handlers a local parallel sweep replaced, put back at its end.
+#: The SIGTERM and SIGINT handlers a local parallel sweep replaced, put back at its end,
+#: and its stopping mark's place, removed then.
 _handlers_before_sweep: dict[int, Any] = {}
+_stopping_marks: list[Path] = []
 
 
 def restore_signal_handlers() -> None:
-    """Put back the handlers :func:`stop_side_by_side_jobs_together` replaced."""
+    """Put back the handlers :func:`stop_side_by_side_jobs_together` replaced, and remove
+    its stopping mark."""
     for signum, handler in _handlers_before_sweep.items():
         signal.signal(signum, handler)
     _handlers_before_sweep.clear()
+    for mark in _stopping_marks:
+        mark.unlink(missing_ok=True)
+    _stopping_marks.clear()
 
 
 def child_processes(pid: int) -> list[int]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,6 +83,8 @@ def job_folder(
     """
     from crackseg.sweep.job_names import job_identity
 
+    if sweep_dir:
+        refuse_job_of_a_stopping_sweep(Path(sweep_dir))
     name = job_dirname(override_dirname)
     if sweep_dir and overrides is not None:
         wanted = job_identity(str(o) for o in overrides)
@@ -90,6 +93,24 @@ def job_folder(
             if number.isdigit() and rest == name and _identity_of(folder) == wanted:
                 return folder.name
     return f"{num}_{name}" if name else str(num)
+
+
+#: The mark a stopping local parallel sweep leaves in its folder, holding its pid, so that
+#: its queued jobs do not start (crackseg.runs.lifecycle.stop_side_by_side_jobs_together).
+SWEEP_STOPPING = ".stopping"
+
+
+def refuse_job_of_a_stopping_sweep(sweep_dir: Path) -> None:
+    """A job that a local parallel sweep's worker takes from its queue while the sweep stops
+    (crackseg.runs.lifecycle.stop_side_by_side_jobs_together) ends before Hydra makes its
+    folder: it stays not started, as the jobs never taken."""
+    try:
+        stopping_pid = int((sweep_dir / SWEEP_STOPPING).read_text())
+        os.kill(stopping_pid, 0)  # a mark left by a sweep killed before its end: none
+    except (OSError, ValueError):
+        return
+    if stopping_pid != os.getpid():  # the sweep's own process names its folders on
+        raise KeyboardInterrupt(f"{sweep_dir} is stopping: this job does not start")
 
 
 def _identity_of(job: Path) -> list[str] | None:
