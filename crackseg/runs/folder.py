@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -145,9 +144,6 @@ _held: dict[str, int] = {}
 #: and those whose lock file holds this process's name.
 _accepted: set[str] = set()
 _named: set[str] = set()
-#: Of those, the folders that were empty when claimed: Hydra had just made them for this
-#: command, which leaves none behind if it is refused (:func:`release_run_folder`).
-_made: set[str] = set()
 
 
 def claim_run_folder(folder: str | Path) -> None:
@@ -167,14 +163,11 @@ def claim_run_folder(folder: str | Path) -> None:
     if key in _held:
         return
     Path(key).mkdir(parents=True, exist_ok=True)
-    empty = not any(Path(key).iterdir())
     holder = ""
     for _ in range(20):  # a holder that has just taken the lock writes its name right after
         fd = lock_file(Path(key) / LOCK_FILE, 0o666)
         if fd is not None:
             _held[key] = fd
-            if empty:
-                _made.add(key)
             if not used_by_another_command(Path(key)):
                 _name_holder(key)
             return
@@ -252,15 +245,9 @@ def is_accepted(folder: str | Path) -> bool:
     return os.path.abspath(folder) in _accepted
 
 
-def release_run_folder(folder: str | Path, remove_if_refused: bool = False) -> None:
-    """Let another process write into ``folder`` (emptying the holder's name first).
-
-    ``remove_if_refused``: a folder Hydra made for this command, which refused it before
-    accepting it (a bad setting), is removed, where it holds only Hydra's ``.hydra/`` and
-    the lock file: no empty run folder is left behind a typing mistake."""
+def release_run_folder(folder: str | Path) -> None:
+    """Let another process write into ``folder`` (emptying the holder's name first)."""
     key = os.path.abspath(folder)
-    refused = key in _made and key not in _accepted
-    _made.discard(key)
     _accepted.discard(key)
     fd = _held.pop(key, None)
     if fd is not None:
@@ -268,17 +255,6 @@ def release_run_folder(folder: str | Path, remove_if_refused: bool = False) -> N
             _named.discard(key)
             os.ftruncate(fd, 0)
         os.close(fd)  # closing drops the lock
-        if refused and remove_if_refused:
-            _remove_unused(Path(key))
-
-
-def _remove_unused(folder: Path) -> None:
-    """Remove ``folder`` where it holds nothing but Hydra's record and the lock file."""
-    try:
-        if {p.name for p in folder.iterdir()} <= {".hydra", LOCK_FILE}:
-            shutil.rmtree(folder)
-    except OSError as error:
-        log.debug("left %s: %s", folder, error)
 
 
 def resumed_folder(resume: object) -> Path | None:

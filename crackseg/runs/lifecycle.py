@@ -90,8 +90,6 @@ def run_task(
         check_job_placement(output_dir, multirun)
     except ConfigError as refused:  # refused before the run records anything (no status)
         print_line(f"error: {refused}")
-        # Hydra's folder for the job, which paths.output_dir may not name
-        release_run_folder(HydraConfig.get().runtime.output_dir, remove_if_refused=not multirun)
         sys.exit(2)
     try:
         # Held since Hydra set up the job's log (crackseg.runs.resolvers.job_log); claimed here
@@ -124,9 +122,7 @@ def run_task(
             write_status(output_dir, "finished", metrics=metrics)
         return metrics.get(objective)
     finally:
-        # The next job of a sweep may run in this process; a sweep's job folder stays,
-        # as its summary lists every job.
-        release_run_folder(output_dir, remove_if_refused=not multirun)
+        release_run_folder(output_dir)  # the next job of a sweep may run in this process
 
 
 def check_job_placement(output_dir: Path, multirun: bool) -> None:
