@@ -195,6 +195,21 @@ def _has_curves(scores: Tensor, labels: Tensor) -> bool:
     return 0 < num_pos < labels.numel() and bool(torch.isfinite(scores).all())
 
 
+def _why_no_curves(scores: Tensor, labels: Tensor) -> str:
+    """What :func:`_has_curves` found missing, for a warning."""
+    not_numbers = int((~torch.isfinite(scores)).sum())
+    if not_numbers:
+        return (
+            f"{not_numbers} of {scores.numel()} decision scores are not numbers (nan or inf: "
+            "the weights diverged?)"
+        )
+    num_pos = int(labels.sum())
+    return (
+        f"Image metrics on a split with {num_pos} positives and "
+        f"{labels.numel() - num_pos} negatives"
+    )
+
+
 def best_f_threshold(scores: Tensor, labels: Tensor) -> tuple[float, float]:
     """The PR-curve threshold with the best F-measure, and that F-measure.
 
@@ -249,22 +264,10 @@ def image_metrics(scores: Tensor, labels: Tensor, threshold: float | None = None
     0.5 and the counts are still computed (a NaN score counts as negative).
     """
     scores_t, labels_t = _flat(scores, labels)
-    num_pos = int(labels_t.sum())
-    num_neg = int(labels_t.numel()) - num_pos
-    not_numbers = int((~torch.isfinite(scores_t)).sum())
-
     empty = np.zeros(0, dtype=np.float32)
     roc: tuple[np.ndarray, np.ndarray] = (empty, empty.copy())
     pr: tuple[np.ndarray, np.ndarray] = (empty.copy(), empty.copy())
-    if not_numbers:
-        log.warning(
-            "%d of %d decision scores are not numbers (nan or inf: the weights diverged?): "
-            "AUC and AP are undefined (nan)",
-            not_numbers,
-            scores_t.numel(),
-        )
-        auc = ap = math.nan
-    elif num_pos > 0 and num_neg > 0:
+    if _has_curves(scores_t, labels_t):
         auc = float(binary_auroc(scores_t, labels_t))
         ap = float(binary_average_precision(scores_t, labels_t))
         fpr, tpr, _ = binary_roc(scores_t, labels_t)
@@ -272,12 +275,7 @@ def image_metrics(scores: Tensor, labels: Tensor, threshold: float | None = None
         roc = (fpr.numpy(), tpr.numpy())
         pr = (precision.numpy(), recall.numpy())
     else:
-        log.warning(
-            "Image metrics on a split with %d positives and %d negatives: AUC and AP are "
-            "undefined (nan)",
-            num_pos,
-            num_neg,
-        )
+        log.warning("%s: AUC and AP are undefined (nan)", _why_no_curves(scores_t, labels_t))
         auc = ap = math.nan
     best_threshold, best_f = best_f_threshold(scores_t, labels_t)
     chosen = best_threshold if threshold is None else float(threshold)
