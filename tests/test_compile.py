@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.tiny_module import TINY_NET, assert_same_weights, fit_tiny
+from helpers.tiny_module import TINY_NET, fit_tiny, tiny_module
 from torch._dynamo.utils import counters
 
 from crackseg.models.module_settings import SpeedSettings
@@ -34,6 +34,8 @@ def test_the_network_traces_into_one_graph_in_training_and_in_evaluation(full_re
 
 
 def test_model_compile_trains_through_lightning_as_the_eager_network_does(monkeypatch):
+    torch.manual_seed(0)  # fit_tiny's seed: its untrained network
+    initial = flat_weights(tiny_module())
     eager_loss, eager = fit_tiny(SpeedSettings(compile=None))
     compile_ = torch.compile
 
@@ -47,6 +49,19 @@ def test_model_compile_trains_through_lightning_as_the_eager_network_does(monkey
     compiled_loss, compiled = fit_tiny(SpeedSettings(compile="reduce-overhead"))
     # one graph for training, one for validation (inference mode): it ran compiled, whole
     assert counters["stats"]["unique_graphs"] == 2
-    assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
-    # compiled in place: the checkpoint's keys (and so its weights) are the eager network's
-    assert_same_weights(compiled, eager, rtol=1e-3, atol=1e-5)
+    # The same training within float32's noise, not bit for bit. Traced, FeatureNorm is the
+    # formula, not the batch-norm kernels; activations differ by about 1e-6, and a
+    # pre-activation that close to 0 falls on the other side of a ReLU in one of the two.
+    # On an AMD EPYC one did, at the first of the four steps: the last losses 1.7e-4 apart,
+    # the four steps' weight updates 6 % apart (in norm).
+    assert compiled_loss == pytest.approx(eager_loss, rel=2e-3)
+    # compiled in place: the checkpoint's keys are the eager network's, and its weights
+    # are the ones trained
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    eager_update = flat_weights(eager) - initial
+    assert (flat_weights(compiled) - initial - eager_update).norm() < 0.2 * eager_update.norm()
+
+
+def flat_weights(module: torch.nn.Module) -> torch.Tensor:
+    """All of ``module``'s state, flattened into one float64 vector."""
+    return torch.cat([t.detach().double().flatten() for t in module.state_dict().values()])

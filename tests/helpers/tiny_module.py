@@ -59,12 +59,3 @@ def fit_tiny(speed: SpeedSettings, **trainer_settings: object) -> tuple[float, S
     trainer = pl.Trainer(max_epochs=2, **(quiet | trainer_settings))
     trainer.fit(module, crack_loader(), crack_loader())
     return float(trainer.callback_metrics["train/loss"]), module
-
-
-def assert_same_weights(module: SegDecModule, reference: SegDecModule, **tolerance: float) -> None:
-    """The same state-dict keys, in order (a checkpoint of one loads into the other), and
-    weights equal within ``tolerance``."""
-    weights, expected = module.state_dict(), reference.state_dict()
-    assert list(weights) == list(expected)
-    for name, weight in expected.items():
-        torch.testing.assert_close(weights[name].cpu(), weight.cpu(), **tolerance)
