@@ -6,7 +6,8 @@ The two kernels are oneDNN's direct convolution and im2col with a matrix product
 (:class:`crackseg.models.layers.VolumeConv2d`). Which is faster depends on the CPU, the
 map's shape and the batch: in float32 on an Intel Xeon with AMX, im2col trained the paper's
 network 1.18x faster at 640x232 and batch 1, but the convolution alone was 10 % slower on
-the 20x20 map of 160x160 tiles at batch 4 (benchmarks/README.md). Timed only where im2col
+the 20x20 map of 160x160 tiles at batch 4; on an AMD EPYC oneDNN's was the faster at both
+shapes, 1.6x and 2x (benchmarks/README.md). Timed only where im2col
 has a chance and the timing may decide: float32 on a CPU, neither compiled (the compiler
 picks its own kernels) nor deterministic (a timed choice may differ between two runs).
 im2col must win by :data:`IM2COL_MARGIN`, and its choice holds for float32 inputs on a CPU
