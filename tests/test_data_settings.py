@@ -127,6 +127,10 @@ def test_the_flat_keys_fill_the_groups_and_the_loss_the_weight_map():
         ({"name": "mine"}, "data.root is not set"),
         ({"root": "/d", "input_channels": 2}, "data.input_channels must be 1 or 3, not 2"),
         ({"root": "/d", "dagm_class": 0}, "data.dagm_class must be a class number"),
+        (
+            {"root": "/d", "dagm_class": 1, "layout_options": {"class_id": 3}},
+            r"class_id=3 against data.dagm_class=1: choose the class with data.dagm_class",
+        ),
     ],
 )
 def test_a_wrong_data_setting_is_a_config_error(data, message):

@@ -84,8 +84,12 @@ def test_garbage_and_wrong_shapes_are_one_line(tmp_path):
     with pytest.raises(DataError, match=r"holds \('a', 'yes'\), not \(name, is_segmented\)"):
         published_split(_dump(tmp_path / "flag.pyb", ([("a", "yes")], [])), "ksdd2")
     with pytest.raises(DataError, match="holds 2 folds: --fold must be 0..1"):
-        published_split(_dump(tmp_path / "f.pyb", ([[], []], [[], []])), "dagm", fold=2)
-    with pytest.raises(DataError, match="choose one with --fold .fold i is Class i.1."):
+        published_split(_dump(tmp_path / "f.pyb", ([[], []], [[], []])), "ksdd", fold=2)
+    # DAGM's folds are its classes, from 1, as the paper's --FOLD numbers them
+    for fold in (0, 3):
+        with pytest.raises(DataError, match="holds 2 folds: --fold must be 1..2"):
+            published_split(tmp_path / "f.pyb", "dagm", fold=fold)
+    with pytest.raises(DataError, match="choose one with --fold .fold K is ClassK."):
         published_split(tmp_path / "f.pyb", "dagm")
 
 
@@ -171,7 +175,7 @@ def test_a_dagm_fold_is_its_class_and_keeps_train_and_test(tmp_path):
     # as published: a list over classes, each a set of (file name, is_segmented)
     folds = [{("0003.PNG", True), ("0001.PNG", False), ("0002.PNG", False)}, {("0001.PNG", True)}]
     content = (folds, [{("0004.PNG", False), ("0001.PNG", False)}, {("0002.PNG", False)}])
-    split = _import(tmp_path, content, "dagm", "--fold", "0")  # fold 0: Class1
+    split = _import(tmp_path, content, "dagm", "--fold", "1")  # the paper's --FOLD=1: Class1
 
     def class1_with(split_file: Path):
         return datamodule_of(
@@ -195,10 +199,10 @@ def test_a_dagm_fold_is_its_class_and_keeps_train_and_test(tmp_path):
     older.write_text("split,sample_id,segmented\ntrain,train_0001,1\ntest,test_0001,0\n")
     with pytest.raises(DataError, match=r"DAGM ids name their class now"):
         class1_with(older)
-    # The file names repeat in every class: the ids name it, so fold 1 (Class2) is refused
+    # The file names repeat in every class: the ids name it, so fold 2 (Class2) is refused
     # against Class1, where it would have trained on Class1's images under Class2's marks.
     (tmp_path / "class2").mkdir()
-    other = _import(tmp_path / "class2", content, "dagm", "--fold", "1")
+    other = _import(tmp_path / "class2", content, "dagm", "--fold", "2")
     with pytest.raises(DataError, match=r"names samples not in the dataset: .*class2_train_0001"):
         class1_with(other)
 

@@ -195,7 +195,13 @@ def _dagm_class(data: dict[str, Any]) -> None:
     value = data.pop("dagm_class")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"data.dagm_class must be a class number 1..10, not {value!r}")
-    data["layout_options"] = {**(data.get("layout_options") or {}), "class_id": value}
+    options = data.get("layout_options") or {}
+    if options.get("class_id", value) != value:
+        raise ConfigError(
+            f"data.layout_options.class_id={options['class_id']} against data.dagm_class="
+            f"{value}: choose the class with data.dagm_class alone"
+        )
+    data["layout_options"] = {**options, "class_id": value}
 
 
 def settings_groups(

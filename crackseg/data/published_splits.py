@@ -3,8 +3,10 @@
 One pickle per dataset, number of segmented positives N and training size (docs/datasets.md):
 ``KSDD2/split_N.pyb`` holds (train, test); ``KSDD/split_TRAIN_N.pyb`` and ``DAGM/split_N.pyb``
 hold (train, test), each a list over folds; ``STEEL/split_TRAIN_N.pyb`` holds (train, test,
-validation). Every sample is a pair (name, is_segmented); a KSDD name is a folder, which the
-split file names as a group (all of its parts).
+validation). KSDD's folds are numbered from 0, DAGM's are its classes, 1 to 10, as the
+paper's ``--FOLD`` numbers them: fold K is ``ClassK``, the list's item K-1. Every sample is
+a pair (name, is_segmented); a KSDD name is a folder, which the split file names as a group
+(all of its parts).
 
 A pickle runs code when it is loaded if it names a class or a function. The loader here names
 nothing: every class or function a file asks for is refused before it is looked up, so
@@ -32,8 +34,10 @@ PARTS = {
     "ksdd2": ("train", "test"),
     "severstal": ("train", "test", "val"),
 }
-#: Datasets whose parts are lists over folds (DAGM: fold i is Class i+1).
+#: Datasets whose parts are lists over folds.
 FOLDED = ("ksdd", "dagm")
+#: The number of a dataset's first fold (DAGM's folds are its classes, Class1 first).
+FIRST_FOLD = {"ksdd": 0, "dagm": 1}
 #: The columns written: what ``data.split_file`` reads (crackseg.data.splits).
 COLUMNS = ("split", "sample_id", "segmented")
 _PLAIN = (list, tuple, set, frozenset, str, int, float, bool)
@@ -117,7 +121,7 @@ def _sample_id(dataset: str, part: str, name: str, fold: int | None) -> str:
     if dataset == "ksdd":
         return stem  # a folder: the split file names the group, all of its parts
     if dataset == "dagm":
-        return dagm_sample_id(fold + 1, part, stem)  # fold i is Class i+1
+        return dagm_sample_id(fold, part, stem)  # fold K is ClassK
     if dataset == "ksdd2":
         return f"{part}_{stem}"  # the train/ or test/ folder it lies in
     return stem
@@ -131,7 +135,7 @@ def published_split(path: Path | str, dataset: str, fold: int | None = None) -> 
     if dataset in FOLDED and fold is None:
         raise DataError(
             f"a {dataset} split file holds every fold: choose one with --fold"
-            + (" (fold i is Class i+1)" if dataset == "dagm" else "")
+            + (" (fold K is ClassK)" if dataset == "dagm" else "")
         )
     if dataset not in FOLDED and fold is not None:
         raise DataError(f"a {dataset} split file holds no folds: drop --fold")
@@ -142,10 +146,13 @@ def published_split(path: Path | str, dataset: str, fold: int | None = None) -> 
     result: dict[str, list] = {}
     for name, part in zip(names, content, strict=True):
         if dataset in FOLDED:
-            if not isinstance(part, list | tuple) or not 0 <= fold < len(part):
+            first = FIRST_FOLD[dataset]
+            if not isinstance(part, list | tuple) or not first <= fold < first + len(part):
                 count = len(part) if isinstance(part, list | tuple) else 0
-                raise DataError(f"{path} holds {count} folds: --fold must be 0..{count - 1}")
-            part = part[fold]
+                raise DataError(
+                    f"{path} holds {count} folds: --fold must be {first}..{first + count - 1}"
+                )
+            part = part[fold - first]
         result[name] = [
             (_sample_id(dataset, name, n, fold), flag)
             for n, flag in _pairs(part, path, dataset, name)

@@ -300,7 +300,7 @@ def _older_dagm_ids_hint(missing: list[str], everything: list[Sample]) -> str:
         return ""
     return (
         " (DAGM ids name their class now, class1_train_0001: import the split file "
-        "again with crackseg-data import-split --fold K-1)"
+        "again with crackseg-data import-split --fold K)"
     )
 
 

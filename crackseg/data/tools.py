@@ -148,7 +148,8 @@ def _add_import_split(commands: argparse._SubParsersAction) -> None:
         "--fold",
         type=int,
         default=None,
-        help="the fold to take, from 0 (ksdd and dagm files hold all; DAGM fold i is Class i+1)",
+        help="the fold to take (ksdd and dagm files hold all): ksdd's from 0, dagm's its class "
+        "1..10, as the paper's --FOLD",
     )
     parser.add_argument(
         "--output", type=Path, default=Path("split.csv"), help="the split.csv to write (new)"
