@@ -70,11 +70,18 @@ def metrics_of(run_dir: Path) -> dict:
 
 
 def start_and_stall(
-    marker: Path, *args: str, epoch: int, batch: int | str, env: dict | None = None
+    marker: Path,
+    *args: str,
+    epoch: int,
+    batch: int | str,
+    env: dict | None = None,
+    new_session: bool = False,
 ) -> subprocess.Popen:
     """Start the fault run with ``ARGS`` holding still at ``batch`` of ``epoch``; return once
     it holds still there."""
-    process = start_train(marker, *args, *FAULT_RUN, epoch=epoch, batch=batch, env=env)
+    process = start_train(
+        marker, *args, *FAULT_RUN, epoch=epoch, batch=batch, env=env, new_session=new_session
+    )
     wait_for_stall(process, marker)
     return process
 
@@ -261,6 +268,30 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
     assert history == json.loads((reference / "history.json").read_text())
     # the settings it was started with, not the resume= it was continued with
     assert tensorboard_hparams(run_dir) == tensorboard_hparams(reference)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_signal_to_the_process_group_stops_the_run_not_its_loader_workers(
+    signum, tiny_data_dir, tmp_path
+):
+    """Ctrl-C, ``timeout``, ``kill -- -PGID`` and SLURM signal the whole process group, the
+    data loader's workers included: the run stops as one (143, interrupted.ckpt after the
+    batch under way), and does not fail on a worker killed by the signal; it resumes."""
+    run_dir = tmp_path / "stopped"
+    marker = tmp_path / "stalled"
+    with_workers = [*FAULT_RUN, "data.num_workers=2"]  # the last of two values counts
+    args = [f"paths.data_dir={tiny_data_dir}", f"hydra.run.dir={run_dir}", *with_workers]
+    process = start_train(marker, *args, epoch=1, batch=2, new_session=True)
+    wait_for_stall(process, marker)
+    os.killpg(process.pid, signum)
+    assert process.wait(timeout=120) == 143, process.stderr.read()[-3000:]
+    assert process.stderr.read().strip().splitlines()[-1].startswith("stopped:")
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", weights_only=True)
+    assert (saved["epoch"], saved["CrackDataModule"]["batches_done"]) == (1, 3)
+    result = run_entry("train", f"resume={run_dir}", env={"PYTHONPATH": str(HELPERS)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
 
 
 def test_a_sigterm_before_lightnings_loops_stops_the_run_as_one(reference, tiny_data_dir, tmp_path):

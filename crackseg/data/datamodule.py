@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
 import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch.distributed as dist
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data.augment import build_augmentation
@@ -71,6 +75,22 @@ def worker_start_method() -> str | None:
     if method is None or method in known:
         return None
     return "fork" if "fork" in known else "spawn"
+
+
+def init_loader_worker(worker_id: int, rank: int, seeded: bool) -> None:
+    """A loader worker as it starts: it leaves SIGINT and SIGTERM to the main process, and
+    takes its random seeds as Lightning seeds workers (``seed_everything(workers=True)``,
+    which sets ``PL_SEED_WORKERS``; a loader with its own ``worker_init_fn`` gets none from
+    Lightning).
+
+    Ctrl-C, ``timeout``, ``kill -- -PGID`` and SLURM signal the whole process group. A
+    worker that died of the signal ended the run with "DataLoader worker ... is killed by
+    signal" before the main process could stop it as a stop (``interrupted.ckpt``, status
+    ``interrupted``); the main process shuts its workers down itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if seeded:
+        pl_worker_init_function(worker_id, rank=rank)
 
 
 def input_scaling(samples: list[Sample], height: int, width: int) -> dict[str, Any] | None:
@@ -288,6 +308,8 @@ class CrackDataModule(pl.LightningDataModule):
     def _loader(self, dataset: CrackDataset, batch_size: int, **kwargs: Any) -> DataLoader:
         # Pinned host memory lets batches reach a GPU asynchronously (non-blocking copies).
         workers = self.loader.num_workers
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        seeded = bool(int(os.environ.get("PL_SEED_WORKERS", 0)))
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -295,6 +317,7 @@ class CrackDataModule(pl.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=self._device_type == "cuda",
             multiprocessing_context=worker_start_method() if workers > 0 else None,
+            worker_init_fn=partial(init_loader_worker, rank=rank, seeded=seeded),
             **kwargs,
         )
 

@@ -17,10 +17,16 @@ REPO = HELPERS.parents[1]
 
 
 def start_train(
-    marker: Path, *args: str, epoch: int, batch: int | str, env: dict | None = None
+    marker: Path,
+    *args: str,
+    epoch: int,
+    batch: int | str,
+    env: dict | None = None,
+    new_session: bool = False,
 ) -> subprocess.Popen:
     """Start ``crackseg-train ARGS`` to hold still at ``batch`` of ``epoch`` (as it starts;
-    or "vN", "val", ...: stall_callback.StallAt), writing ``marker`` once it does."""
+    or "vN", "val", ...: stall_callback.StallAt), writing ``marker`` once it does; in a
+    process group of its own with ``new_session`` (one a signal can be sent to whole)."""
     return subprocess.Popen(
         [sys.executable, "-m", "crackseg.train", *args],
         cwd=REPO,
@@ -33,6 +39,7 @@ def start_train(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )
 
 
