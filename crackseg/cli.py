@@ -24,7 +24,7 @@ from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseExceptio
 from tqdm import tqdm
 
 import crackseg.errors
-from crackseg.errors import CracksegError, SweepStopped
+from crackseg.errors import ConfigError, CracksegError, SweepStopped
 from crackseg.setting_rules import as_override
 from crackseg.sweep.summary import MD_NAME, end_sweep, ended_sweeps, started_sweeps
 
@@ -43,6 +43,8 @@ EXIT_STOPPED = 143
 HYDRA_MODES_EXCLUSIVE = "Only one of --run, --multirun, --cfg"
 #: What Optuna's sweeper raises at the end of a search in which no trial completed.
 NO_TRIAL_COMPLETED = "No trials are completed yet."
+#: The overrides that name a command's folder.
+FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 #: Errors of the file system that end a run with one line: the output folder is unwritable
 #: (or its path runs through a file), the disk or the quota is full, a file grew too large,
 #: a file name is too long for the file system.
@@ -200,6 +202,16 @@ def cannot_set_up_run_folder(error: BaseException) -> str | None:
     return f"cannot set up the run folder: {os.fsdecode(error.filename)}: {error.strerror}"
 
 
+def refuse_empty_folder_overrides(args: list[str]) -> None:
+    """``hydra.run.dir=`` or ``hydra.sweep.dir=`` with nothing after it (an unset shell
+    variable) would make the folder the command runs in the run's, its files mixed with
+    the run's: refused before Hydra writes into it. ``.`` says so on purpose."""
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        if equals and key.lstrip("+~") in FOLDER_KEYS and not value.strip("'\" "):
+            raise ConfigError(f"{key} is empty: give the folder (an unset shell variable?)")
+
+
 def run_hydra_main(main: Callable[[], Any]) -> None:
     """Call a ``@hydra.main`` function; a bad command line or config is one line, exit 2.
 
@@ -214,6 +226,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     # that no setting of crackseg's can answer.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
+        refuse_empty_folder_overrides(sys.argv[1:])
         main()
     except SweepStopped:
         from crackseg.runs.lifecycle import restore_signal_handlers

@@ -38,10 +38,12 @@ from crackseg.atomic import atomic_write_text, remove_partial_writes
 from crackseg.callbacks import StopCheckpoint
 from crackseg.cli import one_line
 from crackseg.data.sampler import BalancedNegativeSampler
+from crackseg.errors import RunFolderError
 from crackseg.runs.folder import (
     LOCK_FILE,
     claim_run_folder,
     config_differences,
+    refuse_used_folder,
     release_run_folder,
     resume_checkpoint,
 )
@@ -228,6 +230,49 @@ def test_of_two_runs_started_in_one_folder_one_is_refused_and_writes_nothing(
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
     files = [p for p in run_dir.rglob("*") if p.is_file()]
     assert not [p for p in files if loser.encode() in p.read_bytes()]
+
+
+def test_a_folder_of_the_users_is_refused_where_a_run_would_overwrite_its_files(
+    tiny_data_dir, tmp_path
+):
+    """``hydra.run.dir`` at a folder crackseg did not write (no status), holding files by the
+    names a run writes: refused before the run writes into it; they are left as they were.
+    The same holds for an evaluation, prediction or export (refuse_used_folder)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("report.md", "metrics.json", "notes.txt"):
+        (mine / name).write_text(f"my {name}\n")
+    line = one_line_error(run_tiny(mine, tiny_data_dir))
+    assert line == (
+        f"error: {mine} holds files that are not a run's, which it would overwrite "
+        "(report.md, metrics.json); choose another hydra.run.dir"
+    )
+    assert [(mine / n).read_text() for n in ("report.md", "metrics.json", "notes.txt")] == [
+        "my report.md\n",
+        "my metrics.json\n",
+        "my notes.txt\n",
+    ]
+    with pytest.raises(RunFolderError, match="holds files that are not a run's"):
+        refuse_used_folder(mine)
+    (mine / "report.md").unlink(), (mine / "metrics.json").unlink()
+    refuse_used_folder(mine)  # a folder of other files is the user's choice
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_empty_folder_override_is_refused_before_anything_is_written(key, tmp_path):
+    """``hydra.run.dir=$UNSET`` would make the folder the command runs in the run's."""
+    result = subprocess.run(
+        [sys.executable, "-m", "crackseg.train", f"{key}="],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert (
+        one_line_error(result)
+        == f"error: {key} is empty: give the folder (an unset shell variable?)"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_mistyped_resume_folder_is_refused_and_left_untouched(tmp_path):

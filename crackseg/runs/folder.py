@@ -61,6 +61,18 @@ INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
 SLURM_CHECKPOINTS = "hpc_ckpt_*.ckpt"
 #: Locked by the process writing into the folder; it holds that process's pid and host.
 LOCK_FILE = ".lock"
+#: What a training or an evaluation writes into its folder, beside its status: in a folder
+#: without a status (not crackseg's) they are someone else's, and would be overwritten.
+RUN_OUTPUTS = (
+    CHECKPOINT_DIR,
+    INFO_FILE,
+    "report.md",
+    "metrics.json",
+    "history.json",
+    "split.csv",
+    "test_scores.csv",
+    "tensorboard",
+)
 #: Config keys (glob patterns) that may differ between a run and its resumption: how it is
 #: resumed, how it shares the CPU, how many loader workers read its data (a machine with
 #: fewer cores; each item's augmentation is seeded by its place in the epoch, not by the
@@ -327,6 +339,20 @@ def used_by_another_command(folder: Path) -> bool:
     return holds_run(folder) or (Path(folder) / STATUS_FILE).exists()
 
 
+def refuse_files_of_others(folder: Path) -> None:
+    """Refuse a folder that no crackseg command wrote (it has no status) holding files by
+    the names a run writes: a folder of the user's given as ``hydra.run.dir``, whose
+    ``report.md`` or ``metrics.json`` the run would overwrite."""
+    folder = Path(folder)
+    if (folder / STATUS_FILE).exists():
+        return
+    if found := [name for name in RUN_OUTPUTS if (folder / name).exists()]:
+        raise RunFolderError(
+            f"{folder} holds files that are not a run's, which it would overwrite "
+            f"({', '.join(found)}); choose another hydra.run.dir"
+        )
+
+
 def refuse_used_folder(folder: Path) -> None:
     """Evaluations, predictions and exports only ever write into a folder of their own: not
     one holding a run, nor another prediction's outputs (one killed before it wrote its
@@ -340,6 +366,7 @@ def refuse_used_folder(folder: Path) -> None:
         if status.get("status") == "failed" and not holds_run(folder):
             held = f"a command that failed ({status.get('error', 'see its log')})"
         raise RunFolderError(f"{folder} already holds {held}; choose another hydra.run.dir")
+    refuse_files_of_others(folder)
     refuse_earlier_outputs(folder)
 
 
@@ -550,6 +577,7 @@ def prepare_training_run(
             check_sweep_resume(resume)
         return _resume_run_dir(resumed, output_dir, task_overrides)
     if not holds_run(output_dir):
+        refuse_files_of_others(output_dir)
         return cfg, None
     if resume != "auto" and not multirun:
         if (command := started_by(output_dir)) in OTHER_COMMANDS:
