@@ -278,7 +278,7 @@ class FailOnDivergedLoss(pl.Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         float32 = str(trainer.precision).startswith("32")
         raise TrainingDiverged(
-            f"the training diverged: its loss in epoch {trainer.current_epoch} is "
+            f"the training diverged: its loss in epoch {trainer.current_epoch + 1} is "
             f"{float(loss)} at learning rate {lr:g}; lower optim.lr"
             + ("" if float32 else ", or train in float32 (trainer.precision=32-true)")
         )

@@ -43,6 +43,8 @@ EXIT_STOPPED = 143
 HYDRA_MODES_EXCLUSIVE = "Only one of --run, --multirun, --cfg"
 #: What Optuna's sweeper raises at the end of a search in which no trial completed.
 NO_TRIAL_COMPLETED = "No trials are completed yet."
+#: The first line of an error a data loader's worker raised, raised again in the main process.
+LOADER_WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.?$")
 #: The overrides that name a command's folder.
 FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 #: Errors of the file system that end a run with one line: the output folder is unwritable
@@ -164,6 +166,10 @@ def one_line(error: BaseException) -> str:
             return f"cannot write{where}: {error.strerror}"
         return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and LOADER_WORKER_ERROR.match(lines[0]):
+        # Raised again from a data loader's worker: its own line is the traceback's last,
+        # "crackseg.errors.DataError: MESSAGE".
+        lines = [lines[-1].split(": ", 1)[-1]]
     if isinstance(error, MissingConfigException) and len(lines) > 1:
         return missing_config_line(lines)
     if isinstance(error, OverrideParseException):

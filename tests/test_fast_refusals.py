@@ -212,6 +212,18 @@ def test_a_launcher_typed_for_a_single_run_is_refused(tmp_path, launcher):
     assert not (tmp_path / "status.json").exists()
 
 
+def test_a_sweep_typed_for_a_single_run_is_refused(tmp_path):
+    """+sweep=dilate without -m: Hydra's basic sweeper is not called, and the run would train
+    one job of the defaults, the sweep's values ignored."""
+    line, lightning = refuse("train", "+sweep=dilate", f"hydra.run.dir={tmp_path}")
+    assert line == (
+        "error: the config sweeps over data.dilate, seed (hydra.sweeper.params), which a "
+        "single run ignores: add -m (--multirun)"
+    )
+    assert lightning == set()
+    assert not (tmp_path / "status.json").exists()
+
+
 def test_the_run_folder_written_another_way_is_the_run_folder(tmp_path):
     """``..`` or a link to it: the same folder, not refused as another one."""
     (tmp_path / "sub").mkdir()

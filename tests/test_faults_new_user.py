@@ -619,7 +619,7 @@ def test_a_training_that_diverges_ends_with_one_line(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_line_error(result)
     assert line == (
-        "error: the training diverged: its loss in epoch 0 is nan at learning rate 1e+12; "
+        "error: the training diverged: its loss in epoch 1 is nan at learning rate 1e+12; "
         "lower optim.lr, or train in float32 (trainer.precision=32-true)"
     )
     status = json.loads((run_dir / "status.json").read_text())

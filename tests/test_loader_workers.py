@@ -1,5 +1,5 @@
-"""The data loader's workers: they leave stop signals to the main process, and take their
-random seeds as Lightning gives them."""
+"""The data loader's workers: they leave stop signals to the main process, take their random
+seeds as Lightning gives them, and an error one of them raises is one line."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import signal
 from functools import partial
 
 import numpy as np
+import pytest
 import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
+from crackseg.cli import one_line
 from crackseg.data.datamodule import init_loader_worker
+from crackseg.errors import DataError
 
 
 class SignalsItself(Dataset):
@@ -56,3 +59,20 @@ def test_a_loader_worker_is_seeded_as_lightning_seeds_it():
     lightnings = _draws(partial(pl_worker_init_function, rank=1))
     assert _draws(partial(init_loader_worker, rank=1, seeded=True)) == lightnings
     assert _draws(partial(init_loader_worker, rank=0, seeded=True)) != lightnings
+
+
+class BadFile(Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        raise DataError("truncated JPEG file (no end-of-image marker): images/a.jpg")
+
+
+def test_an_error_of_a_loader_worker_is_its_own_line():
+    """Raised again in the main process, it reads "Caught DataError in DataLoader worker
+    process 0." over its worker's traceback: the line is the error's own."""
+    with pytest.raises(DataError) as raised:
+        next(iter(DataLoader(BadFile(), num_workers=1)))
+    expected = "truncated JPEG file (no end-of-image marker): images/a.jpg"
+    assert one_line(raised.value) == expected

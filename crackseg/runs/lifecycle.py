@@ -145,6 +145,14 @@ def check_job_placement(output_dir: Path, multirun: bool) -> None:
             f"{launchers[0]} launches the jobs of a sweep, and a single run would train "
             "here: add -m (--multirun), or drop it"
         )
+    # A sweep's settings (+sweep=dilate, hparams_search=optuna) are its sweeper's: a single
+    # run ignores them, and would train one job of the defaults in their place.
+    swept = OmegaConf.select(hydra, "sweeper.params", default=None)
+    if swept and not multirun:
+        raise ConfigError(
+            f"the config sweeps over {', '.join(swept)} (hydra.sweeper.params), which a "
+            "single run ignores: add -m (--multirun)"
+        )
 
 
 def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
