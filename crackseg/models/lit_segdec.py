@@ -10,8 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
@@ -35,6 +34,8 @@ from crackseg.models.module_settings import (
     OptimSettings,
     SpeedSettings,
     as_group,
+    build_optimizer,
+    build_schedule,
     from_keys,
 )
 from crackseg.models.precision import use_channels_last
@@ -145,6 +146,8 @@ class SegDecModule(pl.LightningModule):
 
         Reads only these keys, so the saved config of a run started before the settings
         groups (whose ``model`` block repeated loss and data keys) builds the same module.
+        A new run's ``loss`` and ``model`` keys that nothing reads, and optimiser or
+        scheduler settings torch refuses, are refused before (crackseg.runs.config_checks).
         """
         model = cfg.model
         network = plain_settings(model.net) | {"gradient_adjustment": cfg.loss.gradient_adjustment}
@@ -153,9 +156,7 @@ class SegDecModule(pl.LightningModule):
             network=NetworkSettings(**network),
             input_shape=InputSize(data.input_channels, data.input_height, data.input_width),
             loss=from_keys(LossSettings, cfg.loss),
-            optim=OptimSettings(
-                plain_settings(cfg.optim), plain_settings(OmegaConf.select(cfg, "scheduler"))
-            ),
+            optim=OptimSettings.from_config(cfg),
             speed=from_keys(SpeedSettings, model),
             run_config=run_config,
         )
@@ -250,14 +251,11 @@ class SegDecModule(pl.LightningModule):
         self._log_epoch_constants = True
 
     def configure_optimizers(self) -> Any:
-        optim = self.optim_settings
-        optimizer = instantiate({**optim.optimizer, "_partial_": True})(self.net.parameters())
-        if not optim.scheduler:
+        # The training config checks build them once before (crackseg.runs.config_checks).
+        optimizer = build_optimizer(self.optim_settings, self.net.parameters())
+        schedule = build_schedule(self.optim_settings, optimizer)
+        if schedule is None:
             return optimizer
-        settings = dict(optim.scheduler)
-        interval = settings.pop("interval", "epoch")
-        scheduler = instantiate({**settings, "_partial_": True})(optimizer)
-        schedule = {"scheduler": scheduler, "interval": interval}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     # -- what checkpoints carry beyond the weights; the kernel auto chooses ------------

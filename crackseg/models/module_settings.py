@@ -8,11 +8,16 @@ group also takes such a dict, which is how a checkpoint's module is rebuilt.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
 from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
+from crackseg.setting_rules import plain_settings
 
 #: Plain SGD at the seed run's learning rate (docs/method.md §8; §10 lists the other runs'), when no
 #: optimiser config is given.
@@ -62,6 +67,29 @@ class OptimSettings:
     optimizer: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_OPTIM))
     scheduler: dict[str, Any] | None = None
 
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> OptimSettings:
+        """The ``optim`` and ``scheduler`` configs of a training config, resolved."""
+        return cls(plain_settings(cfg.optim), plain_settings(OmegaConf.select(cfg, "scheduler")))
+
+
+def build_optimizer(
+    settings: OptimSettings, parameters: Iterable[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
+    """The optimiser ``settings`` describe, of ``parameters``."""
+    return instantiate({**settings.optimizer, "_partial_": True})(parameters)
+
+
+def build_schedule(settings: OptimSettings, optimizer: torch.optim.Optimizer) -> dict | None:
+    """Lightning's schedule of ``optimizer`` that ``settings`` describe (the scheduler and
+    its ``interval``), or None without a scheduler."""
+    if not settings.scheduler:
+        return None
+    scheduler = dict(settings.scheduler)
+    interval = scheduler.pop("interval", "epoch")
+    built = instantiate({**scheduler, "_partial_": True})(optimizer)
+    return {"scheduler": built, "interval": interval}
+
 
 @dataclass(frozen=True)
 class SpeedSettings:
@@ -77,6 +105,41 @@ class SpeedSettings:
     channels_last: bool | str = "auto"
     compile: str | None = None
     volume_im2col: bool | str = "auto"
+
+
+#: The keys of a training config's ``loss`` block, all read: LossSettings' fields, the
+#: network's gradient adjustment (NetworkSettings; ``weak_gradient_adjustment`` chooses it in
+#: weak runs, crackseg.runs.resolvers) and the data's weight map (crackseg.data.
+#: data_settings.weight_map_of).
+LOSS_KEYS = (
+    *(f.name for f in fields(LossSettings)),
+    "gradient_adjustment",
+    "weak_gradient_adjustment",
+    "weighted_seg",
+    "weighted_seg_max",
+    "weighted_seg_p",
+    "weighted_seg_per_component",
+)
+#: The keys of its ``model`` block: the model config's name (in the run's name and its
+#: report), the network (``net``) and the speed options (SpeedSettings).
+MODEL_KEYS = ("name", "net", *(f.name for f in fields(SpeedSettings)))
+#: The keys of ``model.net``: the network's settings, but its gradient adjustment, which is
+#: the loss's (``loss.gradient_adjustment``).
+NET_KEYS = tuple(f.name for f in fields(NetworkSettings) if f.name != "gradient_adjustment")
+#: Each block of module settings in a training config, and the keys read from it.
+SETTINGS_BLOCKS = {"loss": LOSS_KEYS, "model": MODEL_KEYS, "model.net": NET_KEYS}
+
+
+def unread_keys(cfg: DictConfig) -> dict[str, list[str]]:
+    """The keys of each block of :data:`SETTINGS_BLOCKS` that nothing reads (a typing
+    mistake that would train as if it were not there), by block; blocks absent from
+    ``cfg`` or without such keys are left out."""
+    unread = {}
+    for block, known in SETTINGS_BLOCKS.items():
+        node = OmegaConf.select(cfg, block, default=None)
+        if isinstance(node, DictConfig) and (keys := [k for k in node if k not in known]):
+            unread[block] = [str(k) for k in keys]
+    return unread
 
 
 Group = TypeVar("Group")

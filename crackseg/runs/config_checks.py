@@ -2,7 +2,9 @@
 
 Hydra refuses unknown config names and misspelled keys itself (crackseg.cli words them);
 this module checks the values: their types (``trainer.max_epochs=ten`` reaches the config
-as a string) and their ranges.
+as a string) and their ranges; the keys added with ``+`` under ``loss`` and ``model``, which
+Hydra takes, that nothing reads; and the optimiser and scheduler, built once as training
+builds them.
 """
 
 from __future__ import annotations
@@ -10,13 +12,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 import crackseg.runs.resolvers  # noqa: F401  (the checked values may come from them)
+from crackseg.cli import one_line
 from crackseg.data.download import UNPINNED, checked_sha256
 from crackseg.errors import ConfigError, DataError
 from crackseg.evaluation.report import RUN_PARAMETERS
 from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
+from crackseg.models.module_settings import (
+    SETTINGS_BLOCKS,
+    OptimSettings,
+    build_optimizer,
+    build_schedule,
+    unread_keys,
+)
 from crackseg.models.segdecnet import check_input_size
 from crackseg.setting_rules import Rules, check_rules, is_integer, is_number
 
@@ -63,6 +75,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 #: "accessing tensor output of CUDAGraphs that has been overwritten" (pytorch/pytorch#169545).
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
+#: ``scheduler.interval``: Lightning steps the scheduler after each epoch or each step.
+SCHEDULER_INTERVALS = ("epoch", "step")
+
 #: key -> (accepts the value, what it must be). Keys absent from a config are skipped.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
@@ -95,6 +110,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     },
     "scheduler.step_size": (lambda v: is_integer(v) and v >= 1, "an integer >= 1 (epochs)"),
     "scheduler.gamma": (lambda v: is_number(v) and v > 0, "a number > 0"),
+    # when Lightning steps the scheduler
+    "scheduler.interval": (lambda v: v in SCHEDULER_INTERVALS, " or ".join(SCHEDULER_INTERVALS)),
     "model.net.volume_channels": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "model.net.full_resolution_width": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "model.net.channels": (_three_widths, "three channel counts >= 1, e.g. [32, 64, 64]"),
@@ -146,6 +163,8 @@ def check_config(cfg: DictConfig) -> None:
     check_rules(cfg, RULES)
     check_rules(cfg, BOOLEAN_RULES)
     _check_cuda_graphs_without_accumulation(cfg)
+    _check_settings_read(cfg)
+    _check_optimizer_and_scheduler(cfg)
     data = cfg.get("data")
     if data is not None and "input_height" in data and "input_width" in data:
         check_input_size(data.input_height, data.input_width)
@@ -171,6 +190,82 @@ def _check_cuda_graphs_without_accumulation(cfg: DictConfig) -> None:
             f"gradients that trainer.accumulate_grad_batches={accumulate} accumulates: use "
             "model.compile=default or max-autotune-no-cudagraphs"
         )
+
+
+def _check_settings_read(cfg: DictConfig) -> None:
+    """Every key under ``loss``, ``model`` and ``model.net`` is one something reads: Hydra
+    takes any key added with ``+`` (what its own refusal of ``loss.delta=0.5`` advises),
+    and one nothing reads would train as if it were not there.
+
+    Not for a run continued with ``resume=RUN_DIR``, whose config is the one it was started
+    with: a run started by an older version holds the keys that version wrote (its
+    ``model`` block repeated loss, data and optimiser settings: crackseg.runs.folder.
+    MIRRORED_KEYS), which still build the same module."""
+    if cfg.get("resume") not in (None, "auto"):
+        return
+    for block, keys in unread_keys(cfg).items():
+        where = block.split(".")[0]
+        unknown = ", ".join(f"{block}.{key}{_home(block, key)}" for key in keys)
+        known = "" if all(_home(block, key) for key in keys) else f" (known: {_known(block)})"
+        raise ConfigError(f"not a {where} setting: {unknown}{known}")
+
+
+def _home(block: str, key: str) -> str:
+    """`` (it is OTHER.KEY)`` where ``key`` is a setting of another block, else empty."""
+    homes = [other for other, keys in SETTINGS_BLOCKS.items() if other != block and key in keys]
+    return f" (it is {homes[0]}.{key})" if homes else ""
+
+
+def _known(block: str) -> str:
+    return ", ".join(sorted(SETTINGS_BLOCKS[block]))
+
+
+def _check_optimizer_and_scheduler(cfg: DictConfig) -> None:
+    """The optimiser and the scheduler are built as training builds them
+    (crackseg.models.module_settings), on one parameter: settings they refuse (an argument
+    the optimiser has not, ``optim=adam +optim.momentum=0.9``; one torch refuses,
+    ``+optim.nesterov=true`` without momentum) are one line, not a traceback once the data
+    is read. What fails there for another reason (one that may hold on another device) is
+    left to the run. A config that names no optimiser class builds none: crackseg-eval's,
+    whose ``optim`` block, where there is one, is an experiment's ``optim.lr`` alone."""
+    optim = cfg.get("optim")
+    if not isinstance(optim, DictConfig) or "_target_" not in optim:
+        return
+    scheduler = cfg.get("scheduler")
+    if isinstance(scheduler, DictConfig) and "_target_" not in scheduler:
+        # +scheduler.step_size=3 (Hydra's advice for scheduler.step_size=3) without one
+        given = ", ".join(f"scheduler.{key}" for key in scheduler)
+        raise ConfigError(
+            f"scheduler: {given} given, but no scheduler chosen: choose one first "
+            "(scheduler=step, scheduler=cosine)"
+        )
+    settings = OptimSettings.from_config(cfg)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    try:
+        optimizer = build_optimizer(settings, [parameter])
+    except Exception as error:
+        _refuse_built("optim", settings.optimizer, error)
+        return
+    try:
+        build_schedule(settings, optimizer)
+    except Exception as error:
+        _refuse_built("scheduler", settings.scheduler or {}, error)
+
+
+def _refuse_built(group: str, settings: dict, error: Exception) -> None:
+    """ConfigError for the settings of ``group`` that its class (or Hydra) refused."""
+    target = settings.get("_target_", "its class")
+    if isinstance(error, InstantiationException):  # no such class, or Hydra refused it
+        causes = [error]
+        while causes[-1].__cause__ is not None:
+            causes.append(causes[-1].__cause__)
+        if any(isinstance(cause, ImportError) for cause in causes):
+            why = one_line(causes[-1])
+            message = f"{group}: cannot import {group}._target_={target} ({why})"
+            raise ConfigError(message) from error
+        raise ConfigError(f"{group}: {one_line(error)}") from error
+    if isinstance(error, TypeError | ValueError):
+        raise ConfigError(f"{group}: {target} refused its settings: {error}") from error
 
 
 def _check_download_checksum(download: DictConfig) -> None:
