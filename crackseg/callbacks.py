@@ -22,6 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from crackseg.atomic import atomic_write_csv, atomic_write_text
+from crackseg.data.datamodule import input_scaling
 from crackseg.errors import TrainingDiverged
 from crackseg.evaluation import weak_ranking
 from crackseg.evaluation.metrics import json_ready
@@ -419,6 +420,31 @@ class WeakRanking(pl.Callback):
         log.info("%d weak positives ranked for annotation in %s", len(entries), path)
 
 
+def warn_of_another_scale(trained: Any, datamodule: Any) -> None:
+    """Warn where weights trained on images fed at their own size (tiles, ``input_scaling``
+    mode ``native``) are evaluated on test images resized to that size: whole photographs
+    squeezed to a tile's size show cracks at a scale the network never saw, and the scores
+    are those of another task (crackseg-predict tiles a photograph instead)."""
+    if not trained or trained.get("mode") != "native":
+        return
+    size = datamodule.input_size
+    test = input_scaling(datamodule.data_split.splits["test"], size.height, size.width)
+    if test is None or test["mode"] == "native":
+        return
+    log.warning(
+        "the checkpoint was trained on %dx%d images fed at their own size (tiles); the test "
+        "images here, most %dx%d, are resized to %dx%d, a scale it never saw: cut them into "
+        "tiles of its size (crackseg-data tile), or score whole photographs with "
+        "crackseg-predict reference_masks=DIR",
+        size.height,
+        size.width,
+        test["source_height"],
+        test["source_width"],
+        size.height,
+        size.width,
+    )
+
+
 class EvaluationReport(pl.Callback):
     """After testing, writes metrics.json, the curves, the Dice panels and report.md.
 
@@ -442,6 +468,10 @@ class EvaluationReport(pl.Callback):
         self.run_config = run_config
         self.title = title
         self.trained_here = trained_here
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.trained_here and trainer.is_global_zero:
+            warn_of_another_scale(pl_module.hparams.get("input_scaling"), trainer.datamodule)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from crackseg.callbacks import warn_of_another_scale
+from crackseg.data.data_settings import InputSize
+from crackseg.data.samples import Sample
 from crackseg.evaluation.metrics import confusion_at, image_metrics
 from crackseg.evaluation.plots import (
     dice_panel_name,
@@ -287,3 +294,29 @@ def test_report_with_undefined_metrics(tmp_path) -> None:
     assert _table_row(report, "**Negatives**") == ["1", "1"]
     assert "only one class" in report and "no positives" in report
     assert "nan" not in report.lower()
+
+
+@pytest.mark.parametrize(
+    ("trained", "image_size", "warned"),
+    [
+        ({"mode": "native", "source_height": 64, "source_width": 64}, (96, 128), True),
+        ({"mode": "native", "source_height": 64, "source_width": 64}, (64, 64), False),
+        ({"mode": "resize", "source_height": 448, "source_width": 448}, (96, 128), False),
+        (None, (96, 128), False),
+    ],
+)
+def test_tile_weights_evaluated_on_resized_photographs_are_warned_of(
+    trained, image_size, warned, tmp_path, caplog
+):
+    """Weights trained on tiles at their own size, tested on images squeezed to that size
+    (crackseg-eval data.all_as_test=true on whole photographs): a scale they never saw."""
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.zeros((*image_size, 3), np.uint8))
+    test = [Sample("photo", image, None, False)]
+    datamodule = SimpleNamespace(
+        input_size=InputSize(height=64, width=64), data_split=SimpleNamespace(splits={"test": test})
+    )
+    with caplog.at_level(logging.WARNING, logger="crackseg.callbacks"):
+        warn_of_another_scale(trained, datamodule)
+    expected = "test images here, most 96x128, are resized to 64x64, a scale it never saw"
+    assert (expected in caplog.text) is warned
