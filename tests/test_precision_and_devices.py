@@ -387,6 +387,8 @@ def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):
     assert data.eval_batch_size == 1  # no trainer: the CPU, where 640 x 232 takes batches of 1
 
     class OnGpu:
+        global_rank = 0
+
         class strategy:  # noqa: N801
             root_device = torch.device("cuda", 0)
 
