@@ -47,6 +47,8 @@ def _options(group: str) -> list[str]:
             "not a model setting: model.net.gradient_adjustment (it is loss.gradient_adjustment",
         ),
         (["+loss.compile=default"], "not a loss setting: loss.compile (it is model.compile"),
+        (["+callbacks.bogus=1"], "callbacks.bogus must be a callback's config with its _target_"),
+        (["+callbacks.bogus.every=1"], "(callbacks.bogus._target_=CLASS), not {'every': 1}"),
     ],
 )
 def test_a_loss_or_model_key_nothing_reads_is_refused(overrides, expected):

@@ -165,6 +165,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_cuda_graphs_without_accumulation(cfg)
     _check_settings_read(cfg)
     _check_optimizer_and_scheduler(cfg)
+    _check_callbacks(cfg)
     data = cfg.get("data")
     if data is not None and "input_height" in data and "input_width" in data:
         check_input_size(data.input_height, data.input_width)
@@ -190,6 +191,21 @@ def _check_cuda_graphs_without_accumulation(cfg: DictConfig) -> None:
             f"gradients that trainer.accumulate_grad_batches={accumulate} accumulates: use "
             "model.compile=default or max-autotune-no-cudagraphs"
         )
+
+
+def _check_callbacks(cfg: DictConfig) -> None:
+    """Each entry of ``callbacks`` is a callback's config (``_target_`` and its arguments):
+    ``+callbacks.stall=1`` would otherwise fail in Hydra's instantiate, naming no key."""
+    callbacks = cfg.get("callbacks")
+    if not isinstance(callbacks, DictConfig):
+        return
+    for name, value in callbacks.items():
+        if not isinstance(value, DictConfig) or "_target_" not in value:
+            given = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+            raise ConfigError(
+                f"callbacks.{name} must be a callback's config with its _target_ "
+                f"(callbacks.{name}._target_=CLASS), not {given!r}"
+            )
 
 
 def _check_settings_read(cfg: DictConfig) -> None:
