@@ -72,18 +72,11 @@ def metrics_of(run_dir: Path) -> dict:
 
 
 def start_and_stall(
-    marker: Path,
-    *args: str,
-    epoch: int,
-    batch: int | str,
-    env: dict | None = None,
-    new_session: bool = False,
+    marker: Path, *args: str, epoch: int, batch: int | str, env: dict | None = None
 ) -> subprocess.Popen:
     """Start the fault run with ``ARGS`` holding still at ``batch`` of ``epoch``; return once
     it holds still there."""
-    process = start_train(
-        marker, *args, *FAULT_RUN, epoch=epoch, batch=batch, env=env, new_session=new_session
-    )
+    process = start_train(marker, *args, *FAULT_RUN, epoch=epoch, batch=batch, env=env)
     wait_for_stall(process, marker)
     return process
 

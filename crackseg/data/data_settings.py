@@ -176,15 +176,19 @@ def _refuse(unknown: list[str]) -> None:
         raise ConfigError(f"not a data setting: {', '.join(f'data.{k}' for k in sorted(unknown))}")
 
 
+#: WeightMapSettings' fields -> the ``loss`` keys that set them (``weighted_seg`` turns it on).
+WEIGHT_MAP_LOSS_KEYS = {
+    "max_weight": "weighted_seg_max",
+    "power": "weighted_seg_p",
+    "per_component": "weighted_seg_per_component",
+}
+
+
 def weight_map_of(loss: Mapping[str, Any] | None) -> WeightMapSettings | None:
     """The weighted segmentation loss's map, from the ``loss`` settings (None: unweighted)."""
     if not loss or not loss.get("weighted_seg", False):
         return None
-    keys = {
-        "max_weight": "weighted_seg_max",
-        "power": "weighted_seg_p",
-        "per_component": "weighted_seg_per_component",
-    }
+    keys = WEIGHT_MAP_LOSS_KEYS
     return WeightMapSettings(**{name: loss[key] for name, key in keys.items() if key in loss})
 
 

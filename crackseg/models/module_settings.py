@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from crackseg.data.data_settings import WEIGHT_MAP_LOSS_KEYS
 from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
 from crackseg.setting_rules import plain_settings
 
@@ -116,9 +117,7 @@ LOSS_KEYS = (
     "gradient_adjustment",
     "weak_gradient_adjustment",
     "weighted_seg",
-    "weighted_seg_max",
-    "weighted_seg_p",
-    "weighted_seg_per_component",
+    *WEIGHT_MAP_LOSS_KEYS.values(),
 )
 #: The keys of its ``model`` block: the model config's name (in the run's name and its
 #: report), the network (``net``) and the speed options (SpeedSettings).
