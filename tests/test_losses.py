@@ -130,13 +130,11 @@ def test_segdec_loss_is_the_balanced_sum_of_the_two_losses(reduction):
     assert loss.segmentation.shape == loss.decision.shape == (3,)
 
 
-def _ddp_gradient(rank: int, world: int, port: int, reduction: str, queue) -> None:
-    """Rank ``rank``'s half of a batch of 4 through DDP; rank 0 puts the averaged gradient."""
+def _ddp_gradient(rank: int, world: int, store: str, reduction: str, queue) -> None:
+    """Rank ``rank``'s half of a batch of 4 through DDP; puts the gradient it was left with."""
     import torch.distributed as dist
 
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Conv2d(1, 2, 3, padding=1))
     images, target, weight = _batch(4, seed=1)
@@ -155,20 +153,19 @@ def _ddp_gradient(rank: int, world: int, port: int, reduction: str, queue) -> No
         processes=world,
     )
     loss.total.backward()
-    if rank == 0:
-        queue.put(model.module.weight.grad.tolist())  # a tensor would be shared by its fd
+    queue.put((rank, model.module.weight.grad.tolist()))  # a tensor would be shared by its fd
     dist.barrier()
     dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_a_batch_split_over_ddp_processes_gets_the_gradient_of_the_whole_batch(reduction):
+def test_a_batch_split_over_ddp_processes_gets_the_gradient_of_the_whole_batch(reduction, tmp_path):
     """DDP averages its processes' gradients: a summed loss is scaled back to the sum over
-    the whole batch, a mean stays the whole batch's mean (every sample segmented)."""
-    import socket
-
+    the whole batch, a mean stays the whole batch's mean (every sample segmented), on every
+    process."""
     import torch.multiprocessing as mp
 
+    store = tmp_path / "store"  # a file, not a port another test could take in between
     torch.manual_seed(0)
     model = torch.nn.Conv2d(1, 2, 3, padding=1)
     images, target, weight = _batch(4, seed=1)
@@ -184,19 +181,23 @@ def test_a_batch_split_over_ddp_processes_gets_the_gradient_of_the_whole_batch(r
         reduction,
     )
     whole.total.backward()
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     context = mp.get_context("spawn")
     queue = context.Queue()
     processes = [
-        context.Process(target=_ddp_gradient, args=(rank, 2, port, reduction, queue))
+        context.Process(target=_ddp_gradient, args=(rank, 2, store, reduction, queue))
         for rank in range(2)
     ]
     for process in processes:
         process.start()
-    gradient = torch.tensor(queue.get(timeout=120))
-    for process in processes:
-        process.join(timeout=60)
-    assert all(process.exitcode == 0 for process in processes)
-    torch.testing.assert_close(gradient, model.weight.grad)
+    try:
+        gradients = dict(queue.get(timeout=120) for _ in processes)
+    finally:
+        # After the gradients comes gloo's teardown, which now and then never returns on a
+        # loaded machine (pytorch/pytorch#75097): not what is tested, and not waited for.
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    for rank in range(2):
+        torch.testing.assert_close(torch.tensor(gradients[rank]), model.weight.grad)
