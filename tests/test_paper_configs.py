@@ -139,9 +139,12 @@ def test_every_published_severstal_run_matches_section_10():
     )
 
 
-def _jobs(sweep: str) -> list[list[str]]:
+def _jobs(sweep: str, *typed: str) -> list[list[str]]:
+    """The jobs of ``-m +sweep=SWEEP TYPED...``: as Hydra's sweeper reads them, the typed
+    overrides after the sweep's params, a typed value replacing a swept one."""
     params = dict(_compose(f"+sweep={sweep}", hydra=True).hydra.sweeper.params)
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(typed)
+    parsed = OverridesParser.create().parse_overrides(arguments)
     return BasicSweeper.split_arguments(parsed, None)[0]
 
 
@@ -189,6 +192,16 @@ def test_the_components_sweeps_are_table_4(dataset):
         if dataset == "ksdd":  # the weak lr and δ are row 13's; row 14 trains at 1 and 0.01
             weak_row = cfg.table4_row == 13
             assert (cfg.optim.lr, cfg.loss.delta_cls) == ((0.01, 1.0) if weak_row else (1.0, 0.01))
+
+
+def test_one_row_of_table_4_is_one_job_of_its_sweep():
+    """docs/method.md: ``-m +sweep=paper_ksdd_components table4_row=14 data.fold=K`` is
+    row 14 on one fold (a single run of the sweep is refused: it would ignore the params)."""
+    (job,) = _jobs("paper_ksdd_components", "table4_row=14", "data.fold=2")
+    assert sorted(job) == ["data.fold=2", "table4_row=14"]
+    cfg = _compose("+sweep=paper_ksdd_components", *job)
+    assert (cfg.data.num_segmented, cfg.loss.dynamic_balance) == (0, True)
+    assert (cfg.optim.lr, cfg.loss.delta_cls, cfg.data.fold) == (1.0, 0.01, 2)
 
 
 def test_weak_runs_are_the_published_ones_everywhere():
