@@ -36,8 +36,16 @@ from crackseg.evaluation.plots import (
 )
 from crackseg.evaluation.report import HPARAMS, hparams_of, write_run_report
 from crackseg.models.lit_segdec import validation_group
+from crackseg.run_files import (
+    HISTORY_FILE,
+    INTERRUPTED_CHECKPOINT,
+    METRICS_FILE,
+    SCORES_FILE,
+    SLURM_CHECKPOINTS,
+    TRAINING_CURVES_FIGURE,
+)
 from crackseg.runs.config_checks import VALIDATION_SCHEDULES
-from crackseg.runs.folder import SLURM_CHECKPOINTS, hydra_job, override_key, saved_hydra_file
+from crackseg.runs.folder import hydra_job, override_key, saved_hydra_file
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +157,7 @@ class StopCheckpoint(pl.Callback):
     it after the validation batch under way, as Lightning would.
     """
 
-    def __init__(self, dirpath: str, filename: str = "interrupted.ckpt") -> None:
+    def __init__(self, dirpath: str, filename: str = INTERRUPTED_CHECKPOINT) -> None:
         self.path = Path(dirpath) / filename
         self._previous_sigint: Any = None
         #: A SIGTERM came to this process while training, not yet acted on.
@@ -342,8 +350,8 @@ class TrainingHistory(pl.Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.output_dir / "history.json", json.dumps(self.history, indent=1))
-        plot_training_curves(self.history, self.output_dir / "training_curves.png")
+        atomic_write_text(self.output_dir / HISTORY_FILE, json.dumps(self.history, indent=1))
+        plot_training_curves(self.history, self.output_dir / TRAINING_CURVES_FIGURE)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -487,7 +495,7 @@ class EvaluationReport(pl.Callback):
         metrics["num_segmented"] = trainer.datamodule.data_split.num_segmented
         metrics["num_weak"] = max(counts["train"][0] - metrics["num_segmented"], 0)
         metrics["precision"] = str(trainer.precision)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
         self._write_scores(trainer, results, float(pl_module.image_threshold))
         if results.get("roc") is not None:
             plot_roc(*results["roc"], results["image_auc"], out / "ROC.png")
@@ -537,7 +545,7 @@ class EvaluationReport(pl.Callback):
                     "" if dice is None else f"{dice:.6f}",
                 ]
             )
-        atomic_write_csv(self.output_dir / "test_scores.csv", SCORES_COLUMNS, rows)
+        atomic_write_csv(self.output_dir / SCORES_FILE, SCORES_COLUMNS, rows)
 
     def _dice_panels(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, results: dict[str, Any]

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
+from crackseg.run_files import SPLIT_FILE
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import record_start, start_training_run
 from crackseg.runs.lifecycle import run_task
@@ -54,7 +55,7 @@ def fit_and_test(cfg: DictConfig, checkpoint: Path | None) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     stop_if_signalled(trainer)
     if trainer.is_global_zero:
-        datamodule.data_split.save(output_dir / "split.csv")
+        datamodule.data_split.save(output_dir / SPLIT_FILE)
     # The best weights by validation AP (or the final ones); validating them sets the thresholds.
     if cfg.use_best_model and not cfg.validate:
         log.warning("use_best_model: no validation chose best weights (validate=false)")

@@ -39,8 +39,8 @@ from crackseg.callbacks import StopCheckpoint
 from crackseg.cli import one_line
 from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.errors import RunFolderError
+from crackseg.run_files import LOCK_FILE
 from crackseg.runs.folder import (
-    LOCK_FILE,
     claim_run_folder,
     config_differences,
     refuse_used_folder,

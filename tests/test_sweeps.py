@@ -30,8 +30,9 @@ import crackseg.runs.lifecycle as lifecycle
 import crackseg.runs.threads as threads
 import crackseg.sweep.summary as summary
 from crackseg.errors import ConfigError
+from crackseg.run_files import LOCK_FILE
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import LOCK_FILE, lock_file
+from crackseg.runs.folder import lock_file
 from crackseg.runs.gpus import claim_gpu, job_device_context, visible_gpus
 from crackseg.runs.resolvers import job_dirname, job_folder
 from crackseg.runs.threads import jobs_side_by_side, set_job_threads, threads_per_job, usable_cores

@@ -20,6 +20,7 @@ from crackseg.atomic import atomic_write_text
 from crackseg.data.splits import SET_ROWS, set_table
 from crackseg.markdown import markdown_table
 from crackseg.paper_settings import weak_run_departures
+from crackseg.run_files import REPORT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +398,7 @@ def write_report(
     lines += _test_metrics_section(metrics, chosen_on, validated_on_test)
     lines += _notes_section(metrics, notes, validated_on_test)
 
-    path = run_dir / "report.md"
+    path = run_dir / REPORT_FILE
     atomic_write_text(path, "\n".join(lines) + "\n")
     log.info("Wrote %s", path)
     return path

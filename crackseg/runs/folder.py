@@ -39,6 +39,16 @@ import crackseg
 from crackseg.atomic import atomic_write_text, remove_partial_writes
 from crackseg.errors import RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, checkpoint_step
+from crackseg.run_files import (
+    CHECKPOINT_DIR,
+    INFO_FILE,
+    INTERRUPTED_CHECKPOINT,
+    LAST_CHECKPOINT,
+    LOCK_FILE,
+    RUN_OUTPUTS,
+    SLURM_CHECKPOINTS,
+    STATUS_FILE,
+)
 from crackseg.runs.hardware import (
     FLOAT16,
     check_accelerator,
@@ -51,28 +61,6 @@ from crackseg.setting_rules import as_override
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
-INFO_FILE = "run_info.json"
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-#: Written when SIGTERM or Ctrl-C stops training (crackseg.callbacks.StopCheckpoint).
-INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
-#: Lightning's saves in the run folder before a SLURM requeue (``hpc_ckpt_N.ckpt``).
-SLURM_CHECKPOINTS = "hpc_ckpt_*.ckpt"
-#: Locked by the process writing into the folder; it holds that process's pid and host.
-LOCK_FILE = ".lock"
-#: What a training or an evaluation writes into its folder, beside its status: in a folder
-#: without a status (not crackseg's) they are someone else's, and would be overwritten.
-RUN_OUTPUTS = (
-    CHECKPOINT_DIR,
-    INFO_FILE,
-    "report.md",
-    "metrics.json",
-    "history.json",
-    "split.csv",
-    "test_scores.csv",
-    "tensorboard",
-)
 #: Config keys (glob patterns) that may differ between a run and its resumption: how it is
 #: resumed, how it shares the CPU, how many loader workers read its data (a machine with
 #: fewer cores; each item's augmentation is seeded by its place in the epoch, not by the

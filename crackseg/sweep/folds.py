@@ -23,6 +23,7 @@ import torch
 from crackseg.atomic import atomic_write_csv
 from crackseg.evaluation.metrics import image_metrics
 from crackseg.markdown import markdown_table
+from crackseg.run_files import SCORES_FILE
 from crackseg.sweep.published import add_table4_labels
 from crackseg.sweep.summary import format_mean_std, mean_std
 
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 #: The swept keys that are folds: K-fold of any layout, and DAGM's classes.
 FOLD_KEYS = ("data.fold", "data.dagm_class")
 CSV_NAME = "folds.csv"
-SCORES_FILE = "test_scores.csv"
 #: Per-job metrics averaged over the folds.
 FOLD_METRICS = ("image_auc", "image_ap", "dice_mean")
 

@@ -27,13 +27,8 @@ from omegaconf import DictConfig
 from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.errors import CracksegError
 from crackseg.markdown import markdown_table
-from crackseg.runs.folder import (
-    STATUS_FILE,
-    is_rank_zero,
-    load_status,
-    override_key,
-    started_by,
-)
+from crackseg.run_files import METRICS_FILE, STATUS_FILE
+from crackseg.runs.folder import is_rank_zero, load_status, override_key, started_by
 from crackseg.setting_rules import OneLineParser
 from crackseg.sweep.published import add_table4_labels, departures
 
@@ -140,7 +135,7 @@ def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
     except (OSError, ValueError) as error:
         return "failed", f"unreadable {STATUS_FILE}: {error}", {}
     try:
-        metrics = _read_json(job / "metrics.json")
+        metrics = _read_json(job / METRICS_FILE)
     except (OSError, ValueError):
         metrics = None
     if status is None:
