@@ -5,6 +5,7 @@ refusal is one line naming the setting (crackseg.errors.ConfigError)."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shlex
 from collections.abc import Callable
@@ -26,8 +27,9 @@ def is_integer(value: Any) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    """An int or a float, and not a bool."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float, and not a bool: ``inf`` passes ``> 0`` (``optim.lr=inf``,
+    ``pixel_size_mm=inf``) and would fail only once the work is under way."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def plain_settings(node: Any) -> Any:

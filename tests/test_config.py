@@ -232,6 +232,7 @@ def test_the_hparams_tab_shows_the_swept_parameters():
     [
         ("opset=17", "opset must be an integer >= 18, not 17"),
         ("tolerance=0", "tolerance must be a number > 0, not 0"),
+        ("tolerance=.inf", "tolerance must be a number > 0, not inf"),
         ("num_check_images=0", "num_check_images must be an integer >= 1, not 0"),
         ("thresholds=test", "thresholds must be one of checkpoint, validation, not 'test'"),
     ],
@@ -251,6 +252,8 @@ def test_eval_and_export_settings_are_checked_in_the_same_style(setting, expecte
         ("model.compile=fast", "not 'fast'"),
         ("data.augment.hflip=2", "data.augment.hflip must be a probability in [0, 1], not 2"),
         ("data.augment.brightness_limit=-1", "data.augment.brightness_limit must be a number"),
+        ("optim.lr=.inf", "optim.lr must be a number > 0, not inf"),
+        ("loss.weighted_seg_max=.inf", "loss.weighted_seg_max must be a number > 0 (Max)"),
         ("model.net.channels=[8,8]", "model.net.channels must be three channel counts >= 1"),
         ("model.net.decision_channels=[8,0,8]", "model.net.decision_channels must be three"),
         ("model.net.volume_channels=0", "model.net.volume_channels must be an integer >= 1"),

@@ -228,6 +228,7 @@ def test_device_names_are_checked():
         ("mode", "crop", "mode must be auto or tile or resize"),
         ("decision_threshold", 1.5, "decision_threshold must be null or a number in [0, 1]"),
         ("pixel_size_mm", 0, "pixel_size_mm must be null or a number > 0"),
+        ("pixel_size_mm", float("inf"), "pixel_size_mm must be null or a number > 0"),
         ("min_crack_pixels", 0, "min_crack_pixels must be an integer >= 1"),
         ("tile_height", 64.5, "tile_height must be null or a positive integer"),
         ("backend", "tensorrt", "backend must be torch or onnx"),
