@@ -562,6 +562,29 @@ def test_the_summary_counts_every_job_that_did_not_finish(tmp_path: Path) -> Non
     assert (group["n"], group["not_finished"]) == (1, 4)
 
 
+def test_a_status_or_metrics_that_is_no_json_object_is_a_failed_job(tmp_path: Path) -> None:
+    """Valid JSON of the wrong shape (a list, a string) in a job's files is that job's
+    failure in the summary, not the summary's."""
+    files = {
+        "status.json": ["[1, 2]", '"finished"', '{"status": "finished", "metrics": [1]}'],
+        "metrics.json": ["[1]"],
+    }
+    jobs = [(name, text) for name, texts in files.items() for text in texts]
+    for num, (name, text) in enumerate(jobs):
+        job = tmp_path / f"{num}_seed={num}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={num}\n")
+        (job / "status.json").write_text(json.dumps({"status": "finished", "metrics": {}}))
+        (job / name).write_text(text)
+    assert main([str(tmp_path)]) == 0
+    rows = {row["job"]: row for row in summary.collect_runs(tmp_path)}
+    assert [rows[f"{num}_seed={num}"]["status"] for num in range(len(jobs))] == ["failed"] * 4
+    assert "holds a JSON list, not an object" in rows["0_seed=0"]["error"]
+    assert "holds a JSON str, not an object" in rows["1_seed=1"]["error"]
+    assert rows["2_seed=2"]["error"] == "unreadable metrics in status.json"
+    assert rows["3_seed=3"]["error"].startswith("unreadable metrics.json: ")
+
+
 def test_a_sweep_whose_job_status_cannot_be_read_ends_non_zero(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

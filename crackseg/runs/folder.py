@@ -379,13 +379,21 @@ def hydra_job() -> tuple[bool, list[str]]:
     return hydra.mode == RunMode.MULTIRUN, list(hydra.overrides.task)
 
 
+def load_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON file holding an object (``status.json``, ``metrics.json``), None where there
+    is no file; raises OSError or ValueError where it cannot be read or holds no object."""
+    if not path.is_file():
+        return None
+    loaded = json.loads(path.read_text())
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path} holds a JSON {type(loaded).__name__}, not an object")
+    return loaded
+
+
 def load_status(folder: Path) -> dict[str, Any] | None:
     """The run's ``status.json``, None where it has none; raises OSError or ValueError
     where it cannot be read (the sweep summary reports that as a failed job)."""
-    path = Path(folder) / STATUS_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
+    return load_json_object(Path(folder) / STATUS_FILE)
 
 
 def read_status(folder: Path) -> dict[str, Any] | None:

@@ -10,7 +10,6 @@ root and for any folder of single runs alike.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -28,7 +27,13 @@ from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.errors import CracksegError
 from crackseg.markdown import markdown_table
 from crackseg.run_files import METRICS_FILE, STATUS_FILE
-from crackseg.runs.folder import is_rank_zero, load_status, override_key, started_by
+from crackseg.runs.folder import (
+    is_rank_zero,
+    load_json_object,
+    load_status,
+    override_key,
+    started_by,
+)
 from crackseg.setting_rules import OneLineParser
 from crackseg.sweep.published import add_table4_labels, departures
 
@@ -122,22 +127,17 @@ def _config_value(job: Path, key: str) -> str:
     return yaml.safe_dump(node, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
-
-
 def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
     """(status, error line, metrics) of one job folder."""
     try:
         status = load_status(job)
     except (OSError, ValueError) as error:
         return "failed", f"unreadable {STATUS_FILE}: {error}", {}
+    missing = f"finished without {METRICS_FILE}"
     try:
-        metrics = _read_json(job / METRICS_FILE)
-    except (OSError, ValueError):
-        metrics = None
+        metrics = load_json_object(job / METRICS_FILE)
+    except (OSError, ValueError) as error:
+        metrics, missing = None, f"unreadable {METRICS_FILE}: {error}"
     if status is None:
         if metrics is not None:
             return "finished", "", metrics
@@ -146,8 +146,10 @@ def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
     error = str(status.get("error", "") or "")
     if metrics is None:
         metrics = status.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            return "failed", f"unreadable metrics in {STATUS_FILE}", {}
         if state == "finished" and not metrics:
-            return "failed", "finished without metrics.json", {}
+            return "failed", missing, {}
     return state, error, metrics
 
 
