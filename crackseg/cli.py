@@ -72,6 +72,11 @@ HYDRA_HINT = re.compile(r"^(?:\d+\.\s+)?((?:To|Did you mean|Either|Or)\b.*)")
 AVAILABLE_IN = re.compile(r"^Available options in '(.+)':$")
 #: The line of Hydra's "Could not find" error before the folders it searched.
 SEARCH_PATH_HEADING = "Config search path:"
+#: How torch's CPU allocator says it ran out ("DefaultCPUAllocator: can't allocate memory:
+#: you tried to allocate 4294967296 bytes"), and how its CUDA allocator says how much it
+#: asked for ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has ...").
+CPU_OUT_OF_MEMORY = re.compile(r"DefaultCPUAllocator: can't allocate memory: .*?(\d+) bytes")
+GPU_ALLOCATION = re.compile(r"Tried to allocate ([\d.]+ [KMGT]?i?B)")
 
 
 def print_line(text: str) -> None:
@@ -88,6 +93,37 @@ def print_line(text: str) -> None:
 
 def is_storage_error(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in STORAGE_ERRNOS
+
+
+def is_expected_error(error: BaseException) -> bool:
+    """An error of the user's input or means (their data, config, disk, memory), told as
+    one line; any other is a bug, told by its traceback."""
+    return (
+        isinstance(error, CracksegError)
+        or is_storage_error(error)
+        or out_of_memory_line(error) is not None
+    )
+
+
+def out_of_memory_line(error: BaseException) -> str | None:
+    """The line for torch running out of memory, on the CPU or a GPU, or None for any other
+    error: a setting's consequence (the batch, the image or tile size), not a bug."""
+    if not isinstance(error, RuntimeError):
+        return None
+    if cpu := CPU_OUT_OF_MEMORY.search(str(error)):
+        size = int(cpu[1])
+        amount = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+        where = ""
+    else:
+        torch = sys.modules.get("torch")  # not imported by a command refused before its run
+        if torch is None or not isinstance(error, torch.OutOfMemoryError):
+            return None
+        gpu = GPU_ALLOCATION.search(str(error))
+        amount, where = (gpu[1] if gpu else "more"), " on the GPU"
+    return (
+        f"out of memory{where}: could not allocate {amount}; lower the batch size or the "
+        "size of the images (or tiles)"
+    )
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -159,7 +195,10 @@ def unparsed_override_line(override: str | None, reason: str) -> str:
 
 def one_line(error: BaseException) -> str:
     """An error as one line: a file system error names its file (``cannot write FILE: ...``
-    for a write that did not fit), Hydra's lists and its advice are inlined."""
+    for a write that did not fit), running out of memory says what to lower, Hydra's lists
+    and its advice are inlined."""
+    if memory := out_of_memory_line(error):
+        return memory
     if isinstance(error, OSError) and error.strerror:
         if error.errno in WRITE_ERRNOS:
             where = f" {error.filename}" if error.filename else ""
@@ -252,7 +291,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         error = root_cause(raised)
         line = cannot_set_up_run_folder(error)
         if line is None:
-            if not isinstance(error, CracksegError) and not is_storage_error(error):
+            if not is_expected_error(error):
                 if not isinstance(raised, HydraException | OmegaConfBaseException):
                     raise
                 error = raised

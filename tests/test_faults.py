@@ -467,6 +467,24 @@ def test_a_file_system_error_says_cannot_write_only_for_a_write_that_did_not_fit
     assert one_line(full) == "cannot write run/metrics.json: No space left on device"
 
 
+def test_running_out_of_memory_on_the_cpu_or_a_gpu_says_what_to_lower():
+    advice = "lower the batch size or the size of the images (or tiles)"
+    cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate "
+        "memory: you tried to allocate 4294967296 bytes. Error code 12 (Cannot allocate memory)"
+    )
+    assert one_line(cpu) == f"out of memory: could not allocate 4.0 GiB; {advice}"
+    # raised again from a data loader's worker, with the worker's traceback in its text
+    worker = RuntimeError(f"Caught RuntimeError in DataLoader worker process 0.\n{cpu}")
+    assert one_line(worker) == f"out of memory: could not allocate 4.0 GiB; {advice}"
+    gpu = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 "
+        "GiB of which 1.06 GiB is free."
+    )
+    assert one_line(gpu) == f"out of memory on the GPU: could not allocate 2.00 GiB; {advice}"
+    assert one_line(RuntimeError("shapes cannot be multiplied")) == "shapes cannot be multiplied"
+
+
 def test_a_sweep_run_again_resumes_its_killed_job(reference, tiny_data_dir, tmp_path):
     sweep = ["-m", f"paths.data_dir={tiny_data_dir}", f"hydra.sweep.dir={tmp_path}/sweep", "seed=0"]
     process = start_and_stall(tmp_path / "stalled", *sweep, epoch=2, batch=1)

@@ -457,6 +457,43 @@ def test_a_failed_write_names_the_file_and_fails_the_run(tiny_checkpoint, tmp_pa
     assert leftovers == []
 
 
+def test_running_out_of_memory_is_one_line_saying_what_to_lower(tiny_checkpoint, tmp_path):
+    """A tile too large for the memory (an address space of 6 GiB here): one line, exit 2,
+    the run's status failed with that line."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), np.full((300, 400, 3), 128, np.uint8))
+    run_dir = tmp_path / "run"
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crackseg.predict",
+            f"ckpt_path={tiny_checkpoint}",
+            f"input={photos}",
+            "device=cpu",
+            "tile_height=8192",
+            "tile_width=8192",
+            "batch_size=1",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_memory,
+        timeout=600,
+    )
+    line = one_line_error(result)
+    assert line.startswith("error: out of memory: could not allocate ") and "GiB" in line
+    assert line.endswith("lower the batch size or the size of the images (or tiles)")
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and f"error: {status['error']}" == line
+
+
 def test_a_failed_write_of_a_map_or_a_table_names_its_file(tmp_path, monkeypatch):
     from crackseg.atomic import atomic_write_csv as write_csv
     from crackseg.atomic import atomic_write_png as write_png

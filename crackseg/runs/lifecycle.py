@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
-from crackseg.cli import EXIT_STOPPED, is_storage_error, one_line, print_line, root_cause
+from crackseg.cli import EXIT_STOPPED, is_expected_error, one_line, print_line, root_cause
 from crackseg.data.layouts import check_dagm_classes, check_data_found
 from crackseg.errors import (
     ConfigError,
@@ -166,7 +166,7 @@ def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
         # A class the config names refused its arguments (+trainer.strategy=nope): the
         # config's mistake, worded as the target and its refusal.
         error = raised
-    expected = isinstance(error, CracksegError | InstantiationException) or is_storage_error(error)
+    expected = isinstance(error, InstantiationException) or is_expected_error(error)
     if multirun and not expected:
         log.exception("job failed")
     if not isinstance(error, RunFolderError):  # a folder of another run keeps its status
