@@ -70,6 +70,8 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 HYDRA_HINT = re.compile(r"^(?:\d+\.\s+)?((?:To|Did you mean|Either|Or)\b.*)")
 #: The line of Hydra's "Could not find" error that names the group whose options follow.
 AVAILABLE_IN = re.compile(r"^Available options in '(.+)':$")
+#: A value of Hydra's sweep syntax: a function (``range(0, 3)``, ``choice(1, 2)``).
+SWEEP_FUNCTION = re.compile(r"^\w+\(")
 #: The line of Hydra's "Could not find" error before the folders it searched.
 SEARCH_PATH_HEADING = "Config search path:"
 #: How torch's CPU allocator says it ran out ("DefaultCPUAllocator: can't allocate memory:
@@ -187,8 +189,12 @@ def unparsed_override_line(override: str | None, reason: str) -> str:
         return f"cannot parse the command line: {reason}"
     line = f"cannot parse {override}: {reason}"
     key, _, value = override.partition("=")
-    path_like = "/" in value or os.sep in value
-    if path_like and key and not key.startswith(("+", "~")) and any(c in value for c in "=, "):
+    if value == "~" or value.startswith("~/"):  # the shell expands ~ only at a word's start
+        return f"{line}; write {key}=$HOME{value[1:]}"
+    # A path holds a separator, or a space (``photo (1).jpg``); ``range(0, 3`` is a sweep's
+    # function, mistyped.
+    path_like = any(c in value for c in ("/", os.sep, " ")) and not SWEEP_FUNCTION.match(value)
+    if path_like and key and not key.startswith(("+", "~")) and any(c in value for c in "=, ()"):
         line += f"; quote the value: {as_override(key, value)}"
     return line
 
@@ -247,14 +253,22 @@ def cannot_set_up_run_folder(error: BaseException) -> str | None:
     return f"cannot set up the run folder: {os.fsdecode(error.filename)}: {error.strerror}"
 
 
-def refuse_empty_folder_overrides(args: list[str]) -> None:
+def refuse_unusable_folder_overrides(args: list[str]) -> None:
     """``hydra.run.dir=`` or ``hydra.sweep.dir=`` with nothing after it (an unset shell
     variable) would make the folder the command runs in the run's, its files mixed with
-    the run's: refused before Hydra writes into it. ``.`` says so on purpose."""
+    the run's; one starting with a quoted ``~`` would be a folder named ``~`` there (Hydra
+    does not expand it): refused before Hydra writes into it. ``.`` says so on purpose."""
     for arg in args:
         key, equals, value = arg.partition("=")
-        if equals and key.lstrip("+~") in FOLDER_KEYS and not value.strip("'\" "):
+        if not equals or key.lstrip("+~") not in FOLDER_KEYS:
+            continue
+        folder = value.strip("'\" ")
+        if not folder:
             raise ConfigError(f"{key} is empty: give the folder (an unset shell variable?)")
+        if folder == "~" or folder.startswith("~/"):
+            raise ConfigError(
+                f"{key}={folder}: Hydra does not expand ~; write {key}=$HOME{folder[1:]}"
+            )
 
 
 def run_hydra_main(main: Callable[[], Any]) -> None:
@@ -271,7 +285,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     # that no setting of crackseg's can answer.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
-        refuse_empty_folder_overrides(sys.argv[1:])
+        refuse_unusable_folder_overrides(sys.argv[1:])
         main()
     except SweepStopped:
         from crackseg.runs.lifecycle import restore_signal_handlers

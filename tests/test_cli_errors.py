@@ -78,6 +78,25 @@ def test_a_sweep_jobs_folder_typed_unquoted_is_refused_with_its_quoted_form(tmp_
     )
     # a mistake in a sweep's syntax is not a path to quote
     assert "quote the value" not in refused_train(tmp_path, "-m", "seed=range(0,3")
+    assert "quote the value" not in refused_train(tmp_path, "-m", "seed=range(0, 3")
+
+
+def test_a_file_name_with_brackets_is_refused_with_its_quoted_form(tmp_path):
+    line = refused_train(tmp_path, "data.root=scans (1)")
+    assert line.endswith("""; quote the value: 'data.root="scans (1)"'""")
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_tilde_the_shell_left_is_refused_saying_to_write_home(tmp_path, quoted):
+    """The shell expands ``~`` only at a word's start, not after ``key=``; Hydra cannot
+    parse it bare, and quoted it is a folder named ``~``."""
+    value = "'~/runs/a'" if quoted else "~/runs/a"
+    line = refused_train(tmp_path, f"hydra.run.dir={value}")
+    expected = "hydra.run.dir=~/runs/a: Hydra does not expand ~; write hydra.run.dir=$HOME/runs/a"
+    assert line == f"error: {expected}"
+    assert not (tmp_path / "~").exists() and not (REPO / "~").exists()
+    line = refused_train(tmp_path, "data.root=~/scans")
+    assert line.endswith("; write data.root=$HOME/scans")
 
 
 def test_an_unknown_experiment_lists_those_in_subfolders_too(tmp_path):
