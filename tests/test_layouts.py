@@ -129,11 +129,16 @@ def test_jpeg_with_trailing_bytes_is_accepted(tmp_path):
     assert read_image(path, 3).shape == (H, W, 3)
 
 
-def test_unreadable_file_names_it(tmp_path):
+def test_unreadable_file_names_it(tmp_path, capfd):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(DataError, match="bad.png"):
         read_mask(bad)
+    broken = tmp_path / "broken.bmp"  # a header OpenCV refuses, logging its internals
+    broken.write_bytes(b"BM" + bytes(60))
+    with pytest.raises(DataError, match="broken.bmp"):
+        read_mask(broken)
+    assert capfd.readouterr().err == ""  # the error alone names the file, in one line
     with pytest.raises(DataError, match="missing.png"):
         read_image(tmp_path / "missing.png", 3)
 

@@ -10,6 +10,7 @@ image would silently train the network on garbage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import struct
@@ -203,7 +204,8 @@ def read_native(path: Path | str, *, mask: bool = False) -> np.ndarray:
         raise DataError(f"empty file: {path}")
     _check_complete(data, path)
     try:
-        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        with opencv_quiet():
+            array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from exc
     if array is None or array.size == 0:
@@ -222,6 +224,19 @@ def read_native(path: Path | str, *, mask: bool = False) -> np.ndarray:
         else:
             raise DataError(f"unsupported channel count {channels}: {path}")
     return np.ascontiguousarray(array)
+
+
+@contextlib.contextmanager
+def opencv_quiet():
+    """OpenCV's own log silenced: it prints a file it cannot decode over several lines of
+    its internals, beside crackseg's one line naming the file."""
+    levels = cv2.utils.logging
+    level = levels.getLogLevel()
+    levels.setLogLevel(levels.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        levels.setLogLevel(level)
 
 
 def read_image(path: Path | str, channels: int) -> np.ndarray:
