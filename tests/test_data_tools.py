@@ -170,6 +170,30 @@ def test_stats_table(tmp_path, capsys):
     ]
 
 
+def test_photographs_sharing_a_file_name_keep_every_tile(tmp_path):
+    """Every KolektorSDD folder holds Part0.jpg ... : their tiles are named by sample id
+    (``kos01_Part1_r0_c0``), every tile counted is on disk, and a test split by photograph
+    keeps each photograph's tiles in one split."""
+    root = make_ksdd(tmp_path / "ksdd", folders=3, parts=3, size=(64, 32))
+    counts = tile_dataset(root, tmp_path / "tiles", size=32, layout="ksdd", min_crack_pixels=1)
+    written = sorted(p.name for p in (tmp_path / "tiles" / "images").iterdir())
+    assert sum(counts["all"]) == len(written) == 3 * 3 * 2  # 2 tiles a photograph
+    assert "kos01_Part1_r0_c0.png" in written and "kos03_Part1_r1_c0.png" in written
+    assert "noncrack_kos02_Part0_r1_c0.png" in written
+    tiled = tile_dataset(root, tmp_path / "split", size=32, layout="ksdd", test_fraction=0.34)
+    names = {
+        split: {p.stem for p in (tmp_path / "split" / split / "images").iterdir()}
+        for split in ("train", "test")
+    }
+    assert {k: sum(v) for k, v in tiled.items()} == {k: len(v) for k, v in names.items()}
+    photos = {k: {n.removeprefix("noncrack_").split("_r")[0] for n in v} for k, v in names.items()}
+    assert not photos["train"] & photos["test"] and len(photos["train"] | photos["test"]) == 9
+    # a layout whose file names are unique keeps them (the DAGM class below, crack_segmentation)
+    dagm = make_dagm(tmp_path / "dagm", classes=(1,), images=2)
+    tile_dataset(dagm, tmp_path / "dagm_tiles", size=32, layout="dagm", class_id=1)
+    assert (tmp_path / "dagm_tiles" / "train" / "images" / "noncrack_0002_r0_c0.png").exists()
+
+
 def test_stats_of_a_dagm_class(tmp_path, capsys):
     root = make_dagm(tmp_path / "dagm", classes=(1, 2), images=4)
     (root / "Class2" / "Train" / "Label" / "0001_label.PNG").unlink()  # Class2: one fewer

@@ -45,15 +45,25 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     path.write_bytes(encode_png(array))
 
 
+def tile_names(samples: list[Sample]) -> list[str]:
+    """The name each photograph gives its tiles: its file's stem, or its sample id where two
+    photographs tiled into one folder share a stem (``Part0.jpg`` in every KolektorSDD
+    folder), whose tiles would overwrite each other."""
+    stems = [Path(sample.image_path).stem for sample in samples]
+    return stems if len(set(stems)) == len(stems) else [s.sample_id for s in samples]
+
+
 def tile_sample(
     sample: Sample,
+    name: str,
     out_dir: Path,
     size: int,
     stride: int,
     min_crack_pixels: int,
     pad: bool = False,
 ) -> list[bool | None]:
-    """Write one photograph's tiles to ``out_dir/{images,masks}``; return each tile's label.
+    """Write one photograph's tiles to ``out_dir/{images,masks}`` as ``NAME_rR_cC.png``;
+    return each tile's label.
 
     A tile with at least ``min_crack_pixels`` crack pixels is a positive, one without any is
     a negative. A tile in between (a stray end of a crack) is neither: labelled negative it
@@ -77,7 +87,6 @@ def tile_sample(
         widths = ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2)
         image = np.pad(image, widths, mode="symmetric")
         mask = np.pad(mask, ((0, pad_h), (0, pad_w)), mode="symmetric")
-    name = Path(sample.image_path).stem
     labels: list[bool | None] = []
     for r, top in enumerate(rows):
         for c, left in enumerate(cols):
@@ -129,28 +138,28 @@ def tile_dataset(
             )
         fractions = {"train": 1.0 - sum(by_photo.values()), **by_photo}
         indexed = split_by_source(indexed["all"], fractions, seed)
-    jobs: list[tuple[Sample, Path]] = []
+    jobs: list[tuple[Sample, str, Path]] = []
     for split, samples in indexed.items():
         out_dir = dst if split == "all" else dst / split
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-        jobs += [(s, out_dir) for s in samples]
+        jobs += [(s, name, out_dir) for s, name in zip(samples, tile_names(samples), strict=True)]
     if by_photo:
         write_split_csv(dst / SOURCE_SPLIT_FILE, indexed)
 
-    def job(item: tuple[Sample, Path]) -> list[bool | None]:
-        return tile_sample(item[0], item[1], size, stride, min_crack_pixels, pad)
+    def job(item: tuple[Sample, str, Path]) -> list[bool | None]:
+        return tile_sample(*item, size, stride, min_crack_pixels, pad)
 
     results = map_threads(job, jobs, "tiling", unit="image", leave=True)
     counts: dict[str, list[int]] = {split: [0, 0] for split in indexed}
-    for (_, out_dir), labels in zip(jobs, results, strict=True):
+    for (_, _, out_dir), labels in zip(jobs, results, strict=True):
         split = "all" if out_dir == dst else out_dir.name
         counts[split][0] += labels.count(True)
         counts[split][1] += labels.count(False)
     ambiguous = sum(labels.count(None) for labels in results)
     skipped = sum(not labels for labels in results)
     if jobs and skipped == len(jobs):
-        raise _no_tile(size, [sample for sample, _ in jobs])
+        raise _no_tile(size, [sample for sample, _, _ in jobs])
     if skipped:
         log.warning("%d image(s) smaller than %d px gave no tile (use --pad)", skipped, size)
     if ambiguous:
