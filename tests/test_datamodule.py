@@ -17,6 +17,20 @@ def test_flat_dataset_is_split_70_15_15_stratified(dataset_root):
     assert counts == {"train": (14, 14), "val": (3, 3), "test": (3, 3)}
 
 
+def test_a_run_with_nothing_to_test_on_is_refused_before_it_trains(dataset_root, tmp_path):
+    """Every run ends tested; an empty test split would end it without metrics or report."""
+    with pytest.raises(DataError, match=r"the test split of .* is empty: nothing to test"):
+        datamodule_of(dataset_root, test_fraction=0.0)
+    from helpers.paper_replicas import make_ksdd
+
+    ksdd = make_ksdd(tmp_path / "ksdd", folders=3, parts=2)  # 3 folders, dealt whole
+    folds = {"layout": "ksdd", "num_folds": 5, "val_fraction": 0.0}
+    assert datamodule_of(ksdd, **folds, fold=2).data_split.counts()["test"] == (1, 1)
+    expected = r"fold 4 of data.num_folds=5 is empty: .* the data holds 3; lower data.num_folds"
+    with pytest.raises(DataError, match=expected):
+        datamodule_of(ksdd, **folds, fold=4)
+
+
 @pytest.mark.parametrize("num_segmented,expected", [(0, 0), (5, 5), (None, 14)])
 def test_num_segmented_keeps_that_many_masks(dataset_root, num_segmented, expected):
     datamodule = datamodule_of(dataset_root, num_segmented=num_segmented)

@@ -199,8 +199,13 @@ class CrackDataModule(pl.LightningDataModule):
                 f"{len(splits['train'])} negatives: nothing to learn the defect from (are the "
                 "images labelled as the layout expects?)"
             )
-        if not splits["test"] and self.split.all_as_test:
-            raise DataError(f"no images to evaluate in {self.root}")
+        if not splits["test"]:  # every run ends tested: its metrics and report
+            if self.split.all_as_test:
+                raise DataError(f"no images to evaluate in {self.root}")
+            raise DataError(
+                f"the test split of {self.root} is empty: nothing to test the run on; give "
+                "the data a test/ folder or raise data.test_fraction"
+            )
         if not splits[self.val_split] and stage in ("fit", "validate"):
             # Lightning would skip validation and both thresholds would stay at 0.5.
             hint = (

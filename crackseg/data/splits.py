@@ -254,6 +254,13 @@ def _fold_splits(
     everything = [s for samples in indexed.values() for s in samples]
     folds = grouped_split(everything, {f"fold{k}": 1.0 / num_folds for k in range(num_folds)}, seed)
     test = folds[f"fold{fold}"]
+    if not test:
+        groups = len({source_group(s) for s in everything})
+        raise DataError(
+            f"fold {fold} of data.num_folds={num_folds} is empty: folds keep whole groups (a "
+            f"KolektorSDD folder, a photograph's tiles), and the data holds {groups}; lower "
+            "data.num_folds"
+        )
     rest = [s for k in range(num_folds) if k != fold for s in folds[f"fold{k}"]]
     carved = grouped_split(rest, {"train": 1.0 - val_fraction, "val": val_fraction}, seed)
     log.info(
