@@ -106,6 +106,21 @@ def test_severstal_errors_name_the_file_and_line(tmp_path):
         index_layout("severstal", root)
 
 
+def test_a_severstal_csv_saved_with_a_byte_order_mark_is_read_as_it_was(tmp_path):
+    """A spreadsheet's "CSV UTF-8" starts with a BOM, invisible in a terminal: it is not
+    part of the first column's name."""
+    root = make_severstal(tmp_path / "s", positives=2, negatives=1)
+
+    def samples() -> list[tuple]:
+        found = index_layout("severstal", root)["all"]
+        return [(s.sample_id, s.is_positive, str(s.mask_path)) for s in found]
+
+    before = samples()
+    csv_file = root / "train.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbf" + csv_file.read_bytes())
+    assert samples() == before and sum(positive for _, positive, _ in before) == 2
+
+
 def test_severstal_error_is_one_line_on_the_command_line(tmp_path, capsys):
     root = make_severstal(tmp_path / "s", positives=1, negatives=0)
     name = next((root / "train_images").iterdir()).name

@@ -93,6 +93,24 @@ def test_garbage_and_wrong_shapes_are_one_line(tmp_path):
         published_split(tmp_path / "f.pyb", "dagm")
 
 
+def test_a_list_holding_itself_is_refused_not_read_for_ever(tmp_path, capsys):
+    looped: list = []
+    looped.append(looped)
+    source = _dump(tmp_path / "split_0.pyb", (looped, []))
+    output = tmp_path / "split.csv"
+    assert main(["import-split", str(source), "--dataset", "ksdd2", "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {source} is not a ksdd2 split") and err.count("\n") == 1
+    assert not output.exists()
+
+
+def test_a_published_split_given_as_a_split_file_says_to_import_it(tmp_path):
+    root = make_ksdd2_like(tmp_path / "ksdd2")
+    source = _dump(tmp_path / "split_0.pyb", ([("10000", False)], [("10001", False)]))
+    with pytest.raises(DataError, match=r"is a published split .* crackseg-data import-split"):
+        datamodule_of(root, layout="ksdd2", split_file=str(source))
+
+
 def test_import_split_refuses_to_overwrite(tmp_path, capsys):
     split = _dump(tmp_path / "split_0.pyb", ([("10000", False)], [("10001", False)]))
     output = tmp_path / "split.csv"

@@ -79,7 +79,7 @@ def load_plain_pickle(path: Path | str) -> Any:
 
 
 def _check_plain(content: Any, path: Path) -> None:
-    stack = [content]
+    stack, opened = [content], set()
     while stack:
         item = stack.pop()
         if not isinstance(item, _PLAIN):
@@ -87,7 +87,8 @@ def _check_plain(content: Any, path: Path) -> None:
                 f"{path} is refused: it holds a {type(item).__name__}; a split file holds only "
                 "lists, tuples, sets, strings, numbers and booleans"
             )
-        if isinstance(item, list | tuple | set | frozenset):
+        if isinstance(item, list | tuple | set | frozenset) and id(item) not in opened:
+            opened.add(id(item))  # once: a list holding itself would be opened for ever
             stack.extend(item)
 
 

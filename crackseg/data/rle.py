@@ -93,7 +93,8 @@ def read_run_length_csv(path: Path, height: int, width: int) -> dict[str, RunLen
     marks nothing. A malformed row raises DataError naming the file and its line.
     """
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: a byte-order mark (a CSV saved by a spreadsheet) is not part of a name.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = [c.strip() for c in next(reader, [])]
             missing = [c for c in CSV_COLUMNS if c not in header]

@@ -477,9 +477,15 @@ def write_split_csv(
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the non-empty rows (with their line numbers) of a split file."""
+    if path.suffix == ".pyb":
+        raise DataError(
+            f"split file {path} is a published split (a pickle): convert it to a split file "
+            "with crackseg-data import-split"
+        )
     try:
         # A name that is not UTF-8 comes back as the file system's name (write_split_csv).
-        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        # utf-8-sig: a byte-order mark (a spreadsheet's CSV) is not part of the first column.
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             rows = list(csv.reader(handle))
     except OSError as exc:
         raise DataError(f"cannot read split file {path}: {exc.strerror or exc}") from exc

@@ -122,7 +122,7 @@ def read_ranked_ids(path: str | Path) -> list[str]:
     """The sample ids of a ranking, in file order: ``weak_ranking.csv`` (written by
     crackseg.evaluation.weak_ranking) or any CSV with a ``sample_id`` column."""
     # A name that is not UTF-8 comes back as the file system's name (weak_ranking.csv).
-    with Path(path).open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
+    with Path(path).open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "sample_id" not in reader.fieldnames:
             raise ValueError(f"{path} has no sample_id column")
