@@ -18,7 +18,12 @@ from crackseg.data.supervision import choose_segmented
 from crackseg.errors import DataError
 from crackseg.evaluation.weak_ranking import binary_entropy, rank, uncertainty, write_ranking
 from crackseg.models.lit_segdec import SegDecModule
-from crackseg.sweep.curves import MIXED_SUPERVISION_FIGURE, draw_sweep_curves, sweep_curves
+from crackseg.sweep.curves import (
+    MIXED_SUPERVISION_FIGURE,
+    NUM_SEGMENTED,
+    draw_sweep_curves,
+    sweep_curves,
+)
 from crackseg.sweep.summary import collect_runs, write_summary
 
 
@@ -148,6 +153,20 @@ def test_the_summary_draws_the_mixed_supervision_curve(tmp_path):
     assert ap_axis.get_xscale() == "symlog"
     labels = [t.get_text() for t in ap_axis.get_xticklabels()]
     assert labels[0] == "0\nweak" and labels[-1] == "662\nall"
+    (level,) = [h for h in ap_axis.get_lines() if list(h.get_xdata()) == [0, 1]]
+    assert list(level.get_ydata()) == pytest.approx([0.985] * 2)  # the fully supervised AP
+
+
+def test_a_curve_without_the_fully_supervised_run_marks_no_point_all(tmp_path):
+    """``data.num_segmented=5,10,20``: 20 is not "all", and there is no level to draw."""
+    for num, segmented in enumerate((5, 10, 20)):
+        metrics = {"image_ap": 0.8 + num / 100, "num_segmented": segmented}
+        _fake_job(tmp_path, num, str(segmented), 0, metrics)
+    (curve,) = sweep_curves(collect_runs(tmp_path), NUM_SEGMENTED, [NUM_SEGMENTED])
+    assert curve.full is None
+    ap_axis = draw_sweep_curves([curve], NUM_SEGMENTED).axes[0]
+    assert [t.get_text() for t in ap_axis.get_xticklabels()] == ["5", "10", "20"]
+    assert [h for h in ap_axis.get_lines() if list(h.get_xdata()) == [0, 1]] == []
 
 
 def test_other_numeric_sweeps_draw_their_figure_too(tmp_path):

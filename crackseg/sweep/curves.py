@@ -32,10 +32,13 @@ MIXED_SUPERVISION_FIGURE = "mixed_supervision.png"
 
 @dataclass
 class Curve:
-    """One line of a sweep figure: the swept values ``x`` and, per metric, mean and std."""
+    """One line of a sweep figure: the swept values ``x`` and, per metric, mean and std;
+    ``full`` is the index of the fully supervised point (``data.num_segmented=null``), if
+    the sweep ran one."""
 
     key: str
     label: str
+    full: int | None = None
     x: list[float] = field(default_factory=list)
     n: list[int] = field(default_factory=list)
     mean: dict[str, list[float]] = field(default_factory=dict)
@@ -92,9 +95,11 @@ def sweep_curves(rows: list[dict[str, Any]], key: str, keys: Sequence[str]) -> l
         for value, members in settings.items():
             x = _x_value(key, value, members)
             if x is not None:
-                points.append((x, members))
+                points.append((x, value == "null", members))
         curve = Curve(key, label)
-        for x, members in sorted(points, key=lambda p: p[0]):
+        for x, full, members in sorted(points, key=lambda p: p[0]):
+            if key == NUM_SEGMENTED and full:
+                curve.full = len(curve.x)
             curve.x.append(x)
             curve.n.append(len(members))
             for metric, _ in CURVE_METRICS:
@@ -122,10 +127,11 @@ def draw_sweep_curves(curves: list[Curve], key: str, title: str = "") -> Figure:
                 capsize=3,
                 label=curve.label or None,
             )
-            if key == NUM_SEGMENTED and len(curve.x) > 1:
+            if curve.full is not None and len(curve.x) > 1:
                 # The fully supervised level, to read off how much of it fewer masks reach.
-                ax.axhline(curve.mean[metric][-1], linestyle="--", linewidth=0.8, alpha=0.6)
-        _x_axis(ax, key, xs)
+                level = curve.mean[metric][curve.full]
+                ax.axhline(level, linestyle="--", linewidth=0.8, alpha=0.6)
+        _x_axis(ax, key, xs, {c.x[c.full] for c in curves if c.full is not None})
         ax.set(ylabel=label)
         ax.grid(alpha=0.3)
         if index == 0 and any(c.label for c in curves):
@@ -142,18 +148,17 @@ def _x_label(key: str) -> str:
     return key
 
 
-def _x_axis(ax: Any, key: str, xs: list[float]) -> None:
-    """Log-like where the values span decades: symlog keeps 0 (weak supervision) on it."""
+def _x_axis(ax: Any, key: str, xs: list[float], full: set[float]) -> None:
+    """Log-like where the values span decades: symlog keeps 0 (weak supervision) on it;
+    the ``full`` values (every positive segmented) are marked "all"."""
     if not xs:
         return
     if key == NUM_SEGMENTED:
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xticks(xs)
-        labels = [f"{x:g}" for x in xs]
+        labels = [f"{x:g}\nall" if x in full else f"{x:g}" for x in xs]
         if xs[0] == 0:
             labels[0] = "0\nweak"
-        if len(xs) > 1:
-            labels[-1] = f"{xs[-1]:g}\nall"
         ax.set_xticklabels(labels)
         ax.set_xlim(-0.3, xs[-1] * 1.6)
     elif min(xs) > 0 and max(xs) / min(xs) >= 10:
