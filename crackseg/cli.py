@@ -192,9 +192,10 @@ def unparsed_override_line(override: str | None, reason: str) -> str:
     if value == "~" or value.startswith("~/"):  # the shell expands ~ only at a word's start
         return f"{line}; write {key}=$HOME{value[1:]}"
     # A path holds a separator, or a space (``photo (1).jpg``); ``range(0, 3`` is a sweep's
-    # function, mistyped.
+    # function, mistyped. Hydra parses no letter outside ASCII unquoted (``/data/béton``).
     path_like = any(c in value for c in ("/", os.sep, " ")) and not SWEEP_FUNCTION.match(value)
-    if path_like and key and not key.startswith(("+", "~")) and any(c in value for c in "=, ()"):
+    quotable = (path_like and any(c in value for c in "=, ()")) or not value.isascii()
+    if quotable and key and not key.startswith(("+", "~")):
         line += f"; quote the value: {as_override(key, value)}"
     return line
 

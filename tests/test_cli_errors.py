@@ -81,9 +81,11 @@ def test_a_sweep_jobs_folder_typed_unquoted_is_refused_with_its_quoted_form(tmp_
     assert "quote the value" not in refused_train(tmp_path, "-m", "seed=range(0, 3")
 
 
-def test_a_file_name_with_brackets_is_refused_with_its_quoted_form(tmp_path):
+def test_a_file_name_with_brackets_or_accents_is_refused_with_its_quoted_form(tmp_path):
     line = refused_train(tmp_path, "data.root=scans (1)")
     assert line.endswith("""; quote the value: 'data.root="scans (1)"'""")
+    line = refused_train(tmp_path, "data.root=/data/béton")
+    assert line.endswith("""; quote the value: 'data.root="/data/béton"'""")
 
 
 @pytest.mark.parametrize("quoted", [False, True])
