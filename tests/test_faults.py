@@ -492,6 +492,18 @@ def test_a_sweep_run_again_resumes_its_killed_job(reference, tiny_data_dir, tmp_
     process.wait()
     job = tmp_path / "sweep" / "0"  # nothing is swept: the job folder is its number alone
     assert not (job / "metrics.json").exists()
+    # its checkpoint damaged, the job fails, and so does the sweep, naming it
+    last = job / "checkpoints" / "last.ckpt"
+    kept = last.read_bytes()
+    last.write_bytes(kept[:1000])
+    result = run_entry("train", *sweep, *FAULT_RUN, env={"PYTHONPATH": str(HELPERS)})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error: 1 of 1 jobs failed" in result.stderr
+    status = json.loads((job / "status.json").read_text())
+    assert status["status"] == "failed"
+    assert status["error"].startswith(f"cannot read checkpoint {last}: truncated or damaged")
+    # repaired, it goes on from where it stopped
+    last.write_bytes(kept)
     result = run_entry("train", *sweep, *FAULT_RUN, env={"PYTHONPATH": str(HELPERS)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert metrics_of(job) == metrics_of(reference)

@@ -37,7 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import crackseg
 from crackseg.atomic import atomic_write_text, remove_partial_writes
-from crackseg.errors import RunFolderError
+from crackseg.errors import CracksegError, RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, checkpoint_step
 from crackseg.run_files import (
     CHECKPOINT_DIR,
@@ -591,7 +591,13 @@ def prepare_training_run(
         )
     checkpoint = resume_checkpoint(output_dir)
     # The settings it ran with: the checkpoint's, else those it started with.
-    saved = checkpoint_run_config(checkpoint) if checkpoint is not None else None
+    try:
+        saved = checkpoint_run_config(checkpoint) if checkpoint is not None else None
+    except CracksegError:
+        # The run in this folder (this job's own, or the one typed) cannot go on: its
+        # failure, recorded in its status, where a run again of its sweep counts it.
+        accept_run_folder(output_dir)
+        raise
     if saved is None and (output_dir / ".hydra" / "config.yaml").is_file():
         # as typed (trainer.precision: auto), where a checkpoint holds it made concrete
         saved = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
