@@ -204,6 +204,8 @@ def test_labels_from_masks_use_the_binarize_threshold(tmp_path):
     faint[4:8, 5:15] = 100
     write_image(tmp_path / "train" / "1.png", _image())
     write_image(tmp_path / "train" / "1_GT.png", faint)
+    write_image(tmp_path / "test" / "2.png", _image())  # a run needs images to test on
+    write_image(tmp_path / "test" / "2_GT.png", _mask(False))
     assert not index_layout("ksdd2", tmp_path)["train"][0].is_positive  # 100 <= 127
     assert index_layout("ksdd2", tmp_path, binarize_threshold=50)["train"][0].is_positive
     (positive,) = check_samples(index_layout("ksdd2", tmp_path, binarize_threshold=50)["train"], 50)
