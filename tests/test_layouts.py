@@ -139,6 +139,7 @@ def test_unreadable_file_names_it(tmp_path, capfd):
     with pytest.raises(DataError, match="broken.bmp"):
         read_mask(broken)
     assert capfd.readouterr().err == ""  # the error alone names the file, in one line
+    assert cv2.utils.logging.getLogLevel() != cv2.utils.logging.LOG_LEVEL_SILENT  # given back
     with pytest.raises(DataError, match="missing.png"):
         read_image(tmp_path / "missing.png", 3)
 

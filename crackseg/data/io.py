@@ -14,6 +14,7 @@ import contextlib
 import logging
 import re
 import struct
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -226,17 +227,30 @@ def read_native(path: Path | str, *, mask: bool = False) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+#: Decodings under way with OpenCV's log silenced (threads of one process share its level),
+#: and the level to give back when the last ends.
+_quiet = {"depth": 0, "level": None}
+_quiet_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def opencv_quiet():
     """OpenCV's own log silenced: it prints a file it cannot decode over several lines of
-    its internals, beside crackseg's one line naming the file."""
+    its internals, beside crackseg's one line naming the file. Its level is the process's:
+    the first of overlapping decodings silences it, the last gives it back."""
     levels = cv2.utils.logging
-    level = levels.getLogLevel()
-    levels.setLogLevel(levels.LOG_LEVEL_SILENT)
+    with _quiet_lock:
+        if _quiet["depth"] == 0:
+            _quiet["level"] = levels.getLogLevel()
+            levels.setLogLevel(levels.LOG_LEVEL_SILENT)
+        _quiet["depth"] += 1
     try:
         yield
     finally:
-        levels.setLogLevel(level)
+        with _quiet_lock:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                levels.setLogLevel(_quiet["level"])
 
 
 def read_image(path: Path | str, channels: int) -> np.ndarray:
