@@ -422,6 +422,23 @@ def test_a_folder_of_unreadable_images_fails(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "run" / "predictions.csv").exists()
 
 
+def predict_under_limit(limit: int, size: int, *overrides: str) -> subprocess.CompletedProcess:
+    """``crackseg-predict`` with the resource ``limit`` (``resource.RLIMIT_*``) at ``size``,
+    as a full disk or a machine's memory would set it."""
+
+    def set_limit() -> None:
+        resource.setrlimit(limit, (size, size))
+
+    return subprocess.run(
+        [sys.executable, "-m", "crackseg.predict", *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=set_limit,
+        timeout=600,
+    )
+
+
 def test_a_failed_write_names_the_file_and_fails_the_run(tiny_checkpoint, tmp_path):
     """A file size limit makes the first large output fail as a full disk would."""
     photos = tmp_path / "photos"
@@ -429,24 +446,12 @@ def test_a_failed_write_names_the_file_and_fails_the_run(tiny_checkpoint, tmp_pa
     noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8)
     cv2.imwrite(str(photos / "noise.png"), noise)
     run_dir = tmp_path / "run"
-
-    def limit_file_size() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
-
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "crackseg.predict",
-            f"ckpt_path={tiny_checkpoint}",
-            f"input={photos}",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        preexec_fn=limit_file_size,
-        timeout=600,
+    result = predict_under_limit(
+        resource.RLIMIT_FSIZE,
+        100_000,
+        f"ckpt_path={tiny_checkpoint}",
+        f"input={photos}",
+        f"hydra.run.dir={run_dir}",
     )
     line = one_line_error(result)
     assert "cannot write" in line and "File too large" in line
@@ -464,28 +469,16 @@ def test_running_out_of_memory_is_one_line_saying_what_to_lower(tiny_checkpoint,
     photos.mkdir()
     cv2.imwrite(str(photos / "a.png"), np.full((300, 400, 3), 128, np.uint8))
     run_dir = tmp_path / "run"
-
-    def limit_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
-
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "crackseg.predict",
-            f"ckpt_path={tiny_checkpoint}",
-            f"input={photos}",
-            "device=cpu",
-            "tile_height=8192",
-            "tile_width=8192",
-            "batch_size=1",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        preexec_fn=limit_memory,
-        timeout=600,
+    result = predict_under_limit(
+        resource.RLIMIT_AS,
+        6 * 2**30,
+        f"ckpt_path={tiny_checkpoint}",
+        f"input={photos}",
+        "device=cpu",
+        "tile_height=8192",
+        "tile_width=8192",
+        "batch_size=1",
+        f"hydra.run.dir={run_dir}",
     )
     line = one_line_error(result)
     assert line.startswith("error: out of memory: could not allocate ") and "GiB" in line

@@ -133,11 +133,11 @@ def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
         status = load_status(job)
     except (OSError, ValueError) as error:
         return "failed", f"unreadable {STATUS_FILE}: {error}", {}
-    missing = f"finished without {METRICS_FILE}"
+    no_metrics = f"finished without {METRICS_FILE}"
     try:
         metrics = load_json_object(job / METRICS_FILE)
     except (OSError, ValueError) as error:
-        metrics, missing = None, f"unreadable {METRICS_FILE}: {error}"
+        metrics, no_metrics = None, f"unreadable {METRICS_FILE}: {error}"
     if status is None:
         if metrics is not None:
             return "finished", "", metrics
@@ -149,7 +149,7 @@ def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
         if not isinstance(metrics, dict):
             return "failed", f"unreadable metrics in {STATUS_FILE}", {}
         if state == "finished" and not metrics:
-            return "failed", missing, {}
+            return "failed", no_metrics, {}
     return state, error, metrics
 
 
