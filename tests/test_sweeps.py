@@ -7,6 +7,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import platform
 import shutil
 import signal
 import statistics
@@ -19,6 +20,7 @@ import pytest
 import yaml
 from conftest import one_line_error, run_entry
 from helpers.paper_replicas import make_dagm
+from helpers.stalled_runs import HELPERS, start_train, wait_for_stall
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -886,6 +888,34 @@ def test_a_local_parallel_sweep_stopped_by_sigterm_stops_its_jobs_with_checkpoin
     for job in jobs:
         assert json.loads((job / "status.json").read_text())["status"] == "interrupted"
         assert (job / "checkpoints" / "interrupted.ckpt").is_file()
+
+
+def test_a_sweep_started_in_the_folder_of_a_running_sweep_is_refused_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The folder is the running sweep's until its end: a second sweep there (the same
+    command typed again, or another grid) would overwrite its multirun.yaml and summary and
+    run its queued jobs beside it."""
+    sweep_dir = tmp_path / "sweep"
+    config_dir = tiny_config_dir(tmp_path)
+    marker = tmp_path / "stalled"
+    sweep = ("--config-dir", str(config_dir), "experiment=tiny", f"hydra.sweep.dir={sweep_dir}")
+    stall = "+callbacks.stall._target_=stall_callback.StallAt"
+    first = start_train(marker, "-m", *sweep, "seed=0,1", stall, epoch=0, batch=0)
+    try:
+        wait_for_stall(first, marker)
+        before = {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()}
+        again = run_entry(
+            "train", "-m", *sweep, "seed=1,2", stall, env={"PYTHONPATH": str(HELPERS)}, timeout=120
+        )
+        line = one_line_error(again)
+        holder = f"another process (pid {first.pid} on host {platform.node()})"
+        assert line == f"error: {sweep_dir} is in use by {holder}; wait for it to end"
+        assert {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()} == before
+    finally:
+        first.kill()
+        first.wait()
+    assert not lifecycle.held_by_another_process(sweep_dir)  # free however the sweep ended
 
 
 def test_a_job_taken_from_the_queue_of_a_stopping_sweep_does_not_start(tmp_path: Path) -> None:

@@ -276,8 +276,14 @@ class SweepChecksCallback(Callback):
     """Hydra callback: refuse a multirun whose shared settings cannot work before any job
     (or its folder) is started: ``resume=RUN_DIR``, and the values
     :func:`crackseg.runs.config_checks.check_config` checks (swept values are checked by each
-    job), and a sweep run again over finished jobs that had other settings. One line and
-    exit 2, as Hydra turns a callback's exception into a warning."""
+    job), a sweep run again over finished jobs that had other settings, and a sweep folder
+    another sweep is running in. One line and exit 2, as Hydra turns a callback's exception
+    into a warning.
+
+    A sweep holds its folder as a run holds its own (:func:`claim_run_folder`), from before
+    Hydra writes ``multirun.yaml`` there to after the summary: a second sweep started in it
+    would overwrite the first one's ``multirun.yaml`` and summary, and run its queued jobs
+    beside it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -287,9 +293,10 @@ class SweepChecksCallback(Callback):
             check_trials(config)
             check_devices_per_job(config)
             check_config(config)
+            refuse_missing_data(config)
+            claim_run_folder(config.hydra.sweep.dir)
             refuse_finished_jobs_with_other_settings(config)
             refuse_held_runs_with_other_settings(config)
-            refuse_missing_data(config)
         except CracksegError as error:
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
@@ -298,6 +305,7 @@ class SweepChecksCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         restore_signal_handlers()
+        release_run_folder(config.hydra.sweep.dir)
 
 
 #: How long a local parallel sweep stopped by a signal waits for its jobs' clean stop (s).
