@@ -722,12 +722,19 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     experiment.write_text(unedited)
 
     # the failing value taken out of the grid: every job of this run finishes, so the run
-    # ends 0; the earlier run's failed job is still in the summary, as the folder holds it
+    # ends 0; the earlier run's failed job is still in the summary, as the folder holds it.
+    # The key swept before still names the job (given one value now): it is found finished
+    # in its folder and skipped, run after run, not trained again in a new folder "0".
     time.sleep(2)  # its status is from before this run, whose file times count in seconds
     fixed = [a.replace("data.input_height=60,64", "data.input_height=64") for a in args]
-    result = run_train(config_dir, *fixed)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"`{failed.name}` (failed)" in (sweep_dir / "summary.md").read_text()
+    for _ in range(2):
+        result = run_train(config_dir, *fixed)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "finished in an earlier sweep" in result.stdout
+        jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
+        assert jobs == sorted([failed.name, done.name])
+        assert _mtimes(done) == before
+        assert f"`{failed.name}` (failed)" in (sweep_dir / "summary.md").read_text()
 
 
 def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: Path) -> None:

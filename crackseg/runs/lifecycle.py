@@ -57,6 +57,7 @@ from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import as_override, check_required
 from crackseg.sweep.job_names import (
     job_overrides,
+    keys_telling_jobs_apart,
     setting_changes,
     shared_settings,
     swept_keys,
@@ -424,10 +425,12 @@ def check_trials(config: DictConfig) -> None:
 
 
 def _task_and_swept(config: DictConfig) -> tuple[list[str], set[str]]:
-    """A multirun's command-line overrides, and the keys its jobs vary."""
+    """A multirun's command-line overrides, and the keys its jobs vary: those it sweeps, and
+    those an earlier run of the sweep swept in its folder (the job folders are named by
+    them, :func:`crackseg.sweep.job_names.keys_telling_jobs_apart`)."""
     task = OmegaConf.to_container(config.hydra.overrides.task)
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    return task, swept_keys(task, params)
+    return task, swept_keys(task, params) | keys_telling_jobs_apart(config.hydra.sweep.dir)
 
 
 def _job_folders(config: DictConfig) -> list[Path]:

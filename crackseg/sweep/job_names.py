@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -28,7 +29,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from crackseg.runs.folder import RESUME_FREE_KEYS, override_key
+from crackseg.runs.folder import RESUME_FREE_KEYS, override_key, saved_hydra_file
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,29 @@ def swept_keys(task_overrides: Iterable[str], sweeper_params: Mapping[str, Any])
     parsed = OverridesParser.create().parse_overrides(list(task_overrides))
     keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
     return keys | {override_key(name) for name in sweeper_params}
+
+
+def keys_telling_jobs_apart(sweep_dir: str | Path) -> set[str]:
+    """The keys whose values tell apart the jobs already in ``sweep_dir`` (as their
+    ``.hydra/overrides.yaml`` give them; a key some jobs lack counts too). Swept by an
+    earlier run of the sweep, they still name its jobs when a run again gives one of them a
+    single value (``data.input_height=60,64``, then ``data.input_height=64``): that job is
+    then found in its earlier folder, not trained again in a new one."""
+    sweep_dir = Path(sweep_dir)
+    jobs = [job for job in sweep_dir.iterdir() if job.is_dir()] if sweep_dir.is_dir() else []
+    given: dict[str, list[str]] = {}
+    read = 0
+    for job in jobs:
+        saved = saved_hydra_file(job, "overrides.yaml")
+        try:
+            overrides = OverridesParser.create().parse_overrides([str(o) for o in saved])
+        except (HydraException, TypeError):  # unreadable: the job itself refuses it
+            continue
+        read += 1
+        for override in overrides:
+            if not _free_to_change(override.key_or_group):
+                given.setdefault(override.key_or_group, []).append(_value_text(override))
+    return {key for key, values in given.items() if len(set(values)) > 1 or len(values) < read}
 
 
 def swept_values(
@@ -146,7 +170,8 @@ class JobNamesCallback(Callback):
         task = OmegaConf.to_container(config.hydra.overrides.task)
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
         excluded = list(OmegaConf.select(config, EXCLUDE_KEYS, default=None) or [])
-        common = [k for k in common_keys(task, params) if k not in excluded]
+        kept = keys_telling_jobs_apart(config.hydra.sweep.dir)  # swept by an earlier run
+        common = [k for k in common_keys(task, params) if k not in excluded and k not in kept]
         if not common:
             return
         log.debug("left out of the job names (the same in every job): %s", ", ".join(common))
