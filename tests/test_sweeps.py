@@ -42,6 +42,7 @@ from crackseg.sweep.job_names import (
     common_keys,
     exclude_override,
     job_overrides,
+    keys_telling_jobs_apart,
     shared_settings,
     swept_keys,
 )
@@ -163,6 +164,22 @@ def test_a_job_held_again_gets_this_command_line_with_its_own_swept_values() -> 
         "trainer.max_epochs=3",
         "data.dilate=5",
     ]
+
+
+def test_the_keys_an_earlier_run_swept_are_read_from_its_job_folders(tmp_path: Path) -> None:
+    """Keys the jobs in the folder were given different values of, or that some lack; not
+    those every job shares, nor those a rerun may change (data.num_workers)."""
+    jobs = {
+        "0_data.dilate=1,seed=0": ["data.dilate=1", "seed=0", "data.num_workers=0", "+x=1"],
+        "1_data.dilate=3,seed=0": ["data.dilate=3", "seed=0", "data.num_workers=4"],
+    }
+    for name, overrides in jobs.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)  # unreadable: left to its own job
+    (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("[unclosed")
+    assert keys_telling_jobs_apart(tmp_path) == {"data.dilate", "x"}
+    assert keys_telling_jobs_apart(tmp_path / "not_yet") == set()
 
 
 def test_job_folder_names() -> None:

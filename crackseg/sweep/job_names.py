@@ -55,9 +55,11 @@ def keys_telling_jobs_apart(sweep_dir: str | Path) -> set[str]:
     read = 0
     for job in jobs:
         saved = saved_hydra_file(job, "overrides.yaml")
+        if not OmegaConf.is_list(saved):  # unreadable: the job itself refuses it
+            continue
         try:
             overrides = OverridesParser.create().parse_overrides([str(o) for o in saved])
-        except (HydraException, TypeError):  # unreadable: the job itself refuses it
+        except HydraException:
             continue
         read += 1
         for override in overrides:
