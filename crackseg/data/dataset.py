@@ -26,9 +26,9 @@ class CrackDataset(Dataset):
     An item is a dict: ``image`` [C,H,W] float in [0,1], ``mask`` [1,H,W] float in [0,1]
     (soft: binarised, dilated, then resized; crackseg.data.labels.prepare_mask),
     ``weight`` [1,H,W] float, ``label`` float (1 = defect), ``segmented`` bool (False for
-    weak positives, whose mask is unknown and all zero here), ``mask_known`` bool (whether
-    ``mask`` is the sample's mask: negatives, segmented positives, and with ``weak_masks``
-    the weak positives that have one on disk) and ``index``.
+    weak positives, whose ``mask`` is all zero unless ``weak_masks`` loads it), ``mask_known``
+    bool (whether ``mask`` is the sample's mask: negatives, segmented positives, and with
+    ``weak_masks`` the weak positives that have one on disk) and ``index``.
     ``segmented_ids`` lists the positives whose masks are used; None means all with a mask.
     ``weak_masks`` loads the weak positives' masks too, for a decision target taken from them
     (``loss.decision_target=mask_max_all``); they stay weak: ``segmented`` is False, so they
