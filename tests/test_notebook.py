@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import statistics
 from pathlib import Path
 
 import nbformat
@@ -10,6 +12,8 @@ import pytest
 from nbclient import NotebookClient
 from test_sweeps import tiny_sweep_dir
 
+#: The tiny sweep's two jobs.
+JOBS = ("0_data.dilate=3,seed=0", "1_data.dilate=3,seed=1")
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "compare_runs.ipynb"
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -33,6 +37,12 @@ def test_notebook_compares_the_runs_of_a_sweep(
     )
     # one job with TensorBoard events only: the curves must come from the event files
     (sweep / "1_data.dilate=3,seed=1" / "history.json").unlink()
+    # seed 0 run twice (the grid changed between runs of the sweep): its mean counts it once
+    first, again = sweep / "0_data.dilate=3,seed=0", sweep / "2_data.dilate=3,seed=0"
+    shutil.copytree(first, again)
+    metrics = json.loads((again / "metrics.json").read_text())
+    (again / "metrics.json").write_text(json.dumps({**metrics, "image_ap": 0.0}))
+    (sweep / "summary.csv").unlink()  # the notebook writes it again, with the repeat
     (multiruns / "2026-01-01_10-00-01" / "0_seed=0").mkdir(parents=True)
     shutil.copy(sweep / "multirun.yaml", multiruns / "2026-01-01_10-00-01")
     (tmp_path / "notebooks").mkdir()
@@ -50,7 +60,11 @@ def test_notebook_compares_the_runs_of_a_sweep(
     text = "".join(
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
     )
-    assert "2 jobs, 2 finished; swept: data.dilate" in text
+    assert "3 jobs, 3 finished; swept: data.dilate" in text
+    assert f"{again.name} ran the setting and seed of {first.name} too: counted once" in text
+    ap = [json.loads((sweep / j / "metrics.json").read_text())["image_ap"] for j in JOBS]
+    assert f"data.dilate=3: image_ap {statistics.mean(ap):.4f}, " in text
+    assert "(mean over 2 seeds)" in text
     assert "0_data.dilate=3,seed=0: curves from history.json" in text
     assert "1_data.dilate=3,seed=1: curves from TensorBoard" in text
     for name in ("ablation_data.dilate.png", "training_curves.png"):

@@ -229,9 +229,9 @@ def swept_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def repeated_jobs(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Finished jobs that ran a setting and seed an earlier finished job of the folder ran
-    already (the grid changed between runs: ``seed`` swept since, a default typed since),
-    each with the job it repeats. Means, pooled folds and figures count each once."""
+    """Finished jobs that ran a setting and seed a finished job before them in job order ran
+    too (the grid changed between runs: ``seed`` swept since, a default typed since), each
+    with that job, the one counted. Means, pooled folds and figures count the pair once."""
     keys = swept_columns(rows)
     first: dict[tuple[str, ...], str] = {}
     repeated = {}
@@ -364,9 +364,9 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
     if repeated:
         lines += ["", "## Repeated jobs", ""]
         lines += [
-            f"- `{job}` ran the setting and seed of `{earlier}` again (the grid changed "
-            "between runs of the sweep): counted once, as the earlier job"
-            for job, earlier in repeated.items()
+            f"- `{job}` ran the setting and seed of `{first}` too (the grid changed "
+            f"between runs of the sweep): counted once, as `{first}`"
+            for job, first in repeated.items()
         ]
     problems = [r for r in rows if r["status"] != "finished"]
     if problems:
