@@ -587,6 +587,41 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     assert dice_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == (1.0, 1.0)
 
 
+@pytest.mark.parametrize("stop_at_write", [1, 2, 3])
+def test_an_image_stopped_while_its_files_are_written_leaves_no_file_without_its_row(
+    tmp_path, monkeypatch, stop_at_write
+):
+    """Ctrl-C or SIGTERM lands anywhere: between an image's files, or after its last one
+    before its rows are kept. Its files are taken back; the image before it stays whole."""
+    import crackseg.deploy.predict_folder as predict_folder
+    from crackseg.deploy.backends import ModelInfo
+    from crackseg.deploy.predictor import ImagePrediction
+
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    writer = predict_folder.ResultWriter(tmp_path, predict_settings(), info)
+    probabilities = np.zeros((10, 20), np.float32)
+    probabilities[4:6, 2:18] = 0.9
+    image = np.zeros((10, 20, 3), np.uint8)
+    writer.add(tmp_path / "done.jpg", image, ImagePrediction(0.9, probabilities))
+    write_png = predict_folder.atomic_write_png
+    calls = []
+
+    def stopped_after(path, pixels):
+        write_png(path, pixels)
+        calls.append(path)
+        if len(calls) == stop_at_write:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_folder, "atomic_write_png", stopped_after)
+    with pytest.raises(KeyboardInterrupt):
+        writer.add(tmp_path / "stopped.jpg", image, ImagePrediction(0.9, probabilities))
+    writer.write_tables()
+    for folder in ("probabilities", "masks", "overlays"):
+        assert [p.name for p in (tmp_path / folder).iterdir()] == ["done.jpg.png"], folder
+    assert [row["file"] for row in rows_of(tmp_path / "predictions.csv")] == ["done.jpg"]
+    assert {row["file"] for row in rows_of(tmp_path / "cracks.csv")} == {"done.jpg"}
+
+
 def test_an_image_with_a_name_of_240_characters_gets_its_outputs(tmp_path):
     from crackseg.deploy.backends import ModelInfo
     from crackseg.deploy.predict_folder import ResultWriter

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from omegaconf import DictConfig
@@ -87,6 +87,15 @@ def dice_iou(predicted: np.ndarray, reference: np.ndarray) -> tuple[float, float
     return 2 * intersection / total, intersection / (total - intersection)
 
 
+class ImageResult(NamedTuple):
+    """One image's rows: of ``predictions.csv``, of ``cracks.csv`` (one per crack), and its
+    Dice against its reference mask where it has one."""
+
+    row: list[Any]
+    crack_rows: list[list[Any]]
+    dice: float | None
+
+
 class ResultWriter:
     """Writes each image's files as soon as it is predicted and keeps its table rows."""
 
@@ -95,40 +104,69 @@ class ResultWriter:
         self.settings = settings
         self.image_threshold = settings.image_threshold(info)
         self.seg_threshold = info.seg_threshold
-        self.image_rows: list[list[Any]] = []
-        self.crack_rows: list[list[Any]] = []
         self.references = reference_masks(settings.reference_masks)
-        self.dices: list[float] = []
+        self.results: list[ImageResult] = []
+
+    @property
+    def image_rows(self) -> list[list[Any]]:
+        return [result.row for result in self.results]
+
+    @property
+    def crack_rows(self) -> list[list[Any]]:
+        return [row for result in self.results for row in result.crack_rows]
+
+    @property
+    def dices(self) -> list[float]:
+        return [result.dice for result in self.results if result.dice is not None]
 
     def add(self, path: Path, image: np.ndarray, prediction: ImagePrediction) -> None:
+        """The image's files, then its rows, as one: stopped on the way (Ctrl-C, SIGTERM, a
+        full disk), it takes back the files it wrote, so every image whose files a stopped
+        prediction keeps has its rows in the tables written then."""
         name = f"{path.name}.png"
-        probabilities = prediction.probabilities
-        mask = probabilities >= self.seg_threshold
-        atomic_write_png(self.output_dir / "probabilities" / name, probability_image(probabilities))
-        atomic_write_png(self.output_dir / "masks" / name, mask.astype(np.uint8) * 255)
+        mask = prediction.probabilities >= self.seg_threshold
+        result = self._result(path, mask, prediction.score)
+        outputs = {"probabilities": probability_image(prediction.probabilities)}
+        outputs["masks"] = mask.astype(np.uint8) * 255
         if self.settings.overlays:
-            atomic_write_png(self.output_dir / "overlays" / name, overlay(image, mask))
-        cracks = measure_cracks(mask, self.settings.min_crack_pixels)
-        self._add_rows(path.name, mask, prediction.score, cracks)
-        if self.settings.reference_masks is not None:
-            self.image_rows[-1] += self._against_reference(path, mask)
+            outputs["overlays"] = overlay(image, mask)
+        written: list[Path] = []
+        try:
+            for folder, pixels in outputs.items():
+                written.append(self.output_dir / folder / name)
+                atomic_write_png(written[-1], pixels)
+            self.results.append(result)
+        except BaseException:
+            if not (self.results and self.results[-1] is result):
+                for target in written:
+                    target.unlink(missing_ok=True)
+            raise
 
-    def _against_reference(self, path: Path, mask: np.ndarray) -> list[str]:
+    def _result(self, path: Path, mask: np.ndarray, score: float) -> ImageResult:
+        cracks = measure_cracks(mask, self.settings.min_crack_pixels)
+        row, crack_rows = self._rows(path.name, mask, score, cracks)
+        dice = None
+        if self.settings.reference_masks is not None:
+            cells, dice = self._against_reference(path, mask)
+            row += cells
+        return ImageResult(row, crack_rows, dice)
+
+    def _against_reference(self, path: Path, mask: np.ndarray) -> tuple[list[str], float | None]:
+        """The image's Dice and IoU cells, and its Dice (None without a usable reference)."""
         reference = self.references.get(path.stem)
         if reference is None:
             log.warning("no reference mask for %s in %s", path.name, self.settings.reference_masks)
-            return ["", ""]
+            return ["", ""], None
         try:
             truth = binarize(read_mask(reference))
         except DataError as error:  # one unreadable reference costs its cells, not the run
             log.warning("reference mask %s is unreadable: %s", reference, error)
-            return ["", ""]
+            return ["", ""], None
         if truth.shape != mask.shape:
             log.warning("reference mask %s is %s, its image %s", reference, truth.shape, mask.shape)
-            return ["", ""]
+            return ["", ""], None
         dice, iou = dice_iou(mask, truth)
-        self.dices.append(dice)
-        return [f"{dice:.6f}", f"{iou:.6f}"]
+        return [f"{dice:.6f}", f"{iou:.6f}"], dice
 
     def _mm(self, values: list[float]) -> list[str]:
         """In millimetres, to the pixel columns' hundredth of a pixel (3 decimals at least):
@@ -139,26 +177,28 @@ class ResultWriter:
         decimals = max(3, 2 - math.floor(math.log10(size)))
         return [f"{v * size:.{decimals}f}" for v in values]
 
-    def _add_rows(self, name: str, mask: np.ndarray, score: float, cracks: list[Crack]) -> None:
+    def _rows(
+        self, name: str, mask: np.ndarray, score: float, cracks: list[Crack]
+    ) -> tuple[list[Any], list[list[Any]]]:
+        """The image's row of ``predictions.csv`` and its cracks' rows of ``cracks.csv``."""
         height, width = mask.shape
         summary = summarise(cracks)
         sizes = [summary.total_length, summary.max_width, summary.mean_width]
-        self.image_rows.append(
-            [
-                name,
-                width,
-                height,
-                f"{score:.6f}",
-                int(score >= self.image_threshold),
-                f"{np.count_nonzero(mask) / mask.size:.6f}",
-                summary.count,
-                *(f"{v:.2f}" for v in sizes),
-                *self._mm(sizes),
-            ]
-        )
+        row = [
+            name,
+            width,
+            height,
+            f"{score:.6f}",
+            int(score >= self.image_threshold),
+            f"{np.count_nonzero(mask) / mask.size:.6f}",
+            summary.count,
+            *(f"{v:.2f}" for v in sizes),
+            *self._mm(sizes),
+        ]
+        crack_rows = []
         for number, crack in enumerate(cracks, start=1):
             sizes = [crack.length, crack.mean_width, crack.max_width]
-            self.crack_rows.append(
+            crack_rows.append(
                 [
                     name,
                     number,
@@ -171,6 +211,7 @@ class ResultWriter:
                     *self._mm(sizes),
                 ]
             )
+        return row, crack_rows
 
     def write_tables(self) -> None:
         millimetres = self.settings.pixel_size_mm is not None
@@ -242,18 +283,18 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
                     writer.write_tables()
                     written = time.monotonic()
         except BaseException:  # Ctrl-C, SIGTERM (run_task turns it into Ctrl-C), a failure
-            if writer.image_rows:  # the tables of the images done, as a finished run's
+            if writer.results:  # the tables of the images done, as a finished run's
                 try:
                     writer.write_tables()
                 except Exception as error:  # the first failure is the one to report
                     log.warning("the tables of the images done were not written: %s", error)
             raise
-    if not writer.image_rows:
+    if not writer.results:
         raise DataError(
             f"none of the {len(paths)} images in {source} could be read: {describe_files(skipped)}"
         )
     writer.write_tables()
-    predicted = len(writer.image_rows)
+    predicted = len(writer.results)
     if skipped:
         log.warning("skipped %d unreadable images: %s", len(skipped), describe_files(skipped))
     log.info(
