@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -142,6 +145,26 @@ def test_unreadable_file_names_it(tmp_path, capfd):
     assert cv2.utils.logging.getLogLevel() != cv2.utils.logging.LOG_LEVEL_SILENT  # given back
     with pytest.raises(DataError, match="missing.png"):
         read_image(tmp_path / "missing.png", 3)
+
+
+def test_an_image_over_opencvs_pixel_limit_names_the_variable_that_raises_it(tmp_path):
+    """OpenCV reads its limit from the environment once: a process of its own."""
+    cv2.imwrite(str(tmp_path / "big.png"), np.zeros((40, 30), np.uint8))
+    read = "from crackseg.data.io import read_image; read_image('big.png', 3)"
+    env = {**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "1000"}
+    result = subprocess.run(
+        [sys.executable, "-c", read], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.stderr.strip().splitlines()[-1] == (
+        "crackseg.errors.DataError: cannot decode image big.png: more pixels than OpenCV "
+        "decodes (OPENCV_IO_MAX_IMAGE_PIXELS=1000; set it higher to read it)"
+    )
+    env["OPENCV_IO_MAX_IMAGE_PIXELS"] = "1200"
+    read += "; print('read')"
+    result = subprocess.run(
+        [sys.executable, "-c", read], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.stdout == "read\n", result.stderr
 
 
 def test_image_size_from_header(tmp_path):

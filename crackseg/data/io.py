@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import struct
 import threading
@@ -29,6 +30,13 @@ from crackseg.errors import ConfigError, DataError, describe_files
 
 log = logging.getLogger(__name__)
 
+#: OpenCV's refusals of an image too large to decode, by the limit named in their text, and
+#: the environment variable that raises each (OpenCV reads it once, at its first decoding).
+OPENCV_SIZE_LIMITS = {
+    "CV_IO_MAX_IMAGE_PIXELS": ("more pixels", "OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30),
+    "CV_IO_MAX_IMAGE_WIDTH": ("wider", "OPENCV_IO_MAX_IMAGE_WIDTH", 1 << 20),
+    "CV_IO_MAX_IMAGE_HEIGHT": ("taller", "OPENCV_IO_MAX_IMAGE_HEIGHT", 1 << 20),
+}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: A mask whose largest value is below this is a label map (0 background, 1 a defect, as
 #: label tools store them; 2 where JPEG's noise reached it), not grey levels: any value above 0
@@ -208,7 +216,7 @@ def read_native(path: Path | str, *, mask: bool = False) -> np.ndarray:
         with opencv_quiet():
             array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
-        raise DataError(f"cannot decode image {path}: {exc}") from exc
+        raise DataError(f"cannot decode image {path}: {_decoding_refusal(exc)}") from exc
     if array is None or array.size == 0:
         raise DataError(f"cannot decode image (unreadable or truncated): {path}")
     if mask:
@@ -251,6 +259,17 @@ def opencv_quiet():
             _quiet["depth"] -= 1
             if _quiet["depth"] == 0:
                 levels.setLogLevel(_quiet["level"])
+
+
+def _decoding_refusal(error: cv2.error) -> str:
+    """What OpenCV's refusal to decode means, without its source file and line: for an
+    image over one of its size limits, the limit and how to raise it."""
+    text = str(getattr(error, "err", "") or error)
+    for limit, (over, variable, default) in OPENCV_SIZE_LIMITS.items():
+        if limit in text:
+            value = os.environ.get(variable, str(default))
+            return f"{over} than OpenCV decodes ({variable}={value}; set it higher to read it)"
+    return text
 
 
 def read_image(path: Path | str, channels: int) -> np.ndarray:
