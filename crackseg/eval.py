@@ -128,14 +128,20 @@ def take_trained_split(data: DictConfig, trained: DictConfig | None, typed: set[
     split is the one their run held out: its split settings (:data:`FIXED_TEST_KEYS`,
     :data:`FRACTION_KEYS`) are taken where the data config gives others, and its DAGM class.
     Typed otherwise, a fold or split file is refused (that test split holds images the
-    weights trained on), a seed or fraction warned about (it may, on a flat folder); another
-    DAGM class typed is other data."""
-    if not trained or data.get("all_as_test") or not _same_data(data, trained):
+    weights trained on), as is ``all_as_test`` (every image is), a seed or fraction warned
+    about (it may, on a flat folder); another DAGM class typed is other data."""
+    if not trained or not _same_data(data, trained):
         return
     if data.get("dagm_class") != trained.get("dagm_class"):
         if "data.dagm_class" in typed:
             return  # another class: other images
         _take(data, "dagm_class", trained.get("dagm_class"))
+    if data.get("all_as_test"):
+        raise ConfigError(
+            f"data.all_as_test=true on the data the weights were trained on ({data.root}) "
+            "tests them on their own training images: leave it out to test on the images "
+            "their run held out"
+        )
     for key in (*FIXED_TEST_KEYS, *FRACTION_KEYS):
         ours, theirs = data.get(key), trained.get(key)
         if ours == theirs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -242,7 +243,16 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(
     ckpt["hyper_parameters"]["run_config"] = yaml.safe_dump(trained_config)
     edited = tmp_path / "edited.ckpt"
     torch.save(ckpt, edited)
-    result = eval_tiny(edited, tmp_path / "eval", tiny_data_dir, "data.all_as_test=true")
+    # every image of the data the weights trained on would test them on their training images
+    line = one_line_error(
+        eval_tiny(edited, tmp_path / "refused", tiny_data_dir, "data.all_as_test=true")
+    )
+    assert line.startswith("error: data.all_as_test=true on the data the weights were trained")
+    assert not (tmp_path / "refused" / "metrics.json").exists()
+    # the same images in another folder: someone else's photographs, as far as eval knows
+    other_data = tmp_path / "other_data"
+    shutil.copytree(tiny_data_dir, other_data)
+    result = eval_tiny(edited, tmp_path / "eval", other_data, "data.all_as_test=true")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["image_threshold"] == pytest.approx(0.999)
