@@ -41,6 +41,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     accept_folder_of_its_own(output_dir)
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
+    typed = typed_keys()
+    refuse_model_settings(typed)
     check_config(cfg)
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
 
@@ -53,7 +55,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         remedy = f"evaluate it with thresholds=validation, or {VALIDATED_CHECKPOINT}"
         check_saved_thresholds(module, cfg.ckpt_path, remedy)
     data = cfg.data
-    typed = typed_keys()
     take_trained_shape(data, module, typed)
     check_input_shape(module, data.input_channels, data.input_height, data.input_width)
     trained = trained_run_config(module)
@@ -88,6 +89,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.test(module, datamodule=datamodule, verbose=False)  # writes metrics and report.md
     return module.test_results
+
+
+def refuse_model_settings(typed: set[str]) -> None:
+    """The network evaluated is the checkpoint's: a model typed on the command line
+    (``model=segdec``, ``model.net.channels=...``) would change nothing but the config the
+    evaluation records. An ``experiment=NAME`` may name one; its data settings are what
+    count here."""
+    model = sorted(key for key in typed if key == "model" or key.startswith("model."))
+    if model:
+        raise ConfigError(
+            f"{', '.join(model)}: crackseg-eval evaluates the network the checkpoint holds "
+            "and takes no model settings; leave them out"
+        )
 
 
 SHAPE_KEYS = ("input_channels", "input_height", "input_width")

@@ -258,6 +258,23 @@ def test_eval_refuses_a_missing_checkpoint_without_lightning(tmp_path):
     assert lightning == set()
 
 
+def test_eval_refuses_model_settings_which_the_checkpoint_decides(tmp_path):
+    """They would change nothing but the config the evaluation records (an experiment's
+    model is its own, not typed)."""
+    cases = {
+        "model": ["model=segdec_fullres"],
+        "model.net.volume_channels": ["experiment=demo", "model.net.volume_channels=8"],
+    }
+    for named, typed in cases.items():
+        run_dir = f"hydra.run.dir={tmp_path / named}"
+        line, lightning = refuse("eval", "ckpt_path=a.ckpt", *typed, run_dir)
+        assert line == (
+            f"error: {named}: crackseg-eval evaluates the network the checkpoint holds and "
+            "takes no model settings; leave them out"
+        )
+        assert lightning == set()
+
+
 def test_a_folder_of_a_failed_command_is_refused_naming_the_failure(tmp_path, photos):
     """A retry after a typo, into the same folder: the refusal says what the folder holds."""
     run_dir = tmp_path / "p"
