@@ -3,6 +3,7 @@ and read from checkpoints and run configs saved before the groups (a flat list).
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -172,6 +173,27 @@ def test_weights_that_do_not_fit_are_refused_in_one_line_naming_them(tmp_path):
     assert "\n" not in line and line.startswith(f"checkpoint {path} does not fit this version: ")
     assert 'Missing key(s) in state_dict: "net.' in line and ", ... (6 in all)" in line
     assert 'Unexpected key(s) in state_dict: "stray"' in line
+
+
+def test_weights_of_other_layer_sizes_are_refused_in_one_short_line(tmp_path):
+    """The settings of one network and the weights of a wider one: the first size
+    mismatches and their count, not every layer's."""
+    import pytest
+
+    from crackseg.errors import CracksegError
+
+    wider = SegDecModule(
+        network={**TINY, "channels": (16, 32, 32)}, input_shape=InputSize(1, 64, 128)
+    )
+    module = SegDecModule(network=TINY, input_shape=InputSize(1, 64, 128))
+    path = tmp_path / "wider.ckpt"
+    torch.save({"state_dict": wider.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    with pytest.raises(CracksegError) as refused:
+        load_module(path)
+    line = str(refused.value)
+    assert "\n" not in line and line.count("size mismatch for ") == 3
+    assert re.search(r"; \.\.\. \(\d+ size mismatches in all\)$", line), line
+    assert len(line) < 800
 
 
 def test_older_flat_hyperparameters_take_the_groups_defaults(tmp_path):

@@ -184,10 +184,14 @@ def load_module(path: str | Path) -> SegDecModule:
     return module.eval()
 
 
+#: How torch starts the line of each parameter whose shape differs from the network's.
+SIZE_MISMATCH = "size mismatch for "
+
+
 def _state_dict_error_summary(message: str, names_shown: int = 3) -> str:
     """torch's multi-line message (``Error(s) in loading state_dict``: its missing and
-    unexpected keys, its size mismatches on the lines below) as one line, each list of
-    keys cut to its first ``names_shown`` and its count."""
+    unexpected keys, its size mismatches on the lines below, one a line) as one line, each
+    list of keys, and the size mismatches, cut to the first ``names_shown`` and a count."""
     lines = [line.strip().rstrip(".").strip() for line in message.splitlines() if line.strip()]
     details = lines[1:] if len(lines) > 1 and lines[0].endswith(":") else lines
     short = []
@@ -197,6 +201,11 @@ def _state_dict_error_summary(message: str, names_shown: int = 3) -> str:
         if len(keys) > names_shown:
             line = f"{head}: {', '.join(keys[:names_shown])}, ... ({len(keys)} in all)"
         short.append(line)
+    mismatches = [line for line in short if line.startswith(SIZE_MISMATCH)]
+    if len(mismatches) > names_shown:
+        cut = set(mismatches[names_shown:])
+        short = [line for line in short if line not in cut]
+        short.append(f"... ({len(mismatches)} size mismatches in all)")
     return "; ".join(short)
 
 
