@@ -172,8 +172,8 @@ def test_a_folder_holding_an_export_is_refused_and_its_model_kept(
     inputs = f"check_images={photo_folder}" if command == "export" else f"input={photo_folder}"
     result = run_entry(command, f"ckpt_path={tiny_checkpoint}", inputs, f"hydra.run.dir={tmp_path}")
     assert one_line_error(result) == (
-        f"error: {tmp_path} already holds an export (model.onnx, export.json); "
-        "choose another hydra.run.dir"
+        f"error: {tmp_path} already holds files by the names an export writes "
+        "(model.onnx, export.json); choose another hydra.run.dir"
     )
     assert (tmp_path / "model.onnx").read_bytes() == b"an earlier model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.onnx"]

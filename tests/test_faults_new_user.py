@@ -421,7 +421,7 @@ REFUSALS = {
             f"input={f['photos']}",
             f"hydra.run.dir={f['dataset']}",
         ),
-        "already holds predictions (masks/)",
+        "already holds files by the names a prediction writes (masks/)",
     ),
     "export into a run": (
         "run",
@@ -447,12 +447,12 @@ REFUSALS = {
     "export into a dataset": (
         "dataset",
         lambda f: ("export", f"ckpt_path={f['checkpoint']}", f"hydra.run.dir={f['dataset']}"),
-        "already holds predictions (masks/)",
+        "already holds files by the names a prediction writes (masks/)",
     ),
     "eval into a dataset": (
         "dataset",
         lambda f: ("eval", f"ckpt_path={f['checkpoint']}", f"hydra.run.dir={f['dataset']}"),
-        "already holds predictions (masks/)",
+        "already holds files by the names a prediction writes (masks/)",
     ),
 }
 

@@ -156,7 +156,8 @@ def test_a_folder_holding_earlier_predictions_but_no_status_is_refused(tmp_path,
     with pytest.raises(RunFolderError) as raised:
         predict_folder(predict_config(tmp_path))
     assert str(raised.value) == (
-        f"{tmp_path} already holds predictions ({named}); choose another hydra.run.dir"
+        f"{tmp_path} already holds files by the names a prediction writes ({named}); "
+        "choose another hydra.run.dir"
     )
     assert (tmp_path / leftover).read_bytes() == b"earlier"
 

@@ -37,11 +37,11 @@ def refuse_earlier_outputs(folder: Path) -> None:
     """Refuse a folder holding another prediction's or export's outputs (one killed before
     it wrote its status, or any folder given as ``hydra.run.dir``): they would be
     overwritten."""
-    if found := earlier_outputs(folder):
-        exported = set(found) <= {EXPORT_MODEL, EXPORT_RECORD}
-        held = "an export" if exported else "predictions"
+    if found := earlier_outputs(folder):  # a dataset's masks/ too: named as files, not outputs
+        writer = "an export" if set(found) <= {EXPORT_MODEL, EXPORT_RECORD} else "a prediction"
         raise RunFolderError(
-            f"{folder} already holds {held} ({', '.join(found)}); choose another hydra.run.dir"
+            f"{folder} already holds files by the names {writer} writes ({', '.join(found)}); "
+            "choose another hydra.run.dir"
         )
 
 
