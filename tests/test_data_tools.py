@@ -246,11 +246,33 @@ def test_cli_as_module_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("bad", [["--size", "0"], ["--test-fraction", "1.5"]])
+@pytest.mark.parametrize(
+    "bad", [["--size", "0"], ["--test-fraction", "1.5"], ["--seed", "-1"], ["--seed", "x"]]
+)
 def test_tile_bad_options(tmp_path, capsys, bad):
     _photo(tmp_path / "src", "A", [])
     assert main(["tile", str(tmp_path / "src"), str(tmp_path / "dst"), *bad]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+    assert main(["stats", str(tmp_path / "src"), "--layout", "folder", "--seed", "-1"]) == 2
+    assert capsys.readouterr().err == (
+        "error: crackseg-data stats: argument --seed: must be an integer >= 0, not '-1' "
+        "(see crackseg-data stats --help)\n"
+    )
+
+
+def test_tile_stopped_by_ctrl_c_says_so_in_one_line_and_leaves_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    src = tmp_path / "src"
+    _photo(src, "A", [(10, 0, 90)])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tiles, "tile_sample", interrupted)
+    assert main(["tile", str(src), str(tmp_path / "dst"), "--size", "32"]) == 143
+    assert capsys.readouterr().err == "stopped: nothing half-written was left; run it again\n"
+    assert not (tmp_path / "dst").exists() and not list(tmp_path.glob(".dst.partial-*"))
 
 
 def test_a_data_config_tiles_its_photographs_once(tmp_path):

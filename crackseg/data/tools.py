@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from crackseg.atomic import folder_built_beside
+from crackseg.cli import EXIT_STOPPED
 from crackseg.data.data_settings import SplitSettings
 from crackseg.data.layouts import (
     LAYOUTS,
@@ -30,6 +31,17 @@ from crackseg.errors import ConfigError, CracksegError, DataError
 from crackseg.setting_rules import OneLineParser, as_override
 
 log = logging.getLogger(__name__)
+
+
+def seed(text: str) -> int:
+    """A split seed, as ``data.split_seed`` takes it: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}")
+    return value
 
 
 def _layout_options(args: argparse.Namespace) -> dict:
@@ -198,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also put this fraction of whole photographs into DST/val",
     )
-    tile.add_argument("--seed", type=int, default=0, help="seed of the photograph split (0)")
+    tile.add_argument("--seed", type=seed, default=0, help="seed of the photograph split (0)")
     _add_layout_arguments(tile, "crack_segmentation")
     tile.set_defaults(func=_cmd_tile)
 
@@ -216,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument(
         "--test-fraction", type=float, default=0.15, help="data.test_fraction (0.15)"
     )
-    stats.add_argument("--seed", type=int, default=0, help="data.split_seed (0)")
+    stats.add_argument("--seed", type=seed, default=0, help="data.split_seed (0)")
     stats.add_argument("--split-file", type=Path, default=None, help="split.csv to reproduce")
     stats.add_argument(
         "--num-folds", type=int, default=None, metavar="K", help="data.num_folds, with --fold"
@@ -255,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was written is complete, or nothing is
+        print("stopped: nothing half-written was left; run it again", file=sys.stderr)
+        return EXIT_STOPPED
     return 0
 
 
