@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.utils import instantiate
@@ -14,9 +14,12 @@ from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.run_files import SPLIT_FILE
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import record_start, start_training_run
+from crackseg.runs.folder import is_rank_zero, record_start, start_training_run
 from crackseg.runs.lifecycle import run_task
 from crackseg.setting_rules import check_required
+
+if TYPE_CHECKING:
+    from crackseg.data.datamodule import CrackDataModule
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +32,43 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, checkpoint = start_training_run(cfg)  # the run folder: a new run, or one resumed
     check_config(cfg)
     check_required(cfg, ("data.root",))
+    # Lightning is imported from here on (seconds of CPU): a command line refused before
+    # never waits for it.
+    from crackseg.data.datamodule import CrackDataModule
+
+    datamodule = CrackDataModule.from_config(cfg.data, cfg.loss)
+    if checkpoint is not None:  # refused on data changed since, before the run records more
+        check_resumed_data(datamodule, checkpoint)
     record_start(cfg, checkpoint)
-    return fit_and_test(cfg, checkpoint)
+    return fit_and_test(cfg, datamodule, checkpoint)
 
 
-def fit_and_test(cfg: DictConfig, checkpoint: Path | None) -> dict[str, Any]:
-    """The run itself, once its folder and config are accepted. Lightning is imported here
-    (seconds of CPU): a command line refused before never waits for it."""
+def check_resumed_data(datamodule: CrackDataModule, checkpoint: Path) -> None:
+    """The data a run resumes on must split as it did when the run started: its split is
+    made now (Lightning's setup then keeps it) and checked against the one the checkpoint
+    recorded (:meth:`CrackDataModule.load_state_dict`, which Lightning calls again)."""
+    from crackseg.models.checkpoint import read_checkpoint
+
+    if is_rank_zero():  # data a run makes itself (synthetic, downloaded), made again if gone
+        datamodule.prepare_data()
+    datamodule.setup("fit")
+    state = read_checkpoint(checkpoint).get(type(datamodule).__qualname__)
+    if state:
+        datamodule.load_state_dict(state)
+
+
+def fit_and_test(
+    cfg: DictConfig, datamodule: CrackDataModule, checkpoint: Path | None
+) -> dict[str, Any]:
+    """The run itself, once its folder, config and data are accepted."""
     import pytorch_lightning as pl
 
     from crackseg.callbacks import EvaluationReport
-    from crackseg.data.datamodule import CrackDataModule
     from crackseg.models.lit_segdec import SegDecModule
     from crackseg.runs.trainer import build_trainer, stop_if_signalled, validate_chosen_weights
 
     pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule = CrackDataModule.from_config(cfg.data, cfg.loss)
     module = SegDecModule.from_config(cfg, run_config=OmegaConf.to_yaml(cfg, resolve=True))
     output_dir = Path(cfg.paths.output_dir)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]

@@ -171,3 +171,28 @@ def test_split_csv_missing_ids_and_malformed(tmp_path):
         read_split_csv(bad)
     with pytest.raises(DataError, match="nothere.csv"):
         read_split_csv(tmp_path / "nothere.csv")
+
+
+def test_a_split_knows_itself_again_and_names_what_moved() -> None:
+    """Checkpoints keep a split's identity; a resumed run compares it with its own."""
+    from crackseg.data.splits import DataSplit
+
+    def sample(name: str, positive: bool) -> Sample:
+        return Sample(name, Path(f"{name}.png"), None, positive)
+
+    before = DataSplit(
+        {"train": [sample("a", True), sample("b", False)], "val": [], "test": [sample("c", False)]},
+        frozenset({"a"}),
+    )
+    recorded = before.identity()
+    assert before.changes_since(recorded) == []
+    moved = DataSplit(
+        {"train": [sample("a", True), sample("c", False)], "val": [], "test": [sample("b", False)]},
+        frozenset({"a"}),
+    )
+    assert moved.changes_since(recorded) == [
+        "train: 1 gone (b), 1 new (c)",
+        "test: 1 gone (c), 1 new (b)",
+    ]
+    weak = DataSplit(before.splits, frozenset())  # a's mask no longer used
+    assert weak.changes_since(recorded) == ["the same images, other labels or masks used"]

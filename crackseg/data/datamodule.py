@@ -37,7 +37,7 @@ from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.data.samples import SPLITS, Sample, count_positives
 from crackseg.data.splits import DataSplit, split_samples
 from crackseg.data.supervision import segmented_positives
-from crackseg.errors import DataError
+from crackseg.errors import DataError, RunFolderError
 from crackseg.setting_rules import plain_settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ CPU_EVAL_PIXELS = 2**17
 MAX_CPU_EVAL_BATCH = 16
 #: A GPU wants batches.
 GPU_EVAL_BATCH = 16
+#: The key of the split's identity in the module's checkpoint state.
+SPLIT_STATE = "split"
 
 
 def eval_batch_size(
@@ -281,15 +283,31 @@ class CrackDataModule(pl.LightningDataModule):
 
     # -- resuming ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Saved in every checkpoint: the sampler's (crackseg.data.sampler), so a checkpoint
-        written mid-epoch (SIGTERM, Ctrl-C) resumes after the batches done."""
-        if self._sampler is None or self.trainer is None:
-            return {}
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return self._sampler.checkpoint_state(done, done >= self.trainer.num_training_batches)
+        """Saved in every checkpoint: the split's identity (:meth:`DataSplit.identity`), so
+        a run resumed on data changed since is refused, and the sampler's state
+        (crackseg.data.sampler), so a checkpoint written mid-epoch (SIGTERM, Ctrl-C)
+        resumes after the batches done."""
+        state: dict[str, Any] = {}
+        if self.data_split is not None:
+            state[SPLIT_STATE] = self.data_split.identity()
+        if self._sampler is not None and self.trainer is not None:
+            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            finished = done >= self.trainer.num_training_batches
+            state |= self._sampler.checkpoint_state(done, finished)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict:
+        """Called after :meth:`setup` when a run resumes: its split must be the one the run
+        trained on (a checkpoint from before the split was recorded is taken as it is)."""
+        recorded = state_dict.get(SPLIT_STATE)
+        changes = self.data_split.changes_since(recorded) if recorded and self.data_split else []
+        if changes:
+            raise RunFolderError(
+                f"the data in {self.root} changed since the run started, and so did its split "
+                f"({'; '.join(changes)}): put the data back as it was to resume the run, or "
+                "start a new one"
+            )
+        if "sampler" in state_dict:
             self._resume_state = state_dict
             # Lightning warns about mid-epoch checkpoints of loaders it cannot fast-forward;
             # this module fast-forwards its sampler itself.

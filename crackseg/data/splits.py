@@ -12,6 +12,7 @@ stratified by whether a group holds a positive: fold i is the test split.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import re
@@ -19,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -443,6 +445,40 @@ class DataSplit:
     def save(self, path: Path | str) -> None:
         """Write the split (and which positives kept masks) to a CSV that reproduces it."""
         write_split_csv(path, self.splits, self.segmented_ids)
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint keeps to know this split again: the sample ids of each split,
+        and a digest of their labels and of the positives that keep their masks."""
+        rows = sorted(
+            f"{name}\t{s.sample_id}\t{int(s.is_positive)}\t{int(s.sample_id in self.segmented_ids)}"
+            for name, samples in self.splits.items()
+            for s in samples
+        )
+        ids = {name: sorted(s.sample_id for s in samples) for name, samples in self.splits.items()}
+        return {"ids": ids, "digest": hashlib.sha256("\n".join(rows).encode()).hexdigest()}
+
+    def changes_since(self, recorded: dict[str, Any], shown: int = 3) -> list[str]:
+        """How this split differs from the one :meth:`identity` recorded, split by split
+        (the first ``shown`` sample ids gone and new); empty where it is the same."""
+        now = self.identity()
+        if now["digest"] == recorded.get("digest"):
+            return []
+        changes = []
+        for name in self.splits:
+            before, after = set(recorded.get("ids", {}).get(name, [])), set(now["ids"][name])
+            moved = [
+                f"{len(ids)} {what} ({_first_names(ids, shown)})"
+                for what, ids in (("gone", before - after), ("new", after - before))
+                if ids
+            ]
+            if moved:
+                changes.append(f"{name}: {', '.join(moved)}")
+        return changes or ["the same images, other labels or masks used"]
+
+
+def _first_names(ids: set[str], shown: int) -> str:
+    names = sorted(ids)
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def write_split_csv(
