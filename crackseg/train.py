@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
+from crackseg.errors import DataError
 from crackseg.run_files import SPLIT_FILE
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import is_rank_zero, record_start, start_training_run
@@ -51,6 +52,11 @@ def check_resumed_data(datamodule: CrackDataModule, checkpoint: Path) -> None:
 
     if is_rank_zero():  # data a run makes itself (synthetic, downloaded), made again if gone
         datamodule.prepare_data()
+    if not Path(datamodule.root).expanduser().is_dir():
+        raise DataError(
+            f"the run's data root {datamodule.root} does not exist: put the data back there "
+            "to resume the run"
+        )
     datamodule.setup("fit")
     state = read_checkpoint(checkpoint).get(type(datamodule).__qualname__)
     if state:

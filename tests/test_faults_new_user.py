@@ -571,40 +571,72 @@ def test_a_stopped_run_resumed_ends_as_the_uninterrupted_run(
     assert "testing the best weights" in (run_dir / "train.log").read_text()
 
 
+def _resume_from(folder: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    """``crackseg-train resume=RUN_DIR`` typed in ``folder``."""
+    return subprocess.run(
+        [sys.executable, "-m", "crackseg.train", f"resume={run_dir}"],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(HELPERS)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_a_run_resumed_on_data_changed_since_is_refused_and_resumes_once_it_is_back(
     uninterrupted, tmp_path
 ):
     """Two negatives renamed since the run stopped: the same counts, so the split would
     silently move images it trained on into the test split (another count failed in the
-    sampler with a traceback). Refused in one line naming them, the run left as it was;
-    with the files back it resumes, and ends as the uninterrupted run."""
+    sampler with a traceback). Refused in one line naming them, the run failed with why;
+    with the files back it resumes, and ends as the uninterrupted run. The run was started
+    with a relative data folder and is resumed from another folder: its paths are the
+    folder's it was started from."""
     reference, data_dir = uninterrupted
     data = tmp_path / "data"
     shutil.copytree(data_dir, data)
     run_dir = tmp_path / "stopped"
-    process = _train(run_dir, data, stall="1:1")
+    process = _train(run_dir, Path(os.path.relpath(data, REPO)), stall="1:1")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=120)
     process.stderr.close()
     kept = {p: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
-    status = (run_dir / "status.json").read_bytes()
     (root,) = {p.parent.parent for p in data.glob("*/images/noncrack_00000.png")}
     renamed = {"noncrack_00000.png": "noncrack_z0.png", "noncrack_00001.png": "noncrack_z1.png"}
     for folder in ("images", "masks"):
         for old, new in renamed.items():
             (root / folder / old).rename(root / folder / new)
-    line = one_line_error(_train(run_dir, data, "resume=auto"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    line = one_line_error(_resume_from(elsewhere, run_dir))
     assert line.startswith(f"error: the data in {root} changed since the run started"), line
     # the danger: images trained on before the stop would be tested on after it
     assert "; test: 2 gone (noncrack_00000, noncrack_00015), 2 new (noncrack_00002, " in line
-    assert (run_dir / "status.json").read_bytes() == status
+    # failed, with why (a sweep counts the job so), its checkpoints kept to resume from
+    failed = json.loads((run_dir / "status.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == line.removeprefix("error: ")
     assert {p: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == kept
     for folder in ("images", "masks"):
         for old, new in renamed.items():
             (root / folder / new).rename(root / folder / old)
-    result = _train(run_dir, data, "resume=auto")
+    result = _resume_from(elsewhere, run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _final(run_dir) == _final(reference)
+
+
+def test_a_run_resumed_without_its_data_names_where_it_needs_them(tmp_path):
+    """Not "set data.root=PATH", which a resumption refuses (it keeps the run's settings)."""
+    from crackseg.data.datamodule import CrackDataModule
+    from crackseg.errors import DataError
+    from crackseg.train import check_resumed_data
+
+    gone = tmp_path / "moved_away"
+    datamodule = CrackDataModule.from_config({"layout": "folder", "root": str(gone)}, {})
+    with pytest.raises(DataError) as refused:
+        check_resumed_data(datamodule, tmp_path / "last.ckpt")
+    assert str(refused.value) == (
+        f"the run's data root {gone} does not exist: put the data back there to resume the run"
+    )
 
 
 # --------------------------------------------------------------- 4. one line, not a traceback

@@ -37,7 +37,7 @@ from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.data.samples import SPLITS, Sample, count_positives
 from crackseg.data.splits import DataSplit, split_samples
 from crackseg.data.supervision import segmented_positives
-from crackseg.errors import DataError, RunFolderError
+from crackseg.errors import DataError
 from crackseg.setting_rules import plain_settings
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ class CrackDataModule(pl.LightningDataModule):
         recorded = state_dict.get(SPLIT_STATE)
         changes = self.data_split.changes_since(recorded) if recorded and self.data_split else []
         if changes:
-            raise RunFolderError(
+            raise DataError(
                 f"the data in {self.root} changed since the run started, and so did its split "
                 f"({'; '.join(changes)}): put the data back as it was to resume the run, or "
                 "start a new one"

@@ -641,11 +641,31 @@ def _resume_run_dir(
     return _started_config(run_dir), checkpoint
 
 
+#: The settings that name files or folders, in the order their relative paths are anchored
+#: (:func:`anchor_relative_paths`): those the others are made of first.
+PATH_KEYS = ("paths.data_dir", "paths.log_dir", "data.root", "data.split_file", "data.tile.source")
+
+
 def _started_config(run_dir: Path) -> DictConfig:
-    """The config a run was started with (its ``.hydra/``), marked as resuming it."""
+    """The config a run was started with (its ``.hydra/``), marked as resuming it, its
+    relative paths anchored in the folder it was started from, so that it resumes from any."""
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     saved.resume = str(run_dir)
+    hydra = saved_hydra_file(run_dir, "hydra.yaml")
+    started_in = OmegaConf.select(hydra, "hydra.runtime.cwd", default=None) if hydra else None
+    if started_in:
+        anchor_relative_paths(saved, Path(started_in))
     return saved
+
+
+def anchor_relative_paths(cfg: DictConfig, folder: Path) -> None:
+    """Make the relative paths of :data:`PATH_KEYS` absolute, as seen from ``folder``; a
+    path built of another (``${paths.data_dir}/cfd``) follows it, ``~/data`` stays."""
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or str(value).startswith("~") or Path(str(value)).is_absolute():
+            continue
+        OmegaConf.update(cfg, key, os.path.normpath(folder / str(value)), force_add=False)
 
 
 def resolve_machine_settings(cfg: DictConfig) -> None:
