@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from conftest import run_tiny
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
@@ -84,3 +86,20 @@ def test_a_run_off_a_terminal_logs_one_line_per_epoch(tmp_path: Path, tiny_data_
     log = (run_dir / "train.log").read_text()
     assert all(line in log for line in lines)
     assert "torch threads: " in log and "no other job beside this one" in log
+
+
+def test_a_run_resumed_mid_epoch_counts_its_speed_from_where_it_resumed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lightning calls no epoch-start hook for the epoch it resumes in the middle of."""
+    clock = iter([1000.0, 1002.0])  # training starts, then one batch ends 2 s later
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock, 1002.0))
+    trainer = SimpleNamespace(
+        world_size=1, max_epochs=10, current_epoch=3, callback_metrics={}, sanity_checking=False
+    )
+    bar = EpochLog()
+    bar.on_train_start(trainer, None)
+    bar.on_train_batch_end(trainer, None, None, {"image": torch.zeros(8, 1, 4, 4)}, 0)
+    with caplog.at_level("INFO", logger=progress.log.name):
+        bar.on_train_epoch_end(trainer, None)
+    assert "epoch 4/10: 4.0 images/s, 12s left" in caplog.text, caplog.text

@@ -96,6 +96,11 @@ class EpochLog(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run resumed in the middle of an epoch starts there without that epoch's start
+        # hook: its images per second and time left are counted from here.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = self._last_batch_end = time.monotonic()
         if self._start is None:
