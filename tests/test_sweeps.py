@@ -581,6 +581,32 @@ def test_the_summary_counts_every_job_that_did_not_finish(tmp_path: Path) -> Non
     assert (group["n"], group["not_finished"]) == (1, 4)
 
 
+def test_a_setting_respelled_or_free_to_change_in_a_rerun_is_one_setting(tmp_path: Path) -> None:
+    """A sweep run again may change data.num_workers or resume, and may spell 0.01 as 1e-2:
+    its jobs still have the earlier jobs' setting, one group of their seeds. An overrides
+    file holding no list is no job's settings, not the summary's traceback."""
+    jobs = {
+        "0_seed=0": ["data.dilate=3", "seed=0", "loss.delta_cls=1e-2"],
+        "1_seed=1": ["data.dilate=3", "seed=1", "loss.delta_cls=0.01", "data.num_workers=0"],
+        "2_seed=2": ["data.dilate=3", "seed=2", "loss.delta_cls=0.01", "resume=auto"],
+    }
+
+    def write_job(name: str, overrides: object) -> None:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        status = {"status": "finished", "metrics": {"image_ap": 0.5}}
+        (tmp_path / name / "status.json").write_text(json.dumps(status))
+
+    for name, overrides in jobs.items():
+        write_job(name, overrides)
+    rows = summary.collect_runs(tmp_path)
+    assert summary.swept_columns(rows) == []
+    (group,) = summary.group_rows(rows)
+    assert group["n"] == 3
+    write_job("3_seed=3", 7)
+    assert [row["job"] for row in summary.collect_runs(tmp_path)][-1] == "3_seed=3"
+
+
 def test_a_status_or_metrics_that_is_no_json_object_is_a_failed_job(tmp_path: Path) -> None:
     """Valid JSON of the wrong shape (a list, a string) in a job's files is that job's
     failure in the summary, not the summary's."""

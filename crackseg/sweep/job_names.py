@@ -121,16 +121,21 @@ def _value_text(override: Override) -> str:
         return override.input_line.split("=", 1)[-1] if override.input_line else ""
 
 
-def job_identity(overrides: Iterable[str]) -> list[str]:
-    """A job's overrides as they tell it from the other jobs of its sweep, run after run: in
-    Hydra's own spelling, sorted, without those a sweep run again may change
-    (:data:`RERUN_FREE_KEYS`)."""
-    identity = []
+def job_settings(overrides: Iterable[str]) -> dict[str, str]:
+    """``key -> value`` of a job's overrides as they tell it from the other jobs of its
+    sweep, run after run: in Hydra's own spelling, in the order given, without those a
+    sweep run again may change (:data:`RERUN_FREE_KEYS`)."""
+    settings = {}
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key = override.key_or_group
         if not _free_to_change(key):
-            identity.append(f"{key}={_value_text(override)}")
-    return sorted(identity)
+            settings[key] = _value_text(override)
+    return settings
+
+
+def job_identity(overrides: Iterable[str]) -> list[str]:
+    """A job's settings (:func:`job_settings`) as sorted ``key=value`` lines."""
+    return sorted(f"{key}={value}" for key, value in job_settings(overrides).items())
 
 
 def job_overrides(

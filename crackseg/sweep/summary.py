@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -35,6 +36,7 @@ from crackseg.runs.folder import (
     started_by,
 )
 from crackseg.setting_rules import OneLineParser
+from crackseg.sweep.job_names import job_settings
 from crackseg.sweep.published import add_table4_labels, departures
 
 log = logging.getLogger(__name__)
@@ -94,19 +96,18 @@ def _natural_key(text: str) -> list[Any]:
 
 
 def _read_overrides(job: Path) -> dict[str, str]:
+    """``key -> value`` of the overrides a job ran with, as a sweep run again compares them
+    (:func:`crackseg.sweep.job_names.job_settings`): in Hydra's spelling (``1e-2`` and
+    ``0.01`` are one value), without those a run again may change (``data.num_workers``,
+    ``resume``), which tell no setting apart."""
     path = job / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return {}
     try:
         lines = yaml.safe_load(path.read_text()) or []
-    except yaml.YAMLError:
+        return job_settings(str(line) for line in lines) if isinstance(lines, list) else {}
+    except (yaml.YAMLError, HydraException):
         return {}
-    overrides = {}
-    for line in lines:
-        key, sep, value = str(line).partition("=")
-        if sep and not override_key(key).startswith("hydra"):
-            overrides[override_key(key)] = value
-    return overrides
 
 
 def _config_value(job: Path, key: str) -> str:
@@ -161,7 +162,7 @@ def _varying_keys(root: Path, overrides: list[dict[str, str]]) -> list[str]:
         try:
             params = (yaml.safe_load(multirun.read_text()) or {}).get("hydra", {})
             params = (params.get("sweeper") or {}).get("params") or {}
-            keys.extend(str(k) for k in params)
+            keys.extend(override_key(str(k)) for k in params)  # +key: key, as overrides
         except (yaml.YAMLError, AttributeError):
             pass
     seen: dict[str, set[str | None]] = {}
