@@ -436,6 +436,16 @@ def test_masks_of_another_extension_than_their_images_are_named_with_the_setting
     assert [s.sample_id for s in index_layout("folder", tmp_path, mask_ext="png")["all"]] == ["a"]
 
 
+def test_a_data_module_names_every_bad_mask_of_every_split_at_once(tmp_path):
+    """Not those of the first split with one: "in all" counts the whole dataset's."""
+    for i in range(12):
+        name = f"crack_{i}.png" if i % 2 else f"noncrack_{i}.png"
+        write_image(tmp_path / "images" / name, np.full((64, 128, 3), 90, np.uint8))
+        write_image(tmp_path / "masks" / name, np.zeros((32, 128), np.uint8))
+    with pytest.raises(DataError, match=r"masks whose size differs .*\(and 7 more, 12 in all\)"):
+        datamodule_of(tmp_path, layout="folder")
+
+
 def test_a_mask_of_another_size_is_refused_and_one_turned_a_quarter_is_named_so(tmp_path):
     image = np.full((16, 24, 3), 90, np.uint8)
     write_image(tmp_path / "images" / "a.png", image)

@@ -187,12 +187,10 @@ class CrackDataModule(pl.LightningDataModule):
             **self.source.layout_options,
         )
         splits = split_samples(indexed, self.split)
-        if self.source.check_files:
-            threshold = self.labels.binarize_threshold
-            splits = {
-                name: check_samples(samples, threshold, desc=f"checking {name}")
-                for name, samples in splits.items()
-            }
+        if self.source.check_files:  # every split at once: an error lists all its files
+            every = [sample for samples in splits.values() for sample in samples]
+            checked = iter(check_samples(every, self.labels.binarize_threshold))
+            splits = {name: [next(checked) for _ in samples] for name, samples in splits.items()}
         if not splits["train"] and stage in (None, "fit"):
             raise DataError(f"the training split of {self.root} is empty")
         if stage in (None, "fit") and not any(s.is_positive for s in splits["train"]):

@@ -478,7 +478,9 @@ def _inspect(sample: Sample, threshold: int) -> tuple[list[str], tuple | None, b
 
 
 def check_samples(
-    samples: list[Sample], binarize_threshold: int = BINARIZE_THRESHOLD, desc: str = "checking"
+    samples: list[Sample],
+    binarize_threshold: int = BINARIZE_THRESHOLD,
+    desc: str = "checking the files",
 ) -> list[Sample]:
     """Read every file once before training, so a bad file fails now and not at epoch 30.
 
