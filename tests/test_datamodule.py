@@ -31,6 +31,32 @@ def test_a_run_with_nothing_to_test_on_is_refused_before_it_trains(dataset_root,
         datamodule_of(ksdd, **folds, fold=4)
 
 
+def test_a_split_file_without_test_images_is_named_as_the_cause(dataset_root, tmp_path):
+    """Not "raise data.test_fraction", which a split file overrides."""
+    split_file = tmp_path / "split.csv"
+    datamodule_of(dataset_root).data_split.save(split_file)
+    lines = split_file.read_text().splitlines(keepends=True)
+    split_file.write_text("".join(line for line in lines if not line.startswith("test,")))
+    expected = rf"nothing to test the run on; data.split_file={split_file} names no test image"
+    with pytest.raises(DataError, match=expected):
+        datamodule_of(dataset_root, split_file=str(split_file))
+
+
+def test_a_training_split_without_negatives_is_warned_about(tmp_path, caplog):
+    """Crack-free images the layout did not take as such train the decision head on
+    defects alone: allowed (segmentation alone may be wanted), not unannounced."""
+    from helpers.paper_replicas import write_image
+
+    for i in range(8):
+        write_image(tmp_path / "images" / f"wall_{i}.png", np.full((64, 128, 3), 90, np.uint8))
+        mask = np.zeros((64, 128), np.uint8)
+        mask[30:34, :] = 255
+        write_image(tmp_path / "masks" / f"wall_{i}.png", mask)
+    with caplog.at_level("WARNING"):
+        datamodule_of(tmp_path, layout="folder", val_fraction=0.25, test_fraction=0.25)
+    assert "holds no negative image: the decision head sees defects only" in caplog.text
+
+
 @pytest.mark.parametrize("num_segmented,expected", [(0, 0), (5, 5), (None, 14)])
 def test_num_segmented_keeps_that_many_masks(dataset_root, num_segmented, expected):
     datamodule = datamodule_of(dataset_root, num_segmented=num_segmented)

@@ -202,9 +202,21 @@ class CrackDataModule(pl.LightningDataModule):
         if not splits["test"]:  # every run ends tested: its metrics and report
             if self.split.all_as_test:
                 raise DataError(f"no images to evaluate in {self.root}")
+            hint = (
+                f"data.split_file={self.split.split_file} names no test image of it"
+                if self.split.split_file
+                else "give the data a test/ folder or raise data.test_fraction"
+            )
             raise DataError(
-                f"the test split of {self.root} is empty: nothing to test the run on; give "
-                "the data a test/ folder or raise data.test_fraction"
+                f"the test split of {self.root} is empty: nothing to test the run on; {hint}"
+            )
+        if stage in (None, "fit") and all(s.is_positive for s in splits["train"]):
+            log.warning(
+                "the training split of %s holds no negative image: the decision head sees "
+                "defects only, and a test split without negatives has no AUC or AP (in a "
+                "folder layout, crack-free images are named noncrack*, or "
+                "data.layout_options.label_from_mask=true labels images by their masks)",
+                self.root,
             )
         if not splits[self.val_split] and stage in ("fit", "validate"):
             # Lightning would skip validation and both thresholds would stay at 0.5.
