@@ -555,6 +555,11 @@ def test_summary_command_rebuilds_from_a_folder_of_runs(
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     assert "no run folders" in capsys.readouterr().err
+    (root / "summary.csv").unlink()
+    (root / "summary.csv").mkdir()  # a file it cannot write: named, as the others say it
+    assert main([str(root)]) == 2
+    assert capsys.readouterr().err == f"error: {root / 'summary.csv'}: Is a directory\n"
+    (root / "summary.csv").rmdir()
     # the console script is installed and says the same
     result = subprocess.run(
         [str(BIN / "crackseg-summary"), str(tmp_path / "missing")], capture_output=True, text=True

@@ -441,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"no run folders (with a .hydra/ inside) under {root}")
         csv_path, md_path = write_summary(root)
     except (OSError, ValueError, CracksegError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        from crackseg.cli import one_line  # (crackseg.cli imports this module)
+
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     print(md_path.read_text(), end="")
     print(f"written: {csv_path} and {md_path}")
