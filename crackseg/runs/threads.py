@@ -11,7 +11,8 @@ torch with one thread each):
 
 with ``cores`` the cores this process may use (``os.sched_getaffinity``, capped by a
 container's CPU quota), ``jobs`` the
-launcher's ``n_jobs`` and ``workers`` the job's ``data.num_workers``. A single run, or a sweep
+launcher's ``n_jobs`` and ``workers`` the job's ``data.num_workers``; OMP_NUM_THREADS, where
+it is set, caps it (a count the user chose is never raised). A single run, or a sweep
 whose jobs run one after another, keeps torch's default (one thread per core, or
 OMP_NUM_THREADS where it is set). Every job logs the number it took.
 """
@@ -87,6 +88,8 @@ def set_job_threads(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> int
         return threads
     workers = int(OmegaConf.select(cfg, "data.num_workers", default=0) or 0)
     threads = threads_per_job(cores, jobs, workers)
+    if "OMP_NUM_THREADS" in os.environ:
+        threads = min(threads, torch.get_num_threads())
     torch.set_num_threads(threads)
     log.info(
         "torch threads: %d (%d cores shared by %d jobs side by side; loader workers per job: %d)",
