@@ -346,7 +346,7 @@ JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
 
 def test_job_device_context_pins_a_free_gpu(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(gpus, "visible_gpus", lambda: ["4", "6"])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
@@ -369,6 +369,7 @@ def test_job_device_context_pins_a_free_gpu(
         (_hydra_cfg(tmp_path, JOBLIB, n_jobs=1), {}),
         (_hydra_cfg(tmp_path, JOBLIB), {"accelerator": "cpu"}),
         (_hydra_cfg(tmp_path, JOBLIB), {"devices": 2}),
+        (_hydra_cfg(tmp_path, JOBLIB), {"devices": [1]}),  # the user's choice of GPU
         (None, {}),
     ]:
         cfg = OmegaConf.create({"trainer": {"accelerator": "auto", "devices": 1, **trainer}})
@@ -376,6 +377,8 @@ def test_job_device_context_pins_a_free_gpu(
         with job_device_context(cfg, hydra_cfg) as gpu:
             assert gpu is None
         assert OmegaConf.to_yaml(cfg) == before
+    assert "trainer.devices=[1] chooses the jobs' GPU: each job runs on it" in caplog.text
+    assert "trainer.devices=2: a job using several devices" in caplog.text
     monkeypatch.setattr(gpus, "visible_gpus", lambda: [])  # a CPU-only machine
     cfg = OmegaConf.create({"trainer": {"accelerator": "auto", "devices": 1}})
     with job_device_context(cfg, _hydra_cfg(tmp_path, JOBLIB)) as gpu:

@@ -151,14 +151,17 @@ def _wants_one_gpu(cfg: DictConfig) -> bool:
     devices = OmegaConf.select(cfg, "trainer.devices", default=1)
     if accelerator not in ("auto", "gpu", "cuda"):
         return False
-    if str(devices) != "1":
+    if str(devices) == "1":
+        return True
+    if OmegaConf.is_list(devices) and len(devices) == 1:
+        log.warning("trainer.devices=%s chooses the jobs' GPU: each job runs on it", devices)
+    else:
         log.warning(
             "trainer.devices=%s: a job using several devices is not given a GPU of its own; "
             "run such sweeps with n_jobs=1",
             devices,
         )
-        return False
-    return True
+    return False
 
 
 @contextlib.contextmanager
