@@ -24,7 +24,7 @@ from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseExceptio
 from tqdm import tqdm
 
 import crackseg.errors
-from crackseg.errors import ConfigError, CracksegError, SweepStopped
+from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, SweepStopped
 from crackseg.setting_rules import as_override
 from crackseg.sweep.summary import MD_NAME, end_sweep, ended_sweeps, started_sweeps
 
@@ -37,8 +37,6 @@ _OWN_ERRORS = {
 
 #: Exit status of a multirun in which some job failed or did not finish.
 EXIT_JOBS_FAILED = 1
-#: Exit status of a run stopped by SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
-EXIT_STOPPED = 143
 #: How Hydra refuses two of its modes at once (``-m`` with ``--cfg``).
 HYDRA_MODES_EXCLUSIVE = "Only one of --run, --multirun, --cfg"
 #: What Optuna's sweeper raises at the end of a search in which no trial completed.

@@ -1,5 +1,8 @@
 """Errors a user can cause; entry points turn them into one clear line and exit 2."""
 
+#: Exit status of a command stopped by SIGTERM or Ctrl-C (128 + SIGTERM, as a shell reports it).
+EXIT_STOPPED = 143
+
 
 class CracksegError(Exception):
     """A problem with the user's input (data, config, checkpoint), not a bug."""

@@ -417,6 +417,7 @@ def test_set_job_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     import torch
 
     monkeypatch.setattr(threads, "usable_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # as a user starts it
     before = torch.get_num_threads()
     cfg = OmegaConf.create({"data": {"num_workers": 1}})
     try:

@@ -455,7 +455,8 @@ class DataSplit:
             for s in samples
         )
         ids = {name: sorted(s.sample_id for s in samples) for name, samples in self.splits.items()}
-        return {"ids": ids, "digest": hashlib.sha256("\n".join(rows).encode()).hexdigest()}
+        text = "\n".join(rows).encode("utf-8", "surrogateescape")  # names of any bytes
+        return {"ids": ids, "digest": hashlib.sha256(text).hexdigest()}
 
     def changes_since(self, recorded: dict[str, Any], shown: int = 3) -> list[str]:
         """How this split differs from the one :meth:`identity` recorded, split by split

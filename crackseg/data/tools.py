@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from crackseg.atomic import folder_built_beside
-from crackseg.cli import EXIT_STOPPED
 from crackseg.data.data_settings import SplitSettings
 from crackseg.data.layouts import (
     LAYOUTS,
@@ -27,7 +26,7 @@ from crackseg.data.layouts import (
 from crackseg.data.published_splits import PARTS, published_split, write_published_split
 from crackseg.data.splits import set_table, split_counts, split_samples
 from crackseg.data.tiles import tile_dataset
-from crackseg.errors import ConfigError, CracksegError, DataError
+from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, DataError
 from crackseg.setting_rules import OneLineParser, as_override
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
-from crackseg.cli import EXIT_STOPPED, is_expected_error, one_line, print_line, root_cause
+from crackseg.cli import is_expected_error, one_line, print_line, root_cause
 from crackseg.data.layouts import check_dagm_classes, check_data_found
 from crackseg.errors import (
+    EXIT_STOPPED,
     ConfigError,
     CracksegError,
     RunFolderError,
