@@ -1,6 +1,7 @@
 """Command-line concerns of the entry points: a user's mistake as one ``error:`` line and a
 non-zero exit, never a stack trace. What a run does around its task (status, skipping
-finished jobs, refusing changed sweep settings) is crackseg.runs.lifecycle."""
+finished jobs) is crackseg.runs.lifecycle; a sweep's checks before its jobs and its stop,
+crackseg.runs.multirun."""
 
 from __future__ import annotations
 
@@ -287,7 +288,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         refuse_unusable_folder_overrides(sys.argv[1:])
         main()
     except SweepStopped:
-        from crackseg.runs.lifecycle import restore_signal_handlers
+        from crackseg.runs.multirun import restore_signal_handlers
 
         restore_signal_handlers()  # and the sweep's stopping mark, which is done with
         sweep_dir = list(started_sweeps)[-1] if started_sweeps else None

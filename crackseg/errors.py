@@ -38,4 +38,4 @@ class SweepSettingsError(RunFolderError):
 
 class SweepStopped(KeyboardInterrupt):
     """A local parallel sweep stopped by SIGTERM or Ctrl-C, its running jobs stopped with
-    their checkpoints (crackseg.runs.lifecycle.stop_side_by_side_jobs_together)."""
+    their checkpoints (crackseg.runs.multirun.stop_side_by_side_jobs_together)."""

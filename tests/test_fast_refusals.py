@@ -22,6 +22,7 @@ LIGHTNING = {"pytorch_lightning", "lightning_fabric"}
 REFUSAL_PATH = (
     "crackseg.cli",
     "crackseg.runs.lifecycle",
+    "crackseg.runs.multirun",
     "crackseg.runs.folder",
     "crackseg.runs.config_checks",
     "crackseg.predict",

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 import crackseg.cli as cli
 import crackseg.runs.gpus as gpus
-import crackseg.runs.lifecycle as lifecycle
+import crackseg.runs.multirun as multirun
 import crackseg.runs.threads as threads
 import crackseg.sweep.summary as summary
 from crackseg.errors import ConfigError
@@ -236,11 +236,11 @@ def test_launcher_configs(monkeypatch: pytest.MonkeyPatch) -> None:
         assert launcher.timeout_min > 0 and launcher.cpus_per_task > 0 and launcher.mem_gb > 0
         assert launcher.array_parallelism > 0
         # without SLURM on this machine, the sweep is refused before its folder is made
-        monkeypatch.setattr(lifecycle.shutil, "which", lambda name: None)
+        monkeypatch.setattr(multirun.shutil, "which", lambda name: None)
         with pytest.raises(ConfigError, match="hydra/launcher=slurm needs SLURM"):
-            lifecycle.check_slurm_found(cfg)
-        monkeypatch.setattr(lifecycle.shutil, "which", lambda name: f"/usr/bin/{name}")
-        lifecycle.check_slurm_found(cfg)
+            multirun.check_slurm_found(cfg)
+        monkeypatch.setattr(multirun.shutil, "which", lambda name: f"/usr/bin/{name}")
+        multirun.check_slurm_found(cfg)
 
 
 # --- one GPU per job -------------------------------------------------------------------
@@ -978,7 +978,7 @@ def test_a_sweep_started_in_the_folder_of_a_running_sweep_is_refused_and_writes_
     finally:
         first.kill()
         first.wait()
-    assert not lifecycle.held_by_another_process(sweep_dir)  # free however the sweep ended
+    assert not multirun.held_by_another_process(sweep_dir)  # free however the sweep ended
 
 
 def test_a_job_taken_from_the_queue_of_a_stopping_sweep_does_not_start(tmp_path: Path) -> None:

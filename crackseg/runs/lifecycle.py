@@ -1,48 +1,36 @@
-"""A run's life around its task: its status, skipping a sweep's finished jobs, refusing a
-sweep run again with other settings, and a clear end when it is stopped or fails."""
+"""A run's life around its task: its status, skipping a sweep's finished job (refused
+where it ran with other settings), and a clear end when it is stopped or fails. A sweep's
+own checks before its jobs, and its stop, are crackseg.runs.multirun."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import env_override
-from hydra.errors import HydraException, InstantiationException
-from hydra.experimental.callback import Callback
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from crackseg.cli import is_expected_error, one_line, print_line, root_cause
-from crackseg.data.layouts import check_dagm_classes, check_data_found
 from crackseg.errors import (
     EXIT_STOPPED,
     ConfigError,
     CracksegError,
     RunFolderError,
     SweepSettingsError,
-    SweepStopped,
 )
-from crackseg.runs.config_checks import check_config
 from crackseg.runs.folder import (
-    check_sweep_resume,
     claim_run_folder,
     config_differences,
     finished_status,
-    held_by_another_process,
-    holds_run,
     hydra_job,
     is_accepted,
     is_rank_zero,
@@ -51,19 +39,10 @@ from crackseg.runs.folder import (
     saved_hydra_file,
     write_status,
 )
-from crackseg.runs.gpus import job_device_context, runs_parallel_locally
+from crackseg.runs.gpus import job_device_context
 from crackseg.runs.job_log import log_traceback_to_file
-from crackseg.runs.resolvers import SWEEP_STOPPING
 from crackseg.runs.threads import set_job_threads
-from crackseg.setting_rules import as_override, check_required
-from crackseg.sweep.job_names import (
-    job_overrides,
-    keys_telling_jobs_apart,
-    setting_changes,
-    shared_settings,
-    swept_keys,
-    swept_values,
-)
+from crackseg.setting_rules import as_override
 
 log = logging.getLogger(__name__)
 
@@ -253,10 +232,10 @@ def _refuse_other_settings(output_dir: Path, cfg: DictConfig) -> None:
             "settings unknown; use another hydra.sweep.dir"
         )
     if changed := config_differences(saved, cfg):
-        raise _ran_with_other_settings(output_dir, changed)
+        raise ran_with_other_settings(output_dir, changed)
 
 
-def _ran_with_other_settings(job: Path, changed: list[str]) -> SweepSettingsError:
+def ran_with_other_settings(job: Path, changed: list[str]) -> SweepSettingsError:
     return SweepSettingsError(
         f"the finished job in {job} ran with other settings ({'; '.join(changed)}); "
         "use another hydra.sweep.dir"
@@ -272,260 +251,3 @@ def _record(output_dir: Path, status: str, **fields: Any) -> None:
         write_status(output_dir, status, **fields)
     except OSError as error:
         log.warning("could not write the run status: %s", error)
-
-
-class SweepChecksCallback(Callback):
-    """Hydra callback: refuse a multirun whose shared settings cannot work before any job
-    (or its folder) is started: ``resume=RUN_DIR``, and the values
-    :func:`crackseg.runs.config_checks.check_config` checks (swept values are checked by each
-    job), a sweep run again over finished jobs that had other settings, and a sweep folder
-    another sweep is running in. One line and exit 2, as Hydra turns a callback's exception
-    into a warning.
-
-    A sweep holds its folder as a run holds its own (:func:`claim_run_folder`), from before
-    Hydra writes ``multirun.yaml`` there to after the summary: a second sweep started in it
-    would overwrite the first one's ``multirun.yaml`` and summary, and run its queued jobs
-    beside it."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            check_sweep_resume(config.get("resume"))
-            check_output_dir_not_typed(config)
-            check_slurm_found(config)
-            check_trials(config)
-            check_devices_per_job(config)
-            check_config(config)
-            refuse_missing_data(config)
-            claim_run_folder(config.hydra.sweep.dir)
-            refuse_finished_jobs_with_other_settings(config)
-            refuse_held_runs_with_other_settings(config)
-        except CracksegError as error:
-            print_line(f"error: {one_line(error)}")
-            sys.exit(2)
-        if runs_parallel_locally(config.get("hydra")):
-            stop_side_by_side_jobs_together(Path(str(config.hydra.sweep.dir)))
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        restore_signal_handlers()
-        release_run_folder(config.hydra.sweep.dir)
-
-
-#: How long a local parallel sweep stopped by a signal waits for its jobs' clean stop (s).
-JOBS_STOP_WAIT_S = 300
-
-
-def stop_side_by_side_jobs_together(sweep_dir: Path) -> None:
-    """A local parallel sweep stopped by Ctrl-C, or by a SIGTERM to its own process (``kill
-    PID``, a container's stop), waits for its running jobs to stop with ``interrupted.ckpt``,
-    then stops, exit 143. A SIGTERM is passed on to its worker processes as the Ctrl-C a
-    terminal sends them. Else the sweep's process ended at once: its workers were killed
-    while they saved their checkpoints, or, after a SIGTERM, trained on, orphaned. A second
-    Ctrl-C aborts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        # A worker whose job stops takes the next job of its queue at once: that job sees
-        # the mark before Hydra makes its folder, and does not start.
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SWEEP_STOPPING).write_text(f"{os.getpid()}\n")
-        if signum == signal.SIGTERM:  # a terminal's Ctrl-C reached the workers itself
-            for pid in child_processes(os.getpid()):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGINT)
-        log.warning("stopping: the running jobs stop after their batch, with a checkpoint")
-        deadline = time.monotonic() + JOBS_STOP_WAIT_S
-        while time.monotonic() < deadline and any(map(held_by_another_process, jobs_in())):
-            time.sleep(0.2)
-        raise SweepStopped
-
-    def jobs_in() -> list[Path]:  # (the folder is made once the first job is launched)
-        return [job for job in sweep_dir.iterdir() if job.is_dir()] if sweep_dir.is_dir() else []
-
-    (sweep_dir / SWEEP_STOPPING).unlink(missing_ok=True)  # left by a sweep killed so
-    _stopping_marks.append(sweep_dir / SWEEP_STOPPING)
-    _handlers_before_sweep.update(
-        {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
-    )
-
-
-#: The SIGTERM and SIGINT handlers a local parallel sweep replaced, put back at its end,
-#: and its stopping mark's place, removed then.
-_handlers_before_sweep: dict[int, Any] = {}
-_stopping_marks: list[Path] = []
-
-
-def restore_signal_handlers() -> None:
-    """Put back the handlers :func:`stop_side_by_side_jobs_together` replaced, and remove
-    its stopping mark."""
-    for signum, handler in _handlers_before_sweep.items():
-        signal.signal(signum, handler)
-    _handlers_before_sweep.clear()
-    for mark in _stopping_marks:
-        mark.unlink(missing_ok=True)
-    _stopping_marks.clear()
-
-
-def child_processes(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (from /proc; none where there is no /proc)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # "PID (COMMAND) STATE PPID ...": the command may hold spaces and parentheses
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                children.append(int(stat.parent.name))
-    return children
-
-
-def check_devices_per_job(config: DictConfig) -> None:
-    """The jobs of a local parallel sweep run side by side with one device each: a job on
-    several (DDP) would start its other processes as a copy of the whole sweep, beside the
-    other jobs' (Lightning starts them with the sweep's command line)."""
-    if not runs_parallel_locally(config.get("hydra")):
-        return
-    devices = OmegaConf.select(config, "trainer.devices", default=1)
-    several = len(devices) != 1 if OmegaConf.is_list(devices) else str(devices) != "1"
-    if several:
-        raise ConfigError(
-            f"trainer.devices={devices}: the jobs of a local parallel sweep run side by side "
-            "on one device each; run jobs on several devices one after another "
-            "(without hydra/launcher=local_parallel, or with hydra.launcher.n_jobs=1)"
-        )
-
-
-def check_output_dir_not_typed(config: DictConfig) -> None:
-    """A sweep's jobs write into their own folders under ``hydra.sweep.dir``: one
-    ``paths.output_dir`` for them all would be refused by each job (:func:`run_task`)."""
-    task, _ = _task_and_swept(config)
-    if any(override_key(o) == "paths.output_dir" for o in task):
-        raise ConfigError(
-            "paths.output_dir is each job's own folder in a sweep: set hydra.sweep.dir instead"
-        )
-
-
-def check_slurm_found(config: DictConfig) -> None:
-    """``hydra/launcher=slurm`` submits the jobs with SLURM's commands: where they are not
-    found, submitit would fail with a traceback after the sweep's folder is made."""
-    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
-    if "slurm" in launcher.lower() and shutil.which("srun") is None:
-        raise ConfigError(
-            "hydra/launcher=slurm needs SLURM (srun and sbatch), which this machine does not "
-            "have: start the sweep on the cluster, or drop hydra/launcher=slurm"
-        )
-
-
-def check_trials(config: DictConfig) -> None:
-    """A search (Optuna's sweeper) runs at least one trial: with none it has no best."""
-    trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
-    if trials is not None and (
-        isinstance(trials, bool) or not isinstance(trials, int) or trials < 1
-    ):
-        raise ConfigError(f"hydra.sweeper.n_trials must be an integer >= 1, not {trials!r}")
-
-
-def _task_and_swept(config: DictConfig) -> tuple[list[str], set[str]]:
-    """A multirun's command-line overrides, and the keys its jobs vary: those it sweeps, and
-    those an earlier run of the sweep swept in its folder (the job folders are named by
-    them, :func:`crackseg.sweep.job_names.keys_telling_jobs_apart`)."""
-    task = OmegaConf.to_container(config.hydra.overrides.task)
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    return task, swept_keys(task, params) | keys_telling_jobs_apart(config.hydra.sweep.dir)
-
-
-def _job_folders(config: DictConfig) -> list[Path]:
-    """The folders of the jobs an earlier run of the sweep left in its folder."""
-    sweep_dir = Path(config.hydra.sweep.dir)
-    return sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if sweep_dir.is_dir() else []
-
-
-def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
-    """Finished jobs of the sweep folder are skipped, and their folders are named by the
-    swept values only: a setting given otherwise on the command line (``trainer.max_epochs=20``
-    after a 10-epoch sweep) would reuse results it did not make. Compared before any job runs
-    (each job also compares its whole saved config when it is skipped). With
-    ``skip_finished=false`` a finished job is refused outright: it cannot run again there."""
-    task, swept = _task_and_swept(config)
-    wanted = shared_settings(task, swept)
-    for job in _job_folders(config):
-        saved = saved_hydra_file(job, "overrides.yaml")
-        if finished_status(job) is None or saved is None:
-            continue
-        if changed := setting_changes(shared_settings(saved, swept), wanted):
-            raise _ran_with_other_settings(job, changed[:3])
-        if not config.get("skip_finished", True):
-            # A run's folder is never written again: its job would only be refused, and the
-            # summary would count its old result as this sweep's.
-            raise SweepSettingsError(
-                f"skip_finished=false, but {job} holds a finished job, which is never run "
-                "again in its folder: choose another hydra.sweep.dir"
-            )
-
-
-def refuse_held_runs_with_other_settings(config: DictConfig) -> None:
-    """A job folder holding a run (finished, or to be resumed) whose settings this sweep
-    would change is refused before any job runs, where the job itself finds it only when
-    its turn comes, after the sweep's new jobs have trained beside the old results: a config
-    file edited since (in conf/ or ``--config-dir``, under the same command line, which
-    :func:`refuse_finished_jobs_with_other_settings` cannot see), or a setting typed
-    otherwise for a job to be resumed. Each such job is composed as this sweep will compose
-    it (this command line, with the job's own swept values) and compared with the config it
-    ran with; where that cannot be done here, each job compares its own when it starts."""
-    task, swept = _task_and_swept(config)
-    hydra_overrides = OmegaConf.to_container(config.hydra.overrides.hydra)  # its searchpath
-    for job in _job_folders(config):
-        saved_overrides = saved_hydra_file(job, "overrides.yaml")
-        saved = saved_hydra_file(job, "config.yaml")
-        if not holds_run(job) or saved_overrides is None or saved is None:
-            continue  # started again from scratch, or refused by the job itself (unreadable)
-        overrides = job_overrides(task, list(saved_overrides), swept)
-        try:
-            now = compose(config.hydra.job.config_name, overrides=[*hydra_overrides, *overrides])
-            for settings in (saved, now):  # ${hydra:runtime.output_dir}: only a job knows it
-                if "output_dir" in settings.get("paths", {}):
-                    settings.paths.output_dir = str(job)
-            changed = config_differences(saved, now)
-        except (HydraException, OmegaConfBaseException) as error:
-            log.warning("%s not compared before the sweep (%s)", job, one_line(error))
-            return
-        if changed:
-            raise SweepSettingsError(
-                f"the job in {job} ran with other settings than this sweep gives it "
-                f"({'; '.join(changed)}): a config file or a setting changed since; undo the "
-                "change, or use another hydra.sweep.dir"
-            )
-
-
-#: Launchers whose jobs run on this machine, where their data must be found.
-LOCAL_LAUNCHERS = ("basic_launcher", "joblib")
-
-
-def refuse_missing_data(config: DictConfig) -> None:
-    """The data every job of a sweep reads (``data.root``, or the photographs ``data.tile``
-    cuts, where neither is swept) must be given, and on this machine be there: each job
-    would otherwise fail on it, one after the other. Looked for with the jobs' environment
-    (``hydra.job.env_set``); data a job makes itself (synthetic, downloaded) is not, nor
-    that of jobs run elsewhere (a cluster's launcher)."""
-    data = config.get("data")
-    task, swept = _task_and_swept(config)
-    if data is None or any(
-        key in ("data", "experiment") or key.startswith(("data.root", "data.tile", "paths."))
-        for key in swept
-    ):
-        return
-    check_required(config, ("data.root",))  # unresolved: the jobs' environment is below
-    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
-    if not any(name in launcher.lower() for name in LOCAL_LAUNCHERS):
-        return
-    if data.get("synthetic") or OmegaConf.select(data, "download.url", default=None):
-        return
-    env = OmegaConf.to_container(config.hydra.job.env_set, resolve=True)
-    with env_override({key: str(value) for key, value in env.items()}):
-        root, tile = Path(str(data.root)).expanduser(), data.get("tile")
-        source = Path(str(tile.source)).expanduser() if tile else None
-    check_data_found(root, source)
-    if data.get("layout") == "dagm":  # a sweep over its classes (the paper's DAGM sweeps)
-        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-        classes = swept_values(task, params, "data.dagm_class") or [data.dagm_class]
-        check_dagm_classes(root, classes)

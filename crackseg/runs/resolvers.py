@@ -96,13 +96,13 @@ def job_folder(
 
 
 #: The mark a stopping local parallel sweep leaves in its folder, holding its pid, so that
-#: its queued jobs do not start (crackseg.runs.lifecycle.stop_side_by_side_jobs_together).
+#: its queued jobs do not start (crackseg.runs.multirun.stop_side_by_side_jobs_together).
 SWEEP_STOPPING = ".stopping"
 
 
 def refuse_job_of_a_stopping_sweep(sweep_dir: Path) -> None:
     """A job that a local parallel sweep's worker takes from its queue while the sweep stops
-    (crackseg.runs.lifecycle.stop_side_by_side_jobs_together) ends before Hydra makes its
+    (crackseg.runs.multirun.stop_side_by_side_jobs_together) ends before Hydra makes its
     folder: it stays not started, as the jobs never taken."""
     try:
         stopping_pid = int((sweep_dir / SWEEP_STOPPING).read_text())

@@ -12,7 +12,7 @@ is then ``<num>_<swept key>=<value>,...``, and its ``.hydra/hydra.yaml`` shows t
 
 The same split (swept keys, shared settings) tells whether a sweep run again asks its
 finished jobs for what they ran with (:func:`shared_settings`, :func:`job_overrides`,
-:func:`setting_changes`; crackseg.runs.lifecycle compares them).
+:func:`setting_changes`; crackseg.runs.multirun and crackseg.runs.lifecycle compare them).
 """
 
 from __future__ import annotations
