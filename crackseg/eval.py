@@ -20,7 +20,7 @@ from crackseg.models.checkpoint import (
     trained_run_config,
 )
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import accept_folder_of_its_own, hydra_job, override_key
+from crackseg.runs.folder import accept_folder_of_its_own, override_key, typed_overrides
 from crackseg.runs.hardware import check_accelerator, evaluation_precision
 from crackseg.runs.lifecycle import run_task
 from crackseg.setting_rules import check_required
@@ -201,7 +201,7 @@ def _same_data(data: DictConfig, trained: DictConfig) -> bool:
 
 def typed_keys() -> set[str]:
     """The keys typed on the command line (none outside a Hydra run)."""
-    return {override_key(o) for o in hydra_job()[1]}
+    return {override_key(o) for o in typed_overrides()}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")

@@ -371,12 +371,15 @@ def override_key(override: str) -> str:
     return str(override).split("=", 1)[0].lstrip("+~")
 
 
-def hydra_job() -> tuple[bool, list[str]]:
-    """Whether this is a job of a multirun, and the overrides typed for it."""
-    if not HydraConfig.initialized():
-        return False, []
-    hydra = HydraConfig.get()
-    return hydra.mode == RunMode.MULTIRUN, list(hydra.overrides.task)
+def in_multirun() -> bool:
+    """Whether this is a job of a multirun (``-m``)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def typed_overrides() -> list[str]:
+    """The overrides typed for this job (a sweep's job: with its own swept values); none
+    outside a Hydra run."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def load_json_object(path: Path) -> dict[str, Any] | None:
@@ -683,7 +686,7 @@ def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     A stopped run continues from its newest checkpoint (``resume=``); nothing is read from
     the data yet, and Lightning is not needed yet.
     """
-    multirun, overrides = hydra_job()
+    multirun, overrides = in_multirun(), typed_overrides()
     resolve_machine_settings(cfg)
     cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
     accept_run_folder(cfg.paths.output_dir)

@@ -31,7 +31,7 @@ from crackseg.runs.folder import (
     claim_run_folder,
     config_differences,
     finished_status,
-    hydra_job,
+    in_multirun,
     is_accepted,
     is_rank_zero,
     override_key,
@@ -66,7 +66,7 @@ def run_task(
     so far, its folder refused to any later command.
     """
     output_dir = Path(cfg.paths.output_dir)
-    multirun, _ = hydra_job()
+    multirun = in_multirun()
     try:
         check_job_placement(output_dir, multirun)
     except ConfigError as refused:  # refused before the run records anything (no status)

@@ -164,13 +164,13 @@ def refuse_used_folder_before_lock(
     from crackseg.runs.folder import (
         finished_status,
         held_by_another_process,
-        hydra_job,
+        in_multirun,
         refuse_used_folder,
     )
 
     if job_name in (None, "train") or held_by_another_process(output_dir):
         return
-    if skip_finished and hydra_job()[0] and finished_status(Path(output_dir)) is not None:
+    if skip_finished and in_multirun() and finished_status(Path(output_dir)) is not None:
         return
     refuse_used_folder(Path(output_dir))
 
