@@ -624,6 +624,31 @@ def test_a_run_resumed_on_data_changed_since_is_refused_and_resumes_once_it_is_b
     assert _final(run_dir) == _final(reference)
 
 
+def test_paths_made_absolute_by_a_resumption_from_elsewhere_are_the_same_settings(
+    tmp_path, monkeypatch
+):
+    """A run resumed once from another folder records its paths absolute: resumed again
+    from the folder it started in (resume=auto, a sweep run again) its settings are the
+    same; from a folder where they name other files, they are not."""
+    from omegaconf import OmegaConf
+
+    from crackseg.runs.folder import anchor_relative_paths, config_differences
+
+    typed = {
+        "paths": {"data_dir": "data", "log_dir": "outputs"},
+        "data": {"root": "${paths.data_dir}/cfd"},
+    }
+    anchored = OmegaConf.create(typed)
+    anchor_relative_paths(anchored, tmp_path)
+    assert anchored.data.root == str(tmp_path / "data" / "cfd")
+    monkeypatch.chdir(tmp_path)
+    assert config_differences(anchored, OmegaConf.create(typed)) == []
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    changed = config_differences(anchored, OmegaConf.create(typed))
+    assert changed[0] == f"data.root: {tmp_path}/data/cfd -> data/cfd", changed
+
+
 def test_a_run_resumed_without_its_data_names_where_it_needs_them(tmp_path):
     """Not "set data.root=PATH", which a resumption refuses (it keeps the run's settings)."""
     from crackseg.data.datamodule import CrackDataModule

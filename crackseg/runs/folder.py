@@ -535,9 +535,13 @@ def config_differences(old: DictConfig, new: DictConfig, limit: int = 3) -> list
 
 def _compared(key: str, value: Any) -> Any:
     """A setting as resumption compares it: ``trainer.devices`` as a number of devices, so
-    a job given another GPU than before (``[1]`` for ``[0]`` or ``1``) may resume."""
+    a job given another GPU than before (``[1]`` for ``[0]`` or ``1``) may resume; a path
+    (:data:`PATH_KEYS`) as the file it names from here, so a run once resumed from
+    elsewhere (its paths then made absolute: :func:`anchor_relative_paths`) is the same."""
     if key == "trainer.devices" and isinstance(value, list):
         return len(value)
+    if key in PATH_KEYS and isinstance(value, str) and not value.startswith("~"):
+        return os.path.normpath(os.path.abspath(value))
     return value
 
 
@@ -656,7 +660,7 @@ def _started_config(run_dir: Path) -> DictConfig:
     saved.resume = str(run_dir)
     hydra = saved_hydra_file(run_dir, "hydra.yaml")
     started_in = OmegaConf.select(hydra, "hydra.runtime.cwd", default=None) if hydra else None
-    if started_in:
+    if started_in and os.path.realpath(started_in) != os.path.realpath(os.getcwd()):
         anchor_relative_paths(saved, Path(started_in))
     return saved
 
