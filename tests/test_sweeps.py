@@ -791,6 +791,13 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
         assert jobs == sorted([failed.name, done.name])
         assert _mtimes(done) == before
         assert f"`{failed.name}` (failed)" in (sweep_dir / "summary.md").read_text()
+    # a key swept before and left out now is a setting the finished job had: refused, not
+    # a job of the default trained beside it
+    dropped = [a for a in args if not a.startswith("data.input_height=")]
+    assert one_line_error(run_train(config_dir, *dropped)) == (
+        f"error: the finished job in {done} ran with other settings "
+        "(data.input_height: 64 -> -); use another hydra.sweep.dir"
+    )
 
 
 def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: Path) -> None:

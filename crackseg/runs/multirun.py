@@ -207,11 +207,15 @@ def check_trials(config: DictConfig) -> None:
 
 def _task_and_swept(config: DictConfig) -> tuple[list[str], set[str]]:
     """A multirun's command-line overrides, and the keys its jobs vary: those it sweeps, and
-    those an earlier run of the sweep swept in its folder (the job folders are named by
-    them, :func:`crackseg.sweep.job_names.keys_telling_jobs_apart`)."""
+    those an earlier run of the sweep swept in its folder that it gives one value now (the
+    job folders are named by them, :func:`crackseg.sweep.job_names.keys_telling_jobs_apart`).
+    A key swept before and not given now is a shared setting left out: its finished jobs
+    are refused for it, not joined by jobs of the default beside them."""
     task = OmegaConf.to_container(config.hydra.overrides.task)
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    return task, swept_keys(task, params) | keys_telling_jobs_apart(config.hydra.sweep.dir)
+    given = {override_key(o) for o in task} | {override_key(str(k)) for k in params}
+    earlier = keys_telling_jobs_apart(config.hydra.sweep.dir) & given
+    return task, swept_keys(task, params) | earlier
 
 
 def _job_folders(config: DictConfig) -> list[Path]:
