@@ -45,7 +45,7 @@ from crackseg.run_files import (
     TRAINING_CURVES_FIGURE,
 )
 from crackseg.runs.config_checks import VALIDATION_SCHEDULES
-from crackseg.runs.folder import override_key, saved_hydra_file, typed_overrides
+from crackseg.runs.folder import override_key, saved_overrides, typed_overrides
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ NEVER = 10**9
 def started_overrides(run_dir: Path) -> list[str]:
     """The overrides the run in ``run_dir`` was started with: those Hydra saved in its
     ``.hydra/`` (a resumed run's command line says only ``resume=``), else this command's."""
-    saved = saved_hydra_file(run_dir, "overrides.yaml")
-    return [str(o) for o in saved] if saved is not None else typed_overrides()
+    saved = saved_overrides(run_dir)
+    return saved if saved is not None else typed_overrides()
 
 
 _ABSENT = object()

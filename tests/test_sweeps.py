@@ -172,13 +172,15 @@ def test_the_keys_an_earlier_run_swept_are_read_from_its_job_folders(tmp_path: P
     jobs = {
         "0_data.dilate=1,seed=0": ["data.dilate=1", "seed=0", "data.num_workers=0", "+x=1"],
         "1_data.dilate=3,seed=0": ["data.dilate=3", "seed=0", "data.num_workers=4"],
+        # typed with an interpolation: read as typed, not resolved where it cannot be
+        "2_data.dilate=3,seed=0": ["data.dilate=3", "seed=0", "data.split_file=${x}/s.csv"],
     }
     for name, overrides in jobs.items():
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (tmp_path / "2" / ".hydra").mkdir(parents=True)  # unreadable: left to its own job
-    (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("[unclosed")
-    assert keys_telling_jobs_apart(tmp_path) == {"data.dilate", "x"}
+    (tmp_path / "3" / ".hydra").mkdir(parents=True)  # unreadable: left to its own job
+    (tmp_path / "3" / ".hydra" / "overrides.yaml").write_text("[unclosed")
+    assert keys_telling_jobs_apart(tmp_path) == {"data.dilate", "x", "data.split_file"}
     assert keys_telling_jobs_apart(tmp_path / "not_yet") == set()
 
 

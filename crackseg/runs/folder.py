@@ -293,6 +293,16 @@ def saved_hydra_file(run_dir: Path, name: str) -> Any:
         return None
 
 
+def saved_overrides(run_dir: Path) -> list[str] | None:
+    """The overrides a run was started with (its ``.hydra/overrides.yaml``), as typed: an
+    interpolation (``data.root=${paths.data_dir}/x``) is left as text, not resolved in a
+    list that cannot resolve it. None where they are missing or cannot be read."""
+    saved = saved_hydra_file(run_dir, "overrides.yaml")
+    if not OmegaConf.is_list(saved):
+        return None
+    return [str(o) for o in OmegaConf.to_container(saved, resolve=False)]
+
+
 #: The commands whose folders hold no training to resume (Hydra's job names).
 OTHER_COMMANDS = ("eval", "predict", "export")
 

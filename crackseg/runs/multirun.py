@@ -37,6 +37,7 @@ from crackseg.runs.folder import (
     override_key,
     release_run_folder,
     saved_hydra_file,
+    saved_overrides,
 )
 from crackseg.runs.gpus import runs_parallel_locally
 from crackseg.runs.lifecycle import ran_with_other_settings
@@ -79,7 +80,7 @@ class SweepChecksCallback(Callback):
             claim_run_folder(config.hydra.sweep.dir)
             refuse_finished_jobs_with_other_settings(config)
             refuse_held_runs_with_other_settings(config)
-        except CracksegError as error:
+        except (CracksegError, OSError, OmegaConfBaseException) as error:  # a folder, a lock
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
         if runs_parallel_locally(config.get("hydra")):
@@ -233,7 +234,7 @@ def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
     task, swept = _task_and_swept(config)
     wanted = shared_settings(task, swept)
     for job in _job_folders(config):
-        saved = saved_hydra_file(job, "overrides.yaml")
+        saved = saved_overrides(job)
         if finished_status(job) is None or saved is None:
             continue
         if changed := setting_changes(shared_settings(saved, swept), wanted):
@@ -259,11 +260,11 @@ def refuse_held_runs_with_other_settings(config: DictConfig) -> None:
     task, swept = _task_and_swept(config)
     hydra_overrides = OmegaConf.to_container(config.hydra.overrides.hydra)  # its searchpath
     for job in _job_folders(config):
-        saved_overrides = saved_hydra_file(job, "overrides.yaml")
+        started_with = saved_overrides(job)
         saved = saved_hydra_file(job, "config.yaml")
-        if not holds_run(job) or saved_overrides is None or saved is None:
+        if not holds_run(job) or started_with is None or saved is None:
             continue  # started again from scratch, or refused by the job itself (unreadable)
-        overrides = job_overrides(task, list(saved_overrides), swept)
+        overrides = job_overrides(task, started_with, swept)
         try:
             now = compose(config.hydra.job.config_name, overrides=[*hydra_overrides, *overrides])
             for settings in (saved, now):  # ${hydra:runtime.output_dir}: only a job knows it

@@ -116,11 +116,11 @@ def refuse_job_of_a_stopping_sweep(sweep_dir: Path) -> None:
 def _identity_of(job: Path) -> list[str] | None:
     """The overrides an earlier job ran with, as :func:`job_folder` compares them; None
     where they cannot be read."""
-    from crackseg.runs.folder import saved_hydra_file
+    from crackseg.runs.folder import saved_overrides
     from crackseg.sweep.job_names import job_identity
 
-    saved = saved_hydra_file(job, "overrides.yaml")
-    return job_identity(str(o) for o in saved) if OmegaConf.is_list(saved) else None
+    saved = saved_overrides(job)
+    return job_identity(saved) if saved is not None else None
 
 
 def run_dir(resume: object, default: str) -> str:

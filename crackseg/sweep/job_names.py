@@ -29,7 +29,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from crackseg.runs.folder import RESUME_FREE_KEYS, override_key, saved_hydra_file
+from crackseg.runs.folder import RESUME_FREE_KEYS, override_key, saved_overrides
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,11 @@ def keys_telling_jobs_apart(sweep_dir: str | Path) -> set[str]:
     given: dict[str, list[str]] = {}
     read = 0
     for job in jobs:
-        saved = saved_hydra_file(job, "overrides.yaml")
-        if not OmegaConf.is_list(saved):  # unreadable: the job itself refuses it
+        saved = saved_overrides(job)
+        if saved is None:  # unreadable: the job itself refuses it
             continue
         try:
-            overrides = OverridesParser.create().parse_overrides([str(o) for o in saved])
+            overrides = OverridesParser.create().parse_overrides(saved)
         except HydraException:
             continue
         read += 1
