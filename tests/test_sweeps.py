@@ -429,7 +429,6 @@ def test_set_job_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         assert set_job_threads(cfg, None) == before  # a single run keeps torch's default
         assert torch.get_num_threads() == before
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's count: a cap, never raised
-        torch.set_num_threads(1)
         assert set_job_threads(cfg, _hydra_cfg(tmp_path, JOBLIB, n_jobs=2)) == 1
         monkeypatch.delenv("OMP_NUM_THREADS")
     finally:

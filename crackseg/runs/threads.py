@@ -88,8 +88,9 @@ def set_job_threads(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> int
         return threads
     workers = int(OmegaConf.select(cfg, "data.num_workers", default=0) or 0)
     threads = threads_per_job(cores, jobs, workers)
-    if "OMP_NUM_THREADS" in os.environ:
-        threads = min(threads, torch.get_num_threads())
+    pinned = os.environ.get("OMP_NUM_THREADS", "")
+    if pinned.isdigit() and int(pinned) > 0:  # (joblib's workers get cores // n_jobs there)
+        threads = min(threads, int(pinned))
     torch.set_num_threads(threads)
     log.info(
         "torch threads: %d (%d cores shared by %d jobs side by side; loader workers per job: %d)",
