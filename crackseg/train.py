@@ -48,7 +48,7 @@ def check_resumed_data(datamodule: CrackDataModule, checkpoint: Path) -> None:
     """The data a run resumes on must split as it did when the run started: its split is
     made now (Lightning's setup then keeps it) and checked against the one the checkpoint
     recorded (:meth:`CrackDataModule.load_state_dict`, which Lightning calls again)."""
-    from crackseg.models.checkpoint import read_checkpoint
+    from crackseg.models.checkpoint import load_checkpoint_file
 
     if is_rank_zero():  # data a run makes itself (synthetic, downloaded), made again if gone
         datamodule.prepare_data()
@@ -58,7 +58,8 @@ def check_resumed_data(datamodule: CrackDataModule, checkpoint: Path) -> None:
             "to resume the run"
         )
     datamodule.setup("fit")
-    state = read_checkpoint(checkpoint).get(type(datamodule).__qualname__)
+    # mapped, not read: the weights are Lightning's to load
+    state = load_checkpoint_file(checkpoint, mmap=True).get(type(datamodule).__qualname__)
     if state:
         datamodule.load_state_dict(state)
 
