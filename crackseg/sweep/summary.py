@@ -33,6 +33,7 @@ from crackseg.runs.folder import (
     load_json_object,
     load_status,
     override_key,
+    saved_overrides,
     started_by,
 )
 from crackseg.setting_rules import OneLineParser
@@ -100,13 +101,10 @@ def _read_overrides(job: Path) -> dict[str, str]:
     (:func:`crackseg.sweep.job_names.job_settings`): in Hydra's spelling (``1e-2`` and
     ``0.01`` are one value), without those a run again may change (``data.num_workers``,
     ``resume``), which tell no setting apart."""
-    path = job / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return {}
+    saved = saved_overrides(job)
     try:
-        lines = yaml.safe_load(path.read_text()) or []
-        return job_settings(str(line) for line in lines) if isinstance(lines, list) else {}
-    except (yaml.YAMLError, HydraException):
+        return job_settings(saved) if saved is not None else {}
+    except HydraException:
         return {}
 
 
