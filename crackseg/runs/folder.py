@@ -61,6 +61,11 @@ from crackseg.setting_rules import as_override
 
 log = logging.getLogger(__name__)
 
+#: The settings that name files or folders, in the order their relative paths are anchored
+#: (:func:`anchor_relative_paths`): those the others are made of first.
+PATH_KEYS = ("paths.data_dir", "paths.log_dir", "data.root", "data.split_file", "data.tile.source")
+
+
 #: Config keys (glob patterns) that may differ between a run and its resumption: how it is
 #: resumed, how it shares the CPU, how many loader workers read its data (a machine with
 #: fewer cores; each item's augmentation is seeded by its place in the epoch, not by the
@@ -656,11 +661,6 @@ def _resume_run_dir(
     if checkpoint is None:
         log.info("%s holds a run that saved no checkpoint: starting it again", run_dir)
     return _started_config(run_dir), checkpoint
-
-
-#: The settings that name files or folders, in the order their relative paths are anchored
-#: (:func:`anchor_relative_paths`): those the others are made of first.
-PATH_KEYS = ("paths.data_dir", "paths.log_dir", "data.root", "data.split_file", "data.tile.source")
 
 
 def _started_config(run_dir: Path) -> DictConfig:
