@@ -70,16 +70,17 @@ class SweepChecksCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
+            task, swept = _task_and_swept(config)  # the job folders read once
             check_sweep_resume(config.get("resume"))
-            check_output_dir_not_typed(config)
+            check_output_dir_not_typed(task)
             check_slurm_found(config)
             check_trials(config)
             check_devices_per_job(config)
             check_config(config)
-            refuse_missing_data(config)
+            refuse_missing_data(config, task, swept)
             claim_run_folder(config.hydra.sweep.dir)
-            refuse_finished_jobs_with_other_settings(config)
-            refuse_held_runs_with_other_settings(config)
+            refuse_finished_jobs_with_other_settings(config, task, swept)
+            refuse_held_runs_with_other_settings(config, task, swept)
         except (CracksegError, OSError, OmegaConfBaseException) as error:  # a folder, a lock
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
@@ -176,10 +177,9 @@ def check_devices_per_job(config: DictConfig) -> None:
         )
 
 
-def check_output_dir_not_typed(config: DictConfig) -> None:
+def check_output_dir_not_typed(task: list[str]) -> None:
     """A sweep's jobs write into their own folders under ``hydra.sweep.dir``: one
     ``paths.output_dir`` for them all would be refused by each job (:func:`run_task`)."""
-    task, _ = _task_and_swept(config)
     if any(override_key(o) == "paths.output_dir" for o in task):
         raise ConfigError(
             "paths.output_dir is each job's own folder in a sweep: set hydra.sweep.dir instead"
@@ -225,13 +225,14 @@ def _job_folders(config: DictConfig) -> list[Path]:
     return sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if sweep_dir.is_dir() else []
 
 
-def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
+def refuse_finished_jobs_with_other_settings(
+    config: DictConfig, task: list[str], swept: set[str]
+) -> None:
     """Finished jobs of the sweep folder are skipped, and their folders are named by the
     swept values only: a setting given otherwise on the command line (``trainer.max_epochs=20``
     after a 10-epoch sweep) would reuse results it did not make. Compared before any job runs
     (each job also compares its whole saved config when it is skipped). With
     ``skip_finished=false`` a finished job is refused outright: it cannot run again there."""
-    task, swept = _task_and_swept(config)
     wanted = shared_settings(task, swept)
     for job in _job_folders(config):
         saved = saved_overrides(job)
@@ -248,7 +249,9 @@ def refuse_finished_jobs_with_other_settings(config: DictConfig) -> None:
             )
 
 
-def refuse_held_runs_with_other_settings(config: DictConfig) -> None:
+def refuse_held_runs_with_other_settings(
+    config: DictConfig, task: list[str], swept: set[str]
+) -> None:
     """A job folder holding a run (finished, or to be resumed) whose settings this sweep
     would change is refused before any job runs, where the job itself finds it only when
     its turn comes, after the sweep's new jobs have trained beside the old results: a config
@@ -257,7 +260,6 @@ def refuse_held_runs_with_other_settings(config: DictConfig) -> None:
     otherwise for a job to be resumed. Each such job is composed as this sweep will compose
     it (this command line, with the job's own swept values) and compared with the config it
     ran with; where that cannot be done here, each job compares its own when it starts."""
-    task, swept = _task_and_swept(config)
     hydra_overrides = OmegaConf.to_container(config.hydra.overrides.hydra)  # its searchpath
     for job in _job_folders(config):
         started_with = saved_overrides(job)
@@ -286,14 +288,13 @@ def refuse_held_runs_with_other_settings(config: DictConfig) -> None:
 LOCAL_LAUNCHERS = ("basic_launcher", "joblib")
 
 
-def refuse_missing_data(config: DictConfig) -> None:
+def refuse_missing_data(config: DictConfig, task: list[str], swept: set[str]) -> None:
     """The data every job of a sweep reads (``data.root``, or the photographs ``data.tile``
     cuts, where neither is swept) must be given, and on this machine be there: each job
     would otherwise fail on it, one after the other. Looked for with the jobs' environment
     (``hydra.job.env_set``); data a job makes itself (synthetic, downloaded) is not, nor
     that of jobs run elsewhere (a cluster's launcher)."""
     data = config.get("data")
-    task, swept = _task_and_swept(config)
     if data is None or any(
         key in ("data", "experiment") or key.startswith(("data.root", "data.tile", "paths."))
         for key in swept
