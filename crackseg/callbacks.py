@@ -45,7 +45,7 @@ from crackseg.run_files import (
     TRAINING_CURVES_FIGURE,
 )
 from crackseg.runs.config_checks import VALIDATION_SCHEDULES
-from crackseg.runs.folder import override_key, saved_overrides, typed_overrides
+from crackseg.runs.hydra_run import override_key, saved_overrides, typed_overrides
 
 log = logging.getLogger(__name__)
 

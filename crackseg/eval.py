@@ -20,9 +20,10 @@ from crackseg.models.checkpoint import (
     trained_run_config,
 )
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import accept_folder_of_its_own, override_key, typed_overrides
 from crackseg.runs.hardware import check_accelerator, evaluation_precision
+from crackseg.runs.hydra_run import override_key, typed_overrides
 from crackseg.runs.lifecycle import run_task
+from crackseg.runs.ownership import accept_folder_of_its_own
 from crackseg.setting_rules import check_required
 
 if TYPE_CHECKING:

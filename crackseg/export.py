@@ -11,8 +11,8 @@ from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.deploy.onnx_export import export_checkpoint
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import accept_folder_of_its_own
 from crackseg.runs.lifecycle import run_task
+from crackseg.runs.ownership import accept_folder_of_its_own
 from crackseg.setting_rules import check_required
 
 

@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.deploy.predict_folder import predict_folder
-from crackseg.runs.folder import accept_folder_of_its_own
 from crackseg.runs.lifecycle import run_task
+from crackseg.runs.ownership import accept_folder_of_its_own
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:

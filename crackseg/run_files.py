@@ -1,6 +1,6 @@
 """The names of what a run folder holds (docs/DESIGN.md, "A run folder"), in one place for
 what writes them, what reads them (sweep summaries, resumption) and the check that a folder
-without a status holds none of them (crackseg.runs.folder.refuse_files_of_others)."""
+without a status holds none of them (crackseg.runs.ownership.refuse_files_of_others)."""
 
 STATUS_FILE = "status.json"
 INFO_FILE = "run_info.json"

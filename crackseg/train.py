@@ -15,8 +15,9 @@ from crackseg.cli import run_hydra_main
 from crackseg.errors import DataError
 from crackseg.run_files import SPLIT_FILE
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import is_rank_zero, record_start, start_training_run
 from crackseg.runs.lifecycle import run_task
+from crackseg.runs.ownership import is_rank_zero
+from crackseg.runs.resume import record_start, start_training_run
 from crackseg.setting_rules import check_required
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, pick the evaluated weights, choose the thresholds on validation, test, report.
 
-    A stopped run continues from its newest checkpoint (``resume=``, crackseg.runs.folder).
+    A stopped run continues from its newest checkpoint (``resume=``, crackseg.runs.resume).
     """
     cfg, checkpoint = start_training_run(cfg)  # the run folder: a new run, or one resumed
     check_config(cfg)

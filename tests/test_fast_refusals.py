@@ -23,7 +23,8 @@ REFUSAL_PATH = (
     "crackseg.cli",
     "crackseg.runs.lifecycle",
     "crackseg.runs.multirun",
-    "crackseg.runs.folder",
+    "crackseg.runs.ownership",
+    "crackseg.runs.resume",
     "crackseg.runs.config_checks",
     "crackseg.predict",
     "crackseg.export",
@@ -314,7 +315,8 @@ def test_a_run_started_with_a_config_of_its_own_is_a_training_to_resume(tmp_path
     """``crackseg-train --config-dir DIR --config-name my_train``: Hydra records the config
     name my_train and the job name train; the folder holds a training (it was once refused
     as a crackseg-my_train run)."""
-    from crackseg.runs.folder import check_resume_folder, started_by
+    from crackseg.runs.hydra_run import started_by
+    from crackseg.runs.resume import check_resume_folder
 
     folder = tmp_path / "run"
     (folder / ".hydra").mkdir(parents=True)

@@ -40,13 +40,9 @@ from crackseg.cli import one_line
 from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.errors import RunFolderError
 from crackseg.run_files import LOCK_FILE
-from crackseg.runs.folder import (
-    claim_run_folder,
-    config_differences,
-    refuse_used_folder,
-    release_run_folder,
-    resume_checkpoint,
-)
+from crackseg.runs.ownership import claim_run_folder, refuse_used_folder, release_run_folder
+from crackseg.runs.resume import config_differences
+from crackseg.runs.status import resume_checkpoint
 from crackseg.runs.trainer import AtomicCheckpointIO
 
 #: A tiny run with augmentation, three epochs (validation after the second and the last),
@@ -783,7 +779,7 @@ def test_the_requeue_signal_keeps_the_launchers_handler_until_a_stage_is_set_up(
 def test_a_run_started_with_a_numeric_precision_resumes_before_its_first_checkpoint(tmp_path):
     """``trainer.precision=32`` is saved as the number 32 and made the string "32" for the
     run: resuming a run that saved no checkpoint compares them as one setting."""
-    from crackseg.runs.folder import prepare_training_run, resolve_machine_settings
+    from crackseg.runs.resume import prepare_training_run, resolve_machine_settings
 
     def config(precision):
         return OmegaConf.create(

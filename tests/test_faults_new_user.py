@@ -632,7 +632,7 @@ def test_paths_made_absolute_by_a_resumption_from_elsewhere_are_the_same_setting
     same; from a folder where they name other files, they are not."""
     from omegaconf import OmegaConf
 
-    from crackseg.runs.folder import anchor_relative_paths, config_differences
+    from crackseg.runs.resume import anchor_relative_paths, config_differences
 
     typed = {
         "paths": {"data_dir": "data", "log_dir": "outputs"},
@@ -725,8 +725,8 @@ def test_an_unexpected_error_of_a_single_run_is_recorded_as_failed(tmp_path):
     status says failed: no run is left looking as if it still ran."""
     from omegaconf import OmegaConf
 
-    from crackseg.runs.folder import accept_run_folder
     from crackseg.runs.lifecycle import run_task
+    from crackseg.runs.ownership import accept_run_folder
 
     def broken(cfg):
         accept_run_folder(cfg.paths.output_dir)  # as every command's task does first
@@ -760,8 +760,8 @@ def test_ctrl_c_inside_a_lightning_call_ends_as_a_stop(tmp_path, capsys):
     process with exit(1); the run ends as stopped (143, status interrupted) all the same."""
     from omegaconf import OmegaConf
 
-    from crackseg.runs.folder import accept_run_folder
     from crackseg.runs.lifecycle import EXIT_STOPPED, run_task
+    from crackseg.runs.ownership import accept_run_folder
 
     def tested(cfg):
         accept_run_folder(cfg.paths.output_dir)

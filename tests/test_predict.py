@@ -164,7 +164,7 @@ def test_a_folder_holding_earlier_predictions_but_no_status_is_refused(tmp_path,
 
 def test_hydra_keeps_its_config_out_of_a_folder_holding_earlier_predictions(tmp_path):
     """The refused command must not have replaced the earlier prediction's .hydra/ first."""
-    from crackseg.runs.folder import release_run_folder
+    from crackseg.runs.ownership import release_run_folder
     from crackseg.runs.resolvers import hydra_subdir
 
     try:

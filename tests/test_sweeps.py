@@ -34,8 +34,8 @@ import crackseg.sweep.summary as summary
 from crackseg.errors import ConfigError
 from crackseg.run_files import LOCK_FILE
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import lock_file
 from crackseg.runs.gpus import claim_gpu, job_device_context, visible_gpus
+from crackseg.runs.ownership import lock_file
 from crackseg.runs.resolvers import job_dirname, job_folder
 from crackseg.runs.threads import jobs_side_by_side, set_job_threads, threads_per_job, usable_cores
 from crackseg.sweep.job_names import (

@@ -1,3 +1,16 @@
-"""The run machinery, apart from the method: a run's folder, lock, status and provenance,
-resuming, the config checks and resolvers, progress lines, sharing cores and GPUs, the
-Trainer. The method packages (data, models, evaluation, deploy) never import it."""
+"""The run machinery, apart from the method: the method packages (data, models, evaluation,
+deploy) never import it.
+
+- ``ownership``: who may write into a run folder (its lock, one owner per folder)
+- ``status``: what a run folder holds (``status.json``, the checkpoints to continue from)
+- ``resume``: how a training run starts or continues in its folder, refused where the
+  settings differ
+- ``provenance``: what produced a run (``run_info.json``)
+- ``hydra_run``: what Hydra knows of a run (multirun or not, typed overrides, ``.hydra/``)
+- ``lifecycle``: a run's life around its task (status, skipped jobs, stop and failure)
+- ``multirun``: a sweep's checks before its jobs, and its stop
+- ``config_checks``, ``resolvers``: the checks of a composed config, the configs' resolvers
+- ``hardware``, ``gpus``, ``cpu_share``, ``threads``, ``allocator``: devices, precision,
+  sharing GPUs and cores
+- ``trainer``, ``progress``, ``job_log``: the Lightning Trainer, progress lines, the job's log
+"""

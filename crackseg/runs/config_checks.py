@@ -215,7 +215,7 @@ def _check_settings_read(cfg: DictConfig) -> None:
 
     Not for a run continued with ``resume=RUN_DIR``, whose config is the one it was started
     with: a run started by an older version holds the keys that version wrote (its
-    ``model`` block repeated loss, data and optimiser settings: crackseg.runs.folder.
+    ``model`` block repeated loss, data and optimiser settings: crackseg.runs.resume.
     MIRRORED_KEYS), which still build the same module."""
     if cfg.get("resume") not in (None, "auto"):
         return

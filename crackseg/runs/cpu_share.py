@@ -15,7 +15,7 @@ Its own count is torch's default (one thread per core) for a single run, and its
 the sweep's cores for a job of a local parallel sweep, which so counts, and is counted by,
 trainings started beside the sweep.
 
-An entry is a file locked with :func:`crackseg.runs.folder.lock_file` (an OS lock that dies
+An entry is a file locked with :func:`crackseg.runs.ownership.lock_file` (an OS lock that dies
 with its process, and is not inherited by loader workers); an entry whose lock can be taken
 belongs to a run that died and is removed by whoever finds it.
 """
@@ -35,7 +35,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from crackseg.runs.folder import lock_file
+from crackseg.runs.ownership import lock_file
 from crackseg.runs.threads import threads_per_job, usable_cores
 
 log = logging.getLogger(__name__)

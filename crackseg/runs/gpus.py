@@ -3,7 +3,7 @@
 joblib's launcher starts ``n_jobs`` worker processes and hands them the jobs of a sweep;
 nothing in Hydra says which GPU a job should use, so without help every job trains on
 GPU 0. Here each job takes a GPU of its own for its whole run by an exclusive lock on
-``<lock dir>/gpu<id>.lock`` (a record lock, :func:`crackseg.runs.folder.lock_file`, in one
+``<lock dir>/gpu<id>.lock`` (a record lock, :func:`crackseg.runs.ownership.lock_file`, in one
 folder for every sweep on the machine, :func:`gpu_lock_dir`): the kernel drops it when
 the holder exits or dies, its data loader workers do not inherit it, so a killed job
 never leaves a GPU claimed, and jobs beyond the number of GPUs wait until one is released.
@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from crackseg.runs.folder import lock_file
+from crackseg.runs.ownership import lock_file
 
 log = logging.getLogger(__name__)
 

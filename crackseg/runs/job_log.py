@@ -3,7 +3,7 @@
 Hydra opens the job's log (``train.log``, ``predict.log``, ...) in the run folder before the
 command has looked at that folder. A command refused for the folder (a finished run's, an
 earlier prediction's) must leave it as it was, its log included: the log handler holds
-the records until :func:`accept_job_logs` (called by crackseg.runs.folder's
+the records until :func:`accept_job_logs` (called by crackseg.runs.ownership's
 ``accept_run_folder``) and writes nothing for a command refused before that. The records
 were shown on the console all along.
 """

@@ -27,20 +27,12 @@ from crackseg.errors import (
     RunFolderError,
     SweepSettingsError,
 )
-from crackseg.runs.folder import (
-    claim_run_folder,
-    config_differences,
-    finished_status,
-    in_multirun,
-    is_accepted,
-    is_rank_zero,
-    override_key,
-    release_run_folder,
-    saved_hydra_file,
-    write_status,
-)
 from crackseg.runs.gpus import job_device_context
+from crackseg.runs.hydra_run import in_multirun, override_key, saved_hydra_file
 from crackseg.runs.job_log import log_traceback_to_file
+from crackseg.runs.ownership import claim_run_folder, is_accepted, is_rank_zero, release_run_folder
+from crackseg.runs.resume import config_differences
+from crackseg.runs.status import finished_status, write_status
 from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import as_override
 

@@ -27,21 +27,13 @@ from crackseg.cli import one_line, print_line
 from crackseg.data.layouts import check_dagm_classes, check_data_found
 from crackseg.errors import ConfigError, CracksegError, SweepSettingsError, SweepStopped
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.folder import (
-    check_sweep_resume,
-    claim_run_folder,
-    config_differences,
-    finished_status,
-    held_by_another_process,
-    holds_run,
-    override_key,
-    release_run_folder,
-    saved_hydra_file,
-    saved_overrides,
-)
 from crackseg.runs.gpus import runs_parallel_locally
+from crackseg.runs.hydra_run import override_key, saved_hydra_file, saved_overrides
 from crackseg.runs.lifecycle import ran_with_other_settings
+from crackseg.runs.ownership import claim_run_folder, held_by_another_process, release_run_folder
 from crackseg.runs.resolvers import SWEEP_STOPPING
+from crackseg.runs.resume import check_sweep_resume, config_differences
+from crackseg.runs.status import finished_status, holds_run
 from crackseg.setting_rules import check_required
 from crackseg.sweep.job_names import (
     job_overrides,

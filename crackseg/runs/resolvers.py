@@ -4,7 +4,7 @@
 hydra/default.yaml) send a resumed run back into its own folder without rewriting its
 ``.hydra/``; ``${crackseg.job_log:OUTPUT_DIR,NAME}``, the job's log file, is what Hydra
 resolves first once it has the job's folder, so the folder is claimed for this process
-there, before the log file and ``.hydra/`` are written (crackseg.runs.folder);
+there, before the log file and ``.hydra/`` are written (crackseg.runs.ownership);
 ``${crackseg.job_folder:NUM,OVERRIDE_DIRNAME,SWEEP_DIR,OVERRIDES}`` names multirun job folders
 (``crackseg.dirname``, its name part, is what folders of earlier sweeps recorded);
 ``${crackseg.local_jobs:N}`` (conf/hydra/launcher/local_parallel.yaml) sizes a local
@@ -116,7 +116,7 @@ def refuse_job_of_a_stopping_sweep(sweep_dir: Path) -> None:
 def _identity_of(job: Path) -> list[str] | None:
     """The overrides an earlier job ran with, as :func:`job_folder` compares them; None
     where they cannot be read."""
-    from crackseg.runs.folder import saved_overrides
+    from crackseg.runs.hydra_run import saved_overrides
     from crackseg.sweep.job_names import job_identity
 
     saved = saved_overrides(job)
@@ -128,7 +128,7 @@ def run_dir(resume: object, default: str) -> str:
 
     Hydra creates the folder right after; a ``resume=`` naming no run is refused first.
     """
-    from crackseg.runs.folder import check_resume_folder, resumed_folder
+    from crackseg.runs.resume import check_resume_folder, resumed_folder
 
     if (folder := resumed_folder(resume)) is None:
         return default
@@ -144,7 +144,7 @@ def job_log(output_dir: str | None, job_name: str, skip_finished: bool = False) 
     from ``hydra.run.dir`` (typed or not) or from ``hydra.sweep.dir``/``subdir``. Without a
     job (``--cfg all --resolve`` prints the config) there is no folder: the file's name alone.
     """
-    from crackseg.runs.folder import claim_run_folder
+    from crackseg.runs.ownership import claim_run_folder
 
     if output_dir is None:
         return f"{job_name}.log"
@@ -161,12 +161,9 @@ def refuse_used_folder_before_lock(
     lock file). One that another live process holds is refused by the lock, naming it. A
     finished job of a sweep run again with ``skip_finished=true`` is left to
     crackseg.runs.lifecycle.run_task, which skips it."""
-    from crackseg.runs.folder import (
-        finished_status,
-        held_by_another_process,
-        in_multirun,
-        refuse_used_folder,
-    )
+    from crackseg.runs.hydra_run import in_multirun
+    from crackseg.runs.ownership import held_by_another_process, refuse_used_folder
+    from crackseg.runs.status import finished_status
 
     if job_name in (None, "train") or held_by_another_process(output_dir):
         return
@@ -191,12 +188,9 @@ def hydra_subdir(
     a new run gets.
     """
     from crackseg.deploy.outputs import earlier_outputs
-    from crackseg.runs.folder import (
-        claim_run_folder,
-        holds_run,
-        resumed_folder,
-        used_by_another_command,
-    )
+    from crackseg.runs.ownership import claim_run_folder, used_by_another_command
+    from crackseg.runs.resume import resumed_folder
+    from crackseg.runs.status import holds_run
 
     if output_dir is None:
         return ".hydra"

@@ -1,6 +1,6 @@
 """The Lightning Trainer of a run: its callbacks, logger, checkpoint writer and SLURM requeue.
 
-The run's start (its folder, status and provenance) is crackseg.runs.folder, which imports
+The run's start (its folder, status and provenance) is crackseg.runs.resume, which imports
 no Lightning, so a refused command line never waits for Lightning's import."""
 
 from __future__ import annotations

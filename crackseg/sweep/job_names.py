@@ -29,7 +29,8 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from crackseg.runs.folder import RESUME_FREE_KEYS, override_key, saved_overrides
+from crackseg.runs.hydra_run import override_key, saved_overrides
+from crackseg.runs.resume import RESUME_FREE_KEYS
 
 log = logging.getLogger(__name__)
 

@@ -28,14 +28,9 @@ from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.errors import CracksegError
 from crackseg.markdown import markdown_table
 from crackseg.run_files import METRICS_FILE, STATUS_FILE
-from crackseg.runs.folder import (
-    is_rank_zero,
-    load_json_object,
-    load_status,
-    override_key,
-    saved_overrides,
-    started_by,
-)
+from crackseg.runs.hydra_run import override_key, saved_overrides, started_by
+from crackseg.runs.ownership import is_rank_zero
+from crackseg.runs.status import load_json_object, load_status
 from crackseg.setting_rules import OneLineParser
 from crackseg.sweep.job_names import job_settings
 from crackseg.sweep.published import add_table4_labels, departures

@@ -1,0 +1,346 @@
+"""How a training run starts or continues in its folder.
+
+A folder that holds a run (crackseg.runs.status) is written into again only to resume that
+same run: ``resume=RUN_DIR``, or ``resume=auto`` (what every job of a multirun does, so
+re-running a sweep, or a requeued cluster job, continues its unfinished jobs from their
+checkpoints), and only with the settings it was started with. A run that failed before
+saving a checkpoint (a config or data error) holds nothing to resume: its folder may be
+started again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from crackseg.atomic import remove_partial_writes
+from crackseg.errors import CracksegError, RunFolderError
+from crackseg.models.checkpoint import checkpoint_run_config
+from crackseg.runs.hardware import (
+    FLOAT16,
+    check_accelerator,
+    check_deterministic,
+    resolve_precision,
+    trains_float16,
+)
+from crackseg.runs.hydra_run import (
+    OTHER_COMMANDS,
+    in_multirun,
+    override_key,
+    saved_hydra_file,
+    started_by,
+    typed_overrides,
+)
+from crackseg.runs.ownership import accept_run_folder, is_rank_zero, refuse_files_of_others
+from crackseg.runs.provenance import write_run_info
+from crackseg.runs.status import finished_status, holds_run, resume_checkpoint, write_status
+from crackseg.setting_rules import as_override
+
+log = logging.getLogger(__name__)
+
+#: The settings that name files or folders, in the order their relative paths are anchored
+#: (:func:`anchor_relative_paths`): those the others are made of first.
+PATH_KEYS = ("paths.data_dir", "paths.log_dir", "data.root", "data.split_file", "data.tile.source")
+
+
+#: Config keys (glob patterns) that may differ between a run and its resumption: how it is
+#: resumed, how it shares the CPU, how many loader workers read its data (a machine with
+#: fewer cores; each item's augmentation is seeded by its place in the epoch, not by the
+#: worker), what its console shows, how fast its network runs (the speed options: a run
+#: started before ``model.channels_last: auto`` saved ``false``), and where its folder is (a
+#: run folder may be moved). The GPU a job of a local parallel sweep is given
+#: (``trainer.devices=[k]``) is compared as a number of devices.
+RESUME_FREE_KEYS = (
+    "resume",
+    "model.channels_last",
+    "model.compile",
+    "model.volume_im2col",
+    "skip_finished",
+    "share_cpu_cores",
+    "data.num_workers",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "paths.output_dir",
+    "trainer.default_root_dir",
+    "callbacks.*.dirpath",
+    "callbacks.*.output_dir",
+    "logger.save_dir",
+)
+
+#: Keys the configs of runs started before the settings groups held as copies of other
+#: keys (the model block read the loss, data and optimiser groups; the data block the
+#: loss's weight map) or as the class Hydra built: the sources are compared, so these never
+#: count as a difference when such a run continues.
+MIRRORED_KEYS = (
+    "model._target_",
+    "model._recursive_",
+    "model.net.gradient_adjustment",
+    "model.optim",
+    "model.optim.*",
+    "model.scheduler",
+    "model.scheduler.*",
+    "model.delta_cls",
+    "model.dynamic_balance",
+    "model.decision_target",
+    "model.batch_reduction",
+    "model.input_channels",
+    "model.input_height",
+    "model.input_width",
+    "data._target_",
+    "data.weighted_seg",
+    "data.weighted_seg_max",
+    "data.weighted_seg_p",
+    "data.weighted_seg_per_component",
+)
+
+#: Settings added after runs may have started, with the value that gives the behaviour those
+#: runs had (or, for a check, the check): a config saved before a key existed compares as if
+#: it held that value.
+ADDED_KEYS = {
+    "validation_schedule": "every_n",
+    "callbacks.validate_on_last_epoch.schedule": "every_n",
+    "loss.weak_gradient_adjustment": "published",
+    "callbacks.fail_on_diverged_loss._target_": "crackseg.callbacks.FailOnDivergedLoss",
+}
+
+
+def resumed_folder(resume: object) -> Path | None:
+    """The run folder ``resume=RUN_DIR`` names; None for a new run or ``resume=auto``. An
+    empty one (an unset shell variable) is refused, not read as the current folder."""
+    if resume in (None, "auto"):
+        return None
+    if str(resume) == "":
+        raise RunFolderError(
+            "resume= is empty: name the run folder (resume=RUN_DIR), or leave it out"
+        )
+    return Path(str(resume))
+
+
+def check_resume_folder(run_dir: Path) -> None:
+    """``resume=RUN_DIR`` must name a run's folder; checked before anything is written."""
+    if not run_dir.exists():
+        raise RunFolderError(f"resume={run_dir}: no such folder")
+    if not run_dir.is_dir():
+        raise RunFolderError(f"resume={run_dir} is not a folder")
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise RunFolderError(f"resume={run_dir} is not a run folder (no .hydra/config.yaml)")
+    command = started_by(run_dir)
+    if command in OTHER_COMMANDS:
+        raise RunFolderError(
+            f"resume={run_dir} holds a crackseg-{command} run, not a training: nothing to resume"
+        )
+
+
+def check_sweep_resume(resume: object) -> None:
+    """A sweep resumes its jobs itself (``resume=auto``); ``resume=RUN_DIR`` names one run."""
+    if resume == "":
+        raise RunFolderError(
+            "resume= is empty: leave it out; a sweep run again with its hydra.sweep.dir "
+            "resumes its jobs"
+        )
+    if resumed_folder(resume) is not None:
+        raise RunFolderError(
+            "resume=RUN_DIR continues one run; to resume a sweep, run it again with the "
+            "same hydra.sweep.dir"
+        )
+
+
+def config_differences(old: DictConfig, new: DictConfig, limit: int = 3) -> list[str]:
+    """``key: old -> new`` for the first few settings that differ (resolved values)."""
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    for key, value in ADDED_KEYS.items():
+        if key in flat_new:
+            flat_old.setdefault(key, value)
+    keys = sorted(set(flat_old) | set(flat_new))
+    changed = [
+        f"{k}: {flat_old.get(k)} -> {flat_new.get(k)}"
+        for k in keys
+        if _compared(k, flat_old.get(k)) != _compared(k, flat_new.get(k))
+        and not any(fnmatch.fnmatchcase(k, free) for free in (*RESUME_FREE_KEYS, *MIRRORED_KEYS))
+    ]
+    return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+def _compared(key: str, value: Any) -> Any:
+    """A setting as resumption compares it: ``trainer.devices`` as a number of devices, so
+    a job given another GPU than before (``[1]`` for ``[0]`` or ``1``) may resume; a path
+    (:data:`PATH_KEYS`) as the file it names from here, so a run once resumed from
+    elsewhere (its paths then made absolute: :func:`anchor_relative_paths`) is the same."""
+    if key == "trainer.devices" and isinstance(value, list):
+        return len(value)
+    if key in PATH_KEYS and isinstance(value, str) and not value.startswith("~"):
+        return os.path.normpath(os.path.abspath(value))
+    return value
+
+
+def _flatten(cfg: DictConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def prepare_training_run(
+    cfg: DictConfig, multirun: bool, task_overrides: list[str]
+) -> tuple[DictConfig, Path | None]:
+    """The config to train with and the checkpoint to continue from (None: a fresh start).
+
+    Refuses, before anything is written, a folder that holds another run, a finished run,
+    and a resumption with changed settings. The other processes of a multi-process run
+    (started by rank 0 into its folder) follow rank 0's decision without checking again.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    resume = cfg.get("resume")
+    resumed = resumed_folder(resume)
+    if not is_rank_zero():
+        if resumed is not None:
+            return _started_config(output_dir), resume_checkpoint(output_dir)
+        return cfg, resume_checkpoint(output_dir) if resume == "auto" or multirun else None
+    if resumed is not None:
+        if multirun:
+            check_sweep_resume(resume)
+        return _resume_run_dir(resumed, output_dir, task_overrides)
+    if not holds_run(output_dir):
+        refuse_files_of_others(output_dir)
+        return cfg, None
+    if resume != "auto" and not multirun:
+        if (command := started_by(output_dir)) in OTHER_COMMANDS:
+            raise RunFolderError(
+                f"{output_dir} holds a crackseg-{command} run; choose another hydra.run.dir"
+            )
+        if finished_status(output_dir) is not None:
+            raise RunFolderError(
+                f"{output_dir} holds a run that finished; choose another hydra.run.dir"
+            )
+        raise RunFolderError(
+            f"{output_dir} already holds a run; continue it with "
+            f"{as_override('resume', output_dir)} "
+            "or choose another hydra.run.dir"
+        )
+    checkpoint = resume_checkpoint(output_dir)
+    # The settings it ran with: the checkpoint's, else those it started with.
+    try:
+        saved = checkpoint_run_config(checkpoint) if checkpoint is not None else None
+    except CracksegError:
+        # The run in this folder (this job's own, or the one typed) cannot go on: its
+        # failure, recorded in its status, where a run again of its sweep counts it.
+        accept_run_folder(output_dir)
+        raise
+    if saved is None and (output_dir / ".hydra" / "config.yaml").is_file():
+        # as typed (trainer.precision: auto), where a checkpoint holds it made concrete
+        saved = OmegaConf.load(output_dir / ".hydra" / "config.yaml")
+        if "trainer" in saved:
+            trainer = saved.trainer  # made concrete as the live one is
+            trainer.precision = resolve_precision(trainer.precision, trainer.accelerator)
+    changed = config_differences(saved, cfg) if saved is not None else []
+    if finished_status(output_dir) is not None:
+        settings = f", with other settings ({'; '.join(changed)})" if changed else ""
+        raise RunFolderError(f"the run in {output_dir} already finished{settings}")
+    if changed:
+        raise RunFolderError(
+            f"{output_dir} holds a run with other settings ({'; '.join(changed)}); "
+            "use another folder"
+        )
+    remove_partial_writes(output_dir)
+    if checkpoint is None:
+        log.info("%s holds a run that saved no checkpoint: starting it again", output_dir)
+    return cfg, checkpoint
+
+
+def _resume_run_dir(
+    run_dir: Path, output_dir: Path, task_overrides: list[str]
+) -> tuple[DictConfig, Path | None]:
+    check_resume_folder(run_dir)
+    if run_dir.resolve() != output_dir.resolve():
+        raise RunFolderError(
+            f"resume={run_dir} but the run folder is {output_dir}: drop hydra.run.dir"
+        )
+    others = [o for o in task_overrides if override_key(o) != "resume"]
+    if others:
+        raise RunFolderError(
+            f"resume= continues a run with its own settings; drop {' '.join(others)}"
+        )
+    if finished_status(run_dir) is not None:
+        raise RunFolderError(f"the run in {run_dir} already finished; nothing to resume")
+    remove_partial_writes(run_dir)
+    checkpoint = resume_checkpoint(run_dir)
+    if checkpoint is None:
+        log.info("%s holds a run that saved no checkpoint: starting it again", run_dir)
+    return _started_config(run_dir), checkpoint
+
+
+def _started_config(run_dir: Path) -> DictConfig:
+    """The config a run was started with (its ``.hydra/``), marked as resuming it, its
+    relative paths anchored in the folder it was started from, so that it resumes from any."""
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    saved.resume = str(run_dir)
+    hydra = saved_hydra_file(run_dir, "hydra.yaml")
+    started_in = OmegaConf.select(hydra, "hydra.runtime.cwd", default=None) if hydra else None
+    if started_in and os.path.realpath(started_in) != os.path.realpath(os.getcwd()):
+        anchor_relative_paths(saved, Path(started_in))
+    return saved
+
+
+def anchor_relative_paths(cfg: DictConfig, folder: Path) -> None:
+    """Make the relative paths of :data:`PATH_KEYS` absolute, as seen from ``folder``; a
+    path built of another (``${paths.data_dir}/cfd``) follows it, ``~/data`` stays."""
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or str(value).startswith("~") or Path(str(value)).is_absolute():
+            continue
+        OmegaConf.update(cfg, key, os.path.normpath(folder / str(value)), force_add=False)
+
+
+def resolve_machine_settings(cfg: DictConfig) -> None:
+    """Settings that depend on the machine (``trainer.precision: auto``), made concrete
+    before anything compares, records or reports the config."""
+    if "trainer" in cfg:
+        check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
+        check_deterministic(cfg)
+        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+
+
+def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
+    """The config to train with and the checkpoint to continue from (None: a fresh start).
+
+    A stopped run continues from its newest checkpoint (``resume=``); nothing is read from
+    the data yet, and Lightning is not needed yet.
+    """
+    multirun, overrides = in_multirun(), typed_overrides()
+    resolve_machine_settings(cfg)
+    cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
+    accept_run_folder(cfg.paths.output_dir)
+    _refuse_float16_resumed_without_gpu(cfg)
+    resolve_machine_settings(cfg)  # a resumed run's own config
+    return cfg, checkpoint
+
+
+def _refuse_float16_resumed_without_gpu(cfg: DictConfig) -> None:
+    """A float16 run goes on in float16 (resume= keeps a run's settings): on a GPU only."""
+    precision, accelerator = cfg.trainer.precision, cfg.trainer.accelerator
+    resumed = resumed_folder(cfg.get("resume")) is not None
+    if resumed and str(precision) in FLOAT16 and not trains_float16(accelerator):
+        raise RunFolderError(
+            f"the run in {cfg.paths.output_dir} trains in {precision}, which needs a GPU: "
+            "resume it on a machine with one"
+        )
+
+
+def record_start(cfg: DictConfig, checkpoint: Path | None) -> None:
+    """``status.json`` says running; ``run_info.json`` says what produced the run."""
+    if is_rank_zero():
+        output_dir = Path(cfg.paths.output_dir)
+        write_status(output_dir, "running")
+        write_run_info(output_dir, resumed_from=checkpoint)
