@@ -184,6 +184,37 @@ def test_the_keys_an_earlier_run_swept_are_read_from_its_job_folders(tmp_path: P
     assert keys_telling_jobs_apart(tmp_path / "not_yet") == set()
 
 
+def test_a_job_that_cannot_be_composed_ahead_leaves_the_others_compared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two held jobs of an earlier run: the first cannot be composed here (its job compares
+    # its own config when it starts), the second ran with another batch size than now
+    for number, dilate in enumerate((1, 3)):
+        job = tmp_path / f"{number}_data.dilate={dilate}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- data.dilate={dilate}\n")
+        (job / ".hydra" / "config.yaml").write_text("data: {dilate: 0, batch_size: 8}\n")
+        (job / "status.json").write_text('{"status": "running"}')
+
+    def compose(config_name: str, overrides: list[str]):
+        if "data.dilate=1" in overrides:
+            raise multirun.HydraException("Could not load 'model/gone'")
+        return OmegaConf.create({"data": {"dilate": 0, "batch_size": 4}})
+
+    monkeypatch.setattr(multirun, "compose", compose)
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "overrides": {"hydra": [], "task": ["data.dilate=1,3"]},
+                "job": {"config_name": "train"},
+                "sweep": {"dir": str(tmp_path)},
+            }
+        }
+    )
+    with pytest.raises(multirun.SweepSettingsError, match=r"3 ran with other settings"):
+        multirun.refuse_held_runs_with_other_settings(config, ["data.dilate=1,3"], {"data.dilate"})
+
+
 def test_job_folder_names() -> None:
     assert job_folder(3, "data.dilate=5,seed=0") == "3_data.dilate=5,seed=0"
     assert job_folder(0, "") == "0"  # nothing is swept: the number alone

@@ -267,7 +267,7 @@ def refuse_held_runs_with_other_settings(
             changed = config_differences(saved, now)
         except (HydraException, OmegaConfBaseException) as error:
             log.warning("%s not compared before the sweep (%s)", job, one_line(error))
-            return
+            continue  # that job compares its own when it starts; the others are compared here
         if changed:
             raise SweepSettingsError(
                 f"the job in {job} ran with other settings than this sweep gives it "
