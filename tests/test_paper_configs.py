@@ -290,3 +290,22 @@ def test_the_paper_configs_validate_on_the_published_schedule():
     assert _compose().callbacks.validate_on_last_epoch.schedule == "every_n"
     with pytest.raises(ConfigError, match="validation_schedule must be every_n or published"):
         check_config(_compose("validation_schedule=first"))
+
+
+def test_the_summary_names_departing_weak_jobs_and_passes_over_unreadable_ones(tmp_path):
+    from crackseg.sweep.published import departures
+
+    settings = {
+        "weak_off": "data: {num_segmented: 0}\nloss: {gradient_adjustment: false}\n",
+        "weak_on": "data: {num_segmented: 0}\nloss: {gradient_adjustment: true}\n",
+        "broken": "data: [unclosed\n",
+        "unresolvable": "data: {num_segmented: '${crackseg.gone:1}'}\n",
+    }
+    for job, text in settings.items():
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "config.yaml").write_text(text)
+    lines = departures(tmp_path, [{"job": job} for job in [*settings, "no_folder"]])
+    assert [line for line in lines if line.startswith("- ")] == [
+        "- `weak_off`: Departs from the published settings: in this weak run gradient-flow "
+        "adjustment is off; the published weak runs keep it on (docs/method.md §10)."
+    ]

@@ -7,7 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from crackseg.errors import CracksegError
 from crackseg.paper_settings import table4_label, weak_run_departures
@@ -40,7 +42,8 @@ def departures(root: Path, rows: list[dict[str, Any]]) -> list[str]:
             continue
         try:
             notes = weak_run_departures(OmegaConf.load(config))
-        except Exception as error:  # an interpolation this process cannot resolve
+        except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
+            # unreadable, or an interpolation this process cannot resolve
             log.debug("cannot read the settings of %s: %s", config, error)
             continue
         if notes:
