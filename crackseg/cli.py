@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import crackseg.errors
 from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, SweepStopped
+from crackseg.runs.ownership import is_rank_zero
 from crackseg.setting_rules import as_override
 from crackseg.sweep.summary import MD_NAME, end_sweep, ended_sweeps, started_sweeps
 
@@ -277,7 +278,8 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     Hydra prints its own errors over several lines (with a stack trace for some); with
     HYDRA_FULL_ERROR it raises them instead, and they are worded here. Errors inside a run
     are handled by :func:`crackseg.runs.lifecycle.run_task`. A multirun in which a job
-    failed or did not finish ends with one line naming its summary, exit 1.
+    failed or did not finish ends with one line naming its summary, exit 1; one stopped
+    ends with its summary written, exit 143.
     """
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     # Lightning (2.6.6, the newest) flattens batches, and torch.export a model's inputs,
@@ -299,6 +301,12 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         else:
             print_line("stopped before any job started")
         sys.exit(EXIT_STOPPED)
+    except SystemExit as ended:
+        # A job of a sweep run one after another was stopped: it said how to go on, and
+        # the sweep ends here, past Hydra's end of a multirun, which writes the summary.
+        if ended.code == EXIT_STOPPED and started_sweeps and is_rank_zero():
+            end_sweep(list(started_sweeps)[-1])
+        raise
     except (HydraException, OmegaConfBaseException, OSError, CracksegError) as raised:
         # A run folder refused by crackseg.runs.resolvers, or one that cannot be created, is
         # worded as itself, not as the resolver error wrapping it.

@@ -992,6 +992,30 @@ def test_a_local_parallel_sweep_stopped_by_sigterm_stops_its_jobs_with_checkpoin
         assert (job / "checkpoints" / "interrupted.ckpt").is_file()
 
 
+def test_a_sweep_run_one_job_after_another_stopped_in_a_job_writes_its_summary(
+    tmp_path: Path,
+) -> None:
+    """The stopped job ends the sweep past Hydra's end of a multirun: its summary is written
+    all the same, the stopped job counted as unfinished (not an earlier run's summary
+    left in place, saying the sweep finished)."""
+    sweep_dir = tmp_path / "sweep"
+    marker = tmp_path / "stalled"
+    sweep = ("--config-dir", str(tiny_config_dir(tmp_path)), "experiment=tiny")
+    stall = "+callbacks.stall._target_=stall_callback.StallAt"
+    args = ("-m", *sweep, f"hydra.sweep.dir={sweep_dir}", "seed=0,1", stall)
+    process = start_train(marker, *args, epoch=0, batch=0)
+    try:
+        wait_for_stall(process, marker)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=200) == 143
+    finally:
+        process.kill()
+    stderr = process.stderr.read()
+    assert f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}" in stderr
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "1 jobs: 0 finished, 0 failed, 1 unfinished (1 interrupted)" in summary, summary
+
+
 def test_a_sweep_started_in_the_folder_of_a_running_sweep_is_refused_and_writes_nothing(
     tmp_path: Path,
 ) -> None:
