@@ -70,3 +70,26 @@ def test_notebook_compares_the_runs_of_a_sweep(
     for name in ("ablation_data.dilate.png", "training_curves.png"):
         figure = sweep / name
         assert figure.is_file() and figure.read_bytes()[:8] == PNG, name
+
+
+def test_the_sweep_to_compare_is_found_from_the_notebooks_folder_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crackseg.sweep.summary import sweep_to_compare
+
+    project, notebooks = tmp_path / "project", tmp_path / "project" / "notebooks"
+    sweep = project / "outputs" / "multiruns" / "train" / "2026-01-01_10-00-00"
+    (sweep / "0_seed=0" / ".hydra").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("{}\n")
+    notebooks.mkdir()
+    monkeypatch.chdir(notebooks)  # where Jupyter starts the notebook's kernel
+    given = "outputs/multiruns/train/2026-01-01_10-00-00"  # as the commands name it
+    assert sweep_to_compare(given, Path("..")).resolve() == sweep
+    assert sweep_to_compare("", Path("..")).resolve() == sweep
+    with pytest.raises(FileNotFoundError, match=r"^CRACKSEG_SWEEP_DIR=outputs/gone: no such"):
+        sweep_to_compare("outputs/gone", Path(".."))
+    with pytest.raises(FileNotFoundError, match=r"no job of a sweep in"):
+        sweep_to_compare(str(notebooks), Path(".."))
+    with pytest.raises(FileNotFoundError, match=r"no multirun under"):
+        sweep_to_compare("", notebooks)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["multirun.yaml"]

@@ -415,6 +415,29 @@ def _written_since(job: Path, since: float) -> bool:
     return True
 
 
+def sweep_to_compare(given: str, project: Path) -> Path:
+    """The sweep folder notebooks/compare_runs.ipynb reads: ``given`` (its
+    CRACKSEG_SWEEP_DIR; a relative one not found from here is taken from ``project``, the
+    folder the commands run in), else the newest multirun under ``project``'s
+    ``outputs/multiruns`` that holds a job (a DDP sweep's other processes leave one
+    without). FileNotFoundError where there is none."""
+    if given:
+        folder = Path(given).expanduser()
+        if not folder.is_dir() and not folder.is_absolute():
+            folder = project / folder
+        if not folder.is_dir():
+            raise FileNotFoundError(f"CRACKSEG_SWEEP_DIR={given}: no such folder")
+        if not find_job_dirs(folder):
+            raise FileNotFoundError(f"CRACKSEG_SWEEP_DIR={given}: no job of a sweep in {folder}")
+        return folder
+    multiruns = project / "outputs" / "multiruns"
+    found = [path.parent for path in multiruns.glob("*/*/multirun.yaml")]
+    found = [folder for folder in found if any(p.is_dir() for p in folder.glob("*/.hydra"))]
+    if not found:
+        raise FileNotFoundError(f"no multirun under {multiruns}: set CRACKSEG_SWEEP_DIR")
+    return max(found, key=lambda folder: folder.stat().st_mtime)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``crackseg-summary FOLDER``: (re)write summary.csv and summary.md of a sweep folder.
 
