@@ -41,6 +41,7 @@ from crackseg.runs.threads import jobs_side_by_side, set_job_threads, threads_pe
 from crackseg.sweep.job_names import (
     common_keys,
     exclude_override,
+    job_identity,
     job_overrides,
     keys_telling_jobs_apart,
     shared_settings,
@@ -627,13 +628,18 @@ def test_the_summary_counts_every_job_that_did_not_finish(tmp_path: Path) -> Non
 
 
 def test_a_setting_respelled_or_free_to_change_in_a_rerun_is_one_setting(tmp_path: Path) -> None:
-    """A sweep run again may change data.num_workers or resume, and may spell 0.01 as 1e-2:
-    its jobs still have the earlier jobs' setting, one group of their seeds. An overrides
-    file holding no list is no job's settings, not the summary's traceback."""
+    """A sweep run again may change data.num_workers or resume, and may spell 0.01 as 1e-2,
+    or 1 as 1.0: its jobs still have the earlier jobs' setting, one group of their seeds. An
+    overrides file holding no list is no job's settings, not the summary's traceback."""
     jobs = {
-        "0_seed=0": ["data.dilate=3", "seed=0", "loss.delta_cls=1e-2"],
-        "1_seed=1": ["data.dilate=3", "seed=1", "loss.delta_cls=0.01", "data.num_workers=0"],
-        "2_seed=2": ["data.dilate=3", "seed=2", "loss.delta_cls=0.01", "resume=auto"],
+        "0_seed=0": ["seed=0", "loss.delta_cls=1e-2", "loss.weighted_seg_max=1"],
+        "1_seed=1": ["seed=1", "loss.delta_cls=0.01", "loss.weighted_seg_max=1.0", "resume=auto"],
+        "2_seed=2": [
+            "seed=2",
+            "loss.delta_cls=0.01",
+            "loss.weighted_seg_max=1",
+            "data.num_workers=0",
+        ],
     }
 
     def write_job(name: str, overrides: object) -> None:
@@ -650,6 +656,8 @@ def test_a_setting_respelled_or_free_to_change_in_a_rerun_is_one_setting(tmp_pat
     assert group["n"] == 3
     write_job("3_seed=3", 7)
     assert [row["job"] for row in summary.collect_runs(tmp_path)][-1] == "3_seed=3"
+    assert job_identity(["loss.delta_cls=1.0"]) == job_identity(["loss.delta_cls=1"])
+    assert job_identity(["loss.delta_cls=0.1"]) == ["loss.delta_cls=0.1"]
 
 
 def test_a_status_or_metrics_that_is_no_json_object_is_a_failed_job(tmp_path: Path) -> None:
