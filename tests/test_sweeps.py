@@ -39,6 +39,7 @@ from crackseg.runs.ownership import lock_file
 from crackseg.runs.resolvers import job_dirname, job_folder
 from crackseg.runs.threads import jobs_side_by_side, set_job_threads, threads_per_job, usable_cores
 from crackseg.sweep.job_names import (
+    JobNamesCallback,
     common_keys,
     exclude_override,
     job_identity,
@@ -145,6 +146,29 @@ def test_job_names_leave_out_what_every_job_shares() -> None:
     # Hydra reads the override back as the list it names.
     (parsed,) = OverridesParser.create().parse_overrides([exclude_override(["a", "b.c"])])
     assert parsed.value() == ["a", "b.c"]
+
+
+def test_a_swept_key_the_config_leaves_out_of_the_names_still_names_the_jobs(
+    tmp_path: Path,
+) -> None:
+    """``experiment=weakly_supervised,mixed_supervision``: the experiment tells the jobs
+    apart (in their folders and TensorBoard), though the config leaves it out of names."""
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "overrides": {
+                    "hydra": [],
+                    "task": ["experiment=a,b", "seed=0,1", "trainer=cpu", "paths.log_dir=x"],
+                },
+                "sweep": {"dir": str(tmp_path / "sweep")},
+                "job": {
+                    "config": {"override_dirname": {"exclude_keys": ["experiment", "trainer"]}}
+                },
+            }
+        }
+    )
+    JobNamesCallback().on_multirun_start(config)
+    assert list(config.hydra.overrides.hydra) == [exclude_override(["trainer", "paths.log_dir"])]
 
 
 def test_a_rerun_may_change_only_what_a_finished_job_lets_differ() -> None:

@@ -176,15 +176,19 @@ def exclude_override(exclude_keys: Iterable[str]) -> str:
 
 
 class JobNamesCallback(Callback):
-    """Hydra callback: leave the settings common to all jobs out of the job folder names."""
+    """Hydra callback: leave the settings common to all jobs out of the job folder names,
+    and keep in them those that tell the jobs apart, even a key the config leaves out of
+    every name (``experiment=weakly_supervised,mixed_supervision``)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         task = OmegaConf.to_container(config.hydra.overrides.task)
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-        excluded = list(OmegaConf.select(config, EXCLUDE_KEYS, default=None) or [])
+        configured = list(OmegaConf.select(config, EXCLUDE_KEYS, default=None) or [])
         kept = keys_telling_jobs_apart(config.hydra.sweep.dir)  # swept by an earlier run
+        kept |= swept_keys(task, params)
+        excluded = [k for k in configured if k not in kept]
         common = [k for k in common_keys(task, params) if k not in excluded and k not in kept]
-        if not common:
+        if not common and excluded == configured:
             return
         log.debug("left out of the job names (the same in every job): %s", ", ".join(common))
         with read_write(config.hydra):
