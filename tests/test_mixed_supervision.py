@@ -254,3 +254,15 @@ def test_a_run_with_weak_positives_ranks_them_and_reports_them(tmp_path, tiny_da
     assert f"| {metrics['num_weak']} " in weak_row
     history = json.loads((tmp_path / "history.json").read_text())
     assert all(math.isfinite(v) for _, v in history["train/loss_seg"])
+
+
+def test_a_failed_job_with_a_value_that_is_no_number_leaves_the_curve_drawn(tmp_path):
+    """``data.num_segmented=4,"x"``: the "x" jobs failed; the finished ones are drawn."""
+    for num, segmented in enumerate(("4", "8")):
+        _fake_job(tmp_path, num, segmented, 0, {"image_ap": 0.9, "num_segmented": 4})
+    _fake_job(tmp_path, 2, "x", 0, {})
+    (tmp_path / "2_data.num_segmented=x,seed=0" / "status.json").write_text(
+        json.dumps({"status": "failed", "error": "data.num_segmented must be an integer"})
+    )
+    write_summary(tmp_path)
+    assert (tmp_path / MIXED_SUPERVISION_FIGURE).is_file()

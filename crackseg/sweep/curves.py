@@ -68,13 +68,14 @@ def _x_value(key: str, value: str, rows: list[dict[str, Any]]) -> float | None:
 
 
 def numeric_keys(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[str]:
-    """The swept keys whose values are numbers (``data.num_segmented``'s null included)."""
+    """The swept keys whose values in the finished jobs, the ones drawn, are numbers
+    (``data.num_segmented``'s null included): a failed job's value (``"x"``) draws nothing."""
     found = []
     for key in keys:
-        values = {str(r[key]) for r in rows}
+        values = {str(r[key]) for r in rows if r["status"] == "finished"}
         allowed_null = key == NUM_SEGMENTED
         numeric = all(_number(v) is not None or (allowed_null and v == "null") for v in values)
-        if numeric and not values <= {"true", "false", "True", "False"}:
+        if values and numeric and not values <= {"true", "false", "True", "False"}:
             found.append(key)
     return found
 
