@@ -795,6 +795,15 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
     assert result.returncode == 2 and result.stderr.strip() == line
     assert _mtimes(done) == before
     assert (failed / "status.json").read_bytes() == failed_status
+    # the same config typed otherwise (a value the experiment gives, typed out): the jobs
+    # are found by the overrides typed, so it is refused too, and said to be the same
+    result = run_train(config_dir, *args[:-1], "data.batch_size=8", args[-1])
+    assert one_line_error(result) == (
+        f"error: the finished job in {done} was started with other overrides "
+        "(data.batch_size: - -> 8), to the same effect: a sweep run again finds its jobs by "
+        "the overrides typed; type them as before, or use another hydra.sweep.dir"
+    ), result.stderr[-3000:]
+    assert result.returncode == 2 and _mtimes(done) == before
     # and so are settings that cannot be read back
     saved = done / ".hydra" / "config.yaml"
     readable = saved.read_bytes()
@@ -856,11 +865,12 @@ def test_a_failing_job_is_summarised_and_a_rerun_skips_the_finished_one(
         assert _mtimes(done) == before
         assert f"`{failed.name}` (failed)" in (sweep_dir / "summary.md").read_text()
     # a key swept before and left out now is a setting the finished job had: refused, not
-    # a job of the default trained beside it
+    # a job of the default trained beside it (the default is 64 too, so said to be the same)
     dropped = [a for a in args if not a.startswith("data.input_height=")]
     assert one_line_error(run_train(config_dir, *dropped)) == (
-        f"error: the finished job in {done} ran with other settings "
-        "(data.input_height: 64 -> -); use another hydra.sweep.dir"
+        f"error: the finished job in {done} was started with other overrides "
+        "(data.input_height: 64 -> -), to the same effect: a sweep run again finds its jobs by "
+        "the overrides typed; type them as before, or use another hydra.sweep.dir"
     )
 
 

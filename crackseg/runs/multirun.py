@@ -231,6 +231,15 @@ def refuse_finished_jobs_with_other_settings(
         if finished_status(job) is None or saved is None:
             continue
         if changed := setting_changes(shared_settings(saved, swept), wanted):
+            if _differences_from_now(config, job, task, swept) == []:
+                # typed otherwise to the same effect (a default typed out): the jobs are
+                # found by the overrides typed, and this one would be trained again
+                raise SweepSettingsError(
+                    f"the finished job in {job} was started with other overrides "
+                    f"({'; '.join(changed[:3])}), to the same effect: a sweep run again "
+                    "finds its jobs by the overrides typed; type them as before, or use "
+                    "another hydra.sweep.dir"
+                )
             raise ran_with_other_settings(job, changed[:3])
         if not config.get("skip_finished", True):
             # A run's folder is never written again: its job would only be refused, and the
@@ -252,28 +261,39 @@ def refuse_held_runs_with_other_settings(
     otherwise for a job to be resumed. Each such job is composed as this sweep will compose
     it (this command line, with the job's own swept values) and compared with the config it
     ran with; where that cannot be done here, each job compares its own when it starts."""
-    hydra_overrides = OmegaConf.to_container(config.hydra.overrides.hydra)  # its searchpath
     for job in _job_folders(config):
-        started_with = saved_overrides(job)
-        saved = saved_hydra_file(job, "config.yaml")
-        if not holds_run(job) or started_with is None or saved is None:
-            continue  # started again from scratch, or refused by the job itself (unreadable)
-        overrides = job_overrides(task, started_with, swept)
-        try:
-            now = compose(config.hydra.job.config_name, overrides=[*hydra_overrides, *overrides])
-            for settings in (saved, now):  # ${hydra:runtime.output_dir}: only a job knows it
-                if "output_dir" in settings.get("paths", {}):
-                    settings.paths.output_dir = str(job)
-            changed = config_differences(saved, now)
-        except (HydraException, OmegaConfBaseException) as error:
-            log.warning("%s not compared before the sweep (%s)", job, one_line(error))
-            continue  # that job compares its own when it starts; the others are compared here
+        if not holds_run(job):
+            continue  # started again from scratch
+        changed = _differences_from_now(config, job, task, swept)
         if changed:
             raise SweepSettingsError(
                 f"the job in {job} ran with other settings than this sweep gives it "
                 f"({'; '.join(changed)}): a config file or a setting changed since; undo the "
                 "change, or use another hydra.sweep.dir"
             )
+
+
+def _differences_from_now(
+    config: DictConfig, job: Path, task: list[str], swept: set[str]
+) -> list[str] | None:
+    """How the config this sweep composes for the job in ``job`` (this command line, with
+    the job's own swept values) differs from the one it ran with; None where that cannot be
+    done here (its files unreadable: the job itself refuses them when it starts)."""
+    started_with = saved_overrides(job)
+    saved = saved_hydra_file(job, "config.yaml")
+    if started_with is None or saved is None:
+        return None
+    hydra_overrides = OmegaConf.to_container(config.hydra.overrides.hydra)  # its searchpath
+    overrides = job_overrides(task, started_with, swept)
+    try:
+        now = compose(config.hydra.job.config_name, overrides=[*hydra_overrides, *overrides])
+        for settings in (saved, now):  # ${hydra:runtime.output_dir}: only a job knows it
+            if "output_dir" in settings.get("paths", {}):
+                settings.paths.output_dir = str(job)
+        return config_differences(saved, now)
+    except (HydraException, OmegaConfBaseException) as error:
+        log.warning("%s not compared before the sweep (%s)", job, one_line(error))
+        return None
 
 
 #: Launchers whose jobs run on this machine, where their data must be found.
