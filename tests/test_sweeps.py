@@ -684,6 +684,35 @@ def test_a_setting_respelled_or_free_to_change_in_a_rerun_is_one_setting(tmp_pat
     assert job_identity(["loss.delta_cls=0.1"]) == ["loss.delta_cls=0.1"]
 
 
+def test_the_summary_of_a_sweep_killed_early_names_its_swept_keys_and_jobs_not_started(
+    tmp_path: Path,
+) -> None:
+    """One job folder of ``data.dilate=1,3 seed=0,1`` (the sweep killed in it): its keys are
+    the swept ones typed, the three other jobs of the grid are named as not started."""
+    hydra = {
+        "sweeper": {"_target_": summary.BASIC_SWEEPER, "params": {"seed": "0,1"}},
+        "overrides": {"task": ["+sweep=x", "data.dilate=1,3", "trainer.max_epochs=2"]},
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+    job = tmp_path / "0_data.dilate=1,seed=0"
+    (job / ".hydra").mkdir(parents=True)
+    overrides = ["+sweep=x", "data.dilate=1", "seed=0", "trainer.max_epochs=2"]
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    rows = collect_runs(tmp_path)
+    assert summary.swept_columns(rows) == ["data.dilate"]
+    assert summary.grid_not_started(tmp_path, rows) == [  # in the grid's order
+        "data.dilate=3,seed=0",
+        "data.dilate=1,seed=1",
+        "data.dilate=3,seed=1",
+    ]
+    summary.write_summary(tmp_path, rows)
+    assert "Not started: 3 job(s)" in (tmp_path / "summary.md").read_text()
+    # a grid that cannot be made here (a glob of the config's groups): none named
+    hydra["overrides"]["task"].append("model=glob(*)")
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+    assert summary.grid_not_started(tmp_path, rows) == []
+
+
 def test_a_status_or_metrics_that_is_no_json_object_is_a_failed_job(tmp_path: Path) -> None:
     """Valid JSON of the wrong shape (a list, a string) in a job's files is that job's
     failure in the summary, not the summary's."""
@@ -1029,6 +1058,8 @@ def test_a_local_parallel_sweep_stopped_by_sigterm_stops_its_jobs_with_checkpoin
     assert len(jobs) == 2  # the third never started
     summary = (sweep_dir / "summary.md").read_text()
     assert "2 jobs: 0 finished, 0 failed, 2 unfinished (2 interrupted)" in summary
+    assert "Not started: 1 job(s) of the grid of the sweep's last run" in summary
+    assert summary.count("`seed=2`") == 1
     for job in jobs:
         assert json.loads((job / "status.json").read_text())["status"] == "interrupted"
         assert (job / "checkpoints" / "interrupted.ckpt").is_file()
@@ -1056,6 +1087,7 @@ def test_a_sweep_run_one_job_after_another_stopped_in_a_job_writes_its_summary(
     assert f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}" in stderr
     summary = (sweep_dir / "summary.md").read_text()
     assert "1 jobs: 0 finished, 0 failed, 1 unfinished (1 interrupted)" in summary, summary
+    assert "or they wait in a cluster's queue): `seed=1`." in summary
 
 
 def test_a_sweep_started_in_the_folder_of_a_running_sweep_is_refused_and_writes_nothing(

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
@@ -141,6 +142,21 @@ def job_settings(overrides: Iterable[str]) -> dict[str, str]:
 def job_identity(overrides: Iterable[str]) -> list[str]:
     """A job's settings (:func:`job_settings`) as sorted ``key=value`` lines."""
     return sorted(f"{key}={value}" for key, value in job_settings(overrides).items())
+
+
+def grid_jobs(
+    task_overrides: Iterable[str], sweeper_params: Mapping[str, Any]
+) -> list[dict[str, str]] | None:
+    """The settings (:func:`job_settings`) of every job of the grid Hydra's basic sweeper
+    makes of the sweeper's params and the command line; None where it cannot be made here
+    (a ``glob(...)`` sweep, which needs the config's groups)."""
+    lines = [f"{key}={value}" for key, value in sweeper_params.items()] + list(task_overrides)
+    try:
+        overrides = OverridesParser.create().parse_overrides(lines)
+        (jobs,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)
+    except HydraException:
+        return None
+    return [job_settings(job) for job in jobs]
 
 
 def job_overrides(

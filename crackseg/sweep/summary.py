@@ -10,6 +10,7 @@ root and for any folder of single runs alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -32,7 +33,7 @@ from crackseg.runs.hydra_run import override_key, saved_overrides, started_by
 from crackseg.runs.ownership import is_rank_zero
 from crackseg.runs.status import load_json_object, load_status
 from crackseg.setting_rules import OneLineParser
-from crackseg.sweep.job_names import job_settings
+from crackseg.sweep.job_names import grid_jobs, job_settings, swept_keys
 from crackseg.sweep.published import add_table4_labels, departures
 
 log = logging.getLogger(__name__)
@@ -147,17 +148,56 @@ def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
     return state, error, metrics
 
 
+#: The sweeper whose grid a summary can name (:func:`grid_not_started`): Hydra's own.
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _last_sweep(root: Path) -> tuple[list[str], dict[str, Any], str] | None:
+    """The command-line overrides, sweeper params and sweeper of the last run of the sweep
+    in ``root`` (its ``multirun.yaml``); None where there is none that can be read."""
+    try:
+        hydra = (yaml.safe_load((root / "multirun.yaml").read_text()) or {})["hydra"]
+        sweeper = hydra.get("sweeper") or {}
+        task = [str(o) for o in (hydra.get("overrides") or {}).get("task") or []]
+        params = {str(k): v for k, v in (sweeper.get("params") or {}).items()}
+        return task, params, str(sweeper.get("_target_", ""))
+    except (OSError, yaml.YAMLError, KeyError, AttributeError, TypeError):
+        return None
+
+
+def grid_not_started(root: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """The jobs of the grid of the sweep's last run that have no folder under ``root`` (a
+    sweep stopped or killed before them), as ``key=value,...`` of what tells them apart;
+    none where the grid is not known (another sweeper than Hydra's basic one, a glob)."""
+    last = _last_sweep(root)
+    if last is None or last[2] != BASIC_SWEEPER:
+        return []
+    grid = grid_jobs(last[0], last[1])
+    if grid is None:
+        return []
+    held = {tuple(sorted(_read_overrides(root / row["job"]).items())) for row in rows}
+    swept = (
+        sorted(key for key in grid[0] if len({job.get(key) for job in grid}) > 1) if grid else []
+    )
+    return [
+        ",".join(f"{key}={job[key]}" for key in swept) or "the one job"
+        for job in grid
+        if tuple(sorted(job.items())) not in held
+    ]
+
+
 def _varying_keys(root: Path, overrides: list[dict[str, str]]) -> list[str]:
-    """The sweep's declared parameters, then every other key whose value differs by job."""
+    """The keys the last run of the sweep swept (its sweeper's params, then the sweeps of
+    its command line), then every other key whose value differs by job."""
     keys: list[str] = []
-    multirun = root / "multirun.yaml"
-    if multirun.is_file():
-        try:
-            params = (yaml.safe_load(multirun.read_text()) or {}).get("hydra", {})
-            params = (params.get("sweeper") or {}).get("params") or {}
-            keys.extend(override_key(str(k)) for k in params)  # +key: key, as overrides
-        except (yaml.YAMLError, AttributeError):
-            pass
+    last = _last_sweep(root)
+    if last is not None:
+        task, params, _ = last
+        declared = [override_key(k) for k in params]  # +key: key, as overrides
+        with contextlib.suppress(HydraException):
+            typed = swept_keys(task, {})
+            declared += [override_key(o) for o in task if override_key(o) in typed]
+        keys.extend(dict.fromkeys(declared))
     seen: dict[str, set[str | None]] = {}
     for job in overrides:
         for key in job:
@@ -333,6 +373,17 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
         f"{len(rows)} jobs: {counts['finished']} finished, {counts['failed']} failed, "
         f"{counts['unfinished']} unfinished{f' ({detail})' if detail else ''}. "
         f"Swept: {swept_text}; seeds: {', '.join(seeds)}.",
+    ]
+    if not_started := grid_not_started(root, rows):
+        shown = ", ".join(f"`{job}`" for job in not_started[:10])
+        more = f" and {len(not_started) - 10} more" if len(not_started) > 10 else ""
+        lines += [
+            "",
+            f"Not started: {len(not_started)} job(s) of the grid of the sweep's last run have "
+            f"no folder (it was stopped or killed before them, or they wait in a cluster's "
+            f"queue): {shown}{more}.",
+        ]
+    lines += [
         "",
         "## By setting (mean ± std over seeds, finished jobs)",
         "",
