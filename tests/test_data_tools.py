@@ -194,6 +194,21 @@ def test_photographs_sharing_a_file_name_keep_every_tile(tmp_path):
     assert (tmp_path / "dagm_tiles" / "train" / "images" / "noncrack_0002_r0_c0.png").exists()
 
 
+def test_tiles_of_a_kolektorsdd_folder_stay_together_in_the_splits_made_of_them(tmp_path):
+    """A KolektorSDD folder is one physical part: the tiles of all its photographs are one
+    group, which folds and the validation carve of a later run keep whole."""
+    from crackseg.data.layouts import index_layout
+    from crackseg.data.splits import source_group, split_by_source
+
+    root = make_ksdd(tmp_path / "ksdd", folders=6, parts=3, size=(64, 32))
+    tile_dataset(root, tmp_path / "tiles", size=32, layout="ksdd", min_crack_pixels=1)
+    samples = index_layout("crack_segmentation", tmp_path / "tiles")["all"]
+    assert {source_group(s) for s in samples} == {f"kos{f:02d}" for f in range(1, 7)}
+    parts = split_by_source(samples, {"train": 0.5, "test": 0.5}, seed=0)
+    folders = {k: {s.sample_id.removeprefix("noncrack_")[:5] for s in v} for k, v in parts.items()}
+    assert folders["train"] and folders["test"] and not folders["train"] & folders["test"]
+
+
 def test_stats_of_a_dagm_class(tmp_path, capsys):
     root = make_dagm(tmp_path / "dagm", classes=(1, 2), images=4)
     (root / "Class2" / "Train" / "Label" / "0001_label.PNG").unlink()  # Class2: one fewer

@@ -36,6 +36,7 @@ they are unique in the dataset and safe to use in file names.
 
 from __future__ import annotations
 
+import csv
 import inspect
 import logging
 from collections.abc import Callable, Iterable
@@ -51,7 +52,7 @@ from crackseg.data.io import (
 )
 from crackseg.data.labels import BINARIZE_THRESHOLD
 from crackseg.data.rle import read_run_length_csv
-from crackseg.data.samples import SPLITS, Sample
+from crackseg.data.samples import SPLITS, TILE_GROUPS_FILE, Sample, tile_photo
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ def _crack_segmentation(root: Path, negative_prefix: str = "noncrack") -> dict[s
             f"no images/ folder found: looked in {root / 'images'} and "
             f"{root / 'train' / 'images'}, {root / 'test' / 'images'}"
         )
+    groups = _tile_groups(root)
     result: dict[str, list[Sample]] = {}
     for split, base in folders.items():
         image_dir, mask_dir = base / "images", base / "masks"
@@ -167,10 +169,29 @@ def _crack_segmentation(root: Path, negative_prefix: str = "noncrack") -> dict[s
         prefix = "" if split == "all" else f"{split}_"
         pairs = _pair_stems(images, masks, lambda s: s.startswith(negative_prefix))
         result[split] = [
-            Sample(prefix + stem, image, mask, not stem.startswith(negative_prefix))
+            Sample(
+                prefix + stem,
+                image,
+                mask,
+                not stem.startswith(negative_prefix),
+                group=groups.get(tile_photo(stem) or ""),
+            )
             for stem, image, mask in pairs
         ]
     return result
+
+
+def _tile_groups(root: Path) -> dict[str, str]:
+    """``photo -> group`` of tiles cut from photographs that came in groups (their
+    :data:`TILE_GROUPS_FILE`, written by crackseg-data tile); none where there is none."""
+    path = root / TILE_GROUPS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            return {row["photo"]: row["group"] for row in csv.DictReader(handle)}
+    except (OSError, KeyError, csv.Error) as error:
+        raise DataError(f"unreadable {path} ({error}); cut the tiles again") from None
 
 
 def _ksdd2(

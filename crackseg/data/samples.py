@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,19 @@ if TYPE_CHECKING:
 
 #: The splits of a dataset, in the order a run uses them.
 SPLITS = ("train", "val", "test")
+
+#: The name of a tile (crackseg.data.tiles): ``[noncrack_]PHOTO_rR_cC``.
+_TILE_NAME = re.compile(r"(?:noncrack_)?(?P<photo>.+)_r\d+_c\d+")
+#: Written beside the tiles of photographs that came in groups (KolektorSDD's folders, one
+#: physical part each): ``photo,group`` rows, which folds keep whole.
+TILE_GROUPS_FILE = "tile_groups.csv"
+
+
+def tile_photo(stem: str) -> str | None:
+    """The photograph a tile was cut from, by the tile's name (its file's stem); None where
+    the name is no tile's."""
+    match = _TILE_NAME.fullmatch(stem)
+    return match["photo"] if match else None
 
 
 @dataclass(frozen=True)

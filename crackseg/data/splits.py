@@ -15,7 +15,6 @@ import csv
 import hashlib
 import logging
 import math
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 
 from crackseg.atomic import atomic_write_csv
 from crackseg.data.data_settings import SplitSettings
-from crackseg.data.samples import SPLITS, Sample, count_positives
+from crackseg.data.samples import SPLITS, Sample, count_positives, tile_photo
 from crackseg.errors import ConfigError, DataError, describe_files
 from crackseg.markdown import markdown_table
 
@@ -171,18 +170,17 @@ def _splits_on_disk(
 
 # --------------------------------------------------------------------------- folds
 
+
 #: A tile's name as ``crackseg-data tile`` writes it: the photograph's stem, then its row and
 #: column (``noncrack_`` first for a clean tile).
-_TILE_NAME = re.compile(r"(?:noncrack_)?(?P<photo>.+)_r\d+_c\d+")
-
-
 def source_group(sample: Sample) -> str:
     """What a sample was cut or taken from, which folds keep whole: the layout's group (a
-    KSDD folder), the photograph of a tile (by the tile's name), else the sample itself."""
+    KSDD folder, that of the photograph a tile was cut from too), the photograph of a tile
+    (by the tile's name), else the sample itself."""
     if sample.group is not None:
         return sample.group
-    match = _TILE_NAME.fullmatch(Path(sample.image_path).stem)
-    return f"photo:{match['photo']}" if match else sample.sample_id
+    photo = tile_photo(Path(sample.image_path).stem)
+    return f"photo:{photo}" if photo is not None else sample.sample_id
 
 
 def split_by_source(

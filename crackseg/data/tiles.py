@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from crackseg.atomic import encode_png, folder_built_beside
+from crackseg.atomic import atomic_write_csv, encode_png, folder_built_beside
 from crackseg.data.io import image_size, map_threads, read_mask, read_native
 from crackseg.data.labels import binarize
 from crackseg.data.layouts import check_data_found, index_layout
-from crackseg.data.samples import Sample
+from crackseg.data.samples import TILE_GROUPS_FILE, Sample
 from crackseg.data.splits import set_table, split_by_source, write_split_csv
 from crackseg.errors import ConfigError, DataError
 
@@ -146,6 +146,8 @@ def tile_dataset(
         jobs += [(s, name, out_dir) for s, name in zip(samples, tile_names(samples), strict=True)]
     if by_photo:
         write_split_csv(dst / SOURCE_SPLIT_FILE, indexed)
+    if groups := [(name, s.group) for s, name, _ in jobs if s.group is not None]:
+        atomic_write_csv(dst / TILE_GROUPS_FILE, ["photo", "group"], groups, names_as_bytes=True)
 
     def job(item: tuple[Sample, str, Path]) -> list[bool | None]:
         return tile_sample(*item, size, stride, min_crack_pixels, pad)
