@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -306,8 +307,15 @@ def test_a_data_config_tiles_its_photographs_once(tmp_path):
     _tiling(empty, tile).prepare_data()
     assert {p.relative_to(empty) for p in empty.rglob("*.png")} == made
     other = _tiling(root, {**tile, "seed": 2})
-    with pytest.raises(DataError, match="other settings"):
+    with pytest.raises(DataError, match=r"other settings \(seed: 1 -> 2\); use another data.root"):
         other.prepare_data()
+    # the tiles made before are used without their photographs (an evaluation where the
+    # source's environment variable is not set), not refused for the path
+    _tiling(root, {**tile, "source": str(tmp_path / "nowhere")}).prepare_data()
+    moved = tmp_path / "moved"
+    shutil.copytree(tile["source"], moved)  # other photographs, where they are there
+    with pytest.raises(DataError, match=r"other settings \(source: .* -> .*moved\)"):
+        _tiling(root, {**tile, "source": str(moved)}).prepare_data()
     with pytest.raises(DataError, match="does not exist"):
         missing = {**tile, "source": str(tmp_path / "nowhere")}
         _tiling(tmp_path / "new", missing).prepare_data()

@@ -932,7 +932,10 @@ def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: P
         f"paths.data_dir={nodata}",
     )
     line = one_line_error(run_entry("train", "-m", *tiles, f"hydra.sweep.dir={sweep_dir}"))
-    assert line == f"error: data.tile.source {nodata} does not exist (the photographs to tile)"
+    assert line == (
+        f"error: data.tile.source {nodata} does not exist (the photographs to tile; set "
+        "data.tile.source=FOLDER, which experiment=cfd_tiles reads from CRACKSEG_CFD_DIR)"
+    )
     # a data config with no root, on any launcher; a root under ~ is found as a job finds it
     unset = ("data=crack_segmentation", "seed=0,1", f"hydra.sweep.dir={sweep_dir}")
     line = one_line_error(run_entry("train", "-m", *unset))

@@ -101,7 +101,10 @@ def check_data_found(root: Path, tile_source: Path | None = None) -> None:
         if not root.exists():
             raise DataError(f"data root {root} does not exist (set data.root=PATH)")
     elif not (root.is_dir() and any(root.iterdir())) and not tile_source.is_dir():
-        raise DataError(f"data.tile.source {tile_source} does not exist (the photographs to tile)")
+        raise DataError(
+            f"data.tile.source {tile_source} does not exist (the photographs to tile; "
+            "set data.tile.source=FOLDER, which experiment=cfd_tiles reads from CRACKSEG_CFD_DIR)"
+        )
 
 
 def _require_dir(path: Path, what: str) -> None:

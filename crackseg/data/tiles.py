@@ -217,7 +217,7 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
     params = {"source": str(source.resolve()), **tiling}
     marker = root / TILES_MARKER
     if marker.is_file():
-        _check_tiles(root, params)
+        _check_tiles(root, params, source_found=source.is_dir())
         return root
     if root.exists() and any(root.iterdir()):
         log.info("%s holds a dataset tiled before (no %s): used as it is", root, TILES_MARKER)
@@ -231,17 +231,35 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
         except OSError as error:
             if not marker.is_file():
                 raise DataError(f"cannot move the tiles into {root}: {error.strerror}") from error
-            _check_tiles(root, params)  # another job has just finished the same tiles
+            _check_tiles(root, params, source_found=True)  # another job made the same tiles
             log.info("%s was tiled by another job meanwhile: used as it is", root)
             return root
     log.info("tiled %s into %s:\n%s", source, root, "\n".join(set_table(counts)))
     return root
 
 
-def _check_tiles(root: Path, params: dict[str, Any]) -> None:
-    """Refuse tiles in ``root`` made with other parameters than ``params``."""
+def _check_tiles(root: Path, params: dict[str, Any], source_found: bool) -> None:
+    """Refuse tiles in ``root`` made with other parameters than ``params``. Their source
+    folder counts only where the one given now is there: tiles made before are used without
+    their photographs (an evaluation where CRACKSEG_CFD_DIR is not set, a source moved)."""
     made = json.loads((root / TILES_MARKER).read_text())
-    if made != params:
+    if not isinstance(made, dict):
+        raise DataError(f"{root / TILES_MARKER} holds no tiling settings; cut the tiles again")
+    keys = [k for k in {**made, **params} if source_found or k != "source"]
+    changed = [
+        f"{k}: {made.get(k, '-')} -> {params.get(k, '-')}"
+        for k in keys
+        if made.get(k) != params.get(k)
+    ]
+    if changed:
         raise DataError(
-            f"{root} holds tiles made with other settings ({made}); use another data.root"
+            f"{root} holds tiles made with other settings ({'; '.join(changed)}); use another "
+            "data.root, or the settings they were made with"
+        )
+    if made.get("source") != params["source"]:
+        log.info(
+            "%s: tiles of %s, used without it (%s is not there)",
+            root,
+            made.get("source"),
+            params["source"],
         )
