@@ -58,6 +58,9 @@ from crackseg.runs.allocator import keep_freed_memory
 from crackseg.runs.resolvers import register_resolvers
 
 RESULTS = Path(__file__).with_name("results.json")
+#: Where --quick writes its rows (checks, not timings), unless --json names a file: not over
+#: the measured results.json.
+QUICK_RESULTS = Path(__file__).resolve().parents[1] / "outputs" / "bench" / "quick.json"
 #: Batch 16 on a GPU checks the estimate of benchmarks/README.md ("The seed run's cost").
 BATCHES = {"cpu": (1, 8), "cuda": (1, 8, 16)}
 PRECISIONS = ("fp32", "bf16")
@@ -608,10 +611,18 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-seconds", type=float, help="time each row at least this long")
     parser.add_argument("--budget", type=float, help="seconds for all rows; later ones skipped")
     parser.add_argument("--size", type=parse_size, help="one input size HxW for every network")
-    parser.add_argument("--json", type=Path, default=RESULTS, help=f"(default {RESULTS.name})")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help=f"where the rows go (default benchmarks/{RESULTS.name}; with --quick "
+        "outputs/bench/quick.json)",
+    )
     parser.add_argument("--data-dir", type=Path, help="keep the synthetic images here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one row, in its own process
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.json is None:
+        args.json = QUICK_RESULTS if args.quick else RESULTS
+    return args
 
 
 def worker(device: str, spec: str) -> None:
@@ -683,6 +694,7 @@ def main(argv: list[str] | None = None) -> None:
         f"bf16 features: {', '.join(report['cpu']['bf16_features']) or 'none'}"
     )
     print(table(report["rows"]))
+    print(f"rows written to {args.json}", file=sys.stderr)
     cut = [r for r in records if r.get("cut_by_budget")]
     failed = [r for r in records if "error" in r and not r.get("cut_by_budget")]
     if failed:

@@ -203,3 +203,11 @@ def test_compile_options_add_their_rows_after_the_eager_ones(bench):
     args = bench.parse_arguments(["--volume-im2col", "--no-eager"])
     assert bench.variants(args) == [(False, True, None)]
     assert bench.variant_name(True, True, None) == "channels_last, volume im2col"
+
+
+def test_a_quick_run_leaves_the_measured_results_alone(bench):
+    """--quick checks that the script runs, with one step a row: its rows go elsewhere than
+    the committed benchmarks/results.json that the docs quote, unless --json names a file."""
+    assert bench.parse_arguments([]).json == bench.RESULTS
+    assert bench.parse_arguments(["--quick"]).json == bench.QUICK_RESULTS != bench.RESULTS
+    assert bench.parse_arguments(["--quick", "--json", "x.json"]).json.name == "x.json"
