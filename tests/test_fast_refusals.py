@@ -200,6 +200,7 @@ def test_an_output_dir_other_than_the_run_folder_is_refused(tmp_path, entry):
         "set hydra.run.dir (hydra.sweep.dir in a sweep) instead"
     )
     assert not elsewhere.exists()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
 
 
 @pytest.mark.parametrize("launcher", ["slurm", "local_parallel"])
@@ -211,7 +212,20 @@ def test_a_launcher_typed_for_a_single_run_is_refused(tmp_path, launcher):
         "would train here: add -m (--multirun), or drop it"
     )
     assert lightning == set()
-    assert not (tmp_path / "status.json").exists()
+    # the folder Hydra made for the run says why it failed (a sweep summary counts it so)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert (status["status"], "error: " + status["error"]) == ("failed", line)
+
+
+def test_a_device_this_machine_lacks_is_recorded_as_the_failure_of_its_new_run(tmp_path):
+    """Refused before the run accepted its folder (the machine's settings are made concrete
+    first): the folder Hydra made for it says why, as for any other refused setting, not a
+    bare .hydra/ that a sweep summary counts as a run still going."""
+    run_dir = tmp_path / "run"
+    line, _ = refuse("train", "trainer.accelerator=mps", f"hydra.run.dir={run_dir}")
+    assert line == "error: trainer.accelerator=mps, but this machine has no MPS device"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status == {"status": "failed", "error": line.removeprefix("error: ")}
 
 
 def test_a_sweep_typed_for_a_single_run_is_refused(tmp_path):
@@ -223,7 +237,7 @@ def test_a_sweep_typed_for_a_single_run_is_refused(tmp_path):
         "single run ignores: add -m (--multirun)"
     )
     assert lightning == set()
-    assert not (tmp_path / "status.json").exists()
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
 
 
 def test_the_run_folder_written_another_way_is_the_run_folder(tmp_path):

@@ -643,7 +643,9 @@ def test_the_summary_counts_every_job_that_did_not_finish(tmp_path: Path) -> Non
             (job / "status.json").write_text(json.dumps({"status": status, "metrics": metrics}))
     assert main([str(tmp_path)]) == 0
     md = (tmp_path / "summary.md").read_text()
-    header = "5 jobs: 1 finished, 1 failed, 3 unfinished (1 interrupted, 1 running, 1 unfinished)."
+    header = (
+        "5 jobs: 1 finished, 1 failed, 3 unfinished (1 interrupted, 1 running, 1 without a status)."
+    )
     assert header in md
     for num, status in enumerate(statuses[1:], start=1):
         assert f"`{num}_seed={num}` ({status or 'unfinished'})" in md

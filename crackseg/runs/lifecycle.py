@@ -30,7 +30,15 @@ from crackseg.errors import (
 from crackseg.runs.gpus import job_device_context
 from crackseg.runs.hydra_run import in_multirun, override_key, saved_hydra_file
 from crackseg.runs.job_log import log_traceback_to_file
-from crackseg.runs.ownership import claim_run_folder, is_accepted, is_rank_zero, release_run_folder
+from crackseg.runs.ownership import (
+    accept_run_folder,
+    claim_run_folder,
+    is_accepted,
+    is_rank_zero,
+    refuse_files_of_others,
+    release_run_folder,
+    used_by_another_command,
+)
 from crackseg.runs.resume import config_differences
 from crackseg.runs.status import finished_status, write_status
 from crackseg.runs.threads import set_job_threads
@@ -61,7 +69,10 @@ def run_task(
     multirun = in_multirun()
     try:
         check_job_placement(output_dir, multirun)
-    except ConfigError as refused:  # refused before the run records anything (no status)
+    except ConfigError as refused:  # recorded in the folder Hydra made, not the one typed
+        hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+        accept_a_new_folder(hydra_dir)
+        _record(hydra_dir, "failed", error=one_line(refused))
         print_line(f"error: {refused}")
         sys.exit(2)
     try:
@@ -143,6 +154,7 @@ def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
     if multirun and not expected:
         log.exception("job failed")
     if not isinstance(error, RunFolderError):  # a folder of another run keeps its status
+        accept_a_new_folder(output_dir)
         _record(output_dir, "failed", error=one_line(error))
     if not multirun:
         if expected:
@@ -232,6 +244,19 @@ def ran_with_other_settings(job: Path, changed: list[str]) -> SweepSettingsError
         f"the finished job in {job} ran with other settings ({'; '.join(changed)}); "
         "use another hydra.sweep.dir"
     )
+
+
+def accept_a_new_folder(output_dir: Path) -> None:
+    """A command refused before it accepted its folder (a setting this machine cannot run)
+    records why in a folder that is its own: one Hydra has just made for it, holding no run,
+    no other command's status and no files of others. Any other folder is left as it was."""
+    if not is_rank_zero() or is_accepted(output_dir) or used_by_another_command(output_dir):
+        return
+    try:
+        refuse_files_of_others(output_dir)
+    except RunFolderError:
+        return
+    accept_run_folder(output_dir)
 
 
 def _record(output_dir: Path, status: str, **fields: Any) -> None:

@@ -364,7 +364,8 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
 
     counts = status_counts(rows)
     others = sorted({r["status"] for r in rows} - {"finished", "failed"})
-    detail = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in others)
+    named = {"unfinished": "without a status"}  # no status.json: still running, or killed
+    detail = ", ".join(f"{sum(r['status'] == s for r in rows)} {named.get(s, s)}" for s in others)
     seeds = sorted({str(r["seed"]) for r in rows}, key=_natural_key)
     swept_text = ", ".join(f"`{k}`" for k in keys) or "nothing (one setting)"
     lines = [
