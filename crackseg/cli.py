@@ -139,6 +139,33 @@ def root_cause(error: BaseException) -> BaseException:
     return error
 
 
+#: Hydra's refusal of a key its config lacks: "Could not override 'data.dilat'".
+NOT_OVERRIDDEN = re.compile(r"Could not override '(?P<key>[^']+)'")
+
+
+def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
+    """``data.dilat is not a setting (did you mean data.dilate?)``: a key Hydra cannot
+    override in a block whose settings crackseg knows, where Hydra's advice to add it with
+    ``+`` would only be refused next (nothing reads it); None for other errors."""
+    match = NOT_OVERRIDDEN.match(text)
+    if match is None or "not in struct" not in str(cause):
+        return None
+    from crackseg.data.data_settings import closest_setting, data_keys
+
+    block, _, name = match["key"].lstrip("+~").rpartition(".")
+    if block.split(".")[0] == "data":
+        known = (
+            data_keys(block) if block in ("data", "data.augment", "data.extra_segmented") else None
+        )
+    else:
+        from crackseg.models.module_settings import SETTINGS_BLOCKS
+
+        known = sorted(SETTINGS_BLOCKS[block]) if block in SETTINGS_BLOCKS else None
+    if not known:
+        return None
+    return f"{block}.{name} is not a setting{closest_setting(block, name, known)}"
+
+
 def hydra_hints(lines: list[str]) -> list[str]:
     """Hydra's advice among the lines after the first of its error, each as a clause to
     follow that first line (``to append to your default list use +sweep=dilate``)."""
@@ -234,6 +261,8 @@ def one_line(error: BaseException) -> str:
         # Hydra's first line names what failed ("Error in call to target 'X':"), its cause
         # why: a config error, or what the target raised.
         text = f"{text.rstrip('.:')}: {one_line(cause)}"
+    if unknown := unknown_setting_line(text, cause):
+        return unknown
     # Then what Hydra advises doing instead: "Could not override 'sweep'. No match in the
     # defaults list; to append to your default list use +sweep=dilate".
     hints = hydra_hints(lines)

@@ -61,6 +61,20 @@ def test_hydras_advice_stays_on_the_error_line(tmp_path, overrides, expected):
     assert refused_train(tmp_path, *overrides) == expected
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.dilat=3", "error: data.dilat is not a setting (did you mean data.dilate?)"),
+        ("data.augment.hflp=0.1", "error: data.augment.hflp is not a setting (did you mean "),
+        ("loss.delta=1", "error: loss.delta is not a setting (did you mean loss.delta_cls?)"),
+        ("data.zzz=1", "error: data.zzz is not a setting (known: all_as_test, augment, "),
+    ],
+)
+def test_a_mistyped_setting_is_named_with_the_one_meant(tmp_path, override, expected):
+    """Not Hydra's advice to add the key with +, which would only be refused next."""
+    assert refused_train(tmp_path, override).startswith(expected)
+
+
 def test_a_list_of_values_without_multirun_says_to_add_it(tmp_path):
     line = refused_train(tmp_path, "data.dilate=1,3")
     assert line.startswith("error: Ambiguous value for argument 'data.dilate=1,3'; to use it as")

@@ -121,7 +121,7 @@ def test_the_flat_keys_fill_the_groups_and_the_loss_the_weight_map():
 @pytest.mark.parametrize(
     "data,message",
     [
-        ({"root": "/d", "batchsize": 2}, "not a data setting: data.batchsize"),
+        ({"root": "/d", "batchsize": 2}, r"data.batchsize \(did you mean data.batch_size\?\)"),
         ({"root": "/d", "augment": {"flip": 0.5}}, "not a data setting: data.augment.flip"),
         ({"root": "/d", "extra_segmented": {"n": 1}}, "data.extra_segmented.n"),
         ({"name": "mine"}, "data.root is not set"),

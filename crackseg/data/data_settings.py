@@ -8,6 +8,7 @@ sorts them into the groups, and takes the weighted segmentation loss from the ``
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -171,9 +172,35 @@ def _nested(kind: type, value: Mapping[str, Any] | None, key: str) -> Any:
     return kind(**value)
 
 
+#: Renamed fields: InputSize's, set by these ``data`` keys.
+_INPUT_KEYS = {"channels": "input_channels", "height": "input_height", "width": "input_width"}
+
+
+def data_keys(block: str = "data") -> list[str]:
+    """The settings ``data`` (or its block ``data.augment``, ``data.extra_segmented``) takes."""
+    nested = {"data.augment": AugmentSettings, "data.extra_segmented": ExtraSegmented}
+    if block in nested:
+        return sorted(f.name for f in fields(nested[block]))
+    groups = (SourceSettings, SplitSettings, LabelSettings, SamplingSettings, LoaderSettings)
+    keys = {f.name for group in groups for f in fields(group)} | set(_INPUT_KEYS.values())
+    keys -= {"weight_map", "weak_masks"}  # made of the loss settings
+    return sorted(keys | {"augment", "extra_segmented", "dagm_class", "layout_options"})
+
+
+def closest_setting(block: str, key: str, known: list[str]) -> str:
+    """`` (did you mean BLOCK.NAME?)`` for the known setting closest to a mistyped ``key``,
+    else `` (known: ...)``."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f" (did you mean {block}.{close[0]}?)" if close else f" (known: {', '.join(known)})"
+
+
 def _refuse(unknown: list[str]) -> None:
     if unknown:
-        raise ConfigError(f"not a data setting: {', '.join(f'data.{k}' for k in sorted(unknown))}")
+        names = ", ".join(f"data.{k}" for k in sorted(unknown))
+        block, _, last = f"data.{sorted(unknown)[0]}".rpartition(".")
+        raise ConfigError(
+            f"not a data setting: {names}{closest_setting(block, last, data_keys(block))}"
+        )
 
 
 #: WeightMapSettings' fields -> the ``loss`` keys that set them (``weighted_seg`` turns it on).
@@ -229,9 +256,7 @@ def settings_groups(
     augment = _nested(AugmentSettings, rest.pop("augment", None), "augment")
     groups = {
         "source": _group(SourceSettings, rest),
-        "input_size": _group(
-            InputSize, rest, channels="input_channels", height="input_height", width="input_width"
-        ),
+        "input_size": _group(InputSize, rest, **_INPUT_KEYS),
         "split": _group(SplitSettings, rest),
         "labels": _group(LabelSettings, rest),
         "sampling": _group(SamplingSettings, rest),
