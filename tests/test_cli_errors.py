@@ -153,6 +153,32 @@ def test_eval_help_lists_the_groups_eval_takes_with_every_option():
     assert "ckpt_path: ???" in result.stdout  # and the settings, as before
 
 
+#: The config groups crackseg-train takes, as its --help lists them.
+TRAIN_GROUPS = (
+    "callbacks",
+    "data",
+    "experiment",
+    "hparams_search",
+    "logger",
+    "model",
+    "optim",
+    "paths",
+    "scheduler",
+    "sweep",
+    "trainer",
+    "hydra/launcher",
+)
+
+
+def test_train_help_says_how_to_call_it_and_lists_every_option_as_it_is_typed():
+    result = run_entry("train", "--help", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("crackseg-train [group=option ...] [key=value ...]")
+    listed = listed_groups(result.stdout)
+    assert listed == {group: options_on_disk(group) for group in TRAIN_GROUPS}
+    assert "paper/ksdd" in listed["experiment"]  # as typed: experiment=paper/ksdd
+
+
 @pytest.mark.parametrize(
     "path",
     [
