@@ -129,6 +129,14 @@ def _import(tmp_path: Path, content, dataset: str, *fold: str) -> Path:
     return output
 
 
+def test_an_imported_dagm_split_says_the_class_it_trains(tmp_path, capsys):
+    content = ([[("0001.PNG", True)], [("0002.PNG", True)]], [[("0003.PNG", False)]] * 2)
+    split = _import(tmp_path, content, "dagm", "--fold", "2")
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"train on it with data.split_file={split.resolve()} data.dagm_class=2"
+    )
+
+
 def test_a_ksdd_split_names_folders_and_their_segmented_positives(tmp_path):
     root = make_ksdd(tmp_path / "ksdd", folders=4, parts=3)
     # two folds of a published KSDD split; fold 1 trains on kos01 (segmented) and kos02 and
@@ -221,7 +229,11 @@ def test_a_dagm_fold_is_its_class_and_keeps_train_and_test(tmp_path):
     # against Class1, where it would have trained on Class1's images under Class2's marks.
     (tmp_path / "class2").mkdir()
     other = _import(tmp_path / "class2", content, "dagm", "--fold", "2")
-    with pytest.raises(DataError, match=r"names samples not in the dataset: .*class2_train_0001"):
+    with pytest.raises(
+        DataError,
+        match=r"not in the dataset: .*class2_train_0001.* \(they are of class 2: train with "
+        r"data.dagm_class=2\)",
+    ):
         class1_with(other)
 
 

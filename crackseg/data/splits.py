@@ -15,6 +15,7 @@ import csv
 import hashlib
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -300,15 +301,22 @@ def _check_train_positives(train: list[Sample], count: int | None, source: str) 
 
 
 def _older_dagm_ids_hint(missing: list[str], everything: list[Sample]) -> str:
-    """What to do where a split file names DAGM samples as crackseg did before their ids
-    named the class (``train_0001`` for ``class1_train_0001``); nothing otherwise."""
-    older = all(i.startswith(("train_", "test_")) for i in missing)
-    if not older or not any(s.sample_id.startswith("class") for s in everything):
+    """What to do where a split file names DAGM samples of another class than the run's
+    (``class2_train_0001`` in a run of class 1), or as crackseg did before their ids named the
+    class (``train_0001`` for ``class1_train_0001``); nothing otherwise."""
+    if not any(s.sample_id.startswith("class") for s in everything):
         return ""
-    return (
-        " (DAGM ids name their class now, class1_train_0001: import the split file "
-        "again with crackseg-data import-split --fold K)"
-    )
+    classes = {re.match(r"class(\d+)_", i) for i in missing}
+    if None not in classes:
+        named = sorted({int(m[1]) for m in classes if m})
+        if len(named) == 1:
+            return f" (they are of class {named[0]}: train with data.dagm_class={named[0]})"
+    if all(i.startswith(("train_", "test_")) for i in missing):
+        return (
+            " (DAGM ids name their class now, class1_train_0001: import the split file "
+            "again with crackseg-data import-split --fold K)"
+        )
+    return ""
 
 
 def _splits_from_file(
