@@ -460,3 +460,23 @@ def test_a_mask_of_another_size_is_refused_and_one_turned_a_quarter_is_named_so(
         DataError, match=r"\(24x16, image 16x24\) \(a mask turned a quarter: .*EXIF"
     ):
         check_samples(samples)
+
+
+def test_a_kolektorsdd_archive_s_extra_folder_is_left_out_and_one_level_too_deep_is_named(
+    tmp_path, caplog
+):
+    from helpers.paper_replicas import make_ksdd
+
+    root = make_ksdd(tmp_path / "ksdd", folders=2, parts=2, size=(64, 32))
+    (root / "__MACOSX" / "kos01").mkdir(parents=True)  # what a zip made on macOS brings
+    (root / "__MACOSX" / "kos01" / "._Part0.jpg").write_bytes(b"\x00\x05\x16\x07")
+    with caplog.at_level(logging.WARNING):
+        samples = index_layout("ksdd", root)["all"]
+    assert {s.group for s in samples} == {"kos01", "kos02"}
+    assert "left out" in caplog.text and "__MACOSX" in caplog.text
+    # the archive unpacked into a folder of its own, data.root naming the one above it
+    deeper = tmp_path / "download"
+    deeper.mkdir()
+    root.rename(deeper / "KolektorSDD")
+    with pytest.raises(DataError, match=r"found in .*download; point data.root at .*KolektorSDD$"):
+        index_layout("ksdd", deeper)

@@ -322,11 +322,18 @@ def _ksdd(
     root: Path, binarize_threshold: int, mask_suffix: str = "_label"
 ) -> dict[str, list[Sample]]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DataError(f"no part folders (kos01 ... kos50) found in {root}")
+    parts = [(folder, list_image_files(folder)) for folder in folders]
+    without = [folder for folder, files in parts if not files]
+    parts = [(folder, files) for folder, files in parts if files]
+    if not parts:
+        nested = [f for f in folders if any(p.is_dir() for p in f.glob("kos*"))]
+        hint = f"; point data.root at {nested[0]}" if len(nested) == 1 else ""
+        raise DataError(f"no part folders (kos01 ... kos50) with images found in {root}{hint}")
+    if without:  # an archive's extra folder (__MACOSX/): no part of the dataset
+        log.warning("KolektorSDD: left out %s, which hold(s) no image", describe_files(without))
     found: list[tuple[str, Path, Path, str]] = []
-    for folder in folders:
-        images, masks = _split_by_mask_suffix(list_image_files(folder), mask_suffix)
+    for folder, files in parts:
+        images, masks = _split_by_mask_suffix(files, mask_suffix)
         if not images:
             raise _no_images(root, [folder])
         if not masks:
