@@ -129,6 +129,12 @@ def _import(tmp_path: Path, content, dataset: str, *fold: str) -> Path:
     return output
 
 
+def test_a_split_of_another_dataset_is_refused_as_a_dagm_split(tmp_path):
+    ksdd = _dump(tmp_path / "ksdd.pyb", ([[("kos01", True)]], [[("kos02", False)]]))
+    with pytest.raises(DataError, match=r"not a dagm split: train names 'kos01', not an image"):
+        published_split(ksdd, "dagm", 1)
+
+
 def test_an_imported_dagm_split_says_the_class_it_trains(tmp_path, capsys):
     content = ([[("0001.PNG", True)], [("0002.PNG", True)]], [[("0003.PNG", False)]] * 2)
     split = _import(tmp_path, content, "dagm", "--fold", "2")

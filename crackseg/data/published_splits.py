@@ -154,11 +154,16 @@ def published_split(path: Path | str, dataset: str, fold: int | None = None) -> 
                     f"{path} holds {count} folds: --fold must be {first}..{first + count - 1}"
                 )
             part = part[fold - first]
-        result[name] = [
-            (_sample_id(dataset, name, n, fold), flag)
-            for n, flag in _pairs(part, path, dataset, name)
-        ]
+        pairs = _pairs(part, path, dataset, name)
+        if dataset == "dagm" and (odd := [n for n, _ in pairs if not _is_image_name(n)]):
+            # DAGM's split files name image files (0001.PNG): another dataset's split else
+            raise _shape_error(path, dataset, f"{name} names {odd[0]!r}, not an image file")
+        result[name] = [(_sample_id(dataset, name, n, fold), flag) for n, flag in pairs]
     return result
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def write_published_split(split: dict[str, list], output: Path | str) -> None:
