@@ -75,6 +75,27 @@ def test_only_lists_tuples_sets_strings_numbers_and_booleans(tmp_path, content, 
     )
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_numpy_flags_and_names_are_read_as_plain_values_without_numpy_running(tmp_path, protocol):
+    """A split written by a script that used numpy holds numpy.bool_ flags, numpy.str_
+    names: read from their bytes by the loader's own stand-ins, as Python values."""
+    import numpy as np
+
+    content = (
+        [(np.str_("kos01"), np.bool_(True)), ("kos02", np.bool_(False))],
+        [(np.str_("Ü2.PNG"), np.int64(-3)), (np.uint8(7), np.float32(0.5), np.float64(0.25))],
+    )
+    path = tmp_path / "numpy.pyb"
+    path.write_bytes(pickle.dumps(content, protocol=protocol))
+    loaded = load_plain_pickle(path)
+    assert loaded == ([("kos01", True), ("kos02", False)], [("Ü2.PNG", -3), (7, 0.5, 0.25)])
+    assert [type(v) for v in loaded[0][0]] == [str, bool]
+    # an array is no plain value: refused, unbuilt
+    path.write_bytes(pickle.dumps(([np.zeros(2)], []), protocol=protocol))
+    with pytest.raises(DataError, match=r"is refused: it names numpy"):
+        load_plain_pickle(path)
+
+
 def test_garbage_and_wrong_shapes_are_one_line(tmp_path):
     (tmp_path / "cut.pyb").write_bytes(pickle.dumps([("a", True)] * 10)[:15])
     with pytest.raises(DataError, match="not a readable pickle"):

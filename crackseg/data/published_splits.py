@@ -11,7 +11,8 @@ a pair (name, is_segmented); a KSDD name is a folder, which the split file names
 A pickle runs code when it is loaded if it names a class or a function. The loader here names
 nothing: every class or function a file asks for is refused before it is looked up, so
 nothing in the file runs, and what comes out must be lists, tuples, sets, strings, numbers
-and booleans.
+and booleans. Numpy's scalars (``numpy.bool_`` flags, ``numpy.str_`` names, as a script
+using numpy writes them) are read from their bytes by stand-ins of crackseg's own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +49,63 @@ class _Refused(pickle.UnpicklingError):
     """The file asks for something that could run code."""
 
 
+class _Dtype:
+    """Stands in for a numpy dtype in a split file: its type code (``b1``, ``<i8``'s ``i8``,
+    ``U8``) and byte order, all :func:`_numpy_scalar` needs."""
+
+    def __init__(self, code: object, align: object = False, copy: object = True) -> None:
+        self.code, self.order = str(code), "|"
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
+            self.order = state[1]
+
+
+def _numpy_scalar(dtype: Any, raw: Any = b"") -> bool | int | float | str:
+    """A numpy scalar (a ``numpy.bool_`` flag, a ``numpy.str_`` name) read from its bytes by
+    its type code, as the plain Python value; no numpy code runs."""
+    if not isinstance(dtype, _Dtype) or not isinstance(raw, bytes):
+        raise _Refused("it holds a numpy scalar that is no plain value")
+    kind, little = dtype.code[:1], dtype.order != ">"
+    order = "little" if little else "big"
+    if kind == "b":
+        return any(raw)
+    if kind in ("i", "u"):
+        return int.from_bytes(raw, order, signed=kind == "i")
+    if kind == "f" and len(raw) in (2, 4, 8):
+        return struct.unpack(("<" if little else ">") + {2: "e", 4: "f", 8: "d"}[len(raw)], raw)[0]
+    if kind == "U":
+        return raw.decode("utf-32-le" if little else "utf-32-be").rstrip("\0")
+    if kind == "S":
+        return raw.rstrip(b"\0").decode("utf-8", "surrogateescape")
+    raise _Refused(f"it holds a numpy scalar of type {dtype.code}")
+
+
+def _latin1(text: Any, encoding: Any = "utf-8") -> bytes:
+    """How pickle protocol 2 writes bytes (a numpy scalar's): ``_codecs.encode(TEXT, 'latin1')``."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise _Refused("it calls _codecs.encode otherwise than to write bytes")
+    return text.encode("latin1")
+
+
+#: The names a split file may ask for, each answered by a stand-in of crackseg's own: numpy
+#: scalars (flags and names written by a script that used numpy) and how protocol 2 writes
+#: their bytes.
+_STAND_INS = {
+    ("numpy", "dtype"): _Dtype,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("_codecs", "encode"): _latin1,
+}
+
+
 class _NothingUnpickler(pickle.Unpickler):
-    """Builds containers and scalars only: any class or function is refused unlooked-up."""
+    """Builds containers and scalars only (numpy's read by stand-ins, :data:`_STAND_INS`):
+    any other class or function is refused unlooked-up."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _STAND_INS:
+            return _STAND_INS[module, name]
         raise _Refused(f"it names {module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
