@@ -80,9 +80,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         stop_if_signalled(trainer)
         module.best_val_image_ap = module.last_val_image_ap  # these weights' on this data
     image_threshold, seg_threshold = thresholds(module)
+    chosen_on = "test" if data.get("validate_on_test", False) else "validation"
     log.info(
         "thresholds (%s): image %.4f, segmentation %.2f",
-        "chosen on this data's validation split"
+        f"chosen on this data's {chosen_on} split"
         if cfg.thresholds == "validation"
         else "the checkpoint's",
         image_threshold,
