@@ -712,7 +712,7 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path):
     ("override", "expected"),
     [
         ("data=nope", "Could not find 'data/nope'"),
-        ("data.dilat=3", "Could not override 'data.dilat'"),
+        ("data.dilat=3", "data.dilat is not a setting (did you mean data.dilate?)"),
         ("trainer.max_epochs=ten", "trainer.max_epochs must be an integer >= 1, not 'ten'"),
         ("trainer.max_epochs=-2", "trainer.max_epochs must be an integer >= 1, not -2"),
         ("loss.weighted_seg_p=-1", "loss.weighted_seg_p must be a number >= 0"),

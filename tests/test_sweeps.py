@@ -1052,7 +1052,11 @@ def test_a_local_parallel_sweep_stopped_by_sigterm_stops_its_jobs_with_checkpoin
             assert time.monotonic() < deadline, "the jobs never got through an epoch"
             time.sleep(0.1)
         process.send_signal(signal.SIGTERM)  # to the sweep's process alone
-        assert process.wait(timeout=200) == 143
+        try:
+            assert process.wait(timeout=200) == 143
+        except subprocess.TimeoutExpired:
+            log.flush()
+            pytest.fail("no end 200 s after SIGTERM:\n" + (tmp_path / "stderr.txt").read_text())
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
