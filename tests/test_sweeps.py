@@ -258,12 +258,22 @@ def test_a_job_takes_the_folder_an_earlier_run_of_its_sweep_gave_its_overrides(t
     other = ["data.dilate=5", "seed=0", "experiment=c"]  # same name, other overrides
     assert job_folder(5, name, str(tmp_path), other) == "5_data.dilate=5,seed=0"
     assert job_folder(7, "seed=0", str(tmp_path), ["experiment=a", "seed=0"]) == "7_seed=0"
-    assert job_folder(6, "data.dilate=5,seed=1", str(tmp_path), job) == "6_data.dilate=5,seed=1"
+    seed_1 = ["seed=1", "data.dilate=5", "experiment=a"]
+    assert job_folder(6, "data.dilate=5,seed=1", str(tmp_path), seed_1) == "6_data.dilate=5,seed=1"
     assert job_folder(2, "", str(tmp_path), []) == "2"
     # a setting a rerun may change (the speed options), or one spelled otherwise, is the same job
     earlier("1_seed=2", ["experiment=a", "seed=2", "model.channels_last=true", "x.flag=False"])
     again = ["experiment=a", "seed=2", "model.channels_last=false", "x.flag=false"]
     assert job_folder(8, "seed=2", str(tmp_path), again) == "1_seed=2"
+    # named otherwise by an earlier version (a swept experiment was left out of names), or by
+    # a value spelled otherwise (1.0 for 1): found by its overrides all the same
+    assert job_folder(9, "experiment=b,seed=0", str(tmp_path), ["experiment=b", "seed=0"]) == (
+        "4_seed=0"
+    )
+    earlier("0_loss.delta_cls=1.0", ["loss.delta_cls=1.0"])
+    assert job_folder(3, "loss.delta_cls=1", str(tmp_path), ["loss.delta_cls=1"]) == (
+        "0_loss.delta_cls=1.0"
+    )
 
 
 def test_launcher_configs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -684,6 +694,9 @@ def test_a_setting_respelled_or_free_to_change_in_a_rerun_is_one_setting(tmp_pat
     assert [row["job"] for row in summary.collect_runs(tmp_path)][-1] == "3_seed=3"
     assert job_identity(["loss.delta_cls=1.0"]) == job_identity(["loss.delta_cls=1"])
     assert job_identity(["loss.delta_cls=0.1"]) == ["loss.delta_cls=0.1"]
+    # Lightning reads 1 as one batch and 1.0 as all of them
+    limit = "+trainer.limit_train_batches"
+    assert job_identity([f"{limit}=1.0"]) != job_identity([f"{limit}=1"])
 
 
 def test_the_summary_of_a_sweep_killed_early_names_its_swept_keys_and_jobs_not_started(

@@ -22,7 +22,6 @@ crackseg.runs.lifecycle, and Hydra's launcher workers through the sweep summary 
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from collections.abc import Sequence
@@ -79,7 +78,9 @@ def job_folder(
     ``.hydra/overrides.yaml``; compared as :func:`crackseg.sweep.job_names.job_identity`
     says, so a setting a rerun may change does not count), so it is skipped or resumed
     there, not trained a second time beside it. The name alone would not do: it leaves out
-    keys such as ``experiment``.
+    keys such as ``experiment``, and the keys left out of names changed between versions (a
+    swept ``experiment`` is in them now), so every job folder is looked at, those of the
+    same name first.
     """
     from crackseg.sweep.job_names import job_identity
 
@@ -88,9 +89,9 @@ def job_folder(
     name = job_dirname(override_dirname)
     if sweep_dir and overrides is not None:
         wanted = job_identity(str(o) for o in overrides)
-        for folder in sorted(Path(sweep_dir).glob(f"*_{glob.escape(name)}" if name else "*")):
-            number, _, rest = folder.name.partition("_")
-            if number.isdigit() and rest == name and _identity_of(folder) == wanted:
+        jobs = [f for f in Path(sweep_dir).iterdir() if f.name.partition("_")[0].isdigit()]
+        for folder in sorted(jobs, key=lambda f: (f.name.partition("_")[2] != name, f.name)):
+            if folder.is_dir() and _identity_of(folder) == wanted:
                 return folder.name
     return f"{num}_{name}" if name else str(num)
 
@@ -113,14 +114,22 @@ def refuse_job_of_a_stopping_sweep(sweep_dir: Path) -> None:
         raise KeyboardInterrupt(f"{sweep_dir} is stopping: this job does not start")
 
 
+#: The identities of the job folders read so far (a folder's overrides are written once).
+_identities: dict[Path, list[str]] = {}
+
+
 def _identity_of(job: Path) -> list[str] | None:
     """The overrides an earlier job ran with, as :func:`job_folder` compares them; None
     where they cannot be read."""
     from crackseg.runs.hydra_run import saved_overrides
     from crackseg.sweep.job_names import job_identity
 
-    saved = saved_overrides(job)
-    return job_identity(saved) if saved is not None else None
+    if job not in _identities:
+        saved = saved_overrides(job)
+        if saved is None:
+            return None
+        _identities[job] = job_identity(saved)
+    return _identities[job]
 
 
 def run_dir(resume: object, default: str) -> str:

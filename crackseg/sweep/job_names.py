@@ -117,10 +117,13 @@ def _free_to_change(key: str) -> bool:
 def _value_text(override: Override) -> str:
     """An override's value in Hydra's own spelling, as a sweep saves it in each job's
     ``overrides.yaml``: ``false`` and ``False``, ``1e-2`` and ``0.01`` are one setting, and
-    so are ``1`` and ``1.0`` (a whole number written as a float is spelt as the integer)."""
+    so are ``1`` and ``1.0`` (a whole number written as a float is spelt as the integer),
+    but in Lightning's ``trainer`` settings, where they differ (``limit_train_batches``: one
+    batch, or all of them)."""
     try:
         value = override.value()
-        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        whole = isinstance(value, float) and value.is_integer() and abs(value) < 2**53
+        if whole and not override.key_or_group.startswith("trainer."):
             return str(int(value))
         return override.get_value_element_as_str()
     except HydraException:  # a value Hydra does not spell again: as typed
