@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,24 @@ def test_numpy_flags_and_names_are_read_as_plain_values_without_numpy_running(tm
     path.write_bytes(pickle.dumps(([np.zeros(2)], []), protocol=protocol))
     with pytest.raises(DataError, match=r"is refused: it names numpy"):
         load_plain_pickle(path)
+
+
+def test_a_file_built_to_fill_the_memory_is_refused(tmp_path):
+    """One long string read into bytes over and over by the stand-in of protocol 2's
+    ``_codecs.encode``: refused once it makes far more than the file holds."""
+    text = "x" * 100_000
+    body = b"\x80\x02]q\x00"  # PROTO 2, EMPTY_LIST, BINPUT 0
+    body += b"X" + struct.pack("<I", len(text)) + text.encode() + b"q\x01"  # memo 1: text
+    body += b"c_codecs\nencode\nq\x02("  # memo 2: the stand-in; MARK
+    body += (b"h\x02h\x01X\x06\x00\x00\x00latin1\x86R") * 200  # 200 calls on memo 1
+    path = tmp_path / "bomb.pyb"
+    path.write_bytes(body + b"e.")  # APPENDS, STOP
+    with pytest.raises(DataError, match=r"make far more than the file holds"):
+        load_plain_pickle(path)
+    # and a number too long to be any file's name is no sample's, not a traceback
+    big = _dump(tmp_path / "big.pyb", ([(10**5000, True)], []))
+    with pytest.raises(DataError, match=r"not a ksdd2 split: train holds"):
+        published_split(big, "ksdd2")
 
 
 def test_garbage_and_wrong_shapes_are_one_line(tmp_path):

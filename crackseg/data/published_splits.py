@@ -101,12 +101,27 @@ _STAND_INS = {
 
 class _NothingUnpickler(pickle.Unpickler):
     """Builds containers and scalars only (numpy's read by stand-ins, :data:`_STAND_INS`):
-    any other class or function is refused unlooked-up."""
+    any other class or function is refused unlooked-up. What the stand-ins make is kept
+    within a few times the file's size: a file calling them over and over on one long
+    string would fill the memory."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self._budget = 4 * len(data) + 65536
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _STAND_INS:
-            return _STAND_INS[module, name]
-        raise _Refused(f"it names {module}.{name}")
+        stand_in = _STAND_INS.get((module, name))
+        if stand_in is None:
+            raise _Refused(f"it names {module}.{name}")
+
+        def charged(*args: Any) -> Any:
+            made = stand_in(*args)
+            self._budget -= len(made) if isinstance(made, str | bytes) else 16
+            if self._budget < 0:
+                raise _Refused("its numpy values make far more than the file holds")
+            return made
+
+        return charged
 
     def persistent_load(self, pid: Any) -> Any:
         raise _Refused("it refers to an outside object (a persistent id)")
@@ -121,7 +136,7 @@ def load_plain_pickle(path: Path | str) -> Any:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        content = _NothingUnpickler(io.BytesIO(data)).load()
+        content = _NothingUnpickler(data).load()
     except _Refused as exc:
         raise DataError(
             f"{path} is refused: {exc}; a split file holds only lists, tuples, sets, "
@@ -159,6 +174,9 @@ def _pairs(items: Any, path: Path, dataset: str, part: str) -> list[tuple[str, b
         raise _shape_error(path, dataset, f"{part} is a {type(items).__name__}, not a list")
     pairs = []
     for item in items:
+        name = item[0] if isinstance(item, list | tuple) and item else None
+        if isinstance(name, int) and name.bit_length() > 64:  # too long to be written out
+            raise _shape_error(path, dataset, f"{part} holds a {name.bit_length()}-bit name")
         if (
             not isinstance(item, list | tuple)
             or len(item) != 2
