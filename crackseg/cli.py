@@ -5,6 +5,7 @@ crackseg.runs.multirun."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -163,7 +164,24 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
         known = sorted(SETTINGS_BLOCKS[block]) if block in SETTINGS_BLOCKS else None
     if not known:
         return None
+    if name in known:  # a setting of other data configs than the one chosen
+        having = [f"data={c}" for c in data_configs_with(name)] if block == "data" else []
+        return f"{block}.{name} is not a setting of this config ({', '.join(having) or 'others'})"
     return f"{block}.{name} is not a setting{closest_setting(block, name, known)}"
+
+
+def data_configs_with(key: str) -> list[str]:
+    """The data configs of conf/data/ that set ``key`` (``dagm`` for ``dagm_class``)."""
+    import yaml
+
+    import crackseg
+
+    found = []
+    for path in sorted((Path(crackseg.CONFIG_DIR) / "data").glob("*.yaml")):
+        with contextlib.suppress(OSError, yaml.YAMLError):
+            if key in (yaml.safe_load(path.read_text()) or {}):
+                found.append(path.stem)
+    return found
 
 
 def hydra_hints(lines: list[str]) -> list[str]:

@@ -68,6 +68,7 @@ def test_hydras_advice_stays_on_the_error_line(tmp_path, overrides, expected):
         ("data.augment.hflp=0.1", "error: data.augment.hflp is not a setting (did you mean "),
         ("loss.delta=1", "error: loss.delta is not a setting (did you mean loss.delta_cls?)"),
         ("data.zzz=1", "error: data.zzz is not a setting (known: all_as_test, augment, "),
+        ("data.dagm_class=2", "error: data.dagm_class is not a setting of this config (data=dagm)"),
     ],
 )
 def test_a_mistyped_setting_is_named_with_the_one_meant(tmp_path, override, expected):

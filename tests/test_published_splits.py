@@ -179,7 +179,8 @@ def test_an_imported_dagm_split_says_the_class_it_trains(tmp_path, capsys):
     content = ([[("0001.PNG", True)], [("0002.PNG", True)]], [[("0003.PNG", False)]] * 2)
     split = _import(tmp_path, content, "dagm", "--fold", "2")
     assert capsys.readouterr().out.splitlines()[-1] == (
-        f"train on it with data.split_file={split.resolve()} data.dagm_class=2"
+        f"train on it with experiment=paper/dagm data.split_file={split.resolve()} "
+        "data.dagm_class=2"
     )
 
 

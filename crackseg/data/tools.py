@@ -141,7 +141,7 @@ def _cmd_import_split(args: argparse.Namespace) -> None:
     )
     kind = "folders" if args.dataset == "ksdd" else "samples"
     print(f"{output}: {counts} {kind}")
-    train = as_override("data.split_file", output.resolve())
+    train = f"experiment=paper/{args.dataset} {as_override('data.split_file', output.resolve())}"
     if args.dataset == "dagm":  # its samples are those of one class, fold K being ClassK
         train += f" data.dagm_class={args.fold}"
     print(f"train on it with {train}")
