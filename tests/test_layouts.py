@@ -474,6 +474,11 @@ def test_a_kolektorsdd_archive_s_extra_folder_is_left_out_and_one_level_too_deep
         samples = index_layout("ksdd", root)["all"]
     assert {s.group for s in samples} == {"kos01", "kos02"}
     assert "left out" in caplog.text and "__MACOSX" in caplog.text
+    # a part folder left empty (an archive half unpacked) is no extra folder: refused
+    (root / "kos03").mkdir()
+    with pytest.raises(DataError, match=r"no images .* looked in: .*kos03$"):
+        index_layout("ksdd", root)
+    (root / "kos03").rmdir()
     # the archive unpacked into a folder of its own, data.root naming the one above it
     deeper = tmp_path / "download"
     deeper.mkdir()

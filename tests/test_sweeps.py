@@ -614,7 +614,7 @@ def test_summary_command_rebuilds_from_a_folder_of_runs(
     assert len((root / "summary.csv").read_text().splitlines()) == 4
     md = (root / "summary.md").read_text()
     assert "| 5 | 0 | 1 | n/a | n/a | n/a | n/a |" in md
-    assert "`2_data.dilate=5,seed=0` (unfinished)" in md
+    assert "`2_data.dilate=5,seed=0` (without a status)" in md
     # an evaluation beside the trainings: its config says its own settings, not the
     # weights', so its row would compare what it never ran
     evaluated = root / "eval_of_0"
@@ -658,7 +658,7 @@ def test_the_summary_counts_every_job_that_did_not_finish(tmp_path: Path) -> Non
     )
     assert header in md
     for num, status in enumerate(statuses[1:], start=1):
-        assert f"`{num}_seed={num}` ({status or 'unfinished'})" in md
+        assert f"`{num}_seed={num}` ({status or 'without a status'})" in md
     (group,) = summary.group_rows(summary.collect_runs(tmp_path))  # seeds are one setting
     assert (group["n"], group["not_finished"]) == (1, 4)
 

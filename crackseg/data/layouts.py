@@ -39,6 +39,7 @@ from __future__ import annotations
 import csv
 import inspect
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -189,6 +190,13 @@ def _tile_groups(root: Path) -> dict[str, str]:
     :data:`TILE_GROUPS_FILE`, written by crackseg-data tile); none where there is none."""
     path = root / TILE_GROUPS_FILE
     if not path.is_file():
+        if any(root.glob("**/images/*kos[0-9][0-9]_Part*")):
+            log.warning(
+                "%s holds tiles of KolektorSDD cut without %s: folds keep each photograph's "
+                "tiles together, not each part's; cut them again to keep parts whole",
+                root,
+                TILE_GROUPS_FILE,
+            )
         return {}
     try:
         with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
@@ -318,11 +326,17 @@ def _folder(
 KSDD_LEFT_OUT = ("kos21_Part7",)
 
 
+#: The name of a KolektorSDD part folder.
+KSDD_FOLDER = re.compile(r"kos\d+")
+
+
 def _ksdd(
     root: Path, binarize_threshold: int, mask_suffix: str = "_label"
 ) -> dict[str, list[Sample]]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     parts = [(folder, list_image_files(folder)) for folder in folders]
+    if empty := [f for f, files in parts if not files and KSDD_FOLDER.fullmatch(f.name)]:
+        raise _no_images(root, empty)  # a part folder (kos07) left empty: half unpacked
     without = [folder for folder, files in parts if not files]
     parts = [(folder, files) for folder, files in parts if files]
     if not parts:

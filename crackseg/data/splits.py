@@ -172,8 +172,6 @@ def _splits_on_disk(
 # --------------------------------------------------------------------------- folds
 
 
-#: A tile's name as ``crackseg-data tile`` writes it: the photograph's stem, then its row and
-#: column (``noncrack_`` first for a clean tile).
 def source_group(sample: Sample) -> str:
     """What a sample was cut or taken from, which folds keep whole: the layout's group (a
     KSDD folder, that of the photograph a tile was cut from too), the photograph of a tile
@@ -300,7 +298,7 @@ def _check_train_positives(train: list[Sample], count: int | None, source: str) 
         )
 
 
-def _older_dagm_ids_hint(missing: list[str], everything: list[Sample]) -> str:
+def _dagm_ids_hint(missing: list[str], everything: list[Sample]) -> str:
     """What to do where a split file names DAGM samples of another class than the run's
     (``class2_train_0001`` in a run of class 1), or as crackseg did before their ids named the
     class (``train_0001`` for ``class1_train_0001``); nothing otherwise."""
@@ -333,7 +331,7 @@ def _splits_from_file(
     if missing:
         raise DataError(
             f"split file {path} names samples not in the dataset: {describe_files(missing)}"
-            + _older_dagm_ids_hint(missing, everything)
+            + _dagm_ids_hint(missing, everything)
         )
     result = {
         name: sorted(

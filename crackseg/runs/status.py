@@ -1,4 +1,4 @@
-"""What a run folder holds: its ``status.json`` (running, finished, failed, stopped) and the
+"""What a run folder holds: its ``status.json`` (running, finished, failed, interrupted) and the
 checkpoints a run could continue from."""
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def departures(root: Path, rows: list[dict[str, Any]]) -> list[str]:
             continue
         try:
             notes = weak_run_departures(OmegaConf.load(config))
-        except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
+        except (OSError, ValueError, TypeError, yaml.YAMLError, OmegaConfBaseException) as error:
             # unreadable, or an interpolation this process cannot resolve
             log.debug("cannot read the settings of %s: %s", config, error)
             continue

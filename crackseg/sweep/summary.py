@@ -55,6 +55,9 @@ METRICS = (
     "best_val_image_ap",
     "num_segmented",
 )
+#: How summary.md names a status: a job without ``status.json`` (still running, or killed)
+#: is ``unfinished`` in summary.csv.
+NAMED = {"unfinished": "without a status"}
 #: Metrics averaged over seeds in the grouped table.
 GROUPED_METRICS = ("image_auc", "image_ap", "dice_mean", "iou_mean")
 
@@ -364,8 +367,7 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
 
     counts = status_counts(rows)
     others = sorted({r["status"] for r in rows} - {"finished", "failed"})
-    named = {"unfinished": "without a status"}  # no status.json: still running, or killed
-    detail = ", ".join(f"{sum(r['status'] == s for r in rows)} {named.get(s, s)}" for s in others)
+    detail = ", ".join(f"{sum(r['status'] == s for r in rows)} {NAMED.get(s, s)}" for s in others)
     seeds = sorted({str(r["seed"]) for r in rows}, key=_natural_key)
     swept_text = ", ".join(f"`{k}`" for k in keys) or "nothing (one setting)"
     lines = [
@@ -418,7 +420,9 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
     if problems:
         lines += ["", "## Failed and unfinished jobs", ""]
         lines += [
-            f"- `{r['job']}` ({r['status']}): {r['error'] or 'no error recorded'}" for r in problems
+            f"- `{r['job']}` ({NAMED.get(r['status'], r['status'])}): "
+            f"{r['error'] or 'no error recorded'}"
+            for r in problems
         ]
     md_path = root / MD_NAME
     atomic_write_text(md_path, "\n".join(lines) + "\n")
