@@ -460,7 +460,9 @@ class EvaluationReport(pl.Callback):
     tab show (an evaluation's: the weights' training run with the data evaluated); without
     it only the files of the numbers are written. ``trained_here``: the weights were trained
     on this data module's split, so its count of segmented positives is theirs (the HParams
-    tab's ``num_segmented``); an evaluation's is not.
+    tab's ``num_segmented``); an evaluation's is not. ``counts_segmented``: its count of
+    segmented positives is the weights' (an evaluation on their own data, their training
+    split rebuilt as it was); where not, the report and metrics.json give none.
     """
 
     def __init__(
@@ -470,12 +472,14 @@ class EvaluationReport(pl.Callback):
         run_config: DictConfig | None = None,
         title: str = "",
         trained_here: bool = True,
+        counts_segmented: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.num_dice_panels = num_dice_panels
         self.run_config = run_config
         self.title = title
         self.trained_here = trained_here
+        self.counts_segmented = trained_here or counts_segmented
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.trained_here and trainer.is_global_zero:
@@ -492,8 +496,13 @@ class EvaluationReport(pl.Callback):
         for split, (pos, neg) in counts.items():
             metrics[f"{split}_positives"], metrics[f"{split}_negatives"] = pos, neg
             metrics[f"{split}_samples"] = pos + neg
-        metrics["num_segmented"] = trainer.datamodule.data_split.num_segmented
-        metrics["num_weak"] = max(counts["train"][0] - metrics["num_segmented"], 0)
+        num_segmented = trainer.datamodule.data_split.num_segmented
+        if not self.counts_segmented:  # another data's split: not the weights' training
+            num_segmented = None
+        metrics["num_segmented"] = num_segmented
+        metrics["num_weak"] = (
+            None if num_segmented is None else max(counts["train"][0] - num_segmented, 0)
+        )
         metrics["precision"] = str(trainer.precision)
         atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
         self._write_scores(trainer, results, float(pl_module.image_threshold))
@@ -505,8 +514,6 @@ class EvaluationReport(pl.Callback):
             if isinstance(trainer.logger, TensorBoardLogger):
                 final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}
                 typed = typed_hparams(self.run_config, started_overrides(out))
-                split = trainer.datamodule.data_split
-                num_segmented = split.num_segmented if self.trained_here else None
                 hparams = hparams_of(self.run_config, num_segmented) | typed
                 trainer.logger.log_hyperparams(hparams, final)
             write_run_report(
@@ -515,7 +522,7 @@ class EvaluationReport(pl.Callback):
                 self.title,
                 metrics | {"dice_files": dice_files},
                 counts,
-                trainer.datamodule.data_split.num_segmented,
+                num_segmented,
             )
         log.info("evaluation written to %s", out)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
@@ -65,13 +65,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.select(trained, "trainer.precision", default=None),
         cfg.trainer.accelerator,
     )
-    # Report the parameters the weights were trained with, and the data evaluated here.
-    reported = OmegaConf.merge(trained, {"data": OmegaConf.to_container(data, resolve=True)})
-    if cfg.thresholds == "validation":  # chosen here: on this data's validation split
-        reported.validate_on_test = bool(data.get("validate_on_test", False))
+    same_data = bool(trained.get("data")) and _same_data(data, trained.data)
+    if same_data:  # its training split as it was: which positives kept their masks too
+        with open_dict(data):
+            for key in SEGMENTED_KEYS:
+                if key in trained.data:
+                    data[key] = trained.data[key]
+    reported = reported_config(trained, data, cfg)
     datamodule = CrackDataModule.from_config(data)  # no loss: evaluation builds no weight map
     report = EvaluationReport(
-        str(output_dir), cfg.num_dice_panels, reported, cfg.report_title, trained_here=False
+        str(output_dir),
+        cfg.num_dice_panels,
+        reported,
+        cfg.report_title,
+        trained_here=False,
+        counts_segmented=same_data,
     )
     trainer = build_trainer(cfg, [report])
 
@@ -91,6 +99,35 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.test(module, datamodule=datamodule, verbose=False)  # writes metrics and report.md
     return module.test_results
+
+
+#: The data settings of training alone: how batches were made and which positives kept
+#: their masks. An evaluation reports the training run's, whatever its data config says.
+TRAINING_DATA_KEYS = (
+    "batch_size",
+    "dilate",
+    "frequency_sampling",
+    "neg_per_pos",
+    "num_segmented",
+    "extra_segmented",
+    "augment",
+)
+#: Of those, what picks the positives that kept their masks in the training split.
+SEGMENTED_KEYS = ("num_segmented", "extra_segmented")
+
+
+def reported_config(trained: DictConfig, data: DictConfig, cfg: DictConfig) -> DictConfig:
+    """The run parameters an evaluation reports: those the weights were trained with (their
+    data settings of training too), the data evaluated here, the thresholds' origin and the
+    precision of this evaluation."""
+    reported = OmegaConf.merge(trained, {"data": OmegaConf.to_container(data, resolve=True)})
+    for key in TRAINING_DATA_KEYS:
+        if "data" in trained and key in trained.data:
+            reported.data[key] = trained.data[key]
+    if cfg.thresholds == "validation":  # chosen here: on this data's validation split
+        reported.validate_on_test = bool(data.get("validate_on_test", False))
+    OmegaConf.update(reported, "trainer.precision", str(cfg.trainer.precision), force_add=True)
+    return reported
 
 
 def refuse_model_settings(typed: set[str]) -> None:

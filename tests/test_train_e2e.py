@@ -118,7 +118,15 @@ def test_eval_of_a_checkpoint_matches_the_test_step(
     for key in ("image_auc", "image_ap", "tp", "fp", "tn", "fn", "seg_threshold", "dice_mean"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
     assert evaluated["precision"] == trained["precision"] == "32-true"  # as trained
-    assert (tmp_path / "report.md").is_file()
+    # the report gives the weights' training settings and split, not the eval config's
+    assert evaluated["num_segmented"] == trained["num_segmented"]
+    rows = ("| Dilate ", "| Batch size ", "| Segmented samples ", "| Weak positives ")
+    for report in (tiny_run / "report.md", tmp_path / "report.md"):
+        lines = report.read_text().splitlines()
+        assert len([line for line in lines if line.startswith(rows)]) == len(rows)
+    assert [r for r in (tmp_path / "report.md").read_text().splitlines() if r.startswith(rows)] == [
+        r for r in (tiny_run / "report.md").read_text().splitlines() if r.startswith(rows)
+    ]
     # image by image (crackseg-predict's scores are checked against these in test_predict)
     assert (tmp_path / "test_scores.csv").read_text() == (tiny_run / "test_scores.csv").read_text()
     # strict JSON: an evaluation has no validation AP (null, not NaN)
@@ -413,3 +421,25 @@ def test_eval_refuses_a_typed_split_that_would_test_on_training_images(
     assert one_line_error(result).startswith(
         "error: data.fold=1 differs from the weights' training run on this data (data.fold=null)"
     )
+
+
+def test_an_evaluation_reports_the_training_settings_and_its_own_precision():
+    from omegaconf import OmegaConf
+
+    from crackseg.eval import reported_config
+
+    trained = OmegaConf.create(
+        {
+            "data": {"root": "/d", "dilate": 3, "batch_size": 2, "num_segmented": 20},
+            "trainer": {"precision": "bf16-mixed"},
+        }
+    )
+    data = OmegaConf.create({"root": "/d", "dilate": 1, "batch_size": 8, "num_segmented": None})
+    cfg = OmegaConf.create({"thresholds": "checkpoint", "trainer": {"precision": "32-true"}})
+    reported = reported_config(trained, data, cfg)
+    assert (reported.data.dilate, reported.data.batch_size, reported.data.num_segmented) == (
+        3,
+        2,
+        20,
+    )
+    assert reported.trainer.precision == "32-true"  # what this evaluation ran in

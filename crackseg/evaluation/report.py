@@ -189,13 +189,14 @@ def hparams_of(cfg: Any, num_segmented: int | None = None) -> dict[str, Any]:
 
 
 def dataset_table_from_counts(
-    cfg: Any, split_counts: Mapping[str, tuple[int, int]], num_segmented: int
+    cfg: Any, split_counts: Mapping[str, tuple[int, int]], num_segmented: int | None
 ) -> dict[str, object]:
     """The Dataset table rows: input size from ``data.*``, sample counts from the splits.
 
     ``split_counts`` maps 'train' / 'val' / 'test' to (positives, negatives);
     ``num_segmented`` is the number of training positives that kept their masks, the other
-    training positives are weak (image label only).
+    training positives are weak (image label only); None where it is unknown (an evaluation
+    on other data than the weights trained on).
     """
     table: dict[str, object] = {}
     for name, key in (
@@ -208,10 +209,11 @@ def dataset_table_from_counts(
     for key in SPLITS_COUNTED:
         pair = _split_pair(split_counts, key)
         table[f"{SET_ROWS[key]} samples"] = NOT_AVAILABLE if pair is None else sum(pair)
-    table["Segmented samples"] = int(num_segmented)
+    table["Segmented samples"] = NOT_AVAILABLE if num_segmented is None else int(num_segmented)
     train = _split_pair(split_counts, "train")
     if train is not None:
-        table["Weak positives (image label only)"] = max(train[0] - int(num_segmented), 0)
+        weak = NOT_AVAILABLE if num_segmented is None else max(train[0] - int(num_segmented), 0)
+        table["Weak positives (image label only)"] = weak
     return table
 
 
@@ -410,7 +412,7 @@ def write_run_report(
     title: str,
     metrics: Mapping[str, Any],
     split_counts: Mapping[str, tuple[int, int]],
-    num_segmented: int,
+    num_segmented: int | None,
 ) -> Path:
     """``report.md`` of a run composed with ``cfg``, from its test metrics and split sizes."""
     return write_report(
