@@ -264,7 +264,7 @@ def test_a_run_validated_on_test_says_its_thresholds_saw_the_test_labels(tmp_pat
     assert "validation split" not in report
     assert "image threshold chosen on the test split (`validate_on_test`) (0.5000" in report
     assert "Segmentation threshold: 0.43, chosen on the test split" in report
-    assert "Best validation AP, on the test split (the weights tested): 0.9900" in report
+    assert "Validation AP, on the test split, of the weights tested: 0.9900" in report
     assert "both thresholds were chosen on the test labels" in report
 
 
@@ -320,3 +320,13 @@ def test_tile_weights_evaluated_on_resized_photographs_are_warned_of(
         warn_of_another_scale(trained, datamodule)
     expected = "test images here, most 96x128, are resized to 64x64, a scale it never saw"
     assert (expected in caplog.text) is warned
+
+
+def test_a_run_tested_with_its_final_weights_gives_their_validation_ap_not_the_best(tmp_path):
+    """use_best_model=false: the weights tested are the final ones, whose validation AP is
+    not the run's best (that of other weights)."""
+    metrics = dict(_seed_like_metrics(), best_val_image_ap=0.829, tested_val_image_ap=0.705)
+    report = _write_run(tmp_path, metrics)[0].read_text(encoding="utf-8")
+    assert (
+        "Validation AP of the weights tested: 0.7050 (the run's best, other weights: 0.8290)"
+    ) in report

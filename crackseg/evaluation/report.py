@@ -304,10 +304,15 @@ def _test_metrics_section(
         f"applied unchanged: F-measure {_num(metrics.get('f_measure'))}"
         f"{_accuracy(metrics, '')}."
     )
-    if not _is_undefined(metrics.get("best_val_image_ap")):
-        best = _num(metrics["best_val_image_ap"])
-        source = ", on the test split" if validated_on_test else ""
-        lines += ["", f"Best validation AP{source} (the weights tested): {best}"]
+    # (a run's metrics written before the tested weights' AP was recorded: the best's)
+    tested = metrics.get("tested_val_image_ap", metrics.get("best_val_image_ap"))
+    if not _is_undefined(tested):
+        source = ", on the test split," if validated_on_test else ""
+        line = f"Validation AP{source} of the weights tested: {_num(tested)}"
+        best = metrics.get("best_val_image_ap")
+        if not _is_undefined(best) and _num(best) != _num(tested):
+            line += f" (the run's best, other weights: {_num(best)})"
+        lines += ["", line]
     if "test_best_f_threshold" in metrics:
         lines += ["", "### Results by the published protocol", ""]
         threshold = _num(metrics.get("test_best_f_threshold"))

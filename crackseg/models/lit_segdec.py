@@ -394,6 +394,9 @@ class SegDecModule(pl.LightningModule):
             **{f"test_best_f_{k}": published[k] for k in ("tp", "fp", "tn", "fn")},
             **pixel,
             "best_val_image_ap": self.best_val_image_ap,
+            # the validation AP of the weights tested (the final ones, with use_best_model
+            # off, where the best were others); undefined where none validated them
+            "tested_val_image_ap": self.last_val_image_ap,
             "indices": gathered["indices"].cpu().numpy(),
             "scores": scores.cpu().numpy(),
             "labels": labels.cpu().numpy(),
