@@ -3,7 +3,8 @@
 Section order, headings and table row names follow the seed line by line, so a new run's
 report can be diffed against it; what the seed lacks (the AUC/AP/F-measure line, Dice and
 IoU, notes on edge cases) comes after its last section. Two seed quirks are not copied: the
-duplicated "Input width" row, and Windows path separators in the image links.
+duplicated "Input width" row, and Windows path separators in the image links; and the curves
+are PNG files (``ROC.png``), where the seed's were JPEG, lossless for lines and text.
 """
 
 from __future__ import annotations
