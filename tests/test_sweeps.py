@@ -274,6 +274,10 @@ def test_a_job_takes_the_folder_an_earlier_run_of_its_sweep_gave_its_overrides(t
     assert job_folder(3, "loss.delta_cls=1", str(tmp_path), ["loss.delta_cls=1"]) == (
         "0_loss.delta_cls=1.0"
     )
+    # a sweep over a setting a rerun may change (the loader's workers): each value its job
+    earlier("5_data.num_workers=0", ["data.num_workers=0", "+sweep=x"])
+    workers = ["data.num_workers=4", "+sweep=x"]
+    assert job_folder(6, "data.num_workers=4", str(tmp_path), workers) == "6_data.num_workers=4"
 
 
 def test_launcher_configs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -82,16 +82,18 @@ def job_folder(
     swept ``experiment`` is in them now), so every job folder is looked at, those of the
     same name first.
     """
-    from crackseg.sweep.job_names import job_identity
+    from crackseg.sweep.job_names import job_identity, named_free_settings
 
     if sweep_dir:
         refuse_job_of_a_stopping_sweep(Path(sweep_dir))
     name = job_dirname(override_dirname)
     if sweep_dir and overrides is not None:
         wanted = job_identity(str(o) for o in overrides)
+        free = named_free_settings(name)  # a swept model.compile=a,b tells jobs apart too
         jobs = [f for f in Path(sweep_dir).iterdir() if f.name.partition("_")[0].isdigit()]
         for folder in sorted(jobs, key=lambda f: (f.name.partition("_")[2] != name, f.name)):
-            if folder.is_dir() and _identity_of(folder) == wanted:
+            same_free = named_free_settings(folder.name.partition("_")[2]) == free
+            if folder.is_dir() and same_free and _identity_of(folder) == wanted:
                 return folder.name
     return f"{num}_{name}" if name else str(num)
 

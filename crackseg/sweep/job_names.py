@@ -114,6 +114,13 @@ def _free_to_change(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, free) for free in RERUN_FREE_KEYS)
 
 
+def named_free_settings(name: str) -> set[str]:
+    """The ``key=value`` items of a job folder's name whose keys a rerun may change: swept
+    (``data.num_workers=0,4``), they tell the jobs apart though their identity leaves them
+    out (:func:`job_identity`)."""
+    return {item for item in name.split(",") if _free_to_change(override_key(item))}
+
+
 def _value_text(override: Override) -> str:
     """An override's value in Hydra's own spelling, as a sweep saves it in each job's
     ``overrides.yaml``: ``false`` and ``False``, ``1e-2`` and ``0.01`` are one setting, and
