@@ -65,12 +65,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.select(trained, "trainer.precision", default=None),
         cfg.trainer.accelerator,
     )
-    same_data = bool(trained.get("data")) and _same_data(data, trained.data)
-    if same_data:  # its training split as it was: which positives kept their masks too
-        with open_dict(data):
-            for key in SEGMENTED_KEYS:
-                if key in trained.data:
-                    data[key] = trained.data[key]
+    own_training_split = rebuild_training_split(data, trained.get("data"))
     reported = reported_config(trained, data, cfg)
     datamodule = CrackDataModule.from_config(data)  # no loss: evaluation builds no weight map
     report = EvaluationReport(
@@ -79,7 +74,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         reported,
         cfg.report_title,
         trained_here=False,
-        counts_segmented=same_data,
+        counts_segmented=own_training_split,
     )
     trainer = build_trainer(cfg, [report])
 
@@ -101,19 +96,42 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return module.test_results
 
 
-#: The data settings of training alone: how batches were made and which positives kept
-#: their masks. An evaluation reports the training run's, whatever its data config says.
+#: The data settings of training alone: how batches were made, how many training positives
+#: there were and which kept their masks. An evaluation reports the training run's,
+#: whatever its data config says.
 TRAINING_DATA_KEYS = (
     "batch_size",
     "dilate",
     "frequency_sampling",
     "neg_per_pos",
+    "train_positives",
     "num_segmented",
     "extra_segmented",
     "augment",
 )
-#: Of those, what picks the positives that kept their masks in the training split.
-SEGMENTED_KEYS = ("num_segmented", "extra_segmented")
+#: Of those, what makes the training split (never the test split): its size, and which of
+#: its positives kept their masks.
+TRAINING_SPLIT_KEYS = ("train_positives", "num_segmented", "extra_segmented")
+
+
+def rebuild_training_split(data: DictConfig, trained: DictConfig | None) -> bool:
+    """On the weights' own data (same layout, folder and DAGM class), their training split as
+    it was: its :data:`TRAINING_SPLIT_KEYS` taken from their run, so the report's counts of
+    segmented and weak positives are theirs. Whether that was done: not on other data, nor
+    where the ranking that chose segmented positives is not here (a moved sweep folder)."""
+    if not trained or not _same_data(data, trained):
+        return False
+    if data.get("dagm_class") != trained.get("dagm_class"):
+        return False  # another class: other images
+    ranking = OmegaConf.select(trained, "extra_segmented.ranking", default=None)
+    if ranking and not Path(str(ranking)).expanduser().is_file():
+        log.info("the weights' run chose masks by %s, not here: no segmented count", ranking)
+        return False
+    with open_dict(data):
+        for key in TRAINING_SPLIT_KEYS:
+            if key in trained:
+                data[key] = trained[key]
+    return True
 
 
 def reported_config(trained: DictConfig, data: DictConfig, cfg: DictConfig) -> DictConfig:

@@ -443,3 +443,34 @@ def test_an_evaluation_reports_the_training_settings_and_its_own_precision():
         20,
     )
     assert reported.trainer.precision == "32-true"  # what this evaluation ran in
+
+
+def test_an_evaluation_rebuilds_the_training_split_only_on_the_weights_own_data(tmp_path):
+    from omegaconf import OmegaConf
+
+    from crackseg.eval import rebuild_training_split
+
+    trained = OmegaConf.create(
+        {
+            "layout": "dagm",
+            "root": str(tmp_path),
+            "dagm_class": 1,
+            "num_segmented": 5,
+            "train_positives": 30,
+            "extra_segmented": {"ranking": None},
+        }
+    )
+
+    def data(**changes):
+        base = {"layout": "dagm", "root": str(tmp_path), "dagm_class": 1, "num_segmented": None}
+        return OmegaConf.create({**base, **changes})
+
+    same = data()
+    assert rebuild_training_split(same, trained)
+    assert (same.num_segmented, same.train_positives) == (5, 30)
+    assert not rebuild_training_split(data(dagm_class=2), trained)  # another class
+    assert not rebuild_training_split(data(root=str(tmp_path / "other")), trained)
+    # the ranking that chose the segmented positives is not here: nothing rebuilt
+    trained.extra_segmented.ranking = str(tmp_path / "moved" / "weak_ranking.csv")
+    kept = data()
+    assert not rebuild_training_split(kept, trained) and kept.num_segmented is None
