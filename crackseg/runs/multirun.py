@@ -33,7 +33,7 @@ from crackseg.runs.lifecycle import ran_with_other_settings
 from crackseg.runs.ownership import claim_run_folder, held_by_another_process, release_run_folder
 from crackseg.runs.resolvers import SWEEP_STOPPING
 from crackseg.runs.resume import check_sweep_resume, config_differences
-from crackseg.runs.status import finished_status, holds_run, read_status
+from crackseg.runs.status import finished_status, holds_run
 from crackseg.setting_rules import check_required
 from crackseg.sweep.job_names import (
     job_overrides,
@@ -111,17 +111,9 @@ def stop_side_by_side_jobs_together(sweep_dir: Path) -> None:
                     os.kill(pid, signal.SIGINT)
         log.warning("stopping: the running jobs stop after their batch, with a checkpoint")
         deadline = time.monotonic() + JOBS_STOP_WAIT_S
-        while time.monotonic() < deadline and any(map(saving_its_stop, jobs_in())):
+        while time.monotonic() < deadline and any(map(held_by_another_process, jobs_in())):
             time.sleep(0.2)
         raise SweepStopped
-
-    def saving_its_stop(job: Path) -> bool:
-        """A job that trains (status ``running``) in a worker that holds its folder: it
-        stops after its batch, with its checkpoint. One stopped before it started training
-        saves nothing: not waited for, though its worker may hold the folder on (a Ctrl-C
-        that reached it between Hydra's claim of the folder and the job's task)."""
-        status = read_status(job) or {}
-        return status.get("status") == "running" and held_by_another_process(job)
 
     def jobs_in() -> list[Path]:  # (the folder is made once the first job is launched)
         return [job for job in sweep_dir.iterdir() if job.is_dir()] if sweep_dir.is_dir() else []
