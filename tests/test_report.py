@@ -326,7 +326,16 @@ def test_a_run_tested_with_its_final_weights_gives_their_validation_ap_not_the_b
     """use_best_model=false: the weights tested are the final ones, whose validation AP is
     not the run's best (that of other weights)."""
     metrics = dict(_seed_like_metrics(), best_val_image_ap=0.829, tested_val_image_ap=0.705)
-    report = _write_run(tmp_path, metrics)[0].read_text(encoding="utf-8")
+    final = dict(metrics, tested_final_weights=True)
+    report = _write_run(tmp_path / "final", final)[0].read_text(encoding="utf-8")
     assert (
         "Validation AP of the weights tested: 0.7050 (the run's best, other weights: 0.8290)"
     ) in report
+    # the final weights scored the best: no "other" weights
+    same = dict(final, tested_val_image_ap=0.829)
+    report = _write_run(tmp_path / "same", same)[0].read_text(encoding="utf-8")
+    assert "Validation AP of the weights tested: 0.8290\n" in report
+    # the best weights tested, validated again a hair off their logged score: no "other"
+    again = dict(metrics, tested_val_image_ap=0.82899, best_val_image_ap=0.82901)
+    report = _write_run(tmp_path / "best", again)[0].read_text(encoding="utf-8")
+    assert "Validation AP of the weights tested: 0.8290\n" in report

@@ -311,7 +311,8 @@ def _test_metrics_section(
         source = ", on the test split," if validated_on_test else ""
         line = f"Validation AP{source} of the weights tested: {_num(tested)}"
         best = metrics.get("best_val_image_ap")
-        if not _is_undefined(best) and _num(best) != _num(tested):
+        # (the final weights may be the best: their epoch scored it)
+        if metrics.get("tested_final_weights") and _num(best) not in (_num(tested), NOT_AVAILABLE):
             line += f" (the run's best, other weights: {_num(best)})"
         lines += ["", line]
     if "test_best_f_threshold" in metrics:

@@ -136,6 +136,9 @@ class SegDecModule(pl.LightningModule):
         # The best validation AP of the training run (what a sweeper optimises); set by the
         # training pipeline before testing, reported with the test metrics.
         self.best_val_image_ap = math.nan
+        # Whether the weights tested are the run's final ones where others scored the best
+        # validation AP (use_best_model off; crackseg.runs.trainer.validate_chosen_weights).
+        self.tested_final_weights = False
         self.test_results: dict[str, Any] = {}
 
     @classmethod
@@ -397,6 +400,7 @@ class SegDecModule(pl.LightningModule):
             # the validation AP of the weights tested (the final ones, with use_best_model
             # off, where the best were others); undefined where none validated them
             "tested_val_image_ap": self.last_val_image_ap,
+            "tested_final_weights": self.tested_final_weights,
             "indices": gathered["indices"].cpu().numpy(),
             "scores": scores.cpu().numpy(),
             "labels": labels.cpu().numpy(),

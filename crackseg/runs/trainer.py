@@ -180,6 +180,7 @@ def validate_chosen_weights(
         stop_if_signalled(trainer)
     else:
         log.info("testing the final weights")
+        module.tested_final_weights = True
         trainer.validate(module, datamodule=datamodule, verbose=False)
         stop_if_signalled(trainer)
         if trainer.is_global_zero:
