@@ -164,9 +164,11 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
         known = sorted(SETTINGS_BLOCKS[block]) if block in SETTINGS_BLOCKS else None
     if not known:
         return None
-    if name in known:  # a setting of other data configs than the one chosen
+    if name in known:  # a setting of other configs than the one chosen
         having = [f"data={c}" for c in data_configs_with(name)] if block == "data" else []
-        return f"{block}.{name} is not a setting of this config ({', '.join(having) or 'others'})"
+        if not having:
+            return None  # Hydra's advice (+key=value) holds: something reads that key
+        return f"{block}.{name} is not a setting of this config ({', '.join(having)})"
     return f"{block}.{name} is not a setting{closest_setting(block, name, known)}"
 
 

@@ -193,7 +193,7 @@ def _tile_groups(root: Path) -> dict[str, str]:
         if any(root.glob("**/images/*kos[0-9][0-9]_Part*")):
             log.warning(
                 "%s holds tiles of KolektorSDD cut without %s: folds keep each photograph's "
-                "tiles together, not each part's; cut them again to keep parts whole",
+                "tiles together, not each kosNN folder's; cut them again to keep folders whole",
                 root,
                 TILE_GROUPS_FILE,
             )

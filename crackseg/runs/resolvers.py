@@ -116,8 +116,9 @@ def refuse_job_of_a_stopping_sweep(sweep_dir: Path) -> None:
         raise KeyboardInterrupt(f"{sweep_dir} is stopping: this job does not start")
 
 
-#: The identities of the job folders read so far (a folder's overrides are written once).
-_identities: dict[Path, list[str]] = {}
+#: The identities of the job folders read so far, by folder and the time its overrides were
+#: written (a folder made again in this process is read again).
+_identities: dict[tuple[Path, int], list[str]] = {}
 
 
 def _identity_of(job: Path) -> list[str] | None:
@@ -126,12 +127,16 @@ def _identity_of(job: Path) -> list[str] | None:
     from crackseg.runs.hydra_run import saved_overrides
     from crackseg.sweep.job_names import job_identity
 
-    if job not in _identities:
+    try:
+        key = (job, (job / ".hydra" / "overrides.yaml").stat().st_mtime_ns)
+    except OSError:
+        return None
+    if key not in _identities:
         saved = saved_overrides(job)
         if saved is None:
             return None
-        _identities[job] = job_identity(saved)
-    return _identities[job]
+        _identities[key] = job_identity(saved)
+    return _identities[key]
 
 
 def run_dir(resume: object, default: str) -> str:
