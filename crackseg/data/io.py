@@ -50,6 +50,12 @@ _JPEG_MAGIC = b"\xff\xd8"
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
+# OpenCV's own thread pool is off: a process that used it and then forks (a DataLoader's
+# workers, forked from a run or from a sweep's joblib worker) leaves the child a pool without
+# its threads, where a cv2 call (cvtColor) can wait for ever. The data is read by several
+# workers or threads of crackseg's own instead.
+cv2.setNumThreads(0)
+
 
 def is_image_file(path: Path) -> bool:
     """True for the image types the layouts accept (hidden files such as ``._x.jpg`` excluded)."""
