@@ -203,6 +203,39 @@ def test_the_summary_joins_folds_per_setting_and_names_table4_rows(tmp_path):
     assert row13[3:5] == ["2/2", "0 1"] and float(row13[5]) == pytest.approx(0.75)
 
 
+def test_a_sweep_one_may_only_read_is_summarised_elsewhere(tmp_path, monkeypatch, capsys):
+    """``crackseg-summary FOLDER --out DIR`` writes nothing into FOLDER; the notebook's
+    summary goes to outputs/compare/ where the sweep's folder cannot be written."""
+    import errno
+
+    from crackseg.sweep import summary
+
+    sweep = tmp_path / "multiruns" / "train" / "2026-01-01_10-00-00"
+    for fold, scores in ((0, [(1, 0.9), (0, 0.2)]), (1, [(1, 0.3), (0, 0.6)])):
+        _job(sweep, f"{fold}_data.fold={fold}", [f"data.fold={fold}"], scores, fold=fold)
+    before = sorted(sweep.rglob("*"))
+    out = tmp_path / "elsewhere"
+    assert summary.main([str(sweep), "--out", str(out)]) == 0
+    assert sorted(sweep.rglob("*")) == before
+    assert {p.name for p in out.iterdir()} >= {"summary.csv", "summary.md", "folds.csv"}
+    assert "## Folds joined (`data.fold`)" in (out / "summary.md").read_text()
+    assert f"written: {out / 'summary.csv'}" in capsys.readouterr().out
+
+    written = summary.atomic_write_csv
+
+    def read_only(path, *args, **kwargs):
+        if Path(path).parent == sweep:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return written(path, *args, **kwargs)
+
+    monkeypatch.setattr(summary, "atomic_write_csv", read_only)
+    project = tmp_path / "project"
+    compare = summary.write_summary_to_compare(sweep, project)
+    assert compare == project / "outputs" / "compare" / "train" / sweep.name
+    assert (compare / "summary.csv").read_text() == (out / "summary.csv").read_text()
+    assert sorted(sweep.rglob("*")) == before
+
+
 def test_the_summary_names_weak_runs_that_depart_from_the_published_ones(tmp_path):
     scores = [(1, 0.9), (0, 0.2)]
     weak = {

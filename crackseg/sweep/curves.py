@@ -171,9 +171,9 @@ def _x_axis(ax: Any, key: str, xs: list[float], full: set[float]) -> None:
 
 
 def write_sweep_figures(
-    root: str | Path, rows: list[dict[str, Any]], keys: Sequence[str]
+    folder: str | Path, rows: list[dict[str, Any]], keys: Sequence[str]
 ) -> list[Path]:
-    """Draw every numeric swept key of a sweep into its figure at ``root``."""
+    """Draw every numeric swept key of a sweep into its figure in ``folder``."""
     written = []
     for key in numeric_keys(rows, keys):
         curves = sweep_curves(rows, key, keys)
@@ -181,5 +181,5 @@ def write_sweep_figures(
             continue
         title = "mixed supervision" if key == NUM_SEGMENTED else f"{key} (mean ± std over seeds)"
         fig = draw_sweep_curves(curves, key, title)
-        written.append(atomic_save_figure(fig, Path(root) / figure_name(key)))
+        written.append(atomic_save_figure(fig, Path(folder) / figure_name(key)))
     return written

@@ -91,9 +91,11 @@ def pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) -> lis
     return joined
 
 
-def write_pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
-    """Write ``folds.csv`` at the sweep's folder and return summary.md's section on it
-    (nothing where no fold key was swept)."""
+def write_pooled_folds(
+    root: Path, rows: list[dict[str, Any]], keys: list[str], out: Path | None = None
+) -> list[str]:
+    """Write ``folds.csv`` into ``out`` (the sweep's folder ``root`` by default) and return
+    summary.md's section on it (nothing where no fold key was swept)."""
     joined = pooled_folds(root, rows, keys)
     if not joined:
         return []
@@ -103,7 +105,7 @@ def write_pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) 
     columns = [*setting, "folds", "fold_values", "pooled_image_auc", "pooled_image_ap"]
     columns += [f"{m}_{s}" for m in FOLD_METRICS for s in ("mean", "std")]
     atomic_write_csv(
-        root / CSV_NAME,
+        (root if out is None else out) / CSV_NAME,
         columns,
         (["" if row.get(c) is None else row[c] for c in columns] for row in joined),
     )

@@ -11,6 +11,7 @@ root and for any folder of single runs alike.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import re
@@ -348,9 +349,12 @@ def _md_table(columns: list[str], rows: list[list[Any]]) -> list[str]:
     return markdown_table(columns, ([_cell(v) or "–" for v in row] for row in rows))
 
 
-def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) -> tuple[Path, Path]:
+def write_summary(
+    root: str | Path, rows: list[dict[str, Any]] | None = None, out: str | Path | None = None
+) -> tuple[Path, Path]:
     """Write ``summary.csv`` (one row per job) and ``summary.md`` (jobs, groups, failures)
-    from ``rows`` (``collect_runs(root)``, read here unless given)."""
+    from ``rows`` (``collect_runs(root)``, read here unless given), with the figures and
+    ``folds.csv``, into ``out`` (made where missing; the sweep folder ``root`` by default)."""
     # The figures and the pooled folds need matplotlib and torchmetrics (a second or two to
     # import): imported when a summary is written, not by every command line (crackseg.cli).
     from crackseg.sweep.curves import NUM_SEGMENTED, write_sweep_figures
@@ -358,9 +362,11 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
 
     root = Path(root)
     rows = collect_runs(root) if rows is None else rows
+    out = root if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     keys = swept_columns(rows)
     columns = [*BASE_COLUMNS, *keys, *METRICS]
-    csv_path = root / CSV_NAME
+    csv_path = out / CSV_NAME
     atomic_write_csv(
         csv_path, columns, (["" if row.get(c) is None else row[c] for c in columns] for row in rows)
     )
@@ -400,9 +406,10 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
     lines += _md_table(group_columns, [[g[c] for c in group_columns] for g in groups])
     repeated = repeated_jobs(rows)
     counted = [r for r in rows if r["job"] not in repeated]
-    lines += write_pooled_folds(root, counted, keys)  # folds.csv: the folds' test scores pooled
+    # folds.csv: the folds' test scores pooled
+    lines += write_pooled_folds(root, counted, keys, out)
     lines += departures(root, rows)  # weak runs not set as the published ones
-    figures = write_sweep_figures(root, counted, keys)
+    figures = write_sweep_figures(out, counted, keys)
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{path.stem}]({path.name})" for path in figures]
@@ -424,7 +431,7 @@ def write_summary(root: str | Path, rows: list[dict[str, Any]] | None = None) ->
             f"{r['error'] or 'no error recorded'}"
             for r in problems
         ]
-    md_path = root / MD_NAME
+    md_path = out / MD_NAME
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     log.info("sweep summary of %d jobs written to %s", len(rows), md_path)
     return csv_path, md_path
@@ -494,6 +501,25 @@ def sweep_to_compare(given: str, project: Path) -> Path:
     return max(found, key=lambda folder: folder.stat().st_mtime)
 
 
+#: The errors of a folder one may not write into (another user's, a read-only mount).
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_summary_to_compare(sweep: Path, project: Path) -> Path:
+    """Write the summary of ``sweep`` again for notebooks/compare_runs.ipynb, so that it
+    counts every job the folder holds now (a sweep stopped, run again), and return the
+    folder it went to, where the notebook's figures go too: the sweep's own, or where that
+    may only be read, ``outputs/compare/<sweep>/<time>`` under ``project``."""
+    try:
+        return write_summary(sweep)[0].parent
+    except OSError as error:
+        if error.errno not in NOT_WRITABLE:
+            raise
+    out = project / "outputs" / "compare" / sweep.parent.name / sweep.name
+    log.warning("%s cannot be written: its summary and figures go to %s", sweep, out)
+    return write_summary(sweep, out=out)[0].parent
+
+
 def main(argv: list[str] | None = None) -> int:
     """``crackseg-summary FOLDER``: (re)write summary.csv and summary.md of a sweep folder.
 
@@ -505,13 +531,21 @@ def main(argv: list[str] | None = None) -> int:
         description="Summarise the runs under a multirun folder (or any folder of runs).",
     )
     parser.add_argument("folder", help="e.g. outputs/multiruns/sweep_dilate/<time>")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write the summary, folds.csv and the figures there (default: FOLDER itself; "
+        "for a sweep folder one may only read)",
+    )
     try:
-        root = Path(parser.parse_args(argv).folder).expanduser()
+        args = parser.parse_args(argv)
+        root = Path(args.folder).expanduser()
         if not root.is_dir():
             raise ValueError(f"{root} is not a folder")
         if not find_job_dirs(root):
             raise ValueError(f"no run folders (with a .hydra/ inside) under {root}")
-        csv_path, md_path = write_summary(root)
+        out = None if args.out is None else Path(args.out).expanduser()
+        csv_path, md_path = write_summary(root, out=out)
     except (OSError, ValueError, CracksegError) as error:
         from crackseg.cli import one_line  # (crackseg.cli imports this module)
 
