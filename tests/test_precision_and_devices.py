@@ -298,7 +298,7 @@ def test_model_volume_im2col_auto_keeps_the_kernel_timed_faster_at_the_first_bat
     """``model.volume_im2col=auto`` (the default) times the two kernels once, at the first
     training batch's shape, in float32 only, and every step runs the faster; the checkpoint
     carries the choice, which a loaded module takes instead of timing again."""
-    from crackseg.models import lit_segdec
+    from crackseg.models import volume_kernel
     from crackseg.models.checkpoint import load_module
     from crackseg.models.volume_kernel import VolumeKernelTiming
 
@@ -308,7 +308,7 @@ def test_model_volume_im2col_auto_keeps_the_kernel_timed_faster_at_the_first_bat
         shapes.append(tuple(shape))
         return VolumeKernelTiming(tuple(shape), 2.0, 1.0 if im2col_faster else 3.0)
 
-    monkeypatch.setattr(lit_segdec, "time_volume_kernels", timing)
+    monkeypatch.setattr(volume_kernel, "time_volume_kernels", timing)
     module = tiny_module()
     assert module.speed.volume_im2col == "auto" and not module.net.timed_volume_im2col
     volume_nodes = record_volume_nodes(module.net)
@@ -324,7 +324,7 @@ def test_model_volume_im2col_auto_keeps_the_kernel_timed_faster_at_the_first_bat
     trainer.save_checkpoint(tmp_path / "run.ckpt")
     assert torch.load(tmp_path / "run.ckpt", weights_only=False)["volume_im2col"] is im2col
     loaded = load_module(tmp_path / "run.ckpt")
-    assert loaded.net.timed_volume_im2col is im2col and loaded._volume_kernel_chosen
+    assert loaded.net.timed_volume_im2col is im2col and loaded.volume_kernel.chosen
     shapes.clear()
     loaded.on_train_batch_start({"image": torch.zeros(2, 3, 64, 128)}, 0)  # a resumed run
     assert shapes == [] and loaded.net.timed_volume_im2col is im2col
@@ -335,9 +335,9 @@ def test_under_ddp_every_process_takes_the_first_processs_timed_kernel(monkeypat
     im2col), so every process computes the volume alike."""
     from types import SimpleNamespace
 
-    from crackseg.models import lit_segdec
+    from crackseg.models import volume_kernel
 
-    monkeypatch.setattr(lit_segdec, "time_volume_kernels", pytest.fail)
+    monkeypatch.setattr(volume_kernel, "time_volume_kernels", pytest.fail)
     broadcast = []
 
     def from_first_process(value, src):
@@ -364,11 +364,11 @@ def test_an_auto_run_resumed_from_a_checkpoint_saved_before_auto_keeps_its_kerne
     module = tiny_module()
     speed = {} if saved is None else {"volume_im2col": saved}
     module.on_load_checkpoint({"hyper_parameters": {"speed": speed}})
-    assert module._volume_kernel_chosen and module.net.volume_im2col is (saved is True)
+    assert module.volume_kernel.chosen and module.net.volume_im2col is (saved is True)
     assert not module.net.timed_volume_im2col
     fresh = tiny_module()
     fresh.on_load_checkpoint({"hyper_parameters": {"speed": {"volume_im2col": "auto"}}})
-    assert not fresh._volume_kernel_chosen  # saved by an auto run before its first batch
+    assert not fresh.volume_kernel.chosen  # saved by an auto run before its first batch
 
 
 def test_evaluation_batch_size_and_pinned_memory_follow_the_device(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import asdict
 from typing import Any
@@ -40,10 +39,8 @@ from crackseg.models.module_settings import (
 )
 from crackseg.models.precision import use_channels_last
 from crackseg.models.segdecnet import SegDecNet, SegDecOutput
-from crackseg.models.volume_kernel import should_time_volume_kernels, time_volume_kernels
+from crackseg.models.volume_kernel import VolumeKernelChoice
 from crackseg.setting_rules import plain_settings
-
-log = logging.getLogger(__name__)
 
 
 def validation_group(trainer: pl.Trainer) -> str:
@@ -109,9 +106,7 @@ class SegDecModule(pl.LightningModule):
         }
         self.save_hyperparameters(hparams, logger=False)
         self.net = SegDecNet(in_channels=self.input_shape.channels, **hparams["network"])
-        # auto: chosen by timing at the first training batch, or taken from the checkpoint.
-        self.net.volume_im2col = self.speed.volume_im2col is True
-        self._volume_kernel_chosen = self.speed.volume_im2col != "auto"
+        self.volume_kernel = VolumeKernelChoice(self.net, self.speed.volume_im2col)
         if not self.speed.compile:
             # One image of the input size, which Lightning's model summary runs once to fill
             # its FLOPs column (0 everywhere without it). Not for a compiled network: that one
@@ -261,15 +256,14 @@ class SegDecModule(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
-    # -- what checkpoints carry beyond the weights; the kernel auto chooses ------------
+    # -- what checkpoints carry beyond the weights -------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every checkpoint carries the volume convolution's kernel (what ``auto`` chose), so
         a resumed run and a prediction compute as the run did, and the step whose weights
         its thresholds were chosen on. A checkpoint taken mid-epoch
         (a stop signal) carries the epoch's running sums, so the resumed epoch logs the mean
         of all its batches, not only of those after it."""
-        if self.speed.volume_im2col == "auto" and self._volume_kernel_chosen:
-            checkpoint["volume_im2col"] = self.net.timed_volume_im2col
+        self.volume_kernel.save(checkpoint)
         checkpoint[THRESHOLDS_STEP] = self.thresholds_step
         if self._trainer is None:
             return
@@ -285,46 +279,18 @@ class SegDecModule(pl.LightningModule):
         self.weights_step = checkpoint.get("global_step", 0)
         # one saved before the step was: its thresholds taken as its weights' own
         self.thresholds_step = checkpoint.get(THRESHOLDS_STEP, self.weights_step)
-        if self.speed.volume_im2col != "auto":
-            return
-        saved = checkpoint.get("hyper_parameters", {}).get("speed", {}).get("volume_im2col")
-        if "volume_im2col" in checkpoint:
-            self.net.timed_volume_im2col = bool(checkpoint["volume_im2col"])
-            self._volume_kernel_chosen = True
-        elif saved != "auto":  # saved before auto: it trained as its setting said (or off)
-            self.net.volume_im2col = saved is True
-            self._volume_kernel_chosen = True
+        self.volume_kernel.load(checkpoint)
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        if not self._volume_kernel_chosen:
-            self.net.timed_volume_im2col = self._faster_volume_kernel(batch["image"].shape)
-            self._volume_kernel_chosen = True
-
-    def _faster_volume_kernel(self, image_shape: torch.Size) -> bool:
-        """``model.volume_im2col: auto`` at the first training batch: im2col where it runs
-        the volume convolution faster than oneDNN on this batch's shape (timed by the first
-        process, whose choice every process takes), else oneDNN's (crackseg.models.
-        volume_kernel says where it times)."""
-        trainer = self.trainer
-        precision = str(trainer.precision)
-        if not should_time_volume_kernels(self.device.type, precision, self.speed.compile):
-            return False
-        im2col = False
-        if trainer.is_global_zero:
-            shape = self.net.volume_input_shape(image_shape)
-            layout = torch.channels_last if self.channels_last else torch.contiguous_format
-            try:
-                timing = time_volume_kernels(self.net.volume[0], shape, layout)
-            except (RuntimeError, MemoryError) as error:  # every process waits for the choice
-                log.warning("volume convolution: oneDNN's, im2col could not be timed: %s", error)
-            else:
-                log.info(timing.summary())
-                im2col = timing.im2col_chosen
-        im2col = bool(trainer.strategy.broadcast(im2col, src=0))
-        if trainer.world_size > 1:
-            kernel = "im2col" if im2col else "oneDNN's direct convolution"
-            log.info("volume convolution in this process: %s, the first process's choice", kernel)
-        return im2col
+        if self.volume_kernel.chosen:  # set, taken from a checkpoint, or timed already
+            return
+        self.volume_kernel.choose(
+            self.trainer,
+            self.device.type,
+            batch["image"].shape,
+            self.channels_last,
+            self.speed.compile,
+        )
 
     def on_train_start(self) -> None:
         # Also when resuming mid-epoch, where Lightning does not start the epoch again.

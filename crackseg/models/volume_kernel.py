@@ -18,11 +18,23 @@ on a GPU and oneDNN's in bf16.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+    from crackseg.models.segdecnet import SegDecNet
+
+log = logging.getLogger(__name__)
+
+#: The checkpoint key of an ``auto`` run's choice (True: im2col).
+CHECKPOINT_KEY = "volume_im2col"
 
 #: Timed calls of each kernel, taking turns after the warm-ups; one when a warm-up took this
 #: long (s).
@@ -113,3 +125,65 @@ def time_volume_kernels(
     timed = [(call(False), call(True)) for _ in range(rounds)]  # direct, then im2col
     direct_s, im2col_s = (min(column) for column in zip(*timed, strict=True))
     return VolumeKernelTiming(tuple(input_shape), direct_s, im2col_s)
+
+
+class VolumeKernelChoice:
+    """The kernel a network's volume convolution runs with, by ``model.volume_im2col``:
+    im2col (``true``), oneDNN's (``false``), or with ``auto`` the faster of the two, timed
+    once at the first training batch (:meth:`choose`) or taken from the checkpoint a run
+    resumes or a prediction loads (:meth:`load`). An ``auto`` run's checkpoints carry its
+    choice (:meth:`save`), so whatever continues from them computes as the run did."""
+
+    def __init__(self, net: SegDecNet, setting: bool | str) -> None:
+        self.net = net
+        self.setting = setting
+        net.volume_im2col = setting is True
+        self.chosen = setting != "auto"
+
+    def save(self, checkpoint: dict[str, Any]) -> None:
+        if self.setting == "auto" and self.chosen:
+            checkpoint[CHECKPOINT_KEY] = self.net.timed_volume_im2col
+
+    def load(self, checkpoint: dict[str, Any]) -> None:
+        if self.setting != "auto":
+            return
+        saved = checkpoint.get("hyper_parameters", {}).get("speed", {}).get("volume_im2col")
+        if CHECKPOINT_KEY in checkpoint:
+            self.net.timed_volume_im2col = bool(checkpoint[CHECKPOINT_KEY])
+            self.chosen = True
+        elif saved != "auto":  # saved before auto: it trained as its setting said (or off)
+            self.net.volume_im2col = saved is True
+            self.chosen = True
+
+    def choose(
+        self,
+        trainer: pl.Trainer,
+        device_type: str,
+        image_shape: torch.Size,
+        channels_last: bool,
+        compile_mode: str | None,
+    ) -> None:
+        """``auto`` at the first training batch, of ``image_shape`` on ``device_type``
+        (channels-last or not, compiled or not): im2col where it runs the
+        volume convolution faster than oneDNN on that shape (timed by the first process,
+        whose choice every process takes; :func:`should_time_volume_kernels` says where it
+        times), else oneDNN's."""
+        self.chosen = True
+        if not should_time_volume_kernels(device_type, str(trainer.precision), compile_mode):
+            return
+        im2col = False
+        if trainer.is_global_zero:
+            shape = self.net.volume_input_shape(image_shape)
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            try:
+                timing = time_volume_kernels(self.net.volume[0], shape, layout)
+            except (RuntimeError, MemoryError) as error:  # every process waits for the choice
+                log.warning("volume convolution: oneDNN's, im2col could not be timed: %s", error)
+            else:
+                log.info(timing.summary())
+                im2col = timing.im2col_chosen
+        im2col = bool(trainer.strategy.broadcast(im2col, src=0))
+        if trainer.world_size > 1:
+            kernel = "im2col" if im2col else "oneDNN's direct convolution"
+            log.info("volume convolution in this process: %s, the first process's choice", kernel)
+        self.net.timed_volume_im2col = im2col
