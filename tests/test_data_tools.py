@@ -139,6 +139,63 @@ def test_tile_keeps_source_splits_and_refuses_non_empty_dst(tmp_path, capsys):
     assert err.count("\n") == 1 and "not empty" in err and str(dst) in err
 
 
+def _crackforest(root: Path, names: list[str], cell: bool = False) -> np.ndarray:
+    """CrackForest as distributed: image/NAME.jpg and groundTruth/NAME.mat, whose
+    groundTruth.Segmentation marks a crack 2 and the background 1 (the first photograph
+    has a one-pixel crack in row 5). Returns that photograph's expected mask."""
+    import scipy.io
+
+    segmentation = np.ones((32, 48), np.uint8)
+    segmentation[5, 10:30] = 2
+    (root / "image").mkdir(parents=True)
+    (root / "groundTruth").mkdir()
+    for i, name in enumerate(names):
+        write_image(root / "image" / f"{name}.jpg", np.full((32, 48, 3), 40 * i, np.uint8))
+        truth = {"Segmentation": segmentation if i == 0 else np.ones_like(segmentation)}
+        truth["Boundaries"] = truth["Segmentation"] == 2
+        if cell:  # a cell around the struct, as BSDS-style files hold it
+            wrapped = np.empty((1, 1), dtype=object)
+            wrapped[0, 0] = truth
+            truth = wrapped
+        scipy.io.savemat(root / "groundTruth" / f"{name}.mat", {"groundTruth": truth})
+    return np.where(segmentation == 2, 255, 0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("cell", [False, True])
+def test_crackforest_as_distributed_becomes_the_layout_it_tiles(tmp_path, capsys, cell):
+    src, dst = tmp_path / "CrackForest-dataset", tmp_path / "cfd"
+    expected = _crackforest(src, ["001", "002"], cell)
+    assert main(["crackforest", str(src), str(dst)]) == 0
+    assert "2 photographs and their masks written" in capsys.readouterr().out
+    assert sorted(p.name for p in (dst / "images").iterdir()) == ["001.jpg", "002.jpg"]
+    assert (dst / "images" / "001.jpg").read_bytes() == (src / "image" / "001.jpg").read_bytes()
+    mask = cv2.imread(str(dst / "masks" / "001.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.dtype == np.uint8 and np.array_equal(mask, expected)
+    assert not cv2.imread(str(dst / "masks" / "002.png"), cv2.IMREAD_UNCHANGED).any()
+    (samples,) = index_layout("crack_segmentation", dst).values()  # what cfd_tiles tiles
+    assert [Path(s.mask_path).name for s in samples] == ["001.png", "002.png"]
+
+
+def test_crackforest_that_cannot_be_converted_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    src, dst = tmp_path / "CrackForest-dataset", tmp_path / "cfd"
+    assert main(["crackforest", str(tmp_path), str(dst)]) == 2
+    assert "is not CrackForest as distributed: it needs image/ and groundTruth/" in (
+        capsys.readouterr().err
+    )
+    _crackforest(src, ["001", "002", "003"])
+    (src / "groundTruth" / "003.mat").unlink()
+    assert main(["crackforest", str(src), str(dst)]) == 2
+    assert capsys.readouterr().err == "error: photographs without a groundTruth/NAME.mat: 003.jpg\n"
+    (src / "groundTruth" / "003.mat").write_text("not a MATLAB file")
+    assert main(["crackforest", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {src / 'groundTruth' / '003.mat'} is not a MATLAB file")
+    assert err.count("\n") == 1
+    assert not dst.exists() and [p.name for p in tmp_path.iterdir()] == [src.name]
+    with pytest.raises(DataError, match="CrackForest as distributed[?] convert it first"):
+        index_layout("crack_segmentation", src)  # what cfd_tiles would tile, unconverted
+
+
 def test_stats_table(tmp_path, capsys):
     for i in range(20):
         _photo(tmp_path, f"c{i:02d}", [(3, 0, 30)], h=8, w=40)

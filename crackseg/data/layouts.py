@@ -120,6 +120,13 @@ def _no_images(root: Path, folders: list[Path]) -> DataError:
     )
 
 
+def _crackforest_hint(root: Path) -> str:
+    """For a folder holding CrackForest as distributed (its masks in MATLAB files)."""
+    if (root / "image").is_dir() and (root / "groundTruth").is_dir():
+        return "; CrackForest as distributed? convert it first: crackseg-data crackforest SRC DST"
+    return ""
+
+
 def _split_by_mask_suffix(
     files: Iterable[Path], mask_suffix: str
 ) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -156,7 +163,7 @@ def _crack_segmentation(root: Path, negative_prefix: str = "noncrack") -> dict[s
     else:
         raise DataError(
             f"no images/ folder found: looked in {root / 'images'} and "
-            f"{root / 'train' / 'images'}, {root / 'test' / 'images'}"
+            f"{root / 'train' / 'images'}, {root / 'test' / 'images'}{_crackforest_hint(root)}"
         )
     groups = _tile_groups(root)
     result: dict[str, list[Sample]] = {}

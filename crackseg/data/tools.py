@@ -4,7 +4,9 @@
   crack_segmentation layout (crackseg.data.tiles), optionally putting whole photographs
   into train or test so no photograph feeds both;
 - ``stats``: the positives/negatives table per split, as in the results report;
-- ``import-split``: a published split file of the paper (a pickle) as a ``split.csv``.
+- ``import-split``: a published split file of the paper (a pickle) as a ``split.csv``;
+- ``crackforest``: the public CrackForest dataset (masks in MATLAB files) in the
+  crack_segmentation layout, which ``experiment=cfd_tiles`` tiles.
 
 Errors a user can cause end with one line ``error: ...`` on stderr and exit code 2.
 """
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 from crackseg.atomic import folder_built_beside
+from crackseg.data.crackforest import convert_crackforest
 from crackseg.data.data_settings import SplitSettings
 from crackseg.data.layouts import (
     LAYOUTS,
@@ -80,12 +83,16 @@ def _add_layout_arguments(parser: argparse.ArgumentParser, default: str | None) 
     )
 
 
+def _new_folder(dst: Path) -> None:
+    if dst.exists() and any(dst.iterdir()):
+        raise DataError(f"destination is not empty, refusing to write into it: {dst}")
+
+
 def _cmd_tile(args: argparse.Namespace) -> None:
     """Tile into a hidden sibling of the destination, renamed into place at the end: a run
     that fails (a full disk) leaves no half-written destination."""
     dst = Path(args.dst)
-    if dst.exists() and any(dst.iterdir()):
-        raise DataError(f"destination is not empty, refusing to write into it: {dst}")
+    _new_folder(dst)
     with folder_built_beside(dst) as tmp:
         counts = _tile_from_arguments(args, tmp)
         tmp.rename(dst)  # replaces an empty dst in one step (POSIX rename)
@@ -107,6 +114,17 @@ def _tile_from_arguments(args: argparse.Namespace, dst: Path) -> dict[str, tuple
         val_fraction=args.val_fraction,
         **_layout_options(args),
     )
+
+
+def _cmd_crackforest(args: argparse.Namespace) -> None:
+    """As :func:`_cmd_tile`: built beside the destination, renamed into place at the end."""
+    dst = Path(args.dst)
+    _new_folder(dst)
+    with folder_built_beside(dst) as tmp:
+        count = convert_crackforest(Path(args.src), tmp)
+        tmp.rename(dst)
+    print(f"{count} photographs and their masks written to {dst}")
+    print(f"train on their tiles with CRACKSEG_CFD_DIR={dst} crackseg-train experiment=cfd_tiles")
 
 
 def _cmd_stats(args: argparse.Namespace) -> None:
@@ -252,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.set_defaults(func=_cmd_stats)
     _add_import_split(commands)
+    crackforest = commands.add_parser(
+        "crackforest",
+        help="the CrackForest dataset as distributed -> images/ and masks/ (PNG)",
+        description="Reads CrackForest as github.com/cuilimeng/CrackForest-dataset holds it "
+        "(image/NNN.jpg, groundTruth/NNN.mat) and writes DST/images/NNN.jpg (copied) and "
+        "DST/masks/NNN.png (255 where groundTruth.Segmentation marks a crack, 0 elsewhere).",
+    )
+    crackforest.add_argument("src", type=Path, help="the CrackForest-dataset folder")
+    crackforest.add_argument("dst", type=Path, help="new, empty output folder")
+    crackforest.set_defaults(func=_cmd_crackforest)
     return parser
 
 

@@ -1,0 +1,68 @@
+"""The public CrackForest dataset as it is distributed (``image/NNN.jpg`` and, beside them,
+``groundTruth/NNN.mat``, MATLAB files whose ``groundTruth.Segmentation`` marks a crack
+pixel 2 and the background 1) turned into the crack_segmentation layout crackseg reads and
+tiles: ``images/NNN.jpg``, unchanged, and ``masks/NNN.png``, 0 background and 255 crack.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from scipy.io.matlab import MatReadError
+
+from crackseg.atomic import atomic_write_png
+from crackseg.data.io import read_native
+from crackseg.errors import DataError, describe_files
+
+IMAGE_FOLDER = "image"
+MASK_FOLDER = "groundTruth"
+#: The value of a crack pixel in ``groundTruth.Segmentation``.
+CRACK = 2
+
+
+def crackforest_mask(path: Path) -> np.ndarray:
+    """The crack mask of one ``groundTruth/NNN.mat``: uint8, 255 where it marks a crack."""
+    try:
+        mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+    except (MatReadError, ValueError, TypeError, NotImplementedError, OSError) as error:
+        raise DataError(f"{path} is not a MATLAB file crackseg can read: {error}") from error
+    truth = mat.get("groundTruth")
+    while isinstance(truth, np.ndarray) and truth.dtype == object and truth.size == 1:
+        truth = truth.item()  # a cell around the struct
+    segmentation = getattr(truth, "Segmentation", None)
+    if not isinstance(segmentation, np.ndarray) or segmentation.ndim != 2:
+        raise DataError(f"{path} holds no groundTruth.Segmentation image, as CrackForest's do")
+    return np.where(segmentation == CRACK, 255, 0).astype(np.uint8)
+
+
+def convert_crackforest(src: Path, dst: Path) -> int:
+    """Write CrackForest in ``src`` into ``dst`` (images/, masks/) and return how many
+    photographs it holds. Every photograph needs its mask, of its size."""
+    images_dir, masks_dir = src / IMAGE_FOLDER, src / MASK_FOLDER
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise DataError(
+            f"{src} is not CrackForest as distributed: it needs {IMAGE_FOLDER}/ and "
+            f"{MASK_FOLDER}/ (github.com/cuilimeng/CrackForest-dataset)"
+        )
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() == ".jpg")
+    if not images:
+        raise DataError(f"no .jpg photograph in {images_dir}")
+    missing = [p.name for p in images if not (masks_dir / f"{p.stem}.mat").is_file()]
+    if missing:
+        raise DataError(f"photographs without a {MASK_FOLDER}/NAME.mat: {describe_files(missing)}")
+    (dst / "images").mkdir(parents=True)
+    (dst / "masks").mkdir()
+    for image in images:
+        mask = crackforest_mask(masks_dir / f"{image.stem}.mat")
+        photo = read_native(image)  # a photograph that cannot be read is named, not copied
+        if photo.shape[:2] != mask.shape:
+            raise DataError(
+                f"{image} is {photo.shape[1]}x{photo.shape[0]} but its mask "
+                f"{mask.shape[1]}x{mask.shape[0]}"
+            )
+        shutil.copyfile(image, dst / "images" / image.name)
+        atomic_write_png(dst / "masks" / f"{image.stem}.png", mask)
+    return len(images)
