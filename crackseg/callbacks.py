@@ -25,7 +25,7 @@ from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.data.datamodule import input_scaling
 from crackseg.errors import TrainingDiverged
 from crackseg.evaluation import weak_ranking
-from crackseg.evaluation.metrics import json_ready
+from crackseg.evaluation.metrics import json_ready, score_text
 from crackseg.evaluation.plots import (
     dice_panel_name,
     plot_precision_recall,
@@ -547,7 +547,7 @@ class EvaluationReport(pl.Callback):
                     sample.sample_id,
                     str(sample.image_path),
                     int(label),
-                    f"{score:.6f}",
+                    score_text(score),
                     int(score >= image_threshold),
                     "" if dice is None else f"{dice:.6f}",
                 ]

@@ -20,6 +20,7 @@ from crackseg.evaluation.metrics import (
     json_ready,
     pixel_histograms,
     pixel_metrics,
+    score_text,
 )
 from crackseg.evaluation.plots import (
     dice_panel_name,
@@ -51,6 +52,31 @@ def test_image_metrics_hand_example() -> None:
     precision, recall = m["pr"]
     assert isinstance(fpr, np.ndarray) and isinstance(precision, np.ndarray)
     assert fpr[0] == 0 and tpr[-1] == 1 and len(precision) == len(recall)
+
+
+def test_the_best_f_threshold_of_two_equal_f_measures_is_the_lower() -> None:
+    """At 0.1: TP 13, FP 13, FN 0; at 0.4: TP 10, FP 7, FN 3; both F = 2/3 exactly (and
+    0.65 at 0.05). Computed from float32 precision and recall, 0.4 won by rounding."""
+    negatives = [0.05] + [0.1] * 6 + [0.4] * 7
+    positives = [0.1] * 3 + [0.4] * 10
+    scores = torch.tensor(negatives + positives)
+    labels = torch.tensor([0] * len(negatives) + [1] * len(positives))
+    threshold, f_measure = best_f_threshold(scores, labels)
+    assert threshold == pytest.approx(0.1) and f_measure == 2 / 3
+    m = image_metrics(scores, labels)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (13, 13, 1, 0)
+
+
+def test_a_score_written_reads_back_as_the_same_float32() -> None:
+    """Metrics computed again from test_scores.csv (a sweep's folds pooled) rank as the run
+    did: at six decimals the two lowest scores below would tie at 0, the two highest at 1."""
+    logits = torch.tensor([-16.0, -15.0, 15.0, 16.0, 0.3])
+    scores = torch.sigmoid(logits)
+    back = torch.tensor([float(score_text(s)) for s in scores.tolist()])
+    assert torch.equal(back, scores)
+    assert score_text(0.5) == "0.5" and score_text(1.0) == "1" and "e" not in score_text(1e-7)
+    labels = torch.tensor([1, 0, 0, 1, 1])
+    assert image_metrics(back, labels)["image_auc"] == image_metrics(scores, labels)["image_auc"]
 
 
 @pytest.mark.parametrize(

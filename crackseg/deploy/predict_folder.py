@@ -30,6 +30,7 @@ from crackseg.deploy.outputs import overlay, probability_image, refuse_earlier_o
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
 from crackseg.errors import DataError, describe_files
+from crackseg.evaluation.metrics import score_text
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class ResultWriter:
             name,
             width,
             height,
-            f"{score:.6f}",
+            score_text(score),
             int(score >= self.image_threshold),
             f"{np.count_nonzero(mask) / mask.size:.6f}",
             summary.count,

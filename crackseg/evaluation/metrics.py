@@ -219,12 +219,26 @@ def best_f_threshold(scores: Tensor, labels: Tensor) -> tuple[float, float]:
     scores_t, labels_t = _flat(scores, labels)
     if not _has_curves(scores_t, labels_t):
         return DEFAULT_THRESHOLD, math.nan
-    precision, recall, thresholds = binary_precision_recall_curve(scores_t, labels_t)
-    # The last (precision=1, recall=0) point has no threshold: leave it out.
-    p, r = precision[:-1].double(), recall[:-1].double()
-    f = torch.nan_to_num(2 * p * r / (p + r), nan=0.0)
+    thresholds = torch.unique(scores_t)  # ascending: the PR curve's thresholds
+    positives = torch.sort(scores_t[labels_t == 1]).values
+    negatives = torch.sort(scores_t[labels_t == 0]).values
+    # F = 2TP / (2TP + FP + FN) from the counts at each threshold (score >= it): thresholds
+    # of equal F get the same number, so the first (lowest) of them wins, which an F made of
+    # float32 precision and recall would leave to their rounding.
+    tp = len(positives) - torch.searchsorted(positives, thresholds)
+    fp = len(negatives) - torch.searchsorted(negatives, thresholds)
+    fn = len(positives) - tp
+    f = (2 * tp).double() / (2 * tp + fp + fn).double()
     best = int(torch.argmax(f))
     return float(thresholds[best]), float(f[best])
+
+
+def score_text(score: float) -> str:
+    """A decision score as ``test_scores.csv`` and ``predictions.csv`` write it: the shortest
+    decimal that reads back as the same float32, so what is computed from the file (a
+    sweep's folds pooled) ranks the images as the run did; six decimals would tie every
+    score below 5e-7 at 0."""
+    return np.format_float_positional(np.float32(score), trim="-")
 
 
 def confusion_at(scores: Tensor, labels: Tensor, threshold: float) -> dict[str, Any]:
