@@ -989,3 +989,24 @@ def test_a_training_split_without_a_defect_image_is_refused_before_training(tmp_
         write_image(tmp_path / "images" / f"{name}.png", np.full((16, 16, 3), 90, np.uint8))
     with pytest.raises(CracksegError, match="holds no defect image, only 2 negatives"):
         datamodule_of(tmp_path, layout="crack_segmentation", val_fraction=0.3, test_fraction=0.0)
+
+
+def test_commands_started_in_the_same_second_get_a_run_folder_each(tmp_path, monkeypatch):
+    """Two predictions started together by a script share the default name (the time to
+    the second): the second one was refused as the first one's folder was in use. Each
+    process makes its folder with an exclusive mkdir, the next free ``_N`` if taken, and
+    keeps the name it made for every later resolution."""
+    from crackseg.runs import resolvers
+
+    default = str(tmp_path / "outputs" / "runs" / "predict" / "2026-01-01_10-00-00")
+    assert resolvers.run_dir(None, default) == default and Path(default).is_dir()
+    assert resolvers.run_dir(None, default) == default  # resolved again in the same process
+    monkeypatch.setattr(resolvers, "_new_run_folders", {})  # another process
+    assert resolvers.run_dir(None, default) == f"{default}_2"
+    monkeypatch.setattr(resolvers, "_new_run_folders", {})
+    assert resolvers.new_run_folder(default) == f"{default}_3"
+    assert sorted(p.name for p in Path(default).parent.iterdir()) == [
+        "2026-01-01_10-00-00",
+        "2026-01-01_10-00-00_2",
+        "2026-01-01_10-00-00_3",
+    ]

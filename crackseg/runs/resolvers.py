@@ -140,16 +140,41 @@ def _identity_of(job: Path) -> list[str] | None:
 
 
 def run_dir(resume: object, default: str) -> str:
-    """The run folder: the one named by ``resume=RUN_DIR``, else a new one.
-
-    Hydra creates the folder right after; a ``resume=`` naming no run is refused first.
-    """
+    """The run folder: the one named by ``resume=RUN_DIR``, else a new one
+    (:func:`new_run_folder`). A ``resume=`` naming no run is refused first."""
     from crackseg.runs.resume import check_resume_folder, resumed_folder
 
     if (folder := resumed_folder(resume)) is None:
-        return default
+        return new_run_folder(default)
     check_resume_folder(folder)
     return str(resume)
+
+
+#: The folder :func:`new_run_folder` made for each default name in this process.
+_new_run_folders: dict[str, str] = {}
+
+
+def new_run_folder(default: str) -> str:
+    """``default`` (``outputs/runs/NAME/<time to the second>``), made here; where another
+    command made it first (two started in the same second, by a script or in two
+    terminals), the first of ``default_2``, ``default_3``, ... that none has made. Made with
+    an exclusive ``mkdir``, so two commands never share one; the same for every call of this
+    process (Hydra resolves the name more than once)."""
+    if default in _new_run_folders:
+        return _new_run_folders[default]
+    folder, number = default, 1
+    while True:
+        try:
+            Path(folder).mkdir(parents=True)
+        except FileExistsError:
+            number += 1
+            folder = f"{default}_{number}"
+            continue
+        except OSError:  # not writable: Hydra's own mkdir says so, naming the folder
+            return default
+        break
+    _new_run_folders[default] = folder
+    return folder
 
 
 def job_log(output_dir: str | None, job_name: str, skip_finished: bool = False) -> str:
