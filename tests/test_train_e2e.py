@@ -385,7 +385,7 @@ def test_eval_tests_on_the_images_the_weights_run_held_out(tmp_path, caplog):
     refused, a typed seed warned about; another DAGM class typed is other data."""
     from omegaconf import OmegaConf
 
-    from crackseg.eval import take_trained_split
+    from crackseg.runs.trained_settings import take_trained_split
 
     trained = OmegaConf.create(
         {"layout": "ksdd", "root": str(tmp_path), "num_folds": 3, "fold": 1, "split_seed": 4}
@@ -426,7 +426,7 @@ def test_eval_refuses_a_typed_split_that_would_test_on_training_images(
 def test_an_evaluation_reports_the_training_settings_and_its_own_precision():
     from omegaconf import OmegaConf
 
-    from crackseg.eval import reported_config
+    from crackseg.runs.trained_settings import reported_config
 
     trained = OmegaConf.create(
         {
@@ -448,7 +448,7 @@ def test_an_evaluation_reports_the_training_settings_and_its_own_precision():
 def test_an_evaluation_rebuilds_the_training_split_only_on_the_weights_own_data(tmp_path):
     from omegaconf import OmegaConf
 
-    from crackseg.eval import rebuild_training_split
+    from crackseg.runs.trained_settings import rebuild_training_split
 
     trained = OmegaConf.create(
         {

@@ -8,6 +8,7 @@ deploy) never import it.
 - ``provenance``: what produced a run (``run_info.json``)
 - ``hydra_run``: what Hydra knows of a run (multirun or not, typed overrides, ``.hydra/``)
 - ``lifecycle``: a run's life around its task (status, skipped jobs, stop and failure)
+- ``trained_settings``: what an evaluation takes from the training run of its weights
 - ``multirun``: a sweep's checks before its jobs, and its stop
 - ``config_checks``, ``resolvers``: the checks of a composed config, the configs' resolvers
 - ``hardware``, ``gpus``, ``cpu_share``, ``threads``, ``allocator``: devices, precision,

@@ -1,0 +1,179 @@
+"""What ``crackseg-eval`` takes from the training run of the weights it evaluates: the
+input shape they expect, on their own data the test split their run held out and the
+training split's counts of segmented and weak positives, and the run parameters reported
+(theirs, with the data evaluated here)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from crackseg.errors import ConfigError, CracksegError
+
+if TYPE_CHECKING:
+    from crackseg.models.lit_segdec import SegDecModule
+
+log = logging.getLogger(__name__)
+
+
+#: The data settings of training alone: how batches were made, how many training positives
+#: there were and which kept their masks. An evaluation reports the training run's,
+#: whatever its data config says.
+TRAINING_DATA_KEYS = (
+    "batch_size",
+    "dilate",
+    "frequency_sampling",
+    "neg_per_pos",
+    "train_positives",
+    "num_segmented",
+    "extra_segmented",
+    "augment",
+)
+#: Of those, what makes the training split (never the test split): its size, and which of
+#: its positives kept their masks.
+TRAINING_SPLIT_KEYS = ("train_positives", "num_segmented", "extra_segmented")
+
+
+def rebuild_training_split(data: DictConfig, trained: DictConfig | None) -> bool:
+    """On the weights' own data (same layout, folder and DAGM class), their training split as
+    it was: its :data:`TRAINING_SPLIT_KEYS` taken from their run, so the report's counts of
+    segmented and weak positives are theirs. Whether that was done: not on other data, nor
+    where the ranking that chose segmented positives is not here (a moved sweep folder)."""
+    if not trained or not _same_data(data, trained):
+        return False
+    if data.get("dagm_class") != trained.get("dagm_class"):
+        return False  # another class: other images
+    ranking = OmegaConf.select(trained, "extra_segmented.ranking", default=None)
+    if ranking and not Path(str(ranking)).expanduser().is_file():
+        log.info("the weights' run chose masks by %s, not here: no segmented count", ranking)
+        return False
+    with open_dict(data):
+        for key in TRAINING_SPLIT_KEYS:
+            if key in trained:
+                data[key] = trained[key]
+    return True
+
+
+def reported_config(trained: DictConfig, data: DictConfig, cfg: DictConfig) -> DictConfig:
+    """The run parameters an evaluation reports: those the weights were trained with (their
+    data settings of training too), the data evaluated here, the thresholds' origin and the
+    precision of this evaluation."""
+    reported = OmegaConf.merge(trained, {"data": OmegaConf.to_container(data, resolve=True)})
+    for key in TRAINING_DATA_KEYS:
+        if "data" in trained and key in trained.data:
+            reported.data[key] = trained.data[key]
+    if cfg.thresholds == "validation":  # chosen here: on this data's validation split
+        reported.validate_on_test = bool(data.get("validate_on_test", False))
+    OmegaConf.update(reported, "trainer.precision", str(cfg.trainer.precision), force_add=True)
+    return reported
+
+
+def refuse_model_settings(typed: set[str]) -> None:
+    """The network evaluated is the checkpoint's: a model typed on the command line
+    (``model=segdec``, ``model.net.channels=...``) would change nothing but the config the
+    evaluation records. An ``experiment=NAME`` may name one; its data settings are what
+    count here."""
+    model = sorted(key for key in typed if key == "model" or key.startswith("model."))
+    if model:
+        raise ConfigError(
+            f"{', '.join(model)}: crackseg-eval evaluates the network the checkpoint holds "
+            "and takes no model settings; leave them out"
+        )
+
+
+SHAPE_KEYS = ("input_channels", "input_height", "input_width")
+"""The data settings of the input shape a checkpoint's weights expect."""
+
+
+def take_trained_shape(data: DictConfig, module: SegDecModule, typed: set[str]) -> None:
+    """Images are fed in the shape the weights were trained on: the data config's input
+    channels and size become the checkpoint's, except those typed on the command line,
+    which :func:`check_input_shape` then holds to it."""
+    shape = module.input_shape
+    for key, trained in zip(SHAPE_KEYS, (shape.channels, shape.height, shape.width), strict=True):
+        if data[key] != trained and f"data.{key}" not in typed:
+            _take(data, key, trained)
+
+
+def check_input_shape(module: SegDecModule, channels: int, height: int, width: int) -> None:
+    """The data must come in the shape the weights were trained on."""
+    shape = module.input_shape
+    trained = (shape.channels, shape.height, shape.width)
+    asked = (channels, height, width)
+    if trained != asked:
+        raise CracksegError(
+            "checkpoint was trained on {}x{}x{} inputs but the data config gives {}x{}x{} "
+            "(set data.input_channels/input_height/input_width to match)".format(*trained, *asked)
+        )
+
+
+#: The data settings that decide which images a run holds out for its test: a fold or a
+#: split file fixes them; the seed and the fractions move them where the data is split by
+#: fractions (a flat folder), and ``val_fraction`` only carves validation elsewhere.
+FIXED_TEST_KEYS = ("split_file", "num_folds", "fold")
+FRACTION_KEYS = ("split_seed", "test_fraction", "val_fraction")
+
+
+def take_trained_split(data: DictConfig, trained: DictConfig | None, typed: set[str]) -> None:
+    """On the data the weights were trained on (same layout, folder and DAGM class), the test
+    split is the one their run held out: its split settings (:data:`FIXED_TEST_KEYS`,
+    :data:`FRACTION_KEYS`) are taken where the data config gives others, and its DAGM class.
+    Typed otherwise, a fold or split file is refused (that test split holds images the
+    weights trained on), as is ``all_as_test`` (every image is), a seed or fraction warned
+    about (it may, on a flat folder); another DAGM class typed is other data."""
+    if not trained or not _same_data(data, trained):
+        return
+    if data.get("dagm_class") != trained.get("dagm_class"):
+        if "data.dagm_class" in typed:
+            return  # another class: other images
+        _take(data, "dagm_class", trained.get("dagm_class"))
+    if data.get("all_as_test"):
+        raise ConfigError(
+            f"data.all_as_test=true on the data the weights were trained on ({data.root}) "
+            "tests them on their own training images: leave it out to test on the images "
+            "their run held out"
+        )
+    for key in (*FIXED_TEST_KEYS, *FRACTION_KEYS):
+        ours, theirs = data.get(key), trained.get(key)
+        if ours == theirs:
+            continue
+        if f"data.{key}" not in typed:
+            _take(data, key, theirs)
+        elif key in FIXED_TEST_KEYS:
+            raise ConfigError(
+                f"data.{key}={_typed(ours)} differs from the weights' training run on this "
+                f"data (data.{key}={_typed(theirs)}): its test split would hold images they "
+                f"trained on (leave data.{key} out to test on the images their run held out)"
+            )
+        else:
+            log.warning(
+                "data.%s=%s differs from the weights' training run on this data (%s): where "
+                "it is split by fractions, the test split may hold images they trained on",
+                key,
+                _typed(ours),
+                _typed(theirs),
+            )
+
+
+def _typed(value: Any) -> str:
+    """A setting's value as typed on the command line (``null``, not ``None``)."""
+    return "null" if value is None else str(value)
+
+
+def _take(data: DictConfig, key: str, trained: Any) -> None:
+    """``data.key`` becomes the checkpoint's value, and the log says so."""
+    log.info(
+        "data.%s: %s, the checkpoint's (the data config gives %s)", key, trained, data.get(key)
+    )
+    data[key] = trained
+
+
+def _same_data(data: DictConfig, trained: DictConfig) -> bool:
+    """Whether ``data`` is the data the weights were trained on: same layout, same folder."""
+    root, trained_root = data.get("root"), trained.get("root")
+    if data.get("layout") != trained.get("layout") or root is None or trained_root is None:
+        return False
+    return Path(root).expanduser().resolve() == Path(trained_root).expanduser().resolve()
