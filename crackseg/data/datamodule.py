@@ -191,6 +191,25 @@ class CrackDataModule(pl.LightningDataModule):
             every = [sample for samples in splits.values() for sample in samples]
             checked = iter(check_samples(every, self.labels.binarize_threshold))
             splits = {name: [next(checked) for _ in samples] for name, samples in splits.items()}
+        self._refuse_unusable_splits(splits, stage)
+        size = self.input_size
+        self.input_scaling = input_scaling(splits["train"], size.height, size.width)
+        split_file = None if self.split.all_as_test else self.split.split_file
+        segmented = segmented_positives(
+            splits["train"],
+            self.labels,
+            split_file,
+            self.split.split_seed,
+            training=stage in (None, "fit"),
+        )
+        self.data_split = DataSplit(splits, frozenset(segmented))
+        for name in SPLITS:
+            pos, neg = count_positives(splits[name])
+            log.info("%s split: %d positives, %d negatives", name, pos, neg)
+
+    def _refuse_unusable_splits(self, splits: dict[str, list[Sample]], stage: str | None) -> None:
+        """A split the ``stage`` needs that is empty, or a training split without a defect,
+        is refused with the remedy; a training split without a negative is warned about."""
         if not splits["train"] and stage in (None, "fit"):
             raise DataError(f"the training split of {self.root} is empty")
         if stage in (None, "fit") and not any(s.is_positive for s in splits["train"]):
@@ -231,20 +250,6 @@ class CrackDataModule(pl.LightningDataModule):
                 f"{self.root} is empty, and the thresholds and the best weights are chosen on "
                 f"it: {hint}"
             )
-        size = self.input_size
-        self.input_scaling = input_scaling(splits["train"], size.height, size.width)
-        split_file = None if self.split.all_as_test else self.split.split_file
-        segmented = segmented_positives(
-            splits["train"],
-            self.labels,
-            split_file,
-            self.split.split_seed,
-            training=stage in (None, "fit"),
-        )
-        self.data_split = DataSplit(splits, frozenset(segmented))
-        for name in SPLITS:
-            pos, neg = count_positives(splits[name])
-            log.info("%s split: %d positives, %d negatives", name, pos, neg)
 
     # -- datasets ----------------------------------------------------------------------
     def _dataset(self, split: str, training: bool = False) -> CrackDataset:
