@@ -994,19 +994,46 @@ def test_a_training_split_without_a_defect_image_is_refused_before_training(tmp_
 def test_commands_started_in_the_same_second_get_a_run_folder_each(tmp_path, monkeypatch):
     """Two predictions started together by a script share the default name (the time to
     the second): the second one was refused as the first one's folder was in use. Each
-    process makes its folder with an exclusive mkdir, the next free ``_N`` if taken, and
-    keeps the name it made for every later resolution."""
+    command makes its folder with an exclusive mkdir, the next free ``_N`` if taken, and
+    keeps the name for every resolution until it ends; the processes of one run started by
+    a launcher (torchrun) take the name as it is, all alike."""
     from crackseg.runs import resolvers
 
     default = str(tmp_path / "outputs" / "runs" / "predict" / "2026-01-01_10-00-00")
     assert resolvers.run_dir(None, default) == default and Path(default).is_dir()
-    assert resolvers.run_dir(None, default) == default  # resolved again in the same process
-    monkeypatch.setattr(resolvers, "_new_run_folders", {})  # another process
+    assert resolvers.run_dir(None, default) == default  # resolved again by the same command
+    resolvers.forget_new_run_folders()  # it ended: the next command (or process) is another
     assert resolvers.run_dir(None, default) == f"{default}_2"
-    monkeypatch.setattr(resolvers, "_new_run_folders", {})
+    resolvers.forget_new_run_folders()
     assert resolvers.new_run_folder(default) == f"{default}_3"
+    resolvers.forget_new_run_folders()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolvers.new_run_folder(default) == default
     assert sorted(p.name for p in Path(default).parent.iterdir()) == [
         "2026-01-01_10-00-00",
         "2026-01-01_10-00-00_2",
         "2026-01-01_10-00-00_3",
     ]
+    resolvers.forget_new_run_folders()
+
+
+@pytest.mark.parametrize("config", ["train", "eval", "predict", "export"])
+def test_every_command_names_its_new_folder_through_the_resolver(config):
+    from hydra import compose, initialize_config_dir
+
+    from crackseg import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config, return_hydra_config=True)
+    assert cfg.hydra.run._get_node("dir")._value().startswith("${crackseg.run_dir:")
+
+
+def test_printing_the_resolved_config_leaves_no_run_folder(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "crackseg.train", "--cfg", "all", "--resolve"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and "dir: outputs/runs/" in result.stdout
+    assert not list(tmp_path.rglob("*"))  # the folder it named was made, and removed

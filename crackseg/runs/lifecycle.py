@@ -18,7 +18,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-import crackseg.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from crackseg.cli import is_expected_error, one_line, print_line, root_cause
 from crackseg.errors import (
     EXIT_STOPPED,
@@ -39,6 +38,7 @@ from crackseg.runs.ownership import (
     release_run_folder,
     used_by_another_command,
 )
+from crackseg.runs.resolvers import forget_new_run_folders  # registers the configs' resolvers
 from crackseg.runs.resume import config_differences
 from crackseg.runs.status import finished_status, write_status
 from crackseg.runs.threads import set_job_threads
@@ -107,6 +107,7 @@ def run_task(
         return metrics.get(objective)
     finally:
         release_run_folder(output_dir)  # the next job of a sweep may run in this process
+        forget_new_run_folders()
 
 
 def check_job_placement(output_dir: Path, multirun: bool) -> None:

@@ -22,6 +22,8 @@ crackseg.runs.lifecycle, and Hydra's launcher workers through the sweep summary 
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -150,7 +152,8 @@ def run_dir(resume: object, default: str) -> str:
     return str(resume)
 
 
-#: The folder :func:`new_run_folder` made for each default name in this process.
+#: The folder :func:`new_run_folder` made for each default name, for the command running in
+#: this process (:func:`forget_new_run_folders` when it ends).
 _new_run_folders: dict[str, str] = {}
 
 
@@ -158,10 +161,19 @@ def new_run_folder(default: str) -> str:
     """``default`` (``outputs/runs/NAME/<time to the second>``), made here; where another
     command made it first (two started in the same second, by a script or in two
     terminals), the first of ``default_2``, ``default_3``, ... that none has made. Made with
-    an exclusive ``mkdir``, so two commands never share one; the same for every call of this
-    process (Hydra resolves the name more than once)."""
+    an exclusive ``mkdir``, so two commands never share one; the same for every call while
+    the command runs (Hydra resolves the name more than once); removed at exit if nothing
+    was written into it (``--cfg all --resolve`` prints the name and runs nothing).
+
+    The processes of one run started by a launcher (torchrun, ``srun --ntasks=N``) take
+    ``default`` as it is, so that all of them name the same folder."""
     if default in _new_run_folders:
         return _new_run_folders[default]
+    if _one_of_several_processes():
+        return default
+    made = Path(default).absolute()  # the first folder of the path this call makes
+    while not made.parent.exists():
+        made = made.parent
     folder, number = default, 1
     while True:
         try:
@@ -173,8 +185,36 @@ def new_run_folder(default: str) -> str:
         except OSError:  # not writable: Hydra's own mkdir says so, naming the folder
             return default
         break
+    atexit.register(_remove_if_empty, Path(folder).absolute(), made)
     _new_run_folders[default] = folder
     return folder
+
+
+def forget_new_run_folders() -> None:
+    """The command has ended: a next one in this process (a test, a notebook) gets a
+    folder of its own from :func:`new_run_folder`."""
+    _new_run_folders.clear()
+
+
+def _one_of_several_processes() -> bool:
+    """Whether a launcher started this command as one process of several of one run."""
+    from crackseg.runs.ownership import is_rank_zero
+
+    for key in ("WORLD_SIZE", "SLURM_NTASKS"):
+        with contextlib.suppress(ValueError):
+            if int(os.environ.get(key, "1")) > 1:
+                return True
+    return not is_rank_zero()
+
+
+def _remove_if_empty(folder: Path, made: Path) -> None:
+    """``folder``, and the folders above it up to ``made``, where they hold nothing."""
+    with contextlib.suppress(OSError):
+        while True:
+            folder.rmdir()
+            if folder == made or made not in folder.parents:
+                return
+            folder = folder.parent
 
 
 def job_log(output_dir: str | None, job_name: str, skip_finished: bool = False) -> str:
