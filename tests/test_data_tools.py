@@ -192,6 +192,22 @@ def test_crackforest_that_cannot_be_converted_is_one_line_and_leaves_nothing(tmp
     assert err.startswith(f"error: {src / 'groundTruth' / '003.mat'} is not a MATLAB file")
     assert err.count("\n") == 1
     assert not dst.exists() and [p.name for p in tmp_path.iterdir()] == [src.name]
+    import scipy.io
+
+    mat = src / "groundTruth" / "003.mat"
+    for truth, expected in (
+        ({"Segmentation": np.full((32, 48), 255, np.uint8)}, "holds 255, not CrackForest's 1"),
+        ([{"Segmentation": np.ones((32, 48))}] * 2, "holds 2 annotations of the photograph"),
+    ):
+        scipy.io.savemat(mat, {"groundTruth": truth})
+        assert main(["crackforest", str(src), str(dst)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 ".ljust(124)
+    mat.write_bytes(header + b"\x00\x02IM" + bytes(384))  # version 0x0200: HDF5
+    assert main(["crackforest", str(src), str(dst)]) == 2
+    assert "is a MATLAB v7.3 (HDF5) file, which crackseg does not read" in (capsys.readouterr().err)
+    assert not dst.exists()
     with pytest.raises(DataError, match="CrackForest as distributed[?] convert it first"):
         index_layout("crack_segmentation", src)  # what cfd_tiles would tile, unconverted
 

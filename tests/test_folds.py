@@ -220,6 +220,8 @@ def test_a_sweep_one_may_only_read_is_summarised_elsewhere(tmp_path, monkeypatch
     assert {p.name for p in out.iterdir()} >= {"summary.csv", "summary.md", "folds.csv"}
     assert "## Folds joined (`data.fold`)" in (out / "summary.md").read_text()
     assert f"written: {out / 'summary.csv'}" in capsys.readouterr().out
+    assert summary.main([str(sweep), "--out", str(out / "summary.md")]) == 2
+    assert capsys.readouterr().err == f"error: --out {out / 'summary.md'} is not a folder\n"
 
     written = summary.atomic_write_csv
 

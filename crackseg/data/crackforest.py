@@ -19,22 +19,36 @@ from crackseg.errors import DataError, describe_files
 
 IMAGE_FOLDER = "image"
 MASK_FOLDER = "groundTruth"
-#: The value of a crack pixel in ``groundTruth.Segmentation``.
-CRACK = 2
+#: The values of ``groundTruth.Segmentation``.
+BACKGROUND, CRACK = 1, 2
 
 
 def crackforest_mask(path: Path) -> np.ndarray:
     """The crack mask of one ``groundTruth/NNN.mat``: uint8, 255 where it marks a crack."""
     try:
         mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-    except (MatReadError, ValueError, TypeError, NotImplementedError, OSError) as error:
+    except NotImplementedError as error:  # scipy reads up to MATLAB's -v7 format
+        raise DataError(
+            f"{path} is a MATLAB v7.3 (HDF5) file, which crackseg does not read: save it "
+            "again in MATLAB with save(NAME, 'groundTruth', '-v7')"
+        ) from error
+    except (MatReadError, ValueError, TypeError, OSError) as error:
         raise DataError(f"{path} is not a MATLAB file crackseg can read: {error}") from error
     truth = mat.get("groundTruth")
     while isinstance(truth, np.ndarray) and truth.dtype == object and truth.size == 1:
         truth = truth.item()  # a cell around the struct
+    if isinstance(truth, np.ndarray) and truth.dtype == object:
+        raise DataError(f"{path} holds {truth.size} annotations of the photograph; one expected")
     segmentation = getattr(truth, "Segmentation", None)
     if not isinstance(segmentation, np.ndarray) or segmentation.ndim != 2:
         raise DataError(f"{path} holds no groundTruth.Segmentation image, as CrackForest's do")
+    values = set(np.unique(segmentation).tolist())
+    if not values <= {BACKGROUND, CRACK}:
+        shown = ", ".join(f"{v:g}" for v in sorted(values)[:5])
+        raise DataError(
+            f"{path}: groundTruth.Segmentation holds {shown}, not CrackForest's "
+            f"{BACKGROUND} (background) and {CRACK} (crack)"
+        )
     return np.where(segmentation == CRACK, 255, 0).astype(np.uint8)
 
 

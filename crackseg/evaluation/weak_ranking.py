@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from crackseg.atomic import atomic_write_csv
+from crackseg.evaluation.metrics import score_text
 
 RANKING_FILE = "weak_ranking.csv"
 COLUMNS = (
@@ -74,7 +75,7 @@ def _ranking_row(entry: dict[str, Any]) -> list[Any]:
         entry["sample_id"],
         entry["image"],
         f"{entry['uncertainty']:.6f}",
-        f"{entry['decision_score']:.6f}",
+        score_text(entry["decision_score"]),
         entry["crack_pixels"],
         "" if math.isnan(mean) else f"{mean:.6f}",
     ]

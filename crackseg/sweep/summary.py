@@ -545,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         if not find_job_dirs(root):
             raise ValueError(f"no run folders (with a .hydra/ inside) under {root}")
         out = None if args.out is None else Path(args.out).expanduser()
+        if out is not None and out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is not a folder")
         csv_path, md_path = write_summary(root, out=out)
     except (OSError, ValueError, CracksegError) as error:
         from crackseg.cli import one_line  # (crackseg.cli imports this module)
