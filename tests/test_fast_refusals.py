@@ -361,6 +361,15 @@ def test_a_sweep_over_checkpoints_is_not_refused_for_the_checkpoint_it_sweeps(tm
         json.loads(status.read_text())["error"] for status in sweep_dir.glob("*/status.json")
     )
     assert errors == ["checkpoint a.ckpt does not exist", "checkpoint b.ckpt does not exist"]
+    # run again into its folder: its failed jobs are not run again there, which is said
+    # before any job runs (it was said when job 0's turn came, ending the sweep there)
+    summary = (sweep_dir / "summary.md").read_text()
+    line = one_line_error(
+        run_entry("eval", "-m", "ckpt_path=a.ckpt,b.ckpt", f"hydra.sweep.dir={sweep_dir}")
+    )
+    assert line.startswith(f"error: the job in {sweep_dir / '0_ckpt_path=a.ckpt'} did not ")
+    assert "earlier run of this sweep (failed), and crackseg-eval runs no job again" in line
+    assert (sweep_dir / "summary.md").read_text() == summary
 
 
 @pytest.mark.parametrize("entry", ["predict", "export"])

@@ -30,10 +30,15 @@ from crackseg.runs.config_checks import check_config
 from crackseg.runs.gpus import runs_parallel_locally
 from crackseg.runs.hydra_run import override_key, saved_hydra_file, saved_overrides
 from crackseg.runs.lifecycle import ran_with_other_settings
-from crackseg.runs.ownership import claim_run_folder, held_by_another_process, release_run_folder
+from crackseg.runs.ownership import (
+    claim_run_folder,
+    held_by_another_process,
+    release_run_folder,
+    used_by_another_command,
+)
 from crackseg.runs.resolvers import SWEEP_STOPPING
 from crackseg.runs.resume import check_sweep_resume, config_differences
-from crackseg.runs.status import finished_status, holds_run
+from crackseg.runs.status import finished_status, holds_run, read_status
 from crackseg.setting_rules import check_required
 from crackseg.sweep.job_names import (
     job_overrides,
@@ -73,6 +78,7 @@ class SweepChecksCallback(Callback):
             claim_run_folder(config.hydra.sweep.dir)
             refuse_finished_jobs_with_other_settings(config, task, swept)
             refuse_held_runs_with_other_settings(config, task, swept)
+            refuse_unfinished_jobs_not_run_again(config)
         except (CracksegError, OSError, OmegaConfBaseException) as error:  # a folder, a lock
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
@@ -271,6 +277,26 @@ def refuse_held_runs_with_other_settings(
                 f"({'; '.join(changed)}): a config file or a setting changed since; undo the "
                 "change, or use another hydra.sweep.dir"
             )
+
+
+def refuse_unfinished_jobs_not_run_again(config: DictConfig) -> None:
+    """An evaluation, prediction or export never runs in a folder that holds a run's status
+    (crackseg.runs.ownership.refuse_used_folder), its own job of an earlier run of the
+    sweep that failed or was stopped too: refused before any job runs, with what to do,
+    rather than when its turn comes, which ends the sweep there without its summary. (A
+    training job is run again in its folder: it resumes.)"""
+    command = str(config.hydra.job.name)
+    if command == "train":
+        return
+    for job in _job_folders(config):
+        if finished_status(job) is not None or not used_by_another_command(job):
+            continue  # skipped, or started in it as new
+        state = (read_status(job) or {}).get("status", "unfinished")
+        raise SweepSettingsError(
+            f"the job in {job} did not finish in an earlier run of this sweep ({state}), and "
+            f"crackseg-{command} runs no job again in its folder: delete that folder to run "
+            "the job again, or use another hydra.sweep.dir"
+        )
 
 
 def _differences_from_now(
