@@ -17,7 +17,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import METRIC_KEYS, REPO, TINY, datamodule_of, one_line_error, run_entry
+from conftest import (
+    METRIC_KEYS,
+    REPO,
+    TINY,
+    datamodule_of,
+    one_line_error,
+    run_entry,
+    run_tiny,
+)
 from helpers.paper_replicas import write_image
 from helpers.stalled_runs import HELPERS, start_train, wait_for_stall
 
@@ -1037,3 +1045,25 @@ def test_printing_the_resolved_config_leaves_no_run_folder(tmp_path):
     )
     assert result.returncode == 0 and "dir: outputs/runs/" in result.stdout
     assert not list(tmp_path.rglob("*"))  # the folder it named was made, and removed
+
+
+def test_a_run_killed_in_its_first_seconds_keeps_its_folder(tmp_path, tiny_data_dir):
+    """Killed (kill -9) while it checks its config and imports Lightning, before it builds
+    its data: its folder held only .hydra/ and its log, which the next run took as empty,
+    with other settings. It says running from the moment it accepts its folder."""
+    run_dir = tmp_path / "run"
+    killed_at_data = (
+        "import os, sys; import crackseg.data.datamodule as d; "
+        "d.CrackDataModule.from_config = lambda *a, **k: os._exit(9); "
+        "sys.argv[0] = 'crackseg-train'; from crackseg.train import main; main()"
+    )
+    args = [*TINY, f"paths.data_dir={tiny_data_dir}", f"hydra.run.dir={run_dir}"]
+    killed = subprocess.run(
+        [sys.executable, "-c", killed_at_data, *args], cwd=REPO, capture_output=True, text=True
+    )
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    line = one_line_error(run_tiny(run_dir, tiny_data_dir, "seed=7"))
+    assert line.startswith("error: ") and "resume" in line, line
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == config

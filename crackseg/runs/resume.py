@@ -322,6 +322,10 @@ def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     resolve_machine_settings(cfg)
     cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
     accept_run_folder(cfg.paths.output_dir)
+    if checkpoint is None and is_rank_zero():
+        # At once, not after the seconds of checks and imports before record_start: a run
+        # killed in them (kill -9) still holds its folder, which no other run then takes.
+        write_status(Path(cfg.paths.output_dir), "running")
     _refuse_float16_resumed_without_gpu(cfg)
     resolve_machine_settings(cfg)  # a resumed run's own config
     return cfg, checkpoint
