@@ -28,11 +28,17 @@ from crackseg.data.layouts import check_dagm_classes, check_data_found
 from crackseg.errors import ConfigError, CracksegError, SweepSettingsError, SweepStopped
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.gpus import runs_parallel_locally
-from crackseg.runs.hydra_run import override_key, saved_hydra_file, saved_overrides
+from crackseg.runs.hydra_run import (
+    OTHER_COMMANDS,
+    override_key,
+    saved_hydra_file,
+    saved_overrides,
+)
 from crackseg.runs.lifecycle import ran_with_other_settings
 from crackseg.runs.ownership import (
     claim_run_folder,
     held_by_another_process,
+    is_rank_zero,
     release_run_folder,
     used_by_another_command,
 )
@@ -286,7 +292,8 @@ def refuse_unfinished_jobs_not_run_again(config: DictConfig) -> None:
     rather than when its turn comes, which ends the sweep there without its summary. (A
     training job is run again in its folder: it resumes.)"""
     command = str(config.hydra.job.name)
-    if command == "train":
+    # a DDP job's other processes run the sweep beside the first, in its job folders
+    if command not in OTHER_COMMANDS or not is_rank_zero():
         return
     for job in _job_folders(config):
         if finished_status(job) is not None or not used_by_another_command(job):
