@@ -463,6 +463,8 @@ class EvaluationReport(pl.Callback):
     tab's ``num_segmented``); an evaluation's is not. ``counts_segmented``: its count of
     segmented positives is the weights' (an evaluation on their own data, their training
     split rebuilt as it was); where not, the report and metrics.json give none.
+    ``trained_ids``: the sample ids the weights trained on (an evaluation's, from their
+    checkpoint), so a test split that holds some is said to (``test_images_trained_on``).
     """
 
     def __init__(
@@ -473,8 +475,10 @@ class EvaluationReport(pl.Callback):
         title: str = "",
         trained_here: bool = True,
         counts_segmented: bool = True,
+        trained_ids: frozenset[str] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.trained_ids = trained_ids
         self.num_dice_panels = num_dice_panels
         self.run_config = run_config
         self.title = title
@@ -484,6 +488,22 @@ class EvaluationReport(pl.Callback):
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.trained_here and trainer.is_global_zero:
             warn_of_another_scale(pl_module.hparams.get("input_scaling"), trainer.datamodule)
+            if trained := self._test_images_trained_on(trainer):
+                total = len(trainer.datamodule.data_split.splits["test"])
+                log.warning(
+                    "%d of the %d test images are images the weights trained on (%s): their "
+                    "scores overstate the weights",
+                    len(trained),
+                    total,
+                    ", ".join(trained[:3]) + (", ..." if len(trained) > 3 else ""),
+                )
+
+    def _test_images_trained_on(self, trainer: pl.Trainer) -> list[str]:
+        """The test split's sample ids among :attr:`trained_ids`."""
+        if not self.trained_ids:
+            return []
+        test = trainer.datamodule.data_split.splits["test"]
+        return sorted(s.sample_id for s in test if s.sample_id in self.trained_ids)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -504,6 +524,8 @@ class EvaluationReport(pl.Callback):
             None if num_segmented is None else max(counts["train"][0] - num_segmented, 0)
         )
         metrics["precision"] = str(trainer.precision)
+        if self.trained_ids is not None:
+            metrics["test_images_trained_on"] = len(self._test_images_trained_on(trainer))
         atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
         self._write_scores(trainer, results, float(pl_module.image_threshold))
         if results.get("roc") is not None:

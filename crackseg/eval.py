@@ -30,6 +30,7 @@ from crackseg.runs.trained_settings import (
     reported_config,
     take_trained_shape,
     take_trained_split,
+    trained_sample_ids,
 )
 from crackseg.setting_rules import check_required
 
@@ -79,6 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         cfg.report_title,
         trained_here=False,
         counts_segmented=own_training_split,
+        trained_ids=trained_sample_ids(cfg.ckpt_path),
     )
     trainer = build_trainer(cfg, [report])
 

@@ -118,6 +118,7 @@ def test_eval_of_a_checkpoint_matches_the_test_step(
     for key in ("image_auc", "image_ap", "tp", "fp", "tn", "fn", "seg_threshold", "dice_mean"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
     assert evaluated["precision"] == trained["precision"] == "32-true"  # as trained
+    assert evaluated["test_images_trained_on"] == 0  # the test split their run held out
     # the report gives the weights' training settings and split, not the eval config's
     assert evaluated["num_segmented"] == trained["num_segmented"]
     rows = ("| Dilate ", "| Batch size ", "| Segmented samples ", "| Weak positives ")
@@ -267,6 +268,17 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(
     assert metrics["seg_threshold"] == pytest.approx(0.97)
     assert metrics["precision"] == "bf16-mixed"
     assert metrics["test_samples"] == 40 and metrics["train_samples"] == 0
+    # their names tell the images the weights trained on: said, in the report too
+    from crackseg.runs.trained_settings import trained_sample_ids
+
+    trained = trained_sample_ids(tiny_checkpoint)
+    assert trained and metrics["test_images_trained_on"] == len(trained) < 40
+    assert f"{len(trained)} of the test images are images the weights trained on" in (
+        (tmp_path / "eval" / "report.md").read_text()
+    )
+    assert f"{len(trained)} of the 40 test images are images the weights trained on" in (
+        result.stderr + result.stdout
+    )
     assert metrics["tp"] + metrics["fn"] == 20 and metrics["tn"] + metrics["fp"] == 20
     # the test images counted at the checkpoint's 0.999, from their scores
     with open(tmp_path / "eval" / "test_scores.csv", newline="") as table:

@@ -233,6 +233,12 @@ def _auto_notes(metrics: Mapping[str, Any]) -> list[str]:
             "empty or missing mask, or a crack too thin for the input size): counted apart, "
             "left out of Dice and IoU (`positives_without_mask` in metrics.json)."
         )
+    trained_on = int(metrics.get("test_images_trained_on") or 0)
+    if trained_on:
+        notes.append(
+            f"{trained_on} of the test images are images the weights trained on "
+            "(`test_images_trained_on` in metrics.json): these numbers overstate them."
+        )
     if _is_undefined(metrics.get("dice_mean")):
         notes.append(
             "Dice and IoU are undefined (n/a): "

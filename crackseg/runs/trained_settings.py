@@ -177,3 +177,14 @@ def _same_data(data: DictConfig, trained: DictConfig) -> bool:
     if data.get("layout") != trained.get("layout") or root is None or trained_root is None:
         return False
     return Path(root).expanduser().resolve() == Path(trained_root).expanduser().resolve()
+
+
+def trained_sample_ids(checkpoint: str | Path) -> frozenset[str] | None:
+    """The sample ids of the training split the weights in ``checkpoint`` trained on, as
+    their run recorded it (None where it did not: a checkpoint from before it did)."""
+    from crackseg.data.datamodule import SPLIT_STATE, CrackDataModule
+    from crackseg.models.checkpoint import load_checkpoint_file
+
+    state = load_checkpoint_file(checkpoint, mmap=True).get(CrackDataModule.__qualname__) or {}
+    ids = (state.get(SPLIT_STATE) or {}).get("ids", {}).get("train")
+    return None if ids is None else frozenset(ids)
