@@ -370,6 +370,10 @@ def test_a_sweep_over_checkpoints_is_not_refused_for_the_checkpoint_it_sweeps(tm
     assert line.startswith(f"error: the job in {sweep_dir / '0_ckpt_path=a.ckpt'} did not ")
     assert "earlier run of this sweep (failed), and crackseg-eval runs no job again" in line
     assert (sweep_dir / "summary.md").read_text() == summary
+    # a grid without those jobs runs beside them (here its job fails as theirs did)
+    other = run_entry("eval", "-m", "ckpt_path=c.ckpt", f"hydra.sweep.dir={sweep_dir}")
+    assert other.returncode == 1 and "did not finish in an earlier run" not in other.stderr
+    assert (sweep_dir / "0_ckpt_path=c.ckpt" / "status.json").is_file()
 
 
 @pytest.mark.parametrize("entry", ["predict", "export"])

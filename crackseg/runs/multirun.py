@@ -47,7 +47,10 @@ from crackseg.runs.resume import check_sweep_resume, config_differences
 from crackseg.runs.status import finished_status, holds_run, read_status
 from crackseg.setting_rules import check_required
 from crackseg.sweep.job_names import (
+    BASIC_SWEEPER,
+    grid_jobs,
     job_overrides,
+    job_settings,
     keys_telling_jobs_apart,
     setting_changes,
     shared_settings,
@@ -84,7 +87,7 @@ class SweepChecksCallback(Callback):
             claim_run_folder(config.hydra.sweep.dir)
             refuse_finished_jobs_with_other_settings(config, task, swept)
             refuse_held_runs_with_other_settings(config, task, swept)
-            refuse_unfinished_jobs_not_run_again(config)
+            refuse_unfinished_jobs_not_run_again(config, task)
         except (CracksegError, OSError, OmegaConfBaseException) as error:  # a folder, a lock
             print_line(f"error: {one_line(error)}")
             sys.exit(2)
@@ -285,17 +288,27 @@ def refuse_held_runs_with_other_settings(
             )
 
 
-def refuse_unfinished_jobs_not_run_again(config: DictConfig) -> None:
+def refuse_unfinished_jobs_not_run_again(config: DictConfig, task: list[str]) -> None:
     """An evaluation, prediction or export never runs in a folder that holds a run's status
     (crackseg.runs.ownership.refuse_used_folder), its own job of an earlier run of the
-    sweep that failed or was stopped too: refused before any job runs, with what to do,
-    rather than when its turn comes, which ends the sweep there without its summary. (A
-    training job is run again in its folder: it resumes.)"""
+    sweep that failed or was stopped too: a job of this sweep's grid (Hydra's basic
+    sweeper's) whose folder is such is refused before any job runs, with what to do, rather
+    than when its turn comes, which ends the sweep there without its summary. (A training
+    job is run again in its folder: it resumes.)"""
     command = str(config.hydra.job.name)
     # a DDP job's other processes run the sweep beside the first, in its job folders
     if command not in OTHER_COMMANDS or not is_rank_zero():
         return
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) != BASIC_SWEEPER:
+        return
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    grid = grid_jobs(task, {str(k): v for k, v in params.items()})
+    if grid is None:
+        return
     for job in _job_folders(config):
+        saved = saved_overrides(job)
+        if saved is None or job_settings(saved) not in grid:
+            continue  # not a job of this sweep's grid
         if finished_status(job) is not None or not used_by_another_command(job):
             continue  # skipped, or started in it as new
         state = (read_status(job) or {}).get("status", "unfinished")

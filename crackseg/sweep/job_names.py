@@ -154,6 +154,10 @@ def job_identity(overrides: Iterable[str]) -> list[str]:
     return sorted(f"{key}={value}" for key, value in job_settings(overrides).items())
 
 
+#: The sweeper whose grid :func:`grid_jobs` makes: Hydra's own.
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
 def grid_jobs(
     task_overrides: Iterable[str], sweeper_params: Mapping[str, Any]
 ) -> list[dict[str, str]] | None:

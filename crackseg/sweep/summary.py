@@ -34,7 +34,7 @@ from crackseg.runs.hydra_run import override_key, saved_overrides, started_by
 from crackseg.runs.ownership import is_rank_zero
 from crackseg.runs.status import load_json_object, load_status
 from crackseg.setting_rules import OneLineParser
-from crackseg.sweep.job_names import grid_jobs, job_settings, swept_keys
+from crackseg.sweep.job_names import BASIC_SWEEPER, grid_jobs, job_settings, swept_keys
 from crackseg.sweep.published import add_table4_labels, departures
 
 log = logging.getLogger(__name__)
@@ -150,10 +150,6 @@ def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
         if state == "finished" and not metrics:
             return "failed", no_metrics, {}
     return state, error, metrics
-
-
-#: The sweeper whose grid a summary can name (:func:`grid_not_started`): Hydra's own.
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 def _last_sweep(root: Path) -> tuple[list[str], dict[str, Any], str] | None:
