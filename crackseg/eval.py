@@ -80,7 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         cfg.report_title,
         trained_here=False,
         counts_segmented=own_training_split,
-        trained_ids=trained_sample_ids(cfg.ckpt_path),
+        trained_ids=trained_sample_ids(cfg.ckpt_path, data, trained.get("data")),
     )
     trainer = build_trainer(cfg, [report])
 

@@ -268,15 +268,28 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(
     assert metrics["seg_threshold"] == pytest.approx(0.97)
     assert metrics["precision"] == "bf16-mixed"
     assert metrics["test_samples"] == 40 and metrics["train_samples"] == 0
-    # their names tell the images the weights trained on: said, in the report too
-    from crackseg.runs.trained_settings import trained_sample_ids
-
-    trained = trained_sample_ids(tiny_checkpoint)
-    assert trained and metrics["test_images_trained_on"] == len(trained) < 40
-    assert f"{len(trained)} of the test images are images the weights trained on" in (
-        (tmp_path / "eval" / "report.md").read_text()
+    assert "test_images_trained_on" not in metrics  # names alone say nothing elsewhere
+    # their own folder read through another layout: the names tell the images they trained
+    # on, which is said, in the report too
+    (root,) = tiny_data_dir.glob("synthetic_*")
+    folder = [o for o in TINY_EVAL if not o.startswith("data.synthetic.")]
+    result = run_entry(
+        "eval",
+        f"ckpt_path={edited}",
+        "data=folder",
+        *folder,
+        f"data.root={root}",
+        "data.all_as_test=true",
+        f"hydra.run.dir={tmp_path / 'folder'}",
     )
-    assert f"{len(trained)} of the 40 test images are images the weights trained on" in (
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "folder" / "metrics.json").read_text())
+    trained = metrics["test_images_trained_on"]
+    assert 0 < trained < metrics["test_samples"] == 40
+    assert f"{trained} of the test images are images the weights trained on" in (
+        (tmp_path / "folder" / "report.md").read_text()
+    )
+    assert f"{trained} of the 40 test images are images the weights trained on" in (
         result.stderr + result.stdout
     )
     assert metrics["tp"] + metrics["fn"] == 20 and metrics["tn"] + metrics["fp"] == 20

@@ -173,18 +173,28 @@ def _take(data: DictConfig, key: str, trained: Any) -> None:
 
 def _same_data(data: DictConfig, trained: DictConfig) -> bool:
     """Whether ``data`` is the data the weights were trained on: same layout, same folder."""
+    return data.get("layout") == trained.get("layout") and _same_folder(data, trained)
+
+
+def _same_folder(data: DictConfig, trained: DictConfig) -> bool:
     root, trained_root = data.get("root"), trained.get("root")
-    if data.get("layout") != trained.get("layout") or root is None or trained_root is None:
+    if root is None or trained_root is None:
         return False
     return Path(root).expanduser().resolve() == Path(trained_root).expanduser().resolve()
 
 
-def trained_sample_ids(checkpoint: str | Path) -> frozenset[str] | None:
+def trained_sample_ids(
+    checkpoint: str | Path, data: DictConfig, trained: DictConfig | None
+) -> frozenset[str] | None:
     """The sample ids of the training split the weights in ``checkpoint`` trained on, as
-    their run recorded it (None where it did not: a checkpoint from before it did)."""
+    their run recorded it, where ``data`` is read from the folder they were trained on (in
+    any layout; elsewhere a name says nothing of the image); None where it is another
+    folder, or the checkpoint is from before the split was recorded."""
     from crackseg.data.datamodule import SPLIT_STATE, CrackDataModule
     from crackseg.models.checkpoint import load_checkpoint_file
 
+    if not trained or not _same_folder(data, trained):
+        return None
     state = load_checkpoint_file(checkpoint, mmap=True).get(CrackDataModule.__qualname__) or {}
     ids = (state.get(SPLIT_STATE) or {}).get("ids", {}).get("train")
     return None if ids is None else frozenset(ids)
