@@ -34,7 +34,7 @@ from crackseg.evaluation.plots import (
     save_dice_panel,
     spread_indices,
 )
-from crackseg.evaluation.report import HPARAMS, hparams_of, write_run_report
+from crackseg.evaluation.report import HPARAMS, hparams_of, weak_positives, write_run_report
 from crackseg.models.lit_segdec import validation_group
 from crackseg.run_files import (
     HISTORY_FILE,
@@ -520,9 +520,7 @@ class EvaluationReport(pl.Callback):
         if not self.counts_segmented:  # another data's split: not the weights' training
             num_segmented = None
         metrics["num_segmented"] = num_segmented
-        metrics["num_weak"] = (
-            None if num_segmented is None else max(counts["train"][0] - num_segmented, 0)
-        )
+        metrics["num_weak"] = weak_positives(counts["train"][0], num_segmented)
         metrics["precision"] = str(trainer.precision)
         if self.trained_ids is not None:
             metrics["test_images_trained_on"] = len(self._test_images_trained_on(trainer))

@@ -27,7 +27,7 @@ def crackforest_mask(path: Path) -> np.ndarray:
     """The crack mask of one ``groundTruth/NNN.mat``: uint8, 255 where it marks a crack."""
     try:
         mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-    except NotImplementedError as error:  # scipy reads up to MATLAB's -v7 format
+    except NotImplementedError as error:  # scipy's answer to a MATLAB v7.3 (HDF5) file
         raise DataError(
             f"{path} is a MATLAB v7.3 (HDF5) file, which crackseg does not read: save it "
             "again in MATLAB with save(NAME, 'groundTruth', '-v7')"

@@ -83,7 +83,7 @@ def _add_layout_arguments(parser: argparse.ArgumentParser, default: str | None) 
     )
 
 
-def _new_folder(dst: Path) -> None:
+def _refuse_non_empty(dst: Path) -> None:
     if dst.exists() and any(dst.iterdir()):
         raise DataError(f"destination is not empty, refusing to write into it: {dst}")
 
@@ -92,7 +92,7 @@ def _cmd_tile(args: argparse.Namespace) -> None:
     """Tile into a hidden sibling of the destination, renamed into place at the end: a run
     that fails (a full disk) leaves no half-written destination."""
     dst = Path(args.dst)
-    _new_folder(dst)
+    _refuse_non_empty(dst)
     with folder_built_beside(dst) as tmp:
         counts = _tile_from_arguments(args, tmp)
         tmp.rename(dst)  # replaces an empty dst in one step (POSIX rename)
@@ -119,7 +119,7 @@ def _tile_from_arguments(args: argparse.Namespace, dst: Path) -> dict[str, tuple
 def _cmd_crackforest(args: argparse.Namespace) -> None:
     """As :func:`_cmd_tile`: built beside the destination, renamed into place at the end."""
     dst = Path(args.dst)
-    _new_folder(dst)
+    _refuse_non_empty(dst)
     with folder_built_beside(dst) as tmp:
         count = convert_crackforest(Path(args.src), tmp)
         tmp.rename(dst)

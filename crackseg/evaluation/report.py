@@ -213,9 +213,15 @@ def dataset_table_from_counts(
     table["Segmented samples"] = NOT_AVAILABLE if num_segmented is None else int(num_segmented)
     train = _split_pair(split_counts, "train")
     if train is not None:
-        weak = NOT_AVAILABLE if num_segmented is None else max(train[0] - int(num_segmented), 0)
-        table["Weak positives (image label only)"] = weak
+        weak = weak_positives(train[0], num_segmented)
+        table["Weak positives (image label only)"] = NOT_AVAILABLE if weak is None else weak
     return table
+
+
+def weak_positives(train_positives: int, num_segmented: int | None) -> int | None:
+    """How many training positives are weak (image label only); None where the count of
+    segmented ones is unknown."""
+    return None if num_segmented is None else max(train_positives - int(num_segmented), 0)
 
 
 def _auto_notes(metrics: Mapping[str, Any]) -> list[str]:
