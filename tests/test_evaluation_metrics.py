@@ -44,6 +44,9 @@ def test_image_metrics_hand_example() -> None:
     assert m["image_auc"] == pytest.approx(8 / 9, abs=1e-6)
     # AP: precision at each positive's rank: 1/1, 2/2, 3/4.
     assert m["image_ap"] == pytest.approx((1 + 1 + 3 / 4) / 3, abs=1e-6)
+    # The published AP, trapezoids under the (recall, precision) points (0, 1), (1/3, 1),
+    # (2/3, 1), (2/3, 2/3), (1, 3/4), (1, 3/5), (1, 1/2): 2/3 + (2/3 + 3/4) / 2 / 3.
+    assert m["image_ap_trapezoid"] == pytest.approx(65 / 72, abs=1e-6)
     # F at thresholds 0.9: 1/2, 0.8: 4/5, 0.7: 2/3, 0.6: 6/7, 0.4: 3/4, 0.3: 2/3 -> 0.6 wins.
     assert m["image_threshold"] == pytest.approx(0.6)
     assert m["f_measure"] == pytest.approx(6 / 7, abs=1e-6)
@@ -92,6 +95,7 @@ def test_image_metrics_one_class_is_nan_without_warnings(labels, expected) -> No
         warnings.simplefilter("error")
         m = image_metrics(scores, torch.tensor(labels))
     assert math.isnan(m["image_auc"]) and math.isnan(m["image_ap"])
+    assert math.isnan(m["image_ap_trapezoid"])
     assert m["image_threshold"] == 0.5
     assert (m["tp"], m["fp"], m["tn"], m["fn"]) == expected
 

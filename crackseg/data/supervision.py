@@ -1,6 +1,7 @@
 """Mixed supervision: which training positives keep their masks (docs/method.md §1).
 
-The others train as weak positives, with only their image label.
+The others train as weak positives: no segmentation loss, and a decision target of their
+image label (or their mask's maximum with ``loss.decision_target=mask_max_all``).
 """
 
 from __future__ import annotations

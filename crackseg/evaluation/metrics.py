@@ -266,7 +266,10 @@ def _flat(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 def image_metrics(scores: Tensor, labels: Tensor, threshold: float | None = None) -> dict[str, Any]:
     """Image-level metrics of the decision scores (sigmoid of the decision logits).
 
-    Returns ``image_auc``, ``image_ap``, ``best_f_threshold`` and ``best_f_measure`` (the
+    Returns ``image_auc``, ``image_ap`` (torchmetrics' average precision, the step-wise sum
+    of precision over recall steps), ``image_ap_trapezoid`` (the area under the
+    precision-recall curve by the trapezoidal rule, the published code's AP: scikit-learn's
+    ``auc(recall, precision)``), ``best_f_threshold`` and ``best_f_measure`` (the
     threshold these scores would choose, docs/method.md §7), ``image_threshold`` (``threshold``
     when given, e.g. one chosen on the validation split, else the best-F one), and at that
     threshold ``f_measure`` and ``tp``, ``fp``, ``tn``, ``fn`` (positive = score >=
@@ -286,16 +289,18 @@ def image_metrics(scores: Tensor, labels: Tensor, threshold: float | None = None
         ap = float(binary_average_precision(scores_t, labels_t))
         fpr, tpr, _ = binary_roc(scores_t, labels_t)
         precision, recall, _ = binary_precision_recall_curve(scores_t, labels_t)
+        ap_trapezoid = float(torch.trapezoid(precision, recall).abs())
         roc = (fpr.numpy(), tpr.numpy())
         pr = (precision.numpy(), recall.numpy())
     else:
         log.warning("%s: AUC and AP are undefined (nan)", _why_no_curves(scores_t, labels_t))
-        auc = ap = math.nan
+        auc = ap = ap_trapezoid = math.nan
     best_threshold, best_f = best_f_threshold(scores_t, labels_t)
     chosen = best_threshold if threshold is None else float(threshold)
     return {
         "image_auc": auc,
         "image_ap": ap,
+        "image_ap_trapezoid": ap_trapezoid,
         "best_f_threshold": best_threshold,
         "best_f_measure": best_f,
         "image_threshold": chosen,

@@ -69,9 +69,11 @@ class SegDecModule(pl.LightningModule):
     module a training config describes.
 
     The image threshold (best F-measure) and the segmentation threshold (best mean Dice) are
-    chosen on the validation split and kept as buffers, so every checkpoint carries the
-    thresholds of its own weights and evaluation or prediction never re-chooses them on the
-    data they are judged on.
+    chosen on the validation split and kept as buffers, so a checkpoint carries them and
+    evaluation or prediction never re-chooses them on the data they are judged on. Those of
+    a checkpoint saved after an epoch that was not validated (``last.ckpt``, one saved on a
+    stop) were chosen for earlier weights (:func:`crackseg.models.checkpoint.check_saved_thresholds`
+    warns of it).
     """
 
     def __init__(
