@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -92,4 +93,15 @@ def test_the_sweep_to_compare_is_found_from_the_notebooks_folder_or_refused(
         sweep_to_compare(str(notebooks), Path(".."))
     with pytest.raises(FileNotFoundError, match=r"no multirun under"):
         sweep_to_compare("", notebooks)
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["multirun.yaml"]
+    # one run's folder: the notebook's training_curves.png would overwrite the run's own
+    with pytest.raises(ValueError, match=r"=outputs/.*/0_seed=0 is one run's folder, not a"):
+        sweep_to_compare(f"{given}/0_seed=0", Path(".."))
+    # the sweep launched last, not the one whose summary was written last
+    older = sweep.with_name("2025-12-31_10-00-00")
+    (older / "0_seed=0" / ".hydra").mkdir(parents=True)
+    (older / "multirun.yaml").write_text("{}\n")
+    os.utime(older / "multirun.yaml", (1e9, 1e9))
+    (older / "summary.csv").write_text("job\n")  # the folder's own time is now the newest
+    assert sweep_to_compare("", Path("..")).resolve() == sweep
+    (older / "summary.csv").unlink()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["multirun.yaml"] * 2

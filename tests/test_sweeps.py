@@ -634,6 +634,13 @@ def test_summary_command_rebuilds_from_a_folder_of_runs(
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     assert "no run folders" in capsys.readouterr().err
+    job = root / "0_data.dilate=3,seed=0"  # one run: nothing to compare, its folder its own
+    assert main([str(job)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {job} is one run's folder, not a folder of runs: name the folder that holds "
+        f"it ({root.resolve()})\n"
+    )
+    assert not (job / "summary.csv").exists()
     (root / "summary.csv").unlink()
     (root / "summary.csv").mkdir()  # a file it cannot write: named, as the others say it
     assert main([str(root)]) == 2
@@ -701,6 +708,44 @@ def test_a_setting_respelled_or_free_to_change_in_a_rerun_is_one_setting(tmp_pat
     # Lightning reads 1 as one batch and 1.0 as all of them
     limit = "+trainer.limit_train_batches"
     assert job_identity([f"{limit}=1.0"]) != job_identity([f"{limit}=1"])
+
+
+def test_a_value_read_from_a_jobs_config_is_spelt_as_an_override_spells_it(tmp_path: Path) -> None:
+    """A sweep run again with a default now typed (``loss.weighted_seg=true,false``): the
+    earlier job's value comes from its config (``true``, or a rule's ``${...}``) and was a
+    second setting, beside ``True``, with no repeat named."""
+    rule = "${crackseg.any_segmented:${data.num_segmented},${data.extra_segmented.ranking}}"
+    config = {
+        "seed": 0,
+        "data": {"num_segmented": None, "extra_segmented": {"ranking": None}},
+        "loss": {"weighted_seg": True, "dynamic_balance": rule},
+        "paths": {"output_dir": "${hydra:runtime.output_dir}"},
+    }
+    jobs = {
+        "0_seed=0": ["seed=0"],
+        "1_loss.weighted_seg=true,seed=0": ["loss.weighted_seg=true", "seed=0"],
+        "2_loss.dynamic_balance=true,seed=0": ["loss.dynamic_balance=true", "seed=0"],
+    }
+    for name, overrides in jobs.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        status = {"status": "finished", "metrics": {"image_ap": 0.5}}
+        (tmp_path / name / "status.json").write_text(json.dumps(status))
+    rows = summary.collect_runs(tmp_path)
+    assert [(r["loss.weighted_seg"], r["loss.dynamic_balance"]) for r in rows] == [
+        ("True", "True"),
+        ("True", "True"),
+        ("True", "True"),
+    ]
+    assert summary.repeated_jobs(rows) == {
+        "1_loss.weighted_seg=true,seed=0": "0_seed=0",
+        "2_loss.dynamic_balance=true,seed=0": "0_seed=0",
+    }
+    assert summary._config_value(tmp_path / "0_seed=0", "paths.output_dir") == (
+        "${hydra:runtime.output_dir}"
+    )
+    assert summary._config_value(tmp_path / "0_seed=0", "loss.missing") == ""
 
 
 def test_the_summary_of_a_sweep_killed_early_names_its_swept_keys_and_jobs_not_started(

@@ -24,7 +24,8 @@ from typing import Any
 import yaml
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.errors import CracksegError
@@ -59,6 +60,8 @@ METRICS = (
 #: How summary.md names a status: a job without ``status.json`` (still running, or killed)
 #: is ``unfinished`` in summary.csv.
 NAMED = {"unfinished": "without a status"}
+#: What :func:`_config_value` finds at a key a config does not hold.
+_ABSENT = object()
 #: Metrics averaged over seeds in the grouped table.
 GROUPED_METRICS = ("image_auc", "image_ap", "dice_mean", "iou_mean")
 
@@ -109,21 +112,30 @@ def _read_overrides(job: Path) -> dict[str, str]:
 
 
 def _config_value(job: Path, key: str) -> str:
-    """A key of the job's composed config, written as an override would write it."""
-    path = job / ".hydra" / "config.yaml"
-    if not path.is_file():
+    """A key of the job's composed config, spelt as :func:`_read_overrides` spells the value
+    of an override (``True``, ``1``), so that a job that took a value from its config and one
+    that was given the same value on the command line are one setting; a value set by a rule
+    (``${crackseg.any_segmented:...}``) is resolved, one that needs Hydra's run is left as
+    written."""
+    import crackseg.runs.resolvers  # noqa: F401  (the rules' resolvers, registered on import)
+
+    try:
+        config = OmegaConf.load(job / ".hydra" / "config.yaml")
+    except (OSError, yaml.YAMLError, OmegaConfBaseException):
         return ""
     try:
-        node: Any = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        node = OmegaConf.select(config, key, default=_ABSENT)
+    except OmegaConfBaseException:  # a value made in Hydra's run (${hydra:...}): as written
+        node = OmegaConf.to_container(config, resolve=False)
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+    if node is _ABSENT or isinstance(node, DictConfig | ListConfig | dict | list):
         return ""
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return ""
-        node = node[part]
-    if isinstance(node, dict | list):
-        return ""
-    return yaml.safe_dump(node, default_flow_style=True).strip().removesuffix("...").strip()
+    text = yaml.safe_dump(node, default_flow_style=True).strip().removesuffix("...").strip()
+    try:
+        return job_settings([f"{key}={text}"]).get(key, text)
+    except HydraException:
+        return text
 
 
 def _job_state(job: Path) -> tuple[str, str, dict[str, Any]]:
@@ -477,24 +489,37 @@ def _written_since(job: Path, since: float) -> bool:
 def sweep_to_compare(given: str, project: Path) -> Path:
     """The sweep folder notebooks/compare_runs.ipynb reads: ``given`` (its
     CRACKSEG_SWEEP_DIR; a relative one not found from here is taken from ``project``, the
-    folder the commands run in), else the newest multirun under ``project``'s
-    ``outputs/multiruns`` that holds a job (a DDP sweep's other processes leave one
-    without). FileNotFoundError where there is none."""
+    folder the commands run in), else the multirun under ``project``'s
+    ``outputs/multiruns`` launched last (its ``multirun.yaml``, which Hydra writes as it
+    launches; the folder's own time changes as a summary is written into it) that holds a
+    job (a DDP sweep's other processes leave one without). FileNotFoundError where there is
+    none, ValueError for one run's own folder."""
     if given:
         folder = Path(given).expanduser()
         if not folder.is_dir() and not folder.is_absolute():
             folder = project / folder
         if not folder.is_dir():
             raise FileNotFoundError(f"CRACKSEG_SWEEP_DIR={given}: no such folder")
+        refuse_one_runs_folder(folder, f"CRACKSEG_SWEEP_DIR={given}")
         if not find_job_dirs(folder):
             raise FileNotFoundError(f"CRACKSEG_SWEEP_DIR={given}: no job of a sweep in {folder}")
         return folder
     multiruns = project / "outputs" / "multiruns"
-    found = [path.parent for path in multiruns.glob("*/*/multirun.yaml")]
-    found = [folder for folder in found if any(p.is_dir() for p in folder.glob("*/.hydra"))]
-    if not found:
+    launched = list(multiruns.glob("*/*/multirun.yaml"))
+    launched = [f for f in launched if any(p.is_dir() for p in f.parent.glob("*/.hydra"))]
+    if not launched:
         raise FileNotFoundError(f"no multirun under {multiruns}: set CRACKSEG_SWEEP_DIR")
-    return max(found, key=lambda folder: folder.stat().st_mtime)
+    return max(launched, key=lambda file: file.stat().st_mtime).parent
+
+
+def refuse_one_runs_folder(folder: Path, named: str) -> None:
+    """A summary compares runs, and its files would go into a run's own folder, which its
+    run wrote (``training_curves.png``) and no other command writes again: ValueError."""
+    if (folder / ".hydra").is_dir():
+        raise ValueError(
+            f"{named} is one run's folder, not a folder of runs: name the folder that holds "
+            f"it ({folder.resolve().parent})"
+        )
 
 
 #: The errors of a folder one may not write into (another user's, a read-only mount).
@@ -538,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.folder).expanduser()
         if not root.is_dir():
             raise ValueError(f"{root} is not a folder")
+        refuse_one_runs_folder(root, str(root))
         if not find_job_dirs(root):
             raise ValueError(f"no run folders (with a .hydra/ inside) under {root}")
         out = None if args.out is None else Path(args.out).expanduser()
