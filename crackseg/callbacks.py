@@ -535,7 +535,8 @@ class EvaluationReport(pl.Callback):
                 final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}
                 typed = typed_hparams(self.run_config, started_overrides(out))
                 hparams = hparams_of(self.run_config, num_segmented) | typed
-                trainer.logger.log_hyperparams(hparams, final)
+                # at the last step, which a run resumed after this purges and logs again
+                trainer.logger.log_hyperparams(hparams, final, step=trainer.global_step)
             write_run_report(
                 out,
                 self.run_config,

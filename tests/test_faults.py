@@ -150,7 +150,36 @@ def test_sigkill_after_a_validation_then_resume_ends_as_the_uninterrupted_run(
     steps = logged_steps(run_dir)
     assert steps["val/image_ap"] == steps["val/predictions"] == [7, 11]
     assert steps["val_tested/image_ap"] == steps["val_tested/predictions"] == [12]
+    # the HParams tab's test metrics at the last step too: a run killed as it wrote its
+    # report logs them again after the checkpoint's step, which its resumption purges
+    assert steps["hparams/image_ap"] == steps["hparams/dice_mean"] == [12]
     assert steps == logged_steps(reference)
+
+
+def test_a_resumed_run_keeps_the_csv_rows_logged_before_its_checkpoint(tmp_path) -> None:
+    """Lightning's CSV writer deletes the metrics.csv it finds: the epochs logged before a
+    kill were lost from a resumed run's file, those after it logged again."""
+    from crackseg.runs.trainer import build_logger
+
+    cfg = OmegaConf.create(
+        {
+            "logger": {
+                "_target_": "pytorch_lightning.loggers.CSVLogger",
+                "save_dir": str(tmp_path),
+                "name": "csv",
+                "version": "",
+            }
+        }
+    )
+    (tmp_path / "csv").mkdir()
+    before = "epoch,step,train/loss,val/image_ap\n0,3,0.5,\n1,7,0.25,0.75\n2,11,0.125,\n"
+    (tmp_path / "csv" / "metrics.csv").write_text(before)
+    logger = build_logger(cfg, resume_step=8)  # the checkpoint after step 7
+    logger.log_metrics({"train/loss": 0.2, "epoch": 2}, step=11)
+    logger.save()
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert rows == ["epoch,step,train/loss,val/image_ap", "0,3,0.5,", "1,7,0.25,0.75", "2,11,0.2,"]
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["metrics.csv"]
 
 
 def test_a_run_killed_before_its_first_checkpoint_frees_its_folder_and_keeps_its_settings(

@@ -5,12 +5,14 @@ no Lightning, so a refused command line never waits for Lightning's import."""
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 import math
 import os
 import signal
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from hydra.utils import get_class, instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from crackseg.atomic import atomic_write_bytes
@@ -30,6 +33,7 @@ from crackseg.models.lit_segdec import THRESHOLDS_STEP
 from crackseg.runs.allocator import keep_freed_memory
 from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
 from crackseg.runs.gpus import in_local_parallel_sweep
+from crackseg.runs.ownership import is_rank_zero
 from crackseg.runs.progress import progress_callbacks
 
 log = logging.getLogger(__name__)
@@ -81,14 +85,37 @@ class FreeTheRequeueSignal(pl.Callback):
 
 
 def build_logger(cfg: DictConfig, resume_step: int | None = None) -> Logger | bool:
-    """The run's logger; resuming at ``resume_step``, TensorBoard drops what the stopped run
-    logged from that step on (it is logged again), so no step appears twice."""
+    """The run's logger; resuming at ``resume_step``, it drops what the stopped run logged
+    from that step on (it is logged again) and keeps what came before, so that every step
+    appears once: TensorBoard's by its ``purge_step``, the CSV logger's as
+    :func:`keep_csv_rows_before` does."""
     if not cfg.get("logger"):
         return False
-    extra = {}
     if resume_step is not None and issubclass(get_class(cfg.logger._target_), TensorBoardLogger):
-        extra["purge_step"] = resume_step  # passed on to TensorBoard's SummaryWriter
-    return instantiate(cfg.logger, **extra)
+        return instantiate(cfg.logger, purge_step=resume_step)  # for its SummaryWriter
+    logger = instantiate(cfg.logger)
+    if resume_step is not None and isinstance(logger, CSVLogger) and is_rank_zero():
+        keep_csv_rows_before(logger, resume_step)
+    return logger
+
+
+def keep_csv_rows_before(logger: CSVLogger, step: int) -> None:
+    """The rows of the CSV logger's ``metrics.csv`` logged before ``step``, kept for the
+    resumed run to add to: Lightning's CSV writer deletes the file it finds as it starts.
+    The file is set aside while the writer starts, so a kill then loses none of it."""
+    path = Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+    if not path.is_file():
+        return
+    with path.open(newline="") as handle:
+        kept = [row for row in csv.DictReader(handle) if int(float(row["step"])) < step]
+    aside = path.with_name(f"{path.name}.before-resume")
+    path.replace(aside)
+    with warnings.catch_warnings():  # that it would delete the files it finds: not so
+        warnings.filterwarnings("ignore", "Experiment logs directory .* is not empty")
+        writer = logger.experiment  # started now: it finds no file to delete
+    writer.metrics = [{key: value for key, value in row.items() if value != ""} for row in kept]
+    writer.save()
+    aside.unlink()
 
 
 def build_trainer(
