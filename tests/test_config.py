@@ -222,6 +222,14 @@ def test_the_hparams_tab_shows_the_swept_parameters():
         "weighted_seg": "loss.weighted_seg",
         "weighted_seg_max": "loss.weighted_seg_max",
         "weighted_seg_p": "loss.weighted_seg_p",
+        # every row of the report's run parameters: a paper config's precision or checkpoint
+        # choice tells its runs apart there too
+        "use_best_model": "use_best_model",
+        "validate": "validate",
+        "validate_on_test": "validate_on_test",
+        "decision_target": "loss.decision_target",
+        "batch_reduction": "loss.batch_reduction",
+        "precision": "trainer.precision",
         "num_segmented": "data.num_segmented",
         "seed": "seed",
     }

@@ -380,7 +380,8 @@ def test_the_hparams_tab_shows_what_the_command_line_set(tiny_run):
     """Beside the run parameters, every typed setting (a sweep's swept keys among them), so
     that no two jobs of a sweep look alike there."""
     hparams = tensorboard_hparams(tiny_run)
-    assert hparams["trainer.precision"] == "32-true"  # typed, not a run parameter
+    assert hparams["precision"] == "32-true" and "trainer.precision" not in hparams  # once
+    assert hparams["use_best_model"] == 1 and hparams["decision_target"] == "label"  # a bool: 1
     assert hparams["data.synthetic.num_positives"] == 20
     assert hparams["dilate"] == 3 and "data.dilate" not in hparams  # a run parameter, once
     # data.num_segmented=null (every positive) as the count, a number as in runs that set it

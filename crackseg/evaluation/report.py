@@ -75,13 +75,17 @@ RUN_PARAMETERS = (
         "loss.weighted_seg_max", "float", "Weighted segmentation loss Max", "weighted_seg_max"
     ),
     RunParameter("loss.weighted_seg_p", "float", "Weighted segmentation loss P", "weighted_seg_p"),
-    RunParameter("use_best_model", "bool", "Use best model"),
-    RunParameter("validate", "bool", "Validate"),
-    RunParameter("validate_on_test", "bool", "Validate on test"),
+    RunParameter("use_best_model", "bool", "Use best model", "use_best_model"),
+    RunParameter("validate", "bool", "Validate", "validate"),
+    RunParameter("validate_on_test", "bool", "Validate on test", "validate_on_test"),
     # Rows the seed's table lacks: what changes a run's numbers beyond it.
-    RunParameter("loss.decision_target", "str", "Decision target", seed_row=False),
-    RunParameter("loss.batch_reduction", "str", "Loss over a batch", seed_row=False),
-    RunParameter("trainer.precision", "str", "Precision", seed_row=False),
+    RunParameter(
+        "loss.decision_target", "str", "Decision target", "decision_target", seed_row=False
+    ),
+    RunParameter(
+        "loss.batch_reduction", "str", "Loss over a batch", "batch_reduction", seed_row=False
+    ),
+    RunParameter("trainer.precision", "str", "Precision", "precision", seed_row=False),
     # In the HParams tab only (the Dataset table reports the segmented samples).
     RunParameter("data.num_segmented", "int", hparam="num_segmented"),
     RunParameter("seed", "int", hparam="seed"),
