@@ -13,13 +13,17 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from crackseg.errors import ConfigError
+from crackseg.setting_rules import is_integer
 
 
 def any_segmented(num_segmented: int | None, extra_ranking: str | None = None) -> bool:
     """Whether a run trains on any pixel mask: ``data.num_segmented`` not 0 (null keeps all),
     or weak positives drawn from a ranking (``data.extra_segmented.ranking``). A run without
-    is weak."""
-    return num_segmented is None or int(num_segmented) > 0 or bool(extra_ranking)
+    is weak. The rules that read it resolve before the config checks see it, so it is
+    checked here too."""
+    if num_segmented is not None and not (is_integer(num_segmented) and num_segmented >= 0):
+        raise ConfigError(f"data.num_segmented must be null or >= 0, not {num_segmented!r}")
+    return num_segmented is None or num_segmented > 0 or bool(extra_ranking)
 
 
 def if_weak(num_segmented: int | None, *arguments: object) -> object:
@@ -91,7 +95,7 @@ TABLE4_SWITCHES = ("weighted_loss", "dynamic_balance", "adjustment")
 
 
 def _table4_row(row: int) -> tuple[str, bool, bool, bool]:
-    if row not in TABLE4_ROWS:
+    if not is_integer(row) or row not in TABLE4_ROWS:  # True == 1 to Python
         raise ConfigError(f"table4_row must be 1..{len(TABLE4_ROWS)}, not {row!r}")
     return TABLE4_ROWS[row]
 

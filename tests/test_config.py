@@ -251,6 +251,30 @@ def test_eval_and_export_settings_are_checked_in_the_same_style(setting, expecte
 
 
 @pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # read by the rules of other settings (KolektorSDD's learning rate), which resolve
+        # first: a ValueError of int('five') came out, not naming the setting
+        (["experiment=paper/ksdd", "data.num_segmented=five"], "data.num_segmented must be"),
+        # True is 1 to Python: a fold, a Table 4 row, a training size taken as 1
+        (["data=ksdd", "data.num_folds=3", "data.fold=true"], "data.fold must be null or >= 0"),
+        (["data=ksdd", "data.num_folds=3", "data.fold=1.5"], "data.fold must be null or >= 0"),
+        (["data=ksdd", "data.num_folds=true", "data.fold=0"], "data.num_folds must be null or"),
+        (["data=severstal", "data.train_positives=true"], "data.train_positives must be null"),
+        (["+sweep=paper_ksdd_components", "table4_row=true"], "table4_row must be 1..14, not"),
+    ],
+)
+def test_a_count_typed_as_a_word_or_a_boolean_is_refused_by_name(overrides, expected):
+    from crackseg.cli import root_cause
+
+    cfg = _compose(*overrides, "data.root=/data/somewhere")
+    with pytest.raises(Exception) as raised:  # a rule's own refusal comes as OmegaConf's
+        check_config(cfg)
+    assert isinstance(root_cause(raised.value), ConfigError)
+    assert str(root_cause(raised.value)).startswith(expected)
+
+
+@pytest.mark.parametrize(
     ("setting", "expected"),
     [
         ("model.net.volume_kernel=6", "model.net.volume_kernel must be an odd integer >= 1, not 6"),

@@ -29,6 +29,7 @@ from crackseg.data.data_settings import SplitSettings
 from crackseg.data.samples import SPLITS, Sample, count_positives, tile_photo
 from crackseg.errors import ConfigError, DataError, describe_files
 from crackseg.markdown import markdown_table
+from crackseg.setting_rules import is_integer
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +240,9 @@ def _check_folds(num_folds: int | None, fold: int | None) -> None:
         raise ConfigError(
             "data.num_folds and data.fold go together: data.num_folds=K data.fold=0..K-1"
         )
-    if not isinstance(num_folds, int) or num_folds < 2:
+    if not is_integer(num_folds) or num_folds < 2:
         raise ConfigError(f"data.num_folds must be an integer >= 2, not {num_folds!r}")
-    if not isinstance(fold, int) or not 0 <= fold < num_folds:
+    if not is_integer(fold) or not 0 <= fold < num_folds:
         raise ConfigError(
             f"data.fold must be 0..{num_folds - 1} (data.num_folds={num_folds}), not {fold!r}"
         )
@@ -278,7 +279,7 @@ def _fold_splits(
 def keep_positives(train: list[Sample], count: int, seed: int) -> list[Sample]:
     """The training split with ``count`` of its positives (every negative kept)."""
     positives = sorted((s for s in train if s.is_positive), key=lambda s: s.sample_id)
-    if not isinstance(count, int) or not 0 < count <= len(positives):
+    if not is_integer(count) or not 0 < count <= len(positives):
         raise ConfigError(
             f"data.train_positives={count} but the training split has {len(positives)} "
             f"positives (use 1..{len(positives)} or null for all)"
