@@ -184,6 +184,57 @@ def test_an_imported_dagm_split_says_the_class_it_trains(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "dataset", "train", "settings"),
+    [
+        # the published weak run: without N = 0 the run was refused (null reads as "all")
+        ("split_33_0.pyb", "ksdd", [("kos01", False), ("kos02", False)], " data.num_segmented=0"),
+        (
+            "split_5.pyb",
+            "ksdd2",
+            [(f"1000{i}", True) for i in range(5)] + [("10005", False)],
+            " data.num_segmented=5",
+        ),
+        # Severstal's training size sets its published epochs: 3000 was taken for any file
+        (
+            "split_300_10.pyb",
+            "severstal",
+            [(f"a{i}", i < 12) for i in range(20)],  # its negatives may be marked too
+            " data.num_segmented=10 data.train_positives=300",
+        ),
+        ("renamed.pyb", "ksdd2", [("10000", False)], " data.num_segmented=0"),
+        ("renamed.pyb", "ksdd2", [("10000", True)], ""),
+    ],
+)
+def test_an_imported_split_says_the_settings_it_trains_with(
+    tmp_path, capsys, name, dataset, train, settings
+):
+    parts = {"ksdd": 2, "ksdd2": 2, "severstal": 3}[dataset]
+    content = ([train], [[]]) if dataset == "ksdd" else (train, *[[]] * (parts - 1))
+    source = _dump(tmp_path / name, content)
+    output = tmp_path / "split.csv"
+    fold = ["--fold", "0"] if dataset == "ksdd" else []
+    command = ["import-split", str(source), "--dataset", dataset, *fold, "--output", str(output)]
+    assert main(command) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"train on it with experiment=paper/{dataset} data.split_file={output.resolve()}{settings}"
+    )
+
+
+def test_the_published_all_of_dagm_trains_with_every_positive_it_marks(tmp_path, capsys):
+    """DAGM's N_ALL file is split_1000.pyb, above any class's positives: null, not 1000."""
+    content = ([[("0001.PNG", True), ("0002.PNG", True)]], [[("0003.PNG", False)]])
+    source = _dump(tmp_path / "split_1000.pyb", content)
+    output = tmp_path / "split.csv"
+    command = ["import-split", str(source), "--dataset", "dagm", "--fold", "1"]
+    assert main([*command, "--output", str(output)]) == 0
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[-1]
+        .endswith(f"data.split_file={output.resolve()} data.dagm_class=1")
+    )
+
+
 def test_a_ksdd_split_names_folders_and_their_segmented_positives(tmp_path):
     root = make_ksdd(tmp_path / "ksdd", folders=4, parts=3)
     # two folds of a published KSDD split; fold 1 trains on kos01 (segmented) and kos02 and

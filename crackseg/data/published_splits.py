@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ FIRST_FOLD = {"ksdd": 0, "dagm": 1}
 #: The columns written: what ``data.split_file`` reads (crackseg.data.splits).
 COLUMNS = ("split", "sample_id", "segmented")
 _PLAIN = (list, tuple, set, frozenset, str, int, float, bool)
+#: A published split file's name: ``split_N.pyb`` or ``split_TRAIN_N.pyb``.
+PUBLISHED_NAME = re.compile(r"split_(?:(?P<train>\d+)_)?(?P<n>\d+)\.pyb")
 
 
 class _Refused(pickle.UnpicklingError):
@@ -251,3 +254,21 @@ def write_published_split(split: dict[str, list], output: Path | str) -> None:
                     raise DataError(f"the split names {sample_id!r} twice")
                 seen.add(sample_id)
                 writer.writerow([name, sample_id, int(segmented)])
+
+
+def settings_of_split_file(path: Path | str, dataset: str, split: dict[str, list]) -> list[str]:
+    """The settings a run on a published split file takes beside ``data.split_file``, which
+    it must agree with: its N (``data.num_segmented``) and Severstal's training size
+    (``data.train_positives``, which sets the published epochs), read from the file's
+    published name. An N above the samples the file marks is the published "all" (DAGM's
+    ``split_1000.pyb``): null. A file named otherwise gives N = 0 where it marks no training
+    sample (the weak run, which null would not be), else nothing: the run names what it
+    needs."""
+    name = PUBLISHED_NAME.fullmatch(Path(path).name)
+    marked = sum(bool(flag) for _, flag in split["train"])
+    if name is None:
+        return [] if marked else ["data.num_segmented=0"]
+    settings = [] if int(name["n"]) > marked else [f"data.num_segmented={int(name['n'])}"]
+    if dataset == "severstal" and name["train"] is not None:
+        settings.append(f"data.train_positives={int(name['train'])}")
+    return settings

@@ -26,7 +26,12 @@ from crackseg.data.layouts import (
     check_samples,
     index_layout,
 )
-from crackseg.data.published_splits import PARTS, published_split, write_published_split
+from crackseg.data.published_splits import (
+    PARTS,
+    published_split,
+    settings_of_split_file,
+    write_published_split,
+)
 from crackseg.data.splits import set_table, split_counts, split_samples
 from crackseg.data.tiles import tile_dataset
 from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, DataError
@@ -160,6 +165,8 @@ def _cmd_import_split(args: argparse.Namespace) -> None:
     kind = "folders" if args.dataset == "ksdd" else "samples"
     print(f"{output}: {counts} {kind}")
     train = f"experiment=paper/{args.dataset} {as_override('data.split_file', output.resolve())}"
+    for setting in settings_of_split_file(args.file, args.dataset, split):
+        train += f" {setting}"
     if args.dataset == "dagm":  # its samples are those of one class, fold K being ClassK
         train += f" data.dagm_class={args.fold}"
     print(f"train on it with {train}")
