@@ -189,3 +189,17 @@ def test_severstal_run_at_a_training_size(tmp_path, departure):
     assert masks == ({""} if departure else {str(root / "train.csv")})
     notes = (run / "report.md").read_text().split("## Notes", 1)[1]
     assert ("gradient-flow adjustment is off" in notes) is departure
+    if not departure:
+        # an evaluation trains nothing: the epochs the paper gives no training size of 2
+        # (trainer.max_epochs follows it) were asked for once the size became the weights'
+        checkpoint = run / "checkpoints" / "last.ckpt"
+        evaluated = run_entry(
+            "eval",
+            f"ckpt_path={checkpoint}",
+            "experiment=paper/severstal",
+            f"data.root={root}",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+            "num_dice_panels=1",
+            "trainer.enable_progress_bar=false",
+        )
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
