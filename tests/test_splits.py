@@ -173,6 +173,15 @@ def test_split_csv_missing_ids_and_malformed(tmp_path):
         read_split_csv(tmp_path / "nothere.csv")
 
 
+def test_a_sample_named_twice_in_one_split_is_not_said_to_be_in_two(tmp_path):
+    """A KSDD folder and one of its parts, both in train: named twice, not in two splits."""
+    parts = [Sample(f"kos03_Part{k}", Path(f"{k}.jpg"), None, False, group="kos03") for k in (0, 1)]
+    path = tmp_path / "split.csv"
+    path.write_text("split,sample_id\ntrain,kos03\ntrain,kos03_Part1\n")
+    with pytest.raises(DataError, match=r"names samples more than once .*: kos03_Part1$"):
+        resolve_splits({"all": parts}, 0.0, 0.0, seed=0, split_file=path)
+
+
 def test_a_split_knows_itself_again_and_names_what_moved() -> None:
     """Checkpoints keep a split's identity; a resumed run compares it with its own."""
     from crackseg.data.splits import DataSplit

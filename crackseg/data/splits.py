@@ -344,7 +344,10 @@ def _splits_from_file(
     ids = [s.sample_id for samples in result.values() for s in samples]
     if len(set(ids)) != len(ids):
         twice = sorted(i for i, n in Counter(ids).items() if n > 1)
-        raise DataError(f"split file {path} puts samples in two splits: {describe_files(twice)}")
+        raise DataError(
+            f"split file {path} names samples more than once (in two splits, or by their "
+            f"own name and their folder's): {describe_files(twice)}"
+        )
     if not result["val"] and val_fraction > 0:
         carved = grouped_split(
             result["train"], {"train": 1.0 - val_fraction, "val": val_fraction}, seed
