@@ -181,6 +181,9 @@ def test_dagm_errors(tmp_path):
         DataError, match=r"no DAGM class folder for data.dagm_class=3 under .*\(found: Class1\)"
     ):
         index_layout("dagm", root, class_id=3)
+    # the archive unpacked into a folder of its own: the folder to point at is named
+    with pytest.raises(DataError, match=r"\(found: none\); point data.root at .*/dagm$"):
+        index_layout("dagm", tmp_path, class_id=1)
     shutil.rmtree(root / "Class1" / "Test" / "Label")
     with pytest.raises(DataError, match=r"DAGM class without Label/ .*Class1/Test/Label"):
         index_layout("dagm", root, class_id=1)

@@ -386,9 +386,12 @@ def check_dagm_classes(root: Path, class_ids: Iterable[int | str]) -> None:
     missing = [str(k) for k in class_ids if not (root / f"Class{k}").is_dir()]
     if missing:
         present = sorted(p.name for p in root.glob("Class*") if p.is_dir())
+        # an archive unpacked into a folder of its own: DAGM_2007/Class1, ...
+        nested = sorted({p.parent for p in root.glob("*/Class*") if p.is_dir()})
+        hint = f"; point data.root at {nested[0]}" if not present and len(nested) == 1 else ""
         raise DataError(
             f"no DAGM class folder for data.dagm_class={','.join(missing)} under {root} "
-            f"(found: {', '.join(present) or 'none'})"
+            f"(found: {', '.join(present) or 'none'}){hint}"
         )
 
 
