@@ -500,3 +500,26 @@ def test_an_evaluation_rebuilds_the_training_split_only_on_the_weights_own_data(
     trained.extra_segmented.ranking = str(tmp_path / "moved" / "weak_ranking.csv")
     kept = data()
     assert not rebuild_training_split(kept, trained) and kept.num_segmented is None
+
+
+def test_a_validation_and_a_test_split_of_one_image_each(tiny_run, tiny_data_dir, tmp_path):
+    """torchmetrics gives a result of one element back as a scalar: an IndexError ended the
+    run where a split held one image (a 9-photograph folder split 70/15/15 does)."""
+    rows = list(csv.DictReader((tiny_run / "split.csv").open()))
+    kept = {"val": None, "test": None}
+    for row in rows:
+        if row["split"] in kept and kept[row["split"]] is None and row["label"] == "1":
+            kept[row["split"]] = row["sample_id"]
+    split = tmp_path / "split.csv"
+    with split.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["split", "sample_id"])
+        for row in rows:
+            alone = row["sample_id"] in kept.values()
+            writer.writerow([row["split"] if alone else "train", row["sample_id"]])
+    run_dir = tmp_path / "run"
+    result = run_tiny(run_dir, tiny_data_dir, f"data.split_file={split}", "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["val_samples"], metrics["test_samples"]) == (1, 1)
+    assert metrics["tp"] + metrics["fn"] == 1

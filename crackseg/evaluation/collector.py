@@ -46,6 +46,15 @@ class PerImageOutputs(Metric):
             "histograms": cat(self.histograms)[chosen],
         }
 
+    def per_image(self) -> dict[str, Tensor]:
+        """:meth:`compute`'s tensors, each with its axis of images: torchmetrics gives a
+        result of one element back as a scalar, which a split of one image is."""
+        computed = self.compute()
+        return {
+            name: value.reshape(-1) if value.dim() == 0 else value
+            for name, value in computed.items()
+        }
+
 
 class WeightedMean(Metric):
     """A weighted running mean (sum of value * weight over sum of weight), synced across ranks.

@@ -321,7 +321,7 @@ class SegDecModule(pl.LightningModule):
     @staticmethod
     def _epoch_outputs(outputs: PerImageOutputs) -> tuple[dict[str, Tensor], Tensor]:
         """The split's gathered outputs and which of its images are positive."""
-        gathered = outputs.compute()
+        gathered = outputs.per_image()
         outputs.reset()
         return gathered, gathered["labels"] == 1
 
