@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import cv2
@@ -110,6 +112,25 @@ def test_truncated_png_and_jpeg_are_caught(tmp_path):
     for path in (png, jpg, jpg_end, png_end):
         with pytest.raises(DataError, match=path.name):
             read_image(path, 3)
+
+
+def test_a_damaged_png_is_refused_in_one_line_of_ours(tmp_path, capfd):
+    """Bytes of its image data zeroed: libpng refused it, after a line of its own on stderr
+    ("libpng error: IDAT: incorrect data check") before crackseg's."""
+    big = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    path = write_image(tmp_path / "d.png", big)
+    data = bytearray(path.read_bytes())
+    data[100:200] = bytes(100)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"damaged PNG file \(its IDAT chunk fails its checksum\)"):
+        read_image(path, 3)
+    assert capfd.readouterr().err == ""
+    # an ancillary chunk after the image data, IEND last: read as before
+    good = write_image(tmp_path / "g.png", big).read_bytes()
+    text = b"tEXt" + b"Comment\x00crack"
+    chunk = struct.pack(">I", len(text) - 4) + text + struct.pack(">I", zlib.crc32(text))
+    (tmp_path / "g.png").write_bytes(good[:-12] + chunk + good[-12:])
+    assert read_image(tmp_path / "g.png", 3).shape == (128, 128, 3)
 
 
 def test_truncated_jpeg_with_thumbnail_end_marker_is_caught(tmp_path):

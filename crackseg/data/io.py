@@ -16,6 +16,7 @@ import os
 import re
 import struct
 import threading
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -149,12 +150,32 @@ def _jpeg_complete(data: bytes) -> bool:
 
 
 def _check_complete(data: bytes, path: Path) -> None:
-    """Raise DataError for a JPEG or PNG whose end is missing."""
+    """Raise DataError for a JPEG or PNG whose end is missing, or a PNG whose chunks fail
+    their checksums (libpng would refuse it too, after printing a line of its own)."""
     if data.startswith(_JPEG_MAGIC):
         if not _jpeg_complete(data):
             raise DataError(f"truncated JPEG file (no end-of-image marker): {path}")
-    elif data.startswith(_PNG_MAGIC) and data.rfind(b"IEND") < 0:
-        raise DataError(f"truncated PNG file (no IEND chunk): {path}")
+    elif data.startswith(_PNG_MAGIC):
+        _check_png_chunks(data, path)
+
+
+def _check_png_chunks(data: bytes, path: Path) -> None:
+    """Walk a PNG's chunks (length, type, data, CRC-32 of type and data) up to ``IEND``."""
+    pos = len(_PNG_MAGIC)
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            break
+        kind = data[pos + 4 : pos + 8]
+        (crc,) = struct.unpack(">I", data[end : end + 4])
+        if zlib.crc32(data[pos + 4 : end]) != crc:
+            name = kind.decode("latin-1")
+            raise DataError(f"damaged PNG file (its {name} chunk fails its checksum): {path}")
+        if kind == b"IEND":
+            return
+        pos = end + 4
+    raise DataError(f"truncated PNG file (no IEND chunk): {path}")
 
 
 #: Whether this process has said that a 16-bit image holds few bits (said once).
