@@ -73,6 +73,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+def folder_destination(dst: str | Path) -> Path:
+    """The folder a destination names: a symbolic link's target, which a folder built
+    beside it (:func:`folder_built_beside`) can be renamed onto; a link cannot."""
+    path = Path(dst).expanduser()
+    return path.resolve() if path.is_symlink() else path
+
+
 @contextmanager
 def folder_built_beside(dst: str | Path) -> Iterator[Path]:
     """A new hidden folder beside ``dst`` to build a whole folder in (a dataset), then rename

@@ -244,6 +244,36 @@ def test_stats_table(tmp_path, capsys):
     ]
 
 
+def test_a_photograph_with_cracks_named_as_a_clean_one_is_refused(tmp_path, capsys):
+    """Its crack tile was read back as clean, and took the name of photograph a's clean
+    tile (noncrack_a_r0_c0), one overwriting the other. A clean photograph of that name
+    (crack_segmentation's own) tiles as before."""
+    src = tmp_path / "src"
+    _photo(src, "a", [], h=32, w=32)
+    _photo(src, "noncrack_b", [], h=32, w=32)
+    options = {"layout": "folder", "mask_ext": "png", "label_from_mask": True}
+    assert tile_dataset(src, tmp_path / "ok", size=32, **options) == {"all": (0, 2)}
+    _photo(src, "noncrack_a", [(3, 0, 30)], h=32, w=32)
+    with pytest.raises(DataError, match=r"noncrack_a.jpg has cracks but its name starts with"):
+        tile_dataset(src, tmp_path / "lib", size=32, **options)
+    command = ["tile", str(src), str(tmp_path / "dst"), "--size", "32", "--layout", "folder"]
+    assert main([*command, "--mask-ext", "png", "--label-from-mask"]) == 2
+    assert "has cracks but its name starts with 'noncrack'" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()
+
+
+def test_tiles_go_into_the_folder_a_link_names(tmp_path, capsys):
+    """A link to an empty folder as the destination: the tiles were made, then the rename
+    onto the link failed, naming a temporary folder already removed."""
+    src = tmp_path / "src"
+    _photo(src, "P1", [(3, 0, 30)])
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    assert main(["tile", str(src), str(tmp_path / "link"), "--size", "32"]) == 0
+    assert (tmp_path / "link").is_symlink()
+    assert (tmp_path / "target" / "images" / "P1_r0_c0.png").is_file()
+
+
 def test_photographs_sharing_a_file_name_keep_every_tile(tmp_path):
     """Every KolektorSDD folder holds Part0.jpg ... : their tiles are named by sample id
     (``kos01_Part1_r0_c0``), every tile counted is on disk, and a test split by photograph

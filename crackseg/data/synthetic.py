@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from crackseg.atomic import folder_built_beside
+from crackseg.atomic import folder_built_beside, folder_destination
 from crackseg.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def generate_synthetic_dataset(
     if min(height, width) < 8 or min(num_positives, num_negatives, seed) < 0:
         raise ConfigError(f"synthetic data needs sizes >= 8, counts and seed >= 0: {params}")
     start = time.perf_counter()
-    target = root.absolute()
+    target = folder_destination(root).absolute()
     with folder_built_beside(target) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()

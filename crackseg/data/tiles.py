@@ -17,7 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from crackseg.atomic import atomic_write_csv, encode_png, folder_built_beside
+from crackseg.atomic import (
+    atomic_write_csv,
+    encode_png,
+    folder_built_beside,
+    folder_destination,
+)
 from crackseg.data.io import image_size, map_threads, read_mask, read_native
 from crackseg.data.labels import binarize
 from crackseg.data.layouts import check_data_found, index_layout
@@ -28,6 +33,8 @@ from crackseg.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 SOURCE_SPLIT_FILE = "source_split.csv"
+#: How the tiles are named that the crack_segmentation layout reads as crack-free.
+NEGATIVE_TILE_PREFIX = "noncrack"
 
 
 def _tile_starts(length: int, size: int, stride: int, pad: bool) -> tuple[list[int], int]:
@@ -96,7 +103,15 @@ def tile_sample(
                 labels.append(None)
                 continue
             positive = crack_pixels > 0
-            tile_name = f"{name}_r{r}_c{c}.png" if positive else f"noncrack_{name}_r{r}_c{c}.png"
+            if positive and name.startswith(NEGATIVE_TILE_PREFIX):
+                # read back as crack-free, and named as the clean tiles of photograph NAME
+                raise DataError(
+                    f"{sample.image_path} has cracks but its name starts with "
+                    f"'{NEGATIVE_TILE_PREFIX}', which names the tiles without one: rename it"
+                )
+            tile_name = f"{name}_r{r}_c{c}.png"
+            if not positive:
+                tile_name = f"{NEGATIVE_TILE_PREFIX}_{tile_name}"
             _write_png(out_dir / "images" / tile_name, image[top : top + size, left : left + size])
             _write_png(out_dir / "masks" / tile_name, tile_mask)
             labels.append(positive)
@@ -212,7 +227,7 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
     hidden sibling folder renamed into place, so an interrupted run never looks complete and
     jobs of a sweep starting together do not tile twice into one folder.
     """
-    root = Path(root).expanduser().absolute()
+    root = folder_destination(root).absolute()
     source = Path(source).expanduser()
     params = {"source": str(source.resolve()), **tiling}
     marker = root / TILES_MARKER

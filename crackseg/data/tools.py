@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from crackseg.atomic import folder_built_beside
+from crackseg.atomic import folder_built_beside, folder_destination
 from crackseg.data.crackforest import convert_crackforest
 from crackseg.data.data_settings import SplitSettings
 from crackseg.data.layouts import (
@@ -96,7 +96,7 @@ def _refuse_non_empty(dst: Path) -> None:
 def _cmd_tile(args: argparse.Namespace) -> None:
     """Tile into a hidden sibling of the destination, renamed into place at the end: a run
     that fails (a full disk) leaves no half-written destination."""
-    dst = Path(args.dst)
+    dst = folder_destination(args.dst)
     _refuse_non_empty(dst)
     with folder_built_beside(dst) as tmp:
         counts = _tile_from_arguments(args, tmp)
@@ -123,7 +123,7 @@ def _tile_from_arguments(args: argparse.Namespace, dst: Path) -> dict[str, tuple
 
 def _cmd_crackforest(args: argparse.Namespace) -> None:
     """As :func:`_cmd_tile`: built beside the destination, renamed into place at the end."""
-    dst = Path(args.dst)
+    dst = folder_destination(args.dst)
     _refuse_non_empty(dst)
     with folder_built_beside(dst) as tmp:
         count = convert_crackforest(Path(args.src), tmp)
