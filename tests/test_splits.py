@@ -144,6 +144,20 @@ def test_a_split_file_gives_back_names_that_are_not_utf8(tmp_path):
     assert read_split_csv(path)["train"] == [name]
 
 
+def test_a_split_file_gives_back_names_that_begin_or_end_with_a_space(tmp_path):
+    """Written as they are, they were read back stripped: no such sample in the dataset. A
+    file typed by hand with spaces after its commas still names its samples."""
+    samples = [Sample(name, Path(f"{name}.jpg"), None, False) for name in (" lead", "b ", "c")]
+    path = tmp_path / "split.csv"
+    write_split_csv(path, {"train": samples[:2], "test": samples[2:]})
+    splits = resolve_splits({"all": samples}, 0.0, 0.0, seed=0, split_file=path)
+    assert [s.sample_id for s in splits["train"]] == [" lead", "b "]
+    typed = tmp_path / "typed.csv"
+    typed.write_text("split,sample_id\ntrain, c\ntest, lead\n")
+    splits = resolve_splits({"all": samples}, 0.0, 0.0, seed=0, split_file=typed)
+    assert [s.sample_id for s in splits["train"]] == ["c"]
+
+
 def test_a_weak_positive_is_recorded_without_its_mask(tmp_path):
     samples = {"train": _samples(2, 1), "test": _samples(1, 1, "t")}
     path = tmp_path / "split.csv"

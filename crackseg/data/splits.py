@@ -327,7 +327,10 @@ def _splits_from_file(
     by_group: dict[str, list[Sample]] = {}
     for sample in everything:
         by_group.setdefault(source_group(sample), []).append(sample)
-    recorded = read_split_csv(path)
+    recorded = {
+        split: [i if i in by_id or i in by_group else i.strip() for i in ids]
+        for split, ids in read_split_csv(path).items()
+    }
     missing = [i for ids in recorded.values() for i in ids if i not in by_id and i not in by_group]
     if missing:
         raise DataError(
@@ -556,20 +559,22 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
 
 
 def read_split_csv(path: Path | str) -> dict[str, list[str]]:
-    """Read the ids per split from a file written by :func:`write_split_csv`."""
+    """Read the ids per split from a file written by :func:`write_split_csv`, as written: a
+    file name may begin or end with a space (a file typed by hand with spaces after its
+    commas is matched without them, :func:`_splits_from_file`)."""
     path = Path(path)
     header, rows = _read_rows(path)
     col_split, col_id = header.index("split"), header.index("sample_id")
     result: dict[str, list[str]] = {}
     seen: set[str] = set()
     for line_no, row in rows:
-        split, sample_id = row[col_split].strip(), row[col_id].strip()
+        split, sample_id = row[col_split].strip(), row[col_id]
         if split not in SPLITS:
             raise DataError(
                 f"split file {path}, line {line_no}: unknown split {split!r} "
                 "(expected train, val or test)"
             )
-        if not sample_id:
+        if not sample_id.strip():
             raise DataError(f"split file {path}, line {line_no}: empty sample_id")
         if sample_id in seen:
             raise DataError(f"split file {path}, line {line_no}: sample {sample_id!r} repeated")
@@ -594,5 +599,6 @@ def read_segmented_flags(path: Path | str) -> dict[str, bool] | None:
             raise DataError(
                 f"split file {path}, line {line_no}: segmented must be 0 or 1, not {flag!r}"
             )
-        flags[row[col_id].strip()] = flag == "1"
+        flags[row[col_id]] = flag == "1"  # as written, and without spaces typed around it
+        flags.setdefault(row[col_id].strip(), flag == "1")
     return flags
