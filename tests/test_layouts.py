@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -333,6 +334,25 @@ def test_unknown_option(tmp_path):
     _pair(tmp_path, "a", True)
     with pytest.raises(ConfigError, match="mask_sufix"):
         index_layout("folder", tmp_path, mask_sufix="_GT")
+
+
+@pytest.mark.parametrize(
+    ("layout", "option", "expected"),
+    [
+        ("folder", {"negative_prefix": None}, "option negative_prefix must be a string, not None"),
+        ("folder", {"image_dir": ["a"]}, "option image_dir must be a string, not ['a']"),
+        ("folder", {"mask_ext": 5}, "option mask_ext must be a string or null, not 5"),
+        ("folder", {"label_from_mask": "maybe"}, "label_from_mask must be true or false, not"),
+        ("dagm", {"class_id": True}, "option class_id must be an integer, not True"),
+        ("crack_segmentation", {"negative_prefix": 5}, "negative_prefix must be a string, not 5"),
+    ],
+)
+def test_a_layout_option_of_another_type_is_refused_by_name(tmp_path, layout, option, expected):
+    """They ended in a TypeError or AttributeError inside the indexing, or (a string for a
+    switch) were taken as true."""
+    _pair(tmp_path, "a", True)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        index_layout(layout, tmp_path, **option)
 
 
 def test_no_images_says_where_it_looked(tmp_path):

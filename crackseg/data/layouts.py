@@ -469,6 +469,23 @@ _INDEXERS: dict[str, Callable[..., dict[str, list[Sample]]]] = {
 LAYOUTS = tuple(_INDEXERS)
 
 
+#: The types of the layouts' options, by their annotation: what each accepts, as said.
+_OPTION_TYPES = {
+    "str": ((str,), "a string"),
+    "str | None": ((str, type(None)), "a string or null"),
+    "bool": ((bool,), "true or false"),
+    "int": ((int,), "an integer"),
+}
+
+
+def _check_option_type(layout: str, name: str, annotation: str, value: object) -> None:
+    """A layout option of the type its layout reads (``negative_prefix=null`` ended in a
+    TypeError deep in the indexing, ``label_from_mask=maybe`` was taken as true)."""
+    accepted, what = _OPTION_TYPES.get(annotation, ((object,), ""))
+    if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+        raise ConfigError(f"layout {layout!r} option {name} must be {what}, not {value!r}")
+
+
 def index_layout(
     layout: str, root: Path | str, binarize_threshold: int = BINARIZE_THRESHOLD, **options
 ) -> dict[str, list[Sample]]:
@@ -492,6 +509,8 @@ def index_layout(
             f"layout {layout!r} does not take option(s) {', '.join(unknown)}; "
             f"it takes: {', '.join(accepted)}"
         )
+    for name, value in options.items():
+        _check_option_type(layout, name, str(parameters[name].annotation), value)
     if "binarize_threshold" in parameters:  # the layouts that label images from their masks
         options["binarize_threshold"] = binarize_threshold
     indexed = indexer(root, **options)
