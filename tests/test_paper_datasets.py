@@ -3,6 +3,7 @@ masks, read from tiny replicas; their errors name the file (and the CSV line).""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -173,6 +174,20 @@ def test_dagm_class_train_test_and_weak_labels(tmp_path):
     assert all(str(s.image_path).count("Class2") for s in indexed["train"])
     label = read_mask(indexed["train"][0].mask_path)
     assert label[32, 32] == 255 and label[0, 0] == 0  # the ellipse
+
+
+def test_files_of_another_kind_in_a_papers_dataset_are_named(tmp_path, caplog):
+    """The paper layouts left them out without a word (the folder layouts named them)."""
+    root = make_ksdd(tmp_path / "ksdd", folders=2, parts=2)
+    (root / "kos01" / "Part0.gif").write_bytes(b"GIF89a")
+    dagm = make_dagm(tmp_path / "dagm", classes=(1,), images=2)
+    (dagm / "Class1" / "Train" / "Label" / "Labels.txt").write_text("1\t0\n")
+    (dagm / "Class1" / "Train" / "notes.txt").write_text("x")
+    with caplog.at_level(logging.WARNING):
+        index_layout("ksdd", root)
+        index_layout("dagm", dagm, class_id=1)
+    warned = [r.getMessage() for r in caplog.records if "are left out" in r.getMessage()]
+    assert len(warned) == 2 and "Part0.gif" in warned[0] and "notes.txt" in warned[1]
 
 
 def test_dagm_errors(tmp_path):

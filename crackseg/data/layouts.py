@@ -221,7 +221,9 @@ def _ksdd2(
     result: dict[str, list[Sample]] = {}
     for split in splits:
         folder = root / split
-        images, masks = _split_by_mask_suffix(list_image_files(folder), mask_suffix)
+        images, masks = _split_by_mask_suffix(
+            list_image_files(folder, name_left_out=True), mask_suffix
+        )
         if not images:
             raise _no_images(root, [folder])
         pairs = _pair_stems(images, masks, lambda s: False)
@@ -247,7 +249,9 @@ def _segdec(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
             if not folder.is_dir():
                 continue
             present = True
-            images, masks = _split_by_mask_suffix(list_image_files(folder), mask_suffix)
+            images, masks = _split_by_mask_suffix(
+                list_image_files(folder, name_left_out=True), mask_suffix
+            )
             positive = kind == "positive"
             pairs = _pair_stems(images, masks, lambda s, neg=not positive: neg)
             samples += [Sample(f"{folder.name}_{s}", i, m, positive) for s, i, m in pairs]
@@ -341,7 +345,7 @@ def _ksdd(
     root: Path, binarize_threshold: int, mask_suffix: str = "_label"
 ) -> dict[str, list[Sample]]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    parts = [(folder, list_image_files(folder)) for folder in folders]
+    parts = [(folder, list_image_files(folder, name_left_out=True)) for folder in folders]
     if empty := [f for f, files in parts if not files and KSDD_FOLDER.fullmatch(f.name)]:
         raise _no_images(root, empty)  # a part folder (kos07) left empty: half unpacked
     without = [folder for folder, files in parts if not files]
@@ -406,10 +410,10 @@ def _dagm(root: Path, class_id: int = 1, label_suffix: str = "_label") -> dict[s
         label_dir = folder / "Label"
         if not label_dir.is_dir():
             raise DataError(f"DAGM class without Label/ (the defect labels): {label_dir}")
-        images = files_by_stem(list_image_files(folder))
+        images = files_by_stem(list_image_files(folder, name_left_out=True))
         if not images:
             raise _no_images(root, [folder])
-        labels = files_by_stem(list_image_files(label_dir))
+        labels = files_by_stem(list_image_files(label_dir))  # beside Labels.txt, as shipped
         unmatched = [path for stem, path in labels.items() if not stem.endswith(label_suffix)]
         if unmatched:
             raise DataError(
@@ -437,7 +441,7 @@ def _severstal(
     _require_dir(images_path, "Severstal image folder")
     if not csv_path.is_file():
         raise DataError(f"Severstal masks file {csv_path} does not exist")
-    images = files_by_stem(list_image_files(images_path))
+    images = files_by_stem(list_image_files(images_path, name_left_out=True))
     if not images:
         raise _no_images(root, [images_path])
     masks = read_run_length_csv(csv_path, height, width)
