@@ -271,8 +271,8 @@ def _check_tiles(root: Path, params: dict[str, Any], source_found: bool) -> None
             f"{root} holds tiles made with other settings ({'; '.join(changed)}); use another "
             "data.root, or the settings they were made with"
         )
-    if made.get("source") != params["source"]:
-        log.info(
+    if made.get("source") != params["source"]:  # a source mistyped, or not on this machine
+        log.warning(
             "%s: tiles of %s, used without it (%s is not there)",
             root,
             made.get("source"),
