@@ -256,10 +256,7 @@ def test_eval_and_export_settings_are_checked_in_the_same_style(setting, expecte
         # read by the rules of other settings (KolektorSDD's learning rate), which resolve
         # first: a ValueError of int('five') came out, not naming the setting
         (["experiment=paper/ksdd", "data.num_segmented=five"], "data.num_segmented must be"),
-        # True is 1 to Python: a fold, a Table 4 row, a training size taken as 1
-        (["data=ksdd", "data.num_folds=3", "data.fold=true"], "data.fold must be null or >= 0"),
-        (["data=ksdd", "data.num_folds=3", "data.fold=1.5"], "data.fold must be null or >= 0"),
-        (["data=ksdd", "data.num_folds=true", "data.fold=0"], "data.num_folds must be null or"),
+        # True is 1 to Python: a Table 4 row, a training size taken as 1 (folds: test_splits)
         (["data=severstal", "data.train_positives=true"], "data.train_positives must be null"),
         (["+sweep=paper_ksdd_components", "table4_row=true"], "table4_row must be 1..14, not"),
     ],

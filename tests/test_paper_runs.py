@@ -10,7 +10,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from conftest import run_entry
+from conftest import one_line_error, run_entry
 from helpers.paper_replicas import make_dagm, make_ksdd, make_ksdd2_like, make_severstal
 
 from crackseg.data.tools import main as data_tool
@@ -203,3 +203,10 @@ def test_severstal_run_at_a_training_size(tmp_path, departure):
             "trainer.enable_progress_bar=false",
         )
         assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        # no data named: crackseg-eval's default, generated images, was scored in silence
+        unnamed = run_entry("eval", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path / 'u'}")
+        assert one_line_error(unnamed) == (
+            "error: the weights trained on the severstal data and no data is named here "
+            "(crackseg-eval's default is the synthetic data): name the data to evaluate them "
+            "on, data=NAME data.root=DIR, or the experiment=NAME they trained with"
+        )

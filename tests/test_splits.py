@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,20 @@ def test_a_split_file_gives_back_names_that_begin_or_end_with_a_space(tmp_path):
     typed.write_text("split,sample_id\ntrain, c\ntest, lead\n")
     splits = resolve_splits({"all": samples}, 0.0, 0.0, seed=0, split_file=typed)
     assert [s.sample_id for s in splits["train"]] == ["c"]
+
+
+@pytest.mark.parametrize(
+    ("folds", "expected"),
+    [
+        ({"num_folds": 3, "fold": True}, "data.fold must be 0..2 (data.num_folds=3), not True"),
+        ({"num_folds": 3, "fold": 1.5}, "data.fold must be 0..2 (data.num_folds=3), not 1.5"),
+        ({"num_folds": True, "fold": 0}, "data.num_folds must be an integer >= 2, not True"),
+    ],
+)
+def test_a_fold_typed_as_a_boolean_or_a_fraction_is_refused_by_name(folds, expected):
+    """True is 1 to Python: data.fold=true ended in a KeyError of 'foldTrue'."""
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        resolve_splits({"all": _samples(6, 6)}, 0.0, 0.0, seed=0, **folds)
 
 
 def test_a_weak_positive_is_recorded_without_its_mask(tmp_path):

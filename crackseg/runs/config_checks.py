@@ -127,8 +127,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.num_workers": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
     "data.num_segmented": (lambda v: v is None or (is_integer(v) and v >= 0), "null or >= 0"),
     "data.train_positives": (lambda v: v is None or (is_integer(v) and v >= 1), "null or >= 1"),
-    "data.num_folds": (lambda v: v is None or (is_integer(v) and v >= 2), "null or >= 2"),
-    "data.fold": (lambda v: v is None or (is_integer(v) and v >= 0), "null or >= 0"),
     "data.extra_segmented.count": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "data.neg_per_pos": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "data.val_fraction": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),

@@ -71,6 +71,20 @@ def reported_config(trained: DictConfig, data: DictConfig, cfg: DictConfig) -> D
     return reported
 
 
+def refuse_other_data_unnamed(data: DictConfig, trained: DictConfig | None, typed: set[str]):
+    """crackseg-eval scores the data it is given, ``data=synthetic`` where none is named:
+    weights trained on other data, evaluated with no data setting typed, were scored on
+    generated images without a word."""
+    named = {"experiment", "data"} & {key.split(".", 1)[0] for key in typed}
+    if named or not trained or trained.get("name") in (None, data.get("name")):
+        return
+    raise ConfigError(
+        f"the weights trained on the {trained.get('name')} data and no data is named here "
+        f"(crackseg-eval's default is the {data.get('name')} data): name the data to "
+        "evaluate them on, data=NAME data.root=DIR, or the experiment=NAME they trained with"
+    )
+
+
 def refuse_model_settings(typed: set[str]) -> None:
     """The network evaluated is the checkpoint's: a model typed on the command line
     (``model=segdec``, ``model.net.channels=...``) would change nothing but the config the
