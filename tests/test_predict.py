@@ -568,6 +568,7 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     truth[2:4, :] = 255  # 40 crack pixels
     cv2.imwrite(str(references / "road.png"), truth)
     (references / "garbled.png").write_bytes(b"not a png")  # unreadable: blank cells, no stop
+    cv2.imwrite(str(references / "clean.png"), truth * 0)  # no crack: 1 or 0 whatever is seen
     probabilities = np.zeros((10, 20), np.float32)
     probabilities[3:5, :10] = 0.9  # 20 pixels predicted, 10 of them on the crack
     settings = predict_settings(reference_masks=str(references), overlays=False)
@@ -577,6 +578,7 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     writer.add(tmp_path / "road.jpg", image, ImagePrediction(0.9, probabilities))
     writer.add(tmp_path / "other.jpg", image, ImagePrediction(0.1, probabilities * 0))
     writer.add(tmp_path / "garbled.jpg", image, ImagePrediction(0.1, probabilities))
+    writer.add(tmp_path / "clean.jpg", image, ImagePrediction(0.1, probabilities * 0))
     writer.write_tables()
     rows = rows_of(tmp_path / "out" / "predictions.csv")
     assert list(rows[0])[-2:] == REFERENCE_COLUMNS
@@ -584,7 +586,8 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     assert float(rows[0]["dice"]) == pytest.approx(1 / 3) and float(rows[0]["iou"]) == 0.2
     assert rows[1]["dice"] == rows[1]["iou"] == ""
     assert rows[2]["dice"] == rows[2]["iou"] == ""
-    assert writer.dices == [pytest.approx(1 / 3)]
+    assert rows[3]["dice"] == rows[3]["iou"] == "1.000000"  # nothing predicted, nothing there
+    assert writer.dices == [pytest.approx(1 / 3)]  # the mean counted it as a Dice of 1
     assert dice_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == (1.0, 1.0)
 
 

@@ -90,7 +90,8 @@ def dice_iou(predicted: np.ndarray, reference: np.ndarray) -> tuple[float, float
 
 class ImageResult(NamedTuple):
     """One image's rows: of ``predictions.csv``, of ``cracks.csv`` (one per crack), and its
-    Dice against its reference mask where it has one."""
+    Dice against its reference mask where that marks a crack pixel (an empty one scores 1
+    or 0 whatever the image holds, so the mean leaves it out, as evaluation does)."""
 
     row: list[Any]
     crack_rows: list[list[Any]]
@@ -167,7 +168,7 @@ class ResultWriter:
             log.warning("reference mask %s is %s, its image %s", reference, truth.shape, mask.shape)
             return ["", ""], None
         dice, iou = dice_iou(mask, truth)
-        return [f"{dice:.6f}", f"{iou:.6f}"], dice
+        return [f"{dice:.6f}", f"{iou:.6f}"], dice if truth.any() else None
 
     def _mm(self, values: list[float]) -> list[str]:
         """In millimetres, to the pixel columns' hundredth of a pixel (3 decimals at least):
@@ -305,7 +306,8 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     if writer.dices:
         counts["dice_mean"] = float(np.mean(writer.dices))
         log.info(
-            "mean Dice against the reference masks: %.4f over %d images",
+            "mean Dice against the reference masks: %.4f over the %d images whose mask marks "
+            "a crack",
             counts["dice_mean"],
             len(writer.dices),
         )
