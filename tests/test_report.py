@@ -289,7 +289,14 @@ def test_report_with_undefined_metrics(tmp_path) -> None:
     # no threshold has a best F-measure here: 0.5 is not called one
     assert "A test split of one class has no threshold of best F-measure" in report
     assert "The threshold with the best F-measure" not in report
-    assert "AUC: n/a, AP: n/a." in report and "validation split (0.5000" in report
+    assert "AUC: n/a, AP: n/a." in report and "validation split (0.5000, the best F" in report
+    # a validation split of one class chose nothing either: 0.5 stood in, not a best F
+    one_class = dict(metrics, val_positives=0, val_negatives=3)
+    report = _write_run(tmp_path / "one", one_class)[0].read_text(encoding="utf-8")
+    assert (
+        "validation split (0.5000, standing in: a split of one class has no threshold of best "
+        "F-measure)" in report
+    )
     assert _table_row(report, "Dice") == ["n/a", "n/a"]
     assert _table_row(report, "**Negatives**") == ["1", "1"]
     assert "only one class" in report and "no positives" in report

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from crackseg.atomic import atomic_write_text
 from crackseg.data.splits import SET_ROWS, set_table
+from crackseg.evaluation.metrics import DEFAULT_THRESHOLD
 from crackseg.markdown import markdown_table
 from crackseg.paper_settings import weak_run_departures
 from crackseg.run_files import REPORT_FILE
@@ -313,11 +314,16 @@ def _test_metrics_section(
 ) -> list[str]:
     """Image-level metrics, the published protocol's counts, Dice and IoU, the thresholds."""
     lines = ["", "## Test metrics", ""]
+    how = "the best F-measure there"
+    chosen_split = "test" if validated_on_test else "val"
+    counts = (metrics.get(f"{chosen_split}_positives"), metrics.get(f"{chosen_split}_negatives"))
+    if 0 in counts and metrics.get("image_threshold") == DEFAULT_THRESHOLD:
+        how = "standing in: a split of one class has no threshold of best F-measure"
     lines.append(
         "Image level (test split): "
         f"AUC: {_num(metrics.get('image_auc'))}, AP: {_num(metrics.get('image_ap'))}. "
         "The Results table counts the test images at the image threshold chosen on the "
-        f"{chosen_on} ({_num(metrics.get('image_threshold'))}, the best F-measure there), "
+        f"{chosen_on} ({_num(metrics.get('image_threshold'))}, {how}), "
         f"applied unchanged: F-measure {_num(metrics.get('f_measure'))}"
         f"{_accuracy(metrics, '')}."
     )
