@@ -225,6 +225,38 @@ def test_crack_segmentation_train_test(tmp_path):
     assert indexed["test"][1].image_path == tmp_path / "test" / "images" / "same_name.jpg"
 
 
+def test_the_crack_segmentation_archive_gives_its_flat_set_or_its_split(tmp_path, caplog):
+    """The archive holds the whole set flat and a train/test split of it beside: the split
+    folders were read without a word, so the seed run's 70/15/15 of the whole was another
+    split; its experiment reads the flat set (splits=flat)."""
+    _pair(tmp_path, "a_crack", True)
+    _pair(tmp_path, "noncrack_1", False)
+    for split in ("train", "test"):
+        _pair(tmp_path / split, "a_crack" if split == "train" else "noncrack_1", split == "train")
+    with caplog.at_level(logging.WARNING):
+        assert sorted(index_layout("crack_segmentation", tmp_path)) == ["test", "train"]
+    assert "the flat images/ beside them is not read (data.layout_options.splits=flat" in (
+        caplog.text
+    )
+    flat = index_layout("crack_segmentation", tmp_path, splits="flat")
+    assert [s.sample_id for s in flat["all"]] == ["a_crack", "noncrack_1"]
+    assert sorted(index_layout("crack_segmentation", tmp_path, splits="folders")) == [
+        "test",
+        "train",
+    ]
+    with pytest.raises(DataError, match=r"looked in .*/train/images, .*/test/images$"):
+        index_layout("crack_segmentation", tmp_path / "train", splits="folders")
+    with pytest.raises(ConfigError, match=r"option splits must be one of auto, flat, folders"):
+        index_layout("crack_segmentation", tmp_path, splits="both")
+    from hydra import compose, initialize_config_dir
+
+    from crackseg import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        seed = compose("train", ["experiment=seed_crack_segmentation", "data.root=/x"])
+    assert seed.data.layout_options.splits == "flat"
+
+
 def test_ksdd2_label_from_mask(tmp_path):
     for split in ("train", "test"):
         write_image(tmp_path / split / "10.png", _image())

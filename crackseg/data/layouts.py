@@ -154,16 +154,41 @@ def _pair_stems(
     return [(s, images[s], masks.get(s)) for s in sorted(images)]
 
 
-def _crack_segmentation(root: Path, negative_prefix: str = "noncrack") -> dict[str, list[Sample]]:
+#: ``splits`` of the crack_segmentation layout: the split folders (train/, val/, test/) where
+#: there are any, else the flat images/ and masks/ (auto); the one or the other.
+CRACK_SEGMENTATION_SPLITS = ("auto", "flat", "folders")
+
+
+def _crack_segmentation(
+    root: Path, negative_prefix: str = "noncrack", splits: str = "auto"
+) -> dict[str, list[Sample]]:
+    """The archive holds both: the whole set flat, and a train/test split of it beside."""
+    if splits not in CRACK_SEGMENTATION_SPLITS:
+        raise ConfigError(
+            f"layout 'crack_segmentation' option splits must be one of "
+            f"{', '.join(CRACK_SEGMENTATION_SPLITS)}, not {splits!r}"
+        )
     split_dirs = [s for s in SPLITS if (root / s / "images").is_dir()]
-    if split_dirs:
+    flat = (root / "images").is_dir()
+    if split_dirs and splits != "flat":
         folders = {s: root / s for s in split_dirs}
-    elif (root / "images").is_dir():
+        if flat:
+            log.warning(
+                "crack_segmentation: reading the split folders %s of %s; the flat images/ "
+                "beside them is not read (data.layout_options.splits=flat reads it, as the "
+                "seed run does)",
+                ", ".join(f"{s}/" for s in split_dirs),
+                root,
+            )
+    elif flat and splits != "folders":
         folders = {"all": root}
     else:
+        looked = {"flat": ["images"], "folders": ["train/images", "test/images"]}.get(
+            splits, ["images", "train/images", "test/images"]
+        )
         raise DataError(
-            f"no images/ folder found: looked in {root / 'images'} and "
-            f"{root / 'train' / 'images'}, {root / 'test' / 'images'}{_crackforest_hint(root)}"
+            f"no images/ folder found: looked in {', '.join(str(root / p) for p in looked)}"
+            f"{_crackforest_hint(root)}"
         )
     groups = _tile_groups(root)
     result: dict[str, list[Sample]] = {}
