@@ -1,8 +1,10 @@
 """The run's ``report.md``, shaped like the seed report (docs: seed/crack_segmentation_results.md).
 
 Section order, headings and table row names follow the seed line by line, so a new run's
-report can be diffed against it; what the seed lacks (the AUC/AP/F-measure line, Dice and
-IoU, notes on edge cases) comes after its last section. Two seed quirks are not copied: the
+report can be diffed against it; what the seed lacks comes after it: the rows its tables
+lack (weak positives, the decision target, the loss over a batch, the precision) after
+their rows, and the AUC/AP/F-measure line, Dice and IoU and notes on edge cases after its
+last section. Two seed quirks are not copied: the
 duplicated "Input width" row, and Windows path separators in the image links; and the curves
 are PNG files (``ROC.png``), where the seed's were JPEG, lossless for lines and text.
 """
