@@ -801,6 +801,14 @@ def test_the_requeue_signal_keeps_the_launchers_handler_until_a_stage_is_set_up(
         assert signal.getsignal(requeue_signal()) not in (signal.SIG_DFL, None)
         callback.setup(None, None, "fit")
         assert signal.getsignal(requeue_signal()) == signal.SIG_DFL
+        # Lightning gives the default action back as a stage ends (the end of the job, with
+        # no checkpoint and its status left running): between stages the warning is logged
+        signal.signal(requeue_signal(), signal.SIG_DFL)
+        callback.teardown(None, None, "fit")
+        os.kill(os.getpid(), requeue_signal())
+        assert launchers == []
+        callback.setup(None, None, "test")  # the next stage: Lightning's again
+        assert signal.getsignal(requeue_signal()) == signal.SIG_DFL
     finally:
         signal.signal(requeue_signal(), previous)
 

@@ -77,11 +77,26 @@ class FreeTheRequeueSignal(pl.Callback):
     """Lightning installs its requeue handler only on a signal without one, once a stage is
     set up; submitit has installed a handler of its own (which requeues the job too). That
     one is removed only then, so the signal does not meet its default action (the end of
-    the job, without a checkpoint) while the data are prepared, the longest of the gaps."""
+    the job, without a checkpoint) while the data are prepared, the longest of the gaps.
+    When a stage ends Lightning gives the signal its default action back: until the next
+    stage (the thresholds chosen, the test, the report) the warning is only logged, and
+    what is left of the job runs in its delay; a job stopped then resumes from its
+    checkpoints as any other."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if threading.current_thread() is threading.main_thread():
             signal.signal(requeue_signal(), signal.SIG_DFL)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(requeue_signal(), _warned_between_stages)
+
+
+def _warned_between_stages(signum: int, frame: object) -> None:
+    log.warning(
+        "SLURM warned of the job's end (signal %d) after training: finishing what is left",
+        signum,
+    )
 
 
 def build_logger(cfg: DictConfig, resume_step: int | None = None) -> Logger | bool:
