@@ -321,6 +321,13 @@ def refuse_unusable_folder_overrides(args: list[str]) -> None:
             )
 
 
+def is_uncompleted_cluster_job(error: BaseException) -> bool:
+    """submitit's error for a job that ended without a result (its state FAILED, TIMEOUT,
+    OUT_OF_MEMORY, ...), told by name: the launcher is imported only by the sweeps using it."""
+    kind = type(error)
+    return kind.__name__ == "UncompletedJobError" and kind.__module__.startswith("submitit")
+
+
 def run_hydra_main(main: Callable[[], Any]) -> None:
     """Call a ``@hydra.main`` function; a bad command line or config is one line, exit 2.
 
@@ -369,6 +376,14 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
             line = one_line(error)
         print_line(f"error: {line}")
         sys.exit(2)
+    except RuntimeError as raised:
+        # A cluster job that ended without a result (killed by SLURM, out of memory): the
+        # launcher stops collecting the others' results there. The sweep ends as one whose
+        # jobs failed, with its summary of what is on disk.
+        if not is_uncompleted_cluster_job(raised) or not started_sweeps:
+            raise
+        print_line(f"a cluster job ended without a result: {one_line(raised)}")
+        end_sweep(list(started_sweeps)[-1])
     except ValueError as raised:
         if str(raised).startswith(HYDRA_MODES_EXCLUSIVE):  # `-m ... --cfg job`
             print_line(f"error: {raised} (--cfg shows the config of one run: drop -m)")

@@ -818,6 +818,43 @@ def test_a_sweep_whose_job_status_cannot_be_read_ends_non_zero(
     assert f"error: could not read the status of the jobs in {tmp_path}" in capsys.readouterr().err
 
 
+def test_a_cluster_job_that_ended_without_a_result_ends_the_sweep_with_its_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """submitit raises for a job SLURM killed (FAILED, OUT_OF_MEMORY): a traceback ended the
+    command, the other jobs' results never collected, no summary written."""
+    from submitit.core.utils import UncompletedJobError
+
+    for num, status in enumerate(("finished", None)):
+        job = tmp_path / f"{num}_seed={num}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={num}\n")
+        if status:
+            metrics = {"image_ap": 0.5}
+            (job / "status.json").write_text(json.dumps({"status": status, "metrics": metrics}))
+    monkeypatch.setattr(summary, "ended_sweeps", [])
+    monkeypatch.setattr(cli, "ended_sweeps", summary.ended_sweeps)
+    monkeypatch.setattr(cli, "started_sweeps", {tmp_path: 0.0})
+
+    def launch() -> None:
+        raise UncompletedJobError(
+            "Job 4242_1 (task: 0) has not produced any output (state: FAILED)"
+        )
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_hydra_main(launch)
+    assert exit_info.value.code == cli.EXIT_JOBS_FAILED
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "a cluster job ended without a result: Job 4242_1 (task: 0) has not produced any output "
+        "(state: FAILED)",
+        f"error: 1 of 2 jobs failed or did not finish; see {tmp_path / 'summary.md'}",
+    ]
+    assert (tmp_path / "summary.md").is_file()
+    with pytest.raises(RuntimeError, match="another"):  # any other error is not this one
+        cli.run_hydra_main(lambda: (_ for _ in ()).throw(RuntimeError("another")))
+
+
 def _mtimes(job: Path) -> dict[str, int]:
     """Files a job writes itself (Hydra rewrites .hydra/ and appends to the log every time;
     every process that opens the folder locks .lock and writes its pid there)."""
