@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -853,6 +854,27 @@ def test_a_cluster_job_that_ended_without_a_result_ends_the_sweep_with_its_summa
     assert (tmp_path / "summary.md").is_file()
     with pytest.raises(RuntimeError, match="another"):  # any other error is not this one
         cli.run_hydra_main(lambda: (_ for _ in ()).throw(RuntimeError("another")))
+
+
+@pytest.mark.parametrize(
+    ("hydra", "expected"),
+    [
+        ({"launcher": {"n_jobs": 0}}, "hydra.launcher.n_jobs must be an integer >= 1 (or -1)"),
+        ({"sweeper": {"n_jobs": 0}}, "hydra.sweeper.n_jobs must be an integer >= 1, not 0"),
+        ({"sweeper": {"direction": "up"}}, "direction must be maximize or minimize, not 'up'"),
+        (
+            {"sweeper": {"storage": "sqlite:////nonexistent/dir/x.db"}},
+            "hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db: no folder /nonexistent/dir",
+        ),
+    ],
+)
+def test_a_sweeper_or_launcher_setting_that_cannot_work_is_refused_up_front(hydra, expected):
+    """Each was a traceback of joblib or Optuna (a ZeroDivisionError, SQLAlchemy's hundred
+    lines), after the sweep folder was made."""
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        multirun.check_trials(OmegaConf.create({"hydra": hydra}))
+    fine = {"launcher": {"n_jobs": -1}, "sweeper": {"direction": ["maximize", "minimize"]}}
+    multirun.check_trials(OmegaConf.create({"hydra": fine}))
 
 
 def _mtimes(job: Path) -> dict[str, int]:

@@ -45,7 +45,7 @@ from crackseg.runs.ownership import (
 from crackseg.runs.resolvers import SWEEP_STOPPING
 from crackseg.runs.resume import check_sweep_resume, config_differences
 from crackseg.runs.status import finished_status, holds_run, read_status
-from crackseg.setting_rules import check_required
+from crackseg.setting_rules import check_required, is_integer
 from crackseg.sweep.job_names import (
     BASIC_SWEEPER,
     grid_jobs,
@@ -204,13 +204,33 @@ def check_slurm_found(config: DictConfig) -> None:
         )
 
 
+#: The directions of Optuna's search.
+SEARCH_DIRECTIONS = ("maximize", "minimize")
+
+
 def check_trials(config: DictConfig) -> None:
-    """A search (Optuna's sweeper) runs at least one trial: with none it has no best."""
-    trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
-    if trials is not None and (
-        isinstance(trials, bool) or not isinstance(trials, int) or trials < 1
-    ):
-        raise ConfigError(f"hydra.sweeper.n_trials must be an integer >= 1, not {trials!r}")
+    """A search (Optuna's sweeper) runs at least one trial (with none it has no best), at
+    least one at a time, in a direction Optuna knows, into a database file whose folder is
+    there; a local parallel sweep runs some jobs at a time (joblib's -1: one a core). Each
+    was a traceback from the sweeper or the launcher, after the sweep folder was made."""
+    for key in ("hydra.sweeper.n_trials", "hydra.sweeper.n_jobs"):
+        value = OmegaConf.select(config, key, default=None)
+        if value is not None and not (is_integer(value) and value >= 1):
+            raise ConfigError(f"{key} must be an integer >= 1, not {value!r}")
+    jobs = OmegaConf.select(config, "hydra.launcher.n_jobs", default=None)
+    if jobs is not None and not (is_integer(jobs) and jobs != 0):
+        raise ConfigError(f"hydra.launcher.n_jobs must be an integer >= 1 (or -1), not {jobs!r}")
+    direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    directions = list(direction) if OmegaConf.is_list(direction) else [direction]
+    if direction is not None and not all(d in SEARCH_DIRECTIONS for d in directions):
+        raise ConfigError(
+            f"hydra.sweeper.direction must be {' or '.join(SEARCH_DIRECTIONS)}, not {direction!r}"
+        )
+    storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+    if isinstance(storage, str) and storage.startswith("sqlite:///"):
+        folder = Path(storage.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise ConfigError(f"hydra.sweeper.storage={storage}: no folder {folder}")
 
 
 def _task_and_swept(config: DictConfig) -> tuple[list[str], set[str]]:
