@@ -345,7 +345,9 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     try:
         refuse_unusable_folder_overrides(sys.argv[1:])
         main()
-    except SweepStopped:
+    except (SweepStopped, KeyboardInterrupt):
+        # KeyboardInterrupt: Ctrl-C outside any job, where no handler of crackseg's turns it
+        # into a stop (the command of a cluster sweep waiting for its jobs, which go on there)
         from crackseg.runs.multirun import restore_signal_handlers
 
         restore_signal_handlers()  # and the sweep's stopping mark, which is done with

@@ -877,6 +877,28 @@ def test_a_sweeper_or_launcher_setting_that_cannot_work_is_refused_up_front(hydr
     multirun.check_trials(OmegaConf.create({"hydra": fine}))
 
 
+def test_ctrl_c_outside_any_job_stops_the_sweep_with_its_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command of a cluster sweep waits in submitit for its jobs: Ctrl-C there was a
+    KeyboardInterrupt traceback."""
+    (tmp_path / "0_seed=0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "0_seed=0" / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+    monkeypatch.setattr(summary, "ended_sweeps", [])
+    monkeypatch.setattr(cli, "ended_sweeps", summary.ended_sweeps)
+    monkeypatch.setattr(cli, "started_sweeps", {tmp_path: 0.0})
+
+    def waiting() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_hydra_main(waiting)
+    assert exit_info.value.code == 143
+    err = capsys.readouterr().err
+    assert err == f"stopped: continue with the same command and hydra.sweep.dir={tmp_path}\n"
+    assert (tmp_path / "summary.md").is_file()
+
+
 def _mtimes(job: Path) -> dict[str, int]:
     """Files a job writes itself (Hydra rewrites .hydra/ and appends to the log every time;
     every process that opens the folder locks .lock and writes its pid there)."""
