@@ -180,6 +180,13 @@ def test_a_resumed_run_keeps_the_csv_rows_logged_before_its_checkpoint(tmp_path)
     rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     assert rows == ["epoch,step,train/loss,val/image_ap", "0,3,0.5,", "1,7,0.25,0.75", "2,11,0.2,"]
     assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["metrics.csv"]
+    # killed after the file was set aside, before it was written again: the next resume
+    # reads it from where it was set
+    (tmp_path / "csv" / "metrics.csv").rename(tmp_path / "csv" / "metrics.csv.before-resume")
+    logger = build_logger(cfg, resume_step=8)
+    logger.save()
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert rows == ["epoch,step,train/loss,val/image_ap", "0,3,0.5,", "1,7,0.25,0.75"]
 
 
 def test_a_run_killed_before_its_first_checkpoint_frees_its_folder_and_keeps_its_settings(

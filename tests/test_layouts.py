@@ -132,6 +132,10 @@ def test_a_damaged_png_is_refused_in_one_line_of_ours(tmp_path, capfd):
     chunk = struct.pack(">I", len(text) - 4) + text + struct.pack(">I", zlib.crc32(text))
     (tmp_path / "g.png").write_bytes(good[:-12] + chunk + good[-12:])
     assert read_image(tmp_path / "g.png", 3).shape == (128, 128, 3)
+    # a damaged ancillary chunk: libpng drops it and decodes the image, and so is it read
+    damaged = chunk[:-1] + bytes([chunk[-1] ^ 1])
+    (tmp_path / "t.png").write_bytes(good[:-12] + damaged + good[-12:])
+    assert read_image(tmp_path / "t.png", 3).shape == (128, 128, 3)
 
 
 def test_truncated_jpeg_with_thumbnail_end_marker_is_caught(tmp_path):

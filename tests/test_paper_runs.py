@@ -204,7 +204,9 @@ def test_severstal_run_at_a_training_size(tmp_path, departure):
         )
         assert evaluated.returncode == 0, evaluated.stderr[-3000:]
         # no data named: crackseg-eval's default, generated images, was scored in silence
-        unnamed = run_entry("eval", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path / 'u'}")
+        unnamed = run_entry(
+            "eval", f"ckpt_path={checkpoint}", "data.num_workers=0", f"hydra.run.dir={tmp_path}/u"
+        )
         assert one_line_error(unnamed) == (
             "error: the weights trained on the severstal data and no data is named here "
             "(crackseg-eval's default is the synthetic data): name the data to evaluate them "

@@ -859,7 +859,7 @@ def test_a_cluster_job_that_ended_without_a_result_ends_the_sweep_with_its_summa
 @pytest.mark.parametrize(
     ("hydra", "expected"),
     [
-        ({"launcher": {"n_jobs": 0}}, "hydra.launcher.n_jobs must be an integer >= 1 (or -1)"),
+        ({"launcher": {"n_jobs": 0}}, "hydra.launcher.n_jobs must be an integer other than 0"),
         ({"sweeper": {"n_jobs": 0}}, "hydra.sweeper.n_jobs must be an integer >= 1, not 0"),
         ({"sweeper": {"direction": "up"}}, "direction must be maximize or minimize, not 'up'"),
         (
@@ -875,6 +875,14 @@ def test_a_sweeper_or_launcher_setting_that_cannot_work_is_refused_up_front(hydr
         multirun.check_trials(OmegaConf.create({"hydra": hydra}))
     fine = {"launcher": {"n_jobs": -1}, "sweeper": {"direction": ["maximize", "minimize"]}}
     multirun.check_trials(OmegaConf.create({"hydra": fine}))
+    # the sweeper's default direction, its enum; a database in the sweep folder, made for it
+    from hydra_plugins.hydra_optuna_sweeper.config import Direction
+
+    sweep = "/nonexistent/sweep"
+    own = {"sweeper": {"storage": f"sqlite:///{sweep}/optuna.db"}, "sweep": {"dir": sweep}}
+    multirun.check_trials(OmegaConf.create({"hydra": own}))
+    enum = OmegaConf.create({"hydra": {"sweeper": {"direction": Direction.minimize}}})
+    multirun.check_trials(enum)
 
 
 def test_ctrl_c_outside_any_job_stops_the_sweep_with_its_summary(

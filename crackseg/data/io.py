@@ -150,8 +150,9 @@ def _jpeg_complete(data: bytes) -> bool:
 
 
 def _check_complete(data: bytes, path: Path) -> None:
-    """Raise DataError for a JPEG or PNG whose end is missing, or a PNG whose chunks fail
-    their checksums (libpng would refuse it too, after printing a line of its own)."""
+    """Raise DataError for a JPEG or PNG whose end is missing, or a PNG whose critical
+    chunks fail their checksums (libpng would refuse it too, after printing a line of its
+    own)."""
     if data.startswith(_JPEG_MAGIC):
         if not _jpeg_complete(data):
             raise DataError(f"truncated JPEG file (no end-of-image marker): {path}")
@@ -160,7 +161,9 @@ def _check_complete(data: bytes, path: Path) -> None:
 
 
 def _check_png_chunks(data: bytes, path: Path) -> None:
-    """Walk a PNG's chunks (length, type, data, CRC-32 of type and data) up to ``IEND``."""
+    """Walk a PNG's chunks (length, type, data, CRC-32 of type and data) up to ``IEND``; an
+    ancillary chunk (its type in lower case first: text, a time stamp) is not checked, as
+    libpng drops a damaged one and decodes the image."""
     pos = len(_PNG_MAGIC)
     while pos + 12 <= len(data):
         (length,) = struct.unpack(">I", data[pos : pos + 4])
@@ -169,7 +172,8 @@ def _check_png_chunks(data: bytes, path: Path) -> None:
             break
         kind = data[pos + 4 : pos + 8]
         (crc,) = struct.unpack(">I", data[end : end + 4])
-        if zlib.crc32(data[pos + 4 : end]) != crc:
+        critical = not kind[0] & 0x20
+        if critical and zlib.crc32(data[pos + 4 : end]) != crc:
             name = kind.decode("latin-1")
             raise DataError(f"damaged PNG file (its {name} chunk fails its checksum): {path}")
         if kind == b"IEND":

@@ -58,9 +58,9 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize a binary mask to a soft float32 mask in [0, 1], one axis at a time: area
     averaging along an axis that shrinks, linear along one that grows.
 
-    Not binarised again, as in the published code: a crack thinner than the scale factor
-    keeps its (partial) coverage instead of vanishing; the weight map treats every covered
-    pixel (> 0) as defect and the 1/8 targets stay soft. The published code resizes
+    Not binarised again, as in the published code, so that a crack thinner than the scale
+    factor keeps its (partial) coverage instead of vanishing; the weight map treats every
+    covered pixel (> 0) as defect and the 1/8 targets stay soft. The published code resizes
     linearly along both axes, which skips a 1 px crack when shrinking by 2 or more; area
     averaging keeps it.
     """

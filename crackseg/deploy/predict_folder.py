@@ -154,7 +154,8 @@ class ResultWriter:
         return ImageResult(row, crack_rows, dice)
 
     def _against_reference(self, path: Path, mask: np.ndarray) -> tuple[list[str], float | None]:
-        """The image's Dice and IoU cells, and its Dice (None without a usable reference)."""
+        """The image's Dice and IoU cells, and its Dice for the mean: None without a usable
+        reference, or where the reference marks no crack."""
         reference = self.references.get(path.stem)
         if reference is None:
             log.warning("no reference mask for %s in %s", path.name, self.settings.reference_masks)

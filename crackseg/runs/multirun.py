@@ -219,17 +219,25 @@ def check_trials(config: DictConfig) -> None:
             raise ConfigError(f"{key} must be an integer >= 1, not {value!r}")
     jobs = OmegaConf.select(config, "hydra.launcher.n_jobs", default=None)
     if jobs is not None and not (is_integer(jobs) and jobs != 0):
-        raise ConfigError(f"hydra.launcher.n_jobs must be an integer >= 1 (or -1), not {jobs!r}")
+        raise ConfigError(
+            f"hydra.launcher.n_jobs must be an integer other than 0 (-1: one job a core), "
+            f"not {jobs!r}"
+        )
     direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
     directions = list(direction) if OmegaConf.is_list(direction) else [direction]
-    if direction is not None and not all(d in SEARCH_DIRECTIONS for d in directions):
+    # the sweeper's own default is its enum (Direction.minimize), which it names so too
+    if direction is not None and not all(
+        getattr(d, "name", d) in SEARCH_DIRECTIONS for d in directions
+    ):
         raise ConfigError(
             f"hydra.sweeper.direction must be {' or '.join(SEARCH_DIRECTIONS)}, not {direction!r}"
         )
     storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
     if isinstance(storage, str) and storage.startswith("sqlite:///"):
         folder = Path(storage.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
+        sweep_dir = Path(str(config.hydra.sweep.dir)) if "sweep" in config.hydra else None
+        in_sweep = sweep_dir is not None and (folder == sweep_dir or sweep_dir in folder.parents)
+        if not folder.is_dir() and not in_sweep:  # the sweep's own folder is made for it
             raise ConfigError(f"hydra.sweeper.storage={storage}: no folder {folder}")
 
 

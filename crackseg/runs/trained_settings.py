@@ -71,11 +71,16 @@ def reported_config(trained: DictConfig, data: DictConfig, cfg: DictConfig) -> D
     return reported
 
 
+#: The settings that say which images an evaluation reads (``data.num_workers`` does not).
+NAMING_THE_DATA = ("experiment", "data", "data.name", "data.root", "data.layout")
+NAMING_THE_DATA_BLOCKS = ("data.layout_options.", "data.synthetic.", "data.tile.", "data.download.")
+
+
 def refuse_other_data_unnamed(data: DictConfig, trained: DictConfig | None, typed: set[str]):
     """crackseg-eval scores the data it is given, ``data=synthetic`` where none is named:
-    weights trained on other data, evaluated with no data setting typed, were scored on
-    generated images without a word."""
-    named = {"experiment", "data"} & {key.split(".", 1)[0] for key in typed}
+    weights trained on other data, evaluated with no setting naming the data typed, were
+    scored on generated images without a word."""
+    named = any(k in NAMING_THE_DATA or k.startswith(NAMING_THE_DATA_BLOCKS) for k in typed)
     if named or not trained or trained.get("name") in (None, data.get("name")):
         return
     raise ConfigError(

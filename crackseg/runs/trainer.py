@@ -117,14 +117,16 @@ def build_logger(cfg: DictConfig, resume_step: int | None = None) -> Logger | bo
 def keep_csv_rows_before(logger: CSVLogger, step: int) -> None:
     """The rows of the CSV logger's ``metrics.csv`` logged before ``step``, kept for the
     resumed run to add to: Lightning's CSV writer deletes the file it finds as it starts.
-    The file is set aside while the writer starts, so a kill then loses none of it."""
+    The file is set aside while the writer starts, and read from there by the next resume
+    where a kill left it so."""
     path = Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
-    if not path.is_file():
-        return
-    with path.open(newline="") as handle:
-        kept = [row for row in csv.DictReader(handle) if int(float(row["step"])) < step]
     aside = path.with_name(f"{path.name}.before-resume")
-    path.replace(aside)
+    if path.is_file():
+        path.replace(aside)
+    if not aside.is_file():
+        return
+    with aside.open(newline="") as handle:
+        kept = [row for row in csv.DictReader(handle) if int(float(row["step"])) < step]
     with warnings.catch_warnings():  # that it would delete the files it finds: not so
         warnings.filterwarnings("ignore", "Experiment logs directory .* is not empty")
         writer = logger.experiment  # started now: it finds no file to delete
