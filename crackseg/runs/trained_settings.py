@@ -76,7 +76,9 @@ NAMING_THE_DATA = ("experiment", "data", "data.name", "data.root", "data.layout"
 NAMING_THE_DATA_BLOCKS = ("data.layout_options.", "data.synthetic.", "data.tile.", "data.download.")
 
 
-def refuse_other_data_unnamed(data: DictConfig, trained: DictConfig | None, typed: set[str]):
+def refuse_other_data_unnamed(
+    data: DictConfig, trained: DictConfig | None, typed: set[str]
+) -> None:
     """crackseg-eval scores the data it is given, ``data=synthetic`` where none is named:
     weights trained on other data, evaluated with no setting naming the data typed, were
     scored on generated images without a word."""
