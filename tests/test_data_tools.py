@@ -340,7 +340,11 @@ def test_stats_of_a_paper_fold(tmp_path, capsys):
     assert "| Train       | 3           | 12          | 15          |" in capsys.readouterr().out
     assert main(["stats", str(root), "--layout", "ksdd", "--fold", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "data.num_folds and data.fold go together" in err
+    # worded with the options of the command, not the settings of a run
+    assert err == "error: --num-folds and --fold go together: --num-folds K --fold 0..K-1\n"
+    assert main(["stats", str(root), "--layout", "ksdd", "--num-folds", "3", "--fold", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --fold must be 0..2 (--num-folds 3), not 5\n"
 
 
 def test_cli_missing_root_exits_2_with_one_line(tmp_path, capsys):

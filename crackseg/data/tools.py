@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -132,7 +133,40 @@ def _cmd_crackforest(args: argparse.Namespace) -> None:
     print(f"train on their tiles with CRACKSEG_CFD_DIR={dst} crackseg-train experiment=cfd_tiles")
 
 
+#: The data settings of a run that ``crackseg-data stats`` takes as options.
+STATS_OPTIONS = {
+    "data.val_fraction": "--val-fraction",
+    "data.test_fraction": "--test-fraction",
+    "data.split_seed": "--seed",
+    "data.split_file": "--split-file",
+    "data.num_folds": "--num-folds",
+    "data.fold": "--fold",
+    "data.train_positives": "--train-positives",
+    "data.dagm_class": "--dagm-class",
+}
+
+
+def as_stats_options(message: str) -> str:
+    """An error of the splits, which names a run's settings (``data.num_folds=K``), worded
+    with the options of ``crackseg-data stats`` (``--num-folds K``)."""
+
+    def option(setting: re.Match) -> str:
+        name = STATS_OPTIONS.get(setting[1])
+        if name is None:
+            return setting[0]
+        return name if setting[2] is None else f"{name} {setting[2]}"
+
+    return re.sub(r"(data\.\w+)(?:=([^\s,;)]+))?", option, message)
+
+
 def _cmd_stats(args: argparse.Namespace) -> None:
+    try:
+        _stats(args)
+    except CracksegError as error:
+        raise type(error)(as_stats_options(str(error))) from error
+
+
+def _stats(args: argparse.Namespace) -> None:
     indexed = index_layout(args.layout, args.root, **_layout_options(args))
     if args.check:
         indexed = {
