@@ -28,6 +28,7 @@ from conftest import (
 )
 from helpers.paper_replicas import write_image
 from helpers.stalled_runs import HELPERS, start_train, wait_for_stall
+from omegaconf import OmegaConf
 
 from crackseg.data.dataset import CrackDataset
 from crackseg.data.io import read_image, read_mask
@@ -825,6 +826,10 @@ def test_an_optuna_search_whose_every_trial_failed_is_one_line(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"error: 1 of 1 jobs failed; see {sweep_dir / 'summary.md'}"
+    # its folder records its command line, as a grid sweep's does (Optuna's saved none)
+    recorded = OmegaConf.load(sweep_dir / "multirun.yaml")
+    assert "hydra.sweeper.n_trials=1" in recorded.hydra.overrides.hydra
+    assert "optuna" in recorded.hydra.sweeper._target_.lower()
 
 
 def test_an_onnx_model_with_crackseg_metadata_but_another_network_is_one_line(tmp_path):

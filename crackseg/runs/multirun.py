@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from crackseg.atomic import atomic_write_text
 from crackseg.cli import one_line, print_line
 from crackseg.data.layouts import check_dagm_classes, check_data_found
 from crackseg.errors import ConfigError, CracksegError, SweepSettingsError, SweepStopped
@@ -85,6 +86,7 @@ class SweepChecksCallback(Callback):
             check_config(config)
             refuse_missing_data(config, task, swept)
             claim_run_folder(config.hydra.sweep.dir)
+            record_a_search(config)
             refuse_finished_jobs_with_other_settings(config, task, swept)
             refuse_held_runs_with_other_settings(config, task, swept)
             refuse_unfinished_jobs_not_run_again(config, task)
@@ -202,6 +204,17 @@ def check_slurm_found(config: DictConfig) -> None:
             "hydra/launcher=slurm needs SLURM (srun and sbatch), which this machine does not "
             "have: start the sweep on the cluster, or drop hydra/launcher=slurm"
         )
+
+
+def record_a_search(config: DictConfig) -> None:
+    """The sweep's config as ``multirun.yaml`` in its folder, which Hydra's basic sweeper
+    saves and Optuna's does not: a search's folder then records its command line and search
+    space, and is found as a sweep (the comparison notebook's default is the one launched
+    last)."""
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) == BASIC_SWEEPER:
+        return
+    text = OmegaConf.to_yaml(config)
+    atomic_write_text(Path(str(config.hydra.sweep.dir)) / "multirun.yaml", text)
 
 
 #: The directions of Optuna's search.
