@@ -671,7 +671,8 @@ def main(argv: list[str] | None = None) -> None:
             for setting in SETTINGS:
                 rows += setting_rows(setting, args, data_dir, images_per_class)
         except CracksegError as error:  # an input size the network cannot take
-            fail(str(error))
+            size = f"--size {args.size[0]}x{args.size[1]}: " if args.size else ""
+            fail(f"{size}{error}")
         if args.rows:
             # in the patterns' order, each row once (by identity: rows hold dicts)
             matching = {id(r): r for p in args.rows for r in rows if fnmatch.fnmatchcase(r.key, p)}

@@ -341,8 +341,15 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--toy", action="store_true", help="toy sizes (always without a GPU)")
     parser.add_argument("--budget", type=float, default=BUDGET, help="seconds for all steps")
-    parser.add_argument("--json", type=Path, help=f"where to write (default {RESULTS.name})")
-    parser.add_argument("--work-dir", type=Path, help="keep the runs and logs here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help=f"where to write (default {RESULTS.name}; with toy sizes "
+        f"{tempfile.gettempdir()}/crackseg-gpu-check-toy.json)",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, help="keep the runs and logs in a new folder under DIR"
+    )
     return parser.parse_args(argv)
 
 
@@ -372,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="crackseg-gpu-check-") as scratch:
         work = (args.work_dir or Path(scratch)).resolve()
         work.mkdir(parents=True, exist_ok=True)
+        if args.work_dir is not None:  # a folder of this check's own: a kept one is reused
+            work = Path(tempfile.mkdtemp(prefix=time.strftime("%Y-%m-%d_%H-%M-%S_"), dir=work))
+            print(f"gpu-check: runs and logs in {work}", file=sys.stderr)
         logs = work / "logs"
         logs.mkdir(exist_ok=True)
         eager_json, compiled_json = work / "bench-eager.json", work / "bench-compiled.json"

@@ -168,10 +168,14 @@ def main() -> None:
             seed=args.seed,
         )
         rows = []
+        # the data of a kept --workdir is used again; the runs are this check's own
+        (workdir / "runs").mkdir(parents=True, exist_ok=True)
+        started = time.strftime("%Y-%m-%d_%H-%M-%S_")
+        runs = Path(tempfile.mkdtemp(prefix=started, dir=workdir / "runs"))
         for size in sizes:
             folder = build_folder(base, workdir / f"tiles{size}", size)
             print(f"training on {size} tiles ...", file=sys.stderr, flush=True)
-            rows.append((size, run_training(folder, workdir / "runs" / f"tiles{size}", args)))
+            rows.append((size, run_training(folder, runs / f"tiles{size}", args)))
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -34,14 +34,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from bench import PRECISIONS, SETTINGS, net_arguments, parse_size, training_step
+from bench import PRECISIONS, SETTINGS, fail, net_arguments, parse_size, training_step
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from crackseg import CONFIG_DIR
+from crackseg.errors import CracksegError
 from crackseg.models.flops import layer_table, training_flops
 from crackseg.models.layers import FeatureNorm
 from crackseg.models.precision import cpu_bf16_features, cpu_model
-from crackseg.models.segdecnet import SegDecNet
+from crackseg.models.segdecnet import SegDecNet, check_input_size
 from crackseg.runs.allocator import keep_freed_memory
 
 VOLUME = "volume convolution"
@@ -270,7 +272,26 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the tables here")
     args = parser.parse_args(argv)
     args.size = args.size or (SETTINGS[0].height, SETTINGS[0].width)
+    refuse_what_cannot_run(args)
     return args
+
+
+def refuse_what_cannot_run(args: argparse.Namespace) -> None:
+    """One ``error:`` line and exit 2 before anything runs (a traceback, or one after all
+    the profiling for a --json that names a folder)."""
+    for name, least in (("batch", 1), ("steps", 1), ("warmup", 0), ("top", 1)):
+        if getattr(args, name) < least:
+            fail(f"--{name} must be >= {least}, not {getattr(args, name)}")
+    models = Path(CONFIG_DIR) / "model"
+    if not (models / f"{args.model}.yaml").is_file():
+        known = sorted(p.stem for p in models.glob("*.yaml"))
+        fail(f"--model {args.model}: no such model (known: {', '.join(known)})")
+    if args.json is not None and args.json.is_dir():
+        fail(f"--json {args.json} is a folder; name the file to write")
+    try:
+        check_input_size(*args.size)
+    except CracksegError as error:
+        fail(f"--size {args.size[0]}x{args.size[1]}: {error}")
 
 
 def main(argv: list[str] | None = None) -> None:

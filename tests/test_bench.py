@@ -164,7 +164,7 @@ def refusal(bench, capsys, *argv: str) -> str:
     "argv,words",
     [
         (["--rows", "nope/*"], "no row matches nope/*"),
-        (["--size", "100x128"], "not divisible by 8"),
+        (["--size", "100x128"], "--size 100x128: input height 100 is not divisible by 8"),
         (["--json", "."], "is a folder"),
         (["--no-eager"], "--no-eager leaves no network row"),
     ],
@@ -211,3 +211,25 @@ def test_a_quick_run_leaves_the_measured_results_alone(bench):
     assert bench.parse_arguments([]).json == bench.RESULTS
     assert bench.parse_arguments(["--quick"]).json == bench.QUICK_RESULTS != bench.RESULTS
     assert bench.parse_arguments(["--quick", "--json", "x.json"]).json.name == "x.json"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--steps", "0"], "error: --steps must be >= 1, not 0"),
+        (["--batch", "0"], "error: --batch must be >= 1, not 0"),
+        (["--model", "nosuch"], "error: --model nosuch: no such model (known: segdec, "),
+        (["--size", "63x127"], "error: --size 63x127: input height 63 is not divisible by 8"),
+        (["--json", "."], "error: --json . is a folder; name the file to write"),
+    ],
+)
+def test_the_profile_refuses_what_cannot_run_in_one_line(monkeypatch, capsys, argv, expected):
+    """Each was a traceback: at once, after the warm-up steps, or (--json) after all the
+    profiling, losing its tables."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import profile_step
+
+    with pytest.raises(SystemExit) as stop:
+        profile_step.parse_arguments(["--precision", "fp32", *argv])
+    result = subprocess.CompletedProcess(argv, stop.value.code, "", capsys.readouterr().err)
+    assert one_line_error(result).startswith(expected)

@@ -63,21 +63,25 @@ def test_ddp_ran_two_processes_and_the_epoch_tested_its_weights(toy_run):
     tmp_path, report = toy_run
     ddp, epoch = report["steps"][2], report["steps"][3]
     assert ddp["devices"] == 2 and "2 CPU processes" in ddp["detail"]
-    assert (tmp_path / "work" / "ddp" / "train_ddp_process_1.log").is_file()
+    work = min((tmp_path / "work").iterdir())  # the check's own folder under --work-dir
+    assert (work / "ddp" / "train_ddp_process_1.log").is_file()
     for step in (ddp, epoch):
         metrics = step["metrics"]
         assert metrics["train_samples"] > 0 and metrics["test_samples"] > 0
         assert 0 <= metrics["image_auc"] <= 1
     # The seed run's experiment: its network at the toy input size, 8+8 images.
-    config = (tmp_path / "work" / "epoch" / ".hydra" / "config.yaml").read_text()
+    config = (work / "epoch" / ".hydra" / "config.yaml").read_text()
     assert "seed_crack_segmentation" in config and "input_height: 64" in config
     # as a user's run: the model summary, with the FLOPs its pass through the network counts
-    log = (tmp_path / "work" / "logs" / "seed-epoch.log").read_text()
+    log = (work / "logs" / "seed-epoch.log").read_text()
     assert "Total params" in log and "Total FLOPs" in log, log[-2000:]
 
 
-def test_a_spent_budget_skips_the_steps_and_fails(tmp_path):
-    done = gpu_check(tmp_path, "--budget", "1")
+def test_a_spent_budget_skips_the_steps_and_fails(tmp_path, toy_run):
+    """Into the --work-dir of a check that ran: its rows and runs were read as this one's
+    (or its runs' folders refused), so a skipped step reported another check's numbers."""
+    work = ["--work-dir", str(toy_run[0] / "work")]
+    done = gpu_check(tmp_path, "--budget", "1", *work)
     assert done.returncode == 1
     assert "error: gpu-check incomplete: gpu tests, bench eager" in done.stderr
     report = json.loads((tmp_path / "results-gpu.json").read_text())
