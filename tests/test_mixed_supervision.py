@@ -169,6 +169,17 @@ def test_a_curve_without_the_fully_supervised_run_marks_no_point_all(tmp_path):
     assert [h for h in ap_axis.get_lines() if list(h.get_xdata()) == [0, 1]] == []
 
 
+def test_a_curve_of_weak_runs_alone_is_drawn_inside_its_axes(tmp_path):
+    """``data.num_segmented=0`` alone (sweeps.md's weak jobs over seeds): the axis went from
+    -0.3 to 0, each point on its edge."""
+    for seed in (0, 1):
+        _fake_job(tmp_path, seed, "0", seed, {"image_ap": 0.7 + seed / 10, "num_segmented": 0})
+    rows = [{**row, NUM_SEGMENTED: "0"} for row in collect_runs(tmp_path)]  # typed, one value
+    (curve,) = sweep_curves(rows, NUM_SEGMENTED, [NUM_SEGMENTED])
+    low, high = draw_sweep_curves([curve], NUM_SEGMENTED).axes[0].get_xlim()
+    assert low < 0 < high
+
+
 def test_other_numeric_sweeps_draw_their_figure_too(tmp_path):
     for num, (delta, seed, ap) in enumerate([(0.01, 0, 0.9), (0.01, 1, 0.8), (1, 0, 0.95)]):
         job = tmp_path / f"{num}_loss.delta_cls={delta},seed={seed}"
@@ -234,6 +245,14 @@ def test_a_ranking_adds_its_top_weak_positives_to_the_segmented_ones(dataset_roo
     assert grown.data_split.segmented_ids == base.data_split.segmented_ids | set(weak[:3])
     with pytest.raises(DataError, match="ranks only"):
         datamodule_of(dataset_root, num_segmented=5, extra_segmented={**extra, "count": 50})
+    # a name repeated counts once: count=3 gave the 2 names of 3 rows without a word
+    (tmp_path / "twice.csv").write_text(f"sample_id\n{weak[0]}\n{weak[0]}\n{weak[1]}\n")
+    with pytest.raises(DataError, match="count=3 but .*twice.csv ranks only 2 weak positives"):
+        datamodule_of(
+            dataset_root,
+            num_segmented=5,
+            extra_segmented={**extra, "ranking": str(tmp_path / "twice.csv")},
+        )
     (tmp_path / "bad.csv").write_text("sample_id\nnoncrack_00001\n")
     with pytest.raises(DataError, match="not training positives"):
         datamodule_of(dataset_root, extra_segmented={"ranking": str(tmp_path / "bad.csv")})

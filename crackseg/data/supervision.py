@@ -151,7 +151,8 @@ def extra_segmented_ids(
             f"data.extra_segmented.ranking names images that are not training positives with "
             f"a mask: {describe_files(unknown)}"
         )
-    chosen = [i for i in ranked if i not in segmented][:count]
+    # a name repeated counts once (dict.fromkeys keeps the ranking's order)
+    chosen = [i for i in dict.fromkeys(ranked) if i not in segmented][:count]
     if len(chosen) < count:
         raise DataError(
             f"data.extra_segmented.count={count} but {path} ranks only {len(chosen)} weak positives"

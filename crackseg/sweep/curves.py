@@ -161,7 +161,7 @@ def _x_axis(ax: Any, key: str, xs: list[float], full: set[float]) -> None:
         if xs[0] == 0:
             labels[0] = "0\nweak"
         ax.set_xticklabels(labels)
-        ax.set_xlim(-0.3, xs[-1] * 1.6)
+        ax.set_xlim(-0.3, max(xs[-1] * 1.6, 1.0))  # one value of 0 (weak runs alone) too
     elif min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
         ax.set_xticks(xs)
