@@ -1064,6 +1064,13 @@ def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: P
     assert line == "error: trainer.max_epochs must be an integer >= 1, not 'ten'"
     line = one_line_error(run_train(config_dir, *common, f"resume={tmp_path}"))
     assert "resume=RUN_DIR continues one run" in line
+    # a ranking every job draws its masks from: each job failed on it, one after the other
+    ranking = f"data.extra_segmented.ranking={tmp_path}/gone.csv"
+    line = one_line_error(run_train(config_dir, *common, ranking))
+    assert (
+        line
+        == f"error: data.extra_segmented.ranking: cannot read {tmp_path}/gone.csv: no such file"
+    )
     assert not sweep_dir.exists()
     # data every job would look for in vain (a paper dataset not fetched, CFD not there)
     nodata = tmp_path / "nodata"

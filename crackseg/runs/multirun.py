@@ -26,7 +26,13 @@ from omegaconf.errors import OmegaConfBaseException
 from crackseg.atomic import atomic_write_text
 from crackseg.cli import one_line, print_line
 from crackseg.data.layouts import check_dagm_classes, check_data_found
-from crackseg.errors import ConfigError, CracksegError, SweepSettingsError, SweepStopped
+from crackseg.errors import (
+    ConfigError,
+    CracksegError,
+    DataError,
+    SweepSettingsError,
+    SweepStopped,
+)
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.gpus import runs_parallel_locally
 from crackseg.runs.hydra_run import (
@@ -85,6 +91,7 @@ class SweepChecksCallback(Callback):
             check_devices_per_job(config)
             check_config(config)
             refuse_missing_data(config, task, swept)
+            refuse_missing_ranking(config, swept)
             claim_run_folder(config.hydra.sweep.dir)
             record_a_search(config)
             refuse_finished_jobs_with_other_settings(config, task, swept)
@@ -385,6 +392,19 @@ def _differences_from_now(
 
 #: Launchers whose jobs run on this machine, where their data must be found.
 LOCAL_LAUNCHERS = ("basic_launcher", "joblib")
+
+
+def refuse_missing_ranking(config: DictConfig, swept: set[str]) -> None:
+    """The ranking every job of a sweep draws its extra masks from
+    (``data.extra_segmented.ranking``, where not swept) must be a file here: each job would
+    otherwise fail on it, one after the other (jobs run elsewhere are left to find it)."""
+    key = "data.extra_segmented.ranking"
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    if key in swept or not any(name in launcher.lower() for name in LOCAL_LAUNCHERS):
+        return
+    ranking = OmegaConf.select(config, key, default=None)
+    if ranking is not None and not Path(str(ranking)).expanduser().is_file():
+        raise DataError(f"{key}: cannot read {ranking}: no such file")
 
 
 def refuse_missing_data(config: DictConfig, task: list[str], swept: set[str]) -> None:
