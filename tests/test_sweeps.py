@@ -872,17 +872,17 @@ def test_a_sweeper_or_launcher_setting_that_cannot_work_is_refused_up_front(hydr
     """Each was a traceback of joblib or Optuna (a ZeroDivisionError, SQLAlchemy's hundred
     lines), after the sweep folder was made."""
     with pytest.raises(ConfigError, match=re.escape(expected)):
-        multirun.check_trials(OmegaConf.create({"hydra": hydra}))
+        multirun.check_search_and_launcher(OmegaConf.create({"hydra": hydra}))
     fine = {"launcher": {"n_jobs": -1}, "sweeper": {"direction": ["maximize", "minimize"]}}
-    multirun.check_trials(OmegaConf.create({"hydra": fine}))
+    multirun.check_search_and_launcher(OmegaConf.create({"hydra": fine}))
     # the sweeper's default direction, its enum; a database in the sweep folder, made for it
     from hydra_plugins.hydra_optuna_sweeper.config import Direction
 
     sweep = "/nonexistent/sweep"
     own = {"sweeper": {"storage": f"sqlite:///{sweep}/optuna.db"}, "sweep": {"dir": sweep}}
-    multirun.check_trials(OmegaConf.create({"hydra": own}))
+    multirun.check_search_and_launcher(OmegaConf.create({"hydra": own}))
     enum = OmegaConf.create({"hydra": {"sweeper": {"direction": Direction.minimize}}})
-    multirun.check_trials(enum)
+    multirun.check_search_and_launcher(enum)
 
 
 def test_ctrl_c_outside_any_job_stops_the_sweep_with_its_summary(

@@ -4,9 +4,9 @@ Section order, headings and table row names follow the seed line by line, so a n
 report can be diffed against it; what the seed lacks comes after it: the rows its tables
 lack (weak positives, the decision target, the loss over a batch, the precision) after
 their rows, and the AUC/AP/F-measure line, Dice and IoU and notes on edge cases after its
-last section. Two seed quirks are not copied: the
-duplicated "Input width" row, and Windows path separators in the image links; and the curves
-are PNG files (``ROC.png``), where the seed's were JPEG, lossless for lines and text.
+last section. Two seed quirks are not copied: the duplicated "Input width" row, and Windows
+path separators in the image links; and the curves are PNG files (``ROC.png``), where the
+seed's were JPEG, lossless for lines and text.
 """
 
 from __future__ import annotations

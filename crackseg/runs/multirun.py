@@ -87,7 +87,7 @@ class SweepChecksCallback(Callback):
             check_sweep_resume(config.get("resume"))
             check_output_dir_not_typed(task)
             check_slurm_found(config)
-            check_trials(config)
+            check_search_and_launcher(config)
             check_devices_per_job(config)
             check_config(config)
             refuse_missing_data(config, task, swept)
@@ -228,7 +228,7 @@ def record_a_search(config: DictConfig) -> None:
 SEARCH_DIRECTIONS = ("maximize", "minimize")
 
 
-def check_trials(config: DictConfig) -> None:
+def check_search_and_launcher(config: DictConfig) -> None:
     """A search (Optuna's sweeper) runs at least one trial (with none it has no best), at
     least one at a time, in a direction Optuna knows, into a database file whose folder is
     there; a local parallel sweep runs some jobs at a time (joblib's -1: one a core). Each
@@ -394,13 +394,18 @@ def _differences_from_now(
 LOCAL_LAUNCHERS = ("basic_launcher", "joblib")
 
 
+def runs_jobs_here(config: DictConfig) -> bool:
+    """Whether the sweep's launcher runs its jobs on this machine (:data:`LOCAL_LAUNCHERS`)."""
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    return any(name in launcher.lower() for name in LOCAL_LAUNCHERS)
+
+
 def refuse_missing_ranking(config: DictConfig, swept: set[str]) -> None:
     """The ranking every job of a sweep draws its extra masks from
     (``data.extra_segmented.ranking``, where not swept) must be a file here: each job would
     otherwise fail on it, one after the other (jobs run elsewhere are left to find it)."""
     key = "data.extra_segmented.ranking"
-    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
-    if key in swept or not any(name in launcher.lower() for name in LOCAL_LAUNCHERS):
+    if key in swept or not runs_jobs_here(config):
         return
     ranking = OmegaConf.select(config, key, default=None)
     if ranking is not None and not Path(str(ranking)).expanduser().is_file():
@@ -420,8 +425,7 @@ def refuse_missing_data(config: DictConfig, task: list[str], swept: set[str]) ->
     ):
         return
     check_required(config, ("data.root",))  # unresolved: the jobs' environment is below
-    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
-    if not any(name in launcher.lower() for name in LOCAL_LAUNCHERS):
+    if not runs_jobs_here(config):
         return
     if data.get("synthetic") or OmegaConf.select(data, "download.url", default=None):
         return

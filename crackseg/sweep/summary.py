@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import math
 import re
@@ -111,16 +112,24 @@ def _read_overrides(job: Path) -> dict[str, str]:
         return {}
 
 
+@functools.lru_cache(maxsize=512)
+def _saved_config(path: Path, written_ns: int) -> DictConfig:
+    """A job's ``.hydra/config.yaml``, read once for all its keys (a summary reads the seed
+    and every swept key of every job); ``written_ns``: a folder written again is read again."""
+    import crackseg.runs.resolvers  # noqa: F401  (the rules' resolvers, registered on import)
+
+    return OmegaConf.load(path)
+
+
 def _config_value(job: Path, key: str) -> str:
     """A key of the job's composed config, spelt as :func:`_read_overrides` spells the value
     of an override (``True``, ``1``), so that a job that took a value from its config and one
     that was given the same value on the command line are one setting; a value set by a rule
     (``${crackseg.any_segmented:...}``) is resolved, one that needs Hydra's run is left as
     written."""
-    import crackseg.runs.resolvers  # noqa: F401  (the rules' resolvers, registered on import)
-
+    path = job / ".hydra" / "config.yaml"
     try:
-        config = OmegaConf.load(job / ".hydra" / "config.yaml")
+        config = _saved_config(path, path.stat().st_mtime_ns)
     except (OSError, yaml.YAMLError, OmegaConfBaseException):
         return ""
     try:
