@@ -642,6 +642,22 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def refuse_unwritable_json(path: Path) -> None:
+    """Refuse a --json that names a folder or a place no file can be written, before any
+    row is measured (not with a traceback after the first)."""
+    if path.is_dir():
+        fail(f"--json {path} is a folder; name the file to write")
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        fail(f"--json {path}: {existing} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".bench-write-check-"):
+            pass
+    except OSError as error:
+        fail(f"--json {path}: cannot write there ({error.strerror or error})")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
     if args.worker:
@@ -651,8 +667,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         fail("--device cuda, but torch sees no CUDA device")
-    if args.json.is_dir():
-        fail(f"--json {args.json} is a folder; name the file to write")
+    refuse_unwritable_json(args.json)
     if args.no_eager and not variants(args):
         fail(
             "--no-eager leaves no network row: add --channels-last, --volume-im2col, --compile"

@@ -34,7 +34,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from bench import PRECISIONS, SETTINGS, fail, net_arguments, parse_size, training_step
+from bench import (
+    PRECISIONS,
+    SETTINGS,
+    fail,
+    net_arguments,
+    parse_size,
+    refuse_unwritable_json,
+    training_step,
+)
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -286,8 +294,8 @@ def refuse_what_cannot_run(args: argparse.Namespace) -> None:
     if not (models / f"{args.model}.yaml").is_file():
         known = sorted(p.stem for p in models.glob("*.yaml"))
         fail(f"--model {args.model}: no such model (known: {', '.join(known)})")
-    if args.json is not None and args.json.is_dir():
-        fail(f"--json {args.json} is a folder; name the file to write")
+    if args.json is not None:
+        refuse_unwritable_json(args.json)
     try:
         check_input_size(*args.size)
     except CracksegError as error:

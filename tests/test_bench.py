@@ -173,6 +173,15 @@ def test_bad_arguments_are_refused(bench, capsys, argv, words):
     assert words in refusal(bench, capsys, "--device", "cpu", *argv)
 
 
+def test_a_json_path_inside_a_file_is_refused_before_any_row(bench, monkeypatch, capsys, tmp_path):
+    """It was a traceback when the first row's results were written, after it was measured."""
+    monkeypatch.setattr(bench, "run_row", lambda *args, **kwargs: pytest.fail("a row was run"))
+    (tmp_path / "notes").write_text("")
+    target = tmp_path / "notes" / "results.json"
+    words = refusal(bench, capsys, "--device", "cpu", "--rows", "peak/*", "--json", str(target))
+    assert words == f"error: --json {target}: {tmp_path / 'notes'} is a file, not a folder"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_cuda_without_a_gpu_is_refused(bench, capsys):
     assert "no CUDA device" in refusal(bench, capsys, "--device", "cuda")
@@ -221,6 +230,10 @@ def test_a_quick_run_leaves_the_measured_results_alone(bench):
         (["--model", "nosuch"], "error: --model nosuch: no such model (known: segdec, "),
         (["--size", "63x127"], "error: --size 63x127: input height 63 is not divisible by 8"),
         (["--json", "."], "error: --json . is a folder; name the file to write"),
+        (
+            ["--json", str(REPO / "README.md" / "x.json")],
+            f"error: --json {REPO / 'README.md' / 'x.json'}: {REPO / 'README.md'} is a file",
+        ),
     ],
 )
 def test_the_profile_refuses_what_cannot_run_in_one_line(monkeypatch, capsys, argv, expected):
