@@ -72,7 +72,7 @@ tensorboard: install ## compare every run under outputs/ in TensorBoard
 
 bench: install ## speed table, benchmarks/results.json, memory check (ARGS=bench.py options)
 	$(BIN)/python benchmarks/bench.py $(ARGS) || [ $$? -eq 3 ]  # 3: --budget stopped rows
-	$(BIN)/python benchmarks/memory_vs_dataset_size.py
+	$(BIN)/python benchmarks/memory_vs_dataset_size.py $(filter --quick,$(ARGS))
 
 benchmark: bench ## the same as bench
 

@@ -246,3 +246,16 @@ def test_the_profile_refuses_what_cannot_run_in_one_line(monkeypatch, capsys, ar
         profile_step.parse_arguments(["--precision", "fp32", *argv])
     result = subprocess.CompletedProcess(argv, stop.value.code, "", capsys.readouterr().err)
     assert one_line_error(result).startswith(expected)
+
+
+@pytest.mark.skipif(not os.path.isfile("/usr/bin/time"), reason="needs /usr/bin/time")
+def test_the_quick_memory_check_trains_on_two_small_folders(tmp_path):
+    """`make bench ARGS=--quick` passes --quick on: it ran the full-size memory check."""
+    script = REPO / "benchmarks" / "memory_vs_dataset_size.py"
+    command = [sys.executable, str(script), "--quick", "--workdir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line[:1] == "|"]
+    rows = [cell for cell in cells if cell.isdigit()]
+    assert rows == ["100", "400"], done.stdout
+    assert "4 training batches, 2 validation and test batches" in done.stdout
