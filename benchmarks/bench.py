@@ -32,6 +32,7 @@ import itertools
 import json
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -664,6 +665,8 @@ def main(argv: list[str] | None = None) -> None:
         keep_freed_memory()  # as a training run does (crackseg.runs.trainer)
         worker(args.device, args.worker)
         return
+    # SIGTERM as Ctrl-C: subprocess.run stops the row being measured before the bench ends
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         fail("--device cuda, but torch sees no CUDA device")

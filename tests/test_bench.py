@@ -3,9 +3,12 @@
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 import torch
 from conftest import REPO, one_line_error
@@ -259,3 +262,26 @@ def test_the_quick_memory_check_trains_on_two_small_folders(tmp_path):
     rows = [cell for cell in cells if cell.isdigit()]
     assert rows == ["100", "400"], done.stdout
     assert "4 training batches, 2 validation and test batches" in done.stdout
+
+
+def test_a_terminated_bench_stops_the_row_it_was_measuring(tmp_path):
+    """SIGTERM ended the bench and left its row process running on, measuring for no one."""
+    command = [sys.executable, str(BENCH), "--device", "cpu", "--min-seconds", "120"]
+    command += ["--rows", "matmul/2048x2048/b1/fp32/peak", "--json", str(tmp_path / "r.json")]
+    bench = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "[1/1] matmul" in bench.stderr.readline()
+        worker = None
+        for _ in range(200):  # the row's process, started after the line above
+            children = psutil.Process(bench.pid).children()
+            if children:
+                worker = children[0]
+                break
+            time.sleep(0.05)
+        assert worker is not None
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+        worker.wait(timeout=10)  # psutil.TimeoutExpired where it was left measuring
+    finally:
+        bench.kill()
+        bench.stderr.close()
