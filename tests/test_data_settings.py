@@ -182,16 +182,16 @@ def test_continuing_a_run_saved_before_the_groups_changes_no_setting():
 def test_a_run_saved_before_the_validation_schedule_continues_on_its_schedule():
     def part(*overrides: str):  # the keys involved, as a saved config holds them
         cfg = _compose("train", "paths.data_dir=/d", *overrides)
-        callback = OmegaConf.to_container(cfg.callbacks.validate_on_last_epoch)
+        callback = OmegaConf.to_container(cfg.callbacks.validation_schedule)
         keys = {"validation_schedule": cfg.validation_schedule, "seed": cfg.seed}
-        return OmegaConf.create({**keys, "callbacks": {"validate_on_last_epoch": callback}})
+        return OmegaConf.create({**keys, "callbacks": {"validation_schedule": callback}})
 
     now = part()
     old = OmegaConf.to_container(now, resolve=True)
-    del old["validation_schedule"], old["callbacks"]["validate_on_last_epoch"]["schedule"]
+    del old["validation_schedule"], old["callbacks"]["validation_schedule"]["schedule"]
     assert config_differences(OmegaConf.create(old), now) == []
     assert config_differences(OmegaConf.create(old), part("validation_schedule=published")) == [
-        "callbacks.validate_on_last_epoch.schedule: every_n -> published",
+        "callbacks.validation_schedule.schedule: every_n -> published",
         "validation_schedule: every_n -> published",
     ]
 
@@ -201,6 +201,31 @@ def test_a_run_saved_before_the_divergence_check_continues():
     now = OmegaConf.create({"seed": 0, "callbacks": {"fail_on_diverged_loss": check}})
     old = OmegaConf.create({"seed": 0, "callbacks": {}})
     assert config_differences(old, now) == []
+
+
+def test_a_run_saved_before_the_machinery_callbacks_moved_continues():
+    """Its config names them where they were (crackseg.callbacks) and the validation
+    schedule under its old key; they are the same callbacks, and build from those names."""
+    from hydra.utils import instantiate
+
+    cfg = _compose("train", "paths.data_dir=/d", "paths.output_dir=/r")
+    now = OmegaConf.create({"callbacks": OmegaConf.to_container(cfg.callbacks, resolve=True)})
+    old = OmegaConf.to_container(now)
+    old["callbacks"]["validate_on_last_epoch"] = old["callbacks"].pop("validation_schedule")
+    renamed = {"validate_on_last_epoch": "validation_schedule"}
+    for name, value in old["callbacks"].items():
+        value["_target_"] = value["_target_"].replace(
+            "crackseg.runs.callbacks.", "crackseg.callbacks."
+        )
+        value["_target_"] = value["_target_"].replace("ValidationSchedule", "ValidateOnLastEpoch")
+        today = now.callbacks[renamed.get(name, name)]
+        assert type(instantiate(value)) is type(instantiate(today)), name
+    assert old["callbacks"]["stop_checkpoint"]["_target_"] == "crackseg.callbacks.StopCheckpoint"
+    assert config_differences(OmegaConf.create(old), now) == []
+    old["callbacks"]["validate_on_last_epoch"]["schedule"] = "published"
+    assert config_differences(OmegaConf.create(old), now) == [
+        "callbacks.validation_schedule.schedule: published -> every_n"
+    ]
 
 
 def test_a_run_continues_with_other_speed_options():

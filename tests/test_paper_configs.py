@@ -285,9 +285,9 @@ def test_an_unknown_weak_choice_is_one_clear_error():
 def test_the_paper_configs_validate_on_the_published_schedule():
     for dataset in ("ksdd", "dagm", "ksdd2", "severstal"):
         cfg = _compose(f"experiment=paper/{dataset}")
-        assert cfg.callbacks.validate_on_last_epoch.schedule == "published"
+        assert cfg.callbacks.validation_schedule.schedule == "published"
         assert cfg.validation_n_epochs == 5
-    assert _compose().callbacks.validate_on_last_epoch.schedule == "every_n"
+    assert _compose().callbacks.validation_schedule.schedule == "every_n"
     with pytest.raises(ConfigError, match="validation_schedule must be every_n or published"):
         check_config(_compose("validation_schedule=first"))
 

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from crackseg.callbacks import ValidateOnLastEpoch
+from crackseg.runs.callbacks import ValidationSchedule
 
 
 class _Tiny(pl.LightningModule):
@@ -40,7 +40,7 @@ def _validated_after(schedule: str, every_n: int, epochs: int) -> list[int]:
         max_epochs=epochs,
         check_val_every_n_epoch=every_n,
         num_sanity_val_steps=0,
-        callbacks=[ValidateOnLastEpoch(schedule)],
+        callbacks=[ValidationSchedule(schedule)],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

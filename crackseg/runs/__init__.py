@@ -13,5 +13,7 @@ deploy) never import it.
 - ``config_checks``, ``resolvers``: the checks of a composed config, the configs' resolvers
 - ``hardware``, ``gpus``, ``cpu_share``, ``threads``, ``allocator``: devices, precision,
   sharing GPUs and cores
-- ``trainer``, ``progress``, ``job_log``: the Lightning Trainer, progress lines, the job's log
+- ``trainer``, ``callbacks``: the Lightning Trainer and the machinery's own callbacks (the
+  validation schedule, the checkpoint on a stop, a diverged loss, moved run folders)
+- ``progress``, ``job_log``: progress lines, the job's log
 """

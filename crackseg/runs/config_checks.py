@@ -65,7 +65,7 @@ THRESHOLD_SOURCES = ("checkpoint", "validation")
 #: the last epoch always included. ``every_n``: after epochs N, 2N, ... (Lightning's
 #: ``check_val_every_n_epoch``); ``published``: after epochs 1, N+1, 2N+1, ... (the published
 #: training loop's ``epoch % N == 0``, counting epochs from 0), whose first candidate for the
-#: best weights comes after one epoch (crackseg.callbacks.ValidateOnLastEpoch).
+#: best weights comes after one epoch (crackseg.runs.callbacks.ValidationSchedule).
 VALIDATION_SCHEDULES = ("every_n", "published")
 #: torch.compile's modes (``model.compile``; null: not compiled).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

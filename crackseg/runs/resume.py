@@ -103,9 +103,20 @@ MIRRORED_KEYS = (
 #: it held that value.
 ADDED_KEYS = {
     "validation_schedule": "every_n",
-    "callbacks.validate_on_last_epoch.schedule": "every_n",
+    "callbacks.validation_schedule.schedule": "every_n",
     "loss.weak_gradient_adjustment": "published",
-    "callbacks.fail_on_diverged_loss._target_": "crackseg.callbacks.FailOnDivergedLoss",
+    "callbacks.fail_on_diverged_loss._target_": "crackseg.runs.callbacks.FailOnDivergedLoss",
+}
+
+#: Settings renamed after runs may have started (their prefix: the old name, the new one).
+RENAMED_KEYS = {"callbacks.validate_on_last_epoch.": "callbacks.validation_schedule."}
+
+#: Classes moved or renamed after runs may have started: a config saved with the old
+#: ``_target_`` (still importable under it) builds the same callback.
+MOVED_TARGETS = {
+    "crackseg.callbacks.StopCheckpoint": "crackseg.runs.callbacks.StopCheckpoint",
+    "crackseg.callbacks.FailOnDivergedLoss": "crackseg.runs.callbacks.FailOnDivergedLoss",
+    "crackseg.callbacks.ValidateOnLastEpoch": "crackseg.runs.callbacks.ValidationSchedule",
 }
 
 
@@ -152,7 +163,7 @@ def check_sweep_resume(resume: object) -> None:
 
 def config_differences(old: DictConfig, new: DictConfig, limit: int = 3) -> list[str]:
     """``key: old -> new`` for the first few settings that differ (resolved values)."""
-    flat_old, flat_new = _flatten(old), _flatten(new)
+    flat_old, flat_new = _as_named_today(_flatten(old)), _flatten(new)
     for key, value in ADDED_KEYS.items():
         if key in flat_new:
             flat_old.setdefault(key, value)
@@ -164,6 +175,20 @@ def config_differences(old: DictConfig, new: DictConfig, limit: int = 3) -> list
         and not any(fnmatch.fnmatchcase(k, free) for free in (*RESUME_FREE_KEYS, *MIRRORED_KEYS))
     ]
     return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+def _as_named_today(flat: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's settings under today's names (:data:`RENAMED_KEYS`,
+    :data:`MOVED_TARGETS`)."""
+    named = {}
+    for key, value in flat.items():
+        for old, new in RENAMED_KEYS.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+        if key.endswith("._target_"):
+            value = MOVED_TARGETS.get(value, value)
+        named[key] = value
+    return named
 
 
 def _compared(key: str, value: Any) -> Any:

@@ -27,10 +27,10 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from crackseg.atomic import atomic_write_bytes
-from crackseg.callbacks import NEVER, CheckpointsFollowTheRunFolder, ValidateOnLastEpoch
 from crackseg.models.checkpoint import checkpoint_step
 from crackseg.models.lit_segdec import THRESHOLDS_STEP
 from crackseg.runs.allocator import keep_freed_memory
+from crackseg.runs.callbacks import NEVER, CheckpointsFollowTheRunFolder, ValidationSchedule
 from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
 from crackseg.runs.gpus import in_local_parallel_sweep
 from crackseg.runs.ownership import is_rank_zero
@@ -166,7 +166,7 @@ def build_trainer(
     if not cfg.get("validate", True):
         # No validation while training; the threshold is still chosen on validation after.
         overrides |= {"check_val_every_n_epoch": NEVER, "num_sanity_val_steps": 0}
-        callbacks = [c for c in callbacks if not isinstance(c, ValidateOnLastEpoch)]
+        callbacks = [c for c in callbacks if not isinstance(c, ValidationSchedule)]
     if cfg.trainer.get("benchmark") is None:
         overrides["benchmark"] = not cfg.trainer.get("deterministic")
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
@@ -199,7 +199,8 @@ def stop_if_signalled(trainer: pl.Trainer) -> None:
     signalled = trainer.received_sigterm or any(
         getattr(callback, "signalled", False) for callback in trainer.callbacks
     )
-    if trainer.world_size > 1:  # every process stops, or none (crackseg.callbacks.StopCheckpoint)
+    # every process stops, or none (crackseg.runs.callbacks.StopCheckpoint)
+    if trainer.world_size > 1:
         signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
     if signalled:
         raise SIGTERMException
