@@ -33,8 +33,12 @@ from crackseg.evaluation.plots import (
 from crackseg.evaluation.report import HPARAMS, hparams_of, weak_positives, write_run_report
 from crackseg.models.lit_segdec import validation_group
 from crackseg.run_files import (
+    DICE_PANELS_DIR,
     HISTORY_FILE,
     METRICS_FILE,
+    PR_FIGURE,
+    RANKING_FILE,
+    ROC_FIGURE,
     SCORES_FILE,
     TRAINING_CURVES_FIGURE,
 )
@@ -209,7 +213,7 @@ class WeakRanking(pl.Callback):
                         "mean_crack_probability": mean,
                     }
                 )
-        path = self.output_dir / weak_ranking.RANKING_FILE
+        path = self.output_dir / RANKING_FILE
         weak_ranking.write_ranking(path, weak_ranking.rank(entries))
         log.info("%d weak positives ranked for annotation in %s", len(entries), path)
 
@@ -313,8 +317,8 @@ class EvaluationReport(pl.Callback):
         atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
         self._write_scores(trainer, results, float(pl_module.image_threshold))
         if results.get("roc") is not None:
-            plot_roc(*results["roc"], results["image_auc"], out / "ROC.png")
-            plot_precision_recall(*results["pr"], results["image_ap"], out / "precision-recall.png")
+            plot_roc(*results["roc"], results["image_auc"], out / ROC_FIGURE)
+            plot_precision_recall(*results["pr"], results["image_ap"], out / PR_FIGURE)
         dice_files = self._dice_panels(trainer, pl_module, results)
         if self.run_config is not None:
             if isinstance(trainer.logger, TensorBoardLogger):
@@ -384,7 +388,7 @@ class EvaluationReport(pl.Callback):
                 threshold,
                 score_of[index],
                 float(dice[rank]),
-                self.output_dir / "dices" / name,
+                self.output_dir / DICE_PANELS_DIR / name,
             )
             files.append(name)
         return files

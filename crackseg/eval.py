@@ -52,7 +52,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     refuse_model_settings(typed)
     check_config(cfg)
     # An evaluation trains no epoch: the count a rule makes of the training settings
-    # (Severstal's, of data.train_positives) is fixed before those become the weights' own,
+    # (Severstal's, of data.train_positives) is resolved now and kept as a value (the
+    # assignment replaces the interpolation), before those settings become the weights' own,
     # which may be a size the rule knows no epochs of.
     cfg.trainer.max_epochs = cfg.trainer.max_epochs
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))

@@ -21,6 +21,12 @@ TRAINING_CURVES_FIGURE = "training_curves.png"
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "test_scores.csv"
 REPORT_FILE = "report.md"
+#: The report's figures: the test set's curves, and a panel of test images (their Dice).
+ROC_FIGURE = "ROC.png"
+PR_FIGURE = "precision-recall.png"
+DICE_PANELS_DIR = "dices"
+#: A weak run's weak positives, which to annotate next first (crackseg.evaluation.weak_ranking).
+RANKING_FILE = "weak_ranking.csv"
 #: The TensorBoard logger's folder (conf/logger/tensorboard.yaml, its ``name``).
 TENSORBOARD_DIR = "tensorboard"
 
@@ -35,4 +41,9 @@ RUN_OUTPUTS = (
     SPLIT_FILE,
     SCORES_FILE,
     TENSORBOARD_DIR,
+    TRAINING_CURVES_FIGURE,
+    ROC_FIGURE,
+    PR_FIGURE,
+    DICE_PANELS_DIR,
+    RANKING_FILE,
 )

@@ -277,7 +277,8 @@ class CrackDataModule(pl.LightningDataModule):
         return "test" if self.split.validate_on_test else "val"
 
     def dataset(self, split: str) -> CrackDataset:
-        """The evaluation dataset of a split ('train', 'val' or 'test'), without augmentation."""
+        """A split's dataset ('train', 'val' or 'test') without augmentation, as evaluation
+        reads it (the weak ranking reads the training split so)."""
         return self._dataset(split)
 
     def train_sampler(self) -> BalancedNegativeSampler:

@@ -56,7 +56,8 @@ def draw_negatives(rng: np.random.Generator, probabilities: np.ndarray, count: i
 
 
 class BalancedNegativeSampler(Sampler[int]):
-    """Yields dataset indices: all positives plus as many negatives, per epoch.
+    """Yields dataset indices: all positives plus ``neg_per_pos`` times as many negatives,
+    per epoch.
 
     ``positives``/``negatives`` are indices into the dataset. ``num_replicas``/``rank``
     default to the process group when one is initialised. With ``augmentation_seeds`` it

@@ -259,7 +259,7 @@ def _flat(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     scores_t = torch.as_tensor(scores).detach().reshape(-1).float().cpu()
     labels_t = torch.as_tensor(labels).detach().reshape(-1).cpu().long()
     if scores_t.numel() != labels_t.numel():
-        raise ValueError(f"image_metrics: {scores_t.numel()} scores but {labels_t.numel()} labels")
+        raise ValueError(f"{scores_t.numel()} decision scores but {labels_t.numel()} labels")
     return scores_t, labels_t
 
 

@@ -24,7 +24,7 @@ from crackseg.data.splits import SET_ROWS, set_table
 from crackseg.evaluation.metrics import DEFAULT_THRESHOLD
 from crackseg.markdown import markdown_table
 from crackseg.paper_settings import weak_run_departures
-from crackseg.run_files import REPORT_FILE
+from crackseg.run_files import DICE_PANELS_DIR, PR_FIGURE, REPORT_FILE, ROC_FIGURE
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def _dice_section(dice_files: Sequence[str]) -> list[str]:
     lines = ["## Dice test outputs", ""]
     for name in dice_files:
         file_name = Path(str(name).replace("\\", "/")).name
-        lines.append(f"![test_output](dices/{file_name})")
+        lines.append(f"![test_output]({DICE_PANELS_DIR}/{file_name})")
     if not dice_files:
         lines.append("(no test positives, so no dice panels)")
     return lines
@@ -426,7 +426,7 @@ def write_report(
     lines += _table(("Parameter", "Value"), run_parameters)
     lines += ["", "", "## Results", ""]
     lines += _confusion_table(metrics, "")
-    lines += ["", "", "![AUC](./ROC.png)", "![Ap](./precision-recall.png)", ""]
+    lines += ["", "", f"![AUC](./{ROC_FIGURE})", f"![Ap](./{PR_FIGURE})", ""]
     lines += _dice_section(dice_files)
     lines += _test_metrics_section(metrics, chosen_on, validated_on_test)
     lines += _notes_section(metrics, notes, validated_on_test)

@@ -27,7 +27,6 @@ from torch import Tensor
 from crackseg.atomic import atomic_write_csv
 from crackseg.evaluation.metrics import score_text
 
-RANKING_FILE = "weak_ranking.csv"
 COLUMNS = (
     "rank",
     "sample_id",
