@@ -1,7 +1,7 @@
 """A run's outputs made by Lightning callbacks: the training history, validation images,
 the weak positives' ranking, and the evaluation report. (The run machinery's own callbacks,
 the validation schedule and the checkpoint on a stop among them, are in
-:mod:`crackseg.runs.callbacks`.)"""
+:mod:`crackseg.runs.training_control`.)"""
 
 from __future__ import annotations
 
@@ -42,16 +42,16 @@ from crackseg.run_files import (
     SCORES_FILE,
     TRAINING_CURVES_FIGURE,
 )
+from crackseg.runs.hydra_run import override_key, saved_overrides, typed_overrides
 
 # Under these names the configs of runs started before the machinery's callbacks moved to
-# crackseg.runs.callbacks build them (resume=RUN_DIR continues with the saved config).
-from crackseg.runs.callbacks import (  # noqa: F401
+# crackseg.runs.training_control build them (resume=RUN_DIR continues with the saved config).
+from crackseg.runs.training_control import (  # noqa: F401
     CheckpointsFollowTheRunFolder,
     FailOnDivergedLoss,
     StopCheckpoint,
 )
-from crackseg.runs.callbacks import ValidationSchedule as ValidateOnLastEpoch  # noqa: F401
-from crackseg.runs.hydra_run import override_key, saved_overrides, typed_overrides
+from crackseg.runs.training_control import ValidationSchedule as ValidateOnLastEpoch  # noqa: F401
 
 log = logging.getLogger(__name__)
 

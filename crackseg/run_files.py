@@ -8,7 +8,7 @@ INFO_FILE = "run_info.json"
 LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
-#: Written when SIGTERM or Ctrl-C stops training (crackseg.runs.callbacks.StopCheckpoint).
+#: Written when SIGTERM or Ctrl-C stops training (crackseg.runs.training_control.StopCheckpoint).
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
 #: Lightning's saves in the run folder before a SLURM requeue (``hpc_ckpt_N.ckpt``).
 SLURM_CHECKPOINTS = "hpc_ckpt_*.ckpt"

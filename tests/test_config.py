@@ -262,7 +262,7 @@ def test_eval_and_export_settings_are_checked_in_the_same_style(setting, expecte
     ],
 )
 def test_a_count_typed_as_a_word_or_a_boolean_is_refused_by_name(overrides, expected):
-    from crackseg.cli import root_cause
+    from crackseg.error_lines import root_cause
 
     cfg = _compose(*overrides, "data.root=/data/somewhere")
     with pytest.raises(Exception) as raised:  # a rule's own refusal comes as OmegaConf's

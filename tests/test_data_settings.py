@@ -215,7 +215,7 @@ def test_a_run_saved_before_the_machinery_callbacks_moved_continues():
     renamed = {"validate_on_last_epoch": "validation_schedule"}
     for name, value in old["callbacks"].items():
         value["_target_"] = value["_target_"].replace(
-            "crackseg.runs.callbacks.", "crackseg.callbacks."
+            "crackseg.runs.training_control.", "crackseg.callbacks."
         )
         value["_target_"] = value["_target_"].replace("ValidationSchedule", "ValidateOnLastEpoch")
         today = now.callbacks[renamed.get(name, name)]

@@ -35,15 +35,15 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from crackseg.atomic import atomic_write_text, remove_partial_writes
-from crackseg.cli import one_line
 from crackseg.data.sampler import BalancedNegativeSampler
+from crackseg.error_lines import one_line
 from crackseg.errors import RunFolderError
 from crackseg.run_files import LOCK_FILE
-from crackseg.runs.callbacks import StopCheckpoint
 from crackseg.runs.ownership import claim_run_folder, refuse_used_folder, release_run_folder
 from crackseg.runs.resume import config_differences
 from crackseg.runs.status import resume_checkpoint
 from crackseg.runs.trainer import AtomicCheckpointIO
+from crackseg.runs.training_control import StopCheckpoint
 
 #: A tiny run with augmentation, three epochs (validation after the second and the last),
 #: deterministic, with the stall callback of tests/helpers in its config.

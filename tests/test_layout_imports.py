@@ -26,6 +26,7 @@ FORBIDDEN = {
     "evaluation": MACHINERY,
     "deploy": MACHINERY,
     "paper_settings": MACHINERY,
+    "error_lines": MACHINERY,  # the machinery words its errors with it, not the reverse
 }
 
 

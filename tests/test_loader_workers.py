@@ -14,8 +14,8 @@ import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
-from crackseg.cli import one_line
 from crackseg.data.datamodule import init_loader_worker
+from crackseg.error_lines import one_line
 from crackseg.errors import DataError
 
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from crackseg import CONFIG_DIR
-from crackseg.cli import root_cause
+from crackseg.error_lines import root_cause
 from crackseg.errors import ConfigError
 from crackseg.paper_settings import weak_run_departures
 from crackseg.runs.config_checks import check_config

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from crackseg.runs.callbacks import ValidationSchedule
+from crackseg.runs.training_control import ValidationSchedule
 
 
 class _Tiny(pl.LightningModule):

@@ -13,7 +13,7 @@ deploy) never import it.
 - ``config_checks``, ``resolvers``: the checks of a composed config, the configs' resolvers
 - ``hardware``, ``gpus``, ``cpu_share``, ``threads``, ``allocator``: devices, precision,
   sharing GPUs and cores
-- ``trainer``, ``callbacks``: the Lightning Trainer and the machinery's own callbacks (the
-  validation schedule, the checkpoint on a stop, a diverged loss, moved run folders)
+- ``trainer``, ``training_control``: the Lightning Trainer and the callbacks that steer it
+  (the validation schedule, the checkpoint on a stop, a diverged loss, moved run folders)
 - ``progress``, ``job_log``: progress lines, the job's log
 """

@@ -1,6 +1,6 @@
 """Refuse a configuration that cannot train, before any data is read, with one clear line.
 
-Hydra refuses unknown config names and misspelled keys itself (crackseg.cli words them);
+Hydra refuses unknown config names and misspelled keys itself (crackseg.error_lines words them);
 this module checks the values: their types (``trainer.max_epochs=ten`` reaches the config
 as a string) and their ranges; the keys added with ``+`` under ``loss`` and ``model``, which
 Hydra takes, that nothing reads; and the optimiser and scheduler, built once as training
@@ -17,8 +17,8 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 import crackseg.runs.resolvers  # noqa: F401  (the checked values may come from them)
-from crackseg.cli import one_line
 from crackseg.data.download import UNPINNED, checked_sha256
+from crackseg.error_lines import one_line
 from crackseg.errors import ConfigError, DataError
 from crackseg.evaluation.report import RUN_PARAMETERS
 from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
@@ -65,7 +65,7 @@ THRESHOLD_SOURCES = ("checkpoint", "validation")
 #: the last epoch always included. ``every_n``: after epochs N, 2N, ... (Lightning's
 #: ``check_val_every_n_epoch``); ``published``: after epochs 1, N+1, 2N+1, ... (the published
 #: training loop's ``epoch % N == 0``, counting epochs from 0), whose first candidate for the
-#: best weights comes after one epoch (crackseg.runs.callbacks.ValidationSchedule).
+#: best weights comes after one epoch (crackseg.runs.training_control.ValidationSchedule).
 VALIDATION_SCHEDULES = ("every_n", "published")
 #: torch.compile's modes (``model.compile``; null: not compiled).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from crackseg.cli import is_expected_error, one_line, print_line, root_cause
+from crackseg.error_lines import is_expected_error, one_line, print_line, root_cause
 from crackseg.errors import (
     EXIT_STOPPED,
     ConfigError,

@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from crackseg.atomic import atomic_write_text
-from crackseg.cli import one_line, print_line
 from crackseg.data.layouts import check_dagm_classes, check_data_found
+from crackseg.error_lines import one_line, print_line
 from crackseg.errors import (
     ConfigError,
     CracksegError,

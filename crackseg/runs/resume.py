@@ -105,7 +105,7 @@ ADDED_KEYS = {
     "validation_schedule": "every_n",
     "callbacks.validation_schedule.schedule": "every_n",
     "loss.weak_gradient_adjustment": "published",
-    "callbacks.fail_on_diverged_loss._target_": "crackseg.runs.callbacks.FailOnDivergedLoss",
+    "callbacks.fail_on_diverged_loss._target_": "crackseg.runs.training_control.FailOnDivergedLoss",
 }
 
 #: Settings renamed after runs may have started (their prefix: the old name, the new one).
@@ -114,9 +114,9 @@ RENAMED_KEYS = {"callbacks.validate_on_last_epoch.": "callbacks.validation_sched
 #: Classes moved or renamed after runs may have started: a config saved with the old
 #: ``_target_`` (still importable under it) builds the same callback.
 MOVED_TARGETS = {
-    "crackseg.callbacks.StopCheckpoint": "crackseg.runs.callbacks.StopCheckpoint",
-    "crackseg.callbacks.FailOnDivergedLoss": "crackseg.runs.callbacks.FailOnDivergedLoss",
-    "crackseg.callbacks.ValidateOnLastEpoch": "crackseg.runs.callbacks.ValidationSchedule",
+    "crackseg.callbacks.StopCheckpoint": "crackseg.runs.training_control.StopCheckpoint",
+    "crackseg.callbacks.FailOnDivergedLoss": "crackseg.runs.training_control.FailOnDivergedLoss",
+    "crackseg.callbacks.ValidateOnLastEpoch": "crackseg.runs.training_control.ValidationSchedule",
 }
 
 

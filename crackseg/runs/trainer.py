@@ -30,11 +30,11 @@ from crackseg.atomic import atomic_write_bytes
 from crackseg.models.checkpoint import checkpoint_step
 from crackseg.models.lit_segdec import THRESHOLDS_STEP
 from crackseg.runs.allocator import keep_freed_memory
-from crackseg.runs.callbacks import NEVER, CheckpointsFollowTheRunFolder, ValidationSchedule
 from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
 from crackseg.runs.gpus import in_local_parallel_sweep
 from crackseg.runs.ownership import is_rank_zero
 from crackseg.runs.progress import progress_callbacks
+from crackseg.runs.training_control import NEVER, CheckpointsFollowTheRunFolder, ValidationSchedule
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def stop_if_signalled(trainer: pl.Trainer) -> None:
     signalled = trainer.received_sigterm or any(
         getattr(callback, "signalled", False) for callback in trainer.callbacks
     )
-    # every process stops, or none (crackseg.runs.callbacks.StopCheckpoint)
+    # every process stops, or none (crackseg.runs.training_control.StopCheckpoint)
     if trainer.world_size > 1:
         signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
     if signalled:

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from crackseg.atomic import atomic_write_csv, atomic_write_text
+from crackseg.error_lines import one_line
 from crackseg.errors import CracksegError
 from crackseg.markdown import markdown_table
 from crackseg.run_files import METRICS_FILE, STATUS_FILE
@@ -580,8 +581,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--out {out} is not a folder")
         csv_path, md_path = write_summary(root, out=out)
     except (OSError, ValueError, CracksegError) as error:
-        from crackseg.cli import one_line  # (crackseg.cli imports this module)
-
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     print(md_path.read_text(), end="")
