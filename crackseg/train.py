@@ -12,12 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
-from crackseg.errors import DataError
 from crackseg.run_files import SPLIT_FILE
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.lifecycle import run_task
-from crackseg.runs.ownership import is_rank_zero
-from crackseg.runs.resume import record_start, start_training_run
+from crackseg.runs.resume import check_resumed_data, record_start, start_training_run
 from crackseg.setting_rules import check_required
 
 if TYPE_CHECKING:
@@ -43,26 +41,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_resumed_data(datamodule, checkpoint)
     record_start(cfg, checkpoint)
     return fit_and_test(cfg, datamodule, checkpoint)
-
-
-def check_resumed_data(datamodule: CrackDataModule, checkpoint: Path) -> None:
-    """The data a run resumes on must split as it did when the run started: its split is
-    made now (Lightning's setup then keeps it) and checked against the one the checkpoint
-    recorded (:meth:`CrackDataModule.load_state_dict`, which Lightning calls again)."""
-    from crackseg.models.checkpoint import load_checkpoint_file
-
-    if is_rank_zero():  # data a run makes itself (synthetic, downloaded), made again if gone
-        datamodule.prepare_data()
-    if not Path(datamodule.root).expanduser().is_dir():
-        raise DataError(
-            f"the run's data root {datamodule.root} does not exist: put the data back there "
-            "to resume the run"
-        )
-    datamodule.setup("fit")
-    # mapped, not read: the weights are Lightning's to load
-    state = load_checkpoint_file(checkpoint, mmap=True).get(type(datamodule).__qualname__)
-    if state:
-        datamodule.load_state_dict(state)
 
 
 def fit_and_test(

@@ -662,7 +662,7 @@ def test_a_run_resumed_without_its_data_names_where_it_needs_them(tmp_path):
     """Not "set data.root=PATH", which a resumption refuses (it keeps the run's settings)."""
     from crackseg.data.datamodule import CrackDataModule
     from crackseg.errors import DataError
-    from crackseg.train import check_resumed_data
+    from crackseg.runs.resume import check_resumed_data
 
     gone = tmp_path / "moved_away"
     datamodule = CrackDataModule.from_config({"layout": "folder", "root": str(gone)}, {})

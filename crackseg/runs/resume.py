@@ -14,13 +14,13 @@ import fnmatch
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg.atomic import remove_partial_writes
-from crackseg.errors import CracksegError, RunFolderError
-from crackseg.models.checkpoint import checkpoint_run_config
+from crackseg.errors import CracksegError, DataError, RunFolderError
+from crackseg.models.checkpoint import checkpoint_run_config, load_checkpoint_file
 from crackseg.runs.hardware import (
     FLOAT16,
     check_accelerator,
@@ -40,6 +40,9 @@ from crackseg.runs.ownership import accept_run_folder, is_rank_zero, refuse_file
 from crackseg.runs.provenance import write_run_info
 from crackseg.runs.status import finished_status, holds_run, resume_checkpoint, write_status
 from crackseg.setting_rules import as_override
+
+if TYPE_CHECKING:
+    from crackseg.data.datamodule import CrackDataModule
 
 log = logging.getLogger(__name__)
 
@@ -373,3 +376,21 @@ def record_start(cfg: DictConfig, checkpoint: Path | None) -> None:
         output_dir = Path(cfg.paths.output_dir)
         write_status(output_dir, "running")
         write_run_info(output_dir, resumed_from=checkpoint)
+
+
+def check_resumed_data(datamodule: CrackDataModule, checkpoint: Path) -> None:
+    """The data a run resumes on must split as it did when the run started: its split is
+    made now (Lightning's setup then keeps it) and checked against the one the checkpoint
+    recorded (:meth:`CrackDataModule.load_state_dict`, which Lightning calls again)."""
+    if is_rank_zero():  # data a run makes itself (synthetic, downloaded), made again if gone
+        datamodule.prepare_data()
+    if not Path(datamodule.root).expanduser().is_dir():
+        raise DataError(
+            f"the run's data root {datamodule.root} does not exist: put the data back there "
+            "to resume the run"
+        )
+    datamodule.setup("fit")
+    # mapped, not read: the weights are Lightning's to load
+    state = load_checkpoint_file(checkpoint, mmap=True).get(type(datamodule).__qualname__)
+    if state:
+        datamodule.load_state_dict(state)
