@@ -1,7 +1,8 @@
 """The network's two layers of its own, each with kernels faster than the formula's:
 FeatureNorm (docs/method.md §2), on torch's batch-norm kernels, and the volume convolution,
 which can run as im2col and a matrix product. ``crackseg.models.segdecnet`` builds the
-network from them.
+network from them. Importing the module gives torch's FLOP counter the formula of that
+im2col kernel (at the end of the file).
 """
 
 from __future__ import annotations
