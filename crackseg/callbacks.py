@@ -61,6 +61,7 @@ HISTORY_KEYS = (
     "train/loss",
     "train/lambda_seg",
     "train/lambda_dec",
+    "train/lr",
     "val/image_ap",
     "val/image_auc",
     "val/dice",

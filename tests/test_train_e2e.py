@@ -57,6 +57,26 @@ def test_history_has_per_epoch_losses_and_lambdas(tiny_run):
     # Dynamically balanced with delta 0.1 over 2 epochs: lambda_dec = 0, then 0.05.
     assert [round(v, 6) for _, v in history["train/lambda_dec"]] == [0.0, 0.05]
     assert [epoch for epoch, _ in history["val/image_ap"]] == [0, 1]
+    # the learning rate of each epoch (no scheduler: the configured one)
+    lr = yaml.safe_load((tiny_run / ".hydra" / "config.yaml").read_text())["optim"]["lr"]
+    assert history["train/lr"] == [[0, lr], [1, lr]]
+
+
+def test_the_training_curves_draw_losses_and_validation_only():
+    """The loss weights and the learning rate were drawn in the panel titled Validation."""
+    from crackseg.evaluation.plots import curve_panels
+
+    history = {
+        "train/loss": [(0, 0.7)],
+        "train/loss_seg": [(0, 0.6)],
+        "train/lambda_seg": [(0, 1.0)],
+        "train/lr": [(0, 0.5)],
+        "val/image_ap": [(0, 0.9)],
+        "val/dice": [],
+    }
+    losses, validation = curve_panels(history)
+    assert list(losses) == ["train/loss", "train/loss_seg"]
+    assert list(validation) == ["val/image_ap"]
 
 
 def test_checkpoint_knows_its_architecture_and_input_size(tiny_run):

@@ -91,16 +91,26 @@ def _plot_series(
     ax.grid(alpha=0.3)
 
 
+def curve_panels(
+    history: dict[str, list[tuple[int, float]]],
+) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
+    """The series of the training curves' two panels: the losses (names containing
+    ``loss``) and the validation metrics (``val/``). The loss weights and the learning rate
+    (``train/lambda_seg``, ``train/lr``, ...) are in history.json, not drawn."""
+    losses = {k: v for k, v in history.items() if v and "loss" in k}
+    validation = {k: v for k, v in history.items() if v and k.startswith("val/")}
+    return losses, validation
+
+
 def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: str | Path) -> None:
     """Losses per epoch (left, log scale when all positive) and validation metrics (right).
 
     ``history`` maps a logged name (``train/loss_seg``, ``train/loss_dec``, ``train/loss``,
-    ``val/image_ap``, ...) to (epoch, value) pairs. Names containing ``loss`` go to the left
-    panel, the rest to the right; empty or missing series are skipped, so a run that never
-    validated still gets its loss picture.
+    ``val/image_ap``, ...) to (epoch, value) pairs: :func:`curve_panels` chooses what each
+    panel draws. Empty or missing series are skipped, so a run that never validated still
+    gets its loss picture.
     """
-    losses = {k: v for k, v in history.items() if v and "loss" in k}
-    others = {k: v for k, v in history.items() if v and "loss" not in k}
+    losses, others = curve_panels(history)
     fig = _new_figure(11, 4.2)
     ax_loss, ax_val = fig.subplots(1, 2)
 
