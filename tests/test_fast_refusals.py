@@ -21,6 +21,7 @@ LIGHTNING = {"pytorch_lightning", "lightning_fabric"}
 #: The modules every refusal of a command line runs through.
 REFUSAL_PATH = (
     "crackseg.cli",
+    "crackseg.error_lines",
     "crackseg.runs.lifecycle",
     "crackseg.runs.multirun",
     "crackseg.runs.ownership",
@@ -157,6 +158,16 @@ def test_train_refuses_a_wrong_type_without_lightning(tmp_path):
     assert lightning == set()
     status = json.loads((run_dir / "status.json").read_text())
     assert status == {"status": "failed", "error": line.removeprefix("error: ")}
+
+
+def test_a_count_of_extra_masks_without_their_ranking_is_refused(tmp_path):
+    """It trained as if data.extra_segmented.count had not been typed."""
+    run_dir = tmp_path / "t"
+    count = "data.extra_segmented.count=5"
+    line, lightning = refuse("train", "experiment=demo", count, f"hydra.run.dir={run_dir}")
+    assert line.startswith("error: data.extra_segmented.count keeps the masks of the first")
+    assert "set data.extra_segmented.ranking=PATH too" in line
+    assert lightning == set()
 
 
 def test_train_refuses_an_unknown_data_config_without_lightning(tmp_path):
