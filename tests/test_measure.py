@@ -175,3 +175,49 @@ def test_millimetres_are_pixels_times_the_pixel_size(tmp_path: Path):
         "200",
         "5",
     )
+
+
+def ragged_crack(width: int, run: int, seed: int = 0) -> np.ndarray:
+    """A straight crack 200 px long whose edges move by up to a pixel every ``run`` px."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((100, 300), bool)
+    for x in range(50, 250, run):
+        top, bottom = rng.integers(-1, 2, size=2)
+        mask[40 + top : 40 + width + bottom, x : x + run] = True
+    return mask
+
+
+@pytest.mark.parametrize("width", [3, 7, 11])
+def test_the_bumps_of_a_ragged_edge_add_no_length(width):
+    """Each bump grew a side branch of the skeleton, counted as crack: 200 px measured up to
+    252 px (edges moving every 3 px) and 367 px (every pixel)."""
+    (crack,) = measure_cracks(ragged_crack(width, run=3))
+    assert 198 <= crack.length <= 200 * 1.12
+    # every pixel: what is left is the middle line wiggling with the edges, pixel by pixel
+    (crack,) = measure_cracks(ragged_crack(width, run=1))
+    assert 198 <= crack.length <= 200 * 1.27
+
+
+def test_a_branch_longer_than_the_crack_is_wide_is_crack():
+    mask = np.zeros((80, 300), bool)
+    mask[20:23, 50:250] = True  # 200 long, 3 wide
+    mask[23:53, 150:153] = True  # a branch 30 long below it
+    (crack,) = measure_cracks(mask)
+    assert crack.length == pytest.approx(200 + 30 + 1.5, abs=2)
+    spur = np.zeros((80, 300), bool)
+    spur[20:23, 50:250] = True
+    spur[23:25, 150] = True  # a bump 2 px deep: no crack of its own
+    (crack,) = measure_cracks(spur)
+    assert crack.length == pytest.approx(200, abs=1)
+
+
+@pytest.mark.parametrize("width", [64, 65, 90])
+def test_a_crack_wider_than_the_exact_reach_is_measured_within_a_pixel(width):
+    """Wider than 2 * EXACT_HALF_WIDTH, the width is 2d - 1 of the distance transform: its
+    half-pixel windows would otherwise grow with the region (minutes and gigabytes for a
+    mask marking most of a photograph)."""
+    mask = np.zeros((width + 20, 400), bool)
+    mask[10 : 10 + width, 10:390] = True
+    (crack,) = measure_cracks(mask)
+    assert crack.max_width == pytest.approx(width, abs=1)
+    assert crack.mean_width == pytest.approx(width, abs=1)

@@ -4,7 +4,9 @@ A crack is a connected region of the mask (8-connectivity); regions smaller than
 ``min_pixels`` are specks and are dropped. Per crack:
 
 - **length**: along its skeleton (scikit-image's ``skeletonize`` with Lee's method, which
-  follows a thin diagonal crack to its ends where Zhang's erodes it to fragments): 1 per
+  follows a thin diagonal crack to its ends where Zhang's erodes it to fragments), its
+  spurs pruned (:func:`prune_spurs`: a side branch shorter than the crack is wide, which a
+  bump on a ragged edge grows, is no crack of its own): 1 per
   horizontal or vertical step and sqrt(2) per diagonal step between neighbouring
   skeleton pixels (a diagonal step is counted only where no horizontal + vertical pair
   already joins the two pixels), plus, at each end of the skeleton, the part of the crack
@@ -22,8 +24,10 @@ A crack is a connected region of the mask (8-connectivity); regions smaller than
   nearest background half-pixel's centre is the distance to the edge plus a quarter pixel,
   so the value in half-pixels is the width edge to edge in pixels. Exact for an
   axis-aligned crack of any width (1, 2, 3, ... px); for slanted cracks within about half
-  a pixel of the width their pixels cover (area over length). Mean and maximum over the
-  skeleton.
+  a pixel of the width their pixels cover (area over length). Where the crack is wider
+  than ``2 * EXACT_HALF_WIDTH`` px, ``2d - 1`` from the plain distance transform ``d``
+  (within a pixel), so that a wide region costs no more than its own distance transform.
+  Mean and maximum over the skeleton.
 
 Millimetres are pixels times ``pixel_size_mm`` (the side of one pixel on the surface).
 """
@@ -39,6 +43,8 @@ from skimage.morphology import skeletonize
 
 #: 8-connectivity: pixels touching at a corner belong to one crack.
 EIGHT_CONNECTED = np.ones((3, 3), bool)
+#: A pixel's 8 neighbours in order around it (row, column offsets), from the one above.
+RING = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
 
 
 @dataclass(frozen=True)
@@ -102,22 +108,87 @@ def measure_crack(region: np.ndarray) -> tuple[float, float, float]:
     # bool whatever the scikit-image release (before 0.23 Lee's method gave 0/255 uint8)
     skeleton = skeletonize(padded, method="lee").astype(bool, copy=False)
     distance = ndimage.distance_transform_edt(padded)
-    widths = _half_pixel_widths(padded, skeleton, reach=float(distance.max()))
+    skeleton = prune_spurs(skeleton, distance)
+    widths = _widths(padded, skeleton, distance)
     length = skeleton_length(skeleton) + _end_extension(skeleton, distance, padded)
     return length, float(widths.mean()), float(widths.max())
 
 
+def _arms(skeleton: np.ndarray) -> np.ndarray:
+    """How many separate runs of skeleton pixels surround each pixel (0 off the skeleton):
+    1 at an end, 2 along a path, 3 or more where branches meet."""
+    s = np.pad(skeleton, 1)
+    height, width = skeleton.shape
+    ring = [s[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width] for dy, dx in RING]
+    starts = sum((~ring[i - 1] & ring[i]).astype(np.uint8) for i in range(len(ring)))
+    return np.where(skeleton, starts, 0)
+
+
+def prune_spurs(skeleton: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """The skeleton without its spurs: a branch from an end to where branches meet that is
+    shorter than the crack is wide there (``2 d``, ``d`` the distance transform at the
+    meeting point). Each bump on a ragged edge grows one, which would count as crack (a
+    straight crack with edges ragged by a pixel measured up to 88 % long). Where several
+    spurs meet, the shortest goes first and the rest are judged again: the two arms of a
+    forked end keep the longer as the crack's end."""
+    skeleton = skeleton.copy()
+    while True:
+        arms = _arms(skeleton)
+        junctions = arms >= 3
+        if not junctions.any():
+            return skeleton
+        branches, count = ndimage.label(skeleton & ~junctions, structure=EIGHT_CONNECTED)
+        meeting, _ = ndimage.label(junctions, structure=EIGHT_CONNECTED)
+        ends = ndimage.labeled_comprehension(
+            arms == 1, branches, np.arange(1, count + 1), np.any, bool, False
+        )
+        shortest: dict[int, tuple[float, int]] = {}  # meeting point -> (length, branch)
+        for index, box in enumerate(ndimage.find_objects(branches), start=1):
+            if not ends[index - 1]:
+                continue
+            grown = (
+                slice(max(box[0].start - 1, 0), box[0].stop + 1),
+                slice(max(box[1].start - 1, 0), box[1].stop + 1),
+            )
+            branch = branches[grown] == index
+            touching = ndimage.binary_dilation(branch, EIGHT_CONNECTED) & (meeting[grown] > 0)
+            met = np.unique(meeting[grown][touching])
+            if len(met) != 1:  # a path between two meeting points, or a whole crack
+                continue
+            length = skeleton_length(branch) + 1.0  # and the step onto the meeting point
+            width = 2 * float(distance[grown][touching].max())
+            if length <= width + 1 and length < shortest.get(int(met[0]), (math.inf, 0))[0]:
+                shortest[int(met[0])] = (length, index)
+        if not shortest:
+            return skeleton
+        for _, index in shortest.values():
+            skeleton[branches == index] = False
+
+
+#: Half-widths (the distance transform at the skeleton, in pixels) up to which a width is
+#: measured to the half-pixel; wider, ``2d - 1`` is within a pixel of it.
+EXACT_HALF_WIDTH = 32
 #: The side, in pixels, of the blocks whose 2x-enlarged distance transform is taken at once:
 #: over a whole region it would take ~64 bytes per pixel of its bounding box.
 WIDTH_BLOCK = 512
 
 
+def _widths(mask: np.ndarray, at: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """The crack's width at the skeleton pixels ``at``, in pixels: to the half-pixel where
+    it is at most ``2 * EXACT_HALF_WIDTH`` wide, ``2d - 1`` where it is wider."""
+    wide = at & (distance > EXACT_HALF_WIDTH)
+    widths = [2 * distance[wide] - 1]
+    if (at & ~wide).any():
+        widths.append(_half_pixel_widths(mask, at & ~wide, reach=EXACT_HALF_WIDTH))
+    return np.concatenate(widths)
+
+
 def _half_pixel_widths(mask: np.ndarray, at: np.ndarray, reach: float) -> np.ndarray:
     """At the pixels ``at``, the largest distance transform of ``mask`` enlarged 2x over the
     pixel's 2x2 block of half-pixels, in half-pixels: the crack's width where the pixel lies
-    on its middle line. Block by block: every pixel's nearest background lies within
-    ``reach`` (the distance transform's largest value), so a block widened by it gives its
-    pixels the values of the whole."""
+    on its middle line. Block by block: the nearest background of every pixel of ``at``
+    lies within ``reach`` (at least its distance transform), so a block widened by it gives
+    its pixels the values of the whole."""
     height, width = mask.shape
     margin = math.ceil(reach) + 1
     widths = []
