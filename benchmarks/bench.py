@@ -651,9 +651,8 @@ def refuse_unwritable_json(path: Path) -> None:
     existing = next(p for p in path.absolute().parents if p.exists())
     if not existing.is_dir():
         fail(f"--json {path}: {existing} is a file, not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".bench-write-check-"):
+    try:  # where the file (or the first of the folders made for it) will be written
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".bench-write-check-"):
             pass
     except OSError as error:
         fail(f"--json {path}: cannot write there ({error.strerror or error})")
@@ -665,8 +664,6 @@ def main(argv: list[str] | None = None) -> None:
         keep_freed_memory()  # as a training run does (crackseg.runs.trainer)
         worker(args.device, args.worker)
         return
-    # SIGTERM as Ctrl-C: subprocess.run stops the row being measured before the bench ends
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         fail("--device cuda, but torch sees no CUDA device")
@@ -745,4 +742,6 @@ def write_report(path: Path, device: torch.device, timing: Timing, records: list
 
 
 if __name__ == "__main__":
+    # SIGTERM as Ctrl-C: subprocess.run stops the row being measured before the bench ends
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     main()

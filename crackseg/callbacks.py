@@ -61,7 +61,6 @@ HISTORY_KEYS = (
     "train/loss",
     "train/lambda_seg",
     "train/lambda_dec",
-    "train/lr",
     "val/image_ap",
     "val/image_auc",
     "val/dice",
@@ -133,6 +132,10 @@ class TrainingHistory(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer, "train/")
+        if trainer.optimizers and not trainer.sanity_checking:
+            # the optimiser's own, not the logged float32 copy (0.01 is 0.009999999776...)
+            lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+            self.history.setdefault("train/lr", []).append((trainer.current_epoch, lr))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Not on_validation_epoch_end: callbacks run before the module logs its metrics there.

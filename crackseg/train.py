@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.run_files import SPLIT_FILE
-from crackseg.runs.config_checks import check_config
+from crackseg.runs.config_checks import check_config, refuse_extra_count_without_ranking
+from crackseg.runs.hydra_run import typed_overrides
 from crackseg.runs.lifecycle import run_task
 from crackseg.runs.resume import check_resumed_data, record_start, start_training_run
 from crackseg.setting_rules import check_required
@@ -31,6 +32,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     cfg, checkpoint = start_training_run(cfg)  # the run folder: a new run, or one resumed
     check_config(cfg)
+    if checkpoint is None:  # (a run started so before the check continues as it began)
+        refuse_extra_count_without_ranking(cfg, typed_overrides())
     check_required(cfg, ("data.root",))
     # Lightning is imported from here on (seconds of CPU): a command line refused before
     # never waits for it.

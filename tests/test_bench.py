@@ -270,15 +270,17 @@ def test_a_terminated_bench_stops_the_row_it_was_measuring(tmp_path):
     command += ["--rows", "matmul/2048x2048/b1/fp32/peak", "--json", str(tmp_path / "r.json")]
     bench = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
-        assert "[1/1] matmul" in bench.stderr.readline()
+        while "[1/1] matmul" not in bench.stderr.readline():  # (after any warning)
+            assert bench.poll() is None, "the bench ended before its row"
         worker = None
         for _ in range(200):  # the row's process, started after the line above
             children = psutil.Process(bench.pid).children()
-            if children:
+            if children and "--worker" in children[0].cmdline():  # (past its exec)
                 worker = children[0]
                 break
             time.sleep(0.05)
         assert worker is not None
+        time.sleep(0.5)  # the bench waits on it (not still inside Popen, which cannot stop it)
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(timeout=60) == 128 + signal.SIGTERM
         worker.wait(timeout=10)  # psutil.TimeoutExpired where it was left measuring

@@ -222,6 +222,8 @@ def test_a_run_saved_before_the_machinery_callbacks_moved_continues():
         assert type(instantiate(value)) is type(instantiate(today)), name
     assert old["callbacks"]["stop_checkpoint"]["_target_"] == "crackseg.callbacks.StopCheckpoint"
     assert config_differences(OmegaConf.create(old), now) == []
+    # a config of today naming them the old way (a user's callbacks yaml) is the same
+    assert config_differences(OmegaConf.create(old), OmegaConf.create(old)) == []
     old["callbacks"]["validate_on_last_epoch"]["schedule"] = "published"
     assert config_differences(OmegaConf.create(old), now) == [
         "callbacks.validation_schedule.schedule: published -> every_n"

@@ -57,9 +57,30 @@ def test_history_has_per_epoch_losses_and_lambdas(tiny_run):
     # Dynamically balanced with delta 0.1 over 2 epochs: lambda_dec = 0, then 0.05.
     assert [round(v, 6) for _, v in history["train/lambda_dec"]] == [0.0, 0.05]
     assert [epoch for epoch, _ in history["val/image_ap"]] == [0, 1]
-    # the learning rate of each epoch (no scheduler: the configured one)
+    # the learning rate of each epoch (no scheduler: the configured one, exactly)
     lr = yaml.safe_load((tiny_run / ".hydra" / "config.yaml").read_text())["optim"]["lr"]
     assert history["train/lr"] == [[0, lr], [1, lr]]
+
+
+def test_the_history_keeps_the_optimisers_learning_rate_not_its_float32_copy(tmp_path):
+    from types import SimpleNamespace
+
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    from crackseg.callbacks import TrainingHistory
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    trainer = SimpleNamespace(
+        optimizers=[optimizer],
+        sanity_checking=False,
+        current_epoch=3,
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        callback_metrics={"train/lr": torch.tensor(0.01), "train/loss": torch.tensor(0.5)},
+    )
+    history = TrainingHistory(str(tmp_path))
+    history.on_train_epoch_end(trainer, None)
+    assert history.history["train/lr"] == [(3, 0.01)]
+    assert history.history["train/loss"] == [(3, 0.5)]
 
 
 def test_the_training_curves_draw_losses_and_validation_only():

@@ -30,7 +30,7 @@ from crackseg.models.module_settings import (
     unread_keys,
 )
 from crackseg.models.segdecnet import check_input_size
-from crackseg.runs.hydra_run import override_key, typed_overrides
+from crackseg.runs.hydra_run import override_key
 from crackseg.setting_rules import Rules, check_rules, is_integer, is_number
 
 
@@ -168,7 +168,6 @@ def check_config(cfg: DictConfig) -> None:
     _check_settings_read(cfg)
     _check_optimizer_and_scheduler(cfg)
     _check_callbacks(cfg)
-    _check_extra_segmented_has_a_ranking(cfg, typed_overrides())
     data = cfg.get("data")
     if data is not None and "input_height" in data and "input_width" in data:
         check_input_size(data.input_height, data.input_width)
@@ -185,12 +184,18 @@ def check_config(cfg: DictConfig) -> None:
         _check_download_checksum(download)
 
 
-def _check_extra_segmented_has_a_ranking(cfg: DictConfig, typed: list[str]) -> None:
-    """``data.extra_segmented.count`` typed without a ranking to draw from would train as if
-    it were not typed."""
+def refuse_extra_count_without_ranking(
+    cfg: DictConfig, typed: list[str], swept: set[str] = frozenset()
+) -> None:
+    """``data.extra_segmented.count`` among the ``typed`` overrides (or a sweep's keys)
+    without a ranking to draw from would train as if it were not typed. A sweep's jobs
+    with a ``swept`` ranking each have their own, which its composed config does not hold."""
+    if "data.extra_segmented.ranking" in swept:
+        return
     if OmegaConf.select(cfg, "data.extra_segmented.ranking", default=None) is not None:
         return
-    if "data.extra_segmented.count" in {override_key(o) for o in typed}:
+    counts = [o for o in typed if override_key(o) == "data.extra_segmented.count"]
+    if any(not str(o).startswith("~") for o in counts):
         raise ConfigError(
             "data.extra_segmented.count keeps the masks of the first weak positives of a "
             "ranking: set data.extra_segmented.ranking=PATH too (a run's weak_ranking.csv)"

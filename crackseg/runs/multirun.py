@@ -33,7 +33,7 @@ from crackseg.errors import (
     SweepSettingsError,
     SweepStopped,
 )
-from crackseg.runs.config_checks import check_config
+from crackseg.runs.config_checks import check_config, refuse_extra_count_without_ranking
 from crackseg.runs.gpus import runs_parallel_locally
 from crackseg.runs.hydra_run import (
     OTHER_COMMANDS,
@@ -90,6 +90,8 @@ class SweepChecksCallback(Callback):
             check_search_and_launcher(config)
             check_devices_per_job(config)
             check_config(config)
+            params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+            refuse_extra_count_without_ranking(config, [*task, *map(str, params)], swept)
             refuse_missing_data(config, task, swept)
             refuse_missing_ranking(config, swept)
             claim_run_folder(config.hydra.sweep.dir)

@@ -166,7 +166,8 @@ def check_sweep_resume(resume: object) -> None:
 
 def config_differences(old: DictConfig, new: DictConfig, limit: int = 3) -> list[str]:
     """``key: old -> new`` for the first few settings that differ (resolved values)."""
-    flat_old, flat_new = _as_named_today(_flatten(old)), _flatten(new)
+    # both: a config of today may name the callbacks as before too (crackseg.callbacks)
+    flat_old, flat_new = _as_named_today(_flatten(old)), _as_named_today(_flatten(new))
     for key, value in ADDED_KEYS.items():
         if key in flat_new:
             flat_old.setdefault(key, value)
