@@ -168,6 +168,11 @@ def test_a_count_of_extra_masks_without_their_ranking_is_refused(tmp_path):
     assert line.startswith("error: data.extra_segmented.count keeps the masks of the first")
     assert "set data.extra_segmented.ranking=PATH too" in line
     assert lightning == set()
+    # a sweep over it: before any job (no job has the sweep's composed config's keys)
+    sweep = tmp_path / "s"
+    line, _ = refuse("train", "-m", "experiment=demo", f"{count},10", f"hydra.sweep.dir={sweep}")
+    assert "set data.extra_segmented.ranking=PATH too" in line
+    assert not sweep.exists()
 
 
 def test_train_refuses_an_unknown_data_config_without_lightning(tmp_path):
