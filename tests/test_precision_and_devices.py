@@ -505,3 +505,25 @@ def test_freed_memory_is_kept_for_reuse_with_glibc_only(monkeypatch):
     assert allocator.keep_freed_memory() is glibc
     monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("musl", "1.2"))
     assert allocator.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("trained", ["bf16-mixed", "32-true"])
+def test_a_run_resumed_by_its_folder_keeps_the_precision_it_trained_in(tmp_path, trained):
+    """resume=RUN_DIR made the saved ``trainer.precision: auto`` concrete anew: on a machine
+    without bf16 a bf16 run went on in float32 (and the reverse), without a word."""
+    from omegaconf import OmegaConf
+
+    from crackseg.runs.resume import _started_config, resolve_machine_settings
+
+    (tmp_path / ".hydra").mkdir()
+    started = {"trainer": {"precision": "auto", "accelerator": "cpu"}, "seed": 0}
+    OmegaConf.save(OmegaConf.create(started), tmp_path / ".hydra" / "config.yaml")
+    checkpoint = tmp_path / "last.ckpt"
+    as_trained = {**started, "trainer": {"precision": trained, "accelerator": "cpu"}}
+    run_config = OmegaConf.to_yaml(OmegaConf.create(as_trained))
+    torch.save({"hyper_parameters": {"run_config": run_config}}, checkpoint)
+    cfg = _started_config(tmp_path, checkpoint)
+    resolve_machine_settings(cfg)
+    assert cfg.trainer.precision == trained
+    assert cfg.resume == str(tmp_path)
+    assert _started_config(tmp_path, None).trainer.precision == "auto"  # nothing trained yet

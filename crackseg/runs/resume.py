@@ -235,7 +235,8 @@ def prepare_training_run(
     resumed = resumed_folder(resume)
     if not is_rank_zero():
         if resumed is not None:
-            return _started_config(output_dir), resume_checkpoint(output_dir)
+            checkpoint = resume_checkpoint(output_dir)
+            return _started_config(output_dir, checkpoint), checkpoint
         return cfg, resume_checkpoint(output_dir) if resume == "auto" or multirun else None
     if resumed is not None:
         if multirun:
@@ -307,14 +308,24 @@ def _resume_run_dir(
     checkpoint = resume_checkpoint(run_dir)
     if checkpoint is None:
         log.info("%s holds a run that saved no checkpoint: starting it again", run_dir)
-    return _started_config(run_dir), checkpoint
+    try:
+        return _started_config(run_dir, checkpoint), checkpoint
+    except CracksegError:  # its checkpoint cannot be read: the run's failure, in its status
+        accept_run_folder(output_dir)
+        raise
 
 
-def _started_config(run_dir: Path) -> DictConfig:
+def _started_config(run_dir: Path, checkpoint: Path | None) -> DictConfig:
     """The config a run was started with (its ``.hydra/``), marked as resuming it, its
-    relative paths anchored in the folder it was started from, so that it resumes from any."""
+    relative paths anchored in the folder it was started from, so that it resumes from any.
+    With a ``checkpoint``, in the precision it trained in: ``trainer.precision: auto`` made
+    concrete anew on another machine (one without bf16) would go on in another."""
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     saved.resume = str(run_dir)
+    trained = checkpoint_run_config(checkpoint) if checkpoint is not None else None
+    precision = OmegaConf.select(trained, "trainer.precision", default=None) if trained else None
+    if precision is not None and "trainer" in saved:
+        saved.trainer.precision = precision
     hydra = saved_hydra_file(run_dir, "hydra.yaml")
     started_in = OmegaConf.select(hydra, "hydra.runtime.cwd", default=None) if hydra else None
     if started_in and os.path.realpath(started_in) != os.path.realpath(os.getcwd()):
@@ -348,7 +359,8 @@ def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     the data yet, and Lightning is not needed yet.
     """
     multirun, overrides = in_multirun(), typed_overrides()
-    resolve_machine_settings(cfg)
+    if resumed_folder(cfg.get("resume")) is None:  # (resume=RUN_DIR: the run's own config)
+        resolve_machine_settings(cfg)
     cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
     accept_run_folder(cfg.paths.output_dir)
     if checkpoint is None and is_rank_zero():
