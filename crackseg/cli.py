@@ -10,6 +10,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import HydraException
@@ -23,6 +24,7 @@ from crackseg.error_lines import (
     root_cause,
 )
 from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, SweepStopped
+from crackseg.run_files import SWEEP_FILE
 from crackseg.runs.ownership import is_rank_zero
 from crackseg.setting_rules import as_override
 from crackseg.sweep.summary import MD_NAME, end_sweep, ended_sweeps, started_sweeps
@@ -41,7 +43,9 @@ def refuse_unusable_folder_overrides(args: list[str]) -> None:
     """``hydra.run.dir=`` or ``hydra.sweep.dir=`` with nothing after it (an unset shell
     variable) would make the folder the command runs in the run's, its files mixed with
     the run's; one starting with a quoted ``~`` would be a folder named ``~`` there (Hydra
-    does not expand it): refused before Hydra writes into it. ``.`` says so on purpose."""
+    does not expand it); a ``hydra.run.dir`` holding a sweep would get the run's
+    ``.hydra/`` beside the sweep's jobs: refused before Hydra writes into it. ``.`` says so
+    on purpose."""
     for arg in args:
         key, equals, value = arg.partition("=")
         if not equals or key.lstrip("+~") not in FOLDER_KEYS:
@@ -52,6 +56,12 @@ def refuse_unusable_folder_overrides(args: list[str]) -> None:
         if folder == "~" or folder.startswith("~/"):
             raise ConfigError(
                 f"{key}={folder}: Hydra does not expand ~; write {key}=$HOME{folder[1:]}"
+            )
+        if key.lstrip("+~") == "hydra.run.dir" and (Path(folder) / SWEEP_FILE).is_file():
+            # before Hydra writes the run's .hydra/ there, beside the sweep's jobs
+            raise ConfigError(
+                f"{folder} holds a sweep ({SWEEP_FILE}); a run goes into a folder of its "
+                "own: choose another hydra.run.dir"
             )
 
 

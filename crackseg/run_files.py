@@ -27,6 +27,9 @@ PR_FIGURE = "precision-recall.png"
 DICE_PANELS_DIR = "dices"
 #: A weak run's weak positives, which to annotate next first (crackseg.evaluation.weak_ranking).
 RANKING_FILE = "weak_ranking.csv"
+#: What a sweep's folder holds at its root, beside its jobs' folders: its settings as Hydra
+#: saved them (the mark of a sweep's folder), and its summary.
+SWEEP_FILE = "multirun.yaml"
 #: The TensorBoard logger's folder (conf/logger/tensorboard.yaml, its ``name``).
 TENSORBOARD_DIR = "tensorboard"
 

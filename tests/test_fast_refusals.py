@@ -175,6 +175,35 @@ def test_a_count_of_extra_masks_without_their_ranking_is_refused(tmp_path):
     assert not sweep.exists()
 
 
+@pytest.mark.parametrize("entry", ["train", "eval"])
+def test_a_run_into_a_sweeps_folder_is_refused_writing_nothing(tmp_path, entry):
+    """It ran there: its files beside the sweep's jobs, counted as one of them when the
+    sweep ran again, and crackseg-summary refused the folder as one run's."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0_seed=0").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    before = sorted(p.name for p in sweep.iterdir())
+    extra = ["ckpt_path=x.ckpt"] if entry == "eval" else []
+    line, lightning = refuse(entry, *extra, f"hydra.run.dir={sweep}")
+    assert line == (
+        f"error: {sweep} holds a sweep (multirun.yaml); a run goes into a folder of its own: "
+        "choose another hydra.run.dir"
+    )
+    assert sorted(p.name for p in sweep.iterdir()) == before and lightning == set()
+
+
+def test_a_sweep_into_a_runs_folder_is_refused_before_any_job(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text('{"status": "finished"}')
+    line, _ = refuse("train", "-m", "experiment=demo", "seed=0,1", f"hydra.sweep.dir={run}")
+    assert line == (
+        f"error: {run} holds a run; a sweep goes into a folder of its own: choose another "
+        "hydra.sweep.dir"
+    )
+    assert sorted(p.name for p in run.iterdir()) == ["status.json"]
+
+
 def test_train_refuses_an_unknown_data_config_without_lightning(tmp_path):
     line, lightning = refuse("train", "data=nope", f"hydra.run.dir={tmp_path / 't'}")
     assert line.startswith("error: In 'train': Could not find 'data/nope' (available: ")

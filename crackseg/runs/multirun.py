@@ -30,9 +30,11 @@ from crackseg.errors import (
     ConfigError,
     CracksegError,
     DataError,
+    RunFolderError,
     SweepSettingsError,
     SweepStopped,
 )
+from crackseg.run_files import SWEEP_FILE
 from crackseg.runs.config_checks import check_config, refuse_extra_count_without_ranking
 from crackseg.runs.gpus import runs_parallel_locally
 from crackseg.runs.hydra_run import (
@@ -94,6 +96,7 @@ class SweepChecksCallback(Callback):
             refuse_extra_count_without_ranking(config, [*task, *map(str, params)], swept)
             refuse_missing_data(config, task, swept)
             refuse_missing_ranking(config, swept)
+            refuse_a_run_folder(Path(str(config.hydra.sweep.dir)))
             claim_run_folder(config.hydra.sweep.dir)
             record_a_search(config)
             refuse_finished_jobs_with_other_settings(config, task, swept)
@@ -108,6 +111,17 @@ class SweepChecksCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         restore_signal_handlers()
         release_run_folder(config.hydra.sweep.dir)
+
+
+def refuse_a_run_folder(sweep_dir: Path) -> None:
+    """A sweep goes into a folder of its own: not one holding a run (its status, its
+    checkpoints), where its jobs' folders and summary would mix with the run's files, and
+    the run would count as one of its jobs."""
+    if used_by_another_command(sweep_dir):
+        raise RunFolderError(
+            f"{sweep_dir} holds a run; a sweep goes into a folder of its own: choose another "
+            "hydra.sweep.dir"
+        )
 
 
 #: How long a local parallel sweep stopped by a signal waits for its jobs' clean stop (s).
@@ -223,7 +237,7 @@ def record_a_search(config: DictConfig) -> None:
     if OmegaConf.select(config, "hydra.sweeper._target_", default=None) == BASIC_SWEEPER:
         return
     text = OmegaConf.to_yaml(config)
-    atomic_write_text(Path(str(config.hydra.sweep.dir)) / "multirun.yaml", text)
+    atomic_write_text(Path(str(config.hydra.sweep.dir)) / SWEEP_FILE, text)
 
 
 #: The directions of Optuna's search.

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from crackseg.errors import RunFolderError
-from crackseg.run_files import LOCK_FILE, RUN_OUTPUTS, STATUS_FILE
+from crackseg.run_files import LOCK_FILE, RUN_OUTPUTS, STATUS_FILE, SWEEP_FILE
 from crackseg.runs.hydra_run import OTHER_COMMANDS, started_by
 from crackseg.runs.job_log import accept_job_logs
 from crackseg.runs.status import holds_run, read_status
@@ -171,6 +171,11 @@ def refuse_files_of_others(folder: Path) -> None:
     the names a run writes: a folder of the user's given as ``hydra.run.dir``, whose
     ``report.md`` or ``metrics.json`` the run would overwrite."""
     folder = Path(folder)
+    if (folder / SWEEP_FILE).exists():
+        raise RunFolderError(
+            f"{folder} holds a sweep ({SWEEP_FILE}); a run goes into a folder of its own: "
+            "choose another hydra.run.dir"
+        )
     if (folder / STATUS_FILE).exists():
         return
     if found := [name for name in RUN_OUTPUTS if (folder / name).exists()]:

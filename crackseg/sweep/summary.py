@@ -32,7 +32,7 @@ from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.error_lines import one_line
 from crackseg.errors import CracksegError
 from crackseg.markdown import markdown_table
-from crackseg.run_files import METRICS_FILE, STATUS_FILE
+from crackseg.run_files import METRICS_FILE, STATUS_FILE, SWEEP_FILE
 from crackseg.runs.hydra_run import override_key, saved_overrides, started_by
 from crackseg.runs.ownership import is_rank_zero
 from crackseg.runs.status import load_json_object, load_status
@@ -178,7 +178,7 @@ def _last_sweep(root: Path) -> tuple[list[str], dict[str, Any], str] | None:
     """The command-line overrides, sweeper params and sweeper of the last run of the sweep
     in ``root`` (its ``multirun.yaml``); None where there is none that can be read."""
     try:
-        hydra = (yaml.safe_load((root / "multirun.yaml").read_text()) or {})["hydra"]
+        hydra = (yaml.safe_load((root / SWEEP_FILE).read_text()) or {})["hydra"]
         sweeper = hydra.get("sweeper") or {}
         task = [str(o) for o in (hydra.get("overrides") or {}).get("task") or []]
         params = {str(k): v for k, v in (sweeper.get("params") or {}).items()}
