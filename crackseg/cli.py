@@ -57,12 +57,19 @@ def refuse_unusable_folder_overrides(args: list[str]) -> None:
             raise ConfigError(
                 f"{key}={folder}: Hydra does not expand ~; write {key}=$HOME{folder[1:]}"
             )
-        if key.lstrip("+~") == "hydra.run.dir" and (Path(folder) / SWEEP_FILE).is_file():
+        if key.lstrip("+~") == "hydra.run.dir" and _holds_a_sweep(Path(folder)):
             # before Hydra writes the run's .hydra/ there, beside the sweep's jobs
             raise ConfigError(
                 f"{folder} holds a sweep ({SWEEP_FILE}); a run goes into a folder of its "
                 "own: choose another hydra.run.dir"
             )
+
+
+def _holds_a_sweep(folder: Path) -> bool:
+    try:
+        return (folder / SWEEP_FILE).is_file()
+    except OSError:  # a name too long, ...: worded where Hydra makes the folder
+        return False
 
 
 def is_uncompleted_cluster_job(error: BaseException) -> bool:

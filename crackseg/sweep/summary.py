@@ -36,7 +36,7 @@ from crackseg.run_files import METRICS_FILE, STATUS_FILE, SWEEP_FILE
 from crackseg.runs.hydra_run import override_key, saved_overrides, started_by
 from crackseg.runs.ownership import is_rank_zero
 from crackseg.runs.status import load_json_object, load_status
-from crackseg.setting_rules import OneLineParser
+from crackseg.setting_rules import OneLineParser, is_number
 from crackseg.sweep.job_names import BASIC_SWEEPER, grid_jobs, job_settings, swept_keys
 from crackseg.sweep.published import add_table4_labels, departures
 
@@ -323,9 +323,7 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group: dict[str, Any] = dict(zip(keys, setting, strict=True))
         group["n"] = len(finished)
         group["not_finished"] = len(members) - len(finished)  # failed, running, interrupted
-        segmented = [
-            r["num_segmented"] for r in finished if _is_finite_number(r.get("num_segmented"))
-        ]
+        segmented = [r["num_segmented"] for r in finished if is_number(r.get("num_segmented"))]
         group["segmented"] = round(statistics.fmean(segmented)) if segmented else None
         for name in GROUPED_METRICS:
             mean, std = mean_std([r[name] for r in finished])
@@ -335,14 +333,10 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def mean_std(values: list[Any]) -> tuple[float | None, float | None]:
     """The mean and sample standard deviation of the finite numbers among ``values`` (None
     where there are too few: none for the mean, one for the deviation)."""
-    numbers = [float(v) for v in values if _is_finite_number(v)]
+    numbers = [float(v) for v in values if is_number(v)]
     mean = statistics.fmean(numbers) if numbers else None
     return mean, statistics.stdev(numbers) if len(numbers) > 1 else None
 
