@@ -305,19 +305,7 @@ class EvaluationReport(pl.Callback):
         results = pl_module.test_results
         out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
-        counts = trainer.datamodule.data_split.counts()
-        metrics = json_ready(results)
-        for split, (pos, neg) in counts.items():
-            metrics[f"{split}_positives"], metrics[f"{split}_negatives"] = pos, neg
-            metrics[f"{split}_samples"] = pos + neg
-        num_segmented = trainer.datamodule.data_split.num_segmented
-        if not self.counts_segmented:  # another data's split: not the weights' training
-            num_segmented = None
-        metrics["num_segmented"] = num_segmented
-        metrics["num_weak"] = weak_positives(counts["train"][0], num_segmented)
-        metrics["precision"] = str(trainer.precision)
-        if self.trained_ids is not None:
-            metrics["test_images_trained_on"] = len(self._test_images_trained_on(trainer))
+        metrics = self._metrics(trainer, results)
         atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
         self._write_scores(trainer, results, float(pl_module.image_threshold))
         if results.get("roc") is not None:
@@ -326,20 +314,39 @@ class EvaluationReport(pl.Callback):
         dice_files = self._dice_panels(trainer, pl_module, results)
         if self.run_config is not None:
             if isinstance(trainer.logger, TensorBoardLogger):
-                final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}
-                typed = typed_hparams(self.run_config, started_overrides(out))
-                hparams = hparams_of(self.run_config, num_segmented) | typed
-                # at the last step, which a run resumed after this purges and logs again
-                trainer.logger.log_hyperparams(hparams, final, step=trainer.global_step)
-            write_run_report(
-                out,
-                self.run_config,
-                self.title,
-                metrics | {"dice_files": dice_files},
-                counts,
-                num_segmented,
-            )
+                self._log_hparams(trainer, trainer.logger, metrics)
+            counts = trainer.datamodule.data_split.counts()
+            shown = metrics | {"dice_files": dice_files}
+            segmented = metrics["num_segmented"]
+            write_run_report(out, self.run_config, self.title, shown, counts, segmented)
         log.info("evaluation written to %s", out)
+
+    def _metrics(self, trainer: pl.Trainer, results: dict[str, Any]) -> dict[str, Any]:
+        """metrics.json: the test results, the split's counts, the training's masks."""
+        split = trainer.datamodule.data_split
+        counts = split.counts()
+        metrics = json_ready(results)
+        for name, (pos, neg) in counts.items():
+            metrics[f"{name}_positives"], metrics[f"{name}_negatives"] = pos, neg
+            metrics[f"{name}_samples"] = pos + neg
+        # another data's split (counts_segmented false) says nothing of the weights' training
+        num_segmented = split.num_segmented if self.counts_segmented else None
+        metrics["num_segmented"] = num_segmented
+        metrics["num_weak"] = weak_positives(counts["train"][0], num_segmented)
+        metrics["precision"] = str(trainer.precision)
+        if self.trained_ids is not None:
+            metrics["test_images_trained_on"] = len(self._test_images_trained_on(trainer))
+        return metrics
+
+    def _log_hparams(
+        self, trainer: pl.Trainer, logger: TensorBoardLogger, metrics: dict[str, Any]
+    ) -> None:
+        """TensorBoard's HParams tab: the run parameters, the settings typed, the metrics."""
+        final = {f"hparams/{k}": v for k, v in metrics.items() if _is_number(v)}
+        typed = typed_hparams(self.run_config, started_overrides(self.output_dir))
+        hparams = hparams_of(self.run_config, metrics["num_segmented"]) | typed
+        # at the last step, which a run resumed after this purges and logs again
+        logger.log_hyperparams(hparams, final, step=trainer.global_step)
 
     def _write_scores(
         self, trainer: pl.Trainer, results: dict[str, Any], image_threshold: float
