@@ -174,14 +174,15 @@ class SegDecModule(pl.LightningModule):
         if self.speed.compile and stage == "fit":
             self.net.compile(mode=self.speed.compile)  # in place: checkpoints keep their keys
 
-    def _run(self, images: Tensor) -> SegDecOutput:
+    def _net_outputs(self, images: Tensor) -> SegDecOutput:
+        """The network's logits, the images in the memory layout the run trains in."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Decision probabilities [B] and segmentation probabilities [B,1,H,W] at input size."""
-        out = self._run(images)
+        out = self._net_outputs(images)
         # Probabilities are upsampled, not logits (docs/method.md §7): the two do not commute.
         seg = torch.sigmoid(out.segmentation.float())
         if seg.shape[-2:] != images.shape[-2:]:
@@ -199,7 +200,7 @@ class SegDecModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         settings = self.loss_settings
-        out = self._run(batch["image"])
+        out = self._net_outputs(batch["image"])
         segmented = batch["segmented"]
         soft_mask = downsample_to_output(batch["mask"])
         if self.net.full_resolution:
@@ -319,14 +320,15 @@ class SegDecModule(pl.LightningModule):
         self._collect(batch, self.val_outputs)
 
     @staticmethod
-    def _epoch_outputs(outputs: PerImageOutputs) -> tuple[dict[str, Tensor], Tensor]:
-        """The split's gathered outputs and which of its images are positive."""
+    def _take_epoch_outputs(outputs: PerImageOutputs) -> tuple[dict[str, Tensor], Tensor]:
+        """The split's gathered outputs and which of its images are positive, the collector
+        emptied for the next epoch."""
         gathered = outputs.per_image()
         outputs.reset()
         return gathered, gathered["labels"] == 1
 
     def on_validation_epoch_end(self) -> None:
-        gathered, positives = self._epoch_outputs(self.val_outputs)
+        gathered, positives = self._take_epoch_outputs(self.val_outputs)
         image = image_metrics(gathered["scores"], gathered["labels"])
         seg_threshold, dice = choose_seg_threshold(gathered["histograms"][positives])
         # An undefined AP (one-class split) must not win the best checkpoint.
@@ -350,7 +352,7 @@ class SegDecModule(pl.LightningModule):
         self._collect(batch, self.test_outputs)
 
     def on_test_epoch_end(self) -> None:
-        gathered, positives = self._epoch_outputs(self.test_outputs)
+        gathered, positives = self._take_epoch_outputs(self.test_outputs)
         scores, labels = gathered["scores"], gathered["labels"]
         # The thresholds chosen on validation, applied unchanged; the best-F threshold of the
         # test scores themselves (the published protocol) is kept apart, clearly named.
