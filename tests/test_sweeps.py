@@ -1300,3 +1300,25 @@ def test_a_job_taken_from_the_queue_of_a_stopping_sweep_does_not_start(tmp_path:
     dead.wait()
     mark.write_text(f"{dead.pid}\n")  # left by a sweep killed before its end
     assert job_folder(2, "seed=2", str(tmp_path), ["seed=2"]) == "2_seed=2"
+
+
+def test_the_folder_of_another_command_in_a_sweep_is_no_job_of_it(tmp_path):
+    """An evaluation run into a training sweep's folder was read as one of its jobs: the
+    sweep run again was refused (the finished job "ran with other settings") or named its
+    new jobs by every key the evaluation did not share."""
+    from crackseg.sweep.job_names import keys_telling_jobs_apart
+
+    def job(name: str, command: str, *overrides: str) -> None:
+        hydra_dir = tmp_path / name / ".hydra"
+        hydra_dir.mkdir(parents=True)
+        (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+        (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"name": command}}}))
+        (tmp_path / name / "status.json").write_text('{"status": "finished"}')
+
+    job("0_seed=0", "train", "seed=0", "trainer.max_epochs=1")
+    job("1_seed=1", "train", "seed=1", "trainer.max_epochs=1")
+    job("myeval", "eval", "ckpt_path=0_seed=0/last.ckpt")
+    assert keys_telling_jobs_apart(tmp_path, "train") == {"seed"}
+    hydra = {"sweep": {"dir": str(tmp_path)}, "job": {"name": "train"}}
+    config = OmegaConf.create({"hydra": hydra})
+    assert [p.name for p in multirun._job_folders(config)] == ["0_seed=0", "1_seed=1"]

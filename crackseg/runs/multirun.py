@@ -42,6 +42,7 @@ from crackseg.runs.hydra_run import (
     override_key,
     saved_hydra_file,
     saved_overrides,
+    started_by,
 )
 from crackseg.runs.lifecycle import ran_with_other_settings
 from crackseg.runs.ownership import (
@@ -302,14 +303,21 @@ def _task_and_swept(config: DictConfig) -> tuple[list[str], set[str]]:
     task = OmegaConf.to_container(config.hydra.overrides.task)
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     given = {override_key(o) for o in task} | {override_key(str(k)) for k in params}
-    earlier = keys_telling_jobs_apart(config.hydra.sweep.dir) & given
+    command = OmegaConf.select(config, "hydra.job.name", default=None)
+    earlier = keys_telling_jobs_apart(config.hydra.sweep.dir, command) & given
     return task, swept_keys(task, params) | earlier
 
 
 def _job_folders(config: DictConfig) -> list[Path]:
-    """The folders of the jobs an earlier run of the sweep left in its folder."""
+    """The folders of the jobs an earlier run of the sweep left in its folder; not those of
+    another command (an evaluation run into a training sweep's folder), which are no job of
+    it, as its summary leaves them out."""
     sweep_dir = Path(config.hydra.sweep.dir)
-    return sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if sweep_dir.is_dir() else []
+    if not sweep_dir.is_dir():
+        return []
+    command = OmegaConf.select(config, "hydra.job.name", default=None)
+    folders = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    return [p for p in folders if started_by(p) in (None, command)]
 
 
 def refuse_finished_jobs_with_other_settings(
