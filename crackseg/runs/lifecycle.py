@@ -11,7 +11,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +87,7 @@ def run_task(
                 return done.get("metrics", {}).get(objective)
         # SIGTERM stops the task as Ctrl-C does: before, between and inside Lightning's
         # loops (where Lightning stops it, training after the batch)
-        with job_device_context(cfg), sigterm_as_ctrl_c() as signalled:  # one GPU a job
+        with job_device_context(cfg), sigterm_as_ctrl_c():  # one GPU per job of a sweep
             set_job_threads(cfg)  # and a share of the CPU cores
             results = task(cfg)
     except stop_requests():
@@ -105,12 +104,6 @@ def run_task(
         metrics = {k: v for k, v in results.items() if isinstance(v, int | float | str | None)}
         if is_rank_zero():
             write_status(output_dir, "finished", metrics=metrics)
-        if signalled.came and multirun:
-            # A SIGTERM that Lightning held until its call ended (the test, which it finishes):
-            # this job is done, and the sweep stops before the next.
-            again = as_override("hydra.sweep.dir", HydraConfig.get().sweep.dir)
-            print_line(f"stopped: continue with the same command and {again}")
-            sys.exit(EXIT_STOPPED)
         return metrics.get(objective)
     finally:
         release_run_folder(output_dir)  # the next job of a sweep may run in this process
@@ -199,33 +192,23 @@ def stop_requests() -> tuple[type[BaseException], ...]:
     return (exceptions.SIGTERMException, KeyboardInterrupt)
 
 
-@dataclass
-class SignalNote:
-    """Whether a SIGTERM came while :func:`sigterm_as_ctrl_c` was in force."""
-
-    came: bool = False
-
-
 @contextmanager
-def sigterm_as_ctrl_c() -> Iterator[SignalNote]:
+def sigterm_as_ctrl_c() -> Iterator[None]:
     """SIGTERM stops the work inside as Ctrl-C does (a KeyboardInterrupt, which
     :func:`run_task` ends with one line and the status ``interrupted``). Inside a Lightning
     call that holds SIGTERM itself (from the start of its loops: training stops after the
     batch with a checkpoint), this handler, which Lightning calls after its own, leaves the
     stop to it (crackseg.runs.trainer.stop_if_signalled raises one that Lightning only
-    noted, after a loop's last batch; the :class:`SignalNote` it yields says one came, for a
-    call Lightning finishes: the test). A second SIGTERM does not interrupt the stop. Raised
+    noted, after a loop's last batch). A second SIGTERM does not interrupt the stop. Raised
     where Python drops exceptions (a finaliser, a weakref callback the garbage collector
     runs), the stop is raised again once the work inside is over."""
-    note = SignalNote()
     if threading.current_thread() is not threading.main_thread():
-        yield note
+        yield
         return
     stopped = False
 
     def interrupt(signum: int, frame: Any) -> None:
         nonlocal stopped
-        note.came = True
         if signal.getsignal(signal.SIGTERM) is not interrupt:
             return  # Lightning's handler holds SIGTERM and has called this one
         if stopped:
@@ -235,7 +218,7 @@ def sigterm_as_ctrl_c() -> Iterator[SignalNote]:
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield note
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
     if stopped:

@@ -108,8 +108,6 @@ class SweepChecksCallback(Callback):
             sys.exit(2)
         if runs_parallel_locally(config.get("hydra")):
             stop_side_by_side_jobs_together(Path(str(config.hydra.sweep.dir)))
-        else:
-            stop_between_jobs_as_ctrl_c()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         restore_signal_handlers()
@@ -125,20 +123,6 @@ def refuse_a_run_folder(sweep_dir: Path) -> None:
             f"{sweep_dir} holds a run; a sweep goes into a folder of its own: choose another "
             "hydra.sweep.dir"
         )
-
-
-def stop_between_jobs_as_ctrl_c() -> None:
-    """A SIGTERM to a sweep's process between its jobs (while Hydra sets up the next), or to
-    the command waiting for a cluster's jobs, stops it as Ctrl-C does: its summary written,
-    one ``stopped:`` line, exit 143 (crackseg.cli). It killed the process at once, leaving no
-    summary. Inside a job, the job's own handler stops it (crackseg.runs.lifecycle)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    _handlers_before_sweep.setdefault(signal.SIGTERM, signal.signal(signal.SIGTERM, stop))
 
 
 #: How long a local parallel sweep stopped by a signal waits for its jobs' clean stop (s).
