@@ -4,6 +4,8 @@ with, and by which command)."""
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +43,33 @@ def started_by(run_dir: Path) -> str | None:
     """The command that wrote the folder (``train``, ``eval``, ``predict``, ``export``):
     Hydra's job name in ``.hydra/hydra.yaml``, which is the entry point's module whatever
     config it started with (``--config-name my_train`` too), unless ``hydra.job.name`` set
-    another; None where not recorded."""
-    saved = saved_hydra_file(run_dir, "hydra.yaml")
+    another; None where not recorded. Read once while the file is unchanged (a sweep's
+    checks ask it of every job folder several times)."""
+    path = Path(run_dir) / ".hydra" / "hydra.yaml"
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    return _job_name(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=4096)
+def _job_name(path: str, stamp: int) -> str | None:
+    saved = saved_hydra_file(Path(path).parents[1], "hydra.yaml")
     name = OmegaConf.select(saved, "hydra.job.name", default=None) if saved else None
     return str(name) if name is not None else None
+
+
+#: The job name Lightning gives the other processes of a DDP run it starts
+#: (``hydra.job.name=train_ddp_process_1``), whatever the command.
+DDP_PROCESS_NAME = re.compile(r"_ddp_process_\d+$")
+
+
+def sweep_command(config: Any) -> str | None:
+    """The command a multirun's jobs are run by (``train``, ``eval``, ...), as
+    :func:`started_by` records it: the same in the other processes of a DDP job."""
+    name = OmegaConf.select(config, "hydra.job.name", default=None)
+    return None if name is None else DDP_PROCESS_NAME.sub("", str(name))
 
 
 def override_key(override: str) -> str:

@@ -43,6 +43,7 @@ from crackseg.runs.hydra_run import (
     saved_hydra_file,
     saved_overrides,
     started_by,
+    sweep_command,
 )
 from crackseg.runs.lifecycle import ran_with_other_settings
 from crackseg.runs.ownership import (
@@ -287,8 +288,7 @@ def _task_and_swept(config: DictConfig) -> tuple[list[str], set[str]]:
     task = OmegaConf.to_container(config.hydra.overrides.task)
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     given = {override_key(o) for o in task} | {override_key(str(k)) for k in params}
-    command = OmegaConf.select(config, "hydra.job.name", default=None)
-    earlier = keys_telling_jobs_apart(config.hydra.sweep.dir, command) & given
+    earlier = keys_telling_jobs_apart(config.hydra.sweep.dir, sweep_command(config)) & given
     return task, swept_keys(task, params) | earlier
 
 
@@ -299,9 +299,9 @@ def _job_folders(config: DictConfig) -> list[Path]:
     sweep_dir = Path(config.hydra.sweep.dir)
     if not sweep_dir.is_dir():
         return []
-    command = OmegaConf.select(config, "hydra.job.name", default=None)
+    command = sweep_command(config)
     folders = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
-    return [p for p in folders if started_by(p) in (None, command)]
+    return [p for p in folders if command is None or started_by(p) in (None, command)]
 
 
 def refuse_finished_jobs_with_other_settings(

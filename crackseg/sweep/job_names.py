@@ -30,7 +30,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from crackseg.runs.hydra_run import override_key, saved_overrides, started_by
+from crackseg.runs.hydra_run import override_key, saved_overrides, started_by, sweep_command
 from crackseg.runs.resume import RESUME_FREE_KEYS
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,11 @@ def keys_telling_jobs_apart(sweep_dir: str | Path, command: str | None = None) -
     earlier run of the sweep, they still name its jobs when a run again gives one of them a
     single value (``data.input_height=60,64``, then ``data.input_height=64``): that job is
     then found in its earlier folder, not trained again in a new one. The folders of another
-    ``command`` than the sweep's (an evaluation run into it) are no jobs of it."""
+    ``command`` than the sweep's (an evaluation run into it) are no jobs of it (None: any)."""
     sweep_dir = Path(sweep_dir)
     jobs = [job for job in sweep_dir.iterdir() if job.is_dir()] if sweep_dir.is_dir() else []
-    jobs = [job for job in jobs if started_by(job) in (None, command)]
+    if command is not None:
+        jobs = [job for job in jobs if started_by(job) in (None, command)]
     given: dict[str, list[str]] = {}
     read = 0
     for job in jobs:
@@ -216,8 +217,7 @@ class JobNamesCallback(Callback):
         task = OmegaConf.to_container(config.hydra.overrides.task)
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
         configured = list(OmegaConf.select(config, EXCLUDE_KEYS, default=None) or [])
-        command = OmegaConf.select(config, "hydra.job.name", default=None)
-        kept = keys_telling_jobs_apart(config.hydra.sweep.dir, command)  # swept before
+        kept = keys_telling_jobs_apart(config.hydra.sweep.dir, sweep_command(config))  # before
         kept |= swept_keys(task, params)
         excluded = [k for k in configured if k not in kept]
         common = [k for k in common_keys(task, params) if k not in excluded and k not in kept]
