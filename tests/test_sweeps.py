@@ -1317,9 +1317,15 @@ def test_the_folder_of_another_command_in_a_sweep_is_no_job_of_it(tmp_path):
 
     job("0_seed=0", "train", "seed=0", "trainer.max_epochs=1")
     job("1_seed=1", "train", "seed=1", "trainer.max_epochs=1")
-    job("myeval", "eval", "ckpt_path=0_seed=0/last.ckpt", "data.dilate=5")
+    job("myeval", "eval", "ckpt_path='0_seed=0/last.ckpt'", "data.dilate=5")
     assert keys_telling_jobs_apart(tmp_path, "train") == {"seed"}
-    assert keys_telling_jobs_apart(tmp_path) == {"seed", "data.dilate"}  # any command's
+    # no command: any folder's (the evaluation's keys too)
+    assert keys_telling_jobs_apart(tmp_path) == {
+        "seed",
+        "trainer.max_epochs",
+        "ckpt_path",
+        "data.dilate",
+    }
     # the other processes of a DDP job, which Lightning names train_ddp_process_N, too
     for name in ("train", "train_ddp_process_1"):
         hydra = {"sweep": {"dir": str(tmp_path)}, "job": {"name": name}}
