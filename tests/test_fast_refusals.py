@@ -192,6 +192,15 @@ def test_a_run_into_a_sweeps_folder_is_refused_writing_nothing(tmp_path, entry):
     assert sorted(p.name for p in sweep.iterdir()) == before and lightning == set()
 
 
+def test_a_sweeps_folder_is_no_run_to_resume(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / ".hydra").mkdir(parents=True)  # a stray one (a run refused there, once)
+    (sweep / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    line, _ = refuse("train", f"resume={sweep}")
+    assert line.startswith(f"error: resume={sweep} holds a sweep (multirun.yaml): run the")
+
+
 def test_a_sweep_into_a_runs_folder_is_refused_before_any_job(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

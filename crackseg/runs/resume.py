@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from crackseg.atomic import remove_partial_writes
 from crackseg.errors import CracksegError, DataError, RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, load_checkpoint_file
+from crackseg.run_files import SWEEP_FILE
 from crackseg.runs.hardware import (
     FLOAT16,
     check_accelerator,
@@ -141,6 +142,11 @@ def check_resume_folder(run_dir: Path) -> None:
         raise RunFolderError(f"resume={run_dir}: no such folder")
     if not run_dir.is_dir():
         raise RunFolderError(f"resume={run_dir} is not a folder")
+    if (run_dir / SWEEP_FILE).is_file():
+        raise RunFolderError(
+            f"resume={run_dir} holds a sweep ({SWEEP_FILE}): run the sweep's command again "
+            f"with hydra.sweep.dir={run_dir}, or resume one of its jobs' folders"
+        )
     if not (run_dir / ".hydra" / "config.yaml").is_file():
         raise RunFolderError(f"resume={run_dir} is not a run folder (no .hydra/config.yaml)")
     command = started_by(run_dir)
