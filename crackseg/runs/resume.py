@@ -332,6 +332,7 @@ def _started_config(run_dir: Path, checkpoint: Path | None) -> DictConfig:
     precision = OmegaConf.select(trained, "trainer.precision", default=None) if trained else None
     if precision is not None and "trainer" in saved:
         saved.trainer.precision = precision
+        log.info("precision: %s, as the run trained so far", precision)
     hydra = saved_hydra_file(run_dir, "hydra.yaml")
     started_in = OmegaConf.select(hydra, "hydra.runtime.cwd", default=None) if hydra else None
     if started_in and os.path.realpath(started_in) != os.path.realpath(os.getcwd()):
