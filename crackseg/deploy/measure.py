@@ -25,8 +25,8 @@ A crack is a connected region of the mask (8-connectivity); regions smaller than
   so the value in half-pixels is the width edge to edge in pixels. Exact for an
   axis-aligned crack of any width (1, 2, 3, ... px); for slanted cracks within about half
   a pixel of the width their pixels cover (area over length). Where the crack is wider
-  than ``2 * EXACT_HALF_WIDTH`` px, ``2d - 1`` from the plain distance transform ``d``
-  (within a pixel), so that a wide region costs no more than its own distance transform.
+  than ``2 * EXACT_HALF_WIDTH`` px, ``2d - 0.5`` from the plain distance transform ``d``
+  (within half a pixel), so that a wide region costs no more than its own distance transform.
   Mean and maximum over the skeleton.
 
 Millimetres are pixels times ``pixel_size_mm`` (the side of one pixel on the surface).
@@ -189,7 +189,7 @@ def _trace_to_junction(
 
 
 #: Half-widths (the distance transform at the skeleton, in pixels) up to which a width is
-#: measured to the half-pixel; wider, ``2d - 1`` is within a pixel of it.
+#: measured to the half-pixel; wider, ``2d - 0.5`` is within half a pixel of it.
 EXACT_HALF_WIDTH = 32
 #: The side, in pixels, of the blocks whose 2x-enlarged distance transform is taken at once:
 #: over a whole region it would take ~64 bytes per pixel of its bounding box.
@@ -198,9 +198,9 @@ WIDTH_BLOCK = 512
 
 def _widths(mask: np.ndarray, at: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """The crack's width at the skeleton pixels ``at``, in pixels: to the half-pixel where
-    it is at most ``2 * EXACT_HALF_WIDTH`` wide, ``2d - 1`` where it is wider."""
+    it is at most ``2 * EXACT_HALF_WIDTH`` wide, ``2d - 0.5`` where it is wider."""
     wide = at & (distance > EXACT_HALF_WIDTH)
-    widths = [2 * distance[wide] - 1]
+    widths = [2 * distance[wide] - 0.5]
     if (at & ~wide).any():
         widths.append(_half_pixel_widths(mask, at & ~wide, reach=EXACT_HALF_WIDTH))
     return np.concatenate(widths)
