@@ -368,9 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_for(args.toy)
     default_json = Path(tempfile.gettempdir()) / "crackseg-gpu-check-toy.json"
     json_path = args.json or (default_json if plan.toy else RESULTS)
-    if json_path.is_dir():
-        print(f"error: --json {json_path} is a folder; name the file to write", file=sys.stderr)
-        return 2
+    bench.refuse_unwritable_json(json_path)  # one error: line, exit 2
     if plan.toy:
         where = "the CPU" if plan.device == "cpu" else "the GPU"
         print(f"gpu-check: toy sizes on {where} (no CUDA device, or --toy)", file=sys.stderr)

@@ -24,8 +24,7 @@ from crackseg.error_lines import (
     root_cause,
 )
 from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, SweepStopped
-from crackseg.run_files import SWEEP_FILE
-from crackseg.runs.ownership import is_rank_zero
+from crackseg.runs.ownership import is_rank_zero, refuse_a_sweeps_folder
 from crackseg.setting_rules import as_override
 from crackseg.sweep.summary import MD_NAME, end_sweep, ended_sweeps, started_sweeps
 
@@ -57,19 +56,9 @@ def refuse_unusable_folder_overrides(args: list[str]) -> None:
             raise ConfigError(
                 f"{key}={folder}: Hydra does not expand ~; write {key}=$HOME{folder[1:]}"
             )
-        if key.lstrip("+~") == "hydra.run.dir" and _holds_a_sweep(Path(folder)):
+        if key.lstrip("+~") == "hydra.run.dir":
             # before Hydra writes the run's .hydra/ there, beside the sweep's jobs
-            raise ConfigError(
-                f"{folder} holds a sweep ({SWEEP_FILE}); a run goes into a folder of its "
-                "own: choose another hydra.run.dir"
-            )
-
-
-def _holds_a_sweep(folder: Path) -> bool:
-    try:
-        return (folder / SWEEP_FILE).is_file()
-    except OSError:  # a name too long, ...: worded where Hydra makes the folder
-        return False
+            refuse_a_sweeps_folder(Path(folder))
 
 
 def is_uncompleted_cluster_job(error: BaseException) -> bool:

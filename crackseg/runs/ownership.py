@@ -23,7 +23,7 @@ from crackseg.errors import RunFolderError
 from crackseg.run_files import LOCK_FILE, RUN_OUTPUTS, STATUS_FILE, SWEEP_FILE
 from crackseg.runs.hydra_run import OTHER_COMMANDS, started_by
 from crackseg.runs.job_log import accept_job_logs
-from crackseg.runs.status import holds_run, read_status
+from crackseg.runs.status import holds_run, holds_sweep, read_status
 
 #: Where Lightning reads a process's rank from until its Trainer sets it, first set first
 #: (lightning_fabric.utilities.rank_zero).
@@ -166,16 +166,22 @@ def used_by_another_command(folder: Path) -> bool:
     return holds_run(folder) or (Path(folder) / STATUS_FILE).exists()
 
 
+def refuse_a_sweeps_folder(folder: Path) -> None:
+    """A run goes into a folder of its own, not a sweep's (beside its jobs, a run would count
+    as one of them)."""
+    if holds_sweep(folder):
+        raise RunFolderError(
+            f"{folder} holds a sweep ({SWEEP_FILE}); a run goes into a folder of its own: "
+            "choose another hydra.run.dir"
+        )
+
+
 def refuse_files_of_others(folder: Path) -> None:
     """Refuse a folder that no crackseg command wrote (it has no status) holding files by
     the names a run writes: a folder of the user's given as ``hydra.run.dir``, whose
     ``report.md`` or ``metrics.json`` the run would overwrite."""
     folder = Path(folder)
-    if (folder / SWEEP_FILE).exists():
-        raise RunFolderError(
-            f"{folder} holds a sweep ({SWEEP_FILE}); a run goes into a folder of its own: "
-            "choose another hydra.run.dir"
-        )
+    refuse_a_sweeps_folder(folder)
     if (folder / STATUS_FILE).exists():
         return
     if found := [name for name in RUN_OUTPUTS if (folder / name).exists()]:

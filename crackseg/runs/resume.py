@@ -39,7 +39,13 @@ from crackseg.runs.hydra_run import (
 )
 from crackseg.runs.ownership import accept_run_folder, is_rank_zero, refuse_files_of_others
 from crackseg.runs.provenance import write_run_info
-from crackseg.runs.status import finished_status, holds_run, resume_checkpoint, write_status
+from crackseg.runs.status import (
+    finished_status,
+    holds_run,
+    holds_sweep,
+    resume_checkpoint,
+    write_status,
+)
 from crackseg.setting_rules import as_override
 
 if TYPE_CHECKING:
@@ -142,7 +148,7 @@ def check_resume_folder(run_dir: Path) -> None:
         raise RunFolderError(f"resume={run_dir}: no such folder")
     if not run_dir.is_dir():
         raise RunFolderError(f"resume={run_dir} is not a folder")
-    if (run_dir / SWEEP_FILE).is_file():
+    if holds_sweep(run_dir):
         raise RunFolderError(
             f"resume={run_dir} holds a sweep ({SWEEP_FILE}): run the sweep's command again "
             f"with hydra.sweep.dir={run_dir}, or resume one of its jobs' folders"

@@ -16,6 +16,7 @@ from crackseg.run_files import (
     LAST_CHECKPOINT,
     SLURM_CHECKPOINTS,
     STATUS_FILE,
+    SWEEP_FILE,
 )
 
 
@@ -65,6 +66,15 @@ def finished_status(folder: Path) -> dict[str, Any] | None:
     """The status of a run that already finished in this folder, if any."""
     status = read_status(folder)
     return status if status is not None and status.get("status") == "finished" else None
+
+
+def holds_sweep(folder: Path) -> bool:
+    """Whether ``folder`` is a sweep's (it holds the sweep's ``multirun.yaml``); False where
+    it cannot be looked at (a name too long: worded where the folder is made)."""
+    try:
+        return (Path(folder) / SWEEP_FILE).is_file()
+    except OSError:
+        return False
 
 
 def holds_run(folder: Path) -> bool:
