@@ -92,6 +92,8 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
 
         restore_signal_handlers()  # and the sweep's stopping mark, which is done with
         sweep_dir = list(started_sweeps)[-1] if started_sweeps else None
+        if not is_rank_zero():  # a DDP job's other process, which runs the sweep in step
+            sys.exit(EXIT_STOPPED)
         if sweep_dir is not None and sweep_dir.is_dir():
             end_sweep(sweep_dir)  # its summary, the stopped jobs counted as unfinished
             again = as_override("hydra.sweep.dir", sweep_dir)

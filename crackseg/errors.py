@@ -37,5 +37,5 @@ class SweepSettingsError(RunFolderError):
 
 
 class SweepStopped(KeyboardInterrupt):
-    """A local parallel sweep stopped by SIGTERM or Ctrl-C, its running jobs stopped with
-    their checkpoints (crackseg.runs.multirun.stop_side_by_side_jobs_together)."""
+    """A sweep stopped by SIGTERM between its jobs, or a local parallel one by SIGTERM or
+    Ctrl-C, its running jobs stopped with their checkpoints (crackseg.runs.multirun)."""

@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 from conftest import REPO, TINY, one_line_error, run_entry, run_tiny
+from helpers.stalled_runs import start_train, wait_for_stall
 
 
 def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
@@ -131,3 +132,31 @@ def test_a_stopped_ddp_run_stops_every_process_with_a_checkpoint(
     assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
     saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", weights_only=True)
     assert 0 < saved["epoch"] < 200
+
+
+def test_a_sigterm_during_the_last_test_batch_stops_every_process(tmp_path, tiny_data_dir):
+    """While testing, each process only notes a SIGTERM (the other may be inside a gather):
+    they agree on it after every test batch and stop together, the last batch too. The
+    processes noted it and tested on to the end: the run ended finished, exit 0."""
+    run_dir, marker = tmp_path / "run", tmp_path / "testing"
+    process = start_train(
+        marker,
+        *TINY,
+        *TWO_PROCESSES,
+        "trainer.max_epochs=1",
+        f"paths.data_dir={tiny_data_dir}",
+        f"hydra.run.dir={run_dir}",
+        "+callbacks.stall._target_=stall_callback.StallAt",
+        epoch=0,
+        batch="test",
+        new_session=True,
+    )
+    try:
+        wait_for_stall(process, marker)
+        process.send_signal(signal.SIGTERM)  # to the first process: it tells the other
+        assert process.wait(timeout=120) == 143
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    assert not (run_dir / "report.md").exists()

@@ -397,6 +397,42 @@ def test_a_sigterm_while_the_thresholds_are_chosen_stops_the_run(
     assert metrics_of(run_dir) == metrics_of(reference)
 
 
+def test_a_sigterm_during_the_last_test_batch_stops_a_sweep_before_its_next_job(
+    tiny_data_dir, tmp_path
+):
+    """Lightning finishes its test's last batch with a SIGTERM only noted: the job ended
+    finished and the sweep went on to its next job, as if no signal had come. It stops
+    after that batch, as after any other."""
+    sweep = tmp_path / "sweep"
+    command = ["-m", "seed=0,1", f"paths.data_dir={tiny_data_dir}", f"hydra.sweep.dir={sweep}"]
+    process = start_and_stall(tmp_path / "testing", *command, epoch=0, batch="test")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    assert process.stderr.read().strip().splitlines()[-1] == (
+        f"stopped: continue with the same command and hydra.sweep.dir={sweep}"
+    )
+    (job,) = [p for p in sweep.iterdir() if p.is_dir()]  # the second never started
+    assert json.loads((job / "status.json").read_text())["status"] == "interrupted"
+    assert not (job / "report.md").exists()
+    assert "1 jobs: 0 finished, 0 failed, 1 unfinished" in (sweep / "summary.md").read_text()
+
+
+def test_a_sigterm_between_a_sweeps_jobs_stops_it_as_ctrl_c():
+    """Between jobs (Hydra setting up the next) SIGTERM had its default action: the sweep's
+    process died at once, without its summary or a line."""
+    from crackseg.runs.multirun import restore_signal_handlers, stop_between_jobs_as_ctrl_c
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop_between_jobs_as_ctrl_c()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    finally:
+        restore_signal_handlers()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_moved_run_folder_resumes(reference, tiny_data_dir, tmp_path):
     """Run folders may be moved or copied (which does not keep the files' times): the new
     place is not a changed setting, and the checkpoint is chosen by its step."""

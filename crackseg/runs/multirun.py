@@ -109,6 +109,8 @@ class SweepChecksCallback(Callback):
             sys.exit(2)
         if runs_parallel_locally(config.get("hydra")):
             stop_side_by_side_jobs_together(Path(str(config.hydra.sweep.dir)))
+        else:
+            stop_between_jobs_as_ctrl_c()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         restore_signal_handlers()
@@ -124,6 +126,22 @@ def refuse_a_run_folder(sweep_dir: Path) -> None:
             f"{sweep_dir} holds a run; a sweep goes into a folder of its own: choose another "
             "hydra.sweep.dir"
         )
+
+
+def stop_between_jobs_as_ctrl_c() -> None:
+    """A SIGTERM to a sweep whose jobs run one after another in its process, between two
+    jobs (while Hydra sets up the next), or to the command waiting for a cluster's jobs,
+    stops it as Ctrl-C does: its summary written, one ``stopped:`` line, exit 143
+    (crackseg.cli). Its default action killed the process, leaving no summary. Inside a job
+    the job's own handler stops it (crackseg.runs.lifecycle.sigterm_as_ctrl_c); one while
+    the summary is written has it written again."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SweepStopped
+
+    _handlers_before_sweep.setdefault(signal.SIGTERM, signal.signal(signal.SIGTERM, stop))
 
 
 #: How long a local parallel sweep stopped by a signal waits for its jobs' clean stop (s).
@@ -167,15 +185,15 @@ def stop_side_by_side_jobs_together(sweep_dir: Path) -> None:
     )
 
 
-#: The SIGTERM and SIGINT handlers a local parallel sweep replaced, put back at its end,
-#: and its stopping mark's place, removed then.
+#: The SIGTERM and SIGINT handlers a sweep replaced, put back at its end, and a local
+#: parallel sweep's stopping mark's place, removed then.
 _handlers_before_sweep: dict[int, Any] = {}
 _stopping_marks: list[Path] = []
 
 
 def restore_signal_handlers() -> None:
-    """Put back the handlers :func:`stop_side_by_side_jobs_together` replaced, and remove
-    its stopping mark."""
+    """Put back the handlers :func:`stop_side_by_side_jobs_together` or
+    :func:`stop_between_jobs_as_ctrl_c` replaced, and remove the stopping mark."""
     for signum, handler in _handlers_before_sweep.items():
         signal.signal(signum, handler)
     _handlers_before_sweep.clear()

@@ -85,8 +85,8 @@ class StopCheckpoint(pl.Callback):
     # a metric's gather), the two wait on each other for ever. While training, each process
     # only notes the signal instead, and the processes agree on it after every training
     # batch and every validation, stopping together (crackseg.runs.trainer.stop_if_signalled
-    # agrees after a Lightning call). A validation or test after training, which saves no
-    # checkpoint, stops as Lightning has it on a single process.
+    # agrees after a Lightning call), and after every test batch. A validation after
+    # training, which saves no checkpoint, stops as Lightning has it on a single process.
     def _hold_sigterm(self, trainer: pl.Trainer) -> None:
         held = trainer.world_size > 1 or trainer.state.fn == TrainerFn.FITTING
         if held and threading.current_thread() is threading.main_thread():
@@ -139,6 +139,19 @@ class StopCheckpoint(pl.Callback):
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hold_sigterm(trainer)
+
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        self._stop_if_agreed(trainer)  # Lightning stops the test after this batch, unless last
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning finishes its last batch with the signal only noted: the run would end
+        # finished, and a sweep go on to its next job. It stops here instead, before the
+        # test's metrics and report, as after any other batch.
+        self._stop_if_agreed(trainer)
+        if trainer.received_sigterm:
+            raise SIGTERMException
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any

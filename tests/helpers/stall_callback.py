@@ -7,9 +7,10 @@ of that epoch's validation while training; BATCH=val: after that epoch's validat
 logged, before any checkpoint of it is saved; BATCH=setup: while the training is set up,
 before Lightning's loops and their SIGTERM handler; BATCH=chosen: at the end of the
 validation after training that chooses the thresholds, where Lightning only notes a
-SIGTERM (EPOCH ignored by both). There it writes MARKER and waits (up to two minutes) for
-the test to send a signal, so the signal lands at a known point of the run, or to delete
-MARKER, which lets it go on.
+SIGTERM; BATCH=test: as the test's last batch starts, which Lightning finishes with a
+SIGTERM only noted (EPOCH ignored by these three). There it writes MARKER and waits (up
+to two minutes) for the test to send a signal, so the signal lands at a known point of the
+run, or to delete MARKER, which lets it go on.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ class StallAt(pl.Callback):
         epoch, where, marker = point
         if trainer.current_epoch == epoch and where == f"v{batch_idx}":
             _stall(trainer, marker, f"epoch {epoch} validation batch {batch_idx}")
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
+        point = _stall_point()
+        last = batch_idx == trainer.num_test_batches[0] - 1
+        if point is not None and point[1] == "test" and last:
+            _stall(trainer, point[2], "testing its last batch")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         point = _stall_point()
