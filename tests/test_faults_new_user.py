@@ -347,7 +347,8 @@ FINISHED_RUN = [*TINY, "trainer.max_epochs=1"]
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> dict[str, Path]:
-    """A finished one-epoch run, a prediction made with its weights, and a dataset folder."""
+    """A finished one-epoch run, a prediction made with its weights, a dataset folder and a
+    folder of the user's."""
     base = tmp_path_factory.mktemp("refusals")
     data_dir, run_dir, predicted = base / "data", base / "run", base / "predicted"
     result = run_entry(
@@ -364,9 +365,13 @@ def finished(tmp_path_factory) -> dict[str, Path]:
         "predict", f"ckpt_path={checkpoint}", f"input={photos}", f"hydra.run.dir={predicted}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    users = base / "users"  # a folder of the user's, with a file by a name a run writes
+    users.mkdir()
+    (users / "report.md").write_text("the user's own report\n")
     return {
         "data_dir": data_dir,
         "run": run_dir,
+        "users": users,
         "checkpoint": checkpoint,
         "predicted": predicted,
         "dataset": dataset,
@@ -401,6 +406,13 @@ REFUSALS = {
             "seed=3",
         ),
         "already finished, with other settings (data.seed: 0 -> 3; seed: 0 -> 3)",
+    ),
+    # Refused once Hydra had saved .hydra/ there: resume= of the folder then took it for a
+    # run killed early, and its report.md overwrote the user's.
+    "a run into a folder of the user's": (
+        "users",
+        lambda f: ("train", *FINISHED_RUN, f"hydra.run.dir={f['users']}"),
+        "holds files that are not a run's, which it would overwrite (report.md)",
     ),
     "predict into a run": (
         "run",

@@ -239,14 +239,22 @@ def refuse_used_folder_before_lock(
 ) -> None:
     """An evaluation, prediction or export refuses a folder holding a run or a prediction
     before it locks the folder, so the refused command creates nothing there (not even the
-    lock file). One that another live process holds is refused by the lock, naming it. A
-    finished job of a sweep run again with ``skip_finished=true`` is left to
-    crackseg.runs.lifecycle.run_task, which skips it."""
+    lock file); a training, a folder of the user's holding files by the names a run writes
+    (which a later ``resume=`` would have taken for a run's). One that another live process
+    holds is refused by the lock, naming it. A finished job of a sweep run again with
+    ``skip_finished=true`` is left to crackseg.runs.lifecycle.run_task, which skips it."""
     from crackseg.runs.hydra_run import in_multirun
-    from crackseg.runs.ownership import held_by_another_process, refuse_used_folder
+    from crackseg.runs.ownership import (
+        held_by_another_process,
+        refuse_files_of_others,
+        refuse_used_folder,
+    )
     from crackseg.runs.status import finished_status
 
-    if job_name in (None, "train") or held_by_another_process(output_dir):
+    if job_name is None or held_by_another_process(output_dir):
+        return
+    if job_name == "train":
+        refuse_files_of_others(Path(output_dir))
         return
     if skip_finished and in_multirun() and finished_status(Path(output_dir)) is not None:
         return
