@@ -134,14 +134,20 @@ NOT_OVERRIDDEN = re.compile(r"Could not override '(?P<key>[^']+)'")
 
 def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
     """``data.dilat is not a setting (did you mean data.dilate?)``: a key Hydra cannot
-    override in a block whose settings crackseg knows, where Hydra's advice to add it with
-    ``+`` would only be refused next (nothing reads it); None for other errors."""
+    override in a block whose settings crackseg knows, or at the top of a command's config,
+    where Hydra's advice to add it with ``+`` would only be refused next, or ignored
+    (nothing reads it); in any other block (``trainer``, whose added keys go to Lightning's
+    Trainer) only where a setting of that block is close to it. None for other errors."""
     match = NOT_OVERRIDDEN.match(text)
     if match is None or "not in struct" not in str(cause):
         return None
     from crackseg.data.data_settings import closest_setting, data_keys
 
     block, _, name = match["key"].lstrip("+~").rpartition(".")
+    siblings = getattr(cause, "parent_node", None)
+    here = [key for key in siblings if key not in ("hydra", "_target_")] if siblings else []
+    if not block:
+        return f"{name} is not a setting{closest_setting('', name, sorted(here))}"
     if block.split(".")[0] == "data":
         known = (
             data_keys(block) if block in ("data", "data.augment", "data.extra_segmented") else None
@@ -151,7 +157,8 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
 
         known = sorted(SETTINGS_BLOCKS[block]) if block in SETTINGS_BLOCKS else None
     if not known:
-        return None
+        close = closest_setting(block, name, here)
+        return f"{block}.{name} is not a setting{close}" if "did you mean" in close else None
     if name in known:  # a setting of other configs than the one chosen
         having = [f"data={c}" for c in data_configs_with(name)] if block == "data" else []
         if not having:

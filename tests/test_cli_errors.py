@@ -50,10 +50,10 @@ def options_on_disk(group: str) -> list[str]:
             "error: Could not override 'sweep'. No match in the defaults list;"
             " to append to your default list use +sweep=dilate",
         ),
-        (
-            ("nokey=1",),
-            "error: Could not override 'nokey': Key 'nokey' is not in struct;"
-            " to append to your config use +nokey=1",
+        (  # a key added to the Trainer's block is passed to Lightning's Trainer
+            ("trainer.nokey=1",),
+            "error: Could not override 'trainer.nokey': Key 'nokey' is not in struct;"
+            " to append to your config use +trainer.nokey=1",
         ),
     ],
 )
@@ -69,11 +69,42 @@ def test_hydras_advice_stays_on_the_error_line(tmp_path, overrides, expected):
         ("loss.delta=1", "error: loss.delta is not a setting (did you mean loss.delta_cls?)"),
         ("data.zzz=1", "error: data.zzz is not a setting (known: all_as_test, augment, "),
         ("data.dagm_class=2", "error: data.dagm_class is not a setting of this config (data=dagm)"),
+        ("seeed=1", "error: seeed is not a setting (did you mean seed?)"),
+        ("nokey=1", "error: nokey is not a setting (known: callbacks, data, logger, loss, "),
+        ("trainer.max_epoch=1", "error: trainer.max_epoch is not a setting (did you mean "),
+        # added with +, as Hydra advised, it was one nothing read: the run trained with seed 0
+        ("-m", "error: +seeed=0,1 adds a setting nothing reads (did you mean seed?)"),
     ],
 )
 def test_a_mistyped_setting_is_named_with_the_one_meant(tmp_path, override, expected):
-    """Not Hydra's advice to add the key with +, which would only be refused next."""
-    assert refused_train(tmp_path, override).startswith(expected)
+    """Not Hydra's advice to add the key with +, which would only be refused next, or
+    ignored."""
+    overrides = ("-m", "+seeed=0,1") if override == "-m" else (override,)
+    assert refused_train(tmp_path, *overrides).startswith(expected)
+
+
+def test_a_setting_added_that_nothing_reads_is_refused(tmp_path):
+    for number, (command, typed, expected) in enumerate(
+        (
+            ("train", "+seeed=1", "+seeed=1 adds a setting nothing reads (did you mean seed?)"),
+            (
+                "predict",
+                "pixel_size=0.2",
+                "pixel_size is not a setting (did you mean pixel_size_mm?)",
+            ),
+            (
+                "predict",
+                "+pixel_size=0.2",
+                "+pixel_size=0.2 adds a setting nothing reads (did you ",
+            ),
+            ("export", "+output=m.onnx", "+output=m.onnx adds a setting nothing reads (known: "),
+        )
+    ):
+        needed = {"train": [], "predict": ["ckpt_path=x", "input=x"], "export": ["ckpt_path=x"]}
+        run_dir = tmp_path / str(number)
+        result = run_entry(command, *needed[command], typed, f"hydra.run.dir={run_dir}")
+        assert result.returncode == 2
+        assert one_line_error(result).startswith(f"error: {expected}"), (command, typed)
 
 
 def test_a_list_of_values_without_multirun_says_to_add_it(tmp_path):

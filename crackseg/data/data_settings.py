@@ -188,10 +188,11 @@ def data_keys(block: str = "data") -> list[str]:
 
 
 def closest_setting(block: str, key: str, known: list[str]) -> str:
-    """`` (did you mean BLOCK.NAME?)`` for the known setting closest to a mistyped ``key``,
-    else `` (known: ...)``."""
+    """`` (did you mean BLOCK.NAME?)`` for the known setting closest to a mistyped ``key``
+    (``NAME`` at the top of a config, ``block`` empty), else `` (known: ...)``."""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    return f" (did you mean {block}.{close[0]}?)" if close else f" (known: {', '.join(known)})"
+    prefix = f"{block}." if block else ""
+    return f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(known)})"
 
 
 def _refuse(unknown: list[str]) -> None:

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from crackseg.data.data_settings import closest_setting
 from crackseg.error_lines import is_expected_error, one_line, print_line, root_cause
 from crackseg.errors import (
     EXIT_STOPPED,
@@ -69,6 +70,8 @@ def run_task(
     multirun = in_multirun()
     try:
         check_job_placement(output_dir, multirun)
+        if HydraConfig.initialized():
+            refuse_added_settings_nothing_reads(cfg, HydraConfig.get())
     except ConfigError as refused:  # recorded in the folder Hydra made, not the one typed
         hydra_dir = Path(HydraConfig.get().runtime.output_dir)
         accept_a_new_folder(hydra_dir)
@@ -138,6 +141,21 @@ def check_job_placement(output_dir: Path, multirun: bool) -> None:
             f"the config sweeps over {', '.join(swept)} (hydra.sweeper.params), which a "
             "single run ignores: add -m (--multirun)"
         )
+
+
+def refuse_added_settings_nothing_reads(cfg: DictConfig, hydra: DictConfig) -> None:
+    """A key added at the top of a command's config (``+seeed=1``, where Hydra advises
+    ``+`` for a key it lacks) is one nothing reads: the run went on with the setting meant
+    at its default. A config group added so (``+sweep=dilate``) is a choice, not a key.
+    ``hydra`` is the run's Hydra config (HydraConfig, or a multirun's ``hydra`` node)."""
+    for override in hydra.overrides.task:
+        key = override_key(override)
+        added = override.startswith("+") and not override.startswith("++")
+        if added and "." not in key and key not in hydra.runtime.choices:
+            known = sorted(k for k in cfg if k not in (key, "hydra"))
+            raise ConfigError(
+                f"{override} adds a setting nothing reads{closest_setting('', key, known)}"
+            )
 
 
 def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:

@@ -45,7 +45,7 @@ from crackseg.runs.hydra_run import (
     started_by,
     sweep_command,
 )
-from crackseg.runs.lifecycle import ran_with_other_settings
+from crackseg.runs.lifecycle import ran_with_other_settings, refuse_added_settings_nothing_reads
 from crackseg.runs.ownership import (
     claim_run_folder,
     held_by_another_process,
@@ -94,6 +94,7 @@ class SweepChecksCallback(Callback):
             check_search_and_launcher(config)
             check_devices_per_job(config)
             check_config(config)
+            refuse_added_settings_nothing_reads(config, config.hydra)
             params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
             refuse_extra_count_without_ranking(config, [*task, *map(str, params)], swept)
             refuse_missing_data(config, task, swept)
