@@ -9,13 +9,16 @@ from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
-from crackseg.deploy.predict_folder import predict_folder
 from crackseg.runs.lifecycle import run_task
 from crackseg.runs.ownership import accept_folder_of_its_own
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict into a folder of its own: never one holding a run or another prediction."""
+    # Imported once the command is accepted: the network and its metrics take a second to
+    # load, which a command refused for its settings never needs.
+    from crackseg.deploy.predict_folder import predict_folder
+
     accept_folder_of_its_own(cfg.paths.output_dir)
     return predict_folder(cfg)
 

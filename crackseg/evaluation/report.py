@@ -21,7 +21,6 @@ from omegaconf import OmegaConf
 
 from crackseg.atomic import atomic_write_text
 from crackseg.data.splits import SET_ROWS, set_table
-from crackseg.evaluation.metrics import DEFAULT_THRESHOLD
 from crackseg.markdown import markdown_table
 from crackseg.paper_settings import weak_run_departures
 from crackseg.run_files import DICE_PANELS_DIR, PR_FIGURE, REPORT_FILE, ROC_FIGURE
@@ -315,6 +314,10 @@ def _test_metrics_section(
     metrics: Mapping[str, Any], chosen_on: str, validated_on_test: bool
 ) -> list[str]:
     """Image-level metrics, the published protocol's counts, Dice and IoU, the thresholds."""
+    # Imported here: the metrics load torchmetrics (a second to start), which the command
+    # line's checks, importing this module for its settings table, never need.
+    from crackseg.evaluation.metrics import DEFAULT_THRESHOLD
+
     lines = ["", "## Test metrics", ""]
     how = "the best F-measure there"
     chosen_split = "test" if validated_on_test else "val"
