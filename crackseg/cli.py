@@ -68,6 +68,14 @@ def is_uncompleted_cluster_job(error: BaseException) -> bool:
     return kind.__name__ == "UncompletedJobError" and kind.__module__.startswith("submitit")
 
 
+def restore_sweep_handlers() -> None:
+    """The signal handlers a sweep replaced put back, and its stopping mark removed, before
+    its summary is written past Hydra's end of the multirun."""
+    from crackseg.runs.multirun import restore_signal_handlers  # loads the sweep's checks
+
+    restore_signal_handlers()
+
+
 def run_hydra_main(main: Callable[[], Any]) -> None:
     """Call a ``@hydra.main`` function; a bad command line or config is one line, exit 2.
 
@@ -88,9 +96,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     except (SweepStopped, KeyboardInterrupt):
         # KeyboardInterrupt: Ctrl-C outside any job, where no handler of crackseg's turns it
         # into a stop (the command of a cluster sweep waiting for its jobs, which go on there)
-        from crackseg.runs.multirun import restore_signal_handlers
-
-        restore_signal_handlers()  # and the sweep's stopping mark, which is done with
+        restore_sweep_handlers()  # and the sweep's stopping mark, which is done with
         sweep_dir = list(started_sweeps)[-1] if started_sweeps else None
         if not is_rank_zero():  # a DDP job's other process, which runs the sweep in step
             sys.exit(EXIT_STOPPED)
@@ -105,6 +111,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         # A job of a sweep run one after another was stopped: it said how to go on, and
         # the sweep ends here, past Hydra's end of a multirun, which writes the summary.
         if ended.code == EXIT_STOPPED and started_sweeps and is_rank_zero():
+            restore_sweep_handlers()  # a second SIGTERM while it is written: the default
             end_sweep(list(started_sweeps)[-1])
         raise
     except (HydraException, OmegaConfBaseException, OSError, CracksegError) as raised:
@@ -127,6 +134,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         if not is_uncompleted_cluster_job(raised) or not started_sweeps:
             raise
         print_line(f"a cluster job ended without a result: {one_line(raised)}")
+        restore_sweep_handlers()
         end_sweep(list(started_sweeps)[-1])
     except ValueError as raised:
         if str(raised).startswith(HYDRA_MODES_EXCLUSIVE):  # `-m ... --cfg job`
@@ -136,6 +144,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         # sweep ends as one whose jobs failed, with its summary.
         if str(raised) != NO_TRIAL_COMPLETED or not started_sweeps:
             raise
+        restore_sweep_handlers()
         end_sweep(list(started_sweeps)[-1])
     for sweep_dir, jobs, failed, unfinished in ended_sweeps:
         if jobs is None:

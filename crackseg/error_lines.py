@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import os
 import re
 import sys
@@ -157,6 +158,8 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
 
         known = sorted(SETTINGS_BLOCKS[block]) if block in SETTINGS_BLOCKS else None
     if not known:
+        if siblings and _accepts(siblings.get("_target_"), name):
+            return None  # an argument of the class the block builds: added with +, it is taken
         close = closest_setting(block, name, here)
         return f"{block}.{name} is not a setting{close}" if "did you mean" in close else None
     if name in known:  # a setting of other configs than the one chosen
@@ -165,6 +168,20 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
             return None  # Hydra's advice (+key=value) holds: something reads that key
         return f"{block}.{name} is not a setting of this config ({', '.join(having)})"
     return f"{block}.{name} is not a setting{closest_setting(block, name, known)}"
+
+
+def _accepts(target: object, name: str) -> bool:
+    """Whether the class or function a config's ``_target_`` names takes an argument
+    ``name`` (Lightning's Trainer takes ``max_steps``, which conf/trainer/ does not set)."""
+    if not isinstance(target, str):
+        return False
+    from hydra.utils import get_object
+
+    try:
+        parameters = inspect.signature(get_object(target)).parameters.values()
+    except Exception:  # a target that cannot be imported is its own error, later
+        return False
+    return any(p.name == name or p.kind == p.VAR_KEYWORD for p in parameters)
 
 
 def data_configs_with(key: str) -> list[str]:

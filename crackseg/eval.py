@@ -62,6 +62,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from crackseg.callbacks import EvaluationReport
     from crackseg.data.datamodule import CrackDataModule
     from crackseg.runs.trainer import build_trainer, stop_if_signalled
+    from crackseg.runs.training_control import StopCheckpoint
 
     if cfg.thresholds == "checkpoint":
         remedy = f"evaluate it with thresholds=validation, or {VALIDATED_CHECKPOINT}"
@@ -89,7 +90,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         counts_segmented=own_training_split,
         trained_ids=trained_sample_ids(cfg.ckpt_path, data, trained.get("data")),
     )
-    trainer = build_trainer(cfg, [report])
+    # StopCheckpoint saves nothing here (there is no training): a SIGTERM stops the test
+    # after its batch under way, the last one too, every DDP process together.
+    trainer = build_trainer(cfg, [report, StopCheckpoint(str(output_dir))])
 
     if cfg.thresholds == "validation":
         trainer.validate(module, datamodule=datamodule, verbose=False)

@@ -55,6 +55,11 @@ def options_on_disk(group: str) -> list[str]:
             "error: Could not override 'trainer.nokey': Key 'nokey' is not in struct;"
             " to append to your config use +trainer.nokey=1",
         ),
+        (  # one of its arguments, not a misspelt trainer.max_epochs
+            ("trainer.max_steps=5",),
+            "error: Could not override 'trainer.max_steps': Key 'max_steps' is not in struct;"
+            " to append to your config use +trainer.max_steps=5",
+        ),
     ],
 )
 def test_hydras_advice_stays_on_the_error_line(tmp_path, overrides, expected):

@@ -933,6 +933,33 @@ def test_a_validation_under_way_ends_before_the_stop_unless_signalled_twice(
     assert saved["epoch"] == (2 if count == 1 else 1)  # after epoch 1's end, or inside it
 
 
+class _SignalAtLastTestBatch(BoringModel):
+    def test_step(self, batch, batch_idx):
+        if batch_idx == self.trainer.num_test_batches[0] - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().test_step(batch, batch_idx)
+
+    def on_test_epoch_end(self):
+        self.tested = True
+
+
+def test_a_sigterm_during_the_last_test_batch_stops_the_test_before_its_end(tmp_path):
+    """As crackseg-eval tests: Lightning finished the test with the signal only noted, and
+    the evaluation ended finished, its report written, as if no signal had come."""
+    model = _SignalAtLastTestBatch()
+    trainer = pl.Trainer(
+        limit_test_batches=3,
+        callbacks=[StopCheckpoint(str(tmp_path))],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(SIGTERMException):
+        trainer.test(model, verbose=False)
+    assert not hasattr(model, "tested")
+    assert not (tmp_path / "interrupted.ckpt").exists()  # nothing trained: nothing to save
+
+
 def test_a_failed_fit_leaves_ctrl_c_as_it_was(tmp_path):
     """Lightning restores, after its call, the handlers it found at its start: the first
     Ctrl-C's handler is taken after that, so a failed fit does not leave it behind."""

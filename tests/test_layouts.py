@@ -239,7 +239,7 @@ def test_the_crack_segmentation_archive_gives_its_flat_set_or_its_split(tmp_path
         _pair(tmp_path / split, "a_crack" if split == "train" else "noncrack_1", split == "train")
     with caplog.at_level(logging.WARNING):
         assert sorted(index_layout("crack_segmentation", tmp_path)) == ["test", "train"]
-    assert "the flat images/ beside them is not read (+data.layout_options.splits=flat" in (
+    assert "the flat images/ beside them is not read (++data.layout_options.splits=flat" in (
         caplog.text
     )
     flat = index_layout("crack_segmentation", tmp_path, splits="flat")

@@ -175,7 +175,7 @@ def _crack_segmentation(
         if flat:
             log.warning(
                 "crack_segmentation: reading the split folders %s of %s; the flat images/ "
-                "beside them is not read (+data.layout_options.splits=flat reads it, as the "
+                "beside them is not read (++data.layout_options.splits=flat reads it, as the "
                 "seed run does)",
                 ", ".join(f"{s}/" for s in split_dirs),
                 root,

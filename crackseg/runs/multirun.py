@@ -135,7 +135,8 @@ def stop_between_jobs_as_ctrl_c() -> None:
     stops it as Ctrl-C does: its summary written, one ``stopped:`` line, exit 143
     (crackseg.cli). Its default action killed the process, leaving no summary. Inside a job
     the job's own handler stops it (crackseg.runs.lifecycle.sigterm_as_ctrl_c); one while
-    the summary is written has it written again."""
+    Hydra's end of the sweep writes the summary has it written again (crackseg.cli puts the
+    handler back before it writes one itself)."""
     if threading.current_thread() is not threading.main_thread():
         return
 
