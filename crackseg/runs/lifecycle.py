@@ -148,10 +148,11 @@ def refuse_added_settings_nothing_reads(cfg: DictConfig, hydra: DictConfig) -> N
     ``+`` for a key it lacks) is one nothing reads: the run went on with the setting meant
     at its default. A config group added so (``+sweep=dilate``) is a choice, not a key.
     ``hydra`` is the run's Hydra config (HydraConfig, or a multirun's ``hydra`` node)."""
-    for override in hydra.overrides.task:
+    choices = OmegaConf.to_container(hydra.runtime.choices)
+    for override in OmegaConf.to_container(hydra.overrides.task):  # as typed, unresolved
         key = override_key(override)
         added = override.startswith("+") and not override.startswith("++")
-        if added and "." not in key and key not in hydra.runtime.choices:
+        if added and "." not in key and key not in choices:
             known = sorted(k for k in cfg if k not in (key, "hydra"))
             raise ConfigError(
                 f"{override} adds a setting nothing reads{closest_setting('', key, known)}"
