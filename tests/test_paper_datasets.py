@@ -213,6 +213,13 @@ def test_dagm_class_is_a_data_setting(tmp_path):
     assert len(splits["train"]) == 4 and len(splits["test"]) == 4 and splits["val"] == []
     with pytest.raises(ConfigError, match="data.dagm_class must be a class number"):
         CrackDataModule.from_config({"root": str(root), "dagm_class": 0, **common})
+    # a published split file's fold is its class: another fold would mislabel the run
+    split = tmp_path / "class2.csv"
+    datamodule.data_split.save(split)
+    with pytest.raises(ConfigError, match="data.fold=5 against data.dagm_class=2"):
+        CrackDataModule.from_config(
+            {"root": str(root), "dagm_class": 2, "split_file": str(split), "fold": 5, **common}
+        )
 
 
 def test_a_grey_paper_dataset_trains_from_its_datamodule(tmp_path):

@@ -132,6 +132,9 @@ def test_split_csv_round_trip(tmp_path):
     # a fold beside a split file names the published fold it holds: the file decides
     named = resolve_splits({"all": samples}, 0.2, 0.2, seed=0, split_file=path, fold=2)
     assert _ids(named) == _ids(splits)
+    for fold in ("abc", -1, 1.5):  # no fold's name: the sweep's fold join would be wrong
+        with pytest.raises(ConfigError, match="data.fold names the published fold"):
+            resolve_splits({"all": samples}, 0.2, 0.2, seed=0, split_file=path, fold=fold)
 
 
 def test_a_split_file_gives_back_names_that_are_not_utf8(tmp_path):

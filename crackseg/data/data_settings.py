@@ -227,6 +227,12 @@ def _dagm_class(data: dict[str, Any]) -> None:
     value = data.pop("dagm_class")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"data.dagm_class must be a class number 1..10, not {value!r}")
+    fold = data.get("fold")
+    if data.get("split_file") and fold is not None and fold != value:
+        raise ConfigError(
+            f"data.fold={fold} against data.dagm_class={value}: a DAGM split file's fold is "
+            "its class (import-split --fold K is ClassK); drop data.fold"
+        )
     options = data.get("layout_options") or {}
     if options.get("class_id", value) != value:
         raise ConfigError(

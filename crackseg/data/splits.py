@@ -124,6 +124,11 @@ def resolve_splits(
                 "data.split_file fixes the split already: drop data.num_folds "
                 "(a published split holds one fold: crackseg-data import-split --fold)"
             )
+        if fold is not None and (not is_integer(fold) or fold < 0):
+            raise ConfigError(
+                f"data.fold names the published fold data.split_file holds (import-split "
+                f"--fold): a number >= 0, not {fold!r}"
+            )
         splits = _splits_from_file(indexed, Path(split_file), val_fraction, seed)
         _check_train_positives(splits["train"], train_positives, f"split file {split_file}")
         return splits

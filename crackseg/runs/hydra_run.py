@@ -86,4 +86,6 @@ def in_multirun() -> bool:
 def typed_overrides() -> list[str]:
     """The overrides typed for this job (a sweep's job: with its own swept values); none
     outside a Hydra run."""
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if not HydraConfig.initialized():
+        return []
+    return OmegaConf.to_container(HydraConfig.get().overrides.task)  # as typed, unresolved
