@@ -249,12 +249,13 @@ def refuse_used_folder_before_lock(
         refuse_files_of_others,
         refuse_used_folder,
     )
-    from crackseg.runs.status import finished_status
+    from crackseg.runs.status import finished_status, holds_run
 
     if job_name is None or held_by_another_process(output_dir):
         return
     if job_name == "train":
-        refuse_files_of_others(Path(output_dir))
+        if not holds_run(Path(output_dir)):  # as crackseg.runs.resume.prepare_training_run
+            refuse_files_of_others(Path(output_dir))
         return
     if skip_finished and in_multirun() and finished_status(Path(output_dir)) is not None:
         return
