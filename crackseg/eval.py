@@ -29,6 +29,7 @@ from crackseg.runs.trained_settings import (
     refuse_model_settings,
     refuse_other_data_unnamed,
     reported_config,
+    take_trained_generator,
     take_trained_shape,
     take_trained_split,
     trained_sample_ids,
@@ -72,6 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_input_shape(module, data.input_channels, data.input_height, data.input_width)
     trained = trained_run_config(module)
     refuse_other_data_unnamed(data, trained.get("data"), typed)
+    take_trained_generator(data, trained.get("data"), typed)
     take_trained_split(data, trained.get("data"), typed)
     cfg.trainer.precision = evaluation_precision(
         cfg.trainer.precision,

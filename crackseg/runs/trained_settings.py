@@ -1,7 +1,7 @@
 """What ``crackseg-eval`` takes from the training run of the weights it evaluates: the
-input shape they expect, on their own data the test split their run held out and the
-training split's counts of segmented and weak positives, and the run parameters reported
-(theirs, with the data evaluated here)."""
+input shape they expect, the generator's settings of generated data, on their own data the
+test split their run held out and the training split's counts of segmented and weak
+positives, and the run parameters reported (theirs, with the data evaluated here)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,24 @@ def refuse_other_data_unnamed(
         f"(crackseg-eval's default is the {data.get('name')} data): name the data to "
         "evaluate them on, data=NAME data.root=DIR, or the experiment=NAME they trained with"
     )
+
+
+def take_trained_generator(data: DictConfig, trained: DictConfig | None, typed: set[str]) -> None:
+    """Generated data (``data=synthetic``), with no other data named, is the weights' own:
+    their generator's settings (image counts, seed) are taken, but for those typed, so the
+    folder evaluated is their run's and its test split the one it held out. With the
+    default counts another folder was generated, holding some of their training images
+    under other splits, and scored without a word."""
+    named = any(k in NAMING_THE_DATA for k in typed)
+    generator = trained.get("synthetic") if trained else None
+    if named or not generator or trained.get("name") != data.get("name"):
+        return
+    if data.get("synthetic") is None:
+        return
+    for key, value in generator.items():
+        if f"data.synthetic.{key}" not in typed and data.synthetic.get(key) != value:
+            log.info("data.synthetic.%s: %s, the checkpoint's", key, value)
+            data.synthetic[key] = value
 
 
 def refuse_model_settings(typed: set[str]) -> None:
