@@ -160,3 +160,5 @@ def test_a_sigterm_during_the_last_test_batch_stops_every_process(tmp_path, tiny
             os.killpg(process.pid, signal.SIGKILL)
     assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
     assert not (run_dir / "report.md").exists()
+    said = [line for line in process.stderr.read().splitlines() if line.startswith("stopped:")]
+    assert said == [f"stopped: continue with crackseg-train resume={run_dir}"]  # once, not twice

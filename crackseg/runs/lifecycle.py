@@ -76,7 +76,7 @@ def run_task(
         hydra_dir = Path(HydraConfig.get().runtime.output_dir)
         accept_a_new_folder(hydra_dir)
         _record(hydra_dir, "failed", error=one_line(refused))
-        print_line(f"error: {refused}")
+        tell_user(f"error: {refused}")
         sys.exit(2)
     try:
         # Held since Hydra set up the job's log (crackseg.runs.resolvers.job_log); claimed here
@@ -111,6 +111,13 @@ def run_task(
     finally:
         release_run_folder(output_dir)  # the next job of a sweep may run in this process
         forget_new_run_folders()
+
+
+def tell_user(line: str) -> None:
+    """The command's one ``error:`` or ``stopped:`` line, from its first process only: under
+    DDP every process ends the command, and each said it."""
+    if is_rank_zero():
+        print_line(line)
 
 
 def check_job_placement(output_dir: Path, multirun: bool) -> None:
@@ -178,7 +185,7 @@ def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
         _record(output_dir, "failed", error=one_line(error))
     if not multirun:
         if expected:
-            print_line(f"error: {one_line(error)}")
+            tell_user(f"error: {one_line(error)}")
             log_traceback_to_file(output_dir, raised)
             sys.exit(2)
         raise raised
@@ -191,13 +198,13 @@ def _end_stopped(output_dir: Path, message: str | None, multirun: bool) -> None:
     """A command stopped by SIGTERM or Ctrl-C: its status, how to go on, exit 143."""
     _record(output_dir, "interrupted")
     if message is not None:
-        print_line(f"stopped: {message}")
+        tell_user(f"stopped: {message}")
     elif multirun:
         sweep_dir = HydraConfig.get().sweep.dir
         again = as_override("hydra.sweep.dir", sweep_dir)
-        print_line(f"stopped: continue with the same command and {again}")
+        tell_user(f"stopped: continue with the same command and {again}")
     else:
-        print_line(f"stopped: continue with crackseg-train {as_override('resume', output_dir)}")
+        tell_user(f"stopped: continue with crackseg-train {as_override('resume', output_dir)}")
     sys.exit(EXIT_STOPPED)
 
 

@@ -104,10 +104,13 @@ class StopCheckpoint(pl.Callback):
         launcher = self._trainer.strategy.launcher if self._trainer is not None else None
         if launcher is not None:  # the first process started the others: they stop too
             launcher.kill(signum)
-        log.warning(
-            "stop requested: training stops after the batch under way (a validation or test "
-            "under way ends first)"
-        )
+        if self._trainer is not None and self._trainer.state.fn == TrainerFn.TESTING:
+            log.warning("stop requested: the test stops after the batch under way")
+        else:
+            log.warning(
+                "stop requested: training stops after the batch under way (a validation "
+                "under way ends first)"
+            )
 
     def _stop_if_agreed(self, trainer: pl.Trainer) -> None:
         """Every process at once: Lightning stops them all at its next check."""
