@@ -162,3 +162,16 @@ def test_a_sigterm_during_the_last_test_batch_stops_every_process(tmp_path, tiny
     assert not (run_dir / "report.md").exists()
     said = [line for line in process.stderr.read().splitlines() if line.startswith("stopped:")]
     assert said == [f"stopped: continue with crackseg-train resume={run_dir}"]  # once, not twice
+
+
+def test_a_stop_is_said_by_the_first_process_and_an_error_by_each(monkeypatch, capsys):
+    """Every process is stopped, and the first says so; an error may be one process's alone
+    (its GPU out of memory), and Lightning ends the first without a word: each says its own."""
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    from crackseg.runs.lifecycle import tell_user
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
+    tell_user("stopped: continue with crackseg-train resume=run")
+    tell_user("error: out of memory on the GPU")
+    assert capsys.readouterr().err == "error: process 1: out of memory on the GPU\n"

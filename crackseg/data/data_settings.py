@@ -230,7 +230,7 @@ def _dagm_class(data: dict[str, Any]) -> None:
     fold = data.get("fold")
     if data.get("split_file") and fold is not None and fold != value:
         raise ConfigError(
-            f"data.fold={fold} against data.dagm_class={value}: a DAGM split file's fold is "
+            f"data.fold={fold!r} against data.dagm_class={value}: a DAGM split file's fold is "
             "its class (import-split --fold K is ClassK); drop data.fold"
         )
     options = data.get("layout_options") or {}

@@ -35,6 +35,7 @@ from crackseg.runs.ownership import (
     claim_run_folder,
     is_accepted,
     is_rank_zero,
+    process_rank,
     refuse_files_of_others,
     release_run_folder,
     used_by_another_command,
@@ -114,10 +115,14 @@ def run_task(
 
 
 def tell_user(line: str) -> None:
-    """The command's one ``error:`` or ``stopped:`` line, from its first process only: under
-    DDP every process ends the command, and each said it."""
+    """The command's ``stopped:`` line, from its first process only: under DDP every process
+    is stopped, and each said it. An ``error:`` line comes from every process, the others'
+    naming theirs: an error of one process alone (its GPU out of memory) is said by it, as
+    the first is ended by Lightning without a word."""
     if is_rank_zero():
         print_line(line)
+    elif line.startswith("error: "):
+        print_line(f"error: process {process_rank()}: {line.removeprefix('error: ')}")
 
 
 def check_job_placement(output_dir: Path, multirun: bool) -> None:

@@ -30,15 +30,20 @@ from crackseg.runs.status import holds_run, holds_sweep, read_status
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
 
-def is_rank_zero() -> bool:
-    """Whether this is the first process of a run: Lightning's rank once Lightning is loaded
-    (its Trainer sets it), before that the one Lightning reads from the environment, so that
-    a command refused before training never waits for Lightning's import."""
+def process_rank() -> int:
+    """This process's rank in its run: Lightning's once Lightning is loaded (its Trainer sets
+    it), before that the one Lightning reads from the environment, so that a command refused
+    before training never waits for Lightning's import."""
     rank_zero = sys.modules.get("lightning_utilities.core.rank_zero")
     rank = getattr(rank_zero.rank_zero_only, "rank", None) if rank_zero is not None else None
     if rank is None:
         rank = next((int(os.environ[k]) for k in RANK_VARIABLES if k in os.environ), 0)
-    return rank == 0
+    return int(rank)
+
+
+def is_rank_zero() -> bool:
+    """Whether this is the first process of a run (:func:`process_rank`)."""
+    return process_rank() == 0
 
 
 #: The run folders this process holds: absolute path -> descriptor of the locked file.
