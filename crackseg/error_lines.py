@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import crackseg.errors
 from crackseg.errors import CracksegError
-from crackseg.setting_rules import as_override
+from crackseg.setting_rules import as_override, closest_setting
 
 #: The names of crackseg's own error types (crackseg.errors).
 _OWN_ERRORS = {
@@ -142,7 +142,7 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
     match = NOT_OVERRIDDEN.match(text)
     if match is None or "not in struct" not in str(cause):
         return None
-    from crackseg.data.data_settings import closest_setting, data_keys
+    from crackseg.data.data_settings import data_keys
 
     block, _, name = match["key"].lstrip("+~").rpartition(".")
     siblings = getattr(cause, "parent_node", None)

@@ -5,6 +5,7 @@ refusal is one line naming the setting (crackseg.errors.ConfigError)."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import re
 import shlex
@@ -99,3 +100,11 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def closest_setting(block: str, key: str, known: list[str]) -> str:
+    """`` (did you mean BLOCK.NAME?)`` for the known setting closest to a mistyped ``key``
+    (``NAME`` at the top of a config, ``block`` empty), else `` (known: ...)``."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    prefix = f"{block}." if block else ""
+    return f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(known)})"

@@ -8,13 +8,13 @@ sorts them into the groups, and takes the weighted segmentation loss from the ``
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from crackseg.data.labels import BINARIZE_THRESHOLD
 from crackseg.errors import ConfigError
+from crackseg.setting_rules import closest_setting
 
 #: Keys of data configs saved before the settings groups: the DataModule's class (Hydra
 #: built it from the config) and the weight map, which the data block copied from ``loss``.
@@ -185,14 +185,6 @@ def data_keys(block: str = "data") -> list[str]:
     keys = {f.name for group in groups for f in fields(group)} | set(_INPUT_KEYS.values())
     keys -= {"weight_map", "weak_masks"}  # made of the loss settings
     return sorted(keys | {"augment", "extra_segmented", "dagm_class", "layout_options"})
-
-
-def closest_setting(block: str, key: str, known: list[str]) -> str:
-    """`` (did you mean BLOCK.NAME?)`` for the known setting closest to a mistyped ``key``
-    (``NAME`` at the top of a config, ``block`` empty), else `` (known: ...)``."""
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    prefix = f"{block}." if block else ""
-    return f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(known)})"
 
 
 def _refuse(unknown: list[str]) -> None:

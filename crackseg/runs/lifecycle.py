@@ -18,7 +18,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from crackseg.data.data_settings import closest_setting
 from crackseg.error_lines import is_expected_error, one_line, print_line, root_cause
 from crackseg.errors import (
     EXIT_STOPPED,
@@ -44,7 +43,7 @@ from crackseg.runs.resolvers import forget_new_run_folders  # registers the conf
 from crackseg.runs.resume import config_differences
 from crackseg.runs.status import finished_status, write_status
 from crackseg.runs.threads import set_job_threads
-from crackseg.setting_rules import as_override
+from crackseg.setting_rules import as_override, closest_setting
 
 log = logging.getLogger(__name__)
 

@@ -100,9 +100,8 @@ def take_trained_generator(data: DictConfig, trained: DictConfig | None, typed: 
     under other splits, and scored without a word."""
     named = any(k in NAMING_THE_DATA for k in typed)
     generator = trained.get("synthetic") if trained else None
-    if named or not generator or trained.get("name") != data.get("name"):
-        return
-    if data.get("synthetic") is None:
+    same_kind = generator and trained.get("name") == data.get("name")
+    if named or not same_kind or data.get("synthetic") is None:
         return
     for key, value in generator.items():
         if f"data.synthetic.{key}" not in typed and data.synthetic.get(key) != value:
