@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import inspect
 import os
 import re
 import sys
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 import crackseg.errors
 from crackseg.errors import CracksegError
-from crackseg.setting_rules import as_override, closest_setting
+from crackseg.setting_rules import as_override, closest_setting, target_arguments
 
 #: The names of crackseg's own error types (crackseg.errors).
 _OWN_ERRORS = {
@@ -137,8 +136,10 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
     """``data.dilat is not a setting (did you mean data.dilate?)``: a key Hydra cannot
     override in a block whose settings crackseg knows, or at the top of a command's config,
     where Hydra's advice to add it with ``+`` would only be refused next, or ignored
-    (nothing reads it); in any other block (``trainer``, whose added keys go to Lightning's
-    Trainer) only where a setting of that block is close to it. None for other errors."""
+    (nothing reads it). In a block that builds a class (``trainer``: Lightning's Trainer)
+    Hydra's advice stays for an argument the class takes (``trainer.max_steps``), any other
+    key is named with the argument closest to it; in any other block only where a setting of
+    that block is close to it. None for other errors."""
     match = NOT_OVERRIDDEN.match(text)
     if match is None or "not in struct" not in str(cause):
         return None
@@ -158,8 +159,14 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
 
         known = sorted(SETTINGS_BLOCKS[block]) if block in SETTINGS_BLOCKS else None
     if not known:
-        if siblings and _accepts(siblings.get("_target_"), name):
+        target = siblings.get("_target_") if siblings else None
+        arguments = target_arguments(target)
+        if isinstance(target, str) and (arguments is None or name in arguments):
             return None  # an argument of the class the block builds: added with +, it is taken
+        if arguments is not None:  # the class would refuse it, added with + as Hydra advises
+            return (
+                f"{block}.{name} is not a setting{closest_setting(block, name, sorted(arguments))}"
+            )
         close = closest_setting(block, name, here)
         return f"{block}.{name} is not a setting{close}" if "did you mean" in close else None
     if name in known:  # a setting of other configs than the one chosen
@@ -168,20 +175,6 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
             return None  # Hydra's advice (+key=value) holds: something reads that key
         return f"{block}.{name} is not a setting of this config ({', '.join(having)})"
     return f"{block}.{name} is not a setting{closest_setting(block, name, known)}"
-
-
-def _accepts(target: object, name: str) -> bool:
-    """Whether the class or function a config's ``_target_`` names takes an argument
-    ``name`` (Lightning's Trainer takes ``max_steps``, which conf/trainer/ does not set)."""
-    if not isinstance(target, str):
-        return False
-    from hydra.utils import get_object
-
-    try:
-        parameters = inspect.signature(get_object(target)).parameters.values()
-    except Exception:  # a target that cannot be imported is its own error, later
-        return False
-    return any(p.name == name or p.kind == p.VAR_KEYWORD for p in parameters)
 
 
 def data_configs_with(key: str) -> list[str]:

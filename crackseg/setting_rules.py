@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
+import inspect
 import math
 import re
 import shlex
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -108,3 +111,36 @@ def closest_setting(block: str, key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     prefix = f"{block}." if block else ""
     return f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(known)})"
+
+
+def target_arguments(target: object) -> list[str] | None:
+    """The arguments the class or function a config's ``_target_`` names takes
+    (Lightning's Trainer: ``max_epochs``, ``max_steps``, ...); None where that cannot be
+    told: it takes any (``**kwargs``), or cannot be imported (its own error, later)."""
+    if not isinstance(target, str):
+        return None
+    from hydra.utils import get_object
+
+    try:
+        parameters = inspect.signature(get_object(target)).parameters.values()
+    except Exception:
+        return None
+    if any(p.kind == p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind != p.VAR_POSITIONAL and p.name != "self"]
+
+
+@functools.cache
+def keys_set_at_the_top() -> frozenset[str]:
+    """The keys a config of conf/ sets at the top of a command's config: a command's own
+    config (``train.yaml``) or one placed there (``# @package _global_``, an experiment)."""
+    import yaml
+
+    import crackseg
+
+    found: set[str] = set()
+    for path in Path(crackseg.CONFIG_DIR).rglob("*.yaml"):
+        text = path.read_text()
+        if path.parent.name == "conf" or "@package _global_" in text.split("\n", 1)[0]:
+            found.update(yaml.safe_load(text) or {})
+    return frozenset(found - {"defaults"})

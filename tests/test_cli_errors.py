@@ -50,12 +50,7 @@ def options_on_disk(group: str) -> list[str]:
             "error: Could not override 'sweep'. No match in the defaults list;"
             " to append to your default list use +sweep=dilate",
         ),
-        (  # a key added to the Trainer's block is passed to Lightning's Trainer
-            ("trainer.nokey=1",),
-            "error: Could not override 'trainer.nokey': Key 'nokey' is not in struct;"
-            " to append to your config use +trainer.nokey=1",
-        ),
-        (  # one of its arguments, not a misspelt trainer.max_epochs
+        (  # an argument of Lightning's Trainer that conf/trainer/ leaves out
             ("trainer.max_steps=5",),
             "error: Could not override 'trainer.max_steps': Key 'max_steps' is not in struct;"
             " to append to your config use +trainer.max_steps=5",
@@ -77,6 +72,8 @@ def test_hydras_advice_stays_on_the_error_line(tmp_path, overrides, expected):
         ("seeed=1", "error: seeed is not a setting (did you mean seed?)"),
         ("nokey=1", "error: nokey is not a setting (known: callbacks, data, logger, loss, "),
         ("trainer.max_epoch=1", "error: trainer.max_epoch is not a setting (did you mean "),
+        # one the Trainer does not take: added with + as Hydra advised, the Trainer refused it
+        ("trainer.nokey=1", "error: trainer.nokey is not a setting (known: accelerator, "),
         # added with +, as Hydra advised, it was one nothing read: the run trained with seed 0
         ("-m", "error: +seeed=0,1 adds a setting nothing reads (did you mean seed?)"),
     ],

@@ -175,7 +175,11 @@ def test_settings_torch_takes_pass(overrides):
     ("overrides", "expected"),
     [
         (["+loss.delta=0.5"], "error: not a loss setting: loss.delta (known: "),
-        (["optim=adam", "+optim.momentum=0.9"], "error: optim: "),
+        (
+            ["optim=adam", "+optim.momentum=0.9"],
+            "error: +optim.momentum=0.9 adds a setting torch.optim.Adam does not take (known: ",
+        ),
+        (["optim=adam", "+optim.eps=-1"], "error: optim: torch.optim.Adam refused its settings: "),
     ],
 )
 def test_the_command_refuses_them_before_reading_any_data(tmp_path, overrides, expected):
@@ -197,3 +201,54 @@ def test_the_command_refuses_them_before_reading_any_data(tmp_path, overrides, e
         line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if "|" in line
     }
     assert "crackseg.runs.config_checks" in imported and "pytorch_lightning" not in imported
+
+
+def _added_refusal(*overrides: str) -> str | None:
+    """The refusal of a key ``overrides`` add that nothing reads, None where none is."""
+    from crackseg.runs.lifecycle import refuse_added_settings_nothing_reads
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    try:
+        refuse_added_settings_nothing_reads(cfg, cfg.hydra)
+    except ConfigError as refused:
+        return str(refused)
+    return None
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("+seeed=1", "+seeed=1 adds a setting nothing reads (did you mean seed?)"),
+        # ++ (add or set) sets a key a config has, and adds one no config has
+        ("++seeed=1", "++seeed=1 adds a setting nothing reads (did you mean seed?)"),
+        (
+            "+trainer.max_epoch=1",
+            "+trainer.max_epoch=1 adds a setting pytorch_lightning.Trainer does not take "
+            "(did you mean trainer.max_epochs?)",
+        ),
+        (
+            "++callbacks.model_checkpoint.save_lastt=true",
+            "++callbacks.model_checkpoint.save_lastt=true adds a setting "
+            "pytorch_lightning.callbacks.ModelCheckpoint does not take "
+            "(did you mean callbacks.model_checkpoint.save_last?)",
+        ),
+    ],
+)
+def test_a_key_added_that_nothing_takes_is_refused_before_the_run(override, expected):
+    assert _added_refusal(override) == expected
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "++seed=3",  # a key of train.yaml
+        "++validate=false",
+        "+trainer.max_steps=5",  # an argument of Lightning's Trainer that conf/ leaves out
+        "++trainer.max_epochs=2",
+        "+sweep=dilate",  # a config group, chosen
+        "+callbacks.stop._target_=pytorch_lightning.callbacks.EarlyStopping",
+    ],
+)
+def test_a_key_added_that_a_config_or_a_class_takes_is_accepted(override):
+    assert _added_refusal(override) is None

@@ -43,7 +43,12 @@ from crackseg.runs.resolvers import forget_new_run_folders  # registers the conf
 from crackseg.runs.resume import config_differences
 from crackseg.runs.status import finished_status, write_status
 from crackseg.runs.threads import set_job_threads
-from crackseg.setting_rules import as_override, closest_setting
+from crackseg.setting_rules import (
+    as_override,
+    closest_setting,
+    keys_set_at_the_top,
+    target_arguments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,18 +160,32 @@ def check_job_placement(output_dir: Path, multirun: bool) -> None:
 
 
 def refuse_added_settings_nothing_reads(cfg: DictConfig, hydra: DictConfig) -> None:
-    """A key added at the top of a command's config (``+seeed=1``, where Hydra advises
-    ``+`` for a key it lacks) is one nothing reads: the run went on with the setting meant
-    at its default. A config group added so (``+sweep=dilate``) is a choice, not a key.
-    ``hydra`` is the run's Hydra config (HydraConfig, or a multirun's ``hydra`` node)."""
+    """A key added to a command's config that nothing reads: at the top (``+seeed=1``, where
+    Hydra advises ``+`` for a key it lacks, or ``++seeed=1``) the run went on with the
+    setting meant at its default; to a block that builds a class (``+trainer.max_epoch=1``)
+    the class refused it only once the run was under way. A config group added so
+    (``+sweep=dilate``) is a choice, not a key. ``hydra`` is the run's Hydra config
+    (HydraConfig, or a multirun's ``hydra`` node)."""
     choices = OmegaConf.to_container(hydra.runtime.choices)
     for override in OmegaConf.to_container(hydra.overrides.task):  # as typed, unresolved
+        if not override.startswith("+"):
+            continue
         key = override_key(override)
-        added = override.startswith("+") and not override.startswith("++")
-        if added and "." not in key and key not in choices:
-            known = sorted(k for k in cfg if k not in (key, "hydra"))
+        block, _, name = key.rpartition(".")
+        if not block:
+            set_by_a_config = override.startswith("++") and key in keys_set_at_the_top()
+            if key not in choices and not set_by_a_config:
+                known = sorted(k for k in cfg if k not in (key, "hydra"))
+                raise ConfigError(
+                    f"{override} adds a setting nothing reads{closest_setting('', key, known)}"
+                )
+            continue
+        target = OmegaConf.select(cfg, f"{block}._target_", default=None)
+        arguments = target_arguments(target) if not name.startswith("_") else None
+        if arguments is not None and name not in arguments:
             raise ConfigError(
-                f"{override} adds a setting nothing reads{closest_setting('', key, known)}"
+                f"{override} adds a setting {target} does not take"
+                f"{closest_setting(block, name, sorted(arguments))}"
             )
 
 
