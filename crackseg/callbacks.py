@@ -308,9 +308,8 @@ class EvaluationReport(pl.Callback):
         metrics = self._metrics(trainer, results)
         atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
         self._write_scores(trainer, results, float(pl_module.image_threshold))
-        if results.get("roc") is not None:
-            plot_roc(*results["roc"], results["image_auc"], out / ROC_FIGURE)
-            plot_precision_recall(*results["pr"], results["image_ap"], out / PR_FIGURE)
+        plot_roc(*results["roc"], results["image_auc"], out / ROC_FIGURE)  # undefined: says so
+        plot_precision_recall(*results["pr"], results["image_ap"], out / PR_FIGURE)
         dice_files = self._dice_panels(trainer, pl_module, results)
         if self.run_config is not None:
             if isinstance(trainer.logger, TensorBoardLogger):

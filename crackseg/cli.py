@@ -76,6 +76,18 @@ def restore_sweep_handlers() -> None:
     restore_signal_handlers()
 
 
+def end_last_sweep() -> Path | None:
+    """The summary of the sweep this command started last, written past Hydra's end of the
+    multirun (its stopped or failed jobs counted), its signal handlers put back first (a
+    second SIGTERM while it is written: the default). Its folder; None where none began."""
+    restore_sweep_handlers()
+    sweep_dir = list(started_sweeps)[-1] if started_sweeps else None
+    if sweep_dir is None or not sweep_dir.is_dir():
+        return None
+    end_sweep(sweep_dir)
+    return sweep_dir
+
+
 def run_hydra_main(main: Callable[[], Any]) -> None:
     """Call a ``@hydra.main`` function; a bad command line or config is one line, exit 2.
 
@@ -96,12 +108,11 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     except (SweepStopped, KeyboardInterrupt):
         # KeyboardInterrupt: Ctrl-C outside any job, where no handler of crackseg's turns it
         # into a stop (the command of a cluster sweep waiting for its jobs, which go on there)
-        restore_sweep_handlers()  # and the sweep's stopping mark, which is done with
-        sweep_dir = list(started_sweeps)[-1] if started_sweeps else None
         if not is_rank_zero():  # a DDP job's other process, which runs the sweep in step
+            restore_sweep_handlers()
             sys.exit(EXIT_STOPPED)
-        if sweep_dir is not None and sweep_dir.is_dir():
-            end_sweep(sweep_dir)  # its summary, the stopped jobs counted as unfinished
+        sweep_dir = end_last_sweep()  # the stopped jobs counted as unfinished
+        if sweep_dir is not None:
             again = as_override("hydra.sweep.dir", sweep_dir)
             print_line(f"stopped: continue with the same command and {again}")
         else:
@@ -110,9 +121,8 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     except SystemExit as ended:
         # A job of a sweep run one after another was stopped: it said how to go on, and
         # the sweep ends here, past Hydra's end of a multirun, which writes the summary.
-        if ended.code == EXIT_STOPPED and started_sweeps and is_rank_zero():
-            restore_sweep_handlers()  # a second SIGTERM while it is written: the default
-            end_sweep(list(started_sweeps)[-1])
+        if ended.code == EXIT_STOPPED and is_rank_zero():
+            end_last_sweep()
         raise
     except (HydraException, OmegaConfBaseException, OSError, CracksegError) as raised:
         # A run folder refused by crackseg.runs.resolvers, or one that cannot be created, is
@@ -134,8 +144,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         if not is_uncompleted_cluster_job(raised) or not started_sweeps:
             raise
         print_line(f"a cluster job ended without a result: {one_line(raised)}")
-        restore_sweep_handlers()
-        end_sweep(list(started_sweeps)[-1])
+        end_last_sweep()
     except ValueError as raised:
         if str(raised).startswith(HYDRA_MODES_EXCLUSIVE):  # `-m ... --cfg job`
             print_line(f"error: {raised} (--cfg shows the config of one run: drop -m)")
@@ -144,8 +153,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         # sweep ends as one whose jobs failed, with its summary.
         if str(raised) != NO_TRIAL_COMPLETED or not started_sweeps:
             raise
-        restore_sweep_handlers()
-        end_sweep(list(started_sweeps)[-1])
+        end_last_sweep()
     for sweep_dir, jobs, failed, unfinished in ended_sweeps:
         if jobs is None:
             print_line(f"error: could not read the status of the jobs in {sweep_dir}; see the log")

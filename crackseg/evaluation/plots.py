@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from crackseg.atomic import atomic_save_figure, escape_undecodable_names
+from crackseg.evaluation.report import format_metric
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,6 @@ def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-def _fmt(value: float) -> str:
-    """Four decimals, or n/a for an undefined (nan/None) value."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{float(value):.4f}"
 
 
 def _curve_axes(xlabel: str, ylabel: str, title: str, defined: bool):  # noqa: ANN202
@@ -59,7 +53,7 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | Path) -> 
     fig, ax = _curve_axes("False positive rate", "True positive rate", "ROC curve", fpr.size > 0)
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
     if fpr.size:
-        ax.plot(fpr, tpr, color="tab:blue", linewidth=2, label=f"ROC (AUC = {_fmt(auc)})")
+        ax.plot(fpr, tpr, color="tab:blue", linewidth=2, label=f"ROC (AUC = {format_metric(auc)})")
     ax.legend(loc="lower right")
     atomic_save_figure(fig, path)
 
@@ -72,7 +66,13 @@ def plot_precision_recall(
     recall = np.asarray(recall, dtype=float)
     fig, ax = _curve_axes("Recall", "Precision", "Precision-recall curve", precision.size > 0)
     if precision.size:
-        ax.plot(recall, precision, color="tab:orange", linewidth=2, label=f"PR (AP = {_fmt(ap)})")
+        ax.plot(
+            recall,
+            precision,
+            color="tab:orange",
+            linewidth=2,
+            label=f"PR (AP = {format_metric(ap)})",
+        )
         ax.legend(loc="lower left")
     atomic_save_figure(fig, path)
 

@@ -108,19 +108,20 @@ NOT_AVAILABLE = "n/a"
 _MISSING = object()
 
 
-def _is_undefined(value: Any) -> bool:
+def is_undefined(value: Any) -> bool:
+    """A metric a split cannot give (the AUC of one class): nan, or None in metrics.json."""
     return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
-def _num(value: Any, digits: int = 4) -> str:
-    """A metric with fixed decimals; nan / None (json_ready's nan) as n/a."""
-    if _is_undefined(value):
+def format_metric(value: Any, digits: int = 4) -> str:
+    """A metric with fixed decimals, n/a where it is undefined (:func:`is_undefined`)."""
+    if is_undefined(value):
         return NOT_AVAILABLE
     return f"{float(value):.{digits}f}"
 
 
 def _count(value: Any) -> str:
-    return NOT_AVAILABLE if _is_undefined(value) else str(int(value))
+    return NOT_AVAILABLE if is_undefined(value) else str(int(value))
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -233,7 +234,7 @@ def weak_positives(train_positives: int, num_segmented: int | None) -> int | Non
 def _auto_notes(metrics: Mapping[str, Any]) -> list[str]:
     """Notes the numbers themselves call for, so an n/a never goes unexplained."""
     notes = []
-    if _is_undefined(metrics.get("image_auc")) or _is_undefined(metrics.get("image_ap")):
+    if is_undefined(metrics.get("image_auc")) or is_undefined(metrics.get("image_ap")):
         notes.append(
             "Image AUC and AP are undefined (n/a): the test split holds only one class, or "
             "scores that are not numbers."
@@ -251,7 +252,7 @@ def _auto_notes(metrics: Mapping[str, Any]) -> list[str]:
             f"{trained_on} of the test images are images the weights trained on "
             "(`test_images_trained_on` in metrics.json): these numbers overstate them."
         )
-    if _is_undefined(metrics.get("dice_mean")):
+    if is_undefined(metrics.get("dice_mean")):
         notes.append(
             "Dice and IoU are undefined (n/a): "
             + (
@@ -281,7 +282,7 @@ def _confusion_table(metrics: Mapping[str, Any], prefix: str) -> list[str]:
 def _accuracy(metrics: Mapping[str, Any], prefix: str) -> str:
     """ ", accuracy NN.NN %" of the counts under ``prefix``, or nothing when undefined."""
     counts = [metrics.get(prefix + k) for k in ("tp", "fp", "tn", "fn")]
-    if any(_is_undefined(c) for c in counts) or sum(int(c) for c in counts) == 0:
+    if any(is_undefined(c) for c in counts) or sum(int(c) for c in counts) == 0:
         return ""
     tp, fp, tn, fn = (int(c) for c in counts)
     return f", accuracy {100.0 * (tp + tn) / (tp + fp + tn + fn):.2f} %"
@@ -326,26 +327,28 @@ def _test_metrics_section(
         how = "standing in: a split of one class has no threshold of best F-measure"
     lines.append(
         "Image level (test split): "
-        f"AUC: {_num(metrics.get('image_auc'))}, AP: {_num(metrics.get('image_ap'))}. "
+        f"AUC: {format_metric(metrics.get('image_auc'))}, "
+        f"AP: {format_metric(metrics.get('image_ap'))}. "
         "The Results table counts the test images at the image threshold chosen on the "
-        f"{chosen_on} ({_num(metrics.get('image_threshold'))}, {how}), "
-        f"applied unchanged: F-measure {_num(metrics.get('f_measure'))}"
+        f"{chosen_on} ({format_metric(metrics.get('image_threshold'))}, {how}), "
+        f"applied unchanged: F-measure {format_metric(metrics.get('f_measure'))}"
         f"{_accuracy(metrics, '')}."
     )
     # (a run's metrics written before the tested weights' AP was recorded: the best's)
     tested = metrics.get("tested_val_image_ap", metrics.get("best_val_image_ap"))
-    if not _is_undefined(tested):
+    if not is_undefined(tested):
         source = ", on the test split," if validated_on_test else ""
-        line = f"Validation AP{source} of the weights tested: {_num(tested)}"
+        line = f"Validation AP{source} of the weights tested: {format_metric(tested)}"
         best = metrics.get("best_val_image_ap")
         # (the final weights may be the best: their epoch scored it)
-        if metrics.get("tested_final_weights") and _num(best) not in (_num(tested), NOT_AVAILABLE):
-            line += f" (the run's best, other weights: {_num(best)})"
+        other = format_metric(best) not in (format_metric(tested), NOT_AVAILABLE)
+        if metrics.get("tested_final_weights") and other:
+            line += f" (the run's best, other weights: {format_metric(best)})"
         lines += ["", line]
     if "test_best_f_threshold" in metrics:
         lines += ["", "### Results by the published protocol", ""]
-        threshold = _num(metrics.get("test_best_f_threshold"))
-        if _is_undefined(metrics.get("test_best_f_measure")):  # a test split of one class
+        threshold = format_metric(metrics.get("test_best_f_threshold"))
+        if is_undefined(metrics.get("test_best_f_measure")):  # a test split of one class
             lines.append(
                 "A test split of one class has no threshold of best F-measure, which the "
                 f"published code and the seed's table count at; the counts at {threshold} "
@@ -356,7 +359,8 @@ def _test_metrics_section(
                 f"The threshold with the best F-measure on the test split itself ({threshold}), "
                 "as the published code and the seed's table count; it is chosen by looking at "
                 "the test labels, so it flatters the result: F-measure "
-                f"{_num(metrics.get('test_best_f_measure'))}{_accuracy(metrics, 'test_best_f_')}."
+                f"{format_metric(metrics.get('test_best_f_measure'))}"
+                f"{_accuracy(metrics, 'test_best_f_')}."
             )
         lines += [""]
         lines += _confusion_table(metrics, "test_best_f_")
@@ -364,19 +368,23 @@ def _test_metrics_section(
     lines += _table(
         ("Pixel level (test positives)", "Mean", "Std"),
         (
-            ("Dice", _num(metrics.get("dice_mean")), _num(metrics.get("dice_std"))),
-            ("IoU", _num(metrics.get("iou_mean")), _num(metrics.get("iou_std"))),
+            (
+                "Dice",
+                format_metric(metrics.get("dice_mean")),
+                format_metric(metrics.get("dice_std")),
+            ),
+            ("IoU", format_metric(metrics.get("iou_mean")), format_metric(metrics.get("iou_std"))),
         ),
     )
     threshold_line = (
-        f"Segmentation threshold: {_num(metrics.get('seg_threshold'), 2)}, chosen on the "
+        f"Segmentation threshold: {format_metric(metrics.get('seg_threshold'), 2)}, chosen on the "
         f"{chosen_on} (the one maximising mean Dice there)"
     )
     if not validated_on_test:
         threshold_line += ", never on the test split"
     val_dice = metrics.get("seg_threshold_val_dice", _MISSING)
     if val_dice is not _MISSING:
-        threshold_line += f"; validation mean Dice at it: {_num(val_dice)}"
+        threshold_line += f"; validation mean Dice at it: {format_metric(val_dice)}"
     return lines + ["", threshold_line + "."]
 
 

@@ -332,7 +332,7 @@ class SegDecModule(pl.LightningModule):
         image = image_metrics(gathered["scores"], gathered["labels"])
         seg_threshold, dice = choose_seg_threshold(gathered["histograms"][positives])
         # An undefined AP (one-class split) must not win the best checkpoint.
-        ap = image["image_ap"] if not math.isnan(image["image_ap"]) else 0.0
+        ap = _finite(image["image_ap"])
         if not self.trainer.sanity_checking:
             self.image_threshold.fill_(image["image_threshold"])
             self.seg_threshold.fill_(seg_threshold)

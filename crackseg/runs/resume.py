@@ -372,7 +372,8 @@ def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     the data yet, and Lightning is not needed yet.
     """
     multirun, overrides = in_multirun(), typed_overrides()
-    if resumed_folder(cfg.get("resume")) is None:  # (resume=RUN_DIR: the run's own config)
+    resumed = resumed_folder(cfg.get("resume")) is not None
+    if not resumed:  # (resume=RUN_DIR: the run's own config, read from its folder below)
         resolve_machine_settings(cfg)
     cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
     accept_run_folder(cfg.paths.output_dir)
@@ -381,7 +382,8 @@ def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
         # killed in them (kill -9) still holds its folder, which no other run then takes.
         write_status(Path(cfg.paths.output_dir), "running")
     _refuse_float16_resumed_without_gpu(cfg)
-    resolve_machine_settings(cfg)  # a resumed run's own config
+    if resumed:
+        resolve_machine_settings(cfg)  # the run's own config, as its folder holds it
     return cfg, checkpoint
 
 

@@ -212,9 +212,11 @@ def validate_chosen_weights(
     datamodule: pl.LightningDataModule,
     use_best: bool,
 ) -> None:
-    """Validate the weights the run is tested with: the best by validation AP when
-    ``use_best`` and a checkpoint monitored it, else the final ones. Validating chooses the
-    thresholds; ``module.best_val_image_ap`` is what a sweeper optimises, never a test metric."""
+    """Validate the weights the run is tested with (docs/method.md §7): the best by
+    validation AP when ``use_best`` and a checkpoint monitored it, else the final ones
+    (``module.tested_final_weights``, and their thresholds saved into ``last.ckpt`` too).
+    Validating chooses the thresholds; ``module.best_val_image_ap`` is what a sweeper
+    optimises, never a test metric."""
     monitored = [c for c in trainer.checkpoint_callbacks if c.monitor]
     best = monitored[0].best_model_path if monitored else ""
     if use_best and best:
