@@ -133,10 +133,11 @@ def segdec_loss(
     """
     seg = segmentation_losses(seg_logits.float(), seg_target, seg_weight)
     dec = decision_losses(dec_logits.float(), dec_target)
+    # segmentation_loss and decision_loss of the batch, from its per-sample losses
+    loss_seg = reduce_batch(seg, segmented, reduction)
+    loss_dec = reduce_batch(dec, torch.ones_like(segmented), reduction)
     lambda_seg, lambda_dec = lambdas
-    total = lambda_seg * reduce_batch(seg, segmented, reduction) + lambda_dec * reduce_batch(
-        dec, torch.ones_like(segmented), reduction
-    )
+    total = lambda_seg * loss_seg + lambda_dec * loss_dec
     if reduction == "sum":
         total = total * processes
     return SegDecLoss(total, seg, dec)
