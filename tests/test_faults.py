@@ -633,6 +633,31 @@ def test_on_slurm_the_warning_signal_saves_a_checkpoint_to_resume_from(
     assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # as the uninterrupted run's folder
 
 
+@pytest.mark.parametrize(("command", "requeued"), [("train", True), ("eval", False)])
+def test_on_slurm_a_training_is_requeued_and_an_evaluation_is_not(
+    monkeypatch, tmp_path, command, requeued
+):
+    """An evaluation cannot resume: requeued at its job's warning signal, it would be
+    refused by its own folder."""
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    from crackseg.runs.trainer import build_trainer
+
+    for name, value in SLURM_JOB.items():
+        monkeypatch.setenv(name, value)
+    config = OmegaConf.load(REPO / "conf" / f"{command}.yaml")
+    cfg = OmegaConf.create(
+        {
+            **{key: config[key] for key in ("slurm_requeue",) if key in config},
+            "trainer": {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu"},
+        }
+    )
+    cfg.trainer.default_root_dir = str(tmp_path)
+    environment = build_trainer(cfg, [])._accelerator_connector.cluster_environment
+    assert isinstance(environment, SLURMEnvironment)
+    assert environment.auto_requeue is requeued
+
+
 def _tree_digest(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -159,7 +159,7 @@ def build_trainer(
         callbacks.append(ShareCoresWithOtherRuns(workers))
     overrides: dict[str, Any] = {"plugins": [AtomicCheckpointIO()]}
     if SLURMEnvironment.detect():
-        requeue = cfg.get("slurm_requeue", True)
+        requeue = cfg.get("slurm_requeue", False)  # train.yaml: true; eval.yaml: false
         overrides["plugins"].append(slurm_requeue_environment(requeue))
         if requeue:
             callbacks.append(FreeTheRequeueSignal())
