@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
@@ -16,24 +16,13 @@ from crackseg.models.checkpoint import (
     check_saved_thresholds,
     load_module,
     thresholds,
-    trained_run_config,
 )
 from crackseg.runs.config_checks import check_config
-from crackseg.runs.hardware import check_accelerator, evaluation_precision
+from crackseg.runs.hardware import check_accelerator
 from crackseg.runs.hydra_run import override_key, typed_overrides
 from crackseg.runs.lifecycle import run_task
 from crackseg.runs.ownership import accept_folder_of_its_own
-from crackseg.runs.trained_settings import (
-    check_input_shape,
-    rebuild_training_split,
-    refuse_model_settings,
-    refuse_other_data_unnamed,
-    reported_config,
-    take_trained_generator,
-    take_trained_shape,
-    take_trained_split,
-    trained_sample_ids,
-)
+from crackseg.runs.trained_settings import refuse_model_settings, take_training_run_settings
 from crackseg.setting_rules import check_required
 
 log = logging.getLogger(__name__)
@@ -68,29 +57,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.thresholds == "checkpoint":
         remedy = f"evaluate it with thresholds=validation, or {VALIDATED_CHECKPOINT}"
         check_saved_thresholds(module, cfg.ckpt_path, remedy)
+    weights_run = take_training_run_settings(cfg, module, typed)
     data = cfg.data
-    take_trained_shape(data, module, typed)
-    check_input_shape(module, data.input_channels, data.input_height, data.input_width)
-    trained = trained_run_config(module)
-    refuse_other_data_unnamed(data, trained.get("data"), typed)
-    take_trained_generator(data, trained.get("data"), typed)
-    take_trained_split(data, trained.get("data"), typed)
-    cfg.trainer.precision = evaluation_precision(
-        cfg.trainer.precision,
-        OmegaConf.select(trained, "trainer.precision", default=None),
-        cfg.trainer.accelerator,
-    )
-    own_training_split = rebuild_training_split(data, trained.get("data"))
-    reported = reported_config(trained, data, cfg)
     datamodule = CrackDataModule.from_config(data)  # no loss: evaluation builds no weight map
     report = EvaluationReport(
         str(output_dir),
         cfg.num_dice_panels,
-        reported,
+        weights_run.reported,
         cfg.report_title,
         trained_here=False,
-        counts_segmented=own_training_split,
-        trained_ids=trained_sample_ids(cfg.ckpt_path, data, trained.get("data")),
+        counts_segmented=weights_run.own_training_split,
+        trained_ids=weights_run.trained_ids,
     )
     # StopCheckpoint saves nothing here (there is no training): a SIGTERM stops the test
     # after its batch under way, the last one too, every DDP process together.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -35,6 +35,47 @@ TRAINING_DATA_KEYS = (
 #: Of those, what makes the training split (never the test split): its size, and which of
 #: its positives kept their masks.
 TRAINING_SPLIT_KEYS = ("train_positives", "num_segmented", "extra_segmented")
+
+
+class WeightsRun(NamedTuple):
+    """What an evaluation reports of the training run of its weights."""
+
+    #: the run parameters of its report: the training run's, with the data evaluated here
+    reported: DictConfig
+    #: whether the data is theirs and their training split is rebuilt (its counts reported)
+    own_training_split: bool
+    #: the ids of the samples they trained on (:func:`trained_sample_ids`)
+    trained_ids: frozenset[str] | None
+
+
+def take_training_run_settings(
+    cfg: DictConfig, module: SegDecModule, typed: set[str]
+) -> WeightsRun:
+    """Make an evaluation's settings those of its weights' training run where they must be:
+    the input shape they expect, a generator's settings of generated data, on their own data
+    the test split their run held out, the precision they trained in (``trainer.precision:
+    auto``); a data config they did not train on must be named. ``typed``: the keys typed,
+    which win."""
+    from crackseg.models.checkpoint import trained_run_config
+    from crackseg.runs.hardware import evaluation_precision
+
+    data = cfg.data
+    take_trained_shape(data, module, typed)
+    check_input_shape(module, data.input_channels, data.input_height, data.input_width)
+    trained = trained_run_config(module)
+    refuse_other_data_unnamed(data, trained.get("data"), typed)
+    take_trained_generator(data, trained.get("data"), typed)
+    take_trained_split(data, trained.get("data"), typed)
+    cfg.trainer.precision = evaluation_precision(
+        cfg.trainer.precision,
+        OmegaConf.select(trained, "trainer.precision", default=None),
+        cfg.trainer.accelerator,
+    )
+    return WeightsRun(
+        reported=reported_config(trained, data, cfg),
+        own_training_split=rebuild_training_split(data, trained.get("data")),
+        trained_ids=trained_sample_ids(cfg.ckpt_path, data, trained.get("data")),
+    )
 
 
 def rebuild_training_split(data: DictConfig, trained: DictConfig | None) -> bool:
