@@ -258,19 +258,32 @@ def prepare_training_run(
         refuse_files_of_others(output_dir)
         return cfg, None
     if resume != "auto" and not multirun:
-        if (command := started_by(output_dir)) in OTHER_COMMANDS:
-            raise RunFolderError(
-                f"{output_dir} holds a crackseg-{command} run; choose another hydra.run.dir"
-            )
-        if finished_status(output_dir) is not None:
-            raise RunFolderError(
-                f"{output_dir} holds a run that finished; choose another hydra.run.dir"
-            )
+        _refuse_a_folder_holding_a_run(output_dir)
+    return _continue_in_folder(cfg, output_dir)
+
+
+def _refuse_a_folder_holding_a_run(output_dir: Path) -> None:
+    """A single run typed into a folder that holds one (not ``resume=auto``) is refused,
+    with what it holds."""
+    if (command := started_by(output_dir)) in OTHER_COMMANDS:
         raise RunFolderError(
-            f"{output_dir} already holds a run; continue it with "
-            f"{as_override('resume', output_dir)} "
-            "or choose another hydra.run.dir"
+            f"{output_dir} holds a crackseg-{command} run; choose another hydra.run.dir"
         )
+    if finished_status(output_dir) is not None:
+        raise RunFolderError(
+            f"{output_dir} holds a run that finished; choose another hydra.run.dir"
+        )
+    raise RunFolderError(
+        f"{output_dir} already holds a run; continue it with "
+        f"{as_override('resume', output_dir)} "
+        "or choose another hydra.run.dir"
+    )
+
+
+def _continue_in_folder(cfg: DictConfig, output_dir: Path) -> tuple[DictConfig, Path | None]:
+    """A sweep's job (or ``resume=auto``) in a folder holding its run from before: it goes on
+    from the run's newest checkpoint where the run did not finish and ran with the same
+    settings (refused otherwise), or starts again where it saved no checkpoint."""
     checkpoint = resume_checkpoint(output_dir)
     # The settings it ran with: the checkpoint's, else those it started with.
     try:
