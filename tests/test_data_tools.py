@@ -36,6 +36,30 @@ def _photo(base: Path, name: str, crack_rows: list[tuple[int, int, int]], h=64, 
     write_image(base / "masks" / f"{name}.png", mask)
 
 
+def test_a_photographs_label_wins_over_its_mask_as_in_a_run(tmp_path, caplog):
+    """A crack photograph whose mask is blank gave crack-free tiles (a run trains it as a
+    weak positive): it is not tiled; a crack-free one whose mask marks a crack gives only
+    crack-free tiles (a run keeps it a negative). Both are named in a warning."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _photo(src, "P1", [(3, 0, 30)])
+    _photo(src, "P2", [])  # a crack photograph, its crack not drawn
+    _photo(src, "noncrack_N1", [(40, 0, 30)])
+    with caplog.at_level("WARNING"):
+        counts = tile_dataset(src, dst, size=32, min_crack_pixels=20)
+    assert counts == {"all": (1, 11)}  # P1: 1 + 5; N1: 6 crack-free; P2: none
+    names = {p.name for p in (dst / "images").iterdir()}
+    assert not any("P2" in name for name in names)
+    assert {n for n in names if "N1" in n} == {
+        f"noncrack_noncrack_N1_r{r}_c{c}.png" for r in range(2) for c in range(3)
+    }
+    for name in names - {"P1_r0_c0.png"}:
+        assert cv2.imread(str(dst / "masks" / name), cv2.IMREAD_UNCHANGED).max() == 0, name
+    warned = caplog.text
+    assert "1 crack photograph(s) have an empty mask" in warned and "P2" in warned
+    assert "1 crack-free photograph(s) have crack pixels in their mask" in warned
+    assert "noncrack_N1" in warned
+
+
 def test_tile_counts_names_and_noncrack(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     # 64x96 -> 2 x 3 tiles of 32; a 30-px crack in tile r0_c0, a 5-px speck in tile r1_c2

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,11 +24,11 @@ from crackseg.atomic import (
     folder_destination,
 )
 from crackseg.data.io import image_size, map_threads, read_mask, read_native
-from crackseg.data.labels import binarize
+from crackseg.data.labels import BINARIZE_THRESHOLD, binarize
 from crackseg.data.layouts import check_data_found, index_layout
 from crackseg.data.samples import TILE_GROUPS_FILE, Sample
 from crackseg.data.splits import set_table, split_by_source, write_split_csv
-from crackseg.errors import ConfigError, DataError
+from crackseg.errors import ConfigError, DataError, describe_files
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,19 @@ def tile_names(samples: list[Sample]) -> list[str]:
     return stems if len(set(stems)) == len(stems) else [s.sample_id for s in samples]
 
 
+class TiledPhoto(NamedTuple):
+    """What became of one photograph's tiles."""
+
+    #: each tile's label: crack, crack-free, or None for a tile left out (nothing written)
+    labels: list[bool | None]
+    #: a crack photograph whose mask marks no crack: not tiled, as no tile of it can be told
+    #: crack or crack-free (a run trains it as a weak positive, on its image label)
+    unmarked_crack: bool = False
+    #: a crack-free photograph whose mask marks cracks: its tiles are crack-free, as a run
+    #: keeps such an image a negative
+    marked_negative: bool = False
+
+
 def tile_sample(
     sample: Sample,
     name: str,
@@ -68,13 +81,16 @@ def tile_sample(
     stride: int,
     min_crack_pixels: int,
     pad: bool = False,
-) -> list[bool | None]:
-    """Write one photograph's tiles to ``out_dir/{images,masks}`` as ``NAME_rR_cC.png``;
-    return each tile's label.
+    binarize_threshold: int = BINARIZE_THRESHOLD,
+) -> TiledPhoto:
+    """Write one photograph's tiles to ``out_dir/{images,masks}`` as ``NAME_rR_cC.png``.
 
     A tile with at least ``min_crack_pixels`` crack pixels is a positive, one without any is
     a negative. A tile in between (a stray end of a crack) is neither: labelled negative it
     would teach that a visible crack is clean, so it is left out (label None, nothing written).
+    The photograph's label wins over its mask, as in a run (crackseg.data.layouts.
+    check_samples): a crack photograph whose mask is empty gives no tile, a crack-free one
+    only crack-free tiles.
     """
     image = read_native(sample.image_path)
     height, width = image.shape[:2]
@@ -87,7 +103,12 @@ def tile_sample(
                 f"mask size {mask.shape[0]}x{mask.shape[1]} differs from image "
                 f"{height}x{width}: {sample.mask_path}"
             )
-    mask = np.where(binarize(mask), 255, 0).astype(np.uint8)
+    mask = np.where(binarize(mask, binarize_threshold), 255, 0).astype(np.uint8)
+    marked = bool(mask.any())
+    if sample.is_positive and not marked:
+        return TiledPhoto([], unmarked_crack=True)
+    if not sample.is_positive and marked:
+        mask[:] = 0
     rows, pad_h = _tile_starts(height, size, stride, pad)
     cols, pad_w = _tile_starts(width, size, stride, pad)
     if pad_h or pad_w:  # mirror, so no artificial black border appears in the tiles
@@ -115,7 +136,7 @@ def tile_sample(
             _write_png(out_dir / "images" / tile_name, image[top : top + size, left : left + size])
             _write_png(out_dir / "masks" / tile_name, tile_mask)
             labels.append(positive)
-    return labels
+    return TiledPhoto(labels, marked_negative=not sample.is_positive and marked)
 
 
 def tile_dataset(
@@ -164,17 +185,21 @@ def tile_dataset(
     if groups := [(name, s.group) for s, name, _ in jobs if s.group is not None]:
         atomic_write_csv(dst / TILE_GROUPS_FILE, ["photo", "group"], groups, names_as_bytes=True)
 
-    def job(item: tuple[Sample, str, Path]) -> list[bool | None]:
-        return tile_sample(*item, size, stride, min_crack_pixels, pad)
+    threshold = layout_options.get("binarize_threshold", BINARIZE_THRESHOLD)
 
-    results = map_threads(job, jobs, "tiling", unit="image", leave=True)
+    def job(item: tuple[Sample, str, Path]) -> TiledPhoto:
+        return tile_sample(*item, size, stride, min_crack_pixels, pad, threshold)
+
+    tiled = map_threads(job, jobs, "tiling", unit="image", leave=True)
+    _warn_label_and_mask_disagree([s for s, _, _ in jobs], tiled, threshold)
+    results = [photo.labels for photo in tiled]
     counts: dict[str, list[int]] = {split: [0, 0] for split in indexed}
     for (_, _, out_dir), labels in zip(jobs, results, strict=True):
         split = "all" if out_dir == dst else out_dir.name
         counts[split][0] += labels.count(True)
         counts[split][1] += labels.count(False)
     ambiguous = sum(labels.count(None) for labels in results)
-    skipped = sum(not labels for labels in results)
+    skipped = sum(not photo.labels and not photo.unmarked_crack for photo in tiled)
     if jobs and skipped == len(jobs):
         raise _no_tile(size, [sample for sample, _, _ in jobs])
     if skipped:
@@ -187,6 +212,31 @@ def tile_dataset(
             min_crack_pixels - 1,
         )
     return {split: (pos, neg) for split, (pos, neg) in counts.items()}
+
+
+def _warn_label_and_mask_disagree(
+    samples: list[Sample], tiled: list[TiledPhoto], binarize_threshold: int
+) -> None:
+    """Name the photographs whose label and mask disagree, as a run's check does."""
+    unmarked = [
+        s.sample_id for s, photo in zip(samples, tiled, strict=True) if photo.unmarked_crack
+    ]
+    if unmarked:
+        log.warning(
+            "%d crack photograph(s) have an empty mask (no pixel > %d) and were not tiled, "
+            "as no tile of them can be told crack or crack-free: %s",
+            len(unmarked),
+            binarize_threshold,
+            describe_files(unmarked),
+        )
+    marked = [s.sample_id for s, photo in zip(samples, tiled, strict=True) if photo.marked_negative]
+    if marked:
+        log.warning(
+            "%d crack-free photograph(s) have crack pixels in their mask; their tiles are "
+            "all crack-free: %s",
+            len(marked),
+            describe_files(marked),
+        )
 
 
 def _check_tiling(
