@@ -562,3 +562,30 @@ def test_a_kolektorsdd_archive_s_extra_folder_is_left_out_and_one_level_too_deep
     root.rename(deeper / "KolektorSDD")
     with pytest.raises(DataError, match=r"found in .*download; point data.root at .*KolektorSDD$"):
         index_layout("ksdd", deeper)
+
+
+def test_a_subfolder_of_an_image_folder_is_named_as_left_out(tmp_path, caplog):
+    """Images in ``images/batch2/`` were left out without a word; a layout's own subfolder
+    (DAGM's ``Label/`` inside ``Train/``, a mask folder inside the image folder) is read."""
+    from helpers.paper_replicas import make_dagm
+
+    root = tmp_path / "cracks"
+    for name in ("a", "b"):
+        _pair(root, name, positive=True)
+    _pair(root / "images", "c", positive=True)  # images/images/c.jpg, images/masks/c.png
+    with caplog.at_level(logging.WARNING):
+        samples = index_layout("crack_segmentation", root)["all"]
+    assert len(samples) == 2
+    assert f"{root / 'images'}: 2 subfolders are not read, their images left out: " in caplog.text
+    caplog.clear()
+    dagm = make_dagm(tmp_path / "dagm", classes=(1,))
+    nested = tmp_path / "nested"
+    for name in ("a", "b"):
+        write_image(nested / "photos" / f"{name}.jpg", _image())
+        write_image(nested / "photos" / "masks" / f"{name}.png", _mask(True))
+    with caplog.at_level(logging.WARNING):
+        index_layout("dagm", dagm, class_id=1)
+        index_layout(
+            "folder", nested, image_dir="photos", mask_dir="photos/masks", mask_ext="png"
+        )
+    assert "subfolders" not in caplog.text

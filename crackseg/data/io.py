@@ -17,7 +17,7 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -63,10 +63,13 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def list_image_files(folder: Path, *, name_left_out: bool = False) -> list[Path]:
+def list_image_files(
+    folder: Path, *, name_left_out: bool = False, subfolders_read: Collection[str] = ()
+) -> list[Path]:
     """The image files in ``folder``, sorted, broken symlinks (dangling, or a loop) included:
     reading them then reports them as unreadable, where skipping them would hide them.
-    ``name_left_out``: name the other files, which are left out, in a warning."""
+    ``name_left_out``: name what is left out in a warning, the other files and the
+    subfolders (not read; but for ``subfolders_read``, a layout's own, DAGM's ``Label``)."""
     images = sorted(
         p for p in folder.iterdir() if is_image_file(p) and (p.is_file() or _is_broken_link(p))
     )
@@ -82,6 +85,18 @@ def list_image_files(folder: Path, *, name_left_out: bool = False) -> list[Path]
                 "/".join(IMAGE_EXTENSIONS),
                 describe_files(sorted(others)),
             )
+        subfolders = sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_dir() and p.name[0] != "." and p.name not in subfolders_read
+        )
+        if subfolders:
+            log.warning(
+                "%s: %d subfolders are not read, their images left out: %s",
+                folder,
+                len(subfolders),
+                describe_files(subfolders),
+            )
     return images
 
 
@@ -93,18 +108,10 @@ def list_input_images(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise DataError(f"input {path} does not exist")
-    images = list_image_files(path, name_left_out=True)
+    images = list_image_files(path, name_left_out=True)  # its subfolders named: give each
     if not images:
         kinds = "/".join(IMAGE_EXTENSIONS)
         raise DataError(f"no images ({kinds}) found in {path} (its subfolders are not read)")
-    subfolders = sorted(p for p in path.iterdir() if p.is_dir() and p.name[0] != ".")
-    if subfolders:
-        log.warning(
-            "%s: %d subfolders are not read (give each as input): %s",
-            path,
-            len(subfolders),
-            describe_files(subfolders),
-        )
     return images
 
 

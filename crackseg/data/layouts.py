@@ -309,7 +309,10 @@ def _folder(
         )
     if mask_ext is not None and not mask_ext.startswith("."):
         mask_ext = "." + mask_ext
-    files = list_image_files(images_path, name_left_out=True)
+    masks_inside = masks_path.parent.resolve() == images_path.resolve()
+    files = list_image_files(
+        images_path, name_left_out=True, subfolders_read={masks_path.name} if masks_inside else ()
+    )
     if same_dir:
         files = [p for p in files if not p.stem.endswith(mask_suffix)]
     images = files_by_stem(files)
@@ -435,7 +438,9 @@ def _dagm(root: Path, class_id: int = 1, label_suffix: str = "_label") -> dict[s
         label_dir = folder / "Label"
         if not label_dir.is_dir():
             raise DataError(f"DAGM class without Label/ (the defect labels): {label_dir}")
-        images = files_by_stem(list_image_files(folder, name_left_out=True))
+        images = files_by_stem(
+            list_image_files(folder, name_left_out=True, subfolders_read={label_dir.name})
+        )
         if not images:
             raise _no_images(root, [folder])
         labels = files_by_stem(list_image_files(label_dir))  # beside Labels.txt, as shipped
