@@ -98,6 +98,38 @@ def test_16_bit_and_colour_masks(tmp_path):
     assert mask.shape == (H, W) and mask[1, 1] == 255 and mask.sum() == 255
 
 
+@pytest.mark.parametrize(
+    ("drawn", "colour"),
+    [
+        ("white everywhere, the crack opaque", (255, 255, 255)),
+        ("black strokes on a transparent layer", (0, 0, 0)),
+        ("red strokes on transparent black", None),
+        ("16 bit, white everywhere", (65535, 65535, 65535)),
+    ],
+)
+def test_a_mask_drawn_on_a_transparent_layer_reads_its_transparent_pixels_as_background(
+    tmp_path, drawn, colour
+):
+    """A mask whose annotation is its alpha read as all crack (its colour, white
+    everywhere), or as no crack (black everywhere)."""
+    crack = np.zeros((H, W), bool)
+    crack[4:8, 5:15] = True
+    deep = colour is not None and max(colour) > 255
+    opaque = 65535 if deep else 255
+    layer = np.zeros((H, W, 4), np.uint16 if deep else np.uint8)
+    if colour is None:
+        layer[crack, 2] = 255  # red in BGR, only where drawn
+    else:
+        layer[..., :3] = colour
+    layer[crack, 3] = opaque
+    write_image(tmp_path / "m.png", layer)
+    assert (read_mask(tmp_path / "m.png") > 127).tolist() == crack.tolist(), drawn
+    layer[..., 3] = opaque  # opaque throughout: its colour is the mask
+    write_image(tmp_path / "opaque.png", layer)
+    expected = np.broadcast_to(max(colour) > 0, (H, W)) if colour is not None else crack
+    assert (read_mask(tmp_path / "opaque.png") > 127).tolist() == expected.tolist(), drawn
+
+
 def test_truncated_png_and_jpeg_are_caught(tmp_path):
     big = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     png = _truncate(write_image(tmp_path / "t.png", big))

@@ -219,7 +219,7 @@ def _mask_levels(array: np.ndarray) -> np.ndarray:
     """A mask's values as 0..255 grey levels, so that its threshold (127) keeps its meaning:
     a label map (largest value below :data:`LABEL_MAP_LIMIT`, e.g. 0/1) reads as 0/255, and
     16-bit data that holds 8-bit values (0/255 written in 16 bits) as those values."""
-    top = _without_alpha(array).max()
+    top = array.max()
     if 0 < top < LABEL_MAP_LIMIT:
         return np.where(array > 0, 255, 0).astype(np.uint8)
     if array.dtype == np.uint16 and top <= 255:
@@ -227,18 +227,29 @@ def _mask_levels(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _without_alpha(array: np.ndarray) -> np.ndarray:
-    """The colour (or grey) channels of decoded pixels, without an alpha channel."""
-    if array.ndim == 3 and array.shape[2] in (2, 4):
-        return array[:, :, : array.shape[2] - 1]
-    return array
+def _mask_through_alpha(array: np.ndarray) -> np.ndarray:
+    """A mask with an alpha channel (grey + alpha, or colour + alpha) without it, its
+    transparent pixels background: drawn in one colour on a transparent layer (white,
+    black: every pixel holds that colour), the alpha is the mask; in several colours, each
+    pixel's colour weighted by its opacity. A mask opaque throughout is its colour."""
+    if array.ndim != 3 or array.shape[2] not in (2, 4) or array.dtype.kind != "u":
+        return array
+    colour, alpha = array[:, :, :-1], array[:, :, -1]
+    if (alpha == np.iinfo(array.dtype).max).all():
+        return colour[:, :, 0] if colour.shape[2] == 1 else colour
+    colour = colour.max(axis=2)
+    if colour.min() == colour.max():
+        return alpha
+    weighted = colour.astype(np.float64) * alpha / np.iinfo(array.dtype).max
+    return np.rint(weighted).astype(array.dtype)
 
 
 def read_native(path: Path | str, *, mask: bool = False) -> np.ndarray:
     """Decode a file to uint8 HxW or HxWxC (C = 3, RGB order), alpha dropped.
 
     The channel count is kept as stored, which the tiling tool needs to write tiles
-    like their source; training code uses :func:`read_image` instead. With ``mask``, a
+    like their source; training code uses :func:`read_image` instead. With ``mask``, an
+    alpha channel makes transparent pixels background (:func:`_mask_through_alpha`), a
     label map (0/1, in 8 or 16 bits, as label tools often store them) reads as 0/255 and a
     16-bit file of 8-bit values as those values (:func:`_mask_levels`).
     """
@@ -258,7 +269,7 @@ def read_native(path: Path | str, *, mask: bool = False) -> np.ndarray:
     if array is None or array.size == 0:
         raise DataError(f"cannot decode image (unreadable or truncated): {path}")
     if mask:
-        array = _mask_levels(array)
+        array = _mask_levels(_mask_through_alpha(array))
     array = _to_uint8(array, path)
     if array.ndim == 3:
         channels = array.shape[2]
