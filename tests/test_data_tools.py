@@ -337,6 +337,34 @@ def test_tiles_of_a_kolektorsdd_folder_stay_together_in_the_splits_made_of_them(
     assert folders["train"] and folders["test"] and not folders["train"] & folders["test"]
 
 
+def test_stats_read_the_crack_segmentation_archives_flat_set_and_a_runs_threshold(
+    tmp_path, capsys
+):
+    """The archive's flat images/ beside its train/ and test/ (what the seed run reads,
+    splits=flat) could not be counted; nor masks binarised at a run's own threshold."""
+    root = tmp_path / "archive"
+    for i in range(6):
+        _photo(root, f"c{i}", [(3, 0, 30)], h=8, w=40)
+    _photo(root / "train", "c0", [(3, 0, 30)], h=8, w=40)
+    _photo(root / "test", "c1", [(3, 0, 30)], h=8, w=40)
+    stats = ["stats", str(root), "--layout", "crack_segmentation", "--test-fraction", "0.5"]
+    assert main([*stats, "--val-fraction", "0", "--splits", "flat"]) == 0
+    assert "| **Sum** | 6 | 0 | 6 |" in " ".join(capsys.readouterr().out.split())  # not 2
+    assert main(["stats", str(root), "--layout", "ksdd2", "--splits", "flat"]) == 2
+    assert "--splits picks the folders of --layout crack_segmentation" in capsys.readouterr().err
+    # a mask drawn at grey level 100 marks a crack at threshold 50, none at 127
+    grey = tmp_path / "grey"
+    for i in range(2):
+        _photo(grey, f"c{i}", [(3, 0, 30)], h=8, w=40)
+        mask = cv2.imread(str(grey / "masks" / f"c{i}.png"), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(grey / "masks" / f"c{i}.png"), np.where(mask > 0, 100, 0).astype("uint8"))
+    tiles = ["tile", str(grey), "--size", "8", "--min-crack-pixels", "1"]
+    assert main([*tiles[:2], str(tmp_path / "t50"), *tiles[2:], "--binarize-threshold", "50"]) == 0
+    assert any((tmp_path / "t50" / "images").glob("c0_*"))
+    assert main(["stats", str(grey), "--layout", "folder", "--binarize-threshold", "255"]) == 2
+    assert "--binarize-threshold: must be an integer 0..254, not '255'" in capsys.readouterr().err
+
+
 def test_stats_of_a_dagm_class(tmp_path, capsys):
     root = make_dagm(tmp_path / "dagm", classes=(1, 2), images=4)
     (root / "Class2" / "Train" / "Label" / "0001_label.PNG").unlink()  # Class2: one fewer

@@ -176,7 +176,7 @@ def _crack_segmentation(
             log.warning(
                 "crack_segmentation: reading the split folders %s of %s; the flat images/ "
                 "beside them is not read (++data.layout_options.splits=flat reads it, as the "
-                "seed run does)",
+                "seed run does; crackseg-data: --splits flat)",
                 ", ".join(f"{s}/" for s in split_dirs),
                 root,
             )

@@ -22,7 +22,9 @@ from pathlib import Path
 from crackseg.atomic import folder_built_beside, folder_destination
 from crackseg.data.crackforest import convert_crackforest
 from crackseg.data.data_settings import SplitSettings
+from crackseg.data.labels import BINARIZE_THRESHOLD
 from crackseg.data.layouts import (
+    CRACK_SEGMENTATION_SPLITS,
     LAYOUTS,
     check_samples,
     index_layout,
@@ -64,7 +66,24 @@ def _layout_options(args: argparse.Namespace) -> dict:
         if args.layout != "dagm":
             raise ConfigError("--dagm-class picks a class of --layout dagm")
         options["class_id"] = args.dagm_class
+    if args.splits is not None:
+        if args.layout != "crack_segmentation":
+            raise ConfigError("--splits picks the folders of --layout crack_segmentation")
+        options["splits"] = args.splits
+    if args.binarize_threshold is not None:
+        options["binarize_threshold"] = args.binarize_threshold
     return options
+
+
+def binarize_threshold(text: str) -> int:
+    """A mask's threshold, as ``data.binarize_threshold`` takes it: an integer 0..254."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 255:
+        raise argparse.ArgumentTypeError(f"must be an integer 0..254, not {text!r}")
+    return value
 
 
 def _add_layout_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
@@ -86,6 +105,19 @@ def _add_layout_arguments(parser: argparse.ArgumentParser, default: str | None) 
     )
     parser.add_argument(
         "--dagm-class", type=int, metavar="K", help="the DAGM class (layout dagm; default 1)"
+    )
+    parser.add_argument(
+        "--splits",
+        choices=CRACK_SEGMENTATION_SPLITS,
+        help="layout crack_segmentation: its split folders train/ and test/ (folders), the "
+        "whole set in images/ (flat, as the seed run reads it), or the split folders where "
+        "there are some (auto, the default); data.layout_options.splits of a run",
+    )
+    parser.add_argument(
+        "--binarize-threshold",
+        type=binarize_threshold,
+        metavar="T",
+        help="a mask marks a defect where a pixel is above T (127; data.binarize_threshold)",
     )
 
 
@@ -143,6 +175,7 @@ STATS_OPTIONS = {
     "data.fold": "--fold",
     "data.train_positives": "--train-positives",
     "data.dagm_class": "--dagm-class",
+    "data.binarize_threshold": "--binarize-threshold",
 }
 
 
@@ -167,10 +200,13 @@ def _cmd_stats(args: argparse.Namespace) -> None:
 
 
 def _stats(args: argparse.Namespace) -> None:
-    indexed = index_layout(args.layout, args.root, **_layout_options(args))
+    options = _layout_options(args)
+    indexed = index_layout(args.layout, args.root, **options)
     if args.check:
+        threshold = options.get("binarize_threshold", BINARIZE_THRESHOLD)
         indexed = {
-            split: check_samples(s, desc=f"checking {split}") for split, s in indexed.items()
+            split: check_samples(s, threshold, desc=f"checking {split}")
+            for split, s in indexed.items()
         }
     settings = SplitSettings(
         val_fraction=args.val_fraction,
