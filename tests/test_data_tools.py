@@ -200,6 +200,24 @@ def test_crackforest_as_distributed_becomes_the_layout_it_tiles(tmp_path, capsys
     assert [Path(s.mask_path).name for s in samples] == ["001.png", "002.png"]
 
 
+def test_crackforest_photographs_of_any_image_type_are_converted_and_others_named(
+    tmp_path, capsys, caplog
+):
+    """A photograph saved as .jpeg or .png was dropped without a word, and macOS's
+    ``._001.jpg`` beside the photographs stopped the conversion."""
+    src, dst = tmp_path / "CrackForest-dataset", tmp_path / "cfd"
+    _crackforest(src, ["001", "002", "003", "004"])
+    for name, suffix in (("002", ".jpeg"), ("003", ".png")):
+        (src / "image" / f"{name}.jpg").rename(src / "image" / f"{name}{suffix}")
+    (src / "image" / "._001.jpg").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble
+    (src / "image" / "004.jpg").unlink()  # its mask left without a photograph
+    with caplog.at_level("WARNING"):
+        assert main(["crackforest", str(src), str(dst)]) == 0
+    assert "3 photographs and their masks written" in capsys.readouterr().out
+    assert sorted(p.name for p in (dst / "images").iterdir()) == ["001.jpg", "002.jpeg", "003.png"]
+    assert "1 masks in" in caplog.text and "004.mat" in caplog.text
+
+
 def test_crackforest_that_cannot_be_converted_is_one_line_and_leaves_nothing(tmp_path, capsys):
     src, dst = tmp_path / "CrackForest-dataset", tmp_path / "cfd"
     assert main(["crackforest", str(tmp_path), str(dst)]) == 2

@@ -6,6 +6,7 @@ tiles: ``images/NNN.jpg``, unchanged, and ``masks/NNN.png``, 0 background and 25
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import scipy.io
 from scipy.io.matlab import MatReadError
 
 from crackseg.atomic import atomic_write_png
-from crackseg.data.io import read_native
+from crackseg.data.io import IMAGE_EXTENSIONS, list_image_files, read_native
 from crackseg.errors import DataError, describe_files
+
+log = logging.getLogger(__name__)
 
 IMAGE_FOLDER = "image"
 MASK_FOLDER = "groundTruth"
@@ -61,12 +64,23 @@ def convert_crackforest(src: Path, dst: Path) -> int:
             f"{src} is not CrackForest as distributed: it needs {IMAGE_FOLDER}/ and "
             f"{MASK_FOLDER}/ (github.com/cuilimeng/CrackForest-dataset)"
         )
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() == ".jpg")
+    images = list_image_files(images_dir, name_left_out=True)  # CrackForest's are .jpg
     if not images:
-        raise DataError(f"no .jpg photograph in {images_dir}")
+        raise DataError(f"no photograph ({'/'.join(IMAGE_EXTENSIONS)}) in {images_dir}")
     missing = [p.name for p in images if not (masks_dir / f"{p.stem}.mat").is_file()]
     if missing:
         raise DataError(f"photographs without a {MASK_FOLDER}/NAME.mat: {describe_files(missing)}")
+    photographed = {p.stem for p in images}
+    if unused := sorted(
+        p.name for p in masks_dir.glob("*.mat") if p.stem not in photographed and p.name[0] != "."
+    ):
+        log.warning(
+            "%d masks in %s have no photograph in %s and are left out: %s",
+            len(unused),
+            masks_dir,
+            images_dir,
+            describe_files(unused),
+        )
     (dst / "images").mkdir(parents=True)
     (dst / "masks").mkdir()
     for image in images:
