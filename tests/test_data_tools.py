@@ -355,9 +355,7 @@ def test_tiles_of_a_kolektorsdd_folder_stay_together_in_the_splits_made_of_them(
     assert folders["train"] and folders["test"] and not folders["train"] & folders["test"]
 
 
-def test_stats_read_the_crack_segmentation_archives_flat_set_and_a_runs_threshold(
-    tmp_path, capsys
-):
+def test_stats_read_the_crack_segmentation_archives_flat_set_and_a_runs_threshold(tmp_path, capsys):
     """The archive's flat images/ beside its train/ and test/ (what the seed run reads,
     splits=flat) could not be counted; nor masks binarised at a run's own threshold."""
     root = tmp_path / "archive"

@@ -495,6 +495,25 @@ def test_check_samples_lists_all_unreadable_files(tmp_path):
     assert "a.jpg" in message and "b_m.png" in message and "c.png" not in message
 
 
+def test_a_file_that_cannot_be_read_is_named_with_why(tmp_path):
+    """A float TIFF mask of grey levels was named "unreadable or truncated", whose reason
+    (its pixel type) was dropped; an empty float mask (0/1, no 1) was refused with it
+    where one marking a crack (0/1) was read."""
+    empty = np.zeros((H, W), np.float32)
+    grey = np.full((H, W), 100.0, np.float32)
+    samples = []
+    for name, mask in (("empty", empty), ("grey", grey)):
+        image = write_image(tmp_path / f"{name}.png", _image())
+        samples.append(Sample(name, image, write_image(tmp_path / f"{name}_m.tif", mask), False))
+    with pytest.raises(DataError) as info:
+        check_samples(samples)
+    assert str(info.value) == (
+        f"files that cannot be read: {tmp_path / 'grey_m.tif'} "
+        "(unsupported pixel type float32 (8 or 16 bit expected))"
+    )
+    assert not read_mask(tmp_path / "empty_m.tif").any()
+
+
 def test_broken_symlinks_are_reported_not_skipped(tmp_path):
     _pair(tmp_path, "a_crack", True)
     (tmp_path / "images" / "b_crack.jpg").symlink_to(tmp_path / "gone.jpg")  # dangling
@@ -503,7 +522,7 @@ def test_broken_symlinks_are_reported_not_skipped(tmp_path):
     loop.symlink_to(loop)
     samples = index_layout("crack_segmentation", tmp_path)["all"]
     assert [s.sample_id for s in samples] == ["a_crack", "b_crack", "noncrack_1"]
-    with pytest.raises(DataError, match="unreadable") as info:
+    with pytest.raises(DataError, match="files that cannot be read") as info:
         check_samples(samples)
     message = str(info.value)
     assert all(name in message for name in ("b_crack.jpg", "b_crack.png", "noncrack_1.jpg"))
@@ -617,7 +636,5 @@ def test_a_subfolder_of_an_image_folder_is_named_as_left_out(tmp_path, caplog):
         write_image(nested / "photos" / "masks" / f"{name}.png", _mask(True))
     with caplog.at_level(logging.WARNING):
         index_layout("dagm", dagm, class_id=1)
-        index_layout(
-            "folder", nested, image_dir="photos", mask_dir="photos/masks", mask_ext="png"
-        )
+        index_layout("folder", nested, image_dir="photos", mask_dir="photos/masks", mask_ext="png")
     assert "subfolders" not in caplog.text

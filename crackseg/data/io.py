@@ -220,6 +220,8 @@ def _mask_levels(array: np.ndarray) -> np.ndarray:
     a label map (largest value below :data:`LABEL_MAP_LIMIT`, e.g. 0/1) reads as 0/255, and
     16-bit data that holds 8-bit values (0/255 written in 16 bits) as those values."""
     top = array.max()
+    if top == 0:  # empty, whatever its pixel type (a float TIFF of 0/1 with no 1)
+        return np.zeros(array.shape, np.uint8)
     if 0 < top < LABEL_MAP_LIMIT:
         return np.where(array > 0, 255, 0).astype(np.uint8)
     if array.dtype == np.uint16 and top <= 255:

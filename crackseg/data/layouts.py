@@ -84,13 +84,12 @@ def _labels_from_masks(masks: list[Path], desc: str, threshold: int) -> list[boo
     def job(path: Path) -> bool | str:
         try:
             return _mask_has_defect(path, threshold)
-        except DataError:
-            return "error"
+        except DataError as error:
+            return _file_and_why(path, error)
 
     results = map_threads(job, masks, desc)
-    bad = [m for m, r in zip(masks, results, strict=True) if r == "error"]
-    if bad:
-        raise DataError(f"unreadable or truncated masks: {describe_files(bad)}")
+    if bad := [r for r in results if isinstance(r, str)]:
+        raise DataError(f"masks that cannot be read: {describe_files(bad)}")
     return [bool(r) for r in results]
 
 
@@ -570,19 +569,25 @@ def _inspect(sample: Sample, threshold: int) -> tuple[list[str], tuple | None, b
     has_defect = None
     try:
         image_shape = read_native(sample.image_path).shape[:2]
-    except CracksegError:
-        bad.append(str(sample.image_path))
+    except CracksegError as error:
+        bad.append(_file_and_why(sample.image_path, error))
     if sample.mask_path is not None:
         try:
             mask = read_mask(sample.mask_path)
             mask_shape = mask.shape
             has_defect = bool((mask > threshold).any())
-        except CracksegError:
-            bad.append(str(sample.mask_path))
+        except CracksegError as error:
+            bad.append(_file_and_why(sample.mask_path, error))
     mismatch = None
     if image_shape is not None and mask_shape is not None and image_shape != mask_shape:
         mismatch = (sample.mask_path, image_shape, mask_shape)
     return bad, mismatch, has_defect
+
+
+def _file_and_why(path: object, error: CracksegError) -> str:
+    """``PATH (why it cannot be read)``, from a reading error that ends with the path."""
+    message, named = str(error), f": {path}"
+    return f"{path} ({message.removesuffix(named)})" if message.endswith(named) else message
 
 
 def check_samples(
@@ -600,7 +605,7 @@ def check_samples(
     results = map_threads(lambda s: _inspect(s, binarize_threshold), samples, desc)
     bad = [path for b, _, _ in results for path in b]
     if bad:
-        raise DataError(f"unreadable or truncated files: {describe_files(bad)}")
+        raise DataError(f"files that cannot be read: {describe_files(bad)}")
     mismatches = [m for _, m, _ in results if m is not None]
     mismatched = [
         f"{path} ({mask_hw[0]}x{mask_hw[1]}, image {image_hw[0]}x{image_hw[1]})"
