@@ -72,7 +72,7 @@ tensorboard: install ## compare every run under outputs/ in TensorBoard
 
 bench: install ## speed table, benchmarks/results.json, memory check (ARGS=bench.py options)
 	$(BIN)/python benchmarks/bench.py $(ARGS) || [ $$? -eq 3 ]  # 3: --budget stopped rows
-	$(BIN)/python benchmarks/memory_vs_dataset_size.py $(filter --quick,$(ARGS))
+	$(if $(filter --list --help -h,$(ARGS)),,$(BIN)/python benchmarks/memory_vs_dataset_size.py $(filter --quick,$(ARGS)))
 
 benchmark: bench ## the same as bench
 
@@ -81,4 +81,5 @@ gpu-check: install ## GPU tests, bench on cuda, DDP, a seed-run epoch: <= 8 min 
 
 clean: ## remove caches and built wheels (keeps outputs/, data/ and .venv)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . \( -path ./.venv -o -path ./data -o -path ./outputs \) -prune -o \
+		-name __pycache__ -type d -prune -exec rm -rf {} +

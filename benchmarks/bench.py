@@ -30,6 +30,7 @@ import argparse
 import fnmatch
 import itertools
 import json
+import os
 import platform
 import resource
 import signal
@@ -658,6 +659,17 @@ def refuse_unwritable_json(path: Path) -> None:
         fail(f"--json {path}: cannot write there ({error.strerror or error})")
 
 
+def refuse_unusable_folder(path: Path, option: str) -> None:
+    """Refuse a folder option (``--data-dir``) that names a file, or a place no folder can
+    be made, before any work (not with a traceback minutes later)."""
+    existing = next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == path.absolute() else f"is under {existing}, a file"
+        fail(f"{option} {path} {what}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"{option} {path}: cannot write in {existing}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
     if args.worker:
@@ -668,6 +680,10 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         fail("--device cuda, but torch sees no CUDA device")
     refuse_unwritable_json(args.json)
+    if args.data_dir is not None:
+        refuse_unusable_folder(args.data_dir, "--data-dir")
+    if args.budget is not None and not args.budget > 0:
+        fail(f"--budget must be a number of seconds > 0, not {args.budget:g}")
     if args.no_eager and not variants(args):
         fail(
             "--no-eager leaves no network row: add --channels-last, --volume-im2col, --compile"

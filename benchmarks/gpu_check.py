@@ -369,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     default_json = Path(tempfile.gettempdir()) / "crackseg-gpu-check-toy.json"
     json_path = args.json or (default_json if plan.toy else RESULTS)
     bench.refuse_unwritable_json(json_path)  # one error: line, exit 2
+    if args.work_dir is not None:
+        bench.refuse_unusable_folder(args.work_dir, "--work-dir")
     if plan.toy:
         where = "the CPU" if plan.device == "cpu" else "the GPU"
         print(f"gpu-check: toy sizes on {where} (no CUDA device, or --toy)", file=sys.stderr)

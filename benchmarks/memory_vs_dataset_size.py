@@ -29,9 +29,11 @@ Memory is reported three ways:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,8 +41,10 @@ import time
 from pathlib import Path
 
 import psutil
+from bench import fail, refuse_unusable_folder
 
 from crackseg.data.synthetic import generate_synthetic_dataset
+from crackseg.errors import CracksegError
 
 #: The largest peak memory accepted, as a multiple of that on the smallest folder.
 MAX_GROWTH = 1.10
@@ -117,12 +121,21 @@ def run_training(data_root: Path, run_dir: Path, args: argparse.Namespace) -> di
     peak_rss = peak_pss = 0
     start = time.perf_counter()
     with log_path.open("w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        watched = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            rss, pss = tree_memory(watched)
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-            time.sleep(args.interval)
+        # A session of its own: stopped (Ctrl-C, SIGTERM), the check stops the training and
+        # its loader workers with it, before its work folder is removed.
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+        try:
+            watched = psutil.Process(proc.pid)
+            while proc.poll() is None:
+                rss, pss = tree_memory(watched)
+                peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+                time.sleep(args.interval)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever of the run is left
+            proc.wait()
     wall = time.perf_counter() - start
     text = log_path.read_text()
     if proc.returncode != 0:
@@ -144,6 +157,25 @@ def run_training(data_root: Path, run_dir: Path, args: argparse.Namespace) -> di
     }
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """One error: line, exit 2, for arguments the check cannot run with, before any work."""
+    if not Path(TIME).is_file():
+        fail(f"{TIME} is needed (apt-get install time)")
+    if min(args.sizes) < 4:
+        fail(f"--sizes must be at least 4 tiles each, not {min(args.sizes)}")
+    for option, value, least in (
+        ("--train-batches", args.train_batches, 1),
+        ("--eval-batches", args.eval_batches, 1),
+        ("--workers", args.workers, 0),
+    ):
+        if value < least:
+            fail(f"{option} must be at least {least}, not {value}")
+    if not args.interval > 0:
+        fail(f"--interval must be a number of seconds > 0, not {args.interval:g}")
+    if args.workdir is not None:
+        refuse_unusable_folder(args.workdir, "--workdir")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
@@ -158,20 +190,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.train_batches, args.eval_batches = [100, 400], 4, 2
-    if not Path(TIME).is_file():
-        sys.exit(f"error: {TIME} is needed (apt-get install time)")
+    check_arguments(args)
     sizes = sorted(set(args.sizes))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crackseg-memory-"))
     workdir = workdir.resolve()
     try:
-        base = generate_synthetic_dataset(
-            workdir / "base",
-            num_positives=sizes[0] - sizes[0] // 2,
-            num_negatives=sizes[0] // 2,
-            height=160,
-            width=160,
-            seed=args.seed,
-        )
+        try:
+            base = generate_synthetic_dataset(
+                workdir / "base",
+                num_positives=sizes[0] - sizes[0] // 2,
+                num_negatives=sizes[0] // 2,
+                height=160,
+                width=160,
+                seed=args.seed,
+            )
+        except CracksegError as error:  # a kept --workdir holding other tiles
+            fail(f"--workdir {args.workdir}: {error}" if args.workdir else str(error))
         rows = []
         # the data of a kept --workdir is used again; the runs are this check's own
         (workdir / "runs").mkdir(parents=True, exist_ok=True)
@@ -184,6 +218,8 @@ def main() -> None:
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"the tiles and runs are kept in {workdir}", file=sys.stderr)
     first = rows[0][1]
     print(
         f"\nschedule: 1 epoch of {args.train_batches} training batches, {args.eval_batches} "
@@ -210,4 +246,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # SIGTERM as Ctrl-C: the training under way is stopped and the work folder removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     main()

@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
             "threads": torch.get_num_threads(),
             "results": results,
         }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(document, indent=2) + "\n")
 
 

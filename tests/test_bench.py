@@ -170,6 +170,9 @@ def refusal(bench, capsys, *argv: str) -> str:
         (["--size", "100x128"], "--size 100x128: input height 100 is not divisible by 8"),
         (["--json", "."], "is a folder"),
         (["--no-eager"], "--no-eager leaves no network row"),
+        # each a traceback at the first data row, after minutes of measuring
+        (["--data-dir", str(REPO / "README.md")], "README.md is a file, not a folder"),
+        (["--budget", "-5"], "--budget must be a number of seconds > 0, not -5"),
     ],
 )
 def test_bad_arguments_are_refused(bench, capsys, argv, words):
@@ -262,6 +265,52 @@ def test_the_quick_memory_check_trains_on_two_small_folders(tmp_path):
     rows = [cell for cell in cells if cell.isdigit()]
     assert rows == ["100", "400"], done.stdout
     assert "4 training batches, 2 validation and test batches" in done.stdout
+
+
+MEMORY_CHECK = REPO / "benchmarks" / "memory_vs_dataset_size.py"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--interval", "-1"], "error: --interval must be a number of seconds > 0, not -1"),
+        (["--sizes", "2", "8"], "error: --sizes must be at least 4 tiles each, not 2"),
+        (["--workdir", str(REPO / "README.md")], "README.md is a file, not a folder"),
+    ],
+)
+def test_the_memory_check_refuses_what_cannot_run_in_one_line(argv, expected):
+    """Each was a traceback, --interval -1 once the training had started (left running)."""
+    command = [sys.executable, str(MEMORY_CHECK), *argv]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2
+    assert expected in one_line_error(done)
+
+
+@pytest.mark.skipif(not os.path.isfile("/usr/bin/time"), reason="needs /usr/bin/time")
+def test_a_terminated_memory_check_stops_its_training_and_removes_its_folder(tmp_path):
+    """SIGTERM ended the check and left its training running, and its work folder behind."""
+    command = [sys.executable, str(MEMORY_CHECK), "--quick"]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # its work folder goes there
+    check = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        while "training on 100 tiles" not in check.stderr.readline():
+            assert check.poll() is None, "the check ended before its first training"
+        training = None
+        for _ in range(400):  # the training, started after the line above
+            children = psutil.Process(check.pid).children(recursive=True)
+            if any("crackseg-train" in " ".join(c.cmdline()) for c in children):
+                training = children
+                break
+            time.sleep(0.05)
+        assert training is not None
+        check.send_signal(signal.SIGTERM)
+        assert check.wait(timeout=60) == 128 + signal.SIGTERM
+        psutil.wait_procs(training, timeout=10)
+        assert not [p for p in training if p.is_running() and p.status() != "zombie"]
+        assert not list(tmp_path.glob("crackseg-memory-*"))
+    finally:
+        check.kill()
+        check.stderr.close()
 
 
 def test_a_terminated_bench_stops_the_row_it_was_measuring(tmp_path):

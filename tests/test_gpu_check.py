@@ -133,6 +133,16 @@ def test_an_nvidia_gpu_torch_cannot_use_is_an_error_not_a_toy_pass(tmp_path, mon
     assert "install a CUDA build of torch" in error and not (tmp_path / "r.json").exists()
 
 
+def test_a_work_dir_that_is_a_file_is_refused_in_one_line(tmp_path):
+    """It was a traceback (FileExistsError)."""
+    (tmp_path / "notes").write_text("")
+    done = gpu_check(tmp_path, "--work-dir", str(tmp_path / "notes"), "--budget", "5")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: --work-dir {tmp_path / 'notes'} is a file, not a folder"
+    )
+
+
 def test_on_a_gpu_a_skipped_gpu_test_fails_its_step(monkeypatch, tmp_path):
     """Counted from pytest's JUnit report: here, without a GPU, the GPU tests skip."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
