@@ -682,8 +682,8 @@ def main(argv: list[str] | None = None) -> None:
     refuse_unwritable_json(args.json)
     if args.data_dir is not None:
         refuse_unusable_folder(args.data_dir, "--data-dir")
-    if args.budget is not None and not args.budget > 0:
-        fail(f"--budget must be a number of seconds > 0, not {args.budget:g}")
+    if args.budget is not None and not args.budget >= 0:  # 0: every row cut, as spent
+        fail(f"--budget must be a number of seconds >= 0, not {args.budget:g}")
     if args.no_eager and not variants(args):
         fail(
             "--no-eager leaves no network row: add --channels-last, --volume-im2col, --compile"

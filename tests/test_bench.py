@@ -172,7 +172,7 @@ def refusal(bench, capsys, *argv: str) -> str:
         (["--no-eager"], "--no-eager leaves no network row"),
         # each a traceback at the first data row, after minutes of measuring
         (["--data-dir", str(REPO / "README.md")], "README.md is a file, not a folder"),
-        (["--budget", "-5"], "--budget must be a number of seconds > 0, not -5"),
+        (["--budget", "-5"], "--budget must be a number of seconds >= 0, not -5"),
     ],
 )
 def test_bad_arguments_are_refused(bench, capsys, argv, words):
