@@ -164,9 +164,8 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
         if isinstance(target, str) and (arguments is None or name in arguments):
             return None  # an argument of the class the block builds: added with +, it is taken
         if arguments is not None:  # the class would refuse it, added with + as Hydra advises
-            return (
-                f"{block}.{name} is not a setting{closest_setting(block, name, sorted(arguments))}"
-            )
+            known = sorted((set(arguments) | set(here)) - {"_partial_"})
+            return f"{block}.{name} is not a setting{closest_setting(block, name, known)}"
         close = closest_setting(block, name, here)
         return f"{block}.{name} is not a setting{close}" if "did you mean" in close else None
     if name in known:  # a setting of other configs than the one chosen

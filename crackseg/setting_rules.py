@@ -130,17 +130,39 @@ def target_arguments(target: object) -> list[str] | None:
     return [p.name for p in parameters if p.kind != p.VAR_POSITIONAL and p.name != "self"]
 
 
+def keys_set_at_the_top(config_name: str, choices: dict[str, Any]) -> frozenset[str]:
+    """The keys the configs a command composed set at the top of its config: its own
+    (``train.yaml``) and those of its chosen options placed there (``# @package _global_``:
+    an experiment, a sweep). ``choices``: Hydra's ``runtime.choices``."""
+    found = set(_keys_of(f"{config_name}.yaml", top_only=False))
+    for group, choice in choices.items():
+        if isinstance(choice, str) and not group.startswith("hydra"):
+            found.update(_keys_of(f"{group}/{choice}.yaml", top_only=True))
+    return frozenset(found - {"defaults"})
+
+
+def keys_a_config_sets(group: str, choices: dict[str, Any]) -> frozenset[str]:
+    """The keys the chosen option of config group ``group`` sets in its block
+    (``scheduler=step``: ``step_size``, ``gamma`` and ``interval``, which crackseg reads
+    itself); none where ``group`` is no group of the command."""
+    choice = choices.get(group)
+    if not isinstance(choice, str):
+        return frozenset()
+    return frozenset(_keys_of(f"{group}/{choice}.yaml", top_only=False))
+
+
 @functools.cache
-def keys_set_at_the_top() -> frozenset[str]:
-    """The keys a config of conf/ sets at the top of a command's config: a command's own
-    config (``train.yaml``) or one placed there (``# @package _global_``, an experiment)."""
+def _keys_of(relative: str, top_only: bool) -> tuple[str, ...]:
+    """The keys of conf/RELATIVE; with ``top_only``, only where it is placed at the top of
+    the config (``# @package _global_``). None where there is no such file."""
     import yaml
 
     import crackseg
 
-    found: set[str] = set()
-    for path in Path(crackseg.CONFIG_DIR).rglob("*.yaml"):
-        text = path.read_text()
-        if path.parent.name == "conf" or "@package _global_" in text.split("\n", 1)[0]:
-            found.update(yaml.safe_load(text) or {})
-    return frozenset(found - {"defaults"})
+    path = Path(crackseg.CONFIG_DIR) / relative
+    if not path.is_file():
+        return ()
+    text = path.read_text()
+    if top_only and "@package _global_" not in text.split("\n", 1)[0]:
+        return ()
+    return tuple(yaml.safe_load(text) or {})

@@ -74,6 +74,11 @@ def test_hydras_advice_stays_on_the_error_line(tmp_path, overrides, expected):
         ("trainer.max_epoch=1", "error: trainer.max_epoch is not a setting (did you mean "),
         # one the Trainer does not take: added with + as Hydra advised, the Trainer refused it
         ("trainer.nokey=1", "error: trainer.nokey is not a setting (known: accelerator, "),
+        # a key of the block's config that crackseg reads, not the scheduler's class
+        (
+            "scheduler.intervall=step",
+            "error: scheduler.intervall is not a setting (did you mean scheduler.interval?)",
+        ),
         # added with +, as Hydra advised, it was one nothing read: the run trained with seed 0
         ("-m", "error: +seeed=0,1 adds a setting nothing reads (did you mean seed?)"),
     ],
@@ -82,6 +87,8 @@ def test_a_mistyped_setting_is_named_with_the_one_meant(tmp_path, override, expe
     """Not Hydra's advice to add the key with +, which would only be refused next, or
     ignored."""
     overrides = ("-m", "+seeed=0,1") if override == "-m" else (override,)
+    if override.startswith("scheduler."):
+        overrides = ("scheduler=step", *overrides)
     assert refused_train(tmp_path, *overrides).startswith(expected)
 
 

@@ -203,12 +203,12 @@ def test_the_command_refuses_them_before_reading_any_data(tmp_path, overrides, e
     assert "crackseg.runs.config_checks" in imported and "pytorch_lightning" not in imported
 
 
-def _added_refusal(*overrides: str) -> str | None:
+def _added_refusal(*overrides: str, command: str = "train") -> str | None:
     """The refusal of a key ``overrides`` add that nothing reads, None where none is."""
     from crackseg.runs.lifecycle import refuse_added_settings_nothing_reads
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(command, overrides=list(overrides), return_hydra_config=True)
     try:
         refuse_added_settings_nothing_reads(cfg, cfg.hydra)
     except ConfigError as refused:
@@ -239,6 +239,16 @@ def test_a_key_added_that_nothing_takes_is_refused_before_the_run(override, expe
     assert _added_refusal(override) == expected
 
 
+def test_a_key_of_another_commands_config_added_with_double_plus_is_refused():
+    """crackseg-eval reads no use_best_model (a training's): set in train.yaml, it was
+    taken for a key of eval's config."""
+    refused = _added_refusal("ckpt_path=x", "++use_best_model=false", command="eval")
+    assert refused.startswith("++use_best_model=false adds a setting nothing reads")
+    # an experiment chosen places its keys at the top: they are the command's
+    with_experiment = ("ckpt_path=x", "experiment=cfd_tiles", "++use_best_model=false")
+    assert _added_refusal(*with_experiment, command="eval") is None
+
+
 @pytest.mark.parametrize(
     "override",
     [
@@ -247,8 +257,9 @@ def test_a_key_added_that_nothing_takes_is_refused_before_the_run(override, expe
         "+trainer.max_steps=5",  # an argument of Lightning's Trainer that conf/ leaves out
         "++trainer.max_epochs=2",
         "+sweep=dilate",  # a config group, chosen
+        "++scheduler.interval=step",  # read by crackseg, not by the scheduler's class
         "+callbacks.stop._target_=pytorch_lightning.callbacks.EarlyStopping",
     ],
 )
 def test_a_key_added_that_a_config_or_a_class_takes_is_accepted(override):
-    assert _added_refusal(override) is None
+    assert _added_refusal("scheduler=step", override) is None

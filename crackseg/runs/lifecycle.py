@@ -46,6 +46,7 @@ from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import (
     as_override,
     closest_setting,
+    keys_a_config_sets,
     keys_set_at_the_top,
     target_arguments,
 )
@@ -173,7 +174,10 @@ def refuse_added_settings_nothing_reads(cfg: DictConfig, hydra: DictConfig) -> N
         key = override_key(override)
         block, _, name = key.rpartition(".")
         if not block:
-            set_by_a_config = override.startswith("++") and key in keys_set_at_the_top()
+            config_name = hydra.job.config_name
+            set_by_a_config = override.startswith("++") and key in keys_set_at_the_top(
+                config_name, choices
+            )
             if key not in choices and not set_by_a_config:
                 known = sorted(k for k in cfg if k not in (key, "hydra"))
                 raise ConfigError(
@@ -182,10 +186,13 @@ def refuse_added_settings_nothing_reads(cfg: DictConfig, hydra: DictConfig) -> N
             continue
         target = OmegaConf.select(cfg, f"{block}._target_", default=None)
         arguments = target_arguments(target) if not name.startswith("_") else None
-        if arguments is not None and name not in arguments:
+        if arguments is None:
+            continue
+        known = set(arguments) | keys_a_config_sets(block, choices)  # scheduler.interval
+        if name not in known:
             raise ConfigError(
                 f"{override} adds a setting {target} does not take"
-                f"{closest_setting(block, name, sorted(arguments))}"
+                f"{closest_setting(block, name, sorted(known - {'_target_', '_partial_'}))}"
             )
 
 
