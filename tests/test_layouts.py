@@ -99,19 +99,21 @@ def test_16_bit_and_colour_masks(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("drawn", "colour"),
+    ("drawn", "colour", "reads"),
     [
-        ("white everywhere, the crack opaque", (255, 255, 255)),
-        ("black strokes on a transparent layer", (0, 0, 0)),
-        ("red strokes on transparent black", None),
-        ("16 bit, white everywhere", (65535, 65535, 65535)),
+        ("white everywhere, the crack opaque", (255, 255, 255), "crack"),
+        ("16 bit, white everywhere", (65535, 65535, 65535), "crack"),
+        ("red strokes on transparent black", None, "crack"),
+        # black strokes on a transparent layer are an empty black mask with transparent
+        # parts: both read empty (an image whose mask is empty is named in a warning)
+        ("black everywhere, the crack opaque", (0, 0, 0), "nothing"),
     ],
 )
 def test_a_mask_drawn_on_a_transparent_layer_reads_its_transparent_pixels_as_background(
-    tmp_path, drawn, colour
+    tmp_path, drawn, colour, reads
 ):
     """A mask whose annotation is its alpha read as all crack (its colour, white
-    everywhere), or as no crack (black everywhere)."""
+    everywhere)."""
     crack = np.zeros((H, W), bool)
     crack[4:8, 5:15] = True
     deep = colour is not None and max(colour) > 255
@@ -123,11 +125,29 @@ def test_a_mask_drawn_on_a_transparent_layer_reads_its_transparent_pixels_as_bac
         layer[..., :3] = colour
     layer[crack, 3] = opaque
     write_image(tmp_path / "m.png", layer)
-    assert (read_mask(tmp_path / "m.png") > 127).tolist() == crack.tolist(), drawn
+    expected = crack if reads == "crack" else np.zeros_like(crack)
+    assert (read_mask(tmp_path / "m.png") > 127).tolist() == expected.tolist(), drawn
     layer[..., 3] = opaque  # opaque throughout: its colour is the mask
     write_image(tmp_path / "opaque.png", layer)
     expected = np.broadcast_to(max(colour) > 0, (H, W)) if colour is not None else crack
     assert (read_mask(tmp_path / "opaque.png") > 127).tolist() == expected.tolist(), drawn
+
+
+def test_a_faint_or_anti_aliased_stroke_on_a_transparent_layer_is_crack(tmp_path):
+    """Weighted by its opacity, a white stroke at 40 % read as no crack, and an opaque
+    crack lost its anti-aliased edge; an empty black mask with a transparent border read
+    as all crack."""
+    layer = np.zeros((H, W, 4), np.uint8)
+    layer[4:8, 5:15] = (255, 255, 255, 102)  # 40 % opaque
+    layer[8, 5:15] = (255, 255, 255, 30)  # its anti-aliased edge
+    write_image(tmp_path / "faint.png", layer)
+    crack = np.zeros((H, W), bool)
+    crack[4:9, 5:15] = True
+    assert (read_mask(tmp_path / "faint.png") > 127).tolist() == crack.tolist()
+    bordered = np.zeros((H, W, 4), np.uint8)
+    bordered[2:-2, 2:-2, 3] = 255  # opaque black inside a transparent border
+    write_image(tmp_path / "bordered.png", bordered)
+    assert not read_mask(tmp_path / "bordered.png").any()
 
 
 def test_truncated_png_and_jpeg_are_caught(tmp_path):

@@ -231,19 +231,20 @@ def _mask_levels(array: np.ndarray) -> np.ndarray:
 
 def _mask_through_alpha(array: np.ndarray) -> np.ndarray:
     """A mask with an alpha channel (grey + alpha, or colour + alpha) without it, its
-    transparent pixels background: drawn in one colour on a transparent layer (white,
-    black: every pixel holds that colour), the alpha is the mask; in several colours, each
-    pixel's colour weighted by its opacity. A mask opaque throughout is its colour."""
+    transparent pixels background: drawn on a transparent layer in one colour that is not
+    black (white, red: every pixel holds it), the alpha is the mask; otherwise the colour
+    of the pixels that are not transparent, anti-aliased edges and faint strokes included.
+    Black strokes on a transparent layer cannot be told from an empty black mask with
+    transparent parts: both read empty. A mask opaque throughout is its colour."""
     if array.ndim != 3 or array.shape[2] not in (2, 4) or array.dtype.kind != "u":
         return array
     colour, alpha = array[:, :, :-1], array[:, :, -1]
     if (alpha == np.iinfo(array.dtype).max).all():
         return colour[:, :, 0] if colour.shape[2] == 1 else colour
     colour = colour.max(axis=2)
-    if colour.min() == colour.max():
+    if colour.min() == colour.max() > 0:
         return alpha
-    weighted = colour.astype(np.float64) * alpha / np.iinfo(array.dtype).max
-    return np.rint(weighted).astype(array.dtype)
+    return np.where(alpha > 0, colour, 0).astype(array.dtype)
 
 
 def read_native(path: Path | str, *, mask: bool = False) -> np.ndarray:
