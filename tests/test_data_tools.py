@@ -58,6 +58,11 @@ def test_a_photographs_label_wins_over_its_mask_as_in_a_run(tmp_path, caplog):
     assert "1 crack photograph(s) have an empty mask" in warned and "P2" in warned
     assert "1 crack-free photograph(s) have crack pixels in their mask" in warned
     assert "noncrack_N1" in warned
+    # none of them tileable: no empty dataset (which data.tile would have kept, marked done)
+    only = tmp_path / "only"
+    _photo(only, "P2", [])
+    with pytest.raises(DataError, match=r"^no tile cut: every photograph is a crack photo"):
+        tile_dataset(only, tmp_path / "none", size=32)
 
 
 def test_tile_counts_names_and_noncrack(tmp_path):

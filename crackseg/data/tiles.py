@@ -200,7 +200,12 @@ def tile_dataset(
         counts[split][1] += labels.count(False)
     ambiguous = sum(labels.count(None) for labels in results)
     skipped = sum(not photo.labels and not photo.unmarked_crack for photo in tiled)
-    if jobs and skipped == len(jobs):
+    if jobs and all(photo.unmarked_crack for photo in tiled):
+        raise DataError(
+            f"no tile cut: every photograph is a crack photograph whose mask marks no crack "
+            f"(no pixel > {threshold}): {describe_files([s.sample_id for s, _, _ in jobs])}"
+        )
+    if jobs and not any(photo.labels for photo in tiled):
         raise _no_tile(size, [sample for sample, _, _ in jobs])
     if skipped:
         log.warning("%d image(s) smaller than %d px gave no tile (use --pad)", skipped, size)
