@@ -622,6 +622,7 @@ def test_a_kolektorsdd_archive_s_extra_folder_is_left_out_and_one_level_too_deep
         samples = index_layout("ksdd", root)["all"]
     assert {s.group for s in samples} == {"kos01", "kos02"}
     assert "left out" in caplog.text and "__MACOSX" in caplog.text
+    assert "subfolders" not in caplog.text  # (what the extra folder holds is not named)
     # a part folder left empty (an archive half unpacked) is no extra folder: refused
     (root / "kos03").mkdir()
     with pytest.raises(DataError, match=r"no images .* looked in: .*kos03$"):
@@ -653,8 +654,9 @@ def test_a_subfolder_of_an_image_folder_is_named_as_left_out(tmp_path, caplog):
     nested = tmp_path / "nested"
     for name in ("a", "b"):
         write_image(nested / "photos" / f"{name}.jpg", _image())
-        write_image(nested / "photos" / "masks" / f"{name}.png", _mask(True))
+        write_image(nested / "photos" / "gt" / "masks" / f"{name}.png", _mask(True))
     with caplog.at_level(logging.WARNING):
         index_layout("dagm", dagm, class_id=1)
-        index_layout("folder", nested, image_dir="photos", mask_dir="photos/masks", mask_ext="png")
+        folder = {"image_dir": "photos", "mask_dir": "photos/gt/masks", "mask_ext": "png"}
+        assert len(index_layout("folder", nested, **folder)["all"]) == 2
     assert "subfolders" not in caplog.text

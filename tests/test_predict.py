@@ -263,7 +263,7 @@ def test_a_folder_lists_its_images_and_names_the_files_it_leaves_out(tmp_path, c
         assert [p.name for p in list_input_images(tmp_path)] == ["a.png"]
     assert "1 files are not" in caplog.text and "b.gif" in caplog.text
     assert "DS_Store" not in caplog.text
-    assert f"1 subfolders are not read, their images left out: {tmp_path / 'sub'}" in caplog.text
+    assert f"1 subfolders are not read (give each as input): {tmp_path / 'sub'}" in caplog.text
     nested = tmp_path / "nested"
     (nested / "inner").mkdir(parents=True)
     cv2.imwrite(str(nested / "inner" / "c.png"), np.zeros((4, 4, 3), np.uint8))

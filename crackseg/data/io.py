@@ -108,10 +108,20 @@ def list_input_images(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise DataError(f"input {path} does not exist")
-    images = list_image_files(path, name_left_out=True)  # its subfolders named: give each
+    subfolders = sorted(p for p in path.iterdir() if p.is_dir() and p.name[0] != ".")
+    images = list_image_files(
+        path, name_left_out=True, subfolders_read={p.name for p in subfolders}
+    )
     if not images:
         kinds = "/".join(IMAGE_EXTENSIONS)
         raise DataError(f"no images ({kinds}) found in {path} (its subfolders are not read)")
+    if subfolders:
+        log.warning(
+            "%s: %d subfolders are not read (give each as input): %s",
+            path,
+            len(subfolders),
+            describe_files(subfolders),
+        )
     return images
 
 

@@ -236,6 +236,16 @@ def _tile_groups(root: Path) -> dict[str, str]:
         raise DataError(f"unreadable {path} ({error}); cut the tiles again") from None
 
 
+def _first_folder_inside(path: Path, folder: Path) -> set[str]:
+    """The subfolder of ``folder`` that ``path`` lies in (``masks`` of images/masks/gt),
+    none where it lies elsewhere."""
+    try:
+        parts = path.resolve().relative_to(folder.resolve()).parts
+    except ValueError:
+        return set()
+    return {parts[0]} if parts else set()
+
+
 def _ksdd2(
     root: Path, binarize_threshold: int, mask_suffix: str = "_GT"
 ) -> dict[str, list[Sample]]:
@@ -308,9 +318,10 @@ def _folder(
         )
     if mask_ext is not None and not mask_ext.startswith("."):
         mask_ext = "." + mask_ext
-    masks_inside = masks_path.parent.resolve() == images_path.resolve()
     files = list_image_files(
-        images_path, name_left_out=True, subfolders_read={masks_path.name} if masks_inside else ()
+        images_path,
+        name_left_out=True,
+        subfolders_read=_first_folder_inside(masks_path, images_path),
     )
     if same_dir:
         files = [p for p in files if not p.stem.endswith(mask_suffix)]
@@ -372,7 +383,11 @@ def _ksdd(
     root: Path, binarize_threshold: int, mask_suffix: str = "_label"
 ) -> dict[str, list[Sample]]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    parts = [(folder, list_image_files(folder, name_left_out=True)) for folder in folders]
+    # what an extra folder holds is not named (the folder is, below): only a part's
+    parts = [
+        (folder, list_image_files(folder, name_left_out=bool(KSDD_FOLDER.fullmatch(folder.name))))
+        for folder in folders
+    ]
     if empty := [f for f, files in parts if not files and KSDD_FOLDER.fullmatch(f.name)]:
         raise _no_images(root, empty)  # a part folder (kos07) left empty: half unpacked
     without = [folder for folder, files in parts if not files]
