@@ -159,8 +159,6 @@ def run_training(data_root: Path, run_dir: Path, args: argparse.Namespace) -> di
 
 def check_arguments(args: argparse.Namespace) -> None:
     """One error: line, exit 2, for arguments the check cannot run with, before any work."""
-    if not Path(TIME).is_file():
-        fail(f"{TIME} is needed (apt-get install time)")
     if min(args.sizes) < 4:
         fail(f"--sizes must be at least 4 tiles each, not {min(args.sizes)}")
     for option, value, least in (
@@ -174,6 +172,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         fail(f"--interval must be a number of seconds > 0, not {args.interval:g}")
     if args.workdir is not None:
         refuse_unusable_folder(args.workdir, "--workdir")
+    if not Path(TIME).is_file():  # last: the checks above hold on any machine
+        fail(f"{TIME} is needed (apt-get install time)")
 
 
 def main() -> None:
@@ -218,8 +218,8 @@ def main() -> None:
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"the tiles and runs are kept in {workdir}", file=sys.stderr)
+    if args.keep or args.workdir is not None:
+        print(f"the tiles and runs are kept in {workdir}", file=sys.stderr)
     first = rows[0][1]
     print(
         f"\nschedule: 1 epoch of {args.train_batches} training batches, {args.eval_batches} "

@@ -16,6 +16,7 @@ from scipy.io.matlab import MatReadError
 
 from crackseg.atomic import atomic_write_png
 from crackseg.data.io import IMAGE_EXTENSIONS, list_image_files, read_native
+from crackseg.data.layouts import files_by_stem
 from crackseg.errors import DataError, describe_files
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def convert_crackforest(src: Path, dst: Path) -> int:
             f"{src} is not CrackForest as distributed: it needs {IMAGE_FOLDER}/ and "
             f"{MASK_FOLDER}/ (github.com/cuilimeng/CrackForest-dataset)"
         )
-    images = list_image_files(images_dir, name_left_out=True)  # CrackForest's are .jpg
+    # CrackForest's are .jpg; two of one name (001.jpg, 001.png) would share one mask
+    images = sorted(files_by_stem(list_image_files(images_dir, name_left_out=True)).values())
     if not images:
         raise DataError(f"no photograph ({'/'.join(IMAGE_EXTENSIONS)}) in {images_dir}")
     missing = [p.name for p in images if not (masks_dir / f"{p.stem}.mat").is_file()]
