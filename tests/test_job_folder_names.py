@@ -8,13 +8,8 @@ from pathlib import Path
 from conftest import run_entry
 from omegaconf import OmegaConf
 
-from crackseg.runs.resolvers import (
-    MAX_DIRNAME_BYTES,
-    hydra_subdir,
-    job_dirname,
-    job_folder,
-    job_log,
-)
+from crackseg.runs.job_folders import MAX_DIRNAME_BYTES, job_dirname, job_folder
+from crackseg.runs.resolvers import hydra_subdir, job_log
 
 
 def _is_job_folder_of(sweep: Path, name: str) -> bool:

@@ -36,8 +36,8 @@ from crackseg.errors import ConfigError
 from crackseg.run_files import LOCK_FILE
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.gpus import claim_gpu, job_device_context, visible_gpus
+from crackseg.runs.job_folders import job_dirname, job_folder
 from crackseg.runs.ownership import lock_file
-from crackseg.runs.resolvers import job_dirname, job_folder
 from crackseg.runs.threads import jobs_side_by_side, set_job_threads, threads_per_job, usable_cores
 from crackseg.sweep.job_names import (
     JobNamesCallback,
@@ -1288,7 +1288,7 @@ def test_a_sweep_started_in_the_folder_of_a_running_sweep_is_refused_and_writes_
 def test_a_job_taken_from_the_queue_of_a_stopping_sweep_does_not_start(tmp_path: Path) -> None:
     """A worker whose job stopped takes the next queued job at once: that job ends before
     Hydra makes its folder while the sweep's process (a live one) stops."""
-    from crackseg.runs.resolvers import SWEEP_STOPPING, job_folder
+    from crackseg.runs.job_folders import SWEEP_STOPPING, job_folder
 
     mark = tmp_path / SWEEP_STOPPING
     mark.write_text(f"{os.getppid()}\n")  # another process, alive: the stopping sweep

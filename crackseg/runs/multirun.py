@@ -45,6 +45,7 @@ from crackseg.runs.hydra_run import (
     started_by,
     sweep_command,
 )
+from crackseg.runs.job_folders import SWEEP_STOPPING
 from crackseg.runs.lifecycle import ran_with_other_settings, refuse_added_settings_nothing_reads
 from crackseg.runs.ownership import (
     claim_run_folder,
@@ -53,7 +54,6 @@ from crackseg.runs.ownership import (
     release_run_folder,
     used_by_another_command,
 )
-from crackseg.runs.resolvers import SWEEP_STOPPING
 from crackseg.runs.resume import check_sweep_resume, config_differences
 from crackseg.runs.status import finished_status, holds_run, read_status
 from crackseg.setting_rules import check_required, is_integer
