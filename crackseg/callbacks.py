@@ -254,9 +254,9 @@ class EvaluationReport(pl.Callback):
     tab show (an evaluation's: the weights' training run with the data evaluated); without
     it only the files of the numbers are written. ``trained_here``: the weights were trained
     on this data module's split, so its count of segmented positives is theirs (the HParams
-    tab's ``num_segmented``); an evaluation's is not. ``counts_segmented``: its count of
-    segmented positives is the weights' (an evaluation on their own data, their training
-    split rebuilt as it was); where not, the report and metrics.json give none.
+    tab's ``num_segmented``); an evaluation's is not, unless ``training_split_rebuilt`` (an
+    evaluation on their own data, their training split rebuilt as it was); where neither,
+    the report and metrics.json give no count.
     ``trained_ids``: the sample ids the weights trained on (an evaluation's, from their
     checkpoint), so a test split that holds some is said to (``test_images_trained_on``).
     """
@@ -268,7 +268,7 @@ class EvaluationReport(pl.Callback):
         run_config: DictConfig | None = None,
         title: str = "",
         trained_here: bool = True,
-        counts_segmented: bool = True,
+        training_split_rebuilt: bool = False,
         trained_ids: frozenset[str] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
@@ -277,7 +277,7 @@ class EvaluationReport(pl.Callback):
         self.run_config = run_config
         self.title = title
         self.trained_here = trained_here
-        self.counts_segmented = trained_here or counts_segmented
+        self.counts_segmented = trained_here or training_split_rebuilt
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.trained_here and trainer.is_global_zero:

@@ -66,7 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         weights_run.reported,
         cfg.report_title,
         trained_here=False,
-        counts_segmented=weights_run.own_training_split,
+        training_split_rebuilt=weights_run.training_split_rebuilt,
         trained_ids=weights_run.trained_ids,
     )
     # StopCheckpoint saves nothing here (there is no training): a SIGTERM stops the test

@@ -43,7 +43,7 @@ class WeightsRun(NamedTuple):
     #: the run parameters of its report: the training run's, with the data evaluated here
     reported: DictConfig
     #: whether the data is theirs and their training split is rebuilt (its counts reported)
-    own_training_split: bool
+    training_split_rebuilt: bool
     #: the ids of the samples they trained on (:func:`trained_sample_ids`)
     trained_ids: frozenset[str] | None
 
@@ -73,7 +73,7 @@ def take_training_run_settings(
     )
     return WeightsRun(
         reported=reported_config(trained, data, cfg),
-        own_training_split=rebuild_training_split(data, trained.get("data")),
+        training_split_rebuilt=rebuild_training_split(data, trained.get("data")),
         trained_ids=trained_sample_ids(cfg.ckpt_path, data, trained.get("data")),
     )
 
