@@ -696,3 +696,13 @@ def test_a_prediction_sweep_run_again_with_skip_finished_skips_its_finished_jobs
     assert jobs == ["0_overlap=0.25", "1_overlap=0.5", "2_overlap=0.75"]
     for job in jobs:
         assert json.loads((tmp_path / job / "status.json").read_text())["status"] == "finished"
+
+
+def test_reference_masks_that_name_a_file_or_nothing_are_refused_as_such(tmp_path):
+    from crackseg.deploy.predict_folder import reference_masks
+
+    (tmp_path / "road.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"road.png: a file, not a folder of masks$"):
+        reference_masks(str(tmp_path / "road.png"))
+    with pytest.raises(DataError, match=r"masks: no such folder$"):
+        reference_masks(str(tmp_path / "masks"))

@@ -75,7 +75,8 @@ def reference_masks(folder: str | None) -> dict[str, Path]:
         return {}
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise DataError(f"reference_masks={root}: no such folder")
+        what = "a file, not a folder of masks" if root.exists() else "no such folder"
+        raise DataError(f"reference_masks={root}: {what}")
     return files_by_stem(p for p in sorted(root.iterdir()) if p.is_file() and is_image_file(p))
 
 
