@@ -17,8 +17,9 @@ A crack is a connected region of the mask (8-connectivity); regions smaller than
   pixel's edge, and at least ``d - 0.5`` where ``d`` is the distance transform there (the
   distance from the end pixel's centre to the nearest background pixel's centre is the
   distance to the crack's edge plus half a pixel). Exact for straight cracks along an axis
-  (either axis, any width) or a diagonal, within 1% at any other angle and along a curve
-  of radius 10 px or more (within 3% down to 5 px); a right-angled corner keeps its length.
+  (either axis, any width) or a diagonal, within 1% at any other angle (2% for some
+  placements on the pixel grid) and along a curve of radius 10 px or more (within 3% down
+  to 5 px); a right-angled corner keeps its length.
 - **width** at a skeleton pixel: the Euclidean distance transform
   (``scipy.ndimage.distance_transform_edt``) of the crack enlarged 2x (each pixel a 2x2
   block of half-pixels), its largest value over the pixel's block, in half-pixels. The
