@@ -64,12 +64,17 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_image_files(
-    folder: Path, *, name_left_out: bool = False, subfolders_read: Collection[str] = ()
+    folder: Path,
+    *,
+    name_left_out: bool = False,
+    subfolders_read: Collection[str] = (),
+    subfolders_advice: str = ", their images left out",
 ) -> list[Path]:
     """The image files in ``folder``, sorted, broken symlinks (dangling, or a loop) included:
     reading them then reports them as unreadable, where skipping them would hide them.
     ``name_left_out``: name what is left out in a warning, the other files and the
-    subfolders (not read; but for ``subfolders_read``, a layout's own, DAGM's ``Label``)."""
+    subfolders (not read, ``subfolders_advice`` said of them; but for ``subfolders_read``, a
+    layout's own, DAGM's ``Label``)."""
     images = sorted(
         p for p in folder.iterdir() if is_image_file(p) and (p.is_file() or _is_broken_link(p))
     )
@@ -92,9 +97,10 @@ def list_image_files(
         )
         if subfolders:
             log.warning(
-                "%s: %d subfolders are not read, their images left out: %s",
+                "%s: %d subfolders are not read%s: %s",
                 folder,
                 len(subfolders),
+                subfolders_advice,
                 describe_files(subfolders),
             )
     return images
@@ -108,20 +114,10 @@ def list_input_images(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise DataError(f"input {path} does not exist")
-    subfolders = sorted(p for p in path.iterdir() if p.is_dir() and p.name[0] != ".")
-    images = list_image_files(
-        path, name_left_out=True, subfolders_read={p.name for p in subfolders}
-    )
+    images = list_image_files(path, name_left_out=True, subfolders_advice=" (give each as input)")
     if not images:
         kinds = "/".join(IMAGE_EXTENSIONS)
         raise DataError(f"no images ({kinds}) found in {path} (its subfolders are not read)")
-    if subfolders:
-        log.warning(
-            "%s: %d subfolders are not read (give each as input): %s",
-            path,
-            len(subfolders),
-            describe_files(subfolders),
-        )
     return images
 
 
