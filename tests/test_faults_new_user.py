@@ -592,6 +592,37 @@ def test_a_stopped_run_resumed_ends_as_the_uninterrupted_run(
     assert "testing the best weights" in (run_dir / "train.log").read_text()
 
 
+#: Other runs of RESUMED_RUN, of one epoch, each resumed after a SIGTERM in its first batch:
+#: the stop must carry what no plain run has in flight.
+OTHER_RESUMED_RUNS = {
+    # gradients gathered over 2 of the epoch's 4 batches: the stop waits for the window's
+    # step (a checkpoint holds no gradients; batch 0's were lost on resume)
+    "accumulating": ("+trainer.accumulate_grad_batches=2",),
+    # 2 batches in each of 2 processes: the running loss sums of both processes are saved
+    # (the second's were lost: the epoch's logged losses differed)
+    "ddp": ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_RESUMED_RUNS))
+def test_a_run_stopped_with_work_in_flight_resumes_as_the_uninterrupted_run(tmp_path, case):
+    settings = ("trainer.max_epochs=1", *OTHER_RESUMED_RUNS[case])
+    data_dir = tmp_path / "data"
+    reference = tmp_path / "uninterrupted"
+    result = _train(reference, data_dir, *settings)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "stopped"
+    process = _train(run_dir, data_dir, *settings, stall="0:0")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)  # read as it ends: a full pipe would block it
+    assert process.returncode == 143, stderr[-3000:]
+    saved = torch.load(run_dir / "checkpoints" / "interrupted.ckpt", weights_only=True)
+    assert saved["epoch"] == 0 and saved["global_step"] == 1  # inside the epoch
+    result = _train(run_dir, data_dir, *settings, "resume=auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _final(run_dir) == _final(reference)
+
+
 def _resume_from(folder: Path, run_dir: Path) -> subprocess.CompletedProcess:
     """``crackseg-train resume=RUN_DIR`` typed in ``folder``."""
     return subprocess.run(

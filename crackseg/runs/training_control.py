@@ -66,7 +66,8 @@ class StopCheckpoint(pl.Callback):
     one aborts at once. While training, the signal is only noted, and the run stops after
     the training batch under way, or after the validation under way: the checkpoint then
     holds a consistent state, the batches done so far this epoch (which the data module
-    skips when the run is resumed) or the whole epoch with its validation. Lightning alone
+    skips when the run is resumed; with gradient accumulation, up to the end of the window
+    under way) or the whole epoch with its validation. Lightning alone
     would stop a validation half done, and the resumed run would never validate that epoch.
     A second SIGTERM to a single process (a grace period shorter than the validation) stops
     it after the validation batch under way, as Lightning would.
@@ -159,7 +160,12 @@ class StopCheckpoint(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
-        self._stop_if_agreed(trainer)
+        # With gradient accumulation, only once the window's optimiser step is taken: the
+        # checkpoint holds no gradients, so a run stopped inside a window would resume with
+        # that window's first batches skipped and their gradients lost. Every process is at
+        # the same batch, so they all skip the agreement together.
+        if not trainer.fit_loop.epoch_loop._should_accumulate():
+            self._stop_if_agreed(trainer)
 
     def _catch_first_ctrl_c(self) -> None:
         """Once Lightning has recorded the handlers it restores when its call ends (after
