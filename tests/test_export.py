@@ -68,6 +68,10 @@ def test_thresholds_and_input_settings_are_read_back_from_the_metadata(tiny_onnx
     )
     assert float(metadata["crackseg.seg_threshold"]) == float(state["state_dict"]["seg_threshold"])
     assert "[0, 1]" in metadata["crackseg.input_format"]
+    # the file runs sizes the network does not take (NaN at 8x8): the rule is said there
+    assert metadata["crackseg.input_sizes"].startswith(
+        "height and width multiples of 8, each at least 64, one of them at least 128;"
+    )
     info = OnnxBackend(tiny_onnx, "cpu").info
     hp = state["hyper_parameters"]
     assert (info.input_channels, info.input_height, info.input_width) == (3, 64, 128)

@@ -29,6 +29,7 @@ from crackseg.models.checkpoint import (
     trained_run_config,
 )
 from crackseg.models.precision import BF16, FLOAT32, native_precision, prefers_channels_last
+from crackseg.models.segdecnet import DECISION_STRIDE, OUTPUT_STRIDE
 
 if TYPE_CHECKING:
     from crackseg.models.lit_segdec import SegDecModule
@@ -48,6 +49,12 @@ DEPLOY_EXTRA = "pip install 'crackseg[deploy]'"
 METADATA_PREFIX = "crackseg."
 #: How the exported network expects its input, stored in the ONNX metadata for other tools.
 INPUT_FORMAT = "float32 NCHW, RGB (or grey when input_channels is 1), values in [0, 1]"
+#: The input sizes the network takes (segdecnet.check_input_size): an ONNX file holds no
+#: check of its own, and onnxruntime runs any size, with wrong outputs or NaN for others.
+INPUT_SIZES = (
+    f"height and width multiples of {OUTPUT_STRIDE}, each at least {DECISION_STRIDE}, one of "
+    f"them at least {2 * DECISION_STRIDE}; other sizes give wrong outputs or NaN, unrefused"
+)
 OUTPUT_FORMAT = (
     "decision: [N] probability that the image holds a defect; "
     "segmentation: [N, 1, H, W] crack probability of every pixel"
@@ -88,6 +95,7 @@ class ModelInfo:
             "image_threshold": repr(self.image_threshold),
             "seg_threshold": repr(self.seg_threshold),
             "input_format": INPUT_FORMAT,
+            "input_sizes": INPUT_SIZES,
             "output_format": OUTPUT_FORMAT,
             "version": __version__,
         }

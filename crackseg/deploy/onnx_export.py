@@ -74,8 +74,8 @@ def export_module(module: SegDecModule, path: Path, opset: int) -> None:
     example = torch.rand(2, info.input_channels, info.input_height, info.input_width)
     batch = torch.export.Dim("batch", min=1)
     # Each side a multiple of OUTPUT_STRIDE of at least DECISION_STRIDE, as
-    # segdecnet.check_input_size asks; its further rule (one side at least twice
-    # DECISION_STRIDE) binds the two together, which no bound of one dimension can say.
+    # segdecnet.check_input_size asks, for the exporter's trace; the file keeps no bound
+    # (onnxruntime runs any size): the rule goes into its metadata (INPUT_SIZES).
     smallest = DECISION_STRIDE // OUTPUT_STRIDE
     height = OUTPUT_STRIDE * torch.export.Dim("height_over_8", min=smallest)
     width = OUTPUT_STRIDE * torch.export.Dim("width_over_8", min=smallest)
