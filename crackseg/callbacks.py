@@ -43,6 +43,7 @@ from crackseg.run_files import (
     TRAINING_CURVES_FIGURE,
 )
 from crackseg.runs.hydra_run import override_key, saved_overrides, typed_overrides
+from crackseg.runs.trained_settings import TrainedImages
 
 # Under these names the configs of runs started before the machinery's callbacks moved to
 # crackseg.runs.training_control build them (resume=RUN_DIR continues with the saved config).
@@ -257,7 +258,7 @@ class EvaluationReport(pl.Callback):
     tab's ``num_segmented``); an evaluation's is not, unless ``training_split_rebuilt`` (an
     evaluation on their own data, their training split rebuilt as it was); where neither,
     the report and metrics.json give no count.
-    ``trained_ids``: the sample ids the weights trained on (an evaluation's, from their
+    ``trained_images``: the images the weights trained on (an evaluation's, from their
     checkpoint), so a test split that holds some is said to (``test_images_trained_on``).
     """
 
@@ -269,10 +270,10 @@ class EvaluationReport(pl.Callback):
         title: str = "",
         trained_here: bool = True,
         training_split_rebuilt: bool = False,
-        trained_ids: frozenset[str] | None = None,
+        trained_images: TrainedImages | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
-        self.trained_ids = trained_ids
+        self.trained_images = trained_images
         self.num_dice_panels = num_dice_panels
         self.run_config = run_config
         self.title = title
@@ -293,11 +294,11 @@ class EvaluationReport(pl.Callback):
                 )
 
     def _test_images_trained_on(self, trainer: pl.Trainer) -> list[str]:
-        """The test split's sample ids among :attr:`trained_ids`."""
-        if not self.trained_ids:
+        """The test split's sample ids of :attr:`trained_images`."""
+        if self.trained_images is None:
             return []
-        test = trainer.datamodule.data_split.splits["test"]
-        return sorted(s.sample_id for s in test if s.sample_id in self.trained_ids)
+        datamodule = trainer.datamodule
+        return self.trained_images.among(datamodule.data_split.splits["test"], datamodule.root)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -333,7 +334,7 @@ class EvaluationReport(pl.Callback):
         metrics["num_segmented"] = num_segmented
         metrics["num_weak"] = weak_positives(counts["train"][0], num_segmented)
         metrics["precision"] = str(trainer.precision)
-        if self.trained_ids is not None:
+        if self.trained_images is not None:
             metrics["test_images_trained_on"] = len(self._test_images_trained_on(trainer))
         return metrics
 

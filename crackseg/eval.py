@@ -67,7 +67,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         cfg.report_title,
         trained_here=False,
         training_split_rebuilt=weights_run.training_split_rebuilt,
-        trained_ids=weights_run.trained_ids,
+        trained_images=weights_run.trained_images,
     )
     # StopCheckpoint saves nothing here (there is no training): a SIGTERM stops the test
     # after its batch under way, the last one too, every DDP process together.

@@ -356,6 +356,50 @@ def test_the_sweep_objective_is_the_best_validation_ap(tiny_run):
     assert status["metrics"]["best_val_image_ap"] == pytest.approx(float(best_score))
 
 
+def test_eval_through_another_layout_counts_the_training_images_of_split_folders(
+    tiny_run, tiny_data_dir, tmp_path
+):
+    """Weights trained on a folder of train/, val/ and test/ folders, evaluated on its
+    train/ images through ``data=folder``: every one of them is an image they trained on,
+    though its sample id is another (``train_X`` there, ``X`` here)."""
+    (source,) = tiny_data_dir.glob("synthetic_*")
+    data = tmp_path / "data"
+    for i, image in enumerate(sorted((source / "images").glob("*.png"))):
+        split = ("train", "val", "train", "test")[i % 4]  # crack_ and noncrack_ in each
+        for folder in ("images", "masks"):
+            (data / split / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / folder / image.name, data / split / folder / image.name)
+    settings = [o for o in TINY_EVAL if not o.startswith("data.synthetic.")]
+    run = tmp_path / "run"
+    result = run_entry(
+        "train",
+        "data=crack_segmentation",
+        f"data.root={data}",
+        *settings,
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["train_samples"] == 20
+    result = run_entry(
+        "eval",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "data=folder",
+        *settings,
+        f"data.root={data}",
+        "data.layout_options.image_dir=train/images",
+        "data.layout_options.mask_dir=train/masks",
+        "data.all_as_test=true",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test_images_trained_on"] == metrics["test_samples"] == 20
+    assert "20 of the 20 test images are images the weights trained on" in (
+        result.stderr + result.stdout
+    )
+
+
 def test_a_dataset_with_file_names_that_are_not_utf8_trains_and_its_split_reads_back(
     tiny_run, tiny_data_dir, tmp_path
 ):

@@ -305,7 +305,7 @@ class CrackDataModule(pl.LightningDataModule):
         resumes after the batches done."""
         state: dict[str, Any] = {}
         if self.data_split is not None:
-            state[SPLIT_STATE] = self.data_split.identity()
+            state[SPLIT_STATE] = self.data_split.identity(self.root)
         if self._sampler is not None and self.trainer is not None:
             done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
             finished = done >= self.trainer.num_training_batches

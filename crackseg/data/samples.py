@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,12 @@ class Sample:
     mask_path: Path | RunLengthMask | None
     is_positive: bool
     group: str | None = None
+
+    def image_under(self, root: Path | str) -> str:
+        """Its image file's path relative to the dataset's ``root``: the same for the same
+        file whichever layout indexed it (sample ids differ: ``train_X`` of a split folder
+        is ``X`` to ``data=folder``)."""
+        return os.path.relpath(self.image_path, root)
 
 
 def count_positives(samples: list[Sample]) -> tuple[int, int]:

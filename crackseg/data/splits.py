@@ -34,6 +34,8 @@ from crackseg.setting_rules import is_integer
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("split", "sample_id", "label", "segmented", "image", "mask")
+#: The key of the training images' files (under the dataset's root) in a split's identity.
+TRAINED_FILES = "train_files"
 
 
 def _round_half_up(value: float) -> int:
@@ -462,9 +464,11 @@ class DataSplit:
         """Write the split (and which positives kept masks) to a CSV that reproduces it."""
         write_split_csv(path, self.splits, self.segmented_ids)
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, root: Path | None = None) -> dict[str, Any]:
         """What a checkpoint keeps to know this split again: the sample ids of each split,
-        and a digest of their labels and of the positives that keep their masks."""
+        and a digest of their labels and of the positives that keep their masks; with the
+        dataset's ``root``, the training images' files too (under it: what an evaluation
+        through another layout compares, whose sample ids are other)."""
         rows = sorted(
             f"{name}\t{s.sample_id}\t{int(s.is_positive)}\t{int(s.sample_id in self.segmented_ids)}"
             for name, samples in self.splits.items()
@@ -472,7 +476,10 @@ class DataSplit:
         )
         ids = {name: sorted(s.sample_id for s in samples) for name, samples in self.splits.items()}
         text = "\n".join(rows).encode("utf-8", "surrogateescape")  # names of any bytes
-        return {"ids": ids, "digest": hashlib.sha256(text).hexdigest()}
+        identity = {"ids": ids, "digest": hashlib.sha256(text).hexdigest()}
+        if root is not None:
+            identity[TRAINED_FILES] = sorted(s.image_under(root) for s in self.splits["train"])
+        return identity
 
     def changes_since(self, recorded: dict[str, Any], shown: int = 3) -> list[str]:
         """How this split differs from the one :meth:`identity` recorded, split by split

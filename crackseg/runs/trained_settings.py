@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from crackseg.errors import ConfigError, CracksegError
 
 if TYPE_CHECKING:
+    from crackseg.data.samples import Sample
     from crackseg.models.lit_segdec import SegDecModule
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,23 @@ class WeightsRun(NamedTuple):
     reported: DictConfig
     #: whether the data is theirs and their training split is rebuilt (its counts reported)
     training_split_rebuilt: bool
-    #: the ids of the samples they trained on (:func:`trained_sample_ids`)
-    trained_ids: frozenset[str] | None
+    #: the images they trained on (:func:`trained_images`)
+    trained_images: TrainedImages | None
+
+
+class TrainedImages(NamedTuple):
+    """The images weights trained on, as their checkpoint recorded them: their files under
+    the dataset's root, or (a checkpoint from before the files were recorded) their sample
+    ids, which name the same images only in the layout they trained in."""
+
+    keys: frozenset[str]
+    by_file: bool
+
+    def among(self, samples: list[Sample], root: Path) -> list[str]:
+        """The sample ids of ``samples``, of the dataset at ``root``, that are of them."""
+        if self.by_file:
+            return sorted(s.sample_id for s in samples if s.image_under(root) in self.keys)
+        return sorted(s.sample_id for s in samples if s.sample_id in self.keys)
 
 
 def take_training_run_settings(
@@ -74,7 +90,7 @@ def take_training_run_settings(
     return WeightsRun(
         reported=reported_config(trained, data, cfg),
         training_split_rebuilt=rebuild_training_split(data, trained.get("data")),
-        trained_ids=trained_sample_ids(cfg.ckpt_path, data, trained.get("data")),
+        trained_images=trained_images(cfg.ckpt_path, data, trained.get("data")),
     )
 
 
@@ -262,18 +278,22 @@ def _same_folder(data: DictConfig, trained: DictConfig) -> bool:
     return Path(root).expanduser().resolve() == Path(trained_root).expanduser().resolve()
 
 
-def trained_sample_ids(
+def trained_images(
     checkpoint: str | Path, data: DictConfig, trained: DictConfig | None
-) -> frozenset[str] | None:
-    """The sample ids of the training split the weights in ``checkpoint`` trained on, as
-    their run recorded it, where ``data`` is read from the folder they were trained on (in
-    any layout; elsewhere a name says nothing of the image); None where it is another
-    folder, or the checkpoint is from before the split was recorded."""
+) -> TrainedImages | None:
+    """The images of the training split the weights in ``checkpoint`` trained on, as their
+    run recorded it, where ``data`` is read from the folder they were trained on (in any
+    layout; elsewhere a name says nothing of the image); None where it is another folder,
+    or the checkpoint is from before the split was recorded."""
     from crackseg.data.datamodule import SPLIT_STATE, CrackDataModule
+    from crackseg.data.splits import TRAINED_FILES
     from crackseg.models.checkpoint import load_checkpoint_file
 
     if not trained or not _same_folder(data, trained):
         return None
     state = load_checkpoint_file(checkpoint, mmap=True).get(CrackDataModule.__qualname__) or {}
-    ids = (state.get(SPLIT_STATE) or {}).get("ids", {}).get("train")
-    return None if ids is None else frozenset(ids)
+    split = state.get(SPLIT_STATE) or {}
+    if TRAINED_FILES in split:
+        return TrainedImages(frozenset(split[TRAINED_FILES]), by_file=True)
+    ids = split.get("ids", {}).get("train")
+    return None if ids is None else TrainedImages(frozenset(ids), by_file=False)
