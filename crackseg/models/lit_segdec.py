@@ -265,17 +265,21 @@ class SegDecModule(pl.LightningModule):
         a resumed run and a prediction compute as the run did, and the step whose weights
         its thresholds were chosen on. A checkpoint taken mid-epoch
         (a stop signal) carries the epoch's running sums, so the resumed epoch logs the mean
-        of all its batches, not only of those after it: under DDP, the sums of every process
-        (each saves at the stop; the first writes the file)."""
+        of all its batches, not only of those after it: under DDP, at a stop the processes
+        agreed on (crackseg.runs.training_control), the sums of every process (each saves,
+        the first writes the file). Lightning's SLURM requeue saves in each process's signal
+        handler, wherever each is: a collective there could pair with another, so that
+        checkpoint keeps the first process's sums alone."""
         self.volume_kernel.save(checkpoint)
         checkpoint[THRESHOLDS_STEP] = self.thresholds_step
         if self._trainer is None:
             return
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if 0 < done < self.trainer.num_training_batches:
+            agreed = self.trainer.received_sigterm
             sums = {}
             for name, metric in self.train_means.items():
-                with metric.sync_context():  # every process's part, as at the epoch's end
+                with metric.sync_context(should_sync=agreed):  # as at the epoch's end
                     sums[name] = [float(metric.total), float(metric.weight)]
             checkpoint["epoch_running_means"] = sums
 
@@ -304,8 +308,9 @@ class SegDecModule(pl.LightningModule):
         scaling = getattr(datamodule, "input_scaling", None)
         if scaling is not None:
             self.hparams["input_scaling"] = scaling
-        # The sums of every process at the stop, summed across processes at the epoch's
-        # end: under DDP only the first takes them back, the others start from zero.
+        # The sums of every process at the stop (of the first alone in a checkpoint saved
+        # before they were gathered, or by a SLURM requeue), summed across processes at the
+        # epoch's end: under DDP only the first takes them back, the others start from zero.
         if self._resumed_means and self.global_rank == 0:
             for name, (total, weight) in self._resumed_means.items():
                 self.train_means[name].total.fill_(total)
