@@ -398,6 +398,47 @@ def test_eval_through_another_layout_counts_the_training_images_of_split_folders
     assert "20 of the 20 test images are images the weights trained on" in (
         result.stderr + result.stdout
     )
+    # and read from the folder inside: its train/ folder as a dataset of its own
+    result = run_entry(
+        "eval",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "data=folder",
+        *settings,
+        f"data.root={data / 'train'}",
+        "data.all_as_test=true",
+        f"hydra.run.dir={tmp_path / 'eval_inside'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval_inside" / "metrics.json").read_text())
+    assert metrics["test_images_trained_on"] == metrics["test_samples"] == 20
+
+
+def test_a_checkpoint_without_its_training_files_tells_them_in_its_own_layout_only(tmp_path):
+    """A checkpoint from before the training images' files were recorded holds their sample
+    ids, which name them only as its own layout read them: read otherwise, it cannot tell
+    (no count, rather than a false 0)."""
+    from omegaconf import OmegaConf
+
+    from crackseg.data.samples import Sample
+    from crackseg.runs.trained_settings import trained_images
+
+    checkpoint = tmp_path / "old.ckpt"
+    torch.save({"CrackDataModule": {"split": {"ids": {"train": ["train_a"]}}}}, checkpoint)
+    trained = OmegaConf.create({"layout": "crack_segmentation", "root": str(tmp_path)})
+    alike = OmegaConf.create({"layout": "crack_segmentation", "root": str(tmp_path)})
+    assert trained_images(checkpoint, alike, trained) == (frozenset({"train_a"}), None)
+    options = {"image_dir": "train/images", "mask_dir": "train/masks"}
+    other = OmegaConf.create({"layout": "folder", "root": str(tmp_path), "layout_options": options})
+    assert trained_images(checkpoint, other, trained) is None
+    # with the files recorded: from a folder inside the one trained on, in another layout
+    split = {"ids": {"train": ["train_a"]}, "train_files": ["train/images/a.png"]}
+    torch.save({"CrackDataModule": {"split": split}}, checkpoint)
+    inside = OmegaConf.create({"layout": "folder", "root": str(tmp_path / "train")})
+    images = trained_images(checkpoint, inside, trained)
+    a, b = (Sample(n, tmp_path / "train" / "images" / f"{n}.png", None, True) for n in "ab")
+    assert images.among([a, b], tmp_path / "train") == ["a"]
+    elsewhere = OmegaConf.create({"layout": "folder", "root": str(tmp_path.parent)})
+    assert trained_images(checkpoint, elsewhere, trained) is None
 
 
 def test_a_dataset_with_file_names_that_are_not_utf8_trains_and_its_split_reads_back(

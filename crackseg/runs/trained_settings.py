@@ -6,6 +6,7 @@ positives, and the run parameters reported (theirs, with the data evaluated here
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -51,17 +52,22 @@ class WeightsRun(NamedTuple):
 
 class TrainedImages(NamedTuple):
     """The images weights trained on, as their checkpoint recorded them: their files under
-    the dataset's root, or (a checkpoint from before the files were recorded) their sample
-    ids, which name the same images only in the layout they trained in."""
+    their dataset's root, ``folder`` being where the evaluated dataset's root lies under it
+    (``.``, or ``train`` for DATA/train); or, ``folder`` None (a checkpoint from before the
+    files were recorded, read in the layout it trained in), their sample ids."""
 
     keys: frozenset[str]
-    by_file: bool
+    folder: str | None
 
     def among(self, samples: list[Sample], root: Path) -> list[str]:
         """The sample ids of ``samples``, of the dataset at ``root``, that are of them."""
-        if self.by_file:
-            return sorted(s.sample_id for s in samples if s.image_under(root) in self.keys)
-        return sorted(s.sample_id for s in samples if s.sample_id in self.keys)
+        if self.folder is None:
+            return sorted(s.sample_id for s in samples if s.sample_id in self.keys)
+        return sorted(
+            s.sample_id
+            for s in samples
+            if os.path.normpath(os.path.join(self.folder, s.image_under(root))) in self.keys
+        )
 
 
 def take_training_run_settings(
@@ -282,18 +288,39 @@ def trained_images(
     checkpoint: str | Path, data: DictConfig, trained: DictConfig | None
 ) -> TrainedImages | None:
     """The images of the training split the weights in ``checkpoint`` trained on, as their
-    run recorded it, where ``data`` is read from the folder they were trained on (in any
-    layout; elsewhere a name says nothing of the image); None where it is another folder,
-    or the checkpoint is from before the split was recorded."""
+    run recorded it, where ``data`` is read from the folder they were trained on, or from a
+    folder inside it, in any layout; None elsewhere (a name says nothing of the image
+    there), or where the checkpoint cannot tell: from before the split was recorded, or from
+    before its files were and read otherwise (sample ids are a layout's own)."""
     from crackseg.data.datamodule import SPLIT_STATE, CrackDataModule
     from crackseg.data.splits import TRAINED_FILES
     from crackseg.models.checkpoint import load_checkpoint_file
 
-    if not trained or not _same_folder(data, trained):
+    folder = _folder_under(data.get("root"), trained.get("root")) if trained else None
+    if folder is None:
         return None
     state = load_checkpoint_file(checkpoint, mmap=True).get(CrackDataModule.__qualname__) or {}
     split = state.get(SPLIT_STATE) or {}
     if TRAINED_FILES in split:
-        return TrainedImages(frozenset(split[TRAINED_FILES]), by_file=True)
+        return TrainedImages(frozenset(split[TRAINED_FILES]), folder)
     ids = split.get("ids", {}).get("train")
-    return None if ids is None else TrainedImages(frozenset(ids), by_file=False)
+    read_alike = _same_data(data, trained) and _layout_options(data) == _layout_options(trained)
+    return TrainedImages(frozenset(ids), None) if ids is not None and read_alike else None
+
+
+def _folder_under(root: str | None, trained_root: str | None) -> str | None:
+    """Where ``root`` lies under ``trained_root`` (``.``: the same folder); None elsewhere."""
+    if root is None or trained_root is None:
+        return None
+    try:
+        inside = (
+            Path(root).expanduser().resolve().relative_to(Path(trained_root).expanduser().resolve())
+        )
+    except ValueError:
+        return None
+    return str(inside)
+
+
+def _layout_options(data: DictConfig) -> dict[str, Any]:
+    options = data.get("layout_options") or {}
+    return OmegaConf.to_container(options) if isinstance(options, DictConfig) else dict(options)
