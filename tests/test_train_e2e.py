@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -316,16 +317,7 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(
     # their own folder read through another layout: the names tell the images they trained
     # on, which is said, in the report too
     (root,) = tiny_data_dir.glob("synthetic_*")
-    folder = [o for o in TINY_EVAL if not o.startswith("data.synthetic.")]
-    result = run_entry(
-        "eval",
-        f"ckpt_path={edited}",
-        "data=folder",
-        *folder,
-        f"data.root={root}",
-        "data.all_as_test=true",
-        f"hydra.run.dir={tmp_path / 'folder'}",
-    )
+    result = eval_every_image_of_a_folder(edited, root, tmp_path / "folder")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "folder" / "metrics.json").read_text())
     trained = metrics["test_images_trained_on"]
@@ -356,6 +348,22 @@ def test_the_sweep_objective_is_the_best_validation_ap(tiny_run):
     assert status["metrics"]["best_val_image_ap"] == pytest.approx(float(best_score))
 
 
+def eval_every_image_of_a_folder(checkpoint: Path, root: Path, out: Path, *extra: str):
+    """``crackseg-eval`` of ``checkpoint`` on every image of ``root`` read as ``data=folder``
+    (the tiny run's sizes), into ``out``."""
+    settings = [o for o in TINY_EVAL if not o.startswith("data.synthetic.")]
+    return run_entry(
+        "eval",
+        f"ckpt_path={checkpoint}",
+        "data=folder",
+        *settings,
+        f"data.root={root}",
+        "data.all_as_test=true",
+        *extra,
+        f"hydra.run.dir={out}",
+    )
+
+
 def test_eval_through_another_layout_counts_the_training_images_of_split_folders(
     tiny_run, tiny_data_dir, tmp_path
 ):
@@ -381,16 +389,13 @@ def test_eval_through_another_layout_counts_the_training_images_of_split_folders
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run / "metrics.json").read_text())["train_samples"] == 20
-    result = run_entry(
-        "eval",
-        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-        "data=folder",
-        *settings,
-        f"data.root={data}",
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    result = eval_every_image_of_a_folder(
+        checkpoint,
+        data,
+        tmp_path / "eval",
         "data.layout_options.image_dir=train/images",
         "data.layout_options.mask_dir=train/masks",
-        "data.all_as_test=true",
-        f"hydra.run.dir={tmp_path / 'eval'}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -399,15 +404,7 @@ def test_eval_through_another_layout_counts_the_training_images_of_split_folders
         result.stderr + result.stdout
     )
     # and read from the folder inside: its train/ folder as a dataset of its own
-    result = run_entry(
-        "eval",
-        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-        "data=folder",
-        *settings,
-        f"data.root={data / 'train'}",
-        "data.all_as_test=true",
-        f"hydra.run.dir={tmp_path / 'eval_inside'}",
-    )
+    result = eval_every_image_of_a_folder(checkpoint, data / "train", tmp_path / "eval_inside")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval_inside" / "metrics.json").read_text())
     assert metrics["test_images_trained_on"] == metrics["test_samples"] == 20
