@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from helpers import warm_python
 
 if TYPE_CHECKING:
     from crackseg.deploy.settings import PredictSettings
@@ -71,9 +72,18 @@ METRIC_KEYS = {
 
 
 def run_entry(
-    module: str, *overrides: str, timeout: int = 600, env: dict[str, str] | None = None
+    module: str,
+    *overrides: str,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m crackseg.<module>`` with Hydra overrides, capturing its output."""
+    """Run ``python -m crackseg.<module>`` with Hydra overrides, capturing its output: in a
+    child of a process that imported torch and Lightning already (helpers.warm_python), or
+    in a fresh interpreter where it must be one (helpers.warm_python.runs_warm)."""
+    if warm_python.runs_warm(overrides, env or {}):
+        return warm_python.run_module(
+            f"crackseg.{module}", list(overrides), REPO, {**os.environ, **(env or {})}, timeout
+        )
     return subprocess.run(
         [sys.executable, "-m", f"crackseg.{module}", *overrides],
         capture_output=True,
