@@ -38,15 +38,13 @@ WARM_ENV = {"PYTHONPATH", "PYTEST_CURRENT_TEST"}
 #: process pool) in a forkserver's child did not end in 300 s where a fresh one takes 20.
 FRESH_ONLY = {"hydra/launcher=local_parallel"}
 
-_context: multiprocessing.context.ForkServerContext | None = None
 
-
+@functools.cache
 def warm_context() -> multiprocessing.context.ForkServerContext:
-    global _context
-    if _context is None:
-        _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(PRELOAD)
-    return _context
+    """This process's forkserver (started at its first child), preloading PRELOAD."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
 
 
 @functools.cache
@@ -82,8 +80,8 @@ def _entry_point(
         raise  # its code is the exit code, as in python
     except BaseException as raised:
         sys.excepthook(type(raised), raised, raised.__traceback__)
-        atexit._run_exitfuncs()
         if isinstance(raised, KeyboardInterrupt):  # python ends by the signal then
+            atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
             signal.signal(signal.SIGINT, signal.SIG_DFL)
