@@ -15,10 +15,10 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -137,6 +137,8 @@ def atomic_write_csv(
 
 def encode_png(image: np.ndarray) -> bytes:
     """A uint8 grey (HxW) or RGB (HxWx3) image as PNG bytes (OpenCV stores BGR)."""
+    import cv2  # here: the run-folder code importing this module needs no image library
+
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     ok, encoded = cv2.imencode(".png", image)

@@ -11,18 +11,9 @@ from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
-from crackseg.models.checkpoint import (
-    VALIDATED_CHECKPOINT,
-    check_saved_thresholds,
-    load_module,
-    thresholds,
-)
-from crackseg.runs.config_checks import check_config
-from crackseg.runs.hardware import check_accelerator
 from crackseg.runs.hydra_run import override_key, typed_overrides
 from crackseg.runs.lifecycle import run_task
 from crackseg.runs.ownership import accept_folder_of_its_own
-from crackseg.runs.trained_settings import refuse_model_settings, take_training_run_settings
 from crackseg.setting_rules import check_required
 
 log = logging.getLogger(__name__)
@@ -38,6 +29,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     accept_folder_of_its_own(output_dir)
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
+    # Imported once Hydra accepted the command line: torch takes a second to load, which a
+    # command refused for a mistyped setting never waits for.
+    from crackseg.models.checkpoint import (
+        VALIDATED_CHECKPOINT,
+        check_saved_thresholds,
+        load_module,
+        thresholds,
+    )
+    from crackseg.runs.config_checks import check_config
+    from crackseg.runs.hardware import check_accelerator
+    from crackseg.runs.trained_settings import refuse_model_settings, take_training_run_settings
+
     typed = typed_keys()
     refuse_model_settings(typed)
     check_config(cfg)

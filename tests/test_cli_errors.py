@@ -233,3 +233,47 @@ def test_a_path_the_commands_advise_typing_reads_back_as_it_was(path):
     result = run_entry("train", *typed, "--cfg", "job", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert yaml.safe_load(result.stdout)["data"]["split_file"] == path
+
+
+#: Run a command's module as ``python -m`` does, then name the heavy libraries it imported.
+IMPORTS_PROBE = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit as ended:
+    code = ended.code
+print(code, *sorted({"torch", "pytorch_lightning", "cv2", "scipy"} & set(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("crackseg.train", "data=bogus"),
+        ("crackseg.eval", "data.dilat=3"),
+        ("crackseg.predict", "tile.sise=5"),
+        ("crackseg.train", "loss.delta_cl=0.1"),
+        ("crackseg.export", "data=bogus"),
+        ("crackseg.sweep.summary", "--bogus"),
+        ("crackseg.data.tools", "--help"),
+    ],
+)
+def test_a_mistyped_command_never_waits_for_torch(argv):
+    """A mistyped setting is answered before torch loads (a second of CPU, more than the
+    rest of the command); the dataset tools need none of the network's libraries."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_PROBE, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    code, *imported = result.stdout.splitlines()[-1].split()
+    assert code == ("0" if argv[-1] == "--help" else "2"), result.stderr[-2000:]
+    assert not {"torch", "pytorch_lightning"} & set(imported), imported
+    if argv[0] != "crackseg.data.tools":  # which reads and writes images
+        assert imported == [], imported

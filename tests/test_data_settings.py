@@ -19,7 +19,7 @@ from crackseg.data.data_settings import (
 )
 from crackseg.data.datamodule import CrackDataModule
 from crackseg.errors import ConfigError
-from crackseg.runs.resume import config_differences
+from crackseg.runs.config_changes import config_differences
 
 DATA_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
 

@@ -39,8 +39,8 @@ from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.error_lines import one_line
 from crackseg.errors import RunFolderError
 from crackseg.run_files import LOCK_FILE
+from crackseg.runs.config_changes import config_differences
 from crackseg.runs.ownership import claim_run_folder, refuse_used_folder, release_run_folder
-from crackseg.runs.resume import config_differences
 from crackseg.runs.status import resume_checkpoint
 from crackseg.runs.trainer import AtomicCheckpointIO
 from crackseg.runs.training_control import StopCheckpoint

@@ -686,7 +686,8 @@ def test_paths_made_absolute_by_a_resumption_from_elsewhere_are_the_same_setting
     same; from a folder where they name other files, they are not."""
     from omegaconf import OmegaConf
 
-    from crackseg.runs.resume import anchor_relative_paths, config_differences
+    from crackseg.runs.config_changes import config_differences
+    from crackseg.runs.resume import anchor_relative_paths
 
     typed = {
         "paths": {"data_dir": "data", "log_dir": "outputs"},

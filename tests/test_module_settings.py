@@ -21,7 +21,7 @@ from crackseg.models.module_settings import (
     OptimSettings,
     SpeedSettings,
 )
-from crackseg.runs.resume import config_differences
+from crackseg.runs.config_changes import config_differences
 
 TINY = {"channels": [4, 8, 8], "volume_channels": 8, "volume_kernel": 3}
 MODULE_GROUPS = ("model", "loss", "optim", "scheduler")

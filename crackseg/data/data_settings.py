@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from crackseg.data.labels import BINARIZE_THRESHOLD
 from crackseg.errors import ConfigError
 from crackseg.setting_rules import closest_setting
+
+#: A mask pixel above this grey level is defect (``data.binarize_threshold``).
+BINARIZE_THRESHOLD = 127
 
 #: Keys of data configs saved before the settings groups: the DataModule's class (Hydra
 #: built it from the config) and the weight map, which the data block copied from ``loss``.

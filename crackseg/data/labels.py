@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
+
+from crackseg.data.data_settings import BINARIZE_THRESHOLD
+
+if TYPE_CHECKING:
+    import torch
 
 #: Reflection padding and window of the pad-and-average downsampling to 1/8.
 DOWNSAMPLE_PAD = 8
 DOWNSAMPLE_WINDOW = 17
 DOWNSAMPLE_STRIDE = 8
-
-
-#: A mask pixel above this grey level is defect (``data.binarize_threshold``).
-BINARIZE_THRESHOLD = 127
 
 
 def binarize(mask: np.ndarray, threshold: int = BINARIZE_THRESHOLD) -> np.ndarray:
@@ -111,5 +112,8 @@ def downsample_to_output(labels: torch.Tensor) -> torch.Tensor:
 
     Masks become soft targets in [0, 1]; weight maps are averaged the same way.
     """
+    # torch here, not at the top: the dataset tools use the rest of this module without it
+    import torch.nn.functional as F
+
     padded = F.pad(labels, (DOWNSAMPLE_PAD,) * 4, mode="reflect")
     return F.avg_pool2d(padded, DOWNSAMPLE_WINDOW, stride=DOWNSAMPLE_STRIDE)

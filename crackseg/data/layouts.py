@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from crackseg.data.data_settings import BINARIZE_THRESHOLD
 from crackseg.data.io import (
     IMAGE_EXTENSIONS,
     list_image_files,
@@ -51,7 +52,6 @@ from crackseg.data.io import (
     read_mask,
     read_native,
 )
-from crackseg.data.labels import BINARIZE_THRESHOLD
 from crackseg.data.rle import read_run_length_csv
 from crackseg.data.samples import SPLITS, TILE_GROUPS_FILE, Sample, tile_photo
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files

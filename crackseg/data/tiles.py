@@ -23,8 +23,9 @@ from crackseg.atomic import (
     folder_built_beside,
     folder_destination,
 )
+from crackseg.data.data_settings import BINARIZE_THRESHOLD
 from crackseg.data.io import image_size, map_threads, read_mask, read_native
-from crackseg.data.labels import BINARIZE_THRESHOLD, binarize
+from crackseg.data.labels import binarize
 from crackseg.data.layouts import check_data_found, index_layout
 from crackseg.data.samples import TILE_GROUPS_FILE, Sample
 from crackseg.data.splits import set_table, split_by_source, write_split_csv

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from crackseg.atomic import folder_built_beside, folder_destination
 from crackseg.data.crackforest import convert_crackforest
-from crackseg.data.data_settings import SplitSettings
-from crackseg.data.labels import BINARIZE_THRESHOLD
+from crackseg.data.data_settings import BINARIZE_THRESHOLD, SplitSettings
 from crackseg.data.layouts import (
     CRACK_SEGMENTATION_SPLITS,
     LAYOUTS,

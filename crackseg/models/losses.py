@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DECISION_TARGETS = ("label", "mask_max", "mask_max_all")
-BATCH_REDUCTIONS = ("mean", "sum")
+from crackseg.models.module_settings import BATCH_REDUCTIONS, DECISION_TARGETS
 
 
 def loss_weights(

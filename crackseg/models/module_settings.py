@@ -10,19 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg.data.data_settings import WEIGHT_MAP_LOSS_KEYS
-from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
 from crackseg.setting_rules import plain_settings
+
+if TYPE_CHECKING:
+    import torch
 
 #: Plain SGD at the seed run's learning rate (docs/method.md §8; §10 lists the other runs'), when no
 #: optimiser config is given.
 DEFAULT_OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.0}
+#: What the decision loss is trained against (crackseg.models.losses.decision_targets).
+DECISION_TARGETS = ("label", "mask_max", "mask_max_all")
+#: How per-sample losses become the batch's (crackseg.models.losses, its docstring).
+BATCH_REDUCTIONS = ("mean", "sum")
 
 
 @dataclass(frozen=True)

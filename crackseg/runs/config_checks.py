@@ -21,8 +21,9 @@ from crackseg.data.download import UNPINNED, checked_sha256
 from crackseg.error_lines import one_line
 from crackseg.errors import ConfigError, DataError
 from crackseg.evaluation.report import RUN_PARAMETERS
-from crackseg.models.losses import BATCH_REDUCTIONS, DECISION_TARGETS
 from crackseg.models.module_settings import (
+    BATCH_REDUCTIONS,
+    DECISION_TARGETS,
     SETTINGS_BLOCKS,
     OptimSettings,
     build_optimizer,
@@ -235,7 +236,7 @@ def _check_settings_read(cfg: DictConfig) -> None:
 
     Not for a run continued with ``resume=RUN_DIR``, whose config is the one it was started
     with: a run started by an older version holds the keys that version wrote (its
-    ``model`` block repeated loss, data and optimiser settings: crackseg.runs.resume.
+    ``model`` block repeated loss, data and optimiser settings: crackseg.runs.config_changes.
     MIRRORED_KEYS), which still build the same module."""
     if cfg.get("resume") not in (None, "auto"):
         return

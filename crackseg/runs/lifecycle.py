@@ -26,6 +26,7 @@ from crackseg.errors import (
     RunFolderError,
     SweepSettingsError,
 )
+from crackseg.runs.config_changes import config_differences
 from crackseg.runs.gpus import job_device_context
 from crackseg.runs.hydra_run import in_multirun, override_key, saved_hydra_file
 from crackseg.runs.job_log import log_traceback_to_file
@@ -40,7 +41,6 @@ from crackseg.runs.ownership import (
     used_by_another_command,
 )
 from crackseg.runs.resolvers import forget_new_run_folders  # registers the configs' resolvers
-from crackseg.runs.resume import config_differences
 from crackseg.runs.status import finished_status, write_status
 from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import (

@@ -35,6 +35,7 @@ from crackseg.errors import (
     SweepStopped,
 )
 from crackseg.run_files import SWEEP_FILE
+from crackseg.runs.config_changes import config_differences
 from crackseg.runs.config_checks import check_config, refuse_extra_count_without_ranking
 from crackseg.runs.gpus import runs_parallel_locally
 from crackseg.runs.hydra_run import (
@@ -54,7 +55,7 @@ from crackseg.runs.ownership import (
     release_run_folder,
     used_by_another_command,
 )
-from crackseg.runs.resume import check_sweep_resume, config_differences
+from crackseg.runs.resume import check_sweep_resume
 from crackseg.runs.status import finished_status, holds_run, read_status
 from crackseg.setting_rules import check_required, is_integer
 from crackseg.sweep.job_names import (

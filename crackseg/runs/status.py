@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from crackseg.atomic import atomic_write_text
-from crackseg.models.checkpoint import checkpoint_step
 from crackseg.run_files import (
     CHECKPOINT_DIR,
     INTERRUPTED_CHECKPOINT,
@@ -106,4 +105,6 @@ def resume_checkpoint(folder: Path) -> Path | None:
     existing = _checkpoints(Path(folder))
     if len(existing) < 2:  # nothing to compare: the file is not read here
         return existing[0] if existing else None
+    from crackseg.models.checkpoint import checkpoint_step  # torch, only where one is read
+
     return max(existing, key=lambda p: (checkpoint_step(p), p.stat().st_mtime_ns))

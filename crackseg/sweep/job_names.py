@@ -30,8 +30,8 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from crackseg.runs.config_changes import RESUME_FREE_KEYS
 from crackseg.runs.hydra_run import override_key, saved_overrides, started_by, sweep_command
-from crackseg.runs.resume import RESUME_FREE_KEYS
 
 log = logging.getLogger(__name__)
 
