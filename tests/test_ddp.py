@@ -134,10 +134,13 @@ def test_a_stopped_ddp_run_stops_every_process_with_a_checkpoint(
     assert 0 < saved["epoch"] < 200
 
 
-def test_a_sigterm_during_the_last_test_batch_stops_every_process(tmp_path, tiny_data_dir):
+@pytest.mark.parametrize("where", ["test", "test-late"])
+def test_a_sigterm_during_the_last_test_batch_stops_every_process(tmp_path, tiny_data_dir, where):
     """While testing, each process only notes a SIGTERM (the other may be inside a gather):
-    they agree on it after every test batch and stop together, the last batch too. The
-    processes noted it and tested on to the end: the run ended finished, exit 0."""
+    they agree on it after every test batch and stop together, the last batch too (not
+    finished: interrupted, exit 143). ``test-late``: the signal reaches the second process
+    as its test loop starts, before the loop's first hook, where a handler of Lightning's
+    would broadcast while the first process waits at the agreement."""
     run_dir, marker = tmp_path / "run", tmp_path / "testing"
     process = start_train(
         marker,
@@ -148,7 +151,7 @@ def test_a_sigterm_during_the_last_test_batch_stops_every_process(tmp_path, tiny
         f"hydra.run.dir={run_dir}",
         "+callbacks.stall._target_=stall_callback.StallAt",
         epoch=0,
-        batch="test",
+        batch=where,
         new_session=True,
     )
     try:

@@ -88,6 +88,15 @@ class StopCheckpoint(pl.Callback):
     # batch and every validation, stopping together (crackseg.runs.trainer.stop_if_signalled
     # agrees after a Lightning call), and after every test batch. A validation after
     # training, which saves no checkpoint, stops as Lightning has it on a single process.
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Under DDP from the moment Lightning registers its handler (after this hook, before
+        # its loops and their first hook): a process slower to reach them (its loaders still
+        # being made) would otherwise broadcast inside the handler while the first one,
+        # holding the signal already, waits at the agreement after its batch.
+        if trainer.world_size > 1:
+            self._trainer = trainer
+            trainer._signal_connector._sigterm_notifier_fn = self._note_sigterm
+
     def _hold_sigterm(self, trainer: pl.Trainer) -> None:
         held = trainer.world_size > 1 or trainer.state.fn == TrainerFn.FITTING
         if held and threading.current_thread() is threading.main_thread():

@@ -8,9 +8,11 @@ logged, before any checkpoint of it is saved; BATCH=setup: while the training is
 before Lightning's loops and their SIGTERM handler; BATCH=chosen: at the end of the
 validation after training that chooses the thresholds, where Lightning only notes a
 SIGTERM; BATCH=test: as the test's last batch starts, which Lightning finishes with a
-SIGTERM only noted (EPOCH ignored by these three). There it writes MARKER and waits (up
-to two minutes) for the test to send a signal, so the signal lands at a known point of the
-run, or to delete MARKER, which lets it go on.
+SIGTERM only noted (EPOCH ignored by these three); BATCH=test-late: as ``test``, where
+the second process of a DDP run starts its test loop five seconds late, so a signal reaches
+it before the loop's first hook of crackseg's. There it writes MARKER and waits (up to two
+minutes) for the test to send a signal, so the signal lands at a known point of the run,
+or to delete MARKER, which lets it go on.
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ class StallAt(pl.Callback):
         point = _stall_point()
         if point is not None and point[1] == "setup" and stage == "fit":
             _stall(trainer, point[2], "setting up")
+        if point is not None and point[1] == "test-late" and stage == "test":
+            # first, so its on_test_start comes before that of crackseg's StopCheckpoint
+            trainer.callbacks.remove(self)
+            trainer.callbacks.insert(0, self)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        # The second process five seconds late into its test loop: after Lightning took
+        # over SIGTERM, before the loop's first hook of crackseg's.
+        point = _stall_point()
+        if point is not None and point[1] == "test-late" and trainer.global_rank == 1:
+            time.sleep(5)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # Held as the batch starts, so a signal lands while it trains, as one mostly does.
@@ -72,7 +85,7 @@ class StallAt(pl.Callback):
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
         point = _stall_point()
         last = batch_idx == trainer.num_test_batches[0] - 1
-        if point is not None and point[1] == "test" and last:
+        if point is not None and point[1] in ("test", "test-late") and last:
             _stall(trainer, point[2], "testing its last batch")
 
     def on_validation_end(self, trainer, pl_module) -> None:
