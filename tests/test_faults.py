@@ -312,6 +312,13 @@ def test_a_mistyped_resume_folder_is_refused_and_left_untouched(tmp_path):
     line = one_line_error(run_entry("train", f"resume={missing}"))
     assert line == f"error: resume={missing}: no such folder"
     assert not missing.exists()
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights")
+    line = one_line_error(run_entry("train", f"resume={checkpoint}"))
+    advice = f"resume= takes its run's folder (resume={tmp_path / 'run'})"
+    assert line == f"error: resume={checkpoint} is a checkpoint: {advice}"
+    assert checkpoint.read_bytes() == b"weights"
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_is_exact(reference, tiny_data_dir, tmp_path):

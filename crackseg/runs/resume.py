@@ -71,6 +71,11 @@ def check_resume_folder(run_dir: Path) -> None:
     if not run_dir.exists():
         raise RunFolderError(f"resume={run_dir}: no such folder")
     if not run_dir.is_dir():
+        if run_dir.suffix == ".ckpt":  # checkpoints/last.ckpt: its run is two folders up
+            run = as_override("resume", run_dir.absolute().parent.parent)
+            raise RunFolderError(
+                f"resume={run_dir} is a checkpoint: resume= takes its run's folder ({run})"
+            )
         raise RunFolderError(f"resume={run_dir} is not a folder")
     if holds_sweep(run_dir):
         raise RunFolderError(
