@@ -61,6 +61,22 @@ def refuse_unusable_folder_overrides(args: list[str]) -> None:
             refuse_a_sweeps_folder(Path(folder))
 
 
+def refuse_missing_search_folders(args: list[str]) -> None:
+    """A ``file://`` folder of ``hydra.searchpath`` that does not exist: Hydra passes over
+    it, and a config of the user's (``experiment=night_shift``) is then not found among
+    crackseg's own, with nothing said about the folder."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for arg in args:
+        if arg.partition("=")[0].lstrip("+~") != "hydra.searchpath":
+            continue
+        folders = OverridesParser.create().parse_overrides([arg])[0].value()
+        for entry in folders if isinstance(folders, list) else [folders]:
+            scheme, _, folder = str(entry).rpartition("://")
+            if scheme == "file" and not Path(folder).is_dir():
+                raise ConfigError(f"hydra.searchpath: {entry}: no such folder")
+
+
 def is_uncompleted_cluster_job(error: BaseException) -> bool:
     """submitit's error for a job that ended without a result (its state FAILED, TIMEOUT,
     OUT_OF_MEMORY, ...), told by name: the launcher is imported only by the sweeps using it."""
@@ -104,6 +120,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         refuse_unusable_folder_overrides(sys.argv[1:])
+        refuse_missing_search_folders(sys.argv[1:])
         main()
     except (SweepStopped, KeyboardInterrupt):
         # KeyboardInterrupt: Ctrl-C outside any job, where no handler of crackseg's turns it

@@ -235,6 +235,20 @@ def test_a_path_the_commands_advise_typing_reads_back_as_it_was(path):
     assert yaml.safe_load(result.stdout)["data"]["split_file"] == path
 
 
+def test_a_search_path_folder_that_does_not_exist_is_named(tmp_path):
+    """Hydra passes over a missing folder of hydra.searchpath: the user's config would only
+    be "not found" among crackseg's own."""
+    missing = tmp_path / "my_configs"
+    line = refused_train(tmp_path, f"hydra.searchpath=[file://{missing}]", "experiment=night")
+    assert line == f"error: hydra.searchpath: file://{missing}: no such folder"
+    (missing / "experiment").mkdir(parents=True)
+    (missing / "experiment" / "night.yaml").write_text("# @package _global_\nrun_name: night\n")
+    search = f"hydra.searchpath=[pkg://crackseg.no_such_package,file://{missing}]"
+    result = run_entry("train", search, "experiment=night", "--cfg", "job", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "run_name: night" in result.stdout
+
+
 #: Run a command's module as ``python -m`` does, then name the heavy libraries it imported.
 IMPORTS_PROBE = """
 import runpy, sys
