@@ -1098,6 +1098,60 @@ def test_printing_the_resolved_config_leaves_no_run_folder(tmp_path):
     assert not list(tmp_path.rglob("*"))  # the folder it named was made, and removed
 
 
+def test_a_command_refused_with_one_line_leaves_no_folder_of_its_own(tmp_path):
+    """As after Hydra's own refusals: a folder crackseg named for a command refused for a
+    setting or a missing file goes with the record of the refusal (a prediction retried
+    after each mistake left one folder of status failed a try). A folder the user named
+    keeps the record; one holding more than it (a training's checkpoints) is kept whole."""
+    commands = [
+        ("predict", "ckpt_path=x.ckpt", "input=.", "decision_threshold=high"),
+        ("train", "experiment=demo", "trainer.max_epochs=ten"),
+        ("train", "experiment=demo", "+seeed=1"),  # refused before the task
+        ("eval",),  # no ckpt_path
+    ]
+    for module, *overrides in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", f"crackseg.{module}", *overrides],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 2 and result.stderr.strip().startswith("error: ")
+        assert not list(tmp_path.rglob("*")), (module, sorted(tmp_path.rglob("*")))
+    named = tmp_path / "named"
+    result = subprocess.run(
+        [sys.executable, "-m", "crackseg.train", f"hydra.run.dir={named}", "+seeed=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert json.loads((named / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_refusals_record_goes_only_from_a_folder_holding_nothing_else(tmp_path):
+    from crackseg.runs import resolvers
+
+    default = tmp_path / "outputs" / "runs" / "x" / "2026-01-01_10-00-00"
+    folder = Path(resolvers.new_run_folder(str(default)))
+    for name in (".hydra/config.yaml", ".hydra/hydra.yaml", "train.log", "status.json"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_text("x")
+    (folder / "checkpoints").mkdir()
+    resolvers.discard_refused_folder(folder)
+    resolvers.forget_new_run_folders()
+    resolvers._remove_unused(folder.absolute(), tmp_path / "outputs")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".hydra",
+        "checkpoints",
+        "status.json",
+        "train.log",
+    ]
+    (folder / "checkpoints").rmdir()
+    resolvers._remove_unused(folder.absolute(), tmp_path / "outputs")
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_run_killed_in_its_first_seconds_keeps_its_folder(tmp_path, tiny_data_dir):
     """Killed (kill -9) while it checks its config and imports Lightning, before it builds
     its data: its folder held only .hydra/ and its log, which the next run took as empty,

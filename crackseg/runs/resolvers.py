@@ -38,6 +38,7 @@ from crackseg.paper_settings import (
     table4_segmented,
     weak_adjustment,
 )
+from crackseg.run_files import LOCK_FILE, STATUS_FILE
 from crackseg.runs.job_folders import job_dirname, job_folder
 
 
@@ -51,6 +52,9 @@ def run_dir(resume: object, default: str) -> str:
     check_resume_folder(folder)
     return str(resume)
 
+
+#: What Hydra writes into a job's ``.hydra/``.
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 
 #: The folder :func:`new_run_folder` made for each default name, for the command running in
 #: this process (:func:`forget_new_run_folders` when it ends).
@@ -85,9 +89,50 @@ def new_run_folder(default: str) -> str:
         except OSError:  # not writable: Hydra's own mkdir says so, naming the folder
             return default
         break
-    atexit.register(_remove_if_empty, Path(folder).absolute(), made)
+    atexit.register(_remove_unused, Path(folder).absolute(), made)
     _new_run_folders[default] = folder
     return folder
+
+
+#: The folders :func:`new_run_folder` made whose single command was refused with one line.
+_refused_folders: set[Path] = set()
+
+
+def discard_refused_folder(folder: str | Path) -> None:
+    """A single command refused with one line (a setting, a missing file) in a folder
+    :func:`new_run_folder` named for it: at exit the folder goes, with the record of the
+    refusal (its config, log and status), as after Hydra's own refusals, which come before
+    any folder. A folder holding more (a training's checkpoints) stays, and so does one
+    the user named (``hydra.run.dir``), which the next command may use again."""
+    folder = Path(folder).absolute()
+    if folder in {Path(made).absolute() for made in _new_run_folders.values()}:
+        _refused_folders.add(folder)
+
+
+def _remove_unused(folder: Path, made: Path) -> None:
+    """At exit: ``folder`` where it holds nothing, or only a refusal's record."""
+    if folder in _refused_folders:
+        _remove_refusal_record(folder)
+    _remove_if_empty(folder, made)
+
+
+def _remove_refusal_record(folder: Path) -> None:
+    """The files a command refused before its work left in ``folder``, where it left no other:
+    Hydra's ``.hydra/`` (its three files), the job's log, ``status.json`` and the lock."""
+    with contextlib.suppress(OSError):
+        hydra = folder / ".hydra"
+        record = {".hydra", STATUS_FILE, LOCK_FILE}
+        names = {path.name for path in folder.iterdir()}
+        logs = {name for name in names if name.endswith(".log")}
+        hydra_files = {path.name for path in hydra.iterdir()} if hydra.is_dir() else set()
+        if names - record - logs or hydra_files - HYDRA_FILES:
+            return
+        for name in names - {".hydra"}:
+            (folder / name).unlink()
+        for name in hydra_files:
+            (hydra / name).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            hydra.rmdir()
 
 
 def forget_new_run_folders() -> None:
