@@ -262,6 +262,25 @@ def test_crackforest_that_cannot_be_converted_is_one_line_and_leaves_nothing(tmp
         index_layout("crack_segmentation", src)  # what cfd_tiles would tile, unconverted
 
 
+def test_crackforest_from_a_folder_not_there_or_converted_already_says_so(tmp_path, capsys):
+    """Both were told the folder is not CrackForest as distributed: one that does not exist
+    is named as such, one in the crack_segmentation layout (../shared/data/cfd) is read as
+    it is, with no converting."""
+    dst = tmp_path / "cfd"
+    assert main(["crackforest", str(tmp_path / "nope"), str(dst)]) == 2
+    assert (
+        capsys.readouterr().err == f"error: CrackForest folder {tmp_path / 'nope'} does not exist\n"
+    )
+    src = tmp_path / "converted"
+    _photo(src, "001", [(3, 0, 30)])
+    assert main(["crackforest", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {src} holds images/ and masks/: it is in the crack_segmentation")
+    assert f"data=crack_segmentation data.root={src};" in err and err.count("\n") == 1
+    assert f"CRACKSEG_CFD_DIR={src} crackseg-train experiment=cfd_tiles" in err
+    assert not dst.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["converted"]
+
+
 def test_stats_table(tmp_path, capsys):
     for i in range(20):
         _photo(tmp_path, f"c{i:02d}", [(3, 0, 30)], h=8, w=40)

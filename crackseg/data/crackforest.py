@@ -7,6 +7,7 @@ tiles: ``images/NNN.jpg``, unchanged, and ``masks/NNN.png``, 0 background and 25
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from crackseg.atomic import atomic_write_png
 from crackseg.data.io import IMAGE_EXTENSIONS, list_image_files, read_native
 from crackseg.data.layouts import files_by_stem
 from crackseg.errors import DataError, describe_files
+from crackseg.setting_rules import as_override
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,27 @@ def crackforest_mask(path: Path) -> np.ndarray:
     return np.where(segmentation == CRACK, 255, 0).astype(np.uint8)
 
 
+def _converted_already(src: Path) -> DataError:
+    """A folder in the crack_segmentation layout (CrackForest converted, or the sample in
+    shared/data/cfd) needs no converting: the error says how it is read as it is."""
+    root, tiles = as_override("data.root", src), f"CRACKSEG_CFD_DIR={shlex.quote(str(src))}"
+    return DataError(
+        f"{src} holds images/ and masks/: it is in the crack_segmentation layout already, "
+        f"which crackseg reads as it is (data=crack_segmentation {root}; its tiles: {tiles} "
+        "crackseg-train experiment=cfd_tiles)"
+    )
+
+
 def convert_crackforest(src: Path, dst: Path) -> int:
     """Write CrackForest in ``src`` into ``dst`` (images/, masks/) and return how many
     photographs it holds. Every photograph needs its mask, of its size."""
     images_dir, masks_dir = src / IMAGE_FOLDER, src / MASK_FOLDER
+    if not src.is_dir():
+        what = "does not exist" if not src.exists() else "is not a folder"
+        raise DataError(f"CrackForest folder {src} {what}")
     if not images_dir.is_dir() or not masks_dir.is_dir():
+        if (src / "images").is_dir() and (src / "masks").is_dir():
+            raise _converted_already(src)
         raise DataError(
             f"{src} is not CrackForest as distributed: it needs {IMAGE_FOLDER}/ and "
             f"{MASK_FOLDER}/ (github.com/cuilimeng/CrackForest-dataset)"
