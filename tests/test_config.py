@@ -236,6 +236,22 @@ def test_the_hparams_tab_shows_the_swept_parameters():
 
 
 @pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ("150", "tile size 150 is not divisible by 8 (set data.tile.size to a multiple of 8"),
+        ("big", "data.tile.size must be a positive integer, not 'big'"),
+    ],
+)
+def test_a_tile_size_the_network_cannot_take_is_refused(size, expected):
+    """experiment=cfd_tiles cut tiles of data.tile.size=150 and resized them to its input
+    without a word, as crackseg-data tile --size 150 did."""
+    cfg = _compose("experiment=cfd_tiles", f"data.tile.size={size}")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_config(cfg)
+    check_config(_compose("experiment=cfd_tiles", "data.tile.size=152"))
+
+
+@pytest.mark.parametrize(
     ("setting", "expected"),
     [
         ("opset=17", "opset must be an integer >= 18, not 17"),

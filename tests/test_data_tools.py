@@ -22,6 +22,7 @@ from crackseg.data.layouts import index_layout
 from crackseg.data.tiles import tile_dataset
 from crackseg.data.tools import main
 from crackseg.errors import DataError
+from crackseg.models.segdecnet import OUTPUT_STRIDE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -476,6 +477,20 @@ def test_tile_bad_options(tmp_path, capsys, bad):
         "error: crackseg-data stats: argument --seed: must be an integer >= 0, not '-1' "
         "(see crackseg-data stats --help)\n"
     )
+
+
+@pytest.mark.parametrize(("size", "near"), [("150", "144 or 152"), ("5", "8")])
+def test_tile_size_not_a_multiple_of_8_is_refused_and_nothing_written(tmp_path, capsys, size, near):
+    """The network's input sides are multiples of 8: tiles of 150 were cut, and a run
+    resized them to its input size without a word."""
+    _photo(tmp_path / "src", "A", [(10, 0, 90)], h=160, w=160)
+    assert main(["tile", str(tmp_path / "src"), str(tmp_path / "dst"), "--size", size]) == 2
+    assert capsys.readouterr().err == (
+        f"error: crackseg-data tile: argument --size: tile size {size} is not divisible by 8, "
+        f"as the network's input sides must be: {near} (see crackseg-data tile --help)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    assert tiles.TILE_MULTIPLE == OUTPUT_STRIDE  # the network's, without loading torch
 
 
 def test_tile_stopped_by_ctrl_c_says_so_in_one_line_and_leaves_nothing(

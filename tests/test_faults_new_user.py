@@ -297,11 +297,11 @@ def test_tile_refuses_a_negative_min_crack_pixels(tmp_path, capsys):
 def test_tile_larger_than_every_image_is_refused_with_the_hint(tmp_path, capsys):
     _photo(tmp_path / "src", "A")
     _photo(tmp_path / "src", "B", h=80, w=70)
-    code = data_main(["tile", str(tmp_path / "src"), str(tmp_path / "dst"), "--size", "100"])
+    code = data_main(["tile", str(tmp_path / "src"), str(tmp_path / "dst"), "--size", "104"])
     assert code == 2
     err = capsys.readouterr().err
     assert err == (
-        "error: no tile cut: no image is 100x100 px or larger (the images are at most 80 px "
+        "error: no tile cut: no image is 104x104 px or larger (the images are at most 80 px "
         "high and 96 px wide); use a smaller --size, or --pad to mirror-pad the images\n"
     )
     assert not (tmp_path / "dst").exists() and not list(tmp_path.glob(".dst.partial-*"))

@@ -35,7 +35,7 @@ from crackseg.data.published_splits import (
     write_published_split,
 )
 from crackseg.data.splits import set_table, split_counts, split_samples
-from crackseg.data.tiles import tile_dataset
+from crackseg.data.tiles import TILE_MULTIPLE, tile_dataset
 from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, DataError
 from crackseg.setting_rules import OneLineParser, as_override
 
@@ -50,6 +50,27 @@ def seed(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}")
+    return value
+
+
+def tile_size(text: str) -> int:
+    """A tile side a run takes as its input as it is: a multiple of 8, as
+    ``data.input_height`` and ``data.input_width`` must be (other tiles would be resized)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive multiple of {TILE_MULTIPLE}, not {text!r}"
+        )
+    if value % TILE_MULTIPLE:
+        below = value - value % TILE_MULTIPLE
+        near = " or ".join(str(v) for v in (below, below + TILE_MULTIPLE) if v > 0)
+        raise argparse.ArgumentTypeError(
+            f"tile size {value} is not divisible by {TILE_MULTIPLE}, as the network's input "
+            f"sides must be: {near}"
+        )
     return value
 
 
@@ -279,7 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tile.add_argument("src", type=Path, help="dataset to cut (e.g. a folder with images/ masks/)")
     tile.add_argument("dst", type=Path, help="new, empty output folder")
-    tile.add_argument("--size", type=int, default=160, help="tile side in pixels (160)")
+    tile.add_argument(
+        "--size",
+        type=tile_size,
+        default=160,
+        help=f"tile side in pixels, a multiple of {TILE_MULTIPLE} as the network's input (160)",
+    )
     tile.add_argument("--stride", type=int, default=None, help="step between tiles (= size)")
     tile.add_argument(
         "--min-crack-pixels",

@@ -30,7 +30,7 @@ from crackseg.models.module_settings import (
     build_schedule,
     unread_keys,
 )
-from crackseg.models.segdecnet import check_input_size
+from crackseg.models.segdecnet import OUTPUT_STRIDE, check_input_size
 from crackseg.runs.hydra_run import override_key
 from crackseg.setting_rules import Rules, check_rules, is_integer, is_number
 
@@ -121,6 +121,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.input_channels": (lambda v: v in (1, 3) and is_integer(v), "1 or 3"),
     "data.input_height": (lambda v: is_integer(v) and v > 0, "a positive integer"),
     "data.input_width": (lambda v: is_integer(v) and v > 0, "a positive integer"),
+    "data.tile.size": (lambda v: is_integer(v) and v > 0, "a positive integer"),
     "data.batch_size": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "data.eval_batch_size": (
         lambda v: v is None or v == "auto" or (is_integer(v) and v >= 1),
@@ -172,6 +173,7 @@ def check_config(cfg: DictConfig) -> None:
     data = cfg.get("data")
     if data is not None and "input_height" in data and "input_width" in data:
         check_input_size(data.input_height, data.input_width)
+    _check_tile_size(cfg)
     fractions = [OmegaConf.select(cfg, f"data.{k}_fraction", default=0) for k in ("val", "test")]
     if sum(fractions) >= 1:
         raise ConfigError("data.val_fraction plus data.test_fraction must be below 1")
@@ -200,6 +202,17 @@ def refuse_extra_count_without_ranking(
         raise ConfigError(
             "data.extra_segmented.count keeps the masks of the first weak positives of a "
             "ranking: set data.extra_segmented.ranking=PATH too (a run's weak_ranking.csv)"
+        )
+
+
+def _check_tile_size(cfg: DictConfig) -> None:
+    """The tiles a run cuts (``data.tile``, experiment=cfd_tiles) are its input: a side the
+    network cannot take would have them resized to the input size without a word."""
+    size = OmegaConf.select(cfg, "data.tile.size", default=None)
+    if size is not None and size % OUTPUT_STRIDE:
+        raise ConfigError(
+            f"tile size {size} is not divisible by {OUTPUT_STRIDE} (set data.tile.size to a "
+            f"multiple of {OUTPUT_STRIDE}, as the network's input sides must be)"
         )
 
 
