@@ -17,7 +17,7 @@ import pytest
 from conftest import datamodule_of
 from helpers.paper_replicas import write_image
 
-from crackseg.data.io import image_size, read_image, read_mask
+from crackseg.data.io import IMAGE_EXTENSIONS, image_size, read_image, read_mask
 from crackseg.data.layouts import LAYOUTS, check_samples, index_layout
 from crackseg.data.samples import Sample
 from crackseg.errors import ConfigError, DataError
@@ -468,6 +468,35 @@ def test_image_without_mask_and_mask_without_image(tmp_path):
         index_layout("crack_segmentation", tmp_path)
     with pytest.raises(DataError, match="orphan.png"):
         index_layout("folder", tmp_path, mask_ext=".png")
+
+
+def test_a_mask_whose_image_is_of_a_kind_not_read_names_that_image(tmp_path):
+    """A GIF beside its mask was reported as a mask without an image: the image is there,
+    left out for its kind. A mask that has no image at all is still named as such."""
+    _pair(tmp_path, "ok", True)
+    _pair(tmp_path, "GIFIMG", True, img_ext=".gif")
+    kinds = "/".join(IMAGE_EXTENSIONS)
+    left_out = (
+        f"images left out, as crackseg reads only {kinds} files, though their masks are there: "
+        f"{tmp_path / 'images' / 'GIFIMG.gif'}; convert them to one of those"
+    )
+    for layout, options in (("crack_segmentation", {}), ("folder", {"mask_ext": ".png"})):
+        with pytest.raises(DataError) as raised:
+            index_layout(layout, tmp_path, **options)
+        assert str(raised.value) == left_out, layout
+    write_image(tmp_path / "masks" / "orphan.png", _mask(True))
+    with pytest.raises(DataError) as raised:
+        index_layout("crack_segmentation", tmp_path)
+    assert (
+        str(raised.value)
+        == f"{left_out}; masks without an image: {tmp_path / 'masks' / 'orphan.png'}"
+    )
+    write_image(tmp_path / "train" / "5.png", _image())  # an image and its mask in one folder
+    write_image(tmp_path / "train" / "5_GT.png", _mask(True))
+    write_image(tmp_path / "train" / "6.gif", _image())
+    write_image(tmp_path / "train" / "6_GT.png", _mask(True))
+    with pytest.raises(DataError, match=r"images left out, .*train/6\.gif; convert them"):
+        index_layout("ksdd2", tmp_path)
 
 
 def test_ksdd2_and_segdec_missing_masks(tmp_path):

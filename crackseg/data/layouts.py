@@ -47,6 +47,7 @@ from pathlib import Path
 from crackseg.data.data_settings import BINARIZE_THRESHOLD
 from crackseg.data.io import (
     IMAGE_EXTENSIONS,
+    is_image_file,
     list_image_files,
     map_threads,
     read_mask,
@@ -137,19 +138,43 @@ def _split_by_mask_suffix(
     return images, {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
 
 
+def _masks_without_image(orphans: list[tuple[str, Path]], image_dir: Path) -> DataError:
+    """Masks (each with its image's stem) whose image is not among those read from
+    ``image_dir``: where it is there but of a kind crackseg does not read (a GIF, left out
+    with a warning), the error names it, rather than saying the mask has no image."""
+    stems = {stem for stem, _ in orphans}
+    unread = sorted(
+        p
+        for p in image_dir.iterdir()
+        if p.stem in stems and p.is_file() and not is_image_file(p) and p.name[0] != "."
+    )
+    kinds = "/".join(IMAGE_EXTENSIONS)
+    found = {p.stem for p in unread}
+    lonely = [mask for stem, mask in orphans if stem not in found]
+    problems = [f"masks without an image: {describe_files(lonely)}"] if lonely else []
+    if unread:
+        problems.insert(
+            0,
+            f"images left out, as crackseg reads only {kinds} files, though their masks are "
+            f"there: {describe_files(unread)}; convert them to one of those",
+        )
+    return DataError("; ".join(problems))
+
+
 def _pair_stems(
     images: dict[str, Path],
     masks: dict[str, Path],
     may_lack_mask: Callable[[str], bool],
+    image_dir: Path,
 ) -> list[tuple[str, Path, Path | None]]:
     """Pair images and masks by stem; only an image ``may_lack_mask`` accepts (a negative)
-    may be without one, and every mask needs its image."""
+    may be without one, and every mask needs its image (read from ``image_dir``)."""
     missing = [images[s] for s in sorted(images) if s not in masks and not may_lack_mask(s)]
     if missing:
         raise DataError(f"images without a mask: {describe_files(missing)}")
-    orphans = [masks[s] for s in sorted(masks) if s not in images]
+    orphans = [(s, masks[s]) for s in sorted(masks) if s not in images]
     if orphans:
-        raise DataError(f"masks without an image: {describe_files(orphans)}")
+        raise _masks_without_image(orphans, image_dir)
     return [(s, images[s], masks.get(s)) for s in sorted(images)]
 
 
@@ -202,7 +227,7 @@ def _crack_segmentation(
             else {}
         )
         prefix = "" if split == "all" else f"{split}_"
-        pairs = _pair_stems(images, masks, lambda s: s.startswith(negative_prefix))
+        pairs = _pair_stems(images, masks, lambda s: s.startswith(negative_prefix), image_dir)
         result[split] = [
             Sample(
                 prefix + stem,
@@ -260,7 +285,7 @@ def _ksdd2(
         )
         if not images:
             raise _no_images(root, [folder])
-        pairs = _pair_stems(images, masks, lambda s: False)
+        pairs = _pair_stems(images, masks, lambda s: False, folder)
         labels = _labels_from_masks(
             [m for _, _, m in pairs], f"labelling {split} masks", binarize_threshold
         )
@@ -287,7 +312,7 @@ def _segdec(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
                 list_image_files(folder, name_left_out=True), mask_suffix
             )
             positive = kind == "positive"
-            pairs = _pair_stems(images, masks, lambda s, neg=not positive: neg)
+            pairs = _pair_stems(images, masks, lambda s, neg=not positive: neg, folder)
             samples += [Sample(f"{folder.name}_{s}", i, m, positive) for s, i, m in pairs]
         if present:
             result[split] = sorted(samples, key=lambda s: s.sample_id)
@@ -358,7 +383,8 @@ def _folder(
     if same_dir:
         available = {p for p in available if p.stem.endswith(mask_suffix)}
     if available:
-        raise DataError(f"masks without an image: {describe_files(sorted(available))}")
+        orphans = [(p.stem.removesuffix(mask_suffix), p) for p in sorted(available)]
+        raise _masks_without_image(orphans, images_path)
     if label_from_mask:
         labels = _labels_from_masks([m for _, _, m in pairs], "labelling masks", binarize_threshold)
     else:
@@ -405,7 +431,7 @@ def _ksdd(
             raise _no_images(root, [folder])
         if not masks:
             raise DataError(f"KolektorSDD folder without masks (NAME{mask_suffix}.bmp): {folder}")
-        for stem, image, mask in _pair_stems(images, masks, lambda s: False):
+        for stem, image, mask in _pair_stems(images, masks, lambda s: False, folder):
             sample_id = f"{folder.name}_{stem}"
             if sample_id in KSDD_LEFT_OUT:
                 log.info("KolektorSDD: %s left out, as in the paper", sample_id)
@@ -464,7 +490,7 @@ def _dagm(root: Path, class_id: int = 1, label_suffix: str = "_label") -> dict[s
                 f"DAGM labels not named NAME{label_suffix}: {describe_files(unmatched)}"
             )
         masks = {stem[: -len(label_suffix)]: path for stem, path in labels.items()}
-        pairs = _pair_stems(images, masks, lambda s: True)  # no label file: a negative
+        pairs = _pair_stems(images, masks, lambda s: True, folder)  # no label file: a negative
         # File names repeat from class to class: the id names the class, so that a split
         # file of one class cannot be read against another.
         result[split] = [
