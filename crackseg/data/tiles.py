@@ -34,10 +34,6 @@ from crackseg.errors import ConfigError, DataError, describe_files
 log = logging.getLogger(__name__)
 
 SOURCE_SPLIT_FILE = "source_split.csv"
-#: A tile side is a multiple of this, as the network's input sides must be
-#: (crackseg.models.segdecnet.OUTPUT_STRIDE, not imported: it loads torch); tiles of another
-#: size would be resized to the run's input size.
-TILE_MULTIPLE = 8
 #: How the tiles are named that the crack_segmentation layout reads as crack-free.
 NEGATIVE_TILE_PREFIX = "noncrack"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from crackseg.atomic import folder_built_beside, folder_destination
 from crackseg.data.crackforest import convert_crackforest
-from crackseg.data.data_settings import BINARIZE_THRESHOLD, SplitSettings
+from crackseg.data.data_settings import BINARIZE_THRESHOLD, OUTPUT_STRIDE, SplitSettings
 from crackseg.data.layouts import (
     CRACK_SEGMENTATION_SPLITS,
     LAYOUTS,
@@ -35,7 +35,7 @@ from crackseg.data.published_splits import (
     write_published_split,
 )
 from crackseg.data.splits import set_table, split_counts, split_samples
-from crackseg.data.tiles import TILE_MULTIPLE, tile_dataset
+from crackseg.data.tiles import tile_dataset
 from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, DataError
 from crackseg.setting_rules import OneLineParser, as_override
 
@@ -62,13 +62,13 @@ def tile_size(text: str) -> int:
         value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(
-            f"must be a positive multiple of {TILE_MULTIPLE}, not {text!r}"
+            f"must be a positive multiple of {OUTPUT_STRIDE}, not {text!r}"
         )
-    if value % TILE_MULTIPLE:
-        below = value - value % TILE_MULTIPLE
-        near = " or ".join(str(v) for v in (below, below + TILE_MULTIPLE) if v > 0)
+    if value % OUTPUT_STRIDE:
+        below = value - value % OUTPUT_STRIDE
+        near = " or ".join(str(v) for v in (below, below + OUTPUT_STRIDE) if v > 0)
         raise argparse.ArgumentTypeError(
-            f"tile size {value} is not divisible by {TILE_MULTIPLE}, as the network's input "
+            f"tile size {value} is not divisible by {OUTPUT_STRIDE}, as the network's input "
             f"sides must be: {near}"
         )
     return value
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         type=tile_size,
         default=160,
-        help=f"tile side in pixels, a multiple of {TILE_MULTIPLE} as the network's input (160)",
+        help=f"tile side in pixels, a multiple of {OUTPUT_STRIDE} as the network's input (160)",
     )
     tile.add_argument("--stride", type=int, default=None, help="step between tiles (= size)")
     tile.add_argument(

@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from crackseg import __version__
+from crackseg.data.data_settings import DECISION_STRIDE, OUTPUT_STRIDE
 from crackseg.errors import ConfigError, CracksegError
 from crackseg.models.checkpoint import (
     load_validated_module,
@@ -29,7 +30,6 @@ from crackseg.models.checkpoint import (
     trained_run_config,
 )
 from crackseg.models.precision import BF16, FLOAT32, native_precision, prefers_channels_last
-from crackseg.models.segdecnet import DECISION_STRIDE, OUTPUT_STRIDE
 
 if TYPE_CHECKING:
     from crackseg.models.lit_segdec import SegDecModule

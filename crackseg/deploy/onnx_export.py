@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from crackseg.atomic import atomic_path, atomic_write_text
+from crackseg.data.data_settings import DECISION_STRIDE, OUTPUT_STRIDE
 from crackseg.data.io import list_input_images, read_image
 from crackseg.data.labels import resize_image
 from crackseg.deploy.backends import CPU_PROVIDER, ModelInfo, optional_import
@@ -35,7 +36,6 @@ from crackseg.errors import ConfigError, CracksegError, DataError, describe_file
 from crackseg.models.checkpoint import (
     load_validated_module,
 )
-from crackseg.models.segdecnet import DECISION_STRIDE, OUTPUT_STRIDE
 
 if TYPE_CHECKING:
     from crackseg.models.lit_segdec import SegDecModule

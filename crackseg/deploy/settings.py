@@ -8,10 +8,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from crackseg.data.data_settings import check_input_size
 from crackseg.deploy.backends import DEVICE_NAMES, ModelInfo, check_precision
 from crackseg.deploy.predictor import Plan
 from crackseg.errors import ConfigError
-from crackseg.models.segdecnet import check_input_size
 from crackseg.setting_rules import check_required, check_rules, is_integer, is_number
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 import crackseg.runs.resolvers  # noqa: F401  (the checked values may come from them)
+from crackseg.data.data_settings import OUTPUT_STRIDE, check_input_size
 from crackseg.data.download import UNPINNED, checked_sha256
 from crackseg.error_lines import one_line
 from crackseg.errors import ConfigError, DataError
@@ -30,7 +31,6 @@ from crackseg.models.module_settings import (
     build_schedule,
     unread_keys,
 )
-from crackseg.models.segdecnet import OUTPUT_STRIDE, check_input_size
 from crackseg.runs.hydra_run import override_key
 from crackseg.setting_rules import Rules, check_rules, is_integer, is_number
 
