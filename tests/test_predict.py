@@ -271,6 +271,28 @@ def test_a_folder_lists_its_images_and_names_the_files_it_leaves_out(tmp_path, c
         list_input_images(nested)
 
 
+@pytest.mark.parametrize("name", ["b.gif", "noext"])
+def test_one_file_a_folder_would_leave_out_is_refused_as_input(tiny_checkpoint, tmp_path, name):
+    """A file given as input keeps to a folder's rule, whatever it holds (a PNG here)."""
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((64, 128, 3), np.uint8))
+    (tmp_path / name).write_bytes((tmp_path / "a.png").read_bytes())
+    run_dir = tmp_path / "run"
+    line = one_line_error(
+        run_entry(
+            "predict",
+            f"ckpt_path={tiny_checkpoint}",
+            f"input={tmp_path / name}",
+            f"hydra.run.dir={run_dir}",
+        )
+    )
+    assert line == (
+        f"error: {tmp_path / name} is not an image crackseg reads "
+        "(by its extension: .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp)"
+    )
+    written = {p.name for p in run_dir.iterdir()}
+    assert not written & {"probabilities", "masks", "overlays", "predictions.csv", "cracks.csv"}
+
+
 def test_each_backend_needs_its_own_model_file():
     with pytest.raises(ConfigError, match="backend=torch needs ckpt_path"):
         open_backend("torch", None, None, "cpu", "32")

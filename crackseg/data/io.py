@@ -109,14 +109,17 @@ def list_image_files(
 def list_input_images(path: Path) -> list[Path]:
     """A command's ``input``: one image, or every image in a folder (sorted by name, not
     recursive; the other files named in a warning); broken symlinks are listed, to be
-    reported as unreadable."""
+    reported as unreadable. One image given by its name keeps to a folder's rule: a file of
+    another extension is refused, as a folder leaves it out."""
+    kinds = "/".join(IMAGE_EXTENSIONS)
     if path.is_file():
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"{path} is not an image crackseg reads (by its extension: {kinds})")
         return [path]
     if not path.is_dir():
         raise DataError(f"input {path} does not exist")
     images = list_image_files(path, name_left_out=True, subfolders_advice=" (give each as input)")
     if not images:
-        kinds = "/".join(IMAGE_EXTENSIONS)
         raise DataError(f"no images ({kinds}) found in {path} (its subfolders are not read)")
     return images
 
