@@ -114,7 +114,7 @@ def test_broken_symlinks_are_listed_and_skipped_as_unreadable(tmp_path):
     (tmp_path / "c.png").symlink_to(tmp_path / "c.png")  # a loop
     paths = list_input_images(tmp_path)
     assert [p.name for p in paths] == ["a.png", "b.png", "c.png"]
-    skipped = []
+    skipped = {}
     with tqdm(disable=True) as progress:
         read = [path for (path, _), _ in _read_for_prediction(paths, 3, skipped, progress)]
     assert [p.name for p in read] == ["a.png"]
@@ -441,7 +441,26 @@ def test_a_folder_of_unreadable_images_fails(tiny_checkpoint, tmp_path):
             f"hydra.run.dir={tmp_path}/run",
         )
     )
-    assert "none of the 2 images" in line and "a.jpg" in line and "b.png" in line
+    assert line == (
+        f"error: none of the 2 images in {photos} could be read "
+        f"(the first: empty file: {photos / 'a.jpg'}): {photos / 'a.jpg'}, {photos / 'b.png'}"
+    )
+    assert not (tmp_path / "run" / "predictions.csv").exists()
+
+
+def test_one_unreadable_image_given_as_input_fails_saying_why(tiny_checkpoint, tmp_path):
+    """Not "none of the 1 images in x.png could be read: x.png": the decoder's reason."""
+    fake = tmp_path / "fake.png"
+    fake.write_text("some notes, not an image\n")
+    line = one_line_error(
+        run_entry(
+            "predict",
+            f"ckpt_path={tiny_checkpoint}",
+            f"input={fake}",
+            f"hydra.run.dir={tmp_path}/run",
+        )
+    )
+    assert line == f"error: cannot decode image (unreadable or truncated): {fake}"
     assert not (tmp_path / "run" / "predictions.csv").exists()
 
 

@@ -233,17 +233,17 @@ class ResultWriter:
 
 
 def _read_for_prediction(
-    paths: list[Path], channels: int, skipped: list[Path], progress: tqdm
+    paths: list[Path], channels: int, skipped: dict[Path, str], progress: tqdm
 ) -> Iterator[tuple[tuple[Path, np.ndarray], np.ndarray]]:
     """Read each image for :func:`predict_images`, keyed by ``(path, image)`` so that each
-    prediction comes back with its image; an unreadable file is logged, listed in
-    ``skipped`` and counted on the progress bar."""
+    prediction comes back with its image; an unreadable file is logged, kept in ``skipped``
+    with the reason, for a run that reads none to say why, and counted on the progress bar."""
     for path in paths:
         try:
             image = read_image(path, channels)
         except DataError as error:
             log.warning("skipping an unreadable image: %s", error)
-            skipped.append(path)
+            skipped[path] = str(error)
             progress.update()
             continue
         yield (path, image), image
@@ -275,7 +275,7 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
         info.seg_threshold,
     )
     writer = ResultWriter(output_dir, settings, info)
-    skipped: list[Path] = []
+    skipped: dict[Path, str] = {}
     with tqdm(total=len(paths), desc="predicting", unit="image") as progress:
         images = _read_for_prediction(paths, info.input_channels, skipped, progress)
         written = time.monotonic()
@@ -294,13 +294,17 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
                     log.warning("the tables of the images done were not written: %s", error)
             raise
     if not writer.results:
+        reason = next(iter(skipped.values()))  # it names its file
+        if len(paths) == 1:
+            raise DataError(reason)
         raise DataError(
-            f"none of the {len(paths)} images in {source} could be read: {describe_files(skipped)}"
+            f"none of the {len(paths)} images in {source} could be read (the first: {reason}): "
+            f"{describe_files(list(skipped))}"
         )
     writer.write_tables()
     predicted = len(writer.results)
     if skipped:
-        log.warning("skipped %d unreadable images: %s", len(skipped), describe_files(skipped))
+        log.warning("skipped %d unreadable images: %s", len(skipped), describe_files(list(skipped)))
     log.info(
         "predicted %d images into %s (%d unreadable, skipped)", predicted, output_dir, len(skipped)
     )
