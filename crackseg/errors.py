@@ -23,6 +23,11 @@ def describe_files(paths: list, limit: int = 5) -> str:
     return f"{shown} (and {more} more, {len(paths)} in all)" if more > 0 else shown
 
 
+def plural(count: int, noun: str) -> str:
+    """A count and its noun, as a message says it: ``1 image``, ``2 images``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 class TrainingDiverged(ConfigError):
     """The training loss stopped being a number: the settings (a learning rate too high, a
     precision too narrow) do not train on this data."""

@@ -220,7 +220,7 @@ def test_crackforest_photographs_of_any_image_type_are_converted_and_others_name
         assert main(["crackforest", str(src), str(dst)]) == 0
     assert "3 photographs and their masks written" in capsys.readouterr().out
     assert sorted(p.name for p in (dst / "images").iterdir()) == ["001.jpg", "002.jpeg", "003.png"]
-    assert "1 masks in" in caplog.text and "004.mat" in caplog.text
+    assert "1 mask in" in caplog.text and "004.mat" in caplog.text
     write_image(src / "image" / "001.png", np.zeros((32, 48, 3), np.uint8))  # a second 001
     assert main(["crackforest", str(src), str(tmp_path / "again")]) == 2
     assert "several files share one name" in capsys.readouterr().err

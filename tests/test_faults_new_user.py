@@ -103,7 +103,7 @@ def test_files_of_other_kinds_in_a_folder_layout_are_named_not_dropped_silently(
     with caplog.at_level("WARNING"):
         samples = index_layout("folder", tmp_path)["all"]
     assert [s.sample_id for s in samples] == ["a", "b"]  # WebP is read
-    assert "1 files are not" in caplog.text and "c.jfif" in caplog.text
+    assert "1 file left out, not" in caplog.text and "c.jfif" in caplog.text
 
 
 def test_positives_with_0_1_masks_keep_their_masks(tmp_path):

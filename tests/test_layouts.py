@@ -677,7 +677,7 @@ def test_a_subfolder_of_an_image_folder_is_named_as_left_out(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         samples = index_layout("crack_segmentation", root)["all"]
     assert len(samples) == 2
-    assert f"{root / 'images'}: 2 subfolders are not read, their images left out: " in caplog.text
+    assert f"{root / 'images'}: 2 subfolders not read, their images left out: " in caplog.text
     caplog.clear()
     dagm = make_dagm(tmp_path / "dagm", classes=(1,))
     nested = tmp_path / "nested"

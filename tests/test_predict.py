@@ -261,9 +261,10 @@ def test_a_folder_lists_its_images_and_names_the_files_it_leaves_out(tmp_path, c
     cv2.imwrite(str(tmp_path / "sub" / "c.png"), np.zeros((4, 4, 3), np.uint8))
     with caplog.at_level(logging.WARNING):
         assert [p.name for p in list_input_images(tmp_path)] == ["a.png"]
-    assert "1 files are not" in caplog.text and "b.gif" in caplog.text
+    kinds = ".png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp"
+    assert f"{tmp_path}: 1 file left out, not {kinds} images: {tmp_path / 'b.gif'}" in caplog.text
     assert "DS_Store" not in caplog.text
-    assert f"1 subfolders are not read (give each as input): {tmp_path / 'sub'}" in caplog.text
+    assert f"1 subfolder not read (give each as input): {tmp_path / 'sub'}" in caplog.text
     nested = tmp_path / "nested"
     (nested / "inner").mkdir(parents=True)
     cv2.imwrite(str(nested / "inner" / "c.png"), np.zeros((4, 4, 3), np.uint8))
@@ -572,6 +573,15 @@ def test_a_failure_part_way_keeps_the_tables_of_the_images_done(
     with pytest.raises(OSError, match="Input/output error"):
         predict_folder(config)
     assert [row["file"] for row in rows_of(out / "predictions.csv")] == ["a.png"]
+
+
+def test_one_image_is_counted_as_one_image(tiny_checkpoint, tmp_path, caplog):
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 128, 3), 120, np.uint8))
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        predict_folder(predict_config(out, ckpt_path=str(tiny_checkpoint), input=str(tmp_path)))
+    assert "1 image, tile mode at 64x128" in caplog.text
+    assert f"predicted 1 image into {out} (0 unreadable, skipped)" in caplog.text
 
 
 def test_the_tables_are_written_as_images_are_done(tiny_checkpoint, tmp_path, monkeypatch):

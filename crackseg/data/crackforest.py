@@ -18,7 +18,7 @@ from scipy.io.matlab import MatReadError
 from crackseg.atomic import atomic_write_png
 from crackseg.data.io import IMAGE_EXTENSIONS, list_image_files, read_native
 from crackseg.data.layouts import files_by_stem
-from crackseg.errors import DataError, describe_files
+from crackseg.errors import DataError, describe_files, plural
 from crackseg.setting_rules import as_override
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ def convert_crackforest(src: Path, dst: Path) -> int:
         p.name for p in masks_dir.glob("*.mat") if p.stem not in photographed and p.name[0] != "."
     ):
         log.warning(
-            "%d masks in %s have no photograph in %s and are left out: %s",
-            len(unused),
+            "%s in %s left out, no photograph in %s of the same name: %s",
+            plural(len(unused), "mask"),
             masks_dir,
             images_dir,
             describe_files(unused),

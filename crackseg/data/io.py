@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from crackseg.data.rle import RunLengthMask
-from crackseg.errors import ConfigError, DataError, describe_files
+from crackseg.errors import ConfigError, DataError, describe_files, plural
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,9 @@ def list_image_files(
         ]
         if others:
             log.warning(
-                "%s: %d files are not %s images and are left out: %s",
+                "%s: %s left out, not %s images: %s",
                 folder,
-                len(others),
+                plural(len(others), "file"),
                 "/".join(IMAGE_EXTENSIONS),
                 describe_files(sorted(others)),
             )
@@ -97,9 +97,9 @@ def list_image_files(
         )
         if subfolders:
             log.warning(
-                "%s: %d subfolders are not read%s: %s",
+                "%s: %s not read%s: %s",
                 folder,
-                len(subfolders),
+                plural(len(subfolders), "subfolder"),
                 subfolders_advice,
                 describe_files(subfolders),
             )

@@ -55,7 +55,7 @@ from crackseg.data.io import (
 )
 from crackseg.data.rle import read_run_length_csv
 from crackseg.data.samples import SPLITS, TILE_GROUPS_FILE, Sample, tile_photo
-from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
+from crackseg.errors import ConfigError, CracksegError, DataError, describe_files, plural
 
 log = logging.getLogger(__name__)
 
@@ -594,10 +594,10 @@ def index_layout(
     for split, samples in indexed.items():
         indexed[split] = sorted(samples, key=lambda s: s.sample_id)
         log.info(
-            "%s %s: %d images (%d positive)",
+            "%s %s: %s (%d positive)",
             layout,
             split,
-            len(samples),
+            plural(len(samples), "image"),
             sum(s.is_positive for s in samples),
         )
     return indexed

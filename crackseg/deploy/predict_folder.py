@@ -29,7 +29,7 @@ from crackseg.deploy.measure import Crack, measure_cracks, summarise
 from crackseg.deploy.outputs import overlay, probability_image, refuse_earlier_outputs
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
-from crackseg.errors import DataError, describe_files
+from crackseg.errors import DataError, describe_files, plural
 from crackseg.evaluation.metrics import score_text
 
 log = logging.getLogger(__name__)
@@ -266,8 +266,8 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     info = backend.info
     plan = settings.plan(info, settings.ckpt_path or settings.onnx_path or "the model")
     log.info(
-        "%d images, %s mode at %dx%d, image threshold %.4f, segmentation threshold %.4f",
-        len(paths),
+        "%s, %s mode at %dx%d, image threshold %.4f, segmentation threshold %.4f",
+        plural(len(paths), "image"),
         plan.mode,
         plan.tile_height,
         plan.tile_width,
@@ -304,17 +304,20 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
     writer.write_tables()
     predicted = len(writer.results)
     if skipped:
-        log.warning("skipped %d unreadable images: %s", len(skipped), describe_files(list(skipped)))
+        unreadable = plural(len(skipped), "unreadable image")
+        log.warning("skipped %s: %s", unreadable, describe_files(list(skipped)))
     log.info(
-        "predicted %d images into %s (%d unreadable, skipped)", predicted, output_dir, len(skipped)
+        "predicted %s into %s (%d unreadable, skipped)",
+        plural(predicted, "image"),
+        output_dir,
+        len(skipped),
     )
     counts = {"images": predicted, "unreadable": len(skipped), "cracks": len(writer.crack_rows)}
     if writer.dices:
         counts["dice_mean"] = float(np.mean(writer.dices))
         log.info(
-            "mean Dice against the reference masks: %.4f over the %d images whose mask marks "
-            "a crack",
+            "mean Dice against the reference masks: %.4f over the %s whose mask marks a crack",
             counts["dice_mean"],
-            len(writer.dices),
+            plural(len(writer.dices), "image"),
         )
     return counts
