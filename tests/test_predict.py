@@ -642,6 +642,28 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     assert dice_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == (1.0, 1.0)
 
 
+def test_a_reference_mask_of_another_size_is_named_with_both_sizes(tmp_path, caplog):
+    """Height x width, as the layouts' message on masks of another size writes them."""
+    from crackseg.deploy.backends import ModelInfo
+    from crackseg.deploy.predict_folder import ResultWriter
+    from crackseg.deploy.predictor import ImagePrediction
+
+    references = tmp_path / "truth"
+    references.mkdir()
+    cv2.imwrite(str(references / "road.png"), np.zeros((100, 100), np.uint8))
+    settings = predict_settings(reference_masks=str(references), overlays=False)
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    writer = ResultWriter(tmp_path / "out", settings, info)
+    image = np.zeros((320, 480, 3), np.uint8)
+    with caplog.at_level(logging.WARNING):
+        writer.add(tmp_path / "road.jpg", image, ImagePrediction(0.1, np.zeros((320, 480))))
+    assert (
+        f"reference mask {references / 'road.png'} is not its image's size "
+        "(100x100, image 320x480)" in caplog.text
+    )
+    assert writer.results[0].row[-2:] == ["", ""]
+
+
 @pytest.mark.parametrize("stop_at_write", [1, 2, 3])
 def test_an_image_stopped_while_its_files_are_written_leaves_no_file_without_its_row(
     tmp_path, monkeypatch, stop_at_write

@@ -167,7 +167,12 @@ class ResultWriter:
             log.warning("reference mask %s is unreadable: %s", reference, error)
             return ["", ""], None
         if truth.shape != mask.shape:
-            log.warning("reference mask %s is %s, its image %s", reference, truth.shape, mask.shape)
+            log.warning(
+                "reference mask %s is not its image's size (%dx%d, image %dx%d)",
+                reference,
+                *truth.shape,
+                *mask.shape,
+            )
             return ["", ""], None
         dice, iou = dice_iou(mask, truth)
         return [f"{dice:.6f}", f"{iou:.6f}"], dice if truth.any() else None
