@@ -664,6 +664,33 @@ def test_a_reference_mask_of_another_size_is_named_with_both_sizes(tmp_path, cap
     assert writer.results[0].row[-2:] == ["", ""]
 
 
+def test_reference_masks_none_of_which_can_be_used_are_said_so_at_the_end(
+    tiny_checkpoint, tmp_path, caplog
+):
+    """Each image's own warning scrolls by among the others: the last line sums them up."""
+    photos, references = tmp_path / "photos", tmp_path / "truth"
+    photos.mkdir()
+    references.mkdir()
+    for name in ("a", "b", "c", "d"):
+        cv2.imwrite(str(photos / f"{name}.png"), np.full((64, 128, 3), 120, np.uint8))
+    (references / "b.png").write_bytes(b"not a png")
+    cv2.imwrite(str(references / "c.png"), np.zeros((128, 64), np.uint8))
+    cv2.imwrite(str(references / "d.png"), np.zeros((64, 64), np.uint8))
+    out = tmp_path / "run"
+    config = predict_config(
+        out, ckpt_path=str(tiny_checkpoint), input=str(photos), reference_masks=str(references)
+    )
+    with caplog.at_level(logging.WARNING):
+        counts = predict_folder(config)
+    assert "dice_mean" not in counts
+    assert caplog.records[-1].getMessage() == (
+        "the dice and iou columns of predictions.csv are empty: no image has a usable mask in "
+        f"reference_masks={references} (1 image without one, 1 image whose mask is unreadable, "
+        "2 images whose mask is not its size)"
+    )
+    assert {row["dice"] for row in rows_of(out / "predictions.csv")} == {""}
+
+
 @pytest.mark.parametrize("stop_at_write", [1, 2, 3])
 def test_an_image_stopped_while_its_files_are_written_leaves_no_file_without_its_row(
     tmp_path, monkeypatch, stop_at_write

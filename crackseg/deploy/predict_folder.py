@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -108,6 +109,8 @@ class ResultWriter:
         self.image_threshold = settings.image_threshold(info)
         self.seg_threshold = info.seg_threshold
         self.references = reference_masks(settings.reference_masks)
+        #: Images without a usable reference mask, by why: their Dice and IoU cells are empty.
+        self.unusable: Counter[str] = Counter()
         self.results: list[ImageResult] = []
 
     @property
@@ -160,11 +163,13 @@ class ResultWriter:
         reference = self.references.get(path.stem)
         if reference is None:
             log.warning("no reference mask for %s in %s", path.name, self.settings.reference_masks)
+            self.unusable["without one"] += 1
             return ["", ""], None
         try:
             truth = binarize(read_mask(reference))
         except DataError as error:  # one unreadable reference costs its cells, not the run
             log.warning("reference mask %s is unreadable: %s", reference, error)
+            self.unusable["whose mask is unreadable"] += 1
             return ["", ""], None
         if truth.shape != mask.shape:
             log.warning(
@@ -173,6 +178,7 @@ class ResultWriter:
                 *truth.shape,
                 *mask.shape,
             )
+            self.unusable["whose mask is not its size"] += 1
             return ["", ""], None
         dice, iou = dice_iou(mask, truth)
         return [f"{dice:.6f}", f"{iou:.6f}"], dice if truth.any() else None
@@ -324,5 +330,12 @@ def predict_folder(cfg: DictConfig) -> dict[str, Any]:
             "mean Dice against the reference masks: %.4f over the %s whose mask marks a crack",
             counts["dice_mean"],
             plural(len(writer.dices), "image"),
+        )
+    elif settings.reference_masks is not None and sum(writer.unusable.values()) == predicted:
+        log.warning(  # each image was named in a warning of its own, many lines above
+            "the dice and iou columns of predictions.csv are empty: no image has a usable mask "
+            "in reference_masks=%s (%s)",
+            settings.reference_masks,
+            ", ".join(f"{plural(n, 'image')} {why}" for why, n in writer.unusable.items()),
         )
     return counts
