@@ -186,7 +186,7 @@ def test_files_of_another_kind_in_a_papers_dataset_are_named(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         index_layout("ksdd", root)
         index_layout("dagm", dagm, class_id=1)
-    warned = [r.getMessage() for r in caplog.records if "are left out" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "left out, not" in r.getMessage()]
     assert len(warned) == 2 and "Part0.gif" in warned[0] and "notes.txt" in warned[1]
 
 
