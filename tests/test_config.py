@@ -251,6 +251,12 @@ def test_a_tile_size_the_network_cannot_take_is_refused(size, expected):
     check_config(_compose("experiment=cfd_tiles", "data.tile.size=152"))
 
 
+def test_cfd_tiles_trains_at_its_tiles_size():
+    """A sweep over data.tile.size trains each size as it is cut (128 was resized to 160)."""
+    cfg = _compose("experiment=cfd_tiles", "data.tile.size=128")
+    assert (cfg.data.input_height, cfg.data.input_width) == (128, 128)
+
+
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [

@@ -119,9 +119,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.net.channels": (_three_widths, "three channel counts >= 1, e.g. [32, 64, 64]"),
     "model.net.decision_channels": (_three_widths, "three channel counts >= 1, e.g. [8, 16, 32]"),
     "data.input_channels": (lambda v: v in (1, 3) and is_integer(v), "1 or 3"),
+    # before the input size, which experiment=cfd_tiles takes from it
+    "data.tile.size": (lambda v: is_integer(v) and v > 0, "a positive integer"),
     "data.input_height": (lambda v: is_integer(v) and v > 0, "a positive integer"),
     "data.input_width": (lambda v: is_integer(v) and v > 0, "a positive integer"),
-    "data.tile.size": (lambda v: is_integer(v) and v > 0, "a positive integer"),
     "data.batch_size": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "data.eval_batch_size": (
         lambda v: v is None or v == "auto" or (is_integer(v) and v >= 1),
@@ -170,10 +171,10 @@ def check_config(cfg: DictConfig) -> None:
     _check_settings_read(cfg)
     _check_optimizer_and_scheduler(cfg)
     _check_callbacks(cfg)
+    _check_tile_size(cfg)  # first: the input size may be the tiles' (experiment=cfd_tiles)
     data = cfg.get("data")
     if data is not None and "input_height" in data and "input_width" in data:
         check_input_size(data.input_height, data.input_width)
-    _check_tile_size(cfg)
     fractions = [OmegaConf.select(cfg, f"data.{k}_fraction", default=0) for k in ("val", "test")]
     if sum(fractions) >= 1:
         raise ConfigError("data.val_fraction plus data.test_fraction must be below 1")
