@@ -453,15 +453,13 @@ def test_one_unreadable_image_given_as_input_fails_saying_why(tiny_checkpoint, t
     """Not "none of the 1 images in x.png could be read: x.png": the decoder's reason."""
     fake = tmp_path / "fake.png"
     fake.write_text("some notes, not an image\n")
-    line = one_line_error(
-        run_entry(
-            "predict",
-            f"ckpt_path={tiny_checkpoint}",
-            f"input={fake}",
-            f"hydra.run.dir={tmp_path}/run",
-        )
+    result = run_entry(
+        "predict", f"ckpt_path={tiny_checkpoint}", f"input={fake}", f"hydra.run.dir={tmp_path}/run"
     )
+    line = one_line_error(result)
     assert line == f"error: cannot decode image (unreadable or truncated): {fake}"
+    said = result.stdout + result.stderr
+    assert said.count("cannot decode image") == 1  # not in a warning before it too
     assert not (tmp_path / "run" / "predictions.csv").exists()
 
 

@@ -253,7 +253,8 @@ def _read_for_prediction(
         try:
             image = read_image(path, channels)
         except DataError as error:
-            log.warning("skipping an unreadable image: %s", error)
+            if len(paths) > 1:  # the only one: its error line says it
+                log.warning("skipping an unreadable image: %s", error)
             skipped[path] = str(error)
             progress.update()
             continue
