@@ -499,6 +499,33 @@ def test_a_mask_whose_image_is_of_a_kind_not_read_names_that_image(tmp_path):
         index_layout("ksdd2", tmp_path)
 
 
+def test_an_image_whose_mask_is_of_a_kind_not_read_names_that_mask(tmp_path):
+    """The reverse: a GIF mask was reported as no mask at all. An image that has none is
+    still named as such; in one folder (ksdd2) the mask is named with its suffix."""
+    _pair(tmp_path, "ok", True)
+    _pair(tmp_path, "GIFMASK", True, mask=False)
+    (tmp_path / "masks" / "GIFMASK.gif").write_bytes(b"GIF89a")  # never read: its kind
+    _pair(tmp_path, "alone", True, mask=False)
+    kinds = "/".join(IMAGE_EXTENSIONS)
+    assert str(_refusal("crack_segmentation", tmp_path)) == (
+        f"masks left out, as crackseg reads only {kinds} files, though their images are "
+        f"there: {tmp_path / 'masks' / 'GIFMASK.gif'}; convert them to one of those; "
+        f"images without a mask: {tmp_path / 'images' / 'alone.jpg'}"
+    )
+    write_image(tmp_path / "train" / "5.png", _image())
+    (tmp_path / "train" / "5_GT.gif").write_bytes(b"GIF89a")
+    assert str(_refusal("ksdd2", tmp_path)).startswith(
+        f"masks left out, as crackseg reads only {kinds} files, though their images are "
+        f"there: {tmp_path / 'train' / '5_GT.gif'}; "
+    )
+
+
+def _refusal(layout: str, root: Path) -> DataError:
+    with pytest.raises(DataError) as raised:
+        index_layout(layout, root)
+    return raised.value
+
+
 def test_ksdd2_and_segdec_missing_masks(tmp_path):
     write_image(tmp_path / "train" / "5.png", _image())
     with pytest.raises(DataError, match="5.png"):

@@ -138,26 +138,49 @@ def _split_by_mask_suffix(
     return images, {stem[: -len(mask_suffix)]: path for stem, path in masks.items()}
 
 
+def _unread_files(folder: Path, stems: set[str]) -> list[Path]:
+    """The files of ``folder`` with one of ``stems`` of a kind crackseg does not read (a
+    GIF): listing the folder left them out with a warning."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.stem in stems and p.is_file() and not is_image_file(p) and p.name[0] != "."
+    )
+
+
+def _left_out(kind: str, partner: str, unread: list[Path]) -> str:
+    return (
+        f"{kind} left out, as crackseg reads only {'/'.join(IMAGE_EXTENSIONS)} files, though "
+        f"their {partner} are there: {describe_files(unread)}; convert them to one of those"
+    )
+
+
 def _masks_without_image(orphans: list[tuple[str, Path]], image_dir: Path) -> DataError:
     """Masks (each with its image's stem) whose image is not among those read from
     ``image_dir``: where it is there but of a kind crackseg does not read (a GIF, left out
     with a warning), the error names it, rather than saying the mask has no image."""
-    stems = {stem for stem, _ in orphans}
-    unread = sorted(
-        p
-        for p in image_dir.iterdir()
-        if p.stem in stems and p.is_file() and not is_image_file(p) and p.name[0] != "."
-    )
-    kinds = "/".join(IMAGE_EXTENSIONS)
+    unread = _unread_files(image_dir, {stem for stem, _ in orphans})
     found = {p.stem for p in unread}
     lonely = [mask for stem, mask in orphans if stem not in found]
-    problems = [f"masks without an image: {describe_files(lonely)}"] if lonely else []
-    if unread:
-        problems.insert(
-            0,
-            f"images left out, as crackseg reads only {kinds} files, though their masks are "
-            f"there: {describe_files(unread)}; convert them to one of those",
-        )
+    problems = [_left_out("images", "masks", unread)] if unread else []
+    if lonely:
+        problems.append(f"masks without an image: {describe_files(lonely)}")
+    return DataError("; ".join(problems))
+
+
+def _images_without_mask(
+    missing: list[tuple[str, Path]], mask_dir: Path, mask_suffix: str
+) -> DataError:
+    """Images (each with its stem) without a mask read from ``mask_dir`` (named
+    ``STEM{mask_suffix}``): one there of a kind crackseg does not read is named."""
+    unread = _unread_files(mask_dir, {f"{stem}{mask_suffix}" for stem, _ in missing})
+    found = {p.stem.removesuffix(mask_suffix) if mask_suffix else p.stem for p in unread}
+    lonely = [image for stem, image in missing if stem not in found]
+    problems = [_left_out("masks", "images", unread)] if unread else []
+    if lonely:
+        problems.append(f"images without a mask: {describe_files(lonely)}")
     return DataError("; ".join(problems))
 
 
@@ -166,12 +189,15 @@ def _pair_stems(
     masks: dict[str, Path],
     may_lack_mask: Callable[[str], bool],
     image_dir: Path,
+    mask_dir: Path,
+    mask_suffix: str = "",
 ) -> list[tuple[str, Path, Path | None]]:
     """Pair images and masks by stem; only an image ``may_lack_mask`` accepts (a negative)
-    may be without one, and every mask needs its image (read from ``image_dir``)."""
-    missing = [images[s] for s in sorted(images) if s not in masks and not may_lack_mask(s)]
+    may be without one, and every mask needs its image (the folders they were read from, a
+    mask named ``STEM{mask_suffix}``, name what was left out)."""
+    missing = [(s, images[s]) for s in sorted(images) if s not in masks and not may_lack_mask(s)]
     if missing:
-        raise DataError(f"images without a mask: {describe_files(missing)}")
+        raise _images_without_mask(missing, mask_dir, mask_suffix)
     orphans = [(s, masks[s]) for s in sorted(masks) if s not in images]
     if orphans:
         raise _masks_without_image(orphans, image_dir)
@@ -227,7 +253,9 @@ def _crack_segmentation(
             else {}
         )
         prefix = "" if split == "all" else f"{split}_"
-        pairs = _pair_stems(images, masks, lambda s: s.startswith(negative_prefix), image_dir)
+        pairs = _pair_stems(
+            images, masks, lambda s: s.startswith(negative_prefix), image_dir, mask_dir
+        )
         result[split] = [
             Sample(
                 prefix + stem,
@@ -285,7 +313,7 @@ def _ksdd2(
         )
         if not images:
             raise _no_images(root, [folder])
-        pairs = _pair_stems(images, masks, lambda s: False, folder)
+        pairs = _pair_stems(images, masks, lambda s: False, folder, folder, mask_suffix)
         labels = _labels_from_masks(
             [m for _, _, m in pairs], f"labelling {split} masks", binarize_threshold
         )
@@ -312,7 +340,9 @@ def _segdec(root: Path, mask_suffix: str = "_GT") -> dict[str, list[Sample]]:
                 list_image_files(folder, name_left_out=True), mask_suffix
             )
             positive = kind == "positive"
-            pairs = _pair_stems(images, masks, lambda s, neg=not positive: neg, folder)
+            pairs = _pair_stems(
+                images, masks, lambda s, neg=not positive: neg, folder, folder, mask_suffix
+            )
             samples += [Sample(f"{folder.name}_{s}", i, m, positive) for s, i, m in pairs]
         if present:
             result[split] = sorted(samples, key=lambda s: s.sample_id)
@@ -431,7 +461,9 @@ def _ksdd(
             raise _no_images(root, [folder])
         if not masks:
             raise DataError(f"KolektorSDD folder without masks (NAME{mask_suffix}.bmp): {folder}")
-        for stem, image, mask in _pair_stems(images, masks, lambda s: False, folder):
+        for stem, image, mask in _pair_stems(
+            images, masks, lambda s: False, folder, folder, mask_suffix
+        ):
             sample_id = f"{folder.name}_{stem}"
             if sample_id in KSDD_LEFT_OUT:
                 log.info("KolektorSDD: %s left out, as in the paper", sample_id)
@@ -490,7 +522,8 @@ def _dagm(root: Path, class_id: int = 1, label_suffix: str = "_label") -> dict[s
                 f"DAGM labels not named NAME{label_suffix}: {describe_files(unmatched)}"
             )
         masks = {stem[: -len(label_suffix)]: path for stem, path in labels.items()}
-        pairs = _pair_stems(images, masks, lambda s: True, folder)  # no label file: a negative
+        # no label file: a negative
+        pairs = _pair_stems(images, masks, lambda s: True, folder, label_dir, label_suffix)
         # File names repeat from class to class: the id names the class, so that a split
         # file of one class cannot be read against another.
         result[split] = [
