@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import resource
 import shutil
 import subprocess
@@ -489,6 +490,21 @@ def test_tile_size_not_a_multiple_of_8_is_refused_and_nothing_written(tmp_path, 
         f"as the network's input sides must be: {near} (see crackseg-data tile --help)\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_tiles_too_small_to_train_on_are_cut_with_a_warning(tmp_path, caplog):
+    """96x96 tiles: the decision subnet's last map would be one pixel, which a run refuses;
+    the tool cuts them (tiles may be for another use) and says so; 128x128 says nothing."""
+    _photo(tmp_path / "src", "A", [(10, 0, 250)], h=256, w=256)
+    with caplog.at_level(logging.WARNING):
+        assert main(["tile", str(tmp_path / "src"), str(tmp_path / "small"), "--size", "96"]) == 0
+        assert main(["tile", str(tmp_path / "src"), str(tmp_path / "big"), "--size", "128"]) == 0
+    said = [r.getMessage() for r in caplog.records if "cannot train" in r.getMessage()]
+    assert said == [
+        "a run cannot train on 96x96 tiles: input 96x96 is too small: the decision subnet's "
+        "last map must hold at least 2 pixels (e.g. 64x128)"
+    ]
+    assert list((tmp_path / "small").rglob("*.png")) and list((tmp_path / "big").rglob("*.png"))
 
 
 def test_tile_stopped_by_ctrl_c_says_so_in_one_line_and_leaves_nothing(

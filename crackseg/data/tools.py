@@ -21,7 +21,12 @@ from pathlib import Path
 
 from crackseg.atomic import folder_built_beside, folder_destination
 from crackseg.data.crackforest import convert_crackforest
-from crackseg.data.data_settings import BINARIZE_THRESHOLD, OUTPUT_STRIDE, SplitSettings
+from crackseg.data.data_settings import (
+    BINARIZE_THRESHOLD,
+    OUTPUT_STRIDE,
+    SplitSettings,
+    check_input_size,
+)
 from crackseg.data.layouts import (
     CRACK_SEGMENTATION_SPLITS,
     LAYOUTS,
@@ -151,6 +156,10 @@ def _cmd_tile(args: argparse.Namespace) -> None:
     that fails (a full disk) leaves no half-written destination."""
     dst = folder_destination(args.dst)
     _refuse_non_empty(dst)
+    try:
+        check_input_size(args.size, args.size)
+    except ConfigError as small:  # tiles for another use may be so small: cut, with a word
+        log.warning("a run cannot train on %dx%d tiles: %s", args.size, args.size, small)
     with folder_built_beside(dst) as tmp:
         counts = _tile_from_arguments(args, tmp)
         tmp.rename(dst)  # replaces an empty dst in one step (POSIX rename)
