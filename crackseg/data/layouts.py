@@ -157,30 +157,21 @@ def _left_out(kind: str, partner: str, unread: list[Path]) -> str:
     )
 
 
-def _masks_without_image(orphans: list[tuple[str, Path]], image_dir: Path) -> DataError:
-    """Masks (each with its image's stem) whose image is not among those read from
-    ``image_dir``: where it is there but of a kind crackseg does not read (a GIF, left out
-    with a warning), the error names it, rather than saying the mask has no image."""
-    unread = _unread_files(image_dir, {stem for stem, _ in orphans})
-    found = {p.stem for p in unread}
-    lonely = [mask for stem, mask in orphans if stem not in found]
-    problems = [_left_out("images", "masks", unread)] if unread else []
-    if lonely:
-        problems.append(f"masks without an image: {describe_files(lonely)}")
-    return DataError("; ".join(problems))
-
-
-def _images_without_mask(
-    missing: list[tuple[str, Path]], mask_dir: Path, mask_suffix: str
+def _unpaired(
+    unpaired: list[tuple[str, Path]], partner_dir: Path, partners: str, suffix: str = ""
 ) -> DataError:
-    """Images (each with its stem) without a mask read from ``mask_dir`` (named
-    ``STEM{mask_suffix}``): one there of a kind crackseg does not read is named."""
-    unread = _unread_files(mask_dir, {f"{stem}{mask_suffix}" for stem, _ in missing})
-    found = {p.stem.removesuffix(mask_suffix) if mask_suffix else p.stem for p in unread}
-    lonely = [image for stem, image in missing if stem not in found]
-    problems = [_left_out("masks", "images", unread)] if unread else []
+    """Images or masks (each with its stem) whose partner was not read from ``partner_dir``
+    (``partners``: "images" or "masks", named ``STEM{suffix}``): one there of a kind
+    crackseg does not read (a GIF, left out with a warning) is named as such, rather than
+    said to be missing."""
+    own = "masks" if partners == "images" else "images"
+    unread = _unread_files(partner_dir, {f"{stem}{suffix}" for stem, _ in unpaired})
+    found = {p.stem.removesuffix(suffix) if suffix else p.stem for p in unread}
+    lonely = [path for stem, path in unpaired if stem not in found]
+    problems = [_left_out(partners, own, unread)] if unread else []
     if lonely:
-        problems.append(f"images without a mask: {describe_files(lonely)}")
+        partner = "an image" if partners == "images" else "a mask"
+        problems.append(f"{own} without {partner}: {describe_files(lonely)}")
     return DataError("; ".join(problems))
 
 
@@ -197,10 +188,10 @@ def _pair_stems(
     mask named ``STEM{mask_suffix}``, name what was left out)."""
     missing = [(s, images[s]) for s in sorted(images) if s not in masks and not may_lack_mask(s)]
     if missing:
-        raise _images_without_mask(missing, mask_dir, mask_suffix)
+        raise _unpaired(missing, mask_dir, "masks", mask_suffix)
     orphans = [(s, masks[s]) for s in sorted(masks) if s not in images]
     if orphans:
-        raise _masks_without_image(orphans, image_dir)
+        raise _unpaired(orphans, image_dir, "images")
     return [(s, images[s], masks.get(s)) for s in sorted(images)]
 
 
@@ -414,7 +405,7 @@ def _folder(
         available = {p for p in available if p.stem.endswith(mask_suffix)}
     if available:
         orphans = [(p.stem.removesuffix(mask_suffix), p) for p in sorted(available)]
-        raise _masks_without_image(orphans, images_path)
+        raise _unpaired(orphans, images_path, "images")
     if label_from_mask:
         labels = _labels_from_masks([m for _, _, m in pairs], "labelling masks", binarize_threshold)
     else:
