@@ -11,9 +11,20 @@ from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
+from crackseg.models.checkpoint import (
+    VALIDATED_CHECKPOINT,
+    check_saved_thresholds,
+    checkpoint_file,
+    load_module,
+    thresholds,
+)
+from crackseg.runs.config_checks import check_config
+from crackseg.runs.hardware import check_accelerator
 from crackseg.runs.hydra_run import override_key, typed_overrides
 from crackseg.runs.lifecycle import run_task
 from crackseg.runs.ownership import accept_folder_of_its_own
+from crackseg.runs.threads import set_job_threads
+from crackseg.runs.trained_settings import refuse_model_settings, take_training_run_settings
 from crackseg.setting_rules import check_required
 
 log = logging.getLogger(__name__)
@@ -29,20 +40,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     accept_folder_of_its_own(output_dir)
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
-    # Imported once Hydra accepted the command line: torch takes a second to load, which a
-    # command refused for a mistyped setting never waits for.
-    from crackseg.models.checkpoint import (
-        VALIDATED_CHECKPOINT,
-        check_saved_thresholds,
-        load_module,
-        thresholds,
-    )
-    from crackseg.runs.config_checks import check_config
-    from crackseg.runs.hardware import check_accelerator
-    from crackseg.runs.trained_settings import refuse_model_settings, take_training_run_settings
-
     typed = typed_keys()
     refuse_model_settings(typed)
+    checkpoint_file(cfg.ckpt_path)  # before check_config loads torch (a second)
     check_config(cfg)
     # An evaluation trains no epoch: the count a rule makes of the training settings
     # (Severstal's, of data.train_positives) is resolved now and kept as a value (the
@@ -50,6 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # which may be a size the rule knows no epochs of.
     cfg.trainer.max_epochs = cfg.trainer.max_epochs
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
+    set_job_threads(cfg)
 
     module = load_module(cfg.ckpt_path)  # Lightning is imported from here on, not before
     from crackseg.callbacks import EvaluationReport

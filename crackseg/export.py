@@ -9,8 +9,11 @@ from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
+from crackseg.models.checkpoint import checkpoint_file
+from crackseg.runs.config_checks import check_config
 from crackseg.runs.lifecycle import run_task
 from crackseg.runs.ownership import accept_folder_of_its_own
+from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import check_required
 
 
@@ -18,12 +21,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """Export into a folder of its own: never one holding a run."""
     accept_folder_of_its_own(cfg.paths.output_dir)
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
-    # Imported once Hydra accepted the command line: torch takes a second to load, which a
-    # command refused for a mistyped setting never waits for.
-    from crackseg.deploy.onnx_export import export_checkpoint
-    from crackseg.runs.config_checks import check_config
-
+    checkpoint_file(cfg.ckpt_path)  # before check_config loads torch (a second)
     check_config(cfg)
+    set_job_threads(cfg)
+    from crackseg.deploy.onnx_export import export_checkpoint  # the network and onnx
+
     return export_checkpoint(cfg)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -11,16 +12,22 @@ from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.runs.lifecycle import run_task
 from crackseg.runs.ownership import accept_folder_of_its_own
+from crackseg.runs.threads import set_job_threads
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict into a folder of its own: never one holding a run or another prediction."""
-    # Imported once the command is accepted: the network and its metrics take a second to
-    # load, which a command refused for its settings never needs.
-    from crackseg.deploy.predict_folder import predict_folder
+    # Imported in steps: images are read once Hydra accepted the command line, and the
+    # network and its metrics (a second to load) once the settings, the input and the
+    # model file are.
+    from crackseg.deploy.settings import checked_prediction
 
     accept_folder_of_its_own(cfg.paths.output_dir)
-    return predict_folder(cfg)
+    settings, images = checked_prediction(cfg)
+    set_job_threads(cfg)
+    from crackseg.deploy.predict_folder import predict_folder
+
+    return predict_folder(settings, images, Path(cfg.paths.output_dir))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

@@ -13,8 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
 from crackseg.run_files import SPLIT_FILE
+from crackseg.runs.config_checks import check_config, refuse_extra_count_without_ranking
 from crackseg.runs.hydra_run import typed_overrides
 from crackseg.runs.lifecycle import run_task
+from crackseg.runs.resume import check_resumed_data, record_start, start_training_run
+from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import check_required
 
 if TYPE_CHECKING:
@@ -28,16 +31,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     A stopped run continues from its newest checkpoint (``resume=``, crackseg.runs.resume).
     """
-    # Imported once Hydra accepted the command line: torch takes a second to load, which a
-    # command refused for a mistyped setting never waits for.
-    from crackseg.runs.config_checks import check_config, refuse_extra_count_without_ranking
-    from crackseg.runs.resume import check_resumed_data, record_start, start_training_run
-
     cfg, checkpoint = start_training_run(cfg)  # the run folder: a new run, or one resumed
     check_config(cfg)
     if checkpoint is None:  # (a run started so before the check continues as it began)
         refuse_extra_count_without_ranking(cfg, typed_overrides())
     check_required(cfg, ("data.root",))
+    set_job_threads(cfg)
     # Lightning is imported from here on (seconds of CPU): a command line refused before
     # never waits for it.
     from crackseg.data.datamodule import CrackDataModule

@@ -291,3 +291,50 @@ def test_a_mistyped_command_never_waits_for_torch(argv):
     assert not {"torch", "pytorch_lightning"} & set(imported), imported
     if argv[0] != "crackseg.data.tools":  # which reads and writes images
         assert imported == [], imported
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("crackseg.predict", "ckpt_path={missing}"), "error: checkpoint {missing} does not exist"),
+        (
+            ("crackseg.predict", "ckpt_path={text}"),
+            "error: cannot read checkpoint {text}: not a PyTorch checkpoint (a text file)",
+        ),
+        (
+            ("crackseg.predict", "backend=onnx", "ckpt_path=null", "onnx_path={missing}"),
+            "error: ONNX model {missing} does not exist",
+        ),
+        (("crackseg.predict", "ckpt_path={text}", "overlap=2"), "error: overlap must be a number"),
+        (("crackseg.predict", "ckpt_path={text}", "input={missing}"), "error: input {missing} "),
+        (("crackseg.eval", "ckpt_path={missing}"), "error: checkpoint {missing} does not exist"),
+        (("crackseg.export", "ckpt_path={missing}"), "error: checkpoint {missing} does not exist"),
+    ],
+)
+def test_a_missing_file_or_a_bad_value_is_one_line_before_torch_loads(tmp_path, argv, expected):
+    """What a prediction, an evaluation or an export is checked for before its weights are
+    read (its settings, its input, that its model file is one) is answered in one line, no
+    log line before it, before torch loads."""
+    import subprocess
+    import sys
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"")  # listed by its name: never read
+    (tmp_path / "notes.ckpt").write_text("weights to come\n")
+    names = {"missing": tmp_path / "missing.ckpt", "text": tmp_path / "notes.ckpt"}
+    argv = [a.format(**names) for a in argv]
+    if argv[0] == "crackseg.predict" and not any(a.startswith("input=") for a in argv):
+        argv.append(f"input={photos}")
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_PROBE, *argv, f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    code, *imported = result.stdout.splitlines()[-1].split()
+    assert code == "2", result.stderr[-2000:]
+    assert not {"torch", "pytorch_lightning"} & set(imported), imported
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(expected.format(**names)), line

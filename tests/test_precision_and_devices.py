@@ -149,7 +149,7 @@ def test_bf16_mixed_runs_the_network_in_bf16_in_every_stage_and_the_loss_in_floa
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_in_bf16(monkeypatch):
-    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert hardware.resolve_precision("auto", "auto") == "bf16-mixed"
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
@@ -160,28 +160,28 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_in_bf16(monkeypatch)
 
 @pytest.mark.parametrize("float16", ["16-mixed", "16"])
 def test_float16_is_refused_off_a_gpu_where_lightning_would_train_bf16(monkeypatch, float16):
-    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     for accelerator in ("cpu", "auto"):
         with pytest.raises(ConfigError, match=f"trainer.precision={float16} needs a GPU"):
             hardware.resolve_precision(float16, accelerator)
     assert hardware.resolve_precision(float16, "gpu") == float16
     assert hardware.resolve_precision(float16, "mps") == float16  # Apple GPUs train float16
-    monkeypatch.setattr(hardware.torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert hardware.resolve_precision(float16, "auto") == float16
-    monkeypatch.setattr(hardware.torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert hardware.resolve_precision(float16, "auto") == float16
 
 
 def test_an_evaluation_takes_the_trained_precision_where_it_runs(monkeypatch):
-    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert hardware.evaluation_precision("auto", "bf16-mixed", "auto") == "bf16-mixed"
     assert hardware.evaluation_precision("auto", None, "auto") == "32-true"  # this machine's
     assert hardware.evaluation_precision("bf16-mixed", "32-true", "cpu") == "bf16-mixed"  # typed
     # float16 weights off a GPU: float32, not the bf16 Lightning would turn 16-mixed into
     assert hardware.evaluation_precision("auto", "16-mixed", "auto") == "32-true"
-    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert hardware.evaluation_precision("auto", "16-mixed", "auto") == "16-mixed"
 
 
@@ -200,10 +200,10 @@ def test_auto_precision_on_a_gpu_leaves_cuda_uninitialised_in_the_launching_proc
         asked.append(command)
         return subprocess.CompletedProcess(command, 0, answer["stdout"], "")
 
-    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(precision.torch.cuda, "is_initialized", lambda: False)
-    monkeypatch.setattr(precision.torch.cuda, "is_available", initialises_cuda)
-    monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", initialises_cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", initialises_cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", initialises_cuda)
     monkeypatch.setattr(precision.subprocess, "run", child)
     for stdout, chosen in (("1\n", "bf16-mixed"), ("0\n", "32-true"), ("", "32-true")):
         answer["stdout"] = stdout
@@ -212,7 +212,7 @@ def test_auto_precision_on_a_gpu_leaves_cuda_uninitialised_in_the_launching_proc
         assert hardware.resolve_precision("auto", "gpu") == chosen
         assert asked.pop()[0] == sys.executable and not asked  # once: cached
     # crackseg-predict device=cuda:1 precision=auto asks of that GPU
-    monkeypatch.setattr(precision.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     answer["stdout"] = "1\n"
     assert precision.native_precision("cuda", 1) == "bf16-mixed"
     assert "torch.cuda.set_device(1)" in asked.pop()[-1] and not asked

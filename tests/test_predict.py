@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from crackseg.deploy.predict_folder import (
     _read_for_prediction,
     predict_folder,
 )
-from crackseg.deploy.settings import PredictSettings
+from crackseg.deploy.settings import PredictSettings, checked_prediction
 from crackseg.errors import ConfigError, DataError, RunFolderError
 
 
@@ -48,6 +49,11 @@ def predict_config(output_dir, **changes):
     """crackseg-predict's composed config, writing into ``output_dir``."""
     values = predict_settings(**changes).__dict__
     return OmegaConf.create({**values, "paths": {"output_dir": str(output_dir)}})
+
+
+def predict_checked(config):
+    """What crackseg-predict does in the folder it accepted: check, then predict."""
+    return predict_folder(*checked_prediction(config), Path(config.paths.output_dir))
 
 
 def test_scores_of_input_sized_images_equal_the_training_runs_test_scores(
@@ -154,7 +160,7 @@ def test_a_folder_holding_earlier_predictions_but_no_status_is_refused(tmp_path,
     (tmp_path / leftover).parent.mkdir(exist_ok=True)
     (tmp_path / leftover).write_bytes(b"earlier")
     with pytest.raises(RunFolderError) as raised:
-        predict_folder(predict_config(tmp_path))
+        predict_checked(predict_config(tmp_path))
     assert str(raised.value) == (
         f"{tmp_path} already holds files by the names a prediction writes ({named}); "
         "choose another hydra.run.dir"
@@ -180,7 +186,7 @@ def test_empty_output_folders_are_no_earlier_predictions(tmp_path):
         (tmp_path / name).mkdir()
     missing = tmp_path / "photos"
     with pytest.raises(DataError, match=f"input {missing} does not exist"):
-        predict_folder(predict_config(tmp_path, input=str(missing)))
+        predict_checked(predict_config(tmp_path, input=str(missing)))
 
 
 def test_a_threshold_that_is_no_number_is_refused_before_anything_is_written(
@@ -294,13 +300,23 @@ def test_one_file_a_folder_would_leave_out_is_refused_as_input(tiny_checkpoint, 
     assert not written & {"probabilities", "masks", "overlays", "predictions.csv", "cracks.csv"}
 
 
-def test_each_backend_needs_its_own_model_file():
-    with pytest.raises(ConfigError, match="backend=torch needs ckpt_path"):
-        open_backend("torch", None, None, "cpu", "32")
-    with pytest.raises(ConfigError, match="backend=onnx needs onnx_path"):
-        open_backend("onnx", None, None, "cpu", "32")
-    with pytest.raises(ConfigError, match="precision=bf16 needs backend=torch"):
-        open_backend("onnx", None, "m.onnx", "cpu", "bf16")
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"ckpt_path": None}, "backend=torch needs ckpt_path=PATH.ckpt"),
+        ({"onnx_path": "m.onnx"}, "onnx_path is read by backend=onnx; drop it or set"),
+        ({"backend": "onnx", "ckpt_path": None}, "backend=onnx needs onnx_path=PATH.onnx"),
+        ({"backend": "onnx", "onnx_path": "m.onnx"}, "ckpt_path is read by backend=torch"),
+        (
+            {"backend": "onnx", "ckpt_path": None, "onnx_path": "m.onnx", "precision": "bf16"},
+            "precision=bf16 needs backend=torch (ONNX models run in float32)",
+        ),
+    ],
+)
+def test_each_backend_needs_its_own_model_file(changes, message):
+    values = {**predict_settings().__dict__, **changes}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PredictSettings.from_config(OmegaConf.create(values))
 
 
 @pytest.mark.parametrize(
@@ -569,7 +585,7 @@ def test_a_failure_part_way_keeps_the_tables_of_the_images_done(
     out = tmp_path / "run"
     config = predict_config(out, ckpt_path=str(tiny_checkpoint), input=str(photos))
     with pytest.raises(OSError, match="Input/output error"):
-        predict_folder(config)
+        predict_checked(config)
     assert [row["file"] for row in rows_of(out / "predictions.csv")] == ["a.png"]
 
 
@@ -577,7 +593,7 @@ def test_one_image_is_counted_as_one_image(tiny_checkpoint, tmp_path, caplog):
     cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 128, 3), 120, np.uint8))
     out = tmp_path / "run"
     with caplog.at_level(logging.INFO):
-        predict_folder(predict_config(out, ckpt_path=str(tiny_checkpoint), input=str(tmp_path)))
+        predict_checked(predict_config(out, ckpt_path=str(tiny_checkpoint), input=str(tmp_path)))
     assert "1 image, tile mode at 64x128" in caplog.text
     assert f"predicted 1 image into {out} (0 unreadable, skipped)" in caplog.text
 
@@ -601,7 +617,7 @@ def test_the_tables_are_written_as_images_are_done(tiny_checkpoint, tmp_path, mo
 
     monkeypatch.setattr(predicting, "measure_cracks", reads_the_table_first)
     monkeypatch.setattr(predicting, "TABLES_EVERY_S", 0.0)
-    predict_folder(predict_config(out, ckpt_path=str(tiny_checkpoint), input=str(photos)))
+    predict_checked(predict_config(out, ckpt_path=str(tiny_checkpoint), input=str(photos)))
     assert seen == [[], ["a.png"], ["a.png", "b.png"]]
     assert len(rows_of(out / "predictions.csv")) == 3
 
@@ -679,7 +695,7 @@ def test_reference_masks_none_of_which_can_be_used_are_said_so_at_the_end(
         out, ckpt_path=str(tiny_checkpoint), input=str(photos), reference_masks=str(references)
     )
     with caplog.at_level(logging.WARNING):
-        counts = predict_folder(config)
+        counts = predict_checked(config)
     assert "dice_mean" not in counts
     assert caplog.records[-1].getMessage() == (
         "the dice and iou columns of predictions.csv are empty: no image has a usable mask in "

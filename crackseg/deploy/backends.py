@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +22,7 @@ from omegaconf import OmegaConf
 
 from crackseg import __version__
 from crackseg.data.data_settings import DECISION_STRIDE, OUTPUT_STRIDE
+from crackseg.deploy.settings import DEVICE_NAMES, check_precision, onnx_model_file
 from crackseg.errors import ConfigError, CracksegError
 from crackseg.models.checkpoint import (
     load_validated_module,
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
-#: auto: as the checkpoint trained, where the device computes that natively
-#: (:func:`prediction_precision`).
-PRECISIONS = ("auto", "32", "bf16")
 #: onnxruntime's execution providers crackseg asks for.
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -176,13 +172,6 @@ def prediction_precision(trained: str | None, device: torch.device) -> str:
     return chosen
 
 
-def check_precision(precision: Any) -> str:
-    text = str(precision)
-    if text not in PRECISIONS:
-        raise ConfigError(f"precision must be auto, 32 or bf16, not {precision!r}")
-    return text
-
-
 class TorchBackend:
     """A checkpoint's module on a device, in float32 or under bfloat16 autocast, its
     activations NHWC where training's ``model.channels_last=auto`` would store them so (bf16
@@ -220,11 +209,7 @@ class OnnxBackend:
 
     def __init__(self, path: str | Path, device: str = "auto") -> None:
         ort = optional_import("onnxruntime", "backend=onnx")
-        path = Path(path).expanduser()
-        if path.is_dir():
-            raise CracksegError(f"ONNX model {path} is a folder: name the .onnx file in it")
-        if not path.is_file():
-            raise CracksegError(f"ONNX model {path} does not exist")
+        path = onnx_model_file(path)
         device = str(device)
         providers = onnx_providers(device, ort.get_available_providers(), torch.cuda.device_count())
         try:
@@ -314,13 +299,10 @@ def check_cuda_provider(device: str, requested: list[Any], used: list[str]) -> N
 def open_backend(
     backend: str, ckpt_path: str | None, onnx_path: str | None, device: str, precision: str
 ) -> TorchBackend | OnnxBackend:
-    """The backend a prediction run asked for, its settings checked before loading."""
+    """The backend a prediction run asked for (its settings checked by
+    :class:`~crackseg.deploy.settings.PredictSettings`)."""
     precision = check_precision(precision)
     if backend == "torch":
-        if not ckpt_path:
-            raise ConfigError("backend=torch needs ckpt_path=PATH.ckpt")
-        if onnx_path:
-            raise ConfigError("onnx_path is read by backend=onnx; drop it or set backend=onnx")
         torch_device = resolve_device(device)
         module = load_validated_module(ckpt_path)
         if precision == "auto":
@@ -328,11 +310,5 @@ def open_backend(
             precision = prediction_precision(trained, torch_device)
         return TorchBackend(module, torch_device, precision)
     if backend == "onnx":
-        if not onnx_path:
-            raise ConfigError("backend=onnx needs onnx_path=PATH.onnx (written by crackseg-export)")
-        if ckpt_path:
-            raise ConfigError("ckpt_path is read by backend=torch; drop it or set backend=torch")
-        if precision == "bf16":
-            raise ConfigError("precision=bf16 needs backend=torch (ONNX models run in float32)")
         return OnnxBackend(onnx_path, device)
     raise ConfigError(f"backend must be torch or onnx, not {backend!r}")

@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from crackseg.atomic import atomic_write_csv, atomic_write_png
-from crackseg.data.io import is_image_file, list_input_images, read_image, read_mask
+from crackseg.data.io import is_image_file, read_image, read_mask
 from crackseg.data.labels import binarize
 from crackseg.data.layouts import files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
-from crackseg.deploy.outputs import overlay, probability_image, refuse_earlier_outputs
+from crackseg.deploy.outputs import overlay, probability_image
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
 from crackseg.errors import DataError, describe_files, plural
@@ -261,13 +260,12 @@ def _read_for_prediction(
         yield (path, image), image
 
 
-def predict_folder(cfg: DictConfig) -> dict[str, Any]:
-    """Predict every image of ``cfg.input`` into the run folder; return the run's counts."""
-    settings = PredictSettings.from_config(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    refuse_earlier_outputs(output_dir)
+def predict_folder(
+    settings: PredictSettings, paths: list[Path], output_dir: Path
+) -> dict[str, Any]:
+    """Predict the images ``paths`` of ``settings.input`` into ``output_dir`` (both checked
+    by :func:`~crackseg.deploy.settings.checked_prediction`); return the run's counts."""
     source = Path(settings.input).expanduser()
-    paths = list_input_images(source)
     backend = open_backend(
         settings.backend,
         settings.ckpt_path,

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg.data.data_settings import check_input_size
-from crackseg.deploy.backends import DEVICE_NAMES, ModelInfo, check_precision
+from crackseg.data.io import list_input_images
+from crackseg.deploy.outputs import refuse_earlier_outputs
 from crackseg.deploy.predictor import Plan
-from crackseg.errors import ConfigError
+from crackseg.errors import ConfigError, CracksegError
+from crackseg.models.checkpoint import checkpoint_file
 from crackseg.setting_rules import check_required, check_rules, is_integer, is_number
+
+if TYPE_CHECKING:
+    from crackseg.deploy.backends import ModelInfo
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "tile", "resize")
 BACKENDS = ("torch", "onnx")
+DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
+#: auto: as the checkpoint trained, where the device computes that natively
+#: (:func:`crackseg.deploy.backends.prediction_precision`).
+PRECISIONS = ("auto", "32", "bf16")
 
 
 #: The largest overlap of neighbouring tiles: a pixel is covered by about 1 / (1 - overlap)²
@@ -79,7 +90,7 @@ class PredictSettings:
         check_required(cfg, ("input",))  # ckpt_path may be null: backend=onnx
         check_rules(cfg, RULES)
         values = OmegaConf.to_container(cfg, resolve=True)
-        return cls(
+        settings = cls(
             backend=values["backend"],
             ckpt_path=_optional_str(values.get("ckpt_path")),
             onnx_path=_optional_str(values.get("onnx_path")),
@@ -97,6 +108,27 @@ class PredictSettings:
             overlays=values["overlays"],
             reference_masks=_optional_str(values.get("reference_masks")),
         )
+        settings._check_model_settings()
+        return settings
+
+    def _check_model_settings(self) -> None:
+        """Each backend reads its own model file; ONNX models run in float32."""
+        if self.backend == "torch":
+            if not self.ckpt_path:
+                raise ConfigError("backend=torch needs ckpt_path=PATH.ckpt")
+            if self.onnx_path:
+                raise ConfigError("onnx_path is read by backend=onnx; drop it or set backend=onnx")
+        else:
+            if not self.onnx_path:
+                raise ConfigError(
+                    "backend=onnx needs onnx_path=PATH.onnx (written by crackseg-export)"
+                )
+            if self.ckpt_path:
+                raise ConfigError(
+                    "ckpt_path is read by backend=torch; drop it or set backend=torch"
+                )
+            if self.precision == "bf16":
+                raise ConfigError("precision=bf16 needs backend=torch (ONNX models run in float32)")
 
     def plan(self, info: ModelInfo, source: str) -> Plan:
         """How images reach the network: as the model was trained unless ``mode`` says."""
@@ -132,6 +164,36 @@ class PredictSettings:
 
     def image_threshold(self, info: ModelInfo) -> float:
         return info.image_threshold if self.decision_threshold is None else self.decision_threshold
+
+
+def checked_prediction(cfg: DictConfig) -> tuple[PredictSettings, list[Path]]:
+    """crackseg-predict's settings and the images of its ``input``, its output folder and
+    model file checked first: a prediction that cannot run is refused before torch loads."""
+    refuse_earlier_outputs(Path(cfg.paths.output_dir))
+    settings = PredictSettings.from_config(cfg)
+    images = list_input_images(Path(settings.input).expanduser())
+    if settings.backend == "torch":
+        checkpoint_file(settings.ckpt_path)
+    else:
+        onnx_model_file(settings.onnx_path)
+    return settings, images
+
+
+def onnx_model_file(path: str | Path) -> Path:
+    """``path`` as an existing file, or one line saying what it is instead."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CracksegError(f"ONNX model {path} is a folder: name the .onnx file in it")
+    if not path.is_file():
+        raise CracksegError(f"ONNX model {path} does not exist")
+    return path
+
+
+def check_precision(precision: Any) -> str:
+    text = str(precision)
+    if text not in PRECISIONS:
+        raise ConfigError(f"precision must be auto, 32 or bf16, not {precision!r}")
+    return text
 
 
 def _optional_str(value: Any) -> str | None:

@@ -2,7 +2,9 @@
 
 Checkpoints are read with ``weights_only`` (a checkpoint is data, never code to run) and
 upgraded in memory when they were written by an earlier version of crackseg, so weights
-trained before a change to the module's layout still evaluate and predict.
+trained before a change to the module's layout still evaluate and predict. torch is
+imported where a checkpoint is read: a command naming a missing or foreign file
+(:func:`checkpoint_file`) is refused before it loads.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg.errors import CracksegError
@@ -63,13 +64,14 @@ def _load_failure(error: Exception) -> str:
     return f"truncated or damaged ({first})"
 
 
-def load_checkpoint_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """A checkpoint file's dict, or one clear line when it is missing or unreadable.
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` as a file that begins as ``torch.save`` writes, or one clear line naming
+    what it is instead (a folder, nothing, a text file)."""
+    return _checkpoint_head(path)[0]
 
-    ``mmap`` maps the tensors instead of reading them: for a look at the step or the
-    config, which then costs no more than reading the small part asked for (the older
-    format cannot be mapped and is read whole).
-    """
+
+def _checkpoint_head(path: str | Path) -> tuple[Path, bytes]:
+    """The checkpoint file's path and first bytes, checked (:func:`checkpoint_file`)."""
     ckpt = Path(path).expanduser()
     if ckpt.is_dir():
         raise CracksegError(
@@ -85,6 +87,19 @@ def load_checkpoint_file(path: str | Path, mmap: bool = False) -> dict[str, Any]
     instead = _not_a_checkpoint(head)
     if instead is not None:
         raise CracksegError(f"cannot read checkpoint {ckpt}: {instead}")
+    return ckpt, head
+
+
+def load_checkpoint_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint file's dict, or one clear line when it is missing or unreadable.
+
+    ``mmap`` maps the tensors instead of reading them: for a look at the step or the
+    config, which then costs no more than reading the small part asked for (the older
+    format cannot be mapped and is read whole).
+    """
+    import torch
+
+    ckpt, head = _checkpoint_head(path)
     mmap = mmap and head.startswith(ZIP_MAGIC)
     try:
         with warnings.catch_warnings():  # a pickle of something else: refused just below
@@ -100,6 +115,8 @@ def load_checkpoint_file(path: str | Path, mmap: bool = False) -> dict[str, Any]
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint with trained weights, or one clear line."""
+    import torch
+
     state = load_checkpoint_file(path)
     if "state_dict" not in state:
         bare = bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
@@ -144,6 +161,8 @@ def grouped_hparams(flat: dict[str, Any]) -> dict[str, Any]:
 
 def upgrade(checkpoint: dict[str, Any], source: str = "checkpoint") -> dict[str, Any]:
     """Bring an older checkpoint's hyperparameters and weights to the current module."""
+    import torch
+
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     if "network" not in hparams:
         hparams = grouped_hparams(hparams)

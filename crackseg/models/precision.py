@@ -7,7 +7,8 @@ precision: auto``, crackseg.runs.hardware) and prediction (``precision=auto``) b
 
 Training asks before its trainer starts: nothing here initialises CUDA in the process, which
 could then no longer fork processes that use it (``trainer.strategy=ddp_fork``,
-``ddp_notebook``).
+``ddp_notebook``). torch is imported where a GPU is asked about: the commands check their
+settings with this module before they load it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import subprocess
 import sys
 from functools import cache
 from pathlib import Path
-
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +61,8 @@ def cpu_model() -> str:
 
 def uses_cuda(accelerator: str) -> bool:
     """Whether a run with this ``trainer.accelerator`` trains on a CUDA GPU."""
+    import torch
+
     accelerator = str(accelerator).lower()
     # device_count asks NVML where it can; torch.cuda.is_available would initialise CUDA.
     return accelerator in ("gpu", "cuda") or (
@@ -80,6 +81,8 @@ def cuda_has_native_bf16(gpu: int | None = None) -> bool:
     """Whether a GPU computes in bf16 natively: visible GPU number ``gpu``, or the current
     one (None). Where CUDA is not yet initialised in this process, a child process answers,
     so that this one may still fork (1-2 s, once a GPU)."""
+    import torch
+
     if torch.cuda.device_count() <= (gpu or 0):
         return False
     if torch.cuda.is_initialized():  # asking costs nothing here

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -290,6 +289,8 @@ def _check_optimizer_and_scheduler(cfg: DictConfig) -> None:
             f"scheduler: {given} given, but no scheduler chosen: choose one first "
             "(scheduler=step, scheduler=cosine)"
         )
+    import torch  # here: a command refused before never waits for it
+
     settings = OptimSettings.from_config(cfg)
     parameter = torch.nn.Parameter(torch.zeros(1))
     try:

@@ -13,8 +13,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from crackseg.errors import ConfigError
 from crackseg.models.precision import native_precision, uses_cuda
 
@@ -24,6 +22,8 @@ log = logging.getLogger(__name__)
 def check_accelerator(accelerator: str, devices: Any) -> None:
     """Refuse, with one line, an accelerator or a number of devices this machine lacks
     (checked where the run trains, not where a cluster sweep is submitted)."""
+    import torch  # here: the commands' earlier checks never wait for it
+
     accelerator = str(accelerator).lower()
     if accelerator in ("gpu", "cuda"):
         count = torch.cuda.device_count()
@@ -65,6 +65,8 @@ FLOAT16 = ("16-mixed", "16")
 def trains_float16(accelerator: str) -> bool:
     """Whether Lightning trains float16 on ``accelerator``: on a CUDA or an Apple (MPS) GPU;
     on a CPU it trains bf16 instead."""
+    import torch
+
     accelerator = str(accelerator).lower()
     if accelerator in ("gpu", "cuda", "mps"):
         return True

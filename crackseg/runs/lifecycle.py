@@ -45,7 +45,6 @@ from crackseg.runs.resolvers import (  # registers the configs' resolvers
     forget_new_run_folders,
 )
 from crackseg.runs.status import finished_status, write_status
-from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import (
     as_override,
     closest_setting,
@@ -100,9 +99,10 @@ def run_task(
                 log.info("skipping %s: finished in an earlier sweep", output_dir)
                 return done.get("metrics", {}).get(objective)
         # SIGTERM stops the task as Ctrl-C does: before, between and inside Lightning's
-        # loops (where Lightning stops it, training after the batch)
+        # loops (where Lightning stops it, training after the batch). A task takes its
+        # share of the CPU cores itself once it has checked its settings
+        # (crackseg.runs.threads.set_job_threads).
         with job_device_context(cfg), sigterm_as_ctrl_c():  # one GPU per job of a sweep
-            set_job_threads(cfg)  # and a share of the CPU cores
             results = task(cfg)
     except stop_requests():
         _end_stopped(output_dir, stopped_message, multirun)

@@ -12,8 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import crackseg
 from crackseg.atomic import atomic_write_text
 from crackseg.run_files import INFO_FILE
@@ -53,7 +51,7 @@ def provenance() -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": dirty,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": importlib.metadata.version("torch"),
         "pytorch_lightning": importlib.metadata.version("pytorch_lightning"),
         "host": platform.node(),
         "pid": os.getpid(),
