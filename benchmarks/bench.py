@@ -270,7 +270,7 @@ def measure_model(
     shape = (row.batch, 3, row.height, row.width)
     images = torch.rand(shape, device=device)
     if row.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        net.convolutions_channels_last()
         images = images.contiguous(memory_format=torch.channels_last)
     model = compile_network(net, row.compiled, backend)
     if row.mode == "infer":

@@ -182,7 +182,7 @@ def profile_precision(args: argparse.Namespace, precision: str) -> dict:
     height, width = args.size
     images = torch.rand(args.batch, 3, height, width)
     if args.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        net.convolutions_channels_last()
         images = images.contiguous(memory_format=torch.channels_last)
     step = training_step(net, net, images, precision)
     for _ in range(args.warmup):

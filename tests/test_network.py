@@ -256,9 +256,11 @@ def test_a_channels_last_network_keeps_every_layer_channels_last(
 ):
     """No layer gets an NCHW input, and no convolution an NCHW gradient of its output, from
     an NHWC network: each would be transposed on the way (the decision subnet's input once
-    was, by torch.cat)."""
+    was, by torch.cat). Every parameter's gradient has the parameter's strides, which DDP
+    gives its buckets (FeatureNorm's scale and bias once had NHWC strides and NCHW
+    gradients: DDP copied them, with a warning)."""
     net = SegDecNet(**SMALL, gradient_adjustment=gradient_adjustment)
-    net = net.to(memory_format=torch.channels_last)
+    net.convolutions_channels_last()
     net.volume_im2col = volume_im2col
     nchw = []
 
@@ -282,6 +284,8 @@ def test_a_channels_last_network_keeps_every_layer_channels_last(
         out = net(x)
     (out.decision.float().sum() + out.segmentation.float().sum()).backward()
     assert nchw == []
+    assert [n for n, p in net.named_parameters() if p.grad.stride() != p.stride()] == []
+    assert net.volume[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_xavier_normal_init_and_no_conv_bias():

@@ -168,7 +168,7 @@ class SegDecModule(pl.LightningModule):
         )
         if self.channels_last:
             already = self.net.volume[0].weight.is_contiguous(memory_format=torch.channels_last)
-            self.net.to(memory_format=torch.channels_last)
+            self.net.convolutions_channels_last()
             if self.speed.channels_last == "auto" and not already:  # once, not every stage
                 rank_zero_info("channels_last (model.channels_last=auto on this machine)")
         if self.speed.compile and stage == "fit":

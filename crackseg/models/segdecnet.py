@@ -123,6 +123,16 @@ class SegDecNet(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
+    def convolutions_channels_last(self) -> None:
+        """Store the convolutions' weights NHWC (channels_last), as oneDNN and cuDNN read
+        them in an NHWC network. FeatureNorm's per-channel scale and bias ([1, C, 1, 1]) keep
+        their layout: ``Module.to(memory_format=...)`` would give them NHWC strides, which
+        their gradients do not have, and DDP copies each such gradient into its buckets,
+        warning "Grad strides do not match bucket view strides"."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                module.to(memory_format=torch.channels_last)
+
     @property
     def full_resolution(self) -> bool:
         return self.full_resolution_head is not None
