@@ -6,6 +6,8 @@ No training: each command is refused, or answers, before a run starts."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -261,6 +263,20 @@ print(code, *sorted({"torch", "pytorch_lightning", "cv2", "scipy"} & set(sys.mod
 """
 
 
+def run_and_list_imports(*argv: str) -> tuple[str, list[str], str]:
+    """A command module run as ``python -m`` runs it: its exit code, the heavy libraries
+    it imported, and what it wrote to stderr."""
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_PROBE, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    code, *imported = result.stdout.splitlines()[-1].split()
+    return code, imported, result.stderr
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -276,18 +292,8 @@ print(code, *sorted({"torch", "pytorch_lightning", "cv2", "scipy"} & set(sys.mod
 def test_a_mistyped_command_never_waits_for_torch(argv):
     """A mistyped setting is answered before torch loads (a second of CPU, more than the
     rest of the command); the dataset tools need none of the network's libraries."""
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-c", IMPORTS_PROBE, *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    code, *imported = result.stdout.splitlines()[-1].split()
-    assert code == ("0" if argv[-1] == "--help" else "2"), result.stderr[-2000:]
+    code, imported, stderr = run_and_list_imports(*argv)
+    assert code == ("0" if argv[-1] == "--help" else "2"), stderr[-2000:]
     assert not {"torch", "pytorch_lightning"} & set(imported), imported
     if argv[0] != "crackseg.data.tools":  # which reads and writes images
         assert imported == [], imported
@@ -315,9 +321,6 @@ def test_a_missing_file_or_a_bad_value_is_one_line_before_torch_loads(tmp_path, 
     """What a prediction, an evaluation or an export is checked for before its weights are
     read (its settings, its input, that its model file is one) is answered in one line, no
     log line before it, before torch loads."""
-    import subprocess
-    import sys
-
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "a.png").write_bytes(b"")  # listed by its name: never read
@@ -326,15 +329,8 @@ def test_a_missing_file_or_a_bad_value_is_one_line_before_torch_loads(tmp_path, 
     argv = [a.format(**names) for a in argv]
     if argv[0] == "crackseg.predict" and not any(a.startswith("input=") for a in argv):
         argv.append(f"input={photos}")
-    result = subprocess.run(
-        [sys.executable, "-c", IMPORTS_PROBE, *argv, f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    code, *imported = result.stdout.splitlines()[-1].split()
-    assert code == "2", result.stderr[-2000:]
+    code, imported, stderr = run_and_list_imports(*argv, f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == "2", stderr[-2000:]
     assert not {"torch", "pytorch_lightning"} & set(imported), imported
-    (line,) = result.stderr.splitlines()
+    (line,) = stderr.splitlines()
     assert line.startswith(expected.format(**names)), line
