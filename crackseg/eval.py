@@ -42,8 +42,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
     typed = typed_keys()
     refuse_model_settings(typed)
-    checkpoint_file(cfg.ckpt_path)  # before check_config loads torch (a second)
     check_config(cfg)
+    checkpoint_file(cfg.ckpt_path)  # all of it before torch loads (a second), from here on
     # An evaluation trains no epoch: the count a rule makes of the training settings
     # (Severstal's, of data.train_positives) is resolved now and kept as a value (the
     # assignment replaces the interpolation), before those settings become the weights' own,

@@ -9,7 +9,6 @@ from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
-from crackseg.models.checkpoint import checkpoint_file
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.lifecycle import run_task
 from crackseg.runs.ownership import accept_folder_of_its_own
@@ -19,14 +18,18 @@ from crackseg.setting_rules import check_required
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export into a folder of its own: never one holding a run."""
+    from crackseg.deploy.settings import checked_export  # (OpenCV: the command is accepted)
+
     accept_folder_of_its_own(cfg.paths.output_dir)
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
-    checkpoint_file(cfg.ckpt_path)  # before check_config loads torch (a second)
     check_config(cfg)
+    check_images = checked_export(cfg)
     set_job_threads(cfg)
-    from crackseg.deploy.onnx_export import export_checkpoint  # the network and onnx
+    # Imported once the command is accepted: torch takes a second to load, which a command
+    # refused for its settings or its files never waits for.
+    from crackseg.deploy.onnx_export import export_checkpoint
 
-    return export_checkpoint(cfg)
+    return export_checkpoint(cfg, check_images)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")

@@ -17,9 +17,8 @@ from crackseg.runs.threads import set_job_threads
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict into a folder of its own: never one holding a run or another prediction."""
-    # Imported in steps: images are read once Hydra accepted the command line, and the
-    # network and its metrics (a second to load) once the settings, the input and the
-    # model file are.
+    # Imported in steps: OpenCV once Hydra accepted the command line, torch (a second to
+    # load) once the settings, the model file and the input are.
     from crackseg.deploy.settings import checked_prediction
 
     accept_folder_of_its_own(cfg.paths.output_dir)

@@ -265,7 +265,7 @@ print(code, *sorted({"torch", "pytorch_lightning", "cv2", "scipy"} & set(sys.mod
 
 def run_and_list_imports(*argv: str) -> tuple[str, list[str], str]:
     """A command module run as ``python -m`` runs it: its exit code, the heavy libraries
-    it imported, and what it wrote to stderr."""
+    it imported, and what it wrote (stdout, where its log goes, then stderr)."""
     result = subprocess.run(
         [sys.executable, "-c", IMPORTS_PROBE, *argv],
         capture_output=True,
@@ -273,8 +273,9 @@ def run_and_list_imports(*argv: str) -> tuple[str, list[str], str]:
         timeout=120,
         cwd=REPO,
     )
-    code, *imported = result.stdout.splitlines()[-1].split()
-    return code, imported, result.stderr
+    *logged, probed = result.stdout.splitlines()
+    code, *imported = probed.split()
+    return code, imported, "".join(f"{line}\n" for line in logged) + result.stderr
 
 
 @pytest.mark.parametrize(
@@ -292,8 +293,8 @@ def run_and_list_imports(*argv: str) -> tuple[str, list[str], str]:
 def test_a_mistyped_command_never_waits_for_torch(argv):
     """A mistyped setting is answered before torch loads (a second of CPU, more than the
     rest of the command); the dataset tools need none of the network's libraries."""
-    code, imported, stderr = run_and_list_imports(*argv)
-    assert code == ("0" if argv[-1] == "--help" else "2"), stderr[-2000:]
+    code, imported, output = run_and_list_imports(*argv)
+    assert code == ("0" if argv[-1] == "--help" else "2"), output[-2000:]
     assert not {"torch", "pytorch_lightning"} & set(imported), imported
     if argv[0] != "crackseg.data.tools":  # which reads and writes images
         assert imported == [], imported
@@ -312,25 +313,35 @@ def test_a_mistyped_command_never_waits_for_torch(argv):
             "error: ONNX model {missing} does not exist",
         ),
         (("crackseg.predict", "ckpt_path={text}", "overlap=2"), "error: overlap must be a number"),
-        (("crackseg.predict", "ckpt_path={text}", "input={missing}"), "error: input {missing} "),
+        (("crackseg.predict", "ckpt_path={begun}", "input={missing}"), "error: input {missing} "),
         (("crackseg.eval", "ckpt_path={missing}"), "error: checkpoint {missing} does not exist"),
         (("crackseg.export", "ckpt_path={missing}"), "error: checkpoint {missing} does not exist"),
+        (("crackseg.export", "ckpt_path={begun}", "opset=99"), "error: opset must be at most "),
+        (
+            ("crackseg.export", "ckpt_path={begun}", "check_images={missing}"),
+            "error: check_images={missing} does not exist",
+        ),
     ],
 )
 def test_a_missing_file_or_a_bad_value_is_one_line_before_torch_loads(tmp_path, argv, expected):
     """What a prediction, an evaluation or an export is checked for before its weights are
-    read (its settings, its input, that its model file is one) is answered in one line, no
-    log line before it, before torch loads."""
+    read (its settings, its model file, its images) is answered in one line, no log line
+    before it, before torch loads."""
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "a.png").write_bytes(b"")  # listed by its name: never read
     (tmp_path / "notes.ckpt").write_text("weights to come\n")
-    names = {"missing": tmp_path / "missing.ckpt", "text": tmp_path / "notes.ckpt"}
+    (tmp_path / "begun.ckpt").write_bytes(b"PK\x03\x04")  # as torch.save's files begin
+    names = {
+        "missing": tmp_path / "missing.ckpt",
+        "text": tmp_path / "notes.ckpt",
+        "begun": tmp_path / "begun.ckpt",
+    }
     argv = [a.format(**names) for a in argv]
     if argv[0] == "crackseg.predict" and not any(a.startswith("input=") for a in argv):
         argv.append(f"input={photos}")
-    code, imported, stderr = run_and_list_imports(*argv, f"hydra.run.dir={tmp_path / 'run'}")
-    assert code == "2", stderr[-2000:]
+    code, imported, output = run_and_list_imports(*argv, f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == "2", output[-2000:]
     assert not {"torch", "pytorch_lightning"} & set(imported), imported
-    (line,) = stderr.splitlines()
+    (line,) = output.splitlines()
     assert line.startswith(expected.format(**names)), line

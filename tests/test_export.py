@@ -18,8 +18,9 @@ import torch
 from conftest import REPO, SHARED, one_line_error, run_entry
 
 from crackseg.data.io import read_image
-from crackseg.deploy.backends import OnnxBackend, optional_import
+from crackseg.deploy.backends import OnnxBackend
 from crackseg.deploy.onnx_export import Difference, compare_runtimes
+from crackseg.deploy.settings import optional_import
 from crackseg.errors import CracksegError
 from crackseg.models.checkpoint import load_module
 
@@ -231,14 +232,18 @@ def test_an_empty_check_images_is_no_current_folder(tmp_path, monkeypatch):
     """``check_images=$UNSET``: refused, where it would compare on the current folder's
     images (and ``check_images`` left out compares on random inputs only)."""
     from crackseg.deploy.onnx_export import read_check_images
+    from crackseg.deploy.settings import check_image_files
     from crackseg.errors import ConfigError, DataError
+
+    def read(folder):
+        return read_check_images(folder, check_image_files(folder), 8, 3)
 
     cv2.imwrite(str(tmp_path / "here.png"), np.zeros((8, 8, 3), np.uint8))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="check_images= is empty"):
-        read_check_images("", 8, 3)
-    assert read_check_images(None, 8, 3) == {}
-    assert list(read_check_images(".", 8, 3)) == ["here.png"]
+        read("")
+    assert read(None) == {}
+    assert list(read(".")) == ["here.png"]
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"check_images=broken.png: none of its images"):
-        read_check_images("broken.png", 8, 3)
+        read("broken.png")

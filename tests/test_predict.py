@@ -38,7 +38,7 @@ from crackseg.deploy.predict_folder import (
     predict_folder,
 )
 from crackseg.deploy.settings import PredictSettings, checked_prediction
-from crackseg.errors import ConfigError, DataError, RunFolderError
+from crackseg.errors import ConfigError, CracksegError, DataError, RunFolderError
 
 
 def rows_of(path):
@@ -184,9 +184,8 @@ def test_hydra_keeps_its_config_out_of_a_folder_holding_earlier_predictions(tmp_
 def test_empty_output_folders_are_no_earlier_predictions(tmp_path):
     for name in ("probabilities", "masks", "overlays"):
         (tmp_path / name).mkdir()
-    missing = tmp_path / "photos"
-    with pytest.raises(DataError, match=f"input {missing} does not exist"):
-        predict_checked(predict_config(tmp_path, input=str(missing)))
+    with pytest.raises(CracksegError, match="^checkpoint x.ckpt does not exist$"):  # the next
+        predict_checked(predict_config(tmp_path))
 
 
 def test_a_threshold_that_is_no_number_is_refused_before_anything_is_written(
@@ -362,8 +361,9 @@ def test_precision_auto_is_the_default_and_reads_the_checkpoint(tiny_checkpoint,
 
     monkeypatch.setattr(backends, "native_precision", lambda device_type, gpu=None: "bf16-mixed")
     assert OmegaConf.load(REPO / "conf" / "predict.yaml").precision == "auto"
-    assert not open_backend("torch", str(tiny_checkpoint), None, "cpu", "auto").bf16
-    assert open_backend("torch", str(tiny_checkpoint), None, "cpu", "bf16").bf16
+    checkpoint = str(tiny_checkpoint)
+    assert not open_backend(predict_settings(ckpt_path=checkpoint, precision="auto")).bf16
+    assert open_backend(predict_settings(ckpt_path=checkpoint, precision="bf16")).bf16
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")

@@ -8,12 +8,10 @@ scaling) as metadata, written by ``crackseg-export``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +20,13 @@ from omegaconf import OmegaConf
 
 from crackseg import __version__
 from crackseg.data.data_settings import DECISION_STRIDE, OUTPUT_STRIDE
-from crackseg.deploy.settings import DEVICE_NAMES, check_precision, onnx_model_file
+from crackseg.deploy.settings import (
+    DEVICE_NAMES,
+    PredictSettings,
+    check_precision,
+    onnx_model_file,
+    optional_import,
+)
 from crackseg.errors import ConfigError, CracksegError
 from crackseg.models.checkpoint import (
     load_validated_module,
@@ -39,8 +43,6 @@ log = logging.getLogger(__name__)
 #: onnxruntime's execution providers crackseg asks for.
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
-#: What the optional ONNX support needs installed.
-DEPLOY_EXTRA = "pip install 'crackseg[deploy]'"
 #: Prefix of the ONNX metadata keys crackseg writes.
 METADATA_PREFIX = "crackseg."
 #: How the exported network expects its input, stored in the ONNX metadata for other tools.
@@ -55,16 +57,6 @@ OUTPUT_FORMAT = (
     "decision: [N] probability that the image holds a defect; "
     "segmentation: [N, 1, H, W] crack probability of every pixel"
 )
-
-
-def optional_import(name: str, purpose: str) -> ModuleType:
-    """Import a package of the ``deploy`` extra, or say in one line how to install it."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as error:
-        raise CracksegError(
-            f"{purpose} needs {name}, which is not installed: {DEPLOY_EXTRA}"
-        ) from error
 
 
 @dataclass(frozen=True)
@@ -187,7 +179,7 @@ class TorchBackend:
         self.memory_format = torch.contiguous_format
         if prefers_channels_last(device.type, BF16 if self.bf16 else FLOAT32):
             self.memory_format = torch.channels_last
-            self.module.net.to(memory_format=self.memory_format)
+            self.module.net.convolutions_channels_last()
             log.info("channels_last (as model.channels_last=auto trains on this machine)")
 
     def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -296,19 +288,14 @@ def check_cuda_provider(device: str, requested: list[Any], used: list[str]) -> N
     log.warning("device=auto runs on the CPU: %s", reason)
 
 
-def open_backend(
-    backend: str, ckpt_path: str | None, onnx_path: str | None, device: str, precision: str
-) -> TorchBackend | OnnxBackend:
-    """The backend a prediction run asked for (its settings checked by
-    :class:`~crackseg.deploy.settings.PredictSettings`)."""
-    precision = check_precision(precision)
-    if backend == "torch":
-        torch_device = resolve_device(device)
-        module = load_validated_module(ckpt_path)
-        if precision == "auto":
-            trained = OmegaConf.select(trained_run_config(module), "trainer.precision")
-            precision = prediction_precision(trained, torch_device)
-        return TorchBackend(module, torch_device, precision)
-    if backend == "onnx":
-        return OnnxBackend(onnx_path, device)
-    raise ConfigError(f"backend must be torch or onnx, not {backend!r}")
+def open_backend(settings: PredictSettings) -> TorchBackend | OnnxBackend:
+    """The backend a prediction run asked for, its settings checked (PredictSettings)."""
+    if settings.backend == "onnx":
+        return OnnxBackend(settings.onnx_path, settings.device)
+    device = resolve_device(settings.device)
+    module = load_validated_module(settings.ckpt_path)
+    precision = settings.precision
+    if precision == "auto":
+        trained = OmegaConf.select(trained_run_config(module), "trainer.precision")
+        precision = prediction_precision(trained, device)
+    return TorchBackend(module, device, precision)

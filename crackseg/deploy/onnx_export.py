@@ -27,12 +27,13 @@ from omegaconf import DictConfig
 
 from crackseg.atomic import atomic_path, atomic_write_text
 from crackseg.data.data_settings import DECISION_STRIDE, OUTPUT_STRIDE
-from crackseg.data.io import list_input_images, read_image
+from crackseg.data.io import read_image
 from crackseg.data.labels import resize_image
-from crackseg.deploy.backends import CPU_PROVIDER, ModelInfo, optional_import
+from crackseg.deploy.backends import CPU_PROVIDER, ModelInfo
 from crackseg.deploy.outputs import EXPORT_MODEL, EXPORT_RECORD
+from crackseg.deploy.settings import optional_import
 from crackseg.deploy.tiling import TileGrid
-from crackseg.errors import ConfigError, CracksegError, DataError, describe_files
+from crackseg.errors import CracksegError, DataError, describe_files
 from crackseg.models.checkpoint import (
     load_validated_module,
 )
@@ -151,17 +152,13 @@ def compare_runtimes(
     return differences
 
 
-def read_check_images(folder: str | None, count: int, channels: int) -> dict[str, np.ndarray]:
-    """Up to ``count`` readable images of ``folder`` (unreadable ones are skipped)."""
-    if folder is None:
-        return {}
-    if str(folder) == "":  # an unset shell variable: not the current folder
-        raise ConfigError("check_images= is empty: name a folder or image, or leave it out")
-    source = Path(folder).expanduser()
-    if not source.exists():
-        raise DataError(f"check_images={source} does not exist")
+def read_check_images(
+    folder: str, paths: list[Path], count: int, channels: int
+) -> dict[str, np.ndarray]:
+    """Up to ``count`` readable images of ``paths``, the images of ``check_images=folder``
+    (unreadable ones are skipped)."""
     images, unreadable = {}, []
-    for path in list_input_images(source):
+    for path in paths:
         if len(images) == count:
             break
         try:
@@ -169,26 +166,25 @@ def read_check_images(folder: str | None, count: int, channels: int) -> dict[str
         except DataError as error:
             log.warning("not comparing on an unreadable image: %s", error)
             unreadable.append(path)
-    if not images:
+    if paths and not images:
         raise DataError(
-            f"check_images={source}: none of its images could be read "
+            f"check_images={folder}: none of its images could be read "
             f"({describe_files(unreadable)})"
         )
     return images
 
 
-def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Export ``cfg.ckpt_path`` to ``model.onnx`` in the run folder, checked against PyTorch."""
+def export_checkpoint(cfg: DictConfig, check_images: list[Path]) -> dict[str, Any]:
+    """Export ``cfg.ckpt_path`` to ``model.onnx`` in the run folder, checked against PyTorch
+    on random inputs and the images ``check_images`` (crackseg.deploy.settings.checked_export
+    checked the settings)."""
     ort = optional_import("onnxruntime", "crackseg-export")
-    onnx = optional_import("onnx", "crackseg-export")
-    if cfg.opset > (newest := onnx.defs.onnx_opset_version()):
-        raise ConfigError(
-            f"opset must be at most {newest} (onnx {onnx.__version__}), not {cfg.opset}"
-        )
     output_dir = Path(cfg.paths.output_dir)
     module = load_validated_module(cfg.ckpt_path)
     info = ModelInfo.of_module(module)
-    images = read_check_images(cfg.check_images, cfg.num_check_images, info.input_channels)
+    images = read_check_images(
+        str(cfg.check_images), check_images, cfg.num_check_images, info.input_channels
+    )
     inputs = check_inputs(info, images, np.random.default_rng(0))
     destination = output_dir / EXPORT_MODEL
     with atomic_path(destination) as tmp:

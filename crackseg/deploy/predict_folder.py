@@ -266,13 +266,7 @@ def predict_folder(
     """Predict the images ``paths`` of ``settings.input`` into ``output_dir`` (both checked
     by :func:`~crackseg.deploy.settings.checked_prediction`); return the run's counts."""
     source = Path(settings.input).expanduser()
-    backend = open_backend(
-        settings.backend,
-        settings.ckpt_path,
-        settings.onnx_path,
-        settings.device,
-        settings.precision,
-    )
+    backend = open_backend(settings)
     info = backend.info
     plan = settings.plan(info, settings.ckpt_path or settings.onnx_path or "the model")
     log.info(

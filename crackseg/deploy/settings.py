@@ -1,11 +1,16 @@
-"""The settings of ``crackseg-predict``, checked before anything is loaded or written."""
+"""The settings of ``crackseg-predict`` and ``crackseg-export``, and their files, checked
+before anything is loaded or written: a command that cannot run is refused before torch loads.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -14,7 +19,7 @@ from crackseg.data.data_settings import check_input_size
 from crackseg.data.io import list_input_images
 from crackseg.deploy.outputs import refuse_earlier_outputs
 from crackseg.deploy.predictor import Plan
-from crackseg.errors import ConfigError, CracksegError
+from crackseg.errors import ConfigError, CracksegError, DataError
 from crackseg.models.checkpoint import checkpoint_file
 from crackseg.setting_rules import check_required, check_rules, is_integer, is_number
 
@@ -29,6 +34,8 @@ DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
 #: auto: as the checkpoint trained, where the device computes that natively
 #: (:func:`crackseg.deploy.backends.prediction_precision`).
 PRECISIONS = ("auto", "32", "bf16")
+#: What the optional ONNX support needs installed.
+DEPLOY_EXTRA = "pip install 'crackseg[deploy]'"
 
 
 #: The largest overlap of neighbouring tiles: a pixel is covered by about 1 / (1 - overlap)²
@@ -118,7 +125,7 @@ class PredictSettings:
                 raise ConfigError("backend=torch needs ckpt_path=PATH.ckpt")
             if self.onnx_path:
                 raise ConfigError("onnx_path is read by backend=onnx; drop it or set backend=onnx")
-        else:
+        elif self.backend == "onnx":
             if not self.onnx_path:
                 raise ConfigError(
                     "backend=onnx needs onnx_path=PATH.onnx (written by crackseg-export)"
@@ -168,15 +175,62 @@ class PredictSettings:
 
 def checked_prediction(cfg: DictConfig) -> tuple[PredictSettings, list[Path]]:
     """crackseg-predict's settings and the images of its ``input``, its output folder and
-    model file checked first: a prediction that cannot run is refused before torch loads."""
+    model file checked first."""
     refuse_earlier_outputs(Path(cfg.paths.output_dir))
     settings = PredictSettings.from_config(cfg)
-    images = list_input_images(Path(settings.input).expanduser())
     if settings.backend == "torch":
         checkpoint_file(settings.ckpt_path)
     else:
+        require_installed(("onnxruntime",), "backend=onnx")
         onnx_model_file(settings.onnx_path)
-    return settings, images
+    return settings, list_input_images(Path(settings.input).expanduser())
+
+
+def checked_export(cfg: DictConfig) -> list[Path]:
+    """crackseg-export's packages, checkpoint, ``check_images`` and ``opset`` checked first
+    (the opset last: it takes onnx, which loads in most of a second); the images to compare
+    on."""
+    require_installed(("onnx", "onnxruntime", "onnxscript"), "crackseg-export")
+    checkpoint_file(cfg.ckpt_path)
+    images = check_image_files(cfg.check_images)
+    onnx = optional_import("onnx", "crackseg-export")
+    if cfg.opset > (newest := onnx.defs.onnx_opset_version()):
+        raise ConfigError(
+            f"opset must be at most {newest} (onnx {onnx.__version__}), not {cfg.opset}"
+        )
+    return images
+
+
+def check_image_files(folder: str | None) -> list[Path]:
+    """The images of ``check_images`` (a folder, or one image); none where it is left out."""
+    if folder is None:
+        return []
+    if str(folder) == "":  # an unset shell variable: not the current folder
+        raise ConfigError("check_images= is empty: name a folder or image, or leave it out")
+    source = Path(folder).expanduser()
+    if not source.exists():
+        raise DataError(f"check_images={source} does not exist")
+    return list_input_images(source)
+
+
+def optional_import(name: str, purpose: str) -> ModuleType:
+    """Import a package of the ``deploy`` extra, or say in one line how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise CracksegError(_not_installed(name, purpose)) from error
+
+
+def require_installed(names: tuple[str, ...], purpose: str) -> None:
+    """Refuse in one line a command needing a package of the ``deploy`` extra that is not
+    installed (looked up, not imported)."""
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise CracksegError(_not_installed(name, purpose))
+
+
+def _not_installed(name: str, purpose: str) -> str:
+    return f"{purpose} needs {name}, which is not installed: {DEPLOY_EXTRA}"
 
 
 def onnx_model_file(path: str | Path) -> Path:

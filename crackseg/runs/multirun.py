@@ -55,6 +55,7 @@ from crackseg.runs.ownership import (
     release_run_folder,
     used_by_another_command,
 )
+from crackseg.runs.resume import check_sweep_resume
 from crackseg.runs.status import finished_status, holds_run, read_status
 from crackseg.setting_rules import check_required, is_integer
 from crackseg.sweep.job_names import (
@@ -86,9 +87,6 @@ class SweepChecksCallback(Callback):
     beside it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Imported here, not with the callback every command loads: it reads checkpoints.
-        from crackseg.runs.resume import check_sweep_resume
-
         try:
             task, swept = _task_and_swept(config)  # the job folders read once
             check_sweep_resume(config.get("resume"))
