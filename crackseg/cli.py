@@ -6,6 +6,7 @@ crackseg.runs.multirun."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -104,6 +105,14 @@ def end_last_sweep() -> Path | None:
     return sweep_dir
 
 
+#: The logger of Lightning's rank-zero messages, its tips among them.
+LIGHTNING_INFO_LOGGER = "pytorch_lightning.utilities.rank_zero"
+
+
+def is_no_lightning_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
+
+
 def run_hydra_main(main: Callable[[], Any]) -> None:
     """Call a ``@hydra.main`` function; a bad command line or config is one line, exit 2.
 
@@ -118,6 +127,8 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     # with torch's LeafSpec, which torch 2.13 deprecates: a warning in every run and export
     # that no setting of crackseg's can answer.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning advertises its cloud services in every run ("Tip: ... litlogger", "litmodels").
+    logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(is_no_lightning_tip)
     try:
         refuse_unusable_folder_overrides(sys.argv[1:])
         refuse_missing_search_folders(sys.argv[1:])

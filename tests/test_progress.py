@@ -77,6 +77,7 @@ def test_a_run_off_a_terminal_logs_one_line_per_epoch(tmp_path: Path, tiny_data_
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "\r" not in output and "it/s]" not in output  # no bar fragments
+    assert "Tip:" not in output  # Lightning's advertisements of its cloud services
     lines = [line for line in output.splitlines() if "[crackseg.runs.progress]" in line]
     assert len(lines) == 2, output[-3000:]
     assert "epoch 1/2: loss " in lines[0] and "lambda_dec" in lines[0]
