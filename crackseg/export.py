@@ -18,7 +18,7 @@ from crackseg.setting_rules import check_required
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export into a folder of its own: never one holding a run."""
-    from crackseg.deploy.settings import checked_export  # (OpenCV: the command is accepted)
+    from crackseg.deploy.settings import checked_export  # loads OpenCV: not sooner
 
     accept_folder_of_its_own(cfg.paths.output_dir)
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there

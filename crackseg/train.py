@@ -36,6 +36,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if checkpoint is None:  # (a run started so before the check continues as it began)
         refuse_extra_count_without_ranking(cfg, typed_overrides())
     check_required(cfg, ("data.root",))
+    from crackseg.data.layouts import check_config_data_found  # loads OpenCV: not sooner
+
+    check_config_data_found(cfg.data)
     set_job_threads(cfg)
     # Lightning is imported from here on (seconds of CPU): a command line refused before
     # never waits for it.

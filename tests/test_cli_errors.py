@@ -345,3 +345,30 @@ def test_a_missing_file_or_a_bad_value_is_one_line_before_torch_loads(tmp_path, 
     assert not {"torch", "pytorch_lightning"} & set(imported), imported
     (line,) = output.splitlines()
     assert line.startswith(expected.format(**names)), line
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ("data=crack_segmentation", "data.root={missing}"),
+            "error: data root {missing} does not exist (set data.root=PATH)",
+        ),
+        (
+            ("experiment=cfd_tiles", "data.root={empty}", "data.tile.source={missing}"),
+            "error: data.tile.source {missing} does not exist (the photographs to tile; ",
+        ),
+    ],
+)
+def test_a_training_whose_data_is_not_there_is_refused_before_lightning_loads(
+    tmp_path, overrides, expected
+):
+    """A few seconds sooner, and without Lightning's lines before the error."""
+    names = {"missing": tmp_path / "cracks", "empty": tmp_path / "tiles"}
+    typed = [o.format(**names) for o in overrides]
+    code, imported, output = run_and_list_imports(
+        "crackseg.train", *typed, f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert code == "2", output[-2000:]
+    assert "pytorch_lightning" not in imported
+    assert output.splitlines()[-1].startswith(expected.format(**names)), output[-2000:]

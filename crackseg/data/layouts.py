@@ -40,9 +40,10 @@ import csv
 import inspect
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from crackseg.data.data_settings import BINARIZE_THRESHOLD
 from crackseg.data.io import (
@@ -106,6 +107,18 @@ def check_data_found(root: Path, tile_source: Path | None = None) -> None:
             f"data.tile.source {tile_source} does not exist (the photographs to tile; "
             "set data.tile.source=FOLDER, which experiment=cfd_tiles reads from CRACKSEG_CFD_DIR)"
         )
+
+
+def check_config_data_found(data: Mapping[str, Any]) -> None:
+    """Refuse a run whose ``data`` config reads data that is not on this machine
+    (:func:`check_data_found`); data the run makes itself (synthetic, downloaded) is not
+    looked for."""
+    download = data.get("download")
+    if data.get("synthetic") or (download and download.get("url")):
+        return
+    tile = data.get("tile")
+    source = Path(str(tile["source"])).expanduser() if tile else None
+    check_data_found(Path(str(data["root"])).expanduser(), source)
 
 
 def _require_dir(path: Path, what: str) -> None:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from crackseg.atomic import atomic_write_text
-from crackseg.data.layouts import check_dagm_classes, check_data_found
+from crackseg.data.layouts import check_config_data_found, check_dagm_classes
 from crackseg.error_lines import one_line, print_line
 from crackseg.errors import (
     ConfigError,
@@ -476,9 +476,8 @@ def refuse_missing_data(config: DictConfig, task: list[str], swept: set[str]) ->
         return
     env = OmegaConf.to_container(config.hydra.job.env_set, resolve=True)
     with env_override({key: str(value) for key, value in env.items()}):
-        root, tile = Path(str(data.root)).expanduser(), data.get("tile")
-        source = Path(str(tile.source)).expanduser() if tile else None
-    check_data_found(root, source)
+        check_config_data_found(data)
+        root = Path(str(data.root)).expanduser()
     if data.get("layout") == "dagm":  # a sweep over its classes (the paper's DAGM sweeps)
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
         classes = swept_values(task, params, "data.dagm_class") or [data.dagm_class]
