@@ -109,6 +109,19 @@ def end_last_sweep() -> Path | None:
 LIGHTNING_INFO_LOGGER = "pytorch_lightning.utilities.rank_zero"
 
 
+def leave_out_library_notices() -> None:
+    """Leave out of every command's output what the libraries say in every run that says
+    nothing of it and that no setting of crackseg's answers."""
+    # Lightning (2.6.6, the newest) flattens batches, and torch.export a model's inputs,
+    # with torch's LeafSpec, which torch 2.13 deprecates.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning's model summary cannot size bf16-mixed parameters, and counts them as the
+    # float32 they are under mixed precision.
+    warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model")
+    # Lightning advertises its cloud services ("Tip: ... litlogger", "litmodels").
+    logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(is_no_lightning_tip)
+
+
 def is_no_lightning_tip(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip:")
 
@@ -123,12 +136,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     ends with its summary written, exit 143.
     """
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    # Lightning (2.6.6, the newest) flattens batches, and torch.export a model's inputs,
-    # with torch's LeafSpec, which torch 2.13 deprecates: a warning in every run and export
-    # that no setting of crackseg's can answer.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    # Lightning advertises its cloud services in every run ("Tip: ... litlogger", "litmodels").
-    logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(is_no_lightning_tip)
+    leave_out_library_notices()
     try:
         refuse_unusable_folder_overrides(sys.argv[1:])
         refuse_missing_search_folders(sys.argv[1:])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +15,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 import crackseg.runs.progress as progress
+from crackseg.cli import LIGHTNING_INFO_LOGGER, is_no_lightning_tip, leave_out_library_notices
 from crackseg.runs.progress import EpochLog, epoch_line, format_duration, progress_callbacks
 from crackseg.runs.trainer import build_trainer
 
@@ -104,3 +107,26 @@ def test_a_run_resumed_mid_epoch_counts_its_speed_from_where_it_resumed(
     with caplog.at_level("INFO", logger=progress.log.name):
         bar.on_train_epoch_end(trainer, None)
     assert "epoch 4/10: 4.0 images/s, 12s left" in caplog.text, caplog.text
+
+
+def test_what_lightning_says_in_every_bf16_run_that_says_nothing_of_it_is_left_out(caplog):
+    """Its advertisements, and its model summary's warning that it sizes bf16-mixed
+    parameters as float32 (which they are); other warnings and lines are kept."""
+    from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+
+    lightning = logging.getLogger(LIGHTNING_INFO_LOGGER)
+    try:
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+            warnings.simplefilter("always")
+            leave_out_library_notices()
+            rank_zero_warn(
+                "Precision bf16-mixed is not supported by the model summary.  Estimated model "
+                "size in MB will not be accurate. Using 32 bits instead."
+            )
+            rank_zero_warn("Precision 64-mixed is something else")
+            rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, ...")
+            rank_zero_info("GPU available: False, used: False")
+    finally:
+        lightning.removeFilter(is_no_lightning_tip)
+    assert [str(w.message) for w in caught] == ["Precision 64-mixed is something else"]
+    assert "Tip:" not in caplog.text and "GPU available: False, used: False" in caplog.text
