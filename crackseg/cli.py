@@ -25,6 +25,7 @@ from crackseg.error_lines import (
     root_cause,
 )
 from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, SweepStopped
+from crackseg.runs.hydra_run import override_key
 from crackseg.runs.ownership import is_rank_zero, refuse_a_sweeps_folder
 from crackseg.setting_rules import as_override
 from crackseg.sweep.summary import MD_NAME, end_sweep, ended_sweeps, started_sweeps
@@ -48,7 +49,7 @@ def refuse_unusable_folder_overrides(args: list[str]) -> None:
     on purpose."""
     for arg in args:
         key, equals, value = arg.partition("=")
-        if not equals or key.lstrip("+~") not in FOLDER_KEYS:
+        if not equals or override_key(arg) not in FOLDER_KEYS:
             continue
         folder = value.strip("'\" ")
         if not folder:
@@ -57,7 +58,7 @@ def refuse_unusable_folder_overrides(args: list[str]) -> None:
             raise ConfigError(
                 f"{key}={folder}: Hydra does not expand ~; write {key}=$HOME{folder[1:]}"
             )
-        if key.lstrip("+~") == "hydra.run.dir":
+        if override_key(arg) == "hydra.run.dir":
             # before Hydra writes the run's .hydra/ there, beside the sweep's jobs
             refuse_a_sweeps_folder(Path(folder))
 
@@ -69,7 +70,7 @@ def refuse_missing_search_folders(args: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     for arg in args:
-        if arg.partition("=")[0].lstrip("+~") != "hydra.searchpath":
+        if override_key(arg) != "hydra.searchpath":
             continue
         folders = OverridesParser.create().parse_overrides([arg])[0].value()
         for entry in folders if isinstance(folders, list) else [folders]:

@@ -319,6 +319,10 @@ def test_a_mistyped_resume_folder_is_refused_and_left_untouched(tmp_path):
     advice = f"resume= takes its run's folder (resume={tmp_path / 'run'})"
     assert line == f"error: resume={checkpoint} is a checkpoint: {advice}"
     assert checkpoint.read_bytes() == b"weights"
+    slurm = tmp_path / "run" / "hpc_ckpt_1.ckpt"  # Lightning's, in the run folder itself
+    slurm.write_bytes(b"weights")
+    line = one_line_error(run_entry("train", f"resume={slurm}"))
+    assert line == f"error: resume={slurm} is a checkpoint: {advice}"
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_is_exact(reference, tiny_data_dir, tmp_path):

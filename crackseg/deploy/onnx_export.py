@@ -75,7 +75,7 @@ def export_module(module: SegDecModule, path: Path, opset: int) -> None:
     example = torch.rand(2, info.input_channels, info.input_height, info.input_width)
     batch = torch.export.Dim("batch", min=1)
     # Each side a multiple of OUTPUT_STRIDE of at least DECISION_STRIDE, as
-    # segdecnet.check_input_size asks, for the exporter's trace; the file keeps no bound
+    # data_settings.check_input_size asks, for the exporter's trace; the file keeps no bound
     # (onnxruntime runs any size): the rule goes into its metadata (INPUT_SIZES).
     smallest = DECISION_STRIDE // OUTPUT_STRIDE
     height = OUTPUT_STRIDE * torch.export.Dim("height_over_8", min=smallest)

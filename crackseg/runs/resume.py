@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from crackseg.atomic import remove_partial_writes
 from crackseg.errors import CracksegError, DataError, RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, load_checkpoint_file
-from crackseg.run_files import SWEEP_FILE
+from crackseg.run_files import CHECKPOINT_DIR, SWEEP_FILE
 from crackseg.runs.config_changes import PATH_KEYS, config_differences
 from crackseg.runs.hardware import (
     FLOAT16,
@@ -71,8 +71,9 @@ def check_resume_folder(run_dir: Path) -> None:
     if not run_dir.exists():
         raise RunFolderError(f"resume={run_dir}: no such folder")
     if not run_dir.is_dir():
-        if run_dir.suffix == ".ckpt":  # checkpoints/last.ckpt: its run is two folders up
-            run = as_override("resume", run_dir.absolute().parent.parent)
+        if run_dir.suffix == ".ckpt":  # in checkpoints/ of its run, or (SLURM's) in the run
+            folder = run_dir.absolute().parent
+            run = as_override("resume", folder.parent if folder.name == CHECKPOINT_DIR else folder)
             raise RunFolderError(
                 f"resume={run_dir} is a checkpoint: resume= takes its run's folder ({run})"
             )
