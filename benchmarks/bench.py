@@ -49,11 +49,10 @@ from torch import nn
 
 from crackseg import CONFIG_DIR
 from crackseg.atomic import atomic_write_text
-from crackseg.data.labels import downsample_to_output
 from crackseg.data.synthetic import generate_synthetic_dataset
 from crackseg.errors import CracksegError
 from crackseg.models.flops import count_flops
-from crackseg.models.losses import segdec_loss
+from crackseg.models.losses import downsample_to_output, segdec_loss
 from crackseg.models.precision import cpu_bf16_features, cpu_model
 from crackseg.models.segdecnet import OUTPUT_STRIDE, SegDecNet
 from crackseg.runs.allocator import keep_freed_memory

@@ -17,8 +17,7 @@ from helpers.run_if import run_if
 from helpers.tiny_module import fit_tiny
 from torch._dynamo.utils import counters
 
-from crackseg.data.labels import downsample_to_output
-from crackseg.models.losses import decision_loss, segmentation_loss
+from crackseg.models.losses import decision_loss, downsample_to_output, segmentation_loss
 from crackseg.models.module_settings import SpeedSettings
 from crackseg.models.segdecnet import SegDecNet
 

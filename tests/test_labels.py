@@ -8,9 +8,9 @@ from crackseg.data.labels import (
     binarize,
     dilate,
     distance_weight_map,
-    downsample_to_output,
     prepare_mask,
 )
+from crackseg.models.losses import downsample_to_output
 
 
 def test_binarize_threshold_is_strict():

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from crackseg.data.data_settings import InputSize
-from crackseg.data.labels import downsample_to_output
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.models.losses import (
     decision_loss,
     decision_targets,
+    downsample_to_output,
     loss_weights,
     segdec_loss,
     segmentation_loss,

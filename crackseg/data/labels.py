@@ -1,22 +1,13 @@
-"""Label preparation (docs/method.md §4): binarise, dilate, resize, weight map, 1/8 size."""
+"""Label preparation (docs/method.md §4): binarise, dilate, resize, weight map (their 1/8
+size for the loss: crackseg.models.losses.downsample_to_output)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
 from crackseg.data.data_settings import BINARIZE_THRESHOLD
-
-if TYPE_CHECKING:
-    import torch
-
-#: Reflection padding and window of the pad-and-average downsampling to 1/8.
-DOWNSAMPLE_PAD = 8
-DOWNSAMPLE_WINDOW = 17
-DOWNSAMPLE_STRIDE = 8
 
 
 def binarize(mask: np.ndarray, threshold: int = BINARIZE_THRESHOLD) -> np.ndarray:
@@ -105,15 +96,3 @@ def distance_weight_map(
         max_weight * (distance[mask] / np.broadcast_to(d_max, mask.shape)[mask]) ** power
     )
     return weights
-
-
-def downsample_to_output(labels: torch.Tensor) -> torch.Tensor:
-    """[B, 1, H, W] -> [B, 1, H/8, W/8]: reflection-pad by 8, average-pool 17×17 with stride 8.
-
-    Masks become soft targets in [0, 1]; weight maps are averaged the same way.
-    """
-    # torch here, not at the top: the dataset tools use the rest of this module without it
-    import torch.nn.functional as F
-
-    padded = F.pad(labels, (DOWNSAMPLE_PAD,) * 4, mode="reflect")
-    return F.avg_pool2d(padded, DOWNSAMPLE_WINDOW, stride=DOWNSAMPLE_STRIDE)

@@ -15,7 +15,6 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from crackseg.data.data_settings import InputSize
-from crackseg.data.labels import downsample_to_output
 from crackseg.evaluation.collector import PerImageOutputs, WeightedMean
 from crackseg.evaluation.metrics import (
     DEFAULT_THRESHOLD,
@@ -26,7 +25,13 @@ from crackseg.evaluation.metrics import (
     pixel_histograms,
     pixel_metrics,
 )
-from crackseg.models.losses import decision_targets, loss_weights, reduce_batch, segdec_loss
+from crackseg.models.losses import (
+    decision_targets,
+    downsample_to_output,
+    loss_weights,
+    reduce_batch,
+    segdec_loss,
+)
 from crackseg.models.module_settings import (
     LossSettings,
     NetworkSettings,

@@ -22,7 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crackseg.data.data_settings import OUTPUT_STRIDE
 from crackseg.models.module_settings import BATCH_REDUCTIONS, DECISION_TARGETS
+
+#: Reflection padding and window of the pad-and-average downsampling to the output's 1/8.
+DOWNSAMPLE_PAD = 8
+DOWNSAMPLE_WINDOW = 17
+
+
+def downsample_to_output(labels: Tensor) -> Tensor:
+    """[B, 1, H, W] -> [B, 1, H/8, W/8]: reflection-pad by 8, average-pool 17×17 with stride 8.
+
+    Masks become soft targets in [0, 1]; weight maps are averaged the same way.
+    """
+    padded = F.pad(labels, (DOWNSAMPLE_PAD,) * 4, mode="reflect")
+    return F.avg_pool2d(padded, DOWNSAMPLE_WINDOW, stride=OUTPUT_STRIDE)
 
 
 def loss_weights(
