@@ -63,6 +63,14 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def left_out_files(folder: Path) -> list[Path]:
+    """The files of ``folder``, sorted, that are not images crackseg reads (hidden ones such
+    as ``.DS_Store`` aside)."""
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not is_image_file(p) and p.name[0] != "."
+    )
+
+
 def list_image_files(
     folder: Path,
     *,
@@ -79,16 +87,14 @@ def list_image_files(
         p for p in folder.iterdir() if is_image_file(p) and (p.is_file() or _is_broken_link(p))
     )
     if name_left_out:
-        others = [
-            p for p in folder.iterdir() if p.is_file() and not is_image_file(p) and p.name[0] != "."
-        ]
+        others = left_out_files(folder)
         if others:
             log.warning(
                 "%s: %s left out, not %s images: %s",
                 folder,
                 plural(len(others), "file"),
                 "/".join(IMAGE_EXTENSIONS),
-                describe_files(sorted(others)),
+                describe_files(others),
             )
         subfolders = sorted(
             p

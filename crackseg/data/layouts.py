@@ -48,7 +48,7 @@ from typing import Any
 from crackseg.data.data_settings import BINARIZE_THRESHOLD
 from crackseg.data.io import (
     IMAGE_EXTENSIONS,
-    is_image_file,
+    left_out_files,
     list_image_files,
     map_threads,
     read_mask,
@@ -156,11 +156,7 @@ def _unread_files(folder: Path, stems: set[str]) -> list[Path]:
     GIF): listing the folder left them out with a warning."""
     if not folder.is_dir():
         return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.stem in stems and p.is_file() and not is_image_file(p) and p.name[0] != "."
-    )
+    return [p for p in left_out_files(folder) if p.stem in stems]
 
 
 def _left_out(kind: str, partner: str, unread: list[Path]) -> str:
@@ -179,7 +175,7 @@ def _unpaired(
     said to be missing."""
     own = "masks" if partners == "images" else "images"
     unread = _unread_files(partner_dir, {f"{stem}{suffix}" for stem, _ in unpaired})
-    found = {p.stem.removesuffix(suffix) if suffix else p.stem for p in unread}
+    found = {p.stem.removesuffix(suffix) for p in unread}
     lonely = [path for stem, path in unpaired if stem not in found]
     problems = [_left_out(partners, own, unread)] if unread else []
     if lonely:
