@@ -3,6 +3,8 @@ what writes them, what reads them (sweep summaries, resumption) and the check th
 without a status holds none of them (crackseg.runs.ownership.refuse_files_of_others)."""
 
 STATUS_FILE = "status.json"
+#: What Hydra writes into a job's ``.hydra/``.
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 INFO_FILE = "run_info.json"
 #: Locked by the process writing into the folder; it holds that process's pid and host.
 LOCK_FILE = ".lock"

@@ -1138,7 +1138,7 @@ def test_a_refusals_record_goes_only_from_a_folder_holding_nothing_else(tmp_path
         (folder / name).parent.mkdir(exist_ok=True)
         (folder / name).write_text("x")
     (folder / "checkpoints").mkdir()
-    resolvers.discard_refused_folder(folder)
+    resolvers.remove_refused_folder_at_exit(folder)
     resolvers.forget_new_run_folders()
     resolvers._remove_unused(folder.absolute(), tmp_path / "outputs")
     assert sorted(p.name for p in folder.iterdir()) == [

@@ -41,8 +41,8 @@ from crackseg.runs.ownership import (
     used_by_another_command,
 )
 from crackseg.runs.resolvers import (  # registers the configs' resolvers
-    discard_refused_folder,
     forget_new_run_folders,
+    remove_refused_folder_at_exit,
 )
 from crackseg.runs.status import finished_status, write_status
 from crackseg.setting_rules import (
@@ -86,7 +86,7 @@ def run_task(
         _record(hydra_dir, "failed", error=one_line(refused))
         tell_user(f"error: {refused}")
         if not multirun:
-            discard_refused_folder(hydra_dir)
+            remove_refused_folder_at_exit(hydra_dir)
         sys.exit(2)
     try:
         # Held since Hydra set up the job's log (crackseg.runs.resolvers.job_log); claimed here
@@ -222,7 +222,7 @@ def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
         if expected:
             tell_user(f"error: {one_line(error)}")
             log_traceback_to_file(output_dir, raised)
-            discard_refused_folder(output_dir)  # where it holds only the refusal's record
+            remove_refused_folder_at_exit(output_dir)  # where it holds only the refusal's record
             sys.exit(2)
         raise raised
     log.error("job failed: %s", one_line(error))

@@ -19,6 +19,9 @@ as published, or off in weak runs with ``loss.weak_gradient_adjustment=off``),
 ``${crackseg.table4_segmented:ROW,MIXED_N}`` (the rows of the paper's Table 4), and
 ``${crackseg.if_equal:A,B,THEN,OTHERWISE}``. Every entry point imports this module through
 crackseg.runs.lifecycle, and Hydra's launcher workers through the sweep summary callback.
+
+The run folder ``run_dir`` makes for a new command is removed at exit where it holds
+nothing, or only the record of a refusal (:func:`remove_refused_folder_at_exit`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from crackseg.paper_settings import (
     table4_segmented,
     weak_adjustment,
 )
-from crackseg.run_files import LOCK_FILE, STATUS_FILE
+from crackseg.run_files import HYDRA_FILES, LOCK_FILE, STATUS_FILE
 from crackseg.runs.job_folders import job_dirname, job_folder
 
 
@@ -52,9 +55,6 @@ def run_dir(resume: object, default: str) -> str:
     check_resume_folder(folder)
     return str(resume)
 
-
-#: What Hydra writes into a job's ``.hydra/``.
-HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 
 #: The folder :func:`new_run_folder` made for each default name, for the command running in
 #: this process (:func:`forget_new_run_folders` when it ends).
@@ -98,7 +98,7 @@ def new_run_folder(default: str) -> str:
 _refused_folders: set[Path] = set()
 
 
-def discard_refused_folder(folder: str | Path) -> None:
+def remove_refused_folder_at_exit(folder: str | Path) -> None:
     """A single command refused with one line (a setting, a missing file) in a folder
     :func:`new_run_folder` named for it: at exit the folder goes, with the record of the
     refusal (its config, log and status), as after Hydra's own refusals, which come before
