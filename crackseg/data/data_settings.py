@@ -1,5 +1,7 @@
 """The DataModule's settings, in groups: where the images come from, the input size, the
-split, the training labels, the sampler, the loaders and the augmentation.
+split, the training labels, the sampler, the loaders and the augmentation; and the input
+sizes the network takes (its strides, :func:`check_input_size`), here as the data package
+imports nothing of the models (docs/DESIGN.md), and torch-free, for the commands' checks.
 
 Frozen dataclasses, so each group is read as one typed value. Users keep typing the flat
 ``data.*`` keys (``data.batch_size``, ``data.num_segmented``, ...): :func:`settings_groups`
@@ -52,6 +54,36 @@ class SourceSettings:
         object.__setattr__(self, "layout_options", dict(self.layout_options or {}))
         for name in ("synthetic", "download", "tile"):
             object.__setattr__(self, name, _copy(getattr(self, name)))
+
+
+#: The network's strides (crackseg.models.segdecnet): its segmentation output is at 1/8 of
+#: the input; the decision subnet pools three times more.
+OUTPUT_STRIDE = 8
+DECISION_STRIDE = OUTPUT_STRIDE * 8
+
+
+def check_input_size(height: int, width: int) -> None:
+    """Refuse sizes the network cannot take, with the reason.
+
+    The decision subnet's last map is 1/64 of the input; FeatureNorm needs a standard
+    deviation there, so that map must hold at least 2 pixels (e.g. 64×128, 128×128).
+    """
+    for name, size in (("height", height), ("width", width)):
+        if size % OUTPUT_STRIDE:
+            raise ConfigError(
+                f"input {name} {size} is not divisible by {OUTPUT_STRIDE} "
+                f"(set data.input_{name} to a multiple of {OUTPUT_STRIDE})"
+            )
+        if size < DECISION_STRIDE:
+            raise ConfigError(
+                f"input {name} {size} is too small: the decision subnet pools to 1/"
+                f"{DECISION_STRIDE}, so height and width must be at least {DECISION_STRIDE}"
+            )
+    if (height // DECISION_STRIDE) * (width // DECISION_STRIDE) < 2:
+        raise ConfigError(
+            f"input {height}x{width} is too small: the decision subnet's last map must hold "
+            f"at least 2 pixels (e.g. {DECISION_STRIDE}x{2 * DECISION_STRIDE})"
+        )
 
 
 @dataclass(frozen=True)

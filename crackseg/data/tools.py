@@ -21,7 +21,12 @@ from pathlib import Path
 
 from crackseg.atomic import folder_built_beside, folder_destination
 from crackseg.data.crackforest import convert_crackforest
-from crackseg.data.data_settings import BINARIZE_THRESHOLD, SplitSettings
+from crackseg.data.data_settings import (
+    BINARIZE_THRESHOLD,
+    OUTPUT_STRIDE,
+    SplitSettings,
+    check_input_size,
+)
 from crackseg.data.layouts import (
     CRACK_SEGMENTATION_SPLITS,
     LAYOUTS,
@@ -37,7 +42,6 @@ from crackseg.data.published_splits import (
 from crackseg.data.splits import set_table, split_counts, split_samples
 from crackseg.data.tiles import tile_dataset
 from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, DataError
-from crackseg.models.input_sizes import OUTPUT_STRIDE, check_input_size
 from crackseg.setting_rules import OneLineParser, as_override
 
 log = logging.getLogger(__name__)

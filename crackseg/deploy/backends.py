@@ -19,6 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from crackseg import __version__
+from crackseg.data.data_settings import DECISION_STRIDE, OUTPUT_STRIDE
 from crackseg.deploy.settings import (
     DEVICE_NAMES,
     PredictSettings,
@@ -32,7 +33,6 @@ from crackseg.models.checkpoint import (
     thresholds,
     trained_run_config,
 )
-from crackseg.models.input_sizes import DECISION_STRIDE, OUTPUT_STRIDE
 from crackseg.models.precision import BF16, FLOAT32, native_precision, prefers_channels_last
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ CPU_PROVIDER = "CPUExecutionProvider"
 METADATA_PREFIX = "crackseg."
 #: How the exported network expects its input, stored in the ONNX metadata for other tools.
 INPUT_FORMAT = "float32 NCHW, RGB (or grey when input_channels is 1), values in [0, 1]"
-#: The input sizes the network takes (input_sizes.check_input_size): an ONNX file holds no
+#: The input sizes the network takes (data_settings.check_input_size): an ONNX file holds no
 #: check of its own, and onnxruntime runs any size, with wrong outputs or NaN for others.
 INPUT_SIZES = (
     f"height and width multiples of {OUTPUT_STRIDE}, each at least {DECISION_STRIDE}, one of "

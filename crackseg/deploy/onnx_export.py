@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from crackseg.atomic import atomic_path, atomic_write_text
+from crackseg.data.data_settings import DECISION_STRIDE, OUTPUT_STRIDE
 from crackseg.data.io import read_image
 from crackseg.data.labels import resize_image
 from crackseg.deploy.backends import CPU_PROVIDER, ModelInfo
@@ -36,7 +37,6 @@ from crackseg.errors import CracksegError, DataError, describe_files
 from crackseg.models.checkpoint import (
     load_validated_module,
 )
-from crackseg.models.input_sizes import DECISION_STRIDE, OUTPUT_STRIDE
 
 if TYPE_CHECKING:
     from crackseg.models.lit_segdec import SegDecModule
@@ -75,7 +75,7 @@ def export_module(module: SegDecModule, path: Path, opset: int) -> None:
     example = torch.rand(2, info.input_channels, info.input_height, info.input_width)
     batch = torch.export.Dim("batch", min=1)
     # Each side a multiple of OUTPUT_STRIDE of at least DECISION_STRIDE, as
-    # input_sizes.check_input_size asks, for the exporter's trace; the file keeps no bound
+    # data_settings.check_input_size asks, for the exporter's trace; the file keeps no bound
     # (onnxruntime runs any size): the rule goes into its metadata (INPUT_SIZES).
     smallest = DECISION_STRIDE // OUTPUT_STRIDE
     height = OUTPUT_STRIDE * torch.export.Dim("height_over_8", min=smallest)

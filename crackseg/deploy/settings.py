@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from crackseg.data.data_settings import check_input_size
 from crackseg.data.io import list_input_images
 from crackseg.deploy.outputs import refuse_earlier_outputs
 from crackseg.deploy.predictor import Plan
 from crackseg.errors import ConfigError, CracksegError, DataError
 from crackseg.models.checkpoint import checkpoint_file
-from crackseg.models.input_sizes import check_input_size
 from crackseg.setting_rules import check_required, check_rules, is_integer, is_number
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from crackseg.models.input_sizes import OUTPUT_STRIDE, check_input_size
+from crackseg.data.data_settings import OUTPUT_STRIDE, check_input_size
 
 
 @dataclass(frozen=True)

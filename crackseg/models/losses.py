@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crackseg.models.input_sizes import OUTPUT_STRIDE
+from crackseg.data.data_settings import OUTPUT_STRIDE
 from crackseg.models.module_settings import BATCH_REDUCTIONS, DECISION_TARGETS
 
 #: Reflection padding and window of the pad-and-average downsampling to the output's 1/8.

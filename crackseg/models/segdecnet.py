@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crackseg.models.input_sizes import OUTPUT_STRIDE, check_input_size
+from crackseg.data.data_settings import OUTPUT_STRIDE, check_input_size
 from crackseg.models.layers import FeatureNorm, VolumeConv2d, concat_channels
 
 

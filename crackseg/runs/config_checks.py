@@ -16,11 +16,11 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 import crackseg.runs.resolvers  # noqa: F401  (the checked values may come from them)
+from crackseg.data.data_settings import OUTPUT_STRIDE, check_input_size
 from crackseg.data.download import UNPINNED, checked_sha256
 from crackseg.error_lines import one_line
 from crackseg.errors import ConfigError, DataError
 from crackseg.evaluation.report import RUN_PARAMETERS
-from crackseg.models.input_sizes import OUTPUT_STRIDE, check_input_size
 from crackseg.models.module_settings import (
     BATCH_REDUCTIONS,
     DECISION_TARGETS,
