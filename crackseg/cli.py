@@ -10,7 +10,8 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,31 @@ def leave_out_library_notices() -> None:
 
 def is_no_lightning_tip(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip:")
+
+
+@contextmanager
+def info_said_once_accepted() -> Iterator[None]:
+    """The INFO lines logged inside, said only if it ends without an error: a command line
+    refused there prints its ``error:`` line alone, not what was chosen before the refusal
+    (``precision: bf16-mixed``). Warnings are said at once."""
+    root = logging.getLogger()
+    held: list[logging.LogRecord] = []
+
+    def hold_info(record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        held.append(record)
+        return False
+
+    for handler in root.handlers:
+        handler.addFilter(hold_info)
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            handler.removeFilter(hold_info)
+    for record in dict.fromkeys(held):  # each handler held it once
+        root.handle(record)
 
 
 def run_hydra_main(main: Callable[[], Any]) -> None:

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
-from crackseg.cli import run_hydra_main
+from crackseg.cli import info_said_once_accepted, run_hydra_main
 from crackseg.run_files import SPLIT_FILE
 from crackseg.runs.config_checks import check_config, refuse_extra_count_without_ranking
 from crackseg.runs.hydra_run import typed_overrides
@@ -31,14 +31,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     A stopped run continues from its newest checkpoint (``resume=``, crackseg.runs.resume).
     """
-    cfg, checkpoint = start_training_run(cfg)  # the run folder: a new run, or one resumed
-    check_config(cfg)
-    if checkpoint is None:  # (a run started so before the check continues as it began)
-        refuse_extra_count_without_ranking(cfg, typed_overrides())
-    check_required(cfg, ("data.root",))
-    from crackseg.data.layouts import check_config_data_found  # loads OpenCV: not sooner
+    with info_said_once_accepted():  # a refused run says its error alone
+        cfg, checkpoint = start_training_run(cfg)  # the run folder: a new run, or one resumed
+        check_config(cfg)
+        if checkpoint is None:  # (a run started so before the check continues as it began)
+            refuse_extra_count_without_ranking(cfg, typed_overrides())
+        check_required(cfg, ("data.root",))
+        from crackseg.data.layouts import check_config_data_found  # loads OpenCV: not sooner
 
-    check_config_data_found(cfg.data)
+        check_config_data_found(cfg.data)
     set_job_threads(cfg)
     # Lightning is imported from here on (seconds of CPU): a command line refused before
     # never waits for it.

@@ -358,12 +358,17 @@ def test_a_missing_file_or_a_bad_value_is_one_line_before_torch_loads(tmp_path, 
             ("experiment=cfd_tiles", "data.root={empty}", "data.tile.source={missing}"),
             "error: data.tile.source {missing} does not exist (the photographs to tile; ",
         ),
+        (
+            ("trainer.max_epochs=0",),  # after trainer.precision=auto chose (and logged)
+            "error: trainer.max_epochs must be an integer >= 1, not 0",
+        ),
     ],
 )
-def test_a_training_whose_data_is_not_there_is_refused_before_lightning_loads(
+def test_a_training_refused_before_lightning_loads_says_its_error_alone(
     tmp_path, overrides, expected
 ):
-    """A few seconds sooner, and without Lightning's lines before the error."""
+    """A training whose settings or data are refused: a few seconds sooner, with neither
+    Lightning's lines nor what was chosen before the refusal ahead of its error line."""
     names = {"missing": tmp_path / "cracks", "empty": tmp_path / "tiles"}
     typed = [o.format(**names) for o in overrides]
     code, imported, output = run_and_list_imports(
@@ -371,4 +376,37 @@ def test_a_training_whose_data_is_not_there_is_refused_before_lightning_loads(
     )
     assert code == "2", output[-2000:]
     assert "pytorch_lightning" not in imported
-    assert output.splitlines()[-1].startswith(expected.format(**names)), output[-2000:]
+    (line,) = output.splitlines()
+    assert line.startswith(expected.format(**names)), output[-2000:]
+
+
+def test_info_said_before_a_refusal_is_left_out_and_said_once_when_accepted():
+    """What a command logged while its settings were checked: left out where they are
+    refused (the error line alone), said once where they are accepted; a warning at once."""
+    import logging
+
+    from crackseg.cli import info_said_once_accepted
+    from crackseg.errors import ConfigError
+
+    said: list[str] = []
+    console, log_file = logging.Handler(), logging.Handler()  # a run's two, as Hydra sets up
+    console.emit = log_file.emit = lambda record: said.append(record.getMessage())
+    root = logging.getLogger()
+    root.addHandler(console)
+    root.addHandler(log_file)
+    log = logging.getLogger("crackseg.test_info_said")
+    log.setLevel(logging.INFO)
+    try:
+        with pytest.raises(ConfigError), info_said_once_accepted():
+            log.info("precision: bf16-mixed")
+            log.warning("a warning")
+            raise ConfigError("trainer.max_epochs must be an integer >= 1, not 0")
+        assert said == ["a warning"] * 2
+        said.clear()
+        with info_said_once_accepted():
+            log.info("precision: bf16-mixed")
+            assert said == []
+        assert said == ["precision: bf16-mixed"] * 2
+    finally:
+        root.removeHandler(console)
+        root.removeHandler(log_file)
