@@ -336,3 +336,37 @@ def test_a_terminated_bench_stops_the_row_it_was_measuring(tmp_path):
     finally:
         bench.kill()
         bench.stderr.close()
+
+
+MEASURE_BENCH = REPO / "benchmarks" / "measure_cracks.py"
+
+
+def test_the_quick_measurement_bench_prints_a_row_for_every_mask(tmp_path):
+    """`benchmarks/measure_cracks.py --quick`: every kind of mask measured, its cracks
+    counted (20 wavy cracks apart from each other, one region for a stain or a flood)."""
+    (tmp_path / "masks").mkdir()  # no CrackForest masks: their row is left out
+    command = [sys.executable, str(MEASURE_BENCH), "--quick", "--cfd", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {
+        cells[1]: cells[3]
+        for line in done.stdout.splitlines()
+        if line.startswith("| ") and (cells := [c.strip() for c in line.split("|")])[3].isdigit()
+    }
+    assert rows == {"specks": "240", "20 wavy cracks": "20", "a stain": "1", "marked whole": "1"}
+    assert "no CrackForest masks in" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--repeats", "0"], "error: --repeats must be >= 1, not 0"),
+        (["--cfd", "no/such/folder"], "error: --cfd no/such/folder: no masks/ folder there"),
+    ],
+)
+def test_the_measurement_bench_refuses_what_cannot_run_in_one_line(argv, expected):
+    done = subprocess.run(
+        [sys.executable, str(MEASURE_BENCH), *argv], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 2
+    assert one_line_error(done) == expected

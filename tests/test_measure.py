@@ -289,3 +289,48 @@ def test_a_crack_wider_than_the_exact_reach_is_measured_within_half_a_pixel(widt
     (crack,) = measure_cracks(mask)
     assert crack.max_width == pytest.approx(width, abs=0.5)
     assert crack.mean_width == pytest.approx(width, abs=0.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("400 wide", (3000, 399.5, 399.5)),
+        ("wide, a crack 5 wide from it", (2800, 35.4, 399.5)),
+        ("diagonal, 200 across", (2826.6, 140.5, 140.9)),
+        ("marked whole", (3000, 1999.5, 1999.5)),
+    ],
+)
+def test_a_region_too_wide_for_a_crack_is_thinned_on_blocks_within_a_block_of_its_length(
+    monkeypatch, name, expected
+):
+    """More than 4 * EXACT_HALF_WIDTH px wide (a flooded mask), a region is thinned on blocks
+    of ``scale`` px (its half-width over EXACT_HALF_WIDTH: 6 to 31 here), not once per pixel
+    of its half-width over the whole of it: its length within a block at each end of what
+    thinning it whole measures (the values expected), its widths as at full resolution."""
+    if name == "400 wide":
+        mask = np.zeros((500, 3200), bool)
+        mask[50:450, 100:3100] = True
+    elif name == "wide, a crack 5 wide from it":
+        mask = np.zeros((1000, 3000), bool)
+        mask[300:700, 100:600] = True
+        mask[498:503, 600:2900] = True
+    elif name == "diagonal, 200 across":
+        mask = np.zeros((2200, 2200), bool)
+        rows, columns = np.mgrid[:2200, :2200]
+        mask[(abs(rows - columns) < 100) & (rows >= 100) & (rows < 2100)] = True
+        mask[:, :100] = mask[:, 2100:] = False
+    else:
+        mask = np.ones((2000, 3000), bool)
+    thinned = []
+    skeletonize = measure.skeletonize
+    monkeypatch.setattr(
+        measure, "skeletonize", lambda a, **kw: thinned.append(a.size) or skeletonize(a, **kw)
+    )
+    (crack,) = measure_cracks(mask)
+    length, mean_width, max_width = expected
+    scale = int(max_width / 2 // measure.EXACT_HALF_WIDTH)
+    assert scale >= 2
+    assert thinned and max(thinned) < 2 * mask.size / scale**2  # on blocks
+    assert crack.length == pytest.approx(length, abs=2 * scale)
+    assert crack.mean_width == pytest.approx(mean_width, abs=1.5)
+    assert crack.max_width == pytest.approx(max_width, abs=0.5)
