@@ -1331,3 +1331,19 @@ def test_the_folder_of_another_command_in_a_sweep_is_no_job_of_it(tmp_path):
         hydra = {"sweep": {"dir": str(tmp_path)}, "job": {"name": name}}
         config = OmegaConf.create({"hydra": hydra})
         assert [p.name for p in multirun._job_folders(config)] == ["0_seed=0", "1_seed=1"]
+
+
+def test_the_runs_of_a_folder_are_found_without_searching_inside_runs_or_hidden_folders(
+    tmp_path,
+):
+    """Run folders are those with a ``.hydra/`` inside, in job order (2 before 10); what a
+    run's folder holds (checkpoints, predictions) and hidden folders are not searched."""
+    from crackseg.sweep.summary import find_job_dirs
+
+    for job in ("10_seed=1", "2_seed=0", "older/0_seed=0", ".trash/0_seed=0"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+    (tmp_path / "2_seed=0" / "copied_in" / ".hydra").mkdir(parents=True)
+    (tmp_path / "notes" / ".hydra").parent.mkdir()
+    (tmp_path / "notes" / ".hydra").write_text("a file, not a run's folder\n")
+    found = [job.relative_to(tmp_path).as_posix() for job in find_job_dirs(tmp_path)]
+    assert found == ["2_seed=0", "10_seed=1", "older/0_seed=0"]

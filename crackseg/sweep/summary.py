@@ -15,6 +15,7 @@ import errno
 import functools
 import logging
 import math
+import os
 import re
 import statistics
 import sys
@@ -86,14 +87,17 @@ def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def find_job_dirs(root: str | Path) -> list[Path]:
-    """Every run folder (one with a ``.hydra/`` inside) under ``root``, in job order."""
+    """Every run folder (one with a ``.hydra/`` inside) under ``root``, in job order. Hidden
+    folders and a run's own are not searched (no run lies inside another's folder, and its
+    checkpoints, logs and predictions can be many)."""
     root = Path(root)
     found = []
-    for hydra_dir in root.rglob(".hydra"):
-        job = hydra_dir.parent
-        rel = job.relative_to(root)
-        if hydra_dir.is_dir() and not any(part.startswith(".") for part in rel.parts):
-            found.append(job)
+    for folder, subfolders, _ in os.walk(root):
+        if ".hydra" in subfolders:
+            found.append(Path(folder))
+            subfolders.clear()
+        else:
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
     return sorted(found, key=lambda p: _natural_key(p.relative_to(root).as_posix()))
 
 
