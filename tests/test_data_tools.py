@@ -56,8 +56,8 @@ def test_a_photographs_label_wins_over_its_mask_as_in_a_run(tmp_path, caplog):
     for name in names - {"P1_r0_c0.png"}:
         assert cv2.imread(str(dst / "masks" / name), cv2.IMREAD_UNCHANGED).max() == 0, name
     warned = caplog.text
-    assert "1 crack photograph(s) have an empty mask" in warned and "P2" in warned
-    assert "1 crack-free photograph(s) have crack pixels in their mask" in warned
+    assert "1 crack photograph with an empty mask" in warned and "P2" in warned
+    assert "1 crack-free photograph with crack pixels in the mask" in warned
     assert "noncrack_N1" in warned
     # none of them tileable: no empty dataset (which data.tile would have kept, marked done)
     only = tmp_path / "only"

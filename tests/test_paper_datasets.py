@@ -103,7 +103,7 @@ def test_severstal_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"missing: .*gone.jpg \(.*train.csv line 3\)"):
         index_layout("severstal", root)
     (root / "train.csv").write_text("ImageId_ClassId,EncodedPixels\nx.jpg_1,1 2\n")
-    with pytest.raises(DataError, match="lacks the column"):
+    with pytest.raises(DataError, match=r"lacks ImageId and ClassId \(expected the columns"):
         index_layout("severstal", root)
 
 

@@ -409,7 +409,7 @@ def test_onnx_providers_follow_the_device_and_the_gpus_visible(device, available
             "cuda:3",
             [CUDA_PROVIDER, CPU_PROVIDER],
             1,
-            "device=cuda:3 but 1 CUDA GPU(s) are visible (cuda:0..0)",
+            "device=cuda:3 but 1 CUDA GPU visible (cuda:0..0)",
         ),
         (
             "cuda",

@@ -771,7 +771,7 @@ def test_the_summary_of_a_sweep_killed_early_names_its_swept_keys_and_jobs_not_s
         "data.dilate=3,seed=1",
     ]
     summary.write_summary(tmp_path, rows)
-    assert "Not started: 3 job(s)" in (tmp_path / "summary.md").read_text()
+    assert "Not started: 3 jobs" in (tmp_path / "summary.md").read_text()
     # a grid that cannot be made here (a glob of the config's groups): none named
     hydra["overrides"]["task"].append("model=glob(*)")
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
@@ -1225,7 +1225,7 @@ def test_a_local_parallel_sweep_stopped_by_sigterm_stops_its_jobs_with_checkpoin
     assert len(jobs) == 2  # the third never started
     summary = (sweep_dir / "summary.md").read_text()
     assert "2 jobs: 0 finished, 0 failed, 2 unfinished (2 interrupted)" in summary
-    assert "Not started: 1 job(s) of the grid of the sweep's last run" in summary
+    assert "Not started: 1 job of the grid of the sweep's last run" in summary
     assert summary.count("`seed=2`") == 1
     for job in jobs:
         assert json.loads((job / "status.json").read_text())["status"] == "interrupted"

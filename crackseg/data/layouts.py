@@ -453,7 +453,7 @@ def _ksdd(
         hint = f"; point data.root at {nested[0]}" if len(nested) == 1 else ""
         raise DataError(f"no part folders (kos01 ... kos50) with images found in {root}{hint}")
     if without:  # an archive's extra folder (__MACOSX/): no part of the dataset
-        log.warning("KolektorSDD: left out %s, which hold(s) no image", describe_files(without))
+        log.warning("KolektorSDD: left out, without an image: %s", describe_files(without))
     found: list[tuple[str, Path, Path, str]] = []
     for folder, files in parts:
         images, masks = _split_by_mask_suffix(files, mask_suffix)
@@ -613,8 +613,7 @@ def index_layout(
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(
-            f"layout {layout!r} does not take option(s) {', '.join(unknown)}; "
-            f"it takes: {', '.join(accepted)}"
+            f"layout {layout!r} does not take {', '.join(unknown)}; it takes: {', '.join(accepted)}"
         )
     for name, value in options.items():
         _check_option_type(layout, name, str(parameters[name].annotation), value)
@@ -708,16 +707,15 @@ def check_samples(
         checked.append(sample)
     if emptied:
         log.warning(
-            "%d positive(s) have an empty mask (no pixel > %d) and are used as weak positives "
-            "(image label only): %s",
-            len(emptied),
+            "%s with an empty mask (no pixel > %d), used as weak positives (image label only): %s",
+            plural(len(emptied), "positive"),
             binarize_threshold,
             describe_files(emptied),
         )
     if marked_negatives:
         log.warning(
-            "%d negative(s) have crack pixels in their mask; kept as negatives: %s",
-            len(marked_negatives),
+            "%s with crack pixels in the mask, kept as negatives: %s",
+            plural(len(marked_negatives), "negative"),
             describe_files(marked_negatives),
         )
     return checked

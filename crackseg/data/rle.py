@@ -100,8 +100,8 @@ def read_run_length_csv(path: Path, height: int, width: int) -> dict[str, RunLen
             missing = [c for c in CSV_COLUMNS if c not in header]
             if missing:
                 raise DataError(
-                    f"{path} lacks the column(s) {', '.join(missing)} "
-                    f"(expected {', '.join(CSV_COLUMNS)}; header: {', '.join(header) or 'none'})"
+                    f"{path} lacks {' and '.join(missing)} (expected the columns "
+                    f"{', '.join(CSV_COLUMNS)}; header: {', '.join(header) or 'none'})"
                 )
             col_id, col_runs = header.index("ImageId"), header.index("EncodedPixels")
             found: dict[str, tuple[list[int], list[np.ndarray]]] = {}

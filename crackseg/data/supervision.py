@@ -15,7 +15,7 @@ import numpy as np
 from crackseg.data.data_settings import LabelSettings
 from crackseg.data.samples import Sample
 from crackseg.data.splits import read_segmented_flags, source_group
-from crackseg.errors import ConfigError, DataError, describe_files
+from crackseg.errors import ConfigError, DataError, describe_files, plural
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,9 @@ def segmented_from_file(
     )
     if without_mask:
         log.warning(
-            "split file %s marks %d positive(s) segmented that have no usable mask; they train "
-            "as weak positives: %s",
+            "split file %s marks %s segmented without a usable mask, trained as weak positives: %s",
             path,
-            len(without_mask),
+            plural(len(without_mask), "positive"),
             describe_files(without_mask),
         )
     return marked - set(without_mask)

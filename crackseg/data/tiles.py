@@ -29,7 +29,7 @@ from crackseg.data.labels import binarize
 from crackseg.data.layouts import check_data_found, index_layout
 from crackseg.data.samples import TILE_GROUPS_FILE, Sample
 from crackseg.data.splits import set_table, split_by_source, write_split_csv
-from crackseg.errors import ConfigError, DataError, describe_files
+from crackseg.errors import ConfigError, DataError, describe_files, plural
 
 log = logging.getLogger(__name__)
 
@@ -209,12 +209,12 @@ def tile_dataset(
     if jobs and not any(photo.labels for photo in tiled):
         raise _no_tile(size, [sample for sample, _, _ in jobs])
     if skipped:
-        log.warning("%d image(s) smaller than %d px gave no tile (use --pad)", skipped, size)
+        log.warning("%s smaller than %d px, no tile (use --pad)", plural(skipped, "image"), size)
     if ambiguous:
         log.warning(
-            "left out %d tile(s) with 1 to %d crack pixels: neither crack nor clean "
+            "left out %s with 1 to %d crack pixels: neither crack nor clean "
             "(--min-crack-pixels 1 keeps them as cracks)",
-            ambiguous,
+            plural(ambiguous, "tile"),
             min_crack_pixels - 1,
         )
     return {split: (pos, neg) for split, (pos, neg) in counts.items()}
@@ -229,18 +229,17 @@ def _warn_label_and_mask_disagree(
     ]
     if unmarked:
         log.warning(
-            "%d crack photograph(s) have an empty mask (no pixel > %d) and were not tiled, "
-            "as no tile of them can be told crack or crack-free: %s",
-            len(unmarked),
+            "%s with an empty mask (no pixel > %d), not tiled, as no tile of it can be "
+            "told crack or crack-free: %s",
+            plural(len(unmarked), "crack photograph"),
             binarize_threshold,
             describe_files(unmarked),
         )
     marked = [s.sample_id for s, photo in zip(samples, tiled, strict=True) if photo.marked_negative]
     if marked:
         log.warning(
-            "%d crack-free photograph(s) have crack pixels in their mask; their tiles are "
-            "all crack-free: %s",
-            len(marked),
+            "%s with crack pixels in the mask, tiled as crack-free: %s",
+            plural(len(marked), "crack-free photograph"),
             describe_files(marked),
         )
 

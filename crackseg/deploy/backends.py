@@ -27,7 +27,7 @@ from crackseg.deploy.settings import (
     onnx_model_file,
     optional_import,
 )
-from crackseg.errors import ConfigError, CracksegError
+from crackseg.errors import ConfigError, CracksegError, plural
 from crackseg.models.checkpoint import (
     load_validated_module,
     thresholds,
@@ -264,7 +264,7 @@ def onnx_providers(device: str, available: list[str], gpus: int) -> list[Any]:
         raise ConfigError(f"device={device} but no CUDA GPU is visible (use device=cpu)")
     if index >= gpus:
         raise ConfigError(
-            f"device={device} but {gpus} CUDA GPU(s) are visible (cuda:0..{gpus - 1})"
+            f"device={device} but {plural(gpus, 'CUDA GPU')} visible (cuda:0..{gpus - 1})"
         )
     if not has_cuda:
         raise ConfigError(

@@ -25,6 +25,8 @@ from torchmetrics.functional.classification import (
     binary_roc,
 )
 
+from crackseg.errors import plural
+
 log = logging.getLogger(__name__)
 
 NUM_BINS = 100
@@ -153,8 +155,8 @@ def pixel_metrics(histograms: Tensor, threshold: float) -> dict[str, Any]:
     }
     if counted["positives_without_mask"]:
         log.warning(
-            "%d test positive(s) have no mask pixel: counted apart, not in Dice and IoU",
-            counted["positives_without_mask"],
+            "%s without a mask pixel: counted apart, not in Dice and IoU",
+            plural(counted["positives_without_mask"], "test positive"),
         )
     histograms = histograms[scored]
     if histograms.shape[0] == 0:

@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.error_lines import one_line
-from crackseg.errors import CracksegError
+from crackseg.errors import CracksegError, plural
 from crackseg.markdown import markdown_table
 from crackseg.run_files import METRICS_FILE, STATUS_FILE, SWEEP_FILE
 from crackseg.runs.hydra_run import override_key, saved_overrides, started_by
@@ -273,8 +273,8 @@ def _runs_of_one_command(root: Path, jobs: list[Path]) -> list[Path]:
         return jobs
     others = [job.relative_to(root).as_posix() for job in jobs if job not in trainings]
     log.warning(
-        "left out %d folder(s) of other commands than crackseg-train under %s: %s",
-        len(others),
+        "left out %s of other commands than crackseg-train under %s: %s",
+        plural(len(others), "folder"),
         root,
         ", ".join(others[:5]),
     )
@@ -404,9 +404,9 @@ def write_summary(
         more = f" and {len(not_started) - 10} more" if len(not_started) > 10 else ""
         lines += [
             "",
-            f"Not started: {len(not_started)} job(s) of the grid of the sweep's last run have "
-            f"no folder (it was stopped or killed before them, or they wait in a cluster's "
-            f"queue): {shown}{more}.",
+            f"Not started: {plural(len(not_started), 'job')} of the grid of the sweep's last "
+            f"run, without a folder (it was stopped or killed before them, or they wait in a "
+            f"cluster's queue): {shown}{more}.",
         ]
     lines += [
         "",
