@@ -182,9 +182,9 @@ def test_the_report_counts_positives_without_a_mask_apart():
     notes = _auto_notes({"dice_mean": 0.5, "image_auc": 1.0, "image_ap": 1.0})
     assert not any("without" in note for note in notes)
     notes = _auto_notes({"dice_mean": 0.5, "positives_without_mask": 2, "image_auc": 1.0})
-    assert any("2 test positives without a mask pixel" in note for note in notes)
+    assert any("2 test positives have no mask pixel" in note for note in notes)
     notes = _auto_notes({"dice_mean": None, "positives_without_mask": 3, "image_auc": 1.0})
-    assert any("3 test positives without a mask pixel" in note for note in notes)
+    assert any("3 test positives have no mask pixel" in note for note in notes)
     assert not any("has no positives" in note for note in notes)
 
 
