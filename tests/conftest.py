@@ -214,6 +214,7 @@ def predict_settings(**changes) -> PredictSettings:
         "device": "cpu",
         "precision": "32",
         "decision_threshold": None,
+        "segmentation_threshold": None,
         "min_crack_pixels": 20,
         "pixel_size_mm": None,
         "overlays": True,

@@ -233,6 +233,7 @@ def test_device_names_are_checked():
         ("precision", 16, "precision must be auto, 32 or bf16"),
         ("mode", "crop", "mode must be auto or tile or resize"),
         ("decision_threshold", 1.5, "decision_threshold must be null or a number in [0, 1]"),
+        ("segmentation_threshold", -0.1, "segmentation_threshold must be null or a number in"),
         ("pixel_size_mm", 0, "pixel_size_mm must be null or a number > 0"),
         ("pixel_size_mm", float("inf"), "pixel_size_mm must be null or a number > 0"),
         ("min_crack_pixels", 0, "min_crack_pixels must be an integer >= 1"),
@@ -596,6 +597,27 @@ def test_one_image_is_counted_as_one_image(tiny_checkpoint, tmp_path, caplog):
         predict_checked(predict_config(out, ckpt_path=str(tiny_checkpoint), input=str(tmp_path)))
     assert "1 image, tile mode at 64x128" in caplog.text
     assert f"predicted 1 image into {out} (0 unreadable, skipped)" in caplog.text
+
+
+def test_the_thresholds_typed_replace_the_models_own(tiny_checkpoint, tmp_path, caplog):
+    """``segmentation_threshold=0`` marks every pixel crack (the whole image one region,
+    measured as one crack as wide as the image is high), ``decision_threshold=1`` no image."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), np.full((64, 300, 3), 120, np.uint8))
+    out = tmp_path / "run"
+    typed = {"segmentation_threshold": 0.0, "decision_threshold": 1.0}
+    with caplog.at_level(logging.INFO):
+        predict_checked(
+            predict_config(out, ckpt_path=str(tiny_checkpoint), input=str(photos), **typed)
+        )
+    assert "image threshold 1.0000, segmentation threshold 0.0000" in caplog.text
+    mask = cv2.imread(str(out / "masks" / "a.png.png"), cv2.IMREAD_UNCHANGED)
+    assert (mask == 255).all()
+    (row,) = rows_of(out / "predictions.csv")
+    assert (row["decision"], row["crack_fraction"], row["cracks"]) == ("0", "1.000000", "1")
+    assert float(row["total_length_px"]) == pytest.approx(300, abs=1)
+    assert float(row["max_width_px"]) == pytest.approx(64, abs=0.5)
 
 
 def test_the_tables_are_written_as_images_are_done(tiny_checkpoint, tmp_path, monkeypatch):

@@ -106,7 +106,7 @@ class ResultWriter:
         self.output_dir = output_dir
         self.settings = settings
         self.image_threshold = settings.image_threshold(info)
-        self.seg_threshold = info.seg_threshold
+        self.seg_threshold = settings.pixel_threshold(info)
         self.references = reference_masks(settings.reference_masks)
         #: Images without a usable reference mask, by why: their Dice and IoU cells are empty.
         self.unusable: Counter[str] = Counter()
@@ -276,7 +276,7 @@ def predict_folder(
         plan.tile_height,
         plan.tile_width,
         settings.image_threshold(info),
-        info.seg_threshold,
+        settings.pixel_threshold(info),
     )
     writer = ResultWriter(output_dir, settings, info)
     skipped: dict[Path, str] = {}

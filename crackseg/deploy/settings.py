@@ -62,6 +62,10 @@ RULES = {
         lambda v: v is None or (is_number(v) and 0 <= v <= 1),
         "null or a number in [0, 1]",
     ),
+    "segmentation_threshold": (
+        lambda v: v is None or (is_number(v) and 0 <= v <= 1),
+        "null or a number in [0, 1]",
+    ),
     "min_crack_pixels": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
     "pixel_size_mm": (lambda v: v is None or (is_number(v) and v > 0), "null or a number > 0"),
     "overlays": (lambda v: isinstance(v, bool), "true or false"),
@@ -86,6 +90,7 @@ class PredictSettings:
     device: str
     precision: str
     decision_threshold: float | None
+    segmentation_threshold: float | None
     min_crack_pixels: int
     pixel_size_mm: float | None
     overlays: bool
@@ -110,6 +115,7 @@ class PredictSettings:
             device=values["device"],
             precision=check_precision(values["precision"]),
             decision_threshold=values["decision_threshold"],
+            segmentation_threshold=values["segmentation_threshold"],
             min_crack_pixels=values["min_crack_pixels"],
             pixel_size_mm=values["pixel_size_mm"],
             overlays=values["overlays"],
@@ -170,7 +176,16 @@ class PredictSettings:
         return Plan("tile", height, width, self.overlap, self.batch_size)
 
     def image_threshold(self, info: ModelInfo) -> float:
+        """The decision score from which an image holds a crack: the model's, chosen on its
+        validation split, unless ``decision_threshold`` says."""
         return info.image_threshold if self.decision_threshold is None else self.decision_threshold
+
+    def pixel_threshold(self, info: ModelInfo) -> float:
+        """The probability from which a pixel is crack (the mask): the model's, chosen on
+        its validation split, unless ``segmentation_threshold`` says."""
+        if self.segmentation_threshold is None:
+            return info.seg_threshold
+        return self.segmentation_threshold
 
 
 def checked_prediction(cfg: DictConfig) -> tuple[PredictSettings, list[Path]]:
