@@ -144,6 +144,7 @@ def test_augmentation_is_off_for_evaluation(dataset_root):
     assert datamodule.test_dataloader().dataset.transform is None
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a step outside a Trainer
 def test_full_resolution_head_trains_at_full_resolution(dataset_root):
     datamodule = datamodule_of(dataset_root, weighted_seg=True)
     batch = next(iter(datamodule.train_dataloader()))

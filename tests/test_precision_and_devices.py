@@ -107,6 +107,7 @@ class _NoSyncInSteps(pl.Callback):
         self.guard.__exit__(None, None, None)  # the worker's later tests keep Tensor whole
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no")
 def test_the_training_step_never_waits_for_the_device():
     """On a GPU a value read back from a tensor stalls the queue every step; here every such
     read is refused while Lightning runs the step, its logging, backward and the update."""
