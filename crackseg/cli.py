@@ -130,27 +130,37 @@ def is_no_lightning_tip(record: logging.LogRecord) -> bool:
 
 @contextmanager
 def info_said_once_accepted() -> Iterator[None]:
-    """The INFO lines logged inside, said only if it ends without an error: a command line
-    refused there prints its ``error:`` line alone, not what was chosen before the refusal
-    (``precision: bf16-mixed``). Warnings are said at once."""
-    root = logging.getLogger()
-    held: list[logging.LogRecord] = []
+    """The INFO lines logged inside, shown on the console only if it ends without an error:
+    a command line refused there prints its ``error:`` line alone, not what was chosen
+    before the refusal (``precision: bf16-mixed``). Warnings are shown at once; the job's
+    log file keeps every line either way."""
+    consoles = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+    ]
+    held: list[tuple[logging.Handler, logging.LogRecord]] = []
 
-    def hold_info(record: logging.LogRecord) -> bool:
-        if record.levelno > logging.INFO:
-            return True
-        held.append(record)
-        return False
+    def holding_info(console: logging.Handler) -> Callable[[logging.LogRecord], bool]:
+        def hold_info(record: logging.LogRecord) -> bool:
+            if record.levelno > logging.INFO:
+                return True
+            held.append((console, record))
+            return False
 
-    for handler in root.handlers:
-        handler.addFilter(hold_info)
+        return hold_info
+
+    filters = [(console, holding_info(console)) for console in consoles]
+    for console, hold_info in filters:
+        console.addFilter(hold_info)
     try:
         yield
     finally:
-        for handler in root.handlers:
-            handler.removeFilter(hold_info)
-    for record in dict.fromkeys(held):  # each handler held it once
-        root.handle(record)
+        for console, hold_info in filters:
+            console.removeFilter(hold_info)
+    for console, record in held:
+        console.handle(record)
 
 
 def run_hydra_main(main: Callable[[], Any]) -> None:

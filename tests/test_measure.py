@@ -304,7 +304,7 @@ def test_a_region_too_wide_for_a_crack_is_thinned_on_blocks_within_a_block_of_it
     monkeypatch, name, expected
 ):
     """More than 4 * EXACT_HALF_WIDTH px wide (a flooded mask), a region is thinned on blocks
-    of ``scale`` px (its half-width over EXACT_HALF_WIDTH: 6 to 31 here), not once per pixel
+    of ``scale`` px (its half-width over EXACT_HALF_WIDTH: 2 to 31 here), not once per pixel
     of its half-width over the whole of it: its length within a block at each end of what
     thinning it whole measures (the values expected), its widths as at full resolution."""
     if name == "400 wide":
@@ -334,3 +334,20 @@ def test_a_region_too_wide_for_a_crack_is_thinned_on_blocks_within_a_block_of_it
     assert crack.length == pytest.approx(length, abs=2 * scale)
     assert crack.mean_width == pytest.approx(mean_width, abs=1.5)
     assert crack.max_width == pytest.approx(max_width, abs=0.5)
+
+
+@pytest.mark.parametrize(("width", "on_blocks"), [(128, False), (129, True)])
+def test_a_region_up_to_128_px_wide_is_thinned_at_full_resolution(monkeypatch, width, on_blocks):
+    """Up to 4 * EXACT_HALF_WIDTH px wide (the distance transform at most 64) a region is
+    measured as a crack is; wider, on blocks. Its width is right either way."""
+    mask = np.zeros((width + 20, 600), bool)
+    mask[10 : 10 + width, 10:590] = True
+    thinned = []
+    skeletonize = measure.skeletonize
+    monkeypatch.setattr(
+        measure, "skeletonize", lambda a, **kw: thinned.append(a.shape) or skeletonize(a, **kw)
+    )
+    (crack,) = measure_cracks(mask)
+    assert (thinned != [(width + 2, 582)]) == on_blocks
+    assert crack.length == pytest.approx(580, abs=4)
+    assert crack.max_width == pytest.approx(width, abs=0.5)

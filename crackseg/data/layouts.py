@@ -707,7 +707,7 @@ def check_samples(
         checked.append(sample)
     if emptied:
         log.warning(
-            "%s with an empty mask (no pixel > %d), used as weak positives (image label only): %s",
+            "%s with an empty mask (no pixel > %d), used as weak (image label only): %s",
             plural(len(emptied), "positive"),
             binarize_threshold,
             describe_files(emptied),

@@ -93,7 +93,7 @@ def segmented_from_file(
     )
     if without_mask:
         log.warning(
-            "split file %s marks %s segmented without a usable mask, trained as weak positives: %s",
+            "split file %s marks %s segmented without a usable mask, trained as weak: %s",
             path,
             plural(len(without_mask), "positive"),
             describe_files(without_mask),

@@ -229,8 +229,8 @@ def _warn_label_and_mask_disagree(
     ]
     if unmarked:
         log.warning(
-            "%s with an empty mask (no pixel > %d), not tiled, as no tile of it can be "
-            "told crack or crack-free: %s",
+            "%s with an empty mask (no pixel > %d), not tiled, as no tile of such a "
+            "photograph can be told crack or crack-free: %s",
             plural(len(unmarked), "crack photograph"),
             binarize_threshold,
             describe_files(unmarked),

@@ -36,8 +36,11 @@ A crack is a connected region of the mask (8-connectivity); regions smaller than
 A region more than ``4 * EXACT_HALF_WIDTH`` px wide somewhere (most often a model's flooded
 mask) is thinned on a grid of blocks (:func:`_measure_wide_region`): thinning passes over a
 region once per pixel of its half-width, a minute and a half for a 6000x4000 photograph
-marked whole, under half a second so. Its length is then within about a block's side at
-each end; its widths are taken at full resolution.
+marked whole; so, 2 s for the whole measurement, most of it the distance transform. Its
+skeleton then follows the region at the blocks'
+resolution: a simple shape's length is within about a block's side at each end, but detail
+finer than a block (branches closer than that, small holes) is lost; its widths are taken
+from the full-resolution distance transform, near its middle line.
 
 Millimetres are pixels times ``pixel_size_mm`` (the side of one pixel on the surface).
 """
@@ -178,9 +181,8 @@ def measure_crack(region: np.ndarray) -> tuple[float, float, float]:
     bounding box; what lies outside the box (the image's border too) is background."""
     padded = np.pad(region, 1)  # thinning and distances need background all around
     distance = ndimage.distance_transform_edt(padded)
-    scale = int(distance.max() // EXACT_HALF_WIDTH)
-    if scale >= 2:
-        return _measure_wide_region(padded, distance, scale)
+    if distance.max() > 2 * EXACT_HALF_WIDTH:
+        return _measure_wide_region(padded, distance, int(distance.max() // EXACT_HALF_WIDTH))
     skeleton = _pruned_skeleton(padded, distance)
     widths = _widths(padded, skeleton, distance)
     length = skeleton_length(skeleton, SMOOTHING_ROUNDS)
@@ -199,14 +201,15 @@ def _pruned_skeleton(padded: np.ndarray, distance: np.ndarray) -> np.ndarray:
 def _measure_wide_region(
     padded: np.ndarray, distance: np.ndarray, scale: int
 ) -> tuple[float, float, float]:
-    """:func:`measure_crack` of a region at least ``4 * EXACT_HALF_WIDTH`` px wide somewhere
+    """:func:`measure_crack` of a region more than ``4 * EXACT_HALF_WIDTH`` px wide somewhere
     (most often a flooded mask: no crack is so wide), padded with background, ``distance``
     its distance transform. Thinning passes over the whole region once per pixel of its
     half-width (a minute and a half for a 6000x4000 photograph marked whole), so it is
     thinned on a grid of ``scale`` x ``scale`` blocks instead (``scale`` its half-width over
     ``EXACT_HALF_WIDTH``; a block is crack where any of its pixels is), and its length is
-    the blocks' times ``scale`` (within about ``scale`` px at each end). Its widths are taken
-    at full resolution, each at the pixel of a skeleton block farthest inside the crack."""
+    the blocks' times ``scale`` (for a simple shape within about ``scale`` px at each end;
+    detail finer than a block is lost). Its widths are taken at full resolution, each at the
+    pixel of a skeleton block farthest inside the crack."""
     region = padded[1:-1, 1:-1]
     height, width = region.shape
     rows, columns = -(-height // scale), -(-width // scale)
@@ -217,13 +220,19 @@ def _measure_wide_region(
     skeleton = _pruned_skeleton(blocks, block_distance)
     length = skeleton_length(skeleton, SMOOTHING_ROUNDS)
     length += _end_extension(skeleton, block_distance, blocks)
-    inside = np.zeros(grid.shape)
-    inside[:height, :width] = distance[1:-1, 1:-1]  # the region's own, as its grid
+    # Each skeleton block's pixels (clipped to the region: past its edge, its last row or
+    # column again), and the one of them farthest inside.
     block_rows, block_columns = np.nonzero(skeleton[1:-1, 1:-1])
-    per_block = inside.reshape(rows, scale, columns, scale)[block_rows, :, block_columns, :]
-    deepest = per_block.reshape(len(block_rows), -1).argmax(axis=1)
+    within = np.arange(scale)
+    pixel_rows = np.minimum(block_rows[:, None] * scale + within, height - 1)[:, :, None]
+    pixel_columns = np.minimum(block_columns[:, None] * scale + within, width - 1)[:, None, :]
+    per_block = distance[1:-1, 1:-1][pixel_rows, pixel_columns].reshape(len(block_rows), -1)
+    deepest = per_block.argmax(axis=1)
     at = np.zeros(padded.shape, bool)
-    at[block_rows * scale + deepest // scale + 1, block_columns * scale + deepest % scale + 1] = 1
+    at[
+        pixel_rows[:, :, 0][np.arange(len(deepest)), deepest // scale] + 1,
+        pixel_columns[:, 0, :][np.arange(len(deepest)), deepest % scale] + 1,
+    ] = True
     widths = _widths(padded, at, distance)
     return scale * length, float(widths.mean()), float(widths.max())
 

@@ -1,7 +1,8 @@
 """``crackseg-predict``: photographs in; maps, masks, overlays and crack measurements out.
 
 Per image, at its own resolution: ``probabilities/NAME.png`` (crack probability, 0..255),
-``masks/NAME.png`` (255 where the probability reaches the model's segmentation threshold)
+``masks/NAME.png`` (255 where the probability reaches the segmentation threshold: the
+model's, or ``segmentation_threshold``)
 and ``overlays/NAME.png`` (the photo with the mask tinted red), ``NAME`` being the input's
 file name with its extension (``x.jpg`` -> ``masks/x.jpg.png``), so no two inputs share an
 output. ``predictions.csv`` has one row per image, ``cracks.csv`` one per crack.

@@ -405,7 +405,7 @@ def write_summary(
         lines += [
             "",
             f"Not started: {plural(len(not_started), 'job')} of the grid of the sweep's last "
-            f"run, without a folder (it was stopped or killed before them, or they wait in a "
+            f"run, without a folder (the sweep stopped or killed first, or waiting in a "
             f"cluster's queue): {shown}{more}.",
         ]
     lines += [
