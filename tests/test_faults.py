@@ -424,7 +424,7 @@ def test_a_sigterm_during_the_last_test_batch_stops_a_sweep_before_its_next_job(
     (job,) = [p for p in sweep.iterdir() if p.is_dir()]  # the second never started
     assert json.loads((job / "status.json").read_text())["status"] == "interrupted"
     assert not (job / "report.md").exists()
-    assert "1 jobs: 0 finished, 0 failed, 1 unfinished" in (sweep / "summary.md").read_text()
+    assert "1 job: 0 finished, 0 failed, 1 unfinished" in (sweep / "summary.md").read_text()
 
 
 def test_a_sigterm_between_a_sweeps_jobs_stops_it_as_ctrl_c():

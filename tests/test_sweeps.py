@@ -1253,8 +1253,8 @@ def test_a_sweep_run_one_job_after_another_stopped_in_a_job_writes_its_summary(
     stderr = process.stderr.read()
     assert f"stopped: continue with the same command and hydra.sweep.dir={sweep_dir}" in stderr
     summary = (sweep_dir / "summary.md").read_text()
-    assert "1 jobs: 0 finished, 0 failed, 1 unfinished (1 interrupted)" in summary, summary
-    assert "or they wait in a cluster's queue): `seed=1`." in summary
+    assert "1 job: 0 finished, 0 failed, 1 unfinished (1 interrupted)" in summary, summary
+    assert "or waiting in a cluster's queue): `seed=1`." in summary
 
 
 def test_a_sweep_started_in_the_folder_of_a_running_sweep_is_refused_and_writes_nothing(

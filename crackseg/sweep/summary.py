@@ -395,7 +395,7 @@ def write_summary(
     lines = [
         f"# Sweep summary: {root.resolve().name}",
         "",
-        f"{len(rows)} jobs: {counts['finished']} finished, {counts['failed']} failed, "
+        f"{plural(len(rows), 'job')}: {counts['finished']} finished, {counts['failed']} failed, "
         f"{counts['unfinished']} unfinished{f' ({detail})' if detail else ''}. "
         f"Swept: {swept_text}; seeds: {', '.join(seeds)}.",
     ]
