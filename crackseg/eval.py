@@ -55,6 +55,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = load_module(cfg.ckpt_path)  # Lightning is imported from here on, not before
     from crackseg.callbacks import EvaluationReport
     from crackseg.data.datamodule import CrackDataModule
+    from crackseg.runs.resume import split_data_now
     from crackseg.runs.trainer import build_trainer, stop_if_signalled
     from crackseg.runs.training_control import StopCheckpoint
 
@@ -64,6 +65,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     weights_run = take_training_run_settings(cfg, module, typed)
     data = cfg.data
     datamodule = CrackDataModule.from_config(data)  # no loss: evaluation builds no weight map
+    split_data_now(datamodule, "validate" if cfg.thresholds == "validation" else "test")
     report = EvaluationReport(
         str(output_dir),
         cfg.num_dice_panels,

@@ -16,7 +16,12 @@ from crackseg.run_files import SPLIT_FILE
 from crackseg.runs.config_checks import check_config, refuse_extra_count_without_ranking
 from crackseg.runs.hydra_run import typed_overrides
 from crackseg.runs.lifecycle import run_task
-from crackseg.runs.resume import check_resumed_data, record_start, start_training_run
+from crackseg.runs.resume import (
+    check_resumed_data,
+    record_start,
+    split_data_now,
+    start_training_run,
+)
 from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import check_required
 
@@ -48,6 +53,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = CrackDataModule.from_config(cfg.data, cfg.loss)
     if checkpoint is not None:  # refused on data changed since, before the run records more
         check_resumed_data(datamodule, checkpoint)
+    else:
+        split_data_now(datamodule, "fit")
     record_start(cfg, checkpoint)
     return fit_and_test(cfg, datamodule, checkpoint)
 

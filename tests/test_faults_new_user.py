@@ -1098,30 +1098,37 @@ def test_printing_the_resolved_config_leaves_no_run_folder(tmp_path):
     assert not list(tmp_path.rglob("*"))  # the folder it named was made, and removed
 
 
-def test_a_command_refused_with_one_line_leaves_no_folder_of_its_own(tmp_path):
+def test_a_command_refused_with_one_line_leaves_no_folder_of_its_own(tmp_path, tiny_checkpoint):
     """As after Hydra's own refusals: a folder crackseg named for a command refused for a
-    setting or a missing file goes with the record of the refusal (a prediction retried
-    after each mistake left one folder of status failed a try). A folder the user named
+    setting, a missing file or its data goes with the record of the refusal (a prediction
+    retried after each mistake left one folder of status failed a try; a training or an
+    evaluation refused for its data, one with its TensorBoard log). A folder the user named
     keeps the record; one holding more than it (a training's checkpoints) is kept whole."""
+    here, empty = tmp_path / "here", tmp_path / "empty"
+    here.mkdir()
+    empty.mkdir()  # a data root without the layout's images/
+    no_images = ("data=crack_segmentation", f"data.root={empty}")
     commands = [
         ("predict", "ckpt_path=x.ckpt", "input=.", "decision_threshold=high"),
         ("train", "experiment=demo", "trainer.max_epochs=ten"),
         ("train", "experiment=demo", "+seeed=1"),  # refused before the task
         ("eval",),  # no ckpt_path
+        ("train", *no_images),
+        ("eval", f"ckpt_path={tiny_checkpoint}", *no_images),
     ]
     for module, *overrides in commands:
         result = subprocess.run(
             [sys.executable, "-m", f"crackseg.{module}", *overrides],
-            cwd=tmp_path,
+            cwd=here,
             capture_output=True,
             text=True,
         )
         assert result.returncode == 2 and result.stderr.strip().startswith("error: ")
-        assert not list(tmp_path.rglob("*")), (module, sorted(tmp_path.rglob("*")))
+        assert not list(here.rglob("*")), (module, sorted(here.rglob("*")))
     named = tmp_path / "named"
     result = subprocess.run(
         [sys.executable, "-m", "crackseg.train", f"hydra.run.dir={named}", "+seeed=1"],
-        cwd=tmp_path,
+        cwd=here,
         capture_output=True,
         text=True,
     )

@@ -292,6 +292,19 @@ def record_start(cfg: DictConfig, checkpoint: Path | None) -> None:
         write_run_info(output_dir, resumed_from=checkpoint)
 
 
+def split_data_now(datamodule: CrackDataModule, stage: str) -> None:
+    """The run's data, made where the run makes it (synthetic, downloaded or tiled), split
+    for ``stage`` now, before the run records its start and its logger writes: data that
+    cannot be used (no images where the layout looks, fewer positives with masks than
+    ``data.num_segmented``) is refused while the run folder holds only the refusal's record,
+    which goes with the folder. Lightning's setup keeps this split. In the first process
+    only: the others of a run launched together split when Lightning sets them up, once the
+    first has made the data."""
+    if is_rank_zero():
+        datamodule.prepare_data()
+        datamodule.setup(stage)
+
+
 def check_resumed_data(datamodule: CrackDataModule, checkpoint: Path) -> None:
     """The data a run resumes on must split as it did when the run started: its split is
     made now (Lightning's setup then keeps it) and checked against the one the checkpoint
