@@ -188,6 +188,14 @@ def test_the_report_counts_positives_without_a_mask_apart():
     assert not any("has no positives" in note for note in notes)
 
 
+def test_the_report_says_when_the_segmentation_threshold_marks_every_pixel():
+    notes = _auto_notes({"dice_mean": 0.05, "seg_threshold": 0.0, "image_auc": 0.6})
+    assert any("threshold chosen on validation is 0: every pixel" in note for note in notes)
+    for threshold in (0.01, 0.5, None):
+        notes = _auto_notes({"dice_mean": 0.5, "seg_threshold": threshold, "image_auc": 1.0})
+        assert not any("every pixel" in note for note in notes)
+
+
 # --------------------------------------------------------------- 6. checkpoint messages
 
 

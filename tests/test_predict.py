@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import json
 import logging
@@ -618,6 +619,40 @@ def test_the_thresholds_typed_replace_the_models_own(tiny_checkpoint, tmp_path, 
     assert (row["decision"], row["crack_fraction"], row["cracks"]) == ("0", "1.000000", "1")
     assert float(row["total_length_px"]) == pytest.approx(300, abs=1)
     assert float(row["max_width_px"]) == pytest.approx(64, abs=0.5)
+
+
+def test_a_models_threshold_that_marks_every_pixel_is_warned_about(
+    tiny_checkpoint, tmp_path, caplog, monkeypatch
+):
+    """An undertrained segmentation head can have 0 chosen on validation (the best Dice
+    there marking everything): its masks would mark whole images without a word."""
+    from crackseg.deploy import predict_folder as predicting
+
+    opened = predicting.open_backend
+
+    def with_threshold_0(settings):
+        backend = opened(settings)
+        backend.info = dataclasses.replace(backend.info, seg_threshold=0.0)
+        return backend
+
+    monkeypatch.setattr(predicting, "open_backend", with_threshold_0)
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 128, 3), 120, np.uint8))
+    config = predict_config(tmp_path / "run", ckpt_path=str(tiny_checkpoint), input=str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        predict_checked(config)
+    assert "the model's segmentation threshold, chosen on its validation split, is 0" in (
+        caplog.text
+    )
+    caplog.clear()
+    typed = predict_config(
+        tmp_path / "typed",
+        ckpt_path=str(tiny_checkpoint),
+        input=str(tmp_path / "a.png"),
+        segmentation_threshold=0.5,
+    )
+    with caplog.at_level(logging.WARNING):
+        predict_checked(typed)
+    assert "segmentation threshold" not in caplog.text
 
 
 def test_the_tables_are_written_as_images_are_done(tiny_checkpoint, tmp_path, monkeypatch):

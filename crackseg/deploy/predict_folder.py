@@ -279,6 +279,12 @@ def predict_folder(
         settings.image_threshold(info),
         settings.pixel_threshold(info),
     )
+    if settings.segmentation_threshold is None and info.seg_threshold == 0:
+        log.warning(
+            "the model's segmentation threshold, chosen on its validation split, is 0: every "
+            "pixel reaches it and each mask marks the whole image (its segmentation head had "
+            "not learned yet; segmentation_threshold= sets another)"
+        )
     writer = ResultWriter(output_dir, settings, info)
     skipped: dict[Path, str] = {}
     with tqdm(total=len(paths), desc="predicting", unit="image") as progress:

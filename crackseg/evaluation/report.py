@@ -246,6 +246,12 @@ def _auto_notes(metrics: Mapping[str, Any]) -> list[str]:
             "empty or missing mask, or a crack too thin for the input size): counted apart, "
             "left out of Dice and IoU (`positives_without_mask` in metrics.json)."
         )
+    if metrics.get("seg_threshold") == 0:
+        notes.append(
+            "The segmentation threshold chosen on validation is 0: every pixel reaches it, so "
+            "the masks mark whole images (the segmentation head does not tell cracks from "
+            "background yet: train longer, or check the masks)."
+        )
     trained_on = int(metrics.get("test_images_trained_on") or 0)
     if trained_on:
         notes.append(
