@@ -312,6 +312,15 @@ def test_a_mistyped_command_never_waits_for_torch(argv):
             ("crackseg.predict", "backend=onnx", "ckpt_path=null", "onnx_path={missing}"),
             "error: ONNX model {missing} does not exist",
         ),
+        (
+            ("crackseg.predict", "backend=onnx", "ckpt_path=null", "onnx_path={begun}"),
+            "error: {begun} is a PyTorch checkpoint, not an ONNX model: predict with it as "
+            "backend=torch ckpt_path={begun}",
+        ),
+        (
+            ("crackseg.predict", "backend=onnx", "ckpt_path=null", "onnx_path={text}"),
+            "error: ONNX model {text} is a text file, not an ONNX model",
+        ),
         (("crackseg.predict", "ckpt_path={text}", "overlap=2"), "error: overlap must be a number"),
         (("crackseg.predict", "ckpt_path={begun}", "input={missing}"), "error: input {missing} "),
         (("crackseg.eval", "ckpt_path={missing}"), "error: checkpoint {missing} does not exist"),

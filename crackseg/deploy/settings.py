@@ -20,7 +20,7 @@ from crackseg.data.io import list_input_images
 from crackseg.deploy.outputs import refuse_earlier_outputs
 from crackseg.deploy.predictor import Plan
 from crackseg.errors import ConfigError, CracksegError, DataError
-from crackseg.models.checkpoint import checkpoint_file
+from crackseg.models.checkpoint import PICKLE_MAGIC, ZIP_MAGIC, checkpoint_file
 from crackseg.setting_rules import check_required, check_rules, is_integer, is_number
 
 if TYPE_CHECKING:
@@ -249,12 +249,25 @@ def _not_installed(name: str, purpose: str) -> str:
 
 
 def onnx_model_file(path: str | Path) -> Path:
-    """``path`` as an existing file, or one line saying what it is instead."""
+    """``path`` as an existing file, or one line saying what it is instead (a folder,
+    nothing, a PyTorch checkpoint, a text file such as crackseg-export's export.json)."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise CracksegError(f"ONNX model {path} is a folder: name the .onnx file in it")
     if not path.is_file():
         raise CracksegError(f"ONNX model {path} does not exist")
+    with path.open("rb") as file:
+        head = file.read(64)
+    if head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        raise CracksegError(
+            f"{path} is a PyTorch checkpoint, not an ONNX model: predict with it as "
+            f"backend=torch ckpt_path={path}, or export it with crackseg-export"
+        )
+    if not head or all(byte >= 0x20 or byte in b"\t\n\r\f" for byte in head):
+        kind = "an empty file" if not head else "a text file"
+        raise CracksegError(
+            f"ONNX model {path} is {kind}, not an ONNX model (crackseg-export writes model.onnx)"
+        )
     return path
 
 
