@@ -600,3 +600,17 @@ def test_tile_into_an_unwritable_destination_is_one_line_and_leaves_nothing(tmp_
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr
     assert not full.exists() and not list(tmp_path.glob(".full.partial-*"))
+
+
+def test_tiling_names_masks_that_are_photographs(tmp_path, caplog):
+    """masks/ holding the photographs: every tile would be a crack, without a word."""
+    src = tmp_path / "src"
+    _photo(src, "P1", [(3, 0, 30)])
+    _photo(src, "P2", [(3, 0, 30)])
+    photo = cv2.GaussianBlur(cv2.imread(str(src / "images" / "P2.jpg")), (5, 5), 2)
+    cv2.imwrite(str(src / "masks" / "P2.png"), photo)
+    with caplog.at_level("WARNING"):
+        tile_dataset(src, tmp_path / "dst", size=32, min_crack_pixels=20)
+    warned = [r.getMessage() for r in caplog.records if "photograph (a quarter" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("1 mask with the grey levels of a")
+    assert warned[0].endswith(str(src / "masks" / "P2.png"))

@@ -20,6 +20,7 @@ import torch
 from conftest import (
     METRIC_KEYS,
     REPO,
+    SHARED,
     TINY,
     datamodule_of,
     one_line_error,
@@ -31,7 +32,7 @@ from helpers.stalled_runs import HELPERS, start_train, wait_for_stall
 from omegaconf import OmegaConf
 
 from crackseg.data.dataset import CrackDataset
-from crackseg.data.io import read_image, read_mask
+from crackseg.data.io import looks_like_a_photograph, read_image, read_mask
 from crackseg.data.layouts import check_samples, index_layout
 from crackseg.data.tools import main as data_main
 from crackseg.errors import CracksegError
@@ -116,6 +117,36 @@ def test_positives_with_0_1_masks_keep_their_masks(tmp_path):
     checked = check_samples(samples)
     assert [s.is_positive for s in checked] == [True, True]
     assert all(s.mask_path is not None for s in checked)  # not weak positives
+
+
+def test_photographs_in_the_masks_place_are_named_in_a_warning(tmp_path, caplog):
+    """masks/ holding the photographs (or maps of probabilities): read as masks they mark
+    most pixels, and every image trained as a crack without a word. A mask's blurred
+    edges (JPEG), a label map (0/1) and the CrackForest masks are no photographs."""
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), (5, 5), 2)
+    crack = np.zeros((64, 96), np.uint8)
+    crack[20:26, 5:90] = 255
+    for name, mask in (("photo", photo), ("crack", crack), ("labels", crack // 255)):
+        write_image(tmp_path / "images" / f"{name}.png", photo)
+        write_image(tmp_path / "masks" / f"{name}.png", mask)
+    cv2.imwrite(str(tmp_path / "masks" / "crack.jpg"), cv2.GaussianBlur(crack, (7, 7), 3))
+    (tmp_path / "masks" / "crack.png").unlink()
+    masks = tmp_path / "masks"
+    assert not looks_like_a_photograph(read_mask(masks / "crack.jpg"))
+    with caplog.at_level("WARNING"):
+        check_samples(index_layout("crack_segmentation", tmp_path)["all"])
+    warned = [
+        r.getMessage() for r in caplog.records if "grey levels of a photograph" in r.getMessage()
+    ]
+    assert warned == [
+        "1 mask with the grey levels of a photograph (a quarter or more of the pixels "
+        f"mid-grey), not those of a mask: images in the masks' place?: {masks / 'photo.png'}"
+    ]
+    cfd = SHARED / "data" / "cfd"
+    if cfd.is_dir():
+        assert not any(looks_like_a_photograph(read_mask(p)) for p in (cfd / "masks").iterdir())
+        assert all(looks_like_a_photograph(read_mask(p)) for p in (cfd / "images").iterdir())
 
 
 def train_one_epoch_on(root: Path, run_dir: Path) -> subprocess.CompletedProcess:

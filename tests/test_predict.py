@@ -713,6 +713,25 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     assert dice_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == (1.0, 1.0)
 
 
+def test_a_reference_mask_that_is_a_photograph_is_named(tmp_path, caplog):
+    """reference_masks= naming the photographs' folder: a Dice against each photograph,
+    without a word, before."""
+    from crackseg.deploy.backends import ModelInfo
+    from crackseg.deploy.predict_folder import ResultWriter
+    from crackseg.deploy.predictor import ImagePrediction
+
+    references = tmp_path / "photos"
+    references.mkdir()
+    photo = np.random.default_rng(0).integers(40, 200, (10, 20, 3), dtype=np.uint8)
+    cv2.imwrite(str(references / "road.png"), photo)
+    settings = predict_settings(reference_masks=str(references), overlays=False)
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    writer = ResultWriter(tmp_path / "out", settings, info)
+    with caplog.at_level(logging.WARNING):
+        writer.add(tmp_path / "road.jpg", photo, ImagePrediction(0.9, np.zeros((10, 20))))
+    assert f"of a mask: images in the masks' place?: {references / 'road.png'}" in caplog.text
+
+
 def test_a_reference_mask_of_another_size_is_named_with_both_sizes(tmp_path, caplog):
     """Height x width, as the layouts' message on masks of another size writes them."""
     from crackseg.deploy.backends import ModelInfo

@@ -366,6 +366,27 @@ def read_mask(path: Path | str | RunLengthMask) -> np.ndarray:
     return array
 
 
+#: A mask is dark where there is no defect and bright where there is one, with a few grey
+#: pixels where JPEG blurred its edges; a file with at least this share of its pixels mid-grey
+#: (:data:`MID_GREY`) is a photograph in a mask's place, or a map of probabilities.
+PHOTOGRAPH_SHARE = 0.25
+MID_GREY = (32, 224)
+
+
+def looks_like_a_photograph(mask: np.ndarray) -> bool:
+    """Whether a mask read by :func:`read_mask` holds grey levels as a photograph does."""
+    grey = np.count_nonzero((mask >= MID_GREY[0]) & (mask < MID_GREY[1]))
+    return mask.size > 0 and grey >= PHOTOGRAPH_SHARE * mask.size
+
+
+def masks_like_photographs(count: int) -> str:
+    """The warning's words for ``count`` masks that :func:`looks_like_a_photograph`."""
+    return (
+        f"{plural(count, 'mask')} with the grey levels of a photograph (a quarter or more "
+        "of the pixels mid-grey), not those of a mask: images in the masks' place?"
+    )
+
+
 def _png_size(head: bytes) -> tuple[int, int] | None:
     if head.startswith(_PNG_MAGIC) and len(head) >= 24 and head[12:16] == b"IHDR":
         width, height = struct.unpack(">II", head[16:24])

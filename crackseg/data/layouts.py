@@ -50,7 +50,9 @@ from crackseg.data.io import (
     IMAGE_EXTENSIONS,
     left_out_files,
     list_image_files,
+    looks_like_a_photograph,
     map_threads,
+    masks_like_photographs,
     read_mask,
     read_native,
 )
@@ -635,11 +637,13 @@ def index_layout(
     return indexed
 
 
-def _inspect(sample: Sample, threshold: int) -> tuple[list[str], tuple | None, bool | None]:
-    """Read one sample's files; return (bad files, size mismatch, mask has a defect)."""
+def _inspect(sample: Sample, threshold: int) -> tuple[list[str], tuple | None, bool | None, bool]:
+    """Read one sample's files; return (bad files, size mismatch, mask has a defect, mask
+    looks like a photograph)."""
     bad: list[str] = []
     image_shape = mask_shape = None
     has_defect = None
+    photograph = False
     try:
         image_shape = read_native(sample.image_path).shape[:2]
     except CracksegError as error:
@@ -649,12 +653,13 @@ def _inspect(sample: Sample, threshold: int) -> tuple[list[str], tuple | None, b
             mask = read_mask(sample.mask_path)
             mask_shape = mask.shape
             has_defect = bool((mask > threshold).any())
+            photograph = looks_like_a_photograph(mask)
         except CracksegError as error:
             bad.append(_file_and_why(sample.mask_path, error))
     mismatch = None
     if image_shape is not None and mask_shape is not None and image_shape != mask_shape:
         mismatch = (sample.mask_path, image_shape, mask_shape)
-    return bad, mismatch, has_defect
+    return bad, mismatch, has_defect, photograph
 
 
 def _file_and_why(path: object, error: CracksegError) -> str:
@@ -676,10 +681,10 @@ def check_samples(
     mask would teach the opposite of the label. This is logged, never silent.
     """
     results = map_threads(lambda s: _inspect(s, binarize_threshold), samples, desc)
-    bad = [path for b, _, _ in results for path in b]
+    bad = [path for b, _, _, _ in results for path in b]
     if bad:
         raise DataError(f"files that cannot be read: {describe_files(bad)}")
-    mismatches = [m for _, m, _ in results if m is not None]
+    mismatches = [m for _, m, _, _ in results if m is not None]
     mismatched = [
         f"{path} ({mask_hw[0]}x{mask_hw[1]}, image {image_hw[0]}x{image_hw[1]})"
         for path, image_hw, mask_hw in mismatches
@@ -698,7 +703,12 @@ def check_samples(
     checked: list[Sample] = []
     emptied: list[str] = []
     marked_negatives: list[str] = []
-    for sample, (_, _, has_defect) in zip(samples, results, strict=True):
+    photographs = [
+        str(s.mask_path) for s, (*_, photo) in zip(samples, results, strict=True) if photo
+    ]
+    if photographs:
+        log.warning("%s: %s", masks_like_photographs(len(photographs)), describe_files(photographs))
+    for sample, (_, _, has_defect, _) in zip(samples, results, strict=True):
         if sample.is_positive and has_defect is False:
             emptied.append(sample.sample_id)
             sample = replace(sample, mask_path=None)

@@ -24,7 +24,14 @@ from crackseg.atomic import (
     folder_destination,
 )
 from crackseg.data.data_settings import BINARIZE_THRESHOLD
-from crackseg.data.io import image_size, map_threads, read_mask, read_native
+from crackseg.data.io import (
+    image_size,
+    looks_like_a_photograph,
+    map_threads,
+    masks_like_photographs,
+    read_mask,
+    read_native,
+)
 from crackseg.data.labels import binarize
 from crackseg.data.layouts import check_data_found, index_layout
 from crackseg.data.samples import TILE_GROUPS_FILE, Sample
@@ -72,6 +79,8 @@ class TiledPhoto(NamedTuple):
     #: a crack-free photograph whose mask marks cracks: its tiles are crack-free, as a run
     #: keeps such an image a negative
     marked_negative: bool = False
+    #: its mask has the grey levels of a photograph (crackseg.data.io.looks_like_a_photograph)
+    mask_like_photograph: bool = False
 
 
 def tile_sample(
@@ -104,10 +113,11 @@ def tile_sample(
                 f"mask size {mask.shape[0]}x{mask.shape[1]} differs from image "
                 f"{height}x{width}: {sample.mask_path}"
             )
+    photograph = looks_like_a_photograph(mask)
     mask = np.where(binarize(mask, binarize_threshold), 255, 0).astype(np.uint8)
     marked = bool(mask.any())
     if sample.is_positive and not marked:
-        return TiledPhoto([], unmarked_crack=True)
+        return TiledPhoto([], unmarked_crack=True, mask_like_photograph=photograph)
     if not sample.is_positive and marked:
         mask[:] = 0
     rows, pad_h = _tile_starts(height, size, stride, pad)
@@ -137,7 +147,9 @@ def tile_sample(
             _write_png(out_dir / "images" / tile_name, image[top : top + size, left : left + size])
             _write_png(out_dir / "masks" / tile_name, tile_mask)
             labels.append(positive)
-    return TiledPhoto(labels, marked_negative=not sample.is_positive and marked)
+    return TiledPhoto(
+        labels, marked_negative=not sample.is_positive and marked, mask_like_photograph=photograph
+    )
 
 
 def tile_dataset(
@@ -223,7 +235,15 @@ def tile_dataset(
 def _warn_label_and_mask_disagree(
     samples: list[Sample], tiled: list[TiledPhoto], binarize_threshold: int
 ) -> None:
-    """Name the photographs whose label and mask disagree, as a run's check does."""
+    """Name the photographs whose label and mask disagree, and the masks that look like
+    photographs, as a run's check does."""
+    photographs = [
+        str(s.mask_path)
+        for s, photo in zip(samples, tiled, strict=True)
+        if photo.mask_like_photograph
+    ]
+    if photographs:
+        log.warning("%s: %s", masks_like_photographs(len(photographs)), describe_files(photographs))
     unmarked = [
         s.sample_id for s, photo in zip(samples, tiled, strict=True) if photo.unmarked_crack
     ]

@@ -22,7 +22,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from crackseg.atomic import atomic_write_csv, atomic_write_png
-from crackseg.data.io import is_image_file, read_image, read_mask
+from crackseg.data.io import (
+    is_image_file,
+    looks_like_a_photograph,
+    masks_like_photographs,
+    read_image,
+    read_mask,
+)
 from crackseg.data.labels import binarize
 from crackseg.data.layouts import files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
@@ -166,11 +172,14 @@ class ResultWriter:
             self.unusable["without one"] += 1
             return ["", ""], None
         try:
-            truth = binarize(read_mask(reference))
+            reference_mask = read_mask(reference)
         except DataError as error:  # one unreadable reference costs its cells, not the run
             log.warning("reference mask %s is unreadable: %s", reference, error)
             self.unusable["whose mask is unreadable"] += 1
             return ["", ""], None
+        if looks_like_a_photograph(reference_mask):
+            log.warning("%s: %s", masks_like_photographs(1), reference)
+        truth = binarize(reference_mask)
         if truth.shape != mask.shape:
             log.warning(
                 "reference mask %s is not its image's size (%dx%d, image %dx%d)",
