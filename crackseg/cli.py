@@ -120,9 +120,6 @@ def leave_out_library_notices() -> None:
     # Lightning's model summary cannot size bf16-mixed parameters, and counts them as the
     # float32 they are under mixed precision.
     warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model")
-    # A resumed run finds its own checkpoints in checkpoints/ (a new run's folder holds
-    # none: a folder holding another run's is refused before Lightning is asked).
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Lightning advertises its cloud services ("Tip: ... litlogger", "litmodels").
     logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(is_no_lightning_tip)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,8 @@ def fit_and_test(
     callbacks.append(EvaluationReport(str(output_dir), cfg.num_dice_panels, cfg, cfg.report_title))
     trainer = build_trainer(cfg, callbacks, resume_from=checkpoint)
 
+    if checkpoint is not None:  # a resumed run finds its own checkpoints in checkpoints/
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     stop_if_signalled(trainer)
     if trainer.is_global_zero:

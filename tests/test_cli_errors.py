@@ -314,8 +314,9 @@ def test_a_mistyped_command_never_waits_for_torch(argv):
         ),
         (
             ("crackseg.predict", "backend=onnx", "ckpt_path=null", "onnx_path={begun}"),
-            "error: {begun} is a PyTorch checkpoint, not an ONNX model: predict with it as "
-            "backend=torch ckpt_path={begun}",
+            "error: ONNX model {begun} begins as a PyTorch checkpoint does (a zip archive or a "
+            "pickle), not as an ONNX model: a checkpoint is predicted with backend=torch "
+            "ckpt_path={begun}",
         ),
         (
             ("crackseg.predict", "backend=onnx", "ckpt_path=null", "onnx_path={text}"),

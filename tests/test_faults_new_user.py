@@ -140,8 +140,9 @@ def test_photographs_in_the_masks_place_are_named_in_a_warning(tmp_path, caplog)
         r.getMessage() for r in caplog.records if "grey levels of a photograph" in r.getMessage()
     ]
     assert warned == [
-        "1 mask with the grey levels of a photograph (a quarter or more of the pixels "
-        f"mid-grey), not those of a mask: images in the masks' place?: {masks / 'photo.png'}"
+        "1 mask with the grey levels of a photograph, not of a mask (a quarter or more of the "
+        "pixels mid-grey: the images in the masks' place, or maps of probabilities?): "
+        f"{masks / 'photo.png'}"
     ]
     cfd = SHARED / "data" / "cfd"
     if cfd.is_dir():
@@ -1218,3 +1219,32 @@ def test_a_run_killed_in_its_first_seconds_keeps_its_folder(tmp_path, tiny_data_
     line = one_line_error(run_tiny(run_dir, tiny_data_dir, "seed=7"))
     assert line.startswith("error: ") and "resume" in line, line
     assert (run_dir / ".hydra" / "config.yaml").read_text() == config
+
+
+@pytest.mark.parametrize(
+    ("makes_its_data", "world_size", "expected"),
+    [
+        (False, "1", ["prepare", "setup fit"]),
+        (True, "1", ["prepare", "setup fit"]),
+        (False, "2", ["prepare", "setup fit"]),  # every process refuses bad data alike
+        (True, "2", []),  # Lightning makes it in the first process, then splits it in each
+    ],
+)
+def test_the_data_is_split_before_the_run_starts_in_every_process_that_can(
+    monkeypatch, makes_its_data, world_size, expected
+):
+    """A process of a run launched together (srun --ntasks=N) that refused its data alone
+    left the others waiting for it at Lightning's first collective (30 minutes)."""
+    from types import SimpleNamespace
+
+    from crackseg.runs.resume import split_data_now
+
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    done: list[str] = []
+    datamodule = SimpleNamespace(
+        makes_its_data=makes_its_data,
+        prepare_data=lambda: done.append("prepare"),
+        setup=lambda stage: done.append(f"setup {stage}"),
+    )
+    split_data_now(datamodule, "fit")
+    assert done == expected

@@ -713,23 +713,25 @@ def test_reference_masks_add_each_images_dice_and_iou(tmp_path):
     assert dice_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == (1.0, 1.0)
 
 
-def test_a_reference_mask_that_is_a_photograph_is_named(tmp_path, caplog):
+def test_reference_masks_that_are_photographs_are_named_once(tiny_checkpoint, tmp_path, caplog):
     """reference_masks= naming the photographs' folder: a Dice against each photograph,
-    without a word, before."""
-    from crackseg.deploy.backends import ModelInfo
-    from crackseg.deploy.predict_folder import ResultWriter
-    from crackseg.deploy.predictor import ImagePrediction
-
-    references = tmp_path / "photos"
-    references.mkdir()
-    photo = np.random.default_rng(0).integers(40, 200, (10, 20, 3), dtype=np.uint8)
-    cv2.imwrite(str(references / "road.png"), photo)
-    settings = predict_settings(reference_masks=str(references), overlays=False)
-    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
-    writer = ResultWriter(tmp_path / "out", settings, info)
+    without a word, before; now one warning at the end names them."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        cv2.imwrite(str(photos / f"{name}.png"), rng.integers(40, 200, (64, 128, 3), np.uint8))
+    config = predict_config(
+        tmp_path / "run",
+        ckpt_path=str(tiny_checkpoint),
+        input=str(photos),
+        reference_masks=str(photos),
+    )
     with caplog.at_level(logging.WARNING):
-        writer.add(tmp_path / "road.jpg", photo, ImagePrediction(0.9, np.zeros((10, 20))))
-    assert f"of a mask: images in the masks' place?: {references / 'road.png'}" in caplog.text
+        predict_checked(config)
+    warned = [r.getMessage() for r in caplog.records if "grey levels" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("2 masks with the grey levels of a photo")
+    assert warned[0].endswith(f"{photos / 'a.png'}, {photos / 'b.png'}")
 
 
 def test_a_reference_mask_of_another_size_is_named_with_both_sizes(tmp_path, caplog):

@@ -110,9 +110,8 @@ def test_a_run_resumed_mid_epoch_counts_its_speed_from_where_it_resumed(
 
 
 def test_what_lightning_says_in_every_bf16_run_that_says_nothing_of_it_is_left_out(caplog):
-    """Its advertisements, its model summary's warning that it sizes bf16-mixed parameters
-    as float32 (which they are), and its warning that a resumed run's checkpoints/ holds
-    checkpoints (its own); other warnings and lines are kept."""
+    """Its advertisements, and its model summary's warning that it sizes bf16-mixed
+    parameters as float32 (which they are); other warnings and lines are kept."""
     from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
     lightning = logging.getLogger(LIGHTNING_INFO_LOGGER)
@@ -125,7 +124,6 @@ def test_what_lightning_says_in_every_bf16_run_that_says_nothing_of_it_is_left_o
                 "size in MB will not be accurate. Using 32 bits instead."
             )
             rank_zero_warn("Precision 64-mixed is something else")
-            rank_zero_warn("Checkpoint directory /runs/a/checkpoints exists and is not empty.")
             rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, ...")
             rank_zero_info("GPU available: False, used: False")
     finally:

@@ -160,6 +160,12 @@ class CrackDataModule(pl.LightningDataModule):
         return cls(**settings_groups(plain_settings(data_cfg), plain_settings(loss_cfg)))
 
     # -- preparation -------------------------------------------------------------------
+    @property
+    def makes_its_data(self) -> bool:
+        """Whether :meth:`prepare_data` makes the data (synthetic, downloaded, tiled)."""
+        source = self.source
+        return any(s is not None for s in (source.synthetic, source.download, source.tile))
+
     def prepare_data(self) -> None:
         source = self.source
         if source.synthetic is not None:

@@ -382,8 +382,9 @@ def looks_like_a_photograph(mask: np.ndarray) -> bool:
 def masks_like_photographs(count: int) -> str:
     """The warning's words for ``count`` masks that :func:`looks_like_a_photograph`."""
     return (
-        f"{plural(count, 'mask')} with the grey levels of a photograph (a quarter or more "
-        "of the pixels mid-grey), not those of a mask: images in the masks' place?"
+        f"{plural(count, 'mask')} with the grey levels of a photograph, not of a mask (a "
+        "quarter or more of the pixels mid-grey: the images in the masks' place, or maps of "
+        "probabilities?)"
     )
 
 

@@ -117,6 +117,8 @@ class ResultWriter:
         self.references = reference_masks(settings.reference_masks)
         #: Images without a usable reference mask, by why: their Dice and IoU cells are empty.
         self.unusable: Counter[str] = Counter()
+        #: Reference masks with the grey levels of a photograph, said once at the end.
+        self.photograph_references: list[str] = []
         self.results: list[ImageResult] = []
 
     @property
@@ -177,8 +179,8 @@ class ResultWriter:
             log.warning("reference mask %s is unreadable: %s", reference, error)
             self.unusable["whose mask is unreadable"] += 1
             return ["", ""], None
-        if looks_like_a_photograph(reference_mask):
-            log.warning("%s: %s", masks_like_photographs(1), reference)
+        if looks_like_a_photograph(reference_mask):  # named once, at the end
+            self.photograph_references.append(str(reference))
         truth = binarize(reference_mask)
         if truth.shape != mask.shape:
             log.warning(
@@ -332,6 +334,9 @@ def predict_folder(
         output_dir,
         len(skipped),
     )
+    if writer.photograph_references:
+        photographs = writer.photograph_references
+        log.warning("%s: %s", masks_like_photographs(len(photographs)), describe_files(photographs))
     counts = {"images": predicted, "unreadable": len(skipped), "cracks": len(writer.crack_rows)}
     if writer.dices:
         counts["dice_mean"] = float(np.mean(writer.dices))

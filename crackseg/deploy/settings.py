@@ -260,8 +260,9 @@ def onnx_model_file(path: str | Path) -> Path:
         head = file.read(64)
     if head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
         raise CracksegError(
-            f"{path} is a PyTorch checkpoint, not an ONNX model: predict with it as "
-            f"backend=torch ckpt_path={path}, or export it with crackseg-export"
+            f"ONNX model {path} begins as a PyTorch checkpoint does (a zip archive or a "
+            f"pickle), not as an ONNX model: a checkpoint is predicted with backend=torch "
+            f"ckpt_path={path}, or exported with crackseg-export"
         )
     if not head or all(byte >= 0x20 or byte in b"\t\n\r\f" for byte in head):
         kind = "an empty file" if not head else "a text file"

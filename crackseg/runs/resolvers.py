@@ -73,7 +73,7 @@ def new_run_folder(default: str) -> str:
     ``default`` as it is, so that all of them name the same folder."""
     if default in _new_run_folders:
         return _new_run_folders[default]
-    if _one_of_several_processes():
+    if one_of_several_processes():
         return default
     made = Path(default).absolute()  # the first folder of the path this call makes
     while not made.parent.exists():
@@ -141,7 +141,7 @@ def forget_new_run_folders() -> None:
     _new_run_folders.clear()
 
 
-def _one_of_several_processes() -> bool:
+def one_of_several_processes() -> bool:
     """Whether a launcher started this command as one process of several of one run."""
     from crackseg.runs.ownership import is_rank_zero
 

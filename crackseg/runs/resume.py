@@ -297,12 +297,15 @@ def split_data_now(datamodule: CrackDataModule, stage: str) -> None:
     for ``stage`` now, before the run records its start and its logger writes: data that
     cannot be used (no images where the layout looks, fewer positives with masks than
     ``data.num_segmented``) is refused while the run folder holds only the refusal's record,
-    which goes with the folder. Lightning's setup keeps this split. In the first process
-    only: the others of a run launched together split when Lightning sets them up, once the
-    first has made the data."""
-    if is_rank_zero():
-        datamodule.prepare_data()
-        datamodule.setup(stage)
+    which goes with the folder. Lightning's setup keeps this split. Every process of a run
+    launched together (``srun --ntasks=N``) refuses so, unless the run makes its data: then
+    Lightning makes it in the first process and splits it in each after."""
+    from crackseg.runs.resolvers import one_of_several_processes
+
+    if datamodule.makes_its_data and one_of_several_processes():
+        return
+    datamodule.prepare_data()
+    datamodule.setup(stage)
 
 
 def check_resumed_data(datamodule: CrackDataModule, checkpoint: Path) -> None:
