@@ -379,13 +379,15 @@ def looks_like_a_photograph(mask: np.ndarray) -> bool:
     return mask.size > 0 and grey >= PHOTOGRAPH_SHARE * mask.size
 
 
-def masks_like_photographs(count: int) -> str:
-    """The warning's words for ``count`` masks that :func:`looks_like_a_photograph`."""
-    return (
-        f"{plural(count, 'mask')} with the grey levels of a photograph, not of a mask (a "
-        "quarter or more of the pixels mid-grey: the images in the masks' place, or maps of "
-        "probabilities?)"
-    )
+def warn_of_masks_like_photographs(paths: list[str]) -> None:
+    """Name in one warning the masks that :func:`looks_like_a_photograph` (none: nothing)."""
+    if paths:
+        log.warning(
+            "%s with the grey levels of a photograph, not of a mask (a quarter or more of the "
+            "pixels mid-grey: the images in the masks' place, or maps of probabilities?): %s",
+            plural(len(paths), "mask"),
+            describe_files(paths),
+        )
 
 
 def _png_size(head: bytes) -> tuple[int, int] | None:

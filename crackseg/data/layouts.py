@@ -52,9 +52,9 @@ from crackseg.data.io import (
     list_image_files,
     looks_like_a_photograph,
     map_threads,
-    masks_like_photographs,
     read_mask,
     read_native,
+    warn_of_masks_like_photographs,
 )
 from crackseg.data.rle import read_run_length_csv
 from crackseg.data.samples import SPLITS, TILE_GROUPS_FILE, Sample, tile_photo
@@ -706,8 +706,7 @@ def check_samples(
     photographs = [
         str(s.mask_path) for s, (*_, photo) in zip(samples, results, strict=True) if photo
     ]
-    if photographs:
-        log.warning("%s: %s", masks_like_photographs(len(photographs)), describe_files(photographs))
+    warn_of_masks_like_photographs(photographs)
     for sample, (_, _, has_defect, _) in zip(samples, results, strict=True):
         if sample.is_positive and has_defect is False:
             emptied.append(sample.sample_id)

@@ -28,9 +28,9 @@ from crackseg.data.io import (
     image_size,
     looks_like_a_photograph,
     map_threads,
-    masks_like_photographs,
     read_mask,
     read_native,
+    warn_of_masks_like_photographs,
 )
 from crackseg.data.labels import binarize
 from crackseg.data.layouts import check_data_found, index_layout
@@ -242,8 +242,7 @@ def _warn_label_and_mask_disagree(
         for s, photo in zip(samples, tiled, strict=True)
         if photo.mask_like_photograph
     ]
-    if photographs:
-        log.warning("%s: %s", masks_like_photographs(len(photographs)), describe_files(photographs))
+    warn_of_masks_like_photographs(photographs)
     unmarked = [
         s.sample_id for s, photo in zip(samples, tiled, strict=True) if photo.unmarked_crack
     ]

@@ -25,9 +25,9 @@ from crackseg.atomic import atomic_write_csv, atomic_write_png
 from crackseg.data.io import (
     is_image_file,
     looks_like_a_photograph,
-    masks_like_photographs,
     read_image,
     read_mask,
+    warn_of_masks_like_photographs,
 )
 from crackseg.data.labels import binarize
 from crackseg.data.layouts import files_by_stem
@@ -334,9 +334,7 @@ def predict_folder(
         output_dir,
         len(skipped),
     )
-    if writer.photograph_references:
-        photographs = writer.photograph_references
-        log.warning("%s: %s", masks_like_photographs(len(photographs)), describe_files(photographs))
+    warn_of_masks_like_photographs(writer.photograph_references)
     counts = {"images": predicted, "unreadable": len(skipped), "cracks": len(writer.crack_rows)}
     if writer.dices:
         counts["dice_mean"] = float(np.mean(writer.dices))

@@ -20,7 +20,7 @@ from crackseg.data.io import list_input_images
 from crackseg.deploy.outputs import refuse_earlier_outputs
 from crackseg.deploy.predictor import Plan
 from crackseg.errors import ConfigError, CracksegError, DataError
-from crackseg.models.checkpoint import PICKLE_MAGIC, ZIP_MAGIC, checkpoint_file
+from crackseg.models.checkpoint import PICKLE_MAGIC, ZIP_MAGIC, checkpoint_file, is_text
 from crackseg.setting_rules import check_required, check_rules, is_integer, is_number
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ def onnx_model_file(path: str | Path) -> Path:
             f"pickle), not as an ONNX model: a checkpoint is predicted with backend=torch "
             f"ckpt_path={path}, or exported with crackseg-export"
         )
-    if not head or all(byte >= 0x20 or byte in b"\t\n\r\f" for byte in head):
+    if not head or is_text(head):
         kind = "an empty file" if not head else "a text file"
         raise CracksegError(
             f"ONNX model {path} is {kind}, not an ONNX model (crackseg-export writes model.onnx)"

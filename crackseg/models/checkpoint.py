@@ -42,6 +42,11 @@ HOLDS_CODE = (
 )
 
 
+def is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are text (printable, tabs, line ends), as no model is."""
+    return all(byte >= 0x20 or byte in b"\t\n\r\f" for byte in head)
+
+
 def _not_a_checkpoint(head: bytes) -> str | None:
     """What a file is instead of a checkpoint, judged by its first bytes; None where it
     begins as ``torch.save`` writes."""
@@ -49,7 +54,7 @@ def _not_a_checkpoint(head: bytes) -> str | None:
         return None
     if not head:
         return f"{NOT_A_CHECKPOINT} (an empty file)"
-    if all(byte >= 0x20 or byte in b"\t\n\r\f" for byte in head):
+    if is_text(head):
         return f"{NOT_A_CHECKPOINT} (a text file)"
     return NOT_A_CHECKPOINT
 
