@@ -533,10 +533,21 @@ def test_a_run_refused_for_its_settings_may_be_started_again_in_its_folder(tiny_
     line = one_line_error(run_entry("eval", "ckpt_path=x.ckpt", f"hydra.run.dir={run_dir}"))
     assert "already holds a command that failed (input width 100" in line
     assert (run_dir / ".hydra" / "config.yaml").read_bytes() == saved
+    # What an earlier attempt wrote before failing without last.ckpt (a validation inside
+    # its first epoch saved a best checkpoint) is not left for the new run's.
+    stale = [run_dir / "checkpoints" / "best-epoch009.ckpt", run_dir / "tensorboard" / "e.1"]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"earlier attempt")
     result = run_tiny(run_dir, tiny_data_dir, "trainer.max_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").data.input_width == 128
+    assert not any(path.exists() for path in stale)
+    assert [p.name for p in (run_dir / "checkpoints").glob("best-*")] == ["best-epoch000.ckpt"]
+    log = (run_dir / "train.log").read_text()
+    assert "not divisible by 8" in log  # the earlier attempt's error, in its log
+    assert "removed what its earlier attempt wrote (checkpoints, tensorboard)" in log
 
 
 def test_a_file_system_error_says_cannot_write_only_for_a_write_that_did_not_fit():

@@ -5,13 +5,14 @@ same run: ``resume=RUN_DIR``, or ``resume=auto`` (what every job of a multirun d
 re-running a sweep, or a requeued cluster job, continues its unfinished jobs from their
 checkpoints), and only with the settings it was started with. A run that failed before
 saving a checkpoint (a config or data error) holds nothing to resume: its folder may be
-started again.
+started again, and what the earlier attempt wrote there (but its log) is removed first.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from crackseg.atomic import remove_partial_writes
 from crackseg.errors import CracksegError, DataError, RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, load_checkpoint_file
-from crackseg.run_files import CHECKPOINT_DIR, SWEEP_FILE
+from crackseg.run_files import CHECKPOINT_DIR, RUN_OUTPUTS, STATUS_FILE, SWEEP_FILE
 from crackseg.runs.config_changes import PATH_KEYS, config_differences
 from crackseg.runs.hardware import (
     FLOAT16,
@@ -264,6 +265,7 @@ def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
     accept_run_folder(cfg.paths.output_dir)
     if checkpoint is None and is_rank_zero():
+        remove_earlier_attempt(Path(cfg.paths.output_dir))
         # At once, not after the seconds of checks and imports before record_start: a run
         # killed in them (kill -9) still holds its folder, which no other run then takes.
         write_status(Path(cfg.paths.output_dir), "running")
@@ -271,6 +273,24 @@ def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     if resumed:
         resolve_machine_settings(cfg)  # the run's own config, as its folder holds it
     return cfg, checkpoint
+
+
+def remove_earlier_attempt(output_dir: Path) -> None:
+    """A run started again in its folder (one whose earlier attempt left no checkpoint to
+    continue from) starts in a folder holding none of that attempt's outputs, which would
+    be taken for its own: a best checkpoint saved by a validation inside the first epoch,
+    TensorBoard events, a history. The earlier attempt's log, and its error in it, stay."""
+    if not (output_dir / STATUS_FILE).exists():
+        return  # a new folder (one holding a run's outputs but no status was refused)
+    removed = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    for name in removed:
+        path = output_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if removed:
+        log.info("%s: removed what its earlier attempt wrote (%s)", output_dir, ", ".join(removed))
 
 
 def _refuse_float16_resumed_without_gpu(cfg: DictConfig) -> None:
