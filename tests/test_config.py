@@ -251,6 +251,48 @@ def test_a_tile_size_the_network_cannot_take_is_refused(size, expected):
     check_config(_compose("experiment=cfd_tiles", "data.tile.size=152"))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # each crashed with Python's words (numpy's SeedSequence, a comparison of str and
+        # int) once the tiles or the synthetic images were being made, and left a failed run
+        (("data.tile.seed=abc",), "data.tile.seed must be an integer >= 0, not 'abc'"),
+        (("data.tile.seed=1.5",), "data.tile.seed must be an integer >= 0, not 1.5"),
+        (("data.tile.stride=abc",), "data.tile.stride must be a positive integer (null: the"),
+        (("data.tile.min_crack_pixels=0",), "data.tile.min_crack_pixels must be an integer >= 1"),
+        (("data.tile.test_fraction=abc",), "data.tile.test_fraction must be a number between 0"),
+        (("data.tile.val_fraction=1",), "data.tile.val_fraction must be a number between 0 and"),
+        (("+data.tile.pad=yes",), "data.tile.pad must be true or false, not 'yes'"),
+        (
+            ("data.tile.val_fraction=0.5", "data.tile.test_fraction=0.5"),
+            "data.tile.val_fraction plus data.tile.test_fraction must be below 1",
+        ),
+    ],
+)
+def test_the_tiling_a_run_does_is_checked_before_any_tile_is_cut(overrides, expected):
+    cfg = _compose("experiment=cfd_tiles", *overrides)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_config(cfg)
+    check_config(_compose("experiment=cfd_tiles", "data.tile.stride=null", "+data.tile.pad=true"))
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("data.synthetic.seed=abc", "data.synthetic.seed must be an integer >= 0, not 'abc'"),
+        ("data.synthetic.seed=1.5", "data.synthetic.seed must be an integer >= 0, not 1.5"),
+        ("data.synthetic.num_positives=abc", "data.synthetic.num_positives must be an integer"),
+        # generated a whole dataset, then refused its training split (no defect image)
+        ("data.synthetic.num_positives=0", "data.synthetic.num_positives must be an integer >= 1"),
+        ("data.synthetic.num_negatives=-1", "data.synthetic.num_negatives must be an integer >= 0"),
+    ],
+)
+def test_the_synthetic_data_a_run_generates_is_checked_before_it_is_made(setting, expected):
+    cfg = _compose("experiment=demo", setting)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_config(cfg)
+
+
 def test_cfd_tiles_trains_at_its_tiles_size():
     """A sweep over data.tile.size trains each size as it is cut (128 was resized to 160)."""
     cfg = _compose("experiment=cfd_tiles", "data.tile.size=128")

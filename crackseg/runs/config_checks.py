@@ -120,6 +120,24 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.input_channels": (lambda v: v in (1, 3) and is_integer(v), "1 or 3"),
     # before the input size, which experiment=cfd_tiles takes from it
     "data.tile.size": (lambda v: is_integer(v) and v > 0, "a positive integer"),
+    # the tiles a run cuts (crackseg.data.tiles.tile_dataset), refused before any is cut
+    "data.tile.stride": (
+        lambda v: v is None or (is_integer(v) and v > 0),
+        "a positive integer (null: the tile size)",
+    ),
+    "data.tile.min_crack_pixels": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    **{
+        f"data.tile.{key}_fraction": (
+            lambda v: v is None or (is_number(v) and 0 < v < 1),
+            "a number between 0 and 1 (null: the source's own splits)",
+        )
+        for key in ("val", "test")
+    },
+    "data.tile.seed": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
+    # the synthetic dataset a run generates (crackseg.data.synthetic), before it generates it
+    "data.synthetic.num_positives": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    "data.synthetic.num_negatives": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
+    "data.synthetic.seed": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
     "data.input_height": (lambda v: is_integer(v) and v > 0, "a positive integer"),
     "data.input_width": (lambda v: is_integer(v) and v > 0, "a positive integer"),
     "data.batch_size": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
@@ -156,6 +174,7 @@ BOOLEAN_KEYS = (
     "loss.weighted_seg_per_component",
     "data.check_files",
     "data.augment.enabled",
+    "data.tile.pad",
 )
 BOOLEAN_RULES: Rules = {
     key: (lambda v: isinstance(v, bool), "true or false") for key in BOOLEAN_KEYS
@@ -174,9 +193,10 @@ def check_config(cfg: DictConfig) -> None:
     data = cfg.get("data")
     if data is not None and "input_height" in data and "input_width" in data:
         check_input_size(data.input_height, data.input_width)
-    fractions = [OmegaConf.select(cfg, f"data.{k}_fraction", default=0) for k in ("val", "test")]
-    if sum(fractions) >= 1:
-        raise ConfigError("data.val_fraction plus data.test_fraction must be below 1")
+    for block in ("data", "data.tile"):
+        keys = [f"{block}.{split}_fraction" for split in ("val", "test")]
+        if sum(OmegaConf.select(cfg, key, default=0) or 0 for key in keys) >= 1:
+            raise ConfigError(f"{keys[0]} plus {keys[1]} must be below 1")
     if cfg.get("thresholds") == "validation" and OmegaConf.select(cfg, "data.all_as_test"):
         raise ConfigError(
             "thresholds=validation needs a validation split, but data.all_as_test=true "
