@@ -1072,6 +1072,15 @@ def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: P
         == f"error: data.extra_segmented.ranking: cannot read {tmp_path}/gone.csv: no such file"
     )
     assert not sweep_dir.exists()
+    # a split file a job (docs/datasets.md): job 1's, not there, failed after job 0 trained
+    (tmp_path / "N0.csv").write_text("split,sample_id,segmented\n")
+    split = f"data.split_file={tmp_path}/N${{data.num_segmented}}.csv"
+    line = one_line_error(run_train(config_dir, *common, "data.num_segmented=0,10", split))
+    assert line == (
+        f"error: cannot read split file {tmp_path}/N10.csv (data.dilate=1 "
+        "seed=0 data.num_segmented=10): no such file"
+    )
+    assert not sweep_dir.exists()
     # data every job would look for in vain (a paper dataset not fetched, CFD not there)
     nodata = tmp_path / "nodata"
     paper = ("experiment=paper/ksdd", "data.fold=0,1", f"paths.data_dir={nodata}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import env_override
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -60,6 +61,7 @@ from crackseg.runs.status import finished_status, holds_run, read_status
 from crackseg.setting_rules import check_required, is_integer
 from crackseg.sweep.job_names import (
     BASIC_SWEEPER,
+    grid_job_overrides,
     grid_jobs,
     job_overrides,
     job_settings,
@@ -100,6 +102,7 @@ class SweepChecksCallback(Callback):
             refuse_extra_count_without_ranking(config, [*task, *map(str, params)], swept)
             refuse_missing_data(config, task, swept)
             refuse_missing_ranking(config, swept)
+            refuse_missing_split_files(config, task, swept)
             refuse_a_run_folder(Path(str(config.hydra.sweep.dir)))
             claim_run_folder(config.hydra.sweep.dir)
             record_a_search(config)
@@ -455,6 +458,48 @@ def refuse_missing_ranking(config: DictConfig, swept: set[str]) -> None:
     ranking = OmegaConf.select(config, key, default=None)
     if ranking is not None and not Path(str(ranking)).expanduser().is_file():
         raise DataError(f"{key}: cannot read {ranking}: no such file")
+
+
+def refuse_missing_split_files(config: DictConfig, task: list[str], swept: set[str]) -> None:
+    """The split file each job reads (``data.split_file``, one a job where it names swept
+    settings, as docs/datasets.md's ``N${data.num_segmented}_fold${data.fold}.csv`` does)
+    must be a file here: a job without one would fail only after the jobs before it ran.
+    Left to the jobs: those run elsewhere, and a sweep over data or experiment configs."""
+    key = "data.split_file"
+    if not runs_jobs_here(config) or swept & {"data", "experiment"}:
+        return
+    given = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+    if given is None and key not in swept:
+        return
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    jobs = grid_job_overrides(task, {str(k): v for k, v in params.items()})
+    if jobs is None:
+        return
+    base = OmegaConf.to_container(config, resolve=False)
+    base.pop("hydra")
+    env = OmegaConf.to_container(config.hydra.job.env_set, resolve=True)
+    missing: dict[str, str] = {}  # split file -> the first job reading it, by its swept values
+    parser = OverridesParser.create()
+    for job in jobs:
+        settings = OmegaConf.create(base)
+        for override in parser.parse_overrides(job):
+            name = override.key_or_group
+            now = OmegaConf.select(settings, name, default=None, throw_on_resolution_failure=False)
+            if override.is_delete() or override.is_add() or isinstance(now, DictConfig):
+                continue  # a config group's choice, or a setting no split file names
+            OmegaConf.update(settings, name, override.value(), merge=False)
+        try:
+            with env_override({name: str(value) for name, value in env.items()}):
+                path = OmegaConf.select(settings, key)
+        except OmegaConfBaseException:
+            continue  # resolved by the job itself, which says what it lacks
+        if path is not None and not Path(str(path)).expanduser().is_file():
+            values = " ".join(f"{k}={v}" for k, v in job_settings(job).items() if k in swept)
+            missing.setdefault(str(path), values)
+    if missing:
+        named = [f"{path} ({values})" if values else path for path, values in missing.items()]
+        shown = ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
+        raise DataError(f"cannot read split file {shown}: no such file")
 
 
 def refuse_missing_data(config: DictConfig, task: list[str], swept: set[str]) -> None:

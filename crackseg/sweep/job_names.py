@@ -167,13 +167,22 @@ def grid_jobs(
     """The settings (:func:`job_settings`) of every job of the grid Hydra's basic sweeper
     makes of the sweeper's params and the command line; None where it cannot be made here
     (a ``glob(...)`` sweep, which needs the config's groups)."""
+    jobs = grid_job_overrides(task_overrides, sweeper_params)
+    return None if jobs is None else [job_settings(job) for job in jobs]
+
+
+def grid_job_overrides(
+    task_overrides: Iterable[str], sweeper_params: Mapping[str, Any]
+) -> list[list[str]] | None:
+    """The overrides of every job of the grid Hydra's basic sweeper makes, ``key=value``
+    lines; None where it cannot be made here (see :func:`grid_jobs`)."""
     lines = [f"{key}={value}" for key, value in sweeper_params.items()] + list(task_overrides)
     try:
         overrides = OverridesParser.create().parse_overrides(lines)
         (jobs,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)
     except HydraException:
         return None
-    return [job_settings(job) for job in jobs]
+    return jobs
 
 
 def job_overrides(
