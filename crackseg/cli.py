@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from crackseg.error_lines import (
 )
 from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, SweepStopped
 from crackseg.runs.hydra_run import override_key
+from crackseg.runs.lifecycle import leave_out_library_notices
 from crackseg.runs.ownership import is_rank_zero, refuse_a_sweeps_folder
 from crackseg.setting_rules import as_override
 from crackseg.sweep.summary import MD_NAME, end_sweep, ended_sweeps, started_sweeps
@@ -105,27 +105,6 @@ def end_last_sweep() -> Path | None:
         return None
     end_sweep(sweep_dir)
     return sweep_dir
-
-
-#: The logger of Lightning's rank-zero messages, its tips among them.
-LIGHTNING_INFO_LOGGER = "pytorch_lightning.utilities.rank_zero"
-
-
-def leave_out_library_notices() -> None:
-    """Leave out of every command's output what the libraries say in every run that says
-    nothing of it and that no setting of crackseg's answers."""
-    # Lightning (2.6.6, the newest) flattens batches, and torch.export a model's inputs,
-    # with torch's LeafSpec, which torch 2.13 deprecates.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    # Lightning's model summary cannot size bf16-mixed parameters, and counts them as the
-    # float32 they are under mixed precision.
-    warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model")
-    # Lightning advertises its cloud services ("Tip: ... litlogger", "litmodels").
-    logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(is_no_lightning_tip)
-
-
-def is_no_lightning_tip(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("💡 Tip:")
 
 
 @contextmanager

@@ -15,7 +15,11 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 import crackseg.runs.progress as progress
-from crackseg.cli import LIGHTNING_INFO_LOGGER, is_no_lightning_tip, leave_out_library_notices
+from crackseg.runs.lifecycle import (
+    LIGHTNING_INFO_LOGGER,
+    is_no_lightning_tip,
+    leave_out_library_notices,
+)
 from crackseg.runs.progress import EpochLog, epoch_line, format_duration, progress_callbacks
 from crackseg.runs.trainer import build_trainer
 

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +57,27 @@ from crackseg.setting_rules import (
 log = logging.getLogger(__name__)
 
 
+#: The logger of Lightning's rank-zero messages, its tips among them.
+LIGHTNING_INFO_LOGGER = "pytorch_lightning.utilities.rank_zero"
+
+
+def leave_out_library_notices() -> None:
+    """Leave out of every command's output what the libraries say in every run that says
+    nothing of it and that no setting of crackseg's answers."""
+    # Lightning (2.6.6, the newest) flattens batches, and torch.export a model's inputs,
+    # with torch's LeafSpec, which torch 2.13 deprecates.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning's model summary cannot size bf16-mixed parameters, and counts them as the
+    # float32 they are under mixed precision.
+    warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model")
+    # Lightning advertises its cloud services ("Tip: ... litlogger", "litmodels").
+    logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(is_no_lightning_tip)
+
+
+def is_no_lightning_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
+
+
 def run_task(
     task: Callable[[DictConfig], dict[str, Any]],
     cfg: DictConfig,
@@ -74,6 +96,7 @@ def run_task(
     an export) says its ``stopped_message`` instead of how to resume, and leaves what it did
     so far, its folder refused to any later command.
     """
+    leave_out_library_notices()  # again: a launcher's worker process (joblib, SLURM) starts bare
     output_dir = Path(cfg.paths.output_dir)
     multirun = in_multirun()
     try:
