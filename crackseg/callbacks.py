@@ -286,10 +286,10 @@ class EvaluationReport(pl.Callback):
             if trained := self._test_images_trained_on(trainer):
                 total = len(trainer.datamodule.data_split.splits["test"])
                 log.warning(
-                    "%d of the %d test images are images the weights trained on (%s): their "
-                    "scores overstate the weights",
+                    "%d of the %d test images are %s (%s): their scores overstate the weights",
                     len(trained),
                     total,
+                    self.trained_images.what,
                     ", ".join(trained[:3]) + (", ..." if len(trained) > 3 else ""),
                 )
 

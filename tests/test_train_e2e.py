@@ -423,7 +423,7 @@ def test_a_checkpoint_without_its_training_files_tells_them_in_its_own_layout_on
     torch.save({"CrackDataModule": {"split": {"ids": {"train": ["train_a"]}}}}, checkpoint)
     trained = OmegaConf.create({"layout": "crack_segmentation", "root": str(tmp_path)})
     alike = OmegaConf.create({"layout": "crack_segmentation", "root": str(tmp_path)})
-    assert trained_images(checkpoint, alike, trained) == (frozenset({"train_a"}), None)
+    assert trained_images(checkpoint, alike, trained)[:2] == (frozenset({"train_a"}), None)
     options = {"image_dir": "train/images", "mask_dir": "train/masks"}
     other = OmegaConf.create({"layout": "folder", "root": str(tmp_path), "layout_options": options})
     assert trained_images(checkpoint, other, trained) is None
@@ -436,6 +436,34 @@ def test_a_checkpoint_without_its_training_files_tells_them_in_its_own_layout_on
     assert images.among([a, b], tmp_path / "train") == ["a"]
     elsewhere = OmegaConf.create({"layout": "folder", "root": str(tmp_path.parent)})
     assert trained_images(checkpoint, elsewhere, trained) is None
+
+
+def test_weights_trained_on_tiles_know_the_photographs_their_tiles_came_from(tmp_path):
+    """experiment=cfd_tiles cuts whole photographs into train, validation and test; its
+    weights evaluated on the photographs themselves (data.all_as_test=true) were scored on
+    their training photographs without a word."""
+    from omegaconf import OmegaConf
+
+    from crackseg.data.samples import Sample
+    from crackseg.data.splits import write_split_csv
+    from crackseg.data.tiles import SOURCE_SPLIT_FILE
+    from crackseg.runs.trained_settings import trained_images
+
+    photos = tmp_path / "cfd"
+    a, b, c = (Sample(n, photos / "images" / f"{n}.jpg", None, True) for n in "abc")
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    write_split_csv(tiles / SOURCE_SPLIT_FILE, {"train": [a], "val": [b], "test": [c]})
+    trained = OmegaConf.create({"root": str(tiles), "tile": {"source": str(photos), "size": 64}})
+    evaluated = OmegaConf.create({"layout": "crack_segmentation", "root": str(photos)})
+    images = trained_images(tmp_path / "unread.ckpt", evaluated, trained)
+    assert images.among([a, b, c], photos) == ["a"]
+    assert images.what == "photographs whose tiles the weights trained on"
+    # photographs elsewhere, or weights that cut no tiles: nothing to tell
+    elsewhere = OmegaConf.create({"layout": "crack_segmentation", "root": str(tmp_path / "x")})
+    assert trained_images(tmp_path / "unread.ckpt", elsewhere, trained) is None
+    untiled = OmegaConf.create({"root": str(tiles)})
+    assert trained_images(tmp_path / "unread.ckpt", evaluated, untiled) is None
 
 
 def test_a_dataset_with_file_names_that_are_not_utf8_trains_and_its_split_reads_back(

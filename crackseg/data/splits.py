@@ -595,6 +595,19 @@ def read_split_csv(path: Path | str) -> dict[str, list[str]]:
     return result
 
 
+def read_split_images(path: Path | str) -> dict[str, list[str]]:
+    """The image files of each split of a file written by :func:`write_split_csv`, as
+    written; none without an ``image`` column (a split file typed by hand)."""
+    header, rows = _read_rows(Path(path))
+    if "image" not in header:
+        return {}
+    col_split, col_image = header.index("split"), header.index("image")
+    result: dict[str, list[str]] = {}
+    for _, row in rows:
+        result.setdefault(row[col_split].strip(), []).append(row[col_image])
+    return result
+
+
 def read_segmented_flags(path: Path | str) -> dict[str, bool] | None:
     """``sample_id -> segmented`` of the training rows; None without a ``segmented`` column."""
     path = Path(path)

@@ -35,7 +35,12 @@ from crackseg.data.io import (
 from crackseg.data.labels import binarize
 from crackseg.data.layouts import check_data_found, index_layout
 from crackseg.data.samples import TILE_GROUPS_FILE, Sample
-from crackseg.data.splits import set_table, split_by_source, write_split_csv
+from crackseg.data.splits import (
+    read_split_images,
+    set_table,
+    split_by_source,
+    write_split_csv,
+)
 from crackseg.errors import ConfigError, DataError, describe_files, plural
 
 log = logging.getLogger(__name__)
@@ -325,6 +330,16 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
             return root
     log.info("tiled %s into %s:\n%s", source, root, "\n".join(set_table(counts)))
     return root
+
+
+def photographs_tiled_into(root: Path | str, split: str) -> list[Path]:
+    """The photographs whose tiles make ``split`` of the tiles in ``root``, as its
+    ``source_split.csv`` records them (a relative one from the folder the command runs in,
+    as the tiling read it); none where the tiles were not split by photograph."""
+    record = Path(root) / SOURCE_SPLIT_FILE
+    if not record.is_file():
+        return []
+    return [Path(image) for image in read_split_images(record).get(split, [])]
 
 
 def _check_tiles(root: Path, params: dict[str, Any], source_found: bool) -> None:

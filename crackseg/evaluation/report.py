@@ -255,8 +255,9 @@ def _auto_notes(metrics: Mapping[str, Any]) -> list[str]:
     trained_on = int(metrics.get("test_images_trained_on") or 0)
     if trained_on:
         notes.append(
-            f"{trained_on} of the test images are images the weights trained on "
-            "(`test_images_trained_on` in metrics.json): these numbers overstate them."
+            f"{trained_on} of the test images are images the weights trained on, or "
+            "photographs of tiles they trained on (`test_images_trained_on` in "
+            "metrics.json): these numbers overstate them."
         )
     if is_undefined(metrics.get("dice_mean")):
         notes.append(

@@ -5,6 +5,7 @@ positives, and the run parameters reported (theirs, with the data evaluated here
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -54,10 +55,12 @@ class TrainedImages(NamedTuple):
     """The images weights trained on, as their checkpoint recorded them: their files under
     their dataset's root, ``folder`` being where the evaluated dataset's root lies under it
     (``.``, or ``train`` for DATA/train); or, ``folder`` None (a checkpoint from before the
-    files were recorded, read in the layout it trained in), their sample ids."""
+    files were recorded, read in the layout it trained in), their sample ids. ``what`` they
+    are to the weights, as a warning says it."""
 
     keys: frozenset[str]
     folder: str | None
+    what: str = "images the weights trained on"
 
     def among(self, samples: list[Sample], root: Path) -> list[str]:
         """The sample ids of ``samples``, of the dataset at ``root``, that are of them."""
@@ -298,7 +301,7 @@ def trained_images(
 
     folder = _folder_under(data.get("root"), trained.get("root")) if trained else None
     if folder is None:
-        return None
+        return _photographs_of_trained_tiles(data, trained)
     state = load_checkpoint_file(checkpoint, mmap=True).get(CrackDataModule.__qualname__) or {}
     split = state.get(SPLIT_STATE) or {}
     if TRAINED_FILES in split:
@@ -306,6 +309,26 @@ def trained_images(
     ids = split.get("ids", {}).get("train")
     read_alike = _same_data(data, trained) and _layout_options(data) == _layout_options(trained)
     return TrainedImages(frozenset(ids), None) if ids is not None and read_alike else None
+
+
+def _photographs_of_trained_tiles(
+    data: DictConfig, trained: DictConfig | None
+) -> TrainedImages | None:
+    """Weights trained on tiles they cut (``data.tile``, experiment=cfd_tiles) evaluated on
+    photographs: those under ``data``'s root whose tiles were in their training split, as
+    the tiles' ``source_split.csv`` records them; None where none is found."""
+    from crackseg.data.tiles import photographs_tiled_into
+
+    if not trained or not trained.get("tile") or not trained.get("root") or not data.get("root"):
+        return None
+    root = Path(str(data.root)).expanduser().resolve()
+    keys = set()
+    for photo in photographs_tiled_into(Path(str(trained.root)).expanduser(), "train"):
+        with contextlib.suppress(ValueError):  # a photograph elsewhere
+            keys.add(str(photo.expanduser().resolve().relative_to(root)))
+    if not keys:
+        return None
+    return TrainedImages(frozenset(keys), ".", "photographs whose tiles the weights trained on")
 
 
 def _folder_under(root: str | None, trained_root: str | None) -> str | None:
