@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import filecmp
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,8 @@ from crackseg.cli import run_hydra_main
 from crackseg.runs.lifecycle import run_task
 from crackseg.runs.ownership import accept_folder_of_its_own
 from crackseg.runs.threads import set_job_threads
+
+log = logging.getLogger(__name__)
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -26,7 +31,39 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     set_job_threads(cfg)
     from crackseg.deploy.predict_folder import predict_folder
 
-    return predict_folder(settings, images, Path(cfg.paths.output_dir))
+    counts = predict_folder(settings, images, Path(cfg.paths.output_dir))
+    if "dice_mean" in counts and settings.ckpt_path is not None:
+        warn_of_images_trained_on(settings.ckpt_path, images)
+    return counts
+
+
+def warn_of_images_trained_on(checkpoint: str, images: list[Path]) -> None:
+    """A mean Dice over images the weights trained on (or over the photographs of the
+    tiles they trained on), their files or copies of them, overstates them: said, with how
+    many."""
+    from crackseg.errors import describe_files
+    from crackseg.runs.trained_settings import trained_image_files
+
+    by_size: dict[int, list[Path]] = {}
+    for path in trained_image_files(checkpoint):
+        with contextlib.suppress(OSError):  # not here: it cannot be a copy of an image here
+            by_size.setdefault(path.stat().st_size, []).append(path)
+
+    def trained_on(image: Path) -> bool:  # the file, or a copy of it (compared if as long)
+        try:
+            twins = by_size.get(image.stat().st_size, [])
+            return any(filecmp.cmp(image, twin, shallow=False) for twin in twins)
+        except OSError:  # gone since it was predicted
+            return False
+
+    if seen := [path for path in images if trained_on(path)]:
+        log.warning(
+            "%d of the %d images are images the weights trained on, or photographs of tiles "
+            "they trained on (%s): the mean Dice overstates them",
+            len(seen),
+            len(images),
+            describe_files([path.name for path in seen]),
+        )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

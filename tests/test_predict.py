@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -781,6 +782,31 @@ def test_reference_masks_none_of_which_can_be_used_are_said_so_at_the_end(
         "2 images whose mask is not its size)"
     )
     assert {row["dice"] for row in rows_of(out / "predictions.csv")} == {""}
+
+
+def test_a_dice_over_images_the_weights_trained_on_is_said_to_overstate_them(
+    tiny_run, tiny_checkpoint, tmp_path, caplog
+):
+    """A training image (here a copy of one) among the photographs scored against their
+    masks: the mean Dice is theirs in part (a test image is not)."""
+    from crackseg.predict import warn_of_images_trained_on
+
+    rows = rows_of(tiny_run / "split.csv")
+    train, test = (
+        next(Path(r["image"]) for r in rows if r["split"] == s) for s in ("train", "test")
+    )
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    images = [Path(shutil.copy(train, photos / "copy.png")), test]
+    with caplog.at_level(logging.WARNING):
+        warn_of_images_trained_on(str(tiny_checkpoint), images)
+    assert caplog.messages == [
+        "1 of the 2 images are images the weights trained on, or photographs of tiles they "
+        "trained on (copy.png): the mean Dice overstates them"
+    ]
+    caplog.clear()
+    warn_of_images_trained_on(str(tiny_checkpoint), [test])
+    assert caplog.messages == []
 
 
 @pytest.mark.parametrize("stop_at_write", [1, 2, 3])

@@ -311,6 +311,27 @@ def trained_images(
     return TrainedImages(frozenset(ids), None) if ids is not None and read_alike else None
 
 
+def trained_image_files(checkpoint: str | Path) -> frozenset[Path]:
+    """The image files the weights in ``checkpoint`` trained on, resolved: their training
+    split's files under their data root, as the checkpoint records them, and for weights
+    trained on tiles they cut, the photographs of those tiles. None found where the root
+    is not here (a relative one is read from the folder the command runs in)."""
+    from crackseg.data.datamodule import SPLIT_STATE, CrackDataModule
+    from crackseg.data.splits import TRAINED_FILES
+    from crackseg.data.tiles import photographs_tiled_into
+    from crackseg.models.checkpoint import checkpoint_run_config, load_checkpoint_file
+
+    data = (checkpoint_run_config(checkpoint) or OmegaConf.create()).get("data")
+    if not data or not data.get("root"):
+        return frozenset()
+    root = Path(str(data.root)).expanduser()
+    state = load_checkpoint_file(checkpoint, mmap=True).get(CrackDataModule.__qualname__) or {}
+    files = [root / name for name in (state.get(SPLIT_STATE) or {}).get(TRAINED_FILES, [])]
+    if data.get("tile"):
+        files += photographs_tiled_into(root, "train")
+    return frozenset(path.expanduser().resolve() for path in files)
+
+
 def _photographs_of_trained_tiles(
     data: DictConfig, trained: DictConfig | None
 ) -> TrainedImages | None:
