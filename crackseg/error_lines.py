@@ -172,7 +172,7 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
         having = [f"data={c}" for c in data_configs_with(name)] if block == "data" else []
         if not having:
             return None  # Hydra's advice (+key=value) holds: something reads that key
-        return f"{block}.{name} is not a setting of this config ({', '.join(having)})"
+        return f"{block}.{name} is not a setting of this config (only of {', '.join(having)})"
     return f"{block}.{name} is not a setting{closest_setting(block, name, known)}"
 
 

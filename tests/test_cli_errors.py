@@ -70,7 +70,10 @@ def test_hydras_advice_stays_on_the_error_line(tmp_path, overrides, expected):
         ("data.augment.hflp=0.1", "error: data.augment.hflp is not a setting (did you mean "),
         ("loss.delta=1", "error: loss.delta is not a setting (did you mean loss.delta_cls?)"),
         ("data.zzz=1", "error: data.zzz is not a setting (known: all_as_test, augment, "),
-        ("data.dagm_class=2", "error: data.dagm_class is not a setting of this config (data=dagm)"),
+        (
+            "data.dagm_class=2",
+            "error: data.dagm_class is not a setting of this config (only of data=dagm)",
+        ),
         ("seeed=1", "error: seeed is not a setting (did you mean seed?)"),
         ("nokey=1", "error: nokey is not a setting (known: callbacks, data, logger, loss, "),
         ("trainer.max_epoch=1", "error: trainer.max_epoch is not a setting (did you mean "),
