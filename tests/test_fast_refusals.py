@@ -328,7 +328,7 @@ def test_eval_refuses_a_missing_checkpoint_without_lightning(tmp_path):
     assert lightning == set()
 
 
-def test_eval_refuses_model_settings_which_the_checkpoint_decides(tmp_path):
+def test_eval_refuses_model_and_training_settings_which_the_checkpoint_decides(tmp_path):
     """They would change nothing but the config the evaluation records (an experiment's
     model is its own, not typed)."""
     cases = {
@@ -341,6 +341,19 @@ def test_eval_refuses_model_settings_which_the_checkpoint_decides(tmp_path):
         assert line == (
             f"error: {named}: crackseg-eval evaluates the network the checkpoint holds and "
             "takes no model settings; leave them out"
+        )
+        assert lightning == set()
+    # nor training settings, which were taken without a word (an experiment's, not typed)
+    cases = {
+        "loss.delta_cls": ["experiment=cfd_tiles", "loss.delta_cls=0.5"],
+        "trainer.max_epochs": ["trainer.max_epochs=3"],
+    }
+    for named, typed in cases.items():
+        run_dir = f"hydra.run.dir={tmp_path / named}"
+        line, lightning = refuse("eval", "ckpt_path=a.ckpt", *typed, run_dir)
+        assert line == (
+            f"error: {named}: crackseg-eval evaluates the weights as they were trained and "
+            "reads no training settings; leave them out"
         )
         assert lightning == set()
 

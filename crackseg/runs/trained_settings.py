@@ -175,16 +175,37 @@ def take_trained_generator(data: DictConfig, trained: DictConfig | None, typed: 
             data.synthetic[key] = value
 
 
+#: What only a training reads: its losses, optimiser, schedule and epochs.
+TRAINING_SETTINGS = (
+    "loss",
+    "optim",
+    "scheduler",
+    "trainer.max_epochs",
+    "trainer.check_val_every_n_epoch",
+    "trainer.accumulate_grad_batches",
+    "trainer.gradient_clip_val",
+)
+
+
 def refuse_model_settings(typed: set[str]) -> None:
-    """The network evaluated is the checkpoint's: a model typed on the command line
-    (``model=segdec``, ``model.net.channels=...``) would change nothing but the config the
-    evaluation records. An ``experiment=NAME`` may name one; its data settings are what
+    """The network evaluated is the checkpoint's, as it was trained: a model or a training
+    setting typed on the command line (``model=segdec``, ``model.net.channels=...``,
+    ``loss.delta_cls=0.5``, ``trainer.max_epochs=3``) would change nothing but the config
+    the evaluation records. An ``experiment=NAME`` may set them; its data settings are what
     count here."""
-    model = sorted(key for key in typed if key == "model" or key.startswith("model."))
-    if model:
+
+    def of(*blocks: str) -> list[str]:
+        return sorted(k for k in typed if any(k == b or k.startswith(f"{b}.") for b in blocks))
+
+    if model := of("model"):
         raise ConfigError(
             f"{', '.join(model)}: crackseg-eval evaluates the network the checkpoint holds "
             "and takes no model settings; leave them out"
+        )
+    if training := of(*TRAINING_SETTINGS):
+        raise ConfigError(
+            f"{', '.join(training)}: crackseg-eval evaluates the weights as they were trained "
+            "and reads no training settings; leave them out"
         )
 
 
