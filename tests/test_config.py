@@ -293,6 +293,17 @@ def test_the_synthetic_data_a_run_generates_is_checked_before_it_is_made(setting
         check_config(cfg)
 
 
+def test_each_value_a_sweep_gives_a_checked_setting_is_checked():
+    from crackseg.runs.config_checks import check_swept_values
+
+    with pytest.raises(ConfigError, match=re.escape("data.dilate must be an odd integer >= 1")):
+        check_swept_values(["data.dilate=range(1,5)"], {})  # 1, 2, 3, 4
+    with pytest.raises(ConfigError, match=re.escape("optim.lr must be a number > 0, not 0")):
+        check_swept_values([], {"optim.lr": "0.1,0"})  # a sweeper's params
+    # an interval (Optuna's), a value made by interpolation, a setting without a rule
+    check_swept_values(["optim.lr=interval(0.1, 2.0)", "data.dilate=${seed},3", "x=a,b"], {})
+
+
 def test_cfd_tiles_trains_at_its_tiles_size():
     """A sweep over data.tile.size trains each size as it is cut (128 was resized to 160)."""
     cfg = _compose("experiment=cfd_tiles", "data.tile.size=128")

@@ -1067,6 +1067,10 @@ def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: P
     assert line == "error: trainer.max_epochs must be an integer >= 1, not 'ten'"
     line = one_line_error(run_train(config_dir, *common, f"resume={tmp_path}"))
     assert "resume=RUN_DIR continues one run" in line
+    # a bad value among those swept: its job failed once its turn came, after the others
+    line = one_line_error(run_train(config_dir, *common, "data.dilate=3,4"))
+    assert line == "error: data.dilate must be an odd integer >= 1, not 4 (one of the values swept)"
+    assert not sweep_dir.exists()
     # a ranking every job draws its masks from: each job failed on it, one after the other
     ranking = f"data.extra_segmented.ranking={tmp_path}/gone.csv"
     line = one_line_error(run_train(config_dir, *common, ranking))

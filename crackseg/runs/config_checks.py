@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hydra.errors import InstantiationException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 import crackseg.runs.resolvers  # noqa: F401  (the checked values may come from them)
@@ -205,6 +206,32 @@ def check_config(cfg: DictConfig) -> None:
     download = OmegaConf.select(cfg, "data.download", default=None)
     if isinstance(download, DictConfig) and download.get("url"):
         _check_download_checksum(download)
+
+
+def check_swept_values(task: list[str], sweeper_params: dict[str, Any]) -> None:
+    """Every value a sweep gives a setting with a rule (:data:`RULES`), checked before any
+    job starts: a bad one failed only when its job's turn came, after the jobs before it.
+    A value made by interpolation is its job's to check."""
+    lines = [f"{key}={value}" for key, value in sweeper_params.items()] + list(task)
+    try:
+        overrides = OverridesParser.create().parse_overrides(lines)
+    except HydraException:
+        return  # Hydra says what it cannot parse
+    for override in overrides:
+        rule = {**RULES, **BOOLEAN_RULES}.get(override.key_or_group)
+        if rule is None or not override.is_sweep_override():
+            continue
+        accepts, expected = rule
+        try:
+            values = list(override.sweep_iterator())
+        except HydraException:
+            continue  # a sweep Hydra makes only with the config's groups (glob)
+        for value in values:
+            if not (isinstance(value, str) and "${" in value) and not accepts(value):
+                raise ConfigError(
+                    f"{override.key_or_group} must be {expected}, not {value!r} (one of the "
+                    "values swept)"
+                )
 
 
 def refuse_extra_count_without_ranking(

@@ -37,7 +37,11 @@ from crackseg.errors import (
 )
 from crackseg.run_files import SWEEP_FILE
 from crackseg.runs.config_changes import config_differences
-from crackseg.runs.config_checks import check_config, refuse_extra_count_without_ranking
+from crackseg.runs.config_checks import (
+    check_config,
+    check_swept_values,
+    refuse_extra_count_without_ranking,
+)
 from crackseg.runs.gpus import runs_parallel_locally
 from crackseg.runs.hydra_run import (
     OTHER_COMMANDS,
@@ -99,6 +103,7 @@ class SweepChecksCallback(Callback):
             check_config(config)
             refuse_added_settings_nothing_reads(config, config.hydra)
             params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+            check_swept_values(task, {str(key): value for key, value in params.items()})
             refuse_extra_count_without_ranking(config, [*task, *map(str, params)], swept)
             refuse_missing_data(config, task, swept)
             refuse_missing_ranking(config, swept)
