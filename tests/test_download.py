@@ -199,6 +199,20 @@ def test_prepare_dataset_downloads_once(tmp_path):
     assert prepare_dataset(root, source.as_uri(), None) == root  # no second download
 
 
+def test_a_download_refused_leaves_no_empty_data_root(tmp_path):
+    """No network, a URL mistyped: the refusal's line, and no empty folder where the data
+    was to go (a download cut half-way keeps its part, to resume from)."""
+    root = tmp_path / "data" / "ksdd2"
+    missing = (tmp_path / "nowhere.zip").as_uri()
+    with pytest.raises(DataError, match="cannot download"):
+        prepare_dataset(root, missing, None)
+    assert not (tmp_path / "data").exists()
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError, match="cannot download"):
+        prepare_dataset(root, missing, None)
+    assert list((tmp_path / "data").iterdir()) == []  # the folder that was there stays
+
+
 def test_prepare_dataset_keeps_user_data(tmp_path):
     root = tmp_path / "mine"
     (root / "train").mkdir(parents=True)

@@ -23,6 +23,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
@@ -314,6 +316,27 @@ def prepare_dataset(root: Path | str, url: str | None, sha256: str | None) -> Pa
         others = [p for p in root.iterdir() if p.name not in _own_files(root, archive_name)]
         if others and (done or not (root / archive_name).exists()):
             return root  # the data is there (extracted by us, or put there by the user)
-    archive = download_archive(url, root, sha256, archive_name)
+    with _removed_if_left_empty(root):
+        archive = download_archive(url, root, sha256, archive_name)
     extract_archive(archive, root, strip_top_folder=True)
     return root
+
+
+@contextmanager
+def _removed_if_left_empty(folder: Path) -> Iterator[None]:
+    """``folder``, and the parents it lacks, removed again where the block fails leaving
+    them empty: a download refused (no network, a URL mistyped) leaves no empty data root
+    behind, one that failed half-way its part to resume from."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        yield
+    except BaseException:
+        for made in missing:  # innermost first
+            try:
+                made.rmdir()
+            except OSError:  # not empty (or not made)
+                break
+        raise
