@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from crackseg.errors import ConfigError
-from crackseg.setting_rules import is_integer
+from crackseg.setting_rules import as_typed, is_integer
 
 
 def any_segmented(num_segmented: int | None, extra_ranking: str | None = None) -> bool:
@@ -22,7 +22,7 @@ def any_segmented(num_segmented: int | None, extra_ranking: str | None = None) -
     is weak. The rules that read it resolve before the config checks see it, so it is
     checked here too."""
     if num_segmented is not None and not (is_integer(num_segmented) and num_segmented >= 0):
-        raise ConfigError(f"data.num_segmented must be null or >= 0, not {num_segmented!r}")
+        raise ConfigError(f"data.num_segmented must be null or >= 0, not {as_typed(num_segmented)}")
     return num_segmented is None or num_segmented > 0 or bool(extra_ranking)
 
 
@@ -49,7 +49,7 @@ def weak_adjustment(
     if choice not in WEAK_ADJUSTMENT_CHOICES:
         raise ConfigError(
             f"loss.weak_gradient_adjustment must be {' or '.join(WEAK_ADJUSTMENT_CHOICES)}, "
-            f"not {choice!r}"
+            f"not {as_typed(choice)}"
         )
     return any_segmented(num_segmented, extra_ranking) or choice == "published"
 
@@ -66,7 +66,8 @@ def severstal_epochs(train_positives: int | None) -> int:
         sizes = ", ".join(str(s) for s in SEVERSTAL_EPOCHS)
         raise ConfigError(
             f"the paper trains Severstal on {sizes} training positives, not "
-            f"{train_positives}: set data.train_positives to one of them, or trainer.max_epochs"
+            f"{as_typed(train_positives)}: set data.train_positives to one of them, or "
+            "trainer.max_epochs"
         )
     return SEVERSTAL_EPOCHS[train_positives]
 
@@ -96,7 +97,7 @@ TABLE4_SWITCHES = ("weighted_loss", "dynamic_balance", "adjustment")
 
 def _table4_row(row: int) -> tuple[str, bool, bool, bool]:
     if not is_integer(row) or row not in TABLE4_ROWS:  # True == 1 to Python
-        raise ConfigError(f"table4_row must be 1..{len(TABLE4_ROWS)}, not {row!r}")
+        raise ConfigError(f"table4_row must be 1..{len(TABLE4_ROWS)}, not {as_typed(row)}")
     return TABLE4_ROWS[row]
 
 

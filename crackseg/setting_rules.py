@@ -36,6 +36,16 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def as_typed(value: Any) -> str:
+    """A setting's value as a command line types it, for a message: ``null``, ``true``,
+    ``'abc'`` (quoted: a word where a number was meant), ``1.5``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def plain_settings(node: Any) -> Any:
     """A config node as plain dicts and lists (what a settings group, a checkpoint's
     hyperparameters or a JSON file holds), resolved; a missing value (``???``) is an error.
@@ -90,7 +100,7 @@ def check_rules(cfg: DictConfig, rules: Rules) -> None:
     for key, (accepts, expected) in rules.items():
         value = OmegaConf.select(cfg, key, default=_MISSING)
         if value is not _MISSING and not accepts(value):
-            raise ConfigError(f"{key} must be {expected}, not {value!r}")
+            raise ConfigError(f"{key} must be {expected}, not {as_typed(value)}")
 
 
 class OneLineParser(argparse.ArgumentParser):

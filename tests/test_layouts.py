@@ -427,11 +427,11 @@ def test_unknown_option(tmp_path):
 @pytest.mark.parametrize(
     ("layout", "option", "expected"),
     [
-        ("folder", {"negative_prefix": None}, "option negative_prefix must be a string, not None"),
+        ("folder", {"negative_prefix": None}, "option negative_prefix must be a string, not null"),
         ("folder", {"image_dir": ["a"]}, "option image_dir must be a string, not ['a']"),
         ("folder", {"mask_ext": 5}, "option mask_ext must be a string or null, not 5"),
         ("folder", {"label_from_mask": "maybe"}, "label_from_mask must be true or false, not"),
-        ("dagm", {"class_id": True}, "option class_id must be an integer, not True"),
+        ("dagm", {"class_id": True}, "option class_id must be an integer, not true"),
         ("crack_segmentation", {"negative_prefix": 5}, "negative_prefix must be a string, not 5"),
     ],
 )

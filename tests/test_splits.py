@@ -165,9 +165,9 @@ def test_a_split_file_gives_back_names_that_begin_or_end_with_a_space(tmp_path):
 @pytest.mark.parametrize(
     ("folds", "expected"),
     [
-        ({"num_folds": 3, "fold": True}, "data.fold must be 0..2 (data.num_folds=3), not True"),
+        ({"num_folds": 3, "fold": True}, "data.fold must be 0..2 (data.num_folds=3), not true"),
         ({"num_folds": 3, "fold": 1.5}, "data.fold must be 0..2 (data.num_folds=3), not 1.5"),
-        ({"num_folds": True, "fold": 0}, "data.num_folds must be an integer >= 2, not True"),
+        ({"num_folds": True, "fold": 0}, "data.num_folds must be an integer >= 2, not true"),
     ],
 )
 def test_a_fold_typed_as_a_boolean_or_a_fraction_is_refused_by_name(folds, expected):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from crackseg.errors import ConfigError
-from crackseg.setting_rules import closest_setting
+from crackseg.setting_rules import as_typed, closest_setting
 
 #: A mask pixel above this grey level is defect (``data.binarize_threshold``).
 BINARIZE_THRESHOLD = 127
@@ -252,7 +252,7 @@ def _dagm_class(data: dict[str, Any]) -> None:
         return
     value = data.pop("dagm_class")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"data.dagm_class must be a class number 1..10, not {value!r}")
+        raise ConfigError(f"data.dagm_class must be a class number 1..10, not {as_typed(value)}")
     fold = data.get("fold")
     if data.get("split_file") and fold is not None and fold != value:
         raise ConfigError(

@@ -59,6 +59,7 @@ from crackseg.data.io import (
 from crackseg.data.rle import read_run_length_csv
 from crackseg.data.samples import SPLITS, TILE_GROUPS_FILE, Sample, tile_photo
 from crackseg.errors import ConfigError, CracksegError, DataError, describe_files, plural
+from crackseg.setting_rules import as_typed
 
 log = logging.getLogger(__name__)
 
@@ -592,7 +593,7 @@ def _check_option_type(layout: str, name: str, annotation: str, value: object) -
     TypeError deep in the indexing, ``label_from_mask=maybe`` was taken as true)."""
     accepted, what = _OPTION_TYPES.get(annotation, ((object,), ""))
     if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
-        raise ConfigError(f"layout {layout!r} option {name} must be {what}, not {value!r}")
+        raise ConfigError(f"layout {layout!r} option {name} must be {what}, not {as_typed(value)}")
 
 
 def index_layout(

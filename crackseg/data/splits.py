@@ -29,7 +29,7 @@ from crackseg.data.data_settings import SplitSettings
 from crackseg.data.samples import SPLITS, Sample, count_positives, tile_photo
 from crackseg.errors import ConfigError, DataError, describe_files
 from crackseg.markdown import markdown_table
-from crackseg.setting_rules import is_integer
+from crackseg.setting_rules import as_typed, is_integer
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +248,11 @@ def _check_folds(num_folds: int | None, fold: int | None) -> None:
             "data.num_folds and data.fold go together: data.num_folds=K data.fold=0..K-1"
         )
     if not is_integer(num_folds) or num_folds < 2:
-        raise ConfigError(f"data.num_folds must be an integer >= 2, not {num_folds!r}")
+        raise ConfigError(f"data.num_folds must be an integer >= 2, not {as_typed(num_folds)}")
     if not is_integer(fold) or not 0 <= fold < num_folds:
         raise ConfigError(
-            f"data.fold must be 0..{num_folds - 1} (data.num_folds={num_folds}), not {fold!r}"
+            f"data.fold must be 0..{num_folds - 1} (data.num_folds={num_folds}), "
+            f"not {as_typed(fold)}"
         )
 
 

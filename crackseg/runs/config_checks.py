@@ -32,7 +32,7 @@ from crackseg.models.module_settings import (
     unread_keys,
 )
 from crackseg.runs.hydra_run import override_key
-from crackseg.setting_rules import Rules, check_rules, is_integer, is_number
+from crackseg.setting_rules import Rules, as_typed, check_rules, is_integer, is_number
 
 
 def _odd_integer(value: Any) -> bool:
@@ -229,8 +229,8 @@ def check_swept_values(task: list[str], sweeper_params: dict[str, Any]) -> None:
         for value in values:
             if not (isinstance(value, str) and "${" in value) and not accepts(value):
                 raise ConfigError(
-                    f"{override.key_or_group} must be {expected}, not {value!r} (one of the "
-                    "values swept)"
+                    f"{override.key_or_group} must be {expected}, not {as_typed(value)} "
+                    "(one of the values swept)"
                 )
 
 
