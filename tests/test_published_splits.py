@@ -123,6 +123,14 @@ def test_garbage_and_wrong_shapes_are_one_line(tmp_path):
         published_split(_dump(tmp_path / "two.pyb", ([], [])), "severstal")
     with pytest.raises(DataError, match=r"holds \('a', 'yes'\), not \(name, is_segmented\)"):
         published_split(_dump(tmp_path / "flag.pyb", ([("a", "yes")], [])), "ksdd2")
+    # a KolektorSDD file read as KolektorSDD2's: its first fold's whole list, shortened
+    folds = [[(f"kos{i:02d}", True) for i in range(300)]] * 3
+    with pytest.raises(DataError) as refused:
+        published_split(_dump(tmp_path / "ksdd.pyb", (folds, folds)), "ksdd2")
+    line = str(refused.value)
+    assert "train holds [('kos00', True), ('kos01', True)," in line
+    assert "('kos05', True), ...], not (name, is_segmented)" in line
+    assert len(line) < 300
     with pytest.raises(DataError, match="holds 2 folds: --fold must be 0..1"):
         published_split(_dump(tmp_path / "f.pyb", ([[], []], [[], []])), "ksdd", fold=2)
     # DAGM's folds are its classes, from 1, as the paper's --FOLD numbers them

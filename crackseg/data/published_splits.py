@@ -21,6 +21,7 @@ import csv
 import io
 import pickle
 import re
+import reprlib
 import struct
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,9 @@ def _pairs(items: Any, path: Path, dataset: str, part: str) -> list[tuple[str, b
             or isinstance(item[0], bool)
             or item[1] not in (True, False)
         ):
-            raise _shape_error(path, dataset, f"{part} holds {item!r}, not (name, is_segmented)")
+            # (a whole fold's list, where the file is another dataset's: shortened)
+            held = reprlib.repr(item)
+            raise _shape_error(path, dataset, f"{part} holds {held}, not (name, is_segmented)")
         pairs.append((str(item[0]), bool(item[1])))
     return sorted(pairs) if isinstance(items, set | frozenset) else pairs
 
