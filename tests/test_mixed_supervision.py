@@ -180,6 +180,29 @@ def test_a_curve_of_weak_runs_alone_is_drawn_inside_its_axes(tmp_path):
     assert low < 0 < high
 
 
+def test_folds_are_repeats_in_the_figures_as_seeds_are(tmp_path):
+    """KolektorSDD's curve over 3 folds (docs/datasets.md): a figure of data.fold drew
+    fold numbers as a quantity, and the curve was a line per fold, not their mean."""
+    num = 0
+    for segmented in (0, 5):
+        for fold in (0, 1, 2):
+            job = tmp_path / f"{num}_data.fold={fold},data.num_segmented={segmented}"
+            (job / ".hydra").mkdir(parents=True)
+            overrides = [f"data.fold={fold}", f"data.num_segmented={segmented}"]
+            (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+            metrics = {"image_ap": 0.7 + segmented / 50 + fold / 100, "num_segmented": segmented}
+            (job / "metrics.json").write_text(json.dumps(metrics))
+            (job / "status.json").write_text(json.dumps({"status": "finished"}))
+            num += 1
+    write_summary(tmp_path)
+    assert not (tmp_path / "sweep_data.fold.png").exists()
+    assert (tmp_path / MIXED_SUPERVISION_FIGURE).is_file()
+    keys = ["data.fold", NUM_SEGMENTED]
+    (curve,) = sweep_curves(collect_runs(tmp_path), NUM_SEGMENTED, keys)
+    assert curve.x == [0, 5] and curve.n == [3, 3]
+    assert curve.mean["image_ap"] == pytest.approx([0.71, 0.81])
+
+
 def test_other_numeric_sweeps_draw_their_figure_too(tmp_path):
     for num, (delta, seed, ap) in enumerate([(0.01, 0, 0.9), (0.01, 1, 0.8), (1, 0, 0.95)]):
         job = tmp_path / f"{num}_loss.delta_cls={delta},seed={seed}"

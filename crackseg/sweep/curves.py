@@ -6,7 +6,9 @@ That one is drawn as ``mixed_supervision.png`` with the actual number of segment
 positives on a log-like x axis (0 and "all" included, both ends marked); every other
 numeric swept parameter (dilate, P, Max, delta, ...) gets ``sweep_<key>.png``. Points are
 means over the finished jobs of a setting (the seeds), error bars their sample standard
-deviation; where several parameters are swept, each setting of the others is a line.
+deviation; where several parameters are swept, each setting of the others is a line. Folds
+(``data.fold``, DAGM's classes) are repeats, as seeds are: no figure of their own, no line
+each, their jobs in the points' means (the paper's results are means over folds).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from crackseg.atomic import atomic_save_figure
-from crackseg.sweep.summary import mean_std
+from crackseg.sweep.summary import FOLD_KEYS, mean_std
 
 #: The metrics drawn, with their axis labels.
 CURVE_METRICS = (("image_ap", "image AP"), ("image_auc", "image AUC"), ("dice_mean", "mean Dice"))
@@ -71,7 +73,7 @@ def numeric_keys(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[str]:
     """The swept keys whose values in the finished jobs, the ones drawn, are numbers
     (``data.num_segmented``'s null included): a failed job's value (``"x"``) draws nothing."""
     found = []
-    for key in keys:
+    for key in (k for k in keys if k not in FOLD_KEYS):
         values = {str(r[key]) for r in rows if r["status"] == "finished"}
         allowed_null = key == NUM_SEGMENTED
         numeric = all(_number(v) is not None or (allowed_null and v == "null") for v in values)
@@ -82,8 +84,9 @@ def numeric_keys(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[str]:
 
 def sweep_curves(rows: list[dict[str, Any]], key: str, keys: Sequence[str]) -> list[Curve]:
     """The lines of ``key``'s figure from ``crackseg.sweep.summary.collect_runs`` rows:
-    one per setting of the other swept ``keys``, points sorted by x, finished jobs only."""
-    others = [k for k in keys if k != key]
+    one per setting of the other swept ``keys`` but folds, points sorted by x, finished jobs
+    only."""
+    others = [k for k in keys if k != key and k not in FOLD_KEYS]
     lines: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
         if row["status"] != "finished":
@@ -179,7 +182,8 @@ def write_sweep_figures(
         curves = sweep_curves(rows, key, keys)
         if not curves:
             continue
-        title = "mixed supervision" if key == NUM_SEGMENTED else f"{key} (mean ± std over seeds)"
+        over = "seeds and folds" if set(keys) & set(FOLD_KEYS) else "seeds"
+        title = "mixed supervision" if key == NUM_SEGMENTED else f"{key} (mean ± std over {over})"
         fig = draw_sweep_curves(curves, key, title)
         written.append(atomic_save_figure(fig, Path(folder) / figure_name(key)))
     return written

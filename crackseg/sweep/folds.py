@@ -25,12 +25,10 @@ from crackseg.evaluation.metrics import image_metrics
 from crackseg.markdown import markdown_table
 from crackseg.run_files import SCORES_FILE
 from crackseg.sweep.published import add_table4_labels
-from crackseg.sweep.summary import format_mean_std, mean_std
+from crackseg.sweep.summary import FOLD_KEYS, format_mean_std, mean_std
 
 log = logging.getLogger(__name__)
 
-#: The swept keys that are folds: K-fold of any layout, and DAGM's classes.
-FOLD_KEYS = ("data.fold", "data.dagm_class")
 CSV_NAME = "folds.csv"
 #: Per-job metrics averaged over the folds.
 FOLD_METRICS = ("image_auc", "image_ap", "dice_mean")

@@ -47,6 +47,9 @@ CSV_NAME = "summary.csv"
 MD_NAME = "summary.md"
 #: Columns every row has before the swept values.
 BASE_COLUMNS = ("job", "status", "error", "seed")
+#: The swept keys that are folds: K-fold of any layout, and DAGM's classes (the paper's
+#: results are means over them, as over seeds).
+FOLD_KEYS = ("data.fold", "data.dagm_class")
 #: Per-job metrics (from metrics.json, or the copy in status.json).
 METRICS = (
     "image_auc",
