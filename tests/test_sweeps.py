@@ -1093,6 +1093,17 @@ def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: P
     paper = ("experiment=paper/ksdd", "data.fold=0,1", f"paths.data_dir={nodata}")
     line = one_line_error(run_entry("train", "-m", *paper, f"hydra.sweep.dir={sweep_dir}"))
     assert line == f"error: data root {nodata}/ksdd does not exist (set data.root=PATH)"
+    # the paper's per-fold split files (docs/datasets.md), whose name the fold is made of
+    (tmp_path / "fetched" / "ksdd" / "kos01").mkdir(parents=True)
+    (tmp_path / "N0_fold0.csv").write_text("split,sample_id,segmented\n")
+    per_fold = f"data.split_file={tmp_path}/N${{data.num_segmented}}_fold${{data.fold}}.csv"
+    fetched = (*paper, f"paths.data_dir={tmp_path / 'fetched'}")
+    command = ("train", "-m", *fetched, "data.num_segmented=0", per_fold)
+    line = one_line_error(run_entry(*command, f"hydra.sweep.dir={sweep_dir}"))
+    assert line == (
+        f"error: cannot read split file {tmp_path}/N0_fold1.csv (data.fold=1): no such file"
+    )
+    assert not sweep_dir.exists()
     # DAGM with some of the swept classes only (the paper's sweep runs all ten)
     dagm = make_dagm(tmp_path / "dagm", classes=(1, 2), images=2)
     classes = ("+sweep=paper_dagm_num_segmented", f"data.root={dagm}")

@@ -81,11 +81,11 @@ log = logging.getLogger(__name__)
 
 class SweepChecksCallback(Callback):
     """Hydra callback: refuse a multirun whose shared settings cannot work before any job
-    (or its folder) is started: ``resume=RUN_DIR``, and the values
-    :func:`crackseg.runs.config_checks.check_config` checks (swept values are checked by each
-    job), a sweep run again over finished jobs that had other settings, and a sweep folder
-    another sweep is running in. One line and exit 2, as Hydra turns a callback's exception
-    into a warning.
+    (or its folder) is started: ``resume=RUN_DIR``, the values
+    :func:`crackseg.runs.config_checks.check_config` checks, each value swept that has a rule,
+    the data and split files the jobs read, a sweep run again over finished jobs that had
+    other settings, and a sweep folder another sweep is running in. One line and exit 2, as
+    Hydra turns a callback's exception into a warning.
 
     A sweep holds its folder as a run holds its own (:func:`claim_run_folder`), from before
     Hydra writes ``multirun.yaml`` there to after the summary: a second sweep started in it
@@ -473,7 +473,10 @@ def refuse_missing_split_files(config: DictConfig, task: list[str], swept: set[s
     key = "data.split_file"
     if not runs_jobs_here(config) or swept & {"data", "experiment"}:
         return
-    given = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+    # as typed: resolved in the sweep's config, without the swept values, the paper's
+    # per-fold file names loop (data.fold there is made of data.split_file)
+    data = config.get("data")
+    given = OmegaConf.to_container(data, resolve=False).get("split_file") if data else None
     if given is None and key not in swept:
         return
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
