@@ -34,6 +34,9 @@ RANKING_FILE = "weak_ranking.csv"
 SWEEP_FILE = "multirun.yaml"
 #: The TensorBoard logger's folder (conf/logger/tensorboard.yaml, its ``name``).
 TENSORBOARD_DIR = "tensorboard"
+#: The CSV logger's (conf/logger/csv.yaml): a run's output too, but a name common enough in
+#: a user's folder that it does not mark one as crackseg's (RUN_OUTPUTS below).
+CSV_LOG_DIR = "csv"
 
 #: What a training or an evaluation writes into its folder, beside its status: in a folder
 #: without a status (not crackseg's) they are someone else's, and would be overwritten.

@@ -550,6 +550,20 @@ def test_a_run_refused_for_its_settings_may_be_started_again_in_its_folder(tiny_
     assert "removed what its earlier attempt wrote (checkpoints, tensorboard)" in log
 
 
+def test_a_training_is_refused_the_folder_of_another_command_that_failed(tiny_data_dir, tmp_path):
+    """A training may start again where a training failed, removing what that wrote; where
+    an evaluation failed after writing its outputs, they are not a training's to remove."""
+    run_dir = tmp_path / "evaluated"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: eval\n")
+    (run_dir / "status.json").write_text(json.dumps({"status": "failed", "error": "x"}))
+    (run_dir / "metrics.json").write_text("{}")
+    line = one_line_error(run_tiny(run_dir, tiny_data_dir, "trainer.max_epochs=1"))
+    assert line == f"error: {run_dir} holds a run of crackseg-eval; choose another hydra.run.dir"
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "metrics.json", "status.json"]
+    assert (run_dir / ".hydra" / "hydra.yaml").read_text().endswith("name: eval\n")
+
+
 def test_a_file_system_error_says_cannot_write_only_for_a_write_that_did_not_fit():
     unreadable = OSError(errno.EACCES, os.strerror(errno.EACCES), "run/checkpoints/last.ckpt")
     assert one_line(unreadable) == "run/checkpoints/last.ckpt: Permission denied"

@@ -188,7 +188,8 @@ def refuse_used_folder_before_lock(
     (which a later ``resume=`` would have taken for a run's). One that another live process
     holds is refused by the lock, naming it. A finished job of a sweep run again with
     ``skip_finished=true`` is left to crackseg.runs.lifecycle.run_task, which skips it."""
-    from crackseg.runs.hydra_run import in_multirun
+    from crackseg.errors import RunFolderError
+    from crackseg.runs.hydra_run import OTHER_COMMANDS, in_multirun, started_by
     from crackseg.runs.ownership import (
         held_by_another_process,
         refuse_files_of_others,
@@ -201,6 +202,12 @@ def refuse_used_folder_before_lock(
     if job_name == "train":
         if not holds_run(Path(output_dir)):  # as crackseg.runs.resume.prepare_training_run
             refuse_files_of_others(Path(output_dir))
+            # one that failed may be started again; another command's is not a training's
+            # (Hydra has not replaced its .hydra/ yet, which names the command)
+            if (command := started_by(Path(output_dir))) in OTHER_COMMANDS:
+                raise RunFolderError(
+                    f"{output_dir} holds a run of crackseg-{command}; choose another hydra.run.dir"
+                )
         return
     if skip_finished and in_multirun() and finished_status(Path(output_dir)) is not None:
         return

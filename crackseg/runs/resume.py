@@ -21,7 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from crackseg.atomic import remove_partial_writes
 from crackseg.errors import CracksegError, DataError, RunFolderError
 from crackseg.models.checkpoint import checkpoint_run_config, load_checkpoint_file
-from crackseg.run_files import CHECKPOINT_DIR, RUN_OUTPUTS, STATUS_FILE, SWEEP_FILE
+from crackseg.run_files import (
+    CHECKPOINT_DIR,
+    CSV_LOG_DIR,
+    RUN_OUTPUTS,
+    STATUS_FILE,
+    SWEEP_FILE,
+)
 from crackseg.runs.config_changes import PATH_KEYS, config_differences
 from crackseg.runs.hardware import (
     FLOAT16,
@@ -282,7 +288,7 @@ def remove_earlier_attempt(output_dir: Path) -> None:
     TensorBoard events, a history. The earlier attempt's log, and its error in it, stay."""
     if not (output_dir / STATUS_FILE).exists():
         return  # a new folder (one holding a run's outputs but no status was refused)
-    removed = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    removed = [name for name in (*RUN_OUTPUTS, CSV_LOG_DIR) if (output_dir / name).exists()]
     for name in removed:
         path = output_dir / name
         if path.is_dir() and not path.is_symlink():
