@@ -802,7 +802,8 @@ def test_a_dice_over_images_the_weights_trained_on_is_said_to_overstate_them(
         warn_of_images_trained_on(str(tiny_checkpoint), images)
     assert caplog.messages == [
         "1 of the 2 images are images the weights trained on, or photographs of tiles they "
-        "trained on (copy.png): the mean Dice overstates them"
+        "trained on (copy.png): the mean Dice over those with reference masks overstates "
+        "the weights"
     ]
     caplog.clear()
     warn_of_images_trained_on(str(tiny_checkpoint), [test])

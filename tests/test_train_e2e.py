@@ -459,6 +459,12 @@ def test_weights_trained_on_tiles_know_the_photographs_their_tiles_came_from(tmp
     images = trained_images(tmp_path / "unread.ckpt", evaluated, trained)
     assert images.among([a, b, c], photos) == ["a"]
     assert images.what == "photographs whose tiles the weights trained on"
+    # the photographs read through a link to their folder
+    link = tmp_path / "link"
+    link.symlink_to(photos)
+    linked = OmegaConf.create({"layout": "crack_segmentation", "root": str(link)})
+    through = Sample("a", link / "images" / "a.jpg", None, True)
+    assert trained_images(tmp_path / "unread.ckpt", linked, trained).among([through], link) == ["a"]
     # photographs elsewhere, or weights that cut no tiles: nothing to tell
     elsewhere = OmegaConf.create({"layout": "crack_segmentation", "root": str(tmp_path / "x")})
     assert trained_images(tmp_path / "unread.ckpt", elsewhere, trained) is None

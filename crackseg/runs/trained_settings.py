@@ -5,7 +5,6 @@ positives, and the run parameters reported (theirs, with the data evaluated here
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -363,11 +362,19 @@ def _photographs_of_trained_tiles(
 
     if not trained or not trained.get("tile") or not trained.get("root") or not data.get("root"):
         return None
-    root = Path(str(data.root)).expanduser().resolve()
+    try:
+        photos = photographs_tiled_into(Path(str(trained.root)).expanduser(), "train")
+    except (CracksegError, OSError) as error:  # a record edited since: nothing to tell
+        log.debug("the photographs of the weights' tiles are not known: %s", error)
+        return None
+    root = Path(str(data.root)).expanduser()
     keys = set()
-    for photo in photographs_tiled_into(Path(str(trained.root)).expanduser(), "train"):
-        with contextlib.suppress(ValueError):  # a photograph elsewhere
-            keys.add(str(photo.expanduser().resolve().relative_to(root)))
+    for photo in (p.expanduser() for p in photos):
+        # as the samples are named under the root (its path as typed), and through links
+        for made in (Path.absolute, Path.resolve):
+            relative = os.path.relpath(os.path.normpath(made(photo)), os.path.normpath(made(root)))
+            if relative.split(os.sep)[0] != os.pardir:  # not a photograph elsewhere
+                keys.add(relative)
     if not keys:
         return None
     return TrainedImages(frozenset(keys), ".", "photographs whose tiles the weights trained on")
