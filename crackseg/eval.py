@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
@@ -42,13 +42,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
     typed = typed_keys()
     refuse_model_settings(typed)
-    check_config(cfg)
-    checkpoint_file(cfg.ckpt_path)  # all of it before torch loads (a second), from here on
     # An evaluation trains no epoch: the count a rule makes of the training settings
     # (Severstal's, of data.train_positives) is resolved now and kept as a value (the
     # assignment replaces the interpolation), before those settings become the weights' own,
-    # which may be a size the rule knows no epochs of.
-    cfg.trainer.max_epochs = cfg.trainer.max_epochs
+    # which may be a size the rule knows no epochs of; a size typed that it knows none of
+    # is no evaluation's concern (and trainer.max_epochs, which the rule's error names, is
+    # refused to it above).
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", throw_on_resolution_failure=False)
+    cfg.trainer.max_epochs = 1 if epochs is None else epochs
+    check_config(cfg)
+    checkpoint_file(cfg.ckpt_path)  # all of it before torch loads (a second), from here on
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
     set_job_threads(cfg)
 

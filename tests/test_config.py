@@ -302,6 +302,7 @@ def test_each_value_a_sweep_gives_a_checked_setting_is_checked():
         check_swept_values([], {"optim.lr": "0.1,0"})  # a sweeper's params
     # an interval (Optuna's), a value made by interpolation, a setting without a rule
     check_swept_values(["optim.lr=interval(0.1, 2.0)", "data.dilate=${seed},3", "x=a,b"], {})
+    check_swept_values(["model.net.channels=[16,32,64],[${seed},32,64]"], {})
 
 
 def test_cfd_tiles_trains_at_its_tiles_size():

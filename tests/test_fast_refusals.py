@@ -356,6 +356,12 @@ def test_eval_refuses_model_and_training_settings_which_the_checkpoint_decides(t
             "reads no training settings; leave them out"
         )
         assert lightning == set()
+    # a Severstal size the paper gives no epochs for is no evaluation's concern (its error
+    # named trainer.max_epochs, refused above)
+    missing = tmp_path / "none.ckpt"
+    severstal = ("experiment=paper/severstal", "data.train_positives=null", f"data.root={tmp_path}")
+    line, _ = refuse("eval", f"ckpt_path={missing}", *severstal, f"hydra.run.dir={tmp_path / 's'}")
+    assert line == f"error: checkpoint {missing} does not exist"
 
 
 def test_a_folder_of_a_failed_command_is_refused_naming_the_failure(tmp_path, photos):

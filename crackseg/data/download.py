@@ -325,8 +325,8 @@ def prepare_dataset(root: Path | str, url: str | None, sha256: str | None) -> Pa
 @contextmanager
 def _removed_if_left_empty(folder: Path) -> Iterator[None]:
     """``folder``, and the parents it lacks, removed again where the block fails leaving
-    them empty: a download refused (no network, a URL mistyped) leaves no empty data root
-    behind, one that failed half-way its part to resume from."""
+    them empty (but for an empty part): a download refused (no network, a URL mistyped)
+    leaves no empty data root behind, one that failed half-way its part to resume from."""
     missing = []
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
@@ -336,6 +336,9 @@ def _removed_if_left_empty(folder: Path) -> Iterator[None]:
     except BaseException:
         for made in missing:  # innermost first
             try:
+                for part in made.glob("*.part"):  # opened before the first byte failed
+                    if part.stat().st_size == 0:
+                        part.unlink()
                 made.rmdir()
             except OSError:  # not empty (or not made)
                 break

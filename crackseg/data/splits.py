@@ -129,7 +129,7 @@ def resolve_splits(
         if fold is not None and (not is_integer(fold) or fold < 0):
             raise ConfigError(
                 f"data.fold names the published fold data.split_file holds (import-split "
-                f"--fold): a number >= 0, not {fold!r}"
+                f"--fold): a number >= 0, not {as_typed(fold)}"
             )
         splits = _splits_from_file(indexed, Path(split_file), val_fraction, seed)
         _check_train_positives(splits["train"], train_positives, f"split file {split_file}")

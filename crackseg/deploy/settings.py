@@ -21,7 +21,7 @@ from crackseg.deploy.outputs import refuse_earlier_outputs
 from crackseg.deploy.predictor import Plan
 from crackseg.errors import ConfigError, CracksegError, DataError
 from crackseg.models.checkpoint import PICKLE_MAGIC, ZIP_MAGIC, checkpoint_file, is_text
-from crackseg.setting_rules import check_required, check_rules, is_integer, is_number
+from crackseg.setting_rules import as_typed, check_required, check_rules, is_integer, is_number
 
 if TYPE_CHECKING:
     from crackseg.deploy.backends import ModelInfo
@@ -275,7 +275,7 @@ def onnx_model_file(path: str | Path) -> Path:
 def check_precision(precision: Any) -> str:
     text = str(precision)
     if text not in PRECISIONS:
-        raise ConfigError(f"precision must be auto, 32 or bf16, not {precision!r}")
+        raise ConfigError(f"precision must be auto, 32 or bf16, not {as_typed(precision)}")
     return text
 
 

@@ -227,7 +227,7 @@ def check_swept_values(task: list[str], sweeper_params: dict[str, Any]) -> None:
         except HydraException:
             continue  # a sweep Hydra makes only with the config's groups (glob)
         for value in values:
-            if not (isinstance(value, str) and "${" in value) and not accepts(value):
+            if "${" not in str(value) and not accepts(value):  # (in a list's items too)
                 raise ConfigError(
                     f"{override.key_or_group} must be {expected}, not {as_typed(value)} "
                     "(one of the values swept)"

@@ -62,7 +62,7 @@ from crackseg.runs.ownership import (
 )
 from crackseg.runs.resume import check_sweep_resume
 from crackseg.runs.status import finished_status, holds_run, read_status
-from crackseg.setting_rules import check_required, is_integer
+from crackseg.setting_rules import as_typed, check_required, is_integer
 from crackseg.sweep.job_names import (
     BASIC_SWEEPER,
     grid_job_overrides,
@@ -283,12 +283,12 @@ def check_search_and_launcher(config: DictConfig) -> None:
     for key in ("hydra.sweeper.n_trials", "hydra.sweeper.n_jobs"):
         value = OmegaConf.select(config, key, default=None)
         if value is not None and not (is_integer(value) and value >= 1):
-            raise ConfigError(f"{key} must be an integer >= 1, not {value!r}")
+            raise ConfigError(f"{key} must be an integer >= 1, not {as_typed(value)}")
     jobs = OmegaConf.select(config, "hydra.launcher.n_jobs", default=None)
     if jobs is not None and not (is_integer(jobs) and jobs != 0):
         raise ConfigError(
             f"hydra.launcher.n_jobs must be an integer other than 0 (-1: one job a core), "
-            f"not {jobs!r}"
+            f"not {as_typed(jobs)}"
         )
     direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
     directions = list(direction) if OmegaConf.is_list(direction) else [direction]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crackseg.errors import ConfigError, CracksegError
+from crackseg.setting_rules import as_typed
 
 if TYPE_CHECKING:
     from crackseg.data.samples import Sample
@@ -268,8 +269,8 @@ def take_trained_split(data: DictConfig, trained: DictConfig | None, typed: set[
             _take(data, key, theirs)
         elif key in FIXED_TEST_KEYS:
             raise ConfigError(
-                f"data.{key}={_typed(ours)} differs from the weights' training run on this "
-                f"data (data.{key}={_typed(theirs)}): its test split would hold images they "
+                f"data.{key}={as_typed(ours)} differs from the weights' training run on this "
+                f"data (data.{key}={as_typed(theirs)}): its test split would hold images they "
                 f"trained on (leave data.{key} out to test on the images their run held out)"
             )
         else:
@@ -277,14 +278,9 @@ def take_trained_split(data: DictConfig, trained: DictConfig | None, typed: set[
                 "data.%s=%s differs from the weights' training run on this data (%s): where "
                 "it is split by fractions, the test split may hold images they trained on",
                 key,
-                _typed(ours),
-                _typed(theirs),
+                as_typed(ours),
+                as_typed(theirs),
             )
-
-
-def _typed(value: Any) -> str:
-    """A setting's value as typed on the command line (``null``, not ``None``)."""
-    return "null" if value is None else str(value)
 
 
 def _take(data: DictConfig, key: str, trained: Any) -> None:
