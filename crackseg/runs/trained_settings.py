@@ -311,15 +311,12 @@ def trained_images(
     folder inside it, in any layout; None elsewhere (a name says nothing of the image
     there), or where the checkpoint cannot tell: from before the split was recorded, or from
     before its files were and read otherwise (sample ids are a layout's own)."""
-    from crackseg.data.datamodule import SPLIT_STATE, CrackDataModule
     from crackseg.data.splits import TRAINED_FILES
-    from crackseg.models.checkpoint import load_checkpoint_file
 
     folder = _folder_under(data.get("root"), trained.get("root")) if trained else None
     if folder is None:
         return _photographs_of_trained_tiles(data, trained)
-    state = load_checkpoint_file(checkpoint, mmap=True).get(CrackDataModule.__qualname__) or {}
-    split = state.get(SPLIT_STATE) or {}
+    split = _recorded_split(checkpoint)
     if TRAINED_FILES in split:
         return TrainedImages(frozenset(split[TRAINED_FILES]), folder)
     ids = split.get("ids", {}).get("train")
@@ -332,20 +329,28 @@ def trained_image_files(checkpoint: str | Path) -> frozenset[Path]:
     split's files under their data root, as the checkpoint records them, and for weights
     trained on tiles they cut, the photographs of those tiles. None found where the root
     is not here (a relative one is read from the folder the command runs in)."""
-    from crackseg.data.datamodule import SPLIT_STATE, CrackDataModule
     from crackseg.data.splits import TRAINED_FILES
     from crackseg.data.tiles import photographs_tiled_into
-    from crackseg.models.checkpoint import checkpoint_run_config, load_checkpoint_file
+    from crackseg.models.checkpoint import checkpoint_run_config
 
     data = (checkpoint_run_config(checkpoint) or OmegaConf.create()).get("data")
     if not data or not data.get("root"):
         return frozenset()
     root = Path(str(data.root)).expanduser()
-    state = load_checkpoint_file(checkpoint, mmap=True).get(CrackDataModule.__qualname__) or {}
-    files = [root / name for name in (state.get(SPLIT_STATE) or {}).get(TRAINED_FILES, [])]
+    files = [root / name for name in _recorded_split(checkpoint).get(TRAINED_FILES, [])]
     if data.get("tile"):
         files += photographs_tiled_into(root, "train")
     return frozenset(path.expanduser().resolve() for path in files)
+
+
+def _recorded_split(checkpoint: str | Path) -> dict[str, Any]:
+    """The split the weights' run recorded in ``checkpoint`` (its sample ids and, since
+    they were recorded, its training files); empty in a checkpoint from before."""
+    from crackseg.data.datamodule import SPLIT_STATE, CrackDataModule
+    from crackseg.models.checkpoint import load_checkpoint_file
+
+    state = load_checkpoint_file(checkpoint, mmap=True).get(CrackDataModule.__qualname__) or {}
+    return state.get(SPLIT_STATE) or {}
 
 
 def _photographs_of_trained_tiles(
