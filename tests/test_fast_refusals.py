@@ -331,30 +331,19 @@ def test_eval_refuses_a_missing_checkpoint_without_lightning(tmp_path):
 def test_eval_refuses_model_and_training_settings_which_the_checkpoint_decides(tmp_path):
     """They would change nothing but the config the evaluation records (an experiment's
     model is its own, not typed)."""
-    cases = {
-        "model": ["model=segdec_fullres"],
-        "model.net.volume_channels": ["experiment=demo", "model.net.volume_channels=8"],
-    }
-    for named, typed in cases.items():
-        run_dir = f"hydra.run.dir={tmp_path / named}"
-        line, lightning = refuse("eval", "ckpt_path=a.ckpt", *typed, run_dir)
-        assert line == (
-            f"error: {named}: crackseg-eval evaluates the network the checkpoint holds and "
-            "takes no model settings; leave them out"
-        )
-        assert lightning == set()
+    model = "evaluates the network the checkpoint holds and takes no model settings"
     # nor training settings, which were taken without a word (an experiment's, not typed)
+    training = "evaluates the weights as they were trained and reads no training settings"
     cases = {
-        "loss.delta_cls": ["experiment=cfd_tiles", "loss.delta_cls=0.5"],
-        "trainer.max_epochs": ["trainer.max_epochs=3"],
+        "model": (["model=segdec_fullres"], model),
+        "model.net.volume_channels": (["experiment=demo", "model.net.volume_channels=8"], model),
+        "loss.delta_cls": (["experiment=cfd_tiles", "loss.delta_cls=0.5"], training),
+        "trainer.max_epochs": (["trainer.max_epochs=3"], training),
     }
-    for named, typed in cases.items():
+    for named, (typed, why) in cases.items():
         run_dir = f"hydra.run.dir={tmp_path / named}"
         line, lightning = refuse("eval", "ckpt_path=a.ckpt", *typed, run_dir)
-        assert line == (
-            f"error: {named}: crackseg-eval evaluates the weights as they were trained and "
-            "reads no training settings; leave them out"
-        )
+        assert line == f"error: {named}: crackseg-eval {why}; leave them out"
         assert lightning == set()
     # a Severstal size the paper gives no epochs for is no evaluation's concern (its error
     # named trainer.max_epochs, refused above)

@@ -217,8 +217,9 @@ def check_swept_values(task: list[str], sweeper_params: dict[str, Any]) -> None:
         overrides = OverridesParser.create().parse_overrides(lines)
     except HydraException:
         return  # Hydra says what it cannot parse
+    rules = {**RULES, **BOOLEAN_RULES}
     for override in overrides:
-        rule = {**RULES, **BOOLEAN_RULES}.get(override.key_or_group)
+        rule = rules.get(override.key_or_group)
         if rule is None or not override.is_sweep_override():
             continue
         accepts, expected = rule
