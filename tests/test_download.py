@@ -6,6 +6,8 @@ import hashlib
 import http.server
 import io
 import logging
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -197,6 +199,41 @@ def test_prepare_dataset_downloads_once(tmp_path):
     assert not (root / "KolektorSDD2").exists()
     source.unlink()
     assert prepare_dataset(root, source.as_uri(), None) == root  # no second download
+
+
+def test_jobs_preparing_one_data_root_take_turns(tmp_path):
+    """A sweep's jobs starting together: one prepares the root while the others wait, and
+    then find the data there rather than writing into the same part file."""
+    source = _dataset_zip(tmp_path / "src" / "KolektorSDD2.zip", wrap="KolektorSDD2/")
+    root = tmp_path / "ksdd2"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_LOCK, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        waiting = threading.Thread(target=prepare_dataset, args=(root, source.as_uri(), None))
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive() and not root.exists()  # waits for the first job
+        holder.communicate("\n", timeout=30)
+        waiting.join(30)
+    finally:
+        holder.kill()
+    assert not waiting.is_alive()
+    assert sorted(index_layout("ksdd2", root)) == ["test", "train"]
+
+
+_HOLD_THE_LOCK = """
+import sys
+from pathlib import Path
+from crackseg.data.download import _one_process_at_a_time
+with _one_process_at_a_time(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
 
 
 def test_a_download_refused_leaves_no_empty_data_root(tmp_path):

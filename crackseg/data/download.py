@@ -7,11 +7,13 @@ a run never reaches the network unless its data config asks for it.
 Downloads go to ``<name>.part`` and are renamed only once the checksum holds, so an
 interrupted download is resumed and a corrupt one never looks finished. A download is
 checked against a pinned SHA-256; ``sha256=None`` downloads unchecked, knowingly, and logs
-the archive's SHA-256 for pinning.
+the archive's SHA-256 for pinning. Jobs of a sweep starting together on one data root take
+turns: the first fetches and unpacks, the others then find the data there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import logging
@@ -19,6 +21,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -311,15 +314,37 @@ def prepare_dataset(root: Path | str, url: str | None, sha256: str | None) -> Pa
     if not url:
         return root
     archive_name = _name_from_url(url)
-    if root.is_dir():
-        done = any(root.glob(f"{_MARKER_PREFIX}*"))
-        others = [p for p in root.iterdir() if p.name not in _own_files(root, archive_name)]
-        if others and (done or not (root / archive_name).exists()):
-            return root  # the data is there (extracted by us, or put there by the user)
-    with _removed_if_left_empty(root):
-        archive = download_archive(url, root, sha256, archive_name)
-    extract_archive(archive, root, strip_top_folder=True)
+    with _one_process_at_a_time(root):
+        if _holds_data(root, archive_name):
+            return root
+        with _removed_if_left_empty(root):
+            archive = download_archive(url, root, sha256, archive_name)
+        extract_archive(archive, root, strip_top_folder=True)
     return root
+
+
+def _holds_data(root: Path, archive_name: str) -> bool:
+    """Whether ``root`` holds the data: extracted by us, or put there by the user."""
+    if not root.is_dir():
+        return False
+    done = any(root.glob(f"{_MARKER_PREFIX}*"))
+    others = [p for p in root.iterdir() if p.name not in _own_files(root, archive_name)]
+    return bool(others) and (done or not (root / archive_name).exists())
+
+
+@contextmanager
+def _one_process_at_a_time(root: Path) -> Iterator[None]:
+    """An exclusive lock on preparing ``root``, waited for (jobs of a sweep on one machine).
+
+    The lock file lies in the temporary folder, named after the root's absolute path, so
+    the data root holds nothing but data and a refused download leaves no trace in it; the
+    kernel drops the lock however its process ends.
+    """
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"crackseg-download-{key}.lock"
+    with lock.open("a") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX)
+        yield
 
 
 @contextmanager
