@@ -168,6 +168,27 @@ def test_pixel_histograms_counts() -> None:
     assert edges[0, 0, NUM_BINS - 1] == 2  # 1.0 falls into the last bin
 
 
+def test_pixel_histograms_count_as_the_threshold_compares() -> None:
+    """At every threshold k / NUM_BINS the histogram predicts the pixels ``probs >= t``
+    predicts, also for a float32 one step either side of an edge."""
+    edges = torch.arange(NUM_BINS + 1, dtype=torch.float64) / NUM_BINS
+    near = torch.cat(
+        [
+            torch.nextafter(edges.float(), torch.tensor(0.0)),
+            edges.float(),
+            torch.nextafter(edges.float(), torch.tensor(1.0)),
+        ]
+    ).clamp(0, 1)
+    probs = torch.cat([near, torch.rand(1000, generator=torch.Generator().manual_seed(0))])
+    hist = pixel_histograms(probs[None], torch.ones(1, len(probs), dtype=torch.bool))
+    predicted = hist[0, 0].flip(0).cumsum(0).flip(0)
+    for k in range(NUM_BINS):
+        assert predicted[k] == (probs >= k / NUM_BINS).sum(), k
+    just_below = torch.nextafter(torch.tensor([[0.09]]), torch.tensor(0.0))
+    dice, _ = dice_iou_at(pixel_histograms(just_below, torch.ones(1, 1, dtype=torch.bool)), 0.09)
+    assert dice.item() == 0.0  # nothing is predicted at 0.09
+
+
 def test_dice_iou_at_hand_values() -> None:
     probs, targets = _three_images()
     hist = pixel_histograms(probs, targets)

@@ -56,7 +56,11 @@ def pixel_histograms(probs: Tensor, targets: Tensor, num_bins: int = NUM_BINS) -
     batch = probs.shape[0]
     flat_probs = torch.nan_to_num(probs.detach().reshape(batch, -1).float(), nan=0.0)
     flat_targets = targets.detach().reshape(batch, -1).bool()
-    bins = (flat_probs * num_bins).floor().long().clamp_(0, num_bins - 1)
+    # Bin k holds the probabilities >= every edge up to k / num_bins, the edges compared in
+    # the probabilities' float32 as ``probs >= threshold`` compares them: ``floor(p * 100)``
+    # would put p = 0.08999999 (a float32 just below 0.09) into bin 9 by rounding.
+    edges = torch.arange(1, num_bins, dtype=torch.float64, device=flat_probs.device) / num_bins
+    bins = torch.bucketize(flat_probs, edges.to(flat_probs.dtype), right=True)
     offsets = torch.arange(batch, device=bins.device).unsqueeze(1) * num_bins
     index = bins + offsets
     size = batch * num_bins
