@@ -236,6 +236,8 @@ def test_report_has_the_seed_shape_and_right_numbers(tmp_path) -> None:
     # The published protocol's counts: a second, labelled table (every test image positive).
     published = report.split("### Results by the published protocol", 1)[1]
     assert "best F-measure on the test split itself (0.0100)" in published
+    trapezoid = f"{metrics['image_ap_trapezoid']:.4f}"
+    assert f"Its AP, the trapezoidal area under the PR curve: {trapezoid}." in published
     assert _table_row(published, "**Positives**") == ["1483", "0"]
     assert _table_row(published, "**Negatives**") == ["0", "212"]
     assert _table_row(report, "Dice") == ["0.6512", "0.2101"]

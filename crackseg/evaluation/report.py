@@ -369,6 +369,9 @@ def _test_metrics_section(
                 f"{format_metric(metrics.get('test_best_f_measure'))}"
                 f"{_accuracy(metrics, 'test_best_f_')}."
             )
+        if "image_ap_trapezoid" in metrics:  # the AP the paper's numbers are
+            trapezoid = format_metric(metrics["image_ap_trapezoid"])
+            lines.append(f"Its AP, the trapezoidal area under the PR curve: {trapezoid}.")
         lines += [""]
         lines += _confusion_table(metrics, "test_best_f_")
     lines += [""]
