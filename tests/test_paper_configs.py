@@ -283,8 +283,9 @@ def test_an_unknown_weak_choice_is_one_clear_error():
 
 
 def test_the_paper_configs_validate_on_the_published_schedule():
-    for dataset in ("ksdd", "dagm", "ksdd2", "severstal"):
-        cfg = _compose(f"experiment=paper/{dataset}")
+    experiments = ["paper/ksdd", "paper/dagm", "paper/ksdd2", "paper/severstal"]
+    for experiment in [*experiments, "seed_crack_segmentation"]:  # the seed's code's too
+        cfg = _compose(f"experiment={experiment}")
         assert cfg.callbacks.validation_schedule.schedule == "published"
         assert cfg.validation_n_epochs == 5
     assert _compose().callbacks.validation_schedule.schedule == "every_n"
