@@ -150,7 +150,10 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
     here = [key for key in siblings if key not in ("hydra", "_target_")] if siblings else []
     if not block:
         return f"{name} is not a setting{closest_setting('', name, sorted(here))}"
-    if block.split(".")[0] == "data":
+    root = block.split(".")[0]
+    if getattr(cause, "full_key", None) == root:  # the command has no such block at all
+        return f"{block}.{name} is not a setting: this command has no {root} settings"
+    if root == "data":
         known = (
             data_keys(block) if block in ("data", "data.augment", "data.extra_segmented") else None
         )

@@ -162,6 +162,26 @@ def keys_a_config_sets(group: str, choices: dict[str, Any]) -> frozenset[str]:
 
 
 @functools.cache
+def groups_of_command(config_name: str) -> frozenset[str]:
+    """The config groups a command's own config chooses from (``train.yaml``: data, model,
+    ..., experiment), not those of Hydra."""
+    import yaml
+
+    import crackseg
+
+    path = Path(crackseg.CONFIG_DIR) / f"{config_name}.yaml"
+    defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults", [])
+    groups = {next(iter(e)).removeprefix("optional ") for e in defaults if isinstance(e, dict)}
+    return frozenset(g for g in groups if not g.startswith(("override ", "hydra")))
+
+
+def places_at_the_top(group: str, choice: str) -> bool:
+    """Whether option ``choice`` of ``group`` sets its keys at the top of the config
+    (``# @package _global_``: an experiment, a sweep) rather than in a block of its own."""
+    return bool(_keys_of(f"{group}/{choice}.yaml", top_only=True))
+
+
+@functools.cache
 def _keys_of(relative: str, top_only: bool) -> tuple[str, ...]:
     """The keys of conf/RELATIVE; with ``top_only``, only where it is placed at the top of
     the config (``# @package _global_``). None where there is no such file."""

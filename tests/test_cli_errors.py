@@ -112,6 +112,10 @@ def test_a_setting_added_that_nothing_reads_is_refused(tmp_path):
                 "+pixel_size=0.2 adds a setting nothing reads (did you ",
             ),
             ("export", "+output=m.onnx", "+output=m.onnx adds a setting nothing reads (known: "),
+            # not "only of data=crack_segmentation": predict has no data group to choose
+            ("predict", "data.dilate=3", "data.dilate is not a setting: this command has no data"),
+            # deleted, the key was missed later: a KeyError's traceback, exit 1
+            ("predict", "~overlap", "~overlap deletes a setting this command reads: set it "),
         )
     ):
         needed = {"train": [], "predict": ["ckpt_path=x", "input=x"], "export": ["ckpt_path=x"]}

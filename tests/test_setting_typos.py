@@ -250,6 +250,25 @@ def test_a_key_of_another_commands_config_added_with_double_plus_is_refused():
 
 
 @pytest.mark.parametrize(
+    ("command", "override", "expected"),
+    [
+        ("predict", "+data.dilate=3", "it has no data settings"),
+        ("predict", "+trainer.max_epochs=3", "it has no trainer settings"),
+        ("predict", "+data=crack_segmentation", "it has no data group"),
+        ("export", "+trainer.devices=2", "it has no trainer settings"),
+        ("eval", "+scheduler=step", "it has no scheduler group"),
+        ("eval", "+optim.lr=0.1", "it has no optim settings"),
+    ],
+)
+def test_a_block_or_group_the_command_has_not_is_refused(command, override, expected):
+    """crackseg-predict reads no data, trainer or model settings: added with +, as Hydra
+    advises for a key it lacks, they went unread and the run went on."""
+    needed = {"predict": ["ckpt_path=x", "input=y"], "export": ["ckpt_path=x"]}
+    refused = _added_refusal(*needed.get(command, ["ckpt_path=x"]), override, command=command)
+    assert refused == f"{override} adds settings this command does not read: {expected}"
+
+
+@pytest.mark.parametrize(
     "override",
     [
         "++seed=3",  # a key of train.yaml

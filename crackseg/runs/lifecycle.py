@@ -18,6 +18,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from crackseg.error_lines import is_expected_error, one_line, print_line, root_cause
 from crackseg.errors import (
@@ -29,7 +30,7 @@ from crackseg.errors import (
 )
 from crackseg.runs.config_changes import config_differences
 from crackseg.runs.gpus import job_device_context
-from crackseg.runs.hydra_run import in_multirun, override_key, saved_hydra_file
+from crackseg.runs.hydra_run import in_multirun, override_key, saved_hydra_file, typed_overrides
 from crackseg.runs.job_log import log_traceback_to_file
 from crackseg.runs.ownership import (
     accept_run_folder,
@@ -49,8 +50,10 @@ from crackseg.runs.status import finished_status, write_status
 from crackseg.setting_rules import (
     as_override,
     closest_setting,
+    groups_of_command,
     keys_a_config_sets,
     keys_set_at_the_top,
+    places_at_the_top,
     target_arguments,
 )
 
@@ -201,8 +204,14 @@ def refuse_added_settings_nothing_reads(cfg: DictConfig, hydra: DictConfig) -> N
             continue
         key = override_key(override)
         block, _, name = key.rpartition(".")
+        config_name = hydra.job.config_name
+        root = key.split(".")[0]
+        if (block or key in choices) and not _read_by_the_command(root, config_name, choices):
+            raise ConfigError(
+                f"{override} adds settings this command does not read: it has no {root} "
+                f"{'group' if key in choices else 'settings'}"
+            )
         if not block:
-            config_name = hydra.job.config_name
             set_by_a_config = override.startswith("++") and key in keys_set_at_the_top(
                 config_name, choices
             )
@@ -224,11 +233,36 @@ def refuse_added_settings_nothing_reads(cfg: DictConfig, hydra: DictConfig) -> N
             )
 
 
+def _read_by_the_command(root: str, config_name: str, choices: dict[str, Any]) -> bool:
+    """Whether the command of ``config_name`` reads the top-level block or group ``root``:
+    one of its own config's groups or keys, or a group whose option places its settings at
+    the top (``+sweep=dilate``), where they are checked key by key."""
+    if root in groups_of_command(config_name) | keys_set_at_the_top(config_name, choices):
+        return True
+    choice = choices.get(root)
+    return isinstance(choice, str) and places_at_the_top(root, choice)
+
+
+def _missed_deleted_setting(error: BaseException) -> ConfigError | None:
+    """A setting deleted with ``~KEY`` that the command then missed (a KeyError, OmegaConf's
+    missing key or interpolation): the deletion named, rather than the key it left missing."""
+    if not isinstance(error, KeyError | OmegaConfBaseException | ConfigError):
+        return None
+    for override in typed_overrides():
+        key = override_key(override)
+        if override.startswith("~") and f"'{key.rpartition('.')[2]}'" in str(error):
+            return ConfigError(
+                f"{override} deletes a setting this command reads: set it instead ({key}=VALUE)"
+            )
+    return None
+
+
 def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
     """A command that failed: its status; one line and exit 2 for a user's mistake in a
     single run (a traceback otherwise); in a multirun the job's line, and the sweep goes on,
     unless the mistake is the whole sweep's."""
     error = root_cause(raised)
+    error = _missed_deleted_setting(error) or error
     if multirun and isinstance(error, SweepSettingsError):
         raise error from None  # the whole sweep's mistake: it fails the sweep
     if isinstance(raised, InstantiationException) and not isinstance(error, CracksegError):
