@@ -28,6 +28,7 @@ from crackseg.data.io import list_input_images
 from crackseg.deploy.backends import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
+    ModelInfo,
     check_cuda_provider,
     onnx_providers,
     open_backend,
@@ -38,6 +39,7 @@ from crackseg.deploy.predict_folder import (
     PREDICTION_COLUMNS,
     _read_for_prediction,
     predict_folder,
+    warn_of_stand_in_thresholds,
 )
 from crackseg.deploy.settings import PredictSettings, checked_prediction
 from crackseg.errors import ConfigError, CracksegError, DataError, RunFolderError
@@ -925,3 +927,28 @@ def test_reference_masks_that_name_a_file_or_nothing_are_refused_as_such(tmp_pat
         reference_masks(str(tmp_path / "road.png"))
     with pytest.raises(DataError, match=r"masks: no such folder$"):
         reference_masks(str(tmp_path / "masks"))
+
+
+def test_thresholds_no_validation_chose_are_warned_of(tiny_checkpoint, tmp_path, caplog):
+    """A validation split of one class (CrackForest: every photograph cracked) chooses no
+    image threshold: 0.5 stands in. The checkpoint and its ONNX metadata say so, and a
+    prediction warns of it, unless the threshold is set."""
+    from crackseg.models.checkpoint import load_module
+
+    saved = torch.load(tiny_checkpoint, weights_only=True)
+    assert saved["stand_in_thresholds"] == []  # the tiny run validated on both classes
+    one_class = tmp_path / "one_class.ckpt"
+    torch.save({**saved, "stand_in_thresholds": ["image"]}, one_class)
+    info = ModelInfo.of_module(load_module(one_class))
+    assert info.stand_in_thresholds == ("image",)
+    assert ModelInfo.from_metadata(info.to_metadata(), "m.onnx") == info
+    with caplog.at_level(logging.WARNING):
+        warn_of_stand_in_thresholds(predict_settings(), info)
+    assert "the model's image threshold, 0.5, was chosen by nobody: its validation split " in (
+        caplog.text
+    )
+    assert "(decision_threshold= sets one)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        warn_of_stand_in_thresholds(predict_settings(decision_threshold=0.4), info)
+    assert caplog.text == ""

@@ -73,6 +73,8 @@ class ModelInfo:
     input_scaling: dict[str, Any] | None
     image_threshold: float
     seg_threshold: float
+    #: The thresholds no validation chose (SegDecModule.stand_in_thresholds).
+    stand_in_thresholds: tuple[str, ...] = ()
 
     def to_metadata(self) -> dict[str, str]:
         values = {
@@ -82,6 +84,7 @@ class ModelInfo:
             "input_scaling": json.dumps(self.input_scaling),
             "image_threshold": repr(self.image_threshold),
             "seg_threshold": repr(self.seg_threshold),
+            "stand_in_thresholds": json.dumps(list(self.stand_in_thresholds)),
             "input_format": INPUT_FORMAT,
             "input_sizes": INPUT_SIZES,
             "output_format": OUTPUT_FORMAT,
@@ -104,6 +107,8 @@ class ModelInfo:
                 input_scaling=json.loads(values["input_scaling"]),
                 image_threshold=float(values["image_threshold"]),
                 seg_threshold=float(values["seg_threshold"]),
+                # (a file exported before it was recorded: none known)
+                stand_in_thresholds=tuple(json.loads(values.get("stand_in_thresholds", "[]"))),
             )
         except (KeyError, ValueError) as error:
             raise CracksegError(
@@ -122,6 +127,7 @@ class ModelInfo:
             input_scaling=dict(scaling) if scaling is not None else None,
             image_threshold=image_threshold,
             seg_threshold=seg_threshold,
+            stand_in_thresholds=module.stand_in_thresholds,
         )
 
 

@@ -272,6 +272,27 @@ def _read_for_prediction(
         yield (path, image), image
 
 
+#: Per threshold a validation could not choose: why, and the setting that gives one.
+_STAND_IN = {
+    "image": ("its validation split held images of one class only", "decision_threshold"),
+    "segmentation": ("no validation positive had a mask pixel", "segmentation_threshold"),
+}
+
+
+def warn_of_stand_in_thresholds(settings: PredictSettings, info: ModelInfo) -> None:
+    """The model's thresholds that no validation chose (0.5 standing in), unless set."""
+    given = {"image": settings.decision_threshold, "segmentation": settings.segmentation_threshold}
+    for name in info.stand_in_thresholds:
+        if given.get(name) is None:
+            why, setting = _STAND_IN[name]
+            log.warning(
+                "the model's %s threshold, 0.5, was chosen by nobody: %s (%s= sets one)",
+                name,
+                why,
+                setting,
+            )
+
+
 def predict_folder(
     settings: PredictSettings, paths: list[Path], output_dir: Path
 ) -> dict[str, Any]:
@@ -290,6 +311,7 @@ def predict_folder(
         settings.image_threshold(info),
         settings.pixel_threshold(info),
     )
+    warn_of_stand_in_thresholds(settings, info)
     if settings.segmentation_threshold is None and info.seg_threshold == 0:
         log.warning(
             "the model's segmentation threshold, chosen on its validation split, is 0: every "

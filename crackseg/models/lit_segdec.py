@@ -58,6 +58,8 @@ def validation_group(trainer: pl.Trainer) -> str:
 
 #: The checkpoint key of :attr:`SegDecModule.thresholds_step`.
 THRESHOLDS_STEP = "thresholds_step"
+#: The checkpoint key of :attr:`SegDecModule.stand_in_thresholds`.
+STAND_IN_THRESHOLDS = "stand_in_thresholds"
 #: The training losses logged once per epoch: the mean over the samples each applies to.
 TRAIN_LOSSES = ("loss_seg", "loss_dec", "loss")
 
@@ -127,6 +129,10 @@ class SegDecModule(pl.LightningModule):
         # checkpoint saved after an epoch not validated carries earlier weights' thresholds.
         self.thresholds_step: int | None = None
         self.weights_step: int | None = None
+        # Those of the thresholds the last validation could not choose, DEFAULT_THRESHOLD
+        # standing in: "image" (a split of one class), "segmentation" (no positive with a
+        # mask pixel).
+        self.stand_in_thresholds: tuple[str, ...] = ()
         self.train_means = torch.nn.ModuleDict({name: WeightedMean() for name in TRAIN_LOSSES})
         self._resumed_means: dict[str, list[float]] | None = None
         self._log_epoch_constants = True
@@ -277,6 +283,7 @@ class SegDecModule(pl.LightningModule):
         checkpoint keeps the first process's sums alone."""
         self.volume_kernel.save(checkpoint)
         checkpoint[THRESHOLDS_STEP] = self.thresholds_step
+        checkpoint[STAND_IN_THRESHOLDS] = list(self.stand_in_thresholds)
         if self._trainer is None:
             return
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -293,6 +300,7 @@ class SegDecModule(pl.LightningModule):
         self.weights_step = checkpoint.get("global_step", 0)
         # one saved before the step was: its thresholds taken as its weights' own
         self.thresholds_step = checkpoint.get(THRESHOLDS_STEP, self.weights_step)
+        self.stand_in_thresholds = tuple(checkpoint.get(STAND_IN_THRESHOLDS, ()))
         self.volume_kernel.load(checkpoint)
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -349,6 +357,8 @@ class SegDecModule(pl.LightningModule):
             self.image_threshold.fill_(image["image_threshold"])
             self.seg_threshold.fill_(seg_threshold)
             self.thresholds_step = self.global_step
+            unchosen = {"image": image["best_f_measure"], "segmentation": dice}
+            self.stand_in_thresholds = tuple(k for k, v in unchosen.items() if math.isnan(v))
             self.last_val_image_ap = image["image_ap"]  # undefined stays undefined
             self.last_val_dice = dice
         # The gathered values are equal on every rank; sync_dist only quiets Lightning.
