@@ -38,7 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ``trainer.precision=auto`` evaluates in the precision the weights were trained in.
     """
     output_dir = Path(cfg.paths.output_dir)
-    accept_folder_of_its_own(output_dir)
+    accept_folder_of_its_own(output_dir, "eval")
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
     typed = typed_keys()
     refuse_model_settings(typed)

@@ -20,7 +20,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """Export into a folder of its own: never one holding a run."""
     from crackseg.deploy.settings import checked_export  # loads OpenCV: not sooner
 
-    accept_folder_of_its_own(cfg.paths.output_dir)
+    accept_folder_of_its_own(cfg.paths.output_dir, "export")
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
     check_config(cfg)
     check_images = checked_export(cfg)

@@ -27,7 +27,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     # load) once the settings, the model file and the input are.
     from crackseg.deploy.settings import checked_prediction
 
-    accept_folder_of_its_own(cfg.paths.output_dir)
+    accept_folder_of_its_own(cfg.paths.output_dir, "predict")
     settings, images = checked_prediction(cfg)
     set_job_threads(cfg)
     from crackseg.deploy.predict_folder import predict_folder

@@ -353,21 +353,22 @@ def test_eval_refuses_model_and_training_settings_which_the_checkpoint_decides(t
     assert line == f"error: checkpoint {missing} does not exist"
 
 
-def test_a_folder_of_a_failed_command_is_refused_naming_the_failure(tmp_path, photos):
-    """A retry after a typo, into the same folder: the refusal says what the folder holds."""
+def test_a_folder_of_a_refused_command_is_the_same_commands_to_retry(tmp_path, photos):
+    """A retry after a typo, into the same folder: the same command may take it (the
+    refusal left only its record); another command is refused, naming the failure, so the
+    folder stays the refused command's to retry."""
     run_dir = tmp_path / "p"
-    first, _ = refuse(
-        "predict", "ckpt_path=none.ckpt", f"input={photos}", f"hydra.run.dir={run_dir}"
-    )
-    line, lightning = refuse(
-        "predict", "ckpt_path=none.ckpt", f"input={photos}", f"hydra.run.dir={run_dir}"
-    )
-    failure = first.removeprefix("error: ")
-    assert line == (
-        f"error: {run_dir} already holds a command that failed ({failure}); "
-        "choose another hydra.run.dir"
-    )
+    typed = ("ckpt_path=none.ckpt", f"input={photos}", f"hydra.run.dir={run_dir}")
+    first, _ = refuse("predict", *typed, "overlap=0.9")
+    assert first.startswith("error: overlap must be a number in [0, 0.75]")
+    line, lightning = refuse("predict", *typed)
+    assert line == "error: checkpoint none.ckpt does not exist"  # the folder was taken
     assert lightning == set()
+    line, _ = refuse("export", "ckpt_path=none.ckpt", f"hydra.run.dir={run_dir}")
+    assert line == (
+        f"error: {run_dir} already holds a command that failed (checkpoint none.ckpt does not "
+        "exist); choose another hydra.run.dir"
+    )
 
 
 def test_resuming_the_folder_of_another_command_is_refused_and_leaves_it_be(tmp_path):

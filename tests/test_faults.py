@@ -278,9 +278,9 @@ def test_a_folder_of_the_users_is_refused_where_a_run_would_overwrite_its_files(
         "my notes.txt\n",
     ]
     with pytest.raises(RunFolderError, match="holds files that are not a run's"):
-        refuse_used_folder(mine)
+        refuse_used_folder(mine, "predict")
     (mine / "report.md").unlink(), (mine / "metrics.json").unlink()
-    refuse_used_folder(mine)  # a folder of other files is the user's choice
+    refuse_used_folder(mine, "predict")  # a folder of other files is the user's choice
 
 
 @pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])

@@ -23,7 +23,7 @@ from crackseg.errors import RunFolderError
 from crackseg.run_files import LOCK_FILE, RUN_OUTPUTS, STATUS_FILE, SWEEP_FILE
 from crackseg.runs.hydra_run import OTHER_COMMANDS, started_by
 from crackseg.runs.job_log import accept_job_logs
-from crackseg.runs.status import holds_run, holds_sweep, read_status
+from crackseg.runs.status import holds_only_a_refusal, holds_run, holds_sweep, read_status
 
 #: Where Lightning reads a process's rank from until its Trainer sets it, first set first
 #: (lightning_fabric.utilities.rank_zero).
@@ -196,16 +196,18 @@ def refuse_files_of_others(folder: Path) -> None:
         )
 
 
-def refuse_used_folder(folder: Path) -> None:
+def refuse_used_folder(folder: Path, command: str) -> None:
     """Evaluations, predictions and exports only ever write into a folder of their own: not
     one holding a run, nor another prediction's outputs (one killed before it wrote its
-    status), which they would overwrite or mix with theirs."""
+    status), which they would overwrite or mix with theirs. A folder where the same
+    ``command`` was refused before its work (a setting mistyped) may be used again."""
     from crackseg.deploy.outputs import refuse_earlier_outputs
 
-    if used_by_another_command(folder):
+    retry = holds_only_a_refusal(folder) and started_by(folder) == command
+    if used_by_another_command(folder) and not retry:
         status = read_status(folder) or {}
-        command = started_by(folder)
-        held = f"a run of crackseg-{command}" if command in OTHER_COMMANDS else "a run"
+        other = started_by(folder)
+        held = f"a run of crackseg-{other}" if other in OTHER_COMMANDS else "a run"
         if status.get("status") == "failed" and not holds_run(folder):
             held = f"a command that failed ({status.get('error', 'see its log')})"
         raise RunFolderError(f"{folder} already holds {held}; choose another hydra.run.dir")
@@ -213,8 +215,9 @@ def refuse_used_folder(folder: Path) -> None:
     refuse_earlier_outputs(folder)
 
 
-def accept_folder_of_its_own(folder: str | Path) -> None:
-    """An evaluation's, prediction's or export's start: its folder refused where it holds a
-    run or another prediction (:func:`refuse_used_folder`), else accepted."""
-    refuse_used_folder(Path(folder))
+def accept_folder_of_its_own(folder: str | Path, command: str) -> None:
+    """An evaluation's, prediction's or export's start (``command``: eval, predict, export):
+    its folder refused where it holds a run or another prediction
+    (:func:`refuse_used_folder`), else accepted."""
+    refuse_used_folder(Path(folder), command)
     accept_run_folder(folder)

@@ -41,7 +41,6 @@ from crackseg.paper_settings import (
     table4_segmented,
     weak_adjustment,
 )
-from crackseg.run_files import HYDRA_FILES, LOCK_FILE, STATUS_FILE
 from crackseg.runs.job_folders import job_dirname, job_folder
 
 
@@ -119,20 +118,18 @@ def _remove_unused(folder: Path, made: Path) -> None:
 def _remove_refusal_record(folder: Path) -> None:
     """The files a command refused before its work left in ``folder``, where it left no other:
     Hydra's ``.hydra/`` (its three files), the job's log, ``status.json`` and the lock."""
+    from crackseg.runs.status import holds_only_a_refusal
+
+    if not holds_only_a_refusal(folder):
+        return
     with contextlib.suppress(OSError):
         hydra = folder / ".hydra"
-        record = {".hydra", STATUS_FILE, LOCK_FILE}
-        names = {path.name for path in folder.iterdir()}
-        logs = {name for name in names if name.endswith(".log")}
-        hydra_files = {path.name for path in hydra.iterdir()} if hydra.is_dir() else set()
-        if names - record - logs or hydra_files - HYDRA_FILES:
-            return
-        for name in names - {".hydra"}:
-            (folder / name).unlink()
-        for name in hydra_files:
-            (hydra / name).unlink()
-        with contextlib.suppress(FileNotFoundError):
+        if hydra.is_dir():
+            for path in hydra.iterdir():
+                path.unlink()
             hydra.rmdir()
+        for path in folder.iterdir():
+            path.unlink()
 
 
 def forget_new_run_folders() -> None:
@@ -211,7 +208,7 @@ def refuse_used_folder_before_lock(
         return
     if skip_finished and in_multirun() and finished_status(Path(output_dir)) is not None:
         return
-    refuse_used_folder(Path(output_dir))
+    refuse_used_folder(Path(output_dir), job_name)
 
 
 def hydra_subdir(

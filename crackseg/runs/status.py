@@ -11,8 +11,10 @@ from typing import Any
 from crackseg.atomic import atomic_write_text
 from crackseg.run_files import (
     CHECKPOINT_DIR,
+    HYDRA_FILES,
     INTERRUPTED_CHECKPOINT,
     LAST_CHECKPOINT,
+    LOCK_FILE,
     SLURM_CHECKPOINTS,
     STATUS_FILE,
     SWEEP_FILE,
@@ -86,6 +88,24 @@ def holds_run(folder: Path) -> bool:
         return False
     status = read_status(folder)
     return status is None or status.get("status") != "failed"
+
+
+def holds_only_a_refusal(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but the record of a command refused before its work:
+    a failed status, Hydra's ``.hydra/`` files, the job's log and the lock. A later command
+    may take such a folder (one the user named with ``hydra.run.dir``)."""
+    folder = Path(folder)
+    try:
+        names = {path.name for path in folder.iterdir()}
+        hydra = folder / ".hydra"
+        hydra_files = {path.name for path in hydra.iterdir()} if hydra.is_dir() else set()
+    except OSError:
+        return False
+    record = {".hydra", STATUS_FILE, LOCK_FILE}
+    others = {name for name in names - record if not name.endswith(".log")}
+    status = read_status(folder)
+    failed = status is not None and status.get("status") == "failed"
+    return failed and not others and hydra_files <= HYDRA_FILES
 
 
 def _checkpoints(folder: Path) -> list[Path]:
