@@ -388,6 +388,20 @@ def test_resuming_the_folder_of_another_command_is_refused_and_leaves_it_be(tmp_
     assert sorted(p.name for p in folder.rglob("*")) == before
 
 
+def test_resuming_into_another_folder_is_refused_and_leaves_nothing_there(tmp_path):
+    """resume=RUN_DIR with a hydra.run.dir of its own: refused, and the folder named holds
+    no lock file afterwards (the refusal locked it first)."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (run_dir / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: train\n")
+    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    other = tmp_path / "other"
+    line, _ = refuse("train", f"resume={run_dir}", f"hydra.run.dir={other}")
+    assert line == f"error: resume={run_dir} but the run folder is {other}: drop hydra.run.dir"
+    assert list(other.iterdir()) == []
+
+
 def test_a_run_started_with_a_config_of_its_own_is_a_training_to_resume(tmp_path):
     """``crackseg-train --config-dir DIR --config-name my_train``: Hydra records the config
     name my_train and the job name train; the folder holds a training (it was once refused

@@ -40,6 +40,7 @@ from crackseg.runs.ownership import (
     process_rank,
     refuse_files_of_others,
     release_run_folder,
+    unlock_refused_folder,
     used_by_another_command,
 )
 from crackseg.runs.resolvers import (  # registers the configs' resolvers
@@ -272,7 +273,9 @@ def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
     expected = isinstance(error, InstantiationException) or is_expected_error(error)
     if multirun and not expected:
         log.exception("job failed")
-    if not isinstance(error, RunFolderError):  # a folder of another run keeps its status
+    if isinstance(error, RunFolderError):  # a folder of another run keeps its status
+        unlock_refused_folder(output_dir)
+    else:
         accept_a_new_folder(output_dir)
         _record(output_dir, "failed", error=one_line(error))
     if not multirun:

@@ -10,6 +10,7 @@ to resume it (crackseg.runs.resume).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -163,6 +164,17 @@ def release_run_folder(folder: str | Path) -> None:
             _named.discard(key)
             os.ftruncate(fd, 0)
         os.close(fd)  # closing drops the lock
+
+
+def unlock_refused_folder(folder: str | Path) -> None:
+    """A command refused its folder after locking it (``resume=RUN_DIR`` with another
+    ``hydra.run.dir``): released, and the lock file removed where it is all the folder
+    holds, so the refusal leaves nothing there."""
+    lock = Path(folder) / LOCK_FILE
+    with contextlib.suppress(OSError):
+        if [path.name for path in Path(folder).iterdir()] == [LOCK_FILE]:
+            lock.unlink()  # while held: no other process has opened it since
+    release_run_folder(folder)
 
 
 def used_by_another_command(folder: Path) -> bool:
