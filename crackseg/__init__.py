@@ -14,3 +14,15 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR = str(_config_dir())
+
+
+#: The libraries ``--version`` names beside crackseg: those a run's results depend on.
+VERSIONED_LIBRARIES = ("torch", "pytorch-lightning", "hydra-core")
+
+
+def version_line() -> str:
+    """What every command's ``--version`` prints."""
+    from importlib.metadata import version
+
+    libraries = ", ".join(f"{name} {version(name)}" for name in VERSIONED_LIBRARIES)
+    return f"crackseg {__version__} ({libraries})"

@@ -17,6 +17,7 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from crackseg import version_line
 from crackseg.error_lines import (
     cannot_set_up_run_folder,
     is_expected_error,
@@ -152,6 +153,9 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     ends with its summary written, exit 143.
     """
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    if "--version" in sys.argv[1:]:  # Hydra's own would name only itself
+        print(version_line())
+        sys.exit(0)
     leave_out_library_notices()
     try:
         refuse_unusable_folder_overrides(sys.argv[1:])

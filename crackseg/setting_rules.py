@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from crackseg import version_line
 from crackseg.errors import ConfigError
 
 _MISSING = object()
@@ -110,6 +111,10 @@ class OneLineParser(argparse.ArgumentParser):
     :class:`ConfigError` naming the command instead, for the command to print as its other
     errors (``crackseg-data``, ``crackseg-summary``).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=version_line())
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, one_line_error, run_entry
 
+import crackseg
+from crackseg import version_line
 from crackseg.sweep.summary import main as summary_main
 
 #: The config groups crackseg-eval takes (the network comes from the checkpoint).
@@ -432,3 +434,14 @@ def test_info_said_before_a_refusal_is_left_out_of_the_console_and_kept_in_the_l
         root.removeHandler(console)
         root.removeHandler(log_file)
         log_file.close()
+
+
+@pytest.mark.parametrize(
+    "module", ["train", "eval", "predict", "export", "data.tools", "sweep.summary"]
+)
+def test_every_command_says_its_version(module):
+    """crackseg's, not Hydra's alone (Hydra's --version named only itself)."""
+    result = run_entry(module, "--version")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == f"{version_line()}\n"
+    assert result.stdout.startswith(f"crackseg {crackseg.__version__} (torch ")
