@@ -457,6 +457,8 @@ def test_a_sweep_over_checkpoints_is_not_refused_for_the_checkpoint_it_sweeps(tm
 def test_help_of_predict_and_export_lists_their_settings_not_the_training_groups(entry):
     result = run_entry(entry, "--help", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.startswith(f"crackseg-{entry}: its settings")
+    usage = {"predict": "ckpt_path=PATH input=IMAGE_OR_FOLDER", "export": "ckpt_path=PATH"}
+    assert result.stdout.startswith(f"crackseg-{entry} {usage[entry]} [")  # how it is called
+    assert "Its settings, with their defaults (??? must be given)" in result.stdout
     assert "ckpt_path:" in result.stdout
     assert "Configuration groups" not in result.stdout and "trainer:" not in result.stdout
