@@ -28,7 +28,7 @@ from crackseg.error_lines import (
 from crackseg.errors import EXIT_STOPPED, ConfigError, CracksegError, SweepStopped
 from crackseg.runs.hydra_run import override_key
 from crackseg.runs.lifecycle import leave_out_library_notices
-from crackseg.runs.ownership import is_rank_zero, refuse_a_sweeps_folder
+from crackseg.runs.ownership import is_rank_zero, refuse_a_sweeps_folder, unlock_every_folder
 from crackseg.setting_rules import as_override
 from crackseg.sweep.summary import MD_NAME, end_sweep, ended_sweeps, started_sweeps
 
@@ -184,6 +184,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
         # A run folder refused by crackseg.runs.resolvers, or one that cannot be created, is
         # worded as itself, not as the resolver error wrapping it.
         error = root_cause(raised)
+        unlock_every_folder()  # refused before its run: no lock file left where it is all
         line = cannot_set_up_run_folder(error)
         if line is None:
             if not is_expected_error(error):

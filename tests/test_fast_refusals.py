@@ -225,11 +225,15 @@ def test_train_refuses_a_resume_of_nothing_without_lightning(tmp_path):
     assert lightning == set()
 
 
-def test_train_refuses_an_empty_resume_without_lightning():
-    """``resume=$RUN`` with RUN unset names no folder: not the current one."""
-    line, lightning = refuse("train", "resume=")
+def test_train_refuses_an_empty_resume_without_lightning(tmp_path):
+    """``resume=$RUN`` with RUN unset names no folder: not the current one; nor does a
+    value Hydra typed (``resume=true``). The folder named is left without a lock file."""
+    line, lightning = refuse("train", "resume=", f"hydra.run.dir={tmp_path / 'a'}")
     assert line == "error: resume= is empty: name the run folder (resume=RUN_DIR), or leave it out"
     assert lightning == set()
+    line, _ = refuse("train", "resume=true", f"hydra.run.dir={tmp_path / 'b'}")
+    assert line == "error: resume= takes a run folder (resume=RUN_DIR) or auto, not true"
+    assert [list((tmp_path / name).iterdir()) for name in "ab"] == [[], []]
 
 
 def test_train_and_eval_refuse_a_data_config_without_a_root_without_lightning(tmp_path):

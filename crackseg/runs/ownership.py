@@ -177,6 +177,13 @@ def unlock_refused_folder(folder: str | Path) -> None:
     release_run_folder(folder)
 
 
+def unlock_every_folder() -> None:
+    """A command refused before its run (a resolver's refusal, Hydra's): every folder it
+    locked released as :func:`unlock_refused_folder` releases one."""
+    for key in list(_held):
+        unlock_refused_folder(key)
+
+
 def used_by_another_command(folder: Path) -> bool:
     """Whether ``folder`` holds a run, or any run's status (a failed one's too): an
     evaluation, prediction or export never writes there."""

@@ -233,12 +233,13 @@ def hydra_subdir(
 
     if output_dir is None:
         return ".hydra"
+    resumed = resumed_folder(resume) is not None  # (a resume= of nothing refused unlocked)
     refuse_used_folder_before_lock(output_dir, job_name, skip_finished)
     claim_run_folder(output_dir)
     folder = Path(output_dir)
     # A training may start again where one failed; other commands leave any run's folder be.
     used = holds_run(folder) if job_name in (None, "train") else used_by_another_command(folder)
-    keep = resumed_folder(resume) is not None or used or bool(earlier_outputs(folder))
+    keep = resumed or used or bool(earlier_outputs(folder))
     return None if keep else ".hydra"
 
 

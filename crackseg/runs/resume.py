@@ -70,7 +70,10 @@ def resumed_folder(resume: object) -> Path | None:
         raise RunFolderError(
             "resume= is empty: name the run folder (resume=RUN_DIR), or leave it out"
         )
-    return Path(str(resume))
+    if not isinstance(resume, str):  # resume=true, resume=1: Hydra typed it
+        typed = str(resume).lower() if isinstance(resume, bool) else resume
+        raise RunFolderError(f"resume= takes a run folder (resume=RUN_DIR) or auto, not {typed}")
+    return Path(resume)
 
 
 def check_resume_folder(run_dir: Path) -> None:
