@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import hashlib
 import logging
@@ -83,11 +84,23 @@ def warn_of_images_trained_on(checkpoint: str, images: list[Path]) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def hydra_main(cfg: DictConfig) -> float | None:
-    output_dir = cfg.paths.output_dir
-    stopped_message = (
-        f"the predictions made so far are in {output_dir}; predict the rest into another folder"
-    )
-    return run_task(predict, cfg, objective="", stopped_message=stopped_message)
+    output_dir = Path(cfg.paths.output_dir)
+    return run_task(predict, cfg, objective="", stopped_message=lambda: _stopped(output_dir))
+
+
+def _stopped(output_dir: Path) -> str:
+    """What a prediction stopped by Ctrl-C or SIGTERM left, and how to go on."""
+    from crackseg.deploy.outputs import PREDICTIONS_TABLE
+    from crackseg.errors import plural
+
+    table = output_dir / PREDICTIONS_TABLE
+    with contextlib.suppress(OSError), table.open(newline="", errors="surrogateescape") as rows:
+        if done := sum(1 for _ in csv.reader(rows)) - 1:  # (its header)
+            return (
+                f"the predictions of {plural(done, 'image')} made so far are in {output_dir}; "
+                "predict the rest into another folder"
+            )
+    return "no image was predicted yet: predict into another folder"
 
 
 def main() -> None:

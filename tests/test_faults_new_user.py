@@ -1000,14 +1000,15 @@ def test_an_interrupted_prediction_ends_with_one_line_and_its_status(tiny_checkp
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == (
-        f"stopped: the predictions made so far are in {out}; predict the rest into another folder"
-    )
     assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
     # the images predicted so far are in the tables, as in a finished run's (all but the
     # one being written when it stopped, if any)
     rows = {row.split(",")[0] for row in (out / "predictions.csv").read_text().splitlines()[1:]}
     assert 0 < len(rows) < 300
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped: the predictions of {len(rows)} images made so far are in {out}; predict the "
+        "rest into another folder"
+    )
     assert rows <= set(done()) and len(set(done()) - rows) <= 1
     # the folder is a prediction's: another one into it is refused and writes nothing
     before = _everything(out)

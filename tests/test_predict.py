@@ -952,3 +952,14 @@ def test_thresholds_no_validation_chose_are_warned_of(tiny_checkpoint, tmp_path,
     with caplog.at_level(logging.WARNING):
         warn_of_stand_in_thresholds(predict_settings(decision_threshold=0.4), info)
     assert caplog.text == ""
+
+
+def test_a_stopped_prediction_says_what_it_left(tmp_path):
+    from crackseg.predict import _stopped
+
+    assert _stopped(tmp_path) == "no image was predicted yet: predict into another folder"
+    (tmp_path / "predictions.csv").write_text('file,width\n"a,\nb.png",8\n')  # one row
+    assert _stopped(tmp_path) == (
+        f"the predictions of 1 image made so far are in {tmp_path}; predict the rest into "
+        "another folder"
+    )

@@ -14,7 +14,8 @@ import numpy as np
 from crackseg.errors import RunFolderError
 
 #: What a prediction writes into its run folder: its tables and its folders of images.
-OUTPUT_TABLES = ("predictions.csv", "cracks.csv")
+PREDICTIONS_TABLE, CRACKS_TABLE = "predictions.csv", "cracks.csv"
+OUTPUT_TABLES = (PREDICTIONS_TABLE, CRACKS_TABLE)
 OUTPUT_FOLDERS = ("probabilities", "masks", "overlays")
 #: What an export writes into its run folder: the model and the record of its check.
 EXPORT_MODEL = "model.onnx"

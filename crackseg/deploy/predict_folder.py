@@ -33,7 +33,7 @@ from crackseg.data.labels import binarize
 from crackseg.data.layouts import files_by_stem
 from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
-from crackseg.deploy.outputs import overlay, probability_image
+from crackseg.deploy.outputs import CRACKS_TABLE, PREDICTIONS_TABLE, overlay, probability_image
 from crackseg.deploy.predictor import ImagePrediction, predict_images
 from crackseg.deploy.settings import PredictSettings
 from crackseg.errors import DataError, describe_files, plural
@@ -243,12 +243,12 @@ class ResultWriter:
         millimetres = self.settings.pixel_size_mm is not None
         references = REFERENCE_COLUMNS if self.settings.reference_masks is not None else []
         atomic_write_csv(
-            self.output_dir / "predictions.csv",
+            self.output_dir / PREDICTIONS_TABLE,
             PREDICTION_COLUMNS + (PREDICTION_MM_COLUMNS if millimetres else []) + references,
             self.image_rows,
         )
         atomic_write_csv(
-            self.output_dir / "cracks.csv",
+            self.output_dir / CRACKS_TABLE,
             CRACK_COLUMNS + (CRACK_MM_COLUMNS if millimetres else []),
             self.crack_rows,
         )

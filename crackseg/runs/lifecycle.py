@@ -86,7 +86,7 @@ def run_task(
     task: Callable[[DictConfig], dict[str, Any]],
     cfg: DictConfig,
     objective: str = "best_val_image_ap",
-    stopped_message: str | None = None,
+    stopped_message: str | Callable[[], str] | None = None,
 ) -> float | None:
     """Run ``task`` and return the metric a sweeper optimises.
 
@@ -290,11 +290,12 @@ def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
         log_traceback_to_file(output_dir, raised)
 
 
-def _end_stopped(output_dir: Path, message: str | None, multirun: bool) -> None:
-    """A command stopped by SIGTERM or Ctrl-C: its status, how to go on, exit 143."""
+def _end_stopped(output_dir: Path, message: str | Callable[[], str] | None, multirun: bool) -> None:
+    """A command stopped by SIGTERM or Ctrl-C: its status, how to go on (``message``, or
+    what it says once the command stopped), exit 143."""
     _record(output_dir, "interrupted")
     if message is not None:
-        tell_user(f"stopped: {message}")
+        tell_user(f"stopped: {message() if callable(message) else message}")
     elif multirun:
         sweep_dir = HydraConfig.get().sweep.dir
         again = as_override("hydra.sweep.dir", sweep_dir)
