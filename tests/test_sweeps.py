@@ -678,6 +678,26 @@ def test_the_summary_counts_every_job_that_did_not_finish(tmp_path: Path) -> Non
     assert (group["n"], group["not_finished"]) == (1, 4)
 
 
+def test_the_summary_of_a_sweep_of_predictions_shows_what_they_counted(tmp_path: Path) -> None:
+    """crackseg-predict -m over its overlap: images, cracks and Dice, not a training's AUC
+    and AP (always n/a), and no seeds it never had."""
+    for num, (overlap, cracks) in enumerate([(0.25, 3), (0.5, 4)]):
+        job = tmp_path / f"{num}_overlap={overlap}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- overlap={overlap}\n")
+        (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: predict\n")
+        metrics = {"images": 2, "unreadable": 0, "cracks": cracks}
+        (job / "status.json").write_text(json.dumps({"status": "finished", "metrics": metrics}))
+    assert main([str(tmp_path)]) == 0
+    md = (tmp_path / "summary.md").read_text()
+    assert "2 jobs: 2 finished, 0 failed, 0 unfinished. Swept: `overlap`.\n" in md
+    assert "| overlap | n | not_finished | cracks | dice_mean |" in md
+    assert "| 1_overlap=0.5 | finished | 0.5 | 2 | 0 | 4 | – |" in md
+    assert "image_auc" not in md and "## Figures" not in md
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0]
+    assert header == "job,status,error,seed,overlap,images,unreadable,cracks,dice_mean"
+
+
 def test_a_setting_respelled_or_free_to_change_in_a_rerun_is_one_setting(tmp_path: Path) -> None:
     """A sweep run again may change data.num_workers or resume, and may spell 0.01 as 1e-2,
     or 1 as 1.0: its jobs still have the earlier jobs' setting, one group of their seeds. An

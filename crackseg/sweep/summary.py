@@ -63,6 +63,11 @@ METRICS = (
     "best_val_image_ap",
     "num_segmented",
 )
+#: Per-job metrics of a sweep of predictions (``crackseg-predict -m``, over its overlap or
+#: thresholds): the images predicted and left unread, the cracks found, the mean Dice
+#: against reference masks.
+PREDICTION_METRICS = ("images", "unreadable", "cracks", "dice_mean")
+ALL_METRICS = (*METRICS, *(m for m in PREDICTION_METRICS if m not in METRICS))
 #: How summary.md names a status: a job without ``status.json`` (still running, or killed)
 #: is ``unfinished`` in summary.csv.
 NAMED = {"unfinished": "without a status"}
@@ -70,6 +75,8 @@ NAMED = {"unfinished": "without a status"}
 _ABSENT = object()
 #: Metrics averaged over seeds in the grouped table.
 GROUPED_METRICS = ("image_auc", "image_ap", "dice_mean", "iou_mean")
+#: Those of a sweep of predictions.
+GROUPED_PREDICTION_METRICS = ("cracks", "dice_mean")
 
 #: The multiruns this process ran to their end: (sweep folder, jobs, jobs of this run that
 #: failed, jobs of this run that did not finish otherwise), the counts None where the jobs'
@@ -246,6 +253,9 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
     """
     root = Path(root)
     jobs = _runs_of_one_command(root, find_job_dirs(root))
+    command = (started_by(jobs[0]) or "train") if jobs else "train"
+    metric_names = {"train": METRICS, "eval": METRICS, "predict": PREDICTION_METRICS}
+    names = metric_names.get(command, ())
     overrides = [_read_overrides(job) for job in jobs]
     swept = _varying_keys(root, overrides)
     rows = []
@@ -261,7 +271,7 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
         for key in swept:
             value = job_overrides.get(key)
             row[key] = value if value is not None else _config_value(job, key)
-        for name in METRICS:
+        for name in names:
             row[name] = metrics.get(name)
         rows.append(row)
     return rows
@@ -288,7 +298,15 @@ def swept_columns(rows: list[dict[str, Any]]) -> list[str]:
     """The swept keys of rows made by ``collect_runs``."""
     if not rows:
         return []
-    return [k for k in rows[0] if k not in BASE_COLUMNS and k not in METRICS]
+    return [k for k in rows[0] if k not in BASE_COLUMNS and k not in ALL_METRICS]
+
+
+def metric_columns(rows: list[dict[str, Any]]) -> tuple[list[str], tuple[str, ...]]:
+    """The metrics of rows made by ``collect_runs`` (a training's or evaluation's, or a
+    prediction's), and those the grouped table averages."""
+    shown = [k for k in rows[0] if k in ALL_METRICS] if rows else list(METRICS)
+    grouped = GROUPED_METRICS if "image_auc" in shown else GROUPED_PREDICTION_METRICS
+    return shown, tuple(m for m in grouped if m in shown)
 
 
 def repeated_jobs(rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -332,7 +350,7 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group["not_finished"] = len(members) - len(finished)  # failed, running, interrupted
         segmented = [r["num_segmented"] for r in finished if is_number(r.get("num_segmented"))]
         group["segmented"] = round(statistics.fmean(segmented)) if segmented else None
-        for name in GROUPED_METRICS:
+        for name in metric_columns(rows)[1]:
             mean, std = mean_std([r[name] for r in finished])
             group[f"{name}_mean"], group[f"{name}_std"] = mean, std
             group[name] = format_mean_std(mean, std)
@@ -384,7 +402,8 @@ def write_summary(
     out = root if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = swept_columns(rows)
-    columns = [*BASE_COLUMNS, *keys, *METRICS]
+    metrics, grouped = metric_columns(rows)
+    columns = [*BASE_COLUMNS, *keys, *metrics]
     csv_path = out / CSV_NAME
     atomic_write_csv(
         csv_path, columns, (["" if row.get(c) is None else row[c] for c in columns] for row in rows)
@@ -393,14 +412,15 @@ def write_summary(
     counts = status_counts(rows)
     others = sorted({r["status"] for r in rows} - {"finished", "failed"})
     detail = ", ".join(f"{sum(r['status'] == s for r in rows)} {NAMED.get(s, s)}" for s in others)
-    seeds = sorted({str(r["seed"]) for r in rows}, key=_natural_key)
+    seeds = sorted({str(r["seed"]) for r in rows if r["seed"] not in (None, "")}, key=_natural_key)
     swept_text = ", ".join(f"`{k}`" for k in keys) or "nothing (one setting)"
+    seeds_text = f"; seeds: {', '.join(seeds)}" if seeds else ""
     lines = [
         f"# Sweep summary: {root.resolve().name}",
         "",
         f"{plural(len(rows), 'job')}: {counts['finished']} finished, {counts['failed']} failed, "
         f"{counts['unfinished']} unfinished{f' ({detail})' if detail else ''}. "
-        f"Swept: {swept_text}; seeds: {', '.join(seeds)}.",
+        f"Swept: {swept_text}{seeds_text}.",
     ]
     if not_started := grid_not_started(root, rows):
         shown = ", ".join(f"`{job}`" for job in not_started[:10])
@@ -413,7 +433,7 @@ def write_summary(
         ]
     lines += [
         "",
-        "## By setting (mean ± std over seeds, finished jobs)",
+        f"## By setting (mean ± std{' over seeds' if seeds else ''}, finished jobs)",
         "",
     ]
     groups = group_rows(rows)
@@ -421,19 +441,19 @@ def write_summary(
     labels = add_table4_labels(groups, keys)  # the paper's Table 4 row a setting stands for
     segmented = ["segmented"] if shows_segmented else []
     group_columns = [*keys, *labels, *segmented, "n", "not_finished"]
-    group_columns += list(GROUPED_METRICS)
+    group_columns += list(grouped)
     lines += _md_table(group_columns, [[g[c] for c in group_columns] for g in groups])
     repeated = repeated_jobs(rows)
     counted = [r for r in rows if r["job"] not in repeated]
     # folds.csv: the folds' test scores pooled
     lines += write_pooled_folds(root, counted, keys, out)
     lines += departures(root, rows)  # weak runs not set as the published ones
-    figures = write_sweep_figures(out, counted, keys)
+    figures = write_sweep_figures(out, counted, keys) if "image_ap" in metrics else []
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{path.stem}]({path.name})" for path in figures]
     lines += ["", "## Jobs", ""]
-    job_columns = ["job", "status", "seed", *keys, *METRICS]
+    job_columns = ["job", "status", *(["seed"] if seeds else []), *keys, *metrics]
     lines += _md_table(job_columns, [[r[c] for c in job_columns] for r in rows])
     if repeated:
         lines += ["", "## Repeated jobs", ""]
