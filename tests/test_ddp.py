@@ -15,6 +15,8 @@ import torch
 from conftest import REPO, TINY, one_line_error, run_entry, run_tiny
 from helpers.stalled_runs import start_train, wait_for_stall
 
+from crackseg.runs.threads import usable_cores
+
 
 def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
     """In float32, where ``model.volume_im2col=auto`` times the volume's kernels: the first
@@ -40,6 +42,11 @@ def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
     adopted = "volume convolution in this process: "
     kernels = [log.split(adopted)[1].splitlines()[0] for log in (rank0, rank1)]
     assert kernels[0] == kernels[1]
+    # the two processes share the cores, as Lightning would share them (not one each)
+    share = max(1, usable_cores() // 2)
+    for log in (rank0, rank1):
+        cores = usable_cores()
+        assert f"torch threads: {share} ({cores} cores shared by the run's 2 DDP processes; " in log
 
 
 #: 2 CPU processes over gloo.

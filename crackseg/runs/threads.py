@@ -24,7 +24,7 @@ import math
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from crackseg.runs.gpus import current_hydra_config, runs_parallel_locally
 
@@ -82,21 +82,45 @@ def set_job_threads(cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> int
     hydra_cfg = hydra_cfg if hydra_cfg is not None else current_hydra_config()
     cores = usable_cores()
     jobs = jobs_side_by_side(hydra_cfg, cores)
-    if jobs == 1:
+    processes = ddp_processes_on_cpu(cfg)
+    if jobs == 1 and processes == 1:
         threads = torch.get_num_threads()
         log.info("torch threads: %d (%d cores, no other job beside this one)", threads, cores)
         return threads
     workers = int(OmegaConf.select(cfg, "data.num_workers", default=0) or 0)
-    threads = threads_per_job(cores, jobs, workers)
+    threads = threads_per_job(cores, jobs * processes, workers)
     pinned = os.environ.get("OMP_NUM_THREADS", "")
     if pinned.isdigit() and int(pinned) > 0:  # (joblib's workers get cores // n_jobs there)
         threads = min(threads, int(pinned))
     torch.set_num_threads(threads)
+    if processes > 1:  # kept by Lightning, which would give each cores // processes, and
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # by the processes it starts
+    # (a local sweep of DDP runs is refused: never both)
+    sharing = (
+        f"the run's {processes} DDP processes" if processes > 1 else f"{jobs} jobs side by side"
+    )
     log.info(
-        "torch threads: %d (%d cores shared by %d jobs side by side; loader workers per job: %d)",
+        "torch threads: %d (%d cores shared by %s; loader workers per %s: %d)",
         threads,
         cores,
-        jobs,
+        sharing,
+        "process" if processes > 1 else "job",
         workers,
     )
     return threads
+
+
+def ddp_processes_on_cpu(cfg: DictConfig) -> int:
+    """The processes a run's DDP starts on this machine's CPU (``trainer=ddp
+    trainer.accelerator=cpu trainer.devices=2``: 2), which share its cores; 1 otherwise."""
+    import torch
+
+    trainer = cfg.get("trainer") or {}
+    strategy = str(trainer.get("strategy", "auto"))
+    accelerator = str(trainer.get("accelerator", "auto"))
+    devices = trainer.get("devices", "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if not strategy.startswith("ddp") or not on_cpu:
+        return 1
+    count = len(devices) if isinstance(devices, list | ListConfig) else devices
+    return count if isinstance(count, int) and count > 1 else 1
