@@ -118,9 +118,9 @@ def _remove_unused(folder: Path, made: Path) -> None:
 def _remove_refusal_record(folder: Path) -> None:
     """The files a command refused before its work left in ``folder``, where it left no other:
     Hydra's ``.hydra/`` (its three files), the job's log, ``status.json`` and the lock."""
-    from crackseg.runs.status import holds_only_a_refusal
+    from crackseg.runs.status import holds_only_a_record
 
-    if not holds_only_a_refusal(folder):
+    if not holds_only_a_record(folder):
         return
     with contextlib.suppress(OSError):
         hydra = folder / ".hydra"

@@ -91,9 +91,16 @@ def holds_run(folder: Path) -> bool:
 
 
 def holds_only_a_refusal(folder: Path) -> bool:
-    """Whether ``folder`` holds nothing but the record of a command refused before its work:
-    a failed status, Hydra's ``.hydra/`` files, the job's log and the lock. A later command
-    may take such a folder (one the user named with ``hydra.run.dir``)."""
+    """Whether ``folder`` holds nothing but the record of a command refused before its work
+    (:func:`holds_only_a_record`, its status failed). A later command may take such a folder
+    (one the user named with ``hydra.run.dir``)."""
+    status = read_status(folder) if holds_only_a_record(folder) else None
+    return status is not None and status.get("status") == "failed"
+
+
+def holds_only_a_record(folder: Path) -> bool:
+    """Whether ``folder`` holds no more than a command's record: its status, Hydra's
+    ``.hydra/`` files, the job's log and the lock."""
     folder = Path(folder)
     try:
         names = {path.name for path in folder.iterdir()}
@@ -103,9 +110,7 @@ def holds_only_a_refusal(folder: Path) -> bool:
         return False
     record = {".hydra", STATUS_FILE, LOCK_FILE}
     others = {name for name in names - record if not name.endswith(".log")}
-    status = read_status(folder)
-    failed = status is not None and status.get("status") == "failed"
-    return failed and not others and hydra_files <= HYDRA_FILES
+    return not others and hydra_files <= HYDRA_FILES
 
 
 def _checkpoints(folder: Path) -> list[Path]:
