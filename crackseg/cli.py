@@ -17,7 +17,7 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from crackseg import version_line
+from crackseg import error_lines, version_line
 from crackseg.error_lines import (
     cannot_set_up_run_folder,
     is_expected_error,
@@ -143,8 +143,9 @@ def info_said_once_accepted() -> Iterator[None]:
         console.handle(record)
 
 
-def run_hydra_main(main: Callable[[], Any]) -> None:
-    """Call a ``@hydra.main`` function; a bad command line or config is one line, exit 2.
+def run_hydra_main(main: Callable[[], Any], command: str) -> None:
+    """Call the ``@hydra.main`` function of ``command`` (its config: train, eval, predict,
+    export); a bad command line or config is one line, exit 2.
 
     Hydra prints its own errors over several lines (with a stack trace for some); with
     HYDRA_FULL_ERROR it raises them instead, and they are worded here. Errors inside a run
@@ -153,6 +154,7 @@ def run_hydra_main(main: Callable[[], Any]) -> None:
     ends with its summary written, exit 143.
     """
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    error_lines.command_config = command  # the config the command starts from (train.yaml)
     if "--version" in sys.argv[1:]:  # Hydra's own would name only itself
         print(version_line())
         sys.exit(0)

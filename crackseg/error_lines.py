@@ -24,7 +24,12 @@ from tqdm import tqdm
 
 import crackseg.errors
 from crackseg.errors import CracksegError
-from crackseg.setting_rules import as_override, closest_setting, target_arguments
+from crackseg.setting_rules import (
+    as_override,
+    closest_setting,
+    groups_of_command,
+    target_arguments,
+)
 
 #: The names of crackseg's own error types (crackseg.errors).
 _OWN_ERRORS = {
@@ -128,6 +133,10 @@ def root_cause(error: BaseException) -> BaseException:
     return error
 
 
+#: The config of the command whose errors are worded (``train``, ``predict``: set by
+#: crackseg.cli.run_hydra_main), for a hint that depends on the groups it takes.
+command_config: str | None = None
+
 #: Hydra's refusal of a key its config lacks: "Could not override 'data.dilat'".
 NOT_OVERRIDDEN = re.compile(r"Could not override '(?P<key>[^']+)'")
 
@@ -151,8 +160,12 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
     if not block:
         return f"{name} is not a setting{closest_setting('', name, sorted(here))}"
     root = block.split(".")[0]
-    if getattr(cause, "full_key", None) == root:  # the command has no such block at all
-        return f"{block}.{name} is not a setting: this command has no {root} settings"
+    if getattr(cause, "full_key", None) == root and command_config:  # no such block
+        if root not in groups_of_command(command_config):
+            return f"{block}.{name} is not a setting: this command has no {root} settings"
+        having = [f"{root}={c}" for c in configs_with(root, name)] if block == root else []
+        chosen = f": {' or '.join(having)} sets it" if having else ""
+        return f"{block}.{name} is not a setting: no {root} option is chosen{chosen}"
     if root == "data":
         known = (
             data_keys(block) if block in ("data", "data.augment", "data.extra_segmented") else None
@@ -172,21 +185,22 @@ def unknown_setting_line(text: str, cause: BaseException | None) -> str | None:
         close = closest_setting(block, name, here)
         return f"{block}.{name} is not a setting{close}" if "did you mean" in close else None
     if name in known:  # a setting of other configs than the one chosen
-        having = [f"data={c}" for c in data_configs_with(name)] if block == "data" else []
+        having = [f"data={c}" for c in configs_with("data", name)] if block == "data" else []
         if not having:
             return None  # Hydra's advice (+key=value) holds: something reads that key
         return f"{block}.{name} is not a setting of this config (only of {', '.join(having)})"
     return f"{block}.{name} is not a setting{closest_setting(block, name, known)}"
 
 
-def data_configs_with(key: str) -> list[str]:
-    """The data configs of conf/data/ that set ``key`` (``dagm`` for ``dagm_class``)."""
+def configs_with(group: str, key: str) -> list[str]:
+    """The options of config group ``group`` that set ``key`` (``dagm`` of data for
+    ``dagm_class``, ``step`` of scheduler for ``step_size``)."""
     import yaml
 
     import crackseg
 
     found = []
-    for path in sorted((Path(crackseg.CONFIG_DIR) / "data").glob("*.yaml")):
+    for path in sorted((Path(crackseg.CONFIG_DIR) / group).glob("*.yaml")):
         with contextlib.suppress(OSError, yaml.YAMLError):
             if key in (yaml.safe_load(path.read_text()) or {}):
                 found.append(path.stem)

@@ -39,7 +39,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    run_hydra_main(hydra_main)
+    run_hydra_main(hydra_main, "export")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def _stopped(output_dir: Path) -> str:
 
 
 def main() -> None:
-    run_hydra_main(hydra_main)
+    run_hydra_main(hydra_main, "predict")
 
 
 if __name__ == "__main__":

@@ -175,15 +175,11 @@ def groups_of_command(config_name: str) -> frozenset[str]:
     import crackseg
 
     path = Path(crackseg.CONFIG_DIR) / f"{config_name}.yaml"
+    if not path.is_file():  # a config of the user's own
+        return frozenset()
     defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults", [])
     groups = {next(iter(e)).removeprefix("optional ") for e in defaults if isinstance(e, dict)}
     return frozenset(g for g in groups if not g.startswith(("override ", "hydra")))
-
-
-def places_at_the_top(group: str, choice: str) -> bool:
-    """Whether option ``choice`` of ``group`` sets its keys at the top of the config
-    (``# @package _global_``: an experiment, a sweep) rather than in a block of its own."""
-    return bool(_keys_of(f"{group}/{choice}.yaml", top_only=True))
 
 
 @functools.cache

@@ -100,7 +100,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    run_hydra_main(hydra_main)
+    run_hydra_main(hydra_main, "train")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,15 @@ def test_a_mistyped_setting_is_named_with_the_one_meant(tmp_path, override, expe
     assert refused_train(tmp_path, *overrides).startswith(expected)
 
 
+def test_a_setting_of_a_group_left_unchosen_names_the_option_that_sets_it(tmp_path):
+    """Not "the command has no scheduler settings" (a block no option filled is not a block
+    the command lacks), nor Hydra's +scheduler.step_size=3, a block nothing builds."""
+    assert refused_train(tmp_path, "scheduler.step_size=3") == (
+        "error: scheduler.step_size is not a setting: no scheduler option is chosen: "
+        "scheduler=step sets it"
+    )
+
+
 def test_a_setting_added_that_nothing_reads_is_refused(tmp_path):
     for number, (command, typed, expected) in enumerate(
         (

@@ -6,9 +6,11 @@ import hashlib
 import http.server
 import io
 import logging
+import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -201,16 +203,20 @@ def test_prepare_dataset_downloads_once(tmp_path):
     assert prepare_dataset(root, source.as_uri(), None) == root  # no second download
 
 
-def test_jobs_preparing_one_data_root_take_turns(tmp_path):
+def test_jobs_preparing_one_data_root_take_turns(tmp_path, monkeypatch):
     """A sweep's jobs starting together: one prepares the root while the others wait, and
     then find the data there rather than writing into the same part file."""
     source = _dataset_zip(tmp_path / "src" / "KolektorSDD2.zip", wrap="KolektorSDD2/")
     root = tmp_path / "ksdd2"
+    locks = tmp_path / "tmp"  # where both look for the lock file, not the machine's /tmp
+    locks.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(locks))
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLD_THE_LOCK, str(root)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TMPDIR": str(locks)},
     )
     try:
         assert holder.stdout.readline() == "held\n"
@@ -224,6 +230,7 @@ def test_jobs_preparing_one_data_root_take_turns(tmp_path):
         holder.kill()
     assert not waiting.is_alive()
     assert sorted(index_layout("ksdd2", root)) == ["test", "train"]
+    assert [path.name[:18] for path in locks.iterdir()] == ["crackseg-download-"]
 
 
 _HOLD_THE_LOCK = """

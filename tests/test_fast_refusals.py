@@ -368,6 +368,8 @@ def test_a_folder_of_a_refused_command_is_the_same_commands_to_retry(tmp_path, p
     line, lightning = refuse("predict", *typed)
     assert line == "error: checkpoint none.ckpt does not exist"  # the folder was taken
     assert lightning == set()
+    # its record is the retry's, not the refused command's
+    assert "overlap" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
     line, _ = refuse("export", "ckpt_path=none.ckpt", f"hydra.run.dir={run_dir}")
     assert line == (
         f"error: {run_dir} already holds a command that failed (checkpoint none.ckpt does not "

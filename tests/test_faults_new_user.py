@@ -35,7 +35,7 @@ from crackseg.data.dataset import CrackDataset
 from crackseg.data.io import looks_like_a_photograph, read_image, read_mask
 from crackseg.data.layouts import check_samples, index_layout
 from crackseg.data.tools import main as data_main
-from crackseg.errors import CracksegError
+from crackseg.errors import CracksegError, plural
 from crackseg.evaluation.metrics import choose_seg_threshold, pixel_metrics
 from crackseg.evaluation.report import _auto_notes
 from crackseg.models.checkpoint import checkpoint_step, read_checkpoint
@@ -1006,8 +1006,8 @@ def test_an_interrupted_prediction_ends_with_one_line_and_its_status(tiny_checkp
     rows = {row.split(",")[0] for row in (out / "predictions.csv").read_text().splitlines()[1:]}
     assert 0 < len(rows) < 300
     assert stderr.strip().splitlines()[-1] == (
-        f"stopped: the predictions of {len(rows)} images made so far are in {out}; predict the "
-        "rest into another folder"
+        f"stopped: the predictions of {plural(len(rows), 'image')} made so far are in {out}; "
+        "predict the rest into another folder"
     )
     assert rows <= set(done()) and len(set(done()) - rows) <= 1
     # the folder is a prediction's: another one into it is refused and writes nothing

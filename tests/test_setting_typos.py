@@ -268,6 +268,31 @@ def test_a_block_or_group_the_command_has_not_is_refused(command, override, expe
     assert refused == f"{override} adds settings this command does not read: {expected}"
 
 
+def test_a_sweep_or_group_of_the_users_own_folder_is_read(tmp_path):
+    """+sweep=mine from a search path places its keys at the top as crackseg's sweeps do;
+    a config of the user's own (--config-name) has blocks crackseg cannot know."""
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "mine.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      seed: 0,1\n"
+    )
+    searched = f"hydra.searchpath=[file://{tmp_path}]"
+    assert _added_refusal(searched, "+sweep=mine") is None
+    (tmp_path / "my_eval.yaml").write_text("defaults:\n  - eval\n  - _self_\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        cfg = compose(
+            "my_eval",
+            overrides=[
+                f"hydra.searchpath=[file://{CONFIG_DIR}]",
+                "ckpt_path=x",
+                "+trainer.limit_test_batches=1",
+            ],
+            return_hydra_config=True,
+        )
+    from crackseg.runs.lifecycle import refuse_added_settings_nothing_reads
+
+    refuse_added_settings_nothing_reads(cfg, cfg.hydra)
+
+
 @pytest.mark.parametrize(
     "override",
     [

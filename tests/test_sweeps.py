@@ -837,7 +837,7 @@ def test_a_sweep_whose_job_status_cannot_be_read_ends_non_zero(
     summary.SummaryCallback().on_multirun_end(config)
     assert summary.ended_sweeps == [(tmp_path, None, None, None)]
     with pytest.raises(SystemExit) as exit_info:
-        cli.run_hydra_main(lambda: None)
+        cli.run_hydra_main(lambda: None, "train")
     assert exit_info.value.code == cli.EXIT_JOBS_FAILED
     assert f"error: could not read the status of the jobs in {tmp_path}" in capsys.readouterr().err
 
@@ -866,7 +866,7 @@ def test_a_cluster_job_that_ended_without_a_result_ends_the_sweep_with_its_summa
         )
 
     with pytest.raises(SystemExit) as exit_info:
-        cli.run_hydra_main(launch)
+        cli.run_hydra_main(launch, "train")
     assert exit_info.value.code == cli.EXIT_JOBS_FAILED
     err = capsys.readouterr().err.splitlines()
     assert err == [
@@ -876,7 +876,7 @@ def test_a_cluster_job_that_ended_without_a_result_ends_the_sweep_with_its_summa
     ]
     assert (tmp_path / "summary.md").is_file()
     with pytest.raises(RuntimeError, match="another"):  # any other error is not this one
-        cli.run_hydra_main(lambda: (_ for _ in ()).throw(RuntimeError("another")))
+        cli.run_hydra_main(lambda: (_ for _ in ()).throw(RuntimeError("another")), "train")
 
 
 @pytest.mark.parametrize(
@@ -923,7 +923,7 @@ def test_ctrl_c_outside_any_job_stops_the_sweep_with_its_summary(
         raise KeyboardInterrupt
 
     with pytest.raises(SystemExit) as exit_info:
-        cli.run_hydra_main(waiting)
+        cli.run_hydra_main(waiting, "train")
     assert exit_info.value.code == 143
     err = capsys.readouterr().err
     assert err == f"stopped: continue with the same command and hydra.sweep.dir={tmp_path}\n"

@@ -314,8 +314,10 @@ def prepare_dataset(root: Path | str, url: str | None, sha256: str | None) -> Pa
     if not url:
         return root
     archive_name = _name_from_url(url)
+    if _holds_data(root, archive_name):  # read without waiting for any lock
+        return root
     with _one_process_at_a_time(root):
-        if _holds_data(root, archive_name):
+        if _holds_data(root, archive_name):  # prepared by the process waited for
             return root
         with _removed_if_left_empty(root):
             archive = download_archive(url, root, sha256, archive_name)
@@ -338,13 +340,26 @@ def _one_process_at_a_time(root: Path) -> Iterator[None]:
 
     The lock file lies in the temporary folder, named after the root's absolute path, so
     the data root holds nothing but data and a refused download leaves no trace in it; the
-    kernel drops the lock however its process ends.
+    kernel drops the lock however its process ends. Jobs with temporary folders of their own
+    (``TMPDIR`` per SLURM job) do not see each other's locks.
     """
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
     lock = Path(tempfile.gettempdir()) / f"crackseg-download-{key}.lock"
-    with lock.open("a") as held:
-        fcntl.lockf(held, fcntl.LOCK_EX)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:  # another user's lock file: prepared unlocked, as before
+        log.debug("preparing %s without a lock: %s", root, error)
         yield
+        return
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("waiting for another process preparing %s", root)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 @contextmanager

@@ -110,7 +110,7 @@ class ModelInfo:
                 # (a file exported before it was recorded: none known)
                 stand_in_thresholds=tuple(json.loads(values.get("stand_in_thresholds", "[]"))),
             )
-        except (KeyError, ValueError) as error:
+        except (KeyError, ValueError, TypeError) as error:
             raise CracksegError(
                 f"{source} lacks crackseg's metadata ({error}): export it with crackseg-export"
             ) from error

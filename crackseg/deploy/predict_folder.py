@@ -283,7 +283,7 @@ def warn_of_stand_in_thresholds(settings: PredictSettings, info: ModelInfo) -> N
     """The model's thresholds that no validation chose (0.5 standing in), unless set."""
     given = {"image": settings.decision_threshold, "segmentation": settings.segmentation_threshold}
     for name in info.stand_in_thresholds:
-        if given.get(name) is None:
+        if name in _STAND_IN and given[name] is None:
             why, setting = _STAND_IN[name]
             log.warning(
                 "the model's %s threshold, 0.5, was chosen by nobody: %s (%s= sets one)",

@@ -44,7 +44,8 @@ def pixel_histograms(probs: Tensor, targets: Tensor, num_bins: int = NUM_BINS) -
 
     ``probs`` [B, ...] in [0, 1] and ``targets`` [B, ...] (bool or 0/1) of the same shape.
     Returns int64 [B, 2, num_bins]: ``[:, 0, k]`` counts all pixels with prob in bin k,
-    ``[:, 1, k]`` the target pixels among them. Bin k is ``[k/num_bins, (k+1)/num_bins)``,
+    ``[:, 1, k]`` the target pixels among them. Bin k is ``[k/num_bins, (k+1)/num_bins)``
+    with the edges in float32, as ``probs >= threshold`` compares a float32 probability;
     the last bin includes 1.0. Runs on the tensors' device with one ``bincount`` per row,
     so it is cheap enough to call in every test step.
     """

@@ -20,6 +20,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from crackseg import CONFIG_DIR
 from crackseg.error_lines import is_expected_error, one_line, print_line, root_cause
 from crackseg.errors import (
     EXIT_STOPPED,
@@ -51,10 +52,8 @@ from crackseg.runs.status import finished_status, write_status
 from crackseg.setting_rules import (
     as_override,
     closest_setting,
-    groups_of_command,
     keys_a_config_sets,
     keys_set_at_the_top,
-    places_at_the_top,
     target_arguments,
 )
 
@@ -200,14 +199,16 @@ def refuse_added_settings_nothing_reads(cfg: DictConfig, hydra: DictConfig) -> N
     (``+sweep=dilate``) is a choice, not a key. ``hydra`` is the run's Hydra config
     (HydraConfig, or a multirun's ``hydra`` node)."""
     choices = OmegaConf.to_container(hydra.runtime.choices)
-    for override in OmegaConf.to_container(hydra.overrides.task):  # as typed, unresolved
+    overrides = OmegaConf.to_container(hydra.overrides.task)  # as typed, unresolved
+    added_groups = {override_key(o) for o in overrides if o.startswith("+")} & set(choices)
+    for override in overrides:
         if not override.startswith("+"):
             continue
         key = override_key(override)
         block, _, name = key.rpartition(".")
         config_name = hydra.job.config_name
         root = key.split(".")[0]
-        if (block or key in choices) and not _read_by_the_command(root, config_name, choices):
+        if (block or key in choices) and not _read_by_the_command(root, cfg, hydra, added_groups):
             raise ConfigError(
                 f"{override} adds settings this command does not read: it has no {root} "
                 f"{'group' if key in choices else 'settings'}"
@@ -234,20 +235,28 @@ def refuse_added_settings_nothing_reads(cfg: DictConfig, hydra: DictConfig) -> N
             )
 
 
-def _read_by_the_command(root: str, config_name: str, choices: dict[str, Any]) -> bool:
-    """Whether the command of ``config_name`` reads the top-level block or group ``root``:
-    one of its own config's groups or keys, or a group whose option places its settings at
-    the top (``+sweep=dilate``), where they are checked key by key."""
-    if root in groups_of_command(config_name) | keys_set_at_the_top(config_name, choices):
+def _read_by_the_command(
+    root: str, cfg: DictConfig, hydra: DictConfig, added_groups: set[str]
+) -> bool:
+    """Whether the command reads the top-level block or group ``root`` a ``+`` override
+    adds to: a group of its config's defaults list (chosen or not), a key its config sets,
+    or a group whose option places its settings at the top (``+sweep=dilate``, from conf/
+    or a search path: no block of its name), checked key by key. A config of the user's own
+    (``--config-name`` from another folder) is not known here: anything passes."""
+    config_name = hydra.job.config_name
+    if not (Path(CONFIG_DIR) / f"{config_name}.yaml").is_file():
         return True
-    choice = choices.get(root)
-    return isinstance(choice, str) and places_at_the_top(root, choice)
+    choices = OmegaConf.to_container(hydra.runtime.choices)
+    groups = {group for group in choices if not group.startswith("hydra")} - added_groups
+    if root in groups or root in keys_set_at_the_top(config_name, choices):
+        return True
+    return root in choices and root not in cfg
 
 
 def _missed_deleted_setting(error: BaseException) -> ConfigError | None:
     """A setting deleted with ``~KEY`` that the command then missed (a KeyError, OmegaConf's
     missing key or interpolation): the deletion named, rather than the key it left missing."""
-    if not isinstance(error, KeyError | OmegaConfBaseException | ConfigError):
+    if not isinstance(error, KeyError | OmegaConfBaseException):
         return None
     for override in typed_overrides():
         key = override_key(override)

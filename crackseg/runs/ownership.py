@@ -170,10 +170,12 @@ def unlock_refused_folder(folder: str | Path) -> None:
     """A command refused its folder after locking it (``resume=RUN_DIR`` with another
     ``hydra.run.dir``): released, and the lock file removed where it is all the folder
     holds, so the refusal leaves nothing there."""
+    if os.path.abspath(folder) not in _held:  # another process's lock, or none
+        return
     lock = Path(folder) / LOCK_FILE
     with contextlib.suppress(OSError):
         if [path.name for path in Path(folder).iterdir()] == [LOCK_FILE]:
-            lock.unlink()  # while held: no other process has opened it since
+            lock.unlink()  # while still held
     release_run_folder(folder)
 
 

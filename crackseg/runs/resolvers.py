@@ -227,9 +227,10 @@ def hydra_subdir(
     a new run gets.
     """
     from crackseg.deploy.outputs import earlier_outputs
+    from crackseg.runs.hydra_run import started_by
     from crackseg.runs.ownership import claim_run_folder, used_by_another_command
     from crackseg.runs.resume import resumed_folder
-    from crackseg.runs.status import holds_run
+    from crackseg.runs.status import holds_only_a_refusal, holds_run
 
     if output_dir is None:
         return ".hydra"
@@ -237,8 +238,13 @@ def hydra_subdir(
     refuse_used_folder_before_lock(output_dir, job_name, skip_finished)
     claim_run_folder(output_dir)
     folder = Path(output_dir)
-    # A training may start again where one failed; other commands leave any run's folder be.
-    used = holds_run(folder) if job_name in (None, "train") else used_by_another_command(folder)
+    # A training may start again where one failed; other commands leave any run's folder be,
+    # but for one where the same command was refused before its work (its record replaced).
+    if job_name in (None, "train"):
+        used = holds_run(folder)
+    else:
+        retry = holds_only_a_refusal(folder) and started_by(folder) == job_name
+        used = used_by_another_command(folder) and not retry
     keep = resumed or used or bool(earlier_outputs(folder))
     return None if keep else ".hydra"
 

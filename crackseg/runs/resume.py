@@ -70,10 +70,10 @@ def resumed_folder(resume: object) -> Path | None:
         raise RunFolderError(
             "resume= is empty: name the run folder (resume=RUN_DIR), or leave it out"
         )
-    if not isinstance(resume, str):  # resume=true, resume=1: Hydra typed it
+    if isinstance(resume, bool) or not isinstance(resume, str | int):  # Hydra typed it
         typed = str(resume).lower() if isinstance(resume, bool) else resume
         raise RunFolderError(f"resume= takes a run folder (resume=RUN_DIR) or auto, not {typed}")
-    return Path(resume)
+    return Path(str(resume))  # (a folder named by digits alone: Hydra's int)
 
 
 def check_resume_folder(run_dir: Path) -> None:

@@ -254,8 +254,8 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
     root = Path(root)
     jobs = _runs_of_one_command(root, find_job_dirs(root))
     command = (started_by(jobs[0]) or "train") if jobs else "train"
-    metric_names = {"train": METRICS, "eval": METRICS, "predict": PREDICTION_METRICS}
-    names = metric_names.get(command, ())
+    # (a training whose job is named otherwise, hydra.job.name=NAME, is a training's)
+    names = {"predict": PREDICTION_METRICS, "export": ()}.get(command, METRICS)
     overrides = [_read_overrides(job) for job in jobs]
     swept = _varying_keys(root, overrides)
     rows = []
