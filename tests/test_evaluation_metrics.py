@@ -179,11 +179,13 @@ def test_pixel_histograms_count_as_the_threshold_compares() -> None:
             torch.nextafter(edges.float(), torch.tensor(1.0)),
         ]
     ).clamp(0, 1)
-    probs = torch.cat([near, torch.rand(1000, generator=torch.Generator().manual_seed(0))])
-    hist = pixel_histograms(probs[None], torch.ones(1, len(probs), dtype=torch.bool))
-    predicted = hist[0, 0].flip(0).cumsum(0).flip(0)
-    for k in range(NUM_BINS):
-        assert predicted[k] == (probs >= k / NUM_BINS).sum(), k
+    drawn = torch.rand(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        probs = torch.cat([near.to(dtype), drawn.to(dtype)])
+        hist = pixel_histograms(probs[None], torch.ones(1, len(probs), dtype=torch.bool))
+        predicted = hist[0, 0].flip(0).cumsum(0).flip(0)
+        for k in range(NUM_BINS):
+            assert predicted[k] == (probs >= k / NUM_BINS).sum(), (dtype, k)
     just_below = torch.nextafter(torch.tensor([[0.09]]), torch.tensor(0.0))
     dice, _ = dice_iou_at(pixel_histograms(just_below, torch.ones(1, 1, dtype=torch.bool)), 0.09)
     assert dice.item() == 0.0  # nothing is predicted at 0.09

@@ -45,8 +45,8 @@ def pixel_histograms(probs: Tensor, targets: Tensor, num_bins: int = NUM_BINS) -
     ``probs`` [B, ...] in [0, 1] and ``targets`` [B, ...] (bool or 0/1) of the same shape.
     Returns int64 [B, 2, num_bins]: ``[:, 0, k]`` counts all pixels with prob in bin k,
     ``[:, 1, k]`` the target pixels among them. Bin k is ``[k/num_bins, (k+1)/num_bins)``
-    with the edges in float32, as ``probs >= threshold`` compares a float32 probability;
-    the last bin includes 1.0. Runs on the tensors' device with one ``bincount`` per row,
+    with the edges in the probabilities' own precision, as ``probs >= threshold`` compares
+    them; the last bin includes 1.0. Runs on the tensors' device with one ``bincount`` per row,
     so it is cheap enough to call in every test step.
     """
     if probs.shape != targets.shape:
@@ -55,10 +55,13 @@ def pixel_histograms(probs: Tensor, targets: Tensor, num_bins: int = NUM_BINS) -
             f"{tuple(targets.shape)} differ in shape"
         )
     batch = probs.shape[0]
-    flat_probs = torch.nan_to_num(probs.detach().reshape(batch, -1).float(), nan=0.0)
+    flat_probs = probs.detach().reshape(batch, -1)
+    if not flat_probs.is_floating_point():
+        flat_probs = flat_probs.float()
+    flat_probs = torch.nan_to_num(flat_probs, nan=0.0)
     flat_targets = targets.detach().reshape(batch, -1).bool()
     # Bin k holds the probabilities >= every edge up to k / num_bins, the edges compared in
-    # the probabilities' float32 as ``probs >= threshold`` compares them: ``floor(p * 100)``
+    # the probabilities' precision as ``probs >= threshold`` compares them: ``floor(p * 100)``
     # would put p = 0.08999999 (a float32 just below 0.09) into bin 9 by rounding.
     edges = torch.arange(1, num_bins, dtype=torch.float64, device=flat_probs.device) / num_bins
     bins = torch.bucketize(flat_probs, edges.to(flat_probs.dtype), right=True)
