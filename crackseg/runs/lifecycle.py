@@ -208,7 +208,8 @@ def refuse_added_settings_nothing_reads(cfg: DictConfig, hydra: DictConfig) -> N
         block, _, name = key.rpartition(".")
         config_name = hydra.job.config_name
         root = key.split(".")[0]
-        if (block or key in choices) and not _read_by_the_command(root, cfg, hydra, added_groups):
+        adds_a_block = bool(block) or key in choices
+        if adds_a_block and not _read_by_the_command(root, cfg, config_name, choices, added_groups):
             raise ConfigError(
                 f"{override} adds settings this command does not read: it has no {root} "
                 f"{'group' if key in choices else 'settings'}"
@@ -236,17 +237,19 @@ def refuse_added_settings_nothing_reads(cfg: DictConfig, hydra: DictConfig) -> N
 
 
 def _read_by_the_command(
-    root: str, cfg: DictConfig, hydra: DictConfig, added_groups: set[str]
+    root: str,
+    cfg: DictConfig,
+    config_name: str,
+    choices: dict[str, Any],
+    added_groups: set[str],
 ) -> bool:
     """Whether the command reads the top-level block or group ``root`` a ``+`` override
     adds to: a group of its config's defaults list (chosen or not), a key its config sets,
     or a group whose option places its settings at the top (``+sweep=dilate``, from conf/
     or a search path: no block of its name), checked key by key. A config of the user's own
     (``--config-name`` from another folder) is not known here: anything passes."""
-    config_name = hydra.job.config_name
     if not (Path(CONFIG_DIR) / f"{config_name}.yaml").is_file():
         return True
-    choices = OmegaConf.to_container(hydra.runtime.choices)
     groups = {group for group in choices if not group.startswith("hydra")} - added_groups
     if root in groups or root in keys_set_at_the_top(config_name, choices):
         return True

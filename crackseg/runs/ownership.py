@@ -217,6 +217,12 @@ def refuse_files_of_others(folder: Path) -> None:
         )
 
 
+def is_a_retry(folder: Path, command: str) -> bool:
+    """Whether ``command`` starts again in a folder where it was refused before its work
+    (a setting mistyped): the folder holds that refusal's record alone, which it replaces."""
+    return holds_only_a_refusal(folder) and started_by(folder) == command
+
+
 def refuse_used_folder(folder: Path, command: str) -> None:
     """Evaluations, predictions and exports only ever write into a folder of their own: not
     one holding a run, nor another prediction's outputs (one killed before it wrote its
@@ -224,8 +230,7 @@ def refuse_used_folder(folder: Path, command: str) -> None:
     ``command`` was refused before its work (a setting mistyped) may be used again."""
     from crackseg.deploy.outputs import refuse_earlier_outputs
 
-    retry = holds_only_a_refusal(folder) and started_by(folder) == command
-    if used_by_another_command(folder) and not retry:
+    if used_by_another_command(folder) and not is_a_retry(folder, command):
         status = read_status(folder) or {}
         other = started_by(folder)
         held = f"a run of crackseg-{other}" if other in OTHER_COMMANDS else "a run"

@@ -227,10 +227,9 @@ def hydra_subdir(
     a new run gets.
     """
     from crackseg.deploy.outputs import earlier_outputs
-    from crackseg.runs.hydra_run import started_by
-    from crackseg.runs.ownership import claim_run_folder, used_by_another_command
+    from crackseg.runs.ownership import claim_run_folder, is_a_retry, used_by_another_command
     from crackseg.runs.resume import resumed_folder
-    from crackseg.runs.status import holds_only_a_refusal, holds_run
+    from crackseg.runs.status import holds_run
 
     if output_dir is None:
         return ".hydra"
@@ -243,8 +242,7 @@ def hydra_subdir(
     if job_name in (None, "train"):
         used = holds_run(folder)
     else:
-        retry = holds_only_a_refusal(folder) and started_by(folder) == job_name
-        used = used_by_another_command(folder) and not retry
+        used = used_by_another_command(folder) and not is_a_retry(folder, job_name)
     keep = resumed or used or bool(earlier_outputs(folder))
     return None if keep else ".hydra"
 
