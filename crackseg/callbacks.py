@@ -21,7 +21,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from crackseg.atomic import atomic_write_csv, atomic_write_text
 from crackseg.data.datamodule import input_scaling
 from crackseg.evaluation import weak_ranking
-from crackseg.evaluation.metrics import json_ready, score_text
+from crackseg.evaluation.metrics import json_ready, score_text, truth_mask
 from crackseg.evaluation.plots import (
     dice_panel_name,
     plot_precision_recall,
@@ -52,7 +52,9 @@ from crackseg.runs.training_control import (  # noqa: F401
     FailOnDivergedLoss,
     StopCheckpoint,
 )
-from crackseg.runs.training_control import ValidationSchedule as ValidateOnLastEpoch  # noqa: F401
+from crackseg.runs.training_control import (  # noqa: F401
+    ValidationSchedule as ValidateOnLastEpoch,  # its name then
+)
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +396,7 @@ class EvaluationReport(pl.Callback):
             image = item["image"].permute(1, 2, 0).numpy()
             save_dice_panel(
                 image.squeeze(-1) if image.shape[-1] == 1 else image,
-                item["mask"][0].numpy() > 0.5,
+                truth_mask(item["mask"][0]).numpy(),
                 seg[0, 0].cpu().numpy(),
                 threshold,
                 score_of[index],

@@ -47,8 +47,8 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a binary mask to a soft float32 mask in [0, 1], one axis at a time: area
-    averaging along an axis that shrinks, linear along one that grows.
+    """Resize a binary mask to a soft float32 mask in [0, 1]: area averaging along an axis
+    that shrinks, linear along one that grows (:func:`_resize_each_axis`).
 
     Not binarised again, as in the published code, so that a crack thinner than the scale
     factor keeps its (partial) coverage instead of vanishing; the weight map treats every

@@ -8,11 +8,12 @@ paper's ``--FOLD`` numbers them: fold K is ``ClassK``, the list's item K-1. Ever
 a pair (name, is_segmented); a KSDD name is a folder, which the split file names as a group
 (all of its parts).
 
-A pickle runs code when it is loaded if it names a class or a function. The loader here names
-nothing: every class or function a file asks for is refused before it is looked up, so
-nothing in the file runs, and what comes out must be lists, tuples, sets, strings, numbers
-and booleans. Numpy's scalars (``numpy.bool_`` flags, ``numpy.str_`` names, as a script
-using numpy writes them) are read from their bytes by stand-ins of crackseg's own.
+A pickle runs code when it is loaded if it names a class or a function. The loader here looks
+none up: a file may name only the four of :data:`_STAND_INS` (numpy's scalar and dtype, and
+how protocol 2 writes bytes), each answered by a stand-in of crackseg's own that reads the
+value from its bytes (``numpy.bool_`` flags, ``numpy.str_`` names, as a script using numpy
+writes them); any other name is refused. Nothing in the file runs, and what comes out must
+be lists, tuples, sets, strings, numbers and booleans.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ _STAND_INS = {
 }
 
 
-class _NothingUnpickler(pickle.Unpickler):
+class _PlainValuesUnpickler(pickle.Unpickler):
     """Builds containers and scalars only (numpy's read by stand-ins, :data:`_STAND_INS`):
     any other class or function is refused unlooked-up. What the stand-ins make is kept
     within a few times the file's size: a file calling them over and over on one long
@@ -140,7 +141,7 @@ def load_plain_pickle(path: Path | str) -> Any:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        content = _NothingUnpickler(data).load()
+        content = _PlainValuesUnpickler(data).load()
     except _Refused as exc:
         raise DataError(
             f"{path} is refused: {exc}; a split file holds only lists, tuples, sets, "
