@@ -8,6 +8,7 @@ import torch
 from conftest import datamodule_of
 
 from crackseg.data.augment import build_augmentation
+from crackseg.data.data_settings import AugmentSettings
 from crackseg.errors import ConfigError, DataError
 from crackseg.models.lit_segdec import SegDecModule
 
@@ -121,7 +122,8 @@ def test_training_loader_is_balanced(dataset_root):
 
 
 def test_augmentation_moves_mask_and_weights_with_the_image():
-    transform = build_augmentation(enabled=True, brightness_contrast=0.0, square=True)
+    settings = AugmentSettings(enabled=True, brightness_contrast=0.0)
+    transform = build_augmentation(settings, square=True)
     image = np.zeros((32, 32, 3), np.uint8)
     mask = np.zeros((32, 32), np.float32)
     image[3:9, 20:23] = 255

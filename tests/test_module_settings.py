@@ -222,3 +222,27 @@ def test_the_model_summary_counts_the_flops_of_one_input_sized_image():
     # A compiled network is not run for the summary: that pass would compile it again.
     compiled = SegDecModule(network=TINY, input_shape=shape, speed=SpeedSettings(False, "default"))
     assert compiled.example_input_array is None
+
+
+def test_the_papers_network_is_the_same_wherever_it_is_the_default():
+    """SegDecNet's defaults, NetworkSettings' and conf/model/segdec.yaml each say "the paper's
+    network": written three times, they must not drift apart (32/64/64, 1024 from 15x15,
+    8/16/32, docs/method.md §2)."""
+    import inspect
+
+    from crackseg.models.segdecnet import SegDecNet
+
+    paper = {
+        "channels": (32, 64, 64),
+        "volume_channels": 1024,
+        "volume_kernel": 15,
+        "decision_channels": (8, 16, 32),
+        "gradient_adjustment": True,
+        "full_resolution": False,
+        "full_resolution_width": 32,
+    }
+    defaults = inspect.signature(SegDecNet).parameters
+    assert {key: defaults[key].default for key in paper} == paper
+    assert asdict(NetworkSettings()) == paper
+    cfg = _compose("model=segdec")
+    assert SegDecModule.from_config(cfg).network_settings == NetworkSettings()

@@ -6,35 +6,32 @@ import logging
 
 import albumentations as A
 
+from crackseg.data.data_settings import AugmentSettings
+
 log = logging.getLogger(__name__)
 
 
-def build_augmentation(
-    *,
-    enabled: bool = False,
-    hflip: float = 0.5,
-    vflip: float = 0.5,
-    rotate90: float = 0.5,
-    brightness_contrast: float = 0.5,
-    brightness_limit: float = 0.2,
-    contrast_limit: float = 0.2,
-    square: bool = True,
-) -> A.Compose | None:
+def build_augmentation(settings: AugmentSettings, square: bool) -> A.Compose | None:
     """The geometric transforms move the mask and the weight map with the image.
 
     A 90° rotation would change the shape of a non-square input, so it is used only when
     ``square`` (the input height equals its width).
     """
-    if not enabled:
+    if not settings.enabled:
         return None
-    transforms: list[A.BasicTransform] = [A.HorizontalFlip(p=hflip), A.VerticalFlip(p=vflip)]
-    if rotate90 > 0 and square:
-        transforms.append(A.RandomRotate90(p=rotate90))
-    elif rotate90 > 0:
+    transforms: list[A.BasicTransform] = [
+        A.HorizontalFlip(p=settings.hflip),
+        A.VerticalFlip(p=settings.vflip),
+    ]
+    if settings.rotate90 > 0 and square:
+        transforms.append(A.RandomRotate90(p=settings.rotate90))
+    elif settings.rotate90 > 0:
         log.info("90-degree rotations left out: the input is not square")
     transforms.append(
         A.RandomBrightnessContrast(
-            brightness_limit=brightness_limit, contrast_limit=contrast_limit, p=brightness_contrast
+            brightness_limit=settings.brightness_limit,
+            contrast_limit=settings.contrast_limit,
+            p=settings.brightness_contrast,
         )
     )
     return A.Compose(transforms, additional_targets={"weight": "mask"})

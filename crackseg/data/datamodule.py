@@ -9,7 +9,6 @@ import signal
 import warnings
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -264,7 +263,7 @@ class CrackDataModule(pl.LightningDataModule):
         size, labels = self.input_size, self.labels
         transform = None
         if training:
-            transform = build_augmentation(**asdict(self.augment), square=size.height == size.width)
+            transform = build_augmentation(self.augment, square=size.height == size.width)
         return CrackDataset(
             self.data_split.splits[split],
             channels=size.channels,

@@ -39,6 +39,12 @@ DEFAULT_THRESHOLD = 0.5
 # --------------------------------------------------------------------------- pixel level
 
 
+def truth_mask(mask: Tensor) -> Tensor:
+    """The ground truth Dice and IoU are scored against: the undilated mask, which resizing
+    to the input size made soft, taken at one half (the report's notes say so)."""
+    return mask > 0.5
+
+
 def pixel_histograms(probs: Tensor, targets: Tensor, num_bins: int = NUM_BINS) -> Tensor:
     """Per-image histograms of pixel probabilities: all pixels and target (defect) pixels.
 

@@ -24,6 +24,7 @@ from crackseg.evaluation.metrics import (
     image_metrics,
     pixel_histograms,
     pixel_metrics,
+    truth_mask,
 )
 from crackseg.models.losses import (
     decision_targets,
@@ -333,7 +334,7 @@ class SegDecModule(pl.LightningModule):
     # -- evaluation --------------------------------------------------------------------
     def _collect(self, batch: dict[str, Tensor], outputs: PerImageOutputs) -> None:
         scores, seg = self(batch["image"])
-        histograms = pixel_histograms(seg[:, 0], batch["mask"][:, 0] > 0.5, NUM_BINS)
+        histograms = pixel_histograms(seg[:, 0], truth_mask(batch["mask"][:, 0]), NUM_BINS)
         outputs.update(batch["index"], scores, batch["label"], histograms)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
