@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import run_hydra_main
@@ -21,10 +21,14 @@ from crackseg.models.checkpoint import (
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.hardware import check_accelerator
 from crackseg.runs.hydra_run import override_key, typed_overrides
-from crackseg.runs.lifecycle import run_task
+from crackseg.runs.lifecycle import run_task, split_data_now
 from crackseg.runs.ownership import accept_folder_of_its_own
 from crackseg.runs.threads import set_job_threads
-from crackseg.runs.trained_settings import refuse_model_settings, take_training_run_settings
+from crackseg.runs.trained_settings import (
+    freeze_epoch_count,
+    refuse_model_settings,
+    take_training_run_settings,
+)
 from crackseg.setting_rules import check_required
 
 log = logging.getLogger(__name__)
@@ -42,14 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_required(cfg)  # here, not before the sweep: a swept ckpt_path is ??? there
     typed = typed_keys()
     refuse_model_settings(typed)
-    # An evaluation trains no epoch: the count a rule makes of the training settings
-    # (Severstal's, of data.train_positives) is resolved now and kept as a value (the
-    # assignment replaces the interpolation), before those settings become the weights' own,
-    # which may be a size the rule knows no epochs of; a size typed that it knows none of
-    # is no evaluation's concern (and trainer.max_epochs, which the rule's error names, is
-    # refused to it above).
-    epochs = OmegaConf.select(cfg, "trainer.max_epochs", throw_on_resolution_failure=False)
-    cfg.trainer.max_epochs = 1 if epochs is None else epochs
+    freeze_epoch_count(cfg)
     check_config(cfg)
     checkpoint_file(cfg.ckpt_path)  # all of it before torch loads (a second), from here on
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.get("devices", 1))
@@ -58,7 +55,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = load_module(cfg.ckpt_path)  # Lightning is imported from here on, not before
     from crackseg.callbacks import EvaluationReport
     from crackseg.data.datamodule import CrackDataModule
-    from crackseg.runs.resume import split_data_now
     from crackseg.runs.trainer import build_trainer, stop_if_signalled
     from crackseg.runs.training_control import StopCheckpoint
 

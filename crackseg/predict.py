@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -35,51 +33,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
     counts = predict_folder(settings, images, Path(cfg.paths.output_dir))
     if "dice_mean" in counts and settings.ckpt_path is not None:
+        from crackseg.runs.trained_settings import warn_of_images_trained_on
+
         warn_of_images_trained_on(settings.ckpt_path, images)
     return counts
-
-
-def warn_of_images_trained_on(checkpoint: str, images: list[Path]) -> None:
-    """A mean Dice over images the weights trained on (or over the photographs of the
-    tiles they trained on), their files or copies of them, overstates them: said, with how
-    many. Copies are found by content among the training files of an image's size, each
-    file read once; where the training files cannot be listed, nothing is said."""
-    from crackseg.errors import CracksegError, describe_files
-    from crackseg.runs.trained_settings import trained_image_files
-
-    try:
-        trained = trained_image_files(checkpoint)
-    except (CracksegError, OSError) as error:  # the predictions are made: they stand
-        log.debug("the images %s trained on are not known: %s", checkpoint, error)
-        return
-    by_size: dict[int, list[Path]] = {}
-    for path in trained:
-        with contextlib.suppress(OSError):  # not here: it cannot be a copy of an image here
-            by_size.setdefault(path.stat().st_size, []).append(path)
-
-    @functools.cache
-    def digest(path: Path) -> str:
-        with path.open("rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-
-    def trained_on(image: Path) -> bool:  # the file, or a copy of it
-        try:
-            if image.resolve() in trained:
-                return True
-            twins = by_size.get(image.stat().st_size, [])
-            return bool(twins) and digest(image) in {digest(twin) for twin in twins}
-        except OSError:  # gone since it was predicted
-            return False
-
-    if seen := [path for path in images if trained_on(path)]:
-        log.warning(
-            "%d of the %d images are images the weights trained on, or photographs of tiles "
-            "they trained on (%s): the mean Dice over those with reference masks overstates "
-            "the weights",
-            len(seen),
-            len(images),
-            describe_files([path.name for path in seen]),
-        )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

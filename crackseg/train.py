@@ -16,13 +16,8 @@ from crackseg.cli import info_said_once_accepted, run_hydra_main
 from crackseg.run_files import SPLIT_FILE
 from crackseg.runs.config_checks import check_config, refuse_extra_count_without_ranking
 from crackseg.runs.hydra_run import typed_overrides
-from crackseg.runs.lifecycle import run_task
-from crackseg.runs.resume import (
-    check_resumed_data,
-    record_start,
-    split_data_now,
-    start_training_run,
-)
+from crackseg.runs.lifecycle import run_task, split_data_now
+from crackseg.runs.resume import check_resumed_data, record_start, start_training_run
 from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import check_required
 

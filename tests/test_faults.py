@@ -920,7 +920,7 @@ def test_the_requeue_signal_keeps_the_launchers_handler_until_a_stage_is_set_up(
 def test_a_run_started_with_a_numeric_precision_resumes_before_its_first_checkpoint(tmp_path):
     """``trainer.precision=32`` is saved as the number 32 and made the string "32" for the
     run: resuming a run that saved no checkpoint compares them as one setting."""
-    from crackseg.runs.resume import prepare_training_run, resolve_machine_settings
+    from crackseg.runs.resume import decide_fresh_or_resumed, resolve_machine_settings
 
     def config(precision):
         return OmegaConf.create(
@@ -936,7 +936,7 @@ def test_a_run_started_with_a_numeric_precision_resumes_before_its_first_checkpo
     (tmp_path / "status.json").write_text(json.dumps({"status": "running"}))
     live = config(32)
     resolve_machine_settings(live)
-    cfg, checkpoint = prepare_training_run(live, multirun=False, task_overrides=[])
+    cfg, checkpoint = decide_fresh_or_resumed(live, multirun=False, task_overrides=[])
     assert checkpoint is None and cfg.trainer.precision == "32"
 
 

@@ -1238,7 +1238,7 @@ def test_the_data_is_split_before_the_run_starts_in_every_process_that_can(
     left the others waiting for it at Lightning's first collective (30 minutes)."""
     from types import SimpleNamespace
 
-    from crackseg.runs.resume import split_data_now
+    from crackseg.runs.lifecycle import split_data_now
 
     monkeypatch.setenv("WORLD_SIZE", world_size)
     done: list[str] = []

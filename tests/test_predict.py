@@ -791,7 +791,7 @@ def test_a_dice_over_images_the_weights_trained_on_is_said_to_overstate_them(
 ):
     """A training image (here a copy of one) among the photographs scored against their
     masks: the mean Dice is theirs in part (a test image is not)."""
-    from crackseg.predict import warn_of_images_trained_on
+    from crackseg.runs.trained_settings import warn_of_images_trained_on
 
     rows = rows_of(tiny_run / "split.csv")
     train, test = (

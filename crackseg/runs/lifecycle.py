@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -46,6 +46,7 @@ from crackseg.runs.ownership import (
 )
 from crackseg.runs.resolvers import (  # registers the configs' resolvers
     forget_new_run_folders,
+    one_of_several_processes,
     remove_refused_folder_at_exit,
 )
 from crackseg.runs.status import finished_status, write_status
@@ -56,6 +57,9 @@ from crackseg.setting_rules import (
     keys_set_at_the_top,
     target_arguments,
 )
+
+if TYPE_CHECKING:
+    from crackseg.data.datamodule import CrackDataModule
 
 log = logging.getLogger(__name__)
 
@@ -404,3 +408,17 @@ def _record(output_dir: Path, status: str, **fields: Any) -> None:
         write_status(output_dir, status, **fields)
     except OSError as error:
         log.warning("could not write the run status: %s", error)
+
+
+def split_data_now(datamodule: CrackDataModule, stage: str) -> None:
+    """The run's data, made where the run makes it (synthetic, downloaded or tiled), split
+    for ``stage`` now, before the run records its start and its logger writes: data that
+    cannot be used (no images where the layout looks, fewer positives with masks than
+    ``data.num_segmented``) is refused while the run folder holds only the refusal's record,
+    which goes with the folder. Lightning's setup keeps this split. Every process of a run
+    launched together (``srun --ntasks=N``) refuses so, unless the run makes its data: then
+    Lightning makes it in the first process and splits it in each after."""
+    if datamodule.makes_its_data and one_of_several_processes():
+        return
+    datamodule.prepare_data()
+    datamodule.setup(stage)

@@ -197,7 +197,7 @@ def refuse_used_folder_before_lock(
     if job_name is None or held_by_another_process(output_dir):
         return
     if job_name == "train":
-        if not holds_run(Path(output_dir)):  # as crackseg.runs.resume.prepare_training_run
+        if not holds_run(Path(output_dir)):  # as crackseg.runs.resume.decide_fresh_or_resumed
             refuse_files_of_others(Path(output_dir))
             # one that failed may be started again; another command's is not a training's
             # (Hydra has not replaced its .hydra/ yet, which names the command)

@@ -116,12 +116,13 @@ def check_sweep_resume(resume: object) -> None:
         )
 
 
-def prepare_training_run(
+def decide_fresh_or_resumed(
     cfg: DictConfig, multirun: bool, task_overrides: list[str]
 ) -> tuple[DictConfig, Path | None]:
-    """The config to train with and the checkpoint to continue from (None: a fresh start).
+    """Whether the run starts afresh or continues, decided before anything is written: the
+    config to train with and the checkpoint to continue from (None: a fresh start).
 
-    Refuses, before anything is written, a folder that holds another run, a finished run,
+    Refuses a folder that holds another run, a finished run,
     and a resumption with changed settings. The other processes of a multi-process run
     (started by rank 0 into its folder) follow rank 0's decision without checking again.
     """
@@ -262,7 +263,8 @@ def resolve_machine_settings(cfg: DictConfig) -> None:
 
 
 def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
-    """The config to train with and the checkpoint to continue from (None: a fresh start).
+    """The run takes its folder: the config to train with and the checkpoint to continue
+    from (None: a fresh start, whose folder then says it is running).
 
     A stopped run continues from its newest checkpoint (``resume=``); nothing is read from
     the data yet, and Lightning is not needed yet.
@@ -271,7 +273,7 @@ def start_training_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     resumed = resumed_folder(cfg.get("resume")) is not None
     if not resumed:  # (resume=RUN_DIR: the run's own config, read from its folder below)
         resolve_machine_settings(cfg)
-    cfg, checkpoint = prepare_training_run(cfg, multirun, overrides)
+    cfg, checkpoint = decide_fresh_or_resumed(cfg, multirun, overrides)
     accept_run_folder(cfg.paths.output_dir)
     if checkpoint is None and is_rank_zero():
         remove_earlier_attempt(Path(cfg.paths.output_dir))
@@ -319,22 +321,6 @@ def record_start(cfg: DictConfig, checkpoint: Path | None) -> None:
         output_dir = Path(cfg.paths.output_dir)
         write_status(output_dir, "running")
         write_run_info(output_dir, resumed_from=checkpoint)
-
-
-def split_data_now(datamodule: CrackDataModule, stage: str) -> None:
-    """The run's data, made where the run makes it (synthetic, downloaded or tiled), split
-    for ``stage`` now, before the run records its start and its logger writes: data that
-    cannot be used (no images where the layout looks, fewer positives with masks than
-    ``data.num_segmented``) is refused while the run folder holds only the refusal's record,
-    which goes with the folder. Lightning's setup keeps this split. Every process of a run
-    launched together (``srun --ntasks=N``) refuses so, unless the run makes its data: then
-    Lightning makes it in the first process and splits it in each after."""
-    from crackseg.runs.resolvers import one_of_several_processes
-
-    if datamodule.makes_its_data and one_of_several_processes():
-        return
-    datamodule.prepare_data()
-    datamodule.setup(stage)
 
 
 def check_resumed_data(datamodule: CrackDataModule, checkpoint: Path) -> None:

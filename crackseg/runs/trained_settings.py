@@ -1,10 +1,14 @@
 """What ``crackseg-eval`` takes from the training run of the weights it evaluates: the
 input shape they expect, the generator's settings of generated data, on their own data the
 test split their run held out and the training split's counts of segmented and weak
-positives, and the run parameters reported (theirs, with the data evaluated here)."""
+positives, and the run parameters reported (theirs, with the data evaluated here); and the
+images they trained on, of which ``crackseg-predict`` warns where it scores them."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -12,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from crackseg.errors import ConfigError, CracksegError
+from crackseg.errors import ConfigError, CracksegError, describe_files
 from crackseg.setting_rules import as_typed
 
 if TYPE_CHECKING:
@@ -71,6 +75,17 @@ class TrainedImages(NamedTuple):
             for s in samples
             if os.path.normpath(os.path.join(self.folder, s.image_under(root))) in self.keys
         )
+
+
+def freeze_epoch_count(cfg: DictConfig) -> None:
+    """An evaluation trains no epoch: the count a rule makes of the training settings
+    (Severstal's, of ``data.train_positives``) is resolved now and kept as a value, before
+    those settings become the weights' own (:func:`take_training_run_settings`), which may
+    be a size the rule knows no epochs of. A size typed that it knows none of is no
+    evaluation's concern (``trainer.max_epochs``, which the rule's error names, is refused
+    to it by :func:`refuse_model_settings`)."""
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", throw_on_resolution_failure=False)
+    cfg.trainer.max_epochs = 1 if epochs is None else epochs  # the value replaces the rule
 
 
 def take_training_run_settings(
@@ -397,3 +412,43 @@ def _folder_under(root: str | None, trained_root: str | None) -> str | None:
 def _layout_options(data: DictConfig) -> dict[str, Any]:
     options = data.get("layout_options") or {}
     return OmegaConf.to_container(options) if isinstance(options, DictConfig) else dict(options)
+
+
+def warn_of_images_trained_on(checkpoint: str, images: list[Path]) -> None:
+    """A mean Dice over images the weights trained on (or over the photographs of the
+    tiles they trained on), their files or copies of them, overstates them: said, with how
+    many. Copies are found by content among the training files of an image's size, each
+    file read once; where the training files cannot be listed, nothing is said."""
+    try:
+        trained = trained_image_files(checkpoint)
+    except (CracksegError, OSError) as error:  # the predictions are made: they stand
+        log.debug("the images %s trained on are not known: %s", checkpoint, error)
+        return
+    by_size: dict[int, list[Path]] = {}
+    for path in trained:
+        with contextlib.suppress(OSError):  # not here: it cannot be a copy of an image here
+            by_size.setdefault(path.stat().st_size, []).append(path)
+
+    @functools.cache
+    def digest(path: Path) -> str:
+        with path.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+
+    def trained_on(image: Path) -> bool:  # the file, or a copy of it
+        try:
+            if image.resolve() in trained:
+                return True
+            twins = by_size.get(image.stat().st_size, [])
+            return bool(twins) and digest(image) in {digest(twin) for twin in twins}
+        except OSError:  # gone since it was predicted
+            return False
+
+    if seen := [path for path in images if trained_on(path)]:
+        log.warning(
+            "%d of the %d images are images the weights trained on, or photographs of tiles "
+            "they trained on (%s): the mean Dice over those with reference masks overstates "
+            "the weights",
+            len(seen),
+            len(images),
+            describe_files([path.name for path in seen]),
+        )
