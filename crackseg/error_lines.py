@@ -23,13 +23,9 @@ from omegaconf.errors import InterpolationResolutionError
 from tqdm import tqdm
 
 import crackseg.errors
+from crackseg.config_files import groups_of_command, target_arguments
 from crackseg.errors import CracksegError
-from crackseg.setting_rules import (
-    as_override,
-    closest_setting,
-    groups_of_command,
-    target_arguments,
-)
+from crackseg.setting_rules import as_override, closest_setting
 
 #: The names of crackseg's own error types (crackseg.errors).
 _OWN_ERRORS = {

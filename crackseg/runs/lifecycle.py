@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from crackseg import CONFIG_DIR
+from crackseg.config_files import keys_a_config_sets, keys_set_at_the_top, target_arguments
 from crackseg.error_lines import is_expected_error, one_line, print_line, root_cause
 from crackseg.errors import (
     EXIT_STOPPED,
@@ -50,13 +51,7 @@ from crackseg.runs.resolvers import (  # registers the configs' resolvers
     remove_refused_folder_at_exit,
 )
 from crackseg.runs.status import finished_status, write_status
-from crackseg.setting_rules import (
-    as_override,
-    closest_setting,
-    keys_a_config_sets,
-    keys_set_at_the_top,
-    target_arguments,
-)
+from crackseg.setting_rules import as_override, closest_setting
 
 if TYPE_CHECKING:
     from crackseg.data.datamodule import CrackDataModule
