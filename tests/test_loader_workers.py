@@ -14,7 +14,7 @@ import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
-from crackseg.data.datamodule import init_loader_worker
+from crackseg.data.loader_workers import init_loader_worker
 from crackseg.error_lines import one_line
 from crackseg.errors import DataError
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import signal
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -15,7 +13,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch.distributed as dist
-from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data.augment import build_augmentation
@@ -32,6 +29,7 @@ from crackseg.data.data_settings import (
 from crackseg.data.dataset import CrackDataset
 from crackseg.data.io import image_size
 from crackseg.data.layouts import check_data_found, check_samples, index_layout
+from crackseg.data.loader_workers import init_loader_worker, worker_start_method
 from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.data.samples import SPLITS, Sample, count_positives
 from crackseg.data.splits import DataSplit, split_samples
@@ -65,33 +63,6 @@ def eval_batch_size(
     if device_type == "cuda":
         return GPU_EVAL_BATCH
     return max(1, min(MAX_CPU_EVAL_BATCH, CPU_EVAL_PIXELS // max(1, pixels)))
-
-
-def worker_start_method() -> str | None:
-    """How loader workers are started: the platform's way (None), except inside a job of a
-    local parallel sweep, whose joblib (loky) process makes loky's own start method the
-    default, and that one cannot start a DataLoader's workers."""
-    method = multiprocessing.get_start_method(allow_none=True)
-    known = multiprocessing.get_all_start_methods()
-    if method is None or method in known:
-        return None
-    return "fork" if "fork" in known else "spawn"
-
-
-def init_loader_worker(worker_id: int, rank: int, seeded: bool) -> None:
-    """A loader worker as it starts: it leaves SIGINT and SIGTERM to the main process, and
-    takes its random seeds as Lightning seeds workers (``seed_everything(workers=True)``,
-    which sets ``PL_SEED_WORKERS``; a loader with its own ``worker_init_fn`` gets none from
-    Lightning).
-
-    Ctrl-C, ``timeout``, ``kill -- -PGID`` and SLURM signal the whole process group. A
-    worker that died of the signal ended the run with "DataLoader worker ... is killed by
-    signal" before the main process could stop it as a stop (``interrupted.ckpt``, status
-    ``interrupted``); the main process shuts its workers down itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if seeded:
-        pl_worker_init_function(worker_id, rank=rank)
 
 
 def input_scaling(samples: list[Sample], height: int, width: int) -> dict[str, Any] | None:
