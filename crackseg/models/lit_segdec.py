@@ -135,7 +135,6 @@ class SegDecModule(pl.LightningModule):
         # mask pixel).
         self.stand_in_thresholds: tuple[str, ...] = ()
         self.train_means = torch.nn.ModuleDict({name: WeightedMean() for name in TRAIN_LOSSES})
-        self._resumed_means: dict[str, list[float]] | None = None
         self._log_epoch_constants = True
         self.val_outputs = PerImageOutputs()
         self.test_outputs = PerImageOutputs()
@@ -275,29 +274,13 @@ class SegDecModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every checkpoint carries the volume convolution's kernel (what ``auto`` chose), so
         a resumed run and a prediction compute as the run did, and the step whose weights
-        its thresholds were chosen on. A checkpoint taken mid-epoch
-        (a stop signal) carries the epoch's running sums, so the resumed epoch logs the mean
-        of all its batches, not only of those after it: under DDP, at a stop the processes
-        agreed on (crackseg.runs.training_control), the sums of every process (each saves,
-        the first writes the file). Lightning's SLURM requeue saves in each process's signal
-        handler, wherever each is: a collective there could pair with another, so that
-        checkpoint keeps the first process's sums alone."""
+        its thresholds were chosen on. (A checkpoint taken mid-epoch carries the epoch's
+        running loss sums too: crackseg.runs.training_control.EpochLossesAcrossStops.)"""
         self.volume_kernel.save(checkpoint)
         checkpoint[THRESHOLDS_STEP] = self.thresholds_step
         checkpoint[STAND_IN_THRESHOLDS] = list(self.stand_in_thresholds)
-        if self._trainer is None:
-            return
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if 0 < done < self.trainer.num_training_batches:
-            agreed = self.trainer.received_sigterm
-            sums = {}
-            for name, metric in self.train_means.items():
-                with metric.sync_context(should_sync=agreed):  # as at the epoch's end
-                    sums[name] = [float(metric.total), float(metric.weight)]
-            checkpoint["epoch_running_means"] = sums
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._resumed_means = checkpoint.get("epoch_running_means")
         self.weights_step = checkpoint.get("global_step", 0)
         # one saved before the step was: its thresholds taken as its weights' own
         self.thresholds_step = checkpoint.get(THRESHOLDS_STEP, self.weights_step)
@@ -322,14 +305,6 @@ class SegDecModule(pl.LightningModule):
         scaling = getattr(datamodule, "input_scaling", None)
         if scaling is not None:
             self.hparams["input_scaling"] = scaling
-        # The sums of every process at the stop (of the first alone in a checkpoint saved
-        # before they were gathered, or by a SLURM requeue), summed across processes at the
-        # epoch's end: under DDP only the first takes them back, the others start from zero.
-        if self._resumed_means and self.global_rank == 0:
-            for name, (total, weight) in self._resumed_means.items():
-                self.train_means[name].total.fill_(total)
-                self.train_means[name].weight.fill_(weight)
-        self._resumed_means = None
 
     # -- evaluation --------------------------------------------------------------------
     def _collect(self, batch: dict[str, Tensor], outputs: PerImageOutputs) -> None:

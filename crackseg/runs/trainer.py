@@ -34,7 +34,12 @@ from crackseg.runs.cpu_share import ShareCoresWithOtherRuns
 from crackseg.runs.gpus import in_local_parallel_sweep
 from crackseg.runs.ownership import is_rank_zero
 from crackseg.runs.progress import progress_callbacks
-from crackseg.runs.training_control import NEVER, CheckpointsFollowTheRunFolder, ValidationSchedule
+from crackseg.runs.training_control import (
+    NEVER,
+    CheckpointsFollowTheRunFolder,
+    EpochLossesAcrossStops,
+    ValidationSchedule,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +153,7 @@ def build_trainer(
     # Off a terminal (or with sweep jobs sharing one), one log line per epoch, not a bar.
     show_progress = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
     in_sweep = in_local_parallel_sweep()
-    callbacks = [*callbacks, CheckpointsFollowTheRunFolder()]
+    callbacks = [*callbacks, CheckpointsFollowTheRunFolder(), EpochLossesAcrossStops()]
     callbacks += progress_callbacks(show_progress, in_sweep)
     deterministic = OmegaConf.select(cfg, "trainer.deterministic", default=False)
     pinned = "OMP_NUM_THREADS" in os.environ or deterministic in (True, "warn")

@@ -1,6 +1,6 @@
 """The run machinery's Lightning callbacks: when a run validates, a checkpoint on a stop
-(SIGTERM, Ctrl-C, a cluster's requeue), a diverged loss ending the run with one line, and
-checkpoints that follow a run folder moved elsewhere. (The run's outputs, its history,
+(SIGTERM, Ctrl-C, a cluster's requeue) and the epoch's loss sums it carries, a diverged loss
+ending the run with one line, and checkpoints that follow a run folder moved elsewhere. (The run's outputs, its history,
 pictures, ranking and report, are made by :mod:`crackseg.callbacks`.)"""
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: A ``check_val_every_n_epoch`` that never comes: no validation after this epoch.
 NEVER = 10**9
+#: The checkpoint key of the running sums of an epoch stopped in its middle.
+EPOCH_LOSS_SUMS = "epoch_running_means"
 
 
 class ValidationSchedule(pl.Callback):
@@ -217,6 +219,45 @@ class StopCheckpoint(pl.Callback):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
             trainer.save_checkpoint(self.path)
             log.warning("stopped by a signal; checkpoint saved to %s", self.path)
+
+
+class EpochLossesAcrossStops(pl.Callback):
+    """A checkpoint taken mid-epoch (a stop) carries the running sums of the epoch's training
+    losses (:attr:`SegDecModule.train_means`), so the resumed epoch logs the mean of all its
+    batches, not only of those after the stop. Under DDP, at a stop the processes agreed on
+    (:class:`StopCheckpoint`), the sums of every process (each saves, the first writes the
+    file). Lightning's SLURM requeue saves in each process's signal handler, wherever each
+    is: a collective there could pair with another, so that checkpoint keeps the first
+    process's sums alone."""
+
+    def __init__(self) -> None:
+        self._resumed: dict[str, list[float]] | None = None
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if not 0 < done < trainer.num_training_batches:
+            return
+        sums = {}
+        for name, metric in pl_module.train_means.items():
+            with metric.sync_context(should_sync=trainer.received_sigterm):  # as at the end
+                sums[name] = [float(metric.total), float(metric.weight)]
+        checkpoint[EPOCH_LOSS_SUMS] = sums
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._resumed = checkpoint.get(EPOCH_LOSS_SUMS)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The sums of every process at the stop (or of the first alone), summed across
+        # processes at the epoch's end: under DDP only the first takes them back.
+        if self._resumed and trainer.global_rank == 0:
+            for name, (total, weight) in self._resumed.items():
+                pl_module.train_means[name].total.fill_(total)
+                pl_module.train_means[name].weight.fill_(weight)
+        self._resumed = None
 
 
 class FailOnDivergedLoss(pl.Callback):
