@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from crackseg import CONFIG_DIR
 from crackseg.cli import info_said_once_accepted, run_hydra_main
@@ -17,7 +17,12 @@ from crackseg.run_files import SPLIT_FILE
 from crackseg.runs.config_checks import check_config, refuse_extra_count_without_ranking
 from crackseg.runs.hydra_run import typed_overrides
 from crackseg.runs.lifecycle import run_task, split_data_now
-from crackseg.runs.resume import check_resumed_data, record_start, start_training_run
+from crackseg.runs.resume import (
+    check_resumed_data,
+    record_start,
+    recorded_run_config,
+    start_training_run,
+)
 from crackseg.runs.threads import set_job_threads
 from crackseg.setting_rules import check_required
 
@@ -67,7 +72,7 @@ def fit_and_test(
 
     pl.seed_everything(cfg.seed, workers=True)
 
-    module = SegDecModule.from_config(cfg, run_config=OmegaConf.to_yaml(cfg, resolve=True))
+    module = SegDecModule.from_config(cfg, run_config=recorded_run_config(cfg))
     output_dir = Path(cfg.paths.output_dir)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     callbacks.append(EvaluationReport(str(output_dir), cfg.num_dice_panels, cfg, cfg.report_title))

@@ -76,20 +76,22 @@ def run_entry(
     *overrides: str,
     timeout: int = 600,
     env: dict[str, str] | None = None,
+    cwd: Path = REPO,
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m crackseg.<module>`` with Hydra overrides, capturing its output: in a
-    child of a process that imported torch and Lightning already (helpers.warm_python), or
-    in a fresh interpreter where it must be one (helpers.warm_python.runs_warm)."""
+    """Run ``python -m crackseg.<module>`` with Hydra overrides in ``cwd``, capturing its
+    output: in a child of a process that imported torch and Lightning already
+    (helpers.warm_python), or in a fresh interpreter where it must be one
+    (helpers.warm_python.runs_warm)."""
     if warm_python.runs_warm(overrides, env or {}):
         return warm_python.run_module(
-            f"crackseg.{module}", list(overrides), REPO, {**os.environ, **(env or {})}, timeout
+            f"crackseg.{module}", list(overrides), cwd, {**os.environ, **(env or {})}, timeout
         )
     return subprocess.run(
         [sys.executable, "-m", f"crackseg.{module}", *overrides],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=REPO,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
     )
 

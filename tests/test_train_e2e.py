@@ -13,6 +13,7 @@ import torch
 import yaml
 from conftest import (
     METRIC_KEYS,
+    REPO,
     TINY_EVAL,
     eval_tiny,
     one_line_error,
@@ -335,6 +336,35 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(
     assert len(rows) == 40
     assert metrics["tp"] == sum(label == 1 and score >= 0.999 for label, score in rows)
     assert metrics["fp"] == sum(label == 0 and score >= 0.999 for label, score in rows)
+
+
+def test_weights_trained_on_a_relative_data_path_know_their_data_from_any_folder(
+    tiny_data_dir, tmp_path
+):
+    """A run started with a relative data path records it as the folder it named, so that
+    an evaluation run from another folder still refuses to test the weights on their own
+    training images."""
+    import os
+
+    from crackseg.models.checkpoint import checkpoint_run_config
+
+    run_dir = tmp_path / "run"
+    relative = os.path.relpath(tiny_data_dir, REPO)
+    result = run_tiny(run_dir, Path(relative), "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    recorded = checkpoint_run_config(checkpoint)
+    (root,) = tiny_data_dir.glob("synthetic_*")
+    assert recorded.paths.data_dir == str(tiny_data_dir)
+    assert recorded.data.root == str(root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    overrides = [f"ckpt_path={checkpoint}", *TINY_EVAL, f"paths.data_dir={tiny_data_dir}"]
+    eval_dir = f"hydra.run.dir={tmp_path / 'eval'}"
+    refused = run_entry("eval", *overrides, "data.all_as_test=true", eval_dir, cwd=elsewhere)
+    assert one_line_error(refused).startswith(
+        "error: data.all_as_test=true on the data the weights were trained on"
+    )
 
 
 def test_the_sweep_objective_is_the_best_validation_ap(tiny_run):

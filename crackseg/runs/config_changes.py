@@ -12,7 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 #: The settings that name files or folders, in the order their relative paths are anchored
 #: (crackseg.runs.resume.anchor_relative_paths): those the others are made of first.
-PATH_KEYS = ("paths.data_dir", "paths.log_dir", "data.root", "data.split_file", "data.tile.source")
+PATH_KEYS = (
+    "paths.data_dir",
+    "paths.log_dir",
+    "data.root",
+    "data.split_file",
+    "data.tile.source",
+    "data.extra_segmented.ranking",
+)
 
 
 #: Config keys (glob patterns) that may differ between a run and its resumption: how it is

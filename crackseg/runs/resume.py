@@ -253,6 +253,15 @@ def anchor_relative_paths(cfg: DictConfig, folder: Path) -> None:
         OmegaConf.update(cfg, key, os.path.normpath(folder / str(value)), force_add=False)
 
 
+def recorded_run_config(cfg: DictConfig) -> str:
+    """The config a checkpoint records of its run (YAML, resolved), its relative paths made
+    absolute from the folder the run was started in, so that crackseg-eval and -predict run
+    from any folder know the data it trained on (and its held-out test split)."""
+    recorded = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    anchor_relative_paths(recorded, Path.cwd())
+    return OmegaConf.to_yaml(recorded)
+
+
 def resolve_machine_settings(cfg: DictConfig) -> None:
     """Settings that depend on the machine (``trainer.precision: auto``), made concrete
     before anything compares, records or reports the config."""

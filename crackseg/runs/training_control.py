@@ -1,7 +1,8 @@
 """The run machinery's Lightning callbacks: when a run validates, a checkpoint on a stop
 (SIGTERM, Ctrl-C, a cluster's requeue) and the epoch's loss sums it carries, a diverged loss
-ending the run with one line, and checkpoints that follow a run folder moved elsewhere. (The run's outputs, its history,
-pictures, ranking and report, are made by :mod:`crackseg.callbacks`.)"""
+ending the run with one line, and checkpoints that follow a run folder moved elsewhere.
+(The run's outputs, its history, pictures, ranking and report, are made by
+:mod:`crackseg.callbacks`.)"""
 
 from __future__ import annotations
 
