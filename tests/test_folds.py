@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -176,6 +177,31 @@ def test_pooled_scores_and_the_mean_over_folds(tmp_path):
     assert joined["image_auc_mean"] == pytest.approx(0.5)
     assert joined["image_auc_std"] == pytest.approx(2**0.5 / 2)  # sample std of 1 and 0
     assert joined["image_ap"] == "0.7500 ± 0.3536"
+
+
+def test_folds_of_the_grid_no_job_started_count_as_missing(tmp_path):
+    """A sweep over three folds killed before its third: two of three folds joined, not
+    two of two, where the sweep's grid is known; the fold of a job whose folder holds no
+    record counts as missing too."""
+    from crackseg.sweep.job_names import BASIC_SWEEPER
+
+    hydra = {
+        "sweeper": {"_target_": BASIC_SWEEPER, "params": {}},
+        "overrides": {"task": ["data.fold=0,1,2"]},
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+    _job(tmp_path, "0_data.fold=0", ["data.fold=0"], [(1, 0.9), (0, 0.2)])
+    _job(tmp_path, "1_data.fold=1", ["data.fold=1"], [(1, 0.3), (0, 0.6)])
+    (joined,) = pooled_folds(tmp_path, collect_runs(tmp_path), ["data.fold"])
+    assert joined["folds"] == "2/3" and joined["fold_values"] == "0 1"
+    shutil.rmtree(tmp_path / "1_data.fold=1" / ".hydra")
+    (joined,) = pooled_folds(tmp_path, collect_runs(tmp_path), ["data.fold"])
+    assert joined["folds"] == "1/3" and joined["fold_values"] == "0"
+    # without the grid (another sweeper), the folds its jobs ran
+    (tmp_path / "multirun.yaml").unlink()
+    _job(tmp_path, "2_data.fold=2", ["data.fold=2"], [(1, 0.9), (0, 0.2)])
+    (joined,) = pooled_folds(tmp_path, collect_runs(tmp_path), ["data.fold"])
+    assert joined["folds"] == "2/2"
 
 
 def test_the_summary_joins_folds_per_setting_and_names_table4_rows(tmp_path):
