@@ -209,6 +209,39 @@ def test_a_threshold_that_is_no_number_is_refused_before_anything_is_written(
     assert not written & {"probabilities", "masks", "overlays", "predictions.csv"}
 
 
+def test_a_tile_beyond_every_image_is_refused_with_the_side_that_takes_each_whole(
+    tiny_checkpoint, photo_folder, tmp_path
+):
+    """A tile a million pixels wide would be mirror padding, and would ask for more memory
+    than the machine has (the system killed such a run without a line)."""
+    line = one_line_error(
+        run_entry(
+            "predict",
+            f"ckpt_path={tiny_checkpoint}",
+            f"input={photo_folder}",
+            "mode=tile",
+            "tile_width=1000000",
+            f"hydra.run.dir={tmp_path}",
+        )
+    )
+    assert line == (
+        "error: tile_width=1000000 is beyond every image (the largest is 350 px wide): its "
+        "tiles would reach into mirror padding; tile_width=352 predicts each image in one tile"
+    )
+    written = {p.name for p in tmp_path.iterdir()}
+    assert not written & {"probabilities", "masks", "overlays", "predictions.csv"}
+    from crackseg.deploy.backends import ModelInfo
+    from crackseg.deploy.predictor import Plan
+    from crackseg.deploy.settings import refuse_tiles_beyond_every_image
+
+    info = ModelInfo(3, 64, 128, None, image_threshold=0.5, seg_threshold=0.5)
+    paths = sorted(photo_folder.iterdir())  # the unreadable file among them
+    refuse_tiles_beyond_every_image(Plan("tile", 104, 352), info, paths)  # each whole
+    refuse_tiles_beyond_every_image(Plan("tile", 64, 128), info, [])  # the model's own
+    with pytest.raises(ConfigError, match="^tile_height=112 is beyond every image .*100 px high"):
+        refuse_tiles_beyond_every_image(Plan("tile", 112, 128), info, paths)
+
+
 def test_an_unknown_device_is_refused(tiny_checkpoint, photo_folder, tmp_path):
     line = one_line_error(
         run_entry(

@@ -35,7 +35,7 @@ from crackseg.deploy.backends import ModelInfo, open_backend
 from crackseg.deploy.measure import Crack, measure_cracks, summarise
 from crackseg.deploy.outputs import CRACKS_TABLE, PREDICTIONS_TABLE, overlay, probability_image
 from crackseg.deploy.predictor import ImagePrediction, predict_images
-from crackseg.deploy.settings import PredictSettings
+from crackseg.deploy.settings import PredictSettings, refuse_tiles_beyond_every_image
 from crackseg.errors import DataError, describe_files, plural
 from crackseg.evaluation.metrics import score_text
 
@@ -305,6 +305,7 @@ def predict_folder(
     backend = open_backend(settings)
     info = backend.info
     plan = settings.plan(info, settings.ckpt_path or settings.onnx_path or "the model")
+    refuse_tiles_beyond_every_image(plan, info, paths)
     log.info(
         "%s, %s mode at %dx%d, image threshold %.4f, segmentation threshold %.4f",
         plural(len(paths), "image"),

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from crackseg.data.data_settings import check_input_size
-from crackseg.data.io import list_input_images
+from crackseg.data.data_settings import OUTPUT_STRIDE, check_input_size
+from crackseg.data.io import image_size, list_input_images
 from crackseg.deploy.outputs import refuse_earlier_outputs
 from crackseg.deploy.predictor import Plan
 from crackseg.errors import ConfigError, CracksegError, DataError
@@ -186,6 +186,36 @@ class PredictSettings:
         if self.segmentation_threshold is None:
             return info.seg_threshold
         return self.segmentation_threshold
+
+
+def refuse_tiles_beyond_every_image(plan: Plan, info: ModelInfo, paths: list[Path]) -> None:
+    """A tile side beyond the model's input size and beyond every image (rounded up to a
+    multiple of 8) adds mirror padding alone, and memory: a tile a million pixels wide
+    asks the network for more than a workstation has, and the system ends the process
+    without a word. Refused with the side that predicts each image in one tile."""
+    if plan.mode != "tile" or (
+        plan.tile_height <= info.input_height and plan.tile_width <= info.input_width
+    ):
+        return
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(image_size(path))
+        except (DataError, OSError, ValueError):  # skipped with a warning when predicted
+            continue
+    if not sizes:
+        return
+    for key, tile, side, model_side, axis in (
+        ("tile_height", plan.tile_height, max(h for h, _ in sizes), info.input_height, "high"),
+        ("tile_width", plan.tile_width, max(w for _, w in sizes), info.input_width, "wide"),
+    ):
+        whole = max(model_side, -(-side // OUTPUT_STRIDE) * OUTPUT_STRIDE)
+        if tile > whole:
+            raise ConfigError(
+                f"{key}={tile} is beyond every image (the largest is {side} px {axis}): "
+                f"its tiles would reach into mirror padding; {key}={whole} predicts each "
+                "image in one tile"
+            )
 
 
 def checked_prediction(cfg: DictConfig) -> tuple[PredictSettings, list[Path]]:
