@@ -36,6 +36,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         from crackseg.runs.trained_settings import warn_of_images_trained_on
 
         warn_of_images_trained_on(settings.ckpt_path, images)
+    elif "dice_mean" in counts:
+        log.info("an exported model records no training images: none of these is known as one")
     return counts
 
 
