@@ -180,28 +180,37 @@ def test_pooled_scores_and_the_mean_over_folds(tmp_path):
 
 
 def test_folds_of_the_grid_no_job_started_count_as_missing(tmp_path):
-    """A sweep over three folds killed before its third: two of three folds joined, not
+    """A sweep over three folds stopped before its third: two of three folds joined, not
     two of two, where the sweep's grid is known; the fold of a job whose folder holds no
-    record counts as missing too."""
+    record counts as missing too. A setting of an earlier run of the folder, not in the
+    last run's grid, counts the folds its jobs ran."""
     from crackseg.sweep.job_names import BASIC_SWEEPER
 
     hydra = {
         "sweeper": {"_target_": BASIC_SWEEPER, "params": {}},
-        "overrides": {"task": ["data.fold=0,1,2"]},
+        "overrides": {"task": ["data.num_segmented=10", "data.fold=0,1,2"]},
     }
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
-    _job(tmp_path, "0_data.fold=0", ["data.fold=0"], [(1, 0.9), (0, 0.2)])
-    _job(tmp_path, "1_data.fold=1", ["data.fold=1"], [(1, 0.3), (0, 0.6)])
-    (joined,) = pooled_folds(tmp_path, collect_runs(tmp_path), ["data.fold"])
-    assert joined["folds"] == "2/3" and joined["fold_values"] == "0 1"
-    shutil.rmtree(tmp_path / "1_data.fold=1" / ".hydra")
-    (joined,) = pooled_folds(tmp_path, collect_runs(tmp_path), ["data.fold"])
-    assert joined["folds"] == "1/3" and joined["fold_values"] == "0"
+
+    def by_segmented() -> dict[str, dict]:
+        rows = pooled_folds(tmp_path, collect_runs(tmp_path), ["data.num_segmented", "data.fold"])
+        return {row["data.num_segmented"]: row for row in rows}
+
+    for n, fold, scores in ((10, 0, [(1, 0.9), (0, 0.2)]), (10, 1, [(1, 0.3), (0, 0.6)])):
+        _job(tmp_path, f"{n}_{fold}", [f"data.num_segmented={n}", f"data.fold={fold}"], scores)
+    for fold in (0, 1):  # an earlier run's
+        _job(tmp_path, f"0_{fold}", ["data.num_segmented=0", f"data.fold={fold}"], [(1, 0.9)])
+    joined = by_segmented()
+    assert joined["10"]["folds"] == "2/3" and joined["10"]["fold_values"] == "0 1"
+    assert joined["0"]["folds"] == "2/2"
+    shutil.rmtree(tmp_path / "10_1" / ".hydra")
+    joined = by_segmented()
+    assert joined["10"]["folds"] == "1/3" and joined["10"]["fold_values"] == "0"
     # without the grid (another sweeper), the folds its jobs ran
     (tmp_path / "multirun.yaml").unlink()
-    _job(tmp_path, "2_data.fold=2", ["data.fold=2"], [(1, 0.9), (0, 0.2)])
-    (joined,) = pooled_folds(tmp_path, collect_runs(tmp_path), ["data.fold"])
-    assert joined["folds"] == "2/2"
+    _job(tmp_path, "10_2", ["data.num_segmented=10", "data.fold=2"], [(1, 0.9), (0, 0.2)])
+    joined = by_segmented()
+    assert joined["10"]["folds"] == "2/2"
 
 
 def test_the_summary_joins_folds_per_setting_and_names_table4_rows(tmp_path):

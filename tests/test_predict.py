@@ -562,7 +562,7 @@ def test_running_out_of_memory_is_one_line_saying_what_to_lower(tiny_checkpoint,
     the run's status failed with that line."""
     photos = tmp_path / "photos"
     photos.mkdir()
-    cv2.imwrite(str(photos / "a.png"), np.full((300, 400, 3), 128, np.uint8))
+    cv2.imwrite(str(photos / "a.png"), np.full((8192, 8192, 3), 128, np.uint8))  # one tile
     run_dir = tmp_path / "run"
     result = predict_under_limit(
         resource.RLIMIT_AS,

@@ -339,24 +339,28 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(
 
 
 def test_weights_trained_on_a_relative_data_path_know_their_data_from_any_folder(
-    tiny_data_dir, tmp_path
+    tiny_run, tiny_data_dir, tmp_path
 ):
-    """A run started with a relative data path records it as the folder it named, so that
+    """A run started with relative data paths records them as the files they named, so that
     an evaluation run from another folder still refuses to test the weights on their own
-    training images."""
+    training images, and one typing the same relative split file is not refused."""
     import os
 
     from crackseg.models.checkpoint import checkpoint_run_config
 
     run_dir = tmp_path / "run"
     relative = os.path.relpath(tiny_data_dir, REPO)
-    result = run_tiny(run_dir, Path(relative), "trainer.max_epochs=1")
+    split = os.path.relpath(shutil.copy(tiny_run / "split.csv", tmp_path / "split.csv"), REPO)
+    result = run_tiny(run_dir, Path(relative), f"data.split_file={split}", "trainer.max_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     recorded = checkpoint_run_config(checkpoint)
     (root,) = tiny_data_dir.glob("synthetic_*")
     assert recorded.paths.data_dir == str(tiny_data_dir)
     assert recorded.data.root == str(root)
+    assert recorded.data.split_file == str(tmp_path / "split.csv")
+    same = eval_tiny(checkpoint, tmp_path / "same", Path(relative), f"data.split_file={split}")
+    assert same.returncode == 0, same.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     overrides = [f"ckpt_path={checkpoint}", *TINY_EVAL, f"paths.data_dir={tiny_data_dir}"]

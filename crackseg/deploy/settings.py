@@ -192,30 +192,35 @@ def refuse_tiles_beyond_every_image(plan: Plan, info: ModelInfo, paths: list[Pat
     """A tile side beyond the model's input size and beyond every image (rounded up to a
     multiple of 8) adds mirror padding alone, and memory: a tile a million pixels wide
     asks the network for more than a workstation has, and the system ends the process
-    without a word. Refused with the side that predicts each image in one tile."""
-    if plan.mode != "tile" or (
-        plan.tile_height <= info.input_height and plan.tile_width <= info.input_width
-    ):
+    without a word. Refused with the side that predicts each image in one tile. Image
+    sizes are read until one shows the tile fits (a header, for PNG and JPEG)."""
+    if plan.mode != "tile":
         return
-    sizes = []
+    tile = {"tile_height": plan.tile_height, "tile_width": plan.tile_width}
+    model = {"tile_height": info.input_height, "tile_width": info.input_width}
+    oversized = [key for key in tile if tile[key] > model[key]]
+    largest = {"tile_height": 0, "tile_width": 0}  # the largest image sides read
     for path in paths:
+        if all(_rounded_up(largest[key]) >= tile[key] for key in oversized):
+            return  # an image fills the tile
         try:
-            sizes.append(image_size(path))
+            largest = dict(zip(largest, map(max, largest.values(), image_size(path)), strict=True))
         except (DataError, OSError, ValueError):  # skipped with a warning when predicted
             continue
-    if not sizes:
-        return
-    for key, tile, side, model_side, axis in (
-        ("tile_height", plan.tile_height, max(h for h, _ in sizes), info.input_height, "high"),
-        ("tile_width", plan.tile_width, max(w for _, w in sizes), info.input_width, "wide"),
-    ):
-        whole = max(model_side, -(-side // OUTPUT_STRIDE) * OUTPUT_STRIDE)
-        if tile > whole:
+    for key in oversized:
+        whole = max(model[key], _rounded_up(largest[key]))
+        if largest[key] and tile[key] > whole:  # (none read: each is skipped, with a warning)
+            axis = "high" if key == "tile_height" else "wide"
             raise ConfigError(
-                f"{key}={tile} is beyond every image (the largest is {side} px {axis}): "
-                f"its tiles would reach into mirror padding; {key}={whole} predicts each "
-                "image in one tile"
+                f"{key}={tile[key]} is beyond every image (the largest is {largest[key]} px "
+                f"{axis}): its tiles would reach into mirror padding; {key}={whole} predicts "
+                "each image in one tile"
             )
+
+
+def _rounded_up(side: int) -> int:
+    """The smallest multiple of the network's output stride from ``side``."""
+    return -(-side // OUTPUT_STRIDE) * OUTPUT_STRIDE
 
 
 def checked_prediction(cfg: DictConfig) -> tuple[PredictSettings, list[Path]]:

@@ -1,5 +1,6 @@
 """A run's life around its task: its status, skipping a sweep's finished job (refused
-where it ran with other settings), and a clear end when it is stopped or fails. A sweep's
+where it ran with other settings), its data split before it records its start, and a clear
+end when it is stopped or fails. A sweep's
 own checks before its jobs, and its stop, are crackseg.runs.multirun."""
 
 from __future__ import annotations

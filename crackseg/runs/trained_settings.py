@@ -278,7 +278,7 @@ def take_trained_split(data: DictConfig, trained: DictConfig | None, typed: set[
         )
     for key in (*FIXED_TEST_KEYS, *FRACTION_KEYS):
         ours, theirs = data.get(key), trained.get(key)
-        if ours == theirs:
+        if ours == theirs or (key == "split_file" and _same_file(ours, theirs)):
             continue
         if f"data.{key}" not in typed:
             _take(data, key, theirs)
@@ -309,6 +309,13 @@ def _take(data: DictConfig, key: str, trained: Any) -> None:
 def _same_data(data: DictConfig, trained: DictConfig) -> bool:
     """Whether ``data`` is the data the weights were trained on: same layout, same folder."""
     return data.get("layout") == trained.get("layout") and _same_folder(data, trained)
+
+
+def _same_file(path: Any, other: Any) -> bool:
+    """Whether two paths name one file (a checkpoint records its run's as absolute paths)."""
+    if path is None or other is None:
+        return False
+    return Path(str(path)).expanduser().resolve() == Path(str(other)).expanduser().resolve()
 
 
 def _same_folder(data: DictConfig, trained: DictConfig) -> bool:

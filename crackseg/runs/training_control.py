@@ -238,10 +238,11 @@ class EpochLossesAcrossStops(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if not 0 < done < trainer.num_training_batches:
+        means = getattr(pl_module, "train_means", None)  # (SegDecModule's)
+        if means is None or not 0 < done < trainer.num_training_batches:
             return
         sums = {}
-        for name, metric in pl_module.train_means.items():
+        for name, metric in means.items():
             with metric.sync_context(should_sync=trainer.received_sigterm):  # as at the end
                 sums[name] = [float(metric.total), float(metric.weight)]
         checkpoint[EPOCH_LOSS_SUMS] = sums

@@ -25,7 +25,7 @@ from crackseg.evaluation.metrics import image_metrics
 from crackseg.markdown import markdown_table
 from crackseg.run_files import SCORES_FILE
 from crackseg.sweep.published import add_table4_labels
-from crackseg.sweep.summary import FOLD_KEYS, format_mean_std, grid_values, mean_std
+from crackseg.sweep.summary import FOLD_KEYS, format_mean_std, last_grid, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,13 @@ def read_test_scores(job: Path) -> tuple[list[float], list[int]] | None:
 
 def pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
     """One row per setting of the other swept keys and seed: the folds that finished and
-    gave test scores out of the folds of the sweep (those of its jobs, and those of its
-    grid that no job started yet), AUC and AP over their pooled scores, and the mean ± std
-    over them."""
+    gave test scores out of the setting's folds (those of its jobs, and those the grid of
+    the sweep's last run gives it that no job started yet), AUC and AP over their pooled
+    scores, and the mean ± std over them."""
     fold = fold_key(keys)
     if fold is None:
         return []
-    of_the_grid = grid_values(root, fold)
+    grid = last_grid(root) or []
     others = [k for k in keys if k != fold]
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
@@ -78,6 +78,11 @@ def pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) -> lis
                 labels += read[1]
                 used.append(row)
         out: dict[str, Any] = dict(zip([*others, "seed"], setting, strict=True))
+        of_the_grid = {
+            job[fold]
+            for job in grid
+            if fold in job and all(job.get(k, value) == value for k, value in out.items())
+        }
         folds = {str(r[fold]) for r in members} | of_the_grid
         out["folds"] = f"{len(used)}/{len(folds)}"
         out["fold_values"] = " ".join(str(r[fold]) for r in used)

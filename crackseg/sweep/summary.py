@@ -201,7 +201,7 @@ def _last_sweep(root: Path) -> tuple[list[str], dict[str, Any], str] | None:
         return None
 
 
-def _last_grid(root: Path) -> list[dict[str, str]] | None:
+def last_grid(root: Path) -> list[dict[str, str]] | None:
     """The settings of every job of the grid of the sweep's last run; None where the grid is
     not known (another sweeper than Hydra's basic one, a glob)."""
     last = _last_sweep(root)
@@ -210,16 +210,11 @@ def _last_grid(root: Path) -> list[dict[str, str]] | None:
     return grid_jobs(last[0], last[1])
 
 
-def grid_values(root: Path, key: str) -> set[str]:
-    """The values the grid of the sweep's last run gives ``key`` (none where not known)."""
-    return {job[key] for job in _last_grid(root) or [] if key in job}
-
-
 def grid_not_started(root: Path, rows: list[dict[str, Any]]) -> list[str]:
     """The jobs of the grid of the sweep's last run that have no folder under ``root`` (a
     sweep stopped or killed before them), as ``key=value,...`` of what tells them apart;
     none where the grid is not known (another sweeper than Hydra's basic one, a glob)."""
-    grid = _last_grid(root)
+    grid = last_grid(root)
     if grid is None:
         return []
     held = {tuple(sorted(_read_overrides(root / row["job"]).items())) for row in rows}
