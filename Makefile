@@ -45,6 +45,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed ## create .venv and install crackseg with its dev tools
 
 wheel: | $(BIN)/python ## build dist/crackseg-<version>-py3-none-any.whl, configs included
+	rm -rf build  # setuptools reuses it: files deleted since would ship again
 	$(BIN)/pip wheel --no-deps --wheel-dir dist .
 
 train: install ## run the demo: synthetic data, small model, CPU, a few minutes (ARGS=overrides)

@@ -18,6 +18,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from crackseg import error_lines, version_line
+from crackseg.config_files import groups_of_command
 from crackseg.error_lines import (
     cannot_set_up_run_folder,
     is_expected_error,
@@ -79,6 +80,24 @@ def refuse_missing_search_folders(args: list[str]) -> None:
             scheme, _, folder = str(entry).rpartition("://")
             if scheme == "file" and not Path(folder).is_dir():
                 raise ConfigError(f"hydra.searchpath: {entry}: no such folder")
+
+
+def refuse_unusable_group_choices(args: list[str], command: str) -> None:
+    """``logger=null``: a config group's option is chosen by name, and Hydra fails on a null
+    one with a traceback; the group is left out by deleting it. ``logger=[tensorboard,csv]``:
+    Hydra merges the two into one logger's config, which fails after the data is read, or
+    logs with one of them without a word."""
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        if not equals or key not in groups_of_command(command):
+            continue
+        if value.strip() == "null":
+            raise ConfigError(
+                f"{arg}: a config group is chosen by an option's name ({key}=NAME); "
+                f"~{key} leaves it out"
+            )
+        if key == "logger" and value.strip().startswith("["):
+            raise ConfigError(f"{arg}: a run logs with one logger (logger=NAME)")
 
 
 def is_uncompleted_cluster_job(error: BaseException) -> bool:
@@ -162,6 +181,7 @@ def run_hydra_main(main: Callable[[], Any], command: str) -> None:
     try:
         refuse_unusable_folder_overrides(sys.argv[1:])
         refuse_missing_search_folders(sys.argv[1:])
+        refuse_unusable_group_choices(sys.argv[1:], command)
         main()
     except (SweepStopped, KeyboardInterrupt):
         # KeyboardInterrupt: Ctrl-C outside any job, where no handler of crackseg's turns it

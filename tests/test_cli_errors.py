@@ -269,6 +269,26 @@ def test_a_search_path_folder_that_does_not_exist_is_named(tmp_path):
     assert "run_name: night" in result.stdout
 
 
+@pytest.mark.parametrize("group", ["logger", "scheduler"])
+def test_a_group_chosen_as_null_is_one_line_naming_how_to_leave_it_out(tmp_path, group):
+    """Hydra fails on ``logger=null`` with a traceback (a ValueError of its own); ``~logger``
+    is how a group is left out, and a setting of null (``data.fold=null``) stays a value."""
+    line = refused_train(tmp_path, f"{group}=null")
+    assert line == (
+        f"error: {group}=null: a config group is chosen by an option's name ({group}=NAME); "
+        f"~{group} leaves it out"
+    )
+    result = run_entry("train", f"~{group}", "data.fold=null", "--cfg", "job", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_two_loggers_at_once_are_refused_before_anything_runs(tmp_path):
+    """Hydra merges ``logger=[tensorboard,csv]`` into one config (CSVLogger given
+    TensorBoard's arguments), which failed after the data was read and left a run folder."""
+    line = refused_train(tmp_path, "logger=[tensorboard,csv]")
+    assert line == "error: logger=[tensorboard,csv]: a run logs with one logger (logger=NAME)"
+
+
 #: Run a command's module as ``python -m`` does, then name the heavy libraries it imported.
 IMPORTS_PROBE = """
 import runpy, sys
