@@ -229,6 +229,10 @@ def options_in_subfolders(group: str, search_path: list[str]) -> list[str]:
     return found
 
 
+#: Hydra plugin configs an optional part of crackseg installs (pyproject.toml's extras).
+PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "pip install 'crackseg[search]'"}
+
+
 def missing_config_line(lines: list[str]) -> str:
     """Hydra's "Could not find 'data/foo'" as one line with the group's options inlined,
     those in its subfolders too. Its lines: what was not found, "Available options in
@@ -242,7 +246,9 @@ def missing_config_line(lines: list[str]) -> str:
     if group is None:
         return lines[0]
     options = sorted({*listed[1:], *options_in_subfolders(group[1], search_path)})
-    return f"{lines[0]} (available: {', '.join(options)})"
+    line = f"{lines[0]} (available: {', '.join(options)})"
+    needs = next((extra for name, extra in PLUGIN_EXTRAS.items() if f"'{name}'" in lines[0]), None)
+    return f"{line}: {needs} installs it" if needs else line
 
 
 def unparsed_override_line(override: str | None, reason: str) -> str:

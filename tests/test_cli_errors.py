@@ -282,6 +282,23 @@ def test_a_group_chosen_as_null_is_one_line_naming_how_to_leave_it_out(tmp_path,
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_a_plugin_config_an_extra_installs_says_which():
+    """``-m hparams_search=optuna`` where the optional sweeper is not installed (a wheel
+    installed without crackseg[search]): Hydra says only that the config is not found."""
+    from hydra.errors import MissingConfigException
+
+    from crackseg.error_lines import one_line
+
+    error = MissingConfigException(
+        "In 'hydra/config': Could not find 'hydra/sweeper/optuna'\n\n"
+        "Available options in 'hydra/sweeper':\n\tbasic\n"
+    )
+    assert one_line(error) == (
+        "In 'hydra/config': Could not find 'hydra/sweeper/optuna' (available: basic): "
+        "pip install 'crackseg[search]' installs it"
+    )
+
+
 def test_two_loggers_at_once_are_refused_before_anything_runs(tmp_path):
     """Hydra merges ``logger=[tensorboard,csv]`` into one config (CSVLogger given
     TensorBoard's arguments), which failed after the data was read and left a run folder."""
