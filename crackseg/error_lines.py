@@ -58,6 +58,8 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 #: default list use +sweep=dilate", "3. To sweep over it, add --multirun ...", "Did you mean
 #: ...", "Either ... Or ..."); the numbering of a list of them is dropped.
 HYDRA_HINT = re.compile(r"^(?:\d+\.\s+)?((?:To|Did you mean|Either|Or)\b.*)")
+#: Hydra's advice for a group chosen twice (``+experiment=demo``), as a defaults list says it.
+YAML_OVERRIDE_ADVICE = re.compile(r"\.?\s*To override a value use 'override ([^:']+): ([^']*)'")
 #: The line of Hydra's "Could not find" error that names the group whose options follow.
 AVAILABLE_IN = re.compile(r"^Available options in '(.+)':$")
 #: A value of Hydra's sweep syntax: a function (``range(0, 3)``, ``choice(1, 2)``).
@@ -306,6 +308,9 @@ def one_line(error: BaseException) -> str:
         text = f"{text.rstrip('.:')}: {one_line(cause)}"
     if unknown := unknown_setting_line(text, cause):
         return unknown
+    # "+experiment=demo" where the config chooses one already: Hydra's advice is YAML for a
+    # defaults list; on the command line the option is chosen without the +.
+    text = YAML_OVERRIDE_ADVICE.sub(r"; choose it without the +: \1=\2", text)
     # Then what Hydra advises doing instead: "Could not override 'sweep'. No match in the
     # defaults list; to append to your default list use +sweep=dilate".
     hints = hydra_hints(lines)

@@ -299,6 +299,13 @@ def test_a_plugin_config_an_extra_installs_says_which():
     )
 
 
+def test_a_group_added_that_the_config_chooses_already_says_how_to_choose_it(tmp_path):
+    """Hydra advises ``override experiment: demo``, a defaults list's YAML: on the command
+    line the option is chosen without the +."""
+    line = refused_train(tmp_path, "+experiment=demo")
+    assert line == "error: Multiple values for experiment; choose it without the +: experiment=demo"
+
+
 def test_two_loggers_at_once_are_refused_before_anything_runs(tmp_path):
     """Hydra merges ``logger=[tensorboard,csv]`` into one config (CSVLogger given
     TensorBoard's arguments), which failed after the data was read and left a run folder."""
