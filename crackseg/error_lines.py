@@ -60,6 +60,8 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 HYDRA_HINT = re.compile(r"^(?:\d+\.\s+)?((?:To|Did you mean|Either|Or)\b.*)")
 #: Hydra's advice for a group chosen twice (``+experiment=demo``), as a defaults list says it.
 YAML_OVERRIDE_ADVICE = re.compile(r"\.?\s*To override a value use 'override ([^:']+): ([^']*)'")
+#: Hydra plugin configs an optional part of crackseg installs (pyproject.toml's extras).
+PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "pip install 'crackseg[search]'"}
 #: The line of Hydra's "Could not find" error that names the group whose options follow.
 AVAILABLE_IN = re.compile(r"^Available options in '(.+)':$")
 #: A value of Hydra's sweep syntax: a function (``range(0, 3)``, ``choice(1, 2)``).
@@ -229,10 +231,6 @@ def options_in_subfolders(group: str, search_path: list[str]) -> list[str]:
                 for path in group_dir.glob("*/**/*.yaml")
             ]
     return found
-
-
-#: Hydra plugin configs an optional part of crackseg installs (pyproject.toml's extras).
-PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "pip install 'crackseg[search]'"}
 
 
 def missing_config_line(lines: list[str]) -> str:

@@ -312,17 +312,15 @@ def _same_data(data: DictConfig, trained: DictConfig) -> bool:
 
 
 def _same_file(path: Any, other: Any) -> bool:
-    """Whether two paths name one file (a checkpoint records its run's as absolute paths)."""
+    """Whether two paths name one file or folder (a checkpoint records its run's paths as
+    absolute ones, a command line may type them relative)."""
     if path is None or other is None:
         return False
     return Path(str(path)).expanduser().resolve() == Path(str(other)).expanduser().resolve()
 
 
 def _same_folder(data: DictConfig, trained: DictConfig) -> bool:
-    root, trained_root = data.get("root"), trained.get("root")
-    if root is None or trained_root is None:
-        return False
-    return Path(root).expanduser().resolve() == Path(trained_root).expanduser().resolve()
+    return _same_file(data.get("root"), trained.get("root"))
 
 
 def trained_images(
