@@ -296,9 +296,22 @@ def test_report_with_undefined_metrics(tmp_path) -> None:
     one_class = dict(metrics, val_positives=0, val_negatives=3)
     report = _write_run(tmp_path / "one", one_class)[0].read_text(encoding="utf-8")
     assert (
-        "validation split (0.5000, standing in: a split of one class has no threshold of best "
-        "F-measure)" in report
+        "validation split (0.5000, standing in: scores of one class, or not numbers, have no "
+        "threshold of best F-measure)" in report
     )
+    assert "Segmentation threshold: 0.50, chosen on the validation split" in report
+    # a run records which thresholds stood in: both classes, scores that are not numbers,
+    # no mask pixel
+    recorded = dict(metrics, stand_in_thresholds=["image", "segmentation"])
+    report = _write_run(tmp_path / "recorded", recorded)[0].read_text(encoding="utf-8")
+    assert "validation split (0.5000, standing in: scores of one class" in report
+    assert (
+        "Segmentation threshold: 0.50, standing in: no positive of the validation split has "
+        "a mask pixel to choose it by." in report
+    )
+    chosen = dict(one_class, stand_in_thresholds=[])
+    report = _write_run(tmp_path / "chosen", chosen)[0].read_text(encoding="utf-8")
+    assert "validation split (0.5000, the best F-measure there)" in report
     assert _table_row(report, "Dice") == ["n/a", "n/a"]
     assert _table_row(report, "**Negatives**") == ["1", "1"]
     assert "only one class" in report and "no positives" in report

@@ -84,3 +84,19 @@ def test_the_image_threshold_comes_from_validation_and_counts_the_test_split():
     published = tuple(results[f"test_best_f_{k}"] for k in ("tp", "fp", "tn", "fn"))
     assert published == (2, 1, 1, 0)
     assert results["test_best_f_measure"] == pytest.approx(0.8)
+
+
+def test_the_test_results_name_the_thresholds_no_validation_chose():
+    module = ScoresAsImages(network={"channels": (4, 4, 4), "volume_channels": 4})
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    # Both classes, but scores that are not numbers (a diverged run), and no mask pixel.
+    nan = float("nan")
+    trainer.validate(module, DataLoader(_scored([nan], [nan]), batch_size=2), verbose=False)
+    assert float(module.image_threshold) == 0.5 and float(module.seg_threshold) == 0.5
+    trainer.test(module, DataLoader(_scored([0.9], [0.1]), batch_size=2), verbose=False)
+    assert module.test_results["stand_in_thresholds"] == ["image", "segmentation"]
+    # chosen both: none stood in
+    module = ProbabilitiesAsImages(network={"channels": (4, 4, 4), "volume_channels": 4})
+    trainer.validate(module, DataLoader(_split(0.35, 0.25), batch_size=2), verbose=False)
+    trainer.test(module, DataLoader(_split(0.75, 0.30), batch_size=2), verbose=False)
+    assert module.test_results["stand_in_thresholds"] == []

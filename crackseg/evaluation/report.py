@@ -322,16 +322,14 @@ def _test_metrics_section(
     metrics: Mapping[str, Any], chosen_on: str, validated_on_test: bool
 ) -> list[str]:
     """Image-level metrics, the published protocol's counts, Dice and IoU, the thresholds."""
-    # Imported here: the metrics load torchmetrics (a second to start), which the command
-    # line's checks, importing this module for its settings table, never need.
-    from crackseg.evaluation.metrics import DEFAULT_THRESHOLD
-
     lines = ["", "## Test metrics", ""]
+    stand_ins = _stand_in_thresholds(metrics, validated_on_test)
     how = "the best F-measure there"
-    chosen_split = "test" if validated_on_test else "val"
-    counts = (metrics.get(f"{chosen_split}_positives"), metrics.get(f"{chosen_split}_negatives"))
-    if 0 in counts and metrics.get("image_threshold") == DEFAULT_THRESHOLD:
-        how = "standing in: a split of one class has no threshold of best F-measure"
+    if "image" in stand_ins:
+        how = (
+            "standing in: scores of one class, or not numbers, have no threshold of best "
+            "F-measure"
+        )
     lines.append(
         "Image level (test split): "
         f"AUC: {format_metric(metrics.get('image_auc'))}, "
@@ -386,16 +384,39 @@ def _test_metrics_section(
             ("IoU", format_metric(metrics.get("iou_mean")), format_metric(metrics.get("iou_std"))),
         ),
     )
-    threshold_line = (
-        f"Segmentation threshold: {format_metric(metrics.get('seg_threshold'), 2)}, chosen on the "
-        f"{chosen_on} (the one maximising mean Dice there)"
-    )
-    if not validated_on_test:
-        threshold_line += ", never on the test split"
+    seg_threshold = format_metric(metrics.get("seg_threshold"), 2)
+    if "segmentation" in stand_ins:
+        threshold_line = (
+            f"Segmentation threshold: {seg_threshold}, standing in: no positive of the "
+            f"{chosen_on} has a mask pixel to choose it by"
+        )
+    else:
+        threshold_line = (
+            f"Segmentation threshold: {seg_threshold}, chosen on the {chosen_on} (the one "
+            "maximising mean Dice there)"
+        )
+        if not validated_on_test:
+            threshold_line += ", never on the test split"
     val_dice = metrics.get("seg_threshold_val_dice", _MISSING)
     if val_dice is not _MISSING:
         threshold_line += f"; validation mean Dice at it: {format_metric(val_dice)}"
     return lines + ["", threshold_line + "."]
+
+
+def _stand_in_thresholds(metrics: Mapping[str, Any], validated_on_test: bool) -> list[str]:
+    """The thresholds (``image``, ``segmentation``) that 0.5 stood in for, no validation
+    having chosen them. Metrics written before runs recorded it: an image threshold of 0.5
+    on a validation split of one class."""
+    # Imported here: the metrics load torchmetrics (a second to start), which the command
+    # line's checks, importing this module for its settings table, never need.
+    from crackseg.evaluation.metrics import DEFAULT_THRESHOLD
+
+    if "stand_in_thresholds" in metrics:
+        return list(metrics["stand_in_thresholds"])
+    split = "test" if validated_on_test else "val"
+    counts = (metrics.get(f"{split}_positives"), metrics.get(f"{split}_negatives"))
+    one_class = 0 in counts and metrics.get("image_threshold") == DEFAULT_THRESHOLD
+    return ["image"] if one_class else []
 
 
 def _notes_section(

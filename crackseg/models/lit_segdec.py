@@ -369,6 +369,8 @@ class SegDecModule(pl.LightningModule):
             # off, where the best were others); undefined where none validated them
             "tested_val_image_ap": self.last_val_image_ap,
             "tested_final_weights": self.tested_final_weights,
+            # the thresholds 0.5 stood in for, no validation having chosen them
+            "stand_in_thresholds": list(self.stand_in_thresholds),
             "indices": gathered["indices"].cpu().numpy(),
             "scores": scores.cpu().numpy(),
             "labels": labels.cpu().numpy(),
