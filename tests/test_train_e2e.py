@@ -125,7 +125,7 @@ def test_a_checkpoint_knows_whether_a_validation_chose_its_thresholds(
     never, earlier = tmp_path / "never.ckpt", tmp_path / "earlier.ckpt"
     torch.save({**last, "thresholds_step": None}, never)
     torch.save({**last, "thresholds_step": last["global_step"] - 1}, earlier)
-    with pytest.raises(CracksegError, match="saved before any validation chose its thresholds"):
+    with pytest.raises(CracksegError, match="holds no thresholds a validation chose"):
         check_saved_thresholds(load_module(never), never, "use another")
     with caplog.at_level("WARNING"):
         check_saved_thresholds(load_module(earlier), earlier, "use another")
@@ -133,10 +133,18 @@ def test_a_checkpoint_knows_whether_a_validation_chose_its_thresholds(
     older = {k: v for k, v in last.items() if k != "thresholds_step"}  # saved before the key
     torch.save(older, tmp_path / "older.ckpt")
     check_saved_thresholds(load_module(tmp_path / "older.ckpt"), "older.ckpt", "use another")
+    # saved by a version that kept no thresholds at all: none a validation chose
+    state = {k: v for k, v in older["state_dict"].items() if not k.endswith("_threshold")}
+    torch.save({**older, "state_dict": state}, tmp_path / "oldest.ckpt")
+    with caplog.at_level("WARNING"):
+        oldest = load_module(tmp_path / "oldest.ckpt")
+    assert "saved without its image threshold: 0.5 stands in" in caplog.text
+    with pytest.raises(CracksegError, match="holds no thresholds a validation chose"):
+        check_saved_thresholds(oldest, "oldest.ckpt", "use another")
 
     line = one_line_error(eval_tiny(never, tmp_path / "eval", tiny_data_dir))
     assert line == (
-        f"error: {never} was saved before any validation chose its thresholds: evaluate it "
+        f"error: {never} holds no thresholds a validation chose (0.5 stands in): evaluate it "
         "with thresholds=validation, or use one saved after a validation "
         "(checkpoints/best-*.ckpt)"
     )

@@ -177,16 +177,21 @@ def upgrade(checkpoint: dict[str, Any], source: str = "checkpoint") -> dict[str,
         state = {k: v for k, v in state.items() if not k.startswith("net.seg_mask.")}
     elif SEG_BIAS_KEY not in state and "net.seg_mask.1.scale" in state:
         state[SEG_BIAS_KEY] = torch.zeros_like(state["net.seg_mask.1.scale"])
+    upgraded = {**checkpoint, "hyper_parameters": hparams, "state_dict": state}
     for name in ("image_threshold", "seg_threshold"):
         if name not in state:
             log.warning(
-                "%s was saved without its %s: 0.5 is used "
-                "(crackseg-eval thresholds=validation re-chooses it)",
+                "%s was saved without its %s: 0.5 stands in "
+                "(crackseg-eval thresholds=validation chooses it)",
                 source,
                 name.replace("_", " "),
             )
             state[name] = torch.tensor(0.5)
-    return {**checkpoint, "hyper_parameters": hparams, "state_dict": state}
+            # no validation chose it: refused where a command would use it as chosen
+            from crackseg.models.lit_segdec import THRESHOLDS_STEP
+
+            upgraded[THRESHOLDS_STEP] = None
+    return upgraded
 
 
 def load_module(path: str | Path) -> SegDecModule:
@@ -245,7 +250,7 @@ def check_saved_thresholds(module: SegDecModule, path: str | Path, remedy: str) 
     the middle of one)."""
     if module.thresholds_step is None:
         raise CracksegError(
-            f"{path} was saved before any validation chose its thresholds: {remedy}"
+            f"{path} holds no thresholds a validation chose (0.5 stands in): {remedy}"
         )
     if module.thresholds_step != module.weights_step:
         log.warning(
