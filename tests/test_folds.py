@@ -174,6 +174,8 @@ def test_pooled_scores_and_the_mean_over_folds(tmp_path):
     assert joined["folds"] == "2/2" and joined["fold_values"] == "0 1"
     assert joined["pooled_image_auc"] == pytest.approx(0.75)
     assert joined["pooled_image_ap"] == pytest.approx(5 / 6)
+    # the trapezoid under (0, 1), (1/2, 1), (1/2, 1/2), (1, 2/3): 1/2 + 7/24
+    assert joined["pooled_image_ap_trapezoid"] == pytest.approx(1 / 2 + 7 / 24)
     assert joined["image_auc_mean"] == pytest.approx(0.5)
     assert joined["image_auc_std"] == pytest.approx(2**0.5 / 2)  # sample std of 1 and 0
     assert joined["image_ap"] == "0.7500 ± 0.3536"

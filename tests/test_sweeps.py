@@ -617,7 +617,9 @@ def test_summary_command_rebuilds_from_a_folder_of_runs(
         ("1_data.dilate=3,seed=1", "finished", "1", "3"),
         ("2_data.dilate=5,seed=0", "unfinished", "0", "5"),
     ]
-    assert rows[0]["image_ap"] == _metrics(root / "0_data.dilate=3,seed=0")["image_ap"]
+    first = _metrics(root / "0_data.dilate=3,seed=0")
+    assert rows[0]["image_ap"] == first["image_ap"]
+    assert rows[0]["image_ap_trapezoid"] == first["image_ap_trapezoid"]  # the paper's AP
     assert rows[2]["image_ap"] is None
     assert len((root / "summary.csv").read_text().splitlines()) == 4
     md = (root / "summary.md").read_text()

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 CSV_NAME = "folds.csv"
 #: Per-job metrics averaged over the folds.
-FOLD_METRICS = ("image_auc", "image_ap", "dice_mean")
+FOLD_METRICS = ("image_auc", "image_ap", "image_ap_trapezoid", "dice_mean")
+#: Those computed again over the test scores of all folds pooled.
+POOLED_METRICS = ("image_auc", "image_ap", "image_ap_trapezoid")
 
 
 def fold_key(keys: list[str]) -> str | None:
@@ -87,7 +89,7 @@ def pooled_folds(root: Path, rows: list[dict[str, Any]], keys: list[str]) -> lis
         out["folds"] = f"{len(used)}/{len(folds)}"
         out["fold_values"] = " ".join(str(r[fold]) for r in used)
         pooled = image_metrics(torch.tensor(scores), torch.tensor(labels)) if scores else {}
-        for name in ("image_auc", "image_ap"):
+        for name in POOLED_METRICS:
             value = pooled.get(name)
             out[f"pooled_{name}"] = value if value is not None and math.isfinite(value) else None
         for name in FOLD_METRICS:
@@ -109,7 +111,7 @@ def write_pooled_folds(
     fold = fold_key(keys)
     add_table4_labels(joined, keys)
     setting = [k for k in joined[0] if k not in ("folds", "fold_values") and not _metric(k)]
-    columns = [*setting, "folds", "fold_values", "pooled_image_auc", "pooled_image_ap"]
+    columns = [*setting, "folds", "fold_values", *(f"pooled_{m}" for m in POOLED_METRICS)]
     columns += [f"{m}_{s}" for m in FOLD_METRICS for s in ("mean", "std")]
     atomic_write_csv(
         (root if out is None else out) / CSV_NAME,
@@ -125,6 +127,7 @@ def write_pooled_folds(
         "folds",
         "AUC pooled",
         "AP pooled",
+        "AP (trapezoid) pooled",
         *(f"{m} (mean ± std)" for m in FOLD_METRICS),
     ]
     lines = [
@@ -132,15 +135,15 @@ def write_pooled_folds(
         "",
         "AUC and AP over the test scores of all folds pooled, beside the mean ± std over "
         "the folds (the published code reports KolektorSDD by the mean of its folds' AUC and "
-        f"AP); `folds`: those that finished of all ({CSV_NAME} holds the numbers).",
+        "AP, its AP the trapezoidal one); `folds`: those that finished of all "
+        f"({CSV_NAME} holds the numbers).",
         "",
     ]
     rows = [
         [
             *(row[k] for k in setting),
             row["folds"],
-            number(row["pooled_image_auc"]),
-            number(row["pooled_image_ap"]),
+            *(number(row[f"pooled_{m}"]) for m in POOLED_METRICS),
             *(row[m] for m in FOLD_METRICS),
         ]
         for row in joined
