@@ -100,6 +100,14 @@ def test_an_image_smaller_than_a_tile_is_padded_by_reflection_and_cropped_back()
     assert tile[40, 0, 0] == image[38, 0, 0] and tile[0, 50, 0] == image[0, 48, 0]
 
 
+def test_an_image_one_tile_covers_keeps_that_tiles_map_bit_for_bit():
+    """Nothing to blend: the map is the network's, not divided back by its window (which
+    changes values in the last bit and could move a pixel across the threshold)."""
+    image = np.random.default_rng(3).integers(0, 256, (64, 128, 3), np.uint8)
+    prediction = predict_one(image, IdentityModel(), Plan("tile", 64, 128))
+    np.testing.assert_array_equal(prediction.probabilities, image[..., 0].astype(np.float32) / 255)
+
+
 def test_the_image_score_is_the_maximum_over_its_tiles():
     image = np.full((200, 300, 3), 10, np.uint8)
     image[190, 290] = 240  # in the last tile only

@@ -5,7 +5,7 @@ best the way it was trained: tile by tile at the training scale. Tiles overlap; 
 map is weighted by a window that rises smoothly from its edges, and every pixel is the
 weighted mean of the tiles covering it, so neighbouring tiles fade into each other without
 seams. The weights are divided out, hence a constant prediction stays constant (up to
-float32 rounding) and a single tile is returned unchanged.
+float32 rounding); the map of an image one tile covers is that tile's, unchanged.
 """
 
 from __future__ import annotations
@@ -95,8 +95,13 @@ class Stitcher:
         self.window = blend_window(grid.tile_height, grid.tile_width, grid.overlap)
         self.total = np.zeros(grid.padded_shape, np.float32)
         self.weight = np.zeros(grid.padded_shape, np.float32)
+        self.single_tile = len(grid.origins()) == 1
+        self.first: np.ndarray | None = None
 
     def add(self, origin: tuple[int, int], probabilities: np.ndarray) -> None:
+        if self.single_tile:  # nothing to blend: kept as it is, not divided back
+            self.first = probabilities
+            return
         y, x = origin
         th, tw = self.grid.tile_height, self.grid.tile_width
         self.total[y : y + th, x : x + tw] += probabilities * self.window
@@ -105,4 +110,8 @@ class Stitcher:
     def result(self) -> np.ndarray:
         """The blended map, cropped to the image."""
         height, width = self.grid.height, self.grid.width
+        if self.single_tile:
+            if self.first is None:
+                raise ValueError("no tile was added")
+            return np.asarray(self.first, np.float32)[:height, :width]
         return self.total[:height, :width] / self.weight[:height, :width]
