@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from crackseg.models.flops import count_flops
-from crackseg.models.losses import decision_loss
+from crackseg.models.losses import decision_losses
 from crackseg.models.segdecnet import SegDecNet
 
 SMALL = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
@@ -38,7 +38,7 @@ def measured(net: SegDecNet, height: int, width: int, batch: int = 2) -> tuple[i
     images = torch.rand(batch, net.in_channels, height, width)
     with FlopCounterMode(display=False) as forward:
         out = net(images)
-    loss = out.segmentation.float().mean() + decision_loss(out.decision, torch.ones(batch))
+    loss = out.segmentation.float().mean() + decision_losses(out.decision, torch.ones(batch)).mean()
     with FlopCounterMode(display=False) as backward:
         loss.backward()
     return forward.get_total_flops() // batch, backward.get_total_flops() // batch

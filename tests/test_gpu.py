@@ -17,7 +17,7 @@ from helpers.run_if import run_if
 from helpers.tiny_module import fit_tiny
 from torch._dynamo.utils import counters
 
-from crackseg.models.losses import decision_loss, downsample_to_output, segmentation_loss
+from crackseg.models.losses import decision_losses, downsample_to_output, segmentation_losses
 from crackseg.models.module_settings import SpeedSettings
 from crackseg.models.segdecnet import SegDecNet
 
@@ -44,9 +44,9 @@ def test_bf16_training_step_of_the_paper_network_on_cuda():
         out = net(images)
     assert out.segmentation.dtype == torch.bfloat16  # autocast did reach the convolutions
     target = downsample_to_output(mask)
-    segmented = torch.ones(2, dtype=torch.bool, device="cuda")
-    loss = segmentation_loss(out.segmentation.float(), target, torch.ones_like(target), segmented)
-    loss = loss + decision_loss(out.decision.float(), torch.tensor([1.0, 0.0], device="cuda"))
+    loss = segmentation_losses(out.segmentation.float(), target, torch.ones_like(target)).mean()
+    labels = torch.tensor([1.0, 0.0], device="cuda")
+    loss = loss + decision_losses(out.decision.float(), labels).mean()
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -6,12 +6,10 @@ import torch
 from crackseg.data.data_settings import InputSize
 from crackseg.models.lit_segdec import SegDecModule
 from crackseg.models.losses import (
-    decision_loss,
     decision_targets,
     downsample_to_output,
     loss_weights,
     segdec_loss,
-    segmentation_loss,
 )
 from crackseg.models.module_settings import LossSettings
 
@@ -36,6 +34,20 @@ def _batch(size, seed=0):
     target = (torch.rand(size, 1, 4, 4, generator=g) > 0.7).float()
     weight = torch.rand(size, 1, 4, 4, generator=g) + 0.5
     return logits, target, weight
+
+
+def segmentation_loss(logits, target, weight, segmented):
+    """The training loss at λ = (1, 0): the batch's segmentation loss alone."""
+    no_decision = torch.zeros(len(logits))
+    return segdec_loss(logits, target, weight, no_decision, no_decision, segmented, (1, 0)).total
+
+
+def decision_loss(logits, targets):
+    """The training loss at λ = (0, 1): the batch's decision loss alone."""
+    no_segmentation = torch.zeros(len(logits), 1, 1, 1)
+    everyone = torch.ones(len(logits), dtype=torch.bool)
+    inputs = (no_segmentation,) * 3
+    return segdec_loss(*inputs, logits, targets, everyone, (0, 1)).total
 
 
 def test_weak_positive_does_not_change_the_segmentation_loss():
@@ -124,9 +136,16 @@ def test_segdec_loss_is_the_balanced_sum_of_the_two_losses(reduction):
     dec_logits, labels = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([1.0, 0.0, 1.0])
     segmented = torch.tensor([True, True, False])
     loss = segdec_loss(logits, target, weight, dec_logits, labels, segmented, (0.7, 0.2), reduction)
-    expected = 0.7 * segmentation_loss(logits, target, weight, segmented, reduction)
-    expected += 0.2 * decision_loss(dec_logits, labels, reduction)
-    assert loss.total.item() == pytest.approx(expected.item())
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    per_sample_seg = [
+        float((bce(logits[i], target[i], reduction="none") * weight[i]).mean()) for i in range(2)
+    ]
+    per_sample_dec = [float(bce(dec_logits[i], labels[i])) for i in range(3)]
+    if reduction == "mean":  # over the two segmented samples, and over all three
+        expected = 0.7 * sum(per_sample_seg) / 2 + 0.2 * sum(per_sample_dec) / 3
+    else:
+        expected = 0.7 * sum(per_sample_seg) + 0.2 * sum(per_sample_dec)
+    assert loss.total.item() == pytest.approx(expected)
     assert loss.segmentation.shape == loss.decision.shape == (3,)
 
 

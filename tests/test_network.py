@@ -9,7 +9,7 @@ from helpers.volume_nodes import record_volume_nodes
 
 from crackseg.errors import ConfigError
 from crackseg.models.layers import FeatureNorm, feature_norm_formula
-from crackseg.models.losses import decision_loss
+from crackseg.models.losses import decision_losses
 from crackseg.models.segdecnet import SegDecNet
 
 SMALL = {"channels": (8, 16, 16), "volume_channels": 32, "volume_kernel": 5}
@@ -336,7 +336,7 @@ def test_gradient_flow_adjustment(adjust):
     net = SegDecNet(**SMALL, gradient_adjustment=True)
     net.gradient_adjustment = adjust  # switchable at run time
     out = net(torch.rand(2, 3, 64, 128))
-    decision_loss(out.decision, torch.tensor([1.0, 0.0])).backward()
+    decision_losses(out.decision, torch.tensor([1.0, 0.0])).mean().backward()
     seg_grads = [p.grad for p in _segmentation_parameters(net)]
     if adjust:  # no gradient reaches the segmentation subnet: nothing to compute there
         assert all(g is None for g in seg_grads)
@@ -348,7 +348,7 @@ def test_gradient_flow_adjustment(adjust):
 def test_gradient_adjustment_trains_the_segmentation_on_its_own_loss_alone():
     """With both losses, the segmentation subnet gets exactly the segmentation loss's
     gradient; the decision subnet gets the decision loss's."""
-    from crackseg.models.losses import segmentation_loss
+    from crackseg.models.losses import segmentation_losses
 
     torch.manual_seed(0)
     net = SegDecNet(**SMALL)
@@ -357,9 +357,8 @@ def test_gradient_adjustment_trains_the_segmentation_on_its_own_loss_alone():
     def gradients(seg: float, dec: float) -> list[torch.Tensor]:
         net.zero_grad()
         out = net(images)
-        everyone = torch.ones(2, dtype=torch.bool)
-        loss_seg = segmentation_loss(out.segmentation, target, torch.ones_like(target), everyone)
-        loss_dec = decision_loss(out.decision, torch.tensor([1.0, 0.0]))
+        loss_seg = segmentation_losses(out.segmentation, target, torch.ones_like(target)).mean()
+        loss_dec = decision_losses(out.decision, torch.tensor([1.0, 0.0])).mean()
         (seg * loss_seg + dec * loss_dec).backward()
         return [p.grad.clone() for p in _segmentation_parameters(net)]
 
@@ -380,7 +379,7 @@ def test_segmentation_bias_is_trained_and_lets_a_clean_image_fall_below_ln2():
     image (Jensen); only the learned FeatureNorm bias of the 1/8 head gets below it."""
     from crackseg.data.data_settings import InputSize
     from crackseg.models.lit_segdec import SegDecModule
-    from crackseg.models.losses import segmentation_loss
+    from crackseg.models.losses import segmentation_losses
 
     torch.manual_seed(0)
     module = SegDecModule(network=SMALL, input_shape=InputSize(height=64, width=128))
@@ -390,9 +389,9 @@ def test_segmentation_bias_is_trained_and_lets_a_clean_image_fall_below_ln2():
     assert any(p is bias for group in optimizer.param_groups for p in group["params"])
     clean = torch.rand(1, 3, 64, 128)
     target = torch.zeros(1, 1, 8, 16)
-    ones, segmented = torch.ones_like(target), torch.tensor([True])
+    ones = torch.ones_like(target)
     for _ in range(10):
-        loss = segmentation_loss(module.net(clean).segmentation, target, ones, segmented)
+        (loss,) = segmentation_losses(module.net(clean).segmentation, target, ones)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -401,7 +400,7 @@ def test_segmentation_bias_is_trained_and_lets_a_clean_image_fall_below_ln2():
     # With the bias held at 0 the same map cannot go below ln 2.
     with torch.no_grad():
         bias.zero_()
-        floor = segmentation_loss(module.net(clean).segmentation, target, ones, segmented)
+        (floor,) = segmentation_losses(module.net(clean).segmentation, target, ones)
     assert floor.item() >= math.log(2) - 1e-6
 
 

@@ -52,8 +52,9 @@ def pixel_histograms(probs: Tensor, targets: Tensor, num_bins: int = NUM_BINS) -
     Returns int64 [B, 2, num_bins]: ``[:, 0, k]`` counts all pixels with prob in bin k,
     ``[:, 1, k]`` the target pixels among them. Bin k is ``[k/num_bins, (k+1)/num_bins)``
     with the edges in the probabilities' own precision, as ``probs >= threshold`` compares
-    them; the last bin includes 1.0. Runs on the tensors' device with one ``bincount`` per row,
-    so it is cheap enough to call in every test step.
+    them; the last bin includes 1.0. Runs on the tensors' device with one ``bincount`` over
+    the whole batch (each row's bins offset by ``num_bins``), so it is cheap enough to call
+    in every test step.
     """
     if probs.shape != targets.shape:
         raise ValueError(

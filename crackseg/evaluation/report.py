@@ -4,9 +4,14 @@ Section order, headings and table row names follow the seed line by line, so a n
 report can be diffed against it; what the seed lacks comes after it: the rows its tables
 lack (weak positives, the decision target, the loss over a batch, the precision) after
 their rows, and the AUC/AP/F-measure line, Dice and IoU and notes on edge cases after its
-last section. Two seed quirks are not copied: the duplicated "Input width" row, and Windows
-path separators in the image links; and the curves are PNG files (``ROC.png``), where the
-seed's were JPEG, lossless for lines and text.
+last section. Seed quirks not copied: the duplicated "Input width" row, Windows path
+separators in the image links, and Dice panels named by the rounded value's shortest form
+(``0.12_dice_2523.png``, where docs/method.md §7 asks for 3 decimals: ``0.120_dice_2523.png``);
+and the curves are PNG files (``ROC.png``), where the seed's were JPEG, lossless for lines
+and text. One difference is of protocol, not of form: the Results table counts the test
+images at the image threshold chosen on validation, the seed's at the best F-measure of the
+test scores themselves, which the report keeps as a second, labelled table
+(docs/protocol.md).
 """
 
 from __future__ import annotations

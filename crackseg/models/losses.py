@@ -3,7 +3,8 @@
 Losses are computed per sample first, so that the two batch conventions are one switch:
 
 - ``mean`` (the default): the segmentation loss is averaged over the segmented samples of
-  the batch, the decision loss over all of them, as most code does;
+  the batch, the decision loss over all of them, as most code does (under DDP, over those
+  of each process, whose means DDP then averages);
 - ``sum``: per-sample losses are added up, which is what the published code's accumulation
   of per-sample gradients amounts to. At batch size B it steps B times further than ``mean``
   (exactly, for plain SGD, when every sample of the batch is segmented), so a learning rate
@@ -103,22 +104,6 @@ def reduce_batch(per_sample: Tensor, included: Tensor, reduction: str = "mean") 
     return total / mask.sum().clamp(min=1.0)
 
 
-def segmentation_loss(
-    logits: Tensor, target: Tensor, weight: Tensor, segmented: Tensor, reduction: str = "mean"
-) -> Tensor:
-    """The batch's segmentation loss: weak positives (``segmented`` False) contribute nothing.
-
-    With ``mean`` they are not counted either, so adding a weak positive to a batch leaves
-    the loss unchanged, and a batch of weak positives only has a loss of exactly 0.
-    """
-    return reduce_batch(segmentation_losses(logits, target, weight), segmented, reduction)
-
-
-def decision_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
-    """The batch's decision loss."""
-    return reduce_batch(decision_losses(logits, targets), torch.ones_like(targets), reduction)
-
-
 class SegDecLoss(NamedTuple):
     """The loss to minimise, and the per-sample losses [B] it was made of."""
 
@@ -146,7 +131,6 @@ def segdec_loss(
     """
     seg = segmentation_losses(seg_logits.float(), seg_target, seg_weight)
     dec = decision_losses(dec_logits.float(), dec_target)
-    # segmentation_loss and decision_loss of the batch, from its per-sample losses
     loss_seg = reduce_batch(seg, segmented, reduction)
     loss_dec = reduce_batch(dec, torch.ones_like(segmented), reduction)
     lambda_seg, lambda_dec = lambdas
