@@ -332,8 +332,7 @@ def _test_metrics_section(
     how = "the best F-measure there"
     if "image" in stand_ins:
         how = (
-            "standing in: scores of one class, or not numbers, have no threshold of best "
-            "F-measure"
+            "standing in: scores of one class, or not numbers, have no threshold of best F-measure"
         )
     lines.append(
         "Image level (test split): "
