@@ -35,6 +35,81 @@ def _copy(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return None if value is None else dict(value)
 
 
+#: The blocks of ``data`` that make the data before a run reads it, each with the keys its
+#: maker takes (the arguments of crackseg.data.synthetic.generate_synthetic_dataset,
+#: crackseg.data.download.prepare_dataset and crackseg.data.tiles.tile_dataset, whose
+#: other keys are the options of the photographs' layout) and those it needs.
+DATA_MAKERS = {
+    "synthetic": (("num_positives", "num_negatives", "height", "width", "seed"), ()),
+    "download": (("url", "sha256"), ()),  # without a url: the data is there already
+    "tile": (
+        (
+            "source",
+            "size",
+            "stride",
+            "layout",
+            "min_crack_pixels",
+            "pad",
+            "test_fraction",
+            "seed",
+            "val_fraction",
+        ),
+        ("source",),
+    ),
+}
+
+
+def check_data_makers(data: Mapping[str, Any]) -> None:
+    """Refuse the blocks that make the data (:data:`DATA_MAKERS`) where they cannot: two of
+    them (only one would make it, the other silently left unread), a block that is no
+    mapping, a key its maker does not take, or one it needs missing; and layout options
+    that are no mapping. Each otherwise failed deep in its maker, or not at all."""
+    options = data.get("layout_options")
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(
+            "data.layout_options must be a mapping of the layout's options "
+            f"(data.layout_options.NAME=VALUE), not {as_typed(options)}"
+        )
+    given = [name for name in DATA_MAKERS if data.get(name) is not None]
+    download = data.get("download")
+    if len(given) > 1 and isinstance(download, Mapping) and download.get("url") is None:
+        given.remove("download")  # fetches nothing
+    if len(given) > 1:
+        first, second = given[:2]
+        raise ConfigError(
+            f"data.{first} and data.{second} both say how to make the data, and only one "
+            f"can: keep one (data.{second}=null)"
+        )
+    if not given:
+        return
+    name = given[0]
+    block = data[name]
+    takes, needs = DATA_MAKERS[name]
+    if not isinstance(block, Mapping):
+        raise ConfigError(
+            f"data.{name} must be a mapping of its settings ({', '.join(takes)}), "
+            f"not {as_typed(block)}"
+        )
+    unknown = [key for key in block if key not in takes]
+    if name == "tile" and unknown:  # the rest are options of the photographs' layout
+        from crackseg.data.layouts import layout_options
+
+        layout = block.get("layout") or "crack_segmentation"
+        options_taken = layout_options(str(layout))
+        unknown = [key for key in unknown if key not in options_taken]
+        takes = (*takes, *(f"{option} (of layout {layout})" for option in options_taken))
+    if unknown:
+        keys = ", ".join(f"data.{name}.{key}" for key in unknown)
+        raise ConfigError(f"not a data.{name} setting: {keys} (known: {', '.join(takes)})")
+    for key in needs:
+        if block.get(key) is None:
+            raise ConfigError(f"data.{name}.{key} is not set ({_NEEDED[name, key]})")
+
+
+#: What a maker's needed key gives, said where it is missing.
+_NEEDED = {("tile", "source"): "the folder of photographs to tile: data.tile.source=FOLDER"}
+
+
 @dataclass(frozen=True)
 class SourceSettings:
     """Where the images are and how they are organised (``crackseg.data.layouts``), what
@@ -51,8 +126,9 @@ class SourceSettings:
     check_files: bool = True
 
     def __post_init__(self) -> None:
+        check_data_makers({name: getattr(self, name) for name in (*DATA_MAKERS, "layout_options")})
         object.__setattr__(self, "layout_options", dict(self.layout_options or {}))
-        for name in ("synthetic", "download", "tile"):
+        for name in DATA_MAKERS:
             object.__setattr__(self, name, _copy(getattr(self, name)))
 
 

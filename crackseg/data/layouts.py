@@ -45,7 +45,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from crackseg.data.data_settings import BINARIZE_THRESHOLD
+from crackseg.data.data_settings import BINARIZE_THRESHOLD, check_data_makers
 from crackseg.data.io import (
     IMAGE_EXTENSIONS,
     left_out_files,
@@ -115,7 +115,8 @@ def check_data_found(root: Path, tile_source: Path | None = None) -> None:
 def check_config_data_found(data: Mapping[str, Any]) -> None:
     """Refuse a run whose ``data`` config reads data that is not on this machine
     (:func:`check_data_found`); data the run makes itself (synthetic, downloaded) is not
-    looked for."""
+    looked for. Its blocks that make the data are checked first (:func:`check_data_makers`)."""
+    check_data_makers(data)
     download = data.get("download")
     if data.get("synthetic") or (download and download.get("url")):
         return
@@ -588,6 +589,14 @@ _OPTION_TYPES = {
 }
 
 
+def layout_options(layout: str) -> list[str]:
+    """The options a layout takes (``data.layout_options.*``), in its indexer's order."""
+    if layout not in _INDEXERS:
+        raise DataError(f"unknown dataset layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
+    parameters = inspect.signature(_INDEXERS[layout]).parameters
+    return [p for p in parameters if p not in ("root", "binarize_threshold")]
+
+
 def _check_option_type(layout: str, name: str, annotation: str, value: object) -> None:
     """A layout option of the type its layout reads (``negative_prefix=null`` ended in a
     TypeError deep in the indexing, ``label_from_mask=maybe`` was taken as true)."""
@@ -606,13 +615,11 @@ def index_layout(
     ``data.binarize_threshold`` that training and :func:`check_samples` binarise with);
     :func:`check_samples` reads every file before training.
     """
-    if layout not in _INDEXERS:
-        raise DataError(f"unknown dataset layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
+    accepted = layout_options(layout)
     root = Path(root).expanduser()
     _require_dir(root, "dataset root")
     indexer = _INDEXERS[layout]
     parameters = inspect.signature(indexer).parameters
-    accepted = [p for p in parameters if p not in ("root", "binarize_threshold")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(
