@@ -1115,6 +1115,12 @@ def test_a_sweep_with_a_bad_shared_setting_is_refused_before_any_job(tmp_path: P
     paper = ("experiment=paper/ksdd", "data.fold=0,1", f"paths.data_dir={nodata}")
     line = one_line_error(run_entry("train", "-m", *paper, f"hydra.sweep.dir={sweep_dir}"))
     assert line == f"error: data root {nodata}/ksdd does not exist (set data.root=PATH)"
+    empty = tmp_path / "empty"
+    (empty / "ksdd").mkdir(parents=True)  # made before the archive was unpacked
+    unpacked_not = (*paper, f"paths.data_dir={empty}", f"hydra.sweep.dir={sweep_dir}")
+    line = one_line_error(run_entry("train", "-m", *unpacked_not))
+    assert line == f"error: data root {empty}/ksdd is empty (set data.root=PATH, or fill it)"
+    assert not sweep_dir.exists()
     # the paper's per-fold split files (docs/datasets.md), whose name the fold is made of
     (tmp_path / "fetched" / "ksdd" / "kos01").mkdir(parents=True)
     (tmp_path / "N0_fold0.csv").write_text("split,sample_id,segmented\n")

@@ -99,12 +99,14 @@ def _labels_from_masks(masks: list[Path], desc: str, threshold: int) -> list[boo
 
 
 def check_data_found(root: Path, tile_source: Path | None = None) -> None:
-    """Refuse a run's data that is not there: its ``root``, or, where the root is cut into
-    tiles from the photographs in ``tile_source`` (``data.tile``) and holds none yet, those
-    photographs."""
+    """Refuse a run's data that is not there: its ``root`` (missing, or empty), or, where
+    the root is cut into tiles from the photographs in ``tile_source`` (``data.tile``) and
+    holds none yet, those photographs."""
     if tile_source is None:
         if not root.exists():
             raise DataError(f"data root {root} does not exist (set data.root=PATH)")
+        if root.is_dir() and not any(root.iterdir()):  # made before the data was unpacked
+            raise DataError(f"data root {root} is empty (set data.root=PATH, or fill it)")
     elif not (root.is_dir() and any(root.iterdir())) and not tile_source.is_dir():
         raise DataError(
             f"data.tile.source {tile_source} does not exist (the photographs to tile; "
