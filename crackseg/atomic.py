@@ -8,6 +8,8 @@ previous file (or none), never half of one.
 from __future__ import annotations
 
 import csv
+import fcntl
+import glob
 import io
 import os
 import shutil
@@ -80,21 +82,63 @@ def folder_destination(dst: str | Path) -> Path:
     return path.resolve() if path.is_symlink() else path
 
 
+#: The end of the name of the lock file beside a folder being built, held while it is.
+BUILD_LOCK_SUFFIX = ".lock"
+
+
 @contextmanager
 def folder_built_beside(dst: str | Path) -> Iterator[Path]:
     """A new hidden folder beside ``dst`` to build a whole folder in (a dataset), then rename
-    onto ``dst`` in one step; removed afterwards unless the caller renamed it into place."""
+    onto ``dst`` in one step; removed afterwards unless the caller renamed it into place.
+
+    The builder holds a lock file beside the folder while it builds, so the folders of
+    builders that were killed (SIGKILL, out of memory: no ``finally`` ran) are told from
+    those of builders at work (jobs of a sweep building one dataset together) and removed
+    by the next build of ``dst`` (:func:`remove_abandoned_builds`)."""
     parent = Path(dst).absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{Path(dst).name}{PARTIAL}"
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{Path(dst).name}{PARTIAL}", dir=parent))
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_builds(parent, prefix)
+        # the lock first, held before its folder exists: no folder is ever seen unlocked
+        lock_fd, lock_name = tempfile.mkstemp(prefix=prefix, suffix=BUILD_LOCK_SUFFIX, dir=parent)
     except OSError as error:  # named as the folder the user knows, not the temporary one
         raise OSError(error.errno, error.strerror, str(dst)) from error
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; a plain mkdir would not
+    lock = Path(lock_name)
+    tmp = lock.with_name(lock.name.removesuffix(BUILD_LOCK_SUFFIX))
     try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        tmp.mkdir(0o777 & ~_UMASK)
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        os.close(lock_fd)
+
+
+def remove_abandoned_builds(parent: Path, prefix: str) -> list[Path]:
+    """Remove the folders under ``parent`` named ``prefix``... whose builder died: those
+    whose lock file nobody holds. Folders without a lock file (their builder is about to
+    lock one, or made them before builds were locked) are left."""
+    removed = []
+    for lock in sorted(parent.glob(f"{glob.escape(prefix)}*{BUILD_LOCK_SUFFIX}")):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:  # gone meanwhile: its builder ended
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a builder at work
+            os.close(fd)
+            continue
+        try:
+            folder = lock.with_name(lock.name.removesuffix(BUILD_LOCK_SUFFIX))
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
