@@ -82,3 +82,16 @@ def test_a_run_adding_a_key_its_maker_does_not_take_is_one_line_and_keeps_no_fol
     line = one_line_error(run_entry("train", *overrides, cwd=here))
     assert line.startswith("error: not a data.synthetic setting: data.synthetic.foo")
     assert not list(here.rglob("*"))
+
+
+def test_a_block_emptied_with_null_that_the_config_reads_is_named_in_one_line(tmp_path):
+    """experiment=cfd_tiles names its root by the tiles' size: data.tile=null leaves it
+    nothing to resolve."""
+    here = tmp_path / "here"
+    here.mkdir()
+    line = one_line_error(run_entry("train", "experiment=cfd_tiles", "data.tile=null", cwd=here))
+    assert line == (
+        "error: data.tile=null empties a block whose settings this command reads "
+        "(data.tile.size): leave it as it is"
+    )
+    assert not list(here.rglob("*"))

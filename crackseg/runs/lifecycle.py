@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -257,8 +258,9 @@ def _read_by_the_command(
 
 
 def _missed_deleted_setting(error: BaseException) -> ConfigError | None:
-    """A setting deleted with ``~KEY`` that the command then missed (a KeyError, OmegaConf's
-    missing key or interpolation): the deletion named, rather than the key it left missing."""
+    """A setting deleted with ``~KEY``, or a block emptied with ``KEY=null``, that the
+    command then missed (a KeyError, OmegaConf's missing key or interpolation): the
+    override named, rather than the key it left missing."""
     if not isinstance(error, KeyError | OmegaConfBaseException):
         return None
     for override in typed_overrides():
@@ -267,7 +269,18 @@ def _missed_deleted_setting(error: BaseException) -> ConfigError | None:
             return ConfigError(
                 f"{override} deletes a setting this command reads: set it instead ({key}=VALUE)"
             )
+        if override == f"{key}=null" and f"node `{key}` is not a container" in str(error):
+            read = _READ_KEY.search(str(error))
+            named = f" ({read[1]})" if read else ""
+            return ConfigError(
+                f"{override} empties a block whose settings this command reads{named}: "
+                "leave it as it is"
+            )
     return None
+
+
+#: The key OmegaConf names in "Error trying to access KEY: ...".
+_READ_KEY = re.compile(r"Error trying to access (\S+):")
 
 
 def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
