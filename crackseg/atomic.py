@@ -8,11 +8,14 @@ previous file (or none), never half of one.
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import glob
 import io
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+
+log = logging.getLogger(__name__)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -84,6 +89,8 @@ def folder_destination(dst: str | Path) -> Path:
 
 #: The end of the name of the lock file beside a folder being built, held while it is.
 BUILD_LOCK_SUFFIX = ".lock"
+#: Errors of ``flock`` on a file system that has none (some FUSE, SMB and Lustre mounts).
+_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 @contextmanager
@@ -91,23 +98,31 @@ def folder_built_beside(dst: str | Path) -> Iterator[Path]:
     """A new hidden folder beside ``dst`` to build a whole folder in (a dataset), then rename
     onto ``dst`` in one step; removed afterwards unless the caller renamed it into place.
 
-    The builder holds a lock file beside the folder while it builds, so the folders of
-    builders that were killed (SIGKILL, out of memory: no ``finally`` ran) are told from
-    those of builders at work (jobs of a sweep building one dataset together) and removed
-    by the next build of ``dst`` (:func:`remove_abandoned_builds`)."""
+    The builder holds a lock file beside the folder while it builds, naming its host, so
+    the folders of builders on this host that were killed (SIGKILL, out of memory: no
+    ``finally`` ran) are told from those of builders at work (jobs of a sweep building one
+    dataset together) and removed (:func:`remove_abandoned_builds`). Where the file system
+    has no locks, the folder is built without one, and left if its builder is killed."""
     parent = Path(dst).absolute().parent
-    prefix = f".{Path(dst).name}{PARTIAL}"
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        remove_abandoned_builds(parent, prefix)
-        # the lock first, held before its folder exists: no folder is ever seen unlocked
-        lock_fd, lock_name = tempfile.mkstemp(prefix=prefix, suffix=BUILD_LOCK_SUFFIX, dir=parent)
+        remove_abandoned_builds(dst)
+        # the lock first: its folder is made once it is held and names this host
+        lock_fd, lock_name = tempfile.mkstemp(
+            prefix=_build_prefix(dst), suffix=BUILD_LOCK_SUFFIX, dir=parent
+        )
     except OSError as error:  # named as the folder the user knows, not the temporary one
         raise OSError(error.errno, error.strerror, str(dst)) from error
     lock = Path(lock_name)
     tmp = lock.with_name(lock.name.removesuffix(BUILD_LOCK_SUFFIX))
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            os.write(lock_fd, socket.gethostname().encode())
+        except OSError as error:
+            if error.errno not in _NO_FLOCK:
+                raise
+            lock.unlink(missing_ok=True)  # no lock: the folder is never taken for abandoned
         tmp.mkdir(0o777 & ~_UMASK)
         yield tmp
     finally:
@@ -116,26 +131,35 @@ def folder_built_beside(dst: str | Path) -> Iterator[Path]:
         os.close(lock_fd)
 
 
-def remove_abandoned_builds(parent: Path, prefix: str) -> list[Path]:
-    """Remove the folders under ``parent`` named ``prefix``... whose builder died: those
-    whose lock file nobody holds. Folders without a lock file (their builder is about to
-    lock one, or made them before builds were locked) are left."""
+def _build_prefix(dst: str | Path) -> str:
+    return f".{Path(dst).name}{PARTIAL}"
+
+
+def remove_abandoned_builds(dst: str | Path) -> list[Path]:
+    """Remove the folders that builders of ``dst`` on this host left when they were killed:
+    those whose lock file names this host and is held by no process. Those of other hosts
+    (whose locks a shared file system may not show here), and those without a lock file,
+    are left."""
+    parent = Path(dst).absolute().parent
+    host = socket.gethostname().encode()
     removed = []
-    for lock in sorted(parent.glob(f"{glob.escape(prefix)}*{BUILD_LOCK_SUFFIX}")):
+    pattern = f"{glob.escape(_build_prefix(dst))}*{BUILD_LOCK_SUFFIX}"
+    for lock in sorted(parent.glob(pattern)):
         try:
             fd = os.open(lock, os.O_RDWR)
-        except OSError:  # gone meanwhile: its builder ended
+        except OSError:  # gone meanwhile (its builder ended), or not ours to open
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: a builder at work
-            os.close(fd)
-            continue
-        try:
+            if os.read(fd, 256) != host:  # another host's, or not locked by its builder yet
+                continue
             folder = lock.with_name(lock.name.removesuffix(BUILD_LOCK_SUFFIX))
             shutil.rmtree(folder, ignore_errors=True)
             lock.unlink(missing_ok=True)
             removed.append(folder)
+            log.info("removed %s, left by a build that was killed", folder)
+        except OSError:  # held: a builder at work (or a file system without locks)
+            continue
         finally:
             os.close(fd)
     return removed

@@ -69,6 +69,7 @@ def test_a_download_block_without_a_url_makes_nothing_and_is_no_second_maker():
 
 def test_the_tile_block_takes_the_options_of_its_photographs_layout():
     check_data_makers({"tile": {"source": "photos", "size": 160, "negative_prefix": "no"}})
+    check_data_makers({"tile": {"source": "photos", "binarize_threshold": 100}})  # its masks'
     with pytest.raises(ConfigError, match=r"negative_prefix \(of layout crack_segmentation\)"):
         check_data_makers({"tile": {"source": "photos", "sise": 160}})
 
@@ -84,14 +85,23 @@ def test_a_run_adding_a_key_its_maker_does_not_take_is_one_line_and_keeps_no_fol
     assert not list(here.rglob("*"))
 
 
-def test_a_block_emptied_with_null_that_the_config_reads_is_named_in_one_line(tmp_path):
-    """experiment=cfd_tiles names its root by the tiles' size: data.tile=null leaves it
-    nothing to resolve."""
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # experiment=cfd_tiles names its root by the tiles' size
+        (("experiment=cfd_tiles", "data.tile=null"), "data.tile=null empties a block"),
+        # data=synthetic by its seed, read from its block (${.synthetic.seed})
+        (("data.synthetic=null",), "data.synthetic=null empties a block"),
+        # a sweep: before any job starts
+        (("-m", "seed=0,1", "+data.synthetic.foo=1"), "not a data.synthetic setting"),
+    ],
+    ids=["absolute", "relative", "sweep"],
+)
+def test_data_blocks_a_command_cannot_read_are_one_line_and_write_nothing(
+    tmp_path, overrides, expected
+):
     here = tmp_path / "here"
     here.mkdir()
-    line = one_line_error(run_entry("train", "experiment=cfd_tiles", "data.tile=null", cwd=here))
-    assert line == (
-        "error: data.tile=null empties a block whose settings this command reads "
-        "(data.tile.size): leave it as it is"
-    )
+    line = one_line_error(run_entry("train", *overrides, cwd=here))
+    assert line.startswith(f"error: {expected}")
     assert not list(here.rglob("*"))

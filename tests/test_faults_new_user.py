@@ -897,8 +897,10 @@ def test_an_optuna_search_of_no_trials_is_refused_up_front(tmp_path):
 def test_an_optuna_search_whose_every_trial_failed_is_one_line(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep_dir = tmp_path / "search"
-    empty = tmp_path / "empty_dataset"  # there (a missing one is refused before any trial)
+    # there, without images (a missing or empty one is refused before any trial)
+    empty = tmp_path / "empty_dataset"
     empty.mkdir()
+    (empty / "notes.txt").write_text("images to come\n")
     result = run_entry(
         "train",
         "-m",

@@ -133,14 +133,13 @@ def test_a_checkpoint_knows_whether_a_validation_chose_its_thresholds(
     older = {k: v for k, v in last.items() if k != "thresholds_step"}  # saved before the key
     torch.save(older, tmp_path / "older.ckpt")
     check_saved_thresholds(load_module(tmp_path / "older.ckpt"), "older.ckpt", "use another")
-    # saved by a version that kept no thresholds at all: none a validation chose
+    # saved by a version that kept no thresholds at all: 0.5 stands in for both, and says so
     state = {k: v for k, v in older["state_dict"].items() if not k.endswith("_threshold")}
     torch.save({**older, "state_dict": state}, tmp_path / "oldest.ckpt")
     with caplog.at_level("WARNING"):
         oldest = load_module(tmp_path / "oldest.ckpt")
     assert "saved without its image threshold: 0.5 stands in" in caplog.text
-    with pytest.raises(CracksegError, match="holds no thresholds a validation chose"):
-        check_saved_thresholds(oldest, "oldest.ckpt", "use another")
+    assert oldest.stand_in_thresholds == ("image", "segmentation")
 
     line = one_line_error(eval_tiny(never, tmp_path / "eval", tiny_data_dir))
     assert line == (

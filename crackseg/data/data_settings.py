@@ -38,7 +38,8 @@ def _copy(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
 #: The blocks of ``data`` that make the data before a run reads it, each with the keys its
 #: maker takes (the arguments of crackseg.data.synthetic.generate_synthetic_dataset,
 #: crackseg.data.download.prepare_dataset and crackseg.data.tiles.tile_dataset, whose
-#: other keys are the options of the photographs' layout) and those it needs.
+#: other keys are the options of the photographs' layout and the mask binarisation
+#: threshold) and those it needs.
 DATA_MAKERS = {
     "synthetic": (("num_positives", "num_negatives", "height", "width", "seed"), ()),
     "download": (("url", "sha256"), ()),  # without a url: the data is there already
@@ -72,7 +73,7 @@ def check_data_makers(data: Mapping[str, Any]) -> None:
         )
     given = [name for name in DATA_MAKERS if data.get(name) is not None]
     download = data.get("download")
-    if len(given) > 1 and isinstance(download, Mapping) and download.get("url") is None:
+    if len(given) > 1 and isinstance(download, Mapping) and not download.get("url"):
         given.remove("download")  # fetches nothing
     if len(given) > 1:
         first, second = given[:2]
@@ -92,10 +93,10 @@ def check_data_makers(data: Mapping[str, Any]) -> None:
         )
     unknown = [key for key in block if key not in takes]
     if name == "tile" and unknown:  # the rest are options of the photographs' layout
-        from crackseg.data.layouts import layout_options
+        from crackseg.data.layouts import layout_option_names
 
         layout = block.get("layout") or "crack_segmentation"
-        options_taken = layout_options(str(layout))
+        options_taken = [*layout_option_names(str(layout)), "binarize_threshold"]
         unknown = [key for key in unknown if key not in options_taken]
         takes = (*takes, *(f"{option} (of layout {layout})" for option in options_taken))
     if unknown:

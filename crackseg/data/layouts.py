@@ -591,7 +591,7 @@ _OPTION_TYPES = {
 }
 
 
-def layout_options(layout: str) -> list[str]:
+def layout_option_names(layout: str) -> list[str]:
     """The options a layout takes (``data.layout_options.*``), in its indexer's order."""
     if layout not in _INDEXERS:
         raise DataError(f"unknown dataset layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
@@ -617,7 +617,7 @@ def index_layout(
     ``data.binarize_threshold`` that training and :func:`check_samples` binarise with);
     :func:`check_samples` reads every file before training.
     """
-    accepted = layout_options(layout)
+    accepted = layout_option_names(layout)
     root = Path(root).expanduser()
     _require_dir(root, "dataset root")
     indexer = _INDEXERS[layout]

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from crackseg.atomic import folder_built_beside, folder_destination
+from crackseg.atomic import folder_built_beside, folder_destination, remove_abandoned_builds
 from crackseg.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -234,6 +234,7 @@ def generate_synthetic_dataset(
         "seed": int(seed),
     }
     if _matches(root, params):
+        remove_abandoned_builds(folder_destination(root))  # a sweep's job killed building it
         return root
     if min(height, width) < 8 or min(num_positives, num_negatives, seed) < 0:
         raise ConfigError(f"synthetic data needs sizes >= 8, counts and seed >= 0: {params}")

@@ -22,6 +22,7 @@ from crackseg.atomic import (
     encode_png,
     folder_built_beside,
     folder_destination,
+    remove_abandoned_builds,
 )
 from crackseg.data.data_settings import BINARIZE_THRESHOLD
 from crackseg.data.io import (
@@ -312,6 +313,7 @@ def prepare_tiles(root: Path | str, source: Path | str, **tiling: Any) -> Path:
     marker = root / TILES_MARKER
     if marker.is_file():
         _check_tiles(root, params, source_found=source.is_dir())
+        remove_abandoned_builds(root)  # a sweep's job killed cutting them
         return root
     if root.exists() and any(root.iterdir()):
         log.info("%s holds a dataset tiled before (no %s): used as it is", root, TILES_MARKER)

@@ -275,10 +275,14 @@ def _read_for_prediction(
 #: Per threshold a validation could not choose: why, and the setting that gives one.
 _STAND_IN = {
     "image": (
-        "its validation split held images of one class only, or a score that is not a number",
+        "its validation split held images of one class only or a score that is not a "
+        "number, or its checkpoint was saved without it",
         "decision_threshold",
     ),
-    "segmentation": ("no validation positive had a mask pixel", "segmentation_threshold"),
+    "segmentation": (
+        "no validation positive had a mask pixel, or its checkpoint was saved without it",
+        "segmentation_threshold",
+    ),
 }
 
 

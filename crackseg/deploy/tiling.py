@@ -92,15 +92,19 @@ class Stitcher:
 
     def __init__(self, grid: TileGrid) -> None:
         self.grid = grid
-        self.window = blend_window(grid.tile_height, grid.tile_width, grid.overlap)
-        self.total = np.zeros(grid.padded_shape, np.float32)
-        self.weight = np.zeros(grid.padded_shape, np.float32)
         self.single_tile = len(grid.origins()) == 1
-        self.first: np.ndarray | None = None
+        #: The map of the one tile, where one covers the image: nothing to blend.
+        self.only: np.ndarray | None = None
+        if not self.single_tile:
+            self.window = blend_window(grid.tile_height, grid.tile_width, grid.overlap)
+            self.total = np.zeros(grid.padded_shape, np.float32)
+            self.weight = np.zeros(grid.padded_shape, np.float32)
 
     def add(self, origin: tuple[int, int], probabilities: np.ndarray) -> None:
-        if self.single_tile:  # nothing to blend: kept as it is, not divided back
-            self.first = probabilities
+        if self.single_tile:  # kept as it is, not divided back by its window
+            if self.only is not None:
+                raise ValueError("a second tile added where one covers the image")
+            self.only = np.array(probabilities, np.float32)  # a copy, not a batch's view
             return
         y, x = origin
         th, tw = self.grid.tile_height, self.grid.tile_width
@@ -111,7 +115,7 @@ class Stitcher:
         """The blended map, cropped to the image."""
         height, width = self.grid.height, self.grid.width
         if self.single_tile:
-            if self.first is None:
+            if self.only is None:
                 raise ValueError("no tile was added")
-            return np.asarray(self.first, np.float32)[:height, :width]
+            return self.only[:height, :width]
         return self.total[:height, :width] / self.weight[:height, :width]

@@ -178,7 +178,7 @@ def upgrade(checkpoint: dict[str, Any], source: str = "checkpoint") -> dict[str,
     elif SEG_BIAS_KEY not in state and "net.seg_mask.1.scale" in state:
         state[SEG_BIAS_KEY] = torch.zeros_like(state["net.seg_mask.1.scale"])
     upgraded = {**checkpoint, "hyper_parameters": hparams, "state_dict": state}
-    for name in ("image_threshold", "seg_threshold"):
+    for name, stand_in in (("image_threshold", "image"), ("seg_threshold", "segmentation")):
         if name not in state:
             log.warning(
                 "%s was saved without its %s: 0.5 stands in "
@@ -187,10 +187,11 @@ def upgrade(checkpoint: dict[str, Any], source: str = "checkpoint") -> dict[str,
                 name.replace("_", " "),
             )
             state[name] = torch.tensor(0.5)
-            # no validation chose it: refused where a command would use it as chosen
-            from crackseg.models.lit_segdec import THRESHOLDS_STEP
+            # no validation chose it: said as for any threshold 0.5 stands in for
+            from crackseg.models.lit_segdec import STAND_IN_THRESHOLDS
 
-            upgraded[THRESHOLDS_STEP] = None
+            known = upgraded.get(STAND_IN_THRESHOLDS) or []
+            upgraded[STAND_IN_THRESHOLDS] = [*known, stand_in]
     return upgraded
 
 

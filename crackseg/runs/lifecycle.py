@@ -269,7 +269,10 @@ def _missed_deleted_setting(error: BaseException) -> ConfigError | None:
             return ConfigError(
                 f"{override} deletes a setting this command reads: set it instead ({key}=VALUE)"
             )
-        if override == f"{key}=null" and f"node `{key}` is not a container" in str(error):
+        emptied = _NOT_A_CONTAINER.search(str(error))
+        value = override.partition("=")[2]
+        if emptied and value.lower() == "null" and f".{key}".endswith(f".{emptied[1]}"):
+            # (a relative interpolation, ${.tile.size}, names the node from its block)
             read = _READ_KEY.search(str(error))
             named = f" ({read[1]})" if read else ""
             return ConfigError(
@@ -279,8 +282,10 @@ def _missed_deleted_setting(error: BaseException) -> ConfigError | None:
     return None
 
 
-#: The key OmegaConf names in "Error trying to access KEY: ...".
+#: The key OmegaConf names in "Error trying to access KEY: ...", and the node that is no
+#: block in "node `NODE` is not a container".
 _READ_KEY = re.compile(r"Error trying to access (\S+):")
+_NOT_A_CONTAINER = re.compile(r"node `([^`]+)` is not a container")
 
 
 def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:

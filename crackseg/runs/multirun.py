@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from crackseg.atomic import atomic_write_text
+from crackseg.data.data_settings import check_data_makers
 from crackseg.data.layouts import check_config_data_found, check_dagm_classes
 from crackseg.error_lines import one_line, print_line
 from crackseg.errors import (
@@ -525,6 +526,7 @@ def refuse_missing_data(config: DictConfig, task: list[str], swept: set[str]) ->
     check_required(config, ("data.root",))  # unresolved: the jobs' environment is below
     if not runs_jobs_here(config):
         return
+    check_data_makers(data)
     if data.get("synthetic") or OmegaConf.select(data, "download.url", default=None):
         return
     env = OmegaConf.to_container(config.hydra.job.env_set, resolve=True)
