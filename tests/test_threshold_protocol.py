@@ -100,3 +100,17 @@ def test_the_test_results_name_the_thresholds_no_validation_chose():
     trainer.validate(module, DataLoader(_split(0.35, 0.25), batch_size=2), verbose=False)
     trainer.test(module, DataLoader(_split(0.75, 0.30), batch_size=2), verbose=False)
     assert module.test_results["stand_in_thresholds"] == []
+
+
+def test_weights_saved_before_stand_ins_were_recorded_leave_them_unknown():
+    """Their test results say nothing of stand-ins (the report falls back on what the
+    split's counts show), rather than that none stood in."""
+    module = ScoresAsImages(network={"channels": (4, 4, 4), "volume_channels": 4})
+    module.on_load_checkpoint({"global_step": 3})  # no stand_in_thresholds key
+    assert module.stand_in_thresholds is None
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(module, DataLoader(_scored([0.9], [0.1]), batch_size=2), verbose=False)
+    assert "stand_in_thresholds" not in module.test_results
+    saved: dict = {}
+    module.on_save_checkpoint(saved)
+    assert saved["stand_in_thresholds"] is None

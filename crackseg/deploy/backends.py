@@ -127,7 +127,7 @@ class ModelInfo:
             input_scaling=dict(scaling) if scaling is not None else None,
             image_threshold=image_threshold,
             seg_threshold=seg_threshold,
-            stand_in_thresholds=module.stand_in_thresholds,
+            stand_in_thresholds=module.stand_in_thresholds or (),  # None: none known
         )
 
 

@@ -131,9 +131,10 @@ class SegDecModule(pl.LightningModule):
         self.thresholds_step: int | None = None
         self.weights_step: int | None = None
         # Those of the thresholds the last validation could not choose, DEFAULT_THRESHOLD
-        # standing in: "image" (a split of one class), "segmentation" (no positive with a
-        # mask pixel).
-        self.stand_in_thresholds: tuple[str, ...] = ()
+        # standing in: "image" (a split of one class, or scores that are not numbers),
+        # "segmentation" (no positive with a mask pixel); None where unknown (a checkpoint
+        # saved before they were recorded).
+        self.stand_in_thresholds: tuple[str, ...] | None = ()
         self.train_means = torch.nn.ModuleDict({name: WeightedMean() for name in TRAIN_LOSSES})
         self._log_epoch_constants = True
         self.val_outputs = PerImageOutputs()
@@ -278,13 +279,15 @@ class SegDecModule(pl.LightningModule):
         running loss sums too: crackseg.runs.training_control.EpochLossesAcrossStops.)"""
         self.volume_kernel.save(checkpoint)
         checkpoint[THRESHOLDS_STEP] = self.thresholds_step
-        checkpoint[STAND_IN_THRESHOLDS] = list(self.stand_in_thresholds)
+        stand_ins = self.stand_in_thresholds
+        checkpoint[STAND_IN_THRESHOLDS] = None if stand_ins is None else list(stand_ins)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.weights_step = checkpoint.get("global_step", 0)
         # one saved before the step was: its thresholds taken as its weights' own
         self.thresholds_step = checkpoint.get(THRESHOLDS_STEP, self.weights_step)
-        self.stand_in_thresholds = tuple(checkpoint.get(STAND_IN_THRESHOLDS, ()))
+        stand_ins = checkpoint.get(STAND_IN_THRESHOLDS)
+        self.stand_in_thresholds = None if stand_ins is None else tuple(stand_ins)
         self.volume_kernel.load(checkpoint)
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -369,8 +372,6 @@ class SegDecModule(pl.LightningModule):
             # off, where the best were others); undefined where none validated them
             "tested_val_image_ap": self.last_val_image_ap,
             "tested_final_weights": self.tested_final_weights,
-            # the thresholds 0.5 stood in for, no validation having chosen them
-            "stand_in_thresholds": list(self.stand_in_thresholds),
             "indices": gathered["indices"].cpu().numpy(),
             "scores": scores.cpu().numpy(),
             "labels": labels.cpu().numpy(),
@@ -379,6 +380,8 @@ class SegDecModule(pl.LightningModule):
         }
         if self.last_val_dice is not None:
             self.test_results["seg_threshold_val_dice"] = self.last_val_dice
+        if self.stand_in_thresholds is not None:  # the thresholds 0.5 stood in for
+            self.test_results["stand_in_thresholds"] = list(self.stand_in_thresholds)
         for key in ("image_auc", "image_ap", "f_measure", "dice_mean", "iou_mean"):
             self.log(f"test/{key}", _finite(self.test_results[key]), sync_dist=True)
 
