@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,9 @@ class EvaluationReport(pl.Callback):
     the report and metrics.json give no count.
     ``trained_images``: the images the weights trained on (an evaluation's, from their
     checkpoint), so a test split that holds some is said to (``test_images_trained_on``).
+    ``evaluated``: an evaluation's weights and where its thresholds come from
+    (``evaluated_checkpoint``, ``thresholds_from``: ``checkpoint`` or ``validation``), into
+    metrics.json and the report.
     """
 
     def __init__(
@@ -273,8 +277,10 @@ class EvaluationReport(pl.Callback):
         trained_here: bool = True,
         training_split_rebuilt: bool = False,
         trained_images: TrainedImages | None = None,
+        evaluated: Mapping[str, str] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.evaluated = dict(evaluated or {})
         self.trained_images = trained_images
         self.num_dice_panels = num_dice_panels
         self.run_config = run_config
@@ -336,6 +342,7 @@ class EvaluationReport(pl.Callback):
         metrics["num_segmented"] = num_segmented
         metrics["num_weak"] = weak_positives(counts["train"][0], num_segmented)
         metrics["precision"] = str(trainer.precision)
+        metrics.update(self.evaluated)
         if self.trained_images is not None:
             metrics["test_images_trained_on"] = len(self._test_images_trained_on(trainer))
         return metrics

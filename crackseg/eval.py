@@ -73,6 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         trained_here=False,
         training_split_rebuilt=weights_run.training_split_rebuilt,
         trained_images=weights_run.trained_images,
+        evaluated={"evaluated_checkpoint": str(cfg.ckpt_path), "thresholds_from": cfg.thresholds},
     )
     # StopCheckpoint saves nothing here (there is no training): a SIGTERM stops the test
     # after its batch under way, the last one too, every DDP process together.

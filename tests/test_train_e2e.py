@@ -181,6 +181,13 @@ def test_eval_of_a_checkpoint_matches_the_test_step(
     assert [r for r in (tmp_path / "report.md").read_text().splitlines() if r.startswith(rows)] == [
         r for r in (tiny_run / "report.md").read_text().splitlines() if r.startswith(rows)
     ]
+    # an evaluation, and of which weights, with whose thresholds
+    assert evaluated["evaluated_checkpoint"] == str(tiny_checkpoint)
+    assert evaluated["thresholds_from"] == "checkpoint"
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# Results of evaluating weights on ")
+    assert f"Weights: `{tiny_checkpoint}`, trained with the run parameters below" in report
+    assert "chosen on the validation split of the weights' training run" in report
     # image by image (crackseg-predict's scores are checked against these in test_predict)
     assert (tmp_path / "test_scores.csv").read_text() == (tiny_run / "test_scores.csv").read_text()
     # strict JSON: an evaluation has no validation AP (null, not NaN)
@@ -202,8 +209,11 @@ def test_eval_choosing_its_thresholds_on_test_says_so(tiny_checkpoint, tiny_data
     report = (tmp_path / "report.md").read_text()
     assert "Segmentation threshold: " in report and "chosen on the test split" in report
     assert "never on the test split" not in report
+    assert "thresholds: chosen again on this data (`thresholds=validation`)" in report
+    assert "of the weights' training run" not in report
     # what the validation that chose them scored, as a training run records its own
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["thresholds_from"] == "validation"
     assert metrics["best_val_image_ap"] is not None and "seg_threshold_val_dice" in metrics
 
 

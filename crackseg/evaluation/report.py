@@ -467,6 +467,22 @@ def write_report(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# Results of training on {title}", ""]
+    if evaluated := metrics.get("evaluated_checkpoint"):  # an evaluation, not a training
+        from_checkpoint = metrics.get("thresholds_from") == "checkpoint"
+        if from_checkpoint:
+            chosen_on = f"{chosen_on} of the weights' training run"
+        thresholds = (
+            "their own, chosen on their training run's data"
+            if from_checkpoint
+            else "chosen again on this data (`thresholds=validation`)"
+        )
+        lines = [
+            f"# Results of evaluating weights on {title}",
+            "",
+            f"Weights: `{evaluated}`, trained with the run parameters below; thresholds: "
+            f"{thresholds}. The dataset table counts the data evaluated.",
+            "",
+        ]
     lines += _dataset_section(dataset, split_counts)
     lines += ["", "## Run parameters"]
     lines += _table(("Parameter", "Value"), run_parameters)
