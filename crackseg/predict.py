@@ -31,12 +31,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     set_job_threads(cfg)
     from crackseg.deploy.predict_folder import predict_folder
 
-    counts = predict_folder(settings, images, Path(cfg.paths.output_dir))
-    if "dice_mean" in counts and settings.ckpt_path is not None:
+    counts, scored = predict_folder(settings, images, Path(cfg.paths.output_dir))
+    if scored and settings.ckpt_path is not None:  # those of the mean Dice
         from crackseg.runs.trained_settings import warn_of_images_trained_on
 
-        warn_of_images_trained_on(settings.ckpt_path, images)
-    elif "dice_mean" in counts:
+        warn_of_images_trained_on(settings.ckpt_path, scored)
+    elif scored:
         log.info("an exported model records no training images: none of these is known as one")
     return counts
 

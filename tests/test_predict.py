@@ -57,7 +57,7 @@ def predict_config(output_dir, **changes):
 
 def predict_checked(config):
     """What crackseg-predict does in the folder it accepted: check, then predict."""
-    return predict_folder(*checked_prediction(config), Path(config.paths.output_dir))
+    return predict_folder(*checked_prediction(config), Path(config.paths.output_dir)).counts
 
 
 def test_scores_of_input_sized_images_equal_the_training_runs_test_scores(
@@ -836,13 +836,37 @@ def test_a_dice_over_images_the_weights_trained_on_is_said_to_overstate_them(
     with caplog.at_level(logging.WARNING):
         warn_of_images_trained_on(str(tiny_checkpoint), images)
     assert caplog.messages == [
-        "1 of the 2 images are images the weights trained on, or photographs of tiles they "
-        "trained on (copy.png): the mean Dice over those with reference masks overstates "
-        "the weights"
+        "1 of the 2 images of the mean Dice are images the weights trained on, or "
+        "photographs of tiles they trained on (copy.png): the mean overstates the weights"
     ]
     caplog.clear()
     warn_of_images_trained_on(str(tiny_checkpoint), [test])
     assert caplog.messages == []
+
+
+def test_the_mean_dice_is_over_the_images_with_a_reference_mask_alone(
+    tiny_run, tiny_checkpoint, tmp_path
+):
+    """Those are the images crackseg-predict looks for among the training images: one the
+    weights trained on without a mask is in no mean it could overstate."""
+    rows = rows_of(tiny_run / "split.csv")
+    train = next(r for r in rows if r["split"] == "train")
+    test = next(r for r in rows if r["split"] == "test" and r["label"] == "1")
+    photos, references = tmp_path / "photos", tmp_path / "references"
+    photos.mkdir()
+    references.mkdir()
+    shutil.copy(train["image"], photos / "trained.png")
+    shutil.copy(test["image"], photos / "held_out.png")
+    shutil.copy(test["mask"], references / "held_out.png")
+    config = predict_config(
+        tmp_path / "run",
+        ckpt_path=str(tiny_checkpoint),
+        input=str(photos),
+        reference_masks=str(references),
+    )
+    prediction = predict_folder(*checked_prediction(config), tmp_path / "run")
+    assert [path.name for path in prediction.scored] == ["held_out.png"]
+    assert "dice_mean" in prediction.counts
 
 
 @pytest.mark.parametrize("stop_at_write", [1, 2, 3])

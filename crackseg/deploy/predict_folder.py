@@ -101,6 +101,7 @@ class ImageResult(NamedTuple):
     Dice against its reference mask where that marks a crack pixel (an empty one scores 1
     or 0 whatever the image holds, so the mean leaves it out, as evaluation does)."""
 
+    path: Path
     row: list[Any]
     crack_rows: list[list[Any]]
     dice: float | None
@@ -133,6 +134,11 @@ class ResultWriter:
     def dices(self) -> list[float]:
         return [result.dice for result in self.results if result.dice is not None]
 
+    @property
+    def scored(self) -> list[Path]:
+        """The images of the mean Dice."""
+        return [result.path for result in self.results if result.dice is not None]
+
     def add(self, path: Path, image: np.ndarray, prediction: ImagePrediction) -> None:
         """The image's files, then its rows, as one: stopped on the way (Ctrl-C, SIGTERM, a
         full disk), it takes back the files it wrote, so every image whose files a stopped
@@ -163,7 +169,7 @@ class ResultWriter:
         if self.settings.reference_masks is not None:
             cells, dice = self._against_reference(path, mask)
             row += cells
-        return ImageResult(row, crack_rows, dice)
+        return ImageResult(path, row, crack_rows, dice)
 
     def _against_reference(self, path: Path, mask: np.ndarray) -> tuple[list[str], float | None]:
         """The image's Dice and IoU cells, and its Dice for the mean: None without a usable
@@ -300,11 +306,19 @@ def warn_of_stand_in_thresholds(settings: PredictSettings, info: ModelInfo) -> N
             )
 
 
+class FolderPrediction(NamedTuple):
+    """A prediction's counts (images, unreadable, cracks, and the mean Dice where reference
+    masks gave one), and the images that mean is over."""
+
+    counts: dict[str, Any]
+    scored: list[Path]
+
+
 def predict_folder(
     settings: PredictSettings, paths: list[Path], output_dir: Path
-) -> dict[str, Any]:
+) -> FolderPrediction:
     """Predict the images ``paths`` of ``settings.input`` into ``output_dir`` (both checked
-    by :func:`~crackseg.deploy.settings.checked_prediction`); return the run's counts."""
+    by :func:`~crackseg.deploy.settings.checked_prediction`)."""
     source = Path(settings.input).expanduser()
     backend = open_backend(settings)
     info = backend.info
@@ -380,4 +394,4 @@ def predict_folder(
             settings.reference_masks,
             ", ".join(f"{plural(n, 'image')} {why}" for why, n in writer.unusable.items()),
         )
-    return counts
+    return FolderPrediction(counts, writer.scored)

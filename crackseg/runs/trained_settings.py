@@ -420,10 +420,11 @@ def _layout_options(data: DictConfig) -> dict[str, Any]:
 
 
 def warn_of_images_trained_on(checkpoint: str, images: list[Path]) -> None:
-    """A mean Dice over images the weights trained on (or over the photographs of the
-    tiles they trained on), their files or copies of them, overstates them: said, with how
-    many. Copies are found by content among the training files of an image's size, each
-    file read once; where the training files cannot be listed, nothing is said."""
+    """A mean Dice over ``images`` (those scored against reference masks) that holds images
+    the weights trained on (or photographs of the tiles they trained on), their files or
+    copies of them, overstates them: said, with how many. Copies are found by content among
+    the training files of an image's size, each file read once; where the training files
+    cannot be listed, nothing is said."""
     try:
         trained = trained_image_files(checkpoint)
     except (CracksegError, OSError) as error:  # the predictions are made: they stand
@@ -450,9 +451,8 @@ def warn_of_images_trained_on(checkpoint: str, images: list[Path]) -> None:
 
     if seen := [path for path in images if trained_on(path)]:
         log.warning(
-            "%d of the %d images are images the weights trained on, or photographs of tiles "
-            "they trained on (%s): the mean Dice over those with reference masks overstates "
-            "the weights",
+            "%d of the %d images of the mean Dice are images the weights trained on, or "
+            "photographs of tiles they trained on (%s): the mean overstates the weights",
             len(seen),
             len(images),
             describe_files([path.name for path in seen]),
