@@ -441,6 +441,12 @@ def test_stats_of_a_paper_fold(tmp_path, capsys):
     assert main(["stats", str(root), "--layout", "ksdd", "--num-folds", "3", "--fold", "5"]) == 2
     err = capsys.readouterr().err
     assert err == "error: --fold must be 0..2 (--num-folds 3), not 5\n"
+    for fractions, expected in (
+        (["--val-fraction", "1.5"], "--val-fraction must be in [0, 1), got 1.5"),
+        (["--val-fraction", "0.5", "--test-fraction", "0.5"], "--val-fraction plus"),
+    ):
+        assert main(["stats", str(root), "--layout", "ksdd", *fractions]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {expected}")
 
 
 def test_cli_missing_root_exits_2_with_one_line(tmp_path, capsys):

@@ -116,8 +116,8 @@ def resolve_splits(
     ``train_positives`` keeps that many training positives (Severstal's training sizes),
     chosen reproducibly from ``seed`` and nested: the 300 are among the 750.
     """
-    _check_fraction("val_fraction", val_fraction)
-    _check_fraction("test_fraction", test_fraction)
+    _check_fraction("data.val_fraction", val_fraction)
+    _check_fraction("data.test_fraction", test_fraction)
     if split_file is not None:
         # data.fold may name the published fold the file holds (the sweep's fold join reads
         # it); the file alone decides the split
@@ -151,7 +151,8 @@ def _splits_on_disk(
     if keys == {"all"} or keys == {"train"}:
         if val_fraction + test_fraction >= 1.0:
             raise ConfigError(
-                f"val_fraction + test_fraction must be below 1, got {val_fraction + test_fraction}"
+                "data.val_fraction plus data.test_fraction must be below 1, got "
+                f"{val_fraction + test_fraction}"
             )
         samples = next(iter(indexed.values()))
         fractions = {
