@@ -23,9 +23,9 @@ def _arguments(function, *left_out: str) -> tuple[str, ...]:
 
 
 def test_each_block_takes_the_arguments_of_its_maker():
-    assert DATA_MAKERS["synthetic"][0] == _arguments(generate_synthetic_dataset, "root")
-    assert DATA_MAKERS["download"][0] == _arguments(prepare_dataset, "root")
-    assert DATA_MAKERS["tile"][0] == ("source", *_arguments(tile_dataset, "src", "dst"))
+    assert DATA_MAKERS["synthetic"] == _arguments(generate_synthetic_dataset, "root")
+    assert DATA_MAKERS["download"] == _arguments(prepare_dataset, "root")
+    assert DATA_MAKERS["tile"] == ("source", *_arguments(tile_dataset, "src", "dst"))
 
 
 @pytest.mark.parametrize(

@@ -36,26 +36,23 @@ def _copy(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 #: The blocks of ``data`` that make the data before a run reads it, each with the keys its
-#: maker takes (the arguments of crackseg.data.synthetic.generate_synthetic_dataset,
-#: crackseg.data.download.prepare_dataset and crackseg.data.tiles.tile_dataset, whose
+#: maker takes: the arguments of crackseg.data.synthetic.generate_synthetic_dataset,
+#: crackseg.data.download.prepare_dataset and crackseg.data.tiles.tile_dataset (whose
 #: other keys are the options of the photographs' layout and the mask binarisation
-#: threshold) and those it needs.
+#: threshold; its ``source`` it needs).
 DATA_MAKERS = {
-    "synthetic": (("num_positives", "num_negatives", "height", "width", "seed"), ()),
-    "download": (("url", "sha256"), ()),  # without a url: the data is there already
+    "synthetic": ("num_positives", "num_negatives", "height", "width", "seed"),
+    "download": ("url", "sha256"),  # without a url: the data is there already
     "tile": (
-        (
-            "source",
-            "size",
-            "stride",
-            "layout",
-            "min_crack_pixels",
-            "pad",
-            "test_fraction",
-            "seed",
-            "val_fraction",
-        ),
-        ("source",),
+        "source",
+        "size",
+        "stride",
+        "layout",
+        "min_crack_pixels",
+        "pad",
+        "test_fraction",
+        "seed",
+        "val_fraction",
     ),
 }
 
@@ -63,8 +60,8 @@ DATA_MAKERS = {
 def check_data_makers(data: Mapping[str, Any]) -> None:
     """Refuse the blocks that make the data (:data:`DATA_MAKERS`) where they cannot: two of
     them (only one would make it, the other silently left unread), a block that is no
-    mapping, a key its maker does not take, or one it needs missing; and layout options
-    that are no mapping. Each otherwise failed deep in its maker, or not at all."""
+    mapping, a key its maker does not take, a tile block without its source; and layout
+    options that are no mapping. Each otherwise failed deep in its maker, or not at all."""
     options = data.get("layout_options")
     if options is not None and not isinstance(options, Mapping):
         raise ConfigError(
@@ -85,7 +82,7 @@ def check_data_makers(data: Mapping[str, Any]) -> None:
         return
     name = given[0]
     block = data[name]
-    takes, needs = DATA_MAKERS[name]
+    takes = DATA_MAKERS[name]
     if not isinstance(block, Mapping):
         raise ConfigError(
             f"data.{name} must be a mapping of its settings ({', '.join(takes)}), "
@@ -102,13 +99,11 @@ def check_data_makers(data: Mapping[str, Any]) -> None:
     if unknown:
         keys = ", ".join(f"data.{name}.{key}" for key in unknown)
         raise ConfigError(f"not a data.{name} setting: {keys} (known: {', '.join(takes)})")
-    for key in needs:
-        if block.get(key) is None:
-            raise ConfigError(f"data.{name}.{key} is not set ({_NEEDED[name, key]})")
-
-
-#: What a maker's needed key gives, said where it is missing.
-_NEEDED = {("tile", "source"): "the folder of photographs to tile: data.tile.source=FOLDER"}
+    if name == "tile" and block.get("source") is None:
+        raise ConfigError(
+            "data.tile.source is not set (the folder of photographs to tile: "
+            "data.tile.source=FOLDER)"
+        )
 
 
 @dataclass(frozen=True)

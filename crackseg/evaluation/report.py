@@ -467,7 +467,7 @@ def write_report(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# Results of training on {title}", ""]
-    if evaluated := metrics.get("evaluated_checkpoint"):  # an evaluation, not a training
+    if evaluated := metrics.get("evaluated_checkpoint"):  # an evaluation: headed as one
         from_checkpoint = metrics.get("thresholds_from") == "checkpoint"
         if from_checkpoint:
             chosen_on = f"{chosen_on} of the weights' training run"

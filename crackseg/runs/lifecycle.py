@@ -257,7 +257,7 @@ def _read_by_the_command(
     return root in choices and root not in cfg
 
 
-def _missed_deleted_setting(error: BaseException) -> ConfigError | None:
+def _setting_removed_by_an_override(error: BaseException) -> ConfigError | None:
     """A setting deleted with ``~KEY``, or a block emptied with ``KEY=null``, that the
     command then missed (a KeyError, OmegaConf's missing key or interpolation): the
     override named, rather than the key it left missing."""
@@ -293,7 +293,7 @@ def _end_failed(output_dir: Path, raised: Exception, multirun: bool) -> None:
     single run (a traceback otherwise); in a multirun the job's line, and the sweep goes on,
     unless the mistake is the whole sweep's."""
     error = root_cause(raised)
-    error = _missed_deleted_setting(error) or error
+    error = _setting_removed_by_an_override(error) or error
     if multirun and isinstance(error, SweepSettingsError):
         raise error from None  # the whole sweep's mistake: it fails the sweep
     if isinstance(raised, InstantiationException) and not isinstance(error, CracksegError):
