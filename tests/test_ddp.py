@@ -20,7 +20,8 @@ from crackseg.runs.threads import usable_cores
 
 def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
     """In float32, where ``model.volume_im2col=auto`` times the volume's kernels: the first
-    process times them and both take its choice (a broadcast every process must reach)."""
+    process times them and both take its choice (a broadcast every process must reach). Each
+    process starts its loader workers from a fork server of its own."""
     result = run_tiny(
         tmp_path,
         tiny_data_dir,
@@ -28,6 +29,7 @@ def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.precision=32-true",
+        "data.num_workers=1",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -105,7 +107,8 @@ def test_a_stopped_ddp_run_stops_every_process_with_a_checkpoint(
     tmp_path, tiny_data_dir, to_every_process
 ):
     """A signal that lands while the other process is inside a collective (the gradients'
-    all-reduce) must not leave the two waiting on each other: they stop together."""
+    all-reduce) must not leave the two waiting on each other: they stop together. Ctrl-C
+    reaches their loader workers and fork servers too, which leave it to them."""
     run_dir = tmp_path / "run"
     log = (tmp_path / "stderr.txt").open("w")  # not a pipe, which the run could fill
     process = subprocess.Popen(
@@ -117,6 +120,7 @@ def test_a_stopped_ddp_run_stops_every_process_with_a_checkpoint(
             *TWO_PROCESSES,
             "trainer.precision=32-true",
             "trainer.max_epochs=200",
+            "data.num_workers=1",
             f"paths.data_dir={tiny_data_dir}",
             f"hydra.run.dir={run_dir}",
         ],

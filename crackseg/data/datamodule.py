@@ -29,7 +29,11 @@ from crackseg.data.data_settings import (
 from crackseg.data.dataset import CrackDataset
 from crackseg.data.io import image_size
 from crackseg.data.layouts import check_data_found, check_samples, index_layout
-from crackseg.data.loader_workers import init_loader_worker, worker_start_method
+from crackseg.data.loader_workers import (
+    StopSafeDataLoader,
+    init_loader_worker,
+    worker_start_method,
+)
 from crackseg.data.sampler import BalancedNegativeSampler
 from crackseg.data.samples import SPLITS, Sample, count_positives
 from crackseg.data.splits import DataSplit, split_samples
@@ -321,17 +325,21 @@ class CrackDataModule(pl.LightningDataModule):
         return eval_batch_size(loader.eval_batch_size, loader.batch_size, self._device_type, pixels)
 
     def _loader(self, dataset: CrackDataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        # Pinned host memory lets batches reach a GPU asynchronously (non-blocking copies).
         workers = self.loader.num_workers
-        rank = self.trainer.global_rank if self.trainer is not None else 0
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        distributed = trainer is not None and trainer.world_size > 1
         seeded = bool(int(os.environ.get("PL_SEED_WORKERS", 0)))
-        return DataLoader(
+        # A fork server imports this module once, and with it all its workers unpickle.
+        start = worker_start_method(distributed, preload=[__name__]) if workers > 0 else None
+        return StopSafeDataLoader(
             dataset,
             batch_size=batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
+            # Pinned host memory lets batches reach a GPU asynchronously (non-blocking copies).
             pin_memory=self._device_type == "cuda",
-            multiprocessing_context=worker_start_method() if workers > 0 else None,
+            multiprocessing_context=start,
             worker_init_fn=partial(init_loader_worker, rank=rank, seeded=seeded),
             **kwargs,
         )

@@ -1,23 +1,80 @@
-"""How a run's DataLoader workers start: the start method that works inside a job of a
-local parallel sweep, and each worker's signals and random seeds."""
+"""How a run's DataLoader workers start: the start method that is safe in the process that
+starts them, the stop signals they never act on, and their random seeds."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
+from collections.abc import Iterator
+from multiprocessing import resource_tracker
+from multiprocessing.context import BaseContext
 
 from lightning_fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader
+
+#: The signals that stop a run: the main process acts on them, its loader workers never do.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def worker_start_method() -> str | None:
-    """How loader workers are started: the platform's way (None), except inside a job of a
-    local parallel sweep, whose joblib (loky) process makes loky's own start method the
-    default, and that one cannot start a DataLoader's workers."""
-    method = multiprocessing.get_start_method(allow_none=True)
+def worker_start_method(distributed: bool, preload: list[str]) -> BaseContext | str | None:
+    """How loader workers are started.
+
+    - The platform's way (None; fork on Linux) in a run of one process.
+    - From a fork server (else spawned) in a process of a distributed run: its communication
+      threads enter Python from C++, and one may hold the interpreter's thread-state lock at
+      the moment a worker is forked; CPython 3.11 takes that lock in the child before it makes
+      the lock anew, so the worker hangs before its first line and the run with it (2 runs in
+      12 of 2 CPU processes hung so). The server is a process of one thread; ``preload``
+      names the modules it imports once for every worker it starts.
+    - Fork inside a job of a local parallel sweep, whose joblib (loky) process makes loky's own
+      start method the default, and that one cannot start a DataLoader's workers.
+    """
     known = multiprocessing.get_all_start_methods()
+    if distributed:
+        if "forkserver" not in known:
+            return "spawn"
+        server = multiprocessing.get_context("forkserver")
+        server.set_forkserver_preload(["__main__", *preload])
+        return server
+    method = multiprocessing.get_start_method(allow_none=True)
     if method is None or method in known:
         return None
     return "fork" if "fork" in known else "spawn"
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (blocked) in this thread while the block runs.
+
+    A process started here inherits the block, however it is started (forked, spawned, or
+    from a fork server started here), and holds the signals until :func:`init_loader_worker`
+    ignores them: a signal to the process group while a worker starts up cannot kill it. The
+    main process gets a signal that came in the meantime when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no process groups to signal
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+class StopSafeDataLoader(DataLoader):
+    """A DataLoader whose workers are started with the stop signals held
+    (:func:`stop_signals_held`); with :func:`init_loader_worker` as ``worker_init_fn`` they
+    never act on them."""
+
+    def __iter__(self):  # noqa: ANN204 (DataLoader's own iterator types are private)
+        context = self.multiprocessing_context or multiprocessing.get_context()
+        if self.num_workers > 0 and context.get_start_method() != "fork":
+            # Spawned and fork-server workers need multiprocessing's resource tracker, which
+            # unblocks the stop signals once it is started (not restoring a hold): it is
+            # started before the hold.
+            resource_tracker.ensure_running()
+        with stop_signals_held():
+            return super().__iter__()
 
 
 def init_loader_worker(worker_id: int, rank: int, seeded: bool) -> None:
@@ -29,8 +86,11 @@ def init_loader_worker(worker_id: int, rank: int, seeded: bool) -> None:
     Ctrl-C, ``timeout``, ``kill -- -PGID`` and SLURM signal the whole process group. A
     worker that died of the signal ended the run with "DataLoader worker ... is killed by
     signal" before the main process could stop it as a stop (``interrupted.ckpt``, status
-    ``interrupted``); the main process shuts its workers down itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ``interrupted``); the main process shuts its workers down itself. A signal held back
+    since the worker started (:class:`StopSafeDataLoader`) is dropped here, unseen."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if seeded:
         pl_worker_init_function(worker_id, rank=rank)
