@@ -4,13 +4,16 @@ them, and an error one of them raises is one line."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
-import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +23,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from crackseg.data.loader_workers import (
     STOP_SIGNALS,
-    StopSafeDataLoader,
     init_loader_worker,
     stop_signals_held,
     worker_start_method,
@@ -28,74 +30,31 @@ from crackseg.data.loader_workers import (
 from crackseg.error_lines import one_line
 from crackseg.errors import DataError
 
-
-class SignalsItself(Dataset):
-    """Four items; the worker loading item 1 gets SIGTERM and SIGINT, as every process of
-    the group does from ``timeout``, ``kill -- -PGID``, SLURM or Ctrl-C."""
-
-    def __len__(self) -> int:
-        return 4
-
-    def __getitem__(self, index: int) -> int:
-        if index == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGINT)
-        return index
+#: How workers are started: forked or spawned, or as a process of a distributed run starts
+#: them (from a fork server).
+START_METHODS = [m for m in ("fork", "spawn") if m in multiprocessing.get_all_start_methods()]
 
 
-#: Every way a worker may be started here; a fork server is how a distributed run starts them.
-START_METHODS = [m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
-
-
-@pytest.mark.parametrize("method", START_METHODS)
-def test_a_loader_worker_outlives_the_stop_signals_the_main_process_acts_on(method):
-    worker_init = partial(init_loader_worker, rank=0, seeded=False)
-    loader = StopSafeDataLoader(
-        SignalsItself(), num_workers=1, worker_init_fn=worker_init, multiprocessing_context=method
+@pytest.mark.parametrize("method", [*START_METHODS, "distributed"])
+def test_a_loader_worker_holds_the_stop_signals_from_its_birth_and_then_ignores_them(method):
+    """Ctrl-C, ``timeout``, ``kill -- -PGID`` and SLURM signal the whole process group: a
+    signal while a worker starts up (a spawned one imports torch first) waits, held, and is
+    dropped once the worker ignores it; one later is ignored. The worker is never killed by
+    it, and the main process holds the signals only while it starts its workers."""
+    script = Path(__file__).parent / "helpers" / "worker_signals.py"
+    done = subprocess.run(
+        [sys.executable, str(script), method], capture_output=True, text=True, timeout=120
     )
-    assert [int(batch) for batch in loader] == [0, 1, 2, 3]
-
-
-#: What a worker of :func:`_held_at_birth` found as it started, before its init ran.
-BIRTH: dict[str, set[int]] = {}
-
-
-def _held_at_birth(worker_id: int) -> None:
-    BIRTH["held"] = {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])}
-    init_loader_worker(worker_id, rank=0, seeded=False)
-
-
-class SignalState(Dataset):
-    """One item: the stop signals the worker held as it started, holds now, and ignores."""
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, index: int) -> dict:
-        held_now = {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])}
-        stops = {int(s) for s in STOP_SIGNALS}
-        return {
-            "held_at_birth": sorted(stops & BIRTH["held"]),
-            "held_now": sorted(stops & held_now),
-            "ignored": sorted(s for s in stops if signal.getsignal(s) == signal.SIG_IGN),
-        }
-
-
-@pytest.mark.parametrize("method", START_METHODS)
-def test_a_loader_worker_holds_the_stop_signals_from_its_birth_until_it_ignores_them(method):
-    """A signal to the process group while a worker starts up (a spawned one imports torch
-    first) waits, held, and is dropped once the worker ignores it: the worker is never killed
-    by it. The main process holds the signals only while it starts its workers."""
-    loader = StopSafeDataLoader(
-        SignalState(), num_workers=1, worker_init_fn=_held_at_birth, multiprocessing_context=method
-    )
-    state = next(iter(loader))
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads(done.stdout)
+    assert state["started"] == ("forkserver" if method == "distributed" else method)
     stops = sorted(int(s) for s in STOP_SIGNALS)
-    assert [int(s) for s in state["held_at_birth"]] == stops
-    assert [int(s) for s in state["held_now"]] == []
-    assert [int(s) for s in state["ignored"]] == stops
-    held_here = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
-    assert not held_here & set(STOP_SIGNALS)
+    assert [item["item"] for item in state["items"]] == [0, 1, 2, 3]  # item 1 signalled it
+    for item in state["items"]:
+        assert item["held_at_birth"] == stops
+        assert item["held"] == []
+        assert item["ignored"] == stops
+    assert state["held_here"] == []
 
 
 def test_the_stop_signals_held_come_in_when_the_hold_ends():
@@ -114,12 +73,9 @@ def test_the_stop_signals_held_come_in_when_the_hold_ends():
     assert got == [signal.SIGTERM]
 
 
-def test_a_distributed_process_starts_its_loader_workers_from_a_fork_server():
-    """A process of a distributed run has communication threads that enter Python: a worker
-    forked from it may hang before its first line (CPython 3.11 takes a lock the fork may have
-    left held); a fork server has one thread. Alone, a run forks them (fast, no imports)."""
-    started = worker_start_method(distributed=True, preload=["crackseg.data.datamodule"])
-    assert started.get_start_method() == "forkserver"
+def test_a_run_of_one_process_forks_its_loader_workers():
+    """Forked workers start at once (no imports); only a distributed run's need a fork
+    server (a process with communication threads may hang a worker forked from it)."""
     assert worker_start_method(distributed=False, preload=[]) is None
 
 

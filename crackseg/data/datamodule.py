@@ -328,7 +328,8 @@ class CrackDataModule(pl.LightningDataModule):
         workers = self.loader.num_workers
         trainer = self.trainer
         rank = trainer.global_rank if trainer is not None else 0
-        distributed = trainer is not None and trainer.world_size > 1
+        # a process group, and with it communication threads (see worker_start_method)
+        distributed = dist.is_available() and dist.is_initialized()
         seeded = bool(int(os.environ.get("PL_SEED_WORKERS", 0)))
         # A fork server imports this module once, and with it all its workers unpickle.
         start = worker_start_method(distributed, preload=[__name__]) if workers > 0 else None

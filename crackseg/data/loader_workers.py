@@ -15,18 +15,21 @@ from torch.utils.data import DataLoader
 
 #: The signals that stop a run: the main process acts on them, its loader workers never do.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Whether signals can be held back here (not on Windows, which has no process groups to
+#: signal).
+CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")
 
 
 def worker_start_method(distributed: bool, preload: list[str]) -> BaseContext | str | None:
     """How loader workers are started.
 
-    - The platform's way (None; fork on Linux) in a run of one process.
+    - The platform's way (None: fork on Linux before Python 3.14) in a run of one process.
     - From a fork server (else spawned) in a process of a distributed run: its communication
       threads enter Python from C++, and one may hold the interpreter's thread-state lock at
       the moment a worker is forked; CPython 3.11 takes that lock in the child before it makes
-      the lock anew, so the worker hangs before its first line and the run with it (2 runs in
-      12 of 2 CPU processes hung so). The server is a process of one thread; ``preload``
-      names the modules it imports once for every worker it starts.
+      the lock anew, so the worker hangs before its first line and the run with it (2 of 12
+      forked runs of 2 CPU processes hung so). The server is a process of one thread;
+      ``preload`` names the modules it imports once for every worker it starts.
     - Fork inside a job of a local parallel sweep, whose joblib (loky) process makes loky's own
       start method the default, and that one cannot start a DataLoader's workers.
     """
@@ -35,7 +38,7 @@ def worker_start_method(distributed: bool, preload: list[str]) -> BaseContext | 
         if "forkserver" not in known:
             return "spawn"
         server = multiprocessing.get_context("forkserver")
-        server.set_forkserver_preload(["__main__", *preload])
+        server.set_forkserver_preload(preload)
         return server
     method = multiprocessing.get_start_method(allow_none=True)
     if method is None or method in known:
@@ -48,10 +51,11 @@ def stop_signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM held back (blocked) in this thread while the block runs.
 
     A process started here inherits the block, however it is started (forked, spawned, or
-    from a fork server started here), and holds the signals until :func:`init_loader_worker`
-    ignores them: a signal to the process group while a worker starts up cannot kill it. The
-    main process gets a signal that came in the meantime when the block ends."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no process groups to signal
+    from a fork server first started here: one started earlier keeps the mask it had), and
+    holds the signals until :func:`init_loader_worker` ignores them: a signal to the process
+    group while a worker starts up cannot kill it. The main process gets a signal that came
+    in the meantime when the block ends."""
+    if not CAN_HOLD_SIGNALS:
         yield
         return
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -67,14 +71,21 @@ class StopSafeDataLoader(DataLoader):
     never act on them."""
 
     def __iter__(self):  # noqa: ANN204 (DataLoader's own iterator types are private)
-        context = self.multiprocessing_context or multiprocessing.get_context()
-        if self.num_workers > 0 and context.get_start_method() != "fork":
+        if CAN_HOLD_SIGNALS and self.num_workers > 0 and self._start_method() != "fork":
             # Spawned and fork-server workers need multiprocessing's resource tracker, which
             # unblocks the stop signals once it is started (not restoring a hold): it is
             # started before the hold.
             resource_tracker.ensure_running()
         with stop_signals_held():
             return super().__iter__()
+
+    def _start_method(self) -> str:
+        """How the workers will start: the loader's context's way, else the default (the
+        first of the methods known; asking for it would fix it for the process)."""
+        if self.multiprocessing_context is not None:
+            return self.multiprocessing_context.get_start_method()
+        default = multiprocessing.get_start_method(allow_none=True)
+        return default or multiprocessing.get_all_start_methods()[0]
 
 
 def init_loader_worker(worker_id: int, rank: int, seeded: bool) -> None:
@@ -90,7 +101,7 @@ def init_loader_worker(worker_id: int, rank: int, seeded: bool) -> None:
     since the worker started (:class:`StopSafeDataLoader`) is dropped here, unseen."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
+    if CAN_HOLD_SIGNALS:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if seeded:
         pl_worker_init_function(worker_id, rank=rank)
