@@ -282,6 +282,7 @@ class EvaluationReport(pl.Callback):
         self.output_dir = Path(output_dir)
         self.evaluated = dict(evaluated or {})
         self.trained_images = trained_images
+        self._trained_test_ids: list[str] | None = None
         self.num_dice_panels = num_dice_panels
         self.run_config = run_config
         self.title = title
@@ -302,11 +303,15 @@ class EvaluationReport(pl.Callback):
                 )
 
     def _test_images_trained_on(self, trainer: pl.Trainer) -> list[str]:
-        """The test split's sample ids of :attr:`trained_images`."""
+        """The test split's sample ids of :attr:`trained_images` (found once: copies are
+        found by content)."""
         if self.trained_images is None:
             return []
-        datamodule = trainer.datamodule
-        return self.trained_images.among(datamodule.data_split.splits["test"], datamodule.root)
+        if self._trained_test_ids is None:
+            datamodule = trainer.datamodule
+            test = datamodule.data_split.splits["test"]
+            self._trained_test_ids = self.trained_images.among(test, datamodule.root)
+        return self._trained_test_ids
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:

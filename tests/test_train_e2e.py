@@ -321,7 +321,7 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(
     )
     assert line.startswith("error: data.all_as_test=true on the data the weights were trained")
     assert not (tmp_path / "refused" / "metrics.json").exists()
-    # the same images in another folder: someone else's photographs, as far as eval knows
+    # the same images in another folder: copies of their training images, found by content
     other_data = tmp_path / "other_data"
     shutil.copytree(tiny_data_dir, other_data)
     result = eval_tiny(edited, tmp_path / "eval", other_data, "data.all_as_test=true")
@@ -331,7 +331,13 @@ def test_eval_of_a_whole_folder_uses_the_checkpoint_thresholds(
     assert metrics["seg_threshold"] == pytest.approx(0.97)
     assert metrics["precision"] == "bf16-mixed"
     assert metrics["test_samples"] == 40 and metrics["train_samples"] == 0
-    assert "test_images_trained_on" not in metrics  # names alone say nothing elsewhere
+    trained_images = torch.load(edited, weights_only=True)["CrackDataModule"]["split"]
+    copies = len(trained_images["train_files"])
+    assert 0 < metrics["test_images_trained_on"] == copies < 40
+    assert (
+        f"{copies} of the 40 test images are images the weights trained on, or copies of them"
+        in (result.stderr + result.stdout)
+    )
     # their own folder read through another layout: the names tell the images they trained
     # on, which is said, in the report too
     (root,) = tiny_data_dir.glob("synthetic_*")
@@ -489,6 +495,40 @@ def test_a_checkpoint_without_its_training_files_tells_them_in_its_own_layout_on
     assert trained_images(checkpoint, elsewhere, trained) is None
 
 
+def test_copies_of_the_training_images_are_known_anywhere_by_their_content(tmp_path):
+    """Someone's folder of photographs that holds copies of images the weights trained on
+    (renamed, elsewhere): they are said to be theirs; a file of the same size but other
+    bytes, or a copy of an image of their data they did not train on, is not."""
+    from omegaconf import OmegaConf
+
+    from crackseg.data.samples import Sample
+    from crackseg.runs.trained_settings import trained_images
+
+    data = tmp_path / "data"
+    (data / "train" / "images").mkdir(parents=True)
+    (data / "train" / "images" / "a.png").write_bytes(b"crack a")
+    (data / "train" / "images" / "b.png").write_bytes(b"crack b")
+    run_config = yaml.safe_dump({"data": {"layout": "crack_segmentation", "root": str(data)}})
+    split = {"ids": {"train": ["train_a"]}, "train_files": ["train/images/a.png"]}
+    checkpoint = tmp_path / "weights.ckpt"
+    saved = {"hyper_parameters": {"run_config": run_config}, "CrackDataModule": {"split": split}}
+    torch.save(saved, checkpoint)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    contents = {"renamed": b"crack a", "same_size": b"crack c", "b": b"crack b"}
+    samples = []
+    for name, content in contents.items():
+        (photos / f"{name}.png").write_bytes(content)
+        samples.append(Sample(name, photos / f"{name}.png", None, True))
+    trained = OmegaConf.create({"layout": "crack_segmentation", "root": str(data)})
+    evaluated = OmegaConf.create({"layout": "folder", "root": str(photos)})
+    images = trained_images(checkpoint, evaluated, trained)
+    assert images.among(samples, photos) == ["renamed"]
+    # their training files gone from this machine: nothing to tell
+    shutil.rmtree(data)
+    assert trained_images(checkpoint, evaluated, trained) is None
+
+
 def test_weights_trained_on_tiles_know_the_photographs_their_tiles_came_from(tmp_path):
     """experiment=cfd_tiles cuts whole photographs into train, validation and test; its
     weights evaluated on the photographs themselves (data.all_as_test=true) were scored on
@@ -509,7 +549,7 @@ def test_weights_trained_on_tiles_know_the_photographs_their_tiles_came_from(tmp
     evaluated = OmegaConf.create({"layout": "crack_segmentation", "root": str(photos)})
     images = trained_images(tmp_path / "unread.ckpt", evaluated, trained)
     assert images.among([a, b, c], photos) == ["a"]
-    assert images.what == "photographs whose tiles the weights trained on"
+    assert images.what == "photographs whose tiles the weights trained on, or copies of them"
     # the photographs read through a link to their folder
     link = tmp_path / "link"
     link.symlink_to(photos)

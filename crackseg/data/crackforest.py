@@ -108,8 +108,8 @@ def convert_crackforest(src: Path, dst: Path) -> int:
         photo = read_native(image)  # a photograph that cannot be read is named, not copied
         if photo.shape[:2] != mask.shape:
             raise DataError(
-                f"{image} is {photo.shape[1]}x{photo.shape[0]} but its mask "
-                f"{mask.shape[1]}x{mask.shape[0]}"
+                f"{image} is {photo.shape[0]}x{photo.shape[1]} (height x width) but its "
+                f"mask {mask.shape[0]}x{mask.shape[1]}"
             )
         shutil.copyfile(image, dst / "images" / image.name)
         atomic_write_png(dst / "masks" / f"{image.stem}.png", mask)

@@ -260,9 +260,9 @@ def _auto_notes(metrics: Mapping[str, Any]) -> list[str]:
     trained_on = int(metrics.get("test_images_trained_on") or 0)
     if trained_on:
         notes.append(
-            f"{trained_on} of the test images are images the weights trained on, or "
-            "photographs of tiles they trained on (`test_images_trained_on` in "
-            "metrics.json): these numbers overstate them."
+            f"{trained_on} of the test images are images the weights trained on, "
+            "photographs of tiles they trained on, or copies of either "
+            "(`test_images_trained_on` in metrics.json): these numbers overstate them."
         )
     if is_undefined(metrics.get("dice_mean")):
         notes.append(
@@ -440,6 +440,32 @@ def _notes_section(
     return ["", "## Notes", ""] + ([f"- {note}" for note in all_notes] or ["- none"])
 
 
+def _thresholds_of_the_checkpoint(metrics: Mapping[str, Any]) -> bool:
+    """An evaluation that took its weights' own thresholds (``thresholds=checkpoint``)."""
+    evaluated = bool(metrics.get("evaluated_checkpoint"))
+    return evaluated and metrics.get("thresholds_from") == "checkpoint"
+
+
+def _heading(title: str, metrics: Mapping[str, Any]) -> list[str]:
+    """A training run's heading; an evaluation's (``evaluated_checkpoint``) names its
+    weights and where their thresholds come from."""
+    evaluated = metrics.get("evaluated_checkpoint")
+    if not evaluated:
+        return [f"# Results of training on {title}", ""]
+    thresholds = (
+        "their own, chosen on their training run's data"
+        if _thresholds_of_the_checkpoint(metrics)
+        else "chosen again on this data (`thresholds=validation`)"
+    )
+    return [
+        f"# Results of evaluating weights on {title}",
+        "",
+        f"Weights: `{evaluated}`, trained with the run parameters below; thresholds: "
+        f"{thresholds}. The dataset table counts the data evaluated.",
+        "",
+    ]
+
+
 def write_report(
     run_dir: str | Path,
     *,
@@ -464,25 +490,11 @@ def write_report(
     forward slashes, so the report renders wherever the run folder is moved.
     """
     chosen_on = "test split (`validate_on_test`)" if validated_on_test else "validation split"
+    if _thresholds_of_the_checkpoint(metrics):
+        chosen_on = f"{chosen_on} of the weights' training run"
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Results of training on {title}", ""]
-    if evaluated := metrics.get("evaluated_checkpoint"):  # an evaluation: headed as one
-        from_checkpoint = metrics.get("thresholds_from") == "checkpoint"
-        if from_checkpoint:
-            chosen_on = f"{chosen_on} of the weights' training run"
-        thresholds = (
-            "their own, chosen on their training run's data"
-            if from_checkpoint
-            else "chosen again on this data (`thresholds=validation`)"
-        )
-        lines = [
-            f"# Results of evaluating weights on {title}",
-            "",
-            f"Weights: `{evaluated}`, trained with the run parameters below; thresholds: "
-            f"{thresholds}. The dataset table counts the data evaluated.",
-            "",
-        ]
+    lines = _heading(title, metrics)
     lines += _dataset_section(dataset, split_counts)
     lines += ["", "## Run parameters"]
     lines += _table(("Parameter", "Value"), run_parameters)

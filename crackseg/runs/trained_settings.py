@@ -7,7 +7,6 @@ images they trained on, of which ``crackseg-predict`` warns where it scores them
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import os
@@ -59,22 +58,63 @@ class TrainedImages(NamedTuple):
     """The images weights trained on, as their checkpoint recorded them: their files under
     their dataset's root, ``folder`` being where the evaluated dataset's root lies under it
     (``.``, or ``train`` for DATA/train); or, ``folder`` None (a checkpoint from before the
-    files were recorded, read in the layout it trained in), their sample ids. ``what`` they
-    are to the weights, as a warning says it."""
+    files were recorded, read in the layout it trained in), their sample ids. ``files``:
+    their files on this machine (:func:`trained_image_files`), of which a copy anywhere is
+    one of them too. ``what`` they are to the weights, as a warning says it."""
 
     keys: frozenset[str]
     folder: str | None
-    what: str = "images the weights trained on"
+    what: str = "images the weights trained on, or copies of them"
+    files: frozenset[Path] = frozenset()
 
     def among(self, samples: list[Sample], root: Path) -> list[str]:
         """The sample ids of ``samples``, of the dataset at ``root``, that are of them."""
-        if self.folder is None:
-            return sorted(s.sample_id for s in samples if s.sample_id in self.keys)
-        return sorted(
-            s.sample_id
-            for s in samples
-            if os.path.normpath(os.path.join(self.folder, s.image_under(root))) in self.keys
-        )
+        copies = FilesAndCopies(self.files)
+
+        def named(sample: Sample) -> bool:
+            if self.folder is None:
+                return sample.sample_id in self.keys
+            key = os.path.normpath(os.path.join(self.folder, sample.image_under(root)))
+            return key in self.keys
+
+        return sorted(s.sample_id for s in samples if named(s) or Path(s.image_path) in copies)
+
+
+class FilesAndCopies:
+    """Whether a file is one of ``files`` or a copy of one: found by size, then by content,
+    each file read at most once (compressed photographs rarely share a size; uncompressed
+    ones of one size are all read, once)."""
+
+    def __init__(self, files: frozenset[Path]) -> None:
+        self.files = files
+        self.by_size: dict[int, list[Path]] = {}
+        for path in files:
+            with contextlib.suppress(OSError):  # not here: it cannot be a copy of a file here
+                self.by_size.setdefault(path.stat().st_size, []).append(path)
+        self.digests_by_size: dict[int, set[str]] = {}
+
+    def __contains__(self, path: Path) -> bool:
+        try:
+            if path.resolve() in self.files:
+                return True
+            size = path.stat().st_size
+            return size in self.by_size and _digest(path) in self._digests_of_size(size)
+        except OSError:  # gone, or unreadable: not known as one
+            return False
+
+    def _digests_of_size(self, size: int) -> set[str]:
+        if size not in self.digests_by_size:
+            digests = set()
+            for path in self.by_size[size]:
+                with contextlib.suppress(OSError):  # unreadable: no copy of it is known
+                    digests.add(_digest(path))
+            self.digests_by_size[size] = digests
+        return self.digests_by_size[size]
+
+
+def _digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def freeze_epoch_count(cfg: DictConfig) -> None:
@@ -327,21 +367,31 @@ def trained_images(
     checkpoint: str | Path, data: DictConfig, trained: DictConfig | None
 ) -> TrainedImages | None:
     """The images of the training split the weights in ``checkpoint`` trained on, as their
-    run recorded it, where ``data`` is read from the folder they were trained on, or from a
-    folder inside it, in any layout; None elsewhere (a name says nothing of the image
-    there), or where the checkpoint cannot tell: from before the split was recorded, or from
-    before its files were and read otherwise (sample ids are a layout's own)."""
+    run recorded it: by name where ``data`` is read from the folder they were trained on, or
+    from a folder inside it, in any layout; anywhere by content, their files being here
+    (copies of them). None where neither can tell: their files are not here, and the
+    checkpoint is from before the split was recorded, or from before its files were and
+    read otherwise (sample ids are a layout's own)."""
     from crackseg.data.splits import TRAINED_FILES
 
+    try:
+        files = frozenset(path for path in trained_image_files(checkpoint) if path.is_file())
+    except (CracksegError, OSError) as error:  # a record edited since: names alone then
+        log.debug("the image files %s trained on are not known: %s", checkpoint, error)
+        files = frozenset()
+    copies = TrainedImages(frozenset(), ".", files=files) if files else None
     folder = _folder_under(data.get("root"), trained.get("root")) if trained else None
     if folder is None:
-        return _photographs_of_trained_tiles(data, trained)
+        tiles = _photographs_of_trained_tiles(data, trained)
+        return copies if tiles is None else tiles._replace(files=files)
     split = _recorded_split(checkpoint)
     if TRAINED_FILES in split:
-        return TrainedImages(frozenset(split[TRAINED_FILES]), folder)
+        return TrainedImages(frozenset(split[TRAINED_FILES]), folder, files=files)
     ids = split.get("ids", {}).get("train")
     read_alike = _same_data(data, trained) and _layout_options(data) == _layout_options(trained)
-    return TrainedImages(frozenset(ids), None) if ids is not None and read_alike else None
+    if ids is not None and read_alike:
+        return TrainedImages(frozenset(ids), None, files=files)
+    return copies
 
 
 def trained_image_files(checkpoint: str | Path) -> frozenset[Path]:
@@ -398,7 +448,8 @@ def _photographs_of_trained_tiles(
                 keys.add(relative)
     if not keys:
         return None
-    return TrainedImages(frozenset(keys), ".", "photographs whose tiles the weights trained on")
+    what = "photographs whose tiles the weights trained on, or copies of them"
+    return TrainedImages(frozenset(keys), ".", what)
 
 
 def _folder_under(root: str | None, trained_root: str | None) -> str | None:
@@ -426,30 +477,11 @@ def warn_of_images_trained_on(checkpoint: str, images: list[Path]) -> None:
     the training files of an image's size, each file read once; where the training files
     cannot be listed, nothing is said."""
     try:
-        trained = trained_image_files(checkpoint)
+        trained = FilesAndCopies(trained_image_files(checkpoint))
     except (CracksegError, OSError) as error:  # the predictions are made: they stand
         log.debug("the images %s trained on are not known: %s", checkpoint, error)
         return
-    by_size: dict[int, list[Path]] = {}
-    for path in trained:
-        with contextlib.suppress(OSError):  # not here: it cannot be a copy of an image here
-            by_size.setdefault(path.stat().st_size, []).append(path)
-
-    @functools.cache
-    def digest(path: Path) -> str:
-        with path.open("rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-
-    def trained_on(image: Path) -> bool:  # the file, or a copy of it
-        try:
-            if image.resolve() in trained:
-                return True
-            twins = by_size.get(image.stat().st_size, [])
-            return bool(twins) and digest(image) in {digest(twin) for twin in twins}
-        except OSError:  # gone since it was predicted
-            return False
-
-    if seen := [path for path in images if trained_on(path)]:
+    if seen := [path for path in images if path in trained]:
         log.warning(
             "%d of the %d images of the mean Dice are images the weights trained on, or "
             "photographs of tiles they trained on (%s): the mean overstates the weights",
