@@ -186,7 +186,7 @@ def test_folds_of_the_grid_no_job_started_count_as_missing(tmp_path):
     two of two, where the sweep's grid is known; the fold of a job whose folder holds no
     record counts as missing too. A setting of an earlier run of the folder, not in the
     last run's grid, counts the folds its jobs ran."""
-    from crackseg.sweep.job_names import BASIC_SWEEPER
+    from crackseg.runs.job_names import BASIC_SWEEPER
 
     hydra = {
         "sweeper": {"_target_": BASIC_SWEEPER, "params": {}},

@@ -37,9 +37,7 @@ from crackseg.run_files import LOCK_FILE
 from crackseg.runs.config_checks import check_config
 from crackseg.runs.gpus import claim_gpu, job_device_context, visible_gpus
 from crackseg.runs.job_folders import job_dirname, job_folder
-from crackseg.runs.ownership import lock_file
-from crackseg.runs.threads import jobs_side_by_side, set_job_threads, threads_per_job, usable_cores
-from crackseg.sweep.job_names import (
+from crackseg.runs.job_names import (
     JobNamesCallback,
     common_keys,
     exclude_override,
@@ -49,6 +47,8 @@ from crackseg.sweep.job_names import (
     shared_settings,
     swept_keys,
 )
+from crackseg.runs.ownership import lock_file
+from crackseg.runs.threads import jobs_side_by_side, set_job_threads, threads_per_job, usable_cores
 from crackseg.sweep.summary import collect_runs, main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1361,7 +1361,7 @@ def test_the_folder_of_another_command_in_a_sweep_is_no_job_of_it(tmp_path):
     """An evaluation run into a training sweep's folder was read as one of its jobs: the
     sweep run again was refused (the finished job "ran with other settings") or named its
     new jobs by every key the evaluation did not share."""
-    from crackseg.sweep.job_names import keys_telling_jobs_apart
+    from crackseg.runs.job_names import keys_telling_jobs_apart
 
     def job(name: str, command: str, *overrides: str) -> None:
         hydra_dir = tmp_path / name / ".hydra"

@@ -10,6 +10,9 @@ deploy) never import it.
 - ``lifecycle``: a run's life around its task (status, skipped jobs, stop and failure)
 - ``trained_settings``: what an evaluation takes from the training run of its weights
 - ``multirun``: a sweep's checks before its jobs, and its stop
+- ``job_names``, ``job_folders``: a sweep's job folders, named by what tells its jobs apart,
+  and the settings a finished job ran with
+- ``config_changes``: what counts as a change of settings where a run continues
 - ``config_checks``, ``resolvers``: the checks of a composed config, the configs' resolvers
 - ``hardware``, ``gpus``, ``cpu_share``, ``threads``, ``allocator``: devices, precision,
   sharing GPUs and cores

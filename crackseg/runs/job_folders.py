@@ -48,14 +48,14 @@ def job_folder(
     The number is the job's place in the grid, which changes when the grid grows
     (``seed=0,1,2`` to ``seed=0,1,2,3,4``): run again into ``sweep_dir``, a job takes the
     folder an earlier run of the sweep gave the same ``overrides`` (its
-    ``.hydra/overrides.yaml``; compared as :func:`crackseg.sweep.job_names.job_identity`
+    ``.hydra/overrides.yaml``; compared as :func:`crackseg.runs.job_names.job_identity`
     says, so a setting a rerun may change does not count), so it is skipped or resumed
     there, not trained a second time beside it. The name alone would not do: it leaves out
     keys such as ``experiment``, and the keys left out of names changed between versions (a
     swept ``experiment`` is in them now), so every job folder is looked at, those of the
     same name first.
     """
-    from crackseg.sweep.job_names import job_identity, named_free_settings
+    from crackseg.runs.job_names import job_identity, named_free_settings
 
     if sweep_dir:
         refuse_job_of_a_stopping_sweep(Path(sweep_dir))
@@ -98,7 +98,7 @@ def _identity_of(job: Path) -> list[str] | None:
     """The overrides an earlier job ran with, as :func:`job_folder` compares them; None
     where they cannot be read."""
     from crackseg.runs.hydra_run import saved_overrides
-    from crackseg.sweep.job_names import job_identity
+    from crackseg.runs.job_names import job_identity
 
     try:
         key = (job, (job / ".hydra" / "overrides.yaml").stat().st_mtime_ns)

@@ -53,18 +53,7 @@ from crackseg.runs.hydra_run import (
     sweep_command,
 )
 from crackseg.runs.job_folders import SWEEP_STOPPING
-from crackseg.runs.lifecycle import ran_with_other_settings, refuse_added_settings_nothing_reads
-from crackseg.runs.ownership import (
-    claim_run_folder,
-    held_by_another_process,
-    is_rank_zero,
-    release_run_folder,
-    used_by_another_command,
-)
-from crackseg.runs.resume import check_sweep_resume
-from crackseg.runs.status import finished_status, holds_run, read_status
-from crackseg.setting_rules import as_typed, check_required, is_integer
-from crackseg.sweep.job_names import (
+from crackseg.runs.job_names import (
     BASIC_SWEEPER,
     grid_job_overrides,
     grid_jobs,
@@ -76,6 +65,17 @@ from crackseg.sweep.job_names import (
     swept_keys,
     swept_values,
 )
+from crackseg.runs.lifecycle import ran_with_other_settings, refuse_added_settings_nothing_reads
+from crackseg.runs.ownership import (
+    claim_run_folder,
+    held_by_another_process,
+    is_rank_zero,
+    release_run_folder,
+    used_by_another_command,
+)
+from crackseg.runs.resume import check_sweep_resume
+from crackseg.runs.status import finished_status, holds_run, read_status
+from crackseg.setting_rules import as_typed, check_required, is_integer
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def check_search_and_launcher(config: DictConfig) -> None:
 def _task_and_swept(config: DictConfig) -> tuple[list[str], set[str]]:
     """A multirun's command-line overrides, and the keys its jobs vary: those it sweeps, and
     those an earlier run of the sweep swept in its folder that it gives one value now (the
-    job folders are named by them, :func:`crackseg.sweep.job_names.keys_telling_jobs_apart`).
+    job folders are named by them, :func:`crackseg.runs.job_names.keys_telling_jobs_apart`).
     A key swept before and not given now is a shared setting left out: its finished jobs
     are refused for it, not joined by jobs of the default beside them."""
     task = OmegaConf.to_container(config.hydra.overrides.task)

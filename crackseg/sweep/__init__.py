@@ -1,4 +1,5 @@
-"""Ablation sweeps: job folder names, and the summary and figures of a multirun.
+"""Ablation sweeps: the summary and figures of a multirun (its jobs' folder names are the
+run machinery's: crackseg.runs.job_names).
 
 Importing the package registers the OmegaConf resolvers the Hydra configs use
 (crackseg.runs.resolvers); Hydra imports it before composing any job, through the summary

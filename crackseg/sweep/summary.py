@@ -35,10 +35,10 @@ from crackseg.errors import CracksegError, plural
 from crackseg.markdown import markdown_table
 from crackseg.run_files import METRICS_FILE, STATUS_FILE, SWEEP_FILE
 from crackseg.runs.hydra_run import override_key, saved_overrides, started_by
+from crackseg.runs.job_names import BASIC_SWEEPER, grid_jobs, job_settings, swept_keys
 from crackseg.runs.ownership import is_rank_zero
 from crackseg.runs.status import load_json_object, load_status
 from crackseg.setting_rules import OneLineParser, is_number
-from crackseg.sweep.job_names import BASIC_SWEEPER, grid_jobs, job_settings, swept_keys
 from crackseg.sweep.published import add_table4_labels, departures
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def _natural_key(text: str) -> list[Any]:
 
 def _read_overrides(job: Path) -> dict[str, str]:
     """``key -> value`` of the overrides a job ran with, as a sweep run again compares them
-    (:func:`crackseg.sweep.job_names.job_settings`): in Hydra's spelling (``1e-2`` and
+    (:func:`crackseg.runs.job_names.job_settings`): in Hydra's spelling (``1e-2`` and
     ``0.01`` are one value), without those a run again may change (``data.num_workers``,
     ``resume``), which tell no setting apart."""
     saved = saved_overrides(job)
