@@ -8,7 +8,12 @@ import inspect
 import pytest
 from conftest import TINY, one_line_error, run_entry
 
-from crackseg.data.data_settings import DATA_MAKERS, SourceSettings, check_data_makers
+from crackseg.data.data_settings import (
+    DATA_MAKERS,
+    SourceSettings,
+    check_data_makers,
+    data_maker,
+)
 from crackseg.data.download import prepare_dataset
 from crackseg.data.layouts import check_config_data_found
 from crackseg.data.synthetic import generate_synthetic_dataset
@@ -65,6 +70,13 @@ def test_a_block_that_cannot_make_the_data_is_refused(data, expected):
 
 def test_a_download_block_without_a_url_makes_nothing_and_is_no_second_maker():
     check_data_makers({"download": {"url": None, "sha256": "unpinned"}, "synthetic": {}})
+    assert data_maker({"download": {"url": None, "sha256": "unpinned"}, "synthetic": {}}) == (
+        "synthetic"
+    )
+    assert data_maker({"download": {"url": None}, "tile": None}) is None  # read as it lies
+    assert data_maker({"download": {"url": "https://example.org/d.zip"}}) == "download"
+    assert data_maker({"tile": {"source": "photos"}}) == "tile"
+    assert data_maker({}) is None
 
 
 def test_the_tile_block_takes_the_options_of_its_photographs_layout():

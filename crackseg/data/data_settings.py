@@ -57,6 +57,26 @@ DATA_MAKERS = {
 }
 
 
+#: The makers that need nothing on this machine: a run makes their data from nothing.
+MADE_FROM_NOTHING = ("synthetic", "download")
+
+
+def data_maker(data: Mapping[str, Any]) -> str | None:
+    """The block of :data:`DATA_MAKERS` that makes ``data``'s data: ``synthetic``,
+    ``download`` (with a url; without one it fetches nothing: the data is there already) or
+    ``tile``; None where the data is read as it lies. One at most (:func:`check_data_makers`
+    refuses two)."""
+    for name in DATA_MAKERS:
+        block = data.get(name)
+        if block is not None and (name != "download" or _has_url(block)):
+            return name
+    return None
+
+
+def _has_url(download: Any) -> bool:
+    return not isinstance(download, Mapping) or bool(download.get("url"))
+
+
 def check_data_makers(data: Mapping[str, Any]) -> None:
     """Refuse the blocks that make the data (:data:`DATA_MAKERS`) where they cannot: two of
     them (only one would make it, the other silently left unread), a block that is no
@@ -69,8 +89,7 @@ def check_data_makers(data: Mapping[str, Any]) -> None:
             f"(data.layout_options.NAME=VALUE), not {as_typed(options)}"
         )
     given = [name for name in DATA_MAKERS if data.get(name) is not None]
-    download = data.get("download")
-    if len(given) > 1 and isinstance(download, Mapping) and not download.get("url"):
+    if len(given) > 1 and "download" in given and not _has_url(data["download"]):
         given.remove("download")  # fetches nothing
     if len(given) > 1:
         first, second = given[:2]

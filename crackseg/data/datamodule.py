@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data.augment import build_augmentation
 from crackseg.data.data_settings import (
+    DATA_MAKERS,
     AugmentSettings,
     InputSize,
     LabelSettings,
@@ -24,6 +25,7 @@ from crackseg.data.data_settings import (
     SamplingSettings,
     SourceSettings,
     SplitSettings,
+    data_maker,
     settings_groups,
 )
 from crackseg.data.dataset import CrackDataset
@@ -137,20 +139,24 @@ class CrackDataModule(pl.LightningDataModule):
     @property
     def makes_its_data(self) -> bool:
         """Whether :meth:`prepare_data` makes the data (synthetic, downloaded, tiled)."""
+        return self._maker is not None
+
+    @property
+    def _maker(self) -> str | None:
         source = self.source
-        return any(s is not None for s in (source.synthetic, source.download, source.tile))
+        return data_maker({name: getattr(source, name) for name in DATA_MAKERS})
 
     def prepare_data(self) -> None:
-        source = self.source
-        if source.synthetic is not None:
+        source, maker = self.source, self._maker
+        if maker == "synthetic":
             from crackseg.data.synthetic import generate_synthetic_dataset
 
             generate_synthetic_dataset(self.root, **source.synthetic)
-        elif source.download is not None:
+        elif maker == "download":
             from crackseg.data.download import prepare_dataset
 
             prepare_dataset(self.root, source.download["url"], source.download.get("sha256"))
-        elif source.tile is not None:
+        elif maker == "tile":
             from crackseg.data.tiles import prepare_tiles
 
             tiling = dict(source.tile)

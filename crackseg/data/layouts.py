@@ -45,7 +45,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from crackseg.data.data_settings import BINARIZE_THRESHOLD, check_data_makers
+from crackseg.data.data_settings import (
+    BINARIZE_THRESHOLD,
+    MADE_FROM_NOTHING,
+    check_data_makers,
+    data_maker,
+)
 from crackseg.data.io import (
     IMAGE_EXTENSIONS,
     left_out_files,
@@ -119,8 +124,7 @@ def check_config_data_found(data: Mapping[str, Any]) -> None:
     (:func:`check_data_found`); data the run makes itself (synthetic, downloaded) is not
     looked for. Its blocks that make the data are checked first (:func:`check_data_makers`)."""
     check_data_makers(data)
-    download = data.get("download")
-    if data.get("synthetic") or (download and download.get("url")):
+    if data_maker(data) in MADE_FROM_NOTHING:
         return
     tile = data.get("tile")
     source = Path(str(tile["source"])).expanduser() if tile else None

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from crackseg.atomic import atomic_write_text
-from crackseg.data.data_settings import check_data_makers
+from crackseg.data.data_settings import MADE_FROM_NOTHING, check_data_makers, data_maker
 from crackseg.data.layouts import check_config_data_found, check_dagm_classes
 from crackseg.error_lines import one_line, print_line
 from crackseg.errors import (
@@ -527,7 +527,7 @@ def refuse_missing_data(config: DictConfig, task: list[str], swept: set[str]) ->
     if not runs_jobs_here(config):
         return
     check_data_makers(data)
-    if data.get("synthetic") or OmegaConf.select(data, "download.url", default=None):
+    if data_maker(data) in MADE_FROM_NOTHING:
         return
     env = OmegaConf.to_container(config.hydra.job.env_set, resolve=True)
     with env_override({key: str(value) for key, value in env.items()}):
