@@ -238,10 +238,10 @@ def warn_of_another_scale(trained: Any, datamodule: Any) -> None:
     if test is None or test["mode"] == "native":
         return
     log.warning(
-        "the checkpoint was trained on %dx%d images fed at their own size (tiles); the test "
-        "images here, most %dx%d, are resized to %dx%d, a scale it never saw: cut them into "
-        "tiles of its size (crackseg-data tile), or score whole photographs with "
-        "crackseg-predict reference_masks=DIR",
+        "the checkpoint was trained on %dx%d images fed at their own size (tiles, or images "
+        "made at that size); the test images here, most %dx%d, are resized to %dx%d, a scale "
+        "it never saw: cut them into tiles of its size (crackseg-data tile), or score whole "
+        "photographs with crackseg-predict reference_masks=DIR",
         size.height,
         size.width,
         test["source_height"],

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,6 +54,22 @@ def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
 
 #: 2 CPU processes over gloo.
 TWO_PROCESSES = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+
+
+def test_a_ddp_run_with_loader_workers_runs_from_the_folder_above_a_clone(tmp_path, tiny_data_dir):
+    """The installed command, started from a folder that holds one named crackseg (a clone):
+    the fork server of each process's loader workers imported that folder as crackseg, and
+    every worker failed ("cannot import name 'CONFIG_DIR' from 'crackseg'")."""
+    (tmp_path / "crackseg").mkdir()
+    command = Path(sys.executable).parent / "crackseg-train"
+    run_dir = tmp_path / "run"
+    settings = [*TINY, *TWO_PROCESSES, "trainer.max_epochs=1", "data.num_workers=1"]
+    args = [*settings, f"paths.data_dir={tiny_data_dir}", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(
+        [str(command), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
 
 
 def test_a_sweep_runs_its_ddp_jobs_one_after_another(tmp_path, tiny_data_dir):

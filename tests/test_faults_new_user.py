@@ -1251,3 +1251,22 @@ def test_the_data_is_split_before_the_run_starts_in_every_process_that_can(
     )
     split_data_now(datamodule, "fit")
     assert done == expected
+
+
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it_while_it_trains(tmp_path):
+    """A shell's background job (``crackseg-train ... &``) starts with SIGINT ignored: the
+    test kept ignoring it, but training caught it as a stop."""
+    from crackseg.runs.training_control import StopCheckpoint
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        StopCheckpoint(str(tmp_path))._catch_first_ctrl_c()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop = StopCheckpoint(str(tmp_path))
+        stop._catch_first_ctrl_c()
+        assert signal.getsignal(signal.SIGINT) == stop._on_sigint
+        stop._restore_sigint()
+        assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -76,7 +76,7 @@ def test_the_stop_signals_held_come_in_when_the_hold_ends():
 def test_a_run_of_one_process_forks_its_loader_workers():
     """Forked workers start at once (no imports); only a distributed run's need a fork
     server (a process with communication threads may hang a worker forked from it)."""
-    assert worker_start_method(distributed=False, preload=[]) is None
+    assert worker_start_method(distributed=False) is None
 
 
 class RandomDraws(Dataset):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -495,7 +496,7 @@ def test_a_checkpoint_without_its_training_files_tells_them_in_its_own_layout_on
     assert trained_images(checkpoint, elsewhere, trained) is None
 
 
-def test_copies_of_the_training_images_are_known_anywhere_by_their_content(tmp_path):
+def test_copies_of_the_training_images_are_known_anywhere_by_their_content(tmp_path, caplog):
     """Someone's folder of photographs that holds copies of images the weights trained on
     (renamed, elsewhere): they are said to be theirs; a file of the same size but other
     bytes, or a copy of an image of their data they did not train on, is not."""
@@ -524,9 +525,11 @@ def test_copies_of_the_training_images_are_known_anywhere_by_their_content(tmp_p
     evaluated = OmegaConf.create({"layout": "folder", "root": str(photos)})
     images = trained_images(checkpoint, evaluated, trained)
     assert images.among(samples, photos) == ["renamed"]
-    # their training files gone from this machine: nothing to tell
+    # their training files gone from this machine: nothing to tell, and that is said
     shutil.rmtree(data)
-    assert trained_images(checkpoint, evaluated, trained) is None
+    with caplog.at_level(logging.INFO, logger="crackseg.runs.trained_settings"):
+        assert trained_images(checkpoint, evaluated, trained) is None
+    assert "images that are copies of them cannot be told" in caplog.text
 
 
 def test_weights_trained_on_tiles_know_the_photographs_their_tiles_came_from(tmp_path):

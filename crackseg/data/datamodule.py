@@ -337,8 +337,7 @@ class CrackDataModule(pl.LightningDataModule):
         # a process group, and with it communication threads (see worker_start_method)
         distributed = dist.is_available() and dist.is_initialized()
         seeded = bool(int(os.environ.get("PL_SEED_WORKERS", 0)))
-        # A fork server imports this module once, and with it all its workers unpickle.
-        start = worker_start_method(distributed, preload=[__name__]) if workers > 0 else None
+        start = worker_start_method(distributed) if workers > 0 else None
         return StopSafeDataLoader(
             dataset,
             batch_size=batch_size,

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
 from collections.abc import Iterator
-from multiprocessing import resource_tracker
+from multiprocessing import forkserver, resource_tracker
 from multiprocessing.context import BaseContext
 
 from lightning_fabric.utilities.seed import pl_worker_init_function
@@ -20,7 +21,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")
 
 
-def worker_start_method(distributed: bool, preload: list[str]) -> BaseContext | str | None:
+#: What a fork server imports once for all the workers it starts: the data module, and with
+#: it everything a worker unpickles.
+FORK_SERVER_PRELOAD = ["crackseg.data.datamodule"]
+
+
+def worker_start_method(distributed: bool) -> BaseContext | str | None:
     """How loader workers are started.
 
     - The platform's way (None: fork on Linux before Python 3.14) in a run of one process.
@@ -28,8 +34,8 @@ def worker_start_method(distributed: bool, preload: list[str]) -> BaseContext | 
       threads enter Python from C++, and one may hold the interpreter's thread-state lock at
       the moment a worker is forked; CPython 3.11 takes that lock in the child before it makes
       the lock anew, so the worker hangs before its first line and the run with it (2 of 12
-      forked runs of 2 CPU processes hung so). The server is a process of one thread;
-      ``preload`` names the modules it imports once for every worker it starts.
+      forked runs of 2 CPU processes hung so). The server is a process of one thread
+      (:func:`start_fork_server`).
     - Fork inside a job of a local parallel sweep, whose joblib (loky) process makes loky's own
       start method the default, and that one cannot start a DataLoader's workers.
     """
@@ -38,7 +44,7 @@ def worker_start_method(distributed: bool, preload: list[str]) -> BaseContext | 
         if "forkserver" not in known:
             return "spawn"
         server = multiprocessing.get_context("forkserver")
-        server.set_forkserver_preload(preload)
+        server.set_forkserver_preload(FORK_SERVER_PRELOAD)
         return server
     method = multiprocessing.get_start_method(allow_none=True)
     if method is None or method in known:
@@ -65,17 +71,56 @@ def stop_signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
+def start_fork_server() -> None:
+    """Start the fork server of a distributed run's loader workers (:func:`worker_start_method`)
+    now, as a run starts, not as its first loader starts its workers: it takes a second or
+    two to import the data code, and a Ctrl-C then, inside Lightning's fit, failed the run
+    where one before it stops it. Started with the stop signals held, which its workers
+    inherit (:func:`stop_signals_held`), and without the working folder on its import path
+    (:func:`python_without_the_working_folder`)."""
+    server = worker_start_method(distributed=True)
+    if isinstance(server, BaseContext):
+        with _new_pythons_ready():
+            forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _new_pythons_ready() -> Iterator[None]:
+    """Processes started here hold the stop signals and import crackseg from where it is
+    installed. multiprocessing's resource tracker, which they need, is started first: it
+    unblocks the stop signals once it is started (not restoring a hold)."""
+    if CAN_HOLD_SIGNALS:
+        resource_tracker.ensure_running()
+    with stop_signals_held(), python_without_the_working_folder():
+        yield
+
+
+@contextlib.contextmanager
+def python_without_the_working_folder() -> Iterator[None]:
+    """Python processes started here leave the working folder off their import path
+    (PYTHONSAFEPATH): a fork server runs ``python -c``, which puts it first, and a folder
+    there named crackseg (the one above a clone) was imported as crackseg, failing every
+    worker with "cannot import name ... from 'crackseg' (unknown location)"."""
+    before = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = before
+
+
 class StopSafeDataLoader(DataLoader):
     """A DataLoader whose workers are started with the stop signals held
     (:func:`stop_signals_held`); with :func:`init_loader_worker` as ``worker_init_fn`` they
     never act on them."""
 
     def __iter__(self):  # noqa: ANN204 (DataLoader's own iterator types are private)
-        if CAN_HOLD_SIGNALS and self.num_workers > 0 and self._start_method() != "fork":
-            # Spawned and fork-server workers need multiprocessing's resource tracker, which
-            # unblocks the stop signals once it is started (not restoring a hold): it is
-            # started before the hold.
-            resource_tracker.ensure_running()
+        if self.num_workers > 0 and self._start_method() != "fork":
+            with _new_pythons_ready():
+                return super().__iter__()
         with stop_signals_held():
             return super().__iter__()
 

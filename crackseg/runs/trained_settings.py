@@ -54,6 +54,13 @@ class WeightsRun(NamedTuple):
     trained_images: TrainedImages | None
 
 
+#: What the images weights trained on are to them, as a warning says it; those of weights
+#: trained on tiles they cut: :data:`TILE_PHOTOGRAPHS`.
+TRAINED_OR_COPIES = "images the weights trained on, or copies of them"
+#: The photographs of the tiles weights trained on.
+TILE_PHOTOGRAPHS = "photographs whose tiles the weights trained on, or copies of them"
+
+
 class TrainedImages(NamedTuple):
     """The images weights trained on, as their checkpoint recorded them: their files under
     their dataset's root, ``folder`` being where the evaluated dataset's root lies under it
@@ -64,7 +71,7 @@ class TrainedImages(NamedTuple):
 
     keys: frozenset[str]
     folder: str | None
-    what: str = "images the weights trained on, or copies of them"
+    what: str = TRAINED_OR_COPIES
     files: frozenset[Path] = frozenset()
 
     def among(self, samples: list[Sample], root: Path) -> list[str]:
@@ -375,11 +382,14 @@ def trained_images(
     from crackseg.data.splits import TRAINED_FILES
 
     try:
-        files = frozenset(path for path in trained_image_files(checkpoint) if path.is_file())
+        files = training_files_here(checkpoint)
     except (CracksegError, OSError) as error:  # a record edited since: names alone then
         log.debug("the image files %s trained on are not known: %s", checkpoint, error)
         files = frozenset()
-    copies = TrainedImages(frozenset(), ".", files=files) if files else None
+    copies = None
+    if files:
+        what = TILE_PHOTOGRAPHS if trained and trained.get("tile") else TRAINED_OR_COPIES
+        copies = TrainedImages(frozenset(), ".", what, files)
     folder = _folder_under(data.get("root"), trained.get("root")) if trained else None
     if folder is None:
         tiles = _photographs_of_trained_tiles(data, trained)
@@ -392,6 +402,23 @@ def trained_images(
     if ids is not None and read_alike:
         return TrainedImages(frozenset(ids), None, files=files)
     return copies
+
+
+def training_files_here(checkpoint: str | Path) -> frozenset[Path]:
+    """:func:`trained_image_files` that are on this machine; where none of them is (the data
+    moved, or trained on elsewhere), said once: copies of them cannot be told."""
+    recorded = trained_image_files(checkpoint)
+    here = frozenset(path for path in recorded if path.is_file())
+    if recorded and not here:
+        folder = os.path.commonpath([str(path) for path in recorded])
+        log.info(
+            "the %d images %s trained on are not under %s on this machine: images that are "
+            "copies of them cannot be told",
+            len(recorded),
+            checkpoint,
+            folder,
+        )
+    return here
 
 
 def trained_image_files(checkpoint: str | Path) -> frozenset[Path]:
@@ -448,8 +475,7 @@ def _photographs_of_trained_tiles(
                 keys.add(relative)
     if not keys:
         return None
-    what = "photographs whose tiles the weights trained on, or copies of them"
-    return TrainedImages(frozenset(keys), ".", what)
+    return TrainedImages(frozenset(keys), ".", TILE_PHOTOGRAPHS)
 
 
 def _folder_under(root: str | None, trained_root: str | None) -> str | None:
@@ -477,7 +503,7 @@ def warn_of_images_trained_on(checkpoint: str, images: list[Path]) -> None:
     the training files of an image's size, each file read once; where the training files
     cannot be listed, nothing is said."""
     try:
-        trained = FilesAndCopies(trained_image_files(checkpoint))
+        trained = FilesAndCopies(training_files_here(checkpoint))
     except (CracksegError, OSError) as error:  # the predictions are made: they stand
         log.debug("the images %s trained on are not known: %s", checkpoint, error)
         return

@@ -174,7 +174,12 @@ def build_trainer(
         callbacks = [c for c in callbacks if not isinstance(c, ValidationSchedule)]
     if cfg.trainer.get("benchmark") is None:
         overrides["benchmark"] = not cfg.trainer.get("deterministic")
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
+    if trainer.world_size > 1 and OmegaConf.select(cfg, "data.num_workers", default=0):
+        from crackseg.data.loader_workers import start_fork_server
+
+        start_fork_server()  # before Lightning's fit, where a Ctrl-C stops the run as one
+    return trainer
 
 
 def _save_thresholds_in_last_checkpoint(trainer: pl.Trainer, module: pl.LightningModule) -> None:

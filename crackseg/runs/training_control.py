@@ -181,9 +181,12 @@ class StopCheckpoint(pl.Callback):
 
     def _catch_first_ctrl_c(self) -> None:
         """Once Lightning has recorded the handlers it restores when its call ends (after
-        on_fit_start), so that it never restores this one after a failed fit."""
+        on_fit_start), so that it never restores this one after a failed fit. A command
+        started with SIGINT ignored (a shell's background job: ``crackseg-train ... &``)
+        keeps ignoring it, as it does while it tests."""
         main = threading.current_thread() is threading.main_thread()
-        if main and self._previous_sigint is None:
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        if main and not ignored and self._previous_sigint is None:
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:

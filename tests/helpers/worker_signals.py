@@ -4,7 +4,8 @@ Run by tests/test_loader_workers.py in an interpreter of its own (``python worke
 METHOD``): a process has one fork server, which keeps the signal mask and preloads of the
 moment it started, and pytest's worker has one of its own (tests/helpers/warm_python.py).
 METHOD is ``fork`` or ``spawn``, or ``distributed``: the way a process of a distributed run
-starts its workers (crackseg.data.loader_workers.worker_start_method).
+starts its workers (crackseg.data.loader_workers.worker_start_method), its fork server
+started first as a run starts it (start_fork_server).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from crackseg.data.loader_workers import (
     STOP_SIGNALS,
     StopSafeDataLoader,
     init_loader_worker,
+    start_fork_server,
     worker_start_method,
 )
 
@@ -55,9 +57,10 @@ class SignalState(Dataset):
 
 
 def main(method: str) -> None:
-    start = (
-        worker_start_method(True, ["crackseg.data.dataset"]) if method == "distributed" else method
-    )
+    start = method
+    if method == "distributed":
+        start_fork_server()
+        start = worker_start_method(distributed=True)
     loader = StopSafeDataLoader(
         SignalState(),
         batch_size=None,  # the items as they are
