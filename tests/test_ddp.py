@@ -56,6 +56,24 @@ def test_two_process_ddp_run_writes_one_report(tmp_path, tiny_data_dir):
 TWO_PROCESSES = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
 
 
+def test_ddp_processes_forked_from_the_first_start_their_own_loader_workers(
+    tmp_path, tiny_data_dir
+):
+    """``trainer.strategy=ddp_fork``: the processes are forked from the first after its
+    trainer is built. A fork server started there would be no child of theirs (its record,
+    inherited, failed them with "No child processes"): each starts its own."""
+    result = run_tiny(
+        tmp_path,
+        tiny_data_dir,
+        *TWO_PROCESSES,
+        "trainer.strategy=ddp_fork",
+        "trainer.max_epochs=1",
+        "data.num_workers=1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "finished"
+
+
 def test_a_ddp_run_with_loader_workers_runs_from_the_folder_above_a_clone(tmp_path, tiny_data_dir):
     """The installed command, started from a folder that holds one named crackseg (a clone):
     the fork server of each process's loader workers imported that folder as crackseg, and

@@ -59,8 +59,9 @@ def stop_signals_held() -> Iterator[None]:
     A process started here inherits the block, however it is started (forked, spawned, or
     from a fork server first started here: one started earlier keeps the mask it had), and
     holds the signals until :func:`init_loader_worker` ignores them: a signal to the process
-    group while a worker starts up cannot kill it. The main process gets a signal that came
-    in the meantime when the block ends."""
+    group while a worker starts up cannot kill it. The starting process itself is not held
+    back where it has other threads: one of them takes the signal, and Python runs its
+    handler in the main thread as ever; alone, it gets it as the block ends."""
     if not CAN_HOLD_SIGNALS:
         yield
         return
@@ -71,28 +72,25 @@ def stop_signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
+#: Whether :func:`start_fork_server` started this process's fork server.
+_fork_server_started = False
+
+
 def start_fork_server() -> None:
     """Start the fork server of a distributed run's loader workers (:func:`worker_start_method`)
-    now, as a run starts, not as its first loader starts its workers: it takes a second or
-    two to import the data code, and a Ctrl-C then, inside Lightning's fit, failed the run
-    where one before it stops it. Started with the stop signals held, which its workers
-    inherit (:func:`stop_signals_held`), and without the working folder on its import path
+    as the run starts: it imports the data code (a second or two) while the run sets up,
+    instead of as Lightning's fit starts the first workers, where a Ctrl-C failed the run.
+    Started once in a process, with the stop signals held, which its workers inherit
+    (:func:`stop_signals_held`), and without the working folder on its import path
     (:func:`python_without_the_working_folder`)."""
-    server = worker_start_method(distributed=True)
-    if isinstance(server, BaseContext):
-        with _new_pythons_ready():
-            forkserver.ensure_running()
-
-
-@contextlib.contextmanager
-def _new_pythons_ready() -> Iterator[None]:
-    """Processes started here hold the stop signals and import crackseg from where it is
-    installed. multiprocessing's resource tracker, which they need, is started first: it
-    unblocks the stop signals once it is started (not restoring a hold)."""
-    if CAN_HOLD_SIGNALS:
+    global _fork_server_started
+    if _fork_server_started or not isinstance(worker_start_method(distributed=True), BaseContext):
+        return
+    if CAN_HOLD_SIGNALS:  # it unblocks the stop signals once started (not a restore)
         resource_tracker.ensure_running()
     with stop_signals_held(), python_without_the_working_folder():
-        yield
+        forkserver.ensure_running()
+    _fork_server_started = True
 
 
 @contextlib.contextmanager
@@ -118,9 +116,11 @@ class StopSafeDataLoader(DataLoader):
     never act on them."""
 
     def __iter__(self):  # noqa: ANN204 (DataLoader's own iterator types are private)
-        if self.num_workers > 0 and self._start_method() != "fork":
-            with _new_pythons_ready():
-                return super().__iter__()
+        method = self._start_method() if self.num_workers > 0 else "fork"
+        if method == "forkserver":
+            start_fork_server()  # once: it changes the environment for a moment
+        elif method != "fork" and CAN_HOLD_SIGNALS:
+            resource_tracker.ensure_running()  # it unblocks the stop signals once started
         with stop_signals_held():
             return super().__iter__()
 

@@ -410,13 +410,12 @@ def training_files_here(checkpoint: str | Path) -> frozenset[Path]:
     recorded = trained_image_files(checkpoint)
     here = frozenset(path for path in recorded if path.is_file())
     if recorded and not here:
-        folder = os.path.commonpath([str(path) for path in recorded])
         log.info(
-            "the %d images %s trained on are not under %s on this machine: images that are "
-            "copies of them cannot be told",
+            "none of the %d images %s trained on is on this machine (%s, ...): images that "
+            "are copies of them cannot be told",
             len(recorded),
             checkpoint,
-            folder,
+            min(recorded),
         )
     return here
 

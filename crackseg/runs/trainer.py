@@ -175,10 +175,17 @@ def build_trainer(
     if cfg.trainer.get("benchmark") is None:
         overrides["benchmark"] = not cfg.trainer.get("deterministic")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
-    if trainer.world_size > 1 and OmegaConf.select(cfg, "data.num_workers", default=0):
+    # Each process of the run a process of its own (Lightning's ddp starts the others as
+    # commands, "popen"; ddp_fork's would inherit this process's record of a server that
+    # is not their child): its loader workers' fork server starts now, and imports the data
+    # code while the model is set up, not as Lightning's fit starts the first workers,
+    # where a Ctrl-C fails the run.
+    ranks_own_processes = getattr(trainer.strategy, "_start_method", "popen") == "popen"
+    workers = OmegaConf.select(cfg, "data.num_workers", default=0)
+    if trainer.world_size > 1 and workers and ranks_own_processes:
         from crackseg.data.loader_workers import start_fork_server
 
-        start_fork_server()  # before Lightning's fit, where a Ctrl-C stops the run as one
+        start_fork_server()
     return trainer
 
 
