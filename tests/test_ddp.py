@@ -79,14 +79,24 @@ def test_a_ddp_run_with_loader_workers_runs_from_the_folder_above_a_clone(tmp_pa
     the fork server of each process's loader workers imported that folder as crackseg, and
     every worker failed ("cannot import name 'CONFIG_DIR' from 'crackseg'")."""
     (tmp_path / "crackseg").mkdir()
-    command = Path(sys.executable).parent / "crackseg-train"
+    command = Path(sys.executable).parent / "crackseg-train"  # as installed (make install)
     run_dir = tmp_path / "run"
     settings = [*TINY, *TWO_PROCESSES, "trainer.max_epochs=1", "data.num_workers=1"]
     args = [*settings, f"paths.data_dir={tiny_data_dir}", f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(
-        [str(command), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    process = subprocess.Popen(
+        [str(command), *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, ended whole if it hangs
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    try:
+        _, stderr = process.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, stderr[-3000:]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
 
 
