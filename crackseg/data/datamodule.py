@@ -332,8 +332,7 @@ class CrackDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: CrackDataset, batch_size: int, **kwargs: Any) -> DataLoader:
         workers = self.loader.num_workers
-        trainer = self.trainer
-        rank = trainer.global_rank if trainer is not None else 0
+        rank = self.trainer.global_rank if self.trainer is not None else 0
         # a process group, and with it communication threads (see worker_start_method)
         distributed = dist.is_available() and dist.is_initialized()
         seeded = bool(int(os.environ.get("PL_SEED_WORKERS", 0)))

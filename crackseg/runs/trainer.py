@@ -175,11 +175,10 @@ def build_trainer(
     if cfg.trainer.get("benchmark") is None:
         overrides["benchmark"] = not cfg.trainer.get("deterministic")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
-    # Each process of the run a process of its own (Lightning's ddp starts the others as
-    # commands, "popen"; ddp_fork's would inherit this process's record of a server that
-    # is not their child): its loader workers' fork server starts now, and imports the data
-    # code while the model is set up, not as Lightning's fit starts the first workers,
-    # where a Ctrl-C fails the run.
+    # A distributed run's loader workers come from a fork server, started here, before
+    # Lightning's fit, where a Ctrl-C while it starts would fail the run. Only where every
+    # process is started as a command of its own (ddp's "popen"): processes forked from this
+    # one (ddp_fork) would inherit a server that is not their child, and start their own.
     ranks_own_processes = getattr(trainer.strategy, "_start_method", "popen") == "popen"
     workers = OmegaConf.select(cfg, "data.num_workers", default=0)
     if trainer.world_size > 1 and workers and ranks_own_processes:
